@@ -1,0 +1,1 @@
+"""Loading studies (DICOM series, zip, NIfTI) into a Volume and MEDS timelines."""
