@@ -1,0 +1,307 @@
+"""A cohort folder: outcomes, splits and every modality, validated in one place.
+
+Layout (see the BRIEF, "Data contracts")::
+
+    cohort.csv            subject_id, time (days from index), event (0/1),
+                          [split train/val/test], [study], [index_time], [true_risk], ...
+    features.csv          subject_id + numeric columns (NaN kept)            optional
+    timeline.parquet|csv  MEDS rows subject_id, time, code, numeric_value    optional
+    image_embeddings.npy|parquet, ehr_embeddings.npy|parquet                optional
+
+``.npy`` embeddings are ``[n, D]`` (one vector per subject) or ``[n, K, D]``
+(K tokens per subject, e.g. one per slice); their subject ids come from a
+sibling ``<name>_ids.txt`` / ``<name>_ids.csv`` (one id a line) or, when
+absent, from the order of ``cohort.csv``. ``.parquet`` embeddings carry a
+``subject_id`` column and numeric columns.
+
+Any modality may be missing for the whole cohort or for single subjects.
+``validate_outcomes`` is the one function that checks the outcome table; every
+problem is an :class:`~core.errors.InputError` naming the field, the bad value
+and the fix.
+
+When ``split`` is absent a deterministic 60/20/20 train/val/test split is drawn
+from ``seed`` (stratified by event so every split has events).
+
+>>> import pandas as pd
+>>> t = validate_outcomes(pd.DataFrame({"subject_id": [1, 2, 3], "time": [5.0, 2, 9], "event": [1, 0, 1]}))
+>>> list(t["split"].unique()) != []
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+
+if TYPE_CHECKING:
+    from core.io.volume import Volume
+
+SPLITS = ("train", "val", "test")
+REQUIRED = ("subject_id", "time", "event")
+
+
+def _examples(values: list[str], k: int = 3) -> str:
+    shown = ", ".join(repr(v) for v in values[:k])
+    return shown + (f" (+{len(values) - k} more)" if len(values) > k else "")
+
+
+def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "cohort.csv") -> pd.DataFrame:
+    """Check and normalise an outcome table; return a copy with str ids, float time, int event, split.
+
+    >>> validate_outcomes(pd.DataFrame({"subject_id": [1], "time": [-1.0], "event": [1]}))
+    Traceback (most recent call last):
+    ...
+    core.errors.InputError: time: got -1.0 (subject '1'), must be a finite number of days >= 0; fix: correct or drop negative, NaN or infinite follow-up times in cohort.csv
+    """
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise InputError(
+            "columns", ", ".join(missing), f"required column(s) missing from {source} (has: {', '.join(map(str, table.columns[:8]))})",
+            "add columns subject_id, time (days from index) and event (1 = event, 0 = censored)",
+        )
+    if len(table) == 0:
+        raise InputError("cohort.csv", "0 rows", "the cohort is empty", "add at least one subject per split")
+    out = table.copy()
+    out["subject_id"] = out["subject_id"].astype(str).str.strip()
+    dup = out["subject_id"][out["subject_id"].duplicated()].tolist()
+    if dup:
+        raise InputError("subject_id", _examples(dup), "duplicate subject ids", f"keep one row per subject in {source}")
+    time = pd.to_numeric(out["time"], errors="coerce").astype(float)
+    bad = ~np.isfinite(time.to_numpy()) | (time.to_numpy() < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            "time", f"{table['time'].tolist()[i]!r} (subject {out['subject_id'].iloc[i]!r})",
+            "must be a finite number of days >= 0", f"correct or drop negative, NaN or infinite follow-up times in {source}",
+        )
+    event = pd.to_numeric(out["event"], errors="coerce")
+    bad_ev = ~event.isin([0, 1])
+    if bad_ev.any():
+        i = int(np.flatnonzero(bad_ev.to_numpy())[0])
+        raise InputError(
+            "event", f"{table['event'].tolist()[i]!r} (subject {out['subject_id'].iloc[i]!r})",
+            "must be 1 (event) or 0 (censored)", f"recode the event column of {source} as 0/1",
+        )
+    out["time"] = time
+    out["event"] = event.astype(int)
+    if int(out["event"].sum()) == 0:
+        raise InputError("event", "all 0", "every subject is censored, so no survival model can be fitted",
+                         "check the event coding (1 = event) or add subjects with observed events")
+    if "split" in out.columns:
+        split = out["split"].astype(str).str.strip().str.lower()
+        unknown = sorted(set(split) - set(SPLITS))
+        if unknown:
+            raise InputError("split", _examples(unknown), "unknown split value(s)",
+                             "use train, val or test (or drop the split column for an automatic 60/20/20 split)")
+        out["split"] = split
+    else:
+        out["split"] = auto_split(out["subject_id"].tolist(), out["event"].to_numpy(), seed=seed)
+    if not (out["split"] == "train").any():
+        raise InputError("split", "no 'train' rows", "training needs a train split", "mark some subjects as train")
+    if "index_time" in out.columns:
+        out["index_time"] = pd.to_datetime(out["index_time"], errors="coerce")
+    return out.reset_index(drop=True)
+
+
+def auto_split(ids: list[str], event: np.ndarray, *, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> list[str]:
+    """Deterministic split stratified by event: the same ids and seed give the same split."""
+    rng = np.random.default_rng(seed)
+    labels = np.empty(len(ids), dtype=object)
+    for ev in (0, 1):
+        idx = np.flatnonzero(event == ev)
+        idx = idx[rng.permutation(len(idx))]
+        n_train = int(round(fractions[0] * len(idx)))
+        n_val = int(round(fractions[1] * len(idx)))
+        labels[idx[:n_train]] = "train"
+        labels[idx[n_train:n_train + n_val]] = "val"
+        labels[idx[n_train + n_val:]] = "test"
+    return [str(x) for x in labels]
+
+
+def _check_ids(name: str, ids: pd.Index, cohort_ids: set[str]) -> None:
+    unknown = [i for i in ids if i not in cohort_ids]
+    if unknown:
+        raise InputError(f"{name} subject_id", _examples(unknown), f"{len(unknown)} id(s) not in cohort.csv",
+                         f"make the subject ids of {name} match cohort.csv (as strings) or remove those rows")
+    dup = ids[ids.duplicated()].tolist()
+    if dup:
+        raise InputError(f"{name} subject_id", _examples(dup), "duplicate ids", f"keep one row per subject in {name}")
+
+
+def _read_features(path: Path, cohort_ids: set[str]) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    if "subject_id" not in df.columns:
+        raise InputError("features.csv", ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
+    df["subject_id"] = df["subject_id"].astype(str).str.strip()
+    df = df.set_index("subject_id")
+    _check_ids("features.csv", df.index, cohort_ids)
+    numeric = df.apply(pd.to_numeric, errors="coerce")
+    non_numeric = [c for c in df.columns if numeric[c].isna().all() and df[c].notna().any()]
+    if non_numeric:
+        raise InputError("features.csv", _examples(non_numeric), "non-numeric column(s)",
+                         "one-hot encode categorical columns or drop them")
+    numeric = numeric.astype(float)
+    numeric = numeric.replace([np.inf, -np.inf], np.nan)
+    return numeric
+
+
+def _read_embeddings(root: Path, stem: str, cohort_ids: list[str]) -> pd.DataFrame | None:
+    pq = root / f"{stem}.parquet"
+    npy = root / f"{stem}.npy"
+    if pq.exists():
+        df = pd.read_parquet(pq)
+        if "subject_id" not in df.columns:
+            raise InputError(f"{stem}.parquet", ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
+        df["subject_id"] = df["subject_id"].astype(str)
+        df = df.set_index("subject_id").astype(np.float32)
+        _check_ids(f"{stem}.parquet", df.index, set(cohort_ids))
+        return df
+    if not npy.exists():
+        return None
+    arr = np.load(npy, allow_pickle=False)
+    if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3):
+        raise InputError(f"{stem}.npy", f"dtype {arr.dtype}, shape {arr.shape}", "must be numeric [n, D] or [n, K, D]",
+                         "save a float array with one row per subject")
+    ids: list[str]
+    for ids_name in (f"{stem}_ids.txt", f"{stem}_ids.csv"):
+        if (root / ids_name).exists():
+            ids = [line.strip() for line in (root / ids_name).read_text().splitlines() if line.strip()]
+            if ids and ids[0] == "subject_id":
+                ids = ids[1:]
+            break
+    else:
+        ids = list(cohort_ids)
+    if len(ids) != arr.shape[0]:
+        raise InputError(f"{stem}.npy", f"{arr.shape[0]} rows for {len(ids)} ids", "row count does not match the ids",
+                         f"write {stem}_ids.txt with one subject id per row of the array")
+    index = pd.Index(ids, name="subject_id")
+    _check_ids(f"{stem}.npy", index, set(cohort_ids))
+    flat = arr.reshape(arr.shape[0], -1).astype(np.float32)
+    df = pd.DataFrame(flat, index=index)
+    df.attrs["token_shape"] = tuple(arr.shape[1:])
+    return df
+
+
+@dataclass
+class Cohort:
+    """A validated cohort folder (see the module docstring)."""
+
+    root: Path
+    table: pd.DataFrame
+    features: pd.DataFrame | None = None
+    timeline: pd.DataFrame | None = None
+    image_embeddings: pd.DataFrame | None = None
+    ehr_embeddings: pd.DataFrame | None = None
+    _by_id: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_id = {sid: i for i, sid in enumerate(self.table["subject_id"])}
+        self._events_by_id: dict[str, pd.DataFrame] | None = None
+
+    def ids(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return self.table["subject_id"].tolist()
+        if split not in SPLITS:
+            raise InputError("split", split, "unknown split", "use train, val or test")
+        return self.table.loc[self.table["split"] == split, "subject_id"].tolist()
+
+    def row(self, subject_id: str) -> pd.Series:
+        sid = str(subject_id)
+        if sid not in self._by_id:
+            raise InputError("subject", sid, "not in cohort.csv", f"use one of the cohort's ids, e.g. {_examples(self.ids())}")
+        return self.table.iloc[self._by_id[sid]]
+
+    @property
+    def has_studies(self) -> bool:
+        return "study" in self.table.columns and self.table["study"].notna().any()
+
+    def study_path(self, subject_id: str) -> Path | None:
+        row = self.row(subject_id)
+        if "study" not in row.index or pd.isna(row["study"]) or str(row["study"]).strip() == "":
+            return None
+        path = (self.root / str(row["study"])).resolve()
+        return path
+
+    def load_volume(self, subject_id: str) -> Volume | None:
+        """The subject's CT (``core.io.study.load_study``), or None when the subject has none."""
+        path = self.study_path(subject_id)
+        if path is None:
+            return None
+        if not path.exists():
+            raise InputError("study", str(self.row(subject_id)["study"]), "file not found",
+                             "fix the study path in cohort.csv (relative to the cohort folder)")
+        from core.io.study import load_study
+
+        return load_study(path)
+
+    def index_time(self, subject_id: str) -> pd.Timestamp | None:
+        row = self.row(subject_id)
+        if "index_time" not in row.index or pd.isna(row["index_time"]):
+            return None
+        return pd.Timestamp(row["index_time"])
+
+    def events(self, subject_id: str) -> pd.DataFrame:
+        """The subject's timeline events at or before its index time (all events when no index_time column).
+
+        A subject with timeline events but no index time in a cohort that has an
+        index_time column gets no events: nothing after the scan may leak in.
+        """
+        row = self.row(subject_id)
+        empty = pd.DataFrame({"subject_id": pd.Series(dtype=str), "time": pd.Series(dtype="datetime64[ns]"),
+                              "code": pd.Series(dtype=str), "numeric_value": pd.Series(dtype=float)})
+        if self.timeline is None:
+            return empty
+        if self._events_by_id is None:
+            self._events_by_id = {str(k): g for k, g in self.timeline.groupby("subject_id", sort=False)}
+        ev = self._events_by_id.get(str(row["subject_id"]))
+        if ev is None:
+            return empty
+        if "index_time" in self.table.columns:
+            idx = self.index_time(subject_id)
+            if idx is None:
+                return empty
+            ev = ev[ev["time"] <= idx]
+        return ev.sort_values("time", kind="stable").reset_index(drop=True)
+
+    def fingerprint(self) -> str:
+        """Hash of the outcome table and the file sizes/mtimes of the modalities (cache key)."""
+        h = hashlib.sha256(pd.util.hash_pandas_object(self.table.astype(str), index=False).values.tobytes())
+        for name in ("features.csv", "timeline.parquet", "timeline.csv", "image_embeddings.npy",
+                     "image_embeddings.parquet", "ehr_embeddings.npy", "ehr_embeddings.parquet"):
+            p = self.root / name
+            if p.exists():
+                st = p.stat()
+                h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+
+def load_cohort(root: Path | str, *, seed: int = 0) -> Cohort:
+    """Load and validate a cohort folder (see the module docstring)."""
+    root = Path(root)
+    csv = root / "cohort.csv"
+    if not root.is_dir():
+        raise InputError("cohort", str(root), "is not a folder", "pass a cohort folder that holds cohort.csv")
+    if not csv.exists():
+        raise InputError("cohort", str(root), "has no cohort.csv", "add cohort.csv with subject_id, time, event")
+    table = validate_outcomes(pd.read_csv(csv), seed=seed)
+    ids = table["subject_id"].tolist()
+    id_set = set(ids)
+    features = _read_features(root / "features.csv", id_set) if (root / "features.csv").exists() else None
+    timeline = None
+    for name in ("timeline.parquet", "timeline.csv"):
+        if (root / name).exists():
+            from core.io.timeline import read_timeline
+
+            timeline = read_timeline(root / name, subjects=ids)
+            break
+    image_emb = _read_embeddings(root, "image_embeddings", ids)
+    ehr_emb = _read_embeddings(root, "ehr_embeddings", ids)
+    return Cohort(root=root, table=table, features=features, timeline=timeline,
+                  image_embeddings=image_emb, ehr_embeddings=ehr_emb)

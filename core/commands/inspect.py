@@ -1,0 +1,42 @@
+"""``python -m core inspect PATH [--series KEY] [--json]``: load a study and describe it.
+
+Never imports torch: start-up time is part of the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "load a study (DICOM file/folder/zip or NIfTI) and print geometry, HU and PHI"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", type=Path, help="DICOM file, folder of DICOM files, zip of a series, or .nii/.nii.gz")
+    parser.add_argument("--series", default=None, help="SeriesInstanceUID (or fallback key, or a unique prefix) to load")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.io.study import inspect_study
+
+    info = inspect_study(args.path, args.series)
+    if args.json:
+        print(json.dumps(info, allow_nan=False))
+        return 0
+    out = sys.stdout
+    s, r, c = info["shape"]
+    ss, rs, cs = info["spacing_mm"]
+    print(f"format      {info['format']} ({info['modality']})", file=out)
+    print(f"shape       {s} slices x {r} rows x {c} cols", file=out)
+    print(f"spacing     {ss:g} x {rs:g} x {cs:g} mm (slice, row, col)", file=out)
+    print(f"HU          min {info['hu_min']:g}, max {info['hu_max']:g}, mean {info['hu_mean']:.1f}", file=out)
+    print(f"series      {info['n_series']}", file=out)
+    for entry in info["series"]:
+        print(f"  {entry['key']}  {entry['n_instances']} images {entry['rows']}x{entry['cols']} {entry['modality']}", file=out)
+    print(f"PHI         {', '.join(info['phi']) if info['phi'] else 'none found'}", file=out)
+    for warning in info["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0

@@ -1,0 +1,47 @@
+"""``python -m core train --cohort DIR --fusion NAME --out MODEL``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "train a fusion survival model on a cohort"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from core.models import FUSIONS, HEADS
+
+    parser.add_argument("--cohort", required=True, type=Path, help="cohort folder (cohort.csv, studies, timeline, features)")
+    parser.add_argument("--fusion", required=True, choices=FUSIONS, help="fusion strategy")
+    parser.add_argument("--out", required=True, type=Path, help="model folder to write")
+    parser.add_argument("--head", default="discrete", choices=HEADS, help="survival head (default discrete)")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs of the fusion stage (default 60)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--image-encoder", type=Path, default=None, help="pretrained encoder folder (python -m core pretrain)")
+    parser.add_argument("--image-encoder-kind", default="auto", choices=("auto", "2d", "3d", "embedding", "none"))
+    parser.add_argument("--ehr-encoder", default="auto", choices=("auto", "sequence", "tabular", "embedding"))
+    parser.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from core.train import train_model
+
+    metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
+                          device=args.device, image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
+                          ehr_encoder=args.ehr_encoder)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    test = metrics.get("test", {})
+    if args.json:
+        print(json.dumps({"model": str(args.out), "fusion": args.fusion, "head": args.head,
+                          "c_index": test.get("c_index"), "c_index_ci": test.get("c_index_ci"),
+                          "val_c_index": metrics.get("val_c_index"), "train_seconds": metrics["train_seconds"],
+                          "world_size": metrics["world_size"]}, default=float))
+    else:
+        print(f"wrote {args.out}: test C-index {test.get('c_index', float('nan')):.3f} "
+              f"(95% CI {test.get('c_index_ci')}), {metrics['train_seconds']:.0f} s")
+    return 0

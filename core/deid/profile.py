@@ -1,0 +1,437 @@
+"""DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile, as data.
+
+``ANNEX_E`` lists the attributes that the profile (table E.1-1, column "Basic
+Prof.") removes or changes, with the action the standard gives and the action
+this project applies when it has to pick one of a composite action:
+
+- ``X`` remove, ``Z`` replace with an empty value, ``D`` replace with a dummy
+  value, ``U`` replace a UID (consistently within the study), ``K`` keep.
+- Composite actions of the standard (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``) depend
+  on the attribute's type in the IOD; we resolve them to ``Z`` (empty, valid
+  for type 2 and 3) or ``X`` as shown in the ``action`` column.
+- ``X/Z/U*`` (reference sequences) keeps the sequence and replaces the UIDs
+  inside it, so references between the cleaned instances stay valid: ``K``.
+
+``kind`` is the class a finding of that attribute gets in detection:
+identifier, date, free_text, uid (plus private, overlay, pixel_risk that are
+decided by tag or by content, not by this table).
+
+Rules by value representation and tag (``rule_for``) complete the table:
+every person name (VR PN), every date/time (DA, DT, TM), every instance UID
+(UI that is not a class, transfer syntax or other definitional UID), private
+tags, overlays (60xx) and curves (50xx).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.datadict import dictionary_has_tag, dictionary_keyword
+from pydicom.tag import BaseTag
+
+# (keyword, standard action, applied action, kind)
+ANNEX_E: tuple[tuple[str, str, str, str], ...] = (
+    # --- patient identity and characteristics
+    ("PatientName", "Z", "D", "identifier"),  # replaced by a pseudonym (a dummy value)
+    ("PatientID", "Z", "D", "identifier"),  # replaced by a pseudonym (a dummy value)
+    ("PatientBirthDate", "Z", "Z", "identifier"),
+    ("PatientBirthTime", "X", "X", "identifier"),
+    ("PatientBirthName", "X", "X", "identifier"),
+    ("PatientMotherBirthName", "X", "X", "identifier"),
+    ("OtherPatientNames", "X", "X", "identifier"),
+    ("OtherPatientIDs", "X", "X", "identifier"),
+    ("OtherPatientIDsSequence", "X", "X", "identifier"),
+    ("IssuerOfPatientID", "X", "X", "identifier"),
+    ("IssuerOfPatientIDQualifiersSequence", "X", "X", "identifier"),
+    ("PatientSex", "Z", "Z", "identifier"),
+    ("PatientAge", "X", "X", "identifier"),
+    ("PatientSize", "X", "X", "identifier"),
+    ("PatientWeight", "X", "X", "identifier"),
+    ("PatientSexNeutered", "X/Z", "Z", "identifier"),
+    ("PatientAddress", "X", "X", "identifier"),
+    ("PatientTelephoneNumbers", "X", "X", "identifier"),
+    ("PatientTelecomInformation", "X", "X", "identifier"),
+    ("CountryOfResidence", "X", "X", "identifier"),
+    ("RegionOfResidence", "X", "X", "identifier"),
+    ("EthnicGroup", "X", "X", "identifier"),
+    ("Occupation", "X", "X", "identifier"),
+    ("MilitaryRank", "X", "X", "identifier"),
+    ("BranchOfService", "X", "X", "identifier"),
+    ("PatientReligiousPreference", "X", "X", "identifier"),
+    ("PatientPrimaryLanguageCodeSequence", "X", "X", "identifier"),
+    ("PatientInsurancePlanCodeSequence", "X", "X", "identifier"),
+    ("InsurancePlanIdentification", "X", "X", "identifier"),
+    ("MedicalRecordLocator", "X", "X", "identifier"),
+    ("ReferencedPatientSequence", "X", "X", "identifier"),
+    ("ReferencedPatientAliasSequence", "X", "X", "identifier"),
+    ("ReferencedPatientPhotoSequence", "X", "X", "identifier"),
+    ("PatientState", "X", "X", "identifier"),
+    ("PatientTransportArrangements", "X", "X", "identifier"),
+    ("PatientInstitutionResidence", "X", "X", "identifier"),
+    ("ScheduledPatientInstitutionResidence", "X", "X", "identifier"),
+    ("CurrentPatientLocation", "X", "X", "identifier"),
+    ("PregnancyStatus", "X", "X", "identifier"),
+    ("SmokingStatus", "X", "X", "identifier"),
+    ("LastMenstrualDate", "X", "X", "identifier"),
+    ("PatientAlternativeCalendar", "X", "X", "identifier"),
+    ("PatientBirthDateInAlternativeCalendar", "X", "X", "identifier"),
+    ("PatientDeathDateInAlternativeCalendar", "X", "X", "identifier"),
+    ("ResponsiblePerson", "X", "X", "identifier"),
+    ("ResponsibleOrganization", "X", "X", "identifier"),
+    ("PersonName", "D", "X", "identifier"),
+    ("PersonAddress", "X", "X", "identifier"),
+    ("PersonTelephoneNumbers", "X", "X", "identifier"),
+    ("PersonTelecomInformation", "X", "X", "identifier"),
+    ("PersonIdentificationCodeSequence", "D", "X", "identifier"),
+    # --- visit, admission, service episode
+    ("AdmissionID", "X", "X", "identifier"),
+    ("IssuerOfAdmissionID", "X", "X", "identifier"),
+    ("IssuerOfAdmissionIDSequence", "X", "X", "identifier"),
+    ("ServiceEpisodeID", "X", "X", "identifier"),
+    ("IssuerOfServiceEpisodeID", "X", "X", "identifier"),
+    ("IssuerOfServiceEpisodeIDSequence", "X", "X", "identifier"),
+    ("ServiceEpisodeDescription", "X", "X", "free_text"),
+    ("AdmittingDiagnosesDescription", "X", "X", "free_text"),
+    ("AdmittingDiagnosesCodeSequence", "X", "X", "free_text"),
+    ("DischargeDiagnosisDescription", "X", "X", "free_text"),
+    ("AdmittingDate", "X", "X", "date"),
+    ("AdmittingTime", "X", "X", "date"),
+    ("VisitComments", "X", "X", "free_text"),
+    ("ReasonForVisit", "X", "X", "free_text"),
+    ("MedicalAlerts", "X", "X", "free_text"),
+    ("Allergies", "X", "X", "free_text"),
+    ("AdditionalPatientHistory", "X", "X", "free_text"),
+    ("PatientComments", "X", "X", "free_text"),
+    ("SpecialNeeds", "X", "X", "free_text"),
+    ("PreMedication", "X", "X", "free_text"),
+    # --- institution, equipment, staff
+    ("InstitutionName", "X/Z/D", "Z", "identifier"),
+    ("InstitutionAddress", "X", "X", "identifier"),
+    ("InstitutionCodeSequence", "X/Z/D", "X", "identifier"),
+    ("InstitutionalDepartmentName", "X", "X", "identifier"),
+    ("InstitutionalDepartmentTypeCodeSequence", "X", "X", "identifier"),
+    ("StationName", "X/Z/D", "Z", "identifier"),
+    ("DeviceSerialNumber", "X/Z/D", "Z", "identifier"),
+    ("DeviceUID", "U", "U", "uid"),
+    ("DetectorID", "X", "X", "identifier"),
+    ("GantryID", "X", "X", "identifier"),
+    ("GeneratorID", "X", "X", "identifier"),
+    ("CassetteID", "X", "X", "identifier"),
+    ("PlateID", "X", "X", "identifier"),
+    ("SourceSerialNumber", "X", "X", "identifier"),
+    ("ModifyingDeviceID", "X", "X", "identifier"),
+    ("ModifyingDeviceManufacturer", "X", "X", "identifier"),
+    ("OperatorsName", "X/Z/D", "Z", "identifier"),
+    ("OperatorIdentificationSequence", "X", "X", "identifier"),
+    ("ReferringPhysicianName", "Z", "Z", "identifier"),
+    ("ReferringPhysicianAddress", "X", "X", "identifier"),
+    ("ReferringPhysicianTelephoneNumbers", "X", "X", "identifier"),
+    ("ReferringPhysicianIdentificationSequence", "X", "X", "identifier"),
+    ("ConsultingPhysicianName", "X", "X", "identifier"),
+    ("ConsultingPhysicianIdentificationSequence", "X", "X", "identifier"),
+    ("PerformingPhysicianName", "X", "X", "identifier"),
+    ("PerformingPhysicianIdentificationSequence", "X", "X", "identifier"),
+    ("NameOfPhysiciansReadingStudy", "X", "X", "identifier"),
+    ("PhysiciansReadingStudyIdentificationSequence", "X", "X", "identifier"),
+    ("PhysiciansOfRecord", "X", "X", "identifier"),
+    ("PhysiciansOfRecordIdentificationSequence", "X", "X", "identifier"),
+    ("PhysicianApprovingInterpretation", "X", "X", "identifier"),
+    ("RequestingPhysician", "X", "X", "identifier"),
+    ("RequestingService", "X", "X", "identifier"),
+    ("RequestingServiceCodeSequence", "X", "X", "identifier"),
+    ("ScheduledPerformingPhysicianName", "X", "X", "identifier"),
+    ("ScheduledPerformingPhysicianIdentificationSequence", "X", "X", "identifier"),
+    ("HumanPerformerName", "X", "X", "identifier"),
+    ("HumanPerformerOrganization", "X", "X", "identifier"),
+    ("ActualHumanPerformersSequence", "X", "X", "identifier"),
+    ("ScheduledHumanPerformersSequence", "X", "X", "identifier"),
+    ("ContentCreatorName", "Z", "Z", "identifier"),
+    ("ContentCreatorIdentificationCodeSequence", "X", "X", "identifier"),
+    ("AuthorObserverSequence", "X", "X", "identifier"),
+    ("ParticipantSequence", "X", "X", "identifier"),
+    ("VerifyingObserverName", "D", "X", "identifier"),
+    ("VerifyingObserverSequence", "D", "X", "identifier"),
+    ("VerifyingObserverIdentificationCodeSequence", "Z", "X", "identifier"),
+    ("VerifyingOrganization", "X", "X", "identifier"),
+    ("ReviewerName", "X/D", "X", "identifier"),
+    ("SecondaryReviewerName", "X", "X", "identifier"),
+    ("EvaluatorName", "X", "X", "identifier"),
+    ("InterpretationAuthor", "X", "X", "identifier"),
+    ("InterpretationRecorder", "X", "X", "identifier"),
+    ("InterpretationTranscriber", "X", "X", "identifier"),
+    ("InterpretationApproverSequence", "X", "X", "identifier"),
+    ("InterpretationIDIssuer", "X", "X", "identifier"),
+    ("DistributionName", "X", "X", "identifier"),
+    ("DistributionAddress", "X", "X", "identifier"),
+    ("NamesOfIntendedRecipientsOfResults", "X", "X", "identifier"),
+    ("IntendedRecipientsOfResultsIdentificationSequence", "X", "X", "identifier"),
+    ("ResultsDistributionListSequence", "X", "X", "identifier"),
+    ("ResultsIDIssuer", "X", "X", "identifier"),
+    ("CustodialOrganizationSequence", "X", "X", "identifier"),
+    ("OrderEnteredBy", "X", "X", "identifier"),
+    ("OrderEntererLocation", "X", "X", "identifier"),
+    ("OrderCallbackPhoneNumber", "X", "X", "identifier"),
+    ("OrderCallbackTelecomInformation", "X", "X", "identifier"),
+    ("PerformedStationAETitle", "X", "X", "identifier"),
+    ("PerformedStationName", "X", "X", "identifier"),
+    ("PerformedStationNameCodeSequence", "X", "X", "identifier"),
+    ("PerformedStationGeographicLocationCodeSequence", "X", "X", "identifier"),
+    ("PerformedLocation", "X", "X", "identifier"),
+    ("ScheduledStationAETitle", "X", "X", "identifier"),
+    ("ScheduledStationName", "X", "X", "identifier"),
+    ("ScheduledStationNameCodeSequence", "X", "X", "identifier"),
+    ("ScheduledStationGeographicLocationCodeSequence", "X", "X", "identifier"),
+    ("ScheduledProcedureStepLocation", "X", "X", "identifier"),
+    ("ScheduledStudyLocation", "X", "X", "identifier"),
+    ("ScheduledStudyLocationAETitle", "X", "X", "identifier"),
+    ("RequestedProcedureLocation", "X", "X", "identifier"),
+    # --- study, request, order
+    ("AccessionNumber", "Z", "Z", "identifier"),
+    ("StudyID", "Z", "Z", "identifier"),
+    ("StudyIDIssuer", "X", "X", "identifier"),
+    ("IssuerOfAccessionNumberSequence", "X", "X", "identifier"),
+    ("PlacerOrderNumberImagingServiceRequest", "Z", "Z", "identifier"),
+    ("FillerOrderNumberImagingServiceRequest", "Z", "Z", "identifier"),
+    ("PlacerOrderNumberProcedure", "X", "X", "identifier"),
+    ("FillerOrderNumberProcedure", "X", "X", "identifier"),
+    ("RequestedProcedureID", "X", "X", "identifier"),
+    ("PerformedProcedureStepID", "X", "X", "identifier"),
+    ("ScheduledProcedureStepID", "X", "X", "identifier"),
+    ("RequestAttributesSequence", "X", "X", "identifier"),
+    ("ReferencedStudySequence", "X/Z", "Z", "identifier"),
+    ("ReferencedPerformedProcedureStepSequence", "X/Z/D", "X", "identifier"),
+    ("ReferencedDigitalSignatureSequence", "X", "X", "identifier"),
+    ("ReferencedSOPInstanceMACSequence", "X", "X", "identifier"),
+    ("DigitalSignaturesSequence", "X", "X", "identifier"),
+    ("DigitalSignatureUID", "X", "X", "uid"),
+    ("MAC", "X", "X", "identifier"),
+    ("OriginalAttributesSequence", "X", "X", "identifier"),
+    ("ModifiedAttributesSequence", "X", "X", "identifier"),
+    ("ConfidentialityConstraintOnPatientDataDescription", "X", "X", "free_text"),
+    ("StudyDescription", "X", "X", "free_text"),
+    ("SeriesDescription", "X", "X", "free_text"),
+    ("ProtocolName", "X/D", "X", "free_text"),
+    ("PerformedProcedureStepDescription", "X", "X", "free_text"),
+    ("ScheduledProcedureStepDescription", "X", "X", "free_text"),
+    ("RequestedProcedureDescription", "X/Z", "Z", "free_text"),
+    ("RequestedProcedureComments", "X", "X", "free_text"),
+    ("RequestedContrastAgent", "X", "X", "free_text"),
+    ("ReasonForStudy", "X", "X", "free_text"),
+    ("ReasonForTheRequestedProcedure", "X", "X", "free_text"),
+    ("ReasonForTheImagingServiceRequest", "X", "X", "free_text"),
+    ("ImagingServiceRequestComments", "X", "X", "free_text"),
+    ("CommentsOnThePerformedProcedureStep", "X", "X", "free_text"),
+    ("CommentsOnTheScheduledProcedureStep", "X", "X", "free_text"),
+    ("AcquisitionComments", "X", "X", "free_text"),
+    ("AcquisitionProtocolDescription", "X", "X", "free_text"),
+    ("AcquisitionDeviceProcessingDescription", "X/D", "X", "free_text"),
+    ("ContrastBolusAgent", "Z/D", "Z", "free_text"),
+    ("DerivationDescription", "X", "X", "free_text"),
+    ("ModifiedImageDescription", "X", "X", "free_text"),
+    ("ContributionDescription", "X", "X", "free_text"),
+    ("ImageComments", "X", "X", "free_text"),
+    ("FrameComments", "X", "X", "free_text"),
+    ("ImagePresentationComments", "X", "X", "free_text"),
+    ("IdentifyingComments", "X", "X", "free_text"),
+    ("StudyComments", "X", "X", "free_text"),
+    ("ResultsComments", "X", "X", "free_text"),
+    ("TextComments", "X", "X", "free_text"),
+    ("TextString", "X", "X", "free_text"),
+    ("TextValue", "X", "X", "free_text"),
+    ("UnformattedTextValue", "X", "X", "free_text"),
+    ("Impressions", "X", "X", "free_text"),
+    ("InterpretationText", "X", "X", "free_text"),
+    ("InterpretationDiagnosisDescription", "X", "X", "free_text"),
+    ("TopicTitle", "X", "X", "free_text"),
+    ("TopicSubject", "X", "X", "free_text"),
+    ("TopicAuthor", "X", "X", "free_text"),
+    ("TopicKeywords", "X", "X", "free_text"),
+    ("Arbitrary", "X", "X", "free_text"),
+    ("DataSetTrailingPadding", "X", "X", "free_text"),
+    ("ContentSequence", "X", "X", "free_text"),
+    ("AcquisitionContextSequence", "X", "X", "free_text"),
+    ("GraphicAnnotationSequence", "D", "X", "free_text"),
+    ("IconImageSequence", "X", "X", "free_text"),
+    ("PatientSetupPhotoDescription", "X", "X", "free_text"),
+    ("TimezoneOffsetFromUTC", "X", "X", "date"),
+    # --- dates and times (when dates are removed; shifted or kept otherwise)
+    ("StudyDate", "Z", "Z", "date"),
+    ("StudyTime", "Z", "Z", "date"),
+    ("SeriesDate", "X", "X", "date"),
+    ("SeriesTime", "X", "X", "date"),
+    ("AcquisitionDate", "X/Z", "Z", "date"),
+    ("AcquisitionTime", "X/Z", "Z", "date"),
+    ("AcquisitionDateTime", "X/Z/D", "Z", "date"),
+    ("ContentDate", "Z/D", "Z", "date"),
+    ("ContentTime", "Z/D", "Z", "date"),
+    ("InstanceCreationDate", "X/D", "X", "date"),
+    ("InstanceCreationTime", "X/Z/D", "X", "date"),
+    ("OverlayDate", "X", "X", "date"),
+    ("OverlayTime", "X", "X", "date"),
+    ("CurveDate", "X", "X", "date"),
+    ("CurveTime", "X", "X", "date"),
+    ("DateOfLastCalibration", "X", "X", "date"),
+    ("TimeOfLastCalibration", "X", "X", "date"),
+    ("DateOfSecondaryCapture", "X", "X", "date"),
+    ("TimeOfSecondaryCapture", "X", "X", "date"),
+    ("PerformedProcedureStepStartDate", "X", "X", "date"),
+    ("PerformedProcedureStepStartTime", "X", "X", "date"),
+    ("PerformedProcedureStepEndDate", "X", "X", "date"),
+    ("PerformedProcedureStepEndTime", "X", "X", "date"),
+    ("ScheduledProcedureStepStartDate", "X", "X", "date"),
+    ("ScheduledProcedureStepStartTime", "X", "X", "date"),
+    ("ScheduledProcedureStepEndDate", "X", "X", "date"),
+    ("ScheduledProcedureStepEndTime", "X", "X", "date"),
+    ("ExpectedCompletionDateTime", "X", "X", "date"),
+    ("InstanceCoercionDateTime", "X", "X", "date"),
+    ("EndAcquisitionDateTime", "X/D", "X", "date"),
+    ("StartAcquisitionDateTime", "X/D", "X", "date"),
+    # --- unique identifiers
+    ("StudyInstanceUID", "U", "U", "uid"),
+    ("SeriesInstanceUID", "U", "U", "uid"),
+    ("SOPInstanceUID", "U", "U", "uid"),
+    ("MediaStorageSOPInstanceUID", "U", "U", "uid"),
+    ("FrameOfReferenceUID", "U", "U", "uid"),
+    ("SynchronizationFrameOfReferenceUID", "U", "U", "uid"),
+    ("ReferencedFrameOfReferenceUID", "U", "U", "uid"),
+    ("RelatedFrameOfReferenceUID", "U", "U", "uid"),
+    ("ReferencedSOPInstanceUID", "U", "U", "uid"),
+    ("ReferencedSOPInstanceUIDInFile", "U", "U", "uid"),
+    ("RequestedSOPInstanceUID", "U", "U", "uid"),
+    ("AffectedSOPInstanceUID", "X", "X", "uid"),
+    ("FailedSOPInstanceUIDList", "U", "U", "uid"),
+    ("ConcatenationUID", "U", "U", "uid"),
+    ("SOPInstanceUIDOfConcatenationSource", "U", "U", "uid"),
+    ("DimensionOrganizationUID", "U", "U", "uid"),
+    ("IrradiationEventUID", "U", "U", "uid"),
+    ("InstanceCreatorUID", "U", "U", "uid"),
+    ("CreatorVersionUID", "U", "U", "uid"),
+    ("DoseReferenceUID", "U", "U", "uid"),
+    ("FiducialUID", "U", "U", "uid"),
+    ("LargePaletteColorLookupTableUID", "U", "U", "uid"),
+    ("PaletteColorLookupTableUID", "U", "U", "uid"),
+    ("StorageMediaFileSetUID", "U", "U", "uid"),
+    ("TransactionUID", "U", "U", "uid"),
+    ("ReferencedGeneralPurposeScheduledProcedureStepTransactionUID", "U", "U", "uid"),
+    ("TemplateExtensionCreatorUID", "U", "U", "uid"),
+    ("TemplateExtensionOrganizationUID", "U", "U", "uid"),
+    ("ContextGroupExtensionCreatorUID", "U", "U", "uid"),
+    ("TargetUID", "U", "U", "uid"),
+    ("TrackingUID", "U", "U", "uid"),
+    ("ObservationUID", "U", "U", "uid"),
+    ("SpecimenUID", "U", "U", "uid"),
+    ("UID", "U", "U", "uid"),
+    # --- reference sequences: kept, UIDs inside replaced (X/Z/U*)
+    ("ReferencedImageSequence", "X/Z/U*", "K", "uid"),
+    ("SourceImageSequence", "X/Z/U*", "K", "uid"),
+    ("ReferencedSeriesSequence", "X/Z/U*", "K", "uid"),
+    ("ReferencedInstanceSequence", "X/Z/U*", "K", "uid"),
+)
+
+ACTIONS = ("X", "Z", "D", "U", "K")
+KINDS = ("identifier", "date", "private", "free_text", "overlay", "pixel_risk", "uid")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the profile does with one attribute."""
+
+    keyword: str
+    standard: str  # the action as PS3.15 table E.1-1 gives it
+    action: str  # the action applied here: X, Z, D, U or K
+    kind: str  # finding class
+
+
+RULES: dict[str, Rule] = {kw: Rule(kw, std, act, kind) for kw, std, act, kind in ANNEX_E}
+
+# UI attributes that name a definition (a class, a transfer syntax, a coding
+# scheme), not an instance: never replaced.
+DEFINITIONAL_UID_SUFFIXES = ("ClassUID", "SOPClassesInStudy", "SOPClassesInSeries", "SOPClassesSupported", "TransferSyntaxUID")
+DEFINITIONAL_UID_KEYWORDS = frozenset(
+    {
+        "CodingSchemeUID",
+        "ContextUID",
+        "MappingResourceUID",
+        "PrivateInformationCreatorUID",
+        "HomeCommunityID",
+        "RepositoryUniqueID",
+        "RetrieveLocationUID",
+        "SelectorUIValue",
+        "ImplementationClassUID",
+    }
+)
+DICOM_ROOT = "1.2.840.10008."  # UIDs defined by the standard itself (classes, syntaxes, ...)
+
+# Code sequence items written into DeidentificationMethodCodeSequence (CID 7050).
+METHOD_CODES: dict[str, str] = {
+    "113100": "Basic Application Confidentiality Profile",
+    "113101": "Clean Pixel Data Option",
+    "113105": "Clean Descriptors Option",
+    "113106": "Retain Longitudinal Temporal Information Full Dates Option",
+    "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
+    "113108": "Retain Patient Characteristics Option",
+    "113109": "Retain Device Identity Option",
+    "113111": "Retain Safe Private Option",
+    "113112": "Retain UIDs Option",
+}
+
+# What a declared option lets an attribute keep (used to judge already
+# de-identified data): option code -> kinds or keywords it retains.
+PATIENT_CHARACTERISTICS = frozenset({"PatientSex", "PatientAge", "PatientSize", "PatientWeight", "EthnicGroup", "SmokingStatus", "PregnancyStatus", "PatientSexNeutered"})
+DEVICE_IDENTITY = frozenset({"StationName", "DeviceSerialNumber", "DeviceUID", "DetectorID", "GantryID", "GeneratorID", "CassetteID", "PlateID", "SourceSerialNumber"})
+
+
+def is_overlay_or_curve(tag: BaseTag) -> bool:
+    """Repeating groups 60xx (overlays) and 50xx (curves, retired)."""
+    group = tag.group
+    return group % 2 == 0 and (0x6000 <= group <= 0x60FF or 0x5000 <= group <= 0x50FF)
+
+
+# Elements of an overlay (60xx) or curve (50xx) group that hold content that
+# can identify (the bitmap / curve data, comments, descriptions, labels); the
+# rest is geometry. Detection reports these; de-identification drops the group.
+OVERLAY_CONTENT_ELEMENTS = frozenset({0x3000, 0x4000, 0x0022, 0x1500, 0x2500})
+
+
+def is_overlay_content(tag: BaseTag) -> bool:
+    return is_overlay_or_curve(tag) and tag.element in OVERLAY_CONTENT_ELEMENTS
+
+
+def is_definitional_uid(keyword: str, value: str) -> bool:
+    """A class / syntax / coding-scheme UID, or one under the DICOM root: kept."""
+    if value.startswith(DICOM_ROOT):
+        return True
+    return keyword in DEFINITIONAL_UID_KEYWORDS or keyword.endswith(DEFINITIONAL_UID_SUFFIXES)
+
+
+def rule_for(tag: BaseTag, vr: str, keyword: str) -> Rule | None:
+    """The rule for one element, or None when the profile keeps it as is.
+
+    Order: the Annex E table by keyword, then rules by tag (private,
+    overlays/curves, unknown public tags), then by value representation.
+    """
+    if keyword in RULES:
+        return RULES[keyword]
+    if tag.is_private:
+        return Rule(keyword or "PrivateTags", "X", "X", "private")
+    if is_overlay_or_curve(tag):
+        return Rule(keyword or dictionary_keyword_safe(tag), "X", "X", "overlay")
+    if tag.element == 0 and tag.group != 0x0002:
+        return Rule(keyword or "GroupLength", "X", "X", "free_text")  # group lengths (retired): dropped
+    if not keyword and not dictionary_has_tag(tag):
+        return Rule("UnknownAttribute", "X", "X", "free_text")
+    if vr == "PN":
+        return Rule(keyword, "X", "X", "identifier")
+    if vr in ("DA", "DT", "TM"):
+        return Rule(keyword, "K", "Z", "date")
+    if vr == "UI":
+        return Rule(keyword, "U", "U", "uid")
+    return None
+
+
+def dictionary_keyword_safe(tag: BaseTag) -> str:
+    try:
+        return dictionary_keyword(tag) or f"Tag{tag.group:04X}{tag.element:04X}"
+    except KeyError:
+        return f"Tag{tag.group:04X}{tag.element:04X}"
+

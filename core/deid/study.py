@@ -1,0 +1,345 @@
+"""De-identify a whole DICOM study (file, folder or zip) into a folder or an in-memory zip.
+
+Every instance goes through one ``StudyCleaner`` (one UID map, one date
+offset), is written under a generated name (``IM00001.dcm`` ...), and is then
+verified: its header bytes are searched for every identifying string of the
+original; an element still holding one is removed, and anything left over
+(for example text inside pixel data) is reported.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from core.deid.clean import StudyCleaner
+from core.deid.detect import PIXEL_TAGS, element_values, find_phi, identifying_values
+from core.errors import InputError
+from core.io.safezip import is_zip, read_zip
+
+MAX_FILE_BYTES = 2 * 1024**3
+Progress = Callable[[float, str], None]
+
+PIXEL_RISK_TEXT: dict[str, str] = {
+    "BurnedInAnnotation": "have BurnedInAnnotation YES or missing: check the pixels for burned-in text",
+    "SOPClassUID": "are secondary captures (SOP class 1.2.840.10008.5.1.4.1.1.7*): screenshots often show identifying text",
+    "ImageType": "have ImageType DERIVED\\SECONDARY: check the pixels for burned-in text",
+    "Modality": "have Modality OT/SC (other / secondary capture): check the pixels for burned-in text",
+}
+
+
+@dataclass
+class DeidReport:
+    """What de-identification changed. Holds no original value and no date offset."""
+
+    dates: str  # shift, remove or keep
+    n_instances: int = 0
+    n_series: int = 0
+    files_written: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> number of input files
+    pseudonyms: list[str] = field(default_factory=list)  # new PatientName/PatientID values
+    action_counts: dict[str, int] = field(default_factory=dict)  # X, Z, D, U, shift -> element changes
+    changes: list[tuple[str, str]] = field(default_factory=list)  # sorted unique (keyword, action)
+    pixel_risk: list[str] = field(default_factory=list)  # warnings: burned-in text may remain
+    leaks_removed: int = 0  # elements removed by the verification pass (identifying text outside the profile)
+    residual: list[str] = field(default_factory=list)  # warnings: identifying text still in the bytes
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["changes"] = [list(c) for c in self.changes]
+        return out
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one fact per line."""
+        out = [f"de-identified {self.n_instances} instance(s) in {self.n_series} series -> {len(self.files_written)} file(s)"]
+        if self.files_written:
+            out[0] += f" ({self.files_written[0]} .. {self.files_written[-1]})"
+        out.append({"shift": "dates: shifted by one random offset for the whole study (offset not shown)", "remove": "dates: removed", "keep": "dates: kept unchanged"}[self.dates])
+        if self.pseudonyms:
+            out.append(f"patient pseudonym(s): {', '.join(self.pseudonyms)}")
+        labels = {"X": "removed", "Z": "emptied", "D": "replaced by a dummy", "U": "UIDs replaced", "shift": "dates shifted"}
+        by_action: dict[str, list[str]] = {}
+        for keyword, action in self.changes:
+            by_action.setdefault(action, []).append(keyword)
+        for action in ("D", "X", "Z", "U", "shift"):
+            if action in by_action:
+                out.append(f"{labels[action]} ({action}, {self.action_counts.get(action, 0)} elements): {', '.join(by_action[action])}")
+        if self.leaks_removed:
+            out.append(f"verification removed {self.leaks_removed} more element(s) that repeated identifying text")
+        for reason, count in sorted(self.skipped.items()):
+            out.append(f"skipped {count} input file(s): {reason}")
+        out += [f"warning: pixel risk: {w}" for w in self.pixel_risk]
+        out += [f"warning: {w}" for w in self.residual]
+        return out
+
+
+def _parse(data: bytes) -> tuple[Dataset | None, str]:
+    """A fully parsed instance, or None and the reason it is skipped."""
+    if not data:
+        return None, "empty file"
+    try:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except InvalidDicomError:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)  # no preamble: accepted only if it reads as an instance
+            if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+                return None, "not DICOM"
+        for _ in ds.iterall():  # convert every element now, so a broken file fails here
+            pass
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types on garbage; the reason is reported
+        return None, f"not readable as DICOM ({type(err).__name__})"
+    if "SOPClassUID" not in ds and not any(t in ds for t in PIXEL_TAGS):
+        return None, "not an image instance (e.g. DICOMDIR)"
+    short = _truncated(ds)
+    return (None, short) if short else (ds, "")
+
+
+def _truncated(ds: Dataset) -> str:
+    """A reason when an image instance lost its pixel data (a truncated file), else ""."""
+    sop_class = UID(str(ds.get("SOPClassUID", "") or ""))
+    if not ("Rows" in ds and "Columns" in ds) and "Image Storage" not in sop_class.name:
+        return ""
+    if not any(t in ds for t in PIXEL_TAGS):
+        return "truncated (image without pixel data)"
+    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return ""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * frames * int(ds.BitsAllocated)
+    except (TypeError, ValueError, AttributeError):
+        return "unreadable image header (Rows, Columns, BitsAllocated)"
+    if len(ds.PixelData) * 8 < expected:
+        return "truncated (pixel data shorter than Rows x Columns x frames)"
+    return ""
+
+
+def _serialize(ds: Dataset) -> bytes:
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        encoding = getattr(ds, "original_encoding", None) or (False, True)
+        implicit = bool(encoding[0])
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.preamble = b"\x00" * 128
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _encodings(text: str) -> set[bytes]:
+    return {text.encode(enc, errors="ignore") for enc in ("latin-1", "utf-8")} - {b""}
+
+
+def _header_bytes(ds: Dataset) -> bytes:
+    """The serialized dataset without pixel data (what verification searches)."""
+    held = {tag: ds[tag] for tag in PIXEL_TAGS if tag in ds}
+    for tag in held:
+        del ds[tag]
+    try:
+        return _serialize(ds)
+    finally:
+        for tag, elem in held.items():
+            ds[tag] = elem
+
+
+def _remove_containing(ds: Dataset, needles: set[bytes]) -> int:
+    """Remove every non-pixel element whose value contains one of ``needles``; return how many."""
+    removed = 0
+    for tag in list(ds.keys()):
+        if tag in PIXEL_TAGS:
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                removed += _remove_containing(item, needles)
+            continue
+        value = elem.value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+        else:
+            raw = "\\".join(str(v) for v in element_values(elem)).encode("utf-8", errors="ignore")
+        latin = raw.decode("utf-8", errors="ignore").encode("latin-1", errors="ignore")
+        if any(n in raw or n in latin for n in needles):
+            del ds[tag]
+            removed += 1
+    return removed
+
+
+def _verified_bytes(ds: Dataset, originals: set[str], report: DeidReport) -> bytes:
+    """Serialize ``ds``; remove elements that still hold an original identifying string."""
+    needles = {enc for text in originals for enc in _encodings(text)}
+    if needles:
+        header = _header_bytes(ds)
+        hits = {n for n in needles if n in header}
+        if hits:
+            report.leaks_removed += _remove_containing(ds, hits)
+            header = _header_bytes(ds)
+            if any(n in header for n in hits):
+                report.residual.append("identifying text remains in a file header after cleaning")
+    data = _serialize(ds)
+    pixel_hits = sum(1 for n in needles if len(n) >= 6 and n in data)
+    if pixel_hits and not any("pixel data" in r for r in report.residual):
+        report.residual.append("an original identifying string occurs inside pixel data bytes (burned-in or by chance): review the images")
+    return data
+
+
+def _iter_path(src: Path) -> Iterator[tuple[int, bytes | str]]:
+    """(total, data) per input file; a str instead of bytes is a skip reason."""
+    if src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+        for path in files:
+            size = path.stat().st_size
+            yield len(files), (path.read_bytes() if size <= MAX_FILE_BYTES else f"larger than {MAX_FILE_BYTES} bytes")
+        return
+    with open(src, "rb") as handle:
+        head = handle.read(4)
+    if is_zip(head):
+        members = read_zip(src)
+        for member in members:
+            yield len(members), member.data
+        return
+    if src.stat().st_size > MAX_FILE_BYTES:
+        raise InputError("IN", str(src), f"is larger than {MAX_FILE_BYTES} bytes", "give one DICOM instance, a folder or a zip")
+    yield 1, src.read_bytes()
+
+
+def _iter_bytes(data: bytes) -> Iterator[tuple[int, bytes | str]]:
+    if is_zip(data[:4]):
+        members = read_zip(data)
+        for member in members:
+            yield len(members), member.data
+    else:
+        yield 1, data
+
+
+def _run(
+    sources: Iterator[tuple[int, bytes | str]],
+    sink: Callable[[str, bytes], None],
+    cleaner: StudyCleaner,
+    progress: Progress | None,
+) -> DeidReport:
+    report = DeidReport(dates=cleaner.dates)
+    skipped: Counter[str] = Counter()
+    risks: Counter[str] = Counter()
+    series: set[str] = set()
+    done = 0
+    for total, data in sources:
+        done += 1
+        if progress is not None:
+            progress(done / max(total, 1), f"de-identifying file {done} of {total}")
+        if isinstance(data, str):
+            skipped[data] += 1
+            continue
+        ds, reason = _parse(data)
+        del data
+        if ds is None:
+            skipped[reason] += 1
+            continue
+        originals = identifying_values(ds)
+        for finding in find_phi(ds):
+            if finding.kind == "pixel_risk":
+                risks[finding.keyword] += 1
+        cleaner.clean(ds)
+        name = f"IM{report.n_instances + 1:05d}.dcm"
+        sink(name, _verified_bytes(ds, originals, report))
+        report.n_instances += 1
+        report.files_written.append(name)
+        series.add(str(ds.get("SeriesInstanceUID", "") or ""))
+    report.n_series = len(series)
+    report.skipped = dict(sorted(skipped.items()))
+    report.pseudonyms = list(cleaner.pseudonyms.values())
+    counts: Counter[str] = Counter()
+    for (_, action), n in cleaner.changes.items():
+        counts[action] += n
+    report.action_counts = dict(sorted(counts.items()))
+    report.changes = sorted(cleaner.changes)
+    report.pixel_risk = [f"{n} of {report.n_instances} instance(s) {PIXEL_RISK_TEXT[k]}" for k, n in sorted(risks.items())]
+    return report
+
+
+def _no_instances(label: str, value: str, report: DeidReport) -> InputError:
+    why = "; ".join(f"{n} file(s) {reason}" for reason, n in report.skipped.items()) or "no files"
+    return InputError(label, value, f"holds no readable DICOM instance ({why})", "give a DICOM file, a folder of DICOM files or a zip of them")
+
+
+def _check_paths(src: Path, dst: Path) -> tuple[Path, Path]:
+    if not src.exists():
+        raise InputError("IN", str(src), "does not exist", "give a DICOM file, a folder of DICOM files or a zip")
+    s, d = src.resolve(), dst.resolve()
+    if d == s:
+        raise InputError("OUT", str(dst), "is the input itself", "write the de-identified copy to a new folder")
+    if s.is_dir() and s in d.parents:
+        raise InputError("OUT", str(dst), f"is inside the input folder {src}", "write the de-identified copy outside the input")
+    if d.exists() and not d.is_dir():
+        raise InputError("OUT", str(dst), "is a file, not a folder", "give a new or empty folder")
+    if d.is_dir() and any(d.iterdir()):
+        raise InputError("OUT", str(dst), "is not empty", "give a new or empty folder (nothing is overwritten)")
+    return s, d
+
+
+def deidentify_study(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    dates: str = "shift",
+    shift_days: int | None = None,
+    seed: int | None = None,
+    pseudonym: str | None = None,
+    progress: Progress | None = None,
+) -> DeidReport:
+    """Write a de-identified copy of the study ``src`` (DICOM file, folder or zip) into folder ``dst``.
+
+    PS3.15 basic profile: identifying attributes removed or emptied, PatientName
+    and PatientID replaced by a pseudonym (``pseudonym`` or a random one), UIDs
+    replaced consistently across the study, private tags, overlays and curves
+    removed, dates shifted by one offset per study (``dates="shift"``, offset
+    ``shift_days`` or random), removed or kept; pixel data bit-identical.
+    ``dst`` must be new or empty and not inside ``src``.
+    """
+    cleaner = StudyCleaner(dates=dates, shift_days=shift_days, seed=seed, pseudonym=pseudonym)
+    s, d = _check_paths(Path(src), Path(dst))
+    created = not d.exists()
+    d.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, data: bytes) -> None:
+        (d / name).write_bytes(data)
+
+    report = _run(_iter_path(s), write, cleaner, progress)
+    if report.n_instances == 0:
+        if created:
+            d.rmdir()
+        raise _no_instances("IN", str(src), report)
+    return report
+
+
+def deidentify_bytes(
+    data: bytes,
+    name: str,
+    *,
+    dates: str = "shift",
+    shift_days: int | None = None,
+    seed: int | None = None,
+    pseudonym: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[bytes, DeidReport]:
+    """De-identify an uploaded study (a zip or one DICOM file) in memory; return a zip of the cleaned files.
+
+    ``name`` is the upload's file name, used only to word errors (never stored).
+    """
+    cleaner = StudyCleaner(dates=dates, shift_days=shift_days, seed=seed, pseudonym=pseudonym)
+    if not data:
+        raise InputError("upload", Path(name).suffix or "(no suffix)", "is an empty file", "upload a DICOM file or a zip of a DICOM series")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        report = _run(_iter_bytes(data), archive.writestr, cleaner, progress)
+    if report.n_instances == 0:
+        raise _no_instances("upload", Path(name).suffix or "(no suffix)", report)
+    return buf.getvalue(), report

@@ -1,0 +1,82 @@
+"""Calibration at a horizon: predicted risk against Kaplan-Meier observed risk, by risk group.
+
+Subjects are split into groups of equal size by predicted risk 1 - S(h)
+(deciles when there are at least 200 subjects; fewer groups of at least 20
+subjects otherwise). In each group the observed risk is 1 - KM(h) from
+lifelines' ``KaplanMeierFitter``; it is ``None`` when the group's follow-up
+ends (censored) before h, because KM is undefined there.
+
+Summaries over the groups with an observed value:
+
+- ``ici``: grouped integrated calibration index, the size-weighted mean of
+  |predicted - observed| (0 is perfect; Austin et al. smooth instead of grouping),
+- ``e_max``: the largest |predicted - observed|,
+- ``slope`` and ``intercept``: size-weighted least squares of observed on
+  predicted (1 and 0 are perfect; ``None`` when the groups' predictions do not vary).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lifelines import KaplanMeierFitter
+
+MIN_GROUP = 20
+
+
+def n_groups(n: int, groups: int = 10) -> int:
+    """Number of risk groups for n subjects: ``groups`` at most, each of >= 20 subjects, at least 2.
+
+    >>> n_groups(1000), n_groups(137), n_groups(30)
+    (10, 6, 2)
+    """
+    return int(min(groups, max(2, n // MIN_GROUP)))
+
+
+def km_risk_at(time: np.ndarray, event: np.ndarray, horizon: float) -> float | None:
+    """Observed risk 1 - KM(horizon); None when KM is undefined at the horizon."""
+    if time.size == 0:
+        return None
+    kmf = KaplanMeierFitter().fit(time, event_observed=event)
+    s = float(kmf.survival_function_at_times(horizon).iloc[0])
+    if time.max() < horizon and s > 0:
+        return None  # follow-up ended (censored) before the horizon
+    return 1.0 - s
+
+
+def calibration_at(pred_risk: np.ndarray, time: np.ndarray, event: np.ndarray, horizon: float,
+                   groups: int = 10) -> dict | None:
+    """Grouped calibration of predicted risks ``pred_risk`` = 1 - S(horizon).
+
+    Returns ``{"groups": [{"n", "events", "predicted", "observed"}], "ici", "e_max",
+    "slope", "intercept"}`` or None when no group has an observed risk.
+    """
+    k = n_groups(pred_risk.size, groups)
+    order = np.argsort(pred_risk, kind="stable")
+    rows: list[dict] = []
+    for idx in np.array_split(order, k):
+        obs = km_risk_at(time[idx], event[idx], horizon)
+        rows.append({
+            "n": int(idx.size),
+            "events": int(event[idx].sum()),
+            "predicted": float(pred_risk[idx].mean()),
+            "observed": None if obs is None else float(obs),
+        })
+    ok = [r for r in rows if r["observed"] is not None]
+    if not ok:
+        return None
+    pred = np.array([r["predicted"] for r in ok])
+    obs = np.array([r["observed"] for r in ok])
+    w = np.array([r["n"] for r in ok], dtype=float)
+    gap = np.abs(pred - obs)
+    slope: float | None = None
+    intercept: float | None = None
+    if len(ok) >= 2 and np.ptp(pred) > 1e-9:
+        slope_v, intercept_v = np.polyfit(pred, obs, 1, w=np.sqrt(w))
+        slope, intercept = float(slope_v), float(intercept_v)
+    return {
+        "groups": rows,
+        "ici": float(np.average(gap, weights=w)),
+        "e_max": float(gap.max()),
+        "slope": slope,
+        "intercept": intercept,
+    }

@@ -1,0 +1,48 @@
+"""Paired bootstrap comparison of two models' Harrell C on the same subjects.
+
+Both risk scores are evaluated on the same resamples of the subjects, so the
+interval of the difference accounts for their correlation. The p-value is the
+two-sided bootstrap p of H0: delta = 0, ``min(1, 2 * min(P*(delta <= 0),
+P*(delta >= 0)))`` with the +1 correction ``(count + 1) / (B + 1)``.
+
+>>> rng = np.random.default_rng(1)
+>>> t = rng.exponential(1.0, 200); x = -np.log(t) + rng.normal(0, 0.5, 200)
+>>> res = paired_bootstrap(x, rng.normal(size=200), t, np.ones(200), n_boot=200)
+>>> res["delta_c"] > 0.2, res["p_value"] < 0.01
+(True, True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.evaluate.metrics import harrell_c, harrell_c_fast
+from core.evaluate.outcomes import ArrayLike, check_outcome, check_risk
+
+
+def paired_bootstrap(risk_a: ArrayLike, risk_b: ArrayLike, time: ArrayLike, event: ArrayLike,
+                     n_boot: int = 1000, seed: int = 0) -> dict:
+    """``{"c_a", "c_b", "delta_c" (= c_a - c_b), "ci" [lo, hi] or None, "p_value", "n_boot"}``."""
+    t, e = check_outcome(time, event)
+    a = check_risk(risk_a, t.size, "risk_a")
+    b = check_risk(risk_b, t.size, "risk_b")
+    c_a, c_b = harrell_c(t, e, a), harrell_c(t, e, b)
+    rng = np.random.default_rng(seed)
+    deltas: list[float] = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, t.size, t.size)
+        te, tt = e[idx], t[idx]
+        if not te.any():
+            continue
+        try:
+            deltas.append(harrell_c_fast(tt, te, a[idx]) - harrell_c_fast(tt, te, b[idx]))
+        except ValueError:  # no comparable pairs in this resample
+            continue
+    d = np.asarray(deltas)
+    ci = [float(v) for v in np.percentile(d, [2.5, 97.5])] if d.size >= 10 else None
+    if d.size:
+        tail = min((d <= 0).sum(), (d >= 0).sum())
+        p = min(1.0, 2.0 * (tail + 1) / (d.size + 1))
+    else:
+        p = float("nan")
+    return {"c_a": c_a, "c_b": c_b, "delta_c": c_a - c_b, "ci": ci, "p_value": float(p), "n_boot": int(d.size)}

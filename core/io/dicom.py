@@ -1,0 +1,601 @@
+"""DICOM series (file, folder or in-memory zip members) -> :class:`~core.io.volume.Volume`.
+
+Two passes over the files, each header parsed once:
+
+1. headers: every file is parsed up to (not including) PixelData with
+   ``stop_before_pixels``; the offset of the PixelData element is kept. Files are
+   grouped into series by SeriesInstanceUID, or by a fallback key (frame of
+   reference, orientation, matrix size, series and acquisition number) when the
+   UID is blank. The largest series is taken unless ``series=`` names one.
+2. pixels: the size (Rows x Columns x frames x bytes) is checked against a
+   memory cap, then the chosen slices are decoded in parallel straight into the
+   output array: uncompressed data with ``numpy.frombuffer`` from the PixelData
+   offset, compressed transfer syntaxes (RLE, JPEG, JPEG-LS, JPEG 2000) through
+   pydicom's decoders and the pylibjpeg plugins.
+
+Slices are sorted by the projection of ImagePositionPatient on the slice normal
+(the cross product of the ImageOrientationPatient rows), gaps and uneven
+spacing become ``Volume.warnings``, RescaleSlope/Intercept are applied per
+slice, and the axes are permuted/flipped to the project convention (see
+``core/io/volume.py``). Oblique data are snapped to the nearest patient axes
+(with a warning), not resampled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import warnings as _warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from core.errors import InputError
+from core.io.volume import SeriesInfo, Volume
+
+MAX_DECODED_BYTES = 3 * 1024**3  # float32 output of one volume (about 800 slices of 1024 x 1024)
+MAX_FILES = 20_000
+MAX_FILE_BYTES = 2 * 1024**3
+_NATIVE = {
+    "1.2.840.10008.1.2": ("<", False),  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1": ("<", True),  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": (">", True),  # Explicit VR Big Endian (retired)
+}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+_SEQ_DELIM = b"\xfe\xff\xdd\xe0"
+_ITEM = b"\xfe\xff\x00\xe0"
+_SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db", "desktop.ini"}
+# pydicom warns when a tiny compressed frame happens to be as long as the raw one: not a user problem
+_warnings.filterwarnings("ignore", message="The number of bytes of compressed pixel data matches", category=UserWarning)
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass
+class DicomSource:
+    """One file: on disk (``path``) or in memory (``data``), with a display name."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> io.BufferedIOBase:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return open(self.path, "rb")  # noqa: SIM115 - caller closes
+
+    def read_from(self, offset: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset:]
+        assert self.path is not None
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+
+
+def sources_from_folder(folder: Path) -> list[DicomSource]:
+    """Every regular file below ``folder`` (recursive; hidden files, DICOMDIR and links skipped)."""
+    out: list[DicomSource] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name in _SKIP_NAMES:
+                continue
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            out.append(DicomSource(name=str(path.relative_to(folder)), path=path))
+            if len(out) > MAX_FILES:
+                raise InputError("folder", str(folder), f"holds more than {MAX_FILES} files", "point at one study's folder")
+    return out
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """DICM preamble, or a raw dataset that starts with a plausible group-0008 tag."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
+
+
+# ---------------------------------------------------------------- headers
+
+
+@dataclass
+class _Header:
+    source: DicomSource
+    ds: Dataset
+    pixel_offset: int  # file offset of the PixelData element (its tag)
+    ts: str
+    rows: int
+    cols: int
+    frames: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    samples: int
+    row_cos: np.ndarray
+    col_cos: np.ndarray
+    position: np.ndarray | None
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
+    key: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _floats(value: object, n: int) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        seq = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+        out = [float(v) for v in seq]
+    except (TypeError, ValueError):
+        return None
+    if len(out) != n or not all(np.isfinite(out)):
+        return None
+    return out
+
+
+def _read_header(src: DicomSource) -> _Header | str:
+    """Parse one file up to its PixelData; a string says why it was skipped."""
+    try:
+        with src.open() as fh:
+            head = fh.read(132)
+            if not looks_like_dicom(head):
+                return "not DICOM"
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            offset = fh.tell()
+            tag = fh.read(4)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, IndexError) as err:
+        return f"unreadable ({type(err).__name__})"
+    if tag != b"\xe0\x7f\x10\x00":
+        return "no pixel data"
+    meta = getattr(ds, "file_meta", None)
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits_allocated = int(ds.BitsAllocated)
+        bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except (AttributeError, TypeError, ValueError) as err:
+        return f"broken image attributes ({type(err).__name__})"
+    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    ipp = _floats(ds.get("ImagePositionPatient"), 3)
+    ps = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
+    row_cos = np.array(iop[:3] if iop else [1.0, 0.0, 0.0])
+    col_cos = np.array(iop[3:] if iop else [0.0, 1.0, 0.0])
+    if iop and (np.linalg.norm(row_cos) < 1e-3 or np.linalg.norm(col_cos) < 1e-3):
+        row_cos, col_cos = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    header = _Header(
+        source=src,
+        ds=ds,
+        pixel_offset=offset,
+        ts=ts,
+        rows=rows,
+        cols=cols,
+        frames=frames,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        signed=signed,
+        samples=samples,
+        row_cos=row_cos / np.linalg.norm(row_cos),
+        col_cos=col_cos / np.linalg.norm(col_cos),
+        position=np.array(ipp) if ipp else None,
+        pixel_spacing=(float(ps[0]), float(ps[1])) if ps and ps[0] > 0 and ps[1] > 0 else (1.0, 1.0),
+        slope=slope if np.isfinite(slope) and slope != 0 else 1.0,
+        intercept=intercept if np.isfinite(intercept) else 0.0,
+    )
+    header.extra["has_iop"] = iop is not None
+    header.extra["has_spacing"] = bool(ps and ps[0] > 0 and ps[1] > 0)
+    header.key = _series_key(header)
+    return header
+
+
+def _series_key(h: _Header) -> str:
+    uid = str(h.ds.get("SeriesInstanceUID", "") or "").strip()
+    if uid:
+        return uid
+    parts = [
+        str(h.ds.get("StudyInstanceUID", "") or ""),
+        str(h.ds.get("FrameOfReferenceUID", "") or ""),
+        ",".join(f"{v:.3f}" for v in (*h.row_cos, *h.col_cos)),
+        f"{h.rows}x{h.cols}",
+        str(h.ds.get("SeriesNumber", "") or ""),
+        str(h.ds.get("AcquisitionNumber", "") or ""),
+        str(h.ds.get("Modality", "") or ""),
+    ]
+    digest = hashlib.sha1("|".join(parts).encode()).hexdigest()[:10]
+    number = str(h.ds.get("SeriesNumber", "") or "").strip()
+    return f"noUID-{number + '-' if number else ''}{digest}"
+
+
+def _map(fn: Callable, items: Sequence, workers: int | None = None) -> list:
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    if len(items) < 4 or workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _axis_assignment(directions: np.ndarray) -> tuple[list[int], list[int], float]:
+    """For 3 direction vectors (rows of ``directions``, LPS), the nearest LPS axis and sign of each.
+
+    Returns (lps_axis per direction, sign per direction, largest angle in degrees
+    between a direction and its assigned axis).
+    """
+    best: tuple[float, tuple[int, int, int]] | None = None
+    for perm in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+        score = sum(abs(directions[i, perm[i]]) for i in range(3))
+        if best is None or score > best[0] + 1e-12:
+            best = (score, perm)
+    assert best is not None
+    perm = list(best[1])
+    signs = [1 if directions[i, perm[i]] >= 0 else -1 for i in range(3)]
+    cosines = [min(1.0, abs(float(directions[i, perm[i]]))) for i in range(3)]
+    angle = float(np.degrees(np.arccos(min(cosines))))
+    return perm, signs, angle
+
+
+def to_convention(data: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Permute/flip ``data`` (indexed by the axes of ``affine_lps``) to [S, P, L] order.
+
+    ``affine_lps`` maps (axis0, axis1, axis2, 1) to LPS millimetres. Returns the
+    (possibly non-contiguous view of the) array, the affine of the new index,
+    and warnings (obliquity). The convention: axis 0 -> +z (superior), axis 1 ->
+    +y (posterior), axis 2 -> +x (patient left).
+    """
+    lin = affine_lps[:3, :3]
+    norms = np.linalg.norm(lin, axis=0)
+    directions = (lin / np.where(norms > 0, norms, 1.0)).T  # row i: direction of data axis i
+    lps_axis, signs, angle = _axis_assignment(directions)
+    conv_of_lps = {2: 0, 1: 1, 0: 2}
+    target = [conv_of_lps[a] for a in lps_axis]  # convention axis of each data axis
+    order = [target.index(c) for c in range(3)]  # data axis feeding each convention axis
+    out = np.transpose(data, order)
+    new_affine = np.eye(4)
+    new_affine[:3, :3] = lin[:, order]
+    new_affine[:3, 3] = affine_lps[:3, 3]
+    for conv_axis, data_axis in enumerate(order):
+        if signs[data_axis] < 0:
+            out = np.flip(out, axis=conv_axis)
+            n = data.shape[data_axis]
+            new_affine[:3, 3] = new_affine[:3, 3] + new_affine[:3, conv_axis] * (n - 1)
+            new_affine[:3, conv_axis] = -new_affine[:3, conv_axis]
+    warnings: list[str] = []
+    if angle > 0.5:
+        warnings.append(f"oblique orientation ({angle:.1f} degrees off the patient axes): axes snapped to the nearest patient axes, not resampled")
+    return out, new_affine, warnings
+
+
+def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[str]]:
+    """Sort slices along the normal; return them, the slice spacing and warnings."""
+    warnings: list[str] = []
+    first = headers[0]
+    normal = np.cross(first.row_cos, first.col_cos)
+    if any(h.position is None for h in headers):
+        if len(headers) > 1:
+            warnings.append("ImagePositionPatient missing: slices ordered by InstanceNumber, spacing from SliceThickness")
+        ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.source.name))
+        thickness = _floats(first.ds.get("SpacingBetweenSlices"), 1) or _floats(first.ds.get("SliceThickness"), 1) or [1.0]
+        return ordered, abs(float(thickness[0])) or 1.0, warnings
+    proj = np.array([float(np.dot(h.position, normal)) for h in headers])  # type: ignore[arg-type]
+    order = np.argsort(proj, kind="stable")
+    ordered = [headers[i] for i in order]
+    proj = proj[order]
+    if len(ordered) == 1:
+        thickness = _floats(first.ds.get("SpacingBetweenSlices"), 1) or _floats(first.ds.get("SliceThickness"), 1) or [1.0]
+        return ordered, abs(float(thickness[0])) or 1.0, warnings
+    diffs = np.diff(proj)
+    dup = diffs < 1e-3
+    if dup.any():
+        keep = [0] + [i + 1 for i, d in enumerate(dup) if not d]
+        warnings.append(f"{int(dup.sum())} slice(s) with duplicate positions dropped (several acquisitions in one series?)")
+        ordered = [ordered[i] for i in keep]
+        proj = proj[keep]
+        diffs = np.diff(proj)
+        if len(ordered) == 1:
+            return ordered, 1.0, warnings
+    spacing = float(np.median(diffs))
+    gaps = diffs > 1.5 * spacing
+    if gaps.any():
+        missing = int(sum(round(d / spacing) - 1 for d in diffs[gaps]))
+        where = ", ".join(f"{proj[i]:.1f}..{proj[i + 1]:.1f} mm" for i in np.flatnonzero(gaps)[:3])
+        warnings.append(f"missing slices: about {missing} slice(s) absent ({where}); volume stacked without the gap")
+    tolerance = max(0.01 * spacing, 1e-3)
+    if np.any(np.abs(diffs[~gaps] - spacing) > tolerance):
+        warnings.append(f"uneven slice spacing: {diffs.min():.3f}..{diffs.max():.3f} mm (median {spacing:.3f} mm used)")
+    return ordered, spacing, warnings
+
+
+# ---------------------------------------------------------------- pixels
+
+
+def _native_pixels(h: _Header, raw: bytes) -> np.ndarray:
+    """Uncompressed PixelData straight from the bytes after the element's tag."""
+    endian, explicit = _NATIVE[h.ts]
+    if len(raw) < 8:
+        raise InputError("DICOM file", h.source.name, "is truncated (pixel data cut off)", "re-export or re-copy the series")
+    if explicit and raw[4:6] in _LONG_VRS:
+        (length,) = struct.unpack(endian + "I", raw[8:12])
+        start = 12
+    elif explicit:
+        (length,) = struct.unpack(endian + "H", raw[6:8])
+        start = 8
+    else:
+        (length,) = struct.unpack(endian + "I", raw[4:8])
+        start = 8
+    n = h.rows * h.cols * h.frames * h.samples
+    if h.bits_allocated not in (8, 16, 32) or h.samples != 1:
+        raise InputError(
+            "DICOM file", h.source.name, f"has {h.bits_allocated}-bit / {h.samples}-sample pixels, not a CT image", "load a CT series (16-bit greyscale)"
+        )
+    itemsize = h.bits_allocated // 8
+    need = n * itemsize
+    if length == 0xFFFFFFFF or len(raw) - start < need or length < need:
+        raise InputError("DICOM file", h.source.name, "is truncated (pixel data shorter than Rows x Columns)", "re-export or re-copy the series")
+    dtype = np.dtype(f"{endian}{'i' if h.signed else 'u'}{itemsize}")
+    arr = np.frombuffer(raw, dtype=dtype, count=n, offset=start)
+    return _mask_bits(arr, h)
+
+
+def _mask_bits(arr: np.ndarray, h: _Header) -> np.ndarray:
+    if h.bits_stored >= h.bits_allocated or h.bits_stored <= 0:
+        return arr
+    shift = h.bits_allocated - h.bits_stored
+    if h.signed:
+        return (arr << shift) >> shift  # sign-extend the stored bits
+    return arr & ((1 << h.bits_stored) - 1)
+
+
+def _encapsulated_value(raw: bytes, name: str) -> bytes:
+    """The encapsulated PixelData value (items), from the bytes at its tag."""
+    if len(raw) < 12 or raw[8:12] != b"\xff\xff\xff\xff":
+        raise InputError("DICOM file", name, "has a compressed transfer syntax but unencapsulated pixel data", "re-export the series")
+    pos = 12
+    end = len(raw)
+    while pos + 8 <= end:
+        tag = raw[pos : pos + 4]
+        (length,) = struct.unpack("<I", raw[pos + 4 : pos + 8])
+        if tag == _SEQ_DELIM:
+            return raw[12:pos]
+        if tag != _ITEM or pos + 8 + length > end:
+            break
+        pos += 8 + length
+    raise InputError("DICOM file", name, "is truncated (compressed pixel data cut off)", "re-export or re-copy the series")
+
+
+def _compressed_pixels(h: _Header, raw: bytes) -> np.ndarray:
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(UID(h.ts))
+    except (NotImplementedError, ValueError, KeyError):
+        raise InputError("transfer syntax", h.ts, "is not supported", "re-export the series uncompressed or as JPEG 2000 / RLE / JPEG") from None
+    if not decoder.is_available:
+        raise InputError("transfer syntax", h.ts, "needs a decoder that is not installed", "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle")
+    value = _encapsulated_value(raw, h.source.name)
+    kwargs = dict(
+        rows=h.rows,
+        columns=h.cols,
+        samples_per_pixel=h.samples,
+        number_of_frames=h.frames,
+        bits_allocated=h.bits_allocated,
+        bits_stored=h.bits_stored,
+        pixel_representation=int(h.signed),
+        photometric_interpretation=str(h.ds.get("PhotometricInterpretation", "MONOCHROME2")),
+    )
+    if h.samples > 1:
+        kwargs["planar_configuration"] = int(h.ds.get("PlanarConfiguration", 0) or 0)
+    try:
+        arr, _ = decoder.as_array(value, **kwargs)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - third-party codecs raise anything; one line for the user
+        raise InputError("DICOM file", h.source.name, f"pixel data cannot be decoded ({type(err).__name__}: {err})", "re-export the series") from None
+    return np.asarray(arr)
+
+
+def _pixels(h: _Header) -> np.ndarray:
+    raw = h.source.read_from(h.pixel_offset)
+    arr = _native_pixels(h, raw) if h.ts in _NATIVE else _compressed_pixels(h, raw)
+    if h.samples != 1:
+        raise InputError("DICOM file", h.source.name, f"has {h.samples} samples per pixel (colour), not a CT image", "load a greyscale CT series")
+    return arr.reshape(h.frames, h.rows, h.cols)
+
+
+# ---------------------------------------------------------------- public
+
+
+def read_headers(sources: Sequence[DicomSource]) -> tuple[list[_Header], dict[str, int]]:
+    """Parse every header; return the image headers and counts of skipped files by reason."""
+    if not sources:
+        raise InputError("study", "(no files)", "contains no files", "point at a DICOM file, a folder of DICOM files or a zip")
+    results = _map(_read_header, sources)
+    headers = [r for r in results if isinstance(r, _Header)]
+    skipped: dict[str, int] = {}
+    for r in results:
+        if isinstance(r, str):
+            skipped[r] = skipped.get(r, 0) + 1
+    return headers, skipped
+
+
+def group_series(headers: Iterable[_Header]) -> dict[str, list[_Header]]:
+    groups: dict[str, list[_Header]] = {}
+    for h in headers:
+        groups.setdefault(h.key, []).append(h)
+    return groups
+
+
+def _series_info(key: str, hs: list[_Header]) -> SeriesInfo:
+    first = hs[0].ds
+    return SeriesInfo(
+        key=key,
+        n_instances=sum(h.frames for h in hs),
+        modality=str(first.get("Modality", "") or ""),
+        rows=hs[0].rows,
+        cols=hs[0].cols,
+        description_present=bool(str(first.get("SeriesDescription", "") or "").strip()),
+    )
+
+
+def _phi_keywords(datasets: Iterable[Dataset]) -> list[str]:
+    from core.deid import phi_keywords  # written by the de-identification module
+
+    found: set[str] = set()
+    for ds in datasets:
+        found.update(phi_keywords(ds))
+    return sorted(found)
+
+
+def load_dicom_sources(
+    sources: Sequence[DicomSource],
+    series: str | None = None,
+    *,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
+    label: str = "study",
+) -> Volume:
+    """Load the largest (or the chosen) series of ``sources`` into a Volume."""
+    headers, skipped = read_headers(sources)
+    if not headers:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+        raise InputError("study", label, f"holds no readable DICOM image ({reasons})", "point at a DICOM series (files with pixel data), a zip of one, or a NIfTI file")
+    groups = group_series(headers)
+    infos = [_series_info(k, hs) for k, hs in groups.items()]
+    infos.sort(key=lambda s: (-s.n_instances, s.key))
+    if series is None:
+        key = infos[0].key
+    else:
+        matches = [i.key for i in infos if i.key == series] or [i.key for i in infos if i.key.startswith(series)]
+        if len(matches) != 1:
+            problem = "matches several series" if matches else "is not a series of this study"
+            raise InputError("series", series, problem, f"choose one of: {', '.join(i.key for i in infos)}")
+        key = matches[0]
+    chosen = groups[key]
+    warnings: list[str] = []
+    if skipped:
+        warnings.append("ignored files: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+    if len(infos) > 1:
+        warnings.append(f"{len(infos)} series found; loaded {key} ({_series_info(key, chosen).n_instances} images)")
+    # one geometry per volume: keep the commonest matrix size / orientation
+    shapes: dict[tuple, list[_Header]] = {}
+    for h in chosen:
+        shapes.setdefault((h.rows, h.cols, tuple(np.round(np.r_[h.row_cos, h.col_cos], 3))), []).append(h)
+    if len(shapes) > 1:
+        best = max(shapes.values(), key=len)
+        warnings.append(f"{len(chosen) - len(best)} image(s) with another size or orientation left out of the series")
+        chosen = best
+    multi = [h for h in chosen if h.frames > 1]
+    if multi and len(chosen) > 1:
+        raise InputError("series", key, "mixes multi-frame and single-frame images", "export the series as one kind")
+    ordered, slice_spacing, geo_warnings = _sort_and_check(chosen)
+    warnings.extend(geo_warnings)
+    first = ordered[0]
+    n_slices = sum(h.frames for h in ordered)
+    itemsize = first.bits_allocated // 8 if first.bits_allocated in (8, 16, 32) else 4
+    decoded = n_slices * first.rows * first.cols * max(4, itemsize) * max(1, first.samples)
+    if decoded > max_decoded_bytes:
+        raise InputError(
+            "series",
+            key,
+            f"would need {decoded / 1024**3:.1f} GiB decoded ({n_slices} x {first.rows} x {first.cols}; limit {max_decoded_bytes / 1024**3:.1f} GiB)",
+            "load a smaller series or crop it before upload",
+        )
+    if first.rows < 1 or first.cols < 1:
+        raise InputError("DICOM file", first.source.name, f"has Rows x Columns = {first.rows} x {first.cols}", "re-export the series")
+
+    out = np.empty((n_slices, first.rows, first.cols), dtype=np.float32)
+    starts = np.cumsum([0] + [h.frames for h in ordered])
+
+    def decode(i: int) -> None:
+        h = ordered[i]
+        arr = _pixels(h)
+        target = out[starts[i] : starts[i + 1]]
+        if h.slope == 1.0:
+            np.add(arr, np.float32(h.intercept), out=target, casting="unsafe")
+        else:
+            np.multiply(arr, np.float32(h.slope), out=target, casting="unsafe")
+            target += np.float32(h.intercept)
+
+    _map(decode, list(range(len(ordered))))
+
+    if first.frames > 1:
+        warnings.append("multi-frame image: frames stacked in file order with SliceThickness/SpacingBetweenSlices spacing")
+    row_sp, col_sp = first.pixel_spacing
+    if not first.extra.get("has_spacing"):
+        warnings.append("PixelSpacing missing: 1 mm assumed")
+    normal = np.cross(first.row_cos, first.col_cos)
+    origin = first.position if first.position is not None else np.zeros(3)
+    affine = np.eye(4)
+    affine[:3, 0] = normal * slice_spacing
+    affine[:3, 1] = first.col_cos * row_sp  # moving down a row follows the column direction cosine
+    affine[:3, 2] = first.row_cos * col_sp
+    affine[:3, 3] = origin
+    hu, conv_affine, orient_warnings = to_convention(out, affine)
+    warnings.extend(orient_warnings)
+    hu = np.ascontiguousarray(hu)
+    spacing = tuple(round(float(np.linalg.norm(conv_affine[:3, i])), 6) for i in range(3))
+    ds = first.ds
+    meta = {
+        "series_key": key,
+        "transfer_syntax": first.ts,
+        "manufacturer": str(ds.get("Manufacturer", "") or ""),
+        "body_part": str(ds.get("BodyPartExamined", "") or ""),
+        "kvp": str(ds.get("KVP", "") or ""),
+        "slice_thickness_mm": str(ds.get("SliceThickness", "") or ""),
+        "convolution_kernel": str(ds.get("ConvolutionKernel", "") or ""),
+        "stored_orientation": ",".join(f"{v:g}" for v in np.round(np.r_[first.row_cos, first.col_cos], 4)),
+    }
+    phi = _phi_keywords(hs[0].ds for hs in groups.values())
+    return Volume(
+        hu=hu,
+        spacing_mm=spacing,  # type: ignore[arg-type]
+        affine=conv_affine,
+        modality=str(ds.get("Modality", "") or "OT"),
+        format="dicom",
+        series=infos,
+        phi=phi,
+        warnings=warnings,
+        meta={k: v for k, v in meta.items() if v},
+    )
+
+
+def load_dicom(path: str | Path, series: str | None = None, *, max_decoded_bytes: int = MAX_DECODED_BYTES) -> Volume:
+    """A DICOM file or a folder (searched recursively) -> Volume."""
+    path = Path(path)
+    if path.is_dir():
+        sources = sources_from_folder(path)
+        if not sources:
+            raise InputError("folder", str(path), "is empty", "point at a folder that holds the DICOM files")
+    elif path.is_file():
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InputError("DICOM file", str(path), f"is {size} bytes (limit {MAX_FILE_BYTES})", "load a smaller file")
+        sources = [DicomSource(name=path.name, path=path)]
+    else:
+        raise InputError("study", str(path), "does not exist", "check the path (a DICOM file or folder, or a zip)")
+    return load_dicom_sources(sources, series, max_decoded_bytes=max_decoded_bytes, label=str(path))
+
+
+def load_dicom_members(members: Sequence[tuple[str, bytes]], series: str | None = None, *, label: str = "zip") -> Volume:
+    """In-memory files (e.g. zip members) -> Volume."""
+    sources = [DicomSource(name=name, data=data) for name, data in members]
+    return load_dicom_sources(sources, series, label=label)

@@ -1,0 +1,145 @@
+"""One entry point for studies: a path or uploaded bytes -> :class:`~core.io.volume.Volume`.
+
+The format is decided by content, not by the file name: a zip (``PK``), a
+gzip stream (``.nii.gz``), a NIfTI header, a DICOM file (``DICM`` preamble or
+a raw dataset), or a folder of DICOM files. Zips are read in memory by
+:mod:`core.io.safezip`; nothing from an upload is written to disk.
+
+``inspect_study`` gives the BRIEF's ``inspect`` JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from core.errors import InputError
+from core.io.volume import Volume
+
+MAX_UPLOAD_BYTES = 2 * 1024**3  # one uploaded file or zip
+_HEAD = 544
+
+
+def _describe_head(head: bytes) -> str:
+    if not head:
+        return "is empty (0 bytes)"
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head[:256])
+    if printable >= 0.95 * min(len(head), 256):
+        return "is a text file, not a DICOM, NIfTI or zip file"
+    return "is not a DICOM, NIfTI or zip file (unknown content)"
+
+
+def _kind(head: bytes) -> str:
+    from core.io.dicom import looks_like_dicom
+    from core.io.nifti import GZIP_MAGIC, nifti_header_kind
+    from core.io.safezip import is_zip
+
+    if is_zip(head):
+        return "zip"
+    if head[:2] == GZIP_MAGIC or nifti_header_kind(head):
+        return "nifti"
+    if looks_like_dicom(head):
+        return "dicom"
+    return ""
+
+
+def load_study(path: str | Path, series: str | None = None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Volume:
+    """Load a DICOM file, a DICOM folder (recursive), a zip of either, or a NIfTI file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("study", str(path), "does not exist", "check the path (a DICOM file or folder, a zip, or a .nii/.nii.gz file)")
+    if path.is_dir():
+        from core.io.dicom import load_dicom
+
+        return load_dicom(path, series)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InputError("study", str(path), f"is {size} bytes (limit {max_bytes})", "load a smaller study or raise the limit")
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD)
+    kind = _kind(head)
+    if kind == "zip":
+        return _load_zip(path.read_bytes(), str(path), series)
+    if kind == "nifti":
+        from core.io.nifti import load_nifti
+
+        _no_series(series, "NIfTI")
+        return load_nifti(path)
+    if kind == "dicom":
+        from core.io.dicom import load_dicom
+
+        return load_dicom(path, series)
+    raise InputError("study", str(path), _describe_head(head), "load a DICOM file or folder, a zip of a DICOM series, or a .nii/.nii.gz file")
+
+
+def load_study_bytes(data: bytes, name: str, series: str | None = None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Volume:
+    """Load an upload held in memory (zip, single DICOM file, .nii or .nii.gz)."""
+    label = PurePosixPath(str(name).replace("\\", "/")).name or "upload"
+    if len(data) > max_bytes:
+        raise InputError("upload", label, f"is {len(data)} bytes (limit {max_bytes})", "upload a smaller study")
+    head = bytes(data[:_HEAD])
+    kind = _kind(head)
+    if kind == "zip":
+        return _load_zip(data, label, series)
+    if kind == "nifti":
+        from core.io.nifti import load_nifti_bytes
+
+        _no_series(series, "NIfTI")
+        return load_nifti_bytes(bytes(data), label)
+    if kind == "dicom":
+        from core.io.dicom import load_dicom_members
+
+        return load_dicom_members([(label, bytes(data))], series, label=label)
+    raise InputError("upload", label, _describe_head(head), "upload a zip of a DICOM series, a .dcm file, or a .nii/.nii.gz file")
+
+
+def _no_series(series: str | None, what: str) -> None:
+    if series is not None:
+        raise InputError("series", series, f"was given but a {what} file holds one volume", "leave out --series")
+
+
+def _load_zip(data: bytes, label: str, series: str | None) -> Volume:
+    from core.io.safezip import read_zip
+
+    members = read_zip(data)
+    nifti = [m for m in members if _kind(m.data[:_HEAD]) == "nifti"]
+    dicom_like = [m for m in members if m not in nifti]
+    if nifti and not any(_kind(m.data[:_HEAD]) == "dicom" for m in dicom_like):
+        if len(nifti) > 1:
+            names = ", ".join(m.name for m in nifti[:5])
+            raise InputError("zip", label, f"holds {len(nifti)} NIfTI files ({names})", "zip one volume per upload")
+        from core.io.nifti import load_nifti_bytes
+
+        _no_series(series, "NIfTI")
+        return load_nifti_bytes(nifti[0].data, nifti[0].name)
+    from core.io.dicom import load_dicom_members
+
+    return load_dicom_members([(m.name, m.data) for m in dicom_like], series, label=label)
+
+
+def summarize_volume(volume: Volume) -> dict[str, Any]:
+    """The BRIEF's inspect JSON for a loaded volume (plus ``series`` and ``warnings``)."""
+    hu = volume.hu
+    return {
+        "format": volume.format,
+        "modality": volume.modality,
+        "shape": list(volume.shape),
+        "spacing_mm": [round(float(v), 6) for v in volume.spacing_mm],
+        "hu_min": float(np.min(hu)),
+        "hu_max": float(np.max(hu)),
+        "hu_mean": round(float(np.mean(hu, dtype=np.float64)), 4),
+        "n_series": volume.n_series,
+        "phi": list(volume.phi),
+        "series": [
+            {"key": s.key, "n_instances": s.n_instances, "modality": s.modality, "rows": s.rows, "cols": s.cols}
+            for s in volume.series
+        ],
+        "warnings": list(volume.warnings),
+    }
+
+
+def inspect_study(path: str | Path, series: str | None = None) -> dict[str, Any]:
+    """Load a study and return format, modality, shape, spacing, HU range/mean, series count and PHI keywords."""
+    return summarize_volume(load_study(path, series))

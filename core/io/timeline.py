@@ -1,0 +1,346 @@
+"""MEDS timelines (parquet or CSV) as one tidy event table.
+
+``read_timeline`` returns exactly four columns:
+
+* ``subject_id`` -- ``str`` (files often store integers; ids are strings everywhere)
+* ``time`` -- ``datetime64[ns]``; ``NaT`` marks a *static* event (MEDS allows a
+  null time for facts that hold for the whole record, e.g. sex). Static rows
+  are kept, sort first within a subject, do not count towards first/last time,
+  and :func:`events_before` keeps them (a static fact is known at any index
+  time).
+* ``code`` -- ``str``; rows with a null code are dropped (their number is in
+  ``DataFrame.attrs["dropped_null_code"]``).
+* ``numeric_value`` -- ``float64`` (NaN where there is no value).
+
+Column names are matched case-insensitively against the aliases in
+``ALIASES``; a file that lacks one of subject, time or code raises an
+:class:`~core.errors.InputError` listing the columns it has. ``numeric_value``
+is optional. The subject filter is pushed down to pyarrow (as the column's own
+type: files that store ``subject_id`` as int64 are filtered with integers), so
+reading one subject never converts the whole file to pandas. CSV files are
+streamed in record batches and filtered batch by batch.
+
+>>> import pandas as pd
+>>> ev = pd.DataFrame({"subject_id": ["1", "1"], "time": pd.to_datetime(["2020-01-01", "2021-01-01"]),
+...                    "code": ["A", "B"], "numeric_value": [1.0, float("nan")]})
+>>> events_before(ev, pd.Timestamp("2020-06-01"))["code"].tolist()
+['A']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from core.errors import InputError
+
+COLUMNS = ("subject_id", "time", "code", "numeric_value")
+ALIASES: dict[str, tuple[str, ...]] = {
+    "subject_id": ("subject_id", "patient_id", "person_id", "subject", "patient", "subjectid", "patientid"),
+    "time": ("time", "timestamp", "datetime", "charttime", "date", "event_time", "time_stamp"),
+    "code": ("code", "concept", "event_code", "concept_code", "code_id"),
+    "numeric_value": ("numeric_value", "value", "numeric", "val", "value_as_number", "valuenum"),
+}
+REQUIRED = ("subject_id", "time", "code")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+DEATH_CODE = "MEDS_DEATH"
+CSV_BLOCK_BYTES = 8 << 20
+
+
+# ----------------------------------------------------------------------------- file format and columns
+def _format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head == b"PAR1":
+        return "parquet"
+    raise InputError("PATH", path.name, "is neither .parquet nor .csv", "pass a MEDS timeline as .parquet or .csv")
+
+
+def _check_path(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError("PATH", str(p), "file not found", "pass an existing MEDS .parquet or .csv file")
+    if p.is_dir():
+        raise InputError("PATH", str(p), "is a folder", "pass the timeline file itself (.parquet or .csv)")
+    if p.stat().st_size == 0:
+        raise InputError("PATH", p.name, "is an empty file", "pass a MEDS timeline with a header and rows")
+    return p
+
+
+def map_columns(names: Iterable[str], source: str = "timeline") -> dict[str, str]:
+    """Map the file's column names to the four MEDS columns; InputError when a required one is missing.
+
+    >>> map_columns(["patient_id", "Timestamp", "code", "value"])
+    {'subject_id': 'patient_id', 'time': 'Timestamp', 'code': 'code', 'numeric_value': 'value'}
+    """
+    names = [str(n) for n in names]
+    lower = {n.strip().lower(): n for n in reversed(names)}  # first occurrence wins
+    mapping: dict[str, str] = {}
+    for target, aliases in ALIASES.items():
+        for alias in aliases:
+            if alias in lower:
+                mapping[target] = lower[alias]
+                break
+    missing = [t for t in REQUIRED if t not in mapping]
+    if missing:
+        accepted = "; ".join(f"{t}: {', '.join(ALIASES[t])}" for t in missing)
+        found = ", ".join(names[:12]) + (f" (+{len(names) - 12} more)" if len(names) > 12 else "")
+        raise InputError(
+            "columns", found or "(none)", f"{source} has no column for {', '.join(missing)}",
+            f"rename columns so that each is found (accepted names {accepted})",
+        )
+    return mapping
+
+
+def _parquet_dataset(path: Path) -> pads.Dataset:
+    try:
+        return pads.dataset(str(path), format="parquet")
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
+        raise InputError("PATH", path.name, f"is not a readable parquet file ({_first_line(err)})",
+                         "pass a MEDS timeline written as parquet, or a CSV named .csv") from None
+
+
+def _csv_reader(path: Path, mapping: dict[str, str] | None = None) -> pacsv.CSVStreamingReader:
+    delimiter = "\t" if ".tsv" in path.name.lower() else ","
+    convert = pacsv.ConvertOptions(strings_can_be_null=True)
+    if mapping is not None:
+        # read every mapped column as text; types are fixed in pandas with clear errors
+        convert = pacsv.ConvertOptions(
+            include_columns=list(mapping.values()),
+            column_types={src: pa.string() for src in mapping.values()},
+            strings_can_be_null=True,
+        )
+    try:
+        return pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                              parse_options=pacsv.ParseOptions(delimiter=delimiter), convert_options=convert)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError) as err:
+        raise InputError("PATH", path.name, f"is not a readable CSV file ({_first_line(err)})",
+                         "pass a MEDS timeline CSV with a header row (subject_id, time, code, numeric_value)") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:120] or type(err).__name__
+
+
+def _source_columns(path: Path, fmt: str) -> list[str]:
+    if fmt == "parquet":
+        return list(_parquet_dataset(path).schema.names)
+    return list(_csv_reader(path).schema.names)
+
+
+# ----------------------------------------------------------------------------- reading
+def _subject_filter_values(subjects: Iterable[str], arrow_type: pa.DataType) -> pa.Array:
+    ids = [str(s).strip() for s in subjects]
+    if pa.types.is_integer(arrow_type):
+        ints = []
+        for s in ids:
+            try:
+                ints.append(int(s))
+            except ValueError:
+                continue  # a non-integer id cannot match an integer column
+        return pa.array(ints, type=arrow_type)
+    if pa.types.is_floating(arrow_type):
+        vals = []
+        for s in ids:
+            try:
+                vals.append(float(s))
+            except ValueError:
+                continue
+        return pa.array(vals, type=arrow_type)
+    return pa.array(ids, type=pa.string())
+
+
+def _read_parquet(path: Path, mapping: dict[str, str], subjects: list[str] | None) -> pa.Table:
+    dataset = _parquet_dataset(path)
+    subject_col = mapping["subject_id"]
+    filt = None
+    if subjects is not None:
+        typ = dataset.schema.field(subject_col).type
+        values = _subject_filter_values(subjects, typ)
+        field = pads.field(subject_col)
+        if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+            field = field.cast(pa.string())
+        filt = field.isin(values)
+    try:
+        return dataset.to_table(columns=list(mapping.values()), filter=filt)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
+        raise InputError("PATH", path.name, f"could not be read ({_first_line(err)})",
+                         "check that the parquet file is complete and its subject column is text or integer") from None
+
+
+def _read_csv(path: Path, mapping: dict[str, str], subjects: list[str] | None) -> pa.Table:
+    reader = _csv_reader(path, mapping)
+    subject_col = mapping["subject_id"]
+    wanted = None if subjects is None else pa.array([str(s).strip() for s in subjects], type=pa.string())
+    batches = []
+    try:
+        for batch in reader:
+            if wanted is not None:
+                ids = pc.utf8_trim_whitespace(batch.column(subject_col))
+                batch = batch.filter(pc.is_in(ids, value_set=wanted))
+            if batch.num_rows:
+                batches.append(batch)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        raise InputError("PATH", path.name, f"has a malformed row ({_first_line(err)})",
+                         "fix the CSV so every row has the header's number of fields") from None
+    if not batches:
+        return pa.table({name: pa.array([], type=pa.string()) for name in mapping.values()})
+    return pa.Table.from_batches(batches)
+
+
+def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path) -> pd.DataFrame:
+    cols = {target: table.column(source) for target, source in mapping.items()}
+    out = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
+    sid = cols["subject_id"].to_pandas()
+    if pd.api.types.is_float_dtype(sid):  # integer ids stored as float (NaN present)
+        sid = sid.map(lambda v: "" if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
+    out["subject_id"] = sid.astype(str).str.strip().to_numpy()
+    out["time"] = _to_datetime(cols["time"], path)
+    out["code"] = cols["code"].to_pandas()
+    if "numeric_value" in cols:
+        out["numeric_value"] = pd.to_numeric(cols["numeric_value"].to_pandas(), errors="coerce").astype("float64").to_numpy()
+    else:
+        out["numeric_value"] = np.nan
+    null_code = out["code"].isna()
+    dropped = int(null_code.sum())
+    if dropped:
+        out = out[~null_code]
+    out["code"] = out["code"].astype(str)
+    out = out.sort_values(["subject_id", "time"], kind="stable", na_position="first").reset_index(drop=True)
+    out.attrs["dropped_null_code"] = dropped
+    out.attrs["source"] = path.name
+    return out
+
+
+def _to_datetime(col: pa.ChunkedArray, path: Path) -> np.ndarray:
+    typ = col.type
+    if pa.types.is_timestamp(typ):
+        series = col.to_pandas()
+        if getattr(series.dt, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+        return series.astype("datetime64[ns]").to_numpy()
+    if pa.types.is_date(typ):
+        return pd.to_datetime(col.to_pandas()).astype("datetime64[ns]").to_numpy()
+    text = col.to_pandas().astype("string").str.strip()
+    text = text.mask(text == "")
+    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+    bad = parsed.isna() & text.notna()
+    if bad.any():  # not all ISO 8601: let pandas infer each value (e.g. 03/04/2021 10:00)
+        parsed = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+        bad = parsed.isna() & text.notna()
+    if bad.any():
+        example = text[bad].iloc[0]
+        raise InputError("time", example, f"is not a date/time ({int(bad.sum())} such rows in {path.name})",
+                         "write times as ISO 8601, e.g. 2180-03-23 11:51:00 (leave empty for static events)")
+    return parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+
+
+def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd.DataFrame:
+    """Read a MEDS timeline (parquet or CSV), optionally only some subjects (filter pushed down)."""
+    p = _check_path(path)
+    fmt = _format(p)
+    mapping = map_columns(_source_columns(p, fmt), p.name)
+    wanted = None if subjects is None else [str(s) for s in subjects]
+    table = _read_parquet(p, mapping, wanted) if fmt == "parquet" else _read_csv(p, mapping, wanted)
+    return _to_frame(table, mapping, p)
+
+
+def events_before(events: pd.DataFrame, index_time: pd.Timestamp | str) -> pd.DataFrame:
+    """Events at or before ``index_time`` (static NaT-time events kept): what a model may see."""
+    missing = [c for c in ("time",) if c not in events.columns]
+    if missing:
+        raise InputError("events", list(events.columns), "has no time column", "pass a frame from read_timeline")
+    t = pd.Timestamp(index_time)
+    if pd.isna(t):
+        raise InputError("index_time", index_time, "is not a date/time", "pass the scan datetime, e.g. 2019-05-02 10:30")
+    if t.tzinfo is not None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    keep = (events["time"] <= t) | events["time"].isna()
+    return events.loc[keep]
+
+
+# ----------------------------------------------------------------------------- summaries
+def code_prefix(code: str) -> str:
+    """Text before the first ``//`` (the whole code when there is none).
+
+    >>> code_prefix("LAB//50912//mg/dL"), code_prefix("MEDS_BIRTH")
+    ('LAB', 'MEDS_BIRTH')
+    """
+    return code.split("//", 1)[0]
+
+
+def _iso(t: pd.Timestamp | None) -> str | None:
+    return None if t is None or pd.isna(t) else pd.Timestamp(t).isoformat()
+
+
+def _subject_ids(path: Path) -> pa.Array:
+    fmt = _format(path)
+    mapping = map_columns(_source_columns(path, fmt), path.name)
+    col = mapping["subject_id"]
+    if fmt == "parquet":
+        ids = _parquet_dataset(path).to_table(columns=[col]).column(col)
+    else:
+        ids = _read_csv(path, {"subject_id": col}, None).column(col)
+    return pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+
+
+def summarize_events(events: pd.DataFrame) -> dict[str, object]:
+    """The BRIEF's timeline JSON for one subject's events (from read_timeline)."""
+    timed = events["time"].dropna()
+    death = events.loc[(events["code"] == DEATH_CODE) | events["code"].str.startswith(DEATH_CODE + "//"), "time"].dropna()
+    prefixes = events["code"].map(code_prefix).value_counts()
+    return {
+        "subject_id": str(events["subject_id"].iloc[0]) if len(events) else None,
+        "n_events": int(len(events)),
+        "n_static_events": int(events["time"].isna().sum()),
+        "first_time": _iso(timed.min()) if len(timed) else None,
+        "last_time": _iso(timed.max()) if len(timed) else None,
+        "n_codes": int(events["code"].nunique()),
+        "death_time": _iso(death.min()) if len(death) else None,
+        "code_prefixes": {str(k): int(v) for k, v in sorted(prefixes.items(), key=lambda kv: (-kv[1], kv[0]))},
+    }
+
+
+def summarize_subject(path: str | Path, subject_id: str) -> dict[str, object]:
+    """Summary of one subject's timeline; InputError naming the subject when it is not in the file."""
+    p = _check_path(path)
+    sid = str(subject_id).strip()
+    events = read_timeline(p, [sid])
+    if events.empty:
+        ids = _subject_ids(p)
+        examples = ", ".join(str(v) for v in ids.slice(0, 3).to_pylist())
+        raise InputError("subject", sid, f"is not in {p.name} ({len(ids)} subjects, e.g. {examples})",
+                         "pass --subject with an id that the file contains")
+    return summarize_events(events)
+
+
+def summarize_file(path: str | Path) -> dict[str, object]:
+    """Whole-file overview: subjects, events, deaths, time range and the column mapping."""
+    p = _check_path(path)
+    events = read_timeline(p)
+    timed = events["time"].dropna()
+    fmt = _format(p)
+    mapping = map_columns(_source_columns(p, fmt), p.name)
+    return {
+        "n_subjects": int(events["subject_id"].nunique()),
+        "n_events": int(len(events)),
+        "n_deaths": int(events.loc[(events["code"] == DEATH_CODE) | events["code"].str.startswith(DEATH_CODE + "//"), "subject_id"].nunique()),
+        "first_time": _iso(timed.min()) if len(timed) else None,
+        "last_time": _iso(timed.max()) if len(timed) else None,
+        "columns": mapping,
+    }

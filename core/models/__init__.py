@@ -1,0 +1,31 @@
+"""Survival models on CT and EHR: encoders, fusion strategies and survival heads.
+
+One concept per module:
+
+* ``image2d``      -- 2D CNN per axial slice (per-slice tokens; HU window and resize inside the net)
+* ``image3d``      -- 3D MONAI convolutional network with patch tokens
+* ``ehr_tabular``  -- tabular features: missing indicators, train-split scaling, one token per feature
+* ``ehr_sequence`` -- time-aware sequence encoder over timeline events before the index time
+* ``pooling``      -- masked softmax and gated attention pooling over token sets
+* ``fusion``       -- the seven fusion strategies behind one interface
+* ``heads``        -- discrete-time (logistic hazard), piecewise-exponential and Cox heads
+* ``net``          -- ``SurvivalNet``: encoders + fusion + head, built from a JSON config
+* ``types``        -- ``CaseInputs``, ``ModelOutput``, ``CasePrediction``
+
+Importing this package does not import torch; the submodules do.
+"""
+
+from __future__ import annotations
+
+FUSIONS: tuple[str, ...] = (
+    "image_only",
+    "ehr_only",
+    "concat",
+    "contrastive",
+    "cross_attention",
+    "coattention_image",
+    "coattention_ehr",
+)
+HEADS: tuple[str, ...] = ("discrete", "pwe", "cox")
+IMAGE_ENCODERS: tuple[str, ...] = ("2d", "3d", "embedding", "none")
+EHR_ENCODERS: tuple[str, ...] = ("auto", "sequence", "tabular", "embedding", "none")

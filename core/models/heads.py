@@ -1,0 +1,186 @@
+"""Survival heads: each maps the fused vector to S(t) on a fixed grid and has its own likelihood.
+
+The grid ``edges`` (days, ``edges[0] = 0``) is built once from the training
+split by ``make_edges``: quantiles of the event times, the last edge at the
+largest training time. ``S`` is reported at every edge, so ``S(edges[0]) = 1``.
+
+* ``DiscreteHazardHead`` -- discrete-time logistic hazard (Gensheimer & Narasimhan
+  2019; pycox ``LogisticHazard``): ``h_j = sigmoid(logit_j)`` for interval
+  ``(edges[j], edges[j+1]]``; an event in interval j contributes
+  ``log h_j + sum_{k<j} log(1 - h_k)``, a censoring in interval j contributes
+  ``sum_{k<j} log(1 - h_k)`` (a censored subject is credited with surviving the
+  intervals it fully passed).
+* ``PiecewiseExponentialHead`` -- constant hazard ``lambda_j = exp(eta_j)`` per day
+  within each interval; exact log-likelihood ``event * log lambda_{j(t)} - Lambda(t)``
+  with the exposure of every interval.
+* ``CoxHead`` -- log-risk ``eta``; Breslow partial likelihood (ties by Breslow)
+  within each batch; after training ``fit_baseline`` stores the Breslow
+  cumulative baseline hazard on the grid, ``S(t) = exp(-H0(t) exp(eta))``.
+
+``risk`` is ``eta`` for Cox and ``1 - RMST(edges[-1]) / edges[-1]`` for the
+others (a restricted-mean summary of the whole curve, in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_edges(time: np.ndarray, event: np.ndarray, n_intervals: int = 20) -> np.ndarray:
+    """Grid ``[0, q_1, ..., max time]`` from event-time quantiles of the training split.
+
+    >>> make_edges(np.array([1.0, 2, 3, 4, 10]), np.array([1, 1, 1, 1, 0]), 2).tolist()
+    [0.0, 2.5, 10.0]
+    """
+    ev_times = np.asarray(time, float)[np.asarray(event) == 1]
+    qs = np.quantile(ev_times, np.linspace(0, 1, n_intervals + 1)[1:-1]) if len(ev_times) else np.array([])
+    last = float(np.max(time))
+    edges = np.unique(np.concatenate([[0.0], qs[qs > 0], [last]]))
+    if len(edges) < 2:
+        edges = np.array([0.0, max(last, 1.0)])
+    return edges.astype(np.float64)
+
+
+def interval_index(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Index j of the interval ``(edges[j], edges[j+1]]`` holding each time (clipped to the grid)."""
+    idx = torch.searchsorted(edges.contiguous(), time.contiguous(), right=False) - 1
+    return idx.clamp(0, len(edges) - 2)
+
+
+class SurvivalHead(nn.Module):
+    kind: str = ""
+
+    def __init__(self, in_dim: int, edges: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("edges", torch.as_tensor(np.asarray(edges), dtype=torch.float32))
+        self.n = len(edges) - 1
+
+    def survival(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nll(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def risk(self, raw: torch.Tensor, surv: torch.Tensor) -> torch.Tensor:
+        widths = self.edges[1:] - self.edges[:-1]
+        rmst = (0.5 * (surv[:, 1:] + surv[:, :-1]) * widths).sum(-1)
+        return 1 - rmst / self.edges[-1]
+
+
+class DiscreteHazardHead(SurvivalHead):
+    kind = "discrete"
+
+    def __init__(self, in_dim: int, edges: np.ndarray) -> None:
+        super().__init__(in_dim, edges)
+        self.linear = nn.Linear(in_dim, self.n)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h)
+
+    def survival(self, raw: torch.Tensor) -> torch.Tensor:
+        log_s = torch.cumsum(F.logsigmoid(-raw.float()), dim=-1)
+        return torch.cat([torch.ones_like(log_s[:, :1]), torch.exp(log_s)], dim=-1)
+
+    def nll(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+        raw = raw.float()
+        j = interval_index(time, self.edges)
+        before = (torch.arange(self.n, device=raw.device)[None, :] < j[:, None]).float()
+        surv_part = (F.logsigmoid(-raw) * before).sum(-1)
+        ev_part = F.logsigmoid(raw.gather(1, j[:, None]).squeeze(1))
+        return -(surv_part + event * ev_part).mean()
+
+
+class PiecewiseExponentialHead(SurvivalHead):
+    kind = "pwe"
+
+    def __init__(self, in_dim: int, edges: np.ndarray, n_outputs: int = 1) -> None:
+        super().__init__(in_dim, edges)
+        self.n_outputs = n_outputs
+        self.linear = nn.Linear(in_dim, self.n * n_outputs)
+        widths = np.diff(np.asarray(edges, float))
+        with torch.no_grad():  # start near a constant hazard of one event per follow-up span
+            self.linear.bias.fill_(float(-np.log(max(float(np.sum(widths)), 1.0))))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        raw = self.linear(h)
+        return raw if self.n_outputs == 1 else raw.reshape(h.shape[0], self.n_outputs, self.n)
+
+    def cumulative_hazard(self, raw: torch.Tensor) -> torch.Tensor:
+        widths = self.edges[1:] - self.edges[:-1]
+        cum = torch.cumsum(torch.exp(raw.float().clamp(max=20)) * widths, dim=-1)
+        return torch.cat([torch.zeros_like(cum[..., :1]), cum], dim=-1)
+
+    def survival(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-self.cumulative_hazard(raw))
+
+    def nll(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Works for ``[B, n]`` or multi-task ``[B, K, n]`` raw outputs (time/event ``[B]`` or ``[B, K]``)."""
+        raw = raw.float()
+        lo, hi = self.edges[:-1], self.edges[1:]
+        t = time.unsqueeze(-1)
+        exposure = (torch.minimum(t, hi) - lo).clamp_min(0)
+        j = interval_index(time.reshape(-1), self.edges).reshape(time.shape)
+        log_rate = raw.gather(-1, j.unsqueeze(-1)).squeeze(-1)
+        ll = event * log_rate - (torch.exp(raw.clamp(max=20)) * exposure).sum(-1)
+        if weight is not None:
+            return -(ll * weight).sum() / weight.sum().clamp_min(1.0)
+        return -ll.mean()
+
+
+class CoxHead(SurvivalHead):
+    kind = "cox"
+
+    def __init__(self, in_dim: int, edges: np.ndarray) -> None:
+        super().__init__(in_dim, edges)
+        self.linear = nn.Linear(in_dim, 1)
+        self.register_buffer("baseline_cumhaz", torch.zeros(len(edges)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h).squeeze(-1)
+
+    def survival(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-self.baseline_cumhaz[None, :] * torch.exp(raw.float().clamp(-20, 20))[:, None])
+
+    def risk(self, raw: torch.Tensor, surv: torch.Tensor) -> torch.Tensor:
+        return raw.float()
+
+    def nll(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+        """Negative Breslow partial log-likelihood, averaged over events."""
+        order = torch.argsort(time, descending=True)
+        eta, ev = raw.float()[order], event[order]
+        log_risk_set = torch.logcumsumexp(eta, dim=0)
+        # ties: every tied subject's risk set includes all subjects with the same time (Breslow)
+        t_sorted = time[order]
+        last_of_tie = torch.searchsorted(-t_sorted.contiguous(), -t_sorted.contiguous(), right=True) - 1
+        log_risk_set = log_risk_set[last_of_tie]
+        return -((eta - log_risk_set) * ev).sum() / ev.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def fit_baseline(self, eta: np.ndarray, time: np.ndarray, event: np.ndarray) -> None:
+        """Breslow estimator ``H0(t) = sum_{t_i <= t, event} 1 / sum_{t_j >= t_i} exp(eta_j)`` on the grid."""
+        eta = np.asarray(eta, float)
+        time = np.asarray(time, float)
+        event = np.asarray(event, float)
+        risk = np.exp(np.clip(eta, -20, 20))
+        ev_times = np.unique(time[event == 1])
+        increments = np.array([event[time == t].sum() / risk[time >= t].sum() for t in ev_times])
+        cum = np.cumsum(increments)
+        edges = self.edges.cpu().numpy()
+        pos = np.searchsorted(ev_times, edges, side="right") - 1
+        h0 = np.where(pos >= 0, cum[np.clip(pos, 0, None)] if len(cum) else 0.0, 0.0)
+        self.baseline_cumhaz.copy_(torch.as_tensor(h0, dtype=torch.float32))
+
+
+def make_head(kind: str, in_dim: int, edges: np.ndarray) -> SurvivalHead:
+    from core.errors import InputError
+
+    if kind == "discrete":
+        return DiscreteHazardHead(in_dim, edges)
+    if kind == "pwe":
+        return PiecewiseExponentialHead(in_dim, edges)
+    if kind == "cox":
+        return CoxHead(in_dim, edges)
+    raise InputError("head", kind, "unknown survival head", "use discrete, pwe or cox")

@@ -1,0 +1,147 @@
+"""``SurvivalNet``: image encoder + EHR encoders + fusion + survival head, built from a JSON config.
+
+Batch dictionary (all tensors, batch first):
+
+* image, one of: ``image`` ``[B, S, R, C]`` HU (encoded here, differentiable),
+  ``image_tokens`` ``[B, S, D]`` + ``image_token_mask`` ``[B, S]`` (cached encoder
+  tokens; training), or ``image_embedding`` ``[B, K * D]`` (precomputed);
+  ``image_present`` ``[B]``.
+* EHR, any of: ``codes``, ``values``, ``value_missing``, ``dt_days``, ``event_mask``
+  ``[B, E]`` (sequence encoder); ``features``, ``feature_missing`` ``[B, F]`` and
+  ``features_present`` ``[B]`` (tabular); ``ehr_embedding`` ``[B, D]`` and
+  ``ehr_embedding_present`` ``[B]``.
+
+EHR tokens are ordered ``[events (E), features (F + 1), embedding (1)]`` with a
+learned type embedding each; ``event_weights`` are the fusion's EHR-token
+weights restricted to the E event tokens and renormalised.
+
+``forward`` returns a dict (DistributedDataParallel-friendly):
+``raw`` (head output), ``survival`` ``[B, T]``, ``risk`` ``[B]``,
+``slice_weights`` / ``event_weights`` (or None), ``attention``, ``z_image`` /
+``z_ehr`` (contrastive only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.models.ehr_sequence import SequenceEncoder
+from core.models.ehr_tabular import FeatureTokenizer
+from core.models.fusion import make_fusion
+from core.models.heads import make_head
+from core.models.image2d import SliceEncoder2D
+
+
+def build_image_encoder(icfg: dict) -> nn.Module | None:
+    kind = icfg.get("kind", "none")
+    if kind == "2d":
+        return SliceEncoder2D(int(icfg["out_dim"]), int(icfg["size"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]))
+    if kind == "3d":
+        from core.models.image3d import VolumeEncoder3D
+
+        return VolumeEncoder3D(int(icfg["out_dim"]), tuple(icfg["grid"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]))
+    return None
+
+
+def _renorm(w: torch.Tensor) -> torch.Tensor:
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+class SurvivalNet(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = int(cfg["dim"])
+        dropout = float(cfg.get("dropout", 0.1))
+        icfg = cfg["image"]
+        self.image_kind = icfg.get("kind", "none")
+        self.image_encoder = build_image_encoder(icfg)
+        if self.image_kind in ("2d", "3d"):
+            self.image_proj: nn.Module | None = nn.Sequential(nn.Linear(int(icfg["out_dim"]), dim), nn.LayerNorm(dim))
+        elif self.image_kind == "embedding":
+            self.image_proj = nn.Sequential(nn.Linear(int(icfg["emb_dim"]), dim), nn.LayerNorm(dim))
+        else:
+            self.image_proj = None
+        ecfg = cfg["ehr"]
+        self.seq = SequenceEncoder(len(ecfg["sequence"]["codes"]) + 2, dim, int(ecfg.get("layers", 1)), int(cfg.get("heads", 2)), dropout) if ecfg.get("sequence") else None
+        self.tab = FeatureTokenizer(len(ecfg["tabular"]["columns"]), dim, dropout) if ecfg.get("tabular") else None
+        self.ehr_emb_proj = nn.Sequential(nn.Linear(int(ecfg["embedding_dim"]), dim), nn.LayerNorm(dim)) if ecfg.get("embedding_dim") else None
+        self.type_emb = nn.Embedding(3, dim)
+        self.fusion = make_fusion(cfg["fusion"], dim, dropout, int(cfg.get("heads", 2)))
+        self.head = make_head(cfg["head"], self.fusion.out_dim, np.asarray(cfg["edges"], float))
+        self.dim = dim
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_proj is not None and self.fusion.uses_image
+
+    @property
+    def has_ehr(self) -> bool:
+        return (self.seq is not None or self.tab is not None or self.ehr_emb_proj is not None) and self.fusion.uses_ehr
+
+    def encode_image(self, hu: torch.Tensor) -> torch.Tensor:
+        """Raw encoder tokens ``[B, S or P, D]`` from HU (what the training cache stores)."""
+        assert self.image_encoder is not None
+        return self.image_encoder(hu)
+
+    def _image_tokens(self, batch: dict[str, torch.Tensor], b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        n_slices: int | None = None
+        if not self.has_image:
+            return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), None
+        present = batch["image_present"].float()
+        if "image_tokens" in batch:
+            tok, mask = batch["image_tokens"].float(), batch["image_token_mask"].float()
+            n_slices = int(batch["n_slices"]) if "n_slices" in batch else None
+        elif "image" in batch and batch["image"] is not None:
+            tok = self.encode_image(batch["image"])
+            mask = torch.ones(tok.shape[:2], device=device)
+            n_slices = int(batch["image"].shape[1])
+        elif "image_embedding" in batch:
+            d = int(self.cfg["image"]["emb_dim"])
+            tok = batch["image_embedding"].float().reshape(b, -1, d)
+            mask = torch.ones(tok.shape[:2], device=device)
+        else:
+            return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), None
+        return self.image_proj(tok), mask * present[:, None], n_slices
+
+    def _ehr_tokens(self, batch: dict[str, torch.Tensor], b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        toks, masks = [], []
+        n_events = 0
+        if self.has_ehr and self.seq is not None and "codes" in batch:
+            toks.append(self.seq(batch) + self.type_emb.weight[0])
+            masks.append(batch["event_mask"].float())
+            n_events = int(batch["codes"].shape[1])
+        if self.has_ehr and self.tab is not None and "features" in batch:
+            t = self.tab(batch["features"].float(), batch["feature_missing"].float()) + self.type_emb.weight[1]
+            toks.append(t)
+            masks.append(batch["features_present"].float()[:, None].expand(b, t.shape[1]))
+        if self.has_ehr and self.ehr_emb_proj is not None and "ehr_embedding" in batch:
+            toks.append(self.ehr_emb_proj(batch["ehr_embedding"].float()).unsqueeze(1) + self.type_emb.weight[2])
+            masks.append(batch["ehr_embedding_present"].float()[:, None])
+        if not toks:
+            return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), 0
+        return torch.cat(toks, dim=1), torch.cat(masks, dim=1), n_events
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        ref = batch.get("image_present")
+        if ref is None:
+            ref = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+        b, device = ref.shape[0], ref.device
+        img, img_mask, n_slices = self._image_tokens(batch, b, device)
+        ehr, ehr_mask, n_events = self._ehr_tokens(batch, b, device)
+        fo = self.fusion(img, img_mask, ehr, ehr_mask)
+        raw = self.head(fo.h)
+        surv = self.head.survival(raw)
+        risk = self.head.risk(raw, surv)
+        slice_w = fo.image_weights
+        if slice_w is not None and self.image_kind == "3d" and n_slices is not None:
+            enc = self.image_encoder
+            slice_w = _renorm(slice_w @ enc.patch_slices(n_slices).to(slice_w))  # type: ignore[union-attr]
+        event_w = _renorm(fo.ehr_weights[:, :n_events]) if fo.ehr_weights is not None and n_events else None
+        return {"raw": raw, "survival": surv, "risk": risk, "slice_weights": slice_w, "event_weights": event_w,
+                "attention": fo.attention, "z_image": fo.z_image, "z_ehr": fo.z_ehr,
+                "image_present": (img_mask.sum(-1) > 0).float(), "ehr_present": (ehr_mask.sum(-1) > 0).float()}

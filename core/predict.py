@@ -1,0 +1,65 @@
+"""Individual predictions: one subject (the BRIEF's predict JSON) or a batch for evaluation.
+
+``predict_subject`` returns ``times`` (days, increasing, starting at 0),
+``survival`` (non-increasing, in [0, 1]), ``lower``/``upper`` (MC-dropout band,
+``lower <= survival <= upper``), ``risk_at`` {30, 365, 1825} (1 - S at the
+horizon, read from the step curve; a horizon past the grid reads the last grid
+value and is listed in ``beyond_grid``), ``risk`` and ``modalities_used``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.cohort import Cohort, load_cohort
+from core.registry import HORIZONS, LoadedModel, load_model
+
+
+def _clean(a: np.ndarray) -> list[float]:
+    return [round(float(x), 6) for x in a]
+
+
+def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizons: Sequence[int] = HORIZONS) -> dict:
+    inputs = model.case_inputs(cohort, subject_id)
+    p = model.predict_case(inputs, tuple(int(h) for h in horizons))
+    top_slices = [] if p.slice_weights is None else [int(i) for i in np.argsort(-p.slice_weights)[:5]]
+    return {
+        "subject_id": str(subject_id),
+        "fusion": model.fusion,
+        "head": model.config["head"],
+        "times": _clean(p.times),
+        "survival": _clean(p.survival),
+        "lower": _clean(p.lower),
+        "upper": _clean(p.upper),
+        "risk_at": {str(h): round(v, 6) for h, v in p.risk_at.items()},
+        "beyond_grid": [int(h) for h in horizons if h > p.times[-1]],
+        "risk": round(p.risk, 6),
+        "modalities_used": p.modalities_used,
+        "uncertainty": "mc_dropout",
+        "top_slices": top_slices,
+        "n_events_used": int(len(inputs.events)),
+    }
+
+
+def predict_subject(model_dir: Path | str, cohort_dir: Path | str, subject_id: str,
+                    horizons: Sequence[int] = HORIZONS, device: str = "cpu") -> dict:
+    """The BRIEF's predict JSON for one subject of a cohort folder."""
+    model = load_model(Path(model_dir), device=device)
+    cohort = load_cohort(Path(cohort_dir))
+    return prediction_json(model, cohort, str(subject_id), horizons)
+
+
+def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(times [T], surv [len(ids), T])`` in the order of ``ids``, from voxels/events (no gradients)."""
+    import torch
+
+    rows = []
+    with torch.no_grad():
+        for sid in ids:
+            out = model.forward(model.case_inputs(cohort, sid))
+            rows.append(out.survival[0].float().cpu().numpy())
+    surv = np.clip(np.stack(rows), 0.0, 1.0) if rows else np.zeros((0, len(model.times)))
+    return model.times, surv

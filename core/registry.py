@@ -1,0 +1,307 @@
+"""Model folders: save and load, never unpickling anything.
+
+A model folder holds::
+
+    config.json        architecture, EHR preprocessing (vocabulary, scaler), time grid
+    model.safetensors  every weight, the image encoder included (predict/explain run from voxels)
+    metrics.json       validation and test metrics (core.evaluate.survival_metrics)
+    MODEL_CARD.md      data, strategy, head, metrics with 95 % CIs, intended use
+
+An image-encoder folder (``pretrain`` output) holds ``config.json`` and
+``encoder.safetensors``. Weights are read with ``safetensors`` only; a file that
+is a pickle (``torch.save``) is refused with a one-line ``InputError``.
+
+``LoadedModel`` is the model API of docs/CONTRACTS.md: ``case_inputs``,
+``forward`` (differentiable w.r.t. ``inputs.image``) and ``predict_case``
+(survival curve with an MC-dropout band: 30 stochastic passes with dropout on,
+the 5th-95th percentile per time point, widened where needed so that
+``lower <= survival <= upper``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.cohort import Cohort
+from core.errors import InputError
+from core.models.types import CaseInputs, CasePrediction, ModelOutput
+
+WEIGHTS = "model.safetensors"
+ENCODER_WEIGHTS = "encoder.safetensors"
+MC_SAMPLES = 30
+HORIZONS = (30, 365, 1825)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; anything else (a pickle, a zip from torch.save, garbage) is an InputError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise InputError("model", str(path.parent), f"has no {path.name}", "point to a model folder written by `python -m core train`")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = None
+    if head[:1] == b"\x80":
+        kind = "a Python pickle"
+    elif head[:2] == b"PK":
+        kind = "a torch.save zip archive (pickle)"
+    if kind is not None:
+        raise InputError(path.name, kind, "not a safetensors file; pickled checkpoints are never loaded",
+                         "convert the weights with safetensors.torch.save_file in a trusted environment")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(path.name, str(err).split("\n")[0][:60], "not a safetensors file",
+                         "re-train the model or re-export the weights with safetensors") from None
+
+
+# ----------------------------------------------------------------------------- encoder folders
+
+def save_encoder(out: Path, state: dict[str, torch.Tensor], image_cfg: dict[str, Any], info: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / ENCODER_WEIGHTS))
+    write_json(out / "config.json", {"format": "core.image_encoder/1", "image": image_cfg, "pretraining": info})
+
+
+def load_encoder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise InputError("image_encoder", str(folder), "has no config.json", "pass a folder written by `python -m core pretrain`")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != "core.image_encoder/1":
+        raise InputError("image_encoder", str(folder), "is not an image-encoder folder", "pass a folder written by `python -m core pretrain`")
+    return read_safetensors(folder / ENCODER_WEIGHTS), cfg["image"]
+
+
+# ----------------------------------------------------------------------------- model folders
+
+def _ci(m: dict, key: str) -> str:
+    v, ci = m.get(key), m.get(f"{key}_ci")
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> str:
+    t = cohort.table
+    test = metrics.get("test", {})
+    lines = [
+        f"# Model card: {cfg['fusion']} fusion, {cfg['head']} head",
+        "",
+        "**Intended use: research and education only. Not a medical device; not for clinical decisions.**",
+        "",
+        "## Data",
+        f"- Cohort folder: `{cohort.root.name}`; subjects {len(t)} (train {int((t['split'] == 'train').sum())}, "
+        f"val {int((t['split'] == 'val').sum())}, test {int((t['split'] == 'test').sum())}); events {int(t['event'].sum())}.",
+        f"- Image input: {cfg['image']['kind']}; EHR inputs: {', '.join(metrics.get('modalities', {}).get('ehr', [])) or 'none'}.",
+        "- EHR preprocessing (vocabulary, value statistics, feature scaling) fitted on the train split only; "
+        "timeline events after the index time are never used.",
+        "",
+        "## Model",
+        f"- Fusion strategy: `{cfg['fusion']}`; survival head: `{cfg['head']}`; token dimension {cfg['dim']}.",
+        f"- Time grid: {len(cfg['edges'])} points from 0 to {cfg['edges'][-1]:.0f} days (training event-time quantiles).",
+        "- Image encoder: trained once on the train split with an image-only survival objective, then frozen"
+        + (f" (initialised from `{metrics['image_encoder'].get('init')}`)." if metrics.get("image_encoder", {}).get("init") else "."),
+        f"- Uncertainty band: {metrics.get('uncertainty', 'MC dropout')}.",
+        "",
+        "## Metrics (test split)",
+        f"- Harrell's C: {_ci(test, 'c_index')}",
+        f"- Uno's C: {_ci(test, 'uno_c')}",
+        f"- Integrated Brier score: {_ci(test, 'ibs')}",
+        f"- Time-dependent AUC: {json.dumps(test.get('td_auc'), default=_json_default)}",
+    ]
+    if "oracle_c_index" in test:
+        lines.append(f"- Oracle C-index of the true risk on the same subjects: {test['oracle_c_index']:.3f}")
+    lines += [
+        f"- Validation C-index (early stopping): {metrics.get('val_c_index_early_stopping', float('nan')):.3f}",
+        "",
+        "## Limitations",
+        "- Trained on one cohort; performance on other scanners, sites or populations is unknown.",
+        "- Survival beyond the last grid time is reported as the last grid value (no extrapolation).",
+        "- Attention weights show what the model looked at, not why; they are not causal explanations.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def save_model(out: Path, net: torch.nn.Module, cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    save_file(state, str(out / WEIGHTS), metadata={"format": cfg.get("format", "")})
+    write_json(out / "config.json", cfg)
+    write_json(out / "metrics.json", metrics)
+    (out / "MODEL_CARD.md").write_text(model_card(cfg, metrics, cohort))
+
+
+@dataclass
+class LoadedModel:
+    config: dict[str, Any]
+    net: torch.nn.Module
+    metrics: dict[str, Any]
+    model_dir: Path
+    card: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.asarray(self.config["edges"], dtype=float)
+
+    @property
+    def fusion(self) -> str:
+        return str(self.config["fusion"])
+
+    def case_inputs(self, cohort: Cohort, subject_id: str) -> CaseInputs:
+        """Inputs for one subject of ``cohort`` (image on its Volume grid, pre-index events only)."""
+        from core.models.ehr_sequence import EventVocabulary
+        from core.train import ehr_arrays, image_embedding_arrays
+
+        sid = str(subject_id)
+        cohort.row(sid)  # unknown subject -> InputError
+        ecfg = self.config["ehr"]
+        ehr = {k: torch.as_tensor(v).to(self.device) for k, v in ehr_arrays(cohort, [sid], ecfg).items()}
+        events = pd.DataFrame(columns=["subject_id", "time", "code", "numeric_value"])
+        if ecfg.get("sequence"):
+            vocab = EventVocabulary.from_json(ecfg["sequence"])
+            events = vocab.encode(cohort.events(sid), cohort.index_time(sid))[1]
+            n = len(events)
+            ehr = {k: (v[:, :n] if k in ("codes", "values", "value_missing", "dt_days", "event_mask") else v) for k, v in ehr.items()}
+        kind = self.config["image"]["kind"]
+        image = None
+        image_emb = None
+        present = 0.0
+        if kind in ("2d", "3d"):
+            vol = cohort.load_volume(sid)
+            if vol is not None:
+                image = torch.from_numpy(np.ascontiguousarray(vol.hu, dtype=np.float32))[None].to(self.device)
+                present = 1.0
+        elif kind == "embedding" and cohort.image_embeddings is not None:
+            arr = image_embedding_arrays(cohort, [sid])
+            image_emb = torch.as_tensor(arr["image_embedding"]).to(self.device)
+            present = float(arr["image_present"][0])
+        cols = list(ecfg["tabular"]["columns"]) if ecfg.get("tabular") else []
+        return CaseInputs(image=image, image_mask=torch.tensor([present], device=self.device), ehr=ehr, events=events,
+                          image_embedding=image_emb, subject_id=sid, feature_names=cols)
+
+    def _batch(self, inputs: CaseInputs) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {"image_present": inputs.image_mask.float().to(self.device)}
+        if inputs.image is not None:
+            batch["image"] = inputs.image
+        if inputs.image_embedding is not None:
+            batch["image_embedding"] = inputs.image_embedding
+        batch.update(inputs.ehr)
+        return batch
+
+    def _output(self, o: dict[str, Any]) -> ModelOutput:
+        return ModelOutput(survival=o["survival"], risk=o["risk"], slice_weights=o["slice_weights"],
+                           event_weights=o["event_weights"], attention=o["attention"])
+
+    def forward(self, inputs: CaseInputs) -> ModelOutput:
+        """Differentiable forward pass (eval mode); gradients reach ``inputs.image``."""
+        self.net.eval()
+        return self._output(self.net(self._batch(inputs)))
+
+    def modalities_used(self, inputs: CaseInputs) -> list[str]:
+        used = []
+        net = self.net
+        if net.has_image and float(inputs.image_mask.sum()) > 0:  # type: ignore[attr-defined]
+            used.append("image")
+        if net.has_ehr:  # type: ignore[attr-defined]
+            e = inputs.ehr
+            if "event_mask" in e and float(e["event_mask"].sum()) > 0:
+                used.append("ehr_events")
+            if "features_present" in e and float(e["features_present"].sum()) > 0:
+                used.append("ehr_features")
+            if "ehr_embedding_present" in e and float(e["ehr_embedding_present"].sum()) > 0:
+                used.append("ehr_embedding")
+        return used
+
+    def predict_case(self, inputs: CaseInputs, horizons: tuple[int, ...] = HORIZONS, n_samples: int = MC_SAMPLES) -> CasePrediction:
+        net = self.net
+        net.eval()
+        batch = self._batch(inputs)
+        with torch.no_grad():
+            point = net(batch)
+            if "image" in batch and net.image_encoder is not None:  # type: ignore[attr-defined]
+                tokens = net.encode_image(batch.pop("image"))  # type: ignore[operator]
+                batch["image_tokens"] = tokens
+                batch["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
+                batch["n_slices"] = torch.tensor(inputs.image.shape[1])  # type: ignore[union-attr]
+            rep = {k: (v.expand(n_samples, *v.shape[1:]) if v.dim() > 0 else v) for k, v in batch.items()}
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                for m in net.modules():
+                    if isinstance(m, torch.nn.Dropout):
+                        m.train()
+                samples = net(rep)["survival"].float().cpu().numpy()
+                net.eval()
+        surv = point["survival"][0].float().cpu().numpy()
+        lower = np.minimum(np.quantile(samples, 0.05, axis=0), surv)
+        upper = np.maximum(np.quantile(samples, 0.95, axis=0), surv)
+        surv, lower, upper = (np.clip(a, 0.0, 1.0) for a in (surv, lower, upper))
+        times = self.times
+        risk_at = {int(h): float(1.0 - surv[max(0, int(np.searchsorted(times, h, side="right")) - 1)]) for h in horizons}
+        sw, ew = point["slice_weights"], point["event_weights"]
+        return CasePrediction(
+            times=times, survival=surv, lower=lower, upper=upper, risk=float(point["risk"][0]), risk_at=risk_at,
+            modalities_used=self.modalities_used(inputs),
+            slice_weights=None if sw is None else sw[0].float().cpu().numpy(),
+            event_weights=None if ew is None else ew[0].float().cpu().numpy(),
+            attention={k: v[0].float().cpu().numpy() for k, v in point["attention"].items()},
+        )
+
+
+def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
+    """Load a model folder (config.json + model.safetensors); never unpickles."""
+    from core.models.net import SurvivalNet
+    from core.train import resolve_device
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError("model", str(model_dir), "is not a folder", "pass a model folder written by `python -m core train`")
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.exists():
+        raise InputError("model", str(model_dir), "has no config.json", "pass a model folder written by `python -m core train`")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError("config.json", f"line {err.lineno}", "is not valid JSON", "re-train the model") from None
+    if not str(cfg.get("format", "")).startswith("core.models.net.SurvivalNet"):
+        raise InputError("config.json", cfg.get("format"), "is not a SurvivalNet model config", "pass a model folder written by `python -m core train`")
+    state = read_safetensors(model_dir / WEIGHTS)
+    dev = resolve_device(device)
+    net = SurvivalNet(cfg)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(WEIGHTS, f"{len(missing)} missing, {len(unexpected)} unexpected tensors",
+                         "weights do not match config.json", "re-train the model; do not mix files of different models")
+    net.to(dev).eval()
+    metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").exists() else {}
+    card = (model_dir / "MODEL_CARD.md").read_text() if (model_dir / "MODEL_CARD.md").exists() else ""
+    return LoadedModel(cfg, net, metrics, model_dir, card, dev)

@@ -1,0 +1,292 @@
+"""Streamlit glue shared by the pages (not a page itself: app.py lists the pages).
+
+* core errors become one-line ``st.error`` messages, never tracebacks;
+* models and the synthetic demo cohort live in ``st.cache_resource`` (shared,
+  not patient data); everything about an uploaded case lives in
+  ``st.session_state`` only, with a bounded per-session memo;
+* the sidebar: model picker, device, horizon.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from core import appdata
+
+T = TypeVar("T")
+LOG = logging.getLogger("ctehr.app")
+HORIZON_CHOICES: tuple[int, ...] = (30, 90, 180, 365, 730, 1095, 1825)
+MEMO_SIZE = 48
+DEMO = "demo"
+UPLOADED = "uploaded"
+
+
+# ------------------------------------------------------------------ errors
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def core_errors(stop: bool = True, what: str = "") -> Iterator[None]:
+    """Show bad input as a one-line ``st.error`` (and stop the page by default).
+
+    ``InputError``/``ValueError``/``FileNotFoundError`` carry a message meant for
+    the user. Anything else raised by a third-party decoder on untrusted data is
+    logged on the server and shown as a short generic message.
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(f"{what}{one_line(exc)}", icon=":material/error:")
+        if stop:
+            st.stop()
+    except (OSError, EOFError, RuntimeError, KeyError, IndexError, TypeError) as exc:
+        LOG.exception("unexpected failure in %s", what or "a core call")
+        st.error(f"{what}could not process the input ({type(exc).__name__}); check the file and try again",
+                 icon=":material/error:")
+        if stop:
+            st.stop()
+
+
+def inject_style() -> None:
+    css = appdata.ROOT / "assets" / "style.css"
+    if css.exists():
+        st.html(f"<style>{css.read_text()}</style>")
+
+
+# ------------------------------------------------------- shared (non-patient)
+
+
+@st.cache_resource(show_spinner=False)
+def _device_label() -> str:
+    return appdata.device_label()
+
+
+def _load_model_uncached(model_dir: str, device: str) -> Any:
+    from core.registry import load_model
+
+    return load_model(Path(model_dir), device=device)
+
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=16)
+def _load_model(model_dir: str, stamp: float, device: str) -> Any:
+    return _load_model_uncached(model_dir, device)
+
+
+@st.cache_resource(show_spinner="Loading the demo cohort...", max_entries=2)
+def _load_demo_cohort(root: str, stamp: float) -> Any:
+    from core.cohort import load_cohort
+
+    return load_cohort(Path(root))
+
+
+def _stamp(path: Path) -> float:
+    target = path / "metrics.json" if (path / "metrics.json").exists() else path / "cohort.csv"
+    return target.stat().st_mtime if target.exists() else 0.0
+
+
+def demo_cohort() -> Any:
+    root = appdata.demo_paths().cohort
+    return _load_demo_cohort(str(root), _stamp(root))
+
+
+def available_models() -> dict[str, Path]:
+    """Demo models (one per strategy), then models trained in this session."""
+    models = dict(appdata.list_models(appdata.demo_paths().models))
+    for name, path in st.session_state.get("trained_models", {}).items():
+        if Path(path).is_dir():
+            models[name] = Path(path)
+    return models
+
+
+def model_by_name(name: str) -> Any:
+    """A loaded model. Demo models are cached for all sessions; models trained on
+    a user's cohort stay in that user's session."""
+    models = available_models()
+    if name not in models:
+        raise ValueError(f"model: got {name!r}, not available; fix: pick a model in the sidebar")
+    path = models[name]
+    if name in st.session_state.get("trained_models", {}):
+        key = ("model", str(path))
+        return memo(key, lambda: _load_model_uncached(str(path), appdata.device_name()))
+    return _load_model(str(path), _stamp(path), appdata.device_name())
+
+
+def current_model_name() -> str:
+    models = available_models()
+    name = st.session_state.get("model_name")
+    if name in models:
+        return str(name)
+    return appdata.DEFAULT_FUSION if appdata.DEFAULT_FUSION in models else next(iter(models), "")
+
+
+def current_model() -> Any:
+    return model_by_name(current_model_name())
+
+
+def horizon_days() -> int:
+    return int(st.session_state.get("horizon_days", 365))
+
+
+# ------------------------------------------------------- per-session state
+
+
+def workspace() -> appdata.SessionWorkspace:
+    """This session's private temp folder (deleted when the session ends)."""
+    ws = st.session_state.get("workspace")
+    if ws is None or not ws.alive:
+        appdata.sweep_stale_workspaces()
+        ws = appdata.new_session_workspace()
+        st.session_state["workspace"] = ws
+    ws.touch()
+    return ws
+
+
+def memo(key: tuple, compute: Callable[[], T]) -> T:
+    """A small per-session LRU memo for patient data (never shared between sessions)."""
+    store: OrderedDict = st.session_state.setdefault("_memo", OrderedDict())
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    value = compute()
+    store[key] = value
+    while len(store) > MEMO_SIZE:
+        store.popitem(last=False)
+    return value
+
+
+def forget(prefix: str) -> None:
+    store: OrderedDict = st.session_state.get("_memo", OrderedDict())
+    for key in [k for k in store if k and k[0] == prefix]:
+        del store[key]
+
+
+def uploaded_case() -> dict | None:
+    """The uploaded case of this session: {"cohort", "volume", "events", "label", "number"}."""
+    return st.session_state.get("uploaded_case")
+
+
+def case_number(source: str, subject_id: str) -> int:
+    """A session-local case number for non-identifying export names."""
+    numbers: dict = st.session_state.setdefault("case_numbers", {})
+    return numbers.setdefault((source, subject_id), len(numbers) + 1)
+
+
+def case_cohort(source: str) -> Any:
+    if source == UPLOADED:
+        case = uploaded_case()
+        if case is None:
+            raise ValueError("case: got 'uploaded', no uploaded case in this session; fix: upload a study on the Upload page")
+        return case["cohort"]
+    return demo_cohort()
+
+
+def case_volume(source: str, subject_id: str) -> Any:
+    if source == UPLOADED:
+        case = uploaded_case()
+        return None if case is None else case["volume"]
+    cohort = demo_cohort()
+    return memo(("volume", source, subject_id), lambda: cohort.load_volume(subject_id))
+
+
+def case_inputs(model: Any, source: str, subject_id: str) -> Any:
+    key = ("inputs", str(model.model_dir), source, subject_id, _upload_token(source))
+    return memo(key, lambda: model.case_inputs(case_cohort(source), subject_id))
+
+
+def case_prediction(model: Any, source: str, subject_id: str) -> Any:
+    key = ("prediction", str(model.model_dir), source, subject_id, _upload_token(source))
+    return memo(key, lambda: model.predict_case(case_inputs(model, source, subject_id)))
+
+
+def _upload_token(source: str) -> int:
+    case = uploaded_case() if source == UPLOADED else None
+    return 0 if case is None else int(case["number"])
+
+
+# ------------------------------------------------------------------ sidebar
+
+
+def sidebar() -> None:
+    models = available_models()
+    with st.sidebar:
+        st.subheader("Model")
+        if models:
+            names = list(models)
+            default = current_model_name()
+            if st.session_state.get("model_name") not in models:
+                st.session_state["model_name"] = default
+            st.selectbox(
+                "Fusion strategy / model",
+                names,
+                key="model_name",
+                help="One model per fusion strategy was trained on the demo cohort; models you train "
+                "on the Cohort & models page are added here for this session.",
+            )
+        else:
+            st.warning("No model found; train one on the Cohort & models page.")
+        st.caption(f"Device: **{_device_label()}**")
+        st.session_state.setdefault("horizon_days", 365)
+        st.select_slider(
+            "Horizon for explanations",
+            options=list(HORIZON_CHOICES),
+            key="horizon_days",
+            format_func=lambda d: appdata.HORIZON_LABELS.get(d, f"{d} days"),
+            help="Target of the saliency maps: predicted risk 1 - S(t) at this horizon.",
+        )
+        info = appdata.demo_build_info()
+        if info:
+            st.caption(f"Demo: {info['n']} synthetic patients, {len(info['fusions'])} strategies.")
+        st.caption("Research use only. Not a medical device.")
+
+
+# ------------------------------------------------------- model-derived views
+
+
+@st.cache_resource(show_spinner="Predicting the demo cohort...", max_entries=16)
+def _demo_reference(model_name: str, model_dir: str, stamp: float) -> dict:
+    """Cohort KM and risk-group KM curves of the synthetic demo cohort (not patient data)."""
+    return appdata.reference_curves(_load_model(model_dir, stamp, appdata.device_name()), demo_cohort())
+
+
+def reference_curves(model_name: str) -> dict:
+    path = available_models()[model_name]
+    if model_name in st.session_state.get("trained_models", {}):
+        return memo(("reference", str(path)), lambda: appdata.reference_curves(model_by_name(model_name), demo_cohort()))
+    return _demo_reference(model_name, str(path), _stamp(path))
+
+
+def case_attribution(model: Any, source: str, subject_id: str, method: str, horizon: int, slice_index: int) -> Any:
+    """Attribution map aligned with the volume (per session; per-slice encoders attribute one slice lazily)."""
+    from core.explain import attribute
+
+    inputs = case_inputs(model, source, subject_id)
+    per_slice = attribution_is_per_slice(model)
+    key = ("attribution", str(model.model_dir), source, subject_id, _upload_token(source), method, horizon,
+           slice_index if per_slice else None)
+    result = memo(key, lambda: attribute(model, inputs, method, float(horizon), slice_index if per_slice else None))
+    return result.map
+
+
+def attribution_is_per_slice(model: Any) -> bool:
+    return str(model.config.get("image", {}).get("kind", "")) == "2d"
+
+
+def case_index_time(source: str, subject_id: str) -> Any:
+    return case_cohort(source).index_time(subject_id)
+
+
+def case_event_scores(model: Any, source: str, subject_id: str, horizon: int) -> Any:
+    """Per-event scores for the timeline: the fusion's attention over events."""
+    pred = case_prediction(model, source, subject_id)
+    return pred.event_weights

@@ -1,0 +1,46 @@
+"""About: the selected model's card, intended use, data licences."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import appdata
+from pages import _shared as ui
+
+ASSETS = appdata.ROOT / "assets"
+
+st.title("About")
+st.error(
+    "**Research use only — not a medical device.** Do not use for diagnosis, treatment or any "
+    "decision about an individual patient.",
+    icon=":material/gpp_maybe:",
+)
+
+tab_card, tab_use, tab_lic = st.tabs(["Model card", "Intended use", "Data licences"])
+
+with tab_card:
+    name = ui.current_model_name()
+    path = ui.available_models().get(name)
+    if path is None:
+        st.info("No model is available yet.")
+    else:
+        card = path / "MODEL_CARD.md"
+        st.caption(f"Selected model: **{name}**")
+        if card.exists():
+            st.markdown(card.read_text(encoding="utf-8"))
+        else:
+            st.warning(f"The model folder of {name!r} has no MODEL_CARD.md.")
+    st.divider()
+    st.markdown((ASSETS / "model_card_app.md").read_text(encoding="utf-8"))
+    info = appdata.demo_build_info()
+    if info:
+        st.caption(
+            f"Demo built in this installation: {info['n']} synthetic patients, {info['epochs']} epochs per "
+            f"strategy, seed {info['seed']}, built in {info['build_seconds']} s."
+        )
+
+with tab_use:
+    st.markdown((ASSETS / "intended_use.md").read_text(encoding="utf-8"))
+
+with tab_lic:
+    st.markdown((ASSETS / "licences.md").read_text(encoding="utf-8"))

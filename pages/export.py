@@ -1,0 +1,99 @@
+"""Export: the saliency figure (PNG, SVG, PDF) and the case report PDF, with neutral file names."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import appdata
+from core import figures as F
+from pages import _shared as ui
+
+FORMATS = ("png", "svg", "pdf")
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+
+st.title("Export")
+st.caption(
+    "Figures and reports carry a caption (model, fusion, method, horizon, slice, window) and nothing identifying: "
+    "no names, IDs or dates in the image, its metadata or the file name."
+)
+
+cases = st.session_state.get("case_label")
+source, subject_id = ui.DEMO, None
+if cases and cases.startswith("Uploaded case") and ui.uploaded_case() is not None:
+    source, subject_id = ui.UPLOADED, appdata.UPLOAD_SUBJECT
+else:
+    cohort = ui.demo_cohort()
+    test_ids = cohort.ids("test")
+    subject_id = test_ids[0] if test_ids else cohort.ids()[0]
+    if cases and cases.startswith("Demo "):
+        subject_id = cases.split()[1]
+model_name = ui.current_model_name()
+number = ui.case_number(source, subject_id)
+method = st.session_state.get("method", "saliency")
+horizon = ui.horizon_days()
+st.markdown(
+    f"Case **#{number}** ({'uploaded' if source == ui.UPLOADED else 'demo'}), model **{model_name}**, "
+    f"method **{method}**, horizon **{appdata.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
+    "Change them on the Case review page and in the sidebar."
+)
+
+with ui.core_errors():
+    model = ui.current_model()
+    volume = ui.case_volume(source, subject_id)
+    pred = ui.case_prediction(model, source, subject_id)
+
+exports: dict = st.session_state.setdefault("exports", {})
+
+st.subheader("Saliency figure")
+if volume is None or "image" not in pred.modalities_used:
+    st.info("This case has no CT used by the selected model, so there is no saliency figure to export.")
+else:
+    from core.io.windows import WINDOWS
+
+    z = int(st.session_state.get("axial_slice", volume.shape[0] // 2))
+    z = min(max(z, 0), volume.shape[0] - 1)
+    wname = st.session_state.get("window", "soft_tissue")
+    win = (WINDOWS[wname].low, WINDOWS[wname].high) if wname in WINDOWS else (-160.0, 240.0)
+    key = (source, subject_id, model_name, method, horizon, z, wname)
+    if st.button("Prepare the saliency figure", type="primary", key="prepare_figure"):
+        with st.spinner("Attributing and rendering..."), ui.core_errors(stop=False, what="Export failed: "):
+            amap = ui.case_attribution(model, source, subject_id, method, horizon, z)
+            fig = F.slice_overlay(
+                appdata.plane_slice(volume.hu, "axial", z), appdata.plane_slice(F.normalize_map(amap), "axial", z),
+                window=win, opacity=float(st.session_state.get("opacity", 0.6)),
+                spacing_mm=appdata.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
+                title=f"{method} on axial slice {z}",
+            )
+            caption = F.caption_text(model=model_name, fusion=model.config.get("fusion", model_name), method=method,
+                                     horizon_days=horizon, slice_index=z, window=win)
+            folder = ui.workspace().fresh_dir("export")
+            files = {}
+            for fmt in FORMATS:
+                name = appdata.export_name("saliency", number, fmt, method=method, slice_index=z)
+                files[fmt] = (name, F.export(fig, folder / name, caption=caption).read_bytes())
+            exports["figure"] = {"key": key, "files": files}
+    ready = exports.get("figure")
+    if ready and ready["key"] == key:
+        cols = st.columns(len(FORMATS))
+        for col, fmt in zip(cols, FORMATS):
+            name, data = ready["files"][fmt]
+            col.download_button(f"Download {fmt.upper()}", data, file_name=name, mime=MIME[fmt],
+                                key=f"download_{fmt}", icon=":material/download:")
+        st.caption(f"Files: {', '.join(n for n, _ in ready['files'].values())}")
+    else:
+        st.caption(f"Axial slice {z}, window {wname}, opacity {st.session_state.get('opacity', 0.6)}.")
+
+st.subheader("Case report (PDF)")
+rkey = (source, subject_id, model_name, method, horizon)
+if st.button("Prepare the case report", key="prepare_report"):
+    with st.spinner("Writing the report..."), ui.core_errors(stop=False, what="Report failed: "):
+        from core.report import case_report_pdf
+
+        folder = ui.workspace().fresh_dir("report")
+        name = appdata.export_name("case-report", number, "pdf", method=method)
+        path = ui.case_report(case_report_pdf, model, source, subject_id, method, horizon, folder / name)
+        exports["report"] = {"key": rkey, "name": name, "data": path.read_bytes()}
+ready = exports.get("report")
+if ready and ready["key"] == rkey:
+    st.download_button("Download the case report (PDF)", ready["data"], file_name=ready["name"], mime="application/pdf",
+                       key="download_report", icon=":material/download:")

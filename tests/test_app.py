@@ -1,0 +1,175 @@
+"""Every page of the app under streamlit's AppTest, on a tiny prebuilt demo.
+
+The demo (48 synthetic patients, 1 epoch, 3 strategies) is built once per test
+session in a temp dir that ``CTEHR_DATA_DIR`` points at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import appdata
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TEST_FUSIONS = ("image_only", "ehr_only", "cross_attention")
+PAGES = ("pages/case_review.py", "pages/upload.py", "pages/cohort_models.py", "pages/export.py", "pages/about.py")
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("app-data")
+    appdata.ensure_demo(base, n=48, epochs=1, fusions=TEST_FUSIONS)
+    old = os.environ.get("CTEHR_DATA_DIR")
+    os.environ["CTEHR_DATA_DIR"] = str(base)
+    try:
+        yield base
+    finally:
+        if old is None:
+            os.environ.pop("CTEHR_DATA_DIR", None)
+        else:
+            os.environ["CTEHR_DATA_DIR"] = old
+
+
+def _app():  # type: ignore[no-untyped-def]
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+
+
+def _no_exception(at) -> None:  # type: ignore[no-untyped-def]
+    assert not at.exception, [e.value for e in at.exception]
+    for err in at.error:
+        assert "Traceback" not in str(err.value)
+
+
+def _charts(at) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def test_demo_build_is_complete_and_idempotent(data_dir: Path) -> None:
+    info = appdata.demo_build_info(data_dir)
+    assert info["n"] == 48 and info["fusions"] == list(TEST_FUSIONS)
+    models = appdata.list_models(appdata.demo_paths(data_dir).models)
+    assert list(models) == list(TEST_FUSIONS)
+    stamp = (appdata.demo_paths(data_dir).ready_file.stat().st_mtime_ns)
+    calls: list[float] = []
+    appdata.ensure_demo(data_dir, progress=lambda f, _l: calls.append(f))
+    assert calls == [1.0]  # nothing rebuilt
+    assert appdata.demo_paths(data_dir).ready_file.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs(data_dir: Path, page: str) -> None:
+    at = _app()
+    at.run()
+    _no_exception(at)
+    if page != PAGES[0]:
+        at.switch_page(page)
+        at.run()
+    _no_exception(at)
+    assert at.title[0].value in {"Case review", "Upload a case", "Cohort & models", "Export", "About"}
+    # sidebar: model picker, device, horizon
+    assert at.sidebar.selectbox(key="model_name").value == "cross_attention"
+    assert any("Device:" in c.value for c in at.sidebar.caption)
+    assert at.sidebar.select_slider(key="horizon_days").value == 365
+
+
+def test_case_review_shows_ct_survival_and_risks(data_dir: Path) -> None:
+    at = _app()
+    at.run()
+    _no_exception(at)
+    charts = _charts(at)
+    axial = charts[0]
+    assert axial["data"][0]["type"] == "heatmap"
+    title = axial["layout"]["title"]["text"]
+    assert title.startswith("axial ")
+    z = at.slider(key="axial_slice").value
+    assert title == f"axial {z + 1}/32"
+    risks = [m for m in at.metric if m.label.startswith("Risk at")]
+    assert [m.label for m in risks] == ["Risk at 30 days", "Risk at 1 year", "Risk at 5 years"]
+    values = [float(m.value.rstrip(" %")) for m in risks]
+    assert all(0.0 <= v <= 100.0 for v in values) and values == sorted(values)
+    names = {tr.get("name") for ch in charts for tr in ch["data"]}
+    assert {"cohort Kaplan-Meier", "similar-risk group KM"} <= names
+    assert set(TEST_FUSIONS) <= names  # the same case under every strategy
+
+
+def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:
+    at = _app()
+    at.run()
+    z0 = at.slider(key="axial_slice").value
+    z1 = (z0 + 3) % 32
+    at.slider(key="axial_slice").set_value(z1).run()
+    _no_exception(at)
+    axial = _charts(at)[0]
+    assert axial["layout"]["title"]["text"] == f"axial {z1 + 1}/32"
+    at.selectbox(key="window").set_value("lung").run()
+    _no_exception(at)
+    ct = _charts(at)[0]["data"][0]
+    assert (ct["zmin"], ct["zmax"]) == (-1350.0, 150.0)
+    assert len(_charts(at)[0]["data"]) == 1
+    at.toggle(key="show_saliency").set_value(True).run()
+    _no_exception(at)
+    axial = _charts(at)[0]
+    assert len(axial["data"]) == 2  # CT + attribution overlay
+    overlay = np.asarray(axial["data"][1]["z"], dtype=float)
+    assert overlay.shape == (96, 96) and np.nanmax(overlay) <= 1.0 and np.nanmax(overlay) > 0
+    for method in ("integrated_gradients", "gradcam"):
+        at.selectbox(key="method").set_value(method).run()
+        _no_exception(at)
+        assert len(_charts(at)[0]["data"]) == 2
+    at.slider(key="opacity").set_value(0.3).run()
+    assert _charts(at)[0]["data"][1]["opacity"] == pytest.approx(0.3)
+    at.sidebar.selectbox(key="model_name").set_value("ehr_only").run()
+    _no_exception(at)
+    assert any(m.label == "Fusion strategy" and m.value == "ehr_only" for m in at.metric)
+    assert any("does not use the CT" in w.value for w in at.warning)
+
+
+def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -> None:
+    from core.io.volume import Volume
+
+    at = _app()
+    at.run()
+    rng = np.random.default_rng(0)
+    vol = Volume(hu=(rng.standard_normal((20, 64, 64)) * 30 - 100).astype(np.float32), spacing_mm=(3.0, 1.0, 1.0),
+                 affine=np.eye(4))
+    cohort = appdata.upload_cohort(data_dir, volume=vol, events=None)
+    at.session_state["uploaded_case"] = {"cohort": cohort, "volume": vol, "events": None, "number": 1, "label": "#1: CT"}
+    at.session_state["case_label"] = "Uploaded case (#1: CT)"
+    at.run()
+    _no_exception(at)
+    assert any("Missing modality" in w.value and "no EHR data" in w.value for w in at.warning)
+    assert _charts(at)[0]["layout"]["title"]["text"].endswith("/20")
+
+
+def test_core_errors_become_one_line_messages() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    def script() -> None:
+        import streamlit as st
+
+        from core.errors import InputError
+        from pages import _shared as ui
+
+        with ui.core_errors(stop=False, what="Study not loaded: "):
+            raise InputError("upload", "x.nii.gz", "is a text file, not a DICOM, NIfTI or zip file", "upload a study")
+        with ui.core_errors(stop=False):
+            raise OSError("disk trouble /secret/path")
+        st.write("after")
+
+    at = AppTest.from_function(script, default_timeout=30)
+    at.run()
+    assert not at.exception
+    assert at.error[0].value == ("Study not loaded: upload: got x.nii.gz, is a text file, not a DICOM, NIfTI or zip "
+                                 "file; fix: upload a study")
+    assert "secret" not in at.error[1].value and "OSError" in at.error[1].value
+    assert at.markdown[-1].value == "after"

@@ -1,0 +1,153 @@
+"""core.appdata: the app's non-UI helpers (no streamlit, no model needed)."""
+
+from __future__ import annotations
+
+import gc
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import appdata
+from core.errors import InputError
+
+
+def test_app_data_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CTEHR_DATA_DIR", str(tmp_path))
+    assert appdata.data_dir() == tmp_path.resolve()
+    assert appdata.demo_paths().cohort == tmp_path.resolve() / "demo" / "cohort"
+    assert not appdata.demo_ready()
+    monkeypatch.delenv("CTEHR_DATA_DIR")
+    assert appdata.data_dir() == appdata.ROOT / "data"
+
+
+def test_planes_are_oriented_and_spaced() -> None:
+    vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # [slices, rows, cols]
+    assert appdata.plane_slice(vol, "axial", 2).shape == (5, 6)
+    np.testing.assert_array_equal(appdata.plane_slice(vol, "axial", 2), vol[2])
+    cor = appdata.plane_slice(vol, "coronal", 1)
+    assert cor.shape == (4, 6)
+    np.testing.assert_array_equal(cor[0], vol[3, 1, :])  # superior (last slice) at the top
+    sag = appdata.plane_slice(vol, "sagittal", 5)
+    assert sag.shape == (4, 5)
+    np.testing.assert_array_equal(sag[-1], vol[0, :, 5])  # inferior at the bottom
+    assert appdata.plane_spacing((3.0, 0.7, 0.8), "axial") == (0.7, 0.8)
+    assert appdata.plane_spacing((3.0, 0.7, 0.8), "coronal") == (3.0, 0.8)
+    assert appdata.plane_spacing((3.0, 0.7, 0.8), "sagittal") == (3.0, 0.7)
+    assert appdata.plane_count(vol.shape, "sagittal") == 6
+
+
+@pytest.mark.parametrize("plane,index", [("axial", 4), ("axial", -1), ("oblique", 0)])
+def test_planes_reject_bad_index(plane: str, index: int) -> None:
+    with pytest.raises(InputError) as err:
+        appdata.plane_slice(np.zeros((4, 5, 6), np.float32), plane, index)
+    assert "\n" not in str(err.value) and "fix:" in str(err.value)
+
+
+def test_session_workspace_is_private_and_removed_on_gc(tmp_path: Path) -> None:
+    ws = appdata.new_session_workspace(tmp_path)
+    path = ws.path
+    assert path.is_dir() and path.name.startswith(appdata.WORKSPACE_PREFIX)
+    assert (path.stat().st_mode & 0o777) == 0o700
+    sub = ws.fresh_dir("study")
+    (sub / "x.bin").write_bytes(b"1")
+    assert ws.fresh_dir("study").exists() and not (sub / "x.bin").exists()
+    with pytest.raises(InputError):
+        ws.fresh_dir("../escape")
+    del ws, sub
+    gc.collect()
+    assert not path.exists()
+
+
+def test_sweep_removes_only_stale_workspaces(tmp_path: Path) -> None:
+    old = appdata.new_session_workspace(tmp_path)
+    new = appdata.new_session_workspace(tmp_path)
+    import os
+
+    os.utime(old.path, (1, 1))
+    assert appdata.sweep_stale_workspaces(max_age_s=3600, root=tmp_path) == 1
+    assert not old.path.exists() and new.path.exists()
+
+
+def test_export_names_carry_nothing_identifying() -> None:
+    name = appdata.export_name("saliency", 3, "png", method="integrated_gradients", slice_index=7)
+    assert name == "saliency_case03_integratedgradients_slice007.png"
+    assert appdata.export_name("case-report", 12, ".pdf") == "case-report_case12.pdf"
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_unpack_cohort_zip_strips_the_top_folder(tmp_path: Path) -> None:
+    data = _zip({"mycohort/cohort.csv": b"subject_id,time,event\n1,10,1\n", "mycohort/features.csv": b"subject_id,a\n1,2\n",
+                 "other/ignored.txt": b"x"})
+    root = appdata.unpack_cohort_zip(data, tmp_path / "c")
+    assert sorted(p.name for p in root.iterdir()) == ["cohort.csv", "features.csv"]
+    assert (root / "cohort.csv").read_bytes().startswith(b"subject_id")
+
+
+@pytest.mark.parametrize(
+    "entries,needle",
+    [
+        ({"../cohort.csv": b"x"}, ".."),
+        ({"/abs/cohort.csv": b"x"}, "absolute"),
+        ({"a.csv": b"x"}, "cohort.csv"),
+        ({"a/cohort.csv": b"x", "b/cohort.csv": b"y"}, "exactly one"),
+    ],
+)
+def test_unpack_cohort_zip_refuses_bad_archives(tmp_path: Path, entries: dict[str, bytes], needle: str) -> None:
+    with pytest.raises(InputError) as err:
+        appdata.unpack_cohort_zip(_zip(entries), tmp_path / "c")
+    assert needle in str(err.value)
+    assert not any((tmp_path.parent).glob("cohort.csv"))
+
+
+def test_upload_cohort_holds_the_volume_and_events(tmp_path: Path) -> None:
+    from core.io.volume import Volume
+
+    vol = Volume(hu=np.zeros((3, 4, 4), np.float32), spacing_mm=(3.0, 1.0, 1.0), affine=np.eye(4))
+    events = pd.DataFrame({"subject_id": ["p9", "p9"], "time": pd.to_datetime(["2020-01-01", "2020-02-01"]),
+                           "code": ["DIAGNOSIS//I10", "LAB//BNP"], "numeric_value": [np.nan, 120.0]})
+    cohort = appdata.upload_cohort(tmp_path, volume=vol, events=events)
+    sid = appdata.UPLOAD_SUBJECT
+    assert cohort.ids() == [sid]
+    assert cohort.load_volume(sid) is vol
+    assert cohort.study_path(sid) is None
+    ev = cohort.events(sid)
+    assert len(ev) == 2 and set(ev["subject_id"]) == {sid}
+    assert cohort.index_time(sid) == pd.Timestamp("2020-02-01")
+    early = appdata.upload_cohort(tmp_path, volume=None, events=events, index_time=pd.Timestamp("2020-01-15"))
+    assert len(early.events(sid)) == 1  # nothing after the index date reaches the model
+    with pytest.raises(InputError):
+        appdata.upload_cohort(tmp_path, volume=None, events=None)
+
+
+def test_attention_maps_average_queries() -> None:
+    att = {"img<-ehr": np.random.default_rng(0).random((1, 2, 5, 3)).astype(np.float32)}
+    maps = appdata.attention_maps(att, None)
+    assert len(maps) == 1
+    w = maps[0]["weights"]
+    assert w.shape == (2, 3)
+    np.testing.assert_allclose(w, att["img<-ehr"][0].mean(axis=1), rtol=1e-6)
+    assert maps[0]["cols"] == ["event 0", "event 1", "event 2"]
+    assert appdata.attention_maps({}, None) == []
+
+
+def test_risk_group_of_uses_the_group_ranges() -> None:
+    class Pred:
+        times = np.array([1.0, 2.0, 4.0])
+        survival = np.array([0.9, 0.5, 0.1])  # risk = -(1*1 + 0.9*1 + 0.5*2) = -2.9
+
+    groups = [{"label": "low", "risk_range": [-4.0, -3.5]}, {"label": "intermediate", "risk_range": [-3.4, -3.0]},
+              {"label": "high", "risk_range": [-2.95, -1.0]}]
+    assert appdata.risk_group_of(Pred(), groups)["label"] == "high"
+    Pred.survival = np.array([0.95, 0.9, 0.9])  # risk = -(1 + 0.95 + 1.8) = -3.75
+    assert appdata.risk_group_of(Pred(), groups)["label"] == "low"

@@ -1,0 +1,261 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright.
+
+A tiny demo (few patients, one epoch, three strategies) is built in a temp dir,
+``streamlit run app.py`` is started on a free port with ``CTEHR_DATA_DIR``
+pointing at it, and each test drives a fresh page. The server is always killed.
+Set ``CTEHR_SCREENSHOTS=<folder>`` to keep a screenshot of every page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+if not CHROMIUM.exists():
+    pytest.skip(f"Debian chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TEST_FUSIONS = ("image_only", "ehr_only", "cross_attention")
+START_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from core import appdata
+
+    base = tmp_path_factory.mktemp("browser-data")
+    appdata.ensure_demo(base, n=48, epochs=1, fusions=TEST_FUSIONS)
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    env = {**os.environ, "CTEHR_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited early:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text or "Uncaught app exception" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser: object, server: str) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)  # type: ignore[attr-defined]
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(server)
+    settle(pg)
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def settle(pg: object, timeout_s: float = 90.0) -> None:
+    """Wait until the script has finished running (and the page shows no exception)."""
+    pg.wait_for_timeout(400)  # type: ignore[attr-defined]
+    pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',  # type: ignore[attr-defined]
+                         timeout=timeout_s * 1000)
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+    assert pg.locator('[data-testid="stException"]').count() == 0, pg.locator('[data-testid="stException"]').first.inner_text()  # type: ignore[attr-defined]
+
+
+def shot(pg: object, name: str) -> None:
+    folder = os.environ.get("CTEHR_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def go(pg: object, title: str) -> None:
+    pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()  # type: ignore[attr-defined]
+    settle(pg)
+
+
+def choose(pg: object, label: str, option: str) -> None:
+    box = pg.locator('[data-testid="stSelectbox"]').filter(has_text=label).first  # type: ignore[attr-defined]
+    box.locator('div[data-baseweb="select"]').click()
+    pg.locator('li[role="option"]').filter(has_text=option).first.click()  # type: ignore[attr-defined]
+    settle(pg)
+
+
+def axial_title(pg: object) -> str:
+    return pg.locator('[data-testid="stPlotlyChart"] .gtitle').filter(has_text="axial").first.text_content()  # type: ignore[attr-defined]
+
+
+def test_case_review_viewer_interactions(page: object) -> None:
+    pg = page
+    assert pg.get_by_text("Case review").first.is_visible()  # type: ignore[attr-defined]
+    assert pg.get_by_text("Risk at 1 year").is_visible()  # type: ignore[attr-defined]
+    assert pg.locator('[data-testid="stPlotlyChart"]').count() >= 4  # type: ignore[attr-defined]
+    shot(pg, "case_review")
+    before = axial_title(pg)
+    n = int(re.search(r"axial (\d+)/(\d+)", before).group(1))
+    slider = pg.locator('[data-testid="stSlider"]').filter(has_text="Axial slice").locator('[role="slider"]')  # type: ignore[attr-defined]
+    slider.focus()
+    slider.press("ArrowRight" if n < int(re.search(r"/(\d+)", before).group(1)) else "ArrowLeft")
+    settle(pg)
+    after = axial_title(pg)
+    assert after != before
+    # window preset
+    choose(pg, "Window", "Lung")
+    assert "Lung" in pg.locator('[data-testid="stSelectbox"]').filter(has_text="Window").first.inner_text()  # type: ignore[attr-defined]
+    # saliency toggle: a second heatmap (the overlay) and its colour bar appear
+    heatmaps_before = pg.locator('[data-testid="stPlotlyChart"]').first.locator(".hm, image").count()  # type: ignore[attr-defined]
+    pg.get_by_text("Saliency overlay").click()  # type: ignore[attr-defined]
+    settle(pg, 120)
+    assert pg.locator('[data-testid="stPlotlyChart"]').first.locator(".colorbar").count() >= 1  # type: ignore[attr-defined]
+    assert pg.locator('[data-testid="stPlotlyChart"]').first.locator(".hm, image").count() > heatmaps_before  # type: ignore[attr-defined]
+    shot(pg, "case_review_saliency")
+    # fusion strategy in the sidebar
+    choose(pg, "Fusion strategy", "ehr_only")
+    assert pg.locator('[data-testid="stMetric"]').filter(has_text="Fusion strategy").first.inner_text().count("ehr_only") == 1  # type: ignore[attr-defined]
+
+
+def _upload(pg: object, path: Path, index: int = 0) -> None:
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))  # type: ignore[attr-defined]
+    pg.wait_for_timeout(800)  # type: ignore[attr-defined]
+    settle(pg, 120)
+
+
+def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
+    pg = page
+    go(pg, "Upload")
+    _upload(pg, real_ct)
+    assert pg.get_by_text("middle axial slice").count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text(re.compile(r"30 x 101 x 122")).count() >= 1  # type: ignore[attr-defined]
+    shot(pg, "upload")
+    pg.get_by_role("button", name="Use this case").click()  # type: ignore[attr-defined]
+    settle(pg, 120)
+    assert pg.get_by_text("Uploaded case").count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("Missing modality").count() >= 1  # no timeline uploaded
+    assert pg.locator('[data-testid="stPlotlyChart"]').count() >= 3  # type: ignore[attr-defined]
+
+
+def test_phi_dicom_zip_is_blocked_until_deidentified(page: object, tmp_path: Path) -> None:
+    from tests import dicom_factory
+
+    written = dicom_factory.write_series(tmp_path / "series", shape=(12, 48, 48))
+    zpath = tmp_path / "series.zip"
+    zpath.write_bytes(dicom_factory.zip_folder(tmp_path / "series"))
+    pg = page
+    go(pg, "Upload")
+    _upload(pg, zpath)
+    assert pg.get_by_text("Blocked").count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("PatientName").count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("middle axial slice").count() == 0  # nothing shown before de-identification
+    assert not pg.get_by_role("button", name="Use this case").is_enabled()  # type: ignore[attr-defined]
+    shot(pg, "upload_phi_blocked")
+    pg.get_by_role("button", name="De-identify and continue").click()  # type: ignore[attr-defined]
+    settle(pg, 120)
+    assert pg.get_by_text("De-identified").count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text(re.compile(r"12 x 48 x 48")).count() >= 1  # type: ignore[attr-defined]
+    body = pg.content()  # type: ignore[attr-defined]
+    for secret in dicom_factory.PHI_STRINGS:
+        assert secret not in body
+    assert written.hu.shape == (12, 48, 48)
+
+
+@pytest.mark.parametrize("name,data,needle", [
+    ("random.nii.gz", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "Study not loaded"),
+    ("empty.dcm", b"", "Study not loaded"),
+    ("notes.zip", b"this is plain text, not a zip archive at all", "Study not loaded"),
+])
+def test_bad_uploads_show_a_message_not_a_traceback(page: object, tmp_path: Path, name: str, data: bytes,
+                                                   needle: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    pg = page
+    go(pg, "Upload")
+    _upload(pg, path)
+    err = pg.locator('[data-testid="stAlertContentError"]')  # type: ignore[attr-defined]
+    assert err.count() >= 1
+    text = err.first.inner_text()
+    assert needle in text and "Traceback" not in text and "fix:" in text
+
+
+def test_download_saliency_png(page: object, tmp_path: Path) -> None:
+    pg = page
+    go(pg, "Export")
+    pg.get_by_role("button", name="Prepare the saliency figure").click()  # type: ignore[attr-defined]
+    settle(pg, 180)
+    shot(pg, "export")
+    with pg.expect_download() as info:  # type: ignore[attr-defined]
+        pg.get_by_role("button", name="Download PNG").click()  # type: ignore[attr-defined]
+    download = info.value
+    assert re.fullmatch(r"saliency_case\d\d_[a-z]+_slice\d{3}\.png", download.suggested_filename)
+    target = tmp_path / download.suggested_filename
+    download.save_as(str(target))
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_other_pages_render(page: object) -> None:
+    pg = page
+    go(pg, "Cohort & models")
+    assert pg.get_by_text("Harrell's C-index").count() >= 1  # type: ignore[attr-defined]
+    shot(pg, "cohort_models")
+    go(pg, "About")
+    assert pg.get_by_text("not a medical device").count() >= 1  # type: ignore[attr-defined]
+    shot(pg, "about")

@@ -1,0 +1,206 @@
+"""core.io.dicom / core.io.study on synthetic DICOM series, HU checked against SimpleITK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from core.errors import InputError
+from core.io.dicom import to_convention
+from core.io.study import inspect_study, load_study, load_study_bytes
+from tests.dicom_factory import PHI_KEYWORDS, phantom_hu, write_series, write_two_series, zip_folder
+
+sitk = pytest.importorskip("SimpleITK")
+
+SHAPE = (12, 40, 48)  # slices, rows, cols: rows != cols so that transposes show
+
+
+def sitk_hu(folder: Path, series_uid: str | None = None) -> np.ndarray:
+    """HU from SimpleITK's ImageSeriesReader, reoriented to our convention (LPS index order)."""
+    reader = sitk.ImageSeriesReader()
+    if series_uid is None:
+        names = reader.GetGDCMSeriesFileNames(str(folder))
+    else:
+        names = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    reader.SetFileNames(names)
+    image = sitk.DICOMOrient(reader.Execute(), "LPS")  # x -> L, y -> P, z -> S; array is [z, y, x]
+    return sitk.GetArrayFromImage(image).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def series_dir(tmp_path_factory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("dicom")
+    made = {
+        "plain": write_series(root / "plain", shape=SHAPE, seed=1),
+        "rle": write_series(root / "rle", shape=SHAPE, compression="rle", seed=2, shuffle=True),
+        "blank_rle": write_series(root / "blank_rle", shape=SHAPE, compression="rle", series_uid="", seed=3),
+        "slope": write_series(root / "slope", shape=SHAPE, slope=0.5, intercept=-1000.0, signed=True, seed=4,
+                              hu=np.round(phantom_hu(SHAPE, seed=4) * 2) / 2),
+        "signed": write_series(root / "signed", shape=SHAPE, signed=True, intercept=0.0, seed=5),
+        "rot180": write_series(root / "rot180", shape=SHAPE, orientation="axial_rot180", seed=6, shuffle=True),
+        "feet_first": write_series(root / "feet_first", shape=SHAPE, orientation="axial_feet_first", seed=7),
+        "coronal": write_series(root / "coronal", shape=SHAPE, orientation="coronal", seed=8),
+        "j2k": write_series(root / "j2k", shape=SHAPE, compression="j2k", signed=True, intercept=0.0, seed=9, shuffle=True),
+    }
+    return {"root": root, **made}
+
+
+@pytest.mark.parametrize("name", ["plain", "rle", "blank_rle", "slope", "signed", "rot180", "feet_first", "coronal", "j2k"])
+def test_folder_matches_truth_and_simpleitk(series_dir, name):
+    written = series_dir[name]
+    vol = load_study(written.folder)
+    assert vol.format == "dicom" and vol.modality == "CT"
+    assert vol.hu.dtype == np.float32 and vol.hu.shape == SHAPE
+    assert vol.spacing_mm == pytest.approx(written.spacing_mm)
+    np.testing.assert_array_equal(vol.hu, written.hu)
+    np.testing.assert_array_equal(vol.hu, sitk_hu(written.folder))
+    assert vol.warnings == []
+    # the affine maps voxel (0, 0, 0) to the position the factory gave the convention origin
+    np.testing.assert_allclose(vol.affine[:3, 3], [-100.0, -120.0, -300.0], atol=1e-4)
+    # LPS affine: axis 0 -> +z (superior), axis 1 -> +y (posterior), axis 2 -> +x (patient left)
+    np.testing.assert_allclose(vol.affine[:3, :3], np.array([[0, 0, 0.75], [0, 0.75, 0], [2.5, 0, 0]]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["plain", "blank_rle"])
+def test_zip_bytes_and_zip_file_give_the_same_volume(series_dir, name, tmp_path):
+    written = series_dir[name]
+    data = zip_folder(written.folder)
+    from_bytes = load_study_bytes(data, "upload.zip")
+    np.testing.assert_array_equal(from_bytes.hu, sitk_hu(written.folder))
+    path = tmp_path / "study.bin"  # content decides, not the suffix
+    path.write_bytes(data)
+    np.testing.assert_array_equal(load_study(path).hu, written.hu)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.bin"]  # nothing extracted
+
+
+def test_single_file_and_single_file_bytes(series_dir):
+    written = series_dir["plain"]
+    path = sorted(written.paths)[3]
+    vol = load_study(path)
+    assert vol.hu.shape == (1, SHAPE[1], SHAPE[2])
+    z = int(round((float(pydicom.dcmread(path).ImagePositionPatient[2]) + 300.0) / 2.5))
+    np.testing.assert_array_equal(vol.hu[0], written.hu[z])
+    same = load_study_bytes(path.read_bytes(), "slice.dcm")
+    np.testing.assert_array_equal(same.hu, vol.hu)
+
+
+def test_blank_series_uid_gets_a_fallback_key(series_dir):
+    vol = load_study(series_dir["blank_rle"].folder)
+    assert len(vol.series) == 1 and vol.series[0].key.startswith("noUID-1-")
+    assert vol.series[0].n_instances == SHAPE[0]
+
+
+@pytest.mark.parametrize("blank", [False, True])
+def test_two_series_in_one_folder(tmp_path, blank):
+    big, small = write_two_series(tmp_path, big_shape=(10, 40, 40), small_shape=(5, 32, 32), blank_uids=blank)
+    vol = load_study(tmp_path)
+    assert vol.n_series == 2
+    assert [s.n_instances for s in vol.series] == [10, 5]  # largest first
+    np.testing.assert_array_equal(vol.hu, big.hu)
+    assert any("2 series found" in w for w in vol.warnings)
+    other = load_study(tmp_path, series=vol.series[1].key)
+    np.testing.assert_array_equal(other.hu, small.hu)
+    assert other.spacing_mm == pytest.approx((5.0, 1.0, 1.0))
+    if not blank:
+        np.testing.assert_array_equal(other.hu, sitk_hu(tmp_path, small.series_uid))
+    with pytest.raises(InputError) as info:
+        load_study(tmp_path, series="1.2.3.nope")
+    message = str(info.value)
+    assert message.startswith("series: got 1.2.3.nope, is not a series of this study; fix: choose one of: ")
+    assert vol.series[0].key in message and vol.series[1].key in message
+
+
+def test_inspect_study_keys_and_phi(series_dir):
+    info = inspect_study(series_dir["rle"].folder)
+    expected = {"format", "modality", "shape", "spacing_mm", "hu_min", "hu_max", "hu_mean", "n_series", "phi", "series", "warnings"}
+    assert set(info) == expected
+    hu = series_dir["rle"].hu
+    assert info["shape"] == list(SHAPE) and info["spacing_mm"] == [2.5, 0.75, 0.75]
+    assert info["hu_min"] == float(hu.min()) and info["hu_max"] == float(hu.max())
+    assert info["hu_mean"] == pytest.approx(float(hu.mean(dtype=np.float64)), abs=1e-3)
+    assert info["n_series"] == 1
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName", "AccessionNumber"):
+        assert keyword in info["phi"]
+    assert set(info["phi"]) >= {k for k in PHI_KEYWORDS if k not in {"SeriesDescription"}} - {"StationName"}
+
+
+def test_deidentified_study_reports_no_phi(tmp_path):
+    write_series(tmp_path, shape=(4, 32, 32), identified=False)
+    assert inspect_study(tmp_path)["phi"] == []
+
+
+def test_missing_and_uneven_slices_are_reported(tmp_path):
+    gap = write_series(tmp_path / "gap", shape=(10, 32, 32), drop_slices=[4, 5])
+    vol = load_study(gap.folder)
+    assert vol.hu.shape == (8, 32, 32)
+    assert any(w.startswith("missing slices: about 2 slice(s) absent") for w in vol.warnings)
+    np.testing.assert_array_equal(vol.hu, gap.hu[[0, 1, 2, 3, 6, 7, 8, 9]])
+    uneven = write_series(tmp_path / "uneven", shape=(10, 32, 32), z_jitter_mm={3: 0.6})
+    vol = load_study(uneven.folder)
+    assert any(w.startswith("uneven slice spacing") for w in vol.warnings)
+    np.testing.assert_array_equal(vol.hu, uneven.hu)
+
+
+def test_oblique_series_is_snapped_with_a_warning(tmp_path):
+    written = write_series(tmp_path, shape=(6, 40, 40), inplane_rotation_deg=12.0)
+    vol = load_study(tmp_path)
+    assert any(w.startswith("oblique orientation (12.0 degrees") for w in vol.warnings)
+    np.testing.assert_array_equal(vol.hu, written.hu)
+
+
+def test_truncated_dicom_is_one_line_input_error(series_dir, tmp_path):
+    data = series_dir["plain"].paths[0].read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(InputError, match=r"cut.dcm, is truncated \(pixel data shorter than Rows x Columns\)"):
+        load_study(cut)
+    head_only = tmp_path / "head.dcm"
+    head_only.write_bytes(data[:200])
+    with pytest.raises(InputError, match="holds no readable DICOM image"):
+        load_study(head_only)
+    rle = series_dir["rle"].paths[0].read_bytes()
+    cut_rle = tmp_path / "cut_rle.dcm"
+    cut_rle.write_bytes(rle[: len(rle) - 500])
+    with pytest.raises(InputError, match="is truncated"):
+        load_study(cut_rle)
+
+
+def test_memory_cap_is_checked_before_decoding(series_dir):
+    from core.io.dicom import load_dicom
+
+    with pytest.raises(InputError, match=r"would need 0.0 GiB decoded \(12 x 40 x 48; limit"):
+        load_dicom(series_dir["rle"].folder, max_decoded_bytes=1000)
+
+
+def test_non_dicom_files_in_folder_are_ignored_with_a_warning(tmp_path):
+    written = write_series(tmp_path, shape=(4, 32, 32))
+    (tmp_path / "README.txt").write_text("notes about the study\n")
+    vol = load_study(tmp_path)
+    np.testing.assert_array_equal(vol.hu, written.hu)
+    assert "ignored files: 1 not DICOM" in vol.warnings
+
+
+def test_to_convention_undoes_any_axis_permutation_and_flip():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    # LPS step of each convention axis: slices +z 2 mm, rows +y 3 mm, cols +x 4 mm
+    lps_cols = {0: np.array([0, 0, 2.0]), 1: np.array([0, 3.0, 0]), 2: np.array([4.0, 0, 0])}
+    for perm in [(0, 1, 2), (2, 0, 1), (1, 2, 0), (2, 1, 0)]:
+        for flips in [(False, False, False), (True, False, True), (False, True, False)]:
+            data = np.transpose(truth, perm)
+            affine = np.eye(4)
+            for data_axis, conv_axis in enumerate(perm):
+                affine[:3, data_axis] = lps_cols[conv_axis]
+            for data_axis, flip in enumerate(flips):
+                if flip:
+                    data = np.flip(data, data_axis)
+                    affine[:3, 3] += affine[:3, data_axis] * (data.shape[data_axis] - 1)
+                    affine[:3, data_axis] *= -1
+            out, new_affine, warnings = to_convention(data, affine)
+            np.testing.assert_array_equal(out, truth)
+            np.testing.assert_allclose(new_affine[:3, :3], np.array([[0, 0, 4.0], [0, 3.0, 0], [2.0, 0, 0]]))
+            np.testing.assert_allclose(new_affine[:3, 3], 0.0, atol=1e-12)
+            assert warnings == []

@@ -1,0 +1,202 @@
+"""MEDS timelines: read_timeline, summaries and the `timeline` command, checked against plain pandas."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.cli import main
+from core.errors import InputError
+from core.io.timeline import (
+    _read_parquet,
+    events_before,
+    map_columns,
+    read_timeline,
+    summarize_file,
+    summarize_subject,
+)
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def real_frame(real_meds: Path) -> pd.DataFrame:
+    return pd.read_parquet(real_meds)
+
+
+def _pandas_summary(df: pd.DataFrame, sid: int) -> dict[str, object]:
+    s = df[df["subject_id"] == sid]
+    timed = s["time"].dropna()
+    death = s.loc[s["code"] == "MEDS_DEATH", "time"]
+    return {
+        "n_events": len(s),
+        "n_codes": s["code"].nunique(),
+        "first_time": timed.min().isoformat(),
+        "last_time": timed.max().isoformat(),
+        "death_time": death.min().isoformat() if len(death) else None,
+    }
+
+
+def _subjects(df: pd.DataFrame) -> list[int]:
+    dead = sorted(df.loc[df["code"] == "MEDS_DEATH", "subject_id"].unique())
+    alive = sorted(set(df["subject_id"].unique()) - set(dead))
+    return [int(dead[0]), int(dead[-1]), int(alive[0]), int(alive[len(alive) // 2])]
+
+
+def test_summaries_match_pandas_on_real_file(real_meds: Path, real_frame: pd.DataFrame) -> None:
+    for sid in _subjects(real_frame):
+        got = summarize_subject(real_meds, str(sid))
+        want = _pandas_summary(real_frame, sid)
+        for key, value in want.items():
+            assert got[key] == value, (sid, key)
+        s = real_frame[real_frame["subject_id"] == sid]
+        prefixes = s["code"].str.split("//").str[0].value_counts().to_dict()
+        assert got["code_prefixes"] == prefixes
+        assert sum(got["code_prefixes"].values()) == got["n_events"]
+
+
+def test_death_subject_has_death_time(real_meds: Path, real_frame: pd.DataFrame) -> None:
+    sid = _subjects(real_frame)[0]
+    got = summarize_subject(real_meds, str(sid))
+    assert got["death_time"] is not None
+    assert got["death_time"] <= got["last_time"]
+    alive = summarize_subject(real_meds, str(_subjects(real_frame)[2]))
+    assert alive["death_time"] is None
+
+
+def test_whole_file_counts(real_meds: Path, real_frame: pd.DataFrame) -> None:
+    overview = summarize_file(real_meds)
+    assert overview["n_events"] == 916_166 == len(real_frame)
+    assert overview["n_subjects"] == 100
+    assert overview["n_deaths"] == 31
+    assert overview["columns"]["numeric_value"] == "value"
+    events = read_timeline(real_meds)
+    assert int((events["code"] == "MEDS_DEATH").sum()) == 31
+    assert list(events.columns) == ["subject_id", "time", "code", "numeric_value"]
+    assert str(events["time"].dtype) == "datetime64[ns]"
+    assert events["numeric_value"].dtype == np.float64
+    assert events["subject_id"].map(type).eq(str).all()
+    # static (null-time) rows are kept as NaT
+    assert int(events["time"].isna().sum()) == int(real_frame["time"].isna().sum())
+
+
+def test_subject_filter_is_pushed_down(real_meds: Path, real_frame: pd.DataFrame) -> None:
+    sid = _subjects(real_frame)[1]
+    mapping = map_columns(["subject_id", "time", "code", "value"])
+    table = _read_parquet(real_meds, mapping, [str(sid)])  # arrow table before any pandas conversion
+    n = int((real_frame["subject_id"] == sid).sum())
+    assert table.num_rows == n < len(real_frame) / 10
+    events = read_timeline(real_meds, [str(sid), "not-an-int"])
+    assert len(events) == n and set(events["subject_id"]) == {str(sid)}
+    s = real_frame[real_frame["subject_id"] == sid]
+    np.testing.assert_allclose(np.sort(events["numeric_value"].dropna().to_numpy()),
+                               np.sort(s["value"].dropna().to_numpy().astype(np.float64)))
+    assert events["time"].dropna().is_monotonic_increasing
+
+
+def test_csv_aliases_filter_and_static_rows(tmp_path: Path) -> None:
+    path = tmp_path / "tl.csv"
+    path.write_text(
+        "patient_id,Timestamp,concept,val\n"
+        "7,2020-01-01 10:00,MEDS_BIRTH,\n"
+        "7,,GENDER//F,\n"
+        "7,2021-03-04T08:30:00,LAB//creatinine//mg/dL,1.4\n"
+        "8,2020-05-05,LAB//bnp//pg/mL,UNK\n"
+        "7,2022-01-01,MEDS_DEATH,\n"
+    )
+    events = read_timeline(path, ["7"])
+    assert events["code"].tolist() == ["GENDER//F", "MEDS_BIRTH", "LAB//creatinine//mg/dL", "MEDS_DEATH"]
+    assert pd.isna(events["time"].iloc[0])
+    assert events["numeric_value"].iloc[2] == 1.4
+    all_events = read_timeline(path)
+    assert sorted(all_events["subject_id"].unique()) == ["7", "8"]
+    assert np.isnan(all_events.loc[all_events["subject_id"] == "8", "numeric_value"].iloc[0])
+    summary = summarize_subject(path, "7")
+    assert summary["n_events"] == 4 and summary["n_static_events"] == 1
+    assert summary["first_time"] == "2020-01-01T10:00:00"
+    assert summary["death_time"] == "2022-01-01T00:00:00"
+
+
+def test_csv_bad_time_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "tl.csv"
+    path.write_text("subject_id,time,code\n1,yesterday,A\n")
+    with pytest.raises(InputError, match="time: got yesterday, is not a date/time"):
+        read_timeline(path)
+
+
+def test_missing_columns_list_what_was_found() -> None:
+    with pytest.raises(InputError) as err:
+        map_columns(["subject_id", "time", "value"], "x.csv")
+    msg = str(err.value)
+    assert msg.startswith("columns: got subject_id, time, value, x.csv has no column for code")
+    assert "code, concept, event_code" in msg
+
+
+def test_events_before_excludes_later_events() -> None:
+    ev = pd.DataFrame({
+        "subject_id": ["1"] * 4,
+        "time": pd.to_datetime([None, "2020-01-01", "2020-06-01 10:00", "2020-06-01 10:01"], format="mixed"),
+        "code": ["GENDER//F", "A", "B", "C"],
+        "numeric_value": [np.nan] * 4,
+    })
+    kept = events_before(ev, pd.Timestamp("2020-06-01 10:00"))
+    assert kept["code"].tolist() == ["GENDER//F", "A", "B"]
+    with pytest.raises(InputError, match="index_time"):
+        events_before(ev, pd.NaT)
+
+
+# ----------------------------------------------------------------------------- command line
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_matches_pandas(real_meds: Path, real_frame: pd.DataFrame, capsys: pytest.CaptureFixture[str]) -> None:
+    sid = _subjects(real_frame)[0]
+    code, out, err = _cli(["timeline", str(real_meds), "--subject", str(sid), "--json"], capsys)
+    assert code == 0 and err == ""
+    got = json.loads(out)
+    want = _pandas_summary(real_frame, sid)
+    assert {k: got[k] for k in want} == want
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path, real_meds: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(["timeline", str(tmp_path / "missing.parquet"), "--subject", "1"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: PATH: got ") and "file not found" in err
+
+    nocode = tmp_path / "nocode.csv"
+    nocode.write_text("subject_id,time,value\n1,2020-01-01,3\n")
+    code, out, err = _cli(["timeline", str(nocode), "--subject", "1"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "columns: got subject_id, time, value" in err and "no column for code" in err
+
+    code, out, err = _cli(["timeline", str(real_meds), "--subject", "123", "--json"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "subject: got 123, is not in mimic_iv_demo_meds_events.parquet (100 subjects" in err
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    code, _, err = _cli(["timeline", str(empty), "--subject", "1"], capsys)
+    assert code == 2 and "empty file" in err
+
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"\x00\x01not parquet at all" * 10)
+    code, _, err = _cli(["timeline", str(junk), "--subject", "1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a readable parquet file" in err
+
+
+def test_timeline_command_does_not_import_torch(real_meds: Path) -> None:
+    code = (
+        "import sys; from core.cli import main; "
+        f"rc = main(['timeline', {str(real_meds)!r}, '--subject', '10000032', '--json']); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH 0", proc.stderr
