@@ -64,9 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "dim": 64, "dropout": 0.1, "heads": 2, "n_intervals": 20,
     "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, "epochs": 60, "patience": 10,
     "modality_dropout": 0.15, "max_events": 64, "max_codes": 512,
-    "image": {"out_dim": 64, "size": 64, "channels": [16, 32, 64, 64], "grid": [32, 64, 64],
+    "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
               "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0],
-              "epochs": 25, "batch_size": 16, "lr": 2e-3, "patience": 6},
+              "epochs": 20, "batch_size": 16, "lr": 2e-3, "patience": 5},
     "contrastive": {"epochs": 30, "temperature": 0.1, "finetune_lr_scale": 0.1},
 }
 

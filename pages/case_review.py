@@ -105,7 +105,7 @@ with left:
             normalize=False, title=f"axial {z + 1}/{n_slices}",
         )
         axial.update_layout(width=None, height=460)
-        st.plotly_chart(axial, use_container_width=True, key="axial_fig", config={"displaylogo": False})
+        st.plotly_chart(axial, width="stretch", key="axial_fig", config={"displaylogo": False})
         r_idx = st.session_state.get("coronal_row", volume.shape[1] // 2)
         c_idx = st.session_state.get("sagittal_col", volume.shape[2] // 2)
         v1, v2 = st.columns(2)
@@ -121,7 +121,7 @@ with left:
             fig.add_hline(y=(n_slices - 1 - z) * dz, line={"color": "#00c8ff", "width": 1})
             fig.update_layout(width=None, height=300, showlegend=False)
             fig.update_traces(showscale=False)
-            col.plotly_chart(fig, use_container_width=True, key=f"{plane}_fig", config={"displaylogo": False})
+            col.plotly_chart(fig, width="stretch", key=f"{plane}_fig", config={"displaylogo": False})
         with st.expander("Reformat positions"):
             st.slider("Coronal plane (anterior → posterior)", 0, volume.shape[1] - 1, volume.shape[1] // 2,
                       key="coronal_row")
@@ -130,7 +130,7 @@ with left:
         if pred.slice_weights is not None and np.size(pred.slice_weights) == n_slices and np.max(pred.slice_weights) > 0:
             strip = F.slice_strip(pred.slice_weights, selected=z, title="Attention over slices")
             strip.update_layout(width=None, height=200)
-            st.plotly_chart(strip, use_container_width=True, key="slice_strip")
+            st.plotly_chart(strip, width="stretch", key="slice_strip")
         st.caption(
             f"{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, spacing "
             f"{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm. Displayed in radiological convention "
@@ -155,7 +155,7 @@ with right:
             title="", label="this case (band: MC dropout)",
         )
         fig.update_layout(width=None, height=420)
-        st.plotly_chart(fig, use_container_width=True, key="survival_fig")
+        st.plotly_chart(fig, width="stretch", key="survival_fig")
         st.caption(
             f"Grey: Kaplan-Meier of the demo cohort ({reference['n']} patients). Green: Kaplan-Meier of the "
             f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
@@ -171,7 +171,7 @@ with right:
             curves[name] = (p.times, p.survival, p.lower, p.upper)
         cmp_fig = F.survival_compare_figure(curves, cohort_km=reference["cohort_km"])
         cmp_fig.update_layout(width=None, height=440)
-        st.plotly_chart(cmp_fig, use_container_width=True, key="compare_fig")
+        st.plotly_chart(cmp_fig, width="stretch", key="compare_fig")
 
 # ------------------------------------------------------ timeline and attention
 st.subheader("Timeline and attention")
@@ -185,7 +185,7 @@ with t1:
             tl = F.timeline_figure(inputs.events, scores, ui.case_index_time(source, subject_id), top_k=8,
                                    title="Events before the scan (top attributed outlined)")
             tl.update_layout(width=None)
-            st.plotly_chart(tl, use_container_width=True, key="timeline_fig")
+            st.plotly_chart(tl, width="stretch", key="timeline_fig")
 with t2:
     maps = appdata.attention_maps(pred.attention, inputs.events)
     if not maps:
@@ -196,4 +196,4 @@ with t2:
             hm = F.attention_heatmap(item["weights"], item["rows"], item["cols"], title=item["title"],
                                      x_title=item["x_title"])
             hm.update_layout(width=None)
-            st.plotly_chart(hm, use_container_width=True, key=f"attention_fig_{i}")
+            st.plotly_chart(hm, width="stretch", key=f"attention_fig_{i}")

@@ -77,7 +77,7 @@ with tab_model:
         cols[2].metric("Integrated Brier score", _ci(m.get("ibs"), None), help=_ci(m.get("ibs"), m.get("ibs_ci")))
         cols[3].metric("Test subjects / events", f"{m.get('n')} / {m.get('events')}")
         st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model"]), hide_index=True,
-                     use_container_width=True)
+                     width="stretch")
         if m.get("oracle_c_index") is not None:
             st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
         g1, g2 = st.columns(2, gap="large")
@@ -95,7 +95,7 @@ with tab_model:
                       for g in ref["groups"]}
             km = F.survival_compare_figure(curves)
             km.update_layout(width=None, height=420)
-            st.plotly_chart(km, use_container_width=True, key="km_groups")
+            st.plotly_chart(km, width="stretch", key="km_groups")
             if ref["logrank_p"] is not None:
                 st.caption(f"Log-rank test across groups: p = {ref['logrank_p']:.3g}.")
         with g2:
@@ -103,7 +103,7 @@ with tab_model:
             cal = m.get("calibration") or {}
             if any(cal.values()):
                 fig = appdata.calibration_figure(cal)
-                st.plotly_chart(fig, use_container_width=True, key="calibration")
+                st.plotly_chart(fig, width="stretch", key="calibration")
             else:
                 st.info("Calibration is not estimable on this split (follow-up ends before the horizons).")
 
@@ -123,7 +123,7 @@ with tab_compare:
         bar.empty()
         if rows:
             table = pd.DataFrame(rows)
-            st.dataframe(table, hide_index=True, use_container_width=True)
+            st.dataframe(table, hide_index=True, width="stretch")
             st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), "strategy_comparison.csv",
                                mime="text/csv", key="compare_csv")
 

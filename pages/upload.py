@@ -81,7 +81,7 @@ if volume is not None and volume.phi and not state.get("deidentified"):
         "UIDs replaced, dates shifted, private tags removed; pixel data unchanged).",
         icon=":material/block:",
     )
-    st.dataframe(pd.DataFrame({"attribute": volume.phi}), hide_index=True, use_container_width=False)
+    st.dataframe(pd.DataFrame({"attribute": volume.phi}), hide_index=True, width="content")
     b1, b2 = st.columns([1, 3])
     if b1.button("De-identify and continue", type="primary", key="deid_button"):
         with st.spinner("De-identifying..."), ui.core_errors(stop=False, what="De-identification failed: "):
@@ -133,7 +133,7 @@ elif volume is not None:
         fig = F.slice_overlay(volume.hu[z], None, window=(-160, 240), spacing_mm=volume.spacing_mm,
                               title=f"middle axial slice ({z + 1}/{volume.shape[0]})")
         fig.update_layout(width=None, height=340)
-        st.plotly_chart(fig, use_container_width=True, key="upload_preview")
+        st.plotly_chart(fig, width="stretch", key="upload_preview")
     with c2:
         hu = volume.hu
         st.markdown(

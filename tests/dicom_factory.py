@@ -3,7 +3,8 @@
 Everything here is made up: a CT-like phantom (air, body, lungs, soft tissue,
 bone) written as one DICOM file per slice with real geometry
 (ImagePositionPatient / ImageOrientationPatient / PixelSpacing), rescale
-slope/intercept, optional compression (RLE Lossless, JPEG 2000 Lossless) and,
+slope/intercept, optional compression (RLE Lossless, JPEG 2000 Lossless, JPEG-LS
+Lossless via pyjpegls, JPEG Lossless SV1 via python-gdcm) and,
 unless asked otherwise, a set of identifying attributes (``PHI_VALUES``,
 ``PHI_STRINGS``) so that PHI detection and de-identification can be tested.
 
@@ -37,11 +38,13 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
 
-Compression = Literal["none", "rle", "j2k"]
+Compression = Literal["none", "rle", "j2k", "jls", "jpeg_lossless"]
 
 # Identifying values written into every "identified" study. Tests check that
 # none of PHI_STRINGS survives de-identification anywhere in the output bytes.
@@ -263,7 +266,13 @@ def write_series(
         rng.shuffle(instance_numbers)
     jitter = z_jitter_mm or {}
     paths: list[Path] = []
-    ts = {"none": ExplicitVRLittleEndian, "rle": RLELossless, "j2k": JPEG2000Lossless}[compression]
+    ts = {
+        "none": ExplicitVRLittleEndian,
+        "rle": RLELossless,
+        "j2k": JPEG2000Lossless,
+        "jls": JPEGLSLossless,
+        "jpeg_lossless": JPEGLosslessSV1,
+    }[compression]
     for file_no, k in enumerate(order):
         pos = first_pos + normal * (k * st_sp[0] + jitter.get(k, 0.0))
         ds = _slice_dataset(
@@ -289,9 +298,13 @@ def write_series(
             ds.compress(RLELossless, encoding_plugin="pylibjpeg")
         elif compression == "j2k":
             ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+        elif compression == "jls":
+            ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
         name = f"{prefix}{file_no:04d}.dcm" if not shuffle else f"{prefix}{rng.randrange(10**8):08d}_{file_no}.dcm"
         path = folder / name
         ds.save_as(path, enforce_file_format=True)
+        if compression == "jpeg_lossless":
+            _gdcm_transcode(path, "JPEGLosslessProcess14_1")
         paths.append(path)
     expected = truth  # with drop_slices / z_jitter_mm the geometry is irregular: compare what applies
     return SeriesWritten(
@@ -407,6 +420,27 @@ def _slice_dataset(
         ds.DeidentificationMethod = "synthetic test data (PS3.15 E.1.1 basic profile)"
         ds.BurnedInAnnotation = "NO"
     return ds
+
+
+def _gdcm_transcode(path: Path, syntax: str) -> None:
+    """Re-encode ``path`` in place with GDCM (pydicom has no JPEG Lossless encoder)."""
+    import gdcm  # python-gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise RuntimeError(f"gdcm cannot read {path}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError(f"gdcm cannot transcode {path} to {syntax}")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"gdcm cannot write {path}")
 
 
 def write_deidentified_series(folder: Path, **kwargs: object) -> SeriesWritten:

@@ -23,10 +23,16 @@ PAGES = ("pages/case_review.py", "pages/upload.py", "pages/cohort_models.py", "p
 TIMEOUT = 180
 
 
+def build_test_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny demo, built once per pytest session (shared with tests/test_browser.py)."""
+    base = tmp_path_factory.getbasetemp() / "ctehr-app-demo"
+    appdata.ensure_demo(base, n=48, epochs=1, fusions=TEST_FUSIONS)
+    return base
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    base = tmp_path_factory.mktemp("app-data")
-    appdata.ensure_demo(base, n=48, epochs=1, fusions=TEST_FUSIONS)
+    base = build_test_demo(tmp_path_factory)
     old = os.environ.get("CTEHR_DATA_DIR")
     os.environ["CTEHR_DATA_DIR"] = str(base)
     try:

@@ -32,7 +32,6 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TEST_FUSIONS = ("image_only", "ehr_only", "cross_attention")
 START_TIMEOUT_S = 90
 
 
@@ -44,11 +43,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from core import appdata
+    from tests.test_app import build_test_demo
 
-    base = tmp_path_factory.mktemp("browser-data")
-    appdata.ensure_demo(base, n=48, epochs=1, fusions=TEST_FUSIONS)
-    return base
+    return build_test_demo(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -44,14 +44,18 @@ def series_dir(tmp_path_factory) -> dict[str, object]:
         "feet_first": write_series(root / "feet_first", shape=SHAPE, orientation="axial_feet_first", seed=7),
         "coronal": write_series(root / "coronal", shape=SHAPE, orientation="coronal", seed=8),
         "j2k": write_series(root / "j2k", shape=SHAPE, compression="j2k", signed=True, intercept=0.0, seed=9, shuffle=True),
+        "jls": write_series(root / "jls", shape=SHAPE, compression="jls", seed=10),
+        "jpeg_lossless": write_series(root / "jpeg_lossless", shape=SHAPE, compression="jpeg_lossless", series_uid="", seed=11),
     }
     return {"root": root, **made}
 
 
-@pytest.mark.parametrize("name", ["plain", "rle", "blank_rle", "slope", "signed", "rot180", "feet_first", "coronal", "j2k"])
+@pytest.mark.parametrize("name", ["plain", "rle", "blank_rle", "slope", "signed", "rot180", "feet_first", "coronal", "j2k", "jls", "jpeg_lossless"])
 def test_folder_matches_truth_and_simpleitk(series_dir, name):
     written = series_dir[name]
     vol = load_study(written.folder)
+    ts = str(pydicom.dcmread(written.paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    assert ts == written.transfer_syntax
     assert vol.format == "dicom" and vol.modality == "CT"
     assert vol.hu.dtype == np.float32 and vol.hu.shape == SHAPE
     assert vol.spacing_mm == pytest.approx(written.spacing_mm)

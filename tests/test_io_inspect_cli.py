@@ -75,6 +75,10 @@ def _bad_inputs(root: Path, bomb: bytes) -> dict[str, tuple[Path, str]]:
     rnd.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     out["random bytes"] = (rnd, f"study: got {rnd}, is not a DICOM, NIfTI or zip file")
 
+    garbage = root / "garbage.dcm"  # starts like a raw DICOM dataset, then random bytes
+    garbage.write_bytes(b"\x08\x00\x05\x00" + np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    out["DICOM-like garbage"] = (garbage, f"study: got {garbage}, holds no readable DICOM image (1 unreadable")
+
     series = write_series(root / "src", shape=(2, 32, 32))
     data = series.paths[0].read_bytes()
     trunc = root / "truncated.dcm"
@@ -120,7 +124,7 @@ def bad_inputs(tmp_path_factory, bomb) -> dict[str, tuple[Path, str]]:  # noqa: 
     return _bad_inputs(tmp_path_factory.mktemp("bad") / "inputs", bomb)
 
 
-BAD = ["empty file", "random bytes", "truncated DICOM", "text named .nii.gz", "zip dotdot", "zip absolute", "zip bomb", "empty zip", "NIfTI NaN/inf", "missing"]
+BAD = ["empty file", "random bytes", "DICOM-like garbage", "truncated DICOM", "text named .nii.gz", "zip dotdot", "zip absolute", "zip bomb", "empty zip", "NIfTI NaN/inf", "missing"]
 
 
 @pytest.mark.parametrize("name", BAD)

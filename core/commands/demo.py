@@ -24,9 +24,13 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from core.demo.cohort import c_index_summary, write_demo_cohort
+    from core.demo.cohort import c_index_summary, check_out, check_seed, write_demo_cohort
+    from core.demo.latents import check_n
 
     started = time.perf_counter()
+    check_out(args.out)  # bad arguments fail before the progress bar starts
+    check_n(args.n)
+    check_seed(args.seed)
     with tqdm(total=1000, file=sys.stderr, desc="demo", leave=False, mininterval=0.5,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}") as bar:
         def progress(fraction: float, label: str) -> None:

@@ -44,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = sys.stdout
     print(f"{args.split} split: n={res['n']}, events={res['events']}", file=out)
-    print(f"Harrell C  {_fmt(res['c_index'])}{_ci(res['c_index_ci'])}", file=out)
-    print(f"Uno C      {_fmt(res['uno_c'])}{_ci(res.get('uno_c_ci'))} (tau={res['uno_tau']:.0f} d)", file=out)
-    print(f"IBS        {_fmt(res['ibs'])}{_ci(res.get('ibs_ci'))}", file=out)
+    print(f"Harrell C   {_fmt(res['c_index'])}{_ci(res['c_index_ci'])}", file=out)
+    print(f"Uno C       {_fmt(res['uno_c'])}{_ci(res.get('uno_c_ci'))} (tau={res['uno_tau']:.0f} d)", file=out)
+    print(f"IBS         {_fmt(res['ibs'])}{_ci(res.get('ibs_ci'))}", file=out)
     for h, v in res["td_auc"].items():
         cal = res["calibration"].get(h)
         ici = "" if not cal else f", calibration ICI {cal['ici']:.3f}"
-        print(f"AUC({h} d)  {_fmt(v)}{ici}", file=out)
+        label = f"AUC({h} d)"
+        print(f"{label:12s}{_fmt(v)}{ici}", file=out)
     if "oracle_c_index" in res:
-        print(f"oracle C   {_fmt(res['oracle_c_index'])} (from true_risk)", file=out)
+        print(f"oracle C    {_fmt(res['oracle_c_index'])} (from true_risk)", file=out)
     return 0

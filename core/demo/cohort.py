@@ -36,7 +36,8 @@ COHORT_COLUMNS = (
 Progress = Callable[[float, str], None]
 
 
-def _check_out(out: Path) -> Path:
+def check_out(out: Path) -> Path:
+    """The output folder must be new, empty, or an earlier demo cohort (never someone's other files)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("OUT", str(out), "exists and is not a folder", "pass a new or empty folder for the demo cohort")
@@ -48,6 +49,12 @@ def _check_out(out: Path) -> Path:
     return out
 
 
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError("seed", seed, "must be an integer >= 0", "pass --seed 0 or another non-negative integer")
+    return int(seed)
+
+
 def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's C of a risk score (higher = worse), via lifelines."""
     from lifelines.utils import concordance_index
@@ -55,7 +62,7 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     return float(concordance_index(np.asarray(time, float), -np.asarray(risk, float), np.asarray(event, int)))
 
 
-def cohort_table(lat: pd.DataFrame, voxels: dict[str, tuple[int, int, int] | None]) -> pd.DataFrame:
+def cohort_table(lat: pd.DataFrame, voxels: dict[str, tuple[int, int, int] | None], *, studies: bool = True) -> pd.DataFrame:
     """The cohort.csv table from the latents and the lesion voxels actually drawn."""
     vox = np.full((len(lat), 3), np.nan)
     for i, sid in enumerate(lat["subject_id"]):
@@ -68,7 +75,7 @@ def cohort_table(lat: pd.DataFrame, voxels: dict[str, tuple[int, int, int] | Non
         "time": lat["time"].round(1),
         "event": lat["event"].astype(int),
         "split": lat["split"],
-        "study": "studies/" + lat["subject_id"] + ".nii.gz",
+        "study": ("studies/" + lat["subject_id"] + ".nii.gz") if studies else "",
         "index_time": lat["index_time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
         "true_risk": lat["true_risk"].round(6),
         "lesion": lat["lesion"].astype(int),
@@ -94,9 +101,8 @@ def write_demo_cohort(out: Path | str, n: int = DEFAULT_N, seed: int = 0, progre
     ``lesion_slice/row/col`` columns are still computed).
     """
     started = _time.perf_counter()
-    out = _check_out(Path(out))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError("seed", seed, "must be an integer >= 0", "pass --seed 0 or another non-negative integer")
+    out = check_out(Path(out))
+    check_seed(seed)
     lat = L.sample_latents(n, seed)
     out.mkdir(parents=True, exist_ok=True)
     studies = out / "studies"
@@ -119,7 +125,7 @@ def write_demo_cohort(out: Path | str, n: int = DEFAULT_N, seed: int = 0, progre
     features.to_csv(out / "features.csv", index=False)
     report((len(lat) + 1) / total, "MEDS timeline")
 
-    table = cohort_table(lat, voxels)
+    table = cohort_table(lat, voxels, studies=volumes)
     table.to_csv(out / "cohort.csv", index=False)
     (out / "README.md").write_text(readme_text(table, timeline, n=len(lat), seed=int(seed),
                                                seconds=_time.perf_counter() - started), encoding="utf-8")

@@ -103,7 +103,11 @@ def _subject_events(row: pd.Series, rng: np.random.Generator) -> _Events:
     n_major = sum(int(row[c]) for c in ("heart_failure", "copd", "ckd"))
     lookback = rng.uniform(1.0, 6.0) * YEAR_DAYS
     n_visits = 1 + rng.poisson(2.0 + 1.2 * len(conditions) + 0.6 * lookback / YEAR_DAYS)
-    visit_days = np.floor(np.sort(rng.uniform(-lookback, -2.0, n_visits))) + rng.uniform(8.0, 17.0, n_visits) / 24.0
+    # visits on calendar days before the scan, during clinic hours (08:00-17:00)
+    index_time = pd.Timestamp(row["index_time"])
+    clock = (index_time - index_time.normalize()) / pd.Timedelta(days=1)
+    midnight = np.floor(np.sort(rng.uniform(-lookback, -2.0, n_visits)) + clock) - clock
+    visit_days = midnight + rng.uniform(8.0, 17.0, n_visits) / 24.0
     p_admit = 0.10 + 0.07 * n_major
     admitted = rng.random(n_visits) < p_admit
     # onset of each condition: before the window (chronic) or within it, never after the last visit

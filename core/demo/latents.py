@@ -92,7 +92,7 @@ def _ehr_offset() -> float:
 EHR_OFFSET = _ehr_offset()
 
 
-def _check_n(n: int) -> int:
+def check_n(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 10:
         raise InputError("n", n, "must be an integer >= 10 (each split needs subjects)", "pass --n 10 or more")
     return int(n)
@@ -141,7 +141,7 @@ def sample_latents(n: int, seed: int = 0) -> pd.DataFrame:
     three jitters in [0, 1]), body geometry, image_part, ehr_part, true_risk,
     event_time_days (uncensored), censor_time_days, time, event.
     """
-    n = _check_n(n)
+    n = check_n(n)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 20240611]))
     df = pd.DataFrame({"subject_id": subject_ids(n)})
 

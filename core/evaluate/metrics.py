@@ -150,11 +150,11 @@ def ibs(times_grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.nd
     """Integrated Brier score over ``span`` (scikit-survival ``integrated_brier_score``); None without a range."""
     if span is None:
         return None
-    times = np.linspace(span[0], span[1], IBS_POINTS)
-    times = times[(times >= time.min()) & (times < time.max())]
-    if np.unique(times).size < 2:
-        return None
     t, e = administratively_censor(time, event, ipcw_cap(train_time))
+    times = np.unique(np.linspace(span[0], span[1], IBS_POINTS))
+    times = times[(times >= t.min()) & (times < t.max())]
+    if times.size < 2:
+        return None
     value = integrated_brier_score(_surv_struct(train_time, train_event), _surv_struct(t, e),
                                    survival_at(times_grid, surv, times), times)
     return float(value) if np.isfinite(value) else None

@@ -134,13 +134,15 @@ class _Header:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _floats(value: object, n: int) -> list[float] | None:
-    if value is None:
-        return None
+def _floats(ds: Dataset, keyword: str, n: int) -> list[float] | None:
+    """``n`` finite floats from a multi-valued attribute, or None when absent or broken."""
     try:
+        value = ds.get(keyword)
+        if value is None:
+            return None
         seq = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
         out = [float(v) for v in seq]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if len(out) != n or not all(np.isfinite(out)):
         return None
@@ -173,11 +175,11 @@ def _read_header(src: DicomSource) -> _Header | str:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    except (AttributeError, TypeError, ValueError) as err:
+    except (AttributeError, TypeError, ValueError, OverflowError, KeyError) as err:
         return f"broken image attributes ({type(err).__name__})"
-    iop = _floats(ds.get("ImageOrientationPatient"), 6)
-    ipp = _floats(ds.get("ImagePositionPatient"), 3)
-    ps = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
+    iop = _floats(ds, "ImageOrientationPatient", 6)
+    ipp = _floats(ds, "ImagePositionPatient", 3)
+    ps = _floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2)
     row_cos = np.array(iop[:3] if iop else [1.0, 0.0, 0.0])
     col_cos = np.array(iop[3:] if iop else [0.0, 1.0, 0.0])
     if iop and (np.linalg.norm(row_cos) < 1e-3 or np.linalg.norm(col_cos) < 1e-3):
@@ -203,7 +205,10 @@ def _read_header(src: DicomSource) -> _Header | str:
     )
     header.extra["has_iop"] = iop is not None
     header.extra["has_spacing"] = bool(ps and ps[0] > 0 and ps[1] > 0)
-    header.key = _series_key(header)
+    try:
+        header.key = _series_key(header)
+    except (TypeError, ValueError, OverflowError) as err:
+        return f"broken series attributes ({type(err).__name__})"
     return header
 
 
@@ -295,14 +300,14 @@ def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[
         if len(headers) > 1:
             warnings.append("ImagePositionPatient missing: slices ordered by InstanceNumber, spacing from SliceThickness")
         ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.source.name))
-        thickness = _floats(first.ds.get("SpacingBetweenSlices"), 1) or _floats(first.ds.get("SliceThickness"), 1) or [1.0]
+        thickness = _floats(first.ds, "SpacingBetweenSlices", 1) or _floats(first.ds, "SliceThickness", 1) or [1.0]
         return ordered, abs(float(thickness[0])) or 1.0, warnings
     proj = np.array([float(np.dot(h.position, normal)) for h in headers])  # type: ignore[arg-type]
     order = np.argsort(proj, kind="stable")
     ordered = [headers[i] for i in order]
     proj = proj[order]
     if len(ordered) == 1:
-        thickness = _floats(first.ds.get("SpacingBetweenSlices"), 1) or _floats(first.ds.get("SliceThickness"), 1) or [1.0]
+        thickness = _floats(first.ds, "SpacingBetweenSlices", 1) or _floats(first.ds, "SliceThickness", 1) or [1.0]
         return ordered, abs(float(thickness[0])) or 1.0, warnings
     diffs = np.diff(proj)
     dup = diffs < 1e-3
@@ -473,7 +478,27 @@ def load_dicom_sources(
     max_decoded_bytes: int = MAX_DECODED_BYTES,
     label: str = "study",
 ) -> Volume:
-    """Load the largest (or the chosen) series of ``sources`` into a Volume."""
+    """Load the largest (or the chosen) series of ``sources`` into a Volume.
+
+    pydicom's own warnings (invalid values, unknown character sets, ...) are
+    collected and summarised in ``Volume.warnings`` instead of being printed.
+    """
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        volume = _load_dicom_sources(sources, series, max_decoded_bytes=max_decoded_bytes, label=label)
+    messages = sorted({" ".join(str(w.message).split())[:100] for w in caught if issubclass(w.category, UserWarning)})
+    if messages:
+        volume.warnings.append(f"{len(messages)} DICOM reading warning(s), e.g. {messages[0]}")
+    return volume
+
+
+def _load_dicom_sources(
+    sources: Sequence[DicomSource],
+    series: str | None,
+    *,
+    max_decoded_bytes: int,
+    label: str,
+) -> Volume:
     headers, skipped = read_headers(sources)
     if not headers:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))

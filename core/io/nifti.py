@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 import zlib
 from pathlib import Path
 
@@ -67,7 +68,17 @@ def gunzip_bounded(data: bytes, name: str, limit: int = MAX_NIFTI_BYTES) -> byte
 
 
 def load_nifti_bytes(data: bytes, name: str = "volume.nii.gz") -> Volume:
-    """Parse NIfTI bytes (gzip-compressed or not) into a Volume in the project convention."""
+    """Parse NIfTI bytes (gzip-compressed or not) into a Volume in the project convention.
+
+    Library warnings (nibabel header fixes, numpy on broken affines) are kept
+    off stderr; every problem that matters is an ``InputError``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _load_nifti_bytes(data, name)
+
+
+def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     if data[:2] == GZIP_MAGIC:
         data = gunzip_bounded(data, name)
     kind = nifti_header_kind(data[:540])
@@ -124,11 +135,11 @@ def load_nifti_bytes(data: bytes, name: str = "volume.nii.gz") -> Volume:
     new_affine = affine @ ornt.inv_ornt_aff(transform, shape)
     lps = _RAS_TO_LPS @ new_affine
     spacing = tuple(float(v) for v in np.linalg.norm(lps[:3, :3], axis=0))
-    warnings: list[str] = []
+    notes: list[str] = []
     directions = lps[:3, :3] / np.asarray(spacing)
     off_axis = float(np.degrees(np.arccos(np.clip(np.min(np.max(np.abs(directions), axis=0)), 0.0, 1.0))))
     if off_axis > 0.5:
-        warnings.append(f"oblique orientation ({off_axis:.1f} degrees off the patient axes): axes snapped to the nearest patient axes, not resampled")
+        notes.append(f"oblique orientation ({off_axis:.1f} degrees off the patient axes): axes snapped to the nearest patient axes, not resampled")
     header = img.header
     meta = {
         "nifti_version": str(kind),
@@ -143,7 +154,7 @@ def load_nifti_bytes(data: bytes, name: str = "volume.nii.gz") -> Volume:
         format="nifti",
         series=[],
         phi=[],
-        warnings=warnings,
+        warnings=notes,
         meta=meta,
     )
 

@@ -27,20 +27,26 @@ class SliceEncoder2D(nn.Module):
     torch.Size([2, 3, 16])
     """
 
-    def __init__(self, out_dim: int = 64, size: int = 64, channels: tuple[int, ...] = (16, 32, 64, 64),
+    def __init__(self, out_dim: int = 64, size: int = 64, channels: tuple[int, ...] = (8, 16, 32, 64),
                  hu_window: tuple[float, float] = (-1000.0, 1000.0)) -> None:
         super().__init__()
         self.size = int(size)
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         layers: list[nn.Module] = []
-        c_in = 1
+        c_in = 3  # HU + row and column coordinates (CoordConv: where in the slice matters)
         for c in channels:
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(4, c), c), nn.GELU()]
             c_in = c
         self.features = nn.Sequential(*layers)
-        self.gradcam_layer: nn.Module = layers[-3]  # last conv: target layer for Grad-CAM
         self.proj = nn.Linear(2 * c_in, out_dim)
+        ramp = torch.linspace(-1.0, 1.0, self.size)
+        self.register_buffer("coords", torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))[None], persistent=False)
         self.out_dim = out_dim
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The last convolution (target layer for Grad-CAM)."""
+        return self.features[-3]
 
     def preprocess(self, hu: torch.Tensor) -> torch.Tensor:
         """``[B, S, R, C]`` HU -> ``[B, S, size, size]`` in [-1, 1] (differentiable)."""
@@ -53,7 +59,9 @@ class SliceEncoder2D(nn.Module):
     def trunk(self, slices: torch.Tensor) -> torch.Tensor:
         """``[B, S, size, size]`` preprocessed slices -> ``[B, S, out_dim]``."""
         b, s = slices.shape[:2]
-        fmap = self.features(slices.reshape(b * s, 1, self.size, self.size))
+        x = slices.reshape(b * s, 1, self.size, self.size)
+        x = torch.cat([x, self.coords.to(x).expand(b * s, 2, self.size, self.size)], dim=1)
+        fmap = self.features(x)
         pooled = torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
         return self.proj(pooled).reshape(b, s, -1)
 

@@ -35,10 +35,14 @@ class VolumeEncoder3D(nn.Module):
                                       act="GELU", norm=("group", {"num_groups": min(4, c)})))
             c_in = c
         self.features = nn.Sequential(*blocks)
-        self.gradcam_layer: nn.Module = blocks[-1]
         self.proj = nn.Linear(c_in, out_dim)
         self.out_dim = out_dim
         self.token_grid = tuple(g // 2 ** len(channels) for g in self.grid)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The last convolution block (target layer for Grad-CAM)."""
+        return self.features[-1]
 
     def preprocess(self, hu: torch.Tensor) -> torch.Tensor:
         lo, hi = self.hu_window

@@ -62,10 +62,13 @@ class SurvivalNet(nn.Module):
         self.image_encoder = build_image_encoder(icfg)
         if self.image_kind in ("2d", "3d"):
             self.image_proj: nn.Module | None = nn.Sequential(nn.Linear(int(icfg["out_dim"]), dim), nn.LayerNorm(dim))
+            self.slice_pos = nn.Linear(8, dim) if self.image_kind == "2d" else None
         elif self.image_kind == "embedding":
             self.image_proj = nn.Sequential(nn.Linear(int(icfg["emb_dim"]), dim), nn.LayerNorm(dim))
         else:
             self.image_proj = None
+        if self.image_kind != "2d":
+            self.slice_pos = None
         ecfg = cfg["ehr"]
         self.seq = SequenceEncoder(len(ecfg["sequence"]["codes"]) + 2, dim, int(ecfg.get("layers", 1)), int(cfg.get("heads", 2)), dropout) if ecfg.get("sequence") else None
         self.tab = FeatureTokenizer(len(ecfg["tabular"]["columns"]), dim, dropout) if ecfg.get("tabular") else None
@@ -106,7 +109,13 @@ class SurvivalNet(nn.Module):
             mask = torch.ones(tok.shape[:2], device=device)
         else:
             return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), None
-        return self.image_proj(tok), mask * present[:, None], n_slices
+        img = self.image_proj(tok)
+        if self.slice_pos is not None:  # where the slice lies (inferior -> superior) in the scanned range
+            n_real = mask.sum(-1, keepdim=True).clamp_min(1.0)
+            z = (torch.arange(tok.shape[1], device=device, dtype=img.dtype)[None, :] + 0.5) / n_real
+            ang = z.unsqueeze(-1) * torch.tensor([1.0, 2.0, 4.0, 8.0], device=device, dtype=img.dtype) * torch.pi
+            img = img + self.slice_pos(torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1))
+        return img, mask * present[:, None], n_slices
 
     def _ehr_tokens(self, batch: dict[str, torch.Tensor], b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
         toks, masks = [], []
