@@ -2,7 +2,7 @@
 
 Writes two synthetic CT series with tests/dicom_factory.py into a temp folder
 (uncompressed and RLE Lossless, 512 x 512 x 300 by default), then times, each
-in a fresh subprocess and best of ``--repeats``:
+in a fresh subprocess, ``--repeats`` times:
 
 * ours:      ``python -m core inspect FOLDER --json`` (load + HU stats + PHI scan)
 * SimpleITK: ``python -c`` that imports SimpleITK, lists the series files with
@@ -10,8 +10,9 @@ in a fresh subprocess and best of ``--repeats``:
   same HU min/max/mean.
 
 Both processes read the same files; the HU values are compared once in-process
-(they must be identical). Prints a table and the ratio ours / SimpleITK
-(goal: <= 1.0).
+(they must be identical). The two commands alternate (after a warm-up run
+each) so that both see the same machine load. Prints best-of times, the
+ratio ours / SimpleITK of the best runs and of the medians (goal: <= 1.0).
 
     python bench/bench_load.py [--slices 300] [--size 512] [--repeats 3]
 """
@@ -44,18 +45,26 @@ print(float(arr.min()), float(arr.max()), float(arr.mean()), arr.shape)
 """
 
 
-def _time(cmd: list[str], repeats: int) -> tuple[float, list[float], str]:
-    times: list[float] = []
-    out = ""
+def _run(cmd: list[str]) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    return elapsed
+
+
+def _time_pair(ours: list[str], ref: list[str], repeats: int) -> tuple[list[float], list[float]]:
+    """Alternate the two commands (after one warm-up each) so both see the same machine load."""
+    _run(ours)
+    _run(ref)
+    ours_times: list[float] = []
+    ref_times: list[float] = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-        times.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        out = proc.stdout.strip()
-    return min(times), times, out
+        ours_times.append(_run(ours))
+        ref_times.append(_run(ref))
+    return ours_times, ref_times
 
 
 def _check_same(folder: Path) -> str:
@@ -90,14 +99,19 @@ def main() -> None:
             made = time.perf_counter() - t0
             size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
             same = _check_same(folder)
-            ours, ours_all, _ = _time([sys.executable, "-m", "core", "inspect", str(folder), "--json"], args.repeats)
-            sitk, sitk_all, _ = _time([sys.executable, "-c", SITK_SCRIPT, str(folder)], args.repeats)
+            ours_all, sitk_all = _time_pair(
+                [sys.executable, "-m", "core", "inspect", str(folder), "--json"],
+                [sys.executable, "-c", SITK_SCRIPT, str(folder)],
+                args.repeats,
+            )
+            ours, sitk = min(ours_all), min(sitk_all)
             row = {
                 "series": f"{args.slices}x{args.size}x{args.size} {compression}",
                 "files_mb": round(size_mb, 1),
                 "ours_s": round(ours, 3),
                 "simpleitk_s": round(sitk, 3),
                 "ratio": round(ours / sitk, 3),
+                "ratio_median": round(statistics.median(ours_all) / statistics.median(sitk_all), 3),
                 "ours_all": [round(t, 3) for t in ours_all],
                 "simpleitk_all": [round(t, 3) for t in sitk_all],
                 "hu": same,
@@ -106,7 +120,7 @@ def main() -> None:
             results.append(row)
             print(
                 f"{row['series']:<22} {row['files_mb']:>7.1f} MB  ours {ours:6.3f} s  SimpleITK {sitk:6.3f} s  "
-                f"ratio {row['ratio']:.3f}  (HU {same}; runs ours {row['ours_all']}, sitk {row['simpleitk_all']})",
+                f"ratio {row['ratio']:.3f} (median {row['ratio_median']:.3f})  (HU {same}; runs ours {row['ours_all']}, sitk {row['simpleitk_all']})",
                 flush=True,
             )
     if args.json:

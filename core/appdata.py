@@ -56,8 +56,8 @@ DEFAULT_FUSION = "cross_attention"
 HORIZONS_DAYS: tuple[int, ...] = (30, 365, 1825)
 HORIZON_LABELS: dict[int, str] = {30: "30 days", 365: "1 year", 1825: "5 years"}
 
-APP_DEMO_N = int(os.environ.get("CTEHR_DEMO_N", "160"))
-APP_DEMO_EPOCHS = int(os.environ.get("CTEHR_DEMO_EPOCHS", "8"))
+APP_DEMO_N = int(os.environ.get("CTEHR_DEMO_N", "120"))
+APP_DEMO_EPOCHS = int(os.environ.get("CTEHR_DEMO_EPOCHS", "4"))
 APP_DEMO_SEED = 0
 _READY = "READY.json"
 WORKSPACE_PREFIX = "ctehr-session-"
@@ -374,7 +374,10 @@ def upload_cohort(
             self.row(sid)
             return None
 
-    return UploadedCohort(root=root, table=table, timeline=timeline)
+    # No curated features for an uploaded case: an empty table (rather than None) tells the
+    # model the features are missing for this subject (masked, with missing indicators).
+    features = pd.DataFrame(index=pd.Index([], name="subject_id", dtype=str))
+    return UploadedCohort(root=root, table=table, timeline=timeline, features=features)
 
 
 # ------------------------------------------------------------------------ export

@@ -495,6 +495,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
            "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
     torch.manual_seed(seed)
     net = SurvivalNet(cfg)
+    net.head.init_baseline(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr])
     if init_state is not None:
         net.image_encoder.load_state_dict(init_state)  # type: ignore[union-attr]
     data = dict(pre)
@@ -634,6 +635,7 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
     }
     torch.manual_seed(seed)
     net = SurvivalNet(cfg)
+    net.head.init_baseline(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr])
     if enc_state is not None:
         net.image_encoder.load_state_dict(enc_state)  # type: ignore[union-attr]
         for p in net.image_encoder.parameters():  # type: ignore[union-attr]

@@ -278,6 +278,21 @@ def case_attribution(model: Any, source: str, subject_id: str, method: str, hori
     return result.map
 
 
+def has_module(name: str) -> bool:
+    """Whether an optional core module is installed (explanations and reports land separately)."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
+                out: Path) -> Path:
+    """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md)."""
+    inputs = case_inputs(model, source, subject_id)
+    return Path(build(model=model, inputs=inputs, prediction=case_prediction(model, source, subject_id),
+                      volume=case_volume(source, subject_id), method=method, horizon_days=float(horizon), out=out))
+
+
 def attribution_is_per_slice(model: Any) -> bool:
     return str(model.config.get("image", {}).get("kind", "")) == "2d"
 

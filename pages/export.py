@@ -55,7 +55,8 @@ else:
     wname = st.session_state.get("window", "soft_tissue")
     win = (WINDOWS[wname].low, WINDOWS[wname].high) if wname in WINDOWS else (-160.0, 240.0)
     key = (source, subject_id, model_name, method, horizon, z, wname)
-    if st.button("Prepare the saliency figure", type="primary", key="prepare_figure"):
+    if st.button("Prepare the saliency figure", type="primary", key="prepare_figure",
+                 disabled=not ui.has_module("core.explain")):
         with st.spinner("Attributing and rendering..."), ui.core_errors(stop=False, what="Export failed: "):
             amap = ui.case_attribution(model, source, subject_id, method, horizon, z)
             fig = F.slice_overlay(
@@ -85,7 +86,7 @@ else:
 
 st.subheader("Case report (PDF)")
 rkey = (source, subject_id, model_name, method, horizon)
-if st.button("Prepare the case report", key="prepare_report"):
+if st.button("Prepare the case report", key="prepare_report", disabled=not ui.has_module("core.report")):
     with st.spinner("Writing the report..."), ui.core_errors(stop=False, what="Report failed: "):
         from core.report import case_report_pdf
 

@@ -54,7 +54,8 @@ state: dict = st.session_state.setdefault("upload_state", {})
 
 # ---------------------------------------------------------------------- study
 st.subheader("1. CT study")
-files = st.file_uploader("CT study", accept_multiple_files=True, help=STUDY_HELP, key="study_files")
+nonce = int(st.session_state.get("study_nonce", 0))
+files = st.file_uploader("CT study", accept_multiple_files=True, help=STUDY_HELP, key=f"study_files_{nonce}")
 token = tuple((f.name, f.size) for f in files) if files else ()
 if token != state.get("token"):
     state.clear()
@@ -99,7 +100,7 @@ if volume is not None and volume.phi and not state.get("deidentified"):
             st.rerun()
     if b2.button("Discard this study", key="discard_button"):
         state.clear()
-        st.session_state.pop("study_files", None)
+        st.session_state["study_nonce"] = nonce + 1  # a fresh, empty uploader
         st.rerun()
     volume = None
 elif volume is not None:

@@ -77,15 +77,17 @@ def test_every_page_runs(data_dir: Path, page: str) -> None:
     at = _app()
     at.run()
     _no_exception(at)
+    # sidebar: model picker, device, horizon (AppTest shows the sidebar of the first run)
+    assert at.sidebar.selectbox(key="model_name").value == "cross_attention"
+    assert any("Device: **CPU" in c.value or "Device: **GPU" in c.value for c in at.sidebar.caption)
+    assert at.sidebar.select_slider(key="horizon_days").value == 365
     if page != PAGES[0]:
         at.switch_page(page)
         at.run()
     _no_exception(at)
-    assert at.title[0].value in {"Case review", "Upload a case", "Cohort & models", "Export", "About"}
-    # sidebar: model picker, device, horizon
-    assert at.sidebar.selectbox(key="model_name").value == "cross_attention"
-    assert any("Device:" in c.value for c in at.sidebar.caption)
-    assert at.sidebar.select_slider(key="horizon_days").value == 365
+    titles = {PAGES[0]: "Case review", PAGES[1]: "Upload a case", PAGES[2]: "Cohort & models", PAGES[3]: "Export",
+              PAGES[4]: "About"}
+    assert at.title[0].value == titles[page]
 
 
 def test_case_review_shows_ct_survival_and_risks(data_dir: Path) -> None:
@@ -150,8 +152,9 @@ def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -
                  affine=np.eye(4))
     cohort = appdata.upload_cohort(data_dir, volume=vol, events=None)
     at.session_state["uploaded_case"] = {"cohort": cohort, "volume": vol, "events": None, "number": 1, "label": "#1: CT"}
-    at.session_state["case_label"] = "Uploaded case (#1: CT)"
     at.run()
+    assert "Uploaded case (#1: CT)" in at.selectbox(key="case_label").options
+    at.selectbox(key="case_label").set_value("Uploaded case (#1: CT)").run()
     _no_exception(at)
     assert any("Missing modality" in w.value and "no EHR data" in w.value for w in at.warning)
     assert _charts(at)[0]["layout"]["title"]["text"].endswith("/20")

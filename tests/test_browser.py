@@ -186,8 +186,9 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     shot(pg, "upload")
     pg.get_by_role("button", name="Use this case").click()  # type: ignore[attr-defined]
     settle(pg, 120)
-    assert pg.get_by_text("Uploaded case").count() >= 1  # type: ignore[attr-defined]
-    assert pg.get_by_text("Missing modality").count() >= 1  # no timeline uploaded
+    shot(pg, "case_review_uploaded")
+    assert "Uploaded case (#1: CT)" in pg.content()  # type: ignore[attr-defined]
+    assert pg.get_by_text("Missing modality").count() >= 1  # type: ignore[attr-defined]  # no timeline uploaded
     assert pg.locator('[data-testid="stPlotlyChart"]').count() >= 3  # type: ignore[attr-defined]
 
 

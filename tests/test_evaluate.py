@@ -299,9 +299,12 @@ def _bad(time=GOOD_T, event=GOOD_E, surv=GOOD_S, grid=SMALL_GRID, train_time=GOO
         ({"train_time": [10.0, 20, 30, 40, np.nan, 60]},
          "train_time: got nan, must be a finite number (subject at position 4); "
          "fix: drop subjects without a follow-up time or fill it in"),
+        ({"train_event": [0, 0, 0, 0, 0, 0]},
+         "train_event: got 0 events in 6 subjects, all subjects are censored, so no metric is defined; "
+         "fix: pass train subjects that include at least one event (the censoring weights need one)"),
     ],
     ids=["nan", "inf", "negative", "empty", "all-censored", "event-not-binary", "event-length", "surv-shape",
-         "surv-nan", "surv-above-1", "surv-increasing", "grid-unsorted", "train-nan"],
+         "surv-nan", "surv-above-1", "surv-increasing", "grid-unsorted", "train-nan", "train-all-censored"],
 )
 def test_bad_input_messages(kwargs: dict, message: str) -> None:
     with pytest.raises(InputError) as info:
@@ -316,6 +319,16 @@ def test_bad_inputs_elsewhere() -> None:
         survival_metrics(SMALL_GRID, GOOD_S, GOOD_T, GOOD_E, GOOD_T, GOOD_E, horizons=(-30,))
     with pytest.raises(InputError, match=r"^groups: got 1, must be between 2 and the number of subjects \(6\)"):
         km_by_risk_group(np.arange(6.0), GOOD_T, GOOD_E, groups=1)
+
+
+def test_test_follow_up_longer_than_training() -> None:
+    # IPCW metrics are truncated below the last training time instead of failing in scikit-survival
+    d = simulate(200, seed=40, censor_max=None)
+    tr = simulate(300, seed=41, censor_max=400.0)
+    m = survival_metrics(GRID, d["surv"], d["time"], d["event"], tr["time"], tr["event"], n_boot=30, full_ci=True)
+    assert m["uno_tau"] < tr["time"].max() and m["ibs_range"][1] < tr["time"].max()
+    assert m["td_auc"][1825] is None and 0.5 < m["td_auc"][365] < 1.0
+    assert m["ibs_ci"][0] <= m["ibs"] <= m["ibs_ci"][1]
 
 
 def test_small_split_never_crashes() -> None:

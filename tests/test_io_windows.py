@@ -19,6 +19,8 @@ def test_presets_are_data_with_literature_ranges():
     assert window_range("mace") == (-125.0, 225.0)
     assert (WINDOWS["lung"].width, WINDOWS["lung"].level) == (1500.0, -600.0)
     assert (WINDOWS["brain"].low, WINDOWS["brain"].high) == (0.0, 80.0)
+    low, high = WINDOWS["liver"]  # a preset unpacks as its HU range
+    assert (low, high) == (-45.0, 105.0)
 
 
 def test_apply_window_maps_range_to_0_255():

@@ -181,7 +181,7 @@ class _Data:
 def _validate(times_grid: ArrayLike, surv: ArrayLike, time: ArrayLike, event: ArrayLike,
               train_time: ArrayLike, train_event: ArrayLike, risk: ArrayLike | None) -> _Data:
     t, e = check_outcome(time, event)
-    tt, te = check_outcome(train_time, train_event, prefix="train_", need_event=False)
+    tt, te = check_outcome(train_time, train_event, prefix="train_")
     grid, s = check_survival(times_grid, surv, t.size)
     r = risk_from_survival(grid, s) if risk is None else check_risk(risk, t.size)
     return _Data(grid, s, t, e, r, tt, te)

@@ -59,7 +59,8 @@ def check_times(time: ArrayLike, field: str = "time", min_n: int = 2) -> np.ndar
     return arr
 
 
-def check_events(event: ArrayLike, n: int, field: str = "event", need_event: bool = True) -> np.ndarray:
+def check_events(event: ArrayLike, n: int, field: str = "event", need_event: bool = True,
+                 no_event_fix: str = "evaluate on subjects that include at least one event (event=1)") -> np.ndarray:
     """Event indicators: 0 (censored) or 1 (event), one per subject; returns bool."""
     arr = _as_1d(event, field)
     if arr.size != n:
@@ -73,7 +74,7 @@ def check_events(event: ArrayLike, n: int, field: str = "event", need_event: boo
                          "code events as 1 and censoring as 0")
     if need_event and not arr.any():
         raise InputError(field, f"0 events in {n} subjects", "all subjects are censored, so no metric is defined",
-                         "evaluate on subjects that include at least one event (event=1)")
+                         no_event_fix)
     return arr.astype(bool)
 
 
@@ -81,7 +82,9 @@ def check_outcome(time: ArrayLike, event: ArrayLike, prefix: str = "", need_even
                   min_n: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Validate one right-censored outcome; ``prefix`` names it (e.g. ``"train_"``)."""
     t = check_times(time, f"{prefix}time", min_n=min_n)
-    e = check_events(event, t.size, f"{prefix}event", need_event=need_event)
+    fix = ("evaluate on subjects that include at least one event (event=1)" if not prefix else
+           f"pass {prefix.rstrip('_')} subjects that include at least one event (the censoring weights need one)")
+    e = check_events(event, t.size, f"{prefix}event", need_event=need_event, no_event_fix=fix)
     return t, e
 
 

@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -44,6 +45,7 @@ from core.io.volume import SeriesInfo, Volume
 
 MAX_DECODED_BYTES = 3 * 1024**3  # float32 output of one volume (about 800 slices of 1024 x 1024)
 MAX_FILES = 20_000
+DECODE_WORKERS = min(8, os.cpu_count() or 1)
 MAX_FILE_BYTES = 2 * 1024**3
 _NATIVE = {
     "1.2.840.10008.1.2": ("<", False),  # Implicit VR Little Endian
@@ -134,15 +136,62 @@ class _Header:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _floats(ds: Dataset, keyword: str, n: int) -> list[float] | None:
-    """``n`` finite floats from a multi-valued attribute, or None when absent or broken."""
+# Header values are read from the raw (unconverted) elements: pydicom's value
+# conversion and validation cost more than parsing the whole header.
+_KINDS = {
+    "Rows": "US", "Columns": "US", "BitsAllocated": "US", "BitsStored": "US",
+    "PixelRepresentation": "US", "SamplesPerPixel": "US",
+    "NumberOfFrames": "IS", "SeriesNumber": "IS", "AcquisitionNumber": "IS", "InstanceNumber": "IS",
+    "RescaleSlope": "DS", "RescaleIntercept": "DS", "ImageOrientationPatient": "DS",
+    "ImagePositionPatient": "DS", "PixelSpacing": "DS", "ImagerPixelSpacing": "DS",
+    "SliceThickness": "DS", "SpacingBetweenSlices": "DS",
+    "SeriesInstanceUID": "UI", "StudyInstanceUID": "UI", "FrameOfReferenceUID": "UI", "Modality": "CS",
+}  # fmt: skip
+_TAG = {kw: pydicom.datadict.tag_for_keyword(kw) for kw in _KINDS}
+
+
+def _element(ds: Dataset, keyword: str) -> object | None:
     try:
-        value = ds.get(keyword)
-        if value is None:
+        return ds.get_item(_TAG[keyword])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """The attribute's value as text ('' when absent), without pydicom's conversion."""
+    elem = _element(ds, keyword)
+    if elem is None:
+        return ""
+    if isinstance(elem, RawDataElement):
+        raw = elem.value
+        if raw is None:
+            return ""
+        if _KINDS[keyword] == "US":
+            if len(raw) < 2:
+                raise ValueError(f"{keyword} is {len(raw)} bytes")
+            return str(struct.unpack(("<" if elem.is_little_endian else ">") + "H", raw[:2])[0])
+        return bytes(raw).decode("latin-1").strip(" \x00")
+    value = getattr(elem, "value", None)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    text = _text(ds, keyword).split("\\")[0].strip()
+    return int(float(text)) if text else default
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> list[float] | None:
+    """``n`` finite floats from a (multi-valued) decimal attribute, or None when absent or broken."""
+    try:
+        text = _text(ds, keyword)
+        if not text:
             return None
-        seq = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
-        out = [float(v) for v in seq]
-    except (TypeError, ValueError, OverflowError):
+        out = [float(v) for v in text.split("\\")]
+    except (TypeError, ValueError, OverflowError, struct.error):
         return None
     if len(out) != n or not all(np.isfinite(out)):
         return None
@@ -167,16 +216,18 @@ def _read_header(src: DicomSource) -> _Header | str:
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits_allocated = int(ds.BitsAllocated)
-        bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    except (AttributeError, TypeError, ValueError, OverflowError, KeyError) as err:
+        rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+        frames = _int(ds, "NumberOfFrames", 1) or 1
+        bits_allocated = _int(ds, "BitsAllocated", 0)
+        bits_stored = _int(ds, "BitsStored", bits_allocated) or bits_allocated
+        signed = _int(ds, "PixelRepresentation", 0) == 1
+        samples = _int(ds, "SamplesPerPixel", 1) or 1
+        slope = (_floats(ds, "RescaleSlope", 1) or [1.0])[0]
+        intercept = (_floats(ds, "RescaleIntercept", 1) or [0.0])[0]
+    except (TypeError, ValueError, OverflowError, struct.error) as err:
         return f"broken image attributes ({type(err).__name__})"
+    if rows < 1 or cols < 1 or bits_allocated < 1 or frames < 1:
+        return "broken image attributes (Rows/Columns/BitsAllocated)"
     iop = _floats(ds, "ImageOrientationPatient", 6)
     ipp = _floats(ds, "ImagePositionPatient", 3)
     ps = _floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2)
@@ -200,33 +251,33 @@ def _read_header(src: DicomSource) -> _Header | str:
         col_cos=col_cos / np.linalg.norm(col_cos),
         position=np.array(ipp) if ipp else None,
         pixel_spacing=(float(ps[0]), float(ps[1])) if ps and ps[0] > 0 and ps[1] > 0 else (1.0, 1.0),
-        slope=slope if np.isfinite(slope) and slope != 0 else 1.0,
-        intercept=intercept if np.isfinite(intercept) else 0.0,
+        slope=slope if slope != 0 else 1.0,
+        intercept=intercept,
     )
     header.extra["has_iop"] = iop is not None
     header.extra["has_spacing"] = bool(ps and ps[0] > 0 and ps[1] > 0)
     try:
         header.key = _series_key(header)
-    except (TypeError, ValueError, OverflowError) as err:
+    except (TypeError, ValueError, OverflowError, struct.error) as err:
         return f"broken series attributes ({type(err).__name__})"
     return header
 
 
 def _series_key(h: _Header) -> str:
-    uid = str(h.ds.get("SeriesInstanceUID", "") or "").strip()
+    uid = _text(h.ds, "SeriesInstanceUID")
     if uid:
         return uid
+    number = _text(h.ds, "SeriesNumber")
     parts = [
-        str(h.ds.get("StudyInstanceUID", "") or ""),
-        str(h.ds.get("FrameOfReferenceUID", "") or ""),
+        _text(h.ds, "StudyInstanceUID"),
+        _text(h.ds, "FrameOfReferenceUID"),
         ",".join(f"{v:.3f}" for v in (*h.row_cos, *h.col_cos)),
         f"{h.rows}x{h.cols}",
-        str(h.ds.get("SeriesNumber", "") or ""),
-        str(h.ds.get("AcquisitionNumber", "") or ""),
-        str(h.ds.get("Modality", "") or ""),
+        number,
+        _text(h.ds, "AcquisitionNumber"),
+        _text(h.ds, "Modality"),
     ]
     digest = hashlib.sha1("|".join(parts).encode()).hexdigest()[:10]
-    number = str(h.ds.get("SeriesNumber", "") or "").strip()
     return f"noUID-{number + '-' if number else ''}{digest}"
 
 
@@ -291,6 +342,13 @@ def to_convention(data: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray,
     return out, new_affine, warnings
 
 
+def _safe_int(ds: Dataset, keyword: str) -> int:
+    try:
+        return _int(ds, keyword, 0)
+    except (TypeError, ValueError, OverflowError, struct.error):
+        return 0
+
+
 def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[str]]:
     """Sort slices along the normal; return them, the slice spacing and warnings."""
     warnings: list[str] = []
@@ -299,7 +357,7 @@ def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[
     if any(h.position is None for h in headers):
         if len(headers) > 1:
             warnings.append("ImagePositionPatient missing: slices ordered by InstanceNumber, spacing from SliceThickness")
-        ordered = sorted(headers, key=lambda h: (int(h.ds.get("InstanceNumber", 0) or 0), h.source.name))
+        ordered = sorted(headers, key=lambda h: (_safe_int(h.ds, "InstanceNumber"), h.source.name))
         thickness = _floats(first.ds, "SpacingBetweenSlices", 1) or _floats(first.ds, "SliceThickness", 1) or [1.0]
         return ordered, abs(float(thickness[0])) or 1.0, warnings
     proj = np.array([float(np.dot(h.position, normal)) for h in headers])  # type: ignore[arg-type]
@@ -434,7 +492,8 @@ def read_headers(sources: Sequence[DicomSource]) -> tuple[list[_Header], dict[st
     """Parse every header; return the image headers and counts of skipped files by reason."""
     if not sources:
         raise InputError("study", "(no files)", "contains no files", "point at a DICOM file, a folder of DICOM files or a zip")
-    results = _map(_read_header, sources)
+    # serial: header parsing holds the GIL, threads only add contention (measured)
+    results = [_read_header(src) for src in sources]
     headers = [r for r in results if isinstance(r, _Header)]
     skipped: dict[str, int] = {}
     for r in results:
@@ -560,7 +619,7 @@ def _load_dicom_sources(
             np.multiply(arr, np.float32(h.slope), out=target, casting="unsafe")
             target += np.float32(h.intercept)
 
-    _map(decode, list(range(len(ordered))))
+    _map(decode, list(range(len(ordered))), DECODE_WORKERS)
 
     if first.frames > 1:
         warnings.append("multi-frame image: frames stacked in file order with SliceThickness/SpacingBetweenSlices spacing")

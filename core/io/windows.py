@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -30,6 +31,10 @@ class Window:
     level: float
     low: float
     high: float
+
+    def __iter__(self) -> Iterator[float]:
+        """Unpacks as ``low, high = WINDOWS["lung"]``."""
+        return iter((self.low, self.high))
 
 
 def load_windows(path: Path = WINDOWS_FILE) -> dict[str, Window]:

@@ -192,13 +192,15 @@ class CrossAttention(Fusion):
     def forward(self, img, img_mask, ehr, ehr_mask):  # type: ignore[override]
         a_ei, m_ei = self.ehr_from_img(ehr, img, img_mask)  # EHR queries, image keys
         a_ie, m_ie = self.img_from_ehr(img, ehr, ehr_mask)  # image queries, EHR keys
-        h_img, _ = self.pool_img(img, img_mask)
-        h_ehr, _ = self.pool_ehr(ehr, ehr_mask)
+        h_img, w_img = self.pool_img(img, img_mask)
+        h_ehr, w_ehr = self.pool_ehr(ehr, ehr_mask)
         p_ei, q_e = self.pool_ei(a_ei, ehr_mask)
         p_ie, q_i = self.pool_ie(a_ie, img_mask)
         fused = torch.cat([h_ehr, p_ei, h_img, p_ie], dim=-1)
-        wi = _key_weights(m_ei, q_e, img_mask)
-        we = _key_weights(m_ie, q_i, ehr_mask)
+        has_i, has_e = _present(img_mask)[:, None], _present(ehr_mask)[:, None]
+        # weights from the cross-attention maps; the own pooling weights when the other side has no queries
+        wi = has_e * _key_weights(m_ei, q_e, img_mask) + (1 - has_e) * w_img
+        we = has_i * _key_weights(m_ie, q_i, ehr_mask) + (1 - has_i) * w_ehr
         return FusionOut(self.mlp(fused), wi, we, {"ehr<-img": m_ei[..., 1:], "img<-ehr": m_ie[..., 1:]})
 
 

@@ -29,16 +29,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def make_edges(time: np.ndarray, event: np.ndarray, n_intervals: int = 20) -> np.ndarray:
-    """Grid ``[0, q_1, ..., max time]`` from event-time quantiles of the training split.
+def make_edges(time: np.ndarray, event: np.ndarray, n_intervals: int = 20,
+               extra: tuple[float, ...] = (30.0, 365.0, 1825.0)) -> np.ndarray:
+    """Grid ``[0, q_1, ..., max time]`` from event-time quantiles of the training split, plus the
+    clinical horizons ``extra`` that fall inside the follow-up (so S is exact there).
 
-    >>> make_edges(np.array([1.0, 2, 3, 4, 10]), np.array([1, 1, 1, 1, 0]), 2).tolist()
-    [0.0, 2.5, 10.0]
+    >>> make_edges(np.array([1.0, 2, 3, 4, 10]), np.array([1, 1, 1, 1, 0]), 2, extra=(5.0, 99.0)).tolist()
+    [0.0, 2.5, 5.0, 10.0]
     """
     ev_times = np.asarray(time, float)[np.asarray(event) == 1]
     qs = np.quantile(ev_times, np.linspace(0, 1, n_intervals + 1)[1:-1]) if len(ev_times) else np.array([])
     last = float(np.max(time))
-    edges = np.unique(np.concatenate([[0.0], qs[qs > 0], [last]]))
+    inside = [float(e) for e in extra if 0 < e < last]
+    edges = np.unique(np.concatenate([[0.0], qs[qs > 0], inside, [last]]))
     if len(edges) < 2:
         edges = np.array([0.0, max(last, 1.0)])
     return edges.astype(np.float64)
@@ -61,6 +64,19 @@ class SurvivalHead(nn.Module):
     def survival(self, raw: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def interval_rates(self, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Life-table events ``d_j``, at-risk ``n_j`` and exposure (days) per interval on training data."""
+        e = self.edges.cpu().numpy().astype(float)
+        time, event = np.asarray(time, float), np.asarray(event, float)
+        j = np.clip(np.searchsorted(e, time, side="left") - 1, 0, len(e) - 2)
+        d = np.bincount(j, weights=event, minlength=len(e) - 1)
+        at_risk = np.array([(j >= k).sum() for k in range(len(e) - 1)], float)
+        exposure = np.clip(np.minimum(time[:, None], e[None, 1:]) - e[None, :-1], 0, None).sum(0)
+        return d, np.maximum(at_risk, 1.0), np.maximum(exposure, 1e-6)
+
+    def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
+        """Start from the population's life-table hazard (calibrated curves from the first epoch)."""
+
     def nll(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -79,6 +95,12 @@ class DiscreteHazardHead(SurvivalHead):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.linear(h)
+
+    @torch.no_grad()
+    def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
+        d, n, _ = self.interval_rates(time, event)
+        p = np.clip(d / n, 1e-4, 1 - 1e-4)
+        self.linear.bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32))
 
     def survival(self, raw: torch.Tensor) -> torch.Tensor:
         log_s = torch.cumsum(F.logsigmoid(-raw.float()), dim=-1)
@@ -107,6 +129,12 @@ class PiecewiseExponentialHead(SurvivalHead):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         raw = self.linear(h)
         return raw if self.n_outputs == 1 else raw.reshape(h.shape[0], self.n_outputs, self.n)
+
+    @torch.no_grad()
+    def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
+        d, _, exposure = self.interval_rates(time, event)
+        rate = np.log(np.clip(d, 0.5, None) / exposure)
+        self.linear.bias.copy_(torch.as_tensor(np.tile(rate, self.n_outputs), dtype=torch.float32))
 
     def cumulative_hazard(self, raw: torch.Tensor) -> torch.Tensor:
         widths = self.edges[1:] - self.edges[:-1]

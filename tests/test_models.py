@@ -1,0 +1,141 @@
+"""Model parts: fusion shapes and attention sums, missing-modality masks, heads, encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.models import FUSIONS
+from core.models.fusion import info_nce, make_fusion
+from core.models.heads import CoxHead, DiscreteHazardHead, PiecewiseExponentialHead, make_edges
+from core.models.image2d import SliceEncoder2D
+from core.models.net import SurvivalNet
+
+B, S, E, D = 3, 5, 4, 16
+
+
+def _tokens() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    img, ehr = torch.randn(B, S, D), torch.randn(B, E, D)
+    img_mask = torch.tensor([[1.0] * S, [1.0] * S, [0.0] * S])  # subject 2: no image
+    ehr_mask = torch.tensor([[1.0, 1, 1, 0], [0.0] * E, [1.0, 1, 0, 0]])  # subject 1: no EHR
+    return img, img_mask, ehr, ehr_mask
+
+
+@pytest.mark.parametrize("name", FUSIONS)
+def test_fusion_shapes_and_weights(name: str) -> None:
+    img, im, ehr, em = _tokens()
+    fusion = make_fusion(name, D).eval()
+    out = fusion(img, im, ehr, em)
+    assert out.h.shape == (B, fusion.out_dim) and torch.isfinite(out.h).all()
+    if out.image_weights is not None:
+        w = out.image_weights.detach()
+        assert w.shape == (B, S)
+        assert torch.allclose(w.sum(-1), im.amax(-1), atol=1e-5)  # 1 when present, 0 when missing
+        assert (w >= 0).all()
+    if out.ehr_weights is not None:
+        w = out.ehr_weights.detach()
+        assert w.shape == (B, E)
+        assert torch.allclose(w.sum(-1), em.amax(-1), atol=1e-5)
+        assert float(w[0, 3]) == 0.0  # masked token gets no weight
+    if name in ("image_only", "cross_attention", "coattention_image", "concat"):
+        assert out.image_weights is not None
+    if name in ("ehr_only", "cross_attention", "coattention_ehr", "concat"):
+        assert out.ehr_weights is not None
+
+
+@pytest.mark.parametrize("name", [f for f in FUSIONS if f not in ("image_only", "ehr_only")])
+def test_masked_tokens_do_not_matter(name: str) -> None:
+    """Changing the tokens of a missing modality (or masked events) leaves the fused vector unchanged."""
+    img, im, ehr, em = _tokens()
+    fusion = make_fusion(name, D).eval()
+    a = fusion(img, im, ehr, em).h
+    img2, ehr2 = img.clone(), ehr.clone()
+    img2[2] += 100.0  # subject 2 has no image
+    ehr2[1] += 100.0  # subject 1 has no EHR
+    ehr2[0, 3] -= 50.0  # masked event of subject 0
+    b = fusion(img2, im, ehr2, em).h
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_cross_attention_maps() -> None:
+    img, im, ehr, em = _tokens()
+    out = make_fusion("cross_attention", D, heads=2).eval()(img, im, ehr, em)
+    assert out.attention["ehr<-img"].shape == (B, 2, E, S)
+    assert out.attention["img<-ehr"].shape == (B, 2, S, E)
+
+
+def test_info_nce_prefers_aligned_pairs() -> None:
+    z = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    assert float(info_nce(z, z)) < float(info_nce(z, z.roll(1, 0)))
+
+
+def test_heads_survival_is_a_survival_function() -> None:
+    edges = make_edges(np.array([5.0, 10, 20, 40, 80, 100]), np.array([1, 1, 1, 1, 1, 0]), 4)
+    assert edges[0] == 0 and np.all(np.diff(edges) > 0) and 30.0 in edges
+    for head in (DiscreteHazardHead(D, edges), PiecewiseExponentialHead(D, edges), CoxHead(D, edges)):
+        if isinstance(head, CoxHead):
+            head.fit_baseline(np.zeros(6), np.array([5.0, 10, 20, 40, 80, 100]), np.array([1, 1, 1, 1, 1, 0]))
+        s = head.survival(head(torch.randn(B, D))).detach()
+        assert s.shape == (B, len(edges))
+        assert torch.all(s[:, 0] == 1) and torch.all(s[:, 1:] <= s[:, :-1] + 1e-7) and torch.all((s >= 0) & (s <= 1))
+
+
+def test_cox_breslow_matches_lifelines() -> None:
+    from lifelines import BreslowFlemingHarringtonFitter, NelsonAalenFitter  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    t, e = rng.exponential(100, 50).round(), rng.integers(0, 2, 50)
+    e[0] = 1
+    edges = make_edges(t, e, 5)
+    head = CoxHead(D, edges)
+    head.fit_baseline(np.zeros(50), t, e)
+    na = NelsonAalenFitter(nelson_aalen_smoothing=False).fit(t, e)
+    expect = na.cumulative_hazard_at_times(edges).to_numpy()
+    assert np.allclose(head.baseline_cumhaz.numpy(), expect, atol=1e-5)
+
+
+def test_discrete_nll_prefers_truth() -> None:
+    edges = np.array([0.0, 10, 20, 30])
+    head = DiscreteHazardHead(D, edges)
+    time, event = torch.tensor([15.0]), torch.tensor([1.0])
+    good = torch.tensor([[-5.0, 5.0, 0.0]])  # survive interval 0, die in interval 1
+    bad = torch.tensor([[5.0, -5.0, 0.0]])
+    assert float(head.nll(good, time, event)) < float(head.nll(bad, time, event))
+
+
+def test_pwe_nll_matches_exponential_likelihood() -> None:
+    edges = np.array([0.0, 10.0, 30.0])
+    head = PiecewiseExponentialHead(D, edges)
+    raw = torch.log(torch.tensor([[0.1, 0.1]]))
+    nll = float(head.nll(raw, torch.tensor([20.0]), torch.tensor([1.0])))
+    assert nll == pytest.approx(-(np.log(0.1) - 0.1 * 20), rel=1e-5)
+
+
+def test_slice_encoder_gradients_reach_every_voxel_grid() -> None:
+    enc = SliceEncoder2D(out_dim=8, size=32, channels=(4, 8))
+    hu = torch.zeros(1, 6, 50, 45, requires_grad=True)
+    enc(hu).sum().backward()
+    assert hu.grad is not None and hu.grad.shape == (1, 6, 50, 45)
+    assert torch.allclose(enc(hu.detach()), enc.trunk(enc.preprocess(hu.detach())))
+
+
+def test_3d_encoder_maps_patches_to_slices() -> None:
+    from core.models.image3d import VolumeEncoder3D
+
+    enc = VolumeEncoder3D(out_dim=8, grid=(16, 32, 32), channels=(4, 8, 8))
+    m = enc.patch_slices(10)
+    assert m.shape == (32, 10) and torch.allclose(m.sum(-1), torch.ones(32))
+
+
+def test_net_with_3d_image_and_tabular() -> None:
+    cfg = {"fusion": "cross_attention", "head": "pwe", "dim": 16, "edges": [0.0, 10.0, 30.0],
+           "image": {"kind": "3d", "out_dim": 8, "grid": [16, 32, 32], "channels": [4, 8, 8], "hu_window": [-1000, 1000]},
+           "ehr": {"sequence": None, "tabular": {"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]}, "embedding_dim": None}}
+    net = SurvivalNet(cfg).eval()
+    out = net({"image": torch.zeros(2, 12, 20, 20), "image_present": torch.ones(2),
+               "features": torch.zeros(2, 2), "feature_missing": torch.zeros(2, 2), "features_present": torch.ones(2)})
+    assert out["survival"].shape == (2, 3)
+    assert out["slice_weights"].shape == (2, 12)
+    assert torch.allclose(out["slice_weights"].sum(-1), torch.ones(2), atol=1e-5)

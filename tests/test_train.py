@@ -1,0 +1,168 @@
+"""End to end: train every strategy on a tiny demo cohort, save, load, predict; bad model folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.cli import main as cli_main
+from core.errors import InputError
+from core.models import FUSIONS
+
+TINY = {"dim": 16, "batch_size": 16, "patience": 3,
+        "image": {"epochs": 2, "size": 32, "channels": [4, 8, 8], "batch_size": 8, "patience": 2},
+        "contrastive": {"epochs": 2}}
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from core.demo import write_demo_cohort
+
+    return write_demo_cohort(tmp_path_factory.mktemp("tiny") / "cohort", n=48, seed=1)
+
+
+@pytest.fixture(scope="session")
+def models(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from core.train import train_model
+
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for fusion in FUSIONS:
+        train_model(tiny_cohort, fusion, root / fusion, epochs=3, device="cpu", overrides=TINY)
+        out[fusion] = root / fusion
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_model_folder_and_predict_json(fusion: str, models: dict[str, Path], tiny_cohort: Path) -> None:
+    from core.predict import predict_subject
+
+    folder = models[fusion]
+    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "config.json", "metrics.json", "model.safetensors"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["c_index"] <= 1.0 and len(metrics["test"]["c_index_ci"]) == 2
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "Not a medical device" in card and fusion in card and "95% CI" in card
+    p = predict_subject(folder, tiny_cohort, "demo0003")
+    t, s, lo, hi = (np.array(p[k]) for k in ("times", "survival", "lower", "upper"))
+    assert t[0] == 0 and np.all(np.diff(t) > 0)
+    assert np.all(np.diff(s) <= 1e-9) and np.all((s >= 0) & (s <= 1))
+    assert np.all(lo <= s + 1e-9) and np.all(s <= hi + 1e-9)
+    assert set(p["risk_at"]) == {"30", "365", "1825"} and all(0 <= v <= 1 for v in p["risk_at"].values())
+    expected = {"image_only": ["image"], "ehr_only": ["ehr_events", "ehr_features"]}.get(fusion, ["image", "ehr_events", "ehr_features"])
+    assert p["modalities_used"] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_loaded_model_forward_is_differentiable(fusion: str, models: dict[str, Path], tiny_cohort: Path) -> None:
+    from core.cohort import load_cohort
+    from core.registry import load_model
+
+    model = load_model(models[fusion])
+    cohort = load_cohort(tiny_cohort)
+    inputs = model.case_inputs(cohort, "demo0005")
+    vol = cohort.load_volume("demo0005")
+    if fusion == "ehr_only":
+        assert inputs.image is None
+    else:
+        assert inputs.image is not None and tuple(inputs.image.shape) == (1, *vol.hu.shape)
+        inputs.image.requires_grad_(True)
+    out = model.forward(inputs)
+    assert out.survival.shape == (1, len(model.times))
+    if out.slice_weights is not None:
+        assert out.slice_weights.shape == (1, vol.hu.shape[0])
+        assert float(out.slice_weights.sum()) == pytest.approx(1.0, abs=1e-4)
+    if out.event_weights is not None:
+        assert out.event_weights.shape == (1, len(inputs.events))
+        assert float(out.event_weights.sum()) == pytest.approx(1.0, abs=1e-4)
+    if inputs.image is not None:
+        out.risk.sum().backward()
+        assert inputs.image.grad is not None and inputs.image.grad.shape == inputs.image.shape
+        assert float(inputs.image.grad.abs().sum()) > 0
+
+
+@pytest.mark.slow
+def test_missing_image_uses_ehr_only(models: dict[str, Path], tiny_cohort: Path) -> None:
+    from core.cohort import load_cohort
+    from core.registry import load_model
+
+    model = load_model(models["cross_attention"])
+    inputs = model.case_inputs(load_cohort(tiny_cohort), "demo0005")
+    inputs.image, inputs.image_mask = None, torch.zeros(1)
+    pred = model.predict_case(inputs)
+    assert pred.modalities_used == ["ehr_events", "ehr_features"]
+    assert pred.slice_weights is not None and float(pred.slice_weights.sum()) == 0.0
+    assert np.all(np.diff(pred.survival) <= 1e-9)
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(tiny_cohort: Path, models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from core.train import train_model
+
+    train_model(tiny_cohort, "concat", tmp_path / "again", epochs=3, device="cpu", overrides=TINY)
+    a, b = load_file(str(models["concat"] / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["pwe", "cox"])
+def test_other_heads(head: str, tiny_cohort: Path, tmp_path: Path) -> None:
+    from core.predict import predict_subject
+    from core.train import train_model
+
+    m = train_model(tiny_cohort, "concat", tmp_path / head, head=head, epochs=3, device="cpu", overrides=TINY)
+    assert m["head"] == head and 0 <= m["test"]["c_index"] <= 1
+    p = predict_subject(tmp_path / head, tiny_cohort, "demo0001")
+    s = np.array(p["survival"])
+    assert s[0] == 1.0 and np.all(np.diff(s) <= 1e-9) and np.all(np.array(p["lower"]) <= s + 1e-9)
+
+
+def test_pickle_checkpoint_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    from core.registry import load_model
+
+    bad = tmp_path / "bad"
+    shutil.copytree(models["ehr_only"], bad)
+    torch.save({"w": torch.zeros(2)}, bad / "model.safetensors")
+    with pytest.raises(InputError, match=r"^model.safetensors: got a torch.save zip archive \(pickle\), not a safetensors file"):
+        load_model(bad)
+    import pickle
+
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"w": [1, 2]}))
+    with pytest.raises(InputError, match="^model.safetensors: got a Python pickle, not a safetensors file"):
+        load_model(bad)
+
+
+def test_cli_predict_and_errors(models: dict[str, Path], tiny_cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(["predict", "--model", str(models["ehr_only"]), "--cohort", str(tiny_cohort), "--subject", "demo0002", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0
+    assert set(json.loads(out.out)) >= {"times", "survival", "lower", "upper", "risk_at", "modalities_used"}
+    rc = cli_main(["predict", "--model", str(models["ehr_only"]), "--cohort", str(tiny_cohort), "--subject", "nobody", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: subject: got nobody, not in cohort.csv; fix:") and "\n" not in err
+    rc = cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x", "--device", "cuda"]) if not torch.cuda.is_available() else 2
+    assert rc == 2
+
+
+def test_unknown_fusion_and_missing_modality(tiny_cohort: Path, tmp_path: Path) -> None:
+    from core.train import train_model
+
+    with pytest.raises(InputError, match="^fusion: got fancy, unknown fusion strategy"):
+        train_model(tiny_cohort, "fancy", tmp_path / "m")
+    ehr_only = tmp_path / "no_images"
+    ehr_only.mkdir()
+    import pandas as pd
+
+    pd.read_csv(tiny_cohort / "cohort.csv").drop(columns=["study"]).to_csv(ehr_only / "cohort.csv", index=False)
+    shutil.copy(tiny_cohort / "features.csv", ehr_only / "features.csv")
+    with pytest.raises(InputError, match="^fusion: got concat, needs images but the cohort has none"):
+        train_model(ehr_only, "concat", tmp_path / "m")
