@@ -1,0 +1,37 @@
+"""``python -m core compare --cohort DIR --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "train every fusion strategy and write a comparison table"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from core.models import FUSIONS, HEADS
+
+    parser.add_argument("--cohort", required=True, type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default <cohort>/comparison)")
+    parser.add_argument("--fusions", default=",".join(FUSIONS), help="comma-separated strategies (default all seven)")
+    parser.add_argument("--head", default="discrete", choices=HEADS)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--image-encoder", type=Path, default=None)
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.compare import compare_strategies
+
+    out = args.out or args.cohort / "comparison"
+    table = compare_strategies(args.cohort, out, fusions=[f.strip() for f in args.fusions.split(",") if f.strip()],
+                               head=args.head, seed=args.seed, device=args.device, epochs=args.epochs,
+                               image_encoder=args.image_encoder)
+    if args.json:
+        print(json.dumps({"out": str(out), "rows": json.loads(table.to_json(orient="records"))}))
+    else:
+        print((out / "comparison.md").read_text())
+    return 0
