@@ -327,7 +327,7 @@ def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
 
     try:
         return float(harrell_c(time, event.astype(bool), risk))
-    except ValueError:  # no comparable pairs (e.g. a tiny val split without events)
+    except (ValueError, ZeroDivisionError):  # no comparable pairs (e.g. a tiny val split without events)
         return 0.5
 
 
