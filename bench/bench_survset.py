@@ -6,8 +6,9 @@ seeded 60/20/20 split stratified by event), on the same test subjects:
 - **ehr_only**: ``core.train.train_model(cohort, "ehr_only", ...)`` with the
   tabular encoder (train split for fitting, val split for early stopping);
   C-index from its survival curves (risk = minus restricted mean survival time).
-- **CoxPH**: lifelines ``CoxPHFitter(penalizer=0.01)`` on the train split after
-  median imputation + missing indicators + standardisation fitted on train;
+- **CoxPH**: lifelines ``CoxPHFitter`` (L2 penalizer 0.01, raised to 0.1 or 1.0
+  only when Newton-Raphson does not converge) on the train split after median
+  imputation + missing indicators + standardisation fitted on train;
   risk = partial hazard.
 - **RSF**: scikit-survival ``RandomSurvivalForest`` (200 trees,
   min_samples_leaf=15, max_features="sqrt") on the same preprocessed train split.
@@ -27,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ from core.cohort import Cohort, load_cohort  # noqa: E402
 from core.evaluate import survival_metrics  # noqa: E402
 from survset_cohorts import DEFAULT_DATASETS, write_survset_cohort  # noqa: E402
 
-COX_PENALIZER = 0.01
+COX_PENALIZERS = (0.01, 0.1, 1.0)
+COX_FIT_OPTIONS = {"step_size": 0.2, "max_steps": 500}
 RSF_PARAMS: dict[str, Any] = {"n_estimators": 200, "min_samples_leaf": 15, "max_features": "sqrt"}
 N_BOOT = 200
 
@@ -81,9 +84,30 @@ def _metrics(grid: np.ndarray, surv: np.ndarray, test: pd.DataFrame, train: pd.D
                             train["event"].to_numpy(), n_boot=N_BOOT, seed=seed, risk=risk)
 
 
-def run_baselines(cohort: Cohort, seed: int) -> dict[str, dict]:
+def fit_cox(x: pd.DataFrame, time_: np.ndarray, event: np.ndarray) -> tuple[Any, float]:
+    """lifelines CoxPHFitter with the smallest penalizer of (0.01, 0.1, 1.0) whose Newton-Raphson converges.
+
+    lifelines only warns when Newton-Raphson stops short (flchain and support2 do at
+    0.01 with all one-hot levels kept); a non-converged fit can rank worse than chance,
+    so that warning is treated as a failure here.
+    """
     from lifelines import CoxPHFitter
-    from lifelines.exceptions import ConvergenceError
+    from lifelines.exceptions import ConvergenceError, ConvergenceWarning
+
+    df = x.assign(_time=time_, _event=event)
+    for penalizer in COX_PENALIZERS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # low-variance notes on one-hot columns
+            warnings.filterwarnings("error", message="Newton-Raphson failed", category=ConvergenceWarning)
+            try:
+                return CoxPHFitter(penalizer=penalizer).fit(df, duration_col="_time", event_col="_event",
+                                                            fit_options=COX_FIT_OPTIONS), penalizer
+            except (ConvergenceError, ConvergenceWarning):
+                continue
+    raise RuntimeError(f"CoxPHFitter did not converge with penalizers {COX_PENALIZERS}")
+
+
+def run_baselines(cohort: Cohort, seed: int) -> dict[str, dict]:
     from sksurv.ensemble import RandomSurvivalForest
     from sksurv.util import Surv
 
@@ -98,16 +122,7 @@ def run_baselines(cohort: Cohort, seed: int) -> dict[str, dict]:
     out: dict[str, dict] = {}
 
     t0 = time.perf_counter()
-    df = x_tr.assign(_time=train["time"].to_numpy(), _event=train["event"].to_numpy())
-    penalizer = COX_PENALIZER
-    while True:
-        try:
-            cph = CoxPHFitter(penalizer=penalizer).fit(df, duration_col="_time", event_col="_event")
-            break
-        except ConvergenceError:
-            if penalizer >= 1.0:
-                raise
-            penalizer *= 10
+    cph, penalizer = fit_cox(x_tr, train["time"].to_numpy(), train["event"].to_numpy())
     surv = cph.predict_survival_function(x_te, times=grid).to_numpy().T
     risk = cph.predict_partial_hazard(x_te).to_numpy()
     out["coxph"] = _metrics(grid, surv, test, train, risk, seed)
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_model:
             res["ehr_only"] = run_ehr_only(base / name, args.seed, args.device)
         row = {"dataset": name, "n": info["n"], "events": info["events"], "features": info["n_features"],
-               "missing": info["missing_cells"], "n_test": res["coxph"]["n"], "events_test": res["coxph"]["events"],
+               "missing": info["missing_cells"], "cox_penalizer": res["coxph"]["penalizer"], "n_test": res["coxph"]["n"], "events_test": res["coxph"]["events"],
                **{k: v for k, v in res.items()}}
         rows.append(row)
         print(f"{name}: cox {_fmt(res['coxph'])} rsf {_fmt(res['rsf'])} ehr_only {_fmt(res.get('ehr_only'))} "

@@ -390,3 +390,31 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
         assert key in out
     assert out["c_index"] == pytest.approx(res["c_index"])
     assert set(out["td_auc"]) == {"30", "365", "1825"}
+
+
+# --- real tabular benchmark cohorts (bench/survset_cohorts.py) ---------------------------------------
+
+
+def test_survset_cohorts_keep_missing_values_and_load(tmp_path: Path) -> None:
+    pytest.importorskip("SurvSet", reason="SurvSet (requirements-dev.txt) not installed")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from survset_cohorts import write_survset_cohort
+
+    from core.cohort import load_cohort
+
+    info = write_survset_cohort("colon", tmp_path, seed=0)
+    cohort = load_cohort(tmp_path / "colon")
+    assert info["n"] == len(cohort.table) == 929 and info["events"] == int(cohort.table["event"].sum()) == 452
+    feats = cohort.features
+    assert feats is not None and feats.shape == (929, 18)
+    # 'differ' is missing for 23 patients (3 one-hot columns each), 'nodes' for 18: kept as NaN, not imputed
+    assert int(feats.isna().sum().sum()) == 87
+    assert int(feats["differ=1"].isna().sum()) == 23 and int(feats["nodes"].isna().sum()) == 18
+    counts = cohort.table["split"].value_counts()
+    assert abs(counts["train"] / 929 - 0.6) < 0.01 and abs(counts["test"] / 929 - 0.2) < 0.01
+    for split in ("train", "val", "test"):  # stratified by event
+        assert abs(cohort.table.loc[cohort.table["split"] == split, "event"].mean() - 452 / 929) < 0.01
+    # months are converted to days where SurvSet's source documents months
+    rott = write_survset_cohort("rott2", tmp_path, seed=0)
+    assert "months" in rott["unit"]
+    assert pd.read_csv(tmp_path / "rott2" / "cohort.csv")["time"].max() == pytest.approx(231.4 * 365.25 / 12, rel=1e-3)
