@@ -166,3 +166,24 @@ def test_unknown_fusion_and_missing_modality(tiny_cohort: Path, tmp_path: Path) 
     shutil.copy(tiny_cohort / "features.csv", ehr_only / "features.csv")
     with pytest.raises(InputError, match="^fusion: got concat, needs images but the cohort has none"):
         train_model(ehr_only, "concat", tmp_path / "m")
+
+
+@pytest.mark.slow
+def test_pretrain_then_train_from_encoder(tiny_cohort: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from core.pretrain import pretrain_encoder, tte_tasks
+    from core.cohort import load_cohort
+    from core.train import train_model
+
+    codes, time, event, mask = tte_tasks(load_cohort(tiny_cohort), k=4, min_events=3)
+    assert 1 <= len(codes) <= 4 and "MEDS_BIRTH" not in codes
+    assert time.shape == event.shape == mask.shape == (48, len(codes)) and (time[mask > 0] > 0).all()
+    info = pretrain_encoder(tiny_cohort, tmp_path / "enc", tasks=4, epochs=2, min_events=3, device="cpu", overrides=TINY)
+    assert info["tasks"] == codes and (tmp_path / "enc" / "encoder.safetensors").exists()
+    m = train_model(tiny_cohort, "image_only", tmp_path / "m", epochs=2, device="cpu", overrides=TINY,
+                    image_encoder=tmp_path / "enc")
+    assert m["image_encoder"]["init"] == str(tmp_path / "enc")
+    with pytest.raises(InputError, match="is not an image-encoder folder|has no config.json"):
+        train_model(tiny_cohort, "image_only", tmp_path / "m2", epochs=2, device="cpu", overrides=TINY, image_encoder=tmp_path / "m")
+    assert load_file(str(tmp_path / "enc" / "encoder.safetensors"))

@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
                           device=args.device, image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
                           ehr_encoder=args.ehr_encoder)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     test = metrics.get("test", {})
