@@ -33,7 +33,7 @@ Conventions, the same in every function:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from lifelines.utils import concordance_index
@@ -211,7 +211,7 @@ def _bootstrap(d: _Data, n_boot: int, seed: int, full: bool, tau: float,
     return out
 
 
-def _safe(fn) -> float | None:  # type: ignore[no-untyped-def]
+def _safe(fn: Callable[[], float | None]) -> float | None:
     """A bootstrap replicate without comparable pairs is skipped (scikit-survival raises ValueError)."""
     try:
         return fn()
