@@ -187,3 +187,19 @@ def test_pretrain_then_train_from_encoder(tiny_cohort: Path, tmp_path: Path) -> 
     with pytest.raises(InputError, match="is not an image-encoder folder|has no config.json"):
         train_model(tiny_cohort, "image_only", tmp_path / "m2", epochs=2, device="cpu", overrides=TINY, image_encoder=tmp_path / "m")
     assert load_file(str(tmp_path / "enc" / "encoder.safetensors"))
+
+
+@pytest.mark.slow
+def test_compare_writes_tables(tiny_cohort: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from core.compare import compare_strategies
+
+    table = compare_strategies(tiny_cohort, tmp_path / "cmp", fusions=["image_only", "ehr_only", "concat"], epochs=2,
+                               device="cpu", overrides=TINY)
+    assert list(table["fusion"]) == ["image_only", "ehr_only", "concat"]
+    csv = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert {"c_index", "c_index_lo", "c_index_hi", "uno_c", "ibs"} <= set(csv.columns)
+    assert ((csv["c_index_lo"] <= csv["c_index"]) & (csv["c_index"] <= csv["c_index_hi"])).all()
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| concat |" in md and "Paired bootstrap" in md and "not a medical device" in md
