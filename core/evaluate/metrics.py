@@ -212,10 +212,13 @@ def _bootstrap(d: _Data, n_boot: int, seed: int, full: bool, tau: float,
 
 
 def _safe(fn: Callable[[], float | None]) -> float | None:
-    """A bootstrap replicate without comparable pairs is skipped (scikit-survival raises ValueError)."""
+    """A bootstrap replicate without comparable pairs is skipped.
+
+    scikit-survival raises ValueError and lifelines ZeroDivisionError for such a sample.
+    """
     try:
         return fn()
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         return None
 
 
