@@ -24,9 +24,10 @@ st.logo(str(appdata.ROOT / "assets" / "logo.svg"), size="large")
 if not appdata.demo_ready():
     st.title("Preparing the demo")
     st.write(
-        "First start: generating the synthetic demo cohort and training one model per fusion "
-        f"strategy ({len(appdata.FUSIONS)} models, {appdata.APP_DEMO_N} patients, "
-        f"{appdata.APP_DEMO_EPOCHS} epochs). This happens once; later starts reuse it from disk."
+        "First start: generating the synthetic demo cohort (CT phantoms, MEDS timelines, outcomes) "
+        "and installing one model per fusion strategy "
+        f"({len(appdata.FUSIONS)} strategies; models that were not shipped in assets/demo_models are "
+        "trained here). This happens once; later starts reuse it from disk."
     )
     bar = st.progress(0.0, text="starting")
     with ui.core_errors(stop=True):

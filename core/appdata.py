@@ -56,7 +56,7 @@ DEFAULT_FUSION = "cross_attention"
 HORIZONS_DAYS: tuple[int, ...] = (30, 365, 1825)
 HORIZON_LABELS: dict[int, str] = {30: "30 days", 365: "1 year", 1825: "5 years"}
 
-APP_DEMO_N = int(os.environ.get("CTEHR_DEMO_N", "120"))
+APP_DEMO_N = 120  # demo size when no shipped models exist (CTEHR_DEMO_N overrides)
 APP_DEMO_EPOCHS = int(os.environ.get("CTEHR_DEMO_EPOCHS", "4"))
 APP_DEMO_SEED = 0
 _READY = "READY.json"
@@ -110,23 +110,70 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+SHIPPED_MODELS = ROOT / "assets" / "demo_models"
+_MANIFEST = "MANIFEST.json"
+
+
+def shipped_manifest(shipped: Path = SHIPPED_MODELS) -> dict:
+    """The manifest of the demo models shipped in ``assets/demo_models`` ({} when none).
+
+    It records the demo cohort they were trained on (``n``, ``seed`` and the
+    SHA-256 of its ``cohort.csv``), the command that trained them and their test
+    metrics. Weights are safetensors, loaded like any model folder.
+    """
+    path = shipped / _MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _install_shipped(cohort: Path, models: Path, fusions: Sequence[str], shipped: Path) -> list[str]:
+    """Copy the shipped models that were trained on exactly this cohort; returns the ones copied."""
+    manifest = shipped_manifest(shipped)
+    if not manifest or manifest.get("cohort_sha256") != _sha256(cohort / "cohort.csv"):
+        return []
+    copied = []
+    for fusion in fusions:
+        src = shipped / fusion
+        if (src / "metrics.json").is_file() and (src / "model.safetensors").is_file():
+            dst = models / fusion
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+            copied.append(fusion)
+    return copied
+
+
 def ensure_demo(
     base: Path | None = None,
     progress: Progress | None = None,
     *,
-    n: int = APP_DEMO_N,
+    n: int | None = None,
     epochs: int = APP_DEMO_EPOCHS,
     fusions: Sequence[str] = FUSIONS,
     seed: int = APP_DEMO_SEED,
+    shipped: Path = SHIPPED_MODELS,
 ) -> DemoPaths:
     """Build the demo cohort and one model per fusion strategy once, on disk.
 
+    The cohort is generated (deterministic for ``n`` and ``seed``). Models come
+    from ``assets/demo_models`` when they were trained on a cohort with the same
+    ``cohort.csv`` bytes (the default: ``n`` and ``seed`` of the manifest);
+    otherwise, or for strategies not shipped, they are trained here.
     Idempotent: finished parts are kept (a model folder counts as finished when
     its ``metrics.json`` exists), so an interrupted build resumes. ``progress``
     receives (fraction 0..1, label).
     """
     paths = demo_paths(base)
     report = progress or (lambda _f, _l: None)
+    manifest = shipped_manifest(shipped)
+    if n is None:
+        n = int(os.environ.get("CTEHR_DEMO_N", manifest.get("n", APP_DEMO_N)))
     if demo_ready(base):
         report(1.0, "demo ready")
         return paths
@@ -135,7 +182,7 @@ def ensure_demo(
             report(1.0, "demo ready")
             return paths
         started = time.perf_counter()
-        cohort_share = 0.25
+        cohort_share = 0.8 if manifest else 0.25
         if not (paths.cohort / "cohort.csv").exists():
             from core.demo import write_demo_cohort
 
@@ -148,29 +195,35 @@ def ensure_demo(
             shutil.rmtree(paths.cohort, ignore_errors=True)
             tmp.rename(paths.cohort)
         report(cohort_share, "demo cohort ready")
-        from core.train import train_model
-
         paths.models.mkdir(parents=True, exist_ok=True)
-        share = (1.0 - cohort_share) / max(1, len(fusions))
-        for i, fusion in enumerate(fusions):
-            out = paths.models / fusion
-            lo = cohort_share + i * share
-            if (out / "metrics.json").exists():
-                continue
-            report(lo, f"training {fusion} ({i + 1}/{len(fusions)})")
+        installed = _install_shipped(paths.cohort, paths.models, fusions, shipped)
+        if installed:
+            report(min(0.95, cohort_share + 0.05), f"installed {len(installed)} shipped demo models")
+        to_train = [f for f in fusions if not (paths.models / f / "metrics.json").exists()]
+        if to_train:
+            from core.train import train_model
 
-            def _sub(f: float, label: str, lo: float = lo, fusion: str = fusion) -> None:
-                report(min(1.0, lo + share * f), f"training {fusion}: {label}")
+            lo_all = cohort_share + 0.05 if installed else cohort_share
+            share = (1.0 - lo_all) / len(to_train)
+            for i, fusion in enumerate(to_train):
+                out = paths.models / fusion
+                lo = lo_all + i * share
+                report(lo, f"training {fusion} ({i + 1}/{len(to_train)})")
 
-            shutil.rmtree(out, ignore_errors=True)
-            train_model(paths.cohort, fusion, out, epochs=epochs, seed=seed, device="auto", progress=_sub)
+                def _sub(f: float, label: str, lo: float = lo, fusion: str = fusion) -> None:
+                    report(min(1.0, lo + share * f), f"training {fusion}: {label}")
+
+                shutil.rmtree(out, ignore_errors=True)
+                train_model(paths.cohort, fusion, out, epochs=epochs, seed=seed, device="auto", progress=_sub)
         paths.ready_file.write_text(
             json.dumps(
                 {
                     "n": n,
-                    "epochs": epochs,
+                    "epochs": epochs if to_train else manifest.get("epochs"),
                     "seed": seed,
                     "fusions": list(fusions),
+                    "shipped_models": installed,
+                    "trained_here": to_train,
                     "build_seconds": round(time.perf_counter() - started, 1),
                 },
                 indent=2,

@@ -182,3 +182,29 @@ def test_core_errors_become_one_line_messages() -> None:
                                  "file; fix: upload a study")
     assert "secret" not in at.error[1].value and "OSError" in at.error[1].value
     assert at.markdown[-1].value == "after"
+
+
+def test_shipped_models_are_installed_instead_of_trained(data_dir: Path, tmp_path: Path) -> None:
+    """A cohort with the manifest's cohort.csv bytes gets the shipped models copied, nothing trained."""
+    import hashlib
+    import shutil
+
+    built = appdata.demo_paths(data_dir)
+    shipped = tmp_path / "shipped"
+    for fusion in TEST_FUSIONS:
+        shutil.copytree(built.models / fusion, shipped / fusion)
+    sha = hashlib.sha256((built.cohort / "cohort.csv").read_bytes()).hexdigest()
+    (shipped / "MANIFEST.json").write_text(json.dumps({"n": 48, "seed": 0, "cohort_sha256": sha}))
+    base = tmp_path / "fresh"
+    appdata.ensure_demo(base, fusions=TEST_FUSIONS, shipped=shipped)
+    info = appdata.demo_build_info(base)
+    assert info["n"] == 48
+    assert info["shipped_models"] == list(TEST_FUSIONS) and info["trained_here"] == []
+    for fusion in TEST_FUSIONS:
+        got = (appdata.demo_paths(base).models / fusion / "model.safetensors").read_bytes()
+        assert got == (shipped / fusion / "model.safetensors").read_bytes()
+    # A manifest for another cohort is ignored: the model is trained instead.
+    (shipped / "MANIFEST.json").write_text(json.dumps({"n": 48, "seed": 0, "cohort_sha256": "0" * 64}))
+    other = tmp_path / "other"
+    appdata.ensure_demo(other, fusions=("ehr_only",), epochs=1, shipped=shipped)
+    assert appdata.demo_build_info(other)["trained_here"] == ["ehr_only"]

@@ -1,0 +1,80 @@
+"""Train the demo models that the app ships in ``assets/demo_models``.
+
+The app regenerates the demo cohort deterministically on first start
+(``core.demo``, same ``n`` and ``seed`` give the same bytes) and installs these
+models when the SHA-256 of its ``cohort.csv`` matches the manifest, so the first
+start does not have to train seven models. Reproduce with::
+
+    python scripts/build_demo_models.py --work /tmp/demo_build
+
+Weights are safetensors; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODEL_FILES = ("config.json", "model.safetensors", "metrics.json", "MODEL_CARD.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder for the cohort and the runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "demo_models")
+    parser.add_argument("--n", type=int, default=None, help="demo size (default core.demo.DEFAULT_N)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", type=Path, default=None,
+                        help="already trained model folders (one per strategy) on the same cohort: ship them as they are")
+    args = parser.parse_args(argv)
+
+    from core.demo import DEFAULT_N, write_demo_cohort
+    from core.models import FUSIONS
+
+    n = args.n or DEFAULT_N
+    cohort = args.work / "cohort"
+    if not (cohort / "cohort.csv").exists():
+        write_demo_cohort(cohort, n=n, seed=args.seed)
+    started = time.perf_counter()
+    runs = args.models
+    if runs is None:
+        from core.compare import compare_strategies
+
+        runs = args.work / "runs"
+        compare_strategies(cohort, runs, seed=args.seed, device="cpu")
+    seconds = round(time.perf_counter() - started, 1)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for fusion in FUSIONS:
+        src = runs / fusion
+        dst = args.out / fusion
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir()
+        for name in MODEL_FILES:
+            shutil.copy2(src / name, dst / name)
+        test = json.loads((src / "metrics.json").read_text()).get("test", {})
+        metrics[fusion] = {k: test.get(k) for k in ("c_index", "c_index_ci", "n", "events") if k in test}
+    manifest = {
+        "n": n,
+        "seed": args.seed,
+        "cohort_sha256": hashlib.sha256((cohort / "cohort.csv").read_bytes()).hexdigest(),
+        "command": "python scripts/build_demo_models.py --work DIR",
+        "train_seconds": seconds if args.models is None else None,
+        "test_metrics": metrics,
+    }
+    (args.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
