@@ -654,7 +654,9 @@ def _clean_bytes(data: bytes, suffix: str, dpi: int) -> bytes:
             if im.mode == "P" and im.getpalette():
                 clean.putpalette(im.getpalette())
             buf = io.BytesIO()
-            clean.save(buf, format="PNG", dpi=(dpi, dpi), optimize=False)
+            # pHYs stores whole pixels per metre: round up so that readers get back >= dpi (300 -> 300.02)
+            ppm = int(np.ceil(dpi / 0.0254))
+            clean.save(buf, format="PNG", dpi=(ppm * 0.0254, ppm * 0.0254), optimize=False)
             return buf.getvalue()
     if suffix == ".pdf":
         return _neutral_pdf_info(data)

@@ -10,13 +10,19 @@ How a model is trained (``train_model``):
    the 3D MONAI network) is trained once per cohort with an image-only
    discrete-time survival objective on the train split (starting from a
    ``pretrain`` encoder folder when ``image_encoder`` is given), early-stopped on
-   validation C-index. It is then frozen and its tokens for every subject are
+   validation C-index. The 2D encoder sees the lungs only (``image.lung_mask``,
+   see ``core.models.image2d``). It is then frozen and its tokens for every subject are
    cached in ``<cohort>/.cache/`` keyed by (cohort fingerprint, encoder config,
    seed, initial weights). Comparing strategies therefore encodes each CT once.
 3. **Fusion (stage B).** The strategy, EHR encoders and survival head are
    trained on the cached tokens with AdamW, modality dropout (each modality of a
    subject with both is hidden with probability ``modality_dropout``) and early
-   stopping on validation Harrell's C (``core.evaluate.harrell_c``).
+   stopping on validation Harrell's C (``core.evaluate.harrell_c``). The image
+   path after the encoder (projection, slice position, image pooling and MLP,
+   and the head when it is the discrete one) starts from stage A
+   (``image.warm_start_path``), and multimodal strategies are image-anchored
+   (``image_anchor``: image-only branch + gated strategy, ``core.models.fusion``),
+   so every strategy starts from the image-only model.
    ``contrastive`` first aligns the two projections with symmetric InfoNCE
    (step one, early-stopped on validation InfoNCE), then trains the head with
    the aligned parts at a tenth of the learning rate (step two).
@@ -64,10 +70,12 @@ DEFAULTS: dict[str, Any] = {
     "dim": 64, "dropout": 0.1, "heads": 2, "n_intervals": 20,
     "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, "epochs": 60, "patience": 10,
     "modality_dropout": 0.15, "max_events": 64, "max_codes": 512,
+    "image_anchor": True,  # multimodal strategies = image-only branch (warm-started) + gated strategy (core.models.fusion)
     "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
     "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
-              "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0],
-              "epochs": 20, "batch_size": 16, "lr": 2e-3, "patience": 5},
+              "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0], "lung_mask": True,
+              "epochs": 20, "batch_size": 16, "lr": 2e-3, "patience": 5,
+              "warm_start_path": True},  # stage B starts its image path (projection, pooling) from stage A
     "contrastive": {"epochs": 30, "temperature": 0.1, "finetune_lr_scale": 0.1},
 }
 
@@ -374,7 +382,7 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
     s = settings["image"]
     cfg: dict[str, Any] = {"kind": kind, "hu_window": list(s["hu_window"]), "out_dim": int(s["out_dim"])}
     if kind == "2d":
-        cfg.update(size=int(s["size"]), channels=list(s["channels"]))
+        cfg.update(size=int(s["size"]), channels=list(s["channels"]), lung_mask=bool(s["lung_mask"]))
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     elif kind == "embedding":
@@ -413,7 +421,7 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
     """Windowed + resized CT of every subject (``encoder.preprocess``), float16, padded over slices; cached."""
     from core.models.net import build_image_encoder
 
-    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window")})
+    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask")})
     path = _cache_dir(cohort) / f"images_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
@@ -474,14 +482,17 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             if k in init_cfg and k in icfg and init_cfg[k] != icfg[k]:
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg[k]} does not match {icfg[k]}",
                                  "pretrain with the same image settings or train without --image-encoder")
+        if icfg.get("kind") == "2d" and bool(init_cfg.get("lung_mask", False)) != bool(icfg.get("lung_mask", False)):
+            raise InputError("image_encoder", str(init_dir), f"encoder lung_mask={bool(init_cfg.get('lung_mask', False))} does not match {bool(icfg.get('lung_mask', False))}",
+                             "pretrain again with this version or train without --image-encoder")
         init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
     key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
-                  settings["n_intervals"], init_hash)
+                  settings["n_intervals"], init_hash, settings["dim"], "image-path/3")
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
         tensors, meta = hit
-        enc_state = {k[4:]: v for k, v in tensors.items() if k.startswith("enc.")}
+        enc_state = {k: v for k, v in tensors.items() if k.startswith(("enc.", "path."))}
         data = {"image_tokens": tensors["tokens"], "image_token_mask": tensors["mask"], "image_present": tensors["present"]}
         return enc_state, data, json.loads(meta.get("info", "{}"))
     t0 = _time.perf_counter()
@@ -525,15 +536,47 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     enc = net.image_encoder
     assert enc is not None
     tokens = encoder_tokens(enc, pre, device)
-    enc_state = {k: v.detach().cpu() for k, v in enc.state_dict().items()}
+    enc_state = {f"enc.{k}": v.detach().cpu() for k, v in enc.state_dict().items()}
+    enc_state.update({f"path.{k}": v.detach().cpu() for k, v in image_path_state(net).items()})
     info = {"val_c_index": res.best_score, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
             "seconds": round(_time.perf_counter() - t0, 2), "init": str(init_dir) if init_dir else None}
     out = {"image_tokens": tokens, "image_token_mask": pre["image_token_mask"], "image_present": pre["image_present"]}
     if dist_info.main:
-        save = {f"enc.{k}": v for k, v in enc_state.items()}
+        save = dict(enc_state)
         save.update(tokens=tokens, mask=pre["image_token_mask"], present=pre["image_present"])
         _save_cache(path, save, {"info": json.dumps(info), "ids": json.dumps(cohort.ids())})
     return enc_state, out, info
+
+
+def image_path_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The image path after the encoder: token projection, slice position and the fusion's image-only pooling."""
+    out: dict[str, torch.Tensor] = {}
+    for name, mod in _image_path_parts(net).items():
+        if mod is not None:
+            out.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
+    return out
+
+
+def _image_path_parts(net: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
+    from core.models.fusion import ImageAnchored, ImageOnly
+
+    f = net.fusion
+    branch = f if isinstance(f, ImageOnly) else (f.anchor if isinstance(f, ImageAnchored) else None)
+    return {"image_proj": net.image_proj, "slice_pos": net.slice_pos,
+            "pool": branch.pool if branch is not None else f.image_pool(),
+            "mlp": branch.mlp if branch is not None else None,
+            "head": net.head if branch is not None and net.cfg["head"] == "discrete" else None}
+
+
+def load_image_path(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Warm-start ``net``'s image path from ``image_path_state`` of the image stage; returns the parts loaded."""
+    loaded = []
+    for name, mod in _image_path_parts(net).items():
+        sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+        if mod is not None and sub:
+            mod.load_state_dict(sub)
+            loaded.append(name)
+    return loaded
 
 
 def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -639,12 +682,16 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
         "format": "core.models.net.SurvivalNet/1", "fusion": fusion, "head": head,
         "dim": settings["dim"], "dropout": settings["dropout"], "heads": settings["heads"],
         "edges": edges.tolist(), "image": icfg, "ehr": ecfg, "seed": seed,
+        "image_anchor": bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d"),
     }
     torch.manual_seed(seed)
     net = SurvivalNet(cfg)
     net.head.init_baseline(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr])
+    warm: list[str] = []
     if enc_state is not None:
-        net.image_encoder.load_state_dict(enc_state)  # type: ignore[union-attr]
+        net.image_encoder.load_state_dict({k[4:]: v for k, v in enc_state.items() if k.startswith("enc.")})  # type: ignore[union-attr]
+        if settings["image"].get("warm_start_path", True):
+            warm = load_image_path(net, {k[5:]: v for k, v in enc_state.items() if k.startswith("path.")})
         for p in net.image_encoder.parameters():  # type: ignore[union-attr]
             p.requires_grad_(False)
     train_idx = np.flatnonzero(tr)
@@ -659,8 +706,9 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
                     progress_span=(0.7, 0.8), modality_dropout=0.0, **common)
         steps["alignment"] = {"val_info_nce": -align.best_score, "epochs": align.epochs_run}
         # step two: head (and fusion MLP) at full rate, the aligned encoders/projections at a tenth
-        slow = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith(("fusion.mlp", "head."))]
-        fast = [p for n, p in net.named_parameters() if p.requires_grad and (n.startswith("fusion.mlp") or n.startswith("head."))]
+        fast_prefix = ("fusion.mlp", "fusion.inner.mlp", "fusion.anchor.", "fusion.gate", "head.")
+        slow = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith(fast_prefix)]
+        fast = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith(fast_prefix)]
         groups = [{"params": fast}, {"params": slow, "lr": settings["lr"] * c["finetune_lr_scale"]}]
     else:
         groups = None
@@ -677,7 +725,7 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
     metrics.update({
         "fusion": fusion, "head": head, "seed": seed, "device": str(dev), "world_size": dist_info.world,
         "val_c_index_early_stopping": res.best_score, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-        "image_encoder": {"kind": icfg["kind"], **enc_info}, "steps": steps,
+        "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": warm}, "steps": steps,
         "train_seconds": round(_time.perf_counter() - t_start, 2),
         "n": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
         "modalities": {"image": icfg["kind"], "ehr": [k for k in ("sequence", "tabular") if ecfg.get(k)] + (["embedding"] if ecfg.get("embedding_dim") else [])},

@@ -288,9 +288,26 @@ def has_module(name: str) -> bool:
 def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
                 out: Path) -> Path:
     """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md)."""
+    from core.explain import attribute, event_attributions
+    from core.report import card_summary
+
     inputs = case_inputs(model, source, subject_id)
-    return Path(build(model=model, inputs=inputs, prediction=case_prediction(model, source, subject_id),
-                      volume=case_volume(source, subject_id), method=method, horizon_days=float(horizon), out=out))
+    pred = case_prediction(model, source, subject_id)
+    volume = case_volume(source, subject_id)
+    key = ("report-parts", str(model.model_dir), source, subject_id, _upload_token(source), method, horizon)
+
+    def parts() -> tuple[Any, Any]:
+        att = attribute(model, inputs, method, float(horizon), None) if "image" in pred.modalities_used else None
+        return att, event_attributions(model, inputs, float(horizon))
+
+    attribution, events = memo(key, parts)
+    name = next((n for n, p in available_models().items() if Path(p) == Path(model.model_dir)), "")
+    cohort_km = reference_curves(name)["cohort_km"] if name else None
+    return Path(build(out, model=model, inputs=inputs, prediction=pred,
+                      volume_hu=None if volume is None else volume.hu,
+                      spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
+                      events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
+                      case_label=f"case {case_number(source, subject_id)}"))
 
 
 def attribution_is_per_slice(model: Any) -> bool:

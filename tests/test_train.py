@@ -203,3 +203,24 @@ def test_compare_writes_tables(tiny_cohort: Path, tmp_path: Path) -> None:
     assert ((csv["c_index_lo"] <= csv["c_index"]) & (csv["c_index"] <= csv["c_index_hi"])).all()
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| concat |" in md and "Paired bootstrap" in md and "not a medical device" in md
+
+
+@pytest.mark.slow
+def test_lung_mask_and_warm_started_image_path(models: dict[str, Path], tiny_cohort: Path) -> None:
+    """New models mask the lungs (config), start the fusion from the image stage, and get no gradient outside the lungs."""
+    from core.cohort import load_cohort
+    from core.models.image2d import lung_mask
+    from core.registry import load_model
+
+    cfg = json.loads((models["concat"] / "config.json").read_text())
+    assert cfg["image"]["lung_mask"] is True and cfg["image_anchor"] is True
+    metrics = json.loads((models["concat"] / "metrics.json").read_text())
+    assert metrics["image_encoder"]["warm_start"] == ["image_proj", "slice_pos", "pool", "mlp", "head"]
+    model = load_model(models["image_only"])
+    inputs = model.case_inputs(load_cohort(tiny_cohort), "demo0005")
+    assert inputs.image is not None
+    inputs.image.requires_grad_(True)
+    model.forward(inputs).risk.sum().backward()
+    grad = inputs.image.grad[0].abs().numpy()
+    lung = lung_mask(inputs.image.detach()[0].numpy())
+    assert lung.sum() > 100 and grad[~lung].sum() == 0.0 and grad[lung].sum() > 0.0

@@ -26,6 +26,15 @@ mask row is all zero.
   concatenated with the pooled image. ``coattention_ehr`` is the mirror image.
   When the guiding modality is missing the pooled other modality is used.
 
+Image-anchored residual form (``make_fusion(..., anchor=True)``, used by models
+trained since the lung-mask change): a multimodal strategy's fused vector is
+``h = h_image_only + g * h_strategy``, where ``h_image_only`` is an image-only
+branch (gated attention pooling + MLP) warm-started from the image stage and
+``g`` is a learned scalar gate starting at 0. Training therefore starts from
+the image-only model and the strategy learns what the EHR (and the cross-modal
+interaction) adds; without it the EHR path, which is learned in a few steps,
+swamped the slower image path and every fusion scored below image_only.
+
 Attention over a single vector is degenerate (softmax over one key is 1): all
 cross-modal attention here runs over token sets, with a learned ``null`` key so
 that a subject with a missing modality still has a key to attend to (its weight
@@ -110,6 +119,14 @@ class Fusion(nn.Module):
 
     def forward(self, img: torch.Tensor, img_mask: torch.Tensor, ehr: torch.Tensor, ehr_mask: torch.Tensor) -> FusionOut:
         raise NotImplementedError
+
+    def image_pool(self) -> AttentionPool | None:
+        """The pooling that summarises the image tokens on their own (warm-started from the image stage)."""
+        for name in ("pool_img", "pool"):
+            mod = getattr(self, name, None)
+            if isinstance(mod, AttentionPool) and self.uses_image:
+                return mod
+        return None
 
 
 class ImageOnly(Fusion):
@@ -211,11 +228,15 @@ class CoAttention(Fusion):
         super().__init__()
         self.guide = guide
         self.coattn = CrossAttend(dim, heads, dropout)
+        # the pooling of the image tokens alone: pool_guide (image-guided) or pool_other (EHR-guided)
         self.pool_co = AttentionPool(dim)
         self.pool_guide = AttentionPool(dim)
         self.pool_other = AttentionPool(dim)
         self.mlp = _mlp(3 * dim, dim, dropout)
         self.out_dim = dim
+
+    def image_pool(self) -> AttentionPool | None:
+        return self.pool_guide if self.guide == "image" else self.pool_other
 
     def forward(self, img, img_mask, ehr, ehr_mask):  # type: ignore[override]
         if self.guide == "image":
@@ -237,7 +258,27 @@ class CoAttention(Fusion):
         return FusionOut(self.mlp(fused), w_o, w_g, {key: m[..., 1:]})
 
 
-def make_fusion(name: str, dim: int, dropout: float = 0.1, heads: int = 2) -> Fusion:
+class ImageAnchored(Fusion):
+    """``h = image_only(img).h + gate * inner(img, ehr).h`` (gate starts at 0); weights and maps from ``inner``."""
+
+    def __init__(self, inner: Fusion, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.inner = inner
+        self.anchor = ImageOnly(dim, dropout)
+        self.gate = nn.Parameter(torch.zeros(1))
+        self.out_dim = inner.out_dim
+        self.uses_image, self.uses_ehr = inner.uses_image, inner.uses_ehr
+
+    def image_pool(self) -> AttentionPool | None:
+        return self.anchor.pool
+
+    def forward(self, img, img_mask, ehr, ehr_mask):  # type: ignore[override]
+        a = self.anchor(img, img_mask, ehr, ehr_mask)
+        o = self.inner(img, img_mask, ehr, ehr_mask)
+        return FusionOut(a.h + self.gate * o.h, o.image_weights, o.ehr_weights, o.attention, o.z_image, o.z_ehr)
+
+
+def make_fusion(name: str, dim: int, dropout: float = 0.1, heads: int = 2, anchor: bool = False) -> Fusion:
     from core.models import FUSIONS
     from core.errors import InputError
 
@@ -252,4 +293,7 @@ def make_fusion(name: str, dim: int, dropout: float = 0.1, heads: int = 2) -> Fu
     }
     if name not in table:
         raise InputError("fusion", name, "unknown fusion strategy", f"use one of {', '.join(FUSIONS)}")
-    return table[name]()
+    fusion = table[name]()
+    if anchor and name not in ("image_only", "ehr_only"):
+        return ImageAnchored(fusion, dim, dropout)
+    return fusion

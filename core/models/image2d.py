@@ -6,6 +6,19 @@ HU window, scale to [-1, 1], resize each slice to ``size x size`` with
 ``F.interpolate`` (bilinear). Gradients (Captum) therefore come back on the
 original voxel grid of ``Volume.hu``, voxel for voxel.
 
+Lung mask (``lung_mask=True``, the default for new models): before windowing,
+every axial slice is restricted to the lungs (``lung_mask``): air-like voxels
+(HU < -400) not connected to the slice border (this drops the air around the
+body), plus enclosed holes smaller than 1 % of the slice (nodules inside the
+lung; the liver under a diaphragm dome, which the lung rings, is larger and
+stays out). Voxels outside the mask are set to lung air (-850 HU). The mask is
+computed without gradient (scipy on a detached CPU copy) and used as a
+constant, so gradients still reach every lung voxel of the original grid and
+are zero outside the lungs. Measured effect on the demo cohort: see the models
+section of docs/BENCHMARKS.md. Known gap: a nodule that touches the chest wall
+or mediastinum is an indentation of the air region, not a hole, and is left
+out (about 8 % of demo lesions).
+
 Training splits the forward in two (``preprocess`` then ``trunk``) so that the
 resized slices can be computed once per cohort; ``forward`` is exactly
 ``trunk(preprocess(x))``. No batch norm (GroupNorm only), so train and eval
@@ -14,9 +27,41 @@ modes give the same tokens and cached tokens match tokens from voxels.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
+
+LUNG_AIR_BELOW_HU = -400.0      # air-like voxels (lung parenchyma, trachea, outside air)
+LUNG_FILL_HU = -850.0           # value given to voxels outside the lung mask
+MAX_HOLE_FRACTION = 0.01        # enclosed holes up to this fraction of the slice are added (nodules)
+SOFT_TISSUE_ABOVE_HU = -300.0   # nodule-like voxels inside the lung mask
+
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity within a slice, none across slices
+
+
+def lung_mask(hu: np.ndarray, air_below: float = LUNG_AIR_BELOW_HU, max_hole_fraction: float = MAX_HOLE_FRACTION) -> np.ndarray:
+    """Boolean lung mask of ``[S, R, C]`` HU, slice by slice (see the module docstring).
+
+    >>> v = np.full((1, 20, 20), 40.0); v[0, 0] = -1000; v[0, 4:14, 4:14] = -850; v[0, 8, 8] = 30
+    >>> m = lung_mask(v); bool(m[0, 0, 0]), bool(m[0, 2, 2]), bool(m[0, 5, 5]), bool(m[0, 8, 8]), int(m.sum())
+    (False, False, True, True, 100)
+    """
+    if hu.ndim != 3:
+        raise ValueError(f"lung_mask expects [S, R, C] HU, got shape {tuple(hu.shape)}")
+    air = hu < air_below
+    lab, _ = ndimage.label(air, structure=_IN_PLANE)
+    border = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]))
+    inside = air & ~np.isin(lab, border[border > 0])
+    holes = ndimage.binary_fill_holes(inside, structure=_IN_PLANE) & ~inside
+    hlab, n = ndimage.label(holes, structure=_IN_PLANE)
+    if n:
+        small = np.bincount(hlab.ravel()) <= max_hole_fraction * hu.shape[1] * hu.shape[2]
+        small[0] = False
+        inside |= small[hlab]
+    return inside
 
 
 class SliceEncoder2D(nn.Module):
@@ -25,12 +70,15 @@ class SliceEncoder2D(nn.Module):
     >>> enc = SliceEncoder2D(out_dim=16, size=32, channels=(4, 8))
     >>> enc(torch.zeros(2, 3, 50, 40)).shape
     torch.Size([2, 3, 16])
+    >>> SliceEncoder2D(out_dim=16, size=32, channels=(4, 8), lung_mask=True)(torch.zeros(1, 2, 50, 40)).shape
+    torch.Size([1, 2, 16])
     """
 
     def __init__(self, out_dim: int = 64, size: int = 64, channels: tuple[int, ...] = (8, 16, 32, 64),
-                 hu_window: tuple[float, float] = (-1000.0, 1000.0)) -> None:
+                 hu_window: tuple[float, float] = (-1000.0, 1000.0), lung_mask: bool = False) -> None:
         super().__init__()
         self.size = int(size)
+        self.lung_mask = bool(lung_mask)
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         layers: list[nn.Module] = []
         c_in = 3  # HU + row and column coordinates (CoordConv: where in the slice matters)
@@ -38,7 +86,9 @@ class SliceEncoder2D(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(4, c), c), nn.GELU()]
             c_in = c
         self.features = nn.Sequential(*layers)
-        self.proj = nn.Linear(2 * c_in, out_dim)
+        # with the lung mask, one extra input per slice: log(1 + soft-tissue area inside the lungs), a
+        # smooth (differentiable) count of nodule-like pixels; the CNN features describe shape and place
+        self.proj = nn.Linear(2 * c_in + (1 if self.lung_mask else 0), out_dim)
         ramp = torch.linspace(-1.0, 1.0, self.size)
         self.register_buffer("coords", torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))[None], persistent=False)
         self.out_dim = out_dim
@@ -48,11 +98,21 @@ class SliceEncoder2D(nn.Module):
         """The last convolution (target layer for Grad-CAM)."""
         return self.features[-3]
 
+    def mask(self, hu: torch.Tensor) -> torch.Tensor:
+        """Constant (no gradient) boolean lung mask of ``[B, S, R, C]`` HU, on ``hu``'s device."""
+        with torch.no_grad():
+            arr = hu.detach().float().cpu().numpy()
+        m = np.stack([lung_mask(v) for v in arr]) if arr.shape[0] else np.zeros(arr.shape, bool)
+        return torch.from_numpy(m).to(hu.device)
+
     def preprocess(self, hu: torch.Tensor) -> torch.Tensor:
-        """``[B, S, R, C]`` HU -> ``[B, S, size, size]`` in [-1, 1] (differentiable)."""
+        """``[B, S, R, C]`` HU -> ``[B, S, size, size]`` in [-1, 1] (differentiable; lung-masked if enabled)."""
         b, s, r, c = hu.shape
         lo, hi = self.hu_window
         x = (hu.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
+        if self.lung_mask:
+            fill = (min(max(LUNG_FILL_HU, lo), hi) - (lo + hi) / 2) / ((hi - lo) / 2)
+            x = torch.where(self.mask(hu), x, torch.full_like(x, fill))
         x = F.interpolate(x.reshape(b * s, 1, r, c), size=(self.size, self.size), mode="bilinear", align_corners=False)
         return x.reshape(b, s, self.size, self.size)
 
@@ -62,8 +122,21 @@ class SliceEncoder2D(nn.Module):
         x = slices.reshape(b * s, 1, self.size, self.size)
         x = torch.cat([x, self.coords.to(x).expand(b * s, 2, self.size, self.size)], dim=1)
         fmap = self.features(x)
-        pooled = torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
-        return self.proj(pooled).reshape(b, s, -1)
+        parts = [fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))]
+        if self.lung_mask:
+            parts.append(self.soft_tissue_area(slices).reshape(b * s, 1))
+        return self.proj(torch.cat(parts, dim=1)).reshape(b, s, -1)
+
+    def soft_tissue_area(self, slices: torch.Tensor) -> torch.Tensor:
+        """``[B, S, size, size]`` preprocessed (lung-masked) slices -> ``[B, S]`` log(1 + soft-tissue pixels).
+
+        Soft tissue is HU above -300 (smooth step, 25 HU wide): inside the lung mask that is
+        nodules (and partial-volume rims), since everything outside the lungs is lung air.
+        """
+        lo, hi = self.hu_window
+        thr = (SOFT_TISSUE_ABOVE_HU - (lo + hi) / 2) / ((hi - lo) / 2)
+        tau = 25.0 / ((hi - lo) / 2)
+        return torch.log1p(torch.sigmoid((slices - thr) / tau).sum(dim=(2, 3)))
 
     def forward(self, hu: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.preprocess(hu))

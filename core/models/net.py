@@ -39,7 +39,8 @@ from core.models.image2d import SliceEncoder2D
 def build_image_encoder(icfg: dict) -> nn.Module | None:
     kind = icfg.get("kind", "none")
     if kind == "2d":
-        return SliceEncoder2D(int(icfg["out_dim"]), int(icfg["size"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]))
+        return SliceEncoder2D(int(icfg["out_dim"]), int(icfg["size"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]),
+                              lung_mask=bool(icfg.get("lung_mask", False)))
     if kind == "3d":
         from core.models.image3d import VolumeEncoder3D
 
@@ -74,7 +75,7 @@ class SurvivalNet(nn.Module):
         self.tab = FeatureTokenizer(len(ecfg["tabular"]["columns"]), dim, dropout) if ecfg.get("tabular") else None
         self.ehr_emb_proj = nn.Sequential(nn.Linear(int(ecfg["embedding_dim"]), dim), nn.LayerNorm(dim)) if ecfg.get("embedding_dim") else None
         self.type_emb = nn.Embedding(3, dim)
-        self.fusion = make_fusion(cfg["fusion"], dim, dropout, int(cfg.get("heads", 2)))
+        self.fusion = make_fusion(cfg["fusion"], dim, dropout, int(cfg.get("heads", 2)), anchor=bool(cfg.get("image_anchor", False)))
         self.head = make_head(cfg["head"], self.fusion.out_dim, np.asarray(cfg["edges"], float))
         self.dim = dim
 

@@ -1,0 +1,419 @@
+"""Captum attributions of a survival model's risk at a horizon, on the CT voxel grid and on timeline events.
+
+The explained quantity (the *target*) is the predicted risk at a horizon t*,
+``1 - S(t*)``, with S linearly interpolated on the model's time grid
+(``LoadedModel.times``); past the grid's end S keeps its last value, as in
+``core.predict``. Image maps are aligned voxel for voxel with
+``inputs.image[0]`` (the loaded ``Volume.hu``): the encoders window and resize
+inside their forward, so gradients land on the original voxels.
+
+Methods (all Captum): ``saliency`` (|gradient|), ``integrated_gradients``
+(air -1000 HU or Gaussian-blurred baseline), ``gradcam`` (LayerGradCam on the
+encoder's last convolution, upsampled to the voxel grid), ``occlusion`` (3D
+windows of air) and ``smoothgrad`` (NoiseTunnel over Saliency, noise in HU).
+
+Per-slice lazy mode (``slice_index`` given, 2D per-slice encoder): the tokens
+of every other slice are computed once without gradient and only the chosen
+slice is the attributed input; the wrapper forward encodes that slice and
+inserts its token among the fixed ones, so the cost is about one slice and the
+map is zero on every other slice. A 2D encoder encodes each slice
+independently (its lung mask is per slice too), so this is the same function
+of that slice as the whole-volume forward.
+
+Timeline attributions (``event_attributions``): LayerIntegratedGradients on
+the three parts of each event token (code, value and time embeddings) from a
+padding-event baseline, summed per event, next to the fusion's attention
+weight of each event.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+
+if TYPE_CHECKING:  # heavy imports stay lazy
+    import torch
+
+    from core.models.types import CaseInputs, ModelOutput
+    from core.registry import LoadedModel
+
+METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
+BASELINES: tuple[str, ...] = ("air", "blur")
+AIR_HU = -1000.0
+DEFAULT_HORIZON_DAYS = 365.0
+SMOOTHGRAD_SAMPLES = 10
+SMOOTHGRAD_STDEV_HU = 50.0
+BLUR_SIGMA_MM = 12.0
+TOP_K = 5
+
+
+@dataclass
+class Attribution:
+    """An attribution map on the voxel grid plus the ranked slices and events."""
+
+    map: np.ndarray  # float32 [S, R, C], aligned with inputs.image[0]
+    method: str
+    target: str  # e.g. "risk 1 - S(t) at 365 d"
+    horizon_days: float
+    top_slices: list[tuple[int, float]] = field(default_factory=list)  # (slice index, share of |map|)
+    top_events: list[tuple[int, str, str, float]] = field(default_factory=list)  # (row, code, time, score)
+    slice_index: int | None = None  # set in per-slice mode: the map is zero elsewhere
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "target": self.target, "horizon_days": self.horizon_days,
+            "slice_index": self.slice_index, "shape": list(self.map.shape),
+            "top_slices": [[int(i), round(float(s), 6)] for i, s in self.top_slices],
+            "top_events": [[int(r), c, t, round(float(s), 6)] for r, c, t, s in self.top_events],
+        }
+
+
+# ----------------------------------------------------------------------------- target
+
+
+def default_horizon(model: LoadedModel) -> float:
+    """365 days, or the median of the model's time grid (training event-time quantiles) when 365 is past the grid."""
+    times = np.asarray(model.times, dtype=float)
+    if times.size and DEFAULT_HORIZON_DAYS <= times[-1]:
+        return DEFAULT_HORIZON_DAYS
+    return float(np.median(times[1:])) if times.size > 1 else DEFAULT_HORIZON_DAYS
+
+
+def _check_horizon(model: LoadedModel, horizon_days: float | None) -> float:
+    if horizon_days is None:
+        return default_horizon(model)
+    h = float(horizon_days)
+    if not np.isfinite(h) or h <= 0:
+        raise InputError("horizon_days", horizon_days, "must be a positive number of days", "pass e.g. 365")
+    return h
+
+
+def target_text(model: LoadedModel, horizon_days: float) -> str:
+    times = np.asarray(model.times, dtype=float)
+    text = f"risk 1 - S(t) at {horizon_days:g} d"
+    if times.size and horizon_days > times[-1]:
+        text += f" (past the time grid; S read at its last time, {times[-1]:.0f} d)"
+    return text
+
+
+def horizon_weights(times: np.ndarray, horizon_days: float) -> tuple[int, int, float]:
+    """``(i, j, w)`` with S(t*) = (1 - w) S[i] + w S[j] (linear on the grid, constant past its end).
+
+    >>> horizon_weights(np.array([0.0, 100.0, 400.0]), 250.0)
+    (1, 2, 0.5)
+    >>> horizon_weights(np.array([0.0, 100.0, 400.0]), 900.0)
+    (2, 2, 0.0)
+    """
+    t = np.asarray(times, dtype=float)
+    if horizon_days >= t[-1]:
+        return len(t) - 1, len(t) - 1, 0.0
+    j = int(np.searchsorted(t, horizon_days, side="right"))
+    i = max(j - 1, 0)
+    j = min(j, len(t) - 1)
+    w = 0.0 if j == i else float((horizon_days - t[i]) / (t[j] - t[i]))
+    return i, j, w
+
+
+def risk_at(survival: torch.Tensor, times: np.ndarray, horizon_days: float) -> torch.Tensor:
+    """``[B]`` risk 1 - S(t*) from ``[B, T]`` survival (differentiable)."""
+    i, j, w = horizon_weights(times, horizon_days)
+    return 1.0 - ((1.0 - w) * survival[:, i] + w * survival[:, j])
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _net_batch(inputs: CaseInputs) -> dict[str, Any]:
+    """The SurvivalNet batch dictionary of a case (see core.models.net)."""
+    batch: dict[str, Any] = {"image_present": inputs.image_mask.float()}
+    if inputs.image is not None:
+        batch["image"] = inputs.image
+    if inputs.image_embedding is not None:
+        batch["image_embedding"] = inputs.image_embedding
+    batch.update(inputs.ehr)
+    return batch
+
+
+def _expand(batch: dict[str, Any], b: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if hasattr(v, "dim") and v.dim() > 0 and v.shape[0] == 1 and b != 1:
+            out[k] = v.expand(b, *v.shape[1:])
+        else:
+            out[k] = v
+    return out
+
+
+def _uses_image(model: LoadedModel, inputs: CaseInputs) -> bool:
+    net = model.net
+    return (inputs.image is not None and net.image_encoder is not None and bool(getattr(net, "has_image", True))
+            and float(inputs.image_mask.sum()) > 0)
+
+
+def _is_per_slice(model: LoadedModel) -> bool:
+    return str(model.config.get("image", {}).get("kind", "")) == "2d"
+
+
+# ----------------------------------------------------------------------------- image attributions
+
+
+def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days: float | None = None,
+              slice_index: int | None = None, baseline: str = "air", n_steps: int = 32,
+              internal_batch_size: int = 8, *, with_events: bool = True) -> Attribution:
+    """Attribute the risk at ``horizon_days`` to the CT voxels of ``inputs`` with ``method``.
+
+    ``slice_index`` selects per-slice lazy mode for 2D per-slice encoders (other
+    encoders attribute the whole volume and ignore it).
+    """
+    import torch
+
+    if method not in METHODS:
+        raise InputError("method", method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    if baseline not in BASELINES:
+        raise InputError("baseline", baseline, "is not a baseline", f"use one of {', '.join(BASELINES)}")
+    if int(n_steps) < 2:
+        raise InputError("n_steps", n_steps, "must be >= 2", "use e.g. 32")
+    if int(internal_batch_size) < 1:
+        raise InputError("internal_batch_size", internal_batch_size, "must be >= 1", "use e.g. 8")
+    if not _uses_image(model, inputs):
+        raise InputError("image", "not used", f"the {model.fusion} model uses no CT for this case",
+                         "pick a case with a CT and a model that uses the image (not ehr_only)")
+    horizon = _check_horizon(model, horizon_days)
+    image = inputs.image.detach().float()  # type: ignore[union-attr]
+    s, r, c = (int(v) for v in image.shape[1:])
+    per_slice = slice_index is not None and _is_per_slice(model)
+    if slice_index is not None and not 0 <= int(slice_index) < s:
+        raise InputError("slice_index", slice_index, f"is outside 0..{s - 1}", "pick a slice inside the volume")
+    net = model.net
+    net.eval()
+    times = np.asarray(model.times, dtype=float)
+    base_batch = _net_batch(inputs)
+    base_batch.pop("image", None)
+
+    if per_slice:
+        k = int(slice_index)  # type: ignore[arg-type]
+        with torch.no_grad():
+            fixed = net.encode_image(image).detach()  # [1, S, D]
+        x = image[:, k:k + 1].clone()  # [1, 1, R, C]
+
+        def forward(xs: torch.Tensor) -> torch.Tensor:
+            b = xs.shape[0]
+            tok = net.encode_image(xs)  # [b, 1, D]
+            f = fixed.expand(b, *fixed.shape[1:])
+            tokens = torch.cat([f[:, :k], tok, f[:, k + 1:]], dim=1)
+            batch = _expand(base_batch, b)
+            batch["image_tokens"] = tokens
+            batch["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
+            batch["n_slices"] = torch.tensor(s)
+            return risk_at(net(batch)["survival"], times, horizon)
+    else:
+        x = image.clone()
+
+        def forward(xs: torch.Tensor) -> torch.Tensor:
+            batch = _expand(base_batch, xs.shape[0])
+            batch["image"] = xs
+            return risk_at(net(batch)["survival"], times, horizon)
+
+    attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
+                       internal_batch_size=int(internal_batch_size), spacing=None)
+    full = np.zeros((s, r, c), dtype=np.float32)
+    if per_slice:
+        full[int(slice_index)] = attr[0]  # type: ignore[arg-type]
+    else:
+        full[:] = attr
+    full = np.nan_to_num(full, nan=0.0, posinf=0.0, neginf=0.0)
+    per = np.abs(full).sum(axis=(1, 2))
+    total = float(per.sum())
+    order = np.argsort(-per, kind="stable")
+    top_slices = [(int(i), float(per[i] / total)) for i in order[:TOP_K] if total > 0 and per[i] > 0]
+    top_events: list[tuple[int, str, str, float]] = []
+    if with_events:
+        table = event_attributions(model, inputs, horizon, n_steps=min(int(n_steps), 32))
+        top_events = top_event_rows(table)
+    return Attribution(map=full, method=method, target=target_text(model, horizon), horizon_days=horizon,
+                       top_slices=top_slices, top_events=top_events, slice_index=int(slice_index) if per_slice else None)
+
+
+def _baseline_tensor(x: torch.Tensor, baseline: str) -> torch.Tensor:
+    import torch
+
+    if baseline == "air":
+        return torch.full_like(x, AIR_HU)
+    from scipy import ndimage
+
+    arr = x.detach().cpu().numpy()
+    # x is [1, S, R, C] or [1, 1, R, C]: blur in-plane strongly, across slices lightly
+    sigma = (0.0, 1.0 if arr.shape[1] > 1 else 0.0, 4.0, 4.0)
+    return torch.from_numpy(ndimage.gaussian_filter(arr, sigma=sigma).astype(np.float32)).to(x.device)
+
+
+def occlusion_window(shape: tuple[int, ...]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(window, strides)`` for an input ``[S, R, C]``: ~12 x 12 in-plane patches, 1 slice deep per slice,
+    4 x 4 x 4 blocks across a volume (64 forward passes).
+
+    >>> occlusion_window((1, 96, 96))
+    ((1, 8, 8), (1, 8, 8))
+    >>> occlusion_window((32, 96, 96))
+    ((8, 24, 24), (8, 24, 24))
+    """
+    s, r, c = shape
+    if s == 1:
+        wr, wc = max(4, r // 12), max(4, c // 12)
+        return (1, wr, wc), (1, wr, wc)
+    ws = max(1, int(np.ceil(s / 4)))
+    wr, wc = max(4, r // 4), max(4, c // 4)
+    return (ws, wr, wc), (ws, wr, wc)
+
+
+def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, model: LoadedModel, *, baseline: str,
+                n_steps: int, internal_batch_size: int, spacing: Any) -> np.ndarray:
+    """Captum attribution of ``forward`` at ``x`` ``[1, S', R, C]``; returns ``[S', R, C]`` float32."""
+    import torch
+    import torch.nn.functional as F
+    from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
+
+    x = x.detach().requires_grad_(True)
+    if method == "saliency":
+        out = Saliency(forward).attribute(x, abs=True)
+    elif method == "integrated_gradients":
+        ig = IntegratedGradients(forward)
+        out = ig.attribute(x, baselines=_baseline_tensor(x, baseline), n_steps=n_steps,
+                           internal_batch_size=internal_batch_size, method="gausslegendre")
+    elif method == "smoothgrad":
+        nt = NoiseTunnel(Saliency(forward))
+        out = nt.attribute(x, nt_type="smoothgrad", nt_samples=SMOOTHGRAD_SAMPLES, stdevs=SMOOTHGRAD_STDEV_HU,
+                           nt_samples_batch_size=max(1, min(internal_batch_size, SMOOTHGRAD_SAMPLES)), abs=True)
+    elif method == "occlusion":
+        window, strides = occlusion_window(tuple(x.shape[1:]))
+        with torch.no_grad():
+            out = Occlusion(forward).attribute(x, sliding_window_shapes=window, strides=strides, baselines=AIR_HU,
+                                               perturbations_per_eval=internal_batch_size)
+    elif method == "gradcam":
+        layer = model.net.image_encoder.gradcam_layer
+        cam = LayerGradCam(forward, layer).attribute(x, relu_attributions=True)
+        s, r, c = (int(v) for v in x.shape[1:])
+        if cam.dim() == 5:  # 3D encoder: [1, 1, d, h, w]
+            out = F.interpolate(cam.float(), size=(s, r, c), mode="trilinear", align_corners=False)[:, 0]
+        elif cam.dim() == 4:  # 2D encoder: one map per slice [S', 1, h, w]
+            out = F.interpolate(cam.float(), size=(r, c), mode="bilinear", align_corners=False)[:, 0][None]
+        else:
+            raise InputError("gradcam_layer", f"{cam.dim()}D output", "is not a convolution map",
+                             "use saliency or integrated_gradients for this encoder")
+    else:  # pragma: no cover - validated by attribute()
+        raise InputError("method", method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    return out.detach().float().cpu().numpy()[0].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- timeline attributions
+
+
+def _event_time_text(days_before: Any) -> str:
+    """Relative time (never a date): ``"day -12"`` for 12 days before the index date."""
+    d = float(days_before)
+    return "static" if not np.isfinite(d) else f"day -{d:.0f}" if d >= 0.5 else "day 0"
+
+
+def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: float | None = None,
+                       n_steps: int = 32) -> pd.DataFrame:
+    """One row per event token (the rows of ``inputs.events``): code, time, numeric_value,
+    ``days_before_index``, ``score`` (integrated gradients of the risk at the horizon over the event's code, value and time
+    embeddings, from a padding-event baseline; signed, positive raises the risk) and ``attention``
+    (the fusion's weight of the event, ModelOutput.event_weights; NaN when the fusion has none).
+    """
+    import torch
+    from captum.attr import LayerIntegratedGradients
+
+    cols = ["code", "time", "numeric_value", "days_before_index", "score", "attention"]
+    events = inputs.events if inputs.events is not None else pd.DataFrame()
+    net = model.net
+    seq = getattr(net, "seq", None)
+    ehr = inputs.ehr
+    n = int(ehr["codes"].shape[1]) if "codes" in ehr else 0
+    if n == 0 or seq is None or not bool(getattr(net, "has_ehr", True)) or len(events) == 0:
+        return pd.DataFrame(columns=cols)
+    horizon = _check_horizon(model, horizon_days)
+    times = np.asarray(model.times, dtype=float)
+    net.eval()
+    base = _net_batch(inputs)
+    image = base.pop("image", None)
+    with torch.no_grad():
+        if image is not None and net.image_encoder is not None:
+            tokens = net.encode_image(image).detach()
+            base["image_tokens"] = tokens
+            base["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
+            base["n_slices"] = torch.tensor(image.shape[1])
+        out = net(base)
+    weights = out["event_weights"]
+    attention = (weights[0].float().cpu().numpy() if weights is not None else np.full(n, np.nan))[:n]
+    codes = ehr["codes"]
+    values = ehr["values"].float()
+    missing = ehr["value_missing"].float()
+    dt = ehr["dt_days"].float()
+
+    def forward(c: torch.Tensor, v: torch.Tensor, m: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        batch = _expand(base, c.shape[0])
+        batch.update({"codes": c, "values": v, "value_missing": m, "dt_days": d})
+        return risk_at(net(batch)["survival"], times, horizon)
+
+    with warnings.catch_warnings():  # the three embeddings are parallel inputs of the token, not chained
+        warnings.filterwarnings("ignore", message="Multiple layers provided")
+        lig = LayerIntegratedGradients(forward, [seq.code, seq.value, seq.time])
+    baselines = (torch.zeros_like(codes), torch.zeros_like(values), torch.ones_like(missing), torch.zeros_like(dt))
+    parts = lig.attribute((codes, values, missing, dt), baselines=baselines, n_steps=int(n_steps),
+                          internal_batch_size=int(n_steps))
+    score = sum(p.detach().float().sum(dim=-1)[0] for p in parts).cpu().numpy()[:n]
+    ev = events.reset_index(drop=True).iloc[:n]
+    return pd.DataFrame({
+        "code": ev["code"].astype(str).to_numpy(),
+        "time": ev["time"].to_numpy() if "time" in ev else np.full(n, pd.NaT),
+        "numeric_value": pd.to_numeric(ev.get("numeric_value", pd.Series(np.nan, index=ev.index)), errors="coerce").to_numpy(),
+        "days_before_index": dt[0, :n].detach().cpu().numpy().astype(float),
+        "score": score.astype(float),
+        "attention": attention.astype(float),
+    })
+
+
+def top_event_rows(table: pd.DataFrame, k: int = TOP_K) -> list[tuple[int, str, str, float]]:
+    """The ``k`` events with the largest |score| as ``(row, code, time, score)``; time relative to the index date."""
+    if table is None or len(table) == 0:
+        return []
+    order = np.argsort(-np.abs(table["score"].to_numpy(dtype=float)), kind="stable")[:k]
+    return [(int(i), str(table["code"].iloc[i]), _event_time_text(table["days_before_index"].iloc[i]), float(table["score"].iloc[i]))
+            for i in order]
+
+
+# ----------------------------------------------------------------------------- attention maps
+
+
+def attention_summary(output: ModelOutput, n_events: int) -> list[dict[str, Any]]:
+    """Per attention map and head: weight given to each slice and to each event (from ``ModelOutput.attention``).
+
+    ``"ehr<-img"`` ``[B, heads, E_tok, S]``: EHR tokens query slices; per slice the mean over the
+    event queries, per event the total it spent (its row sum, 1) is uninformative, so events get the
+    mean attention they receive in ``"img<-ehr"`` ``[B, heads, S, E_tok]`` (mean over slice queries).
+    Returns ``[{name, head, slices: [S] or None, events: [E] or None}]``.
+    """
+    result: list[dict[str, Any]] = []
+    for name, tensor in (output.attention or {}).items():
+        a = tensor.detach().float().cpu().numpy()
+        if a.ndim == 3:
+            a = a[:, None]
+        if a.ndim != 4:
+            continue
+        for h in range(a.shape[1]):
+            m = a[0, h]
+            slices = events = None
+            if name.startswith("ehr<-img"):
+                q = m[:n_events] if n_events else m
+                slices = q.mean(axis=0)
+            elif name.startswith("img<-ehr"):
+                events = m[:, :n_events].mean(axis=0) if n_events else None
+                slices = None
+            result.append({"name": name, "head": h, "slices": slices, "events": events})
+    return result

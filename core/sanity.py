@@ -1,0 +1,188 @@
+"""Sanity checks of image attributions (Adebayo et al. 2018; the pointing game of Zhang et al. 2016).
+
+* ``cascading_randomization``: re-initialise the network's layers one group at a
+  time from the survival head backwards into the image encoder, and after each
+  step compare the |map| with the trained model's |map| (Spearman rank
+  correlation over the voxels where either map is non-zero: a lung-masked
+  encoder gives exact zeros outside the lungs whatever its weights, and those
+  ties alone would keep the correlation near 1). A method that explains the model must change
+  when the weights it depends on are destroyed: correlations should fall.
+* ``pointing_game``: on test cases with a lesion (demo cohort columns
+  ``lesion_slice, lesion_row, lesion_col, lesion_radius_mm``), a hit when the
+  argmax voxel of the lightly smoothed |map| lies within the lesion radius plus
+  a tolerance of the lesion centre, in mm (voxel spacing).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from core.cohort import Cohort
+    from core.models.types import CaseInputs
+    from core.registry import LoadedModel
+
+LESION_COLUMNS = ("lesion", "lesion_slice", "lesion_row", "lesion_col", "lesion_radius_mm")
+TOLERANCE_MM = 10.0
+SMOOTH_SIGMA_VOXELS = 1.0
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (0.0 when either is constant: no ranking to compare).
+
+    >>> spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 35.0]))
+    1.0
+    >>> spearman(np.array([1.0, 2.0, 3.0]), np.zeros(3))
+    0.0
+    """
+    from scipy.stats import rankdata
+
+    x, y = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    if x.size != y.size:
+        raise InputError("maps", f"{x.size} vs {y.size} voxels", "must have equal size", "attribute the same volume")
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    rx, ry = rankdata(x), rankdata(y)
+    r = float(np.corrcoef(rx, ry)[0, 1])
+    return float(np.clip(r, -1.0, 1.0))
+
+
+def randomization_steps(net: Any) -> list[tuple[str, list[Any]]]:
+    """Layer groups in cascade order, from the head backwards: head, fusion, EHR encoders, image projection,
+    then the image encoder's parameterised layers from the last to the first."""
+    steps: list[tuple[str, list[Any]]] = []
+    for name in ("head", "fusion", "seq", "tab", "ehr_emb_proj", "type_emb", "slice_pos", "image_proj"):
+        mod = getattr(net, name, None)
+        if mod is not None and any(True for _ in mod.parameters()):
+            steps.append((name, [mod]))
+    enc = getattr(net, "image_encoder", None)
+    if enc is not None:
+        leaves = [(n, m) for n, m in enc.named_modules()
+                  if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _norm_types())]
+        for n, m in reversed(leaves):
+            steps.append((f"image_encoder.{n}", [m]))
+    return steps
+
+
+def _norm_types() -> tuple[type, ...]:
+    from torch import nn
+
+    return (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _reinit(modules: list[Any], seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    for top in modules:
+        for m in top.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters) and any(True for _ in m.parameters(recurse=False)):
+                m.reset_parameters()
+            else:
+                for p in m.parameters(recurse=False):
+                    with torch.no_grad():
+                        p.normal_(0.0, 0.02)
+
+
+def cascading_randomization(model: LoadedModel, inputs: CaseInputs | list[CaseInputs], method: str = "saliency",
+                            horizon_days: float | None = None, seed: int = 0) -> tuple[pd.DataFrame, go.Figure]:
+    """Table ``step, layer, spearman`` (mean over cases; step 0 = trained model, 1.0) and a plotly line figure."""
+    import plotly.graph_objects as go
+
+    from core.explain import attribute
+
+    cases = inputs if isinstance(inputs, list) else [inputs]
+    if not cases:
+        raise InputError("inputs", [], "is empty", "pass at least one case with a CT")
+    originals = [np.abs(attribute(model, c, method, horizon_days, None, with_events=False).map) for c in cases]
+    work = dataclasses.replace(model, net=copy.deepcopy(model.net))
+    rows: list[dict[str, Any]] = [{"step": 0, "layer": "trained model", "spearman": 1.0}]
+    for i, (name, mods) in enumerate(randomization_steps(work.net), start=1):
+        _reinit(mods, seed + i)
+        work.net.eval()
+        corr = []
+        for o, c in zip(originals, cases):
+            after = np.abs(attribute(work, c, method, horizon_days, None, with_events=False).map)
+            support = (o > 0) | (after > 0)  # voxels the input lets gradients reach (e.g. inside the lung mask)
+            corr.append(spearman(o[support], after[support]) if support.any() else 0.0)
+        rows.append({"step": i, "layer": name, "spearman": float(np.mean(corr))})
+    table = pd.DataFrame(rows)
+    fig = go.Figure(go.Scatter(x=table["layer"], y=table["spearman"], mode="lines+markers", name=method))
+    fig.update_layout(title={"text": f"Cascading randomization ({method})"}, xaxis_title="layers re-initialised up to",
+                      yaxis_title="Spearman rank correlation of |map|", yaxis={"range": [-1.05, 1.05]},
+                      template="plotly_white", width=760, height=420)
+    return table, fig
+
+
+def pointing_game(model: LoadedModel, cohort: Cohort, method: str = "saliency", horizon_days: float | None = None,
+                  max_cases: int = 10, split: str = "test", tolerance_mm: float = TOLERANCE_MM) -> dict[str, Any]:
+    """``{rate, hits, n, tolerance_mm, cases: [{case, distance_mm, radius_mm, hit}]}`` over lesion cases of ``split``."""
+    from scipy import ndimage
+
+    from core.explain import attribute
+
+    t = cohort.table
+    missing = [c for c in LESION_COLUMNS if c not in t.columns]
+    if missing:
+        raise InputError("cohort", ", ".join(missing), "lesion columns are missing",
+                         "run the pointing game on a cohort with lesion annotations (python -m core demo)")
+    if int(max_cases) < 1:
+        raise InputError("max_cases", max_cases, "must be >= 1", "use e.g. 10")
+    ids = set(cohort.ids(split))
+    rows = t[(t["subject_id"].astype(str).isin(ids)) & (t["lesion"] == 1)].head(int(max_cases))
+    cases: list[dict[str, Any]] = []
+    for n, (_, row) in enumerate(rows.iterrows(), start=1):
+        sid = str(row["subject_id"])
+        vol = cohort.load_volume(sid)
+        if vol is None:
+            continue
+        inputs = model.case_inputs(cohort, sid)
+        amap = np.abs(attribute(model, inputs, method, horizon_days, None, with_events=False).map)
+        smooth = ndimage.gaussian_filter(amap, SMOOTH_SIGMA_VOXELS)
+        peak = np.array(np.unravel_index(int(np.argmax(smooth)), smooth.shape), dtype=float)
+        centre = np.array([row["lesion_slice"], row["lesion_row"], row["lesion_col"]], dtype=float)
+        dist = float(np.linalg.norm((peak - centre) * np.asarray(vol.spacing_mm, dtype=float)))
+        radius = float(row["lesion_radius_mm"])
+        cases.append({"case": n, "distance_mm": round(dist, 2), "radius_mm": radius,
+                      "hit": bool(dist <= radius + tolerance_mm)})
+    hits = sum(c["hit"] for c in cases)
+    return {"method": method, "rate": (hits / len(cases)) if cases else float("nan"), "hits": hits, "n": len(cases),
+            "tolerance_mm": float(tolerance_mm), "cases": cases}
+
+
+def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: str) -> str:
+    """Markdown "Sanity checks" section for MODEL_CARD.md."""
+    lines = ["## Sanity checks", "",
+             f"Method `{method}`. Cascading model-parameter randomization (head backwards; Spearman rank "
+             "correlation of |map| with the trained model's map, mean over cases):", "",
+             "| step | re-initialised up to | Spearman |", "| --- | --- | --- |"]
+    lines += [f"| {int(r.step)} | {r.layer} | {r.spearman:.3f} |" for r in table.itertuples()]
+    rate = pointing.get("rate", float("nan"))
+    lines += ["", f"Pointing game on {pointing.get('n', 0)} test cases with a lesion: {pointing.get('hits', 0)} hits, "
+              f"rate {rate:.2f} (argmax of the smoothed |map| within radius + {pointing.get('tolerance_mm', TOLERANCE_MM):g} mm "
+              "of the lesion centre).", ""]
+    return "\n".join(lines)
+
+
+def append_to_model_card(model_dir: Any, section: str) -> None:
+    """Replace (or add) the "Sanity checks" section of ``MODEL_CARD.md``."""
+    from pathlib import Path
+
+    path = Path(model_dir) / "MODEL_CARD.md"
+    text = path.read_text() if path.exists() else ""
+    if "## Sanity checks" in text:
+        head, _, rest = text.partition("## Sanity checks")
+        nxt = rest.find("\n## ")
+        text = head.rstrip() + "\n\n" + section + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)

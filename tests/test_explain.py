@@ -1,0 +1,194 @@
+"""core.explain, core.sanity and ``python -m core explain|sanity`` on a tiny demo cohort and a 1-epoch model."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.cli import main
+from core.errors import InputError
+
+METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
+
+
+def build_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cohort, model): demo n=40 and a cross-attention model trained 1 epoch; built once per session."""
+    from core.demo import write_demo_cohort
+    from core.train import train_model
+
+    base = tmp_path_factory.getbasetemp() / "explain-demo"
+    cohort, model = base / "cohort", base / "model"
+    if not (model / "config.json").exists():
+        write_demo_cohort(cohort, n=40, seed=0)
+        train_model(cohort, "cross_attention", model, epochs=1, device="cpu", seed=0)
+    return cohort, model
+
+
+@pytest.fixture(scope="session")
+def case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from core.cohort import load_cohort
+    from core.registry import load_model
+
+    cohort_dir, model_dir = build_case(tmp_path_factory)
+    cohort = load_cohort(cohort_dir)
+    model = load_model(model_dir)
+    sid = cohort.ids("test")[0]
+    return {"cohort_dir": cohort_dir, "model_dir": model_dir, "cohort": cohort, "model": model, "sid": sid,
+            "inputs": model.case_inputs(cohort, sid), "volume": cohort.load_volume(sid)}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_per_slice_map_has_volume_shape_and_is_zero_off_the_slice(case: dict, method: str) -> None:
+    from core.explain import attribute
+
+    k = 12
+    a = attribute(case["model"], case["inputs"], method, 365.0, k, n_steps=8)
+    assert a.map.shape == case["volume"].hu.shape and a.map.dtype == np.float32
+    assert np.isfinite(a.map).all()
+    assert np.abs(a.map[k]).max() > 0
+    off = np.delete(a.map, k, axis=0)
+    assert not off.any()
+    assert a.slice_index == k and a.top_slices == [(k, 1.0)]
+    assert a.method == method and a.target == "risk 1 - S(t) at 365 d" and a.horizon_days == 365.0
+
+
+@pytest.mark.parametrize("method", ("saliency", "gradcam"))
+def test_whole_volume_maps(case: dict, method: str) -> None:
+    from core.explain import attribute
+
+    a = attribute(case["model"], case["inputs"], method, 365.0, None)
+    s = case["volume"].hu.shape[0]
+    assert a.map.shape == case["volume"].hu.shape and np.isfinite(a.map).all()
+    assert (np.abs(a.map).sum(axis=(1, 2)) > 0).sum() >= s // 2  # spread over the volume, not one slice
+    assert a.slice_index is None
+    shares = [v for _, v in a.top_slices]
+    assert len(a.top_slices) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6
+
+
+def test_per_slice_saliency_equals_the_whole_volume_gradient_on_that_slice(case: dict) -> None:
+    from core.explain import attribute
+
+    k = 9
+    whole = attribute(case["model"], case["inputs"], "saliency", 365.0, None, with_events=False).map
+    lazy = attribute(case["model"], case["inputs"], "saliency", 365.0, k, with_events=False).map
+    scale = float(np.abs(whole[k]).max())
+    assert scale > 0
+    np.testing.assert_allclose(lazy[k], whole[k], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_risk_target_interpolates_on_the_grid(case: dict) -> None:
+    import torch
+
+    from core.explain import risk_at
+
+    model = case["model"]
+    times = model.times
+    with torch.no_grad():
+        surv = model.forward(case["inputs"]).survival
+    mid = float((times[2] + times[3]) / 2)
+    expected = 1.0 - 0.5 * (float(surv[0, 2]) + float(surv[0, 3]))
+    assert float(risk_at(surv, times, mid)[0]) == pytest.approx(expected, abs=1e-6)
+    assert float(risk_at(surv, times, times[-1] + 1000)[0]) == pytest.approx(1.0 - float(surv[0, -1]), abs=1e-6)
+
+
+def test_bad_arguments_raise_one_line_input_errors(case: dict) -> None:
+    from core.explain import attribute
+
+    with pytest.raises(InputError, match="method: got lime, "):
+        attribute(case["model"], case["inputs"], "lime")
+    with pytest.raises(InputError, match="horizon_days: got -5"):
+        attribute(case["model"], case["inputs"], "saliency", -5)
+    with pytest.raises(InputError, match="slice_index: got 99"):
+        attribute(case["model"], case["inputs"], "saliency", 365, 99)
+    hidden = type(case["inputs"])(**{**case["inputs"].__dict__})
+    import torch
+
+    hidden.image, hidden.image_mask = None, torch.zeros(1)
+    with pytest.raises(InputError, match="image: got not used, "):
+        attribute(case["model"], hidden, "saliency")
+
+
+def test_event_attributions_one_row_per_event(case: dict) -> None:
+    from core.explain import event_attributions, top_event_rows
+
+    table = event_attributions(case["model"], case["inputs"], 365.0, n_steps=16)
+    n = len(case["inputs"].events)
+    assert n > 0 and len(table) == n
+    assert list(table.columns) == ["code", "time", "numeric_value", "days_before_index", "score", "attention"]
+    assert np.isfinite(table["score"]).all() and np.abs(table["score"]).max() > 0
+    assert table["attention"].sum() == pytest.approx(1.0, abs=1e-4)  # event weights sum to 1
+    assert (table["days_before_index"] >= 0).all()
+    top = top_event_rows(table, k=3)
+    assert len(top) == 3 and all(t[2].startswith("day ") for t in top)
+    assert abs(top[0][3]) == pytest.approx(float(np.abs(table["score"]).max()))
+
+
+@pytest.mark.parametrize("suffix", (".png", ".svg", ".pdf"))
+def test_explain_cli_writes_valid_figures_without_the_subject_id(case: dict, tmp_path: Path, suffix: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / f"figure{suffix}"
+    npy = tmp_path / "map.npy"
+    rc = main(["explain", "--model", str(case["model_dir"]), "--cohort", str(case["cohort_dir"]), "--subject", case["sid"],
+               "--method", "gradcam", "--out", str(out), "--slice", "10", "--json", "--save-map", str(npy)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    result = json.loads(stdout)
+    assert {"top_slices", "top_events", "method", "target", "horizon_days", "out"} <= set(result)
+    assert result["method"] == "gradcam" and result["horizon_days"] == 365.0 and result["out"] == str(out)
+    assert result["top_slices"][0][0] == 10
+    assert case["sid"] not in stdout
+    data = out.read_bytes()
+    assert case["sid"].encode() not in data
+    if suffix == ".png":
+        from PIL import Image
+
+        with Image.open(out) as im:
+            assert im.format == "PNG" and im.info["dpi"][0] >= 300 and im.size[0] >= 1000
+    elif suffix == ".svg":
+        root = ET.fromstring(data)
+        assert root.tag.endswith("svg")
+    else:
+        assert data.startswith(b"%PDF")
+    amap = np.load(npy)
+    assert amap.shape == case["volume"].hu.shape and amap[10].any() and not amap[:10].any()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--method", "lime", "--out", "x.png"], "error: method: got lime, is not an attribution method"),
+    (["--method", "saliency", "--out", "x.gif"], "error: out: got x.gif, has an unknown suffix"),
+    (["--method", "saliency", "--out", "x.png", "--subject", "nobody"], "error: subject: got nobody, not in cohort.csv"),
+])
+def test_explain_cli_bad_input_exits_2(case: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       args: list[str], message: str) -> None:
+    base = ["explain", "--model", str(case["model_dir"]), "--cohort", str(case["cohort_dir"]), "--subject", case["sid"]]
+    args = [str(tmp_path / a) if a.startswith("x.") else a for a in args]
+    rc = main(base + args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith(message), err
+
+
+def test_sanity_randomization_and_pointing_game(case: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from core.sanity import spearman
+
+    assert spearman(np.arange(5.0), -np.arange(5.0)) == pytest.approx(-1.0)
+    model_copy = tmp_path / "model"
+    shutil.copytree(case["model_dir"], model_copy)
+    rc = main(["sanity", "--model", str(model_copy), "--cohort", str(case["cohort_dir"]), "--max-cases", "2",
+               "--randomization-cases", "1", "--json", "--update-card"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    corr = [r["spearman"] for r in result["randomization"]]
+    assert corr[0] == 1.0 and all(-1.0 <= c <= 1.0 for c in corr)
+    assert result["randomization"][1]["layer"] == "head"
+    assert any(r["layer"].startswith("image_encoder.") for r in result["randomization"])
+    assert corr[-1] < 0.9  # re-initialising the whole network changes the map
+    assert 0.0 <= result["pointing_rate"] <= 1.0 and 1 <= result["pointing_n"] <= 2
+    card = (model_copy / "MODEL_CARD.md").read_text()
+    assert card.count("## Sanity checks") == 1 and f"{result['pointing_hits']} hits" in card
