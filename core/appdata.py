@@ -52,7 +52,7 @@ FUSIONS: tuple[str, ...] = (
     "coattention_image",
     "coattention_ehr",
 )
-DEFAULT_FUSION = "cross_attention"
+DEFAULT_FUSION = "coattention_image"
 HORIZONS_DAYS: tuple[int, ...] = (30, 365, 1825)
 HORIZON_LABELS: dict[int, str] = {30: "30 days", 365: "1 year", 1825: "5 years"}
 

@@ -107,6 +107,14 @@ def _ci(m: dict, key: str) -> str:
     return f"{v:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
+LUNG_MASK_NOTE = (
+    "- Image preprocessing: each axial slice is restricted to a threshold lung mask (air below -400 HU not "
+    "touching the slice border, plus small enclosed holes such as nodules; computed without gradient), and the "
+    "log soft-tissue area (> -300 HU) inside that mask is one extra input per slice. Nodules touching the "
+    "chest wall or mediastinum can fall outside the mask."
+)
+
+
 def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> str:
     t = cohort.table
     test = metrics.get("test", {})
@@ -127,6 +135,10 @@ def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> 
         f"- Time grid: {len(cfg['edges'])} points from 0 to {cfg['edges'][-1]:.0f} days (training event-time quantiles).",
         "- Image encoder: trained once on the train split with an image-only survival objective, then frozen"
         + (f" (initialised from `{metrics['image_encoder'].get('init')}`)." if metrics.get("image_encoder", {}).get("init") else "."),
+    ]
+    if cfg.get("image", {}).get("lung_mask"):
+        lines.append(LUNG_MASK_NOTE)
+    lines += [
         f"- Uncertainty band: {metrics.get('uncertainty', 'MC dropout')}.",
         "",
         "## Metrics (test split)",

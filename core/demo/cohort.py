@@ -13,11 +13,8 @@ Layout (the BRIEF's cohort format)::
 
 from __future__ import annotations
 
-import os
 import time as _time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,43 +92,13 @@ def cohort_table(lat: pd.DataFrame, voxels: dict[str, tuple[int, int, int] | Non
     return table
 
 
-def _render_one(job: tuple[int, int, pd.Series, str | None]) -> tuple[int, int, int] | None:
-    """Render (and write, when a path is given) one subject's phantom; returns the lesion voxel."""
-    seed, i, row, path = job
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), i, 2]))
-    phantom = render_phantom(row, rng)
-    if path is not None:
-        write_nifti(phantom, Path(path))
-    return phantom.lesion_voxel
-
-
-def _render_all(jobs: list[tuple[int, int, pd.Series, str | None]], workers: int) -> Iterator[tuple[int, int, int] | None]:
-    """Results in job order; several processes when ``workers > 1`` (each subject has its own RNG)."""
-    if workers <= 1 or len(jobs) < 32:
-        yield from map(_render_one, jobs)
-        return
-    # spawn, not fork: the caller may be a multi-threaded server (Streamlit).
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        yield from pool.map(_render_one, jobs, chunksize=8)
-
-
-def default_workers() -> int:
-    """Processes used to render phantoms: the usable cores, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
 def write_demo_cohort(out: Path | str, n: int = DEFAULT_N, seed: int = 0, progress: Progress | None = None,
-                      *, volumes: bool = True, workers: int | None = None) -> Path:
+                      *, volumes: bool = True) -> Path:
     """Write the complete demo cohort to ``out`` and return the folder.
 
     Deterministic for ``(n, seed)``: the same arguments give byte-identical
-    cohort.csv and volumes, whatever the number of ``workers`` (processes that
-    render the phantoms; default :func:`default_workers`). ``volumes=False``
-    skips the CT phantoms (the ``lesion_slice/row/col`` columns are still computed).
+    cohort.csv and volumes. ``volumes=False`` skips the CT phantoms (the
+    ``lesion_slice/row/col`` columns are still computed).
     """
     started = _time.perf_counter()
     out = check_out(Path(out))
@@ -144,11 +111,12 @@ def write_demo_cohort(out: Path | str, n: int = DEFAULT_N, seed: int = 0, progre
 
     voxels: dict[str, tuple[int, int, int] | None] = {}
     total = len(lat) + 2
-    jobs = [(int(seed), i, row, str(studies / f"{row['subject_id']}.nii.gz") if volumes else None)
-            for i, (_, row) in enumerate(lat.iterrows())]
-    n_workers = default_workers() if workers is None else max(1, int(workers))
-    for i, voxel in enumerate(_render_all(jobs, n_workers if volumes else 1)):
-        voxels[jobs[i][2]["subject_id"]] = voxel
+    for i, (_, row) in enumerate(lat.iterrows()):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), i, 2]))
+        phantom = render_phantom(row, rng)
+        voxels[row["subject_id"]] = phantom.lesion_voxel
+        if volumes:
+            write_nifti(phantom, studies / f"{row['subject_id']}.nii.gz")
         report((i + 1) / total, "CT phantoms")
 
     timeline = build_timeline(lat, seed)

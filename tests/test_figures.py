@@ -1,0 +1,175 @@
+"""core.figures: the app's plotly figures and their export (PNG >= 300 dpi, SVG, PDF; no metadata)."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import figures as F
+from core.errors import InputError
+
+ENGINES = ("kaleido", "matplotlib")
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, kinds = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        assert zlib.crc32(kind + body) == struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0]
+        kinds.append(kind)
+        pos += 12 + length
+    return kinds
+
+
+@pytest.fixture(scope="module")
+def volume() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-300, 200, (6, 40, 50)).astype(np.float32)
+    attr = np.zeros_like(hu)
+    attr[3, 10:20, 20:30] = rng.random((10, 10)) + 1.0
+    return hu, attr
+
+
+def test_slice_overlay_has_ct_overlay_colorbar_and_true_aspect(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    hu, attr = volume
+    fig = F.slice_overlay(hu[3], attr[3], window=(-1000, 200), opacity=0.4, spacing_mm=(0.5, 1.0), title="case 1")
+    ct, over = fig.data
+    assert (ct.zmin, ct.zmax, ct.showscale) == (-1000.0, 200.0, False)
+    assert np.asarray(ct.z).min() >= -1000 and np.asarray(ct.z).max() <= 200  # windowed
+    assert over.opacity == 0.4 and over.showscale is True and over.colorbar.title.text == "attribution"
+    z = np.asarray(over.z)
+    assert z.max() == pytest.approx(1.0) and z.min() == 0.0 and z[:10].max() == 0.0
+    assert (ct.dx, ct.dy) == (1.0, 0.5)  # col, row spacing in mm
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]
+    assert F.slice_overlay(hu[0], None, window=(-500, 500)).data[0].name == "CT"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"attribution_slice": np.zeros((3, 3))}, "attribution_slice: got shape (3, 3), must match the slice (40, 50)"),
+    ({"window": (100, -100)}, "window: got (100, -100), needs finite lo < hi"),
+    ({"opacity": 1.5}, "opacity: got 1.5, must be within 0..1"),
+    ({"spacing_mm": (0, 1)}, "spacing_mm: got (0, 1), must be positive (row, col) mm"),
+])
+def test_slice_overlay_rejects_bad_input(volume: tuple[np.ndarray, np.ndarray], kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        F.slice_overlay(volume[0][0], **({"attribution_slice": None} | kwargs))
+    bad = volume[0][0].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="slice_hu: got NaN/inf values, must be finite"):
+        F.slice_overlay(bad)
+
+
+def test_survival_figure_steps_band_cohort_and_horizon_risks() -> None:
+    t = np.array([10.0, 100.0, 400.0, 2000.0])
+    s = np.array([0.95, 0.8, 0.6, 0.3])
+    fig = F.survival_figure(t, s, s - 0.1, np.minimum(s + 0.1, 1), cohort_km=(t, s + 0.02, s - 0.05, s + 0.05))
+    names = [tr.name for tr in fig.data]
+    assert names == ["cohort Kaplan-Meier upper", "cohort Kaplan-Meier band", "cohort Kaplan-Meier",
+                     "this case upper", "this case band", "this case"]
+    case = fig.data[-1]
+    assert case.line.shape == "hv" and list(case.x)[:2] == [0.0, 10.0] and list(case.y)[0] == 1.0
+    assert fig.data[-2].fill == "tonexty"
+    texts = [a.text for a in fig.layout.annotations]
+    # step reading: S(30) = 0.95, S(365) = 0.8, S(1825) = 0.6
+    assert texts == ["30 d: risk 5%", "1 y: risk 20%", "5 y: risk 40%"]
+    with pytest.raises(InputError, match="survival: got 4 times vs 3 values"):
+        F.survival_figure(t, s[:3])
+
+
+def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    t = np.array([10.0, 100.0, 400.0])
+    fig = F.survival_compare_figure({"concat": (t, [0.9, 0.8, 0.7], None, None),
+                                     "cross_attention": (t, [0.95, 0.85, 0.6], [0.9, 0.8, 0.5], [1, 0.9, 0.7])})
+    assert [tr.name for tr in fig.data if tr.showlegend is not False] == ["concat", "cross_attention"]
+    heat = F.attention_heatmap(np.full((2, 4), 0.25), ["layer 1 head 1", "layer 1 head 2"], ["a", "b", "c", "d"])
+    assert np.asarray(heat.data[0].z).shape == (2, 4) and list(heat.layout.yaxis.ticktext) == ["layer 1 head 1", "layer 1 head 2"]
+    with pytest.raises(InputError, match=re.escape("labels: got 1 x 4, must match weights (2, 4)")):
+        F.attention_heatmap(np.ones((2, 4)), ["only one"])
+    strip = F.slice_strip(np.array([0.1, 0.5, 0.4]), selected=1)
+    assert list(strip.data[0].marker.color) == [F.PALETTE[0], F.PALETTE[1], F.PALETTE[0]]
+    hu, attr = volume
+    mont = F.montage(hu, attr, [1, 3, 5], spacing_mm=(3.0, 0.5, 1.0), cols=2)
+    assert len(mont.data) == 6 and [a.text for a in mont.layout.annotations] == ["slice 1", "slice 3", "slice 5"]
+    assert sum(1 for tr in mont.data if tr.name == "attribution" and tr.showscale) == 1
+    assert np.asarray(mont.data[3].z).max() == pytest.approx(1.0)  # slice 3 carries the map
+    with pytest.raises(InputError, match="slices: got 6, is outside 0..5"):
+        F.montage(hu, attr, [6])
+
+
+def test_timeline_figure_uses_relative_days_and_marks_top_events() -> None:
+    index = pd.Timestamp("2031-05-01")
+    events = pd.DataFrame({
+        "time": [index - pd.Timedelta(days=d) for d in (400, 100, 30, 2)],
+        "code": ["DIAGNOSIS//ICD10//C34", "LAB//hgb", "LAB//crp", "MEDICATION//x"],
+        "numeric_value": [np.nan, 11.5, 80.0, np.nan],
+    })
+    fig = F.timeline_figure(events, np.array([0.5, -0.1, 2.0, 0.0]), index, top_k=2)
+    allx = np.asarray(fig.data[0].x, dtype=float)
+    assert allx.tolist() == [-400.0, -100.0, -30.0, -2.0]
+    top = fig.data[1]
+    assert np.asarray(top.x, dtype=float).tolist() == [-30.0, -400.0] and list(top.text) == ["LAB//crp", "DIAGNOSIS//ICD10//C34"]
+    assert list(fig.layout.yaxis.ticktext) == ["DIAGNOSIS", "LAB", "MEDICATION"]
+    dump = json.dumps(fig.to_plotly_json(), default=str)
+    assert "2031" not in dump and "2030" not in dump  # no dates anywhere in the figure
+    with pytest.raises(InputError, match="attributions: got 3 values, must have one per event"):
+        F.timeline_figure(events, np.ones(3), index)
+
+
+def test_caption_and_safe_filename() -> None:
+    text = F.caption_text(model="demo", fusion="concat", method="gradcam", horizon_days=365, slice_index=4,
+                          window="lung")
+    assert text == "model demo | fusion concat | method gradcam | target risk 1 - S(t) at 365 d | slice 4 | window lung"
+    assert F.safe_filename("../../etc/passwd", "png") == "etc_passwd.png"
+    assert F.safe_filename("", ".PDF") == "figure.pdf"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("suffix", (".png", ".svg", ".pdf"))
+def test_export_writes_valid_files_without_metadata(volume: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, engine: str, suffix: str) -> None:
+    monkeypatch.setenv("CORE_EXPORT_ENGINE", engine)
+    hu, attr = volume
+    fig = F.slice_overlay(hu[3], attr[3], window=(-1000, 200), spacing_mm=(0.5, 1.0), title="case 1")
+    caption = F.caption_text(model="demo", method="saliency", horizon_days=365, slice_index=3, window=(-1000, 200))
+    out = F.export(fig, tmp_path / f"case_1{suffix}", caption=caption)
+    data = out.read_bytes()
+    if suffix == ".png":
+        from PIL import Image
+
+        with Image.open(out) as im:
+            assert im.info["dpi"][0] >= 300 and im.info["dpi"][1] >= 300
+            width_in = (fig.layout.width or 700) / 96
+            assert im.size[0] >= int(width_in * 300) - 2  # pixels for the physical width at 300 dpi
+        kinds = png_chunks(data)
+        assert b"pHYs" in kinds and not {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"} & set(kinds)
+    elif suffix == ".svg":
+        root = ET.fromstring(data)
+        assert root.tag.endswith("svg") and b"<metadata" not in data
+        assert b"target risk 1 - S(t) at 365 d" in data  # the caption is in the figure
+    else:
+        assert data.startswith(b"%PDF") and data.rstrip().endswith(b"%%EOF")
+        for key in (b"Author", b"Title", b"Creator", b"Producer"):
+            m = re.search(rb"/" + key + rb"\s*\(([^)]*)\)", data)
+            assert m is None or m.group(1).strip() == b"", key
+        assert b"Kaleido" not in data and b"Matplotlib" not in data
+
+
+def test_export_rejects_unknown_suffix_low_dpi_and_missing_folder(tmp_path: Path) -> None:
+    fig = F.slice_strip(np.ones(3))
+    with pytest.raises(InputError, match="out: got f.gif, has an unknown suffix; fix: end the file name in .png, .svg or .pdf"):
+        F.export(fig, tmp_path / "f.gif")
+    with pytest.raises(InputError, match="dpi: got 150, is below 300"):
+        F.export(fig, tmp_path / "f.png", dpi=150)
+    with pytest.raises(InputError, match="folder does not exist"):
+        F.export(fig, tmp_path / "nope" / "f.png")
