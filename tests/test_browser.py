@@ -133,9 +133,17 @@ def go(pg: object, title: str) -> None:
 
 def choose(pg: object, label: str, option: str) -> None:
     box = pg.locator('[data-testid="stSelectbox"]').filter(has_text=label).first  # type: ignore[attr-defined]
-    box.locator('div[data-baseweb="select"]').click()
-    pg.locator('li[role="option"]').filter(has_text=option).first.click()  # type: ignore[attr-defined]
+    # streamlit 1.67 renders a react-aria combobox (older versions a baseweb select)
+    box.locator('[role="combobox"], div[data-baseweb="select"]').first.click()
+    pg.locator('[role="option"]').filter(has_text=option).first.click()  # type: ignore[attr-defined]
     settle(pg)
+
+
+def selected(pg: object, label: str) -> str:
+    """The shown value of a select box (the combobox input's value, or the box's text)."""
+    box = pg.locator('[data-testid="stSelectbox"]').filter(has_text=label).first  # type: ignore[attr-defined]
+    combo = box.locator('[role="combobox"]')
+    return combo.first.input_value() if combo.count() else box.inner_text()
 
 
 def axial_title(pg: object) -> str:
@@ -150,7 +158,7 @@ def test_case_review_viewer_interactions(page: object) -> None:
     shot(pg, "case_review")
     before = axial_title(pg)
     n = int(re.search(r"axial (\d+)/(\d+)", before).group(1))
-    slider = pg.locator('[data-testid="stSlider"]').filter(has_text="Axial slice").locator('[role="slider"]')  # type: ignore[attr-defined]
+    slider = pg.locator('[data-testid="stSlider"]').filter(has_text="Axial slice").locator('[role="slider"], input[type="range"]')  # type: ignore[attr-defined]
     slider.focus()
     slider.press("ArrowRight" if n < int(re.search(r"/(\d+)", before).group(1)) else "ArrowLeft")
     settle(pg)
@@ -158,7 +166,7 @@ def test_case_review_viewer_interactions(page: object) -> None:
     assert after != before
     # window preset
     choose(pg, "Window", "Lung")
-    assert "Lung" in pg.locator('[data-testid="stSelectbox"]').filter(has_text="Window").first.inner_text()  # type: ignore[attr-defined]
+    assert "Lung" in selected(pg, "Window")
     # saliency toggle: a second heatmap (the overlay) and its colour bar appear
     heatmaps_before = pg.locator('[data-testid="stPlotlyChart"]').first.locator(".hm, image").count()  # type: ignore[attr-defined]
     pg.get_by_text("Saliency overlay").click()  # type: ignore[attr-defined]
