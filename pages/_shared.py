@@ -256,13 +256,16 @@ def sidebar() -> None:
 @st.cache_resource(show_spinner="Predicting the demo cohort...", max_entries=16)
 def _demo_reference(model_name: str, model_dir: str, stamp: float) -> dict:
     """Cohort KM and risk-group KM curves of the synthetic demo cohort (not patient data)."""
-    return appdata.reference_curves(_load_model(model_dir, stamp, appdata.device_name()), demo_cohort())
+    cohort = demo_cohort()
+    return appdata.reference_curves(_load_model(model_dir, stamp, appdata.device_name()), cohort,
+                                    appdata.reference_ids(cohort))
 
 
 def reference_curves(model_name: str) -> dict:
     path = available_models()[model_name]
     if model_name in st.session_state.get("trained_models", {}):
-        return memo(("reference", str(path)), lambda: appdata.reference_curves(model_by_name(model_name), demo_cohort()))
+        return memo(("reference", str(path)), lambda: appdata.reference_curves(
+            model_by_name(model_name), demo_cohort(), appdata.reference_ids(demo_cohort())))
     return _demo_reference(model_name, str(path), _stamp(path))
 
 

@@ -158,7 +158,7 @@ with right:
         fig.update_layout(width=None, height=420)
         st.plotly_chart(fig, width="stretch", key="survival_fig")
         st.caption(
-            f"Grey: Kaplan-Meier of the demo cohort ({reference['n']} patients). Green: Kaplan-Meier of the "
+            f"Grey: Kaplan-Meier of {reference['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
             f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
             f"under {model_name}."
         )
