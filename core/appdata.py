@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.errors import InputError
+from core.models import FUSIONS  # names only: core.models does not import torch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,15 +44,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 Progress = Callable[[float, str], None]
 
-FUSIONS: tuple[str, ...] = (
-    "image_only",
-    "ehr_only",
-    "concat",
-    "contrastive",
-    "cross_attention",
-    "coattention_image",
-    "coattention_ehr",
-)
 DEFAULT_FUSION = "coattention_image"
 HORIZONS_DAYS: tuple[int, ...] = (30, 365, 1825)
 HORIZON_LABELS: dict[int, str] = {30: "30 days", 365: "1 year", 1825: "5 years"}

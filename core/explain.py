@@ -129,17 +129,6 @@ def risk_at(survival: torch.Tensor, times: np.ndarray, horizon_days: float) -> t
 # ----------------------------------------------------------------------------- batches
 
 
-def _net_batch(inputs: CaseInputs) -> dict[str, Any]:
-    """The SurvivalNet batch dictionary of a case (see core.models.net)."""
-    batch: dict[str, Any] = {"image_present": inputs.image_mask.float()}
-    if inputs.image is not None:
-        batch["image"] = inputs.image
-    if inputs.image_embedding is not None:
-        batch["image_embedding"] = inputs.image_embedding
-    batch.update(inputs.ehr)
-    return batch
-
-
 def _expand(batch: dict[str, Any], b: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in batch.items():
@@ -193,7 +182,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     net = model.net
     net.eval()
     times = np.asarray(model.times, dtype=float)
-    base_batch = _net_batch(inputs)
+    base_batch = model.net_batch(inputs)
     base_batch.pop("image", None)
 
     if per_slice:
@@ -340,7 +329,7 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
     horizon = _check_horizon(model, horizon_days)
     times = np.asarray(model.times, dtype=float)
     net.eval()
-    base = _net_batch(inputs)
+    base = model.net_batch(inputs)
     image = base.pop("image", None)
     with torch.no_grad():
         if image is not None and net.image_encoder is not None:

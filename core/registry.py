@@ -221,7 +221,8 @@ class LoadedModel:
         return CaseInputs(image=image, image_mask=torch.tensor([present], device=self.device), ehr=ehr, events=events,
                           image_embedding=image_emb, subject_id=sid, feature_names=cols)
 
-    def _batch(self, inputs: CaseInputs) -> dict[str, torch.Tensor]:
+    def net_batch(self, inputs: CaseInputs) -> dict[str, torch.Tensor]:
+        """The network's batch dictionary of a case (``core.models.net.SurvivalNet.forward``)."""
         batch: dict[str, torch.Tensor] = {"image_present": inputs.image_mask.float().to(self.device)}
         if inputs.image is not None:
             batch["image"] = inputs.image
@@ -237,7 +238,7 @@ class LoadedModel:
     def forward(self, inputs: CaseInputs) -> ModelOutput:
         """Differentiable forward pass (eval mode); gradients reach ``inputs.image``."""
         self.net.eval()
-        return self._output(self.net(self._batch(inputs)))
+        return self._output(self.net(self.net_batch(inputs)))
 
     def modalities_used(self, inputs: CaseInputs) -> list[str]:
         used = []
@@ -257,7 +258,7 @@ class LoadedModel:
     def predict_case(self, inputs: CaseInputs, horizons: tuple[int, ...] = HORIZONS, n_samples: int = MC_SAMPLES) -> CasePrediction:
         net = self.net
         net.eval()
-        batch = self._batch(inputs)
+        batch = self.net_batch(inputs)
         with torch.no_grad():
             point = net(batch)
             if "image" in batch and net.image_encoder is not None:  # type: ignore[attr-defined]
