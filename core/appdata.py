@@ -452,18 +452,39 @@ def reference_ids(cohort: Cohort) -> list[str] | None:
     return list(test) if test else None
 
 
-def reference_curves(model: object, cohort: Cohort, ids: Sequence[str] | None = None, groups: int = 3) -> dict:
+def _cached_predictions(model: object, cohort: Cohort, ids: list[str], cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``predict_cohort`` of the synthetic demo, kept in ``cache`` (an .npz) for later server starts.
+
+    The file is reused only for the same subject ids; it holds no patient data (demo only).
+    """
+    from core.predict import predict_cohort
+
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as saved:
+            if saved["ids"].tolist() == ids:
+                return saved["times"], saved["surv"]
+    times, surv = predict_cohort(model, cohort, ids)  # type: ignore[arg-type]
+    if cache is not None:
+        tmp = cache.with_suffix(".partial.npz")
+        np.savez(tmp, ids=np.asarray(ids, dtype=str), times=np.asarray(times, dtype=float),
+                 surv=np.asarray(surv, dtype=float))
+        tmp.replace(cache)
+    return np.asarray(times, dtype=float), np.asarray(surv, dtype=float)
+
+
+def reference_curves(model: object, cohort: Cohort, ids: Sequence[str] | None = None, groups: int = 3,
+                     cache: Path | None = None) -> dict:
     """Cohort Kaplan-Meier and the KM curves of predicted risk groups under ``model``.
 
     Returns ``{"cohort_km": (t, s, lo, hi), "groups": [...km_by_risk_group groups...],
     "logrank_p", "n", "events"}``. Risk is ``core.evaluate.risk_from_survival`` of the
-    model's curves, the same score :func:`risk_group_of` uses for one case.
+    model's curves, the same score :func:`risk_group_of` uses for one case. ``cache``
+    (demo models only) keeps the predictions on disk between server starts.
     """
     from core.evaluate import kaplan_meier, km_by_risk_group, risk_from_survival
-    from core.predict import predict_cohort
 
     chosen = list(ids) if ids is not None else cohort.ids()
-    times, surv = predict_cohort(model, cohort, chosen)  # type: ignore[arg-type]
+    times, surv = _cached_predictions(model, cohort, chosen, cache)
     risk = risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv, dtype=float))
     table = cohort.table.set_index("subject_id").loc[chosen]
     time = table["time"].to_numpy(dtype=float)

@@ -258,7 +258,7 @@ def _demo_reference(model_name: str, model_dir: str, stamp: float) -> dict:
     """Cohort KM and risk-group KM curves of the synthetic demo cohort (not patient data)."""
     cohort = demo_cohort()
     return appdata.reference_curves(_load_model(model_dir, stamp, appdata.device_name()), cohort,
-                                    appdata.reference_ids(cohort))
+                                    appdata.reference_ids(cohort), cache=Path(model_dir) / "reference_predictions.npz")
 
 
 def reference_curves(model_name: str) -> dict:

@@ -223,3 +223,26 @@ def test_shipped_models_are_installed_instead_of_trained(data_dir: Path, tmp_pat
     other = tmp_path / "other"
     appdata.ensure_demo(other, fusions=("ehr_only",), epochs=1, shipped=shipped)
     assert appdata.demo_build_info(other)["trained_here"] == ["ehr_only"]
+
+
+def test_reference_predictions_are_kept_on_disk(data_dir: Path, tmp_path: Path) -> None:
+    """The demo's reference curves are predicted once and read back on later server starts."""
+    from core.cohort import load_cohort
+    from core.registry import load_model
+
+    paths = appdata.demo_paths(data_dir)
+    cohort = load_cohort(paths.cohort)
+    model = load_model(paths.models / "ehr_only")
+    ids = appdata.reference_ids(cohort)
+    assert ids == cohort.ids("test")
+    cache = tmp_path / "reference_predictions.npz"
+    first = appdata.reference_curves(model, cohort, ids, cache=cache)
+    assert cache.is_file()
+    with np.load(cache) as saved:
+        assert saved["ids"].tolist() == ids and saved["surv"].shape == (len(ids), len(model.times))
+    again = appdata.reference_curves(model, cohort, ids, cache=cache)
+    np.testing.assert_array_equal(first["risk"], again["risk"])
+    other = appdata.reference_curves(model, cohort, ids[:-1], cache=cache)  # other ids: predicted anew
+    assert other["n"] == len(ids) - 1
+    with np.load(cache) as saved:
+        assert saved["ids"].tolist() == ids[:-1]
