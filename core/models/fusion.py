@@ -43,6 +43,8 @@ is dropped from the displayed weights).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass, field
 
 import torch
@@ -110,15 +112,16 @@ def _key_weights(attn: torch.Tensor, query_weights: torch.Tensor, key_mask: torc
     return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-class Fusion(nn.Module):
+class Fusion(nn.Module, ABC):
     """Base class: ``forward(img, img_mask, ehr, ehr_mask) -> FusionOut``; ``out_dim`` for the head."""
 
     out_dim: int
     uses_image: bool = True
     uses_ehr: bool = True
 
+    @abstractmethod
     def forward(self, img: torch.Tensor, img_mask: torch.Tensor, ehr: torch.Tensor, ehr_mask: torch.Tensor) -> FusionOut:
-        raise NotImplementedError
+        """Fuse the two token sets (each strategy defines this)."""
 
     def image_pool(self) -> AttentionPool | None:
         """The pooling that summarises the image tokens on their own (warm-started from the image stage)."""

@@ -23,6 +23,8 @@ others (a restricted-mean summary of the whole curve, in [0, 1]).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,7 +55,7 @@ def interval_index(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return idx.clamp(0, len(edges) - 2)
 
 
-class SurvivalHead(nn.Module):
+class SurvivalHead(nn.Module, ABC):
     kind: str = ""
 
     def __init__(self, in_dim: int, edges: np.ndarray) -> None:
@@ -61,8 +63,9 @@ class SurvivalHead(nn.Module):
         self.register_buffer("edges", torch.as_tensor(np.asarray(edges), dtype=torch.float32))
         self.n = len(edges) - 1
 
+    @abstractmethod
     def survival(self, raw: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """S(t) on the grid ``edges`` from the head's raw output (each head defines this)."""
 
     def interval_rates(self, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Life-table events ``d_j``, at-risk ``n_j`` and exposure (days) per interval on training data."""
@@ -77,8 +80,9 @@ class SurvivalHead(nn.Module):
     def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
         """Start from the population's life-table hazard (calibrated curves from the first epoch)."""
 
+    @abstractmethod
     def nll(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Mean negative log-likelihood of right-censored times (each head defines this)."""
 
     def risk(self, raw: torch.Tensor, surv: torch.Tensor) -> torch.Tensor:
         widths = self.edges[1:] - self.edges[:-1]
