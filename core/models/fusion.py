@@ -132,8 +132,10 @@ class Fusion(nn.Module, ABC):
         return None
 
 
-class ImageOnly(Fusion):
-    uses_ehr = False
+class _SingleModality(Fusion):
+    """Attention pooling over one modality's tokens, then an MLP; the other modality is ignored."""
+
+    side = "image"
 
     def __init__(self, dim: int, dropout: float = 0.1, heads: int = 2) -> None:
         super().__init__()
@@ -142,22 +144,21 @@ class ImageOnly(Fusion):
         self.out_dim = dim
 
     def forward(self, img, img_mask, ehr, ehr_mask):  # type: ignore[override]
-        h, w = self.pool(img, img_mask)
-        return FusionOut(self.mlp(h), w, None)
-
-
-class EHROnly(Fusion):
-    uses_image = False
-
-    def __init__(self, dim: int, dropout: float = 0.1, heads: int = 2) -> None:
-        super().__init__()
-        self.pool = AttentionPool(dim)
-        self.mlp = _mlp(dim, dim, dropout)
-        self.out_dim = dim
-
-    def forward(self, img, img_mask, ehr, ehr_mask):  # type: ignore[override]
+        if self.side == "image":
+            h, w = self.pool(img, img_mask)
+            return FusionOut(self.mlp(h), w, None)
         h, w = self.pool(ehr, ehr_mask)
         return FusionOut(self.mlp(h), None, w)
+
+
+class ImageOnly(_SingleModality):
+    side = "image"
+    uses_ehr = False
+
+
+class EHROnly(_SingleModality):
+    side = "ehr"
+    uses_image = False
 
 
 class Concat(Fusion):
