@@ -224,3 +224,17 @@ def test_lung_mask_and_warm_started_image_path(models: dict[str, Path], tiny_coh
     grad = inputs.image.grad[0].abs().numpy()
     lung = lung_mask(inputs.image.detach()[0].numpy())
     assert lung.sum() > 100 and grad[~lung].sum() == 0.0 and grad[lung].sum() > 0.0
+
+
+@pytest.mark.slow
+def test_compare_cli_ehr_encoder(tiny_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`compare --ehr-encoder tabular` trains every listed strategy on features.csv only."""
+    rc = cli_main(["compare", "--cohort", str(tiny_cohort), "--out", str(tmp_path / "cmp"), "--fusions", "ehr_only",
+                   "--ehr-encoder", "tabular", "--epochs", "2", "--device", "cpu", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["fusion"] for r in out["rows"]] == ["ehr_only"]
+    cfg = json.loads((tmp_path / "cmp" / "ehr_only" / "config.json").read_text())
+    assert cfg["ehr"]["tabular"] is not None and cfg["ehr"]["sequence"] is None
+    assert cli_main(["compare", "--cohort", str(tiny_cohort), "--ehr-encoder", "pixels"]) == 2
+    assert "invalid choice: 'pixels'" in capsys.readouterr().err
