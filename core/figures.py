@@ -370,8 +370,10 @@ def survival_figure(
         if t[0] <= h <= t[-1] * 1.5:
             risk = 1.0 - survival_at(t, s, float(h))
             fig.add_vline(x=float(h), line={"dash": "dot", "color": "rgb(150,150,150)", "width": 1})
-            fig.add_annotation(x=float(h), y=1.02, yref="y", text=f"{_horizon_label(h)}: risk {risk:.0%}",
-                               showarrow=False, font={"size": 11}, xanchor="left")
+            # written up the dotted line, so the 30-day and 1-year labels cannot run into each other
+            fig.add_annotation(x=float(h), y=0.03, yref="y", text=f"{_horizon_label(h)}: risk {risk:.0%}",
+                               showarrow=False, font={"size": 11}, textangle=-90, xanchor="left", yanchor="bottom",
+                               xshift=2, bgcolor="rgba(255,255,255,0.75)")
     fig.update_layout(
         title={"text": title} if title else None, xaxis_title="days from index date", yaxis_title="survival S(t)",
         yaxis={"range": [0, 1.08]}, template="plotly_white", width=720, height=430,

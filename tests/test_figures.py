@@ -83,6 +83,8 @@ def test_survival_figure_steps_band_cohort_and_horizon_risks() -> None:
     texts = [a.text for a in fig.layout.annotations]
     # step reading: S(30) = 0.95, S(365) = 0.8, S(1825) = 0.6
     assert texts == ["30 d: risk 5%", "1 y: risk 20%", "5 y: risk 40%"]
+    # vertical labels along each horizon line: no two overlap however close 30 d and 1 y are
+    assert [a.textangle for a in fig.layout.annotations] == [-90, -90, -90]
     with pytest.raises(InputError, match="survival: got 4 times vs 3 values"):
         F.survival_figure(t, s[:3])
 
