@@ -10,7 +10,7 @@ HELP = "train every fusion strategy and write a comparison table"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.models import FUSIONS, HEADS
+    from core.models import EHR_ENCODER_CHOICES, FUSIONS, HEADS
 
     parser.add_argument("--cohort", required=True, type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default <cohort>/comparison)")
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--image-encoder", type=Path, default=None)
-    parser.add_argument("--ehr-encoder", default="auto", choices=("auto", "sequence", "tabular", "embedding"),
+    parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES,
                         help="EHR input of every strategy (default auto: all the cohort has)")
     parser.add_argument("--json", action="store_true")
 

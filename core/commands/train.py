@@ -10,7 +10,7 @@ HELP = "train a fusion survival model on a cohort"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.models import FUSIONS, HEADS
+    from core.models import EHR_ENCODER_CHOICES, FUSIONS, HEADS
 
     parser.add_argument("--cohort", required=True, type=Path, help="cohort folder (cohort.csv, studies, timeline, features)")
     parser.add_argument("--fusion", required=True, choices=FUSIONS, help="fusion strategy")
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--image-encoder", type=Path, default=None, help="pretrained encoder folder (python -m core pretrain)")
     parser.add_argument("--image-encoder-kind", default="auto", choices=("auto", "2d", "3d", "embedding", "none"))
-    parser.add_argument("--ehr-encoder", default="auto", choices=("auto", "sequence", "tabular", "embedding"))
+    parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES)
     parser.add_argument("--json", action="store_true", help="print metrics as one JSON object")
 
 

@@ -29,3 +29,5 @@ FUSIONS: tuple[str, ...] = (
 HEADS: tuple[str, ...] = ("discrete", "pwe", "cox")
 IMAGE_ENCODERS: tuple[str, ...] = ("2d", "3d", "embedding", "none")
 EHR_ENCODERS: tuple[str, ...] = ("auto", "sequence", "tabular", "embedding", "none")
+# what --ehr-encoder accepts on the command line ("none" is internal: image_only trains without EHR)
+EHR_ENCODER_CHOICES: tuple[str, ...] = tuple(e for e in EHR_ENCODERS if e != "none")
