@@ -321,7 +321,8 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
     cols = ["code", "time", "numeric_value", "days_before_index", "score", "attention"]
     events = inputs.events if inputs.events is not None else pd.DataFrame()
     net = model.net
-    seq = getattr(net, "seq", None)
+    seqs = [getattr(m, "seq", None) for m in getattr(net, "members", [net])]
+    seq = seqs[0]
     ehr = inputs.ehr
     n = int(ehr["codes"].shape[1]) if "codes" in ehr else 0
     if n == 0 or seq is None or not bool(getattr(net, "has_ehr", True)) or len(events) == 0:
@@ -352,7 +353,7 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
 
     with warnings.catch_warnings():  # the three embeddings are parallel inputs of the token, not chained
         warnings.filterwarnings("ignore", message="Multiple layers provided")
-        lig = LayerIntegratedGradients(forward, [seq.code, seq.value, seq.time])
+        lig = LayerIntegratedGradients(forward, [layer for s in seqs for layer in (s.code, s.value, s.time)])
     baselines = (torch.zeros_like(codes), torch.zeros_like(values), torch.ones_like(missing), torch.zeros_like(dt))
     parts = lig.attribute((codes, values, missing, dt), baselines=baselines, n_steps=int(n_steps),
                           internal_batch_size=int(n_steps))

@@ -1,8 +1,9 @@
 """Individual predictions: one subject (the BRIEF's predict JSON) or a batch for evaluation.
 
 ``predict_subject`` returns ``times`` (days, increasing, starting at 0),
-``survival`` (non-increasing, in [0, 1]), ``lower``/``upper`` (MC-dropout band,
-``lower <= survival <= upper``), ``risk_at`` {30, 365, 1825} (1 - S at the
+``survival`` (non-increasing, in [0, 1]), ``lower``/``upper`` (the band:
+range of the ensemble's members, or MC dropout for a single network, as
+``uncertainty`` says; ``lower <= survival <= upper``), ``risk_at`` {30, 365, 1825} (1 - S at the
 horizon, read from the step curve; a horizon past the grid reads the last grid
 value and is listed in ``beyond_grid``), ``risk`` and ``modalities_used``.
 """
@@ -38,7 +39,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         "beyond_grid": [int(h) for h in horizons if h > p.times[-1]],
         "risk": round(p.risk, 6),
         "modalities_used": p.modalities_used,
-        "uncertainty": "mc_dropout",
+        "uncertainty": "ensemble" if model.ensemble_size > 1 else "mc_dropout",
+        "ensemble_size": model.ensemble_size,
         "top_slices": top_slices,
         "n_events_used": int(len(inputs.events)),
     }

@@ -13,9 +13,13 @@ is a pickle (``torch.save``) is refused with a one-line ``InputError``.
 
 ``LoadedModel`` is the model API of docs/CONTRACTS.md: ``case_inputs``,
 ``forward`` (differentiable w.r.t. ``inputs.image``) and ``predict_case``
-(survival curve with an MC-dropout band: 30 stochastic passes with dropout on,
-the 5th-95th percentile per time point, widened where needed so that
-``lower <= survival <= upper``).
+(survival curve with an uncertainty band, widened where needed so that
+``lower <= survival <= upper``). A model trained as an ensemble of seeds
+(``config["ensemble"] = K > 1``, the default of ``train``) shows the mean of the
+members' curves and, as the band, their range (lowest to highest member). A
+single network (``--ensemble 1``, and models saved before ensembles existed) uses
+MC dropout: 30 stochastic passes with dropout on, the 5th-95th percentile per
+time point.
 """
 
 from __future__ import annotations
@@ -189,6 +193,16 @@ class LoadedModel:
     def fusion(self) -> str:
         return str(self.config["fusion"])
 
+    @property
+    def ensemble_size(self) -> int:
+        return int(self.config.get("ensemble", 1) or 1)
+
+    @property
+    def uncertainty(self) -> str:
+        """How the band is made, in words (figures, reports)."""
+        k = self.ensemble_size
+        return f"range of an ensemble of {k} seeds" if k > 1 else "MC dropout, 5th-95th percentile"
+
     def case_inputs(self, cohort: Cohort, subject_id: str) -> CaseInputs:
         """Inputs for one subject of ``cohort`` (image on its Volume grid, pre-index events only)."""
         from core.models.ehr_sequence import EventVocabulary
@@ -266,17 +280,22 @@ class LoadedModel:
                 batch["image_tokens"] = tokens
                 batch["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
                 batch["n_slices"] = torch.tensor(inputs.image.shape[1])  # type: ignore[union-attr]
-            rep = {k: (v.expand(n_samples, *v.shape[1:]) if v.dim() > 0 else v) for k, v in batch.items()}
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                for m in net.modules():
-                    if isinstance(m, torch.nn.Dropout):
-                        m.train()
-                samples = net(rep)["survival"].float().cpu().numpy()
-                net.eval()
+            if "member_survival" in point:  # ensemble of seeds: the band is the range of the members' curves
+                samples = point["member_survival"][:, 0].float().cpu().numpy()
+                q = (0.0, 1.0)
+            else:  # MC dropout
+                rep = {k: (v.expand(n_samples, *v.shape[1:]) if v.dim() > 0 else v) for k, v in batch.items()}
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    for m in net.modules():
+                        if isinstance(m, torch.nn.Dropout):
+                            m.train()
+                    samples = net(rep)["survival"].float().cpu().numpy()
+                    net.eval()
+                q = (0.05, 0.95)
         surv = point["survival"][0].float().cpu().numpy()
-        lower = np.minimum(np.quantile(samples, 0.05, axis=0), surv)
-        upper = np.maximum(np.quantile(samples, 0.95, axis=0), surv)
+        lower = np.minimum(np.quantile(samples, q[0], axis=0), surv)
+        upper = np.maximum(np.quantile(samples, q[1], axis=0), surv)
         surv, lower, upper = (np.clip(a, 0.0, 1.0) for a in (surv, lower, upper))
         times = self.times
         risk_at = {int(h): float(1.0 - surv[max(0, int(np.searchsorted(times, h, side="right")) - 1)]) for h in horizons}
@@ -292,7 +311,7 @@ class LoadedModel:
 
 def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
     """Load a model folder (config.json + model.safetensors); never unpickles."""
-    from core.models.net import SurvivalNet
+    from core.models.net import build_net
     from core.train import resolve_device
 
     model_dir = Path(model_dir)
@@ -309,7 +328,7 @@ def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
         raise InputError("config.json", cfg.get("format"), "is not a SurvivalNet model config", "pass a model folder written by `python -m core train`")
     state = read_safetensors(model_dir / WEIGHTS)
     dev = resolve_device(device)
-    net = SurvivalNet(cfg)
+    net = build_net(cfg)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise InputError(WEIGHTS, f"{len(missing)} missing, {len(unexpected)} unexpected tensors",

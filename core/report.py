@@ -93,7 +93,7 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
             ax.fill_between(kt, klo, khi, step="post", color="0.6", alpha=0.25, linewidth=0)
             ax.step(kt, ks, where="post", color="0.4", linestyle="--", label="cohort Kaplan-Meier")
         ax.fill_between(times, np.asarray(prediction.lower, float), np.asarray(prediction.upper, float), step="post",
-                        color="#1f77b4", alpha=0.25, linewidth=0, label="uncertainty band (MC dropout)")
+                        color="#1f77b4", alpha=0.25, linewidth=0, label=f"uncertainty band ({model.uncertainty})")
         ax.step(times, surv, where="post", color="#1f77b4", linewidth=2, label="this case")
         for h in HORIZONS:
             if h <= times[-1]:

@@ -60,10 +60,12 @@ def randomization_steps(net: Any) -> list[tuple[str, list[Any]]]:
     """Layer groups in cascade order, from the head backwards: head, fusion, EHR encoders, image projection,
     then the image encoder's parameterised layers from the last to the first."""
     steps: list[tuple[str, list[Any]]] = []
+    members = list(getattr(net, "members", [net]))  # an ensemble: the same layer of every member at once
     for name in ("head", "fusion", "seq", "tab", "ehr_emb_proj", "type_emb", "slice_pos", "image_proj"):
-        mod = getattr(net, name, None)
-        if mod is not None and any(True for _ in mod.parameters()):
-            steps.append((name, [mod]))
+        mods = [getattr(m, name, None) for m in members]
+        mods = [m for m in mods if m is not None and any(True for _ in m.parameters())]
+        if mods:
+            steps.append((name, mods))
     enc = getattr(net, "image_encoder", None)
     if enc is not None:
         leaves = [(n, m) for n, m in enc.named_modules()

@@ -70,6 +70,11 @@ DEFAULTS: dict[str, Any] = {
     "dim": 64, "dropout": 0.1, "heads": 2, "n_intervals": 20,
     "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, "epochs": 60, "patience": 10,
     "modality_dropout": 0.15, "max_events": 64, "max_codes": 512,
+    "ensemble": 5,  # stage-B networks from seeds seed .. seed+4 on the shared image encoder; the band is their range
+    # "auto": the proportional form (one linear predictor across the grid, calibrated on val; core.models.heads)
+    # for models that use images, whose warm-started image path needs the calibration; the full per-interval
+    # form for models without images (real tabular data: SurvSet mean C 0.699 full vs 0.689 proportional)
+    "proportional_head": "auto",
     "image_anchor": True,  # multimodal strategies = image-only branch (warm-started) + gated strategy (core.models.fusion)
     "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
     "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
@@ -487,7 +492,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
                              "pretrain again with this version or train without --image-encoder")
         init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
     key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
-                  settings["n_intervals"], init_hash, settings["dim"], "image-path/3")
+                  settings["n_intervals"], init_hash, settings["dim"], settings["proportional_head"] in (True, "auto"), "image-path/4")
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
@@ -503,7 +508,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     tr = (table["split"] == "train").to_numpy()
     edges = make_edges(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr], settings["n_intervals"])
     cfg = {"fusion": "image_only", "head": "discrete", "dim": settings["dim"], "dropout": settings["dropout"],
-           "heads": settings["heads"], "edges": edges.tolist(), "image": icfg,
+           "heads": settings["heads"], "proportional_head": settings["proportional_head"] in (True, "auto"), "edges": edges.tolist(), "image": icfg,
            "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
     torch.manual_seed(seed)
     net = SurvivalNet(cfg)
@@ -613,10 +618,23 @@ def _contrastive_score(temperature: float) -> Callable[[torch.nn.Module, dict[st
     return score
 
 
+def proportional_head(setting: bool | str, fusion: str, image_kind: str) -> bool:
+    """Resolve the ``proportional_head`` setting: ``"auto"`` is True exactly when the model uses images.
+
+    >>> proportional_head("auto", "concat", "2d"), proportional_head("auto", "ehr_only", "2d"), proportional_head(True, "ehr_only", "none")
+    (True, False, True)
+    """
+    if setting == "auto":
+        return fusion != "ehr_only" and image_kind != "none"
+    if not isinstance(setting, bool):
+        raise InputError("proportional_head", setting, "must be true, false or \"auto\"", "leave it at \"auto\"")
+    return setting
+
+
 def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, head: str = "discrete",
                 epochs: int | None = None, seed: int = 0, device: str = "auto", image_encoder: Path | str | None = None,
                 image_encoder_kind: str = "auto", ehr_encoder: str = "auto", progress: Progress | None = None,
-                overrides: dict[str, Any] | None = None) -> dict:
+                overrides: dict[str, Any] | None = None, ensemble: int | None = None) -> dict:
     """Train one fusion strategy on a cohort and write the model folder ``out``; return metrics.json's content."""
     from core.models.net import SurvivalNet
     from core.models.heads import make_edges
@@ -636,6 +654,10 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
         if epochs < 1:
             raise InputError("epochs", epochs, "must be >= 1", "use e.g. --epochs 30")
         settings["epochs"] = int(epochs)
+    if ensemble is not None:
+        settings["ensemble"] = ensemble
+    if isinstance(settings["ensemble"], bool) or not isinstance(settings["ensemble"], int) or settings["ensemble"] < 1:
+        raise InputError("ensemble", settings["ensemble"], "must be an integer >= 1", "use e.g. --ensemble 5 (or 1 for a single network)")
     dev = resolve_device(device)
     dist_info = init_distributed(dev)
     if dev.type == "cuda" and dist_info.active:
@@ -680,56 +702,46 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
         torch.set_num_threads(1)
     cfg: dict[str, Any] = {
         "format": "core.models.net.SurvivalNet/1", "fusion": fusion, "head": head,
-        "dim": settings["dim"], "dropout": settings["dropout"], "heads": settings["heads"],
+        "proportional_head": proportional_head(settings["proportional_head"], fusion, icfg["kind"]), "dim": settings["dim"], "dropout": settings["dropout"], "heads": settings["heads"],
         "edges": edges.tolist(), "image": icfg, "ehr": ecfg, "seed": seed,
         "image_anchor": bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d"),
     }
-    torch.manual_seed(seed)
-    net = SurvivalNet(cfg)
-    net.head.init_baseline(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr])
-    warm: list[str] = []
-    if enc_state is not None:
-        net.image_encoder.load_state_dict({k[4:]: v for k, v in enc_state.items() if k.startswith("enc.")})  # type: ignore[union-attr]
-        if settings["image"].get("warm_start_path", True):
-            warm = load_image_path(net, {k[5:]: v for k, v in enc_state.items() if k.startswith("path.")})
-        for p in net.image_encoder.parameters():  # type: ignore[union-attr]
-            p.requires_grad_(False)
     train_idx = np.flatnonzero(tr)
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy())
-    common = dict(weight_decay=settings["weight_decay"], batch_size=settings["batch_size"], seed=seed, device=dev,
-                  dist_info=dist_info, progress=progress)
-    steps: dict[str, Any] = {}
-    if fusion == "contrastive":
-        c = settings["contrastive"]
-        align = fit(net, data, train_idx, val_idx, _contrastive_loss(c["temperature"]), _contrastive_score(c["temperature"]),
-                    epochs=int(c["epochs"]), lr=settings["lr"], patience=settings["patience"], label="contrastive alignment",
-                    progress_span=(0.7, 0.8), modality_dropout=0.0, **common)
-        steps["alignment"] = {"val_info_nce": -align.best_score, "epochs": align.epochs_run}
-        # step two: head (and fusion MLP) at full rate, the aligned encoders/projections at a tenth
-        fast_prefix = ("fusion.mlp", "fusion.inner.mlp", "fusion.anchor.", "fusion.gate", "head.")
-        slow = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith(fast_prefix)]
-        fast = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith(fast_prefix)]
-        groups = [{"params": fast}, {"params": slow, "lr": settings["lr"] * c["finetune_lr_scale"]}]
+    n_members = int(settings["ensemble"])
+    cfg["ensemble"] = n_members
+    members, member_info = [], []
+    for k in range(n_members):
+        lo, hi = 0.7 + 0.27 * k / n_members, 0.7 + 0.27 * (k + 1) / n_members
+        net_k, info_k = _fit_member(cfg, data, table, train_idx, val_idx, enc_state, settings, fusion=fusion, head=head,
+                                    seed=seed + k, device=dev, dist_info=dist_info, progress=progress, span=(lo, hi),
+                                    label=f"{fusion}/{head}" + (f" {k + 1}/{n_members}" if n_members > 1 else ""))
+        members.append(net_k)
+        member_info.append(info_k)
+    if n_members == 1:
+        net: torch.nn.Module = members[0]
     else:
-        groups = None
-    res = fit(net, data, train_idx, val_idx, survival_loss, c_index_score, epochs=settings["epochs"], lr=settings["lr"],
-              patience=settings["patience"], label=f"{fusion}/{head}", progress_span=(0.8, 0.97),
-              modality_dropout=settings["modality_dropout"], param_groups=groups, **common)
-    if head == "cox":
-        pred_tr = predict_batches(net, _index(data, train_idx), dev)
-        net.head.fit_baseline(pred_tr["raw"], table["time"].to_numpy()[train_idx], table["event"].to_numpy()[train_idx])  # type: ignore[operator]
-    net.cpu().eval()
+        from core.models.net import EnsembleNet
+
+        net = EnsembleNet(cfg, n_members)
+        for k, m in enumerate(members):
+            net.members[k].load_state_dict(m.state_dict())
+        net.eval()
     for p in net.parameters():
         p.requires_grad_(True)
     metrics = split_metrics(net, data, cohort, edges)
     metrics.update({
         "fusion": fusion, "head": head, "seed": seed, "device": str(dev), "world_size": dist_info.world,
-        "val_c_index_early_stopping": res.best_score, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-        "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": warm}, "steps": steps,
+        "val_c_index_early_stopping": member_info[0]["val_c_index"], "epochs_run": member_info[0]["epochs_run"],
+        "best_epoch": member_info[0]["best_epoch"], "steps": member_info[0]["steps"],
+        "calibration": member_info[0]["calibration"], "ensemble": n_members,
+        "members": member_info if n_members > 1 else None,
+        "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": member_info[0]["warm_start"]},
         "train_seconds": round(_time.perf_counter() - t_start, 2),
         "n": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
         "modalities": {"image": icfg["kind"], "ehr": [k for k in ("sequence", "tabular") if ecfg.get(k)] + (["embedding"] if ecfg.get("embedding_dim") else [])},
-        "uncertainty": "MC dropout (30 samples, 5th-95th percentile, widened to contain the point estimate)",
+        "uncertainty": (f"ensemble of {n_members} seeds (range of the members' curves, widened to contain the mean)"
+                        if n_members > 1 else "MC dropout (30 samples, 5th-95th percentile, widened to contain the point estimate)"),
     })
     if out is not None and dist_info.main:
         save_model(Path(out), net, cfg, metrics, cohort)
@@ -741,6 +753,57 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
     if progress is not None:
         progress(1.0, "done")
     return metrics
+
+
+def _fit_member(cfg: dict[str, Any], data: dict[str, torch.Tensor], table: pd.DataFrame, train_idx: np.ndarray,
+                val_idx: np.ndarray, enc_state: dict[str, torch.Tensor] | None, settings: dict[str, Any], *, fusion: str,
+                head: str, seed: int, device: torch.device, dist_info: DistInfo, progress: Progress | None,
+                span: tuple[float, float], label: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Stage B for one seed: build, warm-start, fit (two steps for contrastive), calibrate on val, Cox baseline."""
+    from core.models.net import SurvivalNet
+
+    torch.manual_seed(seed)
+    net = SurvivalNet(cfg)
+    tr_time, tr_event = table["time"].to_numpy()[train_idx], table["event"].to_numpy()[train_idx]
+    net.head.init_baseline(tr_time, tr_event)
+    warm: list[str] = []
+    if enc_state is not None:
+        net.image_encoder.load_state_dict({k[4:]: v for k, v in enc_state.items() if k.startswith("enc.")})  # type: ignore[union-attr]
+        if settings["image"].get("warm_start_path", True):
+            warm = load_image_path(net, {k[5:]: v for k, v in enc_state.items() if k.startswith("path.")})
+        for p in net.image_encoder.parameters():  # type: ignore[union-attr]
+            p.requires_grad_(False)
+    common = dict(weight_decay=settings["weight_decay"], batch_size=settings["batch_size"], seed=seed, device=device,
+                  dist_info=dist_info, progress=progress)
+    steps: dict[str, Any] = {}
+    mid = span[0] + 0.3 * (span[1] - span[0])
+    if fusion == "contrastive":
+        c = settings["contrastive"]
+        align = fit(net, data, train_idx, val_idx, _contrastive_loss(c["temperature"]), _contrastive_score(c["temperature"]),
+                    epochs=int(c["epochs"]), lr=settings["lr"], patience=settings["patience"], label=f"{label} alignment",
+                    progress_span=(span[0], mid), modality_dropout=0.0, **common)
+        steps["alignment"] = {"val_info_nce": -align.best_score, "epochs": align.epochs_run}
+        # step two: head (and fusion MLP) at full rate, the aligned encoders/projections at a tenth
+        fast_prefix = ("fusion.mlp", "fusion.inner.mlp", "fusion.anchor.", "fusion.gate", "head.")
+        slow = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith(fast_prefix)]
+        fast = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith(fast_prefix)]
+        groups = [{"params": fast}, {"params": slow, "lr": settings["lr"] * c["finetune_lr_scale"]}]
+    else:
+        groups = None
+    res = fit(net, data, train_idx, val_idx, survival_loss, c_index_score, epochs=settings["epochs"], lr=settings["lr"],
+              patience=settings["patience"], label=label, progress_span=(mid if groups else span[0], span[1]),
+              modality_dropout=settings["modality_dropout"], param_groups=groups, **common)
+    calibration = None
+    if net.head.proportional and len(val_idx) and float(data["event"][val_idx].sum()) > 0:
+        pred_val = predict_batches(net, _index(data, val_idx), device)
+        calibration = net.head.calibrate(torch.as_tensor(pred_val["raw"]), data["time"][val_idx], data["event"][val_idx])
+    if head == "cox":
+        pred_tr = predict_batches(net, _index(data, train_idx), device)
+        net.head.fit_baseline(pred_tr["raw"], tr_time, tr_event)  # type: ignore[operator]
+    net.cpu().eval()
+    info = {"seed": seed, "val_c_index": res.best_score, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+            "steps": steps, "calibration": calibration, "warm_start": warm}
+    return net, info
 
 
 def split_metrics(net: torch.nn.Module, data: dict[str, torch.Tensor], cohort: Cohort, edges: np.ndarray) -> dict[str, Any]:

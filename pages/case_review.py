@@ -153,7 +153,7 @@ with right:
             pred.times, pred.survival, pred.lower, pred.upper,
             cohort_km=reference["cohort_km"],
             group_km=(group["t"], group["s"], group["lower"], group["upper"]),
-            title="", label="this case (band: MC dropout)",
+            title="", label=f"this case (band: {model.uncertainty})",
         )
         fig.update_layout(width=None, height=420)
         st.plotly_chart(fig, width="stretch", key="survival_fig")

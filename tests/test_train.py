@@ -238,3 +238,43 @@ def test_compare_cli_ehr_encoder(tiny_cohort: Path, tmp_path: Path, capsys: pyte
     assert cfg["ehr"]["tabular"] is not None and cfg["ehr"]["sequence"] is None
     assert cli_main(["compare", "--cohort", str(tiny_cohort), "--ehr-encoder", "pixels"]) == 2
     assert "invalid choice: 'pixels'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ensemble_band_is_the_range_of_its_members(models: dict[str, Path], tiny_cohort: Path) -> None:
+    from core.predict import prediction_json
+    from core.registry import load_model
+    from core.cohort import load_cohort
+
+    model = load_model(models["concat"])
+    assert model.ensemble_size == 5 and len(model.net.members) == 5
+    info = json.loads((models["concat"] / "metrics.json").read_text())
+    assert [m["seed"] for m in info["members"]] == [0, 1, 2, 3, 4] and info["ensemble"] == 5
+    assert info["uncertainty"].startswith("ensemble of 5 seeds")
+    inputs = model.case_inputs(load_cohort(tiny_cohort), "demo0003")
+    with torch.no_grad():
+        members = np.stack([m(model.net_batch(inputs))["survival"][0].numpy() for m in model.net.members])
+    p = model.predict_case(inputs)
+    assert np.allclose(p.survival, members.mean(0), atol=1e-6)
+    assert np.allclose(p.lower, np.minimum(members.min(0), p.survival), atol=1e-6)
+    assert np.allclose(p.upper, np.maximum(members.max(0), p.survival), atol=1e-6)
+    js = prediction_json(model, load_cohort(tiny_cohort), "demo0003")
+    assert js["uncertainty"] == "ensemble" and js["ensemble_size"] == 5
+
+
+@pytest.mark.slow
+def test_single_network_and_bad_ensemble_size(tiny_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.predict import predict_subject
+    from core.registry import read_safetensors
+
+    out = tmp_path / "single"
+    rc = cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "ehr_only", "--out", str(out), "--epochs", "2",
+                   "--ensemble", "1", "--device", "cpu"])
+    capsys.readouterr()
+    assert rc == 0 and json.loads((out / "config.json").read_text())["ensemble"] == 1
+    assert not any(k.startswith("members.") for k in read_safetensors(out / "model.safetensors"))
+    p = predict_subject(out, tiny_cohort, "demo0003")
+    assert p["uncertainty"] == "mc_dropout" and p["ensemble_size"] == 1
+    rc = cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "ehr_only", "--out", str(tmp_path / "x"), "--ensemble", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: ensemble: got 0, must be an integer >= 1; fix: use e.g. --ensemble 5 (or 1 for a single network)\n"

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-encoder", type=Path, default=None)
     parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES,
                         help="EHR input of every strategy (default auto: all the cohort has)")
+    parser.add_argument("--ensemble", type=int, default=None,
+                        help="networks per strategy, trained from consecutive seeds (default 5; 1 = a single network with an MC-dropout band)")
     parser.add_argument("--json", action="store_true")
 
 
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.cohort / "comparison"
     table = compare_strategies(args.cohort, out, fusions=[f.strip() for f in args.fusions.split(",") if f.strip()],
                                head=args.head, seed=args.seed, device=args.device, epochs=args.epochs,
-                               image_encoder=args.image_encoder, ehr_encoder=args.ehr_encoder)
+                               image_encoder=args.image_encoder, ehr_encoder=args.ehr_encoder, ensemble=args.ensemble)
     if args.json:
         print(json.dumps({"out": str(out), "rows": json.loads(table.to_json(orient="records"))}))
     else:

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-encoder", type=Path, default=None, help="pretrained encoder folder (python -m core pretrain)")
     parser.add_argument("--image-encoder-kind", default="auto", choices=("auto", "2d", "3d", "embedding", "none"))
     parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES)
+    parser.add_argument("--ensemble", type=int, default=None,
+                        help="networks trained from seeds seed..seed+K-1 (default 5); their range is the uncertainty band; 1 = one network, MC-dropout band")
     parser.add_argument("--json", action="store_true", help="print metrics as one JSON object")
 
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
                           device=args.device, image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
-                          ehr_encoder=args.ehr_encoder)
+                          ehr_encoder=args.ehr_encoder, ensemble=args.ensemble)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -19,6 +19,24 @@ largest training time. ``S`` is reported at every edge, so ``S(edges[0]) = 1``.
 
 ``risk`` is ``eta`` for Cox and ``1 - RMST(edges[-1]) / edges[-1]`` for the
 others (a restricted-mean summary of the whole curve, in [0, 1]).
+
+Proportional form (``proportional=True``, what ``train`` builds): the discrete
+and piecewise-exponential heads share one linear predictor across intervals,
+``raw_j = b_j + w . h`` (proportional odds / proportional hazards, the Cox
+assumption on a grid); ``b`` starts at the life-table baseline. The full form
+(one weight vector per interval) is kept for the multi-task pretraining head
+and for models saved before the proportional form existed.
+
+Scale calibration (``calibrate``): early stopping on the validation C-index
+picks an early epoch, whose ranking is good but whose linear predictor has
+hardly left zero, so every patient's curve is the population's. After early
+stopping, ``calibrate`` fits one scale ``a >= 0`` and one shift ``c`` of the
+linear predictor on the validation split by maximum likelihood (the head's own
+NLL; Cox: partial likelihood, scale only) and folds them into the weights
+(``w <- a w``, ``b <- b + c``). The ranking, hence every C-index and the
+direction of every attribution, is unchanged; the spread of the curves and
+the Brier score follow the model's real discrimination. Only proportional
+heads can be calibrated this way.
 """
 
 from __future__ import annotations
@@ -57,6 +75,7 @@ def interval_index(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 class SurvivalHead(nn.Module, ABC):
     kind: str = ""
+    proportional: bool = False
 
     def __init__(self, in_dim: int, edges: np.ndarray) -> None:
         super().__init__()
@@ -89,22 +108,105 @@ class SurvivalHead(nn.Module, ABC):
         rmst = (0.5 * (surv[:, 1:] + surv[:, :-1]) * widths).sum(-1)
         return 1 - rmst / self.edges[-1]
 
+    def _apply_calibration(self, scale: float, shift: float) -> None:
+        """Fold ``raw <- raw + shift + (scale - 1) * eta`` into the parameters (proportional heads)."""
+        raise ValueError(f"head {self.kind!r} in its full (per-interval) form has no single linear predictor to calibrate")
+
+    def _eta(self, raw: torch.Tensor) -> torch.Tensor:
+        """The linear predictor of a proportional head's raw output (``raw - b``)."""
+        return raw[:, 0] - self.baseline[0]  # type: ignore[index]
+
+    @torch.no_grad()
+    def calibrate(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> dict[str, float]:
+        """Fit ``a >= 0`` and ``c`` of ``raw' = b + c + a * eta`` on held-out data by maximum likelihood; fold them in.
+
+        Returns the fitted ``scale``, ``shift`` and the NLL before and after. The
+        scale is searched on a log grid (1e-2 .. 1e6) and refined by golden section
+        on log scale, the shift by Newton steps; the NLL never increases (the grid
+        contains ``a = 1, c = 0``).
+        """
+        if not self.proportional:
+            self._apply_calibration(1.0, 0.0)
+        raw = raw.detach().float().cpu()
+        time, event = time.detach().float().cpu(), event.detach().float().cpu()
+        eta = self._eta(raw)
+        base = raw - eta.reshape(-1, *([1] * (raw.dim() - 1)))
+
+        def nll_at(log_a: float) -> tuple[float, float]:
+            a = float(np.exp(log_a))
+            c = torch.zeros(1, requires_grad=True)
+            if self.kind == "cox":
+                return float(self.nll(a * eta, time, event)), 0.0
+            for _ in range(25):  # Newton on the shift (convex in c for both heads)
+                with torch.enable_grad():
+                    c.grad = None
+                    loss = self.nll(base + c + (a * eta).reshape(-1, *([1] * (raw.dim() - 1))), time, event)
+                    (g,) = torch.autograd.grad(loss, c, create_graph=True)
+                    (hess,) = torch.autograd.grad(g, c)
+                step = (g / hess.clamp_min(1e-8)).detach().clamp(-5, 5)
+                c = (c - step).detach().requires_grad_(True)
+                if float(step.abs()) < 1e-6:
+                    break
+            loss = self.nll(base + c + (a * eta).reshape(-1, *([1] * (raw.dim() - 1))), time, event)
+            return float(loss), float(c)
+
+        before = float(self.nll(raw, time, event))
+        grid = np.unique(np.concatenate([[0.0], np.arange(np.log(1e-2), np.log(1e6), 0.5)]))
+        vals = [nll_at(g)[0] for g in grid]
+        k = int(np.nanargmin(vals))
+        lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+        gr = (np.sqrt(5) - 1) / 2
+        x1, x2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
+        f1, f2 = nll_at(x1)[0], nll_at(x2)[0]
+        for _ in range(25):
+            if f1 < f2:
+                hi, x2, f2 = x2, x1, f1
+                x1 = hi - gr * (hi - lo)
+                f1 = nll_at(x1)[0]
+            else:
+                lo, x1, f1 = x1, x2, f2
+                x2 = lo + gr * (hi - lo)
+                f2 = nll_at(x2)[0]
+        cands = [(vals[k], grid[k]), (f1, x1), (f2, x2)]
+        best_log_a = min(cands)[1]
+        after, shift = nll_at(best_log_a)
+        if not after <= before:
+            best_log_a, after, shift = 0.0, before, 0.0
+        scale = float(np.exp(best_log_a))
+        self._apply_calibration(scale, shift)
+        return {"scale": scale, "shift": shift, "nll_before": before, "nll_after": after}
+
 
 class DiscreteHazardHead(SurvivalHead):
     kind = "discrete"
 
-    def __init__(self, in_dim: int, edges: np.ndarray) -> None:
+    def __init__(self, in_dim: int, edges: np.ndarray, proportional: bool = False) -> None:
         super().__init__(in_dim, edges)
-        self.linear = nn.Linear(in_dim, self.n)
+        self.proportional = bool(proportional)
+        if self.proportional:
+            self.linear = nn.Linear(in_dim, 1, bias=False)
+            self.baseline = nn.Parameter(torch.zeros(self.n))
+        else:
+            self.linear = nn.Linear(in_dim, self.n)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.proportional:
+            return self.baseline + self.linear(h)
         return self.linear(h)
+
+    @torch.no_grad()
+    def _apply_calibration(self, scale: float, shift: float) -> None:
+        if not self.proportional:
+            super()._apply_calibration(scale, shift)
+        self.linear.weight.mul_(scale)
+        self.baseline.add_(shift)
 
     @torch.no_grad()
     def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
         d, n, _ = self.interval_rates(time, event)
         p = np.clip(d / n, 1e-4, 1 - 1e-4)
-        self.linear.bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32))
+        target = self.baseline if self.proportional else self.linear.bias
+        target.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32))
 
     def survival(self, raw: torch.Tensor) -> torch.Tensor:
         log_s = torch.cumsum(F.logsigmoid(-raw.float()), dim=-1)
@@ -122,23 +224,43 @@ class DiscreteHazardHead(SurvivalHead):
 class PiecewiseExponentialHead(SurvivalHead):
     kind = "pwe"
 
-    def __init__(self, in_dim: int, edges: np.ndarray, n_outputs: int = 1) -> None:
+    def __init__(self, in_dim: int, edges: np.ndarray, n_outputs: int = 1, proportional: bool = False) -> None:
         super().__init__(in_dim, edges)
+        if proportional and n_outputs != 1:
+            raise ValueError("the proportional piecewise-exponential head has one output")
         self.n_outputs = n_outputs
-        self.linear = nn.Linear(in_dim, self.n * n_outputs)
+        self.proportional = bool(proportional)
         widths = np.diff(np.asarray(edges, float))
-        with torch.no_grad():  # start near a constant hazard of one event per follow-up span
-            self.linear.bias.fill_(float(-np.log(max(float(np.sum(widths)), 1.0))))
+        start = float(-np.log(max(float(np.sum(widths)), 1.0)))  # about one event per follow-up span
+        if self.proportional:
+            self.linear = nn.Linear(in_dim, 1, bias=False)
+            self.baseline = nn.Parameter(torch.full((self.n,), start))
+        else:
+            self.linear = nn.Linear(in_dim, self.n * n_outputs)
+            with torch.no_grad():
+                self.linear.bias.fill_(start)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.proportional:
+            return self.baseline + self.linear(h)
         raw = self.linear(h)
         return raw if self.n_outputs == 1 else raw.reshape(h.shape[0], self.n_outputs, self.n)
+
+    @torch.no_grad()
+    def _apply_calibration(self, scale: float, shift: float) -> None:
+        if not self.proportional:
+            super()._apply_calibration(scale, shift)
+        self.linear.weight.mul_(scale)
+        self.baseline.add_(shift)
 
     @torch.no_grad()
     def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
         d, _, exposure = self.interval_rates(time, event)
         rate = np.log(np.clip(d, 0.5, None) / exposure)
-        self.linear.bias.copy_(torch.as_tensor(np.tile(rate, self.n_outputs), dtype=torch.float32))
+        if self.proportional:
+            self.baseline.copy_(torch.as_tensor(rate, dtype=torch.float32))
+        else:
+            self.linear.bias.copy_(torch.as_tensor(np.tile(rate, self.n_outputs), dtype=torch.float32))
 
     def cumulative_hazard(self, raw: torch.Tensor) -> torch.Tensor:
         widths = self.edges[1:] - self.edges[:-1]
@@ -164,8 +286,9 @@ class PiecewiseExponentialHead(SurvivalHead):
 
 class CoxHead(SurvivalHead):
     kind = "cox"
+    proportional = True
 
-    def __init__(self, in_dim: int, edges: np.ndarray) -> None:
+    def __init__(self, in_dim: int, edges: np.ndarray, proportional: bool = True) -> None:
         super().__init__(in_dim, edges)
         self.linear = nn.Linear(in_dim, 1)
         self.register_buffer("baseline_cumhaz", torch.zeros(len(edges)))
@@ -178,6 +301,15 @@ class CoxHead(SurvivalHead):
 
     def risk(self, raw: torch.Tensor, surv: torch.Tensor) -> torch.Tensor:
         return raw.float()
+
+    def _eta(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.float()
+
+    @torch.no_grad()
+    def _apply_calibration(self, scale: float, shift: float) -> None:
+        """Scale only (a shift cancels in the partial likelihood; ``fit_baseline`` comes after)."""
+        self.linear.weight.mul_(scale)
+        self.linear.bias.mul_(scale)
 
     def nll(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
         """Negative Breslow partial log-likelihood, averaged over events."""
@@ -206,13 +338,13 @@ class CoxHead(SurvivalHead):
         self.baseline_cumhaz.copy_(torch.as_tensor(h0, dtype=torch.float32))
 
 
-def make_head(kind: str, in_dim: int, edges: np.ndarray) -> SurvivalHead:
+def make_head(kind: str, in_dim: int, edges: np.ndarray, proportional: bool = False) -> SurvivalHead:
     from core.errors import InputError
 
     if kind == "discrete":
-        return DiscreteHazardHead(in_dim, edges)
+        return DiscreteHazardHead(in_dim, edges, proportional=proportional)
     if kind == "pwe":
-        return PiecewiseExponentialHead(in_dim, edges)
+        return PiecewiseExponentialHead(in_dim, edges, proportional=proportional)
     if kind == "cox":
         return CoxHead(in_dim, edges)
     raise InputError("head", kind, "unknown survival head", "use discrete, pwe or cox")

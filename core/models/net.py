@@ -76,7 +76,8 @@ class SurvivalNet(nn.Module):
         self.ehr_emb_proj = nn.Sequential(nn.Linear(int(ecfg["embedding_dim"]), dim), nn.LayerNorm(dim)) if ecfg.get("embedding_dim") else None
         self.type_emb = nn.Embedding(3, dim)
         self.fusion = make_fusion(cfg["fusion"], dim, dropout, int(cfg.get("heads", 2)), anchor=bool(cfg.get("image_anchor", False)))
-        self.head = make_head(cfg["head"], self.fusion.out_dim, np.asarray(cfg["edges"], float))
+        self.head = make_head(cfg["head"], self.fusion.out_dim, np.asarray(cfg["edges"], float),
+                              proportional=bool(cfg.get("proportional_head", False)))
         self.dim = dim
 
     @property
@@ -155,3 +156,85 @@ class SurvivalNet(nn.Module):
         return {"raw": raw, "survival": surv, "risk": risk, "slice_weights": slice_w, "event_weights": event_w,
                 "attention": fo.attention, "z_image": fo.z_image, "z_ehr": fo.z_ehr,
                 "image_present": (img_mask.sum(-1) > 0).float(), "ehr_present": (ehr_mask.sum(-1) > 0).float()}
+
+
+class EnsembleNet(nn.Module):
+    """``k`` ``SurvivalNet`` members trained from different seeds on one frozen, shared image encoder.
+
+    ``forward`` takes the same batch and returns the same keys as ``SurvivalNet``:
+    survival, risk, raw, slice/event weights and attention maps are the means over
+    the members (S(t) of the ensemble is the mean of the members' curves), plus
+    ``member_survival`` ``[k, B, T]`` for the uncertainty band. Images are encoded
+    once (the encoder is shared) and the tokens go to every member, so gradients
+    still reach the voxels.
+
+    >>> import core.models.heads  # noqa: F401
+    >>> cfg = {"fusion": "image_only", "head": "discrete", "dim": 8, "edges": [0, 1, 2],
+    ...        "image": {"kind": "2d", "out_dim": 8, "size": 16, "channels": [4], "hu_window": [-1000, 1000]},
+    ...        "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
+    >>> ens = EnsembleNet(cfg, 3).eval()
+    >>> out = ens({"image": torch.zeros(2, 4, 20, 20), "image_present": torch.ones(2)})
+    >>> tuple(out["survival"].shape), tuple(out["member_survival"].shape)
+    ((2, 3), (3, 2, 3))
+    >>> ens.members[2].image_encoder is ens.members[0].image_encoder
+    True
+    """
+
+    def __init__(self, cfg: dict[str, Any], k: int) -> None:
+        super().__init__()
+        if int(k) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {k}")
+        self.cfg = cfg
+        members = [SurvivalNet(cfg) for _ in range(int(k))]
+        for m in members[1:]:
+            m.image_encoder = members[0].image_encoder
+        self.members = nn.ModuleList(members)
+
+    @property
+    def first(self) -> SurvivalNet:
+        return self.members[0]  # type: ignore[return-value]
+
+    @property
+    def image_encoder(self) -> nn.Module | None:
+        return self.first.image_encoder
+
+    @property
+    def image_kind(self) -> str:
+        return self.first.image_kind
+
+    @property
+    def has_image(self) -> bool:
+        return self.first.has_image
+
+    @property
+    def has_ehr(self) -> bool:
+        return self.first.has_ehr
+
+    def encode_image(self, hu: torch.Tensor) -> torch.Tensor:
+        return self.first.encode_image(hu)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if "image" in batch and batch["image"] is not None and self.image_encoder is not None and self.has_image:
+            image = batch["image"]
+            tokens = self.encode_image(image)
+            batch = {k: v for k, v in batch.items() if k != "image"}
+            batch.update(image_tokens=tokens, image_token_mask=torch.ones(tokens.shape[:2], device=tokens.device),
+                         n_slices=torch.tensor(image.shape[1]))
+        outs = [m(batch) for m in self.members]
+
+        def mean(key: str) -> torch.Tensor | None:
+            vals = [o[key] for o in outs]
+            return None if vals[0] is None else torch.stack(vals).mean(0)
+
+        attention = {k: torch.stack([o["attention"][k] for o in outs]).mean(0) for k in outs[0]["attention"]}
+        return {"raw": mean("raw"), "survival": mean("survival"), "risk": mean("risk"),
+                "slice_weights": mean("slice_weights"), "event_weights": mean("event_weights"), "attention": attention,
+                "z_image": outs[0]["z_image"], "z_ehr": outs[0]["z_ehr"],
+                "image_present": outs[0]["image_present"], "ehr_present": outs[0]["ehr_present"],
+                "member_survival": torch.stack([o["survival"] for o in outs])}
+
+
+def build_net(cfg: dict[str, Any]) -> nn.Module:
+    """``SurvivalNet`` or, where ``cfg["ensemble"] > 1``, ``EnsembleNet`` (what a model folder holds)."""
+    k = int(cfg.get("ensemble", 1) or 1)
+    return EnsembleNet(cfg, k) if k > 1 else SurvivalNet(cfg)
