@@ -108,9 +108,13 @@ class SurvivalHead(nn.Module, ABC):
         rmst = (0.5 * (surv[:, 1:] + surv[:, :-1]) * widths).sum(-1)
         return 1 - rmst / self.edges[-1]
 
+    @torch.no_grad()
     def _apply_calibration(self, scale: float, shift: float) -> None:
-        """Fold ``raw <- raw + shift + (scale - 1) * eta`` into the parameters (proportional heads)."""
-        raise ValueError(f"head {self.kind!r} in its full (per-interval) form has no single linear predictor to calibrate")
+        """Fold ``raw <- b + shift + scale * eta`` into the parameters (proportional heads: ``linear`` + ``baseline``)."""
+        if not self.proportional:
+            raise ValueError(f"head {self.kind!r} in its full (per-interval) form has no single linear predictor to calibrate")
+        self.linear.weight.mul_(scale)  # type: ignore[operator]
+        self.baseline.add_(shift)  # type: ignore[operator]
 
     def _eta(self, raw: torch.Tensor) -> torch.Tensor:
         """The linear predictor of a proportional head's raw output (``raw - b``)."""
@@ -195,13 +199,6 @@ class DiscreteHazardHead(SurvivalHead):
         return self.linear(h)
 
     @torch.no_grad()
-    def _apply_calibration(self, scale: float, shift: float) -> None:
-        if not self.proportional:
-            super()._apply_calibration(scale, shift)
-        self.linear.weight.mul_(scale)
-        self.baseline.add_(shift)
-
-    @torch.no_grad()
     def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
         d, n, _ = self.interval_rates(time, event)
         p = np.clip(d / n, 1e-4, 1 - 1e-4)
@@ -245,13 +242,6 @@ class PiecewiseExponentialHead(SurvivalHead):
             return self.baseline + self.linear(h)
         raw = self.linear(h)
         return raw if self.n_outputs == 1 else raw.reshape(h.shape[0], self.n_outputs, self.n)
-
-    @torch.no_grad()
-    def _apply_calibration(self, scale: float, shift: float) -> None:
-        if not self.proportional:
-            super()._apply_calibration(scale, shift)
-        self.linear.weight.mul_(scale)
-        self.baseline.add_(shift)
 
     @torch.no_grad()
     def init_baseline(self, time: np.ndarray, event: np.ndarray) -> None:
