@@ -275,15 +275,15 @@ class LoadedModel:
         batch = self.net_batch(inputs)
         with torch.no_grad():
             point = net(batch)
-            if "image" in batch and net.image_encoder is not None:  # type: ignore[attr-defined]
-                tokens = net.encode_image(batch.pop("image"))  # type: ignore[operator]
-                batch["image_tokens"] = tokens
-                batch["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
-                batch["n_slices"] = torch.tensor(inputs.image.shape[1])  # type: ignore[union-attr]
             if "member_survival" in point:  # ensemble of seeds: the band is the range of the members' curves
                 samples = point["member_survival"][:, 0].float().cpu().numpy()
                 q = (0.0, 1.0)
-            else:  # MC dropout
+            else:  # MC dropout, on tokens encoded once (the encoder has no dropout)
+                if "image" in batch and net.image_encoder is not None:  # type: ignore[attr-defined]
+                    tokens = net.encode_image(batch.pop("image"))  # type: ignore[operator]
+                    batch["image_tokens"] = tokens
+                    batch["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
+                    batch["n_slices"] = torch.tensor(inputs.image.shape[1])  # type: ignore[union-attr]
                 rep = {k: (v.expand(n_samples, *v.shape[1:]) if v.dim() > 0 else v) for k, v in batch.items()}
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)

@@ -491,8 +491,9 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             raise InputError("image_encoder", str(init_dir), f"encoder lung_mask={bool(init_cfg.get('lung_mask', False))} does not match {bool(icfg.get('lung_mask', False))}",
                              "pretrain again with this version or train without --image-encoder")
         init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
+    prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
     key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
-                  settings["n_intervals"], init_hash, settings["dim"], settings["proportional_head"] in (True, "auto"), "image-path/4")
+                  settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4")
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
@@ -508,7 +509,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     tr = (table["split"] == "train").to_numpy()
     edges = make_edges(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr], settings["n_intervals"])
     cfg = {"fusion": "image_only", "head": "discrete", "dim": settings["dim"], "dropout": settings["dropout"],
-           "heads": settings["heads"], "proportional_head": settings["proportional_head"] in (True, "auto"), "edges": edges.tolist(), "image": icfg,
+           "heads": settings["heads"], "proportional_head": prop, "edges": edges.tolist(), "image": icfg,
            "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
     torch.manual_seed(seed)
     net = SurvivalNet(cfg)

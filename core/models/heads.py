@@ -130,29 +130,27 @@ class SurvivalHead(nn.Module, ABC):
         contains ``a = 1, c = 0``).
         """
         if not self.proportional:
-            self._apply_calibration(1.0, 0.0)
+            self._apply_calibration(1.0, 0.0)  # raises: nothing to calibrate
         raw = raw.detach().float().cpu()
         time, event = time.detach().float().cpu(), event.detach().float().cpu()
         eta = self._eta(raw)
-        base = raw - eta.reshape(-1, *([1] * (raw.dim() - 1)))
 
         def nll_at(log_a: float) -> tuple[float, float]:
             a = float(np.exp(log_a))
-            c = torch.zeros(1, requires_grad=True)
-            if self.kind == "cox":
+            if self.kind == "cox":  # a shift cancels in the partial likelihood
                 return float(self.nll(a * eta, time, event)), 0.0
+            base = raw - eta[:, None] + a * eta[:, None]  # b + a * eta, [B, n]
+            c = torch.zeros(1, requires_grad=True)
             for _ in range(25):  # Newton on the shift (convex in c for both heads)
                 with torch.enable_grad():
-                    c.grad = None
-                    loss = self.nll(base + c + (a * eta).reshape(-1, *([1] * (raw.dim() - 1))), time, event)
+                    loss = self.nll(base + c, time, event)
                     (g,) = torch.autograd.grad(loss, c, create_graph=True)
                     (hess,) = torch.autograd.grad(g, c)
                 step = (g / hess.clamp_min(1e-8)).detach().clamp(-5, 5)
                 c = (c - step).detach().requires_grad_(True)
                 if float(step.abs()) < 1e-6:
                     break
-            loss = self.nll(base + c + (a * eta).reshape(-1, *([1] * (raw.dim() - 1))), time, event)
-            return float(loss), float(c)
+            return float(self.nll(base + c, time, event)), float(c)
 
         before = float(self.nll(raw, time, event))
         grid = np.unique(np.concatenate([[0.0], np.arange(np.log(1e-2), np.log(1e6), 0.5)]))
