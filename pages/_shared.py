@@ -217,6 +217,34 @@ def _upload_token(source: str) -> int:
 # ------------------------------------------------------------------ sidebar
 
 
+VIEWER_KEYS = ("case_label", "axial_slice", "window", "show_saliency", "method", "opacity")
+
+
+def restore_viewer_settings() -> None:
+    """Give the case-review widgets back the values they had when the page was last left.
+
+    Streamlit drops a widget's state at the end of a run that does not draw it
+    (any other page), so Case review saves its viewer settings in a plain
+    session key (:func:`save_viewer_settings`) and restores them before drawing
+    its widgets; Export reads them with :func:`viewer_setting`.
+    """
+    for key, value in st.session_state.get("_viewer", {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def save_viewer_settings() -> None:
+    """Remember the case-review widget values drawn so far in this run (call after drawing them)."""
+    saved = dict(st.session_state.get("_viewer", {}))
+    saved.update({k: st.session_state[k] for k in VIEWER_KEYS if k in st.session_state})
+    st.session_state["_viewer"] = saved
+
+
+def viewer_setting(key: str, default: Any) -> Any:
+    """A case-review setting: its live value, else the one last shown in Case review (for other pages)."""
+    return st.session_state.get(key, st.session_state.get("_viewer", {}).get(key, default))
+
+
 def sidebar() -> None:
     models = available_models()
     with st.sidebar:

@@ -31,12 +31,14 @@ for split in ("test", "val", "train"):
         cases[f"Demo {sid} ({split})"] = (ui.DEMO, sid)
 
 top = st.columns([3, 2, 2])
+ui.restore_viewer_settings()
 labels = list(cases)
 if st.session_state.get("case_label") not in cases:
     st.session_state["case_label"] = labels[0]
 label = top[0].selectbox("Case", labels, key="case_label",
                          help="Demo patients are synthetic. Upload your own de-identified study on the Upload page.")
 source, subject_id = cases[label]
+ui.save_viewer_settings()
 model_name = ui.current_model_name()
 with ui.core_errors():
     model = ui.current_model()
@@ -74,13 +76,11 @@ with left:
         from core.io.windows import WINDOWS
 
         n_slices = volume.shape[0]
-        if "slice_weights_default" not in st.session_state or st.session_state.get("_slice_case") != label:
-            weights = pred.slice_weights
-            start = int(np.argmax(weights)) if weights is not None and np.size(weights) == n_slices and np.max(weights) > 0 else n_slices // 2
-            st.session_state["axial_slice"] = start
+        if st.session_state.get("_slice_case") != label:
+            st.session_state["axial_slice"] = appdata.default_slice(pred.slice_weights, n_slices)
             st.session_state["_slice_case"] = label
-            st.session_state["slice_weights_default"] = True
-        st.session_state["axial_slice"] = min(int(st.session_state.get("axial_slice", 0)), n_slices - 1)
+        start = st.session_state.get("axial_slice", n_slices // 2)
+        st.session_state["axial_slice"] = min(max(int(start), 0), n_slices - 1)
         c1, c2 = st.columns([1, 1])
         window_names = list(WINDOWS)
         st.session_state.setdefault("window", "soft_tissue" if "soft_tissue" in WINDOWS else window_names[0])
@@ -95,6 +95,7 @@ with left:
         method = c3.selectbox("Method", METHODS, key="method", format_func=METHOD_LABELS.get, disabled=not show)
         opacity = c4.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="opacity", disabled=not show)
         z = st.slider("Axial slice (inferior → superior)", 0, n_slices - 1, key="axial_slice")
+        ui.save_viewer_settings()
         if show:
             with st.spinner(f"Computing {METHOD_LABELS[method]}..."), ui.core_errors(stop=False):
                 attribution_map = ui.case_attribution(model, source, subject_id, method, ui.horizon_days(), z)

@@ -17,7 +17,7 @@ st.caption(
     "no names, IDs or dates in the image, its metadata or the file name."
 )
 
-cases = st.session_state.get("case_label")
+cases = ui.viewer_setting("case_label", None)
 source, subject_id = ui.DEMO, None
 if cases and cases.startswith("Uploaded case") and ui.uploaded_case() is not None:
     source, subject_id = ui.UPLOADED, appdata.UPLOAD_SUBJECT
@@ -29,7 +29,7 @@ else:
         subject_id = cases.split()[1]
 model_name = ui.current_model_name()
 number = ui.case_number(source, subject_id)
-method = st.session_state.get("method", "saliency")
+method = ui.viewer_setting("method", "saliency")
 horizon = ui.horizon_days()
 st.markdown(
     f"Case **#{number}** ({'uploaded' if source == ui.UPLOADED else 'demo'}), model **{model_name}**, "
@@ -50,9 +50,9 @@ if volume is None or "image" not in pred.modalities_used:
 else:
     from core.io.windows import WINDOWS
 
-    z = int(st.session_state.get("axial_slice", volume.shape[0] // 2))
+    z = int(ui.viewer_setting("axial_slice", volume.shape[0] // 2))  # the slice last shown in Case review
     z = min(max(z, 0), volume.shape[0] - 1)
-    wname = st.session_state.get("window", "soft_tissue")
+    wname = ui.viewer_setting("window", "soft_tissue")
     win = (WINDOWS[wname].low, WINDOWS[wname].high) if wname in WINDOWS else (-160.0, 240.0)
     key = (source, subject_id, model_name, method, horizon, z, wname)
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure",
@@ -61,9 +61,9 @@ else:
             amap = ui.case_attribution(model, source, subject_id, method, horizon, z)
             fig = F.slice_overlay(
                 appdata.plane_slice(volume.hu, "axial", z), appdata.plane_slice(F.normalize_map(amap), "axial", z),
-                window=win, opacity=float(st.session_state.get("opacity", 0.6)),
+                window=win, opacity=float(ui.viewer_setting("opacity", 0.6)),
                 spacing_mm=appdata.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
-                title=f"{method} on axial slice {z}",
+                title=f"{method} on axial slice {z + 1}/{volume.shape[0]}",
             )
             caption = F.caption_text(model=model_name, fusion=model.config.get("fusion", model_name), method=method,
                                      horizon_days=horizon, slice_index=z, window=win)
@@ -82,7 +82,7 @@ else:
                                 key=f"download_{fmt}", icon=":material/download:")
         st.caption(f"Files: {', '.join(n for n, _ in ready['files'].values())}")
     else:
-        st.caption(f"Axial slice {z}, window {wname}, opacity {st.session_state.get('opacity', 0.6)}.")
+        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (as in Case review), window {wname}, opacity {ui.viewer_setting('opacity', 0.6)}.")
 
 st.subheader("Case report (PDF)")
 rkey = (source, subject_id, model_name, method, horizon)

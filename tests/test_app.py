@@ -157,6 +157,40 @@ def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:
     assert any("does not use the CT" in w.value for w in at.warning)
 
 
+def test_viewer_settings_survive_a_page_switch(data_dir: Path) -> None:
+    """Export draws the slice and window last shown in Case review, and Case review reopens there."""
+    at = _app()
+    at.run()
+    at.slider(key="axial_slice").set_value(20).run()
+    at.selectbox(key="window").set_value("lung").run()
+    at.switch_page(PAGES[3])
+    at.run()
+    _no_exception(at)
+    assert any(c.value.startswith("Axial slice 21/32 (as in Case review), window lung") for c in at.caption)
+    at.run()  # a second run of Export: the case-review widgets are no longer drawn, their values are kept
+    _no_exception(at)
+    assert any(c.value.startswith("Axial slice 21/32 (as in Case review), window lung") for c in at.caption)
+    at.switch_page(PAGES[0])
+    at.run()
+    _no_exception(at)
+    assert at.slider(key="axial_slice").value == 20
+    assert _charts(at)[0]["layout"]["title"]["text"] == "axial 21/32"
+    assert at.selectbox(key="window").value == "lung"
+
+
+def test_default_slice_skips_a_flat_attention() -> None:
+    """A case opens on the attended slice only when the attention over slices has a clear peak."""
+    from core.appdata import default_slice
+
+    flat = np.full(32, 1 / 32) + np.linspace(0, 0.003, 32)  # the shipped models' near-uniform attention
+    assert default_slice(flat, 32) == 16
+    peaked = np.full(32, 0.02)
+    peaked[22] = 0.3
+    assert default_slice(peaked, 32) == 22
+    assert default_slice(peaked, 30) == 15  # weights for another number of slices: ignored
+    assert default_slice(np.full(32, np.nan), 32) == 16
+
+
 def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -> None:
     from core.io.volume import Volume
 
