@@ -87,13 +87,15 @@ with left:
         window_name = c1.selectbox("Window", window_names, key="window",
                                    format_func=lambda w: f"{WINDOWS[w].label} [{WINDOWS[w].low:g}, {WINDOWS[w].high:g}] HU")
         window = (WINDOWS[window_name].low, WINDOWS[window_name].high)
-        show = c2.toggle("Saliency overlay", key="show_saliency", value=False,
+        st.session_state.setdefault("show_saliency", False)  # defaults set here, not in the widgets: values
+        st.session_state.setdefault("opacity", 0.6)          # restored from another page are set via session state
+        show = c2.toggle("Saliency overlay", key="show_saliency",
                          disabled="image" not in pred.modalities_used or not ui.has_module("core.explain"),
                          help="Captum attribution of the predicted risk at the sidebar horizon."
                          + ("" if ui.has_module("core.explain") else " (core.explain is not installed)"))
         c3, c4 = st.columns([1, 1])
         method = c3.selectbox("Method", METHODS, key="method", format_func=METHOD_LABELS.get, disabled=not show)
-        opacity = c4.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="opacity", disabled=not show)
+        opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key="opacity", disabled=not show)
         z = st.slider("Axial slice (inferior → superior)", 0, n_slices - 1, key="axial_slice")
         ui.save_viewer_settings()
         if show:
