@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,25 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bootstrap_ci(time_: np.ndarray, event: np.ndarray, risk: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95 % interval of Harrell's C over subject resamples."""
-    from core.evaluate.metrics import harrell_c_fast
-
-    rng = np.random.default_rng(seed)
-    n = len(time_)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        if event[idx].any():
-            values.append(harrell_c_fast(time_[idx], event[idx], risk[idx]))
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def main(argv: list[str] | None = None) -> int:
     from core.cohort import load_cohort
-    from core.evaluate.metrics import harrell_c
-    from core.evaluate.outcomes import risk_from_survival
+    from core.evaluate.metrics import harrell_c, survival_metrics
     from core.predict import predict_cohort
     from core.registry import load_model
 
@@ -54,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cohort", type=Path, required=True, help="a demo cohort written by `python -m core demo --seed S` (S not 0)")
     parser.add_argument("--models", type=Path, default=ROOT / "assets" / "demo_models", help="folder of model folders")
     args = parser.parse_args(argv)
+    if not (args.cohort / "cohort.csv").is_file():
+        print(f"error: cohort: no cohort.csv in {args.cohort}; fix: write one with `python -m core demo DIR --seed 1`", file=sys.stderr)
+        return 2
     table = pd.read_csv(args.cohort / "cohort.csv")
     ids = table["subject_id"].astype(str).tolist()
     t = table["time"].to_numpy(float)
@@ -67,15 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cohort {args.cohort}: n = {len(ids)}, events = {int(e.sum())}; oracle C {oracle:.3f}, "
           f"image part {harrell_c(t, e, table['risk_image'].to_numpy(float)):.3f}, "
           f"EHR part {harrell_c(t, e, table['risk_ehr'].to_numpy(float)):.3f}")
-    print("| model | Harrell C (95% CI) | gap to oracle | seconds |\n| --- | --- | --- | --- |")
+    # every subject is held out: the censoring distribution for Uno's C and the IBS is estimated on the same subjects
+    print("| model | Harrell C (95% CI) | Uno C | IBS | gap to oracle | seconds |\n| --- | --- | --- | --- | --- | --- |")
     for folder in folders:
         started = time.perf_counter()
         model = load_model(folder)
         times, surv = predict_cohort(model, cohort, ids)
-        risk = risk_from_survival(times, surv)
-        c = harrell_c(t, e, risk)
-        lo, hi = bootstrap_ci(t, e, risk)
-        print(f"| {folder.name} | {c:.3f} ({lo:.3f}-{hi:.3f}) | {oracle - c:.3f} | {time.perf_counter() - started:.0f} |", flush=True)
+        m = survival_metrics(times, surv, t, e, t, e, n_boot=200, seed=0)
+        lo, hi = m["c_index_ci"]
+        ibs = "n/a" if m["ibs"] is None else f"{m['ibs']:.3f}"
+        print(f"| {folder.name} | {m['c_index']:.3f} ({lo:.3f}-{hi:.3f}) | {m['uno_c']:.3f} | {ibs} | "
+              f"{oracle - m['c_index']:.3f} | {time.perf_counter() - started:.0f} |", flush=True)
     return 0
 
 
