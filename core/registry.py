@@ -65,11 +65,15 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise InputError("model", str(path.parent), f"has no {path.name}", "point to a model folder written by `python -m core train`")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    size = path.stat().st_size
     kind = None
-    if head[:1] == b"\x80":
+    # safetensors: an 8-byte little-endian header length, then a JSON header ("{"). Its first byte can be
+    # 0x80 (a header of 128 + 256 k bytes), so the pickle signature is checked only where that layout is absent.
+    layout_ok = len(head) == 9 and 0 < int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{"
+    if not layout_ok and head[:1] == b"\x80":
         kind = "a Python pickle"
-    elif head[:2] == b"PK":
+    elif not layout_ok and head[:2] == b"PK":
         kind = "a torch.save zip archive (pickle)"
     if kind is not None:
         raise InputError(path.name, kind, "not a safetensors file; pickled checkpoints are never loaded",
@@ -142,6 +146,10 @@ def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> 
     ]
     if cfg.get("image", {}).get("lung_mask"):
         lines.append(LUNG_MASK_NOTE)
+    if cfg.get("ehr_linear"):
+        lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
+                     "missing indicators, fitted on the train split after the network (ridge-penalised maximum "
+                     "likelihood, jointly with the network's own risk), then calibrated with it on validation.")
     lines += [
         f"- Uncertainty band: {metrics.get('uncertainty', 'MC dropout')}.",
         "",

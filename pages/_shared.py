@@ -28,6 +28,26 @@ DEMO = "demo"
 UPLOADED = "uploaded"
 
 
+# ------------------------------------------------------------------ navigation
+
+def require_app_navigation() -> None:
+    """Hand a page that Streamlit started on its own over to app.py's navigation (call first on every page).
+
+    Because this project keeps its pages in ``pages/``, a new Streamlit server
+    starts in its legacy multipage mode: until app.py has called ``st.navigation``
+    once, a deep link such as ``/cohort_models`` runs ``pages/cohort_models.py``
+    by itself, without app.py's sidebar, layout or page list. The legacy mode
+    shows as ``PagesManager.uses_pages_directory`` still being true (``st.navigation``
+    clears it). The page then clears it and reruns: the rerun executes app.py,
+    whose ``st.navigation`` opens the same page (same URL path).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # ------------------------------------------------------------------ errors
 
 

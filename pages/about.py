@@ -7,6 +7,8 @@ import streamlit as st
 from core import appdata
 from pages import _shared as ui
 
+ui.require_app_navigation()
+
 ASSETS = appdata.ROOT / "assets"
 
 st.title("About")

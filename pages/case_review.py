@@ -9,6 +9,8 @@ from core import appdata
 from core import figures as F
 from pages import _shared as ui
 
+ui.require_app_navigation()
+
 METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
 METHOD_LABELS = {
     "saliency": "Saliency (gradient)",

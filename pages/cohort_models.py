@@ -11,6 +11,8 @@ from core import appdata
 from core import figures as F
 from pages import _shared as ui
 
+ui.require_app_navigation()
+
 st.title("Cohort & models")
 
 

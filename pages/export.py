@@ -8,6 +8,8 @@ from core import appdata
 from core import figures as F
 from pages import _shared as ui
 
+ui.require_app_navigation()
+
 FORMATS = ("png", "svg", "pdf")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 

@@ -17,6 +17,8 @@ from core import appdata
 from core import figures as F
 from pages import _shared as ui
 
+ui.require_app_navigation()
+
 STUDY_HELP = (
     "A zip of a DICOM series (or several files of one series), a single .dcm file, or a NIfTI file "
     "(.nii / .nii.gz). Studies must be de-identified; identifying DICOM attributes block the study "

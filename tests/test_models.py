@@ -290,3 +290,103 @@ def test_proportional_head_shares_one_predictor_across_intervals() -> None:
         raw = head(torch.randn(B, D)).detach()
         d = raw - raw[:1]  # subject minus subject 0: the same in every interval
         assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-6)
+
+
+def test_fit_wide_matches_lifelines_coxph_on_the_features() -> None:
+    """With a network that ranks nobody (eta = 0), the Cox head's linear EHR term is a Cox model of the features."""
+    import pandas as pd
+    from lifelines import CoxPHFitter
+
+    rng = np.random.default_rng(3)
+    n = 400
+    x = rng.normal(size=(n, 3))
+    beta = np.array([0.8, -0.5, 0.0])
+    t_ev = rng.exponential(200.0 / np.exp(x @ beta))
+    time = np.minimum(t_ev, 400.0).clip(0.5)
+    event = (t_ev <= 400.0).astype(float)
+    head = CoxHead(2, make_edges(time, event, 5), wide_dim=3)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.zero_()
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    raw = head(torch.zeros(n, 2)).detach()
+    info = head.fit_wide(raw, xt, torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32),
+                         penalty=0.0)
+    assert info["kept"] and info["nll_after"] < info["nll_before"]
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(time=time, event=event)
+    ref = CoxPHFitter().fit(frame, "time", "event").params_.to_numpy()
+    assert np.allclose(head.wide.weight.detach().numpy().ravel(), ref, atol=2e-3), (head.wide.weight, ref)
+    assert head(torch.zeros(n, 2), xt).detach().numpy() == pytest.approx(x @ ref, abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["discrete", "pwe"])
+def test_fit_wide_adds_the_features_to_a_network_that_read_half_the_risk(kind: str) -> None:
+    """The network's eta carries one risk factor, the features another: after fit_wide the head ranks by both,
+    and the network's own scale is refitted (its predictor came shrunken 100x)."""
+    from core.evaluate import harrell_c
+    from core.models.heads import make_head
+
+    rng = np.random.default_rng(5)
+    n = 600
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    t_ev = rng.exponential(200.0 / np.exp(a + b))
+    time = np.minimum(t_ev, 400.0).clip(0.5)
+    event = (t_ev <= 400.0).astype(float)
+    head = make_head(kind, 1, make_edges(time, event, 10), proportional=True, wide_dim=2)
+    head.init_baseline(time, event)
+    with torch.no_grad():
+        head.linear.weight.fill_(0.01)
+    h = torch.as_tensor(a, dtype=torch.float32)[:, None]
+    wide = torch.as_tensor(np.column_stack([b, rng.normal(size=n)]), dtype=torch.float32)  # b and a noise column
+    t, e = torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32)
+    info = head.fit_wide(head(h).detach(), wide, t, e)
+    assert info["kept"] and info["nll_after"] < info["nll_before"] - 0.05
+    v = head.wide.weight.detach().numpy().ravel()
+    assert 0.6 < v[0] < 1.4 and abs(v[1]) < 0.2, v  # b's true log-hazard ratio is 1; the noise column near 0
+    assert 60 < info["scale"] < 140, info  # the network's a, shrunk to 0.01, back near 1
+    eta = head(h, wide).detach()[:, 0].numpy()
+    assert harrell_c(time, event.astype(bool), eta) > harrell_c(time, event.astype(bool), a) + 0.05
+
+
+def test_fit_wide_on_a_full_head_shifts_all_intervals_alike() -> None:
+    rng = np.random.default_rng(7)
+    n = 300
+    b = rng.normal(size=n)
+    t_ev = rng.exponential(200.0 / np.exp(b))
+    time = np.minimum(t_ev, 400.0).clip(0.5)
+    event = (t_ev <= 400.0).astype(float)
+    head = DiscreteHazardHead(2, make_edges(time, event, 5), proportional=False, wide_dim=1)
+    head.init_baseline(time, event)
+    h = torch.zeros(n, 2)
+    wide = torch.as_tensor(b, dtype=torch.float32)[:, None]
+    before = head(h, wide).detach()
+    info = head.fit_wide(before, wide, torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32))
+    assert info["kept"] and info["scale"] == 1.0
+    d = head(h, wide).detach() - before
+    assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-5)  # one shift per subject, the same in every interval
+    assert float(head.wide.weight.detach()) > 0.5
+
+
+def test_fit_wide_needs_a_wide_part() -> None:
+    head = DiscreteHazardHead(2, np.array([0.0, 1.0, 2.0]), proportional=True)
+    with pytest.raises(ValueError, match="^this head has no linear EHR term"):
+        head.fit_wide(torch.zeros(2, 2), torch.zeros(2, 1), torch.ones(2), torch.ones(2))
+
+
+def test_fit_wide_never_reverses_the_network() -> None:
+    """A network that ranks backwards gets scale 0 (not a negative scale): the features carry the model."""
+    rng = np.random.default_rng(11)
+    n = 400
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    t_ev = rng.exponential(200.0 / np.exp(a + b))
+    time = np.minimum(t_ev, 400.0).clip(0.5)
+    event = (t_ev <= 400.0).astype(float)
+    head = DiscreteHazardHead(1, make_edges(time, event, 5), proportional=True, wide_dim=1)
+    head.init_baseline(time, event)
+    h = torch.as_tensor(-a, dtype=torch.float32)[:, None]  # the network learned minus the risk
+    with torch.no_grad():
+        head.linear.weight.fill_(0.5)
+    wide = torch.as_tensor(b, dtype=torch.float32)[:, None]
+    info = head.fit_wide(head(h).detach(), wide, torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32))
+    assert info["kept"] and info["scale"] == 0.0
+    assert float(head.linear.weight.detach().abs().max()) == 0.0 and float(head.wide.weight.detach()) > 0.5

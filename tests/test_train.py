@@ -126,6 +126,23 @@ def test_other_heads(head: str, tiny_cohort: Path, tmp_path: Path) -> None:
     assert s[0] == 1.0 and np.all(np.diff(s) <= 1e-9) and np.all(np.array(p["lower"]) <= s + 1e-9)
 
 
+def test_safetensors_whose_first_byte_looks_like_a_pickle_loads(tmp_path: Path) -> None:
+    """A safetensors header of 128 + 256 k bytes makes the file start with 0x80, the pickle opcode."""
+    from safetensors.torch import save_file
+
+    from core.registry import read_safetensors
+
+    for extra in range(300):
+        path = tmp_path / "w.safetensors"
+        save_file({"w" + "x" * extra: torch.arange(3.0)}, str(path))
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length with low byte 0x80 in 300 tries")
+    (key, value), = read_safetensors(path).items()
+    assert value.tolist() == [0.0, 1.0, 2.0] and key.startswith("w")
+
+
 def test_pickle_checkpoint_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
     from core.registry import load_model
 

@@ -11,6 +11,15 @@ Batch dictionary (all tensors, batch first):
   ``features_present`` ``[B]`` (tabular); ``ehr_embedding`` ``[B, D]`` and
   ``ehr_embedding_present`` ``[B]``.
 
+Linear EHR term (``cfg["ehr_linear"]``, models trained since 2026-11-22): when
+the model uses tabular features, the head also gets ``[features,
+feature_missing]`` (zeroed where ``features_present`` is 0, e.g. under modality
+dropout) and adds a linear term of them to the linear predictor (wide and deep;
+fitted after the network, ``SurvivalHead.fit_wide``). The demo measured why: a
+Cox model on the image-only model's risk plus features.csv ranked far better
+than every fusion, whose deep EHR path, learned from a few hundred subjects,
+read the features poorly (see docs/BENCHMARKS.md).
+
 EHR tokens are ordered ``[events (E), features (F + 1), embedding (1)]`` with a
 learned type embedding each; ``event_weights`` are the fusion's EHR-token
 weights restricted to the E event tokens and renormalised.
@@ -76,8 +85,9 @@ class SurvivalNet(nn.Module):
         self.ehr_emb_proj = nn.Sequential(nn.Linear(int(ecfg["embedding_dim"]), dim), nn.LayerNorm(dim)) if ecfg.get("embedding_dim") else None
         self.type_emb = nn.Embedding(3, dim)
         self.fusion = make_fusion(cfg["fusion"], dim, dropout, int(cfg.get("heads", 2)), anchor=bool(cfg.get("image_anchor", False)))
+        self.wide_dim = 2 * len(ecfg["tabular"]["columns"]) if cfg.get("ehr_linear") and ecfg.get("tabular") and self.fusion.uses_ehr else 0
         self.head = make_head(cfg["head"], self.fusion.out_dim, np.asarray(cfg["edges"], float),
-                              proportional=bool(cfg.get("proportional_head", False)))
+                              proportional=bool(cfg.get("proportional_head", False)), wide_dim=self.wide_dim)
         self.dim = dim
 
     @property
@@ -137,6 +147,13 @@ class SurvivalNet(nn.Module):
             return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), 0
         return torch.cat(toks, dim=1), torch.cat(masks, dim=1), n_events
 
+    def _wide_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``[B, 2F]`` input of the head's linear EHR term: scaled features and missing indicators, 0 where absent."""
+        if not self.wide_dim or "features" not in batch:
+            return None
+        present = batch["features_present"].float()[:, None]
+        return torch.cat([batch["features"].float(), batch["feature_missing"].float()], dim=-1) * present
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         ref = batch.get("image_present")
         if ref is None:
@@ -145,7 +162,7 @@ class SurvivalNet(nn.Module):
         img, img_mask, n_slices = self._image_tokens(batch, b, device)
         ehr, ehr_mask, n_events = self._ehr_tokens(batch, b, device)
         fo = self.fusion(img, img_mask, ehr, ehr_mask)
-        raw = self.head(fo.h)
+        raw = self.head(fo.h, self._wide_input(batch))
         surv = self.head.survival(raw)
         risk = self.head.risk(raw, surv)
         slice_w = fo.image_weights
