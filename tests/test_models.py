@@ -292,6 +292,19 @@ def test_proportional_head_shares_one_predictor_across_intervals() -> None:
         assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-6)
 
 
+def _outcomes(log_hazard: np.ndarray, rng: np.random.Generator, end: float = 400.0) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential times with the given log-hazard (baseline mean 200 days), censored at ``end`` days."""
+    t_ev = rng.exponential(200.0 / np.exp(log_hazard))
+    return np.minimum(t_ev, end).clip(0.5), (t_ev <= end).astype(float)
+
+
+def _two_factors(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two independent N(0, 1) risk factors a, b with log-hazard a + b, and their outcomes."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    return (a, b, *_outcomes(a + b, rng))
+
+
 def test_fit_wide_matches_lifelines_coxph_on_the_features() -> None:
     """With a network that ranks nobody (eta = 0), the Cox head's linear EHR term is a Cox model of the features."""
     import pandas as pd
@@ -301,9 +314,7 @@ def test_fit_wide_matches_lifelines_coxph_on_the_features() -> None:
     n = 400
     x = rng.normal(size=(n, 3))
     beta = np.array([0.8, -0.5, 0.0])
-    t_ev = rng.exponential(200.0 / np.exp(x @ beta))
-    time = np.minimum(t_ev, 400.0).clip(0.5)
-    event = (t_ev <= 400.0).astype(float)
+    time, event = _outcomes(x @ beta, rng)
     head = CoxHead(2, make_edges(time, event, 5), wide_dim=3)
     with torch.no_grad():
         head.linear.weight.zero_()
@@ -326,12 +337,9 @@ def test_fit_wide_adds_the_features_to_a_network_that_read_half_the_risk(kind: s
     from core.evaluate import harrell_c
     from core.models.heads import make_head
 
-    rng = np.random.default_rng(5)
     n = 600
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    t_ev = rng.exponential(200.0 / np.exp(a + b))
-    time = np.minimum(t_ev, 400.0).clip(0.5)
-    event = (t_ev <= 400.0).astype(float)
+    a, b, time, event = _two_factors(n, seed=5)
+    rng = np.random.default_rng(6)
     head = make_head(kind, 1, make_edges(time, event, 10), proportional=True, wide_dim=2)
     head.init_baseline(time, event)
     with torch.no_grad():
@@ -352,9 +360,7 @@ def test_fit_wide_on_a_full_head_shifts_all_intervals_alike() -> None:
     rng = np.random.default_rng(7)
     n = 300
     b = rng.normal(size=n)
-    t_ev = rng.exponential(200.0 / np.exp(b))
-    time = np.minimum(t_ev, 400.0).clip(0.5)
-    event = (t_ev <= 400.0).astype(float)
+    time, event = _outcomes(b, rng)
     head = DiscreteHazardHead(2, make_edges(time, event, 5), proportional=False, wide_dim=1)
     head.init_baseline(time, event)
     h = torch.zeros(n, 2)
@@ -375,12 +381,7 @@ def test_fit_wide_needs_a_wide_part() -> None:
 
 def test_fit_wide_never_reverses_the_network() -> None:
     """A network that ranks backwards gets scale 0 (not a negative scale): the features carry the model."""
-    rng = np.random.default_rng(11)
-    n = 400
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    t_ev = rng.exponential(200.0 / np.exp(a + b))
-    time = np.minimum(t_ev, 400.0).clip(0.5)
-    event = (t_ev <= 400.0).astype(float)
+    a, b, time, event = _two_factors(400, seed=11)
     head = DiscreteHazardHead(1, make_edges(time, event, 5), proportional=True, wide_dim=1)
     head.init_baseline(time, event)
     h = torch.as_tensor(-a, dtype=torch.float32)[:, None]  # the network learned minus the risk
