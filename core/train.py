@@ -810,8 +810,10 @@ def _fit_member(cfg: dict[str, Any], data: dict[str, torch.Tensor], table: pd.Da
               patience=settings["patience"], label=label, progress_span=(mid if groups else span[0], span[1]),
               modality_dropout=settings["modality_dropout"], param_groups=groups, **common)
     if net.head.wide is not None:
-        pred_tr = predict_batches(net, _index(data, train_idx), device)
-        wide_x = torch.cat([data["features"], data["feature_missing"]], -1)[train_idx] * data["features_present"][train_idx, None]
+        train_data = _index(data, train_idx)
+        pred_tr = predict_batches(net, train_data, device)
+        wide_x = net._wide_input(train_data)  # exactly what the head gets in forward
+        assert wide_x is not None
         steps["ehr_linear"] = net.head.fit_wide(torch.as_tensor(pred_tr["raw"]), wide_x, data["time"][train_idx],
                                                 data["event"][train_idx], penalty=float(settings["ehr_linear_penalty"]))
     calibration = None
