@@ -146,6 +146,10 @@ def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> 
     ]
     if cfg.get("image", {}).get("lung_mask"):
         lines.append(LUNG_MASK_NOTE)
+        if cfg["image"].get("lung_close"):
+            lines.append(f"- Juxtapleural nodules: each lung region is also closed with a disk of "
+                         f"{cfg['image']['lung_close']:.0%} of the slice width, and the soft tissue this adds below "
+                         "120 HU joins the mask (enhanced vessels and bone stay out).")
     if cfg.get("ehr_linear"):
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "
@@ -338,6 +342,8 @@ def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
     dev = resolve_device(device)
     net = build_net(cfg)
     missing, unexpected = net.load_state_dict(state, strict=False)
+    # folders saved before the training mean of the linear EHR term was stored keep its old value, 0
+    missing = [k for k in missing if not k.endswith("wide_mean")]
     if missing or unexpected:
         raise InputError(WEIGHTS, f"{len(missing)} missing, {len(unexpected)} unexpected tensors",
                          "weights do not match config.json", "re-train the model; do not mix files of different models")

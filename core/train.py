@@ -11,7 +11,7 @@ How a model is trained (``train_model``):
    discrete-time survival objective on the train split (starting from a
    ``pretrain`` encoder folder when ``image_encoder`` is given), early-stopped on
    validation C-index. The 2D encoder sees the lungs only (``image.lung_mask``,
-   see ``core.models.image2d``). It is then frozen and its tokens for every subject are
+   with nodules on the chest wall since ``image.lung_close``; see ``core.models.image2d``). It is then frozen and its tokens for every subject are
    cached in ``<cohort>/.cache/`` keyed by (cohort fingerprint, encoder config,
    seed, initial weights). Comparing strategies therefore encodes each CT once.
 3. **Fusion (stage B).** The strategy, EHR encoders and survival head are
@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
     "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
               "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0], "lung_mask": True,
+              # closing radius (fraction of the slice width) that adds juxtapleural nodules to the lung mask
+              # (core.models.image2d.close_lung_regions); absent in older models, which load with 0
+              "lung_close": 0.05,
               # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
@@ -397,6 +400,8 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
     cfg: dict[str, Any] = {"kind": kind, "hu_window": list(s["hu_window"]), "out_dim": int(s["out_dim"])}
     if kind == "2d":
         cfg.update(size=int(s["size"]), channels=list(s["channels"]), lung_mask=bool(s["lung_mask"]))
+        if cfg["lung_mask"] and float(s.get("lung_close", 0.0)) > 0:
+            cfg["lung_close"] = float(s["lung_close"])
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     elif kind == "embedding":
@@ -435,7 +440,7 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
     """Windowed + resized CT of every subject (``encoder.preprocess``), float16, padded over slices; cached."""
     from core.models.net import build_image_encoder
 
-    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask")})
+    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close")})
     path = _cache_dir(cohort) / f"images_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
@@ -496,9 +501,10 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             if k in init_cfg and k in icfg and init_cfg[k] != icfg[k]:
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg[k]} does not match {icfg[k]}",
                                  "pretrain with the same image settings or train without --image-encoder")
-        if icfg.get("kind") == "2d" and bool(init_cfg.get("lung_mask", False)) != bool(icfg.get("lung_mask", False)):
-            raise InputError("image_encoder", str(init_dir), f"encoder lung_mask={bool(init_cfg.get('lung_mask', False))} does not match {bool(icfg.get('lung_mask', False))}",
-                             "pretrain again with this version or train without --image-encoder")
+        for k, default in (("lung_mask", False), ("lung_close", 0.0)):
+            if icfg.get("kind") == "2d" and init_cfg.get(k, default) != icfg.get(k, default):
+                raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg.get(k, default)} does not match {icfg.get(k, default)}",
+                                 "pretrain again with this version or train without --image-encoder")
         init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
     prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
     key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
@@ -812,6 +818,7 @@ def _fit_member(cfg: dict[str, Any], data: dict[str, torch.Tensor], table: pd.Da
     if net.head.wide is not None:
         train_data = _index(data, train_idx)
         pred_tr = predict_batches(net, train_data, device)
+        net.set_wide_mean(train_data)  # subjects without features get the train mean (also below, in the fit)
         wide_x = net._wide_input(train_data)  # exactly what the head gets in forward
         assert wide_x is not None
         steps["ehr_linear"] = net.head.fit_wide(torch.as_tensor(pred_tr["raw"]), wide_x, data["time"][train_idx],

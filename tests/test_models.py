@@ -391,3 +391,58 @@ def test_fit_wide_never_reverses_the_network() -> None:
     info = head.fit_wide(head(h).detach(), wide, torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32))
     assert info["kept"] and info["scale"] == 0.0
     assert float(head.linear.weight.detach().abs().max()) == 0.0 and float(head.wide.weight.detach()) > 0.5
+
+
+def test_subjects_without_features_get_the_training_mean_of_the_linear_term() -> None:
+    """An uploaded case has no tabular features: its linear EHR term is the training mean, not 0."""
+    cfg = {"fusion": "ehr_only", "head": "discrete", "dim": 8, "edges": [0.0, 10.0, 30.0], "proportional_head": True,
+           "ehr_linear": True, "image": {"kind": "none", "out_dim": 8, "hu_window": [-1000, 1000]},
+           "ehr": {"sequence": None, "tabular": {"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]}, "embedding_dim": None}}
+    net = SurvivalNet(cfg).eval()
+    assert net.wide_dim == 4 and float(net.wide_mean.abs().sum()) == 0.0
+    batch = {"features": torch.tensor([[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]),
+             "feature_missing": torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]),
+             "features_present": torch.tensor([1.0, 1.0, 0.0])}
+    assert net.set_wide_mean(batch) == 2  # the subject without features does not count
+    assert net.wide_mean.tolist() == [2.0, 3.0, 0.0, 0.5]
+    x = net._wide_input(batch)
+    assert x is not None and x[0].tolist() == [1.0, 2.0, 0.0, 1.0] and x[2].tolist() == [2.0, 3.0, 0.0, 0.5]
+    # no feature tensors at all in the batch (an uploaded case): every row gets the mean
+    none = {"codes": torch.zeros(2, 1, dtype=torch.long)}
+    assert net._wide_input(none, 2).tolist() == [[2.0, 3.0, 0.0, 0.5]] * 2
+    assert net._wide_input(none) is None  # without a batch size there is nothing to expand
+    with torch.no_grad():
+        before = net({"features_present": torch.zeros(1), "features": torch.zeros(1, 2),
+                      "feature_missing": torch.zeros(1, 2)})["raw"]
+        net.head.wide.weight.copy_(torch.tensor([[0.5, -1.0, 0.3, 0.4]]))
+        after = net({"features_present": torch.zeros(1), "features": torch.zeros(1, 2),
+                     "feature_missing": torch.zeros(1, 2)})["raw"]
+    # every interval's logit moves by v . mean = 1.0 - 3.0 + 0.2 = -1.8
+    assert torch.allclose(after - before, torch.full_like(before, -1.8), atol=1e-5)
+
+
+def test_lateral_closing_adds_wall_lesions_not_mediastinum() -> None:
+    """Closing the lateral side of each lung (5 % of the slice) covers big lesions on the chest wall, adds no vessel or bone."""
+    from core.demo import phantom as P
+    from core.demo.latents import sample_latents
+    from core.models.image2d import lung_mask
+
+    lat = sample_latents(300, seed=5)
+    rows = lat[(lat["lesion"] == 1) & (lat["lesion_central"] == 0) & (lat["lesion_radius_mm"] > 15)].head(12)
+    assert len(rows) == 12
+    base, closed = [], []
+    for _, row in rows.iterrows():
+        ph = P.render_phantom(row, np.random.default_rng(2))
+        hu, les = ph.hu.astype(np.float32), ph.labels == P.LESION
+        m0, m1 = lung_mask(hu), lung_mask(hu, close_fraction=0.05)
+        assert (m0 <= m1).all()  # the closing only adds
+        base.append(m0[les].mean())
+        closed.append(m1[les].mean())
+        for tissue in (P.BLOOD, P.VESSEL, P.RIB, P.CORTICAL, P.CANCELLOUS, P.AIR):
+            assert m1[ph.labels == tissue].mean() < 0.01, P.LABEL_NAMES[tissue]
+        assert m1[ph.labels == P.MYOCARDIUM].mean() < 0.02
+        assert (m1 & ~m0 & ~les & (ph.hu > -300)).sum() < 120  # extra soft tissue that is not lesion
+    base_a, closed_a = np.array(base), np.array(closed)
+    missed = base_a < 0.5  # lesions the plain mask leaves out: indentations of the lung border
+    assert missed.sum() >= 3, base
+    assert closed_a[missed].mean() > 0.7 and closed_a.mean() > base_a.mean() + 0.15, (base, closed)

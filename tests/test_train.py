@@ -78,7 +78,7 @@ def test_loaded_model_forward_is_differentiable(fusion: str, models: dict[str, P
     assert out.survival.shape == (1, len(model.times))
     if out.slice_weights is not None:
         assert out.slice_weights.shape == (1, vol.hu.shape[0])
-        assert float(out.slice_weights.sum()) == pytest.approx(1.0, abs=1e-4)
+        assert float(out.slice_weights.detach().sum()) == pytest.approx(1.0, abs=1e-4)
     if out.event_weights is not None:
         assert out.event_weights.shape == (1, len(inputs.events))
         assert float(out.event_weights.sum()) == pytest.approx(1.0, abs=1e-4)
@@ -230,7 +230,7 @@ def test_lung_mask_and_warm_started_image_path(models: dict[str, Path], tiny_coh
     from core.registry import load_model
 
     cfg = json.loads((models["concat"] / "config.json").read_text())
-    assert cfg["image"]["lung_mask"] is True and cfg["image_anchor"] is True
+    assert cfg["image"]["lung_mask"] is True and cfg["image_anchor"] is True and cfg["image"]["lung_close"] == 0.05
     metrics = json.loads((models["concat"] / "metrics.json").read_text())
     assert metrics["image_encoder"]["warm_start"] == ["image_proj", "slice_pos", "pool", "mlp", "head"]
     model = load_model(models["image_only"])
@@ -239,7 +239,7 @@ def test_lung_mask_and_warm_started_image_path(models: dict[str, Path], tiny_coh
     inputs.image.requires_grad_(True)
     model.forward(inputs).risk.sum().backward()
     grad = inputs.image.grad[0].abs().numpy()
-    lung = lung_mask(inputs.image.detach()[0].numpy())
+    lung = lung_mask(inputs.image.detach()[0].numpy(), close_fraction=cfg["image"]["lung_close"])
     assert lung.sum() > 100 and grad[~lung].sum() == 0.0 and grad[lung].sum() > 0.0
 
 
@@ -295,3 +295,39 @@ def test_single_network_and_bad_ensemble_size(tiny_cohort: Path, tmp_path: Path,
     rc = cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "ehr_only", "--out", str(tmp_path / "x"), "--ensemble", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and err == "error: ensemble: got 0, must be an integer >= 1; fix: use e.g. --ensemble 5 (or 1 for a single network)\n"
+
+
+@pytest.mark.slow
+def test_linear_ehr_term_training_mean_for_cases_without_features(models: dict[str, Path], tiny_cohort: Path, tmp_path: Path) -> None:
+    """The stored training mean stands in for missing features; folders saved before it existed still load (mean 0)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from core.cohort import load_cohort
+    from core.registry import load_model
+
+    model = load_model(models["concat"])
+    cohort = load_cohort(tiny_cohort)
+    member = model.net.members[0] if hasattr(model.net, "members") else model.net
+    assert member.wide_dim > 0 and float(member.wide_mean.abs().sum()) > 0
+    inputs = model.case_inputs(cohort, "demo0005")
+    with_features = model.predict_case(inputs)
+    inputs.ehr["features_present"] = torch.zeros(1)  # what an uploaded case looks like: no row in features.csv
+    without = model.predict_case(inputs)
+    assert without.modalities_used == ["image", "ehr_events"] and with_features.risk != without.risk
+    # its linear term is exactly the term of the training mean: v . wide_mean
+    batch = model.net_batch(inputs)
+    assert torch.allclose(member._wide_input(batch), member.wide_mean[None])
+    term = member.head.wide_term(member._wide_input(batch))
+    assert term is not None and float(term) == pytest.approx(float(member.head.wide.weight @ member.wide_mean), abs=1e-6)
+    # an old folder: no wide_mean tensors; it loads, with the old behaviour (the term is 0 without features)
+    old = tmp_path / "old"
+    shutil.copytree(models["concat"], old)
+    state = load_file(str(old / "model.safetensors"))
+    kept = {k: v for k, v in state.items() if not k.endswith("wide_mean")}
+    assert len(kept) < len(state)
+    save_file(kept, str(old / "model.safetensors"))
+    old_model = load_model(old)
+    old_member = old_model.net.members[0] if hasattr(old_model.net, "members") else old_model.net
+    assert float(old_member.wide_mean.abs().sum()) == 0.0

@@ -13,8 +13,8 @@ Batch dictionary (all tensors, batch first):
 
 Linear EHR term (``cfg["ehr_linear"]``, models trained since 2026-11-22): when
 the model uses tabular features, the head also gets ``[features,
-feature_missing]`` (zeroed where ``features_present`` is 0, e.g. under modality
-dropout) and adds a linear term of them to the linear predictor (wide and deep;
+feature_missing]`` (where ``features_present`` is 0, as for an uploaded case,
+the training mean ``wide_mean`` instead) and adds a linear term of them to the linear predictor (wide and deep;
 fitted after the network, ``SurvivalHead.fit_wide``). The demo measured why: a
 Cox model on the image-only model's risk plus features.csv ranked far better
 than every fusion, whose deep EHR path, learned from a few hundred subjects,
@@ -49,7 +49,7 @@ def build_image_encoder(icfg: dict) -> nn.Module | None:
     kind = icfg.get("kind", "none")
     if kind == "2d":
         return SliceEncoder2D(int(icfg["out_dim"]), int(icfg["size"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]),
-                              lung_mask=bool(icfg.get("lung_mask", False)))
+                              lung_mask=bool(icfg.get("lung_mask", False)), lung_close=float(icfg.get("lung_close", 0.0)))
     if kind == "3d":
         from core.models.image3d import VolumeEncoder3D
 
@@ -88,6 +88,10 @@ class SurvivalNet(nn.Module):
         self.wide_dim = 2 * len(ecfg["tabular"]["columns"]) if cfg.get("ehr_linear") and ecfg.get("tabular") and self.fusion.uses_ehr else 0
         self.head = make_head(cfg["head"], self.fusion.out_dim, np.asarray(cfg["edges"], float),
                               proportional=bool(cfg.get("proportional_head", False)), wide_dim=self.wide_dim)
+        if self.wide_dim:
+            # the linear EHR term's input for a subject without tabular features (an uploaded case): the mean
+            # over the training subjects with features (``set_wide_mean``); 0 in model folders saved before it
+            self.register_buffer("wide_mean", torch.zeros(self.wide_dim))
         self.dim = dim
 
     @property
@@ -147,12 +151,33 @@ class SurvivalNet(nn.Module):
             return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), 0
         return torch.cat(toks, dim=1), torch.cat(masks, dim=1), n_events
 
-    def _wide_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """``[B, 2F]`` input of the head's linear EHR term: scaled features and missing indicators, 0 where absent."""
-        if not self.wide_dim or "features" not in batch:
+    def _wide_input(self, batch: dict[str, torch.Tensor], b: int | None = None) -> torch.Tensor | None:
+        """``[B, 2F]`` input of the head's linear EHR term: scaled features and missing indicators.
+
+        A subject without features (``features_present`` 0, or no ``features`` in the batch at all,
+        as for an uploaded case; ``b`` is then the batch size) gets ``wide_mean``, the training mean,
+        so its term is the average term of the training subjects rather than 0.
+        """
+        if not self.wide_dim:
             return None
+        mean = self.wide_mean.float()
+        if "features" not in batch:
+            return None if b is None else mean.expand(b, -1)
         present = batch["features_present"].float()[:, None]
-        return torch.cat([batch["features"].float(), batch["feature_missing"].float()], dim=-1) * present
+        x = torch.cat([batch["features"].float(), batch["feature_missing"].float()], dim=-1)
+        return x * present + mean.to(x.device) * (1.0 - present)
+
+    @torch.no_grad()
+    def set_wide_mean(self, batch: dict[str, torch.Tensor]) -> int:
+        """Set ``wide_mean`` to the mean wide input over the batch's subjects with features; returns their number."""
+        if not self.wide_dim or "features" not in batch:
+            return 0
+        keep = batch["features_present"].float() > 0
+        if not bool(keep.any()):
+            return 0
+        x = torch.cat([batch["features"].float(), batch["feature_missing"].float()], dim=-1)[keep]
+        self.wide_mean.copy_(x.mean(dim=0).to(self.wide_mean))
+        return int(keep.sum())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         ref = batch.get("image_present")
@@ -162,7 +187,7 @@ class SurvivalNet(nn.Module):
         img, img_mask, n_slices = self._image_tokens(batch, b, device)
         ehr, ehr_mask, n_events = self._ehr_tokens(batch, b, device)
         fo = self.fusion(img, img_mask, ehr, ehr_mask)
-        raw = self.head(fo.h, self._wide_input(batch))
+        raw = self.head(fo.h, self._wide_input(batch, b))
         surv = self.head.survival(raw)
         risk = self.head.risk(raw, surv)
         slice_w = fo.image_weights
