@@ -56,6 +56,8 @@ GRAY: list[list[Any]] = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
 BAND_FILL = "rgba(31,119,180,0.2)"
 COHORT_COLOR = "rgb(110,110,110)"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+# risk groups read at a glance: low green, intermediate orange, high red
+RISK_GROUP_COLORS = {"low": "#2ca02c", "intermediate": "#ff7f0e", "high": "#d62728"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -395,17 +397,24 @@ def survival_compare_figure(
     cohort_km: tuple[Any, Any, Any, Any] | None = None,
     horizons: Sequence[float] = DEFAULT_HORIZONS,
     title: str = "",
+    colors: Sequence[str] | None = None,
 ) -> go.Figure:
-    """The same case under several fusion strategies: ``{strategy: (times, s, lo, hi)}``."""
+    """The same case under several fusion strategies: ``{strategy: (times, s, lo, hi)}``.
+
+    ``colors`` (``#rrggbb``, one per curve, in order) replaces the default palette, e.g.
+    ``RISK_GROUP_COLORS`` for risk groups.
+    """
     if not curves:
         raise InputError("curves", {}, "is empty", "pass at least one strategy's curve")
+    if colors is not None and len(colors) != len(curves):
+        raise InputError("colors", len(colors), f"must give one colour per curve ({len(curves)})", "pass one #rrggbb per curve or none")
     fig = go.Figure()
     if cohort_km is not None:
         for tr in _km_traces(*_curve("cohort_km", *cohort_km), name="cohort Kaplan-Meier", color=COHORT_COLOR,
                              fill="rgba(110,110,110,0.12)", dash="dash"):
             fig.add_trace(tr)
     for i, (name, curve) in enumerate(curves.items()):
-        color = PALETTE[i % len(PALETTE)]
+        color = colors[i] if colors is not None else PALETTE[i % len(PALETTE)]
         r, g, b = (int(color[j:j + 2], 16) for j in (1, 3, 5))
         for tr in _km_traces(*_curve(f"curves[{name}]", *curve), name=str(name), color=color,
                              fill=f"rgba({r},{g},{b},0.12)"):

@@ -118,9 +118,15 @@ def _ci(m: dict, key: str) -> str:
 LUNG_MASK_NOTE = (
     "- Image preprocessing: each axial slice is restricted to a threshold lung mask (air below -400 HU not "
     "touching the slice border, plus small enclosed holes such as nodules; computed without gradient), and the "
-    "log soft-tissue area (> -300 HU) inside that mask is one extra input per slice. Nodules touching the "
-    "chest wall or mediastinum can fall outside the mask."
+    "log soft-tissue area (> -300 HU) inside that mask is one extra input per slice."
 )
+OLD_MASK_GAP = " Nodules touching the chest wall or mediastinum can fall outside the mask."
+
+
+def lung_close_note(fraction: float) -> str:
+    return (f"- Nodules on the chest wall: each lung region is also closed on its lateral side with a disk of "
+            f"{fraction:.0%} of the slice width, and the soft tissue this adds below 120 HU joins the mask. Nodules on "
+            "the mediastinal side can still fall outside it.")
 
 
 def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> str:
@@ -145,11 +151,10 @@ def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> 
         + (f" (initialised from `{metrics['image_encoder'].get('init')}`)." if metrics.get("image_encoder", {}).get("init") else "."),
     ]
     if cfg.get("image", {}).get("lung_mask"):
-        lines.append(LUNG_MASK_NOTE)
-        if cfg["image"].get("lung_close"):
-            lines.append(f"- Juxtapleural nodules: each lung region is also closed with a disk of "
-                         f"{cfg['image']['lung_close']:.0%} of the slice width, and the soft tissue this adds below "
-                         "120 HU joins the mask (enhanced vessels and bone stay out).")
+        close = float(cfg["image"].get("lung_close", 0.0))
+        lines.append(LUNG_MASK_NOTE + ("" if close else OLD_MASK_GAP))
+        if close:
+            lines.append(lung_close_note(close))
     if cfg.get("ehr_linear"):
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "

@@ -95,7 +95,8 @@ with tab_model:
                           lambda: appdata.reference_curves(ui.model_by_name(name), cohort, cohort.ids("test")))
             curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
                       for g in ref["groups"]}
-            km = F.survival_compare_figure(curves)
+            palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
+            km = F.survival_compare_figure(curves, colors=None if None in palette else palette)  # type: ignore[arg-type]
             km.update_layout(width=None, height=420)
             st.plotly_chart(km, width="stretch", key="km_groups")
             if ref["logrank_p"] is not None:

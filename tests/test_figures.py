@@ -94,6 +94,11 @@ def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, 
     fig = F.survival_compare_figure({"concat": (t, [0.9, 0.8, 0.7], None, None),
                                      "cross_attention": (t, [0.95, 0.85, 0.6], [0.9, 0.8, 0.5], [1, 0.9, 0.7])})
     assert [tr.name for tr in fig.data if tr.showlegend is not False] == ["concat", "cross_attention"]
+    groups = F.survival_compare_figure({"low risk": (t, [0.9, 0.8, 0.7], None, None), "high risk": (t, [0.7, 0.5, 0.3], None, None)},
+                                       colors=[F.RISK_GROUP_COLORS["low"], F.RISK_GROUP_COLORS["high"]])
+    assert [tr.line.color for tr in groups.data if tr.showlegend is not False] == ["#2ca02c", "#d62728"]
+    with pytest.raises(InputError, match=re.escape("colors: got 1")):
+        F.survival_compare_figure({"a": (t, [0.9, 0.8, 0.7], None, None), "b": (t, [0.9, 0.8, 0.7], None, None)}, colors=["#000000"])
     heat = F.attention_heatmap(np.full((2, 4), 0.25), ["layer 1 head 1", "layer 1 head 2"], ["a", "b", "c", "d"])
     assert np.asarray(heat.data[0].z).shape == (2, 4) and list(heat.layout.yaxis.ticktext) == ["layer 1 head 1", "layer 1 head 2"]
     with pytest.raises(InputError, match=re.escape("labels: got 1 x 4, must match weights (2, 4)")):
