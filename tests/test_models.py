@@ -446,3 +446,22 @@ def test_lateral_closing_adds_wall_lesions_not_mediastinum() -> None:
     missed = base_a < 0.5  # lesions the plain mask leaves out: indentations of the lung border
     assert missed.sum() >= 3, base
     assert closed_a[missed].mean() > 0.7 and closed_a.mean() > base_a.mean() + 0.15, (base, closed)
+
+
+@pytest.mark.parametrize("radius", [1, 3, 5, 26])
+def test_distance_transform_closing_equals_binary_closing_with_a_disk(radius: int) -> None:
+    """The lung closing uses distance transforms (cost independent of the radius); same result as scipy's closing."""
+    from scipy import ndimage
+
+    from core.models.image2d import _close_disk
+
+    rng = np.random.default_rng(radius)
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disk = yy ** 2 + xx ** 2 <= radius * radius + 0.5
+    pad = radius + 1
+    for _ in range(5):
+        region = ndimage.binary_opening(rng.random((60, 70)) < 0.55)
+        expected = ndimage.binary_closing(np.pad(region, pad), structure=disk)[pad:-pad, pad:-pad]
+        got = _close_disk(region, radius)
+        assert got.shape == region.shape and (got == expected).all()
+        assert (got >= region).all()
