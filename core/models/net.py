@@ -164,8 +164,12 @@ class SurvivalNet(nn.Module):
         if "features" not in batch:
             return None if b is None else mean.expand(b, -1)
         present = batch["features_present"].float()[:, None]
-        x = torch.cat([batch["features"].float(), batch["feature_missing"].float()], dim=-1)
+        x = self._features_and_missing(batch)
         return x * present + mean.to(x.device) * (1.0 - present)
+
+    @staticmethod
+    def _features_and_missing(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([batch["features"].float(), batch["feature_missing"].float()], dim=-1)
 
     @torch.no_grad()
     def set_wide_mean(self, batch: dict[str, torch.Tensor]) -> int:
@@ -175,7 +179,7 @@ class SurvivalNet(nn.Module):
         keep = batch["features_present"].float() > 0
         if not bool(keep.any()):
             return 0
-        x = torch.cat([batch["features"].float(), batch["feature_missing"].float()], dim=-1)[keep]
+        x = self._features_and_missing(batch)[keep]
         self.wide_mean.copy_(x.mean(dim=0).to(self.wide_mean))
         return int(keep.sum())
 
