@@ -29,6 +29,7 @@ weight of each event.
 from __future__ import annotations
 
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -209,8 +210,9 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
             batch["image"] = xs
             return risk_at(net(batch)["survival"], times, horizon)
 
-    attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
-                       internal_batch_size=int(internal_batch_size), spacing=None)
+    with _lung_mask_pinned(net, image, int(slice_index) if per_slice else None, method):
+        attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
+                           internal_batch_size=int(internal_batch_size), spacing=None)
     full = np.zeros((s, r, c), dtype=np.float32)
     if per_slice:
         full[int(slice_index)] = attr[0]  # type: ignore[arg-type]
@@ -227,6 +229,24 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
         top_events = top_event_rows(table)
     return Attribution(map=full, method=method, target=target_text(model, horizon), horizon_days=horizon,
                        top_slices=top_slices, top_events=top_events, slice_index=int(slice_index) if per_slice else None)
+
+
+PERTURBING_METHODS: tuple[str, ...] = ("integrated_gradients", "occlusion", "smoothgrad")
+
+
+def _lung_mask_pinned(net: Any, image: torch.Tensor, slice_index: int | None, method: str) -> AbstractContextManager[None]:
+    """The lung mask of ``image`` held fixed while ``method`` perturbs it (2D lung-masked encoders only).
+
+    Saliency and Grad-CAM run the network once on the CT itself, so there is nothing to pin.
+    """
+    from core.models.image2d import SliceEncoder2D
+
+    enc = getattr(net, "image_encoder", None)
+    if method not in PERTURBING_METHODS or not isinstance(enc, SliceEncoder2D) or not enc.lung_mask:
+        return nullcontext()
+    # the mask is computed slice by slice, so one slice's mask is that slice of the volume's
+    lungs = enc.mask(image if slice_index is None else image[:, slice_index:slice_index + 1])[0]
+    return enc.pinned_mask(lungs)
 
 
 def _baseline_tensor(x: torch.Tensor, baseline: str) -> torch.Tensor:

@@ -123,10 +123,13 @@ LUNG_MASK_NOTE = (
 OLD_MASK_GAP = " Nodules touching the chest wall or mediastinum can fall outside the mask."
 
 
-def lung_close_note(fraction: float) -> str:
-    return (f"- Nodules on the chest wall: each lung region is also closed on its lateral side with a disk of "
-            f"{fraction:.0%} of the slice width, and the soft tissue this adds below 120 HU joins the mask. Nodules on "
-            "the mediastinal side can still fall outside it.")
+def lung_close_note(fraction: float, medial: bool = False) -> str:
+    side = ("On the mediastinal side the closing adds only solid tissue (-100 to 120 HU) that does not touch a voxel "
+            "of 120 HU or more (an enhanced vessel or heart chamber): nodules at the hilum join the mask, those "
+            "wrapped around an enhanced vessel only in part, and on a CT without contrast the hilar vessels can "
+            "join it too." if medial else "Nodules on the mediastinal side can still fall outside it.")
+    return (f"- Nodules on the lung border: each lung region is also closed with a disk of {fraction:.0%} of the "
+            f"slice width, and on its lateral side the soft tissue this adds below 120 HU joins the mask. {side}")
 
 
 def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> str:
@@ -154,7 +157,7 @@ def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> 
         close = float(cfg["image"].get("lung_close", 0.0))
         lines.append(LUNG_MASK_NOTE + ("" if close else OLD_MASK_GAP))
         if close:
-            lines.append(lung_close_note(close))
+            lines.append(lung_close_note(close, bool(cfg["image"].get("lung_medial", False))))
     if cfg.get("ehr_linear"):
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "

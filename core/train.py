@@ -89,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
               # closing radius (fraction of the slice width) that adds juxtapleural nodules to the lung mask
               # (core.models.image2d.close_lung_regions); absent in older models, which load with 0
               "lung_close": 0.05,
+              # the closing also adds solid tissue on the mediastinal side (nodules at the hilum); absent in older
+              # models, which load with False
+              "lung_medial": True,
               # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
@@ -402,6 +405,8 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
         cfg.update(size=int(s["size"]), channels=list(s["channels"]), lung_mask=bool(s["lung_mask"]))
         if cfg["lung_mask"] and float(s.get("lung_close", 0.0)) > 0:
             cfg["lung_close"] = float(s["lung_close"])
+            if bool(s.get("lung_medial", False)):
+                cfg["lung_medial"] = True
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     elif kind == "embedding":
@@ -440,7 +445,7 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
     """Windowed + resized CT of every subject (``encoder.preprocess``), float16, padded over slices; cached."""
     from core.models.net import build_image_encoder
 
-    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close")})
+    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close", "lung_medial")})
     path = _cache_dir(cohort) / f"images_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
@@ -501,7 +506,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             if k in init_cfg and k in icfg and init_cfg[k] != icfg[k]:
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg[k]} does not match {icfg[k]}",
                                  "pretrain with the same image settings or train without --image-encoder")
-        for k, default in (("lung_mask", False), ("lung_close", 0.0)):
+        for k, default in (("lung_mask", False), ("lung_close", 0.0), ("lung_medial", False)):
             if icfg.get("kind") == "2d" and init_cfg.get(k, default) != icfg.get(k, default):
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg.get(k, default)} does not match {icfg.get(k, default)}",
                                  "pretrain again with this version or train without --image-encoder")

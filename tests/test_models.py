@@ -448,6 +448,35 @@ def test_lateral_closing_adds_wall_lesions_not_mediastinum() -> None:
     assert closed_a[missed].mean() > 0.7 and closed_a.mean() > base_a.mean() + 0.15, (base, closed)
 
 
+def test_medial_closing_adds_hilar_lesions_not_vessel_rims() -> None:
+    """On the mediastinal side the closing adds solid tissue (> -100 HU) away from enhanced vessels: central lesions."""
+    from core.demo import phantom as P
+    from core.demo.latents import sample_latents
+    from core.models.image2d import lung_mask
+
+    lat = sample_latents(300, seed=5)
+    rows = lat[(lat["lesion"] == 1) & (lat["lesion_central"] == 1) & (lat["lesion_radius_mm"] > 15)].head(12)
+    assert len(rows) == 12
+    lateral, medial = [], []
+    for _, row in rows.iterrows():
+        ph = P.render_phantom(row, np.random.default_rng(2))
+        hu, les = ph.hu.astype(np.float32), ph.labels == P.LESION
+        m1, m2 = lung_mask(hu, close_fraction=0.05), lung_mask(hu, close_fraction=0.05, medial=True)
+        assert (m1 <= m2).all()  # the medial side only adds
+        lateral.append(m1[les].mean())
+        medial.append(m2[les].mean())
+        added = m2 & ~m1
+        assert (hu[added] > -100).all() and (hu[added] < 120).all()
+        for tissue in (P.BLOOD, P.VESSEL, P.RIB, P.CORTICAL, P.CANCELLOUS, P.AIR, P.FAT):
+            assert m2[ph.labels == tissue].mean() < 0.01, P.LABEL_NAMES[tissue]
+        assert m2[ph.labels == P.MYOCARDIUM].mean() < 0.02
+        assert (added & ~les).sum() < 60  # extra voxels that are not lesion
+    lat_a, med_a = np.array(lateral), np.array(medial)
+    missed = lat_a < 0.6  # hilar lesions the lateral closing leaves out
+    assert missed.sum() >= 3, lateral
+    assert med_a[missed].mean() > lat_a[missed].mean() + 0.25 and med_a.mean() > lat_a.mean() + 0.1, (lateral, medial)
+
+
 @pytest.mark.parametrize("radius", [1, 3, 5, 26])
 def test_distance_transform_closing_equals_binary_closing_with_a_disk(radius: int) -> None:
     """The lung closing uses distance transforms (cost independent of the radius); same result as scipy's closing."""

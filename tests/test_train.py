@@ -231,6 +231,8 @@ def test_lung_mask_and_warm_started_image_path(models: dict[str, Path], tiny_coh
 
     cfg = json.loads((models["concat"] / "config.json").read_text())
     assert cfg["image"]["lung_mask"] is True and cfg["image_anchor"] is True and cfg["image"]["lung_close"] == 0.05
+    assert cfg["image"]["lung_medial"] is True
+    assert "nodules at the hilum join the mask" in (models["concat"] / "MODEL_CARD.md").read_text()
     metrics = json.loads((models["concat"] / "metrics.json").read_text())
     assert metrics["image_encoder"]["warm_start"] == ["image_proj", "slice_pos", "pool", "mlp", "head"]
     model = load_model(models["image_only"])
@@ -239,7 +241,7 @@ def test_lung_mask_and_warm_started_image_path(models: dict[str, Path], tiny_coh
     inputs.image.requires_grad_(True)
     model.forward(inputs).risk.sum().backward()
     grad = inputs.image.grad[0].abs().numpy()
-    lung = lung_mask(inputs.image.detach()[0].numpy(), close_fraction=cfg["image"]["lung_close"])
+    lung = lung_mask(inputs.image.detach()[0].numpy(), close_fraction=cfg["image"]["lung_close"], medial=True)
     assert lung.sum() > 100 and grad[~lung].sum() == 0.0 and grad[lung].sum() > 0.0
 
 

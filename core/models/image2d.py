@@ -32,6 +32,15 @@ like nodules to the soft-tissue count (closing both sides cost image-only C
 slice: lesions over 15 mm by the chest wall covered 49 % -> 90 %, for about 15
 extra soft-tissue voxels per subject (docs/BENCHMARKS.md).
 
+Nodules at the hilum (``lung_medial``, the default for new models): on the
+mediastinal side the same closing adds only solid tissue (denser than
+``MEDIAL_MIN_HU``) that does not touch an enhanced voxel (``CLOSE_MAX_HU`` or
+more): the borders that defeated closing both sides are partial-volume rims
+of contrast-filled vessels and chambers, and fat. On 300 demo phantoms central
+lesions were covered 64 % -> 82 % (those over 15 mm 51 % -> 77 %) for about
+12 more soft-tissue voxels per subject. The rule assumes contrast-enhanced CT:
+without contrast the hilar vessels are as dense as a nodule and can join the mask.
+
 Training splits the forward in two (``preprocess`` then ``trunk``) so that the
 resized slices can be computed once per cohort; ``forward`` is exactly
 ``trunk(preprocess(x))``. No batch norm (GroupNorm only), so train and eval
@@ -39,6 +48,9 @@ modes give the same tokens and cached tokens match tokens from voxels.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -52,9 +64,11 @@ MAX_HOLE_FRACTION = 0.01        # enclosed holes up to this fraction of the slic
 SOFT_TISSUE_ABOVE_HU = -300.0   # nodule-like voxels inside the lung mask
 CLOSE_MAX_HU = 120.0            # voxels added by the closing must be darker than this (no enhanced vessels, bone)
 MIN_CLOSE_REGION = 20           # lung regions smaller than this (pixels) are not closed
+MEDIAL_MIN_HU = -100.0          # on the mediastinal side the closing adds only voxels denser than this (solid tissue)
 
 _IN_PLANE = np.zeros((3, 3, 3), bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity within a slice, none across slices
+_SQUARE = np.ones((3, 3), bool)
 
 
 def _close_disk(region: np.ndarray, radius: int) -> np.ndarray:
@@ -72,7 +86,8 @@ def _close_disk(region: np.ndarray, radius: int) -> np.ndarray:
     return closed[pad:-pad, pad:-pad]
 
 
-def close_lung_regions(hu: np.ndarray, mask: np.ndarray, radius: int, max_hu: float = CLOSE_MAX_HU) -> np.ndarray:
+def close_lung_regions(hu: np.ndarray, mask: np.ndarray, radius: int, max_hu: float = CLOSE_MAX_HU,
+                       medial: bool = False) -> np.ndarray:
     """``mask`` plus what a closing with a disk of ``radius`` pixels adds on the outer side of each lung region.
 
     Slice by slice, each 4-connected region of ``mask`` (a lung) is closed on its own, so the two
@@ -81,11 +96,17 @@ def close_lung_regions(hu: np.ndarray, mask: np.ndarray, radius: int, max_hu: fl
     the mediastinal side) and darker than ``max_hu`` are added. A region lying across the middle
     (one lung only in the slice, the trachea) gets nothing.
 
+    ``medial=True`` also adds what the closing fills on the mediastinal side, but only solid tissue
+    (denser than ``MEDIAL_MIN_HU``, not fat or partial-volume rims) that does not touch a voxel of
+    ``max_hu`` or more (the blurred rim of an enhanced vessel or heart chamber): nodules at the hilum.
+
     >>> hu = np.full((1, 30, 60), 40.0); hu[0, 5:25, 5:25] = -850; hu[0, 5:25, 35:55] = -850
     >>> hu[0, 13:17, 5:9] = 40; hu[0, 13:17, 21:25] = 40  # nodules on the lateral and the medial wall
     >>> m0 = hu < -400; m = close_lung_regions(hu, m0, 3)
     >>> int(m0.sum()), int(m[0, 13:17, 5:9].sum()), int(m[0, 13:17, 21:25].sum())  # lateral one filled (12 of 16)
     (768, 12, 0)
+    >>> int(close_lung_regions(hu, m0, 3, medial=True)[0, 13:17, 21:25].sum())  # medial=True: solid, no vessel beside
+    12
     """
     if radius <= 0:
         return mask
@@ -108,12 +129,17 @@ def close_lung_regions(hu: np.ndarray, mask: np.ndarray, radius: int, max_hu: fl
             c0, c1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, mask.shape[2])
             region = lab[r0:r1, c0:c1] == i
             lateral = ((cols[c0:c1] - centres[i]) * side >= 0)[None, :]
-            out[k, r0:r1, c0:c1] |= _close_disk(region, radius) & ~region & lateral & (hu[k, r0:r1, c0:c1] < max_hu)
+            h = hu[k, r0:r1, c0:c1]
+            added = _close_disk(region, radius) & ~region & (h < max_hu)
+            out[k, r0:r1, c0:c1] |= added & lateral
+            if medial:  # solid tissue only, and not the blurred rim of an enhanced vessel or heart chamber
+                near_bright = ndimage.binary_dilation(h >= max_hu, structure=_SQUARE)
+                out[k, r0:r1, c0:c1] |= added & ~lateral & (h > MEDIAL_MIN_HU) & ~near_bright
     return out
 
 
 def lung_mask(hu: np.ndarray, air_below: float = LUNG_AIR_BELOW_HU, max_hole_fraction: float = MAX_HOLE_FRACTION,
-              close_fraction: float = 0.0) -> np.ndarray:
+              close_fraction: float = 0.0, medial: bool = False) -> np.ndarray:
     """Boolean lung mask of ``[S, R, C]`` HU, slice by slice (see the module docstring).
 
     ``close_fraction`` > 0 also fills border indentations (juxtapleural nodules) with a closing of
@@ -136,7 +162,7 @@ def lung_mask(hu: np.ndarray, air_below: float = LUNG_AIR_BELOW_HU, max_hole_fra
         small[0] = False
         inside |= small[hlab]
     radius = int(round(close_fraction * min(hu.shape[1], hu.shape[2])))
-    return close_lung_regions(hu, inside, radius) if radius > 0 else inside
+    return close_lung_regions(hu, inside, radius, medial=medial) if radius > 0 else inside
 
 
 class SliceEncoder2D(nn.Module):
@@ -151,11 +177,13 @@ class SliceEncoder2D(nn.Module):
 
     def __init__(self, out_dim: int = 64, size: int = 64, channels: tuple[int, ...] = (8, 16, 32, 64),
                  hu_window: tuple[float, float] = (-1000.0, 1000.0), lung_mask: bool = False,
-                 lung_close: float = 0.0) -> None:
+                 lung_close: float = 0.0, lung_medial: bool = False) -> None:
         super().__init__()
         self.size = int(size)
         self.lung_mask = bool(lung_mask)
         self.lung_close = float(lung_close)
+        self.lung_medial = bool(lung_medial)
+        self._pinned: torch.Tensor | None = None  # see pinned_mask
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         layers: list[nn.Module] = []
         c_in = 3  # HU + row and column coordinates (CoordConv: where in the slice matters)
@@ -175,11 +203,31 @@ class SliceEncoder2D(nn.Module):
         """The last convolution (target layer for Grad-CAM)."""
         return self.features[-3]
 
+    @contextmanager
+    def pinned_mask(self, mask: np.ndarray | torch.Tensor) -> Iterator[None]:
+        """Within the block, every input of ``mask``'s ``[S, R, C]`` shape uses this lung mask.
+
+        Attribution methods run the network on many perturbed copies of one CT (integrated
+        gradients from air, occlusion): the lung mask of the CT itself is computed once and held
+        fixed, instead of once per copy (about 0.5 s per 40 slices of 512 x 512). The mask is a
+        constant either way (no gradient), so the attributions measure the network on that case's lungs.
+        """
+        previous = self._pinned
+        self._pinned = (mask.detach().to(torch.bool).cpu() if isinstance(mask, torch.Tensor)
+                        else torch.from_numpy(np.asarray(mask, dtype=bool)))
+        try:
+            yield
+        finally:
+            self._pinned = previous
+
     def mask(self, hu: torch.Tensor) -> torch.Tensor:
         """Constant (no gradient) boolean lung mask of ``[B, S, R, C]`` HU, on ``hu``'s device."""
+        pinned = self._pinned
+        if pinned is not None and tuple(pinned.shape) == tuple(hu.shape[1:]):
+            return pinned.to(hu.device).expand(hu.shape)
         with torch.no_grad():
             arr = hu.detach().float().cpu().numpy()
-        m = np.stack([lung_mask(v, close_fraction=self.lung_close) for v in arr]) if arr.shape[0] else np.zeros(arr.shape, bool)
+        m = np.stack([lung_mask(v, close_fraction=self.lung_close, medial=self.lung_medial) for v in arr]) if arr.shape[0] else np.zeros(arr.shape, bool)
         return torch.from_numpy(m).to(hu.device)
 
     def preprocess(self, hu: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,8 @@ def build_image_encoder(icfg: dict) -> nn.Module | None:
     kind = icfg.get("kind", "none")
     if kind == "2d":
         return SliceEncoder2D(int(icfg["out_dim"]), int(icfg["size"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]),
-                              lung_mask=bool(icfg.get("lung_mask", False)), lung_close=float(icfg.get("lung_close", 0.0)))
+                              lung_mask=bool(icfg.get("lung_mask", False)), lung_close=float(icfg.get("lung_close", 0.0)),
+                              lung_medial=bool(icfg.get("lung_medial", False)))
     if kind == "3d":
         from core.models.image3d import VolumeEncoder3D
 
