@@ -27,6 +27,13 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     inputs = model.case_inputs(cohort, subject_id)
     p = model.predict_case(inputs, tuple(int(h) for h in horizons))
     top_slices = [] if p.slice_weights is None else [int(i) for i in np.argsort(-p.slice_weights)[:5]]
+    warnings: list[str] = []
+    if "image" in p.modalities_used and inputs.image is not None:
+        from core.models.image2d import lung_coverage_warning
+
+        volume = cohort.load_volume(subject_id)
+        note = None if volume is None else lung_coverage_warning(volume.hu, volume.spacing_mm)
+        warnings += [note] if note else []
     return {
         "subject_id": str(subject_id),
         "fusion": model.fusion,
@@ -43,6 +50,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         "ensemble_size": model.ensemble_size,
         "top_slices": top_slices,
         "n_events_used": int(len(inputs.events)),
+        "warnings": warnings,
     }
 
 

@@ -66,6 +66,11 @@ if missing:
     st.warning("Missing modality: " + "; ".join(missing) + ". The prediction below uses "
                f"{', '.join(pred.modalities_used) or 'no modality'} only.", icon=":material/warning:")
 
+if "image" in pred.modalities_used:
+    coverage = ui.case_coverage_warning(source, subject_id)
+    if coverage:
+        st.warning(coverage, icon=":material/warning:")
+
 left, right = st.columns([1.15, 1], gap="large")
 
 # ------------------------------------------------------------------ CT viewer

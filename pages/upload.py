@@ -148,6 +148,12 @@ elif volume is not None:
         )
         for w in volume.warnings:
             st.warning(w, icon=":material/warning:")
+        from core.models.image2d import lung_coverage_warning
+
+        coverage = ui.memo(("upload_coverage", state.get("name"), state.get("series"), volume.shape),
+                           lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
+        if coverage:
+            st.warning(coverage, icon=":material/warning:")
 
 # ------------------------------------------------------------------- timeline
 st.subheader("2. Timeline (optional)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -475,6 +477,26 @@ def test_medial_closing_adds_hilar_lesions_not_vessel_rims() -> None:
     missed = lat_a < 0.6  # hilar lesions the lateral closing leaves out
     assert missed.sum() >= 3, lateral
     assert med_a[missed].mean() > lat_a[missed].mean() + 0.25 and med_a.mean() > lat_a.mean() + 0.1, (lateral, medial)
+
+
+def test_lung_coverage_warning_on_an_abdominal_ct_not_on_demo_chests(real_ct: Path) -> None:
+    """The shared real CT is abdominal (0.31 L of enclosed gas, mostly bowel): warned; demo chest phantoms: not."""
+    from core.demo import phantom as P
+    from core.demo.latents import sample_latents
+    from core.io.study import load_study
+    from core.models.image2d import MIN_LUNG_ML, lung_coverage_warning, lung_volume_ml
+
+    volume = load_study(real_ct)
+    assert lung_volume_ml(volume.hu, volume.spacing_mm) == pytest.approx(314.6, abs=1.0)
+    note = lung_coverage_warning(volume.hu, volume.spacing_mm)
+    assert note is not None and note.startswith("This CT shows 0.31 L of air inside the body;")
+    assert "\n" not in note and "do not rely on the image part" in note
+    lat = sample_latents(20, seed=3)
+    for i in range(0, 20, 4):
+        ph = P.render_phantom(lat.iloc[i], np.random.default_rng(i))
+        spacing = tuple(float(x) for x in P.SPACING_MM)
+        assert lung_volume_ml(ph.hu, spacing) > 1.4 * MIN_LUNG_ML
+        assert lung_coverage_warning(ph.hu, spacing) is None
 
 
 @pytest.mark.parametrize("radius", [1, 3, 5, 26])

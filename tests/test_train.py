@@ -279,6 +279,7 @@ def test_ensemble_band_is_the_range_of_its_members(models: dict[str, Path], tiny
     assert np.allclose(p.upper, np.maximum(members.max(0), p.survival), atol=1e-6)
     js = prediction_json(model, load_cohort(tiny_cohort), "demo0003")
     assert js["uncertainty"] == "ensemble" and js["ensemble_size"] == 5
+    assert js["warnings"] == []  # a demo chest CT covers the lungs
 
 
 @pytest.mark.slow

@@ -165,6 +165,36 @@ def lung_mask(hu: np.ndarray, air_below: float = LUNG_AIR_BELOW_HU, max_hole_fra
     return close_lung_regions(hu, inside, radius, medial=medial) if radius > 0 else inside
 
 
+MIN_LUNG_ML = 1000.0  # below this much enclosed air a CT probably does not cover the chest
+DEMO_LUNG_ML = (1544.0, 3893.0)  # range of the plain lung mask on 60 default demo phantoms
+
+
+def lung_volume_ml(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
+    """Volume of the plain threshold lung mask (enclosed air, ``lung_mask``) of ``[S, R, C]`` HU, in mL."""
+    return float(lung_mask(np.asarray(hu, dtype=np.float32)).sum() * float(np.prod(spacing_mm)) / 1000.0)
+
+
+def lung_coverage_warning(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> str | None:
+    """A one-line warning when a CT shows too little enclosed air to cover the chest, else None.
+
+    The image encoders were trained on chest CTs, and the lung mask reads any gas enclosed by the
+    body (stomach, bowel) as lung, with the folds of its wall as nodules.
+
+    >>> v = np.full((4, 40, 40), 40.0); v[:, 0] = -1000; v[:, 10:30, 10:30] = -850
+    >>> lung_coverage_warning(v, (5.0, 5.0, 5.0)) is None  # 4 x 20 x 20 voxels of 125 mL / 1000 = 200 mL
+    False
+    >>> lung_coverage_warning(v, (10.0, 10.0, 10.0)) is None  # 1.6 L
+    True
+    """
+    ml = lung_volume_ml(hu, spacing_mm)
+    if ml >= MIN_LUNG_ML:
+        return None
+    return (f"This CT shows {ml / 1000:.2f} L of air inside the body; the lungs on a chest CT are usually 2-6 L "
+            f"(the demo patients {DEMO_LUNG_ML[0] / 1000:.1f}-{DEMO_LUNG_ML[1] / 1000:.1f} L), so it may not cover "
+            "the chest. The models were trained on chest CTs and read gas elsewhere (stomach, bowel) as lung: "
+            "do not rely on the image part of this prediction.")
+
+
 class SliceEncoder2D(nn.Module):
     """Per-slice CNN: ``[B, S, R, C]`` HU -> ``[B, S, out_dim]`` tokens.
 
