@@ -181,9 +181,9 @@ def lung_coverage_warning(hu: np.ndarray, spacing_mm: tuple[float, float, float]
     body (stomach, bowel) as lung, with the folds of its wall as nodules.
 
     >>> v = np.full((4, 40, 40), 40.0); v[:, 0] = -1000; v[:, 10:30, 10:30] = -850
-    >>> lung_coverage_warning(v, (5.0, 5.0, 5.0)) is None  # 4 x 20 x 20 voxels of 125 mL / 1000 = 200 mL
+    >>> lung_coverage_warning(v, (5.0, 5.0, 5.0)) is None  # 1 600 lung voxels of 125 mm^3: 0.2 L
     False
-    >>> lung_coverage_warning(v, (10.0, 10.0, 10.0)) is None  # 1.6 L
+    >>> lung_coverage_warning(v, (10.0, 10.0, 10.0)) is None  # 1 600 voxels of 1 mL: 1.6 L
     True
     """
     ml = lung_volume_ml(hu, spacing_mm)
