@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("core.commands.compare", "train every fusion strategy and write a comparison table"),
     "explain": ("core.commands.explain", "attribution figure (saliency, IG, Grad-CAM, occlusion) for one subject"),
     "sanity": ("core.commands.sanity", "sanity checks of explanations (randomization test, pointing game)"),
+    "export-dicom": ("core.commands.export_dicom", "export a case as DICOM: saliency Parametric Map, top-region Segmentation, prediction SR"),
 }
 
 EXIT_BAD_INPUT = 2

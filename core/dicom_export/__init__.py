@@ -1,0 +1,174 @@
+"""DICOM exports of a case for PACS: saliency Parametric Map, top-region Segmentation, prediction SR.
+
+``export_dicom`` works from arrays (for the app's Export page: an uploaded case
+has a Volume and maybe its DICOM files); ``export_case_dicom`` runs a model on
+a cohort subject first (``python -m core export-dicom``). Output folder::
+
+    OUT/CT/CT00001.dcm ...        derived CT series (only when the study was not DICOM)
+    OUT/saliency_pm.dcm           Parametric Map, 32-bit float, identity Real World Value Mapping
+    OUT/saliency_seg.dcm          binary Segmentation of the map's top region
+    OUT/prediction_sr.dcm         Comprehensive SR: risk at 30 d / 1 y / 5 y, model, card, modalities
+
+All three share the source series' Frame of Reference and reference its instances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from core.dicom_export.objects import ModelInfo, parametric_map, save, segmentation, structured_report, top_region
+from core.dicom_export.series import SourceSeries, derive_ct_series, source_series_from_files
+from core.errors import InputError
+from core.io.volume import Volume
+
+__all__ = ["ExportResult", "ModelInfo", "SourceSeries", "export_dicom", "export_case_dicom", "model_info",
+           "source_series_for"]
+
+METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
+
+
+@dataclass
+class ExportResult:
+    """What was written (paths relative to nothing: absolute) and the numbers a caller may show."""
+
+    out: str
+    parametric_map: str
+    segmentation: str
+    structured_report: str
+    derived_series: list[str]          # derived CT files (empty when the source was DICOM)
+    source_series_uid: str
+    frame_of_reference_uid: str
+    n_frames: int
+    method: str
+    map_min: float
+    map_max: float
+    region_threshold: float            # |map| threshold of the segment
+    region_percentile: float
+    region_voxels: int
+    risk_at: dict[int, float]
+    modalities_used: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["risk_at"] = {str(k): v for k, v in self.risk_at.items()}
+        data["n_derived_files"] = len(self.derived_series)
+        del data["derived_series"]
+        return data
+
+
+def model_info(model_dir: Path, config: dict[str, object]) -> ModelInfo:
+    """Name, version (package + weights digest) and card reference of a model folder."""
+    from core import __version__
+
+    weights = model_dir / "model.safetensors"
+    card = model_dir / "MODEL_CARD.md"
+    digest = _sha256(weights) if weights.exists() else "unknown"
+    card_ref = f"{model_dir.name}/MODEL_CARD.md sha256:{_sha256(card)[:16]}" if card.exists() else "no model card"
+    name = f"{config.get('fusion', model_dir.name)} fusion, {config.get('head', '?')} head"
+    return ModelInfo(name=name, version=f"core {__version__}; weights sha256:{digest[:16]}", card=card_ref,
+                     device_serial=digest[:16])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_series_for(volume: Volume, out: Path, study_path: Path | None = None,
+                      members: Sequence[tuple[str, bytes]] | None = None) -> SourceSeries:
+    """The source series of ``volume``: its DICOM instances when it was loaded from DICOM, else a derived series."""
+    if volume.format == "dicom":
+        sources: Iterable[Path | tuple[str, bytes]]
+        if members is not None:
+            sources = members
+        elif study_path is not None and study_path.is_dir():
+            sources = sorted(p for p in study_path.rglob("*") if p.is_file())
+        elif study_path is not None and study_path.suffix.lower() == ".zip":
+            from core.io.safezip import read_zip
+
+            sources = [(m.name, m.data) for m in read_zip(study_path)]
+        elif study_path is not None and study_path.is_file():
+            sources = [study_path]
+        else:
+            raise InputError("study", str(study_path), "the DICOM files of this volume are not available",
+                             "pass the study folder, file or zip the volume was loaded from")
+        return source_series_from_files(sources, volume)
+    return derive_ct_series(volume, out / "CT")
+
+
+def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float], modalities_used: Sequence[str],
+                 model: ModelInfo, method: str, out: Path, *, source: SourceSeries | None = None,
+                 percentile: float = 99.0) -> ExportResult:
+    """Write the Parametric Map, Segmentation and SR of one case into ``out`` (created; existing files replaced)."""
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if saliency.shape != volume.shape:
+        raise InputError("saliency map", list(saliency.shape), f"does not match the volume {list(volume.shape)}",
+                         "compute the attribution on this case's volume")
+    out.mkdir(parents=True, exist_ok=True)
+    series = source if source is not None else source_series_for(volume, out)
+    region, threshold = top_region(saliency, percentile)
+    pm = parametric_map(series, saliency, model, method)
+    seg = segmentation(series, region, model, method, percentile)
+    pm_path, seg_path = save(pm, out / "saliency_pm.dcm"), save(seg, out / "saliency_seg.dcm")
+    sr = structured_report(series, model, risk_at, modalities_used, method, derived_objects=[pm, seg])
+    sr_path = save(sr, out / "prediction_sr.dcm")
+    return ExportResult(
+        out=str(out), parametric_map=str(pm_path), segmentation=str(seg_path), structured_report=str(sr_path),
+        derived_series=[str(p) for p in series.files] if series.derived else [],
+        source_series_uid=series.series_instance_uid, frame_of_reference_uid=series.frame_of_reference_uid,
+        n_frames=len(series.datasets), method=method, map_min=float(saliency.min()), map_max=float(saliency.max()),
+        region_threshold=threshold, region_percentile=percentile, region_voxels=int(region.sum()),
+        risk_at={int(k): float(v) for k, v in risk_at.items()}, modalities_used=[str(m) for m in modalities_used],
+        warnings=list(volume.warnings),
+    )
+
+
+def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: Path, *, method: str = "saliency",
+                      percentile: float = 99.0, device: str = "cpu",
+                      return_map: bool = False) -> ExportResult | tuple[ExportResult, np.ndarray]:
+    """Predict and attribute one cohort subject with a model, then :func:`export_dicom` it.
+
+    With ``return_map`` also the attribution map ``[S, R, C]`` on the Volume grid.
+    """
+    if method not in METHODS:
+        raise InputError("method", method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    from core.cohort import load_cohort
+    from core.explain import attribute
+    from core.registry import load_model
+
+    model = load_model(Path(model_dir), device=device)
+    cohort = load_cohort(Path(cohort_dir))
+    subject_id = str(subject_id)
+    inputs = model.case_inputs(cohort, subject_id)
+    volume = cohort.load_volume(subject_id)
+    if volume is None:
+        raise InputError("subject", subject_id, "has no CT study in this cohort", "pick a subject with a study")
+    prediction = model.predict_case(inputs)
+    attribution = attribute(model, inputs, method)
+    study = _study_path(cohort, subject_id)
+    source = source_series_for(volume, Path(out), study_path=study)
+    result = export_dicom(volume, attribution.map, prediction.risk_at, prediction.modalities_used,
+                          model_info(Path(model_dir), dict(model.config)), method, Path(out), source=source,
+                          percentile=percentile)
+    return (result, np.asarray(attribution.map, dtype=np.float32)) if return_map else result
+
+
+def _study_path(cohort: object, subject_id: str) -> Path | None:
+    """The subject's study path from ``cohort.csv`` (``study`` column, relative to the cohort folder)."""
+    table = cohort.table  # type: ignore[attr-defined]
+    if "study" not in table.columns:
+        return None
+    rows = table.loc[table["subject_id"].astype(str) == subject_id, "study"]
+    if rows.empty or not isinstance(rows.iloc[0], str) or not rows.iloc[0]:
+        return None
+    path = Path(rows.iloc[0])
+    return path if path.is_absolute() else Path(cohort.root) / path  # type: ignore[attr-defined]

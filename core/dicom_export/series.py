@@ -1,0 +1,210 @@
+"""The source CT series a DICOM export refers to, and the map from its frames to the Volume grid.
+
+A DICOM Parametric Map, Segmentation or SR has to point at real DICOM instances
+(same Frame of Reference, one derived frame per source image, the same
+ImageOrientation/ImagePositionPatient). Two cases:
+
+* the study was DICOM: :func:`source_series_from_files` reads the instances of
+  the loaded series (``Volume.meta["series_key"]``) and places every one of them
+  on the Volume grid;
+* the study was NIfTI (or anything without DICOM instances):
+  :func:`derive_ct_series` writes a derived CT series from the Volume itself
+  (one single-frame CT image per axial slice, int16 HU, geometry from
+  ``Volume.affine``), with empty patient attributes: a NIfTI file carries no
+  patient identity, so none is invented.
+
+:meth:`SourceSeries.frames_from_volume` resamples (by index, no interpolation)
+an array on the Volume grid ``[slices, rows, cols]`` to the pixel order of the
+source frames, whatever the stored orientation (flipped, transposed or
+reordered instances), and refuses grids that do not coincide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from core.errors import InputError
+from core.io.volume import Volume
+
+GRID_TOLERANCE = 0.02  # voxel units: how far a source pixel centre may sit from a Volume voxel centre
+MANUFACTURER = "ct-ehr-survival-explorer"
+# Attributes copied from a DICOM source to the derived objects' patient/study modules (never invented).
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)
+
+
+@dataclass
+class SourceSeries:
+    """Source instances in Volume slice order, with the Volume index of every pixel of every frame."""
+
+    datasets: list[Dataset]
+    volume_shape: tuple[int, int, int]
+    indices: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per frame: (slice, row, col) index arrays [rows, cols]
+    derived: bool  # True when written from the Volume (NIfTI source)
+    files: list[Path]
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return str(self.datasets[0].FrameOfReferenceUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.datasets[0].SeriesInstanceUID)
+
+    @property
+    def sop_instance_uids(self) -> list[str]:
+        return [str(ds.SOPInstanceUID) for ds in self.datasets]
+
+    def frames_from_volume(self, array: np.ndarray) -> np.ndarray:
+        """``array`` [S, R, C] on the Volume grid -> ``[frames, rows, cols]`` in the source frames' pixel order."""
+        if tuple(array.shape) != self.volume_shape:
+            raise InputError("map", list(array.shape), f"does not have the volume's shape {list(self.volume_shape)}",
+                             "compute the attribution on the same study")
+        return np.stack([array[k, r, c] for k, r, c in self.indices], axis=0)
+
+
+def pixel_indices(ds: Dataset, affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Volume indices ``(slice, row, col)`` of every pixel of a single-frame image ``ds``.
+
+    DICOM: pixel (i, j) (row i, column j) lies at IPP + j * dc * row_cos + i * dr * col_cos,
+    with PixelSpacing = (dr, dc) and ImageOrientationPatient = (row_cos, col_cos).
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+    ipp = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+    dr, dc = (float(v) for v in ds.PixelSpacing)
+    ii, jj = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+    pos = ipp[:, None, None] + iop[:3, None, None] * (jj * dc)[None] + iop[3:, None, None] * (ii * dr)[None]
+    inv = np.linalg.inv(affine)
+    idx = np.einsum("ab,bij->aij", inv[:3, :3], pos) + inv[:3, 3][:, None, None]
+    rounded = np.rint(idx)
+    off = float(np.max(np.abs(idx - rounded)))
+    inside = all((rounded[a] >= 0).all() and (rounded[a] < shape[a]).all() for a in range(3))
+    if off > GRID_TOLERANCE or not inside:
+        raise InputError("source series", str(ds.get("SOPInstanceUID", "?")),
+                         f"does not lie on the loaded volume's voxel grid (off by {off:.3g} voxel, inside: {inside})",
+                         "export from the series the volume was loaded from")
+    k, r, c = (rounded[a].astype(np.intp) for a in range(3))
+    return k, r, c
+
+
+def _place(datasets: list[Dataset], volume: Volume, derived: bool, files: list[Path]) -> SourceSeries:
+    shape = volume.shape
+    placed = [(pixel_indices(ds, volume.affine, shape), ds, f) for ds, f in zip(datasets, files)]
+    placed.sort(key=lambda item: float(item[0][0].mean()))
+    covered = np.zeros(shape, dtype=bool)
+    for (k, r, c), _, _ in placed:
+        covered[k, r, c] = True
+    if not covered.all():
+        raise InputError("source series", f"{len(datasets)} instances",
+                         f"cover {int(covered.sum())} of {covered.size} voxels of the loaded volume",
+                         "export from the complete series the volume was loaded from")
+    return SourceSeries(
+        datasets=[ds for _, ds, _ in placed], volume_shape=shape, indices=[ix for ix, _, _ in placed],
+        derived=derived, files=[f for _, _, f in placed],
+    )
+
+
+def source_series_from_files(sources: Iterable[Path | tuple[str, bytes]], volume: Volume) -> SourceSeries:
+    """The single-frame instances among ``sources`` (paths, or (name, bytes) zip members) that belong to
+    the volume's series, placed on its grid."""
+    series_key = volume.meta.get("series_key", "")
+    datasets: list[Dataset] = []
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source[0]) if isinstance(source, tuple) else Path(source)
+        try:
+            ds = pydicom.dcmread(io.BytesIO(source[1]) if isinstance(source, tuple) else source)
+        except (pydicom.errors.InvalidDicomError, OSError):
+            continue  # not DICOM (e.g. a README beside the series)
+        if "PixelData" not in ds or "ImagePositionPatient" not in ds:
+            continue
+        if series_key and str(ds.get("SeriesInstanceUID", "")) not in {series_key, ""}:
+            continue
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise InputError("source series", str(path), "is a multi-frame image",
+                             "export from a series of single-frame CT images (or from the NIfTI)")
+        datasets.append(ds)
+        files.append(Path(path))
+    if not datasets:
+        raise InputError("source series", series_key or "?", "no DICOM image of the loaded series found",
+                         "point the cohort's study column at the DICOM folder the volume was loaded from")
+    return _place(datasets, volume, derived=False, files=files)
+
+
+def _uid(seed: bytes, part: str) -> str:
+    return generate_uid(entropy_srcs=[seed.hex(), part])
+
+
+def derive_ct_series(volume: Volume, out_dir: Path, *, series_description: str = "Derived from NIfTI") -> SourceSeries:
+    """Write ``volume`` as a derived CT series (``CT00001.dcm`` ...) in ``out_dir`` and place it on the grid.
+
+    UIDs are derived from the voxel data and the affine, so exporting the same
+    study twice gives the same series. Patient and study identity attributes
+    are present (type 2) but empty: the NIfTI source carries none.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hu = np.asarray(volume.hu, dtype=np.float32)
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    seed = hashlib.sha256(hu.tobytes() + affine.tobytes()).digest()[:16]
+    study_uid, series_uid, for_uid = _uid(seed, "study"), _uid(seed, "series"), _uid(seed, "frame-of-reference")
+    pixels = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    sp_slice, sp_row, sp_col = (float(v) for v in volume.spacing_mm)
+    row_cos = affine[:3, 2] / np.linalg.norm(affine[:3, 2])  # along a row = increasing column index
+    col_cos = affine[:3, 1] / np.linalg.norm(affine[:3, 1])  # down a column = increasing row index
+    datasets: list[Dataset] = []
+    files: list[Path] = []
+    for k in range(hu.shape[0]):
+        sop_uid = _uid(seed, f"instance-{k}")
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds = FileDataset(str(out_dir / f"CT{k + 1:05d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.DerivationDescription = "Converted from a NIfTI volume (HU rounded to integers)"
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "StudyID", "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator",
+                        "KVP", "AcquisitionNumber", "Manufacturer", "Laterality", "PatientPosition"):
+            setattr(ds, keyword, "" if keyword != "Manufacturer" else MANUFACTURER)
+        ds.Modality = "CT"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 1
+        ds.SeriesDescription = series_description
+        ds.InstanceNumber = k + 1
+        ds.FrameOfReferenceUID = for_uid
+        ds.PatientOrientation = ""
+        ds.ImagePositionPatient = [round(float(v), 6) for v in affine[:3, :3] @ np.array([k, 0.0, 0.0]) + affine[:3, 3]]
+        ds.ImageOrientationPatient = [round(float(v), 8) for v in np.r_[row_cos, col_cos]]
+        ds.PixelSpacing = [round(sp_row, 6), round(sp_col, 6)]
+        ds.SliceThickness = round(sp_slice, 6)
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = -600, 1500
+        ds.BurnedInAnnotation = "NO"
+        ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
+        path = out_dir / f"CT{k + 1:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        datasets.append(ds)
+        files.append(path)
+    return _place(datasets, volume, derived=True, files=files)

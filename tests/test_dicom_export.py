@@ -1,0 +1,333 @@
+"""DICOM exports (core.dicom_export, ``python -m core export-dicom``): read back and validated.
+
+Every written object is read back with highdicom and pydicom and checked
+against the arrays it came from, with geometry computed here independently of
+the exporter: the Parametric Map's value at each frame pixel (stored value x
+Real World Value slope + intercept) must equal the saliency map at the Volume
+voxel that pixel's patient position falls on (1e-4, and 1e-4 of the map's peak),
+the Segmentation must be the top region, the SR must carry the prediction, all
+three must share the source series' Frame of Reference and reference its
+instances, and dciodvfy (dicom3tools) must report no error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from core.errors import InputError
+from tests.conftest import ROOT
+from tests.dicom_factory import write_series
+
+DEMO_MODELS = ROOT / "assets" / "demo_models"
+DCIODVFY = shutil.which("dciodvfy")
+N_CASES = 3
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# --- independent readers -------------------------------------------------------------------------------------
+
+def _frame_voxels(ipp: np.ndarray, iop: np.ndarray, spacing: tuple[float, float], rows: int, cols: int,
+                  affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    """Volume indices of the pixels of a frame, from its patient geometry and the Volume's affine."""
+    i, j = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    pos = (ipp[:, None, None] + iop[:3, None, None] * j[None] * spacing[1] + iop[3:, None, None] * i[None] * spacing[0])
+    idx = np.tensordot(np.linalg.inv(affine)[:3, :3], pos, axes=1) + np.linalg.inv(affine)[:3, 3][:, None, None]
+    rounded = np.rint(idx)
+    assert np.abs(idx - rounded).max() < 1e-3, "frame pixels fall between voxels"
+    for axis in range(3):
+        assert rounded[axis].min() >= 0 and rounded[axis].max() < shape[axis]
+    return tuple(rounded[a].astype(int) for a in range(3))
+
+
+def _frames_on_grid(ds: pydicom.Dataset, values: np.ndarray, affine: np.ndarray,
+                    shape: tuple[int, int, int]) -> np.ndarray:
+    """Scatter enhanced multi-frame ``values`` [frames, rows, cols] back to the Volume grid (NaN where no frame)."""
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=np.float64)
+    spacing = tuple(float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    grid = np.full(shape, np.nan, dtype=np.float64)
+    for f, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ipp = np.asarray(group.PlanePositionSequence[0].ImagePositionPatient, dtype=np.float64)
+        k, r, c = _frame_voxels(ipp, iop, spacing, int(ds.Rows), int(ds.Columns), affine, shape)  # type: ignore[arg-type]
+        grid[k, r, c] = values[f]
+    return grid
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)  # type: ignore[list-item]
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+def _source_uids(folder_or_files: list[Path]) -> tuple[set[str], str, str]:
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in folder_or_files]
+    return ({str(d.SOPInstanceUID) for d in datasets}, str(datasets[0].FrameOfReferenceUID),
+            str(datasets[0].SeriesInstanceUID))
+
+
+def check_export(out: Path, saliency: np.ndarray, affine: np.ndarray, risk_at: dict[int, float],
+                 modalities: list[str], source_files: list[Path], percentile: float = 99.0) -> dict[str, float]:
+    """All the read-back checks of one export folder; returns the numbers for the report."""
+    shape = tuple(int(v) for v in saliency.shape)
+    source_sops, source_for, source_series = _source_uids(source_files)
+    source0 = pydicom.dcmread(source_files[0], stop_before_pixels=True)
+
+    # Parametric Map: highdicom reads it; the values on the source grid equal the map
+    pm_ds = pydicom.dcmread(out / "saliency_pm.dcm")
+    pm = hd.pm.ParametricMap.from_dataset(pm_ds)
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    assert str(pm.FrameOfReferenceUID) == source_for
+    rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    slope, intercept = float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)
+    values = pm_ds.pixel_array.astype(np.float64) * slope + intercept
+    assert int(pm.NumberOfFrames) == len(source_files)
+    on_grid = _frames_on_grid(pm_ds, values, affine, shape)
+    assert not np.isnan(on_grid).any(), "some voxels of the volume have no Parametric Map pixel"
+    err = float(np.max(np.abs(on_grid - saliency)))
+    peak = float(np.max(np.abs(saliency)))
+    assert peak > 0
+    assert err <= 1e-4 and err <= 1e-4 * peak, (err, peak)
+    referenced = pm.ReferencedSeriesSequence[0]
+    assert str(referenced.SeriesInstanceUID) == source_series
+    assert {str(i.ReferencedSOPInstanceUID) for i in referenced.ReferencedInstanceSequence} == source_sops
+    per_frame_sources = {str(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                         for g in pm.PerFrameFunctionalGroupsSequence}
+    assert per_frame_sources == source_sops
+    assert [float(v) for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient] \
+        == pytest.approx([float(v) for v in source0.ImageOrientationPatient], abs=1e-6)
+
+    # Segmentation: the top region on the same grid
+    seg = hd.seg.segread(out / "saliency_seg.dcm")
+    assert str(seg.FrameOfReferenceUID) == source_for
+    assert seg.SegmentationType == "BINARY"
+    seg_grid = _frames_on_grid(seg, seg.pixel_array.astype(np.float64), affine, shape)
+    magnitude = np.abs(saliency)
+    threshold = np.percentile(magnitude[magnitude > 0], percentile)
+    expected = (magnitude >= threshold) & (magnitude > 0)
+    assert np.array_equal(np.nan_to_num(seg_grid, nan=0.0) > 0, expected)
+    assert {str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} \
+        == source_sops
+
+    # SR: the prediction, the model, the evidence
+    sr = hd.sr.srread(out / "prediction_sr.dcm")
+    items = list(sr.ContentSequence)
+    nums = {str(i.ConceptNameCodeSequence[0].CodeValue): float(i.MeasuredValueSequence[0].NumericValue)
+            for i in items if i.ValueType == "NUM"}
+    assert nums == {f"RISK{d}D": pytest.approx(v, abs=1e-6) for d, v in risk_at.items()}
+    texts = [(str(i.ConceptNameCodeSequence[0].CodeMeaning), str(i.TextValue)) for i in items if i.ValueType == "TEXT"]
+    assert sorted(v for k, v in texts if k == "Input modality used") == sorted(modalities)
+    names = dict(texts)
+    assert "fusion" in names["Algorithm Name"] and "weights sha256:" in names["Algorithm Version"]
+    assert "MODEL_CARD.md sha256:" in names["Model card reference"]
+    assert {str(pm.SOPInstanceUID), str(seg.SOPInstanceUID)} | source_sops <= _evidence_sops(sr)
+    images = {str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in items if i.ValueType == "IMAGE"}
+    assert images == {str(pm.SOPInstanceUID), str(seg.SOPInstanceUID)}
+
+    # identity: copied from the source, nothing added
+    for obj in (pm, seg, sr):
+        assert str(obj.StudyInstanceUID) == str(source0.StudyInstanceUID)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+            assert str(obj.get(keyword, "")) == str(source0.get(keyword, "")), keyword
+
+    # dciodvfy: no errors on any object (and on the first derived CT image when there is one)
+    if DCIODVFY is not None:
+        checked = [out / "saliency_pm.dcm", out / "saliency_seg.dcm", out / "prediction_sr.dcm"]
+        if (out / "CT").is_dir():
+            checked += [source_files[0], source_files[-1]]
+        for path in checked:
+            assert _dciodvfy_errors(path) == [], path
+    return {"max_abs_error": err, "peak": peak, "region_voxels": float(expected.sum())}
+
+
+def _evidence_sops(sr: pydicom.Dataset) -> set[str]:
+    uids: set[str] = set()
+    for item in sr.get("CurrentRequestedProcedureEvidenceSequence", []):
+        for series in item.ReferencedSeriesSequence:
+            uids |= {str(s.ReferencedSOPInstanceUID) for s in series.ReferencedSOPSequence}
+    return uids
+
+
+# --- fixtures --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dcmexp") / "demo"
+    proc = _cli("demo", str(out), "--n", "20", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_exports(demo_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+    """Three demo cases through the concat demo model: predict, saliency, export."""
+    from core.cohort import load_cohort
+    from core.dicom_export import export_dicom, model_info, source_series_for
+    from core.explain import attribute
+    from core.registry import load_model
+
+    model_dir = DEMO_MODELS / "concat"
+    model = load_model(model_dir)
+    cohort = load_cohort(demo_cohort)
+    table = cohort.table
+    ids = list(table.sort_values("lesion", ascending=False)["subject_id"].astype(str))[:N_CASES]
+    cases: list[dict[str, object]] = []
+    for sid in ids:
+        inputs = model.case_inputs(cohort, sid)
+        prediction = model.predict_case(inputs)
+        attribution = attribute(model, inputs, "saliency")
+        volume = cohort.load_volume(sid)
+        assert volume is not None
+        out = tmp_path_factory.mktemp("case") / "export"
+        result = export_dicom(volume, attribution.map, prediction.risk_at, prediction.modalities_used,
+                              model_info(model_dir, dict(model.config)), "saliency", out,
+                              source=source_series_for(volume, out))
+        cases.append({"sid": sid, "out": out, "map": np.asarray(attribution.map, dtype=np.float32),
+                      "affine": volume.affine, "risk_at": dict(prediction.risk_at),
+                      "modalities": list(prediction.modalities_used), "result": result})
+    return cases
+
+
+# --- tests -----------------------------------------------------------------------------------------------------
+
+def test_three_demo_cases_read_back(demo_exports: list[dict[str, object]]) -> None:
+    assert len(demo_exports) == N_CASES
+    for case in demo_exports:
+        out = case["out"]
+        assert isinstance(out, Path)
+        ct_files = sorted((out / "CT").glob("CT*.dcm"))
+        saliency = case["map"]
+        assert isinstance(saliency, np.ndarray)
+        assert len(ct_files) == saliency.shape[0]
+        numbers = check_export(out, saliency, case["affine"], case["risk_at"], case["modalities"],  # type: ignore[arg-type]
+                               ct_files)
+        assert numbers["region_voxels"] == case["result"].region_voxels  # type: ignore[union-attr]
+        assert {"image", "ehr_events"} <= set(case["modalities"])  # type: ignore[arg-type]
+        # the subject id appears in no written byte
+        sid = str(case["sid"]).encode()
+        for path in [*out.glob("*.dcm"), ct_files[0]]:
+            assert sid not in path.read_bytes()
+
+
+def test_derived_ct_series_reproduces_the_volume(demo_cohort: Path, demo_exports: list[dict[str, object]]) -> None:
+    """The derived CT, loaded back by pydicom, is the Volume rounded to integer HU, on the Volume's geometry."""
+    from core.cohort import load_cohort
+
+    case = demo_exports[0]
+    volume = load_cohort(demo_cohort).load_volume(str(case["sid"]))
+    assert volume is not None
+    files = sorted((case["out"] / "CT").glob("CT*.dcm"))  # type: ignore[operator]
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        assert ds.Modality == "CT" and str(ds.PatientName) == "" and str(ds.PatientID) == ""
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        assert np.array_equal(hu, np.rint(volume.hu[k]))
+        expected_ipp = volume.affine[:3, :3] @ np.array([k, 0, 0]) + volume.affine[:3, 3]
+        assert np.allclose([float(v) for v in ds.ImagePositionPatient], expected_ipp, atol=1e-4)
+
+
+def test_real_nifti_via_command_line(real_ct: Path, tmp_path: Path) -> None:
+    """The shared real abdominal CT (NIfTI): derived series + PM + SEG + SR through the CLI, --json."""
+    cohort = tmp_path / "cohort"
+    (cohort / "studies").mkdir(parents=True)
+    (cohort / "studies" / "ct.nii.gz").symlink_to(real_ct)  # a link in tmp: the file is never copied
+    (cohort / "cohort.csv").write_text(
+        "subject_id,time,event,split,study\n"
+        "r1,400,1,test,studies/ct.nii.gz\nr2,500,0,train,studies/ct.nii.gz\nr3,600,0,val,studies/ct.nii.gz\n")
+    out, map_path = tmp_path / "out", tmp_path / "map.npy"
+    proc = _cli("export-dicom", "--model", str(DEMO_MODELS / "image_only"), "--cohort", str(cohort),
+                "--subject", "r1", "--method", "saliency", "--out", str(out), "--save-map", str(map_path), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["n_frames"] == 30 and report["n_derived_files"] == 30
+    saliency = np.load(map_path)
+    from core.cohort import load_cohort
+
+    volume = load_cohort(cohort).load_volume("r1")
+    assert volume is not None and saliency.shape == volume.shape == (30, 101, 122)
+    risk_at = {int(k): float(v) for k, v in report["risk_at"].items()}
+    assert set(risk_at) == {30, 365, 1825} and risk_at[30] <= risk_at[365] <= risk_at[1825]
+    ct_files = sorted((out / "CT").glob("CT*.dcm"))
+    check_export(out, saliency, volume.affine, risk_at, report["modalities_used"], ct_files)
+    assert report["modalities_used"] == ["image"]
+    # the same export again refuses to overwrite
+    again = _cli("export-dicom", "--model", str(DEMO_MODELS / "image_only"), "--cohort", str(cohort),
+                 "--subject", "r1", "--out", str(out))
+    assert again.returncode == 2 and again.stderr.startswith("error: --out:") and again.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("orientation", ["axial_rot180", "coronal"])
+def test_dicom_source_series_is_referenced_not_derived(tmp_path: Path, orientation: str) -> None:
+    """A DICOM study: the objects sit on its own instances (stored flipped or coronal), identity copied.
+
+    (The factory's identified studies carry an OtherPatientIDsSequence without TypeOfPatientID, an error
+    of the source that highdicom copies faithfully, so the de-identified variant is used here.)"""
+    from core.cohort import load_cohort
+    from core.dicom_export import ModelInfo, export_dicom, source_series_for
+
+    cohort = tmp_path / "cohort"
+    written = write_series(cohort / "studies" / "s1", shape=(12, 40, 36), spacing_mm=(3.0, 2.0, 2.5),
+                           orientation=orientation, identified=False)
+    (cohort / "cohort.csv").write_text("subject_id,time,event,split,study\ns1,100,1,train,studies/s1\n")
+    volume = load_cohort(cohort).load_volume("s1")
+    assert volume is not None and volume.format == "dicom"
+    rng = np.random.default_rng(0)
+    saliency = (rng.standard_normal(volume.shape) * 1e-3).astype(np.float32)
+    risk_at = {30: 0.05, 365: 0.25, 1825: 0.5}
+    info = ModelInfo(name="test fusion, discrete head", version="core test; weights sha256:0", card="test/MODEL_CARD.md sha256:0",
+                     device_serial="0")
+    out = tmp_path / "out"
+    source = source_series_for(volume, out, study_path=cohort / "studies" / "s1")
+    result = export_dicom(volume, saliency, risk_at, ["image"], info, "saliency", out, source=source)
+    assert result.derived_series == [] and not (out / "CT").exists()
+    assert result.source_series_uid == written.series_uid
+    numbers = check_export(out, saliency, volume.affine, risk_at, ["image"], list(written.paths))
+    assert numbers["max_abs_error"] == 0.0  # float32 frames: stored exactly
+    # the patient attributes are the source's (check_export compares them), none added
+    pm = pydicom.dcmread(out / "saliency_pm.dcm", stop_before_pixels=True)
+    first = pydicom.dcmread(written.paths[0], stop_before_pixels=True)
+    assert {e.keyword for e in pm if e.tag.group == 0x0010} <= {e.keyword for e in first if e.tag.group == 0x0010}
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    from core.dicom_export import ModelInfo, export_dicom
+    from core.dicom_export.objects import top_region
+    from core.io.volume import Volume
+
+    volume = Volume(hu=np.zeros((4, 8, 8), np.float32), spacing_mm=(2.0, 1.0, 1.0),
+                    affine=_affine())
+    info = ModelInfo(name="m", version="v", card="c", device_serial="0")
+    with pytest.raises(InputError, match="saliency map"):
+        export_dicom(volume, np.zeros((4, 8, 9), np.float32), {30: 0.1}, ["image"], info, "saliency", tmp_path / "a")
+    with pytest.raises(InputError, match="no region"):
+        top_region(np.zeros((4, 8, 8), np.float32))
+    with pytest.raises(InputError, match="probability"):
+        export_dicom(volume, np.ones((4, 8, 8), np.float32), {30: 1.5}, ["image"], info, "saliency", tmp_path / "b")
+    proc = _cli("export-dicom", "--model", str(tmp_path / "nope"), "--cohort", str(tmp_path), "--subject", "x",
+                "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --model:") and proc.stdout == ""
+    proc = _cli("export-dicom", "--model", str(DEMO_MODELS / "concat"), "--cohort", str(tmp_path), "--subject", "x",
+                "--method", "lime", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "error: --method: got lime" in proc.stderr
+
+
+def _affine() -> np.ndarray:
+    """Slices along +z (superior, 2 mm), rows along +y (posterior), cols along +x (left), 1 mm."""
+    affine = np.eye(4)
+    affine[:3, 0] = [0.0, 0.0, 2.0]
+    affine[:3, 1] = [0.0, 1.0, 0.0]
+    affine[:3, 2] = [1.0, 0.0, 0.0]
+    return affine
