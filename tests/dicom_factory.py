@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import pydicom
@@ -510,3 +512,133 @@ def zip_folder(folder: Path, *, compress: bool = True) -> bytes:
 def read_dataset(path: Path) -> pydicom.Dataset:
     """Read one written file back (helper for tests)."""
     return pydicom.dcmread(path)
+
+
+# ---------------------------------------------------------------- crafted files for the PHI gate and the bomb tests
+
+
+def edit_file(path: Path, edit: Callable[[pydicom.Dataset], None]) -> None:
+    """Read ``path``, let ``edit`` change the dataset, write it back in place."""
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path, enforce_file_format=False)
+
+
+def _explicit_le(tag: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b" " if vr in (b"LO", b"SH", b"LT", b"ST", b"UT", b"CS", b"PN") else b"\x00"
+    if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR", b"OF", b"OD", b"OL", b"OV"):
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def append_private_after_pixels(path: Path, text: str, *, group: int = 0x7FE1, creator: str = "ACME TRAILER 1.0") -> None:
+    """Append a private creator and one private LO element after PixelData (explicit VR little endian files)."""
+    tail = _explicit_le((group << 16) | 0x0010, b"LO", creator.encode("latin-1"))
+    tail += _explicit_le((group << 16) | 0x1001, b"LO", text.encode("latin-1"))
+    with open(path, "ab") as fh:
+        fh.write(tail)
+
+
+def set_text_after_pixels(path: Path, keyword: str, value: str) -> None:
+    """Append a public text element (e.g. a DigitalSignaturesSequence-era tag) after the pixels, as raw bytes."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = int(tag_for_keyword(keyword))
+    with open(path, "ab") as fh:
+        fh.write(_explicit_le(tag, dictionary_VR(tag).encode(), value.encode("latin-1")))
+
+
+def _repeat_deflate(zeros_chunk: int, total: int, level: int = 9) -> tuple[bytes, int]:
+    """A raw deflate segment for ``zeros_chunk`` zero bytes, ending in a full flush, and its repeat count."""
+    co = zlib.compressobj(level, zlib.DEFLATED, -15)
+    segment = co.compress(bytes(zeros_chunk)) + co.flush(zlib.Z_FULL_FLUSH)
+    return segment, total // zeros_chunk
+
+
+def deflate_bomb_dicom(path: Path, inflated_bytes: int = 1 << 30) -> Path:
+    """A DICOM file in the Deflated Explicit VR Little Endian syntax whose dataset inflates to ``inflated_bytes``.
+
+    The dataset is a small CT header plus a PixelData element of zeros; the
+    deflate stream is one full-flushed segment for 1 MiB of zeros repeated
+    (valid deflate: the dictionary is reset at each full flush), so a 1 GiB
+    dataset costs about 1 MB on disk and nothing to build.
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    chunk = 1 << 20
+    n_pixels = inflated_bytes - inflated_bytes % chunk
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = 16384, n_pixels // (2 * 16384)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    head = body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n_pixels)
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream_head = co.compress(head) + co.flush(zlib.Z_FULL_FLUSH)
+    segment, count = _repeat_deflate(chunk, n_pixels)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    path = Path(path)
+    with open(path, "wb") as fh:
+        fh.write(out.getvalue())
+        fh.write(stream_head)
+        for _ in range(count):
+            fh.write(segment)
+        fh.write(b"\x03\x00")  # final empty fixed-Huffman block
+    return path
+
+
+def write_deflated(path: Path, source: Path) -> Path:
+    """Re-save ``source`` in the Deflated Explicit VR Little Endian syntax (a genuine, small deflated file)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def secondary_capture(path: Path, *, burned_in: str = "YES", image_type: Sequence[str] = ("DERIVED", "SECONDARY", "SCREEN SAVE")) -> Path:
+    """A de-identified secondary capture (SOP class 1.2.840.10008.5.1.4.1.1.7) with BurnedInAnnotation ``burned_in``."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    folder = Path(path).parent / "_sc_tmp"
+    written = write_deidentified_series(folder, shape=(1, 32, 32))
+    ds = pydicom.dcmread(written.paths[0])
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.BurnedInAnnotation = burned_in
+    ds.ImageType = list(image_type)
+    ds.Modality = "OT"
+    ds.save_as(path, enforce_file_format=True)
+    for p in written.paths:
+        p.unlink()
+    folder.rmdir()
+    return Path(path)
+
+
+def blank_sop_uids(path: Path) -> None:
+    """Make SOPInstanceUID and SOPClassUID present but empty, in the dataset and the file meta (a real export seen in the wild)."""
+    raw = pydicom.dcmread(path)
+    raw.SOPInstanceUID = ""
+    raw.SOPClassUID = ""
+    raw.file_meta.MediaStorageSOPInstanceUID = ""
+    raw.file_meta.MediaStorageSOPClassUID = ""
+    raw.save_as(path, enforce_file_format=False)

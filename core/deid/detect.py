@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -35,6 +36,14 @@ IDENTIFYING_KINDS = frozenset({"identifier", "free_text", "private", "overlay"})
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # PixelData, FloatPixelData, DoubleFloatPixelData
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 SECONDARY_MODALITIES = frozenset({"OT", "SC"})
+# ImageType values (3rd value on) of screenshots and screen captures
+SCREENSHOT_IMAGE_TYPES = frozenset({"SCREEN SAVE", "SCREENSHOT", "SCREEN CAPTURE", "CAPTURE", "VIDEO", "REPORT", "SUMMARY"})
+# Text VRs whose kept values are searched for the names of the people in the dataset
+TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE"})
+# Name parts that are placeholders, not names (never searched for)
+PLACEHOLDER_NAMES = frozenset({"ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "UNKNOWN", "PATIENT", "NONE", "NAME", "REMOVED", "DEIDENTIFIED", "MR", "MRS", "MS", "DR"})
+NAME_PART_MIN = 2
+PSEUDONYM_KEYWORDS = frozenset({"PatientName", "PatientID"})  # de-identification writes the pseudonym here
 
 
 @dataclass(frozen=True)
@@ -97,8 +106,10 @@ def declared_options(ds: Dataset) -> frozenset[str]:
 def _excused(rule: Rule, options: frozenset[str]) -> bool:
     """A value that a declared de-identification legitimately leaves in place.
 
-    Z, D and U actions allow a dummy or replaced value, so after a declared
-    basic profile their values are pseudonyms; X attributes must be gone.
+    U replaces UIDs and D allows a dummy value, so after a declared basic
+    profile those values may remain (the caller still flags a dummy that reads
+    like a person's name); PatientName and PatientID hold the pseudonym; Z
+    attributes must be empty and X attributes gone.
     """
     if not options:
         return False
@@ -116,7 +127,23 @@ def _excused(rule: Rule, options: frozenset[str]) -> bool:
         return True
     if rule.kind == "overlay" and "113103" in options:
         return True
-    return rule.action in ("Z", "D", "U") and rule.standard != "X"
+    if rule.action == "U" or rule.keyword in PSEUDONYM_KEYWORDS:
+        return True
+    return "D" in rule.standard.split("/")
+
+
+_NAME_TOKEN = re.compile(r"^[A-Za-z][A-Za-z'\-]+$")
+
+
+def looks_like_person_name(value: object) -> bool:
+    """True for a value such as "DOE^JOHN" or "John Doe": two or more alphabetic name parts.
+
+    Pseudonyms written by de-identification ("ANON-3F2A9C01D4", "SUBJ-0001")
+    and placeholders ("ANONYMOUS") are not person names.
+    """
+    parts = [p for p in re.split(r"[\^=\s]+", str(value or "").strip()) if p]
+    names = [p for p in parts if _NAME_TOKEN.match(p) and p.upper() not in PLACEHOLDER_NAMES]
+    return len(names) >= 2
 
 
 def _walk(ds: Dataset, prefix: str, options: frozenset[str]) -> Iterator[PhiFinding]:
@@ -145,8 +172,8 @@ def _walk(ds: Dataset, prefix: str, options: frozenset[str]) -> Iterator[PhiFind
         if rule.kind == "uid" and rule.action == "U":
             if all(is_definitional_uid(keyword, str(v)) for v in element_values(elem) if v):
                 continue
-        if _excused(rule, options):
-            continue
+        if _excused(rule, options) and not any(looks_like_person_name(v) for v in element_values(elem) if isinstance(v, (str, bytes)) or elem.VR == "PN"):
+            continue  # a declared de-identification may leave pseudonyms and dummies, not a person's name
         yield PhiFinding(rule.keyword, tag_text(tag), path, rule.kind, rule.action)
 
 
@@ -170,6 +197,104 @@ def _pixel_risks(ds: Dataset, options: frozenset[str]) -> Iterator[PhiFinding]:
         yield PhiFinding("Modality", "(0008,0060)", "Modality", "pixel_risk")
 
 
+def name_parts(values: Iterable[object]) -> set[str]:
+    """The components of person names, upper case ("DOE^JANE^Q" -> {"DOE", "JANE"}).
+
+    Components are split at ``^``, ``=``, blanks, commas and dots; parts
+    shorter than ``NAME_PART_MIN`` letters and placeholders (ANONYMOUS ...)
+    are left out.
+    """
+    parts: set[str] = set()
+    for value in values:
+        if value is None:
+            continue
+        for part in re.split(r"[\^=\s,.;]+", str(value)):
+            part = part.strip("\x00 '\"()").upper()
+            if len(part) >= NAME_PART_MIN and any(ch.isalpha() for ch in part) and part not in PLACEHOLDER_NAMES:
+                parts.add(part)
+    return parts
+
+
+def person_names(ds: Dataset, *, name_like_only: bool = False) -> set[str]:
+    """Name parts of every person name (VR PN) in ``ds``, sequences included.
+
+    With ``name_like_only`` (a dataset that declares its de-identification)
+    pseudonyms such as "ANON-3F2A9C01D4" are left out: only values that read
+    like a person's name count.
+    """
+    values: list[object] = []
+
+    def walk(item: Dataset) -> None:
+        for elem in item:
+            if elem.VR == "SQ":
+                for child in elem.value:
+                    walk(child)
+            elif elem.VR == "PN" and not elem.tag.is_private:
+                values.extend(v for v in element_values(elem) if not name_like_only or looks_like_person_name(v))
+
+    walk(ds)
+    return name_parts(values)
+
+
+def name_pattern(parts: Iterable[str]) -> re.Pattern[str] | None:
+    """A case-insensitive whole-word pattern for any of ``parts`` (None when there are none)."""
+    ordered = sorted({p for p in parts if p}, key=lambda p: (-len(p), p))
+    if not ordered:
+        return None
+    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(re.escape(p) for p in ordered) + r")(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def _names_in_text(ds: Dataset, pattern: re.Pattern[str], prefix: str = "") -> Iterator[PhiFinding]:
+    """Kept text elements (code meanings, labels, ...) that contain a person's name."""
+    for elem in ds:
+        tag = elem.tag
+        if tag in PIXEL_TAGS or tag.is_private:
+            continue
+        keyword = elem.keyword or ""
+        rule = rule_for(tag, elem.VR, keyword)
+        name = keyword or tag_text(tag)
+        path = f"{prefix}{name}"
+        if elem.VR == "SQ":
+            if rule is None or rule.action == "K":
+                for index, item in enumerate(elem.value):
+                    yield from _names_in_text(item, pattern, f"{path}[{index}].")
+            continue
+        if (rule is not None and rule.action != "K") or elem.VR not in TEXT_VRS or keyword == "DeidentificationMethod":
+            continue
+        if any(pattern.search(str(v)) for v in element_values(elem) if v is not None):
+            yield PhiFinding(keyword or tag_text(tag), tag_text(tag), path, "identifier", "X")
+
+
+def burned_in_reasons(ds: Dataset) -> list[str]:
+    """Why the pixels of ``ds`` may show burned-in text (empty when there is no such sign).
+
+    BurnedInAnnotation YES, a secondary capture SOP class (screenshots,
+    scanned documents), ImageType SECONDARY with DERIVED or a screen-capture
+    value, or Modality SC. Nothing when the Clean Pixel Data Option (113101)
+    is declared. A missing BurnedInAnnotation alone is not a reason: most CT
+    scanners never write it.
+    """
+    if "113101" in declared_options(ds):
+        return []
+    reasons: list[str] = []
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        reasons.append("BurnedInAnnotation YES")
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip("\x00 ")
+    if not sop_class and meta is not None:
+        sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "").strip("\x00 ")
+    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        reasons.append(f"secondary capture SOP class {sop_class}")
+    image_type = [str(v).strip().upper() for v in element_values(ds["ImageType"])] if "ImageType" in ds and ds["ImageType"].value else []
+    if "SECONDARY" in image_type and ("DERIVED" in image_type or SCREENSHOT_IMAGE_TYPES & set(image_type[2:])):
+        reasons.append("ImageType " + "\\".join(image_type))
+    elif SCREENSHOT_IMAGE_TYPES & set(image_type[2:]):
+        reasons.append("ImageType " + "\\".join(image_type))
+    if str(ds.get("Modality", "") or "").strip().upper() == "SC":
+        reasons.append("Modality SC (secondary capture)")
+    return reasons
+
+
 def find_phi(ds: Dataset) -> list[PhiFinding]:
     """Every attribute of ``ds`` (sequences included) that still carries identifying content.
 
@@ -181,7 +306,13 @@ def find_phi(ds: Dataset) -> list[PhiFinding]:
     against what the declared profile and options allow to remain.
     """
     options = declared_options(ds)
-    return [*_walk(ds, "", options), *_pixel_risks(ds, options)]
+    findings = [*_walk(ds, "", options), *_pixel_risks(ds, options)]
+    # names typed into kept text (code meanings, labels): the names of the people in this dataset
+    pattern = name_pattern(person_names(ds, name_like_only=bool(options)))
+    if pattern is not None:
+        seen = {f.path for f in findings}
+        findings += [f for f in _names_in_text(ds, pattern) if f.path not in seen]
+    return findings
 
 
 def phi_keywords(ds: Dataset) -> list[str]:

@@ -65,6 +65,7 @@ from pydicom.errors import InvalidDicomError  # noqa: E402
 from pydicom.uid import UID  # noqa: E402
 
 from core.errors import InputError  # noqa: E402
+from core.io.inflate import WBITS_RAW, inflate_bounded  # noqa: E402
 from core.io.volume import SeriesInfo, Volume  # noqa: E402
 
 MAX_DECODED_BYTES = 3 * 1024**3  # float32 output of one volume (about 800 slices of 1024 x 1024)
@@ -80,6 +81,10 @@ _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR
 _SEQ_DELIM = b"\xfe\xff\xdd\xe0"
 _ITEM = b"\xfe\xff\x00\xe0"
 _SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db", "desktop.ini"}
+DEFLATED_TS = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+MAX_INFLATE_RATIO = 100.0  # a deflated instance may not inflate to more than 100 x its file (past 8 MiB)
+MAX_INFLATED_BYTES = 1024**3
+MAX_TRAILING_BYTES = 64 * 1024 * 1024  # elements after PixelData (signatures, padding, private data)
 # pydicom warns when a tiny compressed frame happens to be as long as the raw one: not a user problem
 _warnings.filterwarnings("ignore", message="The number of bytes of compressed pixel data matches", category=UserWarning)
 
@@ -134,6 +139,117 @@ def looks_like_dicom(head: bytes) -> bool:
     return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
 
 
+# ---------------------------------------------------------------- deflate
+
+
+def undeflate_dicom(data: bytes, name: str, *, max_bytes: int = MAX_INFLATED_BYTES, max_ratio: float = MAX_INFLATE_RATIO) -> bytes:
+    """``data`` unchanged, or, for the Deflated Explicit VR Little Endian syntax, the same file inflated.
+
+    pydicom inflates a deflated dataset in one ``zlib.decompress`` call, so a
+    1 MB file can take gigabytes before anything can be checked. Here the
+    dataset is inflated in bounded steps (:func:`core.io.inflate.inflate_bounded`:
+    at most ``max_bytes`` and ``max_ratio`` x the file past 8 MiB) and written
+    back behind the same file meta, with the transfer syntax set to Explicit
+    VR Little Endian, so pydicom never sees the deflated stream.
+    """
+    if DEFLATED_TS.encode() not in data[:16384] or data[128:132] != b"DICM":
+        return data
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    try:
+        meta = _read_file_meta_info(fp)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, IndexError) as err:
+        raise InputError("DICOM file", name, f"has a broken file meta header ({type(err).__name__})", "re-export the file") from None
+    if str(meta.get("TransferSyntaxUID", "") or "").strip("\x00 ") != DEFLATED_TS:
+        return data
+    body = inflate_bounded(
+        memoryview(data)[fp.tell() :],
+        wbits=WBITS_RAW,
+        field="DICOM file",
+        name=name,
+        max_bytes=max_bytes,
+        max_ratio=max_ratio,
+        fix="re-export the study without the deflated transfer syntax",
+    )
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if 0x00020000 in meta:
+        del meta[0x00020000]
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    write_file_meta_info(buf, meta, enforce_standard=False)
+    group = buf.getvalue()
+    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group))
+    return b"".join((bytes(data[:132]), length, group, body))
+
+
+# ---------------------------------------------------------------- elements after the pixel data
+
+
+def _skip_pixel_element(fh: io.BufferedIOBase, offset: int, ts: str, name: str) -> int:
+    """The file offset just after the PixelData element that starts at ``offset``."""
+    endian = ">" if ts == "1.2.840.10008.1.2.2" else "<"
+    explicit = ts != "1.2.840.10008.1.2"
+    fh.seek(offset)
+    head = fh.read(12)
+    if len(head) < 8:
+        raise InputError("DICOM file", name, "is truncated (pixel data cut off)", "re-export or re-copy the series")
+    if explicit and head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            raise InputError("DICOM file", name, "is truncated (pixel data cut off)", "re-export or re-copy the series")
+        (length,) = struct.unpack(endian + "I", head[8:12])
+        start = offset + 12
+    elif explicit:
+        (length,) = struct.unpack(endian + "H", head[6:8])
+        start = offset + 8
+    else:
+        (length,) = struct.unpack(endian + "I", head[4:8])
+        start = offset + 8
+    if length != 0xFFFFFFFF:
+        return start + length
+    pos = start
+    while True:  # encapsulated: items up to the sequence delimiter
+        fh.seek(pos)
+        item = fh.read(8)
+        if len(item) < 8:
+            raise InputError("DICOM file", name, "is truncated (compressed pixel data cut off)", "re-export or re-copy the series")
+        (item_length,) = struct.unpack("<I", item[4:8])
+        if item[:4] == _SEQ_DELIM:
+            return pos + 8
+        if item[:4] != _ITEM or item_length == 0xFFFFFFFF:
+            raise InputError("DICOM file", name, "has broken encapsulated pixel data", "re-export the series")
+        pos += 8 + item_length
+
+
+def trailing_elements(fh: io.BufferedIOBase, offset: int, ts: str, name: str) -> Dataset | str:
+    """The elements stored after PixelData (a Dataset, possibly empty), or a PHI keyword for unreadable bytes.
+
+    Digital signatures, private groups above 7FE0 and trailing padding live
+    there; ``stop_before_pixels`` never sees them.
+    """
+    end = _skip_pixel_element(fh, offset, ts, name)
+    fh.seek(end)
+    tail = fh.read(MAX_TRAILING_BYTES + 1)
+    if len(tail) > MAX_TRAILING_BYTES:
+        raise InputError("DICOM file", name, f"has more than {MAX_TRAILING_BYTES} bytes after its pixel data", "re-export the series without trailing data")
+    if not tail.strip(b"\x00"):
+        return Dataset()
+    try:
+        tail_ds = pydicom.filereader.read_dataset(io.BytesIO(tail), ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2")
+        for _ in tail_ds.iterall():  # convert now so broken bytes fail here
+            pass
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, IndexError, NotImplementedError):
+        return "DataAfterPixelData"
+    if len(tail_ds) == 0:
+        return "DataAfterPixelData"
+    return tail_ds
+
+
 # ---------------------------------------------------------------- headers
 
 
@@ -158,6 +274,19 @@ class _Header:
     intercept: float
     key: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    phi: frozenset[str] = frozenset()  # keywords still carrying identifying values (every element of the file)
+    burned_in: tuple[str, ...] = ()  # burned-in text risk reasons
+    identity: tuple[str, str] | None = None  # (PatientName, PatientID) of a file that declares de-identification
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """A file that gives no image, with what the PHI gate still saw in it."""
+
+    reason: str
+    phi: frozenset[str] = frozenset()
+    burned_in: tuple[str, ...] = ()
+    identity: tuple[str, str] | None = None
 
 
 # Header values are read from the raw (unconverted) elements: pydicom's value
@@ -222,21 +351,132 @@ def _floats(ds: Dataset, keyword: str, n: int) -> list[float] | None:
     return out
 
 
-def _read_header(src: DicomSource) -> _Header | str:
-    """Parse one file up to its PixelData; a string says why it was skipped."""
+def _undeflated(src: DicomSource) -> DicomSource:
+    """``src``, or an in-memory copy with the deflated dataset inflated (bounded)."""
+    if src.data is not None:
+        data = undeflate_dicom(src.data, src.name)
+        return src if data is src.data else DicomSource(name=src.name, data=data)
+    assert src.path is not None
+    with open(src.path, "rb") as fh:
+        head = fh.read(16384)
+    if DEFLATED_TS.encode() not in head or head[128:132] != b"DICM":
+        return src
+    raw = src.path.read_bytes()
+    data = undeflate_dicom(raw, src.name)
+    return src if data is raw else DicomSource(name=src.name, data=data)
+
+
+def _encoding_syntax(ds: Dataset, ts: str) -> str:
+    """The transfer syntax the dataset was read with (for files without file meta: as pydicom guessed)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return ts
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit:
+        return "1.2.840.10008.1.2"
+    return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+
+
+# Public VRs whose values never make a PHI keyword or a burned-in reason (numbers, dates, UIDs): for
+# them the gate depends only on presence and emptiness, so files of one series share one gate result.
+_GATE_VALUE_FREE_VRS = frozenset({"UI", "DA", "TM", "DT", "IS", "DS", "FD", "FL", "US", "SS", "UL", "SL", "AT", "OF", "OD", "UV", "SV"})
+_SOP_CLASS_TAG = 0x00080016
+
+
+def _gate_fingerprint(ds: Dataset) -> bytes:
+    """A digest of everything in ``ds`` that the PHI gate's answer can depend on."""
+    digest = hashlib.sha1()
+    for tag, elem in ds.items():
+        tag = int(tag)
+        group = tag >> 16
+        if isinstance(elem, RawDataElement):
+            vr = elem.VR or ""
+            value = bytes(elem.value or b"")
+        else:
+            vr = getattr(elem, "VR", "") or ""
+            value = repr(getattr(elem, "value", "")).encode("utf-8", "backslashreplace")
+        if not vr:
+            try:
+                vr = pydicom.datadict.dictionary_VR(tag)
+            except KeyError:
+                vr = ""
+        digest.update(struct.pack("<I", tag))
+        value_free = vr in _GATE_VALUE_FREE_VRS and not group % 2 and tag != _SOP_CLASS_TAG and not (0x5000 <= group <= 0x60FF)
+        if value_free:
+            digest.update(b"E" if not value.strip(b"\x00 ") else b"V")
+        else:
+            digest.update(struct.pack("<I", len(value)))
+            digest.update(value)
+    return digest.digest()
+
+
+def _gate(ds: Dataset, cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]] | None = None) -> tuple[frozenset[str], tuple[str, ...]]:
+    """PHI keywords and burned-in reasons of one whole file (every element, sequences included).
+
+    Files whose gate-relevant content is identical (the slices of one series
+    differ only in positions, numbers and UIDs) share one answer via ``cache``.
+    """
+    from core.deid.detect import burned_in_reasons, phi_keywords  # core.deid imports core.io: import late
+
+    key = _gate_fingerprint(ds) if cache is not None else b""
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        result = frozenset(phi_keywords(ds)), tuple(burned_in_reasons(ds))
+    except (ValueError, TypeError, KeyError, OverflowError, struct.error, IndexError, AttributeError, NotImplementedError):
+        # an element that cannot be read cannot be shown to be free of PHI
+        result = frozenset({"UnreadableElements"}), ()
+    if cache is not None:
+        cache[key] = result
+    return result
+
+
+def _declared_identity(ds: Dataset) -> tuple[str, str] | None:
+    """(PatientName, PatientID) when the file declares its de-identification, else None."""
+    try:
+        if str(ds.get("PatientIdentityRemoved", "") or "").strip().upper() != "YES":
+            return None
+        return str(ds.get("PatientName", "") or "").strip(), str(ds.get("PatientID", "") or "").strip()
+    except (ValueError, TypeError, KeyError, struct.error):
+        return ("?", "?")
+
+
+def _read_header(src: DicomSource, gate_cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]] | None = None) -> _Header | _Skip:
+    """Parse one file up to its PixelData (and the elements after it); a ``_Skip`` says why it gives no image.
+
+    The PHI gate sees every element: the header, nested sequences, private
+    elements and whatever follows the pixel data. A deflated file is inflated
+    with bounds first (a decompression bomb raises ``InputError``).
+    """
+    src = _undeflated(src)
+    tail: Dataset | str = Dataset()
     try:
         with src.open() as fh:
             head = fh.read(132)
             if not looks_like_dicom(head):
-                return "not DICOM"
+                return _Skip("not DICOM")
             fh.seek(0)
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
             offset = fh.tell()
             tag = fh.read(4)
+            if tag == b"\xe0\x7f\x10\x00":
+                meta0 = getattr(ds, "file_meta", None)
+                ts0 = str(getattr(meta0, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+                try:
+                    tail = trailing_elements(fh, offset, _encoding_syntax(ds, ts0), src.name)
+                except InputError:
+                    tail = Dataset()  # truncated pixel data: reported when the slice is decoded
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, IndexError) as err:
-        return f"unreadable ({type(err).__name__})"
+        return _Skip(f"unreadable ({type(err).__name__})")
+    if isinstance(tail, Dataset):
+        for elem in tail:
+            ds.add(elem)
+    phi, burned = _gate(ds, gate_cache)
+    if isinstance(tail, str):
+        phi = phi | {tail}
+    identity = _declared_identity(ds)
     if tag != b"\xe0\x7f\x10\x00":
-        return "no pixel data"
+        return _Skip("no pixel data", phi, burned, identity)
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
     try:
@@ -249,9 +489,9 @@ def _read_header(src: DicomSource) -> _Header | str:
         slope = (_floats(ds, "RescaleSlope", 1) or [1.0])[0]
         intercept = (_floats(ds, "RescaleIntercept", 1) or [0.0])[0]
     except (TypeError, ValueError, OverflowError, struct.error) as err:
-        return f"broken image attributes ({type(err).__name__})"
+        return _Skip(f"broken image attributes ({type(err).__name__})", phi, burned)
     if rows < 1 or cols < 1 or bits_allocated < 1 or frames < 1:
-        return "broken image attributes (Rows/Columns/BitsAllocated)"
+        return _Skip("broken image attributes (Rows/Columns/BitsAllocated)", phi, burned)
     iop = _floats(ds, "ImageOrientationPatient", 6)
     ipp = _floats(ds, "ImagePositionPatient", 3)
     ps = _floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2)
@@ -277,13 +517,16 @@ def _read_header(src: DicomSource) -> _Header | str:
         pixel_spacing=(float(ps[0]), float(ps[1])) if ps and ps[0] > 0 and ps[1] > 0 else (1.0, 1.0),
         slope=slope if slope != 0 else 1.0,
         intercept=intercept,
+        phi=phi,
+        burned_in=burned,
+        identity=identity,
     )
     header.extra["has_iop"] = iop is not None
     header.extra["has_spacing"] = bool(ps and ps[0] > 0 and ps[1] > 0)
     try:
         header.key = _series_key(header)
     except (TypeError, ValueError, OverflowError, struct.error) as err:
-        return f"broken series attributes ({type(err).__name__})"
+        return _Skip(f"broken series attributes ({type(err).__name__})", phi, burned)
     return header
 
 
@@ -512,18 +755,61 @@ def _pixels(h: _Header) -> np.ndarray:
 # ---------------------------------------------------------------- public
 
 
-def read_headers(sources: Sequence[DicomSource]) -> tuple[list[_Header], dict[str, int]]:
-    """Parse every header; return the image headers and counts of skipped files by reason."""
+@dataclass
+class HeaderScan:
+    """Every file of a study read up to its pixels, with what the PHI gate saw in all of them."""
+
+    headers: list[_Header]
+    skipped: dict[str, int]  # reason -> number of files that give no image
+    phi: list[str]  # sorted keywords still carrying identifying values, over every DICOM file
+    burned_in: list[str]  # "reason (n of N instances)"
+    n_dicom: int  # files read as DICOM (images and others)
+
+
+def scan_headers(sources: Sequence[DicomSource]) -> HeaderScan:
+    """Parse every header (and the elements after the pixel data) and gate every file for PHI."""
     if not sources:
         raise InputError("study", "(no files)", "contains no files", "point at a DICOM file, a folder of DICOM files or a zip")
     # serial: header parsing holds the GIL, threads only add contention (measured)
-    results = [_read_header(src) for src in sources]
+    cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]] = {}
+    results = [_read_header(src, cache) for src in sources]
     headers = [r for r in results if isinstance(r, _Header)]
     skipped: dict[str, int] = {}
+    phi: set[str] = set()
+    burned: dict[str, int] = {}
+    n_dicom = 0
+    names: set[str] = set()
+    ids: set[str] = set()
     for r in results:
-        if isinstance(r, str):
-            skipped[r] = skipped.get(r, 0) + 1
-    return headers, skipped
+        if isinstance(r, _Skip):
+            skipped[r.reason] = skipped.get(r.reason, 0) + 1
+            if r.reason == "not DICOM" or r.reason.startswith("unreadable"):
+                continue
+        n_dicom += 1
+        phi.update(r.phi)
+        if r.identity is not None:
+            names.add(r.identity[0])
+            ids.add(r.identity[1])
+        for reason in r.burned_in:
+            burned[reason] = burned.get(reason, 0) + 1
+    # files that declare de-identification must agree on the pseudonym: one that differs is left-over identity
+    if len(names) > 1:
+        phi.add("PatientName")
+    if len(ids) > 1:
+        phi.add("PatientID")
+    return HeaderScan(
+        headers=headers,
+        skipped=skipped,
+        phi=sorted(phi),
+        burned_in=[f"{reason} ({n} of {n_dicom} instances)" for reason, n in sorted(burned.items())],
+        n_dicom=n_dicom,
+    )
+
+
+def read_headers(sources: Sequence[DicomSource]) -> tuple[list[_Header], dict[str, int]]:
+    """Parse every header; return the image headers and counts of skipped files by reason."""
+    scan = scan_headers(sources)
+    return scan.headers, scan.skipped
 
 
 def group_series(headers: Iterable[_Header]) -> dict[str, list[_Header]]:
@@ -543,15 +829,6 @@ def _series_info(key: str, hs: list[_Header]) -> SeriesInfo:
         cols=hs[0].cols,
         description_present=bool(str(first.get("SeriesDescription", "") or "").strip()),
     )
-
-
-def _phi_keywords(datasets: Iterable[Dataset]) -> list[str]:
-    from core.deid import phi_keywords  # written by the de-identification module
-
-    found: set[str] = set()
-    for ds in datasets:
-        found.update(phi_keywords(ds))
-    return sorted(found)
 
 
 def load_dicom_sources(
@@ -582,7 +859,8 @@ def _load_dicom_sources(
     max_decoded_bytes: int,
     label: str,
 ) -> Volume:
-    headers, skipped = read_headers(sources)
+    scan = scan_headers(sources)
+    headers, skipped = scan.headers, scan.skipped
     if not headers:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
         raise InputError("study", label, f"holds no readable DICOM image ({reasons})", "point at a DICOM series (files with pixel data), a zip of one, or a NIfTI file")
@@ -672,7 +950,6 @@ def _load_dicom_sources(
         "convolution_kernel": str(ds.get("ConvolutionKernel", "") or ""),
         "stored_orientation": ",".join(f"{v:g}" for v in np.round(np.r_[first.row_cos, first.col_cos], 4)),
     }
-    phi = _phi_keywords(hs[0].ds for hs in groups.values())
     return Volume(
         hu=hu,
         spacing_mm=spacing,  # type: ignore[arg-type]
@@ -680,7 +957,8 @@ def _load_dicom_sources(
         modality=str(ds.get("Modality", "") or "OT"),
         format="dicom",
         series=infos,
-        phi=phi,
+        phi=scan.phi,
+        burned_in=scan.burned_in,
         warnings=warnings,
         meta={k: v for k, v in meta.items() if v},
     )

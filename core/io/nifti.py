@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 import zlib
 from pathlib import Path
@@ -18,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError
+from core.io.inflate import WBITS_GZIP, inflate_bounded
 from core.io.volume import Volume
 
 MAX_NIFTI_BYTES = 3 * 1024**3  # uncompressed file size
 MAX_VOXELS = 800 * 1024 * 1024
+MAX_GZIP_RATIO = 100.0  # a real CT compresses a few times; 100x more than its file is a bomb
 GZIP_MAGIC = b"\x1f\x8b"
 CONVENTION_AXCODES = ("S", "P", "L")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -38,33 +41,100 @@ def nifti_header_kind(head: bytes) -> int:
     return 0
 
 
-def gunzip_bounded(data: bytes, name: str, limit: int = MAX_NIFTI_BYTES) -> bytes:
-    """Decompress gzip ``data`` in chunks, refusing output larger than ``limit``."""
-    inflater = zlib.decompressobj(wbits=31)
-    parts: list[bytes] = []
-    total = 0
-    view = memoryview(data)
-    step = 1 << 20
-    try:
-        for start in range(0, len(data), step):
-            chunk = view[start : start + step]
-            while chunk:
-                piece = inflater.decompress(chunk, limit + 1 - total)
-                total += len(piece)
-                parts.append(piece)
-                if total > limit:
-                    raise InputError("NIfTI file", name, f"expands beyond {limit} bytes (limit)", "load a smaller volume")
-                chunk = inflater.unconsumed_tail
-                if inflater.eof:
-                    break
-            if inflater.eof:
+def gunzip_bounded(data: bytes, name: str, limit: int = MAX_NIFTI_BYTES, *, max_ratio: float | None = None) -> bytes:
+    """Decompress gzip ``data`` in bounded steps, refusing output larger than ``limit``.
+
+    With ``max_ratio`` the output must also stay within ``max_ratio`` times the
+    compressed size once past a few MiB (:func:`core.io.inflate.inflate_bounded`).
+    """
+    return inflate_bounded(
+        data,
+        wbits=WBITS_GZIP,
+        field="NIfTI file",
+        name=name,
+        max_bytes=limit,
+        max_ratio=max_ratio,
+        fix="load a smaller volume (a real CT compresses only a few times)",
+    )
+
+
+# (field, offset, length) of the free-text fields of the NIfTI-1 and NIfTI-2 headers
+_TEXT_FIELDS_1 = (("data_type", 4, 10), ("db_name", 14, 18), ("descrip", 148, 80), ("aux_file", 228, 24), ("intent_name", 328, 16))
+_TEXT_FIELDS_2 = (("descrip", 240, 80), ("aux_file", 320, 24), ("intent_name", 508, 16), ("unused_str", 525, 15))
+
+
+def nifti_header_phi(data: bytes) -> list[str]:
+    """Header fields of uncompressed NIfTI bytes that carry text, as ``nifti.<field>`` (sorted).
+
+    The free-text fields (``descrip``, ``aux_file``, ``intent_name``,
+    ``db_name``, ``data_type``; in NIfTI-2 ``unused_str``) can hold a name or an
+    ID typed by whoever wrote the file, and header extensions (DICOM headers,
+    AFNI XML, comments) often do: any non-blank one is reported as
+    ``nifti.extensions``. ``data`` needs the header and its extensions (the
+    bytes up to ``vox_offset``); fewer bytes are read as far as they go.
+    """
+    kind = nifti_header_kind(data[:540])
+    if kind == 0:
+        return []
+    fields = _TEXT_FIELDS_1 if kind == 1 else _TEXT_FIELDS_2
+    found = [f"nifti.{name}" for name, start, length in fields if data[start : start + length].strip(b"\x00 \t\r\n")]
+    size = 348 if kind == 1 else 540
+    endian = "<" if int.from_bytes(data[:4], "little") == size else ">"
+    if len(data) >= size + 4 and data[size] != 0:
+        if kind == 1:
+            (vox_offset,) = struct.unpack(endian + "f", data[108:112])
+        else:
+            (vox_offset,) = struct.unpack(endian + "q", data[168:176])
+        end = int(vox_offset) if np.isfinite(vox_offset) and vox_offset > size else len(data)
+        pos = size + 4
+        while pos + 8 <= min(end, len(data)):
+            esize, _ecode = struct.unpack(endian + "ii", data[pos : pos + 8])
+            if esize < 8:
                 break
-        parts.append(inflater.flush())
+            if data[pos + 8 : pos + esize].strip(b"\x00 \t\r\n"):
+                found.append("nifti.extensions")
+                break
+            pos += esize
+    return sorted(found)
+
+
+def nifti_prefix(data: bytes, name: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """The header and extensions of NIfTI bytes (gzip or not) without inflating the voxels.
+
+    Used by the PHI gate when only the header matters (cohort checks).
+    """
+    if data[:2] != GZIP_MAGIC:
+        return data[:max_bytes]
+    inflater = zlib.decompressobj(wbits=WBITS_GZIP)
+    try:
+        head = inflater.decompress(data[: 1 << 20], 544)
+        kind = nifti_header_kind(head)
+        want = 544
+        if kind == 1 and len(head) >= 112:
+            endian = "<" if int.from_bytes(head[:4], "little") == 348 else ">"
+            (vox,) = struct.unpack(endian + "f", head[108:112])
+            want = int(vox) if np.isfinite(vox) and 352 <= vox <= max_bytes else 544
+        elif kind == 2 and len(head) >= 176:
+            endian = "<" if int.from_bytes(head[:4], "little") == 540 else ">"
+            (vox,) = struct.unpack(endian + "q", head[168:176])
+            want = int(vox) if 544 <= vox <= max_bytes else 544
+        parts = [head]
+        got = len(head)
+        tail = inflater.unconsumed_tail
+        offset = min(len(data), 1 << 20)
+        while got < want and not inflater.eof:
+            if not tail:
+                tail = data[offset : offset + (1 << 20)]
+                offset += len(tail)
+                if not tail:
+                    break
+            piece = inflater.decompress(tail, want - got)
+            tail = inflater.unconsumed_tail
+            parts.append(piece)
+            got += len(piece)
     except zlib.error as err:
         raise InputError("NIfTI file", name, f"is not valid gzip data ({err})", "re-save the file as .nii or .nii.gz") from None
-    if not inflater.eof:
-        raise InputError("NIfTI file", name, "is truncated (gzip stream cut off)", "re-copy or re-export the file")
-    return b"".join(parts)
+    return b"".join(parts)[:want]
 
 
 def load_nifti_bytes(data: bytes, name: str = "volume.nii.gz") -> Volume:
@@ -80,7 +150,7 @@ def load_nifti_bytes(data: bytes, name: str = "volume.nii.gz") -> Volume:
 
 def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     if data[:2] == GZIP_MAGIC:
-        data = gunzip_bounded(data, name)
+        data = gunzip_bounded(data, name, max_ratio=MAX_GZIP_RATIO)
     kind = nifti_header_kind(data[:540])
     if kind == 0:
         raise InputError("NIfTI file", name, "has no NIfTI-1/2 header", "load a .nii or .nii.gz file (or a DICOM series)")
@@ -153,7 +223,7 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
         modality="CT",
         format="nifti",
         series=[],
-        phi=[],
+        phi=nifti_header_phi(data),
         warnings=notes,
         meta=meta,
     )

@@ -155,6 +155,8 @@ def summarize_volume(volume: Volume) -> dict[str, Any]:
         "hu_mean": round(hu_mean, 4),
         "n_series": volume.n_series,
         "phi": list(volume.phi),
+        "burned_in": bool(volume.burned_in),
+        "burned_in_reasons": list(volume.burned_in),
         "series": [
             {"key": s.key, "n_instances": s.n_instances, "modality": s.modality, "rows": s.rows, "cols": s.cols}
             for s in volume.series

@@ -41,6 +41,8 @@ class Volume:
     format: str = "nifti"  # "dicom" | "nifti"
     series: list[SeriesInfo] = field(default_factory=list)
     phi: list[str] = field(default_factory=list)  # attribute keywords still carrying identifying values
+    # burned-in text risk: reasons such as "BurnedInAnnotation YES (2 of 6 instances)"; the app blocks until acknowledged
+    burned_in: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. missing slices, uneven spacing
     meta: dict[str, str] = field(default_factory=dict)  # non-identifying metadata only
 
