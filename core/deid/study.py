@@ -82,10 +82,17 @@ class DeidReport:
         return out
 
 
-def _parse(data: bytes) -> tuple[Dataset | None, str]:
-    """A fully parsed instance, or None and the reason it is skipped."""
+def _parse(data: bytes, label: str = "file") -> tuple[Dataset | None, str]:
+    """A fully parsed instance, or None and the reason it is skipped.
+
+    A deflated instance is inflated with bounds first: a decompression bomb
+    raises ``InputError`` (the whole study is refused, nothing is written).
+    """
     if not data:
         return None, "empty file"
+    from core.io.dicom import undeflate_dicom
+
+    data = undeflate_dicom(data, label)
     try:
         try:
             ds = pydicom.dcmread(io.BytesIO(data))
@@ -238,7 +245,7 @@ def _run(
         if isinstance(data, str):
             skipped[data] += 1
             continue
-        ds, reason = _parse(data)
+        ds, reason = _parse(data, f"input file {done}")
         del data
         if ds is None:
             skipped[reason] += 1
@@ -309,10 +316,20 @@ def deidentify_study(
     created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
 
+    written: list[Path] = []
+
     def write(name: str, data: bytes) -> None:
         (d / name).write_bytes(data)
+        written.append(d / name)
 
-    report = _run(_iter_path(s), write, cleaner, progress)
+    try:
+        report = _run(_iter_path(s), write, cleaner, progress)
+    except InputError:
+        for path in written:  # a refused study (e.g. a decompression bomb) leaves nothing behind
+            path.unlink(missing_ok=True)
+        if created:
+            d.rmdir()
+        raise
     if report.n_instances == 0:
         if created:
             d.rmdir()
