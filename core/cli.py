@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("core.commands.explain", "attribution figure (saliency, IG, Grad-CAM, occlusion) for one subject"),
     "sanity": ("core.commands.sanity", "sanity checks of explanations (randomization test, pointing game)"),
     "export-dicom": ("core.commands.export_dicom", "export a case as DICOM: saliency Parametric Map, top-region Segmentation, prediction SR"),
+    "cohort": ("core.commands.cohort", "build a cohort folder from a MEDS dataset and an ACES task definition"),
 }
 
 EXIT_BAD_INPUT = 2

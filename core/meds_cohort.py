@@ -1,0 +1,236 @@
+"""Cohorts from MEDS data and an ACES task definition (``python -m core cohort``).
+
+ACES (es-aces, https://eventstreamaces.readthedocs.io) evaluates the task's
+predicates, trigger (index event) and windows on the MEDS events and returns
+one row per valid index event with the label and the window boundaries. This
+module turns those rows into the cohort folder the rest of the project reads:
+
+* ``cohort.csv``: ``subject_id, time, event, split, index_time``; ``time`` is
+  days from the index to the first label-predicate event inside the label
+  window (``event`` 1) or, without one, to the end of the label window capped
+  at the subject's last recorded event (``event`` 0, censored); ``split`` is a
+  seeded random train/val/test assignment;
+* ``timeline.parquet``: the MEDS rows (``subject_id, time, code,
+  numeric_value``) of the cohort's subjects (the cohort loader only ever gives
+  models the events at or before ``index_time``);
+* ``task.yaml``: a copy of the task definition, for provenance.
+
+A subject with several valid index events keeps the earliest.
+The MEDS input is a parquet or CSV file or a MEDS folder (``data/**/*.parquet``);
+the numeric column may be called ``numeric_value`` or ``value``, the time
+column ``time`` or ``timestamp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+
+ALIASES = {"value": "numeric_value", "timestamp": "time", "patient_id": "subject_id"}
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+Progress = Callable[[float, str], None]
+
+
+def read_meds(path: Path) -> pd.DataFrame:
+    """MEDS events -> ``subject_id, time (datetime64[us]), code (str), numeric_value (float64)``."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.parquet"))
+        if not files:
+            raise InputError("--meds", str(path), "is a folder without .parquet files",
+                             "pass a MEDS parquet/CSV file or a MEDS folder (data/**/*.parquet)")
+        frames = [pd.read_parquet(f) for f in files]
+        raw = pd.concat(frames, ignore_index=True)
+    elif not path.exists():
+        raise InputError("--meds", str(path), "does not exist", "pass a MEDS parquet/CSV file or folder")
+    elif path.suffix.lower() == ".parquet":
+        raw = pd.read_parquet(path)
+    elif path.suffix.lower() == ".csv":
+        raw = pd.read_csv(path)
+    else:
+        raise InputError("--meds", str(path), "is neither .parquet nor .csv", "pass a MEDS parquet/CSV file or folder")
+    raw = raw.rename(columns={k: v for k, v in ALIASES.items() if k in raw.columns and v not in raw.columns})
+    missing = [c for c in ("subject_id", "time", "code") if c not in raw.columns]
+    if missing:
+        raise InputError("--meds", str(path), f"has no column(s) {missing} (columns: {list(raw.columns)[:12]})",
+                         "provide MEDS columns subject_id, time, code[, numeric_value]")
+    events = pd.DataFrame({
+        "subject_id": raw["subject_id"],
+        "time": pd.to_datetime(raw["time"], errors="coerce").astype("datetime64[us]"),
+        "code": raw["code"].astype(str),
+        "numeric_value": pd.to_numeric(raw["numeric_value"], errors="coerce").astype("float64")
+        if "numeric_value" in raw.columns else np.nan,
+    })
+    if events["subject_id"].isna().any():
+        raise InputError("--meds", str(path), f"{int(events['subject_id'].isna().sum())} rows without subject_id",
+                         "drop or fix rows with an empty subject_id")
+    return events
+
+
+def load_task(task: Path) -> object:
+    """The ACES ``TaskExtractorConfig`` of a task YAML, with a label window and an index timestamp."""
+    from aces.config import TaskExtractorConfig
+
+    task = Path(task)
+    if not task.is_file():
+        raise InputError("--task", str(task), "does not exist", "pass an ACES task YAML (see assets/tasks/)")
+    try:
+        cfg = TaskExtractorConfig.load(config_path=task)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        text = " ".join(str(err).split())[:200]
+        raise InputError("--task", str(task), f"is not a valid ACES task ({type(err).__name__}: {text})",
+                         "fix the YAML (predicates, trigger, windows; see assets/tasks/)") from None
+    if cfg.label_window is None:
+        raise InputError("--task", str(task), "has no window with a `label:` predicate",
+                         "add `label: <outcome predicate>` to the outcome window")
+    if cfg.index_timestamp_window is None:
+        raise InputError("--task", str(task), "has no window with `index_timestamp: start|end`",
+                         "add `index_timestamp: start` to the window that starts at the index event")
+    return cfg
+
+
+def run_aces(cfg: object, events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ACES result rows, predicate counts per subject and timestamp) as pandas frames."""
+    from aces import predicates, query
+    from omegaconf import DictConfig
+
+    logging.getLogger("aces").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="meds_cohort_") as tmp:
+        path = Path(tmp) / "events.parquet"
+        events.to_parquet(path, index=False)
+        pred_df = predicates.get_predicates_df(cfg, DictConfig({"path": str(path), "standard": "meds"}))
+    result = query.query(cfg, pred_df)
+    return result.to_pandas(), pred_df.to_pandas()
+
+
+def _window_bounds(result: pd.DataFrame, window: str) -> tuple[pd.Series, pd.Series]:
+    columns = [c for c in result.columns if c.startswith(f"{window}.") and c.endswith("_summary")]
+    if not columns:
+        raise InputError("task", window, "ACES returned no summary of the label window",
+                         "give the label window explicit start and end boundaries")
+    summary = result[columns[0]]
+    start = pd.to_datetime(summary.map(lambda s: s["timestamp_at_start"] if s else None))
+    end = pd.to_datetime(summary.map(lambda s: s["timestamp_at_end"] if s else None))
+    return start, end
+
+
+def cohort_table(cfg: object, result: pd.DataFrame, pred_df: pd.DataFrame, events: pd.DataFrame,
+                 *, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> tuple[pd.DataFrame, int]:
+    """cohort.csv rows from the ACES result, and how many later index events were dropped."""
+    window = cfg.windows[cfg.label_window]  # type: ignore[attr-defined]
+    label_pred = str(window.label)
+    start, end = _window_bounds(result, str(cfg.label_window))  # type: ignore[attr-defined]
+    rows = pd.DataFrame({
+        "subject_id": result["subject_id"].to_numpy(),
+        "index_time": pd.to_datetime(result["index_timestamp"]).to_numpy(),
+        "label": result["label"].astype(int).to_numpy(),
+        "start": start.to_numpy(), "end": end.to_numpy(),
+    }).sort_values(["subject_id", "index_time"], kind="stable")
+    n_before = len(rows)
+    rows = rows.drop_duplicates("subject_id", keep="first").reset_index(drop=True)
+    dropped = n_before - len(rows)
+
+    hits = pred_df.loc[pred_df[label_pred] > 0, ["subject_id", "timestamp"]].merge(
+        rows[["subject_id", "start", "end"]], on="subject_id")
+    after = hits["timestamp"] >= hits["start"] if window.start_inclusive else hits["timestamp"] > hits["start"]
+    before = hits["timestamp"] <= hits["end"] if window.end_inclusive else hits["timestamp"] < hits["end"]
+    first_hit = hits[after & before].groupby("subject_id")["timestamp"].min()
+    last_seen = events.dropna(subset=["time"]).groupby("subject_id")["time"].max()
+
+    event_time = rows["subject_id"].map(first_hit)
+    censor_time = pd.concat([rows["end"], rows["subject_id"].map(last_seen)], axis=1).min(axis=1)
+    event = rows["label"].to_numpy() > 0
+    missing = event & event_time.isna().to_numpy()
+    if missing.any():
+        raise InputError("task", label_pred, f"{int(missing.sum())} labelled subjects have no {label_pred} event "
+                         "inside the label window", "check the label window's boundaries and inclusivity")
+    stop = np.where(event, event_time.to_numpy(dtype="datetime64[us]"), censor_time.to_numpy(dtype="datetime64[us]"))
+    days = (pd.to_datetime(stop) - pd.to_datetime(rows["index_time"])) / pd.Timedelta(days=1)
+    table = pd.DataFrame({
+        "subject_id": rows["subject_id"].astype(str),
+        "time": np.round(days.to_numpy(dtype=float), 6),
+        "event": event.astype(int),
+        "split": assign_splits(rows["subject_id"].astype(str).tolist(), seed=seed, fractions=fractions),
+        "index_time": pd.to_datetime(rows["index_time"]).dt.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    bad = ~np.isfinite(table["time"].to_numpy()) | (table["time"].to_numpy() < 0)
+    if bad.any():
+        raise InputError("task", str(cfg.label_window), f"{int(bad.sum())} subjects get a negative or unknown "  # type: ignore[attr-defined]
+                         "follow-up time", "make the label window start at or after the index event")
+    return table, dropped
+
+
+def assign_splits(subject_ids: list[str], *, seed: int = 0,
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> list[str]:
+    """Seeded random train/val/test labels (in the order of ``subject_ids``; sizes rounded, val and test >= 1 when n >= 3).
+
+    >>> assign_splits([f"s{i}" for i in range(10)], seed=1).count("train")
+    6
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0) or fractions[0] <= 0:
+        raise InputError("--split", ",".join(f"{f:g}" for f in fractions), "must be three fractions summing to 1 "
+                         "with train > 0", "use e.g. 0.6,0.2,0.2")
+    n = len(subject_ids)
+    n_val, n_test = (int(round(f * n)) for f in fractions[1:])
+    if n >= 3:
+        n_val, n_test = max(n_val, 1 if fractions[1] > 0 else 0), max(n_test, 1 if fractions[2] > 0 else 0)
+    n_train = n - n_val - n_test
+    labels = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test, dtype=object)
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=object)
+    out[order] = labels
+    return [str(v) for v in out]
+
+
+def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
+                      fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+                      progress: Progress | None = None) -> dict[str, object]:
+    """Write the cohort folder ``out`` (new or empty) from MEDS events and an ACES task; returns a summary."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError("--out", str(out), "exists and is not an empty folder", "pass a new or empty folder")
+    report = progress or (lambda fraction, label: None)
+    report(0.0, "reading the task")
+    cfg = load_task(task)
+    report(0.1, "reading MEDS events")
+    events = read_meds(meds)
+    report(0.3, "ACES: predicates and windows")
+    result, pred_df = run_aces(cfg, events)
+    if result.empty:
+        raise InputError("--task", str(task), "selects no subject in this MEDS dataset",
+                         "check the predicate codes against the data (python -m core timeline PATH --subject ID)")
+    report(0.7, "follow-up times and splits")
+    table, dropped = cohort_table(cfg, result, pred_df, events, seed=seed, fractions=fractions)
+    report(0.8, "writing the cohort")
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "cohort.csv", index=False)
+    keep = set(table["subject_id"])
+    timeline = events.assign(subject_id=events["subject_id"].astype(str))
+    timeline = timeline[timeline["subject_id"].isin(keep)]
+    timeline = timeline.assign(time=timeline["time"].astype("datetime64[ns]"))
+    timeline = timeline.sort_values(["subject_id", "time"], kind="stable", na_position="first")
+    timeline.to_parquet(out / "timeline.parquet", index=False)
+    shutil.copyfile(task, out / "task.yaml")
+    report(1.0, "done")
+    return {
+        "out": str(out),
+        "task": Path(task).name,
+        "label_predicate": str(cfg.windows[cfg.label_window].label),  # type: ignore[attr-defined]
+        "n_subjects": int(len(table)),
+        "events": int(table["event"].sum()),
+        "censored": int((table["event"] == 0).sum()),
+        "median_time_days": float(table["time"].median()),
+        "splits": {s: int((table["split"] == s).sum()) for s in SPLITS},
+        "later_index_events_dropped": int(dropped),
+        "timeline_events": int(len(timeline)),
+        "seed": int(seed),
+    }

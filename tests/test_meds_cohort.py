@@ -1,0 +1,178 @@
+"""Cohorts from MEDS + ACES task definitions (core.meds_cohort, ``python -m core cohort``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import InputError
+from core.meds_cohort import assign_splits, build_meds_cohort
+from tests.conftest import ROOT
+
+TASK = ROOT / "assets" / "tasks" / "mimic_death_after_admission.yaml"
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _by_hand(events: pd.DataFrame) -> pd.DataFrame:
+    """Death after the first hospital admission, with pandas only (the task file's definition)."""
+    timed = events.dropna(subset=["time"])
+    admission = timed[timed["code"].str.startswith("HOSPITAL_ADMISSION//")].groupby("subject_id")["time"].min()
+    death = timed[timed["code"] == "MEDS_DEATH"].groupby("subject_id")["time"].min().reindex(admission.index)
+    last = timed.groupby("subject_id")["time"].max().reindex(admission.index)
+    alive = ~(death < admission)  # no death before the index (NaT compares False)
+    event = (death > admission).fillna(False)
+    stop = death.where(event, last)
+    table = pd.DataFrame({
+        "subject_id": admission.index.astype(str),
+        "time": ((stop - admission) / pd.Timedelta(days=1)).to_numpy(),
+        "event": event.astype(int).to_numpy(),
+        "index_time": admission.dt.strftime("%Y-%m-%d %H:%M:%S").to_numpy(),
+    })[alive.to_numpy()]
+    return table.sort_values("subject_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def mimic_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    from tests.conftest import REAL_MEDS
+
+    if not REAL_MEDS.exists():
+        pytest.skip(f"real MEDS file not found at {REAL_MEDS} (../shared/data is absent outside CI)")
+    out = tmp_path_factory.mktemp("mimic") / "cohort"
+    proc = _cli("cohort", "--meds", str(REAL_MEDS), "--task", str(TASK), "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads(proc.stdout)  # exactly one JSON object on stdout
+
+
+def test_mimic_task_equals_the_cohort_built_by_hand(mimic_cohort: tuple[Path, dict[str, object]],
+                                                    real_meds: Path) -> None:
+    out, summary = mimic_cohort
+    cohort = pd.read_csv(out / "cohort.csv", dtype={"subject_id": str})
+    assert list(cohort.columns) == ["subject_id", "time", "event", "split", "index_time"]
+    raw = pd.read_parquet(real_meds)
+    expected = _by_hand(raw)
+    got = cohort.sort_values("subject_id").reset_index(drop=True)
+    assert got["subject_id"].tolist() == expected["subject_id"].tolist()
+    assert got["event"].tolist() == expected["event"].tolist()
+    assert got["index_time"].tolist() == expected["index_time"].tolist()
+    np.testing.assert_allclose(got["time"], expected["time"], atol=1e-5)
+    # the numbers of the MIMIC-IV demo (README of ../shared/data: 100 subjects, 31 deaths)
+    assert len(got) == 100 and int(got["event"].sum()) == 31 == summary["events"]
+    assert (got["time"] > 0).all()
+    assert summary["splits"] == {"train": 60, "val": 20, "test": 20}
+    assert got["split"].value_counts().to_dict() == {"train": 60, "val": 20, "test": 20}
+    # timeline: the MEDS rows of the cohort's subjects, `value` mapped to numeric_value
+    timeline = pd.read_parquet(out / "timeline.parquet")
+    assert list(timeline.columns) == ["subject_id", "time", "code", "numeric_value"]
+    assert len(timeline) == len(raw[raw["subject_id"].astype(str).isin(set(got["subject_id"]))])
+    assert int(timeline["numeric_value"].notna().sum()) == int(raw["value"].notna().sum())
+    assert (out / "task.yaml").read_text() == TASK.read_text()
+
+
+def test_training_on_the_mimic_cohort_end_to_end(mimic_cohort: tuple[Path, dict[str, object]],
+                                                 tmp_path: Path) -> None:
+    out, _ = mimic_cohort
+    model = tmp_path / "model"
+    proc = _cli("train", "--cohort", str(out), "--fusion", "ehr_only", "--out", str(model), "--epochs", "2",
+                "--ensemble", "1", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads(proc.stdout)
+    assert metrics["fusion"] == "ehr_only" and 0.0 <= metrics["c_index"] <= 1.0
+    assert (model / "model.safetensors").stat().st_size > 0 and (model / "config.json").exists()
+
+
+def _write_synthetic(path: Path) -> None:
+    """Six subjects with known answers; MEDS aliases `timestamp` and `value`, integer ids, a static row."""
+    rows = [
+        # s1: admitted 2020-01-01 10:00, dies 2020-01-11 10:00 -> event after 10 days
+        (1, None, "GENDER//F", None), (1, "2020-01-01 08:00", "LAB//hb//g/dL", 12.5),
+        (1, "2020-01-01 10:00", "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", None),
+        (1, "2020-01-05 10:00", "HOSPITAL_DISCHARGE//HOME", None), (1, "2020-01-11 10:00", "MEDS_DEATH", None),
+        # s2: two admissions: the first is the index; censored at its last event (30 days after the first)
+        (2, "2021-03-01 00:00", "HOSPITAL_ADMISSION//URGENT//TRANSFER", None),
+        (2, "2021-03-11 00:00", "HOSPITAL_ADMISSION//URGENT//TRANSFER", None),
+        (2, "2021-03-31 00:00", "LAB//hb//g/dL", 11.0),
+        # s3: death recorded before any admission -> not alive at the index: excluded
+        (3, "2019-05-01 00:00", "MEDS_DEATH", None), (3, "2019-06-01 00:00", "HOSPITAL_ADMISSION//X//Y", None),
+        # s4: never admitted -> excluded
+        (4, "2018-01-01 00:00", "LAB//hb//g/dL", 13.0),
+        # s5: admitted, censored 2.5 days later
+        (5, "2022-07-01 12:00", "HOSPITAL_ADMISSION//ELECTIVE//REFERRAL", None),
+        (5, "2022-07-04 00:00", "HOSPITAL_DISCHARGE//HOME", None),
+        # s6: admitted, dies 1 day later
+        (6, "2023-01-01 00:00", "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", None),
+        (6, "2023-01-02 00:00", "MEDS_DEATH", None),
+    ]
+    frame = pd.DataFrame(rows, columns=["subject_id", "timestamp", "code", "value"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    frame.to_parquet(path, index=False)
+
+
+def test_synthetic_meds_gives_the_known_cohort(tmp_path: Path) -> None:
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    summary = build_meds_cohort(meds, TASK, tmp_path / "out", seed=0)
+    cohort = pd.read_csv(tmp_path / "out" / "cohort.csv", dtype={"subject_id": str}).set_index("subject_id")
+    assert sorted(cohort.index) == ["1", "2", "5", "6"]
+    assert cohort.loc["1", "time"] == pytest.approx(10.0) and cohort.loc["1", "event"] == 1
+    assert cohort.loc["2", "time"] == pytest.approx(30.0) and cohort.loc["2", "event"] == 0
+    assert cohort.loc["2", "index_time"] == "2021-03-01 00:00:00"
+    assert cohort.loc["5", "time"] == pytest.approx(2.5) and cohort.loc["5", "event"] == 0
+    assert cohort.loc["6", "time"] == pytest.approx(1.0) and cohort.loc["6", "event"] == 1
+    assert summary["events"] == 2 and summary["censored"] == 2 and summary["later_index_events_dropped"] == 0
+    timeline = pd.read_parquet(tmp_path / "out" / "timeline.parquet")
+    assert sorted(timeline["subject_id"].unique()) == ["1", "2", "5", "6"]
+    assert timeline["time"].isna().sum() == 1  # the static GENDER row is kept
+    assert timeline.loc[timeline["code"] == "LAB//hb//g/dL", "numeric_value"].tolist() == [12.5, 11.0]
+    # the cohort loads with the project's loader and gives models only the events up to the index
+    from core.cohort import load_cohort
+
+    loaded = load_cohort(tmp_path / "out")
+    codes = loaded.events("1")["code"].tolist()
+    assert {"LAB//hb//g/dL", "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM"} <= set(codes)
+    assert "MEDS_DEATH" not in codes and "HOSPITAL_DISCHARGE//HOME" not in codes
+
+
+def test_splits_are_seeded() -> None:
+    ids = [f"s{i:03d}" for i in range(50)]
+    a, b, c = assign_splits(ids, seed=0), assign_splits(ids, seed=0), assign_splits(ids, seed=1)
+    assert a == b and a != c
+    assert (a.count("train"), a.count("val"), a.count("test")) == (30, 10, 10)
+    assert assign_splits(["x", "y", "z"], seed=0).count("train") == 1  # val and test get one each
+    with pytest.raises(InputError, match="--split"):
+        assign_splits(ids, fractions=(0.5, 0.5, 0.5))
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    no_label = tmp_path / "no_label.yaml"
+    no_label.write_text(TASK.read_text().replace("    label: death\n", ""))
+    proc = _cli("cohort", "--meds", str(meds), "--task", str(no_label), "--out", str(tmp_path / "o1"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --task:") and "label" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("predicates: {}\ntrigger: nothing\nwindows: {}\n")
+    with pytest.raises(InputError, match="--task"):
+        build_meds_cohort(meds, broken, tmp_path / "o2")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(InputError, match="--out"):
+        build_meds_cohort(meds, TASK, tmp_path / "full")
+    bad_meds = tmp_path / "bad.csv"
+    bad_meds.write_text("who,when,what\n1,2020-01-01,X\n")
+    with pytest.raises(InputError, match="subject_id"):
+        build_meds_cohort(bad_meds, TASK, tmp_path / "o3")
+    proc = _cli("cohort", "--meds", str(meds), "--task", str(TASK), "--out", str(tmp_path / "o4"), "--split", "1,2")
+    assert proc.returncode == 2 and "error: --split:" in proc.stderr
