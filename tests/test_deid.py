@@ -239,7 +239,8 @@ def test_no_private_overlay_or_curve_left(cleaned: tuple[Path, DeidReport]) -> N
         tags = [e.tag for e in ds.iterall()]
         assert not [t for t in tags if t.is_private]
         assert not [t for t in tags if 0x5000 <= t.group <= 0x60FF]
-        assert "ROIInterpreter" not in ds and "ProtocolName" not in ds and "StudyComments" not in ds
+        # ROI Interpreter is Z in Table E.1-1 (2026c): kept empty
+        assert not str(ds.get("ROIInterpreter", "") or "") and "ProtocolName" not in ds and "StudyComments" not in ds
         assert ds.InstitutionName == "" and ds.AccessionNumber == "" and ds.PatientBirthDate == ""
         assert ds.ReferencedImageSequence[0].get("ContentCreatorName", "") == ""
 
@@ -311,7 +312,7 @@ def test_report_counts_changes_and_warnings(cleaned: tuple[Path, DeidReport]) ->
     changes = set(report.changes)
     for pair in [("PatientName", "D"), ("PatientID", "D"), ("PrivateTags", "X"), ("OverlayData", "X"), ("CurveData", "X"),
                  ("StudyDate", "shift"), ("StudyInstanceUID", "U"), ("ReferencedSOPInstanceUID", "U"),
-                 ("InstitutionName", "Z"), ("RequestAttributesSequence", "X"), ("ROIInterpreter", "X")]:
+                 ("InstitutionName", "Z"), ("RequestAttributesSequence", "X"), ("ROIInterpreter", "Z")]:
         assert pair in changes, pair
     assert report.action_counts["D"] == 14  # PatientName + PatientID in 7 instances
     assert report.action_counts["U"] == 7 * 5  # SOP, series, study, frame of reference, one reference
@@ -456,7 +457,8 @@ def test_cli_text(study: dict[str, object], tmp_path: Path, capsys: pytest.Captu
     assert main(["deid", str(study["root"]), str(tmp_path / "o"), "--dates", "remove"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "de-identified 7 instance(s) in 2 series -> 7 file(s) (IM00001.dcm .. IM00007.dcm)"
-    assert lines[1] == "dates: removed"
+    assert lines[1] == "profile: DICOM PS3.15 2026c Table E.1-1 basic profile (652 attributes; generated from dicom-anonymizer 2.1.0)"
+    assert lines[2] == "dates: removed"
     assert any(line.startswith("removed (X, ") and "PatientAddress" in line for line in lines)
     assert any(line.startswith("warning: pixel risk: 3 of 7 instance(s)") for line in lines)
 

@@ -19,18 +19,26 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from core.deid.detect import PIXEL_TAGS, element_values, is_empty_value
-from core.deid.profile import METHOD_CODES, Rule, is_definitional_uid, rule_for
+from core.deid.detect import PIXEL_TAGS, element_values, is_empty_value, name_parts, name_pattern, person_names
+from core.deid.profile import METHOD_CODES, TABLE_EDITION, Rule, is_definitional_uid, rule_for
 from core.errors import InputError
 
 DATE_MODES = ("shift", "remove", "keep")
 SHIFT_RANGE_DAYS = (365, 3650)  # a random study offset moves dates back 1 to 10 years
 MAX_SHIFT_DAYS = 36500
-DEID_METHOD = {
-    "shift": "PS3.15 E.1.1 basic profile; dates shifted per study (113107)",
-    "keep": "PS3.15 E.1.1 basic profile; full dates retained (113106)",
-    "remove": "PS3.15 E.1.1 basic profile; dates removed",
+DEID_METHOD = {  # LO: at most 64 characters
+    "shift": f"PS3.15 {TABLE_EDITION} E.1-1 basic profile; dates shifted (113107)",
+    "keep": f"PS3.15 {TABLE_EDITION} E.1-1 basic profile; full dates kept (113106)",
+    "remove": f"PS3.15 {TABLE_EDITION} E.1-1 basic profile; dates removed",
 }
+# Text VRs whose kept values are removed when they contain a person's name (code meanings, labels, ...)
+NAME_TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC"})
+SOP_CLASS_BY_MODALITY = {
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "PT": "1.2.840.10008.5.1.4.1.1.128",
+}
+SECONDARY_CAPTURE_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # File meta elements that could name the sending site or carry private data.
@@ -120,24 +128,91 @@ class StudyCleaner:
         return self._uid_map[old]
 
     def pseudonym_for(self, ds: Dataset) -> str:
-        key = (str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or ""))
-        if key not in self.pseudonyms:
-            n = len(self.pseudonyms)
+        """One pseudonym per patient of the study, keyed on PatientID first.
+
+        Series of one patient whose names are spelled differently ("DOE^JOHN",
+        "Doe^John^", "JOHN DOE") share the pseudonym of their PatientID; a
+        dataset without PatientID is matched by its name parts (any order,
+        any case); one without either gets the study's first pseudonym.
+        """
+        pid = str(ds.get("PatientID", "") or "").strip().upper()
+        name = " ".join(sorted(name_parts([ds.get("PatientName", "") or ""])))
+        id_key, name_key = ("id", pid), ("name", name)
+        value = None
+        if pid and id_key in self.pseudonyms:
+            value = self.pseudonyms[id_key]
+        elif name and name_key in self.pseudonyms and (not pid or not self._ids_of(self.pseudonyms[name_key])):
+            value = self.pseudonyms[name_key]  # same name, and that patient had no PatientID
+        elif not pid and not name and self.pseudonyms:
+            value = next(iter(self.pseudonyms.values()))
+        if value is None:
+            n = len(set(self.pseudonyms.values()))
             if self._pseudonym:
                 value = self._pseudonym if n == 0 else f"{self._pseudonym}-{n + 1}"
             else:
                 value = f"ANON-{self._rng.getrandbits(40):010X}"
-            self.pseudonyms[key] = value
-        return self.pseudonyms[key]
+        if pid:
+            self.pseudonyms.setdefault(id_key, value)
+        if name:
+            self.pseudonyms.setdefault(name_key, value)
+        if not pid and not name:
+            self.pseudonyms.setdefault(("none", ""), value)
+        return value
+
+    def _ids_of(self, value: str) -> list[str]:
+        return [key[1] for key, v in self.pseudonyms.items() if key[0] == "id" and v == value]
+
+    def pseudonym_values(self) -> list[str]:
+        """The pseudonyms given, each once, in the order they were made."""
+        return list(dict.fromkeys(self.pseudonyms.values()))
 
     # --- one dataset ---------------------------------------------------------------
     def clean(self, ds: Dataset) -> Dataset:
         """De-identify ``ds`` in place (file meta included) and return it."""
         pseudonym = self.pseudonym_for(ds)
+        names = name_pattern(person_names(ds))  # before cleaning: the names of the people in this instance
+        self._ensure_sop_uids(ds)
         self._clean_items(ds, pseudonym)
+        if names is not None:
+            self._remove_names_in_text(ds, names)
         self._mark(ds)
         self._clean_meta(ds)
         return ds
+
+    def _ensure_sop_uids(self, ds: Dataset) -> None:
+        """Fill SOPInstanceUID / SOPClassUID that are missing or empty (real exports have them empty).
+
+        The instance UID comes from the file meta's MediaStorageSOPInstanceUID
+        (replaced like every UID) or is new; the class from the file meta, else
+        from the modality (CT, MR, PET image storage) or Secondary Capture.
+        """
+        meta = getattr(ds, "file_meta", None)
+        if not str(ds.get("SOPInstanceUID", "") or "").strip("\x00 "):
+            stored = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip("\x00 ") if meta is not None else ""
+            ds.SOPInstanceUID = stored or generate_uid(entropy_srcs=[self._salt, "instance", str(len(self._uid_map)), secrets.token_hex(8)])
+            self._record("SOPInstanceUID", "U")
+        if not str(ds.get("SOPClassUID", "") or "").strip("\x00 "):
+            stored = str(meta.get("MediaStorageSOPClassUID", "") or "").strip("\x00 ") if meta is not None else ""
+            modality = str(ds.get("Modality", "") or "").strip().upper()
+            ds.SOPClassUID = stored or SOP_CLASS_BY_MODALITY.get(modality, SECONDARY_CAPTURE_CLASS)
+            self._record("SOPClassUID", "D")
+
+    def _remove_names_in_text(self, ds: Dataset, pattern: object) -> None:
+        """Remove kept text elements (CodeMeaning, labels, ...) that contain a person's name, in any case."""
+        import re
+
+        assert isinstance(pattern, re.Pattern)
+        for tag in list(ds.keys()):
+            if tag in PIXEL_TAGS:
+                continue
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    self._remove_names_in_text(item, pattern)
+                continue
+            if elem.VR in NAME_TEXT_VRS and any(pattern.search(str(v)) for v in element_values(elem) if v is not None):
+                del ds[tag]
+                self._record(elem.keyword or "TextWithName", "X")
 
     def _record(self, keyword: str, action: str) -> None:
         self.changes[(keyword, action)] += 1

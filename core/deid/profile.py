@@ -1,16 +1,26 @@
 """DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile, as data.
 
-``ANNEX_E`` lists the attributes that the profile (table E.1-1, column "Basic
-Prof.") removes or changes, with the action the standard gives and the action
-this project applies when it has to pick one of a composite action:
+The attributes and their Basic Profile actions come from Table E.1-1 of the
+standard, generated from a machine-readable copy of the table (not typed by
+hand): ``assets/deid/annex_e_<edition>.json``, written by
+``scripts/build_annex_e_table.py`` (its edition, source package and SHA-256
+are in the file and in every ``DeidReport``). ``ANNEX_E`` lists, per attribute,
+the action the standard gives and the action this project applies when it has
+to pick one of a composite action:
 
 - ``X`` remove, ``Z`` replace with an empty value, ``D`` replace with a dummy
   value, ``U`` replace a UID (consistently within the study), ``K`` keep.
 - Composite actions of the standard (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``) depend
   on the attribute's type in the IOD; we resolve them to ``Z`` (empty, valid
-  for type 2 and 3) or ``X`` as shown in the ``action`` column.
+  for type 2 and 3) or ``X`` as shown in the ``action`` column; ``D`` becomes
+  ``X`` (no invented values) except for PatientName/PatientID (the pseudonym)
+  and UIDs (``U``).
 - ``X/Z/U*`` (reference sequences) keeps the sequence and replaces the UIDs
   inside it, so references between the cleaned instances stay valid: ``K``.
+
+``_PROJECT_CHOICES`` holds the project's resolution for attributes where it
+differs from the rule above, and a few attributes the project removes beyond
+the table (marked ``"(project)"`` as their standard action).
 
 ``kind`` is the class a finding of that attribute gets in detection:
 identifier, date, free_text, uid (plus private, overlay, pixel_risk that are
@@ -24,13 +34,39 @@ tags, overlays (60xx) and curves (50xx).
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.datadict import dictionary_has_tag, dictionary_keyword
 from pydicom.tag import BaseTag
 
-# (keyword, standard action, applied action, kind)
-ANNEX_E: tuple[tuple[str, str, str, str], ...] = (
+TABLE_EDITION = "2026c"
+TABLE_PATH = Path(__file__).resolve().parents[2] / "assets" / "deid" / f"annex_e_{TABLE_EDITION}.json"
+
+
+def _load_table(path: Path = TABLE_PATH) -> dict[str, object]:
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RuntimeError(f"PS3.15 table {path} cannot be read ({err}); regenerate it with scripts/build_annex_e_table.py") from None
+    if table.get("edition") != TABLE_EDITION or not table.get("rows"):
+        raise RuntimeError(f"PS3.15 table {path} is not edition {TABLE_EDITION}; regenerate it with scripts/build_annex_e_table.py")
+    return table
+
+
+TABLE = _load_table()
+_SOURCE = TABLE["source"]  # type: ignore[index]
+PROFILE_NAME = (
+    f"DICOM PS3.15 {TABLE_EDITION} Table E.1-1 basic profile "
+    f"({TABLE['n_rows']} attributes; generated from {_SOURCE['package']} {_SOURCE['version']})"  # type: ignore[index]
+)
+
+# The project's own resolution (keyword, earlier standard action, applied action, kind): it takes
+# precedence over the generated default for the applied action and the kind; keywords absent from
+# the generated table are project additions (their standard action becomes "(project)").
+_PROJECT_CHOICES: tuple[tuple[str, str, str, str], ...] = (
     # --- patient identity and characteristics
     ("PatientName", "Z", "D", "identifier"),  # replaced by a pseudonym (a dummy value)
     ("PatientID", "Z", "D", "identifier"),  # replaced by a pseudonym (a dummy value)
@@ -330,6 +366,50 @@ ANNEX_E: tuple[tuple[str, str, str, str], ...] = (
 
 ACTIONS = ("X", "Z", "D", "U", "K")
 KINDS = ("identifier", "date", "private", "free_text", "overlay", "pixel_risk", "uid")
+_FREE_TEXT_NAME = re.compile(r"Description|Comment|Text|Label|Reason|Note|Remark|Impression|Annotation|Findings|Interpretation|History|Document", re.I)
+
+
+def _camel(name: str) -> str:
+    """A keyword for an attribute newer than pydicom's dictionary ("Principal Diagnosis Code Sequence" -> ...)."""
+    return "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9]+", name) if w)
+
+
+def _default_resolution(standard: str, vr: str, name: str, keyword: str) -> tuple[str, str]:
+    """(applied action, kind) for a generated row the project has no own choice for."""
+    if vr in ("DA", "DT", "TM"):
+        kind = "date"
+    elif vr == "UI" or standard in ("U", "X/Z/U*"):
+        kind = "uid"
+    elif vr in ("LT", "ST", "UT") or _FREE_TEXT_NAME.search(name or keyword):
+        kind = "free_text"
+    else:
+        kind = "identifier"
+    if standard == "X/Z/U*":
+        return "K", kind
+    if standard == "U" or (vr == "UI" and "D" in standard.split("/")):
+        return "U", "uid"
+    if standard in ("Z", "Z/D"):
+        return "Z", kind
+    return "X", kind
+
+
+def _build_annex_e() -> tuple[tuple[tuple[str, str, str, str], ...], dict[int, str]]:
+    choices = {kw: (applied, kind) for kw, _old, applied, kind in _PROJECT_CHOICES}
+    rows: list[tuple[str, str, str, str]] = []
+    by_tag: dict[int, str] = {}
+    for row in TABLE["rows"]:  # type: ignore[union-attr]
+        keyword = row["keyword"] or _camel(row["name"]) or f"Tag{row['tag']}"
+        standard = row["action"]
+        applied, kind = choices.get(keyword) or _default_resolution(standard, row.get("vr", ""), row["name"], keyword)
+        rows.append((keyword, standard, applied, kind))
+        by_tag[int(row["tag"], 16)] = keyword
+    known = {r[0] for r in rows}
+    rows += [(kw, "(project)", applied, kind) for kw, _old, applied, kind in _PROJECT_CHOICES if kw not in known]
+    return tuple(rows), by_tag
+
+
+# (keyword, standard action as Table E.1-1 gives it, applied action, kind)
+ANNEX_E, TAG_KEYWORDS = _build_annex_e()
 
 
 @dataclass(frozen=True)
@@ -343,6 +423,7 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {kw: Rule(kw, std, act, kind) for kw, std, act, kind in ANNEX_E}
+RULES_BY_TAG: dict[int, Rule] = {tag: RULES[kw] for tag, kw in TAG_KEYWORDS.items()}
 
 # UI attributes that name a definition (a class, a transfer syntax, a coding
 # scheme), not an instance: never replaced.
@@ -410,6 +491,10 @@ def rule_for(tag: BaseTag, vr: str, keyword: str) -> Rule | None:
     Order: the Annex E table by keyword, then rules by tag (private,
     overlays/curves, unknown public tags), then by value representation.
     """
+    if not tag.is_private:
+        by_tag = RULES_BY_TAG.get(int(tag))
+        if by_tag is not None:
+            return by_tag
     if keyword in RULES:
         return RULES[keyword]
     if tag.is_private:

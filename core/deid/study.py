@@ -21,8 +21,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from core.deid.clean import StudyCleaner
-from core.deid.detect import PIXEL_TAGS, element_values, find_phi, identifying_values
+import re
+
+from core.deid.clean import NAME_TEXT_VRS, StudyCleaner
+from core.deid.detect import PIXEL_TAGS, element_values, find_phi, identifying_values, person_names
+from core.deid.profile import PROFILE_NAME, TABLE_EDITION
 from core.errors import InputError
 from core.io.safezip import is_zip, read_zip
 
@@ -42,6 +45,8 @@ class DeidReport:
     """What de-identification changed. Holds no original value and no date offset."""
 
     dates: str  # shift, remove or keep
+    profile: str = PROFILE_NAME  # the PS3.15 table applied, with its edition and source
+    edition: str = TABLE_EDITION
     n_instances: int = 0
     n_series: int = 0
     files_written: list[str] = field(default_factory=list)
@@ -63,6 +68,7 @@ class DeidReport:
         out = [f"de-identified {self.n_instances} instance(s) in {self.n_series} series -> {len(self.files_written)} file(s)"]
         if self.files_written:
             out[0] += f" ({self.files_written[0]} .. {self.files_written[-1]})"
+        out.append(f"profile: {self.profile}")
         out.append({"shift": "dates: shifted by one random offset for the whole study (offset not shown)", "remove": "dates: removed", "keep": "dates: kept unchanged"}[self.dates])
         if self.pseudonyms:
             out.append(f"patient pseudonym(s): {', '.join(self.pseudonyms)}")
@@ -157,8 +163,47 @@ def _header_bytes(ds: Dataset) -> bytes:
             ds[tag] = elem
 
 
-def _remove_containing(ds: Dataset, needles: set[bytes]) -> int:
-    """Remove every non-pixel element whose value contains one of ``needles``; return how many."""
+NAME_PART_MIN_BYTES = 3  # name parts searched in the written bytes (shorter ones would match by chance)
+
+
+class Needles:
+    """What a cleaned instance must not contain, matched case-insensitively.
+
+    ``values``: the original identifying strings (IDs, addresses, UIDs,
+    free text, ...) as lower-case bytes, found as substrings; ``names``: every
+    part of every person name of the original (``DOE^JOHN`` gives DOE and JOHN),
+    found as whole words in any order and any case ("John Doe", "doe, john").
+    """
+
+    def __init__(self, originals: set[str], names: set[str]) -> None:
+        self.values = {enc.lower() for text in originals for enc in _encodings(text)}
+        parts = sorted({n.lower() for n in names if len(n) >= NAME_PART_MIN_BYTES}, key=lambda p: (-len(p), p))
+        self.text = re.compile(r"(?<![a-z0-9])(?:" + "|".join(re.escape(p) for p in parts) + r")(?![a-z0-9])", re.I) if parts else None
+        self.bytes = (
+            re.compile(rb"(?<![a-z0-9])(?:" + b"|".join(re.escape(p.encode("latin-1", "ignore")) for p in parts) + rb")(?![a-z0-9])")
+            if parts
+            else None
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.values) or self.text is not None
+
+    def in_bytes(self, data: bytes) -> bool:
+        low = data.lower()
+        return any(v in low for v in self.values) or (self.bytes is not None and self.bytes.search(low) is not None)
+
+    def in_element(self, raw: bytes, vr: str) -> bool:
+        low = raw.lower()
+        latin = raw.decode("utf-8", errors="ignore").encode("latin-1", errors="ignore").lower()
+        if any(v in low or v in latin for v in self.values):
+            return True
+        if self.text is None or vr not in NAME_TEXT_VRS | {"PN"}:
+            return False
+        return self.text.search(raw.decode("utf-8", errors="ignore")) is not None
+
+
+def _remove_containing(ds: Dataset, needles: Needles) -> int:
+    """Remove every non-pixel element whose value contains an original identifying string or name; return how many."""
     removed = 0
     for tag in list(ds.keys()):
         if tag in PIXEL_TAGS:
@@ -173,27 +218,27 @@ def _remove_containing(ds: Dataset, needles: set[bytes]) -> int:
             raw = bytes(value)
         else:
             raw = "\\".join(str(v) for v in element_values(elem)).encode("utf-8", errors="ignore")
-        latin = raw.decode("utf-8", errors="ignore").encode("latin-1", errors="ignore")
-        if any(n in raw or n in latin for n in needles):
+        if needles.in_element(raw, elem.VR):
             del ds[tag]
             removed += 1
     return removed
 
 
-def _verified_bytes(ds: Dataset, originals: set[str], report: DeidReport) -> bytes:
-    """Serialize ``ds``; remove elements that still hold an original identifying string."""
-    needles = {enc for text in originals for enc in _encodings(text)}
+def _verified_bytes(ds: Dataset, needles: Needles, report: DeidReport) -> bytes:
+    """Serialize ``ds``; remove elements that still hold an original identifying string or name part.
+
+    The check runs on the bytes that are written (all but the pixel data),
+    case-insensitively; whatever cannot be removed is reported in ``residual``.
+    """
     if needles:
         header = _header_bytes(ds)
-        hits = {n for n in needles if n in header}
-        if hits:
-            report.leaks_removed += _remove_containing(ds, hits)
-            header = _header_bytes(ds)
-            if any(n in header for n in hits):
+        if needles.in_bytes(header):
+            report.leaks_removed += _remove_containing(ds, needles)
+            if needles.in_bytes(_header_bytes(ds)):
                 report.residual.append("identifying text remains in a file header after cleaning")
     data = _serialize(ds)
-    pixel_hits = sum(1 for n in needles if len(n) >= 6 and n in data)
-    if pixel_hits and not any("pixel data" in r for r in report.residual):
+    long_values = {v for v in needles.values if len(v) >= 6}
+    if long_values and any(v in data.lower() for v in long_values) and not any("pixel data" in r for r in report.residual):
         report.residual.append("an original identifying string occurs inside pixel data bytes (burned-in or by chance): review the images")
     return data
 
@@ -250,19 +295,19 @@ def _run(
         if ds is None:
             skipped[reason] += 1
             continue
-        originals = identifying_values(ds)
+        needles = Needles(identifying_values(ds), person_names(ds))
         for finding in find_phi(ds):
             if finding.kind == "pixel_risk":
                 risks[finding.keyword] += 1
         cleaner.clean(ds)
         name = f"IM{report.n_instances + 1:05d}.dcm"
-        sink(name, _verified_bytes(ds, originals, report))
+        sink(name, _verified_bytes(ds, needles, report))
         report.n_instances += 1
         report.files_written.append(name)
         series.add(str(ds.get("SeriesInstanceUID", "") or ""))
     report.n_series = len(series)
     report.skipped = dict(sorted(skipped.items()))
-    report.pseudonyms = list(cleaner.pseudonyms.values())
+    report.pseudonyms = cleaner.pseudonym_values()
     counts: Counter[str] = Counter()
     for (_, action), n in cleaner.changes.items():
         counts[action] += n
