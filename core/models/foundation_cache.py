@@ -1,0 +1,207 @@
+"""Per-study embedding cache for the frozen foundation backbone: each study is encoded once.
+
+``embed_study(hu, spacing_mm, device=..., resolution=...)`` returns the patch
+tokens ``[P, 2048]`` (float32, CPU) of ``core.models.i3resnet.FoundationEncoder3D``
+for one study. The result is stored as a safetensors file under
+``<cache>/foundation/embeddings/<key>.safetensors`` (``<cache>`` is
+``$CTEHR_CACHE_DIR`` or ``~/.cache/ctehr``), where ``key`` is the SHA-256 of
+the HU array's bytes (as C-ordered float32) and shape, the voxel spacing, the
+preprocessing configuration (working grid, HU window, preprocessing version)
+and the weights' SHA-256. Comparing fusion strategies, retraining, or reopening
+a case therefore reads the file instead of running the 117 M-parameter network.
+
+On CUDA the forward pass runs under bfloat16 autocast, on the CPU in float32;
+the key does not depend on the device, so tokens computed on a GPU are reused
+on the CPU (the file's metadata records where they were computed). One
+backbone per device is kept in memory and shared by all working grids.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.errors import InputError
+from core.models.foundation_weights import cache_dir as default_cache_dir
+from core.models.foundation_weights import load_pretrained, weights_sha256
+from core.models.i3resnet import ASTRA_HU_WINDOW, DEFAULT_GRID, FoundationEncoder3D, I3ResNet
+
+Progress = Callable[[float, str], None] | None
+
+#: Bumped whenever ``FoundationEncoder3D.preprocess`` changes what the network sees.
+PREPROCESS_VERSION = 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device", str(device), "CUDA is not available on this machine", "use --device cpu or auto")
+    return dev
+
+
+@functools.lru_cache(maxsize=2)
+def _backbone(device: str, weights: str) -> I3ResNet:
+    net = I3ResNet()
+    load_pretrained(net, weights)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.to(torch.device(device))
+
+
+def shared_backbone(device: str | torch.device = "cpu", weights: str = "astra") -> I3ResNet:
+    """The process-wide pretrained backbone on ``device`` (built and loaded on first use)."""
+    return _backbone(str(resolve_device(device)), weights)
+
+
+def shared_encoder(device: str | torch.device = "cpu", resolution: Sequence[int] = DEFAULT_GRID,
+                   hu_window: tuple[float, float] = ASTRA_HU_WINDOW, weights: str = "astra") -> FoundationEncoder3D:
+    """A ``FoundationEncoder3D`` for ``resolution`` that shares the process-wide backbone on ``device``."""
+    grid = _grid(resolution)
+    return FoundationEncoder3D(grid=grid, hu_window=hu_window, backbone=shared_backbone(device, weights)).eval()
+
+
+def _grid(resolution: Sequence[int]) -> tuple[int, int, int]:
+    grid = tuple(int(r) for r in resolution)
+    if len(grid) != 3 or min(grid) < 16:
+        raise InputError("resolution", tuple(resolution), "must be 3 sizes (slices, rows, cols), each >= 16",
+                         "use e.g. (80, 112, 112) or the full (160, 224, 224)")
+    return grid  # type: ignore[return-value]
+
+
+def _as_hu(hu: np.ndarray | torch.Tensor) -> np.ndarray:
+    arr = hu.detach().cpu().numpy() if isinstance(hu, torch.Tensor) else np.asarray(hu)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise InputError("hu", tuple(arr.shape), "must be one study [slices, rows, cols]", "pass Volume.hu")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError("hu", "non-finite values", "the volume holds NaN or inf", "load the study with core.io")
+    return arr
+
+
+def embedding_key(hu: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], *, resolution: Sequence[int] = DEFAULT_GRID,
+                  hu_window: tuple[float, float] = ASTRA_HU_WINDOW, weights: str = "astra") -> str:
+    """Hex SHA-256 identifying one study's embedding: HU bytes and shape, spacing, preprocessing, weights."""
+    arr = _as_hu(hu)
+    return _key(arr, spacing_mm, _grid(resolution), hu_window, weights)
+
+
+def _key(arr: np.ndarray, spacing_mm: Sequence[float], grid: tuple[int, int, int], hu_window: tuple[float, float],
+         weights: str) -> str:
+    spacing = [round(float(s), 6) for s in spacing_mm]
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise InputError("spacing_mm", tuple(spacing_mm), "must be 3 positive numbers (slice, row, col)",
+                         "pass Volume.spacing_mm")
+    config = {"shape": list(arr.shape), "dtype": "float32", "spacing_mm": spacing, "grid": list(grid),
+              "hu_window": [float(hu_window[0]), float(hu_window[1])], "preprocess": PREPROCESS_VERSION,
+              "weights": weights, "weights_sha256": weights_sha256(weights)}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def embedding_path(key: str, cache_dir: Path | None = None) -> Path:
+    """Where the embedding with ``key`` is (or will be) stored."""
+    return (cache_dir or default_cache_dir()) / "foundation" / "embeddings" / f"{key}.safetensors"
+
+
+def is_cached(hu: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], *, resolution: Sequence[int] = DEFAULT_GRID,
+              hu_window: tuple[float, float] = ASTRA_HU_WINDOW, cache_dir: Path | None = None) -> bool:
+    """True when ``embed_study`` with these arguments would read the cache instead of running the network."""
+    key = embedding_key(hu, spacing_mm, resolution=resolution, hu_window=hu_window)
+    return embedding_path(key, cache_dir).is_file()
+
+
+def _block_progress(net: I3ResNet, progress: Progress, start: float, stop: float) -> list[torch.utils.hooks.RemovableHandle]:
+    if progress is None:
+        return []
+    blocks = net.blocks()
+    handles = []
+    for i, block in enumerate(blocks):
+        frac = start + (stop - start) * (i + 1) / len(blocks)
+
+        def hook(_m: torch.nn.Module, _i: object, _o: object, frac: float = frac) -> None:
+            progress(frac, "encoding the study with the foundation backbone")
+
+        handles.append(block.register_forward_hook(hook))
+    return handles
+
+
+def embed_study(hu: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], *, device: str | torch.device = "auto",
+                resolution: Sequence[int] = DEFAULT_GRID, progress: Progress = None, cache_dir: Path | None = None,
+                hu_window: tuple[float, float] = ASTRA_HU_WINDOW) -> torch.Tensor:
+    """Patch tokens ``[P, 2048]`` (float32, CPU) of one study, from the cache or computed once and stored.
+
+    ``hu`` is the study's HU ``[slices, rows, cols]`` (``Volume.hu``, or
+    ``[1, S, R, C]``), ``spacing_mm`` its ``(slice, row, col)`` spacing,
+    ``resolution`` the working grid ``(slices, rows, cols)``. Tokens are
+    ordered slice slab first; ``shared_encoder(device, resolution)`` gives the
+    matching ``token_grid`` and ``patch_slices``. ``progress(fraction,
+    label)`` is called while the weights load and once per backbone block.
+    """
+    arr = _as_hu(hu)
+    grid = _grid(resolution)
+    key = _key(arr, spacing_mm, grid, hu_window, "astra")
+    path = embedding_path(key, cache_dir)
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        if progress is not None:
+            progress(1.0, "foundation embedding read from the cache")
+        return load_file(str(path))["tokens"]
+    dev = resolve_device(device)
+    if progress is not None:
+        progress(0.0, "loading the foundation backbone")
+    encoder = shared_encoder(dev, grid, hu_window)
+    handles = _block_progress(encoder.backbone, progress, 0.1, 0.95)
+    try:
+        x = torch.from_numpy(arr)[None].to(dev)
+        with torch.inference_mode():
+            if dev.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    tokens = encoder(x)
+            else:
+                tokens = encoder(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tokens = tokens[0].float().cpu().contiguous()
+    _write(path, tokens, {"key": key, "token_grid": list(encoder.token_grid), "resolution": list(grid),
+                          "hu_window": [float(hu_window[0]), float(hu_window[1])],
+                          "spacing_mm": [float(v) for v in spacing_mm], "shape": list(arr.shape),
+                          "weights_sha256": weights_sha256("astra"), "preprocess": PREPROCESS_VERSION,
+                          "compute": "cuda-bf16-autocast" if dev.type == "cuda" else f"{dev.type}-float32"})
+    if progress is not None:
+        progress(1.0, "foundation embedding stored")
+    return tokens
+
+
+def embedding_info(path: Path) -> dict[str, object]:
+    """What a cached embedding file records: key, token_grid, resolution, hu_window, spacing_mm, shape, compute, ..."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return dict(json.loads(meta.get("ctehr", "{}")))
+
+
+def _write(path: Path, tokens: torch.Tensor, metadata: dict[str, object]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    save_file({"tokens": tokens}, str(tmp), metadata={"ctehr": json.dumps(metadata, sort_keys=True)})
+    os.replace(tmp, path)
