@@ -83,7 +83,7 @@ def parametric_map(series: SourceSeries, saliency: np.ndarray, model: ModelInfo,
     if hi <= lo:
         hi = lo + 1.0  # a constant map: the mapping needs a non-empty range
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="SALIENCY", lut_explanation=f"{method} attribution (model output per HU)"[:64], unit=NO_UNITS,
+        lut_label="SALIENCY", lut_explanation=f"{method} attribution of the predicted risk"[:64], unit=NO_UNITS,
         value_range=(lo, hi), slope=1.0, intercept=0.0, quantity_definition=SALIENCY,
     )
     peak = float(np.max(np.abs(frames))) or 1.0
