@@ -23,7 +23,12 @@ import pytest
 from core.errors import InputError
 from core.io.nifti import MAX_GZIP_RATIO, load_nifti_bytes
 from core.io.study import load_study, load_study_bytes
-from tests.dicom_factory import deflate_bomb_dicom, phantom_hu, write_deidentified_series, zip_bytes
+from tests.dicom_factory import (
+    deflate_bomb_dicom,
+    phantom_hu,
+    write_deidentified_series,
+    zip_bytes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30

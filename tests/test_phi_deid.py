@@ -18,7 +18,14 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from core.deid import deidentify_study, phi_keywords
-from core.deid.profile import ANNEX_E, PROFILE_NAME, RULES, TABLE, TABLE_EDITION, rule_for
+from core.deid.profile import (
+    ANNEX_E,
+    PROFILE_NAME,
+    RULES,
+    TABLE,
+    TABLE_EDITION,
+    rule_for,
+)
 from core.io.study import inspect_study
 from tests.dicom_factory import blank_sop_uids, edit_file, write_deflated, write_series
 

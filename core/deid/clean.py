@@ -9,6 +9,7 @@ counts what it changed; it never touches pixel data.
 from __future__ import annotations
 
 import random
+import re
 import secrets
 from collections import Counter
 from datetime import date, timedelta
@@ -19,8 +20,21 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from core.deid.detect import PIXEL_TAGS, element_values, is_empty_value, name_parts, name_pattern, person_names
-from core.deid.profile import METHOD_CODES, TABLE_EDITION, Rule, is_definitional_uid, rule_for
+from core.deid.detect import (
+    PIXEL_TAGS,
+    element_values,
+    is_empty_value,
+    name_parts,
+    name_pattern,
+    person_names,
+)
+from core.deid.profile import (
+    METHOD_CODES,
+    TABLE_EDITION,
+    Rule,
+    is_definitional_uid,
+    rule_for,
+)
 from core.errors import InputError
 
 DATE_MODES = ("shift", "remove", "keep")
@@ -197,11 +211,8 @@ class StudyCleaner:
             ds.SOPClassUID = stored or SOP_CLASS_BY_MODALITY.get(modality, SECONDARY_CAPTURE_CLASS)
             self._record("SOPClassUID", "D")
 
-    def _remove_names_in_text(self, ds: Dataset, pattern: object) -> None:
+    def _remove_names_in_text(self, ds: Dataset, pattern: re.Pattern[str]) -> None:
         """Remove kept text elements (CodeMeaning, labels, ...) that contain a person's name, in any case."""
-        import re
-
-        assert isinstance(pattern, re.Pattern)
         for tag in list(ds.keys()):
             if tag in PIXEL_TAGS:
                 continue

@@ -10,6 +10,7 @@ original; an element still holding one is removed, and anything left over
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,10 +22,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-import re
-
 from core.deid.clean import NAME_TEXT_VRS, StudyCleaner
-from core.deid.detect import PIXEL_TAGS, element_values, find_phi, identifying_values, person_names
+from core.deid.detect import (
+    PIXEL_TAGS,
+    element_values,
+    find_phi,
+    identifying_values,
+    person_names,
+)
 from core.deid.profile import PROFILE_NAME, TABLE_EDITION
 from core.errors import InputError
 from core.io.safezip import is_zip, read_zip

@@ -59,8 +59,8 @@ def gunzip_bounded(data: bytes, name: str, limit: int = MAX_NIFTI_BYTES, *, max_
 
 
 # (field, offset, length) of the free-text fields of the NIfTI-1 and NIfTI-2 headers
-_TEXT_FIELDS_1 = (("data_type", 4, 10), ("db_name", 14, 18), ("descrip", 148, 80), ("aux_file", 228, 24), ("intent_name", 328, 16))
-_TEXT_FIELDS_2 = (("descrip", 240, 80), ("aux_file", 320, 24), ("intent_name", 508, 16), ("unused_str", 525, 15))
+NIFTI1_TEXT_FIELDS = (("data_type", 4, 10), ("db_name", 14, 18), ("descrip", 148, 80), ("aux_file", 228, 24), ("intent_name", 328, 16))
+NIFTI2_TEXT_FIELDS = (("descrip", 240, 80), ("aux_file", 320, 24), ("intent_name", 508, 16), ("unused_str", 525, 15))
 
 
 def nifti_header_phi(data: bytes) -> list[str]:
@@ -76,7 +76,7 @@ def nifti_header_phi(data: bytes) -> list[str]:
     kind = nifti_header_kind(data[:540])
     if kind == 0:
         return []
-    fields = _TEXT_FIELDS_1 if kind == 1 else _TEXT_FIELDS_2
+    fields = NIFTI1_TEXT_FIELDS if kind == 1 else NIFTI2_TEXT_FIELDS
     found = [f"nifti.{name}" for name, start, length in fields if data[start : start + length].strip(b"\x00 \t\r\n")]
     size = 348 if kind == 1 else 540
     endian = "<" if int.from_bytes(data[:4], "little") == size else ">"
