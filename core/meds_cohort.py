@@ -27,12 +27,15 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+
+if TYPE_CHECKING:  # es-aces is imported lazily: only the cohort command needs it
+    from aces.config import TaskExtractorConfig
 
 ALIASES = {"value": "numeric_value", "timestamp": "time", "patient_id": "subject_id"}
 SPLITS = ("train", "val", "test")
@@ -76,7 +79,7 @@ def read_meds(path: Path) -> pd.DataFrame:
     return events
 
 
-def load_task(task: Path) -> object:
+def load_task(task: Path) -> TaskExtractorConfig:
     """The ACES ``TaskExtractorConfig`` of a task YAML, with a label window and an index timestamp."""
     from aces.config import TaskExtractorConfig
 
@@ -98,7 +101,7 @@ def load_task(task: Path) -> object:
     return cfg
 
 
-def run_aces(cfg: object, events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_aces(cfg: TaskExtractorConfig, events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(ACES result rows, predicate counts per subject and timestamp) as pandas frames."""
     from aces import predicates, query
     from omegaconf import DictConfig
@@ -123,12 +126,12 @@ def _window_bounds(result: pd.DataFrame, window: str) -> tuple[pd.Series, pd.Ser
     return start, end
 
 
-def cohort_table(cfg: object, result: pd.DataFrame, pred_df: pd.DataFrame, events: pd.DataFrame,
+def cohort_table(cfg: TaskExtractorConfig, result: pd.DataFrame, pred_df: pd.DataFrame, events: pd.DataFrame,
                  *, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> tuple[pd.DataFrame, int]:
     """cohort.csv rows from the ACES result, and how many later index events were dropped."""
-    window = cfg.windows[cfg.label_window]  # type: ignore[attr-defined]
+    window = cfg.windows[cfg.label_window]
     label_pred = str(window.label)
-    start, end = _window_bounds(result, str(cfg.label_window))  # type: ignore[attr-defined]
+    start, end = _window_bounds(result, str(cfg.label_window))
     rows = pd.DataFrame({
         "subject_id": result["subject_id"].to_numpy(),
         "index_time": pd.to_datetime(result["index_timestamp"]).to_numpy(),
@@ -164,7 +167,7 @@ def cohort_table(cfg: object, result: pd.DataFrame, pred_df: pd.DataFrame, event
     })
     bad = ~np.isfinite(table["time"].to_numpy()) | (table["time"].to_numpy() < 0)
     if bad.any():
-        raise InputError("task", str(cfg.label_window), f"{int(bad.sum())} subjects get a negative or unknown "  # type: ignore[attr-defined]
+        raise InputError("task", str(cfg.label_window), f"{int(bad.sum())} subjects get a negative or unknown "
                          "follow-up time", "make the label window start at or after the index event")
     return table, dropped
 
@@ -224,7 +227,7 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
     return {
         "out": str(out),
         "task": Path(task).name,
-        "label_predicate": str(cfg.windows[cfg.label_window].label),  # type: ignore[attr-defined]
+        "label_predicate": str(cfg.windows[cfg.label_window].label),
         "n_subjects": int(len(table)),
         "events": int(table["event"].sum()),
         "censored": int((table["event"] == 0).sum()),

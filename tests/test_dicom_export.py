@@ -343,3 +343,27 @@ def _affine() -> np.ndarray:
     affine[:3, 1] = [0.0, 1.0, 0.0]
     affine[:3, 2] = [1.0, 0.0, 0.0]
     return affine
+
+
+def test_uneven_dicom_series_falls_back_to_a_derived_series(tmp_path: Path) -> None:
+    """Slices off the Volume's regular grid cannot carry the map: a derived series is used, with a warning."""
+    from core.cohort import load_cohort
+    from core.dicom_export import ModelInfo, export_dicom, source_series_for
+
+    cohort = tmp_path / "cohort"
+    write_series(cohort / "studies" / "s1", shape=(10, 32, 32), z_jitter_mm={4: 0.8}, identified=False)
+    (cohort / "cohort.csv").write_text("subject_id,time,event,split,study\ns1,100,1,train,studies/s1\n")
+    volume = load_cohort(cohort).load_volume("s1")
+    assert volume is not None
+    out = tmp_path / "out"
+    source = source_series_for(volume, out, study_path=cohort / "studies" / "s1")
+    assert source.derived and "derived CT series" in source.warnings[0]
+    saliency = np.linspace(0.0, 1.0, int(np.prod(volume.shape)), dtype=np.float32).reshape(volume.shape)
+    info = ModelInfo(name="test fusion, discrete head", version="core test; weights sha256:0",
+                     card="test/MODEL_CARD.md sha256:0", device_serial="0")
+    result = export_dicom(volume, saliency, {30: 0.1, 365: 0.2}, ["image"], info, "saliency", out, source=source)
+    assert any("derived CT series" in w for w in result.warnings)
+    numbers = check_export(out, saliency, volume.affine, {30: 0.1, 365: 0.2}, ["image"],
+                           sorted((out / "CT").glob("CT*.dcm")))
+    assert numbers["max_abs_error"] == 0.0
+    assert numbers["region_voxels"] == int(np.ceil(0.01 * (saliency.size - 1)))  # the top 1 % of the ramp (0 excluded)

@@ -101,7 +101,16 @@ def source_series_for(volume: Volume, out: Path, study_path: Path | None = None,
         else:
             raise InputError("study", str(study_path), "the DICOM files of this volume are not available",
                              "pass the study folder, file or zip the volume was loaded from")
-        return source_series_from_files(sources, volume)
+        try:
+            return source_series_from_files(sources, volume)
+        except InputError as err:
+            if err.field != "source series":
+                raise
+            # e.g. uneven slice spacing: the instances are not the voxels of the Volume; export on a derived series
+            series = derive_ct_series(volume, out / "CT", series_description="Derived from the loaded volume")
+            series.warnings.append(f"the DICOM series could not be used as the source ({err.problem}); the objects "
+                                   "refer to a derived CT series (OUT/CT) in a new study instead")
+            return series
     return derive_ct_series(volume, out / "CT")
 
 
@@ -128,7 +137,7 @@ def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float]
         n_frames=len(series.datasets), method=method, map_min=float(saliency.min()), map_max=float(saliency.max()),
         region_threshold=threshold, region_percentile=percentile, region_voxels=int(region.sum()),
         risk_at={int(k): float(v) for k, v in risk_at.items()}, modalities_used=[str(m) for m in modalities_used],
-        warnings=list(volume.warnings),
+        warnings=[*volume.warnings, *series.warnings],
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -54,6 +54,7 @@ class SourceSeries:
     indices: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per frame: (slice, row, col) index arrays [rows, cols]
     derived: bool  # True when written from the Volume (NIfTI source)
     files: list[Path]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def frame_of_reference_uid(self) -> str:
