@@ -71,7 +71,7 @@ def build_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
     bar = tqdm(total=100, desc="real-anatomy cohort", unit="%", file=sys.stderr)
 
     def progress(fraction: float, label: str) -> None:
-        bar.n = int(round(100 * fraction))
+        bar.n = round(100 * fraction)
         bar.set_postfix_str(label)
         bar.refresh()
 
@@ -99,13 +99,22 @@ def _last_error(text: str) -> str:
     return (errors or lines or ["(no output)"])[-1][:300]
 
 
-def run_one(cohort: Path, model: Path, fusion: str, kind: str | None, extra: list[str]) -> dict:
+def _run(cmd: list[str], timeout_s: float | None) -> subprocess.CompletedProcess[str]:
+    """Run a command from the repository root; a timeout comes back as exit status 124 with a message."""
+    try:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"error: timed out after {timeout_s:.0f} s (--timeout-s)")
+
+
+def run_one(cohort: Path, model: Path, fusion: str, kind: str | None, extra: list[str],
+            timeout_s: float | None = None) -> dict:
     """Train and evaluate one model with the real command line; returns C-index, seconds or the error."""
     cmd = [sys.executable, "-m", "core", "train", "--cohort", str(cohort), "--fusion", fusion, "--out", str(model), *extra]
     if kind is not None:
         cmd += ["--image-encoder-kind", kind]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = _run(cmd, timeout_s)
     train_s = time.perf_counter() - started
     row: dict = {"fusion": fusion, "encoder": kind or "default", "train_s": round(train_s, 1), "c_index": None,
                  "c_index_ci": None, "eval_s": None, "error": None}
@@ -113,8 +122,7 @@ def run_one(cohort: Path, model: Path, fusion: str, kind: str | None, extra: lis
         row["error"] = f"train exit {proc.returncode}: {_last_error(proc.stderr or proc.stdout)}"
         return row
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "core", "evaluate", "--model", str(model), "--cohort", str(cohort), "--json"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = _run([sys.executable, "-m", "core", "evaluate", "--model", str(model), "--cohort", str(cohort), "--json"], timeout_s)
     row["eval_s"] = round(time.perf_counter() - started, 1)
     if proc.returncode != 0:
         row["error"] = f"evaluate exit {proc.returncode}: {_last_error(proc.stderr or proc.stdout)}"
@@ -133,8 +141,8 @@ def _fmt(v: float | None) -> str:
 def summary_table(rows: list[dict], orc: dict[str, float], encoders: list[str]) -> str:
     """Markdown: per encoder, image_only vs the image-part oracle and the best fusion vs the full oracle."""
     ehr = next((r for r in rows if r["fusion"] == "ehr_only" and r["c_index"] is not None), None)
-    out = ["| encoder | image_only C | image-part oracle | gap | ehr_only C | best fusion | C | full oracle | gap | "
-           "fusion - best unimodal | image_only train s | all trains s |",
+    out = [("| encoder | image_only C | image-part oracle | gap | ehr_only C | best fusion | C | full oracle | gap | "
+            "fusion - best unimodal | image_only train s | all trains s |"),
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for enc in encoders:
         mine = [r for r in rows if r["encoder"] == enc and r["fusion"] != "ehr_only"]
@@ -153,7 +161,13 @@ def summary_table(rows: list[dict], orc: dict[str, float], encoders: list[str]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.demo.real_anatomy import DEFAULT_CT, DEFAULT_N, DEFAULT_ORGANS, DEFAULT_SLICES, check_organs
+    from core.demo.real_anatomy import (
+        DEFAULT_CT,
+        DEFAULT_N,
+        DEFAULT_ORGANS,
+        DEFAULT_SLICES,
+        check_organs,
+    )
     from core.errors import InputError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="passed to train --epochs")
     parser.add_argument("--ensemble", type=int, default=None, help="passed to train --ensemble")
     parser.add_argument("--device", default=None, help="passed to train --device (auto, cpu, cuda)")
+    parser.add_argument("--timeout-s", type=float, default=None, help="stop a train or evaluate run after this many seconds (reported as an error)")
     parser.add_argument("--overlay", type=Path, default=None, help="also save a PNG of the organ masks on the base CT")
     parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     args = parser.parse_args(argv)
@@ -205,14 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         models = args.work / "models" / cohort.name
         rows: list[dict] = []
         if "ehr_only" in fusions:
-            row = run_one(cohort, models / "ehr_only", "ehr_only", None, extra)
+            row = run_one(cohort, models / "ehr_only", "ehr_only", None, extra, args.timeout_s)
             row["encoder"] = "(none)"
             rows.append(row)
             print(json.dumps(row), flush=True)
         for enc in encoders:
             kind = None if enc == "default" else enc
             for fusion in (f for f in fusions if f != "ehr_only"):
-                row = run_one(cohort, models / enc / fusion, fusion, kind, extra)
+                row = run_one(cohort, models / enc / fusion, fusion, kind, extra, args.timeout_s)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         print()

@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ from core.errors import InputError
 
 Progress = Callable[[float, str], None]
 
-DEFAULT_CT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct" / "example_ct_sm.nii.gz"
+# ../shared/data beside the checkout, or $SHARED_DATA (as the tests use it)
+DEFAULT_CT = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data")) / "ct" / "example_ct_sm.nii.gz"
 DEFAULT_N = 400
 DEFAULT_SLICES = 100
 DEFAULT_ORGANS = ("liver", "bone")
@@ -202,7 +204,7 @@ def find_organs(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray
 
     top = hu.shape[0] - 1
     air = (sm < -500.0) & body
-    lab, n = ndimage.label(air)
+    lab, _ = ndimage.label(air)
     lung = np.zeros_like(air)
     for k, sl in enumerate(ndimage.find_objects(lab)):
         if sl is None or sl[0].stop - 1 != top:
@@ -387,8 +389,8 @@ def draw_pose(base: BaseAnatomy, slices: int, rng: np.random.Generator) -> Pose:
     shift_z = float(rng.uniform(-room, room))
     shift_y, shift_x = (float(v) for v in np.clip(rng.normal(0.0, SHIFT_SD_MM, 2), -15.0, 15.0))
     pix = float(rng.uniform(*INPLANE_MM))
-    rows = int(round(rng.uniform(*CROP_INPLANE) * r0 * sy / pix))
-    cols = int(round(rng.uniform(*CROP_INPLANE) * c0 * sx / pix))
+    rows = round(rng.uniform(*CROP_INPLANE) * r0 * sy / pix)
+    cols = round(rng.uniform(*CROP_INPLANE) * c0 * sx / pix)
     dz = fov_z / (slices - 1)
     return Pose(yaw_deg=float(rng.uniform(-YAW_DEG, YAW_DEG)), tilt_deg=float(rng.uniform(-TILT_DEG, TILT_DEG)),
                 scale=scale, shift_mm=(shift_z, shift_y, shift_x), spacing_mm=(dz, pix, pix), shape=(slices, rows, cols))
@@ -676,7 +678,7 @@ def save_organ_overlay(ct_path: Path | str, out_png: Path | str, slices: Sequenc
 
     base = load_base_anatomy(ct_path)
     s = base.hu.shape[0]
-    picks = list(slices) if slices is not None else [int(round(f * (s - 1))) for f in (0.1, 0.3, 0.5, 0.7, 0.85, 0.97)]
+    picks = list(slices) if slices is not None else [round(f * (s - 1)) for f in (0.1, 0.3, 0.5, 0.7, 0.85, 0.97)]
     colours = {"liver": "tab:red", "bone": "yellow", "lung": "cyan", "spleen": "tab:green"}
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4))
     for ax, k in zip(np.atleast_1d(axes), picks):
@@ -723,7 +725,22 @@ def save_subject_overlay(study: Path | str, lesion: tuple[int, int, int], out_pn
 
 
 __all__ = [
-    "BaseAnatomy", "COHORT_COLUMNS", "DEFAULT_CT", "DEFAULT_N", "DEFAULT_ORGANS", "DEFAULT_SLICES", "ORGANS",
-    "check_organs", "find_organs", "load_base_anatomy", "oracle_summary", "render_subject", "sample_real_latents",
-    "save_organ_overlay", "save_subject_overlay", "subject_rng", "write_real_anatomy_cohort", "write_study",
+    "COHORT_COLUMNS",
+    "DEFAULT_CT",
+    "DEFAULT_N",
+    "DEFAULT_ORGANS",
+    "DEFAULT_SLICES",
+    "ORGANS",
+    "BaseAnatomy",
+    "check_organs",
+    "find_organs",
+    "load_base_anatomy",
+    "oracle_summary",
+    "render_subject",
+    "sample_real_latents",
+    "save_organ_overlay",
+    "save_subject_overlay",
+    "subject_rng",
+    "write_real_anatomy_cohort",
+    "write_study",
 ]
