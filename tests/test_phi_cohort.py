@@ -191,3 +191,21 @@ def test_nifti_header_text_and_extensions_are_cleared(tmp_path, real_ct):
 def test_nifti_deid_refuses_non_nifti(tmp_path):
     with pytest.raises(InputError, match="has no NIfTI-1/2 header"):
         deidentify_nifti_bytes(b"hello world" * 100, "x.nii")
+
+
+def test_nifti_upload_deidentified_through_deidentify_bytes(tmp_path):
+    from core.deid import deidentify_bytes
+    from core.io.study import load_study_bytes
+
+    img = nib.Nifti1Image(np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) - 1000, np.diag([0.8, 0.8, 2.0, 1.0]))
+    img.header["descrip"] = b"Jane Doe"
+    img.header["intent_name"] = b"MRN7788"
+    path = tmp_path / "upload.nii.gz"
+    nib.save(img, str(path))
+    before = load_study_bytes(path.read_bytes(), "upload.nii.gz")
+    assert before.phi == ["nifti.descrip", "nifti.intent_name"]
+    blob, report = deidentify_bytes(path.read_bytes(), "upload.nii.gz")
+    assert report.files_written == ["VOL00001.nii.gz"] and report.n_instances == 1
+    assert sorted(report.changes) == [("nifti.descrip", "Z"), ("nifti.intent_name", "Z")]
+    after = load_study_bytes(blob, "clean.zip")  # the zip the upload page gets back loads as the volume
+    assert after.phi == [] and np.array_equal(after.hu, before.hu)

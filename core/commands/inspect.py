@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "load a study (DICOM file/folder/zip or NIfTI) and print geometry, HU and PHI"
+HELP = "load a study (DICOM file/folder/zip or NIfTI) and print geometry, HU, PHI and burned-in text risk"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     for entry in info["series"]:
         print(f"  {entry['key']}  {entry['n_instances']} images {entry['rows']}x{entry['cols']} {entry['modality']}", file=out)
     print(f"PHI         {', '.join(info['phi']) if info['phi'] else 'none found'}", file=out)
+    burned = "; ".join(info["burned_in_reasons"]) if info["burned_in"] else "no sign"
+    print(f"burned-in   {burned}", file=out)
     for warning in info["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -277,6 +277,15 @@ def _iter_bytes(data: bytes) -> Iterator[tuple[int, bytes | str]]:
         yield 1, data
 
 
+def _is_nifti(data: bytes, label: str) -> bool:
+    """True for NIfTI bytes (plain, or gzip whose first bytes are a NIfTI header)."""
+    from core.io.nifti import GZIP_MAGIC, nifti_header_kind, nifti_prefix
+
+    if data[:2] == GZIP_MAGIC:
+        return bool(nifti_header_kind(nifti_prefix(data, label, max_bytes=544)[:540]))
+    return bool(nifti_header_kind(data[:540]))
+
+
 def _run(
     sources: Iterator[tuple[int, bytes | str]],
     sink: Callable[[str, bytes], None],
@@ -294,6 +303,18 @@ def _run(
             progress(done / max(total, 1), f"de-identifying file {done} of {total}")
         if isinstance(data, str):
             skipped[data] += 1
+            continue
+        if _is_nifti(data, f"input file {done}"):
+            from core.deid.nifti import deidentify_nifti_bytes
+
+            clean, cleared = deidentify_nifti_bytes(data, f"input file {done}")
+            name = f"VOL{report.n_instances + 1:05d}.nii" + (".gz" if data[:2] == b"\x1f\x8b" else "")
+            sink(name, clean)
+            for field_name in cleared:
+                cleaner.changes[(field_name, "Z")] += 1
+            report.n_instances += 1
+            report.files_written.append(name)
+            series.add(f"nifti:{name}")
             continue
         ds, reason = _parse(data, f"input file {done}")
         del data
