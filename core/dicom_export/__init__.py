@@ -21,8 +21,19 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from core.dicom_export.objects import ModelInfo, parametric_map, save, segmentation, structured_report, top_region
-from core.dicom_export.series import SourceSeries, derive_ct_series, source_series_from_files
+from core.dicom_export.objects import (
+    ModelInfo,
+    parametric_map,
+    save,
+    segmentation,
+    structured_report,
+    top_region,
+)
+from core.dicom_export.series import (
+    SourceSeries,
+    derive_ct_series,
+    source_series_from_files,
+)
 from core.errors import InputError
 from core.io.volume import Volume
 

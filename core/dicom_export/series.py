@@ -30,19 +30,18 @@ from typing import Iterable
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 from core.errors import InputError
 from core.io.volume import Volume
 
 GRID_TOLERANCE = 0.02  # voxel units: how far a source pixel centre may sit from a Volume voxel centre
 MANUFACTURER = "ct-ehr-survival-explorer"
-# Attributes copied from a DICOM source to the derived objects' patient/study modules (never invented).
-PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-)
 
 
 @dataclass
