@@ -9,6 +9,7 @@ line on stderr.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import struct
 import subprocess
@@ -86,11 +87,15 @@ def _gzip_of_zeros_after(head: bytes, n_zeros: int) -> bytes:
 
 
 def _nifti_header(shape: tuple[int, int, int]) -> bytes:
-    img = nib.Nifti1Image(np.zeros((1, 1, 1), dtype=np.int16), np.eye(4))
-    img.header.set_data_shape(shape)
-    raw = img.to_bytes()
-    offset = int(img.header["vox_offset"])
-    return raw[:offset]
+    """A valid NIfTI-1 header (352 bytes with the empty extension flag) for int16 voxels of ``shape``."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.diag([0.7, 0.7, 1.0, 1.0]), code=1)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\x00" * 4
+    assert len(raw) == 352 and raw[344:347] == b"n+1"
+    return raw
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +137,8 @@ def test_gzip_nifti_bomb_refused(tmp_path):
     assert len(blob) < 1_200_000
     path = tmp_path / "bomb.nii.gz"
     path.write_bytes(blob)
+    head = zlib.decompressobj(31).decompress(blob, 352)
+    assert nib.Nifti1Header.from_fileobj(io.BytesIO(head)).get_data_shape() == (1024, 1024, 512)  # a real NIfTI ...
     assert_refused(measure("inspect", str(path), "--json"), "100 x its")
     with pytest.raises(InputError, match="a decompression bomb"):
         load_nifti_bytes(blob, "bomb.nii.gz")
