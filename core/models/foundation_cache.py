@@ -18,10 +18,10 @@ backbone per device is kept in memory and shared by all working grids.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +32,12 @@ import torch
 from core.errors import InputError
 from core.models.foundation_weights import cache_dir as default_cache_dir
 from core.models.foundation_weights import load_pretrained, weights_sha256
-from core.models.i3resnet import ASTRA_HU_WINDOW, DEFAULT_GRID, FoundationEncoder3D, I3ResNet
+from core.models.i3resnet import (
+    ASTRA_HU_WINDOW,
+    DEFAULT_GRID,
+    FoundationEncoder3D,
+    I3ResNet,
+)
 
 Progress = Callable[[float, str], None] | None
 
@@ -50,19 +55,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-@functools.lru_cache(maxsize=2)
-def _backbone(device: str, weights: str) -> I3ResNet:
-    net = I3ResNet()
-    load_pretrained(net, weights)
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.to(torch.device(device))
+_backbones: dict[tuple[str, str], I3ResNet] = {}
+_backbones_lock = threading.Lock()
 
 
 def shared_backbone(device: str | torch.device = "cpu", weights: str = "astra") -> I3ResNet:
-    """The process-wide pretrained backbone on ``device`` (built and loaded on first use)."""
-    return _backbone(str(resolve_device(device)), weights)
+    """The process-wide pretrained backbone on ``device`` (built and loaded on first use, thread-safe, eval mode)."""
+    key = (str(resolve_device(device)), weights)
+    with _backbones_lock:
+        net = _backbones.get(key)
+        if net is None:
+            net = I3ResNet()
+            load_pretrained(net, weights)
+            net.eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            net = net.to(torch.device(key[0]))
+            _backbones[key] = net
+    return net
 
 
 def shared_encoder(device: str | torch.device = "cpu", resolution: Sequence[int] = DEFAULT_GRID,
@@ -125,21 +135,6 @@ def is_cached(hu: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], *, res
     return embedding_path(key, cache_dir).is_file()
 
 
-def _block_progress(net: I3ResNet, progress: Progress, start: float, stop: float) -> list[torch.utils.hooks.RemovableHandle]:
-    if progress is None:
-        return []
-    blocks = net.blocks()
-    handles = []
-    for i, block in enumerate(blocks):
-        frac = start + (stop - start) * (i + 1) / len(blocks)
-
-        def hook(_m: torch.nn.Module, _i: object, _o: object, frac: float = frac) -> None:
-            progress(frac, "encoding the study with the foundation backbone")
-
-        handles.append(block.register_forward_hook(hook))
-    return handles
-
-
 def embed_study(hu: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], *, device: str | torch.device = "auto",
                 resolution: Sequence[int] = DEFAULT_GRID, progress: Progress = None, cache_dir: Path | None = None,
                 hu_window: tuple[float, float] = ASTRA_HU_WINDOW) -> torch.Tensor:
@@ -166,18 +161,16 @@ def embed_study(hu: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], *, d
     if progress is not None:
         progress(0.0, "loading the foundation backbone")
     encoder = shared_encoder(dev, grid, hu_window)
-    handles = _block_progress(encoder.backbone, progress, 0.1, 0.95)
-    try:
-        x = torch.from_numpy(arr)[None].to(dev)
-        with torch.inference_mode():
-            if dev.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    tokens = encoder(x)
-            else:
-                tokens = encoder(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    step = None
+    if progress is not None:
+        report = progress
+
+        def step(fraction: float) -> None:
+            report(0.1 + 0.85 * fraction, "encoding the study with the foundation backbone")
+
+    x = torch.from_numpy(arr)[None].to(dev)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        tokens = encoder(x, step)
     tokens = tokens[0].float().cpu().contiguous()
     _write(path, tokens, {"key": key, "token_grid": list(encoder.token_grid), "resolution": list(grid),
                           "hu_window": [float(hu_window[0]), float(hu_window[1])],

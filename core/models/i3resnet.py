@@ -44,7 +44,7 @@ is the module whose output is that study-oriented feature map, as in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -103,8 +103,9 @@ class Bottleneck3d(nn.Module):
 class I3ResNet(nn.Module):
     """Inflated 3D ResNet: ``[B, 1 or in_channels, D, H, W]`` in 0..1 -> feature map ``[B, widths[-1] * expansion, d, h, w]``.
 
-    A one-channel input is repeated to ``in_channels`` (the inflated ImageNet
-    stem expects three). The depth axis is strided 4 times (max pool and
+    A one-channel input stands for the same image in all ``in_channels`` (the
+    inflated ImageNet stem expects three); it is convolved with the stem kernel
+    summed over its input channels, which equals repeating it. The depth axis is strided 4 times (max pool and
     stages 2-4), the in-plane axes 5 times (also the stem), each time to
     ``ceil(n / 2)``; ``feature_grid`` computes the output size.
 
@@ -150,11 +151,23 @@ class I3ResNet(nn.Module):
         """Every bottleneck block in forward order (50 for ResNet-152); used for progress reporting."""
         return [b for layer in (self.layer1, self.layer2, self.layer3, self.layer4) for b in layer]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """``progress(fraction)``, when given, is called after each bottleneck block (fraction of blocks done)."""
         if x.shape[1] == 1 and self.in_channels != 1:
-            x = x.expand(-1, self.in_channels, -1, -1, -1)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            # the same input in every channel: one convolution with the channel-summed kernel gives the same
+            # result as repeating the input, with a third of the stem's work
+            conv = self.conv1
+            x = F.conv3d(x, conv.weight.sum(1, keepdim=True), None, conv.stride, conv.padding)
+        else:
+            x = self.conv1(x)
+        x = self.maxpool(self.relu(self.bn1(x)))
+        if progress is None:
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        blocks = self.blocks()
+        for i, block in enumerate(blocks):
+            x = block(x)
+            progress((i + 1) / len(blocks))
+        return x
 
 
 def study_to_network(x: torch.Tensor) -> torch.Tensor:
@@ -263,13 +276,16 @@ class FoundationEncoder3D(nn.Module):
         x = resize_volume(x.unsqueeze(1), self.grid)
         return study_to_network(x)
 
-    def feature_map(self, hu: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, hu: torch.Tensor, progress: Callable[[float], None] | None = None) -> torch.Tensor:
         """HU ``[B, S, R, C]`` -> ``[B, 2048, z, r, c]`` in the study orientation."""
-        return self.study_grid(self.backbone(self.preprocess(hu)))
+        return self.study_grid(self.backbone(self.preprocess(hu), progress))
 
-    def forward(self, hu: torch.Tensor) -> torch.Tensor:
-        """HU ``[B, S, R, C]`` -> patch tokens ``[B, P, 2048]``, slice slab first (z, then rows, then cols)."""
-        return self.feature_map(hu).flatten(2).transpose(1, 2)
+    def forward(self, hu: torch.Tensor, progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """HU ``[B, S, R, C]`` -> patch tokens ``[B, P, 2048]``, slice slab first (z, then rows, then cols).
+
+        ``progress(fraction)`` is called after each of the backbone's blocks.
+        """
+        return self.feature_map(hu, progress).flatten(2).transpose(1, 2)
 
     def encode(self, hu: torch.Tensor) -> FoundationOutput:
         """Tokens and the pooled vector (mean over tokens) in one forward pass."""
