@@ -556,13 +556,15 @@ def _repeat_deflate(zeros_chunk: int, total: int, level: int = 9) -> tuple[bytes
     return segment, total // zeros_chunk
 
 
-def deflate_bomb_dicom(path: Path, inflated_bytes: int = 1 << 30) -> Path:
+def deflate_bomb_dicom(path: Path, inflated_bytes: int = 1 << 30, *, meta_padding: int = 0) -> Path:
     """A DICOM file in the Deflated Explicit VR Little Endian syntax whose dataset inflates to ``inflated_bytes``.
 
     The dataset is a small CT header plus a PixelData element of zeros; the
     deflate stream is one full-flushed segment for 1 MiB of zeros repeated
     (valid deflate: the dictionary is reset at each full flush), so a 1 GiB
-    dataset costs about 1 MB on disk and nothing to build.
+    dataset costs about 1 MB on disk and nothing to build. ``meta_padding``
+    zero bytes in FileMetaInformationVersion push the transfer syntax UID far
+    into the file (past any fixed-size look-ahead).
     """
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -591,6 +593,8 @@ def deflate_bomb_dicom(path: Path, inflated_bytes: int = 1 << 30) -> Path:
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    if meta_padding:
+        meta.FileMetaInformationVersion = b"\x00\x01" + bytes(meta_padding)
     out = DicomBytesIO()
     out.is_little_endian, out.is_implicit_VR = True, False
     out.write(b"\0" * 128 + b"DICM")

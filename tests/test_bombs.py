@@ -125,6 +125,14 @@ def test_deflated_dicom_bomb_refused_by_inspect_and_deid(dicom_bomb, tmp_path):
     assert not out.exists()  # nothing written
 
 
+def test_deflated_bomb_with_a_long_meta_group(tmp_path):
+    path = deflate_bomb_dicom(tmp_path / "padded.dcm", inflated_bytes=GIB, meta_padding=40_000)
+    assert path.read_bytes().find(b"1.2.840.10008.1.2.1.99") > 40_000  # beyond the first read of a header
+    assert_refused(measure("inspect", str(path), "--json"), "a decompression bomb?")
+    with pytest.raises(InputError, match="a decompression bomb"):
+        load_study_bytes(path.read_bytes(), "padded.dcm")
+
+
 def test_deflated_dicom_bomb_inside_a_zip_upload(dicom_bomb):
     blob = zip_bytes([dicom_bomb])
     with pytest.raises(InputError, match=r"DICOM file: got bomb.dcm, expands beyond \d+ bytes \(100 x its"):

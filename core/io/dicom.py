@@ -27,13 +27,12 @@ import hashlib
 import io
 import os
 import struct
+import sys
 import warnings as _warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
-
-import sys
 
 import numpy as np
 
@@ -142,6 +141,43 @@ def looks_like_dicom(head: bytes) -> bool:
 # ---------------------------------------------------------------- deflate
 
 
+MAX_META_BYTES = 1024 * 1024  # a file meta group larger than this is refused
+
+
+def meta_transfer_syntax(head: bytes, name: str) -> str | None:
+    """The TransferSyntaxUID of a Part 10 file's meta group, walked from ``head`` (its first bytes).
+
+    None when ``head`` has no DICM preamble, or ends before the element (the
+    caller then reads more). The meta group is always explicit VR little
+    endian. A meta group of more than ``MAX_META_BYTES`` raises ``InputError``.
+    """
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None
+    pos = 132
+    while pos + 8 <= len(head) and head[pos : pos + 2] == b"\x02\x00":
+        element = int.from_bytes(head[pos + 2 : pos + 4], "little")
+        vr = head[pos + 4 : pos + 6]
+        if vr in _LONG_VRS or vr == b"UN":
+            if pos + 12 > len(head):
+                return None
+            length = int.from_bytes(head[pos + 8 : pos + 12], "little")
+            start = pos + 12
+        else:
+            length = int.from_bytes(head[pos + 6 : pos + 8], "little")
+            start = pos + 8
+        if start + length > MAX_META_BYTES:
+            raise InputError("DICOM file", name, f"has a file meta header of more than {MAX_META_BYTES} bytes", "re-export the file")
+        if element == 0x0010:
+            if start + length > len(head):
+                return None
+            return head[start : start + length].decode("latin-1").strip("\x00 ")
+        pos = start + length
+    rest = head[pos : pos + 2]
+    if pos + 8 > len(head) and rest == b"\x02\x00"[: len(rest)]:
+        return None  # cut inside the meta group: the caller reads more
+    return ""
+
+
 def undeflate_dicom(data: bytes, name: str, *, max_bytes: int = MAX_INFLATED_BYTES, max_ratio: float = MAX_INFLATE_RATIO) -> bytes:
     """``data`` unchanged, or, for the Deflated Explicit VR Little Endian syntax, the same file inflated.
 
@@ -152,7 +188,7 @@ def undeflate_dicom(data: bytes, name: str, *, max_bytes: int = MAX_INFLATED_BYT
     back behind the same file meta, with the transfer syntax set to Explicit
     VR Little Endian, so pydicom never sees the deflated stream.
     """
-    if DEFLATED_TS.encode() not in data[:16384] or data[128:132] != b"DICM":
+    if meta_transfer_syntax(bytes(data[:MAX_META_BYTES]), name) != DEFLATED_TS:
         return data
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info
@@ -359,7 +395,11 @@ def _undeflated(src: DicomSource) -> DicomSource:
     assert src.path is not None
     with open(src.path, "rb") as fh:
         head = fh.read(16384)
-    if DEFLATED_TS.encode() not in head or head[128:132] != b"DICM":
+        ts = meta_transfer_syntax(head, src.name)
+        if ts is None and head[128:132] == b"DICM":
+            head += fh.read(MAX_META_BYTES - len(head))  # a long meta group: read up to the cap
+            ts = meta_transfer_syntax(head, src.name)
+    if ts != DEFLATED_TS:
         return src
     raw = src.path.read_bytes()
     data = undeflate_dicom(raw, src.name)
@@ -416,7 +456,10 @@ def _gate(ds: Dataset, cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]
     Files whose gate-relevant content is identical (the slices of one series
     differ only in positions, numbers and UIDs) share one answer via ``cache``.
     """
-    from core.deid.detect import burned_in_reasons, phi_keywords  # core.deid imports core.io: import late
+    from core.deid.detect import (  # core.deid imports core.io: import late
+        burned_in_reasons,
+        phi_keywords,
+    )
 
     key = _gate_fingerprint(ds) if cache is not None else b""
     if cache is not None and key in cache:
