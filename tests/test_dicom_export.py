@@ -21,6 +21,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 
@@ -183,8 +184,8 @@ def demo_exports(demo_cohort: Path, tmp_path_factory: pytest.TempPathFactory) ->
     model_dir = DEMO_MODELS / "concat"
     model = load_model(model_dir)
     cohort = load_cohort(demo_cohort)
-    table = cohort.table
-    ids = list(table.sort_values("lesion", ascending=False)["subject_id"].astype(str))[:N_CASES]
+    table = pd.read_csv(demo_cohort / "cohort.csv", dtype={"subject_id": str})
+    ids = list(table.sort_values(["lesion", "subject_id"], ascending=[False, True])["subject_id"])[:N_CASES]
     cases: list[dict[str, object]] = []
     for sid in ids:
         inputs = model.case_inputs(cohort, sid)
@@ -194,7 +195,7 @@ def demo_exports(demo_cohort: Path, tmp_path_factory: pytest.TempPathFactory) ->
         assert volume is not None
         out = tmp_path_factory.mktemp("case") / "export"
         result = export_dicom(volume, attribution.map, prediction.risk_at, prediction.modalities_used,
-                              model_info(model_dir, dict(model.config)), "saliency", out,
+                              model_info(model_dir), "saliency", out,
                               source=source_series_for(volume, out))
         cases.append({"sid": sid, "out": out, "map": np.asarray(attribution.map, dtype=np.float32),
                       "affine": volume.affine, "risk_at": dict(prediction.risk_at),
@@ -255,7 +256,7 @@ def test_real_nifti_via_command_line(real_ct: Path, tmp_path: Path) -> None:
     """The shared real abdominal CT (NIfTI): derived series + PM + SEG + SR through the CLI, --json."""
     cohort = tmp_path / "cohort"
     (cohort / "studies").mkdir(parents=True)
-    (cohort / "studies" / "ct.nii.gz").symlink_to(real_ct)  # a link in tmp: the file is never copied
+    shutil.copyfile(real_ct, cohort / "studies" / "ct.nii.gz")  # into pytest's tmp folder, never into the repo
     (cohort / "cohort.csv").write_text(
         "subject_id,time,event,split,study\n"
         "r1,400,1,test,studies/ct.nii.gz\nr2,500,0,train,studies/ct.nii.gz\nr3,600,0,val,studies/ct.nii.gz\n")

@@ -15,6 +15,7 @@ All three share the source series' Frame of Reference and reference its instance
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -73,10 +74,23 @@ class ExportResult:
         return data
 
 
-def model_info(model_dir: Path, config: dict[str, object]) -> ModelInfo:
-    """Name, version (package + weights digest) and card reference of a model folder."""
+def model_info(model_dir: Path) -> ModelInfo:
+    """Name, version (package + weights digest) and card reference of a model folder.
+
+    Read from the folder's files (config.json, model.safetensors, MODEL_CARD.md), so any
+    loaded-model object works with it.
+    """
     from core import __version__
 
+    model_dir = Path(model_dir)
+    config: dict[str, object] = {}
+    if (model_dir / "config.json").is_file():
+        try:
+            loaded = json.loads((model_dir / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError("model", str(model_dir / "config.json"), f"is not valid JSON ({err})",
+                             "retrain or re-copy the model folder") from None
+        config = loaded if isinstance(loaded, dict) else {}
     weights = model_dir / "model.safetensors"
     card = model_dir / "MODEL_CARD.md"
     digest = _sha256(weights) if weights.exists() else "unknown"
@@ -174,21 +188,23 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
         raise InputError("subject", subject_id, "has no CT study in this cohort", "pick a subject with a study")
     prediction = model.predict_case(inputs)
     attribution = attribute(model, inputs, method)
-    study = _study_path(cohort, subject_id)
+    study = _study_path(Path(cohort_dir), subject_id)
     source = source_series_for(volume, Path(out), study_path=study)
     result = export_dicom(volume, attribution.map, prediction.risk_at, prediction.modalities_used,
-                          model_info(Path(model_dir), dict(model.config)), method, Path(out), source=source,
+                          model_info(Path(model_dir)), method, Path(out), source=source,
                           percentile=percentile)
     return (result, np.asarray(attribution.map, dtype=np.float32)) if return_map else result
 
 
-def _study_path(cohort: object, subject_id: str) -> Path | None:
-    """The subject's study path from ``cohort.csv`` (``study`` column, relative to the cohort folder)."""
-    table = cohort.table  # type: ignore[attr-defined]
+def _study_path(cohort_dir: Path, subject_id: str) -> Path | None:
+    """The subject's study path from the folder's ``cohort.csv`` (``study`` column, relative to the folder)."""
+    import pandas as pd
+
+    table = pd.read_csv(cohort_dir / "cohort.csv", dtype={"subject_id": str, "study": str})
     if "study" not in table.columns:
         return None
-    rows = table.loc[table["subject_id"].astype(str) == subject_id, "study"]
-    if rows.empty or not isinstance(rows.iloc[0], str) or not rows.iloc[0]:
+    rows = table.loc[table["subject_id"] == subject_id, "study"].dropna()
+    if rows.empty or not rows.iloc[0].strip():
         return None
-    path = Path(rows.iloc[0])
-    return path if path.is_absolute() else Path(cohort.root) / path  # type: ignore[attr-defined]
+    path = Path(rows.iloc[0].strip())
+    return path if path.is_absolute() else cohort_dir / path
