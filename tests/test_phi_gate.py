@@ -205,3 +205,19 @@ def test_real_ct_header_is_clean(real_ct):
     info = inspect_study(real_ct)
     assert info["phi"] == []
     assert info["burned_in"] is False
+
+
+def test_private_file_meta_and_nifti_beside_a_series_are_gated(tmp_path):
+    paths = _clean(tmp_path, n=2)
+
+    def private_meta(ds: pydicom.Dataset) -> None:
+        ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+        ds.file_meta.PrivateInformation = b"patient John Doe"
+
+    edit_file(paths[1], private_meta)
+    assert inspect_study(paths[0].parent)["phi"] == ["PrivateInformation"]
+    edit_file(paths[1], lambda ds: (delattr(ds.file_meta, "PrivateInformation"), delattr(ds.file_meta, "PrivateInformationCreatorUID")))
+    assert inspect_study(paths[0].parent)["phi"] == []
+    _nifti(paths[0].parent, "notes.nii.gz", descrip="John Doe")
+    volume = load_study_bytes(zip_folder(paths[0].parent), "study.zip")
+    assert volume.format == "dicom" and volume.phi == ["nifti.descrip"]

@@ -461,7 +461,10 @@ def _gate(ds: Dataset, cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]
         phi_keywords,
     )
 
-    key = _gate_fingerprint(ds) if cache is not None else b""
+    meta = getattr(ds, "file_meta", None)
+    private_value = meta.get("PrivateInformation", None) if meta is not None else None
+    private_meta = isinstance(private_value, (bytes, bytearray)) and bool(bytes(private_value).strip(b"\x00 "))
+    key = (_gate_fingerprint(ds) + (b"P" if private_meta else b"")) if cache is not None else b""
     if cache is not None and key in cache:
         return cache[key]
     try:
@@ -469,6 +472,8 @@ def _gate(ds: Dataset, cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]
     except (ValueError, TypeError, KeyError, OverflowError, struct.error, IndexError, AttributeError, NotImplementedError):
         # an element that cannot be read cannot be shown to be free of PHI
         result = frozenset({"UnreadableElements"}), ()
+    if private_meta:  # (0002,0102) in the file meta: private data of the sending application
+        result = result[0] | {"PrivateInformation"}, result[1]
     if cache is not None:
         cache[key] = result
     return result

@@ -117,8 +117,14 @@ def _load_zip(data: bytes, label: str, series: str | None) -> Volume:
         _no_series(series, "NIfTI")
         return load_nifti_bytes(nifti[0].data, nifti[0].name)
     from core.io.dicom import load_dicom_members
+    from core.io.nifti import nifti_header_phi, nifti_prefix
 
-    return load_dicom_members([(m.name, m.data) for m in dicom_like], series, label=label)
+    volume = load_dicom_members([(m.name, m.data) for m in dicom_like], series, label=label)
+    # NIfTI files beside the series are not loaded, but their header text is gated like the rest
+    extra = {key for m in nifti for key in nifti_header_phi(nifti_prefix(m.data, m.name))}
+    if extra:
+        volume.phi = sorted(set(volume.phi) | extra)
+    return volume
 
 
 def hu_stats(hu: np.ndarray) -> tuple[float, float, float]:
