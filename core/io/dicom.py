@@ -3,7 +3,14 @@
 Two passes over the files, each header parsed once:
 
 1. headers: every file is parsed up to (not including) PixelData with
-   ``stop_before_pixels``; the offset of the PixelData element is kept. Files are
+   ``stop_before_pixels``; the offset of the PixelData element is kept, and the
+   elements stored after the pixel data are parsed too. Every file (every
+   series, non-image instances included) passes the PHI gate
+   (``core.deid.phi_keywords`` and ``burned_in_reasons`` on all its elements;
+   files of one series that differ only in numbers, dates and UIDs share one
+   answer). A file in the Deflated Explicit VR Little Endian syntax is first
+   inflated in bounded steps (``undeflate_dicom``: a decompression bomb is
+   refused before pydicom sees it). Files are
    grouped into series by SeriesInstanceUID, or by a fallback key (frame of
    reference, orientation, matrix size, series and acquisition number) when the
    UID is blank. The largest series is taken unless ``series=`` names one.

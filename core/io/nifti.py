@@ -1,10 +1,16 @@
 """NIfTI-1/2 (``.nii`` or ``.nii.gz``, from a path or bytes) -> :class:`~core.io.volume.Volume`.
 
-The file is read into memory (gzip decompressed in chunks up to a cap), parsed
-with nibabel, checked (finite voxels, usable spacing, an invertible finite
+The file is read into memory (gzip inflated in bounded steps: at most 3 GiB
+and, past 8 MiB, at most ``MAX_GZIP_RATIO`` = 100 times the compressed file,
+since real CTs compress only a few times; a gzip bomb is refused before it is
+inflated), parsed with nibabel, checked (finite voxels, usable spacing, an invertible finite
 affine) and reoriented with ``nibabel.orientations`` to the project convention
 (``core/io/volume.py``): axis 0 -> superior, axis 1 -> posterior, axis 2 ->
 patient left, i.e. axis codes ("S", "P", "L").
+
+The header's free text (``descrip``, ``aux_file``, ``intent_name``,
+``db_name``, ``data_type``) and extensions are reported in ``Volume.phi`` as
+``nifti.<field>`` / ``nifti.extensions`` (:func:`nifti_header_phi`).
 """
 
 from __future__ import annotations
