@@ -7,7 +7,9 @@ weights are loaded (load time printed apart):
   the cache (HU hashing, preprocessing, the forward pass, the safetensors
   write), each run on a fresh cache folder: the first run per grid (it also
   builds the convolution kernels for the grid's shapes) apart, then best and
-  median of ``--repeats`` more runs (what each study of a cohort costs);
+  median of ``--repeats`` more runs (what each study of a cohort costs), and
+  the CPU seconds of the best one (all threads; on shared cores the wall time
+  grows with the other load, the CPU time much less);
 * cached: the same call again (hashing and reading the cached tokens).
 
 The study is a deterministic synthetic chest-like volume of ``--shape`` HU
@@ -119,26 +121,29 @@ def main() -> int:
     rows = []
     for grid in args.grids:
         enc = fc.shared_encoder(dev, grid)
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeats + 1):  # the first run per grid also builds oneDNN/cuDNN kernels for its shapes
             with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 tokens = fc.embed_study(hu, spacing, device=dev, resolution=grid, cache_dir=Path(tmp))
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
                 t0 = time.perf_counter()
                 again = fc.embed_study(hu, spacing, device=dev, resolution=grid, cache_dir=Path(tmp))
                 cached = time.perf_counter() - t0
                 assert torch.equal(tokens, again)
         warm = times[1:] or times
+        warm_cpu = min(cpu[1:] or cpu)
         rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         gmac = _gmac(grid)
-        rows.append((grid, enc.token_grid, tuple(tokens.shape), gmac, times[0], min(warm), cached))
+        rows.append((grid, enc.token_grid, tuple(tokens.shape), gmac, times[0], min(warm), warm_cpu, cached))
         print(f"grid {grid[2]}x{grid[1]}x{grid[0]} (cols x rows x slices): tokens {tuple(tokens.shape)} on "
               f"{enc.token_grid}, {gmac:.0f} GMAC; encode first {times[0]:.1f} s, then best {min(warm):.1f} s, "
-              f"median {statistics.median(warm):.1f} s ({len(warm)} runs); cached {cached * 1000:.0f} ms; "
-              f"peak RSS so far {rss_gb:.1f} GB; load average {os.getloadavg()[0]:.1f}", flush=True)
+              f"median {statistics.median(warm):.1f} s ({len(warm)} runs), {warm_cpu:.1f} CPU s; "
+              f"cached {cached * 1000:.0f} ms; peak RSS so far {rss_gb:.1f} GB; load average {os.getloadavg()[0]:.1f}",
+              flush=True)
     for grid in args.gradient_grids:
         enc = fc.shared_encoder(dev, grid)
         x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None].to(dev).requires_grad_(True)
@@ -152,11 +157,12 @@ def main() -> int:
         print(f"gradient to the input voxels at {grid[2]}x{grid[1]}x{grid[0]}: forward + backward {grad_s:.1f} s "
               f"(first run of the shape); peak RSS so far {rss_gb:.1f} GB", flush=True)
     print(f"load average after {os.getloadavg()}")
-    print("\n| working grid (cols x rows x slices) | tokens | GMAC | first encode (s) | encode (s) | cached (ms) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for grid, tg, shape, gmac, first, best, cached in rows:
+    print("\n| working grid (cols x rows x slices) | tokens | GMAC | first encode (s) | encode (s) | encode (CPU s) "
+          "| cached (ms) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for grid, tg, shape, gmac, first, best, cpu_s, cached in rows:
         print(f"| {grid[2]}x{grid[1]}x{grid[0]} | {shape[0]} ({tg[0]}x{tg[1]}x{tg[2]}) | {gmac:.0f} | {first:.1f} | "
-              f"{best:.1f} | {cached * 1000:.0f} |")
+              f"{best:.1f} | {cpu_s:.1f} | {cached * 1000:.0f} |")
     return 0
 
 

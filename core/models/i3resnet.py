@@ -16,10 +16,11 @@ parameters (117.5 M counting the BatchNorm running statistics).
   orientation (slice 0 inferior, rows anterior -> posterior, columns patient
   right -> left; see ``core.io.volume``);
 * preprocessing (``preprocess``), the chest chain the astra weights were trained
-  with: clip HU to ``hu_window`` (default -1000..200 HU) and scale it to 0..1;
-  resize to the working grid ``(slices, rows, cols)`` (area averaging along the
-  axes that shrink, then trilinear along the axes that grow, so a full-size
-  grid equals the reference ``mode="area"`` resize); reorient to the RAS volume
+  with: resize the HU volume to the working grid ``(slices, rows, cols)`` (area
+  averaging along the axes that shrink, then trilinear along the axes that
+  grow; where every axis shrinks this is the reference ``mode="area"``
+  resize), clip to ``hu_window`` (default -1000..200 HU) and scale to 0..1,
+  in that order as in the reference chain; reorient to the RAS volume
   ``[X, Y, Z]`` the weights expect and permute it to the network's
   ``[Z, X, Y]`` layout, which is the study grid transposed in-plane with rows
   and columns reversed. Full resolution is ``(160, 224, 224)`` (Merlin's
@@ -272,9 +273,8 @@ class FoundationEncoder3D(nn.Module):
         if hu.dim() != 4:
             raise ValueError(f"expected HU [B, S, R, C], got shape {tuple(hu.shape)}")
         lo, hi = self.hu_window
-        x = (hu.float().clamp(lo, hi) - lo) / (hi - lo)
-        x = resize_volume(x.unsqueeze(1), self.grid)
-        return study_to_network(x)
+        x = resize_volume(hu.float().unsqueeze(1), self.grid)
+        return study_to_network((x.clamp(lo, hi) - lo) / (hi - lo))
 
     def feature_map(self, hu: torch.Tensor, progress: Callable[[float], None] | None = None) -> torch.Tensor:
         """HU ``[B, S, R, C]`` -> ``[B, 2048, z, r, c]`` in the study orientation."""
