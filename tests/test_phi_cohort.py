@@ -209,3 +209,24 @@ def test_nifti_upload_deidentified_through_deidentify_bytes(tmp_path):
     assert sorted(report.changes) == [("nifti.descrip", "Z"), ("nifti.intent_name", "Z")]
     after = load_study_bytes(blob, "clean.zip")  # the zip the upload page gets back loads as the volume
     assert after.phi == [] and np.array_equal(after.hu, before.hu)
+
+
+def test_inspect_cohort_command(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "c"
+    write_series(root / "named", shape=(2, 16, 16))
+    write_deidentified_series(root / "clean", shape=(2, 16, 16))
+    (root / "cohort.csv").write_text("subject_id,time,event,study\n1,10,1,named\n2,20,0,clean\n")
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "core", "inspect", str(root), "--cohort", "--json"],
+                         cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 1, run.stderr  # a blocked row
+    out = json.loads(run.stdout)
+    assert out["ok"] is False and [r["blocked"] for r in out["rows"]] == [True, False]
+    (root / "cohort.csv").write_text("subject_id,time,event,study\n2,20,0,clean\n")
+    run = subprocess.run([sys.executable, "-m", "core", "inspect", str(root), "--cohort"],
+                         cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == "1 studies checked in 1 rows: 0 blocked"

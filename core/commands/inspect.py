@@ -17,9 +17,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, help="DICOM file, folder of DICOM files, zip of a series, or .nii/.nii.gz")
     parser.add_argument("--series", default=None, help="SeriesInstanceUID (or fallback key, or a unique prefix) to load")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--cohort", action="store_true",
+                        help="PATH is a cohort folder: gate every study of its cohort.csv for PHI and burned-in text "
+                             "(headers only); exit status 1 when a row is blocked")
+
+
+def _run_cohort(args: argparse.Namespace) -> int:
+    from core.deid.cohort_gate import gate_cohort
+
+    if args.series is not None:
+        from core.errors import InputError
+
+        raise InputError("series", args.series, "does not apply to --cohort", "leave out --series")
+    report = gate_cohort(args.path)
+    if args.json:
+        print(json.dumps(report.to_dict(), allow_nan=False))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cohort:
+        return _run_cohort(args)
     from core.io.study import inspect_study
 
     info = inspect_study(args.path, args.series)
