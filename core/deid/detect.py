@@ -172,7 +172,7 @@ def _walk(ds: Dataset, prefix: str, options: frozenset[str]) -> Iterator[PhiFind
         if rule.kind == "uid" and rule.action == "U":
             if all(is_definitional_uid(keyword, str(v)) for v in element_values(elem) if v):
                 continue
-        if _excused(rule, options) and not any(looks_like_person_name(v) for v in element_values(elem) if isinstance(v, (str, bytes)) or elem.VR == "PN"):
+        if _excused(rule, options) and not any(looks_like_person_name(v) for v in _text_values(elem)):
             continue  # a declared de-identification may leave pseudonyms and dummies, not a person's name
         yield PhiFinding(rule.keyword, tag_text(tag), path, rule.kind, rule.action)
 
@@ -286,9 +286,7 @@ def burned_in_reasons(ds: Dataset) -> list[str]:
     if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
         reasons.append(f"secondary capture SOP class {sop_class}")
     image_type = [str(v).strip().upper() for v in element_values(ds["ImageType"])] if "ImageType" in ds and ds["ImageType"].value else []
-    if "SECONDARY" in image_type and ("DERIVED" in image_type or SCREENSHOT_IMAGE_TYPES & set(image_type[2:])):
-        reasons.append("ImageType " + "\\".join(image_type))
-    elif SCREENSHOT_IMAGE_TYPES & set(image_type[2:]):
+    if ("SECONDARY" in image_type and "DERIVED" in image_type) or SCREENSHOT_IMAGE_TYPES & set(image_type[2:]):
         reasons.append("ImageType " + "\\".join(image_type))
     if str(ds.get("Modality", "") or "").strip().upper() == "SC":
         reasons.append("Modality SC (secondary capture)")
