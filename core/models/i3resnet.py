@@ -58,7 +58,7 @@ RESNET152_BLOCKS: tuple[int, int, int, int] = (3, 8, 36, 3)
 FULL_GRID: tuple[int, int, int] = (160, 224, 224)
 #: HU range mapped to 0..1 by the astra chest chain (Merlin's own chain uses -1000..1000).
 ASTRA_HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)
-#: Working grid used when none is given: (slices, rows, cols), about 8 s per study on one busy CPU core pair.
+#: Working grid used when none is given: (slices, rows, cols); 79 GMAC per study against 627 at the full grid.
 DEFAULT_GRID: tuple[int, int, int] = (80, 112, 112)
 
 
