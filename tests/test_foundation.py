@@ -175,6 +175,29 @@ def test_pooled_vector_matches_reference_numbers() -> None:
 
 
 @needs_weights
+def test_tokens_follow_the_study_orientation() -> None:
+    """A bright block changes the token over it most: slab order is inferior -> superior, rows and cols as the study's."""
+    from core.models import foundation_cache as fc
+
+    enc = fc.shared_encoder("cpu", (48, 128, 128))
+    assert enc.token_grid == (3, 4, 4)
+    hu = _phantom(shape=(24, 64, 64))
+    with torch.no_grad():
+        base = enc.feature_map(torch.from_numpy(hu)[None])[0]
+    most_changed = []
+    # superior, anterior, patient's left corner; then inferior, posterior, patient's right
+    for block in ((slice(18, 23), slice(6, 14), slice(46, 56)), (slice(2, 7), slice(44, 54), slice(8, 18))):
+        lesion = hu.copy()
+        lesion[block] = 900.0
+        with torch.no_grad():
+            change = (enc.feature_map(torch.from_numpy(lesion)[None])[0] - base).norm(dim=0)
+        most_changed.append(np.unravel_index(int(change.argmax()), tuple(change.shape)))
+    (z1, r1, c1), (z2, r2, c2) = most_changed
+    assert (z1, r1, c1) == (2, 0, 3)
+    assert z2 < z1 and r2 > r1 and c2 < c1
+
+
+@needs_weights
 def test_embedding_cache_never_reencodes(tmp_path: Path) -> None:
     from core.models import foundation_cache as fc
 
