@@ -25,8 +25,9 @@ HU). Every subject is a new rendering of that anatomy:
   logistic edge of 0.7-1.5 mm, centred on a voxel of the organ mask at least
   ``min(radius, 0.8 x the organ's largest inscribed radius in the subject's
   field of view)`` from the organ boundary (the pose is redrawn when a lesion
-  organ is mostly out of view), and confined to the organ (the lesion weight is multiplied by the
-  slightly dilated, blurred organ mask), so every lesion lies inside its organ.
+  organ is mostly out of view), and confined to the organ (the lesion weight
+  is multiplied by the slightly dilated, blurred organ mask), so every lesion
+  lies inside its organ.
   Appearance per organ: liver hypodense (-30 to -60 HU relative to the liver);
   bone (vertebra) sclerotic (+250 to +500 HU) or lytic (bone replaced by 10-40
   HU), half each; lung base a solid nodule (10-50 HU); spleen hypodense
@@ -42,10 +43,12 @@ split into connected components:
   centroid lies on the patient's right (column index below the body's
   centroid; columns run right -> left), grown back into the 38-80 HU voxels
   it touches (two dilations) and filled slice by slice (vessels);
-* **bone** (the vertebra): > 200 HU in the raw CT, the largest component whose
-  centroid is within 12 % of the body width of the body's midline and
-  posterior to the body's centroid, closed (2 iterations) and filled slice by
-  slice (cancellous bone);
+* **bone** (the vertebra): > 100 HU in the median-filtered CT (on the shared
+  CT the cancellous bone of the vertebral bodies is 100-170 HU, so a > 200 HU
+  rule finds only the cortex; discs, ~85 HU, stay out), the largest component
+  whose centroid is within 12 % of the body width of the body's midline and
+  posterior to the body's centroid, closed once; not hole-filled, so the
+  spinal canal stays out;
 * **lung** (bases): < -500 HU inside the filled body, components whose
   centroid is posterior to the body's centroid and that reach the top slice
   (the lungs continue above the field of view; bowel and stomach gas are
@@ -53,6 +56,9 @@ split into connected components:
 * **spleen**: 38-80 HU, opened once, the largest component whose centroid
   lies on the patient's left (column beyond the body centroid by 20 % of the
   body width) and posterior to the body's centroid, not touching the liver.
+  On the shared CT this finds only the spleen's lateral part (about 28 mL,
+  largest inscribed radius 9 mm), so spleen lesions are confined to a thin
+  organ: use it for variety, not as a main organ.
 
 :func:`save_organ_overlay` draws the masks over a few slices for a visual
 check.
@@ -62,12 +68,18 @@ over the subject's lesions, ``ORGAN_BASE[organ] + ORGAN_PER_MM[organ] x
 (radius_mm - 10.5)``, centred on its population mean; the coefficients differ
 by organ, so a model that reads one organ only cannot reach the oracle. The
 EHR part and the MEDS timeline are those of the demo cohort
-(:mod:`core.demo.latents`, :mod:`core.demo.ehr`: age, sex, heart failure,
-COPD, CKD, diabetes, last BNP, creatinine and albumin, with labs sometimes
-never measured); ``features.csv`` (curated from the pre-index timeline) holds
-everything ``risk_ehr`` depends on. Survival is Weibull proportional hazards
-with independent administrative and drop-out censoring; splits are an exact
-60/20/20 permutation.
+(:mod:`core.demo.latents`, :mod:`core.demo.ehr`: age, heart failure, COPD,
+CKD, diabetes, last BNP, creatinine and albumin drive it, with labs sometimes
+never measured; sex, other conditions and labs are noise); ``features.csv``
+(curated from the pre-index timeline) holds everything ``risk_ehr`` depends
+on. The timeline's post-index rows carry admissions and ``MEDS_DEATH`` but no
+lesion-specific codes, and the index event keeps the demo's code
+``IMAGING//CT//CHEST``. Survival is Weibull proportional hazards (the demo's
+shape and scale) with independent administrative and drop-out censoring;
+splits are an exact 60/20/20 permutation. With the default organs (liver,
+bone), Harrell's C over 4,000 latent subjects (seeds 0-2) is about 0.79 for
+``true_risk``, 0.70 for ``risk_image`` and 0.675 for ``risk_ehr``; a single
+organ's lesions alone give clearly less than ``risk_image``.
 
 >>> lat = sample_real_latents(400, seed=0)
 >>> bool(((lat["true_risk"] - lat["risk_image"] - lat["risk_ehr"]).abs() < 1e-9).all())
