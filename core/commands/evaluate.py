@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TextIO
 
 HELP = "evaluate a model on a cohort's test split"
 
@@ -18,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--alpha", type=float, default=0.1,
+                        help="miscoverage of the lower bounds on the event time (0.1: 90%% bounds)")
+    parser.add_argument("--subgroup", default=None, metavar="COLUMN",
+                        help="a column of cohort.csv or features.csv: C-index and calibration per group")
+    parser.add_argument("--no-band", action="store_true",
+                        help="skip the per-case band (predict_case) in the coverage report (faster)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -38,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise InputError("--horizons", args.horizons, "must be numbers of days", "use e.g. 30,365,1825") from None
     res = evaluate_model(args.model, args.cohort, split=args.split, horizons=horizons, n_boot=args.n_boot,
-                         seed=args.seed, device=args.device)
+                         seed=args.seed, device=args.device, alpha=args.alpha, subgroup=args.subgroup,
+                         band=not args.no_band)
     if args.json:
         print(json.dumps(res, allow_nan=False))
         return 0
@@ -54,4 +62,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label:12s}{_fmt(v)}{ici}", file=out)
     if "oracle_c_index" in res:
         print(f"oracle C    {_fmt(res['oracle_c_index'])} (from true_risk)", file=out)
+    _print_extras(res, out)
     return 0
+
+
+def _print_extras(res: dict, out: TextIO) -> None:
+    cov, conf = res["coverage"], res.get("conformal") or {}
+    level = 1 - cov["alpha"]
+    print(f"coverage of the {level:.0%} lower bound on T (IPCW; band = {cov['band']}):", file=out)
+    print("  horizon   band   curve  conformal  P(event by t)", file=out)
+    for h, row in cov["horizons"].items():
+        if row is None:
+            continue
+        c = (conf.get("horizons") or {}).get(h)
+        cval = _fmt(c["coverage"]) if c else "n/a"
+        band = _fmt(row["band"]["coverage"]) if cov["band"] else "n/a"
+        print(f"  {h!s:>7s}  {band:>5s}  {_fmt(row['curve']['coverage']):>5s}  {cval:>9s}  "
+              f"{_fmt(row['curve']['event_prob'])}", file=out)
+    for h, d in res["decision_curve"]["horizons"].items():
+        if d is None:
+            continue
+        best = [(p, nb) for p, nb, a in zip(d["thresholds"], d["net_benefit"], d["treat_all"])
+                if nb is not None and a is not None and nb > max(a, 0.0)]
+        span = f"{best[0][0]:.2f}-{best[-1][0]:.2f}" if best else "none"
+        print(f"decision curve {h} d: net benefit above treat-all and treat-none at thresholds {span}", file=out)
+    sub = res.get("subgroups")
+    if sub:
+        print(f"subgroups by {sub['column']} ({sub['kind']}):", file=out)
+        for g in sub["groups"]:
+            print(f"  {g['label']:>20s}  n={g['n']:<5d} events={g['events']:<5d} C {_fmt(g['c_index'])}"
+                  f"{_ci(g['c_index_ci'])}", file=out)

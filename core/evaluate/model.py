@@ -9,21 +9,35 @@ modules, when this function runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
 from core.errors import InputError
+from core.evaluate.conformal import apply_lower_bound, calibrate_lower_bound
+from core.evaluate.coverage import ALPHA, band_coverage, horizon_usable, lpb_coverage
+from core.evaluate.decision import decision_curve
 from core.evaluate.metrics import HORIZONS, harrell_c, survival_metrics
+from core.evaluate.subgroups import subgroup_table
 
 
 def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "test",
                    horizons: Sequence[float] = HORIZONS, n_boot: int = 200, seed: int = 0,
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", *, alpha: float = ALPHA, subgroup: str | None = None,
+                   band: bool = False) -> dict:
     """The BRIEF's evaluate JSON: ``c_index``, ``c_index_ci``, ``uno_c``, ``td_auc``, ``ibs``, ``n``, ``events``,
     plus ``calibration``, ``uno_c_ci``, ``ibs_ci``, ``split``, ``fusion`` and, when cohort.csv has
-    ``true_risk``, ``oracle_c_index`` (Harrell C of the true risk on the same subjects)."""
+    ``true_risk``, ``oracle_c_index`` (Harrell C of the true risk on the same subjects).
+
+    Also ``coverage`` (IPCW coverage of the 1 - alpha lower bound on T read off the model's band,
+    :func:`core.evaluate.coverage.band_coverage`; without ``band`` only the point curve's and
+    ``coverage["band"]`` is None; ``band`` costs one ``predict_case`` per subject),
+    ``conformal`` (the conformal bound calibrated on the val split and its coverage here,
+    :mod:`core.evaluate.conformal`; None without a val split), ``decision_curve``
+    (:func:`core.evaluate.decision.decision_curve`) and, with ``subgroup`` (a column of cohort.csv
+    or features.csv), ``subgroups`` (:func:`core.evaluate.subgroups.subgroup_table`)."""
     from core.cohort import load_cohort
 
     cohort = load_cohort(Path(cohort_dir))
@@ -32,6 +46,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         present = sorted(cohort.table["split"].unique())
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
                          f"use one of the splits present: {', '.join(present)}")
+    values = subgroup_values(cohort, ids, subgroup) if subgroup else None  # bad column: fail before the slow part
     from core.predict import predict_cohort
     from core.registry import load_model
 
@@ -45,8 +60,70 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
                            train["time"].to_numpy(), train["event"].to_numpy(), horizons=horizons,
                            n_boot=n_boot, seed=seed, full_ci=True)
     out["split"] = split
-    out["fusion"] = model.config.get("fusion")
+    out["fusion"] = model.fusion
     if "true_risk" in rows.columns and rows["true_risk"].notna().all():
         out["oracle_c_index"] = harrell_c(rows["time"].to_numpy(), rows["event"].to_numpy().astype(bool),
                                           rows["true_risk"].to_numpy(dtype=float))
+    time, event = rows["time"].to_numpy(), rows["event"].to_numpy()
+    tt, te = train["time"].to_numpy(), train["event"].to_numpy()
+    lower = band_lower_edges(model, cohort, ids, np.asarray(times)) if band else None
+    out["coverage"] = band_coverage(times, surv, lower, time, event, tt, te, horizons, alpha)
+    out["coverage"]["band"] = getattr(model, "uncertainty", "predict_case band") if band else None
+    out["conformal"] = conformal_report(model, cohort, split, np.asarray(times), np.asarray(surv), time, event,
+                                        tt, te, horizons, alpha)
+    out["decision_curve"] = decision_curve(times, surv, time, event, horizons)
+    if values is not None:
+        out["subgroups"] = subgroup_table(times, surv, time, event, tt, te, values, horizons, column=str(subgroup),
+                                          n_boot=n_boot, seed=seed)
     return out
+
+
+def band_lower_edges(model: Any, cohort: Any, ids: list[str], times: np.ndarray) -> np.ndarray:
+    """Lower edge of each subject's band from ``model.predict_case`` (ensemble range or MC dropout), [n, T]."""
+    rows = []
+    for sid in ids:
+        pred = model.predict_case(model.case_inputs(cohort, sid))
+        rows.append(np.interp(times, np.asarray(pred.times, dtype=float), np.asarray(pred.lower, dtype=float)))
+    return np.minimum.accumulate(np.clip(np.stack(rows), 0.0, 1.0), axis=1)
+
+
+def conformal_report(model: Any, cohort: Any, split: str, times: np.ndarray, surv: np.ndarray, time: np.ndarray,
+                     event: np.ndarray, train_time: np.ndarray, train_event: np.ndarray, horizons: Sequence[float],
+                     alpha: float) -> dict | None:
+    """Calibrate the conformal lower bound on the val split and measure its coverage on the evaluated subjects."""
+    from core.predict import predict_cohort
+
+    val_ids = cohort.ids("val")
+    if len(val_ids) < 2:
+        return None
+    val = cohort.table.set_index("subject_id").loc[val_ids]
+    vt, ve = val["time"].to_numpy(), val["event"].to_numpy()
+    hs = [h for h in horizons if horizon_usable(h, vt, float(times[-1]), train_time)
+          and horizon_usable(h, time, float(times[-1]), train_time)]
+    report: dict = {"calibrated_on": "val", "in_sample": split == "val", "calibration": None, "horizons": {}}
+    for h in horizons:
+        report["horizons"][int(h) if float(h).is_integer() else h] = None
+    if not hs:
+        return report
+    _, val_surv = predict_cohort(model, cohort, val_ids)
+    cal = calibrate_lower_bound(times, np.asarray(val_surv), vt, ve, hs, train_time, train_event, alpha)
+    report["calibration"] = cal.to_dict()
+    bounds = apply_lower_bound(times, surv, cal)
+    for k, h in enumerate(cal.horizons):
+        res = lpb_coverage(time, event, bounds[:, k], h, train_time, train_event)
+        res["median_bound"] = float(np.median(bounds[:, k]))
+        report["horizons"][int(h) if float(h).is_integer() else h] = res
+    return report
+
+
+def subgroup_values(cohort: Any, ids: list[str], column: str) -> list:
+    """The values of ``column`` (cohort.csv first, then features.csv) for ``ids``; InputError if absent."""
+    table = cohort.table.set_index("subject_id")
+    if column in table.columns and column not in ("time", "event"):
+        return table.loc[ids, column].tolist()
+    feats = cohort.features
+    if feats is not None and column in feats.columns:
+        return feats.reindex(ids)[column].tolist()
+    names = [c for c in table.columns if c not in ("time", "event")] + ([] if feats is None else list(feats.columns))
+    raise InputError("subgroup", column, "is not a column of cohort.csv or features.csv",
+                     f"use one of: {', '.join(names[:30])}")

@@ -1,0 +1,193 @@
+"""Decision curves (dcurves) and subgroup tables (core.evaluate.decision, core.evaluate.subgroups)."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import KaplanMeierFitter
+
+from core.errors import InputError
+from core.evaluate.decision import decision_curve
+from core.evaluate.metrics import harrell_c
+from core.evaluate.model import subgroup_values
+from core.evaluate.subgroups import subgroup_labels, subgroup_table
+
+TIMES = np.linspace(5.0, 1200.0, 120)
+
+
+def _cohort(n: int = 600, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(40, 90, n)
+    sex = rng.integers(0, 2, n)
+    rate = 0.0008 * np.exp(0.04 * (age - 65) + 0.5 * sex)
+    t_true = rng.exponential(1 / rate)
+    c = rng.uniform(0, 1500, n)
+    surv = np.exp(-np.outer(rate, TIMES))
+    return age, sex, surv, np.minimum(t_true, c), (t_true <= c).astype(int)
+
+
+def _km_risk(time: np.ndarray, event: np.ndarray, h: float) -> float:
+    return 1.0 - float(KaplanMeierFitter().fit(time, event).survival_function_at_times(h).iloc[0])
+
+
+def test_net_benefit_matches_the_kaplan_meier_formula():
+    _, _, surv, time, event = _cohort()
+    h, p = 365.0, 0.3
+    dc = decision_curve(TIMES, surv, time, event, [h], thresholds=[p])["horizons"][365]
+    risk = 1.0 - surv[:, np.searchsorted(TIMES, h, side="right") - 1]
+    pos = risk >= p
+    km_pos = _km_risk(time[pos], event[pos], h)
+    expected = km_pos * pos.mean() - (1 - km_pos) * pos.mean() * p / (1 - p)
+    prev = _km_risk(time, event, h)
+    assert dc["net_benefit"][0] == pytest.approx(expected, abs=1e-9)
+    assert dc["treat_all"][0] == pytest.approx(prev - (1 - prev) * p / (1 - p), abs=1e-9)
+    assert dc["treat_none"] == [0.0] and dc["event_prob"] == pytest.approx(prev)
+
+
+def test_informative_model_beats_a_useless_one_and_horizons_outside_follow_up_are_none():
+    _, _, surv, time, event = _cohort(seed=1)
+    flat = np.tile(surv.mean(axis=0), (surv.shape[0], 1))
+    th = [0.1, 0.2, 0.3, 0.4]
+    good = decision_curve(TIMES, surv, time, event, [365, 9000], thresholds=th)
+    useless = decision_curve(TIMES, flat, time, event, [365], thresholds=th)["horizons"][365]
+    nb_good = np.array(good["horizons"][365]["net_benefit"])
+    nb_flat = np.array([max(v, 0.0) for v in useless["net_benefit"]])
+    assert (nb_good >= nb_flat - 1e-9).all() and (nb_good > nb_flat + 0.005).any()
+    assert good["horizons"][9000] is None
+    with pytest.raises(InputError, match="thresholds"):
+        decision_curve(TIMES, surv, time, event, [365], thresholds=[1.2])
+
+
+def test_subgroup_labels_categories_quantile_bands_and_missing():
+    labels, kind = subgroup_labels(["F", "M", None, "F"])
+    assert kind == "categorical" and labels.tolist() == ["F", "M", "missing", "F"]
+    labels, kind = subgroup_labels(np.arange(100.0), bands=4)
+    assert kind == "quantile"
+    assert pd.Series(labels).value_counts().tolist() == [25, 25, 25, 25]
+    with pytest.raises(InputError, match="too many groups"):
+        subgroup_labels([f"site{i}" for i in range(30)])
+
+
+def test_subgroup_table_c_index_per_group_and_calibration():
+    age, _, surv, time, event = _cohort(n=800, seed=2)
+    tab = subgroup_table(TIMES, surv, time, event, time, event, age, [365], column="age", n_boot=30)
+    assert tab["kind"] == "quantile" and len(tab["groups"]) == 4
+    risk = -(surv * np.diff(np.concatenate([[0.0], TIMES]))).sum(axis=1)  # minus the RMST, the default score
+    labels, _ = subgroup_labels(age)
+    for g in tab["groups"]:
+        idx = labels == g["label"]
+        assert g["n"] == int(idx.sum())
+        assert g["c_index"] == pytest.approx(harrell_c(time[idx], event[idx].astype(bool), risk[idx]), abs=0.01)
+        lo, hi = g["c_index_ci"]
+        assert lo <= g["c_index"] <= hi
+        cal = g["calibration"][365]
+        # the curves are the true ones: predicted risk lies inside the KM interval of every group
+        assert cal["observed_ci"][0] - 0.02 <= cal["predicted"] <= cal["observed_ci"][1] + 0.02
+        assert cal["ici"] is not None
+    # groups ordered by age
+    assert tab["groups"][0]["label"].startswith("[")
+
+
+def test_subgroup_without_events_keeps_its_counts_with_a_note():
+    _, sex, surv, time, event = _cohort(n=300, seed=3)
+    event = np.where(sex == 1, 0, event)
+    tab = subgroup_table(TIMES, surv, time, event, time, event, sex, [365], column="sex", n_boot=20)
+    none_group = next(g for g in tab["groups"] if g["label"] == "1")
+    assert none_group["c_index"] is None and "0 events" in none_group["note"]
+    assert none_group["events"] == 0 and none_group["n"] == int((sex == 1).sum())
+
+
+def test_subgroup_values_reads_cohort_then_features_and_names_the_columns():
+    table = pd.DataFrame({"subject_id": ["a", "b"], "time": [1.0, 2.0], "event": [1, 0], "site": ["x", "y"]})
+    feats = pd.DataFrame({"age": [50.0, np.nan]}, index=pd.Index(["a", "b"], name="subject_id"))
+    cohort = SimpleNamespace(table=table, features=feats)
+    assert subgroup_values(cohort, ["b", "a"], "site") == ["y", "x"]
+    assert subgroup_values(cohort, ["a", "b"], "age")[0] == 50.0
+    with pytest.raises(InputError, match="site, age"):
+        subgroup_values(cohort, ["a"], "height")
+
+
+def test_evaluate_command_prints_the_new_sections():
+    from core.commands.evaluate import _print_extras
+
+    res = {
+        "coverage": {"alpha": 0.1, "band": "range of an ensemble of 5 seeds", "horizons": {
+            365: {"band": {"coverage": 0.95}, "curve": {"coverage": 0.91, "event_prob": 0.4}}, 30: None}},
+        "conformal": {"horizons": {365: {"coverage": 0.9}}},
+        "decision_curve": {"horizons": {365: {"thresholds": [0.1, 0.2], "net_benefit": [0.3, 0.2],
+                                              "treat_all": [0.33, 0.1], "treat_none": [0.0, 0.0]}}},
+        "subgroups": {"column": "sex", "kind": "categorical", "groups": [
+            {"label": "0", "n": 10, "events": 4, "c_index": 0.7, "c_index_ci": [0.6, 0.8]}]},
+    }
+    buf = io.StringIO()
+    _print_extras(res, buf)
+    text = buf.getvalue()
+    assert "365  0.950  0.910      0.900" in text
+    assert "thresholds 0.20-0.20" in text and "n=10" in text
+
+
+class _FakeModel:
+    """Stands in for a LoadedModel: true exponential curves, a band of +-50 % on the hazard."""
+
+    config: ClassVar[dict[str, str]] = {"fusion": "fake"}
+    fusion = "fake"
+    uncertainty = "hazard x 0.5 to x 1.5"
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self.rates = rates
+        self.times = np.concatenate([[0.0], TIMES])
+
+    def curve(self, sid: str, scale: float = 1.0) -> np.ndarray:
+        return np.exp(-self.rates[sid] * scale * self.times)
+
+    def case_inputs(self, cohort: object, sid: str) -> str:
+        return sid
+
+    def predict_case(self, sid: str) -> SimpleNamespace:
+        return SimpleNamespace(times=self.times, survival=self.curve(sid), lower=self.curve(sid, 1.5),
+                               upper=self.curve(sid, 0.5))
+
+
+def test_evaluate_model_reports_coverage_conformal_decision_and_subgroups(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import core.predict
+    import core.registry
+    from core.evaluate import evaluate_model
+
+    n = 600
+    rng = np.random.default_rng(4)
+    ids = [f"s{i:03d}" for i in range(n)]
+    age = rng.uniform(40, 90, n)
+    rate = 0.0008 * np.exp(0.04 * (age - 65))
+    t_true = rng.exponential(1 / rate)
+    c = rng.uniform(0, 2500, n)
+    pd.DataFrame({"subject_id": ids, "time": np.minimum(t_true, c).round(2), "event": (t_true <= c).astype(int),
+                  "split": ["train"] * 200 + ["val"] * 200 + ["test"] * 200,
+                  "site": rng.choice(["A", "B"], n)}).to_csv(tmp_path / "cohort.csv", index=False)
+    pd.DataFrame({"subject_id": ids, "age": age}).to_csv(tmp_path / "features.csv", index=False)
+    model = _FakeModel(dict(zip(ids, rate)))
+    monkeypatch.setattr(core.registry, "load_model", lambda path, device="cpu": model)
+    monkeypatch.setattr(core.predict, "predict_cohort",
+                        lambda m, cohort, sel: (m.times, np.stack([m.curve(s) for s in sel])))
+    res = evaluate_model(tmp_path / "model", tmp_path, horizons=(365,), n_boot=20, subgroup="site", band=True)
+    for key in ("c_index", "c_index_ci", "uno_c", "td_auc", "ibs", "n", "events", "calibration",
+                "coverage", "conformal", "decision_curve", "subgroups"):
+        assert key in res
+    cov = res["coverage"]["horizons"][365]
+    assert cov["curve"]["coverage"] == pytest.approx(0.9, abs=0.06)  # true curves: their 10 % quantile covers 90 %
+    assert cov["band"]["coverage"] > cov["curve"]["coverage"]  # the lower edge is more pessimistic
+    assert res["coverage"]["band"] == "hazard x 0.5 to x 1.5"
+    conf = res["conformal"]
+    assert conf["calibration"]["alpha"] == 0.1 and not conf["in_sample"]
+    assert conf["horizons"][365]["coverage"] == pytest.approx(0.9, abs=0.06)
+    assert [g["label"] for g in res["subgroups"]["groups"]] == ["A", "B"]
+    assert res["decision_curve"]["horizons"][365]["thresholds"][0] == 0.01
+    json.loads(json.dumps(res, allow_nan=False))  # the --json output stays valid JSON
+    with pytest.raises(InputError, match="subgroup: got height"):
+        evaluate_model(tmp_path / "model", tmp_path, subgroup="height")
