@@ -181,10 +181,14 @@ class StudyCleaner:
         return list(dict.fromkeys(self.pseudonyms.values()))
 
     # --- one dataset ---------------------------------------------------------------
-    def clean(self, ds: Dataset) -> Dataset:
-        """De-identify ``ds`` in place (file meta included) and return it."""
+    def clean(self, ds: Dataset, *, study_names: set[str] | frozenset[str] = frozenset()) -> Dataset:
+        """De-identify ``ds`` in place (file meta included) and return it.
+
+        ``study_names``: name parts of the people named anywhere in the study
+        (other instances may spell a name that this one only has in free text).
+        """
         pseudonym = self.pseudonym_for(ds)
-        names = name_pattern(person_names(ds))  # before cleaning: the names of the people in this instance
+        names = name_pattern(person_names(ds) | set(study_names))  # before cleaning: the names of the people in the study
         self._ensure_sop_uids(ds)
         self._clean_items(ds, pseudonym)
         if names is not None:

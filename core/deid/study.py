@@ -207,6 +207,11 @@ class Needles:
         return self.text.search(raw.decode("utf-8", errors="ignore")) is not None
 
 
+# Numbers and UIDs never hold a name; a short ID could match inside one by chance (a position, a
+# spacing) and removing it would break the image, so these VRs are left to the residual report.
+_KEEP_VRS = frozenset({"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "AT", "UV", "SV", "UI"})
+
+
 def _remove_containing(ds: Dataset, needles: Needles) -> int:
     """Remove every non-pixel element whose value contains an original identifying string or name; return how many."""
     removed = 0
@@ -217,6 +222,8 @@ def _remove_containing(ds: Dataset, needles: Needles) -> int:
         if elem.VR == "SQ":
             for item in elem.value:
                 removed += _remove_containing(item, needles)
+            continue
+        if elem.VR in _KEEP_VRS:
             continue
         value = elem.value
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -286,13 +293,38 @@ def _is_nifti(data: bytes, label: str) -> bool:
     return bool(nifti_header_kind(data[:540]))
 
 
+_UID_TEXT = re.compile(r"^[0-9.]+$")
+
+
+def _study_identity(sources: Iterator[tuple[int, bytes | str]]) -> tuple[set[str], set[str]]:
+    """(identifying values, person-name parts) over every instance of the study (UIDs left out).
+
+    A first pass over the study, so that a name or an ID spelled in one
+    instance is also removed from the free text of another instance that does
+    not carry it in its own attributes (one series with inconsistent headers).
+    """
+    values: set[str] = set()
+    names: set[str] = set()
+    for done, (_total, data) in enumerate(sources, start=1):
+        if isinstance(data, str) or not data or _is_nifti(data, f"input file {done}"):
+            continue
+        ds, _reason = _parse(data, f"input file {done}")
+        if ds is None:
+            continue
+        values.update(v for v in identifying_values(ds) if not _UID_TEXT.match(v))
+        names.update(person_names(ds))
+    return values, names
+
+
 def _run(
     sources: Iterator[tuple[int, bytes | str]],
     sink: Callable[[str, bytes], None],
     cleaner: StudyCleaner,
     progress: Progress | None,
+    study: tuple[set[str], set[str]] = (set(), set()),
 ) -> DeidReport:
     report = DeidReport(dates=cleaner.dates)
+    study_values, study_names = study
     skipped: Counter[str] = Counter()
     risks: Counter[str] = Counter()
     series: set[str] = set()
@@ -321,11 +353,11 @@ def _run(
         if ds is None:
             skipped[reason] += 1
             continue
-        needles = Needles(identifying_values(ds), person_names(ds))
+        needles = Needles(identifying_values(ds) | study_values, person_names(ds) | study_names)
         for finding in find_phi(ds):
             if finding.kind == "pixel_risk":
                 risks[finding.keyword] += 1
-        cleaner.clean(ds)
+        cleaner.clean(ds, study_names=study_names)
         name = f"IM{report.n_instances + 1:05d}.dcm"
         sink(name, _verified_bytes(ds, needles, report))
         report.n_instances += 1
@@ -394,7 +426,7 @@ def deidentify_study(
         written.append(d / name)
 
     try:
-        report = _run(_iter_path(s), write, cleaner, progress)
+        report = _run(_iter_path(s), write, cleaner, progress, _study_identity(_iter_path(s)))
     except InputError:
         for path in written:  # a refused study (e.g. a decompression bomb) leaves nothing behind
             path.unlink(missing_ok=True)
@@ -427,7 +459,7 @@ def deidentify_bytes(
         raise InputError("upload", Path(name).suffix or "(no suffix)", "is an empty file", "upload a DICOM file or a zip of a DICOM series")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        report = _run(_iter_bytes(data), archive.writestr, cleaner, progress)
+        report = _run(_iter_bytes(data), archive.writestr, cleaner, progress, _study_identity(_iter_bytes(data)))
     if report.n_instances == 0:
         raise _no_instances("upload", Path(name).suffix or "(no suffix)", report)
     return buf.getvalue(), report
