@@ -250,7 +250,8 @@ def _verified_bytes(ds: Dataset, needles: Needles, report: DeidReport) -> bytes:
                 report.residual.append("identifying text remains in a file header after cleaning")
     data = _serialize(ds)
     long_values = {v for v in needles.values if len(v) >= 6}
-    if long_values and any(v in data.lower() for v in long_values) and not any("pixel data" in r for r in report.residual):
+    low = data.lower() if long_values else b""
+    if long_values and any(v in low for v in long_values) and not any("pixel data" in r for r in report.residual):
         report.residual.append("an original identifying string occurs inside pixel data bytes (burned-in or by chance): review the images")
     return data
 
@@ -303,16 +304,25 @@ def _study_identity(sources: Iterator[tuple[int, bytes | str]]) -> tuple[set[str
     instance is also removed from the free text of another instance that does
     not carry it in its own attributes (one series with inconsistent headers).
     """
+    from core.io.dicom import gate_fingerprint, undeflate_dicom
+
     values: set[str] = set()
     names: set[str] = set()
+    seen: set[bytes] = set()
     for done, (_total, data) in enumerate(sources, start=1):
         if isinstance(data, str) or not data or _is_nifti(data, f"input file {done}"):
             continue
-        ds, _reason = _parse(data, f"input file {done}")
-        if ds is None:
-            continue
-        values.update(v for v in identifying_values(ds) if not _UID_TEXT.match(v))
-        names.update(person_names(ds))
+        data = undeflate_dicom(data, f"input file {done}")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            key = gate_fingerprint(ds)  # the slices of a series differ only in numbers and UIDs: read one
+            if key in seen:
+                continue
+            seen.add(key)
+            values.update(v for v in identifying_values(ds) if not _UID_TEXT.match(v))
+            names.update(person_names(ds))
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, NotImplementedError):
+            continue  # an unreadable file is skipped and reported by the main pass
     return values, names
 
 

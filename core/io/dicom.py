@@ -430,7 +430,7 @@ _GATE_VALUE_FREE_VRS = frozenset({"UI", "DA", "TM", "DT", "IS", "DS", "FD", "FL"
 _SOP_CLASS_TAG = 0x00080016
 
 
-def _gate_fingerprint(ds: Dataset) -> bytes:
+def gate_fingerprint(ds: Dataset) -> bytes:
     """A digest of everything in ``ds`` that the PHI gate's answer can depend on."""
     digest = hashlib.sha1()
     for tag, elem in ds.items():
@@ -471,7 +471,7 @@ def _gate(ds: Dataset, cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]
     meta = getattr(ds, "file_meta", None)
     private_value = meta.get("PrivateInformation", None) if meta is not None else None
     private_meta = isinstance(private_value, (bytes, bytearray)) and bool(bytes(private_value).strip(b"\x00 "))
-    key = (_gate_fingerprint(ds) + (b"P" if private_meta else b"")) if cache is not None else b""
+    key = (gate_fingerprint(ds) + (b"P" if private_meta else b"")) if cache is not None else b""
     if cache is not None and key in cache:
         return cache[key]
     try:
