@@ -304,14 +304,14 @@ def _study_identity(sources: Iterator[tuple[int, bytes | str]]) -> tuple[set[str
     instance is also removed from the free text of another instance that does
     not carry it in its own attributes (one series with inconsistent headers).
     """
-    from core.io.dicom import gate_fingerprint, undeflate_dicom
+    from core.io.dicom import gate_fingerprint, looks_like_dicom, undeflate_dicom
 
     values: set[str] = set()
     names: set[str] = set()
     seen: set[bytes] = set()
     for done, (_total, data) in enumerate(sources, start=1):
-        if isinstance(data, str) or not data or _is_nifti(data, f"input file {done}"):
-            continue
+        if isinstance(data, str) or not looks_like_dicom(data[:132]):
+            continue  # NIfTI, text, garbage: nothing to learn here (the main pass reports it)
         data = undeflate_dicom(data, f"input file {done}")
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
