@@ -40,9 +40,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from survset_cohorts import DEFAULT_DATASETS, write_survset_cohort  # noqa: E402
+
 from core.cohort import Cohort, load_cohort  # noqa: E402
 from core.evaluate import survival_metrics  # noqa: E402
-from survset_cohorts import DEFAULT_DATASETS, write_survset_cohort  # noqa: E402
 
 COX_PENALIZERS = (0.01, 0.1, 1.0)
 COX_FIT_OPTIONS = {"step_size": 0.2, "max_steps": 500}

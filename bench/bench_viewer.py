@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from core import appdata  # noqa: E402
 from core import figures as F  # noqa: E402
+from core.app import viewer  # noqa: E402
 
 BUDGET_MS = 300.0
 
@@ -45,8 +45,8 @@ def slice_change(hu: np.ndarray, overlay: np.ndarray, spacing: tuple[float, floa
     s, r, c = hu.shape
     size = 0
     for plane, idx in (("axial", z), ("coronal", r // 2), ("sagittal", c // 2)):
-        fig = F.slice_overlay(appdata.plane_slice(hu, plane, idx), appdata.plane_slice(overlay, plane, idx),
-                              window=window, opacity=0.6, spacing_mm=appdata.plane_spacing(spacing, plane),
+        fig = F.slice_overlay(viewer.plane_slice(hu, plane, idx), viewer.plane_slice(overlay, plane, idx),
+                              window=window, opacity=0.6, spacing_mm=viewer.plane_spacing(spacing, plane),
                               normalize=False, title=f"{plane} {idx}")
         size += len(pio.to_json(fig, validate=False))
     return size
@@ -62,9 +62,9 @@ def reference_matplotlib(hu: np.ndarray, overlay: np.ndarray, spacing: tuple[flo
     s, r, c = hu.shape
     fig, axes = plt.subplots(1, 3, figsize=(9, 3), dpi=100)
     for ax, (plane, idx) in zip(axes, (("axial", z), ("coronal", r // 2), ("sagittal", c // 2))):
-        dy, dx = appdata.plane_spacing(spacing, plane)
-        ax.imshow(appdata.plane_slice(hu, plane, idx), cmap="gray", vmin=window[0], vmax=window[1], aspect=dy / dx)
-        ax.imshow(appdata.plane_slice(overlay, plane, idx), cmap="hot", alpha=0.5, aspect=dy / dx)
+        dy, dx = viewer.plane_spacing(spacing, plane)
+        ax.imshow(viewer.plane_slice(hu, plane, idx), cmap="gray", vmin=window[0], vmax=window[1], aspect=dy / dx)
+        ax.imshow(viewer.plane_slice(overlay, plane, idx), cmap="hot", alpha=0.5, aspect=dy / dx)
         ax.axis("off")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -1,4 +1,4 @@
-"""``python -m core COMMAND ...``: the command-line contract of the BRIEF.
+"""``python -m core COMMAND ...``: the command line (every command: one-line errors, ``--json`` for one object).
 
 Only the module of the command that runs is imported, so ``inspect`` never
 pulls in torch. Bad input ends in a one-line ``error: ...`` on stderr and a

@@ -1,6 +1,6 @@
 """A cohort folder: outcomes, splits and every modality, validated in one place.
 
-Layout (see the BRIEF, "Data contracts")::
+Layout of a cohort folder::
 
     cohort.csv            subject_id, time (days from index), event (0/1),
                           [split train/val/test], [study], [index_time], [true_risk], ...
@@ -226,7 +226,11 @@ class Cohort:
         row = self.row(subject_id)
         if "study" not in row.index or pd.isna(row["study"]) or str(row["study"]).strip() == "":
             return None
-        path = (self.root / str(row["study"])).resolve()
+        root = self.root.resolve()
+        path = (root / str(row["study"])).resolve()
+        if path != root and root not in path.parents:
+            raise InputError(f"study (subject {row['subject_id']})", str(row["study"]), "points outside the cohort folder",
+                             "give study paths relative to the cohort folder, without '..'")
         return path
 
     def load_volume(self, subject_id: str) -> Volume | None:
@@ -280,6 +284,54 @@ class Cohort:
                 st = p.stat()
                 h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
+
+
+UPLOAD_SUBJECT = "uploaded-case"
+
+
+@dataclass
+class InMemoryCohort(Cohort):
+    """A cohort whose studies are already loaded (an uploaded case): ``volumes`` by subject id, nothing on disk."""
+
+    volumes: dict[str, Volume] = field(default_factory=dict)
+
+    def study_path(self, subject_id: str) -> Path | None:
+        self.row(subject_id)
+        return None
+
+    def load_volume(self, subject_id: str) -> Volume | None:
+        self.row(subject_id)
+        return self.volumes.get(str(subject_id))
+
+
+def uploaded_case_cohort(root: Path, *, volume: Volume | None, events: pd.DataFrame | None,
+                index_time: pd.Timestamp | None = None, subject_id: str = UPLOAD_SUBJECT) -> InMemoryCohort:
+    """A one-subject cohort for an uploaded case, held in memory.
+
+    The volume is the one the user sees in the viewer (after de-identification
+    and the series choice), so the model explains exactly that image. ``events``
+    are the subject's MEDS rows (columns of ``read_timeline``); the index time
+    defaults to the last event, so no event is dropped. Follow-up time and event
+    are unknown for an uploaded case: they are written as 1 day / censored so
+    that the table has the usual columns, and are never shown. The case has no
+    curated features: models with tabular features see them as missing.
+    """
+    if volume is None and (events is None or events.empty):
+        raise InputError("upload", "nothing", "a case needs a study or a timeline", "upload a CT study or a timeline")
+    row: dict[str, object] = {"subject_id": subject_id, "time": 1.0, "event": 0, "split": "test"}
+    timeline = None
+    if volume is not None:
+        row["study"] = "uploaded study (in memory)"
+    if events is not None and not events.empty:
+        timeline = events.loc[:, ["subject_id", "time", "code", "numeric_value"]].copy()
+        timeline["subject_id"] = subject_id
+        timeline = timeline.reset_index(drop=True)
+        index_time = index_time if index_time is not None else pd.Timestamp(timeline["time"].max())
+    row["index_time"] = pd.Timestamp(index_time) if index_time is not None else pd.NaT
+    table = pd.DataFrame([row])
+    table["index_time"] = pd.to_datetime(table["index_time"])
+    return InMemoryCohort(root=root, table=table, timeline=timeline,
+                          volumes={subject_id: volume} if volume is not None else {})
 
 
 def load_cohort(root: Path | str, *, seed: int = 0) -> Cohort:

@@ -1,11 +1,15 @@
 """Captum attributions of a survival model's risk at a horizon, on the CT voxel grid and on timeline events.
 
 The explained quantity (the *target*) is the predicted risk at a horizon t*,
-``1 - S(t*)``, with S linearly interpolated on the model's time grid
-(``LoadedModel.times``); past the grid's end S keeps its last value, as in
-``core.predict``. Image maps are aligned voxel for voxel with
-``inputs.image[0]`` (the loaded ``Volume.hu``): the encoders window and resize
-inside their forward, so gradients land on the original voxels.
+``1 - S(t*)``, with S read on the model's time grid (``LoadedModel.times``) as
+the step function ``core.horizons`` defines, exactly the risk ``core.predict``
+reports. Image maps are aligned voxel for voxel with ``inputs.image[0]`` (the
+loaded ``Volume.hu``): the model's transforms (``core.preprocess.transforms``)
+window and resize with differentiable operations before the encoder, so
+gradients land on the original voxels. Constant masks of those transforms (the
+optional lung mask) are computed once from the case's own CT and held fixed, so
+methods that perturb the CT (integrated gradients, occlusion, SmoothGrad)
+measure the network on that case's mask.
 
 Methods (all Captum): ``saliency`` (|gradient|), ``integrated_gradients``
 (air -1000 HU or Gaussian-blurred baseline), ``gradcam`` (LayerGradCam on the
@@ -16,9 +20,9 @@ Per-slice lazy mode (``slice_index`` given, 2D per-slice encoder): the tokens
 of every other slice are computed once without gradient and only the chosen
 slice is the attributed input; the wrapper forward encodes that slice and
 inserts its token among the fixed ones, so the cost is about one slice and the
-map is zero on every other slice. A 2D encoder encodes each slice
-independently (its lung mask is per slice too), so this is the same function
-of that slice as the whole-volume forward.
+map is zero on every other slice. A 2D encoder's transforms and network treat
+each slice independently, so this is the same function of that slice as the
+whole-volume forward.
 
 Timeline attributions (``event_attributions``): LayerIntegratedGradients on
 the three parts of each event token (code, value and time embeddings) from a
@@ -29,29 +33,35 @@ weight of each event.
 from __future__ import annotations
 
 import warnings
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.horizons import DEFAULT_HORIZON, grid_index
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
 
-    from core.models.types import CaseInputs, ModelOutput
+    from core.models.types import CaseInputs
     from core.registry import LoadedModel
 
 METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
 BASELINES: tuple[str, ...] = ("air", "blur")
 AIR_HU = -1000.0
-DEFAULT_HORIZON_DAYS = 365.0
 SMOOTHGRAD_SAMPLES = 10
 SMOOTHGRAD_STDEV_HU = 50.0
-BLUR_SIGMA_MM = 12.0
+BLUR_SIGMA_VOXELS = (1.0, 4.0, 4.0)  # blurred IG baseline: (across slices, rows, cols); in-plane only for one slice
 TOP_K = 5
+
+
+def check_method(method: str, field: str = "method") -> str:
+    """``method`` when it is an attribution method, else a one-line ``InputError`` naming ``field``."""
+    if method not in METHODS:
+        raise InputError(field, method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    return method
 
 
 @dataclass
@@ -81,9 +91,9 @@ class Attribution:
 def default_horizon(model: LoadedModel) -> float:
     """365 days, or the median of the model's time grid (training event-time quantiles) when 365 is past the grid."""
     times = np.asarray(model.times, dtype=float)
-    if times.size and DEFAULT_HORIZON_DAYS <= times[-1]:
-        return DEFAULT_HORIZON_DAYS
-    return float(np.median(times[1:])) if times.size > 1 else DEFAULT_HORIZON_DAYS
+    if times.size and DEFAULT_HORIZON <= times[-1]:
+        return float(DEFAULT_HORIZON)
+    return float(np.median(times[1:])) if times.size > 1 else float(DEFAULT_HORIZON)
 
 
 def _check_horizon(model: LoadedModel, horizon_days: float | None) -> float:
@@ -103,28 +113,9 @@ def target_text(model: LoadedModel, horizon_days: float) -> str:
     return text
 
 
-def horizon_weights(times: np.ndarray, horizon_days: float) -> tuple[int, int, float]:
-    """``(i, j, w)`` with S(t*) = (1 - w) S[i] + w S[j] (linear on the grid, constant past its end).
-
-    >>> horizon_weights(np.array([0.0, 100.0, 400.0]), 250.0)
-    (1, 2, 0.5)
-    >>> horizon_weights(np.array([0.0, 100.0, 400.0]), 900.0)
-    (2, 2, 0.0)
-    """
-    t = np.asarray(times, dtype=float)
-    if horizon_days >= t[-1]:
-        return len(t) - 1, len(t) - 1, 0.0
-    j = int(np.searchsorted(t, horizon_days, side="right"))
-    i = max(j - 1, 0)
-    j = min(j, len(t) - 1)
-    w = 0.0 if j == i else float((horizon_days - t[i]) / (t[j] - t[i]))
-    return i, j, w
-
-
 def risk_at(survival: torch.Tensor, times: np.ndarray, horizon_days: float) -> torch.Tensor:
-    """``[B]`` risk 1 - S(t*) from ``[B, T]`` survival (differentiable)."""
-    i, j, w = horizon_weights(times, horizon_days)
-    return 1.0 - ((1.0 - w) * survival[:, i] + w * survival[:, j])
+    """``[B]`` risk 1 - S(t*) from ``[B, T]`` survival (differentiable), S read as ``core.horizons`` reads it."""
+    return 1.0 - survival[:, max(grid_index(times, horizon_days), 0)]
 
 
 # ----------------------------------------------------------------------------- batches
@@ -147,7 +138,8 @@ def _uses_image(model: LoadedModel, inputs: CaseInputs) -> bool:
 
 
 def _is_per_slice(model: LoadedModel) -> bool:
-    return str(model.config.get("image", {}).get("kind", "")) == "2d"
+    chain = model.transforms
+    return chain is not None and chain.per_slice
 
 
 # ----------------------------------------------------------------------------- image attributions
@@ -163,8 +155,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     """
     import torch
 
-    if method not in METHODS:
-        raise InputError("method", method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    check_method(method)
     if baseline not in BASELINES:
         raise InputError("baseline", baseline, "is not a baseline", f"use one of {', '.join(BASELINES)}")
     if int(n_steps) < 2:
@@ -180,39 +171,36 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     per_slice = slice_index is not None and _is_per_slice(model)
     if slice_index is not None and not 0 <= int(slice_index) < s:
         raise InputError("slice_index", slice_index, f"is outside 0..{s - 1}", "pick a slice inside the volume")
+    from core.models.net import with_image_tokens
+
     net = model.net
     net.eval()
     times = np.asarray(model.times, dtype=float)
-    base_batch = model.net_batch(inputs)
-    base_batch.pop("image", None)
+    base_batch = model.encoded_batch(replace(inputs, image=None))
+    masks = model.image_masks(image)  # the case's own constant masks, held fixed under perturbation
 
     if per_slice:
         k = int(slice_index)  # type: ignore[arg-type]
         with torch.no_grad():
-            fixed = net.encode_image(image).detach()  # [1, S, D]
+            fixed = model.encode_image(image, masks).detach()  # [1, S, D]
         x = image[:, k:k + 1].clone()  # [1, 1, R, C]
+        slice_masks = None if masks is None else masks[:, k:k + 1]
 
         def forward(xs: torch.Tensor) -> torch.Tensor:
             b = xs.shape[0]
-            tok = net.encode_image(xs)  # [b, 1, D]
+            tok = model.encode_image(xs, slice_masks)  # [b, 1, D]
             f = fixed.expand(b, *fixed.shape[1:])
             tokens = torch.cat([f[:, :k], tok, f[:, k + 1:]], dim=1)
-            batch = _expand(base_batch, b)
-            batch["image_tokens"] = tokens
-            batch["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
-            batch["n_slices"] = torch.tensor(s)
-            return risk_at(net(batch)["survival"], times, horizon)
+            return risk_at(net(with_image_tokens(_expand(base_batch, b), tokens, s))["survival"], times, horizon)
     else:
         x = image.clone()
 
         def forward(xs: torch.Tensor) -> torch.Tensor:
-            batch = _expand(base_batch, xs.shape[0])
-            batch["image"] = xs
+            batch = with_image_tokens(_expand(base_batch, xs.shape[0]), model.encode_image(xs, masks), s)
             return risk_at(net(batch)["survival"], times, horizon)
 
-    with _lung_mask_pinned(net, image, int(slice_index) if per_slice else None, method):
-        attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
-                           internal_batch_size=int(internal_batch_size), spacing=None)
+    attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
+                       internal_batch_size=int(internal_batch_size))
     full = np.zeros((s, r, c), dtype=np.float32)
     if per_slice:
         full[int(slice_index)] = attr[0]  # type: ignore[arg-type]
@@ -231,24 +219,6 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
                        top_slices=top_slices, top_events=top_events, slice_index=int(slice_index) if per_slice else None)
 
 
-PERTURBING_METHODS: tuple[str, ...] = ("integrated_gradients", "occlusion", "smoothgrad")
-
-
-def _lung_mask_pinned(net: Any, image: torch.Tensor, slice_index: int | None, method: str) -> AbstractContextManager[None]:
-    """The lung mask of ``image`` held fixed while ``method`` perturbs it (2D lung-masked encoders only).
-
-    Saliency and Grad-CAM run the network once on the CT itself, so there is nothing to pin.
-    """
-    from core.models.image2d import SliceEncoder2D
-
-    enc = getattr(net, "image_encoder", None)
-    if method not in PERTURBING_METHODS or not isinstance(enc, SliceEncoder2D) or not enc.lung_mask:
-        return nullcontext()
-    # the mask is computed slice by slice, so one slice's mask is that slice of the volume's
-    lungs = enc.mask(image if slice_index is None else image[:, slice_index:slice_index + 1])[0]
-    return enc.pinned_mask(lungs)
-
-
 def _baseline_tensor(x: torch.Tensor, baseline: str) -> torch.Tensor:
     import torch
 
@@ -258,7 +228,7 @@ def _baseline_tensor(x: torch.Tensor, baseline: str) -> torch.Tensor:
 
     arr = x.detach().cpu().numpy()
     # x is [1, S, R, C] or [1, 1, R, C]: blur in-plane strongly, across slices lightly
-    sigma = (0.0, 1.0 if arr.shape[1] > 1 else 0.0, 4.0, 4.0)
+    sigma = (0.0, BLUR_SIGMA_VOXELS[0] if arr.shape[1] > 1 else 0.0, BLUR_SIGMA_VOXELS[1], BLUR_SIGMA_VOXELS[2])
     return torch.from_numpy(ndimage.gaussian_filter(arr, sigma=sigma).astype(np.float32)).to(x.device)
 
 
@@ -281,11 +251,17 @@ def occlusion_window(shape: tuple[int, ...]) -> tuple[tuple[int, int, int], tupl
 
 
 def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, model: LoadedModel, *, baseline: str,
-                n_steps: int, internal_batch_size: int, spacing: Any) -> np.ndarray:
+                n_steps: int, internal_batch_size: int) -> np.ndarray:
     """Captum attribution of ``forward`` at ``x`` ``[1, S', R, C]``; returns ``[S', R, C]`` float32."""
     import torch
     import torch.nn.functional as F
-    from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
+    from captum.attr import (
+        IntegratedGradients,
+        LayerGradCam,
+        NoiseTunnel,
+        Occlusion,
+        Saliency,
+    )
 
     x = x.detach().requires_grad_(True)
     if method == "saliency":
@@ -350,14 +326,8 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
     horizon = _check_horizon(model, horizon_days)
     times = np.asarray(model.times, dtype=float)
     net.eval()
-    base = model.net_batch(inputs)
-    image = base.pop("image", None)
     with torch.no_grad():
-        if image is not None and net.image_encoder is not None:
-            tokens = net.encode_image(image).detach()
-            base["image_tokens"] = tokens
-            base["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
-            base["n_slices"] = torch.tensor(image.shape[1])
+        base = model.encoded_batch(inputs)  # the CT encoded once; only the events vary below
         out = net(base)
     weights = out["event_weights"]
     attention = (weights[0].float().cpu().numpy() if weights is not None else np.full(n, np.nan))[:n]
@@ -396,34 +366,3 @@ def top_event_rows(table: pd.DataFrame, k: int = TOP_K) -> list[tuple[int, str, 
     order = np.argsort(-np.abs(table["score"].to_numpy(dtype=float)), kind="stable")[:k]
     return [(int(i), str(table["code"].iloc[i]), _event_time_text(table["days_before_index"].iloc[i]), float(table["score"].iloc[i]))
             for i in order]
-
-
-# ----------------------------------------------------------------------------- attention maps
-
-
-def attention_summary(output: ModelOutput, n_events: int) -> list[dict[str, Any]]:
-    """Per attention map and head: weight given to each slice and to each event (from ``ModelOutput.attention``).
-
-    ``"ehr<-img"`` ``[B, heads, E_tok, S]``: EHR tokens query slices; per slice the mean over the
-    event queries, per event the total it spent (its row sum, 1) is uninformative, so events get the
-    mean attention they receive in ``"img<-ehr"`` ``[B, heads, S, E_tok]`` (mean over slice queries).
-    Returns ``[{name, head, slices: [S] or None, events: [E] or None}]``.
-    """
-    result: list[dict[str, Any]] = []
-    for name, tensor in (output.attention or {}).items():
-        a = tensor.detach().float().cpu().numpy()
-        if a.ndim == 3:
-            a = a[:, None]
-        if a.ndim != 4:
-            continue
-        for h in range(a.shape[1]):
-            m = a[0, h]
-            slices = events = None
-            if name.startswith("ehr<-img"):
-                q = m[:n_events] if n_events else m
-                slices = q.mean(axis=0)
-            elif name.startswith("img<-ehr"):
-                events = m[:, :n_events].mean(axis=0) if n_events else None
-                slices = None
-            result.append({"name": name, "head": h, "slices": slices, "events": events})
-    return result

@@ -1,4 +1,4 @@
-"""Individual predictions: one subject (the BRIEF's predict JSON) or a batch for evaluation.
+"""Individual predictions: one subject (the ``predict --json`` object) or a batch for evaluation.
 
 ``predict_subject`` returns ``times`` (days, increasing, starting at 0),
 ``survival`` (non-increasing, in [0, 1]), ``lower``/``upper`` (the band:
@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from core.cohort import Cohort, load_cohort
-from core.registry import HORIZONS, LoadedModel, load_model
+from core.horizons import HORIZONS, beyond_grid
+from core.registry import LoadedModel, load_model
 
 
 def _clean(a: np.ndarray) -> list[float]:
@@ -29,7 +30,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     top_slices = [] if p.slice_weights is None else [int(i) for i in np.argsort(-p.slice_weights)[:5]]
     warnings: list[str] = []
     if "image" in p.modalities_used and inputs.image is not None:
-        from core.models.image2d import lung_coverage_warning
+        from core.preprocess.lung import lung_coverage_warning
 
         volume = cohort.load_volume(subject_id)
         note = None if volume is None else lung_coverage_warning(volume.hu, volume.spacing_mm)
@@ -37,13 +38,13 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     return {
         "subject_id": str(subject_id),
         "fusion": model.fusion,
-        "head": model.config["head"],
+        "head": model.config.head,
         "times": _clean(p.times),
         "survival": _clean(p.survival),
         "lower": _clean(p.lower),
         "upper": _clean(p.upper),
         "risk_at": {str(h): round(v, 6) for h, v in p.risk_at.items()},
-        "beyond_grid": [int(h) for h in horizons if h > p.times[-1]],
+        "beyond_grid": beyond_grid(p.times, horizons),
         "risk": round(p.risk, 6),
         "modalities_used": p.modalities_used,
         "uncertainty": "ensemble" if model.ensemble_size > 1 else "mc_dropout",
@@ -56,7 +57,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
 
 def predict_subject(model_dir: Path | str, cohort_dir: Path | str, subject_id: str,
                     horizons: Sequence[int] = HORIZONS, device: str = "cpu") -> dict:
-    """The BRIEF's predict JSON for one subject of a cohort folder."""
+    """The ``predict --json`` object for one subject of a cohort folder."""
     model = load_model(Path(model_dir), device=device)
     cohort = load_cohort(Path(cohort_dir))
     return prediction_json(model, cohort, str(subject_id), horizons)

@@ -15,7 +15,7 @@ is a pickle (``torch.save``) is refused with a one-line ``InputError``.
 ``forward`` (differentiable w.r.t. ``inputs.image``) and ``predict_case``
 (survival curve with an uncertainty band, widened where needed so that
 ``lower <= survival <= upper``). A model trained as an ensemble of seeds
-(``config["ensemble"] = K > 1``, the default of ``train``) shows the mean of the
+(``config.ensemble = K > 1``, the default of ``train``) shows the mean of the
 members' curves and, as the band, their range (lowest to highest member). A
 single network (``--ensemble 1``, and models saved before ensembles existed) uses
 MC dropout: 30 stochastic passes with dropout on, the 5th-95th percentile per
@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,12 +35,16 @@ import torch
 
 from core.cohort import Cohort
 from core.errors import InputError
-from core.models.types import CaseInputs, CasePrediction, ModelOutput
+from core.horizons import HORIZONS, risk_at
+from core.models.config import ModelConfig
+from core.models.types import CaseInputs, CasePrediction, ModelOutput, NetBatch
+
+if TYPE_CHECKING:
+    from core.preprocess.transforms import ImageTransforms
 
 WEIGHTS = "model.safetensors"
 ENCODER_WEIGHTS = "encoder.safetensors"
 MC_SAMPLES = 30
-HORIZONS = (30, 365, 1825)
 
 
 def _json_default(o: Any) -> Any:
@@ -132,33 +136,39 @@ def lung_close_note(fraction: float, medial: bool = False) -> str:
             f"slice width, and on its lateral side the soft tissue this adds below 120 HU joins the mask. {side}")
 
 
-def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> str:
+def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str:
     t = cohort.table
+    chain = cfg.image.transforms()
     test = metrics.get("test", {})
     lines = [
-        f"# Model card: {cfg['fusion']} fusion, {cfg['head']} head",
+        f"# Model card: {cfg.fusion} fusion, {cfg.head} head",
         "",
         "**Intended use: research and education only. Not a medical device; not for clinical decisions.**",
         "",
         "## Data",
         f"- Cohort folder: `{cohort.root.name}`; subjects {len(t)} (train {int((t['split'] == 'train').sum())}, "
         f"val {int((t['split'] == 'val').sum())}, test {int((t['split'] == 'test').sum())}); events {int(t['event'].sum())}.",
-        f"- Image input: {cfg['image']['kind']}; EHR inputs: {', '.join(metrics.get('modalities', {}).get('ehr', [])) or 'none'}.",
+        f"- Image input: {cfg.image.kind}; EHR inputs: {', '.join(metrics.get('modalities', {}).get('ehr', [])) or 'none'}.",
         "- EHR preprocessing (vocabulary, value statistics, feature scaling) fitted on the train split only; "
         "timeline events after the index time are never used.",
+    ]
+    if chain is not None:
+        steps = "; ".join(", ".join(f"{k} {v}" for k, v in step.items()) for step in chain.describe())
+        lines.append(f"- Image preprocessing (in order, the same in training, prediction and explanation): {steps}.")
+    lines += [
         "",
         "## Model",
-        f"- Fusion strategy: `{cfg['fusion']}`; survival head: `{cfg['head']}`; token dimension {cfg['dim']}.",
-        f"- Time grid: {len(cfg['edges'])} points from 0 to {cfg['edges'][-1]:.0f} days (training event-time quantiles).",
+        f"- Fusion strategy: `{cfg.fusion}`; survival head: `{cfg.head}`; token dimension {cfg.dim}.",
+        f"- Time grid: {len(cfg.edges)} points from 0 to {cfg.edges[-1]:.0f} days (training event-time quantiles).",
         "- Image encoder: trained once on the train split with an image-only survival objective, then frozen"
         + (f" (initialised from `{metrics['image_encoder'].get('init')}`)." if metrics.get("image_encoder", {}).get("init") else "."),
     ]
-    if cfg.get("image", {}).get("lung_mask"):
-        close = float(cfg["image"].get("lung_close", 0.0))
+    if cfg.image.lung_mask:
+        close = cfg.image.lung_close
         lines.append(LUNG_MASK_NOTE + ("" if close else OLD_MASK_GAP))
         if close:
-            lines.append(lung_close_note(close, bool(cfg["image"].get("lung_medial", False))))
-    if cfg.get("ehr_linear"):
+            lines.append(lung_close_note(close, cfg.image.lung_medial))
+    if cfg.ehr_linear:
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "
                      "likelihood, jointly with the network's own risk), then calibrated with it on validation.")
@@ -185,20 +195,27 @@ def model_card(cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> 
     return "\n".join(lines)
 
 
-def save_model(out: Path, net: torch.nn.Module, cfg: dict[str, Any], metrics: dict[str, Any], cohort: Cohort) -> None:
+def save_model(out: Path, net: torch.nn.Module, cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    save_file(state, str(out / WEIGHTS), metadata={"format": cfg.get("format", "")})
-    write_json(out / "config.json", cfg)
+    save_file(state, str(out / WEIGHTS), metadata={"format": cfg.format})
+    write_json(out / "config.json", cfg.to_dict())
     write_json(out / "metrics.json", metrics)
     (out / "MODEL_CARD.md").write_text(model_card(cfg, metrics, cohort))
 
 
 @dataclass
 class LoadedModel:
-    config: dict[str, Any]
+    """A model folder in memory: typed config, network (eval mode), metrics, card, device.
+
+    Every way into the network goes through :meth:`encoded_batch`: the case's CT
+    is prepared by the model's transforms and encoded once, then the fusion and
+    head run on the tokens (ensemble members, MC dropout and attributions reuse them).
+    """
+
+    config: ModelConfig
     net: torch.nn.Module
     metrics: dict[str, Any]
     model_dir: Path
@@ -207,15 +224,15 @@ class LoadedModel:
 
     @property
     def times(self) -> np.ndarray:
-        return np.asarray(self.config["edges"], dtype=float)
+        return np.asarray(self.config.edges, dtype=float)
 
     @property
     def fusion(self) -> str:
-        return str(self.config["fusion"])
+        return self.config.fusion
 
     @property
     def ensemble_size(self) -> int:
-        return int(self.config.get("ensemble", 1) or 1)
+        return self.config.ensemble
 
     @property
     def uncertainty(self) -> str:
@@ -223,26 +240,31 @@ class LoadedModel:
         k = self.ensemble_size
         return f"range of an ensemble of {k} seeds" if k > 1 else "MC dropout, 5th-95th percentile"
 
+    @property
+    def transforms(self) -> ImageTransforms | None:
+        """The image preprocessing chain of this model (None without a voxel encoder)."""
+        return self.config.image.transforms()
+
     def case_inputs(self, cohort: Cohort, subject_id: str) -> CaseInputs:
         """Inputs for one subject of ``cohort`` (image on its Volume grid, pre-index events only)."""
+        from core.inputs import ehr_arrays, image_embedding_arrays
         from core.models.ehr_sequence import EventVocabulary
-        from core.train import ehr_arrays, image_embedding_arrays
 
         sid = str(subject_id)
         cohort.row(sid)  # unknown subject -> InputError
-        ecfg = self.config["ehr"]
+        ecfg = self.config.ehr
         ehr = {k: torch.as_tensor(v).to(self.device) for k, v in ehr_arrays(cohort, [sid], ecfg).items()}
         events = pd.DataFrame(columns=["subject_id", "time", "code", "numeric_value"])
-        if ecfg.get("sequence"):
-            vocab = EventVocabulary.from_json(ecfg["sequence"])
+        if ecfg.sequence:
+            vocab = EventVocabulary.from_json(ecfg.sequence)
             events = vocab.encode(cohort.events(sid), cohort.index_time(sid))[1]
             n = len(events)
             ehr = {k: (v[:, :n] if k in ("codes", "values", "value_missing", "dt_days", "event_mask") else v) for k, v in ehr.items()}
-        kind = self.config["image"]["kind"]
+        kind = self.config.image.kind
         image = None
         image_emb = None
         present = 0.0
-        if kind in ("2d", "3d"):
+        if self.config.image.voxels:
             vol = cohort.load_volume(sid)
             if vol is not None:
                 image = torch.from_numpy(np.ascontiguousarray(vol.hu, dtype=np.float32))[None].to(self.device)
@@ -251,19 +273,35 @@ class LoadedModel:
             arr = image_embedding_arrays(cohort, [sid])
             image_emb = torch.as_tensor(arr["image_embedding"]).to(self.device)
             present = float(arr["image_present"][0])
-        cols = list(ecfg["tabular"]["columns"]) if ecfg.get("tabular") else []
         return CaseInputs(image=image, image_mask=torch.tensor([present], device=self.device), ehr=ehr, events=events,
-                          image_embedding=image_emb, subject_id=sid, feature_names=cols)
+                          image_embedding=image_emb, subject_id=sid, feature_names=ecfg.feature_names)
 
-    def net_batch(self, inputs: CaseInputs) -> dict[str, torch.Tensor]:
-        """The network's batch dictionary of a case (``core.models.net.SurvivalNet.forward``)."""
-        batch: dict[str, torch.Tensor] = {"image_present": inputs.image_mask.float().to(self.device)}
-        if inputs.image is not None:
-            batch["image"] = inputs.image
+    def image_masks(self, hu: torch.Tensor) -> torch.Tensor | None:
+        """The constant masks of a CT under this model's transforms (None when the chain has none)."""
+        chain = self.transforms
+        return None if chain is None else chain.masks(hu)
+
+    def encode_image(self, hu: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder tokens of HU ``[B, S', R, C]`` (differentiable): the model's transforms, then its encoder."""
+        chain = self.transforms
+        assert chain is not None and self.net.image_encoder is not None  # type: ignore[attr-defined]
+        return self.net.encode_image(chain(hu, masks))  # type: ignore[operator]
+
+    def encoded_batch(self, inputs: CaseInputs, tokens: torch.Tensor | None = None) -> NetBatch:
+        """The network batch of a case with its CT already encoded (``tokens``, or encoded here from
+        ``inputs.image``; differentiable). Without a CT (or for a model that does not use it) no image key."""
+        from core.models.net import with_image_tokens
+
+        batch: NetBatch = {"image_present": inputs.image_mask.float().to(self.device)}
         if inputs.image_embedding is not None:
             batch["image_embedding"] = inputs.image_embedding
-        batch.update(inputs.ehr)
-        return batch
+        batch.update(inputs.ehr)  # type: ignore[typeddict-item]
+        uses = inputs.image is not None and self.net.image_encoder is not None and self.net.has_image  # type: ignore[attr-defined]
+        if not uses:
+            return batch
+        if tokens is None:
+            tokens = self.encode_image(inputs.image)  # type: ignore[arg-type]
+        return with_image_tokens(batch, tokens, int(inputs.image.shape[1]))  # type: ignore[union-attr]
 
     def _output(self, o: dict[str, Any]) -> ModelOutput:
         return ModelOutput(survival=o["survival"], risk=o["risk"], slice_weights=o["slice_weights"],
@@ -272,7 +310,7 @@ class LoadedModel:
     def forward(self, inputs: CaseInputs) -> ModelOutput:
         """Differentiable forward pass (eval mode); gradients reach ``inputs.image``."""
         self.net.eval()
-        return self._output(self.net(self.net_batch(inputs)))
+        return self._output(self.net(self.encoded_batch(inputs)))
 
     def modalities_used(self, inputs: CaseInputs) -> list[str]:
         used = []
@@ -292,18 +330,13 @@ class LoadedModel:
     def predict_case(self, inputs: CaseInputs, horizons: tuple[int, ...] = HORIZONS, n_samples: int = MC_SAMPLES) -> CasePrediction:
         net = self.net
         net.eval()
-        batch = self.net_batch(inputs)
         with torch.no_grad():
+            batch = self.encoded_batch(inputs)
             point = net(batch)
             if "member_survival" in point:  # ensemble of seeds: the band is the range of the members' curves
                 samples = point["member_survival"][:, 0].float().cpu().numpy()
                 q = (0.0, 1.0)
             else:  # MC dropout, on tokens encoded once (the encoder has no dropout)
-                if "image" in batch and net.image_encoder is not None:  # type: ignore[attr-defined]
-                    tokens = net.encode_image(batch.pop("image"))  # type: ignore[operator]
-                    batch["image_tokens"] = tokens
-                    batch["image_token_mask"] = torch.ones(tokens.shape[:2], device=tokens.device)
-                    batch["n_slices"] = torch.tensor(inputs.image.shape[1])  # type: ignore[union-attr]
                 rep = {k: (v.expand(n_samples, *v.shape[1:]) if v.dim() > 0 else v) for k, v in batch.items()}
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
@@ -318,11 +351,10 @@ class LoadedModel:
         upper = np.maximum(np.quantile(samples, q[1], axis=0), surv)
         surv, lower, upper = (np.clip(a, 0.0, 1.0) for a in (surv, lower, upper))
         times = self.times
-        risk_at = {int(h): float(1.0 - surv[max(0, int(np.searchsorted(times, h, side="right")) - 1)]) for h in horizons}
         sw, ew = point["slice_weights"], point["event_weights"]
         return CasePrediction(
-            times=times, survival=surv, lower=lower, upper=upper, risk=float(point["risk"][0]), risk_at=risk_at,
-            modalities_used=self.modalities_used(inputs),
+            times=times, survival=surv, lower=lower, upper=upper, risk=float(point["risk"][0]),
+            risk_at=risk_at(times, surv, horizons), modalities_used=self.modalities_used(inputs),
             slice_weights=None if sw is None else sw[0].float().cpu().numpy(),
             event_weights=None if ew is None else ew[0].float().cpu().numpy(),
             attention={k: v[0].float().cpu().numpy() for k, v in point["attention"].items()},
@@ -332,7 +364,7 @@ class LoadedModel:
 def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
     """Load a model folder (config.json + model.safetensors); never unpickles."""
     from core.models.net import build_net
-    from core.train import resolve_device
+    from core.runtime import resolve_device
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -341,11 +373,12 @@ def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
     if not cfg_path.exists():
         raise InputError("model", str(model_dir), "has no config.json", "pass a model folder written by `python -m core train`")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise InputError("config.json", f"line {err.lineno}", "is not valid JSON", "re-train the model") from None
-    if not str(cfg.get("format", "")).startswith("core.models.net.SurvivalNet"):
-        raise InputError("config.json", cfg.get("format"), "is not a SurvivalNet model config", "pass a model folder written by `python -m core train`")
+    if not str(raw.get("format", "")).startswith("core.models.net.SurvivalNet"):
+        raise InputError("config.json", raw.get("format"), "is not a SurvivalNet model config", "pass a model folder written by `python -m core train`")
+    cfg = ModelConfig.from_dict(raw)
     state = read_safetensors(model_dir / WEIGHTS)
     dev = resolve_device(device)
     net = build_net(cfg)

@@ -18,26 +18,15 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.horizons import HORIZONS, beyond_grid, horizon_label, risk_at
 
 if TYPE_CHECKING:
     from core.explain import Attribution
     from core.models.types import CaseInputs, CasePrediction
     from core.registry import LoadedModel
 
-HORIZONS = (30, 365, 1825)
 DISCLAIMER = "Research use only, not a medical device. Not for clinical decisions."
 PAGE_INCHES = (8.27, 11.69)  # A4 portrait
-
-
-def _risk_at(times: np.ndarray, surv: np.ndarray, h: float) -> float | None:
-    if h > times[-1]:
-        return None
-    i = max(0, int(np.searchsorted(times, h, side="right")) - 1)
-    return float(1.0 - surv[i])
-
-
-def _horizon_label(h: int) -> str:
-    return {30: "30 days", 365: "1 year", 1825: "5 years"}.get(int(h), f"{h} days")
 
 
 def card_summary(card: str, max_lines: int = 8) -> str:
@@ -83,7 +72,7 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
         head = fig.add_subplot(gs[0, :])
         head.axis("off")
         head.text(0.0, 0.95, f"Case report: {case_label}", fontsize=14, weight="bold", va="top")
-        head.text(0.0, 0.35, f"Model {model.model_dir.name}: {model.fusion} fusion, {model.config.get('head', '')} head. "
+        head.text(0.0, 0.35, f"Model {model.model_dir.name}: {model.fusion} fusion, {model.config.head} head. "
                   f"Modalities used: {', '.join(prediction.modalities_used) or 'none'}.", fontsize=9, va="top")
         head.text(0.0, -0.1, DISCLAIMER, fontsize=9, color="#b00020", weight="bold", va="top")
 
@@ -107,9 +96,10 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
         rk = fig.add_subplot(gs[1, 2])
         rk.axis("off")
         lines = ["Predicted risk 1 - S(t)", ""]
+        risks = risk_at(times, surv, HORIZONS)
         for h in HORIZONS:
-            r = _risk_at(times, surv, h)
-            lines.append(f"{_horizon_label(h):>8}:  " + ("past the model's time grid" if r is None else f"{100 * r:5.1f} %"))
+            r = None if h in beyond_grid(times, (h,)) else risks[h]
+            lines.append(f"{horizon_label(h):>8}:  " + ("past the model's time grid" if r is None else f"{100 * r:5.1f} %"))
         if attribution is not None:
             lines += ["", "Explanation", f"method: {attribution.method}", f"target: {attribution.target}"]
         rk.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8)
@@ -140,6 +130,11 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
         ev.axis("off")
         text = ["Top timeline events (integrated gradients of the risk; + raises it)", ""]
         if events_table is not None and len(events_table):
+            from core.deid.text import redact_codes
+
+            # free text outside the model's own code vocabulary could hold PHI: it never reaches the PDF
+            vocabulary = set(model.config.ehr.sequence["codes"]) if model.config.ehr.sequence else set()
+            shown = redact_codes(events_table["code"].tolist(), vocabulary)
             order = np.argsort(-np.abs(events_table["score"].to_numpy(dtype=float)), kind="stable")[:8]
             for i in order:
                 row = events_table.iloc[int(i)]
@@ -149,7 +144,7 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
                 val_text = "" if pd.isna(val) else f" = {float(val):.4g}"
                 att = row.get("attention", np.nan)
                 att_text = "" if pd.isna(att) else f"  attention {float(att):.3f}"
-                text.append(f"{str(row['code'])[:46]}{val_text} ({when}): {float(row['score']):+.2e}{att_text}")
+                text.append(f"{shown[int(i)][:46]}{val_text} ({when}): {float(row['score']):+.2e}{att_text}")
         else:
             text.append("No timeline events used by this model for this case.")
         ev.text(0.0, 1.0, "\n".join(text), va="top", family="monospace", fontsize=6.5)

@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from core import appdata
+from core import horizons, runtime
+from core.app import demo_install, paths, reference
+from core.app import workspace as workspaces
+from pages import _state as K
 
 T = TypeVar("T")
 LOG = logging.getLogger("ctehr.app")
-HORIZON_CHOICES: tuple[int, ...] = (30, 90, 180, 365, 730, 1095, 1825)
 MEMO_SIZE = 48
 DEMO = "demo"
 UPLOADED = "uploaded"
@@ -34,18 +36,26 @@ def require_app_navigation() -> None:
     """Hand a page that Streamlit started on its own over to app.py's navigation (call first on every page).
 
     Because this project keeps its pages in ``pages/``, a new Streamlit server
-    starts in its legacy multipage mode: until app.py has called ``st.navigation``
-    once, a deep link such as ``/cohort_models`` runs ``pages/cohort_models.py``
-    by itself, without app.py's sidebar, layout or page list. The legacy mode
-    shows as ``PagesManager.uses_pages_directory`` still being true (``st.navigation``
-    clears it). The page then clears it and reruns: the rerun executes app.py,
-    whose ``st.navigation`` opens the same page (same URL path).
+    runs a deep link such as ``/cohort_models`` as that page alone until app.py
+    has declared its navigation once, without app.py's sidebar, layout or page
+    list. app.py marks every run it makes (``K.NAVIGATED``); a page run without
+    the mark remembers which page was asked for and switches to app.py, which
+    declares the navigation and then switches on to that page.
     """
-    from streamlit.runtime.pages_manager import PagesManager
+    if st.session_state.get(K.NAVIGATED):
+        return
+    import inspect
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    page = Path(inspect.stack()[1].filename).resolve()
+    st.session_state[K.DEEP_LINK] = f"pages/{page.name}"
+    st.switch_page("app.py")
+
+
+def follow_deep_link() -> None:
+    """Called by app.py after ``st.navigation``: open the page a visitor asked for before navigation existed."""
+    target = st.session_state.pop(K.DEEP_LINK, None)
+    if target:
+        st.switch_page(target)
 
 
 # ------------------------------------------------------------------ errors
@@ -79,7 +89,7 @@ def core_errors(stop: bool = True, what: str = "") -> Iterator[None]:
 
 
 def inject_style() -> None:
-    css = appdata.ROOT / "assets" / "style.css"
+    css = paths.ASSETS / "style.css"
     if css.exists():
         st.html(f"<style>{css.read_text()}</style>")
 
@@ -89,7 +99,7 @@ def inject_style() -> None:
 
 @st.cache_resource(show_spinner=False)
 def _device_label() -> str:
-    return appdata.device_label()
+    return runtime.device_label()
 
 
 def _load_model_uncached(model_dir: str, device: str) -> Any:
@@ -110,20 +120,21 @@ def _load_demo_cohort(root: str, stamp: float) -> Any:
     return load_cohort(Path(root))
 
 
-def _stamp(path: Path) -> float:
+def stamp(path: Path) -> float:
+    """The modification time that keys a cached model or cohort (re-read when the folder changes)."""
     target = path / "metrics.json" if (path / "metrics.json").exists() else path / "cohort.csv"
     return target.stat().st_mtime if target.exists() else 0.0
 
 
 def demo_cohort() -> Any:
-    root = appdata.demo_paths().cohort
-    return _load_demo_cohort(str(root), _stamp(root))
+    root = demo_install.demo_paths().cohort
+    return _load_demo_cohort(str(root), stamp(root))
 
 
 def available_models() -> dict[str, Path]:
     """Demo models (one per strategy), then models trained in this session."""
-    models = dict(appdata.list_models(appdata.demo_paths().models))
-    for name, path in st.session_state.get("trained_models", {}).items():
+    models = dict(demo_install.list_models(demo_install.demo_paths().models))
+    for name, path in st.session_state.get(K.TRAINED_MODELS, {}).items():
         if Path(path).is_dir():
             models[name] = Path(path)
     return models
@@ -136,18 +147,18 @@ def model_by_name(name: str) -> Any:
     if name not in models:
         raise ValueError(f"model: got {name!r}, not available; fix: pick a model in the sidebar")
     path = models[name]
-    if name in st.session_state.get("trained_models", {}):
+    if name in st.session_state.get(K.TRAINED_MODELS, {}):
         key = ("model", str(path))
-        return memo(key, lambda: _load_model_uncached(str(path), appdata.device_name()))
-    return _load_model(str(path), _stamp(path), appdata.device_name())
+        return memo(key, lambda: _load_model_uncached(str(path), runtime.device_name()))
+    return _load_model(str(path), stamp(path), runtime.device_name())
 
 
 def current_model_name() -> str:
     models = available_models()
-    name = st.session_state.get("model_name")
+    name = st.session_state.get(K.MODEL_NAME)
     if name in models:
         return str(name)
-    return appdata.DEFAULT_FUSION if appdata.DEFAULT_FUSION in models else next(iter(models), "")
+    return demo_install.DEFAULT_FUSION if demo_install.DEFAULT_FUSION in models else next(iter(models), "")
 
 
 def current_model() -> Any:
@@ -155,26 +166,26 @@ def current_model() -> Any:
 
 
 def horizon_days() -> int:
-    return int(st.session_state.get("horizon_days", 365))
+    return int(st.session_state.get(K.HORIZON, 365))
 
 
 # ------------------------------------------------------- per-session state
 
 
-def workspace() -> appdata.SessionWorkspace:
+def workspace() -> workspaces.SessionWorkspace:
     """This session's private temp folder (deleted when the session ends)."""
-    ws = st.session_state.get("workspace")
+    ws = st.session_state.get(K.WORKSPACE)
     if ws is None or not ws.alive:
-        appdata.sweep_stale_workspaces()
-        ws = appdata.new_session_workspace()
-        st.session_state["workspace"] = ws
+        workspaces.sweep_stale_workspaces()
+        ws = workspaces.new_session_workspace()
+        st.session_state[K.WORKSPACE] = ws
     ws.touch()
     return ws
 
 
 def memo(key: tuple, compute: Callable[[], T]) -> T:
     """A small per-session LRU memo for patient data (never shared between sessions)."""
-    store: OrderedDict = st.session_state.setdefault("_memo", OrderedDict())
+    store: OrderedDict = st.session_state.setdefault(K.MEMO, OrderedDict())
     if key in store:
         store.move_to_end(key)
         return store[key]
@@ -186,19 +197,19 @@ def memo(key: tuple, compute: Callable[[], T]) -> T:
 
 
 def forget(prefix: str) -> None:
-    store: OrderedDict = st.session_state.get("_memo", OrderedDict())
+    store: OrderedDict = st.session_state.get(K.MEMO, OrderedDict())
     for key in [k for k in store if k and k[0] == prefix]:
         del store[key]
 
 
 def uploaded_case() -> dict | None:
     """The uploaded case of this session: {"cohort", "volume", "events", "label", "number"}."""
-    return st.session_state.get("uploaded_case")
+    return st.session_state.get(K.UPLOADED_CASE)
 
 
 def case_number(source: str, subject_id: str) -> int:
     """A session-local case number for non-identifying export names."""
-    numbers: dict = st.session_state.setdefault("case_numbers", {})
+    numbers: dict = st.session_state.setdefault(K.CASE_NUMBERS, {})
     return numbers.setdefault((source, subject_id), len(numbers) + 1)
 
 
@@ -221,7 +232,7 @@ def case_volume(source: str, subject_id: str) -> Any:
 
 def case_coverage_warning(source: str, subject_id: str) -> str | None:
     """``lung_coverage_warning`` of the case's CT (None without a CT)."""
-    from core.models.image2d import lung_coverage_warning
+    from core.preprocess.lung import lung_coverage_warning
 
     volume = case_volume(source, subject_id)
     if volume is None:
@@ -248,7 +259,6 @@ def _upload_token(source: str) -> int:
 # ------------------------------------------------------------------ sidebar
 
 
-VIEWER_KEYS = ("case_label", "axial_slice", "window", "show_saliency", "method", "opacity")
 
 
 def restore_viewer_settings() -> None:
@@ -259,21 +269,21 @@ def restore_viewer_settings() -> None:
     session key (:func:`save_viewer_settings`) and restores them before drawing
     its widgets; Export reads them with :func:`viewer_setting`.
     """
-    for key, value in st.session_state.get("_viewer", {}).items():
+    for key, value in st.session_state.get(K.SAVED_VIEWER, {}).items():
         if key not in st.session_state:
             st.session_state[key] = value
 
 
 def save_viewer_settings() -> None:
     """Remember the case-review widget values drawn so far in this run (call after drawing them)."""
-    saved = dict(st.session_state.get("_viewer", {}))
-    saved.update({k: st.session_state[k] for k in VIEWER_KEYS if k in st.session_state})
-    st.session_state["_viewer"] = saved
+    saved = dict(st.session_state.get(K.SAVED_VIEWER, {}))
+    saved.update({k: st.session_state[k] for k in K.VIEWER_KEYS if k in st.session_state})
+    st.session_state[K.SAVED_VIEWER] = saved
 
 
 def viewer_setting(key: str, default: Any) -> Any:
     """A case-review setting: its live value, else the one last shown in Case review (for other pages)."""
-    return st.session_state.get(key, st.session_state.get("_viewer", {}).get(key, default))
+    return st.session_state.get(key, st.session_state.get(K.SAVED_VIEWER, {}).get(key, default))
 
 
 def sidebar() -> None:
@@ -283,27 +293,27 @@ def sidebar() -> None:
         if models:
             names = list(models)
             default = current_model_name()
-            if st.session_state.get("model_name") not in models:
-                st.session_state["model_name"] = default
+            if st.session_state.get(K.MODEL_NAME) not in models:
+                st.session_state[K.MODEL_NAME] = default
             st.selectbox(
                 "Fusion strategy / model",
                 names,
-                key="model_name",
+                key=K.MODEL_NAME,
                 help="One model per fusion strategy was trained on the demo cohort; models you train "
                 "on the Cohort & models page are added here for this session.",
             )
         else:
             st.warning("No model found; train one on the Cohort & models page.")
         st.caption(f"Device: **{_device_label()}**")
-        st.session_state.setdefault("horizon_days", 365)
+        st.session_state.setdefault(K.HORIZON, 365)
         st.select_slider(
             "Horizon for explanations",
-            options=list(HORIZON_CHOICES),
-            key="horizon_days",
-            format_func=lambda d: appdata.HORIZON_LABELS.get(d, f"{d} days"),
+            options=list(horizons.HORIZON_CHOICES),
+            key=K.HORIZON,
+            format_func=lambda d: horizons.HORIZON_LABELS.get(d, f"{d} days"),
             help="Target of the saliency maps: predicted risk 1 - S(t) at this horizon.",
         )
-        info = appdata.demo_build_info()
+        info = demo_install.demo_build_info()
         if info:
             st.caption(f"Demo: {info['n']} synthetic patients, {len(info['fusions'])} strategies.")
         st.caption("Research use only. Not a medical device.")
@@ -316,16 +326,16 @@ def sidebar() -> None:
 def _demo_reference(model_name: str, model_dir: str, stamp: float) -> dict:
     """Cohort KM and risk-group KM curves of the synthetic demo cohort (not patient data)."""
     cohort = demo_cohort()
-    return appdata.reference_curves(_load_model(model_dir, stamp, appdata.device_name()), cohort,
-                                    appdata.reference_ids(cohort), cache=Path(model_dir) / "reference_predictions.npz")
+    return reference.reference_curves(_load_model(model_dir, stamp, runtime.device_name()), cohort,
+                                    reference.reference_ids(cohort), cache=Path(model_dir) / "reference_predictions.npz")
 
 
 def reference_curves(model_name: str) -> dict:
     path = available_models()[model_name]
-    if model_name in st.session_state.get("trained_models", {}):
-        return memo(("reference", str(path)), lambda: appdata.reference_curves(
-            model_by_name(model_name), demo_cohort(), appdata.reference_ids(demo_cohort())))
-    return _demo_reference(model_name, str(path), _stamp(path))
+    if model_name in st.session_state.get(K.TRAINED_MODELS, {}):
+        return memo(("reference", str(path)), lambda: reference.reference_curves(
+            model_by_name(model_name), demo_cohort(), reference.reference_ids(demo_cohort())))
+    return _demo_reference(model_name, str(path), stamp(path))
 
 
 def case_attribution(model: Any, source: str, subject_id: str, method: str, horizon: int, slice_index: int) -> Any:
@@ -338,13 +348,6 @@ def case_attribution(model: Any, source: str, subject_id: str, method: str, hori
            slice_index if per_slice else None)
     result = memo(key, lambda: attribute(model, inputs, method, float(horizon), slice_index if per_slice else None))
     return result.map
-
-
-def has_module(name: str) -> bool:
-    """Whether an optional core module is installed (explanations and reports land separately)."""
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
@@ -373,7 +376,8 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
 
 
 def attribution_is_per_slice(model: Any) -> bool:
-    return str(model.config.get("image", {}).get("kind", "")) == "2d"
+    chain = model.transforms
+    return chain is not None and chain.per_slice
 
 
 def case_index_time(source: str, subject_id: str) -> Any:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import appdata
+from core.app import demo_install, paths
 from pages import _shared as ui
 
 ui.require_app_navigation()
 
-ASSETS = appdata.ROOT / "assets"
+ASSETS = paths.ROOT / "assets"
 
 st.title("About")
 st.error(
@@ -34,7 +34,7 @@ with tab_card:
             st.warning(f"The model folder of {name!r} has no MODEL_CARD.md.")
     st.divider()
     st.markdown((ASSETS / "model_card_app.md").read_text(encoding="utf-8"))
-    info = appdata.demo_build_info()
+    info = demo_install.demo_build_info()
     if info:
         st.caption(
             f"Demo built in this installation: {info['n']} synthetic patients, {info['epochs']} epochs per "

@@ -7,9 +7,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import appdata
 from core import figures as F
+from core import horizons, runtime
+from core.app import demo_install, reference, workspace
+from core.models import FUSIONS
 from pages import _shared as ui
+from pages import _state as K
 
 ui.require_app_navigation()
 
@@ -30,17 +33,17 @@ def _evaluate_demo(model_dir: str, cohort_dir: str, stamp: float) -> dict:
     """Metrics of a demo model on the synthetic demo cohort (not patient data)."""
     from core.evaluate import evaluate_model
 
-    return evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=appdata.device_name())
+    return evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=runtime.device_name())
 
 
 def evaluate(name: str, path: Path, cohort_dir: Path) -> dict:
-    trained = st.session_state.get("trained_models", {})
+    trained = st.session_state.get(K.TRAINED_MODELS, {})
     if name in trained:
         from core.evaluate import evaluate_model
 
         return ui.memo(("evaluate", str(path), str(cohort_dir)),
-                       lambda: evaluate_model(path, cohort_dir, split="test", device=appdata.device_name()))
-    return _evaluate_demo(str(path), str(cohort_dir), ui._stamp(path))
+                       lambda: evaluate_model(path, cohort_dir, split="test", device=runtime.device_name()))
+    return _evaluate_demo(str(path), str(cohort_dir), ui.stamp(path))
 
 
 def metrics_row(name: str, m: dict) -> dict:
@@ -51,23 +54,23 @@ def metrics_row(name: str, m: dict) -> dict:
         "C-index [95% CI]": _ci(m.get("c_index"), m.get("c_index_ci")),
         "Uno C [95% CI]": _ci(m.get("uno_c"), m.get("uno_c_ci")),
     }
-    for h in appdata.HORIZONS_DAYS:
+    for h in horizons.HORIZONS:
         v = td.get(h, td.get(str(h)))
-        row[f"td-AUC {appdata.HORIZON_LABELS[h]}"] = "n/a" if v is None else f"{float(v):.3f}"
+        row[f"td-AUC {horizons.HORIZON_LABELS[h]}"] = "n/a" if v is None else f"{float(v):.3f}"
     row["IBS [95% CI]"] = _ci(m.get("ibs"), m.get("ibs_ci"))
     row["n / events"] = f"{m.get('n')} / {m.get('events')}"
     return row
 
 
 models = ui.available_models()
-demo_dir = appdata.demo_paths().cohort
-trained = st.session_state.get("trained_models", {})
+demo_dir = demo_install.demo_paths().cohort
+trained = st.session_state.get(K.TRAINED_MODELS, {})
 name = ui.current_model_name()
 
 tab_model, tab_compare, tab_train = st.tabs(["Selected model", "Compare strategies", "Train on your cohort"])
 
 with tab_model:
-    cohort_dir = Path(st.session_state.get("trained_cohorts", {}).get(name, demo_dir))
+    cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
     st.caption(f"Model **{name}**, evaluated on the test split of "
                f"{'your uploaded cohort' if name in trained else 'the synthetic demo cohort'}.")
     with ui.core_errors(stop=False):
@@ -92,7 +95,7 @@ with tab_model:
             else:
                 cohort = ui.demo_cohort()
             ref = ui.memo(("groups", str(models[name]), str(cohort_dir)),
-                          lambda: appdata.reference_curves(ui.model_by_name(name), cohort, cohort.ids("test")))
+                          lambda: reference.reference_curves(ui.model_by_name(name), cohort, cohort.ids("test")))
             curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
                       for g in ref["groups"]}
             palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
@@ -105,20 +108,20 @@ with tab_model:
             st.markdown("**Calibration (predicted vs observed risk by group)**")
             cal = m.get("calibration") or {}
             if any(cal.values()):
-                fig = appdata.calibration_figure(cal)
+                fig = F.calibration_figure(cal)
                 st.plotly_chart(fig, width="stretch", key="calibration")
             else:
                 st.info("Calibration is not estimable on this split (follow-up ends before the horizons).")
 
 with tab_compare:
     st.caption("Every strategy on the same test split: the best fusion depends on the task.")
-    if st.button("Compute the comparison table", key="compare_button", type="primary") or st.session_state.get("compared"):
-        st.session_state["compared"] = True
+    if st.button("Compute the comparison table", key="compare_button", type="primary") or st.session_state.get(K.COMPARED):
+        st.session_state[K.COMPARED] = True
         rows = []
         bar = st.progress(0.0, text="evaluating")
         for i, (mname, mpath) in enumerate(models.items()):
             with ui.core_errors(stop=False, what=f"{mname}: "):
-                cdir = Path(st.session_state.get("trained_cohorts", {}).get(mname, demo_dir))
+                cdir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(mname, demo_dir))
                 if cdir != demo_dir and mname not in trained:
                     continue
                 rows.append(metrics_row(mname, evaluate(mname, mpath, cdir)))
@@ -138,7 +141,7 @@ with tab_train:
     )
     up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
     c1, c2 = st.columns(2)
-    fusion = c1.selectbox("Fusion strategy", appdata.FUSIONS, index=appdata.FUSIONS.index("concat"), key="train_fusion")
+    fusion = c1.selectbox("Fusion strategy", FUSIONS, index=FUSIONS.index("concat"), key="train_fusion")
     epochs = c2.number_input("Epochs", 1, 200, 10, key="train_epochs")
     if up is not None and st.button("Train", type="primary", key="train_button"):
         with ui.core_errors(stop=False, what="Training not started: "):
@@ -146,7 +149,7 @@ with tab_train:
             from core.train import train_model
 
             ws = ui.workspace()
-            cdir = appdata.unpack_cohort_zip(up.getvalue(), ws.fresh_dir("cohort"))
+            cdir = workspace.unpack_cohort_zip(up.getvalue(), ws.fresh_dir("cohort"))
             cohort = load_cohort(cdir)
             st.write(f"Cohort: {len(cohort.table)} subjects, {int(cohort.table['event'].sum())} events; "
                      f"modalities: {', '.join(k for k in ('features', 'timeline') if getattr(cohort, k) is not None) or 'none'}"
@@ -157,7 +160,7 @@ with tab_train:
                                   progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
             bar.progress(1.0, text="done")
             label = f"{fusion} (your cohort)"
-            st.session_state.setdefault("trained_models", {})[label] = str(out)
-            st.session_state.setdefault("trained_cohorts", {})[label] = str(cdir)
+            st.session_state.setdefault(K.TRAINED_MODELS, {})[label] = str(out)
+            st.session_state.setdefault(K.TRAINED_COHORTS, {})[label] = str(cdir)
             st.success(f"Trained {label}: test C-index {_ci(metrics.get('c_index'), metrics.get('c_index_ci'))}. "
                        "Pick it in the sidebar to review cases and metrics.")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import appdata
+from core import figure_export, horizons
 from core import figures as F
+from core.app import viewer
 from pages import _shared as ui
+from pages import _state as K
 
 ui.require_app_navigation()
 
@@ -19,23 +21,20 @@ st.caption(
     "no names, IDs or dates in the image, its metadata or the file name."
 )
 
-cases = ui.viewer_setting("case_label", None)
-source, subject_id = ui.DEMO, None
-if cases and cases.startswith("Uploaded case") and ui.uploaded_case() is not None:
-    source, subject_id = ui.UPLOADED, appdata.UPLOAD_SUBJECT
+chosen = ui.viewer_setting(K.CASE, None)  # (source, subject id) last reviewed, as values
+if chosen is not None and (chosen[0] != ui.UPLOADED or ui.uploaded_case() is not None):
+    source, subject_id = chosen
 else:
     cohort = ui.demo_cohort()
     test_ids = cohort.ids("test")
-    subject_id = test_ids[0] if test_ids else cohort.ids()[0]
-    if cases and cases.startswith("Demo "):
-        subject_id = cases.split()[1]
+    source, subject_id = ui.DEMO, (test_ids[0] if test_ids else cohort.ids()[0])
 model_name = ui.current_model_name()
 number = ui.case_number(source, subject_id)
 method = ui.viewer_setting("method", "saliency")
 horizon = ui.horizon_days()
 st.markdown(
     f"Case **#{number}** ({'uploaded' if source == ui.UPLOADED else 'demo'}), model **{model_name}**, "
-    f"method **{method}**, horizon **{appdata.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
+    f"method **{method}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
     "Change them on the Case review page and in the sidebar."
 )
 
@@ -44,7 +43,7 @@ with ui.core_errors():
     volume = ui.case_volume(source, subject_id)
     pred = ui.case_prediction(model, source, subject_id)
 
-exports: dict = st.session_state.setdefault("exports", {})
+exports: dict = st.session_state.setdefault(K.EXPORTS, {})
 
 st.subheader("Saliency figure")
 if volume is None or "image" not in pred.modalities_used:
@@ -57,23 +56,22 @@ else:
     wname = ui.viewer_setting("window", "soft_tissue")
     win = (WINDOWS[wname].low, WINDOWS[wname].high) if wname in WINDOWS else (-160.0, 240.0)
     key = (source, subject_id, model_name, method, horizon, z, wname)
-    if st.button("Prepare the saliency figure", type="primary", key="prepare_figure",
-                 disabled=not ui.has_module("core.explain")):
+    if st.button("Prepare the saliency figure", type="primary", key="prepare_figure"):
         with st.spinner("Attributing and rendering..."), ui.core_errors(stop=False, what="Export failed: "):
             amap = ui.case_attribution(model, source, subject_id, method, horizon, z)
             fig = F.slice_overlay(
-                appdata.plane_slice(volume.hu, "axial", z), appdata.plane_slice(F.normalize_map(amap), "axial", z),
+                viewer.plane_slice(volume.hu, "axial", z), viewer.plane_slice(F.normalize_map(amap), "axial", z),
                 window=win, opacity=float(ui.viewer_setting("opacity", 0.6)),
-                spacing_mm=appdata.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
+                spacing_mm=viewer.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
                 title=f"{method} on axial slice {z + 1}/{volume.shape[0]}",
             )
-            caption = F.caption_text(model=model_name, fusion=model.config.get("fusion", model_name), method=method,
+            caption = figure_export.caption_text(model=model_name, fusion=model.fusion, method=method,
                                      horizon_days=horizon, slice_index=z, window=win)
             folder = ui.workspace().fresh_dir("export")
             files = {}
             for fmt in FORMATS:
-                name = appdata.export_name("saliency", number, fmt, method=method, slice_index=z)
-                files[fmt] = (name, F.export(fig, folder / name, caption=caption).read_bytes())
+                name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z)
+                files[fmt] = (name, figure_export.export(fig, folder / name, caption=caption).read_bytes())
             exports["figure"] = {"key": key, "files": files}
     ready = exports.get("figure")
     if ready and ready["key"] == key:
@@ -88,12 +86,12 @@ else:
 
 st.subheader("Case report (PDF)")
 rkey = (source, subject_id, model_name, method, horizon)
-if st.button("Prepare the case report", key="prepare_report", disabled=not ui.has_module("core.report")):
+if st.button("Prepare the case report", key="prepare_report"):
     with st.spinner("Writing the report..."), ui.core_errors(stop=False, what="Report failed: "):
         from core.report import case_report_pdf
 
         folder = ui.workspace().fresh_dir("report")
-        name = appdata.export_name("case-report", number, "pdf", method=method)
+        name = figure_export.export_name("case-report", number, "pdf", method=method)
         path = ui.case_report(case_report_pdf, model, source, subject_id, method, horizon, folder / name)
         exports["report"] = {"key": rkey, "name": name, "data": path.read_bytes()}
 ready = exports.get("report")

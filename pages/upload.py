@@ -13,9 +13,10 @@ from pathlib import PurePosixPath
 import pandas as pd
 import streamlit as st
 
-from core import appdata
+from core import cohort as cohorts
 from core import figures as F
 from pages import _shared as ui
+from pages import _state as K
 
 ui.require_app_navigation()
 
@@ -52,11 +53,11 @@ def _suffix(name: str) -> str:
     return PurePosixPath(lower).suffix or ".dcm"
 
 
-state: dict = st.session_state.setdefault("upload_state", {})
+state: dict = st.session_state.setdefault(K.UPLOAD_STATE, {})
 
 # ---------------------------------------------------------------------- study
 st.subheader("1. CT study")
-nonce = int(st.session_state.get("study_nonce", 0))
+nonce = int(st.session_state.get(K.STUDY_NONCE, 0))
 files = st.file_uploader("CT study", accept_multiple_files=True, help=STUDY_HELP, key=f"study_files_{nonce}")
 token = tuple((f.name, f.size) for f in files) if files else ()
 if token != state.get("token"):
@@ -102,13 +103,13 @@ if volume is not None and volume.phi and not state.get("deidentified"):
             st.rerun()
     if b2.button("Discard this study", key="discard_button"):
         state.clear()
-        st.session_state["study_nonce"] = nonce + 1  # a fresh, empty uploader
+        st.session_state[K.STUDY_NONCE] = nonce + 1  # a fresh, empty uploader
         st.rerun()
     volume = None
 elif volume is not None:
     if state.get("deidentified"):
         st.success(
-            "De-identified: " + appdata.describe_deid(state.get("deid_report"))
+            "De-identified: " + (state["deid_report"].summary() if state.get("deid_report") else "identifying attributes removed.")
             + (f" Remaining flags: {', '.join(volume.phi)}." if volume.phi else ""),
             icon=":material/verified_user:",
         )
@@ -148,7 +149,7 @@ elif volume is not None:
         )
         for w in volume.warnings:
             st.warning(w, icon=":material/warning:")
-        from core.models.image2d import lung_coverage_warning
+        from core.preprocess.lung import lung_coverage_warning
 
         coverage = ui.memo(("upload_coverage", state.get("name"), state.get("series"), volume.shape),
                            lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
@@ -160,7 +161,7 @@ st.subheader("2. Timeline (optional)")
 tl_file = st.file_uploader("MEDS timeline", type=TIMELINE_TYPES, key="timeline_file",
                            help="MEDS rows: subject_id, time, code, numeric_value (aliases such as value, "
                            "timestamp are accepted). Only events at or before the index date reach the model.")
-tl_state: dict = st.session_state.setdefault("timeline_state", {})
+tl_state: dict = st.session_state.setdefault(K.TIMELINE_STATE, {})
 tl_token = (tl_file.name, tl_file.size) if tl_file else None
 if tl_token != tl_state.get("token"):
     tl_state.clear()
@@ -197,18 +198,18 @@ st.subheader("3. Review")
 ready = volume is not None or (events is not None and not events.empty)
 if st.button("Use this case", type="primary", disabled=not ready, key="use_case"):
     with ui.core_errors(stop=False, what="Case not created: "):
-        number = int(st.session_state.get("upload_counter", 0)) + 1
-        cohort = appdata.upload_cohort(ui.workspace().fresh_dir("case"), volume=volume, events=events,
+        number = int(st.session_state.get(K.UPLOAD_COUNTER, 0)) + 1
+        cohort = cohorts.uploaded_case_cohort(ui.workspace().fresh_dir("case"), volume=volume, events=events,
                                        index_time=index_time)
-        st.session_state["upload_counter"] = number
+        st.session_state[K.UPLOAD_COUNTER] = number
         parts = (["CT"] if volume is not None else []) + (["timeline"] if events is not None else [])
-        st.session_state["uploaded_case"] = {
+        st.session_state[K.UPLOADED_CASE] = {
             "cohort": cohort, "volume": volume, "events": events, "number": number,
             "label": f"#{number}: {' + '.join(parts)}",
         }
         ui.forget("inputs")
         ui.forget("prediction")
-        st.session_state["case_label"] = f"Uploaded case (#{number}: {' + '.join(parts)})"
+        st.session_state[K.CASE] = (ui.UPLOADED, cohorts.UPLOAD_SUBJECT)
         st.switch_page("pages/case_review.py")
 if not ready:
     st.caption("Upload a study or a timeline first.")

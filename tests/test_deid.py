@@ -17,9 +17,16 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from core.cli import main
-from core.deid import DeidReport, PhiFinding, deidentify_bytes, deidentify_study, find_phi, phi_keywords
+from core.deid import (
+    DeidReport,
+    PhiFinding,
+    deidentify_bytes,
+    deidentify_study,
+    find_phi,
+    phi_keywords,
+)
 from core.deid.clean import StudyCleaner, shift_da, shift_dt
-from core.deid.profile import ANNEX_E, RULES
+from core.phi.profile import ANNEX_E, RULES
 from core.errors import InputError
 from core.io.safezip import read_zip
 from tests.conftest import ROOT

@@ -16,7 +16,17 @@ from core.demo import c_index_summary, sample_latents, write_demo_cohort
 from core.demo.cohort import COHORT_COLUMNS, harrell_c
 from core.demo.ehr import curate_features
 from core.demo.phantom import (
-    AIR, BLOOD, CANCELLOUS, CORTICAL, FAT, LESION, LUNG, MUSCLE, SHAPE, SPACING_MM, render_phantom,
+    AIR,
+    BLOOD,
+    CANCELLOUS,
+    CORTICAL,
+    FAT,
+    LESION,
+    LUNG,
+    MUSCLE,
+    SHAPE,
+    SPACING_MM,
+    render_phantom,
 )
 from core.errors import InputError
 from core.io.timeline import events_before, read_timeline

@@ -17,7 +17,6 @@ from sksurv.metrics import concordance_index_censored
 from sksurv.nonparametric import kaplan_meier_estimator
 
 from core.errors import InputError
-from core.evaluate.metrics import harrell_c_fast
 from core.evaluate import (
     evaluate_model,
     harrell_c,
@@ -28,6 +27,7 @@ from core.evaluate import (
     survival_at,
     survival_metrics,
 )
+from core.evaluate.metrics import harrell_c_fast
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = np.linspace(5.0, 2000.0, 80)

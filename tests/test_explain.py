@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -83,45 +85,43 @@ def test_per_slice_saliency_equals_the_whole_volume_gradient_on_that_slice(case:
 
 def test_attribution_computes_the_lung_mask_once_and_matches_the_plain_gradient(case: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Integrated gradients and occlusion run perturbed copies of the CT: its lung mask is computed once and held fixed."""
-    import torch
 
     from core import explain
-    from core.models import image2d
+    from core.preprocess import transforms
 
     model, inputs = case["model"], case["inputs"]
-    enc = model.net.image_encoder
-    assert isinstance(enc, image2d.SliceEncoder2D) and enc.lung_mask
+    chain = model.transforms
+    assert chain is not None and chain.lung is not None
     calls: list[tuple[int, ...]] = []
-    real = image2d.lung_mask
+    real = transforms.lung_mask
 
     def counting(hu: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
         calls.append(tuple(hu.shape))
         return real(hu, *args, **kwargs)
 
-    monkeypatch.setattr(image2d, "lung_mask", counting)
+    monkeypatch.setattr(transforms, "lung_mask", counting)
     shape = tuple(case["volume"].hu.shape)
     ig = explain.attribute(model, inputs, "integrated_gradients", 365.0, None, n_steps=8, internal_batch_size=4,
                            with_events=False).map
     assert calls == [shape]
-    assert enc._pinned is None  # released after the method
-    lungs = real(inputs.image.detach()[0].numpy(), close_fraction=enc.lung_close, medial=enc.lung_medial)
+    lungs = real(inputs.image.detach()[0].numpy(), close_fraction=chain.lung.close, medial=chain.lung.medial)
     assert np.abs(ig[lungs]).sum() > 0 and not ig[~lungs].any()  # attributions only inside this CT's lungs
     calls.clear()
     explain.attribute(model, inputs, "occlusion", 365.0, 7, with_events=False)
-    assert calls == [shape, (1, *shape[1:])]  # per-slice mode: the volume once (fixed tokens), then that slice once
+    assert calls == [shape]  # per-slice mode too: the case's mask once, its slice held fixed for that slice
     # saliency (one forward, nothing pinned) is the plain gradient of the risk
     calls.clear()
     got = explain.attribute(model, inputs, "saliency", 365.0, None, with_events=False).map
     assert calls == [shape]
     x = inputs.image.detach().float().clone().requires_grad_(True)
-    batch = model.net_batch(inputs)
-    batch["image"] = x
+    batch = model.encoded_batch(dataclasses.replace(inputs, image=x))
     explain.risk_at(model.net(batch)["survival"], np.asarray(model.times, float), 365.0).sum().backward()
     expected = x.grad[0].abs().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6 * float(expected.max()))
 
 
-def test_risk_target_interpolates_on_the_grid(case: dict) -> None:
+def test_risk_target_is_the_risk_predict_reports(case: dict) -> None:
+    """Between grid times the explained risk is the step reading that predictions report, not an interpolation."""
     import torch
 
     from core.explain import risk_at
@@ -131,8 +131,9 @@ def test_risk_target_interpolates_on_the_grid(case: dict) -> None:
     with torch.no_grad():
         surv = model.forward(case["inputs"]).survival
     mid = float((times[2] + times[3]) / 2)
-    expected = 1.0 - 0.5 * (float(surv[0, 2]) + float(surv[0, 3]))
-    assert float(risk_at(surv, times, mid)[0]) == pytest.approx(expected, abs=1e-6)
+    assert float(risk_at(surv, times, mid)[0]) == pytest.approx(1.0 - float(surv[0, 2]), abs=1e-6)
+    reported = model.predict_case(case["inputs"], horizons=(int(mid),)).risk_at[int(mid)]
+    assert float(risk_at(surv, times, int(mid))[0]) == pytest.approx(reported, abs=1e-5)
     assert float(risk_at(surv, times, times[-1] + 1000)[0]) == pytest.approx(1.0 - float(surv[0, -1]), abs=1e-6)
 
 

@@ -82,3 +82,32 @@ def test_case_report_of_phi_study_has_nothing_identifying(phi_cohort: tuple[Path
     assert data.startswith(b"%PDF")
     _assert_clean(data, "report.pdf")
     assert sid.encode() not in data
+
+
+def test_case_report_redacts_timeline_text_outside_the_model_vocabulary(phi_cohort: tuple[Path, Path, str],
+                                                                      tmp_path: Path) -> None:
+    """A timeline code the model never learned (free text that could hold a name) is redacted in the PDF."""
+    import subprocess
+
+    from core.cohort import load_cohort
+    from core.explain import event_attributions
+    from core.registry import load_model
+    from core.report import card_summary, case_report_pdf
+
+    cohort_dir, model_dir, sid = phi_cohort
+    cohort, model = load_cohort(cohort_dir), load_model(model_dir)
+    inputs = model.case_inputs(cohort, sid)
+    table = event_attributions(model, inputs, 365.0, n_steps=4)
+    if not len(table):
+        pytest.skip("the fixture model reads no timeline events")
+    table.loc[table.index[0], "code"] = "NOTE//seen by Dr Quixotewright"  # not in the vocabulary
+    table.loc[table.index[0], "score"] = 1e9  # the top event, so it would be printed
+    out = case_report_pdf(tmp_path / "r.pdf", model=model, inputs=inputs, prediction=model.predict_case(inputs),
+                          volume_hu=None, spacing_mm=None, attribution=None, events_table=table, cohort_km=None,
+                          model_card_summary=card_summary(model.card), case_label="case 1")
+    pdftotext = shutil.which("pdftotext")
+    if pdftotext is None:
+        pytest.skip("pdftotext (Debian poppler-utils) is needed to read the PDF's text")
+    text = subprocess.run([pdftotext, str(out), "-"], capture_output=True, text=True).stdout
+    assert "Top timeline events" in text  # the text layer is readable
+    assert "Quixotewright" not in text and "[redacted]" in text

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core import figure_export as FX
 from core import figures as F
 from core.errors import InputError
 
@@ -134,11 +135,11 @@ def test_timeline_figure_uses_relative_days_and_marks_top_events() -> None:
 
 
 def test_caption_and_safe_filename() -> None:
-    text = F.caption_text(model="demo", fusion="concat", method="gradcam", horizon_days=365, slice_index=4,
+    text = FX.caption_text(model="demo", fusion="concat", method="gradcam", horizon_days=365, slice_index=4,
                           window="lung")
     assert text == "model demo | fusion concat | method gradcam | target risk 1 - S(t) at 365 d | slice 4 | window lung"
-    assert F.safe_filename("../../etc/passwd", "png") == "etc_passwd.png"
-    assert F.safe_filename("", ".PDF") == "figure.pdf"
+    assert FX.safe_filename("../../etc/passwd", "png") == "etc_passwd.png"
+    assert FX.safe_filename("", ".PDF") == "figure.pdf"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -148,8 +149,8 @@ def test_export_writes_valid_files_without_metadata(volume: tuple[np.ndarray, np
     monkeypatch.setenv("CORE_EXPORT_ENGINE", engine)
     hu, attr = volume
     fig = F.slice_overlay(hu[3], attr[3], window=(-1000, 200), spacing_mm=(0.5, 1.0), title="case 1")
-    caption = F.caption_text(model="demo", method="saliency", horizon_days=365, slice_index=3, window=(-1000, 200))
-    out = F.export(fig, tmp_path / f"case_1{suffix}", caption=caption)
+    caption = FX.caption_text(model="demo", method="saliency", horizon_days=365, slice_index=3, window=(-1000, 200))
+    out = FX.export(fig, tmp_path / f"case_1{suffix}", caption=caption)
     data = out.read_bytes()
     if suffix == ".png":
         from PIL import Image
@@ -175,8 +176,8 @@ def test_export_writes_valid_files_without_metadata(volume: tuple[np.ndarray, np
 def test_export_rejects_unknown_suffix_low_dpi_and_missing_folder(tmp_path: Path) -> None:
     fig = F.slice_strip(np.ones(3))
     with pytest.raises(InputError, match="out: got f.gif, has an unknown suffix; fix: end the file name in .png, .svg or .pdf"):
-        F.export(fig, tmp_path / "f.gif")
+        FX.export(fig, tmp_path / "f.gif")
     with pytest.raises(InputError, match="dpi: got 150, is below 300"):
-        F.export(fig, tmp_path / "f.png", dpi=150)
+        FX.export(fig, tmp_path / "f.png", dpi=150)
     with pytest.raises(InputError, match="folder does not exist"):
-        F.export(fig, tmp_path / "nope" / "f.png")
+        FX.export(fig, tmp_path / "nope" / "f.png")

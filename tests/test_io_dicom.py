@@ -11,7 +11,13 @@ import pytest
 from core.errors import InputError
 from core.io.dicom import to_convention
 from core.io.study import inspect_study, load_study, load_study_bytes
-from tests.dicom_factory import PHI_KEYWORDS, phantom_hu, write_series, write_two_series, zip_folder
+from tests.dicom_factory import (
+    PHI_KEYWORDS,
+    phantom_hu,
+    write_series,
+    write_two_series,
+    zip_folder,
+)
 
 sitk = pytest.importorskip("SimpleITK")
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from core.io.windows import WINDOWS, WINDOWS_FILE, apply_window, load_windows, window_range
+from core.io.windows import (
+    WINDOWS,
+    WINDOWS_FILE,
+    apply_window,
+    load_windows,
+    window_range,
+)
 
 
 def test_presets_are_data_with_literature_ranges():

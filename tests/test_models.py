@@ -10,8 +10,14 @@ import torch
 
 from core.models import FUSIONS
 from core.models.fusion import info_nce, make_fusion
-from core.models.heads import CoxHead, DiscreteHazardHead, PiecewiseExponentialHead, make_edges
+from core.models.heads import (
+    CoxHead,
+    DiscreteHazardHead,
+    PiecewiseExponentialHead,
+    make_edges,
+)
 from core.models.image2d import SliceEncoder2D
+from core.models.config import ImageConfig, ModelConfig
 from core.models.net import SurvivalNet
 
 B, S, E, D = 3, 5, 4, 16
@@ -117,10 +123,11 @@ def test_pwe_nll_matches_exponential_likelihood() -> None:
 
 def test_slice_encoder_gradients_reach_every_voxel_grid() -> None:
     enc = SliceEncoder2D(out_dim=8, size=32, channels=(4, 8))
+    chain = ImageConfig(kind="2d", size=32).transforms()
     hu = torch.zeros(1, 6, 50, 45, requires_grad=True)
-    enc(hu).sum().backward()
+    enc(chain(hu)).sum().backward()
     assert hu.grad is not None and hu.grad.shape == (1, 6, 50, 45)
-    assert torch.allclose(enc(hu.detach()), enc.trunk(enc.preprocess(hu.detach())))
+    assert chain(hu.detach()).shape == (1, 6, 32, 32)
 
 
 def test_3d_encoder_maps_patches_to_slices() -> None:
@@ -135,8 +142,9 @@ def test_net_with_3d_image_and_tabular() -> None:
     cfg = {"fusion": "cross_attention", "head": "pwe", "dim": 16, "edges": [0.0, 10.0, 30.0],
            "image": {"kind": "3d", "out_dim": 8, "grid": [16, 32, 32], "channels": [4, 8, 8], "hu_window": [-1000, 1000]},
            "ehr": {"sequence": None, "tabular": {"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]}, "embedding_dim": None}}
-    net = SurvivalNet(cfg).eval()
-    out = net({"image": torch.zeros(2, 12, 20, 20), "image_present": torch.ones(2),
+    net = SurvivalNet(ModelConfig.from_dict(cfg)).eval()
+    prepared = net.cfg.image.transforms()(torch.zeros(2, 12, 20, 20))
+    out = net({"image": prepared, "n_slices": torch.tensor(12), "image_present": torch.ones(2),
                "features": torch.zeros(2, 2), "feature_missing": torch.zeros(2, 2), "features_present": torch.ones(2)})
     assert out["survival"].shape == (2, 3)
     assert out["slice_weights"].shape == (2, 12)
@@ -147,7 +155,7 @@ def test_lung_mask_on_demo_phantom() -> None:
     """The lung mask keeps lung and an inner nodule, drops outside air, body wall, heart, bone and liver."""
     from core.demo import phantom as P
     from core.demo.latents import sample_latents
-    from core.models.image2d import lung_mask
+    from core.preprocess.lung import lung_mask
 
     lat = sample_latents(40, seed=3)
     row = lat[(lat["lesion"] == 1) & (lat["lesion_radius_mm"] < 12)].iloc[0]
@@ -189,8 +197,9 @@ def test_masked_slice_encoder_input_and_gradients() -> None:
     hu[:, :, 10:30, 10:30] = -850.0                # a lung
     hu[:, :, 18:21, 18:21] = 40.0                  # a nodule inside it
     hu[:, :, 34:37, 5:8] = 600.0                   # bone outside the lung
-    enc = SliceEncoder2D(out_dim=8, size=40, channels=(4, 8), hu_window=(-1000.0, 1000.0), lung_mask=True)
-    x = enc.preprocess(hu)
+    chain = ImageConfig(kind="2d", size=40, hu_window=(-1000.0, 1000.0), lung_mask=True).transforms()
+    enc = SliceEncoder2D(out_dim=8, size=40, channels=(4, 8), soft_tissue=chain.soft_tissue_step())
+    x = chain(hu)
     fill = (-850.0 - 0.0) / 1000.0
     assert torch.allclose(x[0, 0, 35, 6], torch.tensor(fill))     # bone replaced by lung air
     assert torch.allclose(x[0, 0, 0, 0], torch.tensor(fill))       # outside air likewise
@@ -198,11 +207,12 @@ def test_masked_slice_encoder_input_and_gradients() -> None:
     area = enc.soft_tissue_area(x)
     assert float(area[0, 0]) == pytest.approx(np.log1p(9.0), abs=0.15)
     h = hu.clone().requires_grad_(True)
-    enc(h).sum().backward()
+    enc(chain(h)).sum().backward()
     assert h.grad is not None
     assert float(h.grad[0, :, 34:37, 5:8].abs().sum()) == 0.0
     assert float(h.grad[0, :, 18:21, 18:21].abs().sum()) > 0.0
-    assert torch.allclose(enc(hu), enc.trunk(enc.preprocess(hu)))
+    masks = chain.masks(hu)  # the mask computed once and passed back gives the same input
+    assert masks is not None and torch.equal(chain(hu, masks), x)
 
 
 @pytest.mark.parametrize("name", [f for f in FUSIONS if f not in ("image_only", "ehr_only")])
@@ -400,7 +410,7 @@ def test_subjects_without_features_get_the_training_mean_of_the_linear_term() ->
     cfg = {"fusion": "ehr_only", "head": "discrete", "dim": 8, "edges": [0.0, 10.0, 30.0], "proportional_head": True,
            "ehr_linear": True, "image": {"kind": "none", "out_dim": 8, "hu_window": [-1000, 1000]},
            "ehr": {"sequence": None, "tabular": {"columns": ["a", "b"], "mean": [0, 0], "std": [1, 1]}, "embedding_dim": None}}
-    net = SurvivalNet(cfg).eval()
+    net = SurvivalNet(ModelConfig.from_dict(cfg)).eval()
     assert net.wide_dim == 4 and float(net.wide_mean.abs().sum()) == 0.0
     batch = {"features": torch.tensor([[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]),
              "feature_missing": torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]),
@@ -427,7 +437,7 @@ def test_lateral_closing_adds_wall_lesions_not_mediastinum() -> None:
     """Closing the lateral side of each lung (5 % of the slice) covers big lesions on the chest wall, adds no vessel or bone."""
     from core.demo import phantom as P
     from core.demo.latents import sample_latents
-    from core.models.image2d import lung_mask
+    from core.preprocess.lung import lung_mask
 
     lat = sample_latents(300, seed=5)
     rows = lat[(lat["lesion"] == 1) & (lat["lesion_central"] == 0) & (lat["lesion_radius_mm"] > 15)].head(12)
@@ -454,7 +464,7 @@ def test_medial_closing_adds_hilar_lesions_not_vessel_rims() -> None:
     """On the mediastinal side the closing adds solid tissue (> -100 HU) away from enhanced vessels: central lesions."""
     from core.demo import phantom as P
     from core.demo.latents import sample_latents
-    from core.models.image2d import lung_mask
+    from core.preprocess.lung import lung_mask
 
     lat = sample_latents(300, seed=5)
     rows = lat[(lat["lesion"] == 1) & (lat["lesion_central"] == 1) & (lat["lesion_radius_mm"] > 15)].head(12)
@@ -484,7 +494,7 @@ def test_lung_coverage_warning_on_an_abdominal_ct_not_on_demo_chests(real_ct: Pa
     from core.demo import phantom as P
     from core.demo.latents import sample_latents
     from core.io.study import load_study
-    from core.models.image2d import MIN_LUNG_ML, lung_coverage_warning, lung_volume_ml
+    from core.preprocess.lung import MIN_LUNG_ML, lung_coverage_warning, lung_volume_ml
 
     volume = load_study(real_ct)
     assert lung_volume_ml(volume.hu, volume.spacing_mm) == pytest.approx(314.6, abs=1.0)
@@ -504,7 +514,7 @@ def test_distance_transform_closing_equals_binary_closing_with_a_disk(radius: in
     """The lung closing uses distance transforms (cost independent of the radius); same result as scipy's closing."""
     from scipy import ndimage
 
-    from core.models.image2d import _close_disk
+    from core.preprocess.lung import _close_disk
 
     rng = np.random.default_rng(radius)
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from core.deid import deidentify_study, phi_keywords
-from core.deid.profile import (
+from core.phi.profile import (
     ANNEX_E,
     PROFILE_NAME,
     RULES,

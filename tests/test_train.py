@@ -189,9 +189,9 @@ def test_unknown_fusion_and_missing_modality(tiny_cohort: Path, tmp_path: Path) 
 def test_pretrain_then_train_from_encoder(tiny_cohort: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from core.pretrain import pretrain_encoder, tte_tasks
     from core.cohort import load_cohort
     from core.train import train_model
+    from core.train.pretrain import pretrain_encoder, tte_tasks
 
     codes, time, event, mask = tte_tasks(load_cohort(tiny_cohort), k=4, min_events=3)
     assert 1 <= len(codes) <= 4 and "MEDS_BIRTH" not in codes
@@ -210,7 +210,7 @@ def test_pretrain_then_train_from_encoder(tiny_cohort: Path, tmp_path: Path) -> 
 def test_compare_writes_tables(tiny_cohort: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from core.compare import compare_strategies
+    from core.train.compare import compare_strategies
 
     table = compare_strategies(tiny_cohort, tmp_path / "cmp", fusions=["image_only", "ehr_only", "concat"], epochs=2,
                                device="cpu", overrides=TINY)
@@ -226,7 +226,7 @@ def test_compare_writes_tables(tiny_cohort: Path, tmp_path: Path) -> None:
 def test_lung_mask_and_warm_started_image_path(models: dict[str, Path], tiny_cohort: Path) -> None:
     """New models mask the lungs (config), start the fusion from the image stage, and get no gradient outside the lungs."""
     from core.cohort import load_cohort
-    from core.models.image2d import lung_mask
+    from core.preprocess.lung import lung_mask
     from core.registry import load_model
 
     cfg = json.loads((models["concat"] / "config.json").read_text())
@@ -261,9 +261,9 @@ def test_compare_cli_ehr_encoder(tiny_cohort: Path, tmp_path: Path, capsys: pyte
 
 @pytest.mark.slow
 def test_ensemble_band_is_the_range_of_its_members(models: dict[str, Path], tiny_cohort: Path) -> None:
+    from core.cohort import load_cohort
     from core.predict import prediction_json
     from core.registry import load_model
-    from core.cohort import load_cohort
 
     model = load_model(models["concat"])
     assert model.ensemble_size == 5 and len(model.net.members) == 5
@@ -272,7 +272,7 @@ def test_ensemble_band_is_the_range_of_its_members(models: dict[str, Path], tiny
     assert info["uncertainty"].startswith("ensemble of 5 seeds")
     inputs = model.case_inputs(load_cohort(tiny_cohort), "demo0003")
     with torch.no_grad():
-        members = np.stack([m(model.net_batch(inputs))["survival"][0].numpy() for m in model.net.members])
+        members = np.stack([m(model.encoded_batch(inputs))["survival"][0].numpy() for m in model.net.members])
     p = model.predict_case(inputs)
     assert np.allclose(p.survival, members.mean(0), atol=1e-6)
     assert np.allclose(p.lower, np.minimum(members.min(0), p.survival), atol=1e-6)
@@ -320,7 +320,7 @@ def test_linear_ehr_term_training_mean_for_cases_without_features(models: dict[s
     without = model.predict_case(inputs)
     assert without.modalities_used == ["image", "ehr_events"] and with_features.risk != without.risk
     # its linear term is exactly the term of the training mean: v . wide_mean
-    batch = model.net_batch(inputs)
+    batch = model.encoded_batch(inputs)
     assert torch.allclose(member._wide_input(batch), member.wide_mean[None])
     with torch.no_grad():
         term = member.head.wide_term(member._wide_input(batch))

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.compare import compare_strategies
+    from core.train.compare import compare_strategies
 
     out = args.out or args.cohort / "comparison"
     table = compare_strategies(args.cohort, out, fusions=[f.strip() for f in args.fusions.split(",") if f.strip()],

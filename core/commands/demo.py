@@ -24,7 +24,12 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from core.demo.cohort import c_index_summary, check_out, check_seed, write_demo_cohort
+    from core.demo.cohort import (
+        c_index_summary,
+        check_out,
+        check_seed,
+        write_demo_cohort,
+    )
     from core.demo.latents import check_n
 
     started = time.perf_counter()

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 HELP = "attribution figure (saliency, IG, Grad-CAM, occlusion, SmoothGrad) for one subject"
-METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
+from core.explain import METHODS, check_method
+
 SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -58,8 +59,7 @@ def _window(text: str) -> tuple[tuple[float, float], str]:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
-    if args.method not in METHODS:
-        raise InputError("method", args.method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    check_method(args.method, "method")
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
         raise InputError("out", out.name, "has an unknown suffix", "end the file name in .png, .svg or .pdf")
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from core import figure_export
     from core import figures as F
     from core.cohort import load_cohort
     from core.explain import attribute
@@ -87,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
     k = args.slice_index if args.slice_index is not None else (att.top_slices[0][0] if att.top_slices else volume.shape[0] // 2)
     model_label = model.model_dir.name
     fig = F.slice_overlay(volume.hu[k], att.map[k], window=window, spacing_mm=volume.spacing_mm,
-                          title=f"{F.safe_filename(args.label)}: {args.method}, axial slice {k}")
-    caption = F.caption_text(model=model_label, fusion=model.fusion, method=args.method, horizon_days=att.horizon_days,
+                          title=f"{figure_export.safe_filename(args.label)}: {args.method}, axial slice {k}")
+    caption = figure_export.caption_text(model=model_label, fusion=model.fusion, method=args.method, horizon_days=att.horizon_days,
                              slice_index=k, window=window_name)
-    F.export(fig, out, caption=caption)
+    figure_export.export(fig, out, caption=caption)
     if args.save_map is not None:
         np.save(args.save_map, att.map.astype(np.float32))
     result = {**att.to_dict(), "slice_shown": int(k), "model": model_label, "fusion": model.fusion,

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HELP = "export a case as DICOM: saliency Parametric Map, top-region Segmentation, prediction SR"
-METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
+from core.explain import METHODS, check_method
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
-    if args.method not in METHODS:
-        raise InputError("--method", args.method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    check_method(args.method, "--method")
     if not 0.0 < args.percentile < 100.0:
         raise InputError("--percentile", args.percentile, "must be between 0 and 100", "use e.g. 99")
     for flag, path in (("--model", args.model), ("--cohort", args.cohort)):

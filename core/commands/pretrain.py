@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.pretrain import pretrain_encoder
+    from core.train.pretrain import pretrain_encoder
 
     info = pretrain_encoder(args.cohort, args.out, tasks=args.tasks, epochs=args.epochs, seed=args.seed, device=args.device,
                             image_encoder_kind=args.image_encoder_kind, min_events=args.min_events)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 HELP = "sanity checks of explanations (randomization test, pointing game)"
-METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
+from core.explain import METHODS, check_method
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,15 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
-    if args.method not in METHODS:
-        raise InputError("method", args.method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    check_method(args.method, "method")
     if args.max_cases < 1 or args.randomization_cases < 1:
         raise InputError("max-cases", min(args.max_cases, args.randomization_cases), "must be >= 1", "use e.g. 5")
     import pandas as pd
 
     from core.cohort import load_cohort
     from core.registry import load_model
-    from core.sanity import append_to_model_card, cascading_randomization, model_card_section, pointing_game
+    from core.sanity import (
+        append_to_model_card,
+        cascading_randomization,
+        model_card_section,
+        pointing_game,
+    )
 
     model = load_model(args.model)
     cohort = load_cohort(args.cohort)

@@ -16,7 +16,7 @@ from core.deid.cohort_gate import (
     gate_cohort,
     gate_study,
 )
-from core.deid.detect import PhiFinding, burned_in_reasons, find_phi, phi_keywords
+from core.phi.detect import PhiFinding, burned_in_reasons, find_phi, phi_keywords
 from core.deid.nifti import deidentify_nifti_bytes
 from core.deid.study import DeidReport, deidentify_bytes, deidentify_study
 from core.deid.text import REDACTED, redact_codes

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from core.deid.detect import (
+from core.phi.detect import (
     PIXEL_TAGS,
     element_values,
     is_empty_value,
@@ -28,7 +28,7 @@ from core.deid.detect import (
     name_pattern,
     person_names,
 )
-from core.deid.profile import (
+from core.phi.profile import (
     METHOD_CODES,
     TABLE_EDITION,
     Rule,

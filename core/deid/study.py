@@ -23,14 +23,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from core.deid.clean import NAME_TEXT_VRS, StudyCleaner
-from core.deid.detect import (
+from core.phi.detect import (
     PIXEL_TAGS,
     element_values,
     find_phi,
     identifying_values,
     person_names,
 )
-from core.deid.profile import PROFILE_NAME, TABLE_EDITION
+from core.phi.profile import PROFILE_NAME, TABLE_EDITION
 from core.errors import InputError
 from core.io.safezip import is_zip, read_zip
 
@@ -67,6 +67,12 @@ class DeidReport:
         out = asdict(self)
         out["changes"] = [list(c) for c in self.changes]
         return out
+
+    def summary(self) -> str:
+        """One line about what changed (counts only, never a value): for the upload page and logs."""
+        changed = sum(self.action_counts.values())
+        return (f"{self.n_instances} instance(s) in {self.n_series} series; {changed} element changes "
+                f"({self.profile}); dates {self.dates}; {len(self.residual)} residual warning(s).")
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""

@@ -1,6 +1,6 @@
 """Write the demo cohort folder: outcomes, CT phantoms, MEDS timeline, features, README.
 
-Layout (the BRIEF's cohort format)::
+Layout (the cohort folder format of core.cohort)::
 
     cohort.csv          subject_id, time, event, split, study, index_time, true_risk,
                         lesion, lesion_slice, lesion_row, lesion_col, lesion_radius_mm,

@@ -22,6 +22,7 @@ noise-free, which keeps each gzip file near 100 kB).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,16 +291,24 @@ def _intensities(labels: np.ndarray, p: pd.Series, rng: np.random.Generator, z: 
 
 def write_nifti(phantom: Phantom, path: Path, spacing: tuple[float, float, float] = SPACING_MM) -> None:
     """Write int16 NIfTI (gz) whose affine reorients back to [slice, row, col] of core.io.volume."""
+    write_hu_nifti(phantom.hu, spacing, path)
+
+
+def write_hu_nifti(hu: np.ndarray, spacing: Sequence[float], path: Path) -> None:
+    """int16 NIfTI (gz) of ``[slice, row, col]`` HU with an affine that loads back to the same array.
+
+    The header carries no text (``descrip`` and friends stay empty): the upload gate treats header
+    text as possible PHI.
+    """
     import nibabel as nib
 
-    data = np.ascontiguousarray(phantom.hu.transpose(2, 1, 0))
-    aff = affine_ras_nifti(phantom.hu.shape, spacing)  # type: ignore[arg-type]
-    img = nib.Nifti1Image(data, aff)
+    spacing_t = tuple(float(v) for v in spacing)
+    aff = affine_ras_nifti(hu.shape, spacing_t)  # type: ignore[arg-type]
+    img = nib.Nifti1Image(np.ascontiguousarray(hu.astype(np.int16).transpose(2, 1, 0)), aff)
     img.header.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
     img.header["scl_slope"] = 1.0
     img.header["scl_inter"] = 0.0
-    img.header["descrip"] = b"core.demo chest phantom (synthetic)"
     nib.save(img, str(path))

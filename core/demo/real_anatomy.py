@@ -105,7 +105,7 @@ from scipy import ndimage
 from core.demo import latents as L
 from core.demo.cohort import check_out, check_seed, harrell_c
 from core.demo.ehr import build_timeline, curate_features
-from core.demo.phantom import affine_ras_nifti
+from core.demo.phantom import write_hu_nifti
 from core.errors import InputError
 
 Progress = Callable[[float, str], None]
@@ -536,21 +536,6 @@ def render_subject(base: BaseAnatomy, row: pd.Series, slices: int, rng: np.rando
     return Rendered(hu=out, spacing_mm=pose.spacing_mm, labels=labels, lesions=lesions, pose=pose)
 
 
-def write_study(hu: np.ndarray, spacing_mm: Sequence[float], path: Path, description: str = "real-anatomy cohort") -> None:
-    """int16 NIfTI (gz) with an affine that loads back (core.io.study.load_study) to the same [slice, row, col] array."""
-    import nibabel as nib
-
-    spacing = tuple(float(s) for s in spacing_mm)
-    aff = affine_ras_nifti(hu.shape, spacing)  # type: ignore[arg-type]
-    img = nib.Nifti1Image(np.ascontiguousarray(hu.astype(np.int16).transpose(2, 1, 0)), aff)
-    img.header.set_data_dtype(np.int16)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(aff, code=1)
-    img.set_sform(aff, code=1)
-    img.header["scl_slope"] = 1.0
-    img.header["scl_inter"] = 0.0
-    img.header["descrip"] = description.encode("ascii")[:79]
-    nib.save(img, str(path))
 
 
 # ============================================================================= the cohort folder
@@ -614,7 +599,7 @@ def write_real_anatomy_cohort(out: Path | str, ct_path: Path | str = DEFAULT_CT,
         subject = render_subject(base, row, slices, subject_rng(seed, i))
         sid = row["subject_id"]
         lesions[sid] = subject.lesions
-        write_study(subject.hu, subject.spacing_mm, studies / f"{sid}.nii.gz")
+        write_hu_nifti(subject.hu, subject.spacing_mm, studies / f"{sid}.nii.gz")
         p = subject.pose
         poses.append({"subject_id": sid, "yaw_deg": round(p.yaw_deg, 3), "tilt_deg": round(p.tilt_deg, 3),
                       "scale": round(p.scale, 4), "shift_z_mm": round(p.shift_mm[0], 2), "shift_y_mm": round(p.shift_mm[1], 2),
@@ -754,5 +739,5 @@ __all__ = [
     "save_subject_overlay",
     "subject_rng",
     "write_real_anatomy_cohort",
-    "write_study",
+    "write_hu_nifti",
 ]

@@ -36,12 +36,12 @@ from core.dicom_export.series import (
     source_series_from_files,
 )
 from core.errors import InputError
+from core.explain import check_method
 from core.io.volume import Volume
 
 __all__ = ["ExportResult", "ModelInfo", "SourceSeries", "export_dicom", "export_case_dicom", "model_info",
            "source_series_for"]
 
-METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
 
 
 @dataclass
@@ -173,8 +173,7 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
 
     With ``return_map`` also the attribution map ``[S, R, C]`` on the Volume grid.
     """
-    if method not in METHODS:
-        raise InputError("method", method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
+    check_method(method)
     from core.cohort import load_cohort
     from core.explain import attribute
     from core.registry import load_model

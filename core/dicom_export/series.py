@@ -38,6 +38,7 @@ from pydicom.uid import (
 )
 
 from core.errors import InputError
+from core.io.dicom import undeflate_dicom
 from core.io.volume import Volume
 
 GRID_TOLERANCE = 0.02  # voxel units: how far a source pixel centre may sit from a Volume voxel centre
@@ -126,7 +127,8 @@ def source_series_from_files(sources: Iterable[Path | tuple[str, bytes]], volume
     for source in sources:
         path = Path(source[0]) if isinstance(source, tuple) else Path(source)
         try:
-            ds = pydicom.dcmread(io.BytesIO(source[1]) if isinstance(source, tuple) else source)
+            raw = source[1] if isinstance(source, tuple) else Path(source).read_bytes()
+            ds = pydicom.dcmread(io.BytesIO(undeflate_dicom(raw, path.name)))  # bounded, before pydicom inflates
         except (pydicom.errors.InvalidDicomError, OSError):
             continue  # not DICOM (e.g. a README beside the series)
         if "PixelData" not in ds or "ImagePositionPatient" not in ds:

@@ -53,10 +53,9 @@ from core.evaluate.outcomes import (
     check_risk,
     check_survival,
     risk_from_survival,
-    survival_at,
 )
+from core.horizons import HORIZONS, survival_at
 
-HORIZONS: tuple[int, ...] = (30, 365, 1825)
 #: quantile of follow-up used as Uno's truncation time tau and as the end of the IBS range
 FOLLOW_UP_QUANTILE = 0.9
 #: quantile of the evaluated follow-up where the IBS range starts

@@ -147,20 +147,6 @@ def check_horizons(horizons: Sequence[float]) -> tuple[float, ...]:
     return hs
 
 
-def survival_at(times_grid: np.ndarray, surv: np.ndarray, at: ArrayLike) -> np.ndarray:
-    """S at arbitrary times from curves on a grid, read as a right-continuous step function.
-
-    Before the first grid time S = 1. Returns [n, len(at)].
-
-    >>> survival_at(np.array([1.0, 2.0]), np.array([[0.9, 0.5]]), [0.5, 1.0, 1.5, 3.0]).tolist()
-    [[1.0, 0.9, 0.9, 0.5]]
-    """
-    at = np.atleast_1d(np.asarray(at, dtype=float))
-    idx = np.searchsorted(times_grid, at, side="right") - 1
-    padded = np.concatenate([np.ones((surv.shape[0], 1)), surv], axis=1)
-    return padded[:, idx + 1]
-
-
 def risk_from_survival(times_grid: np.ndarray, surv: np.ndarray) -> np.ndarray:
     """Default scalar risk: minus the restricted mean survival time (area under S up to the grid's end).
 

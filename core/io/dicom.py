@@ -463,7 +463,7 @@ def _gate(ds: Dataset, cache: dict[bytes, tuple[frozenset[str], tuple[str, ...]]
     Files whose gate-relevant content is identical (the slices of one series
     differ only in positions, numbers and UIDs) share one answer via ``cache``.
     """
-    from core.deid.detect import (  # core.deid imports core.io: import late
+    from core.phi.detect import (
         burned_in_reasons,
         phi_keywords,
     )

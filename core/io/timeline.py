@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from core.errors import InputError
 

@@ -2,8 +2,10 @@
 
 One concept per module:
 
-* ``image2d``      -- 2D CNN per axial slice (per-slice tokens; HU window and resize inside the net)
-* ``image3d``      -- 3D MONAI convolutional network with patch tokens
+* ``config``       -- the typed model configuration (what config.json holds)
+* ``image2d``      -- 2D CNN per axial slice (per-slice tokens) on prepared slices (``core.preprocess``)
+* ``image3d``      -- 3D MONAI convolutional network with patch tokens on a prepared volume
+* ``i3resnet``, ``foundation_weights``, ``foundation_cache`` -- the frozen Merlin-architecture CT backbone
 * ``ehr_tabular``  -- tabular features: missing indicators, train-split scaling, one token per feature
 * ``ehr_sequence`` -- time-aware sequence encoder over timeline events before the index time
 * ``pooling``      -- masked softmax and gated attention pooling over token sets

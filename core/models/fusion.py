@@ -44,7 +44,6 @@ is dropped from the displayed weights).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from dataclasses import dataclass, field
 
 import torch
@@ -283,8 +282,8 @@ class ImageAnchored(Fusion):
 
 
 def make_fusion(name: str, dim: int, dropout: float = 0.1, heads: int = 2, anchor: bool = False) -> Fusion:
-    from core.models import FUSIONS
     from core.errors import InputError
+    from core.models import FUSIONS
 
     table = {
         "image_only": lambda: ImageOnly(dim, dropout, heads),

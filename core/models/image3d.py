@@ -1,33 +1,30 @@
 """3D convolutional image encoder built from MONAI blocks: one token per 3D patch.
 
-The volume (HU, ``[B, S, R, C]``) is windowed and resized inside the network
-(trilinear ``F.interpolate``) to ``grid`` voxels, then three stride-2 MONAI
-``Convolution`` blocks give a ``grid / 8`` feature map; every position is a
-patch token. ``patch_slices(S)`` maps patch tokens back to the input slices so
+The network takes a prepared volume ``[B, *grid]`` (windowed and resized to
+``grid`` voxels by ``core.preprocess.transforms``, before it); stride-2 MONAI
+``Convolution`` blocks (three by default) give a ``grid / 8`` feature map; every
+position is a patch token. ``patch_slices(S)`` maps patch tokens back to the input slices so
 that attention over patches can be shown as weights over slices.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
 
 class VolumeEncoder3D(nn.Module):
-    """``[B, S, R, C]`` HU -> ``[B, P, out_dim]`` patch tokens (P = prod(grid) / 512).
+    """Prepared volume ``[B, *grid]`` -> ``[B, P, out_dim]`` patch tokens (P = prod(grid) / 8 ** len(channels)).
 
     >>> enc = VolumeEncoder3D(out_dim=8, grid=(16, 32, 32), channels=(4, 8, 8))
-    >>> enc(torch.zeros(1, 10, 40, 40)).shape
+    >>> enc(torch.zeros(1, 16, 32, 32)).shape
     torch.Size([1, 32, 8])
     """
 
-    def __init__(self, out_dim: int = 64, grid: tuple[int, int, int] = (32, 64, 64), channels: tuple[int, ...] = (8, 16, 32),
-                 hu_window: tuple[float, float] = (-1000.0, 1000.0)) -> None:
+    def __init__(self, out_dim: int = 64, grid: tuple[int, int, int] = (32, 64, 64), channels: tuple[int, ...] = (8, 16, 32)) -> None:
         super().__init__()
         self.grid = tuple(int(g) for g in grid)
-        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         blocks: list[nn.Module] = []
         c_in = 1
         for c in channels:
@@ -44,17 +41,9 @@ class VolumeEncoder3D(nn.Module):
         """The last convolution block (target layer for Grad-CAM)."""
         return self.features[-1]
 
-    def preprocess(self, hu: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.hu_window
-        x = (hu.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
-        return F.interpolate(x.unsqueeze(1), size=self.grid, mode="trilinear", align_corners=False).squeeze(1)
-
-    def trunk(self, vol: torch.Tensor) -> torch.Tensor:
+    def forward(self, vol: torch.Tensor) -> torch.Tensor:
         fmap = self.features(vol.unsqueeze(1))  # [B, C, z, y, x]
         return self.proj(fmap.flatten(2).transpose(1, 2))
-
-    def forward(self, hu: torch.Tensor) -> torch.Tensor:
-        return self.trunk(self.preprocess(hu))
 
     def patch_slices(self, n_slices: int) -> torch.Tensor:
         """``[P, S]`` matrix: row p spreads patch p's weight evenly over the input slices its z-slab covers."""

@@ -2,16 +2,18 @@
 
 Batch dictionary (all tensors, batch first):
 
-* image, one of: ``image`` ``[B, S, R, C]`` HU (encoded here, differentiable),
-  ``image_tokens`` ``[B, S, D]`` + ``image_token_mask`` ``[B, S]`` (cached encoder
-  tokens; training), or ``image_embedding`` ``[B, K * D]`` (precomputed);
-  ``image_present`` ``[B]``.
+* image, one of: ``image``, the encoder's prepared input (``[B, S, size, size]``
+  slices or a ``[B, *grid]`` volume from ``core.preprocess.transforms``; encoded
+  here, differentiable), ``image_tokens`` ``[B, S, D]`` + ``image_token_mask``
+  ``[B, S]`` (encoder tokens, see ``with_image_tokens``), or ``image_embedding``
+  ``[B, K * D]`` (precomputed); ``image_present`` ``[B]``; ``n_slices`` (the
+  study's slice count, to map 3D patch weights onto slices).
 * EHR, any of: ``codes``, ``values``, ``value_missing``, ``dt_days``, ``event_mask``
   ``[B, E]`` (sequence encoder); ``features``, ``feature_missing`` ``[B, F]`` and
   ``features_present`` ``[B]`` (tabular); ``ehr_embedding`` ``[B, D]`` and
   ``ehr_embedding_present`` ``[B]``.
 
-Linear EHR term (``cfg["ehr_linear"]``, models trained since 2026-11-22): when
+Linear EHR term (``ModelConfig.ehr_linear``): when
 the model uses tabular features, the head also gets ``[features,
 feature_missing]`` (where ``features_present`` is 0, as for an uploaded case,
 the training mean ``wide_mean`` instead) and adds a linear term of them to the linear predictor (wide and deep;
@@ -38,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.models.config import ImageConfig, ModelConfig
+from core.models.types import NetBatch
 from core.models.ehr_sequence import SequenceEncoder
 from core.models.ehr_tabular import FeatureTokenizer
 from core.models.fusion import make_fusion
@@ -45,17 +49,31 @@ from core.models.heads import make_head
 from core.models.image2d import SliceEncoder2D
 
 
-def build_image_encoder(icfg: dict) -> nn.Module | None:
-    kind = icfg.get("kind", "none")
-    if kind == "2d":
-        return SliceEncoder2D(int(icfg["out_dim"]), int(icfg["size"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]),
-                              lung_mask=bool(icfg.get("lung_mask", False)), lung_close=float(icfg.get("lung_close", 0.0)),
-                              lung_medial=bool(icfg.get("lung_medial", False)))
-    if kind == "3d":
+def build_image_encoder(icfg: ImageConfig) -> nn.Module | None:
+    """The voxel encoder of an image config (None for embeddings or no image); its input comes from
+    ``ImageConfig.transforms`` (``core.preprocess.transforms``) of the same config."""
+    if icfg.kind == "2d":
+        chain = icfg.transforms()
+        assert chain is not None
+        return SliceEncoder2D(icfg.out_dim, icfg.size, icfg.channels, soft_tissue=chain.soft_tissue_step())
+    if icfg.kind == "3d":
         from core.models.image3d import VolumeEncoder3D
 
-        return VolumeEncoder3D(int(icfg["out_dim"]), tuple(icfg["grid"]), tuple(icfg["channels"]), tuple(icfg["hu_window"]))
+        assert icfg.grid is not None
+        return VolumeEncoder3D(icfg.out_dim, icfg.grid, icfg.channels)
     return None
+
+
+def with_image_tokens(batch: NetBatch, tokens: torch.Tensor, n_slices: int) -> NetBatch:
+    """``batch`` with the image replaced by its encoder tokens (all valid) and the study's slice count.
+
+    Every caller that encodes a case once and then runs the fusion several times (ensemble members,
+    MC dropout, attributions) goes through here.
+    """
+    out: NetBatch = {k: v for k, v in batch.items() if k != "image"}  # type: ignore[assignment]
+    out.update(image_tokens=tokens, image_token_mask=torch.ones(tokens.shape[:2], device=tokens.device),
+               n_slices=torch.tensor(int(n_slices)))
+    return out
 
 
 def _renorm(w: torch.Tensor) -> torch.Tensor:
@@ -63,32 +81,29 @@ def _renorm(w: torch.Tensor) -> torch.Tensor:
 
 
 class SurvivalNet(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        dim = int(cfg["dim"])
-        dropout = float(cfg.get("dropout", 0.1))
-        icfg = cfg["image"]
-        self.image_kind = icfg.get("kind", "none")
+        dim, dropout, icfg, ecfg = cfg.dim, cfg.dropout, cfg.image, cfg.ehr
+        self.image_kind = icfg.kind
         self.image_encoder = build_image_encoder(icfg)
-        if self.image_kind in ("2d", "3d"):
-            self.image_proj: nn.Module | None = nn.Sequential(nn.Linear(int(icfg["out_dim"]), dim), nn.LayerNorm(dim))
-            self.slice_pos = nn.Linear(8, dim) if self.image_kind == "2d" else None
-        elif self.image_kind == "embedding":
-            self.image_proj = nn.Sequential(nn.Linear(int(icfg["emb_dim"]), dim), nn.LayerNorm(dim))
+        self.slice_pos: nn.Module | None = None
+        if icfg.voxels:
+            self.image_proj: nn.Module | None = nn.Sequential(nn.Linear(icfg.out_dim, dim), nn.LayerNorm(dim))
+            self.slice_pos = nn.Linear(8, dim) if icfg.kind == "2d" else None
+        elif icfg.kind == "embedding":
+            assert icfg.emb_dim is not None
+            self.image_proj = nn.Sequential(nn.Linear(icfg.emb_dim, dim), nn.LayerNorm(dim))
         else:
             self.image_proj = None
-        if self.image_kind != "2d":
-            self.slice_pos = None
-        ecfg = cfg["ehr"]
-        self.seq = SequenceEncoder(len(ecfg["sequence"]["codes"]) + 2, dim, int(ecfg.get("layers", 1)), int(cfg.get("heads", 2)), dropout) if ecfg.get("sequence") else None
-        self.tab = FeatureTokenizer(len(ecfg["tabular"]["columns"]), dim, dropout) if ecfg.get("tabular") else None
-        self.ehr_emb_proj = nn.Sequential(nn.Linear(int(ecfg["embedding_dim"]), dim), nn.LayerNorm(dim)) if ecfg.get("embedding_dim") else None
+        self.seq = SequenceEncoder(len(ecfg.sequence["codes"]) + 2, dim, ecfg.layers, cfg.heads, dropout) if ecfg.sequence else None
+        self.tab = FeatureTokenizer(len(ecfg.feature_names), dim, dropout) if ecfg.tabular else None
+        self.ehr_emb_proj = nn.Sequential(nn.Linear(ecfg.embedding_dim, dim), nn.LayerNorm(dim)) if ecfg.embedding_dim else None
         self.type_emb = nn.Embedding(3, dim)
-        self.fusion = make_fusion(cfg["fusion"], dim, dropout, int(cfg.get("heads", 2)), anchor=bool(cfg.get("image_anchor", False)))
-        self.wide_dim = 2 * len(ecfg["tabular"]["columns"]) if cfg.get("ehr_linear") and ecfg.get("tabular") and self.fusion.uses_ehr else 0
-        self.head = make_head(cfg["head"], self.fusion.out_dim, np.asarray(cfg["edges"], float),
-                              proportional=bool(cfg.get("proportional_head", False)), wide_dim=self.wide_dim)
+        self.fusion = make_fusion(cfg.fusion, dim, dropout, cfg.heads, anchor=cfg.image_anchor)
+        self.wide_dim = 2 * len(ecfg.feature_names) if cfg.ehr_linear and ecfg.tabular and self.fusion.uses_ehr else 0
+        self.head = make_head(cfg.head, self.fusion.out_dim, np.asarray(cfg.edges, float),
+                              proportional=cfg.proportional_head, wide_dim=self.wide_dim)
         if self.wide_dim:
             # the linear EHR term's input for a subject without tabular features (an uploaded case): the mean
             # over the training subjects with features (``set_wide_mean``); 0 in model folders saved before it
@@ -103,10 +118,10 @@ class SurvivalNet(nn.Module):
     def has_ehr(self) -> bool:
         return (self.seq is not None or self.tab is not None or self.ehr_emb_proj is not None) and self.fusion.uses_ehr
 
-    def encode_image(self, hu: torch.Tensor) -> torch.Tensor:
-        """Raw encoder tokens ``[B, S or P, D]`` from HU (what the training cache stores)."""
+    def encode_image(self, prepared: torch.Tensor) -> torch.Tensor:
+        """Raw encoder tokens ``[B, S or P, D]`` from the prepared image (what the training cache stores)."""
         assert self.image_encoder is not None
-        return self.image_encoder(hu)
+        return self.image_encoder(prepared)
 
     def _image_tokens(self, batch: dict[str, torch.Tensor], b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         n_slices: int | None = None
@@ -119,9 +134,9 @@ class SurvivalNet(nn.Module):
         elif "image" in batch and batch["image"] is not None:
             tok = self.encode_image(batch["image"])
             mask = torch.ones(tok.shape[:2], device=device)
-            n_slices = int(batch["image"].shape[1])
+            n_slices = int(batch["n_slices"]) if "n_slices" in batch else int(batch["image"].shape[1])
         elif "image_embedding" in batch:
-            d = int(self.cfg["image"]["emb_dim"])
+            d = int(self.cfg.image.emb_dim or 0)
             tok = batch["image_embedding"].float().reshape(b, -1, d)
             mask = torch.ones(tok.shape[:2], device=device)
         else:
@@ -184,7 +199,7 @@ class SurvivalNet(nn.Module):
         self.wide_mean.copy_(x.mean(dim=0).to(self.wide_mean))
         return int(keep.sum())
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def forward(self, batch: NetBatch) -> dict[str, Any]:
         ref = batch.get("image_present")
         if ref is None:
             ref = next(v for v in batch.values() if isinstance(v, torch.Tensor))
@@ -215,19 +230,18 @@ class EnsembleNet(nn.Module):
     once (the encoder is shared) and the tokens go to every member, so gradients
     still reach the voxels.
 
-    >>> import core.models.heads  # noqa: F401
-    >>> cfg = {"fusion": "image_only", "head": "discrete", "dim": 8, "edges": [0, 1, 2],
+    >>> cfg = ModelConfig.from_dict({"fusion": "image_only", "head": "discrete", "dim": 8, "edges": [0, 1, 2],
     ...        "image": {"kind": "2d", "out_dim": 8, "size": 16, "channels": [4], "hu_window": [-1000, 1000]},
-    ...        "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
+    ...        "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}})
     >>> ens = EnsembleNet(cfg, 3).eval()
-    >>> out = ens({"image": torch.zeros(2, 4, 20, 20), "image_present": torch.ones(2)})
+    >>> out = ens({"image": torch.zeros(2, 4, 16, 16), "image_present": torch.ones(2)})
     >>> tuple(out["survival"].shape), tuple(out["member_survival"].shape)
     ((2, 3), (3, 2, 3))
     >>> ens.members[2].image_encoder is ens.members[0].image_encoder
     True
     """
 
-    def __init__(self, cfg: dict[str, Any], k: int) -> None:
+    def __init__(self, cfg: ModelConfig, k: int) -> None:
         super().__init__()
         if int(k) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {k}")
@@ -257,16 +271,14 @@ class EnsembleNet(nn.Module):
     def has_ehr(self) -> bool:
         return self.first.has_ehr
 
-    def encode_image(self, hu: torch.Tensor) -> torch.Tensor:
-        return self.first.encode_image(hu)
+    def encode_image(self, prepared: torch.Tensor) -> torch.Tensor:
+        return self.first.encode_image(prepared)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def forward(self, batch: NetBatch) -> dict[str, Any]:
         if "image" in batch and batch["image"] is not None and self.image_encoder is not None and self.has_image:
             image = batch["image"]
-            tokens = self.encode_image(image)
-            batch = {k: v for k, v in batch.items() if k != "image"}
-            batch.update(image_tokens=tokens, image_token_mask=torch.ones(tokens.shape[:2], device=tokens.device),
-                         n_slices=torch.tensor(image.shape[1]))
+            n = int(batch["n_slices"]) if "n_slices" in batch else int(image.shape[1])
+            batch = with_image_tokens(batch, self.encode_image(image), n)
         outs = [m(batch) for m in self.members]
 
         def mean(key: str) -> torch.Tensor | None:
@@ -281,7 +293,6 @@ class EnsembleNet(nn.Module):
                 "member_survival": torch.stack([o["survival"] for o in outs])}
 
 
-def build_net(cfg: dict[str, Any]) -> nn.Module:
-    """``SurvivalNet`` or, where ``cfg["ensemble"] > 1``, ``EnsembleNet`` (what a model folder holds)."""
-    k = int(cfg.get("ensemble", 1) or 1)
-    return EnsembleNet(cfg, k) if k > 1 else SurvivalNet(cfg)
+def build_net(cfg: ModelConfig) -> nn.Module:
+    """``SurvivalNet`` or, where ``cfg.ensemble > 1``, ``EnsembleNet`` (what a model folder holds)."""
+    return EnsembleNet(cfg, cfg.ensemble) if cfg.ensemble > 1 else SurvivalNet(cfg)

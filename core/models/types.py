@@ -3,10 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 import torch
+
+
+class NetBatch(TypedDict, total=False):
+    """The network's batch (``SurvivalNet.forward``): tensors, batch first; any modality may be absent.
+
+    A dictionary rather than a dataclass because training indexes, moves and masks every entry
+    alike (``core.train.loop``) and DistributedDataParallel passes it through unchanged.
+    """
+
+    image: torch.Tensor                  # prepared image ([B, S, size, size] or [B, *grid]), encoded by the net
+    image_tokens: torch.Tensor           # [B, S or P, D] encoder tokens (core.models.net.with_image_tokens)
+    image_token_mask: torch.Tensor       # [B, S or P]
+    n_slices: torch.Tensor               # () the study's slice count (3D patch weights -> slices)
+    image_embedding: torch.Tensor        # [B, K * D] precomputed
+    image_present: torch.Tensor          # [B]
+    codes: torch.Tensor                  # [B, E] event code ids (long)
+    values: torch.Tensor                 # [B, E] standardised numeric values
+    value_missing: torch.Tensor          # [B, E]
+    dt_days: torch.Tensor                # [B, E] days before the index time
+    event_mask: torch.Tensor             # [B, E]
+    features: torch.Tensor               # [B, F] scaled tabular features
+    feature_missing: torch.Tensor        # [B, F]
+    features_present: torch.Tensor       # [B]
+    ehr_embedding: torch.Tensor          # [B, D]
+    ehr_embedding_present: torch.Tensor  # [B]
+    time: torch.Tensor                   # [B] days (training only)
+    event: torch.Tensor                  # [B] 1/0 (training only)
 
 
 @dataclass
@@ -14,7 +42,7 @@ class CaseInputs:
     """A batch of one subject, ready for ``LoadedModel.forward``.
 
     ``image`` is float32 ``[1, S, R, C]`` in HU on the loaded Volume's voxel grid
-    (the network windows and resizes inside, so gradients reach every voxel);
+    (the model's transforms prepare it with differentiable operations, so gradients reach every voxel);
     None when the subject has no CT or the model uses precomputed image embeddings
     (then ``image_embedding`` holds them).
     """

@@ -19,7 +19,8 @@ import pandas as pd
 
 from core.errors import InputError
 from core.models import FUSIONS
-from core.train import Progress, train_model
+from core.train.model import train_model
+from core.train.settings import Progress
 
 
 def _fmt(v: Any, ci: Any = None) -> str:

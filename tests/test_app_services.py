@@ -1,4 +1,4 @@
-"""core.appdata: the app's non-UI helpers (no streamlit, no model needed)."""
+"""core.app: the app's non-UI services (no streamlit, no model needed)."""
 
 from __future__ import annotations
 
@@ -11,46 +11,49 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import appdata
+from core import cohort as cohorts
+from core import figure_export
+from core import figures as F
+from core.app import demo_install, paths, reference, viewer, workspace
 from core.errors import InputError
 
 
 def test_app_data_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CTEHR_DATA_DIR", str(tmp_path))
-    assert appdata.data_dir() == tmp_path.resolve()
-    assert appdata.demo_paths().cohort == tmp_path.resolve() / "demo" / "cohort"
-    assert not appdata.demo_ready()
+    assert paths.data_dir() == tmp_path.resolve()
+    assert demo_install.demo_paths().cohort == tmp_path.resolve() / "demo" / "cohort"
+    assert not demo_install.demo_ready()
     monkeypatch.delenv("CTEHR_DATA_DIR")
-    assert appdata.data_dir() == appdata.ROOT / "data"
+    assert paths.data_dir() == paths.ROOT / "data"
 
 
 def test_planes_are_oriented_and_spaced() -> None:
     vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # [slices, rows, cols]
-    assert appdata.plane_slice(vol, "axial", 2).shape == (5, 6)
-    np.testing.assert_array_equal(appdata.plane_slice(vol, "axial", 2), vol[2])
-    cor = appdata.plane_slice(vol, "coronal", 1)
+    assert viewer.plane_slice(vol, "axial", 2).shape == (5, 6)
+    np.testing.assert_array_equal(viewer.plane_slice(vol, "axial", 2), vol[2])
+    cor = viewer.plane_slice(vol, "coronal", 1)
     assert cor.shape == (4, 6)
     np.testing.assert_array_equal(cor[0], vol[3, 1, :])  # superior (last slice) at the top
-    sag = appdata.plane_slice(vol, "sagittal", 5)
+    sag = viewer.plane_slice(vol, "sagittal", 5)
     assert sag.shape == (4, 5)
     np.testing.assert_array_equal(sag[-1], vol[0, :, 5])  # inferior at the bottom
-    assert appdata.plane_spacing((3.0, 0.7, 0.8), "axial") == (0.7, 0.8)
-    assert appdata.plane_spacing((3.0, 0.7, 0.8), "coronal") == (3.0, 0.8)
-    assert appdata.plane_spacing((3.0, 0.7, 0.8), "sagittal") == (3.0, 0.7)
-    assert appdata.plane_count(vol.shape, "sagittal") == 6
+    assert viewer.plane_spacing((3.0, 0.7, 0.8), "axial") == (0.7, 0.8)
+    assert viewer.plane_spacing((3.0, 0.7, 0.8), "coronal") == (3.0, 0.8)
+    assert viewer.plane_spacing((3.0, 0.7, 0.8), "sagittal") == (3.0, 0.7)
+    assert viewer.plane_count(vol.shape, "sagittal") == 6
 
 
 @pytest.mark.parametrize("plane,index", [("axial", 4), ("axial", -1), ("oblique", 0)])
 def test_planes_reject_bad_index(plane: str, index: int) -> None:
     with pytest.raises(InputError) as err:
-        appdata.plane_slice(np.zeros((4, 5, 6), np.float32), plane, index)
+        viewer.plane_slice(np.zeros((4, 5, 6), np.float32), plane, index)
     assert "\n" not in str(err.value) and "fix:" in str(err.value)
 
 
 def test_session_workspace_is_private_and_removed_on_gc(tmp_path: Path) -> None:
-    ws = appdata.new_session_workspace(tmp_path)
+    ws = workspace.new_session_workspace(tmp_path)
     path = ws.path
-    assert path.is_dir() and path.name.startswith(appdata.WORKSPACE_PREFIX)
+    assert path.is_dir() and path.name.startswith(workspace.WORKSPACE_PREFIX)
     assert (path.stat().st_mode & 0o777) == 0o700
     sub = ws.fresh_dir("study")
     (sub / "x.bin").write_bytes(b"1")
@@ -63,19 +66,19 @@ def test_session_workspace_is_private_and_removed_on_gc(tmp_path: Path) -> None:
 
 
 def test_sweep_removes_only_stale_workspaces(tmp_path: Path) -> None:
-    old = appdata.new_session_workspace(tmp_path)
-    new = appdata.new_session_workspace(tmp_path)
+    old = workspace.new_session_workspace(tmp_path)
+    new = workspace.new_session_workspace(tmp_path)
     import os
 
     os.utime(old.path, (1, 1))
-    assert appdata.sweep_stale_workspaces(max_age_s=3600, root=tmp_path) == 1
+    assert workspace.sweep_stale_workspaces(max_age_s=3600, root=tmp_path) == 1
     assert not old.path.exists() and new.path.exists()
 
 
 def test_export_names_carry_nothing_identifying() -> None:
-    name = appdata.export_name("saliency", 3, "png", method="integrated_gradients", slice_index=7)
+    name = figure_export.export_name("saliency", 3, "png", method="integrated_gradients", slice_index=7)
     assert name == "saliency_case03_integratedgradients_slice007.png"
-    assert appdata.export_name("case-report", 12, ".pdf") == "case-report_case12.pdf"
+    assert figure_export.export_name("case-report", 12, ".pdf") == "case-report_case12.pdf"
 
 
 def _zip(entries: dict[str, bytes]) -> bytes:
@@ -89,7 +92,7 @@ def _zip(entries: dict[str, bytes]) -> bytes:
 def test_unpack_cohort_zip_strips_the_top_folder(tmp_path: Path) -> None:
     data = _zip({"mycohort/cohort.csv": b"subject_id,time,event\n1,10,1\n", "mycohort/features.csv": b"subject_id,a\n1,2\n",
                  "other/ignored.txt": b"x"})
-    root = appdata.unpack_cohort_zip(data, tmp_path / "c")
+    root = workspace.unpack_cohort_zip(data, tmp_path / "c")
     assert sorted(p.name for p in root.iterdir()) == ["cohort.csv", "features.csv"]
     assert (root / "cohort.csv").read_bytes().startswith(b"subject_id")
 
@@ -105,7 +108,7 @@ def test_unpack_cohort_zip_strips_the_top_folder(tmp_path: Path) -> None:
 )
 def test_unpack_cohort_zip_refuses_bad_archives(tmp_path: Path, entries: dict[str, bytes], needle: str) -> None:
     with pytest.raises(InputError) as err:
-        appdata.unpack_cohort_zip(_zip(entries), tmp_path / "c")
+        workspace.unpack_cohort_zip(_zip(entries), tmp_path / "c")
     assert needle in str(err.value)
     assert not any((tmp_path.parent).glob("cohort.csv"))
 
@@ -116,29 +119,29 @@ def test_upload_cohort_holds_the_volume_and_events(tmp_path: Path) -> None:
     vol = Volume(hu=np.zeros((3, 4, 4), np.float32), spacing_mm=(3.0, 1.0, 1.0), affine=np.eye(4))
     events = pd.DataFrame({"subject_id": ["p9", "p9"], "time": pd.to_datetime(["2020-01-01", "2020-02-01"]),
                            "code": ["DIAGNOSIS//I10", "LAB//BNP"], "numeric_value": [np.nan, 120.0]})
-    cohort = appdata.upload_cohort(tmp_path, volume=vol, events=events)
-    sid = appdata.UPLOAD_SUBJECT
+    cohort = cohorts.uploaded_case_cohort(tmp_path, volume=vol, events=events)
+    sid = cohorts.UPLOAD_SUBJECT
     assert cohort.ids() == [sid]
     assert cohort.load_volume(sid) is vol
     assert cohort.study_path(sid) is None
     ev = cohort.events(sid)
     assert len(ev) == 2 and set(ev["subject_id"]) == {sid}
     assert cohort.index_time(sid) == pd.Timestamp("2020-02-01")
-    early = appdata.upload_cohort(tmp_path, volume=None, events=events, index_time=pd.Timestamp("2020-01-15"))
+    early = cohorts.uploaded_case_cohort(tmp_path, volume=None, events=events, index_time=pd.Timestamp("2020-01-15"))
     assert len(early.events(sid)) == 1  # nothing after the index date reaches the model
     with pytest.raises(InputError):
-        appdata.upload_cohort(tmp_path, volume=None, events=None)
+        cohorts.uploaded_case_cohort(tmp_path, volume=None, events=None)
 
 
 def test_attention_maps_average_queries() -> None:
     att = {"img<-ehr": np.random.default_rng(0).random((1, 2, 5, 3)).astype(np.float32)}
-    maps = appdata.attention_maps(att, None)
+    maps = F.attention_maps(att, None)
     assert len(maps) == 1
     w = maps[0]["weights"]
     assert w.shape == (2, 3)
     np.testing.assert_allclose(w, att["img<-ehr"][0].mean(axis=1), rtol=1e-6)
     assert maps[0]["cols"] == ["event 0", "event 1", "event 2"]
-    assert appdata.attention_maps({}, None) == []
+    assert F.attention_maps({}, None) == []
 
 
 def test_risk_group_of_uses_the_group_ranges() -> None:
@@ -148,6 +151,6 @@ def test_risk_group_of_uses_the_group_ranges() -> None:
 
     groups = [{"label": "low", "risk_range": [-4.0, -3.5]}, {"label": "intermediate", "risk_range": [-3.4, -3.0]},
               {"label": "high", "risk_range": [-2.95, -1.0]}]
-    assert appdata.risk_group_of(Pred(), groups)["label"] == "high"
+    assert reference.risk_group_of(Pred(), groups)["label"] == "high"
     Pred.survival = np.array([0.95, 0.9, 0.9])  # risk = -(1 + 0.95 + 1.8) = -3.75
-    assert appdata.risk_group_of(Pred(), groups)["label"] == "low"
+    assert reference.risk_group_of(Pred(), groups)["label"] == "low"

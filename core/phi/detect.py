@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
-from core.deid.profile import (
+from core.phi.profile import (
     DEVICE_IDENTITY,
     PATIENT_CHARACTERISTICS,
     Rule,
@@ -296,7 +296,7 @@ def burned_in_reasons(ds: Dataset) -> list[str]:
 def find_phi(ds: Dataset) -> list[PhiFinding]:
     """Every attribute of ``ds`` (sequences included) that still carries identifying content.
 
-    Follows PS3.15 Annex E (``core.deid.profile``); empty values are not PHI;
+    Follows PS3.15 Annex E (``core.phi.profile``); empty values are not PHI;
     dates and times are reported as kind "date"; instance UIDs as "uid";
     private elements as "private" (keyword "PrivateTags"); overlays and curves
     as "overlay"; burned-in text risk as "pixel_risk". A dataset that declares

@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from core.cohort import Cohort, load_cohort
 from core.errors import InputError
-from core.train import DEFAULTS, Progress, image_config, preprocessed_images, resolve_device, seed_everything
+from core.models.config import ModelConfig
+from core.runtime import DistInfo, resolve_device, seed_everything
+from core.train.image_stage import image_config, preprocessed_images
+from core.train.loop import concordance, fit
+from core.train.settings import DEFAULTS, Progress
 
 
 def tte_tasks(cohort: Cohort, k: int = 16, min_events: int = 5) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -90,12 +93,12 @@ class PretrainNet(nn.Module):
 
         cfg = {"fusion": "image_only", "head": "discrete", "dim": dim, "dropout": dropout, "edges": list(edges),
                "image": icfg, "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
-        self.body = SurvivalNet(cfg)
+        self.body = SurvivalNet(ModelConfig.from_dict(cfg))
         self.head = PiecewiseExponentialHead(self.body.fusion.out_dim, edges, n_outputs=n_tasks)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         b = dict(batch)
-        b["image_tokens"] = self.body.image_encoder.trunk(b.pop("image_preprocessed").float())  # type: ignore[union-attr]
+        b["image_tokens"] = self.body.image_encoder(b.pop("image_preprocessed").float())  # type: ignore[misc]
         img, mask, _ = self.body._image_tokens(b, b["image_tokens"].shape[0], b["image_tokens"].device)
         ehr = torch.zeros(img.shape[0], 1, img.shape[-1], device=img.device)
         fo = self.body.fusion(img, mask, ehr, torch.zeros(img.shape[0], 1, device=img.device))
@@ -108,7 +111,6 @@ def pretrain_encoder(cohort_dir: Path | str, out: Path | str, *, tasks: int = 16
     """Pretrain the image encoder on TTE tasks and write an encoder folder; returns the pretraining report."""
     from core.models.heads import make_edges
     from core.registry import save_encoder
-    from core.train import DistInfo, concordance, fit
 
     settings = {**DEFAULTS, "image": {**DEFAULTS["image"], **((overrides or {}).get("image", {}))}}
     for k, v in (overrides or {}).items():

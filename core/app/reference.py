@@ -1,0 +1,93 @@
+"""Reference curves for a case: the cohort's Kaplan-Meier curve and the risk groups a model makes of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.cohort import Cohort
+from core.errors import InputError
+
+if TYPE_CHECKING:
+    from core.models.types import CasePrediction
+    from core.registry import LoadedModel
+
+
+def reference_ids(cohort: Cohort) -> list[str] | None:
+    """The patients the reference curves are drawn from: the held-out test split when there is one.
+
+    Held-out patients show how the model separates patients it was not trained
+    on, and predicting 160 demo patients instead of 800 keeps the first view fast.
+    """
+    test = cohort.ids("test")
+    return list(test) if test else None
+
+
+def _cached_predictions(model: LoadedModel, cohort: Cohort, ids: list[str], cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``predict_cohort`` of the synthetic demo, kept in ``cache`` (an .npz) for later server starts.
+
+    The file is reused only for the same subject ids; it holds no patient data (demo only).
+    """
+    from core.predict import predict_cohort
+
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as saved:
+            if saved["ids"].tolist() == ids:
+                return saved["times"], saved["surv"]
+    times, surv = predict_cohort(model, cohort, ids)
+    if cache is not None:
+        tmp = cache.with_suffix(".partial.npz")
+        np.savez(tmp, ids=np.asarray(ids, dtype=str), times=np.asarray(times, dtype=float),
+                 surv=np.asarray(surv, dtype=float))
+        tmp.replace(cache)
+    return np.asarray(times, dtype=float), np.asarray(surv, dtype=float)
+
+
+def reference_curves(model: LoadedModel, cohort: Cohort, ids: Sequence[str] | None = None, groups: int = 3,
+                     cache: Path | None = None) -> dict:
+    """Cohort Kaplan-Meier and the KM curves of predicted risk groups under ``model``.
+
+    Returns ``{"cohort_km": (t, s, lo, hi), "groups": [...km_by_risk_group groups...],
+    "logrank_p", "n", "events"}``. Risk is ``core.evaluate.risk_from_survival`` of the
+    model's curves, the same score :func:`risk_group_of` uses for one case. ``cache``
+    (demo models only) keeps the predictions on disk between server starts.
+    """
+    from core.evaluate import kaplan_meier, km_by_risk_group, risk_from_survival
+
+    chosen = list(ids) if ids is not None else cohort.ids()
+    times, surv = _cached_predictions(model, cohort, chosen, cache)
+    risk = risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv, dtype=float))
+    table = cohort.table.set_index("subject_id").loc[chosen]
+    time = table["time"].to_numpy(dtype=float)
+    event = table["event"].to_numpy(dtype=int)
+    by_group = km_by_risk_group(risk, time, event, groups=groups)
+    return {
+        "cohort_km": kaplan_meier(time, event),
+        "groups": by_group["groups"],
+        "logrank_p": by_group["logrank_p"],
+        "n": len(chosen),
+        "events": int(event.sum()),
+        "risk": risk,
+    }
+
+
+def risk_group_of(prediction: CasePrediction, groups: Sequence[dict]) -> dict:
+    """The risk group (from :func:`reference_curves`) whose risk range holds this case.
+
+    Ranges are contiguous in sorted order, so the case falls into the first group
+    whose upper bound is at least its risk (the last group above every bound).
+    """
+    from core.evaluate import risk_from_survival
+
+    if not groups:
+        raise InputError("groups", "[]", "no risk groups", "compute reference curves on a cohort first")
+    times = np.asarray(prediction.times, dtype=float)
+    surv = np.asarray(prediction.survival, dtype=float)[None, :]
+    risk = float(risk_from_survival(times, surv)[0])
+    for group in groups:
+        if risk <= group["risk_range"][1]:
+            return group
+    return groups[-1]

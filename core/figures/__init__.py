@@ -1,0 +1,43 @@
+"""Plotly figures for the app: CT slices with overlays, survival curves, attention, timelines, calibration.
+
+One figure per function; every function takes numpy arrays and plain values
+(never a model, never a patient record), so what ends up in a figure is exactly
+what the caller passed. Times on the timeline are shown in days relative to the
+index date, never as dates. Writing figures to files (PNG, SVG, PDF with a
+caption and no metadata) is ``core.figure_export``.
+
+>>> import numpy as np
+>>> fig = slice_overlay(np.zeros((8, 8), np.float32), None, window=(-1000, 1000))
+>>> len(fig.data)
+1
+"""
+
+from __future__ import annotations
+
+from core.figures.curves import (
+    calibration_figure,
+    survival_compare_figure,
+    survival_figure,
+)
+from core.figures.slices import montage, normalize_map, resolve_window, slice_overlay
+from core.figures.style import (
+    BAND_FILL,
+    COHORT_COLOR,
+    GRAY,
+    OVERLAY_COLORSCALE,
+    PALETTE,
+    RISK_GROUP_COLORS,
+)
+from core.figures.tokens import (
+    attention_heatmap,
+    attention_maps,
+    event_labels,
+    slice_strip,
+    timeline_figure,
+)
+
+__all__ = [
+    "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS",
+    "attention_heatmap", "attention_maps", "calibration_figure", "event_labels", "montage", "normalize_map",
+    "resolve_window", "slice_overlay", "slice_strip", "survival_compare_figure", "survival_figure", "timeline_figure",
+]

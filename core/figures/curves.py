@@ -1,0 +1,157 @@
+"""Survival curves with bands, the cohort's Kaplan-Meier curves, risk groups, strategies side by side, calibration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from core.errors import InputError
+from core.figures.style import BAND_FILL, COHORT_COLOR, PALETTE
+from core.horizons import HORIZONS, horizon_label, survival_at
+
+
+def _km_traces(t: np.ndarray, s: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None, name: str, color: str,
+               fill: str, dash: str | None = None) -> list[go.Scatter]:
+    traces: list[go.Scatter] = []
+    if lo is not None and hi is not None:
+        traces.append(go.Scatter(x=t, y=hi, mode="lines", line={"width": 0, "shape": "hv"}, showlegend=False,
+                                 hoverinfo="skip", name=f"{name} upper"))
+        traces.append(go.Scatter(x=t, y=lo, mode="lines", line={"width": 0, "shape": "hv"}, fill="tonexty",
+                                 fillcolor=fill, showlegend=False, hoverinfo="skip", name=f"{name} band"))
+    traces.append(go.Scatter(x=t, y=s, mode="lines", line={"shape": "hv", "color": color, "width": 2.5,
+                                                             "dash": dash}, name=name,
+                             hovertemplate="day %{x:.0f}: S=%{y:.3f}<extra>" + name + "</extra>"))
+    return traces
+
+
+def _curve(name: str, times: Any, surv: Any, lower: Any = None, upper: Any = None) -> tuple[np.ndarray, ...]:
+    t = np.asarray(times, dtype=float).ravel()
+    s = np.asarray(surv, dtype=float).ravel()
+    if t.size == 0 or t.shape != s.shape:
+        raise InputError(name, f"{t.size} times vs {s.size} values", "times and survival must have equal length",
+                         "pass S(t) on the model's time grid")
+    if not (np.isfinite(t).all() and np.isfinite(s).all()):
+        raise InputError(name, "NaN/inf", "survival curve must be finite", "check the model output")
+    lo = None if lower is None else np.asarray(lower, dtype=float).ravel()
+    hi = None if upper is None else np.asarray(upper, dtype=float).ravel()
+    if (lo is not None and lo.shape != t.shape) or (hi is not None and hi.shape != t.shape):
+        raise InputError(name, "band length", "lower/upper must match times", "pass a band on the same grid")
+    # step curves start at S(0) = 1
+    if t[0] > 0:
+        t = np.concatenate([[0.0], t])
+        s = np.concatenate([[1.0], s])
+        lo = None if lo is None else np.concatenate([[1.0], lo])
+        hi = None if hi is None else np.concatenate([[1.0], hi])
+    return t, s, lo, hi
+
+
+def survival_figure(
+    times: Sequence[float] | np.ndarray,
+    survival: Sequence[float] | np.ndarray,
+    lower: Sequence[float] | np.ndarray | None = None,
+    upper: Sequence[float] | np.ndarray | None = None,
+    *,
+    cohort_km: tuple[Any, Any, Any, Any] | None = None,
+    group_km: tuple[Any, Any, Any, Any] | None = None,
+    horizons: Sequence[float] = HORIZONS,
+    title: str = "",
+    label: str = "this case",
+) -> go.Figure:
+    """The individual S(t) step curve with its band, beside the cohort (and group) Kaplan-Meier curves."""
+    t, s, lo, hi = _curve("survival", times, survival, lower, upper)
+    fig = go.Figure()
+    if cohort_km is not None:
+        for tr in _km_traces(*_curve("cohort_km", *cohort_km), name="cohort Kaplan-Meier", color=COHORT_COLOR,
+                             fill="rgba(110,110,110,0.15)", dash="dash"):
+            fig.add_trace(tr)
+    if group_km is not None:
+        for tr in _km_traces(*_curve("group_km", *group_km), name="similar-risk group KM", color=PALETTE[2],
+                             fill="rgba(44,160,44,0.15)", dash="dot"):
+            fig.add_trace(tr)
+    for tr in _km_traces(t, s, lo, hi, name=label, color=PALETTE[0], fill=BAND_FILL):
+        fig.add_trace(tr)
+    for h in horizons:
+        if t[0] <= h <= t[-1] * 1.5:
+            risk = 1.0 - float(survival_at(t, s, [float(h)])[0])
+            fig.add_vline(x=float(h), line={"dash": "dot", "color": "rgb(150,150,150)", "width": 1})
+            # written up the dotted line, so the 30-day and 1-year labels cannot run into each other
+            fig.add_annotation(x=float(h), y=0.03, yref="y", text=f"{horizon_label(h, short=True)}: risk {risk:.0%}",
+                               showarrow=False, font={"size": 11}, textangle=-90, xanchor="left", yanchor="bottom",
+                               xshift=2, bgcolor="rgba(255,255,255,0.75)")
+    fig.update_layout(
+        title={"text": title} if title else None, xaxis_title="days from index date", yaxis_title="survival S(t)",
+        yaxis={"range": [0, 1.08]}, template="plotly_white", width=720, height=430,
+        legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 60},
+    )
+    return fig
+
+
+def survival_compare_figure(
+    curves: Mapping[str, tuple[Any, Any, Any, Any]],
+    *,
+    cohort_km: tuple[Any, Any, Any, Any] | None = None,
+    horizons: Sequence[float] = HORIZONS,
+    title: str = "",
+    colors: Sequence[str] | None = None,
+) -> go.Figure:
+    """The same case under several fusion strategies: ``{strategy: (times, s, lo, hi)}``.
+
+    ``colors`` (``#rrggbb``, one per curve, in order) replaces the default palette, e.g.
+    ``RISK_GROUP_COLORS`` for risk groups.
+    """
+    if not curves:
+        raise InputError("curves", {}, "is empty", "pass at least one strategy's curve")
+    if colors is not None and len(colors) != len(curves):
+        raise InputError("colors", len(colors), f"must give one colour per curve ({len(curves)})", "pass one #rrggbb per curve or none")
+    fig = go.Figure()
+    if cohort_km is not None:
+        for tr in _km_traces(*_curve("cohort_km", *cohort_km), name="cohort Kaplan-Meier", color=COHORT_COLOR,
+                             fill="rgba(110,110,110,0.12)", dash="dash"):
+            fig.add_trace(tr)
+    for i, (name, curve) in enumerate(curves.items()):
+        color = colors[i] if colors is not None else PALETTE[i % len(PALETTE)]
+        r, g, b = (int(color[j:j + 2], 16) for j in (1, 3, 5))
+        for tr in _km_traces(*_curve(f"curves[{name}]", *curve), name=str(name), color=color,
+                             fill=f"rgba({r},{g},{b},0.12)"):
+            fig.add_trace(tr)
+    for h in horizons:
+        fig.add_vline(x=float(h), line={"dash": "dot", "color": "rgb(170,170,170)", "width": 1})
+    fig.update_layout(title={"text": title} if title else None, xaxis_title="days from index date",
+                      yaxis_title="survival S(t)", yaxis={"range": [0, 1.05]}, template="plotly_white", width=760,
+                      height=450, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def calibration_figure(calibration: dict, title: str = "") -> go.Figure:
+    """Predicted against Kaplan-Meier observed risk per risk group, one trace per horizon.
+
+    ``calibration`` is ``survival_metrics(...)["calibration"]``: ``{horizon: {"groups":
+    [{"n", "events", "predicted", "observed"}], "ici", ...} | None}``.
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line={"dash": "dash", "color": "rgb(150,150,150)"}, hoverinfo="skip"))
+    top = 0.05
+    for i, (h, cal) in enumerate(calibration.items()):
+        if not cal:
+            continue
+        rows = [g for g in cal["groups"] if g["observed"] is not None]
+        if not rows:
+            continue
+        x = [g["predicted"] for g in rows]
+        y = [g["observed"] for g in rows]
+        top = max(top, *x, *y)
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="lines+markers", name=f"{horizon_label(float(h))} (ICI {cal['ici']:.3f})",
+            marker={"size": [6 + 0.3 * g["n"] for g in rows], "color": PALETTE[i % len(PALETTE)]},
+            customdata=[[g["n"], g["events"]] for g in rows],
+            hovertemplate="predicted %{x:.2f}, observed %{y:.2f}<br>n=%{customdata[0]}, events=%{customdata[1]}<extra></extra>",
+        ))
+    lim = min(1.0, top * 1.1)
+    fig.update_layout(title={"text": title} if title else None, xaxis_title="predicted risk 1 - S(t)",
+                      yaxis_title="observed risk (1 - Kaplan-Meier)", template="plotly_white", height=420,
+                      xaxis={"range": [0, lim]}, yaxis={"range": [0, lim]}, legend={"orientation": "h", "y": -0.25})
+    return fig

@@ -1,0 +1,20 @@
+"""Colours and colour scales shared by every figure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Heat colour scale whose low end is fully transparent, so the CT shows through.
+OVERLAY_COLORSCALE: list[list[Any]] = [
+    [0.0, "rgba(0,0,0,0)"],
+    [0.15, "rgba(120,0,0,0)"],
+    [0.35, "rgba(200,30,0,0.75)"],
+    [0.65, "rgba(255,140,0,0.9)"],
+    [1.0, "rgba(255,255,120,1)"],
+]
+GRAY: list[list[Any]] = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
+BAND_FILL = "rgba(31,119,180,0.2)"
+COHORT_COLOR = "rgb(110,110,110)"
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+# risk groups read at a glance: low green, intermediate orange, high red
+RISK_GROUP_COLORS = {"low": "#2ca02c", "intermediate": "#ff7f0e", "high": "#d62728"}

@@ -1,0 +1,51 @@
+"""Model inputs of cohort subjects: EHR and precomputed-embedding arrays, shared by training and inference.
+
+``ehr_arrays`` turns a cohort's timelines, features and EHR embeddings into the
+network's batch arrays with the preprocessing a model folder records (event
+vocabulary, feature scaler); ``image_embedding_arrays`` does the same for
+precomputed image embeddings. A subject without features gets
+``features_present`` 0 (and the model's training mean in its linear EHR term).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.cohort import Cohort
+from core.models.config import EHRConfig
+
+
+def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.ndarray]:
+    """EHR inputs of ``ids`` as stacked numpy arrays (see ``core.models.net`` for the keys)."""
+    from core.models.ehr_sequence import EventVocabulary
+    from core.models.ehr_tabular import TabularScaler
+
+    out: dict[str, np.ndarray] = {}
+    if ecfg.sequence:
+        vocab = EventVocabulary.from_json(ecfg.sequence)
+        rows = [vocab.encode(cohort.events(s), cohort.index_time(s))[0] for s in ids]
+        for key in rows[0] if rows else []:
+            out[key] = np.stack([r[key] for r in rows])
+    if ecfg.tabular:
+        scaler = TabularScaler.from_json(ecfg.tabular)
+        # a cohort without features.csv (an uploaded case): every subject gets features_present 0
+        frame = cohort.features.reindex(ids) if cohort.features is not None else pd.DataFrame(index=ids, columns=ecfg.feature_names, dtype=float)
+        x, miss = scaler.transform(frame)
+        out["features"], out["feature_missing"] = x, miss
+        known = cohort.features.index if cohort.features is not None else ()
+        out["features_present"] = np.asarray([s in known for s in ids], np.float32)
+    if ecfg.embedding_dim:
+        emb = (cohort.ehr_embeddings.reindex(ids) if cohort.ehr_embeddings is not None
+               else pd.DataFrame(np.nan, index=ids, columns=range(ecfg.embedding_dim)))
+        present = emb.notna().all(axis=1).to_numpy()
+        out["ehr_embedding"] = np.nan_to_num(emb.to_numpy(np.float32))
+        out["ehr_embedding_present"] = present.astype(np.float32)
+    return out
+
+
+def image_embedding_arrays(cohort: Cohort, ids: list[str]) -> dict[str, np.ndarray]:
+    assert cohort.image_embeddings is not None
+    emb = cohort.image_embeddings.reindex(ids)
+    present = emb.notna().all(axis=1).to_numpy()
+    return {"image_embedding": np.nan_to_num(emb.to_numpy(np.float32)), "image_present": present.astype(np.float32)}

@@ -1,0 +1,172 @@
+"""The typed configuration of a survival model: what config.json holds, read once.
+
+``ModelConfig.from_dict`` reads the JSON of a model folder (older folders lack
+some keys: each default below is the behaviour those folders were trained
+with) and ``to_dict`` writes it back in the same layout, so a folder keeps
+loading across versions. Everything else in the package reads the typed
+fields, never the raw dictionary.
+
+>>> cfg = ModelConfig.from_dict({"fusion": "image_only", "head": "discrete", "dim": 8, "edges": [0, 1, 2],
+...     "image": {"kind": "2d", "out_dim": 8, "size": 16, "channels": [4], "hu_window": [-1000, 1000]},
+...     "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}})
+>>> cfg.image.kind, cfg.image.lung_mask, cfg.ensemble, cfg.ehr.has_any
+('2d', False, 1, False)
+>>> ModelConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.errors import InputError
+
+if TYPE_CHECKING:
+    from core.preprocess.transforms import ImageTransforms
+
+FORMAT = "core.models.net.SurvivalNet/1"
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The image side: ``kind`` in 2d | 3d | embedding | none, and the settings of that kind."""
+
+    kind: str = "none"
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    out_dim: int = 64
+    size: int = 64                                # 2d: slices resized to size x size
+    channels: tuple[int, ...] = (8, 16, 32, 64)   # conv widths (2d or 3d)
+    grid: tuple[int, int, int] | None = None      # 3d: volume resized to this grid
+    lung_mask: bool = False                       # 2d: the optional lung-mask transform
+    lung_close: float = 0.0
+    lung_medial: bool = False
+    emb_dim: int | None = None                    # embedding: width of one precomputed token
+    emb_tokens: int | None = None
+
+    @property
+    def voxels(self) -> bool:
+        """True when the model reads CT voxels (2d or 3d), False for precomputed embeddings or no image."""
+        return self.kind in ("2d", "3d")
+
+    def transforms(self) -> ImageTransforms | None:
+        """The preprocessing chain HU -> encoder input (None for embeddings or no image).
+
+        2d: HU window, the lung mask when ``lung_mask`` (an organ rule for chest tasks), slices resized to
+        ``size``; 3d: HU window, the volume resized to ``grid``.
+        """
+        from core.preprocess.transforms import HUWindow, ImageTransforms, LungMaskFill, ResizeSlices, ResizeVolume
+
+        if not self.voxels:
+            return None
+        window = HUWindow(*self.hu_window)
+        if self.kind == "3d":
+            assert self.grid is not None
+            return ImageTransforms(window, ResizeVolume(self.grid))
+        lung = LungMaskFill(window, self.lung_close, self.lung_medial) if self.lung_mask else None
+        return ImageTransforms(window, ResizeSlices(self.size), lung)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageConfig:
+        kind = str(d.get("kind", "none"))
+        return cls(
+            kind=kind,
+            hu_window=tuple(float(v) for v in d.get("hu_window", (-1000.0, 1000.0))),  # type: ignore[arg-type]
+            out_dim=int(d.get("out_dim", 64)),
+            size=int(d.get("size", 64)),
+            channels=tuple(int(c) for c in d.get("channels", (8, 16, 32, 64))),
+            grid=tuple(int(g) for g in d["grid"]) if d.get("grid") is not None else None,  # type: ignore[arg-type]
+            lung_mask=bool(d.get("lung_mask", False)),
+            lung_close=float(d.get("lung_close", 0.0)),
+            lung_medial=bool(d.get("lung_medial", False)),
+            emb_dim=int(d["emb_dim"]) if d.get("emb_dim") is not None else None,
+            emb_tokens=int(d["emb_tokens"]) if d.get("emb_tokens") is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "hu_window": list(self.hu_window), "out_dim": self.out_dim}
+        if self.kind == "2d":
+            out.update(size=self.size, channels=list(self.channels), lung_mask=self.lung_mask)
+            if self.lung_close:
+                out["lung_close"] = self.lung_close
+            if self.lung_medial:
+                out["lung_medial"] = True
+        elif self.kind == "3d":
+            out.update(grid=list(self.grid or ()), channels=list(self.channels))
+        elif self.kind == "embedding":
+            out.update(emb_dim=self.emb_dim, emb_tokens=self.emb_tokens)
+        return out
+
+
+@dataclass(frozen=True)
+class EHRConfig:
+    """The EHR side, fitted on the train split: event vocabulary, feature scaler, embedding width."""
+
+    sequence: dict[str, Any] | None = None   # core.models.ehr_sequence.EventVocabulary.to_json()
+    tabular: dict[str, Any] | None = None    # core.models.ehr_tabular.TabularScaler.to_json()
+    embedding_dim: int | None = None
+    layers: int = 1
+
+    @property
+    def has_any(self) -> bool:
+        return bool(self.sequence or self.tabular or self.embedding_dim)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.tabular["columns"]) if self.tabular else []
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EHRConfig:
+        return cls(sequence=d.get("sequence") or None, tabular=d.get("tabular") or None,
+                   embedding_dim=int(d["embedding_dim"]) if d.get("embedding_dim") else None, layers=int(d.get("layers", 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sequence": self.sequence, "tabular": self.tabular, "embedding_dim": self.embedding_dim, "layers": self.layers}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model: fusion strategy, survival head, time grid, image and EHR sides, ensemble size."""
+
+    fusion: str
+    head: str
+    edges: tuple[float, ...]
+    image: ImageConfig
+    ehr: EHRConfig
+    dim: int = 64
+    dropout: float = 0.1
+    heads: int = 2
+    proportional_head: bool = False
+    image_anchor: bool = False
+    ehr_linear: bool = False
+    ensemble: int = 1
+    seed: int = 0
+    format: str = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not read, kept
+
+    _KNOWN = ("format", "fusion", "head", "proportional_head", "dim", "dropout", "heads", "edges", "image", "ehr",
+              "seed", "image_anchor", "ehr_linear", "ensemble")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        for key in ("fusion", "head", "edges", "image", "ehr"):
+            if key not in d:
+                raise InputError("config.json", f"no {key!r}", "is not a complete model config",
+                                 "re-train the model with `python -m core train`")
+        return cls(
+            fusion=str(d["fusion"]), head=str(d["head"]), edges=tuple(float(e) for e in d["edges"]),
+            image=ImageConfig.from_dict(d["image"]), ehr=EHRConfig.from_dict(d["ehr"]),
+            dim=int(d.get("dim", 64)), dropout=float(d.get("dropout", 0.1)), heads=int(d.get("heads", 2)),
+            proportional_head=bool(d.get("proportional_head", False)), image_anchor=bool(d.get("image_anchor", False)),
+            ehr_linear=bool(d.get("ehr_linear", False)), ensemble=int(d.get("ensemble", 1) or 1),
+            seed=int(d.get("seed", 0)), format=str(d.get("format", FORMAT)),
+            extra={k: v for k, v in d.items() if k not in cls._KNOWN},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "fusion": self.fusion, "head": self.head, "proportional_head": self.proportional_head,
+            "dim": self.dim, "dropout": self.dropout, "heads": self.heads, "edges": list(self.edges),
+            "image": self.image.to_dict(), "ehr": self.ehr.to_dict(), "seed": self.seed,
+            "image_anchor": self.image_anchor, "ehr_linear": self.ehr_linear, "ensemble": self.ensemble, **self.extra,
+        }

@@ -1,0 +1,183 @@
+"""Image preprocessing as named transforms applied before the networks.
+
+A model's image path is ``encoder(transforms(hu))``: the transforms turn HU on
+the study's own voxel grid, ``[B, S, R, C]``, into the tensor the encoder was
+trained on, with differentiable torch operations, so Captum's gradients come
+back on the study's voxels, voxel for voxel. The chain is built from the
+``image`` part of a model's config.json, so
+training, prediction and explanation run exactly the same steps
+(``core.models.config.ImageConfig.transforms``), and
+:meth:`ImageTransforms.describe` names them for the model card.
+
+The transforms, in the order a chain applies them (after MONAI's array
+transforms ``ScaleIntensityRange``, ``MaskIntensity`` and ``Resize``):
+
+* :class:`HUWindow` -- clip HU to ``[low, high]`` and scale to ``[-1, 1]``;
+* :class:`LungMaskFill` -- optional organ rule for chest tasks: outside the
+  threshold lung mask (``core.preprocess.lung``) every voxel becomes lung air.
+  The mask is a constant (no gradient). It is computed once per case
+  (:meth:`ImageTransforms.masks`) and can be passed back in, so methods that
+  perturb the CT (integrated gradients, occlusion) keep the case's own mask;
+* :class:`ResizeSlices` -- every axial slice to ``size x size`` (bilinear), for
+  the per-slice 2D encoder;
+* :class:`ResizeVolume` -- the volume to a ``grid`` of voxels (trilinear), for
+  the 3D encoder.
+
+>>> import torch
+>>> chain = ImageTransforms(HUWindow(-1000, 1000), ResizeSlices(8))
+>>> [t["name"] for t in chain.describe()]
+['hu_window', 'resize_slices']
+>>> chain(torch.full((1, 3, 20, 16), 500.0)).shape, float(chain(torch.full((1, 1, 4, 4), 500.0))[0, 0, 0, 0])
+(torch.Size([1, 3, 8, 8]), 0.5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.preprocess.lung import LUNG_FILL_HU, SOFT_TISSUE_ABOVE_HU, lung_mask
+
+if TYPE_CHECKING:
+    import torch
+
+SOFT_TISSUE_STEP_HU = 25.0  # width of the smooth step of the 2D encoder's soft-tissue count
+
+
+@dataclass(frozen=True)
+class HUWindow:
+    """Clip HU to ``[low, high]`` and scale linearly to ``[-1, 1]`` (``ScaleIntensityRange`` with clipping)."""
+
+    low: float = -1000.0
+    high: float = 1000.0
+    name = "hu_window"
+
+    @property
+    def centre(self) -> float:
+        return (self.low + self.high) / 2
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def scale(self, hu: float) -> float:
+        """A HU value in the window's units (no clipping).
+
+        >>> HUWindow(-1000, 1000).scale(-300)
+        -0.3
+        """
+        return (hu - self.centre) / self.half_width
+
+    def __call__(self, hu: torch.Tensor) -> torch.Tensor:
+        return (hu.clamp(self.low, self.high) - self.centre) / self.half_width
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "low_hu": self.low, "high_hu": self.high}
+
+
+@dataclass(frozen=True)
+class LungMaskFill:
+    """Outside the lung mask of the case, the windowed value of lung air (``MaskIntensity``).
+
+    ``close`` and ``medial`` are ``core.preprocess.lung.lung_mask``'s ``close_fraction`` and ``medial``.
+    """
+
+    window: HUWindow
+    close: float = 0.0
+    medial: bool = False
+    fill_hu: float = LUNG_FILL_HU
+    name = "lung_mask"
+
+    def mask(self, hu: torch.Tensor) -> torch.Tensor:
+        """Constant boolean lung mask of ``[B, S, R, C]`` HU, on ``hu``'s device (scipy, no gradient)."""
+        import torch
+
+        with torch.no_grad():
+            arr = hu.detach().float().cpu().numpy()
+        m = (np.stack([lung_mask(v, close_fraction=self.close, medial=self.medial) for v in arr])
+             if arr.shape[0] else np.zeros(arr.shape, bool))
+        return torch.from_numpy(m).to(hu.device)
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        w = self.window
+        fill = (min(max(self.fill_hu, w.low), w.high) - w.centre) / w.half_width
+        return torch.where(mask, x, torch.full_like(x, fill))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "rule": "threshold lung mask (air < -400 HU enclosed by the body, small holes)",
+                "close_fraction": self.close, "medial": self.medial, "fill_hu": self.fill_hu}
+
+
+@dataclass(frozen=True)
+class ResizeSlices:
+    """Every axial slice of ``[B, S, R, C]`` to ``[B, S, size, size]`` (bilinear)."""
+
+    size: int
+    name = "resize_slices"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        b, s, r, c = x.shape
+        y = F.interpolate(x.reshape(b * s, 1, r, c), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return y.reshape(b, s, self.size, self.size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size}
+
+
+@dataclass(frozen=True)
+class ResizeVolume:
+    """The volume ``[B, S, R, C]`` to ``[B, *grid]`` voxels (trilinear)."""
+
+    grid: tuple[int, int, int]
+    name = "resize_volume"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.interpolate(x.unsqueeze(1), size=self.grid, mode="trilinear", align_corners=False).squeeze(1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "grid": list(self.grid)}
+
+
+@dataclass(frozen=True)
+class ImageTransforms:
+    """The chain HU -> encoder input: window, optional lung mask, resize (see the module docstring)."""
+
+    window: HUWindow
+    resize: ResizeSlices | ResizeVolume
+    lung: LungMaskFill | None = None
+
+    @property
+    def per_slice(self) -> bool:
+        """True when every slice is transformed on its own (a slice's output depends on that slice only)."""
+        return isinstance(self.resize, ResizeSlices)
+
+    def masks(self, hu: torch.Tensor) -> torch.Tensor | None:
+        """The constant masks of a case (``[B, S, R, C]`` bool), or None when the chain has no mask step."""
+        return None if self.lung is None else self.lung.mask(hu)
+
+    def __call__(self, hu: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, S, R, C]`` HU -> the encoder's input; ``masks`` (``[S, R, C]`` or ``[B, S, R, C]``) from
+        :meth:`masks` of the same case, computed here when not given."""
+        x = self.window(hu)
+        if self.lung is not None:
+            m = self.lung.mask(hu) if masks is None else masks.to(hu.device)
+            x = self.lung(x, m.expand(hu.shape) if m.dim() == 3 else m)
+        return self.resize(x)
+
+    def describe(self) -> list[dict[str, Any]]:
+        steps: list[Any] = [self.window] + ([self.lung] if self.lung is not None else []) + [self.resize]
+        return [s.describe() for s in steps]
+
+    def soft_tissue_step(self) -> tuple[float, float] | None:
+        """``(threshold, width)`` of the 2D encoder's soft-tissue count in the chain's output units, with the lung mask."""
+        if self.lung is None:
+            return None
+        return self.window.scale(SOFT_TISSUE_ABOVE_HU), SOFT_TISSUE_STEP_HU / self.window.half_width

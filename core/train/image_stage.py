@@ -1,0 +1,260 @@
+"""Stage A: the image encoder, trained once per cohort with an image-only survival objective, then frozen.
+
+The prepared images (``core.preprocess.transforms`` of every study) and the
+encoder's tokens are cached under ``<cohort>/.cache/`` keyed by the cohort
+fingerprint and every setting that changes them, so comparing strategies
+encodes each CT once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time as _time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.cohort import Cohort
+from core.errors import InputError
+from core.models import IMAGE_ENCODERS
+from core.models.config import ImageConfig, ModelConfig
+from core.runtime import DistInfo
+from core.train.loop import concordance, fit
+from core.train.settings import Progress, proportional_head
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings: dict[str, Any]) -> dict[str, Any]:
+    if image_encoder_kind not in IMAGE_ENCODERS + ("auto",):
+        raise InputError("image_encoder_kind", image_encoder_kind, "unknown image encoder", "use auto, 2d, 3d, embedding or none")
+    kind = image_encoder_kind
+    if kind == "auto":
+        kind = "2d" if cohort.has_studies else ("embedding" if cohort.image_embeddings is not None else "none")
+    if fusion == "ehr_only":
+        kind = "none"
+    if kind in ("2d", "3d") and not cohort.has_studies:
+        raise InputError("image_encoder_kind", kind, "the cohort has no study column with CT paths", "add a study column or use embedding/none")
+    if kind == "embedding" and cohort.image_embeddings is None:
+        raise InputError("image_encoder_kind", kind, "the cohort has no image_embeddings file", "add image_embeddings.npy or .parquet")
+    s = settings["image"]
+    cfg: dict[str, Any] = {"kind": kind, "hu_window": list(s["hu_window"]), "out_dim": int(s["out_dim"])}
+    if kind == "2d":
+        cfg.update(size=int(s["size"]), channels=list(s["channels"]), lung_mask=bool(s["lung_mask"]))
+        if cfg["lung_mask"] and float(s.get("lung_close", 0.0)) > 0:
+            cfg["lung_close"] = float(s["lung_close"])
+            if bool(s.get("lung_medial", False)):
+                cfg["lung_medial"] = True
+    elif kind == "3d":
+        cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
+    elif kind == "embedding":
+        assert cohort.image_embeddings is not None
+        shape = cohort.image_embeddings.attrs.get("token_shape", (cohort.image_embeddings.shape[1],))
+        cfg.update(emb_dim=int(shape[-1]), emb_tokens=int(np.prod(shape[:-1])) if len(shape) > 1 else 1)
+    return cfg
+
+
+def _cache_dir(cohort: Cohort) -> Path:
+    return cohort.root / ".cache"
+
+
+def _save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+    except OSError as err:  # read-only cohort folder: keep going without a cache
+        print(f"warning: could not write cache {path.name}: {err.strerror}", file=sys.stderr)
+
+
+def _load_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress | None = None) -> dict[str, torch.Tensor]:
+    """Windowed + resized CT of every subject (``encoder.preprocess``), float16, padded over slices; cached."""
+    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close", "lung_medial")})
+    path = _cache_dir(cohort) / f"images_{key}.safetensors"
+    hit = _load_cache(path)
+    if hit is not None:
+        return hit[0]
+    chain = ImageConfig.from_dict(icfg).transforms()
+    assert chain is not None
+    ids = cohort.ids()
+    arrays: list[torch.Tensor | None] = []
+    for i, sid in enumerate(ids):
+        vol = cohort.load_volume(sid)
+        if vol is None:
+            arrays.append(None)
+        else:
+            with torch.no_grad():
+                arrays.append(chain(torch.from_numpy(np.ascontiguousarray(vol.hu, dtype=np.float32))[None])[0].half())
+        if progress is not None and i % 20 == 0:
+            progress(0.1 * i / len(ids), f"reading CT {i + 1}/{len(ids)}")
+    shapes = [a.shape for a in arrays if a is not None]
+    if not shapes:
+        raise InputError("study", "none loadable", "no subject has a CT", "check the study column of cohort.csv")
+    s_max = max(s[0] for s in shapes)
+    rest = shapes[0][1:]
+    x = torch.zeros((len(ids), s_max, *rest), dtype=torch.float16)
+    mask = torch.zeros(len(ids), s_max)
+    present = torch.zeros(len(ids))
+    for i, a in enumerate(arrays):
+        if a is not None:
+            x[i, :a.shape[0]] = a
+            mask[i, :a.shape[0]] = 1
+            present[i] = 1
+    out = {"image_preprocessed": x, "image_token_mask": mask, "image_present": present}
+    _save_cache(path, out, {"ids": json.dumps(ids)})
+    return out
+
+
+def encoder_tokens(enc: torch.nn.Module, pre: dict[str, torch.Tensor], device: torch.device, chunk: int = 8) -> torch.Tensor:
+    enc.eval().to(device)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, pre["image_preprocessed"].shape[0], chunk):
+            outs.append(enc(pre["image_preprocessed"][i:i + chunk].float().to(device)).float().cpu())
+    return torch.cat(outs)
+
+
+def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str, Any], *, seed: int, device: torch.device,
+                        dist_info: DistInfo, init_dir: Path | None, progress: Progress | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Stage A: train (or load from cache) the image encoder; return (encoder state, token data, info)."""
+    from core.models.net import SurvivalNet
+
+    s = settings["image"]
+    init_hash = None
+    init_state: dict[str, torch.Tensor] | None = None
+    if init_dir is not None:
+        from core.registry import load_encoder
+
+        init_state, init_cfg = load_encoder(init_dir)
+        for k in ("kind", "size", "channels", "grid", "out_dim"):
+            if k in init_cfg and k in icfg and init_cfg[k] != icfg[k]:
+                raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg[k]} does not match {icfg[k]}",
+                                 "pretrain with the same image settings or train without --image-encoder")
+        for k, default in (("lung_mask", False), ("lung_close", 0.0), ("lung_medial", False)):
+            if icfg.get("kind") == "2d" and init_cfg.get(k, default) != icfg.get(k, default):
+                raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg.get(k, default)} does not match {icfg.get(k, default)}",
+                                 "pretrain again with this version or train without --image-encoder")
+        init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
+    prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
+    key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
+                  settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4")
+    path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
+    hit = _load_cache(path)
+    if hit is not None:
+        tensors, meta = hit
+        enc_state = {k: v for k, v in tensors.items() if k.startswith(("enc.", "path."))}
+        data = {"image_tokens": tensors["tokens"], "image_token_mask": tensors["mask"], "image_present": tensors["present"]}
+        return enc_state, data, json.loads(meta.get("info", "{}"))
+    t0 = _time.perf_counter()
+    pre = preprocessed_images(cohort, icfg, progress)
+    table = cohort.table
+    from core.models.heads import make_edges
+
+    tr = (table["split"] == "train").to_numpy()
+    edges = make_edges(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr], settings["n_intervals"])
+    cfg = {"fusion": "image_only", "head": "discrete", "dim": settings["dim"], "dropout": settings["dropout"],
+           "heads": settings["heads"], "proportional_head": prop, "edges": edges.tolist(), "image": icfg,
+           "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
+    torch.manual_seed(seed)
+    net = SurvivalNet(ModelConfig.from_dict(cfg))
+    net.head.init_baseline(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr])
+    if init_state is not None:
+        net.image_encoder.load_state_dict(init_state)  # type: ignore[union-attr]
+    data = dict(pre)
+    data["time"] = torch.as_tensor(table["time"].to_numpy(), dtype=torch.float32)
+    data["event"] = torch.as_tensor(table["event"].to_numpy(), dtype=torch.float32)
+    present = pre["image_present"].numpy() > 0
+    train_idx = np.flatnonzero(tr & present)
+    val_idx = np.flatnonzero((table["split"] == "val").to_numpy() & present)
+
+    def stage_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model(_stage_a_batch(model, batch))
+        head = (model.module if hasattr(model, "module") else model).head
+        return head.nll(out["raw"], batch["time"], batch["event"])
+
+    def stage_score(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+        risks = []
+        for i in range(0, batch["time"].shape[0], 32):
+            sub = {k: v[i:i + 32] for k, v in batch.items()}
+            risks.append(model(_stage_a_batch(model, sub))["risk"].float().cpu())
+        return concordance(batch["time"].cpu().numpy(), batch["event"].cpu().numpy(), torch.cat(risks).numpy())
+
+    res = fit(net, data, train_idx, val_idx, stage_loss, stage_score, epochs=int(s["epochs"]), lr=float(s["lr"]),
+              weight_decay=settings["weight_decay"], batch_size=int(s["batch_size"]), patience=int(s["patience"]),
+              seed=seed, device=device, dist_info=dist_info, label="image encoder", progress=progress,
+              progress_span=(0.1, 0.7))
+    enc = net.image_encoder
+    assert enc is not None
+    tokens = encoder_tokens(enc, pre, device)
+    enc_state = {f"enc.{k}": v.detach().cpu() for k, v in enc.state_dict().items()}
+    enc_state.update({f"path.{k}": v.detach().cpu() for k, v in image_path_state(net).items()})
+    info = {"val_c_index": res.best_score, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
+            "seconds": round(_time.perf_counter() - t0, 2), "init": str(init_dir) if init_dir else None}
+    out = {"image_tokens": tokens, "image_token_mask": pre["image_token_mask"], "image_present": pre["image_present"]}
+    if dist_info.main:
+        save = dict(enc_state)
+        save.update(tokens=tokens, mask=pre["image_token_mask"], present=pre["image_present"])
+        _save_cache(path, save, {"info": json.dumps(info), "ids": json.dumps(cohort.ids())})
+    return enc_state, out, info
+
+
+def image_path_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The image path after the encoder: token projection, slice position and the fusion's image-only pooling."""
+    out: dict[str, torch.Tensor] = {}
+    for name, mod in _image_path_parts(net).items():
+        if mod is not None:
+            out.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
+    return out
+
+
+def _image_path_parts(net: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
+    from core.models.fusion import ImageAnchored, ImageOnly
+
+    f = net.fusion
+    branch = f if isinstance(f, ImageOnly) else (f.anchor if isinstance(f, ImageAnchored) else None)
+    return {"image_proj": net.image_proj, "slice_pos": net.slice_pos,
+            "pool": branch.pool if branch is not None else f.image_pool(),
+            "mlp": branch.mlp if branch is not None else None,
+            "head": net.head if branch is not None and net.cfg.head == "discrete" else None}
+
+
+def load_image_path(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Warm-start ``net``'s image path from ``image_path_state`` of the image stage; returns the parts loaded."""
+    loaded = []
+    for name, mod in _image_path_parts(net).items():
+        sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+        if mod is not None and sub:
+            # the head's linear EHR term (``wide``) has no image-stage counterpart: it keeps its zero start
+            missing, unexpected = mod.load_state_dict(sub, strict=False)
+            if unexpected or [k for k in missing if not k.startswith("wide.")]:
+                raise RuntimeError(f"image path {name}: missing {missing}, unexpected {unexpected}")
+            loaded.append(name)
+    return loaded
+
+
+def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stage A feeds the cached prepared images through the encoder, then the rest of the net."""
+    net = model.module if hasattr(model, "module") else model
+    b = dict(batch)
+    x = b.pop("image_preprocessed").float()
+    b["image_tokens"] = net.image_encoder(x)  # type: ignore[misc]
+    return b

@@ -1,0 +1,140 @@
+"""``train_model``: one strategy on one cohort, from the cohort folder to the model folder."""
+
+from __future__ import annotations
+
+import time as _time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.cohort import Cohort, load_cohort
+from core.errors import InputError
+from core.inputs import ehr_arrays, image_embedding_arrays
+from core.models import FUSIONS, HEADS
+from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
+from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
+from core.train.ehr import ehr_config
+from core.train.fusion_stage import fit_member, split_metrics
+from core.train.image_stage import image_config, train_image_encoder
+from core.train.settings import Progress, merge_settings, proportional_head
+
+
+def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, head: str = "discrete",
+                epochs: int | None = None, seed: int = 0, device: str = "auto", image_encoder: Path | str | None = None,
+                image_encoder_kind: str = "auto", ehr_encoder: str = "auto", progress: Progress | None = None,
+                overrides: dict[str, Any] | None = None, ensemble: int | None = None) -> dict:
+    """Train one fusion strategy on a cohort and write the model folder ``out``; return metrics.json's content."""
+    if fusion not in FUSIONS:
+        raise InputError("fusion", fusion, "unknown fusion strategy", f"use one of {', '.join(FUSIONS)}")
+    if head not in HEADS:
+        raise InputError("head", head, "unknown survival head", f"use one of {', '.join(HEADS)}")
+    settings = merge_settings(overrides, epochs, ensemble)
+    dev = resolve_device(device)
+    dist_info = init_distributed(dev)
+    if dev.type == "cuda" and dist_info.active:
+        dev = torch.device("cuda", dist_info.rank % torch.cuda.device_count())
+    seed_everything(seed)
+    t_start = _time.perf_counter()
+    cohort = load_cohort(Path(cohort_dir), seed=seed)
+    icfg = image_config(cohort, image_encoder_kind, fusion, settings)
+    ecfg = ehr_config(cohort, "none" if fusion == "image_only" else ehr_encoder, settings["max_codes"], settings["max_events"])
+    has_ehr = bool(ecfg["sequence"] or ecfg["tabular"] or ecfg["embedding_dim"])
+    if fusion != "image_only" and not has_ehr:
+        raise InputError("fusion", fusion, "needs EHR data but the cohort has none", "add timeline.parquet, features.csv or ehr_embeddings, or use image_only")
+    if fusion != "ehr_only" and icfg["kind"] == "none":
+        raise InputError("fusion", fusion, "needs images but the cohort has none", "add a study column or image_embeddings, or use ehr_only")
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(cohort, icfg, ecfg, settings, fusion=fusion, head=head, seed=seed, dev=dev, dist_info=dist_info,
+                      image_encoder=image_encoder, progress=progress, out=out, t_start=t_start)
+    finally:  # the thread count is the process's: restore it whatever happened
+        torch.set_num_threads(threads_before)
+
+
+def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings: dict[str, Any], *, fusion: str,
+           head: str, seed: int, dev: torch.device, dist_info: DistInfo, image_encoder: Path | str | None,
+           progress: Progress | None, out: Path | str | None, t_start: float) -> dict:
+    from core.models.heads import make_edges
+    from core.registry import save_model
+
+    table = cohort.table
+    ids = cohort.ids()
+    if dev.type == "cpu" and settings["threads"]:
+        torch.set_num_threads(int(settings["threads"]))
+    if dev.type == "cpu" and dist_info.active:
+        torch.set_num_threads(1)
+
+    tr = (table["split"] == "train").to_numpy()
+    edges = make_edges(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr], settings["n_intervals"])
+    data: dict[str, torch.Tensor] = {k: torch.as_tensor(v) for k, v in ehr_arrays(cohort, ids, EHRConfig.from_dict(ecfg)).items()}
+    data["time"] = torch.as_tensor(table["time"].to_numpy(), dtype=torch.float32)
+    data["event"] = torch.as_tensor(table["event"].to_numpy(), dtype=torch.float32)
+    enc_state: dict[str, torch.Tensor] | None = None
+    enc_info: dict[str, Any] = {}
+    if icfg["kind"] in ("2d", "3d"):
+        enc_state, img_data, enc_info = train_image_encoder(
+            cohort, icfg, settings, seed=seed, device=dev, dist_info=dist_info,
+            init_dir=Path(image_encoder) if image_encoder else None, progress=progress)
+        data.update(img_data)
+    elif icfg["kind"] == "embedding":
+        data.update({k: torch.as_tensor(v) for k, v in image_embedding_arrays(cohort, ids).items()})
+    else:
+        data["image_present"] = torch.zeros(len(ids))
+
+    if dev.type == "cpu":
+        # token-level models are tiny: one thread is as fast, and far faster when the cores are shared
+        torch.set_num_threads(1)
+    n_members = int(settings["ensemble"])
+    cfg = ModelConfig(
+        format=FORMAT, fusion=fusion, head=head,
+        proportional_head=proportional_head(settings["proportional_head"], fusion, icfg["kind"]),
+        dim=int(settings["dim"]), dropout=float(settings["dropout"]), heads=int(settings["heads"]),
+        edges=tuple(float(e) for e in edges), image=ImageConfig.from_dict(icfg), ehr=EHRConfig.from_dict(ecfg), seed=seed,
+        image_anchor=bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d"),
+        ehr_linear=bool(settings["ehr_linear"]) and bool(ecfg["tabular"]), ensemble=n_members)
+    train_idx = np.flatnonzero(tr)
+    val_idx = np.flatnonzero((table["split"] == "val").to_numpy())
+    members, member_info = [], []
+    for k in range(n_members):
+        lo, hi = 0.7 + 0.27 * k / n_members, 0.7 + 0.27 * (k + 1) / n_members
+        net_k, info_k = fit_member(cfg, data, table, train_idx, val_idx, enc_state, settings, fusion=fusion, head=head,
+                                    seed=seed + k, device=dev, dist_info=dist_info, progress=progress, span=(lo, hi),
+                                    label=f"{fusion}/{head}" + (f" {k + 1}/{n_members}" if n_members > 1 else ""))
+        members.append(net_k)
+        member_info.append(info_k)
+    if n_members == 1:
+        net: torch.nn.Module = members[0]
+    else:
+        from core.models.net import EnsembleNet
+
+        net = EnsembleNet(cfg, n_members)
+        for k, m in enumerate(members):
+            net.members[k].load_state_dict(m.state_dict())
+        net.eval()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    metrics = split_metrics(net, data, cohort, edges)
+    metrics.update({
+        "fusion": fusion, "head": head, "seed": seed, "device": str(dev), "world_size": dist_info.world,
+        "val_c_index_early_stopping": member_info[0]["val_c_index"], "epochs_run": member_info[0]["epochs_run"],
+        "best_epoch": member_info[0]["best_epoch"], "steps": member_info[0]["steps"],
+        "calibration": member_info[0]["calibration"], "ensemble": n_members,
+        "members": member_info if n_members > 1 else None,
+        "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": member_info[0]["warm_start"]},
+        "train_seconds": round(_time.perf_counter() - t_start, 2),
+        "n": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
+        "modalities": {"image": icfg["kind"], "ehr": [k for k in ("sequence", "tabular") if ecfg.get(k)] + (["embedding"] if ecfg.get("embedding_dim") else [])},
+        "uncertainty": (f"ensemble of {n_members} seeds (range of the members' curves, widened to contain the mean)"
+                        if n_members > 1 else "MC dropout (30 samples, 5th-95th percentile, widened to contain the point estimate)"),
+    })
+    if out is not None and dist_info.main:
+        save_model(Path(out), net, cfg, metrics, cohort)
+    if dist_info.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if progress is not None:
+        progress(1.0, "done")
+    return metrics

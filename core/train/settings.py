@@ -1,0 +1,70 @@
+"""Training settings: the defaults of every stage and how overrides merge into them."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+from core.errors import InputError
+
+Progress = Callable[[float, str], None]
+
+DEFAULTS: dict[str, Any] = {
+    "dim": 64, "dropout": 0.1, "heads": 2, "n_intervals": 20,
+    "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, "epochs": 60, "patience": 10,
+    "modality_dropout": 0.15, "max_events": 64, "max_codes": 512,
+    "ensemble": 5,  # stage-B networks from seeds seed .. seed+4 on the shared image encoder; the band is their range
+    # "auto": the proportional form (one linear predictor across the grid, calibrated on val; core.models.heads)
+    # for models that use images, whose warm-started image path needs the calibration; the full per-interval
+    # form for models without images (real tabular data: SurvSet mean C 0.699 full vs 0.689 proportional)
+    "proportional_head": "auto",
+    "image_anchor": True,  # multimodal strategies = image-only branch (warm-started) + gated strategy (core.models.fusion)
+    "ehr_linear": True,  # the head adds a linear term of the tabular features, fitted after the network (core.models.heads)
+    "ehr_linear_penalty": 0.01,  # ridge penalty of that term (on the mean NLL; features are standardised)
+    "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
+    "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
+              "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0], "lung_mask": True,
+              # closing radius (fraction of the slice width) that adds juxtapleural nodules to the lung mask
+              # (core.preprocess.lung.close_lung_regions); absent in older models, which load with 0
+              "lung_close": 0.05,
+              # the closing also adds solid tissue on the mediastinal side (nodules at the hilum); absent in older
+              # models, which load with False
+              "lung_medial": True,
+              # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
+              # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
+              "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
+              "warm_start_path": True},  # stage B starts its image path (projection, pooling) from stage A
+    "contrastive": {"epochs": 30, "temperature": 0.1, "finetune_lr_scale": 0.1},
+}
+
+
+def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensemble: int | None) -> dict[str, Any]:
+    """``DEFAULTS`` with ``overrides`` merged one level deep, then ``epochs`` and ``ensemble`` when given."""
+    settings = copy.deepcopy(DEFAULTS)
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and isinstance(settings.get(k), dict):
+            settings[k].update(v)
+        else:
+            settings[k] = v
+    if epochs is not None:
+        if epochs < 1:
+            raise InputError("epochs", epochs, "must be >= 1", "use e.g. --epochs 30")
+        settings["epochs"] = int(epochs)
+    if ensemble is not None:
+        settings["ensemble"] = ensemble
+    if isinstance(settings["ensemble"], bool) or not isinstance(settings["ensemble"], int) or settings["ensemble"] < 1:
+        raise InputError("ensemble", settings["ensemble"], "must be an integer >= 1", "use e.g. --ensemble 5 (or 1 for a single network)")
+    return settings
+
+
+def proportional_head(setting: bool | str, fusion: str, image_kind: str) -> bool:
+    """Resolve the ``proportional_head`` setting: ``"auto"`` is True exactly when the model uses images.
+
+    >>> proportional_head("auto", "concat", "2d"), proportional_head("auto", "ehr_only", "2d"), proportional_head(True, "ehr_only", "none")
+    (True, False, True)
+    """
+    if setting == "auto":
+        return fusion != "ehr_only" and image_kind != "none"
+    if not isinstance(setting, bool):
+        raise InputError("proportional_head", setting, "must be true, false or \"auto\"", "leave it at \"auto\"")
+    return setting

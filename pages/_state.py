@@ -1,0 +1,40 @@
+"""Every key this app keeps in ``st.session_state``, in one place (pages import these, never spell keys).
+
+Keys that are also widget keys hold that widget's value; the others hold per-session data
+(uploads, trained models, the private workspace, the per-session memo).
+"""
+
+from __future__ import annotations
+
+# widgets whose values survive page switches (Case review saves them, Export reads them)
+CASE = "case"                    # (source, subject_id) of the case under review: a value, never parsed from a label
+AXIAL_SLICE = "axial_slice"
+CORONAL_ROW = "coronal_row"
+SAGITTAL_COL = "sagittal_col"
+WINDOW = "window"
+SHOW_SALIENCY = "show_saliency"
+METHOD = "method"
+OPACITY = "opacity"
+VIEWER_KEYS: tuple[str, ...] = (CASE, AXIAL_SLICE, WINDOW, SHOW_SALIENCY, METHOD, OPACITY)
+SAVED_VIEWER = "_viewer"         # the viewer settings last shown in Case review
+SLICE_CASE = "_slice_case"       # the case the axial slider was last positioned for
+
+# sidebar
+MODEL_NAME = "model_name"
+HORIZON = "horizon_days"
+NAVIGATED = "_navigated"         # set by app.py on every run: a page run without it was started outside app.py
+DEEP_LINK = "_deep_link"         # the page a visitor asked for before app.py's navigation existed
+
+# per-session data
+UPLOADED_CASE = "uploaded_case"
+UPLOAD_STATE = "upload_state"
+UPLOAD_COUNTER = "upload_counter"
+STUDY_NONCE = "study_nonce"
+TIMELINE_STATE = "timeline_state"
+TRAINED_MODELS = "trained_models"
+TRAINED_COHORTS = "trained_cohorts"
+COMPARED = "compared"
+EXPORTS = "exports"
+CASE_NUMBERS = "case_numbers"
+WORKSPACE = "workspace"
+MEMO = "_memo"
