@@ -22,7 +22,16 @@ are cached under ``--work`` so a rerun only recomputes the numbers.
 
     python -m core demo /tmp/h2/demo --n 800
     python bench/bench_coverage.py --demo /tmp/h2/demo --fusions concat,ehr_only \\
-        --survset rott2,GBSG2,flchain --epochs 15 --work /tmp/h2/bench [--json out.json]
+        --survset rott2,GBSG2,flchain,colon --epochs 15 --work /tmp/h2/bench [--json out.json]
+
+A horizon is reported where it lies inside the val and the test follow-up (the
+first follow-up time at or before it, the last after it) and below the last
+training time; "saturated" marks a horizon where fewer than alpha of the test
+patients have had the event by then (every bound truncated there covers more
+than 1 - alpha, see core.evaluate.coverage). Measured on 2 shared CPU cores:
+ehr_only training (15 epochs, ensemble of 5) took 43 s (GBSG2) to 539 s
+(flchain); the demo concat band (160 test cases through predict_case) about
+30 min under load; a rerun from the cache 42 s.
 """
 
 from __future__ import annotations
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo", type=Path, help="demo cohort folder (python -m core demo DIR --n 800)")
     ap.add_argument("--demo-models", type=Path, default=ROOT / "assets" / "demo_models")
     ap.add_argument("--fusions", default="concat,ehr_only", help="demo models to evaluate")
-    ap.add_argument("--survset", default="rott2,GBSG2,flchain", help="SurvSet datasets ('' for none)")
+    ap.add_argument("--survset", default="rott2,GBSG2,flchain,colon", help="SurvSet datasets ('' for none)")
     ap.add_argument("--epochs", type=int, default=15, help="epoch cap for ehr_only on SurvSet")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_coverage"))
     ap.add_argument("--alpha", type=float, default=0.1)
