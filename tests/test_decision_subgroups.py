@@ -128,7 +128,7 @@ def test_evaluate_command_prints_the_new_sections():
     _print_extras(res, buf)
     text = buf.getvalue()
     assert "365  0.950  0.910      0.900" in text
-    assert "thresholds 0.20-0.20" in text and "n=10" in text
+    assert "between thresholds 0.20-0.20" in text and "n=10" in text
 
 
 class _FakeModel:

@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 def _print_extras(res: dict, out: TextIO) -> None:
     cov, conf = res["coverage"], res.get("conformal") or {}
     level = 1 - cov["alpha"]
-    print(f"coverage of the {level:.0%} lower bound on T (IPCW; band = {cov['band']}):", file=out)
+    band_name = cov["band"] or "not computed (--no-band)"
+    print(f"coverage of the {level:.0%} lower bound on T (IPCW; band = {band_name}):", file=out)
     print("  horizon   band   curve  conformal  P(event by t)", file=out)
     for h, row in cov["horizons"].items():
         if row is None:
@@ -85,7 +86,8 @@ def _print_extras(res: dict, out: TextIO) -> None:
         best = [(p, nb) for p, nb, a in zip(d["thresholds"], d["net_benefit"], d["treat_all"])
                 if nb is not None and a is not None and nb > max(a, 0.0)]
         span = f"{best[0][0]:.2f}-{best[-1][0]:.2f}" if best else "none"
-        print(f"decision curve {h} d: net benefit above treat-all and treat-none at thresholds {span}", file=out)
+        print(f"decision curve {h} d: net benefit above treat-all and treat-none between thresholds {span}",
+              file=out)
     sub = res.get("subgroups")
     if sub:
         print(f"subgroups by {sub['column']} ({sub['kind']}):", file=out)
