@@ -1,0 +1,246 @@
+"""Sign-in end to end: st.login against a real OpenID Connect provider, in Debian's Chromium.
+
+The provider is panva's ``oidc-provider`` (npm, pinned in tests/oidc/package-lock.json,
+installed by ``npm ci`` into the git-ignored tests/oidc/node_modules on first use) run by
+tests/oidc/provider.mjs on a free loopback port with one client and one account. The app
+runs with ``streamlit run app.py`` on another loopback port, the tiny demo of
+tests/test_app.py as its data folder and a temporary secrets.toml (``--secrets.files``,
+the repository's own files are never touched). In Chromium: signed out, only the
+sign-in screen; sign in through the provider's login form; the app with the user's name
+and e-mail; sign out (through the provider's end-session page); the sign-in screen again.
+The audit log gets exactly one new login line, carrying the provider's ``sub`` and
+nothing else about the user. Screenshots go to ``$CTEHR_SCREENSHOTS`` when it is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+OIDC_DIR = ROOT / "tests" / "oidc"
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+if not CHROMIUM.exists():
+    pytest.skip(f"Debian chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+if shutil.which("node") is None or shutil.which("npm") is None:
+    pytest.skip("node/npm not found: the test OpenID Connect provider (npm oidc-provider) needs them",
+                allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+pytest.importorskip("authlib", reason="Authlib is not installed (st.login needs it; see requirements.txt)")
+
+from tests.test_browser import CHROMIUM_ARGS, START_TIMEOUT_S, _free_port, settle  # noqa: E402
+
+CLIENT_ID = "ctehr-test"
+ACCOUNT = {"sub": "clinician-7f3a", "email": "ada.clinician@hospital.test", "name": "Ada Clinician"}
+NPM_TIMEOUT_S = 240
+
+
+def _oidc_modules() -> Path:
+    """tests/oidc/node_modules with the pinned oidc-provider (``npm ci`` once; skip when it cannot be had)."""
+    lock = json.loads((OIDC_DIR / "package-lock.json").read_text())
+    want = lock["packages"]["node_modules/oidc-provider"]["version"]
+    installed = OIDC_DIR / "node_modules" / "oidc-provider" / "package.json"
+    if installed.exists() and json.loads(installed.read_text())["version"] == want:
+        return installed.parents[1]
+    try:
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=OIDC_DIR,
+                              capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"npm ci of oidc-provider {want} took over {NPM_TIMEOUT_S} s (no registry?)")
+    if done.returncode != 0 or not installed.exists():
+        pytest.skip(f"npm ci of oidc-provider {want} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    return installed.parents[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited early:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start within {START_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_app import build_test_demo
+
+    return build_test_demo(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def signed_in_app(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app URL, served with [auth] pointing at a real OpenID Connect provider on loopback."""
+    _oidc_modules()
+    work = tmp_path_factory.mktemp("login")
+    app_port, idp_port = _free_port(), _free_port()
+    while idp_port == app_port:
+        idp_port = _free_port()
+    app_url, issuer = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{idp_port}"
+    client_secret = secrets.token_urlsafe(32)
+    idp_log = work / "oidc.log"
+    idp_env = {**os.environ, "OIDC_PORT": str(idp_port), "OIDC_REDIRECT_URI": f"{app_url}/oauth2callback",
+               "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": client_secret,
+               "OIDC_ACCOUNT_SUB": ACCOUNT["sub"], "OIDC_ACCOUNT_EMAIL": ACCOUNT["email"],
+               "OIDC_ACCOUNT_NAME": ACCOUNT["name"]}
+    secrets_toml = work / "secrets.toml"
+    secrets_toml.write_text(
+        "[auth]\n"
+        f'redirect_uri = "{app_url}/oauth2callback"\n'
+        f'cookie_secret = "{secrets.token_hex(32)}"\n'
+        f'client_id = "{CLIENT_ID}"\n'
+        f'client_secret = "{client_secret}"\n'
+        f'server_metadata_url = "{issuer}/.well-known/openid-configuration"\n'
+        "[auth.client_kwargs]\n"
+        'prompt = "login"\n'  # oidc-provider has no "select_account" prompt (Streamlit's default)
+    )
+    app_log = work / "streamlit.log"
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(idp_log, "wb") as out:
+            procs.append(subprocess.Popen(["node", str(OIDC_DIR / "provider.mjs")], cwd=OIDC_DIR, env=idp_env,
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_http(f"{issuer}/.well-known/openid-configuration", procs[0], idp_log, "oidc-provider")
+        env = {**os.environ, "CTEHR_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+        with open(app_log, "wb") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                 "--server.port", str(app_port), "--server.address", "127.0.0.1",
+                 "--secrets.files", str(secrets_toml)],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_http(f"{app_url}/_stcore/health", procs[1], app_log, "streamlit")
+        yield app_url
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        text = app_log.read_text(errors="replace") if app_log.exists() else ""
+        assert "Uncaught app exception" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _shot(pg: object, name: str) -> None:
+    folder = os.environ.get("CTEHR_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def _assert_sign_in_screen_only(pg: object) -> None:
+    text = pg.locator("body").inner_text()  # type: ignore[attr-defined]
+    assert pg.get_by_role("button", name="Sign in").is_visible()  # type: ignore[attr-defined]
+    for leak in ("Case review", "Risk at", "Demo ", "Cohort & models", "Fusion strategy", "Upload", "Sign out",
+                 ACCOUNT["name"], ACCOUNT["email"], "local mode"):
+        assert leak not in text, f"{leak!r} shown before sign-in:\n{text}"
+    assert pg.locator('[data-testid="stSidebarNav"]').count() == 0  # type: ignore[attr-defined]
+    assert pg.locator('[data-testid="stPlotlyChart"]').count() == 0  # type: ignore[attr-defined]
+
+
+def _audit_lines(data_dir: Path) -> list[dict]:
+    from core.app.audit import read_audit
+
+    return read_audit(data_dir / "audit" / "audit.jsonl")
+
+
+def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_in_app: str,
+                                                         data_dir: Path) -> None:
+    before = len(_audit_lines(data_dir))
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})  # type: ignore[attr-defined]
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    try:
+        # 1. signed out: the sign-in screen and nothing else, also on a deep link
+        pg.goto(signed_in_app)
+        settle(pg)
+        _assert_sign_in_screen_only(pg)
+        _shot(pg, "login_signed_out")
+        pg.goto(signed_in_app + "/cohort_models")
+        settle(pg)
+        _assert_sign_in_screen_only(pg)
+        _shot(pg, "login_deep_link_signed_out")
+        pg.goto(signed_in_app)
+        settle(pg)
+
+        # 2. sign in: Streamlit sends the browser to the provider's own login form
+        pg.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+        pg.wait_for_selector('input[name="login"]')
+        assert pg.url.startswith(signed_in_app.rsplit(":", 1)[0])  # still loopback
+        assert "/interaction/" in pg.url, pg.url
+        pg.fill('input[name="login"]', ACCOUNT["sub"])
+        pg.fill('input[name="password"]', "any password: devInteractions accepts it")
+        _shot(pg, "login_provider_form")
+        pg.click('button[type="submit"]')
+        pg.wait_for_url(signed_in_app + "/**")
+        pg.wait_for_selector('[data-testid="stSidebar"]')
+        settle(pg, 120)
+        sidebar = pg.locator('[data-testid="stSidebar"]').inner_text()  # type: ignore[attr-defined]
+        assert ACCOUNT["name"] in sidebar and ACCOUNT["email"] in sidebar, sidebar
+        assert pg.get_by_role("button", name="Sign out").is_visible()  # type: ignore[attr-defined]
+        assert "local mode" not in sidebar
+        assert pg.get_by_text("Risk at 1 year").count() >= 1  # type: ignore[attr-defined]  # the app itself
+        _shot(pg, "login_signed_in")
+
+        # the audit log: one login line with the provider's sub and no name or e-mail anywhere
+        new = _audit_lines(data_dir)[before:]
+        logins = [e for e in new if e["action"] == "login"]
+        assert len(logins) == 1, new
+        assert logins[0]["user"] == ACCOUNT["sub"] and logins[0]["target"] == "session"
+        assert set(logins[0]) == {"time", "user", "action", "target"}
+        opened = [e for e in new if e["action"] == "open"]
+        assert opened and all(e["user"] == ACCOUNT["sub"] for e in opened)
+        raw = (data_dir / "audit" / "audit.jsonl").read_text()
+        for leak in (ACCOUNT["name"], ACCOUNT["email"], "Ada", "hospital.test"):
+            assert leak not in raw
+
+        # 3. sign out: through the provider's end-session page, back to the sign-in screen
+        pg.get_by_role("button", name="Sign out").click()  # type: ignore[attr-defined]
+        confirm = pg.locator('button[value="yes"]')
+        confirm.wait_for()
+        _shot(pg, "login_provider_logout")
+        confirm.click()
+        pg.wait_for_url(signed_in_app + "/**")
+        pg.get_by_role("button", name="Sign in").wait_for()
+        settle(pg)
+        _assert_sign_in_screen_only(pg)
+        _shot(pg, "login_signed_out_again")
+        assert [e["action"] for e in _audit_lines(data_dir)[before:]].count("logout") == 1
+    finally:
+        context.close()
