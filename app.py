@@ -1,7 +1,8 @@
 """CT + EHR survival explorer: navigation, sidebar and the one-time demo build.
 
 Run with ``streamlit run app.py``. Every page lives in ``pages/``; this file only
-declares the navigation and the sidebar (model, device, horizon).
+gates sign-in (``st.login`` when ``[auth]`` is in secrets.toml) and declares the
+navigation and the sidebar (model, device, horizon).
 """
 
 from __future__ import annotations
@@ -21,6 +22,34 @@ st.set_page_config(
 )
 ui.inject_style()
 st.logo(str(paths.ASSETS / "logo.svg"), size="large")
+
+
+def _sign_in_screen() -> None:
+    st.title("CT + EHR survival explorer")
+    st.write("Sign in with your hospital account to continue.")
+    st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login)
+    st.caption("Research use only. Not a medical device.")
+
+
+# Sign-in gate, before anything else (the demo build, the pages): with [auth] in secrets.toml a
+# visitor without a session gets the sign-in screen only; without it the server must listen on
+# loopback only (.streamlit/config.toml: server.address = "127.0.0.1"). See docs/DEPLOYMENT.md.
+if ui.auth_configured():
+    if ui.missing_auth_keys():
+        st.error(f"Sign-in is configured but [auth] in secrets.toml lacks {', '.join(ui.missing_auth_keys())}; "
+                 "fix: complete it as in .streamlit/secrets.example.toml", icon=":material/error:")
+        st.stop()
+    if not st.user.is_logged_in:
+        st.session_state.pop(K.NAVIGATED, None)
+        st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:")], position="hidden").run()
+        st.stop()
+    if not st.session_state.get(K.LOGIN_AUDITED):
+        ui.audit("login", "session")
+        st.session_state[K.LOGIN_AUDITED] = True
+elif not ui.listens_on_loopback_only():
+    st.error(f"No sign-in is configured and server.address is {st.get_option('server.address') or 'unset (every interface)'}; "
+             "fix: set server.address = \"127.0.0.1\" or configure [auth] (docs/DEPLOYMENT.md)", icon=":material/error:")
+    st.stop()
 
 # First start: build the demo cohort and one model per fusion strategy, once, on disk.
 if not demo_install.demo_ready():

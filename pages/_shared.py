@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from core import horizons, runtime
+from core.app import audit as audit_log
 from core.app import demo_install, paths, reference
 from core.app import workspace as workspaces
 from pages import _state as K
@@ -256,6 +257,63 @@ def _upload_token(source: str) -> int:
     return 0 if case is None else int(case["number"])
 
 
+# ------------------------------------------------------- sign-in and audit
+
+AUTH_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOCAL_MODE = "local mode: no sign-in, this server listens on this machine only"
+
+
+def auth_section() -> dict | None:
+    """The ``[auth]`` section of ``.streamlit/secrets.toml`` (None when there is no such section)."""
+    if not st.secrets.load_if_toml_exists() or "auth" not in st.secrets:
+        return None
+    return dict(st.secrets["auth"])
+
+
+def auth_configured() -> bool:
+    """Sign-in is on: secrets.toml has an ``[auth]`` section (incomplete ones are refused by app.py)."""
+    return auth_section() is not None
+
+
+def missing_auth_keys() -> list[str]:
+    section = auth_section() or {}
+    return [key for key in AUTH_KEYS if not section.get(key)]
+
+
+def listens_on_loopback_only() -> bool:
+    """``server.address`` is a loopback address (unset means every interface)."""
+    return str(st.get_option("server.address") or "") in LOOPBACK
+
+
+def user_id() -> str:
+    """The signed-in user's ``sub`` claim from the identity provider, or ``"local"`` without sign-in."""
+    if auth_configured() and st.user.is_logged_in:
+        return str(st.user.get("sub") or "")
+    return audit_log.LOCAL_USER
+
+
+def audit(action: str, target: str, *, once: bool = False, **details: Any) -> None:
+    """Record ``action`` on ``target`` in the audit log as this session's user (see core.app.audit).
+
+    ``once=True`` records an identical (action, target, details) only the first
+    time in this session (a case opened, re-drawn on every slider move). When the
+    log cannot be written the action is stopped: nothing happens unaudited.
+    """
+    key = (action, target, tuple(sorted(details.items())))
+    done: set = st.session_state.setdefault(K.AUDITED, set())
+    if once and key in done:
+        return
+    try:
+        audit_log.record(user_id(), action, target, **details)
+    except OSError as exc:
+        LOG.error("audit log not written: %s", exc)
+        st.error(f"The audit log could not be written ({type(exc).__name__}), so this was not done; "
+                 "fix: ask the administrator to check the data folder's audit/ directory", icon=":material/error:")
+        st.stop()
+    done.add(key)
+
+
 # ------------------------------------------------------------------ sidebar
 
 
@@ -316,6 +374,14 @@ def sidebar() -> None:
         info = demo_install.demo_build_info()
         if info:
             st.caption(f"Demo: {info['n']} synthetic patients, {len(info['fusions'])} strategies.")
+        if auth_configured() and st.user.is_logged_in:
+            who = " · ".join(str(v) for v in (st.user.get("name"), st.user.get("email")) if v)
+            st.caption(f"Signed in as **{who or user_id()}**")
+            if st.button("Sign out", key=K.SIGN_OUT, icon=":material/logout:"):
+                audit("logout", "session")
+                st.logout()
+        else:
+            st.caption(LOCAL_MODE)
         st.caption("Research use only. Not a medical device.")
 
 

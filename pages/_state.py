@@ -24,6 +24,11 @@ MODEL_NAME = "model_name"
 HORIZON = "horizon_days"
 NAVIGATED = "_navigated"         # set by app.py on every run: a page run without it was started outside app.py
 DEEP_LINK = "_deep_link"         # the page a visitor asked for before app.py's navigation existed
+SIGN_OUT = "sign_out"            # the sidebar's "Sign out" button (only when sign-in is configured)
+
+# audit log (core.app.audit)
+LOGIN_AUDITED = "_login_audited"  # the login of this signed-in session has been recorded
+AUDITED = "_audited"             # records made with once=True in this session (e.g. a case opened)
 
 # per-session data
 UPLOADED_CASE = "uploaded_case"

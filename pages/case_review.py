@@ -43,6 +43,7 @@ if st.session_state.get(K.CASE) not in cases:
 source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_func=cases.__getitem__,
                                       help="Demo patients are synthetic. Upload your own de-identified study on the Upload page.")
 ui.save_viewer_settings()
+ui.audit("open", "case", once=True, source=source, case=ui.case_number(source, subject_id))
 model_name = ui.current_model_name()
 with ui.core_errors():
     model = ui.current_model()

@@ -148,6 +148,7 @@ with tab_train:
             from core.cohort import load_cohort
             from core.train import train_model
 
+            ui.audit("train", fusion, epochs=int(epochs))
             ws = ui.workspace()
             cdir = workspace.unpack_cohort_zip(up.getvalue(), ws.fresh_dir("cohort"))
             cohort = load_cohort(cdir)

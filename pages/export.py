@@ -58,6 +58,7 @@ else:
     key = (source, subject_id, model_name, method, horizon, z, wname)
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure"):
         with st.spinner("Attributing and rendering..."), ui.core_errors(stop=False, what="Export failed: "):
+            ui.audit("export", "saliency_figure", case=number, method=method)
             amap = ui.case_attribution(model, source, subject_id, method, horizon, z)
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z), viewer.plane_slice(F.normalize_map(amap), "axial", z),
@@ -88,6 +89,7 @@ st.subheader("Case report (PDF)")
 rkey = (source, subject_id, model_name, method, horizon)
 if st.button("Prepare the case report", key="prepare_report"):
     with st.spinner("Writing the report..."), ui.core_errors(stop=False, what="Report failed: "):
+        ui.audit("export", "case_report_pdf", case=number, method=method)
         from core.report import case_report_pdf
 
         folder = ui.workspace().fresh_dir("report")

@@ -203,6 +203,7 @@ if st.button("Use this case", type="primary", disabled=not ready, key="use_case"
                                        index_time=index_time)
         st.session_state[K.UPLOAD_COUNTER] = number
         parts = (["CT"] if volume is not None else []) + (["timeline"] if events is not None else [])
+        ui.audit("upload", "-".join(part.lower() for part in parts), case=number)
         st.session_state[K.UPLOADED_CASE] = {
             "cohort": cohort, "volume": volume, "events": events, "number": number,
             "label": f"#{number}: {' + '.join(parts)}",
