@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -141,3 +142,111 @@ def test_read_audit_names_a_broken_line(data_dir: Path) -> None:
     with pytest.raises(InputError, match="line 2"):
         audit.read_audit()
     assert audit.read_audit(data_dir / "missing.jsonl") == []
+
+
+# ------------------------------------------- the app: sign-in gate, local mode, audit calls (AppTest, no browser)
+
+AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "c" * 64,
+        "client_id": "ctehr", "client_secret": "s" * 32,
+        "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration"}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from tests.test_app import build_test_demo
+
+    base = build_test_demo(tmp_path_factory)
+    old = os.environ.get("CTEHR_DATA_DIR")
+    os.environ["CTEHR_DATA_DIR"] = str(base)
+    try:
+        yield base
+    finally:
+        if old is None:
+            os.environ.pop("CTEHR_DATA_DIR", None)
+        else:
+            os.environ["CTEHR_DATA_DIR"] = old
+
+
+def _app(secrets: dict | None = None, user: dict | None = None):  # type: ignore[no-untyped-def]
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    if secrets:
+        at.secrets["auth"] = secrets
+    if user is not None:
+        at.user = user
+    return at
+
+
+def _texts(at) -> str:  # type: ignore[no-untyped-def]
+    parts = [str(e.value) for kind in ("title", "markdown", "caption", "error", "subheader", "header")
+             for e in getattr(at, kind)]
+    return "\n".join(parts + [b.label for b in at.button])
+
+
+def test_app_local_mode_says_so_and_audits_as_local(demo_dir: Path) -> None:
+    before = len(audit.read_audit())
+    at = _app()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [str(c.value) for c in at.sidebar.caption]
+    assert any("local mode: no sign-in, this server listens on this machine only" in c for c in captions), captions
+    assert "Sign out" not in [b.label for b in at.sidebar.button]
+    at.run()  # a rerun of the same case is not a second "open"
+    new = audit.read_audit()[before:]
+    assert [(e["user"], e["action"], e["target"]) for e in new] == [("local", "open", "case")], new
+    assert set(new[0]["details"]) == {"source", "case"} and new[0]["details"]["source"] == "demo"
+
+
+def test_app_without_sign_in_refuses_a_non_loopback_address(demo_dir: Path) -> None:
+    from streamlit import config
+
+    old = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        at = _app()
+        at.run()
+    finally:
+        config.set_option("server.address", old)
+    text = _texts(at)
+    assert "No sign-in is configured and server.address is 0.0.0.0" in text and "fix:" in text
+    assert "Case review" not in text and not at.selectbox
+
+
+def test_app_with_auth_shows_only_the_sign_in_screen(demo_dir: Path) -> None:
+    before = len(audit.read_audit())
+    at = _app(AUTH, {"is_logged_in": False})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [b.label for b in at.button] == ["Sign in"]
+    text = _texts(at)
+    assert "Case review" not in text and "Risk at" not in text and "local mode" not in text
+    assert not at.selectbox and not at.slider and not at.metric
+    assert audit.read_audit()[before:] == []
+
+
+def test_app_with_incomplete_auth_stops_with_one_line(demo_dir: Path) -> None:
+    at = _app({k: v for k, v in AUTH.items() if k != "client_secret"}, {"is_logged_in": False})
+    at.run()
+    errors = [str(e.value) for e in at.error]
+    assert len(errors) == 1 and "lacks client_secret" in errors[0] and "fix:" in errors[0]
+    assert not at.button
+
+
+def test_app_signed_in_user_is_audited_by_sub_and_shown_in_the_sidebar(demo_dir: Path) -> None:
+    before = len(audit.read_audit())
+    user = {"is_logged_in": True, "sub": "clinician-7f3a", "name": "Ada Clinician", "email": "ada@hospital.test"}
+    at = _app(AUTH, user)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = " ".join(str(c.value) for c in at.sidebar.caption)
+    assert "Ada Clinician" in captions and "ada@hospital.test" in captions and "local mode" not in captions
+    assert "Sign out" in [b.label for b in at.sidebar.button]
+    at.run()
+    new = audit.read_audit()[before:]
+    assert [(e["user"], e["action"], e["target"]) for e in new] == [
+        ("clinician-7f3a", "login", "session"), ("clinician-7f3a", "open", "case")], new
+    raw = audit.audit_path().read_text()
+    assert "Ada" not in raw and "hospital.test" not in raw
