@@ -40,6 +40,7 @@ if shutil.which("node") is None or shutil.which("npm") is None:
                 allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 pytest.importorskip("authlib", reason="Authlib is not installed (st.login needs it; see requirements.txt)")
+pytest.importorskip("httpx", reason="httpx is not installed (st.login's Authlib client needs it; see requirements.txt)")
 
 from tests.test_browser import CHROMIUM_ARGS, START_TIMEOUT_S, _free_port, settle  # noqa: E402
 
