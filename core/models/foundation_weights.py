@@ -198,6 +198,7 @@ def ensure_weights(name: str = "astra", progress: Progress = None) -> Path:
         progress(0.8, "writing the safetensors copy")
     # one metadata entry: safetensors serialises its metadata map in random order, one key keeps the bytes reproducible
     save_file(tensors, str(tmp), metadata={"ctehr": json.dumps(meta, sort_keys=True)})
+    os.chmod(tmp, 0o644)  # public weights: readable by every user of a shared cache folder
     digest = _sha256_file(tmp)
     info = {**meta, "n_tensors": len(tensors), "safetensors_sha256": digest, "safetensors_bytes": tmp.stat().st_size,
             "shards": shard_versions(name)}
