@@ -51,8 +51,20 @@ elif not ui.listens_on_loopback_only():
              "fix: set server.address = \"127.0.0.1\" or configure [auth] (docs/DEPLOYMENT.md)", icon=":material/error:")
     st.stop()
 
+pages = [
+    st.Page("pages/case_review.py", title="Case review", icon=":material/radiology:", default=True),
+    st.Page("pages/upload.py", title="Upload", icon=":material/upload_file:"),
+    st.Page("pages/cohort_models.py", title="Cohort & models", icon=":material/monitoring:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/about.py", title="About", icon=":material/info:"),
+]
+ready = demo_install.demo_ready()
+# navigation is declared first, so the first start shows no raw page list; it stays hidden until the demo exists
+current = st.navigation(pages, position="sidebar" if ready else "hidden")
+st.session_state[K.NAVIGATED] = True
+
 # First start: build the demo cohort and one model per fusion strategy, once, on disk.
-if not demo_install.demo_ready():
+if not ready:
     st.title("Preparing the demo")
     st.write(
         "First start: generating the synthetic demo cohort (CT phantoms, MEDS timelines, outcomes) "
@@ -66,15 +78,6 @@ if not demo_install.demo_ready():
     bar.empty()
     st.rerun()
 
-pages = [
-    st.Page("pages/case_review.py", title="Case review", icon=":material/radiology:", default=True),
-    st.Page("pages/upload.py", title="Upload", icon=":material/upload_file:"),
-    st.Page("pages/cohort_models.py", title="Cohort & models", icon=":material/monitoring:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
-    st.Page("pages/about.py", title="About", icon=":material/info:"),
-]
-current = st.navigation(pages)
-st.session_state[K.NAVIGATED] = True
 ui.follow_deep_link()
 ui.sidebar()
 current.run()

@@ -62,7 +62,7 @@ def curves(model_dir: Path, cohort_dir: Path, cache: Path) -> dict[str, np.ndarr
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
     from core.cohort import load_cohort
-    from core.evaluate.model import band_lower_edges
+    from core.evaluation import band_lower_edges
     from core.predict import predict_cohort
     from core.registry import load_model
 

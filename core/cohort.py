@@ -274,6 +274,23 @@ class Cohort:
             ev = ev[ev["time"] <= idx]
         return ev.sort_values("time", kind="stable").reset_index(drop=True)
 
+    OUTCOME_COLUMNS = ("subject_id", "time", "event", "split", "study", "index_time")
+
+    def column_names(self) -> list[str]:
+        """Columns a subject can be grouped by: cohort.csv's (outcome and path columns left out), then features.csv's."""
+        names = [c for c in self.table.columns if c not in self.OUTCOME_COLUMNS]
+        return names + ([] if self.features is None else [c for c in self.features.columns if c not in names])
+
+    def column_values(self, column: str, ids: list[str]) -> list:
+        """The values of ``column`` for ``ids`` (cohort.csv first, then features.csv); InputError if absent."""
+        table = self.table.set_index("subject_id")
+        if column in table.columns and column not in ("time", "event"):
+            return table.loc[ids, column].tolist()
+        if self.features is not None and column in self.features.columns:
+            return self.features.reindex(ids)[column].tolist()
+        raise InputError("subgroup", column, "is not a column of cohort.csv or features.csv",
+                         f"use one of: {', '.join(self.column_names()[:30])}")
+
     def fingerprint(self) -> str:
         """Hash of the outcome table and the file sizes/mtimes of the modalities (cache key)."""
         h = hashlib.sha256(pd.util.hash_pandas_object(self.table.astype(str), index=False).values.tobytes())

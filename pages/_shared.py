@@ -27,6 +27,7 @@ from pages import _state as K
 T = TypeVar("T")
 LOG = logging.getLogger("ctehr.app")
 MEMO_SIZE = 48
+CONFORMAL_ALPHA = 0.1  # the conformal bound's miscoverage: a 90 % bound
 DEMO = "demo"
 UPLOADED = "uploaded"
 
@@ -396,12 +397,45 @@ def _demo_reference(model_name: str, model_dir: str, stamp: float) -> dict:
                                     reference.reference_ids(cohort), cache=Path(model_dir) / "reference_predictions.npz")
 
 
+@st.cache_resource(show_spinner="Calibrating the conformal bound on the demo val split...", max_entries=16)
+def _demo_conformal(model_name: str, model_dir: str, stamp: float, alpha: float) -> Any:
+    """The conformal lower bound of a demo model, calibrated on the synthetic demo's val split (not patient data)."""
+    cohort = demo_cohort()
+    return reference.conformal_calibration(_load_model(model_dir, stamp, runtime.device_name()), cohort, alpha,
+                                           cache=Path(model_dir) / "val_predictions.npz")
+
+
+def conformal_bound(model_name: str, prediction: Any, alpha: float = CONFORMAL_ALPHA) -> tuple[float, float] | None:
+    """``(days, horizon)``: with probability >= 1 - alpha the event time is at least ``days`` (capped at the
+    horizon), from the model's conformal calibration on the demo val split; None when it cannot be given."""
+    from core.evaluate.conformal import apply_lower_bound
+
+    path = available_models()[model_name]
+    if model_name in st.session_state.get(K.TRAINED_MODELS, {}):
+        return None  # calibrated on the demo only; a model of the user's cohort has its own val split
+    cal = _demo_conformal(model_name, str(path), stamp(path), alpha)
+    if cal is None:
+        return None
+    bounds = apply_lower_bound(prediction.times, prediction.survival[None, :], cal)[0]
+    k = len(cal.horizons) - 1  # the longest calibrated horizon
+    return float(bounds[k]), float(cal.horizons[k])
+
+
 def reference_curves(model_name: str) -> dict:
     path = available_models()[model_name]
     if model_name in st.session_state.get(K.TRAINED_MODELS, {}):
         return memo(("reference", str(path)), lambda: reference.reference_curves(
             model_by_name(model_name), demo_cohort(), reference.reference_ids(demo_cohort())))
     return _demo_reference(model_name, str(path), stamp(path))
+
+
+def subgroup_table(model_name: str, column: str) -> dict:
+    """Per-group C-index and calibration of a model on the demo test split (per session memo)."""
+    path = available_models()[model_name]
+    cohort = demo_cohort()
+    cache = None if model_name in st.session_state.get(K.TRAINED_MODELS, {}) else Path(path) / "reference_predictions.npz"
+    return memo(("subgroups", str(path), column), lambda: reference.subgroups(
+        model_by_name(model_name), cohort, column, reference.reference_ids(cohort), cache=cache))
 
 
 def case_attribution(model: Any, source: str, subject_id: str, method: str, horizon: int, slice_index: int) -> Any:
@@ -439,6 +473,30 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                       spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
                       events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
                       case_label=f"case {case_number(source, subject_id)}"))
+
+
+def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int) -> tuple[bytes, str]:
+    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip, and a one-line summary."""
+    from core.dicom_export import export_dicom, model_info, source_series_for, zip_folder
+    from core.explain import attribute
+
+    inputs = case_inputs(model, source, subject_id)
+    pred = case_prediction(model, source, subject_id)
+    volume = case_volume(source, subject_id)
+    att = attribute(model, inputs, method, float(horizon), None, with_events=False)  # the whole volume
+    if source == UPLOADED:
+        case = uploaded_case() or {}
+        study = Path(case["study_path"]) if case.get("study_path") else None
+    else:
+        study = demo_cohort().study_path(subject_id)
+    out = workspace().fresh_dir("dicom")
+    series = source_series_for(volume, out, study_path=study)
+    result = export_dicom(volume, att.map, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
+                          method, out, source=series)
+    summary = (f"{result.n_frames} frames; segment of {result.region_voxels} voxels; "
+               f"{'derived CT series included; ' if result.derived_series else ''}"
+               + " ".join(result.warnings))
+    return zip_folder(out), summary
 
 
 def attribution_is_per_slice(model: Any) -> bool:

@@ -43,3 +43,5 @@ EXPORTS = "exports"
 CASE_NUMBERS = "case_numbers"
 WORKSPACE = "workspace"
 MEMO = "_memo"
+SUBGROUP_COLUMN = "subgroup_column"
+MEDS_COHORT = "meds_cohort"      # the cohort folder last built from a MEDS task on the Cohort page

@@ -162,11 +162,14 @@ with right:
     with ui.core_errors(stop=False):
         ref = ui.reference_curves(model_name)
         group = risk_group_of(pred, ref["groups"])
+        bound = ui.conformal_bound(model_name, pred)
+        level = f"{100 * (1 - ui.CONFORMAL_ALPHA):.0f} %"
         fig = F.survival_figure(
             pred.times, pred.survival, pred.lower, pred.upper,
             cohort_km=ref["cohort_km"],
             group_km=(group["t"], group["s"], group["lower"], group["upper"]),
             title="", label=f"this case (band: {model.uncertainty})",
+            time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
         )
         fig.update_layout(width=None, height=420)
         st.plotly_chart(fig, width="stretch", key="survival_fig")
@@ -174,6 +177,11 @@ with right:
             f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
             f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
             f"under {model_name}."
+            + ("" if bound is None else
+               f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
+               f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "
+               "conformalized survival analysis calibrated on the demo's validation patients; it assumes this patient is "
+               "exchangeable with them and censoring independent of the event given the inputs).")
         )
 
     st.subheader("Same case, every fusion strategy")

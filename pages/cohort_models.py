@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import figures as F
 from core import horizons, runtime
-from core.app import demo_install, reference, workspace
+from core.app import demo_install, paths, reference, workspace
 from core.models import FUSIONS
 from pages import _shared as ui
 from pages import _state as K
@@ -28,18 +28,24 @@ def _ci(value: object, ci: object) -> str:
     return text
 
 
-@st.cache_data(show_spinner="Evaluating on the demo test split...", max_entries=32)
+@st.cache_data(show_spinner="Evaluating on the demo test split (once; kept with the demo model)...", max_entries=32)
 def _evaluate_demo(model_dir: str, cohort_dir: str, stamp: float) -> dict:
-    """Metrics of a demo model on the synthetic demo cohort (not patient data)."""
-    from core.evaluate import evaluate_model
+    """Metrics of a demo model on the synthetic demo cohort (not patient data), kept on disk between server starts."""
+    from core.evaluation import evaluate_model, read_saved_metrics, save_metrics
 
-    return evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=runtime.device_name())
+    saved = Path(model_dir) / "demo_test_metrics.json"
+    found = read_saved_metrics(saved, stamp)
+    if found is not None:
+        return found
+    result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=runtime.device_name())
+    save_metrics(saved, result, stamp)
+    return result
 
 
 def evaluate(name: str, path: Path, cohort_dir: Path) -> dict:
     trained = st.session_state.get(K.TRAINED_MODELS, {})
     if name in trained:
-        from core.evaluate import evaluate_model
+        from core.evaluation import evaluate_model
 
         return ui.memo(("evaluate", str(path), str(cohort_dir)),
                        lambda: evaluate_model(path, cohort_dir, split="test", device=runtime.device_name()))
@@ -62,12 +68,63 @@ def metrics_row(name: str, m: dict) -> dict:
     return row
 
 
+def coverage_rows(m: dict) -> list[dict]:
+    """One row per horizon: nominal level, the ensemble band's and the conformal bound's empirical coverage."""
+    cov, conf = m.get("coverage") or {}, m.get("conformal") or {}
+    level = 1.0 - float(cov.get("alpha", 0.1))
+    rows = []
+    for h in horizons.HORIZONS:
+        c = (cov.get("horizons") or {}).get(h, (cov.get("horizons") or {}).get(str(h)))
+        k = (conf.get("horizons") or {}).get(h, (conf.get("horizons") or {}).get(str(h)))
+
+        def fmt(res: dict | None) -> str:
+            return "n/a" if not res or res.get("coverage") is None else f"{res['coverage']:.3f} (n known {res['n_known']})"
+        rows.append({"horizon": horizons.HORIZON_LABELS[h], "nominal": f"{level:.2f}",
+                     "point curve": fmt((c or {}).get("curve")), "ensemble band": fmt((c or {}).get("band")),
+                     "conformal bound (val-calibrated)": fmt(k)})
+    return rows
+
+
+def subgroup_rows(sub: dict) -> list[dict]:
+    rows = []
+    for g in sub.get("groups", []):
+        row = {sub.get("column", "group"): g["label"], "n / events": f"{g['n']} / {g['events']}",
+               "C-index [95% CI]": _ci(g.get("c_index"), g.get("c_index_ci"))}
+        for h in horizons.HORIZONS:
+            cal = (g.get("calibration") or {}).get(h)
+            row[f"risk {horizons.HORIZON_LABELS[h]}: predicted / observed"] = (
+                "n/a" if not cal or cal.get("observed") is None
+                else f"{cal['predicted']:.2f} / {cal['observed']:.2f}")
+        rows.append(row)
+    return rows
+
+
 models = ui.available_models()
 demo_dir = demo_install.demo_paths().cohort
 trained = st.session_state.get(K.TRAINED_MODELS, {})
 name = ui.current_model_name()
 
-tab_model, tab_compare, tab_train = st.tabs(["Selected model", "Compare strategies", "Train on your cohort"])
+tab_model, tab_compare, tab_train, tab_meds = st.tabs(
+    ["Selected model", "Compare strategies", "Train on your cohort", "Cohort from MEDS"])
+
+
+def train_here(cdir: Path, fusion: str, epochs: int) -> None:
+    """Train ``fusion`` on the cohort folder ``cdir`` with a progress bar; the model is kept for this session."""
+    from core.train import train_model
+
+    ui.audit("train", fusion, epochs=int(epochs))
+    ws = ui.workspace()
+    out = ws.fresh_dir(f"model-{fusion}")
+    bar = st.progress(0.0, text="training")
+    metrics = train_model(cdir, fusion, out, epochs=int(epochs), device="auto",
+                          progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
+    bar.progress(1.0, text="done")
+    label = f"{fusion} (your cohort)"
+    st.session_state.setdefault(K.TRAINED_MODELS, {})[label] = str(out)
+    st.session_state.setdefault(K.TRAINED_COHORTS, {})[label] = str(cdir)
+    test = metrics.get("test") or {}
+    st.success(f"Trained {label}: test C-index {_ci(test.get('c_index'), test.get('c_index_ci'))}. "
+               "Pick it in the sidebar to review cases and metrics.")
 
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
@@ -112,6 +169,28 @@ with tab_model:
                 st.plotly_chart(fig, width="stretch", key="calibration")
             else:
                 st.info("Calibration is not estimable on this split (follow-up ends before the horizons).")
+        st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")
+        dc = m.get("decision_curve") or {}
+        if any((dc.get("horizons") or {}).values()):
+            st.plotly_chart(F.decision_curve_figure(dc), width="stretch", key="decision_curve")
+            st.caption("Treat every patient whose predicted risk by the horizon is at or above the threshold: the "
+                       "model is useful where its net benefit is above both treat-all and treat-none "
+                       "(time-to-event decision curves, dcurves).")
+        else:
+            st.info("Decision curves need follow-up past the horizons on this split.")
+        st.markdown("**Coverage of the uncertainty bounds (IPCW, test split)**")
+        st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
+        if name not in trained:
+            st.markdown("**Subgroups**")
+            cohort_cols = ui.demo_cohort().column_names()
+            default = next((c for c in ("sex_female", "age", "sex") if c in cohort_cols), cohort_cols[0])
+            st.session_state.setdefault(K.SUBGROUP_COLUMN, default)
+            column = st.selectbox("Group the test patients by", cohort_cols, key=K.SUBGROUP_COLUMN,
+                                  help="A column of cohort.csv or features.csv; numbers with many values are cut "
+                                       "into quantile bands.")
+            with st.spinner("Computing subgroup metrics..."):
+                sub = ui.subgroup_table(name, column)
+            st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
 
 with tab_compare:
     st.caption("Every strategy on the same test split: the best fusion depends on the task.")
@@ -146,22 +225,56 @@ with tab_train:
     if up is not None and st.button("Train", type="primary", key="train_button"):
         with ui.core_errors(stop=False, what="Training not started: "):
             from core.cohort import load_cohort
-            from core.train import train_model
 
-            ui.audit("train", fusion, epochs=int(epochs))
-            ws = ui.workspace()
-            cdir = workspace.unpack_cohort_zip(up.getvalue(), ws.fresh_dir("cohort"))
+            cdir = workspace.unpack_cohort_zip(up.getvalue(), ui.workspace().fresh_dir("cohort"))
             cohort = load_cohort(cdir)
             st.write(f"Cohort: {len(cohort.table)} subjects, {int(cohort.table['event'].sum())} events; "
                      f"modalities: {', '.join(k for k in ('features', 'timeline') if getattr(cohort, k) is not None) or 'none'}"
                      f"{', CT' if cohort.has_studies else ''}.")
-            out = ws.fresh_dir(f"model-{fusion}")
-            bar = st.progress(0.0, text="training")
-            metrics = train_model(cdir, fusion, out, epochs=int(epochs), device="auto",
-                                  progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
-            bar.progress(1.0, text="done")
-            label = f"{fusion} (your cohort)"
-            st.session_state.setdefault(K.TRAINED_MODELS, {})[label] = str(out)
-            st.session_state.setdefault(K.TRAINED_COHORTS, {})[label] = str(cdir)
-            st.success(f"Trained {label}: test C-index {_ci(metrics.get('c_index'), metrics.get('c_index_ci'))}. "
-                       "Pick it in the sidebar to review cases and metrics.")
+            train_here(cdir, fusion, int(epochs))
+
+with tab_meds:
+    st.markdown(
+        "Define the cohort as a **task** on MEDS events (ACES: the index event, the outcome predicate, windows, "
+        "censoring) instead of writing `cohort.csv` by hand. The task file names the index event (e.g. the first "
+        "hospital admission) and the outcome (e.g. `MEDS_DEATH`); time is counted in days from the index, "
+        "patients without the outcome are censored at their last recorded event."
+    )
+    tasks = {p.name: p for p in sorted((paths.ASSETS / "tasks").glob("*.yaml"))}
+    c1, c2 = st.columns(2)
+    meds_file = c1.file_uploader("MEDS events (parquet or CSV)", type=["parquet", "csv"], key="meds_file")
+    task_choice = c2.selectbox("Task", [*tasks, "upload a task file"], key="meds_task")
+    task_file = c2.file_uploader("Task (ACES YAML)", type=["yaml", "yml"], key="meds_task_file") \
+        if task_choice == "upload a task file" else None
+    if meds_file is not None and st.button("Build the cohort", type="primary", key="meds_build"):
+        with ui.core_errors(stop=False, what="Cohort not built: "):
+            from core.meds_cohort import build_meds_cohort
+
+            ws = ui.workspace()
+            src = ws.fresh_dir("meds") / ("events." + meds_file.name.rsplit(".", 1)[-1].lower())
+            src.write_bytes(meds_file.getvalue())
+            task = tasks.get(task_choice)
+            if task is None:
+                if task_file is None:
+                    raise ValueError("task: got no file; fix: upload an ACES task YAML or pick a bundled task")
+                task = src.parent / "task.yaml"
+                task.write_bytes(task_file.getvalue())
+            bar = st.progress(0.0, text="reading the task")
+            summary = build_meds_cohort(src, task, ws.fresh_dir("meds-cohort"),
+                                        progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
+            st.session_state[K.MEDS_COHORT] = {"dir": str(summary["out"]), "summary": summary}
+    built = st.session_state.get(K.MEDS_COHORT)
+    if built:
+        info = built["summary"]
+        cols = st.columns(4)
+        cols[0].metric("Patients", info.get("n_subjects"))
+        cols[1].metric("Events", info.get("events"))
+        cols[2].metric("Censored", info.get("censored"))
+        cols[3].metric("Median follow-up", f"{float(info.get('median_time_days', 0)):.0f} d")
+        st.caption(f"Splits: {info.get('splits')}; {info.get('timeline_events')} timeline events kept.")
+        c3, c4 = st.columns(2)
+        mfusion = c3.selectbox("Strategy (EHR only: MEDS cohorts have no CT)", ["ehr_only"], key="meds_fusion")
+        mepochs = c4.number_input("Epochs", 1, 200, 10, key="meds_epochs")
+        if st.button("Train on this cohort", key="meds_train"):
+            with ui.core_errors(stop=False, what="Training not started: "):
+                train_here(Path(built["dir"]), mfusion, int(mepochs))

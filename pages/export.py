@@ -100,3 +100,25 @@ ready = exports.get("report")
 if ready and ready["key"] == rkey:
     st.download_button("Download the case report (PDF)", ready["data"], file_name=ready["name"], mime="application/pdf",
                        key="download_report", icon=":material/download:")
+
+st.subheader("DICOM for PACS")
+st.caption(
+    "The attribution map as a DICOM Parametric Map, its top region (|map| at or above the 99th percentile) as a "
+    "DICOM Segmentation and the prediction as a Structured Report (risk at each horizon, model, version, model card, "
+    "modalities used), on the study's own geometry: same Frame of Reference, referencing its instances. A NIfTI "
+    "study gets a derived CT series first. A radiologist's viewer (OHIF, a PACS) shows the map over the study."
+)
+dkey = (source, subject_id, model_name, method, horizon)
+if volume is None or "image" not in pred.modalities_used:
+    st.info("This case has no CT used by the selected model, so there is nothing to place on a DICOM series.")
+elif st.button("Prepare the DICOM objects", key="prepare_dicom"):
+    with st.spinner("Attributing the whole volume and writing DICOM..."), ui.core_errors(stop=False, what="DICOM export failed: "):
+        ui.audit("export", "dicom_zip", case=number, method=method)
+        zip_bytes, summary = ui.case_dicom_export(model, source, subject_id, method, horizon)
+        exports["dicom"] = {"key": dkey, "data": zip_bytes, "summary": summary,
+                            "name": figure_export.export_name("dicom", number, "zip", method=method)}
+ready = exports.get("dicom")
+if ready and ready["key"] == dkey:
+    st.download_button("Download the DICOM objects (zip)", ready["data"], file_name=ready["name"],
+                       mime="application/zip", key="download_dicom", icon=":material/download:")
+    st.caption(ready["summary"])

@@ -206,6 +206,7 @@ if st.button("Use this case", type="primary", disabled=not ready, key="use_case"
         ui.audit("upload", "-".join(part.lower() for part in parts), case=number)
         st.session_state[K.UPLOADED_CASE] = {
             "cohort": cohort, "volume": volume, "events": events, "number": number,
+            "study_path": state.get("path") if volume is not None else None,  # the (de-identified) file, for DICOM export
             "label": f"#{number}: {' + '.join(parts)}",
         }
         ui.forget("inputs")

@@ -259,10 +259,39 @@ def test_download_saliency_png(page: object, tmp_path: Path) -> None:
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_download_dicom_objects(page: object, tmp_path: Path) -> None:
+    """Export: the Parametric Map, Segmentation and SR of the case come as one zip that reads back as DICOM."""
+    import io
+    import zipfile
+
+    import pydicom
+
+    pg = page
+    go(pg, "Export")
+    pg.get_by_role("button", name="Prepare the DICOM objects").click()  # type: ignore[attr-defined]
+    settle(pg, 300)
+    with pg.expect_download() as info:  # type: ignore[attr-defined]
+        pg.get_by_role("button", name="Download the DICOM objects (zip)").click()  # type: ignore[attr-defined]
+    download = info.value
+    assert re.fullmatch(r"dicom_case\d\d_[a-z]+\.zip", download.suggested_filename)
+    target = tmp_path / download.suggested_filename
+    download.save_as(str(target))
+    with zipfile.ZipFile(target) as zf:
+        names = set(zf.namelist())
+        assert {"saliency_pm.dcm", "saliency_seg.dcm", "prediction_sr.dcm"} <= names
+        pm = pydicom.dcmread(io.BytesIO(zf.read("saliency_pm.dcm")))
+        sr = pydicom.dcmread(io.BytesIO(zf.read("prediction_sr.dcm")))
+    assert pm.Modality == "RWV" and sr.Modality == "SR"
+    assert pm.FrameOfReferenceUID  # on the source series' frame of reference
+
+
 def test_other_pages_render(page: object) -> None:
     pg = page
     go(pg, "Cohort & models")
     assert pg.get_by_text("Harrell's C-index").count() >= 1  # type: ignore[attr-defined]
+    settle(pg, 300)
+    for text in ("net benefit against the risk threshold", "Coverage of the uncertainty bounds", "Subgroups"):
+        assert pg.get_by_text(text, exact=False).count() >= 1, text  # type: ignore[attr-defined]
     shot(pg, "cohort_models")
     go(pg, "About")
     assert pg.get_by_text("not a medical device").count() >= 1  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -14,7 +15,7 @@ from lifelines import KaplanMeierFitter
 from core.errors import InputError
 from core.evaluate.decision import decision_curve
 from core.evaluate.metrics import harrell_c
-from core.evaluate.model import subgroup_values
+from core.cohort import Cohort
 from core.evaluate.subgroups import subgroup_labels, subgroup_table
 
 TIMES = np.linspace(5.0, 1200.0, 120)
@@ -105,11 +106,11 @@ def test_subgroup_without_events_keeps_its_counts_with_a_note():
 def test_subgroup_values_reads_cohort_then_features_and_names_the_columns():
     table = pd.DataFrame({"subject_id": ["a", "b"], "time": [1.0, 2.0], "event": [1, 0], "site": ["x", "y"]})
     feats = pd.DataFrame({"age": [50.0, np.nan]}, index=pd.Index(["a", "b"], name="subject_id"))
-    cohort = SimpleNamespace(table=table, features=feats)
-    assert subgroup_values(cohort, ["b", "a"], "site") == ["y", "x"]
-    assert subgroup_values(cohort, ["a", "b"], "age")[0] == 50.0
+    cohort = Cohort(root=Path("."), table=table, features=feats)
+    assert cohort.column_values("site", ["b", "a"]) == ["y", "x"]
+    assert cohort.column_values("age", ["a", "b"])[0] == 50.0
     with pytest.raises(InputError, match="site, age"):
-        subgroup_values(cohort, ["a"], "height")
+        cohort.column_values("height", ["a"])
 
 
 def test_evaluate_command_prints_the_new_sections():
@@ -158,7 +159,7 @@ def test_evaluate_model_reports_coverage_conformal_decision_and_subgroups(tmp_pa
 
     import core.predict
     import core.registry
-    from core.evaluate import evaluate_model
+    from core.evaluation import evaluate_model
 
     n = 600
     rng = np.random.default_rng(4)

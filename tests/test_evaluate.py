@@ -17,8 +17,8 @@ from sksurv.metrics import concordance_index_censored
 from sksurv.nonparametric import kaplan_meier_estimator
 
 from core.errors import InputError
+from core.evaluation import evaluate_model
 from core.evaluate import (
-    evaluate_model,
     harrell_c,
     kaplan_meier,
     km_by_risk_group,

@@ -17,6 +17,7 @@ import pytest
 from scipy import ndimage
 
 from core.demo import real_anatomy as R
+from core.demo.anatomy import LABELS
 from core.demo.cohort import harrell_c
 from core.errors import InputError
 
@@ -103,7 +104,7 @@ def test_studies_load_back_identical_and_lesions_sit_in_their_organ(base: R.Base
             if not isinstance(organ, str) or not organ:
                 continue
             centre = tuple(int(row[f"lesion{k}_{a}"]) for a in ("slice", "row", "col"))
-            mask = again.labels == R.LABELS[organ]
+            mask = again.labels == LABELS[organ]
             assert mask[centre], f"{row['subject_id']}: {organ} lesion centre outside the {organ} mask"
             depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=again.spacing_mm)[1:-1, 1:-1, 1:-1]
             radius = float(row[f"lesion{k}_radius_mm"])

@@ -12,6 +12,7 @@ from core.cohort import Cohort
 from core.errors import InputError
 
 if TYPE_CHECKING:
+    from core.evaluate.conformal import ConformalCalibration
     from core.models.types import CasePrediction
     from core.registry import LoadedModel
 
@@ -91,3 +92,46 @@ def risk_group_of(prediction: CasePrediction, groups: Sequence[dict]) -> dict:
         if risk <= group["risk_range"][1]:
             return group
     return groups[-1]
+
+
+def conformal_calibration(model: LoadedModel, cohort: Cohort, alpha: float = 0.1, cache: Path | None = None,
+                          horizons: Sequence[float] | None = None) -> ConformalCalibration | None:
+    """The conformal lower predictive bound of ``model`` calibrated on ``cohort``'s val split (None without one).
+
+    A case's bound (``core.evaluate.conformal.apply_lower_bound``) says: with probability at least
+    ``1 - alpha``, the patient's event time is at least L_t days (capped at the horizon t), under
+    exchangeability with the val patients and censoring independent of the event given the covariates
+    (Candes, Lei & Ren 2023). Horizons outside the val or train follow-up are left out.
+    """
+    from core.evaluate.conformal import calibrate_lower_bound
+    from core.evaluate.coverage import horizon_usable
+    from core.horizons import HORIZONS
+
+    val_ids = cohort.ids("val")
+    if len(val_ids) < 2:
+        return None
+    times, surv = _cached_predictions(model, cohort, list(val_ids), cache)
+    table = cohort.table.set_index("subject_id")
+    val, train = table.loc[val_ids], table.loc[cohort.ids("train") or val_ids]
+    tt, te = train["time"].to_numpy(float), train["event"].to_numpy(int)
+    hs = [h for h in (horizons or HORIZONS) if horizon_usable(h, val["time"].to_numpy(float), float(times[-1]), tt)]
+    if not hs:
+        return None
+    return calibrate_lower_bound(times, surv, val["time"].to_numpy(float), val["event"].to_numpy(int), hs, tt, te, alpha)
+
+
+def subgroups(model: LoadedModel, cohort: Cohort, column: str, ids: Sequence[str] | None = None,
+              cache: Path | None = None) -> dict:
+    """C-index and calibration at the horizons per group of ``column`` (``core.evaluate.subgroups``), from the
+    same predictions as the reference curves (``cache``)."""
+    from core.evaluate.subgroups import subgroup_table
+    from core.horizons import HORIZONS
+
+    chosen = list(ids) if ids is not None else cohort.ids()
+    values = cohort.column_values(column, chosen)  # a bad column fails before any prediction
+    times, surv = _cached_predictions(model, cohort, chosen, cache)
+    table = cohort.table.set_index("subject_id")
+    rows, train = table.loc[chosen], table.loc[cohort.ids("train") or chosen]
+    return subgroup_table(times, surv, rows["time"].to_numpy(float), rows["event"].to_numpy(int),
+                          train["time"].to_numpy(float), train["event"].to_numpy(int), values, HORIZONS,
+                          column=column, n_boot=100)

@@ -38,7 +38,7 @@ def _ci(v: list[float] | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
-    from core.evaluate import evaluate_model
+    from core.evaluation import evaluate_model
 
     try:
         horizons = tuple(float(h) for h in str(args.horizons).split(",") if h.strip())

@@ -207,3 +207,15 @@ def _study_path(cohort_dir: Path, subject_id: str) -> Path | None:
         return None
     path = Path(rows.iloc[0].strip())
     return path if path.is_absolute() else cohort_dir / path
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The files under ``folder`` (an export) as one zip archive, with paths relative to it."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            zf.write(path, path.relative_to(folder).as_posix())
+    return buf.getvalue()

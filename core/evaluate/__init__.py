@@ -6,7 +6,7 @@ Built on scikit-survival and lifelines (no hand-written metric):
   time-dependent AUC at horizons, integrated Brier score, calibration by risk group;
 - :func:`paired_bootstrap` - two models on the same subjects;
 - :func:`kaplan_meier`, :func:`km_by_risk_group` - curves for the app;
-- :func:`evaluate_model` - a model folder on a cohort split (the ``evaluate`` command);
+- a model folder on a cohort split (the ``evaluate`` command) is ``core.evaluation.evaluate_model``;
 - :func:`band_coverage`, :func:`lpb_coverage` - IPCW coverage of lower predictive bounds on T
   (:mod:`core.evaluate.coverage`);
 - :func:`calibrate_lower_bound`, :func:`apply_lower_bound` - the Candès-Lei-Ren conformal
@@ -41,7 +41,6 @@ from core.evaluate.metrics import (
     td_auc,
     uno_c,
 )
-from core.evaluate.model import evaluate_model
 from core.evaluate.outcomes import risk_from_survival
 from core.evaluate.paired import paired_bootstrap
 from core.evaluate.subgroups import subgroup_table
@@ -55,7 +54,6 @@ __all__ = [
     "calibrate_lower_bound",
     "calibration_at",
     "decision_curve",
-    "evaluate_model",
     "harrell_c",
     "kaplan_meier",
     "km_by_risk_group",

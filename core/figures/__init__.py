@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from core.figures.curves import (
     calibration_figure,
+    decision_curve_figure,
     survival_compare_figure,
     survival_figure,
 )
@@ -38,6 +39,6 @@ from core.figures.tokens import (
 
 __all__ = [
     "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS",
-    "attention_heatmap", "attention_maps", "calibration_figure", "event_labels", "montage", "normalize_map",
+    "attention_heatmap", "attention_maps", "calibration_figure", "decision_curve_figure", "event_labels", "montage", "normalize_map",
     "resolve_window", "slice_overlay", "slice_strip", "survival_compare_figure", "survival_figure", "timeline_figure",
 ]

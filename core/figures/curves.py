@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from core.errors import InputError
 from core.figures.style import BAND_FILL, COHORT_COLOR, PALETTE
@@ -59,8 +60,13 @@ def survival_figure(
     horizons: Sequence[float] = HORIZONS,
     title: str = "",
     label: str = "this case",
+    time_bound: tuple[float, str] | None = None,
 ) -> go.Figure:
-    """The individual S(t) step curve with its band, beside the cohort (and group) Kaplan-Meier curves."""
+    """The individual S(t) step curve with its band, beside the cohort (and group) Kaplan-Meier curves.
+
+    ``time_bound`` = ``(days, label)`` marks a lower predictive bound on the event time (for example the
+    conformal 90 % bound) as a shaded span from 0 to that day, with its label.
+    """
     t, s, lo, hi = _curve("survival", times, survival, lower, upper)
     fig = go.Figure()
     if cohort_km is not None:
@@ -73,6 +79,11 @@ def survival_figure(
             fig.add_trace(tr)
     for tr in _km_traces(t, s, lo, hi, name=label, color=PALETTE[0], fill=BAND_FILL):
         fig.add_trace(tr)
+    if time_bound is not None and time_bound[0] > 0:
+        fig.add_vrect(x0=0.0, x1=float(time_bound[0]), fillcolor="rgba(255,193,7,0.12)", line_width=0, layer="below")
+        fig.add_vline(x=float(time_bound[0]), line={"color": "rgb(200,140,0)", "width": 2})
+        fig.add_annotation(x=float(time_bound[0]), y=1.04, yref="y", text=time_bound[1], showarrow=False, xshift=3,
+                           font={"size": 11, "color": "rgb(150,100,0)"}, xanchor="left", bgcolor="rgba(255,255,255,0.8)")
     for h in horizons:
         if t[0] <= h <= t[-1] * 1.5:
             risk = 1.0 - float(survival_at(t, s, [float(h)])[0])
@@ -81,9 +92,11 @@ def survival_figure(
             fig.add_annotation(x=float(h), y=0.03, yref="y", text=f"{horizon_label(h, short=True)}: risk {risk:.0%}",
                                showarrow=False, font={"size": 11}, textangle=-90, xanchor="left", yanchor="bottom",
                                xshift=2, bgcolor="rgba(255,255,255,0.75)")
+    ends = [float(t[-1])] + [float(np.max(np.asarray(km[0], dtype=float))) for km in (cohort_km, group_km) if km is not None]
+    x_end = max(ends + [float(h) for h in horizons if t[0] <= h <= t[-1] * 1.5])
     fig.update_layout(
         title={"text": title} if title else None, xaxis_title="days from index date", yaxis_title="survival S(t)",
-        yaxis={"range": [0, 1.08]}, template="plotly_white", width=720, height=430,
+        xaxis={"range": [0.0, 1.03 * x_end]}, yaxis={"range": [0, 1.08]}, template="plotly_white", width=720, height=430,
         legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 60},
     )
     return fig
@@ -154,4 +167,33 @@ def calibration_figure(calibration: dict, title: str = "") -> go.Figure:
     fig.update_layout(title={"text": title} if title else None, xaxis_title="predicted risk 1 - S(t)",
                       yaxis_title="observed risk (1 - Kaplan-Meier)", template="plotly_white", height=420,
                       xaxis={"range": [0, lim]}, yaxis={"range": [0, lim]}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
+    """Net benefit against the risk threshold, one panel per horizon: the model, treat all and treat none.
+
+    ``decision`` is ``core.evaluate.decision.decision_curve(...)``: ``{"horizons": {h: {"thresholds",
+    "net_benefit", "treat_all", "treat_none"} | None}}``. Undefined points (None) leave gaps.
+    """
+    panels = [(h, d) for h, d in decision.get("horizons", {}).items() if d]
+    fig = make_subplots(rows=1, cols=max(1, len(panels)), shared_yaxes=True,
+                        subplot_titles=[f"{horizon_label(float(h))}" for h, _ in panels] or [""])
+    lo = 0.0
+    for col, (h, d) in enumerate(panels, start=1):
+        x = [100 * t for t in d["thresholds"]]
+        for name, key, style in (("model", "net_benefit", {"color": PALETTE[0], "width": 2.5}),
+                                 ("treat all", "treat_all", {"color": "rgb(120,120,120)", "dash": "dash"}),
+                                 ("treat none", "treat_none", {"color": "rgb(60,60,60)", "dash": "dot"})):
+            y = [None if v is None else float(v) for v in d[key]]
+            lo = min(lo, *[v for v in y if v is not None], 0.0)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=style, showlegend=col == 1,
+                                     legendgroup=name, connectgaps=False,
+                                     hovertemplate=f"{name}: threshold %{{x:.0f}} %, net benefit %{{y:.3f}}<extra></extra>"),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="risk threshold (%)", row=1, col=col)
+    top = max([float(v) for _, d in panels for v in d["treat_all"] + d["net_benefit"] if v is not None] + [0.05])
+    fig.update_yaxes(title_text="net benefit", range=[max(lo, -0.05), top * 1.1], row=1, col=1)
+    fig.update_layout(title={"text": title} if title else None, template="plotly_white", height=380,
+                      legend={"orientation": "h", "y": -0.25})
     return fig

@@ -27,7 +27,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
                    horizons: Sequence[float] = HORIZONS, n_boot: int = 200, seed: int = 0,
                    device: str = "cpu", *, alpha: float = ALPHA, subgroup: str | None = None,
                    band: bool = False) -> dict:
-    """The BRIEF's evaluate JSON: ``c_index``, ``c_index_ci``, ``uno_c``, ``td_auc``, ``ibs``, ``n``, ``events``,
+    """The ``evaluate --json`` object: ``c_index``, ``c_index_ci``, ``uno_c``, ``td_auc``, ``ibs``, ``n``, ``events``,
     plus ``calibration``, ``uno_c_ci``, ``ibs_ci``, ``split``, ``fusion`` and, when cohort.csv has
     ``true_risk``, ``oracle_c_index`` (Harrell C of the true risk on the same subjects).
 
@@ -46,7 +46,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         present = sorted(cohort.table["split"].unique())
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
                          f"use one of the splits present: {', '.join(present)}")
-    values = subgroup_values(cohort, ids, subgroup) if subgroup else None  # bad column: fail before the slow part
+    values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
     from core.predict import predict_cohort
     from core.registry import load_model
 
@@ -116,14 +116,33 @@ def conformal_report(model: Any, cohort: Any, split: str, times: np.ndarray, sur
     return report
 
 
-def subgroup_values(cohort: Any, ids: list[str], column: str) -> list:
-    """The values of ``column`` (cohort.csv first, then features.csv) for ``ids``; InputError if absent."""
-    table = cohort.table.set_index("subject_id")
-    if column in table.columns and column not in ("time", "event"):
-        return table.loc[ids, column].tolist()
-    feats = cohort.features
-    if feats is not None and column in feats.columns:
-        return feats.reindex(ids)[column].tolist()
-    names = [c for c in table.columns if c not in ("time", "event")] + ([] if feats is None else list(feats.columns))
-    raise InputError("subgroup", column, "is not a column of cohort.csv or features.csv",
-                     f"use one of: {', '.join(names[:30])}")
+def save_metrics(path: Path, metrics: dict, stamp: float) -> None:
+    """Keep an evaluation of a (demo) model on disk, tagged with the model folder's ``stamp`` (its mtime)."""
+    import json
+
+    from core.registry import write_json
+
+    tmp = path.with_suffix(".partial")
+    write_json(tmp, {"stamp": stamp, "metrics": json.loads(json.dumps(metrics, default=_plain))})
+    tmp.replace(path)
+
+
+def read_saved_metrics(path: Path, stamp: float) -> dict | None:
+    """The evaluation saved by :func:`save_metrics` for this ``stamp``, else None (absent, stale or unreadable)."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return saved["metrics"] if isinstance(saved, dict) and saved.get("stamp") == stamp else None
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
