@@ -214,3 +214,138 @@ def test_to_convention_undoes_any_axis_permutation_and_flip():
             np.testing.assert_allclose(new_affine[:3, :3], np.array([[0, 0, 4.0], [0, 3.0, 0], [2.0, 0, 0]]))
             np.testing.assert_allclose(new_affine[:3, 3], 0.0, atol=1e-12)
             assert warnings == []
+
+
+def _real_ct_slices(path: Path, n: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``n`` central axial slices of the shared real CT, integer HU (JPEG 2000 / int16 representable)."""
+    vol = load_study(path)
+    start = (vol.shape[0] - n) // 2
+    hu = np.clip(np.round(vol.hu[start : start + n]), -1024, 3071).astype(np.float32)
+    return hu, vol.spacing_mm
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["forked_decoders", "threads"])
+def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, tmp_path, monkeypatch, fork):
+    """The real CT written twice, uncompressed and JPEG 2000 Lossless: the same HU array, voxel for voxel."""
+    import core.io.dicom as dicom
+
+    monkeypatch.setattr(dicom, "FORK_DECODE", fork)
+    monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)  # two decoding processes even on a 1-core runner
+    monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)  # and for a small series
+    hu, spacing = _real_ct_slices(real_ct, 8)
+    plain = write_series(tmp_path / "plain", hu=hu, spacing_mm=spacing, signed=True, intercept=-1024.0, seed=1)
+    j2k = write_series(tmp_path / "j2k", hu=hu, spacing_mm=spacing, signed=True, intercept=-1024.0, compression="j2k", shuffle=True, seed=2)
+    assert pydicom.dcmread(j2k.paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    assert sum(p.stat().st_size for p in j2k.paths) < 0.8 * sum(p.stat().st_size for p in plain.paths)  # really compressed
+    vol_plain, vol_j2k = load_study(plain.folder), load_study(j2k.folder)
+    assert dicom._fork_workers(sorted(dicom.scan_headers(dicom.sources_from_folder(j2k.folder)).headers, key=lambda h: h.source.name)) == (2 if fork else 1)
+    assert vol_j2k.hu.dtype == np.float32 and vol_j2k.shape == hu.shape
+    assert vol_j2k.hu.min() < -900 and vol_j2k.hu.max() > 200  # air and bone: signed values through the codec
+    np.testing.assert_array_equal(vol_j2k.hu, vol_plain.hu)
+    np.testing.assert_array_equal(vol_j2k.hu, hu)
+    np.testing.assert_allclose(vol_j2k.affine, vol_plain.affine)
+    assert vol_j2k.spacing_mm == vol_plain.spacing_mm
+    assert vol_j2k.phi == vol_plain.phi and vol_j2k.warnings == vol_plain.warnings == []
+
+
+def test_a_broken_slice_decoded_by_a_forked_process_is_one_line_input_error(series_dir, tmp_path, monkeypatch):
+    """A slice that cannot be decoded is the same one-line error with forked decoders as in-process."""
+    import shutil
+
+    import core.io.dicom as dicom
+
+    monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)
+    folder = tmp_path / "j2k"
+    shutil.copytree(series_dir["j2k"].folder, folder)
+    headers = dicom.scan_headers(dicom.sources_from_folder(folder)).headers
+    ordered, _, _ = dicom._sort_and_check(headers)
+    assert dicom._fork_workers(ordered) == 2
+    victim = ordered[1].source.path  # decoded by the parent or the child, whichever claims it first
+    data = victim.read_bytes()
+    at = data.index(b"\xff\x4f\xff\x51")  # the JPEG 2000 codestream (SOC, SIZ)
+    name = victim.name.replace(".", r"\.")
+    # the codestream cut off (the item runs past the file's end): the child's InputError keeps its fields
+    victim.write_bytes(data[: at + 200])
+    for fork in (True, False):
+        monkeypatch.setattr(dicom, "FORK_DECODE", fork)
+        with pytest.raises(InputError, match=rf"^DICOM file: got {name}, is truncated \(compressed pixel data cut off\); fix: re-export"):
+            load_study(folder)
+    # the codestream overwritten, the DICOM structure intact: the codec's error, one line
+    assert data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # the sequence delimiter ends the file
+    victim.write_bytes(data[:at] + b"\x00" * (len(data) - at - 8) + data[-8:])
+    for fork in (True, False):
+        monkeypatch.setattr(dicom, "FORK_DECODE", fork)
+        with pytest.raises(InputError, match=r"pixel data cannot be decoded") as caught:
+            load_study(folder)
+        assert "\n" not in str(caught.value)
+
+
+def test_forked_decoders_write_shared_memory_and_report_errors_and_warnings():
+    """Slices decoded in the children land in the parent's array; a child's InputError and warnings come back."""
+    import os
+    import warnings
+
+    import core.io.dicom as dicom
+
+    parent = os.getpid()
+    out = dicom._shared_empty((40, 2, 3))
+    seen = dicom._shared_empty((40, 1, 1))
+
+    def decode(i: int) -> None:
+        out[i] = i
+        seen[i] = 1.0 if os.getpid() != parent else 2.0
+        if os.getpid() != parent:
+            warnings.warn(f"child warning {i}", UserWarning)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dicom._decode_in_processes(decode, 40, 3)
+    np.testing.assert_array_equal(out[:, 0, 0], np.arange(40))
+    assert set(np.unique(seen)) <= {1.0, 2.0}
+    child_slices = int((seen == 1.0).sum())
+    assert sum("child warning" in str(w.message) for w in caught) == child_slices
+
+    def fail_in_child(i: int) -> None:
+        if os.getpid() != parent:
+            raise InputError("DICOM file", f"slice{i}.dcm", "is truncated (compressed pixel data cut off)", "re-export or re-copy the series")
+        import time
+
+        time.sleep(0.05)  # leave slices to the children
+
+    with pytest.raises(InputError, match=r"^DICOM file: got slice\d+\.dcm, is truncated \(compressed pixel data cut off\); fix: re-export"):
+        dicom._decode_in_processes(fail_in_child, 8, 2)
+
+    def crash_in_child(i: int) -> None:
+        if os.getpid() != parent:
+            os._exit(9)  # a codec that kills its process
+        import time
+
+        time.sleep(0.05)
+
+    with pytest.raises(InputError, match=r"pixel data cannot be decoded \(exit status 9\)"):
+        dicom._decode_in_processes(crash_in_child, 8, 2)
+
+
+def test_no_fork_while_other_threads_run(series_dir, monkeypatch):
+    """Forking a process with other live threads (a server) is unsafe: the decoding then stays on threads."""
+    import threading
+
+    import core.io.dicom as dicom
+
+    monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)
+    ordered, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(series_dir["j2k"].folder)).headers)
+    assert dicom._fork_workers(ordered) == 2
+    plain, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(series_dir["plain"].folder)).headers)
+    assert dicom._fork_workers(plain) == 1  # uncompressed: numpy releases the GIL, threads suffice
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert dicom._fork_workers(ordered) == 1
+        vol = load_study(series_dir["j2k"].folder)
+    finally:
+        release.set()
+        other.join()
+    np.testing.assert_array_equal(vol.hu, series_dir["j2k"].hu)
