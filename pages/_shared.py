@@ -493,9 +493,9 @@ def case_dicom_export(model: Any, source: str, subject_id: str, method: str, hor
     series = source_series_for(volume, out, study_path=study)
     result = export_dicom(volume, att.map, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
                           method, out, source=series)
-    summary = (f"{result.n_frames} frames; segment of {result.region_voxels} voxels; "
-               f"{'derived CT series included; ' if result.derived_series else ''}"
-               + " ".join(result.warnings))
+    parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
+    parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []
+    summary = "; ".join(parts + list(result.warnings)) + "."
     return zip_folder(out), summary
 
 

@@ -16,10 +16,10 @@ from core.deid.cohort_gate import (
     gate_cohort,
     gate_study,
 )
-from core.phi.detect import PhiFinding, burned_in_reasons, find_phi, phi_keywords
 from core.deid.nifti import deidentify_nifti_bytes
 from core.deid.study import DeidReport, deidentify_bytes, deidentify_study
 from core.deid.text import REDACTED, redact_codes
+from core.phi.detect import PhiFinding, burned_in_reasons, find_phi, phi_keywords
 
 __all__ = [
     "REDACTED",

@@ -18,8 +18,10 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
+from core.errors import InputError
 from core.phi.detect import (
     PIXEL_TAGS,
     element_values,
@@ -35,7 +37,6 @@ from core.phi.profile import (
     is_definitional_uid,
     rule_for,
 )
-from core.errors import InputError
 
 DATE_MODES = ("shift", "remove", "keep")
 SHIFT_RANGE_DAYS = (365, 3650)  # a random study offset moves dates back 1 to 10 years
@@ -101,6 +102,22 @@ def shift_dt(text: str, days: int) -> str | None:
 
 def _set_values(elem: DataElement, values: list[str]) -> None:
     elem.value = values[0] if len(values) == 1 else values
+
+
+def leaf_elements(ds: Dataset) -> list[tuple[Dataset, BaseTag, DataElement]]:
+    """Every non-pixel, non-sequence element of ``ds`` and of its sequences' items, with the dataset that holds it
+    (so a caller can delete it); listed before any change, so deleting while iterating is safe."""
+    out: list[tuple[Dataset, BaseTag, DataElement]] = []
+    for tag in list(ds.keys()):
+        if tag in PIXEL_TAGS:
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                out.extend(leaf_elements(item))
+        else:
+            out.append((ds, tag, elem))
+    return out
 
 
 class StudyCleaner:
@@ -217,16 +234,9 @@ class StudyCleaner:
 
     def _remove_names_in_text(self, ds: Dataset, pattern: re.Pattern[str]) -> None:
         """Remove kept text elements (CodeMeaning, labels, ...) that contain a person's name, in any case."""
-        for tag in list(ds.keys()):
-            if tag in PIXEL_TAGS:
-                continue
-            elem = ds[tag]
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    self._remove_names_in_text(item, pattern)
-                continue
+        for owner, tag, elem in leaf_elements(ds):
             if elem.VR in NAME_TEXT_VRS and any(pattern.search(str(v)) for v in element_values(elem) if v is not None):
-                del ds[tag]
+                del owner[tag]
                 self._record(elem.keyword or "TextWithName", "X")
 
     def _record(self, keyword: str, action: str) -> None:

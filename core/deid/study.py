@@ -22,7 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from core.deid.clean import NAME_TEXT_VRS, StudyCleaner
+from core.deid.clean import NAME_TEXT_VRS, StudyCleaner, leaf_elements
+from core.errors import InputError
+from core.io.safezip import is_zip, read_zip
 from core.phi.detect import (
     PIXEL_TAGS,
     element_values,
@@ -31,8 +33,6 @@ from core.phi.detect import (
     person_names,
 )
 from core.phi.profile import PROFILE_NAME, TABLE_EDITION
-from core.errors import InputError
-from core.io.safezip import is_zip, read_zip
 
 MAX_FILE_BYTES = 2 * 1024**3
 Progress = Callable[[float, str], None]
@@ -221,14 +221,7 @@ _KEEP_VRS = frozenset({"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "AT", "UV
 def _remove_containing(ds: Dataset, needles: Needles) -> int:
     """Remove every non-pixel element whose value contains an original identifying string or name; return how many."""
     removed = 0
-    for tag in list(ds.keys()):
-        if tag in PIXEL_TAGS:
-            continue
-        elem = ds[tag]
-        if elem.VR == "SQ":
-            for item in elem.value:
-                removed += _remove_containing(item, needles)
-            continue
+    for owner, tag, elem in leaf_elements(ds):
         if elem.VR in _KEEP_VRS:
             continue
         value = elem.value
@@ -237,7 +230,7 @@ def _remove_containing(ds: Dataset, needles: Needles) -> int:
         else:
             raw = "\\".join(str(v) for v in element_values(elem)).encode("utf-8", errors="ignore")
         if needles.in_element(raw, elem.VR):
-            del ds[tag]
+            del owner[tag]
             removed += 1
     return removed
 
