@@ -227,7 +227,7 @@ def _real_ct_slices(path: Path, n: int) -> tuple[np.ndarray, tuple[float, float,
 @pytest.mark.parametrize("fork", [True, False], ids=["forked_decoders", "threads"])
 def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, tmp_path, monkeypatch, fork):
     """The real CT written twice, uncompressed and JPEG 2000 Lossless: the same HU array, voxel for voxel."""
-    import core.io.dicom as dicom
+    from core.io import dicom
 
     monkeypatch.setattr(dicom, "FORK_DECODE", fork)
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)  # two decoding processes even on a 1-core runner
@@ -252,7 +252,7 @@ def test_a_broken_slice_decoded_by_a_forked_process_is_one_line_input_error(seri
     """A slice that cannot be decoded is the same one-line error with forked decoders as in-process."""
     import shutil
 
-    import core.io.dicom as dicom
+    from core.io import dicom
 
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)
     monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)
@@ -286,7 +286,7 @@ def test_forked_decoders_write_shared_memory_and_report_errors_and_warnings():
     import os
     import warnings
 
-    import core.io.dicom as dicom
+    from core.io import dicom
 
     parent = os.getpid()
     out = dicom._shared_empty((40, 2, 3))
@@ -331,7 +331,7 @@ def test_no_fork_while_other_threads_run(series_dir, monkeypatch):
     """Forking a process with other live threads (a server) is unsafe: the decoding then stays on threads."""
     import threading
 
-    import core.io.dicom as dicom
+    from core.io import dicom
 
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)
     monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)

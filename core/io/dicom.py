@@ -833,7 +833,7 @@ def _compressed_pixels(h: _Header, raw: bytes) -> np.ndarray:
     try:
         try:
             arr, _ = decoder.as_array(value, decoding_plugin=plugin, **kwargs)
-        except Exception:  # noqa: BLE001 - the fastest codec failed: let pydicom try every installed one
+        except Exception:  # the fastest codec failed (it raises anything): let pydicom try every installed one
             if not plugin:
                 raise
             arr, _ = decoder.as_array(value, **kwargs)
