@@ -3,7 +3,10 @@
 A model folder holds::
 
     config.json        architecture, EHR preprocessing (vocabulary, scaler), time grid
-    model.safetensors  every weight, the image encoder included (predict/explain run from voxels)
+    model.safetensors  every weight, the image encoder included (predict/explain run from voxels), except
+                       the frozen foundation backbone (kind "foundation"): its 117 M parameters come from
+                       the installed weights package, strictly loaded once per process and shared by every
+                       model (``core.models.foundation_cache``); config.json records their SHA-256
     metrics.json       validation and test metrics (core.evaluate.survival_metrics)
     MODEL_CARD.md      data, strategy, head, metrics with 95 % CIs, intended use
 
@@ -160,8 +163,7 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         "## Model",
         f"- Fusion strategy: `{cfg.fusion}`; survival head: `{cfg.head}`; token dimension {cfg.dim}.",
         f"- Time grid: {len(cfg.edges)} points from 0 to {cfg.edges[-1]:.0f} days (training event-time quantiles).",
-        "- Image encoder: trained once on the train split with an image-only survival objective, then frozen"
-        + (f" (initialised from `{metrics['image_encoder'].get('init')}`)." if metrics.get("image_encoder", {}).get("init") else "."),
+        _encoder_line(cfg, metrics),
     ]
     if cfg.image.lung_mask:
         close = cfg.image.lung_close
@@ -195,11 +197,29 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
     return "\n".join(lines)
 
 
+def _encoder_line(cfg: ModelConfig, metrics: dict[str, Any]) -> str:
+    if cfg.image.kind == "foundation":
+        sha = cfg.image.weights_sha256 or "?"
+        return (f"- Image encoder: the pretrained 3D CT backbone (Merlin architecture, Inflated 3D ResNet-152, "
+                f"`{cfg.image.weights}` weights, SHA-256 {sha[:16]}...), frozen and not trained here; its patch tokens "
+                f"({cfg.image.out_dim} channels) on the working grid {list(cfg.image.grid or ())} are the image tokens. "
+                "The backbone is not stored in this folder: it is loaded from the installed weights package.")
+    init = metrics.get("image_encoder", {}).get("init")
+    return ("- Image encoder: trained once on the train split with an image-only survival objective, then frozen"
+            + (f" (initialised from `{init}`)." if init else "."))
+
+
+def model_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What model.safetensors holds: the network's state without any shared pretrained backbone tensors."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()
+            if ".backbone." not in f".{k}" or "image_encoder." not in k}
+
+
 def save_model(out: Path, net: torch.nn.Module, cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    state = model_state(net)
     save_file(state, str(out / WEIGHTS), metadata={"format": cfg.format})
     write_json(out / "config.json", cfg.to_dict())
     write_json(out / "metrics.json", metrics)
@@ -287,9 +307,21 @@ class LoadedModel:
         assert chain is not None and self.net.image_encoder is not None  # type: ignore[attr-defined]
         return self.net.encode_image(chain(hu, masks))  # type: ignore[operator]
 
+    def cached_tokens(self, hu: torch.Tensor) -> torch.Tensor | None:
+        """Foundation models, outside autograd: the study's tokens ``[1, P, 2048]`` from the per-study
+        embedding cache (encoded once and stored on a miss); None for other models or under autograd."""
+        icfg = self.config.image
+        if icfg.kind != "foundation" or torch.is_grad_enabled() or hu.shape[0] != 1:
+            return None
+        from core.models.foundation_cache import study_tokens
+
+        assert icfg.grid is not None
+        return study_tokens(hu[0], icfg.grid, icfg.hu_window, device=self.device)[None].to(self.device)
+
     def encoded_batch(self, inputs: CaseInputs, tokens: torch.Tensor | None = None) -> NetBatch:
         """The network batch of a case with its CT already encoded (``tokens``, or encoded here from
-        ``inputs.image``; differentiable). Without a CT (or for a model that does not use it) no image key."""
+        ``inputs.image``; differentiable under autograd, from the embedding cache of a foundation model
+        without it). Without a CT (or for a model that does not use it) no image key."""
         from core.models.net import with_image_tokens
 
         batch: NetBatch = {"image_present": inputs.image_mask.float().to(self.device)}
@@ -299,6 +331,8 @@ class LoadedModel:
         uses = inputs.image is not None and self.net.image_encoder is not None and self.net.has_image  # type: ignore[attr-defined]
         if not uses:
             return batch
+        if tokens is None:
+            tokens = self.cached_tokens(inputs.image)  # type: ignore[arg-type]
         if tokens is None:
             tokens = self.encode_image(inputs.image)  # type: ignore[arg-type]
         return with_image_tokens(batch, tokens, int(inputs.image.shape[1]))  # type: ignore[union-attr]

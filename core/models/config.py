@@ -23,14 +23,27 @@ from typing import TYPE_CHECKING, Any
 from core.errors import InputError
 
 if TYPE_CHECKING:
+    from core.models.foundation_cache import FoundationTransforms
     from core.preprocess.transforms import ImageTransforms
 
 FORMAT = "core.models.net.SurvivalNet/1"
+#: The foundation backbone's default working grid (slices, rows, cols) and HU window (``core.models.i3resnet``).
+FOUNDATION_GRID: tuple[int, int, int] = (80, 112, 112)
+FOUNDATION_HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)
 
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """The image side: ``kind`` in 2d | 3d | embedding | none, and the settings of that kind."""
+    """The image side: ``kind`` in 2d | 3d | foundation | embedding | none, and the settings of that kind.
+
+    foundation: the frozen pretrained CT backbone (``core.models.foundation_cache``); ``grid`` is its
+    working resolution, ``hu_window`` its 0..1 window, ``out_dim`` 2048, ``weights`` the weight set and
+    ``weights_sha256`` the SHA-256 of the weights it was trained on (other weights are refused on load).
+
+    >>> cfg = ImageConfig.from_dict({"kind": "foundation", "out_dim": 2048})
+    >>> cfg.grid, cfg.hu_window, cfg.weights, cfg.voxels
+    ((80, 112, 112), (-1000.0, 200.0), 'astra', True)
+    """
 
     kind: str = "none"
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
@@ -43,22 +56,30 @@ class ImageConfig:
     lung_medial: bool = False
     emb_dim: int | None = None                    # embedding: width of one precomputed token
     emb_tokens: int | None = None
+    weights: str | None = None                    # foundation: the pretrained weight set ("astra")
+    weights_sha256: str | None = None             # foundation: SHA-256 of those weights
 
     @property
     def voxels(self) -> bool:
-        """True when the model reads CT voxels (2d or 3d), False for precomputed embeddings or no image."""
-        return self.kind in ("2d", "3d")
+        """True when the model reads CT voxels (2d, 3d or foundation), False for precomputed embeddings or no image."""
+        return self.kind in ("2d", "3d", "foundation")
 
-    def transforms(self) -> ImageTransforms | None:
+    def transforms(self) -> ImageTransforms | FoundationTransforms | None:
         """The preprocessing chain HU -> encoder input (None for embeddings or no image).
 
         2d: HU window, the lung mask when ``lung_mask`` (an organ rule for chest tasks), slices resized to
-        ``size``; 3d: HU window, the volume resized to ``grid``.
+        ``size``; 3d: HU window, the volume resized to ``grid``; foundation: the volume resized to ``grid``
+        (area / trilinear), the window scaled to 0..1, RAS reorientation (``core.models.foundation_cache``).
         """
-        from core.preprocess.transforms import HUWindow, ImageTransforms, LungMaskFill, ResizeSlices, ResizeVolume
-
         if not self.voxels:
             return None
+        if self.kind == "foundation":
+            from core.models.foundation_cache import FoundationTransforms, ResizeVolumeArea, UnitWindow
+
+            assert self.grid is not None
+            return FoundationTransforms(ResizeVolumeArea(self.grid), UnitWindow(*self.hu_window))
+        from core.preprocess.transforms import HUWindow, ImageTransforms, LungMaskFill, ResizeSlices, ResizeVolume
+
         window = HUWindow(*self.hu_window)
         if self.kind == "3d":
             assert self.grid is not None
@@ -69,18 +90,22 @@ class ImageConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageConfig:
         kind = str(d.get("kind", "none"))
+        found = kind == "foundation"
+        grid = d.get("grid", FOUNDATION_GRID if found else None)
         return cls(
             kind=kind,
-            hu_window=tuple(float(v) for v in d.get("hu_window", (-1000.0, 1000.0))),  # type: ignore[arg-type]
-            out_dim=int(d.get("out_dim", 64)),
+            hu_window=tuple(float(v) for v in d.get("hu_window", FOUNDATION_HU_WINDOW if found else (-1000.0, 1000.0))),  # type: ignore[arg-type]
+            out_dim=int(d.get("out_dim", 2048 if found else 64)),
             size=int(d.get("size", 64)),
             channels=tuple(int(c) for c in d.get("channels", (8, 16, 32, 64))),
-            grid=tuple(int(g) for g in d["grid"]) if d.get("grid") is not None else None,  # type: ignore[arg-type]
+            grid=tuple(int(g) for g in grid) if grid is not None else None,  # type: ignore[arg-type]
             lung_mask=bool(d.get("lung_mask", False)),
             lung_close=float(d.get("lung_close", 0.0)),
             lung_medial=bool(d.get("lung_medial", False)),
             emb_dim=int(d["emb_dim"]) if d.get("emb_dim") is not None else None,
             emb_tokens=int(d["emb_tokens"]) if d.get("emb_tokens") is not None else None,
+            weights=str(d.get("weights", "astra")) if found else None,
+            weights_sha256=str(d["weights_sha256"]) if found and d.get("weights_sha256") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +118,8 @@ class ImageConfig:
                 out["lung_medial"] = True
         elif self.kind == "3d":
             out.update(grid=list(self.grid or ()), channels=list(self.channels))
+        elif self.kind == "foundation":
+            out.update(grid=list(self.grid or FOUNDATION_GRID), weights=self.weights, weights_sha256=self.weights_sha256)
         elif self.kind == "embedding":
             out.update(emb_dim=self.emb_dim, emb_tokens=self.emb_tokens)
         return out

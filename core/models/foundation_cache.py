@@ -14,6 +14,37 @@ On CUDA the forward pass runs under bfloat16 autocast, on the CPU in float32;
 the key does not depend on the device, so tokens computed on a GPU are reused
 on the CPU (the file's metadata records where they were computed). One
 backbone per device is kept in memory and shared by all working grids.
+
+The backbone as a model's image encoder (``--image-encoder-kind foundation``). A foundation model's image path is ``FoundationTokens(FoundationTransforms(hu))``:
+
+* ``FoundationTransforms`` -- the backbone's preprocessing as named transforms
+  (in the style of ``core.preprocess.transforms``), built by
+  ``ImageConfig.transforms()`` so that training, prediction and explanation run
+  the same steps and the model card names them: ``resize_volume_area`` (the HU
+  volume to the working ``grid``, area averaging along shrinking axes, then
+  trilinear), ``hu_window_unit`` (clip to ``hu_window``, scale to 0..1) and
+  ``reorient_ras`` (study orientation -> the network's ``[Z, X, Y]``), in the
+  order of ``core.models.i3resnet.FoundationEncoder3D.preprocess`` and with its
+  functions, so ``FoundationTokens(FoundationTransforms(hu))`` equals
+  ``FoundationEncoder3D(hu)`` bit for bit and the per-study embedding cache
+  (``embed_study``) serves both. All steps are
+  differentiable: Captum's gradients come back on the study's own voxels.
+* ``FoundationTokens`` -- the pretrained I3ResNet-152, frozen, on the prepared
+  input ``[B, 1, Z, X, Y]``: patch tokens ``[B, P, 2048]`` slice slab first.
+  The backbone is the process-wide, strictly loaded one of
+  ``shared_backbone``: it is *not* a registered
+  submodule, so its 117 M parameters are not in the model's ``state_dict``
+  (not saved into model.safetensors, not expected when loading, untouched by
+  ``requires_grad_`` or ``to`` of the model) and every model in the process
+  shares one copy per device. ``gradcam_layer`` is the study-oriented feature
+  map and ``patch_slices`` maps token weights to slices.
+
+``study_tokens`` gives the tokens of one study through the embedding cache (no
+gradient): training encodes every subject once and prediction of a reopened
+study reads the stored file. The network's input does not depend on the voxel
+spacing (the working grid is fixed), so the tokens of a model are keyed with a
+unit spacing (``TOKEN_SPACING``): a study is found in the cache whether it was
+encoded in training or for a reopened case.
 """
 
 from __future__ import annotations
@@ -24,10 +55,13 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from core.errors import InputError
 from core.models.foundation_weights import cache_dir as default_cache_dir
@@ -37,6 +71,10 @@ from core.models.i3resnet import (
     DEFAULT_GRID,
     FoundationEncoder3D,
     I3ResNet,
+    StudyGrid,
+    patch_slice_matrix,
+    resize_volume,
+    study_to_network,
 )
 
 Progress = Callable[[float, str], None] | None
@@ -198,3 +236,158 @@ def _write(path: Path, tokens: torch.Tensor, metadata: dict[str, object]) -> Non
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     save_file({"tokens": tokens}, str(tmp), metadata={"ctehr": json.dumps(metadata, sort_keys=True)})
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the backbone as a model's encoder
+
+#: The spacing passed to the embedding cache for model tokens (the tokens do not depend on it).
+TOKEN_SPACING: tuple[float, float, float] = (1.0, 1.0, 1.0)
+#: Width of one foundation token (the last stage's channels).
+TOKEN_DIM = 2048
+
+
+@dataclass(frozen=True)
+class ResizeVolumeArea:
+    """HU ``[B, S, R, C]`` -> ``[B, 1, *grid]``: area averaging along shrinking axes, trilinear along growing ones."""
+
+    grid: tuple[int, int, int]
+    name = "resize_volume_area"
+
+    def __call__(self, hu: torch.Tensor) -> torch.Tensor:
+        return resize_volume(hu.float().unsqueeze(1), self.grid)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "grid": list(self.grid)}
+
+
+@dataclass(frozen=True)
+class UnitWindow:
+    """Clip HU to ``[low, high]`` and scale linearly to ``[0, 1]`` (``ScaleIntensityRange`` to 0..1 with clipping)."""
+
+    low: float = -1000.0
+    high: float = 200.0
+    name = "hu_window_unit"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.clamp(self.low, self.high) - self.low) / (self.high - self.low)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "low_hu": self.low, "high_hu": self.high, "range": [0, 1]}
+
+
+@dataclass(frozen=True)
+class ReorientRAS:
+    """Study orientation ``[..., S, R, C]`` -> the network's ``[..., Z, X, Y]`` (RAS, ``study_to_network``)."""
+
+    name = "reorient_ras"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return study_to_network(x)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "layout": "[Z, X, Y]: columns and rows reversed, in-plane transposed"}
+
+
+@dataclass(frozen=True)
+class FoundationTransforms:
+    """The chain HU ``[B, S, R, C]`` -> backbone input ``[B, 1, Z, X, Y]`` in 0..1 (see the module docstring).
+
+    Same interface as ``core.preprocess.transforms.ImageTransforms`` (no constant masks, not per slice).
+
+    >>> chain = FoundationTransforms(ResizeVolumeArea((16, 32, 32)), UnitWindow(-1000, 200))
+    >>> [t["name"] for t in chain.describe()], tuple(chain(torch.full((1, 20, 40, 40), -400.0)).shape)
+    (['resize_volume_area', 'hu_window_unit', 'reorient_ras'], (1, 1, 16, 32, 32))
+    """
+
+    resize: ResizeVolumeArea
+    window: UnitWindow
+    orient: ReorientRAS = ReorientRAS()
+    per_slice = False
+
+    def masks(self, hu: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def __call__(self, hu: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        return self.orient(self.window(self.resize(hu)))
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [s.describe() for s in (self.resize, self.window, self.orient)]
+
+    def soft_tissue_step(self) -> tuple[float, float] | None:
+        return None
+
+
+def _check_weights(weights: str, expected_sha256: str | None) -> None:
+    have = weights_sha256(weights)
+    if expected_sha256 is not None and expected_sha256 != have:
+        raise InputError("config.json", f"weights_sha256 {expected_sha256[:12]}...",
+                         f"the model was trained on other {weights!r} foundation weights than the installed {have[:12]}...",
+                         "install the weights the model was trained with or re-train it with `python -m core train`")
+
+
+class FoundationTokens(nn.Module):
+    """Frozen pretrained backbone on the prepared input ``[B, 1, Z, X, Y]`` -> tokens ``[B, P, 2048]``.
+
+    ``grid`` is the working grid ``(slices, rows, cols)`` of the transforms; ``weights`` the weight set
+    (``"astra"``); ``expected_sha256`` (from config.json) refuses other weights. ``backbone`` replaces the
+    shared pretrained one (tests with a random network); it is held outside the module tree either way.
+    """
+
+    def __init__(self, grid: Sequence[int], weights: str = "astra", expected_sha256: str | None = None,
+                 backbone: I3ResNet | None = None) -> None:
+        super().__init__()
+        self.grid: tuple[int, int, int] = (int(grid[0]), int(grid[1]), int(grid[2]))
+        self.weights = weights
+        if backbone is None:
+            _check_weights(weights, expected_sha256)
+            backbone = shared_backbone("cpu", weights)
+        object.__setattr__(self, "_backbone", backbone)  # not a submodule: kept out of state_dict and parameters()
+        self.study_grid = StudyGrid()
+        self.out_dim = int(backbone.out_channels)
+        z, x, y = I3ResNet.feature_grid((self.grid[0], self.grid[2], self.grid[1]))
+        self.token_grid: tuple[int, int, int] = (z, y, x)
+
+    @property
+    def backbone(self) -> I3ResNet:
+        return self._backbone  # type: ignore[no-any-return]
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Module whose output is the last stage's feature map ``[B, 2048, z, r, c]`` in the study orientation."""
+        return self.study_grid
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_grid[0] * self.token_grid[1] * self.token_grid[2]
+
+    def _backbone_on(self, device: torch.device) -> I3ResNet:
+        net = self.backbone
+        if next(net.parameters()).device != device:
+            net = shared_backbone(device, self.weights)
+            object.__setattr__(self, "_backbone", net)
+        return net
+
+    def forward(self, x: torch.Tensor, progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected the prepared input [B, 1, Z, X, Y] (FoundationTransforms), got {tuple(x.shape)}")
+        net = self._backbone_on(x.device)
+        return self.study_grid(net(x.float(), progress)).flatten(2).transpose(1, 2)
+
+    def patch_slices(self, n_slices: int) -> torch.Tensor:
+        """``[P, S]``: each token's weight spread over the input slices its slab covers (rows sum to 1)."""
+        return patch_slice_matrix(self.token_grid, self.grid[0], n_slices)
+
+
+def study_tokens(hu: np.ndarray | torch.Tensor, grid: Sequence[int], hu_window: Sequence[float], *,
+                 device: str | torch.device = "cpu", progress: Callable[[float, str], None] | None = None,
+                 cache_dir: Path | None = None) -> torch.Tensor:
+    """Tokens ``[P, 2048]`` (float32, CPU) of one study ``[S, R, C]`` HU, from the embedding cache or encoded once."""
+    return embed_study(hu, TOKEN_SPACING, device=device, resolution=tuple(int(g) for g in grid),
+                       hu_window=(float(hu_window[0]), float(hu_window[1])), progress=progress, cache_dir=cache_dir)
+
+
+def tokens_cached(hu: np.ndarray | torch.Tensor, grid: Sequence[int], hu_window: Sequence[float],
+                  cache_dir: Path | None = None) -> bool:
+    """True when ``study_tokens`` would read the cache rather than run the backbone."""
+    return is_cached(hu, TOKEN_SPACING, resolution=tuple(int(g) for g in grid),
+                     hu_window=(float(hu_window[0]), float(hu_window[1])), cache_dir=cache_dir)

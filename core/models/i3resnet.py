@@ -298,17 +298,26 @@ class FoundationEncoder3D(nn.Module):
         Slab k covers working slices ``[16 k, min(16 (k + 1), slices))``,
         mapped linearly onto the ``n_slices`` input slices; every row sums to 1.
         """
-        if n_slices < 1:
-            raise ValueError(f"n_slices must be >= 1, got {n_slices}")
-        z, r, c = self.token_grid
-        per_slab = r * c
-        depth = self.grid[0]
-        m = torch.zeros(z * per_slab, n_slices)
-        for k in range(z):
-            a = k * 16 / depth * n_slices
-            b = min((k + 1) * 16, depth) / depth * n_slices
-            lo = min(int(a), n_slices - 1)
-            hi = max(math.ceil(b - 1e-9), lo + 1)
-            hi = min(hi, n_slices)
-            m[k * per_slab:(k + 1) * per_slab, lo:hi] = 1.0 / (hi - lo)
-        return m
+        return patch_slice_matrix(self.token_grid, self.grid[0], n_slices)
+
+
+def patch_slice_matrix(token_grid: tuple[int, int, int], depth: int, n_slices: int) -> torch.Tensor:
+    """``[P, S]`` matrix of ``FoundationEncoder3D.patch_slices`` for a token grid and a working depth.
+
+    >>> patch_slice_matrix((2, 1, 1), 32, 4)
+    tensor([[0.5000, 0.5000, 0.0000, 0.0000],
+            [0.0000, 0.0000, 0.5000, 0.5000]])
+    """
+    if n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1, got {n_slices}")
+    z, r, c = token_grid
+    per_slab = r * c
+    m = torch.zeros(z * per_slab, n_slices)
+    for k in range(z):
+        a = k * 16 / depth * n_slices
+        b = min((k + 1) * 16, depth) / depth * n_slices
+        lo = min(int(a), n_slices - 1)
+        hi = max(math.ceil(b - 1e-9), lo + 1)
+        hi = min(hi, n_slices)
+        m[k * per_slab:(k + 1) * per_slab, lo:hi] = 1.0 / (hi - lo)
+    return m

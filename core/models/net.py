@@ -3,7 +3,8 @@
 Batch dictionary (all tensors, batch first):
 
 * image, one of: ``image``, the encoder's prepared input (``[B, S, size, size]``
-  slices or a ``[B, *grid]`` volume from ``core.preprocess.transforms``; encoded
+  slices or a ``[B, *grid]`` volume from ``core.preprocess.transforms``, or the
+  foundation backbone's ``[B, 1, Z, X, Y]`` from ``core.models.foundation_cache``; encoded
   here, differentiable), ``image_tokens`` ``[B, S, D]`` + ``image_token_mask``
   ``[B, S]`` (encoder tokens, see ``with_image_tokens``), or ``image_embedding``
   ``[B, K * D]`` (precomputed); ``image_present`` ``[B]``; ``n_slices`` (the
@@ -61,6 +62,12 @@ def build_image_encoder(icfg: ImageConfig) -> nn.Module | None:
 
         assert icfg.grid is not None
         return VolumeEncoder3D(icfg.out_dim, icfg.grid, icfg.channels)
+    if icfg.kind == "foundation":
+        # the frozen pretrained backbone, shared by every model of the process and never saved with one
+        from core.models.foundation_cache import FoundationTokens
+
+        assert icfg.grid is not None
+        return FoundationTokens(icfg.grid, icfg.weights or "astra", icfg.weights_sha256)
     return None
 
 
@@ -211,7 +218,7 @@ class SurvivalNet(nn.Module):
         surv = self.head.survival(raw)
         risk = self.head.risk(raw, surv)
         slice_w = fo.image_weights
-        if slice_w is not None and self.image_kind == "3d" and n_slices is not None:
+        if slice_w is not None and self.image_kind in ("3d", "foundation") and n_slices is not None:
             enc = self.image_encoder
             slice_w = _renorm(slice_w @ enc.patch_slices(n_slices).to(slice_w))  # type: ignore[union-attr]
         event_w = _renorm(fo.ehr_weights[:, :n_events]) if fo.ehr_weights is not None and n_events else None

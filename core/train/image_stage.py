@@ -4,6 +4,11 @@ The prepared images (``core.preprocess.transforms`` of every study) and the
 encoder's tokens are cached under ``<cohort>/.cache/`` keyed by the cohort
 fingerprint and every setting that changes them, so comparing strategies
 encodes each CT once.
+
+The frozen foundation backbone (kind ``foundation``) has no stage A:
+``foundation_tokens`` reads every subject's patch tokens from the per-study
+embedding cache (``core.models.foundation_cache``, keyed by the study's content),
+running the backbone only for studies never encoded before.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ def _digest(*parts: Any) -> str:
 
 def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings: dict[str, Any]) -> dict[str, Any]:
     if image_encoder_kind not in IMAGE_ENCODERS + ("auto",):
-        raise InputError("image_encoder_kind", image_encoder_kind, "unknown image encoder", "use auto, 2d, 3d, embedding or none")
+        raise InputError("image_encoder_kind", image_encoder_kind, "unknown image encoder",
+                         "use auto, 2d, 3d, foundation, embedding or none")
     kind = image_encoder_kind
     if kind == "auto":
         kind = "2d" if cohort.has_studies else ("embedding" if cohort.image_embeddings is not None else "none")
     if fusion == "ehr_only":
         kind = "none"
-    if kind in ("2d", "3d") and not cohort.has_studies:
+    if kind in ("2d", "3d", "foundation") and not cohort.has_studies:
         raise InputError("image_encoder_kind", kind, "the cohort has no study column with CT paths", "add a study column or use embedding/none")
     if kind == "embedding" and cohort.image_embeddings is None:
         raise InputError("image_encoder_kind", kind, "the cohort has no image_embeddings file", "add image_embeddings.npy or .parquet")
@@ -54,11 +60,79 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
                 cfg["lung_medial"] = True
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
+    elif kind == "foundation":
+        cfg.update(foundation_config(settings["foundation"]))
     elif kind == "embedding":
         assert cohort.image_embeddings is not None
         shape = cohort.image_embeddings.attrs.get("token_shape", (cohort.image_embeddings.shape[1],))
         cfg.update(emb_dim=int(shape[-1]), emb_tokens=int(np.prod(shape[:-1])) if len(shape) > 1 else 1)
     return cfg
+
+
+def foundation_config(f: dict[str, Any]) -> dict[str, Any]:
+    """The image config of the frozen backbone from the ``foundation`` settings (weights checked installed)."""
+    from core.models.foundation_weights import INSTALL_FIX, weights_available, weights_sha256
+
+    weights = str(f.get("weights", "astra"))
+    sha = weights_sha256(weights)  # unknown weight set -> InputError
+    if not weights_available(weights):
+        raise InputError("image_encoder_kind", "foundation", f"the {weights!r} weights are not installed", INSTALL_FIX)
+    grid = [int(g) for g in f["grid"]]
+    if len(grid) != 3 or min(grid) < 16:
+        raise InputError("foundation grid", grid, "must be 3 sizes (slices, rows, cols), each >= 16",
+                         "use e.g. [80, 112, 112] (the default) or [32, 64, 64] for a quick run")
+    return {"kind": "foundation", "hu_window": [float(v) for v in f["hu_window"]], "out_dim": 2048, "grid": grid,
+            "weights": weights, "weights_sha256": sha}
+
+
+def foundation_tokens(cohort: Cohort, icfg: dict[str, Any], *, device: torch.device,
+                      progress: Progress | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Patch tokens of every subject from the embedding cache (the backbone runs only on studies not stored yet).
+
+    Returns the token data (``image_tokens`` ``[N, P, 2048]``, mask, ``image_present``) and an info dict with
+    the number of studies ``encoded`` (backbone runs) and read from the cache (``cached``) and the seconds.
+    """
+    from core.models.foundation_cache import TOKEN_DIM, study_tokens, tokens_cached
+    from core.models.i3resnet import I3ResNet
+
+    grid, window = icfg["grid"], icfg["hu_window"]
+    ids = cohort.ids()
+    z, x, y = I3ResNet.feature_grid((grid[0], grid[2], grid[1]))
+    n_tok = z * x * y
+    tokens = torch.zeros(len(ids), n_tok, TOKEN_DIM)
+    present = torch.zeros(len(ids))
+    t0 = _time.perf_counter()
+    encoded = cached = 0
+    encode_seconds = 0.0
+    for i, sid in enumerate(ids):
+        vol = cohort.load_volume(sid)
+        if vol is None:
+            continue
+        hit = tokens_cached(vol.hu, grid, window)
+        step = None
+        if progress is not None:
+            report, lo, hi = progress, 0.7 * i / len(ids), 0.7 * (i + 1) / len(ids)
+
+            def step(fraction: float, label: str, lo: float = lo, hi: float = hi) -> None:
+                report(lo + (hi - lo) * fraction, f"foundation tokens {i + 1}/{len(ids)}: {label}")
+
+        t1 = _time.perf_counter()
+        tok = study_tokens(vol.hu, grid, window, device=device, progress=step)
+        if hit:
+            cached += 1
+        else:
+            encoded += 1
+            encode_seconds += _time.perf_counter() - t1
+        tokens[i] = tok
+        present[i] = 1.0
+    if not bool(present.any()):
+        raise InputError("study", "none loadable", "no subject has a CT", "check the study column of cohort.csv")
+    info = {"encoded": encoded, "cached": cached, "seconds": round(_time.perf_counter() - t0, 2),
+            "seconds_per_encoded_study": round(encode_seconds / encoded, 2) if encoded else None,
+            "grid": list(grid), "weights": icfg["weights"], "weights_sha256": icfg["weights_sha256"],
+            "device": str(device)}
+    mask = present[:, None].expand(len(ids), n_tok).contiguous()
+    return {"image_tokens": tokens, "image_token_mask": mask, "image_present": present}, info
 
 
 def _cache_dir(cohort: Cohort) -> Path:

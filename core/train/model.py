@@ -17,7 +17,7 @@ from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from core.train.ehr import ehr_config
 from core.train.fusion_stage import fit_member, split_metrics
-from core.train.image_stage import image_config, train_image_encoder
+from core.train.image_stage import foundation_tokens, image_config, train_image_encoder
 from core.train.settings import Progress, merge_settings, proportional_head
 
 
@@ -78,6 +78,9 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
             cohort, icfg, settings, seed=seed, device=dev, dist_info=dist_info,
             init_dir=Path(image_encoder) if image_encoder else None, progress=progress)
         data.update(img_data)
+    elif icfg["kind"] == "foundation":  # frozen pretrained backbone: no stage A, tokens from the embedding cache
+        img_data, enc_info = foundation_tokens(cohort, icfg, device=dev, progress=progress)
+        data.update(img_data)
     elif icfg["kind"] == "embedding":
         data.update({k: torch.as_tensor(v) for k, v in image_embedding_arrays(cohort, ids).items()})
     else:
@@ -92,7 +95,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         proportional_head=proportional_head(settings["proportional_head"], fusion, icfg["kind"]),
         dim=int(settings["dim"]), dropout=float(settings["dropout"]), heads=int(settings["heads"]),
         edges=tuple(float(e) for e in edges), image=ImageConfig.from_dict(icfg), ehr=EHRConfig.from_dict(ecfg), seed=seed,
-        image_anchor=bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d"),
+        image_anchor=bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d", "foundation"),
         ehr_linear=bool(settings["ehr_linear"]) and bool(ecfg["tabular"]), ensemble=n_members)
     train_idx = np.flatnonzero(tr)
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy())

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
               "warm_start_path": True},  # stage B starts its image path (projection, pooling) from stage A
+    # --image-encoder-kind foundation: the frozen pretrained CT backbone (no stage A); its working grid
+    # (slices, rows, cols; ~1.5 s per study on a quiet CPU core at the default) and 0..1 HU window
+    "foundation": {"grid": [80, 112, 112], "hu_window": [-1000.0, 200.0], "weights": "astra"},
     "contrastive": {"epochs": 30, "temperature": 0.1, "finetune_lr_scale": 0.1},
 }
 
