@@ -86,11 +86,13 @@ def trained(cache_env: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         encoder_calls.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
+    labels: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fc, "shared_encoder", counting)
         second = train_model(cohort, "concat", base / "concat", image_encoder_kind="foundation",
-                             overrides=OVERRIDES, ensemble=2, device="cpu")
-    return {"cohort": cohort, "base": base, "first": first, "second": second, "second_encoder_calls": len(encoder_calls)}
+                             overrides=OVERRIDES, ensemble=2, device="cpu", progress=lambda f, label: labels.append(label))
+    return {"cohort": cohort, "base": base, "first": first, "second": second, "second_encoder_calls": len(encoder_calls),
+            "labels": labels}
 
 
 @needs_weights
@@ -103,6 +105,7 @@ def test_tokens_are_encoded_once(trained: dict[str, object]) -> None:
     assert first["kind"] == "foundation" and first["encoded"] == n_ct and first["cached"] == 0
     assert second["encoded"] == 0 and second["cached"] == n_ct
     assert trained["second_encoder_calls"] == 0  # the backbone never ran in the second training
+    assert any("foundation tokens" in label and "from the cache" in label for label in trained["labels"])  # type: ignore[union-attr]
 
 
 @needs_weights

@@ -104,27 +104,36 @@ def foundation_tokens(cohort: Cohort, icfg: dict[str, Any], *, device: torch.dev
     t0 = _time.perf_counter()
     encoded = cached = 0
     encode_seconds = 0.0
-    for i, sid in enumerate(ids):
-        vol = cohort.load_volume(sid)
-        if vol is None:
-            continue
-        hit = tokens_cached(vol.hu, grid, window)
-        step = None
-        if progress is not None:
-            report, lo, hi = progress, 0.7 * i / len(ids), 0.7 * (i + 1) / len(ids)
+    from tqdm import tqdm
 
-            def step(fraction: float, label: str, lo: float = lo, hi: float = hi) -> None:
-                report(lo + (hi - lo) * fraction, f"foundation tokens {i + 1}/{len(ids)}: {label}")
+    # the command line's bar (stderr, shown on a terminal only); ``progress`` feeds the app's
+    bar = tqdm(total=len(ids), desc="foundation tokens", file=sys.stderr, leave=False, disable=None)
+    try:
+        for i, sid in enumerate(ids):
+            vol = cohort.load_volume(sid)
+            if vol is None:
+                bar.update(1)
+                continue
+            hit = tokens_cached(vol.hu, grid, window)
+            step = None
+            if progress is not None:
+                report, lo, hi = progress, 0.7 * i / len(ids), 0.7 * (i + 1) / len(ids)
 
-        t1 = _time.perf_counter()
-        tok = study_tokens(vol.hu, grid, window, device=device, progress=step)
-        if hit:
-            cached += 1
-        else:
-            encoded += 1
-            encode_seconds += _time.perf_counter() - t1
-        tokens[i] = tok
-        present[i] = 1.0
+                def step(fraction: float, label: str, lo: float = lo, hi: float = hi, i: int = i) -> None:
+                    report(lo + (hi - lo) * fraction, f"foundation tokens {i + 1}/{len(ids)}: {label}")
+
+            t1 = _time.perf_counter()
+            tokens[i] = study_tokens(vol.hu, grid, window, device=device, progress=step)
+            if hit:
+                cached += 1
+            else:
+                encoded += 1
+                encode_seconds += _time.perf_counter() - t1
+            present[i] = 1.0
+            bar.set_postfix_str(f"{encoded} encoded, {cached} cached", refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
     if not bool(present.any()):
         raise InputError("study", "none loadable", "no subject has a CT", "check the study column of cohort.csv")
     info = {"encoded": encoded, "cached": cached, "seconds": round(_time.perf_counter() - t0, 2),
