@@ -280,9 +280,11 @@ def test_download_dicom_objects(page: object, tmp_path: Path) -> None:
         names = set(zf.namelist())
         assert {"saliency_pm.dcm", "saliency_seg.dcm", "prediction_sr.dcm"} <= names
         pm = pydicom.dcmread(io.BytesIO(zf.read("saliency_pm.dcm")))
+        seg = pydicom.dcmread(io.BytesIO(zf.read("saliency_seg.dcm")))
         sr = pydicom.dcmread(io.BytesIO(zf.read("prediction_sr.dcm")))
-    assert pm.Modality == "RWV" and sr.Modality == "SR"
-    assert pm.FrameOfReferenceUID  # on the source series' frame of reference
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and sr.Modality == "SR"  # Segmentation, SR
+    assert pm.FrameOfReferenceUID == seg.FrameOfReferenceUID  # both on the source series' frame of reference
 
 
 def test_other_pages_render(page: object) -> None:

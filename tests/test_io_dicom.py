@@ -232,6 +232,7 @@ def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, 
     monkeypatch.setattr(dicom, "FORK_DECODE", fork)
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)  # two decoding processes even on a 1-core runner
     monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)  # and for a small series
+    monkeypatch.setattr(dicom, "_other_threads_alive", lambda: False)  # as in a single-threaded process (the CLI)
     hu, spacing = _real_ct_slices(real_ct, 8)
     plain = write_series(tmp_path / "plain", hu=hu, spacing_mm=spacing, signed=True, intercept=-1024.0, seed=1)
     j2k = write_series(tmp_path / "j2k", hu=hu, spacing_mm=spacing, signed=True, intercept=-1024.0, compression="j2k", shuffle=True, seed=2)
@@ -256,6 +257,7 @@ def test_a_broken_slice_decoded_by_a_forked_process_is_one_line_input_error(seri
 
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)
     monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)
+    monkeypatch.setattr(dicom, "_other_threads_alive", lambda: False)  # as in a single-threaded process (the CLI)
     folder = tmp_path / "j2k"
     shutil.copytree(series_dir["j2k"].folder, folder)
     headers = dicom.scan_headers(dicom.sources_from_folder(folder)).headers
@@ -335,6 +337,9 @@ def test_no_fork_while_other_threads_run(series_dir, monkeypatch):
 
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)
     monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)
+    # the test process may hold other threads already (earlier tests' servers): count only the one started here
+    baseline = threading.active_count()
+    monkeypatch.setattr(dicom, "_other_threads_alive", lambda: threading.active_count() > baseline)
     ordered, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(series_dir["j2k"].folder)).headers)
     assert dicom._fork_workers(ordered) == 2
     plain, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(series_dir["plain"].folder)).headers)

@@ -76,6 +76,11 @@ from core.io.dicom_source import undeflate_dicom as undeflate_dicom
 
 
 
+def _other_threads_alive() -> bool:
+    """True when this process runs other threads (a server): forking it then is unsafe, decoding stays on threads."""
+    return threading.active_count() != 1
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -91,7 +96,7 @@ def _fork_workers(ordered: Sequence[_Header]) -> int:
     safe: Linux, and no other Python thread alive (in a threaded server such as
     the app the threads are used instead).
     """
-    if not FORK_DECODE or not hasattr(os, "fork") or threading.active_count() != 1:
+    if not FORK_DECODE or not hasattr(os, "fork") or _other_threads_alive():
         return 1
     if len(ordered) < 4 or any(h.ts in _NATIVE for h in ordered):  # uncompressed: numpy threads already run in parallel
         return 1
