@@ -255,7 +255,8 @@ class Cohort:
         """The subject's timeline events at or before its index time (all events when no index_time column).
 
         A subject with timeline events but no index time in a cohort that has an
-        index_time column gets no events: nothing after the scan may leak in.
+        index_time column gets no events: nothing after the scan may leak in. Outcome codes (death) are
+        never returned, whatever their time: an outcome is not an input.
         """
         row = self.row(subject_id)
         empty = pd.DataFrame({"subject_id": pd.Series(dtype=str), "time": pd.Series(dtype="datetime64[ns]"),
@@ -267,11 +268,16 @@ class Cohort:
         ev = self._events_by_id.get(str(row["subject_id"]))
         if ev is None:
             return empty
+        from core.io.timeline import OUTCOME_CODES
+
         if "index_time" in self.table.columns:
             idx = self.index_time(subject_id)
             if idx is None:
                 return empty
-            ev = ev[ev["time"] <= idx]
+            # at or before the index, never an outcome code (rows without a time are left out here too)
+            ev = ev[(ev["time"] <= idx) & ~ev["code"].isin(OUTCOME_CODES)]
+        else:
+            ev = ev[~ev["code"].isin(OUTCOME_CODES)]
         return ev.sort_values("time", kind="stable").reset_index(drop=True)
 
     OUTCOME_COLUMNS = ("subject_id", "time", "event", "split", "study", "index_time")

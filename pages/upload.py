@@ -185,13 +185,21 @@ if frame is not None:
     c1, c2 = st.columns(2)
     subject = c1.selectbox(f"Subject ({len(subjects)} in the file)", subjects, key="timeline_subject")
     events = frame[frame["subject_id"] == subject].sort_values("time", kind="stable")
-    last = pd.Timestamp(events["time"].max())
-    date = c2.date_input("Index date (scan date): events after it are not used", value=last.date(),
-                         key="index_date")
+    from core.io.timeline import OUTCOME_CODES, default_index_time
+
+    study_date = volume.meta.get("study_date") if volume is not None else None
+    default, source = default_index_time(events, study_date)
+    date = c2.date_input("Index date (scan date): events after it are not used",
+                         value=(default or pd.Timestamp(events["time"].max())).date(), key="index_date")
     index_time = pd.Timestamp(date) + pd.Timedelta(hours=23, minutes=59, seconds=59)
     before = int((events["time"] <= index_time).sum())
     st.caption(f"{len(events)} events for this subject, {before} at or before the index date, "
-               f"{events['code'].nunique()} distinct codes.")
+               f"{events['code'].nunique()} distinct codes. Default index date: {source}.")
+    outcomes = events[events["code"].isin(OUTCOME_CODES)]
+    if len(outcomes):
+        st.warning(f"This timeline records the outcome ({', '.join(sorted(set(outcomes['code'])))}). An outcome is "
+                   "never a model input, whatever its date; events after the index date are not used either.",
+                   icon=":material/info:")
 
 # ---------------------------------------------------------------------- use it
 st.subheader("3. Review")

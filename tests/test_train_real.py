@@ -68,9 +68,16 @@ def test_post_index_events_never_reach_the_model(mimic_cohort: Path, mimic_model
     after = [predict_subject(folder, cut, s) for s in subjects]
     for b, a in zip(before, after):
         assert a["survival"] == b["survival"] and a["risk"] == b["risk"] and a["n_events_used"] == b["n_events_used"]
-    # and an extra event before the index does change the prediction (the test can fail)
-    tl_more = pd.concat([tl[keep], pd.DataFrame({"subject_id": [subjects[0]], "time": [idx[subjects[0]] - pd.Timedelta(days=1)],
-                                                 "code": ["MEDS_DEATH"], "numeric_value": [np.nan]})])
-    tl_more.to_parquet(cut / "timeline.parquet", index=False)
+    # a death recorded at or before the index is an outcome, never an input: the prediction is unchanged
+    day_before = idx[subjects[0]] - pd.Timedelta(days=1)
+    death = pd.DataFrame({"subject_id": [subjects[0]], "time": [day_before], "code": ["MEDS_DEATH"], "numeric_value": [np.nan]})
+    pd.concat([tl[keep], death]).to_parquet(cut / "timeline.parquet", index=False)
+    with_death = predict_subject(folder, cut, subjects[0])
+    assert with_death["survival"] == before[0]["survival"] and with_death["n_events_used"] == before[0]["n_events_used"]
+    # and an extra ordinary event before the index does change the prediction (the test can fail)
+    code = str(c.events(subjects[0])["code"].iloc[-1])
+    extra = pd.DataFrame({"subject_id": [subjects[0]] * 5, "time": [day_before] * 5, "code": [code] * 5,
+                          "numeric_value": [np.nan] * 5})
+    pd.concat([tl[keep], extra]).to_parquet(cut / "timeline.parquet", index=False)
     changed = predict_subject(folder, cut, subjects[0])
     assert changed["survival"] != before[0]["survival"]

@@ -411,6 +411,7 @@ def _load_dicom_sources(
     meta = {
         "series_key": key,
         "transfer_syntax": first.ts,
+        "study_date": str(ds.get("StudyDate", "") or ""),  # YYYYMMDD: the default index date of an uploaded case
         "manufacturer": str(ds.get("Manufacturer", "") or ""),
         "body_part": str(ds.get("BodyPartExamined", "") or ""),
         "kvp": str(ds.get("KVP", "") or ""),

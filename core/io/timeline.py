@@ -259,8 +259,38 @@ def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd
     return _to_frame(table, mapping, p)
 
 
+OUTCOME_CODES: tuple[str, ...] = ("MEDS_DEATH",)  # outcomes, never model inputs, whatever their time
+
+
+def default_index_time(events: pd.DataFrame | None, study_date: str | None = None) -> tuple[pd.Timestamp | None, str]:
+    """The index (scan) time of an uploaded case and where it came from, in words.
+
+    The study's DICOM StudyDate (``YYYYMMDD``) when there is one; else the last timeline event before the
+    first outcome event (death), so the outcome cannot become an input; else None ("set the scan date").
+
+    >>> ev = pd.DataFrame({"time": pd.to_datetime(["2020-01-01", "2020-03-01", "2020-06-01"]),
+    ...                    "code": ["DX//A", "LAB//B", "MEDS_DEATH"]})
+    >>> default_index_time(ev, "20200215")[0], default_index_time(ev)[0]
+    (Timestamp('2020-02-15 23:59:59'), Timestamp('2020-03-01 00:00:00'))
+    """
+    if study_date and len(study_date.strip()) == 8 and study_date.strip().isdigit():
+        day = pd.to_datetime(study_date.strip(), format="%Y%m%d", errors="coerce")
+        if not pd.isna(day):
+            return day + pd.Timedelta(hours=23, minutes=59, seconds=59), "the study's DICOM StudyDate"
+    if events is None or events.empty:
+        return None, "no study date and no timeline"
+    timed = events[events["time"].notna()]
+    outcome = timed[timed["code"].isin(OUTCOME_CODES)]
+    if len(outcome):
+        timed = timed[timed["time"] < outcome["time"].min()]
+    if timed.empty:
+        return None, "no event before the outcome"
+    return pd.Timestamp(timed["time"].max()), "the last timeline event before any outcome (no study date)"
+
+
 def events_before(events: pd.DataFrame, index_time: pd.Timestamp | str) -> pd.DataFrame:
-    """Events at or before ``index_time`` (static NaT-time events kept): what a model may see."""
+    """Events at or before ``index_time`` (static NaT-time events kept), outcome codes (death) left out: what a
+    model may see."""
     missing = [c for c in ("time",) if c not in events.columns]
     if missing:
         raise InputError("events", list(events.columns), "has no time column", "pass a frame from read_timeline")
@@ -269,7 +299,7 @@ def events_before(events: pd.DataFrame, index_time: pd.Timestamp | str) -> pd.Da
         raise InputError("index_time", index_time, "is not a date/time", "pass the scan datetime, e.g. 2019-05-02 10:30")
     if t.tzinfo is not None:
         t = t.tz_convert("UTC").tz_localize(None)
-    keep = (events["time"] <= t) | events["time"].isna()
+    keep = ((events["time"] <= t) | events["time"].isna()) & ~events["code"].isin(OUTCOME_CODES)
     return events.loc[keep]
 
 
