@@ -187,7 +187,7 @@ if frame is not None:
     events = frame[frame["subject_id"] == subject].sort_values("time", kind="stable")
     from core.io.timeline import OUTCOME_CODES, default_index_time
 
-    study_date = volume.meta.get("study_date") if volume is not None else None
+    study_date = volume.study_date if volume is not None else None
     default, source = default_index_time(events, study_date)
     date = c2.date_input("Index date (scan date): events after it are not used",
                          value=(default or pd.Timestamp(events["time"].max())).date(), key="index_date")

@@ -411,7 +411,6 @@ def _load_dicom_sources(
     meta = {
         "series_key": key,
         "transfer_syntax": first.ts,
-        "study_date": str(ds.get("StudyDate", "") or ""),  # YYYYMMDD: the default index date of an uploaded case
         "manufacturer": str(ds.get("Manufacturer", "") or ""),
         "body_part": str(ds.get("BodyPartExamined", "") or ""),
         "kvp": str(ds.get("KVP", "") or ""),
@@ -430,6 +429,7 @@ def _load_dicom_sources(
         burned_in=scan.burned_in,
         warnings=warnings,
         meta={k: v for k, v in meta.items() if v},
+        study_date=str(ds.get("StudyDate", "") or "").strip(),
     )
 
 
