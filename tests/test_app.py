@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,9 @@ def build_test_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    base = build_test_demo(tmp_path_factory)
+@contextmanager
+def using_data_dir(base: Path) -> Iterator[Path]:
+    """``CTEHR_DATA_DIR`` set to ``base`` inside the block, put back after it (module-scoped fixtures)."""
     old = os.environ.get("CTEHR_DATA_DIR")
     os.environ["CTEHR_DATA_DIR"] = str(base)
     try:
@@ -43,6 +44,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop("CTEHR_DATA_DIR", None)
         else:
             os.environ["CTEHR_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with using_data_dir(build_test_demo(tmp_path_factory)) as base:
+        yield base
 
 
 def _app():  # type: ignore[no-untyped-def]

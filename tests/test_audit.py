@@ -153,18 +153,10 @@ AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret":
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from tests.test_app import build_test_demo
+    from tests.test_app import build_test_demo, using_data_dir
 
-    base = build_test_demo(tmp_path_factory)
-    old = os.environ.get("CTEHR_DATA_DIR")
-    os.environ["CTEHR_DATA_DIR"] = str(base)
-    try:
+    with using_data_dir(build_test_demo(tmp_path_factory)) as base:
         yield base
-    finally:
-        if old is None:
-            os.environ.pop("CTEHR_DATA_DIR", None)
-        else:
-            os.environ["CTEHR_DATA_DIR"] = old
 
 
 def _app(secrets: dict | None = None, user: dict | None = None):  # type: ignore[no-untyped-def]

@@ -72,6 +72,7 @@ from core.models.i3resnet import (
     FoundationEncoder3D,
     I3ResNet,
     StudyGrid,
+    StudyGridTokens,
     patch_slice_matrix,
     resize_volume,
     study_to_network,
@@ -325,7 +326,7 @@ def _check_weights(weights: str, expected_sha256: str | None) -> None:
                          "install the weights the model was trained with or re-train it with `python -m core train`")
 
 
-class FoundationTokens(nn.Module):
+class FoundationTokens(StudyGridTokens, nn.Module):
     """Frozen pretrained backbone on the prepared input ``[B, 1, Z, X, Y]`` -> tokens ``[B, P, 2048]``.
 
     ``grid`` is the working grid ``(slices, rows, cols)`` of the transforms; ``weights`` the weight set
@@ -350,15 +351,6 @@ class FoundationTokens(nn.Module):
     @property
     def backbone(self) -> I3ResNet:
         return self._backbone  # type: ignore[no-any-return]
-
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """Module whose output is the last stage's feature map ``[B, 2048, z, r, c]`` in the study orientation."""
-        return self.study_grid
-
-    @property
-    def n_tokens(self) -> int:
-        return self.token_grid[0] * self.token_grid[1] * self.token_grid[2]
 
     def _backbone_on(self, device: torch.device) -> I3ResNet:
         net = self.backbone

@@ -212,7 +212,24 @@ class FoundationOutput(NamedTuple):
     token_grid: tuple[int, int, int]
 
 
-class FoundationEncoder3D(nn.Module):
+class StudyGridTokens:
+    """What both backbone wrappers share: a ``study_grid`` module (the feature map in the study's orientation,
+    Grad-CAM's target) and a ``token_grid`` ``(z, r, c)``."""
+
+    study_grid: nn.Module
+    token_grid: tuple[int, int, int]
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Module whose output is the last stage's feature map ``[B, 2048, z, r, c]`` in the study orientation."""
+        return self.study_grid
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_grid[0] * self.token_grid[1] * self.token_grid[2]
+
+
+class FoundationEncoder3D(StudyGridTokens, nn.Module):
     """Frozen pretrained I3ResNet-152: HU ``[B, S, R, C]`` -> patch tokens ``[B, P, 2048]`` on the study's orientation.
 
     ``grid`` is the working resolution ``(slices, rows, cols)``; the token grid
@@ -258,15 +275,6 @@ class FoundationEncoder3D(nn.Module):
         if self.frozen:
             self.backbone.eval()
         return self
-
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """Module whose output is the last stage's feature map ``[B, 2048, z, r, c]`` in the study orientation."""
-        return self.study_grid
-
-    @property
-    def n_tokens(self) -> int:
-        return self.token_grid[0] * self.token_grid[1] * self.token_grid[2]
 
     def preprocess(self, hu: torch.Tensor) -> torch.Tensor:
         """HU ``[B, S, R, C]`` -> network input ``[B, 1, Z, X, Y]`` in 0..1 on the working grid (differentiable)."""
