@@ -239,21 +239,22 @@ def case_coverage_warning(source: str, subject_id: str) -> str | None:
     volume = case_volume(source, subject_id)
     if volume is None:
         return None
-    return memo(("coverage", source, subject_id, _upload_token(source)),
+    return memo(("coverage", source, subject_id, upload_token(source)),
                 lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
 
 
 def case_inputs(model: Any, source: str, subject_id: str) -> Any:
-    key = ("inputs", str(model.model_dir), source, subject_id, _upload_token(source))
+    key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source))
     return memo(key, lambda: model.case_inputs(case_cohort(source), subject_id))
 
 
 def case_prediction(model: Any, source: str, subject_id: str) -> Any:
-    key = ("prediction", str(model.model_dir), source, subject_id, _upload_token(source))
+    key = ("prediction", str(model.model_dir), source, subject_id, upload_token(source))
     return memo(key, lambda: model.predict_case(case_inputs(model, source, subject_id)))
 
 
-def _upload_token(source: str) -> int:
+def upload_token(source: str) -> int:
+    """The number of the uploaded case, 0 for demo cases: part of every per-session memo key of a case."""
     case = uploaded_case() if source == UPLOADED else None
     return 0 if case is None else int(case["number"])
 
@@ -444,59 +445,10 @@ def case_attribution(model: Any, source: str, subject_id: str, method: str, hori
 
     inputs = case_inputs(model, source, subject_id)
     per_slice = attribution_is_per_slice(model)
-    key = ("attribution", str(model.model_dir), source, subject_id, _upload_token(source), method, horizon,
+    key = ("attribution", str(model.model_dir), source, subject_id, upload_token(source), method, horizon,
            slice_index if per_slice else None)
     result = memo(key, lambda: attribute(model, inputs, method, float(horizon), slice_index if per_slice else None))
     return result.map
-
-
-def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
-                out: Path) -> Path:
-    """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md)."""
-    from core.explain import attribute, event_attributions
-    from core.report import card_summary
-
-    inputs = case_inputs(model, source, subject_id)
-    pred = case_prediction(model, source, subject_id)
-    volume = case_volume(source, subject_id)
-    key = ("report-parts", str(model.model_dir), source, subject_id, _upload_token(source), method, horizon)
-
-    def parts() -> tuple[Any, Any]:
-        att = attribute(model, inputs, method, float(horizon), None) if "image" in pred.modalities_used else None
-        return att, event_attributions(model, inputs, float(horizon))
-
-    attribution, events = memo(key, parts)
-    name = next((n for n, p in available_models().items() if Path(p) == Path(model.model_dir)), "")
-    cohort_km = reference_curves(name)["cohort_km"] if name else None
-    return Path(build(out, model=model, inputs=inputs, prediction=pred,
-                      volume_hu=None if volume is None else volume.hu,
-                      spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
-                      events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
-                      case_label=f"case {case_number(source, subject_id)}"))
-
-
-def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int) -> tuple[bytes, str]:
-    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip, and a one-line summary."""
-    from core.dicom_export import export_dicom, model_info, source_series_for, zip_folder
-    from core.explain import attribute
-
-    inputs = case_inputs(model, source, subject_id)
-    pred = case_prediction(model, source, subject_id)
-    volume = case_volume(source, subject_id)
-    att = attribute(model, inputs, method, float(horizon), None, with_events=False)  # the whole volume
-    if source == UPLOADED:
-        case = uploaded_case() or {}
-        study = Path(case["study_path"]) if case.get("study_path") else None
-    else:
-        study = demo_cohort().study_path(subject_id)
-    out = workspace().fresh_dir("dicom")
-    series = source_series_for(volume, out, study_path=study)
-    result = export_dicom(volume, att.map, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
-                          method, out, source=series)
-    parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
-    parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []
-    summary = "; ".join(parts + list(result.warnings)) + "."
-    return zip_folder(out), summary
 
 
 def attribution_is_per_slice(model: Any) -> bool:

@@ -7,6 +7,7 @@ import streamlit as st
 from core import figure_export, horizons
 from core import figures as F
 from core.app import viewer
+from pages import _outputs as outputs
 from pages import _shared as ui
 from pages import _state as K
 
@@ -94,7 +95,7 @@ if st.button("Prepare the case report", key="prepare_report"):
 
         folder = ui.workspace().fresh_dir("report")
         name = figure_export.export_name("case-report", number, "pdf", method=method)
-        path = ui.case_report(case_report_pdf, model, source, subject_id, method, horizon, folder / name)
+        path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon, folder / name)
         exports["report"] = {"key": rkey, "name": name, "data": path.read_bytes()}
 ready = exports.get("report")
 if ready and ready["key"] == rkey:
@@ -114,7 +115,7 @@ if volume is None or "image" not in pred.modalities_used:
 elif st.button("Prepare the DICOM objects", key="prepare_dicom"):
     with st.spinner("Attributing the whole volume and writing DICOM..."), ui.core_errors(stop=False, what="DICOM export failed: "):
         ui.audit("export", "dicom_zip", case=number, method=method)
-        zip_bytes, summary = ui.case_dicom_export(model, source, subject_id, method, horizon)
+        zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon)
         exports["dicom"] = {"key": dkey, "data": zip_bytes, "summary": summary,
                             "name": figure_export.export_name("dicom", number, "zip", method=method)}
 ready = exports.get("dicom")

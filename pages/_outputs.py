@@ -1,0 +1,57 @@
+"""What the Export page writes for a case: the case report PDF and the DICOM objects (not a page itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from pages import _shared as ui
+
+
+def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
+                out: Path) -> Path:
+    """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md)."""
+    from core.explain import attribute, event_attributions
+    from core.report import card_summary
+
+    inputs = ui.case_inputs(model, source, subject_id)
+    pred = ui.case_prediction(model, source, subject_id)
+    volume = ui.case_volume(source, subject_id)
+    key = ("report-parts", str(model.model_dir), source, subject_id, ui.upload_token(source), method, horizon)
+
+    def parts() -> tuple[Any, Any]:
+        att = attribute(model, inputs, method, float(horizon), None) if "image" in pred.modalities_used else None
+        return att, event_attributions(model, inputs, float(horizon))
+
+    attribution, events = ui.memo(key, parts)
+    name = next((n for n, p in ui.available_models().items() if Path(p) == Path(model.model_dir)), "")
+    cohort_km = ui.reference_curves(name)["cohort_km"] if name else None
+    return Path(build(out, model=model, inputs=inputs, prediction=pred,
+                      volume_hu=None if volume is None else volume.hu,
+                      spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
+                      events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
+                      case_label=f"case {ui.case_number(source, subject_id)}"))
+
+
+def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int) -> tuple[bytes, str]:
+    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip, and a one-line summary."""
+    from core.dicom_export import export_dicom, model_info, source_series_for, zip_folder
+    from core.explain import attribute
+
+    inputs = ui.case_inputs(model, source, subject_id)
+    pred = ui.case_prediction(model, source, subject_id)
+    volume = ui.case_volume(source, subject_id)
+    att = attribute(model, inputs, method, float(horizon), None, with_events=False)  # the whole volume
+    if source == ui.UPLOADED:
+        case = ui.uploaded_case() or {}
+        study = Path(case["study_path"]) if case.get("study_path") else None
+    else:
+        study = ui.demo_cohort().study_path(subject_id)
+    out = ui.workspace().fresh_dir("dicom")
+    series = source_series_for(volume, out, study_path=study)
+    result = export_dicom(volume, att.map, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
+                          method, out, source=series)
+    parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
+    parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []
+    summary = "; ".join(parts + list(result.warnings)) + "."
+    return zip_folder(out), summary
