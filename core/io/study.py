@@ -5,7 +5,7 @@ gzip stream (``.nii.gz``), a NIfTI header, a DICOM file (``DICM`` preamble or
 a raw dataset), or a folder of DICOM files. Zips are read in memory by
 :mod:`core.io.safezip`; nothing from an upload is written to disk.
 
-``inspect_study`` gives the BRIEF's ``inspect`` JSON.
+``inspect_study`` gives the ``inspect --json`` object.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def hu_stats(hu: np.ndarray) -> tuple[float, float, float]:
 
 
 def summarize_volume(volume: Volume) -> dict[str, Any]:
-    """The BRIEF's inspect JSON for a loaded volume (plus ``series`` and ``warnings``)."""
+    """The ``inspect --json`` object of a loaded volume (plus ``series`` and ``warnings``)."""
     hu_min, hu_max, hu_mean = hu_stats(volume.hu)
     return {
         "format": volume.format,

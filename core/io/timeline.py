@@ -329,7 +329,7 @@ def _subject_ids(path: Path) -> pa.Array:
 
 
 def summarize_events(events: pd.DataFrame) -> dict[str, object]:
-    """The BRIEF's timeline JSON for one subject's events (from read_timeline)."""
+    """The ``timeline --json`` object for one subject's events (from read_timeline)."""
     timed = events["time"].dropna()
     death = events.loc[(events["code"] == DEATH_CODE) | events["code"].str.startswith(DEATH_CODE + "//"), "time"].dropna()
     prefixes = events["code"].map(code_prefix).value_counts()
