@@ -42,7 +42,8 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (
 pytest.importorskip("authlib", reason="Authlib is not installed (st.login needs it; see requirements.txt)")
 pytest.importorskip("httpx", reason="httpx is not installed (st.login's Authlib client needs it; see requirements.txt)")
 
-from tests.test_browser import CHROMIUM_ARGS, START_TIMEOUT_S, _free_port, settle  # noqa: E402
+from tests.test_browser import START_TIMEOUT_S, _free_port, browser, settle  # noqa: E402,F401,F811 - browser: the shared fixture
+from tests.test_browser import shot as _shot  # noqa: E402
 
 CLIENT_ID = "ctehr-test"
 ACCOUNT = {"sub": "clinician-7f3a", "email": "ada.clinician@hospital.test", "name": "Ada Clinician"}
@@ -146,23 +147,6 @@ def signed_in_app(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             _stop(proc)
         text = app_log.read_text(errors="replace") if app_log.exists() else ""
         assert "Uncaught app exception" not in text, text[-3000:]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _shot(pg: object, name: str) -> None:
-    folder = os.environ.get("CTEHR_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        pg.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
 
 
 def _assert_sign_in_screen_only(pg: object) -> None:
