@@ -1,0 +1,416 @@
+"""One background job queue for long work: training, strategy comparison, whole-volume explanations.
+
+A job is a function ``fn(ctx, *args, **kwargs)`` that reports its progress
+through ``ctx.progress(fraction, message)`` (the same ``(float, str)`` signature
+that long core functions take as ``progress``) and stops when the user cancels:
+``ctx.progress`` raises :class:`JobCancelled` once a cancel was asked for.
+
+* **One queue, bounded workers.** :func:`default_queue` is one process-wide
+  queue with ``workers`` threads (2 by default, ``CTEHR_JOB_WORKERS``). At most
+  one *heavy* job (training, comparison) runs at a time; light jobs
+  (explanations) run beside it.
+* **Heavy jobs run in their own process** (spawned, ``nice``-ed by
+  ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there), so training
+  never changes the serving process's thread count, warning filters or memory,
+  and a cancel that the job does not honour within ``CANCEL_GRACE_S`` ends the
+  process. Their function, arguments and result must be picklable (a top-level
+  function of an importable module).
+* **Per user.** Each job has an owner (the signed-in user's id); an owner has
+  at most ``max_active_per_user`` jobs queued or running, sees and cancels only
+  their own jobs, and a ``key`` de-duplicates: submitting a key that the owner
+  already has queued, running or done returns that job instead of a new one.
+* Finished jobs are kept ``keep_finished_s`` seconds (their results with them),
+  then forgotten; what must outlive the server (a trained model) is written to
+  disk by the job itself.
+
+The queue holds no Streamlit state: ``pages/_jobs.py`` draws a job's progress,
+estimate and cancel button.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InputError
+
+ACTIVE = ("queued", "running")
+CANCEL_GRACE_S = 5.0
+HEAVY_NICE = 10
+MAX_ACTIVE_PER_USER = int(os.environ.get("CTEHR_JOBS_PER_USER", "2"))
+
+
+class JobCancelled(Exception):
+    """Raised inside a job by ``ctx.progress`` once the user asked to cancel it."""
+
+
+class JobContext:
+    """What a running job sees: ``progress(fraction, message)`` and ``cancelled``."""
+
+    def __init__(self, report: Callable[[float, str], None], cancelled: Callable[[], bool]) -> None:
+        self._report = report
+        self._cancelled = cancelled
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled()
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report ``fraction`` (0..1) done; raises :class:`JobCancelled` when a cancel was asked for."""
+        if self._cancelled():
+            raise JobCancelled()
+        self._report(min(max(float(fraction), 0.0), 1.0), str(message))
+
+
+@dataclass
+class Job:
+    """One job's state, as the pages read it (mutated only by the queue)."""
+
+    id: str
+    owner: str
+    title: str
+    key: str | None
+    heavy: bool
+    state: str = "queued"  # queued | running | done | failed | cancelled
+    fraction: float = 0.0
+    message: str = "waiting for a free worker"
+    result: Any = None
+    error: str | None = None
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    cancel_requested: bool = False
+    fn: Callable[..., Any] | None = field(default=None, repr=False)
+    args: tuple = field(default=(), repr=False)
+    kwargs: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, extrapolated from the progress so far (None until there is enough of it)."""
+        if self.state != "running" or self.fraction < 0.02 or self.started is None:
+            return None
+        return max(self.elapsed_s * (1.0 - self.fraction) / self.fraction, 0.0)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: InputError text as is, anything else with its type name."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, InputError) else f"{type(exc).__name__}: {text}"
+
+
+# ----------------------------------------------------------- heavy jobs: a child process
+def _child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nice: int, threads: int) -> None:
+    """Entry point of a heavy job's process: run ``fn`` and send back progress and the outcome."""
+    try:
+        os.nice(nice)
+    except OSError:
+        pass  # not allowed to lower priority here: run at the parent's
+    import torch
+
+    torch.set_num_threads(max(int(threads), 1))  # this process only
+    cancelled = False
+
+    def is_cancelled() -> bool:
+        nonlocal cancelled
+        while not cancelled and conn.poll():
+            cancelled = conn.recv() == "cancel"
+        return cancelled
+
+    ctx = JobContext(lambda f, m: conn.send(("progress", f, m)), is_cancelled)
+    try:
+        conn.send(("done", fn(ctx, *args, **kwargs)))
+    except JobCancelled:
+        conn.send(("cancelled", None))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as the job's one-line error
+        conn.send(("failed", one_line(exc)))
+    finally:
+        conn.close()
+
+
+class JobQueue:
+    """A bounded, per-user background job queue (see the module docstring)."""
+
+    def __init__(self, workers: int = 2, max_active_per_user: int = MAX_ACTIVE_PER_USER,
+                 keep_finished_s: float = 3600.0, heavy_threads: int = 1) -> None:
+        if workers < 1:
+            raise InputError("workers", workers, "must be at least 1", "use 1 or more worker threads")
+        self.max_active_per_user = int(max_active_per_user)
+        self.keep_finished_s = float(keep_finished_s)
+        self.heavy_threads = int(heavy_threads)
+        self._jobs: dict[str, Job] = {}
+        self._order: list[str] = []
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._heavy_running = False
+        self._closed = False
+        self._children: set[Any] = set()
+        self._threads = [threading.Thread(target=self._work, name=f"ctehr-job-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ public API
+    def submit(self, owner: str, title: str, fn: Callable[..., Any], *args: Any, key: str | None = None,
+               heavy: bool = False, **kwargs: Any) -> Job:
+        """Queue ``fn(ctx, *args, **kwargs)`` for ``owner``; an existing job of the same key is returned instead."""
+        if not owner:
+            raise InputError("job owner", owner, "is empty", "sign in, or run the job from a browser session")
+        with self._cond:
+            self._forget_old()
+            if key is not None:
+                found = self._find(owner, key)
+                if found is not None and found.state in (*ACTIVE, "done"):
+                    return found
+            active = [j for j in self._jobs.values() if j.owner == owner and j.active]
+            if len(active) >= self.max_active_per_user:
+                raise InputError("background jobs", f"{len(active)} queued or running",
+                                 f"reach the limit of {self.max_active_per_user} per user",
+                                 "wait for one to finish or cancel one")
+            job = Job(id=f"job{next(self._ids)}", owner=owner, title=title, key=key, heavy=heavy,
+                      fn=fn, args=args, kwargs=kwargs)
+            self._jobs[job.id] = job
+            self._order.append(job.id)
+            self._cond.notify_all()
+            return job
+
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job ``job_id`` (None when unknown, forgotten, or owned by someone else than ``owner``)."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            return job if job is not None and (owner is None or job.owner == owner) else None
+
+    def find(self, owner: str, key: str) -> Job | None:
+        """The owner's newest job of ``key``."""
+        with self._cond:
+            return self._find(owner, key)
+
+    def jobs(self, owner: str) -> list[Job]:
+        """The owner's jobs, oldest first."""
+        with self._cond:
+            self._forget_old()
+            return [self._jobs[i] for i in self._order if self._jobs[i].owner == owner]
+
+    def position(self, job_id: str) -> int:
+        """How many queued jobs are ahead of ``job_id`` (0 when it runs or is next)."""
+        with self._cond:
+            queued = [i for i in self._order if self._jobs[i].state == "queued"]
+            return queued.index(job_id) if job_id in queued else 0
+
+    def cancel(self, job_id: str, owner: str) -> bool:
+        """Ask to cancel the owner's job; a queued one ends at once, a running one at its next progress report."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None or job.owner != owner or not job.active:
+                return False
+            job.cancel_requested = True
+            if job.state == "queued":
+                self._finish(job, "cancelled", message="cancelled before it started")
+            else:
+                job.message = "cancelling..."
+            return True
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job has ended (tests and the command line); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                job = self._jobs[job_id]
+                if not job.active:
+                    return job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.state} after {timeout} s")
+                self._cond.wait(timeout=left if left is not None else 1.0)
+
+    def close(self) -> None:
+        """Stop the workers and end running heavy jobs' processes (at interpreter exit)."""
+        with self._cond:
+            self._closed = True
+            for job in self._jobs.values():
+                job.cancel_requested = job.cancel_requested or job.active
+            self._cond.notify_all()
+            children = list(self._children)
+        for proc in children:
+            if proc.is_alive():
+                proc.terminate()
+
+    # ------------------------------------------------------------------ internals
+    def _find(self, owner: str, key: str) -> Job | None:
+        for i in reversed(self._order):
+            j = self._jobs[i]
+            if j.owner == owner and j.key == key:
+                return j
+        return None
+
+    def _forget_old(self) -> None:
+        now = time.time()
+        for i in list(self._order):
+            j = self._jobs[i]
+            if j.finished is not None and now - j.finished > self.keep_finished_s:
+                del self._jobs[i]
+                self._order.remove(i)
+
+    def _finish(self, job: Job, state: str, *, result: Any = None, error: str | None = None, message: str = "") -> None:
+        job.state, job.result, job.error = state, result, error
+        job.finished = time.time()
+        job.message = message or {"done": "done", "failed": error or "failed", "cancelled": "cancelled"}[state]
+        if state == "done":
+            job.fraction = 1.0
+        job.fn, job.args, job.kwargs = None, (), {}
+        self._cond.notify_all()
+
+    def _next(self) -> Job | None:
+        for i in self._order:
+            j = self._jobs[i]
+            if j.state == "queued" and not (j.heavy and self._heavy_running):
+                return j
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                job = self._next()
+                while job is None and not self._closed:
+                    self._cond.wait(timeout=1.0)
+                    job = self._next()
+                if self._closed:
+                    return
+                job.state, job.started, job.message = "running", time.time(), "starting"
+                if job.heavy:
+                    self._heavy_running = True
+            try:
+                if job.heavy:
+                    self._run_in_process(job)
+                else:
+                    self._run_here(job)
+            finally:
+                with self._cond:
+                    if job.heavy:
+                        self._heavy_running = False
+                    if job.active:  # defensive: a runner always finishes its job
+                        self._finish(job, "failed", error="the job ended without a result")
+                    self._cond.notify_all()
+
+    def _report(self, job: Job, fraction: float, message: str) -> None:
+        with self._cond:
+            if job.state == "running":
+                job.fraction, job.message = fraction, message or job.message
+                self._cond.notify_all()
+
+    def _run_here(self, job: Job) -> None:
+        ctx = JobContext(lambda f, m: self._report(job, f, m), lambda: job.cancel_requested)
+        fn, args, kwargs = job.fn, job.args, job.kwargs
+        assert fn is not None
+        try:
+            result = fn(ctx, *args, **kwargs)
+        except JobCancelled:
+            with self._cond:
+                self._finish(job, "cancelled")
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure of a job is its one-line error, the worker lives on
+            with self._cond:
+                self._finish(job, "failed", error=one_line(exc))
+            return
+        with self._cond:
+            self._finish(job, "cancelled" if job.cancel_requested else "done", result=result)
+
+    def _run_in_process(self, job: Job) -> None:
+        spawn = mp.get_context("spawn")
+        parent, child = spawn.Pipe()
+        proc = spawn.Process(target=_child_main, name=f"ctehr-{job.id}", daemon=True,
+                             args=(child, job.fn, job.args, job.kwargs, HEAVY_NICE, self.heavy_threads))
+        with self._cond:
+            self._children.add(proc)
+        try:
+            proc.start()
+            child.close()
+            outcome: tuple | None = None
+            cancel_sent_at: float | None = None
+            while outcome is None:
+                if job.cancel_requested and cancel_sent_at is None:
+                    cancel_sent_at = time.monotonic()
+                    try:
+                        parent.send("cancel")
+                    except (BrokenPipeError, OSError):
+                        pass  # the process already ended; its exit is handled below
+                if cancel_sent_at is not None and time.monotonic() - cancel_sent_at > CANCEL_GRACE_S:
+                    proc.terminate()
+                    outcome = ("cancelled", None)
+                    break
+                if parent.poll(0.2):
+                    try:
+                        msg = parent.recv()
+                    except EOFError:
+                        msg = None
+                    if msg is None:
+                        outcome = ("failed", f"the job's process ended (exit code {proc.exitcode})")
+                    elif msg[0] == "progress":
+                        self._report(job, msg[1], msg[2])
+                    else:
+                        outcome = msg
+                elif not proc.is_alive():
+                    proc.join(1.0)
+                    outcome = ("cancelled", None) if job.cancel_requested else \
+                        ("failed", f"the job's process ended without a result (exit code {proc.exitcode}; "
+                                   "out of memory?)")
+            proc.join(10.0)
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+            parent.close()
+            with self._cond:
+                self._children.discard(proc)
+        state, payload = outcome
+        with self._cond:
+            if state == "done":
+                self._finish(job, "done", result=payload)
+            elif state == "failed":
+                self._finish(job, "failed", error=str(payload))
+            else:
+                self._finish(job, "cancelled")
+
+
+_DEFAULT: JobQueue | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_queue() -> JobQueue:
+    """The process-wide queue (created on first use; closed at interpreter exit)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = JobQueue(workers=int(os.environ.get("CTEHR_JOB_WORKERS", "2")))
+            atexit.register(_DEFAULT.close)
+        return _DEFAULT
+
+
+def format_eta(seconds: float | None) -> str:
+    """``about 3 min left`` style text (empty when unknown).
+
+    >>> format_eta(None), format_eta(42), format_eta(200), format_eta(7300)
+    ('', 'about 42 s left', 'about 3 min left', 'about 2 h 2 min left')
+    """
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 90:
+        return f"about {s} s left"
+    if s < 3600:
+        return f"about {round(s / 60)} min left"
+    return f"about {s // 3600} h {round((s % 3600) / 60)} min left"

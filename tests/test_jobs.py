@@ -1,0 +1,132 @@
+"""The background job queue (core.jobs): progress, cancel, per-user limits, heavy jobs in their own process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from core.errors import InputError
+from core.jobs import JobContext, JobQueue, format_eta
+
+
+def _count(ctx: JobContext, n: int, pause: float = 0.0) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+        time.sleep(pause)
+        ctx.progress((i + 1) / n, f"step {i + 1} of {n}")
+    return total
+
+
+def _heavy(ctx: JobContext, n: int) -> dict:
+    """Runs in the job's own process: reports its pid, thread count and a sum."""
+    ctx.progress(0.5, "half")
+    return {"pid": os.getpid(), "threads": torch.get_num_threads(), "sum": sum(range(n)), "t": time.time()}
+
+
+def _heavy_slow(ctx: JobContext, seconds: float) -> float:
+    t0 = time.time()
+    time.sleep(seconds)
+    ctx.progress(1.0, "done")
+    return t0
+
+
+def _heavy_deaf(ctx: JobContext, seconds: float) -> None:
+    time.sleep(seconds)  # never reports progress: a cancel has to end the process
+
+
+def _fails(ctx: JobContext) -> None:
+    raise InputError("cohort", "x", "has no train rows", "add a train split")
+
+
+@pytest.fixture()
+def queue() -> JobQueue:
+    q = JobQueue(workers=2, max_active_per_user=2, heavy_threads=1)
+    yield q
+    q.close()
+
+
+def test_a_job_reports_progress_and_returns_its_result(queue: JobQueue) -> None:
+    seen: list[float] = []
+    job = queue.submit("alice", "count", _count, 50, 0.002)
+    while job.active:
+        seen.append(job.fraction)
+        time.sleep(0.005)
+    assert job.state == "done" and job.result == sum(range(50)) and job.fraction == 1.0
+    assert job.elapsed_s > 0 and job.error is None
+    assert any(0 < f < 1 for f in seen)
+
+
+def test_cancel_stops_a_running_job_at_its_next_report(queue: JobQueue) -> None:
+    job = queue.submit("alice", "slow", _count, 1000, 0.01)
+    while job.fraction == 0:
+        time.sleep(0.01)
+    assert queue.cancel(job.id, "bob") is False  # not bob's job
+    assert queue.cancel(job.id, "alice") is True
+    done = queue.wait(job.id, timeout=5)
+    assert done.state == "cancelled" and done.result is None and done.fraction < 0.5
+
+
+def test_keys_deduplicate_and_owners_are_kept_apart(queue: JobQueue) -> None:
+    a = queue.submit("alice", "map", _count, 3, key="case1/saliency")
+    again = queue.submit("alice", "map", _count, 3, key="case1/saliency")
+    other = queue.submit("bob", "map", _count, 3, key="case1/saliency")
+    assert again is a and other is not a
+    queue.wait(a.id, 5), queue.wait(other.id, 5)
+    assert queue.find("alice", "case1/saliency") is a
+    assert queue.get(a.id, owner="bob") is None and queue.get(a.id, owner="alice") is a
+    assert [j.id for j in queue.jobs("bob")] == [other.id]
+
+
+def test_a_user_may_not_queue_more_than_the_limit(queue: JobQueue) -> None:
+    gate = threading.Event()
+
+    def blocked(ctx: JobContext) -> None:
+        gate.wait(5)
+
+    queue.submit("alice", "one", blocked)
+    queue.submit("alice", "two", blocked)
+    with pytest.raises(InputError, match="limit of 2 per user"):
+        queue.submit("alice", "three", blocked)
+    queue.submit("bob", "bob's", _count, 2)  # another user is not blocked by alice's jobs
+    gate.set()
+
+
+def test_a_failing_job_keeps_a_one_line_error_and_the_worker_lives(queue: JobQueue) -> None:
+    bad = queue.wait(queue.submit("alice", "bad", _fails).id, 5)
+    assert bad.state == "failed" and bad.error.startswith("cohort") and "\n" not in bad.error
+    good = queue.wait(queue.submit("alice", "good", _count, 4).id, 5)
+    assert good.state == "done" and good.result == 6
+
+
+def test_heavy_jobs_run_in_their_own_process_one_at_a_time(queue: JobQueue) -> None:
+    threads_before = torch.get_num_threads()
+    j1 = queue.submit("alice", "heavy 1", _heavy_slow, 1.5, heavy=True)
+    j2 = queue.submit("bob", "heavy 2", _heavy, 1000, heavy=True)
+    light = queue.submit("carol", "light", _count, 3)
+    queue.wait(light.id, 60)
+    assert light.state == "done"  # a light job does not wait for the heavy ones
+    queue.wait(j1.id, 120), queue.wait(j2.id, 120)
+    assert j1.state == "done" and j2.state == "done", (j1.error, j2.error)
+    assert j2.result["pid"] != os.getpid() and j2.result["threads"] == 1 and j2.result["sum"] == sum(range(1000))
+    assert j2.result["t"] >= j1.result + 1.5  # the second heavy job started after the first ended
+    assert torch.get_num_threads() == threads_before
+
+
+def test_cancel_ends_a_heavy_job_that_never_reports(queue: JobQueue) -> None:
+    job = queue.submit("alice", "deaf", _heavy_deaf, 120.0, heavy=True)
+    while job.state != "running":
+        time.sleep(0.05)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    queue.cancel(job.id, "alice")
+    done = queue.wait(job.id, timeout=30)
+    assert done.state == "cancelled" and time.monotonic() - t0 < 15
+
+
+def test_eta_text() -> None:
+    assert format_eta(None) == "" and format_eta(30) == "about 30 s left" and format_eta(600) == "about 10 min left"
