@@ -1,10 +1,36 @@
-"""Per-session workspaces: private folders for a browser session's uploads, and cohort zips unpacked into them."""
+"""Where a user's data lives: per-user folders (cases, models, exports), disk quotas, session scratch.
+
+Layout under the app data dir (:func:`core.app.paths.data_dir`), every folder mode 0700::
+
+    users/<key>/cases/<case id>/case.json, study.*, timeline.parquet
+    users/<key>/models/          trained models (``user_models_dir``)
+    users/<key>/exports/         exported files (``user_exports_dir``)
+    scratch/ctehr-session-<pid>-<random>/   one browser session's scratch (``SessionWorkspace``)
+
+``<key>`` is a salted SHA-256 of the user id (the OpenID Connect ``sub``, or ``"local"`` when no sign-in is
+configured and the server listens on loopback only): never text a user typed, so no name reaches the disk
+and no user can name another's folder. Case ids are random hex chosen here; any other id is refused, so a
+path can never climb out of the user's folder. A case is written only from data that already passed the
+PHI gate (``core.app.uploads``; cases are saved by ``core.app.cases``), into a hidden folder that is renamed into place when complete, and only
+when the user's and the server's disk quotas allow it (``CTEHR_USER_QUOTA_GB``, default 5;
+``CTEHR_TOTAL_QUOTA_GB``, default 50).
+
+>>> import tempfile, pathlib
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     a, b = user_root("alice", pathlib.Path(tmp)), user_root("bob", pathlib.Path(tmp))
+...     a != b, a.parent == b.parent, oct(a.stat().st_mode & 0o777), "alice" in str(a)
+(True, True, '0o700', False)
+"""
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
 import shutil
+import stat
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -13,6 +39,151 @@ from pathlib import Path
 from core.errors import InputError
 
 WORKSPACE_PREFIX = "ctehr-session-"
+USERS = "users"
+SCRATCH = "scratch"
+LOCAL_USER = "local"
+GB = 1024**3
+DEFAULT_USER_QUOTA_GB = 5.0
+DEFAULT_TOTAL_QUOTA_GB = 50.0
+USER_QUOTA_ENV = "CTEHR_USER_QUOTA_GB"
+TOTAL_QUOTA_ENV = "CTEHR_TOTAL_QUOTA_GB"
+_USER_SALT = b"ctehr-user-folder-v1\0"
+LOCK = threading.Lock()
+
+
+# ------------------------------------------------------------------ folders
+
+
+def _base(base: Path | None) -> Path:
+    if base is not None:
+        return Path(base)
+    from core.app.paths import data_dir
+
+    return data_dir()
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created (with missing parents) as a real folder of mode 0700; a link in its place is refused."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise InputError("workspace folder", path.name, "is not a plain folder (a link?)",
+                         "ask the administrator to remove it from the data folder")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def user_key(user: str) -> str:
+    """The folder name of a user: a salted SHA-256 of the user id (never the id itself)."""
+    text = str(user or "").strip()
+    if not text:
+        raise InputError("user", "(empty)", "has no id", "sign in again (the provider gave no sub claim)")
+    return hashlib.sha256(_USER_SALT + text.encode("utf-8")).hexdigest()[:32]
+
+
+def user_root(user: str, base: Path | None = None) -> Path:
+    """``<data dir>/users/<key>`` (mode 0700), created on first use."""
+    users = private_dir(_base(base) / USERS)
+    return private_dir(users / user_key(user))
+
+
+def user_cases_dir(user: str, base: Path | None = None) -> Path:
+    return private_dir(user_root(user, base) / "cases")
+
+
+def user_models_dir(user: str, base: Path | None = None) -> Path:
+    """Where models a user trains are saved (one sub-folder per model)."""
+    return private_dir(user_root(user, base) / "models")
+
+
+def user_exports_dir(user: str, base: Path | None = None) -> Path:
+    """Where a user's exported figures, reports and DICOM objects are kept."""
+    return private_dir(user_root(user, base) / "exports")
+
+
+def list_user_models(user: str, base: Path | None = None) -> dict[str, Path]:
+    """The user's saved models by folder name (folders holding ``config.json``), newest first."""
+    root = user_models_dir(user, base)
+    found = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / "config.json").is_file()]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return {p.name: p for p in found}
+
+
+# ------------------------------------------------------------------ quotas
+
+
+def _quota_bytes(env: str, default_gb: float) -> int:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return int(default_gb * GB)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(env, raw, "is not a number of gigabytes", f"set {env} to e.g. {default_gb:g}") from None
+    if not value > 0:
+        raise InputError(env, raw, "must be above 0", f"set {env} to e.g. {default_gb:g}")
+    return int(value * GB)
+
+
+def user_quota_bytes() -> int:
+    return _quota_bytes(USER_QUOTA_ENV, DEFAULT_USER_QUOTA_GB)
+
+
+def total_quota_bytes() -> int:
+    return _quota_bytes(TOTAL_QUOTA_ENV, DEFAULT_TOTAL_QUOTA_GB)
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links are not followed)."""
+    total = 0
+    stack = [Path(path)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return total
+
+
+def user_usage(user: str, base: Path | None = None) -> int:
+    return folder_bytes(user_root(user, base))
+
+
+def total_usage(base: Path | None = None) -> int:
+    root = _base(base)
+    return folder_bytes(root / USERS) + folder_bytes(root / SCRATCH)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def check_quota(user: str, extra: int, base: Path | None = None) -> None:
+    """Refuse (``InputError``) when ``extra`` more bytes would exceed the user's or the server's quota."""
+    used, limit = user_usage(user, base), user_quota_bytes()
+    if used + extra > limit:
+        raise InputError("disk quota", f"{human_bytes(used + extra)} needed",
+                         f"exceeds your quota of {human_bytes(limit)} ({human_bytes(used)} in use)",
+                         "delete cases you no longer need under Upload > Your cases, or ask the administrator "
+                         f"to raise {USER_QUOTA_ENV}")
+    used_all, limit_all = total_usage(base), total_quota_bytes()
+    if used_all + extra > limit_all:
+        raise InputError("disk quota", f"{human_bytes(used_all + extra)} needed on this server",
+                         f"exceeds the server's quota of {human_bytes(limit_all)}",
+                         f"delete cases you no longer need, or ask the administrator to raise {TOTAL_QUOTA_ENV}")
+
+
+# ------------------------------------------------------------------ session scratch
 
 
 def _rmtree(path: str) -> None:
@@ -21,13 +192,13 @@ def _rmtree(path: str) -> None:
 
 @dataclass
 class SessionWorkspace:
-    """A private temp folder for one browser session's uploads.
+    """A private scratch folder for one browser session (exports being built, cohorts being unpacked).
 
-    Created with mode 0700 under the system temp dir with a random name; it is
-    never derived from user input, so other sessions cannot guess or reach it.
-    The folder is deleted when this object is garbage collected (Streamlit
-    drops a session's state when the session ends), at interpreter exit, or by
-    :func:`sweep_stale_workspaces`.
+    Created with mode 0700 under ``<data dir>/scratch`` with a random name that carries the server's
+    process id; it is never derived from user input. It is deleted when this object is garbage collected
+    (Streamlit drops a session's state when the session ends), at interpreter exit, or by
+    :func:`sweep_stale_workspaces` at the next start when the server was killed. Saved cases are not
+    here: they live in the user's folder (:func:`save_case`).
     """
 
     path: Path
@@ -54,30 +225,79 @@ class SessionWorkspace:
             raise InputError("workspace folder", name, "must be letters, digits, - or _", "use a plain name")
         target = self.path / name
         shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
+        target.mkdir(parents=True, mode=0o700)
         return target
 
 
+def scratch_root(base: Path | None = None) -> Path:
+    return private_dir(_base(base) / SCRATCH)
+
+
 def new_session_workspace(root: Path | None = None) -> SessionWorkspace:
-    path = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=str(root) if root else None))
+    parent = private_dir(Path(root)) if root is not None else scratch_root()
+    path = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-", dir=str(parent)))
     os.chmod(path, 0o700)
     return SessionWorkspace(path)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_stale_workspaces(max_age_s: float = 6 * 3600, root: Path | None = None) -> int:
-    """Delete session folders untouched for ``max_age_s`` (a crash left them behind)."""
-    base = Path(root or tempfile.gettempdir())
+    """Delete scratch folders left behind: those of a server process that no longer runs (killed) and
+    those untouched for ``max_age_s``; also half-written case folders of a killed save. Returns the count."""
+    base = Path(root) if root is not None else scratch_root()
     now = time.time()
     removed = 0
     for p in base.glob(WORKSPACE_PREFIX + "*"):
         try:
-            if p.is_dir() and now - p.stat().st_mtime > max_age_s:
+            if p.is_symlink() or not p.is_dir():
+                continue
+            pid_text = p.name[len(WORKSPACE_PREFIX):].split("-", 1)[0]
+            dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+            if dead or now - p.stat().st_mtime > max_age_s:
                 shutil.rmtree(p, ignore_errors=True)
                 removed += 1
         except OSError:
             continue
+    if root is None:
+        users = _base(None) / USERS
+        for p in users.glob("*/cases/.*-*") if users.is_dir() else []:
+            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > 60:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
     return removed
 
+
+_STARTED: set[str] = set()
+
+
+def start_up(base: Path | None = None) -> int:
+    """Once per process and data dir: sweep what earlier (killed) servers left and register the exit sweep."""
+    key = str(_base(base))
+    with LOCK:
+        if key in _STARTED:
+            return 0
+        _STARTED.add(key)
+    root = scratch_root(base)
+    atexit.register(_sweep_own, root)
+    return sweep_stale_workspaces(root=root) if base is not None else sweep_stale_workspaces()
+
+
+def _sweep_own(root: Path) -> None:
+    """At exit: this process's scratch folders go."""
+    for p in Path(root).glob(f"{WORKSPACE_PREFIX}{os.getpid()}-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ cohort zips
 
 MAX_COHORT_FILES = 5000
 

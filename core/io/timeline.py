@@ -113,8 +113,11 @@ def _parquet_dataset(path: Path) -> pads.Dataset:
                          "pass a MEDS timeline written as parquet, or a CSV named .csv") from None
 
 
-def _csv_reader(path: Path, mapping: dict[str, str] | None = None) -> pacsv.CSVStreamingReader:
-    delimiter = "\t" if ".tsv" in path.name.lower() else ","
+def _csv_reader(path: Path | pa.NativeFile, mapping: dict[str, str] | None = None, *,
+                label: str = "") -> pacsv.CSVStreamingReader:
+    """A streaming CSV reader of a file, or of an in-memory buffer named ``label``."""
+    name = label or getattr(path, "name", "timeline.csv")
+    delimiter = "\t" if ".tsv" in name.lower() else ","
     convert = pacsv.ConvertOptions(strings_can_be_null=True)
     if mapping is not None:
         # read every mapped column as text; types are fixed in pandas with clear errors
@@ -124,10 +127,11 @@ def _csv_reader(path: Path, mapping: dict[str, str] | None = None) -> pacsv.CSVS
             strings_can_be_null=True,
         )
     try:
-        return pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        source = path if isinstance(path, pa.NativeFile) else str(path)
+        return pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
                               parse_options=pacsv.ParseOptions(delimiter=delimiter), convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError) as err:
-        raise InputError("PATH", path.name, f"is not a readable CSV file ({_first_line(err)})",
+        raise InputError("PATH", name, f"is not a readable CSV file ({_first_line(err)})",
                          "pass a MEDS timeline CSV with a header row (subject_id, time, code, numeric_value)") from None
 
 
@@ -182,8 +186,10 @@ def _read_parquet(path: Path, mapping: dict[str, str], subjects: list[str] | Non
                          "check that the parquet file is complete and its subject column is text or integer") from None
 
 
-def _read_csv(path: Path, mapping: dict[str, str], subjects: list[str] | None) -> pa.Table:
-    reader = _csv_reader(path, mapping)
+def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: list[str] | None, *,
+              label: str = "") -> pa.Table:
+    reader = _csv_reader(path, mapping, label=label)
+    name = label or getattr(path, "name", "timeline.csv")
     subject_col = mapping["subject_id"]
     wanted = None if subjects is None else pa.array([str(s).strip() for s in subjects], type=pa.string())
     batches = []
@@ -195,7 +201,7 @@ def _read_csv(path: Path, mapping: dict[str, str], subjects: list[str] | None) -
             if batch.num_rows:
                 batches.append(batch)
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
-        raise InputError("PATH", path.name, f"has a malformed row ({_first_line(err)})",
+        raise InputError("PATH", name, f"has a malformed row ({_first_line(err)})",
                          "fix the CSV so every row has the header's number of fields") from None
     if not batches:
         return pa.table({name: pa.array([], type=pa.string()) for name in mapping.values()})
@@ -257,6 +263,52 @@ def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd
     wanted = None if subjects is None else [str(s) for s in subjects]
     table = _read_parquet(p, mapping, wanted) if fmt == "parquet" else _read_csv(p, mapping, wanted)
     return _to_frame(table, mapping, p)
+
+
+MAX_TIMELINE_BYTES = 1024**3  # one uploaded timeline held in memory
+
+
+def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None = None) -> pd.DataFrame:
+    """Read an uploaded MEDS timeline held in memory (parquet or plain CSV): the same frame as
+    :func:`read_timeline`, with nothing written to disk. ``name`` is a label only (its suffix picks CSV
+    or parquet when the bytes do not start with parquet's ``PAR1``).
+
+    >>> read_timeline_bytes(b"subject_id,time,code\\n7,2020-01-01,DX//A\\n", "t.csv")["code"].tolist()
+    ['DX//A']
+    """
+    label = Path(str(name).replace("\\", "/")).name or "timeline"
+    if not data:
+        raise InputError("timeline", label, "is an empty file", "upload a MEDS timeline with a header and rows")
+    if len(data) > MAX_TIMELINE_BYTES:
+        raise InputError("timeline", label, f"is {len(data)} bytes (limit {MAX_TIMELINE_BYTES})",
+                         "upload the rows of the subjects you need only")
+    lower = label.lower()
+    if bytes(data[:4]) == b"PAR1" or lower.endswith(PARQUET_SUFFIXES):
+        fmt = "parquet"
+    elif lower.endswith((".csv", ".tsv", ".txt")):
+        fmt = "csv"
+    else:
+        raise InputError("timeline", label, "is neither parquet nor plain CSV",
+                         "upload a MEDS timeline as .parquet or an uncompressed .csv")
+    wanted = None if subjects is None else [str(s) for s in subjects]
+    tag = Path(label)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pfile = pq.ParquetFile(pa.BufferReader(data))
+            mapping = map_columns(pfile.schema_arrow.names, label)
+            table = pfile.read(columns=list(mapping.values()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
+            raise InputError("timeline", label, f"is not a readable parquet file ({_first_line(err)})",
+                             "upload a MEDS timeline written as parquet, or a CSV named .csv") from None
+        if wanted is not None:
+            ids = pc.utf8_trim_whitespace(pc.cast(table.column(mapping["subject_id"]), pa.string()))
+            table = table.filter(pc.is_in(ids, value_set=pa.array(wanted, type=pa.string())))
+    else:
+        mapping = map_columns(_csv_reader(pa.BufferReader(data), label=label).schema.names, label)
+        table = _read_csv(pa.BufferReader(data), mapping, wanted, label=label)
+    return _to_frame(table, mapping, tag)
 
 
 OUTCOME_CODES: tuple[str, ...] = ("MEDS_DEATH",)  # outcomes, never model inputs, whatever their time

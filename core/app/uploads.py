@@ -1,0 +1,218 @@
+"""Uploads checked in memory before anything is written: size caps, bomb caps, the PHI gate, then the case.
+
+The upload page hands the browser's bytes here and nothing touches the disk until the study has passed:
+
+* :func:`study_payload` packs several uploaded files into an in-memory zip (one file is kept as it is); the
+  size cap is the server's upload limit (``server.maxUploadSize``) and ``MAX_STUDY_BYTES`` in all;
+* :func:`check_study` loads it from memory (``core.io.study.load_study_bytes``: zip members via
+  ``core.io.safezip``, DICOM from bytes with the deflate and pixel caps, NIfTI from bytes) and reads the
+  PHI gate's findings (every instance, every element, NIfTI header text, burned-in risk);
+* :meth:`CheckedStudy.findings` splits them into *identifying* attributes (block the study; values never
+  shown) and *clinical* ones (patient sex, age, size, weight: not identifying on their own, kept, values
+  shown; an age of 90 or more is identifying, as in HIPAA's safe harbour);
+* :func:`deidentify` cleans the bytes in memory (``core.deid.deidentify_bytes``) and checks them again;
+* :func:`save_checked_case` writes the case (``core.app.cases.save_case``) only when nothing identifying is
+  left and any burned-in risk was acknowledged; otherwise it raises and the user's folder stays as it was.
+
+>>> from core.app.uploads import clinical_value
+>>> clinical_value("PatientAge", "095Y"), clinical_value("PatientWeight", "72.5")
+('90 or older', '72.5 kg')
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from core.app.cases import CaseInfo, save_case
+from core.errors import InputError
+from core.io.volume import Volume
+
+MAX_STUDY_BYTES = 2 * 1024**3  # one study in all, however many files
+MAX_STUDY_FILES = 5000
+# Patient characteristics (PS3.15's "Retain Patient Characteristics" option): clinical, not identifying alone
+CLINICAL = ("PatientSex", "PatientAge", "PatientSize", "PatientWeight")
+_UNITS = {"PatientSize": "m", "PatientWeight": "kg"}
+HIDDEN = "hidden (identifying)"
+_AGE_UNITS = {"D": "days", "W": "weeks", "M": "months", "Y": "years"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One attribute the gate flagged, for the upload page's table."""
+
+    attribute: str
+    group: str  # "identifying" (blocks until de-identified) | "clinical, kept"
+    value: str  # the value for clinical attributes, else HIDDEN
+
+
+@dataclass(frozen=True)
+class CheckedStudy:
+    """An uploaded study held in memory with what the gate found; never written until :meth:`bytes_to_store`."""
+
+    data: bytes
+    name: str  # a label for messages ("original.dcm", "6 files"), never a path
+    n_files: int
+    volume: Volume
+    clinical: dict[str, str]  # keyword -> shown value, for the clinical attributes present
+    deidentified: bool = False
+    deid_summary: str = ""
+    series: str | None = None
+    load_name: str = "study.zip"  # what the loader and the stored file are called: the base name of one file, else a zip
+
+    def findings(self) -> list[Finding]:
+        rows = []
+        for key in self.volume.phi:
+            if key in self.clinical and self.clinical[key] != HIDDEN:
+                rows.append(Finding(key, "clinical, kept", self.clinical[key]))
+            else:
+                rows.append(Finding(key, "identifying", HIDDEN))
+        return rows
+
+    @property
+    def identifying(self) -> list[str]:
+        return [f.attribute for f in self.findings() if f.group == "identifying"]
+
+    @property
+    def blocked(self) -> bool:
+        """True while identifying attributes remain (burned-in risk is asked separately)."""
+        return bool(self.identifying)
+
+    def bytes_to_store(self, *, burned_in_acknowledged: bool = False) -> bytes:
+        """The bytes that may be written: refused while identifying attributes or unacknowledged burned-in
+        risk remain."""
+        if self.identifying:
+            raise InputError("study", f"{len(self.identifying)} identifying attributes",
+                             f"still carries {', '.join(self.identifying[:4])}" + (" ..." if len(self.identifying) > 4 else ""),
+                             "choose 'De-identify and continue' first (nothing was saved)")
+        if self.volume.burned_in and not burned_in_acknowledged:
+            raise InputError("study", "burned-in text risk", "; ".join(self.volume.burned_in),
+                             "look at the images and confirm they show no names or IDs (nothing was saved)")
+        return self.data
+
+
+def upload_label(names: list[str]) -> str:
+    """What to call an upload in messages: the file's own base name, or "N files" (never an invented name)."""
+    if len(names) == 1:
+        return PurePosixPath(str(names[0]).replace("\\", "/")).name or "upload"
+    return f"{len(names)} files"
+
+
+def study_payload(files: list[tuple[str, bytes]], *, max_bytes: int = MAX_STUDY_BYTES) -> tuple[bytes, str]:
+    """One uploaded file as it is, or several packed into an in-memory zip; capped in count and size."""
+    if not files:
+        raise InputError("upload", "no files", "is empty", "choose a DICOM file, a zip or a NIfTI file")
+    if len(files) > MAX_STUDY_FILES:
+        raise InputError("upload", f"{len(files)} files", f"has more than {MAX_STUDY_FILES} files",
+                         "zip the series, or upload one series at a time")
+    total = sum(len(data) for _, data in files)
+    label = upload_label([name for name, _ in files])
+    if total > max_bytes:
+        raise InputError("upload", label, f"is {total} bytes in all (limit {max_bytes})", "upload one series at a time")
+    if len(files) == 1:
+        return bytes(files[0][1]), label
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for i, (name, data) in enumerate(files):
+            base = PurePosixPath(str(name).replace("\\", "/")).name or "file"
+            zf.writestr(f"{i:05d}_{base}", data)  # entry names are labels only, never paths
+    return buf.getvalue(), label
+
+
+def clinical_value(keyword: str, raw: object) -> str:
+    """How a clinical attribute is shown; an age of 90 years or more is shown only as "90 or older"."""
+    text = str(raw).strip()
+    if keyword == "PatientAge" and len(text) == 4 and text[:3].isdigit():
+        years = int(text[:3]) if text[3].upper() == "Y" else 0
+        unit = _AGE_UNITS.get(text[3].upper(), "")
+        return "90 or older" if years >= 90 else f"{int(text[:3])} {unit}".strip()
+    if keyword in _UNITS and text:
+        return f"{text} {_UNITS[keyword]}"
+    return text or "(empty)"
+
+
+def _first_dicom(data: bytes, name: str) -> bytes | None:
+    from core.io.dicom_source import looks_like_dicom
+    from core.io.safezip import is_zip, read_zip
+
+    if is_zip(data[:4]):
+        for member in read_zip(data):
+            if looks_like_dicom(member.data[:544]):
+                return member.data
+        return None
+    return data if looks_like_dicom(data[:544]) else None
+
+
+def read_clinical(data: bytes, name: str, volume: Volume) -> dict[str, str]:
+    """Shown values of the clinical attributes the gate flagged (first DICOM instance; deflate capped).
+
+    An age of 90 or more counts as identifying (HIPAA safe harbour): it is marked ``HIDDEN``.
+    """
+    wanted = [k for k in CLINICAL if k in volume.phi]
+    if not wanted or volume.format != "dicom":
+        return {}
+    from core.io import pydicom_import  # noqa: F401  (pydicom without its downloader)
+    from core.io.dicom_source import undeflate_dicom
+
+    raw = _first_dicom(data, name)
+    if raw is None:
+        return {}
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(undeflate_dicom(raw, name)), stop_before_pixels=True, force=True,
+                             specific_tags=wanted)
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return {}
+    out = {}
+    for key in wanted:
+        value = ds.get(key, None)
+        shown = clinical_value(key, "" if value is None else value)
+        out[key] = HIDDEN if shown == "90 or older" else shown
+    return out
+
+
+def check_study(files: list[tuple[str, bytes]], *, max_bytes: int = MAX_STUDY_BYTES,
+                series: str | None = None) -> CheckedStudy:
+    """Load an upload from memory and run the gate on it (nothing is written anywhere)."""
+    from core.io.study import load_study_bytes
+
+    data, label = study_payload(files, max_bytes=max_bytes)
+    load_name = label if len(files) == 1 else "study.zip"
+    volume = load_study_bytes(data, load_name, series)
+    return CheckedStudy(data=data, name=label, n_files=len(files), volume=volume,
+                        clinical=read_clinical(data, load_name, volume), series=series, load_name=load_name)
+
+
+def with_series(checked: CheckedStudy, series: str) -> CheckedStudy:
+    """The same upload with another of its series loaded (still in memory)."""
+    from core.io.study import load_study_bytes
+
+    volume = load_study_bytes(checked.data, checked.load_name, series)
+    return replace(checked, volume=volume, series=series, clinical=read_clinical(checked.data, checked.load_name, volume))
+
+
+def deidentify(checked: CheckedStudy) -> CheckedStudy:
+    """De-identify in memory (DICOM PS3.15 basic profile, NIfTI header text cleared) and gate the result again."""
+    from core.deid import deidentify_bytes
+    from core.io.study import load_study_bytes
+
+    clean, report = deidentify_bytes(checked.data, checked.load_name)
+    volume = load_study_bytes(clean, "study.zip", checked.series)
+    return replace(checked, data=clean, volume=volume, deidentified=True, deid_summary=report.summary(),
+                   clinical=read_clinical(clean, "study.zip", volume), load_name="study.zip")
+
+
+def save_checked_case(user: str, checked: CheckedStudy | None, *, events: pd.DataFrame | None = None,
+                      index_time: object = None, burned_in_acknowledged: bool = False,
+                      base: Path | None = None) -> CaseInfo:
+    """Write a new case from a gated study and/or events; refused (nothing written) while the gate blocks."""
+    study = None if checked is None else checked.bytes_to_store(burned_in_acknowledged=burned_in_acknowledged)
+    return save_case(user, study=study, study_name="" if checked is None else checked.load_name, series=None if checked is None else checked.series,
+                     deidentified=bool(checked and checked.deidentified), events=events, index_time=index_time,
+                     base=base)
