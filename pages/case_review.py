@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from core import cohort as cohorts
 from core import figures as F
 from core import horizons
-from core.app import viewer
 from core.app.reference import risk_group_of
-from core.explain import METHODS
 from pages import _shared as ui
 from pages import _state as K
+from pages import _viewer
 
 ui.require_app_navigation()
-
-METHOD_LABELS = {
-    "saliency": "Saliency (gradient)",
-    "integrated_gradients": "Integrated gradients",
-    "gradcam": "Grad-CAM",
-    "occlusion": "Occlusion",
-    "smoothgrad": "SmoothGrad",
-}
 
 st.title("Case review")
 
 # ----------------------------------------------------------------- case picker
 cohort = ui.demo_cohort()
-cases: dict[tuple[str, str], str] = {}  # (source, subject id) -> label
-upload = ui.uploaded_case()
-if upload is not None:
-    cases[(ui.UPLOADED, cohorts.UPLOAD_SUBJECT)] = f"Uploaded case ({upload['label']})"
+cases: dict[tuple[str, str], str] = dict(ui.user_cases())  # (source, subject id) -> label: this user's uploads first
 for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
         cases[(ui.DEMO, sid)] = f"Demo {sid} ({split})"
@@ -77,79 +64,12 @@ if "image" in pred.modalities_used:
 left, right = st.columns([1.15, 1], gap="large")
 
 # ------------------------------------------------------------------ CT viewer
-attribution_map: np.ndarray | None = None
 with left:
     st.subheader("CT viewer")
     if volume is None:
         st.info("No CT for this case.")
     else:
-        from core.io.windows import WINDOWS
-
-        n_slices = volume.shape[0]
-        if st.session_state.get(K.SLICE_CASE) != (source, subject_id):
-            st.session_state[K.AXIAL_SLICE] = viewer.default_slice(pred.slice_weights, n_slices)
-            st.session_state[K.SLICE_CASE] = (source, subject_id)
-        start = st.session_state.get(K.AXIAL_SLICE, n_slices // 2)
-        st.session_state[K.AXIAL_SLICE] = min(max(int(start), 0), n_slices - 1)
-        c1, c2 = st.columns([1, 1])
-        window_names = list(WINDOWS)
-        st.session_state.setdefault(K.WINDOW, "soft_tissue" if "soft_tissue" in WINDOWS else window_names[0])
-        window_name = c1.selectbox("Window", window_names, key=K.WINDOW,
-                                   format_func=lambda w: f"{WINDOWS[w].label} [{WINDOWS[w].low:g}, {WINDOWS[w].high:g}] HU")
-        window = (WINDOWS[window_name].low, WINDOWS[window_name].high)
-        st.session_state.setdefault(K.SHOW_SALIENCY, False)  # defaults set here, not in the widgets: values
-        st.session_state.setdefault(K.OPACITY, 0.6)          # restored from another page are set via session state
-        show = c2.toggle("Saliency overlay", key=K.SHOW_SALIENCY,
-                         disabled="image" not in pred.modalities_used,
-                         help="Captum attribution of the predicted risk at the sidebar horizon."
-                         )
-        c3, c4 = st.columns([1, 1])
-        method = c3.selectbox("Method", METHODS, key=K.METHOD, format_func=METHOD_LABELS.get, disabled=not show)
-        opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY, disabled=not show)
-        z = st.slider("Axial slice (inferior → superior)", 0, n_slices - 1, key=K.AXIAL_SLICE)
-        ui.save_viewer_settings()
-        if show:
-            with st.spinner(f"Computing {METHOD_LABELS[method]}..."), ui.core_errors(stop=False):
-                attribution_map = ui.case_attribution(model, source, subject_id, method, ui.horizon_days(), z)
-        overlay = None if attribution_map is None else F.normalize_map(attribution_map)
-        axial = F.slice_overlay(
-            viewer.plane_slice(volume.hu, "axial", z),
-            None if overlay is None else viewer.plane_slice(overlay, "axial", z),
-            window=window, opacity=opacity, spacing_mm=viewer.plane_spacing(volume.spacing_mm, "axial"),
-            normalize=False, title=f"axial {z + 1}/{n_slices}",
-        )
-        axial.update_layout(width=None, height=460)
-        st.plotly_chart(axial, width="stretch", key="axial_fig", config={"displaylogo": False})
-        r_idx = st.session_state.get(K.CORONAL_ROW, volume.shape[1] // 2)
-        c_idx = st.session_state.get(K.SAGITTAL_COL, volume.shape[2] // 2)
-        v1, v2 = st.columns(2)
-        for col, plane, idx in ((v1, "coronal", r_idx), (v2, "sagittal", c_idx)):
-            fig = F.slice_overlay(
-                viewer.plane_slice(volume.hu, plane, idx),
-                None if overlay is None else viewer.plane_slice(overlay, plane, idx),
-                window=window, opacity=opacity, spacing_mm=viewer.plane_spacing(volume.spacing_mm, plane),
-                normalize=False, title=plane,
-            )
-            # mark the axial slice position (superior at the top: row = n_slices - 1 - z)
-            dz = viewer.plane_spacing(volume.spacing_mm, plane)[0]
-            fig.add_hline(y=(n_slices - 1 - z) * dz, line={"color": "#00c8ff", "width": 1})
-            fig.update_layout(width=None, height=300, showlegend=False)
-            fig.update_traces(showscale=False)
-            col.plotly_chart(fig, width="stretch", key=f"{plane}_fig", config={"displaylogo": False})
-        with st.expander("Reformat positions"):
-            st.slider("Coronal plane (anterior → posterior)", 0, volume.shape[1] - 1, volume.shape[1] // 2,
-                      key=K.CORONAL_ROW)
-            st.slider("Sagittal plane (patient right → left)", 0, volume.shape[2] - 1, volume.shape[2] // 2,
-                      key=K.SAGITTAL_COL)
-        if pred.slice_weights is not None and np.size(pred.slice_weights) == n_slices and np.max(pred.slice_weights) > 0:
-            strip = F.slice_strip(pred.slice_weights, selected=z, title="Attention over slices")
-            strip.update_layout(width=None, height=200)
-            st.plotly_chart(strip, width="stretch", key="slice_strip")
-        st.caption(
-            f"{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, spacing "
-            f"{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm. Displayed in radiological convention "
-            "(patient right on the image left); reformats use the true voxel aspect."
-        )
+        _viewer.show(volume, model, inputs, pred, source, subject_id)
 
 # ------------------------------------------------------------------- survival
 with right:

@@ -1,0 +1,251 @@
+// The Case review CT viewer: a Streamlit component (components.v1 protocol, no build step) around NiiVue.
+//
+// niivue.js is NiiVue as bundled in the pinned ipyniivue wheel, copied next to this file by
+// pages/_viewer.py (nothing is fetched from the network). Python sends the CT and the attribution map
+// as gzipped NIfTI bytes once per case / map (ids tell what changed); scrolling, window/level, zoom,
+// pan, crosshairs and the HU readout all run here, with no server call. The crosshair position goes back
+// to Python (debounced) so the slice survives page switches.
+import { Niivue } from "./niivue.js";
+
+const DRAG = { crosshair: 8, windowing: 9, pan: 3 };
+const REPORT_DELAY_MS = 600;
+
+const state = {
+  nv: null, volumeId: null, overlayId: null, windowId: null, positionId: null, overlayOpts: null,
+  draws: 0, lastDrawAt: 0, loaded: false, error: null, lastWindow: null, busy: Promise.resolve(),
+  hoverTile: 0, renders: 0,
+};
+window.ctehrViewer = state; // for the browser tests and the benchmark
+
+function post(type, data) {
+  window.parent.postMessage(Object.assign({ isStreamlitMessage: true, type }, data || {}), "*");
+}
+function setValue(value) { post("streamlit:setComponentValue", { value, dataType: "json" }); }
+function setHeight() { post("streamlit:setFrameHeight", { height: document.body.scrollHeight }); }
+
+function toArrayBuffer(data) {
+  if (data == null) return null;
+  if (data instanceof ArrayBuffer) return data;
+  if (ArrayBuffer.isView(data)) return data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+  if (typeof data === "string") { // base64
+    const bin = atob(data); const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out.buffer;
+  }
+  throw new Error("unsupported volume data " + typeof data);
+}
+
+function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1); }
+
+function showError(text) {
+  state.error = text;
+  const el = document.getElementById("error");
+  el.hidden = false; el.textContent = text;
+  setHeight();
+  setValue({ error: text });
+}
+
+function updateWindowText() {
+  const nv = state.nv;
+  if (!nv || !nv.volumes.length) return;
+  const lo = nv.volumes[0].cal_min, hi = nv.volumes[0].cal_max;
+  if (state.lastWindow && state.lastWindow[0] === lo && state.lastWindow[1] === hi) return;
+  state.lastWindow = [lo, hi];
+  document.getElementById("window-text").textContent =
+    `W ${fmt(hi - lo)} L ${fmt((hi + lo) / 2)} HU  [${fmt(lo)}, ${fmt(hi)}]`;
+}
+
+function crossText() {
+  const nv = state.nv;
+  if (!nv || !nv.volumes.length) return "";
+  const vox = nv.frac2vox(nv.scene.crosshairPos);
+  const hu = nv.volumes[0].getValue(vox[0], vox[1], vox[2]);
+  const dims = nv.volumes[0].dimsRAS;
+  return `crosshair: HU ${fmt(hu)} | sagittal ${vox[0] + 1}/${dims[1]} coronal ${vox[1] + 1}/${dims[2]} axial ${vox[2] + 1}/${dims[3]}`;
+}
+
+let reportTimer = null;
+function scheduleReport() {
+  clearTimeout(reportTimer);
+  reportTimer = setTimeout(() => {
+    const nv = state.nv;
+    if (!nv || !nv.volumes.length) return;
+    const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3);
+    const vox = Array.from(nv.frac2vox(nv.scene.crosshairPos));
+    setValue({ mm, vox, volume_id: state.volumeId });
+  }, REPORT_DELAY_MS);
+}
+
+function hoverReadout(ev) {
+  const nv = state.nv;
+  if (!nv || !nv.volumes.length) return;
+  const rect = nv.canvas.getBoundingClientRect();
+  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
+  const x = (ev.clientX - rect.left) * dpr, y = (ev.clientY - rect.top) * dpr;
+  const tile = nv.screenSlices.findIndex((s) => {
+    const [l, t, w, h] = s.leftTopWidthHeight;
+    return s.axCorSag <= 2 && x >= l && x <= l + w && y >= t && y <= t + h;
+  });
+  if (tile >= 0) state.hoverTile = nv.screenSlices[tile].axCorSag;
+  const frac = nv.canvasPos2frac([x, y]);
+  const el = document.getElementById("hover");
+  if (frac[0] < 0) { el.textContent = "outside the image"; return; }
+  const vox = nv.frac2vox(frac);
+  const hu = nv.volumes[0].getValue(vox[0], vox[1], vox[2]);
+  const mm = nv.frac2mm(frac);
+  let text = `HU ${fmt(hu)} at voxel (${vox[0]}, ${vox[1]}, ${vox[2]}), ${fmt(mm[0])}, ${fmt(mm[1])}, ${fmt(mm[2])} mm RAS`;
+  if (nv.volumes.length > 1 && nv.volumes[1].opacity > 0) {
+    text += ` | map ${nv.volumes[1].getValue(vox[0], vox[1], vox[2]).toFixed(2)}`;
+  }
+  el.textContent = text;
+  state.hoverHU = hu;
+}
+
+function setLeftMode(mode) {
+  const nv = state.nv;
+  nv.opts.dragModePrimary = mode;
+  nv.setMouseEventConfig({
+    leftButton: { primary: mode, withShift: DRAG.windowing, withCtrl: DRAG.pan },
+    rightButton: DRAG.windowing, centerButton: DRAG.pan,
+  });
+  for (const b of document.querySelectorAll("#bar button[data-mode]")) {
+    b.classList.toggle("on", Number(b.dataset.mode) === mode);
+  }
+}
+
+function zoomBy(factor) {
+  const nv = state.nv;
+  const z = Math.min(Math.max(nv.scene.pan2Dxyzmm[3] * factor, 0.5), 20);
+  nv.scene.pan2Dxyzmm[3] = Math.round(z * 100) / 100;
+  nv.drawScene();
+}
+
+function stepSlice(delta) {
+  const nv = state.nv;
+  const plane = state.hoverTile; // 0 axial, 1 coronal, 2 sagittal
+  nv.moveCrosshairInVox(plane === 2 ? delta : 0, plane === 1 ? delta : 0, plane === 0 ? delta : 0);
+}
+
+async function init(height) {
+  const canvas = document.getElementById("gl");
+  document.getElementById("wrap").style.height = `${height}px`;
+  const test = document.createElement("canvas").getContext("webgl2");
+  if (!test) { showError("This browser offers no WebGL2, which the CT viewer needs."); return false; }
+  const nv = new Niivue({
+    sliceType: 3, multiplanarShowRender: 0, multiplanarLayout: 2, isRadiologicalConvention: true,
+    isOrientationTextVisible: true, isRuler: true, isColorbar: true, show3Dcrosshair: false,
+    crosshairColor: [0.1, 0.8, 1.0, 0.9], crosshairWidth: 1, backColor: [0, 0, 0, 1],
+    dragMode: DRAG.windowing, dragModePrimary: DRAG.crosshair, isResizeCanvas: true,
+    dragAndDropEnabled: false, logLevel: "warn", loadingText: "loading CT ...", fontMinPx: 12,
+  });
+  state.nv = nv;
+  await nv.attachToCanvas(canvas);
+  const draw = nv.drawScene.bind(nv);
+  nv.drawScene = (...a) => {
+    const r = draw(...a);
+    state.draws += 1; state.lastDrawAt = performance.now();
+    updateWindowText();
+    return r;
+  };
+  setLeftMode(DRAG.crosshair);
+  nv.onLocationChange = () => {
+    document.getElementById("cross").textContent = crossText();
+    scheduleReport();
+  };
+  canvas.addEventListener("mousemove", hoverReadout);
+  canvas.addEventListener("mouseenter", () => canvas.focus());
+  // ctrl/cmd + wheel zooms; a plain wheel is NiiVue's slice scroll (it stops the page from scrolling)
+  canvas.addEventListener("wheel", (ev) => {
+    hoverReadout(ev);
+    if (ev.ctrlKey || ev.metaKey) {
+      ev.preventDefault(); ev.stopImmediatePropagation();
+      zoomBy(ev.deltaY < 0 ? 1.15 : 1 / 1.15);
+    }
+  }, { capture: true, passive: false });
+  canvas.addEventListener("keydown", (ev) => {
+    const step = { ArrowUp: 1, PageUp: 1, ArrowDown: -1, PageDown: -1 }[ev.key];
+    if (step !== undefined) { ev.preventDefault(); ev.stopImmediatePropagation(); stepSlice(step); }
+  }, { capture: true });
+  for (const b of document.querySelectorAll("#bar button[data-mode]")) {
+    b.addEventListener("click", () => setLeftMode(Number(b.dataset.mode)));
+  }
+  document.getElementById("zoom-in").addEventListener("click", () => zoomBy(1.25));
+  document.getElementById("zoom-out").addEventListener("click", () => zoomBy(1 / 1.25));
+  document.getElementById("reset").addEventListener("click", () => {
+    nv.scene.pan2Dxyzmm = [0, 0, 0, 1];
+    if (state.window) { applyWindow(state.window); }
+    nv.drawScene();
+  });
+  return true;
+}
+
+function applyWindow(win) {
+  const nv = state.nv;
+  if (!nv.volumes.length) return;
+  nv.volumes[0].cal_min = win[0]; nv.volumes[0].cal_max = win[1];
+  nv.updateGLVolume();
+}
+
+function applyOverlayOpts(o) {
+  const nv = state.nv;
+  state.overlayOpts = o;
+  if (nv.volumes.length < 2) return;
+  const map = nv.volumes[1];
+  map.colormap = o.colormap;
+  map.cal_min = o.threshold; map.cal_max = 1.0;
+  map.opacity = o.show ? o.opacity : 0.0;
+  nv.updateGLVolume();
+}
+
+function applyPosition(mm) {
+  const nv = state.nv;
+  if (!nv.volumes.length || !mm) return;
+  nv.scene.crosshairPos = nv.mm2frac(mm);
+  nv.drawScene();
+  document.getElementById("cross").textContent = crossText();
+}
+
+async function render(args) {
+  state.renders += 1;
+  if (!state.nv) {
+    let ok = false;
+    try { ok = await init(args.height || 520); } catch (e) { showError("The CT viewer could not start WebGL: " + e); }
+    if (!ok) return;
+  }
+  const nv = state.nv;
+  state.window = args.window;
+  if (args.volume_id !== state.volumeId) {
+    state.volumeId = args.volume_id; state.overlayId = null; state.windowId = args.window_id; state.loaded = false;
+    while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
+    await nv.addVolumeFromUrl({ url: "ct.nii.gz", name: "ct.nii.gz", buffer: toArrayBuffer(args.volume),
+      colormap: "gray", cal_min: args.window[0], cal_max: args.window[1] });
+    state.positionId = null;
+    state.loaded = true;
+  }
+  if (args.window_id !== state.windowId) { state.windowId = args.window_id; applyWindow(args.window); }
+  const overlayId = args.overlay ? args.overlay_id : null;
+  if (overlayId !== state.overlayId) {
+    while (nv.volumes.length > 1) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
+    state.overlayId = overlayId;
+    if (overlayId) {
+      const t0 = performance.now();
+      await nv.addVolumeFromUrl({ url: "map.nii.gz", name: "map.nii.gz", buffer: toArrayBuffer(args.overlay),
+        colormap: args.colormap, opacity: args.show_overlay ? args.opacity : 0, cal_min: args.threshold, cal_max: 1.0 });
+      state.overlayLoadMs = performance.now() - t0;
+      state.overlayShownAt = performance.now();
+    }
+  }
+  applyOverlayOpts({ colormap: args.colormap, threshold: args.threshold, opacity: args.opacity, show: !!args.show_overlay });
+  if (args.position_id !== state.positionId) { state.positionId = args.position_id; applyPosition(args.position_mm); }
+  document.getElementById("cross").textContent = crossText();
+  updateWindowText();
+  setHeight();
+}
+
+window.addEventListener("message", (ev) => {
+  const msg = ev.data;
+  if (!msg || msg.type !== "streamlit:render") return;
+  state.busy = state.busy.then(() => render(msg.args)).catch((e) => showError("CT viewer: " + e));
+});
+post("streamlit:componentReady", { apiVersion: 1 });
+setHeight();

@@ -1,0 +1,253 @@
+"""The Case review CT viewer: NiiVue (WebGL) in a Streamlit component, the overlay computed once in the background.
+
+* The component is ``assets/viewer/`` (index.html, viewer.js, viewer.css) plus
+  ``niivue.js``: NiiVue as bundled in the pinned ``ipyniivue`` wheel, copied
+  (with its class exported) into ``<data dir>/cache/viewer-<hash>/`` at first
+  use. Nothing is fetched from a network at run time.
+* The CT goes to the browser once per case as gzipped NIfTI in HU with its true
+  affine (``core.app.volume_nifti``); the whole-volume attribution map goes once
+  per (case, model, method, horizon) as a second volume. Scrolling, crosshairs,
+  window/level, zoom and pan then run in the browser only.
+* The map is computed by a background job (``core.jobs``) with
+  ``core.app.attribution_volume.case_map`` and cached in memory and on disk.
+* Without WebGL2 the component says so and the page falls back to plotly planes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import streamlit.components.v1 as components
+
+from core import figures as F
+from core.app import attribution_volume as AV
+from core.app import viewer
+from core.app import volume_nifti as VN
+from core.app.paths import ASSETS, data_dir
+from core.errors import InputError
+from core.explain import METHODS
+from pages import _jobs
+from pages import _shared as ui
+from pages import _state as K
+
+COMPONENT_ASSETS = ASSETS / "viewer"
+COMPONENT_FILES = ("index.html", "viewer.js", "viewer.css", "LICENSE-niivue.txt")
+# NiiVue 0.65.0 as bundled in ipyniivue 2.4.4 (BSD-2); the copy exports its Niivue class next to the widget
+NIIVUE_SOURCE_SHA256 = "922951141f03da6294cc74a7c520d694a9723733ee25d997b85da8136057a96b"
+THRESHOLD = "overlay_threshold"  # session key of the overlay threshold slider (kept beside the keys of pages/_state)
+COLORMAP = "warm"
+VIEWER_HEIGHT = 560
+METHOD_LABELS = {
+    "saliency": "Saliency (gradient)",
+    "integrated_gradients": "Integrated gradients",
+    "gradcam": "Grad-CAM",
+    "occlusion": "Occlusion",
+    "smoothgrad": "SmoothGrad",
+}
+
+
+def niivue_bundle() -> str:
+    """NiiVue's ES module from the installed ipyniivue wheel, with ``Niivue`` added to its exports."""
+    spec = importlib.util.find_spec("ipyniivue")
+    if spec is None or spec.origin is None:
+        raise InputError("ipyniivue", "not installed", "the CT viewer loads NiiVue from it",
+                         "pip install -r requirements.txt")
+    source = Path(spec.origin).parent / "static" / "widget.js"
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != NIIVUE_SOURCE_SHA256:
+        raise InputError("ipyniivue", digest[:12], "is not the pinned build (ipyniivue==2.4.4)",
+                         "pip install -r requirements.txt")
+    text = data.decode("utf-8")
+    cls = re.search(r"vA=new ([A-Za-z0-9_$]+)\(C\)", text)
+    tail = re.search(r"export\{([A-Za-z0-9_$]+) as default\};\s*$", text)
+    if cls is None or tail is None:
+        raise InputError("ipyniivue", digest[:12], "has no Niivue class to export", "pip install -r requirements.txt")
+    return text[:tail.start()] + f"export{{{tail.group(1)} as default,{cls.group(1)} as Niivue}};\n"
+
+
+def component_dir() -> Path:
+    """The component's folder (assets/viewer + the NiiVue module), rebuilt when any part changes."""
+    parts = [(name, (COMPONENT_ASSETS / name).read_bytes()) for name in COMPONENT_FILES]
+    bundle = niivue_bundle().encode("utf-8")
+    h = hashlib.sha256(bundle)
+    for name, data in parts:
+        h.update(name.encode() + data)
+    target = data_dir() / "cache" / f"viewer-{h.hexdigest()[:12]}"
+    if not (target / "index.html").is_file():
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, data in parts:
+            (tmp / name).write_bytes(data)
+        (tmp / "niivue.js").write_bytes(bundle)
+        try:
+            tmp.rename(target)
+        except OSError:  # another session built it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@functools.lru_cache(maxsize=1)
+def _component(path: str) -> Any:
+    return components.declare_component("ctehr_ct_viewer", path=path)
+
+
+def map_cache() -> AV.MapCache:
+    return AV.shared_cache(data_dir() / "cache" / "attribution")
+
+
+def _compute_map(ctx: Any, model: Any, inputs: Any, method: str, horizon: float) -> np.ndarray:
+    """The background job: the whole-volume map, stored in the shared cache."""
+    return AV.case_map(map_cache(), model, inputs, method, horizon, progress=ctx.progress)
+
+
+def _map_key(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> str:
+    token = ui.upload_token(source)
+    digest = ui.memo(("case_digest", source, subject_id, token, str(model.model_dir)), lambda: AV.case_digest(inputs))
+    return AV.map_key(digest, AV.model_stamp(model.model_dir), method, horizon)
+
+
+def overlay_map(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> np.ndarray | None:
+    """The case's whole-volume map when it is ready; otherwise queue (or show) its background job and return None."""
+    key = _map_key(model, inputs, source, subject_id, method, horizon)
+    found = map_cache().get(key)
+    if found is not None:
+        return found
+    job = _jobs.find(key)
+    if job is not None and job.state == "done" and job.result is not None:
+        return job.result
+    if job is not None and job.state in ("failed", "cancelled"):
+        _jobs.outcome(job)
+        if not st.button("Compute the map again", key=f"again_{key}"):
+            return None
+        job = None
+    if job is None:
+        job = _jobs.submit(f"{METHOD_LABELS[method]} map", _compute_map, model, inputs, method, float(horizon), key=key)
+    if job is not None and job.active:
+        _jobs.show(job)
+    return None
+
+
+def _position(volume: Any, n_default: int) -> tuple[int, int, int]:
+    s, r, c = volume.shape
+    z = int(st.session_state.get(K.AXIAL_SLICE, n_default))
+    row = int(st.session_state.get(K.CORONAL_ROW, r // 2))
+    col = int(st.session_state.get(K.SAGITTAL_COL, c // 2))
+    return min(max(z, 0), s - 1), min(max(row, 0), r - 1), min(max(col, 0), c - 1)
+
+
+def show(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_id: str) -> None:
+    """The viewer section of Case review for the case's ``volume`` (not None)."""
+    from core.io.windows import WINDOWS
+
+    n_slices = volume.shape[0]
+    case_id = f"{source}:{subject_id}:{ui.upload_token(source)}"
+    if st.session_state.get(K.SLICE_CASE) != (source, subject_id):
+        st.session_state[K.AXIAL_SLICE] = viewer.default_slice(pred.slice_weights, n_slices)
+        st.session_state[K.CORONAL_ROW] = volume.shape[1] // 2
+        st.session_state[K.SAGITTAL_COL] = volume.shape[2] // 2
+        st.session_state[K.SLICE_CASE] = (source, subject_id)
+    uses_image = "image" in pred.modalities_used
+    window_names = list(WINDOWS)
+    st.session_state.setdefault(K.WINDOW, "soft_tissue" if "soft_tissue" in WINDOWS else window_names[0])
+    st.session_state.setdefault(K.SHOW_SALIENCY, False)
+    st.session_state.setdefault(K.OPACITY, 0.6)
+    st.session_state.setdefault(THRESHOLD, 0.25)
+    c1, c2 = st.columns(2)
+    window_name = c1.selectbox("Window", window_names, key=K.WINDOW,
+                               format_func=lambda w: f"{WINDOWS[w].label} [{WINDOWS[w].low:g}, {WINDOWS[w].high:g}] HU",
+                               help="Preset; drag with the right mouse button on the image to adjust it freely.")
+    show_map = c2.toggle("Saliency overlay", key=K.SHOW_SALIENCY, disabled=not uses_image,
+                         help="Captum attribution of the predicted risk at the sidebar horizon, over the whole CT "
+                              "(computed once in the background, then shown on all three planes).")
+    c3, c4, c5 = st.columns([1.3, 1, 1])
+    method = c3.selectbox("Method", METHODS, key=K.METHOD, format_func=METHOD_LABELS.get, disabled=not show_map)
+    opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY, disabled=not show_map)
+    threshold = c5.slider("Threshold", 0.0, 0.95, step=0.05, key=THRESHOLD, disabled=not show_map,
+                          help="Map values (0-1, scaled to the 99.5th percentile of |attribution|) below this are "
+                               "transparent.")
+    ui.save_viewer_settings()
+    overlay: np.ndarray | None = None
+    overlay_key = None
+    if show_map and uses_image:
+        with ui.core_errors(stop=False):
+            raw = overlay_map(model, inputs, source, subject_id, method, ui.horizon_days())
+            if raw is not None:
+                overlay_key = _map_key(model, inputs, source, subject_id, method, ui.horizon_days())
+                overlay = raw
+    win = WINDOWS[window_name]
+    _viewer_fragment(volume, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
+                     bool(show_map), float(opacity), float(threshold), pred.slice_weights)
+    st.caption(
+        f"{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, spacing "
+        f"{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm, shown in radiological convention (patient right on "
+        "the image left) on the study's own geometry. Research use only."
+    )
+
+
+@st.fragment
+def _viewer_fragment(volume: Any, case_id: str, window: tuple[float, float], window_name: str,
+                     overlay: np.ndarray | None, overlay_key: str | None, show_map: bool, opacity: float,
+                     threshold: float, slice_weights: Any) -> None:
+    """The component; its reports (the crosshair's voxel) rerun only this fragment."""
+    ct_bytes = ui.memo(("viewer_nifti", case_id), lambda: VN.volume_to_nifti(volume))
+    map_bytes = None
+    if overlay is not None and overlay_key is not None:
+        map_bytes = ui.memo(("viewer_map", overlay_key),
+                            lambda: VN.map_to_nifti(volume, F.normalize_map(overlay)))
+    pos = _position(volume, volume.shape[0] // 2)
+    try:
+        component = _component(str(component_dir()))
+    except (InputError, OSError) as exc:
+        st.warning(f"The WebGL CT viewer is unavailable ({ui.one_line(exc)}); showing plain planes instead.",
+                   icon=":material/warning:")
+        _plotly_fallback(volume, window, overlay, opacity, pos)
+        return
+    value = component(
+        volume=ct_bytes, volume_id=case_id, overlay=map_bytes, overlay_id=overlay_key, show_overlay=show_map,
+        opacity=opacity, threshold=threshold, colormap=COLORMAP, window=list(window),
+        window_id=f"{case_id}:{window_name}", position_mm=VN.index_to_ras_mm(volume, pos),
+        position_id=case_id, height=VIEWER_HEIGHT, key="ct_viewer", default=None,
+    )
+    if isinstance(value, dict) and value.get("error"):
+        st.warning(f"The WebGL CT viewer could not start ({value['error']}); showing plain planes instead.",
+                   icon=":material/warning:")
+        _plotly_fallback(volume, window, overlay, opacity, pos)
+        return
+    if isinstance(value, dict) and value.get("volume_id") == case_id and value.get("mm") is not None:
+        with ui.core_errors(stop=False):
+            s, r, c = VN.ras_mm_to_index(volume, value["mm"])
+            st.session_state[K.AXIAL_SLICE], st.session_state[K.CORONAL_ROW], st.session_state[K.SAGITTAL_COL] = s, r, c
+            ui.save_viewer_settings()
+            pos = (s, r, c)
+    n = volume.shape[0]
+    if slice_weights is not None and np.size(slice_weights) == n and np.max(slice_weights) > 0:
+        strip = F.slice_strip(slice_weights, selected=pos[0], title="Attention over slices")
+        strip.update_layout(width=None, height=200)
+        st.plotly_chart(strip, width="stretch", key="slice_strip")
+
+
+def _plotly_fallback(volume: Any, window: tuple[float, float], overlay: np.ndarray | None, opacity: float,
+                     pos: tuple[int, int, int]) -> None:
+    """Static plotly planes (no WebGL): axial with a slider, coronal and sagittal through the saved position."""
+    n = volume.shape[0]
+    z = st.slider("Axial slice (inferior → superior)", 0, n - 1, pos[0], key="fallback_slice")
+    st.session_state[K.AXIAL_SLICE] = z
+    norm = None if overlay is None else F.normalize_map(overlay)
+    cols = st.columns(3)
+    for col, plane, idx in zip(cols, viewer.PLANES, (z, pos[1], pos[2])):
+        fig = F.slice_overlay(viewer.plane_slice(volume.hu, plane, idx),
+                              None if norm is None else viewer.plane_slice(norm, plane, idx),
+                              window=window, opacity=opacity, spacing_mm=viewer.plane_spacing(volume.spacing_mm, plane),
+                              normalize=False, title=f"{plane} {idx + 1}/{viewer.plane_count(volume.shape, plane)}")
+        fig.update_layout(width=None, height=320, showlegend=False)
+        col.plotly_chart(fig, width="stretch", key=f"fallback_{plane}")
