@@ -18,7 +18,10 @@ st.title("Case review")
 
 # ----------------------------------------------------------------- case picker
 cohort = ui.demo_cohort()
-cases: dict[tuple[str, str], str] = dict(ui.user_cases())  # (source, subject id) -> label: this user's uploads first
+cases: dict[tuple[str, str], str] = {}  # (source, subject id) -> label
+upload = ui.uploaded_case()
+if upload is not None:
+    cases[(ui.UPLOADED, cohorts.UPLOAD_SUBJECT)] = f"Uploaded case ({upload['label']})"
 for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
         cases[(ui.DEMO, sid)] = f"Demo {sid} ({split})"
