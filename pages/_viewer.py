@@ -178,8 +178,9 @@ def show(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_i
     ui.save_viewer_settings()
     overlay: np.ndarray | None = None
     overlay_key = None
+    status = st.container()  # always drawn, so the viewer below keeps its place (and its WebGL state) when a job ends
     if show_map and uses_image:
-        with ui.core_errors(stop=False):
+        with status, ui.core_errors(stop=False):
             raw = overlay_map(model, inputs, source, subject_id, method, ui.horizon_days())
             if raw is not None:
                 overlay_key = _map_key(model, inputs, source, subject_id, method, ui.horizon_days())

@@ -1,0 +1,136 @@
+"""The CT viewer's data path (core.app.volume_nifti) and the overlay's map cache (core.app.attribution_volume)."""
+
+from __future__ import annotations
+
+import gzip
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from core.app import attribution_volume as AV
+from core.app import volume_nifti as VN
+from core.errors import InputError
+from core.io.study import load_study
+from core.io.volume import Volume
+from tests.conftest import ROOT
+
+REAL_CT = ROOT.parent / "shared" / "data" / "ct" / "example_ct_sm.nii.gz"
+
+
+def _nifti(data: bytes) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(data))
+
+
+@pytest.fixture(scope="module")
+def real_ct() -> Volume:
+    if not REAL_CT.is_file():
+        pytest.skip(f"shared real CT not found at {REAL_CT}")
+    return load_study(REAL_CT)
+
+
+@pytest.fixture(scope="module")
+def demo_ct() -> Volume:
+    """A demo phantom case as the demo writes it (its NIfTI file loaded by load_study)."""
+    from core.demo.latents import sample_latents
+    from core.demo.phantom import affine_ras_nifti, render_phantom
+
+    row = sample_latents(10, seed=3).iloc[0]
+    ph = render_phantom(row, np.random.default_rng(3))
+    hu = np.asarray(ph.hu)
+    img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0)), affine_ras_nifti(hu.shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo.nii.gz"
+        nib.save(img, path)
+        return load_study(path)
+
+
+def test_real_ct_round_trips_values_and_affine(real_ct: Volume) -> None:
+    data = VN.volume_to_nifti(real_ct)
+    img = _nifti(data)
+    original = nib.load(REAL_CT)
+    # the study is RAS+ on disk, so the canonical bytes are the file's own voxels and affine
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    assert img.shape == original.shape == (122, 101, 30)
+    np.testing.assert_allclose(img.affine, original.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), np.asarray(original.dataobj))
+    assert img.get_data_dtype() == np.int16  # whole HU stay int16
+    assert img.header.get_xyzt_units()[0] == "mm"
+    values, lps = VN.nifti_to_grid(data)
+    np.testing.assert_array_equal(values, real_ct.hu)
+    np.testing.assert_allclose(lps, real_ct.affine, atol=1e-4)
+    # plausible HU where they must be: air at a corner, soft tissue at the body centre
+    assert values[15, 2, 2] < -900
+    assert -100 < float(np.median(values[15, 45:55, 55:65])) < 150
+
+
+def test_demo_case_round_trips_and_voxel_positions(demo_ct: Volume) -> None:
+    data = VN.volume_to_nifti(demo_ct)
+    values, lps = VN.nifti_to_grid(data)
+    np.testing.assert_allclose(values, demo_ct.hu, atol=1e-3)
+    np.testing.assert_allclose(lps, demo_ct.affine, atol=1e-4)
+    img = _nifti(data)
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    # voxel (slice, row, col) lands at the same RAS millimetres in the written image
+    s, r, c = (v // 3 for v in demo_ct.shape)
+    mm = VN.index_to_ras_mm(demo_ct, (s, r, c))
+    ijk = np.linalg.solve(img.affine, np.r_[mm, 1.0])[:3]
+    ijk = tuple(int(np.rint(v)) for v in ijk)
+    assert float(np.asarray(img.dataobj)[ijk]) == pytest.approx(float(demo_ct.hu[s, r, c]), abs=1e-3)
+    assert VN.ras_mm_to_index(demo_ct, mm) == (s, r, c)
+
+
+def test_orientation_letters_follow_the_study(real_ct: Volume) -> None:
+    # slice 0 is inferior, row 0 anterior, col 0 patient right: check in RAS millimetres
+    s, r, c = real_ct.shape
+    base = np.array(VN.index_to_ras_mm(real_ct, (0, 0, 0)))
+    assert VN.index_to_ras_mm(real_ct, (s - 1, 0, 0))[2] > base[2]      # superior: +z
+    assert VN.index_to_ras_mm(real_ct, (0, r - 1, 0))[1] < base[1]      # posterior: -y
+    assert VN.index_to_ras_mm(real_ct, (0, 0, c - 1))[0] < base[0]      # patient left: -x in RAS
+    assert VN.ras_mm_to_index(real_ct, [1e6, 1e6, 1e6]) == (s - 1, 0, 0)  # clipped into the volume
+
+
+def test_map_round_trip_and_bad_input(real_ct: Volume) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.random(real_ct.shape).astype(np.float32)
+    back, _ = VN.nifti_to_grid(VN.map_to_nifti(real_ct, values))
+    np.testing.assert_array_equal(back, values)
+    assert _nifti(VN.map_to_nifti(real_ct, values)).get_data_dtype() == np.float32
+    with pytest.raises(InputError, match="volume's shape"):
+        VN.map_to_nifti(real_ct, values[:-1])
+    bad = values.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        VN.map_to_nifti(real_ct, bad)
+    with pytest.raises(InputError, match="slice"):
+        VN.index_to_ras_mm(real_ct, (real_ct.shape[0], 0, 0))
+
+
+def test_map_cache_memory_bound_disk_and_reload(tmp_path: Path) -> None:
+    a = np.full((4, 8, 8), 1.0, dtype=np.float32)  # 1024 bytes each
+    b = np.full((4, 8, 8), 2.0, dtype=np.float32)
+    cache = AV.MapCache(tmp_path, max_bytes=1500)
+    ka, kb = AV.map_key("case-a", "stamp", "saliency", 365), AV.map_key("case-b", "stamp", "saliency", 365)
+    assert ka != kb and ka != AV.map_key("case-a", "stamp", "saliency", 30)
+    cache.put(ka, a)
+    cache.put(kb, b)
+    assert cache.bytes_in_memory == 1024  # a evicted from memory (over 1500 bytes) ...
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{ka}.npy", f"{kb}.npy"])
+    fresh = AV.MapCache(tmp_path, max_bytes=1500)  # ... and both come back from disk after a restart
+    np.testing.assert_array_equal(fresh.get(ka), a)
+    np.testing.assert_array_equal(fresh.get(kb), b)
+    calls: list[float] = []
+    out = fresh.get_or_compute(ka, lambda p: np.zeros(1), progress=lambda f, m: calls.append(f))
+    np.testing.assert_array_equal(out, a)
+    assert calls == [1.0]  # cached: reported done, nothing computed
+    kc = AV.map_key("case-c", "stamp", "gradcam", 365)
+    made = fresh.get_or_compute(kc, lambda p: np.full((2, 2, 2), 3.0), None)
+    assert made.dtype == np.float32 and float(made.sum()) == 24.0
+    (tmp_path / f"{kc}.npy").write_bytes(b"torn")
+    assert AV.MapCache(tmp_path).get(kc) is None  # a torn file is dropped, not shown
+    with pytest.raises(InputError, match="method"):
+        AV.map_key("case", "stamp", "nonsense", 365)
+    with pytest.raises(InputError, match="horizon"):
+        AV.map_key("case", "stamp", "saliency", -1)
