@@ -1,4 +1,5 @@
-"""One-page case report (PDF, matplotlib): survival, risks, top slices with overlays, top events, model card.
+"""One-page case report (PDF, matplotlib): warnings, survival, risks, top slices with overlays, the strategies'
+risks, top events, model card.
 
 Nothing identifying goes in: the caller passes a neutral ``case_label`` (a
 session case number), event times are shown as days before the index date,
@@ -6,10 +7,17 @@ and the PDF's information dictionary holds only a neutral title. The report
 refuses a ``case_label`` that contains the case's subject id. Content streams
 are written uncompressed so that the text of the page can be audited with a
 byte search.
+
+The page is laid out from the top down in inches (:class:`_Flow`): text blocks
+take the height of their wrapped lines, the two figure rows share what is left,
+and blocks that still do not fit are cut with a "... (n more)" line, so no block
+runs into another or into the footer.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -27,6 +35,28 @@ if TYPE_CHECKING:
 
 DISCLAIMER = "Research use only, not a medical device. Not for clinical decisions."
 PAGE_INCHES = (8.27, 11.69)  # A4 portrait
+MARGIN_IN = 0.55
+LINE = 1.32  # line height / font size
+
+
+def readable_line(line: str) -> str:
+    """A model-card line with a JSON object of horizons (``{"30": 0.85, ...}``) written out for people.
+
+    >>> readable_line('Time-dependent AUC: {"30": 0.8575, "365": 0.7997}')
+    'Time-dependent AUC: 30 days 0.858, 1 year 0.800'
+    """
+    def repl(m: re.Match[str]) -> str:
+        try:
+            obj = json.loads(m.group(0))
+        except ValueError:
+            return m.group(0)
+        parts = []
+        for k, v in obj.items():
+            key = horizon_label(float(k)) if re.fullmatch(r"\d+(\.\d+)?", str(k)) else str(k)
+            parts.append(f"{key} {v:.3f}" if isinstance(v, (int, float)) else f"{key} {v}")
+        return ", ".join(parts)
+
+    return re.sub(r"\{[^{}]*\}", repl, line)
 
 
 def card_summary(card: str, max_lines: int = 8) -> str:
@@ -38,21 +68,82 @@ def card_summary(card: str, max_lines: int = 8) -> str:
             section = line[3:].strip().lower()
             continue
         if section in ("model", "metrics (test split)") and line.startswith("- "):
-            keep.append(line[2:].replace("`", ""))
+            keep.append(readable_line(line[2:].replace("`", "")))
     return "\n".join(keep[:max_lines])
+
+
+class _Flow:
+    """Top-down placement on the page in inches; ``y`` is the distance from the top edge."""
+
+    def __init__(self, fig: Any) -> None:
+        self.fig = fig
+        self.w, self.h = PAGE_INCHES
+        self.y = MARGIN_IN
+
+    def text(self, x_in: float, y_in: float, lines: Sequence[str], size: float, **kw: Any) -> None:
+        if lines:
+            self.fig.text(x_in / self.w, 1.0 - y_in / self.h, "\n".join(lines), fontsize=size, va="top",
+                          linespacing=1.2, **kw)
+
+    def axes(self, x_in: float, y_in: float, w_in: float, h_in: float) -> Any:
+        return self.fig.add_axes((x_in / self.w, 1.0 - (y_in + h_in) / self.h, w_in / self.w, h_in / self.h))
+
+
+def height(n_lines: int, size: float) -> float:
+    """Inches taken by ``n_lines`` of text at ``size`` points."""
+    return n_lines * size * LINE / 72.0
+
+
+def _fit(lines: list[str], room_in: float, size: float) -> list[str]:
+    """``lines`` cut to the room, the last kept line saying how many were left out."""
+    fits = int(room_in / (size * LINE / 72.0))
+    if len(lines) <= fits:
+        return lines
+    keep = max(fits - 1, 0)
+    return lines[:keep] + [f"... ({len(lines) - keep} more lines)"] if fits > 0 else []
+
+
+def _wrap(items: Sequence[str], width: int, bullet: str = "") -> list[str]:
+    out: list[str] = []
+    for item in items:
+        out += textwrap.wrap(str(item), width, initial_indent=bullet, subsequent_indent=" " * len(bullet)) or [""]
+    return out
+
+
+def strategy_lines(table: pd.DataFrame | None, skipped: Sequence[str] = ()) -> list[str]:
+    """The strategies' risk table as fixed-width text lines (``*`` marks the model in use)."""
+    if table is None or not len(table):
+        return []
+    cols = [c for c in table.columns if c not in ("strategy", "current")]
+    head = f"{'strategy':<20}" + "".join(f"{c:>18}" for c in cols)
+    lines = [head]
+    for r in table.to_dict("records"):
+        name = ("* " if r.get("current") else "  ") + str(r["strategy"])
+        cells = []
+        for c in cols:
+            v = r[c]
+            text = "past grid" if pd.isna(v) else (f"{100 * v:.1f} %" if c.startswith("risk") else f"{v:.2f}")
+            cells.append(f"{text:>18}")
+        lines.append(f"{name:<20}" + "".join(cells))
+    return lines + [f"  not scored: {s}" for s in skipped]
 
 
 def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, prediction: CasePrediction,
                     volume_hu: np.ndarray | None, spacing_mm: Sequence[float] | None, attribution: Attribution | None,
                     events_table: pd.DataFrame | None, cohort_km: tuple[Any, Any, Any, Any] | None,
-                    model_card_summary: str, case_label: str) -> Path:
-    """Write the one-page report to ``out`` (.pdf) and return its path."""
+                    model_card_summary: str, case_label: str, warnings: Sequence[str] = (),
+                    strategy_risks: pd.DataFrame | None = None, strategies_skipped: Sequence[str] = ()) -> Path:
+    """Write the one-page report to ``out`` (.pdf) and return its path.
+
+    ``warnings`` are the case's warnings exactly as the page shows them
+    (``core.app.case_warnings.gather_case_warnings``); ``strategy_risks`` the
+    per-strategy risk table (``strategy_risk_table``) and ``strategies_skipped``
+    the strategies that cannot score the case, with the reason.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from core.io.windows import WINDOWS
 
     target = Path(out)
     if target.suffix.lower() != ".pdf":
@@ -63,99 +154,155 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
     if sid and sid in str(case_label):
         raise InputError("case_label", "contains the subject id", "would identify the patient in the report",
                          "pass a neutral label such as 'case 3'")
-    times = np.asarray(prediction.times, dtype=float)
-    surv = np.asarray(prediction.survival, dtype=float)
     with matplotlib.rc_context({"pdf.compression": 0, "font.size": 8}):
         fig = plt.figure(figsize=PAGE_INCHES)
-        gs = fig.add_gridspec(4, 3, height_ratios=[0.25, 1.15, 1.0, 1.15], hspace=0.45, wspace=0.25,
-                              left=0.07, right=0.96, top=0.95, bottom=0.06)
-        head = fig.add_subplot(gs[0, :])
-        head.axis("off")
-        head.text(0.0, 0.95, f"Case report: {case_label}", fontsize=14, weight="bold", va="top")
-        head.text(0.0, 0.35, f"Model {model.model_dir.name}: {model.fusion} fusion, {model.config.head} head. "
-                  f"Modalities used: {', '.join(prediction.modalities_used) or 'none'}.", fontsize=9, va="top")
-        head.text(0.0, -0.1, DISCLAIMER, fontsize=9, color="#b00020", weight="bold", va="top")
-
-        ax = fig.add_subplot(gs[1, :2])
-        if cohort_km is not None:
-            kt, ks, klo, khi = (np.asarray(a, dtype=float) for a in cohort_km)
-            ax.fill_between(kt, klo, khi, step="post", color="0.6", alpha=0.25, linewidth=0)
-            ax.step(kt, ks, where="post", color="0.4", linestyle="--", label="cohort Kaplan-Meier")
-        ax.fill_between(times, np.asarray(prediction.lower, float), np.asarray(prediction.upper, float), step="post",
-                        color="#1f77b4", alpha=0.25, linewidth=0, label=f"uncertainty band ({model.uncertainty})")
-        ax.step(times, surv, where="post", color="#1f77b4", linewidth=2, label="this case")
-        for h in HORIZONS:
-            if h <= times[-1]:
-                ax.axvline(h, color="0.7", linestyle=":", linewidth=0.8)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("days from index date")
-        ax.set_ylabel("survival S(t)")
-        ax.legend(loc="lower left", fontsize=7)
-        ax.set_title("Individual survival curve vs cohort", fontsize=9)
-
-        rk = fig.add_subplot(gs[1, 2])
-        rk.axis("off")
-        lines = ["Predicted risk 1 - S(t)", ""]
-        risks = risk_at(times, surv, HORIZONS)
-        for h in HORIZONS:
-            r = None if h in beyond_grid(times, (h,)) else risks[h]
-            lines.append(f"{horizon_label(h):>8}:  " + ("past the model's time grid" if r is None else f"{100 * r:5.1f} %"))
-        if attribution is not None:
-            lines += ["", "Explanation", f"method: {attribution.method}", f"target: {attribution.target}"]
-        rk.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8)
-
-        slices: list[int] = []
-        if attribution is not None and volume_hu is not None:
-            slices = [i for i, _ in attribution.top_slices[:3]]
-        for j in range(3):
-            a = fig.add_subplot(gs[2, j])
-            a.axis("off")
-            if j >= len(slices):
-                if j == 0:
-                    a.text(0.0, 0.5, "No CT attribution for this case.", fontsize=8)
-                continue
-            k = slices[j]
-            lo, hi = WINDOWS["lung"] if "lung" in WINDOWS else (-1350.0, 150.0)
-            sp = [float(v) for v in (spacing_mm or (1.0, 1.0, 1.0))][-2:]
-            hu = np.asarray(volume_hu)[k]
-            extent = (0, hu.shape[1] * sp[1], hu.shape[0] * sp[0], 0)
-            a.imshow(hu, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
-            m = np.abs(attribution.map[k])  # type: ignore[union-attr]
-            top = float(np.percentile(m, 99.5)) or float(m.max()) or 1.0
-            over = np.ma.masked_less(np.clip(m / top, 0, 1), 0.15)
-            a.imshow(over, cmap="hot", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="bilinear")
-            a.set_title(f"slice {k} ({100 * attribution.top_slices[j][1]:.1f} % of |map|)", fontsize=8)  # type: ignore[union-attr]
-
-        ev = fig.add_subplot(gs[3, :2])
-        ev.axis("off")
-        text = ["Top timeline events (integrated gradients of the risk; + raises it)", ""]
-        if events_table is not None and len(events_table):
-            from core.deid.text import redact_codes
-
-            # free text outside the model's own code vocabulary could hold PHI: it never reaches the PDF
-            vocabulary = set(model.config.ehr.sequence["codes"]) if model.config.ehr.sequence else set()
-            shown = redact_codes(events_table["code"].tolist(), vocabulary)
-            order = np.argsort(-np.abs(events_table["score"].to_numpy(dtype=float)), kind="stable")[:8]
-            for i in order:
-                row = events_table.iloc[int(i)]
-                d = float(row.get("days_before_index", np.nan))
-                when = f"day -{d:.0f}" if np.isfinite(d) else "static"
-                val = row.get("numeric_value", np.nan)
-                val_text = "" if pd.isna(val) else f" = {float(val):.4g}"
-                att = row.get("attention", np.nan)
-                att_text = "" if pd.isna(att) else f"  attention {float(att):.3f}"
-                text.append(f"{shown[int(i)][:46]}{val_text} ({when}): {float(row['score']):+.2e}{att_text}")
-        else:
-            text.append("No timeline events used by this model for this case.")
-        ev.text(0.0, 1.0, "\n".join(text), va="top", family="monospace", fontsize=6.5)
-
-        mc = fig.add_subplot(gs[3, 2])
-        mc.axis("off")
-        wrapped = "\n".join(textwrap.fill(line, 42) for line in (model_card_summary or "").splitlines())
-        mc.text(0.0, 1.0, "Model card\n\n" + wrapped, va="top", fontsize=6.5)
-        fig.text(0.07, 0.02, DISCLAIMER + " Times are days relative to the index date.", fontsize=7, color="0.3")
+        _draw(fig, model, prediction, volume_hu, spacing_mm, attribution, events_table, cohort_km,
+              model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped))
         fig.savefig(target, format="pdf", metadata={"Title": "Case report", "Author": None, "Subject": None,
                                                      "Keywords": None, "Creator": None, "Producer": None,
                                                      "CreationDate": None})
         plt.close(fig)
     return target
+
+
+def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, spacing_mm: Sequence[float] | None,
+          attribution: Any, events_table: pd.DataFrame | None, cohort_km: Any, card: str, case_label: str,
+          warnings: list[str], strategy_risks: pd.DataFrame | None, skipped: list[str]) -> None:
+    page = _Flow(fig)
+    width = page.w - 2 * MARGIN_IN
+    x0 = MARGIN_IN
+    footer_top = page.h - MARGIN_IN + 0.05
+    # ---- header
+    page.text(x0, page.y, [f"Case report: {case_label}"], 14, weight="bold")
+    page.y += 0.32
+    head = _wrap([f"Model {model.model_dir.name}: {model.fusion} fusion, {model.config.head} head. "
+                  f"Modalities used: {', '.join(prediction.modalities_used) or 'none'}."], 110)
+    page.text(x0, page.y, head, 9)
+    page.y += height(len(head), 9)
+    page.text(x0, page.y, [DISCLAIMER], 9, color="#b00020", weight="bold")
+    page.y += height(1, 9) + 0.08
+    # ---- warnings, as on the page
+    warn = _wrap(warnings, 128, "- ") if warnings else ["None: the page showed no warning for this case."]
+    warn = _fit(warn, 2.2, 7.5)
+    page.text(x0, page.y, [f"Warnings ({len(warnings)}, as shown on the case review page)"], 8.5, weight="bold",
+              color="#b00020" if warnings else "0.2")
+    page.y += height(1, 8.5)
+    page.text(x0, page.y, warn, 7.5, color="#7a0014" if warnings else "0.3")
+    page.y += height(len(warn), 7.5) + 0.12
+    # ---- the text blocks below the figures, measured first
+    strat = strategy_lines(strategy_risks, skipped)
+    events = _event_lines(model, events_table)
+    card_lines = ["Model card", ""] + _wrap((card or "").splitlines(), 52)
+    left_w = 0.62 * width
+    room_below = footer_top - page.y
+    fixed = 3.0 + 1.9 + 0.5  # survival row, slice row and gaps, at their nominal sizes
+    text_room = max(room_below - fixed, 1.2)
+    strat = _fit(strat, min(height(len(strat) + 1, 7), 0.45 * text_room), 7)
+    strat_h = height(len(strat) + 1, 7) + 0.1 if strat else 0.0
+    low_room = text_room - strat_h
+    events = _fit(events, low_room, 6.5)
+    card_lines = _fit(card_lines, low_room, 6.5)
+    low_h = max(height(len(events), 6.5), height(len(card_lines), 6.5))
+    plots = room_below - strat_h - low_h - 0.5
+    surv_h, slice_h = plots * 3.0 / 4.9, plots * 1.9 / 4.9
+    # ---- survival curve and risks
+    ax = page.axes(x0 + 0.45, page.y + 0.2, 0.62 * width - 0.45, surv_h - 0.6)
+    _survival_axes(ax, model, prediction, cohort_km)
+    page.text(x0 + 0.66 * width, page.y + 0.2, _risk_lines(prediction, attribution), 8, family="monospace")
+    page.y += surv_h
+    # ---- top slices
+    _slices(page, x0, width, slice_h, volume_hu, spacing_mm, attribution)
+    page.y += slice_h + 0.1
+    # ---- strategies
+    if strat:
+        page.text(x0, page.y, ["Same case under every fusion strategy (* = the model of this report)"], 8,
+                  weight="bold")
+        page.text(x0, page.y + height(1, 8), strat, 7, family="monospace")
+        page.y += strat_h + 0.05
+    # ---- events and model card
+    page.text(x0, page.y, events, 6.5, family="monospace")
+    page.text(x0 + left_w + 0.03 * width, page.y, card_lines, 6.5)
+    fig.text(MARGIN_IN / page.w, 0.5 * MARGIN_IN / page.h, DISCLAIMER + " Times are days relative to the index date.",
+             fontsize=7, color="0.3", va="bottom")
+
+
+def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any) -> None:
+    times = np.asarray(prediction.times, dtype=float)
+    surv = np.asarray(prediction.survival, dtype=float)
+    if cohort_km is not None:
+        kt, ks, klo, khi = (np.asarray(a, dtype=float) for a in cohort_km)
+        ax.fill_between(kt, klo, khi, step="post", color="0.6", alpha=0.25, linewidth=0)
+        ax.step(kt, ks, where="post", color="0.4", linestyle="--", label="cohort Kaplan-Meier")
+    ax.fill_between(times, np.asarray(prediction.lower, float), np.asarray(prediction.upper, float), step="post",
+                    color="#1f77b4", alpha=0.25, linewidth=0, label=f"uncertainty band ({model.uncertainty})")
+    ax.step(times, surv, where="post", color="#1f77b4", linewidth=2, label="this case")
+    for h in HORIZONS:
+        if h <= times[-1]:
+            ax.axvline(h, color="0.7", linestyle=":", linewidth=0.8)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("days from index date")
+    ax.set_ylabel("survival S(t)")
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title("Individual survival curve vs cohort", fontsize=9)
+
+
+def _risk_lines(prediction: Any, attribution: Any) -> list[str]:
+    times = np.asarray(prediction.times, dtype=float)
+    risks = risk_at(times, np.asarray(prediction.survival, dtype=float), HORIZONS)
+    lines = ["Predicted risk 1 - S(t)", ""]
+    for h in HORIZONS:
+        r = None if h in beyond_grid(times, (h,)) else risks[h]
+        lines.append(f"{horizon_label(h):>8}:  " + ("past the grid" if r is None else f"{100 * r:5.1f} %"))
+    if attribution is not None:
+        lines += ["", "Explanation", f"method: {attribution.method}"] + textwrap.wrap(f"target: {attribution.target}", 30)
+    return lines
+
+
+def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarray | None,
+            spacing_mm: Sequence[float] | None, attribution: Any) -> None:
+    from core.io.windows import WINDOWS
+
+    slices: list[int] = []
+    if attribution is not None and volume_hu is not None:
+        slices = [i for i, _ in attribution.top_slices[:3]]
+    if not slices:
+        page.text(x0, page.y + 0.1, ["No CT attribution for this case."], 8)
+        return
+    n = int(np.asarray(volume_hu).shape[0])
+    w = (width - 0.4) / 3
+    for j, k in enumerate(slices):
+        a = page.axes(x0 + j * (w + 0.2), page.y + 0.25, w, h - 0.3)
+        a.axis("off")
+        lo, hi = WINDOWS["lung"] if "lung" in WINDOWS else (-1350.0, 150.0)
+        sp = [float(v) for v in (spacing_mm or (1.0, 1.0, 1.0))][-2:]
+        hu = np.asarray(volume_hu)[k]
+        extent = (0, hu.shape[1] * sp[1], hu.shape[0] * sp[0], 0)
+        a.imshow(hu, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+        m = np.abs(attribution.map[k])
+        top = float(np.percentile(m, 99.5)) or float(m.max()) or 1.0
+        over = np.ma.masked_less(np.clip(m / top, 0, 1), 0.15)
+        a.imshow(over, cmap="hot", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="bilinear")
+        # slices are numbered from 1 (inferior) everywhere: viewer title, export caption and file name
+        a.set_title(f"axial slice {k + 1}/{n} ({100 * attribution.top_slices[j][1]:.1f} % of |map|)", fontsize=8)
+
+
+def _event_lines(model: Any, events_table: pd.DataFrame | None) -> list[str]:
+    text = ["Top timeline events (integrated gradients of the risk; + raises it)", ""]
+    if events_table is None or not len(events_table):
+        return text + ["No timeline events used by this model for this case."]
+    from core.deid.text import redact_codes
+
+    # free text outside the model's own code vocabulary could hold PHI: it never reaches the PDF
+    vocabulary = set(model.config.ehr.sequence["codes"]) if model.config.ehr.sequence else set()
+    shown = redact_codes(events_table["code"].tolist(), vocabulary)
+    order = np.argsort(-np.abs(events_table["score"].to_numpy(dtype=float)), kind="stable")[:8]
+    for i in order:
+        row = events_table.iloc[int(i)]
+        d = float(row.get("days_before_index", np.nan))
+        when = f"day -{d:.0f}" if np.isfinite(d) else "static"
+        val = row.get("numeric_value", np.nan)
+        val_text = "" if pd.isna(val) else f" = {float(val):.4g}"
+        att = row.get("attention", np.nan)
+        att_text = "" if pd.isna(att) else f"  att {float(att):.3f}"
+        text.append(f"{shown[int(i)][:34]}{val_text} ({when}): {float(row['score']):+.2e}{att_text}")
+    return text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,8 @@ def test_case_report_is_a_one_page_pdf_without_identifiers(parts: dict[str, Any]
     assert parts["sid"] not in text and parts["sid"].encode() not in data
     assert not re.search(r"\d{4}-\d{2}-\d{2}", text)  # no dates: event times are days before the index
     top = [i for i, _ in parts["attribution"].top_slices[:3]]
-    assert all(f"slice {k} (" in text for k in top)
+    n = parts["volume_hu"].shape[0]
+    assert all(f"axial slice {k + 1}/{n} (" in text for k in top)  # 1-based, as in the viewer and the file names
     info = re.findall(rb"/(Author|Creator|Producer|Subject|Keywords|CreationDate)\b", data)
     assert info == []
 
@@ -89,3 +92,109 @@ def test_case_report_without_ct_or_events(parts: dict[str, Any], tmp_path: Path)
     text = pdf_text(case_report_pdf(tmp_path / "r.pdf", **kw).read_bytes())
     assert "No CT attribution for this case." in text and "No timeline events used" in text
     assert np.isfinite(parts["prediction"].survival).all()
+
+
+# ------------------------------------------------ warnings, strategies and layout (issue 18)
+
+PDFTOTEXT = shutil.which("pdftotext")
+
+
+def words(pdf: Path) -> list[tuple[float, float, float, float, str]]:
+    """(xMin, yMin, xMax, yMax, word) of every word on the page (poppler's pdftotext -bbox; y grows downwards)."""
+    if PDFTOTEXT is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    html = subprocess.run([PDFTOTEXT, "-bbox", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    out = []
+    for m in re.finditer(r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>', html):
+        out.append((float(m[1]), float(m[2]), float(m[3]), float(m[4]), m[5]))
+    return out
+
+
+def plain_text(pdf: Path) -> str:
+    """The page's text as pdftotext reads it, lines joined with single spaces (wrapped warnings read whole)."""
+    if PDFTOTEXT is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    text = subprocess.run([PDFTOTEXT, str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    return " ".join(text.split())
+
+
+def overlaps(ws: list[tuple[float, float, float, float, str]]) -> list[tuple[str, str]]:
+    """Pairs of words whose glyph cores cross: poppler's boxes span the font's full ascent and descent (about
+    twice the size), so each box is cut to its middle 30 % in height before comparing."""
+    core = []
+    for x0, y0, x1, y1, w in ws:
+        mid, half = (y0 + y1) / 2, 0.15 * (y1 - y0)
+        core.append((x0 + 0.3, mid - half, x1 - 0.3, mid + half, w))
+    bad = []
+    for i, a in enumerate(core):
+        for b in core[i + 1:]:
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                bad.append((a[4], b[4]))
+    return bad
+
+
+def test_report_carries_every_warning_and_the_strategy_table_without_overlap(parts: dict[str, Any],
+                                                                             tmp_path: Path) -> None:
+    from core.app.case_warnings import disagreement, strategy_risk_table
+    from core.report import case_report_pdf
+
+    p = parts["prediction"]
+    flat = np.full_like(p.survival, 0.45)
+    table = strategy_risk_table({"cross_attention": (p.times, p.survival), "other": (p.times, flat),
+                                 "low": (p.times, np.full_like(p.survival, 0.05))}, current="cross_attention")
+    flag = disagreement(table)
+    top = float(table["survival 5 years"].max())
+    assert top >= 0.45 and flag is not None and f"from 0.05 (low) to {top:.2f}" in flag
+    assert f"spread of {top - 0.05:.2f} (flagged above 0.2)" in flag
+    assert disagreement(table[table["strategy"] != "low"]) is None or top - 0.45 > 0.2  # 0.45 vs the case: flagged only past 0.2
+    warnings = ["First warning: the image part is masked out for this case.", "A long warning: " + " ".join(f"part{i}" for i in range(70)) + " end.",
+                flag]
+    long_card = "\n".join(f"- card line {i}: " + "metric " * 12 for i in range(40))  # far more than fits
+    out = case_report_pdf(tmp_path / "r.pdf", **(_kwargs(parts) | {
+        "warnings": warnings, "strategy_risks": table, "strategies_skipped": ["ehr_only reads only the EHR; the case has none"],
+        "model_card_summary": long_card}))
+    text = plain_text(out)
+    for w in warnings:
+        assert " ".join(w.split()) in text, w[:40]
+    assert "Warnings (3, as shown on the case review page)" in text
+    assert "* cross_attention" in text and "not scored: ehr_only reads only the EHR; the case has none" in text
+    assert "more lines)" in text  # the card was cut to the room left, not run into the footer
+    ws = words(out)
+    footer = [w for w in ws if w[4] == "Times"]
+    assert footer, "footer missing"
+    mid = [(w[1] + w[3]) / 2 for w in ws]
+    foot = (footer[0][1] + footer[0][3]) / 2
+    above = [m for m, w in zip(mid, ws) if m < foot - 2]
+    assert len(above) == len(ws) - len([m for m in mid if abs(m - foot) <= 2])  # nothing on or below the footer
+    assert foot - max(above) >= 12, "a block runs into the footer"  # at least a line of clear space
+    assert overlaps(ws) == []
+    assert len(re.findall(rb"/Type\s*/Page\b", out.read_bytes())) == 1
+
+
+def test_report_of_the_real_abdominal_ct_carries_its_coverage_warning(parts: dict[str, Any], real_ct: Path,
+                                                                      tmp_path: Path) -> None:
+    """The shared real abdominal CT, scored as an upload: the warnings the page gathers reach the PDF's text."""
+    from core.app.case_warnings import gather_case_warnings
+    from core.cohort import UPLOAD_SUBJECT, uploaded_case_cohort
+    from core.io.study import load_study
+    from core.preprocess.lung import lung_coverage_warning
+    from core.report import case_report_pdf
+
+    model = parts["model"]
+    volume = load_study(real_ct)
+    cohort = uploaded_case_cohort(tmp_path / "case", volume=volume, events=None)
+    inputs = model.case_inputs(cohort, UPLOAD_SUBJECT)
+    pred = model.predict_case(inputs)
+    coverage = lung_coverage_warning(volume.hu, volume.spacing_mm)
+    assert coverage is not None and "may not cover the chest" in coverage
+    notes = gather_case_warnings(model_name="cross_attention", has_image=True, has_ehr=True,
+                                 modalities_used=pred.modalities_used, ct_present=True, coverage=coverage,
+                                 prediction_warnings=getattr(pred, "warnings", None) or [])
+    assert [w.kind for w in notes][:2] == ["modality", "modality"] and "coverage" in [w.kind for w in notes]
+    out = case_report_pdf(tmp_path / "real.pdf", **(_kwargs(parts) | {
+        "inputs": inputs, "prediction": pred, "volume_hu": volume.hu, "spacing_mm": volume.spacing_mm,
+        "attribution": None, "events_table": None, "warnings": [w.text for w in notes]}))
+    text = plain_text(out)
+    assert "may not cover the chest" in text and "do not rely on the image part of this prediction" in text
+    assert "No EHR data" in text
+    assert overlaps(words(out)) == []

@@ -1,0 +1,218 @@
+"""What the case review warns about, gathered once, so that the page and the report PDF carry the same list.
+
+No streamlit here: the pages pass plain values (the model's name and which
+modalities it reads, the prediction's ``modalities_used`` and ``warnings``, the
+CT coverage warning, the uploaded timeline, the sanity result of the method on
+show, the strategies' risk table) and show :func:`gather_case_warnings`'s list
+as it is; ``core.report.case_report_pdf`` prints the same texts.
+
+Also here, because both the page and the report read them: the per-strategy
+risk table and its disagreement flag, the caveat of each attribution method, and
+the model-randomisation results recorded in a model card.
+
+>>> notes = gather_case_warnings(model_name="ehr_only", has_image=False, has_ehr=True, modalities_used=[],
+...                              ct_present=True)
+>>> [w.kind for w in notes]
+['modality', 'modality', 'modality']
+>>> notes[2].text
+'ehr_only reads only the EHR; the case has none: its curve is not a prediction for this case and is not drawn.'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.horizons import HORIZON_LABELS, HORIZONS, beyond_grid, survival_at
+
+RANDOMIZATION_THRESHOLD = 0.5  # a map still this rank-correlated with the trained one after every layer is
+#                                re-initialised does not depend on the weights (Adebayo et al. 2018)
+DISAGREEMENT_THRESHOLD = 0.2   # spread (max - min) of the strategies' 5-year survival that raises the flag
+OUTCOME_CODES = ("MEDS_DEATH",)
+
+METHOD_CAVEATS: dict[str, str] = {
+    "saliency": "Gradient of the risk per voxel: sharp but noisy, and strided convolutions can leave a regular "
+                "grid of dots. Shows where a small change moves the risk, not how much each region adds.",
+    "integrated_gradients": "Sums gradients on a path from a baseline (here air, -1000 HU) to the CT: the map is "
+                            "relative to that baseline, and another baseline gives another map.",
+    "gradcam": "Computed on the last convolution's feature-map grid and upsampled: coarse blocks, not voxels, "
+               "and it can tint air outside the body. Not a lesion outline.",
+    "occlusion": "Risk change when a block is blanked: shows blocks at its window size, can tint background "
+                 "blocks, and misses structures smaller than the window.",
+    "smoothgrad": "Saliency averaged over noisy copies of the CT: less grainy, but blurred, and it depends on "
+                  "the number of samples and the noise level.",
+}
+
+
+@dataclass(frozen=True)
+class CaseWarning:
+    """One warning of a case: ``kind`` (modality, coverage, prediction, timeline, sanity, disagreement) and its
+    one-paragraph plain text (no markup), shown on the page and printed in the report as it is."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """The model-randomisation test of one method on one model: Spearman correlation of |map| with the trained
+    model's |map| after every layer is re-initialised (``final_spearman``); it fails at or above the threshold."""
+
+    method: str
+    final_spearman: float
+    pointing_rate: float | None
+    source: str  # "model card" or "this case"
+
+    @property
+    def passed(self) -> bool:
+        return self.final_spearman < RANDOMIZATION_THRESHOLD
+
+    def label(self) -> str:
+        verdict = "passes" if self.passed else "FAILS"
+        return (f"{verdict} the model-randomisation check ({self.source}: Spearman {self.final_spearman:.2f} after "
+                f"re-initialising every layer; fails at >= {RANDOMIZATION_THRESHOLD:g})")
+
+
+def sanity_from_card(card: str) -> dict[str, SanityResult]:
+    """The "Sanity checks" section that ``python -m core sanity`` writes into MODEL_CARD.md, per method.
+
+    >>> card = "## Sanity checks\\n\\nMethod `gradcam`. ...\\n| 0 | trained model | 1.000 |\\n| 1 | head | 0.9 |\\n"
+    >>> sanity_from_card(card)["gradcam"].passed
+    False
+    """
+    out: dict[str, SanityResult] = {}
+    _, found, section = card.partition("## Sanity checks")
+    if not found:
+        return out
+    nxt = section.find("\n## ")
+    section = section if nxt < 0 else section[:nxt]
+    method = re.search(r"Method `([a-z_]+)`", section)
+    rows = re.findall(r"^\|\s*(\d+)\s*\|[^|]*\|\s*(-?[0-9.]+)\s*\|\s*$", section, flags=re.M)
+    if method is None or len(rows) < 2:
+        return out
+    rate = re.search(r"rate ([0-9.]+)", section)
+    last = max(rows, key=lambda r: int(r[0]))
+    out[method.group(1)] = SanityResult(method.group(1), float(last[1]), None if rate is None else float(rate.group(1)),
+                                        "model card")
+    return out
+
+
+def sanity_from_table(method: str, table: pd.DataFrame) -> SanityResult:
+    """A ``core.sanity.cascading_randomization`` table run on the case under review."""
+    return SanityResult(method, float(table["spearman"].iloc[-1]), None, "this case")
+
+
+# ------------------------------------------------------------------ strategies
+
+
+def cannot_score_reason(name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str]) -> str | None:
+    """Why a strategy cannot score the case (it reads none of the case's modalities), or None when it can."""
+    if modalities_used:
+        return None
+    if has_ehr and not has_image:
+        return f"{name} reads only the EHR; the case has none"
+    if has_image and not has_ehr:
+        return f"{name} reads only the CT; the case has none"
+    return f"{name} reads none of the modalities this case has"
+
+
+def strategy_risk_table(curves: Mapping[str, tuple[Any, Any]], current: str | None = None) -> pd.DataFrame:
+    """One row per strategy that scores the case: risk 1 - S(t) at 30 d, 1 y and 5 y and the 5-year survival
+    (NaN past the model's time grid); ``current`` marks the model in use. ``curves`` = {name: (times, S)}."""
+    rows = []
+    for name, (times, surv) in curves.items():
+        t = np.asarray(times, dtype=float)
+        s = survival_at(t, np.asarray(surv, dtype=float), [float(h) for h in HORIZONS])
+        past = set(beyond_grid(t, HORIZONS))
+        row: dict[str, Any] = {"strategy": name, "current": name == current}
+        for h, value in zip(HORIZONS, s):
+            row[f"risk {HORIZON_LABELS[h]}"] = np.nan if h in past else round(1.0 - float(value), 4)
+        row["survival 5 years"] = np.nan if 1825 in past else round(float(s[-1]), 4)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["strategy", "current"] + [f"risk {HORIZON_LABELS[h]}" for h in HORIZONS]
+                        + ["survival 5 years"])
+
+
+def disagreement(table: pd.DataFrame, threshold: float = DISAGREEMENT_THRESHOLD) -> str | None:
+    """The flag when the strategies' 5-year survival spreads over more than ``threshold``, else None."""
+    s = table.dropna(subset=["survival 5 years"]) if len(table) else table
+    if len(s) < 2:
+        return None
+    lo, hi = s["survival 5 years"].idxmin(), s["survival 5 years"].idxmax()
+    spread = float(s.loc[hi, "survival 5 years"] - s.loc[lo, "survival 5 years"])
+    if spread <= threshold:
+        return None
+    return (f"The fusion strategies disagree: 5-year survival ranges from {s.loc[lo, 'survival 5 years']:.2f} "
+            f"({s.loc[lo, 'strategy']}) to {s.loc[hi, 'survival 5 years']:.2f} ({s.loc[hi, 'strategy']}), a spread "
+            f"of {spread:.2f} (flagged above {threshold:g}); no single curve should be read as the answer.")
+
+
+# ------------------------------------------------------------------ gathering
+
+
+def timeline_messages(events: pd.DataFrame | None, index_time: Any) -> list[str]:
+    """What was removed from an uploaded timeline before the model read it: outcome events, events after the index."""
+    if events is None or len(events) == 0 or "code" not in events.columns:
+        return []
+    out = []
+    outcome = events["code"].astype(str).isin(OUTCOME_CODES)
+    if outcome.any():
+        codes = ", ".join(sorted(set(events.loc[outcome, "code"].astype(str))))
+        out.append(f"The timeline records the outcome ({codes}): {int(outcome.sum())} outcome event(s) removed; "
+                   "an outcome is never a model input.")
+    if index_time is not None and not pd.isna(index_time) and "time" in events.columns:
+        after = int(((pd.to_datetime(events["time"]) > pd.Timestamp(index_time)) & ~outcome).sum())
+        if after:
+            out.append(f"{after} timeline event(s) after the index date were not used.")
+    return out
+
+
+def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
+                     ct_present: bool) -> list[str]:
+    """The missing-modality notices: what the model does not read, what the case lacks, what cannot be scored."""
+    out = []
+    uses_ehr = any(m.startswith("ehr") for m in modalities_used)
+    if not has_image:
+        out.append(f"{model_name} does not use the CT.")
+    elif not ct_present or "image" not in modalities_used:
+        out.append("No CT study for this case: the image side of the model is masked out.")
+    if not has_ehr:
+        out.append(f"{model_name} does not use the EHR.")
+    elif not uses_ehr:
+        out.append("No EHR data (no timeline events before the index date, no features): the EHR side is masked out.")
+    reason = cannot_score_reason(model_name, has_image, has_ehr, modalities_used)
+    if reason:
+        out.append(f"{reason}: its curve is not a prediction for this case and is not drawn.")
+    elif out:
+        out.append(f"The prediction uses {', '.join(modalities_used)} only.")
+    return out
+
+
+def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
+                         ct_present: bool, coverage: str | None = None, prediction_warnings: Sequence[str] = (),
+                         timeline: Sequence[str] = (), sanity: SanityResult | None = None,
+                         disagreement_flag: str | None = None) -> list[CaseWarning]:
+    """Every warning of the case, in the order the page shows them (duplicates dropped)."""
+    items = [CaseWarning("modality", t) for t in modality_notices(model_name, has_image, has_ehr, modalities_used,
+                                                                  ct_present)]
+    if coverage and "image" in modalities_used:
+        items.append(CaseWarning("coverage", coverage))
+    items += [CaseWarning("prediction", str(t)) for t in prediction_warnings if t]
+    items += [CaseWarning("timeline", t) for t in timeline]
+    if sanity is not None and not sanity.passed and "image" in modalities_used:
+        items.append(CaseWarning("sanity", f"The {sanity.method} map {sanity.label()}: do not read it as an "
+                                           "explanation of this model."))
+    if disagreement_flag:
+        items.append(CaseWarning("disagreement", disagreement_flag))
+    seen: set[str] = set()
+    unique = []
+    for w in items:
+        if w.text not in seen:
+            seen.add(w.text)
+            unique.append(w)
+    return unique
