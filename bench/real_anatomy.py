@@ -107,16 +107,30 @@ def _run(cmd: list[str], timeout_s: float | None) -> subprocess.CompletedProcess
         return subprocess.CompletedProcess(cmd, 124, "", f"error: timed out after {timeout_s:.0f} s (--timeout-s)")
 
 
+def _train_cmd(cohort: Path, model: Path, fusion: str, kind: str | None, extra: list[str],
+               overrides: dict | None) -> list[str]:
+    """The real ``train`` command line, or, with settings ``overrides`` (which the command line does not take),
+    the same ``core.train.train_model`` call in a fresh interpreter."""
+    if overrides is None:
+        cmd = [sys.executable, "-m", "core", "train", "--cohort", str(cohort), "--fusion", fusion, "--out", str(model), *extra]
+        return cmd + (["--image-encoder-kind", kind] if kind is not None else [])
+    opts = dict(zip(extra[::2], extra[1::2]))
+    kwargs = {"epochs": int(opts["--epochs"]) if "--epochs" in opts else None,
+              "ensemble": int(opts["--ensemble"]) if "--ensemble" in opts else None,
+              "device": opts.get("--device", "auto"), "image_encoder_kind": kind or "auto", "overrides": overrides}
+    code = ("import json, sys; from core.train import train_model; "
+            f"train_model(sys.argv[1], sys.argv[2], sys.argv[3], **json.loads(sys.argv[4]))")
+    return [sys.executable, "-c", code, str(cohort), fusion, str(model), json.dumps(kwargs)]
+
+
 def run_one(cohort: Path, model: Path, fusion: str, kind: str | None, extra: list[str],
-            timeout_s: float | None = None) -> dict:
+            timeout_s: float | None = None, overrides: dict | None = None, label: str | None = None) -> dict:
     """Train and evaluate one model with the real command line; returns C-index, seconds or the error."""
-    cmd = [sys.executable, "-m", "core", "train", "--cohort", str(cohort), "--fusion", fusion, "--out", str(model), *extra]
-    if kind is not None:
-        cmd += ["--image-encoder-kind", kind]
+    cmd = _train_cmd(cohort, model, fusion, kind, extra, overrides)
     started = time.perf_counter()
     proc = _run(cmd, timeout_s)
     train_s = time.perf_counter() - started
-    row: dict = {"fusion": fusion, "encoder": kind or "default", "train_s": round(train_s, 1), "c_index": None,
+    row: dict = {"fusion": fusion, "encoder": label or kind or "default", "train_s": round(train_s, 1), "c_index": None,
                  "c_index_ci": None, "eval_s": None, "error": None}
     if proc.returncode != 0:
         row["error"] = f"train exit {proc.returncode}: {_last_error(proc.stderr or proc.stdout)}"
@@ -131,6 +145,11 @@ def run_one(cohort: Path, model: Path, fusion: str, kind: str | None, extra: lis
     row["c_index"] = res["c_index"]
     row["c_index_ci"] = res.get("c_index_ci")
     row["oracle_c_index"] = res.get("oracle_c_index")
+    metrics = model / "metrics.json"
+    if metrics.is_file():  # the image stage's own numbers (validation C, epochs)
+        image_stage = json.loads(metrics.read_text()).get("image_encoder") or {}
+        row["stage_a_val_c"] = image_stage.get("val_c_index")
+        row["stage_a_s"] = image_stage.get("seconds")
     return row
 
 
@@ -185,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="passed to train --epochs")
     parser.add_argument("--ensemble", type=int, default=None, help="passed to train --ensemble")
     parser.add_argument("--device", default=None, help="passed to train --device (auto, cpu, cuda)")
+    parser.add_argument("--image-settings", default=None,
+                        help="JSON merged into the image settings of every image encoder run (e.g. '{\"lung_mask\": true}'); "
+                             "such runs call core.train.train_model with overrides instead of the train command")
+    parser.add_argument("--label", default=None, help="name of the encoder in the tables (default: the --encoders name)")
     parser.add_argument("--timeout-s", type=float, default=None, help="stop a train or evaluate run after this many seconds (reported as an error)")
     parser.add_argument("--overlay", type=Path, default=None, help="also save a PNG of the organ masks on the base CT")
     parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
@@ -224,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             row["encoder"] = "(none)"
             rows.append(row)
             print(json.dumps(row), flush=True)
+        overrides = {"image": json.loads(args.image_settings)} if args.image_settings else None
         for enc in encoders:
             kind = None if enc == "default" else enc
+            label = args.label if args.label and len(encoders) == 1 else enc
             for fusion in (f for f in fusions if f != "ehr_only"):
-                row = run_one(cohort, models / enc / fusion, fusion, kind, extra, args.timeout_s)
+                row = run_one(cohort, models / label / fusion, fusion, kind, extra, args.timeout_s, overrides, label)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         print()
@@ -236,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             ci = "" if not r.get("c_index_ci") else f" ({r['c_index_ci'][0]:.3f}-{r['c_index_ci'][1]:.3f})"
             print(f"| {r['encoder']} | {r['fusion']} | {_fmt(r['c_index'])}{ci} | {r['train_s']} | {r['eval_s']} | {r['error'] or ''} |")
         print()
-        print(summary_table(rows, orc, encoders))
+        print(summary_table(rows, orc, [args.label] if args.label and len(encoders) == 1 else encoders))
         result["runs"] = rows
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")

@@ -58,6 +58,11 @@ class ImageConfig:
     emb_tokens: int | None = None
     weights: str | None = None                    # foundation: the pretrained weight set ("astra")
     weights_sha256: str | None = None             # foundation: SHA-256 of those weights
+    # 2d, organ-agnostic encoder (absent in older folders: one channel, stride 2 everywhere, mean+max pooling)
+    windows: tuple[tuple[float, float], ...] = ()  # HU windows as channels (ChannelStack); () = the input alone
+    contrast: tuple[int, ...] = ()                # local-contrast kernels (pixels) of every window channel
+    strides: tuple[int, ...] | None = None        # per conv layer; None = 2 each
+    pool: str = "meanmax"                         # spatial pooling of the last map: meanmax | attnmax
 
     @property
     def voxels(self) -> bool:
@@ -68,7 +73,7 @@ class ImageConfig:
         """The preprocessing chain HU -> encoder input (None for embeddings or no image).
 
         2d: HU window, the lung mask when ``lung_mask`` (an organ rule for chest tasks), slices resized to
-        ``size``; 3d: HU window, the volume resized to ``grid``; foundation: the volume resized to ``grid``
+        ``size``, then (inside the encoder, when ``windows``) the windows and local-contrast channels; 3d: HU window, the volume resized to ``grid``; foundation: the volume resized to ``grid``
         (area / trilinear), the window scaled to 0..1, RAS reorientation (``core.models.foundation_cache``).
         """
         if not self.voxels:
@@ -85,7 +90,12 @@ class ImageConfig:
             assert self.grid is not None
             return ImageTransforms(window, ResizeVolume(self.grid))
         lung = LungMaskFill(window, self.lung_close, self.lung_medial) if self.lung_mask else None
-        return ImageTransforms(window, ResizeSlices(self.size), lung)
+        stack = None
+        if self.windows:
+            from core.preprocess.transforms import ChannelStack
+
+            stack = ChannelStack(window, self.windows, self.contrast)
+        return ImageTransforms(window, ResizeSlices(self.size), lung, stack)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageConfig:
@@ -106,6 +116,10 @@ class ImageConfig:
             emb_tokens=int(d["emb_tokens"]) if d.get("emb_tokens") is not None else None,
             weights=str(d.get("weights", "astra")) if found else None,
             weights_sha256=str(d["weights_sha256"]) if found and d.get("weights_sha256") else None,
+            windows=tuple((float(w[0]), float(w[1])) for w in d.get("windows") or ()),
+            contrast=tuple(int(k) for k in d.get("contrast") or ()),
+            strides=tuple(int(s) for s in d["strides"]) if d.get("strides") else None,
+            pool=str(d.get("pool", "meanmax")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +130,12 @@ class ImageConfig:
                 out["lung_close"] = self.lung_close
             if self.lung_medial:
                 out["lung_medial"] = True
+            if self.windows:
+                out.update(windows=[list(w) for w in self.windows], contrast=list(self.contrast))
+            if self.strides is not None:
+                out["strides"] = list(self.strides)
+            if self.pool != "meanmax":
+                out["pool"] = self.pool
         elif self.kind == "3d":
             out.update(grid=list(self.grid or ()), channels=list(self.channels))
         elif self.kind == "foundation":

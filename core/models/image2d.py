@@ -9,6 +9,16 @@ voxels). Each slice gets its row and column coordinates as two extra channels
 match tokens from voxels), then the mean and max of the last feature map are
 projected to ``out_dim``.
 
+Organ-agnostic options (the default for new models, ``core.train.settings``):
+``stem`` is a :class:`core.preprocess.transforms.ChannelStack` (several HU
+windows and their local-contrast channels, fixed, no parameters) applied to
+the prepared slices first; ``strides`` keeps a finer last feature map (e.g.
+``(2, 2, 2, 1)``: 16 x 16 at size 128); ``pool="attnmax"`` pools that map with
+gated attention over its positions beside the max (a lesion is a few positions
+of one slice: attention-MIL inside the slice, the fusion's attention over
+slices above it). Without them (old model folders) the encoder is exactly
+the one those folders were trained with.
+
 With a lung-masked input, ``soft_tissue`` = ``(threshold, width)`` in the input's
 units adds one input per slice: ``log(1 + soft-tissue pixels)``, a smooth
 (differentiable) count of nodule-like pixels inside the lungs (everything
@@ -17,8 +27,17 @@ outside them is lung air after the mask).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch
 from torch import nn
+
+from core.models.pooling import AttentionPool
+
+if TYPE_CHECKING:
+    from core.models.config import ImageConfig
+
+POOLS: tuple[str, ...] = ("meanmax", "attnmax")
 
 
 class SliceEncoder2D(nn.Module):
@@ -29,23 +48,45 @@ class SliceEncoder2D(nn.Module):
     torch.Size([2, 3, 16])
     >>> SliceEncoder2D(out_dim=16, size=32, channels=(4, 8), soft_tissue=(-0.3, 0.025))(torch.zeros(1, 2, 32, 32)).shape
     torch.Size([1, 2, 16])
+    >>> from core.preprocess.transforms import ChannelStack, HUWindow
+    >>> stem = ChannelStack(HUWindow(-1000, 1000), ((-160.0, 240.0), (-200.0, 1000.0)), (5,))
+    >>> SliceEncoder2D(16, 32, (4, 8), stem=stem, strides=(2, 1), pool="attnmax")(torch.zeros(1, 2, 32, 32)).shape
+    torch.Size([1, 2, 16])
     """
 
     def __init__(self, out_dim: int = 64, size: int = 64, channels: tuple[int, ...] = (8, 16, 32, 64),
-                 soft_tissue: tuple[float, float] | None = None) -> None:
+                 soft_tissue: tuple[float, float] | None = None, *, stem: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 strides: tuple[int, ...] | None = None, pool: str = "meanmax") -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool {pool!r} is not one of {POOLS}")
         self.size = int(size)
         self.soft_tissue = None if soft_tissue is None else (float(soft_tissue[0]), float(soft_tissue[1]))
+        self.stem = stem
+        self.pool = pool
+        strides = tuple(strides) if strides is not None else (2,) * len(channels)
+        if len(strides) != len(channels):
+            raise ValueError(f"strides {strides} must give one stride per channel width {channels}")
         layers: list[nn.Module] = []
-        c_in = 3  # HU + row and column coordinates (CoordConv: where in the slice matters)
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(4, c), c), nn.GELU()]
+        # the input channels + row and column coordinates (CoordConv: where in the slice matters)
+        c_in = int(getattr(stem, "n_channels", 1)) + 2
+        for c, st in zip(channels, strides):
+            layers += [nn.Conv2d(c_in, c, 3, stride=int(st), padding=1), nn.GroupNorm(min(4, c), c), nn.GELU()]
             c_in = c
         self.features = nn.Sequential(*layers)
+        self.attn = AttentionPool(c_in, max(8, c_in // 2)) if pool == "attnmax" else None
         self.proj = nn.Linear(2 * c_in + (1 if self.soft_tissue else 0), out_dim)
         ramp = torch.linspace(-1.0, 1.0, self.size)
         self.register_buffer("coords", torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))[None], persistent=False)
         self.out_dim = out_dim
+
+    @classmethod
+    def from_config(cls, icfg: ImageConfig) -> SliceEncoder2D:
+        """The encoder of a 2d image config, with the channel layer and soft-tissue step of its transforms."""
+        chain = icfg.transforms()
+        assert chain is not None and hasattr(chain, "channel_stack")
+        return cls(icfg.out_dim, icfg.size, icfg.channels, soft_tissue=chain.soft_tissue_step(),
+                   stem=chain.channel_stack(), strides=icfg.strides, pool=icfg.pool)
 
     @property
     def gradcam_layer(self) -> nn.Module:
@@ -56,9 +97,16 @@ class SliceEncoder2D(nn.Module):
         """``[B, S, size, size]`` prepared slices -> ``[B, S, out_dim]``."""
         b, s = slices.shape[:2]
         x = slices.reshape(b * s, 1, self.size, self.size)
+        if self.stem is not None:
+            x = self.stem(x)
         x = torch.cat([x, self.coords.to(x).expand(b * s, 2, self.size, self.size)], dim=1)
         fmap = self.features(x)
-        parts = [fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))]
+        if self.attn is not None:
+            flat = fmap.flatten(2).transpose(1, 2)  # [B*S, positions, C]
+            pooled = self.attn(flat, torch.ones(flat.shape[:2], device=flat.device))[0]
+            parts = [pooled, fmap.amax(dim=(2, 3))]
+        else:
+            parts = [fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))]
         if self.soft_tissue:
             parts.append(self.soft_tissue_area(slices).reshape(b * s, 1))
         return self.proj(torch.cat(parts, dim=1)).reshape(b, s, -1)

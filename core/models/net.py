@@ -54,9 +54,7 @@ def build_image_encoder(icfg: ImageConfig) -> nn.Module | None:
     """The voxel encoder of an image config (None for embeddings or no image); its input comes from
     ``ImageConfig.transforms`` (``core.preprocess.transforms``) of the same config."""
     if icfg.kind == "2d":
-        chain = icfg.transforms()
-        assert chain is not None
-        return SliceEncoder2D(icfg.out_dim, icfg.size, icfg.channels, soft_tissue=chain.soft_tissue_step())
+        return SliceEncoder2D.from_config(icfg)
     if icfg.kind == "3d":
         from core.models.image3d import VolumeEncoder3D
 

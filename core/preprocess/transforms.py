@@ -21,7 +21,16 @@ transforms ``ScaleIntensityRange``, ``MaskIntensity`` and ``Resize``):
 * :class:`ResizeSlices` -- every axial slice to ``size x size`` (bilinear), for
   the per-slice 2D encoder;
 * :class:`ResizeVolume` -- the volume to a ``grid`` of voxels (trilinear), for
-  the 3D encoder.
+  the 3D encoder;
+* :class:`ChannelStack` -- several HU windows (soft tissue, liver, bone, lung)
+  as channels, each with local-contrast channels (the channel minus its own
+  local neighbourhood mean: a per-image filter, no organ rule, nothing shared
+  between subjects). It runs on the resized slices as the fixed, parameter-free
+  first layer of the 2D encoder (``core.models.image2d``), so the training cache
+  keeps one channel per slice; :meth:`ImageTransforms.describe` lists it.
+
+:func:`augment_slices` (small in-plane shifts and an intensity offset) is used
+by training only, never in prediction or explanation.
 
 >>> import torch
 >>> chain = ImageTransforms(HUWindow(-1000, 1000), ResizeSlices(8))
@@ -147,12 +156,79 @@ class ResizeVolume:
 
 
 @dataclass(frozen=True)
+class ChannelStack:
+    """Slices ``[N, 1, H, W]`` in ``source`` window units -> ``[N, C, H, W]``: every window of ``windows`` (HU
+    ``(low, high)``, clipped and scaled to ``[-1, 1]``), then for each window and each odd ``contrast`` kernel the
+    window channel minus its ``k x k`` local mean (edges: the mean over the pixels inside the slice).
+
+    Differentiable; no parameters. ``n_channels`` = ``len(windows) * (1 + len(contrast))``.
+
+    >>> import torch
+    >>> stack = ChannelStack(HUWindow(-1000, 1000), ((-160.0, 240.0), (-200.0, 1000.0)), (5,))
+    >>> x = torch.full((1, 1, 9, 9), 0.04)   # 40 HU everywhere ...
+    >>> x[0, 0, 4, 4] = 0.0                   # ... but 0 HU in the centre
+    >>> y = stack(x)
+    >>> y.shape, stack.n_channels, round(float(y[0, 0, 0, 0]), 3), round(float(y[0, 2, 4, 4]), 3), float(y[0, 2, 0, 0])
+    (torch.Size([1, 4, 9, 9]), 4, 0.0, -0.192, 0.0)
+    """
+
+    source: HUWindow
+    windows: tuple[tuple[float, float], ...]
+    contrast: tuple[int, ...] = ()
+    name = "channel_stack"
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.windows) * (1 + len(self.contrast))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        hu = x * self.source.half_width + self.source.centre
+        wins = [(hu.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2) for lo, hi in self.windows]
+        out = list(wins)
+        for k in self.contrast:
+            for w in wins:
+                out.append(w - F.avg_pool2d(w, k, stride=1, padding=k // 2, count_include_pad=False))
+        return torch.cat(out, dim=1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "windows_hu": [list(w) for w in self.windows], "local_contrast_kernels_px": list(self.contrast),
+                "applied": "by the 2D encoder as its fixed first layer"}
+
+
+def augment_slices(x: torch.Tensor, max_shift: int, offset: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-only augmentation of prepared slices ``[B, S, H, W]``: one in-plane shift of up to ``max_shift``
+    pixels per subject (all its slices alike; wrapped around: the border is air or table) and one intensity
+    offset (uniform in ``+-offset`` input units) per subject.
+
+    >>> import torch
+    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> bool(torch.equal(augment_slices(x, 0, 0.0), x)), augment_slices(x, 2, 0.0).sum().item() == x.sum().item()
+    (True, True)
+    """
+    import torch
+
+    b = x.shape[0]
+    out = x
+    if max_shift > 0:
+        shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator)
+        out = torch.stack([torch.roll(x[i], (int(shifts[i, 0]), int(shifts[i, 1])), dims=(-2, -1)) for i in range(b)])
+    if offset > 0:
+        jitter = (torch.rand(b, generator=generator) * 2 - 1) * offset
+        out = out + jitter.to(out).view(b, *([1] * (out.dim() - 1)))
+    return out
+
+
+@dataclass(frozen=True)
 class ImageTransforms:
     """The chain HU -> encoder input: window, optional lung mask, resize (see the module docstring)."""
 
     window: HUWindow
     resize: ResizeSlices | ResizeVolume
     lung: LungMaskFill | None = None
+    channels: ChannelStack | None = None  # applied by the 2D encoder as its fixed first layer (see the module docstring)
 
     @property
     def per_slice(self) -> bool:
@@ -174,7 +250,11 @@ class ImageTransforms:
 
     def describe(self) -> list[dict[str, Any]]:
         steps: list[Any] = [self.window] + ([self.lung] if self.lung is not None else []) + [self.resize]
-        return [s.describe() for s in steps]
+        return [s.describe() for s in steps] + ([self.channels.describe()] if self.channels is not None else [])
+
+    def channel_stack(self) -> ChannelStack | None:
+        """The channel layer of the 2D encoder (``channels``), or None for one channel."""
+        return self.channels
 
     def soft_tissue_step(self) -> tuple[float, float] | None:
         """``(threshold, width)`` of the 2D encoder's soft-tissue count in the chain's output units, with the lung mask."""

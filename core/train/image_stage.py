@@ -58,6 +58,7 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
             cfg["lung_close"] = float(s["lung_close"])
             if bool(s.get("lung_medial", False)):
                 cfg["lung_medial"] = True
+        cfg.update(encoder_2d_config(s, len(cfg["channels"])))
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     elif kind == "foundation":
@@ -67,6 +68,39 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
         shape = cohort.image_embeddings.attrs.get("token_shape", (cohort.image_embeddings.shape[1],))
         cfg.update(emb_dim=int(shape[-1]), emb_tokens=int(np.prod(shape[:-1])) if len(shape) > 1 else 1)
     return cfg
+
+
+def encoder_2d_config(s: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """The organ-agnostic keys of a 2d image config (windows, contrast, strides, pool) from the ``image`` settings.
+
+    >>> encoder_2d_config({"windows": [[-160, 240]], "contrast": [9], "strides": [2, 1], "pool": "attnmax"}, 2)
+    {'windows': [[-160.0, 240.0]], 'contrast': [9], 'strides': [2, 1], 'pool': 'attnmax'}
+    >>> encoder_2d_config({}, 4)
+    {}
+    """
+    from core.models.image2d import POOLS
+
+    out: dict[str, Any] = {}
+    windows = s.get("windows") or []
+    for w in windows:
+        if len(w) != 2 or not float(w[0]) < float(w[1]):
+            raise InputError("image windows", w, "is not a (low, high) HU window with low < high", "use e.g. [[-160, 240], [-200, 1000]]")
+    contrast = [int(k) for k in s.get("contrast") or []]
+    if any(k < 3 or k % 2 == 0 for k in contrast):
+        raise InputError("image contrast", contrast, "kernels must be odd and >= 3 pixels", "use e.g. [9]")
+    if windows:
+        out.update(windows=[[float(w[0]), float(w[1])] for w in windows], contrast=contrast)
+    if s.get("strides"):
+        strides = [int(v) for v in s["strides"]]
+        if len(strides) != n_layers or min(strides) < 1:
+            raise InputError("image strides", strides, f"needs one stride >= 1 per conv layer ({n_layers})", "use e.g. [2, 2, 2, 1]")
+        out["strides"] = strides
+    pool = str(s.get("pool", "meanmax"))
+    if pool not in POOLS:
+        raise InputError("image pool", pool, "is not a spatial pooling", f"use one of {', '.join(POOLS)}")
+    if pool != "meanmax":
+        out["pool"] = pool
+    return out
 
 
 def foundation_config(f: dict[str, Any]) -> dict[str, Any]:
@@ -232,13 +266,15 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             if k in init_cfg and k in icfg and init_cfg[k] != icfg[k]:
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg[k]} does not match {icfg[k]}",
                                  "pretrain with the same image settings or train without --image-encoder")
-        for k, default in (("lung_mask", False), ("lung_close", 0.0), ("lung_medial", False)):
+        for k, default in (("lung_mask", False), ("lung_close", 0.0), ("lung_medial", False), ("windows", None),
+                           ("contrast", None), ("strides", None), ("pool", "meanmax")):
             if icfg.get("kind") == "2d" and init_cfg.get(k, default) != icfg.get(k, default):
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg.get(k, default)} does not match {icfg.get(k, default)}",
                                  "pretrain again with this version or train without --image-encoder")
         init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
     prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
-    key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
+    aug = (int(s.get("augment_shift", 0)), float(s.get("augment_offset", 0.0)))
+    key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")}, aug,
                   settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4")
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
     hit = _load_cache(path)
@@ -270,7 +306,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy() & present)
 
     def stage_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = model(_stage_a_batch(model, batch))
+        out = model(_stage_a_batch(model, batch, aug))
         head = (model.module if hasattr(model, "module") else model).head
         return head.nll(out["raw"], batch["time"], batch["event"])
 
@@ -334,10 +370,16 @@ def load_image_path(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> lis
     return loaded
 
 
-def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stage A feeds the cached prepared images through the encoder, then the rest of the net."""
+def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                   augment: tuple[int, float] = (0, 0.0)) -> dict[str, torch.Tensor]:
+    """Stage A feeds the cached prepared images through the encoder, then the rest of the net; ``augment``
+    (max shift in pixels, intensity offset) applies :func:`core.preprocess.transforms.augment_slices` (loss only)."""
     net = model.module if hasattr(model, "module") else model
     b = dict(batch)
     x = b.pop("image_preprocessed").float()
+    if (augment[0] > 0 or augment[1] > 0) and x.dim() == 4:
+        from core.preprocess.transforms import augment_slices
+
+        x = augment_slices(x, augment[0], augment[1])
     b["image_tokens"] = net.image_encoder(x)  # type: ignore[misc]
     return b
