@@ -11,6 +11,7 @@ import streamlit as st
 
 from core.app import demo_install, paths
 from core.models import FUSIONS
+from pages import _jobs
 from pages import _shared as ui
 from pages import _state as K
 
@@ -80,4 +81,5 @@ if not ready:
 
 ui.follow_deep_link()
 ui.sidebar()
+_jobs.sidebar_list()
 current.run()

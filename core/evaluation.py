@@ -127,6 +127,20 @@ def save_metrics(path: Path, metrics: dict, stamp: float) -> None:
     tmp.replace(path)
 
 
+def model_fingerprint(model_dir: Path | str) -> float:
+    """A stamp for a saved evaluation that survives copies and clones: from the model's metrics.json content.
+
+    (A file time would not: a fresh clone or an install copy gives new times to the same model.) A float of
+    52 bits of the SHA-256, so it round-trips through JSON exactly; 0.0 when the model has no metrics.json.
+    """
+    import hashlib
+
+    target = Path(model_dir) / "metrics.json"
+    if not target.is_file():
+        return 0.0
+    return float(int(hashlib.sha256(target.read_bytes()).hexdigest()[:13], 16))
+
+
 def read_saved_metrics(path: Path, stamp: float) -> dict | None:
     """The evaluation saved by :func:`save_metrics` for this ``stamp``, else None (absent, stale or unreadable)."""
     import json

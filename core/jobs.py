@@ -9,7 +9,7 @@ that long core functions take as ``progress``) and stops when the user cancels:
   queue with ``workers`` threads (2 by default, ``CTEHR_JOB_WORKERS``). At most
   one *heavy* job (training, comparison) runs at a time; light jobs
   (explanations) run beside it.
-* **Heavy jobs run in their own process** (spawned, ``nice``-ed by
+* **Heavy jobs run in their own process** (a fresh ``python -m core.jobs`` interpreter, ``nice``-ed by
   ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there), so training
   never changes the serving process's thread count, warning filters or memory,
   and a cancel that the job does not honour within ``CANCEL_GRACE_S`` ends the
@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import multiprocessing as mp
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from core.errors import InputError
@@ -247,8 +250,8 @@ class JobQueue:
             self._cond.notify_all()
             children = list(self._children)
         for proc in children:
-            if proc.is_alive():
-                proc.terminate()
+            if proc.poll() is None:
+                proc.kill()
 
     # ------------------------------------------------------------------ internals
     def _find(self, owner: str, key: str) -> Job | None:
@@ -331,49 +334,46 @@ class JobQueue:
             self._finish(job, "cancelled" if job.cancel_requested else "done", result=result)
 
     def _run_in_process(self, job: Job) -> None:
-        spawn = mp.get_context("spawn")
-        parent, child = spawn.Pipe()
-        proc = spawn.Process(target=_child_main, name=f"ctehr-{job.id}", daemon=True,
-                             args=(child, job.fn, job.args, job.kwargs, HEAVY_NICE, self.heavy_threads))
+        proc, conn = _start_child(job, self.heavy_threads)
         with self._cond:
             self._children.add(proc)
+        outcome: tuple | None = None
         try:
-            proc.start()
-            child.close()
-            outcome: tuple | None = None
             cancel_sent_at: float | None = None
             while outcome is None:
                 if job.cancel_requested and cancel_sent_at is None:
                     cancel_sent_at = time.monotonic()
                     try:
-                        parent.send("cancel")
-                    except (BrokenPipeError, OSError):
+                        conn.send("cancel")
+                    except OSError:
                         pass  # the process already ended; its exit is handled below
                 if cancel_sent_at is not None and time.monotonic() - cancel_sent_at > CANCEL_GRACE_S:
-                    proc.terminate()
                     outcome = ("cancelled", None)
                     break
-                if parent.poll(0.2):
+                if conn.poll(0.2):
                     try:
-                        msg = parent.recv()
-                    except EOFError:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
                         msg = None
                     if msg is None:
-                        outcome = ("failed", f"the job's process ended (exit code {proc.exitcode})")
+                        proc.wait(5)
+                        outcome = ("cancelled", None) if job.cancel_requested else \
+                            ("failed", f"the job's process ended without a result (exit code {proc.returncode}; out of memory?)")
                     elif msg[0] == "progress":
                         self._report(job, msg[1], msg[2])
                     else:
                         outcome = msg
-                elif not proc.is_alive():
-                    proc.join(1.0)
+                elif proc.poll() is not None:
                     outcome = ("cancelled", None) if job.cancel_requested else \
-                        ("failed", f"the job's process ended without a result (exit code {proc.exitcode}; "
-                                   "out of memory?)")
-            proc.join(10.0)
+                        ("failed", f"the job's process ended without a result (exit code {proc.returncode}; out of memory?)")
         finally:
-            if proc.is_alive():
-                proc.terminate()
-            parent.close()
+            if proc.poll() is None:
+                try:
+                    proc.wait(10 if outcome is not None and outcome[0] != "cancelled" else 0.1)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            conn.close()
             with self._cond:
                 self._children.discard(proc)
         state, payload = outcome
@@ -384,6 +384,26 @@ class JobQueue:
                 self._finish(job, "failed", error=str(payload))
             else:
                 self._finish(job, "cancelled")
+
+
+def _start_child(job: Job, threads: int) -> tuple[subprocess.Popen, Connection]:
+    """Start ``python -m core.jobs FD`` with a socket to it and send it the job.
+
+    A fresh interpreter (not ``multiprocessing``'s spawn, which would re-run the
+    parent's ``__main__``: under Streamlit that is the app script) that imports
+    only what the job's function needs.
+    """
+    parent_sock, child_sock = socket.socketpair()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "core.jobs", str(child_sock.fileno())],
+                                pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL)
+    finally:
+        child_sock.close()
+    conn = Connection(parent_sock.detach())
+    conn.send((job.fn, job.args, job.kwargs, HEAVY_NICE, threads))
+    return proc, conn
 
 
 _DEFAULT: JobQueue | None = None
@@ -400,6 +420,13 @@ def default_queue() -> JobQueue:
         return _DEFAULT
 
 
+def _child_entry(fd: int) -> None:
+    """The heavy job's process: receive the job on the socket ``fd``, run it, send back progress and the outcome."""
+    conn = Connection(fd)
+    fn, args, kwargs, nice, threads = conn.recv()
+    _child_main(conn, fn, args, kwargs, nice, threads)
+
+
 def format_eta(seconds: float | None) -> str:
     """``about 3 min left`` style text (empty when unknown).
 
@@ -414,3 +441,9 @@ def format_eta(seconds: float | None) -> str:
     if s < 3600:
         return f"about {round(s / 60)} min left"
     return f"about {s // 3600} h {round((s % 3600) / 60)} min left"
+
+
+if __name__ == "__main__":  # python -m core.jobs FD: a heavy job's own process (see _start_child)
+    from core.jobs import _child_entry as _entry  # the module's own classes, not __main__'s copies
+
+    _entry(int(sys.argv[1]))

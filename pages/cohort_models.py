@@ -11,6 +11,7 @@ from core import figures as F
 from core import horizons, runtime
 from core.app import demo_install, paths, reference, workspace
 from core.models import FUSIONS
+from pages import _jobs
 from pages import _shared as ui
 from pages import _state as K
 
@@ -28,28 +29,40 @@ def _ci(value: object, ci: object) -> str:
     return text
 
 
-@st.cache_data(show_spinner="Evaluating on the demo test split (once; kept with the demo model)...", max_entries=32)
-def _evaluate_demo(model_dir: str, cohort_dir: str, stamp: float) -> dict:
-    """Metrics of a demo model on the synthetic demo cohort (not patient data), kept on disk between server starts."""
-    from core.evaluation import evaluate_model, read_saved_metrics, save_metrics
+def saved_metrics_path(name: str, path: Path) -> Path:
+    """Where a model's test-split evaluation is kept on disk (beside the model, tagged with its stamp)."""
+    return Path(path) / ("test_metrics.json" if name in st.session_state.get(K.TRAINED_MODELS, {}) else
+                         "demo_test_metrics.json")
 
-    saved = Path(model_dir) / "demo_test_metrics.json"
+
+def evaluate(name: str, path: Path, cohort_dir: Path) -> dict | None:
+    """The model's test-split metrics: read from disk when kept, else computed once as a background job.
+
+    Returns None while the job runs (its progress is drawn) or when it failed (its error is drawn).
+    """
+    from core.app.background import evaluate_job
+    from core.evaluation import model_fingerprint, read_saved_metrics
+
+    saved, stamp = saved_metrics_path(name, path), model_fingerprint(path)
     found = read_saved_metrics(saved, stamp)
     if found is not None:
         return found
-    result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=runtime.device_name())
-    save_metrics(saved, result, stamp)
+    key = f"evaluate:{path}@{stamp}"
+    job = _jobs.find(key) or _jobs.submit(f"Evaluating {name} on the test split", evaluate_job,
+                                          {name: (str(path), str(cohort_dir), str(saved), stamp)},
+                                          runtime.device_name(), key=key, heavy=True)
+    if job is None:
+        return None
+    if job.active:
+        _jobs.show(job)
+        return None
+    if not _jobs.outcome(job):
+        return None
+    result = job.result[name]
+    if "error" in result:
+        st.error(f"{name}: {result['error']}")
+        return None
     return result
-
-
-def evaluate(name: str, path: Path, cohort_dir: Path) -> dict:
-    trained = st.session_state.get(K.TRAINED_MODELS, {})
-    if name in trained:
-        from core.evaluation import evaluate_model
-
-        return ui.memo(("evaluate", str(path), str(cohort_dir)),
-                       lambda: evaluate_model(path, cohort_dir, split="test", device=runtime.device_name()))
-    return _evaluate_demo(str(path), str(cohort_dir), ui.stamp(path))
 
 
 def metrics_row(name: str, m: dict) -> dict:
@@ -110,104 +123,146 @@ tab_model, tab_compare, tab_train, tab_meds = st.tabs(
     ["Selected model", "Compare strategies", "Train on your cohort", "Cohort from MEDS"])
 
 
-def train_here(cdir: Path, fusion: str, epochs: int) -> None:
-    """Train ``fusion`` on the cohort folder ``cdir`` with a progress bar; the model is kept for this session."""
-    from core.train import train_model
+TRAIN_KEY = "train"
+
+
+def start_training(cdir: Path, fusion: str, epochs: int) -> None:
+    """Queue training of ``fusion`` on ``cdir`` (PHI gate first) as this user's background job; saved in their models."""
+    import time
+
+    from core.app.background import train_job
 
     ui.audit("train", fusion, epochs=int(epochs))
-    ws = ui.workspace()
-    out = ws.fresh_dir(f"model-{fusion}")
-    bar = st.progress(0.0, text="training")
-    metrics = train_model(cdir, fusion, out, epochs=int(epochs), device="auto",
-                          progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
-    bar.progress(1.0, text="done")
-    label = f"{fusion} (your cohort)"
-    st.session_state.setdefault(K.TRAINED_MODELS, {})[label] = str(out)
-    st.session_state.setdefault(K.TRAINED_COHORTS, {})[label] = str(cdir)
-    test = metrics.get("test") or {}
-    st.success(f"Trained {label}: test C-index {_ci(test.get('c_index'), test.get('c_index_ci'))}. "
-               "Pick it in the sidebar to review cases and metrics.")
+    stamp_text = time.strftime("%Y%m%d-%H%M%S")
+    out = workspace.user_models_dir(_jobs.owner()) / f"{fusion}-{stamp_text}"
+    label = f"{fusion} (your cohort, {time.strftime('%d %b %H:%M')})"
+    job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, str(out), int(epochs), label=label,
+                       key=TRAIN_KEY + stamp_text, heavy=True)
+    if job is not None:
+        st.session_state[K.TRAIN_JOB] = job.id
+        st.rerun()
+
+
+def training_status() -> None:
+    """The user's training job: live progress and cancel while it runs, its result when it ended."""
+    from core.jobs import default_queue
+
+    job_id = st.session_state.get(K.TRAIN_JOB)
+    job = default_queue().get(job_id, _jobs.owner()) if job_id else None
+    if job is None:
+        return
+    if job.active:
+        _jobs.show(job)
+        st.caption("Training runs in the background: you can review cases meanwhile; the model is saved in your "
+                   "models folder and appears in the sidebar when it is done.")
+    elif _jobs.outcome(job):
+        r = job.result
+        st.success(f"Trained {r['label']}: test C-index {_ci(r.get('c_index'), r.get('c_index_ci'))}. "
+                   "Pick it in the sidebar to review cases and metrics.")
+
+
+def user_cohort_folder(data: bytes) -> Path:
+    """Unpack an uploaded cohort zip into this user's cohorts folder (quota checked first; kept for its models)."""
+    import time
+
+    user = _jobs.owner()
+    workspace.check_quota(user, len(data))
+    root = workspace.user_root(user) / "cohorts"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return workspace.unpack_cohort_zip(data, root / time.strftime("%Y%m%d-%H%M%S"))
+
 
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
     st.caption(f"Model **{name}**, evaluated on the test split of "
                f"{'your uploaded cohort' if name in trained else 'the synthetic demo cohort'}.")
+    m = evaluate(name, models[name], cohort_dir)
     with ui.core_errors(stop=False):
-        m = evaluate(name, models[name], cohort_dir)
-        cols = st.columns(4)
-        cols[0].metric("Harrell's C-index", _ci(m.get("c_index"), None),
-                       help=f"95% bootstrap CI {_ci(m.get('c_index'), m.get('c_index_ci'))}")
-        cols[1].metric("Uno's C", _ci(m.get("uno_c"), None), help=_ci(m.get("uno_c"), m.get("uno_c_ci")))
-        cols[2].metric("Integrated Brier score", _ci(m.get("ibs"), None), help=_ci(m.get("ibs"), m.get("ibs_ci")))
-        cols[3].metric("Test subjects / events", f"{m.get('n')} / {m.get('events')}")
-        st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model"]), hide_index=True,
-                     width="stretch")
-        if m.get("oracle_c_index") is not None:
-            st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
-        g1, g2 = st.columns(2, gap="large")
-        with g1:
-            st.markdown("**Kaplan-Meier by predicted risk group (test split)**")
-            if name in trained:
-                from core.cohort import load_cohort
+        if m is not None:
+            cols = st.columns(4)
+            cols[0].metric("Harrell's C-index", _ci(m.get("c_index"), None),
+                           help=f"95% bootstrap CI {_ci(m.get('c_index'), m.get('c_index_ci'))}")
+            cols[1].metric("Uno's C", _ci(m.get("uno_c"), None), help=_ci(m.get("uno_c"), m.get("uno_c_ci")))
+            cols[2].metric("Integrated Brier score", _ci(m.get("ibs"), None), help=_ci(m.get("ibs"), m.get("ibs_ci")))
+            cols[3].metric("Test subjects / events", f"{m.get('n')} / {m.get('events')}")
+            st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model"]), hide_index=True,
+                         width="stretch")
+            if m.get("oracle_c_index") is not None:
+                st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
+            g1, g2 = st.columns(2, gap="large")
+            with g1:
+                st.markdown("**Kaplan-Meier by predicted risk group (test split)**")
+                if name in trained:
+                    from core.cohort import load_cohort
 
-                cohort = ui.memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
+                    cohort = ui.memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
+                else:
+                    cohort = ui.demo_cohort()
+                ref = ui.memo(("groups", str(models[name]), str(cohort_dir)),
+                              lambda: reference.reference_curves(ui.model_by_name(name), cohort, cohort.ids("test")))
+                curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
+                          for g in ref["groups"]}
+                palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
+                km = F.survival_compare_figure(curves, colors=None if None in palette else palette)  # type: ignore[arg-type]
+                km.update_layout(width=None, height=420)
+                st.plotly_chart(km, width="stretch", key="km_groups")
+                if ref["logrank_p"] is not None:
+                    st.caption(f"Log-rank test across groups: p = {ref['logrank_p']:.3g}.")
+            with g2:
+                st.markdown("**Calibration (predicted vs observed risk by group)**")
+                cal = m.get("calibration") or {}
+                if any(cal.values()):
+                    fig = F.calibration_figure(cal)
+                    st.plotly_chart(fig, width="stretch", key="calibration")
+                else:
+                    st.info("Calibration is not estimable on this split (follow-up ends before the horizons).")
+            st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")
+            dc = m.get("decision_curve") or {}
+            if any((dc.get("horizons") or {}).values()):
+                st.plotly_chart(F.decision_curve_figure(dc), width="stretch", key="decision_curve")
+                st.caption("Treat every patient whose predicted risk by the horizon is at or above the threshold: the "
+                           "model is useful where its net benefit is above both treat-all and treat-none "
+                           "(time-to-event decision curves, dcurves).")
             else:
-                cohort = ui.demo_cohort()
-            ref = ui.memo(("groups", str(models[name]), str(cohort_dir)),
-                          lambda: reference.reference_curves(ui.model_by_name(name), cohort, cohort.ids("test")))
-            curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
-                      for g in ref["groups"]}
-            palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
-            km = F.survival_compare_figure(curves, colors=None if None in palette else palette)  # type: ignore[arg-type]
-            km.update_layout(width=None, height=420)
-            st.plotly_chart(km, width="stretch", key="km_groups")
-            if ref["logrank_p"] is not None:
-                st.caption(f"Log-rank test across groups: p = {ref['logrank_p']:.3g}.")
-        with g2:
-            st.markdown("**Calibration (predicted vs observed risk by group)**")
-            cal = m.get("calibration") or {}
-            if any(cal.values()):
-                fig = F.calibration_figure(cal)
-                st.plotly_chart(fig, width="stretch", key="calibration")
-            else:
-                st.info("Calibration is not estimable on this split (follow-up ends before the horizons).")
-        st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")
-        dc = m.get("decision_curve") or {}
-        if any((dc.get("horizons") or {}).values()):
-            st.plotly_chart(F.decision_curve_figure(dc), width="stretch", key="decision_curve")
-            st.caption("Treat every patient whose predicted risk by the horizon is at or above the threshold: the "
-                       "model is useful where its net benefit is above both treat-all and treat-none "
-                       "(time-to-event decision curves, dcurves).")
-        else:
-            st.info("Decision curves need follow-up past the horizons on this split.")
-        st.markdown("**Coverage of the uncertainty bounds (IPCW, test split)**")
-        st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
-        if name not in trained:
-            st.markdown("**Subgroups**")
-            cohort_cols = ui.demo_cohort().column_names()
-            default = next((c for c in ("sex_female", "age", "sex") if c in cohort_cols), cohort_cols[0])
-            st.session_state.setdefault(K.SUBGROUP_COLUMN, default)
-            column = st.selectbox("Group the test patients by", cohort_cols, key=K.SUBGROUP_COLUMN,
-                                  help="A column of cohort.csv or features.csv; numbers with many values are cut "
-                                       "into quantile bands.")
-            with st.spinner("Computing subgroup metrics..."):
-                sub = ui.subgroup_table(name, column)
-            st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
+                st.info("Decision curves need follow-up past the horizons on this split.")
+            st.markdown("**Coverage of the uncertainty bounds (IPCW, test split)**")
+            st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
+            if name not in trained:
+                st.markdown("**Subgroups**")
+                cohort_cols = ui.demo_cohort().column_names()
+                default = next((c for c in ("sex_female", "age", "sex") if c in cohort_cols), cohort_cols[0])
+                st.session_state.setdefault(K.SUBGROUP_COLUMN, default)
+                column = st.selectbox("Group the test patients by", cohort_cols, key=K.SUBGROUP_COLUMN,
+                                      help="A column of cohort.csv or features.csv; numbers with many values are cut "
+                                           "into quantile bands.")
+                with st.spinner("Computing subgroup metrics..."):
+                    sub = ui.subgroup_table(name, column)
+                st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
 
 with tab_compare:
-    st.caption("Every strategy on the same test split: the best fusion depends on the task.")
-    if st.button("Compute the comparison table", key="compare_button", type="primary") or st.session_state.get(K.COMPARED):
-        st.session_state[K.COMPARED] = True
-        rows = []
-        bar = st.progress(0.0, text="evaluating")
-        for i, (mname, mpath) in enumerate(models.items()):
-            with ui.core_errors(stop=False, what=f"{mname}: "):
-                cdir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(mname, demo_dir))
-                if cdir != demo_dir and mname not in trained:
-                    continue
-                rows.append(metrics_row(mname, evaluate(mname, mpath, cdir)))
-            bar.progress((i + 1) / len(models), text=f"evaluated {mname}")
-        bar.empty()
+    st.caption("Every strategy on the same test split: the best fusion depends on the task. Demo evaluations are "
+               "kept on disk, so the table appears at once after the first time.")
+    from core.app.background import evaluate_job
+    from core.evaluation import model_fingerprint
+
+    todo: dict[str, tuple[str, str, str | None, float]] = {}
+    for mname, mpath in models.items():
+        cdir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(mname, demo_dir))
+        if cdir == demo_dir or mname in trained:
+            saved = str(saved_metrics_path(mname, Path(mpath)))
+            todo[mname] = (str(mpath), str(cdir), saved, model_fingerprint(mpath))
+    compare_key = "compare:" + "|".join(f"{n}@{v[3]}" for n, v in todo.items())
+    job = _jobs.find(compare_key)
+    if job is None and st.button("Compute the comparison table", key="compare_button", type="primary"):
+        job = _jobs.submit("Comparing the strategies", evaluate_job, todo, runtime.device_name(), key=compare_key,
+                           heavy=True)
+    if job is not None and job.active:
+        _jobs.show(job)
+    elif job is not None and _jobs.outcome(job):
+        rows = [metrics_row(n, m) for n, m in job.result.items() if "error" not in m]
+        for n, m in job.result.items():
+            if "error" in m:
+                st.warning(f"{n}: {m['error']}")
         if rows:
             table = pd.DataFrame(rows)
             st.dataframe(table, hide_index=True, width="stretch")
@@ -217,8 +272,9 @@ with tab_compare:
 with tab_train:
     st.markdown(
         "Upload a **zip of a cohort folder**: `cohort.csv` (subject_id, time, event, optional split, study, "
-        "index_time) and any of `timeline.parquet|csv`, `features.csv`, studies, embeddings. The model is trained "
-        "on this machine and kept for this session only."
+        "index_time) and any of `timeline.parquet|csv`, `features.csv`, studies, embeddings. Every study is "
+        "checked for identifying data first; the model is trained on this machine in the background and kept in "
+        "your models folder."
     )
     up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
     c1, c2 = st.columns(2)
@@ -226,14 +282,9 @@ with tab_train:
     epochs = c2.number_input("Epochs", 1, 200, 10, key="train_epochs")
     if up is not None and st.button("Train", type="primary", key="train_button"):
         with ui.core_errors(stop=False, what="Training not started: "):
-            from core.cohort import load_cohort
-
-            cdir = workspace.unpack_cohort_zip(up.getvalue(), ui.workspace().fresh_dir("cohort"))
-            cohort = load_cohort(cdir)
-            st.write(f"Cohort: {len(cohort.table)} subjects, {int(cohort.table['event'].sum())} events; "
-                     f"modalities: {', '.join(k for k in ('features', 'timeline') if getattr(cohort, k) is not None) or 'none'}"
-                     f"{', CT' if cohort.has_studies else ''}.")
-            train_here(cdir, fusion, int(epochs))
+            cdir = user_cohort_folder(up.getvalue())
+            start_training(cdir, fusion, int(epochs))
+    training_status()
 
 with tab_meds:
     st.markdown(
@@ -262,7 +313,11 @@ with tab_meds:
                 task = src.parent / "task.yaml"
                 task.write_bytes(task_file.getvalue())
             bar = st.progress(0.0, text="reading the task")
-            summary = build_meds_cohort(src, task, ws.fresh_dir("meds-cohort"),
+            import time
+
+            user_cohorts = workspace.user_root(_jobs.owner()) / "cohorts"
+            user_cohorts.mkdir(mode=0o700, exist_ok=True)
+            summary = build_meds_cohort(src, task, user_cohorts / time.strftime("meds-%Y%m%d-%H%M%S"),
                                         progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
             st.session_state[K.MEDS_COHORT] = {"dir": str(summary["out"]), "summary": summary}
     built = st.session_state.get(K.MEDS_COHORT)
@@ -279,4 +334,5 @@ with tab_meds:
         mepochs = c4.number_input("Epochs", 1, 200, 10, key="meds_epochs")
         if st.button("Train on this cohort", key="meds_train"):
             with ui.core_errors(stop=False, what="Training not started: "):
-                train_here(Path(built["dir"]), mfusion, int(mepochs))
+                start_training(Path(built["dir"]), mfusion, int(mepochs))
+        training_status()

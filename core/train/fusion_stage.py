@@ -86,6 +86,10 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
     res = fit(net, data, train_idx, val_idx, survival_loss, c_index_score, epochs=settings["epochs"], lr=settings["lr"],
               patience=settings["patience"], label=label, progress_span=(mid if groups else span[0], span[1]),
               modality_dropout=settings["modality_dropout"], param_groups=groups, **common)
+    # The post-hoc steps below (linear EHR term, calibration, Cox baseline) are small fits on the head: run them on
+    # the CPU, where the cached inputs and the head's buffers live (on CUDA they mixed devices and stopped training).
+    net.cpu()
+    device = torch.device("cpu")
     if net.head.wide is not None:
         train_data = _index(data, train_idx)
         pred_tr = predict_batches(net, train_data, device)

@@ -1,0 +1,108 @@
+"""The app's long jobs as functions for the background queue (core.jobs): training and evaluating models.
+
+Each takes the job context first (``ctx.progress(fraction, message)``, which
+raises ``JobCancelled`` on a cancel) and only plain, picklable arguments, so the
+queue can run it in its own process (``heavy=True``). Results are plain dicts;
+a trained model is written to its folder on disk before the job ends, so it
+outlives the server.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from core.jobs import JobContext
+
+TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
+
+
+def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:
+    """The PHI gate on every study of an uploaded cohort; refused cohorts are deleted and named row by row."""
+    from core.deid.cohort_gate import gate_cohort
+    from core.errors import InputError
+
+    report = gate_cohort(cohort_dir, progress=lambda f, m: ctx.progress(0.1 * f, f"PHI check: {m}"))
+    if not report.ok:
+        shutil.rmtree(cohort_dir, ignore_errors=True)
+        rows = [r.line_text() for r in report.blocked_rows]
+        raise InputError("cohort", f"{len(rows)} of its studies", "hold identifying data or burned-in "
+                         f"text ({'; '.join(rows[:3])}{'; ...' if len(rows) > 3 else ''})",
+                         "de-identify them first (python -m core deid) and upload the cohort again")
+
+
+def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: int, *, label: str = "",
+              gate: bool = True) -> dict:
+    """Gate (PHI) and train ``fusion`` on ``cohort_dir`` into ``out`` (written only when training succeeds)."""
+    import time
+
+    from core.train import train_model
+
+    if gate:
+        gate_cohort_folder(ctx, cohort_dir)
+    final = Path(out)
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    ctx.progress(0.0, "loading the cohort")
+    try:
+        metrics = train_model(cohort_dir, fusion, partial, epochs=int(epochs), device="auto",
+                              progress=lambda f, m: ctx.progress(0.1 + 0.9 * f if gate else f, m))
+        (partial / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort_dir), "fusion": fusion,
+                                                          "label": label or fusion, "epochs": int(epochs),
+                                                          "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    test = metrics.get("test") or {}
+    return {"out": str(final), "cohort_dir": str(cohort_dir), "label": label or fusion,
+            "c_index": test.get("c_index"), "c_index_ci": test.get("c_index_ci")}
+
+
+def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, float]], device: str = "cpu") -> dict:
+    """Evaluate each ``name -> (model_dir, cohort_dir, saved_path or None, stamp)`` on its test split.
+
+    A model with a ``saved_path`` (a demo model) reads and keeps its evaluation
+    there, tagged with ``stamp`` (see ``core.evaluation.save_metrics``), so a
+    later comparison reads it instead of computing it again. Returns ``{name:
+    metrics}`` and, for models that could not be evaluated, ``{name: {"error": text}}``.
+    """
+    from core.errors import InputError
+    from core.evaluation import evaluate_model, read_saved_metrics, save_metrics
+
+    out: dict[str, Any] = {}
+    for i, (name, (model_dir, cohort_dir, saved, stamp)) in enumerate(models.items()):
+        ctx.progress(i / max(len(models), 1), f"evaluating {name} ({i + 1} of {len(models)})")
+        found = read_saved_metrics(Path(saved), stamp) if saved else None
+        if found is not None:
+            out[name] = found
+            continue
+        try:
+            result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=device)
+        except (InputError, OSError) as err:
+            out[name] = {"error": " ".join(str(err).split())}
+            continue
+        if saved:
+            save_metrics(Path(saved), result, stamp)
+        out[name] = result
+    ctx.progress(1.0, "done")
+    return out
+
+
+def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
+    """Models trained in the app under ``models_dir``: ``label -> (model folder, cohort folder)``, newest first."""
+    found: list[tuple[float, str, Path, Path]] = []
+    if not models_dir.is_dir():
+        return {}
+    for marker in models_dir.glob(f"*/{TRAINED_MARKER}"):
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        cohort = Path(str(info.get("cohort_dir", "")))
+        if (marker.parent / "config.json").is_file() and cohort.is_dir():
+            found.append((marker.stat().st_mtime, str(info.get("label") or marker.parent.name), marker.parent, cohort))
+    return {label: (model, cohort) for _, label, model, cohort in sorted(found, reverse=True)}

@@ -1,0 +1,81 @@
+"""Background jobs on a page: progress with an estimate, a cancel button, the user's job list (core.jobs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from core.jobs import Job, default_queue, format_eta
+from pages import _shared as ui
+
+POLL_S = 1.0
+
+
+def owner() -> str:
+    """Whose jobs these are: the signed-in user's id ("local" when the server runs without sign-in)."""
+    return ui.user_id() or "anonymous"
+
+
+def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = None, heavy: bool = False,
+           **kwargs: Any) -> Job | None:
+    """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit."""
+    with ui.core_errors(stop=False):
+        return default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, **kwargs)
+    return None
+
+
+def find(key: str) -> Job | None:
+    """This user's newest job of ``key``."""
+    return default_queue().find(owner(), key)
+
+
+def _status_text(job: Job) -> str:
+    if job.state == "queued":
+        ahead = default_queue().position(job.id)
+        return f"{job.title}: queued" + (f" ({ahead} job{'s' if ahead != 1 else ''} ahead)" if ahead else "")
+    eta = format_eta(job.eta_s)
+    return f"{job.title}: {job.message}" + (f" · {eta}" if eta else "") + f" · {job.elapsed_s:.0f} s"
+
+
+def show(job: Job, *, cancel_label: str = "Cancel") -> None:
+    """Draw a running or queued job (progress, estimate, cancel), refreshed every second without blocking the page.
+
+    When the job ends the whole page reruns once, so the caller draws its result.
+    """
+
+    @st.fragment(run_every=POLL_S)
+    def live() -> None:
+        current = default_queue().get(job.id, owner())
+        if current is None or not current.active:
+            st.rerun(scope="app")
+            return
+        cols = st.columns([6, 1], vertical_alignment="center")
+        cols[0].progress(current.fraction, text=_status_text(current))
+        if cols[1].button(cancel_label, key=f"cancel_{current.id}", disabled=current.cancel_requested):
+            default_queue().cancel(current.id, owner())
+            st.rerun(scope="fragment")
+
+    live()
+
+
+def outcome(job: Job) -> bool:
+    """Report how an ended job went; True when it is done and its result can be drawn."""
+    if job.state == "failed":
+        st.error(f"{job.title} failed: {job.error}")
+    elif job.state == "cancelled":
+        st.warning(f"{job.title} was cancelled.")
+    return job.state == "done"
+
+
+def sidebar_list() -> None:
+    """The user's jobs in the sidebar (state and progress), when there are any."""
+    jobs = default_queue().jobs(owner())
+    if not jobs:
+        return
+    with st.sidebar.expander(f"Background jobs ({sum(j.active for j in jobs)} running or queued)", expanded=False):
+        for j in reversed(jobs[-6:]):
+            mark = {"queued": "⏳", "running": "▶", "done": "✓", "failed": "✗", "cancelled": "■"}[j.state]
+            pct = f" {j.fraction:.0%}" if j.state == "running" else ""
+            st.caption(f"{mark} {j.title}{pct} ({j.state})")
