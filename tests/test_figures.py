@@ -126,7 +126,10 @@ def test_timeline_figure_uses_relative_days_and_marks_top_events() -> None:
     allx = np.asarray(fig.data[0].x, dtype=float)
     assert allx.tolist() == [-400.0, -100.0, -30.0, -2.0]
     top = fig.data[1]
-    assert np.asarray(top.x, dtype=float).tolist() == [-30.0, -400.0] and list(top.text) == ["LAB//crp", "DIAGNOSIS//ICD10//C34"]
+    assert np.asarray(top.x, dtype=float).tolist() == [-30.0, -400.0] and list(top.text) == ["1", "2"]
+    assert list(top.customdata) == ["LAB//crp", "DIAGNOSIS//ICD10//C34"]
+    assert [r["code"] for r in fig.layout.meta["top"]] == ["LAB//crp", "DIAGNOSIS//ICD10//C34"]
+    assert list(top.textposition) == ["top center", "bottom center"][::-1]  # by time: -400 above, -30 below
     assert list(fig.layout.yaxis.ticktext) == ["DIAGNOSIS", "LAB", "MEDICATION"]
     dump = json.dumps(fig.to_plotly_json(), default=str)
     assert "2031" not in dump and "2030" not in dump  # no dates anywhere in the figure
@@ -181,3 +184,46 @@ def test_export_rejects_unknown_suffix_low_dpi_and_missing_folder(tmp_path: Path
         FX.export(fig, tmp_path / "f.png", dpi=150)
     with pytest.raises(InputError, match="folder does not exist"):
         FX.export(fig, tmp_path / "nope" / "f.png")
+
+
+def test_timeline_clips_a_far_birth_event_and_draws_attention_on_a_sequential_scale() -> None:
+    index = pd.Timestamp("2031-05-01")
+    days = [20000, 700, 650, 400, 100, 30, 2]
+    events = pd.DataFrame({"time": [index - pd.Timedelta(days=d) for d in days],
+                           "code": ["MEDS_BIRTH", "DIAGNOSIS//a", "LAB//b", "LAB//c", "LAB//d", "MEDICATION//e", "LAB//f"],
+                           "numeric_value": np.nan})
+    weights = np.array([0.5, 0.05, 0.1, 0.02, 0.2, 0.08, 0.05])
+    fig = F.timeline_figure(events, weights, index, top_k=3, kind="attention")
+    lo, hi = fig.layout.xaxis.range
+    assert -800 < lo < -700 and hi > 0  # the window of the case's visits, not -20,000 days
+    assert fig.layout.meta["outside"] == 1
+    assert "1 earlier event not shown (from day -20000: MEDS_BIRTH)" in fig.layout.annotations[0].text
+    marker = fig.data[0].marker
+    assert marker.colorscale[0][1] != marker.colorscale[-1][1] and marker.cmin == 0.0 and marker.cmid is None
+    assert marker.colorbar.title.text == "attention"
+    assert [r["code"] for r in fig.layout.meta["top"]] == ["LAB//d", "LAB//b", "MEDICATION//e"]  # the birth is outside
+    signed = F.timeline_figure(events, weights - 0.1, index, kind="attribution")
+    assert signed.data[0].marker.cmid == 0.0 and signed.data[0].marker.colorbar.title.text == "attribution"
+    short = F.timeline_figure(events.iloc[1:], weights[1:], index)
+    assert short.layout.meta["outside"] == 0 and short.layout.xaxis.range[0] < -700
+    with pytest.raises(InputError, match="kind: got heat, is not attribution or attention"):
+        F.timeline_figure(events, weights, index, kind="heat")
+
+
+def test_attention_maps_draw_no_padding_events_and_compare_marks_the_current_model() -> None:
+    att = {"img<-ehr": np.random.default_rng(0).random((1, 2, 5, 20)), "ehr<-img": np.random.default_rng(1).random((1, 2, 20, 5))}
+    assert F.attention_maps(att, None) == [] and F.attention_maps(att, pd.DataFrame({"code": []})) == []
+    three = pd.DataFrame({"code": ["LAB//a", "LAB//b", "DX//c"], "time": [1, 2, 3]})
+    maps = {m["key"]: m for m in F.attention_maps(att, three)}
+    assert maps["img<-ehr"]["weights"].shape == (2, 3) and maps["img<-ehr"]["cols"][2] == "2: c"
+    assert np.allclose(maps["ehr<-img"]["weights"], att["ehr<-img"][0, :, :3, :].mean(axis=1))
+    t = np.array([10.0, 100.0, 400.0, 2000.0])
+    fig = F.survival_compare_figure({"concat": (t, [0.9, 0.8, 0.7, 0.6], None, None),
+                                     "ehr_only": (t, [0.95, 0.9, 0.85, 0.8], [0.9, 0.8, 0.7, 0.6], [1, 1, 0.9, 0.9])},
+                                    current="ehr_only")
+    named = {tr.name: tr for tr in fig.data if tr.showlegend is not False}
+    assert named["ehr_only (current model)"].line.width > named["concat"].line.width
+    hover = [tr.hovertemplate for tr in fig.data if (tr.name or "").startswith("risk at 1 year")]
+    assert hover and "concat: 20.0%" in hover[0] and "ehr_only: 10.0%" in hover[0]  # S holds from day 100 to 400
+    with pytest.raises(InputError, match="current: got x, is not one of the curves"):
+        F.survival_compare_figure({"concat": (t, [0.9, 0.8, 0.7, 0.6], None, None)}, current="x")

@@ -109,32 +109,51 @@ def survival_compare_figure(
     horizons: Sequence[float] = HORIZONS,
     title: str = "",
     colors: Sequence[str] | None = None,
+    current: str | None = None,
 ) -> go.Figure:
     """The same case under several fusion strategies: ``{strategy: (times, s, lo, hi)}``.
 
     ``colors`` (``#rrggbb``, one per curve, in order) replaces the default palette, e.g.
-    ``RISK_GROUP_COLORS`` for risk groups.
+    ``RISK_GROUP_COLORS`` for risk groups. ``current`` (a key of ``curves``) is the model in use: drawn thick,
+    named "... (current model)" and listed first in the legend, the others thinner. Hovering a curve gives
+    the strategy, the day and S(t); each horizon line carries every strategy's risk there.
     """
     if not curves:
         raise InputError("curves", {}, "is empty", "pass at least one strategy's curve")
     if colors is not None and len(colors) != len(curves):
         raise InputError("colors", len(colors), f"must give one colour per curve ({len(curves)})", "pass one #rrggbb per curve or none")
+    if current is not None and current not in curves:
+        raise InputError("current", current, "is not one of the curves", "pass the name of a drawn strategy or None")
     fig = go.Figure()
     if cohort_km is not None:
         for tr in _km_traces(*_curve("cohort_km", *cohort_km), name="cohort Kaplan-Meier", color=COHORT_COLOR,
                              fill="rgba(110,110,110,0.12)", dash="dash"):
             fig.add_trace(tr)
+    readings: dict[float, list[str]] = {float(h): [] for h in horizons}
     for i, (name, curve) in enumerate(curves.items()):
         color = colors[i] if colors is not None else PALETTE[i % len(PALETTE)]
         r, g, b = (int(color[j:j + 2], 16) for j in (1, 3, 5))
-        for tr in _km_traces(*_curve(f"curves[{name}]", *curve), name=str(name), color=color,
-                             fill=f"rgba({r},{g},{b},0.12)"):
+        t, s, lo, hi = _curve(f"curves[{name}]", *curve)
+        is_current = current is not None and name == current
+        label = f"{name} (current model)" if is_current else str(name)
+        for tr in _km_traces(t, s, lo if is_current or current is None else None, hi if is_current or current is None else None,
+                             name=label, color=color, fill=f"rgba({r},{g},{b},0.12)"):
+            if tr.showlegend is not False and current is not None:
+                tr.line.width = 4.5 if is_current else 1.6
+                tr.legendrank = 1 if is_current else 10 + i
             fig.add_trace(tr)
-    for h in horizons:
-        fig.add_vline(x=float(h), line={"dash": "dot", "color": "rgb(170,170,170)", "width": 1})
+        for h in readings:
+            if t[0] <= h <= t[-1]:
+                readings[h].append(f"{name}: {1.0 - float(survival_at(t, s, [h])[0]):.1%}")
+    for h, lines in readings.items():
+        fig.add_vline(x=h, line={"dash": "dot", "color": "rgb(170,170,170)", "width": 1})
+        if lines:  # an invisible marker on the horizon line: hovering it lists every strategy's risk there
+            fig.add_trace(go.Scatter(x=[h], y=[0.02], mode="markers", marker={"size": 14, "color": "rgba(0,0,0,0)"},
+                                     showlegend=False, name=f"risk at {horizon_label(h)}",
+                                     hovertemplate=f"risk at {horizon_label(h)}<br>" + "<br>".join(lines) + "<extra></extra>"))
     fig.update_layout(title={"text": title} if title else None, xaxis_title="days from index date",
                       yaxis_title="survival S(t)", yaxis={"range": [0, 1.05]}, template="plotly_white", width=760,
-                      height=450, legend={"orientation": "h", "y": -0.2})
+                      height=450, legend={"orientation": "h", "y": -0.2}, hovermode="closest")
     return fig
 
 

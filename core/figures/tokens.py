@@ -60,6 +60,33 @@ def slice_strip(slice_weights: np.ndarray, *, selected: int | None = None, title
     return fig
 
 
+def timeline_window(days: np.ndarray) -> tuple[float, np.ndarray]:
+    """The case's active window: the left edge of the timeline axis and a mask of the events left of it.
+
+    An event is left out when the gap to the next later event is longer than three years and than twice the
+    span from that event to the index date (a birth record at -20,000 days before a few years of visits); this is repeated from
+    the earliest event on, so the axis is never squeezed by a few far-away records.
+
+    >>> left, out = timeline_window(np.array([-20000.0, -900.0, -30.0, -2.0]))
+    >>> float(left), out.tolist()
+    (-945.0, [True, False, False, False])
+    """
+    d = np.asarray(days, dtype=float)
+    order = np.sort(d[np.isfinite(d)])
+    first = 0
+    while first < order.size - 1:
+        gap = order[first + 1] - order[first]
+        if gap > max(3 * 365.0, 2.0 * abs(min(order[first + 1], 0.0))):
+            first += 1
+        else:
+            break
+    if order.size == 0:
+        return -1.0, np.zeros(d.shape, dtype=bool)
+    start = float(order[first])
+    span = max(abs(min(start, 0.0)), 1.0)
+    return start - 0.05 * span, d < start
+
+
 def timeline_figure(
     events: pd.DataFrame,
     attributions: np.ndarray | None = None,
@@ -67,15 +94,22 @@ def timeline_figure(
     *,
     top_k: int = 10,
     title: str = "",
+    kind: str = "attribution",
 ) -> go.Figure:
     """Timeline events (time, code, numeric_value) by code family, in days before the index date.
 
-    Marker size grows with |attribution|; the ``top_k`` attributed events are
-    outlined and labelled. Dates never appear (days relative to the index only).
+    ``kind`` names the scores: ``"attribution"`` (signed: a diverging scale centred at 0) or ``"attention"``
+    (weights >= 0: a sequential scale from 0). Marker size grows with |score|; the ``top_k`` scored events are
+    outlined and numbered 1..k by score (labels alternate above and below, so neighbours do not overlap), and
+    the figure's ``layout.meta["top"]`` lists them. The axis covers the case's active window
+    (:func:`timeline_window`); events left of it are counted in a note at the left edge
+    (``layout.meta["outside"]``). Dates never appear (days relative to the index only).
     """
     if not isinstance(events, pd.DataFrame) or not {"time", "code"} <= set(events.columns):
         raise InputError("events", type(events).__name__, "must be a DataFrame with time and code columns",
                          "pass CaseInputs.events or core.cohort.Cohort.events(subject)")
+    if kind not in ("attribution", "attention"):
+        raise InputError("kind", kind, "is not attribution or attention", "name what the scores are")
     ev = events.reset_index(drop=True)
     n = len(ev)
     attr = None
@@ -90,29 +124,53 @@ def timeline_figure(
     y = family.map({f: i for i, f in enumerate(families)}).to_numpy(dtype=float)
     values = ev["numeric_value"] if "numeric_value" in ev.columns else pd.Series([np.nan] * n)
     hover = [f"{c}<br>day {d:.1f}" + ("" if pd.isna(v) else f"<br>value {v:g}") for c, d, v in zip(ev["code"], days, values)]
+    left, outside = timeline_window(days)
     fig = go.Figure()
+    top_rows: list[dict[str, Any]] = []
     if attr is not None and n:
         mag = np.abs(attr)
         scale = mag.max() or 1.0
         size = 6 + 18 * mag / scale
-        fig.add_trace(go.Scatter(x=days, y=y, mode="markers", name="events",
-                                 marker={"size": size, "color": attr, "colorscale": "RdBu_r", "cmid": 0.0,
-                                         "colorbar": {"title": {"text": "attribution"}}, "line": {"width": 0}},
-                                 text=hover, hovertemplate="%{text}<extra></extra>"))
-        k = min(int(top_k), n)
-        top = np.argsort(-mag, kind="stable")[:k]
+        if kind == "attention":
+            marker = {"size": size, "color": attr, "colorscale": "Viridis", "cmin": 0.0,
+                      "cmax": float(attr.max()) or 1.0, "colorbar": {"title": {"text": "attention"}}, "line": {"width": 0}}
+        else:
+            marker = {"size": size, "color": attr, "colorscale": "RdBu_r", "cmid": 0.0,
+                      "colorbar": {"title": {"text": "attribution"}}, "line": {"width": 0}}
+        fig.add_trace(go.Scatter(x=days, y=y, mode="markers", name="events", marker=marker,
+                                 text=hover, hovertemplate="%{text}<br>" + kind + " %{marker.color:.3g}<extra></extra>"))
+        inside = np.flatnonzero(~outside)
+        k = min(int(top_k), inside.size)
+        top = inside[np.argsort(-mag[inside], kind="stable")[:k]]
+        by_time = top[np.argsort(days[top], kind="stable")]
+        position = {int(i): ("top center" if j % 2 == 0 else "bottom center") for j, i in enumerate(by_time)}
         fig.add_trace(go.Scatter(x=days[top], y=y[top], mode="markers+text", name=f"top {k} events",
                                  marker={"size": size[top] + 6, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}},
-                                 text=[_short_code(ev["code"].iloc[i]) for i in top], textposition="top center",
-                                 textfont={"size": 9}, hoverinfo="skip"))
+                                 text=[str(r + 1) for r in range(k)], textposition=[position[int(i)] for i in top],
+                                 textfont={"size": 11}, customdata=[_short_code(ev["code"].iloc[i]) for i in top],
+                                 hovertemplate="#%{text}: %{customdata}<extra></extra>"))
+        top_rows = [{"rank": r + 1, "code": str(ev["code"].iloc[i]), "day": round(float(days[i]), 1),
+                     "value": None if pd.isna(values.iloc[i]) else float(values.iloc[i]), kind: float(attr[i])}
+                    for r, i in enumerate(top)]
     else:
         fig.add_trace(go.Scatter(x=days, y=y, mode="markers", name="events", marker={"size": 7, "color": PALETTE[0]},
                                  text=hover, hovertemplate="%{text}<extra></extra>"))
     fig.add_vline(x=0.0, line={"color": PALETTE[1], "dash": "dash"})
-    fig.update_yaxes(tickmode="array", tickvals=list(range(len(families))), ticktext=families)
+    n_out = int(outside.sum())
+    if n_out:
+        first = int(np.argmin(np.where(outside, days, np.inf)))
+        fig.add_annotation(x=left, y=1.0, yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
+                           text=f"◀ {n_out} earlier event{'s' if n_out != 1 else ''} not shown (from day "
+                                f"{days[first]:.0f}: {_short_code(ev['code'].iloc[first], 24)})",
+                           font={"size": 10, "color": "rgb(90,90,90)"})
+    right = max(5.0, 0.03 * abs(left))
+    fig.update_xaxes(range=[left, right])
+    fig.update_yaxes(tickmode="array", tickvals=list(range(len(families))), ticktext=families,
+                     range=[-0.7, len(families) - 0.3])
     fig.update_layout(title={"text": title} if title else None, xaxis_title="days relative to the index date (scan)",
-                      template="plotly_white", width=820, height=220 + 30 * len(families), showlegend=False,
-                      margin={"l": 120, "r": 20, "t": 50 if title else 20, "b": 50})
+                      template="plotly_white", width=820, height=240 + 40 * len(families), showlegend=False,
+                      margin={"l": 120, "r": 20, "t": 60 if title or n_out else 30, "b": 50},
+                      meta={"top": top_rows, "outside": n_out, "window": [float(left), float(right)]})
     return fig
 
 
@@ -150,19 +208,25 @@ def attention_maps(attention: dict[str, np.ndarray], events: pd.DataFrame | None
     ``attention`` holds ``"img<-ehr"`` ``[B, heads, S, E]`` (image tokens query
     EHR tokens) and/or ``"ehr<-img"`` ``[B, heads, E, S]``; each is averaged over
     its queries, giving for every head how much attention each key token got.
+    Event tokens beyond the case's own events (padding) are dropped, and a case
+    without events gets no map: nothing is drawn for events that do not exist.
     """
+    n_events = 0 if events is None else len(events)
     maps = []
     for key, raw in attention.items():
         a = np.asarray(raw, dtype=np.float32)
         if a.ndim == 4:
             a = a[0]
-        if a.ndim != 3 or a.size == 0 or not np.isfinite(a).all():
+        if a.ndim != 3 or a.size == 0 or not np.isfinite(a).all() or n_events == 0:
             continue
-        weights = a.mean(axis=1)  # [heads, keys]
         if key.startswith("img<-"):
+            a = a[:, :, :n_events]  # keys are events
+            weights = a.mean(axis=1)  # [heads, keys]
             cols, axis, title = event_labels(events, weights.shape[1]), "timeline event (key)", "CT slices attending to events"
         else:
-            cols, axis, title = [f"slice {i}" for i in range(weights.shape[1])], "slice token (key)", "events attending to CT slices"
+            a = a[:, :n_events, :]  # queries are events
+            weights = a.mean(axis=1)
+            cols, axis, title = [f"slice {i + 1}" for i in range(weights.shape[1])], "slice token (key)", "events attending to CT slices"
         maps.append({"key": key, "title": f"{title} ({key})", "weights": weights,
                      "rows": [f"head {h}" for h in range(weights.shape[0])], "cols": cols, "x_title": axis})
     return maps
