@@ -175,10 +175,12 @@ def horizon_days() -> int:
 
 
 def workspace() -> workspaces.SessionWorkspace:
-    """This session's private temp folder (deleted when the session ends)."""
+    """This session's private scratch folder (deleted when the session ends; a killed server's swept at start-up).
+
+    Saved cases are not kept here but in the user's own folder (pages/_cases.py, core.app.cases)."""
     ws = st.session_state.get(K.WORKSPACE)
     if ws is None or not ws.alive:
-        workspaces.sweep_stale_workspaces()
+        workspaces.start_up()
         ws = workspaces.new_session_workspace()
         st.session_state[K.WORKSPACE] = ws
     ws.touch()
@@ -204,9 +206,19 @@ def forget(prefix: str) -> None:
         del store[key]
 
 
-def uploaded_case() -> dict | None:
-    """The uploaded case of this session: {"cohort", "volume", "events", "label", "number"}."""
-    return st.session_state.get(K.UPLOADED_CASE)
+def uploaded_case(subject_id: str | None = None) -> dict | None:
+    """One of this user's saved cases (pages/_cases.py): {"cohort", "volume", "events", "label", "number",
+    "version", "study_path", "info"}; without an id the uploaded case under review; None when not theirs."""
+    from pages import _cases
+
+    return _cases.uploaded_case(subject_id)
+
+
+def user_cases() -> dict[tuple[str, str], str]:
+    """{(UPLOADED, case id): label} of the signed-in user's saved cases, newest first (for case pickers)."""
+    from pages import _cases
+
+    return _cases.user_cases()
 
 
 def case_number(source: str, subject_id: str) -> int:
@@ -215,18 +227,19 @@ def case_number(source: str, subject_id: str) -> int:
     return numbers.setdefault((source, subject_id), len(numbers) + 1)
 
 
-def case_cohort(source: str) -> Any:
+def case_cohort(source: str, subject_id: str | None = None) -> Any:
     if source == UPLOADED:
-        case = uploaded_case()
+        case = uploaded_case(subject_id)
         if case is None:
-            raise ValueError("case: got 'uploaded', no uploaded case in this session; fix: upload a study on the Upload page")
+            raise ValueError("case: got an uploaded case that is not among your saved cases; "
+                             "fix: pick a case from the list, or upload it on the Upload page")
         return case["cohort"]
     return demo_cohort()
 
 
 def case_volume(source: str, subject_id: str) -> Any:
     if source == UPLOADED:
-        case = uploaded_case()
+        case = uploaded_case(subject_id)
         return None if case is None else case["volume"]
     cohort = demo_cohort()
     return memo(("volume", source, subject_id), lambda: cohort.load_volume(subject_id))
@@ -239,24 +252,25 @@ def case_coverage_warning(source: str, subject_id: str) -> str | None:
     volume = case_volume(source, subject_id)
     if volume is None:
         return None
-    return memo(("coverage", source, subject_id, upload_token(source)),
+    return memo(("coverage", source, subject_id, upload_token(source, subject_id)),
                 lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
 
 
 def case_inputs(model: Any, source: str, subject_id: str) -> Any:
-    key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source))
-    return memo(key, lambda: model.case_inputs(case_cohort(source), subject_id))
+    key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
+    return memo(key, lambda: model.case_inputs(case_cohort(source, subject_id), subject_id))
 
 
 def case_prediction(model: Any, source: str, subject_id: str) -> Any:
-    key = ("prediction", str(model.model_dir), source, subject_id, upload_token(source))
+    key = ("prediction", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
     return memo(key, lambda: model.predict_case(case_inputs(model, source, subject_id)))
 
 
-def upload_token(source: str) -> int:
-    """The number of the uploaded case, 0 for demo cases: part of every per-session memo key of a case."""
-    case = uploaded_case() if source == UPLOADED else None
-    return 0 if case is None else int(case["number"])
+def upload_token(source: str, subject_id: str | None = None) -> int:
+    """The version of an uploaded case (raised when a timeline is added), 0 for demo cases: part of every
+    per-session memo key of a case."""
+    case = uploaded_case(subject_id) if source == UPLOADED else None
+    return 0 if case is None else int(case["version"])
 
 
 # ------------------------------------------------------- sign-in and audit
@@ -445,7 +459,7 @@ def case_attribution(model: Any, source: str, subject_id: str, method: str, hori
 
     inputs = case_inputs(model, source, subject_id)
     per_slice = attribution_is_per_slice(model)
-    key = ("attribution", str(model.model_dir), source, subject_id, upload_token(source), method, horizon,
+    key = ("attribution", str(model.model_dir), source, subject_id, upload_token(source, subject_id), method, horizon,
            slice_index if per_slice else None)
     result = memo(key, lambda: attribute(model, inputs, method, float(horizon), slice_index if per_slice else None))
     return result.map
@@ -457,7 +471,7 @@ def attribution_is_per_slice(model: Any) -> bool:
 
 
 def case_index_time(source: str, subject_id: str) -> Any:
-    return case_cohort(source).index_time(subject_id)
+    return case_cohort(source, subject_id).index_time(subject_id)
 
 
 def case_event_scores(model: Any, source: str, subject_id: str, horizon: int) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import cohort as cohorts
 from core import figures as F
 from core import horizons
 from core.app.reference import risk_group_of
@@ -18,10 +17,7 @@ st.title("Case review")
 
 # ----------------------------------------------------------------- case picker
 cohort = ui.demo_cohort()
-cases: dict[tuple[str, str], str] = {}  # (source, subject id) -> label
-upload = ui.uploaded_case()
-if upload is not None:
-    cases[(ui.UPLOADED, cohorts.UPLOAD_SUBJECT)] = f"Uploaded case ({upload['label']})"
+cases: dict[tuple[str, str], str] = dict(ui.user_cases())  # (source, subject id) -> label: this user's uploads first
 for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
         cases[(ui.DEMO, sid)] = f"Demo {sid} ({split})"
@@ -29,7 +25,7 @@ for split in ("test", "val", "train"):
 top = st.columns([3, 2, 2])
 ui.restore_viewer_settings()
 if st.session_state.get(K.CASE) not in cases:
-    st.session_state[K.CASE] = next(iter(cases))
+    st.session_state[K.CASE] = next((c for c in cases if c[0] == ui.DEMO), next(iter(cases)))  # a demo case first
 source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_func=cases.__getitem__,
                                       help="Demo patients are synthetic. Upload your own de-identified study on the Upload page.")
 ui.save_viewer_settings()

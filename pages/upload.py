@@ -1,20 +1,21 @@
-"""Upload: a CT study (DICOM files or zip, NIfTI) and/or a timeline (MEDS parquet or CSV).
+"""Upload: a CT study (DICOM files or zip, NIfTI) and/or a timeline (MEDS parquet or CSV), kept as the user's cases.
 
-Nothing here is cached across sessions: the upload lives in ``st.session_state``
-and in this session's private temp folder, both gone when the session ends.
+Uploaded bytes are checked in memory (core.app.uploads: size and decompression caps, the PHI gate) and
+nothing is written until the study has passed the gate (or was de-identified here, and any burned-in risk
+acknowledged). A saved case lives in the signed-in user's own folder (core.app.cases) and stays until the
+user deletes it; other users cannot list or open it.
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
-from pathlib import PurePosixPath
-
 import pandas as pd
 import streamlit as st
 
-from core import cohort as cohorts
 from core import figures as F
+from core.app import cases as saved
+from core.app import uploads
+from core.app import workspace as workspaces
+from pages import _cases
 from pages import _shared as ui
 from pages import _state as K
 
@@ -22,165 +23,215 @@ ui.require_app_navigation()
 
 STUDY_HELP = (
     "A zip of a DICOM series (or several files of one series), a single .dcm file, or a NIfTI file "
-    "(.nii / .nii.gz). Studies must be de-identified; identifying DICOM attributes block the study "
-    "until you de-identify it here."
+    "(.nii / .nii.gz). Identifying DICOM attributes or NIfTI header text block the study until you "
+    "de-identify it here. Choosing files again replaces the study."
 )
 TIMELINE_TYPES = ["parquet", "csv"]
+NEW_CASE = "__new__"
 
 st.title("Upload a case")
 st.caption(
-    "Files are validated, kept in a private temporary folder of this browser session and deleted when the "
-    "session ends. Nothing is shared with other users."
+    "Files are checked in memory (size, decompression, identifying data) before anything is stored. A saved case is "
+    "kept in your own private folder on this server until you delete it; other users cannot see it."
 )
+user = _cases.user()
+study_state: dict = st.session_state.setdefault(K.UPLOAD_STATE, {})
+tl_state: dict = st.session_state.setdefault(K.TIMELINE_STATE, {})
+nonce = int(st.session_state.get(K.STUDY_NONCE, 0))
 
 
-def _study_payload(files: list) -> tuple[bytes, str]:
-    """One upload, or several DICOM files packed into an in-memory zip (never extracted to disk)."""
-    if len(files) == 1:
-        return files[0].getvalue(), files[0].name
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for i, f in enumerate(files):
-            # entry names are labels only; keep the base name, never a path
-            zf.writestr(f"{i:05d}_{PurePosixPath(f.name.replace(chr(92), '/')).name}", f.getvalue())
-    return buf.getvalue(), "series.zip"
+def _read(what: str, fn: object) -> tuple[object | None, str]:
+    """``fn()`` and "", or None and the one-line reason it failed (kept across the rerun that empties the uploader)."""
+    try:
+        return fn(), ""  # type: ignore[operator]
+    except (ValueError, FileNotFoundError) as exc:
+        return None, ui.one_line(exc)
+    except (OSError, EOFError, RuntimeError, KeyError, IndexError, TypeError) as exc:
+        ui.LOG.exception("unexpected failure reading an uploaded %s", what)
+        return None, f"could not process the {what} ({type(exc).__name__}); check the file and try again"
 
 
-def _suffix(name: str) -> str:
-    lower = name.lower()
-    if lower.endswith(".nii.gz"):
-        return ".nii.gz"
-    return PurePosixPath(lower).suffix or ".dcm"
+def _fresh_uploaders() -> None:
+    """Empty uploaders on the next run: a new choice of files replaces what was chosen before."""
+    st.session_state[K.STUDY_NONCE] = int(st.session_state.get(K.STUDY_NONCE, 0)) + 1
 
 
-state: dict = st.session_state.setdefault(K.UPLOAD_STATE, {})
+# ---------------------------------------------------------------- your cases
+st.subheader("Your cases")
+infos = _cases.case_list()
+used, quota = workspaces.user_usage(user), workspaces.user_quota_bytes()
+st.caption(f"{len(infos)} saved case(s); {workspaces.human_bytes(used)} of your {workspaces.human_bytes(quota)} in use.")
+pending_delete = st.session_state.get(K.DELETE_CASE)
+for info in infos:
+    row = st.columns([5, 1, 1], vertical_alignment="center")
+    row[0].markdown(f"**{info.label}** · {' + '.join(info.modalities)} · added {info.added[:16].replace('T', ' ')} UTC"
+                    + (" · de-identified here" if info.deidentified else ""))
+    if row[1].button("Review", key=f"review_{info.case_id}", icon=":material/radiology:"):
+        _cases.open_in_review(info.case_id)
+        st.switch_page("pages/case_review.py")
+    if row[2].button("Delete", key=f"delete_{info.case_id}", icon=":material/delete:"):
+        st.session_state[K.DELETE_CASE] = info.case_id
+        st.rerun()
+    if pending_delete == info.case_id:
+        st.warning(f"Delete **{info.label}** and its files from this server? This cannot be undone.",
+                   icon=":material/delete_forever:")
+        c1, c2 = st.columns([1, 4])
+        if c1.button(f"Delete {info.label}", type="primary", key="confirm_delete"):
+            with ui.core_errors(stop=False, what="Not deleted: "):
+                saved.delete_case(user, info.case_id)
+                ui.audit("upload", "delete", case=info.number)
+                for prefix in ("inputs", "prediction", "saved-case"):
+                    ui.forget(prefix)
+            st.session_state.pop(K.DELETE_CASE, None)
+            st.rerun()
+        if c2.button("Keep it", key="cancel_delete"):
+            st.session_state.pop(K.DELETE_CASE, None)
+            st.rerun()
+if not infos:
+    st.caption("No saved cases yet: upload a study and/or a timeline below.")
 
 # ---------------------------------------------------------------------- study
 st.subheader("1. CT study")
-nonce = int(st.session_state.get(K.STUDY_NONCE, 0))
-files = st.file_uploader("CT study", accept_multiple_files=True, help=STUDY_HELP, key=f"study_files_{nonce}")
-token = tuple((f.name, f.size) for f in files) if files else ()
-if token != state.get("token"):
-    state.clear()
-    state["token"] = token
-    if files:
-        data, name = _study_payload(files)
-        state["name"], state["suffix"] = name, _suffix(name)
-        stored = ui.workspace().fresh_dir("study") / ("original" + state["suffix"])
-        stored.write_bytes(data)
-        state["path"] = str(stored)
-        with ui.core_errors(stop=False, what="Study not loaded: "):
-            from core.io.study import load_study_bytes
+max_mb = int(st.get_option("server.maxUploadSize"))  # what the server accepts (MB of 1024 x 1024 bytes)
+# Streamlit's own drop-zone text rounds 512 MB up to "1GB" (decimal units, 0 decimals): hidden here, and the
+# real limit is stated in the labels instead.
+st.html('<style>[data-testid="stFileUploaderDropzoneInstructions"] {display: none;}</style>')
+files = st.file_uploader(f"CT study (DICOM files or zip, NIfTI; up to {max_mb} MB per file)", accept_multiple_files=True,
+                         help=STUDY_HELP, key=f"study_files_{nonce}")
+st.caption(f"This server accepts files of up to {max_mb} MB (server.maxUploadSize). Several files of one series can "
+           "be chosen at once; choosing again replaces them.")
+if files:
+    study_state.clear()
+    study_state["checked"], study_state["error"] = _read(
+        "study", lambda: uploads.check_study([(f.name, f.getvalue()) for f in files]))
+    _fresh_uploaders()
+    st.rerun()
 
-            state["volume"] = load_study_bytes(data, name)
-            state["deidentified"] = False
-
-volume = state.get("volume")
-if files and volume is None:
-    st.info("Fix the file and upload it again.")
-if volume is not None and volume.phi and not state.get("deidentified"):
-    st.error(
-        f"**Blocked: this study still carries identifying DICOM attributes** ({len(volume.phi)}). "
-        "It is not shown or used until it is de-identified (DICOM PS3.15 basic profile: identifiers removed, "
-        "UIDs replaced, dates shifted, private tags removed; pixel data unchanged).",
-        icon=":material/block:",
-    )
-    st.dataframe(pd.DataFrame({"attribute": volume.phi}), hide_index=True, width="content")
-    b1, b2 = st.columns([1, 3])
-    if b1.button("De-identify and continue", type="primary", key="deid_button"):
-        with st.spinner("De-identifying..."), ui.core_errors(stop=False, what="De-identification failed: "):
-            from core.deid import deidentify_bytes
-            from core.io.study import load_study_bytes
-
-            with open(state["path"], "rb") as fh:
-                raw = fh.read()
-            clean, report = deidentify_bytes(raw, state["name"])
-            cleaned = ui.workspace().fresh_dir("study") / "deidentified.zip"
-            cleaned.write_bytes(clean)
-            state.update(path=str(cleaned), name="deidentified.zip", suffix=".zip")
-            vol = load_study_bytes(clean, "deidentified.zip")
-            state["volume"], state["deidentified"], state["deid_report"] = vol, True, report
-            st.rerun()
-    if b2.button("Discard this study", key="discard_button"):
-        state.clear()
-        st.session_state[K.STUDY_NONCE] = nonce + 1  # a fresh, empty uploader
+checked: uploads.CheckedStudy | None = study_state.get("checked")
+if study_state.get("error"):
+    st.error(f"Study not loaded: {study_state['error']}", icon=":material/error:")
+    st.info("Fix the file and choose it again. Nothing was stored.")
+volume = None
+if checked is not None:
+    head = st.columns([5, 1], vertical_alignment="center")
+    head[0].markdown(f"In memory, not saved yet: **{checked.name}** ({checked.volume.format.upper()}, "
+                     f"{len(checked.data) / 1024**2:.1f} MB).")
+    if head[1].button("Discard", key="discard_button", icon=":material/close:"):
+        study_state.clear()
         st.rerun()
-    volume = None
-elif volume is not None:
-    if state.get("deidentified"):
-        st.success(
-            "De-identified: " + (state["deid_report"].summary() if state.get("deid_report") else "identifying attributes removed.")
-            + (f" Remaining flags: {', '.join(volume.phi)}." if volume.phi else ""),
-            icon=":material/verified_user:",
+    findings = checked.findings()
+    identifying = pd.DataFrame([{"attribute": f.attribute, "value": f.value} for f in findings if f.group == "identifying"])
+    clinical = pd.DataFrame([{"attribute": f.attribute, "value": f.value} for f in findings if f.group != "identifying"])
+    if checked.blocked:
+        st.error(
+            f"**Blocked: this study still carries identifying data** ({len(checked.identifying)} attributes). "
+            "Nothing has been stored. It is not shown or used until it is de-identified (DICOM PS3.15 basic profile: "
+            "identifiers removed, UIDs replaced, dates shifted, private tags removed; pixel data unchanged).",
+            icon=":material/block:",
         )
-    if volume.n_series > 1:
-        keys = [s.key for s in volume.series]
-        info = {s.key: s for s in volume.series}
-        choice = st.selectbox(
-            f"Series ({volume.n_series} in this study; the largest is loaded by default)", keys,
-            index=keys.index(state.get("series", keys[0])) if state.get("series", keys[0]) in keys else 0,
-            format_func=lambda k: f"{info[k].modality} series, {info[k].n_instances} images, "
-            f"{info[k].rows} x {info[k].cols}",
-            key="series_choice",
-        )
-        if choice != state.get("series") and choice != volume.meta.get("series_key"):
-            with ui.core_errors(stop=False, what="Series not loaded: "):
-                from core.io.study import load_study_bytes
-
-                with open(state["path"], "rb") as fh:
-                    state["volume"] = load_study_bytes(fh.read(), state["name"], series=choice)
-                state["series"] = choice
+        st.markdown("**Identifying** (values hidden):")
+        st.dataframe(identifying, hide_index=True, width="content", height=min(36 * len(identifying) + 40, 400))
+        if len(clinical):
+            st.markdown("**Clinical, not identifying on their own** (values shown; the basic profile removes them "
+                        "as well when you de-identify):")
+            st.dataframe(clinical, hide_index=True, width="content")
+        b1, b2 = st.columns([1, 3])
+        if b1.button("De-identify and continue", type="primary", key="deid_button"):
+            with st.spinner("De-identifying in memory..."), ui.core_errors(stop=False, what="De-identification failed: "):
+                study_state["checked"] = uploads.deidentify(checked)
                 st.rerun()
-    c1, c2 = st.columns([1, 1.4])
-    with c1:
-        z = volume.shape[0] // 2
-        fig = F.slice_overlay(volume.hu[z], None, window=(-160, 240), spacing_mm=volume.spacing_mm,
-                              title=f"middle axial slice ({z + 1}/{volume.shape[0]})")
-        fig.update_layout(width=None, height=340)
-        st.plotly_chart(fig, width="stretch", key="upload_preview")
-    with c2:
-        hu = volume.hu
-        st.markdown(
-            f"- format: **{volume.format}**, modality **{volume.modality}**\n"
-            f"- shape: **{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]}** (slices, rows, cols)\n"
-            f"- spacing: **{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm**\n"
-            f"- HU range: **{float(hu.min()):.0f} .. {float(hu.max()):.0f}** (mean {float(hu.mean()):.0f})\n"
-            f"- series in the study: **{volume.n_series}**"
-        )
-        for w in volume.warnings:
-            st.warning(w, icon=":material/warning:")
-        from core.preprocess.lung import lung_coverage_warning
+    else:
+        volume = checked.volume
+        if checked.deidentified:
+            st.success(f"De-identified in memory: {checked.deid_summary}", icon=":material/verified_user:")
+        if len(clinical):
+            st.info("Clinical attributes kept as they are (not identifying on their own; the model does not read "
+                    "them): " + ", ".join(f"{r.attribute} {r.value}" for r in clinical.itertuples()) + ".",
+                    icon=":material/info:")
+        if volume.burned_in:
+            st.warning("**Possible burned-in text** in the pixels: " + "; ".join(volume.burned_in)
+                       + ". Look at the images before you save: a name or ID drawn into a screenshot cannot be "
+                       "removed by de-identification.", icon=":material/warning:")
+            st.checkbox("I looked at the images: they show no names, IDs or dates", key=K.BURNED_IN_OK)
+        if volume.n_series > 1:
+            keys = [s.key for s in volume.series]
+            info_by_key = {s.key: s for s in volume.series}
+            current = checked.series or volume.meta.get("series_key", keys[0])
+            choice = st.selectbox(
+                f"Series ({volume.n_series} in this study; the largest is loaded by default)", keys,
+                index=keys.index(current) if current in keys else 0,
+                format_func=lambda k: f"{info_by_key[k].modality} series, {info_by_key[k].n_instances} images, "
+                f"{info_by_key[k].rows} x {info_by_key[k].cols}",
+                key="series_choice",
+            )
+            if choice != current:
+                with ui.core_errors(stop=False, what="Series not loaded: "):
+                    study_state["checked"] = uploads.with_series(checked, choice)
+                    st.rerun()
+        c1, c2 = st.columns([1, 1.4])
+        with c1:
+            z = volume.shape[0] // 2
+            fig = F.slice_overlay(volume.hu[z], None, window=(-160, 240), spacing_mm=volume.spacing_mm,
+                                  title=f"middle axial slice ({z + 1}/{volume.shape[0]})")
+            fig.update_layout(width=None, height=340)
+            st.plotly_chart(fig, width="stretch", key="upload_preview")
+        with c2:
+            hu = volume.hu
+            st.markdown(
+                f"- format: **{volume.format}**, modality **{volume.modality}**\n"
+                f"- shape: **{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]}** (slices, rows, cols)\n"
+                f"- spacing: **{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm**\n"
+                f"- HU range: **{float(hu.min()):.0f} .. {float(hu.max()):.0f}** (mean {float(hu.mean()):.0f})\n"
+                f"- series in the study: **{volume.n_series}**"
+            )
+            for w in volume.warnings:
+                st.warning(w, icon=":material/warning:")
+            from core.preprocess.lung import lung_coverage_warning
 
-        coverage = ui.memo(("upload_coverage", state.get("name"), state.get("series"), volume.shape),
-                           lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
-        if coverage:
-            st.warning(coverage, icon=":material/warning:")
+            coverage = ui.memo(("upload_coverage", id(checked), checked.series, volume.shape),
+                               lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
+            if coverage:
+                st.warning(coverage, icon=":material/warning:")
 
 # ------------------------------------------------------------------- timeline
 st.subheader("2. Timeline (optional)")
-tl_file = st.file_uploader("MEDS timeline", type=TIMELINE_TYPES, key="timeline_file",
+tl_file = st.file_uploader(f"MEDS timeline (parquet or CSV; up to {max_mb} MB)", type=TIMELINE_TYPES,
+                           key=f"timeline_file_{nonce}",
                            help="MEDS rows: subject_id, time, code, numeric_value (aliases such as value, "
                            "timestamp are accepted). Only events at or before the index date reach the model.")
-tl_state: dict = st.session_state.setdefault(K.TIMELINE_STATE, {})
-tl_token = (tl_file.name, tl_file.size) if tl_file else None
-if tl_token != tl_state.get("token"):
-    tl_state.clear()
-    tl_state["token"] = tl_token
-    if tl_file is not None:
-        suffix = ".parquet" if tl_file.name.lower().endswith(".parquet") else ".csv"
-        path = ui.workspace().fresh_dir("timeline") / ("timeline" + suffix)
-        path.write_bytes(tl_file.getvalue())
-        with ui.core_errors(stop=False, what="Timeline not loaded: "):
-            from core.io.timeline import read_timeline
+st.caption("A timeline can be added to a saved case below, without uploading its CT again.")
+if tl_file is not None:
+    from core.io.timeline import read_timeline_bytes
 
-            frame = read_timeline(path)
-            if frame.empty:
-                raise ValueError("timeline: got 0 events, the file has no rows; fix: upload a file with MEDS rows")
-            tl_state["frame"] = frame
+    tl_state.clear()
+    tl_state["frame"], tl_state["error"] = _read("timeline", lambda: read_timeline_bytes(tl_file.getvalue(), tl_file.name))
+    if tl_state["frame"] is not None and tl_state["frame"].empty:
+        tl_state["frame"], tl_state["error"] = None, "timeline: got 0 events, the file has no rows; fix: upload a file with MEDS rows"
+    tl_state["name"] = uploads.upload_label([tl_file.name])
+    _fresh_uploaders()
+    st.rerun()
+
+if tl_state.get("error"):
+    st.error(f"Timeline not loaded: {tl_state['error']}", icon=":material/error:")
+frame = tl_state.get("frame")
 events = None
 index_time = None
-frame = tl_state.get("frame")
+target = NEW_CASE
+target_label = ""
 if frame is not None:
+    head = st.columns([5, 1], vertical_alignment="center")
+    head[0].markdown(f"In memory, not saved yet: **{tl_state['name']}** ({len(frame)} events, "
+                     f"{frame['subject_id'].nunique()} subjects).")
+    if head[1].button("Discard", key="discard_timeline", icon=":material/close:"):
+        tl_state.clear()
+        st.rerun()
+    ct_cases = {c.case_id: c for c in infos if "CT" in c.modalities}
+    if checked is None and ct_cases:
+        options = [NEW_CASE, *ct_cases]
+        target = st.selectbox("Save the timeline to", options, key="timeline_target",
+                              format_func=lambda k: "a new case (timeline only)" if k == NEW_CASE
+                              else f"{ct_cases[k].describe()} (its CT is kept)")
+        target_label = ct_cases[target].label if target != NEW_CASE else ""
     subjects = sorted(frame["subject_id"].unique().tolist())
     c1, c2 = st.columns(2)
     subject = c1.selectbox(f"Subject ({len(subjects)} in the file)", subjects, key="timeline_subject")
@@ -188,38 +239,46 @@ if frame is not None:
     from core.io.timeline import OUTCOME_CODES, default_index_time
 
     study_date = volume.study_date if volume is not None else None
+    if target != NEW_CASE:
+        case = _cases.uploaded_case(target)
+        study_date = case["volume"].study_date if case and case["volume"] is not None else None
     default, source = default_index_time(events, study_date)
     date = c2.date_input("Index date (scan date): events after it are not used",
-                         value=(default or pd.Timestamp(events["time"].max())).date(), key="index_date")
+                         value=(default or pd.Timestamp(events["time"].max())).date(), key=f"index_date_{target}")
     index_time = pd.Timestamp(date) + pd.Timedelta(hours=23, minutes=59, seconds=59)
     before = int((events["time"] <= index_time).sum())
     st.caption(f"{len(events)} events for this subject, {before} at or before the index date, "
-               f"{events['code'].nunique()} distinct codes. Default index date: {source}.")
+               f"{events['code'].nunique()} distinct codes. Default index date: {source}. The subject id is not "
+               "stored: the saved events carry the case's own id.")
     outcomes = events[events["code"].isin(OUTCOME_CODES)]
     if len(outcomes):
         st.warning(f"This timeline records the outcome ({', '.join(sorted(set(outcomes['code'])))}). An outcome is "
                    "never a model input, whatever its date; events after the index date are not used either.",
                    icon=":material/info:")
 
-# ---------------------------------------------------------------------- use it
-st.subheader("3. Review")
-ready = volume is not None or (events is not None and not events.empty)
-if st.button("Use this case", type="primary", disabled=not ready, key="use_case"):
-    with ui.core_errors(stop=False, what="Case not created: "):
-        number = int(st.session_state.get(K.UPLOAD_COUNTER, 0)) + 1
-        cohort = cohorts.uploaded_case_cohort(ui.workspace().fresh_dir("case"), volume=volume, events=events,
-                                       index_time=index_time)
-        st.session_state[K.UPLOAD_COUNTER] = number
-        parts = (["CT"] if volume is not None else []) + (["timeline"] if events is not None else [])
-        ui.audit("upload", "-".join(part.lower() for part in parts), case=number)
-        st.session_state[K.UPLOADED_CASE] = {
-            "cohort": cohort, "volume": volume, "events": events, "number": number,
-            "study_path": state.get("path") if volume is not None else None,  # the (de-identified) file, for DICOM export
-            "label": f"#{number}: {' + '.join(parts)}",
-        }
-        ui.forget("inputs")
-        ui.forget("prediction")
-        st.session_state[K.CASE] = (ui.UPLOADED, cohorts.UPLOAD_SUBJECT)
+# ---------------------------------------------------------------------- save
+st.subheader("3. Save and review")
+ready_study = checked is not None and not checked.blocked
+burned_ok = bool(st.session_state.get(K.BURNED_IN_OK)) or not (ready_study and checked.volume.burned_in)
+ready = (ready_study and burned_ok) or (checked is None and events is not None and not events.empty)
+label = f"Add the timeline to {target_label}" if target != NEW_CASE else "Save as a new case"
+if st.button(label, type="primary", disabled=not ready, key="use_case", icon=":material/save:"):
+    with ui.core_errors(stop=False, what="Case not saved: "):
+        if target != NEW_CASE:
+            info = saved.add_timeline(user, target, events, index_time)
+        else:
+            info = uploads.save_checked_case(user, checked if ready_study else None, events=events,
+                                             index_time=index_time, burned_in_acknowledged=burned_ok)
+        ui.audit("upload", "-".join(m.lower() for m in info.modalities), case=info.number)
+        study_state.clear()
+        tl_state.clear()
+        st.session_state.pop(K.BURNED_IN_OK, None)
+        _cases.open_in_review(info.case_id)
         st.switch_page("pages/case_review.py")
 if not ready:
-    st.caption("Upload a study or a timeline first.")
+    if checked is not None and checked.blocked:
+        st.caption("De-identify the study (or discard it) first.")
+    elif ready_study and not burned_ok:
+        st.caption("Confirm that the images show no burned-in names or IDs first.")
+    else:
+        st.caption("Upload a study or a timeline first.")

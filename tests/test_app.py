@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import cohort as cohorts
 from core.app import demo_install, reference
 from tests.conftest import ROOT
 
@@ -200,21 +199,25 @@ def test_default_slice_skips_a_flat_attention() -> None:
 
 
 def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -> None:
-    from core.io.volume import Volume
+    import nibabel as nib
 
-    at = _app()
-    at.run()
+    from core.app import cases
+
     rng = np.random.default_rng(0)
-    vol = Volume(hu=(rng.standard_normal((20, 64, 64)) * 30 - 100).astype(np.float32), spacing_mm=(3.0, 1.0, 1.0),
-                 affine=np.eye(4))
-    cohort = cohorts.uploaded_case_cohort(data_dir, volume=vol, events=None)
-    at.session_state["uploaded_case"] = {"cohort": cohort, "volume": vol, "events": None, "number": 1, "label": "#1: CT"}
-    at.run()
-    assert "Uploaded case (#1: CT)" in at.selectbox(key="case").options
-    at.selectbox(key="case").set_value(("uploaded", cohorts.UPLOAD_SUBJECT)).run()
-    _no_exception(at)
-    assert any("Missing modality" in w.value and "no EHR data" in w.value for w in at.warning)
-    assert _charts(at)[0]["layout"]["title"]["text"].endswith("/20")
+    hu = (rng.standard_normal((64, 64, 20)) * 30 - 100).astype(np.float32)
+    info = cases.save_case("local", study=nib.Nifti1Image(hu, np.diag([1.0, 1.0, 3.0, 1.0])).to_bytes(),
+                           study_name="ct.nii", base=data_dir)  # a saved case of the local user
+    try:
+        at = _app()
+        at.run()
+        assert at.selectbox(key="case").value[0] == "demo"  # a new session opens on a demo case
+        assert f"Uploaded: {info.describe()}" in at.selectbox(key="case").options
+        at.selectbox(key="case").set_value(("uploaded", info.case_id)).run()
+        _no_exception(at)
+        assert any("Missing modality" in w.value and "no EHR data" in w.value for w in at.warning)
+        assert _charts(at)[0]["layout"]["title"]["text"].endswith("/20")
+    finally:
+        cases.delete_case("local", info.case_id, data_dir)
 
 
 def test_core_errors_become_one_line_messages() -> None:

@@ -193,10 +193,10 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     assert pg.get_by_text(re.compile(r"30 x 101 x 122")).count() >= 1  # type: ignore[attr-defined]
     assert pg.get_by_text("may not cover the chest").count() >= 1  # type: ignore[attr-defined]  # abdominal CT
     shot(pg, "upload")
-    pg.get_by_role("button", name="Use this case").click()  # type: ignore[attr-defined]
+    pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
     settle(pg, 120)
     shot(pg, "case_review_uploaded")
-    assert "Uploaded case (#1: CT)" in pg.content()  # type: ignore[attr-defined]
+    assert re.search(r"Uploaded: Case \d+ · CT · added", pg.content())  # type: ignore[attr-defined]
     assert pg.get_by_text("Missing modality").count() >= 1  # type: ignore[attr-defined]  # no timeline uploaded
     assert pg.get_by_text("0.31 L of air inside the body").count() >= 1  # type: ignore[attr-defined]  # abdominal CT
     assert pg.locator('[data-testid="stPlotlyChart"]').count() >= 3  # type: ignore[attr-defined]
@@ -214,7 +214,7 @@ def test_phi_dicom_zip_is_blocked_until_deidentified(page: object, tmp_path: Pat
     assert pg.get_by_text("Blocked").count() >= 1  # type: ignore[attr-defined]
     assert pg.get_by_text("PatientName").count() >= 1  # type: ignore[attr-defined]
     assert pg.get_by_text("middle axial slice").count() == 0  # nothing shown before de-identification
-    assert not pg.get_by_role("button", name="Use this case").is_enabled()  # type: ignore[attr-defined]
+    assert not pg.get_by_role("button", name="Save as a new case").is_enabled()  # type: ignore[attr-defined]
     shot(pg, "upload_phi_blocked")
     pg.get_by_role("button", name="De-identify and continue").click()  # type: ignore[attr-defined]
     settle(pg, 120)

@@ -47,6 +47,8 @@ from tests.test_browser import shot as _shot  # noqa: E402
 
 CLIENT_ID = "ctehr-test"
 ACCOUNT = {"sub": "clinician-7f3a", "email": "ada.clinician@hospital.test", "name": "Ada Clinician"}
+# a second account of the same provider (tests/test_users_browser.py: users kept apart)
+SECOND_ACCOUNT = {"sub": "clinician-b21c", "email": "bo.clinician@hospital.test", "name": "Bo Clinician"}
 NPM_TIMEOUT_S = 240
 
 
@@ -114,7 +116,8 @@ def signed_in_app(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     idp_env = {**os.environ, "OIDC_PORT": str(idp_port), "OIDC_REDIRECT_URI": f"{app_url}/oauth2callback",
                "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": client_secret,
                "OIDC_ACCOUNT_SUB": ACCOUNT["sub"], "OIDC_ACCOUNT_EMAIL": ACCOUNT["email"],
-               "OIDC_ACCOUNT_NAME": ACCOUNT["name"]}
+               "OIDC_ACCOUNT_NAME": ACCOUNT["name"], "OIDC_ACCOUNT2_SUB": SECOND_ACCOUNT["sub"],
+               "OIDC_ACCOUNT2_EMAIL": SECOND_ACCOUNT["email"], "OIDC_ACCOUNT2_NAME": SECOND_ACCOUNT["name"]}
     secrets_toml = work / "secrets.toml"
     secrets_toml.write_text(
         "[auth]\n"

@@ -23,13 +23,22 @@ const clientId = required('OIDC_CLIENT_ID');
 const clientSecret = required('OIDC_CLIENT_SECRET');
 const issuer = `http://127.0.0.1:${port}`;
 
-// The one test account. devInteractions' login form accepts any login name and uses it as the
-// account id; only this id has an account, so any other name ends the flow with an error.
+// The test accounts. devInteractions' login form accepts any login name and uses it as the
+// account id; only these ids have an account, so any other name ends the flow with an error.
+// OIDC_ACCOUNT2_SUB (with _EMAIL, _NAME) adds a second user (tests/test_users_browser.py).
 const ACCOUNT = {
   sub: process.env.OIDC_ACCOUNT_SUB || 'clinician-7f3a',
   email: process.env.OIDC_ACCOUNT_EMAIL || 'ada.clinician@hospital.test',
   name: process.env.OIDC_ACCOUNT_NAME || 'Ada Clinician',
 };
+const ACCOUNTS = { [ACCOUNT.sub]: ACCOUNT };
+if (process.env.OIDC_ACCOUNT2_SUB) {
+  ACCOUNTS[process.env.OIDC_ACCOUNT2_SUB] = {
+    sub: process.env.OIDC_ACCOUNT2_SUB,
+    email: process.env.OIDC_ACCOUNT2_EMAIL || '',
+    name: process.env.OIDC_ACCOUNT2_NAME || '',
+  };
+}
 
 const configuration = {
   clients: [{
@@ -52,11 +61,12 @@ const configuration = {
   features: { devInteractions: { enabled: true } },
   cookies: { keys: [clientSecret] },
   async findAccount(ctx, id) {
-    if (id !== ACCOUNT.sub) return undefined;
+    const account = Object.hasOwn(ACCOUNTS, id) ? ACCOUNTS[id] : undefined;
+    if (!account) return undefined;
     return {
       accountId: id,
       async claims() {
-        return { sub: ACCOUNT.sub, email: ACCOUNT.email, email_verified: true, name: ACCOUNT.name };
+        return { sub: account.sub, email: account.email, email_verified: true, name: account.name };
       },
     };
   },
