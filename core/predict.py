@@ -17,11 +17,27 @@ import numpy as np
 
 from core.cohort import Cohort, load_cohort
 from core.horizons import HORIZONS, beyond_grid
+from core.io.volume import Volume
 from core.registry import LoadedModel, load_model
+from core.study_profile import model_profile, study_warnings
 
 
 def _clean(a: np.ndarray) -> list[float]:
     return [round(float(x), 6) for x in a]
+
+
+def image_warnings(model: LoadedModel, volume: Volume | None) -> list[str]:
+    """What the model cannot read in this CT: outside its training profile (``core.study_profile``, a rule from
+    the model's own training studies); for a model saved without a profile, the lung-coverage check."""
+    if volume is None:
+        return []
+    profile = model_profile(model.config)
+    if profile is not None:
+        return study_warnings(profile, volume.hu, volume.spacing_mm)
+    from core.preprocess.lung import lung_coverage_warning
+
+    note = lung_coverage_warning(volume.hu, volume.spacing_mm)
+    return [note] if note else []
 
 
 def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizons: Sequence[int] = HORIZONS) -> dict:
@@ -30,11 +46,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     top_slices = [] if p.slice_weights is None else [int(i) for i in np.argsort(-p.slice_weights)[:5]]
     warnings: list[str] = []
     if "image" in p.modalities_used and inputs.image is not None:
-        from core.preprocess.lung import lung_coverage_warning
-
-        volume = cohort.load_volume(subject_id)
-        note = None if volume is None else lung_coverage_warning(volume.hu, volume.spacing_mm)
-        warnings += [note] if note else []
+        warnings += image_warnings(model, cohort.load_volume(subject_id))
     return {
         "subject_id": str(subject_id),
         "fusion": model.fusion,

@@ -41,6 +41,7 @@ from core.errors import InputError
 from core.horizons import HORIZONS, risk_at
 from core.models.config import ModelConfig
 from core.models.types import CaseInputs, CasePrediction, ModelOutput, NetBatch
+from core.study_profile import card_lines, model_profile
 
 if TYPE_CHECKING:
     from core.preprocess.transforms import ImageTransforms
@@ -188,6 +189,7 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
     lines += [
         f"- Validation C-index (early stopping): {metrics.get('val_c_index_early_stopping', float('nan')):.3f}",
         "",
+        *card_lines(model_profile(cfg)),
         "## Limitations",
         "- Trained on one cohort; performance on other scanners, sites or populations is unknown.",
         "- Survival beyond the last grid time is reported as the last grid value (no extrapolation).",

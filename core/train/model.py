@@ -15,6 +15,7 @@ from core.inputs import ehr_arrays, image_embedding_arrays
 from core.models import FUSIONS, HEADS
 from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
+from core.study_profile import image_cohort_profile
 from core.train.ehr import ehr_config
 from core.train.fusion_stage import fit_member, split_metrics
 from core.train.image_stage import foundation_tokens, image_config, train_image_encoder
@@ -90,13 +91,17 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         # token-level models are tiny: one thread is as fast, and far faster when the cores are shared
         torch.set_num_threads(1)
     n_members = int(settings["ensemble"])
+    image_cfg = ImageConfig.from_dict(icfg)
+    # what the model can read: the acquisition profile of its own training studies (config.json, model card)
+    profile = image_cohort_profile(cohort, cohort.ids("train"), image_cfg, seed=seed) if dist_info.main else None
     cfg = ModelConfig(
         format=FORMAT, fusion=fusion, head=head,
         proportional_head=proportional_head(settings["proportional_head"], fusion, icfg["kind"]),
         dim=int(settings["dim"]), dropout=float(settings["dropout"]), heads=int(settings["heads"]),
-        edges=tuple(float(e) for e in edges), image=ImageConfig.from_dict(icfg), ehr=EHRConfig.from_dict(ecfg), seed=seed,
+        edges=tuple(float(e) for e in edges), image=image_cfg, ehr=EHRConfig.from_dict(ecfg), seed=seed,
         image_anchor=bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d", "foundation"),
-        ehr_linear=bool(settings["ehr_linear"]) and bool(ecfg["tabular"]), ensemble=n_members)
+        ehr_linear=bool(settings["ehr_linear"]) and bool(ecfg["tabular"]), ensemble=n_members,
+        extra={"study_profile": profile} if profile else {})
     train_idx = np.flatnonzero(tr)
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy())
     members, member_info = [], []

@@ -1,0 +1,257 @@
+"""What a model can read: the acquisition profile of its training studies, and warnings for a study outside it.
+
+At training time :func:`cohort_profile` measures every training study (up to
+``MAX_STUDIES`` of them, a seeded sample) with :func:`study_stats` and keeps, per
+statistic, the training range and its spread (``build_profile``); the profile goes
+into the model's ``config.json`` (key ``study_profile``) and its model card
+(:func:`card_lines`), together with the image transforms and the encoder.
+
+At prediction time :func:`profile_warnings` compares one study's statistics with
+that profile. The rule follows the training data, not a fixed threshold: a value
+is outside when it lies outside the training range ``[min, max]`` widened on each
+side by ``MARGIN`` times the larger of the range's width and ``REL_FLOOR`` times
+its magnitude (so a cohort with one fixed spacing still accepts small rounding
+differences). Statistics, all from the study's own voxel grid:
+
+- ``z_extent_mm``: slices x slice spacing (how much of the body is covered);
+- ``slice_mm``, ``pixel_mm``: slice spacing and in-plane pixel spacing (mean of rows and columns);
+- ``body_l``: the body's volume (voxels above -500 HU with their enclosed holes filled per axial slice);
+- ``air``, ``fat``, ``soft``, ``bone``: fractions of the body's voxels below -400 HU (lung and bowel gas),
+  in -190..-30 HU, in -30..150 HU and at or above 300 HU;
+- ``lung_air_l``: litres of air (below -400 HU) enclosed by the body;
+- ``lung_slices``: the fraction of axial slices whose enclosed air is at least 5 % of that slice's body area
+  (a chest CT has lungs on most slices, an abdominal CT on few): the body region.
+
+A contrast-phase proxy is left out: telling enhanced vessels from trabecular bone
+(both 150-300 HU) needs an organ segmentation this module does not have.
+
+>>> hu = np.full((10, 40, 40), -1000.0); hu[:, 5:35, 5:35] = 40.0; hu[:, 10:30, 10:30] = -850.0
+>>> s = study_stats(hu, (5.0, 4.0, 4.0))
+>>> s["z_extent_mm"], round(s["air"], 3), s["lung_slices"]
+(50.0, 0.444, 1.0)
+>>> p = build_profile([s, {**s, "z_extent_mm": 60.0}])
+>>> profile_warnings(p, s)
+[]
+>>> "lung air" in profile_warnings(p, {**s, "lung_air_l": 0.01})[0]
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from core.cohort import Cohort
+from core.errors import InputError
+
+PROFILE_VERSION = 1
+MAX_STUDIES = 200
+MARGIN = 0.25
+REL_FLOOR = 0.1
+#: statistic -> (label, unit, display scale, digits)
+STATS: dict[str, tuple[str, str, float, int]] = {
+    "z_extent_mm": ("z-extent", "mm", 1.0, 0),
+    "slice_mm": ("slice spacing", "mm", 1.0, 2),
+    "pixel_mm": ("pixel spacing", "mm", 1.0, 2),
+    "body_l": ("body volume", "L", 1.0, 1),
+    "lung_air_l": ("lung air (air enclosed by the body)", "L", 1.0, 2),
+    "lung_slices": ("slices showing lung", "%", 100.0, 0),
+    "air": ("body voxels in air (< -400 HU)", "%", 100.0, 1),
+    "fat": ("body voxels in fat (-190..-30 HU)", "%", 100.0, 1),
+    "soft": ("body voxels in soft tissue (-30..150 HU)", "%", 100.0, 1),
+    "bone": ("body voxels in bone (>= 300 HU)", "%", 100.0, 1),
+}
+#: what the warning says a departure in each statistic means
+MEANING = {"z_extent_mm": "coverage", "slice_mm": "spacing", "pixel_mm": "spacing", "body_l": "body size",
+           "lung_air_l": "region", "lung_slices": "region", "air": "region", "fat": "composition",
+           "soft": "composition", "bone": "composition"}
+_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_PLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # fill holes slice by slice: no connection across slices
+_MAX_ROWS = 256
+
+
+def study_stats(hu: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, float]:
+    """The acquisition statistics of one CT (``hu`` [slices, rows, cols], ``spacing_mm`` (slice, row, col))."""
+    from scipy import ndimage
+
+    vol = np.asarray(hu)
+    if vol.ndim != 3 or min(vol.shape) < 1:
+        raise InputError("study", f"shape {list(vol.shape)}", "is not a 3D volume", "pass a CT volume [slices, rows, cols]")
+    sz, sr, sc = (float(s) for s in spacing_mm)
+    step = max(1, int(np.ceil(max(vol.shape[1], vol.shape[2]) / _MAX_ROWS)))  # bounded cost on 512 x 512 slices
+    v = vol[:, ::step, ::step].astype(np.float32, copy=False)
+    voxel_ml = sz * sr * sc * step * step / 1000.0
+    body = ndimage.binary_fill_holes(v > -500.0, structure=_PLANE)
+    n_body = int(body.sum())
+    air = body & (v < -400.0)
+    per_slice_body = body.sum(axis=(1, 2))
+    per_slice_air = air.sum(axis=(1, 2))
+    lung_slices = float(np.mean(per_slice_air >= 0.05 * np.maximum(per_slice_body, 1))) if n_body else 0.0
+
+    def frac(mask: np.ndarray) -> float:
+        return float(mask.sum() / n_body) if n_body else 0.0
+
+    return {
+        "z_extent_mm": float(vol.shape[0] * sz), "slice_mm": sz, "pixel_mm": (sr + sc) / 2.0,
+        "body_l": n_body * voxel_ml / 1000.0, "lung_air_l": float(air.sum()) * voxel_ml / 1000.0,
+        "lung_slices": lung_slices if int(per_slice_air.sum()) else 0.0,
+        "air": frac(air), "fat": frac(body & (v >= -190.0) & (v < -30.0)),
+        "soft": frac(body & (v >= -30.0) & (v < 150.0)), "bone": frac(body & (v >= 300.0)),
+    }
+
+
+def build_profile(stats: Iterable[dict[str, float]], *, transforms: list[dict[str, Any]] | None = None,
+                  encoder: str = "", source: str = "") -> dict[str, Any]:
+    """Per statistic: ``min``, ``max``, ``p5``, ``p95``, ``mean`` over the studies, plus what produced them."""
+    rows = list(stats)
+    if not rows:
+        raise InputError("studies", 0, "a study profile needs at least one training study", "train on a cohort with CT studies")
+    out: dict[str, Any] = {"version": PROFILE_VERSION, "n_studies": len(rows), "margin": MARGIN, "rel_floor": REL_FLOOR,
+                           "stats": {}, "transforms": transforms or [], "encoder": encoder, "source": source}
+    for key in STATS:
+        vals = np.asarray([r[key] for r in rows if key in r and np.isfinite(r[key])], dtype=float)
+        if len(vals):
+            out["stats"][key] = {"min": float(vals.min()), "max": float(vals.max()), "p5": float(np.percentile(vals, 5)),
+                                 "p95": float(np.percentile(vals, 95)), "mean": float(vals.mean())}
+    return out
+
+
+def allowed_range(entry: dict[str, float], margin: float = MARGIN, rel_floor: float = REL_FLOOR) -> tuple[float, float]:
+    """The training range widened by ``margin`` x max(width, ``rel_floor`` x magnitude) on each side.
+
+    >>> allowed_range({"min": 4.0, "max": 4.0})
+    (3.9, 4.1)
+    """
+    lo, hi = float(entry["min"]), float(entry["max"])
+    pad = margin * max(hi - lo, rel_floor * max(abs(lo), abs(hi)))
+    return round(lo - pad, 9), round(hi + pad, 9)
+
+
+def _fmt(key: str, value: float) -> str:
+    _, unit, scale, digits = STATS[key]
+    return f"{value * scale:.{digits}f}" + ("%" if unit == "%" else f" {unit}")
+
+
+def _fmt_range(key: str, lo: float, hi: float) -> str:
+    _, unit, scale, digits = STATS[key]
+    a, b = f"{lo * scale:.{digits}f}", f"{hi * scale:.{digits}f}"
+    return (a if a == b else f"{a}-{b}") + ("%" if unit == "%" else f" {unit}")
+
+
+def outside(profile: dict[str, Any] | None, stats: dict[str, float]) -> list[tuple[str, float, dict[str, float]]]:
+    """``(statistic, value, training entry)`` for every statistic outside its allowed range."""
+    if not profile:
+        return []
+    margin, floor = float(profile.get("margin", MARGIN)), float(profile.get("rel_floor", REL_FLOOR))
+    out = []
+    for key, entry in profile.get("stats", {}).items():
+        if key not in STATS or key not in stats or not np.isfinite(stats[key]):
+            continue
+        lo, hi = allowed_range(entry, margin, floor)
+        if not lo <= stats[key] <= hi:
+            out.append((key, float(stats[key]), entry))
+    return out
+
+
+def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) -> list[str]:
+    """One warning (a list of at most one line) when the study lies outside the model's training profile."""
+    bad = outside(profile, stats)
+    if not bad:
+        return []
+    assert profile is not None
+    kinds = sorted({MEANING[k] for k, _, _ in bad}, key=list(MEANING.values()).index)
+    parts = [f"{STATS[k][0]} {_fmt(k, v)} (training {_fmt_range(k, e['min'], e['max'])})" for k, v, e in bad]
+    return [f"Out of distribution for this model's image part ({', '.join(kinds)}): " + "; ".join(parts)
+            + f". This CT is unlike the model's {profile.get('n_studies', '?')} training studies (see 'What this model "
+            "can read' in its model card): do not rely on the image part of this prediction."]
+
+
+def study_warnings(profile: dict[str, Any] | None, hu: np.ndarray, spacing_mm: Sequence[float]) -> list[str]:
+    """:func:`profile_warnings` of one CT (nothing to compute without a profile)."""
+    return profile_warnings(profile, study_stats(hu, spacing_mm)) if profile else []
+
+
+def cohort_profile(cohort: Cohort, ids: Sequence[str], *, transforms: list[dict[str, Any]] | None = None,
+                   encoder: str = "", max_studies: int = MAX_STUDIES, seed: int = 0,
+                   progress: Callable[[float, str], None] | None = None) -> dict[str, Any] | None:
+    """The profile of the studies of ``ids`` (a seeded sample of at most ``max_studies``); None without studies."""
+    with_study = [s for s in ids if _has_study(cohort, s)]
+    if not with_study:
+        return None
+    if len(with_study) > max_studies:
+        rng = np.random.default_rng(seed)
+        with_study = [with_study[i] for i in sorted(rng.choice(len(with_study), max_studies, replace=False))]
+    rows = []
+    for i, sid in enumerate(with_study):
+        vol = cohort.load_volume(sid)
+        if vol is not None:
+            rows.append(study_stats(vol.hu, vol.spacing_mm))
+        if progress is not None:
+            progress((i + 1) / len(with_study), "study profile")
+    if not rows:
+        return None
+    return build_profile(rows, transforms=transforms, encoder=encoder,
+                         source=f"{len(rows)} training studies of cohort `{cohort.root.name}`")
+
+
+def _has_study(cohort: Cohort, sid: str) -> bool:
+    t = cohort.table
+    if "study" not in t.columns:
+        return False
+    val = t.loc[t["subject_id"] == sid, "study"]
+    return bool(len(val)) and isinstance(val.iloc[0], str) and bool(val.iloc[0].strip())
+
+
+def encoder_text(image: Any) -> str:
+    """A short description of a ``core.models.config.ImageConfig``'s encoder (what the card and profile state)."""
+    kind = getattr(image, "kind", "none")
+    if kind == "2d":
+        return (f"2D CNN per axial slice (channels {list(image.channels)}, slices resized to {image.size} px)"
+                + (", lung mask" if image.lung_mask else ", whole slice (no organ mask)"))
+    if kind == "3d":
+        return f"3D CNN with patch tokens (channels {list(image.channels)}, volume resized to {list(image.grid or ())})"
+    if kind == "foundation":
+        return (f"frozen pretrained 3D CT backbone (Merlin I3-ResNet-152, `{image.weights}` weights) on the grid "
+                f"{list(image.grid or ())}")
+    return str(kind)
+
+
+def image_cohort_profile(cohort: Cohort, ids: Sequence[str], image: Any, *, seed: int = 0,
+                         progress: Callable[[float, str], None] | None = None) -> dict[str, Any] | None:
+    """:func:`cohort_profile` with the transforms and encoder of an ``ImageConfig`` (None for models without voxels)."""
+    if not getattr(image, "voxels", False):
+        return None
+    chain = image.transforms()
+    return cohort_profile(cohort, ids, transforms=chain.describe() if chain is not None else None,
+                          encoder=encoder_text(image), seed=seed, progress=progress)
+
+
+def card_lines(profile: dict[str, Any] | None) -> list[str]:
+    """The model card's "What this model can read" section (empty without a profile)."""
+    if not profile:
+        return []
+    lines = ["## What this model can read", "",
+             f"Measured on {profile.get('source') or str(profile.get('n_studies', '?')) + ' training studies'} "
+             "(`core.study_profile`). A study outside a range widened by "
+             f"{float(profile.get('margin', MARGIN)):.0%} of its width (at least {float(profile.get('rel_floor', REL_FLOOR)) * float(profile.get('margin', MARGIN)):.1%} "
+             "of its value) on either side gets an out-of-distribution warning in `predict --json` and the app.", ""]
+    if profile.get("encoder"):
+        lines.append(f"- Encoder: {profile['encoder']}")
+    if profile.get("transforms"):
+        steps = "; ".join(f"{step.get('name', '?')} (" + ", ".join(f"{k} {v}" for k, v in step.items() if k != "name") + ")"
+                          for step in profile["transforms"])
+        lines.append(f"- Transforms (in order): {steps}")
+    for key, entry in profile.get("stats", {}).items():
+        if key in STATS:
+            lines.append(f"- {STATS[key][0]}: {_fmt_range(key, entry['min'], entry['max'])} "
+                         f"(5th-95th percentile {_fmt_range(key, entry['p5'], entry['p95'])})")
+    lines += ["- Contrast phase: not measured (enhanced vessels and trabecular bone share 150-300 HU without an organ "
+              "segmentation).", ""]
+    return lines
+
+
+def model_profile(config: dict[str, Any] | Any) -> dict[str, Any] | None:
+    """The ``study_profile`` of a config.json dict or a ``ModelConfig`` (its ``extra``); None when absent."""
+    extra = config.get("study_profile") if isinstance(config, dict) else getattr(config, "extra", {}).get("study_profile")
+    return extra if isinstance(extra, dict) and extra.get("stats") else None

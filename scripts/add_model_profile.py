@@ -1,0 +1,94 @@
+"""Add "what this model can read" (``core.study_profile``) to model folders trained before it existed.
+
+Reads each model's ``config.json``, measures the training studies of its cohort
+(the train split; the same seeded sample ``train`` uses), writes the profile into
+``config.json`` (key ``study_profile``; every other key unchanged) and puts the
+"What this model can read" section into ``MODEL_CARD.md`` (replacing an older one,
+before "## Limitations"). Weights and metrics are not touched.
+
+    python scripts/add_model_profile.py --cohort COHORT MODEL [MODEL ...] [--expect-sha256 HEX]
+
+For the shipped demo models (``assets/demo_models``) the cohort is the default demo
+cohort; ``--manifest assets/demo_models/MANIFEST.json`` checks that its cohort.csv
+is the one they were trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from core.cohort import load_cohort  # noqa: E402
+from core.errors import InputError  # noqa: E402
+from core.models.config import ModelConfig  # noqa: E402
+from core.study_profile import card_lines, image_cohort_profile  # noqa: E402
+
+SECTION = "## What this model can read"
+
+
+def card_with_profile(card: str, lines: list[str]) -> str:
+    """``card`` with its "What this model can read" section replaced by ``lines`` (inserted before Limitations).
+
+    >>> c = "# M\\n\\n## Metrics\\n- x\\n\\n## Limitations\\n- y\\n"
+    >>> out = card_with_profile(c, ["## What this model can read", "", "- z", ""])
+    >>> out.index("- z") < out.index("## Limitations"), card_with_profile(out, ["## What this model can read", "", "- w", ""]).count("What this")
+    (True, 1)
+    """
+    body = re.sub(rf"{re.escape(SECTION)}\n.*?(?=^## |\Z)", "", card, flags=re.S | re.M)
+    if not lines:
+        return body
+    block = "\n".join(lines) + "\n"
+    if "## Limitations" in body:
+        return body.replace("## Limitations", block + "## Limitations", 1)
+    return body.rstrip("\n") + "\n\n" + block
+
+
+def add_profile(model_dir: Path, cohort_dir: Path) -> dict:
+    """Write the profile into one model folder; returns it (None for a model that reads no CT voxels)."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.exists():
+        raise InputError("model", str(model_dir), "has no config.json", "pass a model folder written by `python -m core train`")
+    raw = json.loads(cfg_path.read_text())
+    cfg = ModelConfig.from_dict(raw)
+    cohort = load_cohort(cohort_dir, seed=cfg.seed)
+    profile = image_cohort_profile(cohort, cohort.ids("train"), cfg.image, seed=cfg.seed)
+    if profile is None:
+        raw.pop("study_profile", None)
+    else:
+        raw["study_profile"] = profile
+    cfg_path.write_text(json.dumps(raw, indent=2) + "\n")
+    card_path = model_dir / "MODEL_CARD.md"
+    if card_path.exists():
+        card_path.write_text(card_with_profile(card_path.read_text(), card_lines(profile)))
+    return {"model": model_dir.name, "studies": None if profile is None else profile["n_studies"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", type=Path, nargs="+")
+    parser.add_argument("--cohort", type=Path, required=True, help="the cohort folder the models were trained on")
+    parser.add_argument("--manifest", type=Path, default=None, help="MANIFEST.json whose cohort_sha256 the cohort must match")
+    args = parser.parse_args(argv)
+    if args.manifest is not None:
+        want = json.loads(args.manifest.read_text()).get("cohort_sha256")
+        got = hashlib.sha256((args.cohort / "cohort.csv").read_bytes()).hexdigest()
+        if want != got:
+            print(f"error: cohort: got cohort.csv SHA-256 {got[:16]}..., the manifest wants {str(want)[:16]}...; "
+                  "fix: pass the cohort the models were trained on", file=sys.stderr)
+            return 2
+    for model in args.models:
+        if (model / "config.json").exists():
+            print(json.dumps(add_profile(model, args.cohort)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

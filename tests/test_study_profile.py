@@ -1,0 +1,133 @@
+"""What a model can read: study statistics, the training-profile rule, shipped demo models, the real abdominal CT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import InputError
+from core.study_profile import (
+    allowed_range,
+    build_profile,
+    card_lines,
+    model_profile,
+    outside,
+    profile_warnings,
+    study_stats,
+    study_warnings,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODELS = ROOT / "assets" / "demo_models"
+IMAGE_MODELS = ("image_only", "concat", "contrastive", "cross_attention", "coattention_image", "coattention_ehr")
+
+
+def _phantom(lung: bool = True) -> np.ndarray:
+    """A 10 x 40 x 40 box body of water (40 HU) in air; with ``lung`` a 20 x 20 air block inside it."""
+    hu = np.full((10, 40, 40), -1000.0, dtype=np.float32)
+    hu[:, 5:35, 5:35] = 40.0
+    if lung:
+        hu[:, 10:30, 10:30] = -850.0
+    hu[:, 5:7, 18:22] = 700.0  # a little bone
+    return hu
+
+
+def test_study_stats_numbers() -> None:
+    s = study_stats(_phantom(), (5.0, 2.0, 2.0))
+    assert s["z_extent_mm"] == 50.0 and s["slice_mm"] == 5.0 and s["pixel_mm"] == 2.0
+    # body 10 x 30 x 30 voxels of 20 mm^3 = 0.18 L; enclosed air 10 x 20 x 20 voxels = 0.08 L
+    assert s["body_l"] == pytest.approx(0.18) and s["lung_air_l"] == pytest.approx(0.08)
+    assert s["air"] == pytest.approx(400 / 900) and s["bone"] == pytest.approx(8 / 900)
+    assert s["soft"] == pytest.approx((900 - 400 - 8) / 900) and s["fat"] == 0.0
+    assert s["lung_slices"] == 1.0
+    none = study_stats(_phantom(lung=False), (5.0, 2.0, 2.0))
+    assert none["lung_air_l"] == 0.0 and none["lung_slices"] == 0.0 and none["air"] == 0.0
+    with pytest.raises(InputError, match="study"):
+        study_stats(np.zeros((4, 4)), (1.0, 1.0, 1.0))
+
+
+def test_range_rule_follows_the_training_data() -> None:
+    rows = [{"z_extent_mm": z, "lung_air_l": a} for z, a in ((180.0, 2.0), (200.0, 3.0), (220.0, 4.0))]
+    p = build_profile(rows, encoder="2d", transforms=[{"name": "hu_window", "low_hu": -1000.0}])
+    assert p["stats"]["z_extent_mm"]["min"] == 180.0 and p["stats"]["z_extent_mm"]["max"] == 220.0
+    # widened by 25 % of the width (40 mm -> 10 mm) on each side
+    assert allowed_range(p["stats"]["z_extent_mm"]) == (170.0, 230.0)
+    assert allowed_range({"min": 6.0, "max": 6.0}) == pytest.approx((5.85, 6.15))  # one fixed value: 2.5 % of it
+    assert profile_warnings(p, {"z_extent_mm": 171.0, "lung_air_l": 1.6}) == []
+    bad = profile_warnings(p, {"z_extent_mm": 90.0, "lung_air_l": 0.4})
+    assert len(bad) == 1 and "z-extent 90 mm (training 180-220 mm)" in bad[0] and "lung air" in bad[0]
+    assert "do not rely on the image part" in bad[0]
+    assert [k for k, _, _ in outside(p, {"z_extent_mm": 240.0, "lung_air_l": 3.0})] == ["z_extent_mm"]
+    # the same study is fine for a model trained on short scans
+    short = build_profile([{"z_extent_mm": 80.0}, {"z_extent_mm": 100.0}])
+    assert profile_warnings(short, {"z_extent_mm": 90.0, "lung_air_l": 0.4}) == []
+    assert profile_warnings(None, {"z_extent_mm": 90.0}) == []
+    card = "\n".join(card_lines(p))
+    assert "## What this model can read" in card and "z-extent: 180-220 mm" in card and "hu_window (low_hu -1000.0)" in card
+    with pytest.raises(InputError):
+        build_profile([])
+
+
+def test_shipped_models_carry_their_profile() -> None:
+    for name in IMAGE_MODELS:
+        cfg = json.loads((DEMO_MODELS / name / "config.json").read_text())
+        prof = model_profile(cfg)
+        assert prof is not None, name
+        assert prof["n_studies"] == 200 and prof["stats"]["slice_mm"]["min"] == 6.0 and prof["stats"]["pixel_mm"]["max"] == 4.0
+        assert 1.0 < prof["stats"]["lung_air_l"]["min"] < prof["stats"]["lung_air_l"]["max"] < 6.0
+        assert "2D CNN per axial slice" in prof["encoder"] and prof["transforms"][0]["name"] == "hu_window"
+        card = (DEMO_MODELS / name / "MODEL_CARD.md").read_text()
+        assert card.count("## What this model can read") == 1 and card.index("What this model") < card.index("## Limitations")
+    assert model_profile(json.loads((DEMO_MODELS / "ehr_only" / "config.json").read_text())) is None
+
+
+@pytest.fixture(scope="module")
+def new_demo_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from core.demo import write_demo_cohort
+
+    return write_demo_cohort(tmp_path_factory.mktemp("profile") / "cohort", n=10, seed=5)
+
+
+def test_new_demo_cases_get_no_warning(new_demo_cases: Path) -> None:
+    from core.cohort import load_cohort
+    from core.predict import predict_subject
+
+    cohort = load_cohort(new_demo_cases)
+    prof = model_profile(json.loads((DEMO_MODELS / "image_only" / "config.json").read_text()))
+    for sid in cohort.ids():
+        vol = cohort.load_volume(sid)
+        assert vol is not None and study_warnings(prof, vol.hu, vol.spacing_mm) == [], sid
+    p = predict_subject(DEMO_MODELS / "image_only", new_demo_cases, cohort.ids("test")[0])
+    assert p["modalities_used"] == ["image"] and p["warnings"] == []
+
+
+def _real_ct_cohort(real_ct: Path, root: Path) -> Path:
+    (root / "studies").mkdir(parents=True)
+    shutil.copyfile(real_ct, root / "studies" / "P1.nii.gz")
+    (root / "cohort.csv").write_text("subject_id,time,event,split,study\nP1,100,1,train,studies/P1.nii.gz\n"
+                                     "P2,200,0,train,studies/P1.nii.gz\n")
+    return root
+
+
+@pytest.mark.slow
+def test_real_abdominal_ct_is_out_of_distribution_for_the_demo_models(real_ct: Path, tmp_path: Path) -> None:
+    from core.io.study import load_study
+
+    vol = load_study(real_ct)
+    prof = model_profile(json.loads((DEMO_MODELS / "concat" / "config.json").read_text()))
+    bad = {k: v for k, v, _ in outside(prof, study_stats(vol.hu, vol.spacing_mm))}
+    # an abdominal CT: little enclosed air, few slices with lung, more soft tissue than a chest CT
+    assert bad["lung_air_l"] < 0.5 and bad["lung_slices"] < 0.6 and bad["soft"] > 0.45
+    cohort = _real_ct_cohort(real_ct, tmp_path / "real")
+    out = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(DEMO_MODELS / "image_only"),
+                          "--cohort", str(cohort), "--subject", "P1", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    warnings = json.loads(out.stdout)["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("Out of distribution for this model's image part")
+    assert "region" in warnings[0] and "lung air (air enclosed by the body) 0.39 L" in warnings[0]
