@@ -28,11 +28,25 @@ Timeline attributions (``event_attributions``): LayerIntegratedGradients on
 the three parts of each event token (code, value and time embeddings) from a
 padding-event baseline, summed per event, next to the fusion's attention
 weight of each event.
+
+Concurrent sessions share one loaded network (``core.registry.LoadedModel``,
+frozen at load). Every attribution runs on a per-call replica of its module
+tree (``LoadedModel.replica``: the same weight tensors, its own hook
+dictionaries and mode flags), so the forward hooks of LayerGradCam and
+LayerIntegratedGradients fire only for this call's forward passes (Captum
+removes them in its own ``finally``; they would go with the replica anyway),
+and the shared network, its parameters' ``.grad`` and its hooks stay as loaded.
+Why a replica and not a lock around the hooked section: a lock would also have
+to stop every prediction of every session (a forward pass through a hooked
+module fires the hooks), for as long as the attribution runs (seconds through
+the foundation backbone); a replica costs a few milliseconds (a few hundred
+module objects, no tensor; the foundation model's 117 M-parameter backbone is
+held outside the module tree and is not replicated at all). Numbers:
+``bench/bench_replica.py`` in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -173,8 +187,8 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
         raise InputError("slice_index", slice_index, f"is outside 0..{s - 1}", "pick a slice inside the volume")
     from core.models.net import with_image_tokens
 
+    model = model.replica()  # this call's own module tree (shared weights): Captum's hooks never reach the shared net
     net = model.net
-    net.eval()
     times = np.asarray(model.times, dtype=float)
     base_batch = model.encoded_batch(replace(inputs, image=None))
     masks = model.image_masks(image)  # the case's own constant masks, held fixed under perturbation
@@ -325,7 +339,9 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
         return pd.DataFrame(columns=cols)
     horizon = _check_horizon(model, horizon_days)
     times = np.asarray(model.times, dtype=float)
-    net.eval()
+    model = model.replica()  # the hooks of LayerIntegratedGradients go on this call's replica only
+    net = model.net
+    seqs = [getattr(m, "seq", None) for m in getattr(net, "members", [net])]
     with torch.no_grad():
         base = model.encoded_batch(inputs)  # the CT encoded once; only the events vary below
         out = net(base)
@@ -341,9 +357,11 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
         batch.update({"codes": c, "values": v, "value_missing": m, "dt_days": d})
         return risk_at(net(batch)["survival"], times, horizon)
 
-    with warnings.catch_warnings():  # the three embeddings are parallel inputs of the token, not chained
-        warnings.filterwarnings("ignore", message="Multiple layers provided")
-        lig = LayerIntegratedGradients(forward, [layer for s in seqs for layer in (s.code, s.value, s.time)])
+    layers = [layer for s in seqs for layer in (s.code, s.value, s.time)]
+    lig = LayerIntegratedGradients(forward, layers[0])
+    # the three embeddings are parallel inputs of the token, not chained: the list is set after __init__, whose
+    # only use of it is the "Multiple layers provided" warning (no process-wide warning filter to change)
+    lig.layer = layers
     baselines = (torch.zeros_like(codes), torch.zeros_like(values), torch.ones_like(missing), torch.zeros_like(dt))
     parts = lig.attribute((codes, values, missing, dt), baselines=baselines, n_steps=int(n_steps),
                           internal_batch_size=int(n_steps))

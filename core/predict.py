@@ -80,7 +80,7 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[
     import torch
 
     rows = []
-    with torch.no_grad():
+    with torch.inference_mode():  # read-only on the shared network
         for sid in ids:
             out = model.forward(model.case_inputs(cohort, sid))
             rows.append(out.survival[0].float().cpu().numpy())

@@ -27,6 +27,7 @@ time point.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from core.cohort import Cohort
 from core.errors import InputError
 from core.horizons import HORIZONS, risk_at
 from core.models.config import ModelConfig
+from core.models.replica import freeze, mc_dropout_replica, net_replica
 from core.models.types import CaseInputs, CasePrediction, ModelOutput, NetBatch
 from core.study_profile import card_lines, model_profile
 
@@ -230,7 +232,11 @@ def save_model(out: Path, net: torch.nn.Module, cfg: ModelConfig, metrics: dict[
 
 @dataclass
 class LoadedModel:
-    """A model folder in memory: typed config, network (eval mode), metrics, card, device.
+    """A model folder in memory: typed config, network (frozen: eval mode, no parameter takes a gradient), metrics,
+    card, device.
+
+    One ``LoadedModel`` is shared by every session of the app, so nothing here changes ``net``: predictions run
+    in inference mode, and hooks or mode changes go on a per-call :meth:`replica` (``core.models.replica``).
 
     Every way into the network goes through :meth:`encoded_batch`: the case's CT
     is prepared by the model's transforms and encoded once, then the fusion and
@@ -344,9 +350,13 @@ class LoadedModel:
                            event_weights=o["event_weights"], attention=o["attention"])
 
     def forward(self, inputs: CaseInputs) -> ModelOutput:
-        """Differentiable forward pass (eval mode); gradients reach ``inputs.image``."""
-        self.net.eval()
+        """Differentiable forward pass (the net is frozen in eval mode at load); gradients reach ``inputs.image``."""
         return self._output(self.net(self.encoded_batch(inputs)))
+
+    def replica(self) -> LoadedModel:
+        """This model on a per-call replica of its network (``net_replica``: no tensor copied), for work
+        that registers hooks or changes module modes; the shared network is never touched."""
+        return dataclasses.replace(self, net=net_replica(self.net))
 
     def modalities_used(self, inputs: CaseInputs) -> list[str]:
         used = []
@@ -364,9 +374,10 @@ class LoadedModel:
         return used
 
     def predict_case(self, inputs: CaseInputs, horizons: tuple[int, ...] = HORIZONS, n_samples: int = MC_SAMPLES) -> CasePrediction:
+        """Survival curve and band of one case; read-only on the shared network (inference mode, no mode
+        flips: MC dropout runs on a per-call replica whose dropout draws from its own seeded generator)."""
         net = self.net
-        net.eval()
-        with torch.no_grad():
+        with torch.inference_mode():
             batch = self.encoded_batch(inputs)
             point = net(batch)
             if "member_survival" in point:  # ensemble of seeds: the band is the range of the members' curves
@@ -374,13 +385,7 @@ class LoadedModel:
                 q = (0.0, 1.0)
             else:  # MC dropout, on tokens encoded once (the encoder has no dropout)
                 rep = {k: (v.expand(n_samples, *v.shape[1:]) if v.dim() > 0 else v) for k, v in batch.items()}
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    for m in net.modules():
-                        if isinstance(m, torch.nn.Dropout):
-                            m.train()
-                    samples = net(rep)["survival"].float().cpu().numpy()
-                    net.eval()
+                samples = mc_dropout_replica(net, seed=0)(rep)["survival"].float().cpu().numpy()
                 q = (0.05, 0.95)
         surv = point["survival"][0].float().cpu().numpy()
         lower = np.minimum(np.quantile(samples, q[0], axis=0), surv)
@@ -424,7 +429,7 @@ def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
     if missing or unexpected:
         raise InputError(WEIGHTS, f"{len(missing)} missing, {len(unexpected)} unexpected tensors",
                          "weights do not match config.json", "re-train the model; do not mix files of different models")
-    net.to(dev).eval()
+    freeze(net.to(dev))
     metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").exists() else {}
     card = (model_dir / "MODEL_CARD.md").read_text() if (model_dir / "MODEL_CARD.md").exists() else ""
     return LoadedModel(cfg, net, metrics, model_dir, card, dev)

@@ -81,6 +81,17 @@ def _norm_types() -> tuple[type, ...]:
     return (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
+def _private_copy(net: Any) -> Any:
+    """A deep copy of ``net`` with its own parameters, to randomize; modules held outside its module tree (the
+    frozen foundation backbone, which no step randomizes) stay shared instead of being copied."""
+    import torch
+
+    tree = {id(m) for m in net.modules()}
+    memo = {id(v): v for m in net.modules() for v in vars(m).values()
+            if isinstance(v, torch.nn.Module) and id(v) not in tree}
+    return copy.deepcopy(net, memo)
+
+
 def _reinit(modules: list[Any], seed: int) -> None:
     import torch
 
@@ -106,7 +117,7 @@ def cascading_randomization(model: LoadedModel, inputs: CaseInputs | list[CaseIn
     if not cases:
         raise InputError("inputs", [], "is empty", "pass at least one case with a CT")
     originals = [np.abs(attribute(model, c, method, horizon_days, None, with_events=False).map) for c in cases]
-    work = dataclasses.replace(model, net=copy.deepcopy(model.net))
+    work = dataclasses.replace(model, net=_private_copy(model.net))  # randomized here; the shared net only read
     rows: list[dict[str, Any]] = [{"step": 0, "layer": "trained model", "spearman": 1.0}]
     for i, (name, mods) in enumerate(randomization_steps(work.net), start=1):
         _reinit(mods, seed + i)

@@ -64,6 +64,8 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
     MAX_DECODED_BYTES,
     MAX_FILE_BYTES,
     DicomSource,
+    note_pydicom_warnings,
+    pydicom_warnings,
     sources_from_folder,
 )
 from core.io.volume import SeriesInfo, Volume
@@ -153,12 +155,15 @@ def _decode_in_processes(decode: Callable[[int], None], n: int, workers: int) ->
                 os.close(read_fd)
                 code = 0
                 try:
-                    with _warnings.catch_warnings(record=True) as caught:
+                    # a forked child has one thread (this one) and exits below: catch_warnings is process-local here
+                    with _warnings.catch_warnings(record=True) as caught, pydicom_warnings() as logged:
                         _warnings.simplefilter("always")
                         while slices := _claim(queue_r, chunk, n):
                             for i in slices:
                                 decode(i)
-                    report: dict[str, object] = {"warnings": [str(w.message) for w in caught if issubclass(w.category, UserWarning)]}
+                    others = [str(w.message) for w in caught if issubclass(w.category, UserWarning)
+                              and str(w.message) not in logged]
+                    report: dict[str, object] = {"warnings": others, "pydicom": list(logged)}
                 except InputError as err:
                     report, code = {"input_error": [err.field, str(err.value), err.problem, err.fix]}, 3
                 except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it as one line
@@ -189,7 +194,8 @@ def _decode_in_processes(decode: Callable[[int], None], n: int, workers: int) ->
         if "error" in report or status != 0:
             why = report.get("error") or (f"signal {-status}" if status < 0 else f"exit status {status}")
             raise InputError("DICOM series", f"{n} slices", f"pixel data cannot be decoded ({why})", "re-export the series")
-        for message in report.get("warnings", []):  # type: ignore[union-attr]
+        note_pydicom_warnings(report.get("pydicom", []))  # type: ignore[arg-type]  # this thread's load collects them
+        for message in report.get("warnings", []):  # type: ignore[union-attr]  # other libraries': warned here
             _warnings.warn(str(message), UserWarning, stacklevel=2)
 
 
@@ -304,12 +310,13 @@ def load_dicom_sources(
     """Load the largest (or the chosen) series of ``sources`` into a Volume.
 
     pydicom's own warnings (invalid values, unknown character sets, ...) are
-    collected and summarised in ``Volume.warnings`` instead of being printed.
+    collected and summarised in ``Volume.warnings`` instead of being printed: per
+    thread, from pydicom's logger (``pydicom_warnings``), so overlapping loads
+    never touch the process's warning filters.
     """
-    with _warnings.catch_warnings(record=True) as caught:
-        _warnings.simplefilter("always")
+    with pydicom_warnings() as caught:
         volume = _load_dicom_sources(sources, series, max_decoded_bytes=max_decoded_bytes, label=label)
-    messages = sorted({" ".join(str(w.message).split())[:100] for w in caught if issubclass(w.category, UserWarning)})
+    messages = sorted({" ".join(str(m).split())[:100] for m in caught})
     if messages:
         volume.warnings.append(f"{len(messages)} DICOM reading warning(s), e.g. {messages[0]}")
     return volume

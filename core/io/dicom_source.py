@@ -4,12 +4,16 @@ elements stored after the pixel data (which the PHI gate must read too)."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
 import sys
+import threading
 import warnings as _warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -39,8 +43,71 @@ DEFLATED_TS = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MAX_INFLATE_RATIO = 100.0  # a deflated instance may not inflate to more than 100 x its file (past 8 MiB)
 MAX_INFLATED_BYTES = 1024**3
 MAX_TRAILING_BYTES = 64 * 1024 * 1024  # elements after PixelData (signatures, padding, private data)
-# pydicom warns when a tiny compressed frame happens to be as long as the raw one: not a user problem
-_warnings.filterwarnings("ignore", message="The number of bytes of compressed pixel data matches", category=UserWarning)
+
+
+
+# ---------------------------------------------------------------- pydicom's warnings, per thread
+
+class _ThreadWarnings(logging.Handler):
+    """pydicom logs every warning it issues (``pydicom.misc.warn_and_log``: the ``"pydicom"`` logger, then
+    ``warnings.warn``). This handler hands each record to the collector of the thread that emitted it, so
+    overlapping loads in the app's request threads each get their own warnings and none changes a process-wide
+    setting (``warnings.catch_warnings`` swaps the global filter list and is not thread-safe)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = getattr(self.local, "sink", None)
+        if sink is not None:
+            sink.append(record.getMessage())
+
+
+_PYDICOM_WARNING_FILTER = ("ignore", None, UserWarning, r"pydicom(\.|$)")
+_install_lock = threading.Lock()
+
+
+def _install_pydicom_routing() -> _ThreadWarnings:
+    """Once per process (at import, under a lock; never removed): the per-thread handler on the "pydicom" logger,
+    and one warnings filter that keeps pydicom's duplicate ``warnings.warn`` of the same messages off stderr
+    (they can quote header values; the logger copy is what the loader reports)."""
+    logger = logging.getLogger("pydicom")
+    with _install_lock:
+        handler = next((h for h in logger.handlers if type(h).__name__ == "_ThreadWarnings"), None)
+        if handler is None:
+            handler = _ThreadWarnings()
+            logger.addHandler(handler)
+        action, _, category, module = _PYDICOM_WARNING_FILTER
+        if not any(f[0] == action and f[2] is category and getattr(f[3], "pattern", None) == module
+                   for f in _warnings.filters):
+            _warnings.filterwarnings(action, category=category, module=module, append=True)
+    return handler  # type: ignore[return-value]
+
+
+_PYDICOM_WARNINGS = _install_pydicom_routing()
+
+
+@contextmanager
+def pydicom_warnings() -> Iterator[list[str]]:
+    """The messages of the warnings pydicom issues in this thread inside the block (thread-safe; nests)."""
+    local = _PYDICOM_WARNINGS.local
+    outer = getattr(local, "sink", None)
+    sink: list[str] = []
+    local.sink = sink
+    try:
+        yield sink
+    finally:
+        local.sink = outer
+        if outer is not None:
+            outer.extend(sink)
+
+
+def note_pydicom_warnings(messages: Iterable[str]) -> None:
+    """Add ``messages`` (pydicom warnings reported by a decoding child process) to this thread's collector."""
+    sink = getattr(_PYDICOM_WARNINGS.local, "sink", None)
+    if sink is not None:
+        sink.extend(str(m) for m in messages)
 
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import warnings
 import zlib
 from pathlib import Path
 
@@ -146,11 +145,11 @@ def nifti_prefix(data: bytes, name: str, max_bytes: int = 64 * 1024 * 1024) -> b
 def load_nifti_bytes(data: bytes, name: str = "volume.nii.gz") -> Volume:
     """Parse NIfTI bytes (gzip-compressed or not) into a Volume in the project convention.
 
-    Library warnings (nibabel header fixes, numpy on broken affines) are kept
-    off stderr; every problem that matters is an ``InputError``.
+    numpy's floating-point warnings on broken affines are kept off stderr with
+    ``np.errstate`` (a context variable: this thread only; the process's warning
+    filters are never touched); every problem that matters is an ``InputError``.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with np.errstate(all="ignore"):
         return _load_nifti_bytes(data, name)
 
 

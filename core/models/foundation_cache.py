@@ -101,7 +101,9 @@ _backbones_lock = threading.Lock()
 def shared_backbone(device: str | torch.device = "cpu", weights: str = "astra") -> I3ResNet:
     """The process-wide pretrained backbone on ``device`` (built and loaded on first use, thread-safe, eval mode)."""
     key = (str(resolve_device(device)), weights)
-    with _backbones_lock:
+    # built outside inference mode even when first asked for inside a prediction: its weights must stay usable
+    # under autograd (saliency and Grad-CAM through the backbone)
+    with _backbones_lock, torch.inference_mode(False):
         net = _backbones.get(key)
         if net is None:
             net = I3ResNet()

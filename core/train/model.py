@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time as _time
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,15 @@ from core.train.settings import Progress, merge_settings, proportional_head
 def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, head: str = "discrete",
                 epochs: int | None = None, seed: int = 0, device: str = "auto", image_encoder: Path | str | None = None,
                 image_encoder_kind: str = "auto", ehr_encoder: str = "auto", progress: Progress | None = None,
-                overrides: dict[str, Any] | None = None, ensemble: int | None = None) -> dict:
-    """Train one fusion strategy on a cohort and write the model folder ``out``; return metrics.json's content."""
+                overrides: dict[str, Any] | None = None, ensemble: int | None = None, threads: int | None = None) -> dict:
+    """Train one fusion strategy on a cohort and write the model folder ``out``; return metrics.json's content.
+
+    Threads: torch's CPU thread count is process-wide (every thread started later takes it), so it is only
+    changed when this call runs on the main thread of its process (``python -m core train``, a heavy job's own
+    process of ``core.jobs``): the image stage then uses ``threads`` (or the ``threads`` setting; None keeps
+    torch's), the token-level fusion stage 1 thread, and the count is restored in ``finally``. Called from any
+    other thread (a Streamlit request, a job-queue worker) it never calls ``torch.set_num_threads``.
+    """
     if fusion not in FUSIONS:
         raise InputError("fusion", fusion, "unknown fusion strategy", f"use one of {', '.join(FUSIONS)}")
     if head not in HEADS:
@@ -46,25 +54,29 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
         raise InputError("fusion", fusion, "needs EHR data but the cohort has none", "add timeline.parquet, features.csv or ehr_embeddings, or use image_only")
     if fusion != "ehr_only" and icfg["kind"] == "none":
         raise InputError("fusion", fusion, "needs images but the cohort has none", "add a study column or image_embeddings, or use ehr_only")
+    if threads is not None:
+        settings["threads"] = int(threads)
+    own = threading.current_thread() is threading.main_thread()
     threads_before = torch.get_num_threads()
     try:
         return _train(cohort, icfg, ecfg, settings, fusion=fusion, head=head, seed=seed, dev=dev, dist_info=dist_info,
-                      image_encoder=image_encoder, progress=progress, out=out, t_start=t_start)
+                      image_encoder=image_encoder, progress=progress, out=out, t_start=t_start, own_threads=own)
     finally:  # the thread count is the process's: restore it whatever happened
-        torch.set_num_threads(threads_before)
+        if own and torch.get_num_threads() != threads_before:
+            torch.set_num_threads(threads_before)
 
 
 def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings: dict[str, Any], *, fusion: str,
            head: str, seed: int, dev: torch.device, dist_info: DistInfo, image_encoder: Path | str | None,
-           progress: Progress | None, out: Path | str | None, t_start: float) -> dict:
+           progress: Progress | None, out: Path | str | None, t_start: float, own_threads: bool) -> dict:
     from core.models.heads import make_edges
     from core.registry import save_model
 
     table = cohort.table
     ids = cohort.ids()
-    if dev.type == "cpu" and settings["threads"]:
+    if own_threads and dev.type == "cpu" and settings["threads"]:
         torch.set_num_threads(int(settings["threads"]))
-    if dev.type == "cpu" and dist_info.active:
+    if own_threads and dev.type == "cpu" and dist_info.active:
         torch.set_num_threads(1)
 
     tr = (table["split"] == "train").to_numpy()
@@ -87,7 +99,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     else:
         data["image_present"] = torch.zeros(len(ids))
 
-    if dev.type == "cpu":
+    if own_threads and dev.type == "cpu":
         # token-level models are tiny: one thread is as fast, and far faster when the cores are shared
         torch.set_num_threads(1)
     n_members = int(settings["ensemble"])

@@ -1,0 +1,256 @@
+"""Concurrent sessions on one shared model: predictions and attributions equal the sequential ones, no hooks or
+``.grad`` left behind; no process-wide warning filter or torch thread count changed by request threads."""
+
+from __future__ import annotations
+
+import random
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODELS = ("concat", "cross_attention", "coattention_image")  # shipped: 2D per-slice encoder, 5-seed ensembles
+THREADS = 8
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def shared() -> dict[str, Any]:
+    """Three shipped demo models, each loaded once (as the app's cache shares them), and two demo cases."""
+    import tempfile
+
+    from core.cohort import load_cohort
+    from core.demo import write_demo_cohort
+    from core.registry import load_model
+
+    with tempfile.TemporaryDirectory(prefix="ctehr-concurrency-") as tmp:
+        cohort = load_cohort(write_demo_cohort(Path(tmp) / "cohort", n=10, seed=3))
+        models = {name: load_model(ROOT / "assets" / "demo_models" / name) for name in DEMO_MODELS}
+        sids = [s for s in cohort.ids() if cohort.load_volume(s) is not None][:2]
+        inputs = {(name, sid): m.case_inputs(cohort, sid) for name, m in models.items() for sid in sids}
+        yield {"models": models, "sids": sids, "inputs": inputs}
+
+
+def _tasks(shared: dict[str, Any]) -> list[tuple[str, Callable[[], dict[str, np.ndarray]]]]:
+    """(label, fn) for every mix of model, case and operation; fn returns named arrays."""
+    from core.explain import attribute, event_attributions
+
+    tasks: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = []
+    for (name, sid), inputs in shared["inputs"].items():
+        model = shared["models"][name]
+        k = int(inputs.image.shape[1]) // 2  # type: ignore[union-attr]
+
+        def predict(model: Any = model, inputs: Any = inputs) -> dict[str, np.ndarray]:
+            p = model.predict_case(inputs)
+            return {"survival": p.survival, "lower": p.lower, "upper": p.upper}
+
+        def image(method: str, model: Any = model, inputs: Any = inputs, k: int = k) -> dict[str, np.ndarray]:
+            return {"map": attribute(model, inputs, method, 365.0, k, n_steps=8, with_events=False).map}
+
+        def events(model: Any = model, inputs: Any = inputs) -> dict[str, np.ndarray]:
+            return {"score": event_attributions(model, inputs, 365.0, n_steps=8)["score"].to_numpy(dtype=float)}
+
+        tasks.append((f"{name}/{sid}/predict", predict))
+        tasks.append((f"{name}/{sid}/events", events))
+        for method in ("saliency", "gradcam", "occlusion", "integrated_gradients"):
+            tasks.append((f"{name}/{sid}/{method}", lambda method=method, image=image: image(method)))
+    return tasks
+
+
+def _hooks_and_grads(net: torch.nn.Module) -> list[str]:
+    left = []
+    for name, m in net.named_modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            if len(getattr(m, attr)):
+                left.append(f"{name or 'net'}.{attr}")
+        if m.training:
+            left.append(f"{name or 'net'} in training mode")
+    left += [f"{n}.grad" for n, p in net.named_parameters() if p.grad is not None]
+    left += [f"{n} requires_grad" for n, p in net.named_parameters() if p.requires_grad]
+    return left
+
+
+def test_concurrent_predictions_and_attributions_equal_the_sequential_ones(shared: dict[str, Any]) -> None:
+    tasks = _tasks(shared)
+    assert len(tasks) == 3 * 2 * 6
+    expected = {label: fn() for label, fn in tasks}
+    assert all(np.abs(v).sum() > 0 for r in expected.values() for v in r.values())  # real maps, not zeros
+
+    work = tasks * 2  # every task twice, in a shuffled order, 8 threads released at once
+    random.Random(0).shuffle(work)
+    barrier = threading.Barrier(THREADS)
+
+    def run(item: tuple[str, Callable[[], dict[str, np.ndarray]]]) -> tuple[str, dict[str, np.ndarray] | str]:
+        label, fn = item
+        try:
+            barrier.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            pass  # the last few tasks: fewer than THREADS left
+        try:
+            return label, fn()
+        except Exception as err:  # noqa: BLE001 - every failure is collected and reported below
+            return label, f"{type(err).__name__}: {err}"
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = list(pool.map(run, work))
+
+    errors = [f"{label}: {r[:160]}" for label, r in results if isinstance(r, str)]
+    assert not errors, f"{len(errors)} of {len(results)} calls raised, e.g. {errors[:3]}"
+    worst = {}
+    for label, got in results:
+        assert isinstance(got, dict)
+        for key, want in expected[label].items():
+            assert got[key].shape == want.shape, (label, key)
+            worst[f"{label}:{key}"] = float(np.max(np.abs(got[key] - want))) if want.size else 0.0
+    bad = {k: v for k, v in worst.items() if v > TOL}
+    assert not bad, f"{len(bad)} results differ from the sequential ones: {sorted(bad.items(), key=lambda kv: -kv[1])[:5]}"
+    for name, model in shared["models"].items():
+        assert _hooks_and_grads(model.net) == [], name
+
+
+def test_replica_shares_weights_and_keeps_hooks_and_modes_to_itself(shared: dict[str, Any]) -> None:
+    from core.models.replica import mc_dropout_replica, net_replica
+
+    net = shared["models"]["concat"].net
+    rep = net_replica(net)
+    assert all(a is b for a, b in zip(net.parameters(), rep.parameters(), strict=True))
+    assert all(a is b for a, b in zip(net.buffers(), rep.buffers(), strict=True))
+    layer = next(m for m in rep.modules() if isinstance(m, torch.nn.Linear))
+    layer.register_forward_hook(lambda *a: None)
+    rep.train()
+    mc = mc_dropout_replica(net, seed=0)
+    assert any(type(m).__name__ == "SeededDropout" for m in mc.modules())
+    assert _hooks_and_grads(net) == []
+
+
+def test_mc_dropout_band_is_repeatable_and_leaves_the_global_random_state(shared: dict[str, Any]) -> None:
+    """A single network's MC-dropout band: the same under other threads' random draws; torch's RNG untouched."""
+    import copy
+
+    from core.registry import LoadedModel
+
+    ens = shared["models"]["concat"]
+    member = copy.deepcopy(ens.net.members[0]).eval()
+    for p in member.parameters():
+        p.requires_grad_(False)
+    single = LoadedModel(ens.config, member, {}, ens.model_dir, "")
+    inputs = next(v for (n, _), v in shared["inputs"].items() if n == "concat")
+    first = single.predict_case(inputs)
+    assert float(np.max(first.upper - first.lower)) > 1e-3  # dropout really varies the curves
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    with ThreadPoolExecutor(4) as pool:
+        again = list(pool.map(lambda _: single.predict_case(inputs), range(8)))
+    assert torch.equal(torch.get_rng_state(), state)
+    for p in again:
+        assert np.max(np.abs(p.lower - first.lower)) <= TOL and np.max(np.abs(p.upper - first.upper)) <= TOL
+
+
+def test_event_attributions_emit_no_warning(shared: dict[str, Any]) -> None:
+    from core.explain import event_attributions
+
+    model = shared["models"]["concat"]
+    inputs = next(v for (n, _), v in shared["inputs"].items() if n == "concat")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = event_attributions(model, inputs, 365.0, n_steps=4)
+    assert len(table) > 0
+    assert [str(w.message)[:60] for w in caught] == []
+
+
+# ----------------------------------------------------------------- process-wide settings
+
+
+def _dicom_with_warning(folder: Path) -> Path:
+    """A tiny 3-slice CT series with an unknown character set (pydicom warns when it decodes text)."""
+    from tests.dicom_factory import edit_file, write_series
+
+    write_series(folder, shape=(3, 16, 16))
+
+    def charset(ds: Any) -> None:
+        ds.SpecificCharacterSet = "ISO_IR 999"
+
+    for f in sorted(folder.glob("*.dcm")):
+        edit_file(f, charset)
+    return folder
+
+
+def test_overlapping_loads_that_warn_leave_the_warning_filters_as_they_were(tmp_path: Path) -> None:
+    from core.io.dicom import load_dicom
+    from core.io.nifti import load_nifti_bytes
+
+    study = _dicom_with_warning(tmp_path / "s")
+    nifti = _broken_scaling_nifti()
+    before = list(warnings.filters)
+    barrier = threading.Barrier(4)
+
+    def load(i: int) -> list[str]:
+        barrier.wait(timeout=60)
+        return load_dicom(study).warnings if i % 2 == 0 else load_nifti_bytes(nifti, "x.nii").warnings
+
+    with ThreadPoolExecutor(4) as pool:
+        notes = list(pool.map(load, range(4)))
+    assert warnings.filters == before
+    for i in (0, 2):  # every thread's own pydicom warnings land in its own Volume
+        assert any("DICOM reading warning" in w for w in notes[i]), notes[i]
+    with warnings.catch_warnings(record=True) as caught:  # later warnings of the process still show
+        warnings.simplefilter("default")
+        warnings.warn("still shown", UserWarning)
+    assert [str(w.message) for w in caught] == ["still shown"]
+
+
+def _broken_scaling_nifti() -> bytes:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((8, 8, 4), dtype=np.int16), np.diag([1.0, 1.0, 2.0, 1.0]))
+    img.header["scl_slope"] = np.inf  # read as no scaling
+    return img.to_bytes()
+
+
+def test_training_in_a_request_thread_never_changes_the_thread_count(tmp_path: Path) -> None:
+    """torch's thread count is process-wide (threads started later take it): a training call from a request
+    thread leaves it alone while it runs (the fusion stage used to set 1) and after it raised."""
+    from core.demo import write_demo_cohort
+    from core.train import train_model
+
+    cohort = write_demo_cohort(tmp_path / "c", n=24, seed=1, volumes=False)
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)  # the tests' processes run with 1 (conftest): a count the fusion stage would change
+    before = torch.get_num_threads()
+    during: list[int] = []
+    raised: list[BaseException] = []
+
+    def fresh_thread_count() -> int:
+        out: list[int] = []
+        t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return out[0]
+
+    def probe(fraction: float, message: str) -> None:
+        if fraction >= 0.7:  # inside the fusion stage
+            during.append(fresh_thread_count())
+            raise RuntimeError("stopped by the test")
+
+    def train() -> None:
+        try:
+            train_model(cohort, "ehr_only", tmp_path / "m", epochs=1, device="cpu", progress=probe,
+                        overrides={"threads": 1})
+        except RuntimeError as err:
+            raised.append(err)
+
+    try:
+        t = threading.Thread(target=train)
+        t.start()
+        t.join()
+        assert [str(e) for e in raised] == ["stopped by the test"]
+        assert during == [before]
+        assert torch.get_num_threads() == before and fresh_thread_count() == before
+    finally:
+        torch.set_num_threads(outer)
