@@ -75,6 +75,16 @@ DEFAULT_DATASETS = ("GBSG2", "whas500", "veteran", "pbc", "colon", "rott2", "flc
                     "cancer", "Pbc3", "LeukSurv", "mgus")
 
 
+def all_datasets(min_n: int = 100, max_n: int = 10000, max_columns: int = 200) -> list[str]:
+    """Every SurvSet dataset without time-varying rows, with ``min_n``-``max_n`` rows and fewer than
+    ``max_columns`` columns (the gene-expression sets with thousands of columns are left out), smallest first."""
+    from SurvSet.data import SurvLoader
+
+    d = SurvLoader().df_ds
+    keep = d[(~d["is_td"].astype(bool)) & (d["n"] >= min_n) & (d["n"] <= max_n) & (d["n_num"] + d["n_ohe"] < max_columns)]
+    return [str(x) for x in keep.sort_values("n")["ds"]]
+
+
 def _clean(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+<>-]+", "_", name).strip("_")
 
