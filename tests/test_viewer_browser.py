@@ -1,0 +1,220 @@
+"""The Case review CT viewer (NiiVue in a Streamlit component) in a real browser: Debian's Chromium via Playwright.
+
+Reuses the tiny-demo server, browser and page fixtures of tests/test_browser.py. The viewer runs in an
+iframe; its state is read through ``window.ctehrViewer`` (the NiiVue instance and draw counters) and its
+pixels through screenshots. The overlay test puts a known map (a ball) into the server's map cache under
+the key the page computes, so it checks the display path on all three planes in seconds; the map
+computation itself is covered by tests/test_volume_nifti.py and bench/bench_viewer.py.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_browser import CHROMIUM, browser, data_dir, page, server, settle, shot  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+if not CHROMIUM.exists():
+    pytest.skip(f"Debian chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+def viewer_frame(pg: object, timeout_s: float = 60.0) -> object:
+    """The viewer's iframe once NiiVue has loaded the CT."""
+    deadline = pg.evaluate("() => performance.now()") + timeout_s * 1000  # type: ignore[attr-defined]
+    while True:
+        frames = [f for f in pg.frames if "ctehr_ct_viewer" in f.url]  # type: ignore[attr-defined]
+        if frames:
+            try:
+                if frames[0].evaluate("() => !!(window.ctehrViewer && window.ctehrViewer.loaded)"):
+                    frames[0].wait_for_timeout(300)
+                    return frames[0]
+            except Exception as exc:  # a frame replaced while we read it: look again
+                if "detached" not in str(exc) and "destroyed" not in str(exc) and "undefined" not in str(exc):
+                    raise
+        if pg.evaluate("() => performance.now()") > deadline:  # type: ignore[attr-defined]
+            pytest.fail("the CT viewer did not load its volume")
+        pg.wait_for_timeout(250)  # type: ignore[attr-defined]
+
+
+def tile_box(pg: object, fr: object, plane: str) -> tuple[float, float, float, float]:
+    """(left, top, width, height) of a plane's tile in page CSS pixels."""
+    l, t, w, h = fr.evaluate(  # type: ignore[attr-defined]
+        """(p) => { const nv = window.ctehrViewer.nv, d = nv.uiData.dpr || 1;
+                     const s = nv.screenSlices.find((x) => x.axCorSag === p);
+                     return s.leftTopWidthHeight.map((v) => v / d); }""", PLANES[plane])
+    canvas = fr.locator("#gl").bounding_box()  # type: ignore[attr-defined]
+    return canvas["x"] + l, canvas["y"] + t, w, h
+
+
+def crosshair(fr: object) -> list[int]:
+    """The crosshair voxel (i sagittal, j coronal, k axial) in the viewer's RAS grid."""
+    return list(fr.evaluate("() => Array.from(window.ctehrViewer.nv.frac2vox(window.ctehrViewer.nv.scene.crosshairPos))"))  # type: ignore[attr-defined]
+
+
+def test_wheel_scrolls_slices_not_the_page(page: object) -> None:  # noqa: F811
+    pg = page
+    fr = viewer_frame(pg)
+    left, top, w, h = tile_box(pg, fr, "axial")
+    before = crosshair(fr)
+    fr.evaluate("""() => { window._wheels = [];
+        window.addEventListener('wheel', (e) => setTimeout(() => window._wheels.push(e.defaultPrevented), 0),
+                                { capture: true }); }""")  # type: ignore[attr-defined]
+    pg.mouse.move(left + w / 2, top + h / 2)  # type: ignore[attr-defined]
+    pg.mouse.wheel(0, -120)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(200)  # type: ignore[attr-defined]
+    pg.mouse.wheel(0, -120)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+    after = crosshair(fr)
+    assert after[2] != before[2], (before, after)          # the axial slice moved
+    assert after[:2] == before[:2]                          # the other planes did not
+    assert fr.evaluate("() => window._wheels") == [True, True]  # the viewer took the wheel: the page does not scroll
+    # arrow keys step the plane under the mouse as well
+    fr.locator("#gl").focus()  # type: ignore[attr-defined]
+    pg.keyboard.press("ArrowDown")  # type: ignore[attr-defined]
+    pg.wait_for_timeout(200)  # type: ignore[attr-defined]
+    assert crosshair(fr)[2] == after[2] - 1
+
+
+def test_right_drag_changes_window_level(page: object) -> None:  # noqa: F811
+    pg = page
+    fr = viewer_frame(pg)
+    before = fr.evaluate("() => [window.ctehrViewer.nv.volumes[0].cal_min, window.ctehrViewer.nv.volumes[0].cal_max]")  # type: ignore[attr-defined]
+    text_before = fr.locator("#window-text").inner_text()  # type: ignore[attr-defined]
+    left, top, w, h = tile_box(pg, fr, "axial")
+    x, y = left + w / 2, top + h / 2
+    pg.mouse.move(x, y)  # type: ignore[attr-defined]
+    pg.mouse.down(button="right")  # type: ignore[attr-defined]
+    for k in range(1, 9):
+        pg.mouse.move(x + 6 * k, y + 4 * k)  # type: ignore[attr-defined]
+    pg.mouse.up(button="right")  # type: ignore[attr-defined]
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+    after = fr.evaluate("() => [window.ctehrViewer.nv.volumes[0].cal_min, window.ctehrViewer.nv.volumes[0].cal_max]")  # type: ignore[attr-defined]
+    assert after != before and after[1] > after[0], (before, after)
+    assert fr.locator("#window-text").inner_text() != text_before  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def opening_case(data_dir: Path) -> tuple[str, object, object]:  # noqa: F811
+    """(subject id, cohort, volume) of the case the page opens on (the first test-split patient)."""
+    from core.app.demo_install import demo_paths
+    from core.cohort import load_cohort
+
+    cohort = load_cohort(demo_paths(data_dir).cohort)
+    sid = cohort.ids("test")[0]
+    return sid, cohort, cohort.load_volume(sid)
+
+
+def test_hu_readout_matches_the_voxel(page: object, opening_case: tuple) -> None:  # noqa: F811
+    pg = page
+    fr = viewer_frame(pg)
+    left, top, w, h = tile_box(pg, fr, "axial")
+    readings: list[tuple[float, tuple[int, int, int]]] = []
+    for fx in np.linspace(0.03, 0.97, 25):
+        pg.mouse.move(left + fx * w, top + 0.5 * h)  # type: ignore[attr-defined]
+        text = fr.locator("#hover").inner_text()  # type: ignore[attr-defined]
+        m = re.match(r"HU (-?[\d.]+) at voxel \((\d+), (\d+), (\d+)\)", text)
+        if m:
+            readings.append((float(m.group(1)), (int(m.group(2)), int(m.group(3)), int(m.group(4)))))
+    assert len(readings) >= 15, readings
+    values = [v for v, _ in readings]
+    assert min(values) < -900                                   # air outside the body
+    assert any(-100 <= v <= 100 for v in values)                # fat / soft tissue / fluid inside it
+    # each reading is the CT's own HU at that voxel of the NIfTI the browser got (RAS grid), read here with nibabel
+    import gzip
+
+    import nibabel as nib
+
+    from core.app.volume_nifti import volume_to_nifti
+
+    grid = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(volume_to_nifti(opening_case[2]))).dataobj)
+    expected = [float(grid[ijk]) for _, ijk in readings]
+    np.testing.assert_allclose(values, expected, atol=0.51)
+
+
+def test_click_in_one_plane_moves_the_others(page: object) -> None:  # noqa: F811
+    pg = page
+    fr = viewer_frame(pg)
+    before = crosshair(fr)
+    left, top, w, h = tile_box(pg, fr, "axial")
+    pg.mouse.click(left + 0.3 * w, top + 0.35 * h)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+    after = crosshair(fr)
+    assert after[2] == before[2]                        # same axial slice
+    assert after[0] != before[0] and after[1] != before[1]  # sagittal and coronal planes moved
+    # and a click in the coronal plane moves the axial slice
+    left, top, w, h = tile_box(pg, fr, "coronal")
+    pg.mouse.click(left + 0.5 * w, top + 0.2 * h)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+    assert crosshair(fr)[2] != after[2]
+    shot_path = SCREENSHOTS / "viewer_crosshair.png"
+    fr.locator("body").screenshot(path=str(shot_path))  # type: ignore[attr-defined]
+    shot(pg, "viewer_crosshair_page")
+
+
+def _seed_ball_map(data_dir: Path) -> tuple[str, tuple[int, int, int]]:  # noqa: F811
+    """Put a ball-shaped map for the opening case into the server's cache; returns its key and centre voxel."""
+    from core.app import attribution_volume as AV
+    from core.app.demo_install import DEFAULT_FUSION, demo_paths
+    from core.cohort import load_cohort
+    from core.horizons import DEFAULT_HORIZON
+    from core.registry import load_model
+
+    paths = demo_paths(data_dir)
+    cohort = load_cohort(paths.cohort)
+    sid = cohort.ids("test")[0]
+    model = load_model(paths.models / DEFAULT_FUSION)
+    inputs = model.case_inputs(cohort, sid)
+    s, r, c = (int(v) for v in inputs.image.shape[1:])
+    centre = (s // 2, r // 3, c // 3)
+    zz, yy, xx = np.meshgrid(np.arange(s), np.arange(r), np.arange(c), indexing="ij")
+    ball = ((zz - centre[0]) ** 2 / 16 + (yy - centre[1]) ** 2 / 64 + (xx - centre[2]) ** 2 / 64 <= 1).astype(np.float32)
+    key = AV.map_key(AV.case_digest(inputs), AV.model_stamp(model.model_dir), "saliency", DEFAULT_HORIZON)
+    AV.MapCache(data_dir / "cache" / "attribution").put(key, ball)
+    return key, centre
+
+
+def _overlay_pixels(png: bytes, box: tuple[float, float, float, float], origin: tuple[float, float]) -> int:
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    left, top, w, h = (int(np.rint(v)) for v in (box[0] - origin[0], box[1] - origin[1], box[2], box[3]))
+    tile = img[top:top + h, left:left + w]
+    r, b = tile[..., 0], tile[..., 2]
+    return int(((r - b > 80) & (r > 150)).sum())  # the warm colormap: orange-yellow, never grey
+
+
+def test_overlay_on_all_three_planes(page: object, data_dir: Path) -> None:  # noqa: F811
+    pg = page
+    _, centre = _seed_ball_map(data_dir)
+    fr = viewer_frame(pg)
+    pg.get_by_text("Saliency overlay").click()  # type: ignore[attr-defined]
+    settle(pg, 60)
+    fr = viewer_frame(pg)
+    fr.wait_for_function("() => window.ctehrViewer.nv.volumes.length === 2", timeout=30_000)  # type: ignore[attr-defined]
+    # put the crosshair on the ball's centre: (slice, row, col) -> RAS voxel of the canonical grid
+    fr.evaluate(  # type: ignore[attr-defined]
+        """([s, r, c]) => { const nv = window.ctehrViewer.nv, d = nv.volumes[0].dimsRAS;
+             nv.scene.crosshairPos = nv.vox2frac([d[1] - 1 - c, d[2] - 1 - r, s]); nv.drawScene(); }""", list(centre))
+    pg.wait_for_timeout(400)  # type: ignore[attr-defined]
+    canvas = fr.locator("#gl")  # type: ignore[attr-defined]
+    origin = canvas.bounding_box()
+    png = canvas.screenshot()
+    counts = {p: _overlay_pixels(png, tile_box(pg, fr, p), (origin["x"], origin["y"])) for p in PLANES}
+    assert all(n >= 20 for n in counts.values()), counts
+    # with the overlay hidden (opacity 0) the same tiles have no warm pixels
+    fr.evaluate("() => { const nv = window.ctehrViewer.nv; nv.volumes[1].opacity = 0; nv.updateGLVolume(); }")  # type: ignore[attr-defined]
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+    png_off = canvas.screenshot()
+    off = {p: _overlay_pixels(png_off, tile_box(pg, fr, p), (origin["x"], origin["y"])) for p in PLANES}
+    assert all(n == 0 for n in off.values()), off
+    fr.evaluate("() => { const nv = window.ctehrViewer.nv; nv.volumes[1].opacity = 0.6; nv.updateGLVolume(); }")  # type: ignore[attr-defined]
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+    fr.locator("body").screenshot(path=str(SCREENSHOTS / "viewer_overlay.png"))  # type: ignore[attr-defined]
