@@ -72,6 +72,31 @@ def card_summary(card: str, max_lines: int = 8) -> str:
     return "\n".join(keep[:max_lines])
 
 
+def card_sections(card: str) -> list[tuple[str, str]]:
+    """A model card (markdown) as ``(heading, body)`` pairs; text before the first ``## `` heading has heading ""."""
+    out: list[tuple[str, list[str]]] = [("", [])]
+    for line in card.splitlines():
+        if line.startswith("## "):
+            out.append((line[3:].strip(), []))
+        else:
+            out[-1][1].append(line)
+    return [(h, "\n".join(body).strip()) for h, body in out if h or "\n".join(body).strip()]
+
+
+def metric_rows(body: str) -> list[dict[str, str]]:
+    """The ``- name: value`` bullets of a card section as table rows, horizon objects written out.
+
+    >>> metric_rows("- Harrell's C: 0.740" + chr(10) + '- Time-dependent AUC: {"30": 0.8576, "365": 0.7998}')
+    [{'metric': "Harrell's C", 'value': '0.740'}, {'metric': 'Time-dependent AUC', 'value': '30 days 0.858, 1 year 0.800'}]
+    """
+    rows = []
+    for line in body.splitlines():
+        if line.startswith("- ") and ":" in line:
+            name, _, value = line[2:].partition(":")
+            rows.append({"metric": name.strip(), "value": readable_line(value.strip())})
+    return rows
+
+
 class _Flow:
     """Top-down placement on the page in inches; ``y`` is the distance from the top edge."""
 

@@ -129,7 +129,8 @@ def test_timeline_figure_uses_relative_days_and_marks_top_events() -> None:
     assert np.asarray(top.x, dtype=float).tolist() == [-30.0, -400.0] and list(top.text) == ["1", "2"]
     assert list(top.customdata) == ["LAB//crp", "DIAGNOSIS//ICD10//C34"]
     assert [r["code"] for r in fig.layout.meta["top"]] == ["LAB//crp", "DIAGNOSIS//ICD10//C34"]
-    assert list(top.textposition) == ["top center", "bottom center"][::-1]  # by time: -400 above, -30 below
+    labels = [(a.text, a.x) for a in fig.layout.annotations if a.showarrow]
+    assert labels == [("<b>1</b>", -30.0), ("<b>2</b>", -400.0)]
     assert list(fig.layout.yaxis.ticktext) == ["DIAGNOSIS", "LAB", "MEDICATION"]
     dump = json.dumps(fig.to_plotly_json(), default=str)
     assert "2031" not in dump and "2030" not in dump  # no dates anywhere in the figure
@@ -197,13 +198,19 @@ def test_timeline_clips_a_far_birth_event_and_draws_attention_on_a_sequential_sc
     lo, hi = fig.layout.xaxis.range
     assert -800 < lo < -700 and hi > 0  # the window of the case's visits, not -20,000 days
     assert fig.layout.meta["outside"] == 1
-    assert "1 earlier event not shown (from day -20000: MEDS_BIRTH)" in fig.layout.annotations[0].text
+    notes = [a.text for a in fig.layout.annotations if not a.showarrow]
+    assert notes == ["◀ 1 earlier event not shown (from day -20000: MEDS_BIRTH)"]
     marker = fig.data[0].marker
     assert marker.colorscale[0][1] != marker.colorscale[-1][1] and marker.cmin == 0.0 and marker.cmid is None
     assert marker.colorbar.title.text == "attention"
     assert [r["code"] for r in fig.layout.meta["top"]] == ["LAB//d", "LAB//b", "MEDICATION//e"]  # the birth is outside
     signed = F.timeline_figure(events, weights - 0.1, index, kind="attribution")
     assert signed.data[0].marker.cmid == 0.0 and signed.data[0].marker.colorbar.title.text == "attribution"
+    crowded = F.timeline_figure(pd.DataFrame({"time": [index - pd.Timedelta(days=d) for d in (10, 10.25, 10.5, 10.75)],
+                                              "code": ["LAB//x"] * 4, "numeric_value": np.nan}),
+                                np.array([1.0, 0.9, 0.8, 0.7]), index, top_k=4)
+    offsets = [(a.ax, a.ay) for a in crowded.layout.annotations if a.showarrow]
+    assert len(set(offsets)) == 4  # four labels within a day on one row (axis about 15 days): four different places
     short = F.timeline_figure(events.iloc[1:], weights[1:], index)
     assert short.layout.meta["outside"] == 0 and short.layout.xaxis.range[0] < -700
     with pytest.raises(InputError, match="kind: got heat, is not attribution or attention"):

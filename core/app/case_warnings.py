@@ -15,7 +15,7 @@ the model-randomisation results recorded in a model card.
 >>> [w.kind for w in notes]
 ['modality', 'modality', 'modality']
 >>> notes[2].text
-'ehr_only reads only the EHR; the case has none: its curve is not a prediction for this case and is not drawn.'
+'Missing modality: ehr_only reads only the EHR; the case has none: its curve is not a prediction for this case and is not drawn.'
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, mod
                          timeline: Sequence[str] = (), sanity: SanityResult | None = None,
                          disagreement_flag: str | None = None) -> list[CaseWarning]:
     """Every warning of the case, in the order the page shows them (duplicates dropped)."""
-    items = [CaseWarning("modality", t) for t in modality_notices(model_name, has_image, has_ehr, modalities_used,
+    items = [CaseWarning("modality", f"Missing modality: {t}") for t in modality_notices(model_name, has_image, has_ehr, modalities_used,
                                                                   ct_present)]
     if coverage and "image" in modalities_used:
         items.append(CaseWarning("coverage", coverage))

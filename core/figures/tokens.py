@@ -100,7 +100,7 @@ def timeline_figure(
 
     ``kind`` names the scores: ``"attribution"`` (signed: a diverging scale centred at 0) or ``"attention"``
     (weights >= 0: a sequential scale from 0). Marker size grows with |score|; the ``top_k`` scored events are
-    outlined and numbered 1..k by score (labels alternate above and below, so neighbours do not overlap), and
+    outlined and numbered 1..k by score (labels on short leader lines, placed apart from their neighbours), and
     the figure's ``layout.meta["top"]`` lists them. The axis covers the case's active window
     (:func:`timeline_window`); events left of it are counted in a note at the left edge
     (``layout.meta["outside"]``). Dates never appear (days relative to the index only).
@@ -142,13 +142,14 @@ def timeline_figure(
         inside = np.flatnonzero(~outside)
         k = min(int(top_k), inside.size)
         top = inside[np.argsort(-mag[inside], kind="stable")[:k]]
-        by_time = top[np.argsort(days[top], kind="stable")]
-        position = {int(i): ("top center" if j % 2 == 0 else "bottom center") for j, i in enumerate(by_time)}
-        fig.add_trace(go.Scatter(x=days[top], y=y[top], mode="markers+text", name=f"top {k} events",
+        fig.add_trace(go.Scatter(x=days[top], y=y[top], mode="markers", name=f"top {k} events",
                                  marker={"size": size[top] + 6, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}},
-                                 text=[str(r + 1) for r in range(k)], textposition=[position[int(i)] for i in top],
-                                 textfont={"size": 11}, customdata=[_short_code(ev["code"].iloc[i]) for i in top],
+                                 text=[str(r + 1) for r in range(k)], customdata=[_short_code(ev["code"].iloc[i]) for i in top],
                                  hovertemplate="#%{text}: %{customdata}<extra></extra>"))
+        for rank, (i, (ax, ay)) in enumerate(zip(top, _label_offsets(days[top], y[top], max(5.0, 0.03 * abs(left)) - left)), start=1):
+            fig.add_annotation(x=float(days[i]), y=float(y[i]), text=f"<b>{rank}</b>", showarrow=True, arrowhead=0,
+                               arrowwidth=1, arrowcolor="rgb(60,60,60)", ax=ax, ay=ay, font={"size": 11},
+                               bgcolor="rgba(255,255,255,0.85)", borderpad=1, name=f"top{rank}")
         top_rows = [{"rank": r + 1, "code": str(ev["code"].iloc[i]), "day": round(float(days[i]), 1),
                      "value": None if pd.isna(values.iloc[i]) else float(values.iloc[i]), kind: float(attr[i])}
                     for r, i in enumerate(top)]
@@ -172,6 +173,22 @@ def timeline_figure(
                       margin={"l": 120, "r": 20, "t": 60 if title or n_out else 30, "b": 50},
                       meta={"top": top_rows, "outside": n_out, "window": [float(left), float(right)]})
     return fig
+
+
+def _label_offsets(x: np.ndarray, y: np.ndarray, width: float) -> list[tuple[int, int]]:
+    """Pixel offsets (ax, ay) of the numbered labels: per code-family row, a label goes to the first of five
+    slots (above at two heights, above-left, above-right, below) not taken by a label within 6 % of the axis
+    ``width`` (days)."""
+    slots = [(0, -16), (0, -30), (-18, -22), (18, -22), (0, 16)]
+    near = 0.06 * max(width, 1.0)
+    taken: list[tuple[float, float, int]] = []
+    out = []
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        used = {slot for tx, ty, slot in taken if ty == yi and abs(tx - xi) < near}
+        slot = next((j for j in range(len(slots)) if j not in used), len(taken) % len(slots))
+        taken.append((xi, yi, slot))
+        out.append(slots[slot])
+    return out
 
 
 def _short_code(code: str, limit: int = 28) -> str:
