@@ -71,9 +71,10 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
 
 
 def encoder_2d_config(s: dict[str, Any], n_layers: int) -> dict[str, Any]:
-    """The organ-agnostic keys of a 2d image config (windows, contrast, strides, pool) from the ``image`` settings.
+    """The organ-agnostic keys of a 2d image config (windows, contrast, strides, pool) from the ``image`` settings
+    (``last_stride``: the stride of the last of the ``n_layers`` convolutions, the others 2).
 
-    >>> encoder_2d_config({"windows": [[-160, 240]], "contrast": [9], "strides": [2, 1], "pool": "attnmax"}, 2)
+    >>> encoder_2d_config({"windows": [[-160, 240]], "contrast": [9], "last_stride": 1, "pool": "attnmax"}, 2)
     {'windows': [[-160.0, 240.0]], 'contrast': [9], 'strides': [2, 1], 'pool': 'attnmax'}
     >>> encoder_2d_config({}, 4)
     {}
@@ -90,11 +91,11 @@ def encoder_2d_config(s: dict[str, Any], n_layers: int) -> dict[str, Any]:
         raise InputError("image contrast", contrast, "kernels must be odd and >= 3 pixels", "use e.g. [9]")
     if windows:
         out.update(windows=[[float(w[0]), float(w[1])] for w in windows], contrast=contrast)
-    if s.get("strides"):
-        strides = [int(v) for v in s["strides"]]
-        if len(strides) != n_layers or min(strides) < 1:
-            raise InputError("image strides", strides, f"needs one stride >= 1 per conv layer ({n_layers})", "use e.g. [2, 2, 2, 1]")
-        out["strides"] = strides
+    last = int(s.get("last_stride", 2))
+    if last not in (1, 2):
+        raise InputError("image last_stride", last, "must be 1 or 2", "use 1 (a finer last feature map) or 2")
+    if last != 2:
+        out["strides"] = [2] * (n_layers - 1) + [last]
     pool = str(s.get("pool", "meanmax"))
     if pool not in POOLS:
         raise InputError("image pool", pool, "is not a spatial pooling", f"use one of {', '.join(POOLS)}")
@@ -328,10 +329,11 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     enc_state.update({f"path.{k}": v.detach().cpu() for k, v in image_path_state(net).items()})
     info = {"val_c_index": res.best_score, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
             "seconds": round(_time.perf_counter() - t0, 2), "init": str(init_dir) if init_dir else None}
-    out = {"image_tokens": tokens, "image_token_mask": pre["image_token_mask"], "image_present": pre["image_present"]}
+    token_mask = _token_mask(tokens, pre["image_token_mask"], pre["image_present"])
+    out = {"image_tokens": tokens, "image_token_mask": token_mask, "image_present": pre["image_present"]}
     if dist_info.main:
         save = dict(enc_state)
-        save.update(tokens=tokens, mask=pre["image_token_mask"], present=pre["image_present"])
+        save.update(tokens=tokens, mask=token_mask, present=pre["image_present"])
         _save_cache(path, save, {"info": json.dumps(info), "ids": json.dumps(cohort.ids())})
     return enc_state, out, info
 
@@ -382,4 +384,20 @@ def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor],
 
         x = augment_slices(x, augment[0], augment[1])
     b["image_tokens"] = net.image_encoder(x)  # type: ignore[misc]
+    b["image_token_mask"] = _token_mask(b["image_tokens"], b["image_token_mask"], b["image_present"])
     return b
+
+
+def _token_mask(tokens: torch.Tensor, mask: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The token mask of encoder tokens ``[N, T, D]``: the prepared images' slice mask when there is one token per
+    slice (2d), else every token of a subject with a CT (3d patch tokens: the prepared mask counts grid slices,
+    not tokens; issue 14: ``size of tensor a (32) must match ... (256)``).
+
+    >>> _token_mask(torch.zeros(2, 3, 4), torch.ones(2, 3), torch.ones(2)).shape
+    torch.Size([2, 3])
+    >>> _token_mask(torch.zeros(2, 5, 4), torch.ones(2, 3), torch.tensor([1.0, 0.0])).sum(-1).tolist()
+    [5.0, 0.0]
+    """
+    if tokens.shape[1] == mask.shape[1]:
+        return mask
+    return present.to(tokens.dtype)[:, None].expand(tokens.shape[0], tokens.shape[1]).contiguous()
