@@ -526,3 +526,105 @@ def test_distance_transform_closing_equals_binary_closing_with_a_disk(radius: in
         got = _close_disk(region, radius)
         assert got.shape == region.shape and (got == expected).all()
         assert (got >= region).all()
+
+
+# ----------------------------------------------------------------------------- organ-agnostic 2D encoder (issue 14)
+
+NEW_2D = {"kind": "2d", "out_dim": 8, "size": 32, "channels": [4, 8, 8], "hu_window": [-1000.0, 1000.0], "lung_mask": False,
+          "windows": [[-160.0, 240.0], [-200.0, 1000.0]], "contrast": [5], "strides": [2, 2, 1], "pool": "attnmax"}
+
+
+def test_old_2d_configs_build_the_encoder_they_were_trained_with() -> None:
+    """A config without the organ-agnostic keys (every shipped model) gets the old encoder, key for key."""
+    root = Path(__file__).resolve().parents[1]
+    for name in ("image_only", "coattention_image"):
+        d = __import__("json").loads((root / "assets/demo_models" / name / "config.json").read_text())
+        cfg = ModelConfig.from_dict(d)
+        assert cfg.image.windows == () and cfg.image.strides is None and cfg.image.pool == "meanmax"
+        assert cfg.to_dict()["image"] == d["image"]  # written back without new keys
+        enc = SurvivalNet(cfg).image_encoder
+        assert isinstance(enc, SliceEncoder2D) and enc.stem is None and enc.attn is None
+        assert tuple(enc.features[0].weight.shape) == (8, 3, 3, 3)  # one HU channel + 2 coordinates
+        assert [m.stride for m in enc.features if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 4
+        assert enc.soft_tissue is not None  # the lung-masked models keep their soft-tissue input
+        steps = [s["name"] for s in cfg.image.transforms().describe()]
+        assert steps == ["hu_window", "lung_mask", "resize_slices"]
+
+
+def test_organ_agnostic_encoder_config_round_trip_and_transforms() -> None:
+    cfg = ImageConfig.from_dict(NEW_2D)
+    assert ImageConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict() == NEW_2D
+    chain = cfg.transforms()
+    described = chain.describe()
+    assert [s["name"] for s in described] == ["hu_window", "resize_slices", "channel_stack"]
+    assert described[-1]["windows_hu"] == [[-160.0, 240.0], [-200.0, 1000.0]] and described[-1]["local_contrast_kernels_px"] == [5]
+    assert chain.soft_tissue_step() is None  # no lung mask: no lung soft-tissue count
+    enc = SliceEncoder2D.from_config(cfg)
+    assert tuple(enc.features[0].weight.shape) == (4, 2 * 2 + 2, 3, 3)  # 2 windows + 2 contrast + 2 coordinates
+    x = chain(torch.zeros(2, 3, 40, 36))
+    assert x.shape == (2, 3, 32, 32) and enc(x).shape == (2, 3, 8)
+    assert enc.gradcam_layer is enc.features[-3] and enc.features[-3].stride == (1, 1)
+
+
+def test_channel_stack_marks_a_hypodense_lesion_wherever_it_lies() -> None:
+    """Local contrast is a per-image filter: a 40 HU darker disc gives the same negative response in any place."""
+    from core.preprocess.transforms import ChannelStack, HUWindow
+
+    window = HUWindow(-1000.0, 1000.0)
+    stack = ChannelStack(window, ((-160.0, 240.0),), (9,))
+    yy, xx = np.mgrid[:48, :48]
+    responses = []
+    for cy, cx in ((12, 12), (30, 35)):
+        hu = np.full((48, 48), 60.0, np.float32)          # liver-like tissue
+        hu[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = 20.0   # a 3-pixel hypodense lesion
+        y = stack(window(torch.from_numpy(hu))[None, None])[0]
+        assert y.shape == (2, 48, 48)
+        assert float(y[0, cy, cx]) == pytest.approx((20.0 - 40.0) / 200.0)   # the window channel
+        responses.append(float(y[1, cy, cx]))
+        far = y[1, (yy - cy) ** 2 + (xx - cx) ** 2 > 100]
+        assert float(far.abs().max()) < 1e-6            # flat tissue: no contrast
+    assert responses[0] < -0.1 and responses[0] == pytest.approx(responses[1], abs=1e-6)
+
+
+def test_organ_agnostic_encoder_gradients_reach_tissue_outside_the_lungs() -> None:
+    """The lung mask zeroes every gradient outside the lungs; the organ-agnostic chain reaches liver and bone."""
+    hu = torch.full((1, 2, 40, 40), 60.0)
+    hu[:, :, 10:30, 10:30] = -850.0                  # a lung
+    hu[:, :, 34:37, 5:8] = 600.0                     # bone outside it
+    hu[:, :, 2:6, 30:36] = 20.0                      # a liver lesion outside it
+    masked = ImageConfig(kind="2d", size=40, lung_mask=True).transforms()
+    open_cfg = ImageConfig.from_dict({**NEW_2D, "size": 40})
+    for chain, enc, outside_zero in ((masked, SliceEncoder2D(8, 40, (4, 8), soft_tissue=masked.soft_tissue_step()), True),
+                                     (open_cfg.transforms(), SliceEncoder2D.from_config(open_cfg), False)):
+        h = hu.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        enc(chain(h)).sum().backward()
+        assert h.grad is not None
+        for region in (h.grad[0, :, 34:37, 5:8], h.grad[0, :, 2:6, 30:36]):
+            assert (float(region.abs().sum()) == 0.0) == outside_zero
+
+
+def test_encoder_2d_settings_are_checked() -> None:
+    from core.errors import InputError
+    from core.train.image_stage import encoder_2d_config
+
+    assert encoder_2d_config({"windows": [[-160, 240]], "contrast": [9], "last_stride": 1, "pool": "attnmax"}, 3) == {
+        "windows": [[-160.0, 240.0]], "contrast": [9], "strides": [2, 2, 1], "pool": "attnmax"}
+    for bad in ({"windows": [[240, -160]]}, {"windows": [[0, 1]], "contrast": [4]}, {"last_stride": 3}, {"pool": "sum"}):
+        with pytest.raises(InputError):
+            encoder_2d_config(bad, 3)
+
+
+def test_augment_slices_shifts_each_subject_alike_across_its_slices() -> None:
+    from core.preprocess.transforms import augment_slices
+
+    x = torch.zeros(3, 4, 16, 16)
+    x[:, :, 8, 8] = 1.0
+    g = torch.Generator().manual_seed(0)
+    y = augment_slices(x, 3, 0.0, g)
+    for i in range(3):
+        peaks = [divmod(int(torch.argmax(y[i, s])), 16) for s in range(4)]
+        assert len(set(peaks)) == 1 and max(abs(peaks[0][0] - 8), abs(peaks[0][1] - 8)) <= 3
+    z = augment_slices(x, 0, 0.05, g)
+    offsets = (z - x).flatten(1)
+    assert torch.allclose(offsets, offsets[:, :1].expand_as(offsets), atol=1e-6) and float(offsets.abs().max()) <= 0.05 + 1e-6

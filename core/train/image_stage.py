@@ -275,8 +275,9 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
     prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
     aug = (int(s.get("augment_shift", 0)), float(s.get("augment_offset", 0.0)))
-    key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")}, aug,
-                  settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4")
+    # augmentation enters the key only when on, so encoders cached before it stay valid
+    key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
+                  settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4", *([aug] if any(aug) else []))
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:

@@ -30,6 +30,12 @@ DEFAULTS: dict[str, Any] = {
               # the closing also adds solid tissue on the mediastinal side (nodules at the hilum); absent in older
               # models, which load with False
               "lung_medial": True,
+              # the organ-agnostic 2D encoder (issue 14; docs/BENCHMARKS.md "Organ-agnostic encoder"): HU windows
+              # and local-contrast channels (core.preprocess.transforms.ChannelStack), the last convolution's
+              # stride (1: a finer map), spatial pooling meanmax | attnmax, training-only shifts (pixels) and
+              # intensity offsets (input units). Off by default: on real-anatomy cohorts it did not beat the
+              # lung-masked encoder (set "lung_mask": false with "windows" to train it)
+              "windows": [], "contrast": [], "last_stride": 2, "pool": "meanmax", "augment_shift": 0, "augment_offset": 0.0,
               # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
