@@ -1,0 +1,336 @@
+"""K users at once in real Chromium sessions against one app server on loopback.
+
+Starts ``streamlit run app.py`` on a copy-free data folder (``--data``, a built
+demo: ``CTEHR_DATA_DIR=DIR python -c "from core.app.demo_install import
+ensure_demo; ensure_demo()"``), opens one Debian Chromium with ``--users``
+isolated contexts (each its own Streamlit session) and for ``--seconds`` lets
+every user:
+
+* open Case review and wait for the CT viewer (NiiVue) to load (the time is
+  reported; the ``--seconds`` of scrolling count from then, per user);
+* scroll slices with the mouse wheel over the axial plane (a notch every
+  150-400 ms): **slice change** latency is measured inside the page, from the
+  wheel event's timestamp to the first animation frame after the viewer
+  redrew (what the user sees);
+* every ``--overlay-every`` seconds toggle the saliency overlay: **overlay**
+  latency is the wall time from the click until the map volume is shown
+  (the first time per case this includes computing the map in the
+  background job queue);
+
+while, optionally, user 1 uploads the shared real CT on the Upload page
+(``--upload``) and user 2 trains a model on a small cohort zip
+(``--train-zip``; slice latencies taken while a training job runs are
+reported apart). Errors: page errors, Streamlit exception boxes and failed
+steps. Peak memory: the server process and its children (the job processes),
+sampled every 0.5 s.
+
+    python bench/bench_users.py --data DIR [--users 8] [--seconds 180] [--port 8650]
+                                [--upload ../shared/data/ct/example_ct_sm.nii.gz] [--train-zip cohort.zip]
+
+Prints p50/p95 per kind and one JSON line (``--json``) for docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+LISTEN_JS = """() => {
+  const st = window.ctehrViewer, c = document.getElementById('gl');
+  if (window._benchLat) return;
+  window._benchLat = [];
+  c.addEventListener('wheel', (ev) => {
+    const t = ev.timeStamp, d0 = st.draws;
+    const wait = () => { if (st.draws > d0) requestAnimationFrame(() => window._benchLat.push(performance.now() - t));
+                         else if (performance.now() - t < 10000) requestAnimationFrame(wait); };
+    requestAnimationFrame(wait);
+  }, {capture: true});
+}"""
+TILE_JS = """() => { const nv = window.ctehrViewer.nv, d = nv.uiData.dpr || 1;
+  const s = nv.screenSlices.find((x) => x.axCorSag === 0); return s.leftTopWidthHeight.map((v) => v / d); }"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pctl(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(round(q / 100 * (len(v) - 1)))))]
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            parents[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            rss[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    return sum(rss.get(p, 0) for p in tree)
+
+
+class MemoryWatch(threading.Thread):
+    """Peak resident memory of a process and its children (the job processes), sampled every 0.5 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, False
+
+    def run(self) -> None:
+        while not self.stop and Path(f"/proc/{self.pid}").exists():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            time.sleep(0.5)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.slice_idle: list[float] = []
+        self.slice_training: list[float] = []
+        self.overlay: list[float] = []
+        self.open: list[float] = []
+        self.errors: list[str] = []
+        self.training: list[tuple[float, float]] = []  # wall-clock spans with a training job running
+        self.notes: list[str] = []
+
+    def training_at(self, t: float) -> bool:
+        return any(a <= t <= b for a, b in self.training)
+
+
+async def viewer_frame(pg: Any, timeout_s: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for fr in pg.frames:
+            if "ctehr_ct_viewer" in fr.url:
+                try:
+                    if await fr.evaluate("() => !!(window.ctehrViewer && window.ctehrViewer.loaded)"):
+                        return fr
+                except Exception as exc:  # noqa: BLE001 - the frame was replaced by a rerun: look again
+                    if "detached" not in str(exc) and "destroyed" not in str(exc):
+                        raise
+        await asyncio.sleep(0.25)
+    raise TimeoutError("the CT viewer did not load")
+
+
+async def exceptions_on(pg: Any) -> int:
+    return await pg.locator("[data-testid=stException]").count()
+
+
+async def scroll_user(i: int, ctx: Any, base: str, stats: Stats, end: float, seconds: float, overlay_every: float) -> None:
+    pg = await ctx.new_page()
+    pg.on("pageerror", lambda err: stats.errors.append(f"user {i}: page error {str(err)[:120]}"))
+    t0 = time.perf_counter()
+    await pg.goto(base + "/", timeout=180000)
+    fr = await viewer_frame(pg)
+    stats.open.append(time.perf_counter() - t0)
+    end = max(end, time.monotonic() + seconds)  # every user scrolls ``seconds`` once its viewer is open
+    await fr.evaluate(LISTEN_JS)
+    box = await fr.locator("#gl").bounding_box()
+    l, t, w, h = await fr.evaluate(TILE_JS)
+    x, y = box["x"] + l + w / 2, box["y"] + t + h / 2
+    direction, next_overlay, overlay_on = -120, time.monotonic() + overlay_every * random.random(), False
+    rng = random.Random(i)
+    steps = 0
+    while time.monotonic() < end:
+        await pg.mouse.move(x, y)
+        await pg.mouse.wheel(0, direction)
+        steps += 1
+        if steps % 12 == 0:
+            direction = -direction
+        await asyncio.sleep(rng.uniform(0.15, 0.4))
+        lat = await fr.evaluate("() => window._benchLat.splice(0)")
+        now = time.time()
+        (stats.slice_training if stats.training_at(now) else stats.slice_idle).extend(float(v) for v in lat)
+        if time.monotonic() >= next_overlay:
+            next_overlay = time.monotonic() + overlay_every
+            t1 = time.perf_counter()
+            await pg.get_by_text("Saliency overlay", exact=True).click()
+            overlay_on = not overlay_on
+            if overlay_on:
+                try:
+                    fr = await overlay_shown(pg, time.monotonic() + 120)
+                    stats.overlay.append(time.perf_counter() - t1)
+                except TimeoutError:
+                    stats.errors.append(f"user {i}: overlay not shown within 120 s")
+                    fr = await viewer_frame(pg)
+            else:
+                fr = await viewer_frame(pg)
+            await fr.evaluate(LISTEN_JS)
+            box = await fr.locator("#gl").bounding_box()
+            l, t, w, h = await fr.evaluate(TILE_JS)
+            x, y = box["x"] + l + w / 2, box["y"] + t + h / 2
+        if steps % 20 == 0 and await exceptions_on(pg):
+            stats.errors.append(f"user {i}: an exception box on Case review")
+            break
+    await pg.close()
+
+
+async def overlay_shown(pg: Any, deadline: float) -> Any:
+    while time.monotonic() < deadline:
+        for fr in pg.frames:
+            if "ctehr_ct_viewer" in fr.url:
+                try:
+                    ok = await fr.evaluate("() => { const nv = window.ctehrViewer && window.ctehrViewer.nv; "
+                                           "return !!(nv && nv.volumes.length > 1 && nv.volumes[1].opacity > 0); }")
+                except Exception as exc:  # noqa: BLE001 - the frame was replaced by a rerun: look again
+                    if "detached" not in str(exc) and "destroyed" not in str(exc):
+                        raise
+                    ok = False
+                if ok:
+                    return fr
+        await asyncio.sleep(0.2)
+    raise TimeoutError("overlay")
+
+
+async def upload_user(ctx: Any, base: str, study: Path, stats: Stats) -> None:
+    pg = await ctx.new_page()
+    pg.on("pageerror", lambda err: stats.errors.append(f"uploader: page error {str(err)[:120]}"))
+    t0 = time.perf_counter()
+    await pg.goto(base + "/upload", timeout=180000)
+    await pg.locator("input[type=file]").first.set_input_files(str(study))
+    await asyncio.sleep(20)
+    if await exceptions_on(pg):
+        stats.errors.append("uploader: an exception box on Upload")
+    stats.notes.append(f"upload of {study.name} checked in {time.perf_counter() - t0:.1f} s (page shown)")
+    await pg.close()
+
+
+async def train_user(ctx: Any, base: str, zip_path: Path, data: Path, stats: Stats, end: float) -> None:
+    pg = await ctx.new_page()
+    pg.on("pageerror", lambda err: stats.errors.append(f"trainer: page error {str(err)[:120]}"))
+    await pg.goto(base + "/cohort_models", timeout=180000)
+    await pg.get_by_role("tab", name="Train on your cohort").click()
+    await pg.locator("input[type=file]").first.set_input_files(str(zip_path))
+    await asyncio.sleep(3)
+    await pg.get_by_role("button", name="Train", exact=True).click()
+    start = time.time()
+    stats.training.append((start, end + 3600))
+    while time.monotonic() < end:
+        models = list((data / "users").glob("*/models/*"))
+        if models and not any(p.name.endswith(".partial") for p in models) and time.time() - start > 10:
+            stats.training[-1] = (start, time.time())
+            stats.notes.append(f"training finished after {time.time() - start:.0f} s")
+            break
+        await asyncio.sleep(2)
+    else:
+        stats.training[-1] = (start, time.time())
+        stats.notes.append("training still running at the end")
+    if await exceptions_on(pg):
+        stats.errors.append("trainer: an exception box on Cohort & models")
+    await pg.close()
+
+
+async def run(args: argparse.Namespace, base: str, stats: Stats) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(args.users)]
+        end = time.monotonic() + args.seconds
+        tasks = []
+        for i, ctx in enumerate(contexts):
+            tasks.append(scroll_user(i, ctx, base, stats, end, args.seconds, args.overlay_every))
+        if args.upload is not None:
+            tasks.append(upload_user(await browser.new_context(), base, args.upload, stats))
+        if args.train_zip is not None:
+            tasks.append(train_user(await browser.new_context(), base, args.train_zip, args.data, stats, end + 300))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                stats.errors.append(f"{type(r).__name__}: {str(r).splitlines()[0][:160] if str(r) else ''}")
+        await browser.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="app data folder with a built demo (CTEHR_DATA_DIR)")
+    ap.add_argument("--users", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=180.0)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--overlay-every", type=float, default=40.0, help="seconds between overlay toggles per user")
+    ap.add_argument("--upload", type=Path, default=None, help="a study one extra user uploads")
+    ap.add_argument("--train-zip", type=Path, default=None, help="a cohort zip one extra user trains on")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not Path(CHROMIUM).exists():
+        print(f"needs Debian chromium at {CHROMIUM}", file=sys.stderr)
+        return 2
+    port = args.port or free_port()
+    env = dict(os.environ, CTEHR_DATA_DIR=str(args.data))
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                               "--server.headless", "true"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    watch = MemoryWatch(server.pid)
+    watch.start()
+    stats = Stats()
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base + "/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        asyncio.run(run(args, base, stats))
+    finally:
+        watch.stop = True
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    result: dict[str, Any] = {
+        "command": "python bench/bench_users.py " + " ".join(sys.argv[1:]),
+        "users": args.users, "seconds": args.seconds, "cores": os.cpu_count(), "load_before": load_before,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "slice_ms_idle": {"n": len(stats.slice_idle), "p50": pctl(stats.slice_idle, 50), "p95": pctl(stats.slice_idle, 95)},
+        "slice_ms_training": {"n": len(stats.slice_training), "p50": pctl(stats.slice_training, 50),
+                              "p95": pctl(stats.slice_training, 95)},
+        "overlay_s": {"n": len(stats.overlay), "p50": pctl(stats.overlay, 50), "p95": pctl(stats.overlay, 95)},
+        "open_s": {"n": len(stats.open), "median": statistics.median(stats.open) if stats.open else None},
+        "errors": stats.errors, "notes": stats.notes, "peak_server_mb": round(watch.peak / 2**20),
+    }
+    for kind in ("slice_ms_idle", "slice_ms_training", "overlay_s", "open_s"):
+        print(kind, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result[kind].items()})
+    print("errors", len(stats.errors), stats.errors[:10])
+    print("notes", stats.notes, "peak server+jobs memory", result["peak_server_mb"], "MB")
+    if args.json:
+        print(json.dumps(result))
+    return 0 if not stats.errors else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
