@@ -204,7 +204,7 @@ def _viewer_fragment(volume: Any, case_id: str, window: tuple[float, float], win
     map_bytes = None
     if overlay is not None and overlay_key is not None:
         map_bytes = ui.memo(("viewer_map", overlay_key),
-                            lambda: VN.map_to_nifti(volume, F.normalize_map(overlay)))
+                            lambda: VN.map_to_nifti(volume, F.normalize_map(overlay), unit_uint8=True))
     pos = _position(volume, volume.shape[0] // 2)
     try:
         component = _component(str(component_dir()))

@@ -98,6 +98,15 @@ def test_map_round_trip_and_bad_input(real_ct: Volume) -> None:
     back, _ = VN.nifti_to_grid(VN.map_to_nifti(real_ct, values))
     np.testing.assert_array_equal(back, values)
     assert _nifti(VN.map_to_nifti(real_ct, values)).get_data_dtype() == np.float32
+    # the page's overlay: 0..1 stored as uint8 with slope 1/255, not gzipped (a quarter of the bytes)
+    small = VN.map_to_nifti(real_ct, values, unit_uint8=True)
+    assert small[:2] != b"\x1f\x8b" and len(small) < real_ct.hu.size + 1024
+    assert nib.Nifti1Image.from_bytes(small).get_data_dtype() == np.uint8
+    back8, lps8 = VN.nifti_to_grid(small)
+    np.testing.assert_allclose(back8, values, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(lps8, real_ct.affine, atol=1e-4)
+    with pytest.raises(InputError, match="0..1"):
+        VN.map_to_nifti(real_ct, values * 2, unit_uint8=True)
     with pytest.raises(InputError, match="volume's shape"):
         VN.map_to_nifti(real_ct, values[:-1])
     bad = values.copy()

@@ -188,8 +188,9 @@ function applyWindow(win) {
 
 function applyOverlayOpts(o) {
   const nv = state.nv;
+  const same = state.overlayOpts && JSON.stringify(state.overlayOpts) === JSON.stringify(o);
   state.overlayOpts = o;
-  if (nv.volumes.length < 2) return;
+  if (nv.volumes.length < 2 || same) return; // every updateGLVolume re-uploads all volumes: only on a change
   const map = nv.volumes[1];
   map.colormap = o.colormap;
   map.cal_min = o.threshold; map.cal_max = 1.0;
@@ -229,10 +230,12 @@ async function render(args) {
     state.overlayId = overlayId;
     if (overlayId) {
       const t0 = performance.now();
-      await nv.addVolumeFromUrl({ url: "map.nii.gz", name: "map.nii.gz", buffer: toArrayBuffer(args.overlay),
+      await nv.addVolumeFromUrl({ url: "map.nii", name: "map.nii", buffer: toArrayBuffer(args.overlay),
         colormap: args.colormap, opacity: args.show_overlay ? args.opacity : 0, cal_min: args.threshold, cal_max: 1.0 });
       state.overlayLoadMs = performance.now() - t0;
       state.overlayShownAt = performance.now();
+      state.overlayOpts = { colormap: args.colormap, threshold: args.threshold, opacity: args.opacity,
+                            show: !!args.show_overlay };
     }
   }
   applyOverlayOpts({ colormap: args.colormap, threshold: args.threshold, opacity: args.opacity, show: !!args.show_overlay });
