@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from pages import _review as review
 from pages import _shared as ui
 
 
@@ -17,7 +19,8 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     inputs = ui.case_inputs(model, source, subject_id)
     pred = ui.case_prediction(model, source, subject_id)
     volume = ui.case_volume(source, subject_id)
-    key = ("report-parts", str(model.model_dir), source, subject_id, ui.upload_token(source), method, horizon)
+    key = ("report-parts", str(model.model_dir), source, subject_id, ui.upload_token(source, subject_id), method,
+           horizon)
 
     def parts() -> tuple[Any, Any]:
         att = attribute(model, inputs, method, float(horizon), None) if "image" in pred.modalities_used else None
@@ -26,16 +29,24 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     attribution, events = ui.memo(key, parts)
     name = next((n for n, p in ui.available_models().items() if Path(p) == Path(model.model_dir)), "")
     cohort_km = ui.reference_curves(name)["cohort_km"] if name else None
+    every = review.strategies(source, subject_id, name)
+    warnings = review.case_warnings(name, model, source, subject_id, every)  # exactly the list Case review shows
     return Path(build(out, model=model, inputs=inputs, prediction=pred,
                       volume_hu=None if volume is None else volume.hu,
                       spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
                       events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
-                      case_label=f"case {ui.case_number(source, subject_id)}"))
+                      case_label=f"case {ui.case_number(source, subject_id)}", warnings=[w.text for w in warnings],
+                      strategy_risks=every.table, strategies_skipped=list(every.skipped.values())))
 
 
 def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int) -> tuple[bytes, str]:
     """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip, and a one-line summary."""
-    from core.dicom_export import export_dicom, model_info, source_series_for, zip_folder
+    from core.dicom_export import (
+        export_dicom,
+        model_info,
+        source_series_for,
+        zip_folder,
+    )
     from core.explain import attribute
 
     inputs = ui.case_inputs(model, source, subject_id)
@@ -43,7 +54,7 @@ def case_dicom_export(model: Any, source: str, subject_id: str, method: str, hor
     volume = ui.case_volume(source, subject_id)
     att = attribute(model, inputs, method, float(horizon), None, with_events=False)  # the whole volume
     if source == ui.UPLOADED:
-        case = ui.uploaded_case() or {}
+        case = ui.uploaded_case(subject_id) or {}
         study = Path(case["study_path"]) if case.get("study_path") else None
     else:
         study = ui.demo_cohort().study_path(subject_id)

@@ -222,9 +222,19 @@ def user_cases() -> dict[tuple[str, str], str]:
 
 
 def case_number(source: str, subject_id: str) -> int:
-    """A session-local case number for non-identifying export names."""
+    """The case's number on every page, in reports and in export names: an uploaded case's own number ("Case 3"
+    in the picker); a demo case a session-local number that none of this user's saved cases uses."""
+    if source == UPLOADED:
+        case = uploaded_case(subject_id)
+        if case is not None:
+            return int(case["number"])
     numbers: dict = st.session_state.setdefault(K.CASE_NUMBERS, {})
-    return numbers.setdefault((source, subject_id), len(numbers) + 1)
+    if (source, subject_id) not in numbers:
+        from pages import _cases
+
+        taken = set(numbers.values()) | {c.number for c in _cases.case_list()}
+        numbers[(source, subject_id)] = next(n for n in range(1, len(taken) + 2) if n not in taken)
+    return int(numbers[(source, subject_id)])
 
 
 def case_cohort(source: str, subject_id: str | None = None) -> Any:

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from core.app import demo_install, paths
+from core.report import card_sections, metric_rows, readable_line
 from pages import _shared as ui
 
 ui.require_app_navigation()
 
 ASSETS = paths.ROOT / "assets"
+
+
+def show_card(text: str) -> None:
+    """The model card with its metrics as a table (horizon values written out), not as raw dictionaries."""
+    for heading, body in card_sections(text):
+        if heading:
+            st.markdown(f"#### {heading}")
+        rows = metric_rows(body) if heading.lower().startswith("metrics") else []
+        if rows:
+            st.table(pd.DataFrame(rows).set_index("metric"))
+        elif body:
+            st.markdown("\n".join(readable_line(line) for line in body.splitlines()))
+
 
 st.title("About")
 st.error(
@@ -29,7 +44,7 @@ with tab_card:
         card = path / "MODEL_CARD.md"
         st.caption(f"Selected model: **{name}**")
         if card.exists():
-            st.markdown(card.read_text(encoding="utf-8"))
+            show_card(card.read_text(encoding="utf-8"))
         else:
             st.warning(f"The model folder of {name!r} has no MODEL_CARD.md.")
     st.divider()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from core import figures as F
 from core import horizons
 from core.app.reference import risk_group_of
+from core.explain import METHODS
+from pages import _jobs, _viewer
+from pages import _review as review
 from pages import _shared as ui
 from pages import _state as K
-from pages import _viewer
 
 ui.require_app_navigation()
 
@@ -38,27 +41,17 @@ with ui.core_errors():
     pred = ui.case_prediction(model, source, subject_id)
 n_events = 0 if inputs.events is None else len(inputs.events)
 top[1].metric("Fusion strategy", model_name)
-top[2].metric("Modalities used", " + ".join(pred.modalities_used) or "none")
+top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'none'}")  # wraps, never cut off
 
-# ---------------------------------------------------- missing modality notice
-missing: list[str] = []
-uses_ehr = any(m.startswith("ehr") for m in pred.modalities_used)
-if not getattr(model.net, "has_image", True):
-    missing.append(f"{model_name} **does not use the CT**")
-elif volume is None or "image" not in pred.modalities_used:
-    missing.append("**no CT study** for this case: the image side of the model is masked out")
-if not getattr(model.net, "has_ehr", True):
-    missing.append(f"{model_name} **does not use the EHR**")
-elif not uses_ehr:
-    missing.append("**no EHR data** (no timeline events before the index date, no features): the EHR side is masked out")
-if missing:
-    st.warning("Missing modality: " + "; ".join(missing) + ". The prediction below uses "
-               f"{', '.join(pred.modalities_used) or 'no modality'} only.", icon=":material/warning:")
-
-if "image" in pred.modalities_used:
-    coverage = ui.case_coverage_warning(source, subject_id)
-    if coverage:
-        st.warning(coverage, icon=":material/warning:")
+# ------------------------------------------- warnings (the report PDF carries the same list)
+every = review.Strategies()
+with st.spinner("Predicting under every strategy..."), ui.core_errors(stop=False):
+    every = review.strategies(source, subject_id, model_name)
+warnings = review.case_warnings(model_name, model, source, subject_id, every)
+review.show_warnings(warnings)
+unscored = review.CW.cannot_score_reason(model_name, bool(getattr(model.net, "has_image", True)),
+                                         bool(getattr(model.net, "has_ehr", True)), pred.modalities_used)
+scored = unscored is None
 
 left, right = st.columns([1.15, 1], gap="large")
 
@@ -70,49 +63,96 @@ with left:
     else:
         _viewer.show(volume, model, inputs, pred, source, subject_id)
 
+# ------------------------------------------- attribution methods: caveats and sanity (beside the method picker)
+with left:
+    if volume is not None and "image" in pred.modalities_used:
+        method = ui.viewer_setting(K.METHOD, "saliency")
+        sanity = review.method_sanity(model)
+        result = sanity.get(method)
+        verdict = "not checked on this model" if result is None else result.label()
+        st.markdown(f"**{_viewer.METHOD_LABELS.get(method, method)}**: {review.CW.METHOD_CAVEATS[method]}  \n"
+                    f"Sanity: {verdict}.")
+        with st.expander("What each attribution method can and cannot show"):
+            st.table(pd.DataFrame([
+                {"method": _viewer.METHOD_LABELS.get(m, m), "what it can and cannot show": review.CW.METHOD_CAVEATS[m],
+                 "model-randomisation check": ("not checked on this model" if sanity.get(m) is None
+                                               else ("passes" if sanity[m].passed else "FAILS")
+                                               + f" (Spearman {sanity[m].final_spearman:.2f}, {sanity[m].source})")}
+                for m in METHODS]).set_index("method"))
+            st.caption("Model-randomisation check (Adebayo et al. 2018): every layer is re-initialised from the head "
+                       "backwards; a map that still correlates with the trained model's map (Spearman >= "
+                       f"{review.CW.RANDOMIZATION_THRESHOLD:g}) does not depend on what the model learned.")
+            if result is None:
+                job_key = f"sanity:{model.model_dir}:{method}"
+                job = _jobs.find(job_key)
+                if job is not None and job.active:
+                    _jobs.show(job)
+                elif job is not None and job.state in ("failed", "cancelled"):
+                    _jobs.outcome(job)
+                if (job is None or not job.active) and st.button(f"Run the check for {_viewer.METHOD_LABELS.get(method, method)} on this case", key="run_sanity"):
+                    _jobs.submit(f"Sanity check of {_viewer.METHOD_LABELS.get(method, method)}", review.run_sanity, model,
+                                 inputs, method, float(ui.horizon_days()), key=job_key)
+                    st.rerun()
+
 # ------------------------------------------------------------------- survival
 with right:
     st.subheader("Survival")
-    m = st.columns(3)
-    for col, h in zip(m, horizons.HORIZONS):
-        risk = pred.risk_at.get(h)
-        col.metric(f"Risk at {horizons.HORIZON_LABELS[h]}", "n/a" if risk is None else f"{100 * risk:.1f} %",
-                   help="1 - S(t) at the horizon, from the model's survival curve.")
+    if not scored:
+        st.info(f"No curve: {unscored}. Pick a strategy that reads what this case has in the sidebar.",
+                icon=":material/block:")
+    else:
+        m = st.columns(3)
+        for col, h in zip(m, horizons.HORIZONS):
+            risk = pred.risk_at.get(h)
+            col.metric(f"Risk at {horizons.HORIZON_LABELS[h]}", "n/a" if risk is None else f"{100 * risk:.1f} %",
+                       help="1 - S(t) at the horizon, from the model's survival curve.")
+    ref = None
     with ui.core_errors(stop=False):
         ref = ui.reference_curves(model_name)
-        group = risk_group_of(pred, ref["groups"])
-        bound = ui.conformal_bound(model_name, pred)
-        level = f"{100 * (1 - ui.CONFORMAL_ALPHA):.0f} %"
-        fig = F.survival_figure(
-            pred.times, pred.survival, pred.lower, pred.upper,
-            cohort_km=ref["cohort_km"],
-            group_km=(group["t"], group["s"], group["lower"], group["upper"]),
-            title="", label=f"this case (band: {model.uncertainty})",
-            time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
-        )
-        fig.update_layout(width=None, height=420)
-        st.plotly_chart(fig, width="stretch", key="survival_fig")
-        st.caption(
-            f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
-            f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
-            f"under {model_name}."
-            + ("" if bound is None else
-               f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
-               f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "
-               "conformalized survival analysis calibrated on the demo's validation patients; it assumes this patient is "
-               "exchangeable with them and censoring independent of the event given the inputs).")
-        )
+        if scored:
+            group = risk_group_of(pred, ref["groups"])
+            bound = ui.conformal_bound(model_name, pred)
+            level = f"{100 * (1 - ui.CONFORMAL_ALPHA):.0f} %"
+            fig = F.survival_figure(
+                pred.times, pred.survival, pred.lower, pred.upper,
+                cohort_km=ref["cohort_km"],
+                group_km=(group["t"], group["s"], group["lower"], group["upper"]),
+                title="", label=f"this case (band: {model.uncertainty})",
+                time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
+            )
+            fig.update_layout(width=None, height=420)
+            st.plotly_chart(fig, width="stretch", key="survival_fig")
+            st.caption(
+                f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
+                f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
+                f"under {model_name}."
+                + ("" if bound is None else
+                   f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
+                   f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "
+                   "conformalized survival analysis calibrated on the demo's validation patients; it assumes this patient is "
+                   "exchangeable with them and censoring independent of the event given the inputs).")
+            )
 
     st.subheader("Same case, every fusion strategy")
-    with st.spinner("Predicting under every strategy..."), ui.core_errors(stop=False):
-        curves = {}
-        for name in ui.available_models():
-            other = ui.model_by_name(name)
-            p = ui.case_prediction(other, source, subject_id)
-            curves[name] = (p.times, p.survival, p.lower, p.upper)
-        cmp_fig = F.survival_compare_figure(curves, cohort_km=ref["cohort_km"])
-        cmp_fig.update_layout(width=None, height=440)
-        st.plotly_chart(cmp_fig, width="stretch", key="compare_fig")
+    with ui.core_errors(stop=False):
+        if every.curves:
+            cmp_fig = F.survival_compare_figure(every.curves, cohort_km=None if ref is None else ref["cohort_km"],
+                                                current=model_name if model_name in every.curves else None)
+            cmp_fig.update_layout(width=None, height=420 + 22 * len(every.curves))  # room for the legend below
+            st.plotly_chart(cmp_fig, width="stretch", key="compare_fig")
+        if every.skipped:
+            st.caption("Not drawn (cannot score this case): " + "; ".join(every.skipped.values()) + ".")
+        if len(every.table):
+            shown = every.table.copy()
+            shown.insert(0, "model", ["current" if c else "" for c in shown.pop("current")])
+            for c in shown.columns[2:]:
+                shown[c] = [("past grid" if pd.isna(v) else (f"{100 * v:.1f} %" if c.startswith("risk") else f"{v:.2f}"))
+                            for v in shown[c]]
+            st.table(shown.set_index("strategy"))
+            st.caption(f"Risk 1 - S(t) of each strategy that can score the case (empty past a model's time grid). "
+                       f"Strategies are flagged as disagreeing when their 5-year survival spreads over more than "
+                       f"{review.CW.DISAGREEMENT_THRESHOLD:g}" + (": flagged, see the warning above." if every.flag
+                                                                   else ": not flagged for this case."))
 
 # ------------------------------------------------------ timeline and attention
 st.subheader("Timeline and attention")
@@ -124,12 +164,26 @@ with t1:
         with ui.core_errors(stop=False):
             scores = ui.case_event_scores(model, source, subject_id, ui.horizon_days())
             tl = F.timeline_figure(inputs.events, scores, ui.case_index_time(source, subject_id), top_k=8,
-                                   title="Events before the scan (top attributed outlined)")
+                                   title="Events before the scan (most attended numbered)",
+                                   kind="attention" if scores is not None else "attribution")
             tl.update_layout(width=None)
             st.plotly_chart(tl, width="stretch", key="timeline_fig")
+            top_rows = tl.layout.meta["top"] if tl.layout.meta else []
+            if top_rows:
+                top_table = pd.DataFrame(top_rows).set_index("rank")
+                top_table["value"] = ["" if v is None or pd.isna(v) else f"{v:g}" for v in top_table["value"]]
+                top_table["day"] = [f"{v:.0f}" for v in top_table["day"]]
+                top_table[top_table.columns[-1]] = [f"{v:.3f}" for v in top_table[top_table.columns[-1]]]
+                st.table(top_table)
+            st.caption("Attention of the fusion over the case's events (weights >= 0, not signed attributions: "
+                       "what the model looked at, not whether it raised the risk)."
+                       + (f" {tl.layout.meta['outside']} event(s) far before the case's active window are left of the "
+                          "axis (counted at its left edge)." if tl.layout.meta and tl.layout.meta["outside"] else ""))
 with t2:
-    maps = F.attention_maps(pred.attention, inputs.events)
-    if not maps:
+    maps = F.attention_maps(pred.attention, inputs.events) if n_events else []
+    if n_events == 0:
+        st.info("No attention over events to show: the case has no timeline events.")
+    elif not maps:
         st.info(f"{model_name} has no cross-modal attention to show (only the cross- and co-attention "
                 "strategies attend between slices and events).")
     for i, item in enumerate(maps):

@@ -34,7 +34,7 @@ number = ui.case_number(source, subject_id)
 method = ui.viewer_setting("method", "saliency")
 horizon = ui.horizon_days()
 st.markdown(
-    f"Case **#{number}** ({'uploaded' if source == ui.UPLOADED else 'demo'}), model **{model_name}**, "
+    f"**Case {number}** ({'uploaded' if source == ui.UPLOADED else 'demo'}), model **{model_name}**, "
     f"method **{method}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
     "Change them on the Case review page and in the sidebar."
 )
@@ -67,12 +67,13 @@ else:
                 spacing_mm=viewer.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
                 title=f"{method} on axial slice {z + 1}/{volume.shape[0]}",
             )
+            # slices are numbered from 1 (inferior) for people everywhere: title, caption and file name
             caption = figure_export.caption_text(model=model_name, fusion=model.fusion, method=method,
-                                     horizon_days=horizon, slice_index=z, window=win)
+                                                 horizon_days=horizon, slice_index=z + 1, window=win)
             folder = ui.workspace().fresh_dir("export")
             files = {}
             for fmt in FORMATS:
-                name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z)
+                name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1)
                 files[fmt] = (name, figure_export.export(fig, folder / name, caption=caption).read_bytes())
             exports["figure"] = {"key": key, "files": files}
     ready = exports.get("figure")
@@ -82,11 +83,15 @@ else:
             name, data = ready["files"][fmt]
             col.download_button(f"Download {fmt.upper()}", data, file_name=name, mime=MIME[fmt],
                                 key=f"download_{fmt}", icon=":material/download:")
-        st.caption(f"Files: {', '.join(n for n, _ in ready['files'].values())}")
+        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (numbered from 1, inferior to superior, as in Case "
+                   f"review). Files: {', '.join(n for n, _ in ready['files'].values())}")
     else:
-        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (as in Case review), window {wname}, opacity {ui.viewer_setting('opacity', 0.6)}.")
+        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (numbered from 1, inferior to superior, as in Case "
+                   f"review), window {wname}, opacity {ui.viewer_setting('opacity', 0.6)}.")
 
 st.subheader("Case report (PDF)")
+st.caption("One page: the survival curve, risks, top slices with the map, the strategies' risks, top events, the "
+           "model card, and every warning Case review shows for this case, word for word.")
 rkey = (source, subject_id, model_name, method, horizon)
 if st.button("Prepare the case report", key="prepare_report"):
     with st.spinner("Writing the report..."), ui.core_errors(stop=False, what="Report failed: "):

@@ -106,6 +106,7 @@ def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, 
         F.attention_heatmap(np.ones((2, 4)), ["only one"])
     strip = F.slice_strip(np.array([0.1, 0.5, 0.4]), selected=1)
     assert list(strip.data[0].marker.color) == [F.PALETTE[0], F.PALETTE[1], F.PALETTE[0]]
+    assert list(strip.data[0].x) == [1, 2, 3]  # numbered from 1, as in the viewer, Export and the report
     hu, attr = volume
     mont = F.montage(hu, attr, [1, 3, 5], spacing_mm=(3.0, 0.5, 1.0), cols=2)
     assert len(mont.data) == 6 and [a.text for a in mont.layout.annotations] == ["slice 1", "slice 3", "slice 5"]

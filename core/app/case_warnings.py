@@ -92,7 +92,7 @@ def sanity_from_card(card: str) -> dict[str, SanityResult]:
     nxt = section.find("\n## ")
     section = section if nxt < 0 else section[:nxt]
     method = re.search(r"Method `([a-z_]+)`", section)
-    rows = re.findall(r"^\|\s*(\d+)\s*\|[^|]*\|\s*(-?[0-9.]+)\s*\|\s*$", section, flags=re.M)
+    rows = re.findall(r"^\|\s*(\d+)\s*\|[^|]*\|\s*(-?[0-9.]+)\s*\|\s*$", section, flags=re.MULTILINE)
     if method is None or len(rows) < 2:
         return out
     rate = re.search(r"rate ([0-9.]+)", section)

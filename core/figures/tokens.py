@@ -38,7 +38,7 @@ def attention_heatmap(
                                colorbar={"title": {"text": "weight"}}, customdata=np.array(cols)[None, :].repeat(w.shape[0], 0),
                                hovertemplate="%{customdata}: %{z:.3f}<extra></extra>"))
     fig.update_yaxes(tickmode="array", tickvals=list(range(w.shape[0])), ticktext=rows, autorange="reversed")
-    step = max(1, w.shape[1] // 20)
+    step = max(1, -(-w.shape[1] // 12))  # at most 12 labels along the axis, so they never run into each other
     fig.update_xaxes(tickmode="array", tickvals=list(range(0, w.shape[1], step)),
                      ticktext=[cols[i] for i in range(0, w.shape[1], step)], title=x_title)
     fig.update_layout(title={"text": title} if title else None, width=760, height=160 + 28 * w.shape[0],
@@ -47,12 +47,14 @@ def attention_heatmap(
 
 
 def slice_strip(slice_weights: np.ndarray, *, selected: int | None = None, title: str = "") -> go.Figure:
-    """Per-slice attention or attribution as bars along z (slice 0 = inferior), the shown slice highlighted."""
+    """Per-slice attention or attribution as bars along z, numbered from 1 (inferior); ``selected`` is the 0-based
+    index of the shown slice, highlighted."""
     w = np.asarray(slice_weights, dtype=np.float32).ravel()
     if w.size == 0 or not np.isfinite(w).all():
         raise InputError("slice_weights", f"{w.size} values", "must be a non-empty finite vector", "pass one weight per slice")
     colors = [PALETTE[1] if selected is not None and i == int(selected) else PALETTE[0] for i in range(w.size)]
-    fig = go.Figure(go.Bar(x=np.arange(w.size), y=w, marker={"color": colors},
+    # slices are numbered from 1 (inferior) for people, as in the viewer, Export and the report
+    fig = go.Figure(go.Bar(x=np.arange(1, w.size + 1), y=w, marker={"color": colors},
                            hovertemplate="slice %{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(title={"text": title} if title else None, xaxis_title="slice (inferior → superior)",
                       yaxis_title="weight", template="plotly_white", width=720, height=220, bargap=0.05,
@@ -146,7 +148,8 @@ def timeline_figure(
                                  marker={"size": size[top] + 6, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}},
                                  text=[str(r + 1) for r in range(k)], customdata=[_short_code(ev["code"].iloc[i]) for i in top],
                                  hovertemplate="#%{text}: %{customdata}<extra></extra>"))
-        for rank, (i, (ax, ay)) in enumerate(zip(top, _label_offsets(days[top], y[top], max(5.0, 0.03 * abs(left)) - left)), start=1):
+        for rank, (i, (ax, ay)) in enumerate(zip(top, _label_offsets(days[top], y[top], max(5.0, 0.03 * abs(left)) - left,
+                                                                          len(families))), start=1):
             fig.add_annotation(x=float(days[i]), y=float(y[i]), text=f"<b>{rank}</b>", showarrow=True, arrowhead=0,
                                arrowwidth=1, arrowcolor="rgb(60,60,60)", ax=ax, ay=ay, font={"size": 11},
                                bgcolor="rgba(255,255,255,0.85)", borderpad=1, name=f"top{rank}")
@@ -175,19 +178,28 @@ def timeline_figure(
     return fig
 
 
-def _label_offsets(x: np.ndarray, y: np.ndarray, width: float) -> list[tuple[int, int]]:
-    """Pixel offsets (ax, ay) of the numbered labels: per code-family row, a label goes to the first of five
-    slots (above at two heights, above-left, above-right, below) not taken by a label within 6 % of the axis
-    ``width`` (days)."""
-    slots = [(0, -16), (0, -30), (-18, -22), (18, -22), (0, 16)]
-    near = 0.06 * max(width, 1.0)
-    taken: list[tuple[float, float, int]] = []
+def _label_offsets(x: np.ndarray, y: np.ndarray, width: float, n_rows: int,
+                   plot_px: tuple[float, float] = (520.0, 0.0)) -> list[tuple[int, int]]:
+    """Pixel offsets (ax, ay) of the numbered labels, placed greedily in label order: each takes the first of
+    seven slots around its event (above at two heights, above left and right, below, left, right) whose text box
+    does not cross a label already placed, in pixels of a plot at least ``plot_px[0]`` wide and as tall as
+    :func:`timeline_figure` makes it (``width`` = axis width in days, ``n_rows`` code families)."""
+    slots = [(0, -16), (0, -32), (-20, -22), (20, -22), (0, 18), (-22, 0), (22, 0)]
+    height = plot_px[1] or 130.0 + 40.0 * n_rows
+    row_px = height / (n_rows + 0.4)
+    box_w, box_h = 16.0, 17.0  # a one- or two-digit label with its background and a margin
+    placed: list[tuple[float, float]] = []
     out = []
     for xi, yi in zip(x.tolist(), y.tolist()):
-        used = {slot for tx, ty, slot in taken if ty == yi and abs(tx - xi) < near}
-        slot = next((j for j in range(len(slots)) if j not in used), len(taken) % len(slots))
-        taken.append((xi, yi, slot))
-        out.append(slots[slot])
+        px, py = xi / max(width, 1e-9) * plot_px[0], -yi * row_px
+        choice = slots[len(placed) % len(slots)]
+        for ax, ay in slots:
+            cx, cy = px + ax, py + ay
+            if all(abs(cx - qx) >= box_w or abs(cy - qy) >= box_h for qx, qy in placed):
+                choice = (ax, ay)
+                break
+        placed.append((px + choice[0], py + choice[1]))
+        out.append(choice)
     return out
 
 

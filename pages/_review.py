@@ -1,0 +1,113 @@
+"""Case review helpers shared with Export (not a page itself): the case's warnings, the strategies' risks, the
+attribution methods' caveats and sanity results. The logic is ``core.app.case_warnings``; this module only
+reads the session (models, the case, the chosen method) and memoises."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.app import case_warnings as CW
+from pages import _shared as ui
+from pages import _state as K
+
+SANITY_FILE = "sanity_checks.json"  # randomisation results run from the app, kept in the model folder
+
+
+@dataclass
+class Strategies:
+    """Every available model on the case: curves of those that can score it, the reasons of those that cannot."""
+
+    curves: dict[str, tuple[Any, Any, Any, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    flag: str | None = None
+
+
+def strategies(source: str, subject_id: str, current: str) -> Strategies:
+    out = Strategies()
+    for name in ui.available_models():
+        other = ui.model_by_name(name)
+        p = ui.case_prediction(other, source, subject_id)
+        reason = CW.cannot_score_reason(name, bool(getattr(other.net, "has_image", True)),
+                                        bool(getattr(other.net, "has_ehr", True)), p.modalities_used)
+        if reason:
+            out.skipped[name] = reason
+        else:
+            out.curves[name] = (p.times, p.survival, p.lower, p.upper)
+    out.table = CW.strategy_risk_table({n: (c[0], c[1]) for n, c in out.curves.items()}, current=current)
+    out.flag = CW.disagreement(out.table)
+    return out
+
+
+def method_sanity(model: Any) -> dict[str, CW.SanityResult]:
+    """The randomisation results known for ``model``: its model card, then checks run from the app (newer)."""
+    found = CW.sanity_from_card(getattr(model, "card", "") or "")
+    path = Path(model.model_dir) / SANITY_FILE
+    if path.is_file():
+        for method, row in json.loads(path.read_text()).items():
+            found[method] = CW.SanityResult(method, float(row["final_spearman"]), None, row.get("source", "this app"))
+    return found
+
+
+def run_sanity(ctx: Any, model: Any, inputs: Any, method: str, horizon: float) -> CW.SanityResult:
+    """The background job: the cascading randomisation test of ``method`` on one case, saved in the model folder."""
+    from core.sanity import cascading_randomization
+
+    ctx.progress(0.05, f"randomising the layers of {Path(model.model_dir).name} one group at a time")
+    table, _ = cascading_randomization(model, inputs, method, horizon)
+    result = CW.sanity_from_table(method, table)
+    path = Path(model.model_dir) / SANITY_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved[method] = {"final_spearman": result.final_spearman, "source": "one case, run from the app"}
+    path.write_text(json.dumps(saved, indent=1))
+    ctx.progress(1.0, "done")
+    return result
+
+
+def timeline_notes(source: str, subject_id: str) -> list[str]:
+    """What was removed from an uploaded timeline (outcomes, events after the index date)."""
+    if source != ui.UPLOADED:
+        return []
+    case = ui.uploaded_case(subject_id)
+    if case is None:
+        return []
+    return CW.timeline_messages(case.get("events"), ui.case_index_time(source, subject_id))
+
+
+def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
+    """What the model cannot read in this CT (``core.predict.image_warnings``: its training profile)."""
+    from core.predict import image_warnings
+
+    volume = ui.case_volume(source, subject_id)
+    key = ("image-warnings", str(model.model_dir), source, subject_id, ui.upload_token(source, subject_id))
+    return ui.memo(key, lambda: image_warnings(model, volume))
+
+
+def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
+                  strategies_: Strategies | None = None) -> list[CW.CaseWarning]:
+    """The one list of warnings the page shows and the report prints (same order, same text)."""
+    pred = ui.case_prediction(model, source, subject_id)
+    volume = ui.case_volume(source, subject_id)
+    uses_image = "image" in pred.modalities_used
+    method = ui.viewer_setting(K.METHOD, "saliency")
+    return CW.gather_case_warnings(
+        model_name=model_name, has_image=bool(getattr(model.net, "has_image", True)),
+        has_ehr=bool(getattr(model.net, "has_ehr", True)), modalities_used=pred.modalities_used,
+        ct_present=volume is not None,
+        coverage=ui.case_coverage_warning(source, subject_id) if uses_image else None,
+        prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image else [],
+        timeline=timeline_notes(source, subject_id),
+        sanity=method_sanity(model).get(method) if uses_image else None,
+        disagreement_flag=None if strategies_ is None else strategies_.flag,
+    )
+
+
+def show_warnings(items: list[CW.CaseWarning]) -> None:
+    for w in items:
+        st.warning(w.text, icon=":material/info:" if w.kind == "timeline" else ":material/warning:")
