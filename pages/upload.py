@@ -41,7 +41,7 @@ nonce = int(st.session_state.get(K.STUDY_NONCE, 0))
 
 
 def _read(what: str, fn: object) -> tuple[object | None, str]:
-    """``fn()`` and "", or None and the one-line reason it failed (kept across the rerun that empties the uploader)."""
+    """``fn()`` and "", or None and the one-line reason it failed (kept in the state: the uploader is emptied)."""
     try:
         return fn(), ""  # type: ignore[operator]
     except (ValueError, FileNotFoundError) as exc:
@@ -51,9 +51,26 @@ def _read(what: str, fn: object) -> tuple[object | None, str]:
         return None, f"could not process the {what} ({type(exc).__name__}); check the file and try again"
 
 
-def _fresh_uploaders() -> None:
-    """Empty uploaders on the next run: a new choice of files replaces what was chosen before."""
-    st.session_state[K.STUDY_NONCE] = int(st.session_state.get(K.STUDY_NONCE, 0)) + 1
+# The uploaders' files are read before the uploaders are drawn and the uploaders are then drawn under a new
+# key, empty: a new choice of files replaces the study (or timeline) instead of adding to it.
+new_files = st.session_state.get(f"study_files_{nonce}") or []
+new_timeline = st.session_state.get(f"timeline_file_{nonce}")
+if new_files:
+    study_state.clear()
+    study_state["checked"], study_state["error"] = _read(
+        "study", lambda: uploads.check_study([(f.name, f.getvalue()) for f in new_files]))
+if new_timeline is not None:
+    from core.io.timeline import read_timeline_bytes
+
+    tl_state.clear()
+    tl_state["frame"], tl_state["error"] = _read(
+        "timeline", lambda: read_timeline_bytes(new_timeline.getvalue(), new_timeline.name))
+    if tl_state["frame"] is not None and tl_state["frame"].empty:
+        tl_state["frame"], tl_state["error"] = None, "timeline: got 0 events, the file has no rows; fix: upload a file with MEDS rows"
+    tl_state["name"] = uploads.upload_label([new_timeline.name])
+if new_files or new_timeline is not None:
+    nonce += 1
+    st.session_state[K.STUDY_NONCE] = nonce
 
 
 # ---------------------------------------------------------------- your cases
@@ -96,17 +113,10 @@ max_mb = int(st.get_option("server.maxUploadSize"))  # what the server accepts (
 # Streamlit's own drop-zone text rounds 512 MB up to "1GB" (decimal units, 0 decimals): hidden here, and the
 # real limit is stated in the labels instead.
 st.html('<style>[data-testid="stFileUploaderDropzoneInstructions"] {display: none;}</style>')
-files = st.file_uploader(f"CT study (DICOM files or zip, NIfTI; up to {max_mb} MB per file)", accept_multiple_files=True,
-                         help=STUDY_HELP, key=f"study_files_{nonce}")
+st.file_uploader(f"CT study (DICOM files or zip, NIfTI; up to {max_mb} MB per file)", accept_multiple_files=True,
+                 help=STUDY_HELP, key=f"study_files_{nonce}")
 st.caption(f"This server accepts files of up to {max_mb} MB (server.maxUploadSize). Several files of one series can "
            "be chosen at once; choosing again replaces them.")
-if files:
-    study_state.clear()
-    study_state["checked"], study_state["error"] = _read(
-        "study", lambda: uploads.check_study([(f.name, f.getvalue()) for f in files]))
-    _fresh_uploaders()
-    st.rerun()
-
 checked: uploads.CheckedStudy | None = study_state.get("checked")
 if study_state.get("error"):
     st.error(f"Study not loaded: {study_state['error']}", icon=":material/error:")
@@ -115,7 +125,7 @@ volume = None
 if checked is not None:
     head = st.columns([5, 1], vertical_alignment="center")
     head[0].markdown(f"In memory, not saved yet: **{checked.name}** ({checked.volume.format.upper()}, "
-                     f"{len(checked.data) / 1024**2:.1f} MB).")
+                     f"{workspaces.human_bytes(len(checked.data))}).")
     if head[1].button("Discard", key="discard_button", icon=":material/close:"):
         study_state.clear()
         st.rerun()
@@ -132,9 +142,9 @@ if checked is not None:
         st.markdown("**Identifying** (values hidden):")
         st.dataframe(identifying, hide_index=True, width="content", height=min(36 * len(identifying) + 40, 400))
         if len(clinical):
-            st.markdown("**Clinical, not identifying on their own** (values shown; the basic profile removes them "
-                        "as well when you de-identify):")
-            st.dataframe(clinical, hide_index=True, width="content")
+            st.markdown("**Clinical, not identifying on their own**: "
+                        + ", ".join(f"{r.attribute} **{r.value}**" for r in clinical.itertuples())
+                        + " (the basic profile removes these as well when you de-identify).")
         b1, b2 = st.columns([1, 3])
         if b1.button("De-identify and continue", type="primary", key="deid_button"):
             with st.spinner("De-identifying in memory..."), ui.core_errors(stop=False, what="De-identification failed: "):
@@ -195,22 +205,11 @@ if checked is not None:
 
 # ------------------------------------------------------------------- timeline
 st.subheader("2. Timeline (optional)")
-tl_file = st.file_uploader(f"MEDS timeline (parquet or CSV; up to {max_mb} MB)", type=TIMELINE_TYPES,
-                           key=f"timeline_file_{nonce}",
-                           help="MEDS rows: subject_id, time, code, numeric_value (aliases such as value, "
-                           "timestamp are accepted). Only events at or before the index date reach the model.")
+st.file_uploader(f"MEDS timeline (parquet or CSV; up to {max_mb} MB)", type=TIMELINE_TYPES,
+                 key=f"timeline_file_{nonce}",
+                 help="MEDS rows: subject_id, time, code, numeric_value (aliases such as value, "
+                 "timestamp are accepted). Only events at or before the index date reach the model.")
 st.caption("A timeline can be added to a saved case below, without uploading its CT again.")
-if tl_file is not None:
-    from core.io.timeline import read_timeline_bytes
-
-    tl_state.clear()
-    tl_state["frame"], tl_state["error"] = _read("timeline", lambda: read_timeline_bytes(tl_file.getvalue(), tl_file.name))
-    if tl_state["frame"] is not None and tl_state["frame"].empty:
-        tl_state["frame"], tl_state["error"] = None, "timeline: got 0 events, the file has no rows; fix: upload a file with MEDS rows"
-    tl_state["name"] = uploads.upload_label([tl_file.name])
-    _fresh_uploaders()
-    st.rerun()
-
 if tl_state.get("error"):
     st.error(f"Timeline not loaded: {tl_state['error']}", icon=":material/error:")
 frame = tl_state.get("frame")
