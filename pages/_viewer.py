@@ -146,16 +146,25 @@ def _position(volume: Any, n_default: int) -> tuple[int, int, int]:
 
 
 def show(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_id: str) -> None:
-    """The viewer section of Case review for the case's ``volume`` (not None)."""
-    from core.io.windows import WINDOWS
+    """The viewer section of Case review for the case's ``volume`` (not None).
 
+    One fragment: its controls (window, overlay, method, opacity, threshold) and the viewer's reports
+    rerun only this section, not the page (a job that ends reruns the page, see ``pages/_jobs``).
+    """
     n_slices = volume.shape[0]
-    case_id = f"{source}:{subject_id}:{ui.upload_token(source)}"
     if st.session_state.get(K.SLICE_CASE) != (source, subject_id):
         st.session_state[K.AXIAL_SLICE] = viewer.default_slice(pred.slice_weights, n_slices)
         st.session_state[K.CORONAL_ROW] = volume.shape[1] // 2
         st.session_state[K.SAGITTAL_COL] = volume.shape[2] // 2
         st.session_state[K.SLICE_CASE] = (source, subject_id)
+    _section(volume, model, inputs, pred, source, subject_id)
+
+
+@st.fragment
+def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_id: str) -> None:
+    from core.io.windows import WINDOWS
+
+    case_id = f"{source}:{subject_id}:{ui.upload_token(source)}"
     uses_image = "image" in pred.modalities_used
     window_names = list(WINDOWS)
     st.session_state.setdefault(K.WINDOW, "soft_tissue" if "soft_tissue" in WINDOWS else window_names[0])
@@ -186,8 +195,8 @@ def show(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_i
                 overlay_key = _map_key(model, inputs, source, subject_id, method, ui.horizon_days())
                 overlay = raw
     win = WINDOWS[window_name]
-    _viewer_fragment(volume, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
-                     bool(show_map), float(opacity), float(threshold), pred.slice_weights)
+    _viewer(volume, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
+            bool(show_map), float(opacity), float(threshold), pred.slice_weights)
     st.caption(
         f"{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, spacing "
         f"{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm, shown in radiological convention (patient right on "
@@ -195,11 +204,10 @@ def show(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_i
     )
 
 
-@st.fragment
-def _viewer_fragment(volume: Any, case_id: str, window: tuple[float, float], window_name: str,
+def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name: str,
                      overlay: np.ndarray | None, overlay_key: str | None, show_map: bool, opacity: float,
                      threshold: float, slice_weights: Any) -> None:
-    """The component; its reports (the crosshair's voxel) rerun only this fragment."""
+    """The component; its reports (the crosshair's voxel) rerun only the section's fragment."""
     ct_bytes = ui.memo(("viewer_nifti", case_id), lambda: VN.volume_to_nifti(volume))
     map_bytes = None
     if overlay is not None and overlay_key is not None:
