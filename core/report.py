@@ -62,15 +62,16 @@ def readable_line(line: str) -> str:
 
 def card_summary(card: str, max_lines: int = 8) -> str:
     """The model card's bullet lines (Model and Metrics sections), shortened for the report."""
-    keep: list[str] = []
+    keep: dict[str, list[str]] = {"metrics (test split)": [], "model": []}
     section = ""
     for line in card.splitlines():
         if line.startswith("## "):
             section = line[3:].strip().lower()
             continue
-        if section in ("model", "metrics (test split)") and line.startswith("- "):
-            keep.append(readable_line(line[2:].replace("`", "")))
-    return "\n".join(keep[:max_lines])
+        if section in keep and line.startswith("- "):
+            keep[section].append(readable_line(line[2:].replace("`", "")))
+    # the metrics first: they are short and what a reader of the report looks for
+    return "\n".join((keep["metrics (test split)"] + keep["model"])[:max_lines])
 
 
 def card_sections(card: str) -> list[tuple[str, str]]:
@@ -225,11 +226,11 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     text_room = max(room_below - fixed, 1.2)
     strat = _fit(strat, min(height(len(strat) + 1, 7), 0.45 * text_room), 7)
     strat_h = height(len(strat) + 1, 7) + 0.1 if strat else 0.0
-    low_room = text_room - strat_h
+    needed = max(height(len(events), 6.5), height(len(card_lines), 6.5))
+    plots = min(max(room_below - strat_h - 0.5 - needed, 3.6), 4.9)  # the figures shrink before text is cut
+    low_room = room_below - strat_h - 0.5 - plots
     events = _fit(events, low_room, 6.5)
     card_lines = _fit(card_lines, low_room, 6.5)
-    low_h = max(height(len(events), 6.5), height(len(card_lines), 6.5))
-    plots = room_below - strat_h - low_h - 0.5
     surv_h, slice_h = plots * 3.0 / 4.9, plots * 1.9 / 4.9
     # ---- survival curve and risks
     ax = page.axes(x0 + 0.45, page.y + 0.2, 0.62 * width - 0.45, surv_h - 0.6)

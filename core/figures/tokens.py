@@ -39,10 +39,12 @@ def attention_heatmap(
                                hovertemplate="%{customdata}: %{z:.3f}<extra></extra>"))
     fig.update_yaxes(tickmode="array", tickvals=list(range(w.shape[0])), ticktext=rows, autorange="reversed")
     step = max(1, -(-w.shape[1] // 12))  # at most 12 labels along the axis, so they never run into each other
-    fig.update_xaxes(tickmode="array", tickvals=list(range(0, w.shape[1], step)),
-                     ticktext=[cols[i] for i in range(0, w.shape[1], step)], title=x_title)
-    fig.update_layout(title={"text": title} if title else None, width=760, height=160 + 28 * w.shape[0],
-                      template="plotly_white", margin={"l": 80, "r": 20, "t": 50 if title else 20, "b": 60})
+    ticks = [_short_code(cols[i], 16) for i in range(0, w.shape[1], step)]  # full names on hover
+    bottom = 40 + int(5.5 * max((len(t) for t in ticks), default=4))  # room for the tilted labels and the title
+    fig.update_xaxes(tickmode="array", tickvals=list(range(0, w.shape[1], step)), ticktext=ticks, tickangle=-45,
+                     title={"text": x_title, "standoff": 8})
+    fig.update_layout(title={"text": title} if title else None, width=760, height=120 + bottom + 28 * w.shape[0],
+                      template="plotly_white", margin={"l": 80, "r": 20, "t": 50 if title else 20, "b": bottom})
     return fig
 
 
