@@ -43,8 +43,8 @@ LINE = 1.32  # line height / font size
 def readable_line(line: str) -> str:
     """A model-card line with a JSON object of horizons (``{"30": 0.85, ...}``) written out for people.
 
-    >>> readable_line('Time-dependent AUC: {"30": 0.8575, "365": 0.7997}')
-    'Time-dependent AUC: 30 days 0.858, 1 year 0.800'
+    >>> readable_line('Time-dependent AUC: {"30": 0.8575, "365": 0.7997, "1825": null}')
+    'Time-dependent AUC: 30 days 0.858, 1 year 0.800, 5 years n/a'
     """
     def repl(m: re.Match[str]) -> str:
         try:
@@ -54,7 +54,7 @@ def readable_line(line: str) -> str:
         parts = []
         for k, v in obj.items():
             key = horizon_label(float(k)) if re.fullmatch(r"\d+(\.\d+)?", str(k)) else str(k)
-            parts.append(f"{key} {v:.3f}" if isinstance(v, (int, float)) else f"{key} {v}")
+            parts.append(f"{key} {v:.3f}" if isinstance(v, (int, float)) else f"{key} {'n/a' if v is None else v}")
         return ", ".join(parts)
 
     return re.sub(r"\{[^{}]*\}", repl, line)

@@ -13,9 +13,11 @@ the model-randomisation results recorded in a model card.
 >>> notes = gather_case_warnings(model_name="ehr_only", has_image=False, has_ehr=True, modalities_used=[],
 ...                              ct_present=True)
 >>> [w.kind for w in notes]
-['modality', 'modality', 'modality']
->>> notes[2].text
-'Missing modality: ehr_only reads only the EHR; the case has none: its curve is not a prediction for this case and is not drawn.'
+['modality']
+>>> print(notes[0].text)  # doctest: +NORMALIZE_WHITESPACE
+Missing modality: ehr_only does not use the CT. No EHR data (no timeline events before the index date, no
+features): the EHR side is masked out. ehr_only reads only the EHR; the case has none: its curve is not a
+prediction for this case and is not drawn.
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
     if reason:
         out.append(f"{reason}: its curve is not a prediction for this case and is not drawn.")
     elif out:
-        out.append(f"The prediction uses {', '.join(modalities_used)} only.")
+        out.append(f"The prediction uses {', '.join(modalities_used)} only.")  # closes the notice
     return out
 
 
@@ -198,8 +200,8 @@ def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, mod
                          timeline: Sequence[str] = (), sanity: SanityResult | None = None,
                          disagreement_flag: str | None = None) -> list[CaseWarning]:
     """Every warning of the case, in the order the page shows them (duplicates dropped)."""
-    items = [CaseWarning("modality", f"Missing modality: {t}") for t in modality_notices(model_name, has_image, has_ehr, modalities_used,
-                                                                  ct_present)]
+    notices = modality_notices(model_name, has_image, has_ehr, modalities_used, ct_present)
+    items = [CaseWarning("modality", "Missing modality: " + " ".join(notices))] if notices else []
     if coverage and "image" in modalities_used:
         items.append(CaseWarning("coverage", coverage))
     items += [CaseWarning("prediction", str(t)) for t in prediction_warnings if t]
