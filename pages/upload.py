@@ -140,7 +140,7 @@ if checked is not None:
             icon=":material/block:",
         )
         st.markdown("**Identifying** (values hidden):")
-        st.dataframe(identifying, hide_index=True, width="content", height=min(36 * len(identifying) + 40, 400))
+        st.dataframe(identifying, hide_index=True, width="content", height=36 * len(identifying) + 40)  # every row in the DOM
         if len(clinical):
             st.markdown("**Clinical, not identifying on their own**: "
                         + ", ".join(f"{r.attribute} **{r.value}**" for r in clinical.itertuples())

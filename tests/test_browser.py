@@ -186,6 +186,7 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     assert pg.get_by_text("may not cover the chest").count() >= 1  # type: ignore[attr-defined]  # abdominal CT
     shot(pg, "upload")
     pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
+    pg.get_by_text("Risk at 1 year").first.wait_for()  # type: ignore[attr-defined]  # saved, then on Case review
     settle(pg, 120)
     shot(pg, "case_review_uploaded")
     assert re.search(r"Uploaded: Case \d+ · CT · added", pg.content())  # type: ignore[attr-defined]
