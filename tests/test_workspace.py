@@ -17,7 +17,13 @@ import pytest
 from core.app import cases, uploads, workspace
 from core.errors import InputError
 from tests.conftest import ROOT
-from tests.dicom_factory import PHI_VALUES, edit_file, secondary_capture, write_deidentified_series, write_series
+from tests.dicom_factory import (
+    PHI_VALUES,
+    edit_file,
+    secondary_capture,
+    write_deidentified_series,
+    write_series,
+)
 
 
 def _files_under(path: Path) -> list[Path]:
