@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.test_browser import CHROMIUM, browser, data_dir, page, server, settle, shot  # noqa: F401  (fixtures)
+from tests.test_browser import CHROMIUM, browser, data_dir, server, settle, shot  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 if not CHROMIUM.exists():
@@ -24,6 +25,20 @@ if not CHROMIUM.exists():
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+@pytest.fixture(scope="module")
+def page(browser: object, server: str) -> Iterator[object]:  # noqa: F811
+    """One Case review page for the whole module (each test starts where the previous one left the viewer)."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})  # type: ignore[attr-defined]
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(server)
+    settle(pg)
+    try:
+        yield pg
+    finally:
+        context.close()
 
 
 def viewer_frame(pg: object, timeout_s: float = 60.0) -> object:
@@ -59,7 +74,7 @@ def crosshair(fr: object) -> list[int]:
     return list(fr.evaluate("() => Array.from(window.ctehrViewer.nv.frac2vox(window.ctehrViewer.nv.scene.crosshairPos))"))  # type: ignore[attr-defined]
 
 
-def test_wheel_scrolls_slices_not_the_page(page: object) -> None:  # noqa: F811
+def test_wheel_scrolls_slices_not_the_page(page: object) -> None:
     pg = page
     fr = viewer_frame(pg)
     left, top, w, h = tile_box(pg, fr, "axial")
@@ -83,7 +98,7 @@ def test_wheel_scrolls_slices_not_the_page(page: object) -> None:  # noqa: F811
     assert crosshair(fr)[2] == after[2] - 1
 
 
-def test_right_drag_changes_window_level(page: object) -> None:  # noqa: F811
+def test_right_drag_changes_window_level(page: object) -> None:
     pg = page
     fr = viewer_frame(pg)
     before = fr.evaluate("() => [window.ctehrViewer.nv.volumes[0].cal_min, window.ctehrViewer.nv.volumes[0].cal_max]")  # type: ignore[attr-defined]
@@ -112,7 +127,7 @@ def opening_case(data_dir: Path) -> tuple[str, object, object]:  # noqa: F811
     return sid, cohort, cohort.load_volume(sid)
 
 
-def test_hu_readout_matches_the_voxel(page: object, opening_case: tuple) -> None:  # noqa: F811
+def test_hu_readout_matches_the_voxel(page: object, opening_case: tuple) -> None:
     pg = page
     fr = viewer_frame(pg)
     left, top, w, h = tile_box(pg, fr, "axial")
@@ -139,7 +154,7 @@ def test_hu_readout_matches_the_voxel(page: object, opening_case: tuple) -> None
     np.testing.assert_allclose(values, expected, atol=0.51)
 
 
-def test_click_in_one_plane_moves_the_others(page: object) -> None:  # noqa: F811
+def test_click_in_one_plane_moves_the_others(page: object) -> None:
     pg = page
     fr = viewer_frame(pg)
     before = crosshair(fr)
@@ -154,6 +169,13 @@ def test_click_in_one_plane_moves_the_others(page: object) -> None:  # noqa: F81
     pg.mouse.click(left + 0.5 * w, top + 0.2 * h)  # type: ignore[attr-defined]
     pg.wait_for_timeout(300)  # type: ignore[attr-defined]
     assert crosshair(fr)[2] != after[2]
+    # the millimetre scale bar under the axial tile: its width is its length at the tile's mm per pixel
+    scale = fr.locator("#scale")  # type: ignore[attr-defined]
+    mm = int(re.fullmatch(r"(\d+) mm", scale.inner_text()).group(1))
+    per_px = fr.evaluate("() => window.ctehrViewer.mmPerCssPx")  # type: ignore[attr-defined]
+    assert scale.bounding_box()["width"] == pytest.approx(mm / per_px, rel=0.05)
+    fov = fr.evaluate("() => window.ctehrViewer.nv.volumes[0].dimsRAS[1] * window.ctehrViewer.nv.volumes[0].pixDimsRAS[1]")  # type: ignore[attr-defined]
+    assert per_px * tile_box(pg, fr, "axial")[2] == pytest.approx(fov, rel=0.1)  # the tile spans the field of view
     shot_path = SCREENSHOTS / "viewer_crosshair.png"
     fr.locator("body").screenshot(path=str(shot_path))  # type: ignore[attr-defined]
     shot(pg, "viewer_crosshair_page")

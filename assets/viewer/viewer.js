@@ -55,6 +55,34 @@ function updateWindowText() {
     `W ${fmt(hi - lo)} L ${fmt((hi + lo) / 2)} HU  [${fmt(lo)}, ${fmt(hi)}]`;
 }
 
+const SCALE_MM = [5, 10, 20, 50, 100, 200];
+
+function updateScale() {
+  // a millimetre scale bar under the axial tile, from two canvas points' world positions (zoom included)
+  const nv = state.nv, bar = document.getElementById("scale");
+  const tile = nv && nv.volumes.length ? nv.screenSlices.find((x) => x.axCorSag === 0) : null;
+  if (!tile) { bar.hidden = true; return; }
+  const [l, t, w, h] = tile.leftTopWidthHeight;
+  const key = [l, t, w, h, nv.scene.pan2Dxyzmm[3]].join(",");
+  if (key === state.scaleKey) return;
+  state.scaleKey = key;
+  const y = t + h / 2, x0 = l + w * 0.4, x1 = l + w * 0.6;
+  const f0 = nv.canvasPos2frac([x0, y]), f1 = nv.canvasPos2frac([x1, y]);
+  if (f0[0] < 0 || f1[0] < 0) { bar.hidden = true; return; }
+  const m0 = nv.frac2mm(f0), m1 = nv.frac2mm(f1);
+  const mmPerPx = Math.hypot(m1[0] - m0[0], m1[1] - m0[1], m1[2] - m0[2]) / (x1 - x0); // device pixels
+  const dpr = nv.uiData.dpr || 1;
+  const fits = SCALE_MM.filter((mm) => mm / mmPerPx <= 0.4 * w);
+  if (!fits.length || !(mmPerPx > 0)) { bar.hidden = true; return; }
+  const mm = fits[fits.length - 1];
+  bar.hidden = false;
+  bar.style.left = `${l / dpr + 6}px`;
+  bar.style.top = `${(t + h) / dpr - 20}px`;
+  bar.style.width = `${mm / mmPerPx / dpr}px`;
+  bar.textContent = `${mm} mm`;
+  state.mmPerCssPx = mmPerPx * dpr;
+}
+
 function crossText() {
   const nv = state.nv;
   if (!nv || !nv.volumes.length) return "";
@@ -145,6 +173,7 @@ async function init(height) {
     const r = draw(...a);
     state.draws += 1; state.lastDrawAt = performance.now();
     updateWindowText();
+    updateScale();
     return r;
   };
   setLeftMode(DRAG.crosshair);
