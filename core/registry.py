@@ -173,7 +173,12 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         lines.append(LUNG_MASK_NOTE + ("" if close else OLD_MASK_GAP))
         if close:
             lines.append(lung_close_note(close, cfg.image.lung_medial))
-    if cfg.ehr_linear:
+    blend = metrics.get("linear_members")
+    if cfg.ehr_linear and blend:
+        lines.append(f"- Linear models beside the networks: {blend['n']} of the {cfg.ensemble} ensemble members are linear models "
+                     "of the scaled tabular features and their missing indicators, fitted alone on the train split (ridge "
+                     f"penalty {blend['penalty']:g} on the mean NLL); the curve is the mean over the networks and them.")
+    elif cfg.ehr_linear:
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "
                      "likelihood, jointly with the network's own risk), then calibrated with it on validation.")

@@ -336,3 +336,79 @@ def test_linear_ehr_term_training_mean_for_cases_without_features(models: dict[s
     old_model = load_model(old)
     old_member = old_model.net.members[0] if hasattr(old_model.net, "members") else old_model.net
     assert float(old_member.wide_mean.abs().sum()) == 0.0
+
+
+@pytest.mark.slow
+def test_training_records_what_the_model_can_read(models: dict[str, Path], tiny_cohort: Path) -> None:
+    """config.json and the card carry the profile of the model's own training studies; ehr_only has none."""
+    import dataclasses
+
+    from core.cohort import load_cohort
+    from core.predict import image_warnings
+    from core.registry import load_model
+    from core.study_profile import model_profile, study_stats
+
+    cohort = load_cohort(tiny_cohort)
+    train_ids = cohort.ids("train")
+    rows = [study_stats(v.hu, v.spacing_mm) for v in (cohort.load_volume(s) for s in train_ids) if v is not None]
+    for fusion in ("image_only", "concat"):
+        cfg = json.loads((models[fusion] / "config.json").read_text())
+        prof = model_profile(cfg)
+        assert prof is not None and prof["n_studies"] == len(train_ids) == len(rows)
+        lung = prof["stats"]["lung_air_l"]
+        assert lung["min"] == pytest.approx(min(r["lung_air_l"] for r in rows))
+        assert lung["max"] == pytest.approx(max(r["lung_air_l"] for r in rows))
+        assert prof["stats"]["z_extent_mm"]["min"] == 32 * 6.0 and prof["transforms"][0]["name"] == "hu_window"
+        card = (models[fusion] / "MODEL_CARD.md").read_text()
+        assert "## What this model can read" in card and "slice spacing: 6.00 mm" in card
+    assert "study_profile" not in json.loads((models["ehr_only"] / "config.json").read_text())
+    model = load_model(models["image_only"])
+    vol = cohort.load_volume(cohort.ids("test")[0])
+    assert vol is not None and image_warnings(model, vol) == []
+    short = dataclasses.replace(vol, hu=vol.hu[:10])  # 10 of 32 slices: the scan covers less of the body
+    assert "z-extent 60 mm (training 192 mm)" in image_warnings(model, short)[0]
+
+
+def _linear_hazard_cohort(root: Path, n: int = 240, seed: int = 0) -> Path:
+    """Tabular cohort whose log-hazard is 1.2 x a - 0.6 x b (c is noise); exponential times, 30 % censored."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    t = rng.exponential(365.0 * np.exp(-(1.2 * x[:, 0] - 0.6 * x[:, 1])))
+    event = (rng.random(n) > 0.3).astype(int)
+    ids = [f"s{i:03d}" for i in range(n)]
+    root.mkdir(parents=True)
+    split = np.where(np.arange(n) % 5 < 3, "train", np.where(np.arange(n) % 5 == 3, "val", "test"))
+    pd.DataFrame({"subject_id": ids, "time": np.round(t + 1.0, 2), "event": event, "split": split}).to_csv(root / "cohort.csv", index=False)
+    pd.DataFrame({"subject_id": ids, "a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}).to_csv(root / "features.csv", index=False)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_linear", [True, False])
+def test_ehr_only_linear_members(with_linear: bool, tmp_path: Path) -> None:
+    """ehr_only on features: beside the network a ridge linear model fitted alone on train, as an ensemble member."""
+    from core.registry import load_model
+    from core.train import train_model
+
+    cohort = _linear_hazard_cohort(tmp_path / "cohort")
+    out = tmp_path / "m"
+    metrics = train_model(cohort, "ehr_only", out, device="cpu", ensemble=2, epochs=15,
+                          overrides={"dim": 16, "ehr_only_linear_members": with_linear})
+    model = load_model(out)
+    card = (out / "MODEL_CARD.md").read_text()
+    if not with_linear:  # two networks, each with the linear term fitted on top of it
+        assert metrics["linear_members"] is None and model.ensemble_size == 2 and "Linear models beside" not in card
+        assert all(float(m.head.wide.weight.abs().sum()) > 0 for m in model.net.members)
+        return
+    assert metrics["linear_members"] == {"n": 2, "penalty": 0.3} and model.ensemble_size == 4
+    assert [bool(m.get("linear")) for m in metrics["members"]] == [False, False, True, True]
+    for network in model.net.members[:2]:
+        assert float(network.head.wide.weight.abs().sum()) == 0.0  # the network alone
+    for linear in model.net.members[2:]:
+        assert float(linear.head.linear.weight.abs().sum()) == 0.0  # the linear model reads no network output
+        v = linear.head.wide.weight.detach().numpy()[0]  # [a, b, c, missing a, missing b, missing c]
+        assert v[0] > 0.3 and v[1] < -0.1 and abs(v[2]) < abs(v[1])  # the true direction: a up, b down, c nothing
+    assert metrics["test"]["c_index"] > 0.65  # the true linear predictor's C on this draw is about 0.75
+    assert "2 of the 4 ensemble members are linear models" in card

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import dataclasses
 import time as _time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from core.models import FUSIONS, HEADS
 from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from core.study_profile import image_cohort_profile
-from core.train.ehr import ehr_config
+from core.train.ehr import ehr_config, linear_members
 from core.train.fusion_stage import fit_member, split_metrics
 from core.train.image_stage import foundation_tokens, image_config, train_image_encoder
 from core.train.settings import Progress, merge_settings, proportional_head
@@ -124,6 +125,13 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
                                     label=f"{fusion}/{head}" + (f" {k + 1}/{n_members}" if n_members > 1 else ""))
         members.append(net_k)
         member_info.append(info_k)
+    if fusion == "ehr_only" and settings["ehr_only_linear_members"] and n_members > 1:  # a linear model beside each network
+        linear = linear_members(members, data, train_idx, penalty=float(settings["ehr_only_linear_penalty"]))
+        members += [m for m, _ in linear]
+        member_info += [dict(member_info[k], **info) for k, (_, info) in enumerate(linear)]
+        if linear:
+            n_members = len(members)
+            cfg = dataclasses.replace(cfg, ensemble=n_members)
     if n_members == 1:
         net: torch.nn.Module = members[0]
     else:
@@ -141,6 +149,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         "val_c_index_early_stopping": member_info[0]["val_c_index"], "epochs_run": member_info[0]["epochs_run"],
         "best_epoch": member_info[0]["best_epoch"], "steps": member_info[0]["steps"],
         "calibration": member_info[0]["calibration"], "ensemble": n_members,
+        "linear_members": next(({"n": n_members // 2, "penalty": i["penalty"]} for i in member_info if i.get("linear")), None),
         "members": member_info if n_members > 1 else None,
         "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": member_info[0]["warm_start"]},
         "train_seconds": round(_time.perf_counter() - t_start, 2),

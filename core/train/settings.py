@@ -21,6 +21,11 @@ DEFAULTS: dict[str, Any] = {
     "image_anchor": True,  # multimodal strategies = image-only branch (warm-started) + gated strategy (core.models.fusion)
     "ehr_linear": True,  # the head adds a linear term of the tabular features, fitted after the network (core.models.heads)
     "ehr_linear_penalty": 0.01,  # ridge penalty of that term (on the mean NLL; features are standardised)
+    # ehr_only on tabular features: beside each network (without the term above) a ridge-penalised linear model of
+    # the features fitted alone on train, as one more ensemble member (core.train.ehr.linear_members); the curve is
+    # the mean of both. Ensembles only (--ensemble 1 keeps one network with the term on top, as False does). One
+    # default for every table (SurvSet, docs/BENCHMARKS.md); the penalty is on the mean NLL, as ehr_linear_penalty
+    "ehr_only_linear_members": True, "ehr_only_linear_penalty": 0.3,
     "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
     "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
               "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0], "lung_mask": True,
