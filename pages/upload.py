@@ -139,8 +139,8 @@ if checked is not None:
             "identifiers removed, UIDs replaced, dates shifted, private tags removed; pixel data unchanged).",
             icon=":material/block:",
         )
-        st.markdown("**Identifying** (values hidden):")
-        st.dataframe(identifying, hide_index=True, width="content", height=36 * len(identifying) + 40)  # every row in the DOM
+        st.markdown("**Identifying** (values hidden; removed by de-identification): "
+                    + ", ".join(f"`{name}`" for name in identifying["attribute"]))
         if len(clinical):
             st.markdown("**Clinical, not identifying on their own**: "
                         + ", ".join(f"{r.attribute} **{r.value}**" for r in clinical.itertuples())
