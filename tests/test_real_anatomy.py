@@ -205,3 +205,36 @@ def test_bench_oracle_only_prints_the_cohort_oracles(cohort: Path, table: pd.Dat
             {"encoder": "(none)", "fusion": "ehr_only", "c_index": 0.65, "train_s": 5.0, "eval_s": 1.0}]
     line = bench.summary_table(rows, {"oracle": 0.78, "image_part": 0.70, "ehr_part": 0.66}, ["default"]).splitlines()[-1]
     assert line.startswith("| default | 0.610 | 0.700 | 0.090 | 0.650 | cross_attention | 0.720 | 0.780 | 0.060 | 0.070 |")
+
+
+def _bench(name: str) -> object:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_image_settings_reach_train_model_as_overrides(tmp_path: Path) -> None:
+    """--image-settings: the train command the CLI cannot express becomes the same train_model call with overrides."""
+    import json
+
+    bench = _bench("real_anatomy")
+    plain = bench._train_cmd(tmp_path / "c", tmp_path / "m", "image_only", "3d", ["--epochs", "2"], None)
+    assert plain[1:4] == ["-m", "core", "train"] and plain[-2:] == ["--image-encoder-kind", "3d"]
+    settings = {"image": {"lung_mask": False, "windows": [[-160, 240]], "contrast": [9]}}
+    cmd = bench._train_cmd(tmp_path / "c", tmp_path / "m", "concat", None, ["--epochs", "2", "--ensemble", "1", "--device", "cpu"], settings)
+    assert cmd[1] == "-c" and cmd[3:6] == [str(tmp_path / "c"), "concat", str(tmp_path / "m")]
+    assert json.loads(cmd[6]) == {"epochs": 2, "ensemble": 1, "device": "cpu", "image_encoder_kind": "auto", "overrides": settings}
+
+
+def test_pointing_game_reads_every_lesion_of_a_case(table: pd.DataFrame) -> None:
+    pg = _bench("pointing_game")
+    two = table[table["n_lesions"] == 2].iloc[0]
+    centres = pg.lesion_centres(two)
+    assert len(centres) == 2 and [r for _, r in centres] == [two["lesion_radius_mm"], two["lesion2_radius_mm"]]
+    assert centres[1][0].tolist() == [two["lesion2_slice"], two["lesion2_row"], two["lesion2_col"]]
+    assert pg.lesion_centres(table[table["lesion"] == 0].iloc[0]) == []
+    amap = np.zeros((6, 20, 20), np.float32)
+    amap[4, 7, 13] = 5.0                                   # one hot voxel: the smoothed peak stays there
+    assert pg.peak_voxel(amap).tolist() == [4.0, 7.0, 13.0]
