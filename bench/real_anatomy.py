@@ -119,7 +119,7 @@ def _train_cmd(cohort: Path, model: Path, fusion: str, kind: str | None, extra: 
               "ensemble": int(opts["--ensemble"]) if "--ensemble" in opts else None,
               "device": opts.get("--device", "auto"), "image_encoder_kind": kind or "auto", "overrides": overrides}
     code = ("import json, sys; from core.train import train_model; "
-            f"train_model(sys.argv[1], sys.argv[2], sys.argv[3], **json.loads(sys.argv[4]))")
+            "train_model(sys.argv[1], sys.argv[2], sys.argv[3], **json.loads(sys.argv[4]))")
     return [sys.executable, "-c", code, str(cohort), fusion, str(model), json.dumps(kwargs)]
 
 
