@@ -240,3 +240,21 @@ def test_overlay_on_all_three_planes(page: object, data_dir: Path) -> None:  # n
     fr.evaluate("() => { const nv = window.ctehrViewer.nv; nv.volumes[1].opacity = 0.6; nv.updateGLVolume(); }")  # type: ignore[attr-defined]
     pg.wait_for_timeout(300)  # type: ignore[attr-defined]
     fr.locator("body").screenshot(path=str(SCREENSHOTS / "viewer_overlay.png"))  # type: ignore[attr-defined]
+
+
+def test_without_webgl_the_page_falls_back_to_plain_planes(browser: object, server: str) -> None:  # noqa: F811
+    from tests.test_browser import CHROMIUM_ARGS
+
+    no_gl = browser.browser_type.launch(executable_path=str(CHROMIUM), headless=True,  # type: ignore[attr-defined]
+                                        args=[*CHROMIUM_ARGS, "--disable-webgl", "--disable-3d-apis"])
+    try:
+        pg = no_gl.new_page(viewport={"width": 1500, "height": 1100})
+        pg.goto(server)
+        settle(pg)
+        pg.get_by_text("showing plain planes instead").wait_for(timeout=60_000)
+        settle(pg)
+        assert "no WebGL2" in pg.locator('[data-testid="stAlert"]').filter(has_text="plain planes").inner_text()
+        titles = pg.locator('[data-testid="stPlotlyChart"] .gtitle').all_text_contents()
+        assert any(t.startswith("axial ") for t in titles) and any(t.startswith("sagittal ") for t in titles), titles
+    finally:
+        no_gl.close()

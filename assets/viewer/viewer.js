@@ -40,7 +40,8 @@ function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1); }
 function showError(text) {
   state.error = text;
   const el = document.getElementById("error");
-  el.hidden = false; el.textContent = text;
+  for (const id of ["bar", "wrap", "readout", "help"]) document.getElementById(id).hidden = true; // the page
+  el.hidden = false; el.textContent = text;                                                      // falls back
   setHeight();
   setValue({ error: text });
 }
