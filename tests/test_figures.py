@@ -190,7 +190,7 @@ def test_export_rejects_unknown_suffix_low_dpi_and_missing_folder(tmp_path: Path
 
 def test_timeline_clips_a_far_birth_event_and_draws_attention_on_a_sequential_scale() -> None:
     index = pd.Timestamp("2031-05-01")
-    days = [20000, 700, 650, 400, 100, 30, 2]
+    days = [20000, 700, 650, 400, 100, 30, 2]  # (a second far record just after the first is checked below)
     events = pd.DataFrame({"time": [index - pd.Timedelta(days=d) for d in days],
                            "code": ["MEDS_BIRTH", "DIAGNOSIS//a", "LAB//b", "LAB//c", "LAB//d", "MEDICATION//e", "LAB//f"],
                            "numeric_value": np.nan})
@@ -204,7 +204,8 @@ def test_timeline_clips_a_far_birth_event_and_draws_attention_on_a_sequential_sc
     marker = fig.data[0].marker
     assert marker.colorscale[0][1] != marker.colorscale[-1][1] and marker.cmin == 0.0 and marker.cmid is None
     assert marker.colorbar.title.text == "attention"
-    assert [r["code"] for r in fig.layout.meta["top"]] == ["LAB//d", "LAB//b", "MEDICATION//e"]  # the birth is outside
+    assert [r["code"] for r in fig.layout.meta["top"]] == ["MEDS_BIRTH", "LAB//d", "LAB//b"]
+    assert [a.text for a in fig.layout.annotations if a.showarrow] == ["<b>2</b>", "<b>3</b>"]  # #1 is off the axis
     signed = F.timeline_figure(events, weights - 0.1, index, kind="attribution")
     assert signed.data[0].marker.cmid == 0.0 and signed.data[0].marker.colorbar.title.text == "attribution"
     crowded = F.timeline_figure(pd.DataFrame({"time": [index - pd.Timedelta(days=d) for d in (10, 10.25, 10.5, 10.75)],
@@ -212,6 +213,9 @@ def test_timeline_clips_a_far_birth_event_and_draws_attention_on_a_sequential_sc
                                 np.array([1.0, 0.9, 0.8, 0.7]), index, top_k=4)
     offsets = [(a.ax, a.ay) for a in crowded.layout.annotations if a.showarrow]
     assert len(set(offsets)) == 4  # four labels within a day on one row (axis about 15 days): four different places
+    two_far = pd.concat([events.iloc[:1].assign(code="GENDER//F", time=index - pd.Timedelta(days=20084)), events])
+    both = F.timeline_figure(two_far, np.append(0.01, weights), index, kind="attention")
+    assert both.layout.meta["outside"] == 2 and -800 < both.layout.xaxis.range[0] < -700  # sex and birth records
     short = F.timeline_figure(events.iloc[1:], weights[1:], index)
     assert short.layout.meta["outside"] == 0 and short.layout.xaxis.range[0] < -700
     with pytest.raises(InputError, match="kind: got heat, is not attribution or attention"):

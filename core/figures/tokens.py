@@ -67,22 +67,20 @@ def slice_strip(slice_weights: np.ndarray, *, selected: int | None = None, title
 def timeline_window(days: np.ndarray) -> tuple[float, np.ndarray]:
     """The case's active window: the left edge of the timeline axis and a mask of the events left of it.
 
-    An event is left out when the gap to the next later event is longer than three years and than twice the
-    span from that event to the index date (a birth record at -20,000 days before a few years of visits); this is repeated from
-    the earliest event on, so the axis is never squeezed by a few far-away records.
+    Events are left out up to the first gap, from the earliest event on, that is longer than three years and
+    than twice the span from the next event to the index date (birth and sex records at -20,000 days before a
+    few years of visits), so the axis is never squeezed by a few far-away records.
 
-    >>> left, out = timeline_window(np.array([-20000.0, -900.0, -30.0, -2.0]))
+    >>> left, out = timeline_window(np.array([-20000.0, -19916.0, -900.0, -30.0, -2.0]))
     >>> float(left), out.tolist()
-    (-945.0, [True, False, False, False])
+    (-945.0, [True, True, False, False, False])
     """
     d = np.asarray(days, dtype=float)
     order = np.sort(d[np.isfinite(d)])
     first = 0
-    while first < order.size - 1:
-        gap = order[first + 1] - order[first]
-        if gap > max(3 * 365.0, 2.0 * abs(min(order[first + 1], 0.0))):
-            first += 1
-        else:
+    for i in range(order.size - 1):  # the first such gap from the earliest event on
+        if order[i + 1] - order[i] > max(3 * 365.0, 2.0 * abs(min(order[i + 1], 0.0))):
+            first = i + 1
             break
     if order.size == 0:
         return -1.0, np.zeros(d.shape, dtype=bool)
@@ -104,8 +102,8 @@ def timeline_figure(
 
     ``kind`` names the scores: ``"attribution"`` (signed: a diverging scale centred at 0) or ``"attention"``
     (weights >= 0: a sequential scale from 0). Marker size grows with |score|; the ``top_k`` scored events are
-    outlined and numbered 1..k by score (labels on short leader lines, placed apart from their neighbours), and
-    the figure's ``layout.meta["top"]`` lists them. The axis covers the case's active window
+    outlined and numbered 1..k by score (labels on short leader lines, placed apart from their neighbours; events
+    left of the axis keep their number in the list only), and the figure's ``layout.meta["top"]`` lists them. The axis covers the case's active window
     (:func:`timeline_window`); events left of it are counted in a note at the left edge
     (``layout.meta["outside"]``). Dates never appear (days relative to the index only).
     """
@@ -143,15 +141,16 @@ def timeline_figure(
                       "colorbar": {"title": {"text": "attribution"}}, "line": {"width": 0}}
         fig.add_trace(go.Scatter(x=days, y=y, mode="markers", name="events", marker=marker,
                                  text=hover, hovertemplate="%{text}<br>" + kind + " %{marker.color:.3g}<extra></extra>"))
-        inside = np.flatnonzero(~outside)
-        k = min(int(top_k), inside.size)
-        top = inside[np.argsort(-mag[inside], kind="stable")[:k]]
+        k = min(int(top_k), n)
+        top = np.argsort(-mag, kind="stable")[:k]  # over every event; only those inside the window get a label
         fig.add_trace(go.Scatter(x=days[top], y=y[top], mode="markers", name=f"top {k} events",
                                  marker={"size": size[top] + 6, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}},
                                  text=[str(r + 1) for r in range(k)], customdata=[_short_code(ev["code"].iloc[i]) for i in top],
                                  hovertemplate="#%{text}: %{customdata}<extra></extra>"))
         for rank, (i, (ax, ay)) in enumerate(zip(top, _label_offsets(days[top], y[top], max(5.0, 0.03 * abs(left)) - left,
                                                                           len(families))), start=1):
+            if outside[i]:
+                continue
             fig.add_annotation(x=float(days[i]), y=float(y[i]), text=f"<b>{rank}</b>", showarrow=True, arrowhead=0,
                                arrowwidth=1, arrowcolor="rgb(60,60,60)", ax=ax, ay=ay, font={"size": 11},
                                bgcolor="rgba(255,255,255,0.85)", borderpad=1, name=f"top{rank}")
