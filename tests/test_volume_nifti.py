@@ -16,6 +16,7 @@ from core.errors import InputError
 from core.io.study import load_study
 from core.io.volume import Volume
 from tests.conftest import ROOT
+from tests.test_app import data_dir  # noqa: F401  (the tiny demo, shared with the app tests)
 
 REAL_CT = ROOT.parent / "shared" / "data" / "ct" / "example_ct_sm.nii.gz"
 
@@ -143,3 +144,41 @@ def test_map_cache_memory_bound_disk_and_reload(tmp_path: Path) -> None:
         AV.map_key("case", "stamp", "nonsense", 365)
     with pytest.raises(InputError, match="horizon"):
         AV.map_key("case", "stamp", "saliency", -1)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_whole_map_is_the_per_slice_maps_and_is_cached(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    from core.app.demo_install import DEFAULT_FUSION, demo_paths
+    from core.cohort import load_cohort
+    from core.explain import attribute
+    from core.registry import load_model
+
+    paths = demo_paths(data_dir)
+    cohort = load_cohort(paths.cohort)
+    model = load_model(paths.models / DEFAULT_FUSION)
+    inputs = model.case_inputs(cohort, cohort.ids("test")[0])
+    cache = AV.MapCache(tmp_path)
+    # a cancel (the job's progress raising) stops the loop and stores nothing
+    def cancel_early(fraction: float, message: str) -> None:
+        if fraction > 0.1:
+            raise _Stop()
+
+    with pytest.raises(_Stop):
+        AV.case_map(cache, model, inputs, "gradcam", 365, progress=cancel_early)
+    assert list(tmp_path.iterdir()) == []
+    seen: list[tuple[float, str]] = []
+    full = AV.case_map(cache, model, inputs, "gradcam", 365, progress=lambda f, m: seen.append((f, m)))
+    s = int(inputs.image.shape[1])
+    assert full.shape == tuple(int(v) for v in inputs.image.shape[1:]) and full.dtype == np.float32
+    assert len(seen) == s + 1 and [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1] == (1.0, "done")
+    assert float(np.abs(full).sum()) > 0
+    for k in (s // 2, s // 2 + 3):  # the same map the page used to compute one slice at a time
+        single = attribute(model, inputs, "gradcam", 365.0, k, with_events=False).map
+        np.testing.assert_allclose(full[k], single[k], rtol=1e-4, atol=1e-6)
+    calls: list[str] = []
+    again = AV.case_map(AV.MapCache(tmp_path), model, inputs, "gradcam", 365, progress=lambda f, m: calls.append(m))
+    assert calls == ["cached"]  # a fresh cache (a server restart) reads it from disk
+    np.testing.assert_array_equal(again, full)
