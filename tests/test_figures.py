@@ -216,6 +216,7 @@ def test_timeline_clips_a_far_birth_event_and_draws_attention_on_a_sequential_sc
     two_far = pd.concat([events.iloc[:1].assign(code="GENDER//F", time=index - pd.Timedelta(days=20084)), events])
     both = F.timeline_figure(two_far, np.append(0.01, weights), index, kind="attention")
     assert both.layout.meta["outside"] == 2 and -800 < both.layout.xaxis.range[0] < -700  # sex and birth records
+    assert "GENDER" not in list(both.layout.yaxis.ticktext) and "MEDS_BIRTH" not in list(both.layout.yaxis.ticktext)
     short = F.timeline_figure(events.iloc[1:], weights[1:], index)
     assert short.layout.meta["outside"] == 0 and short.layout.xaxis.range[0] < -700
     with pytest.raises(InputError, match="kind: got heat, is not attribution or attention"):

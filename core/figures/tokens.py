@@ -121,12 +121,12 @@ def timeline_figure(
             raise InputError("attributions", f"{attr.size} values", f"must have one per event ({n})",
                              "pass the scores of the same events")
     days = _relative_days(ev["time"], index_time)
+    left, outside = timeline_window(days)
     family = ev["code"].astype(str).str.split("//").str[0]
-    families = sorted(family.unique().tolist())
-    y = family.map({f: i for i, f in enumerate(families)}).to_numpy(dtype=float)
+    families = sorted(family[~outside].unique().tolist()) or sorted(family.unique().tolist())  # rows on the axis
+    y = family.map({f: i for i, f in enumerate(families)}).fillna(0.0).to_numpy(dtype=float)  # off-axis: any row
     values = ev["numeric_value"] if "numeric_value" in ev.columns else pd.Series([np.nan] * n)
     hover = [f"{c}<br>day {d:.1f}" + ("" if pd.isna(v) else f"<br>value {v:g}") for c, d, v in zip(ev["code"], days, values)]
-    left, outside = timeline_window(days)
     fig = go.Figure()
     top_rows: list[dict[str, Any]] = []
     if attr is not None and n:
