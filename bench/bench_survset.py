@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from survset_cohorts import DEFAULT_DATASETS, all_datasets, write_survset_cohort  # noqa: E402
 
 from core.cohort import Cohort, load_cohort  # noqa: E402
+from core.errors import InputError  # noqa: E402
 from core.evaluate import harrell_c, survival_metrics  # noqa: E402
 
 COX_PENALIZERS = (0.01, 0.1, 1.0)
@@ -225,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         base = root / f"seed{seed}"
         for name in names:
             info = write_survset_cohort(name, base, seed=seed)
-            cohort = load_cohort(base / name)
+            try:
+                cohort = load_cohort(base / name)
+            except InputError as err:  # e.g. follic: competing events coded 2
+                print(f"{name} seed {seed}: skipped ({err})", file=sys.stderr, flush=True)
+                continue
             res = run_baselines(cohort, seed)
             if not args.skip_model:
                 res["ehr_only"] = run_ehr_only(base / name, seed, args.device)
