@@ -181,6 +181,27 @@ def test_click_in_one_plane_moves_the_others(page: object) -> None:
     shot(pg, "viewer_crosshair_page")
 
 
+def test_slice_survives_a_page_switch(page: object) -> None:
+    """The crosshair goes back to the server (debounced) and Export and Case review use it."""
+    pg = page
+    fr = viewer_frame(pg)
+    left, top, w, h = tile_box(pg, fr, "axial")
+    pg.mouse.move(left + w / 2, top + h / 2)  # type: ignore[attr-defined]
+    for _ in range(3):
+        pg.mouse.wheel(0, 100)  # type: ignore[attr-defined]
+        pg.wait_for_timeout(150)  # type: ignore[attr-defined]
+    there = crosshair(fr)
+    pg.wait_for_timeout(1500)  # type: ignore[attr-defined]  (the report waits 600 ms for the scrolling to stop)
+    settle(pg)
+    pg.locator('[data-testid="stSidebarNav"]').get_by_text("Export", exact=True).click()  # type: ignore[attr-defined]
+    settle(pg)
+    captions = pg.locator('[data-testid="stCaptionContainer"]').all_inner_texts()  # type: ignore[attr-defined]
+    assert any(c.startswith(f"Axial slice {there[2] + 1}/") for c in captions), (there, captions)
+    pg.locator('[data-testid="stSidebarNav"]').get_by_text("Case review", exact=True).click()  # type: ignore[attr-defined]
+    settle(pg)
+    assert crosshair(viewer_frame(pg)) == there
+
+
 def _seed_ball_map(data_dir: Path) -> tuple[str, tuple[int, int, int]]:  # noqa: F811
     """Put a ball-shaped map for the opening case into the server's cache; returns its key and centre voxel."""
     from core.app import attribution_volume as AV
