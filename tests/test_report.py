@@ -199,3 +199,29 @@ def test_report_of_the_real_abdominal_ct_carries_its_coverage_warning(parts: dic
     assert "may not cover the chest" in text and "do not rely on the image part of this prediction" in text
     assert "No EHR data" in text
     assert overlaps(words(out)) == []
+
+
+def test_sanity_result_of_a_method_is_run_saved_and_read_back(parts: dict[str, Any], tmp_path: Path) -> None:
+    """The randomisation check the page runs in the background (pages/_review.run_sanity) is saved beside the
+    model and read back with the model card's result; a failing method is then named in the case warnings."""
+    import dataclasses
+
+    from core.app.case_warnings import gather_case_warnings, sanity_from_card
+    from pages import _review
+
+    model = parts["model"]
+    folder = tmp_path / "model"
+    shutil.copytree(model.model_dir, folder)
+    copy = dataclasses.replace(model, model_dir=folder)
+    steps: list[tuple[float, str]] = []
+    ctx = type("Ctx", (), {"progress": lambda self, f, label: steps.append((f, label))})()
+    result = _review.run_sanity(ctx, copy, parts["inputs"], "gradcam", 365.0)
+    assert -1.0 <= result.final_spearman <= 1.0 and steps[-1][0] == 1.0
+    known = _review.method_sanity(copy)
+    assert known["gradcam"].final_spearman == pytest.approx(result.final_spearman)
+    assert set(sanity_from_card(model.card)) <= set(known)  # the card's own result is kept beside it
+    failing = dataclasses.replace(result, final_spearman=0.9)
+    notes = gather_case_warnings(model_name="m", has_image=True, has_ehr=True, modalities_used=["image", "ehr_events"],
+                                 ct_present=True, sanity=failing)
+    assert [w.kind for w in notes] == ["sanity"] and "FAILS the model-randomisation check" in notes[0].text
+    assert "Spearman 0.90" in notes[0].text
