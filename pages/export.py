@@ -83,11 +83,13 @@ else:
             name, data = ready["files"][fmt]
             col.download_button(f"Download {fmt.upper()}", data, file_name=name, mime=MIME[fmt],
                                 key=f"download_{fmt}", icon=":material/download:")
-        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (numbered from 1, inferior to superior, as in Case "
-                   f"review). Files: {', '.join(n for n, _ in ready['files'].values())}")
+        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (as in Case review; slices are numbered from 1, inferior "
+                   f"to superior, in the viewer, captions, file names and the report). "
+                   f"Files: {', '.join(n for n, _ in ready['files'].values())}")
     else:
-        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (numbered from 1, inferior to superior, as in Case "
-                   f"review), window {wname}, opacity {ui.viewer_setting('opacity', 0.6)}.")
+        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (as in Case review), window {wname}, opacity "
+                   f"{ui.viewer_setting('opacity', 0.6)}. Slices are numbered from 1, inferior to superior, in the "
+                   "viewer, captions, file names and the report.")
 
 st.subheader("Case report (PDF)")
 st.caption("One page: the survival curve, risks, top slices with the map, the strategies' risks, top events, the "

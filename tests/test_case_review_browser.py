@@ -53,8 +53,8 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     assert mod.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
     # every strategy: the current model marked in the plot and the table, numbers in a table
     model = pg.locator('[data-testid="stMetric"]').filter(has_text="Fusion strategy").first.inner_text().split("\n")[-1]  # type: ignore[attr-defined]
-    compare = chart(pg, "(current model)")
-    assert model.strip() + " (current model)" in compare.text_content()
+    compare = chart(pg, "current model:")
+    assert "current model:" + model.strip() in compare.text_content().replace(" ", "").replace("\u00a0", "")
     table = pg.locator('[data-testid="stTable"]').filter(has_text="survival 5 years").first  # type: ignore[attr-defined]
     rows = table.locator("tbody tr")
     assert rows.count() == 3  # the tiny demo's three strategies, all able to score a demo case
@@ -91,7 +91,7 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
     assert pg.locator('[data-testid="stPlotlyChart"]').filter(has_text="this case (band").count() == 0  # type: ignore[attr-defined]
     assert pg.get_by_text(re.compile(r"Not drawn \(cannot score this case\): ehr_only reads only the EHR")).count() == 1  # type: ignore[attr-defined]
     compare = chart(pg, "image_only")
-    assert "ehr_only" not in compare.text_content() and "(current model)" not in compare.text_content()
+    assert "ehr_only" not in compare.text_content() and "current model" not in compare.text_content()
     assert pg.get_by_text("No attention over events to show").count() == 1  # type: ignore[attr-defined]
     shot(pg, "case_review_ehr_only_no_ehr")
     choose(pg, "Fusion strategy", "image_only")
@@ -125,7 +125,8 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
 def test_slice_numbers_agree_between_caption_and_file_name(page: object) -> None:
     pg = page
     go(pg, "Export")
-    caption = pg.get_by_text(re.compile(r"Axial slice \d+/\d+ \(numbered from 1")).first.inner_text()  # type: ignore[attr-defined]
+    caption = pg.get_by_text(re.compile(r"Axial slice \d+/\d+ \(as in Case review\)")).first.inner_text()  # type: ignore[attr-defined]
+    assert "numbered from 1" in caption
     shown = int(re.search(r"Axial slice (\d+)/", caption).group(1))
     pg.get_by_role("button", name="Prepare the saliency figure").click()  # type: ignore[attr-defined]
     settle(pg, 180)

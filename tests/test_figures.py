@@ -235,7 +235,8 @@ def test_attention_maps_draw_no_padding_events_and_compare_marks_the_current_mod
                                      "ehr_only": (t, [0.95, 0.9, 0.85, 0.8], [0.9, 0.8, 0.7, 0.6], [1, 1, 0.9, 0.9])},
                                     current="ehr_only")
     named = {tr.name: tr for tr in fig.data if tr.showlegend is not False}
-    assert named["ehr_only (current model)"].line.width > named["concat"].line.width
+    assert named["ehr_only"].line.width > named["concat"].line.width
+    assert named["ehr_only"].legendgrouptitle.text == "current model:" and named["concat"].legendgrouptitle.text is None
     hover = [tr.hovertemplate for tr in fig.data if (tr.name or "").startswith("risk at 1 year")]
     assert hover and "concat: 20.0%" in hover[0] and "ehr_only: 10.0%" in hover[0]  # S holds from day 100 to 400
     with pytest.raises(InputError, match="current: got x, is not one of the curves"):

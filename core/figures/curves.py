@@ -114,8 +114,8 @@ def survival_compare_figure(
     """The same case under several fusion strategies: ``{strategy: (times, s, lo, hi)}``.
 
     ``colors`` (``#rrggbb``, one per curve, in order) replaces the default palette, e.g.
-    ``RISK_GROUP_COLORS`` for risk groups. ``current`` (a key of ``curves``) is the model in use: drawn thick,
-    named "... (current model)" and listed first in the legend, the others thinner. Hovering a curve gives
+    ``RISK_GROUP_COLORS`` for risk groups. ``current`` (a key of ``curves``) is the model in use: drawn thick and
+    listed first in the legend under the heading "current model:", the others thinner. Hovering a curve gives
     the strategy, the day and S(t); each horizon line carries every strategy's risk there.
     """
     if not curves:
@@ -135,12 +135,15 @@ def survival_compare_figure(
         r, g, b = (int(color[j:j + 2], 16) for j in (1, 3, 5))
         t, s, lo, hi = _curve(f"curves[{name}]", *curve)
         is_current = current is not None and name == current
-        label = f"{name} (current model)" if is_current else str(name)
         for tr in _km_traces(t, s, lo if is_current or current is None else None, hi if is_current or current is None else None,
-                             name=label, color=color, fill=f"rgba({r},{g},{b},0.12)"):
+                             name=str(name), color=color, fill=f"rgba({r},{g},{b},0.12)"):
             if tr.showlegend is not False and current is not None:
                 tr.line.width = 4.5 if is_current else 1.6
                 tr.legendrank = 1 if is_current else 10 + i
+                if is_current:  # the trace keeps the strategy's name; the legend heads it "current model"
+                    tr.legendgroup = "current"
+                    tr.legendgrouptitle = {"text": "current model:"}
+                    tr.hovertemplate = tr.hovertemplate.replace("<extra>", "<extra>current model: ")
             fig.add_trace(tr)
         for h in readings:
             if t[0] <= h <= t[-1]:
