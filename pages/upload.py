@@ -57,6 +57,7 @@ new_files = st.session_state.get(f"study_files_{nonce}") or []
 new_timeline = st.session_state.get(f"timeline_file_{nonce}")
 if new_files:
     study_state.clear()
+    st.session_state.pop(K.BURNED_IN_OK, None)  # an acknowledgement is for the study it was given for
     study_state["checked"], study_state["error"] = _read(
         "study", lambda: uploads.check_study([(f.name, f.getvalue()) for f in new_files]))
 if new_timeline is not None:
@@ -128,6 +129,7 @@ if checked is not None:
                      f"{workspaces.human_bytes(len(checked.data))}).")
     if head[1].button("Discard", key="discard_button", icon=":material/close:"):
         study_state.clear()
+        st.session_state.pop(K.BURNED_IN_OK, None)
         st.rerun()
     findings = checked.findings()
     identifying = pd.DataFrame([{"attribute": f.attribute, "value": f.value} for f in findings if f.group == "identifying"])
