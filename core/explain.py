@@ -186,6 +186,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     if slice_index is not None and not 0 <= int(slice_index) < s:
         raise InputError("slice_index", slice_index, f"is outside 0..{s - 1}", "pick a slice inside the volume")
     from core.models.net import with_image_tokens
+    from core.models.replica import drop_hooks
 
     model = model.replica()  # this call's own module tree (shared weights): Captum's hooks never reach the shared net
     net = model.net
@@ -213,8 +214,11 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
             batch = with_image_tokens(_expand(base_batch, xs.shape[0]), model.encode_image(xs, masks), s)
             return risk_at(net(batch)["survival"], times, horizon)
 
-    attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
-                       internal_batch_size=int(internal_batch_size))
+    try:
+        attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
+                           internal_batch_size=int(internal_batch_size))
+    finally:  # Captum removes its hooks itself; whatever an error left behind goes with this call's replica
+        drop_hooks(net)
     full = np.zeros((s, r, c), dtype=np.float32)
     if per_slice:
         full[int(slice_index)] = attr[0]  # type: ignore[arg-type]
@@ -328,6 +332,8 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
     import torch
     from captum.attr import LayerIntegratedGradients
 
+    from core.models.replica import drop_hooks
+
     cols = ["code", "time", "numeric_value", "days_before_index", "score", "attention"]
     events = inputs.events if inputs.events is not None else pd.DataFrame()
     net = model.net
@@ -363,8 +369,11 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
     # only use of it is the "Multiple layers provided" warning (no process-wide warning filter to change)
     lig.layer = layers
     baselines = (torch.zeros_like(codes), torch.zeros_like(values), torch.ones_like(missing), torch.zeros_like(dt))
-    parts = lig.attribute((codes, values, missing, dt), baselines=baselines, n_steps=int(n_steps),
-                          internal_batch_size=int(n_steps))
+    try:
+        parts = lig.attribute((codes, values, missing, dt), baselines=baselines, n_steps=int(n_steps),
+                              internal_batch_size=int(n_steps))
+    finally:
+        drop_hooks(net)
     score = sum(p.detach().float().sum(dim=-1)[0] for p in parts).cpu().numpy()[:n]
     ev = events.reset_index(drop=True).iloc[:n]
     return pd.DataFrame({

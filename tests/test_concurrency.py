@@ -115,7 +115,7 @@ def test_concurrent_predictions_and_attributions_equal_the_sequential_ones(share
 
 
 def test_replica_shares_weights_and_keeps_hooks_and_modes_to_itself(shared: dict[str, Any]) -> None:
-    from core.models.replica import mc_dropout_replica, net_replica
+    from core.models.replica import drop_hooks, mc_dropout_replica, net_replica
 
     net = shared["models"]["concat"].net
     rep = net_replica(net)
@@ -124,6 +124,9 @@ def test_replica_shares_weights_and_keeps_hooks_and_modes_to_itself(shared: dict
     layer = next(m for m in rep.modules() if isinstance(m, torch.nn.Linear))
     layer.register_forward_hook(lambda *a: None)
     rep.train()
+    assert _hooks_and_grads(rep) != [] and _hooks_and_grads(net) == []
+    drop_hooks(rep)
+    assert not any(len(m._forward_hooks) for m in rep.modules())
     mc = mc_dropout_replica(net, seed=0)
     assert any(type(m).__name__ == "SeededDropout" for m in mc.modules())
     assert _hooks_and_grads(net) == []
@@ -181,6 +184,7 @@ def _dicom_with_warning(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.filterwarnings("ignore:Unknown encoding:UserWarning")  # the test writes the odd character set itself
 def test_overlapping_loads_that_warn_leave_the_warning_filters_as_they_were(tmp_path: Path) -> None:
     from core.io.dicom import load_dicom
     from core.io.nifti import load_nifti_bytes

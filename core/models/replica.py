@@ -69,6 +69,13 @@ def net_replica(net: M) -> M:
     return copy(net)  # type: ignore[return-value]
 
 
+def drop_hooks(net: nn.Module) -> None:
+    """Remove every hook registered on ``net``'s modules (a replica's, in the ``finally`` of the call that made it)."""
+    for m in net.modules():
+        for key in _HOOK_DICTS:
+            getattr(m, key).clear()
+
+
 class SeededDropout(nn.Module):
     """Dropout (always on) drawing its masks from ``generator``: the same masks as ``nn.Dropout`` under
     ``torch.manual_seed`` of that seed, without touching the process-wide random state."""
