@@ -23,8 +23,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -101,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             inputs = model.case_inputs(cohort, sid)
             k = int(inputs.image.shape[1]) // 2
             n_modules = sum(1 for _ in model.net.modules())
-            rep = _median_ms(lambda: net_replica(model.net), 30)
-            cam = _median_ms(lambda: attribute(model, inputs, "gradcam", 365.0, k, with_events=False), 5)
-            pred = _median_ms(lambda: model.predict_case(inputs), 10)
+            rep = _median_ms(lambda m=model: net_replica(m.net), 30)
+            cam = _median_ms(lambda m=model, x=inputs, k=k: attribute(m, x, "gradcam", 365.0, k, with_events=False), 5)
+            pred = _median_ms(lambda m=model, x=inputs: m.predict_case(x), 10)
             print(f"{name}: {n_modules} modules; replica {rep:.2f} ms; per-slice Grad-CAM {cam:.0f} ms; "
                   f"prediction {pred:.0f} ms")
             for design, lock in (("replica", None), ("lock", threading.Lock())):

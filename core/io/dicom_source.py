@@ -10,10 +10,10 @@ import struct
 import sys
 import threading
 import warnings as _warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
