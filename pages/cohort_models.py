@@ -126,18 +126,26 @@ tab_model, tab_compare, tab_train, tab_meds = st.tabs(
 TRAIN_KEY = "train"
 
 
-def start_training(cdir: Path, fusion: str, epochs: int) -> None:
-    """Queue training of ``fusion`` on ``cdir`` (PHI gate first) as this user's background job; saved in their models."""
+def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None) -> None:
+    """Queue training of ``fusion`` as this user's background job, saved in their models folder: on the cohort
+    folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
     import time
 
-    from core.app.background import train_job
+    from core.app.background import train_job, train_uploaded_job
 
+    user = _jobs.owner()
+    if upload is not None:
+        workspace.check_quota(user, 2 * len(upload))  # the unpacked cohort and the model beside it
     ui.audit("train", fusion, epochs=int(epochs))
     stamp_text = time.strftime("%Y%m%d-%H%M%S")
-    out = workspace.user_models_dir(_jobs.owner()) / f"{fusion}-{stamp_text}"
+    out = workspace.user_models_dir(user) / f"{fusion}-{stamp_text}"
     label = f"{fusion} (your cohort, {time.strftime('%d %b %H:%M')})"
-    job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, str(out), int(epochs), label=label,
-                       key=TRAIN_KEY + stamp_text, heavy=True)
+    if upload is not None:
+        job = _jobs.submit(f"Training {fusion}", train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
+                           fusion, str(out), int(epochs), label=label, key=TRAIN_KEY + stamp_text, heavy=True)
+    else:
+        job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, str(out), int(epochs), label=label,
+                           key=TRAIN_KEY + stamp_text, heavy=True)
     if job is not None:
         st.session_state[K.TRAIN_JOB] = job.id
         st.rerun()
@@ -159,17 +167,6 @@ def training_status() -> None:
         r = job.result
         st.success(f"Trained {r['label']}: test C-index {_ci(r.get('c_index'), r.get('c_index_ci'))}. "
                    "Pick it in the sidebar to review cases and metrics.")
-
-
-def user_cohort_folder(data: bytes) -> Path:
-    """Unpack an uploaded cohort zip into this user's cohorts folder (quota checked first; kept for its models)."""
-    import time
-
-    user = _jobs.owner()
-    workspace.check_quota(user, len(data))
-    root = workspace.user_root(user) / "cohorts"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return workspace.unpack_cohort_zip(data, root / time.strftime("%Y%m%d-%H%M%S"))
 
 
 with tab_model:
@@ -273,7 +270,8 @@ with tab_train:
     st.markdown(
         "Upload a **zip of a cohort folder**: `cohort.csv` (subject_id, time, event, optional split, study, "
         "index_time) and any of `timeline.parquet|csv`, `features.csv`, studies, embeddings. Every study is "
-        "checked for identifying data first; the model is trained on this machine in the background and kept in "
+        "checked for identifying data in memory before anything is kept; the model is trained on this "
+        "machine in the background and kept in "
         "your models folder."
     )
     up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
@@ -282,8 +280,7 @@ with tab_train:
     epochs = c2.number_input("Epochs", 1, 200, 10, key="train_epochs")
     if up is not None and st.button("Train", type="primary", key="train_button"):
         with ui.core_errors(stop=False, what="Training not started: "):
-            cdir = user_cohort_folder(up.getvalue())
-            start_training(cdir, fusion, int(epochs))
+            start_training(None, fusion, int(epochs), upload=up.getvalue())
     training_status()
 
 with tab_meds:

@@ -230,3 +230,24 @@ def test_inspect_cohort_command(tmp_path):
     run = subprocess.run([sys.executable, "-m", "core", "inspect", str(root), "--cohort"],
                          cwd=repo, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0 and run.stdout.strip() == "1 studies checked in 1 rows: 0 blocked"
+
+
+def test_a_zipped_cohort_is_gated_in_memory_like_its_folder(tmp_path):
+    import io
+    import zipfile
+
+    from core.deid.cohort_gate import gate_cohort_zip
+
+    root = _cohort(tmp_path)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                zf.write(p, "cohort/" + p.relative_to(root).as_posix())
+    folder = {r.subject_id: (r.blocked, r.phi, bool(r.burned_in)) for r in gate_cohort(root).rows}
+    zipped_report = gate_cohort_zip(buf.getvalue())
+    zipped = {r.subject_id: (r.blocked, r.phi, bool(r.burned_in)) for r in zipped_report.rows}
+    assert zipped == folder  # the same findings, row by row, without unpacking anything
+    by = {r.subject_id: r for r in zipped_report.rows}
+    assert by["h"].error == "study path leaves the cohort folder" and "not in the zip" in by["j"].error
+    assert zipped_report.n_rows == 13 and not zipped_report.ok

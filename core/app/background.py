@@ -19,22 +19,46 @@ from core.jobs import JobContext
 TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
 
 
-def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:
-    """The PHI gate on every study of an uploaded cohort; refused cohorts are deleted and named row by row."""
-    from core.deid.cohort_gate import gate_cohort
+def _refuse(report: object) -> None:
+    """Raise the one-line refusal of a cohort whose gate found identifying data or burned-in text."""
     from core.errors import InputError
+
+    rows = [r.line_text() for r in report.blocked_rows]  # type: ignore[attr-defined]
+    raise InputError("cohort", f"{len(rows)} of its studies", "hold identifying data or burned-in "
+                     f"text ({'; '.join(rows[:3])}{'; ...' if len(rows) > 3 else ''})",
+                     "de-identify them first (python -m core deid) and upload the cohort again")
+
+
+def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:
+    """The PHI gate on every study of a cohort folder; a refused folder is deleted and named row by row."""
+    from core.deid.cohort_gate import gate_cohort
 
     report = gate_cohort(cohort_dir, progress=lambda f, m: ctx.progress(0.1 * f, f"PHI check: {m}"))
     if not report.ok:
         shutil.rmtree(cohort_dir, ignore_errors=True)
-        rows = [r.line_text() for r in report.blocked_rows]
-        raise InputError("cohort", f"{len(rows)} of its studies", "hold identifying data or burned-in "
-                         f"text ({'; '.join(rows[:3])}{'; ...' if len(rows) > 3 else ''})",
-                         "de-identify them first (python -m core deid) and upload the cohort again")
+        _refuse(report)
+
+
+def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: str, out: str, epochs: int, *,
+                       label: str = "") -> dict:
+    """A zipped cohort from an upload: gated in memory (nothing written when refused), unpacked into
+    ``cohorts_dir/<time>`` (the user's cohorts folder) and trained as :func:`train_job`."""
+    import time
+
+    from core.app.workspace import unpack_cohort_zip
+    from core.deid.cohort_gate import gate_cohort_zip
+
+    report = gate_cohort_zip(data, progress=lambda f, m: ctx.progress(0.1 * f, f"PHI check: {m}"))
+    if not report.ok:
+        _refuse(report)
+    target = Path(cohorts_dir) / time.strftime("%Y%m%d-%H%M%S")
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cohort_dir = unpack_cohort_zip(data, target)
+    return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0))
 
 
 def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: int, *, label: str = "",
-              gate: bool = True) -> dict:
+              gate: bool = True, span: tuple[float, float] = (0.0, 1.0)) -> dict:
     """Gate (PHI) and train ``fusion`` on ``cohort_dir`` into ``out`` (written only when training succeeds)."""
     import time
 
@@ -42,13 +66,14 @@ def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: i
 
     if gate:
         gate_cohort_folder(ctx, cohort_dir)
+        span = (0.1, 1.0)
     final = Path(out)
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    ctx.progress(0.0, "loading the cohort")
+    ctx.progress(span[0], "loading the cohort")
     try:
         metrics = train_model(cohort_dir, fusion, partial, epochs=int(epochs), device="auto",
-                              progress=lambda f, m: ctx.progress(0.1 + 0.9 * f if gate else f, m))
+                              progress=lambda f, m: ctx.progress(span[0] + (span[1] - span[0]) * f, m))
         (partial / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort_dir), "fusion": fusion,
                                                           "label": label or fusion, "epochs": int(epochs),
                                                           "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))

@@ -23,6 +23,7 @@ False
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable
@@ -129,6 +130,29 @@ def _nifti_gate(data: bytes, name: str) -> StudyGate:
     return StudyGate("nifti", nifti_header_phi(head), [], 1)
 
 
+def gate_members(members: list) -> StudyGate:
+    """Gate a study given as in-memory files (``core.io.safezip.ZipMember``: NIfTI files and/or DICOM instances)."""
+    from core.io.dicom import DicomSource
+    from core.io.nifti import GZIP_MAGIC, nifti_header_kind
+    from core.io.safezip import is_zip, read_zip
+
+    if len(members) == 1 and is_zip(members[0].data[:4]):
+        members = read_zip(members[0].data)
+    if not members:
+        raise InputError("study", "(none)", "holds no file", "put the study's DICOM files or NIfTI file in it")
+    niftis = [m for m in members if m.data[:2] == GZIP_MAGIC or nifti_header_kind(m.data[:540])]
+    gates = [_nifti_gate(m.data, m.name) for m in niftis]
+    others = [DicomSource(name=m.name, data=m.data) for m in members if m not in niftis]
+    if others:
+        gates.append(_dicom_gate(others))
+    return StudyGate(
+        "dicom" if others else "nifti",
+        sorted({k for g in gates for k in g.phi}),
+        sorted({r for g in gates for r in g.burned_in}),
+        sum(g.n_instances for g in gates),
+    )
+
+
 def gate_study(path: str | Path) -> StudyGate:
     """Gate one study (DICOM file, folder or zip, or NIfTI) from its headers; pixels are never decoded."""
     from core.io.dicom import DicomSource, sources_from_folder
@@ -149,24 +173,49 @@ def gate_study(path: str | Path) -> StudyGate:
     with open(path, "rb") as fh:
         head = fh.read(544)
     if is_zip(head):
-        members = read_zip(path)
-        niftis = [m for m in members if m.data[:2] == GZIP_MAGIC or nifti_header_kind(m.data[:540])]
-        gates = [_nifti_gate(m.data, m.name) for m in niftis]
-        others = [DicomSource(name=m.name, data=m.data) for m in members if m not in niftis]
-        if others:
-            gates.append(_dicom_gate(others))
-        return StudyGate(
-            "dicom" if others else "nifti",
-            sorted({k for g in gates for k in g.phi}),
-            sorted({r for g in gates for r in g.burned_in}),
-            sum(g.n_instances for g in gates),
-        )
+        return gate_members(read_zip(path))
     if head[:2] == GZIP_MAGIC or nifti_header_kind(head):
         if head[:2] == GZIP_MAGIC:
             return _nifti_gate(path.read_bytes(), path.name)
         with open(path, "rb") as fh:
             return _nifti_gate(fh.read(64 * 1024 * 1024), path.name)
     return _dicom_gate([DicomSource(name=path.name, path=path)])
+
+
+def _read_records(text: str) -> list[tuple[int, dict[str, str]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if "subject_id" not in columns:
+        raise InputError("cohort.csv", ", ".join(columns) or "(no header)", "has no subject_id column", "add a subject_id column")
+    return [(reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}) for row in reader]
+
+
+def _gate_rows(records: list[tuple[int, dict[str, str]]], gate: Callable[[str], StudyGate | None], where: str,
+               progress: Progress | None) -> CohortGateReport:
+    """One finding per row naming a study; ``gate(study)`` is None when the path leaves the cohort folder."""
+    wanted = [(line, rec) for line, rec in records if rec.get("study", "")]
+    rows: list[CohortRowFinding] = []
+    cache: dict[str, StudyGate | str | None] = {}
+    for index, (line, rec) in enumerate(wanted):
+        study = rec["study"]
+        subject = rec.get("subject_id", "")
+        if progress is not None:
+            progress(index / max(len(wanted), 1), f"checking study {index + 1} of {len(wanted)}")
+        if study not in cache:
+            try:
+                cache[study] = gate(study)
+            except InputError as err:
+                cache[study] = f"{err.problem} ({err.field})"
+        found = cache[study]
+        if found is None:
+            rows.append(CohortRowFinding(line, subject, study, error="study path leaves the cohort folder"))
+        elif isinstance(found, str):
+            rows.append(CohortRowFinding(line, subject, study, error=found))
+        else:
+            rows.append(CohortRowFinding(line, subject, study, phi=list(found.phi), burned_in=list(found.burned_in)))
+    if progress is not None:
+        progress(1.0, "cohort checked")
+    return CohortGateReport(folder=where, rows=rows, n_rows=len(records))
 
 
 def gate_cohort(folder: str | Path, *, progress: Progress | None = None) -> CohortGateReport:
@@ -177,34 +226,49 @@ def gate_cohort(folder: str | Path, *, progress: Progress | None = None) -> Coho
         raise InputError("cohort", str(folder), "has no cohort.csv", "add cohort.csv (subject_id, time, event[, study])")
     if table.stat().st_size > MAX_CSV_BYTES:
         raise InputError("cohort.csv", str(table), f"is larger than {MAX_CSV_BYTES} bytes", "split the cohort")
-    with open(table, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "subject_id" not in columns:
-            raise InputError("cohort.csv", ", ".join(columns) or "(no header)", "has no subject_id column", "add a subject_id column")
-        records = [(reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}) for row in reader]
-    wanted = [(line, rec) for line, rec in records if rec.get("study", "")]
-    rows: list[CohortRowFinding] = []
-    cache: dict[Path, StudyGate | str] = {}
-    for index, (line, rec) in enumerate(wanted):
-        study = rec["study"]
-        subject = rec.get("subject_id", "")
-        if progress is not None:
-            progress(index / max(len(wanted), 1), f"checking study {index + 1} of {len(wanted)}")
+
+    def gate(study: str) -> StudyGate | None:
         path = _inside(root, study)
-        if path is None:
-            rows.append(CohortRowFinding(line, subject, study, error="study path leaves the cohort folder"))
-            continue
-        if path not in cache:
-            try:
-                cache[path] = gate_study(path)
-            except InputError as err:
-                cache[path] = f"{err.problem} ({err.field})"
-        found = cache[path]
-        if isinstance(found, str):
-            rows.append(CohortRowFinding(line, subject, study, error=found))
-        else:
-            rows.append(CohortRowFinding(line, subject, study, phi=list(found.phi), burned_in=list(found.burned_in)))
-    if progress is not None:
-        progress(1.0, "cohort checked")
-    return CohortGateReport(folder=str(folder), rows=rows, n_rows=len(records))
+        return None if path is None else gate_study(path)
+
+    return _gate_rows(_read_records(table.read_text(encoding="utf-8-sig")), gate, str(folder), progress)
+
+
+def gate_cohort_zip(data: bytes, *, progress: Progress | None = None) -> CohortGateReport:
+    """:func:`gate_cohort` for a zipped cohort folder read in memory (nothing is written).
+
+    The zip holds one ``cohort.csv``; its ``study`` paths are relative to that file's folder and name a
+    file (DICOM, NIfTI or a zip of a series) or a folder of DICOM files inside the archive.
+    """
+    from core.io.safezip import read_zip
+
+    members = read_zip(data)
+    csvs = [m for m in members if PurePosixPath(m.name.replace("\\", "/")).name == "cohort.csv"]
+    if len(csvs) != 1:
+        raise InputError("cohort zip", f"{len(csvs)} cohort.csv files", "must hold exactly one cohort.csv",
+                         "zip one cohort folder with cohort.csv at its top")
+    if len(csvs[0].data) > MAX_CSV_BYTES:
+        raise InputError("cohort.csv", csvs[0].name, f"is larger than {MAX_CSV_BYTES} bytes", "split the cohort")
+    top = PurePosixPath(csvs[0].name.replace("\\", "/")).parent
+    by_name = {PurePosixPath(m.name.replace("\\", "/")): m for m in members}
+
+    def gate(study: str) -> StudyGate | None:
+        if PurePosixPath(study).is_absolute() or PureWindowsPath(study).is_absolute() or PureWindowsPath(study).drive:
+            return None
+        parts: list[str] = []
+        for part in PurePosixPath(study.replace("\\", "/")).parts:
+            if part == "..":
+                if not parts:
+                    return None
+                parts.pop()
+            elif part not in (".", ""):
+                parts.append(part)
+        target = top.joinpath(*parts) if parts else top
+        if target in by_name:
+            return gate_members([by_name[target]])
+        inside = [m for name, m in by_name.items() if target in name.parents]
+        if not inside:
+            raise InputError("study", study, "is not in the zip", "fix the study path in cohort.csv (relative to it)")
+        return gate_members(inside)
+
+    return _gate_rows(_read_records(csvs[0].data.decode("utf-8-sig")), gate, "(zip)", progress)

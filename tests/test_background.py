@@ -1,0 +1,63 @@
+"""The app's background jobs (core.app.background): an uploaded cohort is gated in memory, then unpacked and
+trained into the user's folders; evaluations are kept beside the model."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from core.app.background import evaluate_job, train_uploaded_job, trained_models
+from core.errors import InputError
+from core.evaluation import model_fingerprint, read_saved_metrics
+from core.jobs import JobContext
+
+
+def _ctx(seen: list[float] | None = None) -> JobContext:
+    return JobContext(lambda f, _m: seen.append(f) if seen is not None else None, lambda: False)
+
+
+def _zip(folder: Path, top: str = "cohort") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, f"{top}/{p.relative_to(folder).as_posix()}")
+    return buf.getvalue()
+
+
+def test_a_cohort_with_phi_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from tests.test_phi_cohort import _cohort
+
+    data = _zip(_cohort(tmp_path / "src"))
+    cohorts, models = tmp_path / "user" / "cohorts", tmp_path / "user" / "models"
+    with pytest.raises(InputError, match=r"cohort: got 9 of its studies.*PHI in PrivateTags"):
+        train_uploaded_job(_ctx(), data, str(cohorts), "ehr_only", str(models / "m"), 1)
+    assert not cohorts.exists() and not models.exists()
+
+
+@pytest.mark.slow
+def test_an_uploaded_cohort_is_trained_listed_and_evaluated_once(tmp_path: Path) -> None:
+    from core.demo import write_demo_cohort
+
+    src = write_demo_cohort(tmp_path / "demo", n=48, seed=3)
+    models = tmp_path / "user" / "models"
+    seen: list[float] = []
+    result = train_uploaded_job(_ctx(seen), _zip(src), str(tmp_path / "user" / "cohorts"), "ehr_only",
+                                str(models / "ehr_only-1"), 2, label="ehr_only (your cohort)")
+    assert Path(result["out"]) == models / "ehr_only-1" and 0.0 <= result["c_index"] <= 1.0
+    assert seen == sorted(seen) and seen[-1] <= 1.0 and any(f >= 0.1 for f in seen)  # gate first, then training
+    assert not list(models.glob("*.partial"))
+    listed = trained_models(models)
+    assert list(listed) == ["ehr_only (your cohort)"]
+    model_dir, cohort_dir = listed["ehr_only (your cohort)"]
+    assert (cohort_dir / "cohort.csv").is_file() and cohort_dir.parent == tmp_path / "user" / "cohorts"
+    saved = model_dir / "test_metrics.json"
+    todo = {"mine": (str(model_dir), str(cohort_dir), str(saved), model_fingerprint(model_dir))}
+    first = evaluate_job(_ctx(), todo)["mine"]
+    assert read_saved_metrics(saved, model_fingerprint(model_dir)) == json.loads(json.dumps(first))
+    assert evaluate_job(_ctx(), todo)["mine"] == read_saved_metrics(saved, model_fingerprint(model_dir))
+    assert abs(first["c_index"] - result["c_index"]) < 1e-9  # the same test split as training reported
