@@ -240,9 +240,20 @@ if frame is not None:
     from core.io.timeline import OUTCOME_CODES, default_index_time
 
     study_date = volume.study_date if volume is not None else None
+    shifted_note = ""
+    if checked is not None and checked.date_shift_days:
+        # the study's dates were shifted by de-identification: move the timeline by the same offset (in memory)
+        events = uploads.shift_events(events, checked.date_shift_days)
+        shifted_note = (" The timeline's dates were shifted by the same offset as the de-identified study's, so "
+                        "the two stay on one calendar (the offset is not stored).")
     if target != NEW_CASE:
         case = _cases.uploaded_case(target)
         study_date = case["volume"].study_date if case and case["volume"] is not None else None
+        if case is not None and case["info"].deidentified:
+            study_date = None  # its dates were shifted when it was saved: they are not on the timeline's calendar
+            shifted_note = (" This CT was de-identified here, which shifted its dates, so its study date cannot be "
+                            "matched with the timeline: set the index date to the scan's date on the timeline's "
+                            "calendar.")
     default, source = default_index_time(events, study_date)
     date = c2.date_input("Index date (scan date): events after it are not used",
                          value=(default or pd.Timestamp(events["time"].max())).date(), key=f"index_date_{target}")
@@ -250,7 +261,7 @@ if frame is not None:
     before = int((events["time"] <= index_time).sum())
     st.caption(f"{len(events)} events for this subject, {before} at or before the index date, "
                f"{events['code'].nunique()} distinct codes. Default index date: {source}. The subject id is not "
-               "stored: the saved events carry the case's own id.")
+               "stored: the saved events carry the case's own id." + shifted_note)
     outcomes = events[events["code"].isin(OUTCOME_CODES)]
     if len(outcomes):
         st.warning(f"This timeline records the outcome ({', '.join(sorted(set(outcomes['code'])))}). An outcome is "

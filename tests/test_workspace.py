@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -305,3 +306,23 @@ def test_timeline_bytes_read_like_the_file(tmp_path: Path) -> None:
         assert len(from_bytes) == 3
     with pytest.raises(InputError, match="timeline: got t.bin"):
         read_timeline_bytes(b"\x00\x01", "t.bin")
+
+
+def test_a_timeline_follows_the_date_shift_of_its_deidentified_study(tmp_path: Path) -> None:
+    from core.io.timeline import default_index_time
+
+    checked = uploads.check_study(_series_files(tmp_path / "src", identified=True))
+    original = pd.to_datetime(checked.volume.study_date, format="%Y%m%d")
+    clean = uploads.deidentify(checked)
+    assert -3650 <= clean.date_shift_days <= -365
+    shifted = pd.to_datetime(clean.volume.study_date, format="%Y%m%d")
+    assert (shifted - original).days == clean.date_shift_days
+    # events around the scan: two before it, three after, on the patient's real calendar
+    events = _events(5).assign(time=lambda f: original + pd.to_timedelta([-20, -5, 3, 10, 40], unit="D"))
+    moved = uploads.shift_events(events, clean.date_shift_days)
+    index, source = default_index_time(moved, clean.volume.study_date)
+    assert source == "the study's DICOM StudyDate" and int((moved["time"] <= index).sum()) == 2
+    unmoved_index, _ = default_index_time(events, clean.volume.study_date)
+    assert int((events["time"] <= unmoved_index).sum()) == 0  # what happened before: no event before the index
+    assert "date_shift" not in json.dumps(uploads.save_checked_case("bob", clean, events=moved, index_time=index,
+                                                                    base=tmp_path / "data").path.joinpath("case.json").read_text())

@@ -63,6 +63,7 @@ class CheckedStudy:
     deid_summary: str = ""
     series: str | None = None
     load_name: str = "study.zip"  # what the loader and the stored file are called: the base name of one file, else a zip
+    date_shift_days: int = 0  # de-identified here: the offset its dates moved by (held in memory only, never stored)
 
     def findings(self) -> list[Finding]:
         rows = []
@@ -202,10 +203,24 @@ def deidentify(checked: CheckedStudy) -> CheckedStudy:
     from core.deid import deidentify_bytes
     from core.io.study import load_study_bytes
 
-    clean, report = deidentify_bytes(checked.data, checked.load_name)
+    import secrets
+
+    from core.deid.clean import SHIFT_RANGE_DAYS
+
+    lo, hi = SHIFT_RANGE_DAYS
+    shift = -(lo + secrets.randbelow(hi - lo + 1))  # chosen here so a timeline of the same upload can follow it
+    clean, report = deidentify_bytes(checked.data, checked.load_name, shift_days=shift)
     volume = load_study_bytes(clean, "study.zip", checked.series)
     return replace(checked, data=clean, volume=volume, deidentified=True, deid_summary=report.summary(),
-                   clinical=read_clinical(clean, "study.zip", volume), load_name="study.zip")
+                   clinical=read_clinical(clean, "study.zip", volume), load_name="study.zip", date_shift_days=shift)
+
+
+def shift_events(events: pd.DataFrame, days: int) -> pd.DataFrame:
+    """A timeline moved by ``days`` (the offset de-identification gave the study uploaded with it), so that the
+    study date and the events stay on one calendar; the offset itself is never stored."""
+    if not days:
+        return events
+    return events.assign(time=events["time"] + pd.Timedelta(days=int(days)))
 
 
 def save_checked_case(user: str, checked: CheckedStudy | None, *, events: pd.DataFrame | None = None,
