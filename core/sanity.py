@@ -93,17 +93,38 @@ def _private_copy(net: Any) -> Any:
 
 
 def _reinit(modules: list[Any], seed: int) -> None:
-    import torch
+    """Re-initialise ``modules`` in place from a generator of their own, seeded with ``seed`` (the process-wide
+    random state is left alone: this runs in a background thread beside other sessions). As the layers' own
+    ``reset_parameters`` would: weights Kaiming-uniform (Linear, convolutions, attention projections), embeddings
+    N(0, 1), biases U(+-1/sqrt(fan_in)), norm layers to ones and zeros; other parameters N(0, 0.02)."""
+    import math
 
-    torch.manual_seed(seed)
-    for top in modules:
-        for m in top.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters) and any(True for _ in m.parameters(recurse=False)):
-                m.reset_parameters()
-            else:
-                for p in m.parameters(recurse=False):
-                    with torch.no_grad():
-                        p.normal_(0.0, 0.02)
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for top in modules:
+            for m in top.modules():
+                own = list(m.named_parameters(recurse=False))
+                if not own:
+                    continue
+                if isinstance(m, _norm_types()) and callable(getattr(m, "reset_parameters", None)):
+                    m.reset_parameters()  # ones and zeros: no random draw
+                    continue
+                initialises = callable(getattr(m, "reset_parameters", None)) or callable(getattr(m, "_reset_parameters", None))
+                weights = [p for _, p in own if p.dim() >= 2]
+                fan_in = nn.init._calculate_fan_in_and_fan_out(weights[0])[0] if weights else 0
+                for _, p in own:
+                    if not initialises:
+                        p.normal_(0.0, 0.02, generator=g)
+                    elif isinstance(m, nn.Embedding):
+                        p.normal_(0.0, 1.0, generator=g)
+                    elif p.dim() >= 2:
+                        nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=g)
+                    else:
+                        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                        p.uniform_(-bound, bound, generator=g)
 
 
 def cascading_randomization(model: LoadedModel, inputs: CaseInputs | list[CaseInputs], method: str = "saliency",

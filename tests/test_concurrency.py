@@ -259,3 +259,18 @@ def test_training_in_a_request_thread_never_changes_the_thread_count(tmp_path: P
         assert torch.get_num_threads() == before and fresh_thread_count() == before
     finally:
         torch.set_num_threads(outer)
+
+
+def test_sanity_randomization_leaves_the_shared_net_and_the_global_random_state(shared: dict[str, Any]) -> None:
+    from core.sanity import cascading_randomization
+
+    model = shared["models"]["image_only" if "image_only" in shared["models"] else "concat"]
+    inputs = next(v for (n, _), v in shared["inputs"].items() if n == model.fusion)
+    weights = {k: v.clone() for k, v in model.net.state_dict().items()}
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    table, _ = cascading_randomization(model, inputs, "gradcam", 365.0, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert table["spearman"].iloc[0] == 1.0 and float(table["spearman"].iloc[-1]) < 0.9
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in weights.items())
+    assert _hooks_and_grads(model.net) == []
