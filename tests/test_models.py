@@ -628,3 +628,27 @@ def test_augment_slices_shifts_each_subject_alike_across_its_slices() -> None:
     z = augment_slices(x, 0, 0.05, g)
     offsets = (z - x).flatten(1)
     assert torch.allclose(offsets, offsets[:, :1].expand_as(offsets), atol=1e-6) and float(offsets.abs().max()) <= 0.05 + 1e-6
+
+
+def test_stage_a_batch_of_a_3d_encoder_masks_its_patch_tokens() -> None:
+    """Issue 14: stage A of `--image-encoder-kind 3d` failed with `size of tensor a (32) must match ... (256)`: the
+    prepared volume's mask counts grid slices, the encoder gives patch tokens."""
+    from core.train.image_stage import _stage_a_batch
+
+    cfg = {"fusion": "image_only", "head": "discrete", "dim": 8, "edges": [0.0, 10.0, 30.0], "proportional_head": True,
+           "image": {"kind": "3d", "out_dim": 8, "grid": [16, 32, 32], "channels": [4, 8, 8], "hu_window": [-1000, 1000]},
+           "ehr": {"sequence": None, "tabular": None, "embedding_dim": None}}
+    net = SurvivalNet(ModelConfig.from_dict(cfg))
+    batch = {"image_preprocessed": torch.zeros(3, 16, 32, 32), "image_token_mask": torch.ones(3, 16),
+             "image_present": torch.tensor([1.0, 1.0, 0.0])}
+    b = _stage_a_batch(net, batch, (2, 0.01))  # augmentation applies to per-slice inputs only: the volume passes as is
+    assert b["image_tokens"].shape == (3, 32, 8) and b["image_token_mask"].tolist() == [[1.0] * 32, [1.0] * 32, [0.0] * 32]
+    out = net(b)
+    assert out["survival"].shape == (3, 3) and torch.isfinite(out["risk"]).all()
+    # 2d: one token per slice, the slice mask (with padding) is kept as it is
+    cfg["image"] = {"kind": "2d", "out_dim": 8, "size": 16, "channels": [4, 8], "hu_window": [-1000, 1000]}
+    net2 = SurvivalNet(ModelConfig.from_dict(cfg))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    b2 = _stage_a_batch(net2, {"image_preprocessed": torch.zeros(2, 3, 16, 16), "image_token_mask": mask,
+                               "image_present": torch.ones(2)})
+    assert torch.equal(b2["image_token_mask"], mask) and b2["image_tokens"].shape == (2, 3, 8)
