@@ -10,11 +10,10 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import streamlit as st
 
@@ -23,10 +22,9 @@ from core.app import audit as audit_log
 from core.app import demo_install, paths, reference
 from core.app import workspace as workspaces
 from pages import _state as K
+from pages._memo import forget, memo  # noqa: F401  (ui.memo / ui.forget for the pages)
 
-T = TypeVar("T")
 LOG = logging.getLogger("ctehr.app")
-MEMO_SIZE = 48
 CONFORMAL_ALPHA = 0.1  # the conformal bound's miscoverage: a 90 % bound
 DEMO = "demo"
 UPLOADED = "uploaded"
@@ -134,11 +132,14 @@ def demo_cohort() -> Any:
 
 
 def available_models() -> dict[str, Path]:
-    """Demo models (one per strategy), then models trained in this session."""
+    """Demo models (one per strategy), then the models this user trained in the app (kept in their models folder)."""
+    from core.app.background import trained_models
+
     models = dict(demo_install.list_models(demo_install.demo_paths().models))
-    for name, path in st.session_state.get(K.TRAINED_MODELS, {}).items():
-        if Path(path).is_dir():
-            models[name] = Path(path)
+    trained = trained_models(workspaces.user_models_dir(user_id()))
+    st.session_state[K.TRAINED_MODELS] = {name: str(m) for name, (m, _) in trained.items()}
+    st.session_state[K.TRAINED_COHORTS] = {name: str(c) for name, (_, c) in trained.items()}
+    models.update({name: m for name, (m, _) in trained.items()})
     return models
 
 
@@ -185,25 +186,6 @@ def workspace() -> workspaces.SessionWorkspace:
         st.session_state[K.WORKSPACE] = ws
     ws.touch()
     return ws
-
-
-def memo(key: tuple, compute: Callable[[], T]) -> T:
-    """A small per-session LRU memo for patient data (never shared between sessions)."""
-    store: OrderedDict = st.session_state.setdefault(K.MEMO, OrderedDict())
-    if key in store:
-        store.move_to_end(key)
-        return store[key]
-    value = compute()
-    store[key] = value
-    while len(store) > MEMO_SIZE:
-        store.popitem(last=False)
-    return value
-
-
-def forget(prefix: str) -> None:
-    store: OrderedDict = st.session_state.get(K.MEMO, OrderedDict())
-    for key in [k for k in store if k and k[0] == prefix]:
-        del store[key]
 
 
 def uploaded_case(subject_id: str | None = None) -> dict | None:

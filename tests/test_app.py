@@ -89,7 +89,7 @@ def _nifti_shape(data: bytes) -> tuple[int, ...]:
 
     import nibabel as nib
 
-    return tuple(nib.Nifti1Image.from_bytes(gzip.decompress(data)).shape)
+    return tuple(nib.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).shape)
 
 
 def test_demo_build_is_complete_and_idempotent(data_dir: Path) -> None:
@@ -301,3 +301,26 @@ def test_reference_predictions_are_kept_on_disk(data_dir: Path, tmp_path: Path) 
     assert other["n"] == len(ids) - 1
     with np.load(cache) as saved:
         assert saved["ids"].tolist() == ids[:-1]
+
+
+def test_the_session_memo_is_bounded_in_bytes() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    def script() -> None:
+        import numpy as np
+        import streamlit as st
+
+        from pages import _memo
+
+        _memo.MEMO_BYTES = 10 * 2**20  # 10 MB for this session
+        for i in range(8):  # 8 maps of 2 MB each (float32 512 x 1024): only the last five fit
+            _memo.memo(("map", i), lambda: np.zeros((512, 1024), np.float32))
+        big = _memo.memo(("huge",), lambda: np.zeros((4096, 1024), np.float32))  # 16 MB: returned, not kept
+        kept = [k for k in st.session_state["_memo"]]
+        st.write(repr((kept, big.nbytes, sum(st.session_state["_memo_sizes"].values()))))
+
+    at = AppTest.from_function(script, default_timeout=30)
+    at.run()
+    assert not at.exception
+    kept, big, held = eval(at.markdown[0].value)  # noqa: S307 - the script's own repr of tuples and ints
+    assert kept == [("map", i) for i in range(3, 8)] and big == 16 * 2**20 and held == 5 * 2 * 2**20
