@@ -20,6 +20,7 @@ import io
 import os
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,9 @@ def export_name(kind: str, case_number: int, suffix: str, *, method: str | None 
 # --------------------------------------------------------------------------- export
 
 _KALEIDO_LOCK = threading.Lock()
+# Kaleido's own deprecation notes are silenced by one filter installed at import and never removed (a
+# ``warnings.catch_warnings`` around the call would swap the process-wide filter list from a request thread).
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(kaleido|plotly\.io\._kaleido)")
 _KALEIDO_STATE: dict[str, Any] = {"server": False, "broken": None}
 
 
@@ -175,11 +179,7 @@ def _render_kaleido(fig: go.Figure, fmt: str, dpi: int) -> bytes | None:
                 kaleido.start_sync_server(silence_warnings=True)
                 _KALEIDO_STATE["server"] = True
                 atexit.register(_stop_kaleido)
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return fig.to_image(format=fmt, width=width, height=height, scale=scale)
+            return fig.to_image(format=fmt, width=width, height=height, scale=scale)
         except (RuntimeError, OSError, ValueError, ImportError) as err:
             # no usable headless browser here: remember and use the matplotlib renderer
             _KALEIDO_STATE["broken"] = f"{type(err).__name__}: {err}"
