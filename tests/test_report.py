@@ -225,3 +225,26 @@ def test_sanity_result_of_a_method_is_run_saved_and_read_back(parts: dict[str, A
                                  ct_present=True, sanity=failing)
     assert [w.kind for w in notes] == ["sanity"] and "FAILS the model-randomisation check" in notes[0].text
     assert "Spearman 0.90" in notes[0].text
+
+
+def test_report_carries_the_outcome_removed_from_a_real_mimic_timeline(parts: dict[str, Any], real_meds: Path,
+                                                                       tmp_path: Path) -> None:
+    """A real MIMIC-IV demo timeline that ends in MEDS_DEATH: the case warnings say the outcome was removed and
+    how many events after the index date were not used, and the report prints it."""
+    from core.app.case_warnings import gather_case_warnings, timeline_messages
+    from core.io.timeline import default_index_time, read_timeline
+    from core.report import case_report_pdf
+
+    frame = read_timeline(real_meds)
+    dead = frame.loc[frame["code"] == "MEDS_DEATH", "subject_id"].astype(str).iloc[0]
+    events = frame[frame["subject_id"].astype(str) == dead].sort_values("time", kind="stable")
+    index_time, _ = default_index_time(events)
+    after = int(((events["time"] > index_time) & (events["code"] != "MEDS_DEATH")).sum())
+    messages = timeline_messages(events, index_time)
+    assert messages[0].startswith("The timeline records the outcome (MEDS_DEATH): 1 outcome event(s) removed")
+    assert (after == 0 and len(messages) == 1) or messages[1] == f"{after} timeline event(s) after the index date were not used."
+    notes = gather_case_warnings(model_name="cross_attention", has_image=True, has_ehr=True,
+                                 modalities_used=["ehr_events"], ct_present=False, timeline=messages)
+    out = case_report_pdf(tmp_path / "mimic.pdf", **(_kwargs(parts) | {"warnings": [w.text for w in notes]}))
+    text = plain_text(out)
+    assert "The timeline records the outcome (MEDS_DEATH)" in text and "No CT study for this case" in text
