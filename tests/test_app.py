@@ -149,9 +149,10 @@ def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:
     args, _ = _viewer(at)
     assert args["window"] == [-1350.0, 150.0] and args["window_id"].endswith(":lung")
     at.toggle(key="show_saliency").set_value(True).run()
+    at.selectbox(key="method").set_value("gradcam").run()  # a method no other test puts in the map cache
     _no_exception(at)
     # the whole-volume map is computed once in the background, then sent as a second NIfTI volume
-    jobs = [j for j in default_queue().jobs("local") + default_queue().jobs("anonymous") if "map" in j.title]
+    jobs = [j for j in default_queue().jobs("local") + default_queue().jobs("anonymous") if j.title == "Grad-CAM map"]
     assert jobs, "no background job for the saliency map"
     done = default_queue().wait(jobs[-1].id, timeout=600)
     assert done.state == "done", done.error

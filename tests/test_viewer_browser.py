@@ -59,12 +59,18 @@ def viewer_frame(pg: object, timeout_s: float = 60.0) -> object:
         pg.wait_for_timeout(250)  # type: ignore[attr-defined]
 
 
-def tile_box(pg: object, fr: object, plane: str) -> tuple[float, float, float, float]:
-    """(left, top, width, height) of a plane's tile in page CSS pixels."""
+def tile_in_canvas(fr: object, plane: str) -> tuple[float, float, float, float]:
+    """(left, top, width, height) of a plane's tile in the canvas, CSS pixels."""
     l, t, w, h = fr.evaluate(  # type: ignore[attr-defined]
         """(p) => { const nv = window.ctehrViewer.nv, d = nv.uiData.dpr || 1;
                      const s = nv.screenSlices.find((x) => x.axCorSag === p);
                      return s.leftTopWidthHeight.map((v) => v / d); }""", PLANES[plane])
+    return l, t, w, h
+
+
+def tile_box(pg: object, fr: object, plane: str) -> tuple[float, float, float, float]:
+    """(left, top, width, height) of a plane's tile in page CSS pixels (as the page is scrolled now)."""
+    l, t, w, h = tile_in_canvas(fr, plane)
     canvas = fr.locator("#gl").bounding_box()  # type: ignore[attr-defined]
     return canvas["x"] + l, canvas["y"] + t, w, h
 
@@ -224,11 +230,12 @@ def _seed_ball_map(data_dir: Path) -> tuple[str, tuple[int, int, int]]:  # noqa:
     return key, centre
 
 
-def _overlay_pixels(png: bytes, box: tuple[float, float, float, float], origin: tuple[float, float]) -> int:
+def _overlay_pixels(png: bytes, box: tuple[float, float, float, float]) -> int:
+    """Warm-colormap pixels inside a tile (``box`` in canvas CSS pixels) of a screenshot of the canvas."""
     from PIL import Image
 
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-    left, top, w, h = (int(np.rint(v)) for v in (box[0] - origin[0], box[1] - origin[1], box[2], box[3]))
+    left, top, w, h = (int(np.rint(v)) for v in box)
     tile = img[top:top + h, left:left + w]
     r, b = tile[..., 0], tile[..., 2]
     return int(((r - b > 80) & (r > 150)).sum())  # the warm colormap: orange-yellow, never grey
@@ -248,15 +255,14 @@ def test_overlay_on_all_three_planes(page: object, data_dir: Path) -> None:  # n
              nv.scene.crosshairPos = nv.vox2frac([d[1] - 1 - c, d[2] - 1 - r, s]); nv.drawScene(); }""", list(centre))
     pg.wait_for_timeout(400)  # type: ignore[attr-defined]
     canvas = fr.locator("#gl")  # type: ignore[attr-defined]
-    origin = canvas.bounding_box()
     png = canvas.screenshot()
-    counts = {p: _overlay_pixels(png, tile_box(pg, fr, p), (origin["x"], origin["y"])) for p in PLANES}
+    counts = {p: _overlay_pixels(png, tile_in_canvas(fr, p)) for p in PLANES}
     assert all(n >= 20 for n in counts.values()), counts
     # with the overlay hidden (opacity 0) the same tiles have no warm pixels
     fr.evaluate("() => { const nv = window.ctehrViewer.nv; nv.volumes[1].opacity = 0; nv.updateGLVolume(); }")  # type: ignore[attr-defined]
     pg.wait_for_timeout(300)  # type: ignore[attr-defined]
     png_off = canvas.screenshot()
-    off = {p: _overlay_pixels(png_off, tile_box(pg, fr, p), (origin["x"], origin["y"])) for p in PLANES}
+    off = {p: _overlay_pixels(png_off, tile_in_canvas(fr, p)) for p in PLANES}
     assert all(n == 0 for n in off.values()), off
     fr.evaluate("() => { const nv = window.ctehrViewer.nv; nv.volumes[1].opacity = 0.6; nv.updateGLVolume(); }")  # type: ignore[attr-defined]
     pg.wait_for_timeout(300)  # type: ignore[attr-defined]

@@ -178,6 +178,13 @@ def test_whole_map_is_the_per_slice_maps_and_is_cached(data_dir: Path, tmp_path:
     for k in (s // 2, s // 2 + 3):  # the same map the page used to compute one slice at a time
         single = attribute(model, inputs, "gradcam", 365.0, k, with_events=False).map
         np.testing.assert_allclose(full[k], single[k], rtol=1e-4, atol=1e-6)
+    stamp = AV.model_stamp(model.model_dir)
+    probe = model.model_dir / "cache_probe.npz"  # a cache the app writes beside the model changes no map
+    probe.write_bytes(b"x")
+    try:
+        assert AV.model_stamp(model.model_dir) == stamp
+    finally:
+        probe.unlink()
     calls: list[str] = []
     again = AV.case_map(AV.MapCache(tmp_path), model, inputs, "gradcam", 365, progress=lambda f, m: calls.append(m))
     assert calls == ["cached"]  # a fresh cache (a server restart) reads it from disk

@@ -37,12 +37,14 @@ KEY_VERSION = "attribution-volume-1"
 
 
 def model_stamp(model_dir: str | Path) -> str:
-    """The folder and the modification times and sizes of its files: changes when a model is retrained in place."""
+    """The folder and the size and modification time of the files that define the model (``config.json`` and the
+    ``*.safetensors`` weights): changes when a model is retrained in place, not when the app writes its caches
+    (reference predictions) beside them."""
     root = Path(model_dir)
     if not root.is_dir():
         raise InputError("model", str(root), "is not a folder", "pass a loaded model's model_dir")
     parts = [str(root.resolve())]
-    for path in sorted(p for p in root.iterdir() if p.is_file()):
+    for path in sorted(p for p in root.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")):
         st = path.stat()
         parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(parts)
