@@ -10,7 +10,7 @@ import streamlit as st
 from core.jobs import Job, default_queue, format_eta
 from pages import _shared as ui
 
-POLL_S = 1.0
+POLL_S = 2.0  # seconds between progress refreshes (a run_every fragment; see README Limitations)
 
 
 def owner() -> str:

@@ -198,12 +198,15 @@ if checked is not None:
             )
             for w in volume.warnings:
                 st.warning(w, icon=":material/warning:")
-            from core.preprocess.lung import lung_coverage_warning
+            from core.predict import image_warnings
 
-            coverage = ui.memo(("upload_coverage", id(checked), checked.series, volume.shape),
-                               lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
-            if coverage:
-                st.warning(coverage, icon=":material/warning:")
+            with ui.core_errors(stop=False):
+                model_name = ui.current_model_name()
+                model = ui.current_model()
+                notes = ui.memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir)),
+                                lambda: image_warnings(model, volume))
+                for note in notes:  # what the selected model cannot read in this CT (its training profile)
+                    st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
 
 # ------------------------------------------------------------------- timeline
 st.subheader("2. Timeline (optional)")

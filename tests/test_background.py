@@ -61,3 +61,21 @@ def test_an_uploaded_cohort_is_trained_listed_and_evaluated_once(tmp_path: Path)
     assert read_saved_metrics(saved, model_fingerprint(model_dir)) == json.loads(json.dumps(first))
     assert evaluate_job(_ctx(), todo)["mine"] == read_saved_metrics(saved, model_fingerprint(model_dir))
     assert abs(first["c_index"] - result["c_index"]) < 1e-9  # the same test split as training reported
+
+
+def test_shipped_demo_models_carry_their_test_evaluation_and_predictions() -> None:
+    """The Cohort page reads these instead of computing them on a first start; stale ones would be recomputed."""
+    import numpy as np
+
+    from core.app.demo_install import SHIPPED_MODELS, shipped_manifest
+
+    manifest = shipped_manifest()
+    for fusion, expected in manifest["test_metrics"].items():
+        folder = SHIPPED_MODELS / fusion
+        saved = read_saved_metrics(folder / "demo_test_metrics.json", model_fingerprint(folder))
+        assert saved is not None, f"{fusion}: demo_test_metrics.json missing or stale"
+        assert abs(saved["c_index"] - expected["c_index"]) < 1e-6 and saved["n"] == expected["n"]
+        with np.load(folder / "reference_predictions.npz") as ref, np.load(folder / "val_predictions.npz") as val:
+            assert len(ref["ids"]) == expected["n"] and ref["surv"].shape[0] == expected["n"]
+            assert val["surv"].shape[0] == len(val["ids"]) > 0
+            assert np.all(np.diff(ref["surv"], axis=1) <= 1e-9)  # survival curves never rise
