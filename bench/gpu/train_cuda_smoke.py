@@ -10,6 +10,6 @@ for fusion in sys.argv[2:]:
     try:
         m = train_model(sys.argv[1], fusion, f"/tmp/dbg_{fusion}", epochs=3, device="cuda", ensemble=2)
         print(fusion, "OK", round(time.time() - t0, 1), "s", m.get("test", {}).get("c_index"), flush=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - report each strategy's failure with its traceback and go on
         print(fusion, "FAILED after", round(time.time() - t0, 1), "s", flush=True)
         traceback.print_exc()
