@@ -44,11 +44,11 @@ top[1].metric("Fusion strategy", model_name)
 top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'none'}")  # wraps, never cut off
 
 # ------------------------------------------- warnings (the report PDF carries the same list)
-every = review.Strategies()
-with st.spinner("Predicting under every strategy..."), ui.core_errors(stop=False):
-    every = review.strategies(source, subject_id, model_name)
-warnings = review.case_warnings(model_name, model, source, subject_id, every)
-review.show_warnings(warnings)
+# shown at once; the strategies' disagreement (the list's last item) is added to the same box once every
+# strategy has scored the case further down, so the viewer does not wait for the other models
+warning_box = st.container()
+with warning_box:
+    review.show_warnings(review.case_warnings(model_name, model, source, subject_id))
 unscored = review.CW.cannot_score_reason(model_name, bool(getattr(model.net, "has_image", True)),
                                          bool(getattr(model.net, "has_ehr", True)), pred.modalities_used)
 scored = unscored is None
@@ -134,6 +134,12 @@ with right:
             )
 
     st.subheader("Same case, every fusion strategy")
+    every = review.Strategies()
+    with st.spinner("Predicting under every strategy..."), ui.core_errors(stop=False):
+        every = review.strategies(source, subject_id, model_name)
+    if every.flag:
+        with warning_box:
+            review.show_warnings([review.CW.CaseWarning("disagreement", every.flag)])
     with ui.core_errors(stop=False):
         if every.curves:
             cmp_fig = F.survival_compare_figure(every.curves, cohort_km=None if ref is None else ref["cohort_km"],
