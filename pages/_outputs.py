@@ -39,8 +39,11 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                       strategy_risks=every.table, strategies_skipped=list(every.skipped.values())))
 
 
-def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int) -> tuple[bytes, str]:
-    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip, and a one-line summary."""
+def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int,
+                      amap: Any = None) -> tuple[bytes, str]:
+    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip, and a one-line summary.
+
+    ``amap`` is the whole-volume map the viewer shows (``pages._viewer.overlay_map``); computed here when None."""
     from core.dicom_export import (
         export_dicom,
         model_info,
@@ -52,15 +55,16 @@ def case_dicom_export(model: Any, source: str, subject_id: str, method: str, hor
     inputs = ui.case_inputs(model, source, subject_id)
     pred = ui.case_prediction(model, source, subject_id)
     volume = ui.case_volume(source, subject_id)
-    att = attribute(model, inputs, method, float(horizon), None, with_events=False)  # the whole volume
+    if amap is None:
+        amap = attribute(model, inputs, method, float(horizon), None, with_events=False).map  # the whole volume
     if source == ui.UPLOADED:
         case = ui.uploaded_case(subject_id) or {}
         study = Path(case["study_path"]) if case.get("study_path") else None
     else:
         study = ui.demo_cohort().study_path(subject_id)
-    out = ui.workspace().fresh_dir("dicom")
+    out = ui.exports_dir("dicom")
     series = source_series_for(volume, out, study_path=study)
-    result = export_dicom(volume, att.map, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
+    result = export_dicom(volume, amap, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
                           method, out, source=series)
     parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
     parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []

@@ -175,6 +175,18 @@ def horizon_days() -> int:
 # ------------------------------------------------------- per-session state
 
 
+def exports_dir(kind: str) -> Path:
+    """A fresh folder for one kind of export (figure, report, dicom) in this user's exports (their quota)."""
+    import shutil
+
+    user = user_id()
+    workspaces.check_quota(user, 0)  # refuse when the user is already over their quota
+    folder = workspaces.user_exports_dir(user) / kind
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700)
+    return folder
+
+
 def workspace() -> workspaces.SessionWorkspace:
     """This session's private scratch folder (deleted when the session ends; a killed server's swept at start-up).
 
@@ -443,23 +455,6 @@ def subgroup_table(model_name: str, column: str) -> dict:
     cache = None if model_name in st.session_state.get(K.TRAINED_MODELS, {}) else Path(path) / "reference_predictions.npz"
     return memo(("subgroups", str(path), column), lambda: reference.subgroups(
         model_by_name(model_name), cohort, column, reference.reference_ids(cohort), cache=cache))
-
-
-def case_attribution(model: Any, source: str, subject_id: str, method: str, horizon: int, slice_index: int) -> Any:
-    """Attribution map aligned with the volume (per session; per-slice encoders attribute one slice lazily)."""
-    from core.explain import attribute
-
-    inputs = case_inputs(model, source, subject_id)
-    per_slice = attribution_is_per_slice(model)
-    key = ("attribution", str(model.model_dir), source, subject_id, upload_token(source, subject_id), method, horizon,
-           slice_index if per_slice else None)
-    result = memo(key, lambda: attribute(model, inputs, method, float(horizon), slice_index if per_slice else None))
-    return result.map
-
-
-def attribution_is_per_slice(model: Any) -> bool:
-    chain = model.transforms
-    return chain is not None and chain.per_slice
 
 
 def case_index_time(source: str, subject_id: str) -> Any:

@@ -10,6 +10,7 @@ from core.app import viewer
 from pages import _outputs as outputs
 from pages import _shared as ui
 from pages import _state as K
+from pages import _viewer
 
 ui.require_app_navigation()
 
@@ -47,6 +48,7 @@ with ui.core_errors():
 exports: dict = st.session_state.setdefault(K.EXPORTS, {})
 
 st.subheader("Saliency figure")
+amap = None
 if volume is None or "image" not in pred.modalities_used:
     st.info("This case has no CT used by the selected model, so there is no saliency figure to export.")
 else:
@@ -57,10 +59,14 @@ else:
     wname = ui.viewer_setting("window", "soft_tissue")
     win = (WINDOWS[wname].low, WINDOWS[wname].high) if wname in WINDOWS else (-160.0, 240.0)
     key = (source, subject_id, model_name, method, horizon, z, wname)
-    if st.button("Prepare the saliency figure", type="primary", key="prepare_figure"):
-        with st.spinner("Attributing and rendering..."), ui.core_errors(stop=False, what="Export failed: "):
+    # the same whole-volume map the viewer shows (computed once in the background, shared with Case review)
+    amap = _viewer.overlay_map(model, ui.case_inputs(model, source, subject_id), source, subject_id, method, horizon)
+    if amap is None:
+        st.caption("The figure and the DICOM objects use the case's whole-volume attribution map: it is being "
+                   "computed (above); they can be prepared when it is ready.")
+    if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
+        with st.spinner("Rendering..."), ui.core_errors(stop=False, what="Export failed: "):
             ui.audit("export", "saliency_figure", case=number, method=method)
-            amap = ui.case_attribution(model, source, subject_id, method, horizon, z)
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z), viewer.plane_slice(F.normalize_map(amap), "axial", z),
                 window=win, opacity=float(ui.viewer_setting("opacity", 0.6)),
@@ -70,7 +76,7 @@ else:
             # slices are numbered from 1 (inferior) for people everywhere: title, caption and file name
             caption = figure_export.caption_text(model=model_name, fusion=model.fusion, method=method,
                                                  horizon_days=horizon, slice_index=z + 1, window=win)
-            folder = ui.workspace().fresh_dir("export")
+            folder = ui.exports_dir("figure")
             files = {}
             for fmt in FORMATS:
                 name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1)
@@ -100,7 +106,7 @@ if st.button("Prepare the case report", key="prepare_report"):
         ui.audit("export", "case_report_pdf", case=number, method=method)
         from core.report import case_report_pdf
 
-        folder = ui.workspace().fresh_dir("report")
+        folder = ui.exports_dir("report")
         name = figure_export.export_name("case-report", number, "pdf", method=method)
         path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon, folder / name)
         exports["report"] = {"key": rkey, "name": name, "data": path.read_bytes()}
@@ -119,10 +125,10 @@ st.caption(
 dkey = (source, subject_id, model_name, method, horizon)
 if volume is None or "image" not in pred.modalities_used:
     st.info("This case has no CT used by the selected model, so there is nothing to place on a DICOM series.")
-elif st.button("Prepare the DICOM objects", key="prepare_dicom"):
-    with st.spinner("Attributing the whole volume and writing DICOM..."), ui.core_errors(stop=False, what="DICOM export failed: "):
+elif st.button("Prepare the DICOM objects", key="prepare_dicom", disabled=amap is None):
+    with st.spinner("Writing DICOM..."), ui.core_errors(stop=False, what="DICOM export failed: "):
         ui.audit("export", "dicom_zip", case=number, method=method)
-        zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon)
+        zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, amap)
         exports["dicom"] = {"key": dkey, "data": zip_bytes, "summary": summary,
                             "name": figure_export.export_name("dicom", number, "zip", method=method)}
 ready = exports.get("dicom")

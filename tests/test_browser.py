@@ -126,6 +126,15 @@ def shot(pg: object, name: str) -> None:
         pg.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
 
 
+def prepare(pg: object, label: str, timeout_s: float = 240.0) -> None:
+    """Click an Export "Prepare ..." button once it is enabled (it waits for the case's whole-volume map job)."""
+    from playwright.sync_api import expect
+
+    button = pg.get_by_role("button", name=label)  # type: ignore[attr-defined]
+    expect(button).to_be_enabled(timeout=timeout_s * 1000)
+    button.click()
+
+
 def go(pg: object, title: str) -> None:
     pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()  # type: ignore[attr-defined]
     settle(pg)
@@ -240,7 +249,7 @@ def test_bad_uploads_show_a_message_not_a_traceback(page: object, tmp_path: Path
 def test_download_saliency_png(page: object, tmp_path: Path) -> None:
     pg = page
     go(pg, "Export")
-    pg.get_by_role("button", name="Prepare the saliency figure").click()  # type: ignore[attr-defined]
+    prepare(pg, "Prepare the saliency figure")
     settle(pg, 180)
     shot(pg, "export")
     with pg.expect_download() as info:  # type: ignore[attr-defined]
@@ -261,7 +270,7 @@ def test_download_dicom_objects(page: object, tmp_path: Path) -> None:
 
     pg = page
     go(pg, "Export")
-    pg.get_by_role("button", name="Prepare the DICOM objects").click()  # type: ignore[attr-defined]
+    prepare(pg, "Prepare the DICOM objects")
     settle(pg, 300)
     with pg.expect_download() as info:  # type: ignore[attr-defined]
         pg.get_by_role("button", name="Download the DICOM objects (zip)").click()  # type: ignore[attr-defined]
@@ -283,7 +292,8 @@ def test_download_dicom_objects(page: object, tmp_path: Path) -> None:
 def test_other_pages_render(page: object) -> None:
     pg = page
     go(pg, "Cohort & models")
-    assert pg.get_by_text("Harrell's C-index").count() >= 1  # type: ignore[attr-defined]
+    # the test-split evaluation runs once as a background job (its progress bar shows meanwhile), then is kept
+    pg.get_by_text("Harrell's C-index").first.wait_for(timeout=240_000)  # type: ignore[attr-defined]
     settle(pg, 300)
     for text in ("net benefit against the risk threshold", "Coverage of the uncertainty bounds", "Subgroups"):
         assert pg.get_by_text(text, exact=False).count() >= 1, text  # type: ignore[attr-defined]

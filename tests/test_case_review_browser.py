@@ -20,6 +20,7 @@ from tests.test_browser import (  # noqa: F401  (fixtures are found by name)
     data_dir,
     go,
     page,
+    prepare,
     server,
     settle,
     shot,
@@ -128,7 +129,7 @@ def test_slice_numbers_agree_between_caption_and_file_name(page: object) -> None
     caption = pg.get_by_text(re.compile(r"Axial slice \d+/\d+ \(as in Case review\)")).first.inner_text()  # type: ignore[attr-defined]
     assert "numbered from 1" in caption
     shown = int(re.search(r"Axial slice (\d+)/", caption).group(1))
-    pg.get_by_role("button", name="Prepare the saliency figure").click()  # type: ignore[attr-defined]
+    prepare(pg, "Prepare the saliency figure")
     settle(pg, 180)
     files = pg.get_by_text(re.compile(r"Files: saliency_case")).first.inner_text()  # type: ignore[attr-defined]
     assert f"Axial slice {shown}/" in files and f"_slice{shown:03d}.png" in files
