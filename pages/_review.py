@@ -100,7 +100,7 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
         model_name=model_name, has_image=bool(getattr(model.net, "has_image", True)),
         has_ehr=bool(getattr(model.net, "has_ehr", True)), modalities_used=pred.modalities_used,
         ct_present=volume is not None,
-        coverage=ui.case_coverage_warning(source, subject_id) if uses_image else None,
+        coverage=None,  # image_warnings below: the model's training profile, or the lung check without one
         prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image else [],
         timeline=timeline_notes(source, subject_id),
         sanity=method_sanity(model).get(method) if uses_image else None,

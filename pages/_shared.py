@@ -249,17 +249,6 @@ def case_volume(source: str, subject_id: str) -> Any:
     return memo(("volume", source, subject_id), lambda: cohort.load_volume(subject_id))
 
 
-def case_coverage_warning(source: str, subject_id: str) -> str | None:
-    """``lung_coverage_warning`` of the case's CT (None without a CT)."""
-    from core.preprocess.lung import lung_coverage_warning
-
-    volume = case_volume(source, subject_id)
-    if volume is None:
-        return None
-    return memo(("coverage", source, subject_id, upload_token(source, subject_id)),
-                lambda: lung_coverage_warning(volume.hu, volume.spacing_mm))
-
-
 def case_inputs(model: Any, source: str, subject_id: str) -> Any:
     key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
     return memo(key, lambda: model.case_inputs(case_cohort(source, subject_id), subject_id))
