@@ -47,7 +47,7 @@ from core.errors import InputError
 ACTIVE = ("queued", "running")
 CANCEL_GRACE_S = 5.0
 HEAVY_NICE = 10
-MAX_ACTIVE_PER_USER = int(os.environ.get("CTEHR_JOBS_PER_USER", "2"))
+MAX_ACTIVE_PER_USER = int(os.environ.get("CTEHR_JOBS_PER_USER", "4"))
 
 
 class JobCancelled(Exception):

@@ -148,6 +148,8 @@ def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:
     _no_exception(at)
     args, _ = _viewer(at)
     assert args["window"] == [-1350.0, 150.0] and args["window_id"].endswith(":lung")
+    for earlier in default_queue().jobs("local"):  # maps that earlier page runs queued (a per-user limit applies)
+        default_queue().wait(earlier.id, timeout=600)
     at.toggle(key="show_saliency").set_value(True).run()
     at.selectbox(key="method").set_value("gradcam").run()  # a method no other test puts in the map cache
     _no_exception(at)

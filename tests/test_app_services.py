@@ -134,14 +134,16 @@ def test_upload_cohort_holds_the_volume_and_events(tmp_path: Path) -> None:
 
 
 def test_attention_maps_average_queries() -> None:
-    att = {"img<-ehr": np.random.default_rng(0).random((1, 2, 5, 3)).astype(np.float32)}
-    maps = F.attention_maps(att, None)
+    att = {"img<-ehr": np.random.default_rng(0).random((1, 2, 5, 4)).astype(np.float32)}  # 4 event tokens, 1 padding
+    events = pd.DataFrame({"code": ["LAB//K", "LAB//Na", "DX//I10"], "time": pd.to_datetime(["2020-01-01"] * 3)})
+    maps = F.attention_maps(att, events)
     assert len(maps) == 1
     w = maps[0]["weights"]
-    assert w.shape == (2, 3)
-    np.testing.assert_allclose(w, att["img<-ehr"][0].mean(axis=1), rtol=1e-6)
-    assert maps[0]["cols"] == ["event 0", "event 1", "event 2"]
-    assert F.attention_maps({}, None) == []
+    assert w.shape == (2, 3)  # the padding token is dropped
+    np.testing.assert_allclose(w, att["img<-ehr"][0, :, :, :3].mean(axis=1), rtol=1e-6)
+    assert maps[0]["cols"] == ["0: K", "1: Na", "2: I10"]
+    assert F.attention_maps({}, events) == []
+    assert F.attention_maps(att, None) == []  # no events: nothing drawn for events that do not exist
 
 
 def test_risk_group_of_uses_the_group_ranges() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_browser import CHROMIUM, browser, data_dir, server, settle, shot  # noqa: F401  (fixtures)
+from tests.test_browser import CHROMIUM, browser, choose, data_dir, server, settle, shot  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 if not CHROMIUM.exists():
@@ -208,8 +208,10 @@ def test_slice_survives_a_page_switch(page: object) -> None:
     assert crosshair(viewer_frame(pg)) == there
 
 
-def _seed_ball_map(data_dir: Path) -> tuple[str, tuple[int, int, int]]:  # noqa: F811
-    """Put a ball-shaped map for the opening case into the server's cache; returns its key and centre voxel."""
+def _seed_ball_map(data_dir: Path, method: str) -> tuple[str, tuple[int, int, int]]:  # noqa: F811
+    """Put a ball-shaped ``method`` map for the opening case into the server's disk cache; its key and centre voxel.
+
+    A method no other test computes (the server may hold another test's real map of a method in memory)."""
     from core.app import attribution_volume as AV
     from core.app.demo_install import DEFAULT_FUSION, demo_paths
     from core.cohort import load_cohort
@@ -225,7 +227,7 @@ def _seed_ball_map(data_dir: Path) -> tuple[str, tuple[int, int, int]]:  # noqa:
     centre = (s // 2, r // 3, c // 3)
     zz, yy, xx = np.meshgrid(np.arange(s), np.arange(r), np.arange(c), indexing="ij")
     ball = ((zz - centre[0]) ** 2 / 16 + (yy - centre[1]) ** 2 / 64 + (xx - centre[2]) ** 2 / 64 <= 1).astype(np.float32)
-    key = AV.map_key(AV.case_digest(inputs), AV.model_stamp(model.model_dir), "saliency", DEFAULT_HORIZON)
+    key = AV.map_key(AV.case_digest(inputs), AV.model_stamp(model.model_dir), method, DEFAULT_HORIZON)
     AV.MapCache(data_dir / "cache" / "attribution").put(key, ball)
     return key, centre
 
@@ -243,12 +245,14 @@ def _overlay_pixels(png: bytes, box: tuple[float, float, float, float]) -> int:
 
 def test_overlay_on_all_three_planes(page: object, data_dir: Path) -> None:  # noqa: F811
     pg = page
-    _, centre = _seed_ball_map(data_dir)
+    _, centre = _seed_ball_map(data_dir, "occlusion")
     fr = viewer_frame(pg)
     pg.get_by_text("Saliency overlay").click()  # type: ignore[attr-defined]
     settle(pg, 60)
+    choose(pg, "Method", "Occlusion")
+    settle(pg, 60)
     fr = viewer_frame(pg)
-    fr.wait_for_function("() => window.ctehrViewer.nv.volumes.length === 2", timeout=30_000)  # type: ignore[attr-defined]
+    fr.wait_for_function("() => window.ctehrViewer.nv.volumes.length === 2", timeout=60_000)  # type: ignore[attr-defined]
     # put the crosshair on the ball's centre: (slice, row, col) -> RAS voxel of the canonical grid
     fr.evaluate(  # type: ignore[attr-defined]
         """([s, r, c]) => { const nv = window.ctehrViewer.nv, d = nv.volumes[0].dimsRAS;
