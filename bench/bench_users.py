@@ -53,13 +53,14 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 LISTEN_JS = """() => {
-  const st = window.ctehrViewer, c = document.getElementById('gl');
   if (window._benchLat) return;
   window._benchLat = [];
-  c.addEventListener('wheel', (ev) => {
-    const t = ev.timeStamp, d0 = st.draws;
-    const wait = () => { if (st.draws > d0) requestAnimationFrame(() => window._benchLat.push(performance.now() - t));
-                         else if (performance.now() - t < 10000) requestAnimationFrame(wait); };
+  // on the window, not the canvas: the viewer may rebuild its canvas when the page reruns
+  window.addEventListener('wheel', (ev) => {
+    const st = window.ctehrViewer, t = ev.timeStamp, d0 = st ? st.draws : 0;
+    const wait = () => { const s = window.ctehrViewer;
+      if (s && s.draws > d0) requestAnimationFrame(() => window._benchLat.push(performance.now() - t));
+      else if (performance.now() - t < 10000) requestAnimationFrame(wait); };
     requestAnimationFrame(wait);
   }, {capture: true});
 }"""
@@ -117,6 +118,7 @@ class MemoryWatch(threading.Thread):
 
 class Stats:
     def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []  # (wall-clock time read, slice-change ms)
         self.slice_idle: list[float] = []
         self.slice_training: list[float] = []
         self.overlay: list[float] = []
@@ -127,6 +129,11 @@ class Stats:
 
     def training_at(self, t: float) -> bool:
         return any(a <= t <= b for a, b in self.training)
+
+    def split(self) -> None:
+        """Slice-change samples taken while a training job ran, and the others (spans known at the end)."""
+        for t, v in self.samples:
+            (self.slice_training if self.training_at(t) else self.slice_idle).append(v)
 
 
 async def viewer_frame(pg: Any, timeout_s: float = 120.0) -> Any:
@@ -170,9 +177,18 @@ async def scroll_user(i: int, ctx: Any, base: str, stats: Stats, end: float, sec
         if steps % 12 == 0:
             direction = -direction
         await asyncio.sleep(rng.uniform(0.15, 0.4))
-        lat = await fr.evaluate("() => window._benchLat.splice(0)")
+        try:
+            lat = await fr.evaluate("() => (window._benchLat || []).splice(0)")
+            if steps % 10 == 0:
+                await fr.evaluate(LISTEN_JS)  # again, should the frame's document have been replaced
+        except Exception as exc:  # noqa: BLE001 - the frame was replaced by a rerun: find it again
+            if "detached" not in str(exc) and "destroyed" not in str(exc):
+                raise
+            fr = await viewer_frame(pg)
+            await fr.evaluate(LISTEN_JS)
+            lat = []
         now = time.time()
-        (stats.slice_training if stats.training_at(now) else stats.slice_idle).extend(float(v) for v in lat)
+        stats.samples.extend((now, float(v)) for v in lat)
         if time.monotonic() >= next_overlay:
             next_overlay = time.monotonic() + overlay_every
             t1 = time.perf_counter()
@@ -219,7 +235,7 @@ async def upload_user(ctx: Any, base: str, study: Path, stats: Stats) -> None:
     pg.on("pageerror", lambda err: stats.errors.append(f"uploader: page error {str(err)[:120]}"))
     t0 = time.perf_counter()
     await pg.goto(base + "/upload", timeout=180000)
-    await pg.locator("input[type=file]").first.set_input_files(str(study))
+    await pg.locator("input[type=file]").first.set_input_files(str(study), timeout=180_000)
     await asyncio.sleep(20)
     if await exceptions_on(pg):
         stats.errors.append("uploader: an exception box on Upload")
@@ -230,16 +246,17 @@ async def upload_user(ctx: Any, base: str, study: Path, stats: Stats) -> None:
 async def train_user(ctx: Any, base: str, zip_path: Path, data: Path, stats: Stats, end: float) -> None:
     pg = await ctx.new_page()
     pg.on("pageerror", lambda err: stats.errors.append(f"trainer: page error {str(err)[:120]}"))
+    before = {p.name for p in (data / "users").glob("*/models/*")}  # models of earlier runs
     await pg.goto(base + "/cohort_models", timeout=180000)
     await pg.get_by_role("tab", name="Train on your cohort").click()
-    await pg.locator("input[type=file]").first.set_input_files(str(zip_path))
+    await pg.locator("input[type=file]").first.set_input_files(str(zip_path), timeout=180_000)
     await asyncio.sleep(3)
-    await pg.get_by_role("button", name="Train", exact=True).click()
+    await pg.get_by_role("button", name="Train", exact=True).click(timeout=180_000)
     start = time.time()
-    stats.training.append((start, end + 3600))
+    stats.training.append((start, float("inf")))  # until it is seen to end
     while time.monotonic() < end:
-        models = list((data / "users").glob("*/models/*"))
-        if models and not any(p.name.endswith(".partial") for p in models) and time.time() - start > 10:
+        models = [p for p in (data / "users").glob("*/models/*") if p.name not in before]
+        if models and not any(p.name.endswith(".partial") for p in models):
             stats.training[-1] = (start, time.time())
             stats.notes.append(f"training finished after {time.time() - start:.0f} s")
             break
@@ -308,6 +325,7 @@ def main() -> int:
             except OSError:
                 time.sleep(0.5)
         asyncio.run(run(args, base, stats))
+        stats.split()
     finally:
         watch.stop = True
         os.killpg(server.pid, signal.SIGTERM)

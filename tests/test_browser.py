@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,9 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-@pytest.fixture()
-def page(browser: object, server: str) -> Iterator[object]:
+@contextmanager
+def opened_page(browser: object, server: str) -> Iterator[object]:
+    """A fresh browser context (its own Streamlit session) on the app, once the first run has settled."""
     context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)  # type: ignore[attr-defined]
     pg = context.new_page()
     pg.set_default_timeout(60_000)
@@ -108,6 +110,23 @@ def page(browser: object, server: str) -> Iterator[object]:
         yield pg
     finally:
         context.close()
+
+
+@pytest.fixture()
+def page(browser: object, server: str) -> Iterator[object]:
+    with opened_page(browser, server) as pg:
+        yield pg
+
+
+def download(pg: object, prepare_label: str, download_label: str, folder: Path) -> Path:
+    """Prepare an Export output, download it and save it under ``folder``; the saved file."""
+    prepare(pg, prepare_label)
+    settle(pg, 300)
+    with pg.expect_download() as info:  # type: ignore[attr-defined]
+        pg.get_by_role("button", name=download_label).click()  # type: ignore[attr-defined]
+    target = folder / info.value.suggested_filename
+    info.value.save_as(str(target))
+    return target
 
 
 def settle(pg: object, timeout_s: float = 90.0) -> None:
@@ -270,14 +289,8 @@ def test_download_dicom_objects(page: object, tmp_path: Path) -> None:
 
     pg = page
     go(pg, "Export")
-    prepare(pg, "Prepare the DICOM objects")
-    settle(pg, 300)
-    with pg.expect_download() as info:  # type: ignore[attr-defined]
-        pg.get_by_role("button", name="Download the DICOM objects (zip)").click()  # type: ignore[attr-defined]
-    download = info.value
-    assert re.fullmatch(r"dicom_case\d\d_[a-z]+\.zip", download.suggested_filename)
-    target = tmp_path / download.suggested_filename
-    download.save_as(str(target))
+    target = download(pg, "Prepare the DICOM objects", "Download the DICOM objects (zip)", tmp_path)
+    assert re.fullmatch(r"dicom_case\d\d_[a-z]+\.zip", target.name)
     with zipfile.ZipFile(target) as zf:
         names = set(zf.namelist())
         assert {"saliency_pm.dcm", "saliency_seg.dcm", "prediction_sr.dcm"} <= names

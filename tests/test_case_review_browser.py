@@ -18,6 +18,7 @@ from tests.test_browser import (  # noqa: F401  (fixtures are found by name)
     browser,
     choose,
     data_dir,
+    download,
     go,
     page,
     prepare,
@@ -103,14 +104,8 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
     # Export: the same case number, the report with exactly the page's warnings
     go(pg, "Export")
     assert pg.get_by_text(f"Case {picked}", exact=False).count() >= 1  # type: ignore[attr-defined]
-    pg.get_by_role("button", name="Prepare the case report").click()  # type: ignore[attr-defined]
-    settle(pg, 300)
-    with pg.expect_download() as info:  # type: ignore[attr-defined]
-        pg.get_by_role("button", name="Download the case report (PDF)").click()  # type: ignore[attr-defined]
-    download = info.value
-    assert re.fullmatch(rf"case-report_case{int(picked):02d}_[a-z_]+\.pdf", download.suggested_filename)
-    target = tmp_path / download.suggested_filename
-    download.save_as(str(target))
+    target = download(pg, "Prepare the case report", "Download the case report (PDF)", tmp_path)
+    assert re.fullmatch(rf"case-report_case{int(picked):02d}_[a-z_]+\.pdf", target.name)
     if shutil.which("pdftotext") is None:
         pytest.skip("pdftotext (poppler-utils) is not installed")
     text = " ".join(subprocess.run(["pdftotext", str(target), "-"], check=True, capture_output=True,

@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_browser import CHROMIUM, browser, choose, data_dir, server, settle, shot  # noqa: F401  (fixtures)
+from tests.test_browser import (  # noqa: F401  (fixtures)
+    CHROMIUM,
+    browser,
+    choose,
+    data_dir,
+    opened_page,
+    server,
+    settle,
+    shot,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 if not CHROMIUM.exists():
@@ -30,15 +39,8 @@ PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}
 @pytest.fixture(scope="module")
 def page(browser: object, server: str) -> Iterator[object]:  # noqa: F811
     """One Case review page for the whole module (each test starts where the previous one left the viewer)."""
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})  # type: ignore[attr-defined]
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)
-    pg.goto(server)
-    settle(pg)
-    try:
+    with opened_page(browser, server) as pg:
         yield pg
-    finally:
-        context.close()
 
 
 def viewer_frame(pg: object, timeout_s: float = 60.0) -> object:
