@@ -49,6 +49,23 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_demo(tmp_path_factory)
 
 
+def wait_http(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:
+    """Wait until ``url`` answers 200; fail with the end of ``log`` when ``proc`` exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited early:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass  # not listening yet: try again until the deadline
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start within {START_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
@@ -61,20 +78,8 @@ def server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
         url = f"http://127.0.0.1:{port}"
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited early:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_http(url + "/_stcore/health", proc, log, "streamlit")
         yield url
     finally:
         if proc.poll() is None:

@@ -21,8 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +40,7 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (
 pytest.importorskip("authlib", reason="Authlib is not installed (st.login needs it; see requirements.txt)")
 pytest.importorskip("httpx", reason="httpx is not installed (st.login's Authlib client needs it; see requirements.txt)")
 
-from tests.test_browser import START_TIMEOUT_S, _free_port, browser, settle  # noqa: E402,F401,F811 - browser: the shared fixture
+from tests.test_browser import _free_port, browser, settle, wait_http  # noqa: E402,F401,F811 - browser: the shared fixture
 from tests.test_browser import shot as _shot  # noqa: E402
 
 CLIENT_ID = "ctehr-test"
@@ -67,22 +65,6 @@ def _oidc_modules() -> Path:
     if done.returncode != 0 or not installed.exists():
         pytest.skip(f"npm ci of oidc-provider {want} failed: {(done.stderr or done.stdout).strip()[-300:]}")
     return installed.parents[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited early:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not start within {START_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.3)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -135,7 +117,7 @@ def signed_in_app(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         with open(idp_log, "wb") as out:
             procs.append(subprocess.Popen(["node", str(OIDC_DIR / "provider.mjs")], cwd=OIDC_DIR, env=idp_env,
                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_http(f"{issuer}/.well-known/openid-configuration", procs[0], idp_log, "oidc-provider")
+        wait_http(f"{issuer}/.well-known/openid-configuration", procs[0], idp_log, "oidc-provider")
         env = {**os.environ, "CTEHR_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
         with open(app_log, "wb") as out:
             procs.append(subprocess.Popen(
@@ -143,7 +125,7 @@ def signed_in_app(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
                  "--server.port", str(app_port), "--server.address", "127.0.0.1",
                  "--secrets.files", str(secrets_toml)],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_http(f"{app_url}/_stcore/health", procs[1], app_log, "streamlit")
+        wait_http(f"{app_url}/_stcore/health", procs[1], app_log, "streamlit")
         yield app_url
     finally:
         for proc in reversed(procs):
