@@ -52,14 +52,28 @@ def _examples(values: list[str], k: int = 3) -> str:
     return shown + (f" (+{len(values) - k} more)" if len(values) > k else "")
 
 
-def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "cohort.csv") -> pd.DataFrame:
+def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "cohort.csv",
+                      for_training: bool = True) -> pd.DataFrame:
     """Check and normalise an outcome table; return a copy with str ids, float time, int event, split.
+
+    ``for_training=False`` is for scoring new patients (predict, explain, export): ``time`` and ``event`` may be
+    absent (then NaN and 0, and every subject is in the test split), and neither an observed event nor a train
+    split is required. Values that are present are checked as strictly as for training.
 
     >>> validate_outcomes(pd.DataFrame({"subject_id": [1], "time": [-1.0], "event": [1]}))
     Traceback (most recent call last):
     ...
     core.errors.InputError: time: got -1.0 (subject '1'), must be a finite number of days >= 0; fix: correct or drop negative, NaN or infinite follow-up times in cohort.csv
     """
+    if not for_training and "subject_id" in table.columns:
+        table = table.copy()
+        if "time" not in table.columns and "event" not in table.columns:
+            table["time"], table["event"] = 0.0, 0
+            if "split" not in table.columns:
+                table["split"] = "test"
+            out = validate_outcomes(table, seed=seed, source=source, for_training=False)
+            out["time"] = np.nan
+            return out
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(
@@ -91,7 +105,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         )
     out["time"] = time
     out["event"] = event.astype(int)
-    if int(out["event"].sum()) == 0:
+    if for_training and int(out["event"].sum()) == 0:
         raise InputError("event", "all 0", "every subject is censored, so no survival model can be fitted",
                          "check the event coding (1 = event) or add subjects with observed events")
     if "split" in out.columns:
@@ -103,7 +117,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         out["split"] = split
     else:
         out["split"] = auto_split(out["subject_id"].tolist(), out["event"].to_numpy(), seed=seed)
-    if not (out["split"] == "train").any():
+    if for_training and not (out["split"] == "train").any():
         raise InputError("split", "no 'train' rows", "training needs a train split", "mark some subjects as train")
     if "index_time" in out.columns:
         out["index_time"] = pd.to_datetime(out["index_time"], errors="coerce")
@@ -357,15 +371,18 @@ def uploaded_case_cohort(root: Path, *, volume: Volume | None, events: pd.DataFr
                           volumes={subject_id: volume} if volume is not None else {})
 
 
-def load_cohort(root: Path | str, *, seed: int = 0) -> Cohort:
-    """Load and validate a cohort folder (see the module docstring)."""
+def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -> Cohort:
+    """Load and validate a cohort folder (see the module docstring).
+
+    ``for_training=False`` loads a cohort of patients to score: outcomes optional (see :func:`validate_outcomes`).
+    """
     root = Path(root)
     csv = root / "cohort.csv"
     if not root.is_dir():
         raise InputError("cohort", str(root), "is not a folder", "pass a cohort folder that holds cohort.csv")
     if not csv.exists():
         raise InputError("cohort", str(root), "has no cohort.csv", "add cohort.csv with subject_id, time, event")
-    table = validate_outcomes(pd.read_csv(csv), seed=seed)
+    table = validate_outcomes(pd.read_csv(csv), seed=seed, for_training=for_training)
     ids = table["subject_id"].tolist()
     id_set = set(ids)
     features = _read_features(root / "features.csv", id_set) if (root / "features.csv").exists() else None

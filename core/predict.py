@@ -71,7 +71,7 @@ def predict_subject(model_dir: Path | str, cohort_dir: Path | str, subject_id: s
                     horizons: Sequence[int] = HORIZONS, device: str = "cpu") -> dict:
     """The ``predict --json`` object for one subject of a cohort folder."""
     model = load_model(Path(model_dir), device=device)
-    cohort = load_cohort(Path(cohort_dir))
+    cohort = load_cohort(Path(cohort_dir), for_training=False)
     return prediction_json(model, cohort, str(subject_id), horizons)
 
 

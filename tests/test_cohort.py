@@ -87,3 +87,54 @@ def test_events_stop_at_index_time(tmp_path: Path) -> None:
                   "code": ["A", "B", "C"], "numeric_value": [1.0, np.nan, 3.0]}).to_parquet(tmp_path / "timeline.parquet")
     c = load_cohort(tmp_path)
     assert c.events("1")["code"].tolist() == ["A", "B"]
+
+
+def test_scoring_cohort_needs_no_outcomes_events_or_train_split(tmp_path: Path) -> None:
+    """Patients to score (predict, explain, export) have no outcomes yet: ids and studies are enough."""
+    bare = validate_outcomes(pd.DataFrame({"subject_id": ["a", "b"], "study": ["a.nii.gz", "b.nii.gz"]}), for_training=False)
+    assert bare["subject_id"].tolist() == ["a", "b"]
+    assert bare["time"].isna().all() and bare["event"].tolist() == [0, 0] and set(bare["split"]) == {"test"}
+    censored = validate_outcomes(pd.DataFrame({"subject_id": [1, 2], "time": [5.0, 9.0], "event": [0, 0], "split": ["test", "test"]}),
+                                 for_training=False)
+    assert censored["time"].tolist() == [5.0, 9.0]
+    # values that are given are still checked
+    with pytest.raises(InputError, match="time: got -3"):
+        validate_outcomes(pd.DataFrame({"subject_id": [1], "time": [-3.0], "event": [0]}), for_training=False)
+    # training keeps every rule
+    with pytest.raises(InputError, match="columns: got time, event"):
+        validate_outcomes(pd.DataFrame({"subject_id": ["a"], "study": ["a.nii.gz"]}))
+    root = _write(tmp_path / "c", {"subject_id": ["a", "b"]})
+    assert load_cohort(root, for_training=False).table["split"].tolist() == ["test", "test"]
+    with pytest.raises(InputError, match="columns"):
+        load_cohort(root)
+
+
+def test_predict_scores_a_real_ct_cohort_without_ehr_or_outcomes(tmp_path: Path, real_ct: Path) -> None:
+    """The issue's case: cohort.csv with subject_id and study only, no EHR files, a shipped fusion model.
+
+    It used to stop with an internal AssertionError (fusion models) or demand outcomes and a train split.
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.dicom_factory import phantom_hu, write_series
+
+    root = tmp_path / "new_patients"
+    root.mkdir()
+    shutil.copy(real_ct, root / "ct.nii.gz")
+    write_series(root / "dicom", phantom_hu((12, 64, 64), seed=4), identified=False)
+    pd.DataFrame({"subject_id": ["N1", "D1"], "study": ["ct.nii.gz", "dicom"]}).to_csv(root / "cohort.csv", index=False)
+    model = Path(__file__).resolve().parents[1] / "assets" / "demo_models" / "coattention_image"
+    for subject in ("N1", "D1"):
+        run = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(model), "--cohort", str(root),
+                              "--subject", subject, "--json"], capture_output=True, text=True, timeout=300,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert run.returncode == 0, run.stderr
+        out = json.loads(run.stdout)
+        surv = np.asarray(out["survival"])
+        assert surv[0] == 1.0 and np.all(np.diff(surv) <= 1e-9) and 0.0 < out["risk"] < 1.0
+        assert out["n_events_used"] == 0 and out["modalities_used"] == ["image"]
+        if subject == "N1":  # the abdominal CT is unlike the lung phantoms the demo model was trained on
+            assert any("Out of distribution" in w for w in out["warnings"]), out["warnings"]

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from core.registry import load_model
 
     model = load_model(args.model)
-    cohort = load_cohort(args.cohort)
+    cohort = load_cohort(args.cohort, for_training=False)
     inputs = model.case_inputs(cohort, str(args.subject))
     volume = cohort.load_volume(str(args.subject))
     if volume is None or inputs.image is None:

@@ -179,7 +179,7 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)
-    cohort = load_cohort(Path(cohort_dir))
+    cohort = load_cohort(Path(cohort_dir), for_training=False)
     subject_id = str(subject_id)
     inputs = model.case_inputs(cohort, subject_id)
     volume = cohort.load_volume(subject_id)
