@@ -19,6 +19,13 @@ of one slice: attention-MIL inside the slice, the fusion's attention over
 slices above it). Without them (old model folders) the encoder is exactly
 the one those folders were trained with.
 
+``pool="detect"`` (opt-in, ``core.train.pretext_lesions``): a 1 x 1 convolution on the
+last feature map gives ``DETECT_CHANNELS`` lesion logits per position (darker and
+brighter than the surroundings), trained by a self-supervised pretext on synthetic
+lesions inserted into the cohort's own training slices. A slice's token is then a
+projection of a few detection statistics only (per channel: the maximum logit and
+log(1 + the soft lesion area)), so the survival stage on top has few parameters.
+
 With a lung-masked input, ``soft_tissue`` = ``(threshold, width)`` in the input's
 units adds one input per slice: ``log(1 + soft-tissue pixels)``, a smooth
 (differentiable) count of nodule-like pixels inside the lungs (everything
@@ -38,7 +45,9 @@ from core.models.pooling import AttentionPool
 if TYPE_CHECKING:
     from core.models.config import ImageConfig
 
-POOLS: tuple[str, ...] = ("meanmax", "attnmax")
+POOLS: tuple[str, ...] = ("meanmax", "attnmax", "detect")
+DETECT_CHANNELS = 2  # lesion logits of pool="detect": darker, brighter than the surroundings
+DETECT_STATS = 2     # per detection channel: max logit, log(1 + soft area)
 
 
 class SliceEncoder2D(nn.Module):
@@ -53,6 +62,9 @@ class SliceEncoder2D(nn.Module):
     >>> stem = ChannelStack(HUWindow(-1000, 1000), ((-160.0, 240.0), (-200.0, 1000.0)), (5,))
     >>> SliceEncoder2D(16, 32, (4, 8), stem=stem, strides=(2, 1), pool="attnmax")(torch.zeros(1, 2, 32, 32)).shape
     torch.Size([1, 2, 16])
+    >>> det = SliceEncoder2D(16, 32, (4, 8), stem=stem, strides=(2, 1), pool="detect")
+    >>> det(torch.zeros(1, 2, 32, 32)).shape, det.detect_logits(torch.zeros(3, 1, 32, 32)).shape, det.proj.in_features
+    (torch.Size([1, 2, 16]), torch.Size([3, 2, 16, 16]), 4)
     """
 
     def __init__(self, out_dim: int = 64, size: int = 64, channels: tuple[int, ...] = (8, 16, 32, 64),
@@ -76,7 +88,9 @@ class SliceEncoder2D(nn.Module):
             c_in = c
         self.features = nn.Sequential(*layers)
         self.attn = AttentionPool(c_in, max(8, c_in // 2)) if pool == "attnmax" else None
-        self.proj = nn.Linear(2 * c_in + (1 if self.soft_tissue else 0), out_dim)
+        self.detector = nn.Conv2d(c_in, DETECT_CHANNELS, 1) if pool == "detect" else None
+        n_pooled = DETECT_CHANNELS * DETECT_STATS if pool == "detect" else 2 * c_in
+        self.proj = nn.Linear(n_pooled + (1 if self.soft_tissue else 0), out_dim)
         ramp = torch.linspace(-1.0, 1.0, self.size)
         self.register_buffer("coords", torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))[None], persistent=False)
         self.out_dim = out_dim
@@ -94,15 +108,32 @@ class SliceEncoder2D(nn.Module):
         """The last convolution (target layer for Grad-CAM)."""
         return self.features[-3]
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 1, size, size]`` prepared slices -> the last feature map ``[N, C, h, w]`` (stem, coordinates, convolutions)."""
+        n = x.shape[0]
+        if self.stem is not None:
+            x = self.stem(x)
+        x = torch.cat([x, self.coords.to(x).expand(n, 2, self.size, self.size)], dim=1)
+        return self.features(x)
+
+    def detect_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 1, size, size]`` prepared slices -> lesion logits ``[N, DETECT_CHANNELS, h, w]`` (pool="detect" only)."""
+        if self.detector is None:
+            raise ValueError("detect_logits needs an encoder built with pool='detect'")
+        return self.detector(self.trunk(x))
+
+    @staticmethod
+    def detection_stats(logits: torch.Tensor) -> torch.Tensor:
+        """``[N, K, h, w]`` lesion logits -> ``[N, K * DETECT_STATS]``: every channel's max logit, then log(1 + soft area)."""
+        return torch.cat([logits.amax(dim=(2, 3)), torch.log1p(torch.sigmoid(logits).sum(dim=(2, 3)))], dim=1)
+
     def forward(self, slices: torch.Tensor) -> torch.Tensor:
         """``[B, S, size, size]`` prepared slices -> ``[B, S, out_dim]``."""
         b, s = slices.shape[:2]
-        x = slices.reshape(b * s, 1, self.size, self.size)
-        if self.stem is not None:
-            x = self.stem(x)
-        x = torch.cat([x, self.coords.to(x).expand(b * s, 2, self.size, self.size)], dim=1)
-        fmap = self.features(x)
-        if self.attn is not None:
+        fmap = self.trunk(slices.reshape(b * s, 1, self.size, self.size))
+        if self.detector is not None:
+            parts = [self.detection_stats(self.detector(fmap))]
+        elif self.attn is not None:
             flat = fmap.flatten(2).transpose(1, 2)  # [B*S, positions, C]
             pooled = self.attn(flat, torch.ones(flat.shape[:2], device=flat.device))[0]
             parts = [pooled, fmap.amax(dim=(2, 3))]

@@ -104,6 +104,27 @@ def encoder_2d_config(s: dict[str, Any], n_layers: int) -> dict[str, Any]:
     return out
 
 
+def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The synthetic-lesion pretext of stage A (``core.train.pretext_lesions``) from the ``image`` settings, or None
+    when ``pretext_steps`` is 0 (the default). It needs the 2d encoder with ``pool="detect"``.
+
+    >>> pretext_settings({"pretext_steps": 0}, {"kind": "2d"}) is None
+    True
+    >>> pretext_settings({"pretext_steps": 10, "pool": "detect"}, {"kind": "2d", "pool": "detect"})["steps"]
+    10
+    """
+    steps = int(s.get("pretext_steps", 0) or 0)
+    if steps == 0:
+        return None
+    if steps < 0:
+        raise InputError("image pretext_steps", steps, "must be >= 0", "use 0 (off) or e.g. 1500")
+    if icfg.get("kind") != "2d" or icfg.get("pool") != "detect":
+        raise InputError("image pretext_steps", steps, f"the lesion pretext needs the 2d encoder with pool \"detect\" (got {icfg.get('kind')}, "
+                         f"pool {icfg.get('pool', 'meanmax')})", "set image pool to \"detect\" (and lung_mask false, windows) or pretext_steps 0")
+    return {"steps": steps, "batch": int(s.get("pretext_batch", 32)), "lr": float(s.get("pretext_lr", 2e-3)),
+            "prior": dict(s.get("pretext_prior") or {}), "finetune": bool(s.get("pretext_finetune", False))}
+
+
 def foundation_config(f: dict[str, Any]) -> dict[str, Any]:
     """The image config of the frozen backbone from the ``foundation`` settings (weights checked installed)."""
     from core.models.foundation_weights import INSTALL_FIX, weights_available, weights_sha256
@@ -275,9 +296,11 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         init_hash = hashlib.sha256(b"".join(v.float().numpy().tobytes() for v in init_state.values())).hexdigest()[:16]
     prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
     aug = (int(s.get("augment_shift", 0)), float(s.get("augment_offset", 0.0)))
-    # augmentation enters the key only when on, so encoders cached before it stay valid
+    pretext = pretext_settings(s, icfg)
+    # augmentation and the lesion pretext enter the key only when on, so encoders cached before them stay valid
     key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
-                  settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4", *([aug] if any(aug) else []))
+                  settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4", *([aug] if any(aug) else []),
+                  *([pretext] if pretext else []))
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
@@ -307,6 +330,21 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     train_idx = np.flatnonzero(tr & present)
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy() & present)
 
+    pretext_info = None
+    span = (0.1, 0.7)
+    if pretext:
+        from core.train.pretext_lesions import LesionPrior, freeze_detector, pretrain_detector
+
+        enc0 = net.image_encoder
+        assert enc0 is not None
+        pretext_info = pretrain_detector(
+            enc0, pre["image_preprocessed"], pre["image_token_mask"], train_idx, val_idx, steps=pretext["steps"],
+            batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
+            window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, 0.4))
+        if not pretext["finetune"]:
+            pretext_info["trainable_in_encoder"] = freeze_detector(enc0)
+        span = (0.4, 0.7)
+
     def stage_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(_stage_a_batch(model, batch, aug))
         head = (model.module if hasattr(model, "module") else model).head
@@ -322,14 +360,18 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     res = fit(net, data, train_idx, val_idx, stage_loss, stage_score, epochs=int(s["epochs"]), lr=float(s["lr"]),
               weight_decay=settings["weight_decay"], batch_size=int(s["batch_size"]), patience=int(s["patience"]),
               seed=seed, device=device, dist_info=dist_info, label="image encoder", progress=progress,
-              progress_span=(0.1, 0.7))
+              progress_span=span)
     enc = net.image_encoder
     assert enc is not None
+    for p in enc.parameters():
+        p.requires_grad_(True)
     tokens = encoder_tokens(enc, pre, device)
     enc_state = {f"enc.{k}": v.detach().cpu() for k, v in enc.state_dict().items()}
     enc_state.update({f"path.{k}": v.detach().cpu() for k, v in image_path_state(net).items()})
     info = {"val_c_index": res.best_score, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
             "seconds": round(_time.perf_counter() - t0, 2), "init": str(init_dir) if init_dir else None}
+    if pretext_info is not None:
+        info["pretext"] = pretext_info
     token_mask = _token_mask(tokens, pre["image_token_mask"], pre["image_present"])
     out = {"image_tokens": tokens, "image_token_mask": token_mask, "image_present": pre["image_present"]}
     if dist_info.main:

@@ -41,6 +41,11 @@ DEFAULTS: dict[str, Any] = {
               # intensity offsets (input units). Off by default: on real-anatomy cohorts it did not beat the
               # lung-masked encoder (set "lung_mask": false with "windows" to train it)
               "windows": [], "contrast": [], "last_stride": 2, "pool": "meanmax", "augment_shift": 0, "augment_offset": 0.0,
+              # self-supervised synthetic-lesion pretext before stage A (core.train.pretext_lesions; needs pool
+              # "detect"): steps (0 = off), slices per step, learning rate, lesion prior overrides (LesionPrior keys),
+              # and whether stage A fine-tunes the trunk (False: frozen, only the slice projection and the image path
+              # above it learn from survival labels)
+              "pretext_steps": 0, "pretext_batch": 32, "pretext_lr": 2e-3, "pretext_prior": {}, "pretext_finetune": False,
               # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,

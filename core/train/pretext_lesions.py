@@ -1,0 +1,253 @@
+"""Self-supervised synthetic-lesion pretext for the 2D encoder (issue 14; opt-in, ``image.pretext_steps``).
+
+Before any survival label is read, the trunk of a ``pool="detect"`` encoder
+(``core.models.image2d.SliceEncoder2D``) learns to segment lesions that this
+module inserts into the cohort's own *training* slices: the slices are the
+prepared ones of stage A (windowed and resized, no organ mask), so the trunk
+sees real anatomy of the task's scanner and region, and every lesion label
+comes from the insertion, none from the cohort. Stage A then freezes the trunk
+and learns survival from a few detection statistics per slice
+(``SliceEncoder2D.detection_stats``), so ~200 survival labels cannot be
+memorised by a convolutional network.
+
+The lesion prior is generic (:class:`LesionPrior`): ellipses, lobulated unions
+of discs and irregular blobs with a noisy outline, an optional noise texture,
+radii over a broad range (log-uniform), soft or sharp edges, darker or brighter
+than the surroundings by a log-uniform HU contrast, added to the tissue or
+replacing it by a level relative to the local mean. A lesion is centred on a
+random body pixel of the slice (above ``body_hu``): a rule on the slice alone,
+nothing shared between subjects and no organ mask.
+
+>>> import numpy as np, torch
+>>> x = torch.full((4, 32, 32), 0.04)            # 40 HU in prepared units of HUWindow(-1000, 1000)
+>>> y, t = insert_synthetic_lesions(x, np.random.default_rng(0), LesionPrior(p_lesion=1.0), 1000.0, 0.0)
+>>> y.shape, t.shape, bool((t.sum(dim=(1, 2, 3)) > 0).all()), bool(((y - x).abs().sum(dim=(1, 2)) > 0).all())
+(torch.Size([4, 32, 32]), torch.Size([4, 2, 32, 32]), True, True)
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.errors import InputError
+from core.train.settings import Progress
+
+SHAPES: tuple[str, ...] = ("ellipse", "lobulated", "irregular")
+
+
+@dataclass(frozen=True)
+class LesionPrior:
+    """The distribution of synthetic lesions (sizes in prepared pixels, contrasts in HU)."""
+
+    p_lesion: float = 0.6                  # probability that a slice gets lesions at all
+    max_lesions: int = 3                   # 1 .. max_lesions per slice that gets any
+    radius_px: tuple[float, float] = (1.0, 9.0)        # log-uniform
+    aspect: tuple[float, float] = (0.45, 1.0)          # minor / major axis
+    contrast_hu: tuple[float, float] = (20.0, 600.0)   # log-uniform magnitude; the sign is random
+    p_bright: float = 0.5
+    edge_px: tuple[float, float] = (0.15, 1.5)         # width of the soft edge (logistic scale)
+    p_replace: float = 0.4                 # replace the tissue by (local mean + contrast) instead of adding
+    texture: tuple[float, float] = (0.0, 0.5)          # noise texture inside, a fraction of the contrast
+    body_hu: float = -300.0                # lesion centres are pixels above this HU
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> LesionPrior:
+        """A prior from a settings dict (unknown keys are an error; lists become tuples).
+
+        >>> LesionPrior.from_dict({"radius_px": [1, 4]}).radius_px
+        (1.0, 4.0)
+        """
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise InputError("image pretext_prior", bad[0], "is not a lesion prior key", f"use keys of {sorted(names)}")
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out[k] = tuple(float(a) for a in v) if isinstance(v, (list, tuple)) else v
+        return cls(**out)
+
+
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def lesion_alpha(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[int, int], centre: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random lesion: its soft occupancy ``[H, W]`` in 0..1 (texture included) and its label (occupancy
+    before texture >= 0.5).
+
+    >>> a, m = lesion_alpha(np.random.default_rng(1), LesionPrior(radius_px=(4.0, 4.0)), (32, 32), (16.0, 16.0))
+    >>> float(a.max()) > 0.5, bool(m[16, 16]), bool(m[0, 0])
+    (True, True, False)
+    """
+    h, w = size_hw
+    r = _loguniform(rng, *prior.radius_px)
+    edge = rng.uniform(*prior.edge_px)
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    theta = rng.uniform(0, math.pi)
+    # rendered on the lesion's own box (every shape stays within 1.7 radii of the centre), then placed
+    reach = int(math.ceil(1.7 * r + 6 * edge)) + 1
+    y0, y1 = max(0, int(centre[0]) - reach), min(h, int(centre[0]) + reach + 1)
+    x0, x1 = max(0, int(centre[1]) - reach), min(w, int(centre[1]) + reach + 1)
+    # numpy: these boxes are small, and torch's per-call thread overhead dominated on a busy CPU
+    yy, xx = np.meshgrid(np.arange(y0, y1, dtype=np.float32), np.arange(x0, x1, dtype=np.float32), indexing="ij")
+    cy, cx = centre
+
+    def ellipse_dist(oy: float, ox: float, rad: float) -> np.ndarray:
+        """Signed distance-like field (pixels, > 0 inside) of a rotated ellipse of major radius ``rad``."""
+        ab = rng.uniform(*prior.aspect)
+        dy, dx = yy - (cy + oy), xx - (cx + ox)
+        u = dx * math.cos(theta) + dy * math.sin(theta)
+        v = -dx * math.sin(theta) + dy * math.cos(theta)
+        rho = np.sqrt(u ** 2 + (v / ab) ** 2 + 1e-6)
+        if shape == "irregular":
+            ang = np.arctan2(v, u)
+            wobble = np.ones_like(ang)
+            for k in range(2, 6):
+                wobble = wobble + rng.uniform(0, 0.3 / (k - 1)) * np.cos(k * ang + rng.uniform(0, 2 * math.pi))
+            return rad * np.maximum(wobble, 0.3) - rho
+        return rad - rho
+
+    if shape == "lobulated":
+        field = ellipse_dist(0.0, 0.0, r * rng.uniform(0.6, 0.9))
+        for _ in range(int(rng.integers(2, 5))):
+            ang = rng.uniform(0, 2 * math.pi)
+            off = r * rng.uniform(0.3, 0.7)
+            field = np.maximum(field, ellipse_dist(off * math.sin(ang), off * math.cos(ang), r * rng.uniform(0.35, 0.7)))
+    else:
+        field = ellipse_dist(0.0, 0.0, r)
+    box = 1.0 / (1.0 + np.exp(-np.clip(field / edge, -30, 30)))
+    tex = rng.uniform(*prior.texture)
+    label = torch.zeros(h, w, dtype=torch.bool)
+    label[y0:y1, x0:x1] = torch.from_numpy(box >= 0.5)
+    if tex > 0:
+        from scipy.ndimage import uniform_filter
+
+        noise = uniform_filter(rng.standard_normal(box.shape), 3, mode="nearest")
+        box = box * np.maximum(1 + tex * noise / (noise.std() + 1e-6), 0.0)
+    alpha = torch.zeros(h, w)
+    alpha[y0:y1, x0:x1] = torch.from_numpy(box.astype(np.float32))
+    return alpha, label
+
+
+def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: LesionPrior,
+                             window_half: float, window_centre: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices ``[N, H, W]`` in the units of a ``[-1, 1]`` HU window (``(hu - centre) / half``) -> the slices with
+    synthetic lesions and their labels ``[N, 2, H, W]`` (channel 0 darker, 1 brighter). Values stay in ``[-1, 1]``."""
+    n, h, w = x.shape
+    out = x.clone().float()
+    target = torch.zeros(n, 2, h, w)
+    body_level = (prior.body_hu - window_centre) / window_half
+    for i in range(n):
+        if rng.random() >= prior.p_lesion:
+            continue
+        body = torch.nonzero(out[i] > body_level)
+        if len(body) == 0:
+            continue
+        for _ in range(int(rng.integers(1, prior.max_lesions + 1))):
+            cy, cx = (float(v) for v in body[int(rng.integers(len(body)))])
+            alpha, label = lesion_alpha(rng, prior, (h, w), (cy, cx))
+            bright = rng.random() < prior.p_bright
+            delta = _loguniform(rng, *prior.contrast_hu) / window_half * (1.0 if bright else -1.0)
+            if rng.random() < prior.p_replace:
+                y0, x0 = int(cy), int(cx)
+                k = max(2, int(round(2 * float(label.sum()) ** 0.5)))
+                local = out[i, max(0, y0 - k):y0 + k + 1, max(0, x0 - k):x0 + k + 1].mean()
+                out[i] = out[i] + alpha.clamp(max=1.0) * (local + delta - out[i])
+            else:
+                out[i] = out[i] + alpha * delta
+            target[i, int(bright)] = torch.maximum(target[i, int(bright)], label.float())
+    return out.clamp(-1.0, 1.0), target
+
+
+def _sample_slices(x: torch.Tensor, mask: torch.Tensor, subjects: np.ndarray, n: int, rng: np.random.Generator) -> torch.Tensor:
+    """``n`` random real slices ``[n, H, W]`` of ``subjects`` (prepared ``x`` ``[N, S, H, W]``, slice ``mask`` ``[N, S]``)."""
+    idx = rng.choice(subjects, n)
+    counts = mask[idx].sum(dim=1).long().clamp(min=1).numpy()
+    s = (rng.random(n) * counts).astype(int)
+    return x[torch.as_tensor(idx), torch.as_tensor(s)].float()
+
+
+def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 10.0) -> torch.Tensor:
+    """BCE of lesion logits ``[N, K, h, w]`` against full-size labels ``[N, K, H, W]`` max-pooled to the logits' grid."""
+    tgt = F.adaptive_max_pool2d(target, logits.shape[-2:])
+    return F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=torch.tensor(pos_weight, device=logits.device))
+
+
+def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, train_idx: np.ndarray,
+                      val_idx: np.ndarray, *, steps: int, batch: int = 32, lr: float = 2e-3, prior: LesionPrior | None = None,
+                      seed: int = 0, device: torch.device | None = None, window: tuple[float, float] = (-1000.0, 1000.0),
+                      progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Train the trunk and detector of ``enc`` (``pool="detect"``) to segment synthetic lesions in the real slices of
+    ``train_idx`` (prepared ``x`` ``[N, S, H, W]`` in units of the HU ``window``). Returns an info dict: losses, seconds,
+    and the held-out check on ``val_idx`` slices with fresh synthetic lesions: the AUC of each slice's max logit for
+    "this slice got a lesion of that sign" (``synthetic_val_auc``: darker, brighter). No cohort label is read."""
+    prior = prior or LesionPrior()
+    device = device or torch.device("cpu")
+    if getattr(enc, "detector", None) is None:
+        raise InputError("image pool", getattr(enc, "pool", None), "the pretext needs the detection head", "set image pool to \"detect\"")
+    if steps < 1 or len(train_idx) == 0:
+        raise InputError("image pretext_steps", steps, "needs >= 1 step and a train split with CT", "use e.g. 1500")
+    half, centre = (window[1] - window[0]) / 2, (window[1] + window[0]) / 2
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    enc.to(device).train()
+    params = [p for n, p in enc.named_parameters() if not n.startswith("proj.")]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    t0 = _time.perf_counter()
+    losses: list[float] = []
+    for step in range(steps):
+        xs, tgt = insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre)
+        logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
+        loss = detection_loss(logits, tgt.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if progress is not None and step % 25 == 0:
+            lo, hi = progress_span
+            progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}")
+    enc.eval()
+    info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
+                            "loss_first_50": round(float(np.mean(losses[:50])), 4), "loss_last_50": round(float(np.mean(losses[-50:])), 4),
+                            "seconds": round(_time.perf_counter() - t0, 1)}
+    held = val_idx if len(val_idx) else train_idx
+    vr = np.random.default_rng(seed + 1)
+    xs, tgt = insert_synthetic_lesions(_sample_slices(x, mask, held, 256, vr), vr, prior, half, centre)
+    with torch.no_grad():
+        mx = torch.cat([enc.detect_logits(xs[i:i + 64, None].to(device)).amax(dim=(2, 3)).cpu() for i in range(0, len(xs), 64)])  # type: ignore[operator]
+    has = tgt.amax(dim=(2, 3))
+    info["synthetic_val_auc"] = [round(_auc(has[:, k].numpy(), mx[:, k].numpy()), 3) for k in range(has.shape[1])]
+    return info
+
+
+def _auc(label: np.ndarray, score: np.ndarray) -> float:
+    """Rank AUC of ``score`` for binary ``label`` (0.5 when one class is missing).
+
+    >>> _auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    """
+    pos, neg = score[label > 0], score[label <= 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.5
+    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]))) + 1
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def freeze_detector(enc: torch.nn.Module) -> list[str]:
+    """Freeze everything of ``enc`` but its slice projection (``proj``); returns the names left trainable."""
+    trainable = []
+    for n, p in enc.named_parameters():
+        p.requires_grad_(n.startswith("proj."))
+        if p.requires_grad:
+            trainable.append(n)
+    return trainable

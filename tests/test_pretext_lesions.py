@@ -1,0 +1,113 @@
+"""core.train.pretext_lesions: the synthetic-lesion prior, the detector pretext, and stage A with a frozen trunk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import InputError
+from core.models.image2d import SliceEncoder2D
+from core.preprocess.transforms import ChannelStack, HUWindow
+from core.train.pretext_lesions import LesionPrior, freeze_detector, insert_synthetic_lesions, lesion_alpha, pretrain_detector
+
+
+def _tissue(n: int, size: int, seed: int) -> torch.Tensor:
+    """Slices of smooth random 'tissue' (40 +- 15 HU) inside a disc of body, air outside, in HUWindow(-1000, 1000) units."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.nn.functional.avg_pool2d(torch.randn(n, 1, size, size, generator=g), 5, stride=1, padding=2)[:, 0]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    body = (yy ** 2 + xx ** 2) < 0.8
+    return torch.where(body, 0.04 + 0.015 * noise / noise.std(), torch.full_like(noise, -1.0))
+
+
+def test_prior_draws_both_signs_every_shape_and_a_broad_size_range() -> None:
+    rng = np.random.default_rng(0)
+    x = _tissue(200, 48, 0)
+    y, t = insert_synthetic_lesions(x, rng, LesionPrior(p_lesion=1.0, max_lesions=1), 1000.0, 0.0)
+    dark, bright = t[:, 0].sum(dim=(1, 2)) > 0, t[:, 1].sum(dim=(1, 2)) > 0
+    assert 60 < int(dark.sum()) < 140 and 60 < int(bright.sum()) < 140  # both signs, about half each
+    # a darker lesion lowers the slice inside its label, a brighter one raises it
+    diff = y - x
+    assert float((diff * t[:, 0]).sum()) < 0 and float((diff * t[:, 1]).sum()) > 0
+    assert float(y.min()) >= -1.0 and float(y.max()) <= 1.0
+    areas = t.sum(dim=(1, 2, 3))[dark | bright]
+    assert float(areas.min()) <= 6 and float(areas.max()) >= 120  # from a few pixels to large blobs
+    # lesions are centred in the body (above -300 HU): few labels lie mostly in the air around it (at the body's edge)
+    in_air = [float((x[i][t[i].amax(0) > 0] < -0.3).float().mean()) for i in range(len(t)) if t[i].any()]
+    assert np.mean(np.array(in_air) > 0.5) < 0.1 and np.median(in_air) == 0.0
+
+
+def test_lesion_shapes_differ() -> None:
+    prior = LesionPrior(radius_px=(6.0, 6.0), edge_px=(0.2, 0.2), texture=(0.0, 0.0))
+    masks = [lesion_alpha(np.random.default_rng(s), prior, (40, 40), (20.0, 20.0))[1] for s in range(12)]
+    areas = sorted(int(m.sum()) for m in masks)
+    assert areas[-1] - areas[0] > 20  # aspect, lobes and irregular outlines change the area at one radius
+    with pytest.raises(InputError, match="pretext_prior"):
+        LesionPrior.from_dict({"radius": [1, 2]})
+
+
+def _detector(size: int) -> SliceEncoder2D:
+    stem = ChannelStack(HUWindow(-1000, 1000), ((-160.0, 240.0), (-200.0, 1000.0)), (5,))
+    return SliceEncoder2D(8, size, (8, 16, 16), stem=stem, strides=(2, 1, 1), pool="detect")
+
+
+def test_pretext_teaches_the_detector_synthetic_lesions_on_held_out_slices() -> None:
+    torch.manual_seed(0)
+    x = _tissue(40, 32, 1).reshape(20, 2, 32, 32)
+    mask = torch.ones(20, 2)
+    enc = _detector(32)
+    before = [p.detach().clone() for p in enc.proj.parameters()]
+    prior = LesionPrior(radius_px=(1.5, 5.0), contrast_hu=(60.0, 600.0))
+    info = pretrain_detector(enc, x, mask, np.arange(14), np.arange(14, 20), steps=120, batch=16, lr=3e-3, prior=prior, seed=0)
+    print(info)
+    assert info["loss_last_50"] < 0.8 * info["loss_first_50"]
+    assert min(info["synthetic_val_auc"]) > 0.8, info  # darker and brighter lesions found on slices never trained on
+    assert all(torch.equal(a, b) for a, b in zip(before, enc.proj.parameters()))  # the pretext leaves the projection alone
+    trainable = freeze_detector(enc)
+    assert trainable == ["proj.weight", "proj.bias"]
+    assert not any(p.requires_grad for n, p in enc.named_parameters() if not n.startswith("proj."))
+    # a slice with a bright lesion gets a higher bright max logit than the same slice without it
+    clean = x[15, :1]
+    y, t = insert_synthetic_lesions(clean, np.random.default_rng(5), LesionPrior(p_lesion=1.0, max_lesions=1, p_bright=1.0,
+                                    radius_px=(3.0, 3.0), contrast_hu=(300.0, 300.0)), 1000.0, 0.0)
+    with torch.no_grad():
+        s0 = SliceEncoder2D.detection_stats(enc.detect_logits(clean[:, None]))
+        s1 = SliceEncoder2D.detection_stats(enc.detect_logits(y[:, None]))
+    assert float(s1[0, 1]) > float(s0[0, 1]) + 1.0
+
+
+def test_pretext_needs_the_detection_head() -> None:
+    enc = SliceEncoder2D(8, 32, (4, 8), pool="attnmax")
+    with pytest.raises(InputError, match="detect"):
+        pretrain_detector(enc, torch.zeros(2, 1, 32, 32), torch.ones(2, 1), np.arange(2), np.arange(0), steps=1)
+
+
+TINY_PRETEXT = {"dim": 16, "batch_size": 16, "patience": 3, "ensemble": 1,
+                "image": {"epochs": 2, "size": 32, "channels": [4, 8, 8], "batch_size": 8, "patience": 2, "lung_mask": False,
+                          "windows": [[-160, 240], [-200, 1000]], "contrast": [5], "last_stride": 1, "pool": "detect",
+                          "pretext_steps": 20, "pretext_batch": 8}}
+
+
+def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Path) -> None:
+    from core.demo import write_demo_cohort
+    from core.registry import load_model
+    from core.train import train_model
+    from core.train.image_stage import pretext_settings
+
+    cohort = write_demo_cohort(tmp_path / "cohort", n=32, seed=2)
+    m = train_model(cohort, "image_only", tmp_path / "m", epochs=2, device="cpu", overrides=TINY_PRETEXT)
+    pre = m["image_encoder"]["pretext"]
+    assert pre["steps"] == 20 and pre["trainable_in_encoder"] == ["proj.weight", "proj.bias"]
+    assert len(pre["synthetic_val_auc"]) == 2 and pre["prior"]["contrast_hu"] == [20.0, 600.0]
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["image"]["pool"] == "detect" and not cfg["image"]["lung_mask"]
+    loaded = load_model(tmp_path / "m")
+    enc = loaded.net.members[0].image_encoder if hasattr(loaded.net, "members") else loaded.net.image_encoder
+    assert isinstance(enc, SliceEncoder2D) and enc.detector is not None and enc.proj.in_features == 4
+    # the pretext without the detection head is refused, naming the fix
+    with pytest.raises(InputError, match="pool"):
+        pretext_settings({"pretext_steps": 5}, {"kind": "2d", "pool": "attnmax"})
