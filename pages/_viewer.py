@@ -4,10 +4,14 @@
   ``niivue.js``: NiiVue as bundled in the pinned ``ipyniivue`` wheel, copied
   (with its class exported) into ``<data dir>/cache/viewer-<hash>/`` at first
   use. Nothing is fetched from a network at run time.
-* The CT goes to the browser once per case as gzipped NIfTI in HU with its true
-  affine (``core.app.volume_nifti``); the whole-volume attribution map goes once
-  per (case, model, method, horizon) as a second volume. Scrolling, crosshairs,
-  window/level, zoom and pan then run in the browser only.
+* The CT goes to the browser once per case and browser as gzipped NIfTI in HU with
+  its true affine (``core.app.volume_nifti``); the whole-volume attribution map
+  goes once per (case, model, method, horizon) as a second volume. Each volume has
+  a content id; the component reports the ids it holds (its value's ``held``) and
+  a rerun sends a volume's bytes only while the component does not hold it (a
+  component that lost them, say a new iframe, asks again with ``need``). The bytes
+  travel only on the session's own WebSocket: no URL serves case data. Scrolling,
+  crosshairs, window/level, zoom and pan then run in the browser only.
 * The map is computed by a background job (``core.jobs``) with
   ``core.app.attribution_volume.case_map`` and cached in memory and on disk.
 * Without WebGL2 the component says so and the page falls back to plotly planes.
@@ -42,6 +46,7 @@ COMPONENT_ASSETS = ASSETS / "viewer"
 COMPONENT_FILES = ("index.html", "viewer.js", "viewer.css", "LICENSE-niivue.txt")
 # NiiVue 0.65.0 as bundled in ipyniivue 2.4.4 (BSD-2); the copy exports its Niivue class next to the widget
 NIIVUE_SOURCE_SHA256 = "922951141f03da6294cc74a7c520d694a9723733ee25d997b85da8136057a96b"
+VIEWER_KEY = "ct_viewer"  # the component's key: its value (the crosshair, the volumes it holds) is in session state
 THRESHOLD = "overlay_threshold"  # session key of the overlay threshold slider (kept beside the keys of pages/_state)
 COLORMAP = "warm"
 VIEWER_HEIGHT = 560
@@ -204,15 +209,36 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
     )
 
 
+def _content_id(kind: str, data: bytes) -> str:
+    """A volume's id for the browser: what it is and a digest of its bytes (the same bytes, the same id)."""
+    return f"{kind}-{hashlib.sha256(data).hexdigest()[:24]}"
+
+
+def held_volumes(value: Any) -> frozenset[str]:
+    """The volume ids the component says it holds (its last value); none when it has not said."""
+    if not isinstance(value, dict) or not isinstance(value.get("held"), list):
+        return frozenset()
+    return frozenset(v for v in value["held"] if isinstance(v, str))
+
+
 def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name: str,
                      overlay: np.ndarray | None, overlay_key: str | None, show_map: bool, opacity: float,
                      threshold: float, slice_weights: Any) -> None:
-    """The component; its reports (the crosshair's voxel) rerun only the section's fragment."""
-    ct_bytes = ui.memo(("viewer_nifti", case_id), lambda: VN.volume_to_nifti(volume))
-    map_bytes = None
+    """The component; its reports (the crosshair's voxel, the volumes it holds) rerun only the section's fragment."""
+    held = held_volumes(st.session_state.get(VIEWER_KEY))
+
+    def ct_payload() -> tuple[str, bytes]:
+        data = VN.volume_to_nifti(volume)
+        return _content_id("ct", data), data
+
+    ct_id, ct_bytes = ui.memo(("viewer_nifti", case_id), ct_payload)
+    map_id, map_bytes = None, None
     if overlay is not None and overlay_key is not None:
-        map_bytes = ui.memo(("viewer_map", overlay_key),
-                            lambda: VN.map_to_nifti(volume, F.normalize_map(overlay), unit_uint8=True))
+        def map_payload() -> tuple[str, bytes]:
+            data = VN.map_to_nifti(volume, F.normalize_map(overlay), unit_uint8=True)
+            return _content_id("map", data), data
+
+        map_id, map_bytes = ui.memo(("viewer_map", overlay_key), map_payload)
     pos = _position(volume, volume.shape[0] // 2)
     try:
         component = _component(str(component_dir()))
@@ -222,17 +248,18 @@ def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name:
         _plotly_fallback(volume, window, overlay, opacity, pos)
         return
     value = component(
-        volume=ct_bytes, volume_id=case_id, overlay=map_bytes, overlay_id=overlay_key, show_overlay=show_map,
+        volume=None if ct_id in held else ct_bytes, volume_id=ct_id,
+        overlay=None if map_id is None or map_id in held else map_bytes, overlay_id=map_id, show_overlay=show_map,
         opacity=opacity, threshold=threshold, colormap=COLORMAP, window=list(window),
         window_id=f"{case_id}:{window_name}", position_mm=VN.index_to_ras_mm(volume, pos),
-        position_id=case_id, height=VIEWER_HEIGHT, key="ct_viewer", default=None,
+        position_id=case_id, height=VIEWER_HEIGHT, key=VIEWER_KEY, default=None,
     )
     if isinstance(value, dict) and value.get("error"):
         st.warning(f"The WebGL CT viewer could not start ({value['error']}); showing plain planes instead.",
                    icon=":material/warning:")
         _plotly_fallback(volume, window, overlay, opacity, pos)
         return
-    if isinstance(value, dict) and value.get("volume_id") == case_id and value.get("mm") is not None:
+    if isinstance(value, dict) and value.get("volume_id") == ct_id and value.get("mm") is not None:
         with ui.core_errors(stop=False):
             s, r, c = VN.ras_mm_to_index(volume, value["mm"])
             st.session_state[K.AXIAL_SLICE], st.session_state[K.CORONAL_ROW], st.session_state[K.SAGITTAL_COL] = s, r, c

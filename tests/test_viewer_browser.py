@@ -23,6 +23,7 @@ from tests.test_browser import (  # noqa: F401  (fixtures)
     choose,
     data_dir,
     opened_page,
+    selected,
     server,
     settle,
     shot,
@@ -210,6 +211,58 @@ def test_slice_survives_a_page_switch(page: object) -> None:
     assert crosshair(viewer_frame(pg)) == there
 
 
+VIEWER_COUNTS = """() => { const s = window.ctehrViewer;
+    return {received: s.received, renders: s.renders, held: Array.from(s.buffers.keys()),
+            cal: [s.nv.volumes[0].cal_min, s.nv.volumes[0].cal_max]}; }"""
+
+
+def test_a_rerun_does_not_send_the_ct_again(browser: object, server: str, opening_case: tuple) -> None:  # noqa: F811
+    """The CT's bytes reach a browser once: reruns of the viewer block send none (WebSocket bytes counted), and a
+    viewer that lost them (its iframe reloaded) asks for them and gets them once."""
+    from core.app.volume_nifti import volume_to_nifti
+
+    ct_size = len(volume_to_nifti(opening_case[2]))
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})  # type: ignore[attr-defined]
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        frames: list[int] = []
+        pg.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(len(payload))))
+        pg.goto(server)
+        settle(pg)
+        fr = viewer_frame(pg)
+        pg.wait_for_timeout(1000)  # the viewer's report of what it holds reaches the server
+        settle(pg)
+        first = fr.evaluate(VIEWER_COUNTS)  # type: ignore[attr-defined]
+        assert first["received"] >= 1 and len(first["held"]) == 1 and first["held"][0].startswith("ct-"), first
+        assert sum(frames) >= ct_size  # the CT did come over this session's WebSocket
+        before = sum(frames)
+        windows = []
+        start = selected(pg, "Window").split(" [")[0]  # the preset this user's settings opened with
+        presets = [p for p in ("Lung", "Bone", "Liver") if p != start][:2] + [start]
+        for preset in presets:  # three reruns of the viewer block, each with new arguments
+            choose(pg, "Window", preset)
+            settle(pg)
+            windows.append(fr.evaluate(VIEWER_COUNTS)["cal"])  # type: ignore[attr-defined]
+        after = fr.evaluate(VIEWER_COUNTS)  # type: ignore[attr-defined]
+        assert after["renders"] >= first["renders"] + 3, (first, after)  # the reruns reached the viewer ...
+        assert windows[0] != first["cal"] and windows[1] != windows[0] and windows[2] == first["cal"], windows
+        assert after["received"] == first["received"], (first, after)  # ... with no volume bytes
+        assert sum(frames) - before < ct_size / 4, (sum(frames) - before, ct_size)
+        # a new document in the viewer's iframe holds nothing: it asks, and the CT comes over the WebSocket once
+        before = sum(frames)
+        fr.evaluate("() => location.reload()")  # type: ignore[attr-defined]
+        pg.wait_for_timeout(500)
+        fr = viewer_frame(pg)
+        pg.wait_for_timeout(1000)
+        settle(pg)
+        again = fr.evaluate(VIEWER_COUNTS)  # type: ignore[attr-defined]
+        assert again["received"] >= 1 and again["held"] == first["held"], again
+        assert ct_size <= sum(frames) - before < 2 * ct_size, (sum(frames) - before, ct_size)
+    finally:
+        context.close()
+
+
 def _seed_ball_map(data_dir: Path, method: str) -> tuple[str, tuple[int, int, int]]:  # noqa: F811
     """Put a ball-shaped ``method`` map for the opening case into the server's disk cache; its key and centre voxel.
 
@@ -273,6 +326,25 @@ def test_overlay_on_all_three_planes(page: object, data_dir: Path) -> None:  # n
     fr.evaluate("() => { const nv = window.ctehrViewer.nv; nv.volumes[1].opacity = 0.6; nv.updateGLVolume(); }")  # type: ignore[attr-defined]
     pg.wait_for_timeout(300)  # type: ignore[attr-defined]
     fr.locator("body").screenshot(path=str(SCREENSHOTS / "viewer_overlay.png"))  # type: ignore[attr-defined]
+
+
+def test_overlay_off_and_on_again_sends_no_map_bytes(page: object) -> None:
+    """After the overlay test: switching the overlay off hides the map (kept in the browser), on again shows it
+    with no bytes sent."""
+    pg = page
+    fr = viewer_frame(pg)
+    opacity = "() => window.ctehrViewer.nv.volumes.length === 2 ? window.ctehrViewer.nv.volumes[1].opacity : -1"
+    assert fr.evaluate(opacity) > 0  # type: ignore[attr-defined]
+    before = fr.evaluate(VIEWER_COUNTS)  # type: ignore[attr-defined]
+    assert any(h.startswith("map-") for h in before["held"]), before
+    pg.get_by_text("Saliency overlay").click()  # type: ignore[attr-defined]
+    settle(pg, 60)
+    fr.wait_for_function(f"() => ({opacity})() === 0", timeout=30_000)  # type: ignore[attr-defined]
+    pg.get_by_text("Saliency overlay").click()  # type: ignore[attr-defined]
+    settle(pg, 60)
+    fr.wait_for_function(f"() => ({opacity})() > 0", timeout=30_000)  # type: ignore[attr-defined]
+    after = fr.evaluate(VIEWER_COUNTS)  # type: ignore[attr-defined]
+    assert after["received"] == before["received"] and after["renders"] >= before["renders"] + 2, (before, after)
 
 
 def test_without_webgl_the_page_falls_back_to_plain_planes(browser: object, server: str) -> None:  # noqa: F811

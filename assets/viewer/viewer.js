@@ -2,18 +2,24 @@
 //
 // niivue.js is NiiVue as bundled in the pinned ipyniivue wheel, copied next to this file by
 // pages/_viewer.py (nothing is fetched from the network). Python sends the CT and the attribution map
-// as gzipped NIfTI bytes once per case / map (ids tell what changed); scrolling, window/level, zoom,
-// pan, crosshairs and the HU readout all run here, with no server call. The crosshair position goes back
-// to Python (debounced) so the slice survives page switches.
+// as gzipped NIfTI bytes once per browser: each volume has a content id, the component keeps the bytes it
+// got (bounded, least recently used first out) and reports the ids it holds in its value; Python sends a
+// volume's bytes only while the component does not hold it, and a component that lacks one asks for it
+// ("need"). Scrolling, window/level, zoom, pan, crosshairs and the HU readout all run here, with no server
+// call; NiiVue draws on demand only (no animation loop), at one canvas pixel per CSS pixel. The crosshair
+// position goes back to Python (debounced) so the slice survives page switches.
 import { Niivue } from "./niivue.js";
 
 const DRAG = { crosshair: 8, windowing: 9, pan: 3 };
 const REPORT_DELAY_MS = 600;
+const CACHE_BYTES = 384 * 2 ** 20; // the gzipped volumes kept for a later case switch or overlay toggle
+const ASK_LIMIT = 3;                // requests for one volume's bytes before the viewer gives up
 
 const state = {
   nv: null, volumeId: null, overlayId: null, windowId: null, positionId: null, overlayOpts: null,
   draws: 0, lastDrawAt: 0, loaded: false, error: null, lastWindow: null, busy: Promise.resolve(),
-  hoverTile: 0, renders: 0,
+  hoverTile: 0, renders: 0, received: 0, receivedBytes: 0, asked: {}, seq: 0,
+  buffers: new Map(), // content id -> ArrayBuffer (gzipped NIfTI), in least recently used order
 };
 window.ctehrViewer = state; // for the browser tests and the benchmark
 
@@ -33,6 +39,59 @@ function toArrayBuffer(data) {
     return out.buffer;
   }
   throw new Error("unsupported volume data " + typeof data);
+}
+
+function held() {
+  const ids = new Set(state.buffers.keys());
+  if (state.volumeId && state.loaded) ids.add(state.volumeId);
+  if (state.overlayId) ids.add(state.overlayId);
+  return Array.from(ids);
+}
+
+function keep(id, buffer) {
+  // remember a volume's bytes by content id; the oldest go first past CACHE_BYTES (a larger one is not kept)
+  state.buffers.delete(id);
+  if (buffer.byteLength > CACHE_BYTES) return;
+  state.buffers.set(id, buffer);
+  let total = 0;
+  for (const b of state.buffers.values()) total += b.byteLength;
+  for (const [k, b] of state.buffers) {
+    if (total <= CACHE_BYTES) break;
+    state.buffers.delete(k); total -= b.byteLength;
+  }
+}
+
+function bytesFor(id, data) {
+  // the volume's bytes: sent with this render (kept for later), or kept from an earlier one, or null
+  if (data != null) {
+    const buffer = toArrayBuffer(data);
+    state.received += 1; state.receivedBytes += buffer.byteLength;
+    delete state.asked[id];
+    keep(id, buffer);
+    return buffer;
+  }
+  const buffer = state.buffers.get(id);
+  if (buffer) { state.buffers.delete(id); state.buffers.set(id, buffer); } // most recently used
+  return buffer || null;
+}
+
+function report(extra) {
+  const nv = state.nv;
+  const value = { held: held(), volume_id: state.volumeId, seq: ++state.seq };
+  if (nv && nv.volumes.length && state.loaded) {
+    value.mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3);
+    value.vox = Array.from(nv.frac2vox(nv.scene.crosshairPos));
+  }
+  setValue(Object.assign(value, extra || {}));
+}
+
+function ask(id) {
+  // this viewer lacks a volume whose bytes Python did not send (it thought we held them): ask for them
+  const n = (state.asked[id] || 0) + 1;
+  state.asked[id] = n;
+  if (n > ASK_LIMIT) throw new Error(`the server did not send volume ${id} after ${ASK_LIMIT} requests`);
+  clearTimeout(reportTimer);
+  report({ need: id });
 }
 
 function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1); }
@@ -96,13 +155,7 @@ function crossText() {
 let reportTimer = null;
 function scheduleReport() {
   clearTimeout(reportTimer);
-  reportTimer = setTimeout(() => {
-    const nv = state.nv;
-    if (!nv || !nv.volumes.length) return;
-    const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3);
-    const vox = Array.from(nv.frac2vox(nv.scene.crosshairPos));
-    setValue({ mm, vox, volume_id: state.volumeId });
-  }, REPORT_DELAY_MS);
+  reportTimer = setTimeout(() => report(), REPORT_DELAY_MS);
 }
 
 function hoverReadout(ev) {
@@ -166,9 +219,10 @@ async function init(height) {
     crosshairColor: [0.1, 0.8, 1.0, 0.9], crosshairWidth: 1, backColor: [0, 0, 0, 1],
     dragMode: DRAG.windowing, dragModePrimary: DRAG.crosshair, isResizeCanvas: true,
     dragAndDropEnabled: false, logLevel: "warn", loadingText: "loading CT ...", fontMinPx: 12,
+    forceDevicePixelRatio: -1, // one canvas pixel per CSS pixel: a HiDPI screen would draw 4x the pixels
   });
   state.nv = nv;
-  await nv.attachToCanvas(canvas);
+  await nv.attachToCanvas(canvas, false); // no multisampling: 2D slices do not need it
   const draw = nv.drawScene.bind(nv);
   nv.drawScene = (...a) => {
     const r = draw(...a);
@@ -245,34 +299,47 @@ async function render(args) {
   }
   const nv = state.nv;
   state.window = args.window;
+  let loadedNow = false; // a volume loaded: report at the end (position applied), so Python stops sending its bytes
   if (args.volume_id !== state.volumeId) {
+    const buffer = bytesFor(args.volume_id, args.volume);
+    if (!buffer) { ask(args.volume_id); return; }
     state.volumeId = args.volume_id; state.overlayId = null; state.windowId = args.window_id; state.loaded = false;
     while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
-    await nv.addVolumeFromUrl({ url: "ct.nii.gz", name: "ct.nii.gz", buffer: toArrayBuffer(args.volume),
+    await nv.addVolumeFromUrl({ url: "ct.nii.gz", name: "ct.nii.gz", buffer,
       colormap: "gray", cal_min: args.window[0], cal_max: args.window[1] });
     state.positionId = null;
     state.loaded = true;
+    loadedNow = true;
+  } else if (args.volume != null) {
+    bytesFor(args.volume_id, args.volume); // sent again before our report arrived: counted, nothing to load
   }
   if (args.window_id !== state.windowId) { state.windowId = args.window_id; applyWindow(args.window); }
-  const overlayId = args.overlay ? args.overlay_id : null;
-  if (overlayId !== state.overlayId) {
+  // the map: a new id replaces the loaded one; no id (overlay off, or the map not ready) hides it but keeps it,
+  // so switching the overlay back on costs neither bytes nor a reload
+  const overlayId = args.overlay_id || null;
+  if (overlayId && overlayId !== state.overlayId) {
+    const buffer = bytesFor(overlayId, args.overlay);
+    if (!buffer) { ask(overlayId); return; }
     while (nv.volumes.length > 1) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
+    const t0 = performance.now();
+    const show = !!args.show_overlay;
+    await nv.addVolumeFromUrl({ url: "map.nii", name: "map.nii", buffer,
+      colormap: args.colormap, opacity: show ? args.opacity : 0, cal_min: args.threshold, cal_max: 1.0 });
     state.overlayId = overlayId;
-    if (overlayId) {
-      const t0 = performance.now();
-      await nv.addVolumeFromUrl({ url: "map.nii", name: "map.nii", buffer: toArrayBuffer(args.overlay),
-        colormap: args.colormap, opacity: args.show_overlay ? args.opacity : 0, cal_min: args.threshold, cal_max: 1.0 });
-      state.overlayLoadMs = performance.now() - t0;
-      state.overlayShownAt = performance.now();
-      state.overlayOpts = { colormap: args.colormap, threshold: args.threshold, opacity: args.opacity,
-                            show: !!args.show_overlay };
-    }
+    state.overlayLoadMs = performance.now() - t0;
+    state.overlayShownAt = performance.now();
+    state.overlayOpts = { colormap: args.colormap, threshold: args.threshold, opacity: args.opacity, show };
+    loadedNow = true;
+  } else if (overlayId && args.overlay != null) {
+    bytesFor(overlayId, args.overlay);
   }
-  applyOverlayOpts({ colormap: args.colormap, threshold: args.threshold, opacity: args.opacity, show: !!args.show_overlay });
+  applyOverlayOpts({ colormap: args.colormap, threshold: args.threshold, opacity: args.opacity,
+                     show: !!args.show_overlay && overlayId !== null && overlayId === state.overlayId });
   if (args.position_id !== state.positionId) { state.positionId = args.position_id; applyPosition(args.position_mm); }
   document.getElementById("cross").textContent = crossText();
   updateWindowText();
   setHeight();
+  if (loadedNow) { clearTimeout(reportTimer); report(); }
 }
 
 window.addEventListener("message", (ev) => {
