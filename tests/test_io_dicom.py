@@ -224,22 +224,37 @@ def _real_ct_slices(path: Path, n: int) -> tuple[np.ndarray, tuple[float, float,
     return hu, vol.spacing_mm
 
 
-@pytest.mark.parametrize("fork", [True, False], ids=["forked_decoders", "threads"])
-def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, tmp_path, monkeypatch, fork):
-    """The real CT written twice, uncompressed and JPEG 2000 Lossless: the same HU array, voxel for voxel."""
-    from core.io import dicom
+@pytest.mark.parametrize(("openjpeg", "fork"), [(True, False), (False, True), (False, False)], ids=["openjpeg_threads", "forked_decoders", "threads"])
+def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, tmp_path, monkeypatch, openjpeg, fork):
+    """The real CT written twice, uncompressed and JPEG 2000 Lossless: the same HU array, voxel for voxel.
 
+    Through OpenJPEG directly (ctypes, threads: ``core.io.j2k``, with the slices
+    decoded ahead while the loader starts), and through pydicom's decoders
+    (where no OpenJPEG library loads) in forked processes or on threads.
+    """
+    from core.io import dicom, j2k
+
+    if openjpeg and not j2k.available():
+        pytest.skip("no OpenJPEG library (libopenjp2) to load")
+    monkeypatch.setattr(j2k, "available", lambda: openjpeg and j2k._library() is not None)
     monkeypatch.setattr(dicom, "FORK_DECODE", fork)
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)  # two decoding processes even on a 1-core runner
     monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)  # and for a small series
     monkeypatch.setattr(dicom, "_other_threads_alive", lambda: False)  # as in a single-threaded process (the CLI)
     hu, spacing = _real_ct_slices(real_ct, 8)
     plain = write_series(tmp_path / "plain", hu=hu, spacing_mm=spacing, signed=True, intercept=-1024.0, seed=1)
-    j2k = write_series(tmp_path / "j2k", hu=hu, spacing_mm=spacing, signed=True, intercept=-1024.0, compression="j2k", shuffle=True, seed=2)
-    assert pydicom.dcmread(j2k.paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
-    assert sum(p.stat().st_size for p in j2k.paths) < 0.8 * sum(p.stat().st_size for p in plain.paths)  # really compressed
-    vol_plain, vol_j2k = load_study(plain.folder), load_study(j2k.folder)
-    assert dicom._fork_workers(sorted(dicom.scan_headers(dicom.sources_from_folder(j2k.folder)).headers, key=lambda h: h.source.name)) == (2 if fork else 1)
+    j2k_series = write_series(tmp_path / "j2k", hu=hu, spacing_mm=spacing, signed=True, intercept=-1024.0, compression="j2k", shuffle=True, seed=2)
+    assert pydicom.dcmread(j2k_series.paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    assert sum(p.stat().st_size for p in j2k_series.paths) < 0.8 * sum(p.stat().st_size for p in plain.paths)  # really compressed
+    taken: list[bool] = []
+    take = j2k.Prefetch.take
+    monkeypatch.setattr(j2k.Prefetch, "take", lambda self, path, offset: taken.append(bool(r := take(self, path, offset))) or r)
+    vol_plain, vol_j2k = load_study(plain.folder), load_study(j2k_series.folder)
+    assert dicom._fork_workers(sorted(dicom.scan_headers(dicom.sources_from_folder(j2k_series.folder)).headers, key=lambda h: h.source.name)) == (2 if fork else 1)
+    if openjpeg:  # every slice looked up among those decoded ahead (found there or decoded by the loader's threads)
+        assert len(taken) == 8
+    else:
+        assert taken == []
     assert vol_j2k.hu.dtype == np.float32 and vol_j2k.shape == hu.shape
     assert vol_j2k.hu.min() < -900 and vol_j2k.hu.max() > 200  # air and bone: signed values through the codec
     np.testing.assert_array_equal(vol_j2k.hu, vol_plain.hu)
@@ -249,38 +264,113 @@ def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, 
     assert vol_j2k.phi == vol_plain.phi and vol_j2k.warnings == vol_plain.warnings == []
 
 
+MODES = [(False, True), (False, False), (True, False)]  # (OpenJPEG through ctypes, forked decoders)
+
+
 def test_a_broken_slice_decoded_by_a_forked_process_is_one_line_input_error(series_dir, tmp_path, monkeypatch):
-    """A slice that cannot be decoded is the same one-line error with forked decoders as in-process."""
+    """A slice that cannot be decoded is the same one-line error with forked decoders, in-process and through OpenJPEG."""
     import shutil
 
-    from core.io import dicom
+    from core.io import dicom, j2k
 
     monkeypatch.setattr(dicom, "_usable_cpus", lambda: 2)
     monkeypatch.setattr(dicom, "FORK_MIN_PIXELS", 0)
     monkeypatch.setattr(dicom, "_other_threads_alive", lambda: False)  # as in a single-threaded process (the CLI)
+    have_openjpeg = j2k.available()
     folder = tmp_path / "j2k"
     shutil.copytree(series_dir["j2k"].folder, folder)
     headers = dicom.scan_headers(dicom.sources_from_folder(folder)).headers
     ordered, _, _ = dicom._sort_and_check(headers)
+    monkeypatch.setattr(j2k, "available", lambda: False)
     assert dicom._fork_workers(ordered) == 2
     victim = ordered[1].source.path  # decoded by the parent or the child, whichever claims it first
     data = victim.read_bytes()
     at = data.index(b"\xff\x4f\xff\x51")  # the JPEG 2000 codestream (SOC, SIZ)
     name = victim.name.replace(".", r"\.")
+    modes = [m for m in MODES if have_openjpeg or not m[0]]
     # the codestream cut off (the item runs past the file's end): the child's InputError keeps its fields
     victim.write_bytes(data[: at + 200])
-    for fork in (True, False):
+    for openjpeg, fork in modes:
+        monkeypatch.setattr(j2k, "available", lambda openjpeg=openjpeg: openjpeg)
         monkeypatch.setattr(dicom, "FORK_DECODE", fork)
         with pytest.raises(InputError, match=rf"^DICOM file: got {name}, is truncated \(compressed pixel data cut off\); fix: re-export"):
             load_study(folder)
     # the codestream overwritten, the DICOM structure intact: the codec's error, one line
     assert data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # the sequence delimiter ends the file
     victim.write_bytes(data[:at] + b"\x00" * (len(data) - at - 8) + data[-8:])
-    for fork in (True, False):
+    for openjpeg, fork in modes:
+        monkeypatch.setattr(j2k, "available", lambda openjpeg=openjpeg: openjpeg)
         monkeypatch.setattr(dicom, "FORK_DECODE", fork)
         with pytest.raises(InputError, match=r"pixel data cannot be decoded") as caught:
             load_study(folder)
         assert "\n" not in str(caught.value)
+
+
+def test_a_jpeg2000_codestream_larger_than_rows_and_columns_is_refused_before_decoding(series_dir, tmp_path):
+    """A codestream whose SIZ claims 20000 x 20000 pixels (one tile) in a 48 x 40 slice: one line, nothing decoded.
+
+    Decoding it would allocate 1.6 GB of int32 for a file of a few kB; the
+    size is checked once OpenJPEG has read the header, before it decodes.
+    """
+    import resource
+    import shutil
+
+    from core.io import j2k
+
+    if not j2k.available():
+        pytest.skip("no OpenJPEG library (libopenjp2) to load")
+    folder = tmp_path / "j2k"
+    shutil.copytree(series_dir["j2k"].folder, folder)
+    victim = sorted(folder.iterdir())[3]
+    data = bytearray(victim.read_bytes())
+    at = data.index(b"\xff\x4f\xff\x51")
+    assert (int.from_bytes(data[at + 8 : at + 12], "big"), int.from_bytes(data[at + 12 : at + 16], "big")) == (SHAPE[2], SHAPE[1])
+    for offset in (8, 12, 24, 28):  # Xsiz, Ysiz, XTsiz, YTsiz: one tile of 20000 x 20000
+        data[at + offset : at + offset + 4] = (20000).to_bytes(4, "big")
+    victim.write_bytes(bytes(data))
+    assert j2k._size(bytes(data[at:])) == (20000, 20000, 1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    name = victim.name.replace(".", r"\.")
+    with pytest.raises(InputError, match=rf"^DICOM file: got {name}, holds a JPEG 2000 codestream of 20000 x 20000 pixels but Columns x Rows say 48 x 40; fix: re-export"):
+        load_study(folder)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: far below the 1.6 GB it claims
+
+
+def test_slices_decoded_ahead_are_used_only_where_the_header_agrees(series_dir, tmp_path):
+    """Prefetch: every slice of a JPEG 2000 folder decoded on a thread, found by path and PixelData offset."""
+    import os
+
+    from core.io import dicom, j2k
+    from core.io.dicom_pixels import store_prefetched_j2k
+
+    if not j2k.available():
+        pytest.skip("no OpenJPEG library (libopenjp2) to load")
+    written = series_dir["j2k"]
+    ordered, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(written.folder)).headers)
+    early = j2k.Prefetch(str(written.folder), workers=1)
+    for thread in early._threads:
+        thread.join()  # all decoded
+    try:
+        assert early.take(os.path.abspath(ordered[0].source.path), ordered[0].pixel_offset + 2) is None  # another offset
+        out = np.full((len(ordered), SHAPE[1], SHAPE[2]), np.nan, dtype=np.float32)
+        for i, h in enumerate(ordered[1:], start=1):
+            decoded = early.take(os.path.abspath(h.source.path), h.pixel_offset)
+            assert decoded is not None and (decoded.rows, decoded.cols, decoded.signed) == (SHAPE[1], SHAPE[2], True)
+            assert store_prefetched_j2k(h, decoded, out[i : i + 1])
+        np.testing.assert_array_equal(out[1:], written.hu[1:])
+        # a decoded slice that does not match the header (here: another slice's size) is refused and freed
+        again = j2k.Prefetch(str(written.folder), workers=1)
+        for thread in again._threads:
+            thread.join()
+        h = ordered[1]
+        wrong = dicom._Header(**{**h.__dict__, "rows": h.rows + 1})
+        decoded = again.take(os.path.abspath(h.source.path), h.pixel_offset)
+        assert decoded is not None and not store_prefetched_j2k(wrong, decoded, out[1:2])
+        with pytest.raises(ValueError, match="closed"):
+            decoded.buffer()
+        again.close()
+    finally:
+        early.close()
 
 
 def test_forked_decoders_write_shared_memory_and_report_errors_and_warnings():
@@ -340,8 +430,8 @@ def test_no_fork_while_other_threads_run(series_dir, monkeypatch):
     # the test process may hold other threads already (earlier tests' servers): count only the one started here
     baseline = threading.active_count()
     monkeypatch.setattr(dicom, "_other_threads_alive", lambda: threading.active_count() > baseline)
-    ordered, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(series_dir["j2k"].folder)).headers)
-    assert dicom._fork_workers(ordered) == 2
+    ordered, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(series_dir["jls"].folder)).headers)
+    assert dicom._fork_workers(ordered) == 2  # JPEG-LS: pydicom's codec holds the GIL
     plain, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(series_dir["plain"].folder)).headers)
     assert dicom._fork_workers(plain) == 1  # uncompressed: numpy releases the GIL, threads suffice
     release = threading.Event()
@@ -349,8 +439,8 @@ def test_no_fork_while_other_threads_run(series_dir, monkeypatch):
     other.start()
     try:
         assert dicom._fork_workers(ordered) == 1
-        vol = load_study(series_dir["j2k"].folder)
+        vol = load_study(series_dir["jls"].folder)
     finally:
         release.set()
         other.join()
-    np.testing.assert_array_equal(vol.hu, series_dir["j2k"].hu)
+    np.testing.assert_array_equal(vol.hu, series_dir["jls"].hu)

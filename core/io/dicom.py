@@ -54,6 +54,9 @@ from core.io.dicom_headers import (  # noqa: F401 - also the names tests and cal
 from core.io.dicom_pixels import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
     _pixels,
     _sort_and_check,
+    decode_j2k_into,
+    j2k_direct,
+    store_prefetched_j2k,
     to_convention,
 )
 from core.io.dicom_source import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
@@ -68,6 +71,7 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
     pydicom_warnings,
     sources_from_folder,
 )
+from core.io.j2k import Prefetch
 from core.io.volume import SeriesInfo, Volume
 
 # the public names of the DICOM loader live in its submodules; callers keep importing them from here
@@ -101,6 +105,8 @@ def _fork_workers(ordered: Sequence[_Header]) -> int:
     if not FORK_DECODE or not hasattr(os, "fork") or _other_threads_alive():
         return 1
     if len(ordered) < 4 or any(h.ts in _NATIVE for h in ordered):  # uncompressed: numpy threads already run in parallel
+        return 1
+    if all(j2k_direct(h) for h in ordered):  # JPEG 2000 through ctypes releases the GIL: threads run in parallel
         return 1
     if sum(h.rows * h.cols * h.frames for h in ordered) < FORK_MIN_PIXELS:  # a fork costs ~7 ms: not for tiny series
         return 1
@@ -306,6 +312,7 @@ def load_dicom_sources(
     *,
     max_decoded_bytes: int = MAX_DECODED_BYTES,
     label: str = "study",
+    prefetched: Prefetch | None = None,
 ) -> Volume:
     """Load the largest (or the chosen) series of ``sources`` into a Volume.
 
@@ -315,7 +322,7 @@ def load_dicom_sources(
     never touch the process's warning filters.
     """
     with pydicom_warnings() as caught:
-        volume = _load_dicom_sources(sources, series, max_decoded_bytes=max_decoded_bytes, label=label)
+        volume = _load_dicom_sources(sources, series, max_decoded_bytes=max_decoded_bytes, label=label, prefetched=prefetched)
     messages = sorted({" ".join(str(m).split())[:100] for m in caught})
     if messages:
         volume.warnings.append(f"{len(messages)} DICOM reading warning(s), e.g. {messages[0]}")
@@ -328,6 +335,7 @@ def _load_dicom_sources(
     *,
     max_decoded_bytes: int,
     label: str,
+    prefetched: Prefetch | None = None,
 ) -> Volume:
     scan = scan_headers(sources)
     headers, skipped = scan.headers, scan.skipped
@@ -378,6 +386,9 @@ def _load_dicom_sources(
     if first.rows < 1 or first.cols < 1:
         raise InputError("DICOM file", first.source.name, f"has Rows x Columns = {first.rows} x {first.cols}", "re-export the series")
 
+    direct = [j2k_direct(h) for h in ordered]
+    if prefetched is not None and not all(direct):
+        prefetched.close()  # its threads end here: the other codecs may decode in forked processes
     forked = _fork_workers(ordered)
     # with decoding processes, the output lives in shared memory they write into (same size, same cap)
     out = _shared_empty((n_slices, first.rows, first.cols)) if forked > 1 else np.empty((n_slices, first.rows, first.cols), dtype=np.float32)
@@ -385,8 +396,14 @@ def _load_dicom_sources(
 
     def decode(i: int) -> None:
         h = ordered[i]
-        arr = _pixels(h)
         target = out[starts[i] : starts[i + 1]]
+        if direct[i]:  # OpenJPEG outside the GIL: threads decode in parallel
+            early = prefetched.take(os.path.abspath(h.source.path), h.pixel_offset) if prefetched and h.source.path else None
+            if early is not None and store_prefetched_j2k(h, early, target):
+                return
+            if decode_j2k_into(h, target):
+                return
+        arr = _pixels(h)
         if h.slope == 1.0:
             np.add(arr, np.float32(h.intercept), out=target, casting="unsafe")
         else:
@@ -440,8 +457,15 @@ def _load_dicom_sources(
     )
 
 
-def load_dicom(path: str | Path, series: str | None = None, *, max_decoded_bytes: int = MAX_DECODED_BYTES) -> Volume:
-    """A DICOM file or a folder (searched recursively) -> Volume."""
+def load_dicom(
+    path: str | Path, series: str | None = None, *, max_decoded_bytes: int = MAX_DECODED_BYTES, prefetched: Prefetch | None = None
+) -> Volume:
+    """A DICOM file or a folder (searched recursively) -> Volume.
+
+    ``prefetched``: the folder's JPEG 2000 slices already being decoded
+    (:func:`core.io.j2k.prefetch`, started before this module was imported);
+    each is used only where this loader's own header parse agrees with it.
+    """
     path = Path(path)
     if path.is_dir():
         sources = sources_from_folder(path)
@@ -454,7 +478,7 @@ def load_dicom(path: str | Path, series: str | None = None, *, max_decoded_bytes
         sources = [DicomSource(name=path.name, path=path)]
     else:
         raise InputError("study", str(path), "does not exist", "check the path (a DICOM file or folder, or a zip)")
-    return load_dicom_sources(sources, series, max_decoded_bytes=max_decoded_bytes, label=str(path))
+    return load_dicom_sources(sources, series, max_decoded_bytes=max_decoded_bytes, label=str(path), prefetched=prefetched)
 
 
 def load_dicom_members(members: Sequence[tuple[str, bytes]], series: str | None = None, *, label: str = "zip") -> Volume:

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+
+from core.io.pydicom_import import pydicom  # first: pydicom without its downloader
+
+# isort: split
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -24,9 +28,6 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
     meta_transfer_syntax,
     trailing_elements,
     undeflate_dicom,
-)
-from core.io.pydicom_import import (
-    pydicom,  # first: pydicom without its example-data downloader
 )
 
 # ---------------------------------------------------------------- headers

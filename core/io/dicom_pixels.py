@@ -7,10 +7,15 @@ import struct
 from typing import Sequence
 
 import numpy as np
+
+from core.io.pydicom_import import pydicom  # noqa: F401 - first: no downloader
+
+# isort: split
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from core.errors import InputError
+from core.io import j2k
 from core.io.dicom_headers import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
     _floats,
     _Header,
@@ -243,6 +248,86 @@ def _compressed_pixels(h: _Header, raw: bytes) -> np.ndarray:
         why = " ".join(str(err).split())  # pydicom lists every plugin's failure on its own line
         raise InputError("DICOM file", h.source.name, f"pixel data cannot be decoded ({type(err).__name__}: {why})", "re-export the series") from None
     return np.asarray(arr)
+
+
+J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})  # JPEG 2000 Lossless, JPEG 2000
+
+
+def j2k_direct(h: _Header) -> bool:
+    """True when ``h``'s slices can go to OpenJPEG directly (:mod:`core.io.j2k`, outside the GIL)."""
+    if h.ts not in J2K_SYNTAXES or h.samples != 1 or h.bits_allocated not in (8, 16, 32):
+        return False
+    return j2k.available()
+
+
+def _items(value: bytes) -> list[bytes]:
+    """The items of an encapsulated PixelData value (as :func:`_encapsulated_value` returns it): BOT first."""
+    out: list[bytes] = []
+    pos = 0
+    while pos + 8 <= len(value):
+        (length,) = struct.unpack("<I", value[pos + 4 : pos + 8])
+        out.append(value[pos + 8 : pos + 8 + length])
+        pos += 8 + length
+    return out
+
+
+def decode_j2k_into(h: _Header, target: np.ndarray) -> bool:
+    """Decode ``h``'s JPEG 2000 frames with OpenJPEG (GIL released) into ``target`` as float32 HU.
+
+    ``target`` has shape (frames, rows, cols). False (``target`` untouched or
+    partly written) when the fast path does not apply to this instance: the
+    caller then decodes it through pydicom, which gives the same values (or
+    the error the user sees). Truncated pixel data raises ``InputError`` here
+    as there; so does a codestream that declares another size than Rows x
+    Columns (refused after its header is read, before anything is allocated
+    for its pixels: pydicom's decoders would decode whatever size it claims).
+    """
+    raw = h.source.read_from(h.pixel_offset)
+    items = _items(_encapsulated_value(raw, h.source.name))
+    del raw
+    if len(items) < 2:
+        return False
+    if h.frames == 1:
+        streams = [b"".join(items[1:]) if len(items) > 2 else items[1]]
+    elif len(items) - 1 == h.frames:  # one fragment per frame
+        streams = items[1:]
+    else:
+        return False
+    for k, stream in enumerate(streams):
+        try:
+            decoded = j2k.decode(stream, h.rows, h.cols, h.signed, max_precision=h.bits_allocated)
+        except j2k.J2KSizeMismatch as err:  # refused before anything is decoded (a codestream may claim any size)
+            raise InputError("DICOM file", h.source.name, f"holds {err} but Columns x Rows say {h.cols} x {h.rows}", "re-export the series") from None
+        except j2k.J2KUnsupported:
+            return False
+        with decoded:
+            _store_j2k(decoded, target[k], h.slope, h.intercept)
+    return True
+
+
+def _store_j2k(decoded: j2k.DecodedJ2K, target: np.ndarray, slope: float, intercept: float) -> None:
+    values = np.frombuffer(decoded.buffer(), dtype=np.int32).reshape(decoded.rows, decoded.cols)
+    # in float32, as pydicom's int16/uint16 array would be converted (exact for integers below 2**24)
+    if slope == 1.0:
+        np.add(values, np.float32(intercept), out=target, dtype=np.float32, casting="unsafe")
+    else:
+        np.multiply(values, np.float32(slope), out=target, dtype=np.float32, casting="unsafe")
+        target += np.float32(intercept)
+
+
+def store_prefetched_j2k(h: _Header, decoded: j2k.DecodedJ2K, target: np.ndarray) -> bool:
+    """Write a slice decoded ahead (:class:`core.io.j2k.Prefetch`) into ``target`` when it is what ``h`` describes.
+
+    It must be a single-frame JPEG 2000 instance of ``h``'s size and
+    signedness, within its BitsAllocated; otherwise False (the caller decodes
+    the file itself). ``decoded`` is closed either way.
+    """
+    with decoded:
+        if not (h.frames == 1 and j2k_direct(h) and (decoded.rows, decoded.cols) == (h.rows, h.cols)
+                and decoded.signed == h.signed and decoded.precision <= h.bits_allocated):
+            return False
+        _store_j2k(decoded, target[0], h.slope, h.intercept)
+    return True
 
 
 def _pixels(h: _Header) -> np.ndarray:

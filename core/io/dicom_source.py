@@ -15,14 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.io.pydicom_import import pydicom  # first: pydicom without its downloader
+
+# isort: split
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from core.errors import InputError
 from core.io.inflate import WBITS_RAW, inflate_bounded
-from core.io.pydicom_import import (
-    pydicom,  # first: pydicom without its example-data downloader
-)
 
 MAX_DECODED_BYTES = 3 * 1024**3  # float32 output of one volume (about 800 slices of 1024 x 1024)
 MAX_FILES = 20_000

@@ -11,14 +11,15 @@ a raw dataset), or a folder of DICOM files. Zips are read in memory by
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from core.errors import InputError
-from core.io.volume import Volume
+
+if TYPE_CHECKING:  # numpy and the loaders are imported when used: a folder of JPEG 2000 starts decoding first
+    import numpy as np
+
+    from core.io.volume import Volume
 
 MAX_UPLOAD_BYTES = 2 * 1024**3  # one uploaded file or zip
 _HEAD = 544
@@ -47,15 +48,31 @@ def _kind(head: bytes) -> str:
     return ""
 
 
+def _decode_threads() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
 def load_study(path: str | Path, series: str | None = None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Volume:
     """Load a DICOM file, a DICOM folder (recursive), a zip of either, or a NIfTI file."""
     path = Path(path)
     if not path.exists():
         raise InputError("study", str(path), "does not exist", "check the path (a DICOM file or folder, a zip, or a .nii/.nii.gz file)")
     if path.is_dir():
-        from core.io.dicom import load_dicom
+        # JPEG 2000 slices start decoding on threads (GIL released) while the DICOM loader and pydicom import
+        from core.io.j2k import prefetch
 
-        return load_dicom(path, series)
+        early = prefetch(str(path), workers=_decode_threads())
+        try:
+            from core.io.dicom import load_dicom
+
+            return load_dicom(path, series, prefetched=early)
+        finally:
+            if early is not None:
+                early.close()
     size = path.stat().st_size
     if size > max_bytes:
         raise InputError("study", str(path), f"is {size} bytes (limit {max_bytes})", "load a smaller study or raise the limit")
@@ -129,6 +146,10 @@ def _load_zip(data: bytes, label: str, series: str | None) -> Volume:
 
 def hu_stats(hu: np.ndarray) -> tuple[float, float, float]:
     """(min, max, mean) of a volume, in slabs on a few threads (numpy releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
     if hu.size == 0:
         raise InputError("volume", list(hu.shape), "is empty", "load a study with at least one voxel")
     n = hu.shape[0]
