@@ -274,6 +274,17 @@ def _size(codestream: bytes) -> tuple[int, int, int] | None:
     return (y1 - y0, x1 - x0, comps) if x1 > x0 and y1 > y0 else None
 
 
+def _is_j2k_file(head: bytes) -> bool:
+    """A Part 10 file whose file meta names a JPEG 2000 transfer syntax (from its first 4 kB)."""
+    if len(head) < 144 or head[128:132] != b"DICM":
+        return False
+    at = head.find(_TS_TAG, 132, 4096)
+    if at < 0:
+        return False
+    length = int.from_bytes(head[at + 6 : at + 8], "little")
+    return head[at + 8 : at + 8 + length].rstrip(b"\x00 ") in _J2K_TS
+
+
 def _single_frame_codestream(data: bytes) -> tuple[int, bytes, int, int] | None:
     """(offset of the PixelData tag, the codestream: all fragments joined, Rows, Columns) of a JPEG 2000 file, or None.
 
@@ -281,13 +292,7 @@ def _single_frame_codestream(data: bytes) -> tuple[int, bytes, int, int] | None:
     loader's own parse (pydicom) puts PixelData at the same offset with the
     same size, signedness and a single frame.
     """
-    if len(data) < 144 or data[128:132] != b"DICM":
-        return None
-    at = data.find(_TS_TAG, 132, 4096)
-    if at < 0:
-        return None
-    length = int.from_bytes(data[at + 6 : at + 8], "little")
-    if data[at + 8 : at + 8 + length].rstrip(b"\x00 ") not in _J2K_TS:
+    if not _is_j2k_file(data):
         return None
     offset = data.rfind(_PIXEL_DATA)
     rows_at, cols_at = data.find(_ROWS, 132, max(offset, 0)), data.find(_COLUMNS, 132, max(offset, 0))
@@ -380,7 +385,10 @@ class Prefetch:
         if os.path.islink(path) or os.path.getsize(path) > PREFETCH_MAX_FILE_BYTES:
             return None
         with open(path, "rb") as fh:
-            data = fh.read(PREFETCH_MAX_FILE_BYTES + 1)
+            data = fh.read(4096)
+            if not _is_j2k_file(data):
+                return None  # another syntax (or not DICOM): only its head was read
+            data += fh.read(PREFETCH_MAX_FILE_BYTES + 1 - len(data))
         found = _single_frame_codestream(data)
         del data
         if found is None:

@@ -48,12 +48,13 @@ def _kind(head: bytes) -> str:
     return ""
 
 
-def _decode_threads() -> int:
+def _prefetch_threads() -> int:
+    """One core fewer than usable: the importing thread keeps one (its imports are the longer path on 2 cores)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+    return max(1, min(8, cpus - 1))
 
 
 def load_study(path: str | Path, series: str | None = None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Volume:
@@ -65,7 +66,7 @@ def load_study(path: str | Path, series: str | None = None, *, max_bytes: int = 
         # JPEG 2000 slices start decoding on threads (GIL released) while the DICOM loader and pydicom import
         from core.io.j2k import prefetch
 
-        early = prefetch(str(path), workers=_decode_threads())
+        early = prefetch(str(path), workers=_prefetch_threads())
         try:
             from core.io.dicom import load_dicom
 
