@@ -78,6 +78,9 @@ def test_pretext_teaches_the_detector_synthetic_lesions_on_held_out_slices() -> 
         s0 = SliceEncoder2D.detection_stats(enc.detect_logits(clean[:, None]))
         s1 = SliceEncoder2D.detection_stats(enc.detect_logits(y[:, None]))
     assert float(s1[0, 1]) > float(s0[0, 1]) + 1.0
+    # stage A's shortcut for a frozen trunk (statistics computed once, then projected) gives the encoder's tokens
+    with torch.no_grad():
+        assert torch.allclose(enc.proj(enc.slice_stats(x[:3])), enc(x[:3]), atol=1e-5)
 
 
 def test_pretext_needs_the_detection_head() -> None:

@@ -127,6 +127,12 @@ class SliceEncoder2D(nn.Module):
         """``[N, K, h, w]`` lesion logits -> ``[N, K * DETECT_STATS]``: every channel's max logit, then log(1 + soft area)."""
         return torch.cat([logits.amax(dim=(2, 3)), torch.log1p(torch.sigmoid(logits).sum(dim=(2, 3)))], dim=1)
 
+    def slice_stats(self, slices: torch.Tensor) -> torch.Tensor:
+        """``[B, S, size, size]`` prepared slices -> ``[B, S, DETECT_CHANNELS * DETECT_STATS]`` detection statistics
+        (pool="detect"): what :meth:`forward` projects, so a frozen trunk's statistics can be computed once."""
+        b, s = slices.shape[:2]
+        return self.detection_stats(self.detect_logits(slices.reshape(b * s, 1, self.size, self.size))).reshape(b, s, -1)
+
     def forward(self, slices: torch.Tensor) -> torch.Tensor:
         """``[B, S, size, size]`` prepared slices -> ``[B, S, out_dim]``."""
         b, s = slices.shape[:2]

@@ -343,6 +343,10 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, 0.4))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)
+            if enc0.soft_tissue is None:  # type: ignore[union-attr]
+                # the frozen trunk's detection statistics, once per slice: stage A then trains only what sits on them
+                data.pop("image_preprocessed")
+                data["image_stats"] = _frozen_stats(enc0, pre, device)
         span = (0.4, 0.7)
 
     def stage_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -379,6 +383,16 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         save.update(tokens=tokens, mask=token_mask, present=pre["image_present"])
         _save_cache(path, save, {"info": json.dumps(info), "ids": json.dumps(cohort.ids())})
     return enc_state, out, info
+
+
+def _frozen_stats(enc: torch.nn.Module, pre: dict[str, torch.Tensor], device: torch.device, chunk: int = 8) -> torch.Tensor:
+    """Detection statistics ``[N, S, K]`` of a frozen ``pool="detect"`` encoder on every prepared study."""
+    enc.eval().to(device)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, pre["image_preprocessed"].shape[0], chunk):
+            outs.append(enc.slice_stats(pre["image_preprocessed"][i:i + chunk].float().to(device)).float().cpu())  # type: ignore[operator]
+    return torch.cat(outs)
 
 
 def image_path_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -421,6 +435,11 @@ def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     (max shift in pixels, intensity offset) applies :func:`core.preprocess.transforms.augment_slices` (loss only)."""
     net = model.module if hasattr(model, "module") else model
     b = dict(batch)
+    if "image_stats" in b:  # frozen pretext trunk: its statistics were computed once (train_image_encoder)
+        stats = b.pop("image_stats").float()
+        b["image_tokens"] = net.image_encoder.proj(stats)  # type: ignore[union-attr]
+        b["image_token_mask"] = _token_mask(b["image_tokens"], b["image_token_mask"], b["image_present"])
+        return b
     x = b.pop("image_preprocessed").float()
     if (augment[0] > 0 or augment[1] > 0) and x.dim() == 4:
         from core.preprocess.transforms import augment_slices
