@@ -70,9 +70,11 @@ class TrainPreprocessor:
 
     def _fill(self, df: pd.DataFrame) -> pd.DataFrame:
         out = df.fillna(self.median)
-        for c in self.with_missing:
-            out[f"{c}__missing"] = df[c].isna().astype(float)
-        return out
+        if not self.with_missing:
+            return out
+        # all indicator columns at once (one insert per column fragments the frame: a PerformanceWarning per column)
+        miss = df[self.with_missing].isna().astype(float).add_suffix("__missing")
+        return pd.concat([out, miss], axis=1)
 
     def transform(self, df: pd.DataFrame) -> pd.DataFrame:
         filled = self._fill(df)
