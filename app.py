@@ -80,6 +80,12 @@ if not ready:
     st.rerun()
 
 ui.follow_deep_link()
-ui.sidebar()
+device = ui.sidebar()
 _jobs.sidebar_list()
-current.run()
+try:
+    current.run()
+finally:
+    # after the page is drawn: the device line (it imports torch) and, once per server, the imports that later
+    # interactions need (captum, lifelines), in the background, so the first paint waits on none of them
+    ui.device_caption(device)
+    ui.preload_in_background()

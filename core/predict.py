@@ -6,21 +6,36 @@ range of the ensemble's members, or MC dropout for a single network, as
 ``uncertainty`` says; ``lower <= survival <= upper``), ``risk_at`` {30, 365, 1825} (1 - S at the
 horizon, read from the step curve; a horizon past the grid reads the last grid
 value and is listed in ``beyond_grid``), ``risk`` and ``modalities_used``.
+
+:class:`PredictionCache` keeps a case's prediction on disk (the app reopens a case without a model call):
+keyed by the model's fingerprint (:func:`model_fingerprint`), the case's content (:func:`case_digest`),
+its index date and the horizons; bounded in entries and bytes. This module imports torch only when it
+predicts, so the app can read the cache before torch is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import threading
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from core.cohort import Cohort, load_cohort
+from core.errors import InputError
 from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
-from core.registry import LoadedModel, load_model
+from core.models.types import CasePrediction
 from core.study_profile import model_profile, study_warnings
 
+if TYPE_CHECKING:
+    from core.registry import LoadedModel
 
 def _clean(a: np.ndarray) -> list[float]:
     return [round(float(x), 6) for x in a]
@@ -70,6 +85,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
 def predict_subject(model_dir: Path | str, cohort_dir: Path | str, subject_id: str,
                     horizons: Sequence[int] = HORIZONS, device: str = "cpu") -> dict:
     """The ``predict --json`` object for one subject of a cohort folder."""
+    from core.registry import load_model
+
     model = load_model(Path(model_dir), device=device)
     cohort = load_cohort(Path(cohort_dir), for_training=False)
     return prediction_json(model, cohort, str(subject_id), horizons)
@@ -86,3 +103,194 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[
             rows.append(out.survival[0].float().cpu().numpy())
     surv = np.clip(np.stack(rows), 0.0, 1.0) if rows else np.zeros((0, len(model.times)))
     return model.times, surv
+
+
+# ----------------------------------------------------------------- the prediction cache
+
+CACHE_VERSION = "1"
+MODEL_FILES = ("config.json",)  # with every *.safetensors: what defines a model (not the caches written beside it)
+
+
+def model_fingerprint(model_dir: Path | str) -> str:
+    """A hash of what defines a model folder: ``config.json``'s bytes and each ``*.safetensors`` file's name,
+    size and modification time (retraining in place changes it; the app's caches written beside it do not)."""
+    root = Path(model_dir)
+    if not (root / "config.json").is_file():
+        raise InputError("model", str(root), "has no config.json", "pass a model folder written by `python -m core train`")
+    h = hashlib.sha256(str(root.resolve()).encode())
+    h.update((root / "config.json").read_bytes())
+    for path in sorted(root.glob("*.safetensors")):
+        st = path.stat()
+        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def _hash_frame(h: Any, frame: pd.DataFrame | None) -> None:
+    if frame is None or frame.empty:
+        h.update(b"-")
+        return
+    h.update(",".join(map(str, frame.columns)).encode())
+    h.update(pd.util.hash_pandas_object(frame.astype(str), index=True).to_numpy().tobytes())
+
+
+def case_digest(cohort: Cohort, subject_id: str, volume: Volume | None) -> str:
+    """A hash of everything a model can read of one case: the CT's voxels and spacing, the cohort row (index
+    date included), the events before the index date, the tabular features and precomputed embeddings."""
+    sid = str(subject_id)
+    h = hashlib.sha256(f"{CACHE_VERSION}:{sid}".encode())
+    if volume is None:
+        h.update(b"no-ct")
+    else:
+        hu = np.ascontiguousarray(volume.hu)
+        h.update(f"{hu.shape}:{hu.dtype}:{tuple(float(x) for x in volume.spacing_mm)}".encode())
+        h.update(hashlib.sha256(hu.tobytes()).digest())
+    _hash_frame(h, cohort.row(sid).to_frame())
+    _hash_frame(h, cohort.events(sid))
+    for table in (cohort.features, cohort.image_embeddings, cohort.ehr_embeddings):
+        _hash_frame(h, None if table is None or sid not in table.index else table.loc[[sid]])
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class CachedCase:
+    """A case's prediction and the timeline events the model read (what the app draws), from the cache or fresh."""
+
+    prediction: CasePrediction
+    events: pd.DataFrame
+    key: str
+
+
+def _frame_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """The columns of ``frame`` as pickle-free arrays, or None when a column would not round-trip exactly."""
+    out: dict[str, np.ndarray] = {}
+    for i, col in enumerate(frame.columns):
+        values = frame[col]
+        if values.dtype.kind in "Mfiub":
+            out[f"ev{i}"] = values.to_numpy()
+        elif values.dtype == object and all(isinstance(v, str) for v in values):
+            out[f"ev{i}"] = np.asarray(values.tolist(), dtype=str)
+        else:
+            return None
+    return out
+
+
+class PredictionCache:
+    """Predictions of cases on disk: one ``.npz`` per (model, case, index date, horizons), pickle-free.
+
+    Bounded: at most ``max_entries`` files and ``max_bytes`` bytes; the least recently used go first.
+    A torn or foreign file is deleted and counts as a miss.
+    """
+
+    def __init__(self, root: Path | str, max_entries: int = 2000, max_bytes: int = 256 * 2**20) -> None:
+        if int(max_entries) <= 0 or int(max_bytes) <= 0:
+            raise InputError("prediction cache", f"{max_entries} entries, {max_bytes} bytes", "bounds must be positive",
+                             "use e.g. 2000 entries and 256 MiB")
+        self.root = Path(root)
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(model_fp: str, case: str, index_time: Any, horizons: Sequence[int] = HORIZONS) -> str:
+        text = "\n".join([CACHE_VERSION, model_fp, case, str(index_time), ",".join(str(int(h)) for h in horizons)])
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+    def _path(self, key: str) -> Path:
+        if not key.isalnum():
+            raise InputError("key", key, "must be a hex digest", "build it with PredictionCache.key")
+        return self.root / f"{key}.npz"
+
+    def get(self, key: str) -> CachedCase | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                pred = CasePrediction(
+                    times=z["times"], survival=z["survival"], lower=z["lower"], upper=z["upper"], risk=float(z["risk"]),
+                    risk_at={int(h): float(v) for h, v in zip(z["risk_h"], z["risk_v"])},
+                    modalities_used=[str(m) for m in z["modalities"]],
+                    slice_weights=z["slice_weights"] if "slice_weights" in z else None,
+                    event_weights=z["event_weights"] if "event_weights" in z else None,
+                    attention={name: z[f"att{i}"] for i, name in enumerate(meta["attention"])},
+                )
+                events = pd.DataFrame({col: (z[f"ev{i}"] if kind in "Mfiub" else pd.Series(z[f"ev{i}"].tolist(), dtype=object))
+                                       for i, (col, kind) in enumerate(zip(meta["columns"], meta["kinds"]))},
+                                      columns=meta["columns"])
+                for col, dtype in zip(meta["columns"], meta["dtypes"]):
+                    if str(events[col].dtype) != dtype:
+                        events[col] = events[col].astype(dtype)
+            os.utime(path)  # least recently used goes first
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # torn or foreign: predict again
+            path.unlink(missing_ok=True)
+            return None
+        return CachedCase(pred, events, key)
+
+    def put(self, key: str, prediction: CasePrediction, events: pd.DataFrame) -> CachedCase:
+        """Store a fresh prediction (when its events round-trip; otherwise it is returned without being kept)."""
+        found = CachedCase(prediction, events, key)
+        cols = _frame_arrays(events)
+        if cols is None:
+            return found
+        meta = {"attention": list(prediction.attention), "columns": [str(c) for c in events.columns],
+                "kinds": [events[c].dtype.kind for c in events.columns], "dtypes": [str(events[c].dtype) for c in events.columns]}
+        arrays: dict[str, Any] = {
+            "meta": np.asarray(json.dumps(meta)), "times": np.asarray(prediction.times, float),
+            "survival": np.asarray(prediction.survival), "lower": np.asarray(prediction.lower),
+            "upper": np.asarray(prediction.upper), "risk": np.asarray(float(prediction.risk)),
+            "risk_h": np.asarray(list(prediction.risk_at), dtype=np.int64),
+            "risk_v": np.asarray(list(prediction.risk_at.values()), dtype=float),
+            "modalities": np.asarray(list(prediction.modalities_used), dtype=str), **cols,
+        }
+        if prediction.slice_weights is not None:
+            arrays["slice_weights"] = np.asarray(prediction.slice_weights)
+        if prediction.event_weights is not None:
+            arrays["event_weights"] = np.asarray(prediction.event_weights)
+        for i, name in enumerate(prediction.attention):
+            arrays[f"att{i}"] = np.asarray(prediction.attention[name])
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.partial.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        self._trim()
+        return found
+
+    def derived(self, key: str, name: str, compute: Callable[[], Any]) -> Any:
+        """A JSON value derived from the case's prediction (e.g. its conformal bound), kept beside it."""
+        path = self._path(key).with_suffix(".json")
+        saved: dict = {}
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if name in saved:
+                return saved[name]
+        value = compute()
+        saved[name] = value
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.json")
+        tmp.write_text(json.dumps(saved))
+        tmp.replace(path)
+        return value
+
+    def _trim(self) -> None:
+        with self._lock:
+            files = [(p.stat(), p) for p in self.root.glob("*.npz") if ".partial" not in p.name]
+            files.sort(key=lambda sp: sp[0].st_mtime_ns, reverse=True)  # newest first
+            total = 0
+            for n, (st, p) in enumerate(files):
+                total += st.st_size
+                if n >= self.max_entries or total > self.max_bytes:
+                    p.unlink(missing_ok=True)
+                    p.with_suffix(".json").unlink(missing_ok=True)
+
+    def case(self, key: str, fresh: Callable[[], tuple[CasePrediction, pd.DataFrame]]) -> CachedCase:
+        """The cached case, else ``fresh()`` (the model's prediction and the events it read), stored."""
+        found = self.get(key)
+        if found is not None:
+            return found
+        prediction, events = fresh()
+        return self.put(key, prediction, events)

@@ -32,10 +32,9 @@ class Strategies:
 def strategies(source: str, subject_id: str, current: str) -> Strategies:
     out = Strategies()
     for name in ui.available_models():
-        other = ui.model_by_name(name)
+        other = ui.lazy_model(name)  # a cached prediction needs no model loaded
         p = ui.case_prediction(other, source, subject_id)
-        reason = CW.cannot_score_reason(name, bool(getattr(other.net, "has_image", True)),
-                                        bool(getattr(other.net, "has_ehr", True)), p.modalities_used)
+        reason = CW.cannot_score_reason(name, *ui.model_reads(other), p.modalities_used)
         if reason:
             out.skipped[name] = reason
         else:
@@ -81,12 +80,14 @@ def timeline_notes(source: str, subject_id: str) -> list[str]:
 
 
 def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
-    """What the model cannot read in this CT (``core.predict.image_warnings``: its training profile)."""
+    """What the model cannot read in this CT (``core.predict.image_warnings``: its training profile), kept
+    beside the case's cached prediction (same model, same CT)."""
     from core.predict import image_warnings
 
     volume = ui.case_volume(source, subject_id)
     key = ("image-warnings", str(model.model_dir), source, subject_id, ui.upload_token(source, subject_id))
-    return ui.memo(key, lambda: image_warnings(model, volume))
+    return ui.memo(key, lambda: list(ui.case_derived(model, source, subject_id, "image_warnings",
+                                                     lambda: image_warnings(model, volume))))
 
 
 def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
@@ -96,9 +97,9 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
     volume = ui.case_volume(source, subject_id)
     uses_image = "image" in pred.modalities_used
     method = ui.viewer_setting(K.METHOD, "saliency")
+    has_image, has_ehr = ui.model_reads(model)
     return CW.gather_case_warnings(
-        model_name=model_name, has_image=bool(getattr(model.net, "has_image", True)),
-        has_ehr=bool(getattr(model.net, "has_ehr", True)), modalities_used=pred.modalities_used,
+        model_name=model_name, has_image=has_image, has_ehr=has_ehr, modalities_used=pred.modalities_used,
         ct_present=volume is not None,
         coverage=None,  # image_warnings below: the model's training profile, or the lung check without one
         prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image else [],

@@ -9,15 +9,20 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from core import horizons, runtime
+from core import horizons
+from core import predict as predictions
 from core.app import audit as audit_log
 from core.app import demo_install, paths, reference
 from core.app import workspace as workspaces
@@ -99,7 +104,39 @@ def inject_style() -> None:
 
 @st.cache_resource(show_spinner=False)
 def _device_label() -> str:
+    from core import runtime  # torch: imported once the page is drawn (see device_caption)
+
     return runtime.device_label()
+
+
+def _device_name() -> str:
+    from core import runtime
+
+    return runtime.device_name()
+
+
+PRELOAD = ("core.registry", "core.explain", "captum.attr", "core.evaluate", "core.sanity")
+_preload_started = threading.Event()
+
+
+def preload_in_background() -> None:
+    """Import what later interactions need (torch, captum, lifelines via ``core.evaluate``) in a background
+    thread, once per server process, after the first page was drawn (so the first paint never waits on them)."""
+    if _preload_started.is_set():
+        return
+    _preload_started.set()
+
+    def run() -> None:
+        import importlib
+
+        for name in PRELOAD:
+            if name not in sys.modules:
+                try:
+                    importlib.import_module(name)
+                except ImportError as exc:  # the page imports it again when needed and shows the error there
+                    LOG.warning("preloading %s failed: %s", name, exc)
+
+    threading.Thread(target=run, name="ctehr-preload", daemon=True).start()
 
 
 def _load_model_uncached(model_dir: str, device: str) -> Any:
@@ -152,8 +189,113 @@ def model_by_name(name: str) -> Any:
     path = models[name]
     if name in st.session_state.get(K.TRAINED_MODELS, {}):
         key = ("model", str(path))
-        return memo(key, lambda: _load_model_uncached(str(path), runtime.device_name()))
-    return _load_model(str(path), stamp(path), runtime.device_name())
+        return memo(key, lambda: _load_model_uncached(str(path), _device_name()))
+    return _load_model(str(path), stamp(path), _device_name())
+
+
+class LazyModel:
+    """A model known by its folder, without its network: name, folder, config, card, metrics, what it reads and
+    how its band is made (``model_reads``, ``uncertainty``; kept in the prediction cache once the model was loaded).
+
+    Anything else (``net``, ``predict_case``, ``case_inputs``, ...) loads the shared model (``model_by_name``)
+    on first use and is read from it, so a page drawn from cached predictions never imports torch.
+    """
+
+    def __init__(self, name: str, model_dir: Path, load: Callable[[], Any]) -> None:
+        self.name = name
+        self.model_dir = Path(model_dir)
+        self._load = load
+        self._model: Any = None
+
+    def loaded(self) -> Any:
+        """The loaded model (shared between sessions), loaded now if needed."""
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def __getattr__(self, name: str) -> Any:  # only for what is not defined here
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.loaded(), name)
+
+    @functools.cached_property
+    def config(self) -> Any:
+        from core.models.config import ModelConfig
+
+        if self._model is not None:
+            return self._model.config
+        return ModelConfig.from_dict(json.loads((self.model_dir / "config.json").read_text()))
+
+    @functools.cached_property
+    def card(self) -> str:
+        path = self.model_dir / "MODEL_CARD.md"
+        return path.read_text() if path.exists() else ""
+
+    @functools.cached_property
+    def metrics(self) -> dict:
+        path = self.model_dir / "metrics.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @functools.cached_property
+    def facts(self) -> dict:
+        """``{"has_image", "has_ehr", "uncertainty"}`` of the network, from the cache or from the loaded model."""
+        path = data_cache_dir() / "models" / f"{predictions.model_fingerprint(self.model_dir)}.json"
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text())
+                if {"has_image", "has_ehr", "uncertainty"} <= set(found):
+                    return found
+            except ValueError:
+                path.unlink(missing_ok=True)
+        model = self.loaded()
+        found = {"has_image": bool(getattr(model.net, "has_image", True)),
+                 "has_ehr": bool(getattr(model.net, "has_ehr", True)), "uncertainty": str(model.uncertainty)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{threading.get_ident()}.partial")
+        tmp.write_text(json.dumps(found))
+        tmp.replace(path)
+        return found
+
+    @property
+    def uncertainty(self) -> str:
+        return str(self.facts["uncertainty"])
+
+
+def loaded(model: Any) -> Any:
+    """The loaded model behind a :class:`LazyModel` (a loaded model is returned as it is)."""
+    return model.loaded() if isinstance(model, LazyModel) else model
+
+
+def model_reads(model: Any) -> tuple[bool, bool]:
+    """``(has_image, has_ehr)``: whether the model's network reads the CT and the EHR."""
+    if isinstance(model, LazyModel):
+        return bool(model.facts["has_image"]), bool(model.facts["has_ehr"])
+    return bool(getattr(model.net, "has_image", True)), bool(getattr(model.net, "has_ehr", True))
+
+
+def _in_script_thread() -> bool:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    return get_script_run_ctx() is not None
+
+
+def lazy_model(name: str) -> LazyModel:
+    """The model ``name`` without loading it (see :class:`LazyModel`). It loads as :func:`model_by_name` does,
+    also from a background job's thread (the shared cache for demo models; a private copy of a trained one)."""
+    models = available_models()
+    if name not in models:
+        raise ValueError(f"model: got {name!r}, not available; fix: pick a model in the sidebar")
+    path = models[name]
+    trained = name in st.session_state.get(K.TRAINED_MODELS, {})
+
+    def load() -> Any:
+        if _in_script_thread():
+            return model_by_name(name)
+        if trained:
+            return _load_model_uncached(str(path), _device_name())
+        return _load_model(str(path), stamp(path), _device_name())
+
+    return LazyModel(name, path, load)
 
 
 def current_model_name() -> str:
@@ -166,6 +308,10 @@ def current_model_name() -> str:
 
 def current_model() -> Any:
     return model_by_name(current_model_name())
+
+
+def current_lazy_model() -> LazyModel:
+    return lazy_model(current_model_name())
 
 
 def horizon_days() -> int:
@@ -250,13 +396,82 @@ def case_volume(source: str, subject_id: str) -> Any:
 
 
 def case_inputs(model: Any, source: str, subject_id: str) -> Any:
+    """The model's inputs of a case (loads the model: a lazy model's first use)."""
     key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
-    return memo(key, lambda: model.case_inputs(case_cohort(source, subject_id), subject_id))
+    return memo(key, lambda: loaded(model).case_inputs(case_cohort(source, subject_id), subject_id))
+
+
+class LazyInputs:
+    """A case's model inputs, built (loading the model) on first use, after which the object *is* the inputs
+    (a ``CaseInputs``: ``dataclasses.replace`` takes it as it is). The first paint of a cached case needs no
+    inputs; the viewer's overlay builds them (in the page, or in its background job's thread)."""
+
+    def __init__(self, model: Any, source: str, subject_id: str) -> None:
+        self._args = (model, source, subject_id)
+        self._cohort = case_cohort(source, subject_id)  # taken now: a job's thread has no session
+
+    def resolve(self) -> Any:
+        model, source, subject_id = self._args
+        if _in_script_thread():
+            real = case_inputs(model, source, subject_id)
+        else:
+            real = loaded(model).case_inputs(self._cohort, subject_id)
+        self.__dict__.clear()
+        self.__dict__.update(vars(real))
+        self.__class__ = type(real)  # type: ignore[assignment]
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+
+def data_cache_dir() -> Path:
+    return paths.data_dir() / "cache" / "predictions"
+
+
+USER_PREDICTION_CACHE_MB = 64
+
+
+def prediction_cache(model: Any, source: str) -> predictions.PredictionCache:
+    """Demo cases under demo models: the server's shared cache. A user's case, or a model the user trained:
+    that user's own folder (bounded, inside their quota)."""
+    if source == UPLOADED or str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values():
+        root = workspaces.user_root(user_id()) / "cache" / "predictions"
+        return predictions.PredictionCache(root, max_entries=500, max_bytes=USER_PREDICTION_CACHE_MB * 2**20)
+    return predictions.PredictionCache(data_cache_dir())
+
+
+def case_view(model: Any, source: str, subject_id: str) -> predictions.CachedCase:
+    """The case's prediction and the events the model read: from the disk cache (keyed by the model's
+    fingerprint, the case's content, its index date and the horizons), else predicted and stored."""
+    key = ("case_view", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
+
+    def compute() -> predictions.CachedCase:
+        cohort = case_cohort(source, subject_id)
+        digest = memo(("case_content", source, subject_id, upload_token(source, subject_id)),
+                      lambda: predictions.case_digest(cohort, subject_id, case_volume(source, subject_id)))
+        cache_key = predictions.PredictionCache.key(predictions.model_fingerprint(model.model_dir), digest,
+                                                    cohort.index_time(subject_id), horizons.HORIZONS)
+
+        def fresh() -> tuple[Any, Any]:
+            inputs = case_inputs(model, source, subject_id)
+            return loaded(model).predict_case(inputs, horizons.HORIZONS), inputs.events
+
+        return prediction_cache(model, source).case(cache_key, fresh)
+
+    return memo(key, compute)
 
 
 def case_prediction(model: Any, source: str, subject_id: str) -> Any:
-    key = ("prediction", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
-    return memo(key, lambda: model.predict_case(case_inputs(model, source, subject_id)))
+    return case_view(model, source, subject_id).prediction
+
+
+def case_derived(model: Any, source: str, subject_id: str, name: str, compute: Callable[[], Any]) -> Any:
+    """A JSON value derived from the case's prediction under ``model`` (a bound, warnings), kept beside it."""
+    view = case_view(model, source, subject_id)
+    return prediction_cache(model, source).derived(view.key, name, compute)
 
 
 def upload_token(source: str, subject_id: str | None = None) -> int:
@@ -353,8 +568,10 @@ def viewer_setting(key: str, default: Any) -> Any:
     return st.session_state.get(key, st.session_state.get(K.SAVED_VIEWER, {}).get(key, default))
 
 
-def sidebar() -> None:
+def sidebar() -> Any:
+    """The sidebar; returns the empty slot of its device line (see :func:`device_caption`)."""
     models = available_models()
+    device = None
     with st.sidebar:
         st.subheader("Model")
         if models:
@@ -371,7 +588,7 @@ def sidebar() -> None:
             )
         else:
             st.warning("No model found; train one on the Cohort & models page.")
-        st.caption(f"Device: **{_device_label()}**")
+        device = st.empty()  # filled by device_caption once the page is drawn (the label imports torch)
         st.session_state.setdefault(K.HORIZON, 365)
         st.select_slider(
             "Horizon for explanations",
@@ -392,6 +609,13 @@ def sidebar() -> None:
         else:
             st.caption(LOCAL_MODE)
         st.caption("Research use only. Not a medical device.")
+    return device
+
+
+def device_caption(slot: Any) -> None:
+    """The sidebar's device line, written into the slot :func:`sidebar` kept (after the page is drawn)."""
+    if slot is not None:
+        slot.caption(f"Device: **{_device_label()}**")
 
 
 # ------------------------------------------------------- model-derived views
@@ -401,15 +625,15 @@ def sidebar() -> None:
 def _demo_reference(model_name: str, model_dir: str, stamp: float) -> dict:
     """Cohort KM and risk-group KM curves of the synthetic demo cohort (not patient data)."""
     cohort = demo_cohort()
-    return reference.reference_curves(_load_model(model_dir, stamp, runtime.device_name()), cohort,
-                                    reference.reference_ids(cohort), cache=Path(model_dir) / "reference_predictions.npz")
+    return reference.reference_curves(lambda: _load_model(model_dir, stamp, _device_name()), cohort,
+                                      reference.reference_ids(cohort), cache=Path(model_dir) / "reference_predictions.npz")
 
 
 @st.cache_resource(show_spinner="Calibrating the conformal bound on the demo val split...", max_entries=16)
 def _demo_conformal(model_name: str, model_dir: str, stamp: float, alpha: float) -> Any:
     """The conformal lower bound of a demo model, calibrated on the synthetic demo's val split (not patient data)."""
     cohort = demo_cohort()
-    return reference.conformal_calibration(_load_model(model_dir, stamp, runtime.device_name()), cohort, alpha,
+    return reference.conformal_calibration(lambda: _load_model(model_dir, stamp, _device_name()), cohort, alpha,
                                            cache=Path(model_dir) / "val_predictions.npz")
 
 
@@ -427,6 +651,26 @@ def conformal_bound(model_name: str, prediction: Any, alpha: float = CONFORMAL_A
     bounds = apply_lower_bound(prediction.times, prediction.survival[None, :], cal)[0]
     k = len(cal.horizons) - 1  # the longest calibrated horizon
     return float(bounds[k]), float(cal.horizons[k])
+
+
+def case_conformal_bound(model: Any, source: str, subject_id: str,
+                         alpha: float = CONFORMAL_ALPHA) -> tuple[float, float] | None:
+    """:func:`conformal_bound` of the case's prediction under ``model``, kept beside the cached prediction
+    (keyed by the demo cohort the bound is calibrated on), so a cached case needs no calibration."""
+    name = str(getattr(model, "name", "")) or next(n for n, p in available_models().items() if Path(p) == Path(model.model_dir))
+    if name in st.session_state.get(K.TRAINED_MODELS, {}):
+        return None
+    pred = case_prediction(model, source, subject_id)
+    found = case_derived(model, source, subject_id, f"conformal:{alpha:g}:{demo_cohort().fingerprint()}",
+                         lambda: conformal_bound(name, pred, alpha))
+    return None if found is None else (float(found[0]), float(found[1]))
+
+
+def case_risk_group(model: Any, source: str, subject_id: str, groups: list[dict]) -> dict:
+    """The reference risk group the case falls into (its risk score kept beside the cached prediction)."""
+    pred = case_prediction(model, source, subject_id)
+    risk = case_derived(model, source, subject_id, "reference_risk", lambda: reference.prediction_risk(pred))
+    return reference.risk_group_of(pred, groups, risk=float(risk))
 
 
 def reference_curves(model_name: str) -> dict:

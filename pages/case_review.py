@@ -7,7 +7,6 @@ import streamlit as st
 
 from core import figures as F
 from core import horizons
-from core.app.reference import risk_group_of
 from core.explain import METHODS
 from pages import _jobs, _viewer
 from pages import _review as review
@@ -35,11 +34,14 @@ ui.save_viewer_settings()
 ui.audit("open", "case", once=True, source=source, case=ui.case_number(source, subject_id))
 model_name = ui.current_model_name()
 with ui.core_errors():
-    model = ui.current_model()
+    # drawn from the prediction cache when the case was seen before (no model loaded, no torch imported);
+    # the model and its inputs load on first use (the overlay, a sanity check)
+    model = ui.current_lazy_model()
     volume = ui.case_volume(source, subject_id)
-    inputs = ui.case_inputs(model, source, subject_id)
-    pred = ui.case_prediction(model, source, subject_id)
-n_events = 0 if inputs.events is None else len(inputs.events)
+    view = ui.case_view(model, source, subject_id)
+    pred, events = view.prediction, view.events
+    inputs = ui.LazyInputs(model, source, subject_id)
+n_events = 0 if events is None else len(events)
 top[1].metric("Fusion strategy", model_name)
 top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'none'}")  # wraps, never cut off
 
@@ -49,8 +51,7 @@ top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'n
 warning_box = st.container()
 with warning_box:
     review.show_warnings(review.case_warnings(model_name, model, source, subject_id))
-unscored = review.CW.cannot_score_reason(model_name, bool(getattr(model.net, "has_image", True)),
-                                         bool(getattr(model.net, "has_ehr", True)), pred.modalities_used)
+unscored = review.CW.cannot_score_reason(model_name, *ui.model_reads(model), pred.modalities_used)
 scored = unscored is None
 
 left, right = st.columns([1.15, 1], gap="large")
@@ -90,8 +91,9 @@ with left:
                 elif job is not None and job.state in ("failed", "cancelled"):
                     _jobs.outcome(job)
                 if (job is None or not job.active) and st.button(f"Run the check for {_viewer.METHOD_LABELS.get(method, method)} on this case", key="run_sanity"):
-                    _jobs.submit(f"Sanity check of {_viewer.METHOD_LABELS.get(method, method)}", review.run_sanity, model,
-                                 inputs, method, float(ui.horizon_days()), key=job_key)
+                    _jobs.submit(f"Sanity check of {_viewer.METHOD_LABELS.get(method, method)}", review.run_sanity,
+                                 ui.loaded(model), ui.case_inputs(model, source, subject_id), method,
+                                 float(ui.horizon_days()), key=job_key)
                     st.rerun()
 
 # ------------------------------------------------------------------- survival
@@ -110,8 +112,8 @@ with right:
     with ui.core_errors(stop=False):
         ref = ui.reference_curves(model_name)
         if scored:
-            group = risk_group_of(pred, ref["groups"])
-            bound = ui.conformal_bound(model_name, pred)
+            group = ui.case_risk_group(model, source, subject_id, ref["groups"])
+            bound = ui.case_conformal_bound(model, source, subject_id)
             level = f"{100 * (1 - ui.CONFORMAL_ALPHA):.0f} %"
             fig = F.survival_figure(
                 pred.times, pred.survival, pred.lower, pred.upper,
@@ -169,7 +171,7 @@ with t1:
     else:
         with ui.core_errors(stop=False):
             scores = ui.case_event_scores(model, source, subject_id, ui.horizon_days())
-            tl = F.timeline_figure(inputs.events, scores, ui.case_index_time(source, subject_id), top_k=8,
+            tl = F.timeline_figure(events, scores, ui.case_index_time(source, subject_id), top_k=8,
                                    title="Events before the scan (most attended numbered)",
                                    kind="attention" if scores is not None else "attribution")
             tl.update_layout(width=None)
@@ -186,7 +188,7 @@ with t1:
                        + (f" {tl.layout.meta['outside']} event(s) far before the case's active window are left of the "
                           "axis (counted at its left edge)." if tl.layout.meta and tl.layout.meta["outside"] else ""))
 with t2:
-    maps = F.attention_maps(pred.attention, inputs.events) if n_events else []
+    maps = F.attention_maps(pred.attention, events) if n_events else []
     if n_events == 0:
         st.info("No attention over events to show: the case has no timeline events.")
     elif not maps:

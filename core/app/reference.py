@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -15,6 +18,12 @@ if TYPE_CHECKING:
     from core.evaluate.conformal import ConformalCalibration
     from core.models.types import CasePrediction
     from core.registry import LoadedModel
+
+ModelOrLoader = Union["LoadedModel", Callable[[], "LoadedModel"]]  # a loader is called only when predictions are needed
+
+
+def _model(model: ModelOrLoader) -> LoadedModel:
+    return model() if callable(model) and not hasattr(model, "predict_case") else model  # type: ignore[return-value]
 
 
 def reference_ids(cohort: Cohort) -> list[str] | None:
@@ -27,10 +36,11 @@ def reference_ids(cohort: Cohort) -> list[str] | None:
     return list(test) if test else None
 
 
-def _cached_predictions(model: LoadedModel, cohort: Cohort, ids: list[str], cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def _cached_predictions(model: ModelOrLoader, cohort: Cohort, ids: list[str], cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """``predict_cohort`` of the synthetic demo, kept in ``cache`` (an .npz) for later server starts.
 
-    The file is reused only for the same subject ids; it holds no patient data (demo only).
+    The file is reused only for the same subject ids; it holds no patient data (demo only). ``model`` may be a
+    loader, called only when the file cannot be used.
     """
     from core.predict import predict_cohort
 
@@ -38,7 +48,7 @@ def _cached_predictions(model: LoadedModel, cohort: Cohort, ids: list[str], cach
         with np.load(cache, allow_pickle=False) as saved:
             if saved["ids"].tolist() == ids:
                 return saved["times"], saved["surv"]
-    times, surv = predict_cohort(model, cohort, ids)
+    times, surv = predict_cohort(_model(model), cohort, ids)
     if cache is not None:
         tmp = cache.with_suffix(".partial.npz")
         np.savez(tmp, ids=np.asarray(ids, dtype=str), times=np.asarray(times, dtype=float),
@@ -47,25 +57,68 @@ def _cached_predictions(model: LoadedModel, cohort: Cohort, ids: list[str], cach
     return np.asarray(times, dtype=float), np.asarray(surv, dtype=float)
 
 
-def reference_curves(model: LoadedModel, cohort: Cohort, ids: Sequence[str] | None = None, groups: int = 3,
+def _to_json(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {"__array__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__array__" in value:
+            return np.asarray(value["__array__"], dtype=value["dtype"])
+        if "__tuple__" in value:
+            return tuple(_from_json(v) for v in value["__tuple__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+CURVES_VERSION = "1"
+
+
+def reference_curves(model: ModelOrLoader, cohort: Cohort, ids: Sequence[str] | None = None, groups: int = 3,
                      cache: Path | None = None) -> dict:
     """Cohort Kaplan-Meier and the KM curves of predicted risk groups under ``model``.
 
     Returns ``{"cohort_km": (t, s, lo, hi), "groups": [...km_by_risk_group groups...],
     "logrank_p", "n", "events"}``. Risk is ``core.evaluate.risk_from_survival`` of the
     model's curves, the same score :func:`risk_group_of` uses for one case. ``cache``
-    (demo models only) keeps the predictions on disk between server starts.
+    (demo models only) keeps the predictions on disk between server starts, and the curves beside them
+    (``reference_curves.json``, reused only for the same predictions, outcomes and number of groups), so a
+    later start neither loads the model nor imports the survival libraries.
     """
-    from core.evaluate import kaplan_meier, km_by_risk_group, risk_from_survival
-
     chosen = list(ids) if ids is not None else cohort.ids()
     times, surv = _cached_predictions(model, cohort, chosen, cache)
-    risk = risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv, dtype=float))
     table = cohort.table.set_index("subject_id").loc[chosen]
     time = table["time"].to_numpy(dtype=float)
     event = table["event"].to_numpy(dtype=int)
+    h = hashlib.sha256(f"{CURVES_VERSION}:{groups}:{chosen}".encode())
+    for arr in (times, surv, time, event):
+        h.update(np.ascontiguousarray(arr, dtype=float).tobytes())
+    digest = h.hexdigest()
+    curves = None if cache is None else cache.with_name("reference_curves.json")
+    if curves is not None and curves.is_file():
+        try:
+            saved = json.loads(curves.read_text())
+            if saved.get("key") == digest:
+                return _from_json(saved["curves"])
+        except ValueError:  # a torn file: compute again
+            pass
+    from core.evaluate import kaplan_meier, km_by_risk_group, risk_from_survival
+
+    risk = risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv, dtype=float))
     by_group = km_by_risk_group(risk, time, event, groups=groups)
-    return {
+    out = {
         "cohort_km": kaplan_meier(time, event),
         "groups": by_group["groups"],
         "logrank_p": by_group["logrank_p"],
@@ -73,28 +126,39 @@ def reference_curves(model: LoadedModel, cohort: Cohort, ids: Sequence[str] | No
         "events": int(event.sum()),
         "risk": risk,
     }
+    if curves is not None:
+        tmp = curves.with_name(f"reference_curves.{os.getpid()}.partial.json")
+        tmp.write_text(json.dumps({"key": digest, "curves": _to_json(out)}))
+        tmp.replace(curves)
+    return out
 
 
-def risk_group_of(prediction: CasePrediction, groups: Sequence[dict]) -> dict:
+def prediction_risk(prediction: CasePrediction) -> float:
+    """The scalar risk the risk groups are cut on (``core.evaluate.risk_from_survival``) of one case."""
+    from core.evaluate import risk_from_survival
+
+    times = np.asarray(prediction.times, dtype=float)
+    surv = np.asarray(prediction.survival, dtype=float)[None, :]
+    return float(risk_from_survival(times, surv)[0])
+
+
+def risk_group_of(prediction: CasePrediction, groups: Sequence[dict], risk: float | None = None) -> dict:
     """The risk group (from :func:`reference_curves`) whose risk range holds this case.
 
     Ranges are contiguous in sorted order, so the case falls into the first group
     whose upper bound is at least its risk (the last group above every bound).
     """
-    from core.evaluate import risk_from_survival
-
     if not groups:
         raise InputError("groups", "[]", "no risk groups", "compute reference curves on a cohort first")
-    times = np.asarray(prediction.times, dtype=float)
-    surv = np.asarray(prediction.survival, dtype=float)[None, :]
-    risk = float(risk_from_survival(times, surv)[0])
+    if risk is None:
+        risk = prediction_risk(prediction)
     for group in groups:
         if risk <= group["risk_range"][1]:
             return group
     return groups[-1]
 
 
-def conformal_calibration(model: LoadedModel, cohort: Cohort, alpha: float = 0.1, cache: Path | None = None,
+def conformal_calibration(model: ModelOrLoader, cohort: Cohort, alpha: float = 0.1, cache: Path | None = None,
                           horizons: Sequence[float] | None = None) -> ConformalCalibration | None:
     """The conformal lower predictive bound of ``model`` calibrated on ``cohort``'s val split (None without one).
 
@@ -120,7 +184,7 @@ def conformal_calibration(model: LoadedModel, cohort: Cohort, alpha: float = 0.1
     return calibrate_lower_bound(times, surv, val["time"].to_numpy(float), val["event"].to_numpy(int), hs, tt, te, alpha)
 
 
-def subgroups(model: LoadedModel, cohort: Cohort, column: str, ids: Sequence[str] | None = None,
+def subgroups(model: ModelOrLoader, cohort: Cohort, column: str, ids: Sequence[str] | None = None,
               cache: Path | None = None) -> dict:
     """C-index and calibration at the horizons per group of ``column`` (``core.evaluate.subgroups``), from the
     same predictions as the reference curves (``cache``)."""

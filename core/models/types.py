@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # annotations only: the app reads cached predictions without importing torch
+    import torch
 
 
 class NetBatch(TypedDict, total=False):
