@@ -214,6 +214,12 @@ def _encoder_line(cfg: ModelConfig, metrics: dict[str, Any]) -> str:
                 f"({cfg.image.out_dim} channels) on the working grid {list(cfg.image.grid or ())} are the image tokens. "
                 "The backbone is not stored in this folder: it is loaded from the installed weights package.")
     init = metrics.get("image_encoder", {}).get("init")
+    pretext = metrics.get("image_encoder", {}).get("pretext")
+    if pretext:  # core.train.pretext_lesions (issue 14)
+        return (f"- Image encoder: a lesion detector pretrained without labels for {pretext['steps']} steps on the train split's own "
+                "slices with synthetic lesions inserted (darker and brighter; ellipses, lobulated and irregular blobs), "
+                "then frozen; only the projection of its per-slice detection statistics (max logit, soft area) and the "
+                "image path above it learned from the survival labels.")
     return ("- Image encoder: trained once on the train split with an image-only survival objective, then frozen"
             + (f" (initialised from `{init}`)." if init else "."))
 

@@ -108,6 +108,8 @@ def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Pat
     assert len(pre["synthetic_val_auc"]) == 2 and pre["prior"]["contrast_hu"] == [20.0, 600.0]
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["image"]["pool"] == "detect" and not cfg["image"]["lung_mask"]
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert "synthetic lesions" in card and "channel_stack" in card
     loaded = load_model(tmp_path / "m")
     enc = loaded.net.members[0].image_encoder if hasattr(loaded.net, "members") else loaded.net.image_encoder
     assert isinstance(enc, SliceEncoder2D) and enc.detector is not None and enc.proj.in_features == 4
