@@ -444,3 +444,26 @@ def test_no_fork_while_other_threads_run(series_dir, monkeypatch):
         release.set()
         other.join()
     np.testing.assert_array_equal(vol.hu, series_dir["jls"].hu)
+
+
+@pytest.mark.parametrize("openjpeg", [True, False], ids=["openjpeg", "pydicom"])
+def test_multiframe_jpeg2000_instance_one_fragment_per_frame(series_dir, tmp_path, monkeypatch, openjpeg):
+    """A 3-frame JPEG 2000 Lossless instance (one fragment per frame): frames stacked in file order, exact HU."""
+    from pydicom.uid import JPEG2000Lossless
+
+    from core.io import j2k
+
+    if openjpeg and not j2k.available():
+        pytest.skip("no OpenJPEG library (libopenjp2) to load")
+    monkeypatch.setattr(j2k, "available", lambda: openjpeg and j2k._library() is not None)
+    ds = pydicom.dcmread(sorted(series_dir["signed"].paths)[0])
+    frames = np.stack([np.arange(SHAPE[1] * SHAPE[2], dtype=np.int16).reshape(SHAPE[1], SHAPE[2]) * (k + 1) - 1000 for k in range(3)])
+    ds.NumberOfFrames = 3
+    ds.compress(JPEG2000Lossless, frames, encoding_plugin="pylibjpeg")
+    path = tmp_path / "multiframe.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    vol = load_study(path)
+    assert vol.hu.shape == (3, SHAPE[1], SHAPE[2])
+    assert any("multi-frame" in w for w in vol.warnings)
+    assert float(ds.RescaleIntercept) == 0.0 and float(ds.RescaleSlope) == 1.0
+    np.testing.assert_array_equal(vol.hu, frames.astype(np.float32))  # axial, head first: no axis flipped

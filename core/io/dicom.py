@@ -412,6 +412,17 @@ def _load_dicom_sources(
 
     if forked > 1:
         _decode_in_processes(decode, len(ordered), forked)
+    elif prefetched is not None and all(direct):
+        # beside the threads decoding ahead, this thread decodes every slice none of them has started (one at a
+        # time, so they keep taking the others), then collects theirs: as many decoders as cores, few hand-overs
+        later: list[int] = []
+        for i, h in enumerate(ordered):
+            if h.source.path is not None and not prefetched.reserve(os.path.abspath(h.source.path)):
+                later.append(i)  # a thread has it (done or in flight)
+            else:
+                decode(i)
+        for i in later:
+            decode(i)
     else:
         _map(decode, list(range(len(ordered))), DECODE_WORKERS)
 

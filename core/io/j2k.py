@@ -403,6 +403,14 @@ class Prefetch:
             self._budget -= size[0] * size[1]
         return offset, decode(stream, size[0], size[1], None, max_precision=32)
 
+    def reserve(self, path: str) -> bool:
+        """True when no thread has started on ``path``: it is the caller's now (decode it); False when one has."""
+        with self._lock:
+            if path in self._state:
+                return False
+            self._state[path] = "taken"
+            return True
+
     def take(self, path: str, offset: int) -> DecodedJ2K | None:
         """The decoded slice of the file at ``path`` (as :func:`os.path.abspath` gives it) whose PixelData tag is at ``offset``.
 
