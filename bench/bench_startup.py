@@ -10,7 +10,10 @@
 
     python bench/bench_startup.py [--data DIR (default: a new temp folder)] [--repeats 3]
 
-Targets: cold <= 60 s, warm <= 5 s. Prints one JSON line.
+Targets: cold <= 60 s, warm <= 5 s. Prints one JSON line, with the milestones of each start read in the browser
+(seconds from the launch): ``health`` (the server answers), ``frontend`` (Streamlit's page is up), ``title`` (the
+first script run has drawn Case review's title), ``viewer_frame`` (the viewer's iframe), ``survival_curve`` (the first
+plotly chart), ``ct_loaded`` (NiiVue holds the CT).
 """
 
 from __future__ import annotations
@@ -41,6 +44,17 @@ READY_JS = """() => {
   try { loaded = !!(fr && fr.contentWindow.ctehrViewer && fr.contentWindow.ctehrViewer.loaded); } catch (e) { loaded = false; }
   return plots > 0 && loaded;
 }"""
+MILESTONES_JS = """(() => { window.__ctehrMs = {};
+  const mark = (k) => { if (!(k in window.__ctehrMs)) window.__ctehrMs[k] = Date.now() / 1000; };
+  const tick = () => {
+    if (document.querySelector('[data-testid=stApp]')) mark('frontend');
+    if (Array.from(document.querySelectorAll('h1')).some((e) => e.textContent.includes('Case review'))) mark('title');
+    const fr = Array.from(document.querySelectorAll('iframe')).find((f) => (f.src || '').includes('ctehr_ct_viewer'));
+    if (fr) { mark('viewer_frame'); try { if (fr.contentWindow.ctehrViewer && fr.contentWindow.ctehrViewer.loaded) mark('ct_loaded'); } catch (e) {} }
+    if (document.querySelectorAll('.js-plotly-plot').length > 0) mark('survival_curve');
+    if (!('ct_loaded' in window.__ctehrMs && 'survival_curve' in window.__ctehrMs)) requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick); })();"""
 
 
 def free_port() -> int:
@@ -60,20 +74,23 @@ def wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(url)
 
 
-def app_start(data: Path, timeout: float) -> tuple[float, int]:
-    """Seconds from launching the server to Case review ready in Chromium; bytes the browser received."""
+def app_start(data: Path, timeout: float) -> tuple[float, int, dict[str, float]]:
+    """Seconds from launching the server to Case review ready in Chromium; bytes the browser received; milestones."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     port = free_port()
     env = dict(os.environ, CTEHR_DATA_DIR=str(data))
     t0 = time.perf_counter()
+    wall0 = time.time()
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                "--server.headless", "true"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     received = [0]
+    milestones: dict[str, float] = {}
     try:
         wait_http(f"http://127.0.0.1:{port}/_stcore/health", timeout)
+        milestones["health"] = time.perf_counter() - t0
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -87,13 +104,17 @@ def app_start(data: Path, timeout: float) -> tuple[float, int]:
                 except PlaywrightError:  # a redirect or an aborted response has no body to count
                     return
 
+            page.add_init_script(MILESTONES_JS)
             page.on("websocket", on_ws)
             page.on("response", on_response)
             page.goto(f"http://127.0.0.1:{port}/", timeout=int(timeout * 1000))
             page.wait_for_function(READY_JS, timeout=int(timeout * 1000), polling=200)
             elapsed = time.perf_counter() - t0
+            page.wait_for_timeout(300)  # the last requestAnimationFrame marks
+            for name, at in page.evaluate("window.__ctehrMs").items():
+                milestones[name] = float(at) - wall0
             browser.close()
-        return elapsed, received[0]
+        return elapsed, received[0], {k: round(v, 2) for k, v in sorted(milestones.items(), key=lambda kv: kv[1])}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
@@ -140,16 +161,18 @@ def main() -> int:
         print(f"--data {data} is not empty: a cold start needs an empty folder", file=sys.stderr)
         return 2
     load = os.getloadavg()
-    cold, _ = app_start(data, args.timeout)
+    cold, _, cold_ms = app_start(data, args.timeout)
     warm_runs = [app_start(data, args.timeout) for _ in range(args.repeats)]
-    warm = [w for w, _ in warm_runs]
-    n_bytes = int(statistics.median(b for _, b in warm_runs))
+    warm = [w for w, _, _ in warm_runs]
+    n_bytes = int(statistics.median(b for _, b, _ in warm_runs))
     static = [static_start(n_bytes) for _ in range(args.repeats)]
     out = {"command": "python bench/bench_startup.py " + " ".join(sys.argv[1:]), "cores": os.cpu_count(),
            "load_before": load, "cold_s": round(cold, 2), "warm_s": [round(w, 2) for w in warm],
            "warm_median_s": round(statistics.median(warm), 2), "bytes_to_browser": n_bytes,
+           "cold_milestones_s": cold_ms, "warm_milestones_s": [m for _, _, m in warm_runs],
            "static_same_size_s": [round(s, 2) for s in static],
            "warm_over_static": round(statistics.median(warm) / statistics.median(static), 1)}
+    out["load_after"] = os.getloadavg()
     print(json.dumps(out))
     if args.data is None:
         shutil.rmtree(data, ignore_errors=True)

@@ -116,12 +116,14 @@ def _device_name() -> str:
 
 
 PRELOAD = ("core.registry", "core.explain", "captum.attr", "core.evaluate", "core.sanity")
+PRELOAD_DELAY_S = 10.0  # after the first page is drawn: the browser is still loading the viewer and the charts
 _preload_started = threading.Event()
 
 
-def preload_in_background() -> None:
-    """Import what later interactions need (torch, captum, lifelines via ``core.evaluate``) in a background
-    thread, once per server process, after the first page was drawn (so the first paint never waits on them)."""
+def preload_in_background(delay_s: float = PRELOAD_DELAY_S) -> None:
+    """Import what later interactions need (the model code, captum, lifelines via ``core.evaluate``) in a
+    background thread, once per server process, ``delay_s`` after the first page was drawn: the first paint
+    never waits on them, and on two cores they do not compete with the browser drawing that page."""
     if _preload_started.is_set():
         return
     _preload_started.set()
@@ -136,7 +138,9 @@ def preload_in_background() -> None:
                 except ImportError as exc:  # the page imports it again when needed and shows the error there
                     LOG.warning("preloading %s failed: %s", name, exc)
 
-    threading.Thread(target=run, name="ctehr-preload", daemon=True).start()
+    timer = threading.Timer(delay_s, run)
+    timer.name, timer.daemon = "ctehr-preload", True
+    timer.start()
 
 
 def _load_model_uncached(model_dir: str, device: str) -> Any:

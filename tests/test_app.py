@@ -139,6 +139,29 @@ def test_case_review_shows_ct_survival_and_risks(data_dir: Path) -> None:
     assert set(TEST_FUSIONS) <= names  # the same case under every strategy
 
 
+def test_a_case_seen_before_is_drawn_from_the_prediction_cache(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new session (a restarted server's first visitor) reopens a case without a model call: same numbers."""
+    from core.registry import LoadedModel
+
+    first = _app()
+    first.run()
+    _no_exception(first)
+    assert list((data_dir / "cache" / "predictions").glob("*.npz")), "no prediction kept on disk"
+    shown = [(m.label, m.value) for m in first.metric]
+    curves = [tr for ch in _charts(first) for tr in ch["data"] if tr.get("name")]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was called for a case already predicted")
+
+    monkeypatch.setattr(LoadedModel, "predict_case", refuse)
+    monkeypatch.setattr(LoadedModel, "case_inputs", refuse)
+    again = _app()
+    again.run()
+    _no_exception(again)
+    assert [(m.label, m.value) for m in again.metric] == shown
+    assert [tr for ch in _charts(again) for tr in ch["data"] if tr.get("name")] == curves
+
+
 def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:
     from core.jobs import default_queue
 
