@@ -22,7 +22,11 @@ while, optionally, user 1 uploads the shared real CT on the Upload page
 (``--train-zip``; slice latencies taken while a training job runs are
 reported apart). Errors: page errors, Streamlit exception boxes and failed
 steps. Peak memory: the server process and its children (the job processes),
-sampled every 0.5 s.
+sampled every 0.5 s. CPU: seconds used by the server (and its job processes)
+and by Chromium's processes by kind (renderers, the GPU process that runs the
+software WebGL, the browser), while the pages open (until every viewer is
+loaded) and after. Per user, how many times the viewer got the CT's or a
+map's bytes (once per volume when the component's cache works).
 
     python bench/bench_users.py --data DIR [--users 8] [--seconds 180] [--port 8650]
                                 [--upload ../shared/data/ct/example_ct_sm.nii.gz] [--train-zip cohort.zip]
@@ -68,6 +72,10 @@ TILE_JS = """() => { const nv = window.ctehrViewer.nv, d = nv.uiData.dpr || 1;
   const s = nv.screenSlices.find((x) => x.axCorSag === 0); return s.leftTopWidthHeight.map((v) => v / d); }"""
 
 
+VIEWER_COUNTS_JS = """() => { const s = window.ctehrViewer;
+  return {received: s.received, received_kb: Math.round(s.receivedBytes / 1024), renders: s.renders, draws: s.draws}; }"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,7 +86,7 @@ def pctl(values: list[float], q: float) -> float | None:
     if not values:
         return None
     v = sorted(values)
-    return v[min(len(v) - 1, max(0, int(round(q / 100 * (len(v) - 1)))))]
+    return v[min(len(v) - 1, max(0, round(q / 100 * (len(v) - 1))))]
 
 
 def tree_rss(pid: int) -> int:
@@ -116,8 +124,98 @@ class MemoryWatch(threading.Thread):
             time.sleep(0.5)
 
 
+def _ticks(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kind(pid: int, server_tree: set[int], own_tree: set[int], server_pid: int) -> str | None:
+    """``server`` (the app), ``server-jobs`` (its job processes: training), ``chromium-<type>`` (this bench's
+    browser) or None."""
+    if pid in server_tree:
+        return "server" if pid == server_pid else "server-jobs"
+    if pid not in own_tree:
+        return None  # another program's process (say another Chromium on the same machine)
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()  # Chromium rewrites its title
+    except OSError:
+        return None
+    if not cmd or not cmd[0].endswith(b"chromium") and b"/chromium" not in cmd[0]:
+        return None
+    for arg in cmd:
+        if arg.startswith(b"--type="):
+            return "chromium-" + arg[7:].decode(errors="replace")
+    return "chromium-browser"
+
+
+class CpuWatch(threading.Thread):
+    """CPU seconds per kind of process (see ``_kind``), split into phases (``phase`` is read at each sample)."""
+
+    def __init__(self, server_pid: int, phase: Any) -> None:
+        super().__init__(daemon=True)
+        self.server_pid, self.phase, self.stop = server_pid, phase, False
+        self.used: dict[str, dict[str, float]] = {}   # phase -> kind -> CPU seconds
+        self.wall: dict[str, float] = {}              # phase -> seconds sampled
+        self._last: dict[int, int] = {}
+        self._kinds: dict[int, str | None] = {}
+
+    def _trees(self) -> tuple[set[int], set[int]]:
+        """The server's process tree and this bench's (its Playwright driver and Chromium), the server's excluded."""
+        parents: dict[int, int] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        def tree_of(root: int, skip: set[int]) -> set[int]:
+            tree, frontier = {root}, [root]
+            while frontier:
+                p = frontier.pop()
+                kids = [c for c, pp in parents.items() if pp == p and c not in tree and c not in skip]
+                tree.update(kids)
+                frontier.extend(kids)
+            return tree
+
+        server = tree_of(self.server_pid, set())
+        return server, tree_of(os.getpid(), server)
+
+    def run(self) -> None:
+        hz = os.sysconf("SC_CLK_TCK")
+        last_t = time.monotonic()
+        while not self.stop:
+            time.sleep(1.0)
+            phase, now = str(self.phase()), time.monotonic()
+            self.wall[phase] = self.wall.get(phase, 0.0) + now - last_t
+            last_t = now
+            tree, own = self._trees()
+            for d in Path("/proc").iterdir():
+                if not d.name.isdigit():
+                    continue
+                pid = int(d.name)
+                if pid not in self._kinds or pid in tree or pid in own:
+                    self._kinds[pid] = _kind(pid, tree, own, self.server_pid)
+                kind = self._kinds[pid]
+                ticks = _ticks(pid) if kind else None
+                if kind is None or ticks is None:
+                    continue
+                before = self._last.get(pid, ticks)  # a process seen for the first time counts from now
+                self._last[pid] = ticks
+                bucket = self.used.setdefault(phase, {})
+                bucket[kind] = bucket.get(kind, 0.0) + (ticks - before) / hz
+
+    def summary(self) -> dict[str, Any]:
+        return {phase: {"wall_s": round(self.wall.get(phase, 0.0), 1),
+                        "cpu_s": {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}}
+                for phase, kinds in self.used.items()}
+
+
 class Stats:
-    def __init__(self) -> None:
+    def __init__(self, users: int) -> None:
+        self.users = users
         self.samples: list[tuple[float, float]] = []  # (wall-clock time read, slice-change ms)
         self.slice_idle: list[float] = []
         self.slice_training: list[float] = []
@@ -126,6 +224,8 @@ class Stats:
         self.errors: list[str] = []
         self.training: list[tuple[float, float]] = []  # wall-clock spans with a training job running
         self.notes: list[str] = []
+        self.viewer: list[dict[str, Any]] = []  # per user at the end: volumes received with bytes, renders
+        self.all_open_at = float("inf")  # wall-clock time when the last user's viewer had loaded
 
     def training_at(self, t: float) -> bool:
         return any(a <= t <= b for a, b in self.training)
@@ -144,7 +244,7 @@ async def viewer_frame(pg: Any, timeout_s: float = 120.0) -> Any:
                 try:
                     if await fr.evaluate("() => !!(window.ctehrViewer && window.ctehrViewer.loaded)"):
                         return fr
-                except Exception as exc:  # noqa: BLE001 - the frame was replaced by a rerun: look again
+                except Exception as exc:
                     if "detached" not in str(exc) and "destroyed" not in str(exc):
                         raise
         await asyncio.sleep(0.25)
@@ -162,6 +262,8 @@ async def scroll_user(i: int, ctx: Any, base: str, stats: Stats, end: float, sec
     await pg.goto(base + "/", timeout=180000)
     fr = await viewer_frame(pg)
     stats.open.append(time.perf_counter() - t0)
+    if len(stats.open) == stats.users:
+        stats.all_open_at = time.time()
     end = max(end, time.monotonic() + seconds)  # every user scrolls ``seconds`` once its viewer is open
     await fr.evaluate(LISTEN_JS)
     box = await fr.locator("#gl").bounding_box()
@@ -181,7 +283,7 @@ async def scroll_user(i: int, ctx: Any, base: str, stats: Stats, end: float, sec
             lat = await fr.evaluate("() => (window._benchLat || []).splice(0)")
             if steps % 10 == 0:
                 await fr.evaluate(LISTEN_JS)  # again, should the frame's document have been replaced
-        except Exception as exc:  # noqa: BLE001 - the frame was replaced by a rerun: find it again
+        except Exception as exc:
             if "detached" not in str(exc) and "destroyed" not in str(exc):
                 raise
             fr = await viewer_frame(pg)
@@ -210,6 +312,10 @@ async def scroll_user(i: int, ctx: Any, base: str, stats: Stats, end: float, sec
         if steps % 20 == 0 and await exceptions_on(pg):
             stats.errors.append(f"user {i}: an exception box on Case review")
             break
+    try:
+        stats.viewer.append(await fr.evaluate(VIEWER_COUNTS_JS))
+    except Exception as exc:  # noqa: BLE001 - the frame was replaced at the very end: no counts for this user
+        stats.notes.append(f"user {i}: viewer counts not read ({str(exc)[:80]})")
     await pg.close()
 
 
@@ -220,7 +326,7 @@ async def overlay_shown(pg: Any, deadline: float) -> Any:
                 try:
                     ok = await fr.evaluate("() => { const nv = window.ctehrViewer && window.ctehrViewer.nv; "
                                            "return !!(nv && nv.volumes.length > 1 && nv.volumes[1].opacity > 0); }")
-                except Exception as exc:  # noqa: BLE001 - the frame was replaced by a rerun: look again
+                except Exception as exc:
                     if "detached" not in str(exc) and "destroyed" not in str(exc):
                         raise
                     ok = False
@@ -269,6 +375,15 @@ async def train_user(ctx: Any, base: str, zip_path: Path, data: Path, stats: Sta
     await pg.close()
 
 
+async def stamped(coro: Any, who: str, t0: float) -> Any:
+    """``coro``'s result; an exception it raises says whose it was and when (seconds since the users started)."""
+    try:
+        return await coro
+    except Exception as exc:
+        exc.bench_at = f"{who}, {time.monotonic() - t0:.0f} s after the start"  # type: ignore[attr-defined]
+        raise
+
+
 async def run(args: argparse.Namespace, base: str, stats: Stats) -> None:
     from playwright.async_api import async_playwright
 
@@ -277,16 +392,19 @@ async def run(args: argparse.Namespace, base: str, stats: Stats) -> None:
         contexts = [await browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(args.users)]
         end = time.monotonic() + args.seconds
         tasks = []
+        t0 = time.monotonic()
         for i, ctx in enumerate(contexts):
-            tasks.append(scroll_user(i, ctx, base, stats, end, args.seconds, args.overlay_every))
+            tasks.append(stamped(scroll_user(i, ctx, base, stats, end, args.seconds, args.overlay_every), f"user {i}", t0))
         if args.upload is not None:
-            tasks.append(upload_user(await browser.new_context(), base, args.upload, stats))
+            tasks.append(stamped(upload_user(await browser.new_context(), base, args.upload, stats), "uploader", t0))
         if args.train_zip is not None:
-            tasks.append(train_user(await browser.new_context(), base, args.train_zip, args.data, stats, end + 300))
+            tasks.append(stamped(train_user(await browser.new_context(), base, args.train_zip, args.data, stats, end + 300),
+                                 "trainer", t0))
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
-                stats.errors.append(f"{type(r).__name__}: {str(r).splitlines()[0][:160] if str(r) else ''}")
+                stats.errors.append(f"{type(r).__name__}: {str(r).splitlines()[0][:160] if str(r) else ''}"
+                                    f" ({getattr(r, 'bench_at', '?')})")
         await browser.close()
 
 
@@ -311,7 +429,9 @@ def main() -> int:
                               stderr=subprocess.DEVNULL, start_new_session=True)
     watch = MemoryWatch(server.pid)
     watch.start()
-    stats = Stats()
+    stats = Stats(args.users)
+    cpu = CpuWatch(server.pid, lambda: "pages opening" if len(stats.open) < args.users else "all viewers open")
+    cpu.start()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     try:
@@ -327,7 +447,7 @@ def main() -> int:
         asyncio.run(run(args, base, stats))
         stats.split()
     finally:
-        watch.stop = True
+        watch.stop = cpu.stop = True
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
     result: dict[str, Any] = {
@@ -337,14 +457,28 @@ def main() -> int:
         "slice_ms_idle": {"n": len(stats.slice_idle), "p50": pctl(stats.slice_idle, 50), "p95": pctl(stats.slice_idle, 95)},
         "slice_ms_training": {"n": len(stats.slice_training), "p50": pctl(stats.slice_training, 50),
                               "p95": pctl(stats.slice_training, 95)},
+        "slice_ms_idle_by_phase": {
+            phase: {"n": len(v), "p50": pctl(v, 50), "p95": pctl(v, 95)}
+            for phase, v in (("pages opening", [x for t, x in stats.samples if t < stats.all_open_at
+                                                 and not stats.training_at(t)]),
+                             ("all viewers open", [x for t, x in stats.samples if t >= stats.all_open_at
+                                                   and not stats.training_at(t)]))},
         "overlay_s": {"n": len(stats.overlay), "p50": pctl(stats.overlay, 50), "p95": pctl(stats.overlay, 95)},
         "open_s": {"n": len(stats.open), "median": statistics.median(stats.open) if stats.open else None},
         "errors": stats.errors, "notes": stats.notes, "peak_server_mb": round(watch.peak / 2**20),
+        "cpu": cpu.summary(), "viewer_counts": stats.viewer, "load_after": os.getloadavg(),
     }
     for kind in ("slice_ms_idle", "slice_ms_training", "overlay_s", "open_s"):
         print(kind, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result[kind].items()})
     print("errors", len(stats.errors), stats.errors[:10])
     print("notes", stats.notes, "peak server+jobs memory", result["peak_server_mb"], "MB")
+    print("slice_ms_idle by phase", {k: {kk: (round(vv, 1) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                                     for k, v in result["slice_ms_idle_by_phase"].items()})
+    for phase, row in result["cpu"].items():
+        print("cpu", phase, row)
+    print("viewer: volumes received with bytes per user", [v.get("received") for v in stats.viewer],
+          "renders", [v.get("renders") for v in stats.viewer])
+    print("load average before", [round(v, 2) for v in load_before], "after", [round(v, 2) for v in os.getloadavg()])
     if args.json:
         print(json.dumps(result))
     return 0 if not stats.errors else 1

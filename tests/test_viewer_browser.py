@@ -191,17 +191,23 @@ def test_click_in_one_plane_moves_the_others(page: object) -> None:
 
 
 def test_slice_survives_a_page_switch(page: object) -> None:
-    """The crosshair goes back to the server (debounced) and Export and Case review use it."""
+    """The crosshair goes back to the server (when scrolling pauses 2 s, or at once when the mouse leaves the
+    viewer) and Export and Case review use it."""
     pg = page
     fr = viewer_frame(pg)
     left, top, w, h = tile_box(pg, fr, "axial")
     pg.mouse.move(left + w / 2, top + h / 2)  # type: ignore[attr-defined]
+    renders = fr.evaluate("() => window.ctehrViewer.renders")  # type: ignore[attr-defined]
     for _ in range(3):
         pg.mouse.wheel(0, 100)  # type: ignore[attr-defined]
         pg.wait_for_timeout(150)  # type: ignore[attr-defined]
     there = crosshair(fr)
-    pg.wait_for_timeout(1500)  # type: ignore[attr-defined]  (the report waits 600 ms for the scrolling to stop)
+    pg.wait_for_timeout(800)  # type: ignore[attr-defined]
+    assert fr.evaluate("() => window.ctehrViewer.renders") == renders  # type: ignore[attr-defined]  (no rerun yet)
+    pg.mouse.move(5, 5)  # type: ignore[attr-defined]  (out of the viewer: the position goes to the server now)
+    pg.wait_for_timeout(500)  # type: ignore[attr-defined]
     settle(pg)
+    assert fr.evaluate("() => window.ctehrViewer.renders") > renders  # type: ignore[attr-defined]
     pg.locator('[data-testid="stSidebarNav"]').get_by_text("Export", exact=True).click()  # type: ignore[attr-defined]
     settle(pg)
     captions = pg.locator('[data-testid="stCaptionContainer"]').all_inner_texts()  # type: ignore[attr-defined]

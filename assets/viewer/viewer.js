@@ -11,7 +11,8 @@
 import { Niivue } from "./niivue.js";
 
 const DRAG = { crosshair: 8, windowing: 9, pan: 3 };
-const REPORT_DELAY_MS = 600;
+const REPORT_DELAY_MS = 2000; // the crosshair goes to Python (a rerun of the viewer block) once scrolling pauses this
+                              // long, or at once when the mouse leaves the viewer: not at every short pause
 const CACHE_BYTES = 384 * 2 ** 20; // the gzipped volumes kept for a later case switch or overlay toggle
 const ASK_LIMIT = 3;                // requests for one volume's bytes before the viewer gives up
 
@@ -90,7 +91,7 @@ function ask(id) {
   const n = (state.asked[id] || 0) + 1;
   state.asked[id] = n;
   if (n > ASK_LIMIT) throw new Error(`the server did not send volume ${id} after ${ASK_LIMIT} requests`);
-  clearTimeout(reportTimer);
+  clearTimeout(reportTimer); reportTimer = null;
   report({ need: id });
 }
 
@@ -155,7 +156,12 @@ function crossText() {
 let reportTimer = null;
 function scheduleReport() {
   clearTimeout(reportTimer);
-  reportTimer = setTimeout(() => report(), REPORT_DELAY_MS);
+  reportTimer = setTimeout(() => { reportTimer = null; report(); }, REPORT_DELAY_MS);
+}
+function flushReport() {
+  if (reportTimer === null) return;
+  clearTimeout(reportTimer); reportTimer = null;
+  report();
 }
 
 function hoverReadout(ev) {
@@ -237,7 +243,8 @@ async function init(height) {
     scheduleReport();
   };
   canvas.addEventListener("mousemove", hoverReadout);
-  canvas.addEventListener("mouseenter", () => canvas.focus());
+  canvas.addEventListener("mouseenter", () => canvas.focus({ preventScroll: true })); // no jump of the page
+  canvas.addEventListener("mouseleave", flushReport); // say where the crosshair is before the user clicks elsewhere
   // ctrl/cmd + wheel zooms; a plain wheel is NiiVue's slice scroll (it stops the page from scrolling)
   canvas.addEventListener("wheel", (ev) => {
     hoverReadout(ev);
@@ -339,7 +346,7 @@ async function render(args) {
   document.getElementById("cross").textContent = crossText();
   updateWindowText();
   setHeight();
-  if (loadedNow) { clearTimeout(reportTimer); report(); }
+  if (loadedNow) { clearTimeout(reportTimer); reportTimer = null; report(); }
 }
 
 window.addEventListener("message", (ev) => {
