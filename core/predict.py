@@ -108,7 +108,7 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[
 # ----------------------------------------------------------------- the prediction cache
 
 CACHE_VERSION = "1"
-MODEL_FILES = ("config.json",)  # with every *.safetensors: what defines a model (not the caches written beside it)
+_TRIM_LOCK = threading.Lock()
 
 
 def model_fingerprint(model_dir: Path | str) -> str:
@@ -188,7 +188,6 @@ class PredictionCache:
         self.root = Path(root)
         self.max_entries = int(max_entries)
         self.max_bytes = int(max_bytes)
-        self._lock = threading.Lock()
 
     @staticmethod
     def key(model_fp: str, case: str, index_time: Any, horizons: Sequence[int] = HORIZONS) -> str:
@@ -277,8 +276,14 @@ class PredictionCache:
         return value
 
     def _trim(self) -> None:
-        with self._lock:
-            files = [(p.stat(), p) for p in self.root.glob("*.npz") if ".partial" not in p.name]
+        with _TRIM_LOCK:  # one trim at a time in this process (other processes: missing files are skipped)
+            files = []
+            for p in self.root.glob("*.npz"):
+                try:
+                    if ".partial" not in p.name:
+                        files.append((p.stat(), p))
+                except FileNotFoundError:  # another session trimmed it first
+                    continue
             files.sort(key=lambda sp: sp[0].st_mtime_ns, reverse=True)  # newest first
             total = 0
             for n, (st, p) in enumerate(files):
