@@ -33,7 +33,13 @@ installed app has its .pyc files); ``--no-bytecode-cache`` keeps the caller's
 environment (PYTHONDONTWRITEBYTECODE=1 here: our modules compiled every run).
 
 ``--baseline DIR`` times a third command in the same rounds: the loader of
-another checkout (for before/after: ``git archive <commit> core | tar -x -C DIR``).
+another checkout (for before/after: ``git archive <commit> core assets/deid | tar -x -C DIR``;
+the PHI gate reads its table from ``assets/deid``).
+
+Prints which JPEG 2000 decoder the loader uses: OpenJPEG through ctypes
+(``core.io.j2k``: the GIL released, slices decoded on threads, a folder's
+slices decoded ahead while numpy and pydicom import) or, without a loadable
+libopenjp2, pydicom's plugins in forked processes.
 
     python bench/bench_load_j2k.py [--slices 20] [--size 512] [--repeats 7] [--syntaxes j2k,jls,jpeg_lossless,rle,none] [--baseline DIR]
 """
@@ -176,7 +182,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--syntaxes", default="j2k,jls,jpeg_lossless,rle,none")
     parser.add_argument("--keep", type=Path, default=None, help="write the series here (kept) instead of a temp folder")
-    parser.add_argument("--baseline", type=Path, default=None, help="another checkout (e.g. `git worktree add /tmp/base HEAD~1`) whose loader is timed in the same rounds")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout's files (`git archive <commit> core assets/deid | tar -x -C DIR`) whose loader is timed in the same rounds")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="run the timed processes in the caller's environment as is (see child_env)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = parser.parse_args()
@@ -184,6 +190,10 @@ def main() -> None:
     from tests.dicom_factory import write_series
 
     encoders = available_syntaxes()
+    from core.io import j2k
+
+    lib = j2k._library()
+    print(f"JPEG 2000 decoding: {'OpenJPEG ' + lib.opj_version().decode() + ' through ctypes (core.io.j2k)' if lib else 'pydicom plugins (no libopenjp2 loads)'}", flush=True)
     print("encoders: " + ", ".join(f"{k} {'available' if not v else 'NOT available (' + v + ')'}" for k, v in encoders.items()), flush=True)
     hu, spacing = real_ct_hu(args.slices, args.size)
     results = []
