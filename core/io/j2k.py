@@ -19,7 +19,6 @@ module imports neither numpy nor pydicom.
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 import threading
 from collections.abc import Iterator
@@ -73,6 +72,7 @@ _tried = False
 def _candidates() -> Iterator[str]:
     """The system's library (dlopen's search path), then the copy bundled with Pillow."""
     yield from ("libopenjp2.so.7", "libopenjp2.so")
+    import glob
     import importlib.util
 
     try:
