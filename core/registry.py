@@ -182,6 +182,12 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "
                      "likelihood, jointly with the network's own risk), then calibrated with it on validation.")
+    forest = cfg.extra.get("forest")
+    if forest:
+        lines.append(f"- A random survival forest beside them ({forest['trees']} trees, at least {forest['min_leaf']} "
+                     "training subjects per leaf, the same scaled features and missing indicators, fitted on the train "
+                     f"split): the curve is {1 - forest['weight']:g} x that mean + {forest['weight']:g} x the forest's "
+                     "curve, for subjects with features. Its trees are step functions: gradient attributions do not see it.")
     lines += [
         f"- Uncertainty band: {metrics.get('uncertainty', 'MC dropout')}.",
         "",

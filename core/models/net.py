@@ -45,6 +45,7 @@ from core.models.config import ImageConfig, ModelConfig
 from core.models.types import NetBatch
 from core.models.ehr_sequence import SequenceEncoder
 from core.models.ehr_tabular import FeatureTokenizer
+from core.models.forest import SurvivalForest
 from core.models.fusion import make_fusion
 from core.models.heads import make_head
 from core.models.image2d import SliceEncoder2D
@@ -255,6 +256,11 @@ class EnsembleNet(nn.Module):
         for m in members[1:]:
             m.image_encoder = members[0].image_encoder
         self.members = nn.ModuleList(members)
+        # ehr_only on tabular features: an exported random survival forest blended in on the curve scale
+        # (core.models.forest; config.json "forest": its array sizes and weight)
+        forest = cfg.extra.get("forest")
+        self.forest = SurvivalForest.from_config(forest) if forest else None
+        self.forest_weight = float(forest["weight"]) if forest else 0.0
 
     @property
     def first(self) -> SurvivalNet:
@@ -291,11 +297,19 @@ class EnsembleNet(nn.Module):
             return None if vals[0] is None else torch.stack(vals).mean(0)
 
         attention = {k: torch.stack([o["attention"][k] for o in outs]).mean(0) for k in outs[0]["attention"]}
-        return {"raw": mean("raw"), "survival": mean("survival"), "risk": mean("risk"),
+        surv, risk, member_survival = mean("survival"), mean("risk"), torch.stack([o["survival"] for o in outs])
+        if self.forest is not None and "features" in batch:  # subjects without features keep the members' curve
+            sf = self.forest(SurvivalNet._features_and_missing(batch)).to(surv)
+            w = self.forest_weight * (batch["features_present"].float() > 0).to(surv)[:, None]
+            forest_surv = torch.where(w > 0, sf, surv)
+            surv = (1 - w) * surv + w * sf
+            risk = (1 - w[:, 0]) * risk + w[:, 0] * self.first.head.risk(sf, sf)  # the heads' risk is linear in S
+            member_survival = torch.cat([member_survival, forest_surv[None]])
+        return {"raw": mean("raw"), "survival": surv, "risk": risk,
                 "slice_weights": mean("slice_weights"), "event_weights": mean("event_weights"), "attention": attention,
                 "z_image": outs[0]["z_image"], "z_ehr": outs[0]["z_ehr"],
                 "image_present": outs[0]["image_present"], "ehr_present": outs[0]["ehr_present"],
-                "member_survival": torch.stack([o["survival"] for o in outs])}
+                "member_survival": member_survival}
 
 
 def build_net(cfg: ModelConfig) -> nn.Module:

@@ -79,3 +79,68 @@ def linear_members(members: list[torch.nn.Module], data: dict[str, torch.Tensor]
         lin.eval()
         out.append((lin, {"linear": True, "penalty": penalty, "nll": fit["nll_after"], "kept": fit["kept"]}))
     return out
+
+
+def export_forest(rsf: Any, grid: np.ndarray) -> dict[str, torch.Tensor]:
+    """A fitted scikit-survival ``RandomSurvivalForest`` as ``core.models.forest.SurvivalForest`` buffers.
+
+    Each tree's children, split features and thresholds are concatenated with global node ids; each leaf's
+    Kaplan-Meier survival (``tree_.value[..., 1]`` on the forest's ``unique_times_``) is read at ``grid`` as a step
+    function (the value at the last time <= the grid point, 1 before the first), so the forest's curve at the grid
+    equals ``rsf.predict_survival_function`` evaluated there (tests/test_forest.py).
+    """
+    times = np.asarray(rsf.unique_times_, dtype=np.float64)
+    col = np.searchsorted(times, np.asarray(grid, dtype=np.float64), side="right") - 1
+    left, right, feature, threshold, leaf_row, leaf_surv, roots = [], [], [], [], [], [], []
+    offset, n_leaves = 0, 0
+    for est in rsf.estimators_:
+        tree = est.tree_
+        lc = tree.children_left.astype(np.int64)
+        is_leaf = lc < 0
+        roots.append(offset)
+        left.append(np.where(is_leaf, -1, lc + offset))
+        right.append(np.where(is_leaf, -1, tree.children_right.astype(np.int64) + offset))
+        feature.append(np.where(is_leaf, 0, tree.feature))
+        threshold.append(np.where(is_leaf, 0.0, tree.threshold))
+        rows = np.full(tree.node_count, -1, dtype=np.int64)
+        rows[is_leaf] = n_leaves + np.arange(int(is_leaf.sum()))
+        leaf_row.append(rows)
+        surv = np.asarray(tree.value)[is_leaf][:, :, 1]
+        leaf_surv.append(np.where(col[None, :] < 0, 1.0, surv[:, np.clip(col, 0, None)]))
+        offset += tree.node_count
+        n_leaves += int(is_leaf.sum())
+    return {"left": torch.as_tensor(np.concatenate(left), dtype=torch.int32),
+            "right": torch.as_tensor(np.concatenate(right), dtype=torch.int32),
+            "feature": torch.as_tensor(np.concatenate(feature), dtype=torch.int32),
+            "threshold": torch.as_tensor(np.concatenate(threshold), dtype=torch.float64),
+            "roots": torch.as_tensor(roots, dtype=torch.int64),
+            "leaf_row": torch.as_tensor(np.concatenate(leaf_row), dtype=torch.int32),
+            "leaf_survival": torch.as_tensor(np.concatenate(leaf_surv), dtype=torch.float32)}
+
+
+def forest_member(data: dict[str, torch.Tensor], train_idx: np.ndarray, grid: np.ndarray, *, seed: int, trees: int,
+                  min_leaf: int, weight: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """ehr_only on tabular features: a random survival forest of what the tabular encoder sees, fitted on train.
+
+    scikit-survival ``RandomSurvivalForest(trees, min_samples_leaf=min_leaf, max_features="sqrt")`` on the scaled
+    features and missing indicators of the train split, exported by :func:`export_forest`. The ensemble's curve
+    becomes ``(1 - weight) * mean(networks, linear members) + weight * forest`` (``core.models.net.EnsembleNet``);
+    a fixed weight, not chosen on val (docs/BENCHMARKS.md, SurvSet). Returns the buffers and config.json's
+    ``forest`` entry (array sizes, weight, settings).
+    """
+    import time as _time
+
+    from sksurv.ensemble import RandomSurvivalForest
+    from sksurv.util import Surv
+
+    t0 = _time.perf_counter()
+    x = torch.cat([data["features"].float(), data["feature_missing"].float()], dim=-1).numpy()[train_idx]
+    t = data["time"].numpy()[train_idx].astype(np.float64)
+    e = data["event"].numpy()[train_idx] > 0
+    rsf = RandomSurvivalForest(n_estimators=int(trees), min_samples_leaf=int(min_leaf), max_features="sqrt",
+                               n_jobs=1, random_state=int(seed)).fit(x, Surv.from_arrays(e, t))
+    state = export_forest(rsf, grid)
+    cfg = {"weight": float(weight), "trees": int(trees), "min_leaf": int(min_leaf), "nodes": int(state["left"].numel()),
+           "leaves": int(state["leaf_survival"].shape[0]), "times": int(state["leaf_survival"].shape[1])}
+    size = sum(v.numel() * v.element_size() for v in state.values())
+    return state, {"config": cfg, "seconds": round(_time.perf_counter() - t0, 2), "mb": round(size / 1e6, 3)}

@@ -18,7 +18,7 @@ from core.models import FUSIONS, HEADS
 from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from core.study_profile import image_cohort_profile
-from core.train.ehr import ehr_config, linear_members
+from core.train.ehr import ehr_config, forest_member, linear_members
 from core.train.fusion_stage import fit_member, split_metrics
 from core.train.image_stage import foundation_tokens, image_config, train_image_encoder
 from core.train.settings import Progress, merge_settings, proportional_head
@@ -125,6 +125,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
                                     label=f"{fusion}/{head}" + (f" {k + 1}/{n_members}" if n_members > 1 else ""))
         members.append(net_k)
         member_info.append(info_k)
+    linear: list[tuple[torch.nn.Module, dict[str, Any]]] = []
     if fusion == "ehr_only" and settings["ehr_only_linear_members"] and n_members > 1:  # a linear model beside each network
         linear = linear_members(members, data, train_idx, penalty=float(settings["ehr_only_linear_penalty"]))
         members += [m for m, _ in linear]
@@ -132,6 +133,13 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         if linear:
             n_members = len(members)
             cfg = dataclasses.replace(cfg, ensemble=n_members)
+    forest_state: dict[str, torch.Tensor] | None = None
+    forest_info: dict[str, Any] | None = None
+    if linear and float(settings["ehr_only_forest_weight"]) > 0:  # and a random survival forest (core.models.forest)
+        forest_state, forest_info = forest_member(
+            data, train_idx, edges, seed=seed, trees=int(settings["ehr_only_forest_trees"]),
+            min_leaf=int(settings["ehr_only_forest_min_leaf"]), weight=float(settings["ehr_only_forest_weight"]))
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "forest": forest_info["config"]})
     if n_members == 1:
         net: torch.nn.Module = members[0]
     else:
@@ -140,6 +148,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         net = EnsembleNet(cfg, n_members)
         for k, m in enumerate(members):
             net.members[k].load_state_dict(m.state_dict())
+        if forest_state is not None:
+            net.forest.load_state_dict(forest_state)  # type: ignore[union-attr]
         net.eval()
     for p in net.parameters():
         p.requires_grad_(True)
@@ -150,6 +160,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         "best_epoch": member_info[0]["best_epoch"], "steps": member_info[0]["steps"],
         "calibration": member_info[0]["calibration"], "ensemble": n_members,
         "linear_members": next(({"n": n_members // 2, "penalty": i["penalty"]} for i in member_info if i.get("linear")), None),
+        "forest_member": None if forest_info is None else {**forest_info["config"], "seconds": forest_info["seconds"], "mb": forest_info["mb"]},
         "members": member_info if n_members > 1 else None,
         "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": member_info[0]["warm_start"]},
         "train_seconds": round(_time.perf_counter() - t_start, 2),
