@@ -10,6 +10,9 @@ local static HTTP server, in Debian's Chromium (headless, software WebGL). Measu
   to the first animation frame after NiiVue added the volume.
 * ``scroll_ms``: from a wheel event over the axial tile to the next animation frame after NiiVue redrew
   (the slice moved; overlay on), median and p95 over ``--scrolls`` events.
+* ``cpu_ms_per_slice``: CPU time of all of this bench's Chromium processes (renderer, GPU process
+  with the software WebGL, browser) over the scroll loop, per wheel event: what a slice change costs the
+  machine, less noisy than latency on a shared machine.
 * reference: the same loop on a plain static page of the same size that swaps pre-rendered slice
   images (``<img>`` with PNG data URLs) per wheel event.
 
@@ -67,6 +70,30 @@ const im = document.getElementById('im'); im.src = frames_[0];
 im.addEventListener('wheel', (e) => { e.preventDefault(); window.k = (window.k + 1) %% frames_.length;
   im.src = frames_[window.k]; }, {passive: false});
 </script></body></html>"""
+
+
+def chromium_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by the Chromium processes this bench started (its descendants)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        parents[int(d.name)] = int(fields[1])
+        if b"chromium" in cmd:
+            ticks[int(d.name)] = int(fields[11]) + int(fields[12])
+    mine, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == pid and c not in mine]
+        mine.update(kids)
+        frontier.extend(kids)
+    return sum(v for pid, v in ticks.items() if pid in mine) / os.sysconf("SC_CLK_TCK")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -148,7 +175,9 @@ def measure(label: str, volume: object, attribution: np.ndarray, scrolls: int, b
         const s = nv.screenSlices.find((x) => x.axCorSag === 0); const r = nv.canvas.getBoundingClientRect();
         const [l, t, w, h] = s.leftTopWidthHeight.map((v) => v / d); return [r.left + l + w / 2, r.top + t + h / 2]; }""")
     fr.evaluate(WHEEL_JS, [box[0], box[1], 3, "#gl"])  # warm-up
+    cpu0 = chromium_cpu_s()
     ours = fr.evaluate(WHEEL_JS, [box[0], box[1], scrolls, "#gl"])
+    cpu_ms = (chromium_cpu_s() - cpu0) * 1000 / max(len(ours), 1)
     page.close()
     ref_page = browser.new_page(viewport={"width": 700, "height": 900})  # type: ignore[attr-defined]
     ref_page.goto(base + "/reference.html")
@@ -165,6 +194,7 @@ def measure(label: str, volume: object, attribution: np.ndarray, scrolls: int, b
         "scroll_ms_median": round(statistics.median(ms), 1),
         "scroll_ms_p95": round(sorted(ms)[int(0.95 * (len(ms) - 1))], 1),
         "scrolls_that_redrew": f"{sum(1 for _, d in ours if d)}/{len(ours)}",
+        "cpu_ms_per_slice": round(cpu_ms, 1),
         "reference_static_ms_median": round(statistics.median(ref_ms), 1),
         "ratio_vs_static": round(statistics.median(ms) / max(statistics.median(ref_ms), 1e-6), 2),
         "meets_targets": bool(server_ms + shown <= OVERLAY_TARGET_MS and statistics.median(ms) <= SCROLL_TARGET_MS),
