@@ -351,6 +351,8 @@ def test_slices_decoded_ahead_are_used_only_where_the_header_agrees(series_dir, 
     for thread in early._threads:
         thread.join()  # all decoded
     try:
+        assert early.reserve(os.path.abspath(ordered[1].source.path)) == "ready"  # decoded: taken at once
+        assert early.reserve(str(written.folder / "not-listed.dcm")) == "mine"  # never started: the caller's
         assert early.take(os.path.abspath(ordered[0].source.path), ordered[0].pixel_offset + 2) is None  # another offset
         out = np.full((len(ordered), SHAPE[1], SHAPE[2]), np.nan, dtype=np.float32)
         for i, h in enumerate(ordered[1:], start=1):

@@ -417,10 +417,10 @@ def _load_dicom_sources(
         # time, so they keep taking the others), then collects theirs: as many decoders as cores, few hand-overs
         later: list[int] = []
         for i, h in enumerate(ordered):
-            if h.source.path is not None and not prefetched.reserve(os.path.abspath(h.source.path)):
-                later.append(i)  # a thread has it (done or in flight)
+            if h.source.path is not None and prefetched.reserve(os.path.abspath(h.source.path)) == "busy":
+                later.append(i)  # a thread is decoding it: collected at the end
             else:
-                decode(i)
+                decode(i)  # not started (decoded here) or decoded ahead (stored and freed now)
         for i in later:
             decode(i)
     else:

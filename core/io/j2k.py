@@ -403,13 +403,15 @@ class Prefetch:
             self._budget -= size[0] * size[1]
         return offset, decode(stream, size[0], size[1], None, max_precision=32)
 
-    def reserve(self, path: str) -> bool:
-        """True when no thread has started on ``path``: it is the caller's now (decode it); False when one has."""
+    def reserve(self, path: str) -> str:
+        """``"mine"`` when no thread has started on ``path`` (now the caller's: decode it), ``"ready"`` when its
+        slice is decoded (or failed: :meth:`take` answers at once), ``"busy"`` while a thread decodes it."""
         with self._lock:
-            if path in self._state:
-                return False
-            self._state[path] = "taken"
-            return True
+            state = self._state.get(path)
+            if state is None:
+                self._state[path] = "taken"
+                return "mine"
+            return "busy" if isinstance(state, threading.Event) else "ready"
 
     def take(self, path: str, offset: int) -> DecodedJ2K | None:
         """The decoded slice of the file at ``path`` (as :func:`os.path.abspath` gives it) whose PixelData tag is at ``offset``.
