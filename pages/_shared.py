@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -115,6 +116,63 @@ def _device_name() -> str:
     return runtime.device_name()
 
 
+def _device_fingerprint() -> str:
+    """What the device line depends on, read without torch: host, usable CPUs, thread and GPU environment
+    variables, the NVIDIA devices present, the installed torch version."""
+    import hashlib
+    import importlib.metadata
+    import platform
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    env = {k: os.environ.get(k, "") for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+                                              "MKL_NUM_THREADS", "TORCH_NUM_THREADS")}
+    nvidia = sorted(n for n in os.listdir("/dev") if n.startswith("nvidia")) if os.path.isdir("/dev") else []
+    gpus = sorted(os.listdir("/proc/driver/nvidia/gpus")) if os.path.isdir("/proc/driver/nvidia/gpus") else []
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = ""
+    text = json.dumps([platform.node(), sys.executable, cpus, env, nvidia, gpus, torch_version])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _device_file() -> Path:
+    return paths.data_dir() / "cache" / "device.json"
+
+
+_device_saved = threading.Event()
+
+
+def refresh_device_label() -> str:
+    """The device line measured now (imports torch), kept on disk once per server process for the next start."""
+    label = _device_label()
+    if not _device_saved.is_set():
+        path = _device_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"device.{os.getpid()}.{threading.get_ident()}.partial")
+        tmp.write_text(json.dumps({"fingerprint": _device_fingerprint(), "label": label}))
+        tmp.replace(path)
+        _device_saved.set()
+    return label
+
+
+def device_label() -> str:
+    """The device models run on, for the sidebar. Once torch is imported it is asked; before that (the first page
+    of a warm start, drawn from cached predictions) the label measured at the last start is used when nothing it
+    depends on changed (:func:`_device_fingerprint`), and measured again in the background preload."""
+    if "torch" not in sys.modules:
+        try:
+            saved = json.loads(_device_file().read_text())
+            if saved.get("fingerprint") == _device_fingerprint() and isinstance(saved.get("label"), str):
+                return str(saved["label"])
+        except (OSError, ValueError):
+            pass
+    return refresh_device_label()
+
+
 PRELOAD = ("core.registry", "core.explain", "captum.attr", "core.evaluate", "core.sanity")
 PRELOAD_DELAY_S = 10.0  # after the first page is drawn: the browser is still loading the viewer and the charts
 _preload_started = threading.Event()
@@ -137,6 +195,10 @@ def preload_in_background(delay_s: float = PRELOAD_DELAY_S) -> None:
                     importlib.import_module(name)
                 except ImportError as exc:  # the page imports it again when needed and shows the error there
                     LOG.warning("preloading %s failed: %s", name, exc)
+        try:
+            refresh_device_label()  # the next start's device line, measured on this start
+        except OSError as exc:
+            LOG.warning("device line not kept for the next start: %s", exc)
 
     timer = threading.Timer(delay_s, run)
     timer.name, timer.daemon = "ctehr-preload", True
@@ -619,7 +681,7 @@ def sidebar() -> Any:
 def device_caption(slot: Any) -> None:
     """The sidebar's device line, written into the slot :func:`sidebar` kept (after the page is drawn)."""
     if slot is not None:
-        slot.caption(f"Device: **{_device_label()}**")
+        slot.caption(f"Device: **{device_label()}**")
 
 
 # ------------------------------------------------------- model-derived views

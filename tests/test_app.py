@@ -350,3 +350,28 @@ def test_the_session_memo_is_bounded_in_bytes() -> None:
     assert not at.exception
     kept, big, held = eval(at.markdown[0].value)  # noqa: S307 - the script's own repr of tuples and ints
     assert kept == [("map", i) for i in range(3, 8)] and big == 16 * 2**20 and held == 5 * 2 * 2**20
+
+
+def test_the_device_line_of_a_warm_start_needs_no_torch(tmp_path: Path) -> None:
+    """The sidebar's device line before torch is imported: the label kept by the last start when nothing it depends
+    on changed (no torch import), measured again otherwise."""
+    import subprocess
+    import sys
+
+    script = ("import json, sys; from pages import _shared as ui; "
+              "print(json.dumps([ui.device_label(), 'torch' in sys.modules]))")
+
+    def run() -> list:
+        out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "CTEHR_DATA_DIR": str(tmp_path)}, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    measured, imported = run()  # nothing kept yet: measured (torch imported) and kept
+    assert imported and measured.startswith(("CPU (", "GPU: "))
+    kept = tmp_path / "cache" / "device.json"
+    saved = json.loads(kept.read_text())
+    assert saved["label"] == measured
+    kept.write_text(json.dumps({**saved, "label": "CPU (kept label)"}))
+    assert run() == ["CPU (kept label)", False]  # same machine: read back, torch not imported
+    kept.write_text(json.dumps({**saved, "fingerprint": "another machine", "label": "CPU (kept label)"}))
+    assert run() == [measured, True]  # something changed: measured again
