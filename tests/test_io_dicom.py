@@ -458,7 +458,7 @@ def test_multiframe_jpeg2000_instance_one_fragment_per_frame(series_dir, tmp_pat
     if openjpeg and not j2k.available():
         pytest.skip("no OpenJPEG library (libopenjp2) to load")
     monkeypatch.setattr(j2k, "available", lambda: openjpeg and j2k._library() is not None)
-    ds = pydicom.dcmread(sorted(series_dir["signed"].paths)[0])
+    ds = pydicom.dcmread(min(series_dir["signed"].paths))
     frames = np.stack([np.arange(SHAPE[1] * SHAPE[2], dtype=np.int16).reshape(SHAPE[1], SHAPE[2]) * (k + 1) - 1000 for k in range(3)])
     ds.NumberOfFrames = 3
     ds.compress(JPEG2000Lossless, frames, encoding_plugin="pylibjpeg")

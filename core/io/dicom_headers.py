@@ -343,7 +343,8 @@ def _map(fn: Callable, items: Sequence, workers: int | None = None) -> list:
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     if len(items) < 4 or workers <= 1:
         return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor  # not imported by the JPEG 2000 path (threads of its own)
+    # imported here: the JPEG 2000 path (threads of its own) never needs it
+    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(fn, items))
