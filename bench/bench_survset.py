@@ -4,7 +4,9 @@ For each SurvSet dataset (written as a cohort by ``bench/survset_cohorts.py``,
 seeded 60/20/20 split stratified by event), on the same test subjects:
 
 - **ehr_only**: ``core.train.train_model(cohort, "ehr_only", ...)`` with the
-  tabular encoder (train split for fitting, val split for early stopping);
+  tabular encoder (train split for fitting, val split for early stopping); by
+  default 5 networks, 5 ridge linear members and a random survival forest member
+  (weight 0.2, ``core.train.ehr.forest_member``; docs/BENCHMARKS.md);
   C-index from its survival curves (risk = minus restricted mean survival time).
 - **CoxPH**: lifelines ``CoxPHFitter`` (L2 penalizer 0.01, raised to 0.1 or 1.0
   only when Newton-Raphson does not converge) on the train split after median
