@@ -19,7 +19,7 @@ const ASK_LIMIT = 3;                // requests for one volume's bytes before th
 const state = {
   nv: null, volumeId: null, overlayId: null, windowId: null, positionId: null, overlayOpts: null,
   draws: 0, lastDrawAt: 0, loaded: false, error: null, lastWindow: null, busy: Promise.resolve(),
-  hoverTile: 0, renders: 0, received: 0, receivedBytes: 0, asked: {}, seq: 0,
+  hoverTile: 0, renders: 0, received: 0, receivedBytes: 0, asked: {}, seq: 0, drawRequests: 0,
   buffers: new Map(), // content id -> ArrayBuffer (gzipped NIfTI), in least recently used order
 };
 window.ctehrViewer = state; // for the browser tests and the benchmark
@@ -229,13 +229,21 @@ async function init(height) {
   });
   state.nv = nv;
   await nv.attachToCanvas(canvas, false); // no multisampling: 2D slices do not need it
+  // at most one draw per animation frame: a drag or a trackpad sends several events per frame, and each draw
+  // costs tens of milliseconds of CPU in software WebGL; the frame's one draw shows the latest state
   const draw = nv.drawScene.bind(nv);
-  nv.drawScene = (...a) => {
-    const r = draw(...a);
-    state.draws += 1; state.lastDrawAt = performance.now();
-    updateWindowText();
-    updateScale();
-    return r;
+  let drawQueued = false;
+  nv.drawScene = () => {
+    state.drawRequests += 1;
+    if (drawQueued) return;
+    drawQueued = true;
+    requestAnimationFrame(() => {
+      drawQueued = false;
+      draw();
+      state.draws += 1; state.lastDrawAt = performance.now();
+      updateWindowText();
+      updateScale();
+    });
   };
   setLeftMode(DRAG.crosshair);
   nv.onLocationChange = () => {
