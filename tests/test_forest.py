@@ -115,3 +115,17 @@ def test_forest_weight_zero_trains_without_forest(tmp_path: Path) -> None:
     metrics = train_model(cohort, "ehr_only", None, epochs=2, ensemble=2, seed=0, device="cpu",
                           overrides={"ehr_only_forest_weight": 0.0})
     assert metrics["forest_member"] is None
+
+
+def test_no_forest_beside_a_timeline(tmp_path: Path) -> None:
+    """The forest reads only the tabular features: a model that also reads a timeline gets the linear members only."""
+    from core.train import train_model
+
+    cohort = _tabular_cohort(tmp_path / "cohort", n=150, seed=3)
+    ids = pd.read_csv(cohort / "cohort.csv", dtype={"subject_id": str})["subject_id"]
+    rng = np.random.default_rng(0)
+    rows = [(s, f"2020-01-{d:02d}", f"LAB//{c}", float(rng.normal())) for s in ids for d, c in ((1, "A"), (3, "B"))]
+    pd.DataFrame(rows, columns=["subject_id", "time", "code", "numeric_value"]).to_csv(cohort / "timeline.csv", index=False)
+    metrics = train_model(cohort, "ehr_only", None, epochs=2, ensemble=2, seed=0, device="cpu")
+    assert metrics["modalities"]["ehr"] == ["sequence", "tabular"]
+    assert metrics["linear_members"] == {"n": 2, "penalty": 0.3} and metrics["forest_member"] is None

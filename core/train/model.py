@@ -135,7 +135,9 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
             cfg = dataclasses.replace(cfg, ensemble=n_members)
     forest_state: dict[str, torch.Tensor] | None = None
     forest_info: dict[str, Any] | None = None
-    if linear and float(settings["ehr_only_forest_weight"]) > 0:  # and a random survival forest (core.models.forest)
+    # and a random survival forest (core.models.forest) where the tabular features are all the EHR the model reads:
+    # the forest sees nothing else (on the demo, timeline + features, it cost 0.006 C: docs/BENCHMARKS.md)
+    if linear and float(settings["ehr_only_forest_weight"]) > 0 and not ecfg["sequence"] and not ecfg["embedding_dim"]:
         forest_state, forest_info = forest_member(
             data, train_idx, edges, seed=seed, trees=int(settings["ehr_only_forest_trees"]),
             min_leaf=int(settings["ehr_only_forest_min_leaf"]), weight=float(settings["ehr_only_forest_weight"]))

@@ -28,7 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "ehr_only_linear_members": True, "ehr_only_linear_penalty": 0.3,
     # and, with those linear members, a random survival forest of the same inputs (scikit-survival, exported to the
     # model's safetensors: core.models.forest): the curve is (1 - w) * mean(networks, linear) + w * forest, a fixed w
-    # (SurvSet, 113 runs: +0.002 C at w 0.2, docs/BENCHMARKS.md); 0 turns it off
+    # (SurvSet, 113 runs: +0.002 C at w 0.2, docs/BENCHMARKS.md); only when the tabular features are the model's
+    # whole EHR input (not beside a timeline or EHR embeddings, which the forest cannot read); 0 turns it off
     "ehr_only_forest_weight": 0.2, "ehr_only_forest_trees": 200, "ehr_only_forest_min_leaf": 15,
     "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
     "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
