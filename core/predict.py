@@ -20,9 +20,10 @@ import json
 import os
 import threading
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -210,8 +211,7 @@ class PredictionCache:
                     times=z["times"], survival=z["survival"], lower=z["lower"], upper=z["upper"], risk=float(z["risk"]),
                     risk_at={int(h): float(v) for h, v in zip(z["risk_h"], z["risk_v"])},
                     modalities_used=[str(m) for m in z["modalities"]],
-                    slice_weights=z["slice_weights"] if "slice_weights" in z else None,
-                    event_weights=z["event_weights"] if "event_weights" in z else None,
+                    slice_weights=z.get("slice_weights"), event_weights=z.get("event_weights"),
                     attention={name: z[f"att{i}"] for i, name in enumerate(meta["attention"])},
                 )
                 events = pd.DataFrame({col: (z[f"ev{i}"] if kind in "Mfiub" else pd.Series(z[f"ev{i}"].tolist(), dtype=object))

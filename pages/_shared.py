@@ -105,7 +105,8 @@ def inject_style() -> None:
 
 @st.cache_resource(show_spinner=False)
 def _device_label() -> str:
-    from core import runtime  # torch: imported once the page is drawn (see device_caption)
+    # imports torch: only when the label is measured (see device_label)
+    from core import runtime
 
     return runtime.device_label()
 
