@@ -305,6 +305,12 @@ function applyPosition(mm) {
   document.getElementById("cross").textContent = crossText();
 }
 
+function drawn() {
+  // a draw now (NiiVue's draws wait for the next animation frame, see init), resolved once it has happened
+  state.nv.drawScene();
+  return new Promise((resolve) => requestAnimationFrame(() => resolve()));
+}
+
 async function render(args) {
   state.renders += 1;
   if (!state.nv) {
@@ -323,6 +329,7 @@ async function render(args) {
     await nv.addVolumeFromUrl({ url: "ct.nii.gz", name: "ct.nii.gz", buffer,
       colormap: "gray", cal_min: args.window[0], cal_max: args.window[1] });
     state.positionId = null;
+    await drawn(); // the tiles' layout (screenSlices) exists once the first frame has drawn
     state.loaded = true;
     loadedNow = true;
   } else if (args.volume != null) {
@@ -340,6 +347,7 @@ async function render(args) {
     const show = !!args.show_overlay;
     await nv.addVolumeFromUrl({ url: "map.nii", name: "map.nii", buffer,
       colormap: args.colormap, opacity: show ? args.opacity : 0, cal_min: args.threshold, cal_max: 1.0 });
+    await drawn();
     state.overlayId = overlayId;
     state.overlayLoadMs = performance.now() - t0;
     state.overlayShownAt = performance.now();
