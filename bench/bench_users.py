@@ -68,8 +68,13 @@ LISTEN_JS = """() => {
     requestAnimationFrame(wait);
   }, {capture: true});
 }"""
-TILE_JS = """() => { const nv = window.ctehrViewer.nv, d = nv.uiData.dpr || 1;
-  const s = nv.screenSlices.find((x) => x.axCorSag === 0); return s.leftTopWidthHeight.map((v) => v / d); }"""
+TILE_JS = """async () => { const nv = window.ctehrViewer.nv, d = nv.uiData.dpr || 1;
+  for (let i = 0; i < 300; i++) {  // the tiles' layout exists once the viewer has drawn a frame
+    const s = nv.screenSlices.find((x) => x.axCorSag === 0);
+    if (s) return s.leftTopWidthHeight.map((v) => v / d);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("the viewer drew no axial tile within 30 s"); }"""
 
 
 VIEWER_COUNTS_JS = """() => { const s = window.ctehrViewer;

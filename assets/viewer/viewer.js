@@ -306,9 +306,10 @@ function applyPosition(mm) {
 }
 
 function drawn() {
-  // a draw now (NiiVue's draws wait for the next animation frame, see init), resolved once it has happened
+  // a draw now (NiiVue's draws wait for the next animation frame, see init), resolved once it has happened, or
+  // after 250 ms should the browser hold back frames (a hidden tab): the draw then comes with the next frame
   state.nv.drawScene();
-  return new Promise((resolve) => requestAnimationFrame(() => resolve()));
+  return new Promise((resolve) => { requestAnimationFrame(() => resolve()); setTimeout(resolve, 250); });
 }
 
 async function render(args) {
