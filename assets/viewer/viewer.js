@@ -19,7 +19,7 @@ const ASK_LIMIT = 3;                // requests for one volume's bytes before th
 const state = {
   nv: null, volumeId: null, overlayId: null, windowId: null, positionId: null, overlayOpts: null,
   draws: 0, lastDrawAt: 0, loaded: false, error: null, lastWindow: null, busy: Promise.resolve(),
-  hoverTile: 0, renders: 0, received: 0, receivedBytes: 0, asked: {}, seq: 0, drawRequests: 0,
+  hoverTile: 0, renders: 0, received: 0, receivedBytes: 0, asked: {}, seq: 0,
   buffers: new Map(), // content id -> ArrayBuffer (gzipped NIfTI), in least recently used order
 };
 window.ctehrViewer = state; // for the browser tests and the benchmark
@@ -229,21 +229,13 @@ async function init(height) {
   });
   state.nv = nv;
   await nv.attachToCanvas(canvas, false); // no multisampling: 2D slices do not need it
-  // at most one draw per animation frame: a drag or a trackpad sends several events per frame, and each draw
-  // costs tens of milliseconds of CPU in software WebGL; the frame's one draw shows the latest state
   const draw = nv.drawScene.bind(nv);
-  let drawQueued = false;
-  nv.drawScene = () => {
-    state.drawRequests += 1;
-    if (drawQueued) return;
-    drawQueued = true;
-    requestAnimationFrame(() => {
-      drawQueued = false;
-      draw();
-      state.draws += 1; state.lastDrawAt = performance.now();
-      updateWindowText();
-      updateScale();
-    });
+  nv.drawScene = (...a) => {
+    const r = draw(...a);
+    state.draws += 1; state.lastDrawAt = performance.now();
+    updateWindowText();
+    updateScale();
+    return r;
   };
   setLeftMode(DRAG.crosshair);
   nv.onLocationChange = () => {
@@ -305,13 +297,6 @@ function applyPosition(mm) {
   document.getElementById("cross").textContent = crossText();
 }
 
-function drawn() {
-  // a draw now (NiiVue's draws wait for the next animation frame, see init), resolved once it has happened, or
-  // after 250 ms should the browser hold back frames (a hidden tab): the draw then comes with the next frame
-  state.nv.drawScene();
-  return new Promise((resolve) => { requestAnimationFrame(() => resolve()); setTimeout(resolve, 250); });
-}
-
 async function render(args) {
   state.renders += 1;
   if (!state.nv) {
@@ -330,7 +315,6 @@ async function render(args) {
     await nv.addVolumeFromUrl({ url: "ct.nii.gz", name: "ct.nii.gz", buffer,
       colormap: "gray", cal_min: args.window[0], cal_max: args.window[1] });
     state.positionId = null;
-    await drawn(); // the tiles' layout (screenSlices) exists once the first frame has drawn
     state.loaded = true;
     loadedNow = true;
   } else if (args.volume != null) {
@@ -348,7 +332,6 @@ async function render(args) {
     const show = !!args.show_overlay;
     await nv.addVolumeFromUrl({ url: "map.nii", name: "map.nii", buffer,
       colormap: args.colormap, opacity: show ? args.opacity : 0, cal_min: args.threshold, cal_max: 1.0 });
-    await drawn();
     state.overlayId = overlayId;
     state.overlayLoadMs = performance.now() - t0;
     state.overlayShownAt = performance.now();
