@@ -369,7 +369,12 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     assert enc is not None
     for p in enc.parameters():
         p.requires_grad_(True)
-    tokens = encoder_tokens(enc, pre, device)
+    if "image_stats" in data:  # frozen pretext trunk: project its statistics (the same as the encoder, one pass fewer)
+        with torch.no_grad():
+            w = enc.proj.weight  # type: ignore[union-attr]
+            tokens = enc.proj(data["image_stats"].float().to(w.device)).float().cpu()  # type: ignore[operator]
+    else:
+        tokens = encoder_tokens(enc, pre, device)
     enc_state = {f"enc.{k}": v.detach().cpu() for k, v in enc.state_dict().items()}
     enc_state.update({f"path.{k}": v.detach().cpu() for k, v in image_path_state(net).items()})
     info = {"val_c_index": res.best_score, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
