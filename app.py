@@ -80,12 +80,9 @@ if not ready:
     st.rerun()
 
 ui.follow_deep_link()
-device = ui.sidebar()
+ui.sidebar()
 _jobs.sidebar_list()
-try:
-    current.run()
-finally:
-    # after the page is drawn: the device line (it imports torch) and, once per server, the imports that later
-    # interactions need (captum, lifelines), in the background, so the first paint waits on none of them
-    ui.device_caption(device)
-    ui.preload_in_background()
+# once per server: the imports later interactions need (captum, lifelines), in the background and 10 s from now,
+# so the first page waits on none of them
+ui.preload_in_background()
+current.run()

@@ -175,13 +175,13 @@ def device_label() -> str:
 
 
 PRELOAD = ("core.registry", "core.explain", "captum.attr", "core.evaluate", "core.sanity")
-PRELOAD_DELAY_S = 10.0  # after the first page is drawn: the browser is still loading the viewer and the charts
+PRELOAD_DELAY_S = 10.0  # from the first page run: the browser is still loading the viewer and the charts
 _preload_started = threading.Event()
 
 
 def preload_in_background(delay_s: float = PRELOAD_DELAY_S) -> None:
     """Import what later interactions need (the model code, captum, lifelines via ``core.evaluate``) in a
-    background thread, once per server process, ``delay_s`` after the first page was drawn: the first paint
+    background thread, once per server process, ``delay_s`` after the first page run began: the first paint
     never waits on them, and on two cores they do not compete with the browser drawing that page."""
     if _preload_started.is_set():
         return
@@ -635,10 +635,8 @@ def viewer_setting(key: str, default: Any) -> Any:
     return st.session_state.get(key, st.session_state.get(K.SAVED_VIEWER, {}).get(key, default))
 
 
-def sidebar() -> Any:
-    """The sidebar; returns the empty slot of its device line (see :func:`device_caption`)."""
+def sidebar() -> None:
     models = available_models()
-    device = None
     with st.sidebar:
         st.subheader("Model")
         if models:
@@ -655,7 +653,7 @@ def sidebar() -> Any:
             )
         else:
             st.warning("No model found; train one on the Cohort & models page.")
-        device = st.empty()  # filled by device_caption once the page is drawn (the label imports torch)
+        st.caption(f"Device: **{device_label()}**")  # no torch import on a warm start (see device_label)
         st.session_state.setdefault(K.HORIZON, 365)
         st.select_slider(
             "Horizon for explanations",
@@ -676,13 +674,6 @@ def sidebar() -> Any:
         else:
             st.caption(LOCAL_MODE)
         st.caption("Research use only. Not a medical device.")
-    return device
-
-
-def device_caption(slot: Any) -> None:
-    """The sidebar's device line, written into the slot :func:`sidebar` kept (after the page is drawn)."""
-    if slot is not None:
-        slot.caption(f"Device: **{device_label()}**")
 
 
 # ------------------------------------------------------- model-derived views
