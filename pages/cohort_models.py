@@ -193,10 +193,14 @@ with tab_model:
                     from core.cohort import load_cohort
 
                     cohort = ui.memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
+                    # the user's own model and cohort: its test-split predictions kept in the model's folder (the
+                    # user's workspace), so the page predicts them once, not in every session
+                    with st.spinner("Predicting the test split of your cohort (once per model)..."):
+                        ref = ui.memo(("groups", str(models[name]), str(cohort_dir)), lambda: reference.reference_curves(
+                            lambda: ui.model_by_name(name), cohort, cohort.ids("test"),
+                            cache=Path(models[name]) / "test_predictions.npz"))
                 else:
-                    cohort = ui.demo_cohort()
-                ref = ui.memo(("groups", str(models[name]), str(cohort_dir)),
-                              lambda: reference.reference_curves(ui.model_by_name(name), cohort, cohort.ids("test")))
+                    ref = ui.reference_curves(name)  # shared across sessions, from the shipped predictions
                 curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
                           for g in ref["groups"]}
                 palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]

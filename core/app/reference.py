@@ -37,9 +37,10 @@ def reference_ids(cohort: Cohort) -> list[str] | None:
 
 
 def _cached_predictions(model: ModelOrLoader, cohort: Cohort, ids: list[str], cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """``predict_cohort`` of the synthetic demo, kept in ``cache`` (an .npz) for later server starts.
+    """``predict_cohort`` of a cohort, kept in ``cache`` (an .npz) for later server starts.
 
-    The file is reused only for the same subject ids; it holds no patient data (demo only). ``model`` may be a
+    The file is reused only for the same subject ids. It lives in the model's folder: the shipped demo models
+    (synthetic patients), or a user's model in that user's own folder (their cohort's test split). ``model`` may be a
     loader, called only when the file cannot be used.
     """
     from core.predict import predict_cohort
@@ -93,7 +94,7 @@ def reference_curves(model: ModelOrLoader, cohort: Cohort, ids: Sequence[str] | 
     Returns ``{"cohort_km": (t, s, lo, hi), "groups": [...km_by_risk_group groups...],
     "logrank_p", "n", "events"}``. Risk is ``core.evaluate.risk_from_survival`` of the
     model's curves, the same score :func:`risk_group_of` uses for one case. ``cache``
-    (demo models only) keeps the predictions on disk between server starts, and the curves beside them
+    (a demo model's folder, or a user's model in the user's own folder) keeps the predictions on disk between server starts, and the curves beside them
     (``reference_curves.json``, reused only for the same predictions, outcomes and number of groups), so a
     later start neither loads the model nor imports the survival libraries.
     """
