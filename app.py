@@ -11,8 +11,9 @@ import streamlit as st
 
 from core.app import demo_install, paths
 from core.models import FUSIONS
+from pages import _chrome as chrome
 from pages import _jobs
-from pages import _shared as ui
+from pages import _session as session
 from pages import _state as K
 
 st.set_page_config(
@@ -21,7 +22,7 @@ st.set_page_config(
     layout="wide",
     initial_sidebar_state="expanded",
 )
-ui.inject_style()
+chrome.inject_style()
 st.logo(str(paths.ASSETS / "logo.svg"), size="large")
 
 
@@ -35,9 +36,9 @@ def _sign_in_screen() -> None:
 # Sign-in gate, before anything else (the demo build, the pages): with [auth] in secrets.toml a
 # visitor without a session gets the sign-in screen only; without it the server must listen on
 # loopback only (.streamlit/config.toml: server.address = "127.0.0.1"). See docs/DEPLOYMENT.md.
-if ui.auth_configured():
-    if ui.missing_auth_keys():
-        st.error(f"Sign-in is configured but [auth] in secrets.toml lacks {', '.join(ui.missing_auth_keys())}; "
+if session.auth_configured():
+    if session.missing_auth_keys():
+        st.error(f"Sign-in is configured but [auth] in secrets.toml lacks {', '.join(session.missing_auth_keys())}; "
                  "fix: complete it as in .streamlit/secrets.example.toml", icon=":material/error:")
         st.stop()
     if not st.user.is_logged_in:
@@ -45,9 +46,9 @@ if ui.auth_configured():
         st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:")], position="hidden").run()
         st.stop()
     if not st.session_state.get(K.LOGIN_AUDITED):
-        ui.audit("login", "session")
+        session.audit("login", "session")
         st.session_state[K.LOGIN_AUDITED] = True
-elif not ui.listens_on_loopback_only():
+elif not session.listens_on_loopback_only():
     st.error(f"No sign-in is configured and server.address is {st.get_option('server.address') or 'unset (every interface)'}; "
              "fix: set server.address = \"127.0.0.1\" or configure [auth] (docs/DEPLOYMENT.md)", icon=":material/error:")
     st.stop()
@@ -74,15 +75,15 @@ if not ready:
         "trained here). This happens once; later starts reuse it from disk."
     )
     bar = st.progress(0.0, text="starting")
-    with ui.core_errors(stop=True):
+    with chrome.core_errors(stop=True):
         demo_install.ensure_demo(progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
     bar.empty()
     st.rerun()
 
-ui.follow_deep_link()
-ui.sidebar()
+chrome.follow_deep_link()
+chrome.sidebar()
 _jobs.sidebar_list()
 # once per server: the imports later interactions need (captum, lifelines), in the background and 10 s from now,
 # so the first page waits on none of them
-ui.preload_in_background()
+chrome.preload_in_background()
 current.run()

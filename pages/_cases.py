@@ -17,14 +17,17 @@ from core import cohort as cohorts
 from core.app import cases as saved
 from core.app import workspace as workspaces
 from core.errors import InputError
-from pages import _shared as ui
+from pages import _chrome as chrome
+from pages import _model_views as views
+from pages import _session as session
 from pages import _state as K
+from pages._memo import forget, memo
 
 
 def user() -> str:
     """The user whose folder this session reads and writes (OIDC ``sub`` or "local")."""
     workspaces.start_up()
-    return ui.user_id()
+    return session.user_id()
 
 
 def case_list() -> list[saved.CaseInfo]:
@@ -34,7 +37,7 @@ def case_list() -> list[saved.CaseInfo]:
 
 def user_cases() -> dict[tuple[str, str], str]:
     """{(source, case id): label} of this user's saved cases, newest first, for the case pickers."""
-    return {(ui.UPLOADED, c.case_id): f"Uploaded: {c.describe()}" for c in case_list()}
+    return {(views.UPLOADED, c.case_id): f"Uploaded: {c.describe()}" for c in case_list()}
 
 
 def case_info(case_id: str) -> saved.CaseInfo | None:
@@ -62,21 +65,21 @@ def uploaded_case(case_id: str | None = None) -> dict[str, Any] | None:
     the case is not one of this user's.
     """
     if case_id is None:
-        chosen = ui.viewer_setting(K.CASE, None)
-        if not chosen or chosen[0] != ui.UPLOADED:
+        chosen = chrome.viewer_setting(K.CASE, None)
+        if not chosen or chosen[0] != views.UPLOADED:
             return None
         case_id = str(chosen[1])
     info = case_info(case_id)
     if info is None:
         return None
-    return ui.memo(("saved-case", info.case_id, info.version), lambda: _load(info))
+    return memo(("saved-case", info.case_id, info.version), lambda: _load(info))
 
 
 def open_in_review(case_id: str) -> None:
     """Make ``case_id`` the case under review (the pages' memo of older versions is dropped)."""
     for prefix in ("inputs", "prediction", "saved-case"):
-        ui.forget(prefix)
-    st.session_state[K.CASE] = (ui.UPLOADED, case_id)
+        forget(prefix)
+    st.session_state[K.CASE] = (views.UPLOADED, case_id)
     saved_viewer = dict(st.session_state.get(K.SAVED_VIEWER, {}))
-    saved_viewer[K.CASE] = (ui.UPLOADED, case_id)
+    saved_viewer[K.CASE] = (views.UPLOADED, case_id)
     st.session_state[K.SAVED_VIEWER] = saved_viewer

@@ -8,20 +8,21 @@ from typing import Any
 import streamlit as st
 
 from core.jobs import Job, default_queue, format_eta
-from pages import _shared as ui
+from pages import _chrome as chrome
+from pages import _session as session
 
 POLL_S = 2.0  # seconds between progress refreshes (a run_every fragment; see README Limitations)
 
 
 def owner() -> str:
     """Whose jobs these are: the signed-in user's id ("local" when the server runs without sign-in)."""
-    return ui.user_id() or "anonymous"
+    return session.user_id() or "anonymous"
 
 
 def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = None, heavy: bool = False,
            **kwargs: Any) -> Job | None:
     """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit."""
-    with ui.core_errors(stop=False):
+    with chrome.core_errors(stop=False):
         return default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, **kwargs)
     return None
 

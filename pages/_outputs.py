@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pages import _model_views as views
 from pages import _review as review
-from pages import _shared as ui
+from pages import _session as session
+from pages._memo import memo
 
 
 def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
@@ -16,26 +18,26 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     from core.explain import attribute, event_attributions
     from core.report import card_summary
 
-    inputs = ui.case_inputs(model, source, subject_id)
-    pred = ui.case_prediction(model, source, subject_id)
-    volume = ui.case_volume(source, subject_id)
-    key = ("report-parts", str(model.model_dir), source, subject_id, ui.upload_token(source, subject_id), method,
+    inputs = views.case_inputs(model, source, subject_id)
+    pred = views.case_prediction(model, source, subject_id)
+    volume = views.case_volume(source, subject_id)
+    key = ("report-parts", str(model.model_dir), source, subject_id, views.upload_token(source, subject_id), method,
            horizon)
 
     def parts() -> tuple[Any, Any]:
         att = attribute(model, inputs, method, float(horizon), None) if "image" in pred.modalities_used else None
         return att, event_attributions(model, inputs, float(horizon))
 
-    attribution, events = ui.memo(key, parts)
-    name = next((n for n, p in ui.available_models().items() if Path(p) == Path(model.model_dir)), "")
-    cohort_km = ui.reference_curves(name)["cohort_km"] if name else None
+    attribution, events = memo(key, parts)
+    name = next((n for n, p in views.available_models().items() if Path(p) == Path(model.model_dir)), "")
+    cohort_km = views.reference_curves(name)["cohort_km"] if name else None
     every = review.strategies(source, subject_id, name)
     warnings = review.case_warnings(name, model, source, subject_id, every)  # exactly the list Case review shows
     return Path(build(out, model=model, inputs=inputs, prediction=pred,
                       volume_hu=None if volume is None else volume.hu,
                       spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
                       events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
-                      case_label=f"case {ui.case_number(source, subject_id)}", warnings=[w.text for w in warnings],
+                      case_label=f"case {views.case_number(source, subject_id)}", warnings=[w.text for w in warnings],
                       strategy_risks=every.table, strategies_skipped=list(every.skipped.values())))
 
 
@@ -52,17 +54,17 @@ def case_dicom_export(model: Any, source: str, subject_id: str, method: str, hor
     )
     from core.explain import attribute
 
-    inputs = ui.case_inputs(model, source, subject_id)
-    pred = ui.case_prediction(model, source, subject_id)
-    volume = ui.case_volume(source, subject_id)
+    inputs = views.case_inputs(model, source, subject_id)
+    pred = views.case_prediction(model, source, subject_id)
+    volume = views.case_volume(source, subject_id)
     if amap is None:
         amap = attribute(model, inputs, method, float(horizon), None, with_events=False).map  # the whole volume
-    if source == ui.UPLOADED:
-        case = ui.uploaded_case(subject_id) or {}
+    if source == views.UPLOADED:
+        case = views.uploaded_case(subject_id) or {}
         study = Path(case["study_path"]) if case.get("study_path") else None
     else:
-        study = ui.demo_cohort().study_path(subject_id)
-    out = ui.exports_dir("dicom")
+        study = views.demo_cohort().study_path(subject_id)
+    out = session.exports_dir("dicom")
     series = source_series_for(volume, out, study_path=study)
     result = export_dicom(volume, amap, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
                           method, out, source=series)

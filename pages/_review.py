@@ -13,8 +13,10 @@ import pandas as pd
 import streamlit as st
 
 from core.app import case_warnings as CW
-from pages import _shared as ui
+from pages import _chrome as chrome
+from pages import _model_views as views
 from pages import _state as K
+from pages._memo import memo
 
 SANITY_FILE = "sanity_checks.json"  # randomisation results run from the app, kept in the model folder
 
@@ -31,10 +33,10 @@ class Strategies:
 
 def strategies(source: str, subject_id: str, current: str) -> Strategies:
     out = Strategies()
-    for name in ui.available_models():
-        other = ui.lazy_model(name)  # a cached prediction needs no model loaded
-        p = ui.case_prediction(other, source, subject_id)
-        reason = CW.cannot_score_reason(name, *ui.model_reads(other), p.modalities_used)
+    for name in views.available_models():
+        other = views.lazy_model(name)  # a cached prediction needs no model loaded
+        p = views.case_prediction(other, source, subject_id)
+        reason = CW.cannot_score_reason(name, *views.model_reads(other), p.modalities_used)
         if reason:
             out.skipped[name] = reason
         else:
@@ -71,12 +73,12 @@ def run_sanity(ctx: Any, model: Any, inputs: Any, method: str, horizon: float) -
 
 def timeline_notes(source: str, subject_id: str) -> list[str]:
     """What was removed from an uploaded timeline (outcomes, events after the index date)."""
-    if source != ui.UPLOADED:
+    if source != views.UPLOADED:
         return []
-    case = ui.uploaded_case(subject_id)
+    case = views.uploaded_case(subject_id)
     if case is None:
         return []
-    return CW.timeline_messages(case.get("events"), ui.case_index_time(source, subject_id))
+    return CW.timeline_messages(case.get("events"), views.case_index_time(source, subject_id))
 
 
 def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
@@ -84,20 +86,20 @@ def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
     beside the case's cached prediction (same model, same CT)."""
     from core.predict import image_warnings
 
-    volume = ui.case_volume(source, subject_id)
-    key = ("image-warnings", str(model.model_dir), source, subject_id, ui.upload_token(source, subject_id))
-    return ui.memo(key, lambda: list(ui.case_derived(model, source, subject_id, "image_warnings",
+    volume = views.case_volume(source, subject_id)
+    key = ("image-warnings", str(model.model_dir), source, subject_id, views.upload_token(source, subject_id))
+    return memo(key, lambda: list(views.case_derived(model, source, subject_id, "image_warnings",
                                                      lambda: image_warnings(model, volume))))
 
 
 def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
                   strategies_: Strategies | None = None) -> list[CW.CaseWarning]:
     """The one list of warnings the page shows and the report prints (same order, same text)."""
-    pred = ui.case_prediction(model, source, subject_id)
-    volume = ui.case_volume(source, subject_id)
+    pred = views.case_prediction(model, source, subject_id)
+    volume = views.case_volume(source, subject_id)
     uses_image = "image" in pred.modalities_used
-    method = ui.viewer_setting(K.METHOD, "saliency")
-    has_image, has_ehr = ui.model_reads(model)
+    method = chrome.viewer_setting(K.METHOD, "saliency")
+    has_image, has_ehr = views.model_reads(model)
     return CW.gather_case_warnings(
         model_name=model_name, has_image=has_image, has_ehr=has_ehr, modalities_used=pred.modalities_used,
         ct_present=volume is not None,

@@ -45,6 +45,6 @@ EXPORTS = "exports"
 CASE_NUMBERS = "case_numbers"
 WORKSPACE = "workspace"
 MEMO = "_memo"
-MEMO_SIZES = "_memo_sizes"  # bytes held by each memo entry (pages._shared.memo bounds their sum)
+MEMO_SIZES = "_memo_sizes"  # bytes held by each memo entry (pages._memo.memo bounds their sum)
 SUBGROUP_COLUMN = "subgroup_column"
 MEDS_COHORT = "meds_cohort"      # the cohort folder last built from a MEDS task on the Cohort page

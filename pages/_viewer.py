@@ -38,9 +38,11 @@ from core.app import volume_nifti as VN
 from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
 from core.explain import METHODS
+from pages import _chrome as chrome
 from pages import _jobs
-from pages import _shared as ui
+from pages import _model_views as views
 from pages import _state as K
+from pages._memo import memo
 
 COMPONENT_ASSETS = ASSETS / "viewer"
 COMPONENT_FILES = ("index.html", "viewer.js", "viewer.css", "LICENSE-niivue.txt")
@@ -116,8 +118,8 @@ def _compute_map(ctx: Any, model: Any, inputs: Any, method: str, horizon: float)
 
 
 def _map_key(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> str:
-    token = ui.upload_token(source)
-    digest = ui.memo(("case_digest", source, subject_id, token, str(model.model_dir)), lambda: AV.case_digest(inputs))
+    token = views.upload_token(source)
+    digest = memo(("case_digest", source, subject_id, token, str(model.model_dir)), lambda: AV.case_digest(inputs))
     return AV.map_key(digest, AV.model_stamp(model.model_dir), method, horizon)
 
 
@@ -169,7 +171,7 @@ def show(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_i
 def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subject_id: str) -> None:
     from core.io.windows import WINDOWS
 
-    case_id = f"{source}:{subject_id}:{ui.upload_token(source)}"
+    case_id = f"{source}:{subject_id}:{views.upload_token(source)}"
     uses_image = "image" in pred.modalities_used
     window_names = list(WINDOWS)
     st.session_state.setdefault(K.WINDOW, "soft_tissue" if "soft_tissue" in WINDOWS else window_names[0])
@@ -189,15 +191,15 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
     threshold = c5.slider("Threshold", 0.0, 0.95, step=0.05, key=THRESHOLD, disabled=not show_map,
                           help="Map values (0-1, scaled to the 99.5th percentile of |attribution|) below this are "
                                "transparent.")
-    ui.save_viewer_settings()
+    chrome.save_viewer_settings()
     overlay: np.ndarray | None = None
     overlay_key = None
     status = st.container()  # always drawn, so the viewer below keeps its place (and its WebGL state) when a job ends
     if show_map and uses_image:
-        with status, ui.core_errors(stop=False):
-            raw = overlay_map(model, inputs, source, subject_id, method, ui.horizon_days())
+        with status, chrome.core_errors(stop=False):
+            raw = overlay_map(model, inputs, source, subject_id, method, chrome.horizon_days())
             if raw is not None:
-                overlay_key = _map_key(model, inputs, source, subject_id, method, ui.horizon_days())
+                overlay_key = _map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
     win = WINDOWS[window_name]
     _viewer(volume, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
@@ -231,19 +233,19 @@ def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name:
         data = VN.volume_to_nifti(volume)
         return _content_id("ct", data), data
 
-    ct_id, ct_bytes = ui.memo(("viewer_nifti", case_id), ct_payload)
+    ct_id, ct_bytes = memo(("viewer_nifti", case_id), ct_payload)
     map_id, map_bytes = None, None
     if overlay is not None and overlay_key is not None:
         def map_payload() -> tuple[str, bytes]:
             data = VN.map_to_nifti(volume, F.normalize_map(overlay), unit_uint8=True)
             return _content_id("map", data), data
 
-        map_id, map_bytes = ui.memo(("viewer_map", overlay_key), map_payload)
+        map_id, map_bytes = memo(("viewer_map", overlay_key), map_payload)
     pos = _position(volume, volume.shape[0] // 2)
     try:
         component = _component(str(component_dir()))
     except (InputError, OSError) as exc:
-        st.warning(f"The WebGL CT viewer is unavailable ({ui.one_line(exc)}); showing plain planes instead.",
+        st.warning(f"The WebGL CT viewer is unavailable ({chrome.one_line(exc)}); showing plain planes instead.",
                    icon=":material/warning:")
         _plotly_fallback(volume, window, overlay, opacity, pos)
         return
@@ -260,10 +262,10 @@ def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name:
         _plotly_fallback(volume, window, overlay, opacity, pos)
         return
     if isinstance(value, dict) and value.get("volume_id") == ct_id and value.get("mm") is not None:
-        with ui.core_errors(stop=False):
+        with chrome.core_errors(stop=False):
             s, r, c = VN.ras_mm_to_index(volume, value["mm"])
             st.session_state[K.AXIAL_SLICE], st.session_state[K.CORONAL_ROW], st.session_state[K.SAGITTAL_COL] = s, r, c
-            ui.save_viewer_settings()
+            chrome.save_viewer_settings()
             pos = (s, r, c)
     n = volume.shape[0]
     if slice_weights is not None and np.size(slice_weights) == n and np.max(slice_weights) > 0:

@@ -7,9 +7,10 @@ import streamlit as st
 
 from core.app import demo_install, paths
 from core.report import card_sections, metric_rows, readable_line
-from pages import _shared as ui
+from pages import _chrome as chrome
+from pages import _model_views as views
 
-ui.require_app_navigation()
+chrome.require_app_navigation()
 
 ASSETS = paths.ROOT / "assets"
 
@@ -36,8 +37,8 @@ st.error(
 tab_card, tab_use, tab_lic = st.tabs(["Model card", "Intended use", "Data licences"])
 
 with tab_card:
-    name = ui.current_model_name()
-    path = ui.available_models().get(name)
+    name = views.current_model_name()
+    path = views.available_models().get(name)
     if path is None:
         st.info("No model is available yet.")
     else:

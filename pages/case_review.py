@@ -8,39 +8,41 @@ import streamlit as st
 from core import figures as F
 from core import horizons
 from core.explain import METHODS
+from pages import _chrome as chrome
 from pages import _jobs, _viewer
+from pages import _model_views as views
 from pages import _review as review
-from pages import _shared as ui
+from pages import _session as session
 from pages import _state as K
 
-ui.require_app_navigation()
+chrome.require_app_navigation()
 
 st.title("Case review")
 
 # ----------------------------------------------------------------- case picker
-cohort = ui.demo_cohort()
-cases: dict[tuple[str, str], str] = dict(ui.user_cases())  # (source, subject id) -> label: this user's uploads first
+cohort = views.demo_cohort()
+cases: dict[tuple[str, str], str] = dict(views.user_cases())  # (source, subject id) -> label: this user's uploads first
 for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
-        cases[(ui.DEMO, sid)] = f"Demo {sid} ({split})"
+        cases[(views.DEMO, sid)] = f"Demo {sid} ({split})"
 
 top = st.columns([3, 2, 2])
-ui.restore_viewer_settings()
+chrome.restore_viewer_settings()
 if st.session_state.get(K.CASE) not in cases:
-    st.session_state[K.CASE] = next((c for c in cases if c[0] == ui.DEMO), next(iter(cases)))  # a demo case first
+    st.session_state[K.CASE] = next((c for c in cases if c[0] == views.DEMO), next(iter(cases)))  # a demo case first
 source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_func=cases.__getitem__,
                                       help="Demo patients are synthetic. Upload your own de-identified study on the Upload page.")
-ui.save_viewer_settings()
-ui.audit("open", "case", once=True, source=source, case=ui.case_number(source, subject_id))
-model_name = ui.current_model_name()
-with ui.core_errors():
+chrome.save_viewer_settings()
+session.audit("open", "case", once=True, source=source, case=views.case_number(source, subject_id))
+model_name = views.current_model_name()
+with chrome.core_errors():
     # drawn from the prediction cache when the case was seen before (no model loaded, no torch imported);
     # the model and its inputs load on first use (the overlay, a sanity check)
-    model = ui.current_lazy_model()
-    volume = ui.case_volume(source, subject_id)
-    view = ui.case_view(model, source, subject_id)
+    model = views.current_lazy_model()
+    volume = views.case_volume(source, subject_id)
+    view = views.case_view(model, source, subject_id)
     pred, events = view.prediction, view.events
-    inputs = ui.LazyInputs(model, source, subject_id)
+    inputs = views.LazyInputs(model, source, subject_id)
 n_events = 0 if events is None else len(events)
 top[1].metric("Fusion strategy", model_name)
 top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'none'}")  # wraps, never cut off
@@ -51,7 +53,7 @@ top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'n
 warning_box = st.container()
 with warning_box:
     review.show_warnings(review.case_warnings(model_name, model, source, subject_id))
-unscored = review.CW.cannot_score_reason(model_name, *ui.model_reads(model), pred.modalities_used)
+unscored = review.CW.cannot_score_reason(model_name, *views.model_reads(model), pred.modalities_used)
 scored = unscored is None
 
 left, right = st.columns([1.15, 1], gap="large")
@@ -67,7 +69,7 @@ with left:
 # ------------------------------------------- attribution methods: caveats and sanity (beside the method picker)
 with left:
     if volume is not None and "image" in pred.modalities_used:
-        method = ui.viewer_setting(K.METHOD, "saliency")
+        method = chrome.viewer_setting(K.METHOD, "saliency")
         sanity = review.method_sanity(model)
         result = sanity.get(method)
         verdict = "not checked on this model" if result is None else result.label()
@@ -92,8 +94,8 @@ with left:
                     _jobs.outcome(job)
                 if (job is None or not job.active) and st.button(f"Run the check for {_viewer.METHOD_LABELS.get(method, method)} on this case", key="run_sanity"):
                     _jobs.submit(f"Sanity check of {_viewer.METHOD_LABELS.get(method, method)}", review.run_sanity,
-                                 ui.loaded(model), ui.case_inputs(model, source, subject_id), method,
-                                 float(ui.horizon_days()), key=job_key)
+                                 views.loaded(model), views.case_inputs(model, source, subject_id), method,
+                                 float(chrome.horizon_days()), key=job_key)
                     st.rerun()
 
 # ------------------------------------------------------------------- survival
@@ -109,12 +111,12 @@ with right:
             col.metric(f"Risk at {horizons.HORIZON_LABELS[h]}", "n/a" if risk is None else f"{100 * risk:.1f} %",
                        help="1 - S(t) at the horizon, from the model's survival curve.")
     ref = None
-    with ui.core_errors(stop=False):
-        ref = ui.reference_curves(model_name)
+    with chrome.core_errors(stop=False):
+        ref = views.reference_curves(model_name)
         if scored:
-            group = ui.case_risk_group(model, source, subject_id, ref["groups"])
-            bound = ui.case_conformal_bound(model, source, subject_id)
-            level = f"{100 * (1 - ui.CONFORMAL_ALPHA):.0f} %"
+            group = views.case_risk_group(model, source, subject_id, ref["groups"])
+            bound = views.case_conformal_bound(model, source, subject_id)
+            level = f"{100 * (1 - views.CONFORMAL_ALPHA):.0f} %"
             fig = F.survival_figure(
                 pred.times, pred.survival, pred.lower, pred.upper,
                 cohort_km=ref["cohort_km"],
@@ -137,12 +139,12 @@ with right:
 
     st.subheader("Same case, every fusion strategy")
     every = review.Strategies()
-    with st.spinner("Predicting under every strategy..."), ui.core_errors(stop=False):
+    with st.spinner("Predicting under every strategy..."), chrome.core_errors(stop=False):
         every = review.strategies(source, subject_id, model_name)
     if every.flag:
         with warning_box:
             review.show_warnings([review.CW.CaseWarning("disagreement", every.flag)])
-    with ui.core_errors(stop=False):
+    with chrome.core_errors(stop=False):
         if every.curves:
             cmp_fig = F.survival_compare_figure(every.curves, cohort_km=None if ref is None else ref["cohort_km"],
                                                 current=model_name if model_name in every.curves else None)
@@ -169,9 +171,9 @@ with t1:
     if n_events == 0:
         st.info("No timeline events before the index date for this case.")
     else:
-        with ui.core_errors(stop=False):
-            scores = ui.case_event_scores(model, source, subject_id, ui.horizon_days())
-            tl = F.timeline_figure(events, scores, ui.case_index_time(source, subject_id), top_k=8,
+        with chrome.core_errors(stop=False):
+            scores = views.case_event_scores(model, source, subject_id, chrome.horizon_days())
+            tl = F.timeline_figure(events, scores, views.case_index_time(source, subject_id), top_k=8,
                                    title="Events before the scan (most attended numbered)",
                                    kind="attention" if scores is not None else "attribution")
             tl.update_layout(width=None)
@@ -195,7 +197,7 @@ with t2:
         st.info(f"{model_name} has no cross-modal attention to show (only the cross- and co-attention "
                 "strategies attend between slices and events).")
     for i, item in enumerate(maps):
-        with ui.core_errors(stop=False):
+        with chrome.core_errors(stop=False):
             hm = F.attention_heatmap(item["weights"], item["rows"], item["cols"], title=item["title"],
                                      x_title=item["x_title"])
             hm.update_layout(width=None)

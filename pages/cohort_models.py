@@ -11,11 +11,14 @@ from core import figures as F
 from core import horizons, runtime
 from core.app import demo_install, paths, reference, workspace
 from core.models import FUSIONS
+from pages import _chrome as chrome
 from pages import _jobs
-from pages import _shared as ui
+from pages import _model_views as views
+from pages import _session as session
 from pages import _state as K
+from pages._memo import memo
 
-ui.require_app_navigation()
+chrome.require_app_navigation()
 
 st.title("Cohort & models")
 
@@ -114,10 +117,10 @@ def subgroup_rows(sub: dict) -> list[dict]:
     return rows
 
 
-models = ui.available_models()
+models = views.available_models()
 demo_dir = demo_install.demo_paths().cohort
 trained = st.session_state.get(K.TRAINED_MODELS, {})
-name = ui.current_model_name()
+name = views.current_model_name()
 
 tab_model, tab_compare, tab_train, tab_meds = st.tabs(
     ["Selected model", "Compare strategies", "Train on your cohort", "Cohort from MEDS"])
@@ -136,7 +139,7 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     user = _jobs.owner()
     if upload is not None:
         workspace.check_quota(user, 2 * len(upload))  # the unpacked cohort and the model beside it
-    ui.audit("train", fusion, epochs=int(epochs))
+    session.audit("train", fusion, epochs=int(epochs))
     stamp_text = time.strftime("%Y%m%d-%H%M%S")
     out = workspace.user_models_dir(user) / f"{fusion}-{stamp_text}"
     label = f"{fusion} (your cohort, {time.strftime('%d %b %H:%M')})"
@@ -174,7 +177,7 @@ with tab_model:
     st.caption(f"Model **{name}**, evaluated on the test split of "
                f"{'your uploaded cohort' if name in trained else 'the synthetic demo cohort'}.")
     m = evaluate(name, models[name], cohort_dir)
-    with ui.core_errors(stop=False):
+    with chrome.core_errors(stop=False):
         if m is not None:
             cols = st.columns(4)
             cols[0].metric("Harrell's C-index", _ci(m.get("c_index"), None),
@@ -192,15 +195,15 @@ with tab_model:
                 if name in trained:
                     from core.cohort import load_cohort
 
-                    cohort = ui.memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
+                    cohort = memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
                     # the user's own model and cohort: its test-split predictions kept in the model's folder (the
                     # user's workspace), so the page predicts them once, not in every session
                     with st.spinner("Predicting the test split of your cohort (once per model)..."):
-                        ref = ui.memo(("groups", str(models[name]), str(cohort_dir)), lambda: reference.reference_curves(
-                            lambda: ui.model_by_name(name), cohort, cohort.ids("test"),
+                        ref = memo(("groups", str(models[name]), str(cohort_dir)), lambda: reference.reference_curves(
+                            lambda: views.model_by_name(name), cohort, cohort.ids("test"),
                             cache=Path(models[name]) / "test_predictions.npz"))
                 else:
-                    ref = ui.reference_curves(name)  # shared across sessions, from the shipped predictions
+                    ref = views.reference_curves(name)  # shared across sessions, from the shipped predictions
                 curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
                           for g in ref["groups"]}
                 palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
@@ -230,14 +233,14 @@ with tab_model:
             st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
             if name not in trained:
                 st.markdown("**Subgroups**")
-                cohort_cols = ui.demo_cohort().column_names()
+                cohort_cols = views.demo_cohort().column_names()
                 default = next((c for c in ("sex_female", "age", "sex") if c in cohort_cols), cohort_cols[0])
                 st.session_state.setdefault(K.SUBGROUP_COLUMN, default)
                 column = st.selectbox("Group the test patients by", cohort_cols, key=K.SUBGROUP_COLUMN,
                                       help="A column of cohort.csv or features.csv; numbers with many values are cut "
                                            "into quantile bands.")
                 with st.spinner("Computing subgroup metrics..."):
-                    sub = ui.subgroup_table(name, column)
+                    sub = views.subgroup_table(name, column)
                 st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
 
 with tab_compare:
@@ -283,7 +286,7 @@ with tab_train:
     fusion = c1.selectbox("Fusion strategy", FUSIONS, index=FUSIONS.index("concat"), key="train_fusion")
     epochs = c2.number_input("Epochs", 1, 200, 10, key="train_epochs")
     if up is not None and st.button("Train", type="primary", key="train_button"):
-        with ui.core_errors(stop=False, what="Training not started: "):
+        with chrome.core_errors(stop=False, what="Training not started: "):
             start_training(None, fusion, int(epochs), upload=up.getvalue())
     training_status()
 
@@ -301,10 +304,10 @@ with tab_meds:
     task_file = c2.file_uploader("Task (ACES YAML)", type=["yaml", "yml"], key="meds_task_file") \
         if task_choice == "upload a task file" else None
     if meds_file is not None and st.button("Build the cohort", type="primary", key="meds_build"):
-        with ui.core_errors(stop=False, what="Cohort not built: "):
+        with chrome.core_errors(stop=False, what="Cohort not built: "):
             from core.meds_cohort import build_meds_cohort
 
-            ws = ui.workspace()
+            ws = session.workspace()
             src = ws.fresh_dir("meds") / ("events." + meds_file.name.rsplit(".", 1)[-1].lower())
             src.write_bytes(meds_file.getvalue())
             task = tasks.get(task_choice)
@@ -334,6 +337,6 @@ with tab_meds:
         mfusion = c3.selectbox("Strategy (EHR only: MEDS cohorts have no CT)", ["ehr_only"], key="meds_fusion")
         mepochs = c4.number_input("Epochs", 1, 200, 10, key="meds_epochs")
         if st.button("Train on this cohort", key="meds_train"):
-            with ui.core_errors(stop=False, what="Training not started: "):
+            with chrome.core_errors(stop=False, what="Training not started: "):
                 start_training(Path(built["dir"]), mfusion, int(mepochs))
         training_status()

@@ -7,12 +7,14 @@ import streamlit as st
 from core import figure_export, horizons
 from core import figures as F
 from core.app import viewer
+from pages import _chrome as chrome
+from pages import _model_views as views
 from pages import _outputs as outputs
-from pages import _shared as ui
+from pages import _session as session
 from pages import _state as K
 from pages import _viewer
 
-ui.require_app_navigation()
+chrome.require_app_navigation()
 
 FORMATS = ("png", "svg", "pdf")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
@@ -23,27 +25,27 @@ st.caption(
     "no names, IDs or dates in the image, its metadata or the file name."
 )
 
-chosen = ui.viewer_setting(K.CASE, None)  # (source, subject id) last reviewed, as values
-if chosen is not None and (chosen[0] != ui.UPLOADED or ui.uploaded_case() is not None):
+chosen = chrome.viewer_setting(K.CASE, None)  # (source, subject id) last reviewed, as values
+if chosen is not None and (chosen[0] != views.UPLOADED or views.uploaded_case() is not None):
     source, subject_id = chosen
 else:
-    cohort = ui.demo_cohort()
+    cohort = views.demo_cohort()
     test_ids = cohort.ids("test")
-    source, subject_id = ui.DEMO, (test_ids[0] if test_ids else cohort.ids()[0])
-model_name = ui.current_model_name()
-number = ui.case_number(source, subject_id)
-method = ui.viewer_setting("method", "saliency")
-horizon = ui.horizon_days()
+    source, subject_id = views.DEMO, (test_ids[0] if test_ids else cohort.ids()[0])
+model_name = views.current_model_name()
+number = views.case_number(source, subject_id)
+method = chrome.viewer_setting("method", "saliency")
+horizon = chrome.horizon_days()
 st.markdown(
-    f"**Case {number}** ({'uploaded' if source == ui.UPLOADED else 'demo'}), model **{model_name}**, "
+    f"**Case {number}** ({'uploaded' if source == views.UPLOADED else 'demo'}), model **{model_name}**, "
     f"method **{method}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
     "Change them on the Case review page and in the sidebar."
 )
 
-with ui.core_errors():
-    model = ui.current_model()
-    volume = ui.case_volume(source, subject_id)
-    pred = ui.case_prediction(model, source, subject_id)
+with chrome.core_errors():
+    model = views.current_model()
+    volume = views.case_volume(source, subject_id)
+    pred = views.case_prediction(model, source, subject_id)
 
 exports: dict = st.session_state.setdefault(K.EXPORTS, {})
 
@@ -54,29 +56,29 @@ if volume is None or "image" not in pred.modalities_used:
 else:
     from core.io.windows import WINDOWS
 
-    z = int(ui.viewer_setting("axial_slice", volume.shape[0] // 2))  # the slice last shown in Case review
+    z = int(chrome.viewer_setting("axial_slice", volume.shape[0] // 2))  # the slice last shown in Case review
     z = min(max(z, 0), volume.shape[0] - 1)
-    wname = ui.viewer_setting("window", "soft_tissue")
+    wname = chrome.viewer_setting("window", "soft_tissue")
     win = (WINDOWS[wname].low, WINDOWS[wname].high) if wname in WINDOWS else (-160.0, 240.0)
     key = (source, subject_id, model_name, method, horizon, z, wname)
     # the same whole-volume map the viewer shows (computed once in the background, shared with Case review)
-    amap = _viewer.overlay_map(model, ui.case_inputs(model, source, subject_id), source, subject_id, method, horizon)
+    amap = _viewer.overlay_map(model, views.case_inputs(model, source, subject_id), source, subject_id, method, horizon)
     if amap is None:
         st.caption("The figure and the DICOM objects use the case's whole-volume attribution map: it is being "
                    "computed (above); they can be prepared when it is ready.")
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
-        with st.spinner("Rendering..."), ui.core_errors(stop=False, what="Export failed: "):
-            ui.audit("export", "saliency_figure", case=number, method=method)
+        with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
+            session.audit("export", "saliency_figure", case=number, method=method)
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z), viewer.plane_slice(F.normalize_map(amap), "axial", z),
-                window=win, opacity=float(ui.viewer_setting("opacity", 0.6)),
+                window=win, opacity=float(chrome.viewer_setting("opacity", 0.6)),
                 spacing_mm=viewer.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
                 title=f"{method} on axial slice {z + 1}/{volume.shape[0]}",
             )
             # slices are numbered from 1 (inferior) for people everywhere: title, caption and file name
             caption = figure_export.caption_text(model=model_name, fusion=model.fusion, method=method,
                                                  horizon_days=horizon, slice_index=z + 1, window=win)
-            folder = ui.exports_dir("figure")
+            folder = session.exports_dir("figure")
             files = {}
             for fmt in FORMATS:
                 name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1)
@@ -94,7 +96,7 @@ else:
                    f"Files: {', '.join(n for n, _ in ready['files'].values())}")
     else:
         st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (as in Case review), window {wname}, opacity "
-                   f"{ui.viewer_setting('opacity', 0.6)}. Slices are numbered from 1, inferior to superior, in the "
+                   f"{chrome.viewer_setting('opacity', 0.6)}. Slices are numbered from 1, inferior to superior, in the "
                    "viewer, captions, file names and the report.")
 
 st.subheader("Case report (PDF)")
@@ -102,11 +104,11 @@ st.caption("One page: the survival curve, risks, top slices with the map, the st
            "model card, and every warning Case review shows for this case, word for word.")
 rkey = (source, subject_id, model_name, method, horizon)
 if st.button("Prepare the case report", key="prepare_report"):
-    with st.spinner("Writing the report..."), ui.core_errors(stop=False, what="Report failed: "):
-        ui.audit("export", "case_report_pdf", case=number, method=method)
+    with st.spinner("Writing the report..."), chrome.core_errors(stop=False, what="Report failed: "):
+        session.audit("export", "case_report_pdf", case=number, method=method)
         from core.report import case_report_pdf
 
-        folder = ui.exports_dir("report")
+        folder = session.exports_dir("report")
         name = figure_export.export_name("case-report", number, "pdf", method=method)
         path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon, folder / name)
         exports["report"] = {"key": rkey, "name": name, "data": path.read_bytes()}
@@ -126,8 +128,8 @@ dkey = (source, subject_id, model_name, method, horizon)
 if volume is None or "image" not in pred.modalities_used:
     st.info("This case has no CT used by the selected model, so there is nothing to place on a DICOM series.")
 elif st.button("Prepare the DICOM objects", key="prepare_dicom", disabled=amap is None):
-    with st.spinner("Writing DICOM..."), ui.core_errors(stop=False, what="DICOM export failed: "):
-        ui.audit("export", "dicom_zip", case=number, method=method)
+    with st.spinner("Writing DICOM..."), chrome.core_errors(stop=False, what="DICOM export failed: "):
+        session.audit("export", "dicom_zip", case=number, method=method)
         zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, amap)
         exports["dicom"] = {"key": dkey, "data": zip_bytes, "summary": summary,
                             "name": figure_export.export_name("dicom", number, "zip", method=method)}

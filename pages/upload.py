@@ -16,10 +16,13 @@ from core.app import cases as saved
 from core.app import uploads
 from core.app import workspace as workspaces
 from pages import _cases
-from pages import _shared as ui
+from pages import _chrome as chrome
+from pages import _model_views as views
+from pages import _session as session
 from pages import _state as K
+from pages._memo import forget, memo
 
-ui.require_app_navigation()
+chrome.require_app_navigation()
 
 STUDY_HELP = (
     "A zip of a DICOM series (or several files of one series), a single .dcm file, or a NIfTI file "
@@ -45,9 +48,9 @@ def _read(what: str, fn: object) -> tuple[object | None, str]:
     try:
         return fn(), ""  # type: ignore[operator]
     except (ValueError, FileNotFoundError) as exc:
-        return None, ui.one_line(exc)
+        return None, chrome.one_line(exc)
     except (OSError, EOFError, RuntimeError, KeyError, IndexError, TypeError) as exc:
-        ui.LOG.exception("unexpected failure reading an uploaded %s", what)
+        chrome.LOG.exception("unexpected failure reading an uploaded %s", what)
         return None, f"could not process the {what} ({type(exc).__name__}); check the file and try again"
 
 
@@ -95,11 +98,11 @@ for info in infos:
                    icon=":material/delete_forever:")
         c1, c2 = st.columns([1, 4])
         if c1.button(f"Delete {info.label}", type="primary", key="confirm_delete"):
-            with ui.core_errors(stop=False, what="Not deleted: "):
+            with chrome.core_errors(stop=False, what="Not deleted: "):
                 saved.delete_case(user, info.case_id)
-                ui.audit("upload", "delete", case=info.number)
+                session.audit("upload", "delete", case=info.number)
                 for prefix in ("inputs", "prediction", "saved-case"):
-                    ui.forget(prefix)
+                    forget(prefix)
             st.session_state.pop(K.DELETE_CASE, None)
             st.rerun()
         if c2.button("Keep it", key="cancel_delete"):
@@ -149,7 +152,7 @@ if checked is not None:
                         + " (the basic profile removes these as well when you de-identify).")
         b1, b2 = st.columns([1, 3])
         if b1.button("De-identify and continue", type="primary", key="deid_button"):
-            with st.spinner("De-identifying in memory..."), ui.core_errors(stop=False, what="De-identification failed: "):
+            with st.spinner("De-identifying in memory..."), chrome.core_errors(stop=False, what="De-identification failed: "):
                 study_state["checked"] = uploads.deidentify(checked)
                 st.rerun()
     else:
@@ -177,7 +180,7 @@ if checked is not None:
                 key="series_choice",
             )
             if choice != current:
-                with ui.core_errors(stop=False, what="Series not loaded: "):
+                with chrome.core_errors(stop=False, what="Series not loaded: "):
                     study_state["checked"] = uploads.with_series(checked, choice)
                     st.rerun()
         c1, c2 = st.columns([1, 1.4])
@@ -200,11 +203,11 @@ if checked is not None:
                 st.warning(w, icon=":material/warning:")
             from core.predict import image_warnings
 
-            with ui.core_errors(stop=False):
-                model_name = ui.current_model_name()
-                model = ui.current_model()
-                notes = ui.memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir)),
-                                lambda: image_warnings(model, volume))
+            with chrome.core_errors(stop=False):
+                model_name = views.current_model_name()
+                model = views.current_model()
+                notes = memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir)),
+                             lambda: image_warnings(model, volume))
                 for note in notes:  # what the selected model cannot read in this CT (its training profile)
                     st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
 
@@ -278,13 +281,13 @@ burned_ok = bool(st.session_state.get(K.BURNED_IN_OK)) or not (ready_study and c
 ready = (ready_study and burned_ok) or (checked is None and events is not None and not events.empty)
 label = f"Add the timeline to {target_label}" if target != NEW_CASE else "Save as a new case"
 if st.button(label, type="primary", disabled=not ready, key="use_case", icon=":material/save:"):
-    with ui.core_errors(stop=False, what="Case not saved: "):
+    with chrome.core_errors(stop=False, what="Case not saved: "):
         if target != NEW_CASE:
             info = saved.add_timeline(user, target, events, index_time)
         else:
             info = uploads.save_checked_case(user, checked if ready_study else None, events=events,
                                              index_time=index_time, burned_in_acknowledged=burned_ok)
-        ui.audit("upload", "-".join(m.lower() for m in info.modalities), case=info.number)
+        session.audit("upload", "-".join(m.lower() for m in info.modalities), case=info.number)
         study_state.clear()
         tl_state.clear()
         st.session_state.pop(K.BURNED_IN_OK, None)

@@ -264,11 +264,11 @@ def test_core_errors_become_one_line_messages() -> None:
         import streamlit as st
 
         from core.errors import InputError
-        from pages import _shared as ui
+        from pages import _chrome as chrome
 
-        with ui.core_errors(stop=False, what="Study not loaded: "):
+        with chrome.core_errors(stop=False, what="Study not loaded: "):
             raise InputError("upload", "x.nii.gz", "is a text file, not a DICOM, NIfTI or zip file", "upload a study")
-        with ui.core_errors(stop=False):
+        with chrome.core_errors(stop=False):
             raise OSError("disk trouble /secret/path")
         st.write("after")
 
@@ -359,8 +359,8 @@ def test_the_device_line_of_a_warm_start_needs_no_torch(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    script = ("import json, sys; from pages import _shared as ui; "
-              "print(json.dumps([ui.device_label(), 'torch' in sys.modules]))")
+    script = ("import json, sys; from pages import _chrome as chrome; "
+              "print(json.dumps([chrome.device_label(), 'torch' in sys.modules]))")
 
     def run() -> list:
         out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -1,0 +1,269 @@
+"""Page chrome shared by the pages (not a page; app.py lists the pages).
+
+* the navigation that every page hands over to app.py, the stylesheet;
+* core errors become one-line ``st.error`` messages, never tracebacks;
+* the sidebar: model picker, device line, horizon, sign-in line; the device line kept for the next start and the
+  background preload of what later interactions import;
+* the case-review widget settings kept across pages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core import horizons
+from core.app import demo_install, paths
+from pages import _model_views as views
+from pages import _session as session
+from pages import _state as K
+
+LOG = logging.getLogger("ctehr.app")
+
+
+# ------------------------------------------------------------------ navigation
+
+def require_app_navigation() -> None:
+    """Hand a page that Streamlit started on its own over to app.py's navigation (call first on every page).
+
+    Because this project keeps its pages in ``pages/``, a new Streamlit server
+    runs a deep link such as ``/cohort_models`` as that page alone until app.py
+    has declared its navigation once, without app.py's sidebar, layout or page
+    list. app.py marks every run it makes (``K.NAVIGATED``); a page run without
+    the mark remembers which page was asked for and switches to app.py, which
+    declares the navigation and then switches on to that page.
+    """
+    if st.session_state.get(K.NAVIGATED):
+        return
+    import inspect
+
+    page = Path(inspect.stack()[1].filename).resolve()
+    st.session_state[K.DEEP_LINK] = f"pages/{page.name}"
+    st.switch_page("app.py")
+
+
+def follow_deep_link() -> None:
+    """Called by app.py after ``st.navigation``: open the page a visitor asked for before navigation existed."""
+    target = st.session_state.pop(K.DEEP_LINK, None)
+    if target:
+        st.switch_page(target)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def core_errors(stop: bool = True, what: str = "") -> Iterator[None]:
+    """Show bad input as a one-line ``st.error`` (and stop the page by default).
+
+    ``InputError``/``ValueError``/``FileNotFoundError`` carry a message meant for
+    the user. Anything else raised by a third-party decoder on untrusted data is
+    logged on the server and shown as a short generic message.
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(f"{what}{one_line(exc)}", icon=":material/error:")
+        if stop:
+            st.stop()
+    except (OSError, EOFError, RuntimeError, KeyError, IndexError, TypeError) as exc:
+        LOG.exception("unexpected failure in %s", what or "a core call")
+        st.error(f"{what}could not process the input ({type(exc).__name__}); check the file and try again",
+                 icon=":material/error:")
+        if stop:
+            st.stop()
+
+
+def inject_style() -> None:
+    css = paths.ASSETS / "style.css"
+    if css.exists():
+        st.html(f"<style>{css.read_text()}</style>")
+
+
+# ------------------------------------------------------------------ device line
+
+
+@st.cache_resource(show_spinner=False)
+def _device_label() -> str:
+    # imports torch: only when the label is measured (see device_label)
+    from core import runtime
+
+    return runtime.device_label()
+
+
+def _device_fingerprint() -> str:
+    """What the device line depends on, read without torch: host, usable CPUs, thread and GPU environment
+    variables, the NVIDIA devices present, the installed torch version."""
+    import hashlib
+    import importlib.metadata
+    import platform
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    env = {k: os.environ.get(k, "") for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+                                              "MKL_NUM_THREADS", "TORCH_NUM_THREADS")}
+    nvidia = sorted(n for n in os.listdir("/dev") if n.startswith("nvidia")) if os.path.isdir("/dev") else []
+    gpus = sorted(os.listdir("/proc/driver/nvidia/gpus")) if os.path.isdir("/proc/driver/nvidia/gpus") else []
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = ""
+    text = json.dumps([platform.node(), sys.executable, cpus, env, nvidia, gpus, torch_version])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _device_file() -> Path:
+    return paths.data_dir() / "cache" / "device.json"
+
+
+_device_saved = threading.Event()
+
+
+def refresh_device_label() -> str:
+    """The device line measured now (imports torch), kept on disk once per server process for the next start."""
+    label = _device_label()
+    if not _device_saved.is_set():
+        path = _device_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"device.{os.getpid()}.{threading.get_ident()}.partial")
+        tmp.write_text(json.dumps({"fingerprint": _device_fingerprint(), "label": label}))
+        tmp.replace(path)
+        _device_saved.set()
+    return label
+
+
+def device_label() -> str:
+    """The device models run on, for the sidebar. Once torch is imported it is asked; before that (the first page
+    of a warm start, drawn from cached predictions) the label measured at the last start is used when nothing it
+    depends on changed (:func:`_device_fingerprint`), and measured again in the background preload."""
+    if "torch" not in sys.modules:
+        try:
+            saved = json.loads(_device_file().read_text())
+            if saved.get("fingerprint") == _device_fingerprint() and isinstance(saved.get("label"), str):
+                return str(saved["label"])
+        except (OSError, ValueError):
+            pass
+    return refresh_device_label()
+
+
+PRELOAD = ("core.registry", "core.explain", "captum.attr", "core.evaluate", "core.sanity")
+PRELOAD_DELAY_S = 10.0  # from the first page run: the browser is still loading the viewer and the charts
+_preload_started = threading.Event()
+
+
+def preload_in_background(delay_s: float = PRELOAD_DELAY_S) -> None:
+    """Import what later interactions need (the model code, captum, lifelines via ``core.evaluate``) in a
+    background thread, once per server process, ``delay_s`` after the first page run began: the first paint
+    never waits on them, and on two cores they do not compete with the browser drawing that page."""
+    if _preload_started.is_set():
+        return
+    _preload_started.set()
+
+    def run() -> None:
+        import importlib
+
+        for name in PRELOAD:
+            if name not in sys.modules:
+                try:
+                    importlib.import_module(name)
+                except ImportError as exc:  # the page imports it again when needed and shows the error there
+                    LOG.warning("preloading %s failed: %s", name, exc)
+        try:
+            refresh_device_label()  # the next start's device line, measured on this start
+        except OSError as exc:
+            LOG.warning("device line not kept for the next start: %s", exc)
+
+    timer = threading.Timer(delay_s, run)
+    timer.name, timer.daemon = "ctehr-preload", True
+    timer.start()
+
+
+# ------------------------------------------------------------------ sidebar
+
+
+def horizon_days() -> int:
+    return int(st.session_state.get(K.HORIZON, 365))
+
+
+def restore_viewer_settings() -> None:
+    """Give the case-review widgets back the values they had when the page was last left.
+
+    Streamlit drops a widget's state at the end of a run that does not draw it
+    (any other page), so Case review saves its viewer settings in a plain
+    session key (:func:`save_viewer_settings`) and restores them before drawing
+    its widgets; Export reads them with :func:`viewer_setting`.
+    """
+    for key, value in st.session_state.get(K.SAVED_VIEWER, {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def save_viewer_settings() -> None:
+    """Remember the case-review widget values drawn so far in this run (call after drawing them)."""
+    saved = dict(st.session_state.get(K.SAVED_VIEWER, {}))
+    saved.update({k: st.session_state[k] for k in K.VIEWER_KEYS if k in st.session_state})
+    st.session_state[K.SAVED_VIEWER] = saved
+
+
+def viewer_setting(key: str, default: Any) -> Any:
+    """A case-review setting: its live value, else the one last shown in Case review (for other pages)."""
+    return st.session_state.get(key, st.session_state.get(K.SAVED_VIEWER, {}).get(key, default))
+
+
+def sidebar() -> None:
+    models = views.available_models()
+    with st.sidebar:
+        st.subheader("Model")
+        if models:
+            names = list(models)
+            default = views.current_model_name()
+            if st.session_state.get(K.MODEL_NAME) not in models:
+                st.session_state[K.MODEL_NAME] = default
+            st.selectbox(
+                "Fusion strategy / model",
+                names,
+                key=K.MODEL_NAME,
+                help="One model per fusion strategy was trained on the demo cohort; models you train "
+                "on the Cohort & models page are added here for this session.",
+            )
+        else:
+            st.warning("No model found; train one on the Cohort & models page.")
+        st.caption(f"Device: **{device_label()}**")  # no torch import on a warm start (see device_label)
+        st.session_state.setdefault(K.HORIZON, 365)
+        st.select_slider(
+            "Horizon for explanations",
+            options=list(horizons.HORIZON_CHOICES),
+            key=K.HORIZON,
+            format_func=lambda d: horizons.HORIZON_LABELS.get(d, f"{d} days"),
+            help="Target of the saliency maps: predicted risk 1 - S(t) at this horizon.",
+        )
+        info = demo_install.demo_build_info()
+        if info:
+            st.caption(f"Demo: {info['n']} synthetic patients, {len(info['fusions'])} strategies.")
+        if session.auth_configured() and st.user.is_logged_in:
+            who = " · ".join(str(v) for v in (st.user.get("name"), st.user.get("email")) if v)
+            st.caption(f"Signed in as **{who or session.user_id()}**")
+            if st.button("Sign out", key=K.SIGN_OUT, icon=":material/logout:"):
+                session.audit("logout", "session")
+                st.logout()
+        else:
+            st.caption(session.LOCAL_MODE)
+        st.caption("Research use only. Not a medical device.")
+
+

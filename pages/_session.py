@@ -1,0 +1,105 @@
+"""Who uses this session and where their files go: sign-in, the audit log, the session's scratch workspace and the
+user's export folders (not a page; app.py lists the pages).
+
+Both the page chrome (the sidebar's sign-in line, app.py's login record) and the model and case views (a user's
+trained models and prediction cache live in their folder) need the user, so this module imports neither.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.app import audit as audit_log
+from core.app import workspace as workspaces
+from pages import _state as K
+
+LOG = logging.getLogger("ctehr.app")
+
+
+# ------------------------------------------------------- sign-in and audit
+
+AUTH_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOCAL_MODE = "local mode: no sign-in, this server listens on this machine only"
+
+
+def auth_section() -> dict | None:
+    """The ``[auth]`` section of ``.streamlit/secrets.toml`` (None when there is no such section)."""
+    if not st.secrets.load_if_toml_exists() or "auth" not in st.secrets:
+        return None
+    return dict(st.secrets["auth"])
+
+
+def auth_configured() -> bool:
+    """Sign-in is on: secrets.toml has an ``[auth]`` section (incomplete ones are refused by app.py)."""
+    return auth_section() is not None
+
+
+def missing_auth_keys() -> list[str]:
+    section = auth_section() or {}
+    return [key for key in AUTH_KEYS if not section.get(key)]
+
+
+def listens_on_loopback_only() -> bool:
+    """``server.address`` is a loopback address (unset means every interface)."""
+    return str(st.get_option("server.address") or "") in LOOPBACK
+
+
+def user_id() -> str:
+    """The signed-in user's ``sub`` claim from the identity provider, or ``"local"`` without sign-in."""
+    if auth_configured() and st.user.is_logged_in:
+        return str(st.user.get("sub") or "")
+    return audit_log.LOCAL_USER
+
+
+def audit(action: str, target: str, *, once: bool = False, **details: Any) -> None:
+    """Record ``action`` on ``target`` in the audit log as this session's user (see core.app.audit).
+
+    ``once=True`` records an identical (action, target, details) only the first
+    time in this session (a case opened, re-drawn on every slider move). When the
+    log cannot be written the action is stopped: nothing happens unaudited.
+    """
+    key = (action, target, tuple(sorted(details.items())))
+    done: set = st.session_state.setdefault(K.AUDITED, set())
+    if once and key in done:
+        return
+    try:
+        audit_log.record(user_id(), action, target, **details)
+    except OSError as exc:
+        LOG.error("audit log not written: %s", exc)
+        st.error(f"The audit log could not be written ({type(exc).__name__}), so this was not done; "
+                 "fix: ask the administrator to check the data folder's audit/ directory", icon=":material/error:")
+        st.stop()
+    done.add(key)
+
+
+# ------------------------------------------------------- per-session state
+
+
+def exports_dir(kind: str) -> Path:
+    """A fresh folder for one kind of export (figure, report, dicom) in this user's exports (their quota)."""
+    import shutil
+
+    user = user_id()
+    workspaces.check_quota(user, 0)  # refuse when the user is already over their quota
+    folder = workspaces.user_exports_dir(user) / kind
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def workspace() -> workspaces.SessionWorkspace:
+    """This session's private scratch folder (deleted when the session ends; a killed server's swept at start-up).
+
+    Saved cases are not kept here but in the user's own folder (pages/_cases.py, core.app.cases)."""
+    ws = st.session_state.get(K.WORKSPACE)
+    if ws is None or not ws.alive:
+        workspaces.start_up()
+        ws = workspaces.new_session_workspace()
+        st.session_state[K.WORKSPACE] = ws
+    ws.touch()
+    return ws
