@@ -306,7 +306,7 @@ def decode_j2k_into(h: _Header, target: np.ndarray) -> bool:
 
 
 def _store_j2k(decoded: j2k.DecodedJ2K, target: np.ndarray, slope: float, intercept: float) -> None:
-    values = np.frombuffer(decoded.buffer(), dtype=np.int32).reshape(decoded.rows, decoded.cols)
+    values = np.frombuffer(decoded.buffer(), dtype=decoded.dtype).reshape(decoded.rows, decoded.cols)
     # in float32, as pydicom's int16/uint16 array would be converted (exact for integers below 2**24)
     if slope == 1.0:
         np.add(values, np.float32(intercept), out=target, dtype=np.float32, casting="unsafe")
