@@ -125,8 +125,9 @@ def forest_member(data: dict[str, torch.Tensor], train_idx: np.ndarray, grid: np
     scikit-survival ``RandomSurvivalForest(trees, min_samples_leaf=min_leaf, max_features="sqrt")`` on the scaled
     features and missing indicators of the train split, exported by :func:`export_forest`. The ensemble's curve
     becomes ``(1 - weight) * mean(networks, linear members) + weight * forest`` (``core.models.net.EnsembleNet``);
-    a fixed weight, not chosen on val (docs/BENCHMARKS.md, SurvSet). Returns the buffers and config.json's
-    ``forest`` entry (array sizes, weight, settings).
+    a fixed weight, not chosen on val, nor per cohort by cross-validation on train, which did not beat it on 113
+    SurvSet runs (docs/BENCHMARKS.md, SurvSet). Returns the buffers and config.json's ``forest`` entry (array sizes,
+    weight, settings).
     """
     import time as _time
 
