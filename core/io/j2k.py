@@ -3,7 +3,10 @@
 pylibjpeg-openjpeg, GDCM and Pillow all hold the GIL while OpenJPEG decodes,
 so slices decoded on threads run one at a time. A ctypes call releases the
 GIL: here several slices decode at once on threads (in the app's threaded
-server too, where the loader cannot fork). The library is the system's
+server too, where the loader cannot fork). Only the decoding calls release it,
+and while a folder's slices are decoded ahead of the loader the interpreter's
+switch interval is 0.1 ms, so a decoding thread does not wait 5 ms for the
+GIL after each slice (:class:`_OpenJPEG`, :class:`_SwitchInterval`). The library is the system's
 ``libopenjp2.so.7`` or, where that is missing, the copy bundled with Pillow
 (a runtime requirement); without either, :func:`available` is False and the
 loader keeps pydicom's decoders.
