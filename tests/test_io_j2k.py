@@ -101,3 +101,21 @@ def test_prefetch_reads_regular_jpeg2000_files_only_and_never_blocks_on_a_fifo(l
     reader.start()
     reader.join(timeout=10)
     assert not reader.is_alive() and result == [None]
+
+
+def test_a_prefetch_dropped_without_close_restores_the_switch_interval(lib, tmp_path):
+    import gc
+
+    written = write_series(tmp_path / "s", shape=(2, 32, 32), compression="j2k", seed=5)
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.003)
+        early = j2k.Prefetch(str(written.folder), workers=1)
+        assert sys.getswitchinterval() == pytest.approx(j2k.PREFETCH_SWITCH_INTERVAL_S)
+        for thread in early._threads:
+            thread.join()
+        del early, thread
+        gc.collect()
+        assert sys.getswitchinterval() == pytest.approx(0.003)
+    finally:
+        sys.setswitchinterval(before)

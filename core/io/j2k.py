@@ -26,6 +26,7 @@ import os
 import stat
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any, Self
 
@@ -486,6 +487,7 @@ class Prefetch:
         self._closed = False
         self._lock = threading.Lock()
         self._switch = _SwitchInterval()
+        weakref.finalize(self, self._switch.close)  # a Prefetch dropped without close() still restores the interval
         self._threads = [threading.Thread(target=self._work, name=f"j2k-prefetch-{i}", daemon=True) for i in range(max(1, workers))]
         for thread in self._threads:
             thread.start()
