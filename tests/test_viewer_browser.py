@@ -107,6 +107,42 @@ def test_wheel_scrolls_slices_not_the_page(page: object) -> None:
     assert crosshair(fr)[2] == after[2] - 1
 
 
+def test_scrolling_draws_fewer_pixels_then_the_full_slice(page: object) -> None:
+    """While slices scroll the canvas has fewer pixels than its CSS size; once scrolling pauses, all of them.
+
+    The frame is no taller than the tiles need: the wide demo layout left black bands before.
+    """
+    pg = page
+    fr = viewer_frame(pg)
+    size = "() => { const c = document.getElementById('gl'); return [c.width, c.height, c.clientWidth, c.clientHeight]; }"
+    w0, h0, cw, ch = fr.evaluate(size)  # type: ignore[attr-defined]
+    assert (w0, h0) == (cw, ch)                            # at rest: one canvas pixel per CSS pixel
+    assert ch <= 560                                       # never taller than Python asked for ...
+    _, top, _, tile_h = tile_in_canvas(fr, "axial")
+    tops = [tile_in_canvas(fr, p)[1] for p in PLANES]
+    bottoms = [sum(tile_in_canvas(fr, p)[1::2]) for p in PLANES]
+    assert ch - (max(bottoms) - min(tops)) < 80            # ... and no band wider than the colour bar's room
+    left, top, w, h = tile_box(pg, fr, "axial")
+    pg.mouse.move(left + w / 2, top + h / 2)  # type: ignore[attr-defined]
+    before = crosshair(fr)[2]
+    read_voxel = "() => (document.getElementById('hover').textContent.match(/voxel \\(([^)]*)\\)/) || [])[1]"
+    pg.mouse.wheel(0, 120)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(80)  # type: ignore[attr-defined]
+    w1, h1, cw1, ch1 = fr.evaluate(size)  # type: ignore[attr-defined]
+    assert crosshair(fr)[2] == before + 1                 # one slice per notch
+    assert (cw1, ch1) == (cw, ch)                          # the same size on the page ...
+    assert 0.4 * cw * ch < w1 * h1 < 0.6 * cw * ch         # ... drawn with about half the pixels
+    pg.mouse.move(left + w / 2 + 1, top + h / 2)  # type: ignore[attr-defined]
+    low = fr.evaluate(read_voxel)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(900)  # type: ignore[attr-defined]
+    assert fr.evaluate(size)[:2] == [cw, ch]               # full resolution once scrolling paused
+    pg.mouse.move(left + w / 2, top + h / 2)  # type: ignore[attr-defined]
+    pg.mouse.move(left + w / 2 + 1, top + h / 2)  # type: ignore[attr-defined]
+    full = fr.evaluate(read_voxel)  # type: ignore[attr-defined]
+    assert low and low == full, (low, full)                # the HU readout: the same voxel at either resolution
+    assert int(low.split(",")[2]) == crosshair(fr)[2] == before + 1  # on the axial slice shown
+
+
 def test_right_drag_changes_window_level(page: object) -> None:
     pg = page
     fr = viewer_frame(pg)

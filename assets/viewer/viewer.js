@@ -15,6 +15,9 @@ const REPORT_DELAY_MS = 2000; // the crosshair goes to Python (a rerun of the vi
                               // long, or at once when the mouse leaves the viewer: not at every short pause
 const CACHE_BYTES = 384 * 2 ** 20; // the gzipped volumes kept for a later case switch or overlay toggle
 const ASK_LIMIT = 3;                // requests for one volume's bytes before the viewer gives up
+const MIN_HEIGHT = 240;             // the canvas never shrinks below this (CSS pixels)
+const SCROLL_SCALE = 0.7;           // canvas resolution while slices scroll (about half the pixels to shade)
+const SHARP_AFTER_MS = 450;         // full resolution again once scrolling pauses this long
 
 const state = {
   nv: null, volumeId: null, overlayId: null, windowId: null, positionId: null, overlayOpts: null,
@@ -164,7 +167,7 @@ function flushReport() {
   report();
 }
 
-function hoverReadout(ev) {
+function hoverReadout(ev) { // the HU under the mouse; true when the mouse is over a slice tile
   const nv = state.nv;
   if (!nv || !nv.volumes.length) return;
   const rect = nv.canvas.getBoundingClientRect();
@@ -177,7 +180,7 @@ function hoverReadout(ev) {
   if (tile >= 0) state.hoverTile = nv.screenSlices[tile].axCorSag;
   const frac = nv.canvasPos2frac([x, y]);
   const el = document.getElementById("hover");
-  if (frac[0] < 0) { el.textContent = "outside the image"; return; }
+  if (frac[0] < 0) { el.textContent = "outside the image"; return tile >= 0; }
   const vox = nv.frac2vox(frac);
   const hu = nv.volumes[0].getValue(vox[0], vox[1], vox[2]);
   const mm = nv.frac2mm(frac);
@@ -187,6 +190,7 @@ function hoverReadout(ev) {
   }
   el.textContent = text;
   state.hoverHU = hu;
+  return tile >= 0;
 }
 
 function setLeftMode(mode) {
@@ -208,14 +212,66 @@ function zoomBy(factor) {
   nv.drawScene();
 }
 
+function setResolution(scale) {
+  // canvas pixels per CSS pixel; no draw here (the caller draws, which also lays the tiles out again)
+  const nv = state.nv, c = nv.canvas;
+  if ((nv.uiData.dpr || 1) === scale) return false;
+  nv.opts.forceDevicePixelRatio = scale === 1 ? -1 : scale; // what NiiVue's own resize handler then keeps
+  nv.uiData.dpr = scale;
+  c.width = Math.max(1, Math.round(c.offsetWidth * scale));
+  c.height = Math.max(1, Math.round(c.offsetHeight * scale));
+  nv.gl.viewport(0, 0, c.width, c.height);
+  nv.textSizePoints();
+  return true;
+}
+
+let sharpTimer = null;
 function stepSlice(delta) {
+  // While slices scroll the canvas draws at SCROLL_SCALE of its CSS size (the compositor scales it up): software
+  // WebGL shades every pixel of the three tiles at each slice change; once scrolling pauses for SHARP_AFTER_MS
+  // the slice is drawn again at full resolution, the image read.
   const nv = state.nv;
   const plane = state.hoverTile; // 0 axial, 1 coronal, 2 sagittal
+  setResolution(SCROLL_SCALE);
+  clearTimeout(sharpTimer);
+  sharpTimer = setTimeout(() => { sharpTimer = null; if (setResolution(1)) nv.drawScene(); }, SHARP_AFTER_MS);
   nv.moveCrosshairInVox(plane === 2 ? delta : 0, plane === 1 ? delta : 0, plane === 0 ? delta : 0);
+}
+
+function fitHeight() {
+  // The canvas is as tall as the three tiles need at this width (at most the height Python asked for): NiiVue
+  // lays them out in a grid at the largest scale that fits, so a wide frame left black bands above and below
+  // them, and software WebGL clears and composites every canvas pixel at each slice change.
+  const nv = state.nv;
+  if (!nv || !nv.volumes.length) return;
+  const wrap = document.getElementById("wrap");
+  wrap.style.height = `${state.maxHeight}px`;
+  nv.resizeListener(); // the layout at the full height
+  const dpr = nv.uiData.dpr || 1;
+  const layout = () => { // the tiles' height in CSS pixels and the axial tile's width
+    const tiles = nv.screenSlices.filter((x) => x.axCorSag <= 2);
+    if (!tiles.length) return null;
+    const top = Math.min(...tiles.map((x) => x.leftTopWidthHeight[1]));
+    const bottom = Math.max(...tiles.map((x) => x.leftTopWidthHeight[1] + x.leftTopWidthHeight[3]));
+    return { h: (bottom - top) / dpr, w: tiles[0].leftTopWidthHeight[2] };
+  };
+  const full = layout();
+  if (full && full.h < state.maxHeight - 8) {
+    let height = Math.max(Math.ceil(full.h) + 2, MIN_HEIGHT);
+    wrap.style.height = `${height}px`; nv.resizeListener();
+    const fitted = layout(); // NiiVue keeps room for the colour bar below the tiles: add what the tiles lost
+    if (fitted && fitted.w < full.w - 0.5) {
+      height = Math.min(Math.ceil(full.h + (height - fitted.h)) + 1, state.maxHeight);
+      wrap.style.height = `${height}px`; nv.resizeListener();
+    }
+  }
+  state.fittedWidth = wrap.clientWidth;
+  setHeight();
 }
 
 async function init(height) {
   const canvas = document.getElementById("gl");
+  state.maxHeight = height;
   document.getElementById("wrap").style.height = `${height}px`;
   const test = document.createElement("canvas").getContext("webgl2");
   if (!test) { showError("This browser offers no WebGL2, which the CT viewer needs."); return false; }
@@ -225,9 +281,13 @@ async function init(height) {
     crosshairColor: [0.1, 0.8, 1.0, 0.9], crosshairWidth: 1, backColor: [0, 0, 0, 1],
     dragMode: DRAG.windowing, dragModePrimary: DRAG.crosshair, isResizeCanvas: true,
     dragAndDropEnabled: false, logLevel: "warn", loadingText: "loading CT ...", fontMinPx: 12,
-    forceDevicePixelRatio: -1, // one canvas pixel per CSS pixel: a HiDPI screen would draw 4x the pixels
+    forceDevicePixelRatio: -1, // one canvas pixel per CSS pixel (a HiDPI screen would draw 4x the pixels); less while scrolling
   });
   state.nv = nv;
+  // An opaque canvas (the background is black anyway): the compositor need not blend it with the page, which
+  // in software WebGL is a per-pixel cost at every slice change. NiiVue's own getContext call then gets this
+  // context (the first call's attributes hold).
+  canvas.getContext("webgl2", { alpha: false, antialias: false });
   await nv.attachToCanvas(canvas, false); // no multisampling: 2D slices do not need it
   const draw = nv.drawScene.bind(nv);
   nv.drawScene = (...a) => {
@@ -238,6 +298,9 @@ async function init(height) {
     return r;
   };
   setLeftMode(DRAG.crosshair);
+  window.addEventListener("resize", () => { // a new frame width changes the tiles' scale: fit again
+    if (document.getElementById("wrap").clientWidth !== state.fittedWidth) requestAnimationFrame(fitHeight);
+  });
   nv.onLocationChange = () => {
     document.getElementById("cross").textContent = crossText();
     scheduleReport();
@@ -245,12 +308,15 @@ async function init(height) {
   canvas.addEventListener("mousemove", hoverReadout);
   canvas.addEventListener("mouseenter", () => canvas.focus({ preventScroll: true })); // no jump of the page
   canvas.addEventListener("mouseleave", flushReport); // say where the crosshair is before the user clicks elsewhere
-  // ctrl/cmd + wheel zooms; a plain wheel is NiiVue's slice scroll (it stops the page from scrolling)
+  // ctrl/cmd + wheel zooms; a plain wheel over a tile scrolls its slices (and the page does not scroll)
   canvas.addEventListener("wheel", (ev) => {
-    hoverReadout(ev);
+    const overTile = hoverReadout(ev);
     if (ev.ctrlKey || ev.metaKey) {
       ev.preventDefault(); ev.stopImmediatePropagation();
       zoomBy(ev.deltaY < 0 ? 1.15 : 1 / 1.15);
+    } else if (overTile && ev.deltaY !== 0) { // one slice per notch, the direction NiiVue's own wheel uses
+      ev.preventDefault(); ev.stopImmediatePropagation();
+      stepSlice(ev.deltaY < 0 ? -1 : 1);
     }
   }, { capture: true, passive: false });
   canvas.addEventListener("keydown", (ev) => {
@@ -317,6 +383,7 @@ async function render(args) {
     state.positionId = null;
     state.loaded = true;
     loadedNow = true;
+    fitHeight();
   } else if (args.volume != null) {
     bytesFor(args.volume_id, args.volume); // sent again before our report arrived: counted, nothing to load
   }
