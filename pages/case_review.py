@@ -58,6 +58,47 @@ scored = unscored is None
 
 left, right = st.columns([1.15, 1], gap="large")
 
+# ------------------------------------------------------------------- survival
+# drawn before the viewer (in the right-hand column): the browser fetches and starts plotly while the server
+# prepares the CT for the viewer, instead of after it
+with right:
+    st.subheader("Survival")
+    if not scored:
+        st.info(f"No curve: {unscored}. Pick a strategy that reads what this case has in the sidebar.",
+                icon=":material/block:")
+    else:
+        m = st.columns(3)
+        for col, h in zip(m, horizons.HORIZONS):
+            risk = pred.risk_at.get(h)
+            col.metric(f"Risk at {horizons.HORIZON_LABELS[h]}", "n/a" if risk is None else f"{100 * risk:.1f} %",
+                       help="1 - S(t) at the horizon, from the model's survival curve.")
+    ref = None
+    with chrome.core_errors(stop=False):
+        ref = views.reference_curves(model_name)
+        if scored:
+            group = views.case_risk_group(model, source, subject_id, ref["groups"])
+            bound = views.case_conformal_bound(model, source, subject_id)
+            level = f"{100 * (1 - views.CONFORMAL_ALPHA):.0f} %"
+            fig = F.survival_figure(
+                pred.times, pred.survival, pred.lower, pred.upper,
+                cohort_km=ref["cohort_km"],
+                group_km=(group["t"], group["s"], group["lower"], group["upper"]),
+                title="", label=f"this case (band: {model.uncertainty})",
+                time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
+            )
+            fig.update_layout(width=None, height=420)
+            st.plotly_chart(fig, width="stretch", key="survival_fig")
+            st.caption(
+                f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
+                f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
+                f"under {model_name}."
+                + ("" if bound is None else
+                   f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
+                   f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "
+                   "conformalized survival analysis calibrated on the demo's validation patients; it assumes this patient is "
+                   "exchangeable with them and censoring independent of the event given the inputs).")
+            )
+
 # ------------------------------------------------------------------ CT viewer
 with left:
     st.subheader("CT viewer")
@@ -98,45 +139,8 @@ with left:
                                  float(chrome.horizon_days()), key=job_key)
                     st.rerun()
 
-# ------------------------------------------------------------------- survival
+# ------------------------------------------- every strategy (right-hand column, below the curve)
 with right:
-    st.subheader("Survival")
-    if not scored:
-        st.info(f"No curve: {unscored}. Pick a strategy that reads what this case has in the sidebar.",
-                icon=":material/block:")
-    else:
-        m = st.columns(3)
-        for col, h in zip(m, horizons.HORIZONS):
-            risk = pred.risk_at.get(h)
-            col.metric(f"Risk at {horizons.HORIZON_LABELS[h]}", "n/a" if risk is None else f"{100 * risk:.1f} %",
-                       help="1 - S(t) at the horizon, from the model's survival curve.")
-    ref = None
-    with chrome.core_errors(stop=False):
-        ref = views.reference_curves(model_name)
-        if scored:
-            group = views.case_risk_group(model, source, subject_id, ref["groups"])
-            bound = views.case_conformal_bound(model, source, subject_id)
-            level = f"{100 * (1 - views.CONFORMAL_ALPHA):.0f} %"
-            fig = F.survival_figure(
-                pred.times, pred.survival, pred.lower, pred.upper,
-                cohort_km=ref["cohort_km"],
-                group_km=(group["t"], group["s"], group["lower"], group["upper"]),
-                title="", label=f"this case (band: {model.uncertainty})",
-                time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
-            )
-            fig.update_layout(width=None, height=420)
-            st.plotly_chart(fig, width="stretch", key="survival_fig")
-            st.caption(
-                f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
-                f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
-                f"under {model_name}."
-                + ("" if bound is None else
-                   f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
-                   f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "
-                   "conformalized survival analysis calibrated on the demo's validation patients; it assumes this patient is "
-                   "exchangeable with them and censoring independent of the event given the inputs).")
-            )
-
     st.subheader("Same case, every fusion strategy")
     every = review.Strategies()
     with st.spinner("Predicting under every strategy..."), chrome.core_errors(stop=False):
