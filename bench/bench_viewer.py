@@ -18,6 +18,8 @@ local static HTTP server, in Debian's Chromium (headless, software WebGL). Measu
 
     python bench/bench_viewer.py [--ct PATH] [--scrolls 40] [--app URL]
 
+``--frame-width`` sets the viewer frame's width (the canvas's pixel count follows it).
+
 ``--app URL`` also measures the running app (Case review of its opening case, whose map must be in the
 cache already: switch the overlay on once and let it finish): from the click on "Saliency overlay" to
 the overlay drawn, which includes the page's rerun on the server (median of ``--app-repeats``).
@@ -237,6 +239,8 @@ def main() -> int:
     parser.add_argument("--scrolls", type=int, default=40)
     parser.add_argument("--app", default="", help="URL of a running app whose opening case's map is cached")
     parser.add_argument("--app-repeats", type=int, default=5)
+    parser.add_argument("--frame-width", type=int, default=620,
+                        help="the viewer frame's width in CSS pixels (Case review's at a 1400-pixel window: 471)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -256,7 +260,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         shutil.copytree(component_dir(), folder / "viewer")
-        (folder / "harness.html").write_text(HARNESS)
+        (folder / "harness.html").write_text(HARNESS.replace("width:620px", f"width:{args.frame_width}px"))
         server, base = _serve(folder)
         try:
             with sync_playwright() as p:
