@@ -85,6 +85,27 @@ def test_switch_interval_lowered_while_decoding_ahead_and_restored_by_the_last_h
         sys.setswitchinterval(before)
 
 
+def test_a_prefetch_off_the_main_thread_leaves_the_switch_interval_alone(lib, tmp_path):
+    """A server's request thread never changes the process-wide switch interval (other sessions share it)."""
+    written = write_series(tmp_path / "s", shape=(2, 32, 32), compression="j2k", seed=6)
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def load() -> None:
+        prefetch = j2k.Prefetch(str(written.folder), workers=1)
+        seen.append(sys.getswitchinterval())
+        prefetch.close()
+
+    try:
+        sys.setswitchinterval(0.004)
+        worker = threading.Thread(target=load)
+        worker.start()
+        worker.join(timeout=30)
+        assert seen == [pytest.approx(0.004)] and sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_prefetch_reads_regular_jpeg2000_files_only_and_never_blocks_on_a_fifo(lib, tmp_path):
     written = write_series(tmp_path / "s", shape=(2, 32, 32), compression="j2k", seed=2)
     plain = write_series(tmp_path / "p", shape=(1, 32, 32), seed=3)

@@ -442,9 +442,10 @@ class _SwitchInterval:
     5 ms by default, so a thread decoding a slice in 17 ms waited 10-15 ms a
     slice beside the imports (measured with ``/proc/self/task/*/schedstat``:
     blocked 200-320 ms for 20 slices against 1 ms with the other thread idle).
-    The loader thread pays a few microseconds a hand-over. Holders nest and may
-    overlap (several loads in a server): the interval is restored when the last
-    one ends, to what it was when the first began.
+    The loader thread pays a few microseconds a hand-over. Only a load on the
+    main thread (the command line) takes it: the interval is process-wide, so a
+    server's request threads leave it alone. Holders nest: the interval is
+    restored when the last one ends, to what it was when the first began.
     """
 
     def __init__(self) -> None:
@@ -486,8 +487,11 @@ class Prefetch:
         self._budget = max_pixels
         self._closed = False
         self._lock = threading.Lock()
-        self._switch = _SwitchInterval()
-        weakref.finalize(self, self._switch.close)  # a Prefetch dropped without close() still restores the interval
+        # the interval is process-wide: lowered only from the main thread (a command-line load), never from a
+        # server's request thread, where it would change every other session's threads too
+        self._switch = _SwitchInterval() if threading.current_thread() is threading.main_thread() else None
+        if self._switch is not None:
+            weakref.finalize(self, self._switch.close)  # a Prefetch dropped without close() still restores it
         self._threads = [threading.Thread(target=self._work, name=f"j2k-prefetch-{i}", daemon=True) for i in range(max(1, workers))]
         for thread in self._threads:
             thread.start()
@@ -590,7 +594,8 @@ class Prefetch:
             self._closed = True
         for thread in self._threads:
             thread.join()
-        self._switch.close()
+        if self._switch is not None:
+            self._switch.close()
         with self._lock:
             for path, state in list(self._state.items()):
                 if isinstance(state, tuple):
