@@ -232,7 +232,7 @@ def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, 
     decoded ahead while the loader starts), and through pydicom's decoders
     (where no OpenJPEG library loads) in forked processes or on threads.
     """
-    from core.io import dicom, j2k
+    from core.io import dicom, j2k, j2k_prefetch
 
     if openjpeg and not j2k.available():
         pytest.skip("no OpenJPEG library (libopenjp2) to load")
@@ -247,8 +247,8 @@ def test_real_ct_jpeg2000_lossless_series_loads_to_the_uncompressed_hu(real_ct, 
     assert pydicom.dcmread(j2k_series.paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
     assert sum(p.stat().st_size for p in j2k_series.paths) < 0.8 * sum(p.stat().st_size for p in plain.paths)  # really compressed
     taken: list[bool] = []
-    take = j2k.Prefetch.take
-    monkeypatch.setattr(j2k.Prefetch, "take", lambda self, path, offset: taken.append(bool(r := take(self, path, offset))) or r)
+    take = j2k_prefetch.Prefetch.take
+    monkeypatch.setattr(j2k_prefetch.Prefetch, "take", lambda self, path, offset: taken.append(bool(r := take(self, path, offset))) or r)
     vol_plain, vol_j2k = load_study(plain.folder), load_study(j2k_series.folder)
     assert dicom._fork_workers(sorted(dicom.scan_headers(dicom.sources_from_folder(j2k_series.folder)).headers, key=lambda h: h.source.name)) == (2 if fork else 1)
     if openjpeg:  # every slice looked up among those decoded ahead (found there or decoded by the loader's threads)
@@ -315,7 +315,7 @@ def test_a_jpeg2000_codestream_larger_than_rows_and_columns_is_refused_before_de
     import resource
     import shutil
 
-    from core.io import j2k
+    from core.io import j2k, j2k_prefetch
 
     if not j2k.available():
         pytest.skip("no OpenJPEG library (libopenjp2) to load")
@@ -328,7 +328,7 @@ def test_a_jpeg2000_codestream_larger_than_rows_and_columns_is_refused_before_de
     for offset in (8, 12, 24, 28):  # Xsiz, Ysiz, XTsiz, YTsiz: one tile of 20000 x 20000
         data[at + offset : at + offset + 4] = (20000).to_bytes(4, "big")
     victim.write_bytes(bytes(data))
-    assert j2k._size(bytes(data[at:])) == (20000, 20000, 1)
+    assert j2k_prefetch._size(bytes(data[at:])) == (20000, 20000, 1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     name = victim.name.replace(".", r"\.")
     with pytest.raises(InputError, match=rf"^DICOM file: got {name}, holds a JPEG 2000 codestream of 20000 x 20000 pixels but Columns x Rows say 48 x 40; fix: re-export"):
@@ -340,14 +340,14 @@ def test_slices_decoded_ahead_are_used_only_where_the_header_agrees(series_dir, 
     """Prefetch: every slice of a JPEG 2000 folder decoded on a thread, found by path and PixelData offset."""
     import os
 
-    from core.io import dicom, j2k
+    from core.io import dicom, j2k, j2k_prefetch
     from core.io.dicom_pixels import store_prefetched_j2k
 
     if not j2k.available():
         pytest.skip("no OpenJPEG library (libopenjp2) to load")
     written = series_dir["j2k"]
     ordered, _, _ = dicom._sort_and_check(dicom.scan_headers(dicom.sources_from_folder(written.folder)).headers)
-    early = j2k.Prefetch(str(written.folder), workers=1)
+    early = j2k_prefetch.Prefetch(str(written.folder), workers=1)
     for thread in early._threads:
         thread.join()  # all decoded
     try:
@@ -361,7 +361,7 @@ def test_slices_decoded_ahead_are_used_only_where_the_header_agrees(series_dir, 
             assert store_prefetched_j2k(h, decoded, out[i : i + 1])
         np.testing.assert_array_equal(out[1:], written.hu[1:])
         # a decoded slice that does not match the header (here: another slice's size) is refused and freed
-        again = j2k.Prefetch(str(written.folder), workers=1)
+        again = j2k_prefetch.Prefetch(str(written.folder), workers=1)
         for thread in again._threads:
             thread.join()
         h = ordered[1]

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from dicom_factory import write_series
 
-from core.io import j2k
+from core.io import j2k, j2k_prefetch
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _values(decoded: j2k.DecodedJ2K) -> np.ndarray:
 def test_single_tile_decoding_gives_what_opj_decode_gives(lib, tmp_path):
     written = write_series(tmp_path / "s", shape=(3, 48, 40), compression="j2k", signed=True, intercept=0.0, seed=4)
     for path in written.paths:
-        found = j2k._single_frame_codestream(path.read_bytes())
+        found = j2k_prefetch._single_frame_codestream(path.read_bytes())
         assert found is not None
         _, stream, rows, cols = found
         with j2k._decode(stream, rows, cols, None, 32, single_tile=True) as tiled, j2k._decode(stream, rows, cols, None, 32, single_tile=False) as whole:
@@ -73,12 +73,12 @@ def test_switch_interval_lowered_while_decoding_ahead_and_restored_by_the_last_h
     before = sys.getswitchinterval()
     try:
         sys.setswitchinterval(0.004)
-        first = j2k.Prefetch(str(written.folder), workers=1)
-        assert sys.getswitchinterval() == pytest.approx(j2k.PREFETCH_SWITCH_INTERVAL_S)
-        second = j2k.Prefetch(str(written.folder), workers=1)
+        first = j2k_prefetch.Prefetch(str(written.folder), workers=1)
+        assert sys.getswitchinterval() == pytest.approx(j2k_prefetch.PREFETCH_SWITCH_INTERVAL_S)
+        second = j2k_prefetch.Prefetch(str(written.folder), workers=1)
         first.close()
         first.close()  # twice: counted once
-        assert sys.getswitchinterval() == pytest.approx(j2k.PREFETCH_SWITCH_INTERVAL_S)  # the second still decodes
+        assert sys.getswitchinterval() == pytest.approx(j2k_prefetch.PREFETCH_SWITCH_INTERVAL_S)  # the second still decodes
         second.close()
         assert sys.getswitchinterval() == pytest.approx(0.004)
     finally:
@@ -92,7 +92,7 @@ def test_a_prefetch_off_the_main_thread_leaves_the_switch_interval_alone(lib, tm
     seen: list[float] = []
 
     def load() -> None:
-        prefetch = j2k.Prefetch(str(written.folder), workers=1)
+        prefetch = j2k_prefetch.Prefetch(str(written.folder), workers=1)
         seen.append(sys.getswitchinterval())
         prefetch.close()
 
@@ -110,15 +110,15 @@ def test_prefetch_reads_regular_jpeg2000_files_only_and_never_blocks_on_a_fifo(l
     written = write_series(tmp_path / "s", shape=(2, 32, 32), compression="j2k", seed=2)
     plain = write_series(tmp_path / "p", shape=(1, 32, 32), seed=3)
     data = written.paths[0].read_bytes()
-    assert j2k._read_j2k_file(str(written.paths[0])) == data
-    assert j2k._read_j2k_file(str(plain.paths[0])) is None
+    assert j2k_prefetch._read_j2k_file(str(written.paths[0])) == data
+    assert j2k_prefetch._read_j2k_file(str(plain.paths[0])) is None
     link = tmp_path / "link.dcm"
     link.symlink_to(written.paths[0])
-    assert j2k._read_j2k_file(str(link)) is None
+    assert j2k_prefetch._read_j2k_file(str(link)) is None
     fifo = tmp_path / "fifo.dcm"
     os.mkfifo(fifo)
     result: list[object] = []
-    reader = threading.Thread(target=lambda: result.append(j2k._read_j2k_file(str(fifo))), daemon=True)
+    reader = threading.Thread(target=lambda: result.append(j2k_prefetch._read_j2k_file(str(fifo))), daemon=True)
     reader.start()
     reader.join(timeout=10)
     assert not reader.is_alive() and result == [None]
@@ -131,8 +131,8 @@ def test_a_prefetch_dropped_without_close_restores_the_switch_interval(lib, tmp_
     before = sys.getswitchinterval()
     try:
         sys.setswitchinterval(0.003)
-        early = j2k.Prefetch(str(written.folder), workers=1)
-        assert sys.getswitchinterval() == pytest.approx(j2k.PREFETCH_SWITCH_INTERVAL_S)
+        early = j2k_prefetch.Prefetch(str(written.folder), workers=1)
+        assert sys.getswitchinterval() == pytest.approx(j2k_prefetch.PREFETCH_SWITCH_INTERVAL_S)
         for thread in early._threads:
             thread.join()
         del early, thread

@@ -71,7 +71,7 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
     pydicom_warnings,
     sources_from_folder,
 )
-from core.io.j2k import Prefetch
+from core.io.j2k_prefetch import Prefetch
 from core.io.volume import SeriesInfo, Volume
 
 # the public names of the DICOM loader live in its submodules; callers keep importing them from here
@@ -474,7 +474,7 @@ def load_dicom(
     """A DICOM file or a folder (searched recursively) -> Volume.
 
     ``prefetched``: the folder's JPEG 2000 slices already being decoded
-    (:func:`core.io.j2k.prefetch`, started before this module was imported);
+    (:func:`core.io.j2k_prefetch.prefetch`, started before this module was imported);
     each is used only where this loader's own header parse agrees with it.
     """
     path = Path(path)

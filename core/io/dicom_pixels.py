@@ -316,7 +316,7 @@ def _store_j2k(decoded: j2k.DecodedJ2K, target: np.ndarray, slope: float, interc
 
 
 def store_prefetched_j2k(h: _Header, decoded: j2k.DecodedJ2K, target: np.ndarray) -> bool:
-    """Write a slice decoded ahead (:class:`core.io.j2k.Prefetch`) into ``target`` when it is what ``h`` describes.
+    """Write a slice decoded ahead (:class:`core.io.j2k_prefetch.Prefetch`) into ``target`` when it is what ``h`` describes.
 
     It must be a single-frame JPEG 2000 instance of ``h``'s size and
     signedness, within its BitsAllocated; otherwise False (the caller decodes

@@ -64,7 +64,7 @@ def load_study(path: str | Path, series: str | None = None, *, max_bytes: int = 
         raise InputError("study", str(path), "does not exist", "check the path (a DICOM file or folder, a zip, or a .nii/.nii.gz file)")
     if path.is_dir():
         # JPEG 2000 slices start decoding on threads (GIL released) while the DICOM loader and pydicom import
-        from core.io.j2k import prefetch
+        from core.io.j2k_prefetch import prefetch
 
         early = prefetch(str(path), workers=_prefetch_threads())
         try:
