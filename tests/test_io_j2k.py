@@ -140,3 +140,20 @@ def test_a_prefetch_dropped_without_close_restores_the_switch_interval(lib, tmp_
         assert sys.getswitchinterval() == pytest.approx(0.003)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_a_fresh_process_loading_a_study_lets_idle_blas_threads_sleep(tmp_path):
+    """OpenBLAS's idle workers must not spin beside the decoders: set before numpy's first import, never over a user's value."""
+    import subprocess
+
+    written = write_series(tmp_path / "s", shape=(2, 32, 32), compression="j2k", seed=7)
+    code = ("import os, sys; from core.io.study import load_study; load_study(sys.argv[1]); "
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    fresh = subprocess.run([sys.executable, "-c", code, str(written.folder)], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert fresh.stdout.split() == ["4", "True"]
+    chosen = subprocess.run([sys.executable, "-c", code, str(written.folder)], cwd=root, env=dict(env, OPENBLAS_THREAD_TIMEOUT="10"), capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["10", "True"]
+    after_numpy = subprocess.run([sys.executable, "-c", "import numpy; " + code, str(written.folder)], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert after_numpy.stdout.split() == ["None", "True"]
