@@ -241,7 +241,7 @@ function stepSlice(delta) {
 function fitHeight() {
   // The canvas is as tall as the three tiles need at this width (at most the height Python asked for): NiiVue
   // lays them out in a grid at the largest scale that fits, so a wide frame left black bands above and below
-  // them, and software WebGL clears and composites every canvas pixel at each slice change.
+  // them (blank pixels cost little to draw; the page below the viewer moves up).
   const nv = state.nv;
   if (!nv || !nv.volumes.length) return;
   const wrap = document.getElementById("wrap");
@@ -284,10 +284,6 @@ async function init(height) {
     forceDevicePixelRatio: -1, // one canvas pixel per CSS pixel (a HiDPI screen would draw 4x the pixels); less while scrolling
   });
   state.nv = nv;
-  // An opaque canvas (the background is black anyway): the compositor need not blend it with the page, which
-  // in software WebGL is a per-pixel cost at every slice change. NiiVue's own getContext call then gets this
-  // context (the first call's attributes hold).
-  canvas.getContext("webgl2", { alpha: false, antialias: false });
   await nv.attachToCanvas(canvas, false); // no multisampling: 2D slices do not need it
   const draw = nv.drawScene.bind(nv);
   nv.drawScene = (...a) => {
