@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -116,3 +117,52 @@ def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Pat
     # the pretext without the detection head is refused, naming the fix
     with pytest.raises(InputError, match="pool"):
         pretext_settings({"pretext_steps": 5}, {"kind": "2d", "pool": "attnmax"})
+
+
+def _two_tissues(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices whose left half is homogeneous soft tissue (50 HU, sd ~8 HU) and right half cluttered anatomy (a
+    checkerboard of -100 / +150 HU blocks of 2 px: fat planes and vessels), in HUWindow(-1000, 1000) units, and the
+    mask of the homogeneous half."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.05 + 0.008 * torch.randn(n, size, size, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    checker = torch.where(((yy // 2) + (xx // 2)) % 2 == 0, -0.1, 0.15)
+    right = xx >= size // 2
+    x[:, right] = checker[right]
+    return x, ~right
+
+
+def test_parenchyma_placement_lands_in_homogeneous_soft_tissue_with_its_own_contrast() -> None:
+    x, homogeneous = _two_tissues(120, 48, 3)
+    prior = LesionPrior(p_lesion=1.0, max_lesions=1, p_parenchyma=1.0, p_replace=0.0, texture=(0.0, 0.0), radius_px=(1.5, 3.0))
+    y, t = insert_synthetic_lesions(x, np.random.default_rng(0), prior, 1000.0, 0.0)
+    lab = t.amax(dim=1) > 0
+    assert int(lab.any(dim=(1, 2)).sum()) == 120
+    centre_cols = torch.stack([torch.nonzero(lab[i])[:, 1].float().mean() for i in range(120)])
+    assert float((centre_cols < 48 // 2).float().mean()) == 1.0  # every lesion sits in the homogeneous half
+    # the contrast comes from parenchyma_contrast_hu (15-100 HU), not the broad 20-600 HU of the body placement
+    peak = torch.stack([(y[i] - x[i])[lab[i]].abs().max() for i in range(120)]) * 1000
+    assert float(peak.min()) > 7.0 and float(peak.max()) < 101.0
+    # the session-10 placement (the default) puts many lesions in the cluttered half
+    _, t0 = insert_synthetic_lesions(x, np.random.default_rng(0), LesionPrior(p_lesion=1.0, max_lesions=1), 1000.0, 0.0)
+    lab0 = t0.amax(dim=1) > 0
+    in_clutter = [float((torch.nonzero(lab0[i])[:, 1] >= 48 // 2).float().mean()) for i in range(120) if lab0[i].any()]
+    assert np.mean(np.array(in_clutter) > 0.5) > 0.3
+    assert bool(homogeneous[:, :24].all()) and not bool(homogeneous[:, 24:].any())
+
+
+def test_visibility_threshold_leaves_faint_lesions_unlabelled_and_keeps_clear_ones() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = 0.04 + 0.02 * torch.randn(60, 40, 40, generator=g)  # 40 HU tissue, sd 20 HU per pixel
+    faint = LesionPrior(p_lesion=1.0, max_lesions=1, radius_px=(1.0, 1.0), contrast_hu=(15.0, 16.0), p_replace=0.0,
+                        texture=(0.0, 0.0), min_visibility=4.0)
+    y, t = insert_synthetic_lesions(x, np.random.default_rng(1), faint, 1000.0, 0.0)
+    # |15 HU| x sqrt(~3 px) / ~20 HU is about 1.3 < 4: inserted (the slices changed) but never labelled
+    assert bool(((y - x).abs().amax(dim=(1, 2)) > 0.005).all()) and float(t.sum()) == 0.0
+    same_without = insert_synthetic_lesions(x, np.random.default_rng(1), dataclasses.replace(faint, min_visibility=0.0), 1000.0, 0.0)
+    assert torch.equal(same_without[0], y) and float(same_without[1].sum()) > 0  # the threshold changes labels only
+    clear = dataclasses.replace(faint, radius_px=(4.0, 4.0), contrast_hu=(200.0, 210.0))
+    _, tc = insert_synthetic_lesions(x, np.random.default_rng(1), clear, 1000.0, 0.0)
+    assert int((tc.amax(dim=(1, 2, 3)) > 0).sum()) == 60  # 200 HU x sqrt(~50 px) / 20 HU = 70: every one labelled
+    with pytest.raises(InputError, match="parenchyma_px"):
+        LesionPrior.from_dict({"parenchyma_px": 4})

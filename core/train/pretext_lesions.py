@@ -56,6 +56,23 @@ class LesionPrior:
     p_replace: float = 0.4                 # replace the tissue by (local mean + contrast) instead of adding
     texture: tuple[float, float] = (0.0, 0.5)          # noise texture inside, a fraction of the contrast
     body_hu: float = -300.0                # lesion centres are pixels above this HU
+    # opt-in (session 12; the defaults leave the prior above unchanged): "a lesion sits in parenchyma". A share of
+    # the lesions is centred in locally homogeneous soft tissue of the slice (local mean in ``parenchyma_hu``, local sd
+    # below ``parenchyma_sd_hu``, both in a ``parenchyma_px`` window): a rule on the slice's own pixels, no organ mask.
+    p_parenchyma: float = 0.0              # probability that a lesion is placed in parenchyma (0: never)
+    parenchyma_hu: tuple[float, float] = (0.0, 120.0)
+    parenchyma_sd_hu: float = 20.0
+    parenchyma_px: int = 5                 # odd window of the local mean and sd
+    parenchyma_contrast_hu: tuple[float, float] = (15.0, 100.0)  # log-uniform magnitude for those lesions
+    # visibility-aware labels: a lesion is labelled only when |contrast| x sqrt(label area, px) / local sd (HU, the
+    # slice's ``parenchyma_px`` window at the centre before insertion) reaches this; fainter ones are inserted unlabelled
+    min_visibility: float = 0.0            # 0: every lesion is labelled (the session-10 behaviour)
+
+    def __post_init__(self) -> None:
+        if int(self.parenchyma_px) < 3 or int(self.parenchyma_px) % 2 == 0:
+            raise InputError("image pretext_prior parenchyma_px", self.parenchyma_px, "must be an odd window of >= 3 pixels", "use e.g. 5")
+        if not 0.0 <= float(self.p_parenchyma) <= 1.0:
+            raise InputError("image pretext_prior p_parenchyma", self.p_parenchyma, "must be a probability in [0, 1]", "use e.g. 0.5")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> LesionPrior:
@@ -137,25 +154,64 @@ def lesion_alpha(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[in
     return alpha, label
 
 
+def local_mean_sd(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices ``[N, H, W]`` -> their ``k x k`` local mean and standard deviation (same units; edges: the pixels inside).
+
+    >>> m, sd = local_mean_sd(torch.tensor([[[0.0, 0.0, 0.0, 2.0, 2.0, 2.0]]]).expand(1, 6, 6), 3)
+    >>> [round(float(v), 3) for v in m[0, 0]], [round(float(v), 3) for v in sd[0, 0]]
+    ([0.0, 0.0, 0.667, 1.333, 2.0, 2.0], [0.0, 0.0, 0.943, 0.943, 0.0, 0.0])
+    """
+    xb = x[:, None].float()
+    m = F.avg_pool2d(xb, k, stride=1, padding=k // 2, count_include_pad=False)
+    m2 = F.avg_pool2d(xb * xb, k, stride=1, padding=k // 2, count_include_pad=False)
+    return m[:, 0], (m2 - m * m).clamp(min=0.0).sqrt()[:, 0]
+
+
+def parenchyma_pixels(x: torch.Tensor, prior: LesionPrior, window_half: float, window_centre: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices ``[N, H, W]`` (window units) -> the mask of locally homogeneous soft tissue ``[N, H, W]`` (local mean in
+    ``prior.parenchyma_hu``, local sd below ``prior.parenchyma_sd_hu``) and the local sd in HU ``[N, H, W]``.
+
+    >>> x = torch.full((1, 12, 12), 0.05); x[0, :, 6:] = -0.1   # 50 HU tissue | -100 HU fat
+    >>> mask, sd = parenchyma_pixels(x, LesionPrior(), 1000.0, 0.0)
+    >>> bool(mask[0, :, :4].all()), bool(mask[0, :, 5:].any()), round(float(sd[0, 0, 0]), 1), round(float(sd[0, 0, 6]), 1)
+    (True, False, 0.0, 73.5)
+    """
+    mean, sd = local_mean_sd(x, int(prior.parenchyma_px))
+    mean_hu, sd_hu = mean * window_half + window_centre, sd * window_half
+    lo, hi = prior.parenchyma_hu
+    return (mean_hu >= lo) & (mean_hu <= hi) & (sd_hu < prior.parenchyma_sd_hu), sd_hu
+
+
 def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: LesionPrior,
                              window_half: float, window_centre: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Slices ``[N, H, W]`` in the units of a ``[-1, 1]`` HU window (``(hu - centre) / half``) -> the slices with
-    synthetic lesions and their labels ``[N, 2, H, W]`` (channel 0 darker, 1 brighter). Values stay in ``[-1, 1]``."""
+    synthetic lesions and their labels ``[N, 2, H, W]`` (channel 0 darker, 1 brighter). Values stay in ``[-1, 1]``.
+
+    With ``prior.p_parenchyma`` > 0 that share of the lesions is centred in locally homogeneous soft tissue
+    (:func:`parenchyma_pixels`, from the slice before any insertion) with a contrast from
+    ``prior.parenchyma_contrast_hu``; a slice without such pixels places them on body pixels. With
+    ``prior.min_visibility`` > 0 a lesion whose ``|contrast| x sqrt(area) / local sd`` is below it is inserted but
+    not labelled. With both at 0 (the defaults) the random draws are exactly those of the session-10 prior."""
     n, h, w = x.shape
     out = x.clone().float()
     target = torch.zeros(n, 2, h, w)
     body_level = (prior.body_hu - window_centre) / window_half
+    paren, sd_hu = parenchyma_pixels(out, prior, window_half, window_centre)  # from the slices before any insertion
     for i in range(n):
         if rng.random() >= prior.p_lesion:
             continue
         body = torch.nonzero(out[i] > body_level)
         if len(body) == 0:
             continue
+        soft = torch.nonzero(paren[i]) if prior.p_parenchyma > 0 else body
         for _ in range(int(rng.integers(1, prior.max_lesions + 1))):
-            cy, cx = (float(v) for v in body[int(rng.integers(len(body)))])
+            in_paren = prior.p_parenchyma > 0 and len(soft) > 0 and rng.random() < prior.p_parenchyma
+            where = soft if in_paren else body
+            cy, cx = (float(v) for v in where[int(rng.integers(len(where)))])
             alpha, label = lesion_alpha(rng, prior, (h, w), (cy, cx))
             bright = rng.random() < prior.p_bright
-            delta = _loguniform(rng, *prior.contrast_hu) / window_half * (1.0 if bright else -1.0)
+            contrast_hu = _loguniform(rng, *(prior.parenchyma_contrast_hu if in_paren else prior.contrast_hu))
+            delta = contrast_hu / window_half * (1.0 if bright else -1.0)
             if rng.random() < prior.p_replace:
                 y0, x0 = int(cy), int(cx)
                 k = max(2, int(round(2 * float(label.sum()) ** 0.5)))
@@ -163,6 +219,10 @@ def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: L
                 out[i] = out[i] + alpha.clamp(max=1.0) * (local + delta - out[i])
             else:
                 out[i] = out[i] + alpha * delta
+            if prior.min_visibility > 0:
+                noise = max(float(sd_hu[i, int(cy), int(cx)]), 1.0)
+                if contrast_hu * float(label.sum()) ** 0.5 / noise < prior.min_visibility:
+                    continue  # inserted, but too faint against its surroundings to be labelled
             target[i, int(bright)] = torch.maximum(target[i, int(bright)], label.float())
     return out.clamp(-1.0, 1.0), target
 
