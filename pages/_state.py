@@ -18,6 +18,8 @@ OPACITY = "opacity"
 VIEWER_KEYS: tuple[str, ...] = (CASE, AXIAL_SLICE, WINDOW, SHOW_SALIENCY, METHOD, OPACITY)
 SAVED_VIEWER = "_viewer"         # the viewer settings last shown in Case review
 SLICE_CASE = "_slice_case"       # the case the axial slider was last positioned for
+VIEWER_READY = "_viewer_ready"   # the CT viewer has reported its CT (or an error) in this session
+BELOW_FOLD_WAITING = "_below_fold_waiting"  # Case review's charts below the viewer wait for that report
 
 # sidebar
 MODEL_NAME = "model_name"

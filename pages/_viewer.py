@@ -1,9 +1,11 @@
 """The Case review CT viewer: NiiVue (WebGL) in a Streamlit component, the overlay computed once in the background.
 
 * The component is ``assets/viewer/`` (index.html, viewer.js, viewer.css) plus
-  ``niivue.js``: NiiVue as bundled in the pinned ``ipyniivue`` wheel, copied
-  (with its class exported) into ``<data dir>/cache/viewer-<hash>/`` at first
-  use. Nothing is fetched from a network at run time.
+  ``niivue.js.gz``: NiiVue as bundled in the pinned ``ipyniivue`` wheel (with its
+  class exported), gzipped once into ``<data dir>/cache/viewer-<hash>/`` at first
+  use. As ``application/gzip`` it leaves the server as stored (1.6 MB), where
+  Streamlit would compress the 5 MB module again for every browser (about 0.4 s of
+  server CPU each); viewer.js inflates it. Nothing is fetched from a network at run time.
 * The CT goes to the browser once per case and browser as gzipped NIfTI in HU with
   its true affine (``core.app.volume_nifti``); the whole-volume attribution map
   goes once per (case, model, method, horizon) as a second volume. Each volume has
@@ -15,11 +17,15 @@
 * The map is computed by a background job (``core.jobs``) with
   ``core.app.attribution_volume.case_map`` and cached in memory and on disk.
 * Without WebGL2 the component says so and the page falls back to plotly planes.
+* First paint: on a session's first Case review the charts below the viewer wait until the viewer has
+  reported its CT (:func:`below_fold_waits`), so the browser's one main thread loads NiiVue and the CT before
+  it draws them; the report reruns the page once and they appear (a button shows them at once).
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import importlib.util
 import re
@@ -46,6 +52,7 @@ from pages._memo import memo
 
 COMPONENT_ASSETS = ASSETS / "viewer"
 COMPONENT_FILES = ("index.html", "viewer.js", "viewer.css", "LICENSE-niivue.txt")
+NIIVUE_FILE = "niivue.js.gz"  # served as application/gzip: Streamlit does not compress it again
 # NiiVue 0.65.0 as bundled in ipyniivue 2.4.4 (BSD-2); the copy exports its Niivue class next to the widget
 NIIVUE_SOURCE_SHA256 = "922951141f03da6294cc74a7c520d694a9723733ee25d997b85da8136057a96b"
 VIEWER_KEY = "ct_viewer"  # the component's key: its value (the crosshair, the volumes it holds) is in session state
@@ -63,12 +70,7 @@ METHOD_LABELS = {
 
 def niivue_bundle() -> str:
     """NiiVue's ES module from the installed ipyniivue wheel, with ``Niivue`` added to its exports."""
-    spec = importlib.util.find_spec("ipyniivue")
-    if spec is None or spec.origin is None:
-        raise InputError("ipyniivue", "not installed", "the CT viewer loads NiiVue from it",
-                         "pip install -r requirements.txt")
-    source = Path(spec.origin).parent / "static" / "widget.js"
-    data = source.read_bytes()
+    data = _widget_js().read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != NIIVUE_SOURCE_SHA256:
         raise InputError("ipyniivue", digest[:12], "is not the pinned build (ipyniivue==2.4.4)",
@@ -81,25 +83,51 @@ def niivue_bundle() -> str:
     return text[:tail.start()] + f"export{{{tail.group(1)} as default,{cls.group(1)} as Niivue}};\n"
 
 
+def _widget_js() -> Path:
+    spec = importlib.util.find_spec("ipyniivue")
+    if spec is None or spec.origin is None:
+        raise InputError("ipyniivue", "not installed", "the CT viewer loads NiiVue from it",
+                         "pip install -r requirements.txt")
+    return Path(spec.origin).parent / "static" / "widget.js"
+
+
 def component_dir() -> Path:
-    """The component's folder (assets/viewer + the NiiVue module), rebuilt when any part changes."""
+    """The component's folder (assets/viewer + the NiiVue module), rebuilt when any part changes.
+
+    Every rerun asks for it: the parts are read and hashed again only when one of them changed on disk.
+    """
+    stamps = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size)
+                   for p in [*(COMPONENT_ASSETS / name for name in COMPONENT_FILES), _widget_js()])
+    path = _component_dir(str(data_dir()), stamps)
+    if not (path / "index.html").is_file():  # removed while the server ran: build it again
+        _component_dir.cache_clear()
+        path = _component_dir(str(data_dir()), stamps)
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _component_dir(root: str, stamps: tuple[tuple[str, int, int], ...]) -> Path:
     parts = [(name, (COMPONENT_ASSETS / name).read_bytes()) for name in COMPONENT_FILES]
     bundle = niivue_bundle().encode("utf-8")
     h = hashlib.sha256(bundle)
     for name, data in parts:
         h.update(name.encode() + data)
-    target = data_dir() / "cache" / f"viewer-{h.hexdigest()[:12]}"
+    target = Path(root) / "cache" / f"viewer-{h.hexdigest()[:12]}"
     if not (target / "index.html").is_file():
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name, data in parts:
             (tmp / name).write_bytes(data)
-        (tmp / "niivue.js").write_bytes(bundle)
+        (tmp / NIIVUE_FILE).write_bytes(gzip.compress(bundle, compresslevel=9, mtime=0))
         try:
             tmp.rename(target)
-        except OSError:  # another session built it first
-            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # another session built it first, or an incomplete folder is in the way
+            if (target / "index.html").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
     return target
 
 
@@ -248,6 +276,7 @@ def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name:
         st.warning(f"The WebGL CT viewer is unavailable ({chrome.one_line(exc)}); showing plain planes instead.",
                    icon=":material/warning:")
         _plotly_fallback(volume, window, overlay, opacity, pos)
+        st.session_state[K.VIEWER_READY] = True  # no component to wait for
         return
     value = component(
         volume=None if ct_id in held else ct_bytes, volume_id=ct_id,
@@ -260,7 +289,10 @@ def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name:
         st.warning(f"The WebGL CT viewer could not start ({value['error']}); showing plain planes instead.",
                    icon=":material/warning:")
         _plotly_fallback(volume, window, overlay, opacity, pos)
+        _viewer_reported()
         return
+    if ct_id in held_volumes(value):
+        _viewer_reported()
     if isinstance(value, dict) and value.get("volume_id") == ct_id and value.get("mm") is not None:
         with chrome.core_errors(stop=False):
             s, r, c = VN.ras_mm_to_index(volume, value["mm"])
@@ -268,10 +300,45 @@ def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name:
             chrome.save_viewer_settings()
             pos = (s, r, c)
     n = volume.shape[0]
+    if not st.session_state.get(K.VIEWER_READY):
+        return  # the attention strip is drawn with the charts below the viewer (see below_fold_waits)
     if slice_weights is not None and np.size(slice_weights) == n and np.max(slice_weights) > 0:
         strip = F.slice_strip(slice_weights, selected=pos[0], title="Attention over slices")
         strip.update_layout(width=None, height=200)
         st.plotly_chart(strip, width="stretch", key="slice_strip")
+
+
+def _viewer_reported() -> None:
+    """The viewer holds the case's CT (or failed): charts that waited for it are drawn now, by one page rerun."""
+    if st.session_state.get(K.VIEWER_READY):
+        return
+    st.session_state[K.VIEWER_READY] = True
+    if st.session_state.pop(K.BELOW_FOLD_WAITING, False):
+        st.rerun(scope="app")
+
+
+def _show_below_fold() -> None:
+    st.session_state[K.VIEWER_READY] = True
+
+
+def below_fold_waits(volume: Any) -> bool:
+    """Whether Case review's charts below the viewer wait (the session's first view of a CT, viewer not yet loaded).
+
+    The browser draws every chart on the one thread that also starts NiiVue and uploads the CT, and a fresh
+    page receives them all within a fraction of a second: drawn at once, they hold the viewer back by about
+    a second on two cores. While this returns True the page shows :func:`waiting_note` in their place; the
+    viewer's first report reruns the page with them.
+    """
+    waiting = volume is not None and not st.session_state.get(K.VIEWER_READY)
+    if waiting:
+        st.session_state[K.BELOW_FOLD_WAITING] = True
+    return waiting
+
+
+def waiting_note(what: str, key: str) -> None:
+    """The one line shown where charts wait for the viewer, with a button that draws them at once."""
+    st.caption(f"{what} appear once the CT viewer has loaded the scan.")
+    st.button("Show them now", key=f"show_below_fold_{key}", on_click=_show_below_fold)
 
 
 def _plotly_fallback(volume: Any, window: tuple[float, float], overlay: np.ndarray | None, opacity: float,

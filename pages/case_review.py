@@ -58,9 +58,17 @@ scored = unscored is None
 
 left, right = st.columns([1.15, 1], gap="large")
 
+# ------------------------------------------------------------------ CT viewer
+# sent first: the browser's longest chain (the component frame, NiiVue, the CT) starts as early as it can
+with left:
+    st.subheader("CT viewer")
+    if volume is None:
+        st.info("No CT for this case.")
+    else:
+        _viewer.show(volume, model, inputs, pred, source, subject_id)
+
 # ------------------------------------------------------------------- survival
-# drawn before the viewer (in the right-hand column): the browser fetches and starts plotly while the server
-# prepares the CT for the viewer, instead of after it
+# after the viewer, so the browser starts NiiVue first; plotly's code is already loading (app.py, pages/_preload)
 with right:
     st.subheader("Survival")
     if not scored:
@@ -79,15 +87,14 @@ with right:
             group = views.case_risk_group(model, source, subject_id, ref["groups"])
             bound = views.case_conformal_bound(model, source, subject_id)
             level = f"{100 * (1 - views.CONFORMAL_ALPHA):.0f} %"
-            fig = F.survival_figure(
+            chart = F.survival_chart(
                 pred.times, pred.survival, pred.lower, pred.upper,
                 cohort_km=ref["cohort_km"],
                 group_km=(group["t"], group["s"], group["lower"], group["upper"]),
-                title="", label=f"this case (band: {model.uncertainty})",
+                label=f"this case (band: {model.uncertainty})",
                 time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
             )
-            fig.update_layout(width=None, height=420)
-            st.plotly_chart(fig, width="stretch", key="survival_fig")
+            st.vega_lite_chart(chart, width="stretch", key="survival_fig")
             st.caption(
                 f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
                 f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
@@ -99,13 +106,8 @@ with right:
                    "exchangeable with them and censoring independent of the event given the inputs).")
             )
 
-# ------------------------------------------------------------------ CT viewer
-with left:
-    st.subheader("CT viewer")
-    if volume is None:
-        st.info("No CT for this case.")
-    else:
-        _viewer.show(volume, model, inputs, pred, source, subject_id)
+# charts and tables below the viewer wait for it on a session's first view (the browser starts the viewer first)
+charts_wait = _viewer.below_fold_waits(volume)
 
 # ------------------------------------------- attribution methods: caveats and sanity (beside the method picker)
 with left:
@@ -117,12 +119,15 @@ with left:
         st.markdown(f"**{_viewer.METHOD_LABELS.get(method, method)}**: {review.CW.METHOD_CAVEATS[method]}  \n"
                     f"Sanity: {verdict}.")
         with st.expander("What each attribution method can and cannot show"):
-            st.table(pd.DataFrame([
-                {"method": _viewer.METHOD_LABELS.get(m, m), "what it can and cannot show": review.CW.METHOD_CAVEATS[m],
-                 "model-randomisation check": ("not checked on this model" if sanity.get(m) is None
-                                               else ("passes" if sanity[m].passed else "FAILS")
-                                               + f" (Spearman {sanity[m].final_spearman:.2f}, {sanity[m].source})")}
-                for m in METHODS]).set_index("method"))
+            if charts_wait:
+                st.caption("The table appears once the CT viewer has loaded the scan.")
+            else:
+                st.table(pd.DataFrame([
+                    {"method": _viewer.METHOD_LABELS.get(m, m), "what it can and cannot show": review.CW.METHOD_CAVEATS[m],
+                     "model-randomisation check": ("not checked on this model" if sanity.get(m) is None
+                                                   else ("passes" if sanity[m].passed else "FAILS")
+                                                   + f" (Spearman {sanity[m].final_spearman:.2f}, {sanity[m].source})")}
+                    for m in METHODS]).set_index("method"))
             st.caption("Model-randomisation check (Adebayo et al. 2018): every layer is re-initialised from the head "
                        "backwards; a map that still correlates with the trained model's map (Spearman >= "
                        f"{review.CW.RANDOMIZATION_THRESHOLD:g}) does not depend on what the model learned.")
@@ -149,14 +154,16 @@ with right:
         with warning_box:
             review.show_warnings([review.CW.CaseWarning("disagreement", every.flag)])
     with chrome.core_errors(stop=False):
-        if every.curves:
+        if charts_wait:
+            _viewer.waiting_note("The comparison chart and table", "strategies")
+        elif every.curves:
             cmp_fig = F.survival_compare_figure(every.curves, cohort_km=None if ref is None else ref["cohort_km"],
                                                 current=model_name if model_name in every.curves else None)
             cmp_fig.update_layout(width=None, height=420 + 22 * len(every.curves))  # room for the legend below
             st.plotly_chart(cmp_fig, width="stretch", key="compare_fig")
-        if every.skipped:
+        if every.skipped and not charts_wait:
             st.caption("Not drawn (cannot score this case): " + "; ".join(every.skipped.values()) + ".")
-        if len(every.table):
+        if len(every.table) and not charts_wait:
             shown = every.table.copy()
             shown.insert(0, "model", ["current" if c else "" for c in shown.pop("current")])
             for c in shown.columns[2:]:
@@ -174,6 +181,8 @@ t1, t2 = st.columns([1.2, 1], gap="large")
 with t1:
     if n_events == 0:
         st.info("No timeline events before the index date for this case.")
+    elif charts_wait:
+        _viewer.waiting_note("The timeline and the attention maps", "timeline")
     else:
         with chrome.core_errors(stop=False):
             scores = views.case_event_scores(model, source, subject_id, chrome.horizon_days())
@@ -200,7 +209,7 @@ with t2:
     elif not maps:
         st.info(f"{model_name} has no cross-modal attention to show (only the cross- and co-attention "
                 "strategies attend between slices and events).")
-    for i, item in enumerate(maps):
+    for i, item in enumerate([] if charts_wait else maps):
         with chrome.core_errors(stop=False):
             hm = F.attention_heatmap(item["weights"], item["rows"], item["cols"], title=item["title"],
                                      x_title=item["x_title"])

@@ -6,6 +6,7 @@ session in a temp dir that ``CTEHR_DATA_DIR`` points at.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -78,6 +79,16 @@ def _charts(at) -> list[dict]:  # type: ignore[no-untyped-def]
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
+def _survival_chart(at) -> dict:  # type: ignore[no-untyped-def]
+    """Case review's survival chart (a Vega-Lite spec) and the names of its curves."""
+    (el,) = at.get("vega_lite_chart")
+    return json.loads(el.proto.spec)
+
+
+def _curve_names(spec: dict) -> set[str]:
+    return {r["curve"] for layer in spec["layer"] for r in layer.get("data", {}).get("values", []) if "curve" in r}
+
+
 def _viewer(at) -> tuple[dict, dict[str, bytes]]:  # type: ignore[no-untyped-def]
     """The CT viewer component's arguments and its byte arguments (the NIfTI volumes)."""
     (el,) = at.get("component_instance")
@@ -126,7 +137,6 @@ def test_case_review_shows_ct_survival_and_risks(data_dir: Path) -> None:
     at = _app()
     at.run()
     _no_exception(at)
-    charts = _charts(at)
     args, data = _viewer(at)  # the NiiVue viewer gets the case's CT as NIfTI (RAS grid: cols, rows, slices)
     assert _nifti_shape(data["volume"]) == (96, 96, 32) and args["overlay"] is None
     assert 0 <= at.session_state["axial_slice"] < 32
@@ -134,9 +144,37 @@ def test_case_review_shows_ct_survival_and_risks(data_dir: Path) -> None:
     assert [m.label for m in risks] == ["Risk at 30 days", "Risk at 1 year", "Risk at 5 years"]
     values = [float(m.value.rstrip(" %")) for m in risks]
     assert all(0.0 <= v <= 100.0 for v in values) and values == sorted(values)
-    names = {tr.get("name") for ch in charts for tr in ch["data"]}
-    assert {"cohort Kaplan-Meier", "similar-risk group KM"} <= names
+    spec = _survival_chart(at)
+    assert {"cohort Kaplan-Meier", "similar-risk group KM"} <= _curve_names(spec)
+    (line,) = [layer for layer in spec["layer"] if layer["mark"]["type"] == "line"]
+    case = [r for r in line["data"]["values"] if r["curve"].startswith("this case")]
+    assert case[0]["day"] == 0.0 and case[0]["S"] == 1.0 and all(a["S"] >= b["S"] for a, b in itertools.pairwise(case))
+    # the charts below the viewer wait until the viewer has the CT (AppTest runs no browser, so it never reports):
+    # a note and a button stand in their place
+    assert not _charts(at) and any("appear once the CT viewer has loaded" in c.value for c in at.caption)
+    at.button(key="show_below_fold_strategies").click().run()
+    _no_exception(at)
+    names = {tr.get("name") for ch in _charts(at) for tr in ch["data"]}
     assert set(TEST_FUSIONS) <= names  # the same case under every strategy
+
+
+def test_the_viewer_report_draws_the_charts_below_it(data_dir: Path) -> None:
+    """The viewer's first report that it holds the CT reruns the page with the charts it held back."""
+    at = _app()
+    at.run()
+    _no_exception(at)
+    assert not _charts(at)
+    args, _ = _viewer(at)
+    at.session_state["ct_viewer"] = {"held": ["ct-not-this-one"], "volume_id": "ct-not-this-one", "seq": 1}
+    at.run()
+    assert not _charts(at)  # a report about another volume changes nothing
+    at.session_state["ct_viewer"] = {"held": [args["volume_id"]], "volume_id": args["volume_id"], "seq": 2}
+    at.run()
+    _no_exception(at)
+    names = {tr.get("name") for ch in _charts(at) for tr in ch["data"]}
+    assert set(TEST_FUSIONS) <= names and not any("appear once the CT viewer" in c.value for c in at.caption)
+    volume, _ = _viewer(at)
+    assert volume["volume"] is None  # held: the CT is not sent again with the rerun
 
 
 def test_a_case_seen_before_is_drawn_from_the_prediction_cache(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +186,7 @@ def test_a_case_seen_before_is_drawn_from_the_prediction_cache(data_dir: Path, m
     _no_exception(first)
     assert list((data_dir / "cache" / "predictions").glob("*.npz")), "no prediction kept on disk"
     shown = [(m.label, m.value) for m in first.metric]
-    curves = [tr for ch in _charts(first) for tr in ch["data"] if tr.get("name")]
+    curves = _survival_chart(first)
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was called for a case already predicted")
@@ -159,7 +197,7 @@ def test_a_case_seen_before_is_drawn_from_the_prediction_cache(data_dir: Path, m
     again.run()
     _no_exception(again)
     assert [(m.label, m.value) for m in again.metric] == shown
-    assert [tr for ch in _charts(again) for tr in ch["data"] if tr.get("name")] == curves
+    assert _survival_chart(again) == curves
 
 
 def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:

@@ -78,6 +78,35 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     shot(pg, "case_review_strategies")
 
 
+def test_first_paint_viewer_before_plotly_and_the_charts_below(browser: object, server: str) -> None:  # noqa: F811
+    """A new session: the viewer's frame and the survival chart (Vega-Lite) come first; plotly's code is fetched only
+    once the viewer holds the CT, and the charts below it follow by themselves (no click)."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})  # type: ignore[attr-defined]
+    try:
+        pg = context.new_page()
+        pg.goto(server)
+        pg.wait_for_function("() => Array.from(document.querySelectorAll('iframe')).some((f) => {"
+                             " try { return f.contentWindow.ctehrViewer.loaded; } catch (e) { return false; } })",
+                             timeout=120_000)
+        pg.wait_for_selector('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg', timeout=60_000)
+        chart(pg, "current model:").wait_for(timeout=120_000)  # type: ignore[attr-defined]
+        settle(pg)
+        assert pg.get_by_text("appear once the CT viewer has loaded").count() == 0  # type: ignore[attr-defined]
+        # every chunk the preload asked for was fetched, ComponentInstance's before the viewer's frame;
+        # plotly's not before the viewer had its CT (compared on the wall clock: each frame has its own origin)
+        starts = pg.evaluate(r"""() => Object.fromEntries(performance.getEntriesByType('resource')
+            .filter((e) => /\/static\/js\/(ComponentInstance|PlotlyChart|ArrowVegaLiteChart)\./.test(e.name))
+            .map((e) => [e.name.split('/').pop().split('.')[0], performance.timeOrigin + e.startTime]))""")
+        frame = next(f for f in pg.frames if f.evaluate("() => !!window.ctehrViewer"))
+        frame_origin, ct_fetched = frame.evaluate("""() => [performance.timeOrigin, Math.max(...performance
+            .getEntriesByType('resource').filter((e) => e.name.includes('niivue.js.gz')).map((e) => e.responseEnd))]""")
+        assert set(starts) == {"ComponentInstance", "PlotlyChart", "ArrowVegaLiteChart"}, starts
+        assert starts["ComponentInstance"] < frame_origin
+        assert starts["PlotlyChart"] > frame_origin + ct_fetched  # NiiVue was in before plotly's code was asked for
+    finally:
+        context.close()
+
+
 def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, real_ct: Path, tmp_path: Path) -> None:
     """The real abdominal CT without a timeline: ehr_only draws no curve and no attention over events that do not
     exist; the report PDF carries exactly the warnings the page shows (coverage warning included)."""

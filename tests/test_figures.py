@@ -71,24 +71,32 @@ def test_slice_overlay_rejects_bad_input(volume: tuple[np.ndarray, np.ndarray], 
         F.slice_overlay(bad)
 
 
-def test_survival_figure_steps_band_cohort_and_horizon_risks() -> None:
+def test_survival_chart_steps_band_cohort_bound_and_horizon_risks() -> None:
     t = np.array([10.0, 100.0, 400.0, 2000.0])
     s = np.array([0.95, 0.8, 0.6, 0.3])
-    fig = F.survival_figure(t, s, s - 0.1, np.minimum(s + 0.1, 1), cohort_km=(t, s + 0.02, s - 0.05, s + 0.05))
-    names = [tr.name for tr in fig.data]
-    assert names == ["cohort Kaplan-Meier upper", "cohort Kaplan-Meier band", "cohort Kaplan-Meier",
-                     "this case upper", "this case band", "this case"]
-    case = fig.data[-1]
-    assert case.line.shape == "hv" and list(case.x)[:2] == [0.0, 10.0] and list(case.y)[0] == 1.0
-    assert fig.data[-2].fill == "tonexty"
-    texts = [a.text for a in fig.layout.annotations]
-    # step reading: S(30) = 0.95, S(365) = 0.8, S(1825) = 0.6
-    assert texts == ["30 d: risk 5%", "1 y: risk 20%", "5 y: risk 40%"]
-    # vertical labels along each horizon line: no two overlap however close 30 d and 1 y are
-    assert [a.textangle for a in fig.layout.annotations] == [-90, -90, -90]
+    spec = F.survival_chart(t, s, s - 0.1, np.minimum(s + 0.1, 1), cohort_km=(t, s + 0.02, s - 0.05, s + 0.05),
+                            time_bound=(45.0, "90 % conformal bound: T >= 45 d"))
+    json.dumps(spec)  # plain JSON for st.vega_lite_chart
+    marks = [layer["mark"]["type"] for layer in spec["layer"]]
+    assert marks == ["rect", "rule", "text", "area", "line", "point", "rule", "text"]
+    rows = spec["layer"][4]["data"]["values"]
+    case = [r for r in rows if r["curve"] == "this case"]
+    # step curve from S(0) = 1, drawn step-after (S holds until the next time), band on the same grid
+    assert [(r["day"], r["S"]) for r in case][:2] == [(0.0, 1.0), (10.0, 0.95)]
+    assert spec["layer"][4]["mark"]["interpolate"] == "step-after" and case[1]["lower"] == pytest.approx(0.85)
+    assert {r["curve"] for r in rows} == {"cohort Kaplan-Meier", "this case"}
+    # the bound: a span from day 0 to day 45 with its label
+    assert spec["layer"][0]["data"]["values"] == [{"from": 0.0, "to": 45.0, "text": "90 % conformal bound: T >= 45 d"}]
+    # step reading: S(30) = 0.95, S(365) = 0.8, S(1825) = 0.6, written up each dotted horizon line
+    assert [m["text"] for m in spec["layer"][-1]["data"]["values"]] == ["30 d: risk 5%", "1 y: risk 20%", "5 y: risk 40%"]
+    assert spec["layer"][-1]["mark"]["angle"] == 270
+    # the hover layer shows the nearest step's day and S(t)
+    hover = spec["layer"][5]
+    assert hover["params"][0]["select"]["nearest"] and [f["field"] for f in hover["encoding"]["tooltip"]] == ["curve", "day", "S"]
     with pytest.raises(InputError, match="survival: got 4 times vs 3 values"):
-        F.survival_figure(t, s[:3])
-
+        F.survival_chart(t, s[:3])
+    no_bound = F.survival_chart(t, s)
+    assert [layer["mark"]["type"] for layer in no_bound["layer"]][:3] == ["area", "line", "point"]
 
 def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, np.ndarray]) -> None:
     t = np.array([10.0, 100.0, 400.0])

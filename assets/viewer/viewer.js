@@ -1,14 +1,24 @@
 // The Case review CT viewer: a Streamlit component (components.v1 protocol, no build step) around NiiVue.
 //
-// niivue.js is NiiVue as bundled in the pinned ipyniivue wheel, copied next to this file by
-// pages/_viewer.py (nothing is fetched from the network). Python sends the CT and the attribution map
+// niivue.js.gz is NiiVue as bundled in the pinned ipyniivue wheel, gzipped next to this file by
+// pages/_viewer.py (nothing is fetched from the network): served as application/gzip, the server sends
+// its 1.6 MB as they are instead of compressing the 5 MB module again for every browser, and this file
+// inflates it (DecompressionStream) and imports it from a blob URL. Python sends the CT and the attribution map
 // as gzipped NIfTI bytes once per browser: each volume has a content id, the component keeps the bytes it
 // got (bounded, least recently used first out) and reports the ids it holds in its value; Python sends a
 // volume's bytes only while the component does not hold it, and a component that lacks one asks for it
 // ("need"). Scrolling, window/level, zoom, pan, crosshairs and the HU readout all run here, with no server
 // call; NiiVue draws on demand only (no animation loop), at one canvas pixel per CSS pixel. The crosshair
 // position goes back to Python (debounced) so the slice survives page switches.
-import { Niivue } from "./niivue.js";
+async function loadNiivue() {
+  const resp = await fetch("niivue.js.gz"); // index.html starts this download beside this file's
+  if (!resp.ok) throw new Error(`niivue.js.gz: HTTP ${resp.status}`);
+  const text = await new Response(resp.body.pipeThrough(new DecompressionStream("gzip"))).text();
+  const url = URL.createObjectURL(new Blob([text], { type: "text/javascript" }));
+  try { return (await import(url)).Niivue; } finally { URL.revokeObjectURL(url); }
+}
+const niivue = loadNiivue(); // started at once: the render arguments (and the CT) arrive meanwhile
+niivue.catch(() => {}); // reported by init, which awaits it
 
 const DRAG = { crosshair: 8, windowing: 9, pan: 3 };
 const REPORT_DELAY_MS = 2000; // the crosshair goes to Python (a rerun of the viewer block) once scrolling pauses this
@@ -275,6 +285,7 @@ async function init(height) {
   document.getElementById("wrap").style.height = `${height}px`;
   const test = document.createElement("canvas").getContext("webgl2");
   if (!test) { showError("This browser offers no WebGL2, which the CT viewer needs."); return false; }
+  const Niivue = await niivue;
   const nv = new Niivue({
     sliceType: 3, multiplanarShowRender: 0, multiplanarLayout: 2, isRadiologicalConvention: true,
     isOrientationTextVisible: true, isRuler: true, isColorbar: true, show3Dcrosshair: false,
@@ -363,7 +374,7 @@ async function render(args) {
   state.renders += 1;
   if (!state.nv) {
     let ok = false;
-    try { ok = await init(args.height || 520); } catch (e) { showError("The CT viewer could not start WebGL: " + e); }
+    try { ok = await init(args.height || 520); } catch (e) { showError("The CT viewer could not start: " + e); }
     if (!ok) return;
   }
   const nv = state.nv;

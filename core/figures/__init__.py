@@ -1,6 +1,7 @@
-"""Plotly figures for the app: CT slices with overlays, survival curves, attention, timelines, calibration.
+"""Figures for the app: CT slices with overlays, survival curves, attention, timelines, calibration.
 
-One figure per function; every function takes numpy arrays and plain values
+Plotly figures, except the case's survival curve on Case review's first screen, a Vega-Lite
+spec (``survival_chart``: see its module for why). One figure per function; every function takes numpy arrays and plain values
 (never a model, never a patient record), so what ends up in a figure is exactly
 what the caller passed. Times on the timeline are shown in days relative to the
 index date, never as dates. Writing figures to files (PNG, SVG, PDF with a
@@ -18,7 +19,6 @@ from core.figures.curves import (
     calibration_figure,
     decision_curve_figure,
     survival_compare_figure,
-    survival_figure,
 )
 from core.figures.slices import montage, normalize_map, resolve_window, slice_overlay
 from core.figures.style import (
@@ -29,6 +29,7 @@ from core.figures.style import (
     PALETTE,
     RISK_GROUP_COLORS,
 )
+from core.figures.survival_chart import survival_chart
 from core.figures.tokens import (
     attention_heatmap,
     attention_maps,
@@ -40,5 +41,5 @@ from core.figures.tokens import (
 __all__ = [
     "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS",
     "attention_heatmap", "attention_maps", "calibration_figure", "decision_curve_figure", "event_labels", "montage", "normalize_map",
-    "resolve_window", "slice_overlay", "slice_strip", "survival_compare_figure", "survival_figure", "timeline_figure",
+    "resolve_window", "slice_overlay", "slice_strip", "survival_chart", "survival_compare_figure", "timeline_figure",
 ]

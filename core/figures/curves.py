@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.errors import InputError
-from core.figures.style import BAND_FILL, COHORT_COLOR, PALETTE
+from core.figures.style import COHORT_COLOR, PALETTE
 from core.horizons import HORIZONS, horizon_label, survival_at
 
 
@@ -28,7 +28,8 @@ def _km_traces(t: np.ndarray, s: np.ndarray, lo: np.ndarray | None, hi: np.ndarr
     return traces
 
 
-def _curve(name: str, times: Any, surv: Any, lower: Any = None, upper: Any = None) -> tuple[np.ndarray, ...]:
+def curve_arrays(name: str, times: Any, surv: Any, lower: Any = None, upper: Any = None) -> tuple[np.ndarray, ...]:
+    """``(t, S, lower, upper)`` as float arrays, checked (``name`` is the field in errors), starting at S(0) = 1."""
     t = np.asarray(times, dtype=float).ravel()
     s = np.asarray(surv, dtype=float).ravel()
     if t.size == 0 or t.shape != s.shape:
@@ -47,59 +48,6 @@ def _curve(name: str, times: Any, surv: Any, lower: Any = None, upper: Any = Non
         lo = None if lo is None else np.concatenate([[1.0], lo])
         hi = None if hi is None else np.concatenate([[1.0], hi])
     return t, s, lo, hi
-
-
-def survival_figure(
-    times: Sequence[float] | np.ndarray,
-    survival: Sequence[float] | np.ndarray,
-    lower: Sequence[float] | np.ndarray | None = None,
-    upper: Sequence[float] | np.ndarray | None = None,
-    *,
-    cohort_km: tuple[Any, Any, Any, Any] | None = None,
-    group_km: tuple[Any, Any, Any, Any] | None = None,
-    horizons: Sequence[float] = HORIZONS,
-    title: str = "",
-    label: str = "this case",
-    time_bound: tuple[float, str] | None = None,
-) -> go.Figure:
-    """The individual S(t) step curve with its band, beside the cohort (and group) Kaplan-Meier curves.
-
-    ``time_bound`` = ``(days, label)`` marks a lower predictive bound on the event time (for example the
-    conformal 90 % bound) as a shaded span from 0 to that day, with its label.
-    """
-    t, s, lo, hi = _curve("survival", times, survival, lower, upper)
-    fig = go.Figure()
-    if cohort_km is not None:
-        for tr in _km_traces(*_curve("cohort_km", *cohort_km), name="cohort Kaplan-Meier", color=COHORT_COLOR,
-                             fill="rgba(110,110,110,0.15)", dash="dash"):
-            fig.add_trace(tr)
-    if group_km is not None:
-        for tr in _km_traces(*_curve("group_km", *group_km), name="similar-risk group KM", color=PALETTE[2],
-                             fill="rgba(44,160,44,0.15)", dash="dot"):
-            fig.add_trace(tr)
-    for tr in _km_traces(t, s, lo, hi, name=label, color=PALETTE[0], fill=BAND_FILL):
-        fig.add_trace(tr)
-    if time_bound is not None and time_bound[0] > 0:
-        fig.add_vrect(x0=0.0, x1=float(time_bound[0]), fillcolor="rgba(255,193,7,0.12)", line_width=0, layer="below")
-        fig.add_vline(x=float(time_bound[0]), line={"color": "rgb(200,140,0)", "width": 2})
-        fig.add_annotation(x=float(time_bound[0]), y=1.04, yref="y", text=time_bound[1], showarrow=False, xshift=3,
-                           font={"size": 11, "color": "rgb(150,100,0)"}, xanchor="left", bgcolor="rgba(255,255,255,0.8)")
-    for h in horizons:
-        if t[0] <= h <= t[-1] * 1.5:
-            risk = 1.0 - float(survival_at(t, s, [float(h)])[0])
-            fig.add_vline(x=float(h), line={"dash": "dot", "color": "rgb(150,150,150)", "width": 1})
-            # written up the dotted line, so the 30-day and 1-year labels cannot run into each other
-            fig.add_annotation(x=float(h), y=0.03, yref="y", text=f"{horizon_label(h, short=True)}: risk {risk:.0%}",
-                               showarrow=False, font={"size": 11}, textangle=-90, xanchor="left", yanchor="bottom",
-                               xshift=2, bgcolor="rgba(255,255,255,0.75)")
-    ends = [float(t[-1])] + [float(np.max(np.asarray(km[0], dtype=float))) for km in (cohort_km, group_km) if km is not None]
-    x_end = max(ends + [float(h) for h in horizons if t[0] <= h <= t[-1] * 1.5])
-    fig.update_layout(
-        title={"text": title} if title else None, xaxis_title="days from index date", yaxis_title="survival S(t)",
-        xaxis={"range": [0.0, 1.03 * x_end]}, yaxis={"range": [0, 1.08]}, template="plotly_white", width=720, height=430,
-        legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 60},
-    )
-    return fig
 
 
 def survival_compare_figure(
@@ -126,14 +74,14 @@ def survival_compare_figure(
         raise InputError("current", current, "is not one of the curves", "pass the name of a drawn strategy or None")
     fig = go.Figure()
     if cohort_km is not None:
-        for tr in _km_traces(*_curve("cohort_km", *cohort_km), name="cohort Kaplan-Meier", color=COHORT_COLOR,
+        for tr in _km_traces(*curve_arrays("cohort_km", *cohort_km), name="cohort Kaplan-Meier", color=COHORT_COLOR,
                              fill="rgba(110,110,110,0.12)", dash="dash"):
             fig.add_trace(tr)
     readings: dict[float, list[str]] = {float(h): [] for h in horizons}
     for i, (name, curve) in enumerate(curves.items()):
         color = colors[i] if colors is not None else PALETTE[i % len(PALETTE)]
         r, g, b = (int(color[j:j + 2], 16) for j in (1, 3, 5))
-        t, s, lo, hi = _curve(f"curves[{name}]", *curve)
+        t, s, lo, hi = curve_arrays(f"curves[{name}]", *curve)
         is_current = current is not None and name == current
         for tr in _km_traces(t, s, lo if is_current or current is None else None, hi if is_current or current is None else None,
                              name=str(name), color=color, fill=f"rgba({r},{g},{b},0.12)"):
@@ -145,9 +93,9 @@ def survival_compare_figure(
                     tr.legendgrouptitle = {"text": "current model:"}
                     tr.hovertemplate = tr.hovertemplate.replace("<extra>", "<extra>current model: ")
             fig.add_trace(tr)
-        for h in readings:
+        for h, found in readings.items():
             if t[0] <= h <= t[-1]:
-                readings[h].append(f"{name}: {1.0 - float(survival_at(t, s, [h])[0]):.1%}")
+                found.append(f"{name}: {1.0 - float(survival_at(t, s, [h])[0]):.1%}")
     for h, lines in readings.items():
         fig.add_vline(x=h, line={"dash": "dot", "color": "rgb(170,170,170)", "width": 1})
         if lines:  # an invisible marker on the horizon line: hovering it lists every strategy's risk there

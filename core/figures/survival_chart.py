@@ -1,0 +1,132 @@
+"""The case's survival curve as a Vega-Lite chart: the first chart of Case review.
+
+Case review's first screen shows this chart beside the CT viewer. It is Vega-Lite
+(drawn by Streamlit's ``st.vega_lite_chart``), not plotly, because a browser on a
+2-core machine spends about a second of its one main thread evaluating plotly's
+4.7 MB bundle before it can draw a plotly chart, the same thread that starts the CT
+viewer; Vega-Lite's code costs about a tenth of that. The charts further down the
+page (strategies side by side, timeline, attention) stay plotly.
+
+The chart holds exactly what the caller passes: the individual S(t) step curve and
+its band, the cohort's Kaplan-Meier curve, the similar-risk group's Kaplan-Meier
+curve and band, an optional lower bound on the event time, and the risk 1 - S(t)
+read at each horizon. Hovering shows the day and S(t) of the nearest step.
+
+>>> import numpy as np
+>>> spec = survival_chart(np.array([10.0, 400.0]), np.array([0.9, 0.6]))
+>>> [layer["mark"]["type"] for layer in spec["layer"]][:2]
+['area', 'line']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from core.figures.curves import curve_arrays
+from core.figures.style import COHORT_COLOR, PALETTE
+from core.horizons import HORIZONS, horizon_label, survival_at
+
+BOUND_COLOR = "rgb(200,140,0)"
+
+
+def _rows(name: str, t: np.ndarray, s: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for i in range(t.size):
+        row: dict[str, Any] = {"curve": name, "day": round(float(t[i]), 3), "S": round(float(s[i]), 5)}
+        if lo is not None and hi is not None:
+            row["lower"], row["upper"] = round(float(lo[i]), 5), round(float(hi[i]), 5)
+        rows.append(row)
+    return rows
+
+
+def survival_chart(
+    times: Sequence[float] | np.ndarray,
+    survival: Sequence[float] | np.ndarray,
+    lower: Sequence[float] | np.ndarray | None = None,
+    upper: Sequence[float] | np.ndarray | None = None,
+    *,
+    cohort_km: tuple[Any, Any, Any, Any] | None = None,
+    group_km: tuple[Any, Any, Any, Any] | None = None,
+    horizons: Sequence[float] = HORIZONS,
+    label: str = "this case",
+    time_bound: tuple[float, str] | None = None,
+    height: int = 440,
+) -> dict[str, Any]:
+    """A Vega-Lite spec: the individual S(t) step curve with its band beside the cohort (and group) Kaplan-Meier curves.
+
+    Every curve starts at S(0) = 1. ``time_bound`` = ``(days, label)`` marks a lower predictive bound on the
+    event time (for example the conformal 90 % bound) as a shaded span from day 0 to that day, with its label.
+    Each horizon within reach of the curve gets a dotted line labelled with the case's risk 1 - S(h).
+    """
+    t, s, lo, hi = curve_arrays("survival", times, survival, lower, upper)
+    curves: list[tuple[str, str, list[float]]] = []  # name, colour, dash
+    rows: list[dict[str, Any]] = []
+    if cohort_km is not None:
+        ct, cs, clo, chi = curve_arrays("cohort_km", *cohort_km)
+        rows += _rows("cohort Kaplan-Meier", ct, cs, clo, chi)
+        curves.append(("cohort Kaplan-Meier", COHORT_COLOR, [6, 4]))
+    if group_km is not None:
+        gt, gs, glo, ghi = curve_arrays("group_km", *group_km)
+        rows += _rows("similar-risk group KM", gt, gs, glo, ghi)
+        curves.append(("similar-risk group KM", PALETTE[2], [2, 3]))
+    rows += _rows(label, t, s, lo, hi)
+    curves.append((label, PALETTE[0], []))
+
+    ends = [float(t[-1])] + [float(np.max(np.asarray(km[0], dtype=float))) for km in (cohort_km, group_km) if km is not None]
+    shown = [float(h) for h in horizons if t[0] <= h <= t[-1] * 1.5]
+    x_end = 1.03 * max(ends + shown)
+    names = [c[0] for c in curves]
+    color = {"field": "curve", "type": "nominal", "title": None, "sort": names,
+             "scale": {"domain": names, "range": [c[1] for c in curves]},
+             "legend": {"orient": "bottom", "direction": "vertical", "symbolType": "stroke",
+                        "symbolStrokeWidth": 2.5, "symbolOpacity": 1, "labelLimit": 400}}
+    x = {"field": "day", "type": "quantitative", "title": "days from index date", "scale": {"domain": [0, x_end]}}
+    y = {"field": "S", "type": "quantitative", "title": "survival S(t)", "scale": {"domain": [0, 1.08]}}
+    curve_layer = {"data": {"values": rows}}
+    layers: list[dict[str, Any]] = []
+    if time_bound is not None and time_bound[0] > 0:
+        bound = [{"from": 0.0, "to": float(time_bound[0]), "text": time_bound[1]}]
+        layers += [
+            {"data": {"values": bound}, "mark": {"type": "rect", "color": BOUND_COLOR, "opacity": 0.12},
+             "encoding": {"x": {"field": "from", "type": "quantitative"}, "x2": {"field": "to"}}},
+            {"data": {"values": bound}, "mark": {"type": "rule", "color": BOUND_COLOR, "strokeWidth": 2},
+             "encoding": {"x": {"field": "to", "type": "quantitative"}}},
+            {"data": {"values": bound}, "mark": {"type": "text", "align": "left", "dx": 4, "y": 6, "baseline": "top",
+                                                 "fontSize": 11, "color": "rgb(150,100,0)"},
+             "encoding": {"x": {"field": "to", "type": "quantitative"}, "text": {"field": "text"}}},
+        ]
+    layers += [
+        curve_layer | {"transform": [{"filter": "isValid(datum.lower)"}],
+                       "mark": {"type": "area", "interpolate": "step-after", "opacity": 0.15},
+                       "encoding": {"x": x, "y": {"field": "lower", "type": "quantitative"}, "y2": {"field": "upper"},
+                                    "color": color}},
+        curve_layer | {"mark": {"type": "line", "interpolate": "step-after", "strokeWidth": 2.5},
+                       "encoding": {"x": x, "y": y, "color": color,
+                                    "strokeDash": {"field": "curve", "type": "nominal", "title": None, "sort": names,
+                                                   "scale": {"domain": names, "range": [c[2] for c in curves]}}}},
+        # hover: the nearest step's day and S(t), marked by a point
+        curve_layer | {"params": [{"name": "hover", "select": {"type": "point", "fields": ["curve", "day"], "nearest": True,
+                                                                 "on": "pointerover", "clear": "pointerout"}}],
+                       "mark": {"type": "point", "filled": True, "size": 45},
+                       "encoding": {"x": x, "y": y, "color": color,
+                                    "opacity": {"condition": {"param": "hover", "empty": False, "value": 1}, "value": 0},
+                                    "tooltip": [{"field": "curve", "title": "curve"},
+                                                {"field": "day", "type": "quantitative", "format": ".0f"},
+                                                {"field": "S", "type": "quantitative", "title": "S(t)", "format": ".3f"}]}},
+    ]
+    if shown:
+        marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}"}
+                 for h in shown]
+        layers += [
+            {"data": {"values": marks}, "mark": {"type": "rule", "strokeDash": [2, 3], "color": "rgb(150,150,150)"},
+             "encoding": {"x": {"field": "day", "type": "quantitative"}}},
+            # written up the dotted line, so the 30-day and 1-year labels cannot run into each other
+            {"data": {"values": marks}, "mark": {"type": "text", "angle": 270, "align": "left", "baseline": "bottom",
+                                                 "dx": 4, "dy": -3, "fontSize": 11},
+             "encoding": {"x": {"field": "day", "type": "quantitative"}, "y": {"datum": 0.03, "type": "quantitative"},
+                          "text": {"field": "text"}}},
+        ]
+    return {"height": height, "layer": layers, "resolve": {"scale": {"color": "shared"}}}
