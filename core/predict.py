@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core import disk_cache
 from core.cohort import Cohort, load_cohort
 from core.errors import InputError
 from core.horizons import HORIZONS, beyond_grid
@@ -109,7 +110,6 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[
 # ----------------------------------------------------------------- the prediction cache
 
 CACHE_VERSION = "1"
-_TRIM_LOCK = threading.Lock()
 
 
 def model_fingerprint(model_dir: Path | str) -> str:
@@ -248,11 +248,7 @@ class PredictionCache:
             arrays["event_weights"] = np.asarray(prediction.event_weights)
         for i, name in enumerate(prediction.attention):
             arrays[f"att{i}"] = np.asarray(prediction.attention[name])
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.partial.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        disk_cache.save_npz(self._path(key), arrays)
         self._trim()
         return found
 
@@ -276,21 +272,7 @@ class PredictionCache:
         return value
 
     def _trim(self) -> None:
-        with _TRIM_LOCK:  # one trim at a time in this process (other processes: missing files are skipped)
-            files = []
-            for p in self.root.glob("*.npz"):
-                try:
-                    if ".partial" not in p.name:
-                        files.append((p.stat(), p))
-                except FileNotFoundError:  # another session trimmed it first
-                    continue
-            files.sort(key=lambda sp: sp[0].st_mtime_ns, reverse=True)  # newest first
-            total = 0
-            for n, (st, p) in enumerate(files):
-                total += st.st_size
-                if n >= self.max_entries or total > self.max_bytes:
-                    p.unlink(missing_ok=True)
-                    p.with_suffix(".json").unlink(missing_ok=True)
+        disk_cache.trim(self.root, self.max_entries, self.max_bytes, companions=(".json",))
 
     def case(self, key: str, fresh: Callable[[], tuple[CasePrediction, pd.DataFrame]]) -> CachedCase:
         """The cached case, else ``fresh()`` (the model's prediction and the events it read), stored."""

@@ -22,6 +22,7 @@ from core import horizons
 from core import predict as predictions
 from core.app import demo_install, paths, reference
 from core.app import workspace as workspaces
+from core.io.study_cache import VIEWER_NIFTI, StudyCache
 from pages import _state as K
 from pages._memo import memo
 from pages._session import user_id
@@ -264,7 +265,28 @@ def case_volume(source: str, subject_id: str) -> Any:
         case = uploaded_case(subject_id)
         return None if case is None else case["volume"]
     cohort = demo_cohort()
-    return memo(("volume", source, subject_id), lambda: cohort.load_volume(subject_id))
+
+    def decode() -> Any:
+        # a demo study file decoded once is read back with numpy alone (no nibabel import on a fresh server)
+        path = cohort.study_path(subject_id)
+        if path is None or not path.is_file():
+            return cohort.load_volume(subject_id)
+        return study_cache().load(path, lambda: cohort.load_volume(subject_id))
+
+    return memo(("volume", source, subject_id), decode)
+
+
+def study_cache() -> StudyCache:
+    """Decoded demo studies (and the viewer's NIfTI of each), shared by every session of this server."""
+    return StudyCache(paths.data_dir() / "cache" / "studies")
+
+
+def case_viewer_nifti(source: str, subject_id: str, volume: Any, build: Callable[[], bytes]) -> bytes:
+    """The gzipped NIfTI the CT viewer is sent for the case: ``build()``, kept on disk for a demo study file."""
+    path = None if source == UPLOADED else demo_cohort().study_path(subject_id)
+    if path is None or not path.is_file():
+        return build()
+    return study_cache().derived(path, VIEWER_NIFTI, build)
 
 
 def case_inputs(model: Any, source: str, subject_id: str) -> Any:

@@ -230,7 +230,7 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
                 overlay_key = _map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
     win = WINDOWS[window_name]
-    _viewer(volume, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
+    _viewer(volume, source, subject_id, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
             bool(show_map), float(opacity), float(threshold), pred.slice_weights)
     st.caption(
         f"{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, spacing "
@@ -251,14 +251,14 @@ def held_volumes(value: Any) -> frozenset[str]:
     return frozenset(v for v in value["held"] if isinstance(v, str))
 
 
-def _viewer(volume: Any, case_id: str, window: tuple[float, float], window_name: str,
+def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tuple[float, float], window_name: str,
                      overlay: np.ndarray | None, overlay_key: str | None, show_map: bool, opacity: float,
                      threshold: float, slice_weights: Any) -> None:
     """The component; its reports (the crosshair's voxel, the volumes it holds) rerun only the section's fragment."""
     held = held_volumes(st.session_state.get(VIEWER_KEY))
 
     def ct_payload() -> tuple[str, bytes]:
-        data = VN.volume_to_nifti(volume)
+        data = views.case_viewer_nifti(source, subject_id, volume, lambda: VN.volume_to_nifti(volume))
         return _content_id("ct", data), data
 
     ct_id, ct_bytes = memo(("viewer_nifti", case_id), ct_payload)

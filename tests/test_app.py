@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,6 +200,21 @@ def test_a_case_seen_before_is_drawn_from_the_prediction_cache(data_dir: Path, m
     _no_exception(again)
     assert [(m.label, m.value) for m in again.metric] == shown
     assert _survival_chart(again) == curves
+
+
+def test_a_warm_first_page_loads_no_decoder_model_or_torch(data_dir: Path) -> None:
+    """A restarted server's first page (the case seen before): the CT from the study cache, the curve from the
+    prediction cache; neither nibabel nor pydicom nor torch is imported (each costs a fresh server 0.3-2 s)."""
+    first = _app()
+    first.run()
+    _no_exception(first)
+    code = ("import sys; from streamlit.testing.v1 import AppTest; at = AppTest.from_file('app.py', default_timeout=180); "
+            "at.run(); assert not at.exception, at.exception; assert at.get('component_instance'); "
+            "print(sorted(m for m in ('nibabel', 'pydicom', 'torch', 'captum', 'lifelines') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "CTEHR_DATA_DIR": str(data_dir)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:

@@ -1,0 +1,46 @@
+"""Bounded folders of ``.npz`` files (pickle-free caches): atomic writes and least-recently-used trimming.
+
+Used by the prediction cache (``core.predict.PredictionCache``) and the decoded-study cache
+(``core.io.study_cache.StudyCache``). A reader touches the files it uses (``os.utime``), so the
+least recently used go first when a folder passes its bounds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_TRIM_LOCK = threading.Lock()
+
+
+def save_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Write ``arrays`` to ``path`` atomically (a partial file, then a rename): a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def trim(root: Path, max_entries: int, max_bytes: int, companions: tuple[str, ...] = ()) -> None:
+    """Delete the least recently used ``.npz`` files of ``root`` beyond ``max_entries`` files or ``max_bytes`` bytes
+    (with their files of the same stem and a suffix in ``companions``)."""
+    with _TRIM_LOCK:  # one trim at a time in this process (other processes: missing files are skipped)
+        files = []
+        for p in root.glob("*.npz"):
+            try:
+                if ".partial" not in p.name:
+                    files.append((p.stat(), p))
+            except FileNotFoundError:  # another session trimmed it first
+                continue
+        files.sort(key=lambda sp: sp[0].st_mtime_ns, reverse=True)  # newest first
+        total = 0
+        for n, (st, p) in enumerate(files):
+            total += st.st_size
+            if n >= max_entries or total > max_bytes:
+                p.unlink(missing_ok=True)
+                for suffix in companions:
+                    p.with_suffix(suffix).unlink(missing_ok=True)

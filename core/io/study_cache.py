@@ -1,0 +1,137 @@
+"""Decoded studies on disk: a study file opened before is read back with numpy alone.
+
+Opening a NIfTI study imports nibabel (and through it scipy.ndimage), about 0.4 s of a
+fresh server's first page on 2 cores, before a single voxel is read. The app keeps
+each study file it decodes as one ``.npz`` (HU array, spacing, affine and the
+volume's descriptive fields; pickle-free), keyed by the file's resolved path, size
+and modification time, so a restarted server reopens a case without any decoder.
+
+Only single files are kept (NIfTI, a zip, one DICOM file); a DICOM folder is
+decoded every time (its key would need every file's stamp). A torn or foreign
+cache file is deleted and counts as a miss. Bounded like the prediction cache:
+at most ``max_entries`` files and ``max_bytes`` bytes, least recently used first out.
+
+>>> import tempfile, numpy as np
+>>> from core.io.volume import Volume
+>>> folder = Path(tempfile.mkdtemp())
+>>> study = folder / "ct.nii.gz"; _ = study.write_bytes(b"stand-in: only the stamp matters here")
+>>> cache = StudyCache(folder / "cache")
+>>> v = Volume(hu=np.zeros((2, 3, 4), np.int16), spacing_mm=(3.0, 1.0, 1.0), affine=np.eye(4))
+>>> cache.get(study) is None
+True
+>>> cache.put(study, v); cache.get(study).shape
+(2, 3, 4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from core import disk_cache
+from core.errors import InputError
+from core.io.volume import SeriesInfo, Volume
+
+CACHE_VERSION = "study-cache-1"
+_LISTS = ("phi", "burned_in", "warnings")
+VIEWER_NIFTI = "viewer_nifti_v1"  # the viewer's gzipped NIfTI of a study (core.app.volume_nifti.volume_to_nifti)
+DERIVED = (f".{VIEWER_NIFTI}",)  # derived files trimmed with their volume
+
+
+class StudyCache:
+    """Decoded study files, one ``.npz`` each (see the module docstring)."""
+
+    def __init__(self, root: Path | str, max_entries: int = 400, max_bytes: int = 512 * 2**20) -> None:
+        if int(max_entries) <= 0 or int(max_bytes) <= 0:
+            raise InputError("study cache", f"{max_entries} entries, {max_bytes} bytes", "bounds must be positive",
+                             "use e.g. 400 entries and 512 MiB")
+        self.root = Path(root)
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
+
+    @staticmethod
+    def key(path: Path | str) -> str | None:
+        """The cache key of a study file (its resolved path, size and modification time); None for a folder."""
+        p = Path(path).resolve()
+        if not p.is_file():
+            return None
+        st = p.stat()
+        text = "\n".join([CACHE_VERSION, str(p), str(st.st_size), str(st.st_mtime_ns)])
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+    def get(self, path: Path | str) -> Volume | None:
+        key = self.key(path)
+        if key is None:
+            return None
+        file = self.root / f"{key}.npz"
+        if not file.is_file():
+            return None
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                volume = Volume(
+                    hu=z["hu"], spacing_mm=tuple(float(v) for v in z["spacing"]), affine=z["affine"],
+                    modality=meta["modality"], format=meta["format"],
+                    series=[SeriesInfo(**s) for s in meta["series"]],
+                    meta={str(k): str(v) for k, v in meta["meta"].items()}, study_date=meta["study_date"],
+                    **{name: [str(v) for v in meta[name]] for name in _LISTS},
+                )
+            os.utime(file)  # least recently used goes first
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # torn or foreign: decode again
+            file.unlink(missing_ok=True)
+            return None
+        return volume
+
+    def put(self, path: Path | str, volume: Volume) -> None:
+        """Keep ``volume``, decoded from the study file ``path`` (a folder is not kept)."""
+        key = self.key(path)
+        if key is None:
+            return
+        meta = {"modality": volume.modality, "format": volume.format, "meta": dict(volume.meta),
+                "study_date": volume.study_date, "series": [dataclasses.asdict(s) for s in volume.series],
+                **{name: list(getattr(volume, name)) for name in _LISTS}}
+        disk_cache.save_npz(self.root / f"{key}.npz", {
+            "meta": np.asarray(json.dumps(meta)), "hu": np.asarray(volume.hu),
+            "spacing": np.asarray(volume.spacing_mm, dtype=float), "affine": np.asarray(volume.affine, dtype=float)})
+        disk_cache.trim(self.root, self.max_entries, self.max_bytes, companions=DERIVED)
+
+    def derived(self, path: Path | str, name: str, compute: Callable[[], bytes]) -> bytes:
+        """Bytes derived from the study file (what the CT viewer is sent), kept beside its volume under ``name``.
+
+        ``name`` is one of :data:`DERIVED` (it carries a version of the code that computes the bytes, and the
+        trimming of the folder removes it with its volume). A folder computes them every time.
+        """
+        if f".{name}" not in DERIVED:
+            raise InputError("name", name, "is not a kept derivative", f"use one of {[d[1:] for d in DERIVED]}")
+        key = self.key(path)
+        if key is None:
+            return compute()
+        file = self.root / f"{key}.{name}"
+        try:
+            data = file.read_bytes()
+            os.utime(file)
+            return data
+        except FileNotFoundError:
+            pass
+        data = compute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f"{file.name}.{os.getpid()}.partial")
+        tmp.write_bytes(data)
+        tmp.replace(file)
+        return data
+
+    def load(self, path: Path | str, decode: Callable[[], Volume]) -> Volume:
+        """The study file's volume from the cache, else ``decode()``, kept for next time."""
+        found = self.get(path)
+        if found is not None:
+            return found
+        volume = decode()
+        self.put(path, volume)
+        return volume
