@@ -97,6 +97,13 @@ def _viewer(at) -> tuple[dict, dict[str, bytes]]:  # type: ignore[no-untyped-def
     return json.loads(el.proto.json_args), {a.key: a.bytes for a in el.proto.special_args}
 
 
+def _viewer_holds_its_ct(at) -> None:  # type: ignore[no-untyped-def]
+    """What the browser's viewer does once NiiVue has the CT: report its id (the charts below it are then drawn)."""
+    args, _ = _viewer(at)
+    at.session_state["ct_viewer"] = {"held": [args["volume_id"]], "volume_id": args["volume_id"], "seq": 1}
+    at.run()
+
+
 def _nifti_shape(data: bytes) -> tuple[int, ...]:
     import gzip
 
@@ -166,12 +173,10 @@ def test_the_viewer_report_draws_the_charts_below_it(data_dir: Path) -> None:
     at.run()
     _no_exception(at)
     assert not _charts(at)
-    args, _ = _viewer(at)
     at.session_state["ct_viewer"] = {"held": ["ct-not-this-one"], "volume_id": "ct-not-this-one", "seq": 1}
     at.run()
     assert not _charts(at)  # a report about another volume changes nothing
-    at.session_state["ct_viewer"] = {"held": [args["volume_id"]], "volume_id": args["volume_id"], "seq": 2}
-    at.run()
+    _viewer_holds_its_ct(at)
     _no_exception(at)
     names = {tr.get("name") for ch in _charts(at) for tr in ch["data"]}
     assert set(TEST_FUSIONS) <= names and not any("appear once the CT viewer" in c.value for c in at.caption)
@@ -306,6 +311,8 @@ def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -
         at.selectbox(key="case").set_value(("uploaded", info.case_id)).run()
         _no_exception(at)
         assert any("Missing modality" in w.value and "no ehr data" in w.value.lower() for w in at.warning)
+        _viewer_holds_its_ct(at)
+        _no_exception(at)
         strip = next(c for c in _charts(at) if (c["layout"].get("title") or {}).get("text") == "Attention over slices")
         assert len(_plotly_array(strip["data"][0]["x"])) == 20  # the uploaded CT's 20 slices
     finally:
