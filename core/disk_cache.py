@@ -14,7 +14,21 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InputError
+
 _TRIM_LOCK = threading.Lock()
+
+
+class BoundedFolder:
+    """A folder of ``.npz`` files kept within ``max_entries`` files and ``max_bytes`` bytes (``name`` in errors)."""
+
+    def __init__(self, root: Path | str, max_entries: int, max_bytes: int, name: str) -> None:
+        if int(max_entries) <= 0 or int(max_bytes) <= 0:
+            raise InputError(name, f"{max_entries} entries, {max_bytes} bytes", "bounds must be positive",
+                             f"use e.g. {max(int(max_entries), 100)} entries and {max(int(max_bytes) >> 20, 64)} MiB")
+        self.root = Path(root)
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
 
 
 def save_npz(path: Path, arrays: dict[str, Any]) -> None:

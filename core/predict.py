@@ -175,7 +175,7 @@ def _frame_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray] | None:
     return out
 
 
-class PredictionCache:
+class PredictionCache(disk_cache.BoundedFolder):
     """Predictions of cases on disk: one ``.npz`` per (model, case, index date, horizons), pickle-free.
 
     Bounded: at most ``max_entries`` files and ``max_bytes`` bytes; the least recently used go first.
@@ -183,12 +183,7 @@ class PredictionCache:
     """
 
     def __init__(self, root: Path | str, max_entries: int = 2000, max_bytes: int = 256 * 2**20) -> None:
-        if int(max_entries) <= 0 or int(max_bytes) <= 0:
-            raise InputError("prediction cache", f"{max_entries} entries, {max_bytes} bytes", "bounds must be positive",
-                             "use e.g. 2000 entries and 256 MiB")
-        self.root = Path(root)
-        self.max_entries = int(max_entries)
-        self.max_bytes = int(max_bytes)
+        super().__init__(root, max_entries, max_bytes, "prediction cache")
 
     @staticmethod
     def key(model_fp: str, case: str, index_time: Any, horizons: Sequence[int] = HORIZONS) -> str:

@@ -45,16 +45,11 @@ VIEWER_NIFTI = "viewer_nifti_v1"  # the viewer's gzipped NIfTI of a study (core.
 DERIVED = (f".{VIEWER_NIFTI}",)  # derived files trimmed with their volume
 
 
-class StudyCache:
+class StudyCache(disk_cache.BoundedFolder):
     """Decoded study files, one ``.npz`` each (see the module docstring)."""
 
     def __init__(self, root: Path | str, max_entries: int = 400, max_bytes: int = 512 * 2**20) -> None:
-        if int(max_entries) <= 0 or int(max_bytes) <= 0:
-            raise InputError("study cache", f"{max_entries} entries, {max_bytes} bytes", "bounds must be positive",
-                             "use e.g. 400 entries and 512 MiB")
-        self.root = Path(root)
-        self.max_entries = int(max_entries)
-        self.max_bytes = int(max_bytes)
+        super().__init__(root, max_entries, max_bytes, "study cache")
 
     @staticmethod
     def key(path: Path | str) -> str | None:
