@@ -68,7 +68,8 @@ with left:
         _viewer.show(volume, model, inputs, pred, source, subject_id)
 
 # ------------------------------------------------------------------- survival
-# after the viewer, so the browser starts NiiVue first; plotly's code is already loading (app.py, pages/_preload)
+# after the viewer, so the browser starts NiiVue first; a Vega-Lite chart (its code already loading, pages/_preload),
+# so it needs none of plotly's code, which waits until the viewer holds its CT
 with right:
     st.subheader("Survival")
     if not scored:
