@@ -166,3 +166,80 @@ def test_visibility_threshold_leaves_faint_lesions_unlabelled_and_keeps_clear_on
     assert int((tc.amax(dim=(1, 2, 3)) > 0).sum()) == 60  # 200 HU x sqrt(~50 px) / 20 HU = 70: every one labelled
     with pytest.raises(InputError, match="parenchyma_px"):
         LesionPrior.from_dict({"parenchyma_px": 4})
+
+
+def _chest(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices of a body disc (40 HU tissue) around an enclosed aerated region (-850 HU, a 'lung' of random place and
+    size), air (-1000 HU) outside the body; in HUWindow(-1000, 1000) units. Returns the slices and the aerated masks."""
+    g = torch.Generator().manual_seed(seed)
+    x = _tissue(n, size, seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    lungs = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(n):
+        cy, cx = (size / 2 + (torch.rand(2, generator=g) - 0.5) * size * 0.3).tolist()
+        ry, rx = (size * (0.08 + 0.1 * torch.rand(2, generator=g))).tolist()
+        lungs[i] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    x = torch.where(lungs, -0.85 + 0.02 * torch.randn(n, size, size, generator=g), x)
+    return x, lungs
+
+
+def test_lowdensity_nodules_land_in_enclosed_aerated_pixels_with_a_soft_tissue_level() -> None:
+    from core.train.pretext_lesions import lowdensity_pixels
+
+    x, lungs = _chest(100, 64, 5)
+    prior = LesionPrior(p_lesion=1.0, max_lesions=1, p_lowdensity=1.0, texture=(0.0, 0.0), edge_px=(0.2, 0.2))
+    low = lowdensity_pixels(x, prior, 1000.0, 0.0)
+    # the mask is the aerated region (its rim included), never the air around the body
+    assert float((low & ~lungs).float().sum()) / float(low.float().sum()) < 0.05 and float((low & lungs).sum()) / float(lungs.sum()) > 0.9
+    y, t = insert_synthetic_lesions(x, np.random.default_rng(0), prior, 1000.0, 0.0)
+    lab = t[:, 1] > 0
+    assert int(lab.any(dim=(1, 2)).sum()) == 100 and float(t[:, 0].sum()) == 0.0  # every slice got a brighter nodule
+    centres = [torch.nonzero(lab[i]).float().mean(0).round().long() for i in range(100)]
+    assert sum(bool(lungs[i, c[0], c[1]]) for i, c in enumerate(centres)) >= 95  # centred in the 'lung'
+    # inside the nodule, the aerated pixels are replaced by a soft-tissue level (-100..+100 HU)
+    inside = torch.cat([y[i][lab[i] & lungs[i]] for i in range(100)]) * 1000
+    assert float(inside.median()) > -150 and float(inside.median()) < 150
+    # the default prior never centres a lesion there (centres above -300 HU only)
+    _, t0 = insert_synthetic_lesions(x, np.random.default_rng(0), LesionPrior(p_lesion=1.0, max_lesions=1), 1000.0, 0.0)
+    lab0 = t0.amax(dim=1) > 0
+    c0 = [torch.nonzero(lab0[i]).float().mean(0).round().long() for i in range(100) if lab0[i].any()]
+    assert sum(bool(lungs[i, c[0], c[1]]) for i, c in enumerate(c0)) <= 5
+    with pytest.raises(InputError, match="p_lowdensity"):
+        LesionPrior.from_dict({"p_lowdensity": 1.5})
+
+
+def test_edge_share_centres_lesions_near_the_slice_border() -> None:
+    x = torch.full((80, 64, 64), 0.04)  # tissue up to the border (a cropped field of view)
+    prior = LesionPrior(p_lesion=1.0, max_lesions=1, p_edge=1.0, edge_band_px=6.0, radius_px=(1.5, 3.0), texture=(0.0, 0.0))
+    _, t = insert_synthetic_lesions(x, np.random.default_rng(2), prior, 1000.0, 0.0)
+    lab = t.amax(dim=1) > 0
+
+    def border_distance(tt: torch.Tensor) -> list[int]:
+        out = []
+        for i in range(len(tt)):
+            cy, cx = torch.nonzero(tt[i]).float().mean(0).tolist()
+            out.append(min(cy, cx, 63 - cy, 63 - cx))
+        return out
+
+    d = border_distance(lab)
+    assert max(d) < 6.0 + 1.0  # all within the band (the label's centroid moves inward when a lesion is cut)
+    _, t0 = insert_synthetic_lesions(x, np.random.default_rng(2), dataclasses.replace(prior, p_edge=0.0), 1000.0, 0.0)
+    assert np.median(border_distance(t0.amax(dim=1) > 0)) > 10.0  # without it, most lie further in
+
+
+def test_strides_setting_gives_the_finer_map_and_is_written_only_when_set() -> None:
+    from core.models.config import ImageConfig
+    from core.train.image_stage import encoder_2d_config
+
+    keys = encoder_2d_config({"windows": [[-160, 240]], "contrast": [9], "pool": "detect", "strides": [2, 2, 1, 1], "last_stride": 2}, 4)
+    assert keys["strides"] == [2, 2, 1, 1]
+    cfg = ImageConfig.from_dict({"kind": "2d", "hu_window": [-1000.0, 1000.0], "out_dim": 8, "size": 96,
+                                 "channels": [4, 8, 8, 8], "lung_mask": False, **keys})
+    enc = SliceEncoder2D.from_config(cfg)
+    assert tuple(enc.detect_logits(torch.zeros(1, 1, 96, 96)).shape) == (1, 2, 24, 24)  # 96 / 2 / 2
+    assert cfg.to_dict()["strides"] == [2, 2, 1, 1]
+    assert "strides" not in encoder_2d_config({"strides": []}, 4)  # empty: the old last_stride rule, nothing written
+    assert encoder_2d_config({"last_stride": 1}, 4)["strides"] == [2, 2, 2, 1]
+    for bad in ([2, 1], [2, 2, 3, 1]):
+        with pytest.raises(InputError, match="image strides"):
+            encoder_2d_config({"strides": bad}, 4)

@@ -72,10 +72,13 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
 
 def encoder_2d_config(s: dict[str, Any], n_layers: int) -> dict[str, Any]:
     """The organ-agnostic keys of a 2d image config (windows, contrast, strides, pool) from the ``image`` settings
-    (``last_stride``: the stride of the last of the ``n_layers`` convolutions, the others 2).
+    (``last_stride``: the stride of the last of the ``n_layers`` convolutions, the others 2; ``strides``, when set,
+    gives every layer's stride and overrides it).
 
     >>> encoder_2d_config({"windows": [[-160, 240]], "contrast": [9], "last_stride": 1, "pool": "attnmax"}, 2)
     {'windows': [[-160.0, 240.0]], 'contrast': [9], 'strides': [2, 1], 'pool': 'attnmax'}
+    >>> encoder_2d_config({"strides": [2, 2, 1, 1], "last_stride": 2}, 4)
+    {'strides': [2, 2, 1, 1]}
     >>> encoder_2d_config({}, 4)
     {}
     """
@@ -91,10 +94,18 @@ def encoder_2d_config(s: dict[str, Any], n_layers: int) -> dict[str, Any]:
         raise InputError("image contrast", contrast, "kernels must be odd and >= 3 pixels", "use e.g. [9]")
     if windows:
         out.update(windows=[[float(w[0]), float(w[1])] for w in windows], contrast=contrast)
-    last = int(s.get("last_stride", 2))
+    strides = [int(v) for v in s.get("strides") or []]
+    if strides:  # one per trunk layer; overrides last_stride (e.g. [2, 2, 1, 1]: a 24 x 24 last map at size 96)
+        if len(strides) != n_layers or any(v not in (1, 2) for v in strides):
+            raise InputError("image strides", strides, f"needs one stride of 1 or 2 per trunk layer ({n_layers} layers)",
+                             f"use e.g. {[2] * max(1, n_layers - 2) + [1] * min(2, n_layers - 1)} or leave it empty")
+        out["strides"] = strides
+        last = strides[-1]
+    else:
+        last = int(s.get("last_stride", 2))
     if last not in (1, 2):
         raise InputError("image last_stride", last, "must be 1 or 2", "use 1 (a finer last feature map) or 2")
-    if last != 2:
+    if last != 2 and not strides:
         out["strides"] = [2] * (n_layers - 1) + [last]
     pool = str(s.get("pool", "meanmax"))
     if pool not in POOLS:

@@ -27,6 +27,7 @@ nothing shared between subjects and no organ mask.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time as _time
 from dataclasses import asdict, dataclass, fields
@@ -67,12 +68,30 @@ class LesionPrior:
     # visibility-aware labels: a lesion is labelled only when |contrast| x sqrt(label area, px) / local sd (HU, the
     # slice's ``parenchyma_px`` window at the centre before insertion) reaches this; fainter ones are inserted unlabelled
     min_visibility: float = 0.0            # 0: every lesion is labelled (the session-10 behaviour)
+    # opt-in (session 13): "a solid nodule in aerated parenchyma". A share of the lesions is centred in enclosed
+    # low-density pixels of the slice (``lowdensity_px`` local mean in ``lowdensity_hu``, not connected to the image
+    # border through pixels below its upper bound, so not the air outside the body): a brighter blob that replaces
+    # them by a soft-tissue level drawn from ``lowdensity_level_hu``, radius from ``lowdensity_radius_px``
+    p_lowdensity: float = 0.0
+    lowdensity_hu: tuple[float, float] = (-950.0, -300.0)
+    lowdensity_px: int = 3
+    lowdensity_level_hu: tuple[float, float] = (-100.0, 100.0)
+    lowdensity_radius_px: tuple[float, float] = (1.0, 6.0)
+    # opt-in: a share of the lesions is centred within ``edge_band_px`` of the slice border (on the pixels its kind
+    # would use there: parenchyma, low-density or body), where a cropped field of view cuts organs
+    p_edge: float = 0.0
+    edge_band_px: float = 12.0
 
     def __post_init__(self) -> None:
         if int(self.parenchyma_px) < 3 or int(self.parenchyma_px) % 2 == 0:
             raise InputError("image pretext_prior parenchyma_px", self.parenchyma_px, "must be an odd window of >= 3 pixels", "use e.g. 5")
-        if not 0.0 <= float(self.p_parenchyma) <= 1.0:
-            raise InputError("image pretext_prior p_parenchyma", self.p_parenchyma, "must be a probability in [0, 1]", "use e.g. 0.5")
+        for name in ("p_parenchyma", "p_lowdensity", "p_edge"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise InputError(f"image pretext_prior {name}", getattr(self, name), "must be a probability in [0, 1]", "use e.g. 0.3")
+        if int(self.lowdensity_px) < 1 or int(self.lowdensity_px) % 2 == 0:
+            raise InputError("image pretext_prior lowdensity_px", self.lowdensity_px, "must be an odd window of >= 1 pixel", "use e.g. 3")
+        if not float(self.lowdensity_hu[0]) < float(self.lowdensity_hu[1]):
+            raise InputError("image pretext_prior lowdensity_hu", list(self.lowdensity_hu), "needs low < high", "use e.g. [-950, -300]")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> LesionPrior:
@@ -182,6 +201,38 @@ def parenchyma_pixels(x: torch.Tensor, prior: LesionPrior, window_half: float, w
     return (mean_hu >= lo) & (mean_hu <= hi) & (sd_hu < prior.parenchyma_sd_hu), sd_hu
 
 
+def lowdensity_pixels(x: torch.Tensor, prior: LesionPrior, window_half: float, window_centre: float) -> torch.Tensor:
+    """Slices ``[N, H, W]`` (window units) -> the mask ``[N, H, W]`` of enclosed low-density pixels: the
+    ``prior.lowdensity_px`` local mean within ``prior.lowdensity_hu``, in a connected region (of pixels whose local mean
+    is below its upper bound) that does not touch the slice border, i.e. aerated tissue and gas inside the body,
+    not the air around it. A rule on the slice's own pixels, no organ mask.
+
+    >>> x = torch.full((1, 16, 16), -1.0); x[0, 2:14, 2:14] = 0.04; x[0, 6:10, 4:8] = -0.85   # air | body | lung
+    >>> m = lowdensity_pixels(x, LesionPrior(), 1000.0, 0.0)
+    >>> bool(m[0, 7, 5]), bool(m[0, 0, 0]), bool(m[0, 7, 12]), int(m.sum()) > 0
+    (True, False, False, True)
+    """
+    from scipy.ndimage import label as _label
+
+    k = int(prior.lowdensity_px)
+    mean = local_mean_sd(x, k)[0] if k > 1 else x.float()
+    mean_hu = (mean * window_half + window_centre).numpy()
+    lo, hi = prior.lowdensity_hu
+    out = np.zeros(mean_hu.shape, dtype=bool)
+    for i in range(len(mean_hu)):
+        regions, _ = _label(mean_hu[i] < hi)
+        border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+        enclosed = ~np.isin(regions, border[border > 0]) & (regions > 0)
+        out[i] = enclosed & (mean_hu[i] >= lo)
+    return torch.from_numpy(out)
+
+
+def _edge_band(h: int, w: int, band: float) -> torch.Tensor:
+    """``[H, W]`` True within ``band`` pixels of the slice border."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.minimum(torch.minimum(yy, h - 1 - yy), torch.minimum(xx, w - 1 - xx)) < band
+
+
 def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: LesionPrior,
                              window_half: float, window_centre: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Slices ``[N, H, W]`` in the units of a ``[-1, 1]`` HU window (``(hu - centre) / half``) -> the slices with
@@ -191,12 +242,18 @@ def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: L
     (:func:`parenchyma_pixels`, from the slice before any insertion) with a contrast from
     ``prior.parenchyma_contrast_hu``; a slice without such pixels places them on body pixels. With
     ``prior.min_visibility`` > 0 a lesion whose ``|contrast| x sqrt(area) / local sd`` is below it is inserted but
-    not labelled. With both at 0 (the defaults) the random draws are exactly those of the session-10 prior."""
+    not labelled. With ``prior.p_lowdensity`` > 0 that share is a brighter solid blob centred in enclosed low-density
+    pixels (:func:`lowdensity_pixels`) that replaces them by a soft-tissue level; with ``prior.p_edge`` > 0 that share is
+    centred within ``prior.edge_band_px`` of the border. With all of these at 0 (the defaults) the random draws are
+    exactly those of the session-10 prior."""
     n, h, w = x.shape
     out = x.clone().float()
     target = torch.zeros(n, 2, h, w)
     body_level = (prior.body_hu - window_centre) / window_half
     paren, sd_hu = parenchyma_pixels(out, prior, window_half, window_centre)  # from the slices before any insertion
+    low = lowdensity_pixels(out, prior, window_half, window_centre) if prior.p_lowdensity > 0 else None
+    band = _edge_band(h, w, prior.edge_band_px) if prior.p_edge > 0 else None
+    nodule_prior = dataclasses.replace(prior, radius_px=prior.lowdensity_radius_px) if low is not None else prior
     for i in range(n):
         if rng.random() >= prior.p_lesion:
             continue
@@ -204,21 +261,33 @@ def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: L
         if len(body) == 0:
             continue
         soft = torch.nonzero(paren[i]) if prior.p_parenchyma > 0 else body
+        aerated = torch.nonzero(low[i]) if low is not None else body
         for _ in range(int(rng.integers(1, prior.max_lesions + 1))):
-            in_paren = prior.p_parenchyma > 0 and len(soft) > 0 and rng.random() < prior.p_parenchyma
-            where = soft if in_paren else body
+            nodule = low is not None and len(aerated) > 0 and rng.random() < prior.p_lowdensity
+            in_paren = not nodule and prior.p_parenchyma > 0 and len(soft) > 0 and rng.random() < prior.p_parenchyma
+            where = aerated if nodule else (soft if in_paren else body)
+            if band is not None and rng.random() < prior.p_edge:
+                near = where[band[where[:, 0], where[:, 1]]]
+                where = near if len(near) else where
             cy, cx = (float(v) for v in where[int(rng.integers(len(where)))])
-            alpha, label = lesion_alpha(rng, prior, (h, w), (cy, cx))
-            bright = rng.random() < prior.p_bright
-            contrast_hu = _loguniform(rng, *(prior.parenchyma_contrast_hu if in_paren else prior.contrast_hu))
-            delta = contrast_hu / window_half * (1.0 if bright else -1.0)
-            if rng.random() < prior.p_replace:
-                y0, x0 = int(cy), int(cx)
-                k = max(2, int(round(2 * float(label.sum()) ** 0.5)))
-                local = out[i, max(0, y0 - k):y0 + k + 1, max(0, x0 - k):x0 + k + 1].mean()
-                out[i] = out[i] + alpha.clamp(max=1.0) * (local + delta - out[i])
+            if nodule:  # a solid blob replacing aerated tissue by a soft-tissue level: always brighter
+                alpha, label = lesion_alpha(rng, nodule_prior, (h, w), (cy, cx))
+                level = (rng.uniform(*prior.lowdensity_level_hu) - window_centre) / window_half
+                contrast_hu = abs(level - float(out[i, int(cy), int(cx)])) * window_half
+                out[i] = out[i] + alpha.clamp(max=1.0) * (level - out[i])
+                bright = True
             else:
-                out[i] = out[i] + alpha * delta
+                alpha, label = lesion_alpha(rng, prior, (h, w), (cy, cx))
+                bright = rng.random() < prior.p_bright
+                contrast_hu = _loguniform(rng, *(prior.parenchyma_contrast_hu if in_paren else prior.contrast_hu))
+                delta = contrast_hu / window_half * (1.0 if bright else -1.0)
+                if rng.random() < prior.p_replace:
+                    y0, x0 = int(cy), int(cx)
+                    k = max(2, int(round(2 * float(label.sum()) ** 0.5)))
+                    local = out[i, max(0, y0 - k):y0 + k + 1, max(0, x0 - k):x0 + k + 1].mean()
+                    out[i] = out[i] + alpha.clamp(max=1.0) * (local + delta - out[i])
+                else:
+                    out[i] = out[i] + alpha * delta
             if prior.min_visibility > 0:
                 noise = max(float(sd_hu[i, int(cy), int(cx)]), 1.0)
                 if contrast_hu * float(label.sum()) ** 0.5 / noise < prior.min_visibility:

@@ -42,10 +42,10 @@ DEFAULTS: dict[str, Any] = {
               "lung_medial": True,
               # the organ-agnostic 2D encoder (issue 14; docs/BENCHMARKS.md "Organ-agnostic encoder"): HU windows
               # and local-contrast channels (core.preprocess.transforms.ChannelStack), the last convolution's
-              # stride (1: a finer map), spatial pooling meanmax | attnmax, training-only shifts (pixels) and
+              # stride (1: a finer map; "strides": one per layer, overrides it when set), spatial pooling meanmax | attnmax, training-only shifts (pixels) and
               # intensity offsets (input units). Off by default: on real-anatomy cohorts it did not beat the
               # lung-masked encoder (set "lung_mask": false with "windows" to train it)
-              "windows": [], "contrast": [], "last_stride": 2, "pool": "meanmax", "augment_shift": 0, "augment_offset": 0.0,
+              "windows": [], "contrast": [], "last_stride": 2, "strides": [], "pool": "meanmax", "augment_shift": 0, "augment_offset": 0.0,
               # self-supervised synthetic-lesion pretext before stage A (core.train.pretext_lesions; needs pool
               # "detect"): steps (0 = off), slices per step, learning rate, lesion prior overrides (LesionPrior keys),
               # and whether stage A fine-tunes the trunk (False: frozen, only the slice projection and the image path
