@@ -1,4 +1,5 @@
-"""Case review's first paint, without a browser: the preload script and the CT viewer's component folder.
+"""Case review's first paint, without a browser: the server's warm-up, the preload script and the CT viewer's
+component folder.
 
 The browser side (the order in which the chunks, the viewer and the charts arrive) is
 ``tests/test_case_review_browser.py::test_first_paint_viewer_before_plotly_and_the_charts_below``.
@@ -7,7 +8,10 @@ The browser side (the order in which the chunks, the viewer and the charts arriv
 from __future__ import annotations
 
 import gzip
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +61,42 @@ def test_component_folder_holds_niivue_gzipped_and_is_not_rebuilt_per_run(tmp_pa
     monkeypatch.setenv("CTEHR_DATA_DIR", str(tmp_path))
     assert (V.component_dir() / "index.html").is_file()
     V._component_dir.cache_clear()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_streamlit_run_serves_app_py_as_an_asgi_app_whose_script_is_app_py() -> None:
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    from pages import _server
+
+    found = discover_asgi_app(ROOT / "app.py")
+    assert (found.is_asgi_app, found.app_name, found.import_string) == (True, "app", "app:app")
+    assert _server.SCRIPT == ROOT / "app.py"
+
+
+WARM_UP_PROBE = """
+import json, sys
+from pages import _server
+waited = _server.wait_until_warm(timeout_s=0.01)  # never started: a script run goes on at once
+before = set(sys.modules)
+_server.start_warm_up()
+ok = _server.wait_until_warm(timeout_s=120)
+from pages import _viewer
+print(json.dumps({"waited": waited, "ok": ok, "new": sorted(set(sys.modules) - before), "took": _server.took_s,
+                  "viewer_dirs": _viewer._component_dir.cache_info().currsize}))
+"""
+
+
+def test_warm_up_imports_the_first_page_but_no_model_code_and_script_runs_never_wait_without_it(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", WARM_UP_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                         env={"CTEHR_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["waited"] is True and res["ok"] is True
+    new = set(res["new"])
+    assert {"pandas", "pages._model_views", "pages._viewer", "pages._review", "core.cohort", "pyarrow.dataset"} <= new
+    assert not new & {"torch", "nibabel", "pydicom", "captum", "lifelines"}  # later interactions load those
+    assert 0 < res["took"]["imports"] <= res["took"]["total"]
+    assert res["viewer_dirs"] == 1 and list(tmp_path.rglob("index.html"))  # the viewer's component folder is written
