@@ -162,6 +162,30 @@ def test_same_seed_same_bytes_other_seed_differs(demo: Path, tmp_path: Path) -> 
     assert (other / "cohort.csv").read_bytes() != (demo / "cohort.csv").read_bytes()
 
 
+def test_phantoms_on_three_processes_are_byte_identical_to_one(demo: Path, tmp_path: Path) -> None:
+    progress: list[float] = []
+    split = write_demo_cohort(tmp_path / "split", n=N, seed=SEED, workers=3,
+                              progress=lambda f, label: progress.append(f) if label == "CT phantoms" else None)
+    assert (split / "cohort.csv").read_bytes() == (demo / "cohort.csv").read_bytes()  # lesion voxels from every shard
+    names = sorted(p.name for p in (demo / "studies").iterdir())
+    assert names == sorted(p.name for p in (split / "studies").iterdir()) and len(names) == N
+    assert all((split / "studies" / name).read_bytes() == (demo / "studies" / name).read_bytes() for name in names)
+    assert progress == sorted(progress) and 0 < progress[-1] <= 1
+
+
+def test_demo_workers_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.demo.shards import MIN_PER_SHARD, default_workers
+
+    monkeypatch.delenv("CTEHR_DEMO_WORKERS", raising=False)
+    assert default_workers(MIN_PER_SHARD - 1) == 1  # a small cohort stays in one process
+    assert 1 <= default_workers(800) <= 4
+    monkeypatch.setenv("CTEHR_DEMO_WORKERS", "3")
+    assert default_workers(10) == 3
+    monkeypatch.setenv("CTEHR_DEMO_WORKERS", "two")
+    with pytest.raises(ValueError, match="CTEHR_DEMO_WORKERS: got 'two'"):
+        default_workers(800)
+
+
 def test_oracle_beats_each_modality() -> None:
     lat = sample_latents(4000, seed=0)
     assert abs(np.corrcoef(lat["image_part"], lat["ehr_part"])[0, 1]) < 0.05  # independent parts

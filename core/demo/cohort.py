@@ -22,7 +22,8 @@ import pandas as pd
 
 from core.demo import latents as L
 from core.demo.ehr import build_timeline, curate_features
-from core.demo.phantom import SHAPE, SPACING_MM, render_phantom, write_nifti
+from core.demo.phantom import SHAPE, SPACING_MM
+from core.demo.shards import default_workers, render_all
 from core.errors import InputError
 
 DEFAULT_N = 800
@@ -93,12 +94,13 @@ def cohort_table(lat: pd.DataFrame, voxels: dict[str, tuple[int, int, int] | Non
 
 
 def write_demo_cohort(out: Path | str, n: int = DEFAULT_N, seed: int = 0, progress: Progress | None = None,
-                      *, volumes: bool = True) -> Path:
+                      *, volumes: bool = True, workers: int | None = None) -> Path:
     """Write the complete demo cohort to ``out`` and return the folder.
 
     Deterministic for ``(n, seed)``: the same arguments give byte-identical
-    cohort.csv and volumes. ``volumes=False`` skips the CT phantoms (the
-    ``lesion_slice/row/col`` columns are still computed).
+    cohort.csv and volumes, whatever ``workers`` (processes rendering the CT phantoms; by default
+    the cores this process may use, ``core.demo.shards.default_workers``). ``volumes=False`` skips
+    writing the CT phantoms (the ``lesion_slice/row/col`` columns are still computed).
     """
     started = _time.perf_counter()
     out = check_out(Path(out))
@@ -109,15 +111,10 @@ def write_demo_cohort(out: Path | str, n: int = DEFAULT_N, seed: int = 0, progre
     studies.mkdir(exist_ok=True)
     report = progress or (lambda fraction, label: None)
 
-    voxels: dict[str, tuple[int, int, int] | None] = {}
     total = len(lat) + 2
-    for i, (_, row) in enumerate(lat.iterrows()):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), i, 2]))
-        phantom = render_phantom(row, rng)
-        voxels[row["subject_id"]] = phantom.lesion_voxel
-        if volumes:
-            write_nifti(phantom, studies / f"{row['subject_id']}.nii.gz")
-        report((i + 1) / total, "CT phantoms")
+    voxels = render_all(studies, lat, seed, volumes=volumes,
+                        workers=default_workers(len(lat)) if workers is None else workers,
+                        progress=lambda f: report(f * len(lat) / total, "CT phantoms"))
 
     timeline = build_timeline(lat, seed)
     timeline.to_parquet(out / "timeline.parquet", index=False)
