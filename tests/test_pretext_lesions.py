@@ -243,3 +243,31 @@ def test_strides_setting_gives_the_finer_map_and_is_written_only_when_set() -> N
     for bad in ([2, 1], [2, 2, 3, 1]):
         with pytest.raises(InputError, match="image strides"):
             encoder_2d_config({"strides": bad}, 4)
+
+
+def test_ignore_top_leaves_the_most_confident_unlabelled_positions_out_of_the_loss() -> None:
+    from core.train.image_stage import pretext_settings
+    from core.train.pretext_lesions import detection_loss
+
+    logits = torch.full((2, 2, 8, 8), -4.0)
+    target = torch.zeros(2, 2, 32, 32)
+    target[:, 1, 4:8, 4:8] = 1.0                   # a labelled lesion: position (1, 1) of the 8 x 8 map
+    logits[:, 1, 1, 1] = 3.0                       # found
+    logits[:, 0, 6, 6] = 6.0                       # an unlabelled confident 'lesion' (a real one of the cohort)
+    plain, ignored = float(detection_loss(logits, target)), float(detection_loss(logits, target, ignore_top=1 / 64))
+    assert ignored < plain / 3                     # the unlabelled 6.0 dominated the plain loss; it is left out
+    # the labelled position is never left out: a missed lesion keeps its full (pos-weighted) loss
+    logits[:, 1, 1, 1] = -6.0
+    assert float(detection_loss(logits, target, ignore_top=1 / 64)) > plain
+    assert float(detection_loss(logits, target, ignore_top=0.0)) == float(detection_loss(logits, target))
+    icfg = {"kind": "2d", "pool": "detect"}
+    assert "ignore_top" not in pretext_settings({"pretext_steps": 5, "pool": "detect"}, icfg)  # cache keys unchanged when off
+    assert pretext_settings({"pretext_steps": 5, "pretext_ignore_top": 0.01}, icfg)["ignore_top"] == 0.01
+    with pytest.raises(InputError, match="pretext_ignore_top"):
+        pretext_settings({"pretext_steps": 5, "pretext_ignore_top": 0.7}, icfg)
+    # the pretext still learns with it (the same few steps as above, far shorter)
+    torch.manual_seed(0)
+    x = _tissue(40, 32, 1).reshape(20, 2, 32, 32)
+    info = pretrain_detector(_detector(32), x, torch.ones(20, 2), np.arange(14), np.arange(14, 20), steps=60, batch=16, lr=3e-3,
+                             prior=LesionPrior(radius_px=(1.5, 5.0), contrast_hu=(60.0, 600.0)), seed=0, ignore_top=0.02)
+    assert info["ignore_top"] == 0.02 and info["loss_last_50"] < info["loss_first_50"]

@@ -132,8 +132,14 @@ def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] 
     if icfg.get("kind") != "2d" or icfg.get("pool") != "detect":
         raise InputError("image pretext_steps", steps, f"the lesion pretext needs the 2d encoder with pool \"detect\" (got {icfg.get('kind')}, "
                          f"pool {icfg.get('pool', 'meanmax')})", "set image pool to \"detect\" (and lung_mask false, windows) or pretext_steps 0")
-    return {"steps": steps, "batch": int(s.get("pretext_batch", 32)), "lr": float(s.get("pretext_lr", 2e-3)),
-            "prior": dict(s.get("pretext_prior") or {}), "finetune": bool(s.get("pretext_finetune", False))}
+    out = {"steps": steps, "batch": int(s.get("pretext_batch", 32)), "lr": float(s.get("pretext_lr", 2e-3)),
+           "prior": dict(s.get("pretext_prior") or {}), "finetune": bool(s.get("pretext_finetune", False))}
+    ignore = float(s.get("pretext_ignore_top", 0.0) or 0.0)
+    if not 0.0 <= ignore < 0.5:
+        raise InputError("image pretext_ignore_top", ignore, "must be a fraction in [0, 0.5)", "use 0 (off) or e.g. 0.01")
+    if ignore > 0:  # only when set, so encoders cached before it keep their key
+        out["ignore_top"] = ignore
+    return out
 
 
 def foundation_config(f: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +357,8 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         pretext_info = pretrain_detector(
             enc0, pre["image_preprocessed"], pre["image_token_mask"], train_idx, val_idx, steps=pretext["steps"],
             batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
-            window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, 0.4))
+            window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, 0.4),
+            ignore_top=float(pretext.get("ignore_top", 0.0)))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)
             if enc0.soft_tissue is None:  # type: ignore[union-attr]

@@ -304,16 +304,35 @@ def _sample_slices(x: torch.Tensor, mask: torch.Tensor, subjects: np.ndarray, n:
     return x[torch.as_tensor(idx), torch.as_tensor(s)].float()
 
 
-def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 10.0) -> torch.Tensor:
-    """BCE of lesion logits ``[N, K, h, w]`` against full-size labels ``[N, K, H, W]`` max-pooled to the logits' grid."""
+def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 10.0, ignore_top: float = 0.0) -> torch.Tensor:
+    """BCE of lesion logits ``[N, K, h, w]`` against full-size labels ``[N, K, H, W]`` max-pooled to the logits' grid.
+
+    ``ignore_top`` > 0 leaves out of the loss, per slice and channel, that fraction of the unlabelled positions with
+    the highest logits (at least one): the cohort's own slices hold real lesions that the pretext cannot label, and
+    without this they are taught as background (positive-unlabelled data; session 13).
+
+    >>> lg, tg = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    >>> lg[0, 0, 0, 0] = 8.0   # a confident 'false positive' (an unlabelled real lesion)
+    >>> round(float(detection_loss(lg, tg)), 3), round(float(detection_loss(lg, tg, ignore_top=0.05)), 3)
+    (1.15, 0.693)
+    """
     tgt = F.adaptive_max_pool2d(target, logits.shape[-2:])
-    return F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=torch.tensor(pos_weight, device=logits.device))
+    pw = torch.tensor(pos_weight, device=logits.device)
+    if ignore_top <= 0:
+        return F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw)
+    per = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw, reduction="none").flatten(2)
+    neg_logits = logits.detach().flatten(2).masked_fill(tgt.flatten(2) > 0, -math.inf)
+    k = max(1, int(round(ignore_top * neg_logits.shape[-1])))
+    keep = torch.ones_like(per).scatter_(2, neg_logits.topk(k, dim=2).indices, 0.0)
+    keep = torch.where(tgt.flatten(2) > 0, torch.ones_like(keep), keep)
+    return (per * keep).sum() / keep.sum()
 
 
 def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, train_idx: np.ndarray,
                       val_idx: np.ndarray, *, steps: int, batch: int = 32, lr: float = 2e-3, prior: LesionPrior | None = None,
                       seed: int = 0, device: torch.device | None = None, window: tuple[float, float] = (-1000.0, 1000.0),
-                      progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+                      progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0),
+                      ignore_top: float = 0.0) -> dict[str, Any]:
     """Train the trunk and detector of ``enc`` (``pool="detect"``) to segment synthetic lesions in the real slices of
     ``train_idx`` (prepared ``x`` ``[N, S, H, W]`` in units of the HU ``window``). Returns an info dict: losses, seconds,
     and the held-out check on ``val_idx`` slices with fresh synthetic lesions: the AUC of each slice's max logit for
@@ -336,7 +355,7 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
     for step in range(steps):
         xs, tgt = insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre)
         logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
-        loss = detection_loss(logits, tgt.to(device))
+        loss = detection_loss(logits, tgt.to(device), ignore_top=ignore_top)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -346,7 +365,7 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
             lo, hi = progress_span
             progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}")
     enc.eval()
-    info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
+    info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, **({"ignore_top": ignore_top} if ignore_top > 0 else {}), "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
                             "loss_first_50": round(float(np.mean(losses[:50])), 4), "loss_last_50": round(float(np.mean(losses[-50:])), 4),
                             "seconds": round(_time.perf_counter() - t0, 1)}
     held = val_idx if len(val_idx) else train_idx

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
               # and whether stage A fine-tunes the trunk (False: frozen, only the slice projection and the image path
               # above it learn from survival labels)
               "pretext_steps": 0, "pretext_batch": 32, "pretext_lr": 2e-3, "pretext_prior": {}, "pretext_finetune": False,
+              # the fraction of unlabelled detector positions (highest logits, per slice) left out of the pretext loss:
+              # the cohort's real lesions are unlabelled there (0 = off)
+              "pretext_ignore_top": 0.0,
               # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
