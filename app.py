@@ -1,22 +1,108 @@
-"""CT + EHR survival explorer. Run with ``streamlit run app.py``.
+"""CT + EHR survival explorer: navigation, sidebar and the one-time demo build. Run with ``streamlit run app.py``.
 
-Streamlit finds ``app`` below (its ASGI ``st.App``) and serves this same file as the
-script of every session. The server side (``__name__ != "__main__"``) starts, at the
-server's start, the import of the first page's modules while the first browser is
-still loading (``pages/_server.py``). Each session's script run (``__main__``) is
-``pages/_main.py``: sign-in gate, navigation, sidebar, the one-time demo build; every
-page lives in ``pages/``.
+Every page lives in ``pages/``; :func:`main`, this file's script run, only gates sign-in
+(``st.login`` when ``[auth]`` is in secrets.toml) and declares the navigation and the
+sidebar (model, device, horizon). ``streamlit run app.py`` finds ``app`` at the bottom
+(Streamlit's ASGI ``st.App``) and serves this same file as every session's script; the
+server's start imports the first page's modules while the first browser is still
+loading (``pages/_server.py``).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
+from pages import _preload, _server
+
+
+def _sign_in_screen() -> None:
+    st.title("CT + EHR survival explorer")
+    st.write("Sign in with your hospital account to continue.")
+    st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login)
+    st.caption("Research use only. Not a medical device.")
+
+
+def main() -> None:
+    """One script run: what ``streamlit run app.py`` executes for each session (and AppTest on app.py)."""
+    st.set_page_config(
+        page_title="CT + EHR survival explorer",
+        page_icon=":material/monitor_heart:",
+        layout="wide",
+        initial_sidebar_state="expanded",
+    )
+    # before the imports below: the browser loads the first screen's code meanwhile
+    _preload.warm_browser()
+    # the server imports the first page's modules at its start (pages/_server.py): wait for that rather than
+    # import the same modules from two threads at once; a server started without it (AppTest) does not wait
+    _server.wait_until_warm()
+
+    from core.app import demo_install, paths
+    from core.models import FUSIONS
+    from pages import _chrome as chrome
+    from pages import _jobs
+    from pages import _session as session
+    from pages import _state as K
+
+    chrome.inject_style()
+    st.logo(str(paths.ASSETS / "logo.svg"), size="large")
+
+    # Sign-in gate, before anything else (the demo build, the pages): with [auth] in secrets.toml a
+    # visitor without a session gets the sign-in screen only; without it the server must listen on
+    # loopback only (.streamlit/config.toml: server.address = "127.0.0.1"). See docs/DEPLOYMENT.md.
+    if session.auth_configured():
+        if session.missing_auth_keys():
+            st.error(f"Sign-in is configured but [auth] in secrets.toml lacks {', '.join(session.missing_auth_keys())}; "
+                     "fix: complete it as in .streamlit/secrets.example.toml", icon=":material/error:")
+            st.stop()
+        if not st.user.is_logged_in:
+            st.session_state.pop(K.NAVIGATED, None)
+            st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:")], position="hidden").run()
+            st.stop()
+        if not st.session_state.get(K.LOGIN_AUDITED):
+            session.audit("login", "session")
+            st.session_state[K.LOGIN_AUDITED] = True
+    elif not session.listens_on_loopback_only():
+        st.error(f"No sign-in is configured and server.address is {st.get_option('server.address') or 'unset (every interface)'}; "
+                 "fix: set server.address = \"127.0.0.1\" or configure [auth] (docs/DEPLOYMENT.md)", icon=":material/error:")
+        st.stop()
+
+    pages = [
+        st.Page("pages/case_review.py", title="Case review", icon=":material/radiology:", default=True),
+        st.Page("pages/upload.py", title="Upload", icon=":material/upload_file:"),
+        st.Page("pages/cohort_models.py", title="Cohort & models", icon=":material/monitoring:"),
+        st.Page("pages/export.py", title="Export", icon=":material/download:"),
+        st.Page("pages/about.py", title="About", icon=":material/info:"),
+    ]
+    ready = demo_install.demo_ready()
+    # navigation is declared first, so the first start shows no raw page list; it stays hidden until the demo exists
+    current = st.navigation(pages, position="sidebar" if ready else "hidden")
+    st.session_state[K.NAVIGATED] = True
+
+    # First start: build the demo cohort and one model per fusion strategy, once, on disk.
+    if not ready:
+        st.title("Preparing the demo")
+        st.write(
+            "First start: generating the synthetic demo cohort (CT phantoms, MEDS timelines, outcomes) "
+            "and installing one model per fusion strategy "
+            f"({len(FUSIONS)} strategies; models that were not shipped in assets/demo_models are "
+            "trained here). This happens once; later starts reuse it from disk."
+        )
+        bar = st.progress(0.0, text="starting")
+        with chrome.core_errors(stop=True):
+            demo_install.ensure_demo(progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
+        bar.empty()
+        st.rerun()
+
+    chrome.follow_deep_link()
+    chrome.sidebar()
+    _jobs.sidebar_list()
+    # once per server: the imports later interactions need (captum, lifelines), in the background and 10 s from now,
+    # so the first page waits on none of them
+    chrome.preload_in_background()
+    current.run()
+
+
 if __name__ == "__main__":  # a session's script run (and AppTest.from_file("app.py"))
-    from pages import _main
-
-    _main.run()
+    main()
 else:  # imported by `streamlit run app.py`, which serves this ASGI app
-    from pages import _server
-
     app = st.App(str(_server.SCRIPT), lifespan=_server.lifespan)

@@ -135,8 +135,18 @@ def download(pg: object, prepare_label: str, download_label: str, folder: Path) 
 
 
 def settle(pg: object, timeout_s: float = 90.0) -> None:
-    """Wait until the script has finished running (and the page shows no exception)."""
-    pg.wait_for_timeout(400)  # type: ignore[attr-defined]
+    """Wait until the script run the last action started has finished (and the page shows no exception).
+
+    On a busy machine the run can start a second or more after the click: wait up to 2.5 s for it to start, so
+    the page from before the action is not taken for its result.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        pg.wait_for_selector('[data-testid="stApp"]:not([data-test-script-state="notRunning"])',  # type: ignore[attr-defined]
+                             timeout=2500)
+    except PlaywrightTimeout:
+        pg.wait_for_timeout(100)  # type: ignore[attr-defined]  # the run ended before we looked, or none started
     pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',  # type: ignore[attr-defined]
                          timeout=timeout_s * 1000)
     pg.wait_for_timeout(300)  # type: ignore[attr-defined]
