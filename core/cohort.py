@@ -217,7 +217,7 @@ class Cohort:
 
     def __post_init__(self) -> None:
         self._by_id = {sid: i for i, sid in enumerate(self.table["subject_id"])}
-        self._events_by_id: dict[str, pd.DataFrame] | None = None
+        self._events_by_id: dict[str, np.ndarray] | None = None  # row positions in the timeline per subject
 
     def ids(self, split: str | None = None) -> list[str]:
         if split is None:
@@ -278,10 +278,12 @@ class Cohort:
         if self.timeline is None:
             return empty
         if self._events_by_id is None:
-            self._events_by_id = {str(k): g for k, g in self.timeline.groupby("subject_id", sort=False)}
-        ev = self._events_by_id.get(str(row["subject_id"]))
-        if ev is None:
+            # positions only (one array per subject, no frame per subject): a first page needs one subject's events
+            self._events_by_id = {str(k): v for k, v in self.timeline.groupby("subject_id", sort=False).indices.items()}
+        rows = self._events_by_id.get(str(row["subject_id"]))
+        if rows is None:
             return empty
+        ev = self.timeline.iloc[rows]
         from core.io.timeline import OUTCOME_CODES
 
         if "index_time" in self.table.columns:
