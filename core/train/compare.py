@@ -32,7 +32,8 @@ def _fmt(v: Any, ci: Any = None) -> str:
 def compare_strategies(cohort_dir: Path | str, out: Path | str, *, fusions: Sequence[str] = FUSIONS, head: str = "discrete",
                        seed: int = 0, device: str = "auto", epochs: int | None = None, image_encoder: Path | None = None,
                        progress: Progress | None = None, overrides: dict[str, Any] | None = None,
-                       ehr_encoder: str = "auto", ensemble: int | None = None) -> pd.DataFrame:
+                       ehr_encoder: str = "auto", ensemble: int | None = None,
+                       image_encoder_kind: str = "auto") -> pd.DataFrame:
     out = Path(out)
     bad = [f for f in fusions if f not in FUSIONS]
     if bad:
@@ -44,8 +45,8 @@ def compare_strategies(cohort_dir: Path | str, out: Path | str, *, fusions: Sequ
                 progress((i + frac) / len(fusions), f"{fusion}: {label}")
 
         m = train_model(cohort_dir, fusion, out / fusion, head=head, seed=seed, device=device, epochs=epochs,
-                        image_encoder=image_encoder, ehr_encoder=ehr_encoder, progress=sub, overrides=overrides,
-                        ensemble=ensemble)
+                        image_encoder=image_encoder, image_encoder_kind=image_encoder_kind, ehr_encoder=ehr_encoder,
+                        progress=sub, overrides=overrides, ensemble=ensemble)
         t = m.get("test", {})
         rows.append({"fusion": fusion, "head": head, "c_index": t.get("c_index"),
                      "c_index_lo": (t.get("c_index_ci") or [None, None])[0], "c_index_hi": (t.get("c_index_ci") or [None, None])[1],

@@ -40,7 +40,7 @@ def _digest(*parts: Any) -> str:
 def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings: dict[str, Any]) -> dict[str, Any]:
     if image_encoder_kind not in IMAGE_ENCODERS + ("auto",):
         raise InputError("image_encoder_kind", image_encoder_kind, "unknown image encoder",
-                         "use auto, 2d, 3d, foundation, embedding or none")
+                         "use auto, 2d, detector, 3d, foundation, embedding or none")
     kind = image_encoder_kind
     if kind == "auto":
         kind = "2d" if cohort.has_studies else ("embedding" if cohort.image_embeddings is not None else "none")

@@ -65,9 +65,30 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensemble: int | None) -> dict[str, Any]:
-    """``DEFAULTS`` with ``overrides`` merged one level deep, then ``epochs`` and ``ensemble`` when given."""
+# Named image encoders that are the 2d encoder with other ``image`` settings (``--image-encoder-kind detector``).
+# "detector": reads the whole CT, no organ mask: HU windows with local-contrast channels, a 4-layer trunk with a
+# 24 x 24 last map at 96 px, first trained (3000 steps) to find synthetic lesions inserted into the cohort's own
+# training slices (core.train.pretext_lesions: parenchyma, low-density nodule and slice-edge shares), then frozen;
+# survival is learnt from its per-slice detection statistics. Real-anatomy cohorts (docs/BENCHMARKS.md
+# "Lesion-detector encoder"): image_only test C 0.59-0.78 against 0.45-0.56 for the lung-masked encoder; about
+# 500 s more CPU per trained image stage.
+IMAGE_PRESETS: dict[str, dict[str, Any]] = {
+    "detector": {"lung_mask": False, "windows": [[-160, 240], [-40, 160], [-200, 1000], [-1000, -300]],
+                 "contrast": [9], "pool": "detect", "size": 96, "channels": [16, 32, 32, 32], "strides": [2, 2, 1, 1],
+                 "pretext_steps": 3000,
+                 "pretext_prior": {"p_parenchyma": 0.5, "min_visibility": 5, "p_lowdensity": 0.2, "p_edge": 0.2}},
+}
+
+
+def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensemble: int | None,
+                   preset: str | None = None) -> dict[str, Any]:
+    """``DEFAULTS`` (with the ``image`` settings of ``IMAGE_PRESETS[preset]`` when given) with ``overrides`` merged
+    one level deep, then ``epochs`` and ``ensemble`` when given."""
     settings = copy.deepcopy(DEFAULTS)
+    if preset is not None:
+        if preset not in IMAGE_PRESETS:
+            raise InputError("image_encoder_kind", preset, "no such image preset", f"use one of {', '.join(IMAGE_PRESETS)}")
+        settings["image"].update(copy.deepcopy(IMAGE_PRESETS[preset]))
     for k, v in (overrides or {}).items():
         if isinstance(v, dict) and isinstance(settings.get(k), dict):
             settings[k].update(v)

@@ -1,0 +1,41 @@
+"""``--image-encoder-kind detector``: the 2d encoder with the whole-CT lesion-detector settings (core.train.settings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.errors import InputError
+from core.train.settings import DEFAULTS, IMAGE_PRESETS, merge_settings
+
+
+def test_preset_under_overrides_and_only_when_asked() -> None:
+    plain = merge_settings(None, None, None)
+    assert plain["image"]["lung_mask"] is True and plain["image"]["pretext_steps"] == 0  # the default is unchanged
+    det = merge_settings({"image": {"pretext_steps": 7}}, None, None, "detector")
+    assert det["image"]["lung_mask"] is False and det["image"]["pool"] == "detect"
+    assert det["image"]["strides"] == [2, 2, 1, 1] and det["image"]["pretext_steps"] == 7  # overrides win
+    assert det["image"]["epochs"] == DEFAULTS["image"]["epochs"]  # keys the preset does not name stay the defaults
+    det["image"]["pretext_prior"]["p_edge"] = 0.9  # a merged copy: the preset itself never changes
+    assert IMAGE_PRESETS["detector"]["pretext_prior"]["p_edge"] == 0.2
+    with pytest.raises(InputError, match="image_encoder_kind"):
+        merge_settings(None, None, None, "lungs")
+
+
+def test_detector_kind_trains_a_frozen_detector_that_reads_the_whole_ct(tmp_path: Path) -> None:
+    from core.demo import write_demo_cohort
+    from core.train import train_model
+
+    cohort = write_demo_cohort(tmp_path / "cohort", n=24, seed=2)
+    small = {"image": {"pretext_steps": 12, "pretext_batch": 8, "epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 8},
+             "dim": 16}
+    metrics = train_model(cohort, "image_only", tmp_path / "m", epochs=1, device="cpu", image_encoder_kind="detector",
+                          overrides=small, ensemble=1)
+    image = json.loads((tmp_path / "m" / "config.json").read_text())["image"]
+    assert image["kind"] == "2d" and image["lung_mask"] is False and image["pool"] == "detect"
+    assert image["strides"] == [2, 2, 1, 1] and len(image["windows"]) == 4 and image["channels"] == [4, 8, 8, 8]
+    pretext = metrics["image_encoder"]["pretext"]
+    assert pretext["steps"] == 12 and pretext["prior"]["p_lowdensity"] == 0.2
+    assert 0.0 <= metrics["test"]["c_index"] <= 1.0
