@@ -7,16 +7,20 @@ least recently used go first when a folder passes its bounds.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from core.errors import InputError
 
 _TRIM_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 class BoundedFolder:
@@ -37,6 +41,22 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
+
+
+def load_npz(path: Path, build: Callable[[Mapping[str, Any], dict[str, Any]], T]) -> T | None:
+    """``build(arrays, meta)`` from the ``.npz`` at ``path`` (``meta``: its JSON ``meta`` entry), read without pickle;
+    None when the file is missing. A torn or foreign file (unreadable, or ``build`` fails on it) is deleted and
+    gives None, so the caller computes the entry again; a file read is touched (least recently used goes first)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            value = build(z, json.loads(str(z["meta"])))
+        os.utime(path)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        path.unlink(missing_ok=True)
+        return None
+    return value
 
 
 def trim(root: Path, max_entries: int, max_bytes: int, companions: tuple[str, ...] = ()) -> None:

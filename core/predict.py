@@ -19,8 +19,7 @@ import hashlib
 import json
 import os
 import threading
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,30 +195,23 @@ class PredictionCache(disk_cache.BoundedFolder):
         return self.root / f"{key}.npz"
 
     def get(self, key: str) -> CachedCase | None:
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                pred = CasePrediction(
-                    times=z["times"], survival=z["survival"], lower=z["lower"], upper=z["upper"], risk=float(z["risk"]),
-                    risk_at={int(h): float(v) for h, v in zip(z["risk_h"], z["risk_v"])},
-                    modalities_used=[str(m) for m in z["modalities"]],
-                    slice_weights=z.get("slice_weights"), event_weights=z.get("event_weights"),
-                    attention={name: z[f"att{i}"] for i, name in enumerate(meta["attention"])},
-                )
-                events = pd.DataFrame({col: (z[f"ev{i}"] if kind in "Mfiub" else pd.Series(z[f"ev{i}"].tolist(), dtype=object))
-                                       for i, (col, kind) in enumerate(zip(meta["columns"], meta["kinds"]))},
-                                      columns=meta["columns"])
-                for col, dtype in zip(meta["columns"], meta["dtypes"]):
-                    if str(events[col].dtype) != dtype:
-                        events[col] = events[col].astype(dtype)
-            os.utime(path)  # least recently used goes first
-        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # torn or foreign: predict again
-            path.unlink(missing_ok=True)
-            return None
-        return CachedCase(pred, events, key)
+        def build(z: Mapping[str, Any], meta: dict[str, Any]) -> CachedCase:
+            pred = CasePrediction(
+                times=z["times"], survival=z["survival"], lower=z["lower"], upper=z["upper"], risk=float(z["risk"]),
+                risk_at={int(h): float(v) for h, v in zip(z["risk_h"], z["risk_v"])},
+                modalities_used=[str(m) for m in z["modalities"]],
+                slice_weights=z.get("slice_weights"), event_weights=z.get("event_weights"),
+                attention={name: z[f"att{i}"] for i, name in enumerate(meta["attention"])},
+            )
+            events = pd.DataFrame({col: (z[f"ev{i}"] if kind in "Mfiub" else pd.Series(z[f"ev{i}"].tolist(), dtype=object))
+                                   for i, (col, kind) in enumerate(zip(meta["columns"], meta["kinds"]))},
+                                  columns=meta["columns"])
+            for col, dtype in zip(meta["columns"], meta["dtypes"]):
+                if str(events[col].dtype) != dtype:
+                    events[col] = events[col].astype(dtype)
+            return CachedCase(pred, events, key)
+
+        return disk_cache.load_npz(self._path(key), build)  # torn or foreign: None, predicted again
 
     def put(self, key: str, prediction: CasePrediction, events: pd.DataFrame) -> CachedCase:
         """Store a fresh prediction (when its events round-trip; otherwise it is returned without being kept)."""

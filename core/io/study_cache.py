@@ -29,9 +29,9 @@ import dataclasses
 import hashlib
 import json
 import os
-import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,24 +65,17 @@ class StudyCache(disk_cache.BoundedFolder):
         key = self.key(path)
         if key is None:
             return None
-        file = self.root / f"{key}.npz"
-        if not file.is_file():
-            return None
-        try:
-            with np.load(file, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                volume = Volume(
-                    hu=z["hu"], spacing_mm=tuple(float(v) for v in z["spacing"]), affine=z["affine"],
-                    modality=meta["modality"], format=meta["format"],
-                    series=[SeriesInfo(**s) for s in meta["series"]],
-                    meta={str(k): str(v) for k, v in meta["meta"].items()}, study_date=meta["study_date"],
-                    **{name: [str(v) for v in meta[name]] for name in _LISTS},
-                )
-            os.utime(file)  # least recently used goes first
-        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # torn or foreign: decode again
-            file.unlink(missing_ok=True)
-            return None
-        return volume
+
+        def build(z: Mapping[str, Any], meta: dict[str, Any]) -> Volume:
+            return Volume(
+                hu=z["hu"], spacing_mm=tuple(float(v) for v in z["spacing"]), affine=z["affine"],
+                modality=meta["modality"], format=meta["format"],
+                series=[SeriesInfo(**s) for s in meta["series"]],
+                meta={str(k): str(v) for k, v in meta["meta"].items()}, study_date=meta["study_date"],
+                **{name: [str(v) for v in meta[name]] for name in _LISTS},
+            )
+
+        return disk_cache.load_npz(self.root / f"{key}.npz", build)  # torn or foreign: None, decoded again
 
     def put(self, path: Path | str, volume: Volume) -> None:
         """Keep ``volume``, decoded from the study file ``path`` (a folder is not kept)."""
