@@ -24,6 +24,7 @@ import pandas as pd
 
 from core.demo import latents as L
 from core.demo.phantom import render_phantom, write_nifti
+from core.errors import InputError
 
 Voxel = tuple[int, int, int] | None
 MIN_PER_SHARD = 50  # fewer subjects than this per extra core: one process (starting an interpreter costs ~1 s)
@@ -35,7 +36,7 @@ def default_workers(n: int) -> int:
     env = os.environ.get("CTEHR_DEMO_WORKERS")
     if env is not None:
         if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"CTEHR_DEMO_WORKERS: got {env!r}, expected a whole number >= 1; fix: unset it or set 1-8")
+            raise InputError("CTEHR_DEMO_WORKERS", repr(env), "expected a whole number >= 1", "unset it or set 1-8")
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, MAX_WORKERS, n // MIN_PER_SHARD))
