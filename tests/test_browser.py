@@ -206,6 +206,8 @@ def test_case_review_viewer_interactions(page: object) -> None:
     settle(pg, 120)
     viewer = next(f for f in pg.frames if "ctehr_ct_viewer" in f.url)  # type: ignore[attr-defined]
     computing = pg.locator('[data-testid="stProgress"]').count() >= 1  # type: ignore[attr-defined]
+    if not computing:  # the job may have just finished: its map reaches the viewer with the next message
+        viewer.wait_for_function("() => window.ctehrViewer.nv.volumes.length === 2", timeout=60_000)
     assert computing or viewer.evaluate("() => window.ctehrViewer.nv.volumes.length") == 2
     shot(pg, "case_review_saliency")
     # overlay off again: a select change can be lost while a job's progress fragment reruns every second
