@@ -401,6 +401,8 @@ def test_without_webgl_the_page_falls_back_to_plain_planes(browser: object, serv
         pg.get_by_text("showing plain planes instead").wait_for(timeout=60_000)
         settle(pg)
         assert "no WebGL2" in pg.locator('[data-testid="stAlert"]').filter(has_text="plain planes").inner_text()
+        # the planes come with the page rerun the viewer's report starts, which can start late on a busy machine
+        pg.locator('[data-testid="stPlotlyChart"] .gtitle').filter(has_text="sagittal ").first.wait_for(timeout=60_000)
         titles = pg.locator('[data-testid="stPlotlyChart"] .gtitle').all_text_contents()
         assert any(t.startswith("axial ") for t in titles) and any(t.startswith("sagittal ") for t in titles), titles
     finally:
