@@ -110,6 +110,8 @@ def opened_page(browser: object, server: str) -> Iterator[object]:
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     pg.goto(server)
+    # the first run may start seconds after the page loads on a busy machine: wait for its title, then for its end
+    pg.locator("h1").first.wait_for(timeout=180_000)
     settle(pg)
     try:
         yield pg
