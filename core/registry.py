@@ -222,8 +222,10 @@ def _encoder_line(cfg: ModelConfig, metrics: dict[str, Any]) -> str:
     init = metrics.get("image_encoder", {}).get("init")
     pretext = metrics.get("image_encoder", {}).get("pretext")
     if pretext:  # core.train.pretext_lesions (issue 14)
-        return (f"- Image encoder: a lesion detector pretrained without labels for {pretext['steps']} steps on the train split's own "
-                "slices with synthetic lesions inserted (darker and brighter; ellipses, lobulated and irregular blobs), "
+        which = ("own slices" if pretext.get("subjects", "all") == "all" else
+                 f"slices of the {pretext.get('n_subjects', '?')} subjects without an event before the median time,")
+        return (f"- Image encoder: a lesion detector pretrained without labels for {pretext['steps']} steps on the train split's {which} "
+                "with synthetic lesions inserted (darker and brighter; ellipses, lobulated and irregular blobs), "
                 "then frozen; only the projection of its per-slice detection statistics (max logit, soft area) and the "
                 "image path above it learned from the survival labels.")
     return ("- Image encoder: trained once on the train split with an image-only survival objective, then frozen"

@@ -127,7 +127,15 @@ tab_model, tab_compare, tab_train, tab_meds = st.tabs(
 
 
 TRAIN_KEY = "train"
-IMAGE_KINDS = {"auto": "Lung-focused (default)", "detector": "Whole CT: lesion detector"}  # core.train image kinds
+KIND_NAMES = {"detector": "Whole CT: lesion detector", "2d": "Lung-focused (fast)"}  # core.train image kinds
+
+
+def image_kinds() -> dict[str, str]:
+    """The training form's encoders: "auto" (this site's default for new models, named) first, then the other one."""
+    from core.train.settings import default_image_kind
+
+    default = default_image_kind()
+    return {"auto": f"{KIND_NAMES.get(default, default)} (default)", **{k: v for k, v in KIND_NAMES.items() if k != default}}
 
 
 def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None,
@@ -287,11 +295,13 @@ with tab_train:
     up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
     c1, c2, c3 = st.columns([2, 3, 1])
     fusion = c1.selectbox("Fusion strategy", FUSIONS, index=FUSIONS.index("concat"), key="train_fusion")
+    kinds = image_kinds()
     image_kind = c2.selectbox(
-        "Image encoder", list(IMAGE_KINDS), format_func=IMAGE_KINDS.__getitem__, key="train_image_kind",
-        help="Lung-focused: the slice CNN sees only the lungs (fast; chest CT with lung findings). Whole CT: a slice "
-             "CNN first learns to find synthetic lesions inserted into your cohort's own slices, then survival from "
-             "what it finds anywhere in the body (about 10 more minutes of CPU; liver, bone, spleen lesions).")
+        "Image encoder", list(kinds), format_func=kinds.__getitem__, key="train_image_kind",
+        help="Whole CT: a slice CNN first learns to find synthetic lesions inserted into your cohort's own "
+             "slices, then survival from what it finds anywhere in the body (liver, bone, lung, spleen lesions; about "
+             "10 more minutes of CPU per model). Lung-focused: the slice CNN sees only the lungs (fast; chest CT with "
+             "lung findings).")
     epochs = c3.number_input("Epochs", 1, 200, 10, key="train_epochs")
     if up is not None and st.button("Train", type="primary", key="train_button"):
         with chrome.core_errors(stop=False, what="Training not started: "):

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         from core.train.compare import compare_strategies
 
         runs = args.work / "runs"
-        compare_strategies(cohort, runs, seed=args.seed, device="cpu")
+        compare_strategies(cohort, runs, seed=args.seed, device="cpu", image_encoder_kind="2d")  # the lung-focused encoder
     seconds = round(time.perf_counter() - started, 1)
 
     args.out.mkdir(parents=True, exist_ok=True)

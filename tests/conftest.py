@@ -15,6 +15,11 @@ REAL_MEDS = SHARED_DATA / "meds" / "mimic_iv_demo_meds_events.parquet"
 # Keep each test process on one thread: CI has 2 cores and may run 2 workers.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# New models on CT default to the whole-CT lesion detector, whose pretext costs ~10 CPU minutes per image model: the
+# suite trains its many small image models with the fast lung-focused encoder instead (the site setting a deployment
+# can use too; core.train.settings.default_image_kind). The detector, and "auto" resolving to it without this
+# setting, have their own tests (tests/test_detector_kind.py), which remove it.
+os.environ.setdefault("CTEHR_IMAGE_KIND_DEFAULT", "2d")
 
 
 @pytest.fixture(scope="session")

@@ -38,4 +38,30 @@ def test_detector_kind_trains_a_frozen_detector_that_reads_the_whole_ct(tmp_path
     assert image["strides"] == [2, 2, 1, 1] and len(image["windows"]) == 4 and image["channels"] == [4, 8, 8, 8]
     pretext = metrics["image_encoder"]["pretext"]
     assert pretext["steps"] == 12 and pretext["prior"]["p_lowdensity"] == 0.2
+    # every pretext slice gets lesions, and the subjects with an early event are left out of the pretext
+    assert pretext["prior"]["p_lesion"] == 1.0 and pretext["prior"]["max_lesions"] == 8
+    assert pretext["subjects"] == "no_early_event" and 0 < pretext["n_subjects"] < 14
     assert 0.0 <= metrics["test"]["c_index"] <= 1.0
+
+
+def test_auto_means_the_detector_for_new_models_on_ct_unless_the_site_setting_says_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.demo import write_demo_cohort
+    from core.train import train_model
+    from core.train.settings import DEFAULT_IMAGE_KIND, DEFAULT_IMAGE_KIND_ENV, default_image_kind
+
+    monkeypatch.delenv(DEFAULT_IMAGE_KIND_ENV, raising=False)  # the product's default, not the suite's
+    assert DEFAULT_IMAGE_KIND == "detector" and default_image_kind() == "detector"
+    cohort = write_demo_cohort(tmp_path / "cohort", n=24, seed=3)
+    small = {"image": {"pretext_steps": 6, "pretext_batch": 4, "epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 8},
+             "dim": 16}
+    m = train_model(cohort, "image_only", tmp_path / "auto", epochs=1, device="cpu", overrides=small, ensemble=1)
+    image = json.loads((tmp_path / "auto" / "config.json").read_text())["image"]
+    assert image["pool"] == "detect" and image["lung_mask"] is False and m["image_encoder"]["pretext"]["steps"] == 6
+    monkeypatch.setenv(DEFAULT_IMAGE_KIND_ENV, "2d")  # a site that keeps the lung-focused encoder
+    train_model(cohort, "image_only", tmp_path / "lung", epochs=1, device="cpu", overrides={"dim": 16, "image": {"epochs": 1}},
+                ensemble=1)
+    image = json.loads((tmp_path / "lung" / "config.json").read_text())["image"]
+    assert image["lung_mask"] is True and image.get("pool", "meanmax") == "meanmax"
+    monkeypatch.setenv(DEFAULT_IMAGE_KIND_ENV, "lungs")
+    with pytest.raises(InputError, match=DEFAULT_IMAGE_KIND_ENV):
+        train_model(cohort, "image_only", tmp_path / "bad", epochs=1, device="cpu", ensemble=1)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -114,9 +115,20 @@ def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Pat
     loaded = load_model(tmp_path / "m")
     enc = loaded.net.members[0].image_encoder if hasattr(loaded.net, "members") else loaded.net.image_encoder
     assert isinstance(enc, SliceEncoder2D) and enc.detector is not None and enc.proj.in_features == 4
+    assert pre["subjects"] == "all" and pre["n_subjects"] == 19  # every train subject with a CT
     # the pretext without the detection head is refused, naming the fix
     with pytest.raises(InputError, match="pool"):
         pretext_settings({"pretext_steps": 5}, {"kind": "2d", "pool": "attnmax"})
+    # its slices from the subjects without an early event: fewer subjects, recorded, on the card; a bad rule is refused
+    tiny = {"image": {**TINY_PRETEXT["image"], "pretext_subjects": "no_early_event"}}
+    m2 = train_model(cohort, "image_only", tmp_path / "m2", epochs=1, device="cpu", overrides=tiny)
+    table = pd.read_csv(cohort / "cohort.csv")
+    tr = table[table["split"] == "train"]
+    early = int(((tr["event"] == 1) & (tr["time"] < tr["time"].median())).sum())
+    assert early > 0 and m2["image_encoder"]["pretext"]["n_subjects"] == len(tr) - early
+    assert "subjects without an event before the median time" in (tmp_path / "m2" / "MODEL_CARD.md").read_text()
+    with pytest.raises(InputError, match="pretext_subjects"):
+        pretext_settings({"pretext_steps": 5, "pretext_subjects": "healthy"}, {"kind": "2d", "pool": "detect"})
 
 
 def _two_tissues(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,3 +283,34 @@ def test_ignore_top_leaves_the_most_confident_unlabelled_positions_out_of_the_lo
     info = pretrain_detector(_detector(32), x, torch.ones(20, 2), np.arange(14), np.arange(14, 20), steps=60, batch=16, lr=3e-3,
                              prior=LesionPrior(radius_px=(1.5, 5.0), contrast_hu=(60.0, 600.0)), seed=0, ignore_top=0.02)
     assert info["ignore_top"] == 0.02 and info["loss_last_50"] < info["loss_first_50"]
+
+
+def test_dense_lesions_sit_in_bone_lytic_darker_sclerotic_brighter_and_stay_inside_it() -> None:
+    # a 'vertebra' (250 HU disc) in 40 HU tissue: with p_dense 1 every lesion is centred in it and kept inside it
+    # (its partial-volume rim and one pixel more); lytic ones replace bone by -20..60 HU (darker channel), sclerotic ones add 150..600 HU
+    from core.train.pretext_lesions import dense_pixels
+
+    n, size = 120, 48
+    x = _tissue(n, size, 7)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    bone = ((yy - 30) ** 2 + (xx - 24) ** 2) < 6 ** 2
+    x[:, bone] = 0.25
+    prior = LesionPrior(p_lesion=1.0, max_lesions=1, p_dense=1.0, texture=(0.0, 0.0), edge_px=(0.2, 0.2))
+    centre, confine = dense_pixels(x, prior, 1000.0, 0.0)
+    assert bool(centre[:, bone].float().mean() > 0.6) and not bool(centre[:, ~confine[0]].any())
+    y, t = insert_synthetic_lesions(x, np.random.default_rng(2), prior, 1000.0, 0.0)
+    dark, bright = t[:, 0].amax(dim=(1, 2)) > 0, t[:, 1].amax(dim=(1, 2)) > 0
+    assert 35 < int(dark.sum()) < 85 and 35 < int(bright.sum()) < 85  # p_lytic 0.5
+    grown = torch.nn.functional.max_pool2d(bone.float()[None, None], 5, stride=1, padding=2)[0, 0] > 0
+    assert not bool((t.amax(dim=1) > 0)[:, ~grown].any())  # every label inside the (grown) bone
+    assert not bool(((y - x).abs() > 1e-6)[:, ~grown].any())  # and so is every changed pixel
+    lytic = torch.cat([y[i][t[i, 0] > 0] for i in range(n) if dark[i]]) * 1000
+    assert -30 < float(lytic.median()) < 70  # bone replaced by a soft-tissue level
+    scl = torch.cat([(y[i] - x[i])[t[i, 1] > 0] for i in range(n) if bright[i]]) * 1000
+    assert float(scl.median()) > 100  # brighter by the sclerotic contrast
+    # off by default: the prior's draws are unchanged
+    y0, t0 = insert_synthetic_lesions(x, np.random.default_rng(2), LesionPrior(p_lesion=1.0), 1000.0, 0.0)
+    y1, t1 = insert_synthetic_lesions(x, np.random.default_rng(2), LesionPrior(p_lesion=1.0, dense_hu=(100.0, 900.0)), 1000.0, 0.0)
+    assert torch.equal(y0, y1) and torch.equal(t0, t1)
+    with pytest.raises(InputError, match="p_dense"):
+        LesionPrior(p_dense=1.5)

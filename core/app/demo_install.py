@@ -173,7 +173,9 @@ def ensure_demo(
                     report(min(1.0, lo + share * f), f"training {fusion}: {label}")
 
                 shutil.rmtree(out, ignore_errors=True)
-                train_model(paths.cohort, fusion, out, epochs=epochs, seed=seed, device="auto", progress=_sub)
+                # the demo's models read its lung nodules with the fast lung-focused encoder, as the shipped ones do
+                train_model(paths.cohort, fusion, out, epochs=epochs, seed=seed, device="auto", progress=_sub,
+                            image_encoder_kind="2d")
         paths.ready_file.write_text(
             json.dumps(
                 {

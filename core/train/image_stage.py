@@ -30,7 +30,7 @@ from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
 from core.runtime import DistInfo
 from core.train.loop import concordance, fit
-from core.train.settings import Progress, proportional_head
+from core.train.settings import PRETEXT_SUBJECTS, Progress, proportional_head
 
 
 def _digest(*parts: Any) -> str:
@@ -139,6 +139,11 @@ def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] 
         raise InputError("image pretext_ignore_top", ignore, "must be a fraction in [0, 0.5)", "use 0 (off) or e.g. 0.01")
     if ignore > 0:  # only when set, so encoders cached before it keep their key
         out["ignore_top"] = ignore
+    subjects = str(s.get("pretext_subjects", "all") or "all")
+    if subjects not in PRETEXT_SUBJECTS:
+        raise InputError("image pretext_subjects", subjects, "is not a rule for the pretext's slices", f"use one of {', '.join(PRETEXT_SUBJECTS)}")
+    if subjects != "all":  # likewise
+        out["subjects"] = subjects
     return out
 
 
@@ -350,15 +355,17 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     pretext_info = None
     span = (0.1, 0.7)
     if pretext:
-        from core.train.pretext_lesions import LesionPrior, freeze_detector, pretrain_detector
+        from core.train.pretext_lesions import LesionPrior, freeze_detector, pretext_train_subjects, pretrain_detector
 
         enc0 = net.image_encoder
         assert enc0 is not None
+        pretext_idx = pretext_train_subjects(train_idx, data["time"].numpy(), data["event"].numpy(), pretext.get("subjects", "all"))
         pretext_info = pretrain_detector(
-            enc0, pre["image_preprocessed"], pre["image_token_mask"], train_idx, val_idx, steps=pretext["steps"],
+            enc0, pre["image_preprocessed"], pre["image_token_mask"], pretext_idx, val_idx, steps=pretext["steps"],
             batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
             window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, 0.4),
             ignore_top=float(pretext.get("ignore_top", 0.0)))
+        pretext_info.update(subjects=pretext.get("subjects", "all"), n_subjects=int(len(pretext_idx)))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)
             if enc0.soft_tissue is None:  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from core.study_profile import image_cohort_profile
 from core.train.ehr import ehr_config, forest_member, linear_members
 from core.train.fusion_stage import fit_member, split_metrics
 from core.train.image_stage import foundation_tokens, image_config, train_image_encoder
-from core.train.settings import IMAGE_PRESETS, Progress, merge_settings, proportional_head
+from core.train.settings import IMAGE_PRESETS, Progress, default_image_kind, merge_settings, proportional_head
 
 
 def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, head: str = "discrete",
@@ -40,8 +40,7 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
         raise InputError("fusion", fusion, "unknown fusion strategy", f"use one of {', '.join(FUSIONS)}")
     if head not in HEADS:
         raise InputError("head", head, "unknown survival head", f"use one of {', '.join(HEADS)}")
-    preset = image_encoder_kind if image_encoder_kind in IMAGE_PRESETS else None  # the 2d encoder, other settings
-    settings = merge_settings(overrides, epochs, ensemble, preset)
+    merge_settings(overrides, epochs, ensemble)  # bad settings are reported before the cohort is read
     dev = resolve_device(device)
     dist_info = init_distributed(dev)
     if dev.type == "cuda" and dist_info.active:
@@ -49,6 +48,10 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
     seed_everything(seed)
     t_start = _time.perf_counter()
     cohort = load_cohort(Path(cohort_dir), seed=seed)
+    if image_encoder_kind == "auto" and cohort.has_studies and fusion != "ehr_only" and image_encoder is None:
+        image_encoder_kind = default_image_kind()  # a new model on CT studies: the default encoder (the detector)
+    preset = image_encoder_kind if image_encoder_kind in IMAGE_PRESETS else None  # the 2d encoder, other settings
+    settings = merge_settings(overrides, epochs, ensemble, preset)
     icfg = image_config(cohort, "2d" if preset else image_encoder_kind, fusion, settings)
     ecfg = ehr_config(cohort, "none" if fusion == "image_only" else ehr_encoder, settings["max_codes"], settings["max_events"])
     has_ehr = bool(ecfg["sequence"] or ecfg["tabular"] or ecfg["embedding_dim"])

@@ -81,11 +81,22 @@ class LesionPrior:
     # would use there: parenchyma, low-density or body), where a cropped field of view cuts organs
     p_edge: float = 0.0
     edge_band_px: float = 12.0
+    # opt-in (session 14): "a lesion in dense tissue" (a bone metastasis). A share of the lesions is centred in pixels
+    # whose 3 px local mean lies in ``dense_hu`` and kept inside the pixels of local mean above ``dense_confine_hu``: with
+    # probability ``p_lytic`` it replaces them by a soft-tissue level from ``dense_level_hu`` (darker), else it adds a
+    # log-uniform ``dense_contrast_hu`` (brighter); radius from ``dense_radius_px``. A rule on HU, no organ mask
+    p_dense: float = 0.0
+    dense_hu: tuple[float, float] = (150.0, 2000.0)
+    dense_confine_hu: float = 100.0
+    p_lytic: float = 0.5
+    dense_level_hu: tuple[float, float] = (-20.0, 60.0)
+    dense_contrast_hu: tuple[float, float] = (150.0, 600.0)
+    dense_radius_px: tuple[float, float] = (1.0, 4.0)
 
     def __post_init__(self) -> None:
         if int(self.parenchyma_px) < 3 or int(self.parenchyma_px) % 2 == 0:
             raise InputError("image pretext_prior parenchyma_px", self.parenchyma_px, "must be an odd window of >= 3 pixels", "use e.g. 5")
-        for name in ("p_parenchyma", "p_lowdensity", "p_edge"):
+        for name in ("p_parenchyma", "p_lowdensity", "p_edge", "p_dense", "p_lytic"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise InputError(f"image pretext_prior {name}", getattr(self, name), "must be a probability in [0, 1]", "use e.g. 0.3")
         if int(self.lowdensity_px) < 1 or int(self.lowdensity_px) % 2 == 0:
@@ -115,6 +126,9 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
+Box = tuple[int, int, int, int]  # rows y0:y1, columns x0:x1 of a lesion's own box in the slice
+
+
 def lesion_alpha(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[int, int], centre: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """One random lesion: its soft occupancy ``[H, W]`` in 0..1 (texture included) and its label (occupancy
     before texture >= 0.5).
@@ -123,6 +137,16 @@ def lesion_alpha(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[in
     >>> float(a.max()) > 0.5, bool(m[16, 16]), bool(m[0, 0])
     (True, True, False)
     """
+    h, w = size_hw
+    a, m, (y0, y1, x0, x1) = lesion_box(rng, prior, size_hw, centre)
+    alpha, label = torch.zeros(h, w), torch.zeros(h, w, dtype=torch.bool)
+    alpha[y0:y1, x0:x1], label[y0:y1, x0:x1] = a, m
+    return alpha, label
+
+
+def lesion_box(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[int, int], centre: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, Box]:
+    """:func:`lesion_alpha` on the lesion's own box only (the same draws): occupancy and label of the box, and the box.
+    Outside it the occupancy is 0, so a lesion changes the slice inside its box only."""
     h, w = size_hw
     r = _loguniform(rng, *prior.radius_px)
     edge = rng.uniform(*prior.edge_px)
@@ -161,16 +185,13 @@ def lesion_alpha(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[in
         field = ellipse_dist(0.0, 0.0, r)
     box = 1.0 / (1.0 + np.exp(-np.clip(field / edge, -30, 30)))
     tex = rng.uniform(*prior.texture)
-    label = torch.zeros(h, w, dtype=torch.bool)
-    label[y0:y1, x0:x1] = torch.from_numpy(box >= 0.5)
+    label = torch.from_numpy(box >= 0.5)
     if tex > 0:
         from scipy.ndimage import uniform_filter
 
         noise = uniform_filter(rng.standard_normal(box.shape), 3, mode="nearest")
         box = box * np.maximum(1 + tex * noise / (noise.std() + 1e-6), 0.0)
-    alpha = torch.zeros(h, w)
-    alpha[y0:y1, x0:x1] = torch.from_numpy(box.astype(np.float32))
-    return alpha, label
+    return torch.from_numpy(box.astype(np.float32)), label, (y0, y1, x0, x1)
 
 
 def local_mean_sd(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,6 +248,22 @@ def lowdensity_pixels(x: torch.Tensor, prior: LesionPrior, window_half: float, w
     return torch.from_numpy(out)
 
 
+def dense_pixels(x: torch.Tensor, prior: LesionPrior, window_half: float, window_centre: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices ``[N, H, W]`` (window units) -> the centres of dense-tissue lesions (3 px local mean within
+    ``prior.dense_hu``) and the pixels they are confined to (3 px local mean above ``prior.dense_confine_hu``, grown by
+    one pixel), both ``[N, H, W]`` bool. A rule on HU alone (bone and calcified tissue), no organ mask.
+
+    >>> x = torch.full((1, 12, 12), 0.04); x[0, 3:9, 3:9] = 0.4    # 40 HU tissue | a 400 HU block of bone
+    >>> centre, confine = dense_pixels(x, LesionPrior(), 1000.0, 0.0)
+    >>> bool(centre[0, 6, 6]), bool(centre[0, 0, 0]), bool(confine[0, 2, 6]), bool(confine[0, 0, 6])
+    (True, False, True, False)
+    """
+    mean_hu = local_mean_sd(x, 3)[0] * window_half + window_centre
+    lo, hi = prior.dense_hu
+    grown = F.max_pool2d((mean_hu > prior.dense_confine_hu).float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
+    return (mean_hu >= lo) & (mean_hu <= hi), grown
+
+
 def _edge_band(h: int, w: int, band: float) -> torch.Tensor:
     """``[H, W]`` True within ``band`` pixels of the slice border."""
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -244,14 +281,17 @@ def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: L
     ``prior.min_visibility`` > 0 a lesion whose ``|contrast| x sqrt(area) / local sd`` is below it is inserted but
     not labelled. With ``prior.p_lowdensity`` > 0 that share is a brighter solid blob centred in enclosed low-density
     pixels (:func:`lowdensity_pixels`) that replaces them by a soft-tissue level; with ``prior.p_edge`` > 0 that share is
-    centred within ``prior.edge_band_px`` of the border. With all of these at 0 (the defaults) the random draws are
-    exactly those of the session-10 prior."""
+    centred within ``prior.edge_band_px`` of the border. With ``prior.p_dense`` > 0 that share is centred in dense
+    tissue (:func:`dense_pixels`: bone) and kept inside it, lytic (darker) or sclerotic (brighter). With all of these at
+    0 (the defaults) the random draws are exactly those of the session-10 prior."""
     n, h, w = x.shape
     out = x.clone().float()
     target = torch.zeros(n, 2, h, w)
     body_level = (prior.body_hu - window_centre) / window_half
     paren, sd_hu = parenchyma_pixels(out, prior, window_half, window_centre)  # from the slices before any insertion
     low = lowdensity_pixels(out, prior, window_half, window_centre) if prior.p_lowdensity > 0 else None
+    dense, confine = dense_pixels(out, prior, window_half, window_centre) if prior.p_dense > 0 else (None, None)
+    dense_prior = dataclasses.replace(prior, radius_px=prior.dense_radius_px) if dense is not None else prior
     band = _edge_band(h, w, prior.edge_band_px) if prior.p_edge > 0 else None
     nodule_prior = dataclasses.replace(prior, radius_px=prior.lowdensity_radius_px) if low is not None else prior
     for i in range(n):
@@ -262,37 +302,55 @@ def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: L
             continue
         soft = torch.nonzero(paren[i]) if prior.p_parenchyma > 0 else body
         aerated = torch.nonzero(low[i]) if low is not None else body
+        bony = torch.nonzero(dense[i]) if dense is not None else body
         for _ in range(int(rng.integers(1, prior.max_lesions + 1))):
             nodule = low is not None and len(aerated) > 0 and rng.random() < prior.p_lowdensity
-            in_paren = not nodule and prior.p_parenchyma > 0 and len(soft) > 0 and rng.random() < prior.p_parenchyma
-            where = aerated if nodule else (soft if in_paren else body)
+            in_bone = not nodule and dense is not None and len(bony) > 0 and rng.random() < prior.p_dense
+            in_paren = not nodule and not in_bone and prior.p_parenchyma > 0 and len(soft) > 0 and rng.random() < prior.p_parenchyma
+            where = aerated if nodule else (bony if in_bone else (soft if in_paren else body))
             if band is not None and rng.random() < prior.p_edge:
                 near = where[band[where[:, 0], where[:, 1]]]
                 where = near if len(near) else where
             cy, cx = (float(v) for v in where[int(rng.integers(len(where)))])
             if nodule:  # a solid blob replacing aerated tissue by a soft-tissue level: always brighter
-                alpha, label = lesion_alpha(rng, nodule_prior, (h, w), (cy, cx))
+                alpha, label, (y0, y1, x0, x1) = lesion_box(rng, nodule_prior, (h, w), (cy, cx))
                 level = (rng.uniform(*prior.lowdensity_level_hu) - window_centre) / window_half
                 contrast_hu = abs(level - float(out[i, int(cy), int(cx)])) * window_half
-                out[i] = out[i] + alpha.clamp(max=1.0) * (level - out[i])
+                o = out[i, y0:y1, x0:x1]
+                out[i, y0:y1, x0:x1] = o + alpha.clamp(max=1.0) * (level - o)
                 bright = True
+            elif in_bone:  # lytic (replaced by a soft-tissue level: darker) or sclerotic (brighter), kept in dense tissue
+                assert confine is not None
+                alpha, label, (y0, y1, x0, x1) = lesion_box(rng, dense_prior, (h, w), (cy, cx))
+                alpha, label = alpha * confine[i, y0:y1, x0:x1], label & confine[i, y0:y1, x0:x1]
+                bright = rng.random() >= prior.p_lytic
+                o = out[i, y0:y1, x0:x1]
+                if bright:
+                    contrast_hu = _loguniform(rng, *prior.dense_contrast_hu)
+                    out[i, y0:y1, x0:x1] = o + alpha * contrast_hu / window_half
+                else:
+                    level = (rng.uniform(*prior.dense_level_hu) - window_centre) / window_half
+                    contrast_hu = abs(level - float(out[i, int(cy), int(cx)])) * window_half
+                    out[i, y0:y1, x0:x1] = o + alpha.clamp(max=1.0) * (level - o)
             else:
-                alpha, label = lesion_alpha(rng, prior, (h, w), (cy, cx))
+                alpha, label, (y0, y1, x0, x1) = lesion_box(rng, prior, (h, w), (cy, cx))
                 bright = rng.random() < prior.p_bright
                 contrast_hu = _loguniform(rng, *(prior.parenchyma_contrast_hu if in_paren else prior.contrast_hu))
                 delta = contrast_hu / window_half * (1.0 if bright else -1.0)
+                o = out[i, y0:y1, x0:x1]
                 if rng.random() < prior.p_replace:
-                    y0, x0 = int(cy), int(cx)
+                    ry, rx = int(cy), int(cx)
                     k = max(2, int(round(2 * float(label.sum()) ** 0.5)))
-                    local = out[i, max(0, y0 - k):y0 + k + 1, max(0, x0 - k):x0 + k + 1].mean()
-                    out[i] = out[i] + alpha.clamp(max=1.0) * (local + delta - out[i])
+                    local = out[i, max(0, ry - k):ry + k + 1, max(0, rx - k):rx + k + 1].mean()
+                    out[i, y0:y1, x0:x1] = o + alpha.clamp(max=1.0) * (local + delta - o)
                 else:
-                    out[i] = out[i] + alpha * delta
+                    out[i, y0:y1, x0:x1] = o + alpha * delta
             if prior.min_visibility > 0:
                 noise = max(float(sd_hu[i, int(cy), int(cx)]), 1.0)
                 if contrast_hu * float(label.sum()) ** 0.5 / noise < prior.min_visibility:
                     continue  # inserted, but too faint against its surroundings to be labelled
-            target[i, int(bright)] = torch.maximum(target[i, int(bright)], label.float())
+            tb = target[i, int(bright), y0:y1, x0:x1]
+            target[i, int(bright), y0:y1, x0:x1] = torch.maximum(tb, label.float())
     return out.clamp(-1.0, 1.0), target
 
 
@@ -302,6 +360,25 @@ def _sample_slices(x: torch.Tensor, mask: torch.Tensor, subjects: np.ndarray, n:
     counts = mask[idx].sum(dim=1).long().clamp(min=1).numpy()
     s = (rng.random(n) * counts).astype(int)
     return x[torch.as_tensor(idx), torch.as_tensor(s)].float()
+
+
+def pretext_train_subjects(train_idx: np.ndarray, time: np.ndarray, event: np.ndarray, rule: str = "all") -> np.ndarray:
+    """The training subjects whose slices the pretext uses. ``"all"``: ``train_idx``. ``"no_early_event"``: without
+    the subjects who had an event before the median observed time of ``train_idx``. The pretext calls every position
+    it did not insert a lesion into background; the cohort's real lesions are there unlabelled, and they are most
+    frequent in the subjects who die early, so leaving those out gives the detector cleaner negatives (positive-
+    unlabelled learning; survival labels of the train split only).
+
+    >>> pretext_train_subjects(np.arange(4), np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 1]), "no_early_event")
+    array([1, 2, 3])
+    """
+    if rule == "all":
+        return train_idx
+    if rule != "no_early_event":
+        raise InputError("image pretext_subjects", rule, "is not a rule for the pretext's slices", "use \"all\" or \"no_early_event\"")
+    med = float(np.median(time[train_idx]))
+    early = (event[train_idx] > 0) & (time[train_idx] < med)
+    return train_idx[~early]
 
 
 def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 10.0, ignore_top: float = 0.0) -> torch.Tensor:

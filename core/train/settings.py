@@ -43,8 +43,8 @@ DEFAULTS: dict[str, Any] = {
               # the organ-agnostic 2D encoder (issue 14; docs/BENCHMARKS.md "Organ-agnostic encoder"): HU windows
               # and local-contrast channels (core.preprocess.transforms.ChannelStack), the last convolution's
               # stride (1: a finer map; "strides": one per layer, overrides it when set), spatial pooling meanmax | attnmax, training-only shifts (pixels) and
-              # intensity offsets (input units). Off by default: on real-anatomy cohorts it did not beat the
-              # lung-masked encoder (set "lung_mask": false with "windows" to train it)
+              # intensity offsets (input units). These "image" settings are the lung-focused "2d" encoder's; the
+              # whole-CT detector (IMAGE_PRESETS below, the default kind of new models on CT) sets them
               "windows": [], "contrast": [], "last_stride": 2, "strides": [], "pool": "meanmax", "augment_shift": 0, "augment_offset": 0.0,
               # self-supervised synthetic-lesion pretext before stage A (core.train.pretext_lesions; needs pool
               # "detect"): steps (0 = off), slices per step, learning rate, lesion prior overrides (LesionPrior keys),
@@ -54,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
               # the fraction of unlabelled detector positions (highest logits, per slice) left out of the pretext loss:
               # the cohort's real lesions are unlabelled there (0 = off)
               "pretext_ignore_top": 0.0,
+              # which training subjects' slices the pretext inserts lesions into (PRETEXT_SUBJECTS): "all", or
+              # "no_early_event", leaving out the subjects with an event before the train split's median time, who
+              # carry most of the cohort's real (unlabelled) lesions (core.train.pretext_lesions.pretext_train_subjects)
+              "pretext_subjects": "all",
               # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
@@ -65,19 +69,49 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+PRETEXT_SUBJECTS: tuple[str, ...] = ("all", "no_early_event")
+
 # Named image encoders that are the 2d encoder with other ``image`` settings (``--image-encoder-kind detector``).
 # "detector": reads the whole CT, no organ mask: HU windows with local-contrast channels, a 4-layer trunk with a
-# 24 x 24 last map at 96 px, first trained (3000 steps) to find synthetic lesions inserted into the cohort's own
-# training slices (core.train.pretext_lesions: parenchyma, low-density nodule and slice-edge shares), then frozen;
-# survival is learnt from its per-slice detection statistics. Real-anatomy cohorts (docs/BENCHMARKS.md
-# "Lesion-detector encoder"): image_only test C 0.59-0.78 against 0.45-0.56 for the lung-masked encoder; about
-# 500 s more CPU per trained image stage.
+# 24 x 24 last map at 96 px, first trained (3000 steps) to find synthetic lesions inserted into the training slices
+# (core.train.pretext_lesions: parenchyma, low-density nodule and slice-edge shares; every slice gets 1-8 lesions), then
+# frozen; survival is learnt from its per-slice detection statistics. The pretext leaves out the subjects with an early
+# event, whose real lesions it would otherwise be taught as background. Real-anatomy cohorts (docs/BENCHMARKS.md
+# "Lesion-detector encoder, session 14"): image_only test C well above the lung-masked encoder; about 600-800 s more
+# CPU per trained image stage.
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "detector": {"lung_mask": False, "windows": [[-160, 240], [-40, 160], [-200, 1000], [-1000, -300]],
                  "contrast": [9], "pool": "detect", "size": 96, "channels": [16, 32, 32, 32], "strides": [2, 2, 1, 1],
-                 "pretext_steps": 3000,
-                 "pretext_prior": {"p_parenchyma": 0.5, "min_visibility": 5, "p_lowdensity": 0.2, "p_edge": 0.2}},
+                 "pretext_steps": 3000, "pretext_subjects": "no_early_event",
+                 "pretext_prior": {"p_parenchyma": 0.5, "min_visibility": 5, "p_lowdensity": 0.2, "p_edge": 0.2,
+                                   "p_lesion": 1.0, "max_lesions": 8}},
 }
+
+
+# The image encoder of a new model whose cohort has CT studies when none is named (``image_encoder_kind="auto"``):
+# the whole-CT lesion detector. ``CTEHR_IMAGE_KIND_DEFAULT`` (2d, detector, 3d or foundation) changes it per site or
+# process, e.g. "2d" for the fast lung-focused encoder (the test suite's choice; the demo's models are "2d" too).
+DEFAULT_IMAGE_KIND = "detector"
+DEFAULT_IMAGE_KIND_ENV = "CTEHR_IMAGE_KIND_DEFAULT"
+STUDY_IMAGE_KINDS: tuple[str, ...] = ("2d", "detector", "3d", "foundation")
+
+
+def default_image_kind() -> str:
+    """The encoder that ``"auto"`` means for a cohort with CT studies: ``CTEHR_IMAGE_KIND_DEFAULT`` when set, else
+    ``DEFAULT_IMAGE_KIND``.
+
+    >>> import os; os.environ["CTEHR_IMAGE_KIND_DEFAULT"] = "2d"; default_image_kind()
+    '2d'
+    >>> del os.environ["CTEHR_IMAGE_KIND_DEFAULT"]; default_image_kind()
+    'detector'
+    """
+    import os
+
+    value = os.environ.get(DEFAULT_IMAGE_KIND_ENV, "").strip() or DEFAULT_IMAGE_KIND
+    if value not in STUDY_IMAGE_KINDS:
+        raise InputError(DEFAULT_IMAGE_KIND_ENV, value, "is not an image encoder for CT studies",
+                         f"set it to one of {', '.join(STUDY_IMAGE_KINDS)} or unset it")
+    return value
 
 
 def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensemble: int | None,
