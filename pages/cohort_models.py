@@ -131,11 +131,14 @@ KIND_NAMES = {"detector": "Whole CT: lesion detector", "2d": "Lung-focused (fast
 
 
 def image_kinds() -> dict[str, str]:
-    """The training form's encoders: "auto" (this site's default for new models, named) first, then the other one."""
-    from core.train.settings import default_image_kind
+    """The training form's encoders: "auto" (this site's default for new models, named) first, then the other one;
+    with a bad CTEHR_IMAGE_KIND_DEFAULT, its one-line error and the two encoders by name."""
+    from core.models import default_image_kind  # names only: no torch on this page's render
 
-    default = default_image_kind()
-    return {"auto": f"{KIND_NAMES.get(default, default)} (default)", **{k: v for k, v in KIND_NAMES.items() if k != default}}
+    with chrome.core_errors(stop=False, what="Image encoder setting: "):
+        default = default_image_kind()
+        return {"auto": f"{KIND_NAMES.get(default, default)} (default)", **{k: v for k, v in KIND_NAMES.items() if k != default}}
+    return dict(KIND_NAMES)
 
 
 def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None,

@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 # New models on CT default to the whole-CT lesion detector, whose pretext costs ~10 CPU minutes per image model: the
 # suite trains its many small image models with the fast lung-focused encoder instead (the site setting a deployment
-# can use too; core.train.settings.default_image_kind). The detector, and "auto" resolving to it without this
+# can use too; core.models.default_image_kind). The detector, and "auto" resolving to it without this
 # setting, have their own tests (tests/test_detector_kind.py), which remove it.
 os.environ.setdefault("CTEHR_IMAGE_KIND_DEFAULT", "2d")
 

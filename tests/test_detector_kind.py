@@ -47,7 +47,7 @@ def test_detector_kind_trains_a_frozen_detector_that_reads_the_whole_ct(tmp_path
 def test_auto_means_the_detector_for_new_models_on_ct_unless_the_site_setting_says_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.demo import write_demo_cohort
     from core.train import train_model
-    from core.train.settings import DEFAULT_IMAGE_KIND, DEFAULT_IMAGE_KIND_ENV, default_image_kind
+    from core.models import DEFAULT_IMAGE_KIND, DEFAULT_IMAGE_KIND_ENV, default_image_kind
 
     monkeypatch.delenv(DEFAULT_IMAGE_KIND_ENV, raising=False)  # the product's default, not the suite's
     assert DEFAULT_IMAGE_KIND == "detector" and default_image_kind() == "detector"

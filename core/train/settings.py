@@ -88,32 +88,6 @@ IMAGE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# The image encoder of a new model whose cohort has CT studies when none is named (``image_encoder_kind="auto"``):
-# the whole-CT lesion detector. ``CTEHR_IMAGE_KIND_DEFAULT`` (2d, detector, 3d or foundation) changes it per site or
-# process, e.g. "2d" for the fast lung-focused encoder (the test suite's choice; the demo's models are "2d" too).
-DEFAULT_IMAGE_KIND = "detector"
-DEFAULT_IMAGE_KIND_ENV = "CTEHR_IMAGE_KIND_DEFAULT"
-STUDY_IMAGE_KINDS: tuple[str, ...] = ("2d", "detector", "3d", "foundation")
-
-
-def default_image_kind() -> str:
-    """The encoder that ``"auto"`` means for a cohort with CT studies: ``CTEHR_IMAGE_KIND_DEFAULT`` when set, else
-    ``DEFAULT_IMAGE_KIND``.
-
-    >>> import os; os.environ["CTEHR_IMAGE_KIND_DEFAULT"] = "2d"; default_image_kind()
-    '2d'
-    >>> del os.environ["CTEHR_IMAGE_KIND_DEFAULT"]; default_image_kind()
-    'detector'
-    """
-    import os
-
-    value = os.environ.get(DEFAULT_IMAGE_KIND_ENV, "").strip() or DEFAULT_IMAGE_KIND
-    if value not in STUDY_IMAGE_KINDS:
-        raise InputError(DEFAULT_IMAGE_KIND_ENV, value, "is not an image encoder for CT studies",
-                         f"set it to one of {', '.join(STUDY_IMAGE_KINDS)} or unset it")
-    return value
-
-
 def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensemble: int | None,
                    preset: str | None = None) -> dict[str, Any]:
     """``DEFAULTS`` (with the ``image`` settings of ``IMAGE_PRESETS[preset]`` when given) with ``overrides`` merged
