@@ -59,7 +59,7 @@ def main() -> None:
         root = Path(tmp)
         write_demo_cohort(root / "cohort", n=args.n, seed=0)
         train_model(root / "cohort", "cross_attention", root / "model", epochs=1, device="cpu", seed=0,
-                    image_encoder_kind="2d")  # the demo models' encoder
+                    image_encoder_kind="2d")  # the fast lung-focused encoder
         model = load_model(root / "model")
         cohort = load_cohort(root / "cohort")
         sid = cohort.ids("test")[0]

@@ -30,20 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def lesion_centres(row: Any) -> list[tuple[np.ndarray, float]]:
-    """``(centre voxel (slice, row, col), radius mm)`` of every lesion of a cohort.csv row."""
-    out = []
-    for p in ("lesion", "lesion2"):
-        cols = [f"{p}_slice", f"{p}_row", f"{p}_col", f"{p}_radius_mm"]
-        if all(c in row.index and pd.notna(row[c]) for c in cols):
-            out.append((np.array([row[cols[0]], row[cols[1]], row[cols[2]]], dtype=float), float(row[cols[3]])))
-    return out
+def lesion_organs(row: Any) -> list[str]:
+    """The organs of a row's lesions: real-anatomy ``lesion_organ``/``lesion2_organ``, else the demo's lung and liver."""
+    if "lesion_organ" in row.index:
+        return [str(row[c]) for c in ("lesion_organ", "lesion2_organ") if c in row.index and isinstance(row[c], str) and row[c]]
+    return [organ for organ, col in (("lung", "lesion"), ("liver", "liver_lesion")) if col in row.index and row[col] == 1]
 
 
 def peak_voxel(amap: np.ndarray) -> np.ndarray:
@@ -72,13 +68,13 @@ def run(model_dir: Path, cohort_dir: Path, methods: list[str], split: str, max_c
     from core.cohort import load_cohort
     from core.explain import attribute
     from core.registry import load_model
-    from core.sanity import spearman
+    from core.sanity import has_lesion, lesion_centres, spearman
 
     model = load_model(model_dir, device=device)
     cohort = load_cohort(cohort_dir)
     table = cohort.table
     ids = set(cohort.ids(split))
-    rows = table[table["subject_id"].astype(str).isin(ids) & (table["lesion"] == 1)].head(int(max_cases))
+    rows = table[table["subject_id"].astype(str).isin(ids) & has_lesion(table)].head(int(max_cases))
     rand = full_randomisation(model)
     result: dict[str, Any] = {"model": str(model_dir), "cohort": str(cohort_dir), "split": split,
                               "tolerance_mm": tolerance_mm, "methods": {}}
@@ -99,7 +95,7 @@ def run(model_dir: Path, cohort_dir: Path, methods: list[str], split: str, max_c
             after = np.abs(attribute(rand, inputs, method, None, None, with_events=False).map)
             support = (amap > 0) | (after > 0)
             corr.append(spearman(amap[support], after[support]) if support.any() else 0.0)
-            cases.append({"subject": sid, "organs": [row["lesion_organ"]] + ([row["lesion2_organ"]] if row["n_lesions"] == 2 else []),
+            cases.append({"subject": sid, "organs": lesion_organs(row),
                           "distance_mm": round(min(d for d, _ in dists), 1), "hit": bool(hit)})
         hits = sum(c["hit"] for c in cases)
         result["methods"][method] = {

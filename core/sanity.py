@@ -7,10 +7,12 @@
   encoder gives exact zeros outside the lungs whatever its weights, and those
   ties alone would keep the correlation near 1). A method that explains the model must change
   when the weights it depends on are destroyed: correlations should fall.
-* ``pointing_game``: on test cases with a lesion (demo cohort columns
-  ``lesion_slice, lesion_row, lesion_col, lesion_radius_mm``), a hit when the
-  argmax voxel of the lightly smoothed |map| lies within the lesion radius plus
-  a tolerance of the lesion centre, in mm (voxel spacing).
+* ``pointing_game``: on test cases with a lesion (cohort columns
+  ``<p>_slice, <p>_row, <p>_col, <p>_radius_mm`` for each prefix ``<p>`` of
+  ``LESION_PREFIXES``: the demo's lung nodule and liver lesion, a real-anatomy
+  cohort's first and second lesion), a hit when the argmax voxel of the lightly
+  smoothed |map| lies within the radius plus a tolerance of *any* of the case's
+  lesion centres, in mm (voxel spacing).
 """
 
 from __future__ import annotations
@@ -32,8 +34,30 @@ if TYPE_CHECKING:
     from core.registry import LoadedModel
 
 LESION_COLUMNS = ("lesion", "lesion_slice", "lesion_row", "lesion_col", "lesion_radius_mm")
+LESION_PREFIXES = ("lesion", "liver_lesion", "lesion2")
 TOLERANCE_MM = 10.0
 SMOOTH_SIGMA_VOXELS = 1.0
+
+
+def lesion_centres(row: pd.Series) -> list[tuple[np.ndarray, float]]:
+    """``(centre voxel (slice, row, col), radius mm)`` of every lesion of a cohort.csv row.
+
+    >>> row = pd.Series({"lesion_slice": 3, "lesion_row": 4, "lesion_col": 5, "lesion_radius_mm": 8.0,
+    ...                  "liver_lesion_slice": None, "liver_lesion_row": None, "liver_lesion_col": None})
+    >>> [(c.tolist(), r) for c, r in lesion_centres(row)]
+    [([3.0, 4.0, 5.0], 8.0)]
+    """
+    out = []
+    for p in LESION_PREFIXES:
+        cols = [f"{p}_slice", f"{p}_row", f"{p}_col", f"{p}_radius_mm"]
+        if all(c in row.index and pd.notna(row[c]) for c in cols):
+            out.append((np.array([row[cols[0]], row[cols[1]], row[cols[2]]], dtype=float), float(row[cols[3]])))
+    return out
+
+
+def has_lesion(table: pd.DataFrame) -> pd.Series:
+    """Rows of a cohort table with at least one annotated lesion centre (any of ``LESION_PREFIXES``)."""
+    return table.apply(lambda row: bool(lesion_centres(row)), axis=1).astype(bool)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -172,7 +196,7 @@ def pointing_game(model: LoadedModel, cohort: Cohort, method: str = "saliency", 
     if int(max_cases) < 1:
         raise InputError("max_cases", max_cases, "must be >= 1", "use e.g. 10")
     ids = set(cohort.ids(split))
-    rows = t[(t["subject_id"].astype(str).isin(ids)) & (t["lesion"] == 1)].head(int(max_cases))
+    rows = t[(t["subject_id"].astype(str).isin(ids)) & has_lesion(t)].head(int(max_cases))
     cases: list[dict[str, Any]] = []
     for n, (_, row) in enumerate(rows.iterrows(), start=1):
         sid = str(row["subject_id"])
@@ -183,11 +207,11 @@ def pointing_game(model: LoadedModel, cohort: Cohort, method: str = "saliency", 
         amap = np.abs(attribute(model, inputs, method, horizon_days, None, with_events=False).map)
         smooth = ndimage.gaussian_filter(amap, SMOOTH_SIGMA_VOXELS)
         peak = np.array(np.unravel_index(int(np.argmax(smooth)), smooth.shape), dtype=float)
-        centre = np.array([row["lesion_slice"], row["lesion_row"], row["lesion_col"]], dtype=float)
-        dist = float(np.linalg.norm((peak - centre) * np.asarray(vol.spacing_mm, dtype=float)))
-        radius = float(row["lesion_radius_mm"])
+        spacing = np.asarray(vol.spacing_mm, dtype=float)
+        dists = [(float(np.linalg.norm((peak - centre) * spacing)), radius) for centre, radius in lesion_centres(row)]
+        dist, radius = min(dists, key=lambda d: d[0] - d[1])  # the lesion the peak is nearest to hitting
         cases.append({"case": n, "distance_mm": round(dist, 2), "radius_mm": radius,
-                      "hit": bool(dist <= radius + tolerance_mm)})
+                      "hit": any(d <= r + tolerance_mm for d, r in dists)})
     hits = sum(c["hit"] for c in cases)
     return {"method": method, "rate": (hits / len(cases)) if cases else float("nan"), "hits": hits, "n": len(cases),
             "tolerance_mm": float(tolerance_mm), "cases": cases}

@@ -24,6 +24,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODEL_FILES = ("config.json", "model.safetensors", "metrics.json", "MODEL_CARD.md")
+CONFORMAL_ALPHA = 0.1  # as pages/_model_views.py: a 90 % bound
+
+
+def write_app_caches(models_dir: Path, cohort_dir: Path, fusions: tuple[str, ...]) -> None:
+    """What the app would compute on a first start, kept beside each shipped model (content-stamped).
+
+    ``demo_test_metrics.json`` (the Cohort & models table), ``reference_predictions.npz`` (the reference
+    curves and subgroups of the test split) and ``val_predictions.npz`` (the conformal calibration).
+    """
+    from core.app import reference
+    from core.cohort import load_cohort
+    from core.evaluation import evaluate_model, model_fingerprint, save_metrics
+    from core.registry import load_model
+
+    cohort = load_cohort(cohort_dir)
+    for fusion in fusions:
+        folder = models_dir / fusion
+        started = time.perf_counter()
+        save_metrics(folder / "demo_test_metrics.json", evaluate_model(folder, cohort_dir, split="test", device="cpu"),
+                     model_fingerprint(folder))
+        model = load_model(folder, device="cpu")
+        reference.reference_curves(model, cohort, reference.reference_ids(cohort), cache=folder / "reference_predictions.npz")
+        reference.conformal_calibration(model, cohort, CONFORMAL_ALPHA, cache=folder / "val_predictions.npz")
+        print(f"{fusion}: app caches in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", type=Path, default=None,
                         help="already trained model folders (one per strategy) on the same cohort: ship them as they are")
+    parser.add_argument("--caches-only", action="store_true",
+                        help="only (re)compute the app's caches of the models already in --out, on --work's cohort")
     args = parser.parse_args(argv)
 
     from core.demo import DEFAULT_N, write_demo_cohort
@@ -43,13 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     cohort = args.work / "cohort"
     if not (cohort / "cohort.csv").exists():
         write_demo_cohort(cohort, n=n, seed=args.seed)
+    if args.caches_only:
+        write_app_caches(args.out, cohort, tuple(FUSIONS))
+        return 0
     started = time.perf_counter()
     runs = args.models
     if runs is None:
         from core.train.compare import compare_strategies
 
         runs = args.work / "runs"
-        compare_strategies(cohort, runs, seed=args.seed, device="cpu", image_encoder_kind="2d")  # the lung-focused encoder
+        # the whole-CT lesion detector: the demo has lesions in two organs (lung and liver)
+        compare_strategies(cohort, runs, seed=args.seed, device="cpu", image_encoder_kind="detector")
     seconds = round(time.perf_counter() - started, 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -69,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         "cohort_sha256": hashlib.sha256((cohort / "cohort.csv").read_bytes()).hexdigest(),
         "command": "python scripts/build_demo_models.py --work DIR",
         "train_seconds": seconds if args.models is None else None,
+        "image_encoder_kind": "detector",
         "test_metrics": metrics,
     }
     (args.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_app_caches(args.out, cohort, tuple(FUSIONS))
     print(json.dumps(manifest, indent=2))
     return 0
 

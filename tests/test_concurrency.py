@@ -16,7 +16,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODELS = ("concat", "cross_attention", "coattention_image")  # shipped: 2D per-slice encoder, 5-seed ensembles
+DEMO_MODELS = ("concat", "cross_attention", "coattention_image")  # shipped: whole-CT detector, 5-seed ensembles
 THREADS = 8
 TOL = 1e-6
 

@@ -22,6 +22,8 @@ from core.demo.phantom import (
     CORTICAL,
     FAT,
     LESION,
+    LIVER,
+    LIVER_LESION,
     LUNG,
     MUSCLE,
     SHAPE,
@@ -68,6 +70,8 @@ def test_files_and_columns(demo: Path, table: pd.DataFrame) -> None:
     for study in table["study"]:
         assert study.startswith("studies/") and (demo / study).is_file()
     assert (table["lesion"] == table["lesion_slice"].notna()).all()
+    assert (table["liver_lesion"] == table["liver_lesion_slice"].notna()).all()
+    assert np.allclose(table["risk_image"], table["risk_lung"] + table["risk_liver"], atol=1e-5)
     readme = (demo / "README.md").read_text()
     assert "true_risk = risk_image + risk_ehr" in readme and f"{N} subjects" in readme
 
@@ -118,6 +122,27 @@ def test_lesion_voxel_is_soft_tissue_in_lung(demo: Path, table: pd.DataFrame) ->
         hu = _load_volume(demo / table.loc[i, "study"])
         deep_lung = ndimage.binary_erosion(p.labels == LUNG, structure=np.ones((3, 3, 3), bool))
         assert int(hu[deep_lung].max()) < -500  # no nodule anywhere inside the lungs
+
+
+def test_liver_lesion_is_hypodense_in_the_right_liver(demo: Path, table: pd.DataFrame) -> None:
+    lat = sample_latents(N, SEED)
+    with_lesion = table.index[table["liver_lesion"] == 1].tolist()
+    assert with_lesion and (table["liver_lesion"] == 0).any()
+    for i in with_lesion:
+        row = table.loc[i]
+        k, r, c = int(row["liver_lesion_slice"]), int(row["liver_lesion_row"]), int(row["liver_lesion_col"])
+        p = _phantom(lat, i)
+        assert p.labels[k, r, c] == LIVER_LESION and p.liver_lesion_voxel == (k, r, c)
+        clean = _phantom(lat, i, lesion=False)
+        assert clean.labels[k, r, c] == LIVER and not (clean.labels == LIVER_LESION).any()
+        hu = _load_volume(demo / row["study"])
+        lesion_hu = float(hu[p.labels == LIVER_LESION].mean())
+        liver_hu = float(hu[p.labels == LIVER].mean())
+        # darker than the liver by about the drawn contrast (blur and noise soften it at 4 mm voxels)
+        assert -60 < lesion_hu - liver_hu < -10, (row["subject_id"], lesion_hu, liver_hu)
+        assert (c - (SHAPE[2] - 1) / 2.0) * SPACING_MM[2] < lat.loc[i, "shift_x_mm"]  # the patient's right
+    for i in table.index[table["liver_lesion"] == 0].tolist()[:4]:
+        assert not (_phantom(lat, i).labels == LIVER_LESION).any()
 
 
 def test_timeline_and_features(demo: Path, table: pd.DataFrame) -> None:
@@ -199,6 +224,13 @@ def test_oracle_beats_each_modality() -> None:
     assert c["true_risk"] - c["image_part"] >= 0.05
     assert c["true_risk"] - c["ehr_part"] >= 0.05
     assert min(c["image_part"], c["ehr_part"]) > 0.62  # both modalities carry real signal
+    # two organs of comparable weight: reading one organ (plus the EHR) stays well below the oracle
+    assert 0.7 < lat["lung_part"].var() / lat["liver_part"].var() < 1.4
+    assert abs(np.corrcoef(lat["lung_part"], lat["liver_part"])[0, 1]) < 0.05
+    for organ in ("lung_part", "liver_part"):
+        one = harrell_c(test["time"], test["event"], test[organ] + test["ehr_part"])
+        assert c["true_risk"] - one >= 0.03, organ
+        assert c["image_part"] - harrell_c(test["time"], test["event"], test[organ]) >= 0.04, organ
     # horizons 30 d, 1 y, 5 y are all meaningful
     for h, lo, hi in ((30, 0.03, 0.15), (365, 0.2, 0.5), (1825, 0.4, 0.75)):
         frac = ((lat["event"] == 1) & (lat["time"] <= h)).mean()
@@ -208,7 +240,7 @@ def test_oracle_beats_each_modality() -> None:
 
 def test_c_index_summary_of_written_cohort(table: pd.DataFrame) -> None:
     c = c_index_summary(table, None)
-    assert set(c) == {"oracle", "image_part", "ehr_part"}
+    assert set(c) == {"oracle", "image_part", "ehr_part", "lung_part", "liver_part"}
     assert all(0.0 <= v <= 1.0 for v in c.values())
 
 

@@ -535,10 +535,11 @@ NEW_2D = {"kind": "2d", "out_dim": 8, "size": 32, "channels": [4, 8, 8], "hu_win
 
 
 def test_old_2d_configs_build_the_encoder_they_were_trained_with() -> None:
-    """A config without the organ-agnostic keys (every shipped model) gets the old encoder, key for key."""
-    root = Path(__file__).resolve().parents[1]
+    """A config without the organ-agnostic keys (the lung-focused demo models shipped up to session 14, kept in
+    tests/fixtures) gets the old encoder, key for key."""
+    fixtures = Path(__file__).resolve().parent / "fixtures"
     for name in ("image_only", "coattention_image"):
-        d = __import__("json").loads((root / "assets/demo_models" / name / "config.json").read_text())
+        d = __import__("json").loads((fixtures / f"lung_2d_{name}_config.json").read_text())
         cfg = ModelConfig.from_dict(d)
         assert cfg.image.windows == () and cfg.image.strides is None and cfg.image.pool == "meanmax"
         assert cfg.to_dict()["image"] == d["image"]  # written back without new keys

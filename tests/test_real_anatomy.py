@@ -229,12 +229,16 @@ def test_bench_image_settings_reach_train_model_as_overrides(tmp_path: Path) -> 
 
 
 def test_pointing_game_reads_every_lesion_of_a_case(table: pd.DataFrame) -> None:
+    from core.sanity import has_lesion, lesion_centres
+
     pg = _bench("pointing_game")
     two = table[table["n_lesions"] == 2].iloc[0]
-    centres = pg.lesion_centres(two)
+    centres = lesion_centres(two)
     assert len(centres) == 2 and [r for _, r in centres] == [two["lesion_radius_mm"], two["lesion2_radius_mm"]]
     assert centres[1][0].tolist() == [two["lesion2_slice"], two["lesion2_row"], two["lesion2_col"]]
-    assert pg.lesion_centres(table[table["lesion"] == 0].iloc[0]) == []
+    assert lesion_centres(table[table["lesion"] == 0].iloc[0]) == []
+    assert has_lesion(table).tolist() == (table["lesion"] == 1).tolist()
+    assert pg.lesion_organs(two) == [two["lesion_organ"], two["lesion2_organ"]]
     amap = np.zeros((6, 20, 20), np.float32)
     amap[4, 7, 13] = 5.0                                   # one hot voxel: the smoothed peak stays there
     assert pg.peak_voxel(amap).tolist() == [4.0, 7.0, 13.0]

@@ -173,7 +173,8 @@ def ensure_demo(
                     report(min(1.0, lo + share * f), f"training {fusion}: {label}")
 
                 shutil.rmtree(out, ignore_errors=True)
-                # the demo's models read its lung nodules with the fast lung-focused encoder, as the shipped ones do
+                # no shipped models for this demo: the fast lung-focused encoder (minutes, not the detector's
+                # ten-plus per image model); it reads the lung nodules and cannot see the liver lesions
                 train_model(paths.cohort, fusion, out, epochs=epochs, seed=seed, device="auto", progress=_sub,
                             image_encoder_kind="2d")
         paths.ready_file.write_text(

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         "n": int(len(table)),
         "events": int(table["event"].sum()),
         "censored_fraction": round(float(1 - table["event"].mean()), 4),
-        "lesions": int(table["lesion"].sum()),
+        "lesions": int(table["lesion"].sum()),  # lung nodules
+        "liver_lesions": int(table["liver_lesion"].sum()) if "liver_lesion" in table.columns else 0,
         "splits": {k: int(v) for k, v in table["split"].value_counts().sort_index().items()},
         "c_index_test": {k: round(v, 4) for k, v in c.items()},
         "seconds": round(time.perf_counter() - started, 1),
@@ -60,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"wrote {summary['n']} subjects to {out} ({summary['events']} events, "
-              f"{summary['lesions']} lesions) in {summary['seconds']} s; test C-index oracle "
+              f"{summary['lesions']} lung nodules, {summary['liver_lesions']} liver lesions) in {summary['seconds']} s; test C-index oracle "
               f"{c['oracle']:.3f}, image part {c['image_part']:.3f}, EHR part {c['ehr_part']:.3f}")
     return 0

@@ -5,8 +5,15 @@ here, vectorised, from one ``numpy`` generator seeded with ``seed``. The
 ground-truth log hazard is the sum of two independent parts of comparable
 variance (about 1 each):
 
-* ``image_part`` -- driven only by the lung lesion drawn into the CT phantom
-  (presence, radius, central/hilar versus peripheral, upper versus lower lobe);
+* ``image_part`` -- driven only by the lesions drawn into the CT phantom, the sum
+  of two organ parts of comparable variance, so that no single-organ rule
+  reaches the image part's C-index:
+
+  - ``lung_part``: a lung nodule (presence, radius, central/hilar versus
+    peripheral, upper versus lower lobe);
+  - ``liver_part``: a hypodense liver lesion below the right diaphragm
+    (presence, radius);
+
 * ``ehr_part`` -- driven only by what the pre-index MEDS timeline shows (age,
   heart failure, COPD, CKD, diabetes, last BNP, last creatinine, last albumin).
 
@@ -20,6 +27,8 @@ modality alone reaches the oracle C-index of ``true_risk``.
 ['test', 'train', 'val']
 >>> bool(((lat["true_risk"] - lat["image_part"] - lat["ehr_part"]).abs() < 1e-9).all())
 True
+>>> bool(((lat["image_part"] - lat["lung_part"] - lat["liver_part"]).abs() < 1e-9).all())
+True
 """
 
 from __future__ import annotations
@@ -30,13 +39,22 @@ import pandas as pd
 from core.errors import InputError
 
 # ----------------------------------------------------------------------------- image part
+# lung nodule ("lesion" columns, kept for readers of earlier demo cohorts)
 LESION_PREVALENCE = 0.5
 LESION_RADIUS_MM = (6.0, 20.0)        # uniform
-LESION_BASE = 1.0                     # log-hazard of a lesion of 13 mm, peripheral, lower lobe
-LESION_PER_MM = 0.175                 # per mm of radius above 13 mm (0.7 per 4 mm)
-LESION_CENTRAL = 0.8                  # central / hilar versus peripheral
-LESION_UPPER = 0.4                    # upper versus lower lobe
-IMAGE_OFFSET = 0.8                    # population mean of the lesion term (centres image_part)
+LESION_BASE = 0.7                     # log-hazard of a lesion of 13 mm, peripheral, lower lobe
+LESION_PER_MM = 0.125                 # per mm of radius above 13 mm (0.5 per 4 mm)
+LESION_CENTRAL = 0.55                 # central / hilar versus peripheral
+LESION_UPPER = 0.3                    # upper versus lower lobe
+# population mean of the lung term (centres lung_part): prevalence x mean term (mean radius 13 mm)
+IMAGE_OFFSET = LESION_PREVALENCE * (LESION_BASE + 0.5 * LESION_CENTRAL + 0.5 * LESION_UPPER)
+# hypodense liver lesion ("liver_lesion" columns): its own risk part, drawn from its own random stream
+LIVER_PREVALENCE = 0.4
+LIVER_RADIUS_MM = (7.0, 17.0)         # uniform
+LIVER_BASE = 1.3                      # log-hazard of a liver lesion of 12 mm
+LIVER_PER_MM = 0.14                   # per mm of radius above 12 mm
+LIVER_DELTA_HU = (-55.0, -30.0)       # lesion minus liver HU (liver 60 HU), uniform per subject
+LIVER_OFFSET = LIVER_PREVALENCE * LIVER_BASE
 
 # ----------------------------------------------------------------------------- EHR part
 AGE_MEAN, AGE_SD, AGE_RANGE = 67.0, 10.0, (40.0, 92.0)
@@ -105,11 +123,18 @@ def subject_ids(n: int) -> list[str]:
 
 
 def image_part(lesion: np.ndarray, radius_mm: np.ndarray, central: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Image log-hazard term from the lesion (0 where no lesion before centring)."""
+    """Lung log-hazard term from the lung nodule (0 where no nodule before centring)."""
     lesion = np.asarray(lesion, dtype=float)
     r = np.nan_to_num(np.asarray(radius_mm, dtype=float), nan=13.0)
     term = LESION_BASE + LESION_PER_MM * (r - 13.0) + LESION_CENTRAL * np.asarray(central, float) + LESION_UPPER * np.asarray(upper, float)
     return lesion * term - IMAGE_OFFSET
+
+
+def liver_part(lesion: np.ndarray, radius_mm: np.ndarray) -> np.ndarray:
+    """Liver log-hazard term from the liver lesion (0 where no lesion before centring)."""
+    lesion = np.asarray(lesion, dtype=float)
+    r = np.nan_to_num(np.asarray(radius_mm, dtype=float), nan=12.0)
+    return lesion * (LIVER_BASE + LIVER_PER_MM * (r - 12.0)) - LIVER_OFFSET
 
 
 def ehr_part(age: np.ndarray, conditions: dict[str, np.ndarray], last_bnp: np.ndarray,
@@ -138,7 +163,9 @@ def sample_latents(n: int, seed: int = 0) -> pd.DataFrame:
     Columns: subject_id, split, index_time, birth_time, age, sex_female, the
     conditions (0/1), last lab values (NaN = never measured), lesion geometry
     (lesion, lesion_radius_mm, lesion_side, lesion_central, lesion_upper and
-    three jitters in [0, 1]), body geometry, image_part, ehr_part, true_risk,
+    three jitters in [0, 1]), liver lesion (liver_lesion, liver_lesion_radius_mm,
+    liver_lesion_delta_hu and three jitters), body geometry, lung_part,
+    liver_part, image_part, ehr_part, true_risk,
     event_time_days (uncensored), censor_time_days, time, event.
     """
     n = check_n(n)
@@ -208,8 +235,21 @@ def sample_latents(n: int, seed: int = 0) -> pd.DataFrame:
     df["contrast_hu"] = rng.uniform(150.0, 280.0, n)
     df["noise_sd_hu"] = rng.uniform(10.0, 20.0, n)
 
+    # liver lesion: its own stream, so the draws above stay those of earlier demo versions
+    rng_liver = np.random.default_rng(np.random.SeedSequence([int(seed), 20240611, 2]))
+    liver = (rng_liver.random(n) < LIVER_PREVALENCE).astype(int)
+    liver_radius = np.round(rng_liver.uniform(*LIVER_RADIUS_MM, n), 1)
+    liver_delta = np.round(rng_liver.uniform(*LIVER_DELTA_HU, n), 0)
+    liver_jitter = rng_liver.random((n, 3))
+    df["liver_lesion"] = liver
+    df["liver_lesion_radius_mm"] = np.where(liver == 1, liver_radius, np.nan)
+    df["liver_lesion_delta_hu"] = np.where(liver == 1, liver_delta, np.nan)
+    df["liver_jitter_u"], df["liver_jitter_v"], df["liver_jitter_z"] = liver_jitter.T
+
     # risk
-    df["image_part"] = image_part(lesion, df["lesion_radius_mm"].to_numpy(), df["lesion_central"].to_numpy(), df["lesion_upper"].to_numpy())
+    df["lung_part"] = image_part(lesion, df["lesion_radius_mm"].to_numpy(), df["lesion_central"].to_numpy(), df["lesion_upper"].to_numpy())
+    df["liver_part"] = liver_part(liver, df["liver_lesion_radius_mm"].to_numpy())
+    df["image_part"] = df["lung_part"] + df["liver_part"]
     df["ehr_part"] = ehr_part(df["age"].to_numpy(), conditions, df["last_bnp"].to_numpy(),
                               df["last_creatinine"].to_numpy(), df["last_albumin"].to_numpy())
     df["true_risk"] = df["image_part"] + df["ehr_part"]

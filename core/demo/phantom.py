@@ -9,7 +9,7 @@ Tissues (HU before blur and noise): air -1000, subcutaneous and mediastinal
 fat -100, muscle 45, lung -850 (denser posteriorly), myocardium 50, contrast
 blood pool and great vessels 150-280 (per subject), vertebral cortex 900,
 cancellous bone 250, discs 80, ribs and sternum 600, trachea air, liver 60
-below the diaphragm, lung lesion 30-60. Partial volume is a small blur; noise is smoothed Gaussian with a
+below the diaphragm, lung lesion 30-60, liver lesion 25-55 below the liver. Partial volume is a small blur; noise is smoothed Gaussian with a
 per-subject sd of 10-20 HU inside the body (the air around the body is left
 noise-free, which keeps each gzip file near 100 kB).
 
@@ -34,11 +34,12 @@ SHAPE = (32, 96, 96)
 SPACING_MM = (6.0, 4.0, 4.0)
 
 # tissue labels of the label map
-AIR, FAT, MUSCLE, LUNG, MYOCARDIUM, BLOOD, VESSEL, CORTICAL, CANCELLOUS, DISC, RIB, TRACHEA, LESION, CANAL, LIVER = range(15)
+AIR, FAT, MUSCLE, LUNG, MYOCARDIUM, BLOOD, VESSEL, CORTICAL, CANCELLOUS, DISC, RIB, TRACHEA, LESION, CANAL, LIVER, LIVER_LESION = range(16)
 LABEL_NAMES = {
     AIR: "air", FAT: "fat", MUSCLE: "muscle", LUNG: "lung", MYOCARDIUM: "myocardium", BLOOD: "blood_pool",
     VESSEL: "great_vessels", CORTICAL: "cortical_bone", CANCELLOUS: "cancellous_bone", DISC: "disc",
     RIB: "rib", TRACHEA: "trachea", LESION: "lesion", CANAL: "spinal_canal", LIVER: "liver",
+    LIVER_LESION: "liver_lesion",
 }
 
 
@@ -46,8 +47,9 @@ LABEL_NAMES = {
 class Phantom:
     hu: np.ndarray                      # int16 [S, R, C]
     labels: np.ndarray                  # uint8 [S, R, C], values of LABEL_NAMES
-    lesion_voxel: tuple[int, int, int] | None
+    lesion_voxel: tuple[int, int, int] | None          # centre of the lung nodule
     affine_lps: np.ndarray              # (slice, row, col, 1) -> LPS mm
+    liver_lesion_voxel: tuple[int, int, int] | None = None  # centre of the liver lesion
 
 
 def grid_mm(shape: tuple[int, int, int] = SHAPE, spacing: tuple[float, float, float] = SPACING_MM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,11 +147,21 @@ def lesion_center_mm(p: pd.Series, a: _Anatomy | None = None) -> tuple[float, fl
     return float(zc), float(y), float(x)
 
 
+def liver_lesion_center_mm(p: pd.Series, a: _Anatomy | None = None) -> tuple[float, float, float]:
+    """Intended liver-lesion centre (z, y, x) in mm: the right lobe below the right diaphragm, from three jitters."""
+    a = a or _anatomy(p)
+    ju, jv, jz = float(p["liver_jitter_u"]), float(p["liver_jitter_v"]), float(p["liver_jitter_z"])
+    x = a.cx - (0.25 + 0.4 * ju) * a.ix
+    y = a.cy + (-0.5 + 0.9 * jv) * a.iy
+    zc = a.base + (-12.0 + 24.0 * jz)
+    return float(zc), float(y), float(x)
+
+
 def render_phantom(p: pd.Series, rng: np.random.Generator, *, shape: tuple[int, int, int] = SHAPE,
                    spacing: tuple[float, float, float] = SPACING_MM, lesion: bool | None = None) -> Phantom:
     """Render one subject's chest CT phantom from its latent row (see core.demo.latents).
 
-    ``lesion=False`` renders the same subject without its lesion (for checks).
+    ``lesion=False`` renders the same subject without its lesions (for checks).
     """
     z, y, x = grid_mm(shape, spacing)
     a = _anatomy(p)
@@ -230,33 +242,54 @@ def render_phantom(p: pd.Series, rng: np.random.Generator, *, shape: tuple[int, 
     if bool(p["lesion"]):
         lesion_voxel = _lesion_voxel(p, a, labels == LUNG, shape, spacing)
         if draw:
-            k, r, c = lesion_voxel
-            cz, cy_, cx_ = z[k, 0, 0], y[0, r, 0], x[0, 0, c]
-            rad = float(p["lesion_radius_mm"])
-            sphere = (z - cz) ** 2 + (y - cy_) ** 2 + (x - cx_) ** 2 <= rad ** 2
-            labels[sphere & (labels == LUNG)] = LESION
-            labels[k, r, c] = LESION
+            _draw_sphere(labels, lesion_voxel, float(p["lesion_radius_mm"]), (z, y, x), inside=LUNG, label=LESION)
+
+    # liver lesion: sphere clipped to the liver (absent in latents of earlier demo versions)
+    liver_voxel: tuple[int, int, int] | None = None
+    if bool(p.get("liver_lesion", 0)):
+        liver_voxel = _organ_voxel(liver_lesion_center_mm(p, a), labels == LIVER, shape, spacing, side=-1.0, cx=a.cx)
+        if lesion is not False:
+            _draw_sphere(labels, liver_voxel, float(p["liver_lesion_radius_mm"]), (z, y, x), inside=LIVER,
+                         label=LIVER_LESION)
 
     hu = _intensities(labels, p, rng, z, y, spacing)
-    return Phantom(hu=hu, labels=labels, lesion_voxel=lesion_voxel, affine_lps=affine_lps(shape, spacing))
+    return Phantom(hu=hu, labels=labels, lesion_voxel=lesion_voxel, affine_lps=affine_lps(shape, spacing),
+                   liver_lesion_voxel=liver_voxel)
+
+
+def _draw_sphere(labels: np.ndarray, centre: tuple[int, int, int], radius_mm: float,
+                 grid: tuple[np.ndarray, np.ndarray, np.ndarray], *, inside: int, label: int) -> None:
+    """Relabel the voxels of ``inside`` within ``radius_mm`` of the ``centre`` voxel as ``label`` (and the centre)."""
+    z, y, x = grid
+    k, r, c = centre
+    sphere = (z - z[k, 0, 0]) ** 2 + (y - y[0, r, 0]) ** 2 + (x - x[0, 0, c]) ** 2 <= radius_mm ** 2
+    labels[sphere & (labels == inside)] = label
+    labels[k, r, c] = label
 
 
 def _lesion_voxel(p: pd.Series, a: _Anatomy, lung: np.ndarray, shape: tuple[int, int, int],
                   spacing: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Voxel of the lesion centre: the intended point, or the nearest deep lung voxel when it falls outside."""
-    zc, yc, xc = lesion_center_mm(p, a)
+    """Voxel of the lung nodule's centre: the intended point, or the nearest deep lung voxel of its own lung."""
+    sign = 1.0 if p["lesion_side"] == "left" else -1.0
+    return _organ_voxel(lesion_center_mm(p, a), lung, shape, spacing, side=sign, cx=a.cx)
+
+
+def _organ_voxel(centre_mm: tuple[float, float, float], organ: np.ndarray, shape: tuple[int, int, int],
+                 spacing: tuple[float, float, float], *, side: float, cx: float) -> tuple[int, int, int]:
+    """The voxel at ``centre_mm``, or the nearest deep voxel of ``organ`` on the body's ``side`` (+1 left, -1 right)."""
+    zc, yc, xc = centre_mm
     s, r, c = shape
     idx = np.array([zc / spacing[0] + (s - 1) / 2.0, yc / spacing[1] + (r - 1) / 2.0, xc / spacing[2] + (c - 1) / 2.0])
     k, i, j = np.clip(np.round(idx).astype(int), 0, np.array(shape) - 1)
-    # deep lung: at least one voxel from the lung border in-plane and along z
-    deep = ndimage.binary_erosion(lung, structure=np.ones((3, 3, 3), bool))
+    # deep: at least one voxel from the organ's border in-plane and along z
+    deep = ndimage.binary_erosion(organ, structure=np.ones((3, 3, 3), bool))
     if deep[k, i, j]:
         return int(k), int(i), int(j)
-    # prefer the lesion's own lung
-    sign = 1.0 if p["lesion_side"] == "left" else -1.0
-    cand = np.argwhere(deep if deep.any() else lung)
-    x_mm = (cand[:, 2] - (c - 1) / 2.0) * spacing[2] - a.cx
-    same = cand[np.sign(x_mm) == sign]
+    cand = np.argwhere(deep if deep.any() else organ)
+    if not len(cand):
+        return int(k), int(i), int(j)
+    x_mm = (cand[:, 2] - (c - 1) / 2.0) * spacing[2] - cx
+    same = cand[np.sign(x_mm) == side]
     cand = same if len(same) else cand
     d2 = (((cand - np.array([k, i, j])) * np.array(spacing)) ** 2).sum(axis=1)
     best = cand[int(np.argmin(d2))]
@@ -271,6 +304,8 @@ def _intensities(labels: np.ndarray, p: pd.Series, rng: np.random.Generator, z: 
     table[MYOCARDIUM], table[BLOOD], table[VESSEL] = 50.0, contrast, contrast + 20.0
     table[CORTICAL], table[CANCELLOUS], table[DISC], table[RIB] = 900.0, 250.0, 80.0, 600.0
     table[TRACHEA], table[LESION], table[CANAL], table[LIVER] = -1000.0, 30.0 + 30.0 * rng.random(), 10.0, 60.0
+    delta = p.get("liver_lesion_delta_hu", np.nan)
+    table[LIVER_LESION] = table[LIVER] + (float(delta) if pd.notna(delta) else -40.0)
     hu = table[labels]
     # dependent lung is denser (posterior), by up to ~60 HU, plus slow texture
     lung = labels == LUNG

@@ -5,7 +5,7 @@ so the subjects can be split into shards: shard ``k`` of ``K`` renders subjects
 ``k, k + K, k + 2K, ...``. Shard 0 runs in the calling process (and reports progress);
 the others run in fresh interpreters, ``python -m core.demo.shards OUT N SEED K START``
 (not ``multiprocessing``'s spawn, which under Streamlit would re-run the app script),
-which print the lesion voxels of their subjects as one JSON line.
+which print the lesion voxels of their subjects (lung nodule and liver lesion) as one JSON line.
 
 On two cores this halves the phantoms' share of a first start (about two thirds of it).
 """
@@ -27,6 +27,7 @@ from core.demo.phantom import render_phantom, write_nifti
 from core.errors import InputError
 
 Voxel = tuple[int, int, int] | None
+Voxels = tuple[Voxel, Voxel]  # centres of the lung nodule and of the liver lesion (None: no such lesion)
 MIN_PER_SHARD = 50  # fewer subjects than this per extra core: one process (starting an interpreter costs ~1 s)
 MAX_WORKERS = 4
 
@@ -43,13 +44,13 @@ def default_workers(n: int) -> int:
 
 
 def render_subjects(studies: Path, lat: pd.DataFrame, seed: int, indices: Iterable[int], *, volumes: bool,
-                    done: Callable[[], None] | None = None) -> dict[str, Voxel]:
+                    done: Callable[[], None] | None = None) -> dict[str, Voxels]:
     """Render (and with ``volumes`` write) the phantoms of the rows ``indices`` of ``lat``; their lesion voxels."""
-    voxels: dict[str, Voxel] = {}
+    voxels: dict[str, Voxels] = {}
     for i in indices:
         row = lat.iloc[i]
         phantom = render_phantom(row, np.random.default_rng(np.random.SeedSequence([int(seed), int(i), 2])))
-        voxels[str(row["subject_id"])] = phantom.lesion_voxel
+        voxels[str(row["subject_id"])] = (phantom.lesion_voxel, phantom.liver_lesion_voxel)
         if volumes:
             write_nifti(phantom, studies / f"{row['subject_id']}.nii.gz")
         if done is not None:
@@ -58,7 +59,7 @@ def render_subjects(studies: Path, lat: pd.DataFrame, seed: int, indices: Iterab
 
 
 def render_all(studies: Path, lat: pd.DataFrame, seed: int, *, volumes: bool, workers: int,
-               progress: Callable[[float], None]) -> dict[str, Voxel]:
+               progress: Callable[[float], None]) -> dict[str, Voxels]:
     """Every subject's phantom over ``workers`` processes; ``progress`` gets the fraction done (shard 0's pace)."""
     n = len(lat)
     k = max(1, min(int(workers), n))
@@ -83,7 +84,7 @@ def render_all(studies: Path, lat: pd.DataFrame, seed: int, *, volumes: bool, wo
                 tail = (err or "").strip().splitlines()[-1:] or ["no message"]
                 raise RuntimeError(f"demo phantoms: shard {start} of {k} stopped (exit {proc.returncode}): {tail[0]}")
             got = json.loads(out.strip().splitlines()[-1])
-            voxels.update({sid: (None if v is None else (int(v[0]), int(v[1]), int(v[2]))) for sid, v in got.items()})
+            voxels.update({sid: (_voxel(lung), _voxel(liver)) for sid, (lung, liver) in got.items()})
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -92,11 +93,15 @@ def render_all(studies: Path, lat: pd.DataFrame, seed: int, *, volumes: bool, wo
     return {sid: voxels[sid] for sid in lat["subject_id"].astype(str)}  # the cohort's order
 
 
+def _voxel(v: list[int] | None) -> Voxel:
+    return None if v is None else (int(v[0]), int(v[1]), int(v[2]))
+
+
 def main(argv: list[str]) -> int:
     out, n, seed, k, start, volumes = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]), argv[5]
     lat = L.sample_latents(n, seed)
     voxels = render_subjects(out, lat, seed, range(start, n, k), volumes=volumes == "1")
-    print(json.dumps({sid: None if v is None else [int(x) for x in v] for sid, v in voxels.items()}))
+    print(json.dumps({sid: [None if v is None else [int(x) for x in v] for v in pair] for sid, pair in voxels.items()}))
     return 0
 
 
