@@ -9,7 +9,7 @@ Tissues (HU before blur and noise): air -1000, subcutaneous and mediastinal
 fat -100, muscle 45, lung -850 (denser posteriorly), myocardium 50, contrast
 blood pool and great vessels 150-280 (per subject), vertebral cortex 900,
 cancellous bone 250, discs 80, ribs and sternum 600, trachea air, liver 60
-below the diaphragm, lung lesion 30-60, liver lesion 25-55 below the liver. Partial volume is a small blur; noise is smoothed Gaussian with a
+below the diaphragm, lung lesion 30-60, liver lesion 30-55 darker than the liver. Partial volume is a small blur; noise is smoothed Gaussian with a
 per-subject sd of 10-20 HU inside the body (the air around the body is left
 noise-free, which keeps each gzip file near 100 kB).
 
