@@ -57,7 +57,12 @@ def lesion_centres(row: pd.Series) -> list[tuple[np.ndarray, float]]:
 
 def has_lesion(table: pd.DataFrame) -> pd.Series:
     """Rows of a cohort table with at least one annotated lesion centre (any of ``LESION_PREFIXES``)."""
-    return table.apply(lambda row: bool(lesion_centres(row)), axis=1).astype(bool)
+    found = pd.Series(False, index=table.index)
+    for p in LESION_PREFIXES:
+        cols = [f"{p}_slice", f"{p}_row", f"{p}_col", f"{p}_radius_mm"]
+        if all(c in table.columns for c in cols):
+            found |= table[cols].notna().all(axis=1)
+    return found
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODEL_FILES = ("config.json", "model.safetensors", "metrics.json", "MODEL_CARD.md")
-CONFORMAL_ALPHA = 0.1  # as pages/_model_views.py: a 90 % bound
 
 
 def write_app_caches(models_dir: Path, cohort_dir: Path, fusions: tuple[str, ...]) -> None:
@@ -46,7 +45,8 @@ def write_app_caches(models_dir: Path, cohort_dir: Path, fusions: tuple[str, ...
                      model_fingerprint(folder))
         model = load_model(folder, device="cpu")
         reference.reference_curves(model, cohort, reference.reference_ids(cohort), cache=folder / "reference_predictions.npz")
-        reference.conformal_calibration(model, cohort, CONFORMAL_ALPHA, cache=folder / "val_predictions.npz")
+        # the cache holds the val split's predictions only; the app applies its own alpha to them
+        reference.conformal_calibration(model, cohort, cache=folder / "val_predictions.npz")
         print(f"{fusion}: app caches in {time.perf_counter() - started:.0f} s", flush=True)
 
 
