@@ -15,6 +15,7 @@ predicts, so the app can read the cache before torch is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,8 +33,8 @@ from core.cohort import Cohort, load_cohort
 from core.errors import InputError
 from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
-from core.models.types import CasePrediction
-from core.study_profile import model_profile, study_warnings
+from core.models.types import CaseInputs, CasePrediction
+from core.study_profile import model_profile, profile_warnings, study_stats, withhold_reason
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -42,27 +43,70 @@ def _clean(a: np.ndarray) -> list[float]:
     return [round(float(x), 6) for x in a]
 
 
-def image_warnings(model: LoadedModel, volume: Volume | None) -> list[str]:
+@dataclass(frozen=True)
+class ImageRead:
+    """What a model may read of one CT: ``warnings`` (outside its training profile) and ``withheld``, why its
+    image part must not read the CT at all (``core.study_profile.withhold_reason``), or None."""
+
+    warnings: tuple[str, ...] = ()
+    withheld: str | None = None
+
+    def note(self, model_name: str) -> str | None:
+        """The one-line notice of a withheld CT (None when the CT is read)."""
+        if self.withheld is None:
+            return None
+        return (f"The CT is withheld from {model_name}: {self.withheld}. Its image part would read something it "
+                "never saw in training, so the prediction is made without the CT (the EHR alone, or nothing).")
+
+
+def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, float] | None = None) -> ImageRead:
     """What the model cannot read in this CT: outside its training profile (``core.study_profile``, a rule from
-    the model's own training studies); for a model saved without a profile, the lung-coverage check."""
-    if volume is None:
-        return []
+    the model's own training studies; far outside in anatomy: withheld); for a model saved without a profile,
+    the lung-coverage check (a warning only). ``stats``: the CT's ``study_stats`` when already measured."""
+    if volume is None or not model.config.image.voxels:
+        return ImageRead()
     profile = model_profile(model.config)
     if profile is not None:
-        return study_warnings(profile, volume.hu, volume.spacing_mm)
+        stats = dict(stats) if stats is not None else study_stats(volume.hu, volume.spacing_mm)
+        return ImageRead(tuple(profile_warnings(profile, stats)), withhold_reason(profile, stats))
     from core.preprocess.lung import lung_coverage_warning
 
     note = lung_coverage_warning(volume.hu, volume.spacing_mm)
-    return [note] if note else []
+    return ImageRead((note,) if note else ())
 
 
-def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizons: Sequence[int] = HORIZONS) -> dict:
+def image_warnings(model: LoadedModel, volume: Volume | None) -> list[str]:
+    """The warnings of :func:`image_read`."""
+    return list(image_read(model, volume).warnings)
+
+
+def without_image(inputs: CaseInputs) -> CaseInputs:
+    """The case's inputs with its CT masked out (as for a case without one)."""
+    return dataclasses.replace(inputs, image=None, image_mask=inputs.image_mask * 0)
+
+
+def gated_inputs(model: LoadedModel, inputs: CaseInputs, read: ImageRead, allow_ood: bool = False) -> CaseInputs:
+    """``inputs`` without the CT when ``read`` withholds it (unless ``allow_ood``), else unchanged."""
+    return without_image(inputs) if read.withheld and not allow_ood and inputs.image is not None else inputs
+
+
+def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizons: Sequence[int] = HORIZONS,
+                    allow_ood: bool = False) -> dict:
+    """The ``predict --json`` object. A CT far outside the model's training anatomy is withheld (the
+    prediction is made without it; ``image_withheld`` says why) unless ``allow_ood``; ``scored`` is false
+    when the model read nothing of the case (its curve is then not a prediction for this case)."""
     inputs = model.case_inputs(cohort, subject_id)
+    read = image_read(model, cohort.load_volume(subject_id)) if inputs.image is not None else ImageRead()
+    inputs = gated_inputs(model, inputs, read, allow_ood)
     p = model.predict_case(inputs, tuple(int(h) for h in horizons))
-    top_slices = [] if p.slice_weights is None else [int(i) for i in np.argsort(-p.slice_weights)[:5]]
-    warnings: list[str] = []
-    if "image" in p.modalities_used and inputs.image is not None:
-        warnings += image_warnings(model, cohort.load_volume(subject_id))
+    top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
+        int(i) for i in np.argsort(-p.slice_weights)[:5]]
+    warnings: list[str] = list(read.warnings)
+    withheld = None if allow_ood else read.note(model.fusion)
+    if withheld:
+        warnings.append(withheld)
+    if not p.modalities_used:
+        warnings.append(f"{model.fusion} read nothing of this case: its curve is not a prediction for this case.")
     return {
         "subject_id": str(subject_id),
         "fusion": model.fusion,
@@ -80,17 +124,19 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         "top_slices": top_slices,
         "n_events_used": int(len(inputs.events)),
         "warnings": warnings,
+        "image_withheld": withheld,
+        "scored": bool(p.modalities_used),
     }
 
 
 def predict_subject(model_dir: Path | str, cohort_dir: Path | str, subject_id: str,
-                    horizons: Sequence[int] = HORIZONS, device: str = "cpu") -> dict:
+                    horizons: Sequence[int] = HORIZONS, device: str = "cpu", allow_ood: bool = False) -> dict:
     """The ``predict --json`` object for one subject of a cohort folder."""
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)
     cohort = load_cohort(Path(cohort_dir), for_training=False)
-    return prediction_json(model, cohort, str(subject_id), horizons)
+    return prediction_json(model, cohort, str(subject_id), horizons, allow_ood)
 
 
 def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +154,7 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[
 
 # ----------------------------------------------------------------- the prediction cache
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: a CT far outside the model's training anatomy is withheld
 
 
 def model_fingerprint(model_dir: Path | str) -> str:

@@ -260,16 +260,21 @@ def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any) -> None
         kt, ks, klo, khi = (np.asarray(a, dtype=float) for a in cohort_km)
         ax.fill_between(kt, klo, khi, step="post", color="0.6", alpha=0.25, linewidth=0)
         ax.step(kt, ks, where="post", color="0.4", linestyle="--", label="cohort Kaplan-Meier")
-    ax.fill_between(times, np.asarray(prediction.lower, float), np.asarray(prediction.upper, float), step="post",
-                    color="#1f77b4", alpha=0.25, linewidth=0, label=f"uncertainty band ({model.uncertainty})")
-    ax.step(times, surv, where="post", color="#1f77b4", linewidth=2, label="this case")
+    if prediction.modalities_used:  # a model that read nothing of the case has no curve for it
+        ax.fill_between(times, np.asarray(prediction.lower, float), np.asarray(prediction.upper, float), step="post",
+                        color="#1f77b4", alpha=0.25, linewidth=0, label=f"uncertainty band ({model.uncertainty})")
+        ax.step(times, surv, where="post", color="#1f77b4", linewidth=2, label="this case")
+    else:
+        ax.text(0.5, 0.5, "No curve for this case:\nthe model read none of its inputs\n(see the warnings)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#b00020")
     for h in HORIZONS:
         if h <= times[-1]:
             ax.axvline(h, color="0.7", linestyle=":", linewidth=0.8)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("days from index date")
     ax.set_ylabel("survival S(t)")
-    ax.legend(loc="lower left", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=7)
     ax.set_title("Individual survival curve vs cohort", fontsize=9)
 
 
@@ -279,7 +284,8 @@ def _risk_lines(prediction: Any, attribution: Any) -> list[str]:
     lines = ["Predicted risk 1 - S(t)", ""]
     for h in HORIZONS:
         r = None if h in beyond_grid(times, (h,)) else risks[h]
-        lines.append(f"{horizon_label(h):>8}:  " + ("past the grid" if r is None else f"{100 * r:5.1f} %"))
+        shown = "not scored" if not prediction.modalities_used else ("past the grid" if r is None else f"{100 * r:5.1f} %")
+        lines.append(f"{horizon_label(h):>8}:  " + shown)
     if attribution is not None:
         lines += ["", "Explanation", f"method: {attribution.method}"] + textwrap.wrap(f"target: {attribution.target}", 30)
     return lines

@@ -22,6 +22,14 @@ differences). Statistics, all from the study's own voxel grid:
 - ``lung_slices``: the fraction of axial slices whose enclosed air is at least 5 % of that slice's body area
   (a chest CT has lungs on most slices, an abdominal CT on few): the body region.
 
+Beyond the warning, :func:`withhold_reason` decides when the image part must not
+be read at all: when the study shows other anatomy than the training studies, that
+is when a fraction of the body's tissue classes (``ANATOMY``: air, fat, soft tissue,
+bone; not spacing or coverage, which the transforms resample and crop) lies outside
+the training range by more than ``WITHHOLD_WIDTHS`` times the range's own width
+(with the same floor). A model trained on chest phantoms then reads no risk from an
+abdominal CT's bowel gas; callers predict without the CT (``core.predict``).
+
 A contrast-phase proxy is left out: telling enhanced vessels from trabecular bone
 (both 150-300 HU) needs an organ segmentation this module does not have.
 
@@ -33,6 +41,10 @@ A contrast-phase proxy is left out: telling enhanced vessels from trabecular bon
 >>> profile_warnings(p, s)
 []
 >>> "lung air" in profile_warnings(p, {**s, "lung_air_l": 0.01})[0]
+True
+>>> withhold_reason(p, {**s, "z_extent_mm": 500.0}) is None  # coverage alone: a warning, still read
+True
+>>> withhold_reason(p, {**s, "soft": 0.9}).startswith("it shows other anatomy")
 True
 """
 
@@ -66,6 +78,10 @@ STATS: dict[str, tuple[str, str, float, int]] = {
 MEANING = {"z_extent_mm": "coverage", "slice_mm": "spacing", "pixel_mm": "spacing", "body_l": "body size",
            "lung_air_l": "region", "lung_slices": "region", "air": "region", "fat": "composition",
            "soft": "composition", "bone": "composition"}
+#: the tissue composition of the body (what the CT shows), as opposed to how much of it and how it was acquired
+ANATOMY = ("air", "fat", "soft", "bone")
+#: an anatomy statistic further than this many training-range widths outside the range withholds the image part
+WITHHOLD_WIDTHS = 1.0
 _PLANE = np.zeros((3, 3, 3), dtype=bool)
 _PLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # fill holes slice by slice: no connection across slices
 _MAX_ROWS = 256
@@ -165,6 +181,25 @@ def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) ->
     return [f"Out of distribution for this model's image part ({', '.join(kinds)}): " + "; ".join(parts)
             + f". This CT is unlike the model's {profile.get('n_studies', '?')} training studies (see 'What this model "
             "can read' in its model card): do not rely on the image part of this prediction."]
+
+
+def withhold_reason(profile: dict[str, Any] | None, stats: dict[str, float],
+                    widths: float = WITHHOLD_WIDTHS) -> str | None:
+    """Why the model's image part must not read this study (other anatomy than its training studies), or None.
+
+    An ``ANATOMY`` statistic outside the training range widened by ``widths`` x max(width, ``rel_floor`` x
+    magnitude) on either side withholds it; without a profile nothing is withheld (only warned about).
+    """
+    if not profile:
+        return None
+    floor = float(profile.get("rel_floor", REL_FLOOR))
+    far = [(k, v, e) for k, v, e in outside(profile, stats)
+           if k in ANATOMY and not allowed_range(e, widths, floor)[0] <= v <= allowed_range(e, widths, floor)[1]]
+    if not far:
+        return None
+    parts = [f"{STATS[k][0]} {_fmt(k, v)} (training {_fmt_range(k, e['min'], e['max'])})" for k, v, e in far]
+    return (f"it shows other anatomy than the model's {profile.get('n_studies', '?')} training studies: "
+            + "; ".join(parts))
 
 
 def study_warnings(profile: dict[str, Any] | None, hu: np.ndarray, spacing_mm: Sequence[float]) -> list[str]:

@@ -289,10 +289,50 @@ def case_viewer_nifti(source: str, subject_id: str, volume: Any, build: Callable
     return study_cache().derived(path, VIEWER_NIFTI, build)
 
 
+def read_ood(source: str, subject_id: str) -> bool:
+    """Whether the user asked to read this case's CT even where a model would withhold it (Case review's toggle)."""
+    return (source, subject_id, upload_token(source, subject_id)) in st.session_state.get(K.READ_OOD, set())
+
+
+def set_read_ood(source: str, subject_id: str, value: bool) -> None:
+    chosen: set = st.session_state.setdefault(K.READ_OOD, set())
+    item = (source, subject_id, upload_token(source, subject_id))
+    chosen.add(item) if value else chosen.discard(item)
+
+
+def image_read(model: Any, source: str, subject_id: str) -> predictions.ImageRead:
+    """What ``model`` may read of the case's CT (``core.predict.image_read``: warnings, withheld or not); the
+    CT's statistics are measured once per case, then checked against each model's training profile."""
+    volume = case_volume(source, subject_id)
+    if volume is None:
+        return predictions.ImageRead()
+    token = upload_token(source, subject_id)
+
+    def stats() -> dict:
+        from core.study_profile import study_stats
+
+        return study_stats(volume.hu, volume.spacing_mm)
+
+    return memo(("image-read", str(model.model_dir), source, subject_id, token),
+                lambda: predictions.image_read(model, volume, memo(("study-stats", source, subject_id, token), stats)))
+
+
+def withholds_ct(model: Any, source: str, subject_id: str) -> bool:
+    """Whether the model's predictions of this case are made without its CT (withheld, and not read anyway)."""
+    return image_read(model, source, subject_id).withheld is not None and not read_ood(source, subject_id)
+
+
 def case_inputs(model: Any, source: str, subject_id: str) -> Any:
-    """The model's inputs of a case (loads the model: a lazy model's first use)."""
-    key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
-    return memo(key, lambda: loaded(model).case_inputs(case_cohort(source, subject_id), subject_id))
+    """The model's inputs of a case (loads the model: a lazy model's first use), without the CT when the model
+    withholds it (:func:`withholds_ct`)."""
+    gate = withholds_ct(model, source, subject_id)
+    key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source, subject_id), gate)
+
+    def build() -> Any:
+        inputs = loaded(model).case_inputs(case_cohort(source, subject_id), subject_id)
+        return predictions.without_image(inputs) if gate and inputs.image is not None else inputs
+
+    return memo(key, build)
 
 
 class LazyInputs:
@@ -303,6 +343,7 @@ class LazyInputs:
     def __init__(self, model: Any, source: str, subject_id: str) -> None:
         self._args = (model, source, subject_id)
         self._cohort = case_cohort(source, subject_id)  # taken now: a job's thread has no session
+        self._gate = withholds_ct(model, source, subject_id)
 
     def resolve(self) -> Any:
         model, source, subject_id = self._args
@@ -310,6 +351,7 @@ class LazyInputs:
             real = case_inputs(model, source, subject_id)
         else:
             real = loaded(model).case_inputs(self._cohort, subject_id)
+            real = predictions.without_image(real) if self._gate and real.image is not None else real
         self.__dict__.clear()
         self.__dict__.update(vars(real))
         self.__class__ = type(real)  # type: ignore[assignment]
@@ -340,12 +382,16 @@ def prediction_cache(model: Any, source: str) -> predictions.PredictionCache:
 def case_view(model: Any, source: str, subject_id: str) -> predictions.CachedCase:
     """The case's prediction and the events the model read: from the disk cache (keyed by the model's
     fingerprint, the case's content, its index date and the horizons), else predicted and stored."""
-    key = ("case_view", str(model.model_dir), source, subject_id, upload_token(source, subject_id))
+    gate = withholds_ct(model, source, subject_id)
+    # a withheld CT is part of the case's content as the model reads it; one read anyway on request is another case
+    read_anyway = image_read(model, source, subject_id).withheld is not None and not gate
+    key = ("case_view", str(model.model_dir), source, subject_id, upload_token(source, subject_id), gate)
 
     def compute() -> predictions.CachedCase:
         cohort = case_cohort(source, subject_id)
         digest = memo(("case_content", source, subject_id, upload_token(source, subject_id)),
                       lambda: predictions.case_digest(cohort, subject_id, case_volume(source, subject_id)))
+        digest = digest + ("-ood" if read_anyway else "")
         cache_key = predictions.PredictionCache.key(predictions.model_fingerprint(model.model_dir), digest,
                                                     cohort.index_time(subject_id), horizons.HORIZONS)
 

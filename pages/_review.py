@@ -36,7 +36,8 @@ def strategies(source: str, subject_id: str, current: str) -> Strategies:
     for name in views.available_models():
         other = views.lazy_model(name)  # a cached prediction needs no model loaded
         p = views.case_prediction(other, source, subject_id)
-        reason = CW.cannot_score_reason(name, *views.model_reads(other), p.modalities_used)
+        reason = CW.cannot_score_reason(name, *views.model_reads(other), p.modalities_used,
+                                        views.withholds_ct(other, source, subject_id))
         if reason:
             out.skipped[name] = reason
         else:
@@ -82,14 +83,15 @@ def timeline_notes(source: str, subject_id: str) -> list[str]:
 
 
 def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
-    """What the model cannot read in this CT (``core.predict.image_warnings``: its training profile), kept
-    beside the case's cached prediction (same model, same CT)."""
-    from core.predict import image_warnings
+    """What the model cannot read in this CT (``core.predict.image_read``: its training profile)."""
+    return list(views.image_read(model, source, subject_id).warnings)
 
-    volume = views.case_volume(source, subject_id)
-    key = ("image-warnings", str(model.model_dir), source, subject_id, views.upload_token(source, subject_id))
-    return memo(key, lambda: list(views.case_derived(model, source, subject_id, "image_warnings",
-                                                     lambda: image_warnings(model, volume))))
+
+def withheld_note(model_name: str, model: Any, source: str, subject_id: str) -> str | None:
+    """The notice of a CT the model withholds (None when it reads the CT, or the user chose to read it anyway)."""
+    if not views.withholds_ct(model, source, subject_id):
+        return None
+    return views.image_read(model, source, subject_id).note(model_name)
 
 
 def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
@@ -100,14 +102,16 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
     uses_image = "image" in pred.modalities_used
     method = chrome.viewer_setting(K.METHOD, "saliency")
     has_image, has_ehr = views.model_reads(model)
+    withheld = withheld_note(model_name, model, source, subject_id) if has_image else None
     return CW.gather_case_warnings(
         model_name=model_name, has_image=has_image, has_ehr=has_ehr, modalities_used=pred.modalities_used,
         ct_present=volume is not None,
-        coverage=None,  # image_warnings below: the model's training profile, or the lung check without one
-        prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image else [],
+        coverage=None,  # the warnings below: the model's training profile, or the lung check without one
+        prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image or withheld else [],
         timeline=timeline_notes(source, subject_id),
         sanity=method_sanity(model).get(method) if uses_image else None,
         disagreement_flag=None if strategies_ is None else strategies_.flag,
+        image_withheld=withheld,
     )
 
 

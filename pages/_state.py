@@ -45,6 +45,7 @@ TRAINED_COHORTS = "trained_cohorts"
 TRAIN_JOB = "train_job"  # id of this session's latest training job (core.jobs)
 EXPORTS = "exports"
 CASE_NUMBERS = "case_numbers"
+READ_OOD = "read_ood"            # cases whose CT the user asked to read although a model withholds it
 WORKSPACE = "workspace"
 MEMO = "_memo"
 MEMO_SIZES = "_memo_sizes"  # bytes held by each memo entry (pages._memo.memo bounds their sum)

@@ -53,8 +53,21 @@ top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'n
 warning_box = st.container()
 with warning_box:
     review.show_warnings(review.case_warnings(model_name, model, source, subject_id))
-unscored = review.CW.cannot_score_reason(model_name, *views.model_reads(model), pred.modalities_used)
+unscored = review.CW.cannot_score_reason(model_name, *views.model_reads(model), pred.modalities_used,
+                                         views.withholds_ct(model, source, subject_id))
 scored = unscored is None
+if views.model_reads(model)[0] and views.image_read(model, source, subject_id).withheld:
+    # the CT is far outside the model's training anatomy: withheld unless the user asks to see it read anyway
+    anyway = st.toggle("Read this CT anyway (out of distribution: not reliable)",
+                       value=views.read_ood(source, subject_id), key=f"read_ood_{source}_{subject_id}",
+                       help="Every strategy then reads the CT although it shows other anatomy than its training "
+                            "studies; the warnings stay. For research on what the model does with such a scan, "
+                            "never for a patient.")
+    if anyway != views.read_ood(source, subject_id):
+        views.set_read_ood(source, subject_id, anyway)
+        session.audit("open", "case", source=source, case=views.case_number(source, subject_id),
+                      ct=("read_anyway" if anyway else "withheld"))
+        st.rerun()
 
 left, right = st.columns([1.15, 1], gap="large")
 

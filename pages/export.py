@@ -48,11 +48,14 @@ with chrome.core_errors():
     pred = views.case_prediction(model, source, subject_id)
 
 exports: dict = st.session_state.setdefault(K.EXPORTS, {})
+no_ct = ("The selected model withholds this case's CT (other anatomy than its training studies; Case review can "
+         "read it anyway)" if volume is not None and views.withholds_ct(model, source, subject_id)
+         else "This case has no CT used by the selected model")
 
 st.subheader("Saliency figure")
 amap = None
 if volume is None or "image" not in pred.modalities_used:
-    st.info("This case has no CT used by the selected model, so there is no saliency figure to export.")
+    st.info(f"{no_ct}, so there is no saliency figure to export.")
 else:
     from core.io.windows import WINDOWS
 
@@ -126,7 +129,7 @@ st.caption(
 )
 dkey = (source, subject_id, model_name, method, horizon)
 if volume is None or "image" not in pred.modalities_used:
-    st.info("This case has no CT used by the selected model, so there is nothing to place on a DICOM series.")
+    st.info(f"{no_ct}, so there is nothing to place on a DICOM series.")
 elif st.button("Prepare the DICOM objects", key="prepare_dicom", disabled=amap is None):
     with st.spinner("Writing DICOM..."), chrome.core_errors(stop=False, what="DICOM export failed: "):
         session.audit("export", "dicom_zip", case=number, method=method)

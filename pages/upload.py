@@ -201,15 +201,16 @@ if checked is not None:
             )
             for w in volume.warnings:
                 st.warning(w, icon=":material/warning:")
-            from core.predict import image_warnings
+            from core.predict import image_read
 
             with chrome.core_errors(stop=False):
                 model_name = views.current_model_name()
                 model = views.current_model()
-                notes = memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir)),
-                             lambda: image_warnings(model, volume))
-                for note in notes:  # what the selected model cannot read in this CT (its training profile)
-                    st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
+                read = memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir)),
+                            lambda: image_read(model, volume))
+                for note in [*read.warnings, read.note(model_name)]:  # what the selected model cannot read here
+                    if note:
+                        st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
 
 # ------------------------------------------------------------------- timeline
 st.subheader("2. Timeline (optional)")

@@ -311,8 +311,17 @@ def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -
         at.selectbox(key="case").set_value(("uploaded", info.case_id)).run()
         _no_exception(at)
         assert any("Missing modality" in w.value and "no ehr data" in w.value.lower() for w in at.warning)
+        # noise, not a body: the CT is withheld from the model, which then reads nothing and draws no curve
+        assert any("The CT is withheld from" in w.value and "other anatomy" in w.value for w in at.warning)
+        assert not [m for m in at.metric if m.label.startswith("Risk at")]
+        assert any(i.value.startswith("No curve:") and "cannot read this CT" in i.value for i in at.info)
         _viewer_holds_its_ct(at)
+        # read anyway on request: the model reads the CT, its curve and its attention over the slices come back
+        at.toggle(key=f"read_ood_uploaded_{info.case_id}").set_value(True).run()
         _no_exception(at)
+        assert not any("The CT is withheld from" in w.value for w in at.warning)
+        assert [m.label for m in at.metric if m.label.startswith("Risk at")] == [
+            "Risk at 30 days", "Risk at 1 year", "Risk at 5 years"]
         strip = next(c for c in _charts(at) if (c["layout"].get("title") or {}).get("text") == "Attention over slices")
         assert len(_plotly_array(strip["data"][0]["x"])) == 20  # the uploaded CT's 20 slices
     finally:

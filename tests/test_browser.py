@@ -237,11 +237,21 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     assert pg.get_by_text("Out of distribution", exact=False).count() >= 1  # type: ignore[attr-defined]  # abdominal CT
     shot(pg, "upload")
     pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
-    pg.get_by_text("Risk at 1 year").first.wait_for()  # type: ignore[attr-defined]  # saved, then on Case review
+    # saved, then on Case review: the abdominal CT is withheld from the demo model (trained on chest phantoms)
+    pg.get_by_text("The CT is withheld from", exact=False).first.wait_for()  # type: ignore[attr-defined]
     settle(pg, 120)
-    shot(pg, "case_review_uploaded")
+    shot(pg, "case_review_uploaded_withheld")
     assert re.search(r"Uploaded: Case \d+ · CT · added", pg.content())  # type: ignore[attr-defined]
     assert pg.get_by_text("Missing modality").count() >= 1  # type: ignore[attr-defined]  # no timeline uploaded
+    assert pg.get_by_text("lung air (air enclosed by the body) 0.39 L", exact=False).count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("No curve:", exact=False).count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("Risk at 1 year").count() == 0  # type: ignore[attr-defined]  # no risk read from bowel gas
+    assert pg.locator('[data-testid="stVegaLiteChart"]').count() == 0  # type: ignore[attr-defined]
+    # read anyway on request: the risk and the survival chart come back, the warnings stay
+    pg.get_by_text("Read this CT anyway", exact=False).click()  # type: ignore[attr-defined]
+    pg.get_by_text("Risk at 1 year").first.wait_for(timeout=120_000)  # type: ignore[attr-defined]
+    settle(pg, 120)
+    shot(pg, "case_review_uploaded")
     assert pg.get_by_text("lung air (air enclosed by the body) 0.39 L", exact=False).count() >= 1  # type: ignore[attr-defined]
     assert pg.locator('[data-testid="stVegaLiteChart"]').count() == 1  # type: ignore[attr-defined]  # the survival chart
     # the charts below the viewer (every strategy, the attention strip), drawn once the viewer has the CT

@@ -120,9 +120,12 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
     choose(pg, "Fusion strategy", "ehr_only")
     assert pg.get_by_text("reads only the EHR; the case has none").count() >= 2  # type: ignore[attr-defined]
     assert pg.locator('[data-testid="stPlotlyChart"]').filter(has_text="this case (band").count() == 0  # type: ignore[attr-defined]
-    assert pg.get_by_text(re.compile(r"Not drawn \(cannot score this case\): ehr_only reads only the EHR")).count() == 1  # type: ignore[attr-defined]
-    compare = chart(pg, "image_only")
-    assert "ehr_only" not in compare.text_content() and "current model" not in compare.text_content()
+    # no strategy draws a curve: the EHR-only one has nothing to read, every other one withholds the abdominal CT
+    skipped = pg.get_by_text(re.compile(r"Not drawn \(cannot score this case\):")).first.inner_text()  # type: ignore[attr-defined]
+    assert "ehr_only reads only the EHR; the case has none" in skipped
+    assert "image_only cannot read this CT (other anatomy than its training studies) and reads nothing else" in skipped
+    assert "coattention_image cannot read this CT (other anatomy than its training studies); the case has no EHR" in skipped
+    assert chart(pg, "concat").count() == 0 and chart(pg, "image_only").count() == 0  # type: ignore[attr-defined]
     assert pg.get_by_text("No attention over events to show").count() == 1  # type: ignore[attr-defined]
     shot(pg, "case_review_ehr_only_no_ehr")
     choose(pg, "Fusion strategy", "image_only")
@@ -130,6 +133,7 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
     warnings = [w.inner_text().strip() for w in alerts.all()  # the text without the icon's ligature name
                 if not w.inner_text().startswith("The WebGL CT viewer")]  # the viewer's own notice, not about the case
     assert any("Out of distribution" in w and "do not rely on the image part" in w for w in warnings), warnings
+    assert any("The CT is withheld from image_only" in w for w in warnings), warnings
     # Export: the same case number, the report with exactly the page's warnings
     go(pg, "Export")
     assert pg.get_by_text(f"Case {picked}", exact=False).count() >= 1  # type: ignore[attr-defined]

@@ -201,6 +201,39 @@ def test_report_of_the_real_abdominal_ct_carries_its_coverage_warning(parts: dic
     assert overlaps(words(out)) == []
 
 
+def test_report_of_a_withheld_ct_draws_no_curve_and_says_why(parts: dict[str, Any], real_ct: Path,
+                                                             tmp_path: Path) -> None:
+    """The real abdominal CT under a model trained on chest phantoms: the CT is withheld, the model reads nothing
+    else of the case, and the report says so instead of printing risks."""
+    from core.app.case_warnings import gather_case_warnings
+    from core.cohort import UPLOAD_SUBJECT, uploaded_case_cohort
+    from core.io.study import load_study
+    from core.predict import gated_inputs, image_read
+    from core.report import case_report_pdf
+
+    model = parts["model"]
+    volume = load_study(real_ct)
+    cohort = uploaded_case_cohort(tmp_path / "case", volume=volume, events=None)
+    read = image_read(model, volume)
+    assert read.withheld is not None and "soft tissue" in read.withheld
+    inputs = gated_inputs(model, model.case_inputs(cohort, UPLOAD_SUBJECT), read)
+    assert inputs.image is None and float(inputs.image_mask.sum()) == 0.0
+    pred = model.predict_case(inputs)
+    assert pred.modalities_used == []
+    notes = gather_case_warnings(model_name="cross_attention", has_image=True, has_ehr=True,
+                                 modalities_used=pred.modalities_used, ct_present=True,
+                                 prediction_warnings=list(read.warnings), image_withheld=read.note("cross_attention"))
+    assert [w.kind for w in notes][:3] == ["withheld", "modality", "prediction"]
+    assert "cannot read this CT (other anatomy than its training studies); the case has no EHR" in notes[1].text
+    out = case_report_pdf(tmp_path / "withheld.pdf", **(_kwargs(parts) | {
+        "inputs": inputs, "prediction": pred, "volume_hu": volume.hu, "spacing_mm": volume.spacing_mm,
+        "attribution": None, "events_table": None, "warnings": [w.text for w in notes]}))
+    text = plain_text(out)
+    assert "The CT is withheld from cross_attention" in text and "No curve for this case" in text
+    assert "Predicted risk" in text and text.count("not scored") == 3  # one per horizon, no percentage
+    assert overlaps(words(out)) == []
+
+
 def test_sanity_result_of_a_method_is_run_saved_and_read_back(parts: dict[str, Any], tmp_path: Path) -> None:
     """The randomisation check the page runs in the background (pages/_review.run_sanity) is saved beside the
     model and read back with the model card's result; a failing method is then named in the case warnings."""

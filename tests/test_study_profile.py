@@ -128,6 +128,49 @@ def test_real_abdominal_ct_is_out_of_distribution_for_the_demo_models(real_ct: P
     out = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(DEMO_MODELS / "image_only"),
                           "--cohort", str(cohort), "--subject", "P1", "--json"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    warnings = json.loads(out.stdout)["warnings"]
-    assert len(warnings) == 1 and warnings[0].startswith("Out of distribution for this model's image part")
+    got = json.loads(out.stdout)
+    warnings = got["warnings"]
+    assert len(warnings) == 3 and warnings[0].startswith("Out of distribution for this model's image part")
     assert "region" in warnings[0] and "lung air (air enclosed by the body) 0.39 L" in warnings[0]
+    # far outside in tissue composition: the CT is withheld, and image_only has nothing else to read
+    assert got["image_withheld"].startswith("The CT is withheld from image_only: it shows other anatomy")
+    assert "soft tissue (-30..150 HU) 55.6%" in got["image_withheld"] and got["image_withheld"] == warnings[1]
+    assert got["modalities_used"] == [] and got["scored"] is False and got["top_slices"] == []
+    assert warnings[2] == "image_only read nothing of this case: its curve is not a prediction for this case."
+    # read anyway on request: the bowel gas gives the confident risk the withholding keeps from the reader
+    anyway = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(DEMO_MODELS / "image_only"),
+                             "--cohort", str(cohort), "--subject", "P1", "--json", "--allow-ood"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert anyway.returncode == 0, anyway.stderr
+    read = json.loads(anyway.stdout)
+    assert read["modalities_used"] == ["image"] and read["scored"] is True and read["image_withheld"] is None
+    assert read["risk_at"]["365"] > 0.95 and read["warnings"] == warnings[:1]
+
+
+@pytest.mark.slow
+def test_a_withheld_ct_leaves_a_fusion_model_its_ehr(real_ct: Path, new_demo_cases: Path, tmp_path: Path) -> None:
+    """A demo patient whose study is replaced by the real abdominal CT: concat withholds the CT and predicts from
+    the EHR alone, exactly as for the same patient without a study."""
+    import pandas as pd
+
+    from core.predict import predict_subject
+
+    table = pd.read_csv(new_demo_cases / "cohort.csv")
+    sid = str(table["subject_id"].iloc[0])
+    swapped, none = tmp_path / "swapped", tmp_path / "none"
+    for folder, study in ((swapped, "real.nii.gz"), (none, "")):
+        shutil.copytree(new_demo_cases, folder)
+        shutil.copyfile(real_ct, folder / "real.nii.gz")
+        t = table.copy()
+        t["study"] = t["study"].astype(object)
+        t.loc[t["subject_id"].astype(str) == sid, "study"] = study or None
+        t.to_csv(folder / "cohort.csv", index=False)
+    with_ct = predict_subject(DEMO_MODELS / "concat", swapped, sid)
+    without = predict_subject(DEMO_MODELS / "concat", none, sid)
+    assert with_ct["image_withheld"].startswith("The CT is withheld from concat") and with_ct["scored"] is True
+    assert "image" not in with_ct["modalities_used"] and with_ct["modalities_used"] == without["modalities_used"]
+    assert with_ct["modalities_used"] and without["image_withheld"] is None
+    assert with_ct["risk_at"] == without["risk_at"] and with_ct["survival"] == without["survival"]
+    # on request the CT is read: another prediction
+    anyway = predict_subject(DEMO_MODELS / "concat", swapped, sid, allow_ood=True)
+    assert "image" in anyway["modalities_used"] and anyway["risk_at"] != with_ct["risk_at"]

@@ -53,8 +53,8 @@ METHOD_CAVEATS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class CaseWarning:
-    """One warning of a case: ``kind`` (modality, coverage, prediction, timeline, sanity, disagreement) and its
-    one-paragraph plain text (no markup), shown on the page and printed in the report as it is."""
+    """One warning of a case: ``kind`` (withheld, modality, coverage, prediction, timeline, sanity, disagreement)
+    and its one-paragraph plain text (no markup), shown on the page and printed in the report as it is."""
 
     kind: str
     text: str
@@ -112,10 +112,15 @@ def sanity_from_table(method: str, table: pd.DataFrame) -> SanityResult:
 # ------------------------------------------------------------------ strategies
 
 
-def cannot_score_reason(name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str]) -> str | None:
-    """Why a strategy cannot score the case (it reads none of the case's modalities), or None when it can."""
+def cannot_score_reason(name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
+                        image_withheld: bool = False) -> str | None:
+    """Why a strategy cannot score the case (it reads none of the case's modalities), or None when it can.
+    ``image_withheld``: the case's CT lies outside what the model was trained on and is withheld from it."""
     if modalities_used:
         return None
+    if image_withheld and has_image:
+        return (f"{name} cannot read this CT (other anatomy than its training studies)"
+                + ("; the case has no EHR" if has_ehr else " and reads nothing else"))
     if has_ehr and not has_image:
         return f"{name} reads only the EHR; the case has none"
     if has_image and not has_ehr:
@@ -175,19 +180,22 @@ def timeline_messages(events: pd.DataFrame | None, index_time: Any) -> list[str]
 
 
 def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
-                     ct_present: bool) -> list[str]:
-    """The missing-modality notices: what the model does not read, what the case lacks, what cannot be scored."""
+                     ct_present: bool, image_withheld: str | None = None) -> list[str]:
+    """The missing-modality notices: what the model does not read, what the case lacks, what cannot be scored.
+    ``image_withheld``: the notice of a CT the model withholds (``core.predict.ImageRead.note``)."""
     out = []
     uses_ehr = any(m.startswith("ehr") for m in modalities_used)
     if not has_image:
         out.append(f"{model_name} does not use the CT.")
+    elif image_withheld and ct_present:
+        out.append(f"The CT is withheld from {model_name} (see above): the image side is masked out.")
     elif not ct_present or "image" not in modalities_used:
         out.append("No CT study for this case: the image side of the model is masked out.")
     if not has_ehr:
         out.append(f"{model_name} does not use the EHR.")
     elif not uses_ehr:
         out.append("No EHR data (no timeline events before the index date, no features): the EHR side is masked out.")
-    reason = cannot_score_reason(model_name, has_image, has_ehr, modalities_used)
+    reason = cannot_score_reason(model_name, has_image, has_ehr, modalities_used, bool(image_withheld))
     if reason:
         out.append(f"{reason}: its curve is not a prediction for this case and is not drawn.")
     elif out:
@@ -198,10 +206,11 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
 def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
                          ct_present: bool, coverage: str | None = None, prediction_warnings: Sequence[str] = (),
                          timeline: Sequence[str] = (), sanity: SanityResult | None = None,
-                         disagreement_flag: str | None = None) -> list[CaseWarning]:
+                         disagreement_flag: str | None = None, image_withheld: str | None = None) -> list[CaseWarning]:
     """Every warning of the case, in the order the page shows them (duplicates dropped)."""
-    notices = modality_notices(model_name, has_image, has_ehr, modalities_used, ct_present)
-    items = [CaseWarning("modality", "Missing modality: " + " ".join(notices))] if notices else []
+    notices = modality_notices(model_name, has_image, has_ehr, modalities_used, ct_present, image_withheld)
+    items = [CaseWarning("withheld", image_withheld)] if image_withheld and has_image and ct_present else []
+    items += [CaseWarning("modality", "Missing modality: " + " ".join(notices))] if notices else []
     if coverage and "image" in modalities_used:
         items.append(CaseWarning("coverage", coverage))
     items += [CaseWarning("prediction", str(t)) for t in prediction_warnings if t]
