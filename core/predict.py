@@ -51,10 +51,14 @@ class ImageRead:
     warnings: tuple[str, ...] = ()
     withheld: str | None = None
 
-    def note(self, model_name: str) -> str | None:
-        """The one-line notice of a withheld CT (None when the CT is read)."""
+    def note(self, model_name: str, read_anyway: bool = False) -> str | None:
+        """The one-line notice of a withheld CT, or of one read on request (``read_anyway``); None when the CT
+        is not withheld."""
         if self.withheld is None:
             return None
+        if read_anyway:
+            return (f"The CT was read on request although it would be withheld from {model_name}: {self.withheld}. "
+                    "This prediction reads something the model never saw in training: not reliable.")
         return (f"The CT is withheld from {model_name}: {self.withheld}. Its image part would read something it "
                 "never saw in training, so the prediction is made without the CT (the EHR alone, or nothing).")
 
@@ -103,8 +107,9 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         int(i) for i in np.argsort(-p.slice_weights)[:5]]
     warnings: list[str] = list(read.warnings)
     withheld = None if allow_ood else read.note(model.fusion)
-    if withheld:
-        warnings.append(withheld)
+    notice = read.note(model.fusion, read_anyway=allow_ood)
+    if notice:
+        warnings.append(notice)
     if not p.modalities_used:
         warnings.append(f"{model.fusion} read nothing of this case: its curve is not a prediction for this case.")
     return {

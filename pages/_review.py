@@ -88,10 +88,8 @@ def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
 
 
 def withheld_note(model_name: str, model: Any, source: str, subject_id: str) -> str | None:
-    """The notice of a CT the model withholds (None when it reads the CT, or the user chose to read it anyway)."""
-    if not views.withholds_ct(model, source, subject_id):
-        return None
-    return views.image_read(model, source, subject_id).note(model_name)
+    """The notice of a CT the model withholds, or reads only because the user asked (None when it reads the CT)."""
+    return views.image_read(model, source, subject_id).note(model_name, views.read_ood(source, subject_id))
 
 
 def case_warnings(model_name: str, model: Any, source: str, subject_id: str,

@@ -320,6 +320,7 @@ def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -
         at.toggle(key=f"read_ood_uploaded_{info.case_id}").set_value(True).run()
         _no_exception(at)
         assert not any("The CT is withheld from" in w.value for w in at.warning)
+        assert any(w.value.startswith("The CT was read on request") and "not reliable" in w.value for w in at.warning)
         assert [m.label for m in at.metric if m.label.startswith("Risk at")] == [
             "Risk at 30 days", "Risk at 1 year", "Risk at 5 years"]
         strip = next(c for c in _charts(at) if (c["layout"].get("title") or {}).get("text") == "Attention over slices")

@@ -253,6 +253,7 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     settle(pg, 120)
     shot(pg, "case_review_uploaded")
     assert pg.get_by_text("lung air (air enclosed by the body) 0.39 L", exact=False).count() >= 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("The CT was read on request", exact=False).count() >= 1  # type: ignore[attr-defined]
     assert pg.locator('[data-testid="stVegaLiteChart"]').count() == 1  # type: ignore[attr-defined]  # the survival chart
     # the charts below the viewer (every strategy, the attention strip), drawn once the viewer has the CT
     pg.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(timeout=60_000)  # type: ignore[attr-defined]

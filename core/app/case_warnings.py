@@ -182,12 +182,12 @@ def timeline_messages(events: pd.DataFrame | None, index_time: Any) -> list[str]
 def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
                      ct_present: bool, image_withheld: str | None = None) -> list[str]:
     """The missing-modality notices: what the model does not read, what the case lacks, what cannot be scored.
-    ``image_withheld``: the notice of a CT the model withholds (``core.predict.ImageRead.note``)."""
+    ``image_withheld``: the notice of a CT the model withholds, or reads on request (``core.predict.ImageRead.note``)."""
     out = []
     uses_ehr = any(m.startswith("ehr") for m in modalities_used)
     if not has_image:
         out.append(f"{model_name} does not use the CT.")
-    elif image_withheld and ct_present:
+    elif image_withheld and ct_present and "image" not in modalities_used:
         out.append(f"The CT is withheld from {model_name} (see above): the image side is masked out.")
     elif not ct_present or "image" not in modalities_used:
         out.append("No CT study for this case: the image side of the model is masked out.")
@@ -195,7 +195,8 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
         out.append(f"{model_name} does not use the EHR.")
     elif not uses_ehr:
         out.append("No EHR data (no timeline events before the index date, no features): the EHR side is masked out.")
-    reason = cannot_score_reason(model_name, has_image, has_ehr, modalities_used, bool(image_withheld))
+    reason = cannot_score_reason(model_name, has_image, has_ehr, modalities_used,
+                                 bool(image_withheld) and "image" not in modalities_used)
     if reason:
         out.append(f"{reason}: its curve is not a prediction for this case and is not drawn.")
     elif out:
