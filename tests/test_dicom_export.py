@@ -261,10 +261,18 @@ def test_real_nifti_via_command_line(real_ct: Path, tmp_path: Path) -> None:
         "subject_id,time,event,split,study\n"
         "r1,400,1,test,studies/ct.nii.gz\nr2,500,0,train,studies/ct.nii.gz\nr3,600,0,val,studies/ct.nii.gz\n")
     out, map_path = tmp_path / "out", tmp_path / "map.npy"
+    # the abdominal CT is far outside the demo model's chest phantoms: refused unless asked, no file written
+    refused = _cli("export-dicom", "--model", str(DEMO_MODELS / "image_only"), "--cohort", str(cohort),
+                   "--subject", "r1", "--out", str(out))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-2000:]
+    assert refused.stderr.startswith("error: --subject: got this subject's CT, is withheld from this model: it shows")
+    assert "--allow-ood" in refused.stderr and "r1" not in refused.stderr and not (out.exists() and any(out.iterdir()))
     proc = _cli("export-dicom", "--model", str(DEMO_MODELS / "image_only"), "--cohort", str(cohort),
-                "--subject", "r1", "--method", "saliency", "--out", str(out), "--save-map", str(map_path), "--json")
+                "--subject", "r1", "--method", "saliency", "--out", str(out), "--save-map", str(map_path), "--json",
+                "--allow-ood")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
+    assert any(w.startswith("The CT was read on request although it would be withheld") for w in report["warnings"])
     assert report["n_frames"] == 30 and report["n_derived_files"] == 30
     saliency = np.load(map_path)
     from core.cohort import load_cohort

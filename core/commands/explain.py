@@ -94,8 +94,14 @@ def run(args: argparse.Namespace) -> int:
     figure_export.export(fig, out, caption=caption)
     if args.save_map is not None:
         np.save(args.save_map, att.map.astype(np.float32))
+    from core.predict import image_read
+
+    read = image_read(model, volume)  # what the model cannot read here: the map explains it all the same
+    notes = [*read.warnings] + ([f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "
+                                 "The map shows what the model reads in something it never saw in training."]
+                                if read.withheld else [])
     result = {**att.to_dict(), "slice_shown": int(k), "model": model_label, "fusion": model.fusion,
-              "window": window_name, "out": str(out)}
+              "window": window_name, "out": str(out), "warnings": notes}
     result.pop("shape", None)
     if args.json:
         print(json.dumps(result))
@@ -106,5 +112,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  event {row}: {code} at {when}: {score:+.3g}")
         if not att.top_events:
             print("  no timeline events attributed")
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-map", type=Path, default=None, help="also save the map as .npy [S, R, C] float32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--allow-ood", action="store_true",
+                        help="export even a CT that shows other anatomy than the model's training studies "
+                             "(refused by default: the map and risk would be read from something it never saw)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from core.dicom_export import export_case_dicom
 
     result, saliency = export_case_dicom(args.model, args.cohort, str(args.subject), out, method=args.method,
-                                         percentile=args.percentile, device=device, return_map=True)
+                                         percentile=args.percentile, device=device, return_map=True,
+                                         allow_ood=args.allow_ood)
     if args.save_map is not None:
         import numpy as np
 

@@ -167,11 +167,13 @@ def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float]
 
 
 def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: Path, *, method: str = "saliency",
-                      percentile: float = 99.0, device: str = "cpu",
-                      return_map: bool = False) -> ExportResult | tuple[ExportResult, np.ndarray]:
+                      percentile: float = 99.0, device: str = "cpu", return_map: bool = False,
+                      allow_ood: bool = False) -> ExportResult | tuple[ExportResult, np.ndarray]:
     """Predict and attribute one cohort subject with a model, then :func:`export_dicom` it.
 
-    With ``return_map`` also the attribution map ``[S, R, C]`` on the Volume grid.
+    With ``return_map`` also the attribution map ``[S, R, C]`` on the Volume grid. A CT far outside the model's
+    training anatomy (``core.predict.image_read``) is refused unless ``allow_ood``: the objects would carry a map
+    and a risk read from something the model never saw.
     """
     check_method(method)
     from core.cohort import load_cohort
@@ -185,6 +187,13 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     volume = cohort.load_volume(subject_id)
     if volume is None:
         raise InputError("subject", subject_id, "has no CT study in this cohort", "pick a subject with a study")
+    from core.predict import image_read
+
+    read = image_read(model, volume)
+    if read.withheld and not allow_ood:
+        raise InputError("--subject", "this subject's CT", f"is withheld from this model: {read.withheld}",
+                         "use a model trained on such anatomy, or pass --allow-ood to export a map and risk read "
+                         "from it anyway (not reliable)")
     prediction = model.predict_case(inputs)
     attribution = attribute(model, inputs, method)
     study = _study_path(Path(cohort_dir), subject_id)
@@ -192,6 +201,8 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     result = export_dicom(volume, attribution.map, prediction.risk_at, prediction.modalities_used,
                           model_info(Path(model_dir)), method, Path(out), source=source,
                           percentile=percentile)
+    notice = read.note(model.fusion, read_anyway=True)
+    result.warnings += [*read.warnings, *([notice] if notice else [])]
     return (result, np.asarray(attribution.map, dtype=np.float32)) if return_map else result
 
 
