@@ -242,3 +242,25 @@ def test_pointing_game_reads_every_lesion_of_a_case(table: pd.DataFrame) -> None
     amap = np.zeros((6, 20, 20), np.float32)
     amap[4, 7, 13] = 5.0                                   # one hot voxel: the smoothed peak stays there
     assert pg.peak_voxel(amap).tolist() == [4.0, 7.0, 13.0]
+
+
+def test_a_profile_of_real_anatomy_reads_the_real_ct_and_withholds_a_chest_phantom(
+        real_ct: Path, cohort: Path, tmp_path: Path) -> None:
+    """The withholding rule follows the training studies: a profile of the real-anatomy subjects accepts the
+    original abdominal CT they are rendered from (the demo models' profile withholds it) and withholds a demo
+    chest phantom instead."""
+    from core.cohort import load_cohort
+    from core.demo import write_demo_cohort
+    from core.io.study import load_study
+    from core.study_profile import cohort_profile, study_stats, withhold_reason
+
+    real = load_cohort(cohort)
+    profile = cohort_profile(real, real.ids())
+    assert profile is not None and profile["n_studies"] == N
+    original = load_study(real_ct)
+    assert withhold_reason(profile, study_stats(original.hu, original.spacing_mm)) is None
+    demo = load_cohort(write_demo_cohort(tmp_path / "demo", n=10, seed=2))
+    phantom = demo.load_volume(demo.ids()[0])
+    assert phantom is not None
+    reason = withhold_reason(profile, study_stats(phantom.hu, phantom.spacing_mm))
+    assert reason is not None and reason.startswith(f"it shows other anatomy than the model's {N} training studies")
