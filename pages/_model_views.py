@@ -303,6 +303,8 @@ def set_read_ood(source: str, subject_id: str, value: bool) -> None:
 def image_read(model: Any, source: str, subject_id: str) -> predictions.ImageRead:
     """What ``model`` may read of the case's CT (``core.predict.image_read``: warnings, withheld or not); the
     CT's statistics are measured once per case, then checked against each model's training profile."""
+    if not model.config.image.voxels:  # a model that reads no CT voxels: nothing to measure
+        return predictions.ImageRead()
     volume = case_volume(source, subject_id)
     if volume is None:
         return predictions.ImageRead()
