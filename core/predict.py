@@ -89,7 +89,7 @@ def without_image(inputs: CaseInputs) -> CaseInputs:
     return dataclasses.replace(inputs, image=None, image_mask=inputs.image_mask * 0)
 
 
-def gated_inputs(model: LoadedModel, inputs: CaseInputs, read: ImageRead, allow_ood: bool = False) -> CaseInputs:
+def gated_inputs(inputs: CaseInputs, read: ImageRead, allow_ood: bool = False) -> CaseInputs:
     """``inputs`` without the CT when ``read`` withholds it (unless ``allow_ood``), else unchanged."""
     return without_image(inputs) if read.withheld and not allow_ood and inputs.image is not None else inputs
 
@@ -101,7 +101,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     when the model read nothing of the case (its curve is then not a prediction for this case)."""
     inputs = model.case_inputs(cohort, subject_id)
     read = image_read(model, cohort.load_volume(subject_id)) if inputs.image is not None else ImageRead()
-    inputs = gated_inputs(model, inputs, read, allow_ood)
+    inputs = gated_inputs(inputs, read, allow_ood)
     p = model.predict_case(inputs, tuple(int(h) for h in horizons))
     top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
         int(i) for i in np.argsort(-p.slice_weights)[:5]]

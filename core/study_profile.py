@@ -27,8 +27,9 @@ be read at all: when the study shows other anatomy than the training studies, th
 is when a fraction of the body's tissue classes (``ANATOMY``: air, fat, soft tissue,
 bone; not spacing or coverage, which the transforms resample and crop) lies outside
 the training range by more than ``WITHHOLD_WIDTHS`` times the range's own width
-(with the same floor) and by more than ``WITHHOLD_ABS_FLOOR`` of the body's voxels. A model trained on chest phantoms then reads no risk from an
-abdominal CT's bowel gas; callers predict without the CT (``core.predict``).
+(with the same floor) and by more than ``WITHHOLD_ABS_FLOOR`` of the body's voxels.
+A model trained on chest phantoms then reads no risk from an abdominal CT's bowel
+gas; callers predict without the CT (``core.predict``).
 
 A contrast-phase proxy is left out: telling enhanced vessels from trabecular bone
 (both 150-300 HU) needs an organ segmentation this module does not have.

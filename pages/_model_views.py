@@ -327,14 +327,11 @@ def withholds_ct(model: Any, source: str, subject_id: str) -> bool:
 def case_inputs(model: Any, source: str, subject_id: str) -> Any:
     """The model's inputs of a case (loads the model: a lazy model's first use), without the CT when the model
     withholds it (:func:`withholds_ct`)."""
-    gate = withholds_ct(model, source, subject_id)
-    key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source, subject_id), gate)
-
-    def build() -> Any:
-        inputs = loaded(model).case_inputs(case_cohort(source, subject_id), subject_id)
-        return predictions.without_image(inputs) if gate and inputs.image is not None else inputs
-
-    return memo(key, build)
+    read, anyway = image_read(model, source, subject_id), read_ood(source, subject_id)
+    key = ("inputs", str(model.model_dir), source, subject_id, upload_token(source, subject_id),
+           withholds_ct(model, source, subject_id))
+    return memo(key, lambda: predictions.gated_inputs(
+        loaded(model).case_inputs(case_cohort(source, subject_id), subject_id), read, anyway))
 
 
 class LazyInputs:
@@ -345,15 +342,14 @@ class LazyInputs:
     def __init__(self, model: Any, source: str, subject_id: str) -> None:
         self._args = (model, source, subject_id)
         self._cohort = case_cohort(source, subject_id)  # taken now: a job's thread has no session
-        self._gate = withholds_ct(model, source, subject_id)
+        self._read = (image_read(model, source, subject_id), read_ood(source, subject_id))
 
     def resolve(self) -> Any:
         model, source, subject_id = self._args
         if _in_script_thread():
             real = case_inputs(model, source, subject_id)
         else:
-            real = loaded(model).case_inputs(self._cohort, subject_id)
-            real = predictions.without_image(real) if self._gate and real.image is not None else real
+            real = predictions.gated_inputs(loaded(model).case_inputs(self._cohort, subject_id), *self._read)
         self.__dict__.clear()
         self.__dict__.update(vars(real))
         self.__class__ = type(real)  # type: ignore[assignment]

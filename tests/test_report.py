@@ -216,7 +216,7 @@ def test_report_of_a_withheld_ct_draws_no_curve_and_says_why(parts: dict[str, An
     cohort = uploaded_case_cohort(tmp_path / "case", volume=volume, events=None)
     read = image_read(model, volume)
     assert read.withheld is not None and "soft tissue" in read.withheld
-    inputs = gated_inputs(model, model.case_inputs(cohort, UPLOAD_SUBJECT), read)
+    inputs = gated_inputs(model.case_inputs(cohort, UPLOAD_SUBJECT), read)
     assert inputs.image is None and float(inputs.image_mask.sum()) == 0.0
     pred = model.predict_case(inputs)
     assert pred.modalities_used == []
