@@ -1,6 +1,6 @@
 """Case review helpers shared with Export (not a page itself): the case's warnings, the strategies' risks, the
 attribution methods' caveats and sanity results. The logic is ``core.app.case_warnings``; this module only
-reads the session (models, the case, the chosen method) and memoises."""
+reads the session (models, the case, the chosen method)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from core.app import case_warnings as CW
 from pages import _chrome as chrome
 from pages import _model_views as views
 from pages import _state as K
-from pages._memo import memo
 
 SANITY_FILE = "sanity_checks.json"  # randomisation results run from the app, kept in the model folder
 
