@@ -200,9 +200,9 @@ def withhold_reason(profile: dict[str, Any] | None, stats: dict[str, float],
     floor = float(profile.get("rel_floor", REL_FLOOR))
 
     def far_out(entry: dict[str, float], value: float) -> bool:
-        lo, hi = float(entry["min"]), float(entry["max"])
-        pad = max(widths * max(hi - lo, floor * max(abs(lo), abs(hi))), WITHHOLD_ABS_FLOOR)
-        return not lo - pad <= value <= hi + pad
+        lo, hi = allowed_range(entry, widths, floor)
+        lo, hi = min(lo, float(entry["min"]) - WITHHOLD_ABS_FLOOR), max(hi, float(entry["max"]) + WITHHOLD_ABS_FLOOR)
+        return not lo <= value <= hi
 
     far = [(k, v, e) for k, v, e in outside(profile, stats) if k in ANATOMY and far_out(e, v)]
     if not far:
