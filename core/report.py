@@ -266,7 +266,8 @@ def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any) -> None
         ax.step(times, surv, where="post", color="#1f77b4", linewidth=2, label="this case")
     else:
         ax.text(0.5, 0.5, "No curve for this case:\nthe model read none of its inputs\n(see the warnings)",
-                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#b00020")
+                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#b00020",
+                bbox={"facecolor": "white", "edgecolor": "#b00020", "alpha": 0.95, "boxstyle": "round,pad=0.4"})
     for h in HORIZONS:
         if h <= times[-1]:
             ax.axvline(h, color="0.7", linestyle=":", linewidth=0.8)
