@@ -171,8 +171,28 @@ def prepare(pg: object, label: str, timeout_s: float = 240.0) -> None:
     button.click()
 
 
+PAGE_PATHS = {"Case review": "", "Upload": "upload", "Cohort & models": "cohort_models", "Export": "export",
+              "About": "about"}
+
+
 def go(pg: object, title: str) -> None:
-    pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()  # type: ignore[attr-defined]
+    """Open a page from the sidebar and wait until the browser is on it (its path in the address bar) and its run ended.
+
+    A click that lands while the sidebar is being redrawn (a run that has just ended) can hit the old element and
+    do nothing; the address bar then still names the previous page, and the click is made again (at most 3 times).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    path = PAGE_PATHS[title]
+    target = re.compile(r"^https?://[^/]+/" + re.escape(path) + r"(\?.*)?$")
+    for attempt in range(3):
+        pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()  # type: ignore[attr-defined]
+        try:
+            pg.wait_for_url(target, timeout=10_000)  # type: ignore[attr-defined]
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise AssertionError(f"the sidebar link {title!r} did not open its page: still at {pg.url}")  # type: ignore[attr-defined]
     settle(pg)
 
 
