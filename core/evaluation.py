@@ -37,7 +37,9 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     ``conformal`` (the conformal bound calibrated on the val split and its coverage here,
     :mod:`core.evaluate.conformal`; None without a val split), ``decision_curve``
     (:func:`core.evaluate.decision.decision_curve`) and, with ``subgroup`` (a column of cohort.csv
-    or features.csv), ``subgroups`` (:func:`core.evaluate.subgroups.subgroup_table`)."""
+    or features.csv), ``subgroups`` (:func:`core.evaluate.subgroups.subgroup_table`). ``ct_profile``
+    (:func:`core.predict.split_image_reads`) counts the split's studies outside the model's training profile
+    and those ``predict`` would withhold; they are read as they are here."""
     from core.cohort import load_cohort
 
     cohort = load_cohort(Path(cohort_dir))
@@ -47,7 +49,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
                          f"use one of the splits present: {', '.join(present)}")
     values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
-    from core.predict import predict_cohort
+    from core.predict import predict_cohort, split_image_reads
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)
@@ -61,6 +63,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
                            n_boot=n_boot, seed=seed, full_ci=True)
     out["split"] = split
     out["fusion"] = model.fusion
+    out["ct_profile"] = split_image_reads(model, cohort, ids)
     if "true_risk" in rows.columns and rows["true_risk"].notna().all():
         out["oracle_c_index"] = harrell_c(rows["time"].to_numpy(), rows["event"].to_numpy().astype(bool),
                                           rows["true_risk"].to_numpy(dtype=float))

@@ -34,7 +34,7 @@ from core.errors import InputError
 from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
-from core.study_profile import model_profile, profile_warnings, study_stats, withhold_reason
+from core.study_profile import STATS, model_profile, outside, profile_warnings, study_stats, withhold_reason
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -82,6 +82,41 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
 def image_warnings(model: LoadedModel, volume: Volume | None) -> list[str]:
     """The warnings of :func:`image_read`."""
     return list(image_read(model, volume).warnings)
+
+
+def split_image_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
+    """How the model's CT gate (:func:`image_read`) treats the studies of ``ids``: ``studies`` (with a CT),
+    ``warned`` (outside the training profile), ``withheld`` (other anatomy: ``predict`` and the app read them
+    without the CT), and ``outside``, per statistic label, how many studies lie outside its training range.
+    None when the model reads no voxels or was saved without a training profile. ``evaluate`` reads every study
+    as it is; this says how far the split departs from what the model was trained on."""
+    profile = model_profile(model.config)
+    if not model.config.image.voxels or profile is None:
+        return None
+    studies = warned = withheld = 0
+    counts: dict[str, int] = {}
+    for sid in ids:
+        volume = cohort.load_volume(sid)
+        if volume is None:
+            continue
+        stats = study_stats(volume.hu, volume.spacing_mm)
+        read = image_read(model, volume, stats)
+        studies += 1
+        warned += bool(read.warnings)
+        withheld += read.withheld is not None
+        for key, _, _ in outside(profile, stats):
+            counts[STATS[key][0]] = counts.get(STATS[key][0], 0) + 1
+    return {"studies": studies, "warned": warned, "withheld": withheld,
+            "outside": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
+def split_image_reads_text(summary: Mapping[str, Any] | None) -> str | None:
+    """One line on a :func:`split_image_reads` summary, or None when no study lies outside the profile."""
+    if not summary or not summary.get("warned"):
+        return None
+    worst = ", ".join(f"{label}: {n}" for label, n in list(summary["outside"].items())[:3])
+    return (f"{summary['warned']} of {summary['studies']} studies lie outside the model's training profile ({worst}); "
+            f"{summary['withheld']} would be withheld by predict and the app (read as they are in these metrics)")
 
 
 def without_image(inputs: CaseInputs) -> CaseInputs:

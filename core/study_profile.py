@@ -11,7 +11,9 @@ that profile. The rule follows the training data, not a fixed threshold: a value
 is outside when it lies outside the training range ``[min, max]`` widened on each
 side by ``MARGIN`` times the larger of the range's width and ``REL_FLOOR`` times
 its magnitude (so a cohort with one fixed spacing still accepts small rounding
-differences). Statistics, all from the study's own voxel grid:
+differences); a tissue fraction (``ANATOMY``) must also lie ``WARN_ABS_FLOOR`` of
+the body's voxels outside its training range. Statistics, all from the study's own
+voxel grid:
 
 - ``z_extent_mm``: slices x slice spacing (how much of the body is covered);
 - ``slice_mm``, ``pixel_mm``: slice spacing and in-plane pixel spacing (mean of rows and columns);
@@ -86,6 +88,9 @@ WITHHOLD_WIDTHS = 1.0
 #: ... and further than this fraction of the body's voxels (a bone share of 0.6 % against 0.2-0.3 % is blur, not
 #: other anatomy: rendering the same CT at another pose and resolution moves small shares by that much)
 WITHHOLD_ABS_FLOOR = 0.05
+#: an anatomy statistic warns only when it lies outside its widened training range by more than this fraction of
+#: the body's voxels too (the same blur: a share of 0.6 % against 0.2-0.3 % is no reason to doubt a prediction)
+WARN_ABS_FLOOR = 0.01
 _PLANE = np.zeros((3, 3, 3), dtype=bool)
 _PLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # fill holes slice by slice: no connection across slices
 _MAX_ROWS = 256
@@ -169,6 +174,8 @@ def outside(profile: dict[str, Any] | None, stats: dict[str, float]) -> list[tup
         if key not in STATS or key not in stats or not np.isfinite(stats[key]):
             continue
         lo, hi = allowed_range(entry, margin, floor)
+        if key in ANATOMY:
+            lo, hi = min(lo, float(entry["min"]) - WARN_ABS_FLOOR), max(hi, float(entry["max"]) + WARN_ABS_FLOOR)
         if not lo <= stats[key] <= hi:
             out.append((key, float(stats[key]), entry))
     return out

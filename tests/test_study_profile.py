@@ -68,6 +68,11 @@ def test_range_rule_follows_the_training_data() -> None:
     short = build_profile([{"z_extent_mm": 80.0}, {"z_extent_mm": 100.0}])
     assert profile_warnings(short, {"z_extent_mm": 90.0, "lung_air_l": 0.4}) == []
     assert profile_warnings(None, {"z_extent_mm": 90.0}) == []
+    # a tissue share warns only when it also departs by more than 1 % of the body's voxels: a bone share of 0.6 %
+    # against 0.2-0.3 % is blur (the same CT at another pose), 2.5 % is not
+    bone = build_profile([{"bone": 0.002}, {"bone": 0.003}])
+    assert profile_warnings(bone, {"bone": 0.006}) == [] and profile_warnings(bone, {"bone": 0.0}) == []
+    assert "bone (>= 300 HU) 2.5%" in profile_warnings(bone, {"bone": 0.025})[0]
     card = "\n".join(card_lines(p))
     assert "## What this model can read" in card and "z-extent: 180-220 mm" in card and "hu_window (low_hu -1000.0)" in card
     with pytest.raises(InputError):
@@ -175,6 +180,39 @@ def test_a_withheld_ct_leaves_a_fusion_model_its_ehr(real_ct: Path, new_demo_cas
     # on request the CT is read: another prediction
     anyway = predict_subject(DEMO_MODELS / "concat", swapped, sid, allow_ood=True)
     assert "image" in anyway["modalities_used"] and anyway["risk_at"] != with_ct["risk_at"]
+
+
+@pytest.mark.slow
+def test_evaluate_counts_the_studies_predict_would_withhold(real_ct: Path, new_demo_cases: Path, tmp_path: Path) -> None:
+    """evaluate reads every study as it is, and says how many of the split's studies lie outside the model's
+    training profile and how many predict and the app would withhold (one swapped for the real abdominal CT)."""
+    import pandas as pd
+
+    from core.evaluation import evaluate_model
+
+    table = pd.read_csv(new_demo_cases / "cohort.csv")
+    split = str(table["split"].value_counts().idxmax())
+    ids = table.loc[table["split"] == split, "subject_id"].astype(str).tolist()
+    folder = tmp_path / "swapped"
+    shutil.copytree(new_demo_cases, folder)
+    shutil.copyfile(real_ct, folder / "real.nii.gz")
+    t = table.copy()
+    t.loc[t["subject_id"].astype(str) == ids[0], "study"] = "real.nii.gz"
+    t.to_csv(folder / "cohort.csv", index=False)
+    res = evaluate_model(DEMO_MODELS / "image_only", folder, split=split, n_boot=10)
+    prof = res["ct_profile"]
+    assert prof["studies"] == len(ids) and prof["withheld"] == 1 and prof["warned"] == 1, prof
+    assert prof["outside"]["body voxels in soft tissue (-30..150 HU)"] == 1
+    assert res["n"] == len(ids)  # nothing left out of the metrics
+    clean = evaluate_model(DEMO_MODELS / "image_only", new_demo_cases, split=split, n_boot=10)["ct_profile"]
+    assert clean == {"studies": len(ids), "warned": 0, "withheld": 0, "outside": {}}
+    assert evaluate_model(DEMO_MODELS / "ehr_only", folder, split=split, n_boot=10)["ct_profile"] is None
+    out = subprocess.run([sys.executable, "-m", "core", "evaluate", "--model", str(DEMO_MODELS / "image_only"),
+                          "--cohort", str(folder), "--split", split, "--n-boot", "10", "--no-band"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (f"CT profile  1 of {len(ids)} studies lie outside the model's training profile" in out.stdout
+            and "1 would be withheld by predict and the app (read as they are in these metrics)" in out.stdout), out.stdout
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ def _ci(v: list[float] | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
     from core.evaluation import evaluate_model
+    from core.predict import split_image_reads_text
 
     try:
         horizons = tuple(float(h) for h in str(args.horizons).split(",") if h.strip())
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label:12s}{_fmt(v)}{ici}", file=out)
     if "oracle_c_index" in res:
         print(f"oracle C    {_fmt(res['oracle_c_index'])} (from true_risk)", file=out)
+    profile_line = split_image_reads_text(res.get("ct_profile"))
+    if profile_line:
+        print(f"CT profile  {profile_line}", file=out)
     _print_extras(res, out)
     return 0
 
