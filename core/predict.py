@@ -91,7 +91,7 @@ def split_image_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) ->
     None when the model reads no voxels or was saved without a training profile. ``evaluate`` reads every study
     as it is; this says how far the split departs from what the model was trained on."""
     profile = model_profile(model.config)
-    if not model.config.image.voxels or profile is None:
+    if profile is None or not model.config.image.voxels:
         return None
     studies = warned = withheld = 0
     counts: dict[str, int] = {}

@@ -184,6 +184,7 @@ def test_evaluate_model_reports_coverage_conformal_decision_and_subgroups(tmp_pa
     assert cov["curve"]["coverage"] == pytest.approx(0.9, abs=0.06)  # true curves: their 10 % quantile covers 90 %
     assert cov["band"]["coverage"] > cov["curve"]["coverage"]  # the lower edge is more pessimistic
     assert res["coverage"]["band"] == "hazard x 0.5 to x 1.5"
+    assert res["ct_profile"] is None  # a model without a CT training profile reads no CT
     conf = res["conformal"]
     assert conf["calibration"]["alpha"] == 0.1 and not conf["in_sample"]
     assert conf["horizons"][365]["coverage"] == pytest.approx(0.9, abs=0.06)
