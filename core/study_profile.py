@@ -142,14 +142,16 @@ def build_profile(stats: Iterable[dict[str, float]], *, transforms: list[dict[st
     return out
 
 
-def allowed_range(entry: dict[str, float], margin: float = MARGIN, rel_floor: float = REL_FLOOR) -> tuple[float, float]:
-    """The training range widened by ``margin`` x max(width, ``rel_floor`` x magnitude) on each side.
+def allowed_range(entry: dict[str, float], margin: float = MARGIN, rel_floor: float = REL_FLOOR,
+                  abs_floor: float = 0.0) -> tuple[float, float]:
+    """The training range widened on each side by ``margin`` x max(width, ``rel_floor`` x magnitude), and by at
+    least ``abs_floor``.
 
-    >>> allowed_range({"min": 4.0, "max": 4.0})
-    (3.9, 4.1)
+    >>> allowed_range({"min": 4.0, "max": 4.0}), allowed_range({"min": 0.002, "max": 0.003}, abs_floor=0.01)
+    ((3.9, 4.1), (-0.008, 0.013))
     """
     lo, hi = float(entry["min"]), float(entry["max"])
-    pad = margin * max(hi - lo, rel_floor * max(abs(lo), abs(hi)))
+    pad = max(margin * max(hi - lo, rel_floor * max(abs(lo), abs(hi))), abs_floor)
     return round(lo - pad, 9), round(hi + pad, 9)
 
 
@@ -173,9 +175,7 @@ def outside(profile: dict[str, Any] | None, stats: dict[str, float]) -> list[tup
     for key, entry in profile.get("stats", {}).items():
         if key not in STATS or key not in stats or not np.isfinite(stats[key]):
             continue
-        lo, hi = allowed_range(entry, margin, floor)
-        if key in ANATOMY:
-            lo, hi = min(lo, float(entry["min"]) - WARN_ABS_FLOOR), max(hi, float(entry["max"]) + WARN_ABS_FLOOR)
+        lo, hi = allowed_range(entry, margin, floor, WARN_ABS_FLOOR if key in ANATOMY else 0.0)
         if not lo <= stats[key] <= hi:
             out.append((key, float(stats[key]), entry))
     return out
@@ -207,8 +207,7 @@ def withhold_reason(profile: dict[str, Any] | None, stats: dict[str, float],
     floor = float(profile.get("rel_floor", REL_FLOOR))
 
     def far_out(entry: dict[str, float], value: float) -> bool:
-        lo, hi = allowed_range(entry, widths, floor)
-        lo, hi = min(lo, float(entry["min"]) - WITHHOLD_ABS_FLOOR), max(hi, float(entry["max"]) + WITHHOLD_ABS_FLOOR)
+        lo, hi = allowed_range(entry, widths, floor, WITHHOLD_ABS_FLOOR)
         return not lo <= value <= hi
 
     far = [(k, v, e) for k, v, e in outside(profile, stats) if k in ANATOMY and far_out(e, v)]
