@@ -14,7 +14,19 @@ measure the network on that case's mask.
 Methods (all Captum): ``saliency`` (|gradient|), ``integrated_gradients``
 (air -1000 HU or Gaussian-blurred baseline), ``gradcam`` (LayerGradCam on the
 encoder's last convolution, upsampled to the voxel grid), ``occlusion`` (3D
-windows of air) and ``smoothgrad`` (NoiseTunnel over Saliency, noise in HU).
+windows of air), ``smoothgrad`` (NoiseTunnel over Saliency, noise in HU) and,
+for a lesion-detector encoder only (``pool="detect"``), ``detector_ig``:
+integrated gradients of the risk over the detector's lesion-logit map (the one
+thing the survival stage reads of a slice), from a baseline map in which every
+detection is lowered to the detector's decision threshold (logit 0, lesion
+probability 0.5), summed over the detector's channels and upsampled to the
+voxel grid. By completeness the map sums to the risk change between "nothing
+detected" and this CT's detections, and it is non-zero only at positions the
+detector calls a lesion, so it shows which detected spots raised or lowered the
+risk and by how much. The voxel-gradient methods peak where the risk is most
+sensitive to a voxel, which on a detector model is often normal anatomy
+(docs/BENCHMARKS.md, "Attributions through the detector"). Its map is zero on
+a CT with no detection above the threshold.
 
 Per-slice lazy mode (``slice_index`` given, 2D per-slice encoder): the tokens
 of every other slice are computed once without gradient and only the chosen
@@ -62,7 +74,9 @@ if TYPE_CHECKING:  # heavy imports stay lazy
     from core.models.types import CaseInputs
     from core.registry import LoadedModel
 
-METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
+METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad", "detector_ig")
+DETECTOR_METHODS: tuple[str, ...] = ("detector_ig",)  # only for an image encoder with a lesion detector
+DETECTION_LOGIT = 0.0  # detector_ig's baseline: every lesion logit above this (probability 0.5) lowered to it
 BASELINES: tuple[str, ...] = ("air", "blur")
 AIR_HU = -1000.0
 SMOOTHGRAD_SAMPLES = 10
@@ -76,6 +90,25 @@ def check_method(method: str, field: str = "method") -> str:
     if method not in METHODS:
         raise InputError(field, method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
     return method
+
+
+def _detector(model: LoadedModel) -> Any:
+    """The model's image encoder when it has a lesion detector (``pool="detect"``), else None."""
+    enc = getattr(model.net, "image_encoder", None)
+    return enc if getattr(enc, "detector", None) is not None else None
+
+
+def has_detector(model: Any) -> bool:
+    """Whether the model's image encoder is a lesion detector (``pool="detect"``), read from its config only, so a
+    model known by its folder (the app's lazy model) is not loaded to answer."""
+    return getattr(getattr(getattr(model, "config", None), "image", None), "pool", None) == "detect"
+
+
+def methods_for(model: Any) -> tuple[str, ...]:
+    """The attribution methods that apply to ``model``, the preferred one first: ``detector_ig`` leads for a
+    lesion-detector encoder (its peaks are the detections the model used) and is left out for any other."""
+    rest = tuple(m for m in METHODS if m not in DETECTOR_METHODS)
+    return DETECTOR_METHODS + rest if has_detector(model) else rest
 
 
 @dataclass
@@ -179,6 +212,9 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     if not _uses_image(model, inputs):
         raise InputError("image", "not used", f"the {model.fusion} model uses no CT for this case",
                          "pick a case with a CT and a model that uses the image (not ehr_only)")
+    if method in DETECTOR_METHODS and (not has_detector(model) or _detector(model) is None):
+        raise InputError("method", method, f"needs a lesion-detector image encoder; this {model.fusion} model's "
+                         f"{model.config.image.kind} encoder has none", f"use one of {', '.join(methods_for(model))}")
     horizon = _check_horizon(model, horizon_days)
     image = inputs.image.detach().float()  # type: ignore[union-attr]
     s, r, c = (int(v) for v in image.shape[1:])
@@ -194,12 +230,14 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     base_batch = model.encoded_batch(replace(inputs, image=None))
     masks = model.image_masks(image)  # the case's own constant masks, held fixed under perturbation
 
+    lazy: tuple[int, torch.Tensor] | None = None  # per-slice mode: (the slice, every slice's fixed tokens)
     if per_slice:
         k = int(slice_index)  # type: ignore[arg-type]
         with torch.no_grad():
             fixed = model.encode_image(image, masks).detach()  # [1, S, D]
         x = image[:, k:k + 1].clone()  # [1, 1, R, C]
         slice_masks = None if masks is None else masks[:, k:k + 1]
+        lazy = (k, fixed)
 
         def forward(xs: torch.Tensor) -> torch.Tensor:
             b = xs.shape[0]
@@ -209,14 +247,19 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
             return risk_at(net(with_image_tokens(_expand(base_batch, b), tokens, s))["survival"], times, horizon)
     else:
         x = image.clone()
+        slice_masks = masks
 
         def forward(xs: torch.Tensor) -> torch.Tensor:
             batch = with_image_tokens(_expand(base_batch, xs.shape[0]), model.encode_image(xs, masks), s)
             return risk_at(net(batch)["survival"], times, horizon)
 
     try:
-        attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
-                           internal_batch_size=int(internal_batch_size))
+        if method == "detector_ig":
+            attr = _detector_ig(model, base_batch, x, slice_masks, lazy, times, horizon, n_steps=int(n_steps),
+                                internal_batch_size=int(internal_batch_size))
+        else:
+            attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
+                               internal_batch_size=int(internal_batch_size))
     finally:  # Captum removes its hooks itself; whatever an error left behind goes with this call's replica
         drop_hooks(net)
     full = np.zeros((s, r, c), dtype=np.float32)
@@ -266,6 +309,45 @@ def occlusion_window(shape: tuple[int, ...]) -> tuple[tuple[int, int, int], tupl
     ws = max(1, int(np.ceil(s / 4)))
     wr, wc = max(4, r // 4), max(4, c // 4)
     return (ws, wr, wc), (ws, wr, wc)
+
+
+def _detector_ig(model: LoadedModel, base_batch: dict[str, Any], x: torch.Tensor, masks: torch.Tensor | None,
+                 lazy: tuple[int, torch.Tensor] | None, times: np.ndarray, horizon: float, *, n_steps: int,
+                 internal_batch_size: int) -> np.ndarray:
+    """``detector_ig`` of the CT ``x`` ``[1, S', R, C]`` (the whole volume, or one slice when ``lazy`` =
+    ``(slice index, the other slices' fixed tokens [1, S, D])``): Captum's IntegratedGradients of the risk over the
+    detector's lesion logits ``[1, S', K, h, w]`` from the same logits lowered to ``DETECTION_LOGIT``, summed over
+    the K channels and upsampled (bilinear, as the slices were resized) to ``[S', R, C]``."""
+    import torch
+    import torch.nn.functional as F
+    from captum.attr import IntegratedGradients
+
+    from core.models.net import with_image_tokens
+
+    enc = _detector(model)
+    chain = model.transforms
+    assert enc is not None and chain is not None
+    with torch.no_grad():
+        prepared = chain(x, masks)  # [1, S', size, size]
+        n, size = int(prepared.shape[1]), int(prepared.shape[-1])
+        logits = enc.detect_logits(prepared.reshape(n, 1, size, size))[None]  # [1, S', K, h, w]
+    s_total = n if lazy is None else int(lazy[1].shape[1])
+
+    def forward(z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        tok = enc.detection_tokens(z.reshape(b * n, *z.shape[2:]), prepared.expand(b, *prepared.shape[1:]))
+        if lazy is not None:
+            k, fixed = lazy
+            f = fixed.expand(b, *fixed.shape[1:])
+            tok = torch.cat([f[:, :k], tok, f[:, k + 1:]], dim=1)
+        return risk_at(model.net(with_image_tokens(_expand(base_batch, b), tok, s_total))["survival"], times, horizon)
+
+    baseline = torch.clamp(logits, max=DETECTION_LOGIT)
+    det = IntegratedGradients(forward).attribute(logits, baselines=baseline, n_steps=n_steps,
+                                                 internal_batch_size=internal_batch_size, method="gausslegendre")
+    r, c = (int(v) for v in x.shape[2:])
+    out = F.interpolate(det[0].float().sum(dim=1, keepdim=True), size=(r, c), mode="bilinear", align_corners=False)[:, 0]
+    return out.detach().cpu().numpy().astype(np.float32)
 
 
 def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, model: LoadedModel, *, baseline: str,

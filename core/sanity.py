@@ -223,9 +223,13 @@ def pointing_game(model: LoadedModel, cohort: Cohort, method: str = "saliency", 
 
 
 def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: str) -> str:
-    """Markdown "Sanity checks" section for MODEL_CARD.md."""
-    lines = ["## Sanity checks", "",
-             f"Method `{method}`. Cascading model-parameter randomization (head backwards; Spearman rank "
+    """Markdown "Sanity checks" section for MODEL_CARD.md with the block of one method (``append_to_model_card``
+    merges it with the blocks of other methods already on the card)."""
+    return "## Sanity checks\n\n" + _method_block(table, pointing, method)
+
+
+def _method_block(table: pd.DataFrame, pointing: dict[str, Any], method: str) -> str:
+    lines = [f"Method `{method}`. Cascading model-parameter randomization (head backwards; Spearman rank "
              "correlation of |map| with the trained model's map, mean over cases):", "",
              "| step | re-initialised up to | Spearman |", "| --- | --- | --- |"]
     lines += [f"| {int(r.step)} | {r.layer} | {r.spearman:.3f} |" for r in table.itertuples()]
@@ -236,16 +240,33 @@ def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: st
     return "\n".join(lines)
 
 
+def method_blocks(section: str) -> dict[str, str]:
+    """``{method: its block}`` of a "Sanity checks" section body, in card order (a block starts at "Method `m`.").
+
+    >>> list(method_blocks("Method `saliency`. a\\n| 0 | t | 1 |\\n\\nMethod `gradcam`. b\\n"))
+    ['saliency', 'gradcam']
+    """
+    import re
+
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r"^Method `([a-z_]+)`", section, flags=re.MULTILINE)]
+    ends = [pos for pos, _ in starts[1:]] + [len(section)]
+    return {name: section[pos:end].strip() + "\n" for (pos, name), end in zip(starts, ends)}
+
+
 def append_to_model_card(model_dir: Any, section: str) -> None:
-    """Replace (or add) the "Sanity checks" section of ``MODEL_CARD.md``."""
+    """Put a ``model_card_section`` into ``MODEL_CARD.md``: its method's block replaces that method's earlier block,
+    the other methods' blocks stay (one "Sanity checks" section, added at the end when the card has none)."""
     from pathlib import Path
 
     path = Path(model_dir) / "MODEL_CARD.md"
     text = path.read_text() if path.exists() else ""
+    new = method_blocks(section.partition("## Sanity checks")[2])
     if "## Sanity checks" in text:
         head, _, rest = text.partition("## Sanity checks")
         nxt = rest.find("\n## ")
-        text = head.rstrip() + "\n\n" + section + (rest[nxt + 1:] if nxt >= 0 else "")
+        body, tail = (rest[:nxt], rest[nxt + 1:]) if nxt >= 0 else (rest, "")
+        blocks = {**method_blocks(body), **new}
+        text = head.rstrip() + "\n\n## Sanity checks\n\n" + "\n".join(blocks.values()) + ("\n" + tail if tail else "")
     else:
-        text = text.rstrip() + "\n\n" + section
+        text = text.rstrip() + "\n\n## Sanity checks\n\n" + "\n".join(new.values())
     path.write_text(text)

@@ -226,6 +226,16 @@ def viewer_setting(key: str, default: Any) -> Any:
     return st.session_state.get(key, st.session_state.get(K.SAVED_VIEWER, {}).get(key, default))
 
 
+def method_setting(model: Any) -> str:
+    """The attribution method chosen in Case review when it applies to ``model``, else the model's preferred one
+    (``core.explain.methods_for``: the detector's own method for a lesion-detector model, saliency otherwise)."""
+    from core.explain import methods_for
+
+    options = methods_for(model)
+    chosen = viewer_setting(K.METHOD, None)
+    return chosen if chosen in options else options[0]
+
+
 def sidebar() -> None:
     models = views.available_models()
     with st.sidebar:

@@ -97,7 +97,7 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
     pred = views.case_prediction(model, source, subject_id)
     volume = views.case_volume(source, subject_id)
     uses_image = "image" in pred.modalities_used
-    method = chrome.viewer_setting(K.METHOD, "saliency")
+    method = chrome.method_setting(model)
     has_image, has_ehr = views.model_reads(model)
     withheld = withheld_note(model_name, model, source, subject_id) if has_image else None
     return CW.gather_case_warnings(

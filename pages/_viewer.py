@@ -43,7 +43,7 @@ from core.app import viewer
 from core.app import volume_nifti as VN
 from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
-from core.explain import METHODS
+from core.explain import methods_for
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _model_views as views
@@ -65,6 +65,7 @@ METHOD_LABELS = {
     "gradcam": "Grad-CAM",
     "occlusion": "Occlusion",
     "smoothgrad": "SmoothGrad",
+    "detector_ig": "Detector evidence (IG)",
 }
 
 
@@ -214,7 +215,10 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
                          help="Captum attribution of the predicted risk at the sidebar horizon, over the whole CT "
                               "(computed once in the background, then shown on all three planes).")
     c3, c4, c5 = st.columns([1.3, 1, 1])
-    method = c3.selectbox("Method", METHODS, key=K.METHOD, format_func=METHOD_LABELS.get, disabled=not show_map)
+    options = methods_for(model)
+    if st.session_state.get(K.METHOD) not in options:  # first draw, or a method the model cannot use
+        st.session_state[K.METHOD] = chrome.method_setting(model)
+    method = c3.selectbox("Method", options, key=K.METHOD, format_func=METHOD_LABELS.get, disabled=not show_map)
     opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY, disabled=not show_map)
     threshold = c5.slider("Threshold", 0.0, 0.95, step=0.05, key=THRESHOLD, disabled=not show_map,
                           help="Map values (0-1, scaled to the 99.5th percentile of |attribution|) below this are "

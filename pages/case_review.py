@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import figures as F
 from core import horizons
-from core.explain import METHODS
+from core.explain import methods_for
 from pages import _chrome as chrome
 from pages import _jobs, _viewer
 from pages import _model_views as views
@@ -126,7 +126,7 @@ charts_wait = _viewer.below_fold_waits(volume)
 # ------------------------------------------- attribution methods: caveats and sanity (beside the method picker)
 with left:
     if volume is not None and "image" in pred.modalities_used:
-        method = chrome.viewer_setting(K.METHOD, "saliency")
+        method = chrome.method_setting(model)
         sanity = review.method_sanity(model)
         result = sanity.get(method)
         verdict = "not checked on this model" if result is None else result.label()
@@ -141,7 +141,7 @@ with left:
                      "model-randomisation check": ("not checked on this model" if sanity.get(m) is None
                                                    else ("passes" if sanity[m].passed else "FAILS")
                                                    + f" (Spearman {sanity[m].final_spearman:.2f}, {sanity[m].source})")}
-                    for m in METHODS]).set_index("method"))
+                    for m in methods_for(model)]).set_index("method"))
             st.caption("Model-randomisation check (Adebayo et al. 2018): every layer is re-initialised from the head "
                        "backwards; a map that still correlates with the trained model's map (Spearman >= "
                        f"{review.CW.RANDOMIZATION_THRESHOLD:g}) does not depend on what the model learned.")

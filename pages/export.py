@@ -34,7 +34,7 @@ else:
     source, subject_id = views.DEMO, (test_ids[0] if test_ids else cohort.ids()[0])
 model_name = views.current_model_name()
 number = views.case_number(source, subject_id)
-method = chrome.viewer_setting("method", "saliency")
+method = chrome.method_setting(views.current_lazy_model())  # the model's config only: nothing loaded for this
 horizon = chrome.horizon_days()
 st.markdown(
     f"**Case {number}** ({'uploaded' if source == views.UPLOADED else 'demo'}), model **{model_name}**, "

@@ -48,6 +48,11 @@ METHOD_CAVEATS: dict[str, str] = {
                  "blocks, and misses structures smaller than the window.",
     "smoothgrad": "Saliency averaged over noisy copies of the CT: less grainy, but blurred, and it depends on "
                   "the number of samples and the noise level.",
+    "detector_ig": "Integrated gradients over the lesion detector's map, from the same map with every detection "
+                   "lowered to the detector's threshold: only spots the detector calls a lesion are coloured, each "
+                   "by how much it moved the risk. Where the colour sits is the detector's doing (re-initialising "
+                   "the survival layers changes the weights of the spots, not the spots); blind to anything the "
+                   "detector misses, blank when it detects nothing, and on its coarse grid (blocks of a few voxels).",
 }
 
 
@@ -81,26 +86,30 @@ class SanityResult:
 
 
 def sanity_from_card(card: str) -> dict[str, SanityResult]:
-    """The "Sanity checks" section that ``python -m core sanity`` writes into MODEL_CARD.md, per method.
+    """The "Sanity checks" section that ``python -m core sanity`` writes into MODEL_CARD.md, per method (one block
+    per method checked).
 
     >>> card = "## Sanity checks\\n\\nMethod `gradcam`. ...\\n| 0 | trained model | 1.000 |\\n| 1 | head | 0.9 |\\n"
     >>> sanity_from_card(card)["gradcam"].passed
     False
+    >>> sorted(sanity_from_card(card + "\\nMethod `saliency`. ...\\n| 0 | trained model | 1.000 |\\n| 1 | head | 0.2 |\\n"))
+    ['gradcam', 'saliency']
     """
+    from core.sanity import method_blocks
+
     out: dict[str, SanityResult] = {}
     _, found, section = card.partition("## Sanity checks")
     if not found:
         return out
     nxt = section.find("\n## ")
     section = section if nxt < 0 else section[:nxt]
-    method = re.search(r"Method `([a-z_]+)`", section)
-    rows = re.findall(r"^\|\s*(\d+)\s*\|[^|]*\|\s*(-?[0-9.]+)\s*\|\s*$", section, flags=re.MULTILINE)
-    if method is None or len(rows) < 2:
-        return out
-    rate = re.search(r"rate ([0-9.]+)", section)
-    last = max(rows, key=lambda r: int(r[0]))
-    out[method.group(1)] = SanityResult(method.group(1), float(last[1]), None if rate is None else float(rate.group(1)),
-                                        "model card")
+    for method, block in method_blocks(section).items():
+        rows = re.findall(r"^\|\s*(\d+)\s*\|[^|]*\|\s*(-?[0-9.]+)\s*\|\s*$", block, flags=re.MULTILINE)
+        if len(rows) < 2:
+            continue
+        rate = re.search(r"rate ([0-9.]+)", block)
+        last = max(rows, key=lambda r: int(r[0]))
+        out[method] = SanityResult(method, float(last[1]), None if rate is None else float(rate.group(1)), "model card")
     return out
 
 

@@ -133,13 +133,23 @@ class SliceEncoder2D(nn.Module):
         b, s = slices.shape[:2]
         return self.detection_stats(self.detect_logits(slices.reshape(b * s, 1, self.size, self.size))).reshape(b, s, -1)
 
+    def detection_tokens(self, logits: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
+        """``[B * S, DETECT_CHANNELS, h, w]`` lesion logits of the ``[B, S, size, size]`` prepared ``slices`` ->
+        ``[B, S, out_dim]`` tokens: what :meth:`forward` computes after the detector (pool="detect"), so an
+        attribution can start from the lesion-logit map."""
+        b, s = slices.shape[:2]
+        parts = [self.detection_stats(logits)]
+        if self.soft_tissue:
+            parts.append(self.soft_tissue_area(slices).reshape(b * s, 1))
+        return self.proj(torch.cat(parts, dim=1)).reshape(b, s, -1)
+
     def forward(self, slices: torch.Tensor) -> torch.Tensor:
         """``[B, S, size, size]`` prepared slices -> ``[B, S, out_dim]``."""
         b, s = slices.shape[:2]
         fmap = self.trunk(slices.reshape(b * s, 1, self.size, self.size))
         if self.detector is not None:
-            parts = [self.detection_stats(self.detector(fmap))]
-        elif self.attn is not None:
+            return self.detection_tokens(self.detector(fmap), slices)
+        if self.attn is not None:
             flat = fmap.flatten(2).transpose(1, 2)  # [B*S, positions, C]
             pooled = self.attn(flat, torch.ones(flat.shape[:2], device=flat.device))[0]
             parts = [pooled, fmap.amax(dim=(2, 3))]
