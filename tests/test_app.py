@@ -448,3 +448,40 @@ def test_the_device_line_of_a_warm_start_needs_no_torch(tmp_path: Path) -> None:
     assert run() == ["CPU (kept label)", False]  # same machine: read back, torch not imported
     kept.write_text(json.dumps({**saved, "fingerprint": "another machine", "label": "CPU (kept label)"}))
     assert run() == [measured, True]  # something changed: measured again
+
+
+def test_a_detector_model_opens_on_its_own_method_and_a_lung_model_falls_back(data_dir: Path, tmp_path: Path) -> None:
+    """The shipped demo image_only model (a lesion-detector encoder) beside the tiny demo's lung-focused models:
+    Case review offers it "Detector evidence (IG)" first and computes that map; switching to a model without a
+    detector drops the method from the picker and falls back to saliency, with no error."""
+    import shutil
+
+    from core.jobs import default_queue
+
+    base = tmp_path / "data"
+    shutil.copytree(data_dir, base)
+    shutil.copytree(ROOT / "assets" / "demo_models" / "image_only", base / "demo" / "models" / "detector_image_only")
+    with using_data_dir(base):
+        at = _app()
+        at.session_state["model_name"] = "detector_image_only"
+        at.run()
+        _no_exception(at)
+        method = at.selectbox(key="method")
+        assert method.value == "detector_ig" and list(method.options)[0] == "Detector evidence (IG)"
+        assert any("Detector evidence (IG)" in m.value and "threshold" in m.value for m in at.markdown)
+        for earlier in default_queue().jobs("local"):
+            default_queue().wait(earlier.id, timeout=600)
+        at.toggle(key="show_saliency").set_value(True).run()
+        _no_exception(at)
+        jobs = [j for j in default_queue().jobs("local") + default_queue().jobs("anonymous")
+                if j.title == "Detector evidence (IG) map"]
+        assert jobs, "no background job for the detector-evidence map"
+        done = default_queue().wait(jobs[-1].id, timeout=600)
+        assert done.state == "done", done.error
+        # non-zero only where the detector calls a lesion: a small share of the volume
+        assert done.result.shape == (32, 96, 96) and 0 < float((done.result != 0).mean()) < 0.2
+        at.session_state["model_name"] = "image_only"  # the tiny demo's lung-focused model: no detector
+        at.run()
+        _no_exception(at)
+        method = at.selectbox(key="method")
+        assert method.value == "saliency" and "Detector evidence (IG)" not in list(method.options)
