@@ -16,6 +16,9 @@ cohort.csv columns ``lesion_slice/row/col/radius_mm`` and ``lesion2_*``):
 Usage::
 
     python bench/pointing_game.py --model M --cohort C [--methods saliency,gradcam] [--max-cases 20] [--json OUT]
+
+Without ``--methods``: the model's preferred method (``core.explain.methods_for``: ``detector_ig`` for a
+lesion-detector model), saliency and gradcam.
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ def run(model_dir: Path, cohort_dir: Path, methods: list[str], split: str, max_c
     table = cohort.table
     ids = set(cohort.ids(split))
     rows = table[table["subject_id"].astype(str).isin(ids) & has_lesion(table)].head(int(max_cases))
+    if not methods:  # the default: the model's own preferred method, then the two gradient references
+        from core.explain import methods_for
+
+        methods = list(dict.fromkeys([methods_for(model)[0], "saliency", "gradcam"]))
     rand = full_randomisation(model)
     result: dict[str, Any] = {"model": str(model_dir), "cohort": str(cohort_dir), "split": split,
                               "tolerance_mm": tolerance_mm, "methods": {}}
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="model folder (python -m core train)")
     parser.add_argument("--cohort", type=Path, required=True, help="real-anatomy cohort folder (bench/real_anatomy.py)")
-    parser.add_argument("--methods", default="saliency,gradcam", help=f"comma-separated ({', '.join(METHODS)})")
+    parser.add_argument("--methods", default="", help=f"comma-separated ({', '.join(METHODS)}); default: the model's "
+                        "preferred method (detector_ig for a lesion-detector model), saliency and gradcam")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-cases", type=int, default=20)
     parser.add_argument("--tolerance-mm", type=float, default=10.0, help="hit: within lesion radius + this of a lesion centre")
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         bad = [m for m in methods if m not in METHODS]
-        if bad or not methods:
+        if bad or (args.methods.strip() and not methods):
             raise InputError("--methods", ",".join(bad) or args.methods, "names no attribution method", f"use some of {','.join(METHODS)}")
         if args.max_cases < 1:
             raise InputError("--max-cases", args.max_cases, "must be >= 1", "use e.g. --max-cases 20")
