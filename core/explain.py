@@ -212,7 +212,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     if not _uses_image(model, inputs):
         raise InputError("image", "not used", f"the {model.fusion} model uses no CT for this case",
                          "pick a case with a CT and a model that uses the image (not ehr_only)")
-    if method in DETECTOR_METHODS and (not has_detector(model) or _detector(model) is None):
+    if method in DETECTOR_METHODS and method not in methods_for(model):  # the same rule as the app's picker
         raise InputError("method", method, f"needs a lesion-detector image encoder; this {model.fusion} model's "
                          f"{model.config.image.kind} encoder has none", f"use one of {', '.join(methods_for(model))}")
     horizon = _check_horizon(model, horizon_days)

@@ -61,6 +61,11 @@ def _tasks(shared: dict[str, Any]) -> list[tuple[str, Callable[[], dict[str, np.
         tasks.append((f"{name}/{sid}/events", events))
         for method in ("saliency", "gradcam", "occlusion", "integrated_gradients"):
             tasks.append((f"{name}/{sid}/{method}", lambda method=method, image=image: image(method)))
+
+        def detections(model: Any = model, inputs: Any = inputs) -> dict[str, np.ndarray]:  # the whole volume
+            return {"map": attribute(model, inputs, "detector_ig", 365.0, None, n_steps=8, with_events=False).map}
+
+        tasks.append((f"{name}/{sid}/detector_ig", detections))
     return tasks
 
 
@@ -79,7 +84,7 @@ def _hooks_and_grads(net: torch.nn.Module) -> list[str]:
 
 def test_concurrent_predictions_and_attributions_equal_the_sequential_ones(shared: dict[str, Any]) -> None:
     tasks = _tasks(shared)
-    assert len(tasks) == 3 * 2 * 6
+    assert len(tasks) == 3 * 2 * 7
     expected = {label: fn() for label, fn in tasks}
     assert all(np.abs(v).sum() > 0 for r in expected.values() for v in r.values())  # real maps, not zeros
 
