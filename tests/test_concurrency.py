@@ -65,7 +65,8 @@ def _tasks(shared: dict[str, Any]) -> list[tuple[str, Callable[[], dict[str, np.
         def detections(model: Any = model, inputs: Any = inputs) -> dict[str, np.ndarray]:  # the whole volume
             return {"map": attribute(model, inputs, "detector_ig", 365.0, None, n_steps=8, with_events=False).map}
 
-        tasks.append((f"{name}/{sid}/detector_ig", detections))
+        if name in DEMO_MODELS[:2]:  # two models: 4 more tasks keep the work a multiple of THREADS (see below)
+            tasks.append((f"{name}/{sid}/detector_ig", detections))
     return tasks
 
 
@@ -84,11 +85,12 @@ def _hooks_and_grads(net: torch.nn.Module) -> list[str]:
 
 def test_concurrent_predictions_and_attributions_equal_the_sequential_ones(shared: dict[str, Any]) -> None:
     tasks = _tasks(shared)
-    assert len(tasks) == 3 * 2 * 7
+    assert len(tasks) == 3 * 2 * 6 + 2 * 2
     expected = {label: fn() for label, fn in tasks}
     assert all(np.abs(v).sum() > 0 for r in expected.values() for v in r.values())  # real maps, not zeros
 
     work = tasks * 2  # every task twice, in a shuffled order, 8 threads released at once
+    assert len(work) % THREADS == 0  # else the last, smaller wave waits out the barrier's 60 s timeout
     random.Random(0).shuffle(work)
     barrier = threading.Barrier(THREADS)
 
