@@ -76,6 +76,15 @@ if TYPE_CHECKING:  # heavy imports stay lazy
 
 METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad", "detector_ig")
 DETECTOR_METHODS: tuple[str, ...] = ("detector_ig",)  # only for an image encoder with a lesion detector
+# what people read for each method (the app's picker, figure titles, the case report); files and JSON keep the keys
+METHOD_LABELS: dict[str, str] = {
+    "saliency": "Saliency (gradient)",
+    "integrated_gradients": "Integrated gradients",
+    "gradcam": "Grad-CAM",
+    "occlusion": "Occlusion",
+    "smoothgrad": "SmoothGrad",
+    "detector_ig": "Detector evidence (IG)",
+}
 DETECTION_LOGIT = 0.0  # detector_ig's baseline: every lesion logit above this (probability 0.5) lowered to it
 BASELINES: tuple[str, ...] = ("air", "blur")
 AIR_HU = -1000.0

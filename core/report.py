@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.explain import METHOD_LABELS
 from core.horizons import HORIZONS, beyond_grid, horizon_label, risk_at
 
 if TYPE_CHECKING:
@@ -288,7 +289,7 @@ def _risk_lines(prediction: Any, attribution: Any) -> list[str]:
         shown = "not scored" if not prediction.modalities_used else ("past the grid" if r is None else f"{100 * r:5.1f} %")
         lines.append(f"{horizon_label(h):>8}:  " + shown)
     if attribution is not None:
-        lines += ["", "Explanation", f"method: {attribution.method}"] + textwrap.wrap(f"target: {attribution.target}", 30)
+        lines += ["", "Explanation", f"method: {METHOD_LABELS.get(attribution.method, attribution.method)}"] + textwrap.wrap(f"target: {attribution.target}", 30)
     return lines
 
 

@@ -43,7 +43,7 @@ from core.app import viewer
 from core.app import volume_nifti as VN
 from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
-from core.explain import methods_for
+from core.explain import METHOD_LABELS, methods_for
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _model_views as views
@@ -59,14 +59,6 @@ VIEWER_KEY = "ct_viewer"  # the component's key: its value (the crosshair, the v
 THRESHOLD = "overlay_threshold"  # session key of the overlay threshold slider (kept beside the keys of pages/_state)
 COLORMAP = "warm"
 VIEWER_HEIGHT = 560
-METHOD_LABELS = {
-    "saliency": "Saliency (gradient)",
-    "integrated_gradients": "Integrated gradients",
-    "gradcam": "Grad-CAM",
-    "occlusion": "Occlusion",
-    "smoothgrad": "SmoothGrad",
-    "detector_ig": "Detector evidence (IG)",
-}
 
 
 def niivue_bundle() -> str:

@@ -76,7 +76,7 @@ else:
                 viewer.plane_slice(volume.hu, "axial", z), viewer.plane_slice(F.normalize_map(amap), "axial", z),
                 window=win, opacity=float(chrome.viewer_setting("opacity", 0.6)),
                 spacing_mm=viewer.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
-                title=f"{method} on axial slice {z + 1}/{volume.shape[0]}",
+                title=f"{_viewer.METHOD_LABELS.get(method, method)} on axial slice {z + 1}/{volume.shape[0]}",
             )
             # slices are numbered from 1 (inferior) for people everywhere: title, caption and file name
             caption = figure_export.caption_text(model=model_name, fusion=model.fusion, method=method,

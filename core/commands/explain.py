@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=float, default=None,
                         help="target horizon in days (default 365, or the grid median when 365 is past it)")
     parser.add_argument("--slice", type=int, default=None, dest="slice_index",
-                        help="axial slice to attribute and show (per-slice mode for 2D encoders)")
+                        help="0-based index of the axial slice to attribute and show (the app's slice K+1; per-slice mode "
+                             "for 2D encoders)")
     parser.add_argument("--window", default="lung", help="display window preset (lung, soft_tissue, ...) or LO,HI in HU")
     parser.add_argument("--baseline", default="air", help="integrated gradients baseline: air or blur")
     parser.add_argument("--steps", type=int, default=32, help="integrated gradients steps")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from core import figure_export
     from core import figures as F
     from core.cohort import load_cohort
-    from core.explain import attribute
+    from core.explain import METHOD_LABELS, attribute
     from core.registry import load_model
 
     model = load_model(args.model)
@@ -88,9 +89,11 @@ def run(args: argparse.Namespace) -> int:
     k = args.slice_index if args.slice_index is not None else (att.top_slices[0][0] if att.top_slices else volume.shape[0] // 2)
     model_label = model.model_dir.name
     fig = F.slice_overlay(volume.hu[k], att.map[k], window=window, spacing_mm=volume.spacing_mm,
-                          title=f"{figure_export.safe_filename(args.label)}: {args.method}, axial slice {k}")
+                          title=f"{figure_export.safe_filename(args.label)}: {METHOD_LABELS[args.method]}, "
+                                f"axial slice {k + 1}/{volume.shape[0]}")
+    # people read slices numbered from 1 (inferior), as in the app; --slice, --json and the saved map use 0-based indices
     caption = figure_export.caption_text(model=model_label, fusion=model.fusion, method=args.method, horizon_days=att.horizon_days,
-                             slice_index=k, window=window_name)
+                                         slice_index=k + 1, window=window_name)
     figure_export.export(fig, out, caption=caption)
     if args.save_map is not None:
         np.save(args.save_map, att.map.astype(np.float32))
@@ -106,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.method} of {att.target} ({model.fusion}); figure: {out} (slice {k})")
-        print("top slices: " + ", ".join(f"{i} ({s:.1%})" for i, s in att.top_slices))
+        print(f"{args.method} of {att.target} ({model.fusion}); figure: {out} (axial slice {k + 1} of {volume.shape[0]}, index {k})")
+        print("top slices (index from 0): " + ", ".join(f"{i} ({s:.1%})" for i, s in att.top_slices))
         for row, code, when, score in att.top_events:
             print(f"  event {row}: {code} at {when}: {score:+.3g}")
         if not att.top_events:
