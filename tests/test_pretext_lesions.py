@@ -285,6 +285,54 @@ def test_ignore_top_leaves_the_most_confident_unlabelled_positions_out_of_the_lo
     assert info["ignore_top"] == 0.02 and info["loss_last_50"] < info["loss_first_50"]
 
 
+def test_confined_lesions_never_reach_into_the_air_around_the_body() -> None:
+    # every lesion centred at the skin line (p_edge with a band that holds only the body's rim): unconfined, many
+    # notch or bulge the air outside; confined, not one air pixel changes and no label lies outside the body
+    n, size = 60, 32
+    x = _tissue(n, size, 3)
+    air = x < -0.3
+    base = dict(p_lesion=1.0, max_lesions=3, radius_px=(2.0, 5.0), contrast_hu=(100.0, 600.0), p_replace=0.0)
+    rim = LesionPrior(**base, p_edge=1.0, edge_band_px=5.0)
+    y0, t0 = insert_synthetic_lesions(x, np.random.default_rng(0), rim, 1000.0, 0.0)
+    y1, t1 = insert_synthetic_lesions(x, np.random.default_rng(0), dataclasses.replace(rim, confine_to_tissue=True), 1000.0, 0.0)
+    assert int(((y0 - x).abs() > 1e-4)[air].sum()) > 100 and int(t0.amax(dim=1)[air].sum()) > 20
+    assert int(((y1 - x).abs() > 1e-4)[air].sum()) == 0 and int(t1.amax(dim=1)[air].sum()) == 0
+    assert int(t1.amax(dim=1).sum()) > 0.5 * int(t0.amax(dim=1)[~air].sum())  # the lesions are still drawn in tissue
+
+
+def test_ranking_term_punishes_a_confident_false_detection_on_another_slice() -> None:
+    # per-position BCE averages a single confident false detection over every position of the batch; the ranking term
+    # asks each labelled lesion to outrank every unlabelled position of the batch, as a study's argmax must
+    from core.train.image_stage import pretext_settings
+    from core.train.pretext_lesions import detection_loss, ranking_loss
+
+    logits = torch.full((4, 2, 8, 8), -4.0)
+    target = torch.zeros(4, 2, 32, 32)
+    target[0, 1, 4:8, 4:8] = 1.0                   # a lesion on slice 0, position (1, 1)
+    logits[0, 1, 1, 1] = 3.0                       # found
+    tgt = torch.nn.functional.adaptive_max_pool2d(target, (8, 8))
+    clean = float(ranking_loss(logits, tgt))
+    assert clean < 0.25                            # it outranks the 255 other positions of its channel by 7 logits
+    logits[3, 1, 5, 5] = 6.0                       # a confident false detection on another slice, same channel
+    hit = float(ranking_loss(logits, tgt))
+    assert hit > 3.0 and hit == pytest.approx(float(torch.log1p(torch.exp(torch.tensor(3.0)) + 254 * torch.exp(torch.tensor(-7.0)))), rel=1e-4)
+    # the same false detection moves the per-position BCE by well under a tenth of that
+    bce_clean = float(detection_loss(logits.where(logits < 5, torch.tensor(-4.0)), target))
+    assert float(detection_loss(logits, target)) - bce_clean < 0.1
+    assert float(detection_loss(logits, target, rank_weight=0.5)) == pytest.approx(float(detection_loss(logits, target)) + 0.5 * hit, rel=1e-5)
+    # the other channel has no labelled lesion: it adds nothing; a batch without any lesion gives 0
+    assert float(ranking_loss(torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4))) == 0.0
+    icfg = {"kind": "2d", "pool": "detect"}
+    plain = pretext_settings({"pretext_steps": 5}, icfg)
+    assert "rank_weight" not in plain and "pos_weight" not in plain  # cache keys unchanged when off
+    set_ = pretext_settings({"pretext_steps": 5, "pretext_rank_weight": 0.05, "pretext_pos_weight": 3}, icfg)
+    assert set_["rank_weight"] == 0.05 and set_["pos_weight"] == 3.0
+    with pytest.raises(InputError, match="pretext_rank_weight"):
+        pretext_settings({"pretext_steps": 5, "pretext_rank_weight": -1}, icfg)
+    with pytest.raises(InputError, match="pretext_pos_weight"):
+        pretext_settings({"pretext_steps": 5, "pretext_pos_weight": 0}, icfg)
+
+
 def test_dense_lesions_sit_in_bone_lytic_darker_sclerotic_brighter_and_stay_inside_it() -> None:
     # a 'vertebra' (250 HU disc) in 40 HU tissue: with p_dense 1 every lesion is centred in it and kept inside it
     # (its partial-volume rim and one pixel more); lytic ones replace bone by -20..60 HU (darker channel), sclerotic ones add 150..600 HU

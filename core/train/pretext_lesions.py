@@ -92,6 +92,10 @@ class LesionPrior:
     dense_level_hu: tuple[float, float] = (-20.0, 60.0)
     dense_contrast_hu: tuple[float, float] = (150.0, 600.0)
     dense_radius_px: tuple[float, float] = (1.0, 4.0)
+    # opt-in (session 19): "a lesion is tissue". The body and parenchyma lesions change only pixels above ``body_hu``
+    # in the slice before insertion (and are labelled there only), so none reaches into the air around the body or
+    # into gas: a blob that notches or bulges the skin line or a gas border is not drawn as a lesion
+    confine_to_tissue: bool = False
 
     def __post_init__(self) -> None:
         if int(self.parenchyma_px) < 3 or int(self.parenchyma_px) % 2 == 0:
@@ -334,6 +338,9 @@ def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: L
                     out[i, y0:y1, x0:x1] = o + alpha.clamp(max=1.0) * (level - o)
             else:
                 alpha, label, (y0, y1, x0, x1) = lesion_box(rng, prior, (h, w), (cy, cx))
+                if prior.confine_to_tissue:
+                    tissue = x[i, y0:y1, x0:x1] > body_level
+                    alpha, label = alpha * tissue, label & tissue
                 bright = rng.random() < prior.p_bright
                 contrast_hu = _loguniform(rng, *(prior.parenchyma_contrast_hu if in_paren else prior.contrast_hu))
                 delta = contrast_hu / window_half * (1.0 if bright else -1.0)
@@ -381,7 +388,8 @@ def pretext_train_subjects(train_idx: np.ndarray, time: np.ndarray, event: np.nd
     return train_idx[~early]
 
 
-def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 10.0, ignore_top: float = 0.0) -> torch.Tensor:
+def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 10.0, ignore_top: float = 0.0,
+                   rank_weight: float = 0.0) -> torch.Tensor:
     """BCE of lesion logits ``[N, K, h, w]`` against full-size labels ``[N, K, H, W]`` max-pooled to the logits' grid.
 
     ``ignore_top`` > 0 leaves out of the loss, per slice and channel, that fraction of the unlabelled positions with
@@ -396,20 +404,50 @@ def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float
     tgt = F.adaptive_max_pool2d(target, logits.shape[-2:])
     pw = torch.tensor(pos_weight, device=logits.device)
     if ignore_top <= 0:
-        return F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw)
-    per = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw, reduction="none").flatten(2)
-    neg_logits = logits.detach().flatten(2).masked_fill(tgt.flatten(2) > 0, -math.inf)
-    k = max(1, int(round(ignore_top * neg_logits.shape[-1])))
-    keep = torch.ones_like(per).scatter_(2, neg_logits.topk(k, dim=2).indices, 0.0)
-    keep = torch.where(tgt.flatten(2) > 0, torch.ones_like(keep), keep)
-    return (per * keep).sum() / keep.sum()
+        loss = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw)
+    else:
+        per = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw, reduction="none").flatten(2)
+        neg_logits = logits.detach().flatten(2).masked_fill(tgt.flatten(2) > 0, -math.inf)
+        k = max(1, int(round(ignore_top * neg_logits.shape[-1])))
+        keep = torch.ones_like(per).scatter_(2, neg_logits.topk(k, dim=2).indices, 0.0)
+        keep = torch.where(tgt.flatten(2) > 0, torch.ones_like(keep), keep)
+        loss = (per * keep).sum() / keep.sum()
+    if rank_weight > 0:
+        loss = loss + rank_weight * ranking_loss(logits, tgt)
+    return loss
+
+
+def ranking_loss(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Per slice and channel with a labelled position: minus the log of the softmax share of that slice's labelled
+    positions among them and *every unlabelled position of the batch* (all slices), averaged. It asks each lesion to
+    outrank the strongest background anywhere in the batch, as a study's argmax must (the pointing game), where the
+    per-position BCE lets a few confident false detections cost almost nothing. ``tgt`` is on the logits' grid.
+
+    >>> lg, tg = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    >>> tg[0, 0, 0, 0] = 1.0
+    >>> round(float(ranking_loss(lg, tg)), 3)        # 1 lesion among 7 background positions, all logits equal
+    2.079
+    >>> lg[1, 0, 1, 1] = 5.0                           # a confident false detection on the other slice
+    >>> round(float(ranking_loss(lg, tg)), 3)
+    5.046
+    """
+    n, k = logits.shape[:2]
+    lg = logits.float().flatten(2)                     # [N, K, P]
+    pos = tgt.flatten(2) > 0
+    neg_lse = lg.masked_fill(pos, -math.inf).transpose(0, 1).reshape(k, -1).logsumexp(dim=1)  # [K] over the batch
+    pos_lse = lg.masked_fill(~pos, -math.inf).logsumexp(dim=2)  # [N, K]
+    has = pos.any(dim=2)
+    if not bool(has.any()):
+        return logits.sum() * 0.0
+    both = torch.logaddexp(pos_lse, neg_lse[None, :].expand(n, k))
+    return (both - pos_lse)[has].mean()
 
 
 def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, train_idx: np.ndarray,
                       val_idx: np.ndarray, *, steps: int, batch: int = 32, lr: float = 2e-3, prior: LesionPrior | None = None,
                       seed: int = 0, device: torch.device | None = None, window: tuple[float, float] = (-1000.0, 1000.0),
                       progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0),
-                      ignore_top: float = 0.0) -> dict[str, Any]:
+                      ignore_top: float = 0.0, rank_weight: float = 0.0, pos_weight: float = 10.0) -> dict[str, Any]:
     """Train the trunk and detector of ``enc`` (``pool="detect"``) to segment synthetic lesions in the real slices of
     ``train_idx`` (prepared ``x`` ``[N, S, H, W]`` in units of the HU ``window``). Returns an info dict: losses, seconds,
     and the held-out check on ``val_idx`` slices with fresh synthetic lesions: the AUC of each slice's max logit for
@@ -432,7 +470,7 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
     for step in range(steps):
         xs, tgt = insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre)
         logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
-        loss = detection_loss(logits, tgt.to(device), ignore_top=ignore_top)
+        loss = detection_loss(logits, tgt.to(device), pos_weight=pos_weight, ignore_top=ignore_top, rank_weight=rank_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -442,7 +480,9 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
             lo, hi = progress_span
             progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}")
     enc.eval()
-    info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, **({"ignore_top": ignore_top} if ignore_top > 0 else {}), "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
+    info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, **({"ignore_top": ignore_top} if ignore_top > 0 else {}),
+                            **({"rank_weight": rank_weight} if rank_weight > 0 else {}), **({"pos_weight": pos_weight} if pos_weight != 10.0 else {}),
+                            "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
                             "loss_first_50": round(float(np.mean(losses[:50])), 4), "loss_last_50": round(float(np.mean(losses[-50:])), 4),
                             "seconds": round(_time.perf_counter() - t0, 1)}
     held = val_idx if len(val_idx) else train_idx
