@@ -38,7 +38,7 @@ method = chrome.method_setting(views.current_lazy_model())  # the model's config
 horizon = chrome.horizon_days()
 st.markdown(
     f"**Case {number}** ({'uploaded' if source == views.UPLOADED else 'demo'}), model **{model_name}**, "
-    f"method **{method}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
+    f"method **{_viewer.METHOD_LABELS.get(method, method)}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
     "Change them on the Case review page and in the sidebar."
 )
 
