@@ -259,7 +259,7 @@ def test_strides_setting_gives_the_finer_map_and_is_written_only_when_set() -> N
 
 def test_ignore_top_leaves_the_most_confident_unlabelled_positions_out_of_the_loss() -> None:
     from core.train.image_stage import pretext_settings
-    from core.train.pretext_lesions import detection_loss
+    from core.train.detection_loss import detection_loss
 
     logits = torch.full((2, 2, 8, 8), -4.0)
     target = torch.zeros(2, 2, 32, 32)
@@ -304,7 +304,7 @@ def test_ranking_term_punishes_a_confident_false_detection_on_another_slice() ->
     # per-position BCE averages a single confident false detection over every position of the batch; the ranking term
     # asks each labelled lesion to outrank every unlabelled position of the batch, as a study's argmax must
     from core.train.image_stage import pretext_settings
-    from core.train.pretext_lesions import detection_loss, ranking_loss
+    from core.train.detection_loss import detection_loss, ranking_loss
 
     logits = torch.full((4, 2, 8, 8), -4.0)
     target = torch.zeros(4, 2, 32, 32)

@@ -29,6 +29,7 @@ from core.errors import InputError
 from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
 from core.runtime import DistInfo
+from core.train.detection_loss import POS_WEIGHT, loss_settings
 from core.train.loop import concordance, fit
 from core.train.settings import PRETEXT_SUBJECTS, Progress, proportional_head
 
@@ -139,16 +140,7 @@ def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] 
         raise InputError("image pretext_ignore_top", ignore, "must be a fraction in [0, 0.5)", "use 0 (off) or e.g. 0.01")
     if ignore > 0:  # only when set, so encoders cached before it keep their key
         out["ignore_top"] = ignore
-    rank = float(s.get("pretext_rank_weight", 0.0) or 0.0)
-    if not 0.0 <= rank <= 10.0:
-        raise InputError("image pretext_rank_weight", rank, "must be a weight in [0, 10]", "use 0 (off) or e.g. 0.05")
-    if rank > 0:  # likewise
-        out["rank_weight"] = rank
-    pw = float(s.get("pretext_pos_weight", 10.0))
-    if not 0.0 < pw <= 100.0:
-        raise InputError("image pretext_pos_weight", pw, "must be a weight in (0, 100]", "use the default 10 or e.g. 3")
-    if pw != 10.0:  # likewise
-        out["pos_weight"] = pw
+    out.update(loss_settings(s))  # likewise
     subjects = str(s.get("pretext_subjects", "all") or "all")
     if subjects not in PRETEXT_SUBJECTS:
         raise InputError("image pretext_subjects", subjects, "is not a rule for the pretext's slices", f"use one of {', '.join(PRETEXT_SUBJECTS)}")
@@ -375,7 +367,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
             window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, 0.4),
             ignore_top=float(pretext.get("ignore_top", 0.0)), rank_weight=float(pretext.get("rank_weight", 0.0)),
-            pos_weight=float(pretext.get("pos_weight", 10.0)))
+            pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)))
         pretext_info.update(subjects=pretext.get("subjects", "all"), n_subjects=int(len(pretext_idx)))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)

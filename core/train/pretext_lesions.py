@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import InputError
+from core.train.detection_loss import POS_WEIGHT, detection_loss
 from core.train.settings import Progress
 
 SHAPES: tuple[str, ...] = ("ellipse", "lobulated", "irregular")
@@ -388,66 +389,11 @@ def pretext_train_subjects(train_idx: np.ndarray, time: np.ndarray, event: np.nd
     return train_idx[~early]
 
 
-def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 10.0, ignore_top: float = 0.0,
-                   rank_weight: float = 0.0) -> torch.Tensor:
-    """BCE of lesion logits ``[N, K, h, w]`` against full-size labels ``[N, K, H, W]`` max-pooled to the logits' grid.
-
-    ``ignore_top`` > 0 leaves out of the loss, per slice and channel, that fraction of the unlabelled positions with
-    the highest logits (at least one): the cohort's own slices hold real lesions that the pretext cannot label, and
-    without this they are taught as background (positive-unlabelled data; session 13).
-
-    >>> lg, tg = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
-    >>> lg[0, 0, 0, 0] = 8.0   # a confident 'false positive' (an unlabelled real lesion)
-    >>> round(float(detection_loss(lg, tg)), 3), round(float(detection_loss(lg, tg, ignore_top=0.05)), 3)
-    (1.15, 0.693)
-    """
-    tgt = F.adaptive_max_pool2d(target, logits.shape[-2:])
-    pw = torch.tensor(pos_weight, device=logits.device)
-    if ignore_top <= 0:
-        loss = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw)
-    else:
-        per = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=pw, reduction="none").flatten(2)
-        neg_logits = logits.detach().flatten(2).masked_fill(tgt.flatten(2) > 0, -math.inf)
-        k = max(1, int(round(ignore_top * neg_logits.shape[-1])))
-        keep = torch.ones_like(per).scatter_(2, neg_logits.topk(k, dim=2).indices, 0.0)
-        keep = torch.where(tgt.flatten(2) > 0, torch.ones_like(keep), keep)
-        loss = (per * keep).sum() / keep.sum()
-    if rank_weight > 0:
-        loss = loss + rank_weight * ranking_loss(logits, tgt)
-    return loss
-
-
-def ranking_loss(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """Per slice and channel with a labelled position: minus the log of the softmax share of that slice's labelled
-    positions among them and *every unlabelled position of the batch* (all slices), averaged. It asks each lesion to
-    outrank the strongest background anywhere in the batch, as a study's argmax must (the pointing game), where the
-    per-position BCE lets a few confident false detections cost almost nothing. ``tgt`` is on the logits' grid.
-
-    >>> lg, tg = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
-    >>> tg[0, 0, 0, 0] = 1.0
-    >>> round(float(ranking_loss(lg, tg)), 3)        # 1 lesion among 7 background positions, all logits equal
-    2.079
-    >>> lg[1, 0, 1, 1] = 5.0                           # a confident false detection on the other slice
-    >>> round(float(ranking_loss(lg, tg)), 3)
-    5.046
-    """
-    n, k = logits.shape[:2]
-    lg = logits.float().flatten(2)                     # [N, K, P]
-    pos = tgt.flatten(2) > 0
-    neg_lse = lg.masked_fill(pos, -math.inf).transpose(0, 1).reshape(k, -1).logsumexp(dim=1)  # [K] over the batch
-    pos_lse = lg.masked_fill(~pos, -math.inf).logsumexp(dim=2)  # [N, K]
-    has = pos.any(dim=2)
-    if not bool(has.any()):
-        return logits.sum() * 0.0
-    both = torch.logaddexp(pos_lse, neg_lse[None, :].expand(n, k))
-    return (both - pos_lse)[has].mean()
-
-
 def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, train_idx: np.ndarray,
                       val_idx: np.ndarray, *, steps: int, batch: int = 32, lr: float = 2e-3, prior: LesionPrior | None = None,
                       seed: int = 0, device: torch.device | None = None, window: tuple[float, float] = (-1000.0, 1000.0),
                       progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0),
-                      ignore_top: float = 0.0, rank_weight: float = 0.0, pos_weight: float = 10.0) -> dict[str, Any]:
+                      ignore_top: float = 0.0, rank_weight: float = 0.0, pos_weight: float = POS_WEIGHT) -> dict[str, Any]:
     """Train the trunk and detector of ``enc`` (``pool="detect"``) to segment synthetic lesions in the real slices of
     ``train_idx`` (prepared ``x`` ``[N, S, H, W]`` in units of the HU ``window``). Returns an info dict: losses, seconds,
     and the held-out check on ``val_idx`` slices with fresh synthetic lesions: the AUC of each slice's max logit for
@@ -481,7 +427,7 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
             progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}")
     enc.eval()
     info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, **({"ignore_top": ignore_top} if ignore_top > 0 else {}),
-                            **({"rank_weight": rank_weight} if rank_weight > 0 else {}), **({"pos_weight": pos_weight} if pos_weight != 10.0 else {}),
+                            **({"rank_weight": rank_weight} if rank_weight > 0 else {}), **({"pos_weight": pos_weight} if pos_weight != POS_WEIGHT else {}),
                             "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
                             "loss_first_50": round(float(np.mean(losses[:50])), 4), "loss_last_50": round(float(np.mean(losses[-50:])), 4),
                             "seconds": round(_time.perf_counter() - t0, 1)}
