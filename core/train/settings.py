@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
               # the cohort's real lesions are unlabelled there (0 = off)
               "pretext_ignore_top": 0.0,
               # the pretext's BCE weight of labelled positions, and the weight of a ranking term that asks each
-              # synthetic lesion to outrank every unlabelled position of the batch (pretext_lesions.ranking_loss; 0 = off)
+              # synthetic lesion to outrank every unlabelled position of the batch (core.train.detection_loss.ranking_loss; 0 = off)
               "pretext_pos_weight": 10.0, "pretext_rank_weight": 0.0,
               # which training subjects' slices the pretext inserts lesions into (PRETEXT_SUBJECTS): "all", or
               # "no_early_event", leaving out the subjects with an event before the train split's median time, who
