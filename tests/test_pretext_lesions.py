@@ -331,6 +331,8 @@ def test_ranking_term_punishes_a_confident_false_detection_on_another_slice() ->
         pretext_settings({"pretext_steps": 5, "pretext_rank_weight": -1}, icfg)
     with pytest.raises(InputError, match="pretext_pos_weight"):
         pretext_settings({"pretext_steps": 5, "pretext_pos_weight": 0}, icfg)
+    with pytest.raises(InputError, match="pretext_pos_weight: got high, must be a number"):
+        pretext_settings({"pretext_steps": 5, "pretext_pos_weight": "high"}, icfg)
 
 
 def test_dense_lesions_sit_in_bone_lytic_darker_sclerotic_brighter_and_stay_inside_it() -> None:

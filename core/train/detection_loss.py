@@ -25,17 +25,26 @@ def loss_settings(s: dict[str, Any]) -> dict[str, float]:
     ({}, {'rank_weight': 0.05, 'pos_weight': 3.0})
     """
     out: dict[str, float] = {}
-    rank = float(s.get("pretext_rank_weight", 0.0) or 0.0)
+    rank, pw = _number(s, "pretext_rank_weight", 0.0), _number(s, "pretext_pos_weight", POS_WEIGHT)
     if not 0.0 <= rank <= 10.0:
         raise InputError("image pretext_rank_weight", rank, "must be a weight in [0, 10]", "use 0 (off) or e.g. 0.05")
     if rank > 0:
         out["rank_weight"] = rank
-    pw = float(s.get("pretext_pos_weight", POS_WEIGHT))
     if not 0.0 < pw <= 100.0:
         raise InputError("image pretext_pos_weight", pw, "must be a weight in (0, 100]", "use the default 10 or e.g. 3")
     if pw != POS_WEIGHT:
         out["pos_weight"] = pw
     return out
+
+
+def _number(s: dict[str, Any], key: str, default: float) -> float:
+    """``s[key]`` as a float (``default`` when absent or None); anything else is a one-line error naming the setting."""
+    v = s.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(f"image {key}", v, "must be a number", f"use e.g. {default:g}")
+    return float(v)
 
 
 def detection_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = POS_WEIGHT, ignore_top: float = 0.0,
