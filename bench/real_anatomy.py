@@ -62,7 +62,8 @@ def build_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
     """The cohort folder (built unless it already holds a cohort and --rebuild is not given) and the build seconds."""
     from core.demo.real_anatomy import write_real_anatomy_cohort
 
-    cohort = args.cohort or args.work / f"cohort_n{args.n}_s{args.slices}_seed{args.seed}_{args.organs.replace(',', '-')}"
+    fov = f"_fov{args.fov:g}" if args.fov != 1.0 else ""
+    cohort = args.cohort or args.work / f"cohort_n{args.n}_s{args.slices}_seed{args.seed}_{args.organs.replace(',', '-')}{fov}"
     if (cohort / "cohort.csv").is_file() and not args.rebuild:
         print(f"reusing {cohort} (pass --rebuild to write it again)", file=sys.stderr)
         return cohort, None
@@ -77,7 +78,7 @@ def build_cohort(args: argparse.Namespace) -> tuple[Path, float | None]:
 
     started = time.perf_counter()
     write_real_anatomy_cohort(cohort, args.ct, n=args.n, seed=args.seed, organs=args.organs, slices=args.slices,
-                              progress=progress)
+                              fov=args.fov, progress=progress)
     bar.close()
     return cohort, time.perf_counter() - started
 
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"subjects (default {DEFAULT_N})")
     parser.add_argument("--slices", type=int, default=DEFAULT_SLICES, help=f"slices per study (default {DEFAULT_SLICES}; 30 keeps the source's ~3 mm)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fov", type=float, default=1.0,
+                        help="field of view relative to the rendered one: > 1 pads every study with air around the body (default 1)")
     parser.add_argument("--organs", default=",".join(DEFAULT_ORGANS), help="lesion organs, comma-separated (liver, bone, lung, spleen)")
     parser.add_argument("--rebuild", action="store_true", help="write the cohort again even if the folder holds one")
     parser.add_argument("--oracle-only", action="store_true", help="build the cohort and print the oracle C-indices; train nothing")

@@ -6,10 +6,10 @@ the step function ``core.horizons`` defines, exactly the risk ``core.predict``
 reports. Image maps are aligned voxel for voxel with ``inputs.image[0]`` (the
 loaded ``Volume.hu``): the model's transforms (``core.preprocess.transforms``)
 window and resize with differentiable operations before the encoder, so
-gradients land on the original voxels. Constant masks of those transforms (the
-optional lung mask) are computed once from the case's own CT and held fixed, so
-methods that perturb the CT (integrated gradients, occlusion, SmoothGrad)
-measure the network on that case's mask.
+gradients land on the original voxels. Constants of those transforms (the
+optional lung mask and body box) are computed once from the case's own CT and
+held fixed, so methods that perturb the CT (integrated gradients, occlusion,
+SmoothGrad) measure the network on that case's mask and box.
 
 Methods (all Captum): ``saliency`` (|gradient|), ``integrated_gradients``
 (air -1000 HU or Gaussian-blurred baseline), ``gradcam`` (LayerGradCam on the
@@ -72,6 +72,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
 
     from core.models.types import CaseInputs
+    from core.preprocess.transforms import CaseConstants
     from core.registry import LoadedModel
 
 METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad", "detector_ig")
@@ -245,7 +246,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
         with torch.no_grad():
             fixed = model.encode_image(image, masks).detach()  # [1, S, D]
         x = image[:, k:k + 1].clone()  # [1, 1, R, C]
-        slice_masks = None if masks is None else masks[:, k:k + 1]
+        slice_masks = None if masks is None else masks.slices(k, k + 1)
         lazy = (k, fixed)
 
         def forward(xs: torch.Tensor) -> torch.Tensor:
@@ -267,7 +268,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
             attr = _detector_ig(model, base_batch, x, slice_masks, lazy, times, horizon, n_steps=int(n_steps),
                                 internal_batch_size=int(internal_batch_size))
         else:
-            attr = _run_method(method, forward, x, model, baseline=baseline, n_steps=int(n_steps),
+            attr = _run_method(method, forward, x, model, slice_masks, baseline=baseline, n_steps=int(n_steps),
                                internal_batch_size=int(internal_batch_size))
     finally:  # Captum removes its hooks itself; whatever an error left behind goes with this call's replica
         drop_hooks(net)
@@ -320,7 +321,7 @@ def occlusion_window(shape: tuple[int, ...]) -> tuple[tuple[int, int, int], tupl
     return (ws, wr, wc), (ws, wr, wc)
 
 
-def _detector_ig(model: LoadedModel, base_batch: dict[str, Any], x: torch.Tensor, masks: torch.Tensor | None,
+def _detector_ig(model: LoadedModel, base_batch: dict[str, Any], x: torch.Tensor, masks: CaseConstants | None,
                  lazy: tuple[int, torch.Tensor] | None, times: np.ndarray, horizon: float, *, n_steps: int,
                  internal_batch_size: int) -> np.ndarray:
     """``detector_ig`` of the CT ``x`` ``[1, S', R, C]`` (the whole volume, or one slice when ``lazy`` =
@@ -354,12 +355,12 @@ def _detector_ig(model: LoadedModel, base_batch: dict[str, Any], x: torch.Tensor
     baseline = torch.clamp(logits, max=DETECTION_LOGIT)
     det = IntegratedGradients(forward).attribute(logits, baselines=baseline, n_steps=n_steps,
                                                  internal_batch_size=internal_batch_size, method="gausslegendre")
-    r, c = (int(v) for v in x.shape[2:])
-    out = F.interpolate(det[0].float().sum(dim=1, keepdim=True), size=(r, c), mode="bilinear", align_corners=False)[:, 0]
+    out = chain.study_grid(det[0].float().sum(dim=1), tuple(int(v) for v in x.shape[2:]), masks)  # type: ignore[arg-type]
     return out.detach().cpu().numpy().astype(np.float32)
 
 
-def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, model: LoadedModel, *, baseline: str,
+def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, model: LoadedModel,
+                masks: CaseConstants | None, *, baseline: str,
                 n_steps: int, internal_batch_size: int) -> np.ndarray:
     """Captum attribution of ``forward`` at ``x`` ``[1, S', R, C]``; returns ``[S', R, C]`` float32."""
     import torch
@@ -391,14 +392,15 @@ def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, mod
     elif method == "gradcam":
         layer = model.net.image_encoder.gradcam_layer
         cam = LayerGradCam(forward, layer).attribute(x, relu_attributions=True)
-        s, r, c = (int(v) for v in x.shape[1:])
-        if cam.dim() == 5:  # 3D encoder: [1, 1, d, h, w]
-            out = F.interpolate(cam.float(), size=(s, r, c), mode="trilinear", align_corners=False)[:, 0]
-        elif cam.dim() == 4:  # 2D encoder: one map per slice [S', 1, h, w]
-            out = F.interpolate(cam.float(), size=(r, c), mode="bilinear", align_corners=False)[:, 0][None]
-        else:
+        shape = tuple(int(v) for v in x.shape[1:])
+        chain = model.transforms
+        if cam.dim() not in (4, 5) or chain is None:
             raise InputError("gradcam_layer", f"{cam.dim()}D output", "is not a convolution map",
                              "use saliency or integrated_gradients for this encoder")
+        if cam.dim() == 5:  # 3D encoder: [1, 1, d, h, w]
+            out = chain.study_grid(cam, shape, masks)  # type: ignore[union-attr]
+        else:  # 2D encoder: one map per slice [S', 1, h, w]
+            out = chain.study_grid(cam[:, 0], shape[1:], masks)[None]  # type: ignore[union-attr]
     else:  # pragma: no cover - validated by attribute()
         raise InputError("method", method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
     return out.detach().float().cpu().numpy()[0].astype(np.float32)

@@ -46,7 +46,7 @@ from core.models.types import CaseInputs, CasePrediction, ModelOutput, NetBatch
 from core.study_profile import card_lines, model_profile
 
 if TYPE_CHECKING:
-    from core.preprocess.transforms import ImageTransforms
+    from core.preprocess.transforms import CaseConstants, ImageTransforms
 
 WEIGHTS = "model.safetensors"
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -323,12 +323,12 @@ class LoadedModel:
         return CaseInputs(image=image, image_mask=torch.tensor([present], device=self.device), ehr=ehr, events=events,
                           image_embedding=image_emb, subject_id=sid, feature_names=ecfg.feature_names)
 
-    def image_masks(self, hu: torch.Tensor) -> torch.Tensor | None:
-        """The constant masks of a CT under this model's transforms (None when the chain has none)."""
+    def image_masks(self, hu: torch.Tensor) -> CaseConstants | None:
+        """The constants of a CT under this model's transforms (lung mask, body box; None when the chain has none)."""
         chain = self.transforms
         return None if chain is None else chain.masks(hu)
 
-    def encode_image(self, hu: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_image(self, hu: torch.Tensor, masks: CaseConstants | None = None) -> torch.Tensor:
         """Encoder tokens of HU ``[B, S', R, C]`` (differentiable): the model's transforms, then its encoder."""
         chain = self.transforms
         assert chain is not None and self.net.image_encoder is not None  # type: ignore[attr-defined]

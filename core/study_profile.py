@@ -258,10 +258,12 @@ def encoder_text(image: Any) -> str:
     """A short description of a ``core.models.config.ImageConfig``'s encoder (what the card and profile state)."""
     kind = getattr(image, "kind", "none")
     if kind == "2d":
-        return (f"2D CNN per axial slice (channels {list(image.channels)}, slices resized to {image.size} px)"
+        crop = "the body's square box" if getattr(image, "body_crop", False) else "slices"
+        return (f"2D CNN per axial slice (channels {list(image.channels)}, {crop} resized to {image.size} px)"
                 + (", lung mask" if image.lung_mask else ", whole slice (no organ mask)"))
     if kind == "3d":
-        return f"3D CNN with patch tokens (channels {list(image.channels)}, volume resized to {list(image.grid or ())})"
+        crop = ", the body's square box first" if getattr(image, "body_crop", False) else ""
+        return f"3D CNN with patch tokens (channels {list(image.channels)}, volume resized to {list(image.grid or ())}{crop})"
     if kind == "foundation":
         return (f"frozen pretrained 3D CT backbone (Merlin I3-ResNet-152, `{image.weights}` weights) on the grid "
                 f"{list(image.grid or ())}")

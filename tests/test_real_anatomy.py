@@ -264,3 +264,29 @@ def test_a_profile_of_real_anatomy_reads_the_real_ct_and_withholds_a_chest_phant
     assert phantom is not None
     reason = withhold_reason(profile, study_stats(phantom.hu, phantom.spacing_mm))
     assert reason is not None and reason.startswith(f"it shows other anatomy than the model's {N} training studies")
+
+
+def test_a_wide_field_of_view_pads_with_air_and_moves_the_lesions(real_ct: Path, cohort: Path, table: pd.DataFrame,
+                                                                  tmp_path: Path) -> None:
+    """``fov`` 1.5: the same renderings inside 1.5 x the rows and columns of air, lesion voxels moved with them."""
+    from core.io.study import load_study
+
+    wide = R.write_real_anatomy_cohort(tmp_path / "wide", real_ct, n=N, seed=SEED, organs="liver,bone", slices=SLICES,
+                                       fov=1.5)
+    t2 = pd.read_csv(wide / "cohort.csv", dtype={"subject_id": str})
+    poses = pd.read_csv(wide / "poses.csv", dtype={"subject_id": str})
+    for i in range(3):
+        tight, big = load_study(cohort / table["study"][i]).hu, load_study(wide / t2["study"][i]).hu
+        r0, c0 = int(poses["pad_row"][i]), int(poses["pad_col"][i])
+        s, r, c = tight.shape
+        assert big.shape == (s, r + round(r * 0.5), c + round(c * 0.5))
+        assert np.array_equal(big[:, r0:r0 + tight.shape[1], c0:c0 + tight.shape[2]], tight)
+        rest = big.copy()
+        rest[:, r0:r0 + tight.shape[1], c0:c0 + tight.shape[2]] = -1000.0
+        assert abs(float(rest.mean()) + 1000.0) < 2.0 and float(rest.max()) < -900.0
+        if int(table["lesion"][i]):
+            assert (t2["lesion_row"][i], t2["lesion_col"][i]) == (table["lesion_row"][i] + r0, table["lesion_col"][i] + c0)
+    cols = ["subject_id", "time", "event", "split", "true_risk", "lesion_slice", "lesion_radius_mm"]
+    assert t2[cols].equals(table[cols])
+    with pytest.raises(InputError, match="fov"):
+        R.check_fov(0.5)

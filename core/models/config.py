@@ -63,6 +63,7 @@ class ImageConfig:
     contrast: tuple[int, ...] = ()                # local-contrast kernels (pixels) of every window channel
     strides: tuple[int, ...] | None = None        # per conv layer; None = 2 each
     pool: str = "meanmax"                         # spatial pooling of the last map: meanmax | attnmax
+    body_crop: bool = False                       # 2d / 3d: one square box around the body before the resize (BodyCrop)
 
     @property
     def voxels(self) -> bool:
@@ -72,8 +73,8 @@ class ImageConfig:
     def transforms(self) -> ImageTransforms | FoundationTransforms | None:
         """The preprocessing chain HU -> encoder input (None for embeddings or no image).
 
-        2d: HU window, the lung mask when ``lung_mask`` (an organ rule for chest tasks), slices resized to
-        ``size``, then (inside the encoder, when ``windows``) the windows and local-contrast channels; 3d: HU window, the volume resized to ``grid``; foundation: the volume resized to ``grid``
+        2d: HU window, the lung mask when ``lung_mask`` (an organ rule for chest tasks), the body box when
+        ``body_crop``, slices resized to ``size``, then (inside the encoder, when ``windows``) the windows and local-contrast channels; 3d: HU window, the volume resized to ``grid``; foundation: the volume resized to ``grid``
         (area / trilinear), the window scaled to 0..1, RAS reorientation (``core.models.foundation_cache``).
         """
         if not self.voxels:
@@ -83,19 +84,20 @@ class ImageConfig:
 
             assert self.grid is not None
             return FoundationTransforms(ResizeVolumeArea(self.grid), UnitWindow(*self.hu_window))
-        from core.preprocess.transforms import HUWindow, ImageTransforms, LungMaskFill, ResizeSlices, ResizeVolume
+        from core.preprocess.transforms import BodyCrop, HUWindow, ImageTransforms, LungMaskFill, ResizeSlices, ResizeVolume
 
         window = HUWindow(*self.hu_window)
+        crop = BodyCrop() if self.body_crop else None
         if self.kind == "3d":
             assert self.grid is not None
-            return ImageTransforms(window, ResizeVolume(self.grid))
+            return ImageTransforms(window, ResizeVolume(self.grid), crop=crop)
         lung = LungMaskFill(window, self.lung_close, self.lung_medial) if self.lung_mask else None
         stack = None
         if self.windows:
             from core.preprocess.transforms import ChannelStack
 
             stack = ChannelStack(window, self.windows, self.contrast)
-        return ImageTransforms(window, ResizeSlices(self.size), lung, stack)
+        return ImageTransforms(window, ResizeSlices(self.size), lung, stack, crop)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageConfig:
@@ -120,6 +122,7 @@ class ImageConfig:
             contrast=tuple(int(k) for k in d.get("contrast") or ()),
             strides=tuple(int(s) for s in d["strides"]) if d.get("strides") else None,
             pool=str(d.get("pool", "meanmax")),
+            body_crop=bool(d.get("body_crop", False)) and kind in ("2d", "3d"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +141,8 @@ class ImageConfig:
                 out["pool"] = self.pool
         elif self.kind == "3d":
             out.update(grid=list(self.grid or ()), channels=list(self.channels))
+        if self.body_crop and self.kind in ("2d", "3d"):
+            out["body_crop"] = True
         elif self.kind == "foundation":
             out.update(grid=list(self.grid or FOUNDATION_GRID), weights=self.weights, weights_sha256=self.weights_sha256)
         elif self.kind == "embedding":

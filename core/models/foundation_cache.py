@@ -307,11 +307,17 @@ class FoundationTransforms:
     orient: ReorientRAS = ReorientRAS()
     per_slice = False
 
-    def masks(self, hu: torch.Tensor) -> torch.Tensor | None:
+    def masks(self, hu: torch.Tensor) -> None:
         return None
 
-    def __call__(self, hu: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, hu: torch.Tensor, masks: None = None) -> torch.Tensor:
         return self.orient(self.window(self.resize(hu)))
+
+    def study_grid(self, maps: torch.Tensor, shape: tuple[int, ...], masks: None = None) -> torch.Tensor:
+        """A map ``[N, 1, d, h, w]`` on the backbone's grid -> ``[N, S, R, C]`` (trilinear) for ``shape`` ``(S, R, C)``."""
+        import torch.nn.functional as F
+
+        return F.interpolate(maps.float(), size=tuple(int(v) for v in shape), mode="trilinear", align_corners=False)[:, 0]
 
     def describe(self) -> list[dict[str, Any]]:
         return [s.describe() for s in (self.resize, self.window, self.orient)]

@@ -16,8 +16,14 @@ transforms ``ScaleIntensityRange``, ``MaskIntensity`` and ``Resize``):
 * :class:`LungMaskFill` -- optional organ rule for chest tasks: outside the
   threshold lung mask (``core.preprocess.lung``) every voxel becomes lung air.
   The mask is a constant (no gradient). It is computed once per case
-  (:meth:`ImageTransforms.masks`) and can be passed back in, so methods that
-  perturb the CT (integrated gradients, occlusion) keep the case's own mask;
+  (:meth:`ImageTransforms.masks`, a :class:`CaseConstants` with the body box) and
+  can be passed back in, so methods that perturb the CT (integrated gradients,
+  occlusion) keep the case's own mask and box;
+* :class:`BodyCrop` -- optional (``body_crop`` in config.json, ``CropForeground``):
+  one square box around the body of the case, the same on every slice, kept
+  inside the image, so the encoder's pixels lie on the body whatever the
+  scanner's field of view. The box is a constant of the case, computed once
+  like the lung mask;
 * :class:`ResizeSlices` -- every axial slice to ``size x size`` (bilinear), for
   the per-slice 2D encoder;
 * :class:`ResizeVolume` -- the volume to a ``grid`` of voxels (trilinear), for
@@ -119,6 +125,87 @@ class LungMaskFill:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "rule": "threshold lung mask (air < -400 HU enclosed by the body, small holes)",
                 "close_fraction": self.close, "medial": self.medial, "fill_hu": self.fill_hu}
+
+
+BODY_CROP_HU = -500.0  # voxels above this are body (or table) for the body box
+
+
+@dataclass(frozen=True)
+class BodyCrop:
+    """One square in-plane box around the body of a case, the same on every slice (MONAI's ``CropForeground``).
+
+    The body is the largest 3D connected region above ``threshold_hu``; the box is its row and column extent over
+    all slices, made square around its centre (CT pixels are square in-plane), widened by ``margin`` of its side on
+    each side and then kept inside the image. Resized to ``size x size`` afterwards, a study with a wide field of
+    view gives the encoder the body at about the scale of a tight one. A body that the field of view cuts (it
+    reaches the image's edge) is not padded with air past that edge: a straight body-air border that no scanner
+    makes would be new to the encoder (measured: docs/BENCHMARKS.md, "The body box"). A study without any voxel
+    above the threshold keeps its whole image.
+
+    >>> hu = np.full((2, 40, 60), -1000.0, dtype=np.float32); hu[:, 10:30, 20:30] = 40.0
+    >>> BodyCrop(margin=0.0).box(hu)
+    (10, 30, 15, 35)
+    >>> BodyCrop(margin=0.1).box(hu)
+    (8, 32, 13, 37)
+    >>> BodyCrop(margin=0.1).box(np.full((2, 40, 60), 40.0, dtype=np.float32))   # a body cut on every side
+    (0, 40, 0, 60)
+    """
+
+    threshold_hu: float = BODY_CROP_HU
+    margin: float = 0.05
+    name = "body_crop"
+
+    def box(self, hu: np.ndarray) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)`` of the box of one case's ``[S, R, C]`` HU (ends exclusive, inside the image).
+        Large images are searched on a grid of at most ~128 pixels (the box widened by that step)."""
+        from scipy import ndimage
+
+        _, r, c = hu.shape
+        step = max(1, min(r, c) // 128)
+        body = np.asarray(hu[:, ::step, ::step]) > self.threshold_hu
+        if not body.any():
+            return 0, r, 0, c
+        lab, n = ndimage.label(body)
+        if n > 1:
+            body = lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+        rows, cols = np.flatnonzero(body.any(axis=(0, 2))), np.flatnonzero(body.any(axis=(0, 1)))
+        r0, r1 = int(rows[0]) * step, min(r, (int(rows[-1]) + 1) * step)
+        c0, c1 = int(cols[0]) * step, min(c, (int(cols[-1]) + 1) * step)
+        side = int(np.ceil(max(r1 - r0, c1 - c0) * (1.0 + 2.0 * self.margin)))
+        top, left = int(np.floor((r0 + r1 - side) / 2)), int(np.floor((c0 + c1 - side) / 2))
+        return max(0, top), min(r, top + side), max(0, left), min(c, left + side)
+
+    def __call__(self, x: torch.Tensor, box: tuple[int, int, int, int], fill: float) -> torch.Tensor:
+        """``[..., R, C]`` -> the box cut out (``fill`` wherever a box reaches past the image)."""
+        import torch.nn.functional as F
+
+        top, bottom, left, right = box
+        r, c = int(x.shape[-2]), int(x.shape[-1])
+        return F.pad(x, (-left, right - c, -top, bottom - r), mode="constant", value=float(fill))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "rule": "square box around the largest connected region above the threshold, "
+                "all slices alike; air outside the image", "threshold_hu": self.threshold_hu, "margin": self.margin}
+
+
+@dataclass(frozen=True)
+class CaseConstants:
+    """What a chain computes once per case and holds fixed while the CT is perturbed: the lung mask
+    (``[B, S, R, C]`` or ``[S, R, C]`` bool) and the body box per case (one box for a batch of copies of one case)."""
+
+    lung: torch.Tensor | None = None
+    boxes: tuple[tuple[int, int, int, int], ...] | None = None
+
+    def slices(self, start: int, stop: int) -> CaseConstants:
+        """The constants of slices ``start:stop`` (the box belongs to the whole case and stays)."""
+        lung = None if self.lung is None else (self.lung[start:stop] if self.lung.dim() == 3 else self.lung[:, start:stop])
+        return CaseConstants(lung, self.boxes)
+
+    def box(self, i: int = 0) -> tuple[int, int, int, int] | None:
+        """The body box of case ``i`` of the batch (the only box when one is given for copies of a case)."""
+        if not self.boxes:
+            return None
+        return self.boxes[i if len(self.boxes) > 1 else 0]
 
 
 @dataclass(frozen=True)
@@ -229,27 +316,68 @@ class ImageTransforms:
     resize: ResizeSlices | ResizeVolume
     lung: LungMaskFill | None = None
     channels: ChannelStack | None = None  # applied by the 2D encoder as its fixed first layer (see the module docstring)
+    crop: BodyCrop | None = None
 
     @property
     def per_slice(self) -> bool:
-        """True when every slice is transformed on its own (a slice's output depends on that slice only)."""
+        """True when every slice's output depends on that slice's voxels only (the body box, when the chain has
+        one, is a constant of the case: :meth:`masks`)."""
         return isinstance(self.resize, ResizeSlices)
 
-    def masks(self, hu: torch.Tensor) -> torch.Tensor | None:
-        """The constant masks of a case (``[B, S, R, C]`` bool), or None when the chain has no mask step."""
-        return None if self.lung is None else self.lung.mask(hu)
+    def masks(self, hu: torch.Tensor) -> CaseConstants | None:
+        """The constants of the cases in ``hu`` ``[B, S, R, C]`` (lung mask, body box per case), or None when the
+        chain has neither step."""
+        if self.lung is None and self.crop is None:
+            return None
+        boxes = None
+        if self.crop is not None:
+            arr = hu.detach().float().cpu().numpy()
+            boxes = tuple(self.crop.box(a) for a in arr)
+        return CaseConstants(None if self.lung is None else self.lung.mask(hu), boxes)
 
-    def __call__(self, hu: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, S, R, C]`` HU -> the encoder's input; ``masks`` (``[S, R, C]`` or ``[B, S, R, C]``) from
-        :meth:`masks` of the same case, computed here when not given."""
+    def __call__(self, hu: torch.Tensor, masks: CaseConstants | None = None) -> torch.Tensor:
+        """``[B, S, R, C]`` HU -> the encoder's input; ``masks`` from :meth:`masks` of the same case (or of one
+        case for a batch of its copies), computed here when not given."""
+        import torch
+
+        if masks is None and (self.lung is not None or self.crop is not None):
+            masks = self.masks(hu)
         x = self.window(hu)
         if self.lung is not None:
-            m = self.lung.mask(hu) if masks is None else masks.to(hu.device)
+            assert masks is not None and masks.lung is not None
+            m = masks.lung.to(hu.device)
             x = self.lung(x, m.expand(hu.shape) if m.dim() == 3 else m)
+        if self.crop is not None:
+            assert masks is not None and masks.boxes
+            fill = self.window(torch.tensor(-1000.0)).item()
+            if len(masks.boxes) == 1:
+                x = self.crop(x, masks.boxes[0], fill)
+            else:
+                x = torch.stack([self.resize(self.crop(x[i:i + 1], masks.boxes[i], fill))[0] for i in range(x.shape[0])])
+                return x
         return self.resize(x)
 
+    def study_grid(self, maps: torch.Tensor, shape: tuple[int, int], masks: CaseConstants | None) -> torch.Tensor:
+        """In-plane maps ``[N, h, w]`` (or ``[N, 1, d, h, w]`` of a 3D encoder, ``d`` slices) on the encoder's grid ->
+        ``[N, R, C]`` (``[N, S, R, C]``) on the study's grid of ``shape`` ``(S, R, C)`` or ``(R, C)``: upsampled as
+        the slices were resized, placed back into the body box (zero outside it)."""
+        import torch.nn.functional as F
+
+        r, c = int(shape[-2]), int(shape[-1])
+        box = None if (self.crop is None or masks is None) else masks.box()
+        hw = (r, c) if box is None else (box[1] - box[0], box[3] - box[2])
+        if maps.dim() == 5:
+            out = F.interpolate(maps.float(), size=(int(shape[0]), *hw), mode="trilinear", align_corners=False)[:, 0]
+        else:
+            out = F.interpolate(maps.float()[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
+        if box is None:
+            return out
+        top, bottom, left, right = box
+        return F.pad(out, (left, c - right, top, r - bottom), mode="constant", value=0.0)
+
     def describe(self) -> list[dict[str, Any]]:
-        steps: list[Any] = [self.window] + ([self.lung] if self.lung is not None else []) + [self.resize]
+        steps: list[Any] = ([self.window] + ([self.lung] if self.lung is not None else [])
+                            + ([self.crop] if self.crop is not None else []) + [self.resize])
         return [s.describe() for s in steps] + ([self.channels.describe()] if self.channels is not None else [])
 
     def channel_stack(self) -> ChannelStack | None:

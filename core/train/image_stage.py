@@ -62,7 +62,9 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
         cfg.update(encoder_2d_config(s, len(cfg["channels"])))
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
-    elif kind == "foundation":
+    if kind in ("2d", "3d") and bool(s.get("body_crop", False)):
+        cfg["body_crop"] = True
+    if kind == "foundation":
         cfg.update(foundation_config(settings["foundation"]))
     elif kind == "embedding":
         assert cohort.image_embeddings is not None
@@ -251,7 +253,7 @@ def _load_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | 
 
 def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """Windowed + resized CT of every subject (``encoder.preprocess``), float16, padded over slices; cached."""
-    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close", "lung_medial")})
+    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close", "lung_medial", "body_crop")})
     path = _cache_dir(cohort) / f"images_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
@@ -313,7 +315,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg[k]} does not match {icfg[k]}",
                                  "pretrain with the same image settings or train without --image-encoder")
         for k, default in (("lung_mask", False), ("lung_close", 0.0), ("lung_medial", False), ("windows", None),
-                           ("contrast", None), ("strides", None), ("pool", "meanmax")):
+                           ("contrast", None), ("strides", None), ("pool", "meanmax"), ("body_crop", False)):
             if icfg.get("kind") == "2d" and init_cfg.get(k, default) != icfg.get(k, default):
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg.get(k, default)} does not match {icfg.get(k, default)}",
                                  "pretrain again with this version or train without --image-encoder")

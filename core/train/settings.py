@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
               # intensity offsets (input units). These "image" settings are the lung-focused "2d" encoder's; the
               # whole-CT detector (IMAGE_PRESETS below, the default kind of new models on CT) sets them
               "windows": [], "contrast": [], "last_stride": 2, "strides": [], "pool": "meanmax", "augment_shift": 0, "augment_offset": 0.0,
+              # one square box around the body of each study before the resize (core.preprocess.transforms.BodyCrop), so a
+              # wide field of view does not shrink the body in the encoder's pixels
+              "body_crop": False,
               # self-supervised synthetic-lesion pretext before stage A (core.train.pretext_lesions; needs pool
               # "detect"): steps (0 = off), slices per step, learning rate, lesion prior overrides (LesionPrior keys),
               # and whether stage A fine-tunes the trunk (False: frozen, only the slice projection and the image path
