@@ -10,7 +10,7 @@ import streamlit as st
 from core import figures as F
 from core import horizons, runtime
 from core.app import demo_install, paths, reference, workspace
-from core.models import FUSIONS
+from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _model_views as views
@@ -142,7 +142,7 @@ def image_kinds() -> dict[str, str]:
 
 
 def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None,
-                   image_encoder_kind: str = "auto") -> None:
+                   image_encoder_kind: str = "auto", body_crop: bool = False) -> None:
     """Queue training of ``fusion`` as this user's background job, saved in their models folder: on the cohort
     folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
     import time
@@ -159,10 +159,11 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     if upload is not None:
         job = _jobs.submit(f"Training {fusion}", train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
                            fusion, str(out), int(epochs), label=label, image_encoder_kind=image_encoder_kind,
-                           key=TRAIN_KEY + stamp_text, heavy=True)
+                           body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text, heavy=True)
     else:
         job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, str(out), int(epochs), label=label,
-                           image_encoder_kind=image_encoder_kind, key=TRAIN_KEY + stamp_text, heavy=True)
+                           image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text,
+                           heavy=True)
     if job is not None:
         st.session_state[K.TRAIN_JOB] = job.id
         st.rerun()
@@ -311,9 +312,11 @@ with tab_train:
              "10 more minutes of CPU per model). Lung-focused: the slice CNN sees only the lungs (fast; chest CT with "
              "lung findings).")
     epochs = c3.number_input("Epochs", 1, 200, 10, key="train_epochs")
+    crop = st.checkbox("Crop each CT to the body first", value=False, key="train_body_crop", help=BODY_CROP_HELP)
     if up is not None and st.button("Train", type="primary", key="train_button"):
         with chrome.core_errors(stop=False, what="Training not started: "):
-            start_training(None, fusion, int(epochs), upload=up.getvalue(), image_encoder_kind=image_kind)
+            start_training(None, fusion, int(epochs), upload=up.getvalue(), image_encoder_kind=image_kind,
+                           body_crop=crop)
     training_status()
 
 with tab_meds:

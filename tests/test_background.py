@@ -81,3 +81,24 @@ def test_shipped_demo_models_carry_their_test_evaluation_and_predictions() -> No
             assert len(ref["ids"]) == expected["n"] and ref["surv"].shape[0] == expected["n"]
             assert val["surv"].shape[0] == len(val["ids"]) > 0
             assert np.all(np.diff(ref["surv"], axis=1) <= 1e-9)  # survival curves never rise
+
+
+def test_the_forms_body_crop_reaches_training_as_the_image_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training form's "Crop each CT to the body first" -> ``train_job(body_crop=True)`` -> ``train_model``
+    with ``{"image": {"body_crop": True}}``; unticked, no override at all."""
+    import core.train
+    from core.app.background import train_job
+
+    calls: list[dict | None] = []
+
+    def fake_train(cohort_dir: str, fusion: str, out: Path, **kw: object) -> dict:
+        calls.append(kw.get("overrides"))  # type: ignore[arg-type]
+        Path(out).mkdir(parents=True)
+        return {"test": {"c_index": 0.6, "c_index_ci": [0.5, 0.7]}}
+
+    monkeypatch.setattr(core.train, "train_model", fake_train)
+    for i, crop in enumerate((True, False)):
+        out = train_job(_ctx(), str(tmp_path / "cohort"), "image_only", str(tmp_path / f"m{i}"), 2, gate=False,
+                        body_crop=crop)
+        assert out["c_index"] == 0.6 and Path(out["out"]).is_dir()
+    assert calls == [{"image": {"body_crop": True}}, None]

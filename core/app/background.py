@@ -40,7 +40,7 @@ def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:
 
 
 def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: str, out: str, epochs: int, *,
-                       label: str = "", image_encoder_kind: str = "auto") -> dict:
+                       label: str = "", image_encoder_kind: str = "auto", body_crop: bool = False) -> dict:
     """A zipped cohort from an upload: gated in memory (nothing written when refused), unpacked into
     ``cohorts_dir/<time>`` (the user's cohorts folder) and trained as :func:`train_job`."""
     import time
@@ -55,13 +55,15 @@ def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: s
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     cohort_dir = unpack_cohort_zip(data, target)
     return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0),
-                     image_encoder_kind=image_encoder_kind)
+                     image_encoder_kind=image_encoder_kind, body_crop=body_crop)
 
 
 def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: int, *, label: str = "",
-              gate: bool = True, span: tuple[float, float] = (0.0, 1.0), image_encoder_kind: str = "auto") -> dict:
+              gate: bool = True, span: tuple[float, float] = (0.0, 1.0), image_encoder_kind: str = "auto",
+              body_crop: bool = False) -> dict:
     """Gate (PHI) and train ``fusion`` on ``cohort_dir`` into ``out`` (written only when training succeeds);
-    ``image_encoder_kind`` as in ``core.train.train_model`` ("detector": the whole-CT lesion detector)."""
+    ``image_encoder_kind`` as in ``core.train.train_model`` ("detector": the whole-CT lesion detector);
+    ``body_crop``: every CT cut to a square box around the body first (``image.body_crop``)."""
     import time
 
     from core.train import train_model
@@ -75,7 +77,8 @@ def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: i
     ctx.progress(span[0], "loading the cohort")
     try:
         metrics = train_model(cohort_dir, fusion, partial, epochs=int(epochs), device="auto",
-                              image_encoder_kind=image_encoder_kind, progress=lambda f, m: ctx.progress(span[0] + (span[1] - span[0]) * f, m))
+                              image_encoder_kind=image_encoder_kind, progress=lambda f, m: ctx.progress(span[0] + (span[1] - span[0]) * f, m),
+                              overrides={"image": {"body_crop": True}} if body_crop else None)
         (partial / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort_dir), "fusion": fusion,
                                                           "label": label or fusion, "epochs": int(epochs),
                                                           "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
