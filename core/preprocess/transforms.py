@@ -185,7 +185,7 @@ class BodyCrop:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "rule": "square box around the largest connected region above the threshold, "
-                "all slices alike; air outside the image", "threshold_hu": self.threshold_hu, "margin": self.margin}
+                "all slices alike, kept inside the image", "threshold_hu": self.threshold_hu, "margin": self.margin}
 
 
 @dataclass(frozen=True)
