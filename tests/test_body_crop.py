@@ -148,24 +148,46 @@ def test_detector_maps_of_a_padded_study_are_the_tight_study_maps_moved(case: di
         assert float(np.abs(b).sum()) == pytest.approx(float(np.abs(inner).sum()), rel=1e-4), method
 
 
+def test_train_and_compare_flags_pass_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import core.train
+    import core.train.compare
+    from core.cli import main as cli_main
+
+    seen: list[object] = []
+
+    def fake(*args: object, **kw: object) -> object:
+        seen.append(kw.get("overrides"))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(core.train, "train_model", fake)
+    monkeypatch.setattr(core.train.compare, "compare_strategies", fake)
+    for argv in (["train", "--cohort", str(tmp_path), "--fusion", "image_only", "--out", str(tmp_path / "m"), "--body-crop"],
+                 ["train", "--cohort", str(tmp_path), "--fusion", "image_only", "--out", str(tmp_path / "m")],
+                 ["compare", "--cohort", str(tmp_path), "--body-crop"]):
+        with pytest.raises(SystemExit):
+            cli_main(argv)
+    assert seen == [{"image": {"body_crop": True}}, None, {"image": {"body_crop": True}}]
+
+
 @pytest.mark.slow
-def test_train_with_body_crop_writes_it_and_predicts_and_explains_with_it(tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """``train --body-crop``: config.json and the model card carry the step, and prediction and explanation use
+def test_a_model_trained_with_the_box_predicts_and_explains_with_it(tmp_path: Path) -> None:
+    """``image.body_crop``: config.json and the model card carry the step, and prediction and explanation use
     the box (a map on the study's grid, zero outside the box)."""
     import json
 
-    from core.cli import main as cli_main
     from core.cohort import load_cohort
     from core.demo import write_demo_cohort
     from core.explain import attribute
     from core.registry import load_model
+    from core.train import train_model
 
     cohort_dir = write_demo_cohort(tmp_path / "cohort", n=24, seed=3)
     out = tmp_path / "model"
-    rc = cli_main(["train", "--cohort", str(cohort_dir), "--fusion", "image_only", "--out", str(out), "--epochs", "2",
-                   "--ensemble", "1", "--device", "cpu", "--image-encoder-kind", "2d", "--body-crop", "--json"])
-    assert rc == 0 and json.loads(capsys.readouterr().out)["c_index"] is not None
+    tiny = {"dim": 16, "image": {"epochs": 2, "size": 32, "channels": [4, 8, 8], "batch_size": 8, "body_crop": True}}
+    metrics = train_model(cohort_dir, "image_only", out, epochs=2, device="cpu", image_encoder_kind="2d", ensemble=1,
+                          overrides=tiny)
+    assert metrics["test"]["c_index"] is not None
     assert json.loads((out / "config.json").read_text())["image"]["body_crop"] is True
     assert "body_crop" in (out / "MODEL_CARD.md").read_text()
     model, cohort = load_model(out, device="cpu"), load_cohort(cohort_dir)
