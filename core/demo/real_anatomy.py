@@ -307,10 +307,10 @@ def write_real_anatomy_cohort(out: Path | str, ct_path: Path | str = DEFAULT_CT,
     and their volumes) and ``README.md``. Deterministic for the arguments.
     """
     started = _time.perf_counter()
+    fov = check_fov(fov)
     out = check_out(Path(out))
     seed = check_seed(seed)
     slices = check_slices(slices)
-    fov = check_fov(fov)
     base = load_base_anatomy(ct_path)
     organs = check_organs(organs, base)
     lat = sample_real_latents(n, seed, organs)

@@ -175,13 +175,10 @@ class BodyCrop:
         top, left = int(np.floor((r0 + r1 - side) / 2)), int(np.floor((c0 + c1 - side) / 2))
         return max(0, top), min(r, top + side), max(0, left), min(c, left + side)
 
-    def __call__(self, x: torch.Tensor, box: tuple[int, int, int, int], fill: float) -> torch.Tensor:
-        """``[..., R, C]`` -> the box cut out (``fill`` wherever a box reaches past the image)."""
-        import torch.nn.functional as F
-
+    def __call__(self, x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        """``[..., R, C]`` -> the box (from :meth:`box`, inside the image) cut out."""
         top, bottom, left, right = box
-        r, c = int(x.shape[-2]), int(x.shape[-1])
-        return F.pad(x, (-left, right - c, -top, bottom - r), mode="constant", value=float(fill))
+        return x[..., top:bottom, left:right]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "rule": "square box around the largest connected region above the threshold, "
@@ -349,12 +346,9 @@ class ImageTransforms:
             x = self.lung(x, m.expand(hu.shape) if m.dim() == 3 else m)
         if self.crop is not None:
             assert masks is not None and masks.boxes
-            fill = self.window(torch.tensor(-1000.0)).item()
-            if len(masks.boxes) == 1:
-                x = self.crop(x, masks.boxes[0], fill)
-            else:
-                x = torch.stack([self.resize(self.crop(x[i:i + 1], masks.boxes[i], fill))[0] for i in range(x.shape[0])])
-                return x
+            if len(masks.boxes) > 1:  # different cases: each its own box, resized to the common size
+                return torch.stack([self.resize(self.crop(x[i:i + 1], masks.boxes[i]))[0] for i in range(x.shape[0])])
+            x = self.crop(x, masks.boxes[0])
         return self.resize(x)
 
     def study_grid(self, maps: torch.Tensor, shape: tuple[int, int], masks: CaseConstants | None) -> torch.Tensor:
