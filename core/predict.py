@@ -34,7 +34,7 @@ from core.errors import InputError
 from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
-from core.study_profile import STATS, model_profile, outside, profile_warnings, study_stats, withhold_reason
+from core.study_profile import STATS, model_profile, model_study_stats, outside, profile_warnings, withhold_reason
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -66,12 +66,15 @@ class ImageRead:
 def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, float] | None = None) -> ImageRead:
     """What the model cannot read in this CT: outside its training profile (``core.study_profile``, a rule from
     the model's own training studies; far outside in anatomy: withheld); for a model saved without a profile,
-    the lung-coverage check (a warning only). ``stats``: the CT's ``study_stats`` when already measured."""
+    the lung-coverage check (a warning only). ``stats``: the CT's ``model_study_stats`` under this model's
+    transforms when already measured."""
     if volume is None or not model.config.image.voxels:
         return ImageRead()
     profile = model_profile(model.config)
     if profile is not None:
-        stats = dict(stats) if stats is not None else study_stats(volume.hu, volume.spacing_mm)
+        if stats is None:
+            stats = model_study_stats(volume.hu, volume.spacing_mm, model.config.image.transforms())
+        stats = dict(stats)
         return ImageRead(tuple(profile_warnings(profile, stats)), withhold_reason(profile, stats))
     from core.preprocess.lung import lung_coverage_warning
 
@@ -86,7 +89,7 @@ def image_warnings(model: LoadedModel, volume: Volume | None) -> list[str]:
 
 def split_image_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
     """How the model's CT gate (:func:`image_read`) treats the studies of ``ids``: ``studies`` (with a CT),
-    ``warned`` (outside the training profile), ``withheld`` (other anatomy: ``predict`` and the app read them
+    ``warned`` (outside the training profile), ``withheld`` (other anatomy or scale: ``predict`` and the app read them
     without the CT), and ``outside``, per statistic label, how many studies lie outside its training range.
     None when the model reads no voxels or was saved without a training profile. ``evaluate`` reads every study
     as it is; this says how far the split departs from what the model was trained on."""
@@ -99,7 +102,7 @@ def split_image_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) ->
         volume = cohort.load_volume(sid)
         if volume is None:
             continue
-        stats = study_stats(volume.hu, volume.spacing_mm)
+        stats = model_study_stats(volume.hu, volume.spacing_mm, model.config.image.transforms())
         read = image_read(model, volume, stats)
         studies += 1
         warned += bool(read.warnings)

@@ -22,16 +22,24 @@ voxel grid:
   in -190..-30 HU, in -30..150 HU and at or above 300 HU;
 - ``lung_air_l``: litres of air (below -400 HU) enclosed by the body;
 - ``lung_slices``: the fraction of axial slices whose enclosed air is at least 5 % of that slice's body area
-  (a chest CT has lungs on most slices, an abdominal CT on few): the body region.
+  (a chest CT has lungs on most slices, an abdominal CT on few): the body region;
+- ``encoder_px_mm`` (with the model's transforms, :func:`model_study_stats`): the in-plane size of one pixel of
+  what the encoder sees, the image (or the body box, with ``body_crop``) over the encoder's size. The same pixel
+  spacing over a wider field of view shows the encoder a smaller body: a scale the model never saw.
 
 Beyond the warning, :func:`withhold_reason` decides when the image part must not
 be read at all: when the study shows other anatomy than the training studies, that
 is when a fraction of the body's tissue classes (``ANATOMY``: air, fat, soft tissue,
 bone; not spacing or coverage, which the transforms resample and crop) lies outside
 the training range by more than ``WITHHOLD_WIDTHS`` times the range's own width
-(with the same floor) and by more than ``WITHHOLD_ABS_FLOOR`` of the body's voxels.
-A model trained on chest phantoms then reads no risk from an abdominal CT's bowel
-gas; callers predict without the CT (``core.predict``).
+(with the same floor) and by more than ``WITHHOLD_ABS_FLOOR`` of the body's voxels;
+and when the encoder would see the body at another scale, that is when
+``encoder_px_mm`` lies outside its training range by more than ``WITHHOLD_WIDTHS``
+widths and by more than ``WITHHOLD_SCALE_FLOOR`` of its training value (the
+resize does not undo a field of view twice as wide, as it undoes another pixel
+spacing). A model trained on chest phantoms then reads no risk from an abdominal
+CT's bowel gas, nor from a chest CT shown at half its training scale; callers
+predict without the CT (``core.predict``).
 
 A contrast-phase proxy is left out: telling enhanced vessels from trabecular bone
 (both 150-300 HU) needs an organ segmentation this module does not have.
@@ -53,7 +61,7 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -76,11 +84,12 @@ STATS: dict[str, tuple[str, str, float, int]] = {
     "fat": ("body voxels in fat (-190..-30 HU)", "%", 100.0, 1),
     "soft": ("body voxels in soft tissue (-30..150 HU)", "%", 100.0, 1),
     "bone": ("body voxels in bone (>= 300 HU)", "%", 100.0, 1),
+    "encoder_px_mm": ("encoder pixel (field of view or body box / encoder size)", "mm", 1.0, 2),
 }
 #: what the warning says a departure in each statistic means
 MEANING = {"z_extent_mm": "coverage", "slice_mm": "spacing", "pixel_mm": "spacing", "body_l": "body size",
            "lung_air_l": "region", "lung_slices": "region", "air": "region", "fat": "composition",
-           "soft": "composition", "bone": "composition"}
+           "soft": "composition", "bone": "composition", "encoder_px_mm": "scale"}
 #: the tissue composition of the body (what the CT shows), as opposed to how much of it and how it was acquired
 ANATOMY = ("air", "fat", "soft", "bone")
 #: an anatomy statistic further than this many training-range widths outside the range withholds the image part
@@ -88,6 +97,10 @@ WITHHOLD_WIDTHS = 1.0
 #: ... and further than this fraction of the body's voxels (a bone share of 0.6 % against 0.2-0.3 % is blur, not
 #: other anatomy: rendering the same CT at another pose and resolution moves small shares by that much)
 WITHHOLD_ABS_FLOOR = 0.05
+#: ... and ``encoder_px_mm`` further than this fraction of its training value (the demo's models, trained at 4.00 mm,
+#: read 3.0-5.0 mm; one of their own chest studies in a field of view twice as wide, 8.00 mm, went from a 1-year
+#: risk of 30 % to 87 %)
+WITHHOLD_SCALE_FLOOR = 0.25
 #: an anatomy statistic warns only when it lies outside its widened training range by more than this fraction of
 #: the body's voxels too (the same blur: a share of 0.6 % against 0.2-0.3 % is no reason to doubt a prediction)
 WARN_ABS_FLOOR = 0.01
@@ -124,6 +137,24 @@ def study_stats(hu: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, float]
         "air": frac(air), "fat": frac(body & (v >= -190.0) & (v < -30.0)),
         "soft": frac(body & (v >= -30.0) & (v < 150.0)), "bone": frac(body & (v >= 300.0)),
     }
+
+
+class EncoderChain(Protocol):
+    """What :func:`model_study_stats` needs of a model's transform chain."""
+
+    def encoder_pixel_mm(self, hu: np.ndarray, spacing_mm: Any) -> float: ...
+
+    def describe(self) -> list[dict[str, Any]]: ...
+
+
+def model_study_stats(hu: np.ndarray, spacing_mm: Sequence[float], chain: EncoderChain | None,
+                      base: Mapping[str, float] | None = None) -> dict[str, float]:
+    """:func:`study_stats` (``base`` when already measured) plus ``encoder_px_mm`` under a model's transform
+    ``chain`` (none without a chain)."""
+    out = dict(base) if base is not None else study_stats(hu, spacing_mm)
+    if chain is not None:
+        out["encoder_px_mm"] = float(chain.encoder_pixel_mm(np.asarray(hu), tuple(float(v) for v in spacing_mm)))
+    return out
 
 
 def build_profile(stats: Iterable[dict[str, float]], *, transforms: list[dict[str, Any]] | None = None,
@@ -189,44 +220,69 @@ def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) ->
     assert profile is not None
     kinds = sorted({MEANING[k] for k, _, _ in bad}, key=list(MEANING.values()).index)
     parts = [f"{STATS[k][0]} {_fmt(k, v)} (training {_fmt_range(k, e['min'], e['max'])})" for k, v, e in bad]
+    scale = ""
+    if "scale" in kinds:
+        cropped = any(step.get("name") == "body_crop" for step in profile.get("transforms", []))
+        scale = (" The encoder sees this body at another scale than its training studies"
+                 + (" (a body of another size)." if cropped else
+                    " (another field of view); a model trained with the body box (`train --body-crop`) reads "
+                    "every body at about one scale."))
     return [f"Out of distribution for this model's image part ({', '.join(kinds)}): " + "; ".join(parts)
             + f". This CT is unlike the model's {profile.get('n_studies', '?')} training studies (see 'What this model "
-            "can read' in its model card): do not rely on the image part of this prediction."]
+            "can read' in its model card): do not rely on the image part of this prediction." + scale]
 
 
 def withhold_reason(profile: dict[str, Any] | None, stats: dict[str, float],
                     widths: float = WITHHOLD_WIDTHS) -> str | None:
-    """Why the model's image part must not read this study (other anatomy than its training studies), or None.
+    """Why the model's image part must not read this study (other anatomy, or the body at another scale, than its
+    training studies), or None.
 
     An ``ANATOMY`` statistic outside the training range widened by the larger of ``widths`` x max(width,
-    ``rel_floor`` x magnitude) and ``WITHHOLD_ABS_FLOOR`` on either side withholds it; without a profile nothing
-    is withheld (only warned about).
+    ``rel_floor`` x magnitude) and ``WITHHOLD_ABS_FLOOR`` on either side withholds it, and so does
+    ``encoder_px_mm`` outside its range widened by the larger of the same and ``WITHHOLD_SCALE_FLOOR`` x its
+    magnitude; without a profile nothing is withheld (only warned about).
+
+    >>> p = build_profile([{"encoder_px_mm": 4.0}])
+    >>> withhold_reason(p, {"encoder_px_mm": 4.8}) is None, withhold_reason(p, {"encoder_px_mm": 8.0})
+    (True, "it shows the body at another scale than the model's 1 training studies: encoder pixel (field of view or body box / encoder size) 8.00 mm (training 4.00 mm)")
     """
     if not profile:
         return None
     floor = float(profile.get("rel_floor", REL_FLOOR))
 
-    def far_out(entry: dict[str, float], value: float) -> bool:
-        lo, hi = allowed_range(entry, widths, floor, WITHHOLD_ABS_FLOOR)
+    def far_out(key: str, entry: dict[str, float], value: float) -> bool:
+        if key in ANATOMY:
+            lo, hi = allowed_range(entry, widths, floor, WITHHOLD_ABS_FLOOR)
+        elif key == "encoder_px_mm":
+            magnitude = max(abs(float(entry["min"])), abs(float(entry["max"])))
+            lo, hi = allowed_range(entry, widths, floor, WITHHOLD_SCALE_FLOOR * magnitude)
+        else:
+            return False
         return not lo <= value <= hi
 
-    far = [(k, v, e) for k, v, e in outside(profile, stats) if k in ANATOMY and far_out(e, v)]
+    far = [(k, v, e) for k, v, e in outside(profile, stats) if far_out(k, e, v)]
     if not far:
         return None
-    parts = [f"{STATS[k][0]} {_fmt(k, v)} (training {_fmt_range(k, e['min'], e['max'])})" for k, v, e in far]
-    return (f"it shows other anatomy than the model's {profile.get('n_studies', '?')} training studies: "
-            + "; ".join(parts))
+    n = profile.get("n_studies", "?")
+    reasons = []
+    for what, keys in (("other anatomy", ANATOMY), ("the body at another scale", ("encoder_px_mm",))):
+        parts = [f"{STATS[k][0]} {_fmt(k, v)} (training {_fmt_range(k, e['min'], e['max'])})" for k, v, e in far if k in keys]
+        if parts:
+            reasons.append(f"it shows {what} than the model's {n} training studies: " + "; ".join(parts))
+    return "; and ".join(reasons)
 
 
-def study_warnings(profile: dict[str, Any] | None, hu: np.ndarray, spacing_mm: Sequence[float]) -> list[str]:
-    """:func:`profile_warnings` of one CT (nothing to compute without a profile)."""
-    return profile_warnings(profile, study_stats(hu, spacing_mm)) if profile else []
+def study_warnings(profile: dict[str, Any] | None, hu: np.ndarray, spacing_mm: Sequence[float],
+                   chain: EncoderChain | None = None) -> list[str]:
+    """:func:`profile_warnings` of one CT under a model's transform ``chain`` (nothing to compute without a profile)."""
+    return profile_warnings(profile, model_study_stats(hu, spacing_mm, chain)) if profile else []
 
 
-def cohort_profile(cohort: Cohort, ids: Sequence[str], *, transforms: list[dict[str, Any]] | None = None,
+def cohort_profile(cohort: Cohort, ids: Sequence[str], *, chain: EncoderChain | None = None,
                    encoder: str = "", max_studies: int = MAX_STUDIES, seed: int = 0,
                    progress: Callable[[float, str], None] | None = None) -> dict[str, Any] | None:
-    """The profile of the studies of ``ids`` (a seeded sample of at most ``max_studies``); None without studies."""
+    """The profile of the studies of ``ids`` (a seeded sample of at most ``max_studies``) under the model's
+    transform ``chain`` (its steps and the encoder's pixel; neither without a chain); None without studies."""
     with_study = [s for s in ids if _has_study(cohort, s)]
     if not with_study:
         return None
@@ -237,12 +293,12 @@ def cohort_profile(cohort: Cohort, ids: Sequence[str], *, transforms: list[dict[
     for i, sid in enumerate(with_study):
         vol = cohort.load_volume(sid)
         if vol is not None:
-            rows.append(study_stats(vol.hu, vol.spacing_mm))
+            rows.append(model_study_stats(vol.hu, vol.spacing_mm, chain))
         if progress is not None:
             progress((i + 1) / len(with_study), "study profile")
     if not rows:
         return None
-    return build_profile(rows, transforms=transforms, encoder=encoder,
+    return build_profile(rows, transforms=chain.describe() if chain is not None else None, encoder=encoder,
                          source=f"{len(rows)} training studies of cohort `{cohort.root.name}`")
 
 
@@ -275,9 +331,8 @@ def image_cohort_profile(cohort: Cohort, ids: Sequence[str], image: Any, *, seed
     """:func:`cohort_profile` with the transforms and encoder of an ``ImageConfig`` (None for models without voxels)."""
     if not getattr(image, "voxels", False):
         return None
-    chain = image.transforms()
-    return cohort_profile(cohort, ids, transforms=chain.describe() if chain is not None else None,
-                          encoder=encoder_text(image), seed=seed, progress=progress)
+    return cohort_profile(cohort, ids, chain=image.transforms(), encoder=encoder_text(image), seed=seed,
+                          progress=progress)
 
 
 def card_lines(profile: dict[str, Any] | None) -> list[str]:

@@ -57,11 +57,11 @@ unscored = review.CW.cannot_score_reason(model_name, *views.model_reads(model), 
                                          views.withholds_ct(model, source, subject_id))
 scored = unscored is None
 if views.model_reads(model)[0] and views.image_read(model, source, subject_id).withheld:
-    # the CT is far outside the model's training anatomy: withheld unless the user asks to see it read anyway
+    # the CT is far outside the model's training anatomy or scale: withheld unless the user asks to see it read anyway
     anyway = st.toggle("Read this CT anyway (out of distribution: not reliable)",
                        value=views.read_ood(source, subject_id), key=f"read_ood_{source}_{subject_id}",
-                       help="Every strategy then reads the CT although it shows other anatomy than its training "
-                            "studies; the warnings stay. For research on what the model does with such a scan, "
+                       help="Every strategy then reads the CT although it shows other anatomy, or the body at another "
+                            "scale, than its training studies; the warnings stay. For research on what the model does with such a scan, "
                             "never for a patient.")
     if anyway != views.read_ood(source, subject_id):
         views.set_read_ood(source, subject_id, anyway)

@@ -48,7 +48,7 @@ with chrome.core_errors():
     pred = views.case_prediction(model, source, subject_id)
 
 exports: dict = st.session_state.setdefault(K.EXPORTS, {})
-no_ct = ("The selected model withholds this case's CT (other anatomy than its training studies; Case review can "
+no_ct = ("The selected model withholds this case's CT (other anatomy or another scale than its training studies; Case review can "
          "read it anyway)" if volume is not None and views.withholds_ct(model, source, subject_id)
          else "This case has no CT used by the selected model")
 

@@ -123,8 +123,8 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
     # no strategy draws a curve: the EHR-only one has nothing to read, every other one withholds the abdominal CT
     skipped = pg.get_by_text(re.compile(r"Not drawn \(cannot score this case\):")).first.inner_text()  # type: ignore[attr-defined]
     assert "ehr_only reads only the EHR; the case has none" in skipped
-    assert "image_only cannot read this CT (other anatomy than its training studies) and reads nothing else" in skipped
-    assert "coattention_image cannot read this CT (other anatomy than its training studies); the case has no EHR" in skipped
+    assert "image_only cannot read this CT (other anatomy or another scale than its training studies) and reads nothing else" in skipped
+    assert "coattention_image cannot read this CT (other anatomy or another scale than its training studies); the case has no EHR" in skipped
     assert chart(pg, "concat").count() == 0 and chart(pg, "image_only").count() == 0  # type: ignore[attr-defined]
     assert pg.get_by_text("No attention over events to show").count() == 1  # type: ignore[attr-defined]
     shot(pg, "case_review_ehr_only_no_ehr")

@@ -224,7 +224,7 @@ def test_report_of_a_withheld_ct_draws_no_curve_and_says_why(parts: dict[str, An
                                  modalities_used=pred.modalities_used, ct_present=True,
                                  prediction_warnings=list(read.warnings), image_withheld=read.note("cross_attention"))
     assert [w.kind for w in notes][:3] == ["withheld", "modality", "prediction"]
-    assert "cannot read this CT (other anatomy than its training studies); the case has no EHR" in notes[1].text
+    assert "cannot read this CT (other anatomy or another scale than its training studies); the case has no EHR" in notes[1].text
     out = case_report_pdf(tmp_path / "withheld.pdf", **(_kwargs(parts) | {
         "inputs": inputs, "prediction": pred, "volume_hu": volume.hu, "spacing_mm": volume.spacing_mm,
         "attribution": None, "events_table": None, "warnings": [w.text for w in notes]}))

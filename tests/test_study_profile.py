@@ -17,10 +17,12 @@ from core.study_profile import (
     build_profile,
     card_lines,
     model_profile,
+    model_study_stats,
     outside,
     profile_warnings,
     study_stats,
     study_warnings,
+    withhold_reason,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +81,47 @@ def test_range_rule_follows_the_training_data() -> None:
         build_profile([])
 
 
+def test_encoder_pixel_follows_the_field_of_view() -> None:
+    """The same body at the same pixel spacing in a field of view twice as wide: every acquisition statistic is
+    unchanged, but the encoder (slices resized to 96 px) sees the body at half the scale; the body box sees the
+    same body."""
+    from core.preprocess.transforms import BodyCrop, HUWindow, ImageTransforms, ResizeSlices
+
+    plain = ImageTransforms(HUWindow(-1000.0, 1000.0), ResizeSlices(96))
+    boxed = ImageTransforms(HUWindow(-1000.0, 1000.0), ResizeSlices(96), crop=BodyCrop(margin=0.0))
+    tight = _phantom()
+    wide = np.full((10, 80, 80), -1000.0, dtype=np.float32)
+    wide[:, 20:60, 20:60] = tight
+    sp = (5.0, 2.0, 2.0)
+    base = study_stats(wide, sp)
+    assert {k: v for k, v in base.items()} == pytest.approx({**study_stats(tight, sp), "pixel_mm": 2.0})
+    assert model_study_stats(tight, sp, None) == study_stats(tight, sp)
+    assert model_study_stats(tight, sp, plain)["encoder_px_mm"] == pytest.approx(40 * 2.0 / 96)
+    assert model_study_stats(wide, sp, plain, base)["encoder_px_mm"] == pytest.approx(80 * 2.0 / 96)
+    # the box is the body (30 px, margin 0) in both studies
+    assert model_study_stats(tight, sp, boxed)["encoder_px_mm"] == model_study_stats(wide, sp, boxed)["encoder_px_mm"] == pytest.approx(30 * 2.0 / 96)
+
+    trained = build_profile([model_study_stats(tight, sp, plain)], transforms=plain.describe())
+    bad = profile_warnings(trained, model_study_stats(wide, sp, plain))
+    assert len(bad) == 1 and "(scale)" in bad[0] and "encoder pixel (field of view or body box / encoder size) 1.67 mm (training 0.83 mm)" in bad[0]
+    assert "train --body-crop" in bad[0]
+    assert profile_warnings(trained, model_study_stats(tight, sp, plain)) == []
+    # twice the training scale is more than 25 % beyond the range: not read at all
+    assert withhold_reason(trained, model_study_stats(wide, sp, plain)) == (
+        "it shows the body at another scale than the model's 1 training studies: encoder pixel (field of view or body "
+        "box / encoder size) 1.67 mm (training 0.83 mm)")
+    assert withhold_reason(trained, model_study_stats(tight, sp, plain)) is None
+    boxed_profile = build_profile([model_study_stats(tight, sp, boxed)], transforms=boxed.describe())
+    assert profile_warnings(boxed_profile, model_study_stats(wide, sp, boxed)) == []
+    small = np.full((10, 40, 40), -1000.0, dtype=np.float32)
+    small[:, 12:28, 12:28] = 40.0  # a smaller body: the box shows it larger than any training body
+    warned = profile_warnings(boxed_profile, model_study_stats(small, sp, boxed))
+    assert len(warned) == 1 and "scale" in warned[0] and "a body of another size" in warned[0] and "--body-crop" not in warned[0]
+    # a profile written before the statistic existed checks what it has
+    old = build_profile([study_stats(tight, sp)])
+    assert "encoder_px_mm" not in old["stats"] and profile_warnings(old, model_study_stats(wide, sp, plain)) == []
+
+
 def test_shipped_models_carry_their_profile() -> None:
     for name in IMAGE_MODELS:
         cfg = json.loads((DEMO_MODELS / name / "config.json").read_text())
@@ -110,6 +153,39 @@ def test_new_demo_cases_get_no_warning(new_demo_cases: Path) -> None:
         assert vol is not None and study_warnings(prof, vol.hu, vol.spacing_mm) == [], sid
     p = predict_subject(DEMO_MODELS / "image_only", new_demo_cases, cohort.ids("test")[0])
     assert p["modalities_used"] == ["image"] and p["warnings"] == []
+
+
+def test_a_wider_field_of_view_is_flagged_and_at_twice_the_field_withheld(new_demo_cases: Path, tmp_path: Path) -> None:
+    """Two demo studies put inside wider fields of view (air around them, the same 4 mm pixels): the shipped models
+    resize every slice to 96 px, so they would see the body at a smaller scale than in training. 7/6 x the field:
+    one warning, the CT still read; 2 x the field: withheld, concat predicts from the EHR alone."""
+    import nibabel as nib
+
+    from core.cohort import load_cohort
+    from core.predict import predict_subject
+
+    wide = tmp_path / "wide"
+    shutil.copytree(new_demo_cases, wide)
+    sids = load_cohort(wide).ids("test")[:2]
+    for sid, pad in zip(sids, (8, 48)):
+        path = wide / "studies" / f"{sid}.nii.gz"
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)
+        padded = np.pad(data, ((pad, pad), (pad, pad), (0, 0)), constant_values=-1000)
+        nib.save(nib.Nifti1Image(padded.astype(data.dtype), img.affine), path)
+    label = "encoder pixel (field of view or body box / encoder size)"
+    near = predict_subject(DEMO_MODELS / "concat", wide, sids[0])
+    assert len(near["warnings"]) == 1, near["warnings"]
+    assert near["warnings"][0].startswith("Out of distribution for this model's image part (scale)")
+    assert f"{label} 4.67 mm (training 4.00 mm)" in near["warnings"][0] and "train --body-crop" in near["warnings"][0]
+    assert near["image_withheld"] is None and near["modalities_used"] == ["image", "ehr_events", "ehr_features"]
+    far = predict_subject(DEMO_MODELS / "concat", wide, sids[1])
+    assert f"{label} 8.00 mm (training 4.00 mm)" in far["warnings"][0]
+    assert far["image_withheld"] == (f"The CT is withheld from concat: it shows the body at another scale than the model's "
+                                     f"200 training studies: {label} 8.00 mm (training 4.00 mm). Its image part would "
+                                     "read something it never saw in training, so the prediction is made without the CT "
+                                     "(the EHR alone, or nothing).")
+    assert far["modalities_used"] == ["ehr_events", "ehr_features"] and far["scored"] is True
 
 
 def _real_ct_cohort(real_ct: Path, root: Path) -> Path:

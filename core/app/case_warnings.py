@@ -128,7 +128,7 @@ def cannot_score_reason(name: str, has_image: bool, has_ehr: bool, modalities_us
     if modalities_used:
         return None
     if image_withheld and has_image:
-        return (f"{name} cannot read this CT (other anatomy than its training studies)"
+        return (f"{name} cannot read this CT (other anatomy or another scale than its training studies)"
                 + ("; the case has no EHR" if has_ehr else " and reads nothing else"))
     if has_ehr and not has_image:
         return f"{name} reads only the EHR; the case has none"

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--allow-ood", action="store_true",
-                        help="export even a CT that shows other anatomy than the model's training studies "
+                        help="export even a CT that shows other anatomy, or the body at another scale, than the model's training studies "
                              "(refused by default: the map and risk would be read from something it never saw)")
 
 

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--allow-ood", action="store_true",
-                        help="read a CT even when it shows other anatomy than the model's training studies "
+                        help="read a CT even when it shows other anatomy, or the body at another scale, than the model's training studies "
                              "(by default such a CT is withheld and the prediction made without it)")
 
 

@@ -319,6 +319,12 @@ class FoundationTransforms:
 
         return F.interpolate(maps.float(), size=tuple(int(v) for v in shape), mode="trilinear", align_corners=False)[:, 0]
 
+    def encoder_pixel_mm(self, hu: np.ndarray, spacing_mm: tuple[float, float, float] | list[float]) -> float:
+        """The in-plane size in mm of one voxel of the backbone's grid for a study (``hu`` ``[S, R, C]``; spacing
+        (slice, row, col) in mm): the mean of rows and columns over the grid's rows and columns."""
+        _, r, c = np.shape(hu)
+        return (r * float(spacing_mm[1]) / self.resize.grid[1] + c * float(spacing_mm[2]) / self.resize.grid[2]) / 2.0
+
     def describe(self) -> list[dict[str, Any]]:
         return [s.describe() for s in (self.resize, self.window, self.orient)]
 

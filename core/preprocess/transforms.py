@@ -369,6 +369,20 @@ class ImageTransforms:
         top, bottom, left, right = box
         return F.pad(out, (left, c - right, top, r - bottom), mode="constant", value=0.0)
 
+    def encoder_pixel_mm(self, hu: np.ndarray, spacing_mm: tuple[float, float, float] | list[float]) -> float:
+        """The in-plane size in mm of one pixel of the encoder's input for a study (``hu`` ``[S, R, C]``, spacing
+        (slice, row, col) in mm): the image, or the body box when the chain has one, divided by the resized size;
+        the mean of rows and columns. A field of view twice as wide at the same size doubles it.
+
+        >>> chain = ImageTransforms(HUWindow(-1000, 1000), ResizeSlices(96))
+        >>> chain.encoder_pixel_mm(np.zeros((4, 192, 256), dtype=np.float32), (5.0, 2.0, 1.5))
+        4.0
+        """
+        _, r, c = np.shape(hu)
+        top, bottom, left, right = self.crop.box(np.asarray(hu)) if self.crop is not None else (0, r, 0, c)
+        out_r, out_c = (self.resize.size, self.resize.size) if isinstance(self.resize, ResizeSlices) else self.resize.grid[1:]
+        return ((bottom - top) * float(spacing_mm[1]) / out_r + (right - left) * float(spacing_mm[2]) / out_c) / 2.0
+
     def describe(self) -> list[dict[str, Any]]:
         steps: list[Any] = ([self.window] + ([self.lung] if self.lung is not None else [])
                             + ([self.crop] if self.crop is not None else []) + [self.resize])
