@@ -117,6 +117,14 @@ def test_encoder_pixel_follows_the_field_of_view() -> None:
     small[:, 12:28, 12:28] = 40.0  # a smaller body: the box shows it larger than any training body
     warned = profile_warnings(boxed_profile, model_study_stats(small, sp, boxed))
     assert len(warned) == 1 and "scale" in warned[0] and "a body of another size" in warned[0] and "--body-crop" not in warned[0]
+    # the 3D chain and the foundation backbone's grid: the rows and columns of their grid
+    from core.models.foundation_cache import FoundationTransforms, ResizeVolumeArea, UnitWindow
+    from core.preprocess.transforms import ResizeVolume
+
+    cube = ImageTransforms(HUWindow(-1000.0, 1000.0), ResizeVolume((8, 32, 20)))
+    assert cube.encoder_pixel_mm(wide, sp) == pytest.approx((80 * 2.0 / 32 + 80 * 2.0 / 20) / 2)
+    backbone = FoundationTransforms(ResizeVolumeArea((8, 40, 40)), UnitWindow(-1000.0, 1000.0))
+    assert backbone.encoder_pixel_mm(wide, sp) == pytest.approx(4.0)
     # a profile written before the statistic existed checks what it has
     old = build_profile([study_stats(tight, sp)])
     assert "encoder_px_mm" not in old["stats"] and profile_warnings(old, model_study_stats(wide, sp, plain)) == []
