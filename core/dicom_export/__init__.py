@@ -192,7 +192,7 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     read = image_read(model, volume)
     if read.withheld and not allow_ood:
         raise InputError("--subject", "this subject's CT", f"is withheld from this model: {read.withheld}",
-                         "use a model trained on such anatomy, or pass --allow-ood to export a map and risk read "
+                         "use a model trained on such studies, or pass --allow-ood to export a map and risk read "
                          "from it anyway (not reliable)")
     prediction = model.predict_case(inputs)
     attribution = attribute(model, inputs, method)
