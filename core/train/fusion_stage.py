@@ -96,8 +96,9 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
         net.set_wide_mean(train_data)  # subjects without features get the train mean (also below, in the fit)
         wide_x = net._wide_input(train_data)  # exactly what the head gets in forward
         assert wide_x is not None
-        steps["ehr_linear"] = net.head.fit_wide(torch.as_tensor(pred_tr["raw"]), wide_x, data["time"][train_idx],
-                                                data["event"][train_idx], penalty=float(settings["ehr_linear_penalty"]))
+        penalty = float(settings["ehr_linear_penalty"])
+        steps["ehr_linear"] = {**net.head.fit_wide(torch.as_tensor(pred_tr["raw"]), wide_x, data["time"][train_idx],
+                                                   data["event"][train_idx], penalty=penalty), "penalty": penalty}
     calibration = None
     if net.head.proportional and len(val_idx) and float(data["event"][val_idx].sum()) > 0:
         pred_val = predict_batches(net, _index(data, val_idx), device)
