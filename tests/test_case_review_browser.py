@@ -174,6 +174,8 @@ def test_about_prints_the_metrics_as_a_table(page: object) -> None:
     pg = page
     go(pg, "About")
     table = pg.locator('[data-testid="stTable"]').filter(has_text="Harrell").first  # type: ignore[attr-defined]
-    assert table.count() == 1 and re.search(r"30 days 0\.\d{3}, 1 year 0\.\d{3}", table.inner_text())
+    # an AUC on the small test split can be 1.000 (or n/a where no event falls before the horizon): the format is checked
+    text = table.inner_text() if table.count() == 1 else ""
+    assert re.search(r"30 days (?:[01]\.\d{3}|n/a), 1 year (?:[01]\.\d{3}|n/a)", text), text
     assert '{"30"' not in pg.content()  # type: ignore[attr-defined]
     shot(pg, "about")
