@@ -66,14 +66,14 @@ class ImageRead:
 def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, float] | None = None) -> ImageRead:
     """What the model cannot read in this CT: outside its training profile (``core.study_profile``, a rule from
     the model's own training studies; far outside in anatomy: withheld); for a model saved without a profile,
-    the lung-coverage check (a warning only). ``stats``: the CT's ``model_study_stats`` under this model's
-    transforms when already measured."""
+    the lung-coverage check (a warning only). ``stats``: the CT's ``study_stats`` when already measured (this
+    model's encoder pixel is added here unless ``stats`` came from ``model_study_stats`` with its transforms)."""
     if volume is None or not model.config.image.voxels:
         return ImageRead()
     profile = model_profile(model.config)
     if profile is not None:
-        if stats is None:
-            stats = model_study_stats(volume.hu, volume.spacing_mm, model.config.image.transforms())
+        if stats is None or "encoder_px_mm" not in stats:
+            stats = model_study_stats(volume.hu, volume.spacing_mm, model.config.image.transforms(), stats)
         stats = dict(stats)
         return ImageRead(tuple(profile_warnings(profile, stats)), withhold_reason(profile, stats))
     from core.preprocess.lung import lung_coverage_warning

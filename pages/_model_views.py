@@ -315,14 +315,8 @@ def image_read(model: Any, source: str, subject_id: str) -> predictions.ImageRea
 
         return study_stats(volume.hu, volume.spacing_mm)
 
-    def read() -> predictions.ImageRead:
-        from core.study_profile import model_study_stats
-
-        base = memo(("study-stats", source, subject_id, token), stats)
-        chain = model.config.image.transforms()
-        return predictions.image_read(model, volume, model_study_stats(volume.hu, volume.spacing_mm, chain, base))
-
-    return memo(("image-read", str(model.model_dir), source, subject_id, token), read)
+    return memo(("image-read", str(model.model_dir), source, subject_id, token),
+                lambda: predictions.image_read(model, volume, memo(("study-stats", source, subject_id, token), stats)))
 
 
 def withholds_ct(model: Any, source: str, subject_id: str) -> bool:
