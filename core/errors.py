@@ -8,9 +8,18 @@ from __future__ import annotations
 
 
 def _short(value: object, limit: int = 80) -> str:
+    """The value on one line, at most ``limit`` characters: a longer one keeps its start and its end (a file path
+    keeps the file's name).
+
+    >>> _short("/tmp/" + "x" * 100 + "/notes.nii.gz")[-20:]
+    'xxxxxxx/notes.nii.gz'
+    """
     text = repr(value) if not isinstance(value, str) else value
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    tail = (limit - 3) // 2
+    return text[: limit - 3 - tail] + "..." + text[-tail:]
 
 
 class InputError(ValueError):

@@ -27,7 +27,7 @@ from core.deid import (
 )
 from core.deid.clean import StudyCleaner, shift_da, shift_dt
 from core.phi.profile import ANNEX_E, RULES
-from core.errors import InputError
+from core.errors import InputError, _short  # _short: a long path in a message keeps its start and its name
 from core.io.safezip import read_zip
 from tests.conftest import ROOT
 from tests.dicom_factory import PHI_STRINGS, write_deidentified_series, write_series
@@ -478,11 +478,11 @@ def test_cli_errors(case: str, study: dict[str, object], tmp_path: Path, capsys:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     args, expected = {
-        "missing": ([str(tmp_path / "nope"), str(tmp_path / "o")], f"error: IN: got {tmp_path / 'nope'}, does not exist; fix: give a DICOM file, a folder of DICOM files or a zip"),
-        "inside": ([str(root), str(root / "clean")], f"error: OUT: got {root / 'clean'}, is inside the input folder {root}; fix: write the de-identified copy outside the input"),
-        "same": ([str(root), str(root)], f"error: OUT: got {root}, is the input itself; fix: write the de-identified copy to a new folder"),
-        "not_dicom": ([str(text), str(tmp_path / "o")], f"error: IN: got {text}, holds no readable DICOM instance (1 file(s) not DICOM); fix: give a DICOM file, a folder of DICOM files or a zip of them"),
-        "not_empty": ([str(root), str(tmp_path / "full")], f"error: OUT: got {tmp_path / 'full'}, is not empty; fix: give a new or empty folder (nothing is overwritten)"),
+        "missing": ([str(tmp_path / "nope"), str(tmp_path / "o")], f"error: IN: got {_short(str(tmp_path / 'nope'))}, does not exist; fix: give a DICOM file, a folder of DICOM files or a zip"),
+        "inside": ([str(root), str(root / "clean")], f"error: OUT: got {_short(str(root / 'clean'))}, is inside the input folder {root}; fix: write the de-identified copy outside the input"),
+        "same": ([str(root), str(root)], f"error: OUT: got {_short(str(root))}, is the input itself; fix: write the de-identified copy to a new folder"),
+        "not_dicom": ([str(text), str(tmp_path / "o")], f"error: IN: got {_short(str(text))}, holds no readable DICOM instance (1 file(s) not DICOM); fix: give a DICOM file, a folder of DICOM files or a zip of them"),
+        "not_empty": ([str(root), str(tmp_path / "full")], f"error: OUT: got {_short(str(tmp_path / 'full'))}, is not empty; fix: give a new or empty folder (nothing is overwritten)"),
     }[case]
     code = main(["deid", *args])
     err = capsys.readouterr().err
@@ -528,4 +528,5 @@ def test_truncated_files(cut: int, reason: str, tmp_path: Path, capsys: pytest.C
     assert f"skipped 1 input file(s): {reason}" in report.lines()
     code = main(["deid", str(written.paths[0]), str(tmp_path / "out2")])  # the broken file alone: an error
     err = capsys.readouterr().err
-    assert code == 2 and err == f"error: IN: got {written.paths[0]}, holds no readable DICOM instance (1 file(s) {reason}); fix: give a DICOM file, a folder of DICOM files or a zip of them\n"
+    assert code == 2 and err == f"error: IN: got {_short(str(written.paths[0]))}, holds no readable DICOM instance (1 file(s) {reason}); fix: give a DICOM file, a folder of DICOM files or a zip of them\n"
+    assert err.split(",")[0].endswith(written.paths[0].name)
