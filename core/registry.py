@@ -168,6 +168,10 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         f"- Time grid: {len(cfg.edges)} points from 0 to {cfg.edges[-1]:.0f} days (training event-time quantiles).",
         _encoder_line(cfg, metrics),
     ]
+    if cfg.image.z_scales:
+        lines.append(f"- Slice context: each slice token plus learnt maps of the mean token over windows of "
+                     f"{' and '.join(str(w) for w in cfg.image.z_scales)} neighbouring slices (`z_scales`), before the "
+                     "token projection.")
     if cfg.image.lung_mask:
         close = cfg.image.lung_close
         lines.append(LUNG_MASK_NOTE + ("" if close else OLD_MASK_GAP))

@@ -90,7 +90,7 @@ def randomization_steps(net: Any) -> list[tuple[str, list[Any]]]:
     then the image encoder's parameterised layers from the last to the first."""
     steps: list[tuple[str, list[Any]]] = []
     members = list(getattr(net, "members", [net]))  # an ensemble: the same layer of every member at once
-    for name in ("head", "fusion", "seq", "tab", "ehr_emb_proj", "type_emb", "slice_pos", "image_proj"):
+    for name in ("head", "fusion", "seq", "tab", "ehr_emb_proj", "type_emb", "slice_pos", "slice_scales", "image_proj"):
         mods = [getattr(m, name, None) for m in members]
         mods = [m for m in mods if m is not None and any(True for _ in m.parameters())]
         if mods:

@@ -64,6 +64,7 @@ class ImageConfig:
     strides: tuple[int, ...] | None = None        # per conv layer; None = 2 each
     pool: str = "meanmax"                         # spatial pooling of the last map: meanmax | attnmax
     body_crop: bool = False                       # 2d / 3d: one square box around the body before the resize (BodyCrop)
+    z_scales: tuple[int, ...] = ()                # 2d: slice context over windows of these slice counts (SliceScales); () = none
 
     @property
     def voxels(self) -> bool:
@@ -123,6 +124,7 @@ class ImageConfig:
             strides=tuple(int(s) for s in d["strides"]) if d.get("strides") else None,
             pool=str(d.get("pool", "meanmax")),
             body_crop=bool(d.get("body_crop", False)) and kind in ("2d", "3d"),
+            z_scales=tuple(int(w) for w in d.get("z_scales") or ()) if kind == "2d" else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +141,8 @@ class ImageConfig:
                 out["strides"] = list(self.strides)
             if self.pool != "meanmax":
                 out["pool"] = self.pool
+            if self.z_scales:
+                out["z_scales"] = list(self.z_scales)
         elif self.kind == "3d":
             out.update(grid=list(self.grid or ()), channels=list(self.channels))
         if self.body_crop and self.kind in ("2d", "3d"):

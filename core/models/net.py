@@ -49,6 +49,7 @@ from core.models.forest import SurvivalForest
 from core.models.fusion import make_fusion
 from core.models.heads import make_head
 from core.models.image2d import SliceEncoder2D
+from core.models.pooling import SliceScales
 
 
 def build_image_encoder(icfg: ImageConfig) -> nn.Module | None:
@@ -94,9 +95,12 @@ class SurvivalNet(nn.Module):
         self.image_kind = icfg.kind
         self.image_encoder = build_image_encoder(icfg)
         self.slice_pos: nn.Module | None = None
+        self.slice_scales: SliceScales | None = None
         if icfg.voxels:
             self.image_proj: nn.Module | None = nn.Sequential(nn.Linear(icfg.out_dim, dim), nn.LayerNorm(dim))
             self.slice_pos = nn.Linear(8, dim) if icfg.kind == "2d" else None
+            # slice context along the scan axis (ImageConfig.z_scales; absent in older folders)
+            self.slice_scales = SliceScales(icfg.out_dim, icfg.z_scales) if icfg.kind == "2d" and icfg.z_scales else None
         elif icfg.kind == "embedding":
             assert icfg.emb_dim is not None
             self.image_proj = nn.Sequential(nn.Linear(icfg.emb_dim, dim), nn.LayerNorm(dim))
@@ -147,6 +151,8 @@ class SurvivalNet(nn.Module):
             mask = torch.ones(tok.shape[:2], device=device)
         else:
             return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), None
+        if self.slice_scales is not None:
+            tok = self.slice_scales(tok, mask)
         img = self.image_proj(tok)
         if self.slice_pos is not None:  # where the slice lies (inferior -> superior) in the scanned range
             n_real = mask.sum(-1, keepdim=True).clamp_min(1.0)

@@ -38,3 +38,53 @@ class AttentionPool(nn.Module):
         scores = self.a(torch.tanh(self.v(tokens)) * torch.sigmoid(self.u(tokens))).squeeze(-1)
         weights = masked_softmax(scores, mask)
         return torch.einsum("bs,bsd->bd", weights, tokens), weights
+
+
+def window_mean(tokens: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, S, D]`` tokens -> the mean of each token's present neighbours within ``width`` (odd) positions centred
+    on it (fewer at the ends; tokens outside ``mask`` count for nothing), ``[B, S, D]``.
+
+    >>> t = torch.tensor([[[1.0], [2.0], [3.0], [9.0]]])
+    >>> [round(v, 4) for v in window_mean(t, torch.tensor([[1, 1, 1, 0]]), 3)[0, :, 0].tolist()]
+    [1.5, 2.0, 2.5, 3.0]
+    """
+    if width < 1 or width % 2 == 0:
+        raise ValueError(f"window width {width} must be odd and >= 1")
+    if width == 1:
+        return tokens
+    m = mask.to(tokens.dtype)[..., None]
+    pool = torch.nn.functional.avg_pool1d
+    num = pool((tokens * m).transpose(1, 2), width, stride=1, padding=width // 2, count_include_pad=True)
+    den = pool(m.transpose(1, 2), width, stride=1, padding=width // 2, count_include_pad=True)
+    return (num / den.clamp_min(1e-6)).transpose(1, 2)
+
+
+class SliceScales(nn.Module):
+    """Slice context along the scan axis: each slice token plus a learnt linear map of the mean of its neighbours'
+    tokens over windows of ``scales`` slices (odd widths), before the token projection.
+
+    A lesion spans several neighbouring slices; a false detection on one slice (noise, an edge) usually does not, so
+    the mean over a few slices separates them better than any single slice (docs/BENCHMARKS.md, "Slice context").
+    The maps start at zero: an untrained module leaves the tokens as they are. Works on the whole study's token
+    sequence (cached tokens, and explanations that replace one slice's token among fixed others).
+
+    >>> sc = SliceScales(4, (3, 9))
+    >>> t = torch.randn(2, 6, 4)
+    >>> bool(torch.equal(sc(t, torch.ones(2, 6)), t)), len(sc.mix)
+    (True, 2)
+    """
+
+    def __init__(self, dim: int, scales: tuple[int, ...]) -> None:
+        super().__init__()
+        self.scales = tuple(int(w) for w in scales)
+        if not self.scales or any(w < 3 or w % 2 == 0 for w in self.scales):
+            raise ValueError(f"slice scales {self.scales} must be odd widths >= 3")
+        self.mix = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in self.scales)
+        for lin in self.mix:
+            nn.init.zeros_(lin.weight)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = tokens
+        for width, lin in zip(self.scales, self.mix):
+            out = out + lin(window_mean(tokens, mask, width))
+        return out

@@ -60,6 +60,11 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
             if bool(s.get("lung_medial", False)):
                 cfg["lung_medial"] = True
         cfg.update(encoder_2d_config(s, len(cfg["channels"])))
+        scales = [int(w) for w in s.get("z_scales") or []]
+        if any(w < 3 or w % 2 == 0 for w in scales):
+            raise InputError("image z_scales", scales, "slice windows must be odd and >= 3 slices", "use e.g. [3, 9] or leave it empty")
+        if scales:
+            cfg["z_scales"] = scales
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     if kind in ("2d", "3d") and bool(s.get("body_crop", False)):
@@ -444,7 +449,7 @@ def _image_path_parts(net: torch.nn.Module) -> dict[str, torch.nn.Module | None]
 
     f = net.fusion
     branch = f if isinstance(f, ImageOnly) else (f.anchor if isinstance(f, ImageAnchored) else None)
-    return {"image_proj": net.image_proj, "slice_pos": net.slice_pos,
+    return {"image_proj": net.image_proj, "slice_pos": net.slice_pos, "slice_scales": net.slice_scales,
             "pool": branch.pool if branch is not None else f.image_pool(),
             "mlp": branch.mlp if branch is not None else None,
             "head": net.head if branch is not None and net.cfg.head == "discrete" else None}

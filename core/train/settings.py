@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
               # one square box around the body of each study before the resize (core.preprocess.transforms.BodyCrop), so a
               # wide field of view does not shrink the body in the encoder's pixels
               "body_crop": False,
+              # slice context (core.models.pooling.SliceScales): each slice token plus learnt maps of the mean token
+              # over windows of these odd slice counts, before the token projection; [] = none
+              "z_scales": [],
               # self-supervised synthetic-lesion pretext before stage A (core.train.pretext_lesions; needs pool
               # "detect"): steps (0 = off), slices per step, learning rate, lesion prior overrides (LesionPrior keys),
               # and whether stage A fine-tunes the trunk (False: frozen, only the slice projection and the image path
@@ -88,11 +91,12 @@ PRETEXT_SUBJECTS: tuple[str, ...] = ("all", "no_early_event")
 # frozen; survival is learnt from its per-slice detection statistics. The pretext leaves out the subjects with an early
 # event, whose real lesions it would otherwise be taught as background. Real-anatomy cohorts (docs/BENCHMARKS.md
 # "Lesion-detector encoder, session 14"): image_only test C well above the lung-masked encoder; about 600-800 s more
-# CPU per trained image stage.
+# CPU per trained image stage. Slice context over 3 and 9 slices (z_scales, session 22: a lesion spans neighbouring
+# slices, a false detection mostly one; docs/BENCHMARKS.md "Slice context").
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "detector": {"lung_mask": False, "windows": [[-160, 240], [-40, 160], [-200, 1000], [-1000, -300]],
                  "contrast": [9], "pool": "detect", "size": 96, "channels": [16, 32, 32, 32], "strides": [2, 2, 1, 1],
-                 "pretext_steps": 3000, "pretext_subjects": "no_early_event",
+                 "pretext_steps": 3000, "pretext_subjects": "no_early_event", "z_scales": [3, 9],
                  "pretext_prior": {"p_parenchyma": 0.5, "min_visibility": 5, "p_lowdensity": 0.2, "p_edge": 0.2,
                                    "p_lesion": 1.0, "max_lesions": 8}},
 }
