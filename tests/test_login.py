@@ -14,6 +14,7 @@ nothing else about the user. Screenshots go to ``$CTEHR_SCREENSHOTS`` when it is
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,13 +57,16 @@ def _oidc_modules() -> Path:
     lock = json.loads((OIDC_DIR / "package-lock.json").read_text())
     want = lock["packages"]["node_modules/oidc-provider"]["version"]
     installed = OIDC_DIR / "node_modules" / "oidc-provider" / "package.json"
-    if installed.exists() and json.loads(installed.read_text())["version"] == want:
-        return installed.parents[1]
-    try:
-        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=OIDC_DIR,
-                              capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"npm ci of oidc-provider {want} took over {NPM_TIMEOUT_S} s (no registry?)")
+    # one install at a time: two test processes (pytest -n 2) would otherwise run npm ci into the same folder
+    with open(Path(tempfile.gettempdir()) / "ctehr-oidc-npm-ci.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if installed.exists() and json.loads(installed.read_text())["version"] == want:
+            return installed.parents[1]
+        try:
+            done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=OIDC_DIR,
+                                  capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"npm ci of oidc-provider {want} took over {NPM_TIMEOUT_S} s (no registry?)")
     if done.returncode != 0 or not installed.exists():
         pytest.skip(f"npm ci of oidc-provider {want} failed: {(done.stderr or done.stdout).strip()[-300:]}")
     return installed.parents[1]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.errors import InputError
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax over entries where ``mask`` is true; rows without any true entry give zeros."""
@@ -38,6 +40,14 @@ class AttentionPool(nn.Module):
         scores = self.a(torch.tanh(self.v(tokens)) * torch.sigmoid(self.u(tokens))).squeeze(-1)
         weights = masked_softmax(scores, mask)
         return torch.einsum("bs,bsd->bd", weights, tokens), weights
+
+
+def check_z_scales(values: list[int] | tuple[int, ...]) -> list[int]:
+    """The ``image.z_scales`` setting as a list of odd slice counts >= 3 (an ``InputError`` naming the fix otherwise)."""
+    scales = [int(w) for w in values]
+    if any(w < 3 or w % 2 == 0 for w in scales):
+        raise InputError("image z_scales", scales, "slice windows must be odd and >= 3 slices", "use e.g. [3, 9] or leave it empty")
+    return scales
 
 
 def window_mean(tokens: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from core.cohort import Cohort
 from core.models.config import ModelConfig
 from core.runtime import DistInfo
-from core.train.image_stage import load_image_path
+from core.train.image_path import load_image_path
 from core.train.loop import (
     _index,
     c_index_score,

@@ -29,7 +29,9 @@ from core.errors import InputError
 from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
 from core.runtime import DistInfo
+from core.models.pooling import check_z_scales
 from core.train.detection_loss import POS_WEIGHT, loss_settings
+from core.train.image_path import image_path_state
 from core.train.loop import concordance, fit
 from core.train.settings import PRETEXT_SUBJECTS, Progress, proportional_head
 
@@ -60,11 +62,8 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
             if bool(s.get("lung_medial", False)):
                 cfg["lung_medial"] = True
         cfg.update(encoder_2d_config(s, len(cfg["channels"])))
-        scales = [int(w) for w in s.get("z_scales") or []]
-        if any(w < 3 or w % 2 == 0 for w in scales):
-            raise InputError("image z_scales", scales, "slice windows must be odd and >= 3 slices", "use e.g. [3, 9] or leave it empty")
-        if scales:
-            cfg["z_scales"] = scales
+        if s.get("z_scales"):
+            cfg["z_scales"] = check_z_scales(s["z_scales"])
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     if kind in ("2d", "3d") and bool(s.get("body_crop", False)):
@@ -433,40 +432,6 @@ def _frozen_stats(enc: torch.nn.Module, pre: dict[str, torch.Tensor], device: to
         for i in range(0, pre["image_preprocessed"].shape[0], chunk):
             outs.append(enc.slice_stats(pre["image_preprocessed"][i:i + chunk].float().to(device)).float().cpu())  # type: ignore[operator]
     return torch.cat(outs)
-
-
-def image_path_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The image path after the encoder: token projection, slice position and the fusion's image-only pooling."""
-    out: dict[str, torch.Tensor] = {}
-    for name, mod in _image_path_parts(net).items():
-        if mod is not None:
-            out.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
-    return out
-
-
-def _image_path_parts(net: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
-    from core.models.fusion import ImageAnchored, ImageOnly
-
-    f = net.fusion
-    branch = f if isinstance(f, ImageOnly) else (f.anchor if isinstance(f, ImageAnchored) else None)
-    return {"image_proj": net.image_proj, "slice_pos": net.slice_pos, "slice_scales": net.slice_scales,
-            "pool": branch.pool if branch is not None else f.image_pool(),
-            "mlp": branch.mlp if branch is not None else None,
-            "head": net.head if branch is not None and net.cfg.head == "discrete" else None}
-
-
-def load_image_path(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Warm-start ``net``'s image path from ``image_path_state`` of the image stage; returns the parts loaded."""
-    loaded = []
-    for name, mod in _image_path_parts(net).items():
-        sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-        if mod is not None and sub:
-            # the head's linear EHR term (``wide``) has no image-stage counterpart: it keeps its zero start
-            missing, unexpected = mod.load_state_dict(sub, strict=False)
-            if unexpected or [k for k in missing if not k.startswith("wide.")]:
-                raise RuntimeError(f"image path {name}: missing {missing}, unexpected {unexpected}")
-            loaded.append(name)
-    return loaded
 
 
 def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor],
