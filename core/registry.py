@@ -178,7 +178,13 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         if close:
             lines.append(lung_close_note(close, cfg.image.lung_medial))
     blend = metrics.get("linear_members")
-    if cfg.ehr_linear and blend:
+    if cfg.image_linear and blend:
+        lines.append(f"- Linear models beside the networks: {blend['n']} of the {cfg.ensemble} ensemble members are linear models "
+                     "of the study's detection statistics (each statistic's mean over "
+                     f"{' and '.join(str(w) for w in cfg.image_linear)} neighbouring slices, its maximum over the study, "
+                     f"standardised on the train split), fitted alone on the train split (ridge penalty {blend['penalty']:g} "
+                     "on the mean NLL); the curve is the mean over the networks and them.")
+    elif cfg.ehr_linear and blend:
         lines.append(f"- Linear models beside the networks: {blend['n']} of the {cfg.ensemble} ensemble members are linear models "
                      "of the scaled tabular features and their missing indicators, fitted alone on the train split (ridge "
                      f"penalty {blend['penalty']:g} on the mean NLL); the curve is the mean over the networks and them.")

@@ -198,10 +198,13 @@ class ModelConfig:
     ensemble: int = 1
     seed: int = 0
     format: str = FORMAT
+    # image_only on a detector encoder: slice windows of the study-level linear image term (core.models.pooling.
+    # StudyStats; the linear members of core.train.image_linear); () = none, and absent from config.json
+    image_linear: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not read, kept
 
     _KNOWN = ("format", "fusion", "head", "proportional_head", "dim", "dropout", "heads", "edges", "image", "ehr",
-              "seed", "image_anchor", "ehr_linear", "ensemble")
+              "seed", "image_anchor", "ehr_linear", "ensemble", "image_linear")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -216,6 +219,7 @@ class ModelConfig:
             proportional_head=bool(d.get("proportional_head", False)), image_anchor=bool(d.get("image_anchor", False)),
             ehr_linear=bool(d.get("ehr_linear", False)), ensemble=int(d.get("ensemble", 1) or 1),
             seed=int(d.get("seed", 0)), format=str(d.get("format", FORMAT)),
+            image_linear=tuple(int(w) for w in d.get("image_linear", ())),
             extra={k: v for k, v in d.items() if k not in cls._KNOWN},
         )
 
@@ -224,5 +228,6 @@ class ModelConfig:
             "format": self.format, "fusion": self.fusion, "head": self.head, "proportional_head": self.proportional_head,
             "dim": self.dim, "dropout": self.dropout, "heads": self.heads, "edges": list(self.edges),
             "image": self.image.to_dict(), "ehr": self.ehr.to_dict(), "seed": self.seed,
-            "image_anchor": self.image_anchor, "ehr_linear": self.ehr_linear, "ensemble": self.ensemble, **self.extra,
+            "image_anchor": self.image_anchor, "ehr_linear": self.ehr_linear, "ensemble": self.ensemble,
+            **({"image_linear": list(self.image_linear)} if self.image_linear else {}), **self.extra,
         }

@@ -49,7 +49,7 @@ from core.models.forest import SurvivalForest
 from core.models.fusion import make_fusion
 from core.models.heads import make_head
 from core.models.image2d import SliceEncoder2D
-from core.models.pooling import SliceScales
+from core.models.pooling import SliceScales, StudyStats
 
 
 def build_image_encoder(icfg: ImageConfig) -> nn.Module | None:
@@ -112,9 +112,17 @@ class SurvivalNet(nn.Module):
         self.type_emb = nn.Embedding(3, dim)
         self.fusion = make_fusion(cfg.fusion, dim, dropout, cfg.heads, anchor=cfg.image_anchor)
         self.wide_dim = 2 * len(ecfg.feature_names) if cfg.ehr_linear and ecfg.tabular and self.fusion.uses_ehr else 0
+        # image_only on a detector encoder: the head's linear term reads study-level detection statistics instead
+        # (ModelConfig.image_linear; fitted for the linear members of core.train.image_linear)
+        self.study_stats: StudyStats | None = None
+        if cfg.image_linear and cfg.fusion == "image_only" and icfg.kind == "2d" and icfg.pool == "detect":
+            proj = getattr(self.image_encoder, "proj", None)
+            assert isinstance(proj, nn.Linear)
+            self.study_stats = StudyStats(proj.in_features, cfg.image_linear)
+            self.wide_dim = self.study_stats.dim
         self.head = make_head(cfg.head, self.fusion.out_dim, np.asarray(cfg.edges, float),
                               proportional=cfg.proportional_head, wide_dim=self.wide_dim)
-        if self.wide_dim:
+        if self.wide_dim and self.study_stats is None:
             # the linear EHR term's input for a subject without tabular features (an uploaded case): the mean
             # over the training subjects with features (``set_wide_mean``); 0 in model folders saved before it
             self.register_buffer("wide_mean", torch.zeros(self.wide_dim))
@@ -134,23 +142,35 @@ class SurvivalNet(nn.Module):
         return self.image_encoder(prepared)
 
     def _image_tokens(self, batch: dict[str, torch.Tensor], b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int | None]:
-        n_slices: int | None = None
+        """Projected image tokens ``[B, S, dim]``, their mask (0 without an image) and the study's slice count."""
+        return self._project_image(self._raw_image_tokens(batch), b, device)
+
+    def _raw_image_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int | None] | None:
+        """The encoder's tokens ``[B, S, D]`` (encoded here from ``image``, or given), their mask and slice count."""
         if not self.has_image:
-            return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), None
-        present = batch["image_present"].float()
+            return None
+        n_slices: int | None = None
         if "image_tokens" in batch:
             tok, mask = batch["image_tokens"].float(), batch["image_token_mask"].float()
             n_slices = int(batch["n_slices"]) if "n_slices" in batch else None
         elif "image" in batch and batch["image"] is not None:
             tok = self.encode_image(batch["image"])
-            mask = torch.ones(tok.shape[:2], device=device)
+            mask = torch.ones(tok.shape[:2], device=tok.device)
             n_slices = int(batch["n_slices"]) if "n_slices" in batch else int(batch["image"].shape[1])
         elif "image_embedding" in batch:
             d = int(self.cfg.image.emb_dim or 0)
-            tok = batch["image_embedding"].float().reshape(b, -1, d)
-            mask = torch.ones(tok.shape[:2], device=device)
+            emb = batch["image_embedding"]
+            tok = emb.float().reshape(emb.shape[0], -1, d)
+            mask = torch.ones(tok.shape[:2], device=tok.device)
         else:
+            return None
+        return tok, mask * batch["image_present"].float()[:, None], n_slices
+
+    def _project_image(self, raw: tuple[torch.Tensor, torch.Tensor, int | None] | None, b: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        if raw is None:
             return torch.zeros(b, 1, self.dim, device=device), torch.zeros(b, 1, device=device), None
+        tok, mask, n_slices = raw
         if self.slice_scales is not None:
             tok = self.slice_scales(tok, mask)
         img = self.image_proj(tok)
@@ -159,7 +179,7 @@ class SurvivalNet(nn.Module):
             z = (torch.arange(tok.shape[1], device=device, dtype=img.dtype)[None, :] + 0.5) / n_real
             ang = z.unsqueeze(-1) * torch.tensor([1.0, 2.0, 4.0, 8.0], device=device, dtype=img.dtype) * torch.pi
             img = img + self.slice_pos(torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1))
-        return img, mask * present[:, None], n_slices
+        return img, mask, n_slices
 
     def _ehr_tokens(self, batch: dict[str, torch.Tensor], b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
         toks, masks = [], []
@@ -188,12 +208,30 @@ class SurvivalNet(nn.Module):
         """
         if not self.wide_dim:
             return None
+        if self.study_stats is not None:  # image_only's linear image term: the study's detection statistics
+            return self._image_wide(self._raw_image_tokens(batch), b or len(batch["image_present"]))
         mean = self.wide_mean.float()
         if "features" not in batch:
             return None if b is None else mean.expand(b, -1)
         present = batch["features_present"].float()[:, None]
         x = self._features_and_missing(batch)
         return x * present + mean.to(x.device) * (1.0 - present)
+
+    def _image_wide(self, raw: tuple[torch.Tensor, torch.Tensor, int | None] | None, b: int) -> torch.Tensor:
+        """``[B, k]`` standardised study statistics (``StudyStats``) of the encoder tokens; 0 without an image."""
+        assert self.study_stats is not None
+        if raw is None:
+            return torch.zeros(b, self.wide_dim, device=self.study_stats.mean.device)
+        tok, mask, _ = raw
+        return self.study_stats(tok, mask, self.image_encoder.proj)  # type: ignore[union-attr, arg-type]
+
+    @torch.no_grad()
+    def set_study_scale(self, batch: dict[str, torch.Tensor]) -> int:
+        """Standardise the linear image term's statistics over the batch's studies; returns their number."""
+        raw = self._raw_image_tokens(batch) if self.study_stats is not None else None
+        if raw is None:
+            return 0
+        return self.study_stats.set_scale(raw[0], raw[1], self.image_encoder.proj)  # type: ignore[union-attr, arg-type]
 
     @staticmethod
     def _features_and_missing(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -202,7 +240,7 @@ class SurvivalNet(nn.Module):
     @torch.no_grad()
     def set_wide_mean(self, batch: dict[str, torch.Tensor]) -> int:
         """Set ``wide_mean`` to the mean wide input over the batch's subjects with features; returns their number."""
-        if not self.wide_dim or "features" not in batch:
+        if not self.wide_dim or self.study_stats is not None or "features" not in batch:
             return 0
         keep = batch["features_present"].float() > 0
         if not bool(keep.any()):
@@ -216,10 +254,12 @@ class SurvivalNet(nn.Module):
         if ref is None:
             ref = next(v for v in batch.values() if isinstance(v, torch.Tensor))
         b, device = ref.shape[0], ref.device
-        img, img_mask, n_slices = self._image_tokens(batch, b, device)
+        raw_image = self._raw_image_tokens(batch)
+        img, img_mask, n_slices = self._project_image(raw_image, b, device)
         ehr, ehr_mask, n_events = self._ehr_tokens(batch, b, device)
         fo = self.fusion(img, img_mask, ehr, ehr_mask)
-        raw = self.head(fo.h, self._wide_input(batch, b))
+        wide = self._image_wide(raw_image, b) if self.study_stats is not None else self._wide_input(batch, b)
+        raw = self.head(fo.h, wide)
         surv = self.head.survival(raw)
         risk = self.head.risk(raw, surv)
         slice_w = fo.image_weights

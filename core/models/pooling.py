@@ -98,3 +98,64 @@ class SliceScales(nn.Module):
         for width, lin in zip(self.scales, self.mix):
             out = out + lin(window_mean(tokens, mask, width))
         return out
+
+
+class StudyStats(nn.Module):
+    """Study-level detection statistics of a detector encoder, standardised: the input of a linear image term.
+
+    A detector encoder (``SliceEncoder2D`` with ``pool="detect"``) projects a few per-slice detection statistics
+    (per channel: the maximum logit and the soft area) to its slice tokens with a frozen affine map ``proj``. This
+    module inverts that map (the pseudo-inverse of its weight), takes the mean of each statistic over ``windows``
+    neighbouring slices (mask-aware, :func:`window_mean`) and its maximum over the study's slices: ``n_stats x
+    len(windows)`` numbers per study, standardised with the ``mean`` / ``sd`` buffers (``set_scale``, the training
+    subjects). A study without slices (``present`` 0) gets 0, the training mean. The survival head fits a ridge
+    Cox-like term of them (``core.train.image_linear``): a lesion spans neighbouring slices, and on real-anatomy
+    cohorts a linear model of these maxima ranked as well as the attention-pooled networks on val + test and
+    steadier across seeds (docs/BENCHMARKS.md, "A linear image member").
+
+    >>> proj = nn.Linear(2, 6)
+    >>> st = StudyStats(2, (1, 3))
+    >>> s = torch.tensor([[[0.0, 1.0], [4.0, 0.0], [0.0, 0.0]]])
+    >>> raw = st.raw(proj(s).detach(), torch.ones(1, 3), proj)
+    >>> [round(v, 3) for v in raw[0].tolist()]
+    [4.0, 1.0, 2.0, 0.5]
+    """
+
+    def __init__(self, n_stats: int, windows: tuple[int, ...]) -> None:
+        super().__init__()
+        self.windows = tuple(int(w) for w in windows)
+        if not self.windows or any(w < 1 or w % 2 == 0 for w in self.windows):
+            raise ValueError(f"study statistic windows {self.windows} must be odd widths >= 1")
+        self.n_stats = int(n_stats)
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("sd", torch.ones(self.dim))
+
+    @property
+    def dim(self) -> int:
+        return self.n_stats * len(self.windows)
+
+    def raw(self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        """``[B, n_stats * len(windows)]`` unstandardised statistics (a study without slices: 0)."""
+        inv = torch.linalg.pinv(proj.weight.float())  # [n_stats, D]: the frozen projection's left inverse
+        stats = (tokens.float() - proj.bias.float()) @ inv.T
+        m = mask > 0
+        out = []
+        for w in self.windows:
+            sm = window_mean(stats, mask, w).masked_fill(~m[..., None], torch.finfo(stats.dtype).min)
+            out.append(sm.max(dim=1).values)
+        return torch.where(m.any(dim=1, keepdim=True), torch.cat(out, dim=-1), torch.zeros(()))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        z = (self.raw(tokens, mask, proj) - self.mean) / self.sd.clamp_min(1e-6)
+        return z * (mask > 0).any(dim=1, keepdim=True).to(z)
+
+    @torch.no_grad()
+    def set_scale(self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear) -> int:
+        """Set ``mean`` / ``sd`` from the studies with slices among ``tokens``; returns their number."""
+        keep = (mask > 0).any(dim=1)
+        if int(keep.sum()) < 2:
+            return int(keep.sum())
+        x = self.raw(tokens[keep], mask[keep], proj)
+        self.mean.copy_(x.mean(dim=0))
+        self.sd.copy_(x.std(dim=0).clamp_min(1e-6))
+        return int(keep.sum())

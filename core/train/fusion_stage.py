@@ -90,7 +90,7 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
     # the CPU, where the cached inputs and the head's buffers live (on CUDA they mixed devices and stopped training).
     net.cpu()
     device = torch.device("cpu")
-    if net.head.wide is not None:
+    if net.head.wide is not None and net.study_stats is None:  # (image_only's image term: core.train.image_linear)
         train_data = _index(data, train_idx)
         pred_tr = predict_batches(net, train_data, device)
         net.set_wide_mean(train_data)  # subjects without features get the train mean (also below, in the fit)

@@ -20,6 +20,7 @@ from core.runtime import DistInfo, init_distributed, resolve_device, seed_everyt
 from core.study_profile import image_cohort_profile
 from core.train.ehr import ehr_config, forest_member, linear_members
 from core.train.fusion_stage import fit_member, split_metrics
+from core.train.image_linear import image_linear_members
 from core.train.image_stage import foundation_tokens, image_config, train_image_encoder
 from core.train.settings import IMAGE_PRESETS, Progress, merge_settings, proportional_head
 
@@ -118,7 +119,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         edges=tuple(float(e) for e in edges), image=image_cfg, ehr=EHRConfig.from_dict(ecfg), seed=seed,
         image_anchor=bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d", "foundation"),
         ehr_linear=bool(settings["ehr_linear"]) and bool(ecfg["tabular"]), ensemble=n_members,
-        extra={"study_profile": profile} if profile else {})
+        extra={"study_profile": profile} if profile else {},
+        image_linear=_image_linear_windows(settings, fusion, icfg, n_members))
     train_idx = np.flatnonzero(tr)
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy())
     members, member_info = [], []
@@ -137,6 +139,12 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         if linear:
             n_members = len(members)
             cfg = dataclasses.replace(cfg, ensemble=n_members)
+    if cfg.image_linear:  # image_only on a detector: a linear model of the study's detection statistics beside each network
+        image_lin = image_linear_members(members, data, train_idx, penalty=float(settings["image_only_linear_penalty"]))
+        members += [m for m, _ in image_lin]
+        member_info += [dict(member_info[k], **info) for k, (_, info) in enumerate(image_lin)]
+        n_members = len(members)
+        cfg = dataclasses.replace(cfg, ensemble=n_members)
     forest_state: dict[str, torch.Tensor] | None = None
     forest_info: dict[str, Any] | None = None
     # and a random survival forest (core.models.forest) where the tabular features are all the EHR the model reads:
@@ -184,3 +192,12 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     if progress is not None:
         progress(1.0, "done")
     return metrics
+
+
+def _image_linear_windows(settings: dict[str, Any], fusion: str, icfg: dict[str, Any], n_members: int) -> tuple[int, ...]:
+    """Slice windows of image_only's linear image members (``image_only_linear_members``): on a detector encoder
+    (``pool`` "detect") in an ensemble; () otherwise."""
+    if not (settings["image_only_linear_members"] and fusion == "image_only" and n_members > 1
+            and icfg["kind"] == "2d" and icfg.get("pool") == "detect"):
+        return ()
+    return tuple(int(w) for w in settings["image_only_linear_windows"])  # checked by merge_settings

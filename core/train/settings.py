@@ -35,6 +35,11 @@ DEFAULTS: dict[str, Any] = {
     # (SurvSet, 113 runs: +0.002 C at w 0.2, docs/BENCHMARKS.md); only when the tabular features are the model's
     # whole EHR input (not beside a timeline or EHR embeddings, which the forest cannot read); 0 turns it off
     "ehr_only_forest_weight": 0.2, "ehr_only_forest_trees": 200, "ehr_only_forest_min_leaf": 15,
+    # image_only on a detector encoder: beside each network a ridge-penalised linear model of the study's detection
+    # statistics (their mean over windows of these slice counts, maximum over the study; core.train.image_linear),
+    # fitted alone on train, as one more ensemble member; the curve is the mean of both. The networks' test C swings
+    # with the training seed, the linear model does not (docs/BENCHMARKS.md, "A linear image member")
+    "image_only_linear_members": True, "image_only_linear_windows": [9], "image_only_linear_penalty": 0.3,
     "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
     "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
               "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0], "lung_mask": True,
@@ -122,6 +127,11 @@ def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensembl
         settings["epochs"] = int(epochs)
     if ensemble is not None:
         settings["ensemble"] = ensemble
+    windows = settings["image_only_linear_windows"]
+    if not isinstance(windows, (list, tuple)) or not windows or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 or w % 2 == 0 for w in windows):
+        raise InputError("image_only_linear_windows", windows, "must be a list of odd slice counts >= 1",
+                         "use e.g. [9], or set image_only_linear_members to false")
     if isinstance(settings["ensemble"], bool) or not isinstance(settings["ensemble"], int) or settings["ensemble"] < 1:
         raise InputError("ensemble", settings["ensemble"], "must be an integer >= 1", "use e.g. --ensemble 5 (or 1 for a single network)")
     return settings
