@@ -179,11 +179,22 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
             lines.append(lung_close_note(close, cfg.image.lung_medial))
     blend = metrics.get("linear_members")
     if cfg.image_linear and blend:
+        both = cfg.ehr_linear and cfg.fusion != "image_only"
         lines.append(f"- Linear models beside the networks: {blend['n']} of the {cfg.ensemble} ensemble members are linear models "
                      "of the study's detection statistics (each statistic's mean over "
                      f"{' and '.join(str(w) for w in cfg.image_linear)} neighbouring slices, its maximum over the study, "
-                     f"standardised on the train split), fitted alone on the train split (ridge penalty {blend['penalty']:g} "
-                     "on the mean NLL); the curve is the mean over the networks and them.")
+                     "standardised on the train split)"
+                     + (", the scaled tabular features and their missing indicators" if both else "")
+                     + f", fitted alone on the train split (ridge penalty {blend['penalty']:g} "
+                     "on the mean NLL); the curve is the mean over the networks and them."
+                     + (" The networks add a linear EHR term of the same features to their own risk." if both else ""))
+    elif cfg.image_linear and cfg.fusion != "image_only":
+        lines.append("- Linear term: the head adds a linear function of the study's detection statistics (each statistic's "
+                     f"mean over {' and '.join(str(w) for w in cfg.image_linear)} neighbouring slices, its maximum over the "
+                     "study, standardised on the train split)"
+                     + (" and of the scaled tabular features and their missing indicators" if cfg.ehr_linear else "")
+                     + ", fitted on the train split after the network (ridge-penalised maximum likelihood, jointly with "
+                     "the network's own risk), then calibrated with it on validation.")
     elif cfg.ehr_linear and blend:
         lines.append(f"- Linear models beside the networks: {blend['n']} of the {cfg.ensemble} ensemble members are linear models "
                      "of the scaled tabular features and their missing indicators, fitted alone on the train split (ridge "

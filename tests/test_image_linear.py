@@ -1,13 +1,32 @@
-"""image_only on a detector encoder: linear models of the study's detection statistics beside the networks
-(``core.models.pooling.StudyStats``, ``core.train.image_linear``, settings ``image_only_linear_*``)."""
+"""On a detector encoder: linear models of the study's detection statistics (and, for the image + EHR strategies,
+the tabular features) beside the networks (``core.models.pooling.StudyStats``, ``core.train.image_linear``, settings
+``image_only_linear_*`` and ``fusion_linear_*``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
+
+def _train_small(tmp_path: Path, fusion: str, seed: int, ensemble: int, **settings: Any) -> tuple[Any, ...]:
+    """A tiny detector model on a 32-subject demo: (metrics, config.json, model card, loaded model, cohort)."""
+    from core.cohort import load_cohort
+    from core.demo import write_demo_cohort
+    from core.registry import load_model
+    from core.train import train_model
+
+    cohort_dir = write_demo_cohort(tmp_path / "cohort", n=32, seed=seed)
+    small = {"image": {"pretext_steps": 6, "pretext_batch": 4, "epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 8},
+             "dim": 16, **settings}
+    out = tmp_path / "m"
+    metrics = train_model(cohort_dir, fusion, out, epochs=2, device="cpu", image_encoder_kind="detector",
+                          overrides=small, ensemble=ensemble)
+    cfg = json.loads((out / "config.json").read_text())
+    return metrics, cfg, (out / "MODEL_CARD.md").read_text(), load_model(out, device="cpu"), load_cohort(cohort_dir)
 
 
 def test_study_stats_invert_the_projection_and_ignore_padding_and_absent_studies() -> None:
@@ -52,26 +71,13 @@ def test_an_image_only_detector_ensemble_gets_linear_members_that_rank_by_the_st
     import torch
     from scipy.stats import spearmanr
 
-    from core.cohort import load_cohort
-    from core.demo import write_demo_cohort
-    from core.registry import load_model
-    from core.train import train_model
-
-    cohort_dir = write_demo_cohort(tmp_path / "cohort", n=32, seed=4)
-    small = {"image": {"pretext_steps": 6, "pretext_batch": 4, "epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 8},
-             "dim": 16}
-    out = tmp_path / "m"
-    metrics = train_model(cohort_dir, "image_only", out, epochs=2, device="cpu", image_encoder_kind="detector",
-                          overrides=small, ensemble=2)
-    cfg = json.loads((out / "config.json").read_text())
+    metrics, cfg, card, model, cohort = _train_small(tmp_path, "image_only", 4, 2)
     assert cfg["image_linear"] == [9] and cfg["ensemble"] == 4
     assert metrics["linear_members"] == {"n": 2, "penalty": 0.3} and metrics["ensemble"] == 4
     lin_info = [m for m in metrics["members"] if m.get("linear")]
     assert len(lin_info) == 2 and all(m["studies"] == metrics["n"]["train"] for m in lin_info)
-    card = (out / "MODEL_CARD.md").read_text()
     assert "2 of the 4 ensemble members are linear models of the study's detection statistics" in card
 
-    model, cohort = load_model(out, device="cpu"), load_cohort(cohort_dir)
     nets, lins = list(model.net.members[:2]), list(model.net.members[2:])
     for net in nets:  # the networks carry no linear term
         assert float(net.head.wide.weight.abs().sum()) == 0.0 and float(net.head.linear.weight.abs().sum()) > 0
@@ -100,8 +106,69 @@ def test_off_for_single_networks_other_strategies_and_encoders_and_by_setting() 
     det = {"kind": "2d", "pool": "detect"}
     assert _image_linear_windows(s, "image_only", det, 5) == (9,)
     assert _image_linear_windows(s, "image_only", det, 1) == ()
-    assert _image_linear_windows(s, "concat", det, 5) == ()
+    # the image + EHR strategies: the statistics in the networks' own linear term, also for a single network
+    assert _image_linear_windows(s, "concat", det, 5) == (9,) and _image_linear_windows(s, "concat", det, 1) == (9,)
+    assert _image_linear_windows(s, "ehr_only", det, 5) == ()
+    no_fusion = merge_settings({"fusion_study_stats": False}, None, None, "detector")
+    assert _image_linear_windows(no_fusion, "concat", det, 5) == () and _image_linear_windows(no_fusion, "image_only", det, 5) == (9,)
+    members = merge_settings({"fusion_study_stats": False, "fusion_linear_members": True}, None, None, "detector")
+    assert _image_linear_windows(members, "concat", det, 5) == (9,) and _image_linear_windows(members, "concat", det, 1) == ()
     assert _image_linear_windows(s, "image_only", {"kind": "2d", "pool": "meanmax"}, 5) == ()
     assert _image_linear_windows(s, "image_only", {"kind": "foundation"}, 5) == ()
     off = merge_settings({"image_only_linear_members": False}, None, None, "detector")
     assert _image_linear_windows(off, "image_only", det, 5) == ()
+
+
+def test_a_fusion_network_reads_the_statistics_beside_the_features_in_its_linear_term(tmp_path: Path) -> None:
+    import torch
+
+    metrics, cfg, card, model, cohort = _train_small(tmp_path, "cross_attention", 6, 1)
+    assert cfg["image_linear"] == [9] and cfg["ensemble"] == 1 and metrics["linear_members"] is None
+    assert "the head adds a linear function of the study's detection statistics (each statistic's mean over 9" in card
+    net = model.net
+    k = net.study_stats.dim
+    assert net.wide_dim == k + net.ehr_wide_dim and net.ehr_wide_dim > 0
+    assert float(net.head.wide.weight[0, :k].abs().sum()) > 0  # the statistics are fitted with the features
+    assert float(net.study_stats.sd.min()) > 0 and float(net.study_stats.mean.abs().sum()) > 0  # scaled on train
+    with torch.inference_mode():  # the statistics move the risk: without their weights it changes
+        batch = model.encoded_batch(model.case_inputs(cohort, cohort.ids()[0]))
+        risk = float(net(batch)["risk"][0])
+        w = net.head.wide.weight.detach().clone()
+        net.head.wide.weight[0, :k] = 0.0
+        risk0 = float(net(batch)["risk"][0])
+        net.head.wide.weight.copy_(w)
+    assert risk != pytest.approx(risk0, abs=1e-6)
+
+
+def test_a_fusion_ensemble_gets_linear_members_of_the_statistics_and_the_features(tmp_path: Path) -> None:
+    import torch
+
+    metrics, cfg, card, model, cohort = _train_small(tmp_path, "concat", 5, 2, fusion_study_stats=False,
+                                                     fusion_linear_members=True)
+    assert cfg["image_linear"] == [9] and cfg["ensemble"] == 4
+    assert metrics["linear_members"] == {"n": 2, "penalty": 1.0}
+    assert "detection statistics (each statistic's mean over 9 neighbouring slices" in card
+    assert "the scaled tabular features and their missing indicators" in card
+
+    nets, lins = list(model.net.members[:2]), list(model.net.members[2:])
+    k = nets[0].study_stats.dim
+    n_feat = len(cfg["ehr"]["tabular"]["columns"])
+    assert nets[0].wide_dim == k + 2 * n_feat and nets[0].ehr_wide_dim == 2 * n_feat
+    for net in nets:  # a network's linear term reads the features only: its weights on the statistics stay 0
+        w = net.head.wide.weight.detach()[0]
+        assert float(w[:k].abs().sum()) == 0.0 and float(w[k:].abs().sum()) > 0
+    for lin in lins:  # a linear member: no network, a term of the statistics and the features
+        assert float(lin.head.linear.weight.abs().sum()) == 0.0
+    assert any(float(lin.head.wide.weight[0, :k].abs().sum()) > 0 for lin in lins)
+    assert any(float(lin.head.wide.weight[0, k:].abs().sum()) > 0 for lin in lins)
+
+    # an uploaded case without EHR: the statistics of its own study, the training mean of the features
+    inputs = model.case_inputs(cohort, cohort.ids()[0])
+    with torch.inference_mode():
+        batch = model.encoded_batch(inputs)
+        full = lins[0]._wide_input(batch, 1)
+        no_ehr = {key: v for key, v in batch.items() if not key.startswith("feature")}
+        bare = lins[0]._wide_input(no_ehr, 1)
+    assert torch.allclose(bare[0, :k], full[0, :k]) and torch.allclose(bare[0, k:], lins[0].wide_mean)
+    p = model.predict_case(inputs)
+    assert np.isfinite(p.survival).all() and "image" in p.modalities_used

@@ -368,6 +368,33 @@ def test_fit_wide_adds_the_features_to_a_network_that_read_half_the_risk(kind: s
     assert harrell_c(time, event.astype(bool), eta) > harrell_c(time, event.astype(bool), a) + 0.05
 
 
+@pytest.mark.parametrize("proportional", [True, False])
+def test_fit_wide_keeps_a_linear_term_the_head_already_had(proportional: bool) -> None:
+    """A second fit (a head whose term was fitted before, then copied) treats the old term as part of the network's
+    predictor: the folded head reproduces the fitted objective. It used to drop the old term, and keep a residual
+    fit that ranked the training subjects backwards."""
+    from core.models.heads import make_head
+
+    n = 500
+    a, b, time, event = _two_factors(n, seed=8)
+    head = make_head("discrete", 1, make_edges(time, event, 8), proportional=proportional, wide_dim=2)
+    head.init_baseline(time, event)
+    wide = torch.as_tensor(np.column_stack([a, b]), dtype=torch.float32)
+    h = torch.zeros(n, 1)
+    t, e = torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32)
+    with torch.no_grad():
+        head.wide.weight.copy_(torch.tensor([[0.8, 0.0]]))  # the old term: a only
+    old = head.wide.weight.detach().clone()
+    penalty = 0.05
+    info = head.fit_wide(head(h, wide).detach(), wide, t, e, penalty=penalty)
+    assert info["kept"]
+    v = head.wide.weight.detach() - info["scale"] * old  # what this fit added
+    refit = float(head.nll(head(h, wide).detach(), t, e)) + 0.5 * penalty * float((v * v).sum())
+    assert refit == pytest.approx(info["nll_after"], abs=1e-4)
+    w = head.wide.weight.detach().numpy().ravel()
+    assert w[0] > 0.5 and w[1] > 0.5, w  # both factors raise the hazard (true log-hazard ratios 1)
+
+
 def test_fit_wide_on_a_full_head_shifts_all_intervals_alike() -> None:
     rng = np.random.default_rng(7)
     n = 300

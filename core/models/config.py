@@ -198,8 +198,9 @@ class ModelConfig:
     ensemble: int = 1
     seed: int = 0
     format: str = FORMAT
-    # image_only on a detector encoder: slice windows of the study-level linear image term (core.models.pooling.
-    # StudyStats; the linear members of core.train.image_linear); () = none, and absent from config.json
+    # a detector encoder's strategies that read the image: slice windows of the study-level linear image term, the
+    # first inputs of the head's linear term (core.models.pooling.StudyStats; the linear members of
+    # core.train.image_linear); () = none, and absent from config.json
     image_linear: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not read, kept
 

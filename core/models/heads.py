@@ -153,7 +153,8 @@ class SurvivalHead(nn.Module, ABC):
         ``eta' = a * eta + v . x`` (Cox, where a shift cancels), with ``a >= 0``. Convex in
         ``(a, c, v)``; L-BFGS (with ``eta`` standardised) from the network as it is (``a = 1, c = 0,
         v = 0``), and the fit is kept only if the penalised NLL went down. Folds the result into
-        the head.
+        the head; a linear term the head already had is part of ``eta`` (and of ``raw``), so it is
+        scaled with it and ``v`` is added to it.
 
         >>> head = DiscreteHazardHead(2, np.array([0.0, 1.0, 2.0]), proportional=True, wide_dim=1)
         >>> x = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
@@ -216,12 +217,13 @@ class SurvivalHead(nn.Module, ABC):
         if not (np.isfinite(after) and after < before):
             return {"nll_before": before, "nll_after": before, "scale": 1.0, "shift": 0.0, "kept": False}
         with torch.no_grad():
-            self.wide.weight.zero_()
-            if prop:  # eta' = scale * eta + shift + v . x (the scale is folded in while v is still 0)
+            # eta' = scale * eta + shift + v . x: eta holds any linear term the head had already, so the scale
+            # applies to it (``_apply_calibration`` scales ``wide`` too) and v adds to it
+            if prop:
                 self._apply_calibration(scale, 0.0 if cox else shift)
             else:
                 self.linear.bias.add_(shift)  # type: ignore[operator]
-            self.wide.weight.copy_(v.detach()[None, :])
+            self.wide.weight.add_(v.detach()[None, :])
         return {"nll_before": before, "nll_after": after, "scale": scale, "shift": 0.0 if cox else shift, "kept": True}
 
     @torch.no_grad()

@@ -21,7 +21,9 @@ the training mean ``wide_mean`` instead) and adds a linear term of them to the l
 fitted after the network, ``SurvivalHead.fit_wide``). The demo measured why: a
 Cox model on the image-only model's risk plus features.csv ranked far better
 than every fusion, whose deep EHR path, learned from a few hundred subjects,
-read the features poorly (see docs/BENCHMARKS.md).
+read the features poorly (see docs/BENCHMARKS.md). With ``ModelConfig.image_linear`` (a detector encoder) the
+head's linear term reads the study's detection statistics (``StudyStats``) first, then those features; the networks
+keep their weights on the statistics at 0 and the linear ensemble members of ``core.train.image_linear`` fit both.
 
 EHR tokens are ordered ``[events (E), features (F + 1), embedding (1)]`` with a
 learned type embedding each; ``event_weights`` are the fusion's EHR-token
@@ -111,21 +113,22 @@ class SurvivalNet(nn.Module):
         self.ehr_emb_proj = nn.Sequential(nn.Linear(ecfg.embedding_dim, dim), nn.LayerNorm(dim)) if ecfg.embedding_dim else None
         self.type_emb = nn.Embedding(3, dim)
         self.fusion = make_fusion(cfg.fusion, dim, dropout, cfg.heads, anchor=cfg.image_anchor)
-        self.wide_dim = 2 * len(ecfg.feature_names) if cfg.ehr_linear and ecfg.tabular and self.fusion.uses_ehr else 0
-        # image_only on a detector encoder: the head's linear term reads study-level detection statistics instead
-        # (ModelConfig.image_linear; fitted for the linear members of core.train.image_linear)
+        # the linear EHR term's input: [features, missing indicators]
+        self.ehr_wide_dim = 2 * len(ecfg.feature_names) if cfg.ehr_linear and ecfg.tabular and self.fusion.uses_ehr else 0
+        # on a detector encoder, the head's linear term also reads study-level detection statistics, first
+        # (ModelConfig.image_linear; fitted for the linear members of core.train.image_linear, 0 in the networks)
         self.study_stats: StudyStats | None = None
-        if cfg.image_linear and cfg.fusion == "image_only" and icfg.kind == "2d" and icfg.pool == "detect":
+        if cfg.image_linear and self.fusion.uses_image and icfg.kind == "2d" and icfg.pool == "detect":
             proj = getattr(self.image_encoder, "proj", None)
             assert isinstance(proj, nn.Linear)
             self.study_stats = StudyStats(proj.in_features, cfg.image_linear)
-            self.wide_dim = self.study_stats.dim
+        self.wide_dim = self.ehr_wide_dim + (self.study_stats.dim if self.study_stats is not None else 0)
         self.head = make_head(cfg.head, self.fusion.out_dim, np.asarray(cfg.edges, float),
                               proportional=cfg.proportional_head, wide_dim=self.wide_dim)
-        if self.wide_dim and self.study_stats is None:
+        if self.ehr_wide_dim:
             # the linear EHR term's input for a subject without tabular features (an uploaded case): the mean
             # over the training subjects with features (``set_wide_mean``); 0 in model folders saved before it
-            self.register_buffer("wide_mean", torch.zeros(self.wide_dim))
+            self.register_buffer("wide_mean", torch.zeros(self.ehr_wide_dim))
         self.dim = dim
 
     @property
@@ -200,16 +203,34 @@ class SurvivalNet(nn.Module):
         return torch.cat(toks, dim=1), torch.cat(masks, dim=1), n_events
 
     def _wide_input(self, batch: dict[str, torch.Tensor], b: int | None = None) -> torch.Tensor | None:
-        """``[B, 2F]`` input of the head's linear EHR term: scaled features and missing indicators.
+        """``[B, wide_dim]`` input of the head's linear term: the study statistics (``_image_wide``, with
+        ``ModelConfig.image_linear``), then the scaled EHR features and their missing indicators.
 
         A subject without features (``features_present`` 0, or no ``features`` in the batch at all,
         as for an uploaded case; ``b`` is then the batch size) gets ``wide_mean``, the training mean,
         so its term is the average term of the training subjects rather than 0.
         """
+        return self._wide(batch, self._raw_image_tokens(batch) if self.study_stats is not None else None, b)
+
+    def _wide(self, batch: dict[str, torch.Tensor], raw_image: tuple[torch.Tensor, torch.Tensor, int | None] | None,
+              b: int | None) -> torch.Tensor | None:
         if not self.wide_dim:
             return None
-        if self.study_stats is not None:  # image_only's linear image term: the study's detection statistics
-            return self._image_wide(self._raw_image_tokens(batch), b or len(batch["image_present"]))
+        parts: list[torch.Tensor] = []
+        if self.study_stats is not None:
+            if b is None:
+                b = len(batch["image_present"]) if "image_present" in batch else None
+            if b is None:
+                return None
+            parts.append(self._image_wide(raw_image, b))
+        if self.ehr_wide_dim:
+            ehr = self._ehr_wide(batch, b)
+            if ehr is None:
+                return None
+            parts.append(ehr.to(parts[0].device) if parts else ehr)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def _ehr_wide(self, batch: dict[str, torch.Tensor], b: int | None) -> torch.Tensor | None:
         mean = self.wide_mean.float()
         if "features" not in batch:
             return None if b is None else mean.expand(b, -1)
@@ -221,7 +242,7 @@ class SurvivalNet(nn.Module):
         """``[B, k]`` standardised study statistics (``StudyStats``) of the encoder tokens; 0 without an image."""
         assert self.study_stats is not None
         if raw is None:
-            return torch.zeros(b, self.wide_dim, device=self.study_stats.mean.device)
+            return torch.zeros(b, self.study_stats.dim, device=self.study_stats.mean.device)
         tok, mask, _ = raw
         return self.study_stats(tok, mask, self.image_encoder.proj)  # type: ignore[union-attr, arg-type]
 
@@ -240,7 +261,7 @@ class SurvivalNet(nn.Module):
     @torch.no_grad()
     def set_wide_mean(self, batch: dict[str, torch.Tensor]) -> int:
         """Set ``wide_mean`` to the mean wide input over the batch's subjects with features; returns their number."""
-        if not self.wide_dim or self.study_stats is not None or "features" not in batch:
+        if not self.ehr_wide_dim or "features" not in batch:
             return 0
         keep = batch["features_present"].float() > 0
         if not bool(keep.any()):
@@ -258,7 +279,7 @@ class SurvivalNet(nn.Module):
         img, img_mask, n_slices = self._project_image(raw_image, b, device)
         ehr, ehr_mask, n_events = self._ehr_tokens(batch, b, device)
         fo = self.fusion(img, img_mask, ehr, ehr_mask)
-        wide = self._image_wide(raw_image, b) if self.study_stats is not None else self._wide_input(batch, b)
+        wide = self._wide(batch, raw_image, b)
         raw = self.head(fo.h, wide)
         surv = self.head.survival(raw)
         risk = self.head.risk(raw, surv)

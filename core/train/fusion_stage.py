@@ -90,12 +90,20 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
     # the CPU, where the cached inputs and the head's buffers live (on CUDA they mixed devices and stopped training).
     net.cpu()
     device = torch.device("cpu")
-    if net.head.wide is not None and net.study_stats is None:  # (image_only's image term: core.train.image_linear)
+    if net.ehr_wide_dim:
         train_data = _index(data, train_idx)
         pred_tr = predict_batches(net, train_data, device)
         net.set_wide_mean(train_data)  # subjects without features get the train mean (also below, in the fit)
         wide_x = net._wide_input(train_data)  # exactly what the head gets in forward
         assert wide_x is not None
+        if net.study_stats is not None and settings["fusion_study_stats"]:
+            # the study's detection statistics (ModelConfig.image_linear) join the features in the network's linear
+            # term, standardised on the train split
+            net.set_study_scale(train_data)
+            wide_x = net._wide_input(train_data)
+            assert wide_x is not None
+        else:  # they are the linear members' input only (core.train.image_linear): held at 0, their weights stay 0
+            wide_x[:, :net.wide_dim - net.ehr_wide_dim] = 0.0
         penalty = float(settings["ehr_linear_penalty"])
         steps["ehr_linear"] = {**net.head.fit_wide(torch.as_tensor(pred_tr["raw"]), wide_x, data["time"][train_idx],
                                                    data["event"][train_idx], penalty=penalty), "penalty": penalty}

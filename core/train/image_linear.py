@@ -1,4 +1,5 @@
-"""image_only on a detector encoder: a linear model of the study's detection statistics beside each network."""
+"""On a detector encoder: a linear model of the study's detection statistics (and, in the image + EHR strategies, of
+the tabular features) beside each network."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from core.train.loop import _index, predict_batches
 def image_linear_members(members: list[torch.nn.Module], data: dict[str, torch.Tensor], train_idx: np.ndarray, *,
                          penalty: float) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
     """A ridge-penalised linear model of the study-level detection statistics beside each trained network.
+
+    In the image + EHR strategies the same model also reads the network's linear EHR term's input (the scaled tabular
+    features and their missing indicators, ``SurvivalNet._wide_input``): one linear model of both modalities, whose
+    weights on the statistics the networks themselves keep at 0 (``core.train.fusion_stage``).
 
     The networks read the detector's per-slice statistics through slice context and attention pooling; trained from
     a few hundred subject-level labels they rank test subjects differently from seed to seed (one frozen detector,
@@ -32,8 +37,9 @@ def image_linear_members(members: list[torch.nn.Module], data: dict[str, torch.T
             return []
         n = net.set_study_scale(train)  # type: ignore[operator]
         lin = copy.deepcopy(net)
-        with torch.no_grad():
+        with torch.no_grad():  # no network, no network's linear EHR term: the statistics (and features) alone
             lin.head.linear.weight.zero_()  # type: ignore[union-attr]
+            lin.head.wide.weight.zero_()  # type: ignore[union-attr]
         raw = predict_batches(lin, train, torch.device("cpu"))["raw"]
         fit = lin.head.fit_wide(torch.as_tensor(raw), lin._wide_input(train), data["time"][train_idx],  # type: ignore[union-attr, operator]
                                 data["event"][train_idx], penalty=penalty)

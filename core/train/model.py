@@ -139,8 +139,10 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         if linear:
             n_members = len(members)
             cfg = dataclasses.replace(cfg, ensemble=n_members)
-    if cfg.image_linear:  # image_only on a detector: a linear model of the study's detection statistics beside each network
-        image_lin = image_linear_members(members, data, train_idx, penalty=float(settings["image_only_linear_penalty"]))
+    if cfg.image_linear and (fusion == "image_only" or settings["fusion_linear_members"]):
+        # on a detector: a linear model of the study's detection statistics (and EHR features) beside each network
+        penalty = settings["image_only_linear_penalty" if fusion == "image_only" else "fusion_linear_penalty"]
+        image_lin = image_linear_members(members, data, train_idx, penalty=float(penalty))
         members += [m for m, _ in image_lin]
         member_info += [dict(member_info[k], **info) for k, (_, info) in enumerate(image_lin)]
         n_members = len(members)
@@ -195,9 +197,14 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
 
 
 def _image_linear_windows(settings: dict[str, Any], fusion: str, icfg: dict[str, Any], n_members: int) -> tuple[int, ...]:
-    """Slice windows of image_only's linear image members (``image_only_linear_members``): on a detector encoder
-    (``pool`` "detect") in an ensemble; () otherwise."""
-    if not (settings["image_only_linear_members"] and fusion == "image_only" and n_members > 1
-            and icfg["kind"] == "2d" and icfg.get("pool") == "detect"):
+    """Slice windows of the study statistics (``core.models.pooling.StudyStats``) of a detector encoder (``pool``
+    "detect"): image_only's linear members in an ensemble (``image_only_linear_members``); in the image + EHR
+    strategies, the networks' own linear term (``fusion_study_stats``, also for one network) or linear members
+    beside them in an ensemble (``fusion_linear_members``); () otherwise (ehr_only, other encoders)."""
+    if fusion == "ehr_only" or not (icfg["kind"] == "2d" and icfg.get("pool") == "detect"):
         return ()
-    return tuple(int(w) for w in settings["image_only_linear_windows"])  # checked by merge_settings
+    if fusion == "image_only":
+        on = bool(settings["image_only_linear_members"]) and n_members > 1
+    else:
+        on = bool(settings["fusion_study_stats"]) or (bool(settings["fusion_linear_members"]) and n_members > 1)
+    return tuple(int(w) for w in settings["image_only_linear_windows"]) if on else ()  # checked by merge_settings

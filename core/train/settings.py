@@ -40,6 +40,13 @@ DEFAULTS: dict[str, Any] = {
     # fitted alone on train, as one more ensemble member; the curve is the mean of both. The networks' test C swings
     # with the training seed, the linear model does not (docs/BENCHMARKS.md, "A linear image member")
     "image_only_linear_members": True, "image_only_linear_windows": [9], "image_only_linear_penalty": 0.3,
+    # the image + EHR strategies on a detector encoder: the same study statistics join the tabular features in each
+    # network's linear term (fitted after the network, ehr_linear_penalty; core.train.fusion_stage). Opt-in instead
+    # or as well: beside each network a ridge-penalised linear model of the statistics and the features alone
+    # (core.train.image_linear); the curve is the mean of both. On three real-anatomy cohorts the term gains a
+    # little on two and is level on the third; the members gain a lot on one and lose on another (docs/BENCHMARKS.md,
+    # "The study statistics in the fusions")
+    "fusion_study_stats": True, "fusion_linear_members": False, "fusion_linear_penalty": 1.0,
     "threads": None,  # CPU threads of the image stage (None: torch's default); the fusion stage always uses 1
     "image": {"out_dim": 64, "size": 64, "channels": [8, 16, 32, 64], "grid": [32, 64, 64],
               "channels_3d": [8, 16, 32], "hu_window": [-1000.0, 1000.0], "lung_mask": True,
