@@ -12,14 +12,18 @@ import numpy as np
 import pytest
 
 
-def _train_small(tmp_path: Path, fusion: str, seed: int, ensemble: int, **settings: Any) -> tuple[Any, ...]:
-    """A tiny detector model on a 32-subject demo: (metrics, config.json, model card, loaded model, cohort)."""
+def _train_small(tmp_path: Path, fusion: str, seed: int, ensemble: int, features: bool = True,
+                 **settings: Any) -> tuple[Any, ...]:
+    """A tiny detector model on a 32-subject demo (without features.csv: timelines only): (metrics, config.json,
+    model card, loaded model, cohort)."""
     from core.cohort import load_cohort
     from core.demo import write_demo_cohort
     from core.registry import load_model
     from core.train import train_model
 
     cohort_dir = write_demo_cohort(tmp_path / "cohort", n=32, seed=seed)
+    if not features:
+        (cohort_dir / "features.csv").unlink()
     small = {"image": {"pretext_steps": 6, "pretext_batch": 4, "epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 8},
              "dim": 16, **settings}
     out = tmp_path / "m"
@@ -138,6 +142,14 @@ def test_a_fusion_network_reads_the_statistics_beside_the_features_in_its_linear
         risk0 = float(net(batch)["risk"][0])
         net.head.wide.weight.copy_(w)
     assert risk != pytest.approx(risk0, abs=1e-6)
+
+
+def test_a_fusion_without_tabular_features_fits_the_statistics_alone(tmp_path: Path) -> None:
+    metrics, cfg, card, model, _ = _train_small(tmp_path, "concat", 7, 1, features=False)
+    net = model.net
+    assert cfg["image_linear"] == [9] and net.ehr_wide_dim == 0 and net.wide_dim == net.study_stats.dim
+    assert float(net.head.wide.weight.abs().sum()) > 0 and metrics["steps"]["ehr_linear"]["kept"]
+    assert "linear function of the study's detection statistics" in card and "tabular features" not in card
 
 
 def test_a_fusion_ensemble_gets_linear_members_of_the_statistics_and_the_features(tmp_path: Path) -> None:

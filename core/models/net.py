@@ -22,8 +22,9 @@ fitted after the network, ``SurvivalHead.fit_wide``). The demo measured why: a
 Cox model on the image-only model's risk plus features.csv ranked far better
 than every fusion, whose deep EHR path, learned from a few hundred subjects,
 read the features poorly (see docs/BENCHMARKS.md). With ``ModelConfig.image_linear`` (a detector encoder) the
-head's linear term reads the study's detection statistics (``StudyStats``) first, then those features; the networks
-keep their weights on the statistics at 0 and the linear ensemble members of ``core.train.image_linear`` fit both.
+head's linear term reads the study's detection statistics (``StudyStats``) first, then those features. An image + EHR
+network fits both (``fusion_study_stats``); otherwise its weights on the statistics stay 0 and only the linear ensemble
+members of ``core.train.image_linear`` read them.
 
 EHR tokens are ordered ``[events (E), features (F + 1), embedding (1)]`` with a
 learned type embedding each; ``event_weights`` are the fusion's EHR-token

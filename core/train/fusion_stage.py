@@ -90,19 +90,19 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
     # the CPU, where the cached inputs and the head's buffers live (on CUDA they mixed devices and stopped training).
     net.cpu()
     device = torch.device("cpu")
-    if net.ehr_wide_dim:
+    # the study's detection statistics (ModelConfig.image_linear) join the features in an image + EHR network's linear
+    # term (fusion_study_stats), standardised on the train split; otherwise they are the input of the linear members
+    # only (core.train.image_linear), held at 0 here so that their weights stay 0
+    use_stats = net.study_stats is not None and fusion != "image_only" and bool(settings["fusion_study_stats"])
+    if net.ehr_wide_dim or use_stats:
         train_data = _index(data, train_idx)
         pred_tr = predict_batches(net, train_data, device)
         net.set_wide_mean(train_data)  # subjects without features get the train mean (also below, in the fit)
+        if use_stats:
+            net.set_study_scale(train_data)
         wide_x = net._wide_input(train_data)  # exactly what the head gets in forward
         assert wide_x is not None
-        if net.study_stats is not None and settings["fusion_study_stats"]:
-            # the study's detection statistics (ModelConfig.image_linear) join the features in the network's linear
-            # term, standardised on the train split
-            net.set_study_scale(train_data)
-            wide_x = net._wide_input(train_data)
-            assert wide_x is not None
-        else:  # they are the linear members' input only (core.train.image_linear): held at 0, their weights stay 0
+        if not use_stats:
             wide_x[:, :net.wide_dim - net.ehr_wide_dim] = 0.0
         penalty = float(settings["ehr_linear_penalty"])
         steps["ehr_linear"] = {**net.head.fit_wide(torch.as_tensor(pred_tr["raw"]), wide_x, data["time"][train_idx],

@@ -17,8 +17,8 @@ def image_linear_members(members: list[torch.nn.Module], data: dict[str, torch.T
     """A ridge-penalised linear model of the study-level detection statistics beside each trained network.
 
     In the image + EHR strategies the same model also reads the network's linear EHR term's input (the scaled tabular
-    features and their missing indicators, ``SurvivalNet._wide_input``): one linear model of both modalities, whose
-    weights on the statistics the networks themselves keep at 0 (``core.train.fusion_stage``).
+    features and their missing indicators, ``SurvivalNet._wide_input``): one linear model of both modalities, fitted
+    from a zero term (the copy drops the network's own linear term, ``core.train.fusion_stage``).
 
     The networks read the detector's per-slice statistics through slice context and attention pooling; trained from
     a few hundred subject-level labels they rank test subjects differently from seed to seed (one frozen detector,
