@@ -187,7 +187,7 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
                      + (", the scaled tabular features and their missing indicators" if both else "")
                      + f", fitted alone on the train split (ridge penalty {blend['penalty']:g} "
                      "on the mean NLL); the curve is the mean over the networks and them."
-                     + (" The networks add a linear EHR term of the same features to their own risk." if both else ""))
+                     + (" The networks add their own linear term of these inputs to their risk." if both else ""))
     elif cfg.image_linear and cfg.fusion != "image_only":
         lines.append("- Linear term: the head adds a linear function of the study's detection statistics (each statistic's "
                      f"mean over {' and '.join(str(w) for w in cfg.image_linear)} neighbouring slices, its maximum over the "

@@ -117,7 +117,8 @@ class SurvivalNet(nn.Module):
         # the linear EHR term's input: [features, missing indicators]
         self.ehr_wide_dim = 2 * len(ecfg.feature_names) if cfg.ehr_linear and ecfg.tabular and self.fusion.uses_ehr else 0
         # on a detector encoder, the head's linear term also reads study-level detection statistics, first
-        # (ModelConfig.image_linear; fitted for the linear members of core.train.image_linear, 0 in the networks)
+        # (ModelConfig.image_linear; fitted in image + EHR networks, core.train.fusion_stage, and in the linear
+        # members of core.train.image_linear)
         self.study_stats: StudyStats | None = None
         if cfg.image_linear and self.fusion.uses_image and icfg.kind == "2d" and icfg.pool == "detect":
             proj = getattr(self.image_encoder, "proj", None)
