@@ -167,33 +167,54 @@ def prepare(pg: object, label: str, timeout_s: float = 240.0) -> None:
     from playwright.sync_api import expect
 
     button = pg.get_by_role("button", name=label)  # type: ignore[attr-defined]
-    expect(button).to_be_enabled(timeout=timeout_s * 1000)
+    try:
+        expect(button).to_be_enabled(timeout=timeout_s * 1000)
+    except AssertionError as exc:  # say what the page showed instead, for the CI log
+        state = pg.locator('[data-testid="stApp"]').get_attribute("data-test-script-state")  # type: ignore[attr-defined]
+        main = pg.locator('[data-testid="stMain"]').inner_text()[:1500]  # type: ignore[attr-defined]
+        raise AssertionError(f"{label!r} not enabled within {timeout_s:.0f} s at {pg.url} (script {state}); "  # type: ignore[attr-defined]
+                             f"the page's main area showed:\n{main}") from exc
     button.click()
 
 
 PAGE_PATHS = {"Case review": "", "Upload": "upload", "Cohort & models": "cohort_models", "Export": "export",
               "About": "about"}
+PAGE_HEADINGS = {"Upload": "Upload a case"}  # a page's h1 where it differs from its sidebar title
 
 
-def go(pg: object, title: str) -> None:
-    """Open a page from the sidebar and wait until the browser is on it (its path in the address bar) and its run ended.
+def go(pg: object, title: str, attempts: int = 3) -> None:
+    """Open a page from the sidebar; return once the browser is on it, its run ended and its own heading shows.
 
-    A click that lands while the sidebar is being redrawn (a run that has just ended) can hit the old element and
-    do nothing; the address bar then still names the previous page, and the click is made again (at most 3 times).
+    Two races are retried, by clicking the link again (at most ``attempts`` times):
+
+    * a click that lands while the sidebar is being redrawn (a run that has just ended) can hit the old element and
+      do nothing: the address bar still names the previous page;
+    * the page's run can be lost: Case review's CT viewer reports that it holds the scan, and that fragment rerun,
+      sent while the new page was starting, ends the new page's run without drawing it (Streamlit runs the
+      fragment, which the new page does not have). The address bar then names the new page and its main area stays
+      empty; a user clicks the link again, and so does this helper.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     path = PAGE_PATHS[title]
     target = re.compile(r"^https?://[^/]+/" + re.escape(path) + r"(\?.*)?$")
-    for attempt in range(3):
+    heading = pg.locator('[data-testid="stMain"] h1').filter(has_text=PAGE_HEADINGS.get(title, title))  # type: ignore[attr-defined]
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
         pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()  # type: ignore[attr-defined]
         try:
             pg.wait_for_url(target, timeout=10_000)  # type: ignore[attr-defined]
-            break
         except PlaywrightTimeout:
-            if attempt == 2:
+            if last:
                 raise AssertionError(f"the sidebar link {title!r} did not open its page: still at {pg.url}")  # type: ignore[attr-defined]
-    settle(pg)
+            continue
+        settle(pg)
+        try:
+            heading.first.wait_for(state="visible", timeout=30_000)
+            return
+        except PlaywrightTimeout:
+            if last:
+                raise AssertionError(f"the page {title!r} opened at {pg.url} but did not draw its heading")  # type: ignore[attr-defined]
 
 
 def choose(pg: object, label: str, option: str) -> None:
