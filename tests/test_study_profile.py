@@ -233,7 +233,11 @@ def test_real_abdominal_ct_is_out_of_distribution_for_the_demo_models(real_ct: P
     assert anyway.returncode == 0, anyway.stderr
     read = json.loads(anyway.stdout)
     assert read["modalities_used"] == ["image"] and read["scored"] is True and read["image_withheld"] is None
-    assert read["risk_at"]["365"] > 0.95 and read["warnings"][0] == warnings[0] and len(read["warnings"]) == 2
+    # higher than 95 % of the demo's test patients (the shipped reference curves): a confident reading of bowel gas
+    with np.load(DEMO_MODELS / "image_only" / "reference_predictions.npz") as ref:
+        test_risks = 1.0 - ref["surv"][:, int(np.searchsorted(ref["times"], 365.0))]
+    assert read["risk_at"]["365"] > np.quantile(test_risks, 0.95), (read["risk_at"]["365"], np.quantile(test_risks, 0.95))
+    assert read["warnings"][0] == warnings[0] and len(read["warnings"]) == 2
     assert read["warnings"][1].startswith("The CT was read on request although it would be withheld from image_only")
 
 
