@@ -189,10 +189,10 @@ def go(pg: object, title: str, attempts: int = 3) -> None:
 
     * a click that lands while the sidebar is being redrawn (a run that has just ended) can hit the old element and
       do nothing: the address bar still names the previous page;
-    * the page's run can be lost: Case review's CT viewer reports that it holds the scan, and that fragment rerun,
-      sent while the new page was starting, ends the new page's run without drawing it (Streamlit runs the
-      fragment, which the new page does not have). The address bar then names the new page and its main area stays
-      empty; a user clicks the link again, and so does this helper.
+    * the new page's run can end without drawing anything: seen once in CI (the address bar named Export, the
+      sidebar was drawn, the main area stayed empty for 240 s), cause not found, not reproduced in 8 quick clicks
+      from a loading Case review under load. A user would click the link again, and so does this helper (clicking
+      the current page's link reruns it).
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
