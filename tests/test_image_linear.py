@@ -134,6 +134,13 @@ def test_a_fusion_network_reads_the_statistics_beside_the_features_in_its_linear
     assert net.wide_dim == k + net.ehr_wide_dim and net.ehr_wide_dim > 0
     assert float(net.head.wide.weight[0, :k].abs().sum()) > 0  # the statistics are fitted with the features
     assert float(net.study_stats.sd.min()) > 0 and float(net.study_stats.mean.abs().sum()) > 0  # scaled on train
+    # the term's penalty was chosen from the default grid by cross-validation on train: the lowest held-out NLL
+    from core.train.settings import DEFAULTS
+
+    step = metrics["steps"]["ehr_linear"]
+    assert step["cv"]["folds"] >= 2 and len(step["cv"]["cv_nll"]) == len(DEFAULTS["ehr_linear_penalty_cv"])
+    assert step["penalty"] in DEFAULTS["ehr_linear_penalty_cv"]
+    assert step["cv"]["cv_nll"][str(step["penalty"])] == min(step["cv"]["cv_nll"].values())
     with torch.inference_mode():  # the statistics move the risk: without their weights it changes
         batch = model.encoded_batch(model.case_inputs(cohort, cohort.ids()[0]))
         risk = float(net(batch)["risk"][0])

@@ -342,6 +342,41 @@ def test_fit_wide_matches_lifelines_coxph_on_the_features() -> None:
     assert head(torch.zeros(n, 2), xt).detach().numpy() == pytest.approx(x @ ref, abs=0.01)
 
 
+@pytest.mark.parametrize("kind", ["discrete", "cox"])
+def test_cv_wide_penalty_picks_a_large_penalty_for_noise_and_a_small_one_for_signal(kind: str) -> None:
+    """The network's eta carries the risk; features of pure noise get the largest penalty of the grid by held-out
+    NLL, features that carry a second risk factor a small one, and the choice never touches the head."""
+    rng = np.random.default_rng(5)
+    n = 300
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    time, event = _outcomes(a + b, rng)
+    edges = make_edges(time, event, 5)
+    head = CoxHead(1, edges, wide_dim=4) if kind == "cox" else DiscreteHazardHead(1, edges, proportional=True, wide_dim=4)
+    with torch.no_grad():
+        head.linear.weight.fill_(1.0)
+    h = torch.as_tensor(a[:, None], dtype=torch.float32)
+    noise = torch.as_tensor(rng.normal(size=(n, 4)), dtype=torch.float32)
+    signal = noise.clone()
+    signal[:, 0] = torch.as_tensor(b, dtype=torch.float32)
+    t, e = torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32)
+    grid = [0.01, 0.1, 1.0, 10.0, 100.0]
+    before = [p.detach().clone() for p in head.parameters()]
+    cv_noise = head.cv_wide_penalty(head(h, noise).detach(), noise, t, e, grid)
+    cv_signal = head.cv_wide_penalty(head(h, signal).detach(), signal, t, e, grid)
+    assert all(torch.equal(p0, p1) for p0, p1 in zip(before, head.parameters()))
+    assert cv_noise["folds"] == 5 and set(cv_noise["cv_nll"]) == {str(p) for p in grid}
+    assert cv_noise["penalty"] >= 10.0, cv_noise
+    assert cv_signal["penalty"] <= 1.0, cv_signal
+    # the held-out NLL of the chosen penalty is the lowest, and on signal well below the heaviest penalty's
+    assert cv_signal["cv_nll"][str(cv_signal["penalty"])] < cv_signal["cv_nll"]["100.0"] - 0.05
+
+
+def test_cv_wide_penalty_rejects_a_bad_grid() -> None:
+    head = DiscreteHazardHead(1, np.array([0.0, 1.0, 2.0]), proportional=True, wide_dim=1)
+    with pytest.raises(ValueError, match="penalties"):
+        head.cv_wide_penalty(torch.zeros(4, 2), torch.zeros(4, 1), torch.ones(4), torch.ones(4), [-1.0])
+
+
 @pytest.mark.parametrize("kind", ["discrete", "pwe"])
 def test_fit_wide_adds_the_features_to_a_network_that_read_half_the_risk(kind: str) -> None:
     """The network's eta carries one risk factor, the features another: after fit_wide the head ranks by both,

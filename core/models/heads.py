@@ -164,6 +164,23 @@ class SurvivalHead(nn.Module, ABC):
         """
         if self.wide is None:
             raise ValueError("this head has no linear EHR term (wide_dim = 0)")
+        sol = self._solve_wide(raw, wide, time, event, penalty)
+        info = {k: sol[k] for k in ("nll_before", "nll_after", "scale", "shift", "kept")}
+        if not sol["kept"]:
+            return info
+        with torch.no_grad():
+            # eta' = scale * eta + shift + v . x: eta holds any linear term the head had already, so the scale
+            # applies to it (``_apply_calibration`` scales ``wide`` too) and v adds to it
+            if self.proportional:
+                self._apply_calibration(sol["scale"], sol["shift"])
+            else:
+                self.linear.bias.add_(sol["shift"])  # type: ignore[operator]
+            self.wide.weight.add_(sol["v"][None, :])
+        return info
+
+    def _solve_wide(self, raw: torch.Tensor, wide: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
+                    penalty: float) -> dict:
+        """``fit_wide``'s convex fit without touching the head: scale, shift, ``v`` (a tensor), NLLs, kept."""
         raw = raw.detach().float().cpu()
         x = wide.detach().float().cpu()
         time, event = time.detach().float().cpu(), event.detach().float().cpu()
@@ -213,18 +230,67 @@ class SurvivalHead(nn.Module, ABC):
         with torch.no_grad():
             after = float(objective())
         a_fit, c_fit = float(a.detach()), float(c.detach())
-        scale, shift = (a_fit / sd if prop else 1.0), c_fit - (a_fit / sd * mean if prop else 0.0)
         if not (np.isfinite(after) and after < before):
-            return {"nll_before": before, "nll_after": before, "scale": 1.0, "shift": 0.0, "kept": False}
-        with torch.no_grad():
-            # eta' = scale * eta + shift + v . x: eta holds any linear term the head had already, so the scale
-            # applies to it (``_apply_calibration`` scales ``wide`` too) and v adds to it
-            if prop:
-                self._apply_calibration(scale, 0.0 if cox else shift)
-            else:
-                self.linear.bias.add_(shift)  # type: ignore[operator]
-            self.wide.weight.add_(v.detach()[None, :])
-        return {"nll_before": before, "nll_after": after, "scale": scale, "shift": 0.0 if cox else shift, "kept": True}
+            return {"nll_before": before, "nll_after": before, "scale": 1.0, "shift": 0.0, "kept": False,
+                    "v": torch.zeros(x.shape[1])}
+        scale, shift = (a_fit / sd if prop else 1.0), c_fit - (a_fit / sd * mean if prop else 0.0)
+        return {"nll_before": before, "nll_after": after, "scale": scale, "shift": 0.0 if cox else shift, "kept": True,
+                "v": v.detach().clone()}
+
+    def _with_wide(self, raw: torch.Tensor, wide: torch.Tensor, sol: dict) -> torch.Tensor:
+        """The raw output after a ``_solve_wide`` fit, without folding it into the head (held-out rows)."""
+        raw = raw.detach().float().cpu()
+        lin = wide.detach().float().cpu() @ sol["v"]
+        if self.proportional:
+            eta = self._eta(raw).detach()
+            new_eta = sol["scale"] * eta + sol["shift"] + lin
+            delta = new_eta - eta
+        else:
+            delta = sol["shift"] + lin
+        return raw + (delta[:, None] if raw.ndim == 2 else delta)
+
+    def cv_wide_penalty(self, raw: torch.Tensor, wide: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
+                        penalties: list[float], folds: int = 5, seed: int = 0) -> dict:
+        """Choose ``fit_wide``'s ridge penalty by ``folds``-fold cross-validation on the rows given.
+
+        Each penalty is fitted on all folds but one and scored by the head's NLL on the fold left out
+        (summed over folds, each fold's mean NLL weighted by its size); the penalty with the lowest
+        held-out NLL wins. Folds are drawn once, stratified by ``event``, so every penalty sees the
+        same ones. Returns ``{"penalty": best, "cv_nll": {penalty: held-out NLL}, "folds": k}``; with
+        fewer than two events per fold the largest penalty is returned unscored. The head is not changed.
+
+        >>> g = torch.Generator().manual_seed(0)
+        >>> head = DiscreteHazardHead(2, np.array([0.0, 1.0, 2.0]), proportional=True, wide_dim=3)
+        >>> x = torch.randn(200, 3, generator=g)
+        >>> t = torch.exp(-x[:, 0] + 0.3 * torch.randn(200, generator=g)).clamp(0.05, 1.99)
+        >>> cv = head.cv_wide_penalty(head(torch.zeros(200, 2), x), x, t, torch.ones(200), [0.01, 100.0])
+        >>> cv["penalty"]  # the features carry the risk: the small penalty predicts the held-out folds better
+        0.01
+        """
+        if self.wide is None:
+            raise ValueError("this head has no linear EHR term (wide_dim = 0)")
+        grid = sorted(float(p) for p in penalties)
+        if not grid or any(not np.isfinite(p) or p < 0 for p in grid):
+            raise ValueError(f"penalties {penalties!r} must be a non-empty list of finite numbers >= 0")
+        raw, x = raw.detach().float().cpu(), wide.detach().float().cpu()
+        time, event = time.detach().float().cpu(), event.detach().float().cpu()
+        ev = event.numpy() > 0
+        k = int(min(folds, ev.sum() // 2, (~ev).sum() + ev.sum()))
+        if len(grid) == 1 or k < 2:
+            return {"penalty": grid[-1], "cv_nll": {}, "folds": 0}
+        rng = np.random.default_rng(seed)
+        fold = np.empty(len(ev), int)
+        for group in (np.flatnonzero(ev), np.flatnonzero(~ev)):  # stratified: events spread over the folds
+            fold[rng.permutation(group)] = np.arange(len(group)) % k
+        scores = {p: 0.0 for p in grid}
+        for f in range(k):
+            tr, te = torch.as_tensor(fold != f), torch.as_tensor(fold == f)
+            for p in grid:
+                sol = self._solve_wide(raw[tr], x[tr], time[tr], event[tr], p)
+                held = self._with_wide(raw[te], x[te], sol)
+                scores[p] += float(self.nll(held, time[te], event[te])) * int(te.sum()) / len(ev)
+        best = min(grid, key=lambda p: (scores[p], -p))  # ties: the larger penalty
+        return {"penalty": best, "cv_nll": {str(p): round(s, 6) for p, s in scores.items()}, "folds": k}
 
     @torch.no_grad()
     def calibrate(self, raw: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> dict[str, float]:

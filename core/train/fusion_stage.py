@@ -104,9 +104,14 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
         assert wide_x is not None
         if not use_stats:
             wide_x[:, :net.wide_dim - net.ehr_wide_dim] = 0.0
-        penalty = float(settings["ehr_linear_penalty"])
-        steps["ehr_linear"] = {**net.head.fit_wide(torch.as_tensor(pred_tr["raw"]), wide_x, data["time"][train_idx],
-                                                   data["event"][train_idx], penalty=penalty), "penalty": penalty}
+        raw_tr, t_tr, e_tr = torch.as_tensor(pred_tr["raw"]), data["time"][train_idx], data["event"][train_idx]
+        # the image + EHR strategies choose the penalty by cross-validation (ehr_linear_penalty_cv); ehr_only's
+        # networks keep the fixed one, measured on the real tables (SurvSet)
+        grid = (settings.get("ehr_linear_penalty_cv") or []) if fusion != "ehr_only" else []
+        cv = net.head.cv_wide_penalty(raw_tr, wide_x, t_tr, e_tr, grid, seed=seed) if grid else None
+        penalty = float(cv["penalty"]) if cv else float(settings["ehr_linear_penalty"])
+        steps["ehr_linear"] = {**net.head.fit_wide(raw_tr, wide_x, t_tr, e_tr, penalty=penalty), "penalty": penalty,
+                               **({"cv": {k: cv[k] for k in ("folds", "cv_nll")}} if cv else {})}
     calibration = None
     if net.head.proportional and len(val_idx) and float(data["event"][val_idx].sum()) > 0:
         pred_val = predict_batches(net, _index(data, val_idx), device)

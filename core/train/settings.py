@@ -25,6 +25,12 @@ DEFAULTS: dict[str, Any] = {
     # (spleen + lung: 0.58 against 0.75); at 1.0 the five fusions gain +0.04 and +0.14 there and hold on the demo
     # (docs/BENCHMARKS.md, "The fusions' linear EHR term")
     "ehr_linear_penalty": 1.0,
+    # the image + EHR strategies instead choose each network's penalty from this list by 5-fold cross-validation of
+    # the term on the train split (SurvivalHead.cv_wide_penalty: the lowest held-out NLL; recorded in each member's
+    # steps.ehr_linear). One fixed penalty suits one cohort and not the next: on a demo from generator seed 11, 1.0
+    # cost the fusions 0.011 C against the CV choice (docs/BENCHMARKS.md, "The linear term's penalty by
+    # cross-validation"). [] = the fixed penalty above; ehr_only keeps the fixed one
+    "ehr_linear_penalty_cv": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
     # ehr_only on tabular features: beside each network (without the term above) a ridge-penalised linear model of
     # the features fitted alone on train, as one more ensemble member (core.train.ehr.linear_members); the curve is
     # the mean of both. Ensembles only (--ensemble 1 keeps one network with the term on top, as False does). One
