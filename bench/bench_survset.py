@@ -169,12 +169,12 @@ def run_baselines(cohort: Cohort, seed: int) -> dict[str, dict]:
     return out
 
 
-def run_ehr_only(cohort_dir: Path, seed: int, device: str) -> dict:
+def run_ehr_only(cohort_dir: Path, seed: int, device: str, overrides: dict[str, Any] | None = None) -> dict:
     from core.train import train_model
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = train_model(cohort_dir, "ehr_only", Path(tmp) / "model", seed=seed, device=device)
+        metrics = train_model(cohort_dir, "ehr_only", Path(tmp) / "model", seed=seed, device=device, overrides=overrides)
     res = dict(metrics["test"])
     res.update(seconds=time.perf_counter() - t0, epochs_run=metrics.get("epochs_run"),
                val_c_index=metrics.get("val_c_index"))
@@ -220,7 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-model", action="store_true", help="baselines only")
     parser.add_argument("--json", type=Path, default=None, help="write all numbers here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="a training setting for ehr_only, e.g. --set 'ehr_only_linear_penalty_cv=[0.1,0.3,1]'")
     args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=JSON, e.g. ehr_only_linear_penalty=0.3")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError as err:
+            parser.error(f"--set {item!r}: the value is not JSON ({err.msg}); quote strings, e.g. KEY='\"text\"'")
     names = all_datasets() if args.datasets == "all" else [d.strip() for d in args.datasets.split(",") if d.strip()]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     tmp = tempfile.TemporaryDirectory() if args.cohorts is None else None
@@ -237,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             res = run_baselines(cohort, seed)
             if not args.skip_model:
-                res["ehr_only"] = run_ehr_only(base / name, seed, args.device)
+                res["ehr_only"] = run_ehr_only(base / name, seed, args.device, overrides or None)
             row = {"dataset": name, "seed": seed, "n": info["n"], "events": info["events"], "features": info["n_features"],
                    "missing": info["missing_cells"], "cox_penalizer": res["coxph"]["penalizer"], "n_test": res["coxph"]["n"],
                    "events_test": res["coxph"]["events"], **{k: v for k, v in res.items()}}

@@ -412,3 +412,26 @@ def test_ehr_only_linear_members(with_linear: bool, tmp_path: Path) -> None:
         assert v[0] > 0.3 and v[1] < -0.1 and abs(v[2]) < abs(v[1])  # the true direction: a up, b down, c nothing
     assert metrics["test"]["c_index"] > 0.65  # the true linear predictor's C on this draw is about 0.75
     assert "2 of the 4 ensemble members are linear models" in card
+
+
+@pytest.mark.slow
+def test_ehr_only_linear_members_can_choose_their_penalty_by_cross_validation(tmp_path: Path) -> None:
+    """``ehr_only_linear_penalty_cv``: each linear member's penalty is the argmin of its held-out NLL on train folds."""
+    from core.train import train_model
+
+    cohort = _linear_hazard_cohort(tmp_path / "cohort")
+    grid = [0.01, 1.0, 100.0]
+    metrics = train_model(cohort, "ehr_only", tmp_path / "m", device="cpu", ensemble=2, epochs=5,
+                          overrides={"dim": 16, "ehr_only_linear_penalty_cv": grid})
+    linear = [m for m in metrics["members"] if m.get("linear")]
+    assert len(linear) == 2
+    for member in linear:
+        cv = member["cv"]
+        assert cv["folds"] == 5 and set(cv["cv_nll"]) == {str(p) for p in grid}
+        assert member["penalty"] == float(min(cv["cv_nll"], key=cv["cv_nll"].get))
+        assert member["penalty"] < 100.0  # two real risk factors: the heaviest penalty predicts the folds worst
+        assert cv["cv_nll"]["100.0"] > cv["cv_nll"]["0.01"]
+    assert metrics["test"]["c_index"] > 0.65
+    assert metrics["linear_members"]["penalties_cv"] == [m["penalty"] for m in linear]
+    penalties = ", ".join(f"{m['penalty']:g}" for m in linear)
+    assert f"penalties {penalties}, each chosen by 5-fold cross-validation" in (tmp_path / "m" / "MODEL_CARD.md").read_text()

@@ -45,7 +45,8 @@ def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int
 
 
 def linear_members(members: list[torch.nn.Module], data: dict[str, torch.Tensor], train_idx: np.ndarray, *,
-                   penalty: float) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+                   penalty: float, penalty_grid: list[float] | None = None,
+                   seed: int = 0) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
     """ehr_only on tabular features: a penalised linear model beside each trained network, as ensemble members.
 
     For each member: the network drops the linear EHR term fitted on top of it (on real tables that term,
@@ -57,6 +58,8 @@ def linear_members(members: list[torch.nn.Module], data: dict[str, torch.Tensor]
     models' curves (a linear and a non-linear model averaged), its band their range. Members are changed
     in place; the copies have the same architecture, so the model saves and loads as any ensemble. Only
     full (per-interval) discrete and piecewise-exponential heads with a linear EHR term; [] otherwise.
+    With a non-empty ``penalty_grid`` each linear member's penalty is chosen from it by 5-fold cross-validation
+    on the train split (``SurvivalHead.cv_wide_penalty``, folds drawn with ``seed``) instead of ``penalty``.
     """
     import copy
 
@@ -73,11 +76,14 @@ def linear_members(members: list[torch.nn.Module], data: dict[str, torch.Tensor]
         lin = copy.deepcopy(net)
         with torch.no_grad():
             lin.head.linear.weight.zero_()
-        raw = predict_batches(lin, train, torch.device("cpu"))["raw"]
-        fit = lin.head.fit_wide(torch.as_tensor(raw), lin._wide_input(train), data["time"][train_idx],
-                                data["event"][train_idx], penalty=penalty)
+        raw = torch.as_tensor(predict_batches(lin, train, torch.device("cpu"))["raw"])
+        x, t, e = lin._wide_input(train), data["time"][train_idx], data["event"][train_idx]
+        cv = lin.head.cv_wide_penalty(raw, x, t, e, penalty_grid, seed=seed) if penalty_grid else None
+        chosen = float(cv["penalty"]) if cv else penalty
+        fit = lin.head.fit_wide(raw, x, t, e, penalty=chosen)
         lin.eval()
-        out.append((lin, {"linear": True, "penalty": penalty, "nll": fit["nll_after"], "kept": fit["kept"]}))
+        info = {"linear": True, "penalty": chosen, "nll": fit["nll_after"], "kept": fit["kept"]}
+        out.append((lin, info if cv is None else {**info, "cv": {"folds": cv["folds"], "cv_nll": cv["cv_nll"]}}))
     return out
 
 

@@ -133,7 +133,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         member_info.append(info_k)
     linear: list[tuple[torch.nn.Module, dict[str, Any]]] = []
     if fusion == "ehr_only" and settings["ehr_only_linear_members"] and n_members > 1:  # a linear model beside each network
-        linear = linear_members(members, data, train_idx, penalty=float(settings["ehr_only_linear_penalty"]))
+        linear = linear_members(members, data, train_idx, penalty=float(settings["ehr_only_linear_penalty"]),
+                                penalty_grid=[float(p) for p in settings["ehr_only_linear_penalty_cv"]], seed=seed)
         members += [m for m, _ in linear]
         member_info += [dict(member_info[k], **info) for k, (_, info) in enumerate(linear)]
         if linear:
@@ -175,7 +176,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         "val_c_index_early_stopping": member_info[0]["val_c_index"], "epochs_run": member_info[0]["epochs_run"],
         "best_epoch": member_info[0]["best_epoch"], "steps": member_info[0]["steps"],
         "calibration": member_info[0]["calibration"], "ensemble": n_members,
-        "linear_members": next(({"n": n_members // 2, "penalty": i["penalty"]} for i in member_info if i.get("linear")), None),
+        "linear_members": _linear_summary(member_info, n_members),
         "forest_member": None if forest_info is None else {**forest_info["config"], "seconds": forest_info["seconds"], "mb": forest_info["mb"]},
         "members": member_info if n_members > 1 else None,
         "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": member_info[0]["warm_start"]},
@@ -208,3 +209,15 @@ def _image_linear_windows(settings: dict[str, Any], fusion: str, icfg: dict[str,
     else:
         on = bool(settings["fusion_study_stats"]) or (bool(settings["fusion_linear_members"]) and n_members > 1)
     return tuple(int(w) for w in settings["image_only_linear_windows"]) if on else ()  # checked by merge_settings
+
+
+def _linear_summary(member_info: list[dict[str, Any]], n_members: int) -> dict[str, Any] | None:
+    """metrics.json's ``linear_members``: how many, the (first member's) penalty; with cross-validation, every one."""
+    linear = [i for i in member_info if i.get("linear")]
+    if not linear:
+        return None
+    out: dict[str, Any] = {"n": n_members // 2, "penalty": linear[0]["penalty"]}
+    if any("cv" in i for i in linear):
+        out["penalties_cv"] = [i["penalty"] for i in linear]
+    return out
+

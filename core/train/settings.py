@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     # the mean of both. Ensembles only (--ensemble 1 keeps one network with the term on top, as False does). One
     # default for every table (SurvSet, docs/BENCHMARKS.md); the penalty is on the mean NLL, as ehr_linear_penalty
     "ehr_only_linear_members": True, "ehr_only_linear_penalty": 0.3,
+    # those linear members' penalty chosen per member from this list by 5-fold cross-validation on the train split
+    # (SurvivalHead.cv_wide_penalty), as the fusions do; [] = the fixed penalty above
+    "ehr_only_linear_penalty_cv": [],
     # and, with those linear members, a random survival forest of the same inputs (scikit-survival, exported to the
     # model's safetensors: core.models.forest): the curve is (1 - w) * mean(networks, linear) + w * forest, a fixed w
     # (SurvSet, 113 runs: +0.002 C at w 0.2, docs/BENCHMARKS.md); only when the tabular features are the model's
