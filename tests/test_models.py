@@ -377,6 +377,17 @@ def test_cv_wide_penalty_rejects_a_bad_grid() -> None:
         head.cv_wide_penalty(torch.zeros(4, 2), torch.zeros(4, 1), torch.ones(4), torch.ones(4), [-1.0])
 
 
+@pytest.mark.parametrize("key", ["ehr_linear_penalty_cv", "ehr_only_linear_penalty_cv"])
+@pytest.mark.parametrize("bad", [[-1.0], ["0.3"], 0.3, [float("nan")]])
+def test_a_bad_penalty_grid_is_refused_before_training(key: str, bad: object) -> None:
+    from core.errors import InputError
+    from core.train.settings import merge_settings
+
+    with pytest.raises(InputError, match=key):
+        merge_settings({key: bad}, None, None)
+    assert merge_settings({key: []}, None, None)[key] == []  # [] is the fixed penalty
+
+
 @pytest.mark.parametrize("kind", ["discrete", "pwe"])
 def test_fit_wide_adds_the_features_to_a_network_that_read_half_the_risk(kind: str) -> None:
     """The network's eta carries one risk factor, the features another: after fit_wide the head ranks by both,

@@ -159,7 +159,7 @@ class SurvivalHead(nn.Module, ABC):
         """
         if self.wide is None:
             raise ValueError("this head has no linear EHR term (wide_dim = 0)")
-        sol = self._solve_wide(raw, wide, time, event, penalty)
+        sol = solve_wide(self, raw, wide, time, event, penalty)
         info = {k: sol[k] for k in ("nll_before", "nll_after", "scale", "shift", "kept")}
         if not sol["kept"]:
             return info
@@ -172,11 +172,6 @@ class SurvivalHead(nn.Module, ABC):
                 self.linear.bias.add_(sol["shift"])  # type: ignore[operator]
             self.wide.weight.add_(sol["v"][None, :])
         return info
-
-    def _solve_wide(self, raw: torch.Tensor, wide: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
-                    penalty: float) -> dict:
-        """``fit_wide``'s convex fit without touching the head (``core.models.wide_fit.solve_wide``)."""
-        return solve_wide(self, raw, wide, time, event, penalty)
 
     def cv_wide_penalty(self, raw: torch.Tensor, wide: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
                         penalties: list[float], folds: int = 5, seed: int = 0) -> dict:

@@ -108,7 +108,7 @@ def with_wide(head: SurvivalHead, raw: torch.Tensor, wide: torch.Tensor, sol: di
 
 
 def cv_penalty(head: SurvivalHead, raw: torch.Tensor, wide: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
-                    penalties: list[float], folds: int = 5, seed: int = 0) -> dict:
+               penalties: list[float], folds: int = 5, seed: int = 0) -> dict:
     """Choose ``SurvivalHead.fit_wide``'s ridge penalty by ``folds``-fold cross-validation on the rows given.
 
     Each penalty is fitted on all folds but one and scored by the head's NLL on the fold left out

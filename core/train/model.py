@@ -220,4 +220,3 @@ def _linear_summary(member_info: list[dict[str, Any]], n_members: int) -> dict[s
     if any("cv" in i for i in linear):
         out["penalties_cv"] = [i["penalty"] for i in linear]
     return out
-

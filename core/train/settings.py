@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable
 
 from core.errors import InputError
@@ -148,6 +149,12 @@ def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensembl
             isinstance(w, bool) or not isinstance(w, int) or w < 1 or w % 2 == 0 for w in windows):
         raise InputError("image_only_linear_windows", windows, "must be a list of odd slice counts >= 1",
                          "use e.g. [9], or set image_only_linear_members to false")
+    for key in ("ehr_linear_penalty_cv", "ehr_only_linear_penalty_cv"):
+        grid = settings[key]
+        if not isinstance(grid, (list, tuple)) or any(
+                isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0 for p in grid):
+            raise InputError(key, grid, "must be a list of ridge penalties >= 0 (an empty list: the fixed penalty)",
+                             "use e.g. [0.1, 0.3, 1.0, 3.0], or []")
     if isinstance(settings["ensemble"], bool) or not isinstance(settings["ensemble"], int) or settings["ensemble"] < 1:
         raise InputError("ensemble", settings["ensemble"], "must be an integer >= 1", "use e.g. --ensemble 5 (or 1 for a single network)")
     return settings
