@@ -249,8 +249,10 @@ def _encoder_line(cfg: ModelConfig, metrics: dict[str, Any]) -> str:
                  f"slices of the {pretext.get('n_subjects', '?')} subjects without an event before the median time,")
         return (f"- Image encoder: a lesion detector pretrained without labels for {pretext['steps']} steps on the train split's {which} "
                 "with synthetic lesions inserted (darker and brighter; ellipses, lobulated and irregular blobs), "
-                "then frozen; only the projection of its per-slice detection statistics (max logit, soft area) and the "
-                "image path above it learned from the survival labels.")
+                "then frozen; only the projection of its per-slice detection statistics (max logit, soft area"
+                + (f"; and the maximum of the lesion logit averaged at the same position over {' and '.join(str(w) for w in cfg.image.detect_z)} "
+                   "neighbouring slices, `detect_z`" if cfg.image.detect_z else "")
+                + ") and the image path above it learned from the survival labels.")
     return ("- Image encoder: trained once on the train split with an image-only survival objective, then frozen"
             + (f" (initialised from `{init}`)." if init else "."))
 

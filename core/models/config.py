@@ -65,6 +65,7 @@ class ImageConfig:
     pool: str = "meanmax"                         # spatial pooling of the last map: meanmax | attnmax
     body_crop: bool = False                       # 2d / 3d: one square box around the body before the resize (BodyCrop)
     z_scales: tuple[int, ...] = ()                # 2d: slice context over windows of these slice counts (SliceScales); () = none
+    detect_z: tuple[int, ...] = ()                # 2d detector: same-position logit means over these slice counts; () = none
 
     @property
     def voxels(self) -> bool:
@@ -98,7 +99,7 @@ class ImageConfig:
             from core.preprocess.transforms import ChannelStack
 
             stack = ChannelStack(window, self.windows, self.contrast)
-        return ImageTransforms(window, ResizeSlices(self.size), lung, stack, crop)
+        return ImageTransforms(window, ResizeSlices(self.size), lung, stack, crop, z_context=bool(self.detect_z))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageConfig:
@@ -125,6 +126,7 @@ class ImageConfig:
             pool=str(d.get("pool", "meanmax")),
             body_crop=bool(d.get("body_crop", False)) and kind in ("2d", "3d"),
             z_scales=tuple(int(w) for w in d.get("z_scales") or ()) if kind == "2d" else (),
+            detect_z=tuple(int(w) for w in d.get("detect_z") or ()) if kind == "2d" else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +145,8 @@ class ImageConfig:
                 out["pool"] = self.pool
             if self.z_scales:
                 out["z_scales"] = list(self.z_scales)
+            if self.detect_z:
+                out["detect_z"] = list(self.detect_z)
         elif self.kind == "3d":
             out.update(grid=list(self.grid or ()), channels=list(self.channels))
         if self.body_crop and self.kind in ("2d", "3d"):

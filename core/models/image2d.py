@@ -25,6 +25,11 @@ brighter than the surroundings), trained by a self-supervised pretext on synthet
 lesions inserted into the cohort's own training slices. A slice's token is then a
 projection of a few detection statistics only (per channel: the maximum logit and
 log(1 + the soft lesion area)), so the survival stage on top has few parameters.
+With ``detect_z`` (e.g. ``(3, 9)``), every slice also gets, per channel and window, the maximum over positions
+of the lesion logit averaged over that many neighbouring slices *at the same position* (mask-aware, fewer at
+the study's ends): a real lesion is a 3D blob that stays in place from slice to slice, while noise and most
+false detections do not, and the wider window grows with the lesion's extent along the scan axis. These
+statistics read the whole study, so a slice's token then depends on its neighbours' voxels too.
 
 With a lung-masked input, ``soft_tissue`` = ``(threshold, width)`` in the input's
 units adds one input per slice: ``log(1 + soft-tissue pixels)``, a smooth
@@ -40,7 +45,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from core.models.pooling import AttentionPool
+from core.models.pooling import AttentionPool, window_mean
 
 if TYPE_CHECKING:
     from core.models.config import ImageConfig
@@ -48,6 +53,18 @@ if TYPE_CHECKING:
 POOLS: tuple[str, ...] = ("meanmax", "attnmax", "detect")
 DETECT_CHANNELS = 2  # lesion logits of pool="detect": darker, brighter than the surroundings
 DETECT_STATS = 2     # per detection channel: max logit, log(1 + soft area)
+
+
+def check_detect_z(values: list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """The ``detect_z`` slice windows as odd slice counts >= 3 (``ValueError`` otherwise).
+
+    >>> check_detect_z([3, 9])
+    (3, 9)
+    """
+    out = tuple(int(w) for w in values)
+    if any(w < 3 or w % 2 == 0 for w in out):
+        raise ValueError(f"detect_z windows {list(out)} must be odd slice counts >= 3")
+    return out
 
 
 class SliceEncoder2D(nn.Module):
@@ -65,14 +82,20 @@ class SliceEncoder2D(nn.Module):
     >>> det = SliceEncoder2D(16, 32, (4, 8), stem=stem, strides=(2, 1), pool="detect")
     >>> det(torch.zeros(1, 2, 32, 32)).shape, det.detect_logits(torch.zeros(3, 1, 32, 32)).shape, det.proj.in_features
     (torch.Size([1, 2, 16]), torch.Size([3, 2, 16, 16]), 4)
+    >>> dz = SliceEncoder2D(16, 32, (4, 8), stem=stem, strides=(2, 1), pool="detect", detect_z=(3, 9))
+    >>> dz(torch.zeros(1, 5, 32, 32)).shape, dz.proj.in_features
+    (torch.Size([1, 5, 16]), 8)
     """
 
     def __init__(self, out_dim: int = 64, size: int = 64, channels: tuple[int, ...] = (8, 16, 32, 64),
                  soft_tissue: tuple[float, float] | None = None, *, stem: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 strides: tuple[int, ...] | None = None, pool: str = "meanmax") -> None:
+                 strides: tuple[int, ...] | None = None, pool: str = "meanmax", detect_z: tuple[int, ...] = ()) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool {pool!r} is not one of {POOLS}")
+        self.detect_z = check_detect_z(detect_z)
+        if self.detect_z and (pool != "detect" or soft_tissue is not None):
+            raise ValueError("detect_z needs pool='detect' and no lung-mask soft-tissue count")
         self.size = int(size)
         self.soft_tissue = None if soft_tissue is None else (float(soft_tissue[0]), float(soft_tissue[1]))
         self.stem = stem
@@ -89,7 +112,7 @@ class SliceEncoder2D(nn.Module):
         self.features = nn.Sequential(*layers)
         self.attn = AttentionPool(c_in, max(8, c_in // 2)) if pool == "attnmax" else None
         self.detector = nn.Conv2d(c_in, DETECT_CHANNELS, 1) if pool == "detect" else None
-        n_pooled = DETECT_CHANNELS * DETECT_STATS if pool == "detect" else 2 * c_in
+        n_pooled = DETECT_CHANNELS * (DETECT_STATS + len(self.detect_z)) if pool == "detect" else 2 * c_in
         self.proj = nn.Linear(n_pooled + (1 if self.soft_tissue else 0), out_dim)
         ramp = torch.linspace(-1.0, 1.0, self.size)
         self.register_buffer("coords", torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))[None], persistent=False)
@@ -101,7 +124,7 @@ class SliceEncoder2D(nn.Module):
         chain = icfg.transforms()
         assert chain is not None and hasattr(chain, "channel_stack")
         return cls(icfg.out_dim, icfg.size, icfg.channels, soft_tissue=chain.soft_tissue_step(),
-                   stem=chain.channel_stack(), strides=icfg.strides, pool=icfg.pool)
+                   stem=chain.channel_stack(), strides=icfg.strides, pool=icfg.pool, detect_z=icfg.detect_z)
 
     @property
     def gradcam_layer(self) -> nn.Module:
@@ -127,28 +150,45 @@ class SliceEncoder2D(nn.Module):
         """``[N, K, h, w]`` lesion logits -> ``[N, K * DETECT_STATS]``: every channel's max logit, then log(1 + soft area)."""
         return torch.cat([logits.amax(dim=(2, 3)), torch.log1p(torch.sigmoid(logits).sum(dim=(2, 3)))], dim=1)
 
-    def slice_stats(self, slices: torch.Tensor) -> torch.Tensor:
-        """``[B, S, size, size]`` prepared slices -> ``[B, S, DETECT_CHANNELS * DETECT_STATS]`` detection statistics
-        (pool="detect"): what :meth:`forward` projects, so a frozen trunk's statistics can be computed once."""
-        b, s = slices.shape[:2]
-        return self.detection_stats(self.detect_logits(slices.reshape(b * s, 1, self.size, self.size))).reshape(b, s, -1)
+    def z_stats(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, S, K, h, w]`` lesion logits of whole studies (``mask`` ``[B, S]``: the studies' real slices; None =
+        all) -> ``[B, S, K * len(detect_z)]``: per window of ``detect_z`` and channel, the maximum over positions
+        of the logit averaged over that many neighbouring slices at the same position (window by window)."""
+        b, s, k = logits.shape[:3]
+        flat = logits.reshape(b, s, -1)
+        m = torch.ones(b, s, device=logits.device) if mask is None else mask.to(logits.device)
+        return torch.cat([window_mean(flat, m, w).reshape(b, s, k, -1).amax(dim=-1) for w in self.detect_z], dim=-1)
 
-    def detection_tokens(self, logits: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
+    def slice_stats(self, slices: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, S, size, size]`` prepared slices -> ``[B, S, n_stats]`` detection statistics (pool="detect"; the
+        ``detect_z`` ones after the per-slice ones): what :meth:`forward` projects, so a frozen trunk's statistics
+        can be computed once."""
+        b, s = slices.shape[:2]
+        logits = self.detect_logits(slices.reshape(b * s, 1, self.size, self.size))
+        stats = self.detection_stats(logits).reshape(b, s, -1)
+        if self.detect_z:
+            stats = torch.cat([stats, self.z_stats(logits.reshape(b, s, *logits.shape[1:]), mask)], dim=-1)
+        return stats
+
+    def detection_tokens(self, logits: torch.Tensor, slices: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B * S, DETECT_CHANNELS, h, w]`` lesion logits of the ``[B, S, size, size]`` prepared ``slices`` ->
         ``[B, S, out_dim]`` tokens: what :meth:`forward` computes after the detector (pool="detect"), so an
         attribution can start from the lesion-logit map."""
         b, s = slices.shape[:2]
         parts = [self.detection_stats(logits)]
+        if self.detect_z:
+            parts.append(self.z_stats(logits.reshape(b, s, *logits.shape[1:]), mask).reshape(b * s, -1))
         if self.soft_tissue:
             parts.append(self.soft_tissue_area(slices).reshape(b * s, 1))
         return self.proj(torch.cat(parts, dim=1)).reshape(b, s, -1)
 
-    def forward(self, slices: torch.Tensor) -> torch.Tensor:
-        """``[B, S, size, size]`` prepared slices -> ``[B, S, out_dim]``."""
+    def forward(self, slices: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, S, size, size]`` prepared slices -> ``[B, S, out_dim]`` (``mask`` ``[B, S]``, the real slices of
+        padded studies, matters only to ``detect_z``)."""
         b, s = slices.shape[:2]
         fmap = self.trunk(slices.reshape(b * s, 1, self.size, self.size))
         if self.detector is not None:
-            return self.detection_tokens(self.detector(fmap), slices)
+            return self.detection_tokens(self.detector(fmap), slices, mask)
         if self.attn is not None:
             flat = fmap.flatten(2).transpose(1, 2)  # [B*S, positions, C]
             pooled = self.attn(flat, torch.ones(flat.shape[:2], device=flat.device))[0]

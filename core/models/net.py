@@ -51,7 +51,7 @@ from core.models.ehr_tabular import FeatureTokenizer
 from core.models.forest import SurvivalForest
 from core.models.fusion import make_fusion
 from core.models.heads import make_head
-from core.models.image2d import SliceEncoder2D
+from core.models.image2d import DETECT_CHANNELS, SliceEncoder2D
 from core.models.pooling import SliceScales, StudyStats
 
 
@@ -123,7 +123,8 @@ class SurvivalNet(nn.Module):
         if cfg.image_linear and self.fusion.uses_image and icfg.kind == "2d" and icfg.pool == "detect":
             proj = getattr(self.image_encoder, "proj", None)
             assert isinstance(proj, nn.Linear)
-            self.study_stats = StudyStats(proj.in_features, cfg.image_linear)
+            direct = DETECT_CHANNELS * len(icfg.detect_z)  # the detector's own slice-window statistics, last
+            self.study_stats = StudyStats(proj.in_features, cfg.image_linear, direct)
         self.wide_dim = self.ehr_wide_dim + (self.study_stats.dim if self.study_stats is not None else 0)
         self.head = make_head(cfg.head, self.fusion.out_dim, np.asarray(cfg.edges, float),
                               proportional=cfg.proportional_head, wide_dim=self.wide_dim)

@@ -50,6 +50,22 @@ def check_z_scales(values: list[int] | tuple[int, ...]) -> list[int]:
     return scales
 
 
+def check_detect_z_setting(values: list[int] | tuple[int, ...], pool: str | None) -> list[int]:
+    """The ``image.detect_z`` setting (a detector's same-position slice windows) as a list of odd slice counts >= 3,
+    for a detector encoder only (an ``InputError`` naming the fix otherwise).
+
+    >>> check_detect_z_setting([3, 9], "detect")
+    [3, 9]
+    """
+    windows = [int(w) for w in values]
+    if any(w < 3 or w % 2 == 0 for w in windows):
+        raise InputError("image detect_z", windows, "slice windows must be odd and >= 3 slices", "use e.g. [3, 9] or leave it empty")
+    if pool != "detect":
+        raise InputError("image detect_z", windows, f"needs the lesion detector (image pool 'detect'), not {pool or 'meanmax'!r}",
+                         "use --image-encoder-kind detector or leave detect_z empty")
+    return windows
+
+
 def window_mean(tokens: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
     """``[B, S, D]`` tokens -> the mean of each token's present neighbours within ``width`` (odd) positions centred
     on it (fewer at the ends; tokens outside ``mask`` count for nothing), ``[B, S, D]``.
@@ -108,7 +124,9 @@ class StudyStats(nn.Module):
     module inverts that map (the pseudo-inverse of its weight), takes the mean of each statistic over ``windows``
     neighbouring slices (mask-aware, :func:`window_mean`) and its maximum over the study's slices: ``n_stats x
     len(windows)`` numbers per study, standardised with the ``mean`` / ``sd`` buffers (``set_scale``, the training
-    subjects). A study without slices (``present`` 0) gets 0, the training mean. The survival head fits a ridge
+    subjects). The last ``direct`` statistics already average neighbouring slices themselves (a detector's
+    ``detect_z`` ones): they get their maximum over the study only, after the others. A study without slices
+    (``present`` 0) gets 0, the training mean. The survival head fits a ridge
     Cox-like term of them (``core.train.image_linear``): a lesion spans neighbouring slices, and on real-anatomy
     cohorts a linear model of these maxima ranked as well as the attention-pooled networks on val + test and
     steadier across seeds (docs/BENCHMARKS.md, "A linear image member").
@@ -119,30 +137,37 @@ class StudyStats(nn.Module):
     >>> raw = st.raw(proj(s).detach(), torch.ones(1, 3), proj)
     >>> [round(v, 3) for v in raw[0].tolist()]
     [4.0, 1.0, 2.0, 0.5]
+    >>> st = StudyStats(2, (3,), direct=1)
+    >>> st.dim, [round(v, 3) for v in st.raw(proj(s).detach(), torch.ones(1, 3), proj)[0].tolist()]
+    (2, [2.0, 1.0])
     """
 
-    def __init__(self, n_stats: int, windows: tuple[int, ...]) -> None:
+    def __init__(self, n_stats: int, windows: tuple[int, ...], direct: int = 0) -> None:
         super().__init__()
         self.windows = tuple(int(w) for w in windows)
         if not self.windows or any(w < 1 or w % 2 == 0 for w in self.windows):
             raise ValueError(f"study statistic windows {self.windows} must be odd widths >= 1")
         self.n_stats = int(n_stats)
+        self.direct = int(direct)
+        if not 0 <= self.direct < self.n_stats:
+            raise ValueError(f"direct statistics {self.direct} must be fewer than the {self.n_stats} statistics")
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("sd", torch.ones(self.dim))
 
     @property
     def dim(self) -> int:
-        return self.n_stats * len(self.windows)
+        return (self.n_stats - self.direct) * len(self.windows) + self.direct
 
     def raw(self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
         """``[B, n_stats * len(windows)]`` unstandardised statistics (a study without slices: 0)."""
         inv = torch.linalg.pinv(proj.weight.float())  # [n_stats, D]: the frozen projection's left inverse
         stats = (tokens.float() - proj.bias.float()) @ inv.T
         m = mask > 0
-        out = []
-        for w in self.windows:
-            sm = window_mean(stats, mask, w).masked_fill(~m[..., None], torch.finfo(stats.dtype).min)
-            out.append(sm.max(dim=1).values)
+        low = torch.finfo(stats.dtype).min
+        plain = stats[..., :self.n_stats - self.direct]
+        out = [window_mean(plain, mask, w).masked_fill(~m[..., None], low).max(dim=1).values for w in self.windows]
+        if self.direct:
+            out.append(stats[..., self.n_stats - self.direct:].masked_fill(~m[..., None], low).max(dim=1).values)
         return torch.where(m.any(dim=1, keepdim=True), torch.cat(out, dim=-1), torch.zeros(()))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear) -> torch.Tensor:

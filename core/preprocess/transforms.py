@@ -314,12 +314,13 @@ class ImageTransforms:
     lung: LungMaskFill | None = None
     channels: ChannelStack | None = None  # applied by the 2D encoder as its fixed first layer (see the module docstring)
     crop: BodyCrop | None = None
+    z_context: bool = False  # the encoder after the chain mixes neighbouring slices (a detector's ``detect_z``)
 
     @property
     def per_slice(self) -> bool:
-        """True when every slice's output depends on that slice's voxels only (the body box, when the chain has
-        one, is a constant of the case: :meth:`masks`)."""
-        return isinstance(self.resize, ResizeSlices)
+        """True when every slice's token depends on that slice's voxels only (the body box, when the chain has
+        one, is a constant of the case: :meth:`masks`); False when the encoder mixes neighbouring slices."""
+        return isinstance(self.resize, ResizeSlices) and not self.z_context
 
     def masks(self, hu: torch.Tensor) -> CaseConstants | None:
         """The constants of the cases in ``hu`` ``[B, S, R, C]`` (lung mask, body box per case), or None when the

@@ -29,7 +29,7 @@ from core.errors import InputError
 from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
 from core.runtime import DistInfo
-from core.models.pooling import check_z_scales
+from core.models.pooling import check_detect_z_setting, check_z_scales
 from core.train.detection_loss import POS_WEIGHT, loss_settings
 from core.train.image_path import image_path_state
 from core.train.loop import concordance, fit
@@ -64,6 +64,8 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
         cfg.update(encoder_2d_config(s, len(cfg["channels"])))
         if s.get("z_scales"):
             cfg["z_scales"] = check_z_scales(s["z_scales"])
+        if s.get("detect_z"):
+            cfg["detect_z"] = check_detect_z_setting(s["detect_z"], cfg.get("pool"))
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     if kind in ("2d", "3d") and bool(s.get("body_crop", False)):
@@ -298,7 +300,9 @@ def encoder_tokens(enc: torch.nn.Module, pre: dict[str, torch.Tensor], device: t
     outs = []
     with torch.no_grad():
         for i in range(0, pre["image_preprocessed"].shape[0], chunk):
-            outs.append(enc(pre["image_preprocessed"][i:i + chunk].float().to(device)).float().cpu())
+            x = pre["image_preprocessed"][i:i + chunk].float().to(device)
+            tok = enc(x, pre["image_token_mask"][i:i + chunk].to(device)) if getattr(enc, "detect_z", ()) else enc(x)
+            outs.append(tok.float().cpu())
     return torch.cat(outs)
 
 
@@ -430,7 +434,8 @@ def _frozen_stats(enc: torch.nn.Module, pre: dict[str, torch.Tensor], device: to
     outs = []
     with torch.no_grad():
         for i in range(0, pre["image_preprocessed"].shape[0], chunk):
-            outs.append(enc.slice_stats(pre["image_preprocessed"][i:i + chunk].float().to(device)).float().cpu())  # type: ignore[operator]
+            outs.append(enc.slice_stats(pre["image_preprocessed"][i:i + chunk].float().to(device),  # type: ignore[operator]
+                                        pre["image_token_mask"][i:i + chunk].to(device)).float().cpu())
     return torch.cat(outs)
 
 
@@ -450,7 +455,8 @@ def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor],
         from core.preprocess.transforms import augment_slices
 
         x = augment_slices(x, augment[0], augment[1])
-    b["image_tokens"] = net.image_encoder(x)  # type: ignore[misc]
+    b["image_tokens"] = (net.image_encoder(x, b["image_token_mask"]) if getattr(net.image_encoder, "detect_z", ())  # type: ignore[misc]
+                         else net.image_encoder(x))
     b["image_token_mask"] = _token_mask(b["image_tokens"], b["image_token_mask"], b["image_present"])
     return b
 

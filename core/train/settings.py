@@ -76,8 +76,10 @@ DEFAULTS: dict[str, Any] = {
               # wide field of view does not shrink the body in the encoder's pixels
               "body_crop": False,
               # slice context (core.models.pooling.SliceScales): each slice token plus learnt maps of the mean token
-              # over windows of these odd slice counts, before the token projection; [] = none
-              "z_scales": [],
+              # over windows of these odd slice counts, before the token projection; [] = none. detect_z (a detector
+              # only): per slice, the max over positions of the lesion logit averaged at the same position over these
+              # odd slice counts, beside its per-slice statistics; [] = none
+              "z_scales": [], "detect_z": [],
               # self-supervised synthetic-lesion pretext before stage A (core.train.pretext_lesions; needs pool
               # "detect"): steps (0 = off), slices per step, learning rate, lesion prior overrides (LesionPrior keys),
               # and whether stage A fine-tunes the trunk (False: frozen, only the slice projection and the image path
@@ -114,11 +116,14 @@ PRETEXT_SUBJECTS: tuple[str, ...] = ("all", "no_early_event")
 # event, whose real lesions it would otherwise be taught as background. Real-anatomy cohorts (docs/BENCHMARKS.md
 # "Lesion-detector encoder, session 14"): image_only test C well above the lung-masked encoder; about 600-800 s more
 # CPU per trained image stage. Slice context over 3 and 9 slices (z_scales, session 22: a lesion spans neighbouring
-# slices, a false detection mostly one; docs/BENCHMARKS.md "Slice context").
+# slices, a false detection mostly one; docs/BENCHMARKS.md "Slice context"). The detector's own same-position logit
+# means over 3 and 9 slices (detect_z, session 28: a lesion stays in place from slice to slice, noise and most false
+# detections do not; docs/BENCHMARKS.md "Same-position slice windows").
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "detector": {"lung_mask": False, "windows": [[-160, 240], [-40, 160], [-200, 1000], [-1000, -300]],
                  "contrast": [9], "pool": "detect", "size": 96, "channels": [16, 32, 32, 32], "strides": [2, 2, 1, 1],
                  "pretext_steps": 3000, "pretext_subjects": "no_early_event", "z_scales": [3, 9],
+                 "detect_z": [3, 9],
                  "pretext_prior": {"p_parenchyma": 0.5, "min_visibility": 5, "p_lowdensity": 0.2, "p_edge": 0.2,
                                    "p_lesion": 1.0, "max_lesions": 8}},
 }
