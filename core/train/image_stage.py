@@ -323,7 +323,8 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg[k]} does not match {icfg[k]}",
                                  "pretrain with the same image settings or train without --image-encoder")
         for k, default in (("lung_mask", False), ("lung_close", 0.0), ("lung_medial", False), ("windows", None),
-                           ("contrast", None), ("strides", None), ("pool", "meanmax"), ("body_crop", False)):
+                           ("contrast", None), ("strides", None), ("pool", "meanmax"), ("body_crop", False),
+                           ("detect_z", None)):
             if icfg.get("kind") == "2d" and init_cfg.get(k, default) != icfg.get(k, default):
                 raise InputError("image_encoder", str(init_dir), f"encoder {k}={init_cfg.get(k, default)} does not match {icfg.get(k, default)}",
                                  "pretrain again with this version or train without --image-encoder")
