@@ -101,6 +101,10 @@ def test_settings_configs_and_the_explanation_mode() -> None:
     assert check_detect_z_setting([3, 9], "detect") == [3, 9]
     with pytest.raises(InputError, match="image detect_z.*odd"):
         check_detect_z_setting([4], "detect")
+    with pytest.raises(InputError, match="image detect_z.*list of whole slice counts"):
+        check_detect_z_setting(3, "detect")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="image detect_z.*list of whole slice counts"):
+        check_detect_z_setting(["3"], "detect")
     with pytest.raises(InputError, match="image detect_z.*needs the lesion detector"):
         check_detect_z_setting([3], "meanmax")
 

@@ -55,18 +55,6 @@ DETECT_CHANNELS = 2  # lesion logits of pool="detect": darker, brighter than the
 DETECT_STATS = 2     # per detection channel: max logit, log(1 + soft area)
 
 
-def check_detect_z(values: list[int] | tuple[int, ...]) -> tuple[int, ...]:
-    """The ``detect_z`` slice windows as odd slice counts >= 3 (``ValueError`` otherwise).
-
-    >>> check_detect_z([3, 9])
-    (3, 9)
-    """
-    out = tuple(int(w) for w in values)
-    if any(w < 3 or w % 2 == 0 for w in out):
-        raise ValueError(f"detect_z windows {list(out)} must be odd slice counts >= 3")
-    return out
-
-
 class SliceEncoder2D(nn.Module):
     """Per-slice CNN: prepared slices ``[B, S, size, size]`` -> ``[B, S, out_dim]`` tokens.
 
@@ -93,7 +81,9 @@ class SliceEncoder2D(nn.Module):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool {pool!r} is not one of {POOLS}")
-        self.detect_z = check_detect_z(detect_z)
+        self.detect_z = tuple(int(w) for w in detect_z)
+        if any(w < 3 or w % 2 == 0 for w in self.detect_z):
+            raise ValueError(f"detect_z windows {list(self.detect_z)} must be odd slice counts >= 3")
         if self.detect_z and (pool != "detect" or soft_tissue is not None):
             raise ValueError("detect_z needs pool='detect' and no lung-mask soft-tissue count")
         self.size = int(size)

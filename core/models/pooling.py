@@ -42,12 +42,21 @@ class AttentionPool(nn.Module):
         return torch.einsum("bs,bsd->bd", weights, tokens), weights
 
 
+def _slice_windows(field: str, values: object) -> list[int]:
+    """A setting's slice windows as a list of odd slice counts >= 3 (an ``InputError`` naming ``field`` and the fix
+    otherwise: not a list of whole numbers, an even count, or fewer than 3 slices)."""
+    fix = "use e.g. [3, 9] or leave it empty"
+    if not isinstance(values, (list, tuple)) or not all(isinstance(w, (int, float)) and float(w).is_integer() for w in values):
+        raise InputError(field, values, "must be a list of whole slice counts", fix)
+    windows = [int(w) for w in values]
+    if any(w < 3 or w % 2 == 0 for w in windows):
+        raise InputError(field, windows, "slice windows must be odd and >= 3 slices", fix)
+    return windows
+
+
 def check_z_scales(values: list[int] | tuple[int, ...]) -> list[int]:
     """The ``image.z_scales`` setting as a list of odd slice counts >= 3 (an ``InputError`` naming the fix otherwise)."""
-    scales = [int(w) for w in values]
-    if any(w < 3 or w % 2 == 0 for w in scales):
-        raise InputError("image z_scales", scales, "slice windows must be odd and >= 3 slices", "use e.g. [3, 9] or leave it empty")
-    return scales
+    return _slice_windows("image z_scales", values)
 
 
 def check_detect_z_setting(values: list[int] | tuple[int, ...], pool: str | None) -> list[int]:
@@ -57,9 +66,7 @@ def check_detect_z_setting(values: list[int] | tuple[int, ...], pool: str | None
     >>> check_detect_z_setting([3, 9], "detect")
     [3, 9]
     """
-    windows = [int(w) for w in values]
-    if any(w < 3 or w % 2 == 0 for w in windows):
-        raise InputError("image detect_z", windows, "slice windows must be odd and >= 3 slices", "use e.g. [3, 9] or leave it empty")
+    windows = _slice_windows("image detect_z", values)
     if pool != "detect":
         raise InputError("image detect_z", windows, f"needs the lesion detector (image pool 'detect'), not {pool or 'meanmax'!r}",
                          "use --image-encoder-kind detector or leave detect_z empty")
@@ -159,7 +166,7 @@ class StudyStats(nn.Module):
         return (self.n_stats - self.direct) * len(self.windows) + self.direct
 
     def raw(self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
-        """``[B, n_stats * len(windows)]`` unstandardised statistics (a study without slices: 0)."""
+        """``[B, dim]`` unstandardised statistics (a study without slices: 0)."""
         inv = torch.linalg.pinv(proj.weight.float())  # [n_stats, D]: the frozen projection's left inverse
         stats = (tokens.float() - proj.bias.float()) @ inv.T
         m = mask > 0
