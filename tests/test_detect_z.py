@@ -141,3 +141,22 @@ def test_a_detector_model_with_it_trains_saves_predicts_and_explains(tmp_path: P
         train_model(cohort_dir, "image_only", tmp_path / "bad", epochs=1, device="cpu", image_encoder_kind="2d",
                     ensemble=1, overrides={"image": {"detect_z": [3]}})
 
+
+
+def test_time_to_event_pretraining_keeps_padding_away_from_a_detect_z_detector() -> None:
+    import torch
+
+    from core.models.heads import make_edges
+    from core.train.pretrain import PretrainNet
+
+    icfg = {"kind": "2d", "out_dim": 8, "size": 32, "channels": [4, 8], "pool": "detect", "detect_z": [3]}
+    edges = make_edges(np.array([10.0, 20.0, 30.0, 40.0]), np.ones(4), 3, extra=())
+    torch.manual_seed(0)
+    net = PretrainNet(icfg, 16, edges, n_tasks=2).eval()
+    study = torch.rand(1, 5, 32, 32, generator=torch.Generator().manual_seed(3))
+    padded = torch.cat([study, torch.full((1, 3, 32, 32), 0.9)], dim=1)
+    with torch.no_grad():
+        alone = net({"image_preprocessed": study, "image_token_mask": torch.ones(1, 5), "image_present": torch.ones(1)})
+        mask = torch.tensor([[1.0] * 5 + [0.0] * 3])
+        inside = net({"image_preprocessed": padded, "image_token_mask": mask, "image_present": torch.ones(1)})
+    assert torch.allclose(alone, inside, atol=1e-5)

@@ -301,9 +301,14 @@ def encoder_tokens(enc: torch.nn.Module, pre: dict[str, torch.Tensor], device: t
     with torch.no_grad():
         for i in range(0, pre["image_preprocessed"].shape[0], chunk):
             x = pre["image_preprocessed"][i:i + chunk].float().to(device)
-            tok = enc(x, pre["image_token_mask"][i:i + chunk].to(device)) if getattr(enc, "detect_z", ()) else enc(x)
-            outs.append(tok.float().cpu())
+            outs.append(encode_prepared(enc, x, pre["image_token_mask"][i:i + chunk].to(device)).float().cpu())
     return torch.cat(outs)
+
+
+def encode_prepared(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The encoder's tokens of prepared images ``x``; the slice ``mask`` of padded studies goes to an encoder that
+    reads neighbouring slices (a detector with ``detect_z``), so that padding never reaches a real slice."""
+    return enc(x, mask) if getattr(enc, "detect_z", ()) else enc(x)
 
 
 def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str, Any], *, seed: int, device: torch.device,
@@ -456,8 +461,7 @@ def _stage_a_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor],
         from core.preprocess.transforms import augment_slices
 
         x = augment_slices(x, augment[0], augment[1])
-    b["image_tokens"] = (net.image_encoder(x, b["image_token_mask"]) if getattr(net.image_encoder, "detect_z", ())  # type: ignore[misc]
-                         else net.image_encoder(x))
+    b["image_tokens"] = encode_prepared(net.image_encoder, x, b["image_token_mask"])  # type: ignore[arg-type]
     b["image_token_mask"] = _token_mask(b["image_tokens"], b["image_token_mask"], b["image_present"])
     return b
 

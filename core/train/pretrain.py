@@ -33,7 +33,7 @@ from core.cohort import Cohort, load_cohort
 from core.errors import InputError
 from core.models.config import ModelConfig
 from core.runtime import DistInfo, resolve_device, seed_everything
-from core.train.image_stage import image_config, preprocessed_images
+from core.train.image_stage import encode_prepared, image_config, preprocessed_images
 from core.train.loop import concordance, fit
 from core.train.settings import DEFAULTS, Progress
 
@@ -98,7 +98,8 @@ class PretrainNet(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         b = dict(batch)
-        b["image_tokens"] = self.body.image_encoder(b.pop("image_preprocessed").float())  # type: ignore[misc]
+        b["image_tokens"] = encode_prepared(self.body.image_encoder, b.pop("image_preprocessed").float(),  # type: ignore[arg-type]
+                                            b["image_token_mask"])
         img, mask, _ = self.body._image_tokens(b, b["image_tokens"].shape[0], b["image_tokens"].device)
         ehr = torch.zeros(img.shape[0], 1, img.shape[-1], device=img.device)
         fo = self.body.fusion(img, mask, ehr, torch.zeros(img.shape[0], 1, device=img.device))
