@@ -142,6 +142,14 @@ def lung_close_note(fraction: float, medial: bool = False) -> str:
             f"slice width, and on its lateral side the soft tissue this adds below 120 HU joins the mask. {side}")
 
 
+def _log_note(cfg: ModelConfig) -> str:
+    """The EHR values read as log(1 + x) before scaling (setting ``ehr_log_skewed``), for the card."""
+    parts = [f"tabular features {', '.join(cfg.ehr.tabular['log'])}" if (cfg.ehr.tabular or {}).get("log") else "",
+             f"timeline values of {', '.join(cfg.ehr.sequence['log'])}" if (cfg.ehr.sequence or {}).get("log") else ""]
+    named = "; ".join(p for p in parts if p)
+    return f" Read as log(1 + x) before scaling (right-skewed on the train split): {named}." if named else ""
+
+
 def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str:
     t = cohort.table
     chain = cfg.image.transforms()
@@ -156,7 +164,8 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         f"val {int((t['split'] == 'val').sum())}, test {int((t['split'] == 'test').sum())}); events {int(t['event'].sum())}.",
         f"- Image input: {cfg.image.kind}; EHR inputs: {', '.join(metrics.get('modalities', {}).get('ehr', [])) or 'none'}.",
         "- EHR preprocessing (vocabulary, value statistics, feature scaling) fitted on the train split only; "
-        "timeline events after the index time are never used.",
+        "timeline events after the index time are never used."
+        + _log_note(cfg),
     ]
     if chain is not None:
         steps = "; ".join(", ".join(f"{k} {v}" for k, v in step.items()) for step in chain.describe())

@@ -5,7 +5,10 @@ Each event becomes one token: ``code embedding + value embedding + time embeddin
 * code: vocabulary of the most frequent codes in the training split's pre-index
   events (``PAD`` = 0, ``UNK`` = 1 for unseen codes);
 * value: the numeric value standardised per code with training-split statistics
-  (clipped to +-5) and a missing flag (codes without values are common);
+  (clipped to +-5) and a missing flag (codes without values are common); with
+  ``log_skewed``, a code whose training values are strongly right-skewed and
+  non-negative (BNP, creatinine) is read as ``log1p`` first, as the tabular
+  features are (``core.models.ehr_tabular.skewed_columns``);
 * time: time since the event, ``log1p(days before index)``, through sinusoidal
   features and a linear layer -- irregular, sparse sampling is encoded directly
   rather than binned.
@@ -28,7 +31,7 @@ and ``EventVocabulary.encode`` drops them again from the index time it is given.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -45,19 +48,33 @@ class EventVocabulary:
     value_mean: list[float]
     value_std: list[float]
     max_events: int = 64
+    log: list[str] = field(default_factory=list)  # codes whose values are read as log1p(max(x, 0))
 
     @classmethod
-    def fit(cls, events: list[pd.DataFrame], max_codes: int = 512, max_events: int = 64) -> EventVocabulary:
+    def fit(cls, events: list[pd.DataFrame], max_codes: int = 512, max_events: int = 64, *,
+            log_skewed: bool = False) -> EventVocabulary:
+        from core.models.ehr_tabular import is_skewed
+
         frames = [e for e in events if len(e)]
         if not frames:
             return cls([], [], [], max_events)
         allev = pd.concat(frames, ignore_index=True)
         counts = allev["code"].value_counts()
         codes = [str(c) for c in counts.index[:max_codes]]
+        log: list[str] = []
+        if log_skewed:
+            values = allev[["code", "numeric_value"]].dropna()
+            values = values[values["code"].astype(str).isin(set(codes))]
+            log = [str(c) for c, v in values.groupby("code")["numeric_value"] if is_skewed(v.to_numpy(np.float64))]
+            log = [c for c in codes if c in set(log)]
+            if log:
+                allev = allev.copy()
+                rows = allev["code"].astype(str).isin(set(log))
+                allev.loc[rows, "numeric_value"] = np.log1p(allev.loc[rows, "numeric_value"].astype(float).clip(lower=0.0))
         stats = allev.groupby("code")["numeric_value"].agg(["mean", "std"])
         mean = [float(stats.loc[c, "mean"]) if c in stats.index and np.isfinite(stats.loc[c, "mean"]) else 0.0 for c in codes]
         std = [float(stats.loc[c, "std"]) if c in stats.index and np.isfinite(stats.loc[c, "std"]) and stats.loc[c, "std"] > 1e-8 else 1.0 for c in codes]
-        return cls(codes, mean, std, max_events)
+        return cls(codes, mean, std, max_events, log)
 
     @property
     def size(self) -> int:
@@ -81,6 +98,10 @@ class EventVocabulary:
             idx = np.array([lookup.get(str(c), UNK) for c in ev["code"]], np.int64)
             codes[:n] = idx
             raw = ev["numeric_value"].to_numpy(np.float64)
+            if self.log:
+                logged = ev["code"].astype(str).isin(set(self.log)).to_numpy()
+                with np.errstate(invalid="ignore"):
+                    raw = np.where(logged, np.log1p(np.maximum(raw, 0.0)), raw)
             mean = np.array([0.0, 0.0] + self.value_mean)[idx]
             std = np.array([1.0, 1.0] + self.value_std)[idx]
             ok = np.isfinite(raw)
@@ -93,11 +114,14 @@ class EventVocabulary:
         return {"codes": codes, "values": values, "value_missing": vmiss, "dt_days": dt, "event_mask": mask}, ev
 
     def to_json(self) -> dict:
-        return {"codes": self.codes, "value_mean": self.value_mean, "value_std": self.value_std, "max_events": self.max_events}
+        out = {"codes": self.codes, "value_mean": self.value_mean, "value_std": self.value_std, "max_events": self.max_events}
+        if self.log:  # stored only when used: older model folders read as before
+            out["log"] = self.log
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> EventVocabulary:
-        return cls(list(d["codes"]), list(d["value_mean"]), list(d["value_std"]), int(d["max_events"]))
+        return cls(list(d["codes"]), list(d["value_mean"]), list(d["value_std"]), int(d["max_events"]), list(d.get("log", [])))
 
 
 class TimeEmbedding(nn.Module):

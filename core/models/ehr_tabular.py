@@ -2,6 +2,9 @@
 
 ``TabularScaler`` is fitted on the training split only (mean and standard
 deviation per column, ignoring NaN) and stored in the model's ``config.json``.
+Optionally (``log_skewed``) a strongly right-skewed non-negative column (a
+laboratory value such as BNP or creatinine, a count of visits) is read as
+``log1p`` first, so that a few extreme values do not set the column's scale.
 A missing value becomes 0 after scaling plus a missing indicator, so missingness
 itself can carry signal. ``FeatureTokenizer`` turns the ``F`` scaled values into
 ``F`` tokens (``x_f * w_f + b_f + miss_f * m_f``, as in FT-Transformer) plus one
@@ -10,7 +13,7 @@ summary token from an MLP over all values and indicators.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -31,29 +34,73 @@ class TabularScaler:
     columns: list[str]
     mean: list[float]
     std: list[float]
+    log: list[str] = field(default_factory=list)  # columns read as log1p(max(x, 0)) before scaling
 
     @classmethod
-    def fit(cls, train: pd.DataFrame) -> TabularScaler:
-        mean = train.mean(skipna=True).fillna(0.0)
-        std = train.std(skipna=True, ddof=0).fillna(1.0)
+    def fit(cls, train: pd.DataFrame, *, log_skewed: bool = False) -> TabularScaler:
+        """Mean and standard deviation per column; with ``log_skewed``, ``log1p`` for the columns that
+        ``skewed_columns`` names (decided on these rows only)."""
+        columns = [str(c) for c in train.columns]
+        frame = train.set_axis(columns, axis=1)
+        log = skewed_columns(frame) if log_skewed else []
+        if log:
+            frame = frame.copy()
+            frame[log] = np.log1p(frame[log].astype(float).clip(lower=0.0))
+        mean = frame.mean(skipna=True).fillna(0.0)
+        std = frame.std(skipna=True, ddof=0).fillna(1.0)
         std = std.where(std > 1e-8, 1.0)
-        return cls([str(c) for c in train.columns], [float(v) for v in mean], [float(v) for v in std])
+        return cls(columns, [float(v) for v in mean], [float(v) for v in std], log)
 
     def transform(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``[n, F]`` scaled values (clipped to +-6, NaN -> 0) and ``[n, F]`` missing indicators."""
         frame = df.reindex(columns=self.columns)
         raw = frame.to_numpy(dtype=np.float64)
         miss = ~np.isfinite(raw)
+        if self.log:
+            cols = [self.columns.index(c) for c in self.log]
+            with np.errstate(invalid="ignore"):
+                raw[:, cols] = np.log1p(np.maximum(raw[:, cols], 0.0))
         x = (raw - np.asarray(self.mean)) / np.asarray(self.std)
         x = np.clip(np.where(miss, 0.0, x), -6.0, 6.0)
         return x.astype(np.float32), miss.astype(np.float32)
 
     def to_json(self) -> dict:
-        return {"columns": self.columns, "mean": self.mean, "std": self.std}
+        out: dict = {"columns": self.columns, "mean": self.mean, "std": self.std}
+        if self.log:  # stored only when used: older model folders read as before
+            out["log"] = self.log
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> TabularScaler:
-        return cls(list(d["columns"]), list(d["mean"]), list(d["std"]))
+        return cls(list(d["columns"]), list(d["mean"]), list(d["std"]), list(d.get("log", [])))
+
+
+def _skewness(v: np.ndarray) -> float:
+    s = float(v.std())
+    return 0.0 if s < 1e-12 else float(((v - v.mean()) ** 3).mean() / s ** 3)
+
+
+def is_skewed(v: np.ndarray, threshold: float = 1.0) -> bool:
+    """Whether values are read better as ``log1p``: finite ones non-negative, more than two distinct, skewness
+    above ``threshold``, and less skewed (in absolute value) after ``log1p``."""
+    v = v[np.isfinite(v)]
+    if len(v) < 3 or v.min() < 0 or len(np.unique(v)) <= 2:
+        return False
+    sk = _skewness(v)
+    return sk > threshold and abs(_skewness(np.log1p(v))) < abs(sk)
+
+
+def skewed_columns(train: pd.DataFrame, threshold: float = 1.0) -> list[str]:
+    """Columns of ``train`` to read as ``log1p`` (``is_skewed``).
+
+    >>> rng = np.random.default_rng(0)
+    >>> df = pd.DataFrame({"bnp": np.exp(rng.normal(5, 1, 200)), "age": rng.normal(60, 10, 200),
+    ...                    "sex": rng.integers(0, 2, 200).astype(float)})
+    >>> skewed_columns(df)
+    ['bnp']
+    """
+    return [str(c) for c in train.columns
+            if is_skewed(pd.to_numeric(train[c], errors="coerce").to_numpy(dtype=np.float64), threshold)]
 
 
 class FeatureTokenizer(nn.Module):

@@ -5,7 +5,9 @@ How a model is trained (``train_model``):
 1. **Data.** The cohort is validated (``core.cohort.load_cohort``). EHR
    preprocessing is fitted on the train split only: the event vocabulary and
    per-code value statistics (``EventVocabulary``), the feature scaler
-   (``TabularScaler``). Events after a subject's index time never enter.
+   (``TabularScaler``); strongly right-skewed non-negative values (laboratory
+   values, counts) are read as ``log1p`` first (setting ``ehr_log_skewed``).
+   Events after a subject's index time never enter.
 2. **Image encoder (stage A, shared by all strategies).** The 2D slice CNN (or
    the 3D MONAI network) is trained once per cohort with an image-only
    discrete-time survival objective on the train split (starting from a

@@ -12,8 +12,12 @@ from core.errors import InputError
 from core.models import EHR_ENCODERS
 
 
-def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int) -> dict[str, Any]:
-    """Fit the EHR preprocessing on the train split; returns the ``ehr`` part of config.json."""
+def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int, *,
+               log_skewed: bool = False) -> dict[str, Any]:
+    """Fit the EHR preprocessing on the train split; returns the ``ehr`` part of config.json.
+
+    ``log_skewed``: strongly right-skewed non-negative feature columns and timeline values (per code) are read
+    as ``log1p`` before scaling (``core.models.ehr_tabular.is_skewed``)."""
     from core.models.ehr_sequence import EventVocabulary
     from core.models.ehr_tabular import TabularScaler
 
@@ -32,11 +36,12 @@ def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int
         use = {k: False for k in use}
     cfg: dict[str, Any] = {"sequence": None, "tabular": None, "embedding_dim": None, "layers": 1}
     if use["sequence"]:
-        vocab = EventVocabulary.fit([cohort.events(s) for s in train_ids], max_codes=max_codes, max_events=max_events)
+        vocab = EventVocabulary.fit([cohort.events(s) for s in train_ids], max_codes=max_codes, max_events=max_events,
+                                      log_skewed=log_skewed)
         cfg["sequence"] = vocab.to_json()
     if use["tabular"]:
         assert cohort.features is not None
-        scaler = TabularScaler.fit(cohort.features.reindex(train_ids))
+        scaler = TabularScaler.fit(cohort.features.reindex(train_ids), log_skewed=log_skewed)
         cfg["tabular"] = scaler.to_json()
     if use["embedding"]:
         assert cohort.ehr_embeddings is not None

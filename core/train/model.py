@@ -54,7 +54,8 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
     preset = image_encoder_kind if image_encoder_kind in IMAGE_PRESETS else None  # the 2d encoder, other settings
     settings = merge_settings(overrides, epochs, ensemble, preset)
     icfg = image_config(cohort, "2d" if preset else image_encoder_kind, fusion, settings)
-    ecfg = ehr_config(cohort, "none" if fusion == "image_only" else ehr_encoder, settings["max_codes"], settings["max_events"])
+    ecfg = ehr_config(cohort, "none" if fusion == "image_only" else ehr_encoder, settings["max_codes"], settings["max_events"],
+                      log_skewed=bool(settings["ehr_log_skewed"]))
     has_ehr = bool(ecfg["sequence"] or ecfg["tabular"] or ecfg["embedding_dim"])
     if fusion != "image_only" and not has_ehr:
         raise InputError("fusion", fusion, "needs EHR data but the cohort has none", "add timeline.parquet, features.csv or ehr_embeddings, or use image_only")

@@ -20,6 +20,11 @@ DEFAULTS: dict[str, Any] = {
     # form for models without images (real tabular data: SurvSet mean C 0.699 full vs 0.689 proportional)
     "proportional_head": "auto",
     "image_anchor": True,  # multimodal strategies = image-only branch (warm-started) + gated strategy (core.models.fusion)
+    # strongly right-skewed non-negative tabular columns and timeline values (laboratory values such as BNP or
+    # creatinine, counts) are read as log1p before scaling (core.models.ehr_tabular.is_skewed, decided on the train
+    # split; config.json ehr.tabular.log, ehr.sequence.log). SurvSet (53 tables) +0.001 C for ehr_only, real-anatomy
+    # and demo cohorts +0.006 for the fusions on average (docs/BENCHMARKS.md, "Skewed EHR values on the log scale")
+    "ehr_log_skewed": True,
     "ehr_linear": True,  # the head adds a linear term of the tabular features, fitted after the network (core.models.heads)
     # ridge penalty of that term (on the mean NLL; features are standardised). 1.0, not 0.01: on the real-anatomy
     # cohorts (120 train subjects) 0.01 let the term fit train-split noise, and every fusion fell below image_only
