@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     # strongly right-skewed non-negative tabular columns and timeline values (laboratory values such as BNP or
     # creatinine, counts) are read as log1p before scaling (core.models.ehr_tabular.is_skewed, decided on the train
     # split; config.json ehr.tabular.log, ehr.sequence.log). SurvSet (53 tables) +0.001 C for ehr_only, real-anatomy
-    # and demo cohorts +0.006 for the fusions on average (docs/BENCHMARKS.md, "Skewed EHR values on the log scale")
+    # and demo cohorts +0.005 for the fusions on average (docs/BENCHMARKS.md, "Skewed EHR values on the log scale")
     "ehr_log_skewed": True,
     "ehr_linear": True,  # the head adds a linear term of the tabular features, fitted after the network (core.models.heads)
     # ridge penalty of that term (on the mean NLL; features are standardised). 1.0, not 0.01: on the real-anatomy
