@@ -8,7 +8,7 @@ Each event becomes one token: ``code embedding + value embedding + time embeddin
   (clipped to +-5) and a missing flag (codes without values are common); with
   ``log_skewed``, a code whose training values are strongly right-skewed and
   non-negative (BNP, creatinine) is read as ``log1p`` first, as the tabular
-  features are (``core.models.ehr_tabular.skewed_columns``);
+  features are (``core.models.ehr_tabular.is_skewed``);
 * time: time since the event, ``log1p(days before index)``, through sinusoidal
   features and a linear layer -- irregular, sparse sampling is encoded directly
   rather than binned.
