@@ -98,6 +98,15 @@ def test_ehr_only_reads_log_normal_laboratory_values_better_on_their_log_scale(t
     assert c[True] > c[False] + 0.02 and c[True] > oracle - 0.02
 
 
+def test_the_setting_must_be_a_boolean() -> None:
+    from core.errors import InputError
+    from core.train.settings import merge_settings
+
+    assert merge_settings(None, None, None)["ehr_log_skewed"] is True
+    with pytest.raises(InputError, match="ehr_log_skewed.*must be true or false"):
+        merge_settings({"ehr_log_skewed": "no"}, None, None)
+
+
 def test_timeline_values_of_a_skewed_code_are_read_on_the_log_scale() -> None:
     from core.models.ehr_sequence import EventVocabulary
 

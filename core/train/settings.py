@@ -165,6 +165,9 @@ def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensembl
                 isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0 for p in grid):
             raise InputError(key, grid, "must be a list of ridge penalties >= 0 (an empty list: the fixed penalty)",
                              "use e.g. [0.1, 0.3, 1.0, 3.0], or []")
+    if not isinstance(settings["ehr_log_skewed"], bool):
+        raise InputError("ehr_log_skewed", settings["ehr_log_skewed"], "must be true or false",
+                         "use true (skewed EHR values read as log(1 + x)) or false (every value on its own scale)")
     if isinstance(settings["ensemble"], bool) or not isinstance(settings["ensemble"], int) or settings["ensemble"] < 1:
         raise InputError("ensemble", settings["ensemble"], "must be an integer >= 1", "use e.g. --ensemble 5 (or 1 for a single network)")
     return settings
