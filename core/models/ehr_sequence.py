@@ -38,6 +38,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from core.models.ehr_tabular import is_skewed, log_scale
+
 PAD, UNK = 0, 1
 GATE_INIT = 0.1  # event tokens enter through a learned gate that starts nearly closed (see the module docstring)
 
@@ -53,8 +55,6 @@ class EventVocabulary:
     @classmethod
     def fit(cls, events: list[pd.DataFrame], max_codes: int = 512, max_events: int = 64, *,
             log_skewed: bool = False) -> EventVocabulary:
-        from core.models.ehr_tabular import is_skewed
-
         frames = [e for e in events if len(e)]
         if not frames:
             return cls([], [], [], max_events)
@@ -64,13 +64,12 @@ class EventVocabulary:
         log: list[str] = []
         if log_skewed:
             values = allev[["code", "numeric_value"]].dropna()
-            values = values[values["code"].astype(str).isin(set(codes))]
-            log = [str(c) for c, v in values.groupby("code")["numeric_value"] if is_skewed(v.to_numpy(np.float64))]
-            log = [c for c in codes if c in set(log)]
+            skewed = {str(c) for c, v in values.groupby("code")["numeric_value"] if is_skewed(v.to_numpy(np.float64))}
+            log = [c for c in codes if c in skewed]  # vocabulary order
             if log:
                 allev = allev.copy()
                 rows = allev["code"].astype(str).isin(set(log))
-                allev.loc[rows, "numeric_value"] = np.log1p(allev.loc[rows, "numeric_value"].astype(float).clip(lower=0.0))
+                allev.loc[rows, "numeric_value"] = log_scale(allev.loc[rows, "numeric_value"].to_numpy(np.float64))
         stats = allev.groupby("code")["numeric_value"].agg(["mean", "std"])
         mean = [float(stats.loc[c, "mean"]) if c in stats.index and np.isfinite(stats.loc[c, "mean"]) else 0.0 for c in codes]
         std = [float(stats.loc[c, "std"]) if c in stats.index and np.isfinite(stats.loc[c, "std"]) and stats.loc[c, "std"] > 1e-8 else 1.0 for c in codes]
@@ -100,8 +99,7 @@ class EventVocabulary:
             raw = ev["numeric_value"].to_numpy(np.float64)
             if self.log:
                 logged = ev["code"].astype(str).isin(set(self.log)).to_numpy()
-                with np.errstate(invalid="ignore"):
-                    raw = np.where(logged, np.log1p(np.maximum(raw, 0.0)), raw)
+                raw = np.where(logged, log_scale(raw), raw)
             mean = np.array([0.0, 0.0] + self.value_mean)[idx]
             std = np.array([1.0, 1.0] + self.value_std)[idx]
             ok = np.isfinite(raw)

@@ -45,7 +45,7 @@ class TabularScaler:
         log = skewed_columns(frame) if log_skewed else []
         if log:
             frame = frame.copy()
-            frame[log] = np.log1p(frame[log].astype(float).clip(lower=0.0))
+            frame[log] = log_scale(frame[log].to_numpy(dtype=np.float64))
         mean = frame.mean(skipna=True).fillna(0.0)
         std = frame.std(skipna=True, ddof=0).fillna(1.0)
         std = std.where(std > 1e-8, 1.0)
@@ -58,8 +58,7 @@ class TabularScaler:
         miss = ~np.isfinite(raw)
         if self.log:
             cols = [self.columns.index(c) for c in self.log]
-            with np.errstate(invalid="ignore"):
-                raw[:, cols] = np.log1p(np.maximum(raw[:, cols], 0.0))
+            raw[:, cols] = log_scale(raw[:, cols])
         x = (raw - np.asarray(self.mean)) / np.asarray(self.std)
         x = np.clip(np.where(miss, 0.0, x), -6.0, 6.0)
         return x.astype(np.float32), miss.astype(np.float32)
@@ -73,6 +72,11 @@ class TabularScaler:
     @classmethod
     def from_json(cls, d: dict) -> TabularScaler:
         return cls(list(d["columns"]), list(d["mean"]), list(d["std"]), list(d.get("log", [])))
+
+
+def log_scale(values: np.ndarray) -> np.ndarray:
+    """``log1p(max(x, 0))``, the scale of a skewed column or timeline code (NaN stays NaN: a missing value)."""
+    return np.log1p(np.maximum(np.asarray(values, dtype=np.float64), 0.0))
 
 
 def _skewness(v: np.ndarray) -> float:
