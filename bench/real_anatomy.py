@@ -124,6 +124,15 @@ def _train_cmd(cohort: Path, model: Path, fusion: str, kind: str | None, extra: 
     return [sys.executable, "-c", code, str(cohort), fusion, str(model), json.dumps(kwargs)]
 
 
+def run_overrides(settings: str | None, image_settings: str | None) -> dict | None:
+    """The settings overrides of the image encoder runs: ``--settings`` at the top level, ``--image-settings``
+    merged into its ``image`` part; None when neither is given (the runs then use the train command)."""
+    overrides: dict = json.loads(settings) if settings else {}
+    if image_settings:
+        overrides["image"] = {**overrides.get("image", {}), **json.loads(image_settings)}
+    return overrides or None
+
+
 def run_one(cohort: Path, model: Path, fusion: str, kind: str | None, extra: list[str],
             timeout_s: float | None = None, overrides: dict | None = None, label: str | None = None) -> dict:
     """Train and evaluate one model with the real command line; returns C-index, seconds or the error."""
@@ -210,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-settings", default=None,
                         help="JSON merged into the image settings of every image encoder run (e.g. '{\"lung_mask\": true}'); "
                              "such runs call core.train.train_model with overrides instead of the train command")
+    parser.add_argument("--settings", default=None,
+                        help="JSON merged into the top level of the training settings of every image encoder run "
+                             "(e.g. '{\"foundation\": {\"grid\": [160, 224, 224]}}'); such runs call core.train.train_model")
     parser.add_argument("--label", default=None, help="name of the encoder in the tables (default: the --encoders name)")
     parser.add_argument("--timeout-s", type=float, default=None, help="stop a train or evaluate run after this many seconds (reported as an error)")
     parser.add_argument("--overlay", type=Path, default=None, help="also save a PNG of the organ masks on the base CT")
@@ -250,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             row["encoder"] = "(none)"
             rows.append(row)
             print(json.dumps(row), flush=True)
-        overrides = {"image": json.loads(args.image_settings)} if args.image_settings else None
+        overrides = run_overrides(args.settings, args.image_settings)
         for enc in encoders:
             kind = None if enc == "default" else enc
             label = args.label if args.label and len(encoders) == 1 else enc

@@ -226,6 +226,12 @@ def test_bench_image_settings_reach_train_model_as_overrides(tmp_path: Path) -> 
     cmd = bench._train_cmd(tmp_path / "c", tmp_path / "m", "concat", None, ["--epochs", "2", "--ensemble", "1", "--device", "cpu"], settings)
     assert cmd[1] == "-c" and cmd[3:6] == [str(tmp_path / "c"), "concat", str(tmp_path / "m")]
     assert json.loads(cmd[6]) == {"epochs": 2, "ensemble": 1, "device": "cpu", "image_encoder_kind": "auto", "overrides": settings}
+    # --settings merges at the top level (the foundation grid), --image-settings into its image part
+    assert bench.run_overrides(None, None) is None
+    assert bench.run_overrides('{"foundation": {"grid": [160, 224, 224]}}', '{"lung_mask": true}') == {
+        "foundation": {"grid": [160, 224, 224]}, "image": {"lung_mask": True}}
+    assert bench.run_overrides('{"image": {"windows": [[-160, 240]]}}', '{"lung_mask": false}') == {
+        "image": {"windows": [[-160, 240]], "lung_mask": False}}
 
 
 def test_pointing_game_reads_every_lesion_of_a_case(table: pd.DataFrame) -> None:
