@@ -660,6 +660,31 @@ def test_channel_stack_marks_a_hypodense_lesion_wherever_it_lies() -> None:
     assert responses[0] < -0.1 and responses[0] == pytest.approx(responses[1], abs=1e-6)
 
 
+@pytest.mark.parametrize("shape,k", [((2, 3, 96, 96), 9), ((1, 1, 7, 11), 3), ((4, 1, 5, 6), 9), ((3, 20, 33), 15)])
+def test_box_mean_equals_average_pooling_without_the_padding(shape: tuple[int, ...], k: int) -> None:
+    """The summed-area local mean gives what avg_pool2d(count_include_pad=False) gives, values and gradients,
+    also where the kernel is wider than the image and on a large flat background (no float cancellation)."""
+    import torch.nn.functional as F
+
+    from core.preprocess.transforms import box_mean
+
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(*shape, generator=gen)
+    x[..., : shape[-2] // 2, :] = -1.0  # air clamped to the window's floor over half of every image
+    x4 = x if x.dim() == 4 else x[:, None]
+    ref = F.avg_pool2d(x4, k, stride=1, padding=k // 2, count_include_pad=False).reshape(shape)
+    a = x.clone().requires_grad_(True)
+    b = x4.clone().requires_grad_(True)
+    got = box_mean(a, k)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    assert float((got - ref).abs().max()) < 1e-5
+    weights = torch.randn(*shape, generator=gen)
+    (got * weights).sum().backward()
+    (F.avg_pool2d(b, k, stride=1, padding=k // 2, count_include_pad=False).reshape(shape) * weights).sum().backward()
+    assert b.grad is not None and a.grad is not None
+    assert float((a.grad - b.grad.reshape(shape)).abs().max()) < 1e-5
+
+
 def test_organ_agnostic_encoder_gradients_reach_tissue_outside_the_lungs() -> None:
     """The lung mask zeroes every gradient outside the lungs; the organ-agnostic chain reaches liver and bone."""
     hu = torch.full((1, 2, 40, 40), 60.0)

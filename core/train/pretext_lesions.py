@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import InputError
+from core.preprocess.transforms import box_mean
 from core.train.detection_loss import POS_WEIGHT, detection_loss
 from core.train.settings import Progress
 
@@ -207,8 +208,8 @@ def local_mean_sd(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     ([0.0, 0.0, 0.667, 1.333, 2.0, 2.0], [0.0, 0.0, 0.943, 0.943, 0.0, 0.0])
     """
     xb = x[:, None].float()
-    m = F.avg_pool2d(xb, k, stride=1, padding=k // 2, count_include_pad=False)
-    m2 = F.avg_pool2d(xb * xb, k, stride=1, padding=k // 2, count_include_pad=False)
+    m = box_mean(xb, k)
+    m2 = box_mean(xb * xb, k)
     return m[:, 0], (m2 - m * m).clamp(min=0.0).sqrt()[:, 0]
 
 
