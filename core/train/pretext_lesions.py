@@ -153,6 +153,13 @@ def lesion_alpha(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[in
 def lesion_box(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[int, int], centre: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, Box]:
     """:func:`lesion_alpha` on the lesion's own box only (the same draws): occupancy and label of the box, and the box.
     Outside it the occupancy is 0, so a lesion changes the slice inside its box only."""
+    alpha, label, box = _lesion_box(rng, prior, size_hw, centre)
+    return torch.from_numpy(alpha), torch.from_numpy(label), box
+
+
+def _lesion_box(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[int, int],
+                centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, Box]:
+    """:func:`lesion_box` in numpy (float32 occupancy, bool label): what the insertion loop works on."""
     h, w = size_hw
     r = _loguniform(rng, *prior.radius_px)
     edge = rng.uniform(*prior.edge_px)
@@ -163,7 +170,7 @@ def lesion_box(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[int,
     y0, y1 = max(0, int(centre[0]) - reach), min(h, int(centre[0]) + reach + 1)
     x0, x1 = max(0, int(centre[1]) - reach), min(w, int(centre[1]) + reach + 1)
     # numpy: these boxes are small, and torch's per-call thread overhead dominated on a busy CPU
-    yy, xx = np.meshgrid(np.arange(y0, y1, dtype=np.float32), np.arange(x0, x1, dtype=np.float32), indexing="ij")
+    yy, xx = np.arange(y0, y1, dtype=np.float32)[:, None], np.arange(x0, x1, dtype=np.float32)[None, :]  # broadcast
     cy, cx = centre
 
     def ellipse_dist(oy: float, ox: float, rad: float) -> np.ndarray:
@@ -191,13 +198,13 @@ def lesion_box(rng: np.random.Generator, prior: LesionPrior, size_hw: tuple[int,
         field = ellipse_dist(0.0, 0.0, r)
     box = 1.0 / (1.0 + np.exp(-np.clip(field / edge, -30, 30)))
     tex = rng.uniform(*prior.texture)
-    label = torch.from_numpy(box >= 0.5)
+    label = box >= 0.5
     if tex > 0:
         from scipy.ndimage import uniform_filter
 
         noise = uniform_filter(rng.standard_normal(box.shape), 3, mode="nearest")
         box = box * np.maximum(1 + tex * noise / (noise.std() + 1e-6), 0.0)
-    return torch.from_numpy(box.astype(np.float32)), label, (y0, y1, x0, x1)
+    return box.astype(np.float32), label, (y0, y1, x0, x1)
 
 
 def local_mean_sd(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,66 +307,75 @@ def insert_synthetic_lesions(x: torch.Tensor, rng: np.random.Generator, prior: L
     dense_prior = dataclasses.replace(prior, radius_px=prior.dense_radius_px) if dense is not None else prior
     band = _edge_band(h, w, prior.edge_band_px) if prior.p_edge > 0 else None
     nodule_prior = dataclasses.replace(prior, radius_px=prior.lowdensity_radius_px) if low is not None else prior
+    # the loop works on numpy views of ``out`` and ``target`` (shared memory): its many small box operations cost
+    # less there than as torch calls; the random draws are the same, in the same order
+    out_np, target_np, body_np = out.numpy(), target.numpy(), (out > body_level).numpy()
+    tissue_np = (x.float() > body_level).numpy() if prior.confine_to_tissue else None
+    paren_np, sd_np = paren.numpy(), sd_hu.numpy()
+    low_np = low.numpy() if low is not None else None
+    dense_np = dense.numpy() if dense is not None else None
+    confine_np = confine.numpy() if confine is not None else None
+    band_np = band.numpy() if band is not None else None
     for i in range(n):
         if rng.random() >= prior.p_lesion:
             continue
-        body = torch.nonzero(out[i] > body_level)
+        body = np.argwhere(body_np[i])
         if len(body) == 0:
             continue
-        soft = torch.nonzero(paren[i]) if prior.p_parenchyma > 0 else body
-        aerated = torch.nonzero(low[i]) if low is not None else body
-        bony = torch.nonzero(dense[i]) if dense is not None else body
+        soft = np.argwhere(paren_np[i]) if prior.p_parenchyma > 0 else body
+        aerated = np.argwhere(low_np[i]) if low_np is not None else body
+        bony = np.argwhere(dense_np[i]) if dense_np is not None else body
         for _ in range(int(rng.integers(1, prior.max_lesions + 1))):
-            nodule = low is not None and len(aerated) > 0 and rng.random() < prior.p_lowdensity
-            in_bone = not nodule and dense is not None and len(bony) > 0 and rng.random() < prior.p_dense
+            nodule = low_np is not None and len(aerated) > 0 and rng.random() < prior.p_lowdensity
+            in_bone = not nodule and dense_np is not None and len(bony) > 0 and rng.random() < prior.p_dense
             in_paren = not nodule and not in_bone and prior.p_parenchyma > 0 and len(soft) > 0 and rng.random() < prior.p_parenchyma
             where = aerated if nodule else (bony if in_bone else (soft if in_paren else body))
-            if band is not None and rng.random() < prior.p_edge:
-                near = where[band[where[:, 0], where[:, 1]]]
+            if band_np is not None and rng.random() < prior.p_edge:
+                near = where[band_np[where[:, 0], where[:, 1]]]
                 where = near if len(near) else where
             cy, cx = (float(v) for v in where[int(rng.integers(len(where)))])
             if nodule:  # a solid blob replacing aerated tissue by a soft-tissue level: always brighter
-                alpha, label, (y0, y1, x0, x1) = lesion_box(rng, nodule_prior, (h, w), (cy, cx))
+                alpha, label, (y0, y1, x0, x1) = _lesion_box(rng, nodule_prior, (h, w), (cy, cx))
                 level = (rng.uniform(*prior.lowdensity_level_hu) - window_centre) / window_half
-                contrast_hu = abs(level - float(out[i, int(cy), int(cx)])) * window_half
-                o = out[i, y0:y1, x0:x1]
-                out[i, y0:y1, x0:x1] = o + alpha.clamp(max=1.0) * (level - o)
+                contrast_hu = abs(level - float(out_np[i, int(cy), int(cx)])) * window_half
+                o = out_np[i, y0:y1, x0:x1]
+                out_np[i, y0:y1, x0:x1] = o + np.minimum(alpha, np.float32(1.0)) * (level - o)
                 bright = True
             elif in_bone:  # lytic (replaced by a soft-tissue level: darker) or sclerotic (brighter), kept in dense tissue
-                assert confine is not None
-                alpha, label, (y0, y1, x0, x1) = lesion_box(rng, dense_prior, (h, w), (cy, cx))
-                alpha, label = alpha * confine[i, y0:y1, x0:x1], label & confine[i, y0:y1, x0:x1]
+                assert confine_np is not None
+                alpha, label, (y0, y1, x0, x1) = _lesion_box(rng, dense_prior, (h, w), (cy, cx))
+                alpha, label = alpha * confine_np[i, y0:y1, x0:x1], label & confine_np[i, y0:y1, x0:x1]
                 bright = rng.random() >= prior.p_lytic
-                o = out[i, y0:y1, x0:x1]
+                o = out_np[i, y0:y1, x0:x1]
                 if bright:
                     contrast_hu = _loguniform(rng, *prior.dense_contrast_hu)
-                    out[i, y0:y1, x0:x1] = o + alpha * contrast_hu / window_half
+                    out_np[i, y0:y1, x0:x1] = o + alpha * np.float32(contrast_hu / window_half)
                 else:
                     level = (rng.uniform(*prior.dense_level_hu) - window_centre) / window_half
-                    contrast_hu = abs(level - float(out[i, int(cy), int(cx)])) * window_half
-                    out[i, y0:y1, x0:x1] = o + alpha.clamp(max=1.0) * (level - o)
+                    contrast_hu = abs(level - float(out_np[i, int(cy), int(cx)])) * window_half
+                    out_np[i, y0:y1, x0:x1] = o + np.minimum(alpha, np.float32(1.0)) * (level - o)
             else:
-                alpha, label, (y0, y1, x0, x1) = lesion_box(rng, prior, (h, w), (cy, cx))
-                if prior.confine_to_tissue:
-                    tissue = x[i, y0:y1, x0:x1] > body_level
+                alpha, label, (y0, y1, x0, x1) = _lesion_box(rng, prior, (h, w), (cy, cx))
+                if tissue_np is not None:
+                    tissue = tissue_np[i, y0:y1, x0:x1]
                     alpha, label = alpha * tissue, label & tissue
                 bright = rng.random() < prior.p_bright
                 contrast_hu = _loguniform(rng, *(prior.parenchyma_contrast_hu if in_paren else prior.contrast_hu))
                 delta = contrast_hu / window_half * (1.0 if bright else -1.0)
-                o = out[i, y0:y1, x0:x1]
+                o = out_np[i, y0:y1, x0:x1]
                 if rng.random() < prior.p_replace:
                     ry, rx = int(cy), int(cx)
                     k = max(2, int(round(2 * float(label.sum()) ** 0.5)))
-                    local = out[i, max(0, ry - k):ry + k + 1, max(0, rx - k):rx + k + 1].mean()
-                    out[i, y0:y1, x0:x1] = o + alpha.clamp(max=1.0) * (local + delta - o)
+                    local = out_np[i, max(0, ry - k):ry + k + 1, max(0, rx - k):rx + k + 1].mean()
+                    out_np[i, y0:y1, x0:x1] = o + np.minimum(alpha, np.float32(1.0)) * (local + np.float32(delta) - o)
                 else:
-                    out[i, y0:y1, x0:x1] = o + alpha * delta
+                    out_np[i, y0:y1, x0:x1] = o + alpha * np.float32(delta)
             if prior.min_visibility > 0:
-                noise = max(float(sd_hu[i, int(cy), int(cx)]), 1.0)
+                noise = max(float(sd_np[i, int(cy), int(cx)]), 1.0)
                 if contrast_hu * float(label.sum()) ** 0.5 / noise < prior.min_visibility:
                     continue  # inserted, but too faint against its surroundings to be labelled
-            tb = target[i, int(bright), y0:y1, x0:x1]
-            target[i, int(bright), y0:y1, x0:x1] = torch.maximum(tb, label.float())
+            tb = target_np[i, int(bright), y0:y1, x0:x1]
+            target_np[i, int(bright), y0:y1, x0:x1] = np.maximum(tb, label.astype(np.float32))
     return out.clamp(-1.0, 1.0), target
 
 
