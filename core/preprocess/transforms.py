@@ -242,8 +242,9 @@ class ResizeVolume:
 def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k x k`` local mean of images ``[..., H, W]`` (odd ``k``; at the edges, the mean over the pixels inside):
     ``avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)``, computed from a float64 summed-area
-    table, so its cost does not grow with ``k`` (a 9 x 9 mean of 32 slices of 96 x 96: 1.6 ms against 23 ms on one
-    CPU thread). Differentiable; returns ``x``'s dtype.
+    table, so its cost does not grow with ``k`` (``bench/bench_box_mean.py`` compares the two). Call it per channel
+    (``[N, 1, H, W]``): the cumulative sums were much slower on several channels at once. Differentiable; returns
+    ``x``'s dtype.
 
     >>> import torch
     >>> x = torch.arange(12.0).reshape(1, 3, 4)

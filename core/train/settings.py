@@ -120,8 +120,9 @@ PRETEXT_SUBJECTS: tuple[str, ...] = ("all", "no_early_event")
 # frozen; survival is learnt from its per-slice detection statistics. The pretext leaves out the subjects with an early
 # event, whose real lesions it would otherwise be taught as background. Real-anatomy cohorts (docs/BENCHMARKS.md
 # "Lesion-detector encoder, session 14"): image_only test C well above the lung-masked encoder; about 600-800 s more
-# CPU per trained image stage in session 14, about 40 % less since session 30 (summed-area local mean, insertion in numpy). Slice context over 3 and 9 slices (z_scales, session 22: a lesion spans neighbouring
-# slices, a false detection mostly one; docs/BENCHMARKS.md "Slice context"). The detector's own same-position logit
+# CPU per trained image stage in session 14, about 40 % less since session 30 (summed-area local mean, insertion in
+# numpy; docs/BENCHMARKS.md "Training speed"). Slice context over 3 and 9 slices (z_scales, session 22: a lesion spans
+# neighbouring slices, a false detection mostly one; docs/BENCHMARKS.md "Slice context"). The detector's own same-position logit
 # means over 3 and 9 slices (detect_z, session 28: a lesion stays in place from slice to slice, noise and most false
 # detections do not; docs/BENCHMARKS.md "Same-position slice windows").
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
