@@ -88,8 +88,15 @@ def main() -> None:
             "trained here). This happens once; later starts reuse it from disk."
         )
         bar = st.progress(0.0, text="starting")
-        with chrome.core_errors(stop=True):
-            demo_install.ensure_demo(progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
+        # one build per server, in its own thread: leaving or reloading this page does not stop it, and every
+        # visitor who arrives meanwhile watches the same build instead of waiting on its lock
+        build = demo_install.background_build()
+        while not build.wait(0.5):
+            fraction, label = build.progress
+            bar.progress(fraction, text=label)
+        if build.error is not None:
+            with chrome.core_errors(stop=True):
+                raise build.error
         bar.empty()
         st.rerun()
 

@@ -38,8 +38,22 @@ class BoundedFolder:
 def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     """Write ``arrays`` to ``path`` atomically (a partial file, then a rename): a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.npz")
+    tmp = partial_name(path, ".npz")
     np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def partial_name(path: Path, suffix: str = "") -> Path:
+    """A temporary name beside ``path`` that no other process or thread of this one uses (``.partial`` marks it)."""
+    return path.with_name(f"{path.stem if suffix else path.name}.{os.getpid()}.{threading.get_ident()}.partial{suffix}")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a partial file and a rename: a reader never sees half a file, and two
+    sessions (threads) that write the same file at once do not rename each other's partial file away."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(path)
+    tmp.write_bytes(data)
     tmp.replace(path)
 
 

@@ -156,3 +156,37 @@ def test_risk_group_of_uses_the_group_ranges() -> None:
     assert reference.risk_group_of(Pred(), groups)["label"] == "high"
     Pred.survival = np.array([0.95, 0.9, 0.9])  # risk = -(1 + 0.95 + 1.8) = -3.75
     assert reference.risk_group_of(Pred(), groups)["label"] == "low"
+
+
+def test_demo_build_runs_once_in_the_background_and_retries_after_a_failure(tmp_path: Path) -> None:
+    import threading
+
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def build(progress: demo_install.Progress) -> None:
+        calls.append(1)
+        progress(0.4, "demo cohort: CT phantoms")
+        progress(0.2, "a sub-step restarting its own count")
+        assert gate.wait(10.0)
+        if len(calls) == 1:
+            raise ValueError("cohort: got a broken disk; fix: free space")
+        progress(1.0, "demo ready")
+
+    first = demo_install.background_build(tmp_path, target=build)
+    second = demo_install.background_build(tmp_path, target=build)
+    assert second is first  # a second visitor watches the same build
+    for _ in range(200):
+        if first.progress[0] > 0:
+            break
+        first.wait(0.01)
+    assert first.progress == (0.4, "a sub-step restarting its own count")  # the bar never moves back
+    assert not first.done and not first.wait(0.05)
+    gate.set()
+    assert first.wait(10.0)
+    assert isinstance(first.error, ValueError) and "free space" in str(first.error)
+    retry = demo_install.background_build(tmp_path, target=build)  # a reload after a failure starts again
+    assert retry is not first
+    assert retry.wait(10.0) and retry.error is None and retry.progress == (1.0, "demo ready")
+    assert demo_install.background_build(tmp_path, target=build) is retry  # finished well: kept
+    assert len(calls) == 2

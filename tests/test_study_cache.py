@@ -89,3 +89,41 @@ def test_the_viewer_nifti_is_kept_beside_its_volume(real_ct: Path, tmp_path: Pat
     other.write_bytes(real_ct.read_bytes())
     cache.put(other, volume)  # one entry at most: the first study's volume goes, and its viewer NIfTI with it
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".npz"]
+
+
+def test_sessions_that_build_the_same_derivative_at_once_all_get_it(tmp_path: Path) -> None:
+    """Two visitors opening one case compute its viewer NIfTI together, in threads of one server process: every
+    one gets the bytes and none fails renaming a partial file another thread already renamed."""
+    import threading
+
+    from core.io.study_cache import VIEWER_NIFTI
+
+    study = tmp_path / "ct.nii.gz"
+    study.write_bytes(b"not decoded here")
+    cache = StudyCache(tmp_path / "cache")
+    threads, rounds = 8, 25
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+    got: list[bytes] = []
+
+    def visitor(k: int) -> None:
+        for r in range(rounds):
+            def build(r: int = r) -> bytes:
+                return bytes([r]) * 65536
+            barrier.wait()
+            try:
+                got.append(cache.derived(study, VIEWER_NIFTI, build))
+            except OSError as exc:
+                errors.append(exc)
+            if barrier.wait() == 0:  # one thread clears the entry for the next round
+                for p in (tmp_path / "cache").glob(f"*{VIEWER_NIFTI}"):
+                    p.unlink()
+
+    workers = [threading.Thread(target=visitor, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert errors == []
+    assert len(got) == threads * rounds and all(len(b) == 65536 for b in got)
+    assert not [p.name for p in (tmp_path / "cache").iterdir() if ".partial" in p.name]

@@ -5,6 +5,9 @@ when they were trained on exactly that cohort (SHA-256 of its ``cohort.csv`` in
 their manifest), else they are trained here (a smaller, faster demo:
 ``CTEHR_DEMO_N`` and ``CTEHR_DEMO_EPOCHS`` change its size). A file lock makes
 two sessions that start together build it once; an interrupted build resumes.
+In the app the build runs in one background thread per server
+(:func:`background_build`), so a visitor who leaves or reloads the first-start
+page does not stop it and every session watches the same build.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -216,3 +220,74 @@ def list_models(models_root: Path) -> dict[str, Path]:
     }
     order = [f for f in FUSIONS if f in found] + [k for k in found if k not in FUSIONS]
     return {k: found[k] for k in order}
+
+
+class DemoBuild:
+    """One :func:`ensure_demo` run in a background thread that sessions watch (progress, error, done).
+
+    A Streamlit session whose visitor leaves the page is stopped at its next UI call; were the build run inside
+    that session, it would stop with it and the next visitor would start it again. Here the thread owns the
+    build and a session only reads :attr:`progress` and waits with :meth:`wait`. ``target`` is the build (by
+    default :func:`ensure_demo` with ``base``), called with a ``progress`` keyword.
+    """
+
+    def __init__(self, base: Path | None = None, target: Callable[..., object] | None = None) -> None:
+        self.base = base
+        self._target = target or (lambda progress: ensure_demo(base, progress=progress))
+        self.builds_demo = target is None  # the real build: it has ended well only when demo_ready(base) holds
+        self._lock = threading.Lock()
+        self._progress: tuple[float, str] = (0.0, "starting")
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ctehr-demo-build", daemon=True)
+
+    def _report(self, fraction: float, label: str) -> None:
+        with self._lock:  # never backwards: a sub-step that restarts its own count does not move the bar back
+            self._progress = (max(self._progress[0], min(max(float(fraction), 0.0), 1.0)), str(label))
+
+    def _run(self) -> None:
+        try:
+            self._target(progress=self._report)
+        except Exception as exc:  # kept for every session that watches (the app shows it as one line)
+            self.error = exc
+        finally:
+            self._done.set()
+
+    def start(self) -> DemoBuild:
+        self._thread.start()
+        return self
+
+    @property
+    def progress(self) -> tuple[float, str]:
+        """(fraction 0..1, label) of the last step reported."""
+        with self._lock:
+            return self._progress
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block up to ``timeout_s`` seconds; True once the build has ended (finished or failed: see :attr:`error`)."""
+        return self._done.wait(timeout_s)
+
+
+_BUILDS: dict[Path, DemoBuild] = {}
+_BUILDS_LOCK = threading.Lock()
+
+
+def background_build(base: Path | None = None, target: Callable[..., object] | None = None) -> DemoBuild:
+    """The running (or finished) demo build of ``base``'s data folder in this process; starts one if none runs.
+
+    Every session that calls it while a build runs gets the same :class:`DemoBuild`. A build that failed (an
+    error, or the demo still not ready after it) is replaced by a new one on the next call, so a reload
+    retries; one that finished well is returned as it is.
+    """
+    root = demo_paths(base).root.resolve()
+    with _BUILDS_LOCK:
+        build = _BUILDS.get(root)
+        failed = build is not None and build.done and (
+            build.error is not None or (build.builds_demo and not demo_ready(base)))
+        if build is None or failed:
+            build = _BUILDS[root] = DemoBuild(base, target).start()
+        return build

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from core import disk_cache
 from core.cohort import Cohort
 from core.errors import InputError
 
@@ -128,9 +128,7 @@ def reference_curves(model: ModelOrLoader, cohort: Cohort, ids: Sequence[str] | 
         "risk": risk,
     }
     if curves is not None:
-        tmp = curves.with_name(f"reference_curves.{os.getpid()}.partial.json")
-        tmp.write_text(json.dumps({"key": digest, "curves": _to_json(out)}))
-        tmp.replace(curves)
+        disk_cache.write_bytes_atomic(curves, json.dumps({"key": digest, "curves": _to_json(out)}).encode())
     return out
 
 

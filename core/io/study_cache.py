@@ -109,10 +109,7 @@ class StudyCache(disk_cache.BoundedFolder):
         except FileNotFoundError:
             pass
         data = compute()
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.name}.{os.getpid()}.partial")
-        tmp.write_bytes(data)
-        tmp.replace(file)
+        disk_cache.write_bytes_atomic(file, data)  # two sessions may compute the same derivative at once
         return data
 
     def load(self, path: Path | str, decode: Callable[[], Volume]) -> Volume:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time as _time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from core.cohort import Cohort
+from core.disk_cache import partial_name
 from core.errors import InputError
 from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
@@ -241,7 +241,7 @@ def _save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, st
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp = partial_name(path)  # jobs of one server train in threads of one process
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
         tmp.replace(path)
     except OSError as err:  # read-only cohort folder: keep going without a cache
