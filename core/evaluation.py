@@ -123,9 +123,10 @@ def save_metrics(path: Path, metrics: dict, stamp: float) -> None:
     """Keep an evaluation of a (demo) model on disk, tagged with the model folder's ``stamp`` (its mtime)."""
     import json
 
+    from core.disk_cache import partial_name
     from core.registry import write_json
 
-    tmp = path.with_suffix(".partial")
+    tmp = partial_name(path)  # two sessions may save the same model's evaluation at once
     write_json(tmp, {"stamp": stamp, "metrics": json.loads(json.dumps(metrics, default=_plain))})
     tmp.replace(path)
 

@@ -51,7 +51,7 @@ def _cached_predictions(model: ModelOrLoader, cohort: Cohort, ids: list[str], ca
                 return saved["times"], saved["surv"]
     times, surv = predict_cohort(_model(model), cohort, ids)
     if cache is not None:
-        tmp = cache.with_suffix(".partial.npz")
+        tmp = disk_cache.partial_name(cache, ".npz")  # sessions that open one model at once write it together
         np.savez(tmp, ids=np.asarray(ids, dtype=str), times=np.asarray(times, dtype=float),
                  surv=np.asarray(surv, dtype=float))
         tmp.replace(cache)
