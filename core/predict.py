@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,10 +339,7 @@ class PredictionCache(disk_cache.BoundedFolder):
                 return saved[name]
         value = compute()
         saved[name] = value
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.json")
-        tmp.write_text(json.dumps(saved))
-        tmp.replace(path)
+        disk_cache.write_bytes_atomic(path, json.dumps(saved).encode())
         return value
 
     def _trim(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import horizons
+from core import disk_cache, horizons
 from core.app import demo_install, paths
 from pages import _model_views as views
 from pages import _session as session
@@ -140,10 +140,7 @@ def refresh_device_label() -> str:
     label = _device_label()
     if not _device_saved.is_set():
         path = _device_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"device.{os.getpid()}.{threading.get_ident()}.partial")
-        tmp.write_text(json.dumps({"fingerprint": _device_fingerprint(), "label": label}))
-        tmp.replace(path)
+        disk_cache.write_bytes_atomic(path, json.dumps({"fingerprint": _device_fingerprint(), "label": label}).encode())
         _device_saved.set()
     return label
 

@@ -16,7 +16,6 @@ so reopening a case, or the same case after a server restart, is instant.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core import disk_cache
 from core.errors import InputError
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class MapCache:
         path = self._path(key)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.partial.npy")
+            tmp = disk_cache.partial_name(path, ".npy")
             np.save(tmp, arr, allow_pickle=False)
             tmp.replace(path)
         self._remember(key, arr)

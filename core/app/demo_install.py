@@ -232,7 +232,6 @@ class DemoBuild:
     """
 
     def __init__(self, base: Path | None = None, target: Callable[..., object] | None = None) -> None:
-        self.base = base
         self._target = target or (lambda progress: ensure_demo(base, progress=progress))
         self.builds_demo = target is None  # the real build: it has ended well only when demo_ready(base) holds
         self._lock = threading.Lock()
