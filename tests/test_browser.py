@@ -263,17 +263,35 @@ def test_case_review_viewer_interactions(page: object) -> None:
     assert pg.locator('[data-testid="stMetric"]').filter(has_text="Fusion strategy").first.inner_text().count("ehr_only") == 1  # type: ignore[attr-defined]
 
 
+UPLOAD_OUTCOMES = ("In memory, not saved yet", "Study not loaded", "Blocked: this study", "Timeline not loaded")
+
+
 def _upload(pg: object, path: Path, index: int = 0) -> None:
+    """Choose a file in an uploader; return once the page shows what became of it (loaded, blocked or an error).
+
+    On a busy machine the file's transfer and the run it starts can take longer than settle()'s look for a run:
+    CI once went on from the page as it was before the upload (stop 39), so the outcome itself is waited for: the
+    main area's text changed and names one of UPLOAD_OUTCOMES.
+    """
+    main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
+    before = main.inner_text()
     pg.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))  # type: ignore[attr-defined]
-    pg.wait_for_timeout(800)  # type: ignore[attr-defined]
+    pg.wait_for_function(  # type: ignore[attr-defined]
+        "([before, outcomes]) => { const main = document.querySelector('[data-testid=\"stMain\"]');"
+        " if (main === null || main.innerText === before) return false;"
+        " return outcomes.some(t => main.innerText.includes(t)); }",
+        arg=[before, list(UPLOAD_OUTCOMES)], timeout=120_000)
     settle(pg, 120)
 
 
 def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
+    from playwright.sync_api import expect
+
     pg = page
     go(pg, "Upload")
     _upload(pg, real_ct)
-    assert pg.get_by_text("middle axial slice").count() >= 1  # type: ignore[attr-defined]
+    # the preview is a Plotly figure, drawn by the browser after the run has ended
+    expect(pg.get_by_text("middle axial slice").first).to_be_visible(timeout=60_000)  # type: ignore[attr-defined]
     assert pg.get_by_text(re.compile(r"30 x 101 x 122")).count() >= 1  # type: ignore[attr-defined]
     assert pg.get_by_text("Out of distribution", exact=False).count() >= 1  # type: ignore[attr-defined]  # abdominal CT
     shot(pg, "upload")
