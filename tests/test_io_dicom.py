@@ -380,11 +380,11 @@ def test_forked_decoders_write_shared_memory_and_report_errors_and_warnings():
     import os
     import warnings
 
-    from core.io import dicom
+    from core.io import fork_decode
 
     parent = os.getpid()
-    out = dicom._shared_empty((40, 2, 3))
-    seen = dicom._shared_empty((40, 1, 1))
+    out = fork_decode.shared_empty((40, 2, 3))
+    seen = fork_decode.shared_empty((40, 1, 1))
 
     def decode(i: int) -> None:
         out[i] = i
@@ -394,7 +394,7 @@ def test_forked_decoders_write_shared_memory_and_report_errors_and_warnings():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dicom._decode_in_processes(decode, 40, 3)
+        fork_decode.decode_in_processes(decode, 40, 3)
     np.testing.assert_array_equal(out[:, 0, 0], np.arange(40))
     assert set(np.unique(seen)) <= {1.0, 2.0}
     child_slices = int((seen == 1.0).sum())
@@ -408,7 +408,7 @@ def test_forked_decoders_write_shared_memory_and_report_errors_and_warnings():
         time.sleep(0.05)  # leave slices to the children
 
     with pytest.raises(InputError, match=r"^DICOM file: got slice\d+\.dcm, is truncated \(compressed pixel data cut off\); fix: re-export"):
-        dicom._decode_in_processes(fail_in_child, 8, 2)
+        fork_decode.decode_in_processes(fail_in_child, 8, 2)
 
     def crash_in_child(i: int) -> None:
         if os.getpid() != parent:
@@ -418,7 +418,7 @@ def test_forked_decoders_write_shared_memory_and_report_errors_and_warnings():
         time.sleep(0.05)
 
     with pytest.raises(InputError, match=r"pixel data cannot be decoded \(exit status 9\)"):
-        dicom._decode_in_processes(crash_in_child, 8, 2)
+        fork_decode.decode_in_processes(crash_in_child, 8, 2)
 
 
 def test_no_fork_while_other_threads_run(series_dir, monkeypatch):
