@@ -137,6 +137,35 @@ def test_risk_target_is_the_risk_predict_reports(case: dict) -> None:
     assert float(risk_at(surv, times, times[-1] + 1000)[0]) == pytest.approx(1.0 - float(surv[0, -1]), abs=1e-6)
 
 
+def test_large_study_is_attributed_one_copy_at_a_time_with_the_same_map(case: dict,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """IG and occlusion hold fewer copies of a large CT per forward pass (memory), and give the same map."""
+    import captum.attr
+
+    from core import explain
+
+    assert explain.batch_for(150 * 512 * 512, 8) == 1  # a full-size CT: one copy (8 copies held 5.8-12 GB)
+    assert explain.batch_for(32 * 96 * 96, 8) == 8 and explain.batch_for(10, 3) == 3
+    voxels = int(case["inputs"].image.numel())
+    before = {m: explain.attribute(case["model"], case["inputs"], m, with_events=False).map
+              for m in ("integrated_gradients", "occlusion")}
+    seen: list[int] = []
+    for cls, key in ((captum.attr.IntegratedGradients, "internal_batch_size"),
+                     (captum.attr.Occlusion, "perturbations_per_eval")):
+        original = cls.attribute
+
+        def spy(self: Any, *args: Any, _original: Any = original, _key: str = key, **kwargs: Any) -> Any:
+            seen.append(int(kwargs[_key]))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "attribute", spy)
+    monkeypatch.setattr(explain, "BATCH_VOXELS", 2 * voxels)  # this small study now counts as a large one
+    for m, ref in before.items():
+        got = explain.attribute(case["model"], case["inputs"], m, with_events=False).map
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max()))  # float sums
+    assert seen == [2, 2]
+
+
 def test_bad_arguments_raise_one_line_input_errors(case: dict) -> None:
     from core.explain import attribute
 

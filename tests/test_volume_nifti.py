@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -178,6 +179,21 @@ def test_whole_map_is_the_per_slice_maps_and_is_cached(data_dir: Path, tmp_path:
     for k in (s // 2, s // 2 + 3):  # the same map the page used to compute one slice at a time
         single = attribute(model, inputs, "gradcam", 365.0, k, with_events=False).map
         np.testing.assert_allclose(full[k], single[k], rtol=1e-4, atol=1e-6)
+    from core.registry import LoadedModel
+
+    whole: list[int] = []  # the CT encoded whole: once per map, not once per slice (O(S^2) on a 300-slice CT)
+    encode = LoadedModel.encode_image
+
+    def counted(self: LoadedModel, image: Any, *args: Any, **kwargs: Any) -> Any:
+        whole.append(int(image.shape[1] == s))
+        return encode(self, image, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LoadedModel, "encode_image", counted)
+        by_slice = AV.whole_map(model, inputs, "saliency", 365.0, per_slice=True)
+    assert sum(whole) == 1 and len(whole) == s + 1
+    np.testing.assert_allclose(by_slice[s // 2], attribute(model, inputs, "saliency", 365.0, s // 2, with_events=False).map[s // 2],
+                               rtol=1e-4, atol=1e-7)
     stamp = AV.model_stamp(model.model_dir)
     probe = model.model_dir / "cache_probe.npz"  # a cache the app writes beside the model changes no map
     probe.write_bytes(b"x")

@@ -98,10 +98,16 @@ def whole_map(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
         out = attribute(model, inputs, method, float(horizon_days), None, with_events=False).map
         report(1.0, "done")
         return np.asarray(out, dtype=np.float32)
+    import torch
+
     full = np.zeros(tuple(int(v) for v in inputs.image.shape[1:]), dtype=np.float32)
     report(0.0, f"{method}: slice 1 of {s}")
+    image = inputs.image.detach().float()
+    masks = model.image_masks(image)
+    with torch.no_grad():  # the case's masks and every slice's tokens, once for all its slices (not once per slice)
+        context = (masks, model.encode_image(image, masks).detach())
     for k in range(s):
-        full[k] = attribute(model, inputs, method, float(horizon_days), k, with_events=False).map[k]
+        full[k] = attribute(model, inputs, method, float(horizon_days), k, with_events=False, context=context).map[k]
         report((k + 1) / s, f"{method}: slice {min(k + 2, s)} of {s}" if k + 1 < s else "done")
     return full
 
