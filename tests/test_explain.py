@@ -198,6 +198,30 @@ def test_event_attributions_one_row_per_event(case: dict) -> None:
     assert abs(top[0][3]) == pytest.approx(float(np.abs(table["score"]).max()))
 
 
+def test_explain_cli_saves_the_map_as_nifti_on_the_study_geometry(case: dict, tmp_path: Path) -> None:
+    """--save-map map.nii.gz / map.nii: the .npy map's values, on the study's own affine (the viewer's NIfTI's)."""
+    import nibabel as nib
+
+    from core.app.volume_nifti import nifti_to_grid, volume_to_nifti
+
+    args = ["explain", "--model", str(case["model_dir"]), "--cohort", str(case["cohort_dir"]), "--subject", case["sid"],
+            "--method", "gradcam", "--out", str(tmp_path / "f.png"), "--slice", "10"]
+    maps = {}
+    for name in ("map.npy", "map.nii.gz", "map.nii"):
+        assert main([*args, "--save-map", str(tmp_path / name)]) == 0
+        maps[name] = tmp_path / name
+    ref = np.load(maps["map.npy"])
+    assert float(np.abs(ref).max()) > 0
+    ct_grid, ct_affine = nifti_to_grid(volume_to_nifti(case["volume"]))
+    for name in ("map.nii.gz", "map.nii"):
+        data = maps[name].read_bytes()
+        assert (data[:2] == b"\x1f\x8b") == name.endswith(".gz")
+        grid, affine = nifti_to_grid(data)
+        np.testing.assert_allclose(grid, ref, rtol=1e-6, atol=1e-9)  # back on [S, R, C], value for value
+        np.testing.assert_allclose(affine, ct_affine)  # the CT's own geometry: the map lies over the study
+        assert nib.load(str(maps[name])).shape == ct_grid.shape[::-1]
+
+
 @pytest.mark.parametrize("suffix", (".png", ".svg", ".pdf"))
 def test_explain_cli_writes_valid_figures_without_the_subject_id(case: dict, tmp_path: Path, suffix: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -230,6 +254,8 @@ def test_explain_cli_writes_valid_figures_without_the_subject_id(case: dict, tmp
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--method", "lime", "--out", "x.png"], "error: method: got lime, is not an attribution method"),
+    (["--method", "saliency", "--out", "x.png", "--save-map", "x.mat"],
+     "error: save-map: got x.mat, must end in .npy, .nii.gz, .nii; fix: pass e.g. map.nii.gz"),
     (["--method", "saliency", "--out", "x.gif"], "error: out: got x.gif, has an unknown suffix"),
     (["--method", "saliency", "--out", "x.png", "--subject", "nobody"], "error: subject: got nobody, not in cohort.csv"),
 ])

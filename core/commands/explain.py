@@ -14,11 +14,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 HELP = "attribution figure (saliency, IG, Grad-CAM, occlusion, SmoothGrad) for one subject"
 from core.explain import METHODS, check_method
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from core.io.volume import Volume
+
 SUFFIXES = (".png", ".svg", ".pdf")
+MAP_SUFFIXES = (".npy", ".nii.gz", ".nii")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", default="lung", help="display window preset (lung, soft_tissue, ...) or LO,HI in HU")
     parser.add_argument("--baseline", default="air", help="integrated gradients baseline: air or blur")
     parser.add_argument("--steps", type=int, default=32, help="integrated gradients steps")
-    parser.add_argument("--save-map", type=Path, default=None, help="also save the map as .npy [S, R, C] float32")
+    parser.add_argument("--save-map", type=Path, default=None,
+                        help="also save the map: .npy [S, R, C] float32, or .nii.gz / .nii on the study's own geometry "
+                             "(opens over the CT in a NIfTI viewer)")
     parser.add_argument("--label", default="case", help="neutral case label for the figure title")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -57,6 +66,21 @@ def _window(text: str) -> tuple[tuple[float, float], str]:
     return (lo, hi), f"[{lo:g}, {hi:g}] HU"
 
 
+def _save_map(path: Path, values: np.ndarray, volume: Volume) -> None:
+    """The map as ``.npy`` ``[S, R, C]`` float32, or as NIfTI (float32) with the study's own affine."""
+    import numpy as np
+
+    if path.name.lower().endswith(".npy"):
+        np.save(path, values.astype(np.float32))
+        return
+    import gzip
+
+    from core.app.volume_nifti import map_to_nifti
+
+    data = map_to_nifti(volume, values)  # gzipped
+    path.write_bytes(data if path.name.lower().endswith(".gz") else gzip.decompress(data))
+
+
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
@@ -66,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("out", out.name, "has an unknown suffix", "end the file name in .png, .svg or .pdf")
     if not out.parent.exists():
         raise InputError("out", str(out.parent), "folder does not exist", "create the folder first")
-    if args.save_map is not None and Path(args.save_map).suffix.lower() != ".npy":
-        raise InputError("save-map", Path(args.save_map).name, "must end in .npy", "pass e.g. map.npy")
+    if args.save_map is not None and not Path(args.save_map).name.lower().endswith(MAP_SUFFIXES):
+        raise InputError("save-map", Path(args.save_map).name, f"must end in {', '.join(MAP_SUFFIXES)}",
+                         "pass e.g. map.nii.gz")
     window, window_name = _window(args.window)
 
     import numpy as np
@@ -96,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                                          slice_index=k + 1, window=window_name)
     figure_export.export(fig, out, caption=caption)
     if args.save_map is not None:
-        np.save(args.save_map, att.map.astype(np.float32))
+        _save_map(Path(args.save_map), att.map, volume)
     from core.predict import image_read
 
     read = image_read(model, volume)  # what the model cannot read here: the map explains it all the same
