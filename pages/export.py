@@ -1,4 +1,5 @@
-"""Export: the saliency figure (PNG, SVG, PDF) and the case report PDF, with neutral file names."""
+"""Export: the saliency figure (PNG, SVG, PDF), the case report PDF, the DICOM objects and the map as NIfTI, with
+neutral file names."""
 
 from __future__ import annotations
 
@@ -141,3 +142,22 @@ if ready and ready["key"] == dkey:
     st.download_button("Download the DICOM objects (zip)", ready["data"], file_name=ready["name"],
                        mime="application/zip", key="download_dicom", icon=":material/download:")
     st.caption(ready["summary"])
+
+st.subheader("The map as NIfTI")
+st.caption("The whole attribution map (float32, signed as computed) on the study's own geometry and affine: it opens "
+           "over the CT in 3D Slicer, ITK-SNAP or any NIfTI viewer (`python -m core explain --save-map map.nii.gz` "
+           "writes the same for a cohort's subject).")
+nkey = (source, subject_id, model_name, method, horizon)
+if volume is None or "image" not in pred.modalities_used:
+    st.info(f"{no_ct}, so there is no map to save.")
+elif st.button("Prepare the map (NIfTI)", key="prepare_nifti", disabled=amap is None):
+    with st.spinner("Writing NIfTI..."), chrome.core_errors(stop=False, what="NIfTI export failed: "):
+        from core.app.volume_nifti import map_to_nifti
+
+        session.audit("export", "map_nifti", case=number, method=method)
+        exports["nifti"] = {"key": nkey, "data": map_to_nifti(volume, amap),
+                            "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method)}
+ready = exports.get("nifti")
+if ready and ready["key"] == nkey:
+    st.download_button("Download the map (NIfTI)", ready["data"], file_name=ready["name"],
+                       mime="application/gzip", key="download_nifti", icon=":material/download:")

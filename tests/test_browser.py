@@ -400,6 +400,20 @@ def test_download_dicom_objects(page: object, tmp_path: Path) -> None:
     assert pm.FrameOfReferenceUID == seg.FrameOfReferenceUID  # both on the source series' frame of reference
 
 
+def test_download_map_nifti(page: object, tmp_path: Path) -> None:
+    """Export: the whole map as NIfTI on the demo case's own grid, the map the overlay shows (non-zero, finite)."""
+    import nibabel as nib
+
+    pg = page
+    go(pg, "Export")
+    target = download(pg, "Prepare the map (NIfTI)", "Download the map (NIfTI)", tmp_path)
+    assert re.fullmatch(r"saliency-map_case\d\d_[a-z]+\.nii\.gz", target.name)
+    img = nib.load(str(target))
+    data = np.asarray(img.get_fdata())
+    assert data.ndim == 3 and min(data.shape) >= 8 and np.isfinite(data).all() and float(np.abs(data).max()) > 0
+    assert img.header.get_xyzt_units()[0] == "mm" and abs(float(np.linalg.det(img.affine[:3, :3]))) > 0
+
+
 def test_other_pages_render(page: object) -> None:
     pg = page
     go(pg, "Cohort & models")
