@@ -46,7 +46,7 @@ def test_explained_phi_study_exports_nothing_identifying(phi_cohort: tuple[Path,
                                                          suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
     cohort, model, sid = phi_cohort
     out = tmp_path / f"case_1{suffix}"
-    npy = tmp_path / "case_1_map.npy"
+    npy = tmp_path / ("case_1_map.nii" if suffix == ".pdf" else "case_1_map.npy")  # .nii: its header is scanned raw
     rc = main(["explain", "--model", str(model), "--cohort", str(cohort), "--subject", sid, "--method", "saliency",
                "--out", str(out), "--json", "--save-map", str(npy)])
     captured = capsys.readouterr()
