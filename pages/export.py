@@ -3,6 +3,8 @@ neutral file names."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import streamlit as st
 
 from core import figure_export, horizons
@@ -103,23 +105,53 @@ else:
                    f"{chrome.viewer_setting('opacity', 0.6)}. Slices are numbered from 1, inferior to superior, in the "
                    "viewer, captions, file names and the report.")
 
+ckey = (source, subject_id, model_name, method, horizon)  # what a prepared export was made for
+
+
+def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], dict], *, disabled: bool = False) -> None:
+    """A "Prepare ..." button: ``build()`` (audited as ``target``, errors in one line) kept in ``exports[slot]``."""
+    if st.button(label, key=f"prepare_{slot}", disabled=disabled):
+        with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
+            session.audit("export", target, case=number, method=method)
+            exports[slot] = {"key": ckey, **build()}
+
+
+def offer(slot: str, label: str, mime: str) -> dict | None:
+    """The download button of ``exports[slot]`` when it was prepared for the case, model, method and horizon shown."""
+    ready = exports.get(slot)
+    if not ready or ready["key"] != ckey:
+        return None
+    st.download_button(label, ready["data"], file_name=ready["name"], mime=mime, key=f"download_{slot}",
+                       icon=":material/download:")
+    return ready
+
+
+def _report() -> dict:
+    from core.report import case_report_pdf
+
+    name = figure_export.export_name("case-report", number, "pdf", method=method)
+    path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon,
+                               session.exports_dir("report") / name)
+    return {"name": name, "data": path.read_bytes()}
+
+
+def _dicom() -> dict:
+    zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, amap)
+    return {"data": zip_bytes, "summary": summary, "name": figure_export.export_name("dicom", number, "zip", method=method)}
+
+
+def _nifti() -> dict:
+    from core.app.volume_nifti import map_to_nifti
+
+    return {"data": map_to_nifti(volume, amap),
+            "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method)}
+
+
 st.subheader("Case report (PDF)")
 st.caption("One page: the survival curve, risks, top slices with the map, the strategies' risks, top events, the "
            "model card, and every warning Case review shows for this case, word for word.")
-rkey = (source, subject_id, model_name, method, horizon)
-if st.button("Prepare the case report", key="prepare_report"):
-    with st.spinner("Writing the report..."), chrome.core_errors(stop=False, what="Report failed: "):
-        session.audit("export", "case_report_pdf", case=number, method=method)
-        from core.report import case_report_pdf
-
-        folder = session.exports_dir("report")
-        name = figure_export.export_name("case-report", number, "pdf", method=method)
-        path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon, folder / name)
-        exports["report"] = {"key": rkey, "name": name, "data": path.read_bytes()}
-ready = exports.get("report")
-if ready and ready["key"] == rkey:
-    st.download_button("Download the case report (PDF)", ready["data"], file_name=ready["name"], mime="application/pdf",
-                       key="download_report", icon=":material/download:")
+prepare("report", "Prepare the case report", "case_report_pdf", "report", _report)
+offer("report", "Download the case report (PDF)", "application/pdf")
 
 st.subheader("DICOM for PACS")
 st.caption(
@@ -128,36 +160,20 @@ st.caption(
     "modalities used), on the study's own geometry: same Frame of Reference, referencing its instances. A NIfTI "
     "study gets a derived CT series first. A radiologist's viewer (OHIF, a PACS) shows the map over the study."
 )
-dkey = (source, subject_id, model_name, method, horizon)
 if volume is None or "image" not in pred.modalities_used:
     st.info(f"{no_ct}, so there is nothing to place on a DICOM series.")
-elif st.button("Prepare the DICOM objects", key="prepare_dicom", disabled=amap is None):
-    with st.spinner("Writing DICOM..."), chrome.core_errors(stop=False, what="DICOM export failed: "):
-        session.audit("export", "dicom_zip", case=number, method=method)
-        zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, amap)
-        exports["dicom"] = {"key": dkey, "data": zip_bytes, "summary": summary,
-                            "name": figure_export.export_name("dicom", number, "zip", method=method)}
-ready = exports.get("dicom")
-if ready and ready["key"] == dkey:
-    st.download_button("Download the DICOM objects (zip)", ready["data"], file_name=ready["name"],
-                       mime="application/zip", key="download_dicom", icon=":material/download:")
+else:
+    prepare("dicom", "Prepare the DICOM objects", "dicom_zip", "DICOM export", _dicom, disabled=amap is None)
+ready = offer("dicom", "Download the DICOM objects (zip)", "application/zip")
+if ready:
     st.caption(ready["summary"])
 
 st.subheader("The map as NIfTI")
 st.caption("The whole attribution map (float32, signed as computed) on the study's own geometry and affine: it opens "
            "over the CT in 3D Slicer, ITK-SNAP or any NIfTI viewer (`python -m core explain --save-map map.nii.gz` "
            "writes the same for a cohort's subject).")
-nkey = (source, subject_id, model_name, method, horizon)
 if volume is None or "image" not in pred.modalities_used:
     st.info(f"{no_ct}, so there is no map to save.")
-elif st.button("Prepare the map (NIfTI)", key="prepare_nifti", disabled=amap is None):
-    with st.spinner("Writing NIfTI..."), chrome.core_errors(stop=False, what="NIfTI export failed: "):
-        from core.app.volume_nifti import map_to_nifti
-
-        session.audit("export", "map_nifti", case=number, method=method)
-        exports["nifti"] = {"key": nkey, "data": map_to_nifti(volume, amap),
-                            "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method)}
-ready = exports.get("nifti")
-if ready and ready["key"] == nkey:
-    st.download_button("Download the map (NIfTI)", ready["data"], file_name=ready["name"],
-                       mime="application/gzip", key="download_nifti", icon=":material/download:")
+else:
+    prepare("nifti", "Prepare the map (NIfTI)", "map_nifti", "NIfTI export", _nifti, disabled=amap is None)
+offer("nifti", "Download the map (NIfTI)", "application/gzip")
