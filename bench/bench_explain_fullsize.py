@@ -64,10 +64,14 @@ def _study(ct: Path, shape: tuple[int, int, int], folder: Path) -> Path:
     return folder
 
 
-def _run(model: Path, cohort: Path, method: str, forced: bool) -> dict[str, float]:
-    code = CHILD.format(root=str(ROOT), model=str(model), cohort=str(cohort), method=method, forced=forced)
+def _child(code: str) -> dict[str, float]:
+    """Run ``code`` in a fresh Python process (its own peak memory) and read the JSON line it prints last."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run(model: Path, cohort: Path, method: str, forced: bool) -> dict[str, float]:
+    return _child(CHILD.format(root=str(ROOT), model=str(model), cohort=str(cohort), method=method, forced=forced))
 
 
 SLICES = r"""
@@ -92,9 +96,7 @@ print(json.dumps({{"product": t1 - t0, "reference": t2 - t1, "max_diff": float(n
 
 
 def _slices(model: Path, cohort: Path, method: str) -> dict[str, float]:
-    code = SLICES.format(root=str(ROOT), model=str(model), cohort=str(cohort), method=method)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _child(SLICES.format(root=str(ROOT), model=str(model), cohort=str(cohort), method=method))
 
 
 def main() -> None:

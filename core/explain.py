@@ -283,8 +283,8 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
                                internal_batch_size=int(internal_batch_size))
     finally:  # Captum removes its hooks itself; whatever an error left behind goes with this call's replica
         drop_hooks(net)
-    attr = np.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)  # only the attributed slices: a full-size CT's
-    full = np.zeros((s, r, c), dtype=np.float32)  # other slices stay untouched zero pages, one slice at a time
+    attr = np.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)  # the attributed slice(s) only, not the whole map
+    full = np.zeros((s, r, c), dtype=np.float32)  # in per-slice mode the other slices stay zero, never touched
     full[int(slice_index) if per_slice else slice(None)] = attr[0] if per_slice else attr  # type: ignore[arg-type]
     per = np.zeros(s) if per_slice else np.abs(attr).sum(axis=(1, 2))
     if per_slice:
