@@ -69,6 +69,7 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
     pydicom_warnings,
     sources_from_folder,
 )
+from core.io.dicom_frames import FrameGeometry, frame_order
 from core.io.fork_decode import decode_in_processes, shared_empty
 from core.io.j2k_prefetch import Prefetch
 from core.io.volume import SeriesInfo, Volume
@@ -279,9 +280,7 @@ def _load_dicom_sources(
     out = shared_empty((n_slices, first.rows, first.cols)) if forked > 1 else np.empty((n_slices, first.rows, first.cols), dtype=np.float32)
     starts = np.cumsum([0] + [h.frames for h in ordered])
 
-    def decode(i: int) -> None:
-        h = ordered[i]
-        target = out[starts[i] : starts[i + 1]]
+    def decode_into(h: _Header, i: int, target: np.ndarray) -> None:
         if direct[i]:  # OpenJPEG outside the GIL: threads decode in parallel
             early = prefetched.take(os.path.abspath(h.source.path), h.pixel_offset) if prefetched and h.source.path else None
             if early is not None and store_prefetched_j2k(h, early, target):
@@ -294,6 +293,15 @@ def _load_dicom_sources(
         else:
             np.multiply(arr, np.float32(h.slope), out=target, casting="unsafe")
             target += np.float32(h.intercept)
+
+    def decode(i: int) -> None:
+        h = ordered[i]
+        target = out[starts[i] : starts[i + 1]]
+        decode_into(h, i, target)
+        g = h.extra.get("frames")
+        if isinstance(g, FrameGeometry) and g.rescale_varies:  # decoded with slope 1, intercept 0: now frame by frame
+            target *= g.slopes.astype(np.float32)[:, None, None]  # type: ignore[union-attr]
+            target += g.intercepts.astype(np.float32)[:, None, None]  # type: ignore[union-attr]
 
     if forked > 1:
         decode_in_processes(decode, len(ordered), forked)
@@ -311,17 +319,26 @@ def _load_dicom_sources(
     else:
         _map(decode, list(range(len(ordered))), DECODE_WORKERS)
 
+    row_cos, col_cos = first.row_cos, first.col_cos
+    origin = first.position if first.position is not None else np.zeros(3)
     if first.frames > 1:
-        warnings.append("multi-frame image: frames stacked in file order with SliceThickness/SpacingBetweenSlices spacing")
+        placed = frame_order([h.extra.get("frames") for h in ordered], [h.frames for h in ordered], np.r_[row_cos, col_cos])  # type: ignore[misc]
+        if placed is None:
+            warnings.append("multi-frame image: frames stacked in file order with SliceThickness/SpacingBetweenSlices spacing")
+        else:  # an enhanced image: every frame at its own PlanePositionSequence position
+            if not np.array_equal(placed.index, np.arange(n_slices)):
+                out = np.take(out, placed.index, axis=0)
+            row_cos, col_cos, origin = placed.row_cos, placed.col_cos, placed.origin
+            slice_spacing = placed.spacing if len(placed.index) > 1 else slice_spacing
+            warnings.extend(placed.warnings)
     row_sp, col_sp = first.pixel_spacing
     if not first.extra.get("has_spacing"):
         warnings.append("PixelSpacing missing: 1 mm assumed")
-    normal = np.cross(first.row_cos, first.col_cos)
-    origin = first.position if first.position is not None else np.zeros(3)
+    normal = np.cross(row_cos, col_cos)
     affine = np.eye(4)
     affine[:3, 0] = normal * slice_spacing
-    affine[:3, 1] = first.col_cos * row_sp  # moving down a row follows the column direction cosine
-    affine[:3, 2] = first.row_cos * col_sp
+    affine[:3, 1] = col_cos * row_sp  # moving down a row follows the column direction cosine
+    affine[:3, 2] = row_cos * col_sp
     affine[:3, 3] = origin
     hu, conv_affine, orient_warnings = to_convention(out, affine)
     warnings.extend(orient_warnings)

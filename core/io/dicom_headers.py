@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from core.errors import InputError
+from core.io.dicom_frames import frame_geometry
 from core.io.dicom_source import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
     DEFLATED_TS,
     MAX_META_BYTES,
@@ -286,6 +287,17 @@ def _read_header(src: DicomSource, gate_cache: dict[bytes, tuple[frozenset[str],
     iop = _floats(ds, "ImageOrientationPatient", 6)
     ipp = _floats(ds, "ImagePositionPatient", 3)
     ps = _floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2)
+    try:
+        frames_geometry = frame_geometry(ds, frames) if frames > 1 else None
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, struct.error, IndexError, NotImplementedError) as err:
+        return _Skip(f"broken functional groups ({type(err).__name__})", phi, burned)
+    if frames_geometry is not None:  # an enhanced image: its functional groups hold the geometry and the rescale
+        g = frames_geometry
+        iop = [float(v) for v in g.orientations[0]] if g.orientations is not None else iop
+        ipp = [float(v) for v in g.positions[0]] if g.positions is not None else ipp
+        ps = list(g.pixel_spacing) if g.pixel_spacing is not None else ps
+        if g.slopes is not None and g.intercepts is not None:  # frame by frame when they differ (see core.io.dicom)
+            slope, intercept = (1.0, 0.0) if g.rescale_varies else (float(g.slopes[0]), float(g.intercepts[0]))
     row_cos = np.array(iop[:3] if iop else [1.0, 0.0, 0.0])
     col_cos = np.array(iop[3:] if iop else [0.0, 1.0, 0.0])
     if iop and (np.linalg.norm(row_cos) < 1e-3 or np.linalg.norm(col_cos) < 1e-3):
@@ -313,6 +325,8 @@ def _read_header(src: DicomSource, gate_cache: dict[bytes, tuple[frozenset[str],
         identity=identity,
     )
     header.extra["has_iop"] = iop is not None
+    if frames_geometry is not None:
+        header.extra["frames"] = frames_geometry
     header.extra["has_spacing"] = bool(ps and ps[0] > 0 and ps[1] > 0)
     try:
         header.key = _series_key(header)

@@ -16,6 +16,7 @@ from pydicom.uid import UID
 
 from core.errors import InputError
 from core.io import j2k
+from core.io.dicom_frames import FrameGeometry, order_by_projection
 from core.io.dicom_headers import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
     _floats,
     _Header,
@@ -88,13 +89,6 @@ def _safe_int(ds: Dataset, keyword: str) -> int:
         return 0
 
 
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of finite values without its NaN check, which imports numpy.ma (10-40 ms per process)."""
-    ordered = np.sort(values)
-    k = len(ordered) // 2
-    return float(ordered[k]) if len(ordered) % 2 else float((ordered[k - 1] + ordered[k]) / 2)
-
-
 def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[str]]:
     """Sort slices along the normal; return them, the slice spacing and warnings."""
     warnings: list[str] = []
@@ -104,35 +98,22 @@ def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[
         if len(headers) > 1:
             warnings.append("ImagePositionPatient missing: slices ordered by InstanceNumber, spacing from SliceThickness")
         ordered = sorted(headers, key=lambda h: (_safe_int(h.ds, "InstanceNumber"), h.source.name))
-        thickness = _floats(first.ds, "SpacingBetweenSlices", 1) or _floats(first.ds, "SliceThickness", 1) or [1.0]
-        return ordered, abs(float(thickness[0])) or 1.0, warnings
+        return ordered, _thickness(first), warnings
+    if len(headers) == 1:
+        return list(headers), _thickness(first), warnings
     proj = np.array([float(np.dot(h.position, normal)) for h in headers])  # type: ignore[arg-type]
-    order = np.argsort(proj, kind="stable")
-    ordered = [headers[i] for i in order]
-    proj = proj[order]
-    if len(ordered) == 1:
-        thickness = _floats(first.ds, "SpacingBetweenSlices", 1) or _floats(first.ds, "SliceThickness", 1) or [1.0]
-        return ordered, abs(float(thickness[0])) or 1.0, warnings
-    diffs = np.diff(proj)
-    dup = diffs < 1e-3
-    if dup.any():
-        keep = [0] + [i + 1 for i, d in enumerate(dup) if not d]
-        warnings.append(f"{int(dup.sum())} slice(s) with duplicate positions dropped (several acquisitions in one series?)")
-        ordered = [ordered[i] for i in keep]
-        proj = proj[keep]
-        diffs = np.diff(proj)
-        if len(ordered) == 1:
-            return ordered, 1.0, warnings
-    spacing = _median(diffs)
-    gaps = diffs > 1.5 * spacing
-    if gaps.any():
-        missing = int(sum(round(d / spacing) - 1 for d in diffs[gaps]))
-        where = ", ".join(f"{proj[i]:.1f}..{proj[i + 1]:.1f} mm" for i in np.flatnonzero(gaps)[:3])
-        warnings.append(f"missing slices: about {missing} slice(s) absent ({where}); volume stacked without the gap")
-    tolerance = max(0.01 * spacing, 1e-3)
-    if np.any(np.abs(diffs[~gaps] - spacing) > tolerance):
-        warnings.append(f"uneven slice spacing: {diffs.min():.3f}..{diffs.max():.3f} mm (median {spacing:.3f} mm used)")
-    return ordered, spacing, warnings
+    keep, spacing, warnings = order_by_projection(proj)
+    return [headers[i] for i in keep], spacing, warnings
+
+
+def _thickness(h: _Header) -> float:
+    """The slice spacing of a series without positions (or of one instance): SpacingBetweenSlices, else
+    SliceThickness (top-level, else from the functional groups of a multi-frame image), else 1 mm."""
+    frames = h.extra.get("frames")
+    thickness = _floats(h.ds, "SpacingBetweenSlices", 1) or _floats(h.ds, "SliceThickness", 1)
+    if thickness is None and isinstance(frames, FrameGeometry) and frames.thickness is not None:
+        thickness = [frames.thickness]
+    return abs(float((thickness or [1.0])[0])) or 1.0
 
 
 

@@ -1,0 +1,201 @@
+"""Geometry and rescale of the frames of a multi-frame (enhanced) DICOM image.
+
+An Enhanced CT image (SOP class 1.2.840.10008.5.1.4.1.1.2.1) and a Legacy Converted Enhanced CT image
+(...2.2) hold a whole series in one instance. Their geometry and their HU rescale are not top-level attributes
+as in a classic CT slice: they sit in functional groups, shared by every frame
+(``SharedFunctionalGroupsSequence``) or given per frame (``PerFrameFunctionalGroupsSequence``, which wins):
+
+* ``PlanePositionSequence``: ImagePositionPatient of the frame;
+* ``PlaneOrientationSequence``: ImageOrientationPatient;
+* ``PixelMeasuresSequence``: PixelSpacing, SliceThickness, SpacingBetweenSlices;
+* ``PixelValueTransformationSequence``: RescaleSlope, RescaleIntercept.
+
+:func:`frame_geometry` reads them; :func:`order_by_projection` sorts frames (or classic slices) along the slice
+normal and finds duplicate positions, gaps and uneven spacing, for both kinds of series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SHARED = "SharedFunctionalGroupsSequence"
+PER_FRAME = "PerFrameFunctionalGroupsSequence"
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Per-frame values of a multi-frame image; ``None`` where no functional group gives them."""
+
+    positions: np.ndarray | None  # [frames, 3] ImagePositionPatient (LPS, mm)
+    orientations: np.ndarray | None  # [frames, 6] ImageOrientationPatient
+    pixel_spacing: tuple[float, float] | None  # (row, col) mm, of the first frame
+    thickness: float | None  # SpacingBetweenSlices, else SliceThickness, of the first frame
+    slopes: np.ndarray | None  # [frames] RescaleSlope
+    intercepts: np.ndarray | None  # [frames] RescaleIntercept
+
+    @property
+    def rescale_varies(self) -> bool:
+        """True when frames have different rescale slopes or intercepts (then applied frame by frame)."""
+        if self.slopes is None or self.intercepts is None:
+            return False
+        return bool(np.ptp(self.slopes) > 0 or np.ptp(self.intercepts) > 0)
+
+
+def _item(ds: Any, keyword: str) -> Any | None:
+    """The first item of sequence ``keyword`` of ``ds``, or None."""
+    seq = ds.get(keyword, None) if ds is not None else None
+    try:
+        return seq[0] if seq is not None and len(seq) > 0 else None
+    except (TypeError, IndexError):
+        return None
+
+
+def _numbers(item: Any, keyword: str, n: int) -> list[float] | None:
+    """``n`` finite floats of a decimal attribute of a sequence item, or None when absent or broken."""
+    if item is None:
+        return None
+    try:
+        value = item.get(keyword, None)
+        if value is None or value == "":
+            return None
+        values = [value] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else list(value)
+        out = [float(v) for v in values]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _per_frame(groups: list[Any], shared: Any, sequence: str, keyword: str, n: int) -> list[list[float] | None]:
+    """The attribute of every frame: its own functional group's value, else the shared one."""
+    common = _numbers(_item(shared, sequence), keyword, n)
+    return [(_numbers(_item(g, sequence), keyword, n) if g is not None else None) or common for g in groups]
+
+
+def frame_geometry(ds: Any, frames: int) -> FrameGeometry | None:
+    """The functional groups' geometry and rescale of a multi-frame ``ds`` of ``frames`` frames, or None when it has
+    no functional groups (a plain multi-frame image: frames stacked in file order).
+
+    A per-frame group list of another length than ``frames`` is ignored (the shared group still counts)."""
+    shared = _item(ds, SHARED)
+    per = ds.get(PER_FRAME, None)
+    try:
+        groups: list[Any] = list(per) if per is not None else []
+    except TypeError:
+        groups = []
+    if len(groups) != frames:
+        groups = [None] * frames
+    if shared is None and all(g is None for g in groups):
+        return None
+
+    def stacked(sequence: str, keyword: str, n: int) -> np.ndarray | None:
+        values = _per_frame(groups, shared, sequence, keyword, n)
+        return None if any(v is None for v in values) else np.asarray(values, dtype=np.float64)
+
+    first = groups[0]
+    measures = _item(first, "PixelMeasuresSequence") or _item(shared, "PixelMeasuresSequence")
+    spacing = _numbers(measures, "PixelSpacing", 2)
+    thickness = _numbers(measures, "SpacingBetweenSlices", 1) or _numbers(measures, "SliceThickness", 1)
+    slopes = stacked("PixelValueTransformationSequence", "RescaleSlope", 1)
+    intercepts = stacked("PixelValueTransformationSequence", "RescaleIntercept", 1)
+    if slopes is not None:
+        slopes = np.where(slopes[:, 0] == 0, 1.0, slopes[:, 0])
+    return FrameGeometry(
+        positions=stacked("PlanePositionSequence", "ImagePositionPatient", 3),
+        orientations=stacked("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+        pixel_spacing=(spacing[0], spacing[1]) if spacing and spacing[0] > 0 and spacing[1] > 0 else None,
+        thickness=abs(thickness[0]) if thickness and thickness[0] != 0 else None,
+        slopes=slopes,
+        intercepts=None if intercepts is None else intercepts[:, 0],
+    )
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of finite values without its NaN check, which imports numpy.ma (10-40 ms per process)."""
+    ordered = np.sort(values)
+    k = len(ordered) // 2
+    return float(ordered[k]) if len(ordered) % 2 else float((ordered[k - 1] + ordered[k]) / 2)
+
+
+def order_by_projection(proj: np.ndarray) -> tuple[np.ndarray, float, list[str]]:
+    """Slices (or frames) at positions ``proj`` along the slice normal (mm) -> (the indices to keep, in order from
+    the lowest position, the median spacing, warnings about duplicates, gaps and uneven spacing).
+
+    >>> keep, spacing, warnings = order_by_projection(np.array([5.0, 0.0, 2.5, 2.5]))
+    >>> keep.tolist(), spacing, warnings
+    ([1, 2, 0], 2.5, ['1 slice(s) with duplicate positions dropped (several acquisitions in one series?)'])
+    """
+    order = np.argsort(proj, kind="stable")
+    proj = proj[order]
+    warnings: list[str] = []
+    if len(order) < 2:
+        return order, 1.0, warnings
+    diffs = np.diff(proj)
+    dup = diffs < 1e-3
+    if dup.any():
+        keep = np.r_[0, np.flatnonzero(~dup) + 1]
+        warnings.append(f"{int(dup.sum())} slice(s) with duplicate positions dropped (several acquisitions in one series?)")
+        order, proj = order[keep], proj[keep]
+        diffs = np.diff(proj)
+        if len(order) == 1:
+            return order, 1.0, warnings
+    spacing = _median(diffs)
+    gaps = diffs > 1.5 * spacing
+    if gaps.any():
+        missing = int(sum(round(d / spacing) - 1 for d in diffs[gaps]))
+        where = ", ".join(f"{proj[i]:.1f}..{proj[i + 1]:.1f} mm" for i in np.flatnonzero(gaps)[:3])
+        warnings.append(f"missing slices: about {missing} slice(s) absent ({where}); volume stacked without the gap")
+    tolerance = max(0.01 * spacing, 1e-3)
+    if np.any(np.abs(diffs[~gaps] - spacing) > tolerance):
+        warnings.append(f"uneven slice spacing: {diffs.min():.3f}..{diffs.max():.3f} mm (median {spacing:.3f} mm used)")
+    return order, spacing, warnings
+
+
+@dataclass(frozen=True)
+class FrameOrder:
+    """Where the frames of multi-frame instances go in the volume."""
+
+    index: np.ndarray  # into the frames as decoded (instances in order, each instance's frames in file order)
+    spacing: float  # mm between kept frames along the normal
+    origin: np.ndarray  # ImagePositionPatient of the first kept frame
+    row_cos: np.ndarray
+    col_cos: np.ndarray
+    warnings: list[str]
+
+
+def frame_order(geometries: list[FrameGeometry | None], frames: list[int], orientation: np.ndarray) -> FrameOrder | None:
+    """The order of every frame of multi-frame instances (``geometries`` and ``frames`` per instance, in the order
+    they were decoded) along the slice normal, from their per-frame positions; None when an instance gives no
+    position for every frame (its frames then stay in file order).
+
+    Frames of another orientation than the commonest one (a second stack in the same instance) are left out, as
+    are frames at a position already taken (several time points), each with a warning. ``orientation`` (6 values)
+    stands for frames whose instance gives none.
+    """
+    if not geometries or any(g is None or g.positions is None for g in geometries):
+        return None
+    positions = np.concatenate([g.positions for g in geometries if g is not None and g.positions is not None])
+    orient = np.concatenate([g.orientations if g is not None and g.orientations is not None else np.tile(orientation, (n, 1))
+                             for g, n in zip(geometries, frames)])
+    if len(positions) != sum(frames):
+        return None
+    warnings: list[str] = []
+    keys = [tuple(v) for v in np.round(orient, 3)]
+    counts: dict[tuple[float, ...], int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    common = max(counts, key=lambda k: counts[k])
+    kept = np.array([i for i, k in enumerate(keys) if k == common])
+    if len(kept) < len(keys):
+        warnings.append(f"{len(keys) - len(kept)} frame(s) of another orientation left out of the multi-frame image")
+    first = orient[kept[0]]
+    if min(np.linalg.norm(first[:3]), np.linalg.norm(first[3:])) < 1e-3:
+        return None
+    row_cos, col_cos = first[:3] / np.linalg.norm(first[:3]), first[3:] / np.linalg.norm(first[3:])
+    proj = positions[kept] @ np.cross(row_cos, col_cos)
+    keep, spacing, more = order_by_projection(proj)
+    index = kept[keep]
+    return FrameOrder(index=index, spacing=spacing, origin=positions[index[0]], row_cos=row_cos, col_cos=col_cos,
+                      warnings=warnings + more)
