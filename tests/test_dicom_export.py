@@ -95,7 +95,8 @@ def check_export(out: Path, saliency: np.ndarray, affine: np.ndarray, risk_at: d
     rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     slope, intercept = float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)
     values = pm_ds.pixel_array.astype(np.float64) * slope + intercept
-    assert int(pm.NumberOfFrames) == len(source_files)
+    assert int(pm.NumberOfFrames) == sum(int(pydicom.dcmread(f, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+                                         for f in source_files)
     on_grid = _frames_on_grid(pm_ds, values, affine, shape)
     assert not np.isnan(on_grid).any(), "some voxels of the volume have no Parametric Map pixel"
     err = float(np.max(np.abs(on_grid - saliency)))
@@ -108,8 +109,10 @@ def check_export(out: Path, saliency: np.ndarray, affine: np.ndarray, risk_at: d
     per_frame_sources = {str(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
                          for g in pm.PerFrameFunctionalGroupsSequence}
     assert per_frame_sources == source_sops
+    source_orientation = (source0.ImageOrientationPatient if "ImageOrientationPatient" in source0 else  # enhanced: shared group
+                          source0.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient)
     assert [float(v) for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient] \
-        == pytest.approx([float(v) for v in source0.ImageOrientationPatient], abs=1e-6)
+        == pytest.approx([float(v) for v in source_orientation], abs=1e-6)
 
     # Segmentation: the top region on the same grid
     seg = hd.seg.segread(out / "saliency_seg.dcm")
@@ -321,6 +324,46 @@ def test_dicom_source_series_is_referenced_not_derived(tmp_path: Path, orientati
     pm = pydicom.dcmread(out / "saliency_pm.dcm", stop_before_pixels=True)
     first = pydicom.dcmread(written.paths[0], stop_before_pixels=True)
     assert {e.keyword for e in pm if e.tag.group == 0x0010} <= {e.keyword for e in first if e.tag.group == 0x0010}
+
+
+def test_enhanced_ct_source_is_referenced_frame_by_frame(tmp_path: Path) -> None:
+    """An enhanced (multi-frame) CT study: the objects refer to its one instance, every derived frame to the source
+    frame at the same position (ReferencedFrameNumber), with nothing derived."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    from core.cohort import load_cohort
+    from core.dicom_export import ModelInfo, export_dicom, source_series_for
+
+    written = write_series(tmp_path / "classic", shape=(9, 40, 36), spacing_mm=(3.0, 2.0, 2.5), orientation="coronal",
+                           identified=False)
+    enhanced = LegacyConvertedEnhancedCTImage([pydicom.dcmread(p) for p in written.paths],
+                                              series_instance_uid=pydicom.uid.generate_uid(), series_number=7,
+                                              sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+    cohort = tmp_path / "cohort"
+    (cohort / "studies").mkdir(parents=True)
+    enhanced.save_as(cohort / "studies" / "s1.dcm")
+    (cohort / "cohort.csv").write_text("subject_id,study\ns1,studies/s1.dcm\n")
+    volume = load_cohort(cohort, for_training=False).load_volume("s1")
+    assert volume is not None and np.array_equal(volume.hu, written.hu)
+    saliency = (np.random.default_rng(1).standard_normal(volume.shape) * 1e-3).astype(np.float32)
+    risk_at = {30: 0.05, 365: 0.25, 1825: 0.5}
+    info = ModelInfo(name="test fusion, discrete head", version="core test; weights sha256:0", card="test/MODEL_CARD.md sha256:0",
+                     device_serial="0")
+    out = tmp_path / "out"
+    source = source_series_for(volume, out, study_path=cohort / "studies" / "s1.dcm")
+    result = export_dicom(volume, saliency, risk_at, ["image"], info, "saliency", out, source=source)
+    assert result.derived_series == [] and not (out / "CT").exists() and result.n_frames == int(enhanced.NumberOfFrames)
+    assert not any("could not be used" in w for w in result.warnings), result.warnings
+    numbers = check_export(out, saliency, volume.affine, risk_at, ["image"], [cohort / "studies" / "s1.dcm"])
+    assert numbers["max_abs_error"] == 0.0
+    src_positions = [tuple(np.round(g.PlanePositionSequence[0].ImagePositionPatient, 3))
+                     for g in enhanced.PerFrameFunctionalGroupsSequence]
+    pm = pydicom.dcmread(out / "saliency_pm.dcm", stop_before_pixels=True)
+    for group in pm.PerFrameFunctionalGroupsSequence:
+        ref = group.DerivationImageSequence[0].SourceImageSequence[0]
+        position = tuple(np.round(group.PlanePositionSequence[0].ImagePositionPatient, 3))
+        assert str(ref.ReferencedSOPInstanceUID) == str(enhanced.SOPInstanceUID)
+        assert src_positions[int(ref.ReferencedFrameNumber) - 1] == position
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float]
         out=str(out), parametric_map=str(pm_path), segmentation=str(seg_path), structured_report=str(sr_path),
         derived_series=[str(p) for p in series.files] if series.derived else [],
         source_series_uid=series.series_instance_uid, frame_of_reference_uid=series.frame_of_reference_uid,
-        n_frames=len(series.datasets), method=method, map_min=float(saliency.min()), map_max=float(saliency.max()),
+        n_frames=len(series.indices), method=method, map_min=float(saliency.min()), map_max=float(saliency.max()),
         region_threshold=threshold, region_percentile=percentile, region_voxels=int(region.sum()),
         risk_at={int(k): float(v) for k, v in risk_at.items()}, modalities_used=[str(m) for m in modalities_used],
         warnings=[*volume.warnings, *series.warnings],

@@ -57,18 +57,14 @@ def algorithm(model: ModelInfo, parameters: dict[str, str] | None = None) -> hd.
 
 
 def _geometry(series: SourceSeries) -> dict[str, object]:
-    first = series.datasets[0]
+    first = series.planes[0]
     return {
-        "pixel_measures": hd.PixelMeasuresSequence(
-            pixel_spacing=[float(v) for v in first.PixelSpacing],
-            slice_thickness=float(first.get("SliceThickness", 0) or 0) or None,
-        ),
+        "pixel_measures": hd.PixelMeasuresSequence(pixel_spacing=list(first.spacing), slice_thickness=first.thickness or None),
         "plane_orientation": hd.PlaneOrientationSequence(
-            coordinate_system="PATIENT", image_orientation=[float(v) for v in first.ImageOrientationPatient]),
+            coordinate_system="PATIENT", image_orientation=[float(v) for v in first.orientation]),
         "plane_positions": [
-            hd.PlanePositionSequence(coordinate_system="PATIENT",
-                                     image_position=[float(v) for v in ds.ImagePositionPatient])
-            for ds in series.datasets
+            hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=[float(v) for v in plane.position])
+            for plane in series.planes
         ],
     }
 

@@ -45,9 +45,29 @@ GRID_TOLERANCE = 0.02  # voxel units: how far a source pixel centre may sit from
 MANUFACTURER = "ct-ehr-survival-explorer"
 
 
+@dataclass(frozen=True)
+class Plane:
+    """Where one source frame lies: ImagePositionPatient, ImageOrientationPatient (6), PixelSpacing (row, col) and
+    the slice thickness (0 when not given)."""
+
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: tuple[float, float]
+    thickness: float
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Plane:
+        """The plane of a single-frame image."""
+        return cls(np.asarray(ds.ImagePositionPatient, dtype=np.float64), np.asarray(ds.ImageOrientationPatient, dtype=np.float64),
+                   (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])), float(ds.get("SliceThickness", 0) or 0))
+
+
 @dataclass
 class SourceSeries:
-    """Source instances in Volume slice order, with the Volume index of every pixel of every frame."""
+    """Source instances in Volume slice order, with the Volume index of every pixel of every frame.
+
+    ``planes`` and ``indices`` hold one entry per frame: one per instance of a series of single-frame images, one
+    per frame of the single instance of an enhanced (multi-frame) image, in its frame order."""
 
     datasets: list[Dataset]
     volume_shape: tuple[int, int, int]
@@ -55,6 +75,7 @@ class SourceSeries:
     derived: bool  # True when written from the Volume (NIfTI source)
     files: list[Path]
     warnings: list[str] = field(default_factory=list)
+    planes: list[Plane] = field(default_factory=list)
 
     @property
     def frame_of_reference_uid(self) -> str:
@@ -76,16 +97,18 @@ class SourceSeries:
         return np.stack([array[k, r, c] for k, r, c in self.indices], axis=0)
 
 
-def pixel_indices(ds: Dataset, affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Volume indices ``(slice, row, col)`` of every pixel of a single-frame image ``ds``.
+def pixel_indices(ds: Dataset, affine: np.ndarray, shape: tuple[int, int, int],
+                  plane: Plane | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Volume indices ``(slice, row, col)`` of every pixel of a single-frame image ``ds`` (or of the frame of
+    ``ds`` at ``plane``).
 
     DICOM: pixel (i, j) (row i, column j) lies at IPP + j * dc * row_cos + i * dr * col_cos,
     with PixelSpacing = (dr, dc) and ImageOrientationPatient = (row_cos, col_cos).
     """
     rows, cols = int(ds.Rows), int(ds.Columns)
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-    ipp = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
-    dr, dc = (float(v) for v in ds.PixelSpacing)
+    plane = plane or Plane.of(ds)
+    iop, ipp = plane.orientation, plane.position
+    dr, dc = plane.spacing
     ii, jj = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
     pos = ipp[:, None, None] + iop[:3, None, None] * (jj * dc)[None] + iop[3:, None, None] * (ii * dr)[None]
     inv = np.linalg.inv(affine)
@@ -101,29 +124,56 @@ def pixel_indices(ds: Dataset, affine: np.ndarray, shape: tuple[int, int, int]) 
     return k, r, c
 
 
+def _covers(indices: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shape: tuple[int, int, int], what: str) -> None:
+    covered = np.zeros(shape, dtype=bool)
+    for k, r, c in indices:
+        covered[k, r, c] = True
+    if not covered.all():
+        raise InputError("source series", what, f"cover {int(covered.sum())} of {covered.size} voxels of the loaded volume",
+                         "export from the complete series the volume was loaded from")
+
+
 def _place(datasets: list[Dataset], volume: Volume, derived: bool, files: list[Path]) -> SourceSeries:
     shape = volume.shape
     placed = [(pixel_indices(ds, volume.affine, shape), ds, f) for ds, f in zip(datasets, files)]
     placed.sort(key=lambda item: float(item[0][0].mean()))
-    covered = np.zeros(shape, dtype=bool)
-    for (k, r, c), _, _ in placed:
-        covered[k, r, c] = True
-    if not covered.all():
-        raise InputError("source series", f"{len(datasets)} instances",
-                         f"cover {int(covered.sum())} of {covered.size} voxels of the loaded volume",
-                         "export from the complete series the volume was loaded from")
+    _covers([ix for ix, _, _ in placed], shape, f"{len(datasets)} instances")
     return SourceSeries(
         datasets=[ds for _, ds, _ in placed], volume_shape=shape, indices=[ix for ix, _, _ in placed],
-        derived=derived, files=[f for _, _, f in placed],
+        derived=derived, files=[f for _, _, f in placed], planes=[Plane.of(ds) for _, ds, _ in placed],
     )
 
 
+def _place_frames(ds: Dataset, volume: Volume, path: Path) -> SourceSeries:
+    """The frames of one enhanced (multi-frame) image, in its frame order, each at its functional groups' plane.
+
+    Refused (``InputError`` on ``source series``, so the caller derives a series instead) when the frames do not
+    share one orientation in the shared functional group, as the derived objects' geometry requires, or when a
+    frame does not lie on the volume's grid."""
+    from core.io.dicom_frames import SHARED, frame_geometry
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    g = frame_geometry(ds, frames)
+    shared = ds.get(SHARED, None)
+    if (g is None or g.positions is None or g.orientations is None or g.pixel_spacing is None or not shared
+            or "PlaneOrientationSequence" not in shared[0] or np.ptp(g.orientations, axis=0).max() > 1e-6):
+        raise InputError("source series", str(path), "is a multi-frame image without one shared plane orientation and "
+                         "per-frame positions", "export from a series of single-frame CT images (or from the NIfTI)")
+    measures = g.pixel_spacing
+    planes = [Plane(g.positions[k], g.orientations[k], measures, float(g.thickness or 0.0)) for k in range(frames)]
+    indices = [pixel_indices(ds, volume.affine, volume.shape, plane) for plane in planes]
+    _covers(indices, volume.shape, f"{frames} frames")
+    return SourceSeries(datasets=[ds], volume_shape=volume.shape, indices=indices, derived=False, files=[path],
+                        planes=planes)
+
+
 def source_series_from_files(sources: Iterable[Path | tuple[str, bytes]], volume: Volume) -> SourceSeries:
-    """The single-frame instances among ``sources`` (paths, or (name, bytes) zip members) that belong to
-    the volume's series, placed on its grid."""
+    """The instances among ``sources`` (paths, or (name, bytes) zip members) that belong to the volume's series,
+    placed on its grid: its single-frame images, or the frames of its one enhanced (multi-frame) image."""
     series_key = volume.meta.get("series_key", "")
     datasets: list[Dataset] = []
     files: list[Path] = []
+    enhanced: list[tuple[Dataset, Path]] = []
     for source in sources:
         path = Path(source[0]) if isinstance(source, tuple) else Path(source)
         try:
@@ -131,15 +181,21 @@ def source_series_from_files(sources: Iterable[Path | tuple[str, bytes]], volume
             ds = pydicom.dcmread(io.BytesIO(undeflate_dicom(raw, path.name)))  # bounded, before pydicom inflates
         except (pydicom.errors.InvalidDicomError, OSError):
             continue  # not DICOM (e.g. a README beside the series)
-        if "PixelData" not in ds or "ImagePositionPatient" not in ds:
+        multi_frame = int(ds.get("NumberOfFrames", 1) or 1) > 1
+        if "PixelData" not in ds or ("ImagePositionPatient" not in ds and not multi_frame):
             continue
         if series_key and str(ds.get("SeriesInstanceUID", "")) not in {series_key, ""}:
             continue
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise InputError("source series", str(path), "is a multi-frame image",
-                             "export from a series of single-frame CT images (or from the NIfTI)")
+        if multi_frame:
+            enhanced.append((ds, Path(path)))
+            continue
         datasets.append(ds)
         files.append(Path(path))
+    if enhanced and (datasets or len(enhanced) > 1):
+        raise InputError("source series", series_key or "?", "holds several multi-frame images or both kinds",
+                         "export from one enhanced CT image or a series of single-frame CT images (or from the NIfTI)")
+    if enhanced:
+        return _place_frames(enhanced[0][0], volume, enhanced[0][1])
     if not datasets:
         raise InputError("source series", series_key or "?", "no DICOM image of the loaded series found",
                          "point the cohort's study column at the DICOM folder the volume was loaded from")
