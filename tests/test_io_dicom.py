@@ -97,6 +97,22 @@ def test_single_file_and_single_file_bytes(series_dir):
     np.testing.assert_array_equal(same.hu, vol.hu)
 
 
+def test_ct_series_is_chosen_over_a_larger_pet_series(tmp_path):
+    """A PET/CT export: the CT series is loaded by default though the PET series has more images; the PET series,
+    chosen by name, loads with a one-line warning that its values are not Hounsfield units."""
+    study = pydicom.uid.generate_uid()
+    ct = write_series(tmp_path, shape=(6, 32, 32), study_uid=study, series_number=2, prefix="CT", identified=False)
+    pet = write_series(tmp_path, shape=(12, 24, 24), study_uid=study, series_number=3, prefix="PT", modality="PT",
+                       identified=False, seed=1)
+    vol = load_study(tmp_path)
+    np.testing.assert_array_equal(vol.hu, ct.hu)
+    assert [s.modality for s in vol.series] == ["CT", "PT"]
+    assert not any("not CT" in w for w in vol.warnings)
+    other = load_study(tmp_path, series=pet.series_uid)
+    np.testing.assert_array_equal(other.hu, pet.hu)
+    assert any(w.startswith("modality PT, not CT:") for w in other.warnings), other.warnings
+
+
 def test_blank_series_uid_gets_a_fallback_key(series_dir):
     vol = load_study(series_dir["blank_rle"].folder)
     assert len(vol.series) == 1 and vol.series[0].key.startswith("noUID-1-")

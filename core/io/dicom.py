@@ -13,7 +13,8 @@ Two passes over the files, each header parsed once:
    refused before pydicom sees it). Files are
    grouped into series by SeriesInstanceUID, or by a fallback key (frame of
    reference, orientation, matrix size, series and acquisition number) when the
-   UID is blank. The largest series is taken unless ``series=`` names one.
+   UID is blank. The largest CT series (or, without one, the largest series) is
+   taken unless ``series=`` names one; another modality gets a warning.
 2. pixels: the size (Rows x Columns x frames x bytes) is checked against a
    memory cap, then the chosen slices are decoded in parallel straight into the
    output array: uncompressed data with ``numpy.frombuffer`` from the PixelData
@@ -180,6 +181,11 @@ def group_series(headers: Iterable[_Header]) -> dict[str, list[_Header]]:
     return groups
 
 
+def _maybe_ct(modality: str) -> bool:
+    """True for a CT series, and for one that names no modality (a converted or anonymised export)."""
+    return modality.strip().upper() in ("CT", "")
+
+
 def _series_info(key: str, hs: list[_Header]) -> SeriesInfo:
     first = hs[0].ds
     return SeriesInfo(
@@ -200,7 +206,7 @@ def load_dicom_sources(
     label: str = "study",
     prefetched: Prefetch | None = None,
 ) -> Volume:
-    """Load the largest (or the chosen) series of ``sources`` into a Volume.
+    """Load the largest CT (or the chosen) series of ``sources`` into a Volume.
 
     pydicom's own warnings (invalid values, unknown character sets, ...) are
     collected and summarised in ``Volume.warnings`` instead of being printed: per
@@ -230,7 +236,8 @@ def _load_dicom_sources(
         raise InputError("study", label, f"holds no readable DICOM image ({reasons})", "point at a DICOM series (files with pixel data), a zip of one, or a NIfTI file")
     groups = group_series(headers)
     infos = [_series_info(k, hs) for k, hs in groups.items()]
-    infos.sort(key=lambda s: (-s.n_instances, s.key))
+    # a CT series (or one that names no modality) before any other (a PET/CT or MR export): then the largest
+    infos.sort(key=lambda s: (not _maybe_ct(s.modality), -s.n_instances, s.key))
     if series is None:
         key = infos[0].key
     else:
@@ -245,6 +252,10 @@ def _load_dicom_sources(
         warnings.append("ignored files: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
     if len(infos) > 1:
         warnings.append(f"{len(infos)} series found; loaded {key} ({_series_info(key, chosen).n_instances} images)")
+    modality = _series_info(key, chosen).modality
+    if not _maybe_ct(modality):
+        warnings.append(f"modality {modality}, not CT: the values are read as Hounsfield units, which they are not; "
+                        "the models, windows and checks assume CT")
     # one geometry per volume: keep the commonest matrix size / orientation
     shapes: dict[tuple, list[_Header]] = {}
     for h in chosen:
