@@ -202,9 +202,9 @@ def _uses_image(model: LoadedModel, inputs: CaseInputs) -> bool:
             and float(inputs.image_mask.sum()) > 0)
 
 
-def _is_per_slice(model: LoadedModel) -> bool:
+def _is_per_slice(model: LoadedModel, inputs: CaseInputs) -> bool:
     chain = model.transforms
-    return chain is not None and chain.per_slice
+    return chain is not None and chain.per_slice_for(inputs.slice_mm)
 
 
 # ----------------------------------------------------------------------------- image attributions
@@ -239,7 +239,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     horizon = _check_horizon(model, horizon_days)
     image = inputs.image.detach().float()  # type: ignore[union-attr]
     s, r, c = (int(v) for v in image.shape[1:])
-    per_slice = slice_index is not None and _is_per_slice(model)
+    per_slice = slice_index is not None and _is_per_slice(model, inputs)
     if slice_index is not None and not 0 <= int(slice_index) < s:
         raise InputError("slice_index", slice_index, f"is outside 0..{s - 1}", "pick a slice inside the volume")
     from core.models.net import with_image_tokens
@@ -249,7 +249,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     net = model.net
     times = np.asarray(model.times, dtype=float)
     base_batch = model.encoded_batch(replace(inputs, image=None))
-    masks = model.image_masks(image) if context is None else context[0]  # the case's own masks, fixed
+    masks = model.image_masks(image, inputs.slice_mm) if context is None else context[0]  # the case's own, fixed
 
     lazy: tuple[int, torch.Tensor] | None = None  # per-slice mode: (the slice, every slice's fixed tokens)
     if per_slice:
@@ -365,7 +365,7 @@ def _detector_ig(model: LoadedModel, base_batch: dict[str, Any], x: torch.Tensor
     baseline = torch.clamp(logits, max=DETECTION_LOGIT)
     det = IntegratedGradients(forward).attribute(logits, baselines=baseline, n_steps=n_steps,
                                                  internal_batch_size=internal_batch_size, method="gausslegendre")
-    out = chain.study_grid(det[0].float().sum(dim=1), tuple(int(v) for v in x.shape[2:]), masks)  # type: ignore[arg-type]
+    out = chain.to_study_slices(chain.study_grid(det[0].float().sum(dim=1), tuple(int(v) for v in x.shape[2:]), masks), int(x.shape[1]), masks)  # type: ignore[arg-type]
     return out.detach().cpu().numpy().astype(np.float32)
 
 
@@ -405,7 +405,7 @@ def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, mod
         if cam.dim() == 5:  # 3D encoder: [1, 1, d, h, w]
             out = chain.study_grid(cam, shape, masks)  # type: ignore[union-attr]
         else:  # 2D encoder: one map per slice [S', 1, h, w]
-            out = chain.study_grid(cam[:, 0], shape[1:], masks)[None]  # type: ignore[union-attr]
+            out = chain.to_study_slices(chain.study_grid(cam[:, 0], shape[1:], masks), shape[0], masks)[None]  # type: ignore[union-attr]
     else:  # pragma: no cover - validated by attribute()
         raise InputError("method", method, "is not an attribution method", f"use one of {', '.join(METHODS)}")
     return out.detach().float().cpu().numpy()[0].astype(np.float32)

@@ -73,6 +73,9 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
         if stats is None or "encoder_px_mm" not in stats:
             stats = model_study_stats(volume.hu, volume.spacing_mm, model.config.image.transforms(), stats)
         stats = dict(stats)
+        working = model.config.image.slice_mm
+        if isinstance(working, float) and "slice_mm" in stats and stats["slice_mm"] < working:
+            stats["slice_mm"] = working  # thinner slices are read as slabs at the model's working spacing
         return ImageRead(tuple(profile_warnings(profile, stats)), withhold_reason(profile, stats))
     from core.preprocess.lung import lung_coverage_warning
 

@@ -198,22 +198,25 @@ class LoadedModel:
         image = None
         image_emb = None
         present = 0.0
+        slice_mm = None
         if self.config.image.voxels:
             vol = cohort.load_volume(sid)
             if vol is not None:
                 image = torch.from_numpy(np.ascontiguousarray(vol.hu, dtype=np.float32))[None].to(self.device)
                 present = 1.0
+                slice_mm = float(vol.spacing_mm[0])
         elif kind == "embedding" and cohort.image_embeddings is not None:
             arr = image_embedding_arrays(cohort, [sid])
             image_emb = torch.as_tensor(arr["image_embedding"]).to(self.device)
             present = float(arr["image_present"][0])
         return CaseInputs(image=image, image_mask=torch.tensor([present], device=self.device), ehr=ehr, events=events,
-                          image_embedding=image_emb, subject_id=sid, feature_names=ecfg.feature_names)
+                          image_embedding=image_emb, subject_id=sid, feature_names=ecfg.feature_names, slice_mm=slice_mm)
 
-    def image_masks(self, hu: torch.Tensor) -> CaseConstants | None:
-        """The constants of a CT under this model's transforms (lung mask, body box; None when the chain has none)."""
+    def image_masks(self, hu: torch.Tensor, slice_mm: float | None = None) -> CaseConstants | None:
+        """The constants of a CT under this model's transforms (lung mask, body box, the slice spacing ``slice_mm``
+        when the chain resamples slices; None when the chain has none of them)."""
         chain = self.transforms
-        return None if chain is None else chain.masks(hu)
+        return None if chain is None else chain.masks(hu, slice_mm)
 
     def encode_image(self, hu: torch.Tensor, masks: CaseConstants | None = None) -> torch.Tensor:
         """Encoder tokens of HU ``[B, S', R, C]`` (differentiable): the model's transforms, then its encoder."""
@@ -248,8 +251,20 @@ class LoadedModel:
         if tokens is None:
             tokens = self.cached_tokens(inputs.image)  # type: ignore[arg-type]
         if tokens is None:
-            tokens = self.encode_image(inputs.image)  # type: ignore[arg-type]
+            tokens = self.encode_image(inputs.image, self.image_masks(inputs.image, inputs.slice_mm))  # type: ignore[arg-type]
         return with_image_tokens(batch, tokens, int(inputs.image.shape[1]))  # type: ignore[union-attr]
+
+    def study_slice_weights(self, weights: torch.Tensor | None, inputs: CaseInputs) -> torch.Tensor | None:
+        """Attention weights over the encoder's tokens ``[B, S']`` on the study's slices ``[B, S]`` (a chain with a
+        working slice spacing makes one token per slab: ``SliceSpacing.spread_weights``); else as they are."""
+        chain = self.transforms
+        slices = getattr(chain, "slices", None)
+        if weights is None or slices is None or inputs.image is None or inputs.slice_mm is None:
+            return weights
+        n = int(inputs.image.shape[1])
+        if int(weights.shape[-1]) == n and slices.identity(inputs.slice_mm):
+            return weights
+        return slices.spread_weights(weights.float(), n, float(inputs.slice_mm))
 
     def _output(self, o: dict[str, Any]) -> ModelOutput:
         return ModelOutput(survival=o["survival"], risk=o["risk"], slice_weights=o["slice_weights"],
@@ -257,7 +272,8 @@ class LoadedModel:
 
     def forward(self, inputs: CaseInputs) -> ModelOutput:
         """Differentiable forward pass (the net is frozen in eval mode at load); gradients reach ``inputs.image``."""
-        return self._output(self.net(self.encoded_batch(inputs)))
+        out = self._output(self.net(self.encoded_batch(inputs)))
+        return dataclasses.replace(out, slice_weights=self.study_slice_weights(out.slice_weights, inputs))
 
     def replica(self) -> LoadedModel:
         """This model on a per-call replica of its network (``net_replica``: no tensor copied), for work
@@ -298,13 +314,14 @@ class LoadedModel:
         upper = np.maximum(np.quantile(samples, q[1], axis=0), surv)
         surv, lower, upper = (np.clip(a, 0.0, 1.0) for a in (surv, lower, upper))
         times = self.times
-        sw, ew = point["slice_weights"], point["event_weights"]
+        sw, ew = self.study_slice_weights(point["slice_weights"], inputs), point["event_weights"]
         return CasePrediction(
             times=times, survival=surv, lower=lower, upper=upper, risk=float(point["risk"][0]),
             risk_at=risk_at(times, surv, horizons), modalities_used=self.modalities_used(inputs),
             slice_weights=None if sw is None else sw[0].float().cpu().numpy(),
             event_weights=None if ew is None else ew[0].float().cpu().numpy(),
-            attention={k: v[0].float().cpu().numpy() for k, v in point["attention"].items()},
+            attention={k: (self.study_slice_weights(v, inputs) if k.startswith("ehr<-img") else v)[0].float().cpu().numpy()
+                       for k, v in point["attention"].items()},  # image tokens as keys: on the study's slices
         )
 
 

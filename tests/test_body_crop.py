@@ -193,7 +193,7 @@ def test_a_model_trained_with_the_box_predicts_and_explains_with_it(tmp_path: Pa
     model, cohort = load_model(out, device="cpu"), load_cohort(cohort_dir)
     sid = cohort.ids()[0]
     inputs = model.case_inputs(cohort, sid)
-    box = model.image_masks(inputs.image).box()
+    box = model.image_masks(inputs.image, inputs.slice_mm).box()
     s, r, c = inputs.image.shape[1:]
     assert box is not None and (box[1] - box[0]) * (box[3] - box[2]) < r * c     # the demo's body leaves air around it
     a = attribute(model, inputs, "gradcam", 365.0, None, with_events=False).map

@@ -75,7 +75,7 @@ def test_map_sums_to_the_risk_change_from_no_detection_and_lies_on_detections(de
     enc = model.net.image_encoder
     times = np.asarray(model.times, float)
     with torch.no_grad():
-        prepared = model.transforms(inputs.image.float(), model.image_masks(inputs.image.float()))
+        prepared = model.transforms(inputs.image.float(), model.image_masks(inputs.image.float(), inputs.slice_mm))
         size = prepared.shape[-1]
         logits = enc.detect_logits(prepared.reshape(s, 1, size, size))
         base = model.encoded_batch(dataclasses.replace(inputs, image=None))

@@ -90,7 +90,7 @@ def whole_map(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
         raise InputError("image", "none", "this case has no CT on the model's voxel grid", "pick a case with a CT")
     if per_slice is None:
         chain = model.transforms
-        per_slice = chain is not None and bool(chain.per_slice)
+        per_slice = chain is not None and bool(chain.per_slice_for(inputs.slice_mm))
     s = int(inputs.image.shape[1])
     report = progress or (lambda fraction, label: None)
     if not per_slice:
@@ -103,7 +103,7 @@ def whole_map(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     full = np.zeros(tuple(int(v) for v in inputs.image.shape[1:]), dtype=np.float32)
     report(0.0, f"{method}: slice 1 of {s}")
     image = inputs.image.detach().float()
-    masks = model.image_masks(image)
+    masks = model.image_masks(image, inputs.slice_mm)
     with torch.no_grad():  # the case's masks and every slice's tokens, once for all its slices (not once per slice)
         context = (masks, model.encode_image(image, masks).detach())
     for k in range(s):

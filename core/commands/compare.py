@@ -10,7 +10,7 @@ HELP = "train every fusion strategy and write a comparison table"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.models import BODY_CROP_HELP, EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
+    from core.models import BODY_CROP_HELP, SLICE_MM_HELP, EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
 
     parser.add_argument("--cohort", required=True, type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default <cohort>/comparison)")
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-encoder", type=Path, default=None)
     parser.add_argument("--image-encoder-kind", default="auto", choices=IMAGE_KIND_CHOICES, help=IMAGE_KIND_HELP)
     parser.add_argument("--body-crop", action="store_true", help=BODY_CROP_HELP)
+    parser.add_argument("--slice-mm", default=None, metavar="auto|off|MM", help=SLICE_MM_HELP)
     parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES,
                         help="EHR input of every strategy (default auto: all the cohort has)")
     parser.add_argument("--ensemble", type=int, default=None,
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.models import image_overrides
     from core.train.compare import compare_strategies
 
     out = args.out or args.cohort / "comparison"
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                                head=args.head, seed=args.seed, device=args.device, epochs=args.epochs,
                                image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
                                ehr_encoder=args.ehr_encoder, ensemble=args.ensemble,
-                               overrides={"image": {"body_crop": True}} if args.body_crop else None)
+                               overrides=image_overrides(args.body_crop, args.slice_mm))
     if args.json:
         print(json.dumps({"out": str(out), "rows": json.loads(table.to_json(orient="records"))}))
     else:

@@ -10,7 +10,7 @@ HELP = "train a fusion survival model on a cohort"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.models import BODY_CROP_HELP, EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
+    from core.models import BODY_CROP_HELP, SLICE_MM_HELP, EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
 
     parser.add_argument("--cohort", required=True, type=Path, help="cohort folder (cohort.csv, studies, timeline, features)")
     parser.add_argument("--fusion", required=True, choices=FUSIONS, help="fusion strategy")
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-encoder", type=Path, default=None, help="pretrained encoder folder (python -m core pretrain)")
     parser.add_argument("--image-encoder-kind", default="auto", choices=IMAGE_KIND_CHOICES, help=IMAGE_KIND_HELP)
     parser.add_argument("--body-crop", action="store_true", help=BODY_CROP_HELP)
+    parser.add_argument("--slice-mm", default=None, metavar="auto|off|MM", help=SLICE_MM_HELP)
     parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES)
     parser.add_argument("--ensemble", type=int, default=None,
                         help="networks trained from seeds seed..seed+K-1 (default 5); their range is the uncertainty band; 1 = one network, MC-dropout band")
@@ -31,12 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from core.models import image_overrides
     from core.train import train_model
 
     metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
                           device=args.device, image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
                           ehr_encoder=args.ehr_encoder, ensemble=args.ensemble,
-                          overrides={"image": {"body_crop": True}} if args.body_crop else None)
+                          overrides=image_overrides(args.body_crop, args.slice_mm))
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

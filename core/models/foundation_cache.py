@@ -307,8 +307,11 @@ class FoundationTransforms:
     orient: ReorientRAS = ReorientRAS()
     per_slice = False
 
-    def masks(self, hu: torch.Tensor) -> None:
-        return None
+    def per_slice_for(self, slice_mm: float | None) -> bool:
+        return False
+
+    def masks(self, hu: torch.Tensor, slice_mm: float | None = None) -> None:
+        return None  # the volume is resized to the backbone's grid whatever its spacing
 
     def __call__(self, hu: torch.Tensor, masks: None = None) -> torch.Tensor:
         return self.orient(self.window(self.resize(hu)))

@@ -111,7 +111,9 @@ class SliceEncoder2D(nn.Module):
     @classmethod
     def from_config(cls, icfg: ImageConfig) -> SliceEncoder2D:
         """The encoder of a 2d image config, with the channel layer and soft-tissue step of its transforms."""
-        chain = icfg.transforms()
+        from dataclasses import replace
+
+        chain = replace(icfg, slice_mm=None).transforms()  # the in-plane steps (the slice spacing is not the encoder's)
         assert chain is not None and hasattr(chain, "channel_stack")
         return cls(icfg.out_dim, icfg.size, icfg.channels, soft_tissue=chain.soft_tissue_step(),
                    stem=chain.channel_stack(), strides=icfg.strides, pool=icfg.pool, detect_z=icfg.detect_z)

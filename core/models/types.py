@@ -56,6 +56,7 @@ class CaseInputs:
     image_embedding: torch.Tensor | None = None
     subject_id: str = ""
     feature_names: list[str] = field(default_factory=list)
+    slice_mm: float | None = None  # the CT's slice spacing (a model with a working slice spacing resamples to it)
 
 
 @dataclass

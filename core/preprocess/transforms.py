@@ -53,7 +53,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.errors import InputError
 from core.preprocess.lung import LUNG_FILL_HU, SOFT_TISSUE_ABOVE_HU, lung_mask
+from core.preprocess.slices import SliceSpacing
 
 if TYPE_CHECKING:
     import torch
@@ -192,11 +194,12 @@ class CaseConstants:
 
     lung: torch.Tensor | None = None
     boxes: tuple[tuple[int, int, int, int], ...] | None = None
+    slice_mm: float | None = None  # the study's slice spacing (read by a chain with a working slice spacing)
 
     def slices(self, start: int, stop: int) -> CaseConstants:
         """The constants of slices ``start:stop`` (the box belongs to the whole case and stays)."""
         lung = None if self.lung is None else (self.lung[start:stop] if self.lung.dim() == 3 else self.lung[:, start:stop])
-        return CaseConstants(lung, self.boxes)
+        return CaseConstants(lung, self.boxes, self.slice_mm)
 
     def box(self, i: int = 0) -> tuple[int, int, int, int] | None:
         """The body box of case ``i`` of the batch (the only box when one is given for copies of a case)."""
@@ -340,27 +343,53 @@ class ImageTransforms:
     channels: ChannelStack | None = None  # applied by the 2D encoder as its fixed first layer (see the module docstring)
     crop: BodyCrop | None = None
     z_context: bool = False  # the encoder after the chain mixes neighbouring slices (a detector's ``detect_z``)
+    slices: SliceSpacing | None = None  # 2d: the slices to a working slice spacing, last (core.preprocess.slices)
 
     @property
     def per_slice(self) -> bool:
         """True when every slice's token depends on that slice's voxels only (the body box, when the chain has
-        one, is a constant of the case: :meth:`masks`); False when the encoder mixes neighbouring slices."""
-        return isinstance(self.resize, ResizeSlices) and not self.z_context
+        one, is a constant of the case: :meth:`masks`); False when the encoder mixes neighbouring slices, or when
+        the chain resamples the slices to a working spacing (a token is then a slab of slices)."""
+        return isinstance(self.resize, ResizeSlices) and not self.z_context and self.slices is None
 
-    def masks(self, hu: torch.Tensor) -> CaseConstants | None:
-        """The constants of the cases in ``hu`` ``[B, S, R, C]`` (lung mask, body box per case), or None when the
-        chain has neither step."""
-        if self.lung is None and self.crop is None:
+    def per_slice_for(self, slice_mm: float | None) -> bool:
+        """:attr:`per_slice` for one study: also True with a working slice spacing that leaves this study's slices
+        as they are (``slice_mm`` within its tolerance)."""
+        if self.slices is None:
+            return self.per_slice
+        return (isinstance(self.resize, ResizeSlices) and not self.z_context and slice_mm is not None
+                and self.slices.identity(slice_mm))
+
+    def masks(self, hu: torch.Tensor, slice_mm: float | None = None) -> CaseConstants | None:
+        """The constants of the cases in ``hu`` ``[B, S, R, C]`` (lung mask, body box per case, the slice spacing
+        ``slice_mm`` for a chain with a working slice spacing), or None when the chain has none of these steps."""
+        if self.lung is None and self.crop is None and self.slices is None:
             return None
         boxes = None
         if self.crop is not None:
             arr = hu.detach().float().cpu().numpy()
             boxes = tuple(self.crop.box(a) for a in arr)
-        return CaseConstants(None if self.lung is None else self.lung.mask(hu), boxes)
+        return CaseConstants(None if self.lung is None else self.lung.mask(hu), boxes, slice_mm)
+
+    def study_slice_mm(self, masks: CaseConstants | None) -> float:
+        """The study's slice spacing from its constants; a one-line error when a chain that needs it lacks it."""
+        if masks is None or masks.slice_mm is None:
+            assert self.slices is not None
+            raise InputError("slice spacing", "unknown", f"this model reads slices at {self.slices.slice_mm:g} mm and "
+                             "needs the study's slice spacing", "pass the study's slice spacing (CaseInputs.slice_mm to LoadedModel.image_masks)")
+        return float(masks.slice_mm)
 
     def __call__(self, hu: torch.Tensor, masks: CaseConstants | None = None) -> torch.Tensor:
         """``[B, S, R, C]`` HU -> the encoder's input; ``masks`` from :meth:`masks` of the same case (or of one
-        case for a batch of its copies), computed here when not given."""
+        case for a batch of its copies), computed here when not given (a chain with a working slice spacing needs
+        them: the study's spacing is not in ``hu``)."""
+        import torch
+
+        if self.slices is not None:
+            return self.slices(self._in_plane(hu, masks), self.study_slice_mm(masks))
+        return self._in_plane(hu, masks)
+
+    def _in_plane(self, hu: torch.Tensor, masks: CaseConstants | None) -> torch.Tensor:
         import torch
 
         if masks is None and (self.lung is not None or self.crop is not None):
@@ -395,6 +424,13 @@ class ImageTransforms:
         top, bottom, left, right = box
         return F.pad(out, (left, c - right, top, r - bottom), mode="constant", value=0.0)
 
+    def to_study_slices(self, maps: torch.Tensor, n: int, masks: CaseConstants | None) -> torch.Tensor:
+        """Maps over the encoder's slices ``[S', ...]`` -> over the study's ``n`` slices (``SliceSpacing.spread_maps``;
+        unchanged without a working slice spacing)."""
+        if self.slices is None or int(maps.shape[0]) == int(n) and self.slices.identity(self.study_slice_mm(masks)):
+            return maps
+        return self.slices.spread_maps(maps, int(n), self.study_slice_mm(masks))
+
     def encoder_pixel_mm(self, hu: np.ndarray, spacing_mm: tuple[float, float, float] | list[float]) -> float:
         """The in-plane size in mm of one pixel of the encoder's input for a study (``hu`` ``[S, R, C]``, spacing
         (slice, row, col) in mm): the image, or the body box when the chain has one, divided by the resized size;
@@ -411,7 +447,8 @@ class ImageTransforms:
 
     def describe(self) -> list[dict[str, Any]]:
         steps: list[Any] = ([self.window] + ([self.lung] if self.lung is not None else [])
-                            + ([self.crop] if self.crop is not None else []) + [self.resize])
+                            + ([self.crop] if self.crop is not None else []) + [self.resize]
+                            + ([self.slices] if self.slices is not None else []))
         return [s.describe() for s in steps] + ([self.channels.describe()] if self.channels is not None else [])
 
     def channel_stack(self) -> ChannelStack | None:

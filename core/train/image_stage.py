@@ -34,6 +34,7 @@ from core.train.detection_loss import POS_WEIGHT, loss_settings
 from core.train.image_path import image_path_state
 from core.train.loop import concordance, fit
 from core.train.settings import PRETEXT_SUBJECTS, Progress, proportional_head
+from core.train.slice_spacing import check_slice_mm, working_slices
 
 
 def _digest(*parts: Any) -> str:
@@ -66,6 +67,8 @@ def image_config(cohort: Cohort, image_encoder_kind: str, fusion: str, settings:
             cfg["z_scales"] = check_z_scales(s["z_scales"])
         if s.get("detect_z"):
             cfg["detect_z"] = check_detect_z_setting(s["detect_z"], cfg.get("pool"))
+        if s.get("slice_mm") is not None:
+            cfg["slice_mm"] = check_slice_mm(s["slice_mm"])
     elif kind == "3d":
         cfg.update(grid=list(s["grid"]), channels=list(s["channels_3d"]))
     if kind in ("2d", "3d") and bool(s.get("body_crop", False)):
@@ -259,15 +262,17 @@ def _load_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | 
 
 def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """Windowed + resized CT of every subject (``encoder.preprocess``), float16, padded over slices; cached."""
-    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close", "lung_medial", "body_crop")})
+    key = _digest("pre", cohort.fingerprint(), {k: icfg[k] for k in icfg if k in ("kind", "size", "grid", "hu_window", "lung_mask", "lung_close", "lung_medial", "body_crop")},
+                  *(["slice spacings"] if icfg.get("slice_mm") is not None else []))  # caches before them lack them
     path = _cache_dir(cohort) / f"images_{key}.safetensors"
     hit = _load_cache(path)
     if hit is not None:
         return hit[0]
-    chain = ImageConfig.from_dict(icfg).transforms()
+    chain = ImageConfig.from_dict({**icfg, "slice_mm": None}).transforms()  # each study's own slices; then to_working_slices
     assert chain is not None
     ids = cohort.ids()
     arrays: list[torch.Tensor | None] = []
+    spacing = torch.zeros(len(ids))
     for i, sid in enumerate(ids):
         vol = cohort.load_volume(sid)
         if vol is None:
@@ -275,6 +280,7 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
         else:
             with torch.no_grad():
                 arrays.append(chain(torch.from_numpy(np.ascontiguousarray(vol.hu, dtype=np.float32))[None])[0].half())
+            spacing[i] = float(vol.spacing_mm[0])
         if progress is not None and i % 20 == 0:
             progress(0.1 * i / len(ids), f"reading CT {i + 1}/{len(ids)}")
     shapes = [a.shape for a in arrays if a is not None]
@@ -290,7 +296,7 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
             x[i, :a.shape[0]] = a
             mask[i, :a.shape[0]] = 1
             present[i] = 1
-    out = {"image_preprocessed": x, "image_token_mask": mask, "image_present": present}
+    out = {"image_preprocessed": x, "image_token_mask": mask, "image_present": present, "image_slice_mm": spacing}
     _save_cache(path, out, {"ids": json.dumps(ids)})
     return out
 
@@ -347,9 +353,12 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         tensors, meta = hit
         enc_state = {k: v for k, v in tensors.items() if k.startswith(("enc.", "path."))}
         data = {"image_tokens": tensors["tokens"], "image_token_mask": tensors["mask"], "image_present": tensors["present"]}
-        return enc_state, data, json.loads(meta.get("info", "{}"))
+        info = json.loads(meta.get("info", "{}"))
+        if icfg.get("slice_mm") == "auto":  # the spacing this encoder was trained at, resolved when it was cached
+            icfg["slice_mm"] = info["slice_mm"]
+        return enc_state, data, info
     t0 = _time.perf_counter()
-    pre = preprocessed_images(cohort, icfg, progress)
+    pre = working_slices(preprocessed_images(cohort, icfg, progress), icfg, cohort)
     table = cohort.table
     from core.models.heads import make_edges
 
@@ -421,7 +430,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         tokens = encoder_tokens(enc, pre, device)
     enc_state = {f"enc.{k}": v.detach().cpu() for k, v in enc.state_dict().items()}
     enc_state.update({f"path.{k}": v.detach().cpu() for k, v in image_path_state(net).items()})
-    info = {"val_c_index": res.best_score, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
+    info = {"slice_mm": icfg.get("slice_mm"), "val_c_index": res.best_score, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
             "seconds": round(_time.perf_counter() - t0, 2), "init": str(init_dir) if init_dir else None}
     if pretext_info is not None:
         info["pretext"] = pretext_info

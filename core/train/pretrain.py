@@ -34,6 +34,7 @@ from core.errors import InputError
 from core.models.config import ModelConfig
 from core.runtime import DistInfo, resolve_device, seed_everything
 from core.train.image_stage import encode_prepared, image_config, preprocessed_images
+from core.train.slice_spacing import working_slices
 from core.train.loop import concordance, fit
 from core.train.settings import DEFAULTS, Progress
 
@@ -125,7 +126,7 @@ def pretrain_encoder(cohort_dir: Path | str, out: Path | str, *, tasks: int = 16
     icfg = image_config(cohort, image_encoder_kind, "image_only", settings)
     if icfg["kind"] not in ("2d", "3d"):
         raise InputError("image_encoder_kind", icfg["kind"], "pretraining needs CT studies", "use a cohort with a study column")
-    pre = preprocessed_images(cohort, icfg, progress)
+    pre = working_slices(preprocessed_images(cohort, icfg, progress), icfg, cohort)
     tr = (cohort.table["split"] == "train").to_numpy() & (pre["image_present"].numpy() > 0)
     va = (cohort.table["split"] == "val").to_numpy() & (pre["image_present"].numpy() > 0)
     edges = make_edges(time[tr][event[tr] == 1], np.ones(int(event[tr].sum())), 8, extra=())

@@ -85,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
               # only): per slice, the max over positions of the lesion logit averaged at the same position over these
               # odd slice counts, beside its per-slice statistics; [] = none
               "z_scales": [], "detect_z": [],
+              # the slices of every study to one working slice spacing before the encoder (core.preprocess.slices):
+              # "auto" = the median spacing of the training studies (a cohort at one spacing reads as before), None
+              # = each study's own slices (models saved before session 34), or mm
+              "slice_mm": "auto",
               # self-supervised synthetic-lesion pretext before stage A (core.train.pretext_lesions; needs pool
               # "detect"): steps (0 = off), slices per step, learning rate, lesion prior overrides (LesionPrior keys),
               # and whether stage A fine-tunes the trunk (False: frozen, only the slice projection and the image path
