@@ -293,6 +293,18 @@ def test_real_nifti_via_command_line(real_ct: Path, tmp_path: Path) -> None:
     assert again.returncode == 2 and again.stderr.startswith("error: --out:") and again.stderr.count("\n") == 1
 
 
+def _export_random_map(volume: object, study_path: Path, out: Path, seed: int) -> tuple[object, np.ndarray, dict[int, float]]:
+    """Export a random map of ``volume`` (loaded from ``study_path``) on its own DICOM source into ``out``."""
+    from core.dicom_export import ModelInfo, export_dicom, source_series_for
+
+    saliency = (np.random.default_rng(seed).standard_normal(volume.shape) * 1e-3).astype(np.float32)  # type: ignore[attr-defined]
+    risk_at = {30: 0.05, 365: 0.25, 1825: 0.5}
+    info = ModelInfo(name="test fusion, discrete head", version="core test; weights sha256:0", card="test/MODEL_CARD.md sha256:0",
+                     device_serial="0")
+    source = source_series_for(volume, out, study_path=study_path)  # type: ignore[arg-type]
+    return export_dicom(volume, saliency, risk_at, ["image"], info, "saliency", out, source=source), saliency, risk_at  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("orientation", ["axial_rot180", "coronal"])
 def test_dicom_source_series_is_referenced_not_derived(tmp_path: Path, orientation: str) -> None:
     """A DICOM study: the objects sit on its own instances (stored flipped or coronal), identity copied.
@@ -300,7 +312,6 @@ def test_dicom_source_series_is_referenced_not_derived(tmp_path: Path, orientati
     (The factory's identified studies carry an OtherPatientIDsSequence without TypeOfPatientID, an error
     of the source that highdicom copies faithfully, so the de-identified variant is used here.)"""
     from core.cohort import load_cohort
-    from core.dicom_export import ModelInfo, export_dicom, source_series_for
 
     cohort = tmp_path / "cohort"
     written = write_series(cohort / "studies" / "s1", shape=(12, 40, 36), spacing_mm=(3.0, 2.0, 2.5),
@@ -308,14 +319,8 @@ def test_dicom_source_series_is_referenced_not_derived(tmp_path: Path, orientati
     (cohort / "cohort.csv").write_text("subject_id,time,event,split,study\ns1,100,1,train,studies/s1\n")
     volume = load_cohort(cohort).load_volume("s1")
     assert volume is not None and volume.format == "dicom"
-    rng = np.random.default_rng(0)
-    saliency = (rng.standard_normal(volume.shape) * 1e-3).astype(np.float32)
-    risk_at = {30: 0.05, 365: 0.25, 1825: 0.5}
-    info = ModelInfo(name="test fusion, discrete head", version="core test; weights sha256:0", card="test/MODEL_CARD.md sha256:0",
-                     device_serial="0")
     out = tmp_path / "out"
-    source = source_series_for(volume, out, study_path=cohort / "studies" / "s1")
-    result = export_dicom(volume, saliency, risk_at, ["image"], info, "saliency", out, source=source)
+    result, saliency, risk_at = _export_random_map(volume, cohort / "studies" / "s1", out, seed=0)
     assert result.derived_series == [] and not (out / "CT").exists()
     assert result.source_series_uid == written.series_uid
     numbers = check_export(out, saliency, volume.affine, risk_at, ["image"], list(written.paths))
@@ -332,7 +337,6 @@ def test_enhanced_ct_source_is_referenced_frame_by_frame(tmp_path: Path) -> None
     from highdicom.legacy import LegacyConvertedEnhancedCTImage
 
     from core.cohort import load_cohort
-    from core.dicom_export import ModelInfo, export_dicom, source_series_for
 
     written = write_series(tmp_path / "classic", shape=(9, 40, 36), spacing_mm=(3.0, 2.0, 2.5), orientation="coronal",
                            identified=False)
@@ -345,13 +349,8 @@ def test_enhanced_ct_source_is_referenced_frame_by_frame(tmp_path: Path) -> None
     (cohort / "cohort.csv").write_text("subject_id,study\ns1,studies/s1.dcm\n")
     volume = load_cohort(cohort, for_training=False).load_volume("s1")
     assert volume is not None and np.array_equal(volume.hu, written.hu)
-    saliency = (np.random.default_rng(1).standard_normal(volume.shape) * 1e-3).astype(np.float32)
-    risk_at = {30: 0.05, 365: 0.25, 1825: 0.5}
-    info = ModelInfo(name="test fusion, discrete head", version="core test; weights sha256:0", card="test/MODEL_CARD.md sha256:0",
-                     device_serial="0")
     out = tmp_path / "out"
-    source = source_series_for(volume, out, study_path=cohort / "studies" / "s1.dcm")
-    result = export_dicom(volume, saliency, risk_at, ["image"], info, "saliency", out, source=source)
+    result, saliency, risk_at = _export_random_map(volume, cohort / "studies" / "s1.dcm", out, seed=1)
     assert result.derived_series == [] and not (out / "CT").exists() and result.n_frames == int(enhanced.NumberOfFrames)
     assert not any("could not be used" in w for w in result.warnings), result.warnings
     numbers = check_export(out, saliency, volume.affine, risk_at, ["image"], [cohort / "studies" / "s1.dcm"])
