@@ -28,6 +28,11 @@ transforms ``ScaleIntensityRange``, ``MaskIntensity`` and ``Resize``):
   the per-slice 2D encoder;
 * :class:`ResizeVolume` -- the volume to a ``grid`` of voxels (trilinear), for
   the 3D encoder;
+* :class:`~core.preprocess.slices.SliceSpacing` -- last in a 2D chain with
+  ``slice_mm`` in config.json: the resized slices averaged into slabs at the
+  model's working slice spacing (thicker slices repeated; the identity within 2 %),
+  so a thin reconstruction gives as many tokens as the training studies did. The
+  study's spacing comes in with the case's constants (:meth:`ImageTransforms.masks`);
 * :class:`ChannelStack` -- several HU windows (soft tissue, liver, bone, lung)
   as channels, each with local-contrast channels (the channel minus its own
   local neighbourhood mean: a per-image filter, no organ rule, nothing shared
@@ -383,8 +388,6 @@ class ImageTransforms:
         """``[B, S, R, C]`` HU -> the encoder's input; ``masks`` from :meth:`masks` of the same case (or of one
         case for a batch of its copies), computed here when not given (a chain with a working slice spacing needs
         them: the study's spacing is not in ``hu``)."""
-        import torch
-
         if self.slices is not None:
             return self.slices(self._in_plane(hu, masks), self.study_slice_mm(masks))
         return self._in_plane(hu, masks)
