@@ -173,3 +173,18 @@ def test_events_attend_to_the_study_slices(mixed: dict[str, object]) -> None:
     assert att_b.shape[:-1] == att_a.shape[:-1] and att_b.shape[-1] == 2 * att_a.shape[-1]
     np.testing.assert_allclose(att_b[..., 0::2] + att_b[..., 1::2], att_a, atol=1e-5)
     assert b.risk_at[365] == pytest.approx(a.risk_at[365], abs=1e-6)
+
+
+def test_command_line_setting(mixed: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--slice-mm auto|off|MM`` reaches the training settings; a bad value is a one-line error before training."""
+    from core.cli import main as cli_main
+    from core.models import image_overrides
+
+    assert image_overrides(False, None) is None
+    assert image_overrides(False, "off") == {"image": {"slice_mm": None}}
+    assert image_overrides(True, "2.5") == {"image": {"body_crop": True, "slice_mm": "2.5"}}
+    code = cli_main(["train", "--cohort", str(mixed["cohort"]), "--fusion", "image_only", "--out", str(tmp_path / "m"),
+                     "--image-encoder-kind", "2d", "--slice-mm", "thin"])
+    assert code == 2 and not (tmp_path / "m").exists()
+    assert capsys.readouterr().err.strip() == ("error: slice_mm: got thin, is not a spacing; fix: use auto, off or a "
+                                               "number of mm such as 5")
