@@ -122,6 +122,12 @@ def test_the_same_anatomy_at_half_the_spacing_reads_the_same(mixed: dict[str, ob
     assert mb.shape == tuple(int(v) for v in b.image.shape[1:])  # type: ignore[union-attr]
     np.testing.assert_allclose(mb[0::2], ma / 2, rtol=1e-3, atol=1e-6 * float(np.abs(ma).max()))
     np.testing.assert_allclose(mb[1::2], ma / 2, rtol=1e-3, atol=1e-6 * float(np.abs(ma).max()))
+    # the viewer's whole map: slice by slice where each token is one slice, else the one whole-volume call
+    from core.app.attribution_volume import whole_map
+
+    np.testing.assert_allclose(whole_map(model, b, "saliency", 365.0, per_slice=True), mb, rtol=1e-5, atol=1e-9)
+    lazy = whole_map(model, a, "saliency", 365.0, per_slice=True)
+    assert lazy.shape == ma.shape and np.isfinite(lazy).all() and float(np.abs(lazy).max()) > 0
 
 
 def test_a_model_without_a_working_spacing_reads_each_study_as_it_is(mixed: dict[str, object]) -> None:

@@ -82,15 +82,17 @@ def whole_map(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
 
     Per-slice 2D encoders: one ``attribute`` call per slice in per-slice lazy mode,
     the same map the page used to compute slice by slice; ``progress(fraction,
-    label)`` after each. Other encoders: one call for the whole volume.
+    label)`` after each. Other encoders, and a study that a model reads as slabs of
+    several slices (``SliceSpacing``): one call for the whole volume (``per_slice=True``
+    asks for slice by slice only where it is possible).
     """
     from core.explain import attribute
 
     if inputs.image is None:
         raise InputError("image", "none", "this case has no CT on the model's voxel grid", "pick a case with a CT")
-    if per_slice is None:
-        chain = model.transforms
-        per_slice = chain is not None and bool(chain.per_slice_for(inputs.slice_mm))
+    chain = model.transforms
+    possible = chain is not None and bool(chain.per_slice_for(inputs.slice_mm))  # not with slabs of several slices
+    per_slice = possible if per_slice is None else bool(per_slice) and possible
     s = int(inputs.image.shape[1])
     report = progress or (lambda fraction, label: None)
     if not per_slice:
