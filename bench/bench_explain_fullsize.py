@@ -13,7 +13,9 @@ ratios product / reference.
 
 Then the map the app's overlay shows for a per-slice 2D encoder (``core.app.attribution_volume.whole_map``: one
 ``attribute`` call per slice), timed against the same calls without the case's context (each call then masks and
-encodes the whole CT again, as before session 33); both maps are compared.
+encodes the whole CT again, as before session 33); both maps are compared. Since session 34 the shipped models read
+a study at another slice spacing than their 6 mm as slabs, in one whole-volume call; this part runs on a copy of
+the model without its working slice spacing (``slice_mm`` removed), the per-slice path it measures.
 """
 
 from __future__ import annotations
@@ -99,6 +101,17 @@ def _slices(model: Path, cohort: Path, method: str) -> dict[str, float]:
     return _child(SLICES.format(root=str(ROOT), model=str(model), cohort=str(cohort), method=method))
 
 
+def _without_slabs(model: Path, out: Path) -> Path:
+    """A copy of ``model`` without a working slice spacing: every study read slice by slice (its per-slice path)."""
+    import shutil
+
+    shutil.copytree(model, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["image"].pop("slice_mm", None)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "assets/demo_models/coattention_image")
@@ -121,8 +134,9 @@ def main() -> None:
                   f"{got['s'] / ref['s']:.2f} | {got['peak_mb'] / ref['peak_mb']:.2f} |", flush=True)
         print("\n| slice by slice (the app's overlay) | product: s | each call alone: s | time ratio | max difference |")
         print("| --- | --- | --- | --- | --- |")
+        per_slice_model = _without_slabs(args.model, Path(tmp) / "model")
         for method in [m for m in args.slice_methods.split(",") if m]:
-            r = _slices(args.model, cohort, method)
+            r = _slices(per_slice_model, cohort, method)
             print(f"| {method} | {r['product']:.1f} | {r['reference']:.1f} | {r['product'] / r['reference']:.2f} | "
                   f"{r['max_diff']:.2g} (of {r['scale']:.2g}) |", flush=True)
 
