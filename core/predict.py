@@ -74,8 +74,11 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
             stats = model_study_stats(volume.hu, volume.spacing_mm, model.config.image.transforms(), stats)
         stats = dict(stats)
         working = model.config.image.slice_mm
-        if isinstance(working, float) and "slice_mm" in stats and stats["slice_mm"] < working:
-            stats["slice_mm"] = working  # thinner slices are read as slabs at the model's working spacing
+        if isinstance(working, float) and stats.get("slice_mm", 0) > 0:
+            from core.preprocess.slices import SliceSpacing
+
+            k = SliceSpacing(working).factor(stats["slice_mm"])
+            stats["slice_mm"] *= max(k, 1)  # thinner slices are read as slabs of k of them (thicker ones: as they are)
         return ImageRead(tuple(profile_warnings(profile, stats)), withhold_reason(profile, stats))
     from core.preprocess.lung import lung_coverage_warning
 

@@ -97,7 +97,7 @@ def test_auto_spacing_is_recorded_and_named(mixed: dict[str, object]) -> None:
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["image"]["slice_mm"] == 6.0  # the median of the training studies (two thirds at 6 mm)
     card = (model / "MODEL_CARD.md").read_text()
-    assert "slice_spacing" in card and "6 mm slabs" in card
+    assert "slice_spacing" in card and "slabs near 6 mm" in card
 
 
 def test_the_same_anatomy_at_half_the_spacing_reads_the_same(mixed: dict[str, object]) -> None:

@@ -29,8 +29,9 @@ transforms ``ScaleIntensityRange``, ``MaskIntensity`` and ``Resize``):
 * :class:`ResizeVolume` -- the volume to a ``grid`` of voxels (trilinear), for
   the 3D encoder;
 * :class:`~core.preprocess.slices.SliceSpacing` -- last in a 2D chain with
-  ``slice_mm`` in config.json: the resized slices averaged into slabs at the
-  model's working slice spacing (thicker slices repeated; the identity within 2 %),
+  ``slice_mm`` in config.json: whole resized slices averaged into slabs near the
+  model's working slice spacing (thicker slices repeated; the identity when the
+  spacing is within a factor of about 1.5),
   so a thin reconstruction gives as many tokens as the training studies did. The
   study's spacing comes in with the case's constants (:meth:`ImageTransforms.masks`);
 * :class:`ChannelStack` -- several HU windows (soft tissue, liver, bone, lung)
