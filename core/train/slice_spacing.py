@@ -3,8 +3,8 @@
 The training cache keeps every study's prepared slices at the study's own slice spacing (``image_slice_mm``, one
 value per subject). :func:`check_slice_mm` validates the setting; :func:`resolve_slice_mm` turns ``"auto"`` into
 the median slice spacing of the training studies (a cohort scanned at one spacing is then read exactly as before);
-:func:`to_working_slices` resamples every study's cached slices to it, with the chain's own step, so training
-sees what prediction and explanation compute from the study's HU.
+:func:`to_working_slices` bins every study's cached slices into slabs near it, with the chain's own step, so
+training sees what prediction and explanation compute from the study's HU.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def resolve_slice_mm(icfg: dict[str, Any], spacing_mm: torch.Tensor, rows: np.nd
 
 def to_working_slices(pre: dict[str, torch.Tensor], slice_mm: float | None) -> dict[str, torch.Tensor]:
     """The training cache's prepared studies (``image_preprocessed`` ``[N, S, H, W]``, ``image_token_mask``,
-    ``image_slice_mm``) with every study's slices at ``slice_mm``: padded again to the longest; unchanged when
-    ``slice_mm`` is None or every study is already at it."""
+    ``image_slice_mm``) with every study's slices in slabs near ``slice_mm`` (``SliceSpacing``): padded again to the
+    longest; unchanged when ``slice_mm`` is None or every study is read as it is."""
     if slice_mm is None:
         return pre
     if "image_slice_mm" not in pre:
