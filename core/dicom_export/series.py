@@ -135,12 +135,13 @@ def _covers(indices: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shape: tup
 
 def _place(datasets: list[Dataset], volume: Volume, derived: bool, files: list[Path]) -> SourceSeries:
     shape = volume.shape
-    placed = [(pixel_indices(ds, volume.affine, shape), ds, f) for ds, f in zip(datasets, files)]
-    placed.sort(key=lambda item: float(item[0][0].mean()))
-    _covers([ix for ix, _, _ in placed], shape, f"{len(datasets)} instances")
+    planes = [Plane.of(ds) for ds in datasets]  # each header read once, for the indices and the derived objects
+    placed = sorted(((pixel_indices(ds, volume.affine, shape, p), ds, f, p) for ds, f, p in zip(datasets, files, planes)),
+                    key=lambda item: float(item[0][0].mean()))
+    _covers([item[0] for item in placed], shape, f"{len(datasets)} instances")
     return SourceSeries(
-        datasets=[ds for _, ds, _ in placed], volume_shape=shape, indices=[ix for ix, _, _ in placed],
-        derived=derived, files=[f for _, _, f in placed], planes=[Plane.of(ds) for _, ds, _ in placed],
+        datasets=[item[1] for item in placed], volume_shape=shape, indices=[item[0] for item in placed],
+        derived=derived, files=[item[2] for item in placed], planes=[item[3] for item in placed],
     )
 
 
