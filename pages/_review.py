@@ -109,6 +109,7 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
         sanity=method_sanity(model).get(method) if uses_image else None,
         disagreement_flag=None if strategies_ is None else strategies_.flag,
         image_withheld=withheld,
+        study=volume.warnings if volume is not None else (),
     )
 
 

@@ -182,6 +182,7 @@ def write_series(
     shuffle: bool = False,
     drop_slices: Iterable[int] = (),
     z_jitter_mm: dict[int, float] | None = None,
+    inplane_step_mm: tuple[float, float] = (0.0, 0.0),
     prefix: str = "IM",
     seed: int = 0,
     modality: str = "CT",
@@ -195,7 +196,10 @@ def write_series(
     data are permuted/flipped so that the patient-space image is the same.
     ``series_uid=""`` writes a blank SeriesInstanceUID. ``drop_slices`` leaves
     out the given stored slice indices (a gap); ``z_jitter_mm`` moves given
-    stored slices along the normal (uneven spacing). ``shuffle`` writes files
+    stored slices along the normal (uneven spacing). ``inplane_step_mm`` moves
+    stored slice k by k times (along row_cos, along col_cos) mm in its own plane:
+    slices stacked along a tilted line, as a tilted gantry writes them (the
+    pixels are written as given). ``shuffle`` writes files
     with names in random order and InstanceNumber not matching position.
     ``hu`` values must be representable: (hu - intercept) / slope integral.
     """
@@ -276,7 +280,7 @@ def write_series(
         "jpeg_lossless": JPEGLosslessSV1,
     }[compression]
     for file_no, k in enumerate(order):
-        pos = first_pos + normal * (k * st_sp[0] + jitter.get(k, 0.0))
+        pos = first_pos + normal * (k * st_sp[0] + jitter.get(k, 0.0)) + k * (inplane_step_mm[0] * rc + inplane_step_mm[1] * cc)
         ds = _slice_dataset(
             pixels[k],
             pos=pos,

@@ -284,3 +284,27 @@ def test_report_carries_the_outcome_removed_from_a_real_mimic_timeline(parts: di
     out = case_report_pdf(tmp_path / "mimic.pdf", **(_kwargs(parts) | {"warnings": [w.text for w in notes]}))
     text = plain_text(out)
     assert "The timeline records the outcome (MEDS_DEATH)" in text and "No CT study for this case" in text
+
+
+def test_report_says_how_a_tilted_ct_was_read(parts: dict[str, Any], tmp_path: Path) -> None:
+    """A CT whose loader shifted tilted slices onto one grid, from a folder with a stray file: the case warnings
+    (and the report) say how the voxels were read, not which files were ignored; a model that reads no image,
+    or a case without the CT, gets no such note."""
+    from core.app.case_warnings import gather_case_warnings
+    from core.io.study import load_study
+    from core.report import case_report_pdf
+    from tests.dicom_factory import write_series
+
+    written = write_series(tmp_path / "ct", shape=(8, 32, 32), inplane_step_mm=(0.0, 0.75), identified=False)
+    (written.folder / "README.txt").write_text("not DICOM")
+    volume = load_study(written.folder)
+    assert any(w.startswith("ignored files") for w in volume.warnings)
+    common = dict(model_name="cross_attention", has_ehr=True, modalities_used=["image"])
+    notes = gather_case_warnings(has_image=True, ct_present=True, study=volume.warnings, **common)
+    study = [w.text for w in notes if w.kind == "study"]
+    assert len(study) == 1 and study[0].startswith("How this CT was read: gantry tilt: the slice positions step 16.7 deg")
+    assert not any("ignored files" in w.text for w in notes)
+    assert not any(w.kind == "study" for w in gather_case_warnings(has_image=False, ct_present=True,
+                                                                   study=volume.warnings, **common))
+    out = case_report_pdf(tmp_path / "tilt.pdf", **(_kwargs(parts) | {"warnings": [w.text for w in notes]}))
+    assert "How this CT was read: gantry tilt" in " ".join(plain_text(out).split())

@@ -58,7 +58,7 @@ METHOD_CAVEATS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class CaseWarning:
-    """One warning of a case: ``kind`` (withheld, modality, coverage, prediction, timeline, sanity, disagreement)
+    """One warning of a case: ``kind`` (withheld, modality, coverage, prediction, study, timeline, sanity, disagreement)
     and its one-paragraph plain text (no markup), shown on the page and printed in the report as it is."""
 
     kind: str
@@ -213,17 +213,36 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
     return out
 
 
+# the loader's notes on choosing files and series, and pydicom's own (they may quote a header value): shown on
+# Upload only, not beside a prediction or in a report
+_NOT_ABOUT_THE_VOXELS = ("ignored files:", "series found;", "DICOM reading warning")
+
+
+def study_notes(volume_warnings: Sequence[str]) -> list[str]:
+    """The loader's warnings on how the CT's voxels were placed or read (missing slices, a tilted gantry, an
+    oblique orientation snapped, another modality), as the case review and the report show them.
+
+    >>> study_notes(["ignored files: 1 not DICOM", "missing slices: about 2 slice(s) absent (10.0..17.5 mm); volume "
+    ...              "stacked without the gap"])
+    ['How this CT was read: missing slices: about 2 slice(s) absent (10.0..17.5 mm); volume stacked without the gap']
+    """
+    return [f"How this CT was read: {w}" for w in volume_warnings if w and not any(p in w for p in _NOT_ABOUT_THE_VOXELS)]
+
+
 def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
                          ct_present: bool, coverage: str | None = None, prediction_warnings: Sequence[str] = (),
                          timeline: Sequence[str] = (), sanity: SanityResult | None = None,
-                         disagreement_flag: str | None = None, image_withheld: str | None = None) -> list[CaseWarning]:
-    """Every warning of the case, in the order the page shows them (duplicates dropped)."""
+                         disagreement_flag: str | None = None, image_withheld: str | None = None,
+                         study: Sequence[str] = ()) -> list[CaseWarning]:
+    """Every warning of the case, in the order the page shows them (duplicates dropped). ``study``: the CT's
+    loading warnings (``Volume.warnings``), kept as :func:`study_notes` keeps them."""
     notices = modality_notices(model_name, has_image, has_ehr, modalities_used, ct_present, image_withheld)
     items = [CaseWarning("withheld", image_withheld)] if image_withheld and has_image and ct_present else []
     items += [CaseWarning("modality", "Missing modality: " + " ".join(notices))] if notices else []
     if coverage and "image" in modalities_used:
         items.append(CaseWarning("coverage", coverage))
     items += [CaseWarning("prediction", str(t)) for t in prediction_warnings if t]
+    items += [CaseWarning("study", t) for t in study_notes(study)] if ct_present and has_image else []
     items += [CaseWarning("timeline", t) for t in timeline]
     if sanity is not None and not sanity.passed and "image" in modalities_used:
         items.append(CaseWarning("sanity", f"The {sanity.method} map {sanity.label()}: do not read it as an "

@@ -29,8 +29,9 @@ Slices are sorted by the projection of ImagePositionPatient on the slice normal
 (the cross product of the ImageOrientationPatient rows), gaps and uneven
 spacing become ``Volume.warnings``, RescaleSlope/Intercept are applied per
 slice, and the axes are permuted/flipped to the project convention (see
-``core/io/volume.py``). Oblique data are snapped to the nearest patient axes
-(with a warning), not resampled.
+``core/io/volume.py``). Slices whose positions step off their normal (a tilted
+gantry) are shifted in-plane onto one regular grid, with a warning. Oblique
+data are snapped to the nearest patient axes (with a warning), not resampled.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
     pydicom_warnings,
     sources_from_folder,
 )
-from core.io.dicom_frames import FrameGeometry, frame_order
+from core.io.dicom_frames import FrameGeometry, frame_order, inplane_shifts, shift_slices
 from core.io.fork_decode import decode_in_processes, shared_empty
 from core.io.j2k_prefetch import Prefetch
 from core.io.volume import SeriesInfo, Volume
@@ -332,6 +333,7 @@ def _load_dicom_sources(
 
     row_cos, col_cos = first.row_cos, first.col_cos
     origin = first.position if first.position is not None else np.zeros(3)
+    positions = np.array([h.position for h in ordered]) if all(h.position is not None and h.frames == 1 for h in ordered) else None
     if first.frames > 1:
         placed = frame_order([h.extra.get("frames") for h in ordered], [h.frames for h in ordered], np.r_[row_cos, col_cos])  # type: ignore[misc]
         if placed is None:
@@ -342,7 +344,12 @@ def _load_dicom_sources(
             row_cos, col_cos, origin = placed.row_cos, placed.col_cos, placed.origin
             slice_spacing = placed.spacing if len(placed.index) > 1 else slice_spacing
             warnings.extend(placed.warnings)
+            positions = np.concatenate([h.extra["frames"].positions for h in ordered])[placed.index]  # type: ignore[union-attr]
     row_sp, col_sp = first.pixel_spacing
+    tilt = inplane_shifts(positions, row_cos, col_cos, (row_sp, col_sp)) if positions is not None else None
+    if tilt is not None:  # a tilted gantry: slices stacked along the table, not along their normal
+        shift_slices(out, tilt, DECODE_WORKERS)
+        warnings.append(tilt.warning())
     if not first.extra.get("has_spacing"):
         warnings.append("PixelSpacing missing: 1 mm assumed")
     normal = np.cross(row_cos, col_cos)
@@ -365,6 +372,7 @@ def _load_dicom_sources(
         "slice_thickness_mm": str(ds.get("SliceThickness", "") or ""),
         "convolution_kernel": str(ds.get("ConvolutionKernel", "") or ""),
         "stored_orientation": ",".join(f"{v:g}" for v in np.round(np.r_[first.row_cos, first.col_cos], 4)),
+        "gantry_tilt_deg": f"{tilt.tilt_deg:.2f}" if tilt is not None else "",
     }
     return Volume(
         hu=hu,

@@ -6,7 +6,9 @@ since real CTs compress only a few times; a gzip bomb is refused before it is
 inflated), parsed with nibabel, checked (finite voxels, usable spacing, an invertible finite
 affine) and reoriented with ``nibabel.orientations`` to the project convention
 (``core/io/volume.py``): axis 0 -> superior, axis 1 -> posterior, axis 2 ->
-patient left, i.e. axis codes ("S", "P", "L").
+patient left, i.e. axis codes ("S", "P", "L"). A sheared affine whose slice axis
+steps off the slices' normal (a tilted-gantry CT converted without tilt
+correction) is undone as the DICOM loader does: each slice shifted in-plane.
 
 The header's free text (``descrip``, ``aux_file``, ``intent_name``,
 ``db_name``, ``data_type``) and extensions are reported in ``Volume.phi`` as
@@ -209,8 +211,9 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     out = ornt.apply_orientation(hu, transform)
     new_affine = affine @ ornt.inv_ornt_aff(transform, shape)
     lps = _RAS_TO_LPS @ new_affine
+    out, lps, tilt = _unshear(out, lps)
     spacing = tuple(float(v) for v in np.linalg.norm(lps[:3, :3], axis=0))
-    notes: list[str] = []
+    notes: list[str] = [tilt] if tilt else []
     directions = lps[:3, :3] / np.asarray(spacing)
     off_axis = float(np.degrees(np.arccos(np.clip(np.min(np.max(np.abs(directions), axis=0)), 0.0, 1.0))))
     if off_axis > 0.5:
@@ -232,6 +235,31 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
         warnings=notes,
         meta=meta,
     )
+
+
+def _unshear(hu: np.ndarray, lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """A slice axis that steps off the slices' own normal (a tilted-gantry CT converted without tilt correction: a
+    sheared affine) -> each slice shifted in-plane onto the first one's grid, as the DICOM loader does, the affine
+    made orthogonal, and a warning; anything else is returned as it is.
+
+    ``hu`` is in the convention's axes [slices, rows, cols] and ``lps`` its affine (columns: slice, row, col steps).
+    """
+    from core.io.dicom_frames import inplane_shifts, shift_slices
+
+    step, down, across = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    row_sp, col_sp = float(np.linalg.norm(down)), float(np.linalg.norm(across))
+    if hu.shape[0] < 2 or abs(float(down @ across)) > 1e-3 * row_sp * col_sp:  # a shear within the slice: not a tilt
+        return hu, lps, None
+    row_cos, col_cos = across / col_sp, down / row_sp  # DICOM's names: along a row, down a column
+    shifts = inplane_shifts(lps[:3, 3] + np.arange(hu.shape[0])[:, None] * step[None], row_cos, col_cos, (row_sp, col_sp))
+    if shifts is None:
+        return hu, lps, None
+    hu = np.array(hu, dtype=np.float32)  # a writable copy: the reorientation may have given a view
+    shift_slices(hu, shifts)
+    normal = np.cross(row_cos, col_cos)
+    fixed = lps.copy()
+    fixed[:3, 0] = float(step @ normal) * normal
+    return hu, fixed, shifts.warning()
 
 
 def load_nifti(path: str | Path) -> Volume:
