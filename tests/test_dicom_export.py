@@ -418,3 +418,19 @@ def test_uneven_dicom_series_falls_back_to_a_derived_series(tmp_path: Path) -> N
                            sorted((out / "CT").glob("CT*.dcm")))
     assert numbers["max_abs_error"] == 0.0
     assert numbers["region_voxels"] == int(np.ceil(0.01 * (saliency.size - 1)))  # the top 1 % of the ramp (0 excluded)
+
+
+def test_tilted_source_series_gives_a_derived_series(tmp_path: Path) -> None:
+    """A tilted-gantry series, shifted onto one grid when loaded: its own instances no longer lie on the volume's
+    voxels, so the objects refer to a derived CT series written beside them, with a warning that says why."""
+    from core.cohort import load_cohort
+
+    cohort = tmp_path / "cohort"
+    write_series(cohort / "studies" / "s1", shape=(8, 40, 36), spacing_mm=(3.0, 2.0, 2.5), inplane_step_mm=(0.0, 2.0),
+                 identified=False)
+    (cohort / "cohort.csv").write_text("subject_id,study\ns1,studies/s1\n")
+    volume = load_cohort(cohort, for_training=False).load_volume("s1")
+    assert volume is not None and any("gantry tilt" in w for w in volume.warnings)
+    result, _, _ = _export_random_map(volume, cohort / "studies" / "s1", tmp_path / "out", seed=2)
+    assert result.derived_series and (tmp_path / "out" / "CT").is_dir()
+    assert any("could not be used as the source" in w and "voxel grid" in w for w in result.warnings), result.warnings
