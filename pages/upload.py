@@ -173,10 +173,10 @@ if checked is not None:
             info_by_key = {s.key: s for s in volume.series}
             current = checked.series or volume.meta.get("series_key", keys[0])
             choice = st.selectbox(
-                f"Series ({volume.n_series} in this study; the largest CT series is loaded by default)", keys,
+                f"Series ({volume.n_series} in this study; the largest acquired CT series is loaded by default)", keys,
                 index=keys.index(current) if current in keys else 0,
-                format_func=lambda k: f"{info_by_key[k].modality} series, {info_by_key[k].n_instances} images, "
-                f"{info_by_key[k].rows} x {info_by_key[k].cols}",
+                format_func=lambda k: f"{info_by_key[k].modality} series{' (derived)' if info_by_key[k].derived else ''}, "
+                f"{info_by_key[k].n_instances} images, {info_by_key[k].rows} x {info_by_key[k].cols}",
                 key="series_choice",
             )
             if choice != current:

@@ -13,6 +13,7 @@ from core.io.dicom import to_convention
 from core.io.study import inspect_study, load_study, load_study_bytes
 from tests.dicom_factory import (
     PHI_KEYWORDS,
+    edit_file,
     phantom_hu,
     write_series,
     write_two_series,
@@ -485,3 +486,26 @@ def test_multiframe_jpeg2000_instance_one_fragment_per_frame(series_dir, tmp_pat
     assert any("multi-frame" in w for w in vol.warnings)
     assert float(ds.RescaleIntercept) == 0.0 and float(ds.RescaleSlope) == 1.0
     np.testing.assert_array_equal(vol.hu, frames.astype(np.float32))  # axial, head first: no axis flipped
+
+
+def test_acquired_series_is_chosen_over_a_larger_derived_one(tmp_path):
+    """A CT export with a MIP series (ImageType DERIVED) of more images than the acquired axial series: the acquired
+    one is loaded by default; the MIP, when it is all there is or chosen by name, loads with a warning."""
+    study = pydicom.uid.generate_uid()
+    axial = write_series(tmp_path / "both", shape=(6, 32, 32), study_uid=study, series_number=2, prefix="AX",
+                         identified=False)
+    mip = write_series(tmp_path / "both", shape=(12, 32, 32), study_uid=study, series_number=3, prefix="MIP",
+                       identified=False, seed=1)
+    for path in mip.paths:
+        edit_file(path, lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "MIP"]))
+    vol = load_study(tmp_path / "both")
+    np.testing.assert_array_equal(vol.hu, axial.hu)
+    assert [s.derived for s in vol.series] == [False, True]
+    assert not any("DERIVED" in w for w in vol.warnings), vol.warnings
+    chosen = load_study(tmp_path / "both", series=mip.series_uid)
+    np.testing.assert_array_equal(chosen.hu, mip.hu)
+    for path in axial.paths:
+        path.unlink()
+    only = load_study(tmp_path / "both")
+    np.testing.assert_array_equal(only.hu, mip.hu)
+    assert any(w.startswith("the loaded series is DERIVED") for w in only.warnings), only.warnings

@@ -14,7 +14,8 @@ Two passes over the files, each header parsed once:
    grouped into series by SeriesInstanceUID, or by a fallback key (frame of
    reference, orientation, matrix size, series and acquisition number) when the
    UID is blank. The largest CT series (or, without one, the largest series) is
-   taken unless ``series=`` names one; another modality gets a warning.
+   taken unless ``series=`` names one, acquired (ImageType ORIGINAL) series
+   before DERIVED ones (a MIP or a reformat); another modality gets a warning.
 2. pixels: the size (Rows x Columns x frames x bytes) is checked against a
    memory cap, then the chosen slices are decoded in parallel straight into the
    output array: uncompressed data with ``numpy.frombuffer`` from the PixelData
@@ -40,7 +41,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -187,6 +188,14 @@ def _maybe_ct(modality: str) -> bool:
     return modality.strip().upper() in ("CT", "")
 
 
+def _derived(ds: Any) -> bool:
+    """True when ImageType's first value is DERIVED (a reformat, a MIP or another image computed from the acquired
+    ones: its values need not be the scanner's HU at each voxel)."""
+    value = ds.get("ImageType", None)
+    values = [value] if isinstance(value, str) else list(value or [])
+    return bool(values) and str(values[0]).strip().upper() == "DERIVED"
+
+
 def _series_info(key: str, hs: list[_Header]) -> SeriesInfo:
     first = hs[0].ds
     return SeriesInfo(
@@ -196,6 +205,7 @@ def _series_info(key: str, hs: list[_Header]) -> SeriesInfo:
         rows=hs[0].rows,
         cols=hs[0].cols,
         description_present=bool(str(first.get("SeriesDescription", "") or "").strip()),
+        derived=_derived(first),
     )
 
 
@@ -237,8 +247,9 @@ def _load_dicom_sources(
         raise InputError("study", label, f"holds no readable DICOM image ({reasons})", "point at a DICOM series (files with pixel data), a zip of one, or a NIfTI file")
     groups = group_series(headers)
     infos = [_series_info(k, hs) for k, hs in groups.items()]
-    # a CT series (or one that names no modality) before any other (a PET/CT or MR export): then the largest
-    infos.sort(key=lambda s: (not _maybe_ct(s.modality), -s.n_instances, s.key))
+    # a CT series (or one that names no modality) before any other (a PET/CT or MR export), an acquired (ORIGINAL)
+    # one before a DERIVED one (a MIP or a reformat, which may hold more images): then the largest
+    infos.sort(key=lambda s: (not _maybe_ct(s.modality), s.derived, -s.n_instances, s.key))
     if series is None:
         key = infos[0].key
     else:
@@ -253,6 +264,9 @@ def _load_dicom_sources(
         warnings.append("ignored files: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
     if len(infos) > 1:
         warnings.append(f"{len(infos)} series found; loaded {key} ({_series_info(key, chosen).n_instances} images)")
+    if series is None and infos[0].derived:
+        warnings.append("the loaded series is DERIVED (ImageType): a reformat or projection (MIP), not the acquired "
+                        "slices; its values may not be the scanner's HU at each voxel")
     modality = _series_info(key, chosen).modality
     if not _maybe_ct(modality):
         warnings.append(f"modality {modality}, not CT: the values are read as Hounsfield units, which they are not; "

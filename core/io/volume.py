@@ -28,6 +28,7 @@ class SeriesInfo:
     rows: int
     cols: int
     description_present: bool = False
+    derived: bool = False  # ImageType DERIVED: a reformat, a projection (MIP), a subtraction... not the acquisition
 
 
 @dataclass
