@@ -509,3 +509,26 @@ def test_acquired_series_is_chosen_over_a_larger_derived_one(tmp_path):
     only = load_study(tmp_path / "both")
     np.testing.assert_array_equal(only.hu, mip.hu)
     assert any(w.startswith("the loaded series is DERIVED") for w in only.warnings), only.warnings
+
+
+def test_repeated_acquisition_in_one_series_is_not_mixed(tmp_path):
+    """Two acquisitions of one series at the same slice positions (a repeated scan), files shuffled: the volume is
+    one whole acquisition (the one with more slices), not a slice-by-slice mix of both, with a warning; two
+    acquisitions one after the other along the table are stacked together, as before."""
+    uids = {"series_uid": pydicom.uid.generate_uid(), "study_uid": pydicom.uid.generate_uid(),
+            "frame_of_reference_uid": pydicom.uid.generate_uid(), "identified": False, "shuffle": True}
+    first = write_series(tmp_path / "repeat", shape=(8, 32, 32), acquisition_number=1, seed=1, prefix="A", **uids)
+    second = write_series(tmp_path / "repeat", shape=(10, 32, 32), acquisition_number=2, seed=2, prefix="B", **uids)
+    vol = load_study(tmp_path / "repeat")
+    np.testing.assert_array_equal(vol.hu, second.hu)
+    assert any(w.startswith("2 acquisitions share the slice positions") and "loaded acquisition 2 (10 slices)" in w
+               for w in vol.warnings), vol.warnings
+    assert not np.array_equal(first.hu, second.hu[:8])
+
+    uids["series_uid"] = pydicom.uid.generate_uid()
+    lower = write_series(tmp_path / "along", shape=(6, 32, 32), acquisition_number=1, seed=3, prefix="A", **uids)
+    upper = write_series(tmp_path / "along", shape=(6, 32, 32), acquisition_number=2, seed=4, prefix="B",
+                         origin_lps=(-100.0, -120.0, -300.0 + 6 * 2.5), **uids)
+    both = load_study(tmp_path / "along")
+    np.testing.assert_array_equal(both.hu, np.concatenate([lower.hu, upper.hu]))
+    assert not any("acquisitions" in w for w in both.warnings), both.warnings
