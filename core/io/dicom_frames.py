@@ -215,6 +215,7 @@ class InPlaneShifts:
     max_mm: float  # the largest in-plane offset, mm
 
     def warning(self) -> str:
+        """The loader's one-line note of the correction."""
         return (f"gantry tilt: the slice positions step {self.tilt_deg:.1f} deg off the slice normal (up to "
                 f"{self.max_mm:.1f} mm in-plane); each slice was shifted onto one regular grid, as dcm2niix and "
                 "3D Slicer do, and the part shifted in from outside the field of view is air")
