@@ -434,3 +434,24 @@ def test_tilted_source_series_gives_a_derived_series(tmp_path: Path) -> None:
     result, _, _ = _export_random_map(volume, cohort / "studies" / "s1", tmp_path / "out", seed=2)
     assert result.derived_series and (tmp_path / "out" / "CT").is_dir()
     assert any("could not be used as the source" in w and "voxel grid" in w for w in result.warnings), result.warnings
+
+
+def test_repeated_acquisition_exports_onto_the_loaded_one(tmp_path: Path) -> None:
+    """A series that repeats an acquisition at the same positions loads the larger acquisition; the objects refer
+    to its instances only, not to the other acquisition's images at the same positions."""
+    from core.cohort import load_cohort
+
+    cohort = tmp_path / "cohort"
+    folder = cohort / "studies" / "s1"
+    uids = {"series_uid": pydicom.uid.generate_uid(), "study_uid": pydicom.uid.generate_uid(),
+            "frame_of_reference_uid": pydicom.uid.generate_uid(), "identified": False, "shape": (8, 40, 36),
+            "spacing_mm": (3.0, 2.0, 2.5)}
+    write_series(folder, acquisition_number=1, seed=1, prefix="A", drop_slices=[7], **uids)
+    loaded = write_series(folder, acquisition_number=2, seed=2, prefix="B", **uids)
+    (cohort / "cohort.csv").write_text("subject_id,study\ns1,studies/s1\n")
+    volume = load_cohort(cohort, for_training=False).load_volume("s1")
+    assert volume is not None and volume.meta["acquisition"] == "2/" and np.array_equal(volume.hu, loaded.hu)
+    result, saliency, risk_at = _export_random_map(volume, folder, tmp_path / "out", seed=3)
+    assert result.derived_series == [] and result.n_frames == 8
+    numbers = check_export(tmp_path / "out", saliency, volume.affine, risk_at, ["image"], list(loaded.paths))
+    assert numbers["max_abs_error"] == 0.0

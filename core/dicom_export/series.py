@@ -38,7 +38,7 @@ from pydicom.uid import (
 )
 
 from core.errors import InputError
-from core.io.dicom import undeflate_dicom
+from core.io.dicom import acquisition_key, undeflate_dicom
 from core.io.volume import Volume
 
 GRID_TOLERANCE = 0.02  # voxel units: how far a source pixel centre may sit from a Volume voxel centre
@@ -187,6 +187,8 @@ def source_series_from_files(sources: Iterable[Path | tuple[str, bytes]], volume
             continue
         if series_key and str(ds.get("SeriesInstanceUID", "")) not in {series_key, ""}:
             continue
+        if volume.meta.get("acquisition") and acquisition_key(ds) != volume.meta["acquisition"]:
+            continue  # another acquisition of a series that repeats one: not the voxels loaded
         if multi_frame:
             enhanced.append((ds, Path(path)))
             continue

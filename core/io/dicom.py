@@ -54,6 +54,7 @@ from core.io.dicom_headers import (  # noqa: F401 - also the names tests and cal
 )
 from core.io.dicom_pixels import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
     _pixels,
+    acquisition_key,
     _sort_and_check,
     decode_j2k_into,
     j2k_direct,
@@ -284,6 +285,9 @@ def _load_dicom_sources(
         raise InputError("series", key, "mixes multi-frame and single-frame images", "export the series as one kind")
     ordered, slice_spacing, geo_warnings = _sort_and_check(chosen)
     warnings.extend(geo_warnings)
+    acquisitions = {acquisition_key(h.ds) for h in chosen}
+    # the loaded acquisition of a series that repeats one: a DICOM export refers to its instances only
+    acquisition = acquisition_key(ordered[0].ds) if len(acquisitions) > 1 and len({acquisition_key(h.ds) for h in ordered}) == 1 else ""
     first = ordered[0]
     n_slices = sum(h.frames for h in ordered)
     itemsize = first.bits_allocated // 8 if first.bits_allocated in (8, 16, 32) else 4
@@ -387,6 +391,7 @@ def _load_dicom_sources(
         "convolution_kernel": str(ds.get("ConvolutionKernel", "") or ""),
         "stored_orientation": ",".join(f"{v:g}" for v in np.round(np.r_[first.row_cos, first.col_cos], 4)),
         "gantry_tilt_deg": f"{tilt.tilt_deg:.2f}" if tilt is not None else "",
+        "acquisition": acquisition,
     }
     return Volume(
         hu=hu,

@@ -109,26 +109,29 @@ def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[
     return [headers[i] for i in keep], spacing, warnings + more
 
 
+def acquisition_key(ds: Dataset) -> str:
+    """Which acquisition of its series an image belongs to: ``AcquisitionNumber/TemporalPositionIdentifier``
+    (either may be blank)."""
+    return "/".join(str(ds.get(k, "") or "").strip() for k in ("AcquisitionNumber", "TemporalPositionIdentifier"))
+
+
 def _one_acquisition(headers: list[_Header], proj: np.ndarray) -> tuple[list[_Header], np.ndarray, list[str]]:
     """The slices of one acquisition when several acquisitions of a series (AcquisitionNumber, or
     TemporalPositionIdentifier) share slice positions: a scan repeated in one series, which slice-by-slice
     deduplication would mix into one volume. The one with the most slices is kept (the first on a tie), with a
     warning; acquisitions at different positions (one after the other along the table) are all kept."""
-    def acquisition(h: _Header) -> tuple[str, str]:
-        return (str(h.ds.get("AcquisitionNumber", "") or "").strip(), str(h.ds.get("TemporalPositionIdentifier", "") or "").strip())
-
-    keys = [acquisition(h) for h in headers]
-    at: dict[float, set[tuple[str, str]]] = {}
+    keys = [acquisition_key(h.ds) for h in headers]
+    at: dict[float, set[str]] = {}
     for key, z in zip(keys, np.round(proj, 3).tolist()):
         at.setdefault(z, set()).add(key)
     if all(len(held) < 2 for held in at.values()):
         return headers, proj, []
-    groups = sorted(set(keys), key=lambda k: (-keys.count(k), [(0, int(v), "") if v.isdigit() else (1, 0, v) for v in k]))
+    groups = sorted(set(keys), key=lambda k: (-keys.count(k), [(0, int(v), "") if v.isdigit() else (1, 0, v)
+                                                               for v in k.split("/")]))
     kept = [i for i, k in enumerate(keys) if k == groups[0]]
-    names = ", ".join("/".join(v for v in k if v) or "none" for k in groups)
+    names = ", ".join(k.strip("/") or "none" for k in groups)
     warning = (f"{len(groups)} acquisitions share the slice positions of this series (acquisition numbers {names}): "
-               f"loaded acquisition {'/'.join(v for v in groups[0] if v) or 'none'} ({len(kept)} slices), the others "
-               "left out")
+               f"loaded acquisition {groups[0].strip('/') or 'none'} ({len(kept)} slices), the others left out")
     return [headers[i] for i in kept], proj[kept], [warning]
 
 
