@@ -142,3 +142,16 @@ def test_gunzip_is_bounded():
     with pytest.raises(InputError, match="expands beyond 1000000 bytes"):
         gunzip_bounded(blob, "big.nii.gz", limit=1_000_000)
     assert gunzip_bounded(blob, "big.nii.gz", limit=20_000_000) == bytes(10_000_000)
+
+
+def test_a_header_without_orientation_or_spacing_is_named(tmp_path):
+    """No sform and no qform (nibabel guesses the axes from pixdim), or an identity affine (1 mm voxels at the
+    origin): each loads with a warning that says what is missing; a proper affine loads without one."""
+    data = np.zeros((6, 8, 10), dtype=np.int16)
+    bare = nib.Nifti1Image(data, None)
+    nib.save(bare, str(tmp_path / "bare.nii.gz"))
+    assert [w for w in load_study(tmp_path / "bare.nii.gz").warnings if "without orientation" in w]
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "eye.nii.gz"))
+    assert [w for w in load_study(tmp_path / "eye.nii.gz").warnings if w.startswith("NIfTI affine is the identity")]
+    nib.save(nib.Nifti1Image(data, np.diag([-0.7, -0.7, 2.5, 1.0])), str(tmp_path / "ok.nii.gz"))
+    assert load_study(tmp_path / "ok.nii.gz").warnings == []

@@ -214,6 +214,7 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     out, lps, tilt = _unshear(out, lps)
     spacing = tuple(float(v) for v in np.linalg.norm(lps[:3, :3], axis=0))
     notes: list[str] = [tilt] if tilt else []
+    notes += _orientation_notes(img.header, affine)
     directions = lps[:3, :3] / np.asarray(spacing)
     off_axis = float(np.degrees(np.arccos(np.clip(np.min(np.max(np.abs(directions), axis=0)), 0.0, 1.0))))
     if off_axis > 0.5:
@@ -235,6 +236,21 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
         warnings=notes,
         meta=meta,
     )
+
+
+def _orientation_notes(header: object, affine: np.ndarray) -> list[str]:
+    """Warnings for a header that says nothing of where the voxels lie: no sform and no qform (nibabel then guesses
+    an orientation from pixdim alone), or an identity affine (1 mm voxels at the origin: spacing and orientation
+    most likely lost when the file was written)."""
+    codes = (int(header["sform_code"]), int(header["qform_code"]))  # type: ignore[index]
+    if codes == (0, 0):
+        return ["NIfTI without orientation (sform and qform codes 0): the axes were read as nibabel's default "
+                "(first axis to the patient's left); check in the viewer that the anatomy is the right way round"]
+    if np.allclose(affine, np.eye(4)):
+        return ["NIfTI affine is the identity (1 mm voxels, no orientation): the voxel spacing and orientation were "
+                "probably lost when the file was written; the spacing-based checks and the working slice spacing "
+                "read 1 mm"]
+    return []
 
 
 def _unshear(hu: np.ndarray, lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
