@@ -532,3 +532,16 @@ def test_repeated_acquisition_in_one_series_is_not_mixed(tmp_path):
     both = load_study(tmp_path / "along")
     np.testing.assert_array_equal(both.hu, np.concatenate([lower.hu, upper.hu]))
     assert not any("acquisitions" in w for w in both.warnings), both.warnings
+
+
+def test_stored_values_without_their_rescale_are_named(tmp_path, real_ct):
+    """A CT exported without its RescaleIntercept (stored values, air at about 0): the volume loads with a warning
+    that no voxel reads as air; the same series with its intercept, and the real CT, load without it."""
+    truth = phantom_hu((6, 32, 32), seed=2)
+    assert truth.min() <= -1000
+    raw = write_series(tmp_path / "raw", truth + 1024, intercept=0.0, identified=False)
+    vol = load_study(raw.folder)
+    assert any(w.startswith("no voxel reads as air (the lowest is") for w in vol.warnings), vol.warnings
+    fine = load_study(write_series(tmp_path / "fine", truth, identified=False).folder)
+    assert not any("reads as air" in w for w in fine.warnings)
+    assert not any("reads as air" in w for w in load_study(real_ct).warnings)

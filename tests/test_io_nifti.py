@@ -147,7 +147,8 @@ def test_gunzip_is_bounded():
 def test_a_header_without_orientation_or_spacing_is_named(tmp_path):
     """No sform and no qform (nibabel guesses the axes from pixdim), or an identity affine (1 mm voxels at the
     origin): each loads with a warning that says what is missing; a proper affine loads without one."""
-    data = np.zeros((6, 8, 10), dtype=np.int16)
+    data = np.full((6, 8, 10), -1000, dtype=np.int16)
+    data[:, 2:6, 2:8] = 40
     bare = nib.Nifti1Image(data, None)
     nib.save(bare, str(tmp_path / "bare.nii.gz"))
     assert [w for w in load_study(tmp_path / "bare.nii.gz").warnings if "without orientation" in w]

@@ -76,7 +76,7 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
 from core.io.dicom_frames import FrameGeometry, frame_order, inplane_shifts, shift_slices
 from core.io.fork_decode import decode_in_processes, shared_empty
 from core.io.j2k_prefetch import Prefetch
-from core.io.volume import SeriesInfo, Volume
+from core.io.volume import SeriesInfo, Volume, hu_scale_warning
 
 # the public names of the DICOM loader live in its submodules; callers keep importing them from here
 from core.io.dicom_headers import gate_fingerprint as gate_fingerprint
@@ -379,6 +379,8 @@ def _load_dicom_sources(
     hu, conv_affine, orient_warnings = to_convention(out, affine)
     warnings.extend(orient_warnings)
     hu = np.ascontiguousarray(hu)
+    scale = hu_scale_warning(hu, modality)
+    warnings.extend([scale] if scale else [])
     spacing = tuple(round(float(np.linalg.norm(conv_affine[:3, i])), 6) for i in range(3))
     ds = first.ds
     meta = {

@@ -27,7 +27,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.io.inflate import WBITS_GZIP, inflate_bounded
-from core.io.volume import Volume
+from core.io.volume import Volume, hu_scale_warning
 
 MAX_NIFTI_BYTES = 3 * 1024**3  # uncompressed file size
 MAX_VOXELS = 800 * 1024 * 1024
@@ -215,6 +215,8 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     spacing = tuple(float(v) for v in np.linalg.norm(lps[:3, :3], axis=0))
     notes: list[str] = [tilt] if tilt else []
     notes += _orientation_notes(img.header, affine)
+    scale = hu_scale_warning(out)
+    notes += [scale] if scale else []
     directions = lps[:3, :3] / np.asarray(spacing)
     off_axis = float(np.degrees(np.arccos(np.clip(np.min(np.max(np.abs(directions), axis=0)), 0.0, 1.0))))
     if off_axis > 0.5:

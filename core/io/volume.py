@@ -58,3 +58,27 @@ class Volume:
     @property
     def n_series(self) -> int:
         return max(1, len(self.series))
+
+
+AIR_CEILING_HU = -200.0  # air reads about -1000 HU; a CT whose lowest voxel is above this has no air in HU
+
+
+def hu_scale_warning(hu: np.ndarray, modality: str = "CT") -> str | None:
+    """A warning when a CT volume holds no voxel that reads as air: the lowest value lies above
+    ``AIR_CEILING_HU``. Outside the body, the lungs and bowel gas read about -1000 HU, so a CT that shows any of
+    them has such voxels; stored pixel values whose RescaleIntercept (-1024) was lost on export do not. None for
+    other modalities and for CT volumes that hold air.
+
+    >>> hu_scale_warning(np.array([[[-1000.0, 40.0]]])) is None
+    True
+    >>> hu_scale_warning(np.array([[[0.0, 1064.0]]])).startswith("no voxel reads as air")
+    True
+    """
+    if modality.strip().upper() not in ("CT", "") or hu.size == 0:
+        return None
+    lowest = float(np.min(hu))
+    if lowest <= AIR_CEILING_HU:
+        return None
+    return (f"no voxel reads as air (the lowest is {lowest:.0f} HU; air is about -1000 HU): if this CT shows air "
+            "(outside the body, the lungs, bowel gas), its values are not Hounsfield units, e.g. stored pixel values "
+            "whose RescaleIntercept was lost on export; the models and checks read them as HU")
