@@ -17,7 +17,6 @@ stacked as they are, as before session 35). Printed per model, step and loader: 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.demo_copies import copy_tables, demo_test_split, risks_1y  # noqa: E402 - after the path
+
 
 def _tilted_copy(src: Path, out: Path, test: pd.DataFrame, step_px: float) -> tuple[Path, float]:
     """The tilted DICOM copy of ``test`` in ``out``, and its tilt in degrees."""
@@ -36,12 +37,7 @@ def _tilted_copy(src: Path, out: Path, test: pd.DataFrame, step_px: float) -> tu
     from core.io.study import load_study
     from tests.dicom_factory import write_series
 
-    keep = set(test["subject_id"])
-    out.mkdir(parents=True)
-    feats = pd.read_csv(src / "features.csv")
-    feats[feats["subject_id"].isin(keep)].to_csv(out / "features.csv", index=False)
-    timeline = pd.read_parquet(src / "timeline.parquet")
-    timeline[timeline["subject_id"].isin(keep)].to_parquet(out / "timeline.parquet")
+    copy_tables(src, out, test)
     rows = []
     deg = 0.0
     for row in test.itertuples():
@@ -59,17 +55,14 @@ def _tilted_copy(src: Path, out: Path, test: pd.DataFrame, step_px: float) -> tu
 
 
 def _risks(model_dir: Path, cohort: Path, ids: list[str], stacked_as_they_are: bool = False) -> np.ndarray:
+    """1-year risks, by the product's loader or with its tilt correction switched off."""
     import core.io.dicom as dicom
-    from core.cohort import load_cohort
-    from core.registry import load_model
 
     shifts = dicom.inplane_shifts
     if stacked_as_they_are:
         dicom.inplane_shifts = lambda *args, **kwargs: None  # type: ignore[assignment]
     try:
-        model = load_model(model_dir)
-        c = load_cohort(cohort, for_training=False)
-        return np.array([model.predict_case(model.case_inputs(c, s), n_samples=1).risk_at[365] for s in ids])
+        return risks_1y(model_dir, cohort, ids)
     finally:
         dicom.inplane_shifts = shifts  # type: ignore[assignment]
 
@@ -84,11 +77,7 @@ def main() -> None:
     ap.add_argument("--steps", default="0,0.5,1", help="tilts as pixels per slice down the rows")
     ap.add_argument("--models", default="image_only,coattention_image")
     args = ap.parse_args()
-    if not (args.demo / "cohort.csv").is_file():
-        subprocess.run([sys.executable, "-m", "core", "demo", str(args.demo)], cwd=ROOT, check=True)
-    table = pd.read_csv(args.demo / "cohort.csv")
-    test = table[table["split"] == "test"].head(args.n)
-    ids = [str(s) for s in test["subject_id"]]
+    test, ids = demo_test_split(args.demo, args.n)
     with tempfile.TemporaryDirectory() as tmp:
         copies = {float(s): _tilted_copy(args.demo, Path(tmp) / f"step{s}", test, float(s)) for s in args.steps.split(",")}
         print(f"{len(ids)} test subjects")

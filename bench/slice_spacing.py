@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,17 +26,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.demo_copies import copy_tables, demo_test_split, risks_1y  # noqa: E402 - after the path
+
 
 def _thin_copy(src: Path, out: Path, test: pd.DataFrame, factor: int, how: str) -> Path:
     import nibabel as nib
     from scipy.ndimage import zoom
 
     (out / "studies").mkdir(parents=True)
-    keep = set(test["subject_id"])
-    feats = pd.read_csv(src / "features.csv")
-    feats[feats["subject_id"].isin(keep)].to_csv(out / "features.csv", index=False)
-    timeline = pd.read_parquet(src / "timeline.parquet")
-    timeline[timeline["subject_id"].isin(keep)].to_parquet(out / "timeline.parquet")
+    copy_tables(src, out, test)
     test.to_csv(out / "cohort.csv", index=False)
     for study in test["study"]:
         img = nib.load(str(src / study))
@@ -56,15 +53,6 @@ def _thin_copy(src: Path, out: Path, test: pd.DataFrame, factor: int, how: str) 
     return out
 
 
-def _risks(model_dir: Path, cohort: Path, ids: list[str]) -> np.ndarray:
-    from core.cohort import load_cohort
-    from core.registry import load_model
-
-    model = load_model(model_dir)
-    c = load_cohort(cohort, for_training=False)
-    return np.array([model.predict_case(model.case_inputs(c, s), n_samples=1).risk_at[365] for s in ids])
-
-
 def main() -> None:
     from lifelines.utils import concordance_index
     from scipy.stats import spearmanr
@@ -75,11 +63,7 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=3, help="thin slices per thick one (6 mm -> 2 mm at 3)")
     ap.add_argument("--models", default="image_only,coattention_image")
     args = ap.parse_args()
-    if not (args.demo / "cohort.csv").is_file():
-        subprocess.run([sys.executable, "-m", "core", "demo", str(args.demo)], cwd=ROOT, check=True)
-    table = pd.read_csv(args.demo / "cohort.csv")
-    test = table[table["split"] == "test"].head(args.n)
-    ids = [str(s) for s in test["subject_id"]]
+    test, ids = demo_test_split(args.demo, args.n)
     with tempfile.TemporaryDirectory() as tmp:
         copies = {how: _thin_copy(args.demo, Path(tmp) / how, test, args.factor, how) for how in ("repeat", "linear")}
         print(f"{len(ids)} test subjects, slices {args.factor}x thinner")
@@ -93,10 +77,10 @@ def main() -> None:
             cfg["image"].pop("slice_mm", None)
             (before / "config.json").write_text(json.dumps(cfg))
             for label, model_dir in (("none (before)", before), ("6 mm (shipped)", shipped)):
-                orig = _risks(model_dir, args.demo, ids)
+                orig = risks_1y(model_dir, args.demo, ids)
                 c0 = concordance_index(test["time"], -orig, test["event"])
                 for how, cohort in copies.items():
-                    got = _risks(model_dir, cohort, ids)
+                    got = risks_1y(model_dir, cohort, ids)
                     rho = spearmanr(orig, got).correlation
                     c1 = concordance_index(test["time"], -got, test["event"])
                     print(f"| {name} | {label} | {how} | {rho:.3f} | {np.mean(np.abs(orig - got)):.3f} | {c0:.3f} | {c1:.3f} |",
