@@ -504,6 +504,7 @@ def test_acquired_series_is_chosen_over_a_larger_derived_one(tmp_path):
     assert not any("DERIVED" in w for w in vol.warnings), vol.warnings
     chosen = load_study(tmp_path / "both", series=mip.series_uid)
     np.testing.assert_array_equal(chosen.hu, mip.hu)
+    assert any(w.startswith("the loaded series is DERIVED") for w in chosen.warnings), chosen.warnings
     for path in axial.paths:
         path.unlink()
     only = load_study(tmp_path / "both")

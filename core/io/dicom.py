@@ -30,7 +30,9 @@ Slices are sorted by the projection of ImagePositionPatient on the slice normal
 (the cross product of the ImageOrientationPatient rows), gaps and uneven
 spacing become ``Volume.warnings``, RescaleSlope/Intercept are applied per
 slice, and the axes are permuted/flipped to the project convention (see
-``core/io/volume.py``). Slices whose positions step off their normal (a tilted
+``core/io/volume.py``). A series that repeats an acquisition at the same
+positions loads one acquisition whole (the one with the most slices), never a
+slice-by-slice mix. Slices whose positions step off their normal (a tilted
 gantry) are shifted in-plane onto one regular grid, with a warning. Oblique
 data are snapped to the nearest patient axes (with a warning), not resampled.
 """
@@ -265,7 +267,7 @@ def _load_dicom_sources(
         warnings.append("ignored files: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
     if len(infos) > 1:
         warnings.append(f"{len(infos)} series found; loaded {key} ({_series_info(key, chosen).n_instances} images)")
-    if series is None and infos[0].derived:
+    if _series_info(key, chosen).derived:
         warnings.append("the loaded series is DERIVED (ImageType): a reformat or projection (MIP), not the acquired "
                         "slices; its values may not be the scanner's HU at each voxel")
     modality = _series_info(key, chosen).modality
