@@ -111,6 +111,9 @@ def test_tilted_image_planes_stacked_along_the_table():
     np.testing.assert_allclose(shifts.rows_px, -np.arange(20) * 5.0 * np.sin(t) / 0.8, atol=1e-9)  # 5 mm x sin t per slice
     rounded = np.round(positions + np.random.default_rng(0).uniform(-0.005, 0.005, positions.shape), 2)
     assert inplane_shifts(rounded, np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), (0.8, 0.8)) is None
+    # an orientation written with 3 decimals: its normal 1e-3 rad off the true one, 0.3 mm over 300 mm of slices
+    long = np.array([[0.0, 0.0, 1.0 * k] for k in range(300)])
+    assert inplane_shifts(long, np.array([1.0, 0, 0]), np.array([0, 1.0, 0.001]) / np.hypot(1, 0.001), (0.7, 0.7)) is None
 
 
 def test_sheared_nifti_is_shifted_back_too(tmp_path):

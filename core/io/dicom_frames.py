@@ -201,7 +201,8 @@ def frame_order(geometries: list[FrameGeometry | None], frames: list[int], orien
                       warnings=warnings + more)
 
 
-TILT_TOLERANCE_PX = 0.1  # in-plane offsets below this fraction of a pixel are rounding, not geometry
+TILT_TOLERANCE_PX = 0.5  # in-plane offsets all below half a pixel are rounding (of the positions, or of an
+# ImageOrientationPatient written with few decimals), not a tilt the image would show
 SHIFT_ORDER = 3  # spline order of the in-plane shift (cubic)
 
 
