@@ -546,3 +546,14 @@ def test_stored_values_without_their_rescale_are_named(tmp_path, real_ct):
     fine = load_study(write_series(tmp_path / "fine", truth, identified=False).folder)
     assert not any("reads as air" in w for w in fine.warnings)
     assert not any("reads as air" in w for w in load_study(real_ct).warnings)
+
+
+def test_slices_of_another_pixel_spacing_are_left_out(tmp_path):
+    """Two slices of a series reconstructed at another field of view (same matrix, other PixelSpacing): stacking
+    them would put their anatomy at the wrong scale, so they are left out with a warning."""
+    written = write_series(tmp_path / "s", shape=(8, 32, 32), identified=False)
+    for path in written.paths[:2]:
+        edit_file(path, lambda ds: setattr(ds, "PixelSpacing", ["0.5", "0.5"]))
+    vol = load_study(written.folder)
+    assert vol.shape[0] == 6 and np.allclose(vol.spacing_mm[1:], written.spacing_mm[1:])
+    assert any(w.startswith("2 image(s) with another size, pixel spacing or orientation left out") for w in vol.warnings)

@@ -274,13 +274,15 @@ def _load_dicom_sources(
     if not _maybe_ct(modality):
         warnings.append(f"modality {modality}, not CT: the values are read as Hounsfield units, which they are not; "
                         "the models, windows and checks assume CT")
-    # one geometry per volume: keep the commonest matrix size / orientation
+    # one geometry per volume: keep the commonest matrix size / orientation / pixel spacing
     shapes: dict[tuple, list[_Header]] = {}
     for h in chosen:
-        shapes.setdefault((h.rows, h.cols, tuple(np.round(np.r_[h.row_cos, h.col_cos], 3))), []).append(h)
+        spacing = tuple(np.round(h.pixel_spacing, 4)) if h.frames == 1 else ()  # an enhanced image: per frame
+        shapes.setdefault((h.rows, h.cols, tuple(np.round(np.r_[h.row_cos, h.col_cos], 3)), spacing), []).append(h)
     if len(shapes) > 1:
         best = max(shapes.values(), key=len)
-        warnings.append(f"{len(chosen) - len(best)} image(s) with another size or orientation left out of the series")
+        warnings.append(f"{len(chosen) - len(best)} image(s) with another size, pixel spacing or orientation left out of "
+                        "the series")
         chosen = best
     multi = [h for h in chosen if h.frames > 1]
     if multi and len(chosen) > 1:
