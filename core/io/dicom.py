@@ -262,15 +262,16 @@ def _load_dicom_sources(
             raise InputError("series", series, problem, f"choose one of: {', '.join(i.key for i in infos)}")
         key = matches[0]
     chosen = groups[key]
+    info = next(i for i in infos if i.key == key)
     warnings: list[str] = []
     if skipped:
         warnings.append("ignored files: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
     if len(infos) > 1:
-        warnings.append(f"{len(infos)} series found; loaded {key} ({_series_info(key, chosen).n_instances} images)")
-    if _series_info(key, chosen).derived:
+        warnings.append(f"{len(infos)} series found; loaded {key} ({info.n_instances} images)")
+    if info.derived:
         warnings.append("the loaded series is DERIVED (ImageType): a reformat or projection (MIP), not the acquired "
                         "slices; its values may not be the scanner's HU at each voxel")
-    modality = _series_info(key, chosen).modality
+    modality = info.modality
     if not _maybe_ct(modality):
         warnings.append(f"modality {modality}, not CT: the values are read as Hounsfield units, which they are not; "
                         "the models, windows and checks assume CT")
