@@ -3,7 +3,8 @@
 Layout of a cohort folder::
 
     cohort.csv            subject_id, time (days from index), event (0/1),
-                          [split train/val/test], [study], [index_time], [true_risk], ...
+                          [split train/val/test], [study], [index_time], [contrast yes/no],
+                          [true_risk], ...
     features.csv          subject_id + numeric columns (NaN kept)            optional
     timeline.parquet|csv  MEDS rows subject_id, time, code, numeric_value    optional
     image_embeddings.npy|parquet, ehr_embeddings.npy|parquet                optional
@@ -31,7 +32,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.io.contrast import COLUMN as CONTRAST_COLUMN
+from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 
 if TYPE_CHECKING:
     from core.io.volume import Volume
@@ -121,6 +124,8 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         raise InputError("split", "no 'train' rows", "training needs a train split", "mark some subjects as train")
     if "index_time" in out.columns:
         out["index_time"] = pd.to_datetime(out["index_time"], errors="coerce")
+    if CONTRAST_COLUMN in out.columns:  # the study's contrast, where its header does not record it (NIfTI)
+        out[CONTRAST_COLUMN] = [table_contrast(v, sid) for v, sid in zip(out[CONTRAST_COLUMN], out["subject_id"])]
     return out.reset_index(drop=True)
 
 
@@ -257,7 +262,11 @@ class Cohort:
                              "fix the study path in cohort.csv (relative to the cohort folder)")
         from core.io.study import load_study
 
-        return load_study(path)
+        volume = load_study(path)
+        stated = str(self.row(subject_id).get(CONTRAST_COLUMN, "") or "")
+        if stated:  # the cohort table's record overrides the header's
+            volume = replace(volume, meta=with_record(volume.meta, stated, TABLE_SOURCE))
+        return volume
 
     def index_time(self, subject_id: str) -> pd.Timestamp | None:
         row = self.row(subject_id)

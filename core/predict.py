@@ -32,7 +32,8 @@ from core.errors import InputError
 from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
-from core.study_profile import STATS, model_profile, model_study_stats, outside, profile_warnings, withhold_reason
+from core.study_profile import (STATS, contrast_warning, model_profile, model_study_stats, outside, profile_warnings,
+                                withhold_reason)
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -79,7 +80,9 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
 
             k = SliceSpacing(working).factor(stats["slice_mm"])
             stats["slice_mm"] *= max(k, 1)  # thinner slices are read as slabs of k of them (thicker ones: as they are)
-        return ImageRead(tuple(profile_warnings(profile, stats)), withhold_reason(profile, stats))
+        contrast = contrast_warning(profile, volume.meta)
+        return ImageRead(tuple(profile_warnings(profile, stats)) + ((contrast,) if contrast else ()),
+                         withhold_reason(profile, stats))
     from core.preprocess.lung import lung_coverage_warning
 
     note = lung_coverage_warning(volume.hu, volume.spacing_mm)
@@ -111,8 +114,9 @@ def split_image_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) ->
         studies += 1
         warned += bool(read.warnings)
         withheld += read.withheld is not None
-        for key, _, _ in outside(profile, stats):
-            counts[STATS[key][0]] = counts.get(STATS[key][0], 0) + 1
+        labels = [STATS[key][0] for key, _, _ in outside(profile, stats)]
+        for label in labels + (["contrast"] if contrast_warning(profile, volume.meta) else []):
+            counts[label] = counts.get(label, 0) + 1
     return {"studies": studies, "warned": warned, "withheld": withheld,
             "outside": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 

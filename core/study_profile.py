@@ -41,8 +41,11 @@ spacing). A model trained on chest phantoms then reads no risk from an abdominal
 CT's bowel gas, nor from a chest CT shown at half its training scale; callers
 predict without the CT (``core.predict``).
 
-A contrast-phase proxy is left out: telling enhanced vessels from trabecular bone
-(both 150-300 HU) needs an organ segmentation this module does not have.
+Contrast is taken from the record, not the voxels (``core.io.contrast``: the DICOM Contrast/Bolus module, or
+a ``contrast`` column of cohort.csv): the profile counts the training studies recorded with, without and
+without a record (``contrast``), and :func:`contrast_warning` warns when a study's record differs from every
+training study that has one. Telling enhanced vessels from trabecular bone in the voxels (both 150-300 HU)
+needs an organ segmentation this module does not have.
 
 >>> hu = np.full((10, 40, 40), -1000.0); hu[:, 5:35, 5:35] = 40.0; hu[:, 10:30, 10:30] = -850.0
 >>> s = study_stats(hu, (5.0, 4.0, 4.0))
@@ -67,6 +70,8 @@ import numpy as np
 
 from core.cohort import Cohort
 from core.errors import InputError
+from core.io.contrast import META_KEY as CONTRAST_META
+from core.io.contrast import SOURCE_KEY as CONTRAST_SOURCE
 
 PROFILE_VERSION = 1
 MAX_STUDIES = 200
@@ -158,13 +163,19 @@ def model_study_stats(hu: np.ndarray, spacing_mm: Sequence[float], chain: Encode
 
 
 def build_profile(stats: Iterable[dict[str, float]], *, transforms: list[dict[str, Any]] | None = None,
-                  encoder: str = "", source: str = "") -> dict[str, Any]:
-    """Per statistic: ``min``, ``max``, ``p5``, ``p95``, ``mean`` over the studies, plus what produced them."""
+                  encoder: str = "", source: str = "", contrast: Iterable[str] | None = None) -> dict[str, Any]:
+    """Per statistic: ``min``, ``max``, ``p5``, ``p95``, ``mean`` over the studies, plus what produced them;
+    with ``contrast`` (each study's ``Volume.meta`` record: "yes", "no" or "" for none), how many studies were
+    recorded with (``yes``), without (``no``) and without a record (``unknown``)."""
     rows = list(stats)
     if not rows:
         raise InputError("studies", 0, "a study profile needs at least one training study", "train on a cohort with CT studies")
     out: dict[str, Any] = {"version": PROFILE_VERSION, "n_studies": len(rows), "margin": MARGIN, "rel_floor": REL_FLOOR,
                            "stats": {}, "transforms": transforms or [], "encoder": encoder, "source": source}
+    if contrast is not None:
+        records = list(contrast)
+        out["contrast"] = {k: sum(r == k for r in records) for k in ("yes", "no")}
+        out["contrast"]["unknown"] = len(records) - out["contrast"]["yes"] - out["contrast"]["no"]
     for key in STATS:
         vals = np.asarray([r[key] for r in rows if key in r and np.isfinite(r[key])], dtype=float)
         if len(vals):
@@ -232,6 +243,31 @@ def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) ->
             "can read' in its model card): do not rely on the image part of this prediction." + scale]
 
 
+def contrast_warning(profile: dict[str, Any] | None, meta: Mapping[str, str]) -> str | None:
+    """A warning when a study's contrast record (``Volume.meta``, ``core.io.contrast``) differs from every training
+    study that has one; None when either side has no record or the training studies had both.
+
+    >>> p = build_profile([{"slice_mm": 3.0}] * 3, contrast=["no", "no", ""])
+    >>> contrast_warning(p, {"contrast": "yes", "contrast_source": "ContrastBolusAgent"})[:72]
+    'Contrast unlike the training studies: this CT was acquired with contrast'
+    >>> contrast_warning(p, {"contrast": "no"}) is None, contrast_warning(p, {}) is None
+    (True, True)
+    """
+    counts = (profile or {}).get("contrast") or {}
+    status = str(meta.get(CONTRAST_META, "") or "")
+    if status not in ("yes", "no"):
+        return None
+    other = "no" if status == "yes" else "yes"
+    if int(counts.get(status, 0)) or not int(counts.get(other, 0)):
+        return None
+    word, other_word = ("with", "without") if status == "yes" else ("without", "with")
+    unknown = int(counts.get("unknown", 0))
+    return (f"Contrast unlike the training studies: this CT was acquired {word} contrast "
+            f"({meta.get(CONTRAST_SOURCE) or 'recorded'}); all {counts[other]} of the model's training studies with a "
+            f"contrast record were acquired {other_word} it" + (f" ({unknown} had no record)" if unknown else "")
+            + ". Contrast changes the HU of vessels and organs: do not rely on the image part of this prediction.")
+
+
 def withhold_reason(profile: dict[str, Any] | None, stats: dict[str, float],
                     widths: float = WITHHOLD_WIDTHS) -> str | None:
     """Why the model's image part must not read this study (other anatomy, or the body at another scale, than its
@@ -289,17 +325,18 @@ def cohort_profile(cohort: Cohort, ids: Sequence[str], *, chain: EncoderChain | 
     if len(with_study) > max_studies:
         rng = np.random.default_rng(seed)
         with_study = [with_study[i] for i in sorted(rng.choice(len(with_study), max_studies, replace=False))]
-    rows = []
+    rows, contrast = [], []
     for i, sid in enumerate(with_study):
         vol = cohort.load_volume(sid)
         if vol is not None:
             rows.append(model_study_stats(vol.hu, vol.spacing_mm, chain))
+            contrast.append(vol.meta.get(CONTRAST_META, ""))
         if progress is not None:
             progress((i + 1) / len(with_study), "study profile")
     if not rows:
         return None
     return build_profile(rows, transforms=chain.describe() if chain is not None else None, encoder=encoder,
-                         source=f"{len(rows)} training studies of cohort `{cohort.root.name}`")
+                         source=f"{len(rows)} training studies of cohort `{cohort.root.name}`", contrast=contrast)
 
 
 def _has_study(cohort: Cohort, sid: str) -> bool:
@@ -354,8 +391,16 @@ def card_lines(profile: dict[str, Any] | None) -> list[str]:
         if key in STATS:
             lines.append(f"- {STATS[key][0]}: {_fmt_range(key, entry['min'], entry['max'])} "
                          f"(5th-95th percentile {_fmt_range(key, entry['p5'], entry['p95'])})")
-    lines += ["- Contrast phase: not measured (enhanced vessels and trabecular bone share 150-300 HU without an organ "
-              "segmentation).", ""]
+    counts = profile.get("contrast")
+    if counts:
+        lines.append(f"- Contrast (DICOM Contrast/Bolus module or cohort.csv `contrast`): {counts.get('yes', 0)} studies "
+                     f"with, {counts.get('no', 0)} without, {counts.get('unknown', 0)} with no record. A study recorded "
+                     "otherwise than every training study with a record gets a warning; the voxels are not checked "
+                     "(enhanced vessels and trabecular bone share 150-300 HU without an organ segmentation).")
+    else:
+        lines.append("- Contrast: not recorded for this model (trained before contrast records were kept; enhanced "
+                     "vessels and trabecular bone share 150-300 HU without an organ segmentation).")
+    lines.append("")
     return lines
 
 

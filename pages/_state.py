@@ -40,6 +40,7 @@ STUDY_NONCE = "study_nonce"
 TIMELINE_STATE = "timeline_state"
 DELETE_CASE = "_delete_case"     # the saved case whose Delete button asks for confirmation
 BURNED_IN_OK = "burned_in_ok"    # Upload: the user confirmed the images show no burned-in text
+CONTRAST_STATED = "contrast_stated"  # Upload: "yes" / "no" / "" for a study whose file records no contrast
 TRAINED_MODELS = "trained_models"
 TRAINED_COHORTS = "trained_cohorts"
 TRAIN_JOB = "train_job"  # id of this session's latest training job (core.jobs)

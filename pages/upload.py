@@ -15,6 +15,7 @@ from core import figures as F
 from core.app import cases as saved
 from core.app import uploads
 from core.app import workspace as workspaces
+from core.io.contrast import describe as describe_contrast
 from pages import _cases
 from pages import _chrome as chrome
 from pages import _model_views as views
@@ -61,6 +62,7 @@ new_timeline = st.session_state.get(f"timeline_file_{nonce}")
 if new_files:
     study_state.clear()
     st.session_state.pop(K.BURNED_IN_OK, None)  # an acknowledgement is for the study it was given for
+    st.session_state.pop(K.CONTRAST_STATED, None)  # and so is a statement of its contrast
     study_state["checked"], study_state["error"] = _read(
         "study", lambda: uploads.check_study([(f.name, f.getvalue()) for f in new_files]))
 if new_timeline is not None:
@@ -126,6 +128,7 @@ if study_state.get("error"):
     st.error(f"Study not loaded: {study_state['error']}", icon=":material/error:")
     st.info("Fix the file and choose it again. Nothing was stored.")
 volume = None
+stated = ""  # the contrast the user states for a study whose file records none
 if checked is not None:
     head = st.columns([5, 1], vertical_alignment="center")
     head[0].markdown(f"In memory, not saved yet: **{checked.name}** ({checked.volume.format.upper()}, "
@@ -133,6 +136,7 @@ if checked is not None:
     if head[1].button("Discard", key="discard_button", icon=":material/close:"):
         study_state.clear()
         st.session_state.pop(K.BURNED_IN_OK, None)
+        st.session_state.pop(K.CONTRAST_STATED, None)
         st.rerun()
     findings = checked.findings()
     identifying = pd.DataFrame([{"attribute": f.attribute, "value": f.value} for f in findings if f.group == "identifying"])
@@ -183,6 +187,9 @@ if checked is not None:
                 with chrome.core_errors(stop=False, what="Series not loaded: "):
                     study_state["checked"] = uploads.with_series(checked, choice)
                     st.rerun()
+        recorded = describe_contrast(volume.meta)
+        stated = "" if recorded else str(st.session_state.get(K.CONTRAST_STATED) or "")
+        volume = saved.stated_contrast(volume, stated)  # what the model's checks below compare with its training
         c1, c2 = st.columns([1, 1.4])
         with c1:
             z = volume.shape[0] // 2
@@ -198,7 +205,14 @@ if checked is not None:
                 f"- spacing: **{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm**\n"
                 f"- HU range: **{float(hu.min()):.0f} .. {float(hu.max()):.0f}** (mean {float(hu.mean()):.0f})\n"
                 f"- series in the study: **{volume.n_series}**"
+                + (f"\n- acquired **{recorded}**" if recorded else "")
             )
+            if not recorded:
+                st.selectbox("Contrast (this file records none)", ["", "yes", "no"], key=K.CONTRAST_STATED,
+                             format_func={"": "not stated", "yes": "with contrast", "no": "without contrast"}.get,
+                             help="A NIfTI file, and a DICOM header without its Contrast/Bolus module, do not say whether "
+                             "contrast was given. Stated here, it is kept with the case, and a model whose training "
+                             "studies were all acquired otherwise warns.")
             for w in volume.warnings:
                 st.warning(w, icon=":material/warning:")
             from core.predict import image_read
@@ -206,7 +220,7 @@ if checked is not None:
             with chrome.core_errors(stop=False):
                 model_name = views.current_model_name()
                 model = views.current_model()
-                read = memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir)),
+                read = memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir), stated),
                             lambda: image_read(model, volume))
                 for note in [*read.warnings, read.note(model_name)]:  # what the selected model cannot read here
                     if note:
@@ -287,11 +301,13 @@ if st.button(label, type="primary", disabled=not ready, key="use_case", icon=":m
             info = saved.add_timeline(user, target, events, index_time)
         else:
             info = uploads.save_checked_case(user, checked if ready_study else None, events=events,
-                                             index_time=index_time, burned_in_acknowledged=burned_ok)
+                                             index_time=index_time, burned_in_acknowledged=burned_ok,
+                                             contrast=stated)
         session.audit("upload", "-".join(m.lower() for m in info.modalities), case=info.number)
         study_state.clear()
         tl_state.clear()
         st.session_state.pop(K.BURNED_IN_OK, None)
+        st.session_state.pop(K.CONTRAST_STATED, None)
         _cases.open_in_review(info.case_id)
         st.switch_page("pages/case_review.py")
 if not ready:

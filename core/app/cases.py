@@ -21,13 +21,16 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from core.app.workspace import LOCK, check_quota, private_dir, user_cases_dir, user_root
 from core.errors import InputError
+from core.io.contrast import META_KEY as CONTRAST_META
+from core.io.contrast import STATED_SOURCE, table_contrast, with_record
+from core.io.volume import Volume
 
 _CASE_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -46,6 +49,7 @@ class CaseInfo:
     deidentified: bool = False
     index_time: str = ""  # ISO, "" without a timeline
     version: int = 1  # raised when a timeline is added
+    contrast: str = ""  # "yes" / "no" as stated on Upload for a study whose file records none ("": not stated)
 
     @property
     def label(self) -> str:
@@ -78,7 +82,8 @@ def _read_info(folder: Path) -> CaseInfo:
     return CaseInfo(case_id=folder.name, number=int(raw["number"]), added=str(raw["added"]),
                     modalities=tuple(raw.get("modalities", [])), path=folder, study_file=str(raw.get("study_file", "")),
                     series=raw.get("series"), deidentified=bool(raw.get("deidentified", False)),
-                    index_time=str(raw.get("index_time", "")), version=int(raw.get("version", 1)))
+                    index_time=str(raw.get("index_time", "")), version=int(raw.get("version", 1)),
+                    contrast=table_contrast(raw.get("contrast", "")))
 
 
 def _write_info(folder: Path, info: dict) -> None:
@@ -165,8 +170,11 @@ def _iso_time(index_time: object) -> str:
 
 def save_case(user: str, *, study: bytes | None = None, study_name: str = "", series: str | None = None,
               deidentified: bool = False, events: pd.DataFrame | None = None, index_time: object = None,
-              base: Path | None = None) -> CaseInfo:
+              contrast: str = "", base: Path | None = None) -> CaseInfo:
     """Write a new case of ``user`` (a study's bytes and/or a subject's events) and return it.
+
+    ``contrast``: "yes" / "no" as the user stated it for a study whose file records none (``core.io.contrast``);
+    the case's CT is then loaded with that record.
 
     Call only with data that passed the PHI gate: ``core.app.uploads.CheckedStudy.bytes_to_store`` refuses
     otherwise. The quotas are checked before anything is written; the case folder appears complete or not at
@@ -174,6 +182,7 @@ def save_case(user: str, *, study: bytes | None = None, study_name: str = "", se
     """
     if study is None and (events is None or events.empty):
         raise InputError("case", "nothing", "needs a CT study or a timeline", "upload a study or a timeline first")
+    stated = table_contrast(contrast) if study is not None else ""  # refused before anything is written
     case_id = secrets.token_hex(8)
     payload: dict[str, bytes] = {}
     if study is not None:
@@ -194,7 +203,8 @@ def save_case(user: str, *, study: bytes | None = None, study_name: str = "", se
             info = {"number": _next_number(user, base), "added": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%S"),
                     "modalities": modalities, "study_file": next((n for n in payload if n.startswith("study")), ""),
                     "series": series, "deidentified": bool(deidentified),
-                    "index_time": _iso_time(index_time) if "timeline.parquet" in payload else "", "version": 1}
+                    "index_time": _iso_time(index_time) if "timeline.parquet" in payload else "", "version": 1,
+                    "contrast": stated}
             _write_info(staging, info)
             os.replace(staging, root / case_id)
         finally:
@@ -248,13 +258,21 @@ def case_index_time(info: CaseInfo) -> pd.Timestamp | None:
     return pd.Timestamp(info.index_time) if info.index_time else None
 
 
-def load_case_volume(info: CaseInfo) -> object | None:
+def load_case_volume(info: CaseInfo) -> Volume | None:
     """The case's CT as a ``Volume`` (loaded from the stored, gated bytes), or None without a CT."""
     if info.study_path is None:
         return None
     from core.io.study import load_study_bytes
 
-    return load_study_bytes(info.study_path.read_bytes(), info.study_file, series=info.series)
+    volume = load_study_bytes(info.study_path.read_bytes(), info.study_file, series=info.series)
+    return stated_contrast(volume, info.contrast)
+
+
+def stated_contrast(volume: Volume, contrast: str) -> Volume:
+    """``volume`` with the contrast the user stated on Upload (a copy), unless its file records one itself."""
+    if not contrast or volume.meta.get(CONTRAST_META):
+        return volume
+    return replace(volume, meta=with_record(volume.meta, table_contrast(contrast), STATED_SOURCE))
 
 
 def _demo_events() -> pd.DataFrame:

@@ -224,10 +224,11 @@ def shift_events(events: pd.DataFrame, days: int) -> pd.DataFrame:
 
 
 def save_checked_case(user: str, checked: CheckedStudy | None, *, events: pd.DataFrame | None = None,
-                      index_time: object = None, burned_in_acknowledged: bool = False,
+                      index_time: object = None, burned_in_acknowledged: bool = False, contrast: str = "",
                       base: Path | None = None) -> CaseInfo:
-    """Write a new case from a gated study and/or events; refused (nothing written) while the gate blocks."""
+    """Write a new case from a gated study and/or events; refused (nothing written) while the gate blocks.
+    ``contrast``: "yes" / "no" as the user stated it for a study whose file records none (``core.io.contrast``)."""
     study = None if checked is None else checked.bytes_to_store(burned_in_acknowledged=burned_in_acknowledged)
     return save_case(user, study=study, study_name="" if checked is None else checked.load_name, series=None if checked is None else checked.series,
                      deidentified=bool(checked and checked.deidentified), events=events, index_time=index_time,
-                     base=base)
+                     contrast=contrast, base=base)

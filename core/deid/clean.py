@@ -22,6 +22,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from core.errors import InputError
+from core.io.contrast import agent_status
 from core.phi.detect import (
     PIXEL_TAGS,
     element_values,
@@ -284,7 +285,12 @@ class StudyCleaner:
                 elem.value = b"" if elem.VR in BYTES_VRS else ("" if elem.VR in STRING_VRS else None)
                 self._record(rule.keyword, "Z")
         elif rule.action == "D":
-            elem.value = pseudonym if rule.keyword in ("PatientName", "PatientID") else "ANONYMOUS"
+            if rule.keyword == "ContrastBolusAgent":  # keep the record (core.io.contrast), not the agent's free text
+                if empty:
+                    return
+                elem.value = "NONE" if agent_status(str(elem.value)) == "no" else "APPLIED"
+            else:
+                elem.value = pseudonym if rule.keyword in ("PatientName", "PatientID") else "ANONYMOUS"
             self._record(rule.keyword, "D")
         elif rule.action == "U" and not empty:
             values = [str(v) for v in element_values(elem) if v is not None]

@@ -75,6 +75,7 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
     pydicom_warnings,
     sources_from_folder,
 )
+from core.io.contrast import dicom_contrast, with_record
 from core.io.dicom_frames import FrameGeometry, frame_order, inplane_shifts, shift_slices
 from core.io.fork_decode import decode_in_processes, shared_empty
 from core.io.j2k_prefetch import Prefetch
@@ -400,6 +401,7 @@ def _load_dicom_sources(
         "gantry_tilt_deg": f"{tilt.tilt_deg:.2f}" if tilt is not None else "",
         "acquisition": acquisition,
     }
+    meta = with_record(meta, *dicom_contrast(ds))
     return Volume(
         hu=hu,
         spacing_mm=spacing,  # type: ignore[arg-type]

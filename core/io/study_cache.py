@@ -39,7 +39,8 @@ from core import disk_cache
 from core.errors import InputError
 from core.io.volume import SeriesInfo, Volume
 
-CACHE_VERSION = "study-cache-2"  # 2: enhanced CT read from its functional groups; tilted stacks shifted onto one grid
+CACHE_VERSION = "study-cache-3"  # 2: enhanced CT read from its functional groups; tilted stacks shifted onto one grid;
+# 3: the contrast record (core.io.contrast) in meta
 _LISTS = ("phi", "burned_in", "warnings")
 VIEWER_NIFTI = "viewer_nifti_v1"  # the viewer's gzipped NIfTI of a study (core.app.volume_nifti.volume_to_nifti)
 DERIVED = (f".{VIEWER_NIFTI}",)  # derived files trimmed with their volume

@@ -206,7 +206,8 @@ PROJECT_CHOICES: tuple[tuple[str, str, str, str], ...] = (
     ("AcquisitionComments", "X", "X", "free_text"),
     ("AcquisitionProtocolDescription", "X", "X", "free_text"),
     ("AcquisitionDeviceProcessingDescription", "X/D", "X", "free_text"),
-    ("ContrastBolusAgent", "Z/D", "Z", "free_text"),
+    # a dummy that keeps whether contrast was given ("APPLIED" / "NONE", core.deid.clean), not the free text
+    ("ContrastBolusAgent", "Z/D", "D", "free_text"),
     ("DerivationDescription", "X", "X", "free_text"),
     ("ModifiedImageDescription", "X", "X", "free_text"),
     ("ContributionDescription", "X", "X", "free_text"),
