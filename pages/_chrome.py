@@ -233,15 +233,29 @@ def method_setting(model: Any) -> str:
     return chosen if chosen in options else options[0]
 
 
+def _kept(key: str, valid: Any) -> Any:
+    """The sidebar widget ``key``'s last value when Streamlit dropped its state, if still ``valid`` (else None).
+
+    A page that leaves with ``st.switch_page`` (Upload's "Save", "Review") ends its run early, and Streamlit
+    then forgets the sidebar's widget values: the model chosen would fall back to the default on the next page.
+    """
+    value = st.session_state.get(K.SIDEBAR_KEPT, {}).get(key)
+    return value if valid(value) else None
+
+
+def _keep(*keys: str) -> None:
+    """Remember the sidebar widgets' values drawn in this run (see :func:`_kept`)."""
+    st.session_state[K.SIDEBAR_KEPT] = {k: st.session_state[k] for k in keys if k in st.session_state}
+
+
 def sidebar() -> None:
     models = views.available_models()
     with st.sidebar:
         st.subheader("Model")
         if models:
             names = list(models)
-            default = views.current_model_name()
             if st.session_state.get(K.MODEL_NAME) not in models:
-                st.session_state[K.MODEL_NAME] = default
+                st.session_state[K.MODEL_NAME] = _kept(K.MODEL_NAME, models.__contains__) or views.current_model_name()
             st.selectbox(
                 "Fusion strategy / model",
                 names,
@@ -252,7 +266,8 @@ def sidebar() -> None:
         else:
             st.warning("No model found; train one on the Cohort & models page.")
         st.caption(f"Device: **{device_label()}**")  # no torch import on a warm start (see device_label)
-        st.session_state.setdefault(K.HORIZON, 365)
+        if K.HORIZON not in st.session_state:
+            st.session_state[K.HORIZON] = _kept(K.HORIZON, lambda d: d in horizons.HORIZON_CHOICES) or 365
         st.select_slider(
             "Horizon for explanations",
             options=list(horizons.HORIZON_CHOICES),
@@ -260,6 +275,7 @@ def sidebar() -> None:
             format_func=lambda d: horizons.HORIZON_LABELS.get(d, f"{d} days"),
             help="Target of the saliency maps: predicted risk 1 - S(t) at this horizon.",
         )
+        _keep(K.MODEL_NAME, K.HORIZON)
         info = demo_install.demo_build_info()
         if info:
             st.caption(f"Demo: {info['n']} synthetic patients, {len(info['fusions'])} strategies.")

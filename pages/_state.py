@@ -24,6 +24,7 @@ BELOW_FOLD_WAITING = "_below_fold_waiting"  # Case review's charts below the vie
 # sidebar
 MODEL_NAME = "model_name"
 HORIZON = "horizon_days"
+SIDEBAR_KEPT = "_sidebar_kept"   # the sidebar widgets' last values (st.switch_page drops widget state)
 NAVIGATED = "_navigated"         # set by app.py on every run: a page run without it was started outside app.py
 DEEP_LINK = "_deep_link"         # the page a visitor asked for before app.py's navigation existed
 SIGN_OUT = "sign_out"            # the sidebar's "Sign out" button (only when sign-in is configured)

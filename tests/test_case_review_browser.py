@@ -190,3 +190,29 @@ def test_about_prints_the_metrics_as_a_table(page: object) -> None:
     assert re.search(r"30 days (?:[01]\.\d{3}|n/a), 1 year (?:[01]\.\d{3}|n/a)", text), text
     assert '{"30"' not in pg.content()  # type: ignore[attr-defined]
     shot(pg, "about")
+
+
+def test_upload_states_the_contrast_and_keeps_the_model_chosen(page: object, data_dir: Path) -> None:  # noqa: F811
+    """A NIfTI records no contrast: Upload offers to state it, and the saved case keeps the statement. Saving opens
+    Case review with the model chosen in the sidebar (st.switch_page used to drop it back to the default)."""
+    import json
+
+    from core.app import cases
+
+    pg = page
+    go(pg, "Upload")
+    choose(pg, "Fusion strategy / model", "image_only")
+    study = sorted((data_dir / "demo" / "cohort" / "studies").glob("*.nii.gz"))[0]
+    _upload(pg, study)
+    choose(pg, "Contrast (this file records none)", "with contrast")
+    assert selected(pg, "Contrast (this file records none)") == "with contrast"
+    shot(pg, "upload_contrast")
+    before = {c.case_id for c in cases.list_cases("local", base=data_dir)}
+    pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
+    pg.get_by_role("heading", name="Case review").first.wait_for()  # type: ignore[attr-defined]
+    settle(pg, 180)
+    assert selected(pg, "Fusion strategy / model") == "image_only"
+    new = [c for c in cases.list_cases("local", base=data_dir) if c.case_id not in before]
+    assert len(new) == 1 and json.loads((new[0].path / "case.json").read_text())["contrast"] == "yes"
+    vol = cases.load_case_volume(new[0])
+    assert vol is not None and vol.meta["contrast_source"] == "stated on Upload"

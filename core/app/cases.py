@@ -182,7 +182,7 @@ def save_case(user: str, *, study: bytes | None = None, study_name: str = "", se
     """
     if study is None and (events is None or events.empty):
         raise InputError("case", "nothing", "needs a CT study or a timeline", "upload a study or a timeline first")
-    stated = table_contrast(contrast) if study is not None else ""  # refused before anything is written
+    stated = table_contrast(contrast, source="the case's contrast") if study is not None else ""  # checked first
     case_id = secrets.token_hex(8)
     payload: dict[str, bytes] = {}
     if study is not None:

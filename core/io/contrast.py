@@ -121,8 +121,9 @@ def dicom_contrast(ds: Any) -> tuple[str, str]:
     return "", ""
 
 
-def table_contrast(value: Any, subject: str = "") -> str:
-    """A ``contrast`` cell of cohort.csv as ``"yes"``, ``"no"`` or ``""`` (empty or NaN: unknown).
+def table_contrast(value: Any, subject: str = "", source: str = "cohort.csv") -> str:
+    """A ``contrast`` cell of cohort.csv (or another ``source``) as ``"yes"``, ``"no"`` or ``""`` (empty or NaN:
+    unknown).
 
     >>> table_contrast("maybe", "P1")
     Traceback (most recent call last):
@@ -147,7 +148,7 @@ def table_contrast(value: Any, subject: str = "") -> str:
         return "no"
     where = f" (subject {subject!r})" if subject else ""
     raise InputError(f"contrast{where}", repr(value), "is not a contrast record",
-                     "write yes or no (or leave the cell empty when unknown) in cohort.csv")
+                     f"write yes or no (or leave the cell empty when unknown) in {source}")
 
 
 def with_record(meta: dict[str, str], status: str, source: str) -> dict[str, str]:
