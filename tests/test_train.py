@@ -23,7 +23,13 @@ TINY = {"dim": 16, "batch_size": 16, "patience": 3,
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from core.demo import write_demo_cohort
 
-    return write_demo_cohort(tmp_path_factory.mktemp("tiny") / "cohort", n=48, seed=1)
+    import pandas as pd
+
+    root = write_demo_cohort(tmp_path_factory.mktemp("tiny") / "cohort", n=48, seed=1)
+    table = pd.read_csv(root / "cohort.csv")  # the phantoms' blood pool is enhanced (150-280 HU): with contrast,
+    table["contrast"] = ["" if i % 8 == 0 else "yes" for i in range(len(table))]  # a few without a record
+    table.to_csv(root / "cohort.csv", index=False)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -362,9 +368,18 @@ def test_training_records_what_the_model_can_read(models: dict[str, Path], tiny_
         card = (models[fusion] / "MODEL_CARD.md").read_text()
         assert "## What this model can read" in card and "slice spacing: 6.00 mm" in card
     assert "study_profile" not in json.loads((models["ehr_only"] / "config.json").read_text())
+    recorded = cohort.table.set_index("subject_id").loc[train_ids, "contrast"]
+    counts = {"yes": int((recorded == "yes").sum()), "no": 0, "unknown": int((recorded == "").sum())}
+    assert counts["yes"] and counts["unknown"] and prof["contrast"] == counts
+    assert f"{counts['yes']} studies with, 0 without, {counts['unknown']} with no record" in card
     model = load_model(models["image_only"])
     vol = cohort.load_volume(cohort.ids("test")[0])
     assert vol is not None and image_warnings(model, vol) == []
+    unenhanced = image_warnings(model, dataclasses.replace(vol, meta={"contrast": "no", "contrast_source": "ContrastBolusAgent"}))
+    assert unenhanced == [f"Contrast unlike the training studies: this CT was acquired without contrast (ContrastBolusAgent); "
+                          f"all {counts['yes']} of the model's training studies with a contrast record were acquired with it "
+                          f"({counts['unknown']} had no record). Contrast changes the HU of vessels and organs: do not rely "
+                          "on the image part of this prediction."]
     short = dataclasses.replace(vol, hu=vol.hu[:10])  # 10 of 32 slices: the scan covers less of the body
     assert "z-extent 60 mm (training 192 mm)" in image_warnings(model, short)[0]
 
