@@ -38,9 +38,13 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.commands.progress import command_progress
     from core.meds_cohort import build_meds_cohort
 
-    summary = build_meds_cohort(args.meds, args.task, args.out, seed=args.seed, fractions=_fractions(args.split))
+    fractions = _fractions(args.split)
+    with command_progress("cohort") as progress:
+        summary = build_meds_cohort(args.meds, args.task, args.out, seed=args.seed, fractions=fractions,
+                                    progress=progress)
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -31,15 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.commands.progress import command_progress
     from core.models import image_overrides
     from core.train.compare import compare_strategies
 
     out = args.out or args.cohort / "comparison"
-    table = compare_strategies(args.cohort, out, fusions=[f.strip() for f in args.fusions.split(",") if f.strip()],
-                               head=args.head, seed=args.seed, device=args.device, epochs=args.epochs,
-                               image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
-                               ehr_encoder=args.ehr_encoder, ensemble=args.ensemble,
-                               overrides=image_overrides(args.body_crop, args.slice_mm))
+    with command_progress("compare") as progress:
+        table = compare_strategies(args.cohort, out, fusions=[f.strip() for f in args.fusions.split(",") if f.strip()],
+                                   head=args.head, seed=args.seed, device=args.device, epochs=args.epochs,
+                                   image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
+                                   ehr_encoder=args.ehr_encoder, ensemble=args.ensemble,
+                                   overrides=image_overrides(args.body_crop, args.slice_mm), progress=progress)
     if args.json:
         print(json.dumps({"out": str(out), "rows": json.loads(table.to_json(orient="records"))}))
     else:

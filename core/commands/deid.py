@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 HELP = "write a de-identified copy of a DICOM study and report what changed"
@@ -28,20 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.commands.progress import command_progress
     from core.deid import deidentify_study
 
-    bar = None
-    if sys.stderr.isatty() and not args.json:
-        from tqdm import tqdm
-
-        bar = tqdm(total=100, file=sys.stderr, unit="%", leave=False, desc="deid")
-
-    def progress(fraction: float, label: str) -> None:
-        if bar is not None:
-            bar.n = int(round(100 * fraction))
-            bar.set_postfix_str(label, refresh=True)
-
-    try:
+    with command_progress("deid", enabled=not args.json) as progress:
         report = deidentify_study(
             args.input,
             args.output,
@@ -51,9 +40,6 @@ def run(args: argparse.Namespace) -> int:
             pseudonym=args.pseudonym,
             progress=progress,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         out = {"output": str(args.output), **report.to_dict()}
         print(json.dumps(out))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
-    from tqdm import tqdm
 
+    from core.commands.progress import command_progress
     from core.demo.cohort import (
         c_index_summary,
         check_out,
@@ -36,13 +35,7 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out)  # bad arguments fail before the progress bar starts
     check_n(args.n)
     check_seed(args.seed)
-    with tqdm(total=1000, file=sys.stderr, desc="demo", leave=False, mininterval=0.5,
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}") as bar:
-        def progress(fraction: float, label: str) -> None:
-            if bar.desc != label:
-                bar.set_description_str(label, refresh=False)
-            bar.update(int(round(fraction * 1000)) - bar.n)
-
+    with command_progress("demo") as progress:
         out = write_demo_cohort(args.out, n=args.n, seed=args.seed, progress=progress)
     table = pd.read_csv(out / "cohort.csv")
     c = c_index_summary(table, "test")

@@ -22,10 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.commands.progress import command_progress
     from core.train.pretrain import pretrain_encoder
 
-    info = pretrain_encoder(args.cohort, args.out, tasks=args.tasks, epochs=args.epochs, seed=args.seed, device=args.device,
-                            image_encoder_kind=args.image_encoder_kind, min_events=args.min_events)
+    with command_progress("pretrain") as progress:
+        info = pretrain_encoder(args.cohort, args.out, tasks=args.tasks, epochs=args.epochs, seed=args.seed,
+                                device=args.device, image_encoder_kind=args.image_encoder_kind,
+                                min_events=args.min_events, progress=progress)
     if args.json:
         print(json.dumps(info))
     else:

@@ -32,13 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from core.commands.progress import command_progress
     from core.models import image_overrides
     from core.train import train_model
 
-    metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
-                          device=args.device, image_encoder=args.image_encoder, image_encoder_kind=args.image_encoder_kind,
-                          ehr_encoder=args.ehr_encoder, ensemble=args.ensemble,
-                          overrides=image_overrides(args.body_crop, args.slice_mm))
+    # one bar: a DDP launch (torchrun) reports from rank 0 only
+    with command_progress(f"train {args.fusion}", enabled=int(os.environ.get("RANK", "0")) == 0) as progress:
+        metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
+                              device=args.device, image_encoder=args.image_encoder,
+                              image_encoder_kind=args.image_encoder_kind, ehr_encoder=args.ehr_encoder,
+                              ensemble=args.ensemble, overrides=image_overrides(args.body_crop, args.slice_mm),
+                              progress=progress)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
