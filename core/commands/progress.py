@@ -5,7 +5,8 @@ them from a hung process. :func:`command_progress` gives a command the ``progres
 core functions take:
 
 - stderr is a terminal: a tqdm bar (percentage, the current stage, elapsed and remaining time);
-- otherwise (a log file, a pipe, CI): one line ``"<desc>: 42% <stage> (3 min 10 s)"`` every ``every_s`` seconds,
+- otherwise (a log file, a pipe, CI): one line ``"<desc>: 42% <stage> (3 min)"`` (time since the start) every
+  ``every_s`` seconds,
   and none before the first ``every_s``, so a quick command, or one refused with a one-line error, prints nothing.
 
 stdout stays the command's result (its ``--json`` object, or its summary line).
@@ -26,23 +27,11 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TextIO
 
+from core.jobs import duration_text
+
 Progress = Callable[[float, str], None]
 #: seconds between two lines when stderr is not a terminal
 EVERY_S = 30.0
-
-
-def elapsed_text(seconds: float) -> str:
-    """``"42 s"``, ``"3 min 10 s"``, ``"1 h 02 min"``.
-
-    >>> elapsed_text(42.4), elapsed_text(190), elapsed_text(3720)
-    ('42 s', '3 min 10 s', '1 h 02 min')
-    """
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 @contextmanager
@@ -84,6 +73,6 @@ def command_progress(desc: str, *, enabled: bool = True, every_s: float = EVERY_
                 return
             last[0] = now
             pct = 100.0 * min(max(fraction, 0.0), 1.0)
-            print(f"{desc}: {pct:3.0f}% {label} ({elapsed_text(now - start)})".rstrip(), file=out, flush=True)
+            print(f"{desc}: {pct:3.0f}% {label} ({duration_text(now - start)})".rstrip(), file=out, flush=True)
 
     yield on_line
