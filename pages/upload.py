@@ -180,7 +180,8 @@ if checked is not None:
                 f"Series ({volume.n_series} in this study; the largest acquired CT series is loaded by default)", keys,
                 index=keys.index(current) if current in keys else 0,
                 format_func=lambda k: f"{info_by_key[k].modality} series{' (derived)' if info_by_key[k].derived else ''}, "
-                f"{info_by_key[k].n_instances} images, {info_by_key[k].rows} x {info_by_key[k].cols}",
+                f"{info_by_key[k].n_instances} images, {info_by_key[k].rows} x {info_by_key[k].cols}"
+                + {"yes": ", with contrast", "no": ", without contrast"}.get(info_by_key[k].contrast, ""),
                 key="series_choice",
             )
             if choice != current:

@@ -71,6 +71,13 @@ def test_dicom_series_carries_its_record(tmp_path: Path) -> None:
     vol = load_dicom(enhanced.folder)
     assert vol.meta["contrast"] == "yes" and vol.meta["contrast_source"] == "ContrastBolusAgent"
     assert "IOHEXOL" not in json.dumps(vol.meta)  # the agent's free text is never copied
+    # two phases of one study: the series list (Upload's choice) says which one records contrast
+    both = tmp_path / "both"
+    shutil.copytree(plain.folder, both)
+    for path in enhanced.paths:
+        shutil.copy(path, both / f"C{path.name}")
+    infos = {s.key: s.contrast for s in load_dicom(both).series}
+    assert sorted(infos.values()) == ["", "yes"] and infos[enhanced.series_uid] == "yes"
 
 
 def test_deidentification_keeps_the_record_not_the_text(tmp_path: Path) -> None:

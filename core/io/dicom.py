@@ -210,6 +210,7 @@ def _series_info(key: str, hs: list[_Header]) -> SeriesInfo:
         cols=hs[0].cols,
         description_present=bool(str(first.get("SeriesDescription", "") or "").strip()),
         derived=_derived(first),
+        contrast=dicom_contrast(first)[0],
     )
 
 

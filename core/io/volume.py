@@ -29,6 +29,7 @@ class SeriesInfo:
     cols: int
     description_present: bool = False
     derived: bool = False  # ImageType DERIVED: a reformat, a projection (MIP), a subtraction... not the acquisition
+    contrast: str = ""  # "yes" / "no" as its header records it (core.io.contrast), "" when it records nothing
 
 
 @dataclass
