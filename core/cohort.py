@@ -382,6 +382,19 @@ def uploaded_case_cohort(root: Path, *, volume: Volume | None, events: pd.DataFr
                           volumes={subject_id: volume} if volume is not None else {})
 
 
+def unreadable_studies(failed: list[tuple[str, InputError]], n: int, shown: int = 5) -> InputError:
+    """One error naming every subject whose study could not be read (the first ``shown`` with their reasons).
+
+    >>> e = InputError("NIfTI file", "a.nii.gz", "is truncated", "re-copy the file")
+    >>> print(unreadable_studies([("P1", e), ("P2", e)], 40))
+    study: got 2 of 40 subjects, cannot be read: P1 (NIfTI file: got a.nii.gz, is truncated), P2 (NIfTI file: got a.nii.gz, is truncated); fix: re-export or re-copy these studies, or drop their rows (or empty their study cell) in cohort.csv
+    """
+    listed = ", ".join(f"{sid} ({str(exc).split('; fix: ')[0]})" for sid, exc in failed[:shown])
+    more = f" and {len(failed) - shown} more: {', '.join(sid for sid, _ in failed[shown:])}" if len(failed) > shown else ""
+    return InputError("study", f"{len(failed)} of {n} subjects", f"cannot be read: {listed}{more}",
+                      "re-export or re-copy these studies, or drop their rows (or empty their study cell) in cohort.csv")
+
+
 def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -> Cohort:
     """Load and validate a cohort folder (see the module docstring).
 

@@ -450,3 +450,23 @@ def test_ehr_only_linear_members_can_choose_their_penalty_by_cross_validation(tm
     assert metrics["linear_members"]["penalties_cv"] == [m["penalty"] for m in linear]
     penalties = ", ".join(f"{m['penalty']:g}" for m in linear)
     assert f"penalties {penalties}, each chosen by 5-fold cross-validation" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+
+
+def test_every_unreadable_study_is_named_at_once(tmp_path: Path) -> None:
+    """Two broken studies in a cohort: training stops while reading the CTs, with one error naming both (and the
+    reason of each), not one per run; nothing is cached or written."""
+    from core.demo import write_demo_cohort
+    from core.errors import InputError
+    from core.train import train_model
+
+    cohort = write_demo_cohort(tmp_path / "cohort", n=16, seed=2)
+    studies = sorted((cohort / "studies").glob("*.nii.gz"))
+    studies[3].write_bytes(studies[3].read_bytes()[:2000])  # a copy cut short
+    studies[7].write_bytes(b"not a CT")
+    with pytest.raises(InputError) as err:
+        train_model(cohort, "image_only", tmp_path / "model", epochs=1, device="cpu", ensemble=1)
+    text = str(err.value)
+    assert text.startswith("study: got 2 of 16 subjects, cannot be read: ")
+    assert f"{studies[3].name[:-7]} (NIfTI file: got {studies[3].name}, is truncated" in text
+    assert f"{studies[7].name[:-7]} (study: got " in text and "drop their rows" in text
+    assert not (tmp_path / "model").exists()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.cohort import Cohort
+from core.cohort import Cohort, unreadable_studies
 from core.disk_cache import partial_name
 from core.errors import InputError
 from core.models import IMAGE_ENCODERS
@@ -273,8 +273,13 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
     ids = cohort.ids()
     arrays: list[torch.Tensor | None] = []
     spacing = torch.zeros(len(ids))
+    failed: list[tuple[str, InputError]] = []
     for i, sid in enumerate(ids):
-        vol = cohort.load_volume(sid)
+        try:
+            vol = cohort.load_volume(sid)
+        except InputError as exc:  # every unreadable study is named at once, not one per run
+            failed.append((sid, exc))
+            vol = None
         if vol is None:
             arrays.append(None)
         else:
@@ -283,6 +288,8 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
             spacing[i] = float(vol.spacing_mm[0])
         if progress is not None and i % 20 == 0:
             progress(0.1 * i / len(ids), f"reading CT {i + 1}/{len(ids)}")
+    if failed:
+        raise unreadable_studies(failed, len(ids))
     shapes = [a.shape for a in arrays if a is not None]
     if not shapes:
         raise InputError("study", "none loadable", "no subject has a CT", "check the study column of cohort.csv")
