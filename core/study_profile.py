@@ -42,9 +42,9 @@ CT's bowel gas, nor from a chest CT shown at half its training scale; callers
 predict without the CT (``core.predict``).
 
 Contrast is taken from the record, not the voxels (``core.io.contrast``: the DICOM Contrast/Bolus module, or
-a ``contrast`` column of cohort.csv): the profile counts the training studies recorded with, without and
-without a record (``contrast``), and :func:`contrast_warning` warns when a study's record differs from every
-training study that has one. Telling enhanced vessels from trabecular bone in the voxels (both 150-300 HU)
+a ``contrast`` column of cohort.csv): the profile counts the training studies recorded with contrast, recorded
+without it and with no record (``contrast``), and :func:`contrast_warning` warns when a study's record differs
+from every training study that has one. Telling enhanced vessels from trabecular bone in the voxels (both 150-300 HU)
 needs an organ segmentation this module does not have.
 
 >>> hu = np.full((10, 40, 40), -1000.0); hu[:, 5:35, 5:35] = 40.0; hu[:, 10:30, 10:30] = -850.0
