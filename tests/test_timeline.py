@@ -200,3 +200,18 @@ def test_timeline_command_does_not_import_torch(real_meds: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "NO-TORCH 0", proc.stderr
+
+
+@pytest.mark.parametrize("aware_first", [True, False])
+def test_times_with_and_without_an_offset_in_one_file(tmp_path: Path, aware_first: bool) -> None:
+    """A merged export with some times in UTC offsets and some without: the offset ones are converted to UTC, the
+    others stay as written, whatever the row order (pandas alone gave a naive time the offset of the row before)."""
+    from core.io.timeline import read_timeline
+
+    rows = ["1,2020-01-03T10:00:00+02:00,LAB//a,1", "1,2020-01-05 10:00:00,LAB//b,2", "1,2020-01-06T09:30Z,LAB//c,3",
+            "1,2020-01-07,LAB//d,4"]
+    path = tmp_path / "t.csv"
+    path.write_text("subject_id,time,code,numeric_value\n" + "\n".join(rows if aware_first else rows[::-1]) + "\n")
+    got = read_timeline(path).set_index("code")["time"].astype(str).to_dict()
+    assert got == {"LAB//a": "2020-01-03 08:00:00", "LAB//b": "2020-01-05 10:00:00", "LAB//c": "2020-01-06 09:30:00",
+                   "LAB//d": "2020-01-07 00:00:00"}

@@ -232,6 +232,35 @@ def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path) -> pd.DataFr
     return out
 
 
+#: a time of day followed by a UTC offset or Z ("10:00:00+02:00", "10:00Z"); a bare date's "-05" is not one
+_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _with_offset(col: pa.ChunkedArray) -> np.ndarray:
+    """Which values of a text column end with a UTC offset (``_OFFSET``; RE2 in Arrow: 0.05 s per million rows)."""
+    import pyarrow.compute as pc
+
+    text = pc.utf8_trim_whitespace(col.cast(pa.string()))
+    return pc.fill_null(pc.match_substring_regex(text, _OFFSET), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _parse_times(text: pd.Series, fmt: str, aware: np.ndarray) -> pd.Series:
+    """UTC times of ``text`` (NaT where unparsable): the values marked ``aware`` (with an offset) converted to UTC,
+    the others read as they are. The two kinds are parsed apart: parsed together, pandas gives a value without an
+    offset the offset of the value before it (a naive 10:00 after a "+02:00" one became 08:00).
+
+    >>> t = pa.chunked_array([["2020-01-03T10:00:00+02:00", "2020-01-05 10:00:00", "2020-01-06"]])
+    >>> [str(v) for v in _parse_times(t.to_pandas().astype("string"), "ISO8601", _with_offset(t))]
+    ['2020-01-03 08:00:00+00:00', '2020-01-05 10:00:00+00:00', '2020-01-06 00:00:00+00:00']
+    """
+    parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+    if aware.any():
+        parsed[aware] = pd.to_datetime(text[aware], errors="coerce", format=fmt, utc=True)
+    if (~aware).any():
+        parsed[~aware] = pd.to_datetime(text[~aware], errors="coerce", format=fmt).dt.tz_localize("UTC")
+    return parsed
+
+
 def _to_datetime(col: pa.ChunkedArray, path: Path) -> np.ndarray:
     typ = col.type
     if pa.types.is_timestamp(typ):
@@ -243,10 +272,11 @@ def _to_datetime(col: pa.ChunkedArray, path: Path) -> np.ndarray:
         return pd.to_datetime(col.to_pandas()).astype("datetime64[ns]").to_numpy()
     text = col.to_pandas().astype("string").str.strip()
     text = text.mask(text == "")
-    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+    aware = _with_offset(col)
+    parsed = _parse_times(text, "ISO8601", aware)
     bad = parsed.isna() & text.notna()
     if bad.any():  # not all ISO 8601: let pandas infer each value (e.g. 03/04/2021 10:00)
-        parsed = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+        parsed = _parse_times(text, "mixed", aware)
         bad = parsed.isna() & text.notna()
     if bad.any():
         example = text[bad].iloc[0]
