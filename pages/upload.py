@@ -16,6 +16,7 @@ from core.app import cases as saved
 from core.app import uploads
 from core.app import workspace as workspaces
 from core.io.contrast import describe as describe_contrast
+from core.io.timeline import unreadable_values_note
 from pages import _cases
 from pages import _chrome as chrome
 from pages import _model_views as views
@@ -245,6 +246,9 @@ if frame is not None:
     head = st.columns([5, 1], vertical_alignment="center")
     head[0].markdown(f"In memory, not saved yet: **{tl_state['name']}** ({len(frame)} events, "
                      f"{frame['subject_id'].nunique()} subjects).")
+    unreadable = unreadable_values_note(frame)
+    if unreadable:
+        st.warning(unreadable[0].upper() + unreadable[1:] + ".", icon=":material/warning:")
     if head[1].button("Discard", key="discard_timeline", icon=":material/close:"):
         tl_state.clear()
         st.rerun()

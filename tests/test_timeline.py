@@ -215,3 +215,19 @@ def test_times_with_and_without_an_offset_in_one_file(tmp_path: Path, aware_firs
     got = read_timeline(path).set_index("code")["time"].astype(str).to_dict()
     assert got == {"LAB//a": "2020-01-03 08:00:00", "LAB//b": "2020-01-05 10:00:00", "LAB//c": "2020-01-06 09:30:00",
                    "LAB//d": "2020-01-07 00:00:00"}
+
+
+def test_values_that_are_not_numbers_are_counted(tmp_path: Path) -> None:
+    """"<0.5" or "positive" in numeric_value cannot be a number: read as no value, and said so (count, examples)."""
+    from core.io.timeline import read_timeline, summarize_file, unreadable_values_note
+
+    path = tmp_path / "t.csv"
+    path.write_text("subject_id,time,code,numeric_value\n1,2020-01-01,LAB//crp,<0.5\n1,2020-01-02,LAB//crp,1.2\n"
+                    "1,2020-01-03,LAB//culture,positive\n1,2020-01-04,DX//I10,\n2,2020-01-05,LAB//crp,<0.5\n")
+    events = read_timeline(path)
+    assert events["numeric_value"].notna().sum() == 1 and events.attrs["unreadable_values"] == 3
+    assert unreadable_values_note(events).startswith("3 values of numeric_value are not numbers (e.g. '<0.5', 'positive')")
+    assert summarize_file(path)["unreadable_values"] == 3
+    numbers = tmp_path / "n.csv"
+    numbers.write_text("subject_id,time,code,numeric_value\n1,2020-01-01,LAB//crp,0.4\n1,2020-01-02,DX//I10,\n")
+    assert unreadable_values_note(read_timeline(numbers)) is None

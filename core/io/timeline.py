@@ -217,8 +217,14 @@ def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path) -> pd.DataFr
     out["subject_id"] = sid.astype(str).str.strip().to_numpy()
     out["time"] = _to_datetime(cols["time"], path)
     out["code"] = cols["code"].to_pandas()
+    unreadable: list[str] = []
     if "numeric_value" in cols:
-        out["numeric_value"] = pd.to_numeric(cols["numeric_value"].to_pandas(), errors="coerce").astype("float64").to_numpy()
+        raw = cols["numeric_value"].to_pandas()
+        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        if not pd.api.types.is_numeric_dtype(raw):  # text such as "<0.5" or "positive": no value, counted
+            text = raw.astype("string").str.strip()
+            unreadable = text[values.isna() & text.notna() & (text != "")].tolist()
+        out["numeric_value"] = values.to_numpy()
     else:
         out["numeric_value"] = np.nan
     null_code = out["code"].isna()
@@ -228,8 +234,27 @@ def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path) -> pd.DataFr
     out["code"] = out["code"].astype(str)
     out = out.sort_values(["subject_id", "time"], kind="stable", na_position="first").reset_index(drop=True)
     out.attrs["dropped_null_code"] = dropped
+    out.attrs["unreadable_values"] = len(unreadable)
+    out.attrs["unreadable_examples"] = list(dict.fromkeys(v[:24] for v in unreadable))[:3]
     out.attrs["source"] = path.name
     return out
+
+
+def unreadable_values_note(events: pd.DataFrame) -> str | None:
+    """One line on the values of a ``read_timeline`` frame that are not numbers (they are read as no value), or None.
+
+    >>> ev = pd.DataFrame({"code": ["A"]}); ev.attrs.update(unreadable_values=3, unreadable_examples=["<0.5", "neg"])
+    >>> unreadable_values_note(ev)
+    "3 values of numeric_value are not numbers (e.g. '<0.5', 'neg') and are read as no value: write a value reported beyond a limit as a number, and put a result given as text into the code (e.g. LAB//culture//positive)"
+    """
+    n = int(events.attrs.get("unreadable_values", 0) or 0)
+    if not n:
+        return None
+    examples = ", ".join(repr(v) for v in events.attrs.get("unreadable_examples", []))
+    return (f"{n} value{'s' if n > 1 else ''} of numeric_value {'are' if n > 1 else 'is'} not "
+            f"{'numbers' if n > 1 else 'a number'}" + (f" (e.g. {examples})" if examples else "")
+            + " and " + ("are" if n > 1 else "is") + " read as no value: write a value reported beyond a limit as a "
+            "number, and put a result given as text into the code (e.g. LAB//culture//positive)")
 
 
 #: a time of day followed by a UTC offset or Z ("10:00:00+02:00", "10:00Z"); a bare date's "-05" is not one
@@ -454,4 +479,5 @@ def summarize_file(path: str | Path) -> dict[str, object]:
         "first_time": _iso(timed.min()) if len(timed) else None,
         "last_time": _iso(timed.max()) if len(timed) else None,
         "columns": mapping,
+        "unreadable_values": int(events.attrs.get("unreadable_values", 0)),
     }
