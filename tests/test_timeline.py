@@ -231,3 +231,23 @@ def test_values_that_are_not_numbers_are_counted(tmp_path: Path) -> None:
     numbers = tmp_path / "n.csv"
     numbers.write_text("subject_id,time,code,numeric_value\n1,2020-01-01,LAB//crp,0.4\n1,2020-01-02,DX//I10,\n")
     assert unreadable_values_note(read_timeline(numbers)) is None
+
+
+def test_one_day_order_per_file(tmp_path: Path) -> None:
+    """Numeric dates are read with one day / month order for the whole file, decided by the dates that can only be
+    read one way; a file with both orders, or with only dates that read either way, is refused with the fix."""
+    from core.io.timeline import read_timeline
+
+    def times(rows: list[str]) -> list[str]:
+        path = tmp_path / "t.csv"
+        path.write_text("subject_id,time,code,numeric_value\n" + "\n".join(f"1,{t},C{i}," for i, t in enumerate(rows)) + "\n")
+        return read_timeline(path)["time"].dt.strftime("%Y-%m-%d").tolist()
+
+    assert times(["03/04/2021 10:00", "25/04/2021 10:00"]) == ["2021-04-03", "2021-04-25"]  # day first (pandas: 03-04 Mar 4)
+    assert times(["03/04/2021", "04/25/2021"]) == ["2021-03-04", "2021-04-25"]  # month first
+    assert times(["03.04.2021", "13.04.2021", "2021-05-01"]) == ["2021-04-03", "2021-04-13", "2021-05-01"]
+    assert times(["05/05/2021"]) == ["2021-05-05"]  # the same either way
+    with pytest.raises(InputError, match="day first in some rows of t.csv and the month first in others"):
+        times(["25/04/2021", "04/25/2021"])
+    with pytest.raises(InputError, match=r"time: got 03/04/2021, can be read day first or month first.*ISO 8601"):
+        times(["03/04/2021"])

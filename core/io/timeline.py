@@ -269,7 +269,35 @@ def _with_offset(col: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(pc.match_substring_regex(text, _OFFSET), False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def _parse_times(text: pd.Series, fmt: str, aware: np.ndarray) -> pd.Series:
+_NUMERIC_DATE = r"^(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b"
+
+
+def _day_first(text: pd.Series, path: Path) -> bool:
+    """Whether the numeric dates of ``text`` (03/04/2021, 25.04.2021) put the day first: decided once for the whole
+    file from the values whose first or second number exceeds 12. Left to pandas value by value, 03/04/2021 became
+    March 4 and 25/04/2021 April 25 in one file. InputError when the file holds both orders, or only dates that
+    read either way (every number 12 or below, some with the two numbers different).
+
+    >>> _day_first(pd.Series(["03/04/2021", "25/04/2021"]), Path("t.csv")), _day_first(pd.Series(["04/25/2021"]), Path("t.csv"))
+    (True, False)
+    """
+    parts = text.dropna().str.extract(_NUMERIC_DATE).dropna().astype(int)
+    if parts.empty:
+        return False
+    first, second = parts[0], parts[1]
+    day_first, month_first = bool((first > 12).any()), bool((second > 12).any())
+    if day_first and month_first:
+        raise InputError("time", f"{text[first.index[first > 12][0]]!s} and {text[second.index[second > 12][0]]!s}",
+                         f"put the day first in some rows of {path.name} and the month first in others",
+                         "write times as ISO 8601, e.g. 2021-04-03 10:00")
+    if not day_first and not month_first and bool((first != second).any()):
+        example = text[first.index[first != second][0]]
+        raise InputError("time", str(example), f"can be read day first or month first (no date read from {path.name} "
+                         "has a number above 12 to tell)", "write times as ISO 8601, e.g. 2021-04-03 10:00")
+    return day_first
+
+
+def _parse_times(text: pd.Series, fmt: str, aware: np.ndarray, day_first: bool = False) -> pd.Series:
     """UTC times of ``text`` (NaT where unparsable): the values marked ``aware`` (with an offset) converted to UTC,
     the others read as they are. The two kinds are parsed apart: parsed together, pandas gives a value without an
     offset the offset of the value before it (a naive 10:00 after a "+02:00" one became 08:00).
@@ -280,9 +308,10 @@ def _parse_times(text: pd.Series, fmt: str, aware: np.ndarray) -> pd.Series:
     """
     parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
     if aware.any():
-        parsed[aware] = pd.to_datetime(text[aware], errors="coerce", format=fmt, utc=True)
+        parsed[aware] = pd.to_datetime(text[aware], errors="coerce", format=fmt, utc=True, dayfirst=day_first)
     if (~aware).any():
-        parsed[~aware] = pd.to_datetime(text[~aware], errors="coerce", format=fmt).dt.tz_localize("UTC")
+        parsed[~aware] = pd.to_datetime(text[~aware], errors="coerce", format=fmt,
+                                        dayfirst=day_first).dt.tz_localize("UTC")
     return parsed
 
 
@@ -300,8 +329,8 @@ def _to_datetime(col: pa.ChunkedArray, path: Path) -> np.ndarray:
     aware = _with_offset(col)
     parsed = _parse_times(text, "ISO8601", aware)
     bad = parsed.isna() & text.notna()
-    if bad.any():  # not all ISO 8601: let pandas infer each value (e.g. 03/04/2021 10:00)
-        parsed = _parse_times(text, "mixed", aware)
+    if bad.any():  # not all ISO 8601: let pandas infer each value (e.g. 03/04/2021 10:00), one day order per file
+        parsed = _parse_times(text, "mixed", aware, _day_first(text[bad], path))
         bad = parsed.isna() & text.notna()
     if bad.any():
         example = text[bad].iloc[0]
