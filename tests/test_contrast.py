@@ -58,7 +58,7 @@ def test_table_values() -> None:
         table_contrast("arterial", "P7")
 
 
-def test_dicom_series_carries_its_record(tmp_path: Path) -> None:
+def test_dicom_series_carries_its_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from core.io.dicom import load_dicom
 
     plain = write_series(tmp_path / "plain", shape=(6, 32, 32))
@@ -78,6 +78,12 @@ def test_dicom_series_carries_its_record(tmp_path: Path) -> None:
         shutil.copy(path, both / f"C{path.name}")
     infos = {s.key: s.contrast for s in load_dicom(both).series}
     assert sorted(infos.values()) == ["", "yes"] and infos[enhanced.series_uid] == "yes"
+    from core.cli import main
+
+    assert main(["inspect", str(both), "--series", enhanced.series_uid, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["contrast"], shown["contrast_source"]) == ("yes", "ContrastBolusAgent")
+    assert {s["key"]: s["contrast"] for s in shown["series"]} == {enhanced.series_uid: "yes", plain.series_uid: None}
 
 
 def test_deidentification_keeps_the_record_not_the_text(tmp_path: Path) -> None:

@@ -55,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"HU          min {info['hu_min']:g}, max {info['hu_max']:g}, mean {info['hu_mean']:.1f}", file=out)
     print(f"series      {info['n_series']}", file=out)
     for entry in info["series"]:
-        print(f"  {entry['key']}  {entry['n_instances']} images {entry['rows']}x{entry['cols']} {entry['modality']}", file=out)
+        print(f"  {entry['key']}  {entry['n_instances']} images {entry['rows']}x{entry['cols']} {entry['modality']}"
+              + (" derived" if entry["derived"] else "")
+              + {"yes": " with contrast", "no": " without contrast"}.get(entry["contrast"] or "", ""), file=out)
+    recorded = {"yes": "with", "no": "without"}.get(info["contrast"] or "")
+    contrast = f"{recorded} ({info['contrast_source']})" if recorded else "not recorded"
+    print(f"contrast    {contrast}", file=out)
     print(f"PHI         {', '.join(info['phi']) if info['phi'] else 'none found'}", file=out)
     burned = "; ".join(info["burned_in_reasons"]) if info["burned_in"] else "no sign"
     print(f"burned-in   {burned}", file=out)

@@ -202,9 +202,13 @@ def summarize_volume(volume: Volume) -> dict[str, Any]:
         "burned_in": bool(volume.burned_in),
         "burned_in_reasons": list(volume.burned_in),
         "series": [
-            {"key": s.key, "n_instances": s.n_instances, "modality": s.modality, "rows": s.rows, "cols": s.cols}
+            {"key": s.key, "n_instances": s.n_instances, "modality": s.modality, "rows": s.rows, "cols": s.cols,
+             "derived": s.derived, "contrast": s.contrast or None}
             for s in volume.series
         ],
+        # "yes" / "no" as the header records it (core.io.contrast), None when it records nothing
+        "contrast": volume.meta.get("contrast") or None,
+        "contrast_source": volume.meta.get("contrast_source") or None,
         "warnings": list(volume.warnings),
     }
 
