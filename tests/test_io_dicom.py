@@ -142,7 +142,8 @@ def test_two_series_in_one_folder(tmp_path, blank):
 
 def test_inspect_study_keys_and_phi(series_dir):
     info = inspect_study(series_dir["rle"].folder)
-    expected = {"format", "modality", "shape", "spacing_mm", "hu_min", "hu_max", "hu_mean", "n_series", "phi", "burned_in", "burned_in_reasons", "series", "warnings"}
+    expected = {"format", "modality", "shape", "spacing_mm", "hu_min", "hu_max", "hu_mean", "n_series", "phi", "burned_in", "burned_in_reasons", "series", "warnings",
+                "contrast", "contrast_source"}
     assert set(info) == expected
     hu = series_dir["rle"].hu
     assert info["shape"] == list(SHAPE) and info["spacing_mm"] == [2.5, 0.75, 0.75]
