@@ -303,7 +303,8 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     assert re.search(r"Uploaded: Case \d+ · CT · added", pg.content())  # type: ignore[attr-defined]
     assert pg.get_by_text("Missing modality").count() >= 1  # type: ignore[attr-defined]  # no timeline uploaded
     assert pg.get_by_text("lung air (air enclosed by the body) 0.39 L", exact=False).count() >= 1  # type: ignore[attr-defined]
-    assert pg.get_by_text("No curve:", exact=False).count() >= 1  # type: ignore[attr-defined]
+    # the survival column is drawn after the viewer: on a loaded machine it may come a moment after the run settled
+    expect(pg.get_by_text("No curve:", exact=False).first).to_be_visible(timeout=30_000)  # type: ignore[attr-defined]
     assert pg.get_by_text("Risk at 1 year").count() == 0  # type: ignore[attr-defined]  # no risk read from bowel gas
     assert pg.locator('[data-testid="stVegaLiteChart"]').count() == 0  # type: ignore[attr-defined]
     # read anyway on request: the risk and the survival chart come back, the warnings stay
