@@ -39,6 +39,7 @@ def test_header_records() -> None:
     assert dicom_contrast(_ds(ContrastBolusAgent="", ContrastBolusRoute="IV")) == ("yes", "ContrastBolusRoute")
     assert dicom_contrast(_ds(ContrastBolusVolume=90)) == ("yes", "ContrastBolusVolume")
     assert dicom_contrast(_ds(ContrastBolusVolume=0)) == ("", "")
+    assert dicom_contrast(_ds(ContrastFlowRate=[0, 4.5])) == ("yes", "ContrastFlowRate")  # one rate per injection
     assert dicom_contrast(_ds(ContrastBolusAgentSequence=[_ds(CodeValue="C-B0322")])) == ("yes", "ContrastBolusAgentSequence")
     # an enhanced CT: the usage sequence in its shared functional groups, NO beating a stale agent text
     usage = _ds(ContrastBolusUsageSequence=[_ds(ContrastBolusAgentNumber=1, ContrastBolusAgentAdministered="NO")])

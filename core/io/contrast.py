@@ -82,6 +82,9 @@ def agent_status(text: str) -> str:
 
 
 def _positive(value: Any) -> bool:
+    """A number (or any of several, as ContrastFlowRate holds one per injection) above 0."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return any(_positive(v) for v in value)
     try:
         return math.isfinite(float(value)) and float(value) > 0
     except (TypeError, ValueError):
