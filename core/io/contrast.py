@@ -60,12 +60,16 @@ _POSITIVE = ("ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastFlowRate"
 _TEXT = ("ContrastBolusRoute", "ContrastBolusIngredient")
 
 
+def _values(value: Any) -> list[Any]:
+    """The values of an element's value: several for a multi-valued one (pydicom's MultiValue, checked by name so
+    that reading a cohort table does not import pydicom), else one."""
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+
+
 def _words(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = " ".join(str(v) for v in value)
-    return " ".join(str(value).upper().split())
+    return " ".join(" ".join(str(v) for v in _values(value)).upper().split())
 
 
 def agent_status(text: str) -> str:
@@ -83,12 +87,13 @@ def agent_status(text: str) -> str:
 
 def _positive(value: Any) -> bool:
     """A number (or any of several, as ContrastFlowRate holds one per injection) above 0."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return any(_positive(v) for v in value)
-    try:
-        return math.isfinite(float(value)) and float(value) > 0
-    except (TypeError, ValueError):
-        return False
+    for v in _values(value):
+        try:
+            if math.isfinite(float(v)) and float(v) > 0:
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
 
 
 def _usage(ds: Any) -> str:
