@@ -251,3 +251,25 @@ def test_one_day_order_per_file(tmp_path: Path) -> None:
         times(["25/04/2021", "04/25/2021"])
     with pytest.raises(InputError, match=r"time: got 03/04/2021, can be read day first or month first.*ISO 8601"):
         times(["03/04/2021"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_one_subject_reads_with_the_whole_files_day_order(tmp_path: Path, suffix: str) -> None:
+    """A subject whose dates all read either way takes the day / month order of the whole file (it was refused when
+    read alone, as `timeline --subject` and a cohort of some of the file's subjects do), and a subject whose own dates
+    are consistent is still refused when the file mixes both orders."""
+    from core.io.timeline import read_timeline, summarize_subject
+
+    def write(rows: list[tuple[str, str]]) -> Path:
+        frame = pd.DataFrame({"subject_id": [s for s, _ in rows], "time": [t for _, t in rows],
+                              "code": [f"C{i}" for i in range(len(rows))]})
+        path = tmp_path / f"t{suffix}"
+        frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+        return path
+
+    path = write([("1", "03/04/2021"), ("1", "05/06/2021"), ("2", "25/04/2021")])
+    assert read_timeline(path, ["1"])["time"].dt.strftime("%Y-%m-%d").tolist() == ["2021-04-03", "2021-06-05"]
+    assert summarize_subject(path, "1")["n_events"] == 2
+    mixed = write([("1", "04/25/2021"), ("2", "25/04/2021")])
+    with pytest.raises(InputError, match="day first in some rows"):
+        read_timeline(mixed, ["1"])

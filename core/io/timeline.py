@@ -29,7 +29,7 @@ streamed in record batches and filtered batch by batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -209,14 +209,15 @@ def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: lis
     return pa.Table.from_batches(batches)
 
 
-def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path) -> pd.DataFrame:
+def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
+              whole: Callable[[], pa.ChunkedArray] | None = None) -> pd.DataFrame:
     cols = {target: table.column(source) for target, source in mapping.items()}
     out = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
     sid = cols["subject_id"].to_pandas()
     if pd.api.types.is_float_dtype(sid):  # integer ids stored as float (NaN present)
         sid = sid.map(lambda v: "" if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
     out["subject_id"] = sid.astype(str).str.strip().to_numpy()
-    out["time"] = to_datetime(cols["time"], path)
+    out["time"] = to_datetime(cols["time"], path, whole)
     out["code"] = cols["code"].to_pandas()
     unreadable: list[str] = []
     if "numeric_value" in cols:
@@ -265,7 +266,13 @@ def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd
     mapping = map_columns(_source_columns(p, fmt), p.name)
     wanted = None if subjects is None else [str(s) for s in subjects]
     table = _read_parquet(p, mapping, wanted) if fmt == "parquet" else _read_csv(p, mapping, wanted)
-    return _to_frame(table, mapping, p)
+    times = {"subject_id": mapping["subject_id"], "time": mapping["time"]}
+
+    def whole() -> pa.ChunkedArray:  # the day / month order of numeric dates is the whole file's
+        full = _read_parquet(p, times, None) if fmt == "parquet" else _read_csv(p, times, None)
+        return full.column(mapping["time"])
+
+    return _to_frame(table, mapping, p, None if wanted is None else whole)
 
 
 MAX_TIMELINE_BYTES = 1024**3  # one uploaded timeline held in memory

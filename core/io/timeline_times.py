@@ -7,11 +7,13 @@ rules pandas alone does not keep:
   (parsed together, pandas gives a value without an offset the offset of the row before it);
 - numeric dates (03/04/2021) get one day / month order for the whole file, told by the dates with a number above 12
   (pandas alone read 03/04/2021 as March 4 and 25/04/2021 as April 25 in one file); a file with both orders, or
-  with only dates that read either way, is refused with the fix.
+  with only dates that read either way, is refused with the fix. When only some subjects' rows are read, the order
+  is still told by the whole file's time column (``whole``), so one subject reads the same alone as with the rest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +80,17 @@ def _parse_times(text: pd.Series, fmt: str, aware: np.ndarray, day_first: bool =
     return parsed
 
 
-def to_datetime(col: pa.ChunkedArray, path: Path) -> np.ndarray:
+def to_datetime(col: pa.ChunkedArray, path: Path, whole: Callable[[], pa.ChunkedArray] | None = None) -> np.ndarray:
     """The ``time`` column of a timeline as naive UTC ``datetime64[ns]`` (NaT for empty cells; see the module
-    docstring); InputError naming a value that is not a date/time."""
+    docstring); InputError naming a value that is not a date/time.
+
+    ``whole``: when ``col`` holds some subjects' rows only, a function returning the whole file's time column, read
+    only if numeric dates need the file's day / month order.
+
+    >>> rows = pa.chunked_array([["03/04/2021"]])
+    >>> str(to_datetime(rows, Path("t.csv"), lambda: pa.chunked_array([["03/04/2021", "25/04/2021"]]))[0])[:10]
+    '2021-04-03'
+    """
     typ = col.type
     if pa.types.is_timestamp(typ):
         series = col.to_pandas()
@@ -95,7 +105,12 @@ def to_datetime(col: pa.ChunkedArray, path: Path) -> np.ndarray:
     parsed = _parse_times(text, "ISO8601", aware)
     bad = parsed.isna() & text.notna()
     if bad.any():  # not all ISO 8601: let pandas infer each value (e.g. 03/04/2021 10:00), one day order per file
-        parsed = _parse_times(text, "mixed", aware, _day_first(text[bad], path))
+        if whole is None:
+            day_first = _day_first(text[bad], path)
+        else:
+            file_text = whole().to_pandas().astype("string").str.strip()
+            day_first = _day_first(file_text.mask(file_text == "").reset_index(drop=True), path)
+        parsed = _parse_times(text, "mixed", aware, day_first)
         bad = parsed.isna() & text.notna()
     if bad.any():
         example = text[bad].iloc[0]
