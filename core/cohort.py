@@ -3,11 +3,14 @@
 Layout of a cohort folder::
 
     cohort.csv            subject_id, time (days from index), event (0/1),
-                          [split train/val/test], [study], [index_time], [contrast yes/no],
-                          [true_risk], ...
+                          [split train/val/test], [study], [series], [index_time],
+                          [contrast yes/no], [true_risk], ...
     features.csv          subject_id + numeric columns (NaN kept)            optional
     timeline.parquet|csv  MEDS rows subject_id, time, code, numeric_value    optional
     image_embeddings.npy|parquet, ehr_embeddings.npy|parquet                optional
+
+``series`` names the series of a study that holds several (a SeriesInstanceUID, or a unique prefix of one, as
+``python -m core inspect STUDY`` lists them); without it the largest acquired CT series is read.
 
 ``.npy`` embeddings are ``[n, D]`` (one vector per subject) or ``[n, K, D]``
 (K tokens per subject, e.g. one per slice); their subject ids come from a
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from core.io.volume import Volume
 
 SPLITS = ("train", "val", "test")
+SERIES_COLUMN = "series"
 REQUIRED = ("subject_id", "time", "event")
 
 
@@ -124,9 +128,24 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         raise InputError("split", "no 'train' rows", "training needs a train split", "mark some subjects as train")
     if "index_time" in out.columns:
         out["index_time"] = pd.to_datetime(out["index_time"], errors="coerce")
+    if SERIES_COLUMN in out.columns:  # the series to read of a study that holds several
+        named = out[SERIES_COLUMN].map(lambda v: "" if pd.isna(v) else str(v).strip())
+        no_study = (named != "") & ~_has_study(out)
+        if no_study.any():
+            i = int(np.flatnonzero(no_study.to_numpy())[0])
+            raise InputError(SERIES_COLUMN, f"{named.iloc[i]!r} (subject {out['subject_id'].iloc[i]!r})",
+                             "names a series but the subject has no study", f"give the study path in {source} or "
+                             "leave the series empty")
+        out[SERIES_COLUMN] = named
     if CONTRAST_COLUMN in out.columns:  # the study's contrast, where its header does not record it (NIfTI)
         out[CONTRAST_COLUMN] = [table_contrast(v, sid) for v, sid in zip(out[CONTRAST_COLUMN], out["subject_id"])]
     return out.reset_index(drop=True)
+
+
+def _has_study(table: pd.DataFrame) -> pd.Series:
+    if "study" not in table.columns:
+        return pd.Series(False, index=table.index)
+    return table["study"].map(lambda v: not pd.isna(v) and str(v).strip() != "")
 
 
 def auto_split(ids: list[str], event: np.ndarray, *, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> list[str]:
@@ -262,8 +281,17 @@ class Cohort:
                              "fix the study path in cohort.csv (relative to the cohort folder)")
         from core.io.study import load_study
 
-        volume = load_study(path)
-        stated = str(self.row(subject_id).get(CONTRAST_COLUMN, "") or "")
+        row = self.row(subject_id)
+        series = str(row.get(SERIES_COLUMN, "") or "") or None
+        try:
+            volume = load_study(path, series)
+        except InputError as err:
+            if err.field != "series" or series is None:
+                raise
+            fix = ("leave its series empty in cohort.csv" if err.fix.startswith("leave out")
+                   else f"{err.fix} (in the series column of cohort.csv)")
+            raise InputError(f"series (subject {row['subject_id']})", err.value, err.problem, fix) from None
+        stated = str(row.get(CONTRAST_COLUMN, "") or "")
         if stated:  # the cohort table's record overrides the header's
             volume = replace(volume, meta=with_record(volume.meta, stated, TABLE_SOURCE))
         return volume
@@ -305,7 +333,7 @@ class Cohort:
             ev = ev[~ev["code"].isin(OUTCOME_CODES)]
         return ev.sort_values("time", kind="stable").reset_index(drop=True)
 
-    OUTCOME_COLUMNS = ("subject_id", "time", "event", "split", "study", "index_time")
+    OUTCOME_COLUMNS = ("subject_id", "time", "event", "split", "study", SERIES_COLUMN, "index_time")
 
     def column_names(self) -> list[str]:
         """Columns a subject can be grouped by: cohort.csv's (outcome and path columns left out), then features.csv's."""
@@ -406,7 +434,7 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
         raise InputError("cohort", str(root), "is not a folder", "pass a cohort folder that holds cohort.csv")
     if not csv.exists():
         raise InputError("cohort", str(root), "has no cohort.csv", "add cohort.csv with subject_id, time, event")
-    table = validate_outcomes(pd.read_csv(csv), seed=seed, for_training=for_training)
+    table = validate_outcomes(pd.read_csv(csv, dtype={SERIES_COLUMN: str}), seed=seed, for_training=for_training)
     ids = table["subject_id"].tolist()
     id_set = set(ids)
     features = _read_features(root / "features.csv", id_set) if (root / "features.csv").exists() else None

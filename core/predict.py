@@ -80,7 +80,7 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
 
             k = SliceSpacing(working).factor(stats["slice_mm"])
             stats["slice_mm"] *= max(k, 1)  # thinner slices are read as slabs of k of them (thicker ones: as they are)
-        contrast = contrast_warning(profile, volume.meta)
+        contrast = contrast_warning(profile, volume.meta, volume.series)
         return ImageRead(tuple(profile_warnings(profile, stats)) + ((contrast,) if contrast else ()),
                          withhold_reason(profile, stats))
     from core.preprocess.lung import lung_coverage_warning

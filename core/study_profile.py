@@ -243,9 +243,11 @@ def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) ->
             "can read' in its model card): do not rely on the image part of this prediction." + scale]
 
 
-def contrast_warning(profile: dict[str, Any] | None, meta: Mapping[str, str]) -> str | None:
+def contrast_warning(profile: dict[str, Any] | None, meta: Mapping[str, str], series: Sequence[Any] = ()) -> str | None:
     """A warning when a study's contrast record (``Volume.meta``, ``core.io.contrast``) differs from every training
-    study that has one; None when either side has no record or the training studies had both.
+    study that has one; None when either side has no record or the training studies had both. ``series``: the
+    study's series (``Volume.series``, ``SeriesInfo``); one recorded like the training studies (a multi-phase study's
+    other phase) is named, the largest acquired one first.
 
     >>> p = build_profile([{"slice_mm": 3.0}] * 3, contrast=["no", "no", ""])
     >>> contrast_warning(p, {"contrast": "yes", "contrast_source": "ContrastBolusAgent"})[:72]
@@ -262,10 +264,16 @@ def contrast_warning(profile: dict[str, Any] | None, meta: Mapping[str, str]) ->
         return None
     word, other_word = ("with", "without") if status == "yes" else ("without", "with")
     unknown = int(counts.get("unknown", 0))
+    like = sorted((s for s in series if getattr(s, "contrast", "") == other),
+                  key=lambda s: (bool(s.derived), -int(s.n_instances), str(s.key)))
+    instead = (f" Series {like[0].key} of this study ({like[0].n_instances} images) was acquired {other_word} "
+               "contrast, as the training studies were: load it instead (the series list on Upload, or the series "
+               "column of cohort.csv)." if like else "")
     return (f"Contrast unlike the training studies: this CT was acquired {word} contrast "
             f"({meta.get(CONTRAST_SOURCE) or 'recorded'}); all {counts[other]} of the model's training studies with a "
             f"contrast record were acquired {other_word} it" + (f" ({unknown} had no record)" if unknown else "")
-            + ". Contrast changes the HU of vessels and organs: do not rely on the image part of this prediction.")
+            + ". Contrast changes the HU of vessels and organs: do not rely on the image part of this prediction."
+            + instead)
 
 
 def withhold_reason(profile: dict[str, Any] | None, stats: dict[str, float],

@@ -213,3 +213,59 @@ def test_saved_case_keeps_the_stated_contrast(tmp_path: Path) -> None:
 
     own = cases.stated_contrast(load_dicom(series.folder), "yes")
     assert (own.meta["contrast"], own.meta["contrast_source"]) == ("no", "ContrastBolusAgent")
+
+
+def _two_phases(folder: Path) -> tuple[str, str]:
+    """A study of two series: one recorded without contrast (8 images) and one with (6 images); their UIDs."""
+    plain = write_series(folder.parent / "plain", shape=(8, 32, 32))
+    enhanced = write_series(folder.parent / "enhanced", shape=(6, 32, 32), seed=1)
+    folder.mkdir(parents=True)
+    for series, agent in ((plain, "NONE"), (enhanced, "IOHEXOL")):
+        for path in series.paths:
+            ds = pydicom.dcmread(path)
+            ds.ContrastBolusAgent = agent
+            ds.save_as(folder / f"{agent}{path.name}")
+    return plain.series_uid, enhanced.series_uid
+
+
+def test_cohort_series_column_and_the_phase_the_model_knows(tmp_path: Path) -> None:
+    """cohort.csv's ``series`` column picks the series of a multi-phase study (by UID or a unique prefix); a name
+    that is not a series of the study, a series for a NIfTI study or for a subject without a study is refused naming
+    the subject. A study loaded in the phase the model never saw gets a warning that names the study's other phase."""
+    from core.cohort import load_cohort
+
+    root = tmp_path / "cohort"
+    plain_uid, enhanced_uid = _two_phases(root / "s1")
+    rows = [{"subject_id": "A", "time": 10, "event": 1, "split": "train", "study": "s1", "series": ""},
+            {"subject_id": "B", "time": 20, "event": 0, "split": "train", "study": "s1", "series": enhanced_uid[:-1]}]
+    pd.DataFrame(rows).to_csv(root / "cohort.csv", index=False)
+    cohort = load_cohort(root)
+    default, named = cohort.load_volume("A"), cohort.load_volume("B")
+    assert default is not None and named is not None
+    assert (default.meta["series_key"], default.meta["contrast"]) == (plain_uid, "no")  # the larger series
+    assert (named.meta["series_key"], named.meta["contrast"], named.shape[0]) == (enhanced_uid, "yes", 6)
+
+    enhanced_only = build_profile([{"slice_mm": 2.5}] * 3, contrast=["yes"] * 3)
+    text = contrast_warning(enhanced_only, default.meta, default.series)
+    assert text is not None and f"Series {enhanced_uid} of this study (6 images) was acquired with contrast" in text
+    assert "the series column of cohort.csv" in text
+    assert contrast_warning(enhanced_only, named.meta, named.series) is None
+    plain_only = build_profile([{"slice_mm": 2.5}] * 3, contrast=["no"] * 3)
+    assert f"Series {plain_uid} of this study (8 images)" in str(contrast_warning(plain_only, named.meta, named.series))
+
+    rows[1]["series"] = "9.9.9"
+    pd.DataFrame(rows).to_csv(root / "cohort.csv", index=False)
+    assert load_cohort(root).fingerprint() != cohort.fingerprint()  # caches of the preprocessed CTs are keyed by it
+    with pytest.raises(InputError, match=r"series \(subject B\): got 9\.9\.9, is not a series of this study; fix: "
+                                         r"choose one of: .*\(in the series column of cohort\.csv\)"):
+        load_cohort(root).load_volume("B")
+    nifti = _nifti_cohort(tmp_path / "n", ["no", "no"])
+    table = pd.read_csv(nifti / "cohort.csv").assign(series=["", "1.2.3"])
+    table.to_csv(nifti / "cohort.csv", index=False)
+    with pytest.raises(InputError, match=r"series \(subject P1\): got 1\.2\.3, was given but a NIfTI file holds one "
+                                         r"volume; fix: leave its series empty in cohort\.csv"):
+        load_cohort(nifti).load_volume("P1")
+    table.assign(study=["studies/s.nii.gz", ""]).to_csv(nifti / "cohort.csv", index=False)
+    with pytest.raises(InputError, match=r"series: got '1\.2\.3' \(subject 'P1'\), names a series but the subject has "
+                                         "no study"):
+        load_cohort(nifti)
