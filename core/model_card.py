@@ -9,6 +9,8 @@ from typing import Any
 from core.cohort import Cohort
 from core.models.config import ModelConfig
 from core.study_profile import card_lines, model_profile
+from core.timeline_profile import card_lines as timeline_card_lines
+from core.timeline_profile import model_timeline_profile
 
 
 def _plain(o: Any) -> Any:
@@ -133,6 +135,7 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         f"- Validation C-index (early stopping): {metrics.get('val_c_index_early_stopping', float('nan')):.3f}",
         "",
         *card_lines(model_profile(cfg)),
+        *timeline_card_lines(model_timeline_profile(cfg), (cfg.ehr.sequence or {}).get("codes", [])),
         "## Limitations",
         "- Trained on one cohort; performance on other scanners, sites or populations is unknown.",
         "- Survival beyond the last grid time is reported as the last grid value (no extrapolation).",

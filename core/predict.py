@@ -34,6 +34,7 @@ from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
 from core.study_profile import (STATS, contrast_warning, model_profile, model_study_stats, outside, profile_warnings,
                                 withhold_reason)
+from core.timeline_profile import model_timeline_profile, timeline_warning
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -94,6 +95,28 @@ def image_warnings(model: LoadedModel, volume: Volume | None) -> list[str]:
     return list(image_read(model, volume).warnings)
 
 
+def timeline_read(model: LoadedModel, events: pd.DataFrame | None) -> str | None:
+    """The warning for a timeline whose events (the ones the model reads: ``CaseInputs.events``) have codes the model
+    was not trained on far more often than its training timelines did (``core.timeline_profile``), or None."""
+    sequence = model.config.ehr.sequence
+    if not sequence or events is None or not len(events):
+        return None
+    return timeline_warning(model_timeline_profile(model.config), sequence.get("codes", []),
+                            events["code"].astype(str).tolist())
+
+
+def upload_timeline_read(model: LoadedModel, events: pd.DataFrame, index_time: pd.Timestamp) -> str | None:
+    """:func:`timeline_read` of a timeline before it is saved as a case: on the events the model would read (at or
+    before ``index_time``, never an outcome, the last ``max_events``)."""
+    from core.cohort import UPLOAD_SUBJECT, uploaded_case_cohort
+
+    sequence = model.config.ehr.sequence
+    if not sequence or events is None or events.empty:
+        return None
+    cohort = uploaded_case_cohort(Path("."), volume=None, events=events, index_time=index_time)
+    return timeline_read(model, cohort.events(UPLOAD_SUBJECT).tail(int(sequence.get("max_events", 64))))
+
+
 def split_image_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
     """How the model's CT gate (:func:`image_read`) treats the studies of ``ids``: ``studies`` (with a CT),
     ``warned`` (outside the training profile), ``withheld`` (other anatomy or scale: ``predict`` and the app read them
@@ -151,7 +174,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     p = model.predict_case(inputs, tuple(int(h) for h in horizons))
     top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
         int(i) for i in np.argsort(-p.slice_weights)[:5]]
-    warnings: list[str] = list(read.warnings)
+    timeline = timeline_read(model, inputs.events)
+    warnings: list[str] = list(read.warnings) + ([timeline] if timeline else [])
     withheld = None if allow_ood else read.note(model.fusion)
     notice = read.note(model.fusion, read_anyway=allow_ood)
     if notice:

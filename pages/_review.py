@@ -86,6 +86,14 @@ def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
     return list(views.image_read(model, source, subject_id).warnings)
 
 
+def timeline_read_notes(model: Any, source: str, subject_id: str) -> list[str]:
+    """What the model cannot read in the case's timeline (``core.predict.timeline_read``: codes it was not trained on)."""
+    from core.predict import timeline_read
+
+    note = timeline_read(model, views.case_view(model, source, subject_id).events)
+    return [note] if note else []
+
+
 def withheld_note(model_name: str, model: Any, source: str, subject_id: str) -> str | None:
     """The notice of a CT the model withholds, or reads only because the user asked (None when it reads the CT)."""
     return views.image_read(model, source, subject_id).note(model_name, views.read_ood(source, subject_id))
@@ -106,6 +114,7 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
         coverage=None,  # the warnings below: the model's training profile, or the lung check without one
         prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image or withheld else [],
         timeline=timeline_notes(source, subject_id),
+        codes=timeline_read_notes(model, source, subject_id),
         sanity=method_sanity(model).get(method) if uses_image else None,
         disagreement_flag=None if strategies_ is None else strategies_.flag,
         image_withheld=withheld,

@@ -3,8 +3,9 @@
 ``streamlit run app.py`` serves ``app.py``'s ``st.App`` (Streamlit's ASGI app), whose
 lifespan calls :func:`lifespan` once when the server starts. It starts one
 background thread that imports the first page's modules (pandas, the model views,
-the viewer, the figures, the parquet reader of the timelines) and writes the CT
-viewer's component folder: about a second on two cores that the first
+the viewer, the figures, the parquet reader of the timelines), writes the CT
+viewer's component folder and installs again the shipped demo models that changed
+since the demo was built (``core.app.demo_install.refresh_shipped``): about a second on two cores that the first
 session would otherwise spend after its browser connected, while the server sits idle
 as the browser loads Streamlit's front end.
 
@@ -47,6 +48,12 @@ def warm_up() -> None:
         from pages import _viewer
 
         _viewer.component_dir()
+        from core.app import demo_install
+
+        # a newer version of the app on an existing data folder: its changed shipped models, before any session
+        replaced = demo_install.refresh_shipped()
+        if replaced:
+            LOG.info("shipped demo models installed again (changed since the demo was built): %s", ", ".join(replaced))
     except (ImportError, OSError, ValueError) as exc:  # the script run meets the same problem and shows it
         LOG.warning("warm-up stopped: %s", exc)
     finally:

@@ -1,12 +1,15 @@
-"""Add "what this model can read" (``core.study_profile``) to model folders trained before it existed.
+"""Add "what this model can read" (``core.study_profile``, ``core.timeline_profile``) to model folders trained
+before it existed.
 
 Reads each model's ``config.json``, measures the training studies of its cohort
-(the train split; the same seeded sample ``train`` uses), writes the profile into
-``config.json`` (key ``study_profile``; every other key unchanged) and puts the
-"What this model can read" section into ``MODEL_CARD.md`` (replacing an older one,
-before "## Limitations"). Weights and metrics are not touched.
+(the train split; the same seeded sample ``train`` uses) and the share of its
+training timelines' events with a known code, writes the profiles into
+``config.json`` (keys ``study_profile`` and ``timeline_profile``; every other key
+unchanged) and puts their sections into ``MODEL_CARD.md`` (replacing older ones,
+before "## Limitations"). Weights and metrics are not touched. ``--only timeline``
+(or ``study``) writes one of the two.
 
-    python scripts/add_model_profile.py --cohort COHORT MODEL [MODEL ...] [--expect-sha256 HEX]
+    python scripts/add_model_profile.py --cohort COHORT MODEL [MODEL ...] [--manifest MANIFEST] [--only timeline]
 
 For the shipped demo models (``assets/demo_models``) the cohort is the default demo
 cohort; ``--manifest assets/demo_models/MANIFEST.json`` checks that its cohort.csv
@@ -29,20 +32,24 @@ if str(ROOT) not in sys.path:
 from core.cohort import load_cohort  # noqa: E402
 from core.errors import InputError  # noqa: E402
 from core.models.config import ModelConfig  # noqa: E402
+from core.inputs import ehr_arrays  # noqa: E402
 from core.study_profile import card_lines, image_cohort_profile  # noqa: E402
+from core.timeline_profile import PROFILE_KEY, build_timeline_profile  # noqa: E402
+from core.timeline_profile import card_lines as timeline_card_lines  # noqa: E402
 
 SECTION = "## What this model can read"
+TIMELINE_SECTION = "## Timeline codes this model reads"
 
 
-def card_with_profile(card: str, lines: list[str]) -> str:
-    """``card`` with its "What this model can read" section replaced by ``lines`` (inserted before Limitations).
+def card_with_profile(card: str, lines: list[str], section: str = SECTION) -> str:
+    """``card`` with its ``section`` replaced by ``lines`` (inserted before Limitations).
 
     >>> c = "# M\\n\\n## Metrics\\n- x\\n\\n## Limitations\\n- y\\n"
     >>> out = card_with_profile(c, ["## What this model can read", "", "- z", ""])
     >>> out.index("- z") < out.index("## Limitations"), card_with_profile(out, ["## What this model can read", "", "- w", ""]).count("What this")
     (True, 1)
     """
-    body = re.sub(rf"{re.escape(SECTION)}\n.*?(?=^## |\Z)", "", card, flags=re.S | re.M)
+    body = re.sub(rf"{re.escape(section)}\n.*?(?=^## |\Z)", "", card, flags=re.S | re.M)
     if not lines:
         return body
     block = "\n".join(lines) + "\n"
@@ -51,24 +58,42 @@ def card_with_profile(card: str, lines: list[str]) -> str:
     return body.rstrip("\n") + "\n\n" + block
 
 
-def add_profile(model_dir: Path, cohort_dir: Path) -> dict:
-    """Write the profile into one model folder; returns it (None for a model that reads no CT voxels)."""
+def add_profile(model_dir: Path, cohort_dir: Path, only: str | None = None) -> dict:
+    """Write the profiles into one model folder; returns their sizes (None for a model that reads no CT voxels, or
+    no timeline). ``only``: "study" or "timeline" to write one of the two."""
     cfg_path = model_dir / "config.json"
     if not cfg_path.exists():
         raise InputError("model", str(model_dir), "has no config.json", "pass a model folder written by `python -m core train`")
     raw = json.loads(cfg_path.read_text())
     cfg = ModelConfig.from_dict(raw)
     cohort = load_cohort(cohort_dir, seed=cfg.seed)
-    profile = image_cohort_profile(cohort, cohort.ids("train"), cfg.image, seed=cfg.seed)
-    if profile is None:
-        raw.pop("study_profile", None)
-    else:
-        raw["study_profile"] = profile
-    cfg_path.write_text(json.dumps(raw, indent=2) + "\n")
     card_path = model_dir / "MODEL_CARD.md"
-    if card_path.exists():
-        card_path.write_text(card_with_profile(card_path.read_text(), card_lines(profile)))
-    return {"model": model_dir.name, "studies": None if profile is None else profile["n_studies"]}
+    card = card_path.read_text() if card_path.exists() else None
+    done: dict = {"model": model_dir.name}
+    if only in (None, "study"):
+        profile = image_cohort_profile(cohort, cohort.ids("train"), cfg.image, seed=cfg.seed)
+        if profile is None:
+            raw.pop("study_profile", None)
+        else:
+            raw["study_profile"] = profile
+        card = None if card is None else card_with_profile(card, card_lines(profile))
+        done["studies"] = None if profile is None else profile["n_studies"]
+    if only in (None, "timeline"):
+        timelines = None
+        if cfg.ehr.sequence:
+            arrays = ehr_arrays(cohort, cohort.ids("train"), cfg.ehr)
+            timelines = build_timeline_profile(arrays["codes"], arrays["event_mask"], n_codes=len(cfg.ehr.sequence["codes"]))
+        if timelines is None:
+            raw.pop(PROFILE_KEY, None)
+        else:
+            raw[PROFILE_KEY] = timelines
+        codes = cfg.ehr.sequence.get("codes", []) if cfg.ehr.sequence else []
+        card = None if card is None else card_with_profile(card, timeline_card_lines(timelines, codes), TIMELINE_SECTION)
+        done["timelines"] = None if timelines is None else timelines["n_subjects"]
+    cfg_path.write_text(json.dumps(raw, indent=2) + "\n")
+    if card is not None:
+        card_path.write_text(card)
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", type=Path, nargs="+")
     parser.add_argument("--cohort", type=Path, required=True, help="the cohort folder the models were trained on")
     parser.add_argument("--manifest", type=Path, default=None, help="MANIFEST.json whose cohort_sha256 the cohort must match")
+    parser.add_argument("--only", choices=("study", "timeline"), default=None, help="write one of the two profiles")
     args = parser.parse_args(argv)
     if args.manifest is not None:
         want = json.loads(args.manifest.read_text()).get("cohort_sha256")
@@ -86,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for model in args.models:
         if (model / "config.json").exists():
-            print(json.dumps(add_profile(model, args.cohort)))
+            print(json.dumps(add_profile(model, args.cohort, args.only)))
     return 0
 
 

@@ -190,3 +190,40 @@ def test_demo_build_runs_once_in_the_background_and_retries_after_a_failure(tmp_
     assert retry.wait(10.0) and retry.error is None and retry.progress == (1.0, "demo ready")
     assert demo_install.background_build(tmp_path, target=build) is retry  # finished well: kept
     assert len(calls) == 2
+
+
+def test_changed_shipped_models_are_installed_again(tmp_path: Path) -> None:
+    """A demo built by an older version keeps its models on disk: shipped models that changed since (another
+    config.json or weights) replace them at the next server start, only those installed from the shipped folder and
+    only while the demo cohort is the one they were trained on; unchanged ones are left as they are."""
+    import hashlib
+    import json
+
+    shipped, base = tmp_path / "shipped", tmp_path / "data"
+    paths_ = demo_install.demo_paths(base)
+    paths_.cohort.mkdir(parents=True)
+    (paths_.cohort / "cohort.csv").write_text("subject_id,time,event\n1,10,1\n")
+    digest = hashlib.sha256((paths_.cohort / "cohort.csv").read_bytes()).hexdigest()
+    shipped.mkdir()
+    (shipped / "MANIFEST.json").write_text(json.dumps({"cohort_sha256": digest}))
+    for name in ("concat", "ehr_only", "image_only"):
+        for folder in (shipped / name, paths_.models / name):
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text('{"fusion": "%s"}' % name)
+            (folder / "model.safetensors").write_bytes(b"w" * 8)
+    paths_.ready_file.write_text(json.dumps({"shipped_models": ["concat", "ehr_only"], "trained_here": ["image_only"]}))
+    assert demo_install.refresh_shipped(base, shipped) == []  # nothing changed
+
+    (shipped / "concat" / "config.json").write_text('{"fusion": "concat", "timeline_profile": {}}')
+    (shipped / "image_only" / "config.json").write_text('{"fusion": "image_only", "new": 1}')  # trained here: kept
+    (paths_.models / "ehr_only" / "sanity.json").write_text("{}")  # the app's own file beside an unchanged model
+    assert demo_install.refresh_shipped(base, shipped) == ["concat"]
+    assert "timeline_profile" in (paths_.models / "concat" / "config.json").read_text()
+    assert (paths_.models / "ehr_only" / "sanity.json").exists()
+    assert '"new"' not in (paths_.models / "image_only" / "config.json").read_text()
+    assert sorted(p.name for p in paths_.models.iterdir()) == ["concat", "ehr_only", "image_only"]  # no leftovers
+    (shipped / "ehr_only" / "model.safetensors").write_bytes(b"w" * 9)  # rebuilt weights
+    assert demo_install.refresh_shipped(base, shipped) == ["ehr_only"]
+    (shipped / "concat" / "config.json").write_text('{"fusion": "concat", "v": 3}')
+    (paths_.cohort / "cohort.csv").write_text("subject_id,time,event\n1,11,1\n")  # another cohort: not theirs
+    assert demo_install.refresh_shipped(base, shipped) == []

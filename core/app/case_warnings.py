@@ -58,7 +58,8 @@ METHOD_CAVEATS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class CaseWarning:
-    """One warning of a case: ``kind`` (withheld, modality, coverage, prediction, study, timeline, sanity, disagreement)
+    """One warning of a case: ``kind`` (withheld, modality, coverage, prediction, study, timeline, codes, sanity,
+    disagreement)
     and its one-paragraph plain text (no markup), shown on the page and printed in the report as it is."""
 
     kind: str
@@ -231,7 +232,7 @@ def study_notes(volume_warnings: Sequence[str]) -> list[str]:
 
 def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
                          ct_present: bool, coverage: str | None = None, prediction_warnings: Sequence[str] = (),
-                         timeline: Sequence[str] = (), sanity: SanityResult | None = None,
+                         timeline: Sequence[str] = (), codes: Sequence[str] = (), sanity: SanityResult | None = None,
                          disagreement_flag: str | None = None, image_withheld: str | None = None,
                          study: Sequence[str] = ()) -> list[CaseWarning]:
     """Every warning of the case, in the order the page shows them (duplicates dropped). ``study``: the CT's
@@ -244,6 +245,7 @@ def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, mod
     items += [CaseWarning("prediction", str(t)) for t in prediction_warnings if t]
     items += [CaseWarning("study", t) for t in study_notes(study)] if ct_present and has_image else []
     items += [CaseWarning("timeline", t) for t in timeline]
+    items += [CaseWarning("codes", t) for t in codes]  # timeline codes the model was not trained on
     if sanity is not None and not sanity.passed and "image" in modalities_used:
         items.append(CaseWarning("sanity", f"The {sanity.method} map {sanity.label()}: do not read it as an "
                                            "explanation of this model."))

@@ -112,6 +112,54 @@ def _install_shipped(cohort: Path, models: Path, fusions: Sequence[str], shipped
     return copied
 
 
+def _differs(src: Path, dst: Path) -> bool:
+    """Whether an installed model folder is not the shipped one: another config.json, or weights of another size."""
+    if not (src / "config.json").is_file():
+        return False
+    if not (dst / "config.json").is_file() or (src / "config.json").read_bytes() != (dst / "config.json").read_bytes():
+        return True
+    return any(not (dst / w.name).is_file() or (dst / w.name).stat().st_size != w.stat().st_size
+               for w in src.glob("*.safetensors"))
+
+
+def refresh_shipped(base: Path | None = None, shipped: Path = SHIPPED_MODELS) -> list[str]:
+    """Install again the shipped demo models that changed since the demo was built (a newer version of the app on
+    the same data folder: a profile added to their config.json, models rebuilt); returns the ones replaced.
+
+    Only models that were installed from ``shipped`` (``READY.json``) and only while the demo cohort is still the
+    one they were trained on; each is copied beside and swapped in by renames, under the demo's file lock. The app
+    calls it once per server, before the first script run.
+    """
+    paths = demo_paths(base)
+    if not demo_ready(base):
+        return []
+    try:
+        names = list(json.loads(paths.ready_file.read_text(encoding="utf-8")).get("shipped_models") or [])
+    except (OSError, ValueError):
+        return []
+    manifest = shipped_manifest(shipped)
+    if not names or not manifest or manifest.get("cohort_sha256") != _sha256(paths.cohort / "cohort.csv"):
+        return []
+    if not any(_differs(shipped / name, paths.models / name) for name in names):
+        return []
+    replaced = []
+    with _file_lock(paths.root.parent / ".demo.lock"):
+        for name in names:
+            src, dst = shipped / name, paths.models / name
+            if not _differs(src, dst):  # another server replaced it meanwhile
+                continue
+            new, old = dst.with_name(f"{name}.partial"), dst.with_name(f"{name}.old")
+            shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.copytree(src, new)
+            if dst.exists():
+                dst.rename(old)
+            new.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+            replaced.append(name)
+    return replaced
+
+
 def ensure_demo(
     base: Path | None = None,
     progress: Progress | None = None,

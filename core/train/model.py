@@ -18,6 +18,7 @@ from core.models import FUSIONS, HEADS, default_image_kind
 from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from core.study_profile import image_cohort_profile
+from core.timeline_profile import PROFILE_KEY, build_timeline_profile
 from core.train.ehr import ehr_config, forest_member, linear_members
 from core.train.fusion_stage import fit_member, split_metrics
 from core.train.image_linear import image_linear_members
@@ -113,6 +114,10 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     image_cfg = ImageConfig.from_dict(icfg)
     # what the model can read: the acquisition profile of its own training studies (config.json, model card)
     profile = image_cohort_profile(cohort, cohort.ids("train"), image_cfg, seed=seed) if dist_info.main else None
+    timelines = None
+    if "codes" in data:  # and of its training timelines: how many of their events have a code it was trained on
+        timelines = build_timeline_profile(data["codes"].numpy()[tr], data["event_mask"].numpy()[tr],
+                                           n_codes=len(ecfg["sequence"]["codes"]))
     cfg = ModelConfig(
         format=FORMAT, fusion=fusion, head=head,
         proportional_head=proportional_head(settings["proportional_head"], fusion, icfg["kind"]),
@@ -120,7 +125,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         edges=tuple(float(e) for e in edges), image=image_cfg, ehr=EHRConfig.from_dict(ecfg), seed=seed,
         image_anchor=bool(settings["image_anchor"]) and icfg["kind"] in ("2d", "3d", "foundation"),
         ehr_linear=bool(settings["ehr_linear"]) and bool(ecfg["tabular"]), ensemble=n_members,
-        extra={"study_profile": profile} if profile else {},
+        extra={**({"study_profile": profile} if profile else {}), **({PROFILE_KEY: timelines} if timelines else {})},
         image_linear=_image_linear_windows(settings, fusion, icfg, n_members))
     train_idx = np.flatnonzero(tr)
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy())

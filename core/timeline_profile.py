@@ -1,0 +1,124 @@
+"""What a model can read of a timeline: the share of events whose codes it was trained on.
+
+A sequence model reads a MEDS event through its code's embedding; a code that is
+not in its vocabulary (``core.models.ehr_sequence``) is read as one shared
+"unknown" code. Codes differ between sites (``LAB//50912//mg/dL`` at one,
+``LOINC//2160-0`` at another), so a timeline from another site can be read as a
+run of unknown events and still give a confident risk. This module keeps, per
+model, how well its own training timelines were covered and warns when a case's
+timeline is covered far less.
+
+``build_timeline_profile`` measures each training subject's known share (among
+the events the model reads: at or before the index time, the last
+``max_events``) from the encoded arrays; config.json keeps it as
+``timeline_profile``. ``timeline_warning`` warns when a case's known share lies
+below the training subjects' 5th percentile minus ``MARGIN``. The warning names
+the model's own codes (its vocabulary, frequent first) and counts the case's
+unknown events by prefix only where the vocabulary uses that prefix: a site's
+code text can carry free text (``core.deid.text``), so it is never echoed.
+
+>>> import numpy as np
+>>> codes = np.array([[2, 3, 0], [2, 1, 0], [4, 5, 6]]); mask = (codes > 0).astype(float)
+>>> p = build_timeline_profile(codes, mask, n_codes=5)
+>>> p["n_subjects"], p["known_share"]["min"], p["known_share"]["median"]
+(3, 0.5, 1.0)
+>>> round(warn_below(p), 3)
+0.4
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PROFILE_KEY = "timeline_profile"
+VERSION = 1
+MARGIN = 0.15  # below the training subjects' 5th percentile of the known share by more than this: a warning
+UNKNOWN_INDEX = 1  # core.models.ehr_sequence.UNK (0 is padding)
+_SEPARATOR = "//"
+
+
+def known_shares(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per subject, the share of the events read (``mask``) whose code index is a vocabulary code (not UNK);
+    NaN for a subject without events. ``codes`` / ``mask``: ``[N, max_events]`` as ``EventVocabulary.encode``."""
+    read = np.asarray(mask) > 0
+    n = read.sum(axis=1)
+    known = (read & (np.asarray(codes) > UNKNOWN_INDEX)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, known / np.maximum(n, 1), np.nan)
+
+
+def build_timeline_profile(codes: np.ndarray, mask: np.ndarray, *, n_codes: int) -> dict[str, Any] | None:
+    """The training subjects' known shares (``known_shares``) summarised; None when no subject has an event."""
+    shares = known_shares(codes, mask)
+    shares = shares[np.isfinite(shares)]
+    if not len(shares):
+        return None
+    return {"version": VERSION, "n_subjects": int(len(shares)), "n_codes": int(n_codes), "margin": MARGIN,
+            "known_share": {"min": round(float(shares.min()), 4), "p05": round(float(np.percentile(shares, 5)), 4),
+                            "median": round(float(np.median(shares)), 4)}}
+
+
+def model_timeline_profile(config: Mapping[str, Any] | Any) -> dict[str, Any] | None:
+    """The ``timeline_profile`` of a config.json dict or a ``ModelConfig`` (its ``extra``); None when absent."""
+    extra = config.get(PROFILE_KEY) if isinstance(config, Mapping) else getattr(config, "extra", {}).get(PROFILE_KEY)
+    return extra if isinstance(extra, dict) and isinstance(extra.get("known_share"), dict) else None
+
+
+def warn_below(profile: Mapping[str, Any]) -> float:
+    """The known share below which a case's timeline gets a warning."""
+    share = profile["known_share"]
+    return max(0.0, float(share["p05"]) - float(profile.get("margin", MARGIN)))
+
+
+def _prefix(code: str) -> str:
+    return code.split(_SEPARATOR, 1)[0] if _SEPARATOR in code else code
+
+
+def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str], codes: Sequence[str]) -> str | None:
+    """A warning when the events a model reads of a case (``codes``, the kept events' codes) are covered by its
+    vocabulary far less than its training timelines were; None without a profile, without events, or within range.
+
+    >>> p = {"n_subjects": 40, "known_share": {"min": 0.9, "p05": 0.95, "median": 1.0}, "margin": 0.15}
+    >>> text = timeline_warning(p, ["LAB//creatinine//mg/dL", "DX//I10"], ["LAB//50912//mg/dL", "NOTE//x", "DX//I10"])
+    >>> text[:79], "NOTE" in text, "(1 LAB; 1 of kinds the model has no code of)" in text
+    ('Timeline unlike the training timelines: 1 of the 3 events this model reads have', False, True)
+    >>> timeline_warning(p, ["DX//I10"], ["DX//I10"]) is None, timeline_warning(None, ["DX//I10"], ["X"]) is None
+    (True, True)
+    """
+    if not profile or not len(codes):
+        return None
+    known_set = set(vocabulary)
+    known = sum(1 for c in codes if str(c) in known_set)
+    share = known / len(codes)
+    if share >= warn_below(profile):
+        return None
+    prefixes = {_prefix(c) for c in vocabulary}
+    unknown = Counter(_prefix(str(c)) for c in codes if str(c) not in known_set)
+    kinds = [f"{n} {p}" for p, n in unknown.most_common() if p in prefixes][:3]
+    other = sum(n for p, n in unknown.items() if p not in prefixes)
+    parts = kinds + ([f"{other} of kinds the model has no code of"] if other else [])
+    examples = ", ".join(list(vocabulary)[:3])
+    p05 = float(profile["known_share"]["p05"])
+    return (f"Timeline unlike the training timelines: {known} of the {len(codes)} events this model reads have a code it "
+            f"was trained on ({share:.0%}; at least {p05:.0%} in 95 % of its {profile.get('n_subjects', '?')} training "
+            f"timelines). The others ({'; '.join(parts)}) are read as one 'unknown' code: do not rely on the EHR part "
+            f"of this prediction. Codes differ between sites: write them as the model's "
+            f"{profile.get('n_codes', len(vocabulary))} codes (e.g. {examples}).")
+
+
+def card_lines(profile: Mapping[str, Any] | None, vocabulary: Sequence[str] = ()) -> list[str]:
+    """The model card's section on the timeline codes a model reads (empty without a profile)."""
+    if not profile:
+        return []
+    share = profile["known_share"]
+    return ["## Timeline codes this model reads", "",
+            f"- {profile.get('n_codes', len(vocabulary))} codes (e.g. {', '.join(list(vocabulary)[:3])}); any other "
+            "code is read as one 'unknown' code.",
+            f"- Share of the events read with a known code, over {profile['n_subjects']} training timelines: median "
+            f"{float(share['median']):.0%}, 5th percentile {float(share['p05']):.0%}, lowest {float(share['min']):.0%}. "
+            f"A timeline below {warn_below(profile):.0%} (the 5th percentile less {float(profile.get('margin', MARGIN)):.0%}) "
+            "gets a warning in `predict --json` and the app (`core.timeline_profile`).", ""]

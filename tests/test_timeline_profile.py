@@ -1,0 +1,66 @@
+"""What a model can read of a timeline: the share of its events with a code the model was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.timeline_profile import build_timeline_profile, known_shares, timeline_warning, warn_below
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "assets" / "demo_models"
+
+
+def test_shares_and_rule() -> None:
+    codes = np.array([[2, 3, 4, 0], [2, 1, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_allclose(known_shares(codes, (codes > 0).astype(float)), [1.0, 0.25, np.nan])
+    profile = build_timeline_profile(codes, (codes > 0).astype(float), n_codes=3)
+    assert profile is not None and profile["n_subjects"] == 2  # a subject without events is not counted
+    assert build_timeline_profile(codes[2:], np.zeros((1, 4)), n_codes=3) is None
+    full = {"n_subjects": 100, "n_codes": 2, "margin": 0.15, "known_share": {"min": 0.9, "p05": 0.95, "median": 1.0}}
+    assert warn_below(full) == pytest.approx(0.80)
+    vocabulary = ["LAB//creatinine//mg/dL", "DX//I10"]
+    # 4 of 5 known: 0.80, at the limit: no warning; 3 of 5: a warning that counts the others by the model's prefixes
+    assert timeline_warning(full, vocabulary, ["DX//I10"] * 4 + ["LAB//50912//mg/dL"]) is None
+    text = timeline_warning(full, vocabulary, ["DX//I10"] * 3 + ["LAB//50912//mg/dL", "COMMENT//John called"])
+    assert text is not None and text.startswith("Timeline unlike the training timelines: 3 of the 5 events")
+    assert "(1 LAB; 1 of kinds the model has no code of)" in text and "John" not in text and "COMMENT" not in text
+    assert "(60%; at least 95% in 95 % of its 100 training timelines)" in text
+    assert "e.g. LAB//creatinine//mg/dL, DX//I10" in text
+
+
+def test_shipped_models_warn_on_another_sites_codes(real_meds: Path, tmp_path: Path) -> None:
+    """The shipped demo models were trained on the demo's codes; a real MIMIC-IV timeline (another site's coding:
+    LAB//<itemid>//<unit>) gave ehr_only a 1-year risk of 41 % without a word. Now `predict --json` warns, and the
+    Upload check of a timeline not yet saved says the same; a demo subject gets no warning."""
+    from core.demo import write_demo_cohort
+    from core.io.timeline import read_timeline
+    from core.predict import predict_subject, upload_timeline_read
+    from core.registry import load_model
+
+    for name in ("ehr_only", "concat", "coattention_ehr"):
+        profile = json.loads((SHIPPED / name / "config.json").read_text())["timeline_profile"]
+        assert profile["n_subjects"] == 480 and profile["known_share"]["p05"] == 1.0
+        assert "## Timeline codes this model reads" in (SHIPPED / name / "MODEL_CARD.md").read_text()
+    assert "timeline_profile" not in json.loads((SHIPPED / "image_only" / "config.json").read_text())
+
+    events = read_timeline(real_meds, ["10000032"])
+    root = tmp_path / "mimic"
+    root.mkdir()
+    events.to_parquet(root / "timeline.parquet", index=False)
+    index_time = events["time"].dropna().iloc[len(events) // 2]
+    pd.DataFrame({"subject_id": ["10000032"], "index_time": [index_time]}).to_csv(root / "cohort.csv", index=False)
+    out = predict_subject(SHIPPED / "ehr_only", root, "10000032")
+    warned = [w for w in out["warnings"] if w.startswith("Timeline unlike the training timelines")]
+    assert out["n_events_used"] == 64 and len(warned) == 1, out["warnings"]
+    assert warned[0].startswith("Timeline unlike the training timelines: 0 of the 64 events this model reads")
+    assert "VITAL//systolic_bp//mmHg" in warned[0]
+    assert upload_timeline_read(load_model(SHIPPED / "ehr_only"), events, index_time) == warned[0]
+
+    demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
+    sid = str(pd.read_csv(demo / "cohort.csv")["subject_id"].iloc[0])
+    assert not [w for w in predict_subject(SHIPPED / "ehr_only", demo, sid)["warnings"] if w.startswith("Timeline")]
