@@ -39,7 +39,9 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     (:func:`core.evaluate.decision.decision_curve`) and, with ``subgroup`` (a column of cohort.csv
     or features.csv), ``subgroups`` (:func:`core.evaluate.subgroups.subgroup_table`). ``ct_profile``
     (:func:`core.predict.split_image_reads`) counts the split's studies outside the model's training profile
-    and those ``predict`` would withhold; they are read as they are here."""
+    and those ``predict`` would withhold; they are read as they are here. ``timeline_codes``
+    (:func:`core.predict.split_timeline_reads`) counts the split's timelines whose codes the model mostly does not
+    know (None for a model that reads no events)."""
     from core.cohort import load_cohort
 
     cohort = load_cohort(Path(cohort_dir))
@@ -49,7 +51,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
                          f"use one of the splits present: {', '.join(present)}")
     values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
-    from core.predict import predict_cohort, split_image_reads
+    from core.predict import predict_cohort, split_image_reads, split_timeline_reads
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)
@@ -64,6 +66,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     out["split"] = split
     out["fusion"] = model.fusion
     out["ct_profile"] = split_image_reads(model, cohort, ids)
+    out["timeline_codes"] = split_timeline_reads(model, cohort, ids)
     if "true_risk" in rows.columns and rows["true_risk"].notna().all():
         out["oracle_c_index"] = harrell_c(rows["time"].to_numpy(), rows["event"].to_numpy().astype(bool),
                                           rows["true_risk"].to_numpy(dtype=float))

@@ -34,7 +34,7 @@ from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
 from core.study_profile import (STATS, contrast_warning, model_profile, model_study_stats, outside, profile_warnings,
                                 withhold_reason)
-from core.timeline_profile import model_timeline_profile, timeline_warning
+from core.timeline_profile import model_timeline_profile, timeline_warning, warn_below
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -151,6 +151,34 @@ def split_image_reads_text(summary: Mapping[str, Any] | None) -> str | None:
     worst = ", ".join(f"{label}: {n}" for label, n in list(summary["outside"].items())[:3])
     return (f"{summary['warned']} of {summary['studies']} studies lie outside the model's training profile ({worst}); "
             f"{summary['withheld']} would be withheld by predict and the app (read as they are in these metrics)")
+
+
+def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
+    """How many of the timelines of ``ids`` would get :func:`timeline_read`'s warning: ``timelines`` (with events),
+    ``warned`` and ``median_known_share`` (of the events the model reads, the share with a code it was trained on).
+    None when the model reads no events or was saved without a timeline profile."""
+    sequence = model.config.ehr.sequence
+    profile = model_timeline_profile(model.config)
+    if not sequence or profile is None:
+        return None
+    vocabulary, k = set(sequence.get("codes", [])), int(sequence.get("max_events", 64))
+    shares = []
+    for sid in ids:
+        read = cohort.events(sid).tail(k)  # at or before the index, sorted: the events the model reads
+        if len(read):
+            shares.append(float(read["code"].astype(str).isin(vocabulary).mean()))
+    limit = warn_below(profile)
+    return {"timelines": len(shares), "warned": int(sum(share < limit for share in shares)),
+            "median_known_share": round(float(np.median(shares)), 4) if shares else None}
+
+
+def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:
+    """One line on a :func:`split_timeline_reads` summary, or None when no timeline is warned about."""
+    if not summary or not summary.get("warned"):
+        return None
+    return (f"{summary['warned']} of {summary['timelines']} timelines have far fewer events with a code the model was "
+            f"trained on than its training timelines (median {summary['median_known_share']:.0%} of the events read); "
+            "other codes are read as one 'unknown' code: map the site's codes to the model's")
 
 
 def without_image(inputs: CaseInputs) -> CaseInputs:

@@ -64,3 +64,20 @@ def test_shipped_models_warn_on_another_sites_codes(real_meds: Path, tmp_path: P
     demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
     sid = str(pd.read_csv(demo / "cohort.csv")["subject_id"].iloc[0])
     assert not [w for w in predict_subject(SHIPPED / "ehr_only", demo, sid)["warnings"] if w.startswith("Timeline")]
+
+
+def test_evaluate_counts_the_timelines_of_another_site(real_meds: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`evaluate` of the shipped ehr_only model on a cohort built from the real MIMIC-IV timelines (`cohort`
+    command) counts the test timelines whose codes the model does not know, in JSON and in its text output."""
+    from core.cli import main
+    from core.cohort import cohort_from_meds
+
+    cohort = cohort_from_meds(real_meds, tmp_path / "mimic")
+    assert main(["evaluate", "--model", str(SHIPPED / "ehr_only"), "--cohort", str(cohort), "--json", "--no-band"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    codes = out["timeline_codes"]
+    assert codes["timelines"] == out["n"] and codes["warned"] == codes["timelines"] > 0
+    assert codes["median_known_share"] < 0.1
+    assert main(["evaluate", "--model", str(SHIPPED / "ehr_only"), "--cohort", str(cohort), "--no-band"]) == 0
+    assert f"timelines   {codes['warned']} of {codes['timelines']} timelines have far fewer" in capsys.readouterr().out

@@ -39,7 +39,7 @@ def _ci(v: list[float] | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
     from core.evaluation import evaluate_model
-    from core.predict import split_image_reads_text
+    from core.predict import split_image_reads_text, split_timeline_reads_text
 
     try:
         horizons = tuple(float(h) for h in str(args.horizons).split(",") if h.strip())
@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     profile_line = split_image_reads_text(res.get("ct_profile"))
     if profile_line:
         print(f"CT profile  {profile_line}", file=out)
+    codes_line = split_timeline_reads_text(res.get("timeline_codes"))
+    if codes_line:
+        print(f"timelines   {codes_line}", file=out)
     _print_extras(res, out)
     return 0
 
