@@ -41,7 +41,8 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     (:func:`core.predict.split_image_reads`) counts the split's studies outside the model's training profile
     and those ``predict`` would withhold; they are read as they are here. ``timeline_codes``
     (:func:`core.predict.split_timeline_reads`) counts the split's timelines whose codes the model mostly does not
-    know (None for a model that reads no events)."""
+    know (None for a model that reads no events); ``features`` (:func:`core.predict.split_feature_reads`) the
+    model's feature columns that features.csv lacks and the subjects without a row (None without features)."""
     from core.cohort import load_cohort
 
     cohort = load_cohort(Path(cohort_dir))
@@ -51,7 +52,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
                          f"use one of the splits present: {', '.join(present)}")
     values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
-    from core.predict import predict_cohort, split_image_reads, split_timeline_reads
+    from core.predict import predict_cohort, split_feature_reads, split_image_reads, split_timeline_reads
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)
@@ -67,6 +68,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     out["fusion"] = model.fusion
     out["ct_profile"] = split_image_reads(model, cohort, ids)
     out["timeline_codes"] = split_timeline_reads(model, cohort, ids)
+    out["features"] = split_feature_reads(model, cohort, ids)
     if "true_risk" in rows.columns and rows["true_risk"].notna().all():
         out["oracle_c_index"] = harrell_c(rows["time"].to_numpy(), rows["event"].to_numpy().astype(bool),
                                           rows["true_risk"].to_numpy(dtype=float))

@@ -105,6 +105,27 @@ def timeline_read(model: LoadedModel, events: pd.DataFrame | None) -> str | None
                             events["code"].astype(str).tolist())
 
 
+def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> str | None:
+    """A warning when the model reads tabular features (features.csv) that this cohort does not give it: columns of
+    the model that features.csv lacks (read as missing for every subject), or no row for this subject; None otherwise
+    and for a cohort without features.csv (an uploaded case: the page says so)."""
+    names = model.config.ehr.feature_names
+    if not names or cohort.features is None:
+        return None
+    absent = [c for c in names if c not in cohort.features.columns]
+    if len(absent) == len(names):
+        return (f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
+                "every feature is read as missing. Name the columns as the model card lists them.")
+    if str(subject_id) not in cohort.features.index:
+        return (f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
+                "missing (the training mean).")
+    if absent:
+        return (f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
+                f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
+                "subject. Name the columns as the model card lists them.")
+    return None
+
+
 def upload_timeline_read(model: LoadedModel, events: pd.DataFrame, index_time: pd.Timestamp) -> str | None:
     """:func:`timeline_read` of a timeline before it is saved as a case: on the events the model would read (at or
     before ``index_time``, never an outcome, the last ``max_events``)."""
@@ -172,6 +193,34 @@ def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str])
             "median_known_share": round(float(np.median(shares)), 4) if shares else None}
 
 
+def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
+    """What the model's tabular features find in this cohort: ``columns`` (the model's), ``absent`` (those
+    features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row). None when the model reads
+    no features."""
+    names = model.config.ehr.feature_names
+    if not names:
+        return None
+    frame = cohort.features
+    absent = list(names) if frame is None else [c for c in names if c not in frame.columns]
+    without = len(ids) if frame is None else sum(str(s) not in frame.index for s in ids)
+    return {"columns": len(names), "absent": absent, "without_row": int(without)}
+
+
+def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
+    """One line on a :func:`split_feature_reads` summary, or None when every column and row is there."""
+    if not summary or not (summary["absent"] or summary["without_row"]):
+        return None
+    parts = []
+    if summary["absent"]:
+        shown = ", ".join(summary["absent"][:5]) + (", ..." if len(summary["absent"]) > 5 else "")
+        parts.append(f"features.csv lacks {len(summary['absent'])} of the model's {summary['columns']} feature columns "
+                     f"({shown})")
+    if summary["without_row"]:
+        n = int(summary["without_row"])
+        parts.append(f"{n} subject{'s have' if n != 1 else ' has'} no features.csv row")
+    return "; ".join(parts) + ": read as missing"
+
+
 def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:
     """One line on a :func:`split_timeline_reads` summary, or None when no timeline is warned about."""
     if not summary or not summary.get("warned"):
@@ -203,7 +252,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
         int(i) for i in np.argsort(-p.slice_weights)[:5]]
     timeline = timeline_read(model, inputs.events)
-    warnings: list[str] = list(read.warnings) + ([timeline] if timeline else [])
+    features = feature_read(model, cohort, subject_id)
+    warnings: list[str] = list(read.warnings) + [w for w in (timeline, features) if w]
     withheld = None if allow_ood else read.note(model.fusion)
     notice = read.note(model.fusion, read_anyway=allow_ood)
     if notice:

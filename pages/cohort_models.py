@@ -204,7 +204,7 @@ with tab_model:
                          width="stretch")
             if m.get("oracle_c_index") is not None:
                 st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
-            from core.predict import split_image_reads_text, split_timeline_reads_text
+            from core.predict import split_feature_reads_text, split_image_reads_text, split_timeline_reads_text
 
             profile_line = split_image_reads_text(m.get("ct_profile"))
             if profile_line:
@@ -212,6 +212,9 @@ with tab_model:
             codes_line = split_timeline_reads_text(m.get("timeline_codes"))
             if codes_line:
                 st.warning(f"Test timelines: {codes_line}.", icon=":material/warning:")
+            features_line = split_feature_reads_text(m.get("features"))
+            if features_line:
+                st.warning(f"Test features: {features_line}.", icon=":material/warning:")
             g1, g2 = st.columns(2, gap="large")
             with g1:
                 st.markdown("**Kaplan-Meier by predicted risk group (test split)**")

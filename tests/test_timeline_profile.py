@@ -81,3 +81,28 @@ def test_evaluate_counts_the_timelines_of_another_site(real_meds: Path, tmp_path
     assert codes["median_known_share"] < 0.1
     assert main(["evaluate", "--model", str(SHIPPED / "ehr_only"), "--cohort", str(cohort), "--no-band"]) == 0
     assert f"timelines   {codes['warned']} of {codes['timelines']} timelines have far fewer" in capsys.readouterr().out
+
+
+def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
+    """A cohort whose features.csv names a model's columns otherwise, or has no row for a subject: the features were
+    read as missing without a word. `predict --json` now warns per subject and `evaluate` counts both."""
+    from core.demo import write_demo_cohort
+    from core.evaluation import evaluate_model
+    from core.predict import predict_subject, split_feature_reads_text
+
+    demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
+    table = pd.read_csv(demo / "cohort.csv")
+    sids = [str(s) for s in table.loc[table["split"] == "test", "subject_id"]]
+    features = pd.read_csv(demo / "features.csv")
+    assert not [w for w in predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"] if "features.csv" in w]
+    renamed = features.rename(columns={"age": "Age", "last_bnp": "BNP"})
+    renamed[renamed["subject_id"].astype(str) != sids[1]].to_csv(demo / "features.csv", index=False)
+    warned = predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"]
+    assert ("features.csv lacks 2 of the model's 19 feature columns (age, last_bnp): they are read as missing for "
+            "every subject. Name the columns as the model card lists them.") in warned
+    assert any(w.startswith(f"features.csv has no row for subject {sids[1]}")
+               for w in predict_subject(SHIPPED / "ehr_only", demo, sids[1])["warnings"])
+    summary = evaluate_model(SHIPPED / "ehr_only", demo, band=False, n_boot=10)["features"]
+    assert summary == {"columns": 19, "absent": ["age", "last_bnp"], "without_row": 1}
+    assert split_feature_reads_text(summary) == ("features.csv lacks 2 of the model's 19 feature columns (age, "
+                                                 "last_bnp); 1 subject has no features.csv row: read as missing")

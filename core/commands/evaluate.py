@@ -39,7 +39,7 @@ def _ci(v: list[float] | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
     from core.evaluation import evaluate_model
-    from core.predict import split_image_reads_text, split_timeline_reads_text
+    from core.predict import split_feature_reads_text, split_image_reads_text, split_timeline_reads_text
 
     try:
         horizons = tuple(float(h) for h in str(args.horizons).split(",") if h.strip())
@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     codes_line = split_timeline_reads_text(res.get("timeline_codes"))
     if codes_line:
         print(f"timelines   {codes_line}", file=out)
+    features_line = split_feature_reads_text(res.get("features"))
+    if features_line:
+        print(f"features    {features_line}", file=out)
     _print_extras(res, out)
     return 0
 
