@@ -52,7 +52,8 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
                          f"use one of the splits present: {', '.join(present)}")
     values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
-    from core.predict import predict_cohort, split_feature_reads, split_image_reads, split_timeline_reads
+    from core.ehr_read import split_feature_reads, split_timeline_reads
+    from core.predict import predict_cohort, split_image_reads
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)

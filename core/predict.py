@@ -34,7 +34,7 @@ from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
 from core.study_profile import (STATS, contrast_warning, model_profile, model_study_stats, outside, profile_warnings,
                                 withhold_reason)
-from core.timeline_profile import model_timeline_profile, timeline_warning, warn_below
+from core.ehr_read import feature_read, timeline_read
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -95,49 +95,6 @@ def image_warnings(model: LoadedModel, volume: Volume | None) -> list[str]:
     return list(image_read(model, volume).warnings)
 
 
-def timeline_read(model: LoadedModel, events: pd.DataFrame | None) -> str | None:
-    """The warning for a timeline whose events (the ones the model reads: ``CaseInputs.events``) have codes the model
-    was not trained on far more often than its training timelines did (``core.timeline_profile``), or None."""
-    sequence = model.config.ehr.sequence
-    if not sequence or events is None or not len(events):
-        return None
-    return timeline_warning(model_timeline_profile(model.config), sequence.get("codes", []),
-                            events["code"].astype(str).tolist())
-
-
-def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> str | None:
-    """A warning when the model reads tabular features (features.csv) that this cohort does not give it: columns of
-    the model that features.csv lacks (read as missing for every subject), or no row for this subject; None otherwise
-    and for a cohort without features.csv (an uploaded case: the page says so)."""
-    names = model.config.ehr.feature_names
-    if not names or cohort.features is None:
-        return None
-    absent = [c for c in names if c not in cohort.features.columns]
-    if len(absent) == len(names):
-        return (f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
-                "every feature is read as missing. Name the columns as the model card lists them.")
-    if str(subject_id) not in cohort.features.index:
-        return (f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
-                "missing (the training mean).")
-    if absent:
-        return (f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
-                f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
-                "subject. Name the columns as the model card lists them.")
-    return None
-
-
-def upload_timeline_read(model: LoadedModel, events: pd.DataFrame, index_time: pd.Timestamp) -> str | None:
-    """:func:`timeline_read` of a timeline before it is saved as a case: on the events the model would read (at or
-    before ``index_time``, never an outcome, the last ``max_events``)."""
-    from core.cohort import UPLOAD_SUBJECT, uploaded_case_cohort
-
-    sequence = model.config.ehr.sequence
-    if not sequence or events is None or events.empty:
-        return None
-    cohort = uploaded_case_cohort(Path("."), volume=None, events=events, index_time=index_time)
-    return timeline_read(model, cohort.events(UPLOAD_SUBJECT).tail(int(sequence.get("max_events", 64))))
-
-
 def split_image_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
     """How the model's CT gate (:func:`image_read`) treats the studies of ``ids``: ``studies`` (with a CT),
     ``warned`` (outside the training profile), ``withheld`` (other anatomy or scale: ``predict`` and the app read them
@@ -174,62 +131,6 @@ def split_image_reads_text(summary: Mapping[str, Any] | None) -> str | None:
             f"{summary['withheld']} would be withheld by predict and the app (read as they are in these metrics)")
 
 
-def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
-    """How many of the timelines of ``ids`` would get :func:`timeline_read`'s warning: ``timelines`` (with events),
-    ``warned`` and ``median_known_share`` (of the events the model reads, the share with a code it was trained on).
-    None when the model reads no events or was saved without a timeline profile."""
-    sequence = model.config.ehr.sequence
-    profile = model_timeline_profile(model.config)
-    if not sequence or profile is None:
-        return None
-    vocabulary, k = set(sequence.get("codes", [])), int(sequence.get("max_events", 64))
-    shares = []
-    for sid in ids:
-        read = cohort.events(sid).tail(k)  # at or before the index, sorted: the events the model reads
-        if len(read):
-            shares.append(float(read["code"].astype(str).isin(vocabulary).mean()))
-    limit = warn_below(profile)
-    return {"timelines": len(shares), "warned": int(sum(share < limit for share in shares)),
-            "median_known_share": round(float(np.median(shares)), 4) if shares else None}
-
-
-def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
-    """What the model's tabular features find in this cohort: ``columns`` (the model's), ``absent`` (those
-    features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row). None when the model reads
-    no features."""
-    names = model.config.ehr.feature_names
-    if not names:
-        return None
-    frame = cohort.features
-    absent = list(names) if frame is None else [c for c in names if c not in frame.columns]
-    without = len(ids) if frame is None else sum(str(s) not in frame.index for s in ids)
-    return {"columns": len(names), "absent": absent, "without_row": int(without)}
-
-
-def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
-    """One line on a :func:`split_feature_reads` summary, or None when every column and row is there."""
-    if not summary or not (summary["absent"] or summary["without_row"]):
-        return None
-    parts = []
-    if summary["absent"]:
-        shown = ", ".join(summary["absent"][:5]) + (", ..." if len(summary["absent"]) > 5 else "")
-        parts.append(f"features.csv lacks {len(summary['absent'])} of the model's {summary['columns']} feature columns "
-                     f"({shown})")
-    if summary["without_row"]:
-        n = int(summary["without_row"])
-        parts.append(f"{n} subject{'s have' if n != 1 else ' has'} no features.csv row")
-    return "; ".join(parts) + ": read as missing"
-
-
-def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:
-    """One line on a :func:`split_timeline_reads` summary, or None when no timeline is warned about."""
-    if not summary or not summary.get("warned"):
-        return None
-    return (f"{summary['warned']} of {summary['timelines']} timelines have far fewer events with a code the model was "
-            f"trained on than its training timelines (median {summary['median_known_share']:.0%} of the events read); "
-            "other codes are read as one 'unknown' code: map the site's codes to the model's")
-
-
 def without_image(inputs: CaseInputs) -> CaseInputs:
     """The case's inputs with its CT masked out (as for a case without one)."""
     return dataclasses.replace(inputs, image=None, image_mask=inputs.image_mask * 0)
@@ -251,9 +152,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     p = model.predict_case(inputs, tuple(int(h) for h in horizons))
     top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
         int(i) for i in np.argsort(-p.slice_weights)[:5]]
-    timeline = timeline_read(model, inputs.events)
     features = feature_read(model, cohort, subject_id)
-    warnings: list[str] = list(read.warnings) + [w for w in (timeline, features) if w]
+    warnings: list[str] = [*read.warnings, *timeline_read(model, inputs.events), *([features] if features else [])]
     withheld = None if allow_ood else read.note(model.fusion)
     notice = read.note(model.fusion, read_anyway=allow_ood)
     if notice:

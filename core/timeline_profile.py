@@ -110,6 +110,46 @@ def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str
             f"{profile.get('n_codes', len(vocabulary))} codes (e.g. {examples}).")
 
 
+VALUE_SD = 5.0  # a code whose values in a case lie, at their median, further than this many training SDs away
+
+
+def value_warning(sequence: Mapping[str, Any], codes: Sequence[str], values: Sequence[float]) -> str | None:
+    """A warning when the values of a known code lie, at their median, more than ``VALUE_SD`` of its training standard
+    deviations from its training mean (``sequence``: the vocabulary's ``codes``, ``value_mean``, ``value_std`` and
+    ``log``, as config.json keeps them): another unit or scale than at training (creatinine in umol/L under a mg/dL
+    code). The network clips such values at 5 SD, so their size is lost. Only the model's own codes are named.
+
+    >>> seq = {"codes": ["LAB//creatinine//mg/dL", "DX//I10"], "value_mean": [1.1, 0.0], "value_std": [0.5, 1.0]}
+    >>> value_warning(seq, ["LAB//creatinine//mg/dL"] * 2 + ["DX//I10"], [88.0, 97.0, float("nan")])[:105]
+    'Values unlike the training timelines: LAB//creatinine//mg/dL (2 values, median 92.5; training 1.1 +- 0.5)'
+    >>> value_warning(seq, ["LAB//creatinine//mg/dL"], [1.4]) is None
+    True
+    """
+    index = {c: i for i, c in enumerate(sequence.get("codes", []))}
+    mean, std = sequence.get("value_mean", []), sequence.get("value_std", [])
+    logged = set(sequence.get("log", []))
+    by_code: dict[str, list[float]] = {}
+    for code, value in zip(codes, values):
+        code = str(code)
+        if code in index and value is not None and np.isfinite(value):
+            by_code.setdefault(code, []).append(float(value))
+    far = []
+    for code, vals in by_code.items():
+        i = index[code]
+        median = float(np.median(vals))
+        scaled = float(np.log1p(max(median, 0.0))) if code in logged else median
+        if abs(scaled - float(mean[i])) > VALUE_SD * float(std[i]):
+            shown = (f"typically {float(np.expm1(mean[i])):.3g}" if code in logged
+                     else f"{float(mean[i]):.3g} +- {float(std[i]):.2g}")
+            far.append(f"{code} ({len(vals)} value{'s' if len(vals) > 1 else ''}, median {median:.3g}; training {shown})")
+    if not far:
+        return None
+    return (f"Values unlike the training timelines: {'; '.join(far[:3])}" + (f"; and {len(far) - 3} more codes" if len(far) > 3 else "")
+            + f". They lie more than {VALUE_SD:.0f} training SDs from the mean and are read as if at {VALUE_SD:.0f}: "
+            "another unit or scale than at training? Convert them to the training unit before relying on the EHR part "
+            "of this prediction.")
+
+
 def card_lines(profile: Mapping[str, Any] | None, vocabulary: Sequence[str] = ()) -> list[str]:
     """The model card's section on the timeline codes a model reads (empty without a profile)."""
     if not profile:

@@ -87,11 +87,11 @@ def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
 
 
 def timeline_read_notes(model: Any, source: str, subject_id: str) -> list[str]:
-    """What the model cannot read in the case's timeline (``core.predict.timeline_read``: codes it was not trained on)."""
-    from core.predict import timeline_read
+    """What the model cannot read in the case's timeline (``core.ehr_read.timeline_read``: codes it was not trained
+    on, values far from training)."""
+    from core.ehr_read import timeline_read
 
-    note = timeline_read(model, views.case_view(model, source, subject_id).events)
-    return [note] if note else []
+    return timeline_read(model, views.case_view(model, source, subject_id).events)
 
 
 def withheld_note(model_name: str, model: Any, source: str, subject_id: str) -> str | None:

@@ -204,7 +204,8 @@ with tab_model:
                          width="stretch")
             if m.get("oracle_c_index") is not None:
                 st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
-            from core.predict import split_feature_reads_text, split_image_reads_text, split_timeline_reads_text
+            from core.ehr_read import split_feature_reads_text, split_timeline_reads_text
+            from core.predict import split_image_reads_text
 
             profile_line = split_image_reads_text(m.get("ct_profile"))
             if profile_line:

@@ -288,15 +288,15 @@ if frame is not None:
     st.caption(f"{len(events)} events for this subject, {before} at or before the index date, "
                f"{events['code'].nunique()} distinct codes. Default index date: {source}. The subject id is not "
                "stored: the saved events carry the case's own id." + shifted_note)
-    from core.predict import upload_timeline_read
+    from core.ehr_read import upload_timeline_read
 
     with chrome.core_errors(stop=False):
         model_name, model = views.current_model_name(), views.current_model()
-        code_note = memo(("upload_timeline_read", id(frame), subject, str(index_time), str(model.model_dir),
-                          checked.date_shift_days if checked is not None else 0),
-                         lambda: upload_timeline_read(model, events, index_time))
-        if code_note:  # what the selected model cannot read here: codes of another site
-            st.warning(f"**{model_name}**: {code_note}", icon=":material/warning:")
+        notes = memo(("upload_timeline_read", id(frame), subject, str(index_time), str(model.model_dir),
+                      checked.date_shift_days if checked is not None else 0),
+                     lambda: upload_timeline_read(model, events, index_time))
+        for note in notes:  # what the selected model cannot read here: codes of another site, values in another unit
+            st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
     outcomes = events[events["code"].isin(OUTCOME_CODES)]
     if len(outcomes):
         st.warning(f"This timeline records the outcome ({', '.join(sorted(set(outcomes['code'])))}). An outcome is "

@@ -39,7 +39,8 @@ def test_shipped_models_warn_on_another_sites_codes(real_meds: Path, tmp_path: P
     Upload check of a timeline not yet saved says the same; a demo subject gets no warning."""
     from core.demo import write_demo_cohort
     from core.io.timeline import read_timeline
-    from core.predict import predict_subject, upload_timeline_read
+    from core.ehr_read import upload_timeline_read
+    from core.predict import predict_subject
     from core.registry import load_model
 
     for name in ("ehr_only", "concat", "coattention_ehr"):
@@ -59,7 +60,7 @@ def test_shipped_models_warn_on_another_sites_codes(real_meds: Path, tmp_path: P
     assert out["n_events_used"] == 64 and len(warned) == 1, out["warnings"]
     assert warned[0].startswith("Timeline unlike the training timelines: 0 of the 64 events this model reads")
     assert "VITAL//systolic_bp//mmHg" in warned[0]
-    assert upload_timeline_read(load_model(SHIPPED / "ehr_only"), events, index_time) == warned[0]
+    assert upload_timeline_read(load_model(SHIPPED / "ehr_only"), events, index_time) == warned
 
     demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
     sid = str(pd.read_csv(demo / "cohort.csv")["subject_id"].iloc[0])
@@ -88,7 +89,8 @@ def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
     read as missing without a word. `predict --json` now warns per subject and `evaluate` counts both."""
     from core.demo import write_demo_cohort
     from core.evaluation import evaluate_model
-    from core.predict import predict_subject, split_feature_reads_text
+    from core.ehr_read import split_feature_reads_text
+    from core.predict import predict_subject
 
     demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
     table = pd.read_csv(demo / "cohort.csv")
@@ -106,3 +108,29 @@ def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
     assert summary == {"columns": 19, "absent": ["age", "last_bnp"], "without_row": 1}
     assert split_feature_reads_text(summary) == ("features.csv lacks 2 of the model's 19 feature columns (age, "
                                                  "last_bnp); 1 subject has no features.csv row: read as missing")
+
+
+def test_values_in_another_unit(tmp_path: Path) -> None:
+    """Creatinine written in umol/L under the demo's mg/dL code (x 88.4): the network clips the values at 5 SD and
+    read a normal-looking timeline. `predict --json` now names the code, the case's median and the training values;
+    the same timeline in mg/dL gets no warning. The rule also holds for a code the model reads on the log scale."""
+    from core.demo import write_demo_cohort
+    from core.predict import predict_subject
+    from core.timeline_profile import value_warning
+
+    demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
+    table = pd.read_csv(demo / "cohort.csv")
+    sid = str(table.loc[table["split"] == "test", "subject_id"].iloc[0])
+    timeline = pd.read_parquet(demo / "timeline.parquet")
+    code = "LAB//creatinine//mg/dL"
+    mine = (timeline["subject_id"].astype(str) == sid) & (timeline["code"] == code)
+    assert mine.sum() >= 1
+    assert not [w for w in predict_subject(SHIPPED / "ehr_only", demo, sid)["warnings"] if w.startswith("Values")]
+    timeline.loc[mine, "numeric_value"] *= 88.4
+    timeline.to_parquet(demo / "timeline.parquet", index=False)
+    warned = [w for w in predict_subject(SHIPPED / "ehr_only", demo, sid)["warnings"] if w.startswith("Values")]
+    assert len(warned) == 1 and f"Values unlike the training timelines: {code} (" in warned[0]
+    assert "training 1.14 +- 0.55" in warned[0] and "another unit or scale" in warned[0]
+    logged = {"codes": ["LAB//bnp//pg/mL"], "value_mean": [np.log1p(200.0)], "value_std": [1.0], "log": ["LAB//bnp//pg/mL"]}
+    assert value_warning(logged, ["LAB//bnp//pg/mL"], [900.0]) is None  # 1.5 log units above: a sick patient
+    assert "typically 200" in str(value_warning(logged, ["LAB//bnp//pg/mL"], [2.0e6]))  # 9 log units: another scale

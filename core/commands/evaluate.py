@@ -39,7 +39,8 @@ def _ci(v: list[float] | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
     from core.evaluation import evaluate_model
-    from core.predict import split_feature_reads_text, split_image_reads_text, split_timeline_reads_text
+    from core.ehr_read import split_feature_reads_text, split_timeline_reads_text
+    from core.predict import split_image_reads_text
 
     try:
         horizons = tuple(float(h) for h in str(args.horizons).split(",") if h.strip())

@@ -187,7 +187,8 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     volume = cohort.load_volume(subject_id)
     if volume is None:
         raise InputError("subject", subject_id, "has no CT study in this cohort", "pick a subject with a study")
-    from core.predict import image_read, timeline_read
+    from core.ehr_read import timeline_read
+    from core.predict import image_read
 
     read = image_read(model, volume)
     if read.withheld and not allow_ood:
@@ -202,8 +203,8 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
                           model_info(Path(model_dir)), method, Path(out), source=source,
                           percentile=percentile)
     notice = read.note(model.fusion, read_anyway=True)
-    codes = timeline_read(model, inputs.events)  # the risk in the report reads the timeline too
-    result.warnings += [*read.warnings, *([notice] if notice else []), *([codes] if codes else [])]
+    # the risk in the report reads the timeline too
+    result.warnings += [*read.warnings, *([notice] if notice else []), *timeline_read(model, inputs.events)]
     return (result, np.asarray(attribution.map, dtype=np.float32)) if return_map else result
 
 

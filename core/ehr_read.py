@@ -1,0 +1,139 @@
+"""What a model can read of a case's EHR: timeline codes and values, and features.csv columns.
+
+The EHR counterpart of ``core.predict.image_read``. A timeline from another site
+can use other codes (read as one "unknown" code: ``core.timeline_profile``) or
+another unit under the model's own code (values clipped at 5 training SDs); a
+features.csv can name the model's columns otherwise or miss a subject's row (read
+as missing). Each gives a warning per case (``predict --json``, the app, the
+report, ``export-dicom``) and a count per split (``evaluate``). Nothing here
+loads a network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from core.cohort import Cohort
+from core.timeline_profile import model_timeline_profile, timeline_warning, value_warning, warn_below
+
+if TYPE_CHECKING:
+    from core.registry import LoadedModel
+
+
+def timeline_read(model: LoadedModel, events: pd.DataFrame | None) -> list[str]:
+    """What the model cannot read in the events it reads of a case (``CaseInputs.events``): codes it was not trained
+    on, far more often than in its training timelines (``core.timeline_profile.timeline_warning``), and values of
+    its codes far from their training values (``value_warning``: another unit?)."""
+    sequence = model.config.ehr.sequence
+    if not sequence or events is None or not len(events):
+        return []
+    codes = events["code"].astype(str).tolist()
+    values = pd.to_numeric(events["numeric_value"], errors="coerce").tolist() if "numeric_value" in events else []
+    found = (timeline_warning(model_timeline_profile(model.config), sequence.get("codes", []), codes),
+             value_warning(sequence, codes, values) if values else None)
+    return [w for w in found if w]
+
+
+def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> str | None:
+    """A warning when the model reads tabular features (features.csv) that this cohort does not give it: columns of
+    the model that features.csv lacks (read as missing for every subject), or no row for this subject; None otherwise
+    and for a cohort without features.csv (an uploaded case: the page says so)."""
+    names = model.config.ehr.feature_names
+    if not names or cohort.features is None:
+        return None
+    absent = [c for c in names if c not in cohort.features.columns]
+    if len(absent) == len(names):
+        return (f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
+                "every feature is read as missing. Name the columns as the model card lists them.")
+    if str(subject_id) not in cohort.features.index:
+        return (f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
+                "missing (the training mean).")
+    if absent:
+        return (f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
+                f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
+                "subject. Name the columns as the model card lists them.")
+    return None
+
+
+def upload_timeline_read(model: LoadedModel, events: pd.DataFrame, index_time: pd.Timestamp) -> list[str]:
+    """:func:`timeline_read` of a timeline before it is saved as a case: on the events the model would read (at or
+    before ``index_time``, never an outcome, the last ``max_events``)."""
+    from core.cohort import UPLOAD_SUBJECT, uploaded_case_cohort
+
+    sequence = model.config.ehr.sequence
+    if not sequence or events is None or events.empty:
+        return []
+    cohort = uploaded_case_cohort(Path("."), volume=None, events=events, index_time=index_time)
+    return timeline_read(model, cohort.events(UPLOAD_SUBJECT).tail(int(sequence.get("max_events", 64))))
+
+
+def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
+    """How the timelines of ``ids`` fare under :func:`timeline_read`: ``timelines`` (with events), ``warned`` (codes
+    the model was not trained on; only with a timeline profile, else None), ``median_known_share`` (of the events
+    the model reads, the share with a code it was trained on) and ``values_warned`` (values of its codes far from
+    training). None when the model reads no events."""
+    sequence = model.config.ehr.sequence
+    if not sequence:
+        return None
+    profile = model_timeline_profile(model.config)
+    vocabulary, k = set(sequence.get("codes", [])), int(sequence.get("max_events", 64))
+    shares, values_warned = [], 0
+    for sid in ids:
+        read = cohort.events(sid).tail(k)  # at or before the index, sorted: the events the model reads
+        if len(read):
+            codes = read["code"].astype(str)
+            shares.append(float(codes.isin(vocabulary).mean()))
+            values_warned += value_warning(sequence, codes.tolist(), read["numeric_value"].tolist()) is not None
+    limit = warn_below(profile) if profile is not None else None
+    return {"timelines": len(shares), "warned": None if limit is None else int(sum(x < limit for x in shares)),
+            "median_known_share": round(float(np.median(shares)), 4) if shares else None,
+            "values_warned": int(values_warned)}
+
+
+def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
+    """What the model's tabular features find in this cohort: ``columns`` (the model's), ``absent`` (those
+    features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row). None when the model reads
+    no features."""
+    names = model.config.ehr.feature_names
+    if not names:
+        return None
+    frame = cohort.features
+    absent = list(names) if frame is None else [c for c in names if c not in frame.columns]
+    without = len(ids) if frame is None else sum(str(s) not in frame.index for s in ids)
+    return {"columns": len(names), "absent": absent, "without_row": int(without)}
+
+
+def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
+    """One line on a :func:`split_feature_reads` summary, or None when every column and row is there."""
+    if not summary or not (summary["absent"] or summary["without_row"]):
+        return None
+    parts = []
+    if summary["absent"]:
+        shown = ", ".join(summary["absent"][:5]) + (", ..." if len(summary["absent"]) > 5 else "")
+        parts.append(f"features.csv lacks {len(summary['absent'])} of the model's {summary['columns']} feature columns "
+                     f"({shown})")
+    if summary["without_row"]:
+        n = int(summary["without_row"])
+        parts.append(f"{n} subject{'s have' if n != 1 else ' has'} no features.csv row")
+    return "; ".join(parts) + ": read as missing"
+
+
+def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:
+    """One line on a :func:`split_timeline_reads` summary, or None when no timeline is warned about."""
+    if not summary or not (summary.get("warned") or summary.get("values_warned")):
+        return None
+    parts = []
+    if summary.get("warned"):
+        parts.append(f"{summary['warned']} of {summary['timelines']} timelines have far fewer events with a code the "
+                     f"model was trained on than its training timelines (median {summary['median_known_share']:.0%} "
+                     "of the events read); other codes are read as one 'unknown' code: map the site's codes to the "
+                     "model's")
+    if summary.get("values_warned"):
+        parts.append(f"{summary['values_warned']} of {summary['timelines']} timelines have values of a code more than "
+                     "5 training SDs from its training mean (another unit?)")
+    return "; ".join(parts)
