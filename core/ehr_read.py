@@ -40,12 +40,16 @@ def timeline_read(model: LoadedModel, events: pd.DataFrame | None) -> list[str]:
 
 
 def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> str | None:
-    """A warning when the model reads tabular features (features.csv) that this cohort does not give it: columns of
-    the model that features.csv lacks (read as missing for every subject), or no row for this subject; None otherwise
-    and for a cohort without features.csv (an uploaded case: the page says so)."""
+    """A warning when the model reads tabular features (features.csv) that this cohort does not give it: no
+    features.csv, columns of the model that features.csv lacks (read as missing for every subject), or no row for
+    this subject; None otherwise."""
     names = model.config.ehr.feature_names
-    if not names or cohort.features is None:
+    if not names:
         return None
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    if cohort.features is None:
+        return (f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
+                "the training average, so its EHR side reads the timeline alone.")
     absent = [c for c in names if c not in cohort.features.columns]
     if len(absent) == len(names):
         return (f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "

@@ -104,6 +104,10 @@ def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
             "every subject. Name the columns as the model card lists them.") in warned
     assert any(w.startswith(f"features.csv has no row for subject {sids[1]}")
                for w in predict_subject(SHIPPED / "ehr_only", demo, sids[1])["warnings"])
+    (demo / "features.csv").rename(demo / "kept.csv")
+    assert ("This cohort has no features.csv: the model's 19 curated features (age, sex_female, n_visits, ...) are "
+            "read as the training average") in predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"][-1]
+    (demo / "kept.csv").rename(demo / "features.csv")
     summary = evaluate_model(SHIPPED / "ehr_only", demo, band=False, n_boot=10)["features"]
     assert summary == {"columns": 19, "absent": ["age", "last_bnp"], "without_row": 1}
     assert split_feature_reads_text(summary) == ("features.csv lacks 2 of the model's 19 feature columns (age, "

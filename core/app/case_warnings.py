@@ -190,9 +190,14 @@ def timeline_messages(events: pd.DataFrame | None, index_time: Any) -> list[str]
 
 
 def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],
-                     ct_present: bool, image_withheld: str | None = None) -> list[str]:
+                     ct_present: bool, image_withheld: str | None = None, features: Sequence[str] = ()) -> list[str]:
     """The missing-modality notices: what the model does not read, what the case lacks, what cannot be scored.
-    ``image_withheld``: the notice of a CT the model withholds, or reads on request (``core.predict.ImageRead.note``)."""
+    ``image_withheld``: the notice of a CT the model withholds, or reads on request (``core.predict.ImageRead.note``).
+    ``features``: the curated features (features.csv columns) the model reads, named when the case has none.
+
+    >>> modality_notices("ehr_only", False, True, ["ehr_events"], False, features=["age", "sex_female", "bnp", "na"])[1]
+    'ehr_only also reads 4 curated features (features.csv: age, sex_female, bnp, ...) that this case does not have (an uploaded case has no features.csv row): they are read as the training average, so its EHR side reads the timeline events alone.'
+    """
     out = []
     uses_ehr = any(m.startswith("ehr") for m in modalities_used)
     if not has_image:
@@ -205,6 +210,11 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
         out.append(f"{model_name} does not use the EHR.")
     elif not uses_ehr:
         out.append("No EHR data (no timeline events before the index date, no features): the EHR side is masked out.")
+    elif features and "ehr_features" not in modalities_used:
+        shown = ", ".join(features[:3]) + (", ..." if len(features) > 3 else "")
+        out.append(f"{model_name} also reads {len(features)} curated features (features.csv: {shown}) that this case "
+                   "does not have (an uploaded case has no features.csv row): they are read as the training average, "
+                   "so its EHR side reads the timeline events alone.")
     reason = cannot_score_reason(model_name, has_image, has_ehr, modalities_used,
                                  bool(image_withheld) and "image" not in modalities_used)
     if reason:
@@ -234,10 +244,10 @@ def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, mod
                          ct_present: bool, coverage: str | None = None, prediction_warnings: Sequence[str] = (),
                          timeline: Sequence[str] = (), codes: Sequence[str] = (), sanity: SanityResult | None = None,
                          disagreement_flag: str | None = None, image_withheld: str | None = None,
-                         study: Sequence[str] = ()) -> list[CaseWarning]:
+                         study: Sequence[str] = (), features: Sequence[str] = ()) -> list[CaseWarning]:
     """Every warning of the case, in the order the page shows them (duplicates dropped). ``study``: the CT's
     loading warnings (``Volume.warnings``), kept as :func:`study_notes` keeps them."""
-    notices = modality_notices(model_name, has_image, has_ehr, modalities_used, ct_present, image_withheld)
+    notices = modality_notices(model_name, has_image, has_ehr, modalities_used, ct_present, image_withheld, features)
     items = [CaseWarning("withheld", image_withheld)] if image_withheld and has_image and ct_present else []
     items += [CaseWarning("modality", "Missing modality: " + " ".join(notices))] if notices else []
     if coverage and "image" in modalities_used:
