@@ -43,7 +43,7 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> str | N
     """A warning when the model reads tabular features (features.csv) that this cohort does not give it: no
     features.csv, columns of the model that features.csv lacks (read as missing for every subject), or no row for
     this subject; None otherwise."""
-    names = model.config.ehr.feature_names
+    names = model.config.ehr.curated_features
     if not names:
         return None
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -103,7 +103,7 @@ def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) 
     """What the model's tabular features find in this cohort: ``columns`` (the model's), ``absent`` (those
     features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row). None when the model reads
     no features."""
-    names = model.config.ehr.feature_names
+    names = model.config.ehr.curated_features
     if not names:
         return None
     frame = cohort.features

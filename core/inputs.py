@@ -1,6 +1,7 @@
 """Model inputs of cohort subjects: EHR and precomputed-embedding arrays, shared by training and inference.
 
-``ehr_arrays`` turns a cohort's timelines, features and EHR embeddings into the
+``ehr_arrays`` turns a cohort's timelines, features (features.csv, or the
+timeline's summary: ``core.models.ehr_summary``) and EHR embeddings into the
 network's batch arrays with the preprocessing a model folder records (event
 vocabulary, feature scaler); ``image_embedding_arrays`` does the same for
 precomputed image embeddings. A subject without features gets
@@ -29,11 +30,16 @@ def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.
             out[key] = np.stack([r[key] for r in rows])
     if ecfg.tabular:
         scaler = TabularScaler.from_json(ecfg.tabular)
-        # a cohort without features.csv (an uploaded case): every subject gets features_present 0
-        frame = cohort.features.reindex(ids) if cohort.features is not None else pd.DataFrame(index=ids, columns=ecfg.feature_names, dtype=float)
+        if ecfg.summarises_timeline:  # the timeline's summary, computed here for every subject with events
+            from core.models.ehr_summary import summary_frame
+
+            frame = summary_frame(cohort, ids, ecfg.tabular["summary"])
+            known = frame.index[frame["events_log"].notna()]
+        else:  # a cohort without features.csv (an uploaded case): every subject gets features_present 0
+            frame = cohort.features.reindex(ids) if cohort.features is not None else pd.DataFrame(index=ids, columns=ecfg.feature_names, dtype=float)
+            known = cohort.features.index if cohort.features is not None else ()
         x, miss = scaler.transform(frame)
         out["features"], out["feature_missing"] = x, miss
-        known = cohort.features.index if cohort.features is not None else ()
         out["features_present"] = np.asarray([s in known for s in ids], np.float32)
     if ecfg.embedding_dim:
         emb = (cohort.ehr_embeddings.reindex(ids) if cohort.ehr_embeddings is not None

@@ -119,7 +119,7 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
         disagreement_flag=None if strategies_ is None else strategies_.flag,
         image_withheld=withheld,
         study=volume.warnings if volume is not None else (),
-        features=model.config.ehr.feature_names,
+        features=model.config.ehr.curated_features,
     )
 
 

@@ -10,7 +10,7 @@ HELP = "train every fusion strategy and write a comparison table"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.models import BODY_CROP_HELP, SLICE_MM_HELP, EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
+    from core.models import BODY_CROP_HELP, SLICE_MM_HELP, EHR_ENCODER_CHOICES, EHR_ENCODER_HELP, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
 
     parser.add_argument("--cohort", required=True, type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default <cohort>/comparison)")
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-crop", action="store_true", help=BODY_CROP_HELP)
     parser.add_argument("--slice-mm", default=None, metavar="auto|off|MM", help=SLICE_MM_HELP)
     parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES,
-                        help="EHR input of every strategy (default auto: all the cohort has)")
+                        help=EHR_ENCODER_HELP)
     parser.add_argument("--ensemble", type=int, default=None,
                         help="networks per strategy, trained from consecutive seeds (default 5; 1 = a single network with an MC-dropout band)")
     parser.add_argument("--json", action="store_true")

@@ -10,7 +10,7 @@ HELP = "train a fusion survival model on a cohort"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.models import BODY_CROP_HELP, SLICE_MM_HELP, EHR_ENCODER_CHOICES, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
+    from core.models import BODY_CROP_HELP, SLICE_MM_HELP, EHR_ENCODER_CHOICES, EHR_ENCODER_HELP, FUSIONS, HEADS, IMAGE_KIND_CHOICES, IMAGE_KIND_HELP
 
     parser.add_argument("--cohort", required=True, type=Path, help="cohort folder (cohort.csv, studies, timeline, features)")
     parser.add_argument("--fusion", required=True, choices=FUSIONS, help="fusion strategy")
@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-encoder-kind", default="auto", choices=IMAGE_KIND_CHOICES, help=IMAGE_KIND_HELP)
     parser.add_argument("--body-crop", action="store_true", help=BODY_CROP_HELP)
     parser.add_argument("--slice-mm", default=None, metavar="auto|off|MM", help=SLICE_MM_HELP)
-    parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES)
+    parser.add_argument("--ehr-encoder", default="auto", choices=EHR_ENCODER_CHOICES,
+                        help=EHR_ENCODER_HELP)
     parser.add_argument("--ensemble", type=int, default=None,
                         help="networks trained from seeds seed..seed+K-1 (default 5); their range is the uncertainty band; 1 = one network, MC-dropout band")
     parser.add_argument("--json", action="store_true", help="print metrics as one JSON object")

@@ -83,6 +83,9 @@ def default_image_kind() -> str:
     return value
 
 
-EHR_ENCODERS: tuple[str, ...] = ("auto", "sequence", "tabular", "embedding", "none")
+EHR_ENCODERS: tuple[str, ...] = ("auto", "sequence", "tabular", "summary", "embedding", "none")
 # what --ehr-encoder accepts on the command line ("none" is internal: image_only trains without EHR)
 EHR_ENCODER_CHOICES: tuple[str, ...] = tuple(e for e in EHR_ENCODERS if e != "none")
+EHR_ENCODER_HELP = ("EHR input: auto (default) the events (timeline) and features.csv, whichever the cohort has; summary "
+                    "the events and the timeline's summary (age, counts and last values of the commonest codes) as the "
+                    "tabular features, for a cohort without features.csv; sequence, tabular, embedding: that input alone")

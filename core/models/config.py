@@ -195,6 +195,16 @@ class EHRConfig:
     def feature_names(self) -> list[str]:
         return list(self.tabular["columns"]) if self.tabular else []
 
+    @property
+    def summarises_timeline(self) -> bool:
+        """Whether the tabular features are the timeline's summary (``core.models.ehr_summary``), not features.csv."""
+        return bool(self.tabular) and self.tabular.get("source") == "timeline_summary"
+
+    @property
+    def curated_features(self) -> list[str]:
+        """The features.csv columns the model reads (none when its tabular features summarise the timeline)."""
+        return [] if self.summarises_timeline else self.feature_names
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EHRConfig:
         return cls(sequence=d.get("sequence") or None, tabular=d.get("tabular") or None,

@@ -17,7 +17,8 @@ def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int
     """Fit the EHR preprocessing on the train split; returns the ``ehr`` part of config.json.
 
     ``log_skewed``: strongly right-skewed non-negative feature columns and timeline values (per code) are read
-    as ``log1p`` before scaling (``core.models.ehr_tabular.is_skewed``)."""
+    as ``log1p`` before scaling (``core.models.ehr_tabular.is_skewed``). ``ehr_encoder`` "summary": the events and
+    the timeline's summary as the tabular features (``core.models.ehr_summary``; features.csv is not read)."""
     from core.models.ehr_sequence import EventVocabulary
     from core.models.ehr_tabular import TabularScaler
 
@@ -26,7 +27,14 @@ def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int
     train_ids = cohort.ids("train")
     use = {"sequence": cohort.timeline is not None, "tabular": cohort.features is not None,
            "embedding": cohort.ehr_embeddings is not None}
-    if ehr_encoder not in ("auto", "none"):
+    # "summary": the events, and the timeline's summary as the tabular features (core.models.ehr_summary)
+    summary = ehr_encoder == "summary"
+    if summary:
+        if cohort.timeline is None:
+            raise InputError("ehr_encoder", ehr_encoder, "the cohort has no timeline to summarise",
+                             "add timeline.parquet or timeline.csv to the cohort or use --ehr-encoder auto")
+        use = {"sequence": True, "tabular": True, "embedding": False}
+    elif ehr_encoder not in ("auto", "none"):
         if not use[ehr_encoder]:
             need = {"sequence": "timeline.parquet or timeline.csv", "tabular": "features.csv",
                     "embedding": "ehr_embeddings.npy or .parquet"}[ehr_encoder]
@@ -39,10 +47,17 @@ def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int
         vocab = EventVocabulary.fit([cohort.events(s) for s in train_ids], max_codes=max_codes, max_events=max_events,
                                       log_skewed=log_skewed)
         cfg["sequence"] = vocab.to_json()
-    if use["tabular"]:
+    if use["tabular"] and not summary:
         assert cohort.features is not None
         scaler = TabularScaler.fit(cohort.features.reindex(train_ids), log_skewed=log_skewed)
         cfg["tabular"] = scaler.to_json()
+    elif use["tabular"]:
+        from core.models.ehr_summary import SOURCE, codes_for, fit_recipe, summary_frame
+
+        n_events = int(cohort.table.set_index("subject_id").loc[train_ids, "event"].sum())
+        recipe = fit_recipe((cohort.events(s) for s in train_ids), max_codes=codes_for(n_events))
+        scaler = TabularScaler.fit(summary_frame(cohort, train_ids, recipe), log_skewed=log_skewed)
+        cfg["tabular"] = {**scaler.to_json(), "source": SOURCE, "summary": recipe}
     if use["embedding"]:
         assert cohort.ehr_embeddings is not None
         cfg["embedding_dim"] = int(cohort.ehr_embeddings.shape[1])
