@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.cohort import Cohort
-from core.timeline_profile import model_timeline_profile, timeline_warning, value_warning, warn_below
+from core.timeline_profile import VALUE_SD, model_timeline_profile, timeline_warning, value_warning, warn_below
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -139,5 +139,5 @@ def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:
                      "model's")
     if summary.get("values_warned"):
         parts.append(f"{summary['values_warned']} of {summary['timelines']} timelines have values of a code more than "
-                     "5 training SDs from its training mean (another unit?)")
+                     f"{VALUE_SD:.0f} training SDs from its training mean (another unit?)")
     return "; ".join(parts)
