@@ -142,7 +142,7 @@ def image_kinds() -> dict[str, str]:
 
 
 def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None,
-                   image_encoder_kind: str = "auto", body_crop: bool = False) -> None:
+                   image_encoder_kind: str = "auto", body_crop: bool = False, ehr_encoder: str = "auto") -> None:
     """Queue training of ``fusion`` as this user's background job, saved in their models folder: on the cohort
     folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
     import time
@@ -162,8 +162,8 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
                            body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text, heavy=True)
     else:
         job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, str(out), int(epochs), label=label,
-                           image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text,
-                           heavy=True)
+                           image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop), ehr_encoder=ehr_encoder,
+                           key=TRAIN_KEY + stamp_text, heavy=True)
     if job is not None:
         st.session_state[K.TRAIN_JOB] = job.id
         st.rerun()
@@ -372,7 +372,13 @@ with tab_meds:
         c3, c4 = st.columns(2)
         mfusion = c3.selectbox("Strategy (EHR only: MEDS cohorts have no CT)", ["ehr_only"], key="meds_fusion")
         mepochs = c4.number_input("Epochs", 1, 200, 10, key="meds_epochs")
+        summarise = st.checkbox(
+            "Also read a summary of each whole timeline (age, counts and last values of the commonest codes)",
+            value=False, key="meds_summary",
+            help="The events model reads each patient's last 64 events; the summary adds what falls outside them "
+                 "(age, older history), and an uploaded timeline is then read through it too. It helped on an "
+                 "800-patient cohort and did worse on 100-400 patients (docs/BENCHMARKS.md): try it on large cohorts.")
         if st.button("Train on this cohort", key="meds_train"):
             with chrome.core_errors(stop=False, what="Training not started: "):
-                start_training(Path(built["dir"]), mfusion, int(mepochs))
+                start_training(Path(built["dir"]), mfusion, int(mepochs), ehr_encoder="summary" if summarise else "auto")
         training_status()

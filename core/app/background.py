@@ -60,10 +60,11 @@ def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: s
 
 def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: int, *, label: str = "",
               gate: bool = True, span: tuple[float, float] = (0.0, 1.0), image_encoder_kind: str = "auto",
-              body_crop: bool = False) -> dict:
+              body_crop: bool = False, ehr_encoder: str = "auto") -> dict:
     """Gate (PHI) and train ``fusion`` on ``cohort_dir`` into ``out`` (written only when training succeeds);
-    ``image_encoder_kind`` as in ``core.train.train_model`` ("detector": the whole-CT lesion detector);
-    ``body_crop``: every CT cut to a square box around the body first (``image.body_crop``)."""
+    ``image_encoder_kind`` and ``ehr_encoder`` as in ``core.train.train_model`` ("detector": the whole-CT lesion
+    detector; "summary": the timeline's summary as the tabular features); ``body_crop``: every CT cut to a square
+    box around the body first (``image.body_crop``)."""
     import time
 
     from core.train import train_model
@@ -77,7 +78,7 @@ def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: i
     ctx.progress(span[0], "loading the cohort")
     try:
         metrics = train_model(cohort_dir, fusion, partial, epochs=int(epochs), device="auto",
-                              image_encoder_kind=image_encoder_kind, progress=lambda f, m: ctx.progress(span[0] + (span[1] - span[0]) * f, m),
+                              image_encoder_kind=image_encoder_kind, ehr_encoder=ehr_encoder, progress=lambda f, m: ctx.progress(span[0] + (span[1] - span[0]) * f, m),
                               overrides={"image": {"body_crop": True}} if body_crop else None)
         (partial / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort_dir), "fusion": fusion,
                                                           "label": label or fusion, "epochs": int(epochs),
