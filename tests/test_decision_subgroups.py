@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 from types import SimpleNamespace
-from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ import pytest
 from lifelines import KaplanMeierFitter
 
 from core.errors import InputError
+from core.models.config import EHRConfig
 from core.evaluate.decision import decision_curve
 from core.evaluate.metrics import harrell_c
 from core.cohort import Cohort
@@ -135,7 +135,8 @@ def test_evaluate_command_prints_the_new_sections():
 class _FakeModel:
     """Stands in for a LoadedModel: true exponential curves, a band of +-50 % on the hazard."""
 
-    config: ClassVar[dict[str, str]] = {"fusion": "fake"}
+    # no CT, no EHR inputs of its own: the split's CT and EHR checks have nothing to report
+    config = SimpleNamespace(fusion="fake", extra={}, image=SimpleNamespace(voxels=False), ehr=EHRConfig())
     fusion = "fake"
     uncertainty = "hazard x 0.5 to x 1.5"
 
@@ -177,6 +178,7 @@ def test_evaluate_model_reports_coverage_conformal_decision_and_subgroups(tmp_pa
     monkeypatch.setattr(core.predict, "predict_cohort",
                         lambda m, cohort, sel: (m.times, np.stack([m.curve(s) for s in sel])))
     res = evaluate_model(tmp_path / "model", tmp_path, horizons=(365,), n_boot=20, subgroup="site", band=True)
+    assert res["ct_profile"] is None and res["timeline_codes"] is None and res["features"] is None  # nothing to check
     for key in ("c_index", "c_index_ci", "uno_c", "td_auc", "ibs", "n", "events", "calibration",
                 "coverage", "conformal", "decision_curve", "subgroups"):
         assert key in res
