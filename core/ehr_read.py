@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from core.cohort import Cohort
-from core.timeline_profile import VALUE_SD, model_timeline_profile, timeline_warning, value_warning, warn_below
+from core.timeline_profile import (UNIT_RATIO, VALUE_SD, model_timeline_profile, timeline_warning, unit_suspects,
+                                   value_warning, warn_below)
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -79,24 +80,25 @@ def upload_timeline_read(model: LoadedModel, events: pd.DataFrame, index_time: p
 def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
     """How the timelines of ``ids`` fare under :func:`timeline_read`: ``timelines`` (with events), ``warned`` (codes
     the model was not trained on; only with a timeline profile, else None), ``median_known_share`` (of the events
-    the model reads, the share with a code it was trained on) and ``values_warned`` (values of its codes far from
-    training). None when the model reads no events."""
+    the model reads, the share with a code it was trained on) and ``unit_suspects`` (codes whose values over the
+    whole split lie, at their median, far from training: another unit at this site?). None when the model reads no
+    events."""
     sequence = model.config.ehr.sequence
     if not sequence:
         return None
     profile = model_timeline_profile(model.config)
     vocabulary, k = set(sequence.get("codes", [])), int(sequence.get("max_events", 64))
-    shares, values_warned = [], 0
+    shares, codes, values = [], [], []
     for sid in ids:
         read = cohort.events(sid).tail(k)  # at or before the index, sorted: the events the model reads
         if len(read):
-            codes = read["code"].astype(str)
-            shares.append(float(codes.isin(vocabulary).mean()))
-            values_warned += value_warning(sequence, codes.tolist(), read["numeric_value"].tolist()) is not None
+            shares.append(float(read["code"].astype(str).isin(vocabulary).mean()))
+            codes += read["code"].astype(str).tolist()
+            values += pd.to_numeric(read["numeric_value"], errors="coerce").tolist()
     limit = warn_below(profile) if profile is not None else None
     return {"timelines": len(shares), "warned": None if limit is None else int(sum(x < limit for x in shares)),
             "median_known_share": round(float(np.median(shares)), 4) if shares else None,
-            "values_warned": int(values_warned)}
+            "unit_suspects": unit_suspects(sequence, codes, values, every=False)}
 
 
 def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
@@ -129,7 +131,7 @@ def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
 
 def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:
     """One line on a :func:`split_timeline_reads` summary, or None when no timeline is warned about."""
-    if not summary or not (summary.get("warned") or summary.get("values_warned")):
+    if not summary or not (summary.get("warned") or summary.get("unit_suspects")):
         return None
     parts = []
     if summary.get("warned"):
@@ -137,7 +139,7 @@ def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:
                      f"model was trained on than its training timelines (median {summary['median_known_share']:.0%} "
                      "of the events read); other codes are read as one 'unknown' code: map the site's codes to the "
                      "model's")
-    if summary.get("values_warned"):
-        parts.append(f"{summary['values_warned']} of {summary['timelines']} timelines have values of a code more than "
-                     f"{VALUE_SD:.0f} training SDs from its training mean (another unit?)")
+    for suspect in (summary.get("unit_suspects") or [])[:3]:
+        parts.append(f"{suspect['code']}: median {suspect['median']:.3g} over {suspect['n_values']} values, training "
+                     f"{suspect['training']} (more than {VALUE_SD:.0f} SDs and a factor {UNIT_RATIO:.0f} away: another unit?)")
     return "; ".join(parts)

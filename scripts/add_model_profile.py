@@ -34,7 +34,7 @@ from core.errors import InputError  # noqa: E402
 from core.models.config import ModelConfig  # noqa: E402
 from core.inputs import ehr_arrays  # noqa: E402
 from core.study_profile import card_lines, image_cohort_profile  # noqa: E402
-from core.timeline_profile import PROFILE_KEY, build_timeline_profile  # noqa: E402
+from core.timeline_profile import PROFILE_KEY, reference_profile  # noqa: E402
 from core.timeline_profile import card_lines as timeline_card_lines  # noqa: E402
 
 SECTION = "## What this model can read"
@@ -81,8 +81,11 @@ def add_profile(model_dir: Path, cohort_dir: Path, only: str | None = None) -> d
     if only in (None, "timeline"):
         timelines = None
         if cfg.ehr.sequence:
-            arrays = ehr_arrays(cohort, cohort.ids("train"), cfg.ehr)
-            timelines = build_timeline_profile(arrays["codes"], arrays["event_mask"], n_codes=len(cfg.ehr.sequence["codes"]))
+            ids = cohort.ids()
+            arrays = ehr_arrays(cohort, ids, cfg.ehr)
+            split = cohort.table.set_index("subject_id").loc[ids, "split"].to_numpy()
+            timelines = reference_profile(arrays["codes"], arrays["event_mask"], split == "train", split == "val",
+                                          n_codes=len(cfg.ehr.sequence["codes"]))
         if timelines is None:
             raw.pop(PROFILE_KEY, None)
         else:

@@ -29,7 +29,7 @@ def test_shares_and_rule() -> None:
     text = timeline_warning(full, vocabulary, ["DX//I10"] * 3 + ["LAB//50912//mg/dL", "COMMENT//John called"])
     assert text is not None and text.startswith("Timeline unlike the training timelines: 3 of the 5 events")
     assert "(1 LAB; 1 of kinds the model has no code of)" in text and "John" not in text and "COMMENT" not in text
-    assert "(60%; at least 95% in 95 % of its 100 training timelines)" in text
+    assert "(60%; at least 95% in 95 % of 100 training timelines of its training site)" in text
     assert "e.g. LAB//creatinine//mg/dL, DX//I10" in text
 
 
@@ -45,7 +45,8 @@ def test_shipped_models_warn_on_another_sites_codes(real_meds: Path, tmp_path: P
 
     for name in ("ehr_only", "concat", "coattention_ehr"):
         profile = json.loads((SHIPPED / name / "config.json").read_text())["timeline_profile"]
-        assert profile["n_subjects"] == 480 and profile["known_share"]["p05"] == 1.0
+        # measured on the 160 validation patients, read with the train split's vocabulary
+        assert (profile["n_subjects"], profile["split"], profile["known_share"]["p05"]) == (160, "validation", 1.0)
         assert "## Timeline codes this model reads" in (SHIPPED / name / "MODEL_CARD.md").read_text()
     assert "timeline_profile" not in json.loads((SHIPPED / "image_only" / "config.json").read_text())
 
@@ -115,26 +116,38 @@ def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
 
 
 def test_values_in_another_unit(tmp_path: Path) -> None:
-    """Creatinine written in umol/L under the demo's mg/dL code (x 88.4): the network clips the values at 5 SD and
-    read a normal-looking timeline. `predict --json` now names the code, the case's median and the training values;
-    the same timeline in mg/dL gets no warning. The rule also holds for a code the model reads on the log scale."""
+    """Creatinine written in umol/L under the demo's mg/dL code (x 88.4): the network clips the values at 5 SDs and
+    read a normal-looking timeline. `predict --json` now names the code, the case's median and the training values
+    when every one of at least 3 values lies that far (one extreme value is a sick patient); `evaluate` names the
+    code when the split's median does. The same timelines in mg/dL get no warning."""
     from core.demo import write_demo_cohort
+    from core.evaluation import evaluate_model
     from core.predict import predict_subject
     from core.timeline_profile import value_warning
 
-    demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
+    demo = write_demo_cohort(tmp_path / "demo", n=20, seed=3)
     table = pd.read_csv(demo / "cohort.csv")
-    sid = str(table.loc[table["split"] == "test", "subject_id"].iloc[0])
     timeline = pd.read_parquet(demo / "timeline.parquet")
     code = "LAB//creatinine//mg/dL"
-    mine = (timeline["subject_id"].astype(str) == sid) & (timeline["code"] == code)
-    assert mine.sum() >= 1
-    assert not [w for w in predict_subject(SHIPPED / "ehr_only", demo, sid)["warnings"] if w.startswith("Values")]
-    timeline.loc[mine, "numeric_value"] *= 88.4
+    index = table.set_index(table["subject_id"].astype(str))["index_time"].map(pd.Timestamp)
+    read = timeline[timeline["time"] <= timeline["subject_id"].astype(str).map(index)]
+    counts = read[read["code"] == code].groupby(read["subject_id"].astype(str)).size()
+    test_ids = set(table.loc[table["split"] == "test", "subject_id"].astype(str))
+    sid = next(s for s, n in counts.items() if n >= 3 and s in test_ids)
+
+    def warned() -> list[str]:
+        return [w for w in predict_subject(SHIPPED / "ehr_only", demo, sid)["warnings"] if w.startswith("Values")]
+
+    assert not warned()
+    assert evaluate_model(SHIPPED / "ehr_only", demo, band=False, n_boot=10)["timeline_codes"]["unit_suspects"] == []
+    creatinine = timeline["code"] == code
+    timeline.loc[creatinine, "numeric_value"] *= 88.4  # the whole site writes umol/L
     timeline.to_parquet(demo / "timeline.parquet", index=False)
-    warned = [w for w in predict_subject(SHIPPED / "ehr_only", demo, sid)["warnings"] if w.startswith("Values")]
-    assert len(warned) == 1 and f"Values unlike the training timelines: {code} (" in warned[0]
-    assert "training 1.14 +- 0.55" in warned[0] and "another unit or scale" in warned[0]
+    text = warned()
+    assert len(text) == 1 and f"Values unlike the training timelines: {code} (" in text[0]
+    assert "training 1.14 +- 0.55" in text[0] and "another unit or scale" in text[0]
+    suspects = evaluate_model(SHIPPED / "ehr_only", demo, band=False, n_boot=10)["timeline_codes"]["unit_suspects"]
+    assert [s["code"] for s in suspects] == [code] and suspects[0]["median"] > 50
     logged = {"codes": ["LAB//bnp//pg/mL"], "value_mean": [np.log1p(200.0)], "value_std": [1.0], "log": ["LAB//bnp//pg/mL"]}
-    assert value_warning(logged, ["LAB//bnp//pg/mL"], [900.0]) is None  # 1.5 log units above: a sick patient
-    assert "typically 200" in str(value_warning(logged, ["LAB//bnp//pg/mL"], [2.0e6]))  # 9 log units: another scale
+    assert value_warning(logged, ["LAB//bnp//pg/mL"] * 3, [900.0] * 3) is None  # 1.5 log units above: a sick patient
+    assert "typically 200" in str(value_warning(logged, ["LAB//bnp//pg/mL"] * 3, [2.0e6] * 3))  # 9 log units

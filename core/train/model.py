@@ -18,7 +18,7 @@ from core.models import FUSIONS, HEADS, default_image_kind
 from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from core.study_profile import image_cohort_profile
-from core.timeline_profile import PROFILE_KEY, build_timeline_profile
+from core.timeline_profile import PROFILE_KEY, reference_profile
 from core.train.ehr import ehr_config, forest_member, linear_members
 from core.train.fusion_stage import fit_member, split_metrics
 from core.train.image_linear import image_linear_members
@@ -115,9 +115,9 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     # what the model can read: the acquisition profile of its own training studies (config.json, model card)
     profile = image_cohort_profile(cohort, cohort.ids("train"), image_cfg, seed=seed) if dist_info.main else None
     timelines = None
-    if "codes" in data:  # and of its training timelines: how many of their events have a code it was trained on
-        timelines = build_timeline_profile(data["codes"].numpy()[tr], data["event_mask"].numpy()[tr],
-                                           n_codes=len(ecfg["sequence"]["codes"]))
+    if "codes" in data:  # and of its site's timelines: how many of their events have a code it was trained on
+        timelines = reference_profile(data["codes"].numpy(), data["event_mask"].numpy(), tr,
+                                      (table["split"] == "val").to_numpy(), n_codes=len(ecfg["sequence"]["codes"]))
     cfg = ModelConfig(
         format=FORMAT, fusion=fusion, head=head,
         proportional_head=proportional_head(settings["proportional_head"], fusion, icfg["kind"]),
