@@ -114,20 +114,21 @@ def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str
         return None
     prefixes = {_prefix(c) for c in vocabulary}
     unknown = Counter(_prefix(str(c)) for c in codes if str(c) not in known_set)
-    kinds = [f"{n} {p}" for p, n in unknown.most_common() if p in prefixes][:3]
+    kinds = [f"{n} {p}" for p, n in unknown.most_common() if p in prefixes]
     other = sum(n for p, n in unknown.items() if p not in prefixes)
-    parts = kinds + ([f"{other} of kinds the model has no code of"] if other else [])
+    parts = kinds[:3] + ([f"{len(kinds) - 3} more kinds"] if len(kinds) > 3 else []) \
+        + ([f"{other} of kinds the model has no code of"] if other else [])
     examples = ", ".join(list(vocabulary)[:3])
     p05 = float(profile["known_share"]["p05"])
     return (f"Timeline unlike the training timelines: {known} of the {len(codes)} events this model reads have a code it "
             f"was trained on ({share:.0%}; at least {p05:.0%} in 95 % of {profile.get('n_subjects', '?')} "
-            f"{profile.get('split', 'training')} timelines of its training site). The others ({'; '.join(parts)}) are read as one 'unknown' code: do not rely on the EHR part "
-            f"of this prediction. Codes differ between sites: write them as the model's "
-            f"{profile.get('n_codes', len(vocabulary))} codes (e.g. {examples}).")
+            f"{profile.get('split', 'training')} timelines of its training site). The others ({'; '.join(parts)}) are "
+            "read as one 'unknown' code: do not rely on the EHR part of this prediction. Codes differ between sites: "
+            f"write them as the model's {profile.get('n_codes', len(vocabulary))} codes (e.g. {examples}).")
 
 
-VALUE_SD = 5.0  # a code whose values in a case lie, at their median, further than this many training SDs away
-UNIT_RATIO = 3.0  # ... and (positive values) at least this factor from the typical training value
+VALUE_SD = 5.0  # a value further than this many training SDs from its code's training mean ...
+UNIT_RATIO = 3.0  # ... and (positive values) at least this factor from the typical training value: another unit?
 
 
 MIN_VALUES = 3  # values of a code a case needs before its unit is questioned (one extreme value is a sick patient)
