@@ -116,7 +116,8 @@ def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str
     unknown = Counter(_prefix(str(c)) for c in codes if str(c) not in known_set)
     kinds = [f"{n} {p}" for p, n in unknown.most_common() if p in prefixes]
     other = sum(n for p, n in unknown.items() if p not in prefixes)
-    parts = kinds[:3] + ([f"{len(kinds) - 3} more kinds"] if len(kinds) > 3 else []) \
+    more = len(kinds) - 3
+    parts = kinds[:3] + ([f"{more} more kind{'s' if more > 1 else ''}"] if more > 0 else []) \
         + ([f"{other} of kinds the model has no code of"] if other else [])
     examples = ", ".join(list(vocabulary)[:3])
     p05 = float(profile["known_share"]["p05"])
