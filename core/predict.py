@@ -207,7 +207,7 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[
 
 # ----------------------------------------------------------------- the prediction cache
 
-CACHE_VERSION = "2"  # 2: a CT far outside the model's training anatomy is withheld
+CACHE_VERSION = "3"  # 2: a CT far outside the model's training anatomy is withheld; 3: a timeline without a known code is not read
 
 
 def model_fingerprint(model_dir: Path | str) -> str:

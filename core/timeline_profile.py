@@ -96,22 +96,25 @@ def _prefix(code: str) -> str:
 
 def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str], codes: Sequence[str]) -> str | None:
     """A warning when the events a model reads of a case (``codes``, the kept events' codes) are covered by its
-    vocabulary far less than its training timelines were; None without a profile, without events, or within range.
+    vocabulary far less than its site's timelines were (``profile``), or not at all (then the model does not read
+    them: ``LoadedModel.case_inputs``); None without events or within range.
 
     >>> p = {"n_subjects": 40, "known_share": {"min": 0.9, "p05": 0.95, "median": 1.0}, "margin": 0.15}
     >>> text = timeline_warning(p, ["LAB//creatinine//mg/dL", "DX//I10"], ["LAB//50912//mg/dL", "NOTE//x", "DX//I10"])
     >>> text[:79], "NOTE" in text, "(1 LAB; 1 of kinds the model has no code of)" in text
     ('Timeline unlike the training timelines: 1 of the 3 events this model reads have', False, True)
-    >>> timeline_warning(p, ["DX//I10"], ["DX//I10"]) is None, timeline_warning(None, ["DX//I10"], ["X"]) is None
+    >>> timeline_warning(p, ["DX//I10"], ["DX//I10"]) is None, timeline_warning(None, ["DX//I10"], ["X", "DX//I10"]) is None
     (True, True)
+    >>> "the model does not read this timeline" in timeline_warning(None, ["DX//I10"], ["X"])  # no code known: said
+    True
     """
-    if not profile or not len(codes):
+    if not len(codes):
         return None
     known_set = set(vocabulary)
     known = sum(1 for c in codes if str(c) in known_set)
     share = known / len(codes)
-    if share >= warn_below(profile):
-        return None
+    if known and (not profile or share >= warn_below(profile)):
+        return None  # (without a profile: only a timeline of which the model knows no code, which it does not read)
     prefixes = {_prefix(c) for c in vocabulary}
     unknown = Counter(_prefix(str(c)) for c in codes if str(c) not in known_set)
     kinds = [f"{n} {p}" for p, n in unknown.most_common() if p in prefixes]
@@ -120,12 +123,14 @@ def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str
     parts = kinds[:3] + ([f"{more} more kind{'s' if more > 1 else ''}"] if more > 0 else []) \
         + ([f"{other} of kinds the model has no code of"] if other else [])
     examples = ", ".join(list(vocabulary)[:3])
-    p05 = float(profile["known_share"]["p05"])
+    reference = "" if not profile else (
+        f"; at least {float(profile['known_share']['p05']):.0%} in 95 % of {profile.get('n_subjects', '?')} "
+        f"{profile.get('split', 'training')} timelines of its training site")
+    consequence = ("are read as one 'unknown' code: do not rely on the EHR part of this prediction" if known else
+                   "would be read as one 'unknown' code: with no code it knows, the model does not read this timeline")
     return (f"Timeline unlike the training timelines: {known} of the {len(codes)} events this model reads have a code it "
-            f"was trained on ({share:.0%}; at least {p05:.0%} in 95 % of {profile.get('n_subjects', '?')} "
-            f"{profile.get('split', 'training')} timelines of its training site). The others ({'; '.join(parts)}) are "
-            "read as one 'unknown' code: do not rely on the EHR part of this prediction. Codes differ between sites: "
-            f"write them as the model's {profile.get('n_codes', len(vocabulary))} codes (e.g. {examples}).")
+            f"was trained on ({share:.0%}{reference}). The others ({'; '.join(parts)}) {consequence}. Codes differ "
+            f"between sites: write them as the model's {len(vocabulary)} codes (e.g. {examples}).")
 
 
 VALUE_SD = 5.0  # a value further than this many training SDs from its code's training mean ...

@@ -60,7 +60,9 @@ def test_shipped_models_warn_on_another_sites_codes(real_meds: Path, tmp_path: P
     warned = [w for w in out["warnings"] if w.startswith("Timeline unlike the training timelines")]
     assert out["n_events_used"] == 64 and len(warned) == 1, out["warnings"]
     assert warned[0].startswith("Timeline unlike the training timelines: 0 of the 64 events this model reads")
-    assert "VITAL//systolic_bp//mmHg" in warned[0]
+    assert "VITAL//systolic_bp//mmHg" in warned[0] and "the model does not read this timeline" in warned[0]
+    # with no code it knows, ehr_only reads nothing of this case (no features either): no curve, not a 41 % risk
+    assert out["modalities_used"] == [] and out["scored"] is False
     assert upload_timeline_read(load_model(SHIPPED / "ehr_only"), events, index_time) == warned
 
     demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)

@@ -15,9 +15,9 @@ the model-randomisation results recorded in a model card.
 >>> [w.kind for w in notes]
 ['modality']
 >>> print(notes[0].text)  # doctest: +NORMALIZE_WHITESPACE
-Missing modality: ehr_only does not use the CT. No EHR data (no timeline events before the index date, no
-features): the EHR side is masked out. ehr_only reads only the EHR; the case has none: its curve is not a
-prediction for this case and is not drawn.
+Missing modality: ehr_only does not use the CT. No EHR data the model can read (no timeline events before the
+index date with a code it knows, no features): the EHR side is masked out. ehr_only reads only the EHR; the case
+has none it can read: its curve is not a prediction for this case and is not drawn.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def cannot_score_reason(name: str, has_image: bool, has_ehr: bool, modalities_us
         return (f"{name} cannot read this CT (other anatomy or another scale than its training studies)"
                 + ("; the case has no EHR" if has_ehr else " and reads nothing else"))
     if has_ehr and not has_image:
-        return f"{name} reads only the EHR; the case has none"
+        return f"{name} reads only the EHR; the case has none it can read"
     if has_image and not has_ehr:
         return f"{name} reads only the CT; the case has none"
     return f"{name} reads none of the modalities this case has"
@@ -209,7 +209,8 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
     if not has_ehr:
         out.append(f"{model_name} does not use the EHR.")
     elif not uses_ehr:
-        out.append("No EHR data (no timeline events before the index date, no features): the EHR side is masked out.")
+        out.append("No EHR data the model can read (no timeline events before the index date with a code it knows, no "
+                   "features): the EHR side is masked out.")
     elif features and "ehr_features" not in modalities_used:
         shown = ", ".join(features[:3]) + (", ..." if len(features) > 3 else "")
         out.append(f"{model_name} also reads {len(features)} curated features (features.csv: {shown}) that this case "
