@@ -131,3 +131,22 @@ def test_timeline_values_of_a_skewed_code_are_read_on_the_log_scale() -> None:
     k = list(kept["code"]).index("LAB//sodium")
     assert arrays["values"][k] == pytest.approx(plain.encode(events[0], t0)[0]["values"][k], abs=1e-6)
     assert arrays["value_missing"][list(kept["code"]).index("DX//copd")] == 1.0
+
+
+def test_an_unknown_codes_value_is_read_as_missing() -> None:
+    """A code outside the vocabulary (another site's, or one cut by ``max_codes``) has no value statistics: its
+    number was scaled with mean 0 and SD 1 (sodium 140 read as +5 SDs after clipping); it is now missing."""
+    from core.models.ehr_sequence import UNK, EventVocabulary
+
+    t0 = pd.Timestamp("2020-01-01")
+    train = [pd.DataFrame({"subject_id": f"s{i}", "time": [t0], "code": ["LAB//sodium"], "numeric_value": [138.0 + i]})
+             for i in range(5)]
+    vocab = EventVocabulary.fit(train)
+    case = pd.DataFrame({"subject_id": "x", "time": [t0, t0], "code": ["LAB//sodium", "LAB//50983//mEq/L"],
+                         "numeric_value": [140.0, 140.0]})
+    arrays, kept = vocab.encode(case, t0)
+    unknown = list(kept["code"]).index("LAB//50983//mEq/L")
+    known = 1 - unknown
+    assert arrays["codes"][unknown] == UNK and arrays["values"][unknown] == 0.0
+    assert arrays["value_missing"][unknown] == 1.0 and arrays["value_missing"][known] == 0.0
+    assert arrays["values"][known] == pytest.approx((140.0 - 140.0) / np.std([138, 139, 140, 141, 142], ddof=1))

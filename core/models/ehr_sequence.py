@@ -5,7 +5,8 @@ Each event becomes one token: ``code embedding + value embedding + time embeddin
 * code: vocabulary of the most frequent codes in the training split's pre-index
   events (``PAD`` = 0, ``UNK`` = 1 for unseen codes);
 * value: the numeric value standardised per code with training-split statistics
-  (clipped to +-5) and a missing flag (codes without values are common); with
+  (clipped to +-5) and a missing flag (codes without values are common; an
+  ``UNK`` code's value is read as missing: it has no statistics); with
   ``log_skewed``, a code whose training values are strongly right-skewed and
   non-negative (BNP, creatinine) is read as ``log1p`` first, as the tabular
   features are (``core.models.ehr_tabular.is_skewed``);
@@ -102,7 +103,9 @@ class EventVocabulary:
                 raw = np.where(logged, log_scale(raw), raw)
             mean = np.array([0.0, 0.0] + self.value_mean)[idx]
             std = np.array([1.0, 1.0] + self.value_std)[idx]
-            ok = np.isfinite(raw)
+            # an unknown code has no value statistics: its number is read as missing, not raw (140 mmol/L read as
+            # 140 SDs, clipped to 5, told the network nothing it learned)
+            ok = np.isfinite(raw) & (idx != UNK)
             values[:n] = np.clip(np.where(ok, (raw - mean) / std, 0.0), -5, 5)
             vmiss[:n] = (~ok).astype(np.float32)
             ref = index_time if index_time is not None else ev["time"].max()
