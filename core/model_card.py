@@ -67,6 +67,12 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         "timeline events after the index time are never used."
         + _log_note(cfg),
     ]
+    if cfg.ehr.summarises_timeline:
+        recipe = cfg.ehr.tabular["summary"]
+        lines.append(f"- Tabular features: the timeline's summary (`core.models.ehr_summary`, not features.csv), "
+                     f"{len(cfg.ehr.feature_names)} columns: " + ("age from MEDS_BIRTH, " if recipe.get("birth") else "")
+                     + f"the number of events, days since the last one, and for {len(recipe['codes'])} codes a count "
+                     f"({len(recipe['valued'])} of them also the last value). An uploaded timeline is summarised alike.")
     if chain is not None:
         steps = "; ".join(", ".join(f"{k} {v}" for k, v in step.items()) for step in chain.describe())
         lines.append(f"- Image preprocessing (in order, the same in training, prediction and explanation): {steps}.")
