@@ -19,7 +19,7 @@ from core.models.config import EHRConfig
 
 def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.ndarray]:
     """EHR inputs of ``ids`` as stacked numpy arrays (see ``core.models.net`` for the keys)."""
-    from core.models.ehr_sequence import EventVocabulary
+    from core.models.ehr_sequence import UNK, EventVocabulary
     from core.models.ehr_tabular import TabularScaler
 
     out: dict[str, np.ndarray] = {}
@@ -28,6 +28,11 @@ def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.
         rows = [vocab.encode(cohort.events(s), cohort.index_time(s))[0] for s in ids]
         for key in rows[0] if rows else []:
             out[key] = np.stack([r[key] for r in rows])
+        if rows:
+            # a timeline with not one code the model knows (another site's coding) is not read: a run of "unknown"
+            # tokens carries nothing it learned (``core.ehr_read.timeline_read`` says why; in training as in prediction)
+            unread = (out["event_mask"] > 0).any(axis=1) & ~((out["codes"] > UNK) & (out["event_mask"] > 0)).any(axis=1)
+            out["event_mask"][unread] = 0.0
     if ecfg.tabular:
         scaler = TabularScaler.from_json(ecfg.tabular)
         if ecfg.summarises_timeline:  # the timeline's summary, computed here for every subject with events

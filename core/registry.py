@@ -182,7 +182,7 @@ class LoadedModel:
     def case_inputs(self, cohort: Cohort, subject_id: str) -> CaseInputs:
         """Inputs for one subject of ``cohort`` (image on its Volume grid, pre-index events only)."""
         from core.inputs import ehr_arrays, image_embedding_arrays
-        from core.models.ehr_sequence import UNK, EventVocabulary
+        from core.models.ehr_sequence import EventVocabulary
 
         sid = str(subject_id)
         cohort.row(sid)  # unknown subject -> InputError
@@ -194,11 +194,6 @@ class LoadedModel:
             events = vocab.encode(cohort.events(sid), cohort.index_time(sid))[1]
             n = len(events)
             ehr = {k: (v[:, :n] if k in ("codes", "values", "value_missing", "dt_days", "event_mask") else v) for k, v in ehr.items()}
-            if n and not bool((ehr["codes"] > UNK).any()):
-                # not one code the model was trained on (another site's coding): a run of "unknown" tokens whose values
-                # are scaled by no statistics carries nothing it learned, so the events are not read (the timeline
-                # warning says why; ``events`` stay: what it would have read)
-                ehr["event_mask"] = ehr["event_mask"] * 0
         kind = self.config.image.kind
         image = None
         image_emb = None
