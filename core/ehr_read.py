@@ -74,7 +74,13 @@ def upload_timeline_read(model: LoadedModel, events: pd.DataFrame, index_time: p
     if not sequence or events is None or events.empty:
         return []
     cohort = uploaded_case_cohort(Path("."), volume=None, events=events, index_time=index_time)
-    return timeline_read(model, cohort.events(UPLOAD_SUBJECT).tail(int(sequence.get("max_events", 64))))
+    return timeline_read(model, _events_read(cohort, UPLOAD_SUBJECT, sequence))
+
+
+def _events_read(cohort: Cohort, subject_id: str, sequence: Mapping[str, Any]) -> pd.DataFrame:
+    """The events a sequence model reads of a subject (``EventVocabulary.encode`` keeps the same ones): at or before
+    the index, never an outcome (``Cohort.events``), the last ``max_events``."""
+    return cohort.events(subject_id).tail(int(sequence.get("max_events", 64)))
 
 
 def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
@@ -87,10 +93,10 @@ def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str])
     if not sequence:
         return None
     profile = model_timeline_profile(model.config)
-    vocabulary, k = set(sequence.get("codes", [])), int(sequence.get("max_events", 64))
+    vocabulary = set(sequence.get("codes", []))
     shares, codes, values = [], [], []
     for sid in ids:
-        read = cohort.events(sid).tail(k)  # at or before the index, sorted: the events the model reads
+        read = _events_read(cohort, sid, sequence)
         if len(read):
             shares.append(float(read["code"].astype(str).isin(vocabulary).mean()))
             codes += read["code"].astype(str).tolist()

@@ -40,8 +40,8 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     or features.csv), ``subgroups`` (:func:`core.evaluate.subgroups.subgroup_table`). ``ct_profile``
     (:func:`core.predict.split_image_reads`) counts the split's studies outside the model's training profile
     and those ``predict`` would withhold; they are read as they are here. ``timeline_codes``
-    (:func:`core.predict.split_timeline_reads`) counts the split's timelines whose codes the model mostly does not
-    know (None for a model that reads no events); ``features`` (:func:`core.predict.split_feature_reads`) the
+    (:func:`core.ehr_read.split_timeline_reads`) counts the split's timelines whose codes the model mostly does not
+    know (None for a model that reads no events); ``features`` (:func:`core.ehr_read.split_feature_reads`) the
     model's feature columns that features.csv lacks and the subjects without a row (None without features)."""
     from core.cohort import load_cohort
 

@@ -97,7 +97,7 @@ def _prefix(code: str) -> str:
 def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str], codes: Sequence[str]) -> str | None:
     """A warning when the events a model reads of a case (``codes``, the kept events' codes) are covered by its
     vocabulary far less than its site's timelines were (``profile``), or not at all (then the model does not read
-    them: ``LoadedModel.case_inputs``); None without events or within range.
+    them: ``core.inputs.ehr_arrays``); None without events or within range.
 
     >>> p = {"n_subjects": 40, "known_share": {"min": 0.9, "p05": 0.95, "median": 1.0}, "margin": 0.15}
     >>> text = timeline_warning(p, ["LAB//creatinine//mg/dL", "DX//I10"], ["LAB//50912//mg/dL", "NOTE//x", "DX//I10"])
@@ -135,8 +135,6 @@ def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str
 
 VALUE_SD = 5.0  # a value further than this many training SDs from its code's training mean ...
 UNIT_RATIO = 3.0  # ... and (positive values) at least this factor from the typical training value: another unit?
-
-
 MIN_VALUES = 3  # values of a code a case needs before its unit is questioned (one extreme value is a sick patient)
 
 
