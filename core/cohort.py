@@ -35,6 +35,7 @@ True
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,20 +175,28 @@ def _check_ids(name: str, ids: pd.Index, cohort_ids: set[str]) -> None:
 
 
 def _read_features(path: Path, cohort_ids: set[str]) -> pd.DataFrame:
-    df = pd.read_csv(path)
+    df = features_table(pd.read_csv(path))
+    _check_ids("features.csv", df.index, cohort_ids)
+    return df
+
+
+def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFrame:
+    """A features table (``subject_id`` + numeric columns) indexed by subject id, as floats (inf read as missing).
+
+    >>> features_table(pd.DataFrame({"subject_id": [" P1"], "age": ["61.5"], "bnp": [None]})).loc["P1"].tolist()
+    [61.5, nan]
+    """
     if "subject_id" not in df.columns:
-        raise InputError("features.csv", ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
+        raise InputError(source, ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
+    df = df.copy()
     df["subject_id"] = df["subject_id"].astype(str).str.strip()
     df = df.set_index("subject_id")
-    _check_ids("features.csv", df.index, cohort_ids)
     numeric = df.apply(pd.to_numeric, errors="coerce")
     non_numeric = [c for c in df.columns if numeric[c].isna().all() and df[c].notna().any()]
     if non_numeric:
-        raise InputError("features.csv", _examples(non_numeric), "non-numeric column(s)",
+        raise InputError(source, _examples(non_numeric), "non-numeric column(s)",
                          "one-hot encode categorical columns or drop them")
-    numeric = numeric.astype(float)
-    numeric = numeric.replace([np.inf, -np.inf], np.nan)
-    return numeric
+    return numeric.astype(float).replace([np.inf, -np.inf], np.nan)
 
 
 def _read_embeddings(root: Path, stem: str, cohort_ids: list[str]) -> pd.DataFrame | None:
@@ -381,7 +390,8 @@ class InMemoryCohort(Cohort):
 
 
 def uploaded_case_cohort(root: Path, *, volume: Volume | None, events: pd.DataFrame | None,
-                index_time: pd.Timestamp | None = None, subject_id: str = UPLOAD_SUBJECT) -> InMemoryCohort:
+                         index_time: pd.Timestamp | None = None, subject_id: str = UPLOAD_SUBJECT,
+                         features: Mapping[str, float] | None = None) -> InMemoryCohort:
     """A one-subject cohort for an uploaded case, held in memory.
 
     The volume is the one the user sees in the viewer (after de-identification
@@ -389,8 +399,10 @@ def uploaded_case_cohort(root: Path, *, volume: Volume | None, events: pd.DataFr
     are the subject's MEDS rows (columns of ``read_timeline``); the index time
     defaults to the last event, so no event is dropped. Follow-up time and event
     are unknown for an uploaded case: they are written as 1 day / censored so
-    that the table has the usual columns, and are never shown. The case has no
-    curated features: models with tabular features see them as missing.
+    that the table has the usual columns, and are never shown. ``features``: the
+    case's clinical values by features.csv column name (``core.app.cases``); a
+    model's curated feature the case does not give is read as missing (the
+    training mean), and without any the case has no features row.
     """
     if volume is None and (events is None or events.empty):
         raise InputError("upload", "nothing", "a case needs a study or a timeline", "upload a CT study or a timeline")
@@ -406,7 +418,8 @@ def uploaded_case_cohort(root: Path, *, volume: Volume | None, events: pd.DataFr
     row["index_time"] = pd.Timestamp(index_time) if index_time is not None else pd.NaT
     table = pd.DataFrame([row])
     table["index_time"] = pd.to_datetime(table["index_time"])
-    return InMemoryCohort(root=root, table=table, timeline=timeline,
+    frame = pd.DataFrame([dict(features)], index=pd.Index([subject_id], name="subject_id"), dtype=float) if features else None
+    return InMemoryCohort(root=root, table=table, timeline=timeline, features=frame,
                           volumes={subject_id: volume} if volume is not None else {})
 
 

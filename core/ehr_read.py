@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from core.cohort import Cohort
-from core.timeline_profile import (UNIT_RATIO, VALUE_SD, model_timeline_profile, timeline_warning, unit_suspects,
-                                   value_warning, warn_below)
+from core.timeline_profile import (UNIT_RATIO, VALUE_SD, far_from_training, model_timeline_profile, timeline_warning,
+                                   unit_suspects, value_warning, warn_below)
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
@@ -40,29 +40,77 @@ def timeline_read(model: LoadedModel, events: pd.DataFrame | None) -> list[str]:
     return [w for w in found if w]
 
 
-def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> str | None:
-    """A warning when the model reads tabular features (features.csv) that this cohort does not give it: no
+def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[str]:
+    """Warnings when the model reads tabular features (features.csv) that this cohort does not give it: no
     features.csv, columns of the model that features.csv lacks (read as missing for every subject), or no row for
-    this subject; None otherwise."""
+    this subject; and values of the subject's row far from training (:func:`feature_value_warning`)."""
     names = model.config.ehr.curated_features
     if not names:
-        return None
+        return []
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     if cohort.features is None:
-        return (f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
-                "the training average, so its EHR side reads the timeline alone.")
+        return [f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
+                "the training average, so its EHR side reads the timeline alone."]
     absent = [c for c in names if c not in cohort.features.columns]
     if len(absent) == len(names):
-        return (f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
-                "every feature is read as missing. Name the columns as the model card lists them.")
+        return [f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
+                "every feature is read as missing. Name the columns as the model card lists them."]
     if str(subject_id) not in cohort.features.index:
-        return (f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
-                "missing (the training mean).")
-    if absent:
-        return (f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
-                f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
-                "subject. Name the columns as the model card lists them.")
-    return None
+        return [f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
+                "missing (the training mean)."]
+    out = [f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
+           f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
+           "subject. Name the columns as the model card lists them."] if absent else []
+    far = feature_value_warning(model.config.ehr.tabular or {}, cohort.features.loc[str(subject_id)].to_dict())
+    return out + ([far] if far else [])
+
+
+def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[str]:
+    """What the model cannot read in an uploaded case's clinical values (``core.app.cases``): the curated features
+    it reads that the case does not give (read as the training mean), and values far from training. Empty when the
+    model reads no curated features or the case gives none (the missing-modality notice says so)."""
+    names = model.config.ehr.curated_features
+    given = {k: v for k, v in values.items() if k in names and np.isfinite(v)}
+    if not names or not given:
+        return []
+    absent = [c for c in names if c not in given]
+    other = f"the other {len(absent)}" if len(absent) > 1 else "the other one"
+    out = [f"This case gives {len(given)} of the model's {len(names)} curated features; {other} ("
+           f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}) {'are' if len(absent) > 1 else 'is'} read as "
+           "the training average."] if absent else []
+    far = feature_value_warning(model.config.ehr.tabular or {}, given)
+    return out + ([far] if far else [])
+
+
+def feature_value_warning(tabular: Mapping[str, Any], row: Mapping[str, object]) -> str | None:
+    """A warning naming the features whose value lies more than ``VALUE_SD`` training SDs and a factor ``UNIT_RATIO``
+    from the training mean (a typing slip or another unit: age in months, creatinine in umol/L); the network reads
+    them clipped at 6 SDs. ``tabular``: the model's feature scaler as config.json keeps it.
+
+    >>> scaler = {"columns": ["age", "last_creatinine"], "mean": [62.0, 1.1], "std": [11.0, 0.5]}
+    >>> feature_value_warning(scaler, {"age": 64.0, "last_creatinine": 97.0})[:86]
+    'Clinical values unlike the training values: last_creatinine 97 (training 1.1 +- 0.5). '
+    >>> feature_value_warning(scaler, {"age": 91.0, "last_creatinine": 2.6}) is None  # old and sick, same units
+    True
+    """
+    columns, mean, std = list(tabular.get("columns", [])), tabular.get("mean", []), tabular.get("std", [])
+    logged = set(tabular.get("log", []))
+    far = []
+    for name, value in row.items():
+        if name not in columns or not isinstance(value, (int, float)) or not np.isfinite(value):
+            continue
+        i = columns.index(name)
+        m, s, log = float(mean[i]), float(std[i]), name in logged
+        if far_from_training(float(value), m, s, log):
+            training = f"typically {float(np.expm1(m)):.3g}" if log else f"{m:.3g} +- {s:.2g}"
+            far.append(f"{name} {float(value):.4g} (training {training})")
+    if not far:
+        return None
+    return (f"Clinical values unlike the training values: {'; '.join(far[:4])}"
+            + (f"; and {len(far) - 4} more" if len(far) > 4 else "")
+            + f". Each lies more than {VALUE_SD:.0f} training SDs (and a factor {UNIT_RATIO:.0f}) from the mean and is "
+            "read as if at 6 SDs: a typing slip, or another unit than at training? Check them before relying on the EHR "
+            "part of this prediction.")
 
 
 def upload_timeline_read(model: LoadedModel, events: pd.DataFrame, index_time: pd.Timestamp) -> list[str]:

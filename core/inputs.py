@@ -4,8 +4,10 @@
 timeline's summary: ``core.models.ehr_summary``) and EHR embeddings into the
 network's batch arrays with the preprocessing a model folder records (event
 vocabulary, feature scaler); ``image_embedding_arrays`` does the same for
-precomputed image embeddings. A subject without features gets
-``features_present`` 0 (and the model's training mean in its linear EHR term).
+precomputed image embeddings. A subject without features (no features.csv row,
+or no value in any of the model's columns: an uploaded case's clinical values
+for another model) gets ``features_present`` 0 (and the model's training mean in
+its linear EHR term).
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.
 
             frame = summary_frame(cohort, ids, ecfg.tabular["summary"])
             known = frame.index[frame["events_log"].notna()]
-        else:  # a cohort without features.csv (an uploaded case): every subject gets features_present 0
+        else:  # a subject without a features row, or without a value in any of the model's columns: features_present 0
             frame = cohort.features.reindex(ids) if cohort.features is not None else pd.DataFrame(index=ids, columns=ecfg.feature_names, dtype=float)
-            known = cohort.features.index if cohort.features is not None else ()
+            known = frame.index[frame.reindex(columns=scaler.columns).notna().any(axis=1)]
         x, miss = scaler.transform(frame)
         out["features"], out["feature_missing"] = x, miss
         out["features_present"] = np.asarray([s in known for s in ids], np.float32)

@@ -152,8 +152,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     p = model.predict_case(inputs, tuple(int(h) for h in horizons))
     top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
         int(i) for i in np.argsort(-p.slice_weights)[:5]]
-    features = feature_read(model, cohort, subject_id)
-    warnings: list[str] = [*read.warnings, *timeline_read(model, inputs.events), *([features] if features else [])]
+    warnings: list[str] = [*read.warnings, *timeline_read(model, inputs.events), *feature_read(model, cohort, subject_id)]
     withheld = None if allow_ood else read.note(model.fusion)
     notice = read.note(model.fusion, read_anyway=allow_ood)
     if notice:
@@ -207,7 +206,8 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[
 
 # ----------------------------------------------------------------- the prediction cache
 
-CACHE_VERSION = "3"  # 2: a CT far outside the model's training anatomy is withheld; 3: a timeline without a known code is not read
+CACHE_VERSION = "4"  # 2: a CT far outside the model's training anatomy is withheld; 3: a timeline without a known code is not read;
+#                     4: a features row without a value in any of the model's columns is not read
 
 
 def model_fingerprint(model_dir: Path | str) -> str:

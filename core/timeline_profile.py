@@ -138,7 +138,7 @@ UNIT_RATIO = 3.0  # ... and (positive values) at least this factor from the typi
 MIN_VALUES = 3  # values of a code a case needs before its unit is questioned (one extreme value is a sick patient)
 
 
-def _far(value: float, mean: float, std: float, logged: bool) -> bool:
+def far_from_training(value: float, mean: float, std: float, logged: bool) -> bool:
     """Whether one value lies more than ``VALUE_SD`` training SDs and (both positive) ``UNIT_RATIO`` from the mean."""
     scaled = float(np.log1p(max(value, 0.0))) if logged else value
     typical = float(np.expm1(mean)) if logged else mean
@@ -168,7 +168,7 @@ def unit_suspects(sequence: Mapping[str, Any], codes: Sequence[str], values: Seq
         if len(vals) < min_values:
             continue
         checked = vals if every else [float(np.median(vals))]
-        if all(_far(v, float(mean[i]), float(std[i]), log) for v in checked):
+        if all(far_from_training(v, float(mean[i]), float(std[i]), log) for v in checked):
             out.append({"code": code, "n_values": len(vals), "median": round(float(np.median(vals)), 4),
                         "training": (f"typically {float(np.expm1(mean[i])):.3g}" if log
                                      else f"{float(mean[i]):.3g} +- {float(std[i]):.2g}")})

@@ -51,15 +51,16 @@ def case_info(case_id: str) -> saved.CaseInfo | None:
 def _load(info: saved.CaseInfo) -> dict[str, Any]:
     volume = saved.load_case_volume(info)
     events = saved.case_events(info)
-    cohort = cohorts.uploaded_case_cohort(info.path, volume=volume, events=events,
+    features = saved.case_features(info)
+    cohort = cohorts.uploaded_case_cohort(info.path, volume=volume, events=events, features=features,
                                           index_time=saved.case_index_time(info), subject_id=info.case_id)
-    return {"cohort": cohort, "volume": volume, "events": events, "label": info.label, "number": info.number,
-            "version": info.version, "study_path": str(info.study_path) if info.study_path else None,
-            "info": info}
+    return {"cohort": cohort, "volume": volume, "events": events, "features": features, "label": info.label,
+            "number": info.number, "version": info.version,
+            "study_path": str(info.study_path) if info.study_path else None, "info": info}
 
 
 def uploaded_case(case_id: str | None = None) -> dict[str, Any] | None:
-    """A saved case as {"cohort", "volume", "events", "label", "number", "version", "study_path", "info"}.
+    """A saved case as {"cohort", "volume", "events", "features", "label", "number", "version", "study_path", "info"}.
 
     Without ``case_id``: the uploaded case under review (the Case review picker's value), if any. None when
     the case is not one of this user's.

@@ -86,12 +86,14 @@ def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
     return list(views.image_read(model, source, subject_id).warnings)
 
 
-def timeline_read_notes(model: Any, source: str, subject_id: str) -> list[str]:
+def ehr_read_notes(model: Any, source: str, subject_id: str) -> list[str]:
     """What the model cannot read in the case's timeline (``core.ehr_read.timeline_read``: codes it was not trained
-    on, values far from training)."""
-    from core.ehr_read import timeline_read
+    on, values far from training) and, for an uploaded case, in its clinical values (``case_feature_read``)."""
+    from core.ehr_read import case_feature_read, timeline_read
 
-    return timeline_read(model, views.case_view(model, source, subject_id).events)
+    notes = timeline_read(model, views.case_view(model, source, subject_id).events)
+    case = views.uploaded_case(subject_id) if source == views.UPLOADED else None
+    return notes + (case_feature_read(model, case["features"]) if case is not None else [])
 
 
 def withheld_note(model_name: str, model: Any, source: str, subject_id: str) -> str | None:
@@ -114,7 +116,7 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
         coverage=None,  # the warnings below: the model's training profile, or the lung check without one
         prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image or withheld else [],
         timeline=timeline_notes(source, subject_id),
-        codes=timeline_read_notes(model, source, subject_id),
+        codes=ehr_read_notes(model, source, subject_id),
         sanity=method_sanity(model).get(method) if uses_image else None,
         disagreement_flag=None if strategies_ is None else strategies_.flag,
         image_withheld=withheld,

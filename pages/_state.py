@@ -39,6 +39,7 @@ UPLOAD_STATE = "upload_state"
 UPLOAD_COUNTER = "upload_counter"
 STUDY_NONCE = "study_nonce"
 TIMELINE_STATE = "timeline_state"
+FEATURES_STATE = "features_state"  # Upload: a features table read in memory (its rows: clinical values of subjects)
 DELETE_CASE = "_delete_case"     # the saved case whose Delete button asks for confirmation
 BURNED_IN_OK = "burned_in_ok"    # Upload: the user confirmed the images show no burned-in text
 CONTRAST_STATED = "contrast_stated"  # Upload: "yes" / "no" / "" for a study whose file records no contrast

@@ -216,6 +216,15 @@ with t1:
                        "what the model looked at, not whether it raised the risk)."
                        + (f" {tl.layout.meta['outside']} event(s) far before the case's active window are left of the "
                           "axis (counted at its left edge)." if tl.layout.meta and tl.layout.meta["outside"] else ""))
+    case_values = (views.uploaded_case(subject_id) or {}).get("features") if source == views.UPLOADED else None
+    if case_values:  # an uploaded case's clinical values, as the model reads them
+        reads = set(model.config.ehr.curated_features)
+        with st.expander(f"Clinical values of this case ({len(case_values)}; {len(reads & set(case_values))} read by "
+                         f"{model_name})"):
+            st.table(pd.DataFrame({"value": [f"{v:g}" for v in case_values.values()],
+                                   f"read by {model_name}": ["yes" if k in reads else "no" for k in case_values]},
+                                  index=pd.Index(list(case_values), name="clinical value")))
+            st.caption("Entered or taken from a features table on the Upload page, where they can be changed.")
 with t2:
     maps = F.attention_maps(pred.attention, events) if n_events else []
     if n_events == 0:

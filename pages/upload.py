@@ -19,6 +19,7 @@ from core.io.contrast import describe as describe_contrast
 from core.io.timeline import unreadable_values_note
 from pages import _cases
 from pages import _chrome as chrome
+from pages import _clinical
 from pages import _model_views as views
 from pages import _session as session
 from pages import _state as K
@@ -60,6 +61,7 @@ def _read(what: str, fn: object) -> tuple[object | None, str]:
 # key, empty: a new choice of files replaces the study (or timeline) instead of adding to it.
 new_files = st.session_state.get(f"study_files_{nonce}") or []
 new_timeline = st.session_state.get(f"timeline_file_{nonce}")
+new_features = st.session_state.get(f"features_file_{nonce}")
 if new_files:
     study_state.clear()
     st.session_state.pop(K.BURNED_IN_OK, None)  # an acknowledgement is for the study it was given for
@@ -75,7 +77,9 @@ if new_timeline is not None:
     if tl_state["frame"] is not None and tl_state["frame"].empty:
         tl_state["frame"], tl_state["error"] = None, "timeline: got 0 events, the file has no rows; fix: upload a file with MEDS rows"
     tl_state["name"] = uploads.upload_label([new_timeline.name])
-if new_files or new_timeline is not None:
+if new_features is not None:
+    _clinical.read_table(new_features, st.session_state.setdefault(K.FEATURES_STATE, {}))
+if new_files or new_timeline is not None or new_features is not None:
     nonce += 1
     st.session_state[K.STUDY_NONCE] = nonce
 
@@ -303,23 +307,45 @@ if frame is not None:
                    "never a model input, whatever its date; events after the index date are not used either.",
                    icon=":material/info:")
 
+# ------------------------------------------------------------ clinical values
+st.subheader("3. Clinical values (optional)")
+st.caption("Values such as age, sex or the last lab results, named as the columns of a cohort's features.csv: "
+           "models trained with a features.csv read them as their curated features.")
+if checked is None and frame is None and infos:
+    target = st.selectbox("Save the clinical values to", [c.case_id for c in infos], key="values_target",
+                          format_func=lambda k: next(c.describe() for c in infos if c.case_id == k))
+    target_label = next(c.label for c in infos if c.case_id == target)
+target_info = next((c for c in infos if c.case_id == target), None)
+saved_values = saved.case_features(target_info) if target_info is not None else {}
+values = _clinical.section(nonce, str(subject) if frame is not None else None, saved_values)
+values_new = values or None  # a new case is saved with the values entered (None: without)
+
 # ---------------------------------------------------------------------- save
-st.subheader("3. Save and review")
+st.subheader("4. Save and review")
 ready_study = checked is not None and not checked.blocked
 burned_ok = bool(st.session_state.get(K.BURNED_IN_OK)) or not (ready_study and checked.volume.burned_in)
-ready = (ready_study and burned_ok) or (checked is None and events is not None and not events.empty)
-label = f"Add the timeline to {target_label}" if target != NEW_CASE else "Save as a new case"
+has_events = events is not None and not events.empty
+values_changed = values is not None and target != NEW_CASE and values != saved_values
+ready = (ready_study and burned_ok) or (checked is None and (has_events or values_changed))
+if target == NEW_CASE:
+    label = "Save as a new case"
+else:
+    label = (f"Add the timeline{' and clinical values' if values_changed else ''} to {target_label}" if has_events
+             else f"Save the clinical values of {target_label}")
 if st.button(label, type="primary", disabled=not ready, key="use_case", icon=":material/save:"):
     with chrome.core_errors(stop=False, what="Case not saved: "):
         if target != NEW_CASE:
-            info = saved.add_timeline(user, target, events, index_time)
+            info = saved.add_timeline(user, target, events, index_time) if has_events else saved.get_case(user, target)
+            if values_changed:
+                info = saved.set_features(user, target, values)
         else:
             info = uploads.save_checked_case(user, checked if ready_study else None, events=events,
                                              index_time=index_time, burned_in_acknowledged=burned_ok,
-                                             contrast=stated)
-        session.audit("upload", "-".join(m.lower() for m in info.modalities), case=info.number)
+                                             contrast=stated, features=values_new)
+        session.audit("upload", "-".join(m.lower().replace(" ", "_") for m in info.modalities), case=info.number)
         study_state.clear()
         tl_state.clear()
+        st.session_state.pop(K.FEATURES_STATE, None)
         st.session_state.pop(K.BURNED_IN_OK, None)
         st.session_state.pop(K.CONTRAST_STATED, None)
         _cases.open_in_review(info.case_id)
@@ -330,4 +356,4 @@ if not ready:
     elif ready_study and not burned_ok:
         st.caption("Confirm that the images show no burned-in names or IDs first.")
     else:
-        st.caption("Upload a study or a timeline first.")
+        st.caption("Upload a study or a timeline first (or change the clinical values of a saved case).")

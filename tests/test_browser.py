@@ -263,7 +263,8 @@ def test_case_review_viewer_interactions(page: object) -> None:
     assert pg.locator('[data-testid="stMetric"]').filter(has_text="Fusion strategy").first.inner_text().count("ehr_only") == 1  # type: ignore[attr-defined]
 
 
-UPLOAD_OUTCOMES = ("In memory, not saved yet", "Study not loaded", "Blocked: this study", "Timeline not loaded")
+UPLOAD_OUTCOMES = ("In memory, not saved yet", "Study not loaded", "Blocked: this study", "Timeline not loaded",
+                   "Features table not loaded")
 
 
 def _upload(pg: object, path: Path, index: int = 0) -> None:

@@ -216,3 +216,45 @@ def test_upload_states_the_contrast_and_keeps_the_model_chosen(page: object, dat
     assert len(new) == 1 and json.loads((new[0].path / "case.json").read_text())["contrast"] == "yes"
     vol = cases.load_case_volume(new[0])
     assert vol is not None and vol.meta["contrast_source"] == "stated on Upload"
+
+
+def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A timeline and a features table uploaded together: the table's row of the timeline's subject fills the clinical
+    values, the model says which of its features the case lacks, and the saved case is read with them (Case review:
+    ehr_features among the modalities used). Before, an uploaded case could not carry features at all."""
+    import pandas as pd
+
+    from core.app import cases
+
+    pg = page
+    cohort = data_dir / "demo" / "cohort"
+    features = pd.read_csv(cohort / "features.csv")
+    sid = str(features["subject_id"].iloc[3])
+    timeline = pd.read_parquet(cohort / "timeline.parquet")
+    timeline[timeline["subject_id"].astype(str) == sid].to_csv(tmp_path / "timeline.csv", index=False)
+    table = features.iloc[2:6].drop(columns=["last_bnp"])  # one column fewer than the model reads
+    table.to_csv(tmp_path / "values.csv", index=False)
+    go(pg, "Upload")
+    choose(pg, "Fusion strategy / model", "ehr_only")
+    _upload(pg, tmp_path / "timeline.csv", 1)
+    _upload(pg, tmp_path / "values.csv", 2)
+    assert selected(pg, "its values fill the table below") == sid  # the timeline's subject, picked in the table
+    expected = features.set_index(features["subject_id"].astype(str)).loc[sid].drop(["subject_id", "last_bnp"]).dropna()
+    absent = [c for c in features.columns[1:] if c not in expected.index]
+    note = (f"This case gives {len(expected)} of the model's 19 curated features; the other {len(absent)} "
+            f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}) are read as the training average.")
+    assert "last_bnp" in absent and pg.get_by_text(f"ehr_only: {note}").count() == 1  # type: ignore[attr-defined]
+    shot(pg, "upload_clinical_values")
+    before = {c.case_id for c in cases.list_cases("local", base=data_dir)}
+    pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
+    pg.get_by_role("heading", name="Case review").first.wait_for()  # type: ignore[attr-defined]
+    settle(pg, 180)
+    new = [c for c in cases.list_cases("local", base=data_dir) if c.case_id not in before]
+    assert len(new) == 1 and new[0].modalities == ("timeline", "clinical values")
+    assert cases.case_features(new[0]) == pytest.approx(expected.astype(float).to_dict())
+    assert "ehr_events + ehr_features" in pg.locator('[data-testid="stMain"]').inner_text()  # type: ignore[attr-defined]
+    assert pg.get_by_text(note).count() == 1  # type: ignore[attr-defined]  # the case's warnings (and its report)
+    n = len(expected)
+    assert pg.get_by_text(f"Clinical values of this case ({n}; {n} read by ehr_only)").count() == 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("curated features (features.csv", exact=False).count() == 0  # type: ignore[attr-defined]
+    shot(pg, "case_review_clinical_values")

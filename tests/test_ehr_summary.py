@@ -64,7 +64,7 @@ def test_timeline_only_cohort_reads_its_summary(tmp_path: Path) -> None:
     assert "- Tabular features: the timeline's summary (`core.models.ehr_summary`, not features.csv), " \
            f"{len(tabular['columns'])} columns: age from MEDS_BIRTH" in (out / "MODEL_CARD.md").read_text()
     cohort = load_cohort(root)
-    assert feature_read(model, cohort, cohort.ids("test")[0]) is None  # nothing to ask of features.csv
+    assert feature_read(model, cohort, cohort.ids("test")[0]) == []  # nothing to ask of features.csv
 
     def uploaded_risks(model_dir: Path) -> np.ndarray:
         m = load_model(model_dir)

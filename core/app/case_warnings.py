@@ -196,7 +196,7 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
     ``features``: the curated features (features.csv columns) the model reads, named when the case has none.
 
     >>> modality_notices("ehr_only", False, True, ["ehr_events"], False, features=["age", "sex_female", "bnp", "na"])[1]
-    'ehr_only also reads 4 curated features (features.csv: age, sex_female, bnp, ...) that this case does not have (an uploaded case has no features.csv row): they are read as the training average, so its EHR side reads the timeline events alone.'
+    'ehr_only also reads 4 curated features (features.csv: age, sex_female, bnp, ...) that this case does not have: they are read as the training average, so its EHR side reads the timeline events alone. Add the clinical values of the case on the Upload page.'
     """
     out = []
     uses_ehr = any(m.startswith("ehr") for m in modalities_used)
@@ -214,8 +214,8 @@ def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities
     elif features and "ehr_features" not in modalities_used:
         shown = ", ".join(features[:3]) + (", ..." if len(features) > 3 else "")
         out.append(f"{model_name} also reads {len(features)} curated features (features.csv: {shown}) that this case "
-                   "does not have (an uploaded case has no features.csv row): they are read as the training average, "
-                   "so its EHR side reads the timeline events alone.")
+                   "does not have: they are read as the training average, so its EHR side reads the timeline events "
+                   "alone. Add the clinical values of the case on the Upload page.")
     reason = cannot_score_reason(model_name, has_image, has_ehr, modalities_used,
                                  bool(image_withheld) and "image" not in modalities_used)
     if reason:
@@ -256,7 +256,7 @@ def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, mod
     items += [CaseWarning("prediction", str(t)) for t in prediction_warnings if t]
     items += [CaseWarning("study", t) for t in study_notes(study)] if ct_present and has_image else []
     items += [CaseWarning("timeline", t) for t in timeline]
-    items += [CaseWarning("codes", t) for t in codes]  # timeline codes the model was not trained on
+    items += [CaseWarning("codes", t) for t in codes]  # timeline codes and clinical values the model cannot read
     if sanity is not None and not sanity.passed and "image" in modalities_used:
         items.append(CaseWarning("sanity", f"The {sanity.method} map {sanity.label()}: do not read it as an "
                                            "explanation of this model."))

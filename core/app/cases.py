@@ -2,7 +2,9 @@
 
 Each case is ``users/<key>/cases/<case id>/`` (``core.app.workspace``): ``case.json`` (number, date added,
 modalities, series, index date), the study's bytes as they passed the PHI gate (``study.zip`` / ``.dcm`` /
-``.nii`` / ``.nii.gz``) and ``timeline.parquet`` (the subject's events, its id replaced by the case id). Case
+``.nii`` / ``.nii.gz``), ``timeline.parquet`` (the subject's events, its id replaced by the case id) and
+``features.json`` (clinical values such as age or the last lab results, named as a cohort's features.csv
+columns: the curated features of models trained on one; :func:`check_case_features`). Case
 ids are random hex chosen here; any other id is refused, so no path from a request can leave the user's
 folder, and another user's id is simply not found. Writes check the quotas first and appear whole or not at
 all (a hidden folder renamed into place). Cases persist across pages, reloads and server restarts.
@@ -17,10 +19,12 @@ all (a hidden folder renamed into place). Cases persist across pages, reloads an
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +37,10 @@ from core.io.contrast import STATED_SOURCE, table_contrast, with_record
 from core.io.volume import Volume
 
 _CASE_ID = re.compile(r"^[0-9a-f]{16}$")
+FEATURES_FILE = "features.json"
+FEATURES_MODALITY = "clinical values"
+MAX_FEATURES = 500  # values of one case
+MAX_FEATURE_NAME = 64  # characters of a value's name
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class CaseInfo:
     case_id: str
     number: int  # the user's own running number: "Case 3"
     added: str  # ISO date and time (UTC) the case was saved
-    modalities: tuple[str, ...]  # "CT", "timeline"
+    modalities: tuple[str, ...]  # "CT", "timeline", "clinical values"
     path: Path
     study_file: str = ""  # file name inside the case folder ("" without a CT)
     series: str | None = None  # the series chosen in the study (None: the loader's default)
@@ -64,9 +72,58 @@ class CaseInfo:
         p = self.path / "timeline.parquet"
         return p if p.is_file() else None
 
+    @property
+    def features_path(self) -> Path | None:
+        p = self.path / FEATURES_FILE
+        return p if p.is_file() else None
+
     def describe(self) -> str:
         """``Case 3 · CT + timeline · added 2026-11-22 12:30``."""
         return f"{self.label} · {' + '.join(self.modalities) or 'empty'} · added {self.added[:16].replace('T', ' ')}"
+
+
+def _modalities(study: bool, timeline: bool, features: bool) -> list[str]:
+    return (["CT"] if study else []) + (["timeline"] if timeline else []) + ([FEATURES_MODALITY] if features else [])
+
+
+def check_case_features(values: Mapping[str, object] | None) -> dict[str, float]:
+    """A case's clinical values as {name: finite float}: blank, None and NaN entries are dropped (read as missing).
+
+    >>> check_case_features({"age": "61.5", "sex_female": 1, "last_bnp": None, "note": ""})
+    {'age': 61.5, 'sex_female': 1.0}
+    >>> check_case_features({"age": "sixty"})
+    Traceback (most recent call last):
+    ...
+    core.errors.InputError: clinical value age: got sixty, is not a number; fix: enter a number, or leave it blank (read as missing)
+    """
+    out: dict[str, float] = {}
+    for name, value in (values or {}).items():
+        key = str(name).strip()
+        if not key or len(key) > MAX_FEATURE_NAME or not key.isprintable():
+            raise InputError("clinical value name", key[:MAX_FEATURE_NAME] + ("..." if len(key) > MAX_FEATURE_NAME else ""),
+                             f"must be 1 to {MAX_FEATURE_NAME} printable characters", "name it as the features.csv column")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InputError(f"clinical value {key}", str(value)[:40], "is not a number",
+                             "enter a number, or leave it blank (read as missing)") from None
+        if math.isnan(number):
+            continue
+        if not math.isfinite(number):
+            raise InputError(f"clinical value {key}", str(value), "is not finite", "enter a finite number, or leave it blank")
+        out[key] = number
+    if len(out) > MAX_FEATURES:
+        raise InputError("clinical values", f"{len(out)} values", f"are more than {MAX_FEATURES}",
+                         "keep the columns the models read (the model card lists them)")
+    return out
+
+
+def case_features(info: CaseInfo) -> dict[str, float]:
+    """The case's clinical values ({} without any)."""
+    path = info.features_path
+    return check_case_features(json.loads(path.read_text())) if path is not None else {}
 
 
 def _check_case_id(case_id: str) -> str:
@@ -170,8 +227,9 @@ def _iso_time(index_time: object) -> str:
 
 def save_case(user: str, *, study: bytes | None = None, study_name: str = "", series: str | None = None,
               deidentified: bool = False, events: pd.DataFrame | None = None, index_time: object = None,
-              contrast: str = "", base: Path | None = None) -> CaseInfo:
-    """Write a new case of ``user`` (a study's bytes and/or a subject's events) and return it.
+              contrast: str = "", features: Mapping[str, object] | None = None,
+              base: Path | None = None) -> CaseInfo:
+    """Write a new case of ``user`` (a study's bytes and/or a subject's events, and any clinical values) and return it.
 
     ``contrast``: "yes" / "no" as the user stated it for a study whose file records none (``core.io.contrast``);
     the case's CT is then loaded with that record.
@@ -183,12 +241,15 @@ def save_case(user: str, *, study: bytes | None = None, study_name: str = "", se
     if study is None and (events is None or events.empty):
         raise InputError("case", "nothing", "needs a CT study or a timeline", "upload a study or a timeline first")
     stated = table_contrast(contrast, source="the case's contrast") if study is not None else ""  # checked first
+    values = check_case_features(features)
     case_id = secrets.token_hex(8)
     payload: dict[str, bytes] = {}
     if study is not None:
         payload["study" + _study_suffix(study_name or "study.zip")] = bytes(study)
     if events is not None and not events.empty:
         payload["timeline.parquet"] = _parquet_bytes(_events_frame(events, case_id))
+    if values:
+        payload[FEATURES_FILE] = json.dumps(values, indent=1).encode()
     with LOCK:
         check_quota(user, sum(len(v) for v in payload.values()), base)
         root = user_cases_dir(user, base)
@@ -199,7 +260,7 @@ def save_case(user: str, *, study: bytes | None = None, study_name: str = "", se
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
-            modalities = (["CT"] if study is not None else []) + (["timeline"] if "timeline.parquet" in payload else [])
+            modalities = _modalities(study is not None, "timeline.parquet" in payload, bool(values))
             info = {"number": _next_number(user, base), "added": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%S"),
                     "modalities": modalities, "study_file": next((n for n in payload if n.startswith("study")), ""),
                     "series": series, "deidentified": bool(deidentified),
@@ -227,8 +288,31 @@ def add_timeline(user: str, case_id: str, events: pd.DataFrame, index_time: obje
         os.chmod(tmp, 0o600)
         os.replace(tmp, info.path / "timeline.parquet")
         raw = json.loads((info.path / "case.json").read_text())
-        raw["modalities"] = (["CT"] if info.study_file else []) + ["timeline"]
+        raw["modalities"] = _modalities(bool(info.study_file), True, info.features_path is not None)
         raw["index_time"] = _iso_time(index_time)
+        raw["version"] = int(raw.get("version", 1)) + 1
+        _write_info(info.path, raw)
+    return get_case(user, case_id, base)
+
+
+def set_features(user: str, case_id: str, features: Mapping[str, object] | None,
+                 base: Path | None = None) -> CaseInfo:
+    """Replace the clinical values of one of the user's cases (none given: they are removed); CT and timeline stay."""
+    info = get_case(user, case_id, base)
+    values = check_case_features(features)
+    data = json.dumps(values, indent=1).encode()
+    with LOCK:
+        old = info.features_path.stat().st_size if info.features_path else 0
+        check_quota(user, max(0, len(data) - old), base)
+        if values:
+            tmp = info.path / f".{FEATURES_FILE}.tmp"
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, info.path / FEATURES_FILE)
+        elif info.features_path is not None:
+            info.features_path.unlink()
+        raw = json.loads((info.path / "case.json").read_text())
+        raw["modalities"] = _modalities(bool(info.study_file), info.timeline_path is not None, bool(values))
         raw["version"] = int(raw.get("version", 1)) + 1
         _write_info(info.path, raw)
     return get_case(user, case_id, base)

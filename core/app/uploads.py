@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
@@ -225,10 +226,44 @@ def shift_events(events: pd.DataFrame, days: int) -> pd.DataFrame:
 
 def save_checked_case(user: str, checked: CheckedStudy | None, *, events: pd.DataFrame | None = None,
                       index_time: object = None, burned_in_acknowledged: bool = False, contrast: str = "",
-                      base: Path | None = None) -> CaseInfo:
-    """Write a new case from a gated study and/or events; refused (nothing written) while the gate blocks.
-    ``contrast``: "yes" / "no" as the user stated it for a study whose file records none (``core.io.contrast``)."""
+                      features: Mapping[str, object] | None = None, base: Path | None = None) -> CaseInfo:
+    """Write a new case from a gated study and/or events (and any clinical values); refused (nothing written) while
+    the gate blocks. ``contrast``: "yes" / "no" as the user stated it for a study whose file records none
+    (``core.io.contrast``)."""
     study = None if checked is None else checked.bytes_to_store(burned_in_acknowledged=burned_in_acknowledged)
     return save_case(user, study=study, study_name="" if checked is None else checked.load_name, series=None if checked is None else checked.series,
                      deidentified=bool(checked and checked.deidentified), events=events, index_time=index_time,
-                     contrast=contrast, base=base)
+                     contrast=contrast, features=features, base=base)
+
+
+MAX_FEATURES_BYTES = 50 * 1024**2  # an uploaded features table
+
+
+def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
+    """An uploaded features table (a cohort's features.csv: ``subject_id`` + numeric columns; CSV or parquet) read in
+    memory, indexed by subject id (``core.cohort.features_table``).
+
+    >>> read_features_bytes(b"subject_id,age,sex_female\\nP1,61.5,1\\n", "f.csv").loc["P1"].to_dict()
+    {'age': 61.5, 'sex_female': 1.0}
+    """
+    from core.cohort import features_table
+
+    label = upload_label([name])
+    if not data:
+        raise InputError("features table", label, "is an empty file", "upload a CSV with subject_id and value columns")
+    if len(data) > MAX_FEATURES_BYTES:
+        raise InputError("features table", label, f"is {len(data)} bytes (limit {MAX_FEATURES_BYTES})",
+                         "upload the rows of the subjects you need only")
+    parquet = bytes(data[:4]) == b"PAR1"
+    if not parquet and not label.lower().endswith((".csv", ".txt")):
+        raise InputError("features table", label, "is neither CSV nor parquet",
+                         "upload the cohort's features.csv (subject_id and one column per value)")
+    try:
+        frame = pd.read_parquet(io.BytesIO(data)) if parquet else pd.read_csv(io.BytesIO(data))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
+        raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
+                         "save it as a plain CSV with a header row") from None
+    table = features_table(frame, source="features table")
+    if table.empty:
+        raise InputError("features table", label, "has no rows", "add a row per subject")
+    return table

@@ -1,0 +1,109 @@
+"""Upload's clinical values: a case's curated features (age, sex, last lab results) entered by hand or taken from a
+features table, checked against the selected model (not a page itself).
+
+The values are named as a cohort's features.csv columns: models trained with features.csv read them
+(``core.inputs.ehr_arrays``); a blank value is read as missing (the training mean). Nothing is stored here: the
+Upload page saves the values with the case (``core.app.cases``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.app import cases as saved
+from core.app import uploads
+from pages import _chrome as chrome
+from pages import _model_views as views
+from pages import _state as K
+
+
+def read_table(upload: Any, state: dict) -> None:
+    """Read an uploaded features table into ``state`` ("table", "name", "error"), replacing the one before."""
+    state.clear()
+    state["name"] = uploads.upload_label([upload.name])
+    try:
+        state["table"], state["error"] = uploads.read_features_bytes(upload.getvalue(), upload.name), ""
+    except ValueError as exc:
+        state["table"], state["error"] = None, chrome.one_line(exc)
+
+
+def _training_text(tabular: dict, name: str) -> str:
+    """How the model saw ``name`` in training: "62 +- 11" (or "typically 310" on a log scale), "" if it reads none."""
+    columns = list(tabular.get("columns", []))
+    if name not in columns:
+        return ""
+    i = columns.index(name)
+    mean, std = float(tabular["mean"][i]), float(tabular["std"][i])
+    if name in set(tabular.get("log", [])):
+        import numpy as np
+
+        return f"typically {float(np.expm1(mean)):.3g}"
+    return f"{mean:.3g} +- {std:.2g}"
+
+
+def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]) -> dict[str, float] | None:
+    """Draw the clinical values' inputs and return the values entered ({} when all are blank; None when there is
+    nothing to enter: no model, or one that reads no curated features and no table or saved values).
+
+    ``subject_hint``: the timeline's subject, picked first in a features table that has it; ``saved_values``: the
+    values already saved with the case they will be added to (shown for editing)."""
+    state: dict = st.session_state.setdefault(K.FEATURES_STATE, {})
+    st.file_uploader("Fill from a features table (CSV or parquet: subject_id and one column per value, as a "
+                     "cohort's features.csv)", type=["csv", "parquet"], key=f"features_file_{nonce}",
+                     help="Only the chosen subject's row is used; its subject id is not stored.")
+    if state.get("error"):
+        st.error(f"Features table not loaded: {state['error']}", icon=":material/error:")
+    table: pd.DataFrame | None = state.get("table")
+    row: dict[str, float] = {}
+    subject = ""
+    if table is not None:
+        head = st.columns([5, 1], vertical_alignment="center")
+        subjects = sorted(table.index.astype(str).unique().tolist())
+        head[0].markdown(f"In memory, not saved yet: **{state['name']}** ({len(subjects)} subjects, {table.shape[1]} "
+                         "columns).")
+        if head[1].button("Discard", key="discard_features", icon=":material/close:"):
+            state.clear()
+            st.rerun()
+        first = subjects.index(subject_hint) if subject_hint in subjects else 0
+        subject = st.selectbox(f"Subject ({len(subjects)} in the table; its values fill the table below)", subjects,
+                               index=first, key=f"features_subject_{nonce}")
+        picked = table.loc[[subject]].iloc[0]
+        row = {str(k): float(v) for k, v in picked.items() if pd.notna(v)}
+        columns = [str(c) for c in table.columns]
+    else:
+        columns = list(saved_values)
+    model_name, model = views.current_model_name(), None
+    with chrome.core_errors(stop=False):
+        model = views.current_model()
+    if model is None:
+        return None
+    tabular = dict(model.config.ehr.tabular or {})
+    names = list(model.config.ehr.curated_features)
+    rows = names + [c for c in columns if c not in names]
+    if not rows:
+        st.caption(f"**{model_name}** reads no curated features. Values from a features table are kept with the case "
+                   "for the models that do.")
+        return None
+    start = {**saved_values, **row} if table is not None else dict(saved_values)
+    frame = pd.DataFrame({"value": [start.get(n) for n in rows], "training": [_training_text(tabular, n) for n in rows]},
+                         index=pd.Index(rows, name="clinical value"), dtype=object)
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    st.caption(f"**{model_name}** reads {len(names)} curated features" + (f" (first in the table; "
+               f"'training' is their mean +- SD in its training data)" if names else "")
+               + ". Leave a value blank when it is unknown: it is read as missing (the training average).")
+    edited = st.data_editor(frame, key=f"features_editor_{nonce}_{subject}_{model_name}", width="stretch",
+                            height=min(36 * (len(rows) + 1) + 4, 760),  # every row in sight up to about 20
+                            disabled=["training"], num_rows="fixed",
+                            column_config={"value": st.column_config.NumberColumn("value", format="%.4g"),
+                                           "training": st.column_config.TextColumn("training (mean +- SD)")})
+    values: dict[str, float] = {}
+    with chrome.core_errors(stop=False, what="Clinical values not accepted: "):
+        values = saved.check_case_features(dict(zip(edited.index.astype(str), edited["value"].tolist())))
+        from core.ehr_read import case_feature_read
+
+        for note in case_feature_read(model, values):  # values the model reads as missing, or far from training
+            st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
+    return values

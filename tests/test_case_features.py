@@ -1,0 +1,124 @@
+"""Clinical values of an uploaded case (age, sex, last lab results): stored with the case, read as the curated
+features of models trained with a features.csv. Before, an uploaded case could carry only a CT and a timeline, so
+every such model read the training average for them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.app import cases as saved
+from core.cohort import UPLOAD_SUBJECT, load_cohort, uploaded_case_cohort
+from core.errors import InputError
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "demo_models"
+
+
+def _events() -> pd.DataFrame:
+    return pd.DataFrame({"subject_id": "7", "time": pd.to_datetime(["2020-01-01", "2020-01-15"]),
+                         "code": ["DX//A", "LAB//B"], "numeric_value": [float("nan"), 1.5]})
+
+
+def test_values_are_kept_with_the_case_and_replaced(tmp_path: Path) -> None:
+    info = saved.save_case("alice", events=_events(), index_time="2020-02-01", base=tmp_path,
+                           features={"age": "61.5", "sex_female": 1, "last_bnp": None, "last_sodium": ""})
+    assert info.modalities == ("timeline", "clinical values")
+    assert saved.case_features(info) == {"age": 61.5, "sex_female": 1.0}  # blanks are not stored: read as missing
+    assert oct((info.path / saved.FEATURES_FILE).stat().st_mode & 0o777) == "0o600"
+    changed = saved.set_features("alice", info.case_id, {"age": 62, "last_creatinine": 2.1}, base=tmp_path)
+    assert changed.version == info.version + 1  # the pages' memo of the case is keyed by its version
+    assert saved.case_features(changed) == {"age": 62.0, "last_creatinine": 2.1}
+    emptied = saved.set_features("alice", info.case_id, {"age": None}, base=tmp_path)
+    assert emptied.features_path is None and emptied.modalities == ("timeline",)
+    with pytest.raises(InputError, match="is not one of your saved cases"):  # another user's case is not found
+        saved.set_features("bob", info.case_id, {"age": 50}, base=tmp_path)
+    with pytest.raises(InputError, match=r"clinical value age: got sixty, is not a number; fix: enter a number"):
+        saved.save_case("alice", events=_events(), base=tmp_path, features={"age": "sixty"})
+    with pytest.raises(InputError, match="clinical value age: got inf, is not finite"):
+        saved.set_features("alice", info.case_id, {"age": float("inf")}, base=tmp_path)
+    with pytest.raises(InputError, match="clinical value name"):
+        saved.check_case_features({"x" * 65: 1.0})
+    assert [c.number for c in saved.list_cases("alice", base=tmp_path)] == [1]  # refused saves wrote nothing
+
+
+def test_features_table_upload() -> None:
+    from core.app.uploads import read_features_bytes
+
+    table = read_features_bytes(b"subject_id,age,sex_female,last_bnp\n7,61.5,1,\n8,70,0,310\n", "features.csv")
+    assert table.loc["7"].to_dict() == pytest.approx({"age": 61.5, "sex_female": 1.0, "last_bnp": np.nan}, nan_ok=True)
+    for data, name, message in [(b"", "f.csv", "is an empty file"), (b"id,age\n7,61\n", "f.csv", "no subject_id column"),
+                                (b"subject_id,smoker\n7,yes\n", "f.csv", r"non-numeric column\(s\)"),
+                                (b"subject_id,age\n7,61\n", "f.xlsx", "is neither CSV nor parquet"),
+                                (b"subject_id,age\n", "f.csv", "has no rows")]:
+        with pytest.raises(InputError, match=message):
+            read_features_bytes(data, name)
+
+
+def test_shipped_model_reads_the_values_of_an_uploaded_case(tmp_path: Path) -> None:
+    """The shipped ehr_only read every uploaded timeline as the training average of its 19 curated features. With the
+    case's clinical values it reads them: its risk moves with them, as it does for the same subject in the demo
+    cohort; values under other names (another model's columns) are not read at all, as if none were given."""
+    from core.demo import write_demo_cohort
+    from core.ehr_read import case_feature_read
+    from core.registry import load_model
+
+    cohort = load_cohort(write_demo_cohort(tmp_path / "demo", n=24, seed=3))
+    model = load_model(SHIPPED / "ehr_only")
+    names = model.config.ehr.curated_features
+    assert len(names) == 19
+
+    def case_risk(sid: str, features: dict[str, float] | None) -> tuple[float, list[str]]:
+        case = uploaded_case_cohort(tmp_path, volume=None, events=cohort.events(sid), index_time=cohort.index_time(sid),
+                                    features=features)
+        p = model.predict_case(model.case_inputs(case, UPLOAD_SUBJECT))
+        return p.risk_at[365], p.modalities_used
+
+    ids = cohort.ids()[:12]
+    cohort_risks = np.asarray([model.predict_case(model.case_inputs(cohort, s)).risk_at[365] for s in ids])
+    with_values, without = [], []
+    for sid in ids:
+        row = cohort.features.loc[sid].dropna().to_dict()
+        risk, used = case_risk(sid, row)
+        with_values.append(risk)
+        assert "ehr_features" in used
+        bare, used = case_risk(sid, None)
+        without.append(bare)
+        assert "ehr_features" not in used
+        assert case_risk(sid, {"another_models_column": 3.0}) == (bare, used)  # features_present 0, as without
+    with_values, without = np.asarray(with_values), np.asarray(without)
+    # the demo subject's own features.csv row, entered as clinical values, gives the cohort's prediction
+    np.testing.assert_allclose(with_values, cohort_risks, atol=1e-5)
+    assert without.std() < 0.002 and with_values.std() > 0.05, (without.std(), with_values.std())
+
+    sid = ids[0]
+    row = cohort.features.loc[sid].dropna().to_dict()
+    partial = {k: row[k] for k in ("age", "sex_female")}
+    assert case_feature_read(model, partial) == [
+        "This case gives 2 of the model's 19 curated features; the other 17 (n_visits, n_admissions, n_dx_heart_failure, "
+        "n_dx_copd, n_dx_ckd, ...) are read as the training average."]
+    tabular = json.loads((SHIPPED / "ehr_only" / "config.json").read_text())["ehr"]["tabular"]
+    typical = {c: float(np.expm1(m)) if c in tabular.get("log", []) else m for c, m in zip(tabular["columns"], tabular["mean"])}
+    assert case_feature_read(model, {**typical, **row}) == []  # every column given, the subject's own where known
+    # age in months (a typing slip or another unit): named with its training mean and SD
+    slip = case_feature_read(model, {**row, "age": row["age"] * 12})
+    assert slip[-1].startswith(f"Clinical values unlike the training values: age {row['age'] * 12:.4g} (training ")
+    assert case_feature_read(model, {"another_models_column": 3.0}) == []  # the modality notice says it: none given
+
+
+def test_features_csv_values_far_from_training(tmp_path: Path) -> None:
+    """`predict --json` names a features.csv value far from training (creatinine in umol/L) for that subject only."""
+    from core.demo import write_demo_cohort
+    from core.predict import predict_subject
+
+    root = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
+    features = pd.read_csv(root / "features.csv")
+    first, second = features["subject_id"].astype(str).iloc[:2]
+    features.loc[0, "last_creatinine"] = 97.0
+    features.to_csv(root / "features.csv", index=False)
+    warned = [w for w in predict_subject(SHIPPED / "ehr_only", root, first)["warnings"] if w.startswith("Clinical")]
+    assert len(warned) == 1 and warned[0].startswith("Clinical values unlike the training values: last_creatinine 97 ")
+    assert not [w for w in predict_subject(SHIPPED / "ehr_only", root, second)["warnings"] if w.startswith("Clinical")]
