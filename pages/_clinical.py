@@ -2,8 +2,9 @@
 features table, checked against the selected model (not a page itself).
 
 The values are named as a cohort's features.csv columns: models trained with features.csv read them
-(``core.inputs.ehr_arrays``); a blank value is read as missing (the training mean). Nothing is stored here: the
-Upload page saves the values with the case (``core.app.cases``).
+(``core.inputs.ehr_arrays``); a blank value is read as missing (the training mean). Only the columns some model on
+offer reads are kept from a table (not an MRN or a postcode column). Nothing is stored here: the Upload page saves the
+values with the case (``core.app.cases``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,16 @@ def _training_text(tabular: dict, name: str) -> str:
         import numpy as np
 
         return f"typically {float(np.expm1(mean)):.3g}"
-    return f"{mean:.3g} +- {std:.2g}"
+    return f"{mean:.3g} +- {std:.3g}"
+
+
+def read_by_any_model() -> set[str]:
+    """The curated features that any model on offer reads (the demo models and this user's own)."""
+    names: set[str] = set()
+    for name in views.available_models():
+        with chrome.core_errors(stop=False):
+            names.update(views.lazy_model(name).config.ehr.curated_features)
+    return names
 
 
 def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]) -> dict[str, float] | None:
@@ -82,7 +92,12 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         return None
     tabular = dict(model.config.ehr.tabular or {})
     names = list(model.config.ehr.curated_features)
-    rows = names + [c for c in columns if c not in names]
+    read = read_by_any_model()
+    rows = names + [c for c in columns if c not in names and (c in read or c in saved_values)]
+    dropped = [c for c in columns if c not in rows]
+    if dropped:  # a table's other columns (an MRN, a postcode) are never stored: no model here reads them
+        st.caption(f"{len(dropped)} column(s) of the table that no model here reads are not kept: "
+                   f"{', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}.")
     if not rows:
         st.caption(f"**{model_name}** reads no curated features. Values from a features table are kept with the case "
                    "for the models that do.")

@@ -233,6 +233,7 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
     timeline = pd.read_parquet(cohort / "timeline.parquet")
     timeline[timeline["subject_id"].astype(str) == sid].to_csv(tmp_path / "timeline.csv", index=False)
     table = features.iloc[2:6].drop(columns=["last_bnp"])  # one column fewer than the model reads
+    table.insert(1, "mrn", [81234567, 81234568, 81234569, 81234570])  # numeric, but read by no model: never stored
     table.to_csv(tmp_path / "values.csv", index=False)
     go(pg, "Upload")
     choose(pg, "Fusion strategy / model", "ehr_only")
@@ -244,6 +245,7 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
     note = (f"This case gives {len(expected)} of the model's 19 curated features; the other {len(absent)} "
             f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}) are read as the training average.")
     assert "last_bnp" in absent and pg.get_by_text(f"ehr_only: {note}").count() == 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("1 column(s) of the table that no model here reads are not kept: mrn.").count() == 1  # type: ignore[attr-defined]
     shot(pg, "upload_clinical_values")
     before = {c.case_id for c in cases.list_cases("local", base=data_dir)}
     pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
