@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,8 +160,12 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
                     volume_hu: np.ndarray | None, spacing_mm: Sequence[float] | None, attribution: Attribution | None,
                     events_table: pd.DataFrame | None, cohort_km: tuple[Any, Any, Any, Any] | None,
                     model_card_summary: str, case_label: str, warnings: Sequence[str] = (),
-                    strategy_risks: pd.DataFrame | None = None, strategies_skipped: Sequence[str] = ()) -> Path:
+                    strategy_risks: pd.DataFrame | None = None, strategies_skipped: Sequence[str] = (),
+                    clinical_values: Mapping[str, float] | None = None) -> Path:
     """Write the one-page report to ``out`` (.pdf) and return its path.
+
+    ``clinical_values``: the case's curated features (features.csv row, or an uploaded case's clinical values); the
+    ones the model reads are printed under the timeline events.
 
     ``warnings`` are the case's warnings exactly as the page shows them
     (``core.app.case_warnings.gather_case_warnings``); ``strategy_risks`` the
@@ -185,7 +189,8 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
     with matplotlib.rc_context({"pdf.compression": 0, "font.size": 8}):
         fig = plt.figure(figsize=PAGE_INCHES)
         _draw(fig, model, prediction, volume_hu, spacing_mm, attribution, events_table, cohort_km,
-              model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped))
+              model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped),
+              dict(clinical_values or {}))
         fig.savefig(target, format="pdf", metadata={"Title": "Case report", "Author": None, "Subject": None,
                                                      "Keywords": None, "Creator": None, "Producer": None,
                                                      "CreationDate": None})
@@ -195,7 +200,8 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
 
 def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, spacing_mm: Sequence[float] | None,
           attribution: Any, events_table: pd.DataFrame | None, cohort_km: Any, card: str, case_label: str,
-          warnings: list[str], strategy_risks: pd.DataFrame | None, skipped: list[str]) -> None:
+          warnings: list[str], strategy_risks: pd.DataFrame | None, skipped: list[str],
+          clinical_values: dict[str, float]) -> None:
     page = _Flow(fig)
     width = page.w - 2 * MARGIN_IN
     x0 = MARGIN_IN
@@ -219,7 +225,7 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     page.y += height(len(warn), 7.5) + 0.12
     # ---- the text blocks below the figures, measured first
     strat = strategy_lines(strategy_risks, skipped)
-    events = _event_lines(model, events_table)
+    events = _event_lines(model, events_table) + value_lines(model.config.ehr.curated_features, clinical_values)
     card_lines = ["Model card", ""] + _wrap((card or "").splitlines(), 52)
     left_w = 0.62 * width
     room_below = footer_top - page.y
@@ -341,3 +347,17 @@ def _event_lines(model: Any, events_table: pd.DataFrame | None) -> list[str]:
         att_text = "" if pd.isna(att) else f"  att {float(att):.3f}"
         text.append(f"{shown[int(i)][:34]}{val_text} ({when}): {float(row['score']):+.2e}{att_text}")
     return text
+
+
+def value_lines(names: Sequence[str], values: Mapping[str, float]) -> list[str]:
+    """The curated features a model reads, as the case gives them ("age 67.3"), for the report; [] for a model that
+    reads none.
+
+    >>> value_lines(["age", "sex_female", "last_bnp"], {"age": 67.33, "sex_female": 1.0, "mrn": 81234567})
+    ['', 'Clinical values read (2 of 3; the others as the training mean)', 'age 67.33, sex_female 1']
+    """
+    if not names:
+        return []
+    given = [(n, float(values[n])) for n in names if n in values and np.isfinite(values[n])]
+    head = f"Clinical values read ({len(given)} of {len(names)}; the others as the training mean)"
+    return ["", head] + (_wrap([", ".join(f"{n} {v:.4g}" for n, v in given)], 64) if given else ["none given"])

@@ -33,12 +33,15 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     cohort_km = views.reference_curves(name)["cohort_km"] if name else None
     every = review.strategies(source, subject_id, name)
     warnings = review.case_warnings(name, model, source, subject_id, every)  # exactly the list Case review shows
+    features = views.case_cohort(source, subject_id).features
+    values = {} if features is None or subject_id not in features.index else features.loc[subject_id].dropna().to_dict()
     return Path(build(out, model=model, inputs=inputs, prediction=pred,
                       volume_hu=None if volume is None else volume.hu,
                       spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
                       events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
                       case_label=f"case {views.case_number(source, subject_id)}", warnings=[w.text for w in warnings],
-                      strategy_risks=every.table, strategies_skipped=list(every.skipped.values())))
+                      strategy_risks=every.table, strategies_skipped=list(every.skipped.values()),
+                      clinical_values=values))
 
 
 def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int,

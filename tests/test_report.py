@@ -308,3 +308,17 @@ def test_report_says_how_a_tilted_ct_was_read(parts: dict[str, Any], tmp_path: P
                                                                    study=volume.warnings, **common))
     out = case_report_pdf(tmp_path / "tilt.pdf", **(_kwargs(parts) | {"warnings": [w.text for w in notes]}))
     assert "How this CT was read: gantry tilt" in " ".join(plain_text(out).split())
+
+
+def test_report_prints_the_clinical_values_the_model_read(parts: dict[str, Any], tmp_path: Path) -> None:
+    """The report lists the curated features the model read for the case (an uploaded case's clinical values, or a
+    features.csv row); a value the model does not read (an MRN) is not printed."""
+    from core.report import case_report_pdf
+
+    names = parts["model"].config.ehr.curated_features
+    assert len(names) >= 3
+    values = {names[0]: 67.33, names[1]: 1.0, "mrn": 81234567.0}
+    text = pdf_text(case_report_pdf(tmp_path / "values.pdf", **(_kwargs(parts) | {"clinical_values": values})).read_bytes())
+    assert f"Clinical values read (2 of {len(names)}; the others as the training mean)" in text
+    assert f"{names[0]} 67.33, {names[1]} 1" in text and "81234567" not in text and "mrn" not in text
+    assert f"Clinical values read (0 of {len(names)}" in pdf_text(case_report_pdf(tmp_path / "none.pdf", **_kwargs(parts)).read_bytes())
