@@ -260,3 +260,12 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
     assert pg.get_by_text(f"Clinical values of this case ({n}; {n} read by ehr_only)").count() == 1  # type: ignore[attr-defined]
     assert pg.get_by_text("curated features (features.csv", exact=False).count() == 0  # type: ignore[attr-defined]
     shot(pg, "case_review_clinical_values")
+    go(pg, "Export")  # the case report lists the values the model read
+    report = download(pg, "Prepare the case report", "Download the case report (PDF)", tmp_path)
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    text = " ".join(subprocess.run(["pdftotext", "-layout", str(report), "-"], capture_output=True, text=True,
+                                   check=True).stdout.split())
+    assert f"Clinical values read ({n} of 19; the others as the training mean)" in text  # the model card sits beside
+    assert f"age {expected['age']:.4g}, sex_female {expected['sex_female']:.4g}," in text
+    assert "81234567" not in text and "mrn" not in text
