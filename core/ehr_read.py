@@ -82,6 +82,21 @@ def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[s
     return out + ([far] if far else [])
 
 
+def training_text(tabular: Mapping[str, Any], name: str) -> str:
+    """How a model saw feature ``name`` in training: "62 +- 11" (mean +- SD), "typically 310" for a column it reads
+    on a log scale; "" for a column it does not read.
+
+    >>> training_text({"columns": ["age", "bnp"], "mean": [62.0, 5.74], "std": [11.0, 1.2], "log": ["bnp"]}, "bnp")
+    'typically 310'
+    """
+    columns = list(tabular.get("columns", []))
+    if name not in columns:
+        return ""
+    i = columns.index(name)
+    mean, std = float(tabular["mean"][i]), float(tabular["std"][i])
+    return f"typically {float(np.expm1(mean)):.3g}" if name in set(tabular.get("log", [])) else f"{mean:.3g} +- {std:.3g}"
+
+
 def feature_value_warning(tabular: Mapping[str, Any], row: Mapping[str, object]) -> str | None:
     """A warning naming the features whose value lies more than ``VALUE_SD`` training SDs and a factor ``UNIT_RATIO``
     from the training mean (a typing slip or another unit: age in months, creatinine in umol/L); the network reads
@@ -102,8 +117,7 @@ def feature_value_warning(tabular: Mapping[str, Any], row: Mapping[str, object])
         i = columns.index(name)
         m, s, log = float(mean[i]), float(std[i]), name in logged
         if far_from_training(float(value), m, s, log):
-            training = f"typically {float(np.expm1(m)):.3g}" if log else f"{m:.3g} +- {s:.2g}"
-            far.append(f"{name} {float(value):.4g} (training {training})")
+            far.append(f"{name} {float(value):.4g} (training {training_text(tabular, name)})")
     if not far:
         return None
     return (f"Clinical values unlike the training values: {'; '.join(far[:4])}"

@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.app import cases as saved
 from core.app import uploads
+from core.ehr_read import training_text
 from pages import _chrome as chrome
 from pages import _model_views as views
 from pages import _state as K
@@ -29,20 +30,6 @@ def read_table(upload: Any, state: dict) -> None:
         state["table"], state["error"] = uploads.read_features_bytes(upload.getvalue(), upload.name), ""
     except ValueError as exc:
         state["table"], state["error"] = None, chrome.one_line(exc)
-
-
-def _training_text(tabular: dict, name: str) -> str:
-    """How the model saw ``name`` in training: "62 +- 11" (or "typically 310" on a log scale), "" if it reads none."""
-    columns = list(tabular.get("columns", []))
-    if name not in columns:
-        return ""
-    i = columns.index(name)
-    mean, std = float(tabular["mean"][i]), float(tabular["std"][i])
-    if name in set(tabular.get("log", [])):
-        import numpy as np
-
-        return f"typically {float(np.expm1(mean)):.3g}"
-    return f"{mean:.3g} +- {std:.3g}"
 
 
 def read_by_any_model() -> set[str]:
@@ -103,7 +90,7 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
                    "for the models that do.")
         return None
     start = {**saved_values, **row} if table is not None else dict(saved_values)
-    frame = pd.DataFrame({"value": [start.get(n) for n in rows], "training": [_training_text(tabular, n) for n in rows]},
+    frame = pd.DataFrame({"value": [start.get(n) for n in rows], "training": [training_text(tabular, n) for n in rows]},
                          index=pd.Index(rows, name="clinical value"), dtype=object)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     st.caption(f"**{model_name}** reads {len(names)} curated features" + (f" (first in the table; "
