@@ -52,17 +52,44 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
         return [f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
                 "the training average, so its EHR side reads the timeline alone."]
     absent = [c for c in names if c not in cohort.features.columns]
+    renames = {col: name for col, name in renamed_columns(names, cohort.features.columns).items() if name in absent}
+    fix = ("Name the columns as the model card lists them" + (
+        f" (features.csv has {', '.join(f'{c} for {n}' for c, n in list(renames.items())[:5])}"
+        f"{', ...' if len(renames) > 5 else ''})" if renames else "") + ".")
     if len(absent) == len(names):
         return [f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
-                "every feature is read as missing. Name the columns as the model card lists them."]
+                f"every feature is read as missing. {fix}"]
     if str(subject_id) not in cohort.features.index:
         return [f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
                 "missing (the training mean)."]
     out = [f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
            f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
-           "subject. Name the columns as the model card lists them."] if absent else []
+           f"subject. {fix}"] if absent else []
     far = feature_value_warning(model.config.ehr.tabular or {}, cohort.features.loc[str(subject_id)].to_dict())
     return out + ([far] if far else [])
+
+
+def renamed_columns(names: Sequence[str], columns: Sequence[object]) -> dict[str, str]:
+    """{column: model name} for the columns that name a model feature otherwise only in case, spaces or punctuation
+    ("Age" for age, "Last Creatinine" for last_creatinine); a name the columns already hold, or that two columns
+    could be, is left out.
+
+    >>> renamed_columns(["age", "last_creatinine", "sex_female"], ["Age", "Last Creatinine", "sex_female", "MRN"])
+    {'Age': 'age', 'Last Creatinine': 'last_creatinine'}
+    """
+    def key(text: object) -> str:
+        return "".join(ch for ch in str(text).lower() if ch.isalnum())
+
+    present = {str(c) for c in columns}
+    by_key: dict[str, list[str]] = {}
+    for col in present - set(names):
+        by_key.setdefault(key(col), []).append(col)
+    out = {}
+    for name in names:
+        found = by_key.get(key(name), [])
+        if name not in present and len(found) == 1:
+            out[found[0]] = name
+    return dict(sorted(out.items(), key=lambda kv: list(names).index(kv[1])))
 
 
 def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[str]:

@@ -16,7 +16,7 @@ import streamlit as st
 
 from core.app import cases as saved
 from core.app import uploads
-from core.ehr_read import training_text
+from core.ehr_read import renamed_columns, training_text
 from pages import _chrome as chrome
 from pages import _model_views as views
 from pages import _state as K
@@ -53,6 +53,14 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
                      help="Only the chosen subject's row is used; its subject id is not stored.")
     if state.get("error"):
         st.error(f"Features table not loaded: {state['error']}", icon=":material/error:")
+    model_name, model = views.current_model_name(), None
+    with chrome.core_errors(stop=False):
+        model = views.current_model()
+    if model is None:
+        return None
+    tabular = dict(model.config.ehr.tabular or {})
+    names = list(model.config.ehr.curated_features)
+    read = read_by_any_model()
     table: pd.DataFrame | None = state.get("table")
     row: dict[str, float] = {}
     subject = ""
@@ -67,19 +75,15 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         first = subjects.index(subject_hint) if subject_hint in subjects else 0
         subject = st.selectbox(f"Subject ({len(subjects)} in the table; its values fill the table below)", subjects,
                                index=first, key=f"features_subject_{nonce}")
-        picked = table.loc[[subject]].iloc[0]
+        renames = renamed_columns(names + sorted(read - set(names)), list(table.columns))
+        if renames:  # "Age" for age: the same value under the models' own name
+            st.caption("Read under the models' names: " + ", ".join(f"{c} as {n}" for c, n in list(renames.items())[:6])
+                       + (", ..." if len(renames) > 6 else "") + ".")
+        picked = table.loc[[subject]].iloc[0].rename(index=renames)
         row = {str(k): float(v) for k, v in picked.items() if pd.notna(v)}
-        columns = [str(c) for c in table.columns]
+        columns = [str(renames.get(c, c)) for c in table.columns]
     else:
         columns = list(saved_values)
-    model_name, model = views.current_model_name(), None
-    with chrome.core_errors(stop=False):
-        model = views.current_model()
-    if model is None:
-        return None
-    tabular = dict(model.config.ehr.tabular or {})
-    names = list(model.config.ehr.curated_features)
-    read = read_by_any_model()
     rows = names + [c for c in columns if c not in names and (c in read or c in saved_values)]
     dropped = [c for c in columns if c not in rows]
     if dropped:  # a table's other columns (an MRN, a postcode) are never stored: no model here reads them

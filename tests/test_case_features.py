@@ -122,3 +122,9 @@ def test_features_csv_values_far_from_training(tmp_path: Path) -> None:
     warned = [w for w in predict_subject(SHIPPED / "ehr_only", root, first)["warnings"] if w.startswith("Clinical")]
     assert len(warned) == 1 and warned[0].startswith("Clinical values unlike the training values: last_creatinine 97 ")
     assert not [w for w in predict_subject(SHIPPED / "ehr_only", root, second)["warnings"] if w.startswith("Clinical")]
+    # another site's spelling of a column is read as missing, and the warning names the column to rename
+    features.rename(columns={"age": "Age", "last_sodium": "Last Sodium"}).to_csv(root / "features.csv", index=False)
+    warned = [w for w in predict_subject(SHIPPED / "ehr_only", root, second)["warnings"] if w.startswith("features.csv")]
+    assert warned == ["features.csv lacks 2 of the model's 19 feature columns (age, last_sodium): they are read as "
+                      "missing for every subject. Name the columns as the model card lists them (features.csv has Age "
+                      "for age, Last Sodium for last_sodium)."]

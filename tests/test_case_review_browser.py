@@ -220,8 +220,9 @@ def test_upload_states_the_contrast_and_keeps_the_model_chosen(page: object, dat
 
 def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """A timeline and a features table uploaded together: the table's row of the timeline's subject fills the clinical
-    values, the model says which of its features the case lacks, and the saved case is read with them (Case review:
-    ehr_features among the modalities used). Before, an uploaded case could not carry features at all."""
+    values (a column spelt "Age" is read as age; an MRN column is not kept), the model says which of its features the
+    case lacks, and the saved case is read with them (Case review: ehr_features among the modalities used; the report
+    lists them). Before, an uploaded case could not carry features at all."""
     import pandas as pd
 
     from core.app import cases
@@ -234,6 +235,7 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
     timeline[timeline["subject_id"].astype(str) == sid].to_csv(tmp_path / "timeline.csv", index=False)
     table = features.iloc[2:6].drop(columns=["last_bnp"])  # one column fewer than the model reads
     table.insert(1, "mrn", [81234567, 81234568, 81234569, 81234570])  # numeric, but read by no model: never stored
+    table = table.rename(columns={"age": "Age"})  # another site's spelling: read as the model's age
     table.to_csv(tmp_path / "values.csv", index=False)
     go(pg, "Upload")
     choose(pg, "Fusion strategy / model", "ehr_only")
@@ -246,6 +248,7 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
             f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}) are read as the training average.")
     assert "last_bnp" in absent and pg.get_by_text(f"ehr_only: {note}").count() == 1  # type: ignore[attr-defined]
     assert pg.get_by_text("1 column(s) of the table that no model here reads are not kept: mrn.").count() == 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("Read under the models' names: Age as age.").count() == 1  # type: ignore[attr-defined]
     shot(pg, "upload_clinical_values")
     before = {c.case_id for c in cases.list_cases("local", base=data_dir)}
     pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
