@@ -33,7 +33,7 @@ from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
 from core.study_profile import (STATS, contrast_warning, model_profile, model_study_stats, outside, profile_warnings,
-                                withhold_reason)
+                                series_like_training, withhold_reason)
 from core.ehr_read import feature_read, timeline_read
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class ImageRead:
 
     warnings: tuple[str, ...] = ()
     withheld: str | None = None
+    like_training: str | None = None  # the key of the study's series recorded like the training studies (contrast)
 
     def note(self, model_name: str, read_anyway: bool = False) -> str | None:
         """The one-line notice of a withheld CT, or of one read on request (``read_anyway``); None when the CT
@@ -82,8 +83,9 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
             k = SliceSpacing(working).factor(stats["slice_mm"])
             stats["slice_mm"] *= max(k, 1)  # thinner slices are read as slabs of k of them (thicker ones: as they are)
         contrast = contrast_warning(profile, volume.meta, volume.series)
+        like = series_like_training(profile, volume.meta, volume.series)
         return ImageRead(tuple(profile_warnings(profile, stats)) + ((contrast,) if contrast else ()),
-                         withhold_reason(profile, stats))
+                         withhold_reason(profile, stats), None if like is None else str(like.key))
     from core.preprocess.lung import lung_coverage_warning
 
     note = lung_coverage_warning(volume.hu, volume.spacing_mm)

@@ -256,24 +256,43 @@ def contrast_warning(profile: dict[str, Any] | None, meta: Mapping[str, str], se
     (True, True)
     """
     counts = (profile or {}).get("contrast") or {}
-    status = str(meta.get(CONTRAST_META, "") or "")
-    if status not in ("yes", "no"):
+    status = _contrast_unlike(profile, meta)
+    if status is None:
         return None
     other = "no" if status == "yes" else "yes"
-    if int(counts.get(status, 0)) or not int(counts.get(other, 0)):
-        return None
     word, other_word = ("with", "without") if status == "yes" else ("without", "with")
     unknown = int(counts.get("unknown", 0))
-    like = sorted((s for s in series if getattr(s, "contrast", "") == other),
-                  key=lambda s: (bool(s.derived), -int(s.n_instances), str(s.key)))
-    instead = (f" Series {like[0].key} of this study ({like[0].n_instances} images) was acquired {other_word} "
+    like = series_like_training(profile, meta, series)
+    instead = (f" Series {like.key} of this study ({like.n_instances} images) was acquired {other_word} "
                "contrast, as the training studies were: load it instead (the series list on Upload, or the series "
-               "column of cohort.csv)." if like else "")
+               "column of cohort.csv)." if like is not None else "")
     return (f"Contrast unlike the training studies: this CT was acquired {word} contrast "
             f"({meta.get(CONTRAST_SOURCE) or 'recorded'}); all {counts[other]} of the model's training studies with a "
             f"contrast record were acquired {other_word} it" + (f" ({unknown} had no record)" if unknown else "")
             + ". Contrast changes the HU of vessels and organs: do not rely on the image part of this prediction."
             + instead)
+
+
+def _contrast_unlike(profile: dict[str, Any] | None, meta: Mapping[str, str]) -> str | None:
+    """The study's contrast record ("yes" / "no") when every training study with a record had the other one."""
+    counts = (profile or {}).get("contrast") or {}
+    status = str(meta.get(CONTRAST_META, "") or "")
+    if status not in ("yes", "no"):
+        return None
+    other = "no" if status == "yes" else "yes"
+    return None if int(counts.get(status, 0)) or not int(counts.get(other, 0)) else status
+
+
+def series_like_training(profile: dict[str, Any] | None, meta: Mapping[str, str], series: Sequence[Any]) -> Any:
+    """The study's series (``SeriesInfo``) recorded like the model's training studies when the loaded one is not (a
+    multi-phase study's other phase): acquired before derived, the largest first; None otherwise."""
+    status = _contrast_unlike(profile, meta)
+    if status is None:
+        return None
+    other = "no" if status == "yes" else "yes"
+    like = sorted((s for s in series if getattr(s, "contrast", "") == other),
+                  key=lambda s: (bool(s.derived), -int(s.n_instances), str(s.key)))
+    return like[0] if like else None
 
 
 def withhold_reason(profile: dict[str, Any] | None, stats: dict[str, float],

@@ -84,3 +84,9 @@ def open_in_review(case_id: str) -> None:
     saved_viewer = dict(st.session_state.get(K.SAVED_VIEWER, {}))
     saved_viewer[K.CASE] = (views.UPLOADED, case_id)
     st.session_state[K.SAVED_VIEWER] = saved_viewer
+
+
+def read_series(case_id: str, series: str) -> saved.CaseInfo:
+    """Read another series of this user's saved study from now on (the case's version is raised, so every memo of
+    the case is rebuilt)."""
+    return saved.set_series(user(), case_id, series)

@@ -69,6 +69,21 @@ if views.model_reads(model)[0] and views.image_read(model, source, subject_id).w
                       ct=("read_anyway" if anyway else "withheld"))
         st.rerun()
 
+like = views.image_read(model, source, subject_id).like_training if views.model_reads(model)[0] else None
+if like and source == views.UPLOADED and volume is not None and like != volume.meta.get("series_key"):
+    # a multi-phase study saved in the phase the model was not trained on: read its other phase, in one click
+    other = next((s for s in volume.series if s.key == like), None)
+    label = f"Read the series acquired like {model_name}'s training studies ({other.n_instances if other else '?'} images)"
+    if st.button(label, key=f"like_training_{subject_id}", icon=":material/swap_horiz:",
+                 help=f"Series {like} of this study. The case is then read in it by every model (changed on the "
+                      "case, not only here); the Upload page's series list shows the study's series."):
+        with chrome.core_errors(stop=False, what="Series not changed: "):
+            from pages import _cases
+
+            info = _cases.read_series(subject_id, like)
+            session.audit("open", "case", source=source, case=info.number, series="like_training")
+            st.rerun()
+
 left, right = st.columns([1.15, 1], gap="large")
 
 # ------------------------------------------------------------------ CT viewer

@@ -269,3 +269,43 @@ def test_cohort_series_column_and_the_phase_the_model_knows(tmp_path: Path) -> N
     with pytest.raises(InputError, match=r"series: got '1\.2\.3' \(subject 'P1'\), names a series but the subject has "
                                          "no study"):
         load_cohort(nifti)
+
+
+def test_saved_case_reads_the_phase_the_model_knows(tmp_path: Path) -> None:
+    """A two-phase study saved in its larger, unenhanced series, against a model whose training studies were all
+    enhanced: the model's read of the CT names the other phase (``ImageRead.like_training``, Case review's button),
+    and ``set_series`` reads the saved case in it from then on (version + 1); the warning is then gone. A series that
+    is not in the study is refused and the case stays as it was."""
+    import io
+    import zipfile
+
+    from core.app import cases
+    from core.predict import image_read
+    from core.registry import load_model
+
+    plain_uid, enhanced_uid = _two_phases(tmp_path / "study")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted((tmp_path / "study").iterdir()):
+            zf.write(path, path.name)
+    data = tmp_path / "data"
+    info = cases.save_case("local", study=buf.getvalue(), study_name="study.zip", base=data)
+    before = cases.load_case_volume(info)
+    assert before is not None and before.meta["series_key"] == plain_uid
+    model_dir = tmp_path / "image_only"
+    shutil.copytree(DEMO_MODELS / "image_only", model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["study_profile"]["contrast"] = {"yes": 200, "no": 0, "unknown": 0}
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    model = load_model(model_dir)
+    read = image_read(model, before)
+    assert read.like_training == enhanced_uid
+    assert [w for w in read.warnings if w.startswith("Contrast unlike the training studies")]
+    with pytest.raises(InputError, match="is not a series of this study"):
+        cases.set_series("local", info.case_id, "9.9.9", base=data)
+    changed = cases.set_series("local", info.case_id, enhanced_uid, base=data)
+    assert (changed.series, changed.version) == (enhanced_uid, info.version + 1)
+    after = cases.load_case_volume(changed)
+    assert after is not None and (after.meta["series_key"], after.shape[0]) == (enhanced_uid, 6)
+    again = image_read(model, after)
+    assert again.like_training is None and not [w for w in again.warnings if w.startswith("Contrast")]

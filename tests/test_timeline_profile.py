@@ -104,7 +104,7 @@ def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
     renamed[renamed["subject_id"].astype(str) != sids[1]].to_csv(demo / "features.csv", index=False)
     warned = predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"]
     assert ("features.csv lacks 2 of the model's 19 feature columns (age, last_bnp): they are read as missing for "
-            "every subject. Name the columns as the model card lists them.") in warned
+            "every subject. Name the columns as the model card lists them (features.csv has Age for age).") in warned
     assert any(w.startswith(f"features.csv has no row for subject {sids[1]}")
                for w in predict_subject(SHIPPED / "ehr_only", demo, sids[1])["warnings"])
     (demo / "features.csv").rename(demo / "kept.csv")

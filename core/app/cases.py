@@ -318,6 +318,23 @@ def set_features(user: str, case_id: str, features: Mapping[str, object] | None,
     return get_case(user, case_id, base)
 
 
+def set_series(user: str, case_id: str, series: str, base: Path | None = None) -> CaseInfo:
+    """Read another series of one of the user's saved studies (a multi-phase study's other phase); version + 1.
+    The series must load from the stored study (``load_study_bytes`` names the study's series otherwise)."""
+    info = get_case(user, case_id, base)
+    if info.study_path is None:
+        raise InputError("series", str(series)[:64], "belongs to no study: this case has no CT", "upload the study first")
+    from core.io.study import load_study_bytes
+
+    load_study_bytes(info.study_path.read_bytes(), info.study_file, series=series)  # refused here if not in the study
+    with LOCK:
+        raw = json.loads((info.path / "case.json").read_text())
+        raw["series"] = series
+        raw["version"] = int(raw.get("version", 1)) + 1
+        _write_info(info.path, raw)
+    return get_case(user, case_id, base)
+
+
 def delete_case(user: str, case_id: str, base: Path | None = None) -> None:
     """Delete one of the user's cases and everything in its folder."""
     info = get_case(user, case_id, base)
