@@ -41,6 +41,9 @@ SCREENSHOT_IMAGE_TYPES = frozenset({"SCREEN SAVE", "SCREENSHOT", "SCREEN CAPTURE
 # Text VRs whose kept values are searched for the names of the people in the dataset
 TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE"})
 # Name parts that are placeholders, not names (never searched for)
+# the dummies core.deid.clean writes (PS3.15 action D): an original value equal to one is not a leak when it is
+# written back (a scanner's ContrastBolusAgent "NONE" is the record de-identification keeps, not identifying text)
+CLEANER_DUMMIES = frozenset({"ANONYMOUS", "NONE", "APPLIED"})
 PLACEHOLDER_NAMES = frozenset({"ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "UNKNOWN", "PATIENT", "NONE", "NAME", "REMOVED", "DEIDENTIFIED", "MR", "MRS", "MS", "DR"})
 NAME_PART_MIN = 2
 PSEUDONYM_KEYWORDS = frozenset({"PatientName", "PatientID"})  # de-identification writes the pseudonym here
@@ -338,7 +341,8 @@ def identifying_values(ds: Dataset, min_length: int = 4) -> set[str]:
 
     Values of identifying attributes (identifier, free_text, private, overlay)
     and instance UIDs, anywhere in the dataset, at least ``min_length``
-    characters long (shorter ones would match by chance).
+    characters long (shorter ones would match by chance), except the dummies
+    the cleaner itself writes (``CLEANER_DUMMIES``).
     """
     found: set[str] = set()
 
@@ -356,6 +360,8 @@ def identifying_values(ds: Dataset, min_length: int = 4) -> set[str]:
                 continue
             for text in _text_values(elem):
                 if rule.kind == "uid" and (len(text) < 8 or is_definitional_uid(keyword, text)):
+                    continue
+                if text.strip().upper() in CLEANER_DUMMIES:  # the cleaner's own dummy, not an identifying string
                     continue
                 if len(text) >= min_length:
                     found.add(text)
