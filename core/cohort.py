@@ -46,6 +46,7 @@ import pandas as pd
 from core.errors import InputError
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
+from core.io.delimited import read_csv_any
 
 if TYPE_CHECKING:
     from core.io.volume import Volume
@@ -175,7 +176,7 @@ def _check_ids(name: str, ids: pd.Index, cohort_ids: set[str]) -> None:
 
 
 def _read_features(path: Path, cohort_ids: set[str]) -> pd.DataFrame:
-    df = features_table(pd.read_csv(path))
+    df = features_table(read_csv_any(path))
     _check_ids("features.csv", df.index, cohort_ids)
     return df
 
@@ -447,7 +448,7 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
         raise InputError("cohort", str(root), "is not a folder", "pass a cohort folder that holds cohort.csv")
     if not csv.exists():
         raise InputError("cohort", str(root), "has no cohort.csv", "add cohort.csv with subject_id, time, event")
-    table = validate_outcomes(pd.read_csv(csv, dtype={SERIES_COLUMN: str}), seed=seed, for_training=for_training)
+    table = validate_outcomes(read_csv_any(csv, dtype={SERIES_COLUMN: str}), seed=seed, for_training=for_training)
     ids = table["subject_id"].tolist()
     id_set = set(ids)
     features = _read_features(root / "features.csv", id_set) if (root / "features.csv").exists() else None

@@ -247,6 +247,7 @@ def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
     {'age': 61.5, 'sex_female': 1.0}
     """
     from core.cohort import features_table
+    from core.io.delimited import read_csv_any
 
     label = upload_label([name])
     if not data:
@@ -259,7 +260,7 @@ def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
         raise InputError("features table", label, "is neither CSV nor parquet",
                          "upload the cohort's features.csv (subject_id and one column per value)")
     try:
-        frame = pd.read_parquet(io.BytesIO(data)) if parquet else pd.read_csv(io.BytesIO(data))
+        frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data))
     except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
         raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
                          "save it as a plain CSV with a header row") from None

@@ -187,7 +187,7 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     volume = cohort.load_volume(subject_id)
     if volume is None:
         raise InputError("subject", subject_id, "has no CT study in this cohort", "pick a subject with a study")
-    from core.ehr_read import timeline_read
+    from core.ehr_read import feature_read, timeline_read
     from core.predict import image_read
 
     read = image_read(model, volume)
@@ -204,15 +204,16 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
                           percentile=percentile)
     notice = read.note(model.fusion, read_anyway=True)
     # the risk in the report reads the timeline too
-    result.warnings += [*read.warnings, *([notice] if notice else []), *timeline_read(model, inputs.events)]
+    result.warnings += [*read.warnings, *([notice] if notice else []), *timeline_read(model, inputs.events),
+                        *feature_read(model, cohort, subject_id)]
     return (result, np.asarray(attribution.map, dtype=np.float32)) if return_map else result
 
 
 def _study_path(cohort_dir: Path, subject_id: str) -> Path | None:
     """The subject's study path from the folder's ``cohort.csv`` (``study`` column, relative to the folder)."""
-    import pandas as pd
+    from core.io.delimited import read_csv_any
 
-    table = pd.read_csv(cohort_dir / "cohort.csv", dtype={"subject_id": str, "study": str})
+    table = read_csv_any(cohort_dir / "cohort.csv", dtype={"subject_id": str, "study": str})
     if "study" not in table.columns:
         return None
     rows = table.loc[table["subject_id"] == subject_id, "study"].dropna()

@@ -40,6 +40,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from core.errors import InputError
+from core.io.delimited import HEAD_BYTES, decimal_commas, sniff_delimiter
 from core.io.timeline_times import to_datetime
 
 COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -118,7 +119,7 @@ def _csv_reader(path: Path | pa.NativeFile, mapping: dict[str, str] | None = Non
                 label: str = "") -> pacsv.CSVStreamingReader:
     """A streaming CSV reader of a file, or of an in-memory buffer named ``label``."""
     name = label or getattr(path, "name", "timeline.csv")
-    delimiter = "\t" if ".tsv" in name.lower() else ","
+    delimiter = _delimiter(path, name)
     convert = pacsv.ConvertOptions(strings_can_be_null=True)
     if mapping is not None:
         # read every mapped column as text; types are fixed in pandas with clear errors
@@ -134,6 +135,22 @@ def _csv_reader(path: Path | pa.NativeFile, mapping: dict[str, str] | None = Non
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError) as err:
         raise InputError("PATH", name, f"is not a readable CSV file ({_first_line(err)})",
                          "pass a MEDS timeline CSV with a header row (subject_id, time, code, numeric_value)") from None
+
+
+def _delimiter(path: Path | pa.NativeFile, name: str) -> str:
+    """The CSV's separator, told from its header line (``core.io.delimited``: comma, semicolon, tab or pipe)."""
+    default = "\t" if ".tsv" in name.lower() else ","
+    if isinstance(path, pa.NativeFile):
+        head = path.read_at(min(HEAD_BYTES, path.size()), 0)
+    elif str(path).lower().endswith(".gz"):
+        import gzip
+
+        with gzip.open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    else:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    return sniff_delimiter(bytes(head), default)
 
 
 def _first_line(err: BaseException) -> str:
@@ -206,7 +223,9 @@ def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: lis
                          "fix the CSV so every row has the header's number of fields") from None
     if not batches:
         return pa.table({name: pa.array([], type=pa.string()) for name in mapping.values()})
-    return pa.Table.from_batches(batches)
+    table = pa.Table.from_batches(batches)
+    # a semicolon file writes 61,5 for 61.5 (core.io.delimited): _to_frame reads its values so
+    return table.replace_schema_metadata({b"delimiter": _delimiter(path, name).encode()})
 
 
 def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
@@ -222,6 +241,8 @@ def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
     unreadable: list[str] = []
     if "numeric_value" in cols:
         raw = cols["numeric_value"].to_pandas()
+        if (table.schema.metadata or {}).get(b"delimiter") == b";" and not pd.api.types.is_numeric_dtype(raw):
+            raw = decimal_commas(raw)
         values = pd.to_numeric(raw, errors="coerce").astype("float64")
         if not pd.api.types.is_numeric_dtype(raw):  # text such as "<0.5" or "positive": no value, counted
             text = raw.astype("string").str.strip()

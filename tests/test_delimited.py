@@ -1,0 +1,66 @@
+"""Tables as hospitals export them: semicolon (with decimal commas), tab or pipe separated. A semicolon cohort.csv,
+features.csv or timeline CSV used to be refused ("no subject_id column", "not a readable CSV file"), or read as one
+column."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.io.delimited import sniff_delimiter
+
+
+def test_sniff() -> None:
+    assert sniff_delimiter(b"subject_id,time,code\n1,2,3\n") == ","
+    assert sniff_delimiter(b"subject_id;time;code\n1;2,5;3\n") == ";"
+    assert sniff_delimiter(b"subject_id\ttime\tcode\n") == "\t"
+    assert sniff_delimiter(b"subject_id|time|code\n") == "|"
+    assert sniff_delimiter(b'"id;x;y",b,c\n') == ","  # semicolons inside a quoted name do not count
+    assert sniff_delimiter(b"subject_id\n1\n") == "," and sniff_delimiter(b"subject_id\n", "\t") == "\t"
+    assert sniff_delimiter(b"\xef\xbb\xbfsubject_id;age\n") == ";"  # a byte-order mark, as Excel writes
+
+
+def test_a_semicolon_cohort_reads_as_the_comma_one(tmp_path: Path) -> None:
+    """The demo cohort written as a German-locale spreadsheet saves it (semicolons, decimal commas; the timeline as
+    CSV): the same outcomes, features and events as the original."""
+    from core.cohort import load_cohort
+    from core.demo import write_demo_cohort
+
+    src = write_demo_cohort(tmp_path / "comma", n=12, seed=3, volumes=False)
+    events = pd.read_parquet(src / "timeline.parquet")
+    events.to_csv(src / "timeline.csv", index=False)
+    (src / "timeline.parquet").unlink()
+    euro = tmp_path / "semicolon"
+    euro.mkdir()
+    for name in ("cohort.csv", "features.csv", "timeline.csv"):
+        pd.read_csv(src / name).to_csv(euro / name, sep=";", decimal=",", index=False)
+    for name in ("features.csv", "timeline.csv"):  # decimal commas in the values, semicolons between fields
+        text = (euro / name).read_text()
+        assert re.search(r";-?\d+,\d+(;|$)", text, flags=re.M) and "," not in text.splitlines()[0], name
+    a, b = load_cohort(src), load_cohort(euro)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    pd.testing.assert_frame_equal(a.features, b.features)
+    sid = a.ids()[0]
+    assert a.events(sid)["numeric_value"].notna().sum() > 3
+    pd.testing.assert_frame_equal(a.events(sid).reset_index(drop=True), b.events(sid).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_uploaded_timeline_and_features_in_other_separators(sep: str) -> None:
+    from core.app.uploads import read_features_bytes
+    from core.io.timeline import read_timeline_bytes
+
+    value = "1,5" if sep == ";" else "1.5"
+    text = sep.join(["subject_id", "time", "code", "numeric_value"]) + "\n" + sep.join(["7", "2020-01-01", "LAB//X", value])
+    events = read_timeline_bytes((text + "\n").encode(), "timeline.csv")
+    assert events[["subject_id", "code"]].values.tolist() == [["7", "LAB//X"]]
+    assert events["numeric_value"].tolist() == [1.5] and events.attrs["unreadable_values"] == 0
+    table = read_features_bytes(f"subject_id{sep}age\nP1{sep}{'61,5' if sep == ';' else '61.5'}\n".encode(), "f.csv")
+    assert table.loc["P1", "age"] == 61.5
+    # in a comma file a quoted "1,5" is not read as 1.5 (it could be 1,500): counted as unreadable, as before
+    comma = read_timeline_bytes(b'subject_id,time,code,numeric_value\n7,2020-01-01,LAB//X,"1,5"\n', "t.csv")
+    assert np.isnan(comma["numeric_value"].iloc[0]) and comma.attrs["unreadable_values"] == 1
