@@ -64,3 +64,26 @@ def test_uploaded_timeline_and_features_in_other_separators(sep: str) -> None:
     # in a comma file a quoted "1,5" is not read as 1.5 (it could be 1,500): counted as unreadable, as before
     comma = read_timeline_bytes(b'subject_id,time,code,numeric_value\n7,2020-01-01,LAB//X,"1,5"\n', "t.csv")
     assert np.isnan(comma["numeric_value"].iloc[0]) and comma.attrs["unreadable_values"] == 1
+
+
+def test_encodings_of_spreadsheet_exports(tmp_path: Path) -> None:
+    """A timeline saved in the Windows code page (cp1252, as a German-locale spreadsheet saves "Übelkeit") was refused
+    ("invalid UTF8 data"), and one saved as "Unicode text" (UTF-16, tab separated) read as one column. Both read now,
+    from a cohort folder and as uploads; so does a features table."""
+    from core.app.uploads import read_features_bytes
+    from core.cohort import load_cohort
+    from core.io.timeline import read_timeline, read_timeline_bytes
+
+    text = "subject_id;time;code;numeric_value\nP1;2020-01-01;DIAG//Übelkeit;\nP1;2020-01-02;LAB//Kreatinin//mg/dL;1,2\n"
+    (tmp_path / "timeline.csv").write_bytes(text.encode("cp1252"))
+    pd.DataFrame({"subject_id": ["P1"], "time": [30], "event": [1], "index_time": ["2020-02-01"]}).to_csv(
+        tmp_path / "cohort.csv", sep=";", index=False)
+    (tmp_path / "features.csv").write_bytes("subject_id;Größe\nP1;1,8\n".encode("cp1252"))
+    cohort = load_cohort(tmp_path, for_training=False)
+    events = cohort.events("P1")
+    assert events["code"].tolist() == ["DIAG//Übelkeit", "LAB//Kreatinin//mg/dL"]
+    assert events["numeric_value"].iloc[1] == 1.2 and cohort.features.loc["P1", "Größe"] == 1.8
+    assert read_timeline(tmp_path / "timeline.csv", ["P1"])["code"].iloc[0] == "DIAG//Übelkeit"
+    unicode_text = "subject_id\ttime\tcode\tnumeric_value\nP1\t2020-01-01\tDIAG//Übelkeit\t\n".encode("utf-16")
+    assert read_timeline_bytes(unicode_text, "export.txt")["code"].tolist() == ["DIAG//Übelkeit"]
+    assert read_features_bytes("subject_id\tage\nP1\t61.5\n".encode("utf-16"), "f.txt").loc["P1", "age"] == 61.5

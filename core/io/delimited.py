@@ -1,9 +1,12 @@
-"""Delimited text tables as hospitals export them: comma, semicolon, tab or pipe separated.
+"""Delimited text tables as hospitals export them: comma, semicolon, tab or pipe separated, UTF-8 or not.
 
 Spreadsheet programs in locales that write a decimal comma (most of Europe) save "CSV" with semicolons
-between fields and ``61,5`` for 61.5; database exports often use tabs or pipes. The separator is told
-from the header line (the candidate that occurs most often in it outside quotes), and a semicolon file
-reads ``61,5`` as 61.5. Used for cohort.csv, features.csv (also uploaded) and MEDS timeline CSVs.
+between fields and ``61,5`` for 61.5, in the Windows code page (cp1252: "Übelkeit" is not UTF-8), or as
+"Unicode text" (UTF-16 with a byte-order mark, tab separated); database exports often use tabs or pipes.
+The separator is told from the header line (the candidate that occurs most often in it outside quotes), a
+semicolon file reads ``61,5`` as 61.5, and the encoding is UTF-16 by its byte-order mark, else UTF-8 when
+every byte decodes as UTF-8, else cp1252 (:func:`text_encoding`). Used for cohort.csv, features.csv (also
+uploaded) and MEDS timeline CSVs.
 
 >>> sniff_delimiter(b"subject_id;age;sex_female\\nP1;61,5;1\\n")
 ';'
@@ -13,8 +16,11 @@ reads ``61,5`` as 61.5. Used for cohort.csv, features.csv (also uploaded) and ME
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import io
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,10 +31,10 @@ HEAD_BYTES = 64 << 10  # the header line is looked for in this many bytes
 DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")  # 61,5 in a semicolon file: a decimal comma
 
 
-def sniff_delimiter(head: bytes, default: str = ",") -> str:
+def sniff_delimiter(head: bytes, default: str = ",", encoding: str = "utf-8") -> str:
     """The separator of a table whose first bytes are ``head``: the candidate found most often in its header line
     outside double quotes (``default`` when none is)."""
-    first = head.split(b"\n", 1)[0].decode("utf-8", errors="ignore").lstrip("\ufeff")
+    first = head.decode(encoding, errors="ignore").lstrip("\ufeff").split("\n", 1)[0]
     unquoted = re.sub(r'"[^"]*"', "", first)
     counts = {d: unquoted.count(d) for d in DELIMITERS}
     best = max(DELIMITERS, key=lambda d: (counts[d], d == default))
@@ -45,12 +51,51 @@ def _head(source: Path | str | IO[bytes]) -> bytes:
     return head if isinstance(head, bytes) else str(head).encode()
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+CHUNK_BYTES = 8 << 20
+
+
+def text_encoding(chunks: Iterable[bytes]) -> str:
+    r""""utf-16" for text that starts with its byte-order mark, "utf-8" when every byte decodes as UTF-8 (a UTF-8
+    byte-order mark included), else "cp1252" (the Windows code page that spreadsheets in Western Europe save).
+
+    >>> text_encoding([b"code\n\xc3\x9cbelkeit"]), text_encoding([b"code\n\xdcbelkeit"]), text_encoding([b"\xff\xfec"])
+    ('utf-8', 'cp1252', 'utf-16')
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    first = True
+    try:
+        for chunk in chunks:
+            if first and bytes(chunk[:2]) in UTF16_BOMS:
+                return "utf-16"
+            first = False
+            decoder.decode(bytes(chunk))
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8"
+
+
+def file_chunks(path: Path | str) -> Iterator[bytes]:
+    """The bytes of a file (a ``.gz`` one decompressed) in chunks, for :func:`text_encoding`."""
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            yield chunk
+
+
 def read_csv_any(source: Path | str | IO[bytes], **kwargs: Any) -> pd.DataFrame:
-    """``pandas.read_csv`` with the separator told from the header (a ``.tsv`` name: tab by default) and, in a
-    semicolon file, the decimal comma read as a decimal point."""
+    """``pandas.read_csv`` with the separator told from the header (a ``.tsv`` name: tab by default), the encoding
+    by :func:`text_encoding` and, in a semicolon file, the decimal comma read as a decimal point."""
     default = "\t" if str(getattr(source, "name", source)).lower().endswith((".tsv", ".tsv.gz")) else ","
-    sep = sniff_delimiter(_head(source), default)
-    return pd.read_csv(source, sep=sep, decimal="," if sep == ";" else ".", **kwargs)
+    if isinstance(source, (str, Path)):
+        encoding = text_encoding(file_chunks(source))
+    else:
+        pos = source.tell()
+        encoding = text_encoding(iter(lambda: source.read(CHUNK_BYTES), b""))
+        source.seek(pos)
+    sep = sniff_delimiter(_head(source), default, encoding)
+    return pd.read_csv(source, sep=sep, decimal="," if sep == ";" else ".", encoding=encoding, **kwargs)
 
 
 def decimal_commas(values: pd.Series) -> pd.Series:

@@ -29,6 +29,7 @@ streamed in record batches and filtered batch by batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -40,7 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from core.errors import InputError
-from core.io.delimited import HEAD_BYTES, decimal_commas, sniff_delimiter
+from core.io.delimited import HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
 from core.io.timeline_times import to_datetime
 
 COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -119,7 +120,7 @@ def _csv_reader(path: Path | pa.NativeFile, mapping: dict[str, str] | None = Non
                 label: str = "") -> pacsv.CSVStreamingReader:
     """A streaming CSV reader of a file, or of an in-memory buffer named ``label``."""
     name = label or getattr(path, "name", "timeline.csv")
-    delimiter = _delimiter(path, name)
+    delimiter, encoding = _text_format(path, name)
     convert = pacsv.ConvertOptions(strings_can_be_null=True)
     if mapping is not None:
         # read every mapped column as text; types are fixed in pandas with clear errors
@@ -130,27 +131,31 @@ def _csv_reader(path: Path | pa.NativeFile, mapping: dict[str, str] | None = Non
         )
     try:
         source = path if isinstance(path, pa.NativeFile) else str(path)
-        return pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        return pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, encoding=encoding),
                               parse_options=pacsv.ParseOptions(delimiter=delimiter), convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError) as err:
         raise InputError("PATH", name, f"is not a readable CSV file ({_first_line(err)})",
                          "pass a MEDS timeline CSV with a header row (subject_id, time, code, numeric_value)") from None
 
 
-def _delimiter(path: Path | pa.NativeFile, name: str) -> str:
-    """The CSV's separator, told from its header line (``core.io.delimited``: comma, semicolon, tab or pipe)."""
+def _text_format(path: Path | pa.NativeFile, name: str) -> tuple[str, str]:
+    """The CSV's separator and encoding (``core.io.delimited``: comma, semicolon, tab or pipe from its header line;
+    UTF-8, UTF-16 by its byte-order mark, else cp1252)."""
     default = "\t" if ".tsv" in name.lower() else ","
     if isinstance(path, pa.NativeFile):
-        head = path.read_at(min(HEAD_BYTES, path.size()), 0)
-    elif str(path).lower().endswith(".gz"):
-        import gzip
-
-        with gzip.open(path, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
+        data = bytes(path.read_at(path.size(), 0))
+        encoding, head = text_encoding([data]), data[:HEAD_BYTES]
     else:
-        with open(path, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
-    return sniff_delimiter(bytes(head), default)
+        st = Path(path).stat()
+        encoding = _file_encoding(str(path), st.st_size, st.st_mtime_ns)
+        head = next(file_chunks(path), b"")[:HEAD_BYTES]
+    return sniff_delimiter(head, default, encoding), encoding
+
+
+@functools.lru_cache(maxsize=32)
+def _file_encoding(path: str, size: int, mtime_ns: int) -> str:
+    """:func:`core.io.delimited.text_encoding` of a file, read once per version of it (size and modification time)."""
+    return text_encoding(file_chunks(path))
 
 
 def _first_line(err: BaseException) -> str:
@@ -225,7 +230,7 @@ def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: lis
         return pa.table({name: pa.array([], type=pa.string()) for name in mapping.values()})
     table = pa.Table.from_batches(batches)
     # a semicolon file writes 61,5 for 61.5 (core.io.delimited): _to_frame reads its values so
-    return table.replace_schema_metadata({b"delimiter": _delimiter(path, name).encode()})
+    return table.replace_schema_metadata({b"delimiter": _text_format(path, name)[0].encode()})
 
 
 def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
