@@ -47,6 +47,7 @@ from core.errors import InputError
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
+from core.io.timeline_times import index_times
 
 if TYPE_CHECKING:
     from core.io.volume import Volume
@@ -129,7 +130,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
     if for_training and not (out["split"] == "train").any():
         raise InputError("split", "no 'train' rows", "training needs a train split", "mark some subjects as train")
     if "index_time" in out.columns:
-        out["index_time"] = pd.to_datetime(out["index_time"], errors="coerce")
+        out["index_time"] = index_times(out["index_time"], source)
     if SERIES_COLUMN in out.columns:  # the series to read of a study that holds several
         named = out[SERIES_COLUMN].map(lambda v: "" if pd.isna(v) else str(v).strip())
         no_study = (named != "") & ~_has_study(out)
@@ -412,8 +413,7 @@ def uploaded_case_cohort(root: Path, *, volume: Volume | None, events: pd.DataFr
     if volume is not None:
         row["study"] = "uploaded study (in memory)"
     if events is not None and not events.empty:
-        timeline = events.loc[:, ["subject_id", "time", "code", "numeric_value"]].copy()
-        timeline["subject_id"] = subject_id
+        timeline = events.loc[:, ["subject_id", "time", "code", "numeric_value"]].assign(subject_id=subject_id)
         timeline = timeline.reset_index(drop=True)
         index_time = index_time if index_time is not None else pd.Timestamp(timeline["time"].max())
     row["index_time"] = pd.Timestamp(index_time) if index_time is not None else pd.NaT

@@ -87,3 +87,27 @@ def test_encodings_of_spreadsheet_exports(tmp_path: Path) -> None:
     unicode_text = "subject_id\ttime\tcode\tnumeric_value\nP1\t2020-01-01\tDIAG//Übelkeit\t\n".encode("utf-16")
     assert read_timeline_bytes(unicode_text, "export.txt")["code"].tolist() == ["DIAG//Übelkeit"]
     assert read_features_bytes("subject_id\tage\nP1\t61.5\n".encode("utf-16"), "f.txt").loc["P1", "age"] == 61.5
+
+
+def test_index_times_of_cohort_csv_as_written_in_europe(tmp_path: Path) -> None:
+    """cohort.csv's index_time was read by pandas alone: 01.02.2020 became January 2, and 13.02.2020 no time at all
+    (the subject then had no events: nothing may leak in after an unknown index). They are read as the timelines'
+    times now: one day / month order per file, UTC offsets converted; an unreadable cell is an error naming it."""
+    from core.cohort import load_cohort
+    from core.errors import InputError
+
+    events = "subject_id;time;code\nA;15.01.2020;DX//X\nA;05.02.2020;DX//LATE\nB;10.02.2020;DX//Y\n"
+    (tmp_path / "timeline.csv").write_text(events)
+    table = pd.DataFrame({"subject_id": ["A", "B", "C"], "time": [30, 40, 50], "event": [1, 0, 1],
+                          "index_time": ["01.02.2020", "13.02.2020 08:00", ""]})
+    table.to_csv(tmp_path / "cohort.csv", sep=";", index=False)
+    cohort = load_cohort(tmp_path, for_training=False)
+    assert [str(cohort.index_time(s)) for s in ("A", "B")] == ["2020-02-01 00:00:00", "2020-02-13 08:00:00"]
+    assert cohort.index_time("C") is None
+    assert cohort.events("A")["code"].tolist() == ["DX//X"] and cohort.events("B")["code"].tolist() == ["DX//Y"]
+    table.assign(index_time=["2020-02-01T10:00:00+02:00", "2020-02-13", "soon"]).to_csv(tmp_path / "cohort.csv", index=False)
+    with pytest.raises(InputError, match=r"index_time: got soon, is not a date/time \(1 such cells in cohort.csv\); "
+                                         r"fix: write index times as ISO 8601"):
+        load_cohort(tmp_path, for_training=False)
+    table.assign(index_time=["2020-02-01T10:00:00+02:00", "2020-02-13", ""]).to_csv(tmp_path / "cohort.csv", index=False)
+    assert str(load_cohort(tmp_path, for_training=False).index_time("A")) == "2020-02-01 08:00:00"

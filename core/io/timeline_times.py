@@ -1,4 +1,5 @@
-"""The ``time`` column of a MEDS timeline: Arrow timestamps, dates or text, as naive UTC ``datetime64[ns]``.
+"""The ``time`` column of a MEDS timeline (and cohort.csv's ``index_time``, :func:`index_times`): Arrow timestamps,
+dates or text, as naive UTC ``datetime64[ns]``.
 
 Used by ``core.io.timeline``. Text is read as ISO 8601 first, else value by value (``format="mixed"``), with two
 rules pandas alone does not keep:
@@ -117,3 +118,21 @@ def to_datetime(col: pa.ChunkedArray, path: Path, whole: Callable[[], pa.Chunked
         raise InputError("time", example, f"is not a date/time ({int(bad.sum())} such rows in {path.name})",
                          "write times as ISO 8601, e.g. 2180-03-23 11:51:00 (leave empty for static events)")
     return parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+
+
+def index_times(values: pd.Series, source: str = "cohort.csv") -> pd.Series:
+    """A cohort table's index times read as a timeline's times are (25.04.2021 day first, one order per file, UTC
+    offsets converted): pandas alone read 01.02.2020 as January 2 and 13.02.2020 as no time (the subject then had no
+    events). An empty cell is no index time; any other unreadable one an InputError naming it.
+
+    >>> index_times(pd.Series(["01.02.2020", "13.02.2020 10:00", None])).dt.strftime("%Y-%m-%d %H:%M").tolist()
+    ['2020-02-01 00:00', '2020-02-13 10:00', nan]
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+    text = pa.chunked_array([[None if pd.isna(v) else str(v) for v in values]], type=pa.string())
+    try:
+        return pd.Series(to_datetime(text, Path(source)), index=values.index)
+    except InputError as exc:
+        raise InputError("index_time", exc.value, exc.problem.replace("rows in", "cells in"),
+                         "write index times as ISO 8601, e.g. 2021-04-03 10:00 (an empty cell: no index time)") from None
