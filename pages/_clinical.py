@@ -55,7 +55,7 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         st.error(f"Features table not loaded: {state['error']}", icon=":material/error:")
     model_name, model = views.current_model_name(), None
     with chrome.core_errors(stop=False):
-        model = views.current_model()
+        model = views.current_lazy_model()  # its config only: no network is loaded for this section
     if model is None:
         return None
     tabular = dict(model.config.ehr.tabular or {})
