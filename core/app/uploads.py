@@ -258,7 +258,8 @@ def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
     parquet = bytes(data[:4]) == b"PAR1"
     if not parquet and not label.lower().endswith((".csv", ".txt")):
         raise InputError("features table", label, "is neither CSV nor parquet",
-                         "upload the cohort's features.csv (subject_id and one column per value)")
+                         "save the sheet as CSV (a spreadsheet's \"Save as\" CSV: any separator, UTF-8 or the Windows "
+                         "code page), with subject_id and one column per value")
     try:
         frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data))
     except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
