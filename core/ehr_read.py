@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.cohort import Cohort
+from core.feature_profile import training_text
 from core.timeline_profile import (UNIT_RATIO, VALUE_SD, far_from_training, model_timeline_profile, timeline_warning,
                                    unit_suspects, value_warning, warn_below)
 
@@ -107,21 +108,6 @@ def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[s
            "the training average."] if absent else []
     far = feature_value_warning(model.config.ehr.tabular or {}, given)
     return out + ([far] if far else [])
-
-
-def training_text(tabular: Mapping[str, Any], name: str) -> str:
-    """How a model saw feature ``name`` in training: "62 +- 11" (mean +- SD), "typically 310" for a column it reads
-    on a log scale; "" for a column it does not read.
-
-    >>> training_text({"columns": ["age", "bnp"], "mean": [62.0, 5.74], "std": [11.0, 1.2], "log": ["bnp"]}, "bnp")
-    'typically 310'
-    """
-    columns = list(tabular.get("columns", []))
-    if name not in columns:
-        return ""
-    i = columns.index(name)
-    mean, std = float(tabular["mean"][i]), float(tabular["std"][i])
-    return f"typically {float(np.expm1(mean)):.3g}" if name in set(tabular.get("log", [])) else f"{mean:.3g} +- {std:.3g}"
 
 
 def feature_value_warning(tabular: Mapping[str, Any], row: Mapping[str, object]) -> str | None:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from core.cohort import Cohort
+from core.feature_profile import card_lines as feature_card_lines
 from core.models.config import ModelConfig
 from core.study_profile import card_lines, model_profile
 from core.timeline_profile import card_lines as timeline_card_lines
@@ -142,6 +143,7 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         "",
         *card_lines(model_profile(cfg)),
         *timeline_card_lines(model_timeline_profile(cfg), (cfg.ehr.sequence or {}).get("codes", [])),
+        *feature_card_lines(cfg.ehr.tabular, cfg.ehr.curated_features),
         "## Limitations",
         "- Trained on one cohort; performance on other scanners, sites or populations is unknown.",
         "- Survival beyond the last grid time is reported as the last grid value (no extrapolation).",

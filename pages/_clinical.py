@@ -16,7 +16,8 @@ import streamlit as st
 
 from core.app import cases as saved
 from core.app import uploads
-from core.ehr_read import renamed_columns, training_text
+from core.ehr_read import renamed_columns
+from core.feature_profile import training_text
 from pages import _chrome as chrome
 from pages import _model_views as views
 from pages import _state as K

@@ -7,7 +7,8 @@ training timelines' events with a known code, writes the profiles into
 ``config.json`` (keys ``study_profile`` and ``timeline_profile``; every other key
 unchanged) and puts their sections into ``MODEL_CARD.md`` (replacing older ones,
 before "## Limitations"). Weights and metrics are not touched. ``--only timeline``
-(or ``study``) writes one of the two.
+(or ``study``) writes one of the two; ``--only features`` only the card's section on the curated features (read
+from config.json, no cohort needed).
 
     python scripts/add_model_profile.py --cohort COHORT MODEL [MODEL ...] [--manifest MANIFEST] [--only timeline]
 
@@ -36,6 +37,8 @@ from core.inputs import ehr_arrays  # noqa: E402
 from core.study_profile import card_lines, image_cohort_profile  # noqa: E402
 from core.timeline_profile import PROFILE_KEY, reference_profile  # noqa: E402
 from core.timeline_profile import card_lines as timeline_card_lines  # noqa: E402
+from core.feature_profile import SECTION as FEATURE_SECTION  # noqa: E402
+from core.feature_profile import card_lines as feature_card_lines  # noqa: E402
 
 SECTION = "## What this model can read"
 TIMELINE_SECTION = "## Timeline codes this model reads"
@@ -58,18 +61,29 @@ def card_with_profile(card: str, lines: list[str], section: str = SECTION) -> st
     return body.rstrip("\n") + "\n\n" + block
 
 
-def add_profile(model_dir: Path, cohort_dir: Path, only: str | None = None) -> dict:
+def add_profile(model_dir: Path, cohort_dir: Path | None, only: str | None = None) -> dict:
     """Write the profiles into one model folder; returns their sizes (None for a model that reads no CT voxels, or
-    no timeline). ``only``: "study" or "timeline" to write one of the two."""
+    no timeline). ``only``: "study" or "timeline" to write one of the two, "features" for the card's section on the
+    curated features alone (from config.json; no cohort needed)."""
     cfg_path = model_dir / "config.json"
     if not cfg_path.exists():
         raise InputError("model", str(model_dir), "has no config.json", "pass a model folder written by `python -m core train`")
     raw = json.loads(cfg_path.read_text())
     cfg = ModelConfig.from_dict(raw)
-    cohort = load_cohort(cohort_dir, seed=cfg.seed)
     card_path = model_dir / "MODEL_CARD.md"
     card = card_path.read_text() if card_path.exists() else None
     done: dict = {"model": model_dir.name}
+    if only in (None, "features"):
+        lines = feature_card_lines(cfg.ehr.tabular, cfg.ehr.curated_features)
+        card = None if card is None else card_with_profile(card, lines, FEATURE_SECTION)
+        done["features"] = len(cfg.ehr.curated_features)
+        if only == "features":
+            if card is not None:
+                card_path.write_text(card)
+            return done
+    if cohort_dir is None:
+        raise InputError("--cohort", "none", "is needed for the study and timeline profiles", "pass the training cohort")
+    cohort = load_cohort(cohort_dir, seed=cfg.seed)
     if only in (None, "study"):
         profile = image_cohort_profile(cohort, cohort.ids("train"), cfg.image, seed=cfg.seed)
         if profile is None:
@@ -102,11 +116,13 @@ def add_profile(model_dir: Path, cohort_dir: Path, only: str | None = None) -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", type=Path, nargs="+")
-    parser.add_argument("--cohort", type=Path, required=True, help="the cohort folder the models were trained on")
+    parser.add_argument("--cohort", type=Path, default=None,
+                        help="the cohort folder the models were trained on (not needed for --only features)")
     parser.add_argument("--manifest", type=Path, default=None, help="MANIFEST.json whose cohort_sha256 the cohort must match")
-    parser.add_argument("--only", choices=("study", "timeline"), default=None, help="write one of the two profiles")
+    parser.add_argument("--only", choices=("study", "timeline", "features"), default=None,
+                        help="write one of the two profiles, or the card's section on the curated features")
     args = parser.parse_args(argv)
-    if args.manifest is not None:
+    if args.manifest is not None and args.cohort is not None:
         want = json.loads(args.manifest.read_text()).get("cohort_sha256")
         got = hashlib.sha256((args.cohort / "cohort.csv").read_bytes()).hexdigest()
         if want != got:

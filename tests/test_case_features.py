@@ -107,6 +107,11 @@ def test_shipped_model_reads_the_values_of_an_uploaded_case(tmp_path: Path) -> N
     slip = case_feature_read(model, {**row, "age": row["age"] * 12})
     assert slip[-1].startswith(f"Clinical values unlike the training values: age {row['age'] * 12:.4g} (training ")
     assert case_feature_read(model, {"another_models_column": 3.0}) == []  # the modality notice says it: none given
+    # the warnings say "name the columns as the model card lists them": the card lists them, with their training values
+    card = (SHIPPED / "ehr_only" / "MODEL_CARD.md").read_text()
+    listed = card.split("## Curated features this model reads")[1].split("## ")[0]
+    assert all(f"`{n}` " in listed for n in names) and "`age` 67 +- 9.87" in listed
+    assert "## Curated features" not in (SHIPPED / "image_only" / "MODEL_CARD.md").read_text()
 
 
 def test_features_csv_values_far_from_training(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ def test_timeline_only_cohort_reads_its_summary(tmp_path: Path) -> None:
     assert len(counts) == 4 and any(c.startswith("last::") for c in tabular["columns"])  # 24 train subjects: 4 codes
     model = load_model(out)
     assert model.config.ehr.curated_features == [] and model.config.ehr.summarises_timeline
+    assert "## Curated features this model reads" not in (out / "MODEL_CARD.md").read_text()  # not features.csv's
     assert "- Tabular features: the timeline's summary (`core.models.ehr_summary`, not features.csv), " \
            f"{len(tabular['columns'])} columns: age from MEDS_BIRTH" in (out / "MODEL_CARD.md").read_text()
     cohort = load_cohort(root)

@@ -374,6 +374,10 @@ def test_training_records_what_the_model_can_read(models: dict[str, Path], tiny_
     assert (timelines["n_subjects"], timelines["split"]) == ((held_out, "validation") if held_out >= 10
                                                              else (len(train_ids), "training"))
     assert "## Timeline codes this model reads" in (models["ehr_only"] / "MODEL_CARD.md").read_text()
+    # and the features.csv columns it reads, by name (the feature warnings refer to this list)
+    tabular = json.loads((models["ehr_only"] / "config.json").read_text())["ehr"]["tabular"]
+    features_card = (models["ehr_only"] / "MODEL_CARD.md").read_text().split("## Curated features this model reads")[1]
+    assert all(f"`{c}` " in features_card for c in tabular["columns"])
     assert "timeline_profile" not in json.loads((models["image_only"] / "config.json").read_text())
     recorded = cohort.table.set_index("subject_id").loc[train_ids, "contrast"]
     counts = {"yes": int((recorded == "yes").sum()), "no": 0, "unknown": int((recorded == "").sum())}
