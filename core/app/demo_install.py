@@ -113,11 +113,13 @@ def _install_shipped(cohort: Path, models: Path, fusions: Sequence[str], shipped
 
 
 def _differs(src: Path, dst: Path) -> bool:
-    """Whether an installed model folder is not the shipped one: another config.json, or weights of another size."""
+    """Whether an installed model folder is not the shipped one: another config.json or model card, or weights of
+    another size."""
     if not (src / "config.json").is_file():
         return False
-    if not (dst / "config.json").is_file() or (src / "config.json").read_bytes() != (dst / "config.json").read_bytes():
-        return True
+    for name in ("config.json", "MODEL_CARD.md"):
+        if (src / name).is_file() and (not (dst / name).is_file() or (src / name).read_bytes() != (dst / name).read_bytes()):
+            return True
     return any(not (dst / w.name).is_file() or (dst / w.name).stat().st_size != w.stat().st_size
                for w in src.glob("*.safetensors"))
 
