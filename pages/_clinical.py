@@ -76,6 +76,10 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         first = subjects.index(subject_hint) if subject_hint in subjects else 0
         subject = st.selectbox(f"Subject ({len(subjects)} in the table; its values fill the table below)", subjects,
                                index=first, key=f"features_subject_{nonce}")
+        text = table.attrs.get("text_columns") or []
+        if text:  # sex as F / M, a comment: no model reads text
+            st.caption(f"Text column(s) not read: {', '.join(text[:4])}{', ...' if len(text) > 4 else ''} (models read "
+                       "numbers: one column per category, such as sex_female 1 / 0).")
         renames = renamed_columns(names + sorted(read - set(names)), list(table.columns))
         if renames:  # "Age" for age: the same value under the models' own name
             st.caption("Read under the models' names: " + ", ".join(f"{c} as {n}" for c, n in list(renames.items())[:6])

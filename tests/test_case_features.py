@@ -48,10 +48,13 @@ def test_values_are_kept_with_the_case_and_replaced(tmp_path: Path) -> None:
 def test_features_table_upload() -> None:
     from core.app.uploads import read_features_bytes
 
+    # text columns (sex as F / M, a comment) are left out and named, not a reason to refuse the whole table
+    mixed = read_features_bytes(b"subject_id,age,sex,comment\n7,61.5,F,called back\n8,70,M,\n", "f.csv")
+    assert list(mixed.columns) == ["age"] and mixed.attrs["text_columns"] == ["sex", "comment"]
+
     table = read_features_bytes(b"subject_id,age,sex_female,last_bnp\n7,61.5,1,\n8,70,0,310\n", "features.csv")
     assert table.loc["7"].to_dict() == pytest.approx({"age": 61.5, "sex_female": 1.0, "last_bnp": np.nan}, nan_ok=True)
     for data, name, message in [(b"", "f.csv", "is an empty file"), (b"id,age\n7,61\n", "f.csv", "no subject_id column"),
-                                (b"subject_id,smoker\n7,yes\n", "f.csv", r"non-numeric column\(s\)"),
                                 (b"subject_id,age\n7,61\n", "f.xlsx", "is neither CSV nor parquet"),
                                 (b"subject_id,age\n", "f.csv", "has no rows")]:
         with pytest.raises(InputError, match=message):

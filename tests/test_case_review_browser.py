@@ -236,6 +236,7 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
     table = features.iloc[2:6].drop(columns=["last_bnp"])  # one column fewer than the model reads
     table.insert(1, "mrn", [81234567, 81234568, 81234569, 81234570])  # numeric, but read by no model: never stored
     table = table.rename(columns={"age": "Age"})  # another site's spelling: read as the model's age
+    table.insert(2, "sex", ["F", "M", "F", "M"])  # text: not read, and no reason to refuse the table
     table.to_csv(tmp_path / "values.csv", index=False)
     go(pg, "Upload")
     choose(pg, "Fusion strategy / model", "ehr_only")
@@ -249,6 +250,7 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
     assert "last_bnp" in absent and pg.get_by_text(f"ehr_only: {note}").count() == 1  # type: ignore[attr-defined]
     assert pg.get_by_text("1 column(s) of the table that no model here reads are not kept: mrn.").count() == 1  # type: ignore[attr-defined]
     assert pg.get_by_text("Read under the models' names: Age as age.").count() == 1  # type: ignore[attr-defined]
+    assert pg.get_by_text("Text column(s) not read: sex", exact=False).count() == 1  # type: ignore[attr-defined]
     shot(pg, "upload_clinical_values")
     before = {c.case_id for c in cases.list_cases("local", base=data_dir)}
     pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]

@@ -241,7 +241,8 @@ MAX_FEATURES_BYTES = 50 * 1024**2  # an uploaded features table
 
 def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
     """An uploaded features table (a cohort's features.csv: ``subject_id`` + numeric columns; CSV or parquet) read in
-    memory, indexed by subject id (``core.cohort.features_table``).
+    memory, indexed by subject id (``core.cohort.features_table``). Text columns are left out and named in
+    ``attrs["text_columns"]`` (a cohort's features.csv refuses them: there they would be a model's columns).
 
     >>> read_features_bytes(b"subject_id,age,sex_female\\nP1,61.5,1\\n", "f.csv").loc["P1"].to_dict()
     {'age': 61.5, 'sex_female': 1.0}
@@ -265,7 +266,11 @@ def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
     except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
         raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
                          "save it as a plain CSV with a header row") from None
-    table = features_table(frame, source="features table")
+    # text columns (a name, a comment, sex as F / M) are not read: no model reads text, and none of them is kept
+    values = frame.drop(columns=["subject_id"], errors="ignore").apply(pd.to_numeric, errors="coerce")
+    text = [c for c in values.columns if values[c].isna().all() and frame[c].notna().any()]
+    table = features_table(frame.drop(columns=text), source="features table")
     if table.empty:
         raise InputError("features table", label, "has no rows", "add a row per subject")
+    table.attrs["text_columns"] = [str(c) for c in text]
     return table
