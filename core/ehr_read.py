@@ -110,6 +110,21 @@ def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[s
     return out + ([far] if far else [])
 
 
+def far_columns(tabular: Mapping[str, Any], row: Mapping[str, object]) -> list[str]:
+    """The columns of ``row`` the model reads whose value lies more than ``VALUE_SD`` training SDs and a factor
+    ``UNIT_RATIO`` from the training mean (``core.timeline_profile.far_from_training``)."""
+    columns, mean, std = list(tabular.get("columns", [])), tabular.get("mean", []), tabular.get("std", [])
+    logged = set(tabular.get("log", []))
+    out = []
+    for name, value in row.items():
+        if name not in columns or not isinstance(value, (int, float)) or not np.isfinite(value):
+            continue
+        i = columns.index(name)
+        if far_from_training(float(value), float(mean[i]), float(std[i]), name in logged):
+            out.append(str(name))
+    return out
+
+
 def feature_value_warning(tabular: Mapping[str, Any], row: Mapping[str, object]) -> str | None:
     """A warning naming the features whose value lies more than ``VALUE_SD`` training SDs and a factor ``UNIT_RATIO``
     from the training mean (a typing slip or another unit: age in months, creatinine in umol/L); the network reads
@@ -121,16 +136,7 @@ def feature_value_warning(tabular: Mapping[str, Any], row: Mapping[str, object])
     >>> feature_value_warning(scaler, {"age": 91.0, "last_creatinine": 2.6}) is None  # old and sick, same units
     True
     """
-    columns, mean, std = list(tabular.get("columns", [])), tabular.get("mean", []), tabular.get("std", [])
-    logged = set(tabular.get("log", []))
-    far = []
-    for name, value in row.items():
-        if name not in columns or not isinstance(value, (int, float)) or not np.isfinite(value):
-            continue
-        i = columns.index(name)
-        m, s, log = float(mean[i]), float(std[i]), name in logged
-        if far_from_training(float(value), m, s, log):
-            far.append(f"{name} {float(value):.4g} (training {training_text(tabular, name)})")
+    far = [f"{name} {float(row[name]):.4g} (training {training_text(tabular, name)})" for name in far_columns(tabular, row)]
     if not far:
         return None
     return (f"Clinical values unlike the training values: {'; '.join(far[:4])}"
@@ -184,20 +190,27 @@ def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str])
 
 def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
     """What the model's tabular features find in this cohort: ``columns`` (the model's), ``absent`` (those
-    features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row). None when the model reads
-    no features."""
+    features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row), ``far_values`` ({column:
+    subjects whose value lies far from training, :func:`far_columns`}). None when the model reads no features."""
     names = model.config.ehr.curated_features
     if not names:
         return None
     frame = cohort.features
     absent = list(names) if frame is None else [c for c in names if c not in frame.columns]
     without = len(ids) if frame is None else sum(str(s) not in frame.index for s in ids)
-    return {"columns": len(names), "absent": absent, "without_row": int(without)}
+    far: dict[str, int] = {}
+    rows = [] if frame is None else frame.reindex([str(s) for s in ids if str(s) in frame.index])
+    for _, row in (rows.iterrows() if len(rows) else ()):
+        for name in far_columns(model.config.ehr.tabular or {}, row.to_dict()):
+            far[name] = far.get(name, 0) + 1
+    return {"columns": len(names), "absent": absent, "without_row": int(without), "far_values": far}
 
 
 def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
-    """One line on a :func:`split_feature_reads` summary, or None when every column and row is there."""
-    if not summary or not (summary["absent"] or summary["without_row"]):
+    """One line on a :func:`split_feature_reads` summary, or None when every column and row is there and no value is
+    far from training."""
+    far = summary.get("far_values") or {} if summary else {}
+    if not summary or not (summary["absent"] or summary["without_row"] or far):
         return None
     parts = []
     if summary["absent"]:
@@ -207,7 +220,12 @@ def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
     if summary["without_row"]:
         n = int(summary["without_row"])
         parts.append(f"{n} subject{'s have' if n != 1 else ' has'} no features.csv row")
-    return "; ".join(parts) + ": read as missing"
+    missing = "; ".join(parts) + ": read as missing" if parts else ""
+    worst = sorted(far.items(), key=lambda kv: -kv[1])[:3]
+    unlike = ("; ".join(f"{name}: {n} subject{'s' if n != 1 else ''}" for name, n in worst)
+              + f"{'; ...' if len(far) > 3 else ''} with a value more than {VALUE_SD:.0f} training SDs and a factor "
+              f"{UNIT_RATIO:.0f} from the training mean (another unit?)") if far else ""
+    return "; ".join(t for t in (missing, unlike) if t)
 
 
 def split_timeline_reads_text(summary: Mapping[str, Any] | None) -> str | None:

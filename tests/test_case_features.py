@@ -124,9 +124,17 @@ def test_features_csv_values_far_from_training(tmp_path: Path) -> None:
 
     root = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
     features = pd.read_csv(root / "features.csv")
-    first, second = features["subject_id"].astype(str).iloc[:2]
-    features.loc[0, "last_creatinine"] = 97.0
+    first, second = pd.read_csv(root / "cohort.csv").query("split == 'test'")["subject_id"].astype(str).iloc[:2]
+    features.loc[features["subject_id"].astype(str) == first, "last_creatinine"] = 97.0
     features.to_csv(root / "features.csv", index=False)
+    # evaluate counts such values over the test split, per column
+    from core.ehr_read import split_feature_reads_text
+    from core.evaluation import evaluate_model
+
+    summary = evaluate_model(SHIPPED / "ehr_only", root, band=False, n_boot=10)["features"]
+    assert summary["far_values"] == {"last_creatinine": 1}
+    assert split_feature_reads_text(summary) == ("last_creatinine: 1 subject with a value more than 5 training SDs and "
+                                                 "a factor 3 from the training mean (another unit?)")
     warned = [w for w in predict_subject(SHIPPED / "ehr_only", root, first)["warnings"] if w.startswith("Clinical")]
     assert len(warned) == 1 and warned[0].startswith("Clinical values unlike the training values: last_creatinine 97 ")
     assert not [w for w in predict_subject(SHIPPED / "ehr_only", root, second)["warnings"] if w.startswith("Clinical")]
