@@ -29,12 +29,12 @@ import pandas as pd
 from core import disk_cache
 from core.cohort import Cohort, load_cohort
 from core.errors import InputError
+from core.ehr_read import feature_read, timeline_read
 from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
 from core.models.types import CaseInputs, CasePrediction
 from core.study_profile import (STATS, contrast_warning, model_profile, model_study_stats, outside, profile_warnings,
                                 series_like_training, withhold_reason)
-from core.ehr_read import feature_read, timeline_read
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel

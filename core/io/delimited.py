@@ -29,6 +29,8 @@ import pandas as pd
 DELIMITERS = (",", ";", "\t", "|")
 HEAD_BYTES = 64 << 10  # the header line is looked for in this many bytes
 DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")  # 61,5 in a semicolon file: a decimal comma
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+CHUNK_BYTES = 8 << 20
 
 
 def sniff_delimiter(head: bytes, default: str = ",", encoding: str = "utf-8") -> str:
@@ -43,16 +45,11 @@ def sniff_delimiter(head: bytes, default: str = ",", encoding: str = "utf-8") ->
 
 def _head(source: Path | str | IO[bytes]) -> bytes:
     if isinstance(source, (str, Path)):
-        with open(source, "rb") as fh:
-            return fh.read(HEAD_BYTES)
+        return next(file_chunks(source), b"")[:HEAD_BYTES]  # a .gz file decompressed
     pos = source.tell()
     head = source.read(HEAD_BYTES)
     source.seek(pos)
     return head if isinstance(head, bytes) else str(head).encode()
-
-
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-CHUNK_BYTES = 8 << 20
 
 
 def text_encoding(chunks: Iterable[bytes]) -> str:
@@ -69,7 +66,7 @@ def text_encoding(chunks: Iterable[bytes]) -> str:
             if first and bytes(chunk[:2]) in UTF16_BOMS:
                 return "utf-16"
             first = False
-            decoder.decode(bytes(chunk))
+            decoder.decode(chunk)  # bytes or a memoryview of an upload's buffer (not copied)
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return "cp1252"

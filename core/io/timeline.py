@@ -41,7 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from core.errors import InputError
-from core.io.delimited import HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
+from core.io.delimited import CHUNK_BYTES, HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
 from core.io.timeline_times import to_datetime
 
 COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -117,10 +117,11 @@ def _parquet_dataset(path: Path) -> pads.Dataset:
 
 
 def _csv_reader(path: Path | pa.NativeFile, mapping: dict[str, str] | None = None, *,
-                label: str = "") -> pacsv.CSVStreamingReader:
-    """A streaming CSV reader of a file, or of an in-memory buffer named ``label``."""
+                label: str = "", text_format: tuple[str, str] | None = None) -> pacsv.CSVStreamingReader:
+    """A streaming CSV reader of a file, or of an in-memory buffer named ``label``; ``text_format``: its separator
+    and encoding when already known (:func:`_text_format`)."""
     name = label or getattr(path, "name", "timeline.csv")
-    delimiter, encoding = _text_format(path, name)
+    delimiter, encoding = text_format or _text_format(path, name)
     convert = pacsv.ConvertOptions(strings_can_be_null=True)
     if mapping is not None:
         # read every mapped column as text; types are fixed in pandas with clear errors
@@ -142,9 +143,10 @@ def _text_format(path: Path | pa.NativeFile, name: str) -> tuple[str, str]:
     """The CSV's separator and encoding (``core.io.delimited``: comma, semicolon, tab or pipe from its header line;
     UTF-8, UTF-16 by its byte-order mark, else cp1252)."""
     default = "\t" if ".tsv" in name.lower() else ","
-    if isinstance(path, pa.NativeFile):
-        data = bytes(path.read_at(path.size(), 0))
-        encoding, head = text_encoding([data]), data[:HEAD_BYTES]
+    if isinstance(path, pa.NativeFile):  # an upload's buffer, read in place
+        data = memoryview(path.read_at(path.size(), 0))
+        encoding = text_encoding(data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))
+        head = bytes(data[:HEAD_BYTES])
     else:
         st = Path(path).stat()
         encoding = _file_encoding(str(path), st.st_size, st.st_mtime_ns)
@@ -211,7 +213,8 @@ def _read_parquet(path: Path, mapping: dict[str, str], subjects: list[str] | Non
 
 def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: list[str] | None, *,
               label: str = "") -> pa.Table:
-    reader = _csv_reader(path, mapping, label=label)
+    text_format = _text_format(path, label or getattr(path, "name", "timeline.csv"))  # scanned once per read
+    reader = _csv_reader(path, mapping, label=label, text_format=text_format)
     name = label or getattr(path, "name", "timeline.csv")
     subject_col = mapping["subject_id"]
     wanted = None if subjects is None else pa.array([str(s).strip() for s in subjects], type=pa.string())
@@ -230,7 +233,7 @@ def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: lis
         return pa.table({name: pa.array([], type=pa.string()) for name in mapping.values()})
     table = pa.Table.from_batches(batches)
     # a semicolon file writes 61,5 for 61.5 (core.io.delimited): _to_frame reads its values so
-    return table.replace_schema_metadata({b"delimiter": _text_format(path, name)[0].encode()})
+    return table.replace_schema_metadata({b"delimiter": text_format[0].encode()})
 
 
 def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,

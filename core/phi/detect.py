@@ -40,10 +40,10 @@ SECONDARY_MODALITIES = frozenset({"OT", "SC"})
 SCREENSHOT_IMAGE_TYPES = frozenset({"SCREEN SAVE", "SCREENSHOT", "SCREEN CAPTURE", "CAPTURE", "VIDEO", "REPORT", "SUMMARY"})
 # Text VRs whose kept values are searched for the names of the people in the dataset
 TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE"})
-# Name parts that are placeholders, not names (never searched for)
 # the dummies core.deid.clean writes (PS3.15 action D): an original value equal to one is not a leak when it is
 # written back (a scanner's ContrastBolusAgent "NONE" is the record de-identification keeps, not identifying text)
 CLEANER_DUMMIES = frozenset({"ANONYMOUS", "NONE", "APPLIED"})
+# Name parts that are placeholders, not names (never searched for)
 PLACEHOLDER_NAMES = frozenset({"ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "UNKNOWN", "PATIENT", "NONE", "NAME", "REMOVED", "DEIDENTIFIED", "MR", "MRS", "MS", "DR"})
 NAME_PART_MIN = 2
 PSEUDONYM_KEYWORDS = frozenset({"PatientName", "PatientID"})  # de-identification writes the pseudonym here
