@@ -70,6 +70,17 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
     return out + ([far] if far else [])
 
 
+# a category written as a word or a letter -> the level a model column names ("sex_female"); groups of levels that
+# exclude each other, so a value of one reads 0 in an indicator of another
+LEVEL_WORDS = {"f": "female", "w": "female", "woman": "female", "m": "male", "man": "male", "y": "yes", "true": "yes",
+               "n": "no", "false": "no"}
+LEVEL_GROUPS = ({"female", "male"}, {"yes", "no"})
+
+
+def _key(text: object) -> str:
+    return "".join(ch for ch in str(text).lower() if ch.isalnum())
+
+
 def renamed_columns(names: Sequence[str], columns: Sequence[object]) -> dict[str, str]:
     """{column: model name} for the columns that name a model feature otherwise only in case, spaces or punctuation
     ("Age" for age, "Last Creatinine" for last_creatinine); a name the columns already hold, or that two columns
@@ -78,19 +89,54 @@ def renamed_columns(names: Sequence[str], columns: Sequence[object]) -> dict[str
     >>> renamed_columns(["age", "last_creatinine", "sex_female"], ["Age", "Last Creatinine", "sex_female", "MRN"])
     {'Age': 'age', 'Last Creatinine': 'last_creatinine'}
     """
-    def key(text: object) -> str:
-        return "".join(ch for ch in str(text).lower() if ch.isalnum())
-
     present = {str(c) for c in columns}
     by_key: dict[str, list[str]] = {}
     for col in present - set(names):
-        by_key.setdefault(key(col), []).append(col)
+        by_key.setdefault(_key(col), []).append(col)
     out = {}
     for name in names:
-        found = by_key.get(key(name), [])
+        found = by_key.get(_key(name), [])
         if name not in present and len(found) == 1:
             out[found[0]] = name
     return dict(sorted(out.items(), key=lambda kv: list(names).index(kv[1])))
+
+
+def category_indicators(frame: pd.DataFrame, text_columns: Sequence[object],
+                        names: Sequence[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The 1 / 0 columns of ``names`` that a table holds as text ("sex" F / M for sex_female; "smoker" yes / no for
+    smoker_yes), and {model column: text column}. A model column ``<base>_<level>`` is read from the text column named
+    ``base`` (in case, spaces or punctuation only otherwise) that has no numbers: a cell naming ``level`` (or its
+    letter: F, M, W, Y, N; true / false) reads 1, one naming another level of the same kind (a level of another model
+    column of that base, male beside female, no beside yes) reads 0, and anything else (blank, "unknown", "U") is
+    missing. A name the table already holds is left alone.
+
+    >>> t = pd.DataFrame({"sex": ["F", "m", "U", None], "Smoker": ["yes", "No", "", "y"]})
+    >>> out, used = category_indicators(t, ["sex", "Smoker"], ["age", "sex_female", "smoker_yes"])
+    >>> used, out["sex_female"].tolist(), out["smoker_yes"].tolist()
+    ({'sex_female': 'sex', 'smoker_yes': 'Smoker'}, [1.0, 0.0, nan, nan], [1.0, 0.0, nan, 1.0])
+    """
+    by_key = {_key(c): c for c in text_columns}
+    bases: dict[str, list[tuple[str, str]]] = {}  # text column -> [(model column, level key)]
+    for name in names:
+        if name in frame.columns:
+            continue
+        for cut in [i for i, ch in enumerate(name) if ch == "_"]:
+            col = by_key.get(_key(name[:cut]))
+            if col is not None and _key(name[cut + 1:]):
+                bases.setdefault(col, []).append((name, _key(name[cut + 1:])))
+                break
+    out, used = {}, {}
+    for col, targets in bases.items():
+        cells = frame[col].map(lambda v: "" if pd.isna(v) else _key(v))
+        levels = cells.map(lambda v: LEVEL_WORDS.get(v, v))
+        known = {level for _, level in targets}
+        for _, level in targets:
+            known |= next((g for g in LEVEL_GROUPS if level in g), set())
+        for name, level in targets:
+            indicator = np.where(levels == level, 1.0, np.where(levels.isin(known - {level}), 0.0, np.nan))
+            if np.isfinite(indicator).any():
+                out[name], used[name] = indicator, str(col)
+    return pd.DataFrame(out, index=frame.index), used
 
 
 def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[str]:

@@ -24,11 +24,13 @@ from pages import _state as K
 
 
 def read_table(upload: Any, state: dict) -> None:
-    """Read an uploaded features table into ``state`` ("table", "name", "error"), replacing the one before."""
+    """Read an uploaded features table into ``state`` ("table", "name", "error"), replacing the one before; a text
+    column holding a model column's categories (sex F / M for sex_female) is read as that column."""
     state.clear()
     state["name"] = uploads.upload_label([upload.name])
     try:
-        state["table"], state["error"] = uploads.read_features_bytes(upload.getvalue(), upload.name), ""
+        table = uploads.read_features_bytes(upload.getvalue(), upload.name, names=sorted(read_by_any_model()))
+        state["table"], state["error"] = table, ""
     except ValueError as exc:
         state["table"], state["error"] = None, chrome.one_line(exc)
 
@@ -80,6 +82,9 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         if text:  # sex as F / M, a comment: no model reads text
             st.caption(f"Text column(s) not read: {', '.join(text[:4])}{', ...' if len(text) > 4 else ''} (models read "
                        "numbers: one column per category, such as sex_female 1 / 0).")
+        categories = table.attrs.get("categories") or {}
+        if categories:  # sex F / M read as sex_female 1 / 0
+            st.caption("Read from text: " + ", ".join(f"{c} as {n} (1 / 0)" for n, c in categories.items()) + ".")
         renames = renamed_columns(names + sorted(read - set(names)), list(table.columns))
         if renames:  # "Age" for age: the same value under the models' own name
             st.caption("Read under the models' names: " + ", ".join(f"{c} as {n}" for c, n in list(renames.items())[:6])

@@ -231,6 +231,15 @@ if checked is not None:
                 for note in [*read.warnings, read.note(model_name)]:  # what the selected model cannot read here
                     if note:
                         st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
+                other = next((s for s in volume.series if s.key == read.like_training), None)
+                if other is not None and st.button(  # the phase the model was trained on, in one click
+                        f"Load the series acquired like {model_name}'s training studies ({other.n_instances} images)",
+                        key="like_training_upload", icon=":material/swap_horiz:",
+                        help=f"Series {other.key}; the case is saved in the series loaded here."):
+                    with chrome.core_errors(stop=False, what="Series not loaded: "):
+                        study_state["checked"] = uploads.with_series(checked, other.key)
+                        st.session_state.pop("series_choice", None)  # the list above then shows the loaded series
+                        st.rerun()
 
 # ------------------------------------------------------------------- timeline
 st.subheader("2. Timeline (optional)")

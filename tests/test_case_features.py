@@ -51,6 +51,17 @@ def test_features_table_upload() -> None:
     # text columns (sex as F / M, a comment) are left out and named, not a reason to refuse the whole table
     mixed = read_features_bytes(b"subject_id,age,sex,comment\n7,61.5,F,called back\n8,70,M,\n", "f.csv")
     assert list(mixed.columns) == ["age"] and mixed.attrs["text_columns"] == ["sex", "comment"]
+    # ... unless a model reads their categories: sex F / M / unknown as sex_female 1 / 0 / missing
+    names = ["age", "sex_female", "smoker_yes", "smoker_no"]
+    coded = read_features_bytes(b"subject_id;Sex;smoker;comment\n7;F;Yes;x\n8;m;no;\n9;U;;\n10;female;N;\n",
+                                "f.csv", names=names)
+    assert coded.attrs["categories"] == {"sex_female": "Sex", "smoker_yes": "smoker", "smoker_no": "smoker"}
+    assert coded.attrs["text_columns"] == ["comment"]
+    assert coded["sex_female"].tolist() == pytest.approx([1.0, 0.0, np.nan, 1.0], nan_ok=True)
+    assert coded["smoker_yes"].tolist() == pytest.approx([1.0, 0.0, np.nan, 0.0], nan_ok=True)
+    assert coded["smoker_no"].tolist() == pytest.approx([0.0, 1.0, np.nan, 1.0], nan_ok=True)
+    numbered = read_features_bytes(b"subject_id,sex,sex_female\n7,F,0\n", "f.csv", names=names)  # its own column wins
+    assert numbered.loc["7", "sex_female"] == 0.0 and numbered.attrs["text_columns"] == ["sex"]
 
     table = read_features_bytes(b"subject_id,age,sex_female,last_bnp\n7,61.5,1,\n8,70,0,310\n", "features.csv")
     assert table.loc["7"].to_dict() == pytest.approx({"age": 61.5, "sex_female": 1.0, "last_bnp": np.nan}, nan_ok=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
@@ -239,15 +239,21 @@ def save_checked_case(user: str, checked: CheckedStudy | None, *, events: pd.Dat
 MAX_FEATURES_BYTES = 50 * 1024**2  # an uploaded features table
 
 
-def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
+def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd.DataFrame:
     """An uploaded features table (a cohort's features.csv: ``subject_id`` + numeric columns; CSV or parquet) read in
-    memory, indexed by subject id (``core.cohort.features_table``). Text columns are left out and named in
+    memory, indexed by subject id (``core.cohort.features_table``). A text column that holds one of the model columns
+    ``names`` as categories (sex F / M for sex_female: ``core.ehr_read.category_indicators``) is read as that column
+    (``attrs["categories"]``: {model column: text column}); other text columns are left out and named in
     ``attrs["text_columns"]`` (a cohort's features.csv refuses them: there they would be a model's columns).
 
     >>> read_features_bytes(b"subject_id,age,sex_female\\nP1,61.5,1\\n", "f.csv").loc["P1"].to_dict()
     {'age': 61.5, 'sex_female': 1.0}
+    >>> t = read_features_bytes(b"subject_id,age,sex\\nP1,61.5,F\\n", "f.csv", names=["age", "sex_female"])
+    >>> t.loc["P1"].to_dict(), t.attrs["categories"]
+    ({'age': 61.5, 'sex_female': 1.0}, {'sex_female': 'sex'})
     """
     from core.cohort import features_table
+    from core.ehr_read import category_indicators
     from core.io.delimited import read_csv_any
 
     label = upload_label([name])
@@ -269,8 +275,10 @@ def read_features_bytes(data: bytes, name: str) -> pd.DataFrame:
     # text columns (a name, a comment, sex as F / M) are not read: no model reads text, and none of them is kept
     values = frame.drop(columns=["subject_id"], errors="ignore").apply(pd.to_numeric, errors="coerce")
     text = [c for c in values.columns if values[c].isna().all() and frame[c].notna().any()]
-    table = features_table(frame.drop(columns=text), source="features table")
+    indicators, used = category_indicators(frame, text, names)
+    table = features_table(pd.concat([frame.drop(columns=text), indicators], axis=1), source="features table")
     if table.empty:
         raise InputError("features table", label, "has no rows", "add a row per subject")
-    table.attrs["text_columns"] = [str(c) for c in text]
+    table.attrs["text_columns"] = [str(c) for c in text if str(c) not in used.values()]
+    table.attrs["categories"] = used
     return table
