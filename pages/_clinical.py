@@ -51,8 +51,8 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
     ``subject_hint``: the timeline's subject, picked first in a features table that has it; ``saved_values``: the
     values already saved with the case they will be added to (shown for editing)."""
     state: dict = st.session_state.setdefault(K.FEATURES_STATE, {})
-    st.file_uploader("Fill from a features table (CSV or parquet: subject_id and one column per value, as a "
-                     "cohort's features.csv)", type=["csv", "parquet"], key=f"features_file_{nonce}",
+    st.file_uploader("Fill from a features table (CSV, Excel .xlsx or parquet: subject_id and one column per value, "
+                     "as a cohort's features.csv)", type=["csv", "xlsx", "xls", "parquet"], key=f"features_file_{nonce}",
                      help="Only the chosen subject's row is used; its subject id is not stored.")
     if state.get("error"):
         st.error(f"Features table not loaded: {state['error']}", icon=":material/error:")
@@ -78,6 +78,9 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         first = subjects.index(subject_hint) if subject_hint in subjects else 0
         subject = st.selectbox(f"Subject ({len(subjects)} in the table; its values fill the table below)", subjects,
                                index=first, key=f"features_subject_{nonce}")
+        if table.attrs.get("other_sheets"):  # a workbook: its first sheet with rows is read
+            st.caption(f"Sheet '{table.attrs['sheet']}' read; the workbook's {table.attrs['other_sheets']} other "
+                       "sheet(s) with rows are not.")
         text = table.attrs.get("text_columns") or []
         if text:  # sex as F / M, a comment: no model reads text
             st.caption(f"Text column(s) not read: {', '.join(text[:4])}{', ...' if len(text) > 4 else ''} (models read "

@@ -66,7 +66,7 @@ def test_features_table_upload() -> None:
     table = read_features_bytes(b"subject_id,age,sex_female,last_bnp\n7,61.5,1,\n8,70,0,310\n", "features.csv")
     assert table.loc["7"].to_dict() == pytest.approx({"age": 61.5, "sex_female": 1.0, "last_bnp": np.nan}, nan_ok=True)
     for data, name, message in [(b"", "f.csv", "is an empty file"), (b"id,age\n7,61\n", "f.csv", "no subject_id column"),
-                                (b"subject_id,age\n7,61\n", "f.xlsx", "is neither CSV nor parquet"),
+                                (b"subject_id,age\n7,61\n", "f.json", "is neither CSV, an .xlsx workbook nor parquet"),
                                 (b"subject_id,age\n", "f.csv", "has no rows")]:
         with pytest.raises(InputError, match=message):
             read_features_bytes(data, name)

@@ -240,9 +240,9 @@ MAX_FEATURES_BYTES = 50 * 1024**2  # an uploaded features table
 
 
 def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd.DataFrame:
-    """An uploaded features table (a cohort's features.csv: ``subject_id`` + numeric columns; CSV or parquet) read in
-    memory, indexed by subject id (``core.cohort.features_table``). A text column that holds one of the model columns
-    ``names`` as categories (sex F / M for sex_female: ``core.ehr_read.category_indicators``) is read as that column
+    """An uploaded features table (a cohort's features.csv: ``subject_id`` + numeric columns; CSV, the first sheet of
+    an .xlsx workbook (``core.io.workbook``) or parquet) read in memory, indexed by subject id
+    (``core.cohort.features_table``). A text column that holds one of the model columns ``names`` as categories (sex F / M for sex_female: ``core.ehr_read.category_indicators``) is read as that column
     (``attrs["categories"]``: {model column: text column}); other text columns are left out and named in
     ``attrs["text_columns"]`` (a cohort's features.csv refuses them: there they would be a model's columns).
 
@@ -255,6 +255,7 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
     from core.cohort import features_table
     from core.ehr_read import category_indicators
     from core.io.delimited import read_csv_any
+    from core.io.workbook import is_workbook, read_workbook
 
     label = upload_label([name])
     if not data:
@@ -263,16 +264,25 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
         raise InputError("features table", label, f"is {len(data)} bytes (limit {MAX_FEATURES_BYTES})",
                          "upload the rows of the subjects you need only")
     parquet = bytes(data[:4]) == b"PAR1"
-    if not parquet and not label.lower().endswith((".csv", ".txt")):
-        raise InputError("features table", label, "is neither CSV nor parquet",
+    if is_workbook(data, label):
+        frame = read_workbook(data, label, "features table")
+    elif not parquet and not label.lower().endswith((".csv", ".txt")):
+        raise InputError("features table", label, "is neither CSV, an .xlsx workbook nor parquet",
                          "save the sheet as CSV (a spreadsheet's \"Save as\" CSV: any separator, UTF-8 or the Windows "
-                         "code page), with subject_id and one column per value")
-    try:
-        frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data))
-    except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
-        raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
-                         "save it as a plain CSV with a header row") from None
-    # text columns (a name, a comment, sex as F / M) are not read: no model reads text, and none of them is kept
+                         "code page) or .xlsx, with subject_id and one column per value")
+    else:
+        try:
+            frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data))
+        except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
+            raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
+                             "save it as a plain CSV with a header row") from None
+    if "subject_id" not in frame:
+        raise InputError("features table", label + (f" (sheet {frame.attrs['sheet']})" if "sheet" in frame.attrs else ""),
+                         f"has no subject_id column (columns: {', '.join(map(str, frame.columns[:6])) or 'none'})",
+                         "name the column of subject ids subject_id, as the timeline's")
+    # a row without an id (a total, a note below the table) cannot be chosen
+    frame = frame[frame["subject_id"].notna() & (frame["subject_id"].astype(str).str.strip() != "")]
+    # text columns (a name, a comment, sex as F / M) are not read as they are: no model reads text
     values = frame.drop(columns=["subject_id"], errors="ignore").apply(pd.to_numeric, errors="coerce")
     text = [c for c in values.columns if values[c].isna().all() and frame[c].notna().any()]
     indicators, used = category_indicators(frame, text, names)
@@ -281,4 +291,5 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
         raise InputError("features table", label, "has no rows", "add a row per subject")
     table.attrs["text_columns"] = [str(c) for c in text if str(c) not in used.values()]
     table.attrs["categories"] = used
+    table.attrs["sheet"], table.attrs["other_sheets"] = frame.attrs.get("sheet", ""), frame.attrs.get("other_sheets", 0)
     return table

@@ -1,0 +1,90 @@
+"""Excel workbooks (.xlsx) as hospitals keep small tables: a sheet of clinical values per patient.
+
+An uploaded workbook is untrusted: it is a zip of XML parts, so it is checked as a zip upload is (entry count,
+total and per-entry size, compression ratio) and refused when any part declares a DOCTYPE (XML entity expansion)
+before openpyxl parses it, in memory. The first sheet with rows and a subject_id header is read (a cover sheet is
+skipped), its first row as the header; cells
+keep their type (numbers stay numbers: no decimal comma to guess). A legacy .xls workbook (or a password-protected
+.xlsx, which is stored the same way) is refused with the fix: save it as .xlsx or CSV.
+
+>>> import openpyxl
+>>> book = openpyxl.Workbook()
+>>> book.active.append(["subject_id", "age"]); book.active.append(["P1", 61.5])
+>>> buffer = io.BytesIO(); book.save(buffer)
+>>> read_workbook(buffer.getvalue(), "values.xlsx", "features table").to_dict("list")
+{'subject_id': ['P1'], 'age': [61.5]}
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pandas as pd
+
+from core.errors import InputError
+
+XLSX_MAGIC = b"PK\x03\x04"
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls, and an encrypted .xlsx
+MAX_PARTS = 10_000
+MAX_UNPACKED = 512 << 20  # all parts together, uncompressed
+MAX_RATIO = 200  # uncompressed / compressed per part (XML of numbers compresses about 10-30x)
+SUFFIXES = (".xlsx", ".xlsm")
+
+
+def is_workbook(data: bytes, name: str) -> bool:
+    """Whether an upload is an Excel workbook (by its suffix, or a legacy .xls by its first bytes)."""
+    return str(name).lower().endswith((*SUFFIXES, ".xls")) or bytes(data[:8]) == OLE_MAGIC
+
+
+def check_workbook(data: bytes, label: str, field: str) -> None:
+    """Refuse a workbook that is not an .xlsx zip, or whose parts are too many, too large, too compressed or declare
+    a DOCTYPE; nothing is extracted."""
+    fix = "save the sheet as .xlsx (Excel 2007 or later, no password) or as CSV"
+    if bytes(data[:8]) == OLE_MAGIC:
+        raise InputError(field, label, "is an Excel 97-2003 (.xls) or password-protected workbook", fix)
+    if bytes(data[:4]) != XLSX_MAGIC:
+        raise InputError(field, label, "is not an .xlsx workbook (no zip header)", fix)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            parts = archive.infolist()
+            if len(parts) > MAX_PARTS:
+                raise InputError(field, label, f"has {len(parts)} parts (limit {MAX_PARTS})", fix)
+            total = sum(p.file_size for p in parts)
+            if total > MAX_UNPACKED:
+                raise InputError(field, label, f"unpacks to {total} bytes (limit {MAX_UNPACKED})",
+                                 "upload the rows of the subjects you need only")
+            for part in parts:
+                ratio = part.file_size // max(part.compress_size, 1)
+                if ratio > MAX_RATIO and part.file_size > 1 << 20:
+                    raise InputError(field, label, f"part {part.filename!r} is compressed {ratio}x (limit {MAX_RATIO}x)",
+                                     fix)
+                if part.filename.endswith((".xml", ".rels", ".vml")):
+                    with archive.open(part) as stream:
+                        if b"<!doctype" in stream.read(4096).lower():
+                            raise InputError(field, label, f"part {part.filename!r} declares a DOCTYPE", fix)
+    except zipfile.BadZipFile:
+        raise InputError(field, label, "is not a readable .xlsx workbook (broken zip)", fix) from None
+
+
+def read_workbook(data: bytes, label: str, field: str, column: str = "subject_id") -> pd.DataFrame:
+    """The first sheet of an uploaded .xlsx workbook (``check_workbook`` first) with rows and a ``column`` header
+    (else the first with rows: a cover or notes sheet comes first in many exports), its first row the header;
+    ``attrs["sheet"]`` names it and ``attrs["other_sheets"]`` counts the sheets with rows not read."""
+    check_workbook(data, label, field)
+    try:
+        sheets = pd.read_excel(io.BytesIO(data), sheet_name=None, engine="openpyxl")
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:  # openpyxl's broken-part errors
+        raise InputError(field, label, f"cannot be read as a workbook ({type(exc).__name__})",
+                         "save the sheet as CSV") from None
+    filled = [(name, frame) for name, frame in sheets.items() if not frame.dropna(how="all").empty]
+    if not filled:
+        raise InputError(field, label, "has no sheet with rows", "put a header row and a row per subject on a sheet")
+    name, frame = next(((n, f) for n, f in filled if column in [str(c).strip() for c in f.columns]), filled[0])
+    frame = frame.dropna(how="all").dropna(axis=1, how="all")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    ids = frame.get("subject_id")
+    if ids is not None and pd.api.types.is_float_dtype(ids) and (ids.dropna() % 1 == 0).all():
+        frame["subject_id"] = ids.astype("Int64").astype(str).replace("<NA>", pd.NA)  # 7.0 (a column with a blank) is 7
+    frame.attrs["sheet"], frame.attrs["other_sheets"] = str(name), len(filled) - 1
+    return frame
