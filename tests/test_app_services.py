@@ -195,7 +195,8 @@ def test_demo_build_runs_once_in_the_background_and_retries_after_a_failure(tmp_
 def test_changed_shipped_models_are_installed_again(tmp_path: Path) -> None:
     """A demo built by an older version keeps its models on disk: shipped models that changed since (another
     config.json, model card or weights) replace them at the next server start, only those installed from the shipped folder and
-    only while the demo cohort is the one they were trained on; unchanged ones are left as they are."""
+    only while the demo cohort is the one they were trained on; unchanged ones are left as they are, and the app's own
+    files beside a replaced model are kept while its weights are the same."""
     import hashlib
     import json
 
@@ -224,9 +225,15 @@ def test_changed_shipped_models_are_installed_again(tmp_path: Path) -> None:
     assert sorted(p.name for p in paths_.models.iterdir()) == ["concat", "ehr_only", "image_only"]  # no leftovers
     (shipped / "ehr_only" / "model.safetensors").write_bytes(b"w" * 9)  # rebuilt weights
     assert demo_install.refresh_shipped(base, shipped) == ["ehr_only"]
+    (paths_.models / "ehr_only" / "sanity.json").write_text('{"saliency": {}}')  # run on the rebuilt weights
+    (paths_.models / "concat" / "sanity.json").write_text('{"saliency": {}}')
     (shipped / "concat" / "MODEL_CARD.md").write_text("# card\n## Curated features this model reads\n")  # a section added
-    assert demo_install.refresh_shipped(base, shipped) == ["concat"]
+    (shipped / "ehr_only" / "model.safetensors").write_bytes(b"v" * 9)  # weights of the same size, rebuilt again
+    assert demo_install.refresh_shipped(base, shipped) == ["concat", "ehr_only"]
     assert "Curated features" in (paths_.models / "concat" / "MODEL_CARD.md").read_text()
+    # the app's own check holds for the same weights (only the card changed), not for other weights
+    assert (paths_.models / "concat" / "sanity.json").exists()
+    assert not (paths_.models / "ehr_only" / "sanity.json").exists()
     (shipped / "concat" / "config.json").write_text('{"fusion": "concat", "v": 3}')
     (paths_.cohort / "cohort.csv").write_text("subject_id,time,event\n1,11,1\n")  # another cohort: not theirs
     assert demo_install.refresh_shipped(base, shipped) == []

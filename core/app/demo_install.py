@@ -112,16 +112,22 @@ def _install_shipped(cohort: Path, models: Path, fusions: Sequence[str], shipped
     return copied
 
 
+def _same_weights(src: Path, dst: Path) -> bool:
+    """Whether an installed model folder holds the shipped folder's weights byte for byte."""
+    weights = sorted(w.name for w in src.glob("*.safetensors"))
+    return weights == sorted(w.name for w in dst.glob("*.safetensors")) and all(
+        (src / w).read_bytes() == (dst / w).read_bytes() for w in weights)
+
+
 def _differs(src: Path, dst: Path) -> bool:
-    """Whether an installed model folder is not the shipped one: another config.json or model card, or weights of
-    another size."""
+    """Whether an installed model folder is not the shipped one: another config.json, model card or weights (compared
+    byte for byte: the shipped weights are a few MB each)."""
     if not (src / "config.json").is_file():
         return False
     for name in ("config.json", "MODEL_CARD.md"):
         if (src / name).is_file() and (not (dst / name).is_file() or (src / name).read_bytes() != (dst / name).read_bytes()):
             return True
-    return any(not (dst / w.name).is_file() or (dst / w.name).stat().st_size != w.stat().st_size
-               for w in src.glob("*.safetensors"))
+    return not _same_weights(src, dst)
 
 
 def refresh_shipped(base: Path | None = None, shipped: Path = SHIPPED_MODELS) -> list[str]:
@@ -129,8 +135,9 @@ def refresh_shipped(base: Path | None = None, shipped: Path = SHIPPED_MODELS) ->
     the same data folder: a profile added to their config.json, models rebuilt); returns the ones replaced.
 
     Only models that were installed from ``shipped`` (``READY.json``) and only while the demo cohort is still the
-    one they were trained on; each is copied beside and swapped in by renames, under the demo's file lock. The app
-    calls it once per server, before the first script run.
+    one they were trained on; each is copied beside and swapped in by renames, under the demo's file lock. Files the
+    app wrote beside a model (a sanity check's result) are kept when its weights did not change. The app calls it
+    once per server, before the first script run.
     """
     paths = demo_paths(base)
     if not demo_ready(base):
@@ -154,6 +161,10 @@ def refresh_shipped(base: Path | None = None, shipped: Path = SHIPPED_MODELS) ->
             shutil.rmtree(new, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
             shutil.copytree(src, new)
+            if dst.exists() and _same_weights(src, dst):  # the app's own files (a sanity check) still hold
+                for own in dst.iterdir():
+                    if own.is_file() and not (src / own.name).exists():
+                        shutil.copy2(own, new / own.name)
             if dst.exists():
                 dst.rename(old)
             new.rename(dst)
