@@ -5,7 +5,8 @@ Layout of a cohort folder::
     cohort.csv            subject_id, time (days from index), event (0/1),
                           [split train/val/test], [study], [series], [index_time],
                           [contrast yes/no], [true_risk], ...
-    features.csv          subject_id + numeric columns (NaN kept)            optional
+    features.csv          subject_id + numeric columns (NaN kept), text      optional
+                          categories (``core.io.features``)
     timeline.parquet|csv  MEDS rows subject_id, time, code, numeric_value    optional
     image_embeddings.npy|parquet, ehr_embeddings.npy|parquet                optional
 
@@ -47,6 +48,7 @@ from core.errors import InputError
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
+from core.io.features import read_features_frame
 from core.io.timeline_times import index_times
 
 if TYPE_CHECKING:
@@ -176,29 +178,10 @@ def _check_ids(name: str, ids: pd.Index, cohort_ids: set[str]) -> None:
         raise InputError(f"{name} subject_id", _examples(dup), "duplicate ids", f"keep one row per subject in {name}")
 
 
-def _read_features(path: Path, cohort_ids: set[str]) -> pd.DataFrame:
-    df = features_table(read_csv_any(path))
+def _read_features(path: Path, cohort_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    df, text = read_features_frame(read_csv_any(path))
     _check_ids("features.csv", df.index, cohort_ids)
-    return df
-
-
-def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFrame:
-    """A features table (``subject_id`` + numeric columns) indexed by subject id, as floats (inf read as missing).
-
-    >>> features_table(pd.DataFrame({"subject_id": [" P1"], "age": ["61.5"], "bnp": [None]})).loc["P1"].tolist()
-    [61.5, nan]
-    """
-    if "subject_id" not in df.columns:
-        raise InputError(source, ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
-    df = df.copy()
-    df["subject_id"] = df["subject_id"].astype(str).str.strip()
-    df = df.set_index("subject_id")
-    numeric = df.apply(pd.to_numeric, errors="coerce")
-    non_numeric = [c for c in df.columns if numeric[c].isna().all() and df[c].notna().any()]
-    if non_numeric:
-        raise InputError(source, _examples(non_numeric), "non-numeric column(s)",
-                         "one-hot encode categorical columns or drop them")
-    return numeric.astype(float).replace([np.inf, -np.inf], np.nan)
+    return df, text
 
 
 def _read_embeddings(root: Path, stem: str, cohort_ids: list[str]) -> pd.DataFrame | None:
@@ -248,6 +231,7 @@ class Cohort:
     timeline: pd.DataFrame | None = None
     image_embeddings: pd.DataFrame | None = None
     ehr_embeddings: pd.DataFrame | None = None
+    feature_text: pd.DataFrame | None = None  # features.csv's text categories (``core.io.features.with_categories``)
     _by_id: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -347,17 +331,21 @@ class Cohort:
     OUTCOME_COLUMNS = ("subject_id", "time", "event", "split", "study", SERIES_COLUMN, "index_time")
 
     def column_names(self) -> list[str]:
-        """Columns a subject can be grouped by: cohort.csv's (outcome and path columns left out), then features.csv's."""
+        """Columns a subject can be grouped by: cohort.csv's (outcome and path columns left out), then features.csv's
+        (its text categories, such as sex F / M, as written)."""
         names = [c for c in self.table.columns if c not in self.OUTCOME_COLUMNS]
-        return names + ([] if self.features is None else [c for c in self.features.columns if c not in names])
+        for frame in (self.feature_text, self.features):
+            names += [] if frame is None else [c for c in frame.columns if c not in names]
+        return names
 
     def column_values(self, column: str, ids: list[str]) -> list:
         """The values of ``column`` for ``ids`` (cohort.csv first, then features.csv); InputError if absent."""
         table = self.table.set_index("subject_id")
         if column in table.columns and column not in ("time", "event"):
             return table.loc[ids, column].tolist()
-        if self.features is not None and column in self.features.columns:
-            return self.features.reindex(ids)[column].tolist()
+        for frame in (self.feature_text, self.features):
+            if frame is not None and column in frame.columns:
+                return frame.reindex(ids)[column].tolist()
         raise InputError("subgroup", column, "is not a column of cohort.csv or features.csv",
                          f"use one of: {', '.join(self.column_names()[:30])}")
 
@@ -451,7 +439,7 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
     table = validate_outcomes(read_csv_any(csv, dtype={SERIES_COLUMN: str}), seed=seed, for_training=for_training)
     ids = table["subject_id"].tolist()
     id_set = set(ids)
-    features = _read_features(root / "features.csv", id_set) if (root / "features.csv").exists() else None
+    features, text = _read_features(root / "features.csv", id_set) if (root / "features.csv").exists() else (None, None)
     timeline = None
     for name in ("timeline.parquet", "timeline.csv"):
         if (root / name).exists():
@@ -462,7 +450,7 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
     image_emb = _read_embeddings(root, "image_embeddings", ids)
     ehr_emb = _read_embeddings(root, "ehr_embeddings", ids)
     return Cohort(root=root, table=table, features=features, timeline=timeline,
-                  image_embeddings=image_emb, ehr_embeddings=ehr_emb)
+                  image_embeddings=image_emb, ehr_embeddings=ehr_emb, feature_text=text)
 
 
 def cohort_from_meds(meds: Path | str, out: Path | str, *, index_prefix: str = "HOSPITAL_ADMISSION",

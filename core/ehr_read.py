@@ -20,6 +20,7 @@ import pandas as pd
 
 from core.cohort import Cohort
 from core.feature_profile import training_text
+from core.io.features import column_key, with_categories
 from core.timeline_profile import (UNIT_RATIO, VALUE_SD, far_from_training, model_timeline_profile, timeline_warning,
                                    unit_suspects, value_warning, warn_below)
 
@@ -52,33 +53,23 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
     if cohort.features is None:
         return [f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
                 "the training average, so its EHR side reads the timeline alone."]
-    absent = [c for c in names if c not in cohort.features.columns]
-    renames = {col: name for col, name in renamed_columns(names, cohort.features.columns).items() if name in absent}
+    features = with_categories(cohort.features, cohort.feature_text, names)  # sex F / M read as sex_female
+    absent = [c for c in names if c not in features.columns]
+    renames = {col: name for col, name in renamed_columns(names, features.columns).items() if name in absent}
     fix = ("Name the columns as the model card lists them" + (
         f" (features.csv has {', '.join(f'{c} for {n}' for c, n in list(renames.items())[:5])}"
         f"{', ...' if len(renames) > 5 else ''})" if renames else "") + ".")
     if len(absent) == len(names):
         return [f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
                 f"every feature is read as missing. {fix}"]
-    if str(subject_id) not in cohort.features.index:
+    if str(subject_id) not in features.index:
         return [f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
                 "missing (the training mean)."]
     out = [f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
            f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
            f"subject. {fix}"] if absent else []
-    far = feature_value_warning(model.config.ehr.tabular or {}, cohort.features.loc[str(subject_id)].to_dict())
+    far = feature_value_warning(model.config.ehr.tabular or {}, features.loc[str(subject_id)].to_dict())
     return out + ([far] if far else [])
-
-
-# a category written as a word or a letter -> the level a model column names ("sex_female"); groups of levels that
-# exclude each other, so a value of one reads 0 in an indicator of another
-LEVEL_WORDS = {"f": "female", "w": "female", "woman": "female", "m": "male", "man": "male", "y": "yes", "true": "yes",
-               "n": "no", "false": "no"}
-LEVEL_GROUPS = ({"female", "male"}, {"yes", "no"})
-
-
-def _key(text: object) -> str:
-    return "".join(ch for ch in str(text).lower() if ch.isalnum())
 
 
 def renamed_columns(names: Sequence[str], columns: Sequence[object]) -> dict[str, str]:
@@ -92,51 +83,13 @@ def renamed_columns(names: Sequence[str], columns: Sequence[object]) -> dict[str
     present = {str(c) for c in columns}
     by_key: dict[str, list[str]] = {}
     for col in present - set(names):
-        by_key.setdefault(_key(col), []).append(col)
+        by_key.setdefault(column_key(col), []).append(col)
     out = {}
     for name in names:
-        found = by_key.get(_key(name), [])
+        found = by_key.get(column_key(name), [])
         if name not in present and len(found) == 1:
             out[found[0]] = name
     return dict(sorted(out.items(), key=lambda kv: list(names).index(kv[1])))
-
-
-def category_indicators(frame: pd.DataFrame, text_columns: Sequence[object],
-                        names: Sequence[str]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The 1 / 0 columns of ``names`` that a table holds as text ("sex" F / M for sex_female; "smoker" yes / no for
-    smoker_yes), and {model column: text column}. A model column ``<base>_<level>`` is read from the text column named
-    ``base`` (in case, spaces or punctuation only otherwise) that has no numbers: a cell naming ``level`` (or its
-    letter: F, M, W, Y, N; true / false) reads 1, one naming another level of the same kind (a level of another model
-    column of that base, male beside female, no beside yes) reads 0, and anything else (blank, "unknown", "U") is
-    missing. A name the table already holds is left alone.
-
-    >>> t = pd.DataFrame({"sex": ["F", "m", "U", None], "Smoker": ["yes", "No", "", "y"]})
-    >>> out, used = category_indicators(t, ["sex", "Smoker"], ["age", "sex_female", "smoker_yes"])
-    >>> used, out["sex_female"].tolist(), out["smoker_yes"].tolist()
-    ({'sex_female': 'sex', 'smoker_yes': 'Smoker'}, [1.0, 0.0, nan, nan], [1.0, 0.0, nan, 1.0])
-    """
-    by_key = {_key(c): c for c in text_columns}
-    bases: dict[str, list[tuple[str, str]]] = {}  # text column -> [(model column, level key)]
-    for name in names:
-        if name in frame.columns:
-            continue
-        for cut in [i for i, ch in enumerate(name) if ch == "_"]:
-            col = by_key.get(_key(name[:cut]))
-            if col is not None and _key(name[cut + 1:]):
-                bases.setdefault(col, []).append((name, _key(name[cut + 1:])))
-                break
-    out, used = {}, {}
-    for col, targets in bases.items():
-        cells = frame[col].map(lambda v: "" if pd.isna(v) else _key(v))
-        levels = cells.map(lambda v: LEVEL_WORDS.get(v, v))
-        known = {level for _, level in targets}
-        for _, level in targets:
-            known |= next((g for g in LEVEL_GROUPS if level in g), set())
-        for name, level in targets:
-            indicator = np.where(levels == level, 1.0, np.where(levels.isin(known - {level}), 0.0, np.nan))
-            if np.isfinite(indicator).any():
-                out[name], used[name] = indicator, str(col)
-    return pd.DataFrame(out, index=frame.index), used
 
 
 def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[str]:
@@ -241,7 +194,7 @@ def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) 
     names = model.config.ehr.curated_features
     if not names:
         return None
-    frame = cohort.features
+    frame = None if cohort.features is None else with_categories(cohort.features, cohort.feature_text, names)
     absent = list(names) if frame is None else [c for c in names if c not in frame.columns]
     without = len(ids) if frame is None else sum(str(s) not in frame.index for s in ids)
     far: dict[str, int] = {}

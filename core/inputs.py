@@ -21,6 +21,7 @@ from core.models.config import EHRConfig
 
 def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.ndarray]:
     """EHR inputs of ``ids`` as stacked numpy arrays (see ``core.models.net`` for the keys)."""
+    from core.io.features import with_categories
     from core.models.ehr_sequence import UNK, EventVocabulary
     from core.models.ehr_tabular import TabularScaler
 
@@ -43,7 +44,8 @@ def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.
             frame = summary_frame(cohort, ids, ecfg.tabular["summary"])
             known = frame.index[frame["events_log"].notna()]
         else:  # a subject without a features row, or without a value in any of the model's columns: features_present 0
-            frame = cohort.features.reindex(ids) if cohort.features is not None else pd.DataFrame(index=ids, columns=ecfg.feature_names, dtype=float)
+            frame = (with_categories(cohort.features.reindex(ids), cohort.feature_text, scaler.columns)
+                     if cohort.features is not None else pd.DataFrame(index=ids, columns=ecfg.feature_names, dtype=float))
             known = frame.index[frame.reindex(columns=scaler.columns).notna().any(axis=1)]
         x, miss = scaler.transform(frame)
         out["features"], out["feature_missing"] = x, miss

@@ -242,9 +242,10 @@ MAX_FEATURES_BYTES = 50 * 1024**2  # an uploaded features table
 def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd.DataFrame:
     """An uploaded features table (a cohort's features.csv: ``subject_id`` + numeric columns; CSV, the first sheet of
     an .xlsx workbook (``core.io.workbook``) or parquet) read in memory, indexed by subject id
-    (``core.cohort.features_table``). A text column that holds one of the model columns ``names`` as categories (sex F / M for sex_female: ``core.ehr_read.category_indicators``) is read as that column
-    (``attrs["categories"]``: {model column: text column}); other text columns are left out and named in
-    ``attrs["text_columns"]`` (a cohort's features.csv refuses them: there they would be a model's columns).
+    (``core.io.features.features_table``). A text column that holds one of the model columns ``names`` as categories
+    (sex F / M for sex_female: ``core.io.features.category_indicators``) is read as that column
+    (``attrs["categories"]``: {model column: text column}); other text columns (a comment) are left out and named in
+    ``attrs["text_columns"]``.
 
     >>> read_features_bytes(b"subject_id,age,sex_female\\nP1,61.5,1\\n", "f.csv").loc["P1"].to_dict()
     {'age': 61.5, 'sex_female': 1.0}
@@ -252,9 +253,8 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
     >>> t.loc["P1"].to_dict(), t.attrs["categories"]
     ({'age': 61.5, 'sex_female': 1.0}, {'sex_female': 'sex'})
     """
-    from core.cohort import features_table
-    from core.ehr_read import category_indicators
     from core.io.delimited import read_csv_any
+    from core.io.features import category_indicators, features_table, text_columns
     from core.io.workbook import is_workbook, read_workbook
 
     label = upload_label([name])
@@ -284,7 +284,7 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
     frame = frame[frame["subject_id"].notna() & (frame["subject_id"].astype(str).str.strip() != "")]
     # text columns (a name, a comment, sex as F / M) are not read as they are: no model reads text
     values = frame.drop(columns=["subject_id"], errors="ignore").apply(pd.to_numeric, errors="coerce")
-    text = [c for c in values.columns if values[c].isna().all() and frame[c].notna().any()]
+    text = text_columns(frame.drop(columns=["subject_id"]), values)
     indicators, used = category_indicators(frame, text, names)
     table = features_table(pd.concat([frame.drop(columns=text), indicators], axis=1), source="features table")
     if table.empty:

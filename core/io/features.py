@@ -1,0 +1,146 @@
+"""A cohort's features.csv: numbers, and categories written as text.
+
+Hospital exports write a category as text (sex F / M, smoker yes / no, stage II / III). A text column of features.csv
+with at most ``MAX_LEVELS`` distinct values is read as one 1 / 0 column per value, named ``<column>_<value>``: the
+value lower-cased without spaces or punctuation, a sex letter or yes / no word written out (F and female are one
+level, ``sex_female``; :func:`canon`). A blank cell is missing in every one of them. A text column with more values
+(a comment, a name) is refused: it is no category.
+
+A model column ``<column>_<value>`` is read from the text itself (:func:`category_indicators`), so a cohort to score
+whose features.csv holds only some of the values (one patient, sex F) still gives the model's other columns their 0
+(``sex_male``), not a missing value; and a table that already holds the 1 / 0 columns is read as it is.
+
+>>> table, text = read_features_frame(pd.DataFrame({"subject_id": ["P1", "P2"], "age": [61.5, 70], "sex": ["F", "M"]}))
+>>> table.loc["P1"].to_dict(), list(text.columns)
+({'age': 61.5, 'sex_female': 1.0, 'sex_male': 0.0}, ['sex'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+
+MAX_LEVELS = 20  # distinct values of a text column read as a category
+# a category written as a letter or a word -> the level a model column names ("sex_female"); groups of levels that
+# exclude each other, so a value of one reads 0 in an indicator of another
+LEVEL_WORDS = {"f": "female", "w": "female", "woman": "female", "m": "male", "man": "male", "y": "yes", "true": "yes",
+               "n": "no", "false": "no"}
+LEVEL_GROUPS = ({"female", "male"}, {"yes", "no"})
+
+
+def column_key(text: object) -> str:
+    """A name or value compared without case, spaces or punctuation ("Last Creatinine" -> "lastcreatinine")."""
+    return "".join(ch for ch in str(text).lower() if ch.isalnum())
+
+
+def canon(text: object) -> str:
+    """A category level as a model column names it: :func:`column_key`, a sex letter or yes / no word written out."""
+    key = column_key(text)
+    return LEVEL_WORDS.get(key, key)
+
+
+def _examples(values: Sequence[object], k: int = 3) -> str:
+    return ", ".join(map(str, list(values)[:k])) + (", ..." if len(values) > k else "")
+
+
+def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFrame:
+    """A features table (``subject_id`` + numeric columns) indexed by subject id, as floats (inf read as missing).
+
+    >>> features_table(pd.DataFrame({"subject_id": [" P1"], "age": ["61.5"], "bnp": [None]})).loc["P1"].tolist()
+    [61.5, nan]
+    """
+    if "subject_id" not in df.columns:
+        raise InputError(source, ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
+    df = df.copy()
+    df["subject_id"] = df["subject_id"].astype(str).str.strip()
+    df = df.set_index("subject_id")
+    numeric = df.apply(pd.to_numeric, errors="coerce")
+    non_numeric = text_columns(df, numeric)
+    if non_numeric:
+        raise InputError(source, _examples(non_numeric), "non-numeric column(s)",
+                         "one-hot encode categorical columns or drop them")
+    return numeric.astype(float).replace([np.inf, -np.inf], np.nan)
+
+
+def text_columns(frame: pd.DataFrame, numeric: pd.DataFrame) -> list[str]:
+    """The columns of ``frame`` with text and not one number (``numeric``: the frame through ``pd.to_numeric``)."""
+    return [c for c in frame.columns if numeric[c].isna().all() and frame[c].notna().any()]
+
+
+def read_features_frame(df: pd.DataFrame, source: str = "features.csv") -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """features.csv read as a cohort reads it: the table of :func:`features_table` with each text category as its
+    1 / 0 columns, and the text columns themselves (indexed by subject id; None when there are none) for the model
+    columns of values this file does not hold (:func:`with_categories`)."""
+    if "subject_id" not in df.columns:
+        raise InputError(source, ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
+    ids = df["subject_id"].astype(str).str.strip()
+    values = df.drop(columns=["subject_id"]).apply(pd.to_numeric, errors="coerce")
+    text = text_columns(df.drop(columns=["subject_id"]), values)
+    if not text:
+        return features_table(df, source), None
+    words = df[text].set_axis(pd.Index(ids, name="subject_id"))
+    many = {c: n for c in text if (n := words[c].dropna().map(canon).nunique()) > MAX_LEVELS}
+    if many:
+        raise InputError(f"{source} column", _examples(list(many)), f"has {max(many.values())} distinct text values, "
+                         f"not a category (at most {MAX_LEVELS})", "drop the column, or write its values as numbers")
+    names = [f"{c}_{level}" for c in text for level in sorted(set(words[c].dropna().map(canon)) - {""})]
+    clash = [n for n in names if n in df.columns]
+    if clash:
+        raise InputError(f"{source} column", _examples(clash), "is both a column and a text column's category",
+                         "drop one of them")
+    table = features_table(df.drop(columns=text), source)
+    indicators, _ = category_indicators(words, text, names)
+    return pd.concat([table, indicators.set_axis(table.index)], axis=1), words
+
+
+def category_indicators(frame: pd.DataFrame, text_columns: Sequence[object],
+                        names: Sequence[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The 1 / 0 columns of ``names`` that a table holds as text ("sex" F / M for sex_female; "smoker" yes / no for
+    smoker_yes), and {model column: text column}. A model column ``<base>_<level>`` is read from the text column named
+    ``base`` (in case, spaces or punctuation only otherwise): a cell naming ``level`` (or its letter: F, M, W, Y, N;
+    true / false) reads 1, one naming another level of the same kind (a level of another model column of that base,
+    male beside female, no beside yes) reads 0, and anything else (blank, "unknown", "U") is missing. A name the table
+    already holds is left alone.
+
+    >>> t = pd.DataFrame({"sex": ["F", "m", "U", None], "Smoker": ["yes", "No", "", "y"]})
+    >>> out, used = category_indicators(t, ["sex", "Smoker"], ["age", "sex_female", "smoker_yes"])
+    >>> used, out["sex_female"].tolist(), out["smoker_yes"].tolist()
+    ({'sex_female': 'sex', 'smoker_yes': 'Smoker'}, [1.0, 0.0, nan, nan], [1.0, 0.0, nan, 1.0])
+    """
+    by_key = {column_key(c): c for c in text_columns}
+    bases: dict[object, list[tuple[str, str]]] = {}  # text column -> [(model column, level)]
+    for name in names:
+        if name in frame.columns:
+            continue
+        for cut in [i for i, ch in enumerate(name) if ch == "_"]:
+            col = by_key.get(column_key(name[:cut]))
+            if col is not None and canon(name[cut + 1:]):
+                bases.setdefault(col, []).append((name, canon(name[cut + 1:])))
+                break
+    out, used = {}, {}
+    for col, targets in bases.items():
+        levels = frame[col].map(lambda v: "" if pd.isna(v) else canon(v))
+        known = {level for _, level in targets}
+        for _, level in targets:
+            known |= next((g for g in LEVEL_GROUPS if level in g), set())
+        for name, level in targets:
+            indicator = np.where(levels == level, 1.0, np.where(levels.isin(known - {level}), 0.0, np.nan))
+            if np.isfinite(indicator).any():
+                out[name], used[name] = indicator, str(col)
+    return pd.DataFrame(out, index=frame.index), used
+
+
+def with_categories(frame: pd.DataFrame, text: pd.DataFrame | None, names: Sequence[str]) -> pd.DataFrame:
+    """``frame`` (features rows by subject id) with the columns of ``names`` it lacks read from the text columns
+    ``text`` (same index) where they name a category (:func:`category_indicators`)."""
+    absent = [n for n in names if n not in frame.columns]
+    if text is None or not absent:
+        return frame
+    # every model column of a text column is passed, so the levels this file holds (stage_iii) read 0 in the others
+    derived, _ = category_indicators(text.reindex(frame.index), list(text.columns), list(names))
+    derived = derived[[n for n in derived.columns if n in absent]]
+    return pd.concat([frame, derived], axis=1) if len(derived.columns) else frame
