@@ -67,6 +67,7 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         "- EHR preprocessing (vocabulary, value statistics, feature scaling) fitted on the train split only; "
         "timeline events after the index time are never used."
         + _log_note(cfg),
+        *(f"- {note}." for note in metrics.get("data_notes") or []),
     ]
     if cfg.ehr.summarises_timeline:
         recipe = cfg.ehr.tabular["summary"]

@@ -18,6 +18,7 @@ from core.app import cases as saved
 from core.app import uploads
 from core.ehr_read import renamed_columns
 from core.feature_profile import training_text
+from core.io.features import unreadable_note
 from pages import _chrome as chrome
 from pages import _model_views as views
 from pages import _state as K
@@ -81,6 +82,9 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         if table.attrs.get("other_sheets"):  # a workbook: its first sheet with rows is read
             st.caption(f"Sheet '{table.attrs['sheet']}' read; the workbook's {table.attrs['other_sheets']} other "
                        "sheet(s) with rows are not.")
+        unreadable = unreadable_note(table, "The features table")
+        if unreadable:  # "<0.5", "n.d." in a number column: left blank below
+            st.warning(unreadable + ".", icon=":material/warning:")
         text = table.attrs.get("text_columns") or []
         if text:  # sex as F / M, a comment: no model reads text
             st.caption(f"Text column(s) not read: {', '.join(text[:4])}{', ...' if len(text) > 4 else ''} (models read "

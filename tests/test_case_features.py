@@ -60,6 +60,12 @@ def test_features_table_upload() -> None:
     assert coded["sex_female"].tolist() == pytest.approx([1.0, 0.0, np.nan, 1.0], nan_ok=True)
     assert coded["smoker_yes"].tolist() == pytest.approx([1.0, 0.0, np.nan, 0.0], nan_ok=True)
     assert coded["smoker_no"].tolist() == pytest.approx([0.0, 1.0, np.nan, 1.0], nan_ok=True)
+    from core.io.features import unreadable_note
+
+    lab = read_features_bytes(b"subject_id,last_bnp\n7,<50\n8,310\n9,n.d.\n", "f.csv")
+    assert lab["last_bnp"].tolist()[1] == 310.0 and unreadable_note(lab, "The features table") == (
+        "The features table: 2 values are not numbers and are read as missing (last_bnp 2; e.g. '<50', 'n.d.'): write a "
+        "value reported beyond a limit as a number (the limit), or leave the cell blank")
     numbered = read_features_bytes(b"subject_id,sex,sex_female\n7,F,0\n", "f.csv", names=names)  # its own column wins
     assert numbered.loc["7", "sex_female"] == 0.0 and numbered.attrs["text_columns"] == ["sex"]
 

@@ -47,8 +47,9 @@ def _cohort(folder: Path, n: int = 500, seed: int = 5) -> tuple[Path, float]:
     folder.mkdir(parents=True)
     time, event = np.round(np.minimum(t_event, t_cens), 1), (t_event <= t_cens).astype(int)
     pd.DataFrame({"subject_id": ids, "time": time, "event": event, "split": split}).to_csv(folder / "cohort.csv", index=False)
-    pd.DataFrame({"subject_id": ids, "age": np.round(age, 1), "sex": sex, "stage": stage}).to_csv(
-        folder / "features.csv", index=False)
+    ages = np.round(age, 1).astype(object)
+    ages[:2] = ["n.d.", "<18"]  # as a lab system writes a value it did not measure, or one beyond a limit
+    pd.DataFrame({"subject_id": ids, "age": ages, "sex": sex, "stage": stage}).to_csv(folder / "features.csv", index=False)
     test = split == "test"
     return folder, float(harrell_c(time[test], event[test].astype(bool), lp[test]))
 
@@ -68,6 +69,12 @@ def test_a_model_trained_on_text_categories_scores_one_patient(tmp_path: Path) -
     columns = json.loads((tmp_path / "model" / "config.json").read_text())["ehr"]["tabular"]["columns"]
     assert columns == ["age", "sex_female", "sex_male", "stage_i", "stage_ii", "stage_iii"]
     assert metrics["test"]["c_index"] > oracle - 0.03, (metrics["test"]["c_index"], oracle)
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert metrics["data_notes"] == [
+        "features.csv: text categories read as 1 / 0 columns: sex (sex_female, sex_male); stage (stage_i, stage_ii, "
+        "stage_iii)", "features.csv: 2 values are not numbers and are read as missing (age 2; e.g. 'n.d.', '<18'): "
+        "write a value reported beyond a limit as a number (the limit), or leave the cell blank"]
+    assert all(f"- {note}." in card for note in metrics["data_notes"])
 
     trained = load_cohort(folder)  # the text is still there to group subjects by (evaluate --subgroup sex)
     assert trained.column_names()[:3] == ["sex", "stage", "age"]

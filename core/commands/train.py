@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 HELP = "train a fusion survival model on a cohort"
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     test = metrics.get("test", {})
+    for note in metrics.get("data_notes") or []:  # how features.csv was read (categories, cells that are no number)
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": str(args.out), "fusion": args.fusion, "head": args.head,
                           "c_index": test.get("c_index"), "c_index_ci": test.get("c_index_ci"),

@@ -63,7 +63,30 @@ def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFra
     if non_numeric:
         raise InputError(source, _examples(non_numeric), "non-numeric column(s)",
                          "one-hot encode categorical columns or drop them")
-    return numeric.astype(float).replace([np.inf, -np.inf], np.nan)
+    table = numeric.astype(float).replace([np.inf, -np.inf], np.nan)
+    bad = df.notna() & numeric.isna() & (df.astype(str).apply(lambda c: c.str.strip()) != "")
+    counts = {str(c): int(n) for c, n in bad.sum().items() if n}
+    table.attrs["unreadable"] = counts  # cells of a number column that are no number (<0.5, n.d.): read as missing
+    table.attrs["unreadable_examples"] = list(dict.fromkeys(str(v).strip() for c in counts for v in df.loc[bad[c], c]))[:3]
+    return table
+
+
+def unreadable_note(table: pd.DataFrame | None, source: str = "features.csv") -> str | None:
+    """One line on the cells of ``table``'s number columns that were no number (:func:`features_table`), or None.
+
+    >>> unreadable_note(features_table(pd.DataFrame({"subject_id": [1, 2], "bnp": ["<50", "310"]})))
+    "features.csv: 1 value is not a number and is read as missing (bnp 1; e.g. '<50'): write a value reported beyond a limit as a number (the limit), or leave the cell blank"
+    """
+    counts = {} if table is None else table.attrs.get("unreadable") or {}
+    if not counts:
+        return None
+    n = sum(counts.values())
+    shown = ", ".join(f"{c} {k}" for c, k in sorted(counts.items(), key=lambda kv: -kv[1])[:4])
+    examples = ", ".join(repr(v) for v in table.attrs.get("unreadable_examples", []))
+    return (f"{source}: {n} value{'s are' if n > 1 else ' is'} not {'numbers' if n > 1 else 'a number'} and "
+            f"{'are' if n > 1 else 'is'} read as missing ({shown}{', ...' if len(counts) > 4 else ''}"
+            + (f"; e.g. {examples}" if examples else "") + "): write a value reported beyond a limit as a number (the "
+            "limit), or leave the cell blank")
 
 
 def text_columns(frame: pd.DataFrame, numeric: pd.DataFrame) -> list[str]:
@@ -94,7 +117,9 @@ def read_features_frame(df: pd.DataFrame, source: str = "features.csv") -> tuple
                          "drop one of them")
     table = features_table(df.drop(columns=text), source)
     indicators, _ = category_indicators(words, text, names)
-    return pd.concat([table, indicators.set_axis(table.index)], axis=1), words
+    out = pd.concat([table, indicators.set_axis(table.index)], axis=1)
+    out.attrs = dict(table.attrs, categories={c: [n for n in names if n.startswith(f"{c}_")] for c in text})
+    return out, words
 
 
 def category_indicators(frame: pd.DataFrame, text_columns: Sequence[object],
@@ -144,3 +169,13 @@ def with_categories(frame: pd.DataFrame, text: pd.DataFrame | None, names: Seque
     derived, _ = category_indicators(text.reindex(frame.index), list(text.columns), list(names))
     derived = derived[[n for n in derived.columns if n in absent]]
     return pd.concat([frame, derived], axis=1) if len(derived.columns) else frame
+
+
+def feature_notes(table: pd.DataFrame | None, source: str = "features.csv") -> list[str]:
+    """What a model's card and ``train`` say about how features.csv was read: its text categories' 1 / 0 columns
+    (:func:`read_features_frame`) and cells that were no number (:func:`unreadable_note`)."""
+    categories = {} if table is None else table.attrs.get("categories") or {}
+    out = [f"{source}: text categories read as 1 / 0 columns: " + "; ".join(
+        f"{c} ({', '.join(names)})" for c, names in categories.items())] if categories else []
+    note = unreadable_note(table, source)
+    return out + ([note] if note else [])
