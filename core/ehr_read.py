@@ -54,7 +54,10 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
         return [f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
                 "the training average, so its EHR side reads the timeline alone."]
     features = with_categories(cohort.features, cohort.feature_text, names)  # sex F / M read as sex_female
-    absent = [c for c in names if c not in features.columns]
+    words = cohort.feature_text if cohort.feature_text is not None else pd.DataFrame()
+    # a number column with no number in the whole file (one patient, age '>89') was read as text: not absent
+    as_text = [c for c in names if c not in features.columns and c in words.columns]
+    absent = [c for c in names if c not in features.columns and c not in as_text]
     renames = {col: name for col, name in renamed_columns(names, features.columns).items() if name in absent}
     fix = ("Name the columns as the model card lists them" + (
         f" (features.csv has {', '.join(f'{c} for {n}' for c, n in list(renames.items())[:5])}"
@@ -68,6 +71,14 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
     out = [f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
            f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
            f"subject. {fix}"] if absent else []
+    cells = dict((cohort.features.attrs.get("unreadable_cells") or {}).get(str(subject_id), {}))
+    cells.update({c: str(words.at[str(subject_id), c]).strip() for c in as_text
+                  if str(subject_id) in words.index and pd.notna(words.at[str(subject_id), c])})
+    text = {c: v for c, v in cells.items() if c in names}  # "<50" in last_bnp: read as missing
+    if text:
+        out.append(f"features.csv's row for subject {subject_id} has no number in {', '.join(text)} ("
+                   f"{', '.join(repr(v) for v in text.values())}): read as missing (the training mean). Write a value "
+                   "reported beyond a limit as a number (the limit).")
     far = feature_value_warning(model.config.ehr.tabular or {}, features.loc[str(subject_id)].to_dict())
     return out + ([far] if far else [])
 

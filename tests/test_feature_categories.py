@@ -98,6 +98,10 @@ def test_a_model_trained_on_text_categories_scores_one_patient(tmp_path: Path) -
     one = tmp_path / "partial"
     one.mkdir()
     (one / "cohort.csv").write_text("subject_id\nX\n")
+    (one / "features.csv").write_text("subject_id,age,sex,stage\nX,>89,F,I\n")  # an age written as a limit
+    assert feature_read(model, load_cohort(one, for_training=False), "X") == [
+        "features.csv's row for subject X has no number in age ('>89'): read as missing (the training mean). Write a "
+        "value reported beyond a limit as a number (the limit)."]
     (one / "features.csv").write_text("subject_id,age,sex_female,stage_i\nX,70,1,1\n")
     partial = 1.0 - predict_cohort(model, load_cohort(one, for_training=False), ["X"])[1][0, np.searchsorted(times, 365.0)]
     assert abs(partial - risks["text"]) > 0.02, (partial, risks)

@@ -68,6 +68,11 @@ def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFra
     counts = {str(c): int(n) for c, n in bad.sum().items() if n}
     table.attrs["unreadable"] = counts  # cells of a number column that are no number (<0.5, n.d.): read as missing
     table.attrs["unreadable_examples"] = list(dict.fromkeys(str(v).strip() for c in counts for v in df.loc[bad[c], c]))[:3]
+    cells: dict[str, dict[str, str]] = {}  # subject -> {column: the text}, for a per-subject warning
+    for c in counts:
+        for sid, v in df.loc[bad[c], c].items():
+            cells.setdefault(str(sid), {})[str(c)] = str(v).strip()
+    table.attrs["unreadable_cells"] = cells
     return table
 
 
