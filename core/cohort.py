@@ -2,7 +2,7 @@
 
 Layout of a cohort folder::
 
-    cohort.csv            subject_id, time (days from index), event (0/1),
+    cohort.csv            subject_id, time (days from index; or index_time and end_time), event (0/1, yes/no),
                           [split train/val/test], [study], [series], [index_time],
                           [contrast yes/no], [true_risk], ...
     features.csv          subject_id + numeric columns (NaN kept), text      optional
@@ -48,8 +48,8 @@ from core.errors import InputError
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
-from core.io.features import read_features_frame
-from core.io.timeline_times import index_times
+from core.io.features import canon, read_features_frame
+from core.io.timeline_times import follow_up_days, index_times
 
 if TYPE_CHECKING:
     from core.io.volume import Volume
@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 SERIES_COLUMN = "series"
 REQUIRED = ("subject_id", "time", "event")
+END_COLUMN = "end_time"  # the event's or last follow-up's date: time = end_time - index_time when time is absent
+EVENT_WORDS = {"yes": 1, "no": 0, "dead": 1, "died": 1, "deceased": 1, "death": 1, "event": 1, "alive": 0, "censored": 0}
 
 
 def _examples(values: list[str], k: int = 3) -> str:
@@ -86,11 +88,16 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
             out = validate_outcomes(table, seed=seed, source=source, for_training=False)
             out["time"] = np.nan
             return out
+    from_dates = "time" not in table.columns and {END_COLUMN, "index_time"} <= set(table.columns)
+    if from_dates:  # outcomes as dates
+        days, starts = follow_up_days(table["index_time"], table[END_COLUMN], source)
+        table = table.assign(time=days, index_time=starts)
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(
             "columns", ", ".join(missing), f"required column(s) missing from {source} (has: {', '.join(map(str, table.columns[:8]))})",
-            "add columns subject_id, time (days from index) and event (1 = event, 0 = censored)",
+            "add columns subject_id, time (days from index; or index_time and end_time, the event's or last "
+            "follow-up's date) and event (1 = event, 0 = censored)",
         )
     if len(table) == 0:
         raise InputError("cohort.csv", "0 rows", "the cohort is empty", "add at least one subject per split")
@@ -105,15 +112,18 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         i = int(np.flatnonzero(bad)[0])
         raise InputError(
             "time", f"{table['time'].tolist()[i]!r} (subject {out['subject_id'].iloc[i]!r})",
-            "must be a finite number of days >= 0", f"correct or drop negative, NaN or infinite follow-up times in {source}",
+            "must be a finite number of days >= 0", f"correct or drop negative, NaN or infinite follow-up times in {source}"
+            + (f" (time is {END_COLUMN} - index_time here)" if from_dates else ""),
         )
-    event = pd.to_numeric(out["event"], errors="coerce")
+    words = out["event"].map(lambda v: EVENT_WORDS.get(canon(v)) if isinstance(v, str) else None)  # yes / dead: 1
+    event = pd.to_numeric(out["event"], errors="coerce").fillna(words.astype(float))
     bad_ev = ~event.isin([0, 1])
     if bad_ev.any():
         i = int(np.flatnonzero(bad_ev.to_numpy())[0])
         raise InputError(
             "event", f"{table['event'].tolist()[i]!r} (subject {out['subject_id'].iloc[i]!r})",
-            "must be 1 (event) or 0 (censored)", f"recode the event column of {source} as 0/1",
+            "must be 1 (event) or 0 (censored)", f"recode the event column of {source} as 0/1 (yes / no and dead / "
+            "alive are read too)",
         )
     out["time"] = time
     out["event"] = event.astype(int)

@@ -139,3 +139,23 @@ def test_predict_scores_a_real_ct_cohort_without_ehr_or_outcomes(tmp_path: Path,
         assert out["n_events_used"] == 0 and out["modalities_used"] == ["image"]
         if subject == "N1":  # the abdominal CT is unlike the lung phantoms the demo model was trained on
             assert any("Out of distribution" in w for w in out["warnings"]), out["warnings"]
+
+
+def test_outcomes_written_as_dates_and_words(tmp_path: Path) -> None:
+    """A registry export gives the index date and the date of death or last follow-up, and the event as a word: time
+    is end_time - index_time in days (one day / month order for both columns), dead / yes read as 1, alive / no as 0.
+    Before, such a cohort.csv was refused ("required column(s) missing: time")."""
+    root = _write(tmp_path / "c", {"subject_id": [1, 2, 3, 4, 5],
+                                   "index_time": ["01.02.2020", "05.02.2020", "01.02.2020", "01.03.2020", "02.01.2020"],
+                                   "end_time": ["13.02.2020", "01.02.2021", "03.02.2020 12:00", "01.09.2020", "02.03.2020"],
+                                   "event": ["dead", "alive", "Yes", "n", 1],
+                                   "split": ["train", "train", "val", "test", "test"]})
+    cohort = load_cohort(root)
+    assert cohort.table["time"].tolist() == [12.0, 362.0, 2.5, 184.0, 60.0]
+    assert cohort.table["event"].tolist() == [1, 0, 1, 0, 1]
+    assert cohort.index_time("2") == pd.Timestamp("2020-02-05")  # 05.02 is February 5: 13.02 in end_time tells
+    with pytest.raises(InputError, match=r"time: got -1.0 \(subject '1'\).*\(time is end_time - index_time here\)"):
+        validate_outcomes(pd.DataFrame({"subject_id": [1], "index_time": ["01.02.2020"], "end_time": ["31.01.2020"],
+                                        "event": [1]}))
+    with pytest.raises(InputError, match=r"event: got 'maybe' .*\(yes / no and dead / alive are read too\)"):
+        validate_outcomes(pd.DataFrame({"subject_id": [1], "time": [3.0], "event": ["maybe"]}))

@@ -107,7 +107,7 @@ def test_index_times_of_cohort_csv_as_written_in_europe(tmp_path: Path) -> None:
     assert cohort.events("A")["code"].tolist() == ["DX//X"] and cohort.events("B")["code"].tolist() == ["DX//Y"]
     table.assign(index_time=["2020-02-01T10:00:00+02:00", "2020-02-13", "soon"]).to_csv(tmp_path / "cohort.csv", index=False)
     with pytest.raises(InputError, match=r"index_time: got soon, is not a date/time \(1 such cells in cohort.csv\); "
-                                         r"fix: write index times as ISO 8601"):
+                                         r"fix: write the index_time cells as ISO 8601"):
         load_cohort(tmp_path, for_training=False)
     table.assign(index_time=["2020-02-01T10:00:00+02:00", "2020-02-13", ""]).to_csv(tmp_path / "cohort.csv", index=False)
     assert str(load_cohort(tmp_path, for_training=False).index_time("A")) == "2020-02-01 08:00:00"

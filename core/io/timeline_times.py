@@ -120,7 +120,7 @@ def to_datetime(col: pa.ChunkedArray, path: Path, whole: Callable[[], pa.Chunked
     return parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
 
 
-def index_times(values: pd.Series, source: str = "cohort.csv") -> pd.Series:
+def index_times(values: pd.Series, source: str = "cohort.csv", field: str = "index_time") -> pd.Series:
     """A cohort table's index times read as a timeline's times are (25.04.2021 day first, one order per file, UTC
     offsets converted): pandas alone read 01.02.2020 as January 2 and 13.02.2020 as no time (the subject then had no
     events). An empty cell is no index time; any other unreadable one an InputError naming it.
@@ -134,5 +134,19 @@ def index_times(values: pd.Series, source: str = "cohort.csv") -> pd.Series:
     try:
         return pd.Series(to_datetime(text, Path(source)), index=values.index)
     except InputError as exc:
-        raise InputError("index_time", exc.value, exc.problem.replace("rows in", "cells in"),
-                         "write index times as ISO 8601, e.g. 2021-04-03 10:00 (an empty cell: no index time)") from None
+        raise InputError(field, exc.value, exc.problem.replace("rows in", "cells in"),
+                         f"write the {field} cells as ISO 8601, e.g. 2021-04-03 10:00 (an empty cell: no time)") from None
+
+
+def follow_up_days(index: pd.Series, end: pd.Series, source: str = "cohort.csv") -> tuple[pd.Series, pd.Series]:
+    """Days (fractional) from each index time to its ``end_time`` (the date of the event, or of the last follow-up
+    for a censored subject, as registries export outcomes), and the index times read. Both columns are read together
+    as :func:`index_times` (one day / month order for the two); a blank is NaN.
+
+    >>> follow_up_days(pd.Series(["01.02.2020", "01.03.2020"]), pd.Series(["13.02.2020", "01.03.2020 12:00"]))[0].tolist()
+    [12.0, 0.5]
+    """
+    both = index_times(pd.concat([index.astype(object), end.astype(object)], ignore_index=True), source,
+                       field="index_time / end_time")
+    start, stop = both.iloc[:len(index)].set_axis(index.index), both.iloc[len(index):].set_axis(index.index)
+    return (stop - start).dt.total_seconds() / 86400.0, start
