@@ -302,8 +302,9 @@ with tab_compare:
 
 with tab_train:
     st.markdown(
-        "Upload a **zip of a cohort folder**: `cohort.csv` (subject_id, time, event, optional split, study, "
-        "index_time) and any of `timeline.parquet|csv`, `features.csv`, studies, embeddings. Every study is "
+        "Upload a **zip of a cohort folder**: `cohort.csv` (subject_id, time in days or index_time and end_time "
+        "dates, event 1 / 0 or yes / no, optional split, study, index_time) and any of `timeline.parquet|csv`, "
+        "`features.csv` (numbers, and categories such as sex F / M as text), studies, embeddings. Every study is "
         "checked for identifying data in memory before anything is kept; the model is trained on this "
         "machine in the background and kept in "
         "your models folder."
