@@ -149,6 +149,12 @@ def test_a_clean_cohort_passes_and_progress_is_reported(tmp_path):
     seen: list[float] = []
     report = gate_cohort(root, progress=lambda f, _label: seen.append(f))
     assert report.ok and len(report.rows) == 2 and seen[-1] == 1.0
+    # the same table as a spreadsheet in a decimal-comma locale saves it (semicolons, cp1252): the same rows
+    # (before, its one column "subject_id;time;event;study" had no subject_id and the zip was refused)
+    (root / "cohort.csv").write_bytes("subject_id;time;event;study;note\n1;10,5;1;s1;Übelkeit\n2;20;0;s1;\n3;5;1;;\n"
+                                      .encode("cp1252"))
+    again = gate_cohort(root)
+    assert again.ok and [(r.subject_id, r.study) for r in again.rows] == [("1", "s1"), ("2", "s1")]
 
 
 def test_cohort_gate_errors(tmp_path):

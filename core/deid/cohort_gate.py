@@ -182,8 +182,13 @@ def gate_study(path: str | Path) -> StudyGate:
     return _dicom_gate([DicomSource(name=path.name, path=path)])
 
 
-def _read_records(text: str) -> list[tuple[int, dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(text))
+def _read_records(data: bytes) -> list[tuple[int, dict[str, str]]]:
+    """cohort.csv's rows as the cohort reads them (``core.io.delimited``: any of , ; tab |, UTF-8, UTF-16 or cp1252)."""
+    from core.io.delimited import HEAD_BYTES, sniff_delimiter, text_encoding
+
+    encoding = text_encoding([data])
+    text = data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
+    reader = csv.DictReader(io.StringIO(text), delimiter=sniff_delimiter(text[:HEAD_BYTES].encode("utf-8")))
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "subject_id" not in columns:
         raise InputError("cohort.csv", ", ".join(columns) or "(no header)", "has no subject_id column", "add a subject_id column")
@@ -231,7 +236,7 @@ def gate_cohort(folder: str | Path, *, progress: Progress | None = None) -> Coho
         path = _inside(root, study)
         return None if path is None else gate_study(path)
 
-    return _gate_rows(_read_records(table.read_text(encoding="utf-8-sig")), gate, str(folder), progress)
+    return _gate_rows(_read_records(table.read_bytes()), gate, str(folder), progress)
 
 
 def gate_cohort_zip(data: bytes, *, progress: Progress | None = None) -> CohortGateReport:
@@ -271,4 +276,4 @@ def gate_cohort_zip(data: bytes, *, progress: Progress | None = None) -> CohortG
             raise InputError("study", study, "is not in the zip", "fix the study path in cohort.csv (relative to it)")
         return gate_members(inside)
 
-    return _gate_rows(_read_records(csvs[0].data.decode("utf-8-sig")), gate, "(zip)", progress)
+    return _gate_rows(_read_records(csvs[0].data), gate, "(zip)", progress)
