@@ -185,6 +185,8 @@ def training_status() -> None:
         r = job.result
         st.success(f"Trained {r['label']}: test C-index {_ci(r.get('c_index'), r.get('c_index_ci'))}. "
                    "Pick it in the sidebar to review cases and metrics.")
+        for note in r.get("data_notes") or []:  # how features.csv was read (also in the model card)
+            st.info(note + ".", icon=":material/info:")
 
 
 with tab_model:

@@ -90,7 +90,8 @@ def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: i
     partial.rename(final)
     test = metrics.get("test") or {}
     return {"out": str(final), "cohort_dir": str(cohort_dir), "label": label or fusion,
-            "c_index": test.get("c_index"), "c_index_ci": test.get("c_index_ci")}
+            "c_index": test.get("c_index"), "c_index_ci": test.get("c_index_ci"),
+            "data_notes": list(metrics.get("data_notes") or [])}
 
 
 def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, float]], device: str = "cpu") -> dict:
