@@ -6,7 +6,7 @@ Layout of a cohort folder::
                           [split train/val/test], [study], [series], [index_time],
                           [contrast yes/no], [true_risk], ...
     features.csv          subject_id + numeric columns (NaN kept), text      optional
-                          categories (``core.io.features``)
+                          categories (``core.io.features``); or features.xlsx
     timeline.parquet|csv  MEDS rows subject_id, time, code, numeric_value    optional
     image_embeddings.npy|parquet, ehr_embeddings.npy|parquet                optional
 
@@ -48,7 +48,7 @@ from core.errors import InputError
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
-from core.io.features import canon, read_features_frame
+from core.io.features import FEATURE_FILES, canon, read_features_file, read_features_frame
 from core.io.timeline_times import follow_up_days, index_times
 
 if TYPE_CHECKING:
@@ -189,8 +189,8 @@ def _check_ids(name: str, ids: pd.Index, cohort_ids: set[str]) -> None:
 
 
 def _read_features(path: Path, cohort_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    df, text = read_features_frame(read_csv_any(path))
-    _check_ids("features.csv", df.index, cohort_ids)
+    df, text = read_features_frame(read_features_file(path), path.name)
+    _check_ids(path.name, df.index, cohort_ids)
     return df, text
 
 
@@ -362,7 +362,7 @@ class Cohort:
     def fingerprint(self) -> str:
         """Hash of the outcome table and the file sizes/mtimes of the modalities (cache key)."""
         h = hashlib.sha256(pd.util.hash_pandas_object(self.table.astype(str), index=False).values.tobytes())
-        for name in ("features.csv", "timeline.parquet", "timeline.csv", "image_embeddings.npy",
+        for name in (*FEATURE_FILES, "timeline.parquet", "timeline.csv", "image_embeddings.npy",
                      "image_embeddings.parquet", "ehr_embeddings.npy", "ehr_embeddings.parquet"):
             p = self.root / name
             if p.exists():
@@ -449,7 +449,8 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
     table = validate_outcomes(read_csv_any(csv, dtype={SERIES_COLUMN: str}), seed=seed, for_training=for_training)
     ids = table["subject_id"].tolist()
     id_set = set(ids)
-    features, text = _read_features(root / "features.csv", id_set) if (root / "features.csv").exists() else (None, None)
+    table_file = next((root / n for n in FEATURE_FILES if (root / n).exists()), None)
+    features, text = _read_features(table_file, id_set) if table_file is not None else (None, None)
     timeline = None
     for name in ("timeline.parquet", "timeline.csv"):
         if (root / name).exists():

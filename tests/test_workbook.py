@@ -66,3 +66,24 @@ def test_workbooks_that_are_not_read() -> None:
         with pytest.raises(InputError, match=message) as err:
             read_features_bytes(data, name)
         assert str(err.value).startswith("features table: got clinic.xls")
+
+
+def test_a_cohort_folder_reads_features_xlsx_as_features_csv(tmp_path) -> None:
+    import pandas as pd
+
+    from core.cohort import load_cohort
+
+    table = pd.DataFrame({"subject_id": ["P1", "P2", "P3"], "time": [10.0, 20.0, 30.0], "event": [1, 0, 1],
+                          "split": ["train", "val", "test"]})
+    features = pd.DataFrame({"subject_id": ["P1", "P2", "P3"], "age": [61.5, 70.0, None], "sex": ["F", "M", "F"]})
+    for name in ("csv", "xlsx"):
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "cohort.csv", index=False)
+    features.to_csv(tmp_path / "csv" / "features.csv", index=False)
+    features.to_excel(tmp_path / "xlsx" / "features.xlsx", index=False, sheet_name="Values")
+    a, b = load_cohort(tmp_path / "csv"), load_cohort(tmp_path / "xlsx")
+    pd.testing.assert_frame_equal(a.features, b.features)
+    assert list(b.features.columns) == ["age", "sex_female", "sex_male"]
+    (tmp_path / "xlsx" / "features.xlsx").write_bytes(b"subject_id,age\n")  # not a workbook: the fix, by file name
+    with pytest.raises(InputError, match="features.xlsx: got features.xlsx, is not an .xlsx workbook"):
+        load_cohort(tmp_path / "xlsx")

@@ -18,13 +18,17 @@ whose features.csv holds only some of the values (one patient, sex F) still give
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.io.delimited import read_csv_any
 
 MAX_LEVELS = 20  # distinct values of a text column read as a category
+FEATURE_FILES = ("features.csv", "features.xlsx")  # a cohort folder's features table, the first one present
+MAX_WORKBOOK_BYTES = 50 << 20
 # a category written as a letter or a word -> the level a model column names ("sex_female"); groups of levels that
 # exclude each other, so a value of one reads 0 in an indicator of another
 LEVEL_WORDS = {"f": "female", "w": "female", "woman": "female", "m": "male", "man": "male", "y": "yes", "true": "yes",
@@ -45,6 +49,19 @@ def canon(text: object) -> str:
 
 def _examples(values: Sequence[object], k: int = 3) -> str:
     return ", ".join(map(str, list(values)[:k])) + (", ..." if len(values) > k else "")
+
+
+def read_features_file(path: Path) -> pd.DataFrame:
+    """A cohort's features table as written: features.csv (``core.io.delimited``) or the first sheet with a
+    subject_id header of features.xlsx (``core.io.workbook``, checked as an upload is)."""
+    if path.suffix.lower() != ".xlsx":
+        return read_csv_any(path)
+    from core.io.workbook import read_workbook
+
+    if path.stat().st_size > MAX_WORKBOOK_BYTES:
+        raise InputError(path.name, str(path), f"is {path.stat().st_size} bytes (limit {MAX_WORKBOOK_BYTES})",
+                         "save the sheet as features.csv")
+    return read_workbook(path.read_bytes(), path.name, path.name)
 
 
 def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFrame:
