@@ -58,7 +58,9 @@ def read_meds(path: Path) -> pd.DataFrame:
     elif path.suffix.lower() == ".parquet":
         raw = pd.read_parquet(path)
     elif path.suffix.lower() == ".csv":
-        raw = pd.read_csv(path)
+        from core.io.delimited import read_csv_any
+
+        raw = read_csv_any(path, dtype={"subject_id": str})  # an id such as 007 stays 007
     else:
         raise InputError("--meds", str(path), "is neither .parquet nor .csv", "pass a MEDS parquet/CSV file or folder")
     raw = raw.rename(columns={k: v for k, v in ALIASES.items() if k in raw.columns and v not in raw.columns})

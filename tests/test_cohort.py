@@ -159,3 +159,21 @@ def test_outcomes_written_as_dates_and_words(tmp_path: Path) -> None:
                                         "event": [1]}))
     with pytest.raises(InputError, match=r"event: got 'maybe' .*\(yes / no and dead / alive are read too\)"):
         validate_outcomes(pd.DataFrame({"subject_id": [1], "time": [3.0], "event": ["maybe"]}))
+
+
+def test_ids_with_leading_zeros_match_across_files(tmp_path: Path) -> None:
+    """Pseudonyms such as 007 are text: cohort.csv and features.csv read them as numbers (7) while the timeline kept
+    007, so every subject silently had no events. Now all three keep 007."""
+    from core.app.uploads import read_features_bytes
+
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "cohort.csv").write_text("subject_id,time,event,split,index_time\n007,10,1,train,2020-01-05\n"
+                                     "0008,20,0,train,2020-01-05\n")
+    (root / "features.csv").write_text("subject_id,age\n007,61\n0008,70\n")
+    (root / "timeline.csv").write_text("subject_id,time,code,numeric_value\n007,2020-01-01,LAB//X,1.5\n"
+                                       "0008,2020-01-02,LAB//X,2\n0008,2020-01-03,LAB//Y,\n")
+    cohort = load_cohort(root)
+    assert cohort.ids() == ["007", "0008"] and cohort.features.index.tolist() == ["007", "0008"]
+    assert [len(cohort.events(s)) for s in cohort.ids()] == [1, 2]
+    assert read_features_bytes(b"subject_id,age\n007,61\n", "f.csv").index.tolist() == ["007"]

@@ -272,7 +272,7 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
                          "code page) or .xlsx, with subject_id and one column per value")
     else:
         try:
-            frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data))
+            frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data), dtype={"subject_id": str})
         except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
             raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
                              "save it as a plain CSV with a header row") from None

@@ -55,7 +55,7 @@ def read_features_file(path: Path) -> pd.DataFrame:
     """A cohort's features table as written: features.csv (``core.io.delimited``) or the first sheet with a
     subject_id header of features.xlsx (``core.io.workbook``, checked as an upload is)."""
     if path.suffix.lower() != ".xlsx":
-        return read_csv_any(path)
+        return read_csv_any(path, dtype={"subject_id": str})  # 007 stays 007, as in the timeline
     from core.io.workbook import read_workbook
 
     if path.stat().st_size > MAX_WORKBOOK_BYTES:
