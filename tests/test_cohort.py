@@ -177,3 +177,28 @@ def test_ids_with_leading_zeros_match_across_files(tmp_path: Path) -> None:
     assert cohort.ids() == ["007", "0008"] and cohort.features.index.tolist() == ["007", "0008"]
     assert [len(cohort.events(s)) for s in cohort.ids()] == [1, 2]
     assert read_features_bytes(b"subject_id,age\n007,61\n", "f.csv").index.tolist() == ["007"]
+
+
+def test_coverage_notes_name_the_subjects_a_modality_leaves_out(tmp_path: Path) -> None:
+    """Subjects without a readable timeline, a features row or a study were read as missing without a word; train
+    now names them (core.cohort_notes), apart from events that have no index time and ids the timeline spells
+    otherwise."""
+    from core.cohort_notes import coverage_notes
+
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "cohort.csv").write_text("subject_id,time,event,split,index_time,study\n"
+                                     "a,10,1,train,2020-01-05,\nb,20,0,train,2020-01-05,\nc,30,1,test,,\n"
+                                     "d,40,1,test,2020-01-05,\n")
+    (root / "features.csv").write_text("subject_id,age\na,61\nb,70\nc,55\n")
+    (root / "timeline.csv").write_text("subject_id,time,code\na,2020-01-01,LAB//X\nb,2020-01-09,LAB//X\n"
+                                       "b,2020-01-02,MEDS_DEATH\nc,2020-01-01,LAB//X\n")
+    cohort = load_cohort(root)
+    assert coverage_notes(cohort) == []  # the model reads none of them
+    assert coverage_notes(cohort, timeline=True, features=True, studies=True) == [
+        "cohort.csv: 1 of 4 subjects has timeline events but no index_time (c): none of their events is read (an "
+        "event after the scan must not be)",
+        "timeline: 2 of 4 subjects have no event at or before the index time (b, d): the model reads no timeline "
+        "for them; 1 of them has no row at all in the timeline (are its subject ids written as cohort.csv's?)",
+        "features.csv: no row for 1 of 4 subjects (d): their curated features are read as missing (the training mean)"]
+    assert [s for s in cohort.ids() if not cohort.events(s).empty] == ["a"]  # what the model reads, as the notes say

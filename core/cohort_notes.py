@@ -1,0 +1,76 @@
+"""What a cohort gives a model, in words: the subjects a modality leaves out, said before a model is trained on it.
+
+A hospital cohort is rarely complete: some patients have no timeline before their scan, no features row or no study,
+and a timeline's subject ids may be written otherwise than cohort.csv's. Each of those is read as a missing modality,
+which is right, but silently so; ``train`` (its notes, the model card's Data section, the app after training) names
+them, with how many subjects and a few ids.
+
+>>> from pathlib import Path
+>>> from core.cohort import Cohort
+>>> t = pd.DataFrame({"subject_id": ["a", "b"], "time": [1.0, 2.0], "event": [1, 0], "split": ["train", "test"]})
+>>> f = pd.DataFrame({"age": [61.0]}, index=pd.Index(["a"], name="subject_id"))
+>>> coverage_notes(Cohort(root=Path("."), table=t, features=f), features=True)
+['features.csv: no row for 1 of 2 subjects (b): their curated features are read as missing (the training mean)']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from core.cohort import Cohort
+from core.io.timeline import OUTCOME_CODES
+
+SHOWN = 3  # ids named per note
+
+
+def _ids(ids: Sequence[str]) -> str:
+    return ", ".join(ids[:SHOWN]) + (", ..." if len(ids) > SHOWN else "")
+
+
+def _have(k: int) -> str:
+    return "has" if k == 1 else "have"
+
+
+def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = False, studies: bool = False,
+                   ids: Sequence[str] | None = None) -> list[str]:
+    """One line per modality the model reads (``timeline``, ``features``, ``studies``) that some subjects of ``ids``
+    (all of the cohort's by default) lack: no timeline event at or before the index time (and, apart, timeline
+    events with no index time, which are never read), no features row, no study. Empty when nothing is lacking."""
+    ids = list(cohort.ids() if ids is None else ids)
+    n = len(ids)
+    out: list[str] = []
+    if timeline and cohort.timeline is not None:
+        events = cohort.timeline
+        owners = events["subject_id"].astype(str)
+        has = set(owners)
+        read = ~events["code"].astype(str).isin(OUTCOME_CODES)  # as ``Cohort.events`` reads them, for all at once
+        undated: list[str] = []
+        if "index_time" in cohort.table.columns:
+            index = cohort.table.set_index("subject_id")["index_time"]
+            undated = [s for s in ids if s in has and pd.isna(index.get(s))]
+            read &= (events["time"] <= pd.to_datetime(owners.map(index))).to_numpy()  # NaT on either side: not read
+            if undated:
+                out.append(f"cohort.csv: {len(undated)} of {n} subjects {_have(len(undated))} timeline events but no "
+                           f"index_time ({_ids(undated)}): none of their events is read (an event after the scan must "
+                           "not be)")
+        readable = set(owners[read])
+        without = [s for s in ids if s not in undated and s not in readable]
+        if without:
+            unmatched = [s for s in without if s not in has]
+            out.append(f"timeline: {len(without)} of {n} subjects {_have(len(without))} no event at or before the "
+                       f"index time ({_ids(without)}): the model reads no timeline for them"
+                       + (f"; {len(unmatched)} of them {_have(len(unmatched))} no row at all in the timeline (are its "
+                          "subject ids written as cohort.csv's?)" if unmatched else ""))
+    if features and cohort.features is not None:
+        rowless = [s for s in ids if s not in cohort.features.index]
+        if rowless:
+            out.append(f"features.csv: no row for {len(rowless)} of {n} subjects ({_ids(rowless)}): their curated "
+                       "features are read as missing (the training mean)")
+    if studies and cohort.has_studies:
+        unscanned = [s for s in ids if cohort.study_path(s) is None]
+        if unscanned:
+            out.append(f"cohort.csv: {len(unscanned)} of {n} subjects {_have(len(unscanned))} no study "
+                       f"({_ids(unscanned)}): the model reads no CT for them")
+    return out
