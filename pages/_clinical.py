@@ -18,7 +18,7 @@ from core.app import cases as saved
 from core.app import uploads
 from core.ehr_read import renamed_columns
 from core.feature_profile import training_text
-from core.io.features import unreadable_note
+from core.io.features import timeline_demographics, unreadable_note
 from pages import _chrome as chrome
 from pages import _model_views as views
 from pages import _state as K
@@ -45,12 +45,14 @@ def read_by_any_model() -> set[str]:
     return names
 
 
-def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]) -> dict[str, float] | None:
+def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float], events: pd.DataFrame | None = None,
+            index_time: pd.Timestamp | None = None) -> dict[str, float] | None:
     """Draw the clinical values' inputs and return the values entered ({} when all are blank; None when there is
     nothing to enter: no model, or one that reads no curated features and no table or saved values).
 
     ``subject_hint``: the timeline's subject, picked first in a features table that has it; ``saved_values``: the
-    values already saved with the case they will be added to (shown for editing)."""
+    values already saved with the case they will be added to (shown for editing); ``events`` and ``index_time``: the
+    uploaded timeline's events of that subject, whose age (MEDS_BIRTH) and sex (GENDER//F) fill the table first."""
     state: dict = st.session_state.setdefault(K.FEATURES_STATE, {})
     st.file_uploader("Fill from a features table (CSV, Excel .xlsx or parquet: subject_id and one column per value, "
                      "as a cohort's features.csv)", type=["csv", "xlsx", "xls", "parquet"], key=f"features_file_{nonce}",
@@ -110,14 +112,20 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         st.caption(f"**{model_name}** reads no curated features. Values from a features table are kept with the case "
                    "for the models that do.")
         return None
-    start = {**saved_values, **row} if table is not None else dict(saved_values)
+    from_timeline = {k: v for k, v in timeline_demographics(events, index_time, rows).items()
+                     if k not in saved_values and k not in row}
+    if from_timeline:  # MEDS conventions, shown and editable: a site may define age or sex otherwise
+        st.caption(f"From the timeline: {', '.join(f'{k} {v:g}' for k, v in from_timeline.items())} (age at the index "
+                   "date from MEDS_BIRTH, sex from GENDER//F or //M). Change them if your model reads them otherwise.")
+    start = {**from_timeline, **saved_values, **row}  # a table's row, then the saved values, then the timeline
     frame = pd.DataFrame({"value": [start.get(n) for n in rows], "training": [training_text(tabular, n) for n in rows]},
                          index=pd.Index(rows, name="clinical value"), dtype=object)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     st.caption(f"**{model_name}** reads {len(names)} curated features" + (f" (first in the table; "
                f"'training' is their mean +- SD in its training data)" if names else "")
                + ". Leave a value blank when it is unknown: it is read as missing (the training average).")
-    edited = st.data_editor(frame, key=f"features_editor_{nonce}_{subject}_{model_name}", width="stretch",
+    edited = st.data_editor(frame, key=f"features_editor_{nonce}_{subject}_{subject_hint}_{index_time}_{model_name}",
+                            width="stretch",
                             height=min(36 * (len(rows) + 1) + 4, 760),  # every row in sight up to about 20
                             disabled=["training"], num_rows="fixed",
                             column_config={"value": st.column_config.NumberColumn("value", format="%.4g"),

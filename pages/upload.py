@@ -326,7 +326,8 @@ if checked is None and frame is None and infos:
     target_label = next(c.label for c in infos if c.case_id == target)
 target_info = next((c for c in infos if c.case_id == target), None)
 saved_values = saved.case_features(target_info) if target_info is not None else {}
-values = _clinical.section(nonce, str(subject) if frame is not None else None, saved_values)
+values = _clinical.section(nonce, str(subject) if frame is not None else None, saved_values,
+                           events if frame is not None else None, index_time)
 values_new = values or None  # a new case is saved with the values entered (None: without)
 
 # ---------------------------------------------------------------------- save

@@ -161,3 +161,26 @@ def test_features_csv_values_far_from_training(tmp_path: Path) -> None:
     assert warned == ["features.csv lacks 2 of the model's 19 feature columns (age, last_sodium): they are read as "
                       "missing for every subject. Name the columns as the model card lists them (features.csv has Age "
                       "for age, Last Sodium for last_sodium)."]
+
+
+def test_age_and_sex_of_an_uploaded_timeline(tmp_path: Path, real_meds: Path) -> None:
+    """An uploaded timeline gives a model's age and sex by MEDS convention (MEDS_BIRTH, GENDER//F): Upload fills them
+    first. On demo subjects they equal the cohort's features.csv; on the real MIMIC-IV demo every patient gets both."""
+    from core.demo import write_demo_cohort
+    from core.io.features import timeline_demographics
+    from core.io.timeline import read_timeline_bytes
+
+    cohort = load_cohort(write_demo_cohort(tmp_path / "demo", n=24, seed=3, volumes=False))
+    for sid in cohort.ids():
+        given = timeline_demographics(cohort.timeline[cohort.timeline["subject_id"] == sid], cohort.index_time(sid),
+                                      ["age", "sex_female", "last_bnp"])
+        assert given == pytest.approx(cohort.features.loc[sid, ["age", "sex_female"]].to_dict(), abs=0.006)
+    events = read_timeline_bytes(real_meds.read_bytes(), real_meds.name)
+    sexes = []
+    for sid, rows in list(events.groupby("subject_id"))[:10]:
+        index = rows["time"].max()
+        given = timeline_demographics(rows, index, ["age_years", "sex_male"])  # another model's names
+        assert set(given) == {"age_years", "sex_male"} and 18 <= given["age_years"] <= 100, (sid, given)
+        sexes.append(given["sex_male"])
+    assert set(sexes) == {0.0, 1.0}
+    assert timeline_demographics(events.iloc[:0], None, ["age"]) == {}

@@ -201,3 +201,40 @@ def feature_notes(table: pd.DataFrame | None, source: str = "features.csv") -> l
         f"{c} ({', '.join(names)})" for c, names in categories.items())] if categories else []
     note = unreadable_note(table, source)
     return out + ([note] if note else [])
+
+
+BIRTH_CODE = "MEDS_BIRTH"
+SEX_PREFIXES = ("GENDER//", "SEX//")  # MEDS ETLs write the recorded sex as GENDER//F, GENDER//M
+AGE_KEYS = ("age", "ageyears")
+
+
+def timeline_demographics(events: pd.DataFrame, index_time: pd.Timestamp | None,
+                          names: Sequence[str]) -> dict[str, float]:
+    """The columns of ``names`` that a MEDS timeline gives by convention: age in years at ``index_time`` from
+    ``MEDS_BIRTH`` (a column named age or age_years), and sex as the 1 / 0 columns of a sex or gender text
+    (sex_female from ``GENDER//F``; :func:`category_indicators`), the last such code at or before the index time or
+    without a time (a static code, as MEDS writes it).
+
+    >>> ev = pd.DataFrame({"time": pd.to_datetime(["1950-07-01", "2020-01-01", "2020-01-02"]),
+    ...                    "code": ["MEDS_BIRTH", "GENDER//F", "LAB//X"]})
+    >>> timeline_demographics(ev, pd.Timestamp("2020-07-01"), ["age", "sex_female", "last_bnp"])
+    {'age': 70.0, 'sex_female': 1.0}
+    """
+    if events is None or events.empty:
+        return {}
+    codes = events["code"].astype(str)
+    times = pd.to_datetime(events["time"])
+    # a static code (MEDS writes GENDER with no time) holds at any time
+    before = (times <= index_time) | times.isna() if index_time is not None else pd.Series(True, index=events.index)
+    out: dict[str, float] = {}
+    age = next((n for n in names if column_key(n) in AGE_KEYS), None)
+    births = times[codes == BIRTH_CODE].dropna()
+    if age is not None and index_time is not None and len(births):
+        out[age] = round((pd.Timestamp(index_time) - births.min()).total_seconds() / (86400.0 * 365.25), 2)
+    sex = events[codes.str.upper().str.startswith(SEX_PREFIXES) & before.to_numpy()]
+    if len(sex):
+        level = str(sex.sort_values("time", kind="stable")["code"].iloc[-1]).split("//", 1)[1]
+        words = pd.DataFrame({"sex": [level], "gender": [level]})
+        found, _ = category_indicators(words, ["sex", "gender"], [n for n in names if n not in out])
+        out.update({n: float(v) for n, v in found.iloc[0].items() if pd.notna(v)})
+    return out
