@@ -46,6 +46,7 @@ import pandas as pd
 
 from core.errors import InputError
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
+from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, rename_aliases
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
 from core.io.features import FEATURE_FILES, canon, read_features_file, read_features_frame
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 SERIES_COLUMN = "series"
 REQUIRED = ("subject_id", "time", "event")
-END_COLUMN = "end_time"  # the event's or last follow-up's date: time = end_time - index_time when time is absent
-EVENT_WORDS = {"yes": 1, "no": 0, "dead": 1, "died": 1, "deceased": 1, "death": 1, "event": 1, "alive": 0, "censored": 0}
 
 
 def _examples(values: list[str], k: int = 3) -> str:
@@ -79,6 +78,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
     ...
     core.errors.InputError: time: got -1.0 (subject '1'), must be a finite number of days >= 0; fix: correct or drop negative, NaN or infinite follow-up times in cohort.csv
     """
+    table = rename_aliases(table, COHORT_ALIASES, source)  # Patient ID, futime, status, Index Date
     if not for_training and "subject_id" in table.columns:
         table = table.copy()
         if "time" not in table.columns and "event" not in table.columns:

@@ -202,3 +202,21 @@ def test_coverage_notes_name_the_subjects_a_modality_leaves_out(tmp_path: Path) 
         "for them; 1 of them has no row at all in the timeline (are its subject ids written as cohort.csv's?)",
         "features.csv: no row for 1 of 4 subjects (d): their curated features are read as missing (the training mean)"]
     assert [s for s in cohort.ids() if not cohort.events(s).empty] == ["a"]  # what the model reads, as the notes say
+
+
+def test_columns_as_other_sites_name_them(tmp_path: Path) -> None:
+    """cohort.csv as an R survival table writes it (futime, status) with "Patient ID" and "Index Date", and a features
+    table keyed by PATIENT_ID: read under the project's names. Before: "required column(s) missing"."""
+    root = _write(tmp_path / "c", {"Patient ID": ["p1", "p2", "p3"], "futime": [10.0, 20.0, 30.0],
+                                   "Status": [1, 0, 1], "Index Date": ["2020-01-02", "2020-01-03", "2020-01-04"],
+                                   "Split": ["train", "val", "test"]},
+                  {"PATIENT_ID": ["p1", "p2", "p3"], "age": [61.0, 70.0, 55.0]})
+    cohort = load_cohort(root)
+    assert cohort.ids() == ["p1", "p2", "p3"] and cohort.table["time"].tolist() == [10.0, 20.0, 30.0]
+    assert cohort.table["event"].tolist() == [1, 0, 1] and cohort.index_time("p2") == pd.Timestamp("2020-01-03")
+    assert cohort.table["split"].tolist() == ["train", "val", "test"] and cohort.features.loc["p3", "age"] == 55.0
+    # R's status coded 1 = censored, 2 = dead is refused by the outcome check, not misread
+    with pytest.raises(InputError, match="event: got 2 .*must be 1 \\(event\\) or 0 \\(censored\\)"):
+        validate_outcomes(pd.DataFrame({"id": [1, 2], "subject": [1, 2], "futime": [5, 6], "status": [1, 2]}))
+    with pytest.raises(InputError, match="cohort.csv columns: got Subject, SUBJECT, all read as subject_id"):
+        validate_outcomes(pd.DataFrame({"Subject": [1], "SUBJECT": [1], "time": [5], "event": [1]}))

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.io.columns import FEATURE_ALIASES, rename_aliases
 from core.io.delimited import read_csv_any
 
 MAX_LEVELS = 20  # distinct values of a text column read as a category
@@ -70,6 +71,7 @@ def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFra
     >>> features_table(pd.DataFrame({"subject_id": [" P1"], "age": ["61.5"], "bnp": [None]})).loc["P1"].tolist()
     [61.5, nan]
     """
+    df = rename_aliases(df, FEATURE_ALIASES, source)
     if "subject_id" not in df.columns:
         raise InputError(source, ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
     df = df.copy()
@@ -120,6 +122,7 @@ def read_features_frame(df: pd.DataFrame, source: str = "features.csv") -> tuple
     """features.csv read as a cohort reads it: the table of :func:`features_table` with each text category as its
     1 / 0 columns, and the text columns themselves (indexed by subject id; None when there are none) for the model
     columns of values this file does not hold (:func:`with_categories`)."""
+    df = rename_aliases(df, FEATURE_ALIASES, source)
     if "subject_id" not in df.columns:
         raise InputError(source, ", ".join(map(str, df.columns[:6])), "no subject_id column", "add a subject_id column")
     ids = df["subject_id"].astype(str).str.strip()
