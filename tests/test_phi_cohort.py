@@ -155,6 +155,8 @@ def test_a_clean_cohort_passes_and_progress_is_reported(tmp_path):
                                       .encode("cp1252"))
     again = gate_cohort(root)
     assert again.ok and [(r.subject_id, r.study) for r in again.rows] == [("1", "s1"), ("2", "s1")]
+    (root / "cohort.csv").write_text("Patient ID,futime,status,Study\n1,10,1,s1\n")  # named as the cohort reads them
+    assert [(r.subject_id, r.study) for r in gate_cohort(root).rows] == [("1", "s1")]
 
 
 def test_cohort_gate_errors(tmp_path):

@@ -184,11 +184,17 @@ def gate_study(path: str | Path) -> StudyGate:
 
 def _read_records(data: bytes) -> list[tuple[int, dict[str, str]]]:
     """cohort.csv's rows as the cohort reads them (``core.io.delimited``: any of , ; tab |, UTF-8, UTF-16 or cp1252)."""
+    import pandas as pd
+
+    from core.io.columns import COHORT_ALIASES, rename_aliases
     from core.io.delimited import HEAD_BYTES, sniff_delimiter, text_encoding
 
     encoding = text_encoding([data])
     text = data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
     reader = csv.DictReader(io.StringIO(text), delimiter=sniff_delimiter(text[:HEAD_BYTES].encode("utf-8")))
+    if reader.fieldnames:  # "Patient ID", "Study" read as the cohort reads them (core.io.columns)
+        named = rename_aliases(pd.DataFrame(columns=[c.strip() for c in reader.fieldnames]), COHORT_ALIASES)
+        reader.fieldnames = [str(c) for c in named.columns]
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "subject_id" not in columns:
         raise InputError("cohort.csv", ", ".join(columns) or "(no header)", "has no subject_id column", "add a subject_id column")

@@ -211,12 +211,13 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
 
 def _study_path(cohort_dir: Path, subject_id: str) -> Path | None:
     """The subject's study path from the folder's ``cohort.csv`` (``study`` column, relative to the folder)."""
+    from core.io.columns import COHORT_ALIASES, rename_aliases
     from core.io.delimited import read_csv_any
 
-    table = read_csv_any(cohort_dir / "cohort.csv", dtype={"subject_id": str, "study": str})
-    if "study" not in table.columns:
+    table = rename_aliases(read_csv_any(cohort_dir / "cohort.csv", dtype=str), COHORT_ALIASES)  # as load_cohort names them
+    if "study" not in table.columns or "subject_id" not in table.columns:
         return None
-    rows = table.loc[table["subject_id"] == subject_id, "study"].dropna()
+    rows = table.loc[table["subject_id"].str.strip() == subject_id, "study"].dropna()
     if rows.empty or not rows.iloc[0].strip():
         return None
     path = Path(rows.iloc[0].strip())
