@@ -46,7 +46,7 @@ import pandas as pd
 
 from core.errors import InputError
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
-from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, rename_aliases
+from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, TEXT_COLUMNS, rename_aliases
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
 from core.io.features import FEATURE_FILES, canon, read_features_file, read_features_frame
@@ -446,7 +446,7 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
         raise InputError("cohort", str(root), "is not a folder", "pass a cohort folder that holds cohort.csv")
     if not csv.exists():
         raise InputError("cohort", str(root), "has no cohort.csv", "add cohort.csv with subject_id, time, event")
-    table = validate_outcomes(read_csv_any(csv, dtype={SERIES_COLUMN: str, "subject_id": str}), seed=seed, for_training=for_training)
+    table = validate_outcomes(read_csv_any(csv, text_names=TEXT_COLUMNS), seed=seed, for_training=for_training)
     ids = table["subject_id"].tolist()
     id_set = set(ids)
     table_file = next((root / n for n in FEATURE_FILES if (root / n).exists()), None)

@@ -58,9 +58,10 @@ def read_meds(path: Path) -> pd.DataFrame:
     elif path.suffix.lower() == ".parquet":
         raw = pd.read_parquet(path)
     elif path.suffix.lower() == ".csv":
+        from core.io.columns import SUBJECT_ALIASES
         from core.io.delimited import read_csv_any
 
-        raw = read_csv_any(path, dtype={"subject_id": str})  # an id such as 007 stays 007
+        raw = read_csv_any(path, text_names=SUBJECT_ALIASES)  # an id such as 007 stays 007
     else:
         raise InputError("--meds", str(path), "is neither .parquet nor .csv", "pass a MEDS parquet/CSV file or folder")
     raw = raw.rename(columns={k: v for k, v in ALIASES.items() if k in raw.columns and v not in raw.columns})

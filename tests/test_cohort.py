@@ -170,13 +170,14 @@ def test_ids_with_leading_zeros_match_across_files(tmp_path: Path) -> None:
     root.mkdir()
     (root / "cohort.csv").write_text("subject_id,time,event,split,index_time\n007,10,1,train,2020-01-05\n"
                                      "0008,20,0,train,2020-01-05\n")
-    (root / "features.csv").write_text("subject_id,age\n007,61\n0008,70\n")
+    (root / "features.csv").write_text("Patient ID,age\n007,61\n0008,70\n")  # another name for the id: still text
     (root / "timeline.csv").write_text("subject_id,time,code,numeric_value\n007,2020-01-01,LAB//X,1.5\n"
                                        "0008,2020-01-02,LAB//X,2\n0008,2020-01-03,LAB//Y,\n")
     cohort = load_cohort(root)
     assert cohort.ids() == ["007", "0008"] and cohort.features.index.tolist() == ["007", "0008"]
     assert [len(cohort.events(s)) for s in cohort.ids()] == [1, 2]
     assert read_features_bytes(b"subject_id,age\n007,61\n", "f.csv").index.tolist() == ["007"]
+    assert read_features_bytes(b"PATIENT_ID;age\n007;61,5\n", "f.csv").loc["007", "age"] == 61.5
 
 
 def test_coverage_notes_name_the_subjects_a_modality_leaves_out(tmp_path: Path) -> None:

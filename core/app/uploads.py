@@ -253,6 +253,7 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
     >>> t.loc["P1"].to_dict(), t.attrs["categories"]
     ({'age': 61.5, 'sex_female': 1.0}, {'sex_female': 'sex'})
     """
+    from core.io.columns import FEATURE_ALIASES, SUBJECT_ALIASES, rename_aliases
     from core.io.delimited import read_csv_any
     from core.io.features import category_indicators, features_table, text_columns
     from core.io.workbook import is_workbook, read_workbook
@@ -272,10 +273,11 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
                          "code page) or .xlsx, with subject_id and one column per value")
     else:
         try:
-            frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data), dtype={"subject_id": str})
+            frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data), text_names=SUBJECT_ALIASES)
         except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
             raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
                              "save it as a plain CSV with a header row") from None
+    frame = rename_aliases(frame, FEATURE_ALIASES, "features table")  # Patient ID
     if "subject_id" not in frame:
         raise InputError("features table", label + (f" (sheet {frame.attrs['sheet']})" if "sheet" in frame.attrs else ""),
                          f"has no subject_id column (columns: {', '.join(map(str, frame.columns[:6])) or 'none'})",

@@ -33,6 +33,7 @@ COHORT_ALIASES: Mapping[str, tuple[str, ...]] = {
     "contrast": ("contrast",),
 }
 FEATURE_ALIASES: Mapping[str, tuple[str, ...]] = {"subject_id": SUBJECT_ALIASES}
+TEXT_COLUMNS = (*SUBJECT_ALIASES, *COHORT_ALIASES["series"])  # read as text: an id 007, a UID 1.2.840.10008 prefix
 END_COLUMN = "end_time"  # the event's or last follow-up's date: time = end_time - index_time when time is absent
 # an event written as a word (after core.io.features.canon: y / true are yes)
 EVENT_WORDS = {"yes": 1, "no": 0, "dead": 1, "died": 1, "deceased": 1, "death": 1, "event": 1, "alive": 0, "censored": 0}

@@ -81,9 +81,15 @@ def file_chunks(path: Path | str) -> Iterator[bytes]:
             yield chunk
 
 
-def read_csv_any(source: Path | str | IO[bytes], **kwargs: Any) -> pd.DataFrame:
+def read_csv_any(source: Path | str | IO[bytes], *, text_names: Iterable[str] = (), **kwargs: Any) -> pd.DataFrame:
     """``pandas.read_csv`` with the separator told from the header (a ``.tsv`` name: tab by default), the encoding
-    by :func:`text_encoding` and, in a semicolon file, the decimal comma read as a decimal point."""
+    by :func:`text_encoding` and, in a semicolon file, the decimal comma read as a decimal point. Columns named as one
+    of ``text_names`` (in any case, spaces or punctuation: "Patient ID" for patient_id) are read as text, so an id
+    such as 007 stays 007.
+
+    >>> read_csv_any(io.BytesIO(b"Patient ID;age\\n007;61,5\\n"), text_names=["patient_id"]).to_dict("list")
+    {'Patient ID': ['007'], 'age': [61.5]}
+    """
     default = "\t" if str(getattr(source, "name", source)).lower().endswith((".tsv", ".tsv.gz")) else ","
     if isinstance(source, (str, Path)):
         encoding = text_encoding(file_chunks(source))
@@ -92,7 +98,18 @@ def read_csv_any(source: Path | str | IO[bytes], **kwargs: Any) -> pd.DataFrame:
         encoding = text_encoding(iter(lambda: source.read(CHUNK_BYTES), b""))
         source.seek(pos)
     sep = sniff_delimiter(_head(source), default, encoding)
+    keys = {_alnum(n) for n in text_names}
+    if keys:
+        start = None if isinstance(source, (str, Path)) else source.tell()
+        header = pd.read_csv(source, sep=sep, encoding=encoding, nrows=0).columns
+        if start is not None:
+            source.seek(start)
+        kwargs["dtype"] = {**{c: str for c in header if _alnum(c) in keys}, **(kwargs.get("dtype") or {})}
     return pd.read_csv(source, sep=sep, decimal="," if sep == ";" else ".", encoding=encoding, **kwargs)
+
+
+def _alnum(name: object) -> str:
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
 def decimal_commas(values: pd.Series) -> pd.Series:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.io.columns import FEATURE_ALIASES, rename_aliases
+from core.io.columns import FEATURE_ALIASES, SUBJECT_ALIASES, rename_aliases
 from core.io.delimited import read_csv_any
 
 MAX_LEVELS = 20  # distinct values of a text column read as a category
@@ -56,7 +56,7 @@ def read_features_file(path: Path) -> pd.DataFrame:
     """A cohort's features table as written: features.csv (``core.io.delimited``) or the first sheet with a
     subject_id header of features.xlsx (``core.io.workbook``, checked as an upload is)."""
     if path.suffix.lower() != ".xlsx":
-        return read_csv_any(path, dtype={"subject_id": str})  # 007 stays 007, as in the timeline
+        return read_csv_any(path, text_names=SUBJECT_ALIASES)  # 007 stays 007, as in the timeline
     from core.io.workbook import read_workbook
 
     if path.stat().st_size > MAX_WORKBOOK_BYTES:
