@@ -41,12 +41,13 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from core.errors import InputError
+from core.io.columns import SUBJECT_ALIASES
 from core.io.delimited import CHUNK_BYTES, HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
 from core.io.timeline_times import to_datetime
 
 COLUMNS = ("subject_id", "time", "code", "numeric_value")
 ALIASES: dict[str, tuple[str, ...]] = {
-    "subject_id": ("subject_id", "patient_id", "person_id", "subject", "patient", "subjectid", "patientid"),
+    "subject_id": SUBJECT_ALIASES,  # as cohort.csv's and features.csv's (core.io.columns)
     "time": ("time", "timestamp", "datetime", "charttime", "date", "event_time", "time_stamp"),
     "code": ("code", "concept", "event_code", "concept_code", "code_id"),
     "numeric_value": ("numeric_value", "value", "numeric", "val", "value_as_number", "valuenum"),
@@ -86,16 +87,20 @@ def _check_path(path: str | Path) -> Path:
 def map_columns(names: Iterable[str], source: str = "timeline") -> dict[str, str]:
     """Map the file's column names to the four MEDS columns; InputError when a required one is missing.
 
-    >>> map_columns(["patient_id", "Timestamp", "code", "value"])
-    {'subject_id': 'patient_id', 'time': 'Timestamp', 'code': 'code', 'numeric_value': 'value'}
+    >>> map_columns(["Patient ID", "Timestamp", "code", "value"])
+    {'subject_id': 'Patient ID', 'time': 'Timestamp', 'code': 'code', 'numeric_value': 'value'}
     """
     names = [str(n) for n in names]
-    lower = {n.strip().lower(): n for n in reversed(names)}  # first occurrence wins
+
+    def key(name: str) -> str:  # "Patient ID", "patient_id", "PATIENT-ID": one name
+        return "".join(ch for ch in name.lower() if ch.isalnum())
+
+    lower = {key(n): n for n in reversed(names)}  # first occurrence wins
     mapping: dict[str, str] = {}
     for target, aliases in ALIASES.items():
         for alias in aliases:
-            if alias in lower:
-                mapping[target] = lower[alias]
+            if key(alias) in lower:
+                mapping[target] = lower[key(alias)]
                 break
     missing = [t for t in REQUIRED if t not in mapping]
     if missing:
