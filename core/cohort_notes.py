@@ -49,12 +49,24 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
         undated: list[str] = []
         if "index_time" in cohort.table.columns:
             index = cohort.table.set_index("subject_id")["index_time"]
+            index_at = pd.to_datetime(owners.map(index))
             undated = [s for s in ids if s in has and pd.isna(index.get(s))]
-            read &= (events["time"] <= pd.to_datetime(owners.map(index))).to_numpy()  # NaT on either side: not read
+            read &= (events["time"] <= index_at).to_numpy()  # NaT on either side: not read
             if undated:
                 out.append(f"cohort.csv: {len(undated)} of {n} subjects {_have(len(undated))} timeline events but no "
                            f"index_time ({_ids(undated)}): none of their events is read (an event after the scan must "
                            "not be)")
+            dated = pd.to_datetime(index.dropna())
+            if len(dated) and (dated == dated.dt.normalize()).all():
+                # index times written as dates are 00:00: that day's own events (a morning's labs) come after them
+                later_that_day = ((events["time"] > index_at) & (events["time"] < index_at + pd.Timedelta(days=1))
+                                  & ~events["code"].astype(str).isin(OUTCOME_CODES))
+                owners_later = set(owners[later_that_day.to_numpy()])
+                later = [s for s in ids if s in owners_later]
+                if later:
+                    out.append(f"cohort.csv: index_time is a date (00:00) and {len(later)} of {n} subjects "
+                               f"{_have(len(later))} events later on that day ({_ids(later)}): they are not read; "
+                               "write the scan's time of day to read them")
         readable = set(owners[read])
         without = [s for s in ids if s not in undated and s not in readable]
         if without:

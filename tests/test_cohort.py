@@ -190,18 +190,21 @@ def test_coverage_notes_name_the_subjects_a_modality_leaves_out(tmp_path: Path) 
     root.mkdir()
     (root / "cohort.csv").write_text("subject_id,time,event,split,index_time,study\n"
                                      "a,10,1,train,2020-01-05,\nb,20,0,train,2020-01-05,\nc,30,1,test,,\n"
-                                     "d,40,1,test,2020-01-05,\n")
+                                     "d,40,1,test,2020-01-05,\ne,50,0,test,2020-01-05,\n")
     (root / "features.csv").write_text("subject_id,age\na,61\nb,70\nc,55\n")
     (root / "timeline.csv").write_text("subject_id,time,code\na,2020-01-01,LAB//X\nb,2020-01-09,LAB//X\n"
-                                       "b,2020-01-02,MEDS_DEATH\nc,2020-01-01,LAB//X\n")
+                                       "b,2020-01-02,MEDS_DEATH\nc,2020-01-01,LAB//X\ne,2020-01-05 09:30,LAB//X\n")
     cohort = load_cohort(root)
     assert coverage_notes(cohort) == []  # the model reads none of them
     assert coverage_notes(cohort, timeline=True, features=True, studies=True) == [
-        "cohort.csv: 1 of 4 subjects has timeline events but no index_time (c): none of their events is read (an "
+        "cohort.csv: 1 of 5 subjects has timeline events but no index_time (c): none of their events is read (an "
         "event after the scan must not be)",
-        "timeline: 2 of 4 subjects have no event at or before the index time (b, d): the model reads no timeline "
+        "cohort.csv: index_time is a date (00:00) and 1 of 5 subjects has events later on that day (e): they are not "
+        "read; write the scan's time of day to read them",
+        "timeline: 3 of 5 subjects have no event at or before the index time (b, d, e): the model reads no timeline "
         "for them; 1 of them has no row at all in the timeline (are its subject ids written as cohort.csv's?)",
-        "features.csv: no row for 1 of 4 subjects (d): their curated features are read as missing (the training mean)"]
+        "features.csv: no row for 2 of 5 subjects (d, e): their curated features are read as missing (the training "
+        "mean)"]
     assert [s for s in cohort.ids() if not cohort.events(s).empty] == ["a"]  # what the model reads, as the notes say
 
 
