@@ -38,6 +38,12 @@ def test_features_workbook_reads_the_first_sheet_with_rows() -> None:
     assert table.index.tolist() == ["7", "8"]
     assert table.loc["7"].to_dict() == pytest.approx({"Age": 61.5, "last_bnp": 310.0, "sex_female": 1.0})
     assert table.loc["8", "sex_female"] == 0.0 and np.isnan(table.loc["8", "last_bnp"])
+    # a date column is text, as in a CSV, not nanoseconds since 1970
+    import datetime
+
+    dated = _book({"Values": [["subject_id", "age", "admitted"], [7, 61.5, datetime.datetime(2020, 1, 2)]]})
+    read = read_features_bytes(dated, "clinic.xlsx", names=["age"])
+    assert list(read.columns) == ["age"] and read.attrs["text_columns"] == ["admitted"]
 
 
 def test_workbooks_that_are_not_read() -> None:

@@ -256,7 +256,7 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
     from core.io.columns import FEATURE_ALIASES, SUBJECT_ALIASES, rename_aliases
     from core.io.delimited import read_csv_any
     from core.io.features import category_indicators, features_table, text_columns
-    from core.io.workbook import is_workbook, read_workbook
+    from core.io.workbook import dates_as_text, is_workbook, read_workbook
 
     label = upload_label([name])
     if not data:
@@ -273,7 +273,8 @@ def read_features_bytes(data: bytes, name: str, names: Sequence[str] = ()) -> pd
                          "code page) or .xlsx, with subject_id and one column per value")
     else:
         try:
-            frame = pd.read_parquet(io.BytesIO(data)) if parquet else read_csv_any(io.BytesIO(data), text_names=SUBJECT_ALIASES)
+            frame = (dates_as_text(pd.read_parquet(io.BytesIO(data))) if parquet
+                     else read_csv_any(io.BytesIO(data), text_names=SUBJECT_ALIASES))
         except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' parser errors are ValueErrors
             raise InputError("features table", label, f"cannot be read ({type(exc).__name__})",
                              "save it as a plain CSV with a header row") from None

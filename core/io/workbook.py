@@ -83,8 +83,18 @@ def read_workbook(data: bytes, label: str, field: str, column: str = "subject_id
     name, frame = next(((n, f) for n, f in filled if column in [str(c).strip() for c in f.columns]), filled[0])
     frame = frame.dropna(how="all").dropna(axis=1, how="all")
     frame.columns = [str(c).strip() for c in frame.columns]
+    frame = dates_as_text(frame)
     ids = frame.get("subject_id")
     if ids is not None and pd.api.types.is_float_dtype(ids) and (ids.dropna() % 1 == 0).all():
         frame["subject_id"] = ids.astype("Int64").astype(str).replace("<NA>", pd.NA)  # 7.0 (a column with a blank) is 7
     frame.attrs["sheet"], frame.attrs["other_sheets"] = str(name), len(filled) - 1
     return frame
+
+
+def dates_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its date columns (a workbook's or a parquet file's) as ISO text, as a CSV holds them: a date is
+    no number (``pd.to_numeric`` would read it as nanoseconds since 1970)."""
+    dates = [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])]
+    if not dates:
+        return frame
+    return frame.assign(**{str(c): frame[c].map(lambda v: None if pd.isna(v) else v.isoformat()) for c in dates})
