@@ -201,7 +201,8 @@ def split_timeline_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str])
 def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) -> dict[str, Any] | None:
     """What the model's tabular features find in this cohort: ``columns`` (the model's), ``absent`` (those
     features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row), ``far_values`` ({column:
-    subjects whose value lies far from training, :func:`far_columns`}). None when the model reads no features."""
+    subjects whose value lies far from training, :func:`far_columns`}), ``unreadable`` ({column: subjects whose cell
+    is no number, such as "<50"}). None when the model reads no features."""
     names = model.config.ehr.curated_features
     if not names:
         return None
@@ -213,14 +214,22 @@ def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) 
     for _, row in (rows.iterrows() if len(rows) else ()):
         for name in far_columns(model.config.ehr.tabular or {}, row.to_dict()):
             far[name] = far.get(name, 0) + 1
-    return {"columns": len(names), "absent": absent, "without_row": int(without), "far_values": far}
+    cells = {} if cohort.features is None else cohort.features.attrs.get("unreadable_cells") or {}
+    unreadable: dict[str, int] = {}
+    for sid in ids:  # "<50", "n.d." in a column the model reads: read as missing
+        for name in cells.get(str(sid), {}):
+            if name in names:
+                unreadable[name] = unreadable.get(name, 0) + 1
+    return {"columns": len(names), "absent": absent, "without_row": int(without), "far_values": far,
+            "unreadable": unreadable}
 
 
 def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
     """One line on a :func:`split_feature_reads` summary, or None when every column and row is there and no value is
     far from training."""
     far = summary.get("far_values") or {} if summary else {}
-    if not summary or not (summary["absent"] or summary["without_row"] or far):
+    unreadable = summary.get("unreadable") or {} if summary else {}
+    if not summary or not (summary["absent"] or summary["without_row"] or far or unreadable):
         return None
     parts = []
     if summary["absent"]:
@@ -230,6 +239,10 @@ def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
     if summary["without_row"]:
         n = int(summary["without_row"])
         parts.append(f"{n} subject{'s have' if n != 1 else ' has'} no features.csv row")
+    if unreadable:
+        n = sum(unreadable.values())
+        parts.append(f"{n} value{'s are' if n != 1 else ' is'} no number ("
+                     + ", ".join(f"{c} {k}" for c, k in sorted(unreadable.items(), key=lambda kv: -kv[1])[:3]) + ")")
     missing = "; ".join(parts) + ": read as missing" if parts else ""
     worst = sorted(far.items(), key=lambda kv: -kv[1])[:3]
     unlike = ("; ".join(f"{name}: {n} subject{'s' if n != 1 else ''}" for name, n in worst)

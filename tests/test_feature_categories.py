@@ -81,6 +81,12 @@ def test_a_model_trained_on_text_categories_scores_one_patient(tmp_path: Path) -
     assert trained.column_values("sex", ["s0000", "s0001"]) == pd.read_csv(folder / "features.csv")["sex"][:2].tolist()
 
     model = load_model(tmp_path / "model")
+    from core.ehr_read import split_feature_reads, split_feature_reads_text
+
+    reads = split_feature_reads(model, trained, trained.ids("train"))  # evaluate's count, per split
+    assert reads["unreadable"] == {"age": 2} and reads["absent"] == [] and not reads["without_row"]
+    assert split_feature_reads_text(reads) == "2 values are no number (age 2): read as missing"
+    assert split_feature_reads(model, trained, trained.ids("test"))["unreadable"] == {}
     risks = {}
     for name, features in [("text", "subject_id,age,sex,stage\nX,70,F,I\n"),
                            ("words", "subject_id;age;sex;stage\nX;70;female;i\n"),

@@ -112,7 +112,7 @@ def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
             "read as the training average") in predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"][-1]
     (demo / "kept.csv").rename(demo / "features.csv")
     summary = evaluate_model(SHIPPED / "ehr_only", demo, band=False, n_boot=10)["features"]
-    assert summary == {"columns": 19, "absent": ["age", "last_bnp"], "without_row": 1, "far_values": {}}
+    assert summary == {"columns": 19, "absent": ["age", "last_bnp"], "without_row": 1, "far_values": {}, "unreadable": {}}
     assert split_feature_reads_text(summary) == ("features.csv lacks 2 of the model's 19 feature columns (age, "
                                                  "last_bnp); 1 subject has no features.csv row: read as missing")
 
