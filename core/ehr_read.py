@@ -20,7 +20,8 @@ import pandas as pd
 
 from core.cohort import Cohort
 from core.feature_profile import training_text
-from core.io.features import column_key, with_categories
+from core.io.columns import column_key
+from core.io.features import with_categories
 from core.timeline_profile import (UNIT_RATIO, VALUE_SD, far_from_training, model_timeline_profile, timeline_warning,
                                    unit_suspects, value_warning, warn_below)
 

@@ -39,8 +39,9 @@ END_COLUMN = "end_time"  # the event's or last follow-up's date: time = end_time
 EVENT_WORDS = {"yes": 1, "no": 0, "dead": 1, "died": 1, "deceased": 1, "death": 1, "event": 1, "alive": 0, "censored": 0}
 
 
-def _key(name: object) -> str:
-    return "".join(ch for ch in str(name).lower() if ch.isalnum())  # "Index Date", "index_date": one name
+def column_key(name: object) -> str:
+    """A name or value compared without case, spaces or punctuation ("Index Date", "index_date": "indexdate")."""
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
 def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], source: str = "cohort.csv") -> pd.DataFrame:
@@ -52,7 +53,7 @@ def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], 
         if target in present:
             continue
         for alias in names:
-            found = [c for c in frame.columns if _key(c) == _key(alias) and c not in renames]
+            found = [c for c in frame.columns if column_key(c) == column_key(alias) and c not in renames]
             if len(found) > 1:
                 raise InputError(f"{source} columns", ", ".join(map(str, found)), f"all read as {target}",
                                  f"keep one of them, or name one {target}")

@@ -26,6 +26,8 @@ from typing import IO, Any
 
 import pandas as pd
 
+from core.io.columns import column_key
+
 DELIMITERS = (",", ";", "\t", "|")
 HEAD_BYTES = 64 << 10  # the header line is looked for in this many bytes
 DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")  # 61,5 in a semicolon file: a decimal comma
@@ -98,18 +100,15 @@ def read_csv_any(source: Path | str | IO[bytes], *, text_names: Iterable[str] = 
         encoding = text_encoding(iter(lambda: source.read(CHUNK_BYTES), b""))
         source.seek(pos)
     sep = sniff_delimiter(_head(source), default, encoding)
-    keys = {_alnum(n) for n in text_names}
+    keys = {column_key(n) for n in text_names}
     if keys:
         start = None if isinstance(source, (str, Path)) else source.tell()
         header = pd.read_csv(source, sep=sep, encoding=encoding, nrows=0).columns
         if start is not None:
             source.seek(start)
-        kwargs["dtype"] = {**{c: str for c in header if _alnum(c) in keys}, **(kwargs.get("dtype") or {})}
+        kwargs["dtype"] = {**{c: str for c in header if column_key(c) in keys}, **(kwargs.get("dtype") or {})}
     return pd.read_csv(source, sep=sep, decimal="," if sep == ";" else ".", encoding=encoding, **kwargs)
 
-
-def _alnum(name: object) -> str:
-    return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
 def decimal_commas(values: pd.Series) -> pd.Series:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.io.columns import FEATURE_ALIASES, SUBJECT_ALIASES, rename_aliases
+from core.io.columns import FEATURE_ALIASES, SUBJECT_ALIASES, column_key, rename_aliases
 from core.io.delimited import read_csv_any
 
 MAX_LEVELS = 20  # distinct values of a text column read as a category
@@ -35,11 +35,6 @@ MAX_WORKBOOK_BYTES = 50 << 20
 LEVEL_WORDS = {"f": "female", "w": "female", "woman": "female", "m": "male", "man": "male", "y": "yes", "true": "yes",
                "n": "no", "false": "no"}
 LEVEL_GROUPS = ({"female", "male"}, {"yes", "no"})
-
-
-def column_key(text: object) -> str:
-    """A name or value compared without case, spaces or punctuation ("Last Creatinine" -> "lastcreatinine")."""
-    return "".join(ch for ch in str(text).lower() if ch.isalnum())
 
 
 def canon(text: object) -> str:

@@ -41,7 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from core.errors import InputError
-from core.io.columns import SUBJECT_ALIASES
+from core.io.columns import SUBJECT_ALIASES, column_key
 from core.io.delimited import CHUNK_BYTES, HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
 from core.io.timeline_times import to_datetime
 
@@ -91,16 +91,12 @@ def map_columns(names: Iterable[str], source: str = "timeline") -> dict[str, str
     {'subject_id': 'Patient ID', 'time': 'Timestamp', 'code': 'code', 'numeric_value': 'value'}
     """
     names = [str(n) for n in names]
-
-    def key(name: str) -> str:  # "Patient ID", "patient_id", "PATIENT-ID": one name
-        return "".join(ch for ch in name.lower() if ch.isalnum())
-
-    lower = {key(n): n for n in reversed(names)}  # first occurrence wins
+    lower = {column_key(n): n for n in reversed(names)}  # first occurrence wins; "Patient ID" is patient_id
     mapping: dict[str, str] = {}
     for target, aliases in ALIASES.items():
         for alias in aliases:
-            if key(alias) in lower:
-                mapping[target] = lower[key(alias)]
+            if column_key(alias) in lower:
+                mapping[target] = lower[column_key(alias)]
                 break
     missing = [t for t in REQUIRED if t not in mapping]
     if missing:
