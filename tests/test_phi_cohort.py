@@ -238,6 +238,15 @@ def test_inspect_cohort_command(tmp_path):
     run = subprocess.run([sys.executable, "-m", "core", "inspect", str(root), "--cohort"],
                          cwd=repo, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0 and run.stdout.strip() == "1 studies checked in 1 rows: 0 blocked"
+    # then what its tables leave out, as train would say it (here: a features row missing, a value that is no number)
+    (root / "cohort.csv").write_text("subject_id,time,event,study\n2,20,0,clean\n3,30,1,\n4,40,1,clean\n")
+    (root / "features.csv").write_text("subject_id,bnp\n2,<50\n4,310\n")
+    run = subprocess.run([sys.executable, "-m", "core", "inspect", str(root), "--cohort", "--json"],
+                         cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    notes = json.loads(run.stdout)["data_notes"]
+    assert run.returncode == 0 and len(notes) == 3, notes
+    assert notes[0].startswith("features.csv: 1 value is not a number and is read as missing (bnp 1; e.g. '<50')")
+    assert "no row for 1 of 3 subjects (3)" in notes[1] and "1 of 3 subjects has no study (3)" in notes[2]
 
 
 def test_a_zipped_cohort_is_gated_in_memory_like_its_folder(tmp_path):

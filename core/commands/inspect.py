@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--cohort", action="store_true",
                         help="PATH is a cohort folder: gate every study of its cohort.csv for PHI and burned-in text "
-                             "(headers only); exit status 1 when a row is blocked")
+                             "(headers only), then note what its tables leave out or cannot read; exit status 1 when "
+                             "a row is blocked")
 
 
 def _run_cohort(args: argparse.Namespace) -> int:
@@ -30,11 +31,28 @@ def _run_cohort(args: argparse.Namespace) -> int:
 
         raise InputError("series", args.series, "does not apply to --cohort", "leave out --series")
     report = gate_cohort(args.path)
+    notes = _cohort_notes(args.path)
     if args.json:
-        print(json.dumps(report.to_dict(), allow_nan=False))
+        print(json.dumps({**report.to_dict(), "data_notes": notes}, allow_nan=False))
     else:
-        print("\n".join(report.lines()))
+        print("\n".join(report.lines() + [f"note: {note}" for note in notes]))
     return 0 if report.ok else 1
+
+
+def _cohort_notes(path: Path) -> list[str]:
+    """What the cohort's tables leave out or cannot read, as ``train`` would say it for a model reading every modality
+    the folder has (``core.cohort_notes``, ``core.io.features.feature_notes``); nothing is decoded."""
+    from core.cohort import load_cohort
+    from core.cohort_notes import coverage_notes
+    from core.errors import InputError
+    from core.io.features import feature_notes
+
+    try:
+        cohort = load_cohort(path, for_training=False)
+    except InputError as err:  # the PHI report above stands; this is why train would stop
+        return [f"the cohort cannot be read as it is: {err}"]
+    return feature_notes(cohort.features) + coverage_notes(
+        cohort, timeline=cohort.timeline is not None, features=cohort.features is not None, studies=cohort.has_studies)
 
 
 def run(args: argparse.Namespace) -> int:
