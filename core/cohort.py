@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, TEXT_COLUMNS, rename_aliases
+from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
 from core.io.features import FEATURE_FILES, canon, read_features_file, read_features_frame

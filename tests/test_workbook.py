@@ -28,7 +28,7 @@ def _book(sheets: dict[str, list[list[object]]]) -> bytes:
 def test_features_workbook_reads_the_first_sheet_with_rows() -> None:
     from core.app.uploads import read_features_bytes
 
-    values = [["subject_id", "Age", "sex", "last_bnp"], [7, 61.5, "F", 310], [None, None, None, None],
+    values = [["Patient ID", "Age", "sex", "last_bnp"], [7, 61.5, "F", 310], [None, None, None, None],
               [8, 70, "M", None], [None, 55, "F", 12]]
     data = _book({"Empty": [], "About": [["Export"], ["2026-11-20, the clinic's system"]], "Values": values,
                   "Old": [["subject_id", "age"], ["x", 1]]})

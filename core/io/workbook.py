@@ -2,7 +2,7 @@
 
 An uploaded workbook is untrusted: it is a zip of XML parts, so it is checked as a zip upload is (entry count,
 total and per-entry size, compression ratio) and refused when any part declares a DOCTYPE (XML entity expansion)
-before openpyxl parses it, in memory. The first sheet with rows and a subject_id header is read (a cover sheet is
+before openpyxl parses it, in memory. The first sheet with rows and a subject id header (subject_id, Patient ID, ...) is read (a cover sheet is
 skipped), its first row as the header; cells
 keep their type (numbers stay numbers: no decimal comma to guess). A legacy .xls workbook (or a password-protected
 .xlsx, which is stored the same way) is refused with the fix: save it as .xlsx or CSV.
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
 
 import pandas as pd
 
 from core.errors import InputError
+from core.io.columns import SUBJECT_ALIASES, column_key
 
 XLSX_MAGIC = b"PK\x03\x04"
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls, and an encrypted .xlsx
@@ -67,10 +69,11 @@ def check_workbook(data: bytes, label: str, field: str) -> None:
         raise InputError(field, label, "is not a readable .xlsx workbook (broken zip)", fix) from None
 
 
-def read_workbook(data: bytes, label: str, field: str, column: str = "subject_id") -> pd.DataFrame:
-    """The first sheet of an uploaded .xlsx workbook (``check_workbook`` first) with rows and a ``column`` header
-    (else the first with rows: a cover or notes sheet comes first in many exports), its first row the header;
-    ``attrs["sheet"]`` names it and ``attrs["other_sheets"]`` counts the sheets with rows not read."""
+def read_workbook(data: bytes, label: str, field: str, columns: Sequence[str] = SUBJECT_ALIASES) -> pd.DataFrame:
+    """The first sheet of an uploaded .xlsx workbook (``check_workbook`` first) with rows and a header named as one of
+    ``columns`` (in any case: the subject id's names by default; else the first with rows: a cover or notes sheet
+    comes first in many exports), its first row the header; ``attrs["sheet"]`` names it and ``attrs["other_sheets"]``
+    counts the sheets with rows not read."""
     check_workbook(data, label, field)
     try:
         sheets = pd.read_excel(io.BytesIO(data), sheet_name=None, engine="openpyxl")
@@ -80,13 +83,15 @@ def read_workbook(data: bytes, label: str, field: str, column: str = "subject_id
     filled = [(name, frame) for name, frame in sheets.items() if not frame.dropna(how="all").empty]
     if not filled:
         raise InputError(field, label, "has no sheet with rows", "put a header row and a row per subject on a sheet")
-    name, frame = next(((n, f) for n, f in filled if column in [str(c).strip() for c in f.columns]), filled[0])
+    keys = {column_key(c) for c in columns}
+    name, frame = next(((n, f) for n, f in filled if keys & {column_key(c) for c in f.columns}), filled[0])
     frame = frame.dropna(how="all").dropna(axis=1, how="all")
     frame.columns = [str(c).strip() for c in frame.columns]
     frame = dates_as_text(frame)
-    ids = frame.get("subject_id")
-    if ids is not None and pd.api.types.is_float_dtype(ids) and (ids.dropna() % 1 == 0).all():
-        frame["subject_id"] = ids.astype("Int64").astype(str).replace("<NA>", pd.NA)  # 7.0 (a column with a blank) is 7
+    for col in [c for c in frame.columns if column_key(c) in keys]:  # ids typed as numbers: 7.0 (a blank below) is 7
+        ids = frame[col]
+        if pd.api.types.is_float_dtype(ids) and (ids.dropna() % 1 == 0).all():
+            frame[col] = ids.astype("Int64").astype(str).replace("<NA>", pd.NA)
     frame.attrs["sheet"], frame.attrs["other_sheets"] = str(name), len(filled) - 1
     return frame
 
