@@ -20,14 +20,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from core.cohort import Cohort
+from core.io.features import name_list
 from core.io.timeline import OUTCOME_CODES
-
-SHOWN = 3  # ids named per note
-
-
-def _ids(ids: Sequence[str]) -> str:
-    return ", ".join(ids[:SHOWN]) + (", ..." if len(ids) > SHOWN else "")
-
 
 def _have(k: int) -> str:
     return "has" if k == 1 else "have"
@@ -54,8 +48,8 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
             read &= (events["time"] <= index_at).to_numpy()  # NaT on either side: not read
             if undated:
                 out.append(f"cohort.csv: {len(undated)} of {n} subjects {_have(len(undated))} timeline events but no "
-                           f"index_time ({_ids(undated)}): none of their events is read (an event after the scan must "
-                           "not be)")
+                           f"index_time ({name_list(undated)}): none of their events is read (an event after the scan "
+                           "must not be)")
             dated = pd.to_datetime(index.dropna())
             if len(dated) and (dated == dated.dt.normalize()).all():
                 # index times written as dates are 00:00: that day's own events (a morning's labs) come after them
@@ -65,24 +59,24 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
                 later = [s for s in ids if s in owners_later]
                 if later:
                     out.append(f"cohort.csv: index_time is a date (00:00) and {len(later)} of {n} subjects "
-                               f"{_have(len(later))} events later on that day ({_ids(later)}): they are not read; "
+                               f"{_have(len(later))} events later on that day ({name_list(later)}): they are not read; "
                                "write the scan's time of day to read them")
         readable = set(owners[read])
         without = [s for s in ids if s not in undated and s not in readable]
         if without:
             unmatched = [s for s in without if s not in has]
             out.append(f"timeline: {len(without)} of {n} subjects {_have(len(without))} no event at or before the "
-                       f"index time ({_ids(without)}): the model reads no timeline for them"
+                       f"index time ({name_list(without)}): the model reads no timeline for them"
                        + (f"; {len(unmatched)} of them {_have(len(unmatched))} no row at all in the timeline (are its "
                           "subject ids written as cohort.csv's?)" if unmatched else ""))
     if features and cohort.features is not None:
         rowless = [s for s in ids if s not in cohort.features.index]
         if rowless:
-            out.append(f"features.csv: no row for {len(rowless)} of {n} subjects ({_ids(rowless)}): their curated "
+            out.append(f"features.csv: no row for {len(rowless)} of {n} subjects ({name_list(rowless)}): their curated "
                        "features are read as missing (the training mean)")
     if studies and cohort.has_studies:
         unscanned = [s for s in ids if cohort.study_path(s) is None]
         if unscanned:
             out.append(f"cohort.csv: {len(unscanned)} of {n} subjects {_have(len(unscanned))} no study "
-                       f"({_ids(unscanned)}): the model reads no CT for them")
+                       f"({name_list(unscanned)}): the model reads no CT for them")
     return out

@@ -43,7 +43,8 @@ def canon(text: object) -> str:
     return LEVEL_WORDS.get(key, key)
 
 
-def _examples(values: Sequence[object], k: int = 3) -> str:
+def name_list(values: Sequence[object], k: int = 3) -> str:
+    """The first ``k`` of ``values`` for a message, and ", ..." when there are more."""
     return ", ".join(map(str, list(values)[:k])) + (", ..." if len(values) > k else "")
 
 
@@ -75,18 +76,22 @@ def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFra
     numeric = df.apply(pd.to_numeric, errors="coerce")
     non_numeric = text_columns(df, numeric)
     if non_numeric:
-        raise InputError(source, _examples(non_numeric), "non-numeric column(s)",
+        raise InputError(source, name_list(non_numeric), "non-numeric column(s)",
                          "one-hot encode categorical columns or drop them")
     table = numeric.astype(float).replace([np.inf, -np.inf], np.nan)
-    bad = df.notna() & numeric.isna() & (df.astype(str).apply(lambda c: c.str.strip()) != "")
-    counts = {str(c): int(n) for c, n in bad.sum().items() if n}
-    table.attrs["unreadable"] = counts  # cells of a number column that are no number (<0.5, n.d.): read as missing
-    table.attrs["unreadable_examples"] = list(dict.fromkeys(str(v).strip() for c in counts for v in df.loc[bad[c], c]))[:3]
+    # cells of a number column that are no number (<0.5, n.d.): read as missing, and said so
     cells: dict[str, dict[str, str]] = {}  # subject -> {column: the text}, for a per-subject warning
-    for c in counts:
-        for sid, v in df.loc[bad[c], c].items():
-            cells.setdefault(str(sid), {})[str(c)] = str(v).strip()
-    table.attrs["unreadable_cells"] = cells
+    candidates = df.notna() & numeric.isna()
+    for c in candidates.columns[candidates.any().to_numpy()]:
+        for sid, v in df.loc[candidates[c], c].items():
+            if str(v).strip():
+                cells.setdefault(str(sid), {})[str(c)] = str(v).strip()
+    counts: dict[str, int] = {}
+    for row in cells.values():
+        for c in row:
+            counts[c] = counts.get(c, 0) + 1
+    table.attrs["unreadable"], table.attrs["unreadable_cells"] = counts, cells
+    table.attrs["unreadable_examples"] = list(dict.fromkeys(v for row in cells.values() for v in row.values()))[:3]
     return table
 
 
@@ -128,12 +133,12 @@ def read_features_frame(df: pd.DataFrame, source: str = "features.csv") -> tuple
     words = df[text].set_axis(pd.Index(ids, name="subject_id"))
     many = {c: n for c in text if (n := words[c].dropna().map(canon).nunique()) > MAX_LEVELS}
     if many:
-        raise InputError(f"{source} column", _examples(list(many)), f"has {max(many.values())} distinct text values, "
+        raise InputError(f"{source} column", name_list(list(many)), f"has {max(many.values())} distinct text values, "
                          f"not a category (at most {MAX_LEVELS})", "drop the column, or write its values as numbers")
     names = [f"{c}_{level}" for c in text for level in sorted(set(words[c].dropna().map(canon)) - {""})]
     clash = [n for n in names if n in df.columns]
     if clash:
-        raise InputError(f"{source} column", _examples(clash), "is both a column and a text column's category",
+        raise InputError(f"{source} column", name_list(clash), "is both a column and a text column's category",
                          "drop one of them")
     table = features_table(df.drop(columns=text), source)
     indicators, _ = category_indicators(words, text, names)
