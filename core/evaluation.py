@@ -3,13 +3,14 @@
 Survival curves come from ``core.predict.predict_cohort`` (batch prediction,
 see docs/CONTRACTS.md); the training split of the same cohort gives the
 censoring distribution for the IPCW metrics (the evaluated split itself when
-the cohort has no training subjects). torch is imported only through the model
+the cohort has no training subjects, and always with ``split="all"``: every subject of a cohort the model never saw,
+an external validation). torch is imported only through the model
 modules, when this function runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ from core.evaluate.decision import decision_curve
 from core.evaluate.metrics import HORIZONS, harrell_c, survival_metrics
 from core.evaluate.subgroups import subgroup_table
 
+ALL_SPLITS = "all"  # evaluate every subject: external validation on a cohort the model never saw
+
 
 def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "test",
                    horizons: Sequence[float] = HORIZONS, n_boot: int = 200, seed: int = 0,
                    device: str = "cpu", *, alpha: float = ALPHA, subgroup: str | None = None,
-                   band: bool = False) -> dict:
+                   band: bool = False, risk_groups: int = 0,
+                   progress: Callable[[float, str], None] | None = None) -> dict:
     """The ``evaluate --json`` object: ``c_index``, ``c_index_ci``, ``uno_c``, ``td_auc``, ``ibs``, ``n``, ``events``,
     plus ``calibration``, ``uno_c_ci``, ``ibs_ci``, ``split``, ``fusion`` and, when cohort.csv has
     ``true_risk``, ``oracle_c_index`` (Harrell C of the true risk on the same subjects).
@@ -42,25 +46,35 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     and those ``predict`` would withhold; they are read as they are here. ``timeline_codes``
     (:func:`core.ehr_read.split_timeline_reads`) counts the split's timelines whose codes the model mostly does not
     know (None for a model that reads no events); ``features`` (:func:`core.ehr_read.split_feature_reads`) the
-    model's feature columns that features.csv lacks and the subjects without a row (None without features)."""
+    model's feature columns that features.csv lacks and the subjects without a row (None without features).
+    ``risk_groups`` > 1 adds ``risk_groups`` (:func:`core.evaluate.km_by_risk_group` of the evaluated subjects:
+    Kaplan-Meier curves of that many groups by predicted risk, and the log-rank p). ``progress(fraction, message)``
+    follows the predictions."""
     from core.cohort import load_cohort
 
-    cohort = load_cohort(Path(cohort_dir))
-    ids = cohort.ids(split)
+    cohort = load_cohort(Path(cohort_dir), for_training=False)  # a cohort to validate on needs no train split
+    ids = cohort.ids(None if split == ALL_SPLITS else split)
     if not ids:
         present = sorted(cohort.table["split"].unique())
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
-                         f"use one of the splits present: {', '.join(present)}")
+                         f"use one of the splits present ({', '.join(present)}) or {ALL_SPLITS}")
+    outcomes = cohort.table.set_index("subject_id").loc[ids]
+    if outcomes["time"].isna().any():
+        raise InputError("time", "absent", f"{Path(cohort_dir) / 'cohort.csv'} gives no outcomes to evaluate against",
+                         "add the columns time (days from index; or index_time and end_time) and event (1 / 0)")
+    if not outcomes["event"].any():
+        raise InputError("event", f"all 0 in the {split} split", "no subject has an observed event, so no C-index "
+                         "can be computed", "check the event coding (1 = event) or evaluate a split with events")
     values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
     from core.ehr_read import split_feature_reads, split_timeline_reads
     from core.predict import predict_cohort, split_image_reads
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)
-    times, surv = predict_cohort(model, cohort, ids)
+    times, surv = predict_cohort(model, cohort, ids, progress=progress)
     table = cohort.table.set_index("subject_id")
     rows = table.loc[ids]
-    train_ids = cohort.ids("train") or ids
+    train_ids = ids if split == ALL_SPLITS else cohort.ids("train") or ids  # IPCW: the training site's censoring
     train = table.loc[train_ids]
     out = survival_metrics(np.asarray(times), np.asarray(surv), rows["time"].to_numpy(), rows["event"].to_numpy(),
                            train["time"].to_numpy(), train["event"].to_numpy(), horizons=horizons,
@@ -81,6 +95,11 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     out["conformal"] = conformal_report(model, cohort, split, np.asarray(times), np.asarray(surv), time, event,
                                         tt, te, horizons, alpha)
     out["decision_curve"] = decision_curve(times, surv, time, event, horizons)
+    if risk_groups > 1:
+        from core.evaluate import km_by_risk_group, risk_from_survival
+
+        out["risk_groups"] = km_by_risk_group(risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv)),
+                                              time, event, groups=risk_groups)
     if values is not None:
         out["subgroups"] = subgroup_table(times, surv, time, event, tt, te, values, horizons, column=str(subgroup),
                                           n_boot=n_boot, seed=seed)
@@ -109,7 +128,7 @@ def conformal_report(model: Any, cohort: Any, split: str, times: np.ndarray, sur
     vt, ve = val["time"].to_numpy(), val["event"].to_numpy()
     hs = [h for h in horizons if horizon_usable(h, vt, float(times[-1]), train_time)
           and horizon_usable(h, time, float(times[-1]), train_time)]
-    report: dict = {"calibrated_on": "val", "in_sample": split == "val", "calibration": None, "horizons": {}}
+    report: dict = {"calibrated_on": "val", "in_sample": split in ("val", ALL_SPLITS), "calibration": None, "horizons": {}}
     for h in horizons:
         report["horizons"][int(h) if float(h).is_integer() else h] = None
     if not hs:

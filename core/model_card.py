@@ -19,7 +19,8 @@ def _plain(o: Any) -> Any:
     return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
-def _ci(m: dict, key: str) -> str:
+def metric_with_ci(m: dict, key: str) -> str:
+    """``0.712 (95% CI 0.650-0.770)`` for metric ``key`` of ``m`` (its interval under ``key_ci``), or n/a."""
     v, ci = m.get(key), m.get(f"{key}_ci")
     if v is None:
         return "n/a"
@@ -132,9 +133,9 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         f"- Uncertainty band: {metrics.get('uncertainty', 'MC dropout')}.",
         "",
         "## Metrics (test split)",
-        f"- Harrell's C: {_ci(test, 'c_index')}",
-        f"- Uno's C: {_ci(test, 'uno_c')}",
-        f"- Integrated Brier score: {_ci(test, 'ibs')}",
+        f"- Harrell's C: {metric_with_ci(test, 'c_index')}",
+        f"- Uno's C: {metric_with_ci(test, 'uno_c')}",
+        f"- Integrated Brier score: {metric_with_ci(test, 'ibs')}",
         f"- Time-dependent AUC: {json.dumps(test.get('td_auc'), default=_plain)}",
     ]
     if "oracle_c_index" in test:

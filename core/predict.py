@@ -193,13 +193,17 @@ def predict_subject(model_dir: Path | str, cohort_dir: Path | str, subject_id: s
     return prediction_json(model, cohort, str(subject_id), horizons, allow_ood)
 
 
-def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(times [T], surv [len(ids), T])`` in the order of ``ids``, from voxels/events (no gradients)."""
+def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str],
+                   progress: Callable[[float, str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(times [T], surv [len(ids), T])`` in the order of ``ids``, from voxels/events (no gradients);
+    ``progress(fraction, message)`` before each subject."""
     import torch
 
     rows = []
     with torch.inference_mode():  # read-only on the shared network
-        for sid in ids:
+        for i, sid in enumerate(ids):
+            if progress is not None:
+                progress(i / max(len(ids), 1), f"predicting subject {i + 1} of {len(ids)}")
             out = model.forward(model.case_inputs(cohort, sid))
             rows.append(out.survival[0].float().cpu().numpy())
     surv = np.clip(np.stack(rows), 0.0, 1.0) if rows else np.zeros((0, len(model.times)))

@@ -46,6 +46,7 @@ CONTRAST_STATED = "contrast_stated"  # Upload: "yes" / "no" / "" for a study who
 TRAINED_MODELS = "trained_models"
 TRAINED_COHORTS = "trained_cohorts"
 TRAIN_JOB = "train_job"  # id of this session's latest training job (core.jobs)
+VALIDATE_JOB = "validate_job"  # (job id, model name) of this session's latest external validation (core.jobs)
 EXPORTS = "exports"
 CASE_NUMBERS = "case_numbers"
 READ_OOD = "read_ood"            # cases whose CT the user asked to read although a model withholds it

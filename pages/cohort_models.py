@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -122,8 +124,8 @@ demo_dir = demo_install.demo_paths().cohort
 trained = st.session_state.get(K.TRAINED_MODELS, {})
 name = views.current_model_name()
 
-tab_model, tab_compare, tab_train, tab_meds = st.tabs(
-    ["Selected model", "Compare strategies", "Train on your cohort", "Cohort from MEDS"])
+tab_model, tab_compare, tab_validate, tab_train, tab_meds = st.tabs(
+    ["Selected model", "Compare strategies", "Validate on your cohort", "Train on your cohort", "Cohort from MEDS"])
 
 
 TRAIN_KEY = "train"
@@ -189,6 +191,74 @@ def training_status() -> None:
             st.info(note + ".", icon=":material/info:")
 
 
+def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: str) -> None:
+    """One evaluation (``core.evaluation.evaluate_model``): metrics, what the model could not read, Kaplan-Meier by
+    predicted risk group (``risk_groups()``: ``core.evaluate.km_by_risk_group``'s dict), calibration, decision
+    curves and the coverage of the bounds. ``what`` names the subjects ("test split"); ``key`` keeps the charts of
+    two evaluations on one page apart."""
+    from core.ehr_read import split_feature_reads_text, split_timeline_reads_text
+    from core.predict import split_image_reads_text
+
+    cols = st.columns(4)
+    cols[0].metric("Harrell's C-index", _ci(m.get("c_index"), None),
+                   help=f"95% bootstrap CI {_ci(m.get('c_index'), m.get('c_index_ci'))}")
+    cols[1].metric("Uno's C", _ci(m.get("uno_c"), None), help=_ci(m.get("uno_c"), m.get("uno_c_ci")))
+    cols[2].metric("Integrated Brier score", _ci(m.get("ibs"), None), help=_ci(m.get("ibs"), m.get("ibs_ci")))
+    cols[3].metric("Subjects / events", f"{m.get('n')} / {m.get('events')}", help=what)
+    st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model"]), hide_index=True, width="stretch")
+    if m.get("oracle_c_index") is not None:
+        st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
+    for label, line in (("CTs", split_image_reads_text(m.get("ct_profile"))),
+                        ("Timelines", split_timeline_reads_text(m.get("timeline_codes"))),
+                        ("Features", split_feature_reads_text(m.get("features")))):
+        if line:
+            st.warning(f"{label} ({what}): {line}.", icon=":material/warning:")
+    g1, g2 = st.columns(2, gap="large")
+    with g1:
+        st.markdown(f"**Kaplan-Meier by predicted risk group ({what})**")
+        ref = risk_groups()
+        curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
+                  for g in ref["groups"]}
+        palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
+        km = F.survival_compare_figure(curves, colors=None if None in palette else palette)  # type: ignore[arg-type]
+        km.update_layout(width=None, height=420)
+        st.plotly_chart(km, width="stretch", key=f"{key}_km_groups")
+        if ref["logrank_p"] is not None:
+            st.caption(f"Log-rank test across groups: p = {ref['logrank_p']:.3g}.")
+    with g2:
+        st.markdown("**Calibration (predicted vs observed risk by group)**")
+        cal = m.get("calibration") or {}
+        if any(cal.values()):
+            st.plotly_chart(F.calibration_figure(cal), width="stretch", key=f"{key}_calibration")
+        else:
+            st.info(f"Calibration is not estimable on the {what} (follow-up ends before the horizons).")
+    st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")
+    dc = m.get("decision_curve") or {}
+    if any((dc.get("horizons") or {}).values()):
+        st.plotly_chart(F.decision_curve_figure(dc), width="stretch", key=f"{key}_decision_curve")
+        st.caption("Treat every patient whose predicted risk by the horizon is at or above the threshold: the "
+                   "model is useful where its net benefit is above both treat-all and treat-none "
+                   "(time-to-event decision curves, dcurves).")
+    else:
+        st.info(f"Decision curves need follow-up past the horizons on the {what}.")
+    st.markdown(f"**Coverage of the uncertainty bounds (IPCW, {what})**")
+    st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
+
+
+def test_split_groups(cohort_dir: Path) -> dict:
+    """The selected model's risk groups on its test split: a trained model's predictions kept in its folder (the
+    user's workspace), a shipped model's shared across sessions."""
+    if name not in trained:
+        return views.reference_curves(name)  # from the shipped predictions
+    from core.cohort import load_cohort
+
+    cohort = memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
+    with st.spinner("Predicting the test split of your cohort (once per model)..."):
+        return memo(("groups", str(models[name]), str(cohort_dir)), lambda: reference.reference_curves(
+            lambda: views.model_by_name(name), cohort, cohort.ids("test"),
+            cache=Path(models[name]) / "test_predictions.npz"))
+
+
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
     st.caption(f"Model **{name}**, evaluated on the test split of "
@@ -196,70 +266,7 @@ with tab_model:
     m = evaluate(name, models[name], cohort_dir)
     with chrome.core_errors(stop=False):
         if m is not None:
-            cols = st.columns(4)
-            cols[0].metric("Harrell's C-index", _ci(m.get("c_index"), None),
-                           help=f"95% bootstrap CI {_ci(m.get('c_index'), m.get('c_index_ci'))}")
-            cols[1].metric("Uno's C", _ci(m.get("uno_c"), None), help=_ci(m.get("uno_c"), m.get("uno_c_ci")))
-            cols[2].metric("Integrated Brier score", _ci(m.get("ibs"), None), help=_ci(m.get("ibs"), m.get("ibs_ci")))
-            cols[3].metric("Test subjects / events", f"{m.get('n')} / {m.get('events')}")
-            st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model"]), hide_index=True,
-                         width="stretch")
-            if m.get("oracle_c_index") is not None:
-                st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
-            from core.ehr_read import split_feature_reads_text, split_timeline_reads_text
-            from core.predict import split_image_reads_text
-
-            profile_line = split_image_reads_text(m.get("ct_profile"))
-            if profile_line:
-                st.warning(f"Test CTs: {profile_line}.", icon=":material/warning:")
-            codes_line = split_timeline_reads_text(m.get("timeline_codes"))
-            if codes_line:
-                st.warning(f"Test timelines: {codes_line}.", icon=":material/warning:")
-            features_line = split_feature_reads_text(m.get("features"))
-            if features_line:
-                st.warning(f"Test features: {features_line}.", icon=":material/warning:")
-            g1, g2 = st.columns(2, gap="large")
-            with g1:
-                st.markdown("**Kaplan-Meier by predicted risk group (test split)**")
-                if name in trained:
-                    from core.cohort import load_cohort
-
-                    cohort = memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
-                    # the user's own model and cohort: its test-split predictions kept in the model's folder (the
-                    # user's workspace), so the page predicts them once, not in every session
-                    with st.spinner("Predicting the test split of your cohort (once per model)..."):
-                        ref = memo(("groups", str(models[name]), str(cohort_dir)), lambda: reference.reference_curves(
-                            lambda: views.model_by_name(name), cohort, cohort.ids("test"),
-                            cache=Path(models[name]) / "test_predictions.npz"))
-                else:
-                    ref = views.reference_curves(name)  # shared across sessions, from the shipped predictions
-                curves = {f"{g['label']} risk (n={g['n']}, {g['events']} events)": (g["t"], g["s"], g["lower"], g["upper"])
-                          for g in ref["groups"]}
-                palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
-                km = F.survival_compare_figure(curves, colors=None if None in palette else palette)  # type: ignore[arg-type]
-                km.update_layout(width=None, height=420)
-                st.plotly_chart(km, width="stretch", key="km_groups")
-                if ref["logrank_p"] is not None:
-                    st.caption(f"Log-rank test across groups: p = {ref['logrank_p']:.3g}.")
-            with g2:
-                st.markdown("**Calibration (predicted vs observed risk by group)**")
-                cal = m.get("calibration") or {}
-                if any(cal.values()):
-                    fig = F.calibration_figure(cal)
-                    st.plotly_chart(fig, width="stretch", key="calibration")
-                else:
-                    st.info("Calibration is not estimable on this split (follow-up ends before the horizons).")
-            st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")
-            dc = m.get("decision_curve") or {}
-            if any((dc.get("horizons") or {}).values()):
-                st.plotly_chart(F.decision_curve_figure(dc), width="stretch", key="decision_curve")
-                st.caption("Treat every patient whose predicted risk by the horizon is at or above the threshold: the "
-                           "model is useful where its net benefit is above both treat-all and treat-none "
-                           "(time-to-event decision curves, dcurves).")
-            else:
-                st.info("Decision curves need follow-up past the horizons on this split.")
-            st.markdown("**Coverage of the uncertainty bounds (IPCW, test split)**")
-            st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
+            show_evaluation(m, "test split", lambda: test_split_groups(cohort_dir), key="model")
             if name not in trained:
                 st.markdown("**Subgroups**")
                 cohort_cols = views.demo_cohort().column_names()
@@ -301,6 +308,52 @@ with tab_compare:
             st.dataframe(table, hide_index=True, width="stretch")
             st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), "strategy_comparison.csv",
                                mime="text/csv", key="compare_csv")
+
+VALIDATE_KEY = "validate"
+
+
+def start_validation(upload: bytes) -> None:
+    """Queue the selected model's external validation on an uploaded cohort zip as this user's background job."""
+    from core.app.background import validate_uploaded_job
+
+    user = _jobs.owner()
+    workspace.check_quota(user, len(upload))  # unpacked while it is evaluated, removed after
+    import json
+
+    fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
+    session.audit("validate", str(fusion), source="yours" if name in trained else "demo")
+    job = _jobs.submit(f"Validating {name}", validate_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
+                       str(models[name]), runtime.device_name(), key=f"{VALIDATE_KEY}:{name}:{hashlib.sha256(upload).hexdigest()[:16]}",
+                       heavy=True)
+    if job is not None:
+        st.session_state[K.VALIDATE_JOB] = (job.id, name)
+        st.rerun()
+
+
+with tab_validate:
+    st.markdown(
+        f"Evaluate **{name}** on a cohort it never saw, every patient of it (an external validation): upload a "
+        "**zip of a cohort folder** laid out as for training (`cohort.csv` with outcomes, and the model's inputs: "
+        "studies, timeline, features). Studies are checked for identifying data first; the cohort is removed when "
+        "the evaluation ends.")
+    up_val = st.file_uploader("Cohort folder to validate on (zip)", type=["zip"], key="validate_zip")
+    if up_val is not None and st.button(f"Validate {name}", type="primary", key="validate_button"):
+        with chrome.core_errors(stop=False, what="Validation not started: "):
+            start_validation(up_val.getvalue())
+    from core.jobs import default_queue
+
+    job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)
+    vjob = default_queue().get(job_id, _jobs.owner()) if job_id else None
+    if vjob is not None and vjob.active:
+        _jobs.show(vjob)
+    elif vjob is not None and _jobs.outcome(vjob):
+        st.caption(f"Model **{validated}** on every patient of the uploaded cohort (censoring weights from that "
+                   "cohort's own follow-up).")
+        with chrome.core_errors(stop=False):
+            show_evaluation(vjob.result, "your cohort", lambda: vjob.result["risk_groups"], key="validate")
+            table = pd.DataFrame([metrics_row(str(validated), vjob.result)])
+            st.download_button("Download the metrics (CSV)", table.to_csv(index=False).encode(),
+                               "external_validation.csv", mime="text/csv", key="validate_csv")
 
 with tab_train:
     st.markdown(

@@ -102,3 +102,40 @@ def test_the_forms_body_crop_reaches_training_as_the_image_setting(tmp_path: Pat
                         body_crop=crop)
         assert out["c_index"] == 0.6 and Path(out["out"]).is_dir()
     assert calls == [{"image": {"body_crop": True}}, None]
+
+
+def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_after(tmp_path: Path) -> None:
+    """External validation in the app: the zip is gated and unpacked as for training, the shipped ehr_only is
+    evaluated on all its patients with three risk groups, and nothing of the cohort stays on the server."""
+    import pandas as pd
+
+    from core.app.background import validate_uploaded_job
+    from core.app.demo_install import SHIPPED_MODELS
+    from core.demo import write_demo_cohort
+
+    src = write_demo_cohort(tmp_path / "site", n=90, seed=9, volumes=False)
+    table = pd.read_csv(src / "cohort.csv").drop(columns=["split"])
+    table.to_csv(src / "cohort.csv", index=False)  # a hospital's cohort: no split column
+    cohorts = tmp_path / "user" / "cohorts"
+    seen: list[float] = []
+    res = validate_uploaded_job(_ctx(seen), _zip(src), str(cohorts), str(SHIPPED_MODELS / "ehr_only"))
+    assert res["n"] == 90 and res["events"] == int(table["event"].sum()) and res["c_index"] > 0.55
+    assert [g["n"] for g in res["risk_groups"]["groups"]] == [30, 30, 30]
+    assert seen == sorted(seen) and seen[-1] == 1.0 and any(0.1 < f < 0.95 for f in seen)  # gate, predictions
+    assert list(cohorts.iterdir()) == []
+    table[["subject_id"]].to_csv(src / "cohort.csv", index=False)
+    with pytest.raises(InputError) as err:
+        validate_uploaded_job(_ctx(), _zip(src), str(cohorts), str(SHIPPED_MODELS / "ehr_only"))
+    assert str(err.value).startswith("time: got absent, cohort.csv gives no outcomes") and str(cohorts) not in str(err.value)
+    assert list(cohorts.iterdir()) == []
+
+
+def test_a_cohort_with_phi_is_not_validated_on(tmp_path: Path) -> None:
+    from core.app.background import validate_uploaded_job
+    from core.app.demo_install import SHIPPED_MODELS
+    from tests.test_phi_cohort import _cohort
+
+    cohorts = tmp_path / "user" / "cohorts"
+    with pytest.raises(InputError, match=r"cohort: got 9 of its studies.*PHI in PrivateTags"):
+        validate_uploaded_job(_ctx(), _zip(_cohort(tmp_path / "src")), str(cohorts), str(SHIPPED_MODELS / "ehr_only"))
+    assert not cohorts.exists()

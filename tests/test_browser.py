@@ -428,3 +428,30 @@ def test_other_pages_render(page: object) -> None:
     go(pg, "About")
     assert pg.get_by_text("not a medical device").count() >= 1  # type: ignore[attr-defined]
     shot(pg, "about")
+
+
+def test_external_validation_of_the_selected_model(page: object, tmp_path: Path) -> None:
+    """Cohort & models, "Validate on your cohort": a zipped cohort of 60 new patients (no split column) is gated,
+    evaluated on every patient as a background job and drawn with its risk groups."""
+    import shutil
+
+    import pandas as pd
+
+    from core.demo import write_demo_cohort
+
+    src = write_demo_cohort(tmp_path / "site", n=60, seed=9, volumes=False)
+    pd.read_csv(src / "cohort.csv").drop(columns=["split"]).to_csv(src / "cohort.csv", index=False)
+    archive = Path(shutil.make_archive(str(tmp_path / "site_cohort"), "zip", src))
+    pg = page
+    go(pg, "Cohort & models")
+    pg.get_by_role("tab", name="Validate on your cohort").click()  # type: ignore[attr-defined]
+    main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
+    main.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(archive))
+    settle(pg)
+    main.get_by_role("button", name="Validate", exact=False).first.click()
+    main.get_by_text("Download the metrics (CSV)").first.wait_for(timeout=240_000)
+    settle(pg)
+    text = main.inner_text()
+    assert "60 / " in text and "Kaplan-Meier by predicted risk group (your cohort)" in text, text[:2000]
+    assert re.search(r"high risk \(n=20, \d+ events\)", text), text[:2000]
+    shot(pg, "external_validation")

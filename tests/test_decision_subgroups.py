@@ -176,7 +176,7 @@ def test_evaluate_model_reports_coverage_conformal_decision_and_subgroups(tmp_pa
     model = _FakeModel(dict(zip(ids, rate)))
     monkeypatch.setattr(core.registry, "load_model", lambda path, device="cpu": model)
     monkeypatch.setattr(core.predict, "predict_cohort",
-                        lambda m, cohort, sel: (m.times, np.stack([m.curve(s) for s in sel])))
+                        lambda m, cohort, sel, progress=None: (m.times, np.stack([m.curve(s) for s in sel])))
     res = evaluate_model(tmp_path / "model", tmp_path, horizons=(365,), n_boot=20, subgroup="site", band=True)
     assert res["ct_profile"] is None and res["timeline_codes"] is None and res["features"] is None  # nothing to check
     for key in ("c_index", "c_index_ci", "uno_c", "td_auc", "ibs", "n", "events", "calibration",
@@ -195,3 +195,46 @@ def test_evaluate_model_reports_coverage_conformal_decision_and_subgroups(tmp_pa
     json.loads(json.dumps(res, allow_nan=False))  # the --json output stays valid JSON
     with pytest.raises(InputError, match="subgroup: got height"):
         evaluate_model(tmp_path / "model", tmp_path, subgroup="height")
+
+
+def test_evaluate_model_on_every_subject_of_a_cohort_without_a_train_split(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """External validation (``split="all"``): a cohort the model never saw, all of it, with its own censoring; the
+    old loader refused it ("training needs a train split") and the test split held a fifth of the patients."""
+    import core.predict
+    import core.registry
+    from core.evaluation import evaluate_model
+
+    n = 300
+    rng = np.random.default_rng(7)
+    ids = [f"x{i:03d}" for i in range(n)]
+    rate = 0.0008 * np.exp(rng.normal(0, 0.8, n))
+    t_true, c = rng.exponential(1 / rate), rng.uniform(0, 2500, n)
+    table = pd.DataFrame({"subject_id": ids, "time": np.minimum(t_true, c).round(2), "event": (t_true <= c).astype(int)})
+    table.to_csv(tmp_path / "cohort.csv", index=False)  # no split column: an automatic 60/20/20 split
+    model = _FakeModel(dict(zip(ids, rate)))
+    monkeypatch.setattr(core.registry, "load_model", lambda path, device="cpu": model)
+    seen: list[float] = []
+
+    def predict(m, cohort, sel, progress=None):  # type: ignore[no-untyped-def]
+        for i in range(len(sel)):
+            if progress is not None:
+                progress(i / len(sel), "predicting")
+        return m.times, np.stack([m.curve(s) for s in sel])
+    monkeypatch.setattr(core.predict, "predict_cohort", predict)
+    test = evaluate_model(tmp_path / "model", tmp_path, horizons=(365,), n_boot=20)
+    every = evaluate_model(tmp_path / "model", tmp_path, split="all", horizons=(365,), n_boot=20, risk_groups=3,
+                           progress=lambda f, _m: seen.append(f))
+    assert test["n"] == 60 and every["n"] == n and every["events"] == int(table["event"].sum())
+    assert every["c_index"] > 0.65 and every["conformal"]["in_sample"]  # the val subjects are among those evaluated
+    groups = every["risk_groups"]["groups"]
+    assert [g["n"] for g in groups] == [100, 100, 100] and every["risk_groups"]["logrank_p"] < 1e-3
+    assert [g["label"] for g in groups][0] == "low" and groups[0]["events"] < groups[-1]["events"]
+    assert seen and seen == sorted(seen) and "risk_groups" not in test
+    table.assign(split="test").to_csv(tmp_path / "cohort.csv", index=False)  # every subject marked test
+    assert evaluate_model(tmp_path / "model", tmp_path, horizons=(365,), n_boot=20)["n"] == n
+    table[["subject_id"]].to_csv(tmp_path / "cohort.csv", index=False)
+    with pytest.raises(InputError, match="time: got absent, .*cohort.csv gives no outcomes"):
+        evaluate_model(tmp_path / "model", tmp_path, split="all")
+    table.assign(event=0).to_csv(tmp_path / "cohort.csv", index=False)
+    with pytest.raises(InputError, match="event: got all 0 in the all split"):
+        evaluate_model(tmp_path / "model", tmp_path, split="all")

@@ -363,7 +363,7 @@ def test_unknown_split_is_reported_before_loading_a_model(tmp_path: Path) -> Non
     pd.DataFrame({"subject_id": range(30), "time": d["time"], "event": d["event"],
                   "split": ["train"] * 20 + ["val"] * 10}).to_csv(tmp_path / "cohort.csv", index=False)
     with pytest.raises(InputError, match=r"^split: got test, has no subjects in .*cohort.csv; "
-                                         r"fix: use one of the splits present: train, val$"):
+                                         r"fix: use one of the splits present \(train, val\) or all$"):
         evaluate_model(tmp_path / "no_model", tmp_path)
     proc = subprocess.run([sys.executable, "-m", "core", "evaluate", "--model", str(tmp_path / "m"), "--cohort",
                            str(tmp_path), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)

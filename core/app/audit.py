@@ -1,4 +1,4 @@
-"""Append-only audit log: who opened, uploaded, exported, trained what, and when; never PHI.
+"""Append-only audit log: who opened, uploaded, exported, trained or validated what, and when; never PHI.
 
 One JSON object per line in ``<data_dir>/audit/audit.jsonl``::
 
@@ -43,7 +43,7 @@ from pathlib import Path
 from core.app import paths
 from core.errors import InputError
 
-ACTIONS: frozenset[str] = frozenset({"open", "upload", "export", "train", "login", "logout"})
+ACTIONS: frozenset[str] = frozenset({"open", "upload", "export", "train", "validate", "login", "logout"})
 LOCAL_USER = "local"
 FILE_MODE = 0o600
 DIR_MODE = 0o700

@@ -41,8 +41,15 @@ def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:
 
 def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: str, out: str, epochs: int, *,
                        label: str = "", image_encoder_kind: str = "auto", body_crop: bool = False) -> dict:
-    """A zipped cohort from an upload: gated in memory (nothing written when refused), unpacked into
-    ``cohorts_dir/<time>`` (the user's cohorts folder) and trained as :func:`train_job`."""
+    """A zipped cohort from an upload: gated and unpacked (:func:`unpack_gated`) and trained as :func:`train_job`."""
+    cohort_dir = unpack_gated(ctx, data, cohorts_dir)
+    return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0),
+                     image_encoder_kind=image_encoder_kind, body_crop=body_crop)
+
+
+def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str) -> Path:
+    """A zipped cohort gated for PHI in memory (nothing written when refused; the first 10 % of the progress) and
+    unpacked into ``cohorts_dir/<time>`` (the user's cohorts folder); returns the cohort folder."""
     import time
 
     from core.app.workspace import unpack_cohort_zip
@@ -53,9 +60,30 @@ def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: s
         _refuse(report)
     target = Path(cohorts_dir) / time.strftime("%Y%m%d-%H%M%S")
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cohort_dir = unpack_cohort_zip(data, target)
-    return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0),
-                     image_encoder_kind=image_encoder_kind, body_crop=body_crop)
+    return unpack_cohort_zip(data, target)
+
+
+def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, model_dir: str, device: str = "cpu") -> dict:
+    """An external validation: a zipped cohort the model never saw, gated and unpacked as for training, and the model
+    evaluated on every subject (``core.evaluation.evaluate_model`` with split "all", three risk groups). Returns
+    the metrics; the unpacked cohort is removed afterwards (the upload is the user's copy)."""
+    from core.evaluation import ALL_SPLITS, evaluate_model
+
+    from core.errors import InputError
+
+    cohort_dir = unpack_gated(ctx, data, cohorts_dir)
+    try:
+        result = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
+                                progress=lambda f, m: ctx.progress(0.1 + 0.85 * f, m))
+    except InputError as err:  # the server's folder means nothing to the user: name the file in the zip
+        def inside(text: str) -> str:
+            return text.replace(f"{cohort_dir}/", "")
+
+        raise InputError(err.field, inside(str(err.value)), inside(err.problem), inside(err.fix)) from None
+    finally:
+        shutil.rmtree(Path(cohorts_dir) / cohort_dir.relative_to(cohorts_dir).parts[0], ignore_errors=True)
+    ctx.progress(1.0, "done")
+    return result
 
 
 def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: int, *, label: str = "",

@@ -14,7 +14,9 @@ HELP = "evaluate a model on a cohort's test split"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model folder (config.json, *.safetensors)")
     parser.add_argument("--cohort", required=True, type=Path, help="cohort folder (cohort.csv, ...)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                        help="split to evaluate (default test); all: every subject, for an external validation on a "
+                        "cohort the model never saw (its own censoring gives the IPCW weights)")
     parser.add_argument("--horizons", default="30,365,1825", help="comma-separated horizons in days")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--seed", type=int, default=0)
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(res, allow_nan=False))
         return 0
     out = sys.stdout
-    print(f"{args.split} split: n={res['n']}, events={res['events']}", file=out)
+    print(f"{'every subject' if args.split == 'all' else args.split + ' split'}: n={res['n']}, events={res['events']}",
+          file=out)
     print(f"Harrell C   {_fmt(res['c_index'])}{_ci(res['c_index_ci'])}", file=out)
     print(f"Uno C       {_fmt(res['uno_c'])}{_ci(res.get('uno_c_ci'))} (tau={res['uno_tau']:.0f} d)", file=out)
     print(f"IBS         {_fmt(res['ibs'])}{_ci(res.get('ibs_ci'))}", file=out)
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         cal = res["calibration"].get(h)
         ici = "" if not cal else f", calibration ICI {cal['ici']:.3f}"
         label = f"AUC({h} d)"
-        print(f"{label:12s}{_fmt(v)}{ici}", file=out)
+        value = _fmt(v) if v is not None else f"n/a (needs an event by {h} d and a subject followed past it)"
+        print(f"{label:12s}{value}{ici}", file=out)
     if "oracle_c_index" in res:
         print(f"oracle C    {_fmt(res['oracle_c_index'])} (from true_risk)", file=out)
     profile_line = split_image_reads_text(res.get("ct_profile"))

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                           "val_c_index": metrics.get("val_c_index"), "train_seconds": metrics["train_seconds"],
                           "world_size": metrics["world_size"]}, default=float))
     else:
-        print(f"wrote {args.out}: test C-index {test.get('c_index', float('nan')):.3f} "
-              f"(95% CI {test.get('c_index_ci')}), {metrics['train_seconds']:.0f} s")
+        from core.model_card import metric_with_ci
+
+        print(f"wrote {args.out}: test C-index {metric_with_ci(test, 'c_index')}, {metrics['train_seconds']:.0f} s")
     return 0
