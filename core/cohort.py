@@ -125,8 +125,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
             "must be 1 (event) or 0 (censored)", f"recode the event column of {source} as 0/1 (yes / no and dead / "
             "alive are read too)",
         )
-    out["time"] = time
-    out["event"] = event.astype(int)
+    out["time"], out["event"] = time, event.astype(int)
     if for_training and int(out["event"].sum()) == 0:
         raise InputError("event", "all 0", "every subject is censored, so no survival model can be fitted",
                          "check the event coding (1 = event) or add subjects with observed events")
@@ -307,6 +306,14 @@ class Cohort:
             return None
         return pd.Timestamp(row["index_time"])
 
+    def timeline_rows(self, subject_id: str) -> pd.DataFrame | None:
+        """Every timeline row of the subject as written (outcomes, static codes without a time), or None."""
+        sid = str(self.row(subject_id)["subject_id"])
+        if self.timeline is not None and self._events_by_id is None:  # positions, no frame per subject (a first page)
+            self._events_by_id = {str(k): v for k, v in self.timeline.groupby("subject_id", sort=False).indices.items()}
+        rows = None if self.timeline is None else self._events_by_id.get(sid)
+        return None if rows is None else self.timeline.iloc[rows]
+
     def events(self, subject_id: str) -> pd.DataFrame:
         """The subject's timeline events at or before its index time (all events when no index_time column).
 
@@ -314,18 +321,11 @@ class Cohort:
         index_time column gets no events: nothing after the scan may leak in. Outcome codes (death) are
         never returned, whatever their time: an outcome is not an input.
         """
-        row = self.row(subject_id)
         empty = pd.DataFrame({"subject_id": pd.Series(dtype=str), "time": pd.Series(dtype="datetime64[ns]"),
                               "code": pd.Series(dtype=str), "numeric_value": pd.Series(dtype=float)})
-        if self.timeline is None:
+        ev = self.timeline_rows(subject_id)
+        if ev is None:
             return empty
-        if self._events_by_id is None:
-            # positions only (one array per subject, no frame per subject): a first page needs one subject's events
-            self._events_by_id = {str(k): v for k, v in self.timeline.groupby("subject_id", sort=False).indices.items()}
-        rows = self._events_by_id.get(str(row["subject_id"]))
-        if rows is None:
-            return empty
-        ev = self.timeline.iloc[rows]
         from core.io.timeline import OUTCOME_CODES
 
         if "index_time" in self.table.columns:

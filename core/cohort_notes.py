@@ -73,7 +73,8 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
         rowless = [s for s in ids if s not in cohort.features.index]
         if rowless:
             out.append(f"features.csv: no row for {len(rowless)} of {n} subjects ({name_list(rowless)}): their curated "
-                       "features are read as missing (the training mean)")
+                       "features are read as missing (the training mean)"
+                       + (", age and sex from their timeline where it has them" if cohort.timeline is not None else ""))
     if studies and cohort.has_studies:
         unscanned = [s for s in ids if cohort.study_path(s) is None]
         if unscanned:

@@ -21,7 +21,7 @@ import pandas as pd
 from core.cohort import Cohort
 from core.feature_profile import training_text
 from core.io.columns import column_key
-from core.io.features import with_categories
+from core.io.features import filled_from_timeline, with_categories
 from core.timeline_profile import (UNIT_RATIO, VALUE_SD, far_from_training, model_timeline_profile, timeline_warning,
                                    unit_suspects, value_warning, warn_below)
 
@@ -51,8 +51,18 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
     if not names:
         return []
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    sid = str(subject_id)
+    no_row = cohort.features is None or sid not in cohort.features.index
+    _, filled = filled_from_timeline(pd.DataFrame(index=[sid] if no_row else [], dtype=float), names,
+                                     lambda s: (cohort.timeline_rows(s), cohort.index_time(s)))
+    from_timeline = filled.get(sid, [])  # age and sex of a subject without a row, as core.inputs reads them
+    rest = [n for n in names if n not in from_timeline]
+    other = (f"{' and '.join(from_timeline)} {'are' if len(from_timeline) > 1 else 'is'} read from the subject's "
+             f"timeline (MEDS_BIRTH, GENDER); the model's other {len(rest)} curated features "
+             f"({', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''}) are read as the training average")
     if cohort.features is None:
-        return [f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
+        return [f"This cohort has no features.csv: {other}." if from_timeline else
+                f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
                 "the training average, so its EHR side reads the timeline alone."]
     features = with_categories(cohort.features, cohort.feature_text, names)  # sex F / M read as sex_female
     words = cohort.feature_text if cohort.feature_text is not None else pd.DataFrame()
@@ -67,8 +77,8 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
         return [f"features.csv has none of the model's {len(names)} feature columns (e.g. {', '.join(names[:3])}): "
                 f"every feature is read as missing. {fix}"]
     if str(subject_id) not in features.index:
-        return [f"features.csv has no row for subject {subject_id}: the model's {len(names)} features are read as "
-                "missing (the training mean)."]
+        return [f"features.csv has no row for subject {subject_id}: " + (f"{other}." if from_timeline else
+                f"the model's {len(names)} features are read as missing (the training mean).")]
     out = [f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
            f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
            f"subject. {fix}"] if absent else []
@@ -203,7 +213,8 @@ def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) 
     """What the model's tabular features find in this cohort: ``columns`` (the model's), ``absent`` (those
     features.csv lacks), ``without_row`` (subjects of ``ids`` with no features.csv row), ``far_values`` ({column:
     subjects whose value lies far from training, :func:`far_columns`}), ``unreadable`` ({column: subjects whose cell
-    is no number, such as "<50"}). None when the model reads no features."""
+    is no number, such as "<50"}), ``from_timeline`` (subjects whose blank age or sex their timeline gives:
+    ``core.io.features.filled_from_timeline``). None when the model reads no features."""
     names = model.config.ehr.curated_features
     if not names:
         return None
@@ -221,8 +232,10 @@ def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) 
         for name in cells.get(str(sid), {}):
             if name in names:
                 unreadable[name] = unreadable.get(name, 0) + 1
+    known = frame.reindex([str(s) for s in ids]) if frame is not None else pd.DataFrame(index=[str(s) for s in ids])
+    _, filled = filled_from_timeline(known, names, lambda s: (cohort.timeline_rows(s), cohort.index_time(s)))
     return {"columns": len(names), "absent": absent, "without_row": int(without), "far_values": far,
-            "unreadable": unreadable}
+            "unreadable": unreadable, "from_timeline": len(filled)}
 
 
 def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
@@ -245,6 +258,9 @@ def split_feature_reads_text(summary: Mapping[str, Any] | None) -> str | None:
         parts.append(f"{n} value{'s are' if n != 1 else ' is'} no number ("
                      + ", ".join(f"{c} {k}" for c, k in sorted(unreadable.items(), key=lambda kv: -kv[1])[:3]) + ")")
     missing = "; ".join(parts) + ": read as missing" if parts else ""
+    if summary.get("from_timeline") and (summary["absent"] or summary["without_row"]):
+        n = int(summary["from_timeline"])
+        missing += f" (age or sex of {n} subject{'s' if n != 1 else ''} read from the timeline)"
     worst = sorted(far.items(), key=lambda kv: -kv[1])[:3]
     unlike = ("; ".join(f"{name}: {n} subject{'s' if n != 1 else ''}" for name, n in worst)
               + f"{'; ...' if len(far) > 3 else ''} with a value more than {VALUE_SD:.0f} training SDs and a factor "

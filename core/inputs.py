@@ -7,7 +7,8 @@ vocabulary, feature scaler); ``image_embedding_arrays`` does the same for
 precomputed image embeddings. A subject without features (no features.csv row,
 or no value in any of the model's columns: an uploaded case's clinical values
 for another model) gets ``features_present`` 0 (and the model's training mean in
-its linear EHR term).
+its linear EHR term). Blank age and sex cells (and those of a subject without a row) are read from the subject's
+MEDS timeline (``MEDS_BIRTH``, ``GENDER//F``) where it has them, in training as in prediction.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from core.models.config import EHRConfig
 
 def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.ndarray]:
     """EHR inputs of ``ids`` as stacked numpy arrays (see ``core.models.net`` for the keys)."""
-    from core.io.features import with_categories
+    from core.io.features import filled_from_timeline, with_categories
     from core.models.ehr_sequence import UNK, EventVocabulary
     from core.models.ehr_tabular import TabularScaler
 
@@ -46,6 +47,7 @@ def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.
         else:  # a subject without a features row, or without a value in any of the model's columns: features_present 0
             frame = (with_categories(cohort.features.reindex(ids), cohort.feature_text, scaler.columns)
                      if cohort.features is not None else pd.DataFrame(index=ids, columns=ecfg.feature_names, dtype=float))
+            frame, _ = filled_from_timeline(frame, scaler.columns, lambda s: subject_timeline(cohort, s))
             known = frame.index[frame.reindex(columns=scaler.columns).notna().any(axis=1)]
         x, miss = scaler.transform(frame)
         out["features"], out["feature_missing"] = x, miss
@@ -57,6 +59,12 @@ def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.
         out["ehr_embedding"] = np.nan_to_num(emb.to_numpy(np.float32))
         out["ehr_embedding_present"] = present.astype(np.float32)
     return out
+
+
+def subject_timeline(cohort: Cohort, subject_id: str) -> tuple[pd.DataFrame | None, pd.Timestamp | None]:
+    """A subject's timeline rows (static codes included) and index time, as
+    ``core.io.features.filled_from_timeline`` reads them."""
+    return cohort.timeline_rows(subject_id), cohort.index_time(subject_id)
 
 
 def image_embedding_arrays(cohort: Cohort, ids: list[str]) -> dict[str, np.ndarray]:

@@ -123,6 +123,11 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "
                      "likelihood, jointly with the network's own risk), then calibrated with it on validation.")
+    hidden = (metrics.get("steps") or {}).get("feature_dropout")
+    if hidden:
+        lines.append(f"- Features hidden in training: in each batch the tabular features of {hidden:.0%} of the subjects "
+                     "with timeline events were hidden (read as a subject without a features row), so that the "
+                     "networks also read a timeline without clinical values.")
     forest = cfg.extra.get("forest")
     if forest:
         lines.append(f"- A random survival forest beside them ({forest['trees']} trees, at least {forest['min_leaf']} "
@@ -156,6 +161,10 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
 
 
 def _encoder_line(cfg: ModelConfig, metrics: dict[str, Any]) -> str:
+    if cfg.image.kind == "none":
+        return "- Image encoder: none (this model reads no CT)."
+    if cfg.image.kind == "embedding":
+        return "- Image encoder: none; the cohort's precomputed image embeddings are projected to the token dimension."
     if cfg.image.kind == "foundation":
         sha = cfg.image.weights_sha256 or "?"
         return (f"- Image encoder: the pretrained 3D CT backbone (Merlin architecture, Inflated 3D ResNet-152, "

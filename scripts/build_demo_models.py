@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", type=Path, default=None,
                         help="already trained model folders (one per strategy) on the same cohort: ship them as they are")
+    parser.add_argument("--fusions", default=None,
+                        help="comma-separated strategies to (re)build; the others in --out, and their manifest entries, "
+                             "stay as they are (default: all seven)")
     parser.add_argument("--caches-only", action="store_true",
                         help="only (re)compute the app's caches of the models already in --out, on --work's cohort")
     args = parser.parse_args(argv)
@@ -66,11 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     from core.models import FUSIONS
 
     n = args.n or DEFAULT_N
+    chosen = tuple(FUSIONS) if not args.fusions else tuple(f.strip() for f in args.fusions.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in FUSIONS]
+    if unknown:
+        parser.error(f"--fusions: {', '.join(unknown)} is not a strategy; use some of {', '.join(FUSIONS)}")
     cohort = args.work / "cohort"
     if not (cohort / "cohort.csv").exists():
         write_demo_cohort(cohort, n=n, seed=args.seed)
+    kept = args.out / "MANIFEST.json"
+    previous = json.loads(kept.read_text()) if kept.is_file() and chosen != tuple(FUSIONS) else {}
+    if previous and previous.get("cohort_sha256") != hashlib.sha256((cohort / "cohort.csv").read_bytes()).hexdigest():
+        parser.error("--fusions: the other shipped models were trained on another demo cohort; rebuild all seven")
     if args.caches_only:
-        write_app_caches(args.out, cohort, tuple(FUSIONS))
+        write_app_caches(args.out, cohort, chosen)
         return 0
     started = time.perf_counter()
     runs = args.models
@@ -79,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = args.work / "runs"
         # the whole-CT lesion detector: the demo has lesions in two organs (lung and liver)
-        compare_strategies(cohort, runs, seed=args.seed, device="cpu", image_encoder_kind="detector")
+        compare_strategies(cohort, runs, fusions=chosen, seed=args.seed, device="cpu", image_encoder_kind="detector")
     seconds = round(time.perf_counter() - started, 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    metrics = {}
-    for fusion in FUSIONS:
+    metrics = {f: v for f, v in (previous.get("test_metrics") or {}).items() if f not in chosen}
+    for fusion in chosen:
         src = runs / fusion
         dst = args.out / fusion
         shutil.rmtree(dst, ignore_errors=True)
@@ -98,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "cohort_sha256": hashlib.sha256((cohort / "cohort.csv").read_bytes()).hexdigest(),
         "command": "python scripts/build_demo_models.py --work DIR",
-        "train_seconds": seconds if args.models is None else None,
+        "train_seconds": seconds if args.models is None and chosen == tuple(FUSIONS) else previous.get("train_seconds"),
         "image_encoder_kind": "detector",
-        "test_metrics": metrics,
+        "test_metrics": {f: metrics[f] for f in FUSIONS if f in metrics},
     }
     (args.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    write_app_caches(args.out, cohort, tuple(FUSIONS))
+    write_app_caches(args.out, cohort, chosen)
     print(json.dumps(manifest, indent=2))
     return 0
 

@@ -17,7 +17,7 @@ whose features.csv holds only some of the values (one patient, sex F) still give
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +241,44 @@ def timeline_demographics(events: pd.DataFrame, index_time: pd.Timestamp | None,
         found, _ = category_indicators(words, ["sex", "gender"], [n for n in names if n not in out])
         out.update({n: float(v) for n, v in found.iloc[0].items() if pd.notna(v)})
     return out
+
+
+def timeline_columns(names: Sequence[str]) -> list[str]:
+    """The columns of ``names`` that :func:`timeline_demographics` can answer (age, sex or gender indicators).
+
+    >>> timeline_columns(["age", "sex_female", "Gender M", "last_bnp"])
+    ['age', 'sex_female', 'Gender M']
+    """
+    return [n for n in names if column_key(n) in AGE_KEYS or column_key(n).startswith(("sex", "gender"))]
+
+
+def filled_from_timeline(frame: pd.DataFrame, names: Sequence[str],
+                         timeline: Callable[[str], tuple[pd.DataFrame | None, pd.Timestamp | None]]
+                         ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """``frame`` (features by subject id, every subject to read in its index) with the blank age and sex cells of
+    the model columns ``names`` read from the subject's MEDS timeline (:func:`timeline_demographics`), and {subject:
+    the columns filled}. ``timeline(subject)`` gives the subject's timeline rows and index time. A subject without
+    a features row, or a cohort without features.csv, so gets its age and sex as the Upload page fills them; every
+    other column stays as it was.
+
+    >>> ev = pd.DataFrame({"time": pd.to_datetime(["1950-07-01", None]), "code": ["MEDS_BIRTH", "GENDER//M"]})
+    >>> out, filled = filled_from_timeline(pd.DataFrame({"age": [55.0, None]}, index=["a", "b"]),
+    ...                                    ["age", "sex_female"], lambda s: (ev, pd.Timestamp("2020-07-01")))
+    >>> out["age"].tolist(), out["sex_female"].tolist(), filled
+    ([55.0, 70.0], [0.0, 0.0], {'a': ['sex_female'], 'b': ['age', 'sex_female']})
+    """
+    columns = timeline_columns(names)
+    if not columns:
+        return frame, {}
+    out = frame.reindex(columns=list(frame.columns) + [c for c in columns if c not in frame.columns])
+    blank = out[columns].apply(pd.to_numeric, errors="coerce").isna()
+    filled: dict[str, list[str]] = {}
+    for sid in out.index[blank.any(axis=1).to_numpy()]:
+        events, index_time = timeline(str(sid))
+        wanted = [c for c in columns if blank.at[sid, c]]
+        found = timeline_demographics(events, index_time, wanted) if events is not None else {}
+        for col, value in found.items():
+            out.at[sid, col] = value
+        if found:
+            filled[str(sid)] = [c for c in wanted if c in found]
+    return out, filled

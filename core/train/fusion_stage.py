@@ -20,7 +20,7 @@ from core.train.loop import (
     predict_batches,
     survival_loss,
 )
-from core.train.settings import Progress
+from core.train.settings import Progress, feature_dropout
 
 
 def _contrastive_loss(temperature: float) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
@@ -81,11 +81,14 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
         groups = [{"params": fast}, {"params": slow, "lr": settings["lr"] * c["finetune_lr_scale"]}]
     else:
         groups = None
+    hide = feature_dropout(settings.get("feature_dropout", 0.0), fusion)
     if net.head.wide is not None:  # the linear EHR term is fitted after the network (see core.models.heads)
         net.head.wide.weight.requires_grad_(False)
     res = fit(net, data, train_idx, val_idx, survival_loss, c_index_score, epochs=settings["epochs"], lr=settings["lr"],
               patience=settings["patience"], label=label, progress_span=(mid if groups else span[0], span[1]),
-              modality_dropout=settings["modality_dropout"], param_groups=groups, **common)
+              modality_dropout=settings["modality_dropout"], feature_dropout=hide, param_groups=groups, **common)
+    if hide > 0:
+        steps["feature_dropout"] = hide
     # The post-hoc steps below (linear EHR term, calibration, Cox baseline) are small fits on the head: run them on
     # the CPU, where the cached inputs and the head's buffers live (on CUDA they mixed devices and stopped training).
     net.cpu()

@@ -49,6 +49,24 @@ def drop_modalities(batch: dict[str, torch.Tensor], p: float, gen: torch.Generat
     return out
 
 
+def drop_features(batch: dict[str, torch.Tensor], p: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Hide the tabular features of subjects that also have timeline events, each with probability p, as a subject
+    without a features row reads them (values 0, every column missing, ``features_present`` 0): the network then
+    learns to read the events alone too, as an uploaded timeline without clinical values asks of it."""
+    if p <= 0 or "features_present" not in batch or "event_mask" not in batch:
+        return batch
+    has_events = batch["event_mask"].float().cpu().sum(-1) > 0
+    drop = has_events & (batch["features_present"].float().cpu() > 0) & (torch.rand(has_events.shape[0], generator=gen) < p)
+    if not drop.any():
+        return batch
+    out, keep = dict(batch), (~drop).float()
+    out["features_present"] = batch["features_present"] * keep.to(batch["features_present"])
+    out["features"] = batch["features"] * keep.to(batch["features"])[:, None]
+    if "feature_missing" in batch:
+        out["feature_missing"] = torch.maximum(batch["feature_missing"], drop.to(batch["feature_missing"])[:, None])
+    return out
+
+
 @dataclass
 class FitResult:
     state: dict[str, torch.Tensor]
@@ -63,7 +81,7 @@ def fit(net: torch.nn.Module, data: dict[str, torch.Tensor], train_idx: np.ndarr
         score_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], float], *,
         epochs: int, lr: float, weight_decay: float, batch_size: int, patience: int, seed: int,
         device: torch.device, dist_info: DistInfo, label: str, progress: Progress | None = None,
-        progress_span: tuple[float, float] = (0.0, 1.0), modality_dropout: float = 0.0,
+        progress_span: tuple[float, float] = (0.0, 1.0), modality_dropout: float = 0.0, feature_dropout: float = 0.0,
         param_groups: list[dict[str, Any]] | None = None) -> FitResult:
     """Train ``net`` with AdamW and early stopping on ``score_fn`` (higher is better) over the val split."""
     from tqdm import tqdm
@@ -101,7 +119,7 @@ def fit(net: torch.nn.Module, data: dict[str, torch.Tensor], train_idx: np.ndarr
             n_batches -= 1  # a batch of one breaks the Cox risk set and InfoNCE; fold it into the last batch
         for bi in range(n_batches):
             idx = order[bi * per_rank:] if bi == n_batches - 1 else order[bi * per_rank:(bi + 1) * per_rank]
-            batch = drop_modalities(_index(data, idx), modality_dropout, gen)
+            batch = drop_features(drop_modalities(_index(data, idx), modality_dropout, gen), feature_dropout, gen)
             batch = _to(batch, device)
             opt.zero_grad(set_to_none=True)
             if autocast is not None:
