@@ -52,19 +52,18 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
         return []
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     sid = str(subject_id)
-    no_row = cohort.features is None or sid not in cohort.features.index
-    _, filled = filled_from_timeline(pd.DataFrame(index=[sid] if no_row else [], dtype=float), names,
-                                     lambda s: (cohort.timeline_rows(s), cohort.index_time(s)))
-    from_timeline = filled.get(sid, [])  # age and sex of a subject without a row, as core.inputs reads them
+    features = None if cohort.features is None else with_categories(cohort.features, cohort.feature_text, names)
+    row = pd.DataFrame(index=[sid], dtype=float) if features is None else features.reindex([sid])
+    _, filled = filled_from_timeline(row, names, lambda s: (cohort.timeline_rows(s), cohort.index_time(s)))
+    from_timeline = filled.get(sid, [])  # blank age and sex, as core.inputs reads them
     rest = [n for n in names if n not in from_timeline]
     other = (f"{' and '.join(from_timeline)} {'are' if len(from_timeline) > 1 else 'is'} read from the subject's "
              f"timeline (MEDS_BIRTH, GENDER); the model's other {len(rest)} curated features "
              f"({', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''}) are read as the training average")
-    if cohort.features is None:
+    if features is None:
         return [f"This cohort has no features.csv: {other}." if from_timeline else
                 f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
                 "the training average, so its EHR side reads the timeline alone."]
-    features = with_categories(cohort.features, cohort.feature_text, names)  # sex F / M read as sex_female
     words = cohort.feature_text if cohort.feature_text is not None else pd.DataFrame()
     # a number column with no number in the whole file (one patient, age '>89') was read as text: not absent
     as_text = [c for c in names if c not in features.columns and c in words.columns]
@@ -79,9 +78,11 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
     if str(subject_id) not in features.index:
         return [f"features.csv has no row for subject {subject_id}: " + (f"{other}." if from_timeline else
                 f"the model's {len(names)} features are read as missing (the training mean).")]
+    timeline_too = [c for c in absent if c in from_timeline]
     out = [f"features.csv lacks {len(absent)} of the model's {len(names)} feature columns ("
            f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they are read as missing for every "
-           f"subject. {fix}"] if absent else []
+           "subject" + (f" ({' and '.join(timeline_too)} from the subject's timeline)" if timeline_too else "")
+           + f". {fix}"] if absent else []
     cells = dict((cohort.features.attrs.get("unreadable_cells") or {}).get(str(subject_id), {}))
     cells.update({c: str(words.at[str(subject_id), c]).strip() for c in as_text
                   if str(subject_id) in words.index and pd.notna(words.at[str(subject_id), c])})

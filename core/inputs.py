@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.cohort import Cohort
+from core.cohort import UPLOAD_SUBJECT, Cohort
 from core.models.config import EHRConfig
 
 
@@ -63,7 +63,10 @@ def ehr_arrays(cohort: Cohort, ids: list[str], ecfg: EHRConfig) -> dict[str, np.
 
 def subject_timeline(cohort: Cohort, subject_id: str) -> tuple[pd.DataFrame | None, pd.Timestamp | None]:
     """A subject's timeline rows (static codes included) and index time, as
-    ``core.io.features.filled_from_timeline`` reads them."""
+    ``core.io.features.filled_from_timeline`` reads them; none for an uploaded case, whose clinical values are those
+    entered on Upload (where this timeline prefilled age and sex, and the user may have changed or cleared them)."""
+    if str(subject_id) == UPLOAD_SUBJECT:
+        return None, None
     return cohort.timeline_rows(subject_id), cohort.index_time(subject_id)
 
 

@@ -212,8 +212,9 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str],
 
 # ----------------------------------------------------------------- the prediction cache
 
-CACHE_VERSION = "4"  # 2: a CT far outside the model's training anatomy is withheld; 3: a timeline without a known code is not read;
-#                     4: a features row without a value in any of the model's columns is not read
+CACHE_VERSION = "5"  # 2: a CT far outside the model's training anatomy is withheld; 3: a timeline without a known code is not read;
+#                     4: a features row without a value in any of the model's columns is not read;
+#                     5: blank age and sex are read from the timeline (core.io.features.filled_from_timeline)
 
 
 def model_fingerprint(model_dir: Path | str) -> str:

@@ -127,7 +127,7 @@ def timeline_warning(profile: Mapping[str, Any] | None, vocabulary: Sequence[str
         f"; at least {float(profile['known_share']['p05']):.0%} in 95 % of {profile.get('n_subjects', '?')} "
         f"{profile.get('split', 'training')} timelines of its training site")
     consequence = ("are read as one 'unknown' code: do not rely on the EHR part of this prediction" if known else
-                   "would be read as one 'unknown' code: with no code it knows, the model does not read this timeline")
+                   "would be read as one 'unknown' code: with no code it knows, the model does not read this timeline's events")
     return (f"Timeline unlike the training timelines: {known} of the {len(codes)} events this model reads have a code it "
             f"was trained on ({share:.0%}{reference}). The others ({'; '.join(parts)}) {consequence}. Codes differ "
             f"between sites: write them as the model's {len(vocabulary)} codes (e.g. {examples}).")

@@ -160,8 +160,8 @@ def test_features_csv_values_far_from_training(tmp_path: Path) -> None:
     features.rename(columns={"age": "Age", "last_sodium": "Last Sodium"}).to_csv(root / "features.csv", index=False)
     warned = [w for w in predict_subject(SHIPPED / "ehr_only", root, second)["warnings"] if w.startswith("features.csv")]
     assert warned == ["features.csv lacks 2 of the model's 19 feature columns (age, last_sodium): they are read as "
-                      "missing for every subject. Name the columns as the model card lists them (features.csv has Age "
-                      "for age, Last Sodium for last_sodium)."]
+                      "missing for every subject (age from the subject's timeline). Name the columns as the model card "
+                      "lists them (features.csv has Age for age, Last Sodium for last_sodium)."]
 
 
 def test_age_and_sex_of_an_uploaded_timeline(tmp_path: Path, real_meds: Path) -> None:

@@ -204,7 +204,7 @@ def test_coverage_notes_name_the_subjects_a_modality_leaves_out(tmp_path: Path) 
         "timeline: 3 of 5 subjects have no event at or before the index time (b, d, e): the model reads no timeline "
         "for them; 1 of them has no row at all in the timeline (are its subject ids written as cohort.csv's?)",
         "features.csv: no row for 2 of 5 subjects (d, e): their curated features are read as missing (the training "
-        "mean)"]
+        "mean), age and sex from their timeline where it has them"]
     assert [s for s in cohort.ids() if not cohort.events(s).empty] == ["a"]  # what the model reads, as the notes say
 
 

@@ -78,7 +78,7 @@ def test_timeline_only_cohort_reads_its_summary(tmp_path: Path) -> None:
 
     assert uploaded_risks(out).std() > 0.01
     shipped = Path(__file__).resolve().parents[1] / "assets" / "demo_models" / "ehr_only"
-    assert uploaded_risks(shipped).std() < 0.001
+    assert uploaded_risks(shipped).std() > 0.01  # since session 40 it reads the events too (feature_dropout)
     plain = tmp_path / "plain"
     train_model(root, "ehr_only", plain, epochs=3, device="cpu", overrides=small)
     assert json.loads((plain / "config.json").read_text())["ehr"]["tabular"] is None

@@ -61,8 +61,11 @@ def test_shipped_models_warn_on_another_sites_codes(real_meds: Path, tmp_path: P
     assert out["n_events_used"] == 64 and len(warned) == 1, out["warnings"]
     assert warned[0].startswith("Timeline unlike the training timelines: 0 of the 64 events this model reads")
     assert "VITAL//systolic_bp//mmHg" in warned[0] and "the model does not read this timeline" in warned[0]
-    # with no code it knows, ehr_only reads nothing of this case (no features either): no curve, not a 41 % risk
-    assert out["modalities_used"] == [] and out["scored"] is False
+    # with no code it knows, ehr_only reads none of its events (a 41 % risk for everyone before): only the age and sex
+    # that MEDS_BIRTH and GENDER give (the same codes at every site), and it says so
+    assert out["modalities_used"] == ["ehr_features"] and out["scored"] is True
+    assert any(w.startswith("This cohort has no features.csv: age and sex_female are read from the subject's timeline")
+               for w in out["warnings"]), out["warnings"]
     assert upload_timeline_read(load_model(SHIPPED / "ehr_only"), events, index_time) == warned
 
     demo = write_demo_cohort(tmp_path / "demo", n=10, seed=3)
@@ -104,17 +107,21 @@ def test_feature_columns_the_cohort_does_not_give(tmp_path: Path) -> None:
     renamed[renamed["subject_id"].astype(str) != sids[1]].to_csv(demo / "features.csv", index=False)
     warned = predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"]
     assert ("features.csv lacks 2 of the model's 19 feature columns (age, last_bnp): they are read as missing for "
-            "every subject. Name the columns as the model card lists them (features.csv has Age for age).") in warned
+            "every subject (age from the subject's timeline). Name the columns as the model card lists them "
+            "(features.csv has Age for age).") in warned
     assert any(w.startswith(f"features.csv has no row for subject {sids[1]}")
                for w in predict_subject(SHIPPED / "ehr_only", demo, sids[1])["warnings"])
     (demo / "features.csv").rename(demo / "kept.csv")
-    assert ("This cohort has no features.csv: the model's 19 curated features (age, sex_female, n_visits, ...) are "
-            "read as the training average") in predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"][-1]
+    assert ("This cohort has no features.csv: age and sex_female are read from the subject's timeline (MEDS_BIRTH, "
+            "GENDER); the model's other 17 curated features (n_visits, n_admissions, n_dx_heart_failure, ...) are read "
+            "as the training average") in predict_subject(SHIPPED / "ehr_only", demo, sids[0])["warnings"][-1]
     (demo / "kept.csv").rename(demo / "features.csv")
     summary = evaluate_model(SHIPPED / "ehr_only", demo, band=False, n_boot=10)["features"]
-    assert summary == {"columns": 19, "absent": ["age", "last_bnp"], "without_row": 1, "far_values": {}, "unreadable": {}}
+    assert summary == {"columns": 19, "absent": ["age", "last_bnp"], "without_row": 1, "far_values": {}, "unreadable": {},
+                       "from_timeline": 2}  # the test split's two ages, from MEDS_BIRTH
     assert split_feature_reads_text(summary) == ("features.csv lacks 2 of the model's 19 feature columns (age, "
-                                                 "last_bnp); 1 subject has no features.csv row: read as missing")
+                                                 "last_bnp); 1 subject has no features.csv row: read as missing (age "
+                                                 "or sex of 2 subjects read from the timeline)")
 
 
 def test_values_in_another_unit(tmp_path: Path) -> None:
@@ -147,7 +154,7 @@ def test_values_in_another_unit(tmp_path: Path) -> None:
     timeline.to_parquet(demo / "timeline.parquet", index=False)
     text = warned()
     assert len(text) == 1 and f"Values unlike the training timelines: {code} (" in text[0]
-    assert "training 1.14 +- 0.55" in text[0] and "another unit or scale" in text[0]
+    assert "training typically 1.09" in text[0] and "another unit or scale" in text[0]  # read on the log scale
     suspects = evaluate_model(SHIPPED / "ehr_only", demo, band=False, n_boot=10)["timeline_codes"]["unit_suspects"]
     assert [s["code"] for s in suspects] == [code] and suspects[0]["median"] > 50
     logged = {"codes": ["LAB//bnp//pg/mL"], "value_mean": [np.log1p(200.0)], "value_std": [1.0], "log": ["LAB//bnp//pg/mL"]}
