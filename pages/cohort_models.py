@@ -312,8 +312,9 @@ with tab_compare:
 VALIDATE_KEY = "validate"
 
 
-def start_validation(upload: bytes) -> None:
-    """Queue the selected model's external validation on an uploaded cohort zip as this user's background job."""
+def start_validation(upload: bytes, subgroup: str) -> None:
+    """Queue the selected model's external validation on an uploaded cohort zip as this user's background job
+    (per group of ``subgroup`` too, when it names a column)."""
     from core.app.background import validate_uploaded_job
 
     user = _jobs.owner()
@@ -323,8 +324,8 @@ def start_validation(upload: bytes) -> None:
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
     session.audit("validate", str(fusion), source="yours" if name in trained else "demo")
     job = _jobs.submit(f"Validating {name}", validate_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
-                       str(models[name]), runtime.device_name(), key=f"{VALIDATE_KEY}:{name}:{hashlib.sha256(upload).hexdigest()[:16]}",
-                       heavy=True)
+                       str(models[name]), runtime.device_name(), subgroup.strip() or None,
+                       key=f"{VALIDATE_KEY}:{name}:{subgroup.strip()}:{hashlib.sha256(upload).hexdigest()[:16]}", heavy=True)
     if job is not None:
         st.session_state[K.VALIDATE_JOB] = (job.id, name)
         st.rerun()
@@ -337,9 +338,12 @@ with tab_validate:
         "studies, timeline, features). Studies are checked for identifying data first; the cohort is removed when "
         "the evaluation ends.")
     up_val = st.file_uploader("Cohort folder to validate on (zip)", type=["zip"], key="validate_zip")
+    group_by = st.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
+                             help="A column of the cohort's cohort.csv or features.csv: C-index and calibration per "
+                                  "group; numbers with many values are cut into quantile bands.")
     if up_val is not None and st.button(f"Validate {name}", type="primary", key="validate_button"):
         with chrome.core_errors(stop=False, what="Validation not started: "):
-            start_validation(up_val.getvalue())
+            start_validation(up_val.getvalue(), group_by)
     from core.jobs import default_queue
 
     job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)
@@ -351,6 +355,9 @@ with tab_validate:
                    "cohort's own follow-up).")
         with chrome.core_errors(stop=False):
             show_evaluation(vjob.result, "your cohort", lambda: vjob.result["risk_groups"], key="validate")
+            if vjob.result.get("subgroups"):
+                st.markdown(f"**Subgroups by {vjob.result['subgroups'].get('column')}**")
+                st.dataframe(pd.DataFrame(subgroup_rows(vjob.result["subgroups"])), hide_index=True, width="stretch")
             table = pd.DataFrame([metrics_row(str(validated), vjob.result)])
             st.download_button("Download the metrics (CSV)", table.to_csv(index=False).encode(),
                                "external_validation.csv", mime="text/csv", key="validate_csv")

@@ -118,8 +118,12 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     table.to_csv(src / "cohort.csv", index=False)  # a hospital's cohort: no split column
     cohorts = tmp_path / "user" / "cohorts"
     seen: list[float] = []
-    res = validate_uploaded_job(_ctx(seen), _zip(src), str(cohorts), str(SHIPPED_MODELS / "ehr_only"))
+    res = validate_uploaded_job(_ctx(seen), _zip(src), str(cohorts), str(SHIPPED_MODELS / "ehr_only"),
+                                subgroup="sex_female")
     assert res["n"] == 90 and res["events"] == int(table["event"].sum()) and res["c_index"] > 0.55
+    sexes = pd.read_csv(src / "features.csv")["sex_female"]
+    assert [(g["label"], g["n"]) for g in res["subgroups"]["groups"]] == [("0", int((sexes == 0).sum())),
+                                                                          ("1", int((sexes == 1).sum()))]
     assert [g["n"] for g in res["risk_groups"]["groups"]] == [30, 30, 30]
     assert seen == sorted(seen) and seen[-1] == 1.0 and any(0.1 < f < 0.95 for f in seen)  # gate, predictions
     assert list(cohorts.iterdir()) == []

@@ -63,10 +63,12 @@ def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str) -> Path:
     return unpack_cohort_zip(data, target)
 
 
-def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, model_dir: str, device: str = "cpu") -> dict:
+def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, model_dir: str, device: str = "cpu",
+                          subgroup: str | None = None) -> dict:
     """An external validation: a zipped cohort the model never saw, gated and unpacked as for training, and the model
-    evaluated on every subject (``core.evaluation.evaluate_model`` with split "all", three risk groups). Returns
-    the metrics; the unpacked cohort is removed afterwards (the upload is the user's copy)."""
+    evaluated on every subject (``core.evaluation.evaluate_model`` with split "all", three risk groups, and per group
+    of ``subgroup``, a column of its cohort.csv or features.csv, when given). Returns the metrics; the unpacked cohort
+    is removed afterwards (the upload is the user's copy)."""
     from core.evaluation import ALL_SPLITS, evaluate_model
 
     from core.errors import InputError
@@ -74,7 +76,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, model_
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
     try:
         result = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
-                                progress=lambda f, m: ctx.progress(0.1 + 0.85 * f, m))
+                                subgroup=subgroup or None, progress=lambda f, m: ctx.progress(0.1 + 0.85 * f, m))
     except InputError as err:  # the server's folder means nothing to the user: name the file in the zip
         def inside(text: str) -> str:
             return text.replace(f"{cohort_dir}/", "")
