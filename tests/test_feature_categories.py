@@ -32,6 +32,23 @@ def test_text_categories_become_indicator_columns() -> None:
         read_features_frame(frame.assign(Sex_female=1.0))
 
 
+def test_a_level_that_repeats_its_column_name_is_the_same_level() -> None:
+    """"Stage II" and "II" in a stage column were two values (stage_stageii beside stage_ii); the column's own name in
+    front of a level is now cut, and a model from before still reads its stage_stageii."""
+    from core.io.features import category_indicators
+
+    frame = pd.DataFrame({"subject_id": [1, 2, 3, 4], "stage": ["Stage II", "II", "stage iii", "Stage  I"],
+                          "Grade": ["grade 1", "Grade 2", "GRADE 2", None]})
+    table, text = read_features_frame(frame)
+    assert list(table.columns) == ["stage_i", "stage_ii", "stage_iii", "Grade_1", "Grade_2"]
+    assert table["stage_ii"].tolist() == [1.0, 1.0, 0.0, 0.0] and table["Grade_2"].tolist()[:3] == [0.0, 1.0, 1.0]
+    one = pd.DataFrame({"stage": ["Stage II"]})  # one patient: the model's other levels read 0
+    found, _ = category_indicators(one, ["stage"], ["stage_i", "stage_ii", "stage_iii"])
+    assert found.iloc[0].tolist() == [0.0, 1.0, 0.0]
+    old, _ = category_indicators(one, ["stage"], ["stage_stagei", "stage_stageii"])  # named as written before
+    assert old.iloc[0].tolist() == [0.0, 1.0]
+
+
 def _cohort(folder: Path, n: int = 500, seed: int = 5) -> tuple[Path, float]:
     """Hazard from sex and stage (text in features.csv) and age; returns the folder and the true risk's test C."""
     from core.evaluate import harrell_c

@@ -37,9 +37,17 @@ LEVEL_WORDS = {"f": "female", "w": "female", "woman": "female", "m": "male", "ma
 LEVEL_GROUPS = ({"female", "male"}, {"yes", "no"})
 
 
-def canon(text: object) -> str:
-    """A category level as a model column names it: :func:`column_key`, a sex letter or yes / no word written out."""
+def canon(text: object, column: object = None) -> str:
+    """A category level as a model column names it: :func:`column_key`, a sex letter or yes / no word written out,
+    and without the ``column``'s own name in front ("Stage II" in a stage column is "ii", as "II" is).
+
+    >>> canon("F"), canon("Stage II", "stage"), canon("II", "Stage"), canon("Grade 2", "grade"), canon("smoker", "smoker")
+    ('female', 'ii', 'ii', '2', 'smoker')
+    """
     key = column_key(text)
+    base = column_key(column) if column is not None else ""
+    if base and key.startswith(base) and len(key) > len(base):
+        key = key[len(base):]
     return LEVEL_WORDS.get(key, key)
 
 
@@ -131,11 +139,12 @@ def read_features_frame(df: pd.DataFrame, source: str = "features.csv") -> tuple
     if not text:
         return features_table(df, source), None
     words = df[text].set_axis(pd.Index(ids, name="subject_id"))
-    many = {c: n for c in text if (n := words[c].dropna().map(canon).nunique()) > MAX_LEVELS}
+    many = {c: n for c in text if (n := words[c].dropna().map(lambda v, c=c: canon(v, c)).nunique()) > MAX_LEVELS}
     if many:
         raise InputError(f"{source} column", name_list(list(many)), f"has {max(many.values())} distinct text values, "
                          f"not a category (at most {MAX_LEVELS})", "drop the column, or write its values as numbers")
-    names = [f"{c}_{level}" for c in text for level in sorted(set(words[c].dropna().map(canon)) - {""})]
+    names = [f"{c}_{level}" for c in text
+             for level in sorted(set(words[c].dropna().map(lambda v, c=c: canon(v, c))) - {""})]
     clash = [n for n in names if n in df.columns]
     if clash:
         raise InputError(f"{source} column", name_list(clash), "is both a column and a text column's category",
@@ -173,12 +182,16 @@ def category_indicators(frame: pd.DataFrame, text_columns: Sequence[object],
                 break
     out, used = {}, {}
     for col, targets in bases.items():
-        levels = frame[col].map(lambda v: "" if pd.isna(v) else canon(v))
+        levels = frame[col].map(lambda v, col=col: "" if pd.isna(v) else canon(v, col))
+        # as written too: a model from before the column's name was cut from its levels has stage_stageii
+        written = frame[col].map(lambda v: "" if pd.isna(v) else canon(v))
         known = {level for _, level in targets}
         for _, level in targets:
             known |= next((g for g in LEVEL_GROUPS if level in g), set())
         for name, level in targets:
-            indicator = np.where(levels == level, 1.0, np.where(levels.isin(known - {level}), 0.0, np.nan))
+            hit = (levels == level) | (written == level)
+            other = (levels.isin(known - {level}) | written.isin(known - {level})) & ~hit
+            indicator = np.where(hit, 1.0, np.where(other, 0.0, np.nan))
             if np.isfinite(indicator).any():
                 out[name], used[name] = indicator, str(col)
     return pd.DataFrame(out, index=frame.index), used
