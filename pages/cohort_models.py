@@ -230,6 +230,11 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
         cal = m.get("calibration") or {}
         if any(cal.values()):
             st.plotly_chart(F.calibration_figure(cal), width="stretch", key=f"{key}_calibration")
+            slopes = [f"{horizons.horizon_label(float(h))} {c['slope']:.2f} / {c['intercept']:+.2f}"
+                      for h, c in cal.items() if c and c.get("slope") is not None]
+            if slopes:
+                st.caption("Calibration slope / intercept (observed on predicted risk over the groups; 1 / 0 is "
+                           f"ideal; a slope below 1: predictions too extreme, above 1: too close together): {'; '.join(slopes)}.")
         else:
             st.info(f"Calibration is not estimable on the {what} (follow-up ends before the horizons).")
     st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")
