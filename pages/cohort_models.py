@@ -317,23 +317,51 @@ with tab_compare:
 VALIDATE_KEY = "validate"
 
 
-def start_validation(upload: bytes, subgroup: str) -> None:
-    """Queue the selected model's external validation on an uploaded cohort zip as this user's background job
-    (per group of ``subgroup`` too, when it names a column)."""
+def start_validation(upload: bytes, subgroup: str, every: bool) -> None:
+    """Queue the external validation of the selected model (``every``: of every model in the sidebar's list, the
+    selected one first) on an uploaded cohort zip as this user's background job (per group of ``subgroup`` too,
+    when it names a column)."""
+    import json
+
     from core.app.background import validate_uploaded_job
 
     user = _jobs.owner()
     workspace.check_quota(user, len(upload))  # unpacked while it is evaluated, removed after
-    import json
-
+    chosen = {name: str(models[name]), **({n: str(p) for n, p in models.items() if n != name} if every else {})}
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
-    session.audit("validate", str(fusion), source="yours" if name in trained else "demo")
-    job = _jobs.submit(f"Validating {name}", validate_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
-                       str(models[name]), runtime.device_name(), subgroup.strip() or None,
-                       key=f"{VALIDATE_KEY}:{name}:{subgroup.strip()}:{hashlib.sha256(upload).hexdigest()[:16]}", heavy=True)
+    session.audit("validate", str(fusion), source="yours" if name in trained else "demo", models=len(chosen))
+    job = _jobs.submit(f"Validating {name}" + (f" and {len(chosen) - 1} more" if len(chosen) > 1 else ""),
+                       validate_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), chosen,
+                       runtime.device_name(), subgroup.strip() or None,
+                       key=f"{VALIDATE_KEY}:{'|'.join(chosen)}:{subgroup.strip()}:{hashlib.sha256(upload).hexdigest()[:16]}",
+                       heavy=True)
     if job is not None:
         st.session_state[K.VALIDATE_JOB] = (job.id, name)
         st.rerun()
+
+
+def show_validation(results: dict[str, dict], validated: str) -> None:
+    """An external validation's results: the comparison table when several models were evaluated, then the
+    selected model's metrics, curves and subgroups."""
+    rows = [metrics_row(n, m) for n, m in results.items() if "error" not in m]
+    for n, m in results.items():
+        if "error" in m:
+            st.warning(f"{n}: {m['error']}")
+    if len(results) > 1 and rows:
+        st.markdown("**Every model on your cohort**")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if rows:
+        st.download_button("Download the metrics (CSV)", pd.DataFrame(rows).to_csv(index=False).encode(),
+                           "external_validation.csv", mime="text/csv", key="validate_csv")
+    m = results.get(validated)
+    if not m or "error" in m:
+        return
+    st.markdown(f"**{validated}** on every patient of the uploaded cohort (censoring weights from that cohort's own "
+                "follow-up).")
+    show_evaluation(m, "your cohort", lambda: m["risk_groups"], key="validate")
+    if m.get("subgroups"):
+        st.markdown(f"**Subgroups by {m['subgroups'].get('column')}**")
+        st.dataframe(pd.DataFrame(subgroup_rows(m["subgroups"])), hide_index=True, width="stretch")
 
 
 with tab_validate:
@@ -343,12 +371,17 @@ with tab_validate:
         "studies, timeline, features). Studies are checked for identifying data first; the cohort is removed when "
         "the evaluation ends.")
     up_val = st.file_uploader("Cohort folder to validate on (zip)", type=["zip"], key="validate_zip")
-    group_by = st.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
+    c1, c2 = st.columns([3, 2])
+    group_by = c1.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
                              help="A column of the cohort's cohort.csv or features.csv: C-index and calibration per "
                                   "group; numbers with many values are cut into quantile bands.")
-    if up_val is not None and st.button(f"Validate {name}", type="primary", key="validate_button"):
+    every = c2.checkbox(f"Every model in the list ({len(models)}), as a comparison table", value=False,
+                        key="validate_every", help="Each model is evaluated in turn: with CT studies this takes "
+                                                   "about as many times longer.")
+    if up_val is not None and st.button(f"Validate {name}" + (" and the others" if every else ""), type="primary",
+                                        key="validate_button"):
         with chrome.core_errors(stop=False, what="Validation not started: "):
-            start_validation(up_val.getvalue(), group_by)
+            start_validation(up_val.getvalue(), group_by, every)
     from core.jobs import default_queue
 
     job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)
@@ -356,16 +389,8 @@ with tab_validate:
     if vjob is not None and vjob.active:
         _jobs.show(vjob)
     elif vjob is not None and _jobs.outcome(vjob):
-        st.caption(f"Model **{validated}** on every patient of the uploaded cohort (censoring weights from that "
-                   "cohort's own follow-up).")
         with chrome.core_errors(stop=False):
-            show_evaluation(vjob.result, "your cohort", lambda: vjob.result["risk_groups"], key="validate")
-            if vjob.result.get("subgroups"):
-                st.markdown(f"**Subgroups by {vjob.result['subgroups'].get('column')}**")
-                st.dataframe(pd.DataFrame(subgroup_rows(vjob.result["subgroups"])), hide_index=True, width="stretch")
-            table = pd.DataFrame([metrics_row(str(validated), vjob.result)])
-            st.download_button("Download the metrics (CSV)", table.to_csv(index=False).encode(),
-                               "external_validation.csv", mime="text/csv", key="validate_csv")
+            show_validation(vjob.result, str(validated))
 
 with tab_train:
     st.markdown(

@@ -118,8 +118,11 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     table.to_csv(src / "cohort.csv", index=False)  # a hospital's cohort: no split column
     cohorts = tmp_path / "user" / "cohorts"
     seen: list[float] = []
-    res = validate_uploaded_job(_ctx(seen), _zip(src), str(cohorts), str(SHIPPED_MODELS / "ehr_only"),
-                                subgroup="sex_female")
+    both = validate_uploaded_job(_ctx(seen), _zip(src), str(cohorts),
+                                 {"ehr_only": str(SHIPPED_MODELS / "ehr_only"), "broken": str(tmp_path / "no_model")},
+                                 subgroup="sex_female")
+    res = both["ehr_only"]
+    assert both["broken"]["error"].startswith("model: got ")  # a later model's error is its row, not the job's end
     assert res["n"] == 90 and res["events"] == int(table["event"].sum()) and res["c_index"] > 0.55
     sexes = pd.read_csv(src / "features.csv")["sex_female"]
     assert [(g["label"], g["n"]) for g in res["subgroups"]["groups"]] == [("0", int((sexes == 0).sum())),
@@ -129,7 +132,7 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     assert list(cohorts.iterdir()) == []
     table[["subject_id"]].to_csv(src / "cohort.csv", index=False)
     with pytest.raises(InputError) as err:
-        validate_uploaded_job(_ctx(), _zip(src), str(cohorts), str(SHIPPED_MODELS / "ehr_only"))
+        validate_uploaded_job(_ctx(), _zip(src), str(cohorts), {"ehr_only": str(SHIPPED_MODELS / "ehr_only")})
     assert str(err.value).startswith("time: got absent, cohort.csv gives no outcomes") and str(cohorts) not in str(err.value)
     assert list(cohorts.iterdir()) == []
 
@@ -141,5 +144,5 @@ def test_a_cohort_with_phi_is_not_validated_on(tmp_path: Path) -> None:
 
     cohorts = tmp_path / "user" / "cohorts"
     with pytest.raises(InputError, match=r"cohort: got 9 of its studies.*PHI in PrivateTags"):
-        validate_uploaded_job(_ctx(), _zip(_cohort(tmp_path / "src")), str(cohorts), str(SHIPPED_MODELS / "ehr_only"))
+        validate_uploaded_job(_ctx(), _zip(_cohort(tmp_path / "src")), str(cohorts), {"m": str(SHIPPED_MODELS / "ehr_only")})
     assert not cohorts.exists()

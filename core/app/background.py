@@ -63,29 +63,40 @@ def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str) -> Path:
     return unpack_cohort_zip(data, target)
 
 
-def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, model_dir: str, device: str = "cpu",
-                          subgroup: str | None = None) -> dict:
-    """An external validation: a zipped cohort the model never saw, gated and unpacked as for training, and the model
-    evaluated on every subject (``core.evaluation.evaluate_model`` with split "all", three risk groups, and per group
-    of ``subgroup``, a column of its cohort.csv or features.csv, when given). Returns the metrics; the unpacked cohort
-    is removed afterwards (the upload is the user's copy)."""
+def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models: dict[str, str], device: str = "cpu",
+                          subgroup: str | None = None) -> dict[str, dict]:
+    """An external validation: a zipped cohort the models never saw, gated and unpacked as for training, and each
+    model of ``models`` ({name: model folder}) evaluated on every subject (``core.evaluation.evaluate_model`` with
+    split "all", three risk groups, and per group of ``subgroup``, a column of its cohort.csv or features.csv, when
+    given). Returns {name: metrics}; a model after the first that cannot be evaluated gets {"error": text}, while
+    the first one's error (no outcomes, an unknown subgroup column) stops the job. The unpacked cohort is removed
+    afterwards (the upload is the user's copy)."""
+    from core.errors import InputError
     from core.evaluation import ALL_SPLITS, evaluate_model
 
-    from core.errors import InputError
-
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
-    try:
-        result = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
-                                subgroup=subgroup or None, progress=lambda f, m: ctx.progress(0.1 + 0.85 * f, m))
-    except InputError as err:  # the server's folder means nothing to the user: name the file in the zip
-        def inside(text: str) -> str:
-            return text.replace(f"{cohort_dir}/", "")
 
-        raise InputError(err.field, inside(str(err.value)), inside(err.problem), inside(err.fix)) from None
+    def inside(text: str) -> str:  # the server's folder means nothing to the user: name the file in the zip
+        return text.replace(f"{cohort_dir}/", "")
+
+    out: dict[str, dict] = {}
+    try:
+        for i, (name, model_dir) in enumerate(models.items()):
+            span = 0.85 / len(models)
+            try:
+                out[name] = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
+                                           subgroup=subgroup or None, progress=lambda f, m, i=i, name=name: ctx.progress(
+                                               0.1 + span * (i + f), f"{name}: {m}" if len(models) > 1 else m))
+            except (InputError, OSError) as err:
+                if i == 0:
+                    if isinstance(err, InputError):
+                        raise InputError(err.field, inside(str(err.value)), inside(err.problem), inside(err.fix)) from None
+                    raise
+                out[name] = {"error": inside(" ".join(str(err).split()))}
     finally:
         shutil.rmtree(Path(cohorts_dir) / cohort_dir.relative_to(cohorts_dir).parts[0], ignore_errors=True)
     ctx.progress(1.0, "done")
-    return result
+    return out
 
 
 def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: int, *, label: str = "",
