@@ -47,6 +47,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     (:func:`core.ehr_read.split_timeline_reads`) counts the split's timelines whose codes the model mostly does not
     know (None for a model that reads no events); ``features`` (:func:`core.ehr_read.split_feature_reads`) the
     model's feature columns that features.csv lacks and the subjects without a row (None without features).
+    ``unread`` counts the subjects of whom the model read nothing (no study, timeline or features it can read).
     ``risk_groups`` > 1 adds ``risk_groups`` (:func:`core.evaluate.km_by_risk_group` of the evaluated subjects:
     Kaplan-Meier curves of that many groups by predicted risk, and the log-rank p). ``progress(fraction, message)``
     follows the predictions."""
@@ -71,7 +72,8 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     from core.registry import load_model
 
     model = load_model(Path(model_dir), device=device)
-    times, surv = predict_cohort(model, cohort, ids, progress=progress)
+    unread: list[str] = []
+    times, surv = predict_cohort(model, cohort, ids, progress=progress, unread=unread)
     table = cohort.table.set_index("subject_id")
     rows = table.loc[ids]
     train_ids = ids if split == ALL_SPLITS else cohort.ids("train") or ids  # IPCW: the training site's censoring
@@ -81,6 +83,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
                            n_boot=n_boot, seed=seed, full_ci=True)
     out["split"] = split
     out["fusion"] = model.fusion
+    out["unread"] = len(unread)  # subjects of whom the model read nothing: the training average
     out["ct_profile"] = split_image_reads(model, cohort, ids)
     out["timeline_codes"] = split_timeline_reads(model, cohort, ids)
     out["features"] = split_feature_reads(model, cohort, ids)

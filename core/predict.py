@@ -194,9 +194,11 @@ def predict_subject(model_dir: Path | str, cohort_dir: Path | str, subject_id: s
 
 
 def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str],
-                   progress: Callable[[float, str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   progress: Callable[[float, str], None] | None = None,
+                   unread: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(times [T], surv [len(ids), T])`` in the order of ``ids``, from voxels/events (no gradients);
-    ``progress(fraction, message)`` before each subject."""
+    ``progress(fraction, message)`` before each subject; ``unread`` collects the subjects of whom the model read
+    nothing (no study, timeline or features it can read: their curve is the training average)."""
     import torch
 
     rows = []
@@ -204,7 +206,10 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str],
         for i, sid in enumerate(ids):
             if progress is not None:
                 progress(i / max(len(ids), 1), f"predicting subject {i + 1} of {len(ids)}")
-            out = model.forward(model.case_inputs(cohort, sid))
+            inputs = model.case_inputs(cohort, sid)
+            if unread is not None and not model.modalities_used(inputs):
+                unread.append(sid)
+            out = model.forward(inputs)
             rows.append(out.survival[0].float().cpu().numpy())
     surv = np.clip(np.stack(rows), 0.0, 1.0) if rows else np.zeros((0, len(model.times)))
     return model.times, surv

@@ -83,6 +83,8 @@ def metrics_row(name: str, m: dict) -> dict:
         row[f"td-AUC {horizons.HORIZON_LABELS[h]}"] = "n/a" if v is None else f"{float(v):.3f}"
     row["IBS [95% CI]"] = _ci(m.get("ibs"), m.get("ibs_ci"))
     row["n / events"] = f"{m.get('n')} / {m.get('events')}"
+    if m.get("unread"):  # subjects of whom the model read nothing (an image model on a cohort without CT)
+        row["read nothing of"] = f"{m['unread']} subjects"
     return row
 
 
@@ -208,6 +210,9 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model"]), hide_index=True, width="stretch")
     if m.get("oracle_c_index") is not None:
         st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
+    if m.get("unread"):
+        st.warning(f"The model read nothing of {m['unread']} of the {m.get('n')} subjects (no study, timeline or "
+                   "features it can read): their curves are the training average.", icon=":material/warning:")
     for label, line in (("CTs", split_image_reads_text(m.get("ct_profile"))),
                         ("Timelines", split_timeline_reads_text(m.get("timeline_codes"))),
                         ("Features", split_feature_reads_text(m.get("features")))):

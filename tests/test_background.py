@@ -119,10 +119,12 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     cohorts = tmp_path / "user" / "cohorts"
     seen: list[float] = []
     both = validate_uploaded_job(_ctx(seen), _zip(src), str(cohorts),
-                                 {"ehr_only": str(SHIPPED_MODELS / "ehr_only"), "broken": str(tmp_path / "no_model")},
+                                 {"ehr_only": str(SHIPPED_MODELS / "ehr_only"), "broken": str(tmp_path / "no_model"),
+                                  "image_only": str(SHIPPED_MODELS / "image_only")},
                                  subgroup="sex_female")
     res = both["ehr_only"]
     assert both["broken"]["error"].startswith("model: got ")  # a later model's error is its row, not the job's end
+    assert both["image_only"]["unread"] == 90 and both["ehr_only"]["unread"] == 0  # no CT in this cohort
     assert res["n"] == 90 and res["events"] == int(table["event"].sum()) and res["c_index"] > 0.55
     sexes = pd.read_csv(src / "features.csv")["sex_female"]
     assert [(g["label"], g["n"]) for g in res["subgroups"]["groups"]] == [("0", int((sexes == 0).sum())),

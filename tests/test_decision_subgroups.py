@@ -176,7 +176,7 @@ def test_evaluate_model_reports_coverage_conformal_decision_and_subgroups(tmp_pa
     model = _FakeModel(dict(zip(ids, rate)))
     monkeypatch.setattr(core.registry, "load_model", lambda path, device="cpu": model)
     monkeypatch.setattr(core.predict, "predict_cohort",
-                        lambda m, cohort, sel, progress=None: (m.times, np.stack([m.curve(s) for s in sel])))
+                        lambda m, cohort, sel, progress=None, unread=None: (m.times, np.stack([m.curve(s) for s in sel])))
     res = evaluate_model(tmp_path / "model", tmp_path, horizons=(365,), n_boot=20, subgroup="site", band=True)
     assert res["ct_profile"] is None and res["timeline_codes"] is None and res["features"] is None  # nothing to check
     for key in ("c_index", "c_index_ci", "uno_c", "td_auc", "ibs", "n", "events", "calibration",
@@ -215,7 +215,7 @@ def test_evaluate_model_on_every_subject_of_a_cohort_without_a_train_split(tmp_p
     monkeypatch.setattr(core.registry, "load_model", lambda path, device="cpu": model)
     seen: list[float] = []
 
-    def predict(m, cohort, sel, progress=None):  # type: ignore[no-untyped-def]
+    def predict(m, cohort, sel, progress=None, unread=None):  # type: ignore[no-untyped-def]
         for i in range(len(sel)):
             if progress is not None:
                 progress(i / len(sel), "predicting")

@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         label = f"AUC({h} d)"
         value = _fmt(v) if v is not None else f"n/a (needs an event by {h} d and a subject followed past it)"
         print(f"{label:12s}{value}{ici}", file=out)
+    if res.get("unread"):
+        print(f"unread      the model read nothing of {res['unread']} of {res['n']} subjects (no study, timeline or "
+              "features it can read): their curves are the training average", file=out)
     if "oracle_c_index" in res:
         print(f"oracle C    {_fmt(res['oracle_c_index'])} (from true_risk)", file=out)
     profile_line = split_image_reads_text(res.get("ct_profile"))
