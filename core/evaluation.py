@@ -64,7 +64,8 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         raise InputError("time", "absent", f"{Path(cohort_dir) / 'cohort.csv'} gives no outcomes to evaluate against",
                          "add the columns time (days from index; or index_time and end_time) and event (1 / 0)")
     if not outcomes["event"].any():
-        raise InputError("event", f"all 0 in the {split} split", "no subject has an observed event, so no C-index "
+        raise InputError("event", "all 0 in " + ("every subject" if split == ALL_SPLITS else f"the {split} split"),
+                         "no subject has an observed event, so no C-index "
                          "can be computed", "check the event coding (1 = event) or evaluate a split with events")
     values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
     from core.ehr_read import split_feature_reads, split_timeline_reads

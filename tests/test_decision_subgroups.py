@@ -236,5 +236,5 @@ def test_evaluate_model_on_every_subject_of_a_cohort_without_a_train_split(tmp_p
     with pytest.raises(InputError, match="time: got absent, .*cohort.csv gives no outcomes"):
         evaluate_model(tmp_path / "model", tmp_path, split="all")
     table.assign(event=0).to_csv(tmp_path / "cohort.csv", index=False)
-    with pytest.raises(InputError, match="event: got all 0 in the all split"):
+    with pytest.raises(InputError, match="event: got all 0 in every subject, no subject has an observed event"):
         evaluate_model(tmp_path / "model", tmp_path, split="all")
