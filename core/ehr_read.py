@@ -12,6 +12,7 @@ loads a network.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,11 @@ from core.timeline_profile import (UNIT_RATIO, VALUE_SD, far_from_training, mode
 
 if TYPE_CHECKING:
     from core.registry import LoadedModel
+
+
+def _subject_timeline(cohort: Cohort, subject_id: str) -> tuple[pd.DataFrame | None, pd.Timestamp | None]:
+    """A subject's timeline rows (static codes included) and index time, for ``filled_from_timeline``."""
+    return cohort.timeline_rows(subject_id), cohort.index_time(subject_id)
 
 
 def timeline_read(model: LoadedModel, events: pd.DataFrame | None) -> list[str]:
@@ -54,7 +60,7 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
     sid = str(subject_id)
     features = None if cohort.features is None else with_categories(cohort.features, cohort.feature_text, names)
     row = pd.DataFrame(index=[sid], dtype=float) if features is None else features.reindex([sid])
-    _, filled = filled_from_timeline(row, names, lambda s: (cohort.timeline_rows(s), cohort.index_time(s)))
+    _, filled = filled_from_timeline(row, names, partial(_subject_timeline, cohort))
     from_timeline = filled.get(sid, [])  # blank age and sex, as core.inputs reads them
     rest = [n for n in names if n not in from_timeline]
     other = (f"{' and '.join(from_timeline)} {'are' if len(from_timeline) > 1 else 'is'} read from the subject's "
@@ -234,7 +240,7 @@ def split_feature_reads(model: LoadedModel, cohort: Cohort, ids: Sequence[str]) 
             if name in names:
                 unreadable[name] = unreadable.get(name, 0) + 1
     known = frame.reindex([str(s) for s in ids]) if frame is not None else pd.DataFrame(index=[str(s) for s in ids])
-    _, filled = filled_from_timeline(known, names, lambda s: (cohort.timeline_rows(s), cohort.index_time(s)))
+    _, filled = filled_from_timeline(known, names, partial(_subject_timeline, cohort))
     return {"columns": len(names), "absent": absent, "without_row": int(without), "far_values": far,
             "unreadable": unreadable, "from_timeline": len(filled)}
 

@@ -59,11 +59,12 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         present = sorted(cohort.table["split"].unique())
         raise InputError("split", split, f"has no subjects in {Path(cohort_dir) / 'cohort.csv'}",
                          f"use one of the splits present ({', '.join(present)}) or {ALL_SPLITS}")
-    outcomes = cohort.table.set_index("subject_id").loc[ids]
-    if outcomes["time"].isna().any():
+    table = cohort.table.set_index("subject_id")
+    rows = table.loc[ids]
+    if rows["time"].isna().any():
         raise InputError("time", "absent", f"{Path(cohort_dir) / 'cohort.csv'} gives no outcomes to evaluate against",
                          "add the columns time (days from index; or index_time and end_time) and event (1 / 0)")
-    if not outcomes["event"].any():
+    if not rows["event"].any():
         raise InputError("event", "all 0 in " + ("every subject" if split == ALL_SPLITS else f"the {split} split"),
                          "no subject has an observed event, so no C-index "
                          "can be computed", "check the event coding (1 = event) or evaluate a split with events")
@@ -75,8 +76,6 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     model = load_model(Path(model_dir), device=device)
     unread: list[str] = []
     times, surv = predict_cohort(model, cohort, ids, progress=progress, unread=unread)
-    table = cohort.table.set_index("subject_id")
-    rows = table.loc[ids]
     train_ids = ids if split == ALL_SPLITS else cohort.ids("train") or ids  # IPCW: the training site's censoring
     train = table.loc[train_ids]
     out = survival_metrics(np.asarray(times), np.asarray(surv), rows["time"].to_numpy(), rows["event"].to_numpy(),

@@ -80,9 +80,9 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
         return text.replace(f"{cohort_dir}/", "")
 
     out: dict[str, dict] = {}
+    span = 0.85 / max(len(models), 1)
     try:
         for i, (name, model_dir) in enumerate(models.items()):
-            span = 0.85 / len(models)
             try:
                 out[name] = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
                                            subgroup=subgroup or None, progress=lambda f, m, i=i, name=name: ctx.progress(
