@@ -7,7 +7,7 @@ Layout of a cohort folder::
                           [contrast yes/no], [true_risk], ...
     features.csv          subject_id + numeric columns (NaN kept), text      optional
                           categories (``core.io.features``); or features.xlsx
-    timeline.parquet|csv  MEDS rows subject_id, time, code, numeric_value    optional
+    timeline.parquet|csv|xlsx  MEDS rows subject_id, time, code, numeric_value  optional
     image_embeddings.npy|parquet, ehr_embeddings.npy|parquet                optional
 
 ``series`` names the series of a study that holds several (a SeriesInstanceUID, or a unique prefix of one, as
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, TEXT_COLUMNS, rename_aliases
+from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, TEXT_COLUMNS, TIMELINE_FILES, rename_aliases
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
@@ -362,7 +362,7 @@ class Cohort:
     def fingerprint(self) -> str:
         """Hash of the outcome table and the file sizes/mtimes of the modalities (cache key)."""
         h = hashlib.sha256(pd.util.hash_pandas_object(self.table.astype(str), index=False).values.tobytes())
-        for name in (*FEATURE_FILES, "timeline.parquet", "timeline.csv", "image_embeddings.npy",
+        for name in (*FEATURE_FILES, *TIMELINE_FILES, "image_embeddings.npy",
                      "image_embeddings.parquet", "ehr_embeddings.npy", "ehr_embeddings.parquet"):
             p = self.root / name
             if p.exists():
@@ -452,7 +452,7 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
     table_file = next((root / n for n in FEATURE_FILES if (root / n).exists()), None)
     features, text = _read_features(table_file, id_set) if table_file is not None else (None, None)
     timeline = None
-    for name in ("timeline.parquet", "timeline.csv"):
+    for name in TIMELINE_FILES:
         if (root / name).exists():
             from core.io.timeline import read_timeline
 

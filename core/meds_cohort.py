@@ -16,7 +16,7 @@ module turns those rows into the cohort folder the rest of the project reads:
 * ``task.yaml``: a copy of the task definition, for provenance.
 
 A subject with several valid index events keeps the earliest.
-The MEDS input is a parquet or CSV file or a MEDS folder (``data/**/*.parquet``);
+The MEDS input is a parquet, CSV or .xlsx file or a MEDS folder (``data/**/*.parquet``);
 the numeric column may be called ``numeric_value`` or ``value``, the time
 column ``time`` or ``timestamp``.
 """
@@ -62,8 +62,13 @@ def read_meds(path: Path) -> pd.DataFrame:
         from core.io.delimited import read_csv_any
 
         raw = read_csv_any(path, text_names=SUBJECT_ALIASES)  # an id such as 007 stays 007
+    elif path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
+        from core.io.timeline import read_timeline
+
+        raw = read_timeline(path)  # an untrusted workbook, checked and read as an uploaded timeline is
     else:
-        raise InputError("--meds", str(path), "is neither .parquet nor .csv", "pass a MEDS parquet/CSV file or folder")
+        raise InputError("--meds", str(path), "is neither .parquet, .csv nor .xlsx",
+                         "pass a MEDS parquet/CSV/.xlsx file or folder")
     raw = raw.rename(columns={k: v for k, v in ALIASES.items() if k in raw.columns and v not in raw.columns})
     missing = [c for c in ("subject_id", "time", "code") if c not in raw.columns]
     if missing:

@@ -433,7 +433,8 @@ with tab_meds:
     )
     tasks = {p.name: p for p in sorted((paths.ASSETS / "tasks").glob("*.yaml"))}
     c1, c2 = st.columns(2)
-    meds_file = c1.file_uploader("MEDS events (parquet or CSV)", type=["parquet", "csv"], key="meds_file")
+    meds_file = c1.file_uploader("MEDS events (parquet, CSV or .xlsx)", type=["parquet", "csv", "xlsx"],
+                                 key="meds_file")
     task_choice = c2.selectbox("Task", [*tasks, "upload a task file"], key="meds_task")
     task_file = c2.file_uploader("Task (ACES YAML)", type=["yaml", "yml"], key="meds_task_file") \
         if task_choice == "upload a task file" else None

@@ -1,4 +1,4 @@
-"""Upload: a CT study (DICOM files or zip, NIfTI) and/or a timeline (MEDS parquet or CSV), kept as the user's cases.
+"""Upload: a CT study (DICOM files or zip, NIfTI) and/or a timeline (MEDS parquet, CSV or an .xlsx sheet), kept as the user's cases.
 
 Uploaded bytes are checked in memory (core.app.uploads: size and decompression caps, the PHI gate) and
 nothing is written until the study has passed the gate (or was de-identified here, and any burned-in risk
@@ -32,7 +32,7 @@ STUDY_HELP = (
     "(.nii / .nii.gz). Identifying DICOM attributes or NIfTI header text block the study until you "
     "de-identify it here. Choosing files again replaces the study."
 )
-TIMELINE_TYPES = ["parquet", "csv"]
+TIMELINE_TYPES = ["parquet", "csv", "xlsx"]
 NEW_CASE = "__new__"
 
 st.title("Upload a case")
@@ -243,10 +243,11 @@ if checked is not None:
 
 # ------------------------------------------------------------------- timeline
 st.subheader("2. Timeline (optional)")
-st.file_uploader(f"MEDS timeline (parquet or CSV; up to {max_mb} MB)", type=TIMELINE_TYPES,
+st.file_uploader(f"MEDS timeline (parquet, CSV or .xlsx; up to {max_mb} MB)", type=TIMELINE_TYPES,
                  key=f"timeline_file_{nonce}",
                  help="MEDS rows: subject_id, time, code, numeric_value (aliases such as value, "
-                 "timestamp are accepted). Only events at or before the index date reach the model.")
+                 "timestamp are accepted). In a workbook, the first sheet with a subject id header is read; "
+                 "date cells are dates. Only events at or before the index date reach the model.")
 st.caption("A timeline can be added to a saved case below, without uploading its CT again.")
 if tl_state.get("error"):
     st.error(f"Timeline not loaded: {tl_state['error']}", icon=":material/error:")

@@ -17,7 +17,7 @@ HELP = "build a cohort folder from a MEDS dataset and an ACES task definition"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meds", required=True, type=Path,
-                        help="MEDS events: parquet or CSV file, or a MEDS folder (data/**/*.parquet)")
+                        help="MEDS events: parquet, CSV or .xlsx file, or a MEDS folder (data/**/*.parquet)")
     parser.add_argument("--task", required=True, type=Path, help="ACES task YAML (e.g. assets/tasks/*.yaml)")
     parser.add_argument("--out", required=True, type=Path, help="cohort folder to write (new or empty)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random train/val/test split (default 0)")

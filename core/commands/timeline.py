@@ -10,7 +10,7 @@ HELP = "summarise one subject's MEDS timeline (or the whole file without --subje
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, metavar="PATH", help="MEDS timeline, .parquet or .csv")
+    parser.add_argument("path", type=Path, metavar="PATH", help="MEDS timeline, .parquet, .csv or .xlsx")
     parser.add_argument("--subject", metavar="ID", help="subject id (as in the file); omit for a whole-file overview")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from core.errors import InputError
 
+TIMELINE_FILES = ("timeline.parquet", "timeline.csv", "timeline.xlsx")  # a cohort folder's timeline, the first found
 SUBJECT_ALIASES = ("subject_id", "subjectid", "patient_id", "patientid", "person_id", "personid", "subject", "patient")
 COHORT_ALIASES: Mapping[str, tuple[str, ...]] = {
     "subject_id": SUBJECT_ALIASES,

@@ -1,4 +1,4 @@
-"""MEDS timelines (parquet or CSV) as one tidy event table.
+"""MEDS timelines (parquet, CSV or an Excel .xlsx sheet) as one tidy event table.
 
 ``read_timeline`` returns exactly four columns:
 
@@ -18,7 +18,9 @@ Column names are matched case-insensitively against the aliases in
 is optional. The subject filter is pushed down to pyarrow (as the column's own
 type: files that store ``subject_id`` as int64 are filtered with integers), so
 reading one subject never converts the whole file to pandas. CSV files are
-streamed in record batches and filtered batch by batch.
+streamed in record batches and filtered batch by batch. A workbook (``core.io.workbook``: checked as an untrusted zip,
+read in memory) gives its first sheet with a subject id header; date cells are dates and numbers in the time column are
+Excel serial dates.
 
 >>> import pandas as pd
 >>> ev = pd.DataFrame({"subject_id": ["1", "1"], "time": pd.to_datetime(["2020-01-01", "2021-01-01"]),
@@ -44,6 +46,7 @@ from core.errors import InputError
 from core.io.columns import SUBJECT_ALIASES, column_key
 from core.io.delimited import CHUNK_BYTES, HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
 from core.io.timeline_times import to_datetime
+from core.io.workbook import XLSX_MAGIC, is_workbook, read_workbook, sheet_table
 
 COLUMNS = ("subject_id", "time", "code", "numeric_value")
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -55,6 +58,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 REQUIRED = ("subject_id", "time", "code")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls")  # .xls is refused with its fix by core.io.workbook
 DEATH_CODE = "MEDS_DEATH"
 CSV_BLOCK_BYTES = 8 << 20
 
@@ -67,10 +71,13 @@ def _format(path: Path) -> str:
     if name.endswith(CSV_SUFFIXES):
         return "csv"
     with path.open("rb") as fh:
-        head = fh.read(4)
-    if head == b"PAR1":
+        head = fh.read(8)
+    if head[:4] == b"PAR1":
         return "parquet"
-    raise InputError("PATH", path.name, "is neither .parquet nor .csv", "pass a MEDS timeline as .parquet or .csv")
+    if name.endswith(WORKBOOK_SUFFIXES) or is_workbook(head, name) or head[:4] == XLSX_MAGIC:
+        return "xlsx"
+    raise InputError("PATH", path.name, "is neither .parquet, .csv nor .xlsx",
+                     "pass a MEDS timeline as .parquet, .csv or an .xlsx workbook")
 
 
 def _check_path(path: str | Path) -> Path:
@@ -169,7 +176,21 @@ def _first_line(err: BaseException) -> str:
 def _source_columns(path: Path, fmt: str) -> list[str]:
     if fmt == "parquet":
         return list(_parquet_dataset(path).schema.names)
+    if fmt == "xlsx":
+        return list(_workbook(path.read_bytes(), path.name, None)[1].values())
     return list(_csv_reader(path).schema.names)
+
+
+def _workbook(data: bytes, label: str, wanted: list[str] | None) -> tuple[pa.Table, dict[str, str]]:
+    """A timeline sheet of an .xlsx workbook as text columns (:func:`core.io.workbook.sheet_table`) and its mapping."""
+    frame = read_workbook(data, label, "timeline")
+    mapping = map_columns(frame.columns, f"{label} (sheet {frame.attrs['sheet']})")
+    table = sheet_table(frame[list(dict.fromkeys(mapping.values()))], label, times=[mapping["time"]],
+                        numbers=[mapping.get("numeric_value", "")])
+    if wanted is not None:
+        ids = pc.utf8_trim_whitespace(table.column(mapping["subject_id"]))
+        table = table.filter(pc.fill_null(pc.is_in(ids, value_set=pa.array(wanted, type=pa.string())), False))
+    return table, mapping
 
 
 # ----------------------------------------------------------------------------- reading
@@ -290,9 +311,11 @@ def unreadable_values_note(events: pd.DataFrame) -> str | None:
 
 
 def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read a MEDS timeline (parquet or CSV), optionally only some subjects (filter pushed down)."""
+    """Read a MEDS timeline (parquet, CSV or .xlsx), optionally only some subjects (filter pushed down)."""
     p = _check_path(path)
     fmt = _format(p)
+    if fmt == "xlsx":  # held in memory whole, as an upload
+        return read_timeline_bytes(p.read_bytes(), p.name, subjects)
     mapping = map_columns(_source_columns(p, fmt), p.name)
     wanted = None if subjects is None else [str(s) for s in subjects]
     table = _read_parquet(p, mapping, wanted) if fmt == "parquet" else _read_csv(p, mapping, wanted)
@@ -309,8 +332,8 @@ MAX_TIMELINE_BYTES = 1024**3  # one uploaded timeline held in memory
 
 
 def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read an uploaded MEDS timeline held in memory (parquet or plain CSV): the same frame as
-    :func:`read_timeline`, with nothing written to disk. ``name`` is a label only (its suffix picks CSV
+    """Read an uploaded MEDS timeline held in memory (parquet, plain CSV or an .xlsx workbook): the same frame as
+    :func:`read_timeline`, with nothing written to disk. ``name`` is a label only (its suffix picks CSV, a workbook
     or parquet when the bytes do not start with parquet's ``PAR1``).
 
     >>> read_timeline_bytes(b"subject_id,time,code\\n7,2020-01-01,DX//A\\n", "t.csv")["code"].tolist()
@@ -327,12 +350,16 @@ def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None =
         fmt = "parquet"
     elif lower.endswith((".csv", ".tsv", ".txt")):
         fmt = "csv"
+    elif is_workbook(data, label):
+        fmt = "xlsx"
     else:
-        raise InputError("timeline", label, "is neither parquet nor plain CSV",
-                         "upload a MEDS timeline as .parquet or an uncompressed .csv")
-    wanted = None if subjects is None else [str(s) for s in subjects]
+        raise InputError("timeline", label, "is neither parquet, plain CSV nor an .xlsx workbook",
+                         "upload a MEDS timeline as .parquet, an uncompressed .csv or .xlsx")
+    wanted = None if subjects is None else [str(s).strip() for s in subjects]
     tag = Path(label)
-    if fmt == "parquet":
+    if fmt == "xlsx":
+        table, mapping = _workbook(data, label, wanted)
+    elif fmt == "parquet":
         import pyarrow.parquet as pq
 
         try:
@@ -415,6 +442,8 @@ def _subject_ids(path: Path) -> pa.Array:
     col = mapping["subject_id"]
     if fmt == "parquet":
         ids = _parquet_dataset(path).to_table(columns=[col]).column(col)
+    elif fmt == "xlsx":
+        ids = _workbook(path.read_bytes(), path.name, None)[0].column(col)
     else:
         ids = _read_csv(path, {"subject_id": col}, None).column(col)
     return pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)

@@ -17,11 +17,13 @@ keep their type (numbers stay numbers: no decimal comma to guess). A legacy .xls
 
 from __future__ import annotations
 
+import datetime
 import io
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
+import pyarrow as pa
 
 from core.errors import InputError
 from core.io.columns import SUBJECT_ALIASES, column_key
@@ -32,6 +34,8 @@ MAX_PARTS = 10_000
 MAX_UNPACKED = 512 << 20  # all parts together, uncompressed
 MAX_RATIO = 200  # uncompressed / compressed per part (XML of numbers compresses about 10-30x)
 SUFFIXES = (".xlsx", ".xlsm")
+EXCEL_EPOCH = pd.Timestamp("1899-12-30")  # day 0 of Excel's serial dates (the 1900 system, with its leap-day bug)
+FIRST_SERIAL = 3653  # 1910-01-01: a smaller number in a time column is a day count, not a date
 
 
 def is_workbook(data: bytes, name: str) -> bool:
@@ -103,3 +107,56 @@ def dates_as_text(frame: pd.DataFrame) -> pd.DataFrame:
     if not dates:
         return frame
     return frame.assign(**{str(c): frame[c].map(lambda v: None if pd.isna(v) else v.isoformat()) for c in dates})
+
+
+def cell_text(value: object) -> str | None:
+    """A workbook cell as the text a CSV would hold: None when blank, a whole number without ``.0`` (an id or a code
+    typed as a number), a date or time of day in ISO 8601, text as written (a code's trailing space too).
+
+    >>> cell_text(250.0), cell_text(datetime.datetime(2020, 1, 2, 10, 30)), cell_text("DX//A "), cell_text(float("nan"))
+    ('250', '2020-01-02T10:30:00', 'DX//A ', None)
+    """
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def serial_dates(values: pd.Series, label: str, column: str) -> pd.Series:
+    """A workbook's time column as text: date cells in ISO 8601, numbers as Excel serial dates (days since
+    1899-12-30: what Excel stores in a cell not formatted as a date), text as written. InputError for a number
+    before 1910 (a count of days from some index, not a date).
+
+    >>> serial_dates(pd.Series([43831.5, "2020-01-03", None], dtype=object), "t.xlsx", "time").tolist()
+    ['2020-01-01T12:00:00', '2020-01-03', None]
+    """
+    def one(value: object) -> str | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not pd.isna(value):
+            if value < FIRST_SERIAL:
+                raise InputError(column, cell_text(value), f"is a number in {label}, and as an Excel date it would be "
+                                 f"{(EXCEL_EPOCH + pd.Timedelta(days=float(value))).date()}",
+                                 "format the column as dates in Excel, or write each time as ISO 8601 text "
+                                 "(e.g. 2021-04-03 10:00)")
+            return (EXCEL_EPOCH + pd.Timedelta(days=float(value))).round("s").isoformat()
+        return cell_text(value)
+
+    return values.astype(object).map(one)
+
+
+def sheet_table(frame: pd.DataFrame, label: str, *, times: Iterable[str] = (), numbers: Iterable[str] = ()) -> pa.Table:
+    """Columns of a sheet (``read_workbook``) as an Arrow table of text, as a CSV reader gives them: ``times`` through
+    :func:`serial_dates`, ``numbers`` kept as floats when every cell is a number (else text, so that a value such as
+    "<0.5" can be named), every other column through :func:`cell_text`."""
+    times, numbers = set(times), set(numbers)
+    arrays = {}
+    for col in frame.columns:
+        values = frame[col]
+        if col in numbers and pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            arrays[str(col)] = pa.array(values.astype("float64"), type=pa.float64(), from_pandas=True)
+        else:
+            text = serial_dates(values, label, str(col)) if col in times else values.astype(object).map(cell_text)
+            arrays[str(col)] = pa.array(text.tolist(), type=pa.string())
+    return pa.table(arrays)

@@ -32,11 +32,11 @@ def ehr_config(cohort: Cohort, ehr_encoder: str, max_codes: int, max_events: int
     if summary:
         if cohort.timeline is None:
             raise InputError("ehr_encoder", ehr_encoder, "the cohort has no timeline to summarise",
-                             "add timeline.parquet or timeline.csv to the cohort or use --ehr-encoder auto")
+                             "add timeline.parquet (or .csv, .xlsx) to the cohort or use --ehr-encoder auto")
         use = {"sequence": True, "tabular": True, "embedding": False}
     elif ehr_encoder not in ("auto", "none"):
         if not use[ehr_encoder]:
-            need = {"sequence": "timeline.parquet or timeline.csv", "tabular": "features.csv",
+            need = {"sequence": "timeline.parquet, .csv or .xlsx", "tabular": "features.csv",
                     "embedding": "ehr_embeddings.npy or .parquet"}[ehr_encoder]
             raise InputError("ehr_encoder", ehr_encoder, "the cohort has no such EHR data", f"add {need} to the cohort or use --ehr-encoder auto")
         use = {k: k == ehr_encoder for k in use}
