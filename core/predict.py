@@ -246,7 +246,8 @@ def _hash_frame(h: Any, frame: pd.DataFrame | None) -> None:
 
 def case_digest(cohort: Cohort, subject_id: str, volume: Volume | None) -> str:
     """A hash of everything a model can read of one case: the CT's voxels and spacing, the cohort row (index
-    date included), the events before the index date, the tabular features and precomputed embeddings."""
+    date included), the events before the index date, the static rows without a time (a MIMIC GENDER row gives the
+    sex a model reads where features.csv has none), the tabular features and precomputed embeddings."""
     sid = str(subject_id)
     h = hashlib.sha256(f"{CACHE_VERSION}:{sid}".encode())
     if volume is None:
@@ -257,6 +258,8 @@ def case_digest(cohort: Cohort, subject_id: str, volume: Volume | None) -> str:
         h.update(hashlib.sha256(hu.tobytes()).digest())
     _hash_frame(h, cohort.row(sid).to_frame())
     _hash_frame(h, cohort.events(sid))
+    rows = cohort.timeline_rows(sid)
+    _hash_frame(h, None if rows is None else rows[rows["time"].isna()])
     for table in (cohort.features, cohort.image_embeddings, cohort.ehr_embeddings):
         _hash_frame(h, None if table is None or sid not in table.index else table.loc[[sid]])
     return h.hexdigest()[:32]

@@ -232,3 +232,29 @@ def test_a_cohort_without_features_gets_age_and_sex_from_its_timelines(tmp_path:
     np.testing.assert_allclose(ehr_arrays(one_blank, ids, model.config.ehr)["features"],
                                ehr_arrays(load_cohort(src), ids, model.config.ehr)["features"], atol=1e-4)
     assert feature_read(model, one_blank, sid) == feature_read(model, load_cohort(src), sid)  # no warning for it
+
+
+def test_a_changed_static_gender_row_is_another_cached_case(tmp_path: Path) -> None:
+    """MIMIC writes GENDER without a time. Such a row gives the sex a model reads where features.csv has none, so a
+    changed one must renew a cached prediction; the case digest hashed only the timed events before the index."""
+    from core.demo import write_demo_cohort
+    from core.predict import case_digest, predict_cohort
+    from core.registry import load_model
+
+    src = write_demo_cohort(tmp_path / "demo", n=10, seed=3, volumes=False)
+    (src / "features.csv").unlink()
+    timeline = pd.read_parquet(src / "timeline.parquet")
+    gender = timeline["code"].str.startswith("GENDER//")
+    timeline.loc[gender, "time"] = pd.NaT  # as MIMIC-IV's MEDS export writes it
+    timeline.to_parquet(src / "timeline.parquet", index=False)
+    cohort = load_cohort(src)
+    sid = cohort.ids()[0]
+    model = load_model(SHIPPED / "ehr_only")
+    before, risk_before = case_digest(cohort, sid, None), predict_cohort(model, cohort, [sid])[1]
+    row = gender & (timeline["subject_id"] == sid)
+    timeline.loc[row, "code"] = timeline.loc[row, "code"].map({"GENDER//F": "GENDER//M", "GENDER//M": "GENDER//F"})
+    timeline.to_parquet(src / "timeline.parquet", index=False)
+    changed = load_cohort(src)
+    assert changed.events(sid).equals(cohort.events(sid))  # the events a model reads as a sequence are the same
+    assert not np.allclose(predict_cohort(model, changed, [sid])[1], risk_before, atol=1e-4)  # the sex it reads is not
+    assert case_digest(changed, sid, None) != before

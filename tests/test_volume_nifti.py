@@ -205,3 +205,11 @@ def test_whole_map_is_the_per_slice_maps_and_is_cached(data_dir: Path, tmp_path:
     again = AV.case_map(AV.MapCache(tmp_path), model, inputs, "gradcam", 365, progress=lambda f, m: calls.append(m))
     assert calls == ["cached"]  # a fresh cache (a server restart) reads it from disk
     np.testing.assert_array_equal(again, full)
+    # the same CT and events with other clinical values (changed on a saved case) is another map: the risk whose
+    # attribution it is reads them
+    import dataclasses
+
+    name = "features" if "features" in inputs.ehr else sorted(inputs.ehr)[0]
+    other = dataclasses.replace(inputs, ehr={**inputs.ehr, name: inputs.ehr[name] + 1.0})
+    assert AV.case_digest(other) != AV.case_digest(inputs)
+    assert AV.case_digest(dataclasses.replace(inputs, ehr=dict(inputs.ehr))) == AV.case_digest(inputs)

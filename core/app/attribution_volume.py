@@ -51,12 +51,17 @@ def model_stamp(model_dir: str | Path) -> str:
 
 
 def case_digest(inputs: CaseInputs) -> str:
-    """A hash of what the model sees of a case: the CT voxels and the timeline events (hex, 16 chars)."""
+    """A hash of what the model sees of a case: the CT voxels, the timeline events and the EHR tensors built from
+    them and the clinical values (a value changed on a saved case is another map; hex, 16 chars)."""
     h = hashlib.sha256()
     if inputs.image is not None:
         image = inputs.image.detach().cpu().numpy()
         h.update(str(image.shape).encode())
         h.update(np.ascontiguousarray(image, dtype=np.float32).tobytes())
+    for name in sorted(inputs.ehr):
+        value = inputs.ehr[name].detach().cpu().numpy()
+        h.update(f"{name}:{value.shape}:{value.dtype}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
     if inputs.events is not None and len(inputs.events):
         import pandas as pd
 
