@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("core.commands.explain", "attribution figure (saliency, IG, Grad-CAM, occlusion) for one subject"),
     "sanity": ("core.commands.sanity", "sanity checks of explanations (randomization test, pointing game)"),
     "export-dicom": ("core.commands.export_dicom", "export a case as DICOM: saliency Parametric Map, top-region Segmentation, prediction SR"),
+    "recalibrate": ("core.commands.recalibrate", "write a copy of a model recalibrated to a site's cohort"),
     "cohort": ("core.commands.cohort", "build a cohort folder from a MEDS dataset and an ACES task definition"),
 }
 
@@ -71,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (``... | head``): what it wanted was printed; nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except Exception as err:  # noqa: BLE001 - last resort: one line instead of a traceback
         print(f"error: internal {type(err).__name__}: {_one_line(err)} (please report this)", file=sys.stderr)
         return EXIT_INTERNAL

@@ -15,6 +15,7 @@ from core.app import demo_install, paths, reference, workspace
 from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
 from pages import _jobs
+from pages import _recalibration
 from pages import _model_views as views
 from pages import _session as session
 from pages import _state as K
@@ -322,10 +323,11 @@ with tab_compare:
 VALIDATE_KEY = "validate"
 
 
-def start_validation(upload: bytes, subgroup: str, every: bool) -> None:
+def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: str | None = None) -> None:
     """Queue the external validation of the selected model (``every``: of every model in the sidebar's list, the
     selected one first) on an uploaded cohort zip as this user's background job (per group of ``subgroup`` too,
-    when it names a column)."""
+    when it names a column); ``recalibrate_to`` (the upload's name): also save a copy of the selected model
+    recalibrated to it."""
     import json
 
     from core.app.background import validate_uploaded_job
@@ -334,11 +336,14 @@ def start_validation(upload: bytes, subgroup: str, every: bool) -> None:
     workspace.check_quota(user, len(upload))  # unpacked while it is evaluated, removed after
     chosen = {name: str(models[name]), **({n: str(p) for n, p in models.items() if n != name} if every else {})}
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
-    session.audit("validate", str(fusion), source="yours" if name in trained else "demo", models=len(chosen))
+    session.audit("validate", str(fusion), source="yours" if name in trained else "demo", models=len(chosen),
+                  recalibrate=bool(recalibrate_to))
+    recal = _recalibration.spec(name, Path(models[name]), user, recalibrate_to) if recalibrate_to else None
     job = _jobs.submit(f"Validating {name}" + (f" and {len(chosen) - 1} more" if len(chosen) > 1 else ""),
                        validate_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), chosen,
-                       runtime.device_name(), subgroup.strip() or None,
-                       key=f"{VALIDATE_KEY}:{'|'.join(chosen)}:{subgroup.strip()}:{hashlib.sha256(upload).hexdigest()[:16]}",
+                       runtime.device_name(), subgroup.strip() or None, recal,
+                       key=f"{VALIDATE_KEY}:{'|'.join(chosen)}:{subgroup.strip()}:{bool(recal)}:"
+                           f"{hashlib.sha256(upload).hexdigest()[:16]}",
                        heavy=True)
     if job is not None:
         st.session_state[K.VALIDATE_JOB] = (job.id, name)
@@ -367,6 +372,8 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
     if m.get("subgroups"):
         st.markdown(f"**Subgroups by {m['subgroups'].get('column')}**")
         st.dataframe(pd.DataFrame(subgroup_rows(m["subgroups"])), hide_index=True, width="stretch")
+    if m.get("recalibration"):
+        _recalibration.show(m["recalibration"])
 
 
 with tab_validate:
@@ -383,10 +390,12 @@ with tab_validate:
     every = c2.checkbox(f"Every model in the list ({len(models)}), as a comparison table", value=False,
                         key="validate_every", help="Each model is evaluated in turn: with CT studies this takes "
                                                    "about as many times longer.")
+    recal = st.checkbox(f"Also save a copy of {name} recalibrated to this cohort", value=False,
+                        key="validate_recalibrate", help=_recalibration.HELP)
     if up_val is not None and st.button(f"Validate {name}" + (" and the others" if every else ""), type="primary",
                                         key="validate_button"):
         with chrome.core_errors(stop=False, what="Validation not started: "):
-            start_validation(up_val.getvalue(), group_by, every)
+            start_validation(up_val.getvalue(), group_by, every, up_val.name if recal else None)
     from core.jobs import default_queue
 
     job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)

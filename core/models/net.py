@@ -38,6 +38,7 @@ weights restricted to the E event tokens and renormalised.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ from core.models.fusion import make_fusion
 from core.models.heads import make_head
 from core.models.image2d import DETECT_CHANNELS, SliceEncoder2D
 from core.models.pooling import SliceScales, StudyStats
+from core.models.recalibration import SiteRecalibration
 
 
 def build_image_encoder(icfg: ImageConfig) -> nn.Module | None:
@@ -94,6 +96,8 @@ class SurvivalNet(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # a site's recalibration of the final curve (core.models.recalibration; an ensemble applies it to its mean)
+        self.recalibration = SiteRecalibration.from_config(cfg.extra.get("recalibration"))
         dim, dropout, icfg, ecfg = cfg.dim, cfg.dropout, cfg.image, cfg.ehr
         self.image_kind = icfg.kind
         self.image_encoder = build_image_encoder(icfg)
@@ -285,7 +289,9 @@ class SurvivalNet(nn.Module):
         wide = self._wide(batch, raw_image, b)
         raw = self.head(fo.h, wide)
         surv = self.head.survival(raw)
-        risk = self.head.risk(raw, surv)
+        risk = self.head.risk(raw, surv)  # the ranking score: a site's recalibration keeps the order at each time
+        if self.recalibration is not None:
+            surv = self.recalibration(surv)
         slice_w = fo.image_weights
         if slice_w is not None and self.image_kind in ("3d", "foundation") and n_slices is not None:
             enc = self.image_encoder
@@ -322,7 +328,9 @@ class EnsembleNet(nn.Module):
         if int(k) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {k}")
         self.cfg = cfg
-        members = [SurvivalNet(cfg) for _ in range(int(k))]
+        self.recalibration = SiteRecalibration.from_config(cfg.extra.get("recalibration"))
+        member_cfg = dataclasses.replace(cfg, extra={k: v for k, v in cfg.extra.items() if k != "recalibration"})
+        members = [SurvivalNet(member_cfg) for _ in range(int(k))]
         for m in members[1:]:
             m.image_encoder = members[0].image_encoder
         self.members = nn.ModuleList(members)
@@ -375,6 +383,8 @@ class EnsembleNet(nn.Module):
             surv = (1 - w) * surv + w * sf
             risk = (1 - w[:, 0]) * risk + w[:, 0] * self.first.head.risk(sf, sf)  # the heads' risk is linear in S
             member_survival = torch.cat([member_survival, forest_surv[None]])
+        if self.recalibration is not None:  # on the mean curve and on each curve of the band
+            surv, member_survival = self.recalibration(surv), self.recalibration(member_survival)
         return {"raw": mean("raw"), "survival": surv, "risk": risk,
                 "slice_weights": mean("slice_weights"), "event_weights": mean("event_weights"), "attention": attention,
                 "z_image": outs[0]["z_image"], "z_ehr": outs[0]["z_ehr"],

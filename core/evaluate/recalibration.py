@@ -1,0 +1,170 @@
+"""Recalibration of predicted survival curves to a new site, fitted on that site's outcomes.
+
+A model validated at another hospital usually keeps its ranking (C-index) but not its absolute risks: the site's
+patients fare better or worse than the training site's. The update that keeps the model (the recalibration step of
+model updating, Steyerberg, Clinical Prediction Models, ch. 20) is two numbers on the cumulative hazard
+``H = -log S``::
+
+    H'(t | x) = exp(a) * H(t | x) ** b          log H' = a + b log H   (complementary log-log scale)
+
+``a`` scales every patient's cumulative hazard by one factor (calibration in the large: for a proportional hazards
+model, its baseline hazard); ``b`` stretches or shrinks the spread between patients (the calibration slope). With
+``b > 0`` the order of patients at each time is kept. ``a`` and ``b`` maximise the likelihood of the site's
+right-censored times on the model's time grid (an event: the probability of the grid interval that holds it; a
+censored time: the survival at it, linear between grid points; beyond the grid: the survival at its end).
+
+:func:`recalibration_report` fits them on every subject, with a bootstrap interval, and measures what they gain
+honestly: the curves of each of ``folds`` folds recalibrated by a fit on the other folds (cross-fitting), against
+the original curves, by integrated Brier score and calibration at each horizon. The network applies a fit with
+``core.models.recalibration.SiteRecalibration`` (the same formula on tensors).
+
+>>> grid = np.array([0.0, 100.0, 200.0])
+>>> surv = np.tile([1.0, 0.9, 0.8], (4, 1))
+>>> np.round(recalibrated(surv, np.log(2.0), 1.0)[0], 3).tolist()
+[1.0, 0.81, 0.64]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+
+from core.errors import InputError
+
+EPS = 1e-12
+MIN_EVENTS = 20  # two parameters: fewer events give a fit that moves with each patient
+FEW_EVENTS = 100  # below: the slope is uncertain (the report says so)
+BOUNDS = ((-6.0, 6.0), (np.log(0.2), np.log(5.0)))  # a; log b
+
+
+def recalibrated(surv: np.ndarray, a: float, b: float) -> np.ndarray:
+    """``exp(-exp(a) * (-log S) ** b)`` of curves ``surv`` ``[..., T]``."""
+    hazard = -np.log(np.clip(np.asarray(surv, dtype=float), EPS, 1.0))
+    return np.exp(-np.exp(a) * hazard ** b)
+
+
+def compose(first: dict | None, then: tuple[float, float]) -> tuple[float, float]:
+    """(a, b) of a recalibration ``then`` applied after ``first`` (a model already recalibrated to another site).
+
+    >>> compose({"a": 0.5, "b": 2.0}, (0.1, 0.5))
+    (0.35, 1.0)
+    """
+    if not first:
+        return then
+    a1, b1 = float(first["a"]), float(first["b"])
+    a2, b2 = then
+    return a2 + b2 * a1, b1 * b2
+
+
+def _likelihood_parts(grid: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per subject: the grid points before and after its time, the weight of the later one (censored times read
+    linearly between them), and whether it counts as an event (events beyond the grid count as censored there)."""
+    end = float(grid[-1])
+    t = np.clip(time, grid[0], end)
+    hi = np.clip(np.searchsorted(grid, t, side="left"), 1, len(grid) - 1)
+    lo = hi - 1
+    weight = np.clip((t - grid[lo]) / np.maximum(grid[hi] - grid[lo], EPS), 0.0, 1.0)
+    is_event = (event > 0) & (time <= end)
+    return lo, hi, weight, is_event
+
+
+def _nll(params: np.ndarray, surv: np.ndarray, parts: tuple[np.ndarray, ...]) -> float:
+    lo, hi, weight, is_event = parts
+    s = recalibrated(surv, float(params[0]), float(np.exp(params[1])))
+    rows = np.arange(s.shape[0])
+    s_lo, s_hi = s[rows, lo], s[rows, hi]
+    lik = np.where(is_event, s_lo - s_hi, (1 - weight) * s_lo + weight * s_hi)
+    return float(-np.log(np.clip(lik, EPS, None)).sum())
+
+
+def _check(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray, min_events: int) -> None:
+    if surv.ndim != 2 or surv.shape != (time.size, grid.size):
+        raise InputError("surv", f"shape {surv.shape}", f"is not [{time.size} subjects, {grid.size} times]",
+                         "pass one curve on the model's time grid per subject")
+    n_events = int((event > 0).sum())
+    if n_events < min_events:
+        raise InputError("event", f"{n_events} events in {time.size} subjects",
+                         f"are too few to fit a recalibration (at least {min_events})",
+                         "recalibrate on a cohort of this site with more observed events")
+
+
+def fit_recalibration(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray, *,
+                      min_events: int = MIN_EVENTS) -> dict[str, float]:
+    """``{"a", "b", "nll_before", "nll_after"}`` (negative log-likelihoods summed over the subjects); InputError
+    with fewer than ``min_events`` events."""
+    grid, surv = np.asarray(grid, dtype=float), np.asarray(surv, dtype=float)
+    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=float)
+    _check(grid, surv, time, event, min_events)
+    parts = _likelihood_parts(grid, time, event)
+    start = np.zeros(2)
+    before = _nll(start, surv, parts)
+    res = minimize(_nll, start, args=(surv, parts), method="L-BFGS-B", bounds=BOUNDS)
+    params = res.x if res.fun <= before else start  # never worse than the model as it is
+    return {"a": float(params[0]), "b": float(np.exp(params[1])), "nll_before": before,
+            "nll_after": float(min(res.fun, before))}
+
+
+def cross_fitted(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray, folds: int = 5,
+                 seed: int = 0) -> np.ndarray:
+    """The curves of each fold recalibrated by a fit on the other folds (folds drawn within events and censored
+    subjects apart, so each holds its share of events)."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(time.size, dtype=int)
+    for group in (event > 0, event <= 0):
+        idx = np.flatnonzero(group)
+        fold[rng.permutation(idx)] = np.arange(idx.size) % folds
+    out = np.empty_like(surv, dtype=float)
+    for k in range(folds):
+        test = fold == k
+        fit = fit_recalibration(grid, surv[~test], time[~test], event[~test], min_events=1)  # the whole passed
+        out[test] = recalibrated(surv[test], fit["a"], fit["b"])
+    return out
+
+
+def _summary(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray,
+             horizons: Sequence[float]) -> dict:
+    from core.evaluate.calibration import km_risk_at
+    from core.evaluate.metrics import survival_at, survival_metrics
+
+    metrics = survival_metrics(grid, surv, time, event, time, event, horizons=horizons, n_boot=0)
+    calibration = {}
+    for h, cal in metrics["calibration"].items():
+        predicted = float(np.mean(1.0 - survival_at(grid, surv, [float(h)])[:, 0]))
+        observed = km_risk_at(time, event, float(h))
+        calibration[h] = {**(cal or {"groups": [], "ici": None, "e_max": None, "slope": None, "intercept": None}),
+                          "predicted": predicted, "observed": observed}
+    return {"c_index": metrics["c_index"], "ibs": metrics["ibs"], "calibration": calibration}
+
+
+def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray,
+                         horizons: Sequence[float], *, folds: int = 5, n_boot: int = 100, seed: int = 0) -> dict:
+    """The fit on every subject (``a``, ``b``, their bootstrap 95 % intervals ``a_ci``, ``b_ci``), ``n``,
+    ``events``, ``folds``, ``note`` (few events, or None), and ``before`` / ``after``: C-index, integrated Brier
+    score and calibration per horizon (``core.evaluate.calibration.calibration_at``'s groups, ICI, slope and
+    intercept, with the mean predicted risk and the Kaplan-Meier observed risk of all subjects) of the original
+    curves and of the cross-fitted recalibrated ones."""
+    grid, surv = np.asarray(grid, dtype=float), np.asarray(surv, dtype=float)
+    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=float)
+    fit = fit_recalibration(grid, surv, time, event)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, time.size, time.size)
+        if int((event[idx] > 0).sum()) >= MIN_EVENTS:
+            one = fit_recalibration(grid, surv[idx], time[idx], event[idx])
+            draws.append((one["a"], one["b"]))
+    ci = np.quantile(np.array(draws), [0.025, 0.975], axis=0) if len(draws) >= 20 else None
+    n_events = int((event > 0).sum())
+    k = int(min(folds, max(2, n_events // 10)))
+    after = cross_fitted(grid, surv, time, event, folds=k, seed=seed)
+    return {
+        **fit, "a_ci": None if ci is None else [float(ci[0, 0]), float(ci[1, 0])],
+        "b_ci": None if ci is None else [float(ci[0, 1]), float(ci[1, 1])],
+        "n": int(time.size), "events": n_events, "folds": k,
+        "note": (f"{n_events} events (fewer than {FEW_EVENTS}): the slope b is uncertain, see its interval"
+                 if n_events < FEW_EVENTS else None),
+        "before": _summary(grid, surv, time, event, horizons),
+        "after": _summary(grid, after, time, event, horizons),
+    }
