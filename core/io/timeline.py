@@ -183,7 +183,7 @@ def _source_columns(path: Path, fmt: str) -> list[str]:
 
 def _workbook(data: bytes, label: str, wanted: list[str] | None) -> tuple[pa.Table, dict[str, str]]:
     """A timeline sheet of an .xlsx workbook as text columns (:func:`core.io.workbook.sheet_table`) and its mapping."""
-    frame = read_workbook(data, label, "timeline")
+    frame = read_workbook(data, label, "timeline", keep_dates=True)
     mapping = map_columns(frame.columns, f"{label} (sheet {frame.attrs['sheet']})")
     table = sheet_table(frame[list(dict.fromkeys(mapping.values()))], label, times=[mapping["time"]],
                         numbers=[mapping.get("numeric_value", "")])

@@ -83,11 +83,12 @@ def _engine() -> tuple[str, tuple[type[BaseException], ...]]:
     return "calamine", (CalamineError,)
 
 
-def read_workbook(data: bytes, label: str, field: str, columns: Sequence[str] = SUBJECT_ALIASES) -> pd.DataFrame:
+def read_workbook(data: bytes, label: str, field: str, columns: Sequence[str] = SUBJECT_ALIASES, *,
+                  keep_dates: bool = False) -> pd.DataFrame:
     """The first sheet of an uploaded .xlsx workbook (``check_workbook`` first) with rows and a header named as one of
     ``columns`` (in any case: the subject id's names by default; else the first with rows: a cover or notes sheet
     comes first in many exports), its first row the header; ``attrs["sheet"]`` names it and ``attrs["other_sheets"]``
-    counts the sheets with rows not read."""
+    counts the sheets with rows not read. Date columns are ISO text (:func:`dates_as_text`) unless ``keep_dates``."""
     check_workbook(data, label, field)
     engine, broken = _engine()
     try:
@@ -102,7 +103,7 @@ def read_workbook(data: bytes, label: str, field: str, columns: Sequence[str] = 
     name, frame = next(((n, f) for n, f in filled if keys & {column_key(c) for c in f.columns}), filled[0])
     frame = frame.dropna(how="all").dropna(axis=1, how="all")
     frame.columns = [str(c).strip() for c in frame.columns]
-    frame = dates_as_text(frame)
+    frame = frame if keep_dates else dates_as_text(frame)
     for col in [c for c in frame.columns if column_key(c) in keys]:  # ids typed as numbers: 7.0 (a blank below) is 7
         ids = frame[col]
         if pd.api.types.is_float_dtype(ids) and (ids.dropna() % 1 == 0).all():
@@ -157,17 +158,29 @@ def serial_dates(values: pd.Series, label: str, column: str) -> pd.Series:
     return values.astype(object).map(one)
 
 
+def _as_text(values: pd.Series) -> pa.Array:
+    """A column as Arrow text, as :func:`cell_text` writes each cell (whole columns at once where their type allows)."""
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return pa.array(values.astype(object).where(values.notna(), None).tolist(), type=pa.string())
+    if pd.api.types.is_integer_dtype(values):
+        return pa.array(values.astype(str).tolist(), type=pa.string())
+    return pa.array(values.astype(object).map(cell_text).tolist(), type=pa.string())
+
+
 def sheet_table(frame: pd.DataFrame, label: str, *, times: Iterable[str] = (), numbers: Iterable[str] = ()) -> pa.Table:
-    """Columns of a sheet (``read_workbook``) as an Arrow table of text, as a CSV reader gives them: ``times`` through
-    :func:`serial_dates`, ``numbers`` kept as floats when every cell is a number (else text, so that a value such as
-    "<0.5" can be named), every other column through :func:`cell_text`."""
+    """Columns of a sheet (``read_workbook``) as an Arrow table, as a CSV reader gives them: ``times`` as timestamps
+    when every cell is a date, else through :func:`serial_dates`; ``numbers`` kept as floats when every cell is a
+    number (else text, so that a value such as "<0.5" can be named); every other column as text (:func:`cell_text`)."""
     times, numbers = set(times), set(numbers)
     arrays = {}
     for col in frame.columns:
         values = frame[col]
         if col in numbers and pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             arrays[str(col)] = pa.array(values.astype("float64"), type=pa.float64(), from_pandas=True)
+        elif col in times and pd.api.types.is_datetime64_any_dtype(values):
+            arrays[str(col)] = pa.array(values.astype("datetime64[ns]"), type=pa.timestamp("ns"), from_pandas=True)
+        elif col in times:
+            arrays[str(col)] = pa.array(serial_dates(values, label, str(col)).tolist(), type=pa.string())
         else:
-            text = serial_dates(values, label, str(col)) if col in times else values.astype(object).map(cell_text)
-            arrays[str(col)] = pa.array(text.tolist(), type=pa.string())
+            arrays[str(col)] = _as_text(values)
     return pa.table(arrays)
