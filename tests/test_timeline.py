@@ -253,7 +253,7 @@ def test_one_day_order_per_file(tmp_path: Path) -> None:
         times(["03/04/2021"])
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".xlsx"])
 def test_one_subject_reads_with_the_whole_files_day_order(tmp_path: Path, suffix: str) -> None:
     """A subject whose dates all read either way takes the day / month order of the whole file (it was refused when
     read alone, as `timeline --subject` and a cohort of some of the file's subjects do), and a subject whose own dates
@@ -264,7 +264,12 @@ def test_one_subject_reads_with_the_whole_files_day_order(tmp_path: Path, suffix
         frame = pd.DataFrame({"subject_id": [s for s, _ in rows], "time": [t for _, t in rows],
                               "code": [f"C{i}" for i in range(len(rows))]})
         path = tmp_path / f"t{suffix}"
-        frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif suffix == ".xlsx":  # dates typed as text in a workbook
+            frame.to_excel(path, index=False)
+        else:
+            frame.to_parquet(path, index=False)
         return path
 
     path = write([("1", "03/04/2021"), ("1", "05/06/2021"), ("2", "25/04/2021")])

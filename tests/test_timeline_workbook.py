@@ -4,7 +4,6 @@ CSV is, on Upload (bytes), in a cohort folder (timeline.xlsx), for `timeline` an
 from __future__ import annotations
 
 import datetime
-import io
 import json
 from pathlib import Path
 
@@ -15,18 +14,7 @@ from core.errors import InputError
 from core.io.timeline import read_timeline, read_timeline_bytes
 
 openpyxl = pytest.importorskip("openpyxl", reason="openpyxl (requirements.txt) reads .xlsx workbooks")
-
-
-def _book(sheets: dict[str, list[list[object]]]) -> bytes:
-    book = openpyxl.Workbook()
-    book.remove(book.active)
-    for name, rows in sheets.items():
-        sheet = book.create_sheet(name)
-        for row in rows:
-            sheet.append(row)
-    buffer = io.BytesIO()
-    book.save(buffer)
-    return buffer.getvalue()
+from tests.test_workbook import _book  # noqa: E402  (after the skip: it needs openpyxl)
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:

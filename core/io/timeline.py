@@ -177,19 +177,16 @@ def _source_columns(path: Path, fmt: str) -> list[str]:
     if fmt == "parquet":
         return list(_parquet_dataset(path).schema.names)
     if fmt == "xlsx":
-        return list(_workbook(path.read_bytes(), path.name, None)[1].values())
+        return list(_workbook(path.read_bytes(), path.name)[1].values())
     return list(_csv_reader(path).schema.names)
 
 
-def _workbook(data: bytes, label: str, wanted: list[str] | None) -> tuple[pa.Table, dict[str, str]]:
-    """A timeline sheet of an .xlsx workbook as text columns (:func:`core.io.workbook.sheet_table`) and its mapping."""
+def _workbook(data: bytes, label: str) -> tuple[pa.Table, dict[str, str]]:
+    """A timeline sheet of an .xlsx workbook as Arrow columns (:func:`core.io.workbook.sheet_table`) and its mapping."""
     frame = read_workbook(data, label, "timeline", keep_dates=True)
     mapping = map_columns(frame.columns, f"{label} (sheet {frame.attrs['sheet']})")
     table = sheet_table(frame[list(dict.fromkeys(mapping.values()))], label, times=[mapping["time"]],
                         numbers=[mapping.get("numeric_value", "")])
-    if wanted is not None:
-        ids = pc.utf8_trim_whitespace(table.column(mapping["subject_id"]))
-        table = table.filter(pc.fill_null(pc.is_in(ids, value_set=pa.array(wanted, type=pa.string())), False))
     return table, mapping
 
 
@@ -358,8 +355,13 @@ def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None =
     wanted = None if subjects is None else [str(s).strip() for s in subjects]
     tag = Path(label)
     if fmt == "xlsx":
-        table, mapping = _workbook(data, label, wanted)
-    elif fmt == "parquet":
+        whole, mapping = _workbook(data, label)
+        table = whole
+        if wanted is not None:  # one subject's text dates read with the whole sheet's day / month order
+            ids = pc.utf8_trim_whitespace(whole.column(mapping["subject_id"]))
+            table = whole.filter(pc.fill_null(pc.is_in(ids, value_set=pa.array(wanted, type=pa.string())), False))
+        return _to_frame(table, mapping, tag, lambda: whole.column(mapping["time"]))
+    if fmt == "parquet":
         import pyarrow.parquet as pq
 
         try:
@@ -443,7 +445,7 @@ def _subject_ids(path: Path) -> pa.Array:
     if fmt == "parquet":
         ids = _parquet_dataset(path).to_table(columns=[col]).column(col)
     elif fmt == "xlsx":
-        ids = _workbook(path.read_bytes(), path.name, None)[0].column(col)
+        ids = _workbook(path.read_bytes(), path.name)[0].column(col)
     else:
         ids = _read_csv(path, {"subject_id": col}, None).column(col)
     return pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
