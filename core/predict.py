@@ -180,6 +180,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         "warnings": warnings,
         "image_withheld": withheld,
         "scored": bool(p.modalities_used),
+        "recalibration": model.config.extra.get("recalibration"),  # the site this copy was recalibrated to, or None
     }
 
 

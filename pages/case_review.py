@@ -128,6 +128,10 @@ with right:
                 f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
                 f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
                 f"under {model_name}."
+                + ("" if not (site := model.config.extra.get("recalibration")) else
+                   f" This model's risks are recalibrated to {site['cohort']} ({site['n']} patients, {site['events']} "
+                   "events); the grey and green curves are of the demo's patients, another site, and need not match "
+                   "its curve.")
                 + ("" if bound is None else
                    f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
                    f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "

@@ -123,6 +123,11 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     for name in ("survival", "lower", "upper"):  # the band of the ensemble's members too
         np.testing.assert_allclose(getattr(case1, name), recalibrated(getattr(case0, name), entry["a"], entry["b"]),
                                    atol=2e-5)
+    from core.predict import prediction_json
+
+    said = prediction_json(after, cohort, ids[0])
+    assert said["recalibration"] == entry and prediction_json(before, cohort, ids[0])["recalibration"] is None
+    assert said["survival"] == pytest.approx(case1.survival.tolist(), abs=1e-5)
     with pytest.raises(InputError, match="exists and is not empty"):
         recalibrate_model(original, site, copy)
     assert main(["recalibrate", "--model", str(copy), "--cohort", str(site), "--out", str(tmp_path / "again")]) == 0
