@@ -62,8 +62,13 @@ def readable_line(line: str) -> str:
 
 
 def card_summary(card: str, max_lines: int = 8) -> str:
-    """The model card's bullet lines (Model and Metrics sections), shortened for the report."""
-    keep: dict[str, list[str]] = {"metrics (test split)": [], "model": []}
+    """The model card's bullet lines (Model and Metrics sections), shortened for the report; a recalibrated copy's
+    first line of its Recalibration section comes first (its risks are those of another site than its metrics').
+
+    >>> card_summary("## Metrics (test split)\\n- C 0.7\\n## Recalibration to a site\\n- Recalibrated on `B`\\n- more")
+    'Recalibrated on B\\nC 0.7'
+    """
+    keep: dict[str, list[str]] = {"recalibration to a site": [], "metrics (test split)": [], "model": []}
     section = ""
     for line in card.splitlines():
         if line.startswith("## "):
@@ -72,7 +77,7 @@ def card_summary(card: str, max_lines: int = 8) -> str:
         if section in keep and line.startswith("- "):
             keep[section].append(readable_line(line[2:].replace("`", "")))
     # the metrics first: they are short and what a reader of the report looks for
-    return "\n".join((keep["metrics (test split)"] + keep["model"])[:max_lines])
+    return "\n".join((keep["recalibration to a site"][:1] + keep["metrics (test split)"] + keep["model"])[:max_lines])
 
 
 def card_sections(card: str) -> list[tuple[str, str]]:

@@ -107,6 +107,9 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     assert entry["a"] == report["a"] < -0.3 and entry["n"] == 150 and entry["cohort"] == "site"
     assert not (copy / "reference_curves.json").exists() and (copy / "model.safetensors").exists()
     assert CARD_HEADING in (copy / "MODEL_CARD.md").read_text()
+    from core.report import card_summary  # the case report says so first
+
+    assert card_summary((copy / "MODEL_CARD.md").read_text()).startswith("Recalibrated on site (150 subjects")
     assert json.loads((copy / "metrics.json").read_text())["recalibration"]["b"] == report["b"]
     assert report["after"]["ibs"] < report["before"]["ibs"] - 0.01  # cross-fitted
     cohort = load_cohort(site, for_training=False)
