@@ -174,6 +174,27 @@ def test_cli_predict_and_errors(models: dict[str, Path], tiny_cohort: Path, caps
     assert rc == 2 and err.startswith("error: subject: got nobody, not in cohort.csv; fix:") and "\n" not in err
     rc = cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x", "--device", "cuda"]) if not torch.cuda.is_available() else 2
     assert rc == 2
+    capsys.readouterr()
+    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x",
+                     "--feature-dropout", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: feature_dropout: got 2, must be a probability in [0, 1) or auto")
+
+
+def test_cli_feature_dropout_reaches_training(tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.train
+
+    seen: dict = {}
+
+    def fake(*args: object, **kwargs: object) -> dict:
+        seen.update(kwargs)
+        return {"test": {}, "train_seconds": 0.0, "world_size": 1}
+
+    monkeypatch.setattr(core.train, "train_model", fake)
+    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x", "--body-crop",
+                     "--feature-dropout", "0.3"]) == 0
+    assert seen["overrides"] == {"image": {"body_crop": True}, "feature_dropout": "0.3"}
+    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x"]) == 0
+    assert seen["overrides"] is None  # auto: the strategy's default
 
 
 def test_unknown_fusion_and_missing_modality(tiny_cohort: Path, tmp_path: Path) -> None:

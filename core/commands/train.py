@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=EHR_ENCODER_HELP)
     parser.add_argument("--ensemble", type=int, default=None,
                         help="networks trained from seeds seed..seed+K-1 (default 5); their range is the uncertainty band; 1 = one network, MC-dropout band")
+    parser.add_argument("--feature-dropout", default="auto", metavar="auto|P",
+                        help="share of the subjects with timeline events whose features.csv values are hidden in each "
+                             "training batch, so that the model also reads a patient who comes without them (auto: 0.6 "
+                             "for ehr_only, 0 for the strategies that read CT; see Limitations)")
     parser.add_argument("--json", action="store_true", help="print metrics as one JSON object")
 
 
@@ -43,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
         metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
                               device=args.device, image_encoder=args.image_encoder,
                               image_encoder_kind=args.image_encoder_kind, ehr_encoder=args.ehr_encoder,
-                              ensemble=args.ensemble, overrides=image_overrides(args.body_crop, args.slice_mm),
-                              progress=progress)
+                              ensemble=args.ensemble, progress=progress,
+                              overrides={**(image_overrides(args.body_crop, args.slice_mm) or {}),
+                                         **({} if args.feature_dropout == "auto" else
+                                            {"feature_dropout": args.feature_dropout})} or None)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
