@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="networks trained from seeds seed..seed+K-1 (default 5); their range is the uncertainty band; 1 = one network, MC-dropout band")
     parser.add_argument("--feature-dropout", default="auto", metavar="auto|P",
                         help="share of the subjects with timeline events whose features.csv values are hidden in each "
-                             "training batch, so that the model also reads a patient who comes without them (auto: 0.6 "
-                             "for ehr_only, 0 for the strategies that read CT; see Limitations)")
+                             "training batch, so that the model also reads a patient who comes without them (auto: 0.6; "
+                             "0 keeps every value)")
     parser.add_argument("--json", action="store_true", help="print metrics as one JSON object")
 
 

@@ -16,10 +16,12 @@ DEFAULTS: dict[str, Any] = {
     "modality_dropout": 0.15, "max_events": 64, "max_codes": 512,
     # hide the tabular features of a subject that also has timeline events with this probability per batch
     # (core.train.loop.drop_features), so that the networks learn to read a timeline without clinical values (an
-    # uploaded case). "auto": 0.6 for ehr_only, 0 for the image strategies (not measured there). Without it the
-    # shipped ehr_only gave every timeline-only case the same 1-year risk (SD 0.0003 over 160 demo test subjects);
-    # with it 0.02-0.04, its C with features unchanged (0.608-0.609 over 3 seeds) and +0.004 to +0.014 from a timeline
-    # alone (docs/BENCHMARKS.md, "Features hidden in training")
+    # uploaded case). "auto": 0.6 for every strategy (since session 41; before, 0 for the strategies that read CT).
+    # Without it the shipped ehr_only gave every timeline-only case the same 1-year risk (SD 0.0003 over 160 demo test
+    # subjects); with it 0.02-0.04, its C with features unchanged (0.608-0.609 over 3 seeds) and +0.004 to +0.014
+    # from a timeline alone. concat and coattention_image on the demo (3 seeds each): test C with features +0.001 on
+    # average, from timelines with age and sex +0.004, IBS lower in 5 of 6 (docs/BENCHMARKS.md, "Features hidden in
+    # training")
     "feature_dropout": "auto",
     "ensemble": 5,  # stage-B networks from seeds seed .. seed+4 on the shared image encoder; the band is their range
     # "auto": the proportional form (one linear predictor across the grid, calibrated on val; core.models.heads)
@@ -187,9 +189,10 @@ def merge_settings(overrides: dict[str, Any] | None, epochs: int | None, ensembl
 
 
 def feature_dropout(setting: float | str, fusion: str) -> float:
-    """The probability of :data:`DEFAULTS` ``feature_dropout`` for ``fusion`` ("auto": 0.6 for ehr_only, else 0)."""
+    """The probability of :data:`DEFAULTS` ``feature_dropout`` for ``fusion`` ("auto": 0.6; image_only reads no
+    features, so nothing is hidden there)."""
     if setting == "auto":
-        return 0.6 if fusion == "ehr_only" else 0.0
+        return 0.0 if fusion == "image_only" else 0.6
     try:
         value = float(setting)
     except (TypeError, ValueError):
