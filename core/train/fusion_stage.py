@@ -81,7 +81,9 @@ def fit_member(cfg: ModelConfig, data: dict[str, torch.Tensor], table: pd.DataFr
         groups = [{"params": fast}, {"params": slow, "lr": settings["lr"] * c["finetune_lr_scale"]}]
     else:
         groups = None
-    hide = feature_dropout(settings.get("feature_dropout", 0.0), fusion)
+    # features are hidden only where there are features and events (core.train.loop.drop_features), and said so
+    readable = {"features_present", "event_mask"} <= set(data)
+    hide = feature_dropout(settings.get("feature_dropout", 0.0), fusion) if readable else 0.0
     if net.head.wide is not None:  # the linear EHR term is fitted after the network (see core.models.heads)
         net.head.wide.weight.requires_grad_(False)
     res = fit(net, data, train_idx, val_idx, survival_loss, c_index_score, epochs=settings["epochs"], lr=settings["lr"],
