@@ -102,7 +102,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
             first = next(iter(models))
             try:
                 out[first]["recalibration"] = _recalibrated_copy(ctx, models[first], cohort_dir, recalibrate, device)
-            except InputError as err:
+            except (InputError, OSError) as err:  # the validation above is still shown
                 out[first]["recalibration"] = {"error": inside(" ".join(str(err).split()))}
     finally:
         shutil.rmtree(Path(cohorts_dir) / cohort_dir.relative_to(cohorts_dir).parts[0], ignore_errors=True)
