@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from core.io.workbook import is_workbook
 
 if TYPE_CHECKING:  # es-aces is imported lazily: only the cohort command needs it
     from aces.config import TaskExtractorConfig
@@ -62,7 +63,7 @@ def read_meds(path: Path) -> pd.DataFrame:
         from core.io.delimited import read_csv_any
 
         raw = read_csv_any(path, text_names=SUBJECT_ALIASES)  # an id such as 007 stays 007
-    elif path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
+    elif is_workbook(b"", path.name):
         from core.io.timeline import read_timeline
 
         raw = read_timeline(path)  # an untrusted workbook, checked and read as an uploaded timeline is

@@ -58,7 +58,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
 REQUIRED = ("subject_id", "time", "code")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
-WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls")  # .xls is refused with its fix by core.io.workbook
 DEATH_CODE = "MEDS_DEATH"
 CSV_BLOCK_BYTES = 8 << 20
 
@@ -74,7 +73,7 @@ def _format(path: Path) -> str:
         head = fh.read(8)
     if head[:4] == b"PAR1":
         return "parquet"
-    if name.endswith(WORKBOOK_SUFFIXES) or is_workbook(head, name) or head[:4] == XLSX_MAGIC:
+    if is_workbook(head, name) or head[:4] == XLSX_MAGIC:  # .xls is refused with its fix by core.io.workbook
         return "xlsx"
     raise InputError("PATH", path.name, "is neither .parquet, .csv nor .xlsx",
                      "pass a MEDS timeline as .parquet, .csv or an .xlsx workbook")
@@ -176,8 +175,6 @@ def _first_line(err: BaseException) -> str:
 def _source_columns(path: Path, fmt: str) -> list[str]:
     if fmt == "parquet":
         return list(_parquet_dataset(path).schema.names)
-    if fmt == "xlsx":
-        return list(_workbook(path.read_bytes(), path.name)[1].values())
     return list(_csv_reader(path).schema.names)
 
 
@@ -287,6 +284,7 @@ def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
     out.attrs["unreadable_values"] = len(unreadable)
     out.attrs["unreadable_examples"] = list(dict.fromkeys(v[:24] for v in unreadable))[:3]
     out.attrs["source"] = path.name
+    out.attrs["columns"] = dict(mapping)  # the file's column for each MEDS column (summarize_file)
     return out
 
 
@@ -440,12 +438,12 @@ def _iso(t: pd.Timestamp | None) -> str | None:
 
 def _subject_ids(path: Path) -> pa.Array:
     fmt = _format(path)
+    if fmt == "xlsx":  # a workbook is read whole anyway
+        return pa.array(read_timeline(path)["subject_id"].unique())
     mapping = map_columns(_source_columns(path, fmt), path.name)
     col = mapping["subject_id"]
     if fmt == "parquet":
         ids = _parquet_dataset(path).to_table(columns=[col]).column(col)
-    elif fmt == "xlsx":
-        ids = _workbook(path.read_bytes(), path.name)[0].column(col)
     else:
         ids = _read_csv(path, {"subject_id": col}, None).column(col)
     return pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
@@ -486,14 +484,12 @@ def summarize_file(path: str | Path) -> dict[str, object]:
     p = _check_path(path)
     events = read_timeline(p)
     timed = events["time"].dropna()
-    fmt = _format(p)
-    mapping = map_columns(_source_columns(p, fmt), p.name)
     return {
         "n_subjects": int(events["subject_id"].nunique()),
         "n_events": int(len(events)),
         "n_deaths": int(events.loc[(events["code"] == DEATH_CODE) | events["code"].str.startswith(DEATH_CODE + "//"), "subject_id"].nunique()),
         "first_time": _iso(timed.min()) if len(timed) else None,
         "last_time": _iso(timed.max()) if len(timed) else None,
-        "columns": mapping,
+        "columns": events.attrs["columns"],
         "unreadable_values": int(events.attrs.get("unreadable_values", 0)),
     }
