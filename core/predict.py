@@ -32,6 +32,7 @@ from core.errors import InputError
 from core.ehr_read import feature_read, timeline_read
 from core.horizons import HORIZONS, beyond_grid
 from core.io.volume import Volume
+from core.models.config import CT_UNREAD
 from core.models.types import CaseInputs, CasePrediction
 from core.study_profile import (STATS, contrast_warning, model_profile, model_study_stats, outside, profile_warnings,
                                 series_like_training, withhold_reason)
@@ -71,6 +72,9 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
     model's encoder pixel is added here unless ``stats`` came from ``model_study_stats`` with its transforms)."""
     if volume is None or not model.config.image.voxels:
         return ImageRead()
+    if model.config.extra.get(CT_UNREAD):
+        return ImageRead(("This model's risk does not change with the CT: in training, the linear term of the tabular "
+                          "features gave its network weight 0, so it reads the features alone (its model card, Data).",))
     profile = model_profile(model.config)
     if profile is not None:
         if stats is None or "encoder_px_mm" not in stats:

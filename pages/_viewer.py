@@ -225,6 +225,9 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
             if raw is not None:
                 overlay_key = _map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
+                if not np.any(raw):
+                    st.info("This map is zero everywhere: this model's risk does not change with the CT (its model "
+                            "card's Data section says why).", icon=":material/info:")
     win = WINDOWS[window_name]
     _viewer(volume, source, subject_id, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
             bool(show_map), float(opacity), float(threshold), pred.slice_weights)

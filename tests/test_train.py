@@ -502,3 +502,38 @@ def test_every_unreadable_study_is_named_at_once(tmp_path: Path) -> None:
     assert f"{studies[3].name[:-7]} (NIfTI file: got {studies[3].name}, is truncated" in text
     assert f"{studies[7].name[:-7]} (study: got " in text and "drop their rows" in text
     assert not (tmp_path / "model").exists()
+
+
+def test_a_network_given_weight_0_by_the_linear_term_is_said_in_the_card(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """24 subjects, 2 epochs, features hidden in training: the linear EHR term fitted after the network keeps none of
+    it, so the CT is not read. The card, metrics.json and the saliency map say so (the map is zero)."""
+    from core.cohort import load_cohort
+    from core.demo import write_demo_cohort
+    from core.explain import attribute
+    from core.registry import load_model
+    from core.train import train_model
+    from core.train.model import _network_unread
+
+    cohort_dir = write_demo_cohort(tmp_path / "cohort", n=24, seed=3)
+    tiny = {"dim": 16, "image": {"epochs": 2, "size": 32, "channels": [4, 8, 8], "batch_size": 8, "z_scales": [3]}}
+    metrics = train_model(cohort_dir, "concat", tmp_path / "m", epochs=2, device="cpu", image_encoder_kind="2d",
+                          ensemble=1, overrides=tiny)
+    assert metrics["steps"]["feature_dropout"] == 0.6 and metrics["steps"]["ehr_linear"]["scale"] == 0.0
+    note = [n for n in metrics["data_notes"] if n.startswith("the network is not used")]
+    assert note and "gave its network weight 0 (14 train subjects" in note[0]
+    assert note[0] in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    model, cohort = load_model(tmp_path / "m", device="cpu"), load_cohort(cohort_dir)
+    inputs = model.case_inputs(cohort, cohort.ids()[0])
+    assert not np.abs(attribute(model, inputs, "saliency", 365.0, None, with_events=False).map).any()
+    assert model.config.extra["ct_unread"] == note[0]
+    capsys.readouterr()
+    assert cli_main(["predict", "--model", str(tmp_path / "m"), "--cohort", str(cohort_dir), "--subject",
+                     cohort.ids()[0], "--json"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert warnings[0].startswith("This model's risk does not change with the CT: in training, the linear term")
+    # counted over an ensemble's networks; kept scales, ehr_only and image_only give no note
+    info = [{"steps": {"ehr_linear": {"kept": True, "scale": s}}} for s in (0.0, 0.4, 0.0)]
+    assert "gave 2 of its 3 networks weight 0 (100 train" in _network_unread(info, "concat", n_train=100, train_events=40)[0]
+    assert _network_unread(info, "ehr_only", n_train=100, train_events=40) == []
+    assert _network_unread(info[1:2], "cross_attention", n_train=100, train_events=40) == []

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from core.preprocess.transforms import ImageTransforms
 
 FORMAT = "core.models.net.SurvivalNet/1"
+#: ``ModelConfig.extra`` key: set by training when the linear EHR term fitted after the networks gave every one of
+#: them weight 0, so the risk does not change with the CT; its value is the model card's note (``core.predict`` warns).
+CT_UNREAD = "ct_unread"
 #: The foundation backbone's default working grid (slices, rows, cols) and HU window (``core.models.i3resnet``).
 FOUNDATION_GRID: tuple[int, int, int] = (80, 112, 112)
 FOUNDATION_HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)

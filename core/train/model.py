@@ -17,7 +17,7 @@ from core.cohort_notes import coverage_notes
 from core.inputs import ehr_arrays, image_embedding_arrays
 from core.io.features import feature_notes
 from core.models import FUSIONS, HEADS, default_image_kind
-from core.models.config import FORMAT, EHRConfig, ImageConfig, ModelConfig
+from core.models.config import CT_UNREAD, FORMAT, EHRConfig, ImageConfig, ModelConfig
 from core.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from core.study_profile import image_cohort_profile
 from core.timeline_profile import PROFILE_KEY, reference_profile
@@ -139,6 +139,10 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
                                     label=f"{fusion}/{head}" + (f" {k + 1}/{n_members}" if n_members > 1 else ""))
         members.append(net_k)
         member_info.append(info_k)
+    unread = _network_unread(member_info, fusion, train_events=int(table["event"].to_numpy()[train_idx].sum()),
+                             n_train=len(train_idx))
+    if unread and len(_zero_scale(member_info)) == len(member_info) and not cfg.image_linear:
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, CT_UNREAD: unread[0]})  # predictions warn (core.predict)
     linear: list[tuple[torch.nn.Module, dict[str, Any]]] = []
     if fusion == "ehr_only" and settings["ehr_only_linear_members"] and n_members > 1:  # a linear model beside each network
         linear = linear_members(members, data, train_idx, penalty=float(settings["ehr_only_linear_penalty"]),
@@ -193,7 +197,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         "data_notes": (feature_notes(cohort.features) if ecfg.get("tabular") and not cfg.ehr.summarises_timeline else [])
         + coverage_notes(cohort, timeline=bool(ecfg.get("sequence") or cfg.ehr.summarises_timeline),
                          features=bool(ecfg.get("tabular")) and not cfg.ehr.summarises_timeline,
-                         studies=bool(cfg.image.voxels)),
+                         studies=bool(cfg.image.voxels)) + unread,
         "modalities": {"image": icfg["kind"], "ehr": [k for k in ("sequence", "tabular") if ecfg.get(k)] + (["embedding"] if ecfg.get("embedding_dim") else [])},
         "uncertainty": (f"ensemble of {n_members} seeds (range of the members' curves, widened to contain the mean)"
                         if n_members > 1 else "MC dropout (30 samples, 5th-95th percentile, widened to contain the point estimate)"),
@@ -221,6 +225,27 @@ def _image_linear_windows(settings: dict[str, Any], fusion: str, icfg: dict[str,
     else:
         on = bool(settings["fusion_study_stats"]) or (bool(settings["fusion_linear_members"]) and n_members > 1)
     return tuple(int(w) for w in settings["image_only_linear_windows"]) if on else ()  # checked by merge_settings
+
+
+def _network_unread(member_info: list[dict[str, Any]], fusion: str, *, n_train: int, train_events: int) -> list[str]:
+    """A data note when the linear EHR term fitted after an image + EHR network gave the network weight 0
+    (``solve_wide``'s scale, kept >= 0): that network's risk is then a linear model of the tabular features alone, no
+    gradient reaches the CT and its saliency maps are empty. Seen on a 24-subject cohort with features hidden in
+    training (``feature_dropout``): the network learnt too little for the fit to keep any of it. Empty otherwise."""
+    zero = _zero_scale(member_info)
+    if fusion in ("image_only", "ehr_only") or not zero:
+        return []
+    of = "its network" if len(member_info) == 1 else f"{len(zero)} of its {len(member_info)} networks"
+    return [f"the network is not used: the linear term of the tabular features, fitted after training, gave {of} "
+            f"weight 0 ({n_train} train subjects, {train_events} events), so the risk comes from the features alone, "
+            "the CT is not read and its saliency maps are empty; train on more subjects, or keep the features in every "
+            "batch (--feature-dropout 0)"]
+
+
+def _zero_scale(member_info: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The members whose network the linear EHR term kept at weight 0 (``solve_wide``'s scale)."""
+    return [i for i in member_info if (i.get("steps") or {}).get("ehr_linear", {}).get("kept")
+            and abs(float(i["steps"]["ehr_linear"]["scale"])) < 1e-9]
 
 
 def _linear_summary(member_info: list[dict[str, Any]], n_members: int) -> dict[str, Any] | None:
