@@ -129,6 +129,29 @@ def test_csv_bad_time_is_reported(tmp_path: Path) -> None:
         read_timeline(path)
 
 
+@pytest.mark.parametrize("clock", ["08:30", "8:30:15.5 PM", " 12:00 a.m."])
+def test_a_time_of_day_without_a_date_is_refused(tmp_path: Path, clock: str) -> None:
+    """pandas read a time alone as today's date: the event then came after every index time, or before all of them."""
+    import datetime
+
+    from core.io.timeline_times import index_times
+
+    path = tmp_path / "tl.csv"
+    path.write_text(f"subject_id,time,code\n1,2020-01-01 08:00,A\n1,{clock},B\n1,2020-01-02T10:00,C\n")
+    with pytest.raises(InputError, match=f"time: got {clock.strip()}, is a time of day without a date \\(1 such rows "
+                                         "in tl.csv; it would be read as today's date\\); fix: write the date with it"):
+        read_timeline(path)
+    book = tmp_path / "tl.xlsx"  # a cell typed as a time in Excel
+    pd.DataFrame({"subject_id": ["1", "1"], "time": [datetime.datetime(2020, 1, 1, 8), datetime.time(9, 30)],
+                  "code": ["A", "B"]}).to_excel(book, index=False)
+    with pytest.raises(InputError, match="time: got 09:30:00, is a time of day without a date"):
+        read_timeline(book)
+    with pytest.raises(InputError, match="index_time: got 09:00, is a time of day without a date"):
+        index_times(pd.Series(["2020-01-01", "09:00"]))
+    path.write_text("subject_id,time,code\n1,2020-01-01 08:30,A\n")  # with its date it is read
+    assert str(read_timeline(path)["time"].iloc[0]) == "2020-01-01 08:30:00"
+
+
 def test_missing_columns_list_what_was_found() -> None:
     with pytest.raises(InputError) as err:
         map_columns(["subject_id", "time", "value"], "x.csv")

@@ -6,6 +6,7 @@ rules pandas alone does not keep:
 
 - values with a UTC offset (or ``Z``) are converted to UTC and values without one are read as written, parsed apart
   (parsed together, pandas gives a value without an offset the offset of the row before it);
+- a time of day alone (08:30) is refused: pandas reads it as today's date;
 - numeric dates (03/04/2021) get one day / month order for the whole file, told by the dates with a number above 12
   (pandas alone read 03/04/2021 as March 4 and 25/04/2021 as April 25 in one file); a file with both orders, or
   with only dates that read either way, is refused with the fix. When only some subjects' rows are read, the order
@@ -33,6 +34,19 @@ def _with_offset(col: pa.ChunkedArray) -> np.ndarray:
 
     text = pc.utf8_trim_whitespace(col.cast(pa.string()))
     return pc.fill_null(pc.match_substring_regex(text, _OFFSET), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+#: a time of day with no date ("08:30", "8:30:15.5 pm"): pandas reads it as today's date
+_CLOCK_ONLY = r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[ap]\.?m\.?)?"
+
+
+def _clock_only(col: pa.ChunkedArray) -> np.ndarray:
+    """Which values of a text column are a time of day alone (``_CLOCK_ONLY``), matched in Arrow as ``_with_offset``."""
+    import pyarrow.compute as pc
+
+    text = pc.utf8_trim_whitespace(col.cast(pa.string()))
+    found = pc.match_substring_regex(text, f"^(?:{_CLOCK_ONLY})$", ignore_case=True)
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False).astype(bool)
 
 
 _NUMERIC_DATE = r"^(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b"
@@ -102,6 +116,11 @@ def to_datetime(col: pa.ChunkedArray, path: Path, whole: Callable[[], pa.Chunked
         return pd.to_datetime(col.to_pandas()).astype("datetime64[ns]").to_numpy()
     text = col.to_pandas().astype("string").str.strip()
     text = text.mask(text == "")
+    clock = _clock_only(col)
+    if clock.any():
+        raise InputError("time", str(text[clock].iloc[0]), f"is a time of day without a date ({int(clock.sum())} such "
+                         f"rows in {path.name}; it would be read as today's date)",
+                         "write the date with it, e.g. 2021-04-03 08:30")
     aware = _with_offset(col)
     parsed = _parse_times(text, "ISO8601", aware)
     bad = parsed.isna() & text.notna()
