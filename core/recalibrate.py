@@ -1,8 +1,9 @@
 """A copy of a model recalibrated to a site: ``python -m core recalibrate --model M --cohort DIR --out M2``.
 
 The model's curves for the site's patients (every subject of the cohort by default: a cohort the model never saw)
-give the two numbers of ``core.evaluate.recalibration`` (``H' = exp(a) * H ** b``). The copy holds the same
-weights; its config.json gains ``recalibration`` ({"a", "b", the site cohort, n, events, when}), which the network
+give the update of ``core.evaluate.recalibration`` (``log H' = a + c m(t) + b (log H - m(t))``: level, spread
+between patients, course over time). The copy holds the same weights; its config.json gains ``recalibration``
+({"offset" on the model's grid, "b", this fit's "a", "b", "c", the site cohort, n, events, when}), which the network
 applies to its final curve (``core.models.recalibration``); its metrics.json gains the report (before / after,
 cross-fitted) and its model card a section saying what changed and what did not (the ranking: C-index). A model
 recalibrated before is recalibrated again on top (the two fits composed). Caches of the original (reference
@@ -33,12 +34,14 @@ def card_section(entry: dict, report: dict) -> str:
         v = report.get(f"{key}_ci")
         return f" (95% CI {v[0]:.2f} to {v[1]:.2f})" if v else ""
 
+    composed = (f" Composed with the earlier recalibration, the copy applies log H' = offset(t) + {entry['b']:.3f} "
+                "log H." if entry.get("composed") else "")
     lines = [CARD_HEADING, "",
              f"- Recalibrated on `{entry['cohort']}` ({entry['n']} subjects, {entry['events']} events, "
-             f"{entry['split']}) on {entry['fitted']}: every curve's cumulative hazard H became exp(a) * H^b with "
-             f"a = {entry['a']:.3f}, b = {entry['b']:.3f}"
-             + (" (composed with an earlier recalibration)." if entry.get("composed") else ".")
-             + f" This fit alone: a = {report['a']:.3f}{ci('a')}, b = {report['b']:.3f}{ci('b')}.",
+             f"{entry['split']}) on {entry['fitted']}: every curve's cumulative hazard H became H' with "
+             "log H'(t) = a + c m(t) + b (log H(t) - m(t)), m(t) the mean log H of the site's patients at time t: "
+             f"a = {report['a']:.3f}{ci('a')} (level), b = {report['b']:.3f}{ci('b')} (spread between patients), "
+             f"c = {report['c']:.3f}{ci('c')} (course over time)." + composed,
              "- The weights are the original model's; the order of patients at each time is kept, so the ranking "
              "(C-index) is that of the original. The metrics above are the original model's on its own test split.",
              f"- On the site's patients ({report['folds']}-fold cross-fitted: each fold recalibrated by a fit on the "
@@ -91,8 +94,9 @@ def recalibrate_model(model_dir: Path | str, cohort_dir: Path | str, out: Path |
     report = recalibration_report(np.asarray(times), np.asarray(surv), rows["time"].to_numpy(float),
                                   rows["event"].to_numpy(float), horizons)
     previous = model.config.extra.get("recalibration")
-    a, b = compose(previous, (report["a"], report["b"]))
-    entry = {"a": a, "b": b, "cohort": label or Path(cohort_dir).name, "split": "every subject" if split == ALL_SPLITS
+    offset, b = compose(previous, report)
+    entry = {"offset": [float(v) for v in offset], "b": b, "fit": {k: report[k] for k in ("a", "b", "c")},
+             "cohort": label or Path(cohort_dir).name, "split": "every subject" if split == ALL_SPLITS
              else f"its {split} split", "n": report["n"], "events": report["events"],
              "fitted": clock.strftime("%Y-%m-%d"), "composed": bool(previous)}
     partial = out.with_name(out.name + ".partial")

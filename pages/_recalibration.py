@@ -15,8 +15,8 @@ from core.horizons import horizon_label
 from pages import _state as K
 
 HELP = ("The model keeps its weights and its order of patients; its curves are recalibrated to your cohort's "
-        "outcomes (every cumulative hazard H becomes exp(a) * H^b, a and b fitted on your patients), so that its "
-        "absolute risks match your site. The copy is added to your models; the original is unchanged. Needs at least "
+        "outcomes (three numbers fitted on your patients: the level of the risks, their spread between patients and "
+        "their course over time), so that its absolute risks match your site. The copy is added to your models; the original is unchanged. Needs at least "
         "20 events.")
 
 
@@ -36,10 +36,14 @@ def show(report: dict) -> None:
         return
     st.success(f"Saved **{report['label']}** to your models: pick it in the sidebar to score your patients with "
                "risks recalibrated to this cohort.", icon=":material/check_circle:")
-    st.markdown(f"**Recalibration** on {report['n']} patients, {report['events']} events: every cumulative hazard H "
-                f"became exp(a) * H^b with a = {report['a']:.3f}, b = {report['b']:.3f}"
-                + (f" (95% CI a {report['a_ci'][0]:.2f} to {report['a_ci'][1]:.2f}, b {report['b_ci'][0]:.2f} to "
-                   f"{report['b_ci'][1]:.2f})" if report.get("a_ci") else "") + ".")
+    def ci(key: str) -> str:
+        v = report.get(f"{key}_ci")
+        return f" (95% CI {v[0]:.2f} to {v[1]:.2f})" if v else ""
+
+    st.markdown(f"**Recalibration** on {report['n']} patients, {report['events']} events: level a = "
+                f"{report['a']:.3f}{ci('a')}, spread between patients b = {report['b']:.3f}{ci('b')}, course over time "
+                f"c = {report['c']:.3f}{ci('c')} (log H' = a + c m(t) + b (log H - m(t)), H the cumulative hazard, m(t) "
+                "its mean over your patients; b above 1: the model's risks were too close together).")
     before, after = report["before"], report["after"]
     rows = [{"horizon": horizon_label(float(h)), "mean predicted risk, before": cal["predicted"],
              "after": after["calibration"][h]["predicted"], "observed risk": cal["observed"],

@@ -20,6 +20,10 @@ SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "demo_models"
 GRID = np.linspace(0.0, 1825.0, 24)
 
 
+def GRID_OF(model_dir: Path) -> list[float]:
+    return json.loads((model_dir / "config.json").read_text())["edges"]
+
+
 def _site(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exponential survival with a log-normal frailty, uniform censoring: true curves and outcomes."""
     rng = np.random.default_rng(seed)
@@ -30,13 +34,14 @@ def _site(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def test_a_known_miscalibration_is_undone() -> None:
     """Curves whose cumulative hazard is 0.5 * H_true ** 0.7 (too optimistic, too close together): the fit finds
-    b = 1 / 0.7 and a = -b log 0.5 within its intervals, and the cross-fitted curves score the true curves' IBS."""
-    true, time, event = _site()
+    b = c = 1 / 0.7 and a = -b log 0.5 within its intervals, and the cross-fitted curves score the true curves' IBS."""
+    true, time, event = _site(n=2000)  # three numbers: 600 patients left b 0.2 off in one draw
     wrong = np.exp(-0.5 * (-np.log(true)) ** 0.7)
     report = recalibration_report(GRID, wrong, time, event, (365, 1825))
     b_true = 1 / 0.7
     a_true = -b_true * np.log(0.5)
     assert report["b_ci"][0] < b_true < report["b_ci"][1] and abs(report["b"] - b_true) < 0.1
+    assert report["c_ci"][0] < b_true < report["c_ci"][1]
     assert report["a_ci"][0] < a_true < report["a_ci"][1]
     oracle = recalibration_report(GRID, true, time, event, (365, 1825), n_boot=0)["before"]
     assert report["before"]["ibs"] > oracle["ibs"] + 0.02  # 0.182 against 0.154
@@ -46,6 +51,27 @@ def test_a_known_miscalibration_is_undone() -> None:
     assert abs(one_year["ici"] - oracle["calibration"][365]["ici"]) < 0.02
     assert abs(one_year["predicted"] - one_year["observed"]) < 0.05  # 0.180 predicted against 0.272 before
     assert report["nll_after"] < report["nll_before"] and report["note"] is None and report["folds"] == 5
+
+
+def test_risks_too_close_together_are_spread_apart() -> None:
+    """Each patient's log H pulled a third of the way to the mean at every time (the average curve right, the
+    spread a third): the fit finds b = 3 and c = 1, which the two-number update H' = exp(a) * H ** b (b = c) could
+    not (it had to bend the course of the average curve to spread the patients)."""
+    from core.evaluate.recalibration import log_hazard, mean_log_hazard
+
+    true, time, event = _site(n=2000, seed=4)
+    log_h, positive = log_hazard(true)
+    m = mean_log_hazard(true)
+    squeezed = np.where(positive, np.exp(-np.exp(m + (log_h - m) / 3)), 1.0)
+    report = recalibration_report(GRID, squeezed, time, event, (365, 1825))
+    assert report["b_ci"][0] < 3 < report["b_ci"][1] and report["c_ci"][0] < 1 < report["c_ci"][1]
+    assert abs(report["a"]) < 0.15
+    two = recalibration_report(GRID, squeezed, time, event, (365, 1825), n_boot=0)  # b = c: the old update
+    oracle = recalibration_report(GRID, true, time, event, (365,), n_boot=0)["before"]
+    assert abs(report["after"]["ibs"] - oracle["ibs"]) < 0.005
+    assert report["after"]["calibration"][365]["slope"] == pytest.approx(1.0, abs=0.35)
+    assert report["before"]["calibration"][365]["slope"] > 2.0
+    assert two["after"]["ibs"] == pytest.approx(report["after"]["ibs"])  # n_boot changes only the intervals
 
 
 def test_a_calibrated_model_is_left_as_it_is() -> None:
@@ -67,17 +93,27 @@ def test_too_few_events_and_bad_shapes_are_refused() -> None:
 
 
 def test_two_recalibrations_compose_and_the_network_applies_the_same_formula() -> None:
+    from core.evaluate.recalibration import mean_log_hazard, offsets
     from core.models.recalibration import SiteRecalibration
 
     true, _, _ = _site(n=20, seed=3)
-    twice = recalibrated(recalibrated(true, 0.3, 1.4), -0.2, 0.8)
-    np.testing.assert_allclose(recalibrated(true, *compose({"a": 0.3, "b": 1.4}, (-0.2, 0.8))), twice,
-                               atol=1e-5)  # S below 1e-12 is clamped before the log
-    site = SiteRecalibration(0.3, 1.4)
-    np.testing.assert_allclose(site(torch.as_tensor(true, dtype=torch.float64)).numpy(), recalibrated(true, 0.3, 1.4),
-                               atol=1e-12)
+    first = {"offset": offsets(0.3, 1.4, 0.9, mean_log_hazard(true)), "b": 1.4}
+    once = recalibrated(true, first["offset"], 1.4)
+    then = {"offset": offsets(-0.2, 0.8, 1.1, mean_log_hazard(once)), "b": 0.8}
+    twice = recalibrated(once, then["offset"], 0.8)
+    kept = once > 1e-10  # S below 1e-12 is clamped before the log: the second update then starts from 1e-12
+    np.testing.assert_allclose(recalibrated(true, *compose(first, then))[kept], twice[kept], atol=1e-6)
+    old = {"a": 0.3, "b": 1.4}  # an entry written before offsets (session 41): one a for every time
+    older = recalibrated(true, 0.3, 1.4)
+    np.testing.assert_allclose(recalibrated(true, *compose(old, then))[older > 1e-10],
+                               recalibrated(older, then["offset"], 0.8)[older > 1e-10], atol=1e-6)
+    site = SiteRecalibration(first["offset"].tolist(), 1.4)
+    np.testing.assert_allclose(site(torch.as_tensor(true, dtype=torch.float64)).numpy(), once, atol=1e-12)
+    assert (np.diff(once, axis=1) <= 0).all() and (once[:, 0] == 1).all()  # S(0) = 1 kept, curves non-increasing
     with pytest.raises(ValueError, match="b must be a positive number"):
         SiteRecalibration(0.0, -1.0)
+    with pytest.raises(ValueError, match="got 3 offsets for a model with 24 time points"):
+        SiteRecalibration.from_config({"offset": [0.0, 0.1, 0.2], "b": 1.0}, 24)
 
 
 @pytest.mark.slow
@@ -104,7 +140,8 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     report = recalibrate_model(original, site, tmp_path / "copy")
     copy = tmp_path / "copy"
     entry = json.loads((copy / "config.json").read_text())["recalibration"]
-    assert entry["a"] == report["a"] < -0.3 and entry["n"] == 150 and entry["cohort"] == "site"
+    assert entry["fit"]["a"] == report["a"] < -0.3 and entry["n"] == 150 and entry["cohort"] == "site"
+    assert entry["b"] == report["b"] and len(entry["offset"]) == len(GRID_OF(copy))
     assert not (copy / "reference_curves.json").exists() and (copy / "model.safetensors").exists()
     assert CARD_HEADING in (copy / "MODEL_CARD.md").read_text()
     from core.report import card_summary  # the case report says so first
@@ -117,14 +154,15 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     before, after = load_model(original), load_model(copy)
     times, s0 = predict_cohort(before, cohort, ids)
     _, s1 = predict_cohort(after, cohort, ids)
-    np.testing.assert_allclose(s1, recalibrated(s0, entry["a"], entry["b"]), atol=2e-5)
+    np.testing.assert_allclose(s1, recalibrated(s0, np.asarray(entry["offset"]), entry["b"]), atol=2e-5)
     one_year = int(np.searchsorted(times, 365.0))
     t, e = table.set_index("subject_id").loc[ids, "time"].to_numpy(), table.set_index("subject_id").loc[ids, "event"].to_numpy()
     assert harrell_c(t, e.astype(bool), 1 - s1[:, one_year]) == pytest.approx(harrell_c(t, e.astype(bool), 1 - s0[:, one_year]))
     case0 = before.predict_case(before.case_inputs(cohort, ids[0]), HORIZONS)
     case1 = after.predict_case(after.case_inputs(cohort, ids[0]), HORIZONS)
     for name in ("survival", "lower", "upper"):  # the band of the ensemble's members too
-        np.testing.assert_allclose(getattr(case1, name), recalibrated(getattr(case0, name), entry["a"], entry["b"]),
+        np.testing.assert_allclose(getattr(case1, name), recalibrated(getattr(case0, name), np.asarray(entry["offset"]),
+                                                                              entry["b"]),
                                    atol=2e-5)
     from core.predict import prediction_json
 
@@ -138,7 +176,8 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     assert out.startswith("fitted on 150 subjects") and "integrated Brier score" in out and "wrote " in out
     again = json.loads((tmp_path / "again" / "config.json").read_text())["recalibration"]
     second = json.loads((tmp_path / "again" / "metrics.json").read_text())["recalibration"]
-    assert again["composed"] and (again["a"], again["b"]) == pytest.approx(compose(entry, (second["a"], second["b"])))
+    off, b = compose(entry, second)
+    assert again["composed"] and again["b"] == pytest.approx(b) and again["offset"] == pytest.approx(off.tolist())
     assert abs(second["a"]) < 0.15 and abs(second["b"] - 1) < 0.15  # the copy is already calibrated to this site
     assert (tmp_path / "again" / "MODEL_CARD.md").read_text().count(CARD_HEADING) == 1
 

@@ -42,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res, allow_nan=False, default=float))
         return 0
-    print(f"fitted on {res['n']} subjects, {res['events']} events: H' = exp(a) * H^b with a = {res['a']:.3f}, "
-          f"b = {res['b']:.3f}" + (f" (95% CI a {res['a_ci'][0]:.2f} to {res['a_ci'][1]:.2f}, b {res['b_ci'][0]:.2f} "
-                                   f"to {res['b_ci'][1]:.2f})" if res.get("a_ci") else ""))
+    print(f"fitted on {res['n']} subjects, {res['events']} events: log H' = a + c m(t) + b (log H - m(t)) with "
+          f"a = {res['a']:.3f} (level), b = {res['b']:.3f} (spread), c = {res['c']:.3f} (course over time)"
+          + (f"; 95% CI a {res['a_ci'][0]:.2f} to {res['a_ci'][1]:.2f}, b {res['b_ci'][0]:.2f} to "
+             f"{res['b_ci'][1]:.2f}, c {res['c_ci'][0]:.2f} to {res['c_ci'][1]:.2f}" if res.get("a_ci") else ""))
     print(f"{res['folds']}-fold cross-fitted on this cohort (before -> after):")
     ibs = (res["before"]["ibs"], res["after"]["ibs"])
     if None not in ibs:

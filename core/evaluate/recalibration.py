@@ -1,19 +1,27 @@
 """Recalibration of predicted survival curves to a new site, fitted on that site's outcomes.
 
 A model validated at another hospital usually keeps its ranking (C-index) but not its absolute risks: the site's
-patients fare better or worse than the training site's. The update that keeps the model (the recalibration step of
-model updating, Steyerberg, Clinical Prediction Models, ch. 20) is two numbers on the cumulative hazard
-``H = -log S``::
+patients fare better or worse than the training site's, and their predicted risks are too close together or too
+far apart. The update that keeps the model (the recalibration step of model updating, Steyerberg, Clinical
+Prediction Models, ch. 20) acts on the cumulative hazard ``H = -log S`` on the complementary log-log scale::
 
-    H'(t | x) = exp(a) * H(t | x) ** b          log H' = a + b log H   (complementary log-log scale)
+    log H'(t | x) = a + c m(t) + b (log H(t | x) - m(t))
 
-``a`` scales every patient's cumulative hazard by one factor (calibration in the large: for a proportional hazards
-model, its baseline hazard); ``b`` stretches or shrinks the spread between patients (the calibration slope). With
-``b > 0`` the order of patients at each time is kept. ``a`` and ``b`` maximise the likelihood of the site's
-right-censored times on the model's time grid (an event: the probability of the grid interval that holds it; a
-censored time: the survival at it, linear between grid points; beyond the grid: the survival at its end).
+with ``m(t)`` the mean of ``log H(t | x)`` over the site's patients at time ``t``. ``a`` sets the level of every
+patient's hazard (calibration in the large), ``b`` the spread between patients at each time (the calibration
+slope: ``b > 1`` when the predicted risks are too close together) and ``c`` the course of the average curve over
+time. ``b = c`` is the two-number update ``H' = exp(a) * H ** b``, in which one number set both the spread and the
+course: on 400 new demo patients the shipped ehr_only's Cox calibration slope was 2.2, and that update found
+b = 1.15 (the spread at the cost of the course) and left it nearly alone (docs/BENCHMARKS.md). Applied, the update
+is ``log H' = offset(t) + b log H`` with ``offset(t) = a + (c - b) m(t)`` on the model's time grid (kept with the
+model); a cumulative hazard of 0 stays 0 and each curve is kept non-increasing (``H'`` is held at its running
+maximum over time). With ``b > 0`` the order of patients at each time is kept (up to a curve held flat).
 
-:func:`recalibration_report` fits them on every subject, with a bootstrap interval, and measures what they gain
+``a``, ``b`` and ``c`` maximise the likelihood of the site's right-censored times on the model's time grid (an
+event: the probability of the grid interval that holds it; a censored time: the survival at it, linear between
+grid points; beyond the grid: the survival at its end).
+
+:func:`recalibration_report` fits them on every subject, with bootstrap intervals, and measures what they gain
 honestly: the curves of each of ``folds`` folds recalibrated by a fit on the other folds (cross-fitting), against
 the original curves, by integrated Brier score and calibration at each horizon. The network applies a fit with
 ``core.models.recalibration.SiteRecalibration`` (the same formula on tensors).
@@ -26,7 +34,8 @@ the original curves, by integrated Brier score and calibration at each horizon. 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -34,28 +43,56 @@ from scipy.optimize import minimize
 from core.errors import InputError
 
 EPS = 1e-12
-MIN_EVENTS = 20  # two parameters: fewer events give a fit that moves with each patient
+MIN_EVENTS = 20  # three parameters: fewer events give a fit that moves with each patient
 FEW_EVENTS = 100  # below: the slope is uncertain (the report says so)
-BOUNDS = ((-6.0, 6.0), (np.log(0.2), np.log(5.0)))  # a; log b
+BOUNDS = ((-6.0, 6.0), (np.log(0.2), np.log(10.0)), (np.log(0.2), np.log(5.0)))  # a; log b; log c
 
 
-def recalibrated(surv: np.ndarray, a: float, b: float) -> np.ndarray:
-    """``exp(-exp(a) * (-log S) ** b)`` of curves ``surv`` ``[..., T]``."""
+def log_hazard(surv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log H`` of curves ``[..., T]`` (0 where ``H`` is 0) and where ``H > 0`` (S is clamped to [EPS, 1])."""
     hazard = -np.log(np.clip(np.asarray(surv, dtype=float), EPS, 1.0))
-    return np.exp(-np.exp(a) * hazard ** b)
+    positive = hazard > 0
+    return np.log(np.where(positive, hazard, 1.0)), positive
 
 
-def compose(first: dict | None, then: tuple[float, float]) -> tuple[float, float]:
-    """(a, b) of a recalibration ``then`` applied after ``first`` (a model already recalibrated to another site).
+def mean_log_hazard(surv: np.ndarray) -> np.ndarray:
+    """``m(t)``: the mean ``log H`` at each time over the curves with ``H > 0`` there (0 where none has)."""
+    log_h, positive = log_hazard(np.asarray(surv, dtype=float).reshape(-1, np.shape(surv)[-1]))
+    return np.where(positive, log_h, 0.0).sum(0) / np.maximum(positive.sum(0), 1)
 
-    >>> compose({"a": 0.5, "b": 2.0}, (0.1, 0.5))
-    (0.35, 1.0)
+
+def offsets(a: float, b: float, c: float, m: np.ndarray) -> np.ndarray:
+    """``offset(t) = a + (c - b) m(t)``: the update as ``log H' = offset(t) + b log H``."""
+    return a + (c - b) * np.asarray(m, dtype=float)
+
+
+def recalibrated(surv: np.ndarray, offset: float | np.ndarray, b: float) -> np.ndarray:
+    """Curves ``surv`` ``[..., T]`` with ``log H' = offset + b log H`` (``offset`` a number or ``[T]``), ``H = 0``
+    kept, each curve held non-increasing."""
+    log_h, positive = log_hazard(surv)
+    hazard = np.where(positive, np.exp(np.asarray(offset, dtype=float) + b * log_h), 0.0)
+    return np.exp(-np.maximum.accumulate(hazard, axis=-1))
+
+
+def entry_offsets(entry: Mapping[str, Any], n_times: int) -> np.ndarray:
+    """The ``[T]`` offsets of a config.json ``recalibration`` entry (one written by session 41 holds ``a`` only)."""
+    if "offset" in entry:
+        return np.asarray(entry["offset"], dtype=float)
+    return np.full(n_times, float(entry["a"]))
+
+
+def compose(first: Mapping[str, Any] | None, then: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    """``(offset, b)`` of a recalibration ``then`` (a fit: ``offset``, ``b``) applied after ``first`` (the entry of a
+    model already recalibrated to another site): ``offset_then + b_then * offset_first``, ``b_first * b_then``.
+
+    >>> off, b = compose({"a": 0.5, "b": 2.0}, {"offset": [0.1, 0.1], "b": 0.5})
+    >>> off.tolist(), b
+    ([0.35, 0.35], 1.0)
     """
+    off2, b2 = np.asarray(then["offset"], dtype=float), float(then["b"])
     if not first:
-        return then
-    a1, b1 = float(first["a"]), float(first["b"])
-    a2, b2 = then
-    return a2 + b2 * a1, b1 * b2
+        return off2, b2
+    return off2 + b2 * entry_offsets(first, off2.size), float(first["b"]) * b2
 
 
 def _likelihood_parts(grid: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -70,9 +107,12 @@ def _likelihood_parts(grid: np.ndarray, time: np.ndarray, event: np.ndarray) -> 
     return lo, hi, weight, is_event
 
 
-def _nll(params: np.ndarray, surv: np.ndarray, parts: tuple[np.ndarray, ...]) -> float:
+def _nll(params: np.ndarray, log_h: np.ndarray, positive: np.ndarray, m: np.ndarray,
+         parts: tuple[np.ndarray, ...]) -> float:
     lo, hi, weight, is_event = parts
-    s = recalibrated(surv, float(params[0]), float(np.exp(params[1])))
+    a, b, c = float(params[0]), float(np.exp(params[1])), float(np.exp(params[2]))
+    hazard = np.where(positive, np.exp(offsets(a, b, c, m) + b * log_h), 0.0)
+    s = np.exp(-np.maximum.accumulate(hazard, axis=-1))
     rows = np.arange(s.shape[0])
     s_lo, s_hi = s[rows, lo], s[rows, hi]
     lik = np.where(is_event, s_lo - s_hi, (1 - weight) * s_lo + weight * s_hi)
@@ -91,18 +131,21 @@ def _check(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarr
 
 
 def fit_recalibration(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray, *,
-                      min_events: int = MIN_EVENTS) -> dict[str, float]:
-    """``{"a", "b", "nll_before", "nll_after"}`` (negative log-likelihoods summed over the subjects); InputError
-    with fewer than ``min_events`` events."""
+                      min_events: int = MIN_EVENTS) -> dict[str, Any]:
+    """``{"a", "b", "c", "offset" ([T] list), "nll_before", "nll_after"}`` (negative log-likelihoods summed over the
+    subjects); InputError with fewer than ``min_events`` events. Never worse than the curves as they are."""
     grid, surv = np.asarray(grid, dtype=float), np.asarray(surv, dtype=float)
     time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=float)
     _check(grid, surv, time, event, min_events)
     parts = _likelihood_parts(grid, time, event)
-    start = np.zeros(2)
-    before = _nll(start, surv, parts)
-    res = minimize(_nll, start, args=(surv, parts), method="L-BFGS-B", bounds=BOUNDS)
-    params = res.x if res.fun <= before else start  # never worse than the model as it is
-    return {"a": float(params[0]), "b": float(np.exp(params[1])), "nll_before": before,
+    log_h, positive = log_hazard(surv)
+    m = mean_log_hazard(surv)
+    start = np.zeros(3)
+    before = _nll(start, log_h, positive, m, parts)
+    res = minimize(_nll, start, args=(log_h, positive, m, parts), method="L-BFGS-B", bounds=BOUNDS)
+    params = res.x if res.fun <= before else start
+    a, b, c = float(params[0]), float(np.exp(params[1])), float(np.exp(params[2]))
+    return {"a": a, "b": b, "c": c, "offset": offsets(a, b, c, m).tolist(), "nll_before": before,
             "nll_after": float(min(res.fun, before))}
 
 
@@ -119,7 +162,7 @@ def cross_fitted(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np
     for k in range(folds):
         test = fold == k
         fit = fit_recalibration(grid, surv[~test], time[~test], event[~test], min_events=1)  # the whole passed
-        out[test] = recalibrated(surv[test], fit["a"], fit["b"])
+        out[test] = recalibrated(surv[test], np.asarray(fit["offset"]), fit["b"])
     return out
 
 
@@ -140,7 +183,8 @@ def _summary(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.nda
 
 def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray,
                          horizons: Sequence[float], *, folds: int = 5, n_boot: int = 100, seed: int = 0) -> dict:
-    """The fit on every subject (``a``, ``b``, their bootstrap 95 % intervals ``a_ci``, ``b_ci``), ``n``,
+    """The fit on every subject (``a``, ``b``, ``c``, ``offset``, bootstrap 95 % intervals ``a_ci``, ``b_ci``,
+    ``c_ci``), ``n``,
     ``events``, ``folds``, ``note`` (few events, or None), and ``before`` / ``after``: C-index, integrated Brier
     score and calibration per horizon (``core.evaluate.calibration.calibration_at``'s groups, ICI, slope and
     intercept, with the mean predicted risk and the Kaplan-Meier observed risk of all subjects) of the original
@@ -154,7 +198,7 @@ def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, e
         idx = rng.integers(0, time.size, time.size)
         if int((event[idx] > 0).sum()) >= MIN_EVENTS:
             one = fit_recalibration(grid, surv[idx], time[idx], event[idx])
-            draws.append((one["a"], one["b"]))
+            draws.append((one["a"], one["b"], one["c"]))
     ci = np.quantile(np.array(draws), [0.025, 0.975], axis=0) if len(draws) >= 20 else None
     n_events = int((event > 0).sum())
     k = int(min(folds, max(2, n_events // 10)))
@@ -162,6 +206,7 @@ def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, e
     return {
         **fit, "a_ci": None if ci is None else [float(ci[0, 0]), float(ci[1, 0])],
         "b_ci": None if ci is None else [float(ci[0, 1]), float(ci[1, 1])],
+        "c_ci": None if ci is None else [float(ci[0, 2]), float(ci[1, 2])],
         "n": int(time.size), "events": n_events, "folds": k,
         "note": (f"{n_events} events (fewer than {FEW_EVENTS}): the slope b is uncertain, see its interval"
                  if n_events < FEW_EVENTS else None),

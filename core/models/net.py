@@ -97,7 +97,7 @@ class SurvivalNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         # a site's recalibration of the final curve (core.models.recalibration; an ensemble applies it to its mean)
-        self.recalibration = SiteRecalibration.from_config(cfg.extra.get("recalibration"))
+        self.recalibration = SiteRecalibration.from_config(cfg.extra.get("recalibration"), len(cfg.edges))
         dim, dropout, icfg, ecfg = cfg.dim, cfg.dropout, cfg.image, cfg.ehr
         self.image_kind = icfg.kind
         self.image_encoder = build_image_encoder(icfg)
@@ -328,7 +328,7 @@ class EnsembleNet(nn.Module):
         if int(k) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {k}")
         self.cfg = cfg
-        self.recalibration = SiteRecalibration.from_config(cfg.extra.get("recalibration"))
+        self.recalibration = SiteRecalibration.from_config(cfg.extra.get("recalibration"), len(cfg.edges))
         member_cfg = dataclasses.replace(cfg, extra={k: v for k, v in cfg.extra.items() if k != "recalibration"})
         members = [SurvivalNet(member_cfg) for _ in range(int(k))]
         for m in members[1:]:

@@ -1,9 +1,12 @@
-"""A model's survival curves recalibrated to a site: ``H'(t | x) = exp(a) * H(t | x) ** b`` with ``H = -log S``.
+"""A model's survival curves recalibrated to a site: ``log H'(t) = offset(t) + b log H(t)`` with ``H = -log S``.
 
-The two numbers are fitted on a site's own outcomes (``core.evaluate.recalibration``) and kept in the model's
-config.json under ``recalibration``; the network applies them to its final curve (an ensemble's mean curve and
-each member's curve of its band), so every prediction, evaluation and explanation of the copy reads the
-recalibrated curve. With ``b > 0`` the order of patients at each time is kept: discrimination is unchanged.
+The update is fitted on a site's own outcomes (``core.evaluate.recalibration``: ``offset(t) = a + (c - b) m(t)``,
+``a`` the level, ``b`` the spread between patients, ``c`` the course over time, ``m(t)`` the site's mean log H) and
+kept in the model's config.json under ``recalibration`` (``offset`` on the model's time grid and ``b``; an entry
+written before holds one number ``a`` for every time). The network applies it to its final curve (an ensemble's
+mean curve and each member's curve of its band), so every prediction, evaluation and explanation of the copy reads
+the recalibrated curve. A cumulative hazard of 0 stays 0 and each curve is held non-increasing. With ``b > 0`` the
+order of patients at each time is kept: discrimination is unchanged.
 
 >>> site = SiteRecalibration.from_config({"a": 0.0, "b": 1.0})
 >>> bool(torch.allclose(site(torch.tensor([[1.0, 0.8, 0.5]])), torch.tensor([[1.0, 0.8, 0.5]])))
@@ -15,7 +18,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,20 +27,31 @@ EPS = 1e-12  # S is clamped to [EPS, 1] before the log: S = 0 stays (about) 0
 
 
 class SiteRecalibration:
-    """``S'(t) = exp(-exp(a) * (-log S(t)) ** b)`` on a batch of curves ``[..., T]`` (torch)."""
+    """``S'(t) = exp(-H'(t))``, ``log H' = offset(t) + b log H`` held non-increasing in S, on curves ``[..., T]``."""
 
-    def __init__(self, a: float, b: float) -> None:
-        if not (math.isfinite(a) and math.isfinite(b) and b > 0):
-            raise ValueError(f"recalibration: got a={a}, b={b}; fix: b must be a positive number, a a finite one")
-        self.a, self.b = float(a), float(b)
+    def __init__(self, offset: float | Sequence[float], b: float) -> None:
+        values = [float(offset)] if isinstance(offset, (int, float)) else [float(v) for v in offset]
+        if not (values and all(math.isfinite(v) for v in values) and math.isfinite(b) and b > 0):
+            raise ValueError(f"recalibration: got offset={offset}, b={b}; fix: b must be a positive number, the "
+                             "offsets finite numbers")
+        self.offset, self.b = torch.tensor(values, dtype=torch.float64), float(b)
 
     @classmethod
-    def from_config(cls, entry: Mapping[str, Any] | None) -> SiteRecalibration | None:
-        """The recalibration of a config.json ``recalibration`` entry ({"a", "b", ...}), None without one."""
+    def from_config(cls, entry: Mapping[str, Any] | None, n_times: int | None = None) -> SiteRecalibration | None:
+        """The recalibration of a config.json ``recalibration`` entry (``offset`` and ``b``, or ``a`` and ``b``),
+        None without one; ValueError when its offsets do not match the model's ``n_times`` grid points."""
         if not entry:
             return None
-        return cls(float(entry["a"]), float(entry["b"]))
+        offset = entry["offset"] if "offset" in entry else float(entry["a"])
+        if n_times is not None and not isinstance(offset, float) and len(offset) != n_times:
+            raise ValueError(f"recalibration: got {len(offset)} offsets for a model with {n_times} time points; fix: "
+                             "recalibrate the model again (python -m core recalibrate)")
+        return cls(offset, float(entry["b"]))
 
     def __call__(self, surv: torch.Tensor) -> torch.Tensor:
         hazard = -torch.log(surv.clamp(min=EPS, max=1.0))
-        return torch.exp(-math.exp(self.a) * hazard.pow(self.b))
+        positive = hazard > 0
+        offset = self.offset.to(device=surv.device, dtype=surv.dtype)
+        new = torch.where(positive, torch.exp(offset + self.b * torch.log(torch.where(positive, hazard, 1.0))),
+                          torch.zeros_like(hazard))
+        return torch.exp(-torch.cummax(new, dim=-1).values)
