@@ -104,7 +104,10 @@ def test_ehr_only_model_carries_the_forest_and_reloads_it(forest_model: tuple[Pa
     absent = dict(batch, features_present=torch.zeros(len(ids)))
     with torch.no_grad():
         out0 = net(absent)
-        members0 = torch.stack([m(absent)["survival"] for m in net.members]).mean(0)
+        # ... of its networks: the linear members (features alone) are left out too
+        networks = [m for m, only in zip(net.members, net.feature_only_members()) if not only]
+        members0 = torch.stack([m(absent)["survival"] for m in networks]).mean(0)
+    assert 0 < len(networks) < len(net.members)
     assert torch.allclose(out0["survival"], members0, atol=1e-6)
 
 

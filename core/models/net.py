@@ -363,19 +363,50 @@ class EnsembleNet(nn.Module):
     def encode_image(self, prepared: torch.Tensor) -> torch.Tensor:
         return self.first.encode_image(prepared)
 
+    def feature_only_members(self) -> list[bool]:
+        """Which members read the tabular features alone: ehr_only's linear members (``core.train.ehr.linear_members``:
+        a network copy whose weights to the head are 0, its linear EHR term fitted alone), not the linear members of
+        a detector's study statistics (``study_stats``), which read the CT."""
+        out = []
+        for m in self.members:
+            head = m.head  # type: ignore[union-attr]
+            out.append(bool(m.ehr_wide_dim) and m.study_stats is None and head.wide is not None  # type: ignore[union-attr]
+                       and not bool(head.linear.weight.detach().any()))
+        return out
+
+    def _member_weights(self, batch: NetBatch, like: torch.Tensor) -> torch.Tensor:
+        """``[k, B]`` weights of the members in the mean curve: equal, except that a member reading the features alone
+        is left out for a subject without features (it would give the training mean's curve, and halve the spread of
+        the networks that read the subject's timeline: docs/BENCHMARKS.md, session 42)."""
+        k, b = len(self.members), like.shape[0]
+        weight = torch.ones(k, b, device=like.device)
+        only = torch.tensor(self.feature_only_members(), device=like.device)
+        if bool(only.any()) and not bool(only.all()):
+            absent = (torch.ones(b, dtype=torch.bool, device=like.device) if "features" not in batch
+                      else batch["features_present"].to(like.device).float() <= 0)
+            weight[only[:, None] & absent[None, :]] = 0.0
+        return weight / weight.sum(0, keepdim=True)
+
     def forward(self, batch: NetBatch) -> dict[str, Any]:
         if "image" in batch and batch["image"] is not None and self.image_encoder is not None and self.has_image:
             image = batch["image"]
             n = int(batch["n_slices"]) if "n_slices" in batch else int(image.shape[1])
             batch = with_image_tokens(batch, self.encode_image(image), n)
         outs = [m(batch) for m in self.members]
+        weight = self._member_weights(batch, outs[0]["survival"])  # [k, B], each column sums to 1
 
         def mean(key: str) -> torch.Tensor | None:
             vals = [o[key] for o in outs]
-            return None if vals[0] is None else torch.stack(vals).mean(0)
+            if vals[0] is None:
+                return None
+            stacked = torch.stack(vals)
+            w = weight.to(stacked).reshape(weight.shape + (1,) * (stacked.dim() - 2))
+            return (stacked * w).sum(0)
 
         attention = {k: torch.stack([o["attention"][k] for o in outs]).mean(0) for k in outs[0]["attention"]}
         surv, risk, member_survival = mean("survival"), mean("risk"), torch.stack([o["survival"] for o in outs])
+        # a member left out for a subject is shown at the mean curve in the band (inside the others' range)
+        member_survival = torch.where(weight[:, :, None].to(surv.device) > 0, member_survival, surv[None])
         if self.forest is not None and "features" in batch:  # subjects without features keep the members' curve
             sf = self.forest(SurvivalNet._features_and_missing(batch)).to(surv)
             w = self.forest_weight * (batch["features_present"].float() > 0).to(surv)[:, None]
