@@ -118,7 +118,8 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
                      "of the scaled tabular features and their missing indicators, fitted alone on the train split (ridge "
                      + (f"penalty {blend['penalty']:g}" if "penalties_cv" not in blend else "penalties "
                         + ", ".join(f"{p:g}" for p in blend["penalties_cv"]) + ", each chosen by 5-fold cross-validation")
-                     + " on the mean NLL); the curve is the mean over the networks and them.")
+                     + " on the mean NLL); the curve is the mean over the networks and them (the networks' alone for "
+                     "a case without any clinical value, for which a linear model gives the training mean's curve).")
     elif cfg.ehr_linear:
         lines.append("- Linear EHR term: the head adds a linear function of the scaled tabular features and their "
                      "missing indicators, fitted on the train split after the network (ridge-penalised maximum "
