@@ -534,6 +534,9 @@ def test_a_network_given_weight_0_by_the_linear_term_is_said_in_the_card(tmp_pat
     assert warnings[0].startswith("This model's risk does not change with the CT: in training, the linear term")
     # counted over an ensemble's networks; kept scales, ehr_only and image_only give no note
     info = [{"steps": {"ehr_linear": {"kept": True, "scale": s}}} for s in (0.0, 0.4, 0.0)]
-    assert "gave 2 of its 3 networks weight 0 (100 train" in _network_unread(info, "concat", n_train=100, train_events=40)[0]
+    assert _network_unread(info, "concat", n_train=100, train_events=40)[0].startswith(
+        "2 of the 3 networks are not used: the linear term of the tabular features, fitted after training, gave them "
+        "weight 0 (100 train subjects, 40 events), so their risk comes from the features alone and only the other")
+    assert "gave all 2 of its networks weight 0" in _network_unread(info[::2], "concat", n_train=9, train_events=4)[0]
     assert _network_unread(info, "ehr_only", n_train=100, train_events=40) == []
     assert _network_unread(info[1:2], "cross_attention", n_train=100, train_events=40) == []

@@ -235,11 +235,15 @@ def _network_unread(member_info: list[dict[str, Any]], fusion: str, *, n_train: 
     zero = _zero_scale(member_info)
     if fusion in ("image_only", "ehr_only") or not zero:
         return []
-    of = "its network" if len(member_info) == 1 else f"{len(zero)} of its {len(member_info)} networks"
+    fix = "train on more subjects, or keep the features in every batch (--feature-dropout 0)"
+    if len(zero) < len(member_info):
+        return [f"{len(zero)} of the {len(member_info)} networks are not used: the linear term of the tabular features, "
+                f"fitted after training, gave them weight 0 ({n_train} train subjects, {train_events} events), so "
+                "their risk comes from the features alone and only the other networks read the CT; " + fix]
+    of = "its network" if len(member_info) == 1 else f"all {len(member_info)} of its networks"
     return [f"the network is not used: the linear term of the tabular features, fitted after training, gave {of} "
             f"weight 0 ({n_train} train subjects, {train_events} events), so the risk comes from the features alone, "
-            "the CT is not read and its saliency maps are empty; train on more subjects, or keep the features in every "
-            "batch (--feature-dropout 0)"]
+            f"the CT is not read and its saliency maps are empty; {fix}"]
 
 
 def _zero_scale(member_info: list[dict[str, Any]]) -> list[dict[str, Any]]:
