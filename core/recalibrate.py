@@ -38,7 +38,8 @@ def card_section(entry: dict, report: dict) -> str:
                 "log H." if entry.get("composed") else "")
     lines = [CARD_HEADING, "",
              f"- Recalibrated on `{entry['cohort']}` ({entry['n']} subjects, {entry['events']} events, "
-             f"{entry['split']}) on {entry['fitted']}: every curve's cumulative hazard H became H' with "
+             f"{entry['split']}) on {entry['fitted']}: its absolute risks are this site's.",
+             "- Every curve's cumulative hazard H became H' with "
              "log H'(t) = a + c m(t) + b (log H(t) - m(t)), m(t) the mean log H of the site's patients at time t: "
              f"a = {report['a']:.3f}{ci('a')} (level), b = {report['b']:.3f}{ci('b')} (spread between patients), "
              f"c = {report['c']:.3f}{ci('c')} (course over time)." + composed,

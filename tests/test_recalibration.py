@@ -146,7 +146,8 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     assert CARD_HEADING in (copy / "MODEL_CARD.md").read_text()
     from core.report import card_summary  # the case report says so first
 
-    assert card_summary((copy / "MODEL_CARD.md").read_text()).startswith("Recalibrated on site (150 subjects")
+    first = card_summary((copy / "MODEL_CARD.md").read_text()).splitlines()[0]
+    assert first.startswith("Recalibrated on site (150 subjects") and first.endswith("its absolute risks are this site's.")
     assert json.loads((copy / "metrics.json").read_text())["recalibration"]["b"] == report["b"]
     assert report["after"]["ibs"] < report["before"]["ibs"] - 0.01  # cross-fitted
     cohort = load_cohort(site, for_training=False)
