@@ -473,12 +473,38 @@ def case_risk_group(model: Any, source: str, subject_id: str, groups: list[dict]
     return reference.risk_group_of(pred, groups, risk=float(risk))
 
 
+def own_test_cohort(model_name: str) -> Any:
+    """The cohort a model trained here was trained on, when it is kept and its test split has events (its reference
+    curves come from that split, as Cohort & models evaluates it); None for the demo's models, or a cohort removed."""
+    from core.cohort import load_cohort
+    from core.errors import InputError
+
+    base = st.session_state.get(K.TRAINED_COHORTS, {}).get(model_name)
+    if not base or not Path(base).is_dir() or Path(base).resolve() == Path(demo_install.demo_paths().cohort).resolve():
+        return None
+    try:
+        cohort = memo(("cohort", str(base)), lambda: load_cohort(Path(base)))
+    except InputError:  # changed since training: the demo's reference, as for a removed cohort
+        return None
+    test = cohort.ids("test")
+    return cohort if test and int(cohort.table.set_index("subject_id").loc[test, "event"].sum()) > 0 else None
+
+
 def reference_curves(model_name: str) -> dict:
+    """The reference curves of Case review and the report (``core.app.reference.reference_curves``) with ``source``:
+    "own" (the test split of the cohort a model trained here was trained on) or "demo" (the demo's test split)."""
     path = available_models()[model_name]
     if model_name in st.session_state.get(K.TRAINED_MODELS, {}):
-        return memo(("reference", str(path)), lambda: reference.reference_curves(
+        own = own_test_cohort(model_name)
+        if own is not None:
+            with st.spinner("Predicting the test split of your cohort (once per model)..."):
+                curves = memo(("reference", str(path), "own"), lambda: reference.reference_curves(
+                    lambda: model_by_name(model_name), own, own.ids("test"), cache=Path(path) / "test_predictions.npz"))
+            return {**curves, "source": "own"}
+        curves = memo(("reference", str(path)), lambda: reference.reference_curves(
             model_by_name(model_name), demo_cohort(), reference.reference_ids(demo_cohort())))
-    return _demo_reference(model_name, str(path), stamp(path))
+        return {**curves, "source": "demo"}
+    return {**_demo_reference(model_name, str(path), stamp(path)), "source": "demo"}
 
 
 def subgroup_table(model_name: str, column: str) -> dict:

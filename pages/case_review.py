@@ -112,6 +112,7 @@ with right:
     ref = None
     with chrome.core_errors(stop=False):
         ref = views.reference_curves(model_name)
+        own_ref = ref.get("source") == "own"
         if scored:
             group = views.case_risk_group(model, source, subject_id, ref["groups"])
             bound = views.case_conformal_bound(model, source, subject_id)
@@ -125,13 +126,17 @@ with right:
             )
             st.vega_lite_chart(chart, width="stretch", key="survival_fig")
             st.caption(
-                f"Grey: Kaplan-Meier of {ref['n']} demo patients (the held-out test split). Green: Kaplan-Meier of the "
+                f"Grey: Kaplan-Meier of {ref['n']} "
+                + ("patients of the cohort this model was trained on (its held-out test split). " if own_ref else
+                   "demo patients (the held-out test split). ")
+                + "Green: Kaplan-Meier of the "
                 f"**{group['label']}-risk** group this case falls into ({group['n']} patients, {group['events']} events) "
                 f"under {model_name}."
                 + ("" if not (site := model.config.extra.get("recalibration")) else
                    f" This model's risks are recalibrated to {site['cohort']} ({site['n']} patients, {site['events']} "
-                   "events); the grey and green curves are of the demo's patients, another site, and need not match "
-                   "its curve.")
+                   "events); the grey and green curves are of "
+                   + ("the cohort it was trained on" if own_ref else "the demo's patients")
+                   + ", another site, and need not match its curve.")
                 + ("" if bound is None else
                    f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
                    f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "

@@ -274,3 +274,38 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
     assert f"Clinical values read ({n} of 19; the others as the training mean)" in text  # the model card sits beside
     assert f"age {expected['age']:.4g}, sex_female {expected['sex_female']:.4g}," in text
     assert "81234567" not in text and "mrn" not in text
+
+
+def test_a_model_trained_here_is_shown_beside_its_own_cohort(page: object, data_dir: Path) -> None:  # noqa: F811
+    """Case review's reference curves of a model trained in the app come from the test split of the cohort it was
+    trained on (as Cohort & models evaluates it), not from the demo's patients: another population."""
+    import json
+
+    from core.app import workspace
+    from core.app.background import TRAINED_MARKER
+    from core.demo import write_demo_cohort
+    from core.train import train_model
+
+    user = workspace.user_root("local", base=data_dir)
+    cohort = write_demo_cohort(user / "cohorts" / "site-x", n=70, seed=12, volumes=False)
+    out = workspace.user_models_dir("local", base=data_dir) / "ehr_only-site-x"
+    label = "ehr_only (site x, 26 Nov 09:00)"
+    train_model(cohort, "ehr_only", out, epochs=2, device="cpu", ensemble=1, overrides={"dim": 16})
+    (out / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort), "fusion": "ehr_only", "label": label,
+                                                  "epochs": 2, "trained_at": "2026-11-26T09:00:00"}))
+    n_test = sum(1 for line in (cohort / "cohort.csv").read_text().splitlines() if line.split(",")[3] == "test")
+    pg = page
+    try:
+        pg.reload()  # type: ignore[attr-defined]
+        settle(pg, 180)
+        choose(pg, "Fusion strategy / model", label)
+        caption = pg.get_by_text("Grey: Kaplan-Meier of", exact=False).first  # type: ignore[attr-defined]
+        caption.wait_for(timeout=120_000)
+        assert caption.inner_text().startswith(f"Grey: Kaplan-Meier of {n_test} patients of the cohort this model "
+                                               "was trained on (its held-out test split).")
+        assert (out / "test_predictions.npz").is_file()  # shared with Cohort & models' evaluation of the model
+        choose(pg, "Fusion strategy / model", "ehr_only")
+        caption = pg.get_by_text("Grey: Kaplan-Meier of", exact=False).first  # type: ignore[attr-defined]
+        assert " demo patients (the held-out test split)." in caption.inner_text()
+    finally:
+        shutil.rmtree(out)
