@@ -439,13 +439,20 @@ def _demo_conformal(model_name: str, model_dir: str, stamp: float, alpha: float)
 
 def conformal_bound(model_name: str, prediction: Any, alpha: float = CONFORMAL_ALPHA) -> tuple[float, float] | None:
     """``(days, horizon)``: with probability >= 1 - alpha the event time is at least ``days`` (capped at the
-    horizon), from the model's conformal calibration on the demo val split; None when it cannot be given."""
+    horizon), from the model's conformal calibration on the demo val split (a model trained here: on the val split of
+    the cohort it was trained on, while kept); None when it cannot be given."""
     from core.evaluate.conformal import apply_lower_bound
 
     path = available_models()[model_name]
     if model_name in st.session_state.get(K.TRAINED_MODELS, {}):
-        return None  # calibrated on the demo only; a model of the user's cohort has its own val split
-    cal = _demo_conformal(model_name, str(path), stamp(path), alpha)
+        own = own_test_cohort(model_name)
+        if own is None or model_by_name(model_name).config.extra.get("recalibration"):
+            return None  # the demo's val patients are another population (a recalibrated copy: another site)
+        with st.spinner("Calibrating the conformal bound on your cohort's val split (once per model)..."):
+            cal = memo(("conformal", str(path), alpha), lambda: reference.conformal_calibration(
+                lambda: model_by_name(model_name), own, alpha, cache=Path(path) / "val_predictions.npz"))
+    else:
+        cal = _demo_conformal(model_name, str(path), stamp(path), alpha)
     if cal is None:
         return None
     bounds = apply_lower_bound(prediction.times, prediction.survival[None, :], cal)[0]
@@ -458,10 +465,13 @@ def case_conformal_bound(model: Any, source: str, subject_id: str,
     """:func:`conformal_bound` of the case's prediction under ``model``, kept beside the cached prediction
     (keyed by the demo cohort the bound is calibrated on), so a cached case needs no calibration."""
     name = str(getattr(model, "name", "")) or next(n for n, p in available_models().items() if Path(p) == Path(model.model_dir))
+    calibration = demo_cohort()
     if name in st.session_state.get(K.TRAINED_MODELS, {}):
-        return None
+        calibration = own_test_cohort(name)
+        if calibration is None:
+            return None
     pred = case_prediction(model, source, subject_id)
-    found = case_derived(model, source, subject_id, f"conformal:{alpha:g}:{demo_cohort().fingerprint()}",
+    found = case_derived(model, source, subject_id, f"conformal:{alpha:g}:{calibration.fingerprint()}",
                          lambda: conformal_bound(name, pred, alpha))
     return None if found is None else (float(found[0]), float(found[1]))
 

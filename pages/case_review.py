@@ -140,7 +140,9 @@ with right:
                 + ("" if bound is None else
                    f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
                    f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "
-                   "conformalized survival analysis calibrated on the demo's validation patients; it assumes this patient is "
+                   "conformalized survival analysis calibrated on the "
+                   + ("validation patients of the cohort this model was trained on" if own_ref else
+                      "demo's validation patients") + "; it assumes this patient is "
                    "exchangeable with them and censoring independent of the event given the inputs).")
             )
 

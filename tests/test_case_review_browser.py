@@ -278,7 +278,8 @@ def test_upload_clinical_values_from_a_features_table(page: object, data_dir: Pa
 
 def test_a_model_trained_here_is_shown_beside_its_own_cohort(page: object, data_dir: Path) -> None:  # noqa: F811
     """Case review's reference curves of a model trained in the app come from the test split of the cohort it was
-    trained on (as Cohort & models evaluates it), not from the demo's patients: another population."""
+    trained on (as Cohort & models evaluates it), and its conformal bound from that cohort's val split, not from the
+    demo's patients: another population. Before, such a model was drawn beside the demo's curves and had no bound."""
     import json
 
     from core.app import workspace
@@ -287,7 +288,7 @@ def test_a_model_trained_here_is_shown_beside_its_own_cohort(page: object, data_
     from core.train import train_model
 
     user = workspace.user_root("local", base=data_dir)
-    cohort = write_demo_cohort(user / "cohorts" / "site-x", n=70, seed=12, volumes=False)
+    cohort = write_demo_cohort(user / "cohorts" / "site-x", n=150, seed=12, volumes=False)
     out = workspace.user_models_dir("local", base=data_dir) / "ehr_only-site-x"
     label = "ehr_only (site x, 26 Nov 09:00)"
     train_model(cohort, "ehr_only", out, epochs=2, device="cpu", ensemble=1, overrides={"dim": 16})
@@ -304,6 +305,9 @@ def test_a_model_trained_here_is_shown_beside_its_own_cohort(page: object, data_
         assert caption.inner_text().startswith(f"Grey: Kaplan-Meier of {n_test} patients of the cohort this model "
                                                "was trained on (its held-out test split).")
         assert (out / "test_predictions.npz").is_file()  # shared with Cohort & models' evaluation of the model
+        # the conformal bound too is calibrated on that cohort (its val split), not on the demo's patients
+        assert ("conformalized survival analysis calibrated on the validation patients of the cohort this model was "
+                "trained on;") in caption.inner_text() and (out / "val_predictions.npz").is_file()
         choose(pg, "Fusion strategy / model", "ehr_only")
         caption = pg.get_by_text("Grey: Kaplan-Meier of", exact=False).first  # type: ignore[attr-defined]
         assert " demo patients (the held-out test split)." in caption.inner_text()
