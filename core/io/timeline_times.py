@@ -134,7 +134,9 @@ def to_datetime(col: pa.ChunkedArray, path: Path, whole: Callable[[], pa.Chunked
         bad = parsed.isna() & text.notna()
     if bad.any():
         example = text[bad].iloc[0]
-        raise InputError("time", example, f"is not a date/time ({int(bad.sum())} such rows in {path.name})",
+        epoch = bool(text[bad].str.fullmatch(r"\d{9,13}(?:\.\d+)?").all())  # 1577836800: seconds since 1970?
+        raise InputError("time", example, f"is not a date/time ({int(bad.sum())} such rows in {path.name})"
+                         + ("; a count of seconds or milliseconds since 1970 is not read as one" if epoch else ""),
                          "write times as ISO 8601, e.g. 2180-03-23 11:51:00 (leave empty for static events)")
     return parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
 
