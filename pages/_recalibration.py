@@ -47,7 +47,8 @@ def show(report: dict) -> None:
     before, after = report["before"], report["after"]
     rows = [{"horizon": horizon_label(float(h)), "mean predicted risk, before": cal["predicted"],
              "after": after["calibration"][h]["predicted"], "observed risk": cal["observed"],
-             "calibration ICI, before": cal["ici"], "ICI after": after["calibration"][h]["ici"]}
+             "calibration ICI, before": cal["ici"], "ICI after": after["calibration"][h]["ici"],
+             "slope, before (1 ideal)": cal["slope"], "slope after": after["calibration"][h]["slope"]}
             for h, cal in before["calibration"].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in rows[0] if c != "horizon"})

@@ -175,6 +175,7 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     assert main(["recalibrate", "--model", str(copy), "--cohort", str(site), "--out", str(tmp_path / "again")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fitted on 150 subjects") and "integrated Brier score" in out and "wrote " in out
+    assert "calibration slope" in out and "(1 ideal)" in out
     again = json.loads((tmp_path / "again" / "config.json").read_text())["recalibration"]
     second = json.loads((tmp_path / "again" / "metrics.json").read_text())["recalibration"]
     off, b = compose(entry, second)

@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _risk_line(h: object, before: dict, after: dict) -> str:
     observed = "n/a" if before["observed"] is None else f"{before['observed']:.3f}"
+    slopes = (before.get("slope"), after.get("slope"))
     return (f"  risk at {float(h):g} d: predicted {before['predicted']:.3f} -> {after['predicted']:.3f}, "
-            f"observed (Kaplan-Meier) {observed}")
+            f"observed (Kaplan-Meier) {observed}"
+            + ("" if None in slopes else f"; calibration slope {slopes[0]:.2f} -> {slopes[1]:.2f} (1 ideal)"))
 
 
 def run(args: argparse.Namespace) -> int:
