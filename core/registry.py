@@ -172,7 +172,14 @@ class LoadedModel:
     def uncertainty(self) -> str:
         """How the band is made, in words (figures, reports)."""
         k = self.ensemble_size
-        return f"range of an ensemble of {k} seeds" if k > 1 else "MC dropout, 5th-95th percentile"
+        if k < 2:
+            return "MC dropout, 5th-95th percentile"
+        members = getattr(self.net, "members", [])
+        linear = sum(1 for m in members if not bool(m.head.linear.weight.detach().any()))  # linear members
+        forest = " and a random survival forest" if getattr(self.net, "forest", None) is not None else ""
+        if not linear:
+            return f"range of an ensemble of {k} seeds" + forest
+        return f"range of an ensemble of {k - linear} networks and {linear} linear models" + forest
 
     @property
     def transforms(self) -> ImageTransforms | None:

@@ -273,6 +273,7 @@ def test_linear_members_are_left_out_for_a_case_without_clinical_values(tmp_path
     model = load_model(SHIPPED / "ehr_only", device="cpu")
     net = model.net
     assert net.feature_only_members() == [False] * 5 + [True] * 5
+    assert model.uncertainty == "range of an ensemble of 5 networks and 5 linear models"  # the band's label
     cohort = load_cohort(write_demo_cohort(tmp_path / "c", n=12, seed=4, volumes=False), for_training=False)
     sid = cohort.ids()[0]
     for features in (None, cohort.features.loc[sid].dropna().to_dict()):
