@@ -69,7 +69,10 @@ def offsets(a: float, b: float, c: float, m: np.ndarray) -> np.ndarray:
 def recalibrated(surv: np.ndarray, offset: float | np.ndarray, b: float) -> np.ndarray:
     """Curves ``surv`` ``[..., T]`` with ``log H' = offset + b log H`` (``offset`` a number or ``[T]``), ``H = 0``
     kept, each curve held non-increasing."""
-    log_h, positive = log_hazard(surv)
+    return _apply(*log_hazard(surv), offset, b)
+
+
+def _apply(log_h: np.ndarray, positive: np.ndarray, offset: float | np.ndarray, b: float) -> np.ndarray:
     hazard = np.where(positive, np.exp(np.asarray(offset, dtype=float) + b * log_h), 0.0)
     return np.exp(-np.maximum.accumulate(hazard, axis=-1))
 
@@ -111,8 +114,7 @@ def _nll(params: np.ndarray, log_h: np.ndarray, positive: np.ndarray, m: np.ndar
          parts: tuple[np.ndarray, ...]) -> float:
     lo, hi, weight, is_event = parts
     a, b, c = float(params[0]), float(np.exp(params[1])), float(np.exp(params[2]))
-    hazard = np.where(positive, np.exp(offsets(a, b, c, m) + b * log_h), 0.0)
-    s = np.exp(-np.maximum.accumulate(hazard, axis=-1))
+    s = _apply(log_h, positive, offsets(a, b, c, m), b)
     rows = np.arange(s.shape[0])
     s_lo, s_hi = s[rows, lo], s[rows, hi]
     lik = np.where(is_event, s_lo - s_hi, (1 - weight) * s_lo + weight * s_hi)
@@ -184,8 +186,7 @@ def _summary(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.nda
 def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, event: np.ndarray,
                          horizons: Sequence[float], *, folds: int = 5, n_boot: int = 100, seed: int = 0) -> dict:
     """The fit on every subject (``a``, ``b``, ``c``, ``offset``, bootstrap 95 % intervals ``a_ci``, ``b_ci``,
-    ``c_ci``), ``n``,
-    ``events``, ``folds``, ``note`` (few events, or None), and ``before`` / ``after``: C-index, integrated Brier
+    ``c_ci``), ``n``, ``events``, ``folds``, ``note`` (few events, or None), and ``before`` / ``after``: C-index, integrated Brier
     score and calibration per horizon (``core.evaluate.calibration.calibration_at``'s groups, ICI, slope and
     intercept, with the mean predicted risk and the Kaplan-Meier observed risk of all subjects) of the original
     curves and of the cross-fitted recalibrated ones."""
