@@ -4,7 +4,7 @@
   its folder (:class:`LazyModel`) loads its network only on first use;
 * everything about a case (a demo case or one of the user's saved cases) lives in ``st.session_state`` only, with a
   bounded per-session memo (pages/_memo.py); its prediction is kept in the disk cache (:func:`prediction_cache`);
-* views derived from a model: reference curves, the conformal bound, subgroup tables.
+* what a patient's curve is set against (reference curves, the conformal bound, subgroups): pages/_reference.py.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import streamlit as st
 
 from core import horizons
 from core import predict as predictions
-from core.app import demo_install, paths, reference
+from core.app import demo_install, paths
 from core.app import workspace as workspaces
 from core.io.study_cache import VIEWER_NIFTI, StudyCache
 from pages import _state as K
 from pages._memo import memo
 from pages._session import user_id
 
-CONFORMAL_ALPHA = 0.1  # the conformal bound's miscoverage: a 90 % bound
 DEMO = "demo"
 UPLOADED = "uploaded"
 
@@ -57,6 +56,11 @@ def _load_demo_cohort(root: str, stamp: float) -> Any:
     from core.cohort import load_cohort
 
     return load_cohort(Path(root))
+
+
+def shared_model(model_dir: str, stamp: float) -> Any:
+    """A demo model, loaded once for all sessions on this server's device (``stamp``: its files' change time)."""
+    return _load_model(model_dir, stamp, _device_name())
 
 
 def stamp(path: Path) -> float:
@@ -92,7 +96,7 @@ def model_by_name(name: str) -> Any:
     if name in st.session_state.get(K.TRAINED_MODELS, {}):
         key = ("model", str(path))
         return memo(key, lambda: _load_model_uncached(str(path), _device_name()))
-    return _load_model(str(path), stamp(path), _device_name())
+    return shared_model(str(path), stamp(path))
 
 
 class LazyModel:
@@ -195,7 +199,7 @@ def lazy_model(name: str) -> LazyModel:
             return model_by_name(name)
         if trained:
             return _load_model_uncached(str(path), _device_name())
-        return _load_model(str(path), stamp(path), _device_name())
+        return shared_model(str(path), stamp(path))
 
     return LazyModel(name, path, load)
 
@@ -418,112 +422,7 @@ def upload_token(source: str, subject_id: str | None = None) -> int:
     case = uploaded_case(subject_id) if source == UPLOADED else None
     return 0 if case is None else int(case["version"])
 
-# ------------------------------------------------------- model-derived views
-
-
-@st.cache_resource(show_spinner="Predicting the demo cohort...", max_entries=16)
-def _demo_reference(model_name: str, model_dir: str, stamp: float) -> dict:
-    """Cohort KM and risk-group KM curves of the synthetic demo cohort (not patient data)."""
-    cohort = demo_cohort()
-    return reference.reference_curves(lambda: _load_model(model_dir, stamp, _device_name()), cohort,
-                                      reference.reference_ids(cohort), cache=Path(model_dir) / "reference_predictions.npz")
-
-
-@st.cache_resource(show_spinner="Calibrating the conformal bound on the demo val split...", max_entries=16)
-def _demo_conformal(model_name: str, model_dir: str, stamp: float, alpha: float) -> Any:
-    """The conformal lower bound of a demo model, calibrated on the synthetic demo's val split (not patient data)."""
-    cohort = demo_cohort()
-    return reference.conformal_calibration(lambda: _load_model(model_dir, stamp, _device_name()), cohort, alpha,
-                                           cache=Path(model_dir) / "val_predictions.npz")
-
-
-def conformal_bound(model_name: str, prediction: Any, alpha: float = CONFORMAL_ALPHA) -> tuple[float, float] | None:
-    """``(days, horizon)``: with probability >= 1 - alpha the event time is at least ``days`` (capped at the
-    horizon), from the model's conformal calibration on the demo val split (a model trained here: on the val split of
-    the cohort it was trained on, while kept); None when it cannot be given."""
-    from core.evaluate.conformal import apply_lower_bound
-
-    path = available_models()[model_name]
-    if model_name in st.session_state.get(K.TRAINED_MODELS, {}):
-        own = own_test_cohort(model_name)
-        if own is None or model_by_name(model_name).config.extra.get("recalibration"):
-            return None  # the demo's val patients are another population (a recalibrated copy: another site)
-        with st.spinner("Calibrating the conformal bound on your cohort's val split (once per model)..."):
-            cal = memo(("conformal", str(path), alpha), lambda: reference.conformal_calibration(
-                lambda: model_by_name(model_name), own, alpha, cache=Path(path) / "val_predictions.npz"))
-    else:
-        cal = _demo_conformal(model_name, str(path), stamp(path), alpha)
-    if cal is None:
-        return None
-    bounds = apply_lower_bound(prediction.times, prediction.survival[None, :], cal)[0]
-    k = len(cal.horizons) - 1  # the longest calibrated horizon
-    return float(bounds[k]), float(cal.horizons[k])
-
-
-def case_conformal_bound(model: Any, source: str, subject_id: str,
-                         alpha: float = CONFORMAL_ALPHA) -> tuple[float, float] | None:
-    """:func:`conformal_bound` of the case's prediction under ``model``, kept beside the cached prediction
-    (keyed by the demo cohort the bound is calibrated on), so a cached case needs no calibration."""
-    name = str(getattr(model, "name", "")) or next(n for n, p in available_models().items() if Path(p) == Path(model.model_dir))
-    calibration = demo_cohort()
-    if name in st.session_state.get(K.TRAINED_MODELS, {}):
-        calibration = own_test_cohort(name)
-        if calibration is None:
-            return None
-    pred = case_prediction(model, source, subject_id)
-    found = case_derived(model, source, subject_id, f"conformal:{alpha:g}:{calibration.fingerprint()}",
-                         lambda: conformal_bound(name, pred, alpha))
-    return None if found is None else (float(found[0]), float(found[1]))
-
-
-def case_risk_group(model: Any, source: str, subject_id: str, groups: list[dict]) -> dict:
-    """The reference risk group the case falls into (its risk score kept beside the cached prediction)."""
-    pred = case_prediction(model, source, subject_id)
-    risk = case_derived(model, source, subject_id, "reference_risk", lambda: reference.prediction_risk(pred))
-    return reference.risk_group_of(pred, groups, risk=float(risk))
-
-
-def own_test_cohort(model_name: str) -> Any:
-    """The cohort a model trained here was trained on, when it is kept and its test split has events (its reference
-    curves come from that split, as Cohort & models evaluates it); None for the demo's models, or a cohort removed."""
-    from core.cohort import load_cohort
-    from core.errors import InputError
-
-    base = st.session_state.get(K.TRAINED_COHORTS, {}).get(model_name)
-    if not base or not Path(base).is_dir() or Path(base).resolve() == Path(demo_install.demo_paths().cohort).resolve():
-        return None
-    try:
-        cohort = memo(("cohort", str(base)), lambda: load_cohort(Path(base)))
-    except InputError:  # changed since training: the demo's reference, as for a removed cohort
-        return None
-    test = cohort.ids("test")
-    return cohort if test and int(cohort.table.set_index("subject_id").loc[test, "event"].sum()) > 0 else None
-
-
-def reference_curves(model_name: str) -> dict:
-    """The reference curves of Case review and the report (``core.app.reference.reference_curves``) with ``source``:
-    "own" (the test split of the cohort a model trained here was trained on) or "demo" (the demo's test split)."""
-    path = available_models()[model_name]
-    if model_name in st.session_state.get(K.TRAINED_MODELS, {}):
-        own = own_test_cohort(model_name)
-        if own is not None:
-            with st.spinner("Predicting the test split of your cohort (once per model)..."):
-                curves = memo(("reference", str(path), "own"), lambda: reference.reference_curves(
-                    lambda: model_by_name(model_name), own, own.ids("test"), cache=Path(path) / "test_predictions.npz"))
-            return {**curves, "source": "own"}
-        curves = memo(("reference", str(path)), lambda: reference.reference_curves(
-            model_by_name(model_name), demo_cohort(), reference.reference_ids(demo_cohort())))
-        return {**curves, "source": "demo"}
-    return {**_demo_reference(model_name, str(path), stamp(path)), "source": "demo"}
-
-
-def subgroup_table(model_name: str, column: str) -> dict:
-    """Per-group C-index and calibration of a model on the demo test split (per session memo)."""
-    path = available_models()[model_name]
-    cohort = demo_cohort()
-    cache = None if model_name in st.session_state.get(K.TRAINED_MODELS, {}) else Path(path) / "reference_predictions.npz"
-    return memo(("subgroups", str(path), column), lambda: reference.subgroups(
-        model_by_name(model_name), cohort, column, reference.reference_ids(cohort), cache=cache))
+# ------------------------------------------------------- case details
 
 
 def case_index_time(source: str, subject_id: str) -> Any:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pages import _model_views as views
+from pages import _reference as refs
 from pages import _review as review
 from pages import _session as session
 from pages._memo import memo
@@ -30,7 +31,7 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
 
     attribution, events = memo(key, parts)
     name = next((n for n, p in views.available_models().items() if Path(p) == Path(model.model_dir)), "")
-    cohort_km = views.reference_curves(name)["cohort_km"] if name else None
+    cohort_km = refs.reference_curves(name)["cohort_km"] if name else None
     every = review.strategies(source, subject_id, name)
     warnings = review.case_warnings(name, model, source, subject_id, every)  # exactly the list Case review shows
     features = views.case_cohort(source, subject_id).features

@@ -11,6 +11,7 @@ from core.explain import methods_for
 from pages import _chrome as chrome
 from pages import _jobs, _viewer
 from pages import _model_views as views
+from pages import _reference as refs
 from pages import _review as review
 from pages import _session as session
 from pages import _state as K
@@ -111,12 +112,12 @@ with right:
                        help="1 - S(t) at the horizon, from the model's survival curve.")
     ref = None
     with chrome.core_errors(stop=False):
-        ref = views.reference_curves(model_name)
+        ref = refs.reference_curves(model_name)
         own_ref = ref.get("source") == "own"
         if scored:
-            group = views.case_risk_group(model, source, subject_id, ref["groups"])
-            bound = views.case_conformal_bound(model, source, subject_id)
-            level = f"{100 * (1 - views.CONFORMAL_ALPHA):.0f} %"
+            group = refs.case_risk_group(model, source, subject_id, ref["groups"])
+            bound = refs.case_conformal_bound(model, source, subject_id)
+            level = f"{100 * (1 - refs.CONFORMAL_ALPHA):.0f} %"
             chart = F.survival_chart(
                 pred.times, pred.survival, pred.lower, pred.upper,
                 cohort_km=ref["cohort_km"],

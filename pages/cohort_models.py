@@ -11,15 +11,15 @@ import streamlit as st
 
 from core import figures as F
 from core import horizons, runtime
-from core.app import demo_install, paths, reference, workspace
+from core.app import demo_install, paths, workspace
 from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _recalibration
 from pages import _model_views as views
+from pages import _reference as refs
 from pages import _session as session
 from pages import _state as K
-from pages._memo import memo
 
 chrome.require_app_navigation()
 
@@ -256,20 +256,6 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
 
 
-def test_split_groups(cohort_dir: Path) -> dict:
-    """The selected model's risk groups on its test split: a trained model's predictions kept in its folder (the
-    user's workspace), a shipped model's shared across sessions."""
-    if name not in trained:
-        return views.reference_curves(name)  # from the shipped predictions
-    from core.cohort import load_cohort
-
-    cohort = memo(("cohort", str(cohort_dir)), lambda: load_cohort(cohort_dir))
-    with st.spinner("Predicting the test split of your cohort (once per model)..."):
-        return memo(("groups", str(models[name]), str(cohort_dir)), lambda: reference.reference_curves(
-            lambda: views.model_by_name(name), cohort, cohort.ids("test"),
-            cache=Path(models[name]) / "test_predictions.npz"))
-
-
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
     st.caption(f"Model **{name}**, evaluated on the test split of "
@@ -277,7 +263,7 @@ with tab_model:
     m = evaluate(name, models[name], cohort_dir)
     with chrome.core_errors(stop=False):
         if m is not None:
-            show_evaluation(m, "test split", lambda: test_split_groups(cohort_dir), key="model")
+            show_evaluation(m, "test split", lambda: refs.reference_curves(name), key="model")
             if name not in trained:
                 st.markdown("**Subgroups**")
                 cohort_cols = views.demo_cohort().column_names()
@@ -287,7 +273,7 @@ with tab_model:
                                       help="A column of cohort.csv or features.csv; numbers with many values are cut "
                                            "into quantile bands.")
                 with st.spinner("Computing subgroup metrics..."):
-                    sub = views.subgroup_table(name, column)
+                    sub = refs.subgroup_table(name, column)
                 st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
 
 with tab_compare:
