@@ -199,6 +199,7 @@ def test_bench_oracle_only_prints_the_cohort_oracles(cohort: Path, table: pd.Dat
     text = buf.getvalue()
     assert f"full (true_risk) {c['oracle']:.3f}" in text and f"image part (risk_image) {c['image_part']:.3f}" in text
     assert not (tmp_path / "models").exists()                                # --oracle-only trains nothing
+    assert "learnable from the train split (Cox told the true form; test C): EHR part " in text
     rows = [{"encoder": "default", "fusion": "image_only", "c_index": 0.61, "train_s": 10.0, "eval_s": 1.0},
             {"encoder": "default", "fusion": "concat", "c_index": 0.70, "train_s": 12.0, "eval_s": 1.0},
             {"encoder": "default", "fusion": "cross_attention", "c_index": 0.72, "train_s": 12.0, "eval_s": 1.0},
@@ -296,3 +297,26 @@ def test_a_wide_field_of_view_pads_with_air_and_moves_the_lesions(real_ct: Path,
     assert t2[cols].equals(table[cols])
     with pytest.raises(InputError, match="fov"):
         R.check_fov(0.5)
+
+
+def test_the_learnable_ceiling_nears_the_oracle_only_with_many_training_subjects(tmp_path: Path) -> None:
+    """bench/real_anatomy.py's ceiling: a Cox model told the hazard's form, fitted on the train split."""
+    bench = _bench("real_anatomy")
+    ceilings = {}
+    for n in (3000, 150):
+        lat = R.sample_real_latents(n, seed=5, organs="liver,bone")
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        lat[["subject_id", "time", "event", "split", "risk_image", "risk_ehr", "true_risk"]].to_csv(folder / "cohort.csv", index=False)
+        features = lat[["subject_id", "age", "last_bnp", "last_creatinine", "last_albumin"]].copy()
+        for name in ("heart_failure", "copd", "ckd", "diabetes"):
+            features[f"n_dx_{name}"] = lat[name] * 2  # counts of diagnosis codes, as features.csv holds them
+        features.to_csv(folder / "features.csv", index=False)
+        oracle = R.oracle_summary(lat, "test")
+        ceilings[n] = (bench.learnable_ceiling(folder), oracle)
+    big, oracle = ceilings[3000]
+    assert abs(big["image_part_plus_ehr_form"] - oracle["oracle"]) < 0.01    # told the form, 1,800 subjects suffice
+    assert abs(big["ehr_form"] - oracle["ehr_part"]) < 0.01
+    small, oracle_small = ceilings[150]
+    assert small["ehr_form"] < oracle_small["ehr_part"] + 0.01
+    assert 0.5 < small["image_part_plus_ehr_form"] <= oracle_small["oracle"] + 0.01
