@@ -339,7 +339,6 @@ def _detector_ig(model: LoadedModel, base_batch: dict[str, Any], x: torch.Tensor
     detector's lesion logits ``[1, S', K, h, w]`` from the same logits lowered to ``DETECTION_LOGIT``, summed over
     the K channels and upsampled (bilinear, as the slices were resized) to ``[S', R, C]``."""
     import torch
-    import torch.nn.functional as F
     from captum.attr import IntegratedGradients
 
     from core.models.net import with_image_tokens
@@ -374,7 +373,6 @@ def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, mod
                 n_steps: int, internal_batch_size: int) -> np.ndarray:
     """Captum attribution of ``forward`` at ``x`` ``[1, S', R, C]``; returns ``[S', R, C]`` float32."""
     import torch
-    import torch.nn.functional as F
     from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
 
     x = x.detach().requires_grad_(True)

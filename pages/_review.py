@@ -15,7 +15,6 @@ import streamlit as st
 from core.app import case_warnings as CW
 from pages import _chrome as chrome
 from pages import _model_views as views
-from pages import _state as K
 
 SANITY_FILE = "sanity_checks.json"  # randomisation results run from the app, kept in the model folder
 

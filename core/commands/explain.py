@@ -95,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
                          "pass e.g. map.nii.gz")
     window, window_name = _window(args.window)
 
-    import numpy as np
-
     from core import figure_export
     from core import figures as F
     from core.cohort import load_cohort

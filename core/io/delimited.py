@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import io
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
