@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fov", type=float, default=1.0,
                         help="field of view relative to the rendered one: > 1 pads every study with air around the body (default 1)")
-    parser.add_argument("--organs", default=",".join(DEFAULT_ORGANS), help="lesion organs, comma-separated (liver, bone, lung, spleen)")
+    parser.add_argument("--organs", default=",".join(DEFAULT_ORGANS), help="lesion organs, comma-separated (liver, bone, lung, spleen, muscle)")
     parser.add_argument("--rebuild", action="store_true", help="write the cohort again even if the folder holds one")
     parser.add_argument("--oracle-only", action="store_true", help="build the cohort and print the oracle C-indices; train nothing")
     parser.add_argument("--encoders", default="default,3d,foundation", help="image encoders: default or an --image-encoder-kind name")

@@ -58,7 +58,13 @@ def test_organs_found_where_anatomy_puts_them(base: R.BaseAnatomy) -> None:
     assert lung.any() and float(np.median(base.hu[lung])) < -700.0
     assert np.argwhere(lung)[:, 0].min() >= base.hu.shape[0] // 2       # bases: upper slices only
     assert base.inscribed_mm["liver"] > 25.0 and base.inscribed_mm["bone"] > 12.0
-    for a, b in [("liver", "bone"), ("liver", "lung"), ("bone", "lung")]:
+    muscle = base.masks["muscle"]                                       # the paraspinal muscles
+    mc = np.argwhere(muscle)
+    assert 150.0 < muscle.sum() * vox_ml < 400.0 and base.inscribed_mm["muscle"] > 10.0
+    assert mc[:, 1].mean() > bc[1] + 5 and abs(mc[:, 2].mean() - bc[2]) < 6  # behind the vertebra, on the midline
+    assert (mc[:, 2] < bc[2] - 5).sum() > 0.3 * len(mc) and (mc[:, 2] > bc[2] + 5).sum() > 0.3 * len(mc)  # both sides
+    assert 15.0 < float(np.median(base.hu[muscle])) < 70.0                  # soft tissue (fat is below -50)
+    for a, b in [("liver", "bone"), ("liver", "lung"), ("bone", "lung"), ("muscle", "bone"), ("muscle", "liver")]:
         assert not (base.masks[a] & base.masks[b]).any()
 
 
@@ -124,6 +130,27 @@ def test_studies_load_back_identical_and_lesions_sit_in_their_organ(base: R.Base
                 assert core > np.median(ring) + 100.0
             else:                                                             # lytic: bone replaced by soft tissue
                 assert core < 80.0
+    assert all(v > 0 for v in checked.values()), checked
+
+
+def test_muscle_lesions_are_enhancing_or_necrotic_masses_inside_the_paraspinal_muscles(base: R.BaseAnatomy) -> None:
+    lat = R.sample_real_latents(16, seed=2, organs="muscle")
+    checked = {"enhancing": 0, "hypodense": 0}
+    for i, row in lat[lat["lesion"] == 1].iterrows():
+        r = R.render_subject(base, row, SLICES, R.subject_rng(2, int(i)))
+        (les,) = r.lesions
+        centre = (les["slice"], les["row"], les["col"])
+        mask = r.labels == LABELS["muscle"]
+        assert les["organ"] == "muscle" and mask[centre]
+        d = np.sqrt((((np.indices(r.hu.shape).reshape(3, -1).T - np.asarray(centre)) * np.asarray(r.spacing_mm)) ** 2)
+                    .sum(1)).reshape(r.hu.shape)
+        core = r.hu[d <= 0.5 * les["radius_mm"]].mean()
+        ring = np.median(r.hu[mask & (d > les["radius_mm"] + 2.0) & (d < les["radius_mm"] + 12.0)])
+        checked[les["kind"]] += 1
+        if les["kind"] == "enhancing":
+            assert core > ring + 25.0
+        else:
+            assert core < ring - 15.0
     assert all(v > 0 for v in checked.values()), checked
 
 

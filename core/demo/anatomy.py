@@ -7,7 +7,9 @@ All rules run on a median-filtered copy of the CT, split into connected componen
 * bone (vertebra): > 100 HU, the largest component near the midline and posterior, closed once (not
   hole-filled, so the spinal canal stays out);
 * lung bases: < -500 HU inside the body, components in the posterior half that reach the top slice;
-* spleen: soft tissue on the patient's left lateral to the stomach (finds only its thin lateral part).
+* spleen: soft tissue on the patient's left lateral to the stomach (finds only its thin lateral part);
+* muscle (the paraspinal muscles): 20-80 HU behind the vertebra's centroid and within 22 % of the body width of
+  it, opened once; the largest component and a second one of at least 30 % of its size (left and right).
 
 ``save_organ_overlay`` and ``save_subject_overlay`` draw PNGs to check the rules by eye.
 """
@@ -27,9 +29,9 @@ from core.errors import InputError
 
 # ../shared/data beside the checkout, or $SHARED_DATA (as the tests use it)
 DEFAULT_CT = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data")) / "ct" / "example_ct_sm.nii.gz"
-ORGANS = ("liver", "bone", "lung", "spleen")
+ORGANS = ("liver", "bone", "lung", "spleen", "muscle")
 DEFAULT_ORGANS = ("liver", "bone")
-LABELS = {"liver": 1, "bone": 2, "lung": 3, "spleen": 4}
+LABELS = {"liver": 1, "bone": 2, "lung": 3, "spleen": 4, "muscle": 5}
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
 
 
 def find_organs(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Body mask and organ masks (liver, bone, lung, spleen) of an abdominal CT by HU ranges and components.
+    """Body mask and organ masks (liver, bone, lung, spleen, muscle) of an abdominal CT by HU ranges and components.
 
     ``hu`` is float ``[slices, rows, cols]`` in the :mod:`core.io.volume`
     convention (slice 0 inferior, rows anterior -> posterior, columns the
@@ -114,8 +116,29 @@ def find_organs(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray
     spleen = _largest(opened1 & ~near_liver,
                       lambda v: v[:, 2].mean() > centre[2] + 0.2 * width and v[:, 1].mean() > centre[1])
     spleen = _fill_slices(spleen) & ~liver
-    masks = {"liver": liver, "bone": bone & ~liver, "lung": lung, "spleen": spleen & ~bone}
+    muscle = _paraspinal(sm, body, bone, width)
+    masks = {"liver": liver, "bone": bone & ~liver, "lung": lung, "spleen": spleen & ~bone,
+             "muscle": muscle & ~liver & ~bone & ~spleen}
     return body, masks
+
+
+def _paraspinal(sm: np.ndarray, body: np.ndarray, bone: np.ndarray, width: float) -> np.ndarray:
+    """The paraspinal muscles: soft tissue (20-80 HU) behind the vertebra and near it, opened once; the largest
+    component and a second one (the other side) of at least 30 % of its size. Empty without a vertebra."""
+    if not bone.any():
+        return np.zeros_like(body)
+    spine = np.argwhere(bone).mean(0)
+    rows = np.arange(sm.shape[1])[None, :, None]
+    cols = np.arange(sm.shape[2])[None, None, :]
+    behind = (rows > spine[1]) & (np.abs(cols - spine[2]) < 0.22 * width)
+    soft = (sm > 20.0) & (sm < 80.0) & body & behind & ~ndimage.binary_dilation(bone, iterations=1)
+    soft = ndimage.binary_opening(soft, structure=ndimage.generate_binary_structure(3, 1), iterations=1)
+    lab, n = ndimage.label(soft)
+    if n == 0:
+        return soft
+    sizes = ndimage.sum(soft, lab, range(1, n + 1))
+    order = np.argsort(-sizes)[:2]
+    return np.isin(lab, [int(k) + 1 for k in order if sizes[k] >= 0.3 * sizes[order[0]]])
 
 
 @functools.lru_cache(maxsize=4)
@@ -172,7 +195,7 @@ def save_organ_overlay(ct_path: Path | str, out_png: Path | str, slices: Sequenc
     base = load_base_anatomy(ct_path)
     s = base.hu.shape[0]
     picks = list(slices) if slices is not None else [round(f * (s - 1)) for f in (0.1, 0.3, 0.5, 0.7, 0.85, 0.97)]
-    colours = {"liver": "tab:red", "bone": "yellow", "lung": "cyan", "spleen": "tab:green"}
+    colours = {"liver": "tab:red", "bone": "yellow", "lung": "cyan", "spleen": "tab:green", "muscle": "tab:orange"}
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4))
     for ax, k in zip(np.atleast_1d(axes), picks):
         ax.imshow(base.hu[k], cmap="gray", vmin=-200, vmax=300)

@@ -37,7 +37,8 @@ HU). Every subject is a new rendering of that anatomy:
   Appearance per organ: liver hypodense (-30 to -60 HU relative to the liver);
   bone (vertebra) sclerotic (+250 to +500 HU) or lytic (bone replaced by 10-40
   HU), half each; lung base a solid nodule (10-50 HU); spleen hypodense
-  (-25 to -50 HU).
+  (-25 to -50 HU); paraspinal muscle an enhancing mass (+40 to +80 HU) or a
+  necrotic, hypodense one (-25 to -50 HU), half each.
 
 Organs are found on the base CT without any mask file, once per CT (see
 :func:`find_organs`): a median-filtered copy (3 voxels) is thresholded and
@@ -65,6 +66,10 @@ split into connected components:
   On the shared CT this finds only the spleen's lateral part (about 28 mL,
   largest inscribed radius 9 mm), so spleen lesions are confined to a thin
   organ: use it for variety, not as a main organ.
+* **muscle** (the paraspinal muscles): 20-80 HU behind the vertebra's
+  centroid and within 22 % of the body width of it, opened once; the largest
+  component and a second one of at least 30 % of its size (the other side).
+  On the shared CT about 256 mL, largest inscribed radius 14 mm.
 
 :func:`save_organ_overlay` draws the masks over a few slices for a visual
 check.
@@ -132,8 +137,8 @@ LESION_PREVALENCE = 0.5
 SECOND_LESION = 0.3                 # share of lesion subjects with a second lesion (another organ)
 LESION_RADIUS_MM = (5.0, 16.0)      # uniform
 RADIUS_CENTRE_MM = 10.5
-ORGAN_BASE = {"liver": 1.50, "bone": 1.20, "lung": 1.35, "spleen": 1.10}
-ORGAN_PER_MM = {"liver": 0.14, "bone": 0.20, "lung": 0.17, "spleen": 0.16}
+ORGAN_BASE = {"liver": 1.50, "bone": 1.20, "lung": 1.35, "spleen": 1.10, "muscle": 1.30}
+ORGAN_PER_MM = {"liver": 0.14, "bone": 0.20, "lung": 0.17, "spleen": 0.16, "muscle": 0.18}
 
 COHORT_COLUMNS = (
     "subject_id", "time", "event", "split", "study", "index_time", "true_risk", "risk_image", "risk_ehr",
@@ -215,6 +220,8 @@ def sample_real_latents(n: int, seed: int = 0, organs: Sequence[str] | str = DEF
     kind_u1, kind_u2 = rng.random(n), rng.random(n)
 
     def kind(organ: str, u: float) -> str:
+        if organ == "muscle":  # an enhancing mass (brighter) or a necrotic one (darker), half each
+            return "enhancing" if u < 0.5 else "hypodense"
         return {"liver": "hypodense", "spleen": "hypodense", "lung": "solid"}.get(organ, "sclerotic" if u < 0.5 else "lytic")
 
     o1 = ["" for _ in range(n)]

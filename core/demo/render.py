@@ -142,8 +142,11 @@ def _paint_lesion(hu: np.ndarray, labels: np.ndarray, organ: str, kind: str, cen
         region[...] = region * (1.0 - w) + float(rng.uniform(10.0, 40.0)) * w
     elif kind == "solid":
         region[...] = region * (1.0 - w) + float(rng.uniform(10.0, 50.0)) * w
+    elif kind == "enhancing":
+        region += float(rng.uniform(40.0, 80.0)) * w
     else:
-        raise InputError("lesion_kind", kind, "is not a known lesion kind", "use hypodense, sclerotic, lytic or solid")
+        raise InputError("lesion_kind", kind, "is not a known lesion kind",
+                         "use hypodense, sclerotic, lytic, solid or enhancing")
 
 
 def subject_rng(seed: int, index: int) -> np.random.Generator:
