@@ -50,6 +50,7 @@ from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
 from core.io.features import FEATURE_FILES, canon, read_features_file, read_features_frame
+from core.io.safezip import inside_folder
 from core.io.timeline_times import follow_up_days, index_times
 
 if TYPE_CHECKING:
@@ -268,12 +269,7 @@ class Cohort:
         row = self.row(subject_id)
         if "study" not in row.index or pd.isna(row["study"]) or str(row["study"]).strip() == "":
             return None
-        root = self.root.resolve()
-        path = (root / str(row["study"])).resolve()
-        if path != root and root not in path.parents:
-            raise InputError(f"study (subject {row['subject_id']})", str(row["study"]), "points outside the cohort folder",
-                             "give study paths relative to the cohort folder, without '..'")
-        return path
+        return inside_folder(self.root, str(row["study"]), f"study (subject {row['subject_id']})")
 
     def load_volume(self, subject_id: str) -> Volume | None:
         """The subject's CT (``core.io.study.load_study``), or None when the subject has none."""

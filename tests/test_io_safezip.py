@@ -7,11 +7,12 @@ import stat
 import time
 import tracemalloc
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from core.errors import InputError
-from core.io.safezip import is_zip, read_zip
+from core.io.safezip import inside_folder, is_zip, read_zip
 
 
 def _zip(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -118,3 +119,35 @@ def test_bomb_with_lying_header_is_still_stopped_by_bytes_read(bomb):
     # even with the ratio check off, the per-entry cap stops the stream at the limit
     with pytest.raises(InputError, match="expands beyond 10485760 bytes"):
         read_zip(bomb, max_ratio=1e12, max_entry_bytes=10 * 1024 * 1024)
+
+
+def test_a_cohort_path_stays_inside_its_folder_by_name_and_through_links(tmp_path: Path) -> None:
+    root, outside = tmp_path / "cohort", tmp_path / "elsewhere"
+    (root / "studies").mkdir(parents=True)
+    outside.mkdir()
+    (root / "studies" / "a.nii.gz").write_bytes(b"x")
+    (outside / "b.nii.gz").write_bytes(b"y")
+    (root / "inner").symlink_to(root / "studies")          # a link that stays inside is followed
+    (root / "pacs").symlink_to(outside)                    # one that leads out is not
+    assert inside_folder(root, "studies/a.nii.gz", "study") == (root / "studies" / "a.nii.gz").resolve()
+    assert inside_folder(root, "inner/a.nii.gz", "study") == (root / "studies" / "a.nii.gz").resolve()
+    with pytest.raises(InputError) as err:
+        inside_folder(root, "../elsewhere/b.nii.gz", "study (subject P1)")
+    assert str(err.value).startswith("study (subject P1): got ../elsewhere/b.nii.gz, points outside the folder cohort")
+    with pytest.raises(InputError, match="points outside"):
+        inside_folder(root, str(outside / "b.nii.gz"), "study")
+    with pytest.raises(InputError) as err:
+        inside_folder(root, "pacs/b.nii.gz", "study")
+    assert "is reached through a link to" in str(err.value) and "copy or move the files into cohort" in str(err.value)
+
+
+def test_a_cohort_refuses_a_study_outside_its_folder(tmp_path: Path) -> None:
+    from core.cohort import load_cohort
+
+    root = tmp_path / "cohort"
+    root.mkdir()
+    (root / "cohort.csv").write_text("subject_id,time,event,split,study\nP1,10,1,train,../x.nii.gz\nP2,20,0,train,\n")
+    cohort = load_cohort(root)
+    assert cohort.study_path("P2") is None
+    with pytest.raises(InputError, match=r"^study \(subject P1\): got \.\./x\.nii\.gz, points outside"):
+        cohort.study_path("P1")

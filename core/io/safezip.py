@@ -18,6 +18,7 @@ chunks and stops at the caps, so a bomb fails fast with bounded memory.
 from __future__ import annotations
 
 import io
+import os
 import stat
 import struct
 import zipfile
@@ -47,6 +48,20 @@ class ZipMember:
 
     name: str  # the entry name as stored (a label, never a path to write to)
     data: bytes
+
+
+def inside_folder(root: Path, relative: str, field: str) -> Path:
+    """``root / relative`` resolved; an InputError naming ``field`` when it leads out of ``root``, by ``..`` or an
+    absolute path, or through a link (a folder's links out of it are not followed)."""
+    top = root.resolve()
+    path = (top / relative).resolve()
+    if path == top or top in path.parents:
+        return path
+    if top in Path(os.path.normpath(top / relative)).parents:  # inside by name: a link leads out
+        raise InputError(field, relative, f"is reached through a link to {path.parent}, outside the folder "
+                         f"{root.name} (links out of it are not followed)", f"copy or move the files into {root.name}")
+    raise InputError(field, relative, f"points outside the folder {root.name}",
+                     f"give paths relative to {root.name}, without '..'")
 
 
 def is_zip(head: bytes) -> bool:
