@@ -7,6 +7,9 @@ much uncompressed data in total, a suspicious compression ratio (zip bombs),
 encrypted entries, and an archive with no files. Decompression is streamed in
 chunks and stops at the caps, so a bomb fails fast with bounded memory.
 
+:func:`inside_folder` applies the same rule to a path a table names (a cohort's ``study`` column): it must stay
+inside its folder, by name and after links are followed.
+
 >>> import io, zipfile
 >>> buf = io.BytesIO()
 >>> with zipfile.ZipFile(buf, "w") as zf:
