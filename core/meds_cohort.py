@@ -17,8 +17,8 @@ module turns those rows into the cohort folder the rest of the project reads:
 
 A subject with several valid index events keeps the earliest.
 The MEDS input is a parquet, CSV or .xlsx file or a MEDS folder (``data/**/*.parquet``);
-the numeric column may be called ``numeric_value`` or ``value``, the time
-column ``time`` or ``timestamp``.
+columns and times are read as ``core.io.timeline`` reads a timeline (its column names, UTC
+offsets, day / month order and refusals).
 """
 
 from __future__ import annotations
@@ -33,59 +33,61 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.io.workbook import is_workbook
 
 if TYPE_CHECKING:  # es-aces is imported lazily: only the cohort command needs it
     from aces.config import TaskExtractorConfig
 
-ALIASES = {"value": "numeric_value", "timestamp": "time", "patient_id": "subject_id"}
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 Progress = Callable[[float, str], None]
 
 
+def _meds_files(folder: Path) -> list[Path]:
+    """The event files of a MEDS folder: ``data/**/*.parquet`` when it has a ``data`` folder (``metadata/`` holds code
+    and subject tables, not events), else every ``*.parquet`` below it outside a ``metadata`` folder."""
+    data = folder / "data"
+    files = sorted((data if data.is_dir() else folder).rglob("*.parquet"))
+    return [f for f in files if "metadata" not in f.relative_to(folder).parts[:-1]]
+
+
 def read_meds(path: Path) -> pd.DataFrame:
-    """MEDS events -> ``subject_id, time (datetime64[us]), code (str), numeric_value (float64)``."""
+    """MEDS events -> ``subject_id (str), time (datetime64[us]), code (str), numeric_value (float64)``.
+
+    Each file is read by ``core.io.timeline.read_timeline``, as ``timeline`` and an upload read it: the same column
+    names, UTC offsets converted, one day / month order per file, refusals with their fix (a time of day alone,
+    epoch numbers, dates that read either way), rows without a code left out.
+    """
+    from core.io.timeline import read_timeline
+
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.rglob("*.parquet"))
+        files = _meds_files(path)
         if not files:
-            raise InputError("--meds", str(path), "is a folder without .parquet files",
+            raise InputError("--meds", str(path), "is a folder without .parquet event files",
                              "pass a MEDS parquet/CSV file or a MEDS folder (data/**/*.parquet)")
-        frames = [pd.read_parquet(f) for f in files]
-        raw = pd.concat(frames, ignore_index=True)
     elif not path.exists():
         raise InputError("--meds", str(path), "does not exist", "pass a MEDS parquet/CSV file or folder")
-    elif path.suffix.lower() == ".parquet":
-        raw = pd.read_parquet(path)
-    elif path.suffix.lower() == ".csv":
-        from core.io.columns import SUBJECT_ALIASES
-        from core.io.delimited import read_csv_any
-
-        raw = read_csv_any(path, text_names=SUBJECT_ALIASES)  # an id such as 007 stays 007
-    elif is_workbook(b"", path.name):
-        from core.io.timeline import read_timeline
-
-        raw = read_timeline(path)  # an untrusted workbook, checked and read as an uploaded timeline is
     else:
-        raise InputError("--meds", str(path), "is neither .parquet, .csv nor .xlsx",
-                         "pass a MEDS parquet/CSV/.xlsx file or folder")
-    raw = raw.rename(columns={k: v for k, v in ALIASES.items() if k in raw.columns and v not in raw.columns})
-    missing = [c for c in ("subject_id", "time", "code") if c not in raw.columns]
-    if missing:
-        raise InputError("--meds", str(path), f"has no column(s) {missing} (columns: {list(raw.columns)[:12]})",
-                         "provide MEDS columns subject_id, time, code[, numeric_value]")
-    events = pd.DataFrame({
-        "subject_id": raw["subject_id"],
-        "time": pd.to_datetime(raw["time"], errors="coerce").astype("datetime64[us]"),
-        "code": raw["code"].astype(str),
-        "numeric_value": pd.to_numeric(raw["numeric_value"], errors="coerce").astype("float64")
-        if "numeric_value" in raw.columns else np.nan,
-    })
-    if events["subject_id"].isna().any():
-        raise InputError("--meds", str(path), f"{int(events['subject_id'].isna().sum())} rows without subject_id",
+        files = [path]
+    frames = []
+    for f in files:
+        try:
+            frames.append(read_timeline(f))
+        except InputError as err:
+            if not path.is_dir():
+                raise
+            raise InputError(err.field, err.value, f"{err.problem} (in {f.relative_to(path)})", err.fix) from None
+    events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    empty = int((events["subject_id"] == "").sum())
+    if empty:
+        raise InputError("--meds", str(path), f"{empty} rows without subject_id",
                          "drop or fix rows with an empty subject_id")
-    return events
+    return pd.DataFrame({
+        "subject_id": events["subject_id"].astype(str).to_numpy(),
+        "time": events["time"].astype("datetime64[us]").to_numpy(),
+        "code": events["code"].astype(str).to_numpy(),
+        "numeric_value": events["numeric_value"].astype("float64").to_numpy(),
+    })
 
 
 def load_task(task: Path) -> TaskExtractorConfig:
@@ -95,8 +97,15 @@ def load_task(task: Path) -> TaskExtractorConfig:
     task = Path(task)
     if not task.is_file():
         raise InputError("--task", str(task), "does not exist", "pass an ACES task YAML (see assets/tasks/)")
+    from ruamel.yaml.error import YAMLError  # the parser ACES reads task files with
+
     try:
         cfg = TaskExtractorConfig.load(config_path=task)
+    except YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InputError("--task", str(task), f"is not valid YAML{where} ({getattr(err, 'problem', None) or err})",
+                         "fix the YAML syntax (indentation, colons, quotes; see assets/tasks/)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         text = " ".join(str(err).split())[:200]
         raise InputError("--task", str(task), f"is not a valid ACES task ({type(err).__name__}: {text})",

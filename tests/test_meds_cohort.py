@@ -176,3 +176,58 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         build_meds_cohort(bad_meds, TASK, tmp_path / "o3")
     proc = _cli("cohort", "--meds", str(meds), "--task", str(TASK), "--out", str(tmp_path / "o4"), "--split", "1,2")
     assert proc.returncode == 2 and "error: --split:" in proc.stderr
+
+
+def _synthetic_rows(path: Path) -> pd.DataFrame:
+    _write_synthetic(path)
+    return pd.read_parquet(path)
+
+
+def test_cohort_reads_times_as_the_timeline_reader_does(tmp_path: Path) -> None:
+    """A CSV with day-first dates, one with UTC offsets, a parquet with aware times, a MEDS folder with metadata and
+    a null code all give the synthetic cohort; dates that read either way are refused, as `timeline` refuses them."""
+    rows = _synthetic_rows(tmp_path / "events.parquet")
+    build_meds_cohort(tmp_path / "events.parquet", TASK, tmp_path / "ref", seed=0)
+    expected = pd.read_csv(tmp_path / "ref" / "cohort.csv", dtype={"subject_id": str})
+
+    day_first = rows.assign(timestamp=rows["timestamp"].dt.strftime("%d/%m/%Y %H:%M").where(rows["timestamp"].notna(), ""))
+    day_first.to_csv(tmp_path / "dmy.csv", index=False)  # 11/01/2020 is January 11: 25/... rows tell the order
+    aware = rows.assign(timestamp=(rows["timestamp"].dt.tz_localize("UTC").dt.tz_convert("Europe/Berlin")))
+    aware.to_parquet(tmp_path / "aware.parquet", index=False)
+    aware.assign(timestamp=aware["timestamp"].map(lambda t: "" if pd.isna(t) else t.isoformat())).to_csv(
+        tmp_path / "aware.csv", index=False)
+    folder = tmp_path / "meds"
+    (folder / "data" / "train").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    rows.iloc[:8].to_parquet(folder / "data" / "train" / "0.parquet", index=False)
+    rows.iloc[8:].to_parquet(folder / "data" / "train" / "1.parquet", index=False)
+    pd.DataFrame({"code": ["MEDS_DEATH"], "description": ["death"]}).to_parquet(folder / "metadata" / "codes.parquet")
+    null_code = pd.concat([rows, pd.DataFrame({"subject_id": [1], "timestamp": [pd.Timestamp("2020-01-02")],
+                                                "code": [None], "value": [1.0]})], ignore_index=True)
+    null_code.to_parquet(tmp_path / "null_code.parquet", index=False)
+    for name in ("dmy.csv", "aware.parquet", "aware.csv", "meds", "null_code.parquet"):
+        out = tmp_path / f"out_{name}"
+        build_meds_cohort(tmp_path / name, TASK, out, seed=0)
+        got = pd.read_csv(out / "cohort.csv", dtype={"subject_id": str})
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6, obj=name)
+        assert "None" not in set(pd.read_parquet(out / "timeline.parquet")["code"])
+
+    either = pd.DataFrame({"subject_id": [1, 1], "time": ["03/04/2021 10:00", "04/05/2021 10:00"],
+                           "code": ["HOSPITAL_ADMISSION//X//Y", "MEDS_DEATH"]})
+    either.to_csv(tmp_path / "either.csv", index=False)
+    with pytest.raises(InputError, match="day first or month first"):
+        build_meds_cohort(tmp_path / "either.csv", TASK, tmp_path / "o_either")
+    epoch = either.assign(time=[1617444000, 1620122400])
+    epoch.to_csv(tmp_path / "epoch.csv", index=False)
+    with pytest.raises(InputError, match="since 1970"):
+        build_meds_cohort(tmp_path / "epoch.csv", TASK, tmp_path / "o_epoch")
+
+
+def test_a_task_file_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> None:
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("predicates:\n  death:\n    code: MEDS_DEATH\n  admission: [\n")
+    proc = _cli("cohort", "--meds", str(meds), "--task", str(bad), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --task:"), proc.stderr
+    assert "not valid YAML at line 5" in proc.stderr and "internal" not in proc.stderr
