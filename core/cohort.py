@@ -139,6 +139,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         out["split"] = split
     else:
         out["split"] = auto_split(out["subject_id"].tolist(), out["event"].to_numpy(), seed=seed)
+        out.attrs["auto_split"] = True  # evaluate says so: its test split is then a drawn fifth of the cohort
     if for_training and not (out["split"] == "train").any():
         raise InputError("split", "no 'train' rows", "training needs a train split", "mark some subjects as train")
     if "index_time" in out.columns:

@@ -87,6 +87,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     out["ct_profile"] = split_image_reads(model, cohort, ids)
     out["timeline_codes"] = split_timeline_reads(model, cohort, ids)
     out["features"] = split_feature_reads(model, cohort, ids)
+    out["notes"] = evaluation_notes(model, cohort, split, ids)
     if "true_risk" in rows.columns and rows["true_risk"].notna().all():
         out["oracle_c_index"] = harrell_c(rows["time"].to_numpy(), rows["event"].to_numpy().astype(bool),
                                           rows["true_risk"].to_numpy(dtype=float))
@@ -107,6 +108,22 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         out["subgroups"] = subgroup_table(times, surv, time, event, tt, te, values, horizons, column=str(subgroup),
                                           n_boot=n_boot, seed=seed)
     return out
+
+
+def evaluation_notes(model: Any, cohort: Any, split: str, ids: list[str]) -> list[str]:
+    """What the evaluated subjects give the model, in words: the automatic split when cohort.csv has none (its test
+    split is then a drawn fifth of the cohort, not the whole of another site's), and the subjects a modality the
+    model reads leaves out (``core.cohort_notes.coverage_notes``: no timeline row at all, no study)."""
+    from core.cohort_notes import coverage_notes
+
+    notes = []
+    if cohort.table.attrs.get("auto_split") and split != ALL_SPLITS:
+        notes.append(f"cohort.csv has no split column: these are the {len(ids)} subjects of the automatic 60/20/20 "
+                     f"split's {split} part (the ones train held out of such a cohort); to validate on every subject "
+                     f"of another site's cohort, pass --split {ALL_SPLITS}")
+    ehr = model.config.ehr
+    return notes + coverage_notes(cohort, timeline=bool(ehr.sequence or ehr.summarises_timeline),
+                                  studies=bool(model.config.image.voxels), ids=ids)
 
 
 def band_lower_edges(model: Any, cohort: Any, ids: list[str], times: np.ndarray) -> np.ndarray:

@@ -68,10 +68,20 @@ class ImageRead:
 def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, float] | None = None) -> ImageRead:
     """What the model cannot read in this CT: outside its training profile (``core.study_profile``, a rule from
     the model's own training studies; far outside in anatomy: withheld); for a model saved without a profile,
-    the lung-coverage check (a warning only). ``stats``: the CT's ``study_stats`` when already measured (this
-    model's encoder pixel is added here unless ``stats`` came from ``model_study_stats`` with its transforms)."""
+    the lung-coverage check (a warning only). A series of another modality (MR, PET) is withheld: its values are
+    not Hounsfield units. ``stats``: the CT's ``study_stats`` when already measured (this model's encoder pixel is
+    added here unless ``stats`` came from ``model_study_stats`` with its transforms)."""
     if volume is None or not model.config.image.voxels:
         return ImageRead()
+    read = _image_read(model, volume, stats)
+    modality = (volume.modality or "").strip().upper()
+    if modality not in ("CT", "") and read.withheld is None:
+        return dataclasses.replace(read, withheld=f"the series is {modality}, not CT: its values are not Hounsfield "
+                                                  "units, and every model here was trained on CT")
+    return read
+
+
+def _image_read(model: LoadedModel, volume: Volume, stats: Mapping[str, float] | None) -> ImageRead:
     if model.config.extra.get(CT_UNREAD):
         return ImageRead(("This model's risk does not change with the CT: in training, the linear term of the tabular "
                           "features gave its network weight 0, so it reads the features alone (its model card, Data).",))
@@ -153,12 +163,18 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     prediction is made without it; ``image_withheld`` says why) unless ``allow_ood``; ``scored`` is false
     when the model read nothing of the case (its curve is then not a prediction for this case)."""
     inputs = model.case_inputs(cohort, subject_id)
-    read = image_read(model, cohort.load_volume(subject_id)) if inputs.image is not None else ImageRead()
+    volume = cohort.load_volume(subject_id) if inputs.image is not None else None
+    read = image_read(model, volume) if volume is not None else ImageRead()
     inputs = gated_inputs(inputs, read, allow_ood)
     p = model.predict_case(inputs, tuple(int(h) for h in horizons))
     top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
         int(i) for i in np.argsort(-p.slice_weights)[:5]]
-    warnings: list[str] = [*read.warnings, *timeline_read(model, inputs.events), *feature_read(model, cohort, subject_id)]
+    warnings: list[str] = [*(volume.warnings if volume is not None else ()),  # how the study was read (tilt, gaps, MR)
+                           *read.warnings, *timeline_read(model, inputs.events), *feature_read(model, cohort, subject_id)]
+    if model.config.ehr.sequence or model.config.ehr.summarises_timeline:  # no event read: a mismatched id?
+        from core.cohort_notes import coverage_notes
+
+        warnings += coverage_notes(cohort, timeline=True, ids=[str(subject_id)])
     withheld = None if allow_ood else read.note(model.fusion)
     notice = read.note(model.fusion, read_anyway=allow_ood)
     if notice:
@@ -222,9 +238,10 @@ def predict_cohort(model: LoadedModel, cohort: Cohort, ids: list[str],
 
 # ----------------------------------------------------------------- the prediction cache
 
-CACHE_VERSION = "5"  # 2: a CT far outside the model's training anatomy is withheld; 3: a timeline without a known code is not read;
+CACHE_VERSION = "6"  # 2: a CT far outside the model's training anatomy is withheld; 3: a timeline without a known code is not read;
 #                     4: a features row without a value in any of the model's columns is not read;
 #                     5: blank age and sex are read from the timeline (core.io.features.filled_from_timeline)
+#                     6: a series of another modality than CT (MR, PET) is withheld
 
 
 def model_fingerprint(model_dir: Path | str) -> str:

@@ -208,6 +208,35 @@ def test_coverage_notes_name_the_subjects_a_modality_leaves_out(tmp_path: Path) 
     assert [s for s in cohort.ids() if not cohort.events(s).empty] == ["a"]  # what the model reads, as the notes say
 
 
+def test_evaluate_and_predict_say_what_the_cohort_leaves_out(tmp_path: Path) -> None:
+    """A site's cohort without a split column and with its timeline's ids written otherwise (integers, where
+    cohort.csv has 0002): evaluate names the drawn test split and the unmatched ids, predict the subject's. Before,
+    the EHR was read as empty and the output said nothing."""
+    from core.demo import write_demo_cohort
+    from core.evaluation import evaluate_model
+    from core.predict import predict_subject
+    from tests.conftest import ROOT
+
+    root = write_demo_cohort(tmp_path / "demo", n=30, seed=4, volumes=False)
+    table = pd.read_csv(root / "cohort.csv", dtype={"subject_id": str})
+    table.drop(columns=["split", "study"]).to_csv(root / "cohort.csv", index=False)
+    model = ROOT / "assets" / "demo_models" / "ehr_only"
+    res = evaluate_model(model, root, n_boot=10)
+    assert res["n"] == 6 and res["notes"] == [
+        "cohort.csv has no split column: these are the 6 subjects of the automatic 60/20/20 split's test part (the "
+        "ones train held out of such a cohort); to validate on every subject of another site's cohort, pass --split all"]
+    assert evaluate_model(model, root, split="all", n_boot=10)["notes"] == []
+    sid = table["subject_id"].iloc[0]
+    assert predict_subject(model, root, sid)["warnings"] == []
+    timeline = pd.read_parquet(root / "timeline.parquet")
+    timeline.assign(subject_id="x" + timeline["subject_id"].astype(str)).to_parquet(root / "timeline.parquet")
+    notes = evaluate_model(model, root, split="all", n_boot=10)["notes"]
+    assert len(notes) == 1 and notes[0].startswith("timeline: 30 of 30 subjects have no event at or before the index")
+    assert notes[0].endswith("30 of them have no row at all in the timeline (are its subject ids written as cohort.csv's?)")
+    warned = predict_subject(model, root, sid)["warnings"]
+    assert any("no row at all in the timeline" in w for w in warned), warned
+
+
 def test_columns_as_other_sites_name_them(tmp_path: Path) -> None:
     """cohort.csv as an R survival table writes it (futime, status) with "Patient ID" and "Index Date", and a features
     table keyed by PATIENT_ID: read under the project's names. Before: "required column(s) missing"."""

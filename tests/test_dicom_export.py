@@ -397,12 +397,15 @@ def _affine() -> np.ndarray:
 
 
 def test_uneven_dicom_series_falls_back_to_a_derived_series(tmp_path: Path) -> None:
-    """Slices off the Volume's regular grid cannot carry the map: a derived series is used, with a warning."""
+    """Slices off the Volume's regular grid cannot carry the map: a derived series is used, with a warning, in the
+    source's patient and study (it was a new study with no patient name or ID: PACS could not file the results)."""
     from core.cohort import load_cohort
     from core.dicom_export import ModelInfo, export_dicom, source_series_for
 
     cohort = tmp_path / "cohort"
-    write_series(cohort / "studies" / "s1", shape=(10, 32, 32), z_jitter_mm={4: 0.8}, identified=False)
+    written = write_series(cohort / "studies" / "s1", shape=(10, 32, 32), z_jitter_mm={4: 0.8})
+    src = pydicom.dcmread(written.paths[0], stop_before_pixels=True)
+    assert str(src.PatientID) != ""
     (cohort / "cohort.csv").write_text("subject_id,time,event,split,study\ns1,100,1,train,studies/s1\n")
     volume = load_cohort(cohort).load_volume("s1")
     assert volume is not None
@@ -418,6 +421,13 @@ def test_uneven_dicom_series_falls_back_to_a_derived_series(tmp_path: Path) -> N
                            sorted((out / "CT").glob("CT*.dcm")))
     assert numbers["max_abs_error"] == 0.0
     assert numbers["region_voxels"] == int(np.ceil(0.01 * (saliency.size - 1)))  # the top 1 % of the ramp (0 excluded)
+    for path in [*sorted((out / "CT").glob("CT*.dcm"))[:1], out / "prediction_sr.dcm", out / "saliency_pm.dcm"]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert (ds.PatientName, ds.PatientID, ds.StudyInstanceUID) == (src.PatientName, src.PatientID,
+                                                                        src.StudyInstanceUID), path.name
+        assert ds.get("FrameOfReferenceUID") != src.FrameOfReferenceUID  # restacked: a grid of its own
+    ct = pydicom.dcmread(sorted((out / "CT").glob("CT*.dcm"))[0], stop_before_pixels=True)
+    assert ct.DerivationDescription.startswith("Restacked from the source DICOM series")
 
 
 def test_tilted_source_series_gives_a_derived_series(tmp_path: Path) -> None:
@@ -433,7 +443,8 @@ def test_tilted_source_series_gives_a_derived_series(tmp_path: Path) -> None:
     assert volume is not None and any("gantry tilt" in w for w in volume.warnings)
     result, _, _ = _export_random_map(volume, cohort / "studies" / "s1", tmp_path / "out", seed=2)
     assert result.derived_series and (tmp_path / "out" / "CT").is_dir()
-    assert any("could not be used as the source" in w and "voxel grid" in w for w in result.warnings), result.warnings
+    assert any("could not be the source of the objects" in w and "regular grid" in w for w in result.warnings), \
+        result.warnings
 
 
 def test_repeated_acquisition_exports_onto_the_loaded_one(tmp_path: Path) -> None:

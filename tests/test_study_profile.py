@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core.errors import InputError
@@ -161,6 +162,43 @@ def test_new_demo_cases_get_no_warning(new_demo_cases: Path) -> None:
         assert vol is not None and study_warnings(prof, vol.hu, vol.spacing_mm) == [], sid
     p = predict_subject(DEMO_MODELS / "image_only", new_demo_cases, cohort.ids("test")[0])
     assert p["modalities_used"] == ["image"] and p["warnings"] == []
+
+
+def test_a_series_of_another_modality_is_withheld(new_demo_cases: Path) -> None:
+    """The same voxels as a demo case that the image model reads without a warning, labelled MR: withheld, since
+    the values are not Hounsfield units whatever they look like; a series that names no modality is read."""
+    import dataclasses
+
+    from core.cohort import load_cohort
+    from core.predict import image_read
+    from core.registry import load_model
+
+    model = load_model(DEMO_MODELS / "image_only")
+    vol = load_cohort(new_demo_cases).load_volume(load_cohort(new_demo_cases).ids("test")[0])
+    assert vol is not None and image_read(model, vol).withheld is None
+    mr = image_read(model, dataclasses.replace(vol, modality="MR"))
+    assert mr.withheld is not None and "MR, not CT" in mr.withheld
+    assert "The CT is withheld from image_only: the series is MR" in str(mr.note("image_only"))
+    assert image_read(model, dataclasses.replace(vol, modality="")).withheld is None
+
+
+def test_predict_json_carries_how_the_study_was_read(new_demo_cases: Path, tmp_path: Path) -> None:
+    """A demo case written as a DICOM series with one slice missing: `predict --json` names the gap (the loader's
+    note) before the model's own warnings; the same case as its NIfTI gets none."""
+    from core.cohort import load_cohort
+    from core.predict import predict_subject
+    from tests.dicom_factory import write_series
+
+    cohort = load_cohort(new_demo_cases)
+    sid = cohort.ids("test")[0]
+    vol = cohort.load_volume(sid)
+    assert vol is not None
+    write_series(tmp_path / "studies" / "gap", vol.hu.astype(np.float32), spacing_mm=vol.spacing_mm, drop_slices=(12,))
+    pd.DataFrame({"subject_id": [sid], "time": [100.0], "event": [1], "split": ["test"],
+                  "study": ["studies/gap"]}).to_csv(tmp_path / "cohort.csv", index=False)
+    p = predict_subject(DEMO_MODELS / "image_only", tmp_path, sid)
+    assert p["warnings"] and p["warnings"][0].startswith("missing slices: about 1 slice(s) absent"), p["warnings"]
+    assert predict_subject(DEMO_MODELS / "image_only", new_demo_cases, sid)["warnings"] == []
 
 
 def test_a_wider_field_of_view_is_flagged_and_at_twice_the_field_withheld(new_demo_cases: Path, tmp_path: Path) -> None:

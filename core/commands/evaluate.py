@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     features_line = split_feature_reads_text(res.get("features"))
     if features_line:
         print(f"features    {features_line}", file=out)
+    for note in res.get("notes", []):
+        print(f"note        {note}", file=out)
     _print_extras(res, out)
     return 0
 

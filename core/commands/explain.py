@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from core.predict import image_read
 
     read = image_read(model, volume)  # what the model cannot read here: the map explains it all the same
-    notes = [*read.warnings] + ([f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "
+    notes = [*volume.warnings, *read.warnings] + ([f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "
                                  "The map shows what the model reads in something it never saw in training."]
                                 if read.withheld else [])
     result = {**att.to_dict(), "slice_shown": int(k), "model": model_label, "fusion": model.fusion,

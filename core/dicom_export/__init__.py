@@ -33,6 +33,7 @@ from core.dicom_export.objects import (
 from core.dicom_export.series import (
     SourceSeries,
     derive_ct_series,
+    source_identity,
     source_series_from_files,
 )
 from core.errors import InputError
@@ -126,15 +127,20 @@ def source_series_for(volume: Volume, out: Path, study_path: Path | None = None,
         else:
             raise InputError("study", str(study_path), "the DICOM files of this volume are not available",
                              "pass the study folder, file or zip the volume was loaded from")
+        sources = list(sources)
         try:
             return source_series_from_files(sources, volume)
         except InputError as err:
             if err.field != "source series":
                 raise
-            # e.g. uneven slice spacing: the instances are not the voxels of the Volume; export on a derived series
-            series = derive_ct_series(volume, out / "CT", series_description="Derived from the loaded volume")
-            series.warnings.append(f"the DICOM series could not be used as the source ({err.problem}); the objects "
-                                   "refer to a derived CT series (OUT/CT) in a new study instead")
+            # e.g. a missing slice: the instances are not the voxels of the Volume; export on a derived series in
+            # the source's patient and study
+            identity = source_identity(sources, volume)
+            series = derive_ct_series(volume, out / "CT", series_description="Derived from the loaded volume",
+                                      identity=identity)
+            series.warnings.append(f"the DICOM series could not be the source of the objects ({err.value} "
+                                   f"{err.problem}): they refer to a derived CT series (OUT/CT) written as loaded, in "
+                                   + ("the same patient and study" if identity is not None else "a new study"))
             return series
     return derive_ct_series(volume, out / "CT")
 

@@ -117,8 +117,10 @@ def pixel_indices(ds: Dataset, affine: np.ndarray, shape: tuple[int, int, int],
     off = float(np.max(np.abs(idx - rounded)))
     inside = all((rounded[a] >= 0).all() and (rounded[a] < shape[a]).all() for a in range(3))
     if off > GRID_TOLERANCE or not inside:
-        raise InputError("source series", str(ds.get("SOPInstanceUID", "?")),
-                         f"does not lie on the loaded volume's voxel grid (off by {off:.3g} voxel, inside: {inside})",
+        where = (f"lies {off:.2g} voxel off the loaded volume's regular grid" if off > GRID_TOLERANCE else
+                 "lies outside the loaded volume's regular grid (missing slices stacked without the gap, or uneven "
+                 "spacing)")
+        raise InputError("source series", f"image {ds.get('InstanceNumber', '?')}", where,
                          "export from the series the volume was loaded from")
     k, r, c = (rounded[a].astype(np.intp) for a in range(3))
     return k, r, c
@@ -209,12 +211,35 @@ def _uid(seed: bytes, part: str) -> str:
     return generate_uid(entropy_srcs=[seed.hex(), part])
 
 
-def derive_ct_series(volume: Volume, out_dir: Path, *, series_description: str = "Derived from NIfTI") -> SourceSeries:
+#: the patient and study attributes a derived series copies from a DICOM source (empty when it has none)
+IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+            "AccessionNumber", "ReferringPhysicianName")
+
+
+def source_identity(sources: Iterable[Path | tuple[str, bytes]], volume: Volume) -> Dataset | None:
+    """The header (no pixels) of the first instance of the volume's series among ``sources``, or None."""
+    series_key = volume.meta.get("series_key", "")
+    for source in sources:
+        path = Path(source[0]) if isinstance(source, tuple) else Path(source)
+        try:
+            raw = source[1] if isinstance(source, tuple) else Path(source).read_bytes()
+            ds = pydicom.dcmread(io.BytesIO(undeflate_dicom(raw, path.name)), stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError):
+            continue
+        if "StudyInstanceUID" in ds and (not series_key or str(ds.get("SeriesInstanceUID", "")) in {series_key, ""}):
+            return ds
+    return None
+
+
+def derive_ct_series(volume: Volume, out_dir: Path, *, series_description: str = "Derived from NIfTI",
+                     identity: Dataset | None = None) -> SourceSeries:
     """Write ``volume`` as a derived CT series (``CT00001.dcm`` ...) in ``out_dir`` and place it on the grid.
 
     UIDs are derived from the voxel data and the affine, so exporting the same
     study twice gives the same series. Patient and study identity attributes
-    are present (type 2) but empty: the NIfTI source carries none.
+    are present (type 2) but empty: a NIfTI source carries none. ``identity``: the source DICOM instance of a
+    volume whose instances could not be the source (missing slices stacked without the gap): the series then
+    joins that patient and study (``IDENTITY``, the StudyInstanceUID) in a frame of reference of its own.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     hu = np.asarray(volume.hu, dtype=np.float32)
@@ -239,13 +264,19 @@ def derive_ct_series(volume: Volume, out_dir: Path, *, series_description: str =
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop_uid
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.DerivationDescription = "Converted from a NIfTI volume (HU rounded to integers)"
+        ds.DerivationDescription = ("Converted from a NIfTI volume (HU rounded to integers)" if identity is None else
+                                    "Restacked from the source DICOM series on one regular grid as loaded (HU rounded "
+                                    "to integers)")
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                         "StudyID", "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator",
                         "KVP", "AcquisitionNumber", "Manufacturer", "Laterality", "PatientPosition"):
             setattr(ds, keyword, "" if keyword != "Manufacturer" else MANUFACTURER)
+        if identity is not None:
+            for keyword in IDENTITY:
+                if keyword in identity:
+                    setattr(ds, keyword, identity.data_element(keyword).value)
         ds.Modality = "CT"
-        ds.StudyInstanceUID = study_uid
+        ds.StudyInstanceUID = study_uid if identity is None else str(identity.StudyInstanceUID)
         ds.SeriesInstanceUID = series_uid
         ds.SeriesNumber = 1
         ds.SeriesDescription = series_description
