@@ -278,7 +278,7 @@ class Cohort:
         if path is None:
             return None
         if not path.exists():
-            raise InputError("study", str(self.row(subject_id)["study"]), "file not found",
+            raise InputError(f"study (subject {subject_id})", str(self.row(subject_id)["study"]), "file not found",
                              "fix the study path in cohort.csv (relative to the cohort folder)")
         from core.io.study import load_study
 

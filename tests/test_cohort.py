@@ -253,3 +253,10 @@ def test_columns_as_other_sites_name_them(tmp_path: Path) -> None:
         validate_outcomes(pd.DataFrame({"id": [1, 2], "subject": [1, 2], "futime": [5, 6], "status": [1, 2]}))
     with pytest.raises(InputError, match="cohort.csv columns: got Subject, SUBJECT, all read as subject_id"):
         validate_outcomes(pd.DataFrame({"Subject": [1], "SUBJECT": [1], "time": [5], "event": [1]}))
+
+
+def test_a_missing_study_file_names_its_subject(tmp_path: Path) -> None:
+    (tmp_path / "cohort.csv").write_text("subject_id,time,event,split,study\ns1,10,1,train,studies/a.nii.gz\n"
+                                         "s2,20,0,test,studies/nope.nii.gz\n")
+    with pytest.raises(InputError, match=r"^study \(subject s2\): got studies/nope.nii.gz, file not found; fix: fix"):
+        load_cohort(tmp_path).load_volume("s2")

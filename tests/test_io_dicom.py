@@ -558,3 +558,16 @@ def test_slices_of_another_pixel_spacing_are_left_out(tmp_path):
     vol = load_study(written.folder)
     assert vol.shape[0] == 6 and np.allclose(vol.spacing_mm[1:], written.spacing_mm[1:])
     assert any(w.startswith("2 image(s) with another size, pixel spacing or orientation left out") for w in vol.warnings)
+
+
+def test_a_folder_holding_the_study_zipped_names_the_zip(tmp_path: Path) -> None:
+    """A folder with the series zipped inside it (and a note beside it) is no series: the error names the zip to
+    point at, where it said only "2 not DICOM"."""
+    written = write_series(tmp_path / "series", shape=(4, 16, 16))
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    (folder / "study.zip").write_bytes(zip_folder(written.folder))
+    (folder / "notes.txt").write_text("CT chest")
+    with pytest.raises(InputError, match=r"but a zip \(study\.zip\); fix: point at the zip itself \(study\.zip\)"):
+        load_study(folder)
+    assert load_study(folder / "study.zip").shape == (4, 16, 16)

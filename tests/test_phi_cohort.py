@@ -215,6 +215,9 @@ def test_nifti_upload_deidentified_through_deidentify_bytes(tmp_path):
     blob, report = deidentify_bytes(path.read_bytes(), "upload.nii.gz")
     assert report.files_written == ["VOL00001.nii.gz"] and report.n_instances == 1
     assert sorted(report.changes) == [("nifti.descrip", "Z"), ("nifti.intent_name", "Z")]
+    text = "\n".join(report.lines())  # no DICOM profile or date shift claimed for a NIfTI
+    assert "profile:" not in text and "dates:" not in text and "NIfTI: 1 volume(s)" in text
+    assert "emptied (Z, 2 elements): nifti.descrip, nifti.intent_name" in text
     after = load_study_bytes(blob, "clean.zip")  # the zip the upload page gets back loads as the volume
     assert after.phi == [] and np.array_equal(after.hu, before.hu)
 

@@ -256,6 +256,10 @@ def test_values_that_are_not_numbers_are_counted(tmp_path: Path) -> None:
     assert events["numeric_value"].notna().sum() == 1 and events.attrs["unreadable_values"] == 3
     assert unreadable_values_note(events).startswith("3 values of numeric_value are not numbers (e.g. '<0.5', 'positive')")
     assert summarize_file(path)["unreadable_values"] == 3
+    one = summarize_subject(path, "1")  # one subject's rows: its own count and the note (before: nothing)
+    assert one["unreadable_values"] == 2 and one["notes"][0].startswith("2 values of numeric_value are not numbers")
+    path.write_text(path.read_text() + "2,2020-01-06,,3.0\n")
+    assert summarize_file(path)["notes"][-1] == "1 row without a code is left out: give every event a code"
     numbers = tmp_path / "n.csv"
     numbers.write_text("subject_id,time,code,numeric_value\n1,2020-01-01,LAB//crp,0.4\n1,2020-01-02,DX//I10,\n")
     assert unreadable_values_note(read_timeline(numbers)) is None

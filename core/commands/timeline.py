@@ -23,7 +23,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     for key, value in summary.items():
-        if isinstance(value, dict):
+        if key == "notes":
+            for note in value:  # type: ignore[attr-defined]
+                print(f"note: {note}")
+        elif isinstance(value, dict):
             print(f"{key}:")
             for k, v in value.items():
                 print(f"  {k}: {v}")

@@ -62,6 +62,7 @@ class DeidReport:
     pixel_risk: list[str] = field(default_factory=list)  # warnings: burned-in text may remain
     leaks_removed: int = 0  # elements removed by the verification pass (identifying text outside the profile)
     residual: list[str] = field(default_factory=list)  # warnings: identifying text still in the bytes
+    n_nifti: int = 0  # NIfTI volumes among the instances (their header's free-text fields emptied; no dates in one)
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -79,8 +80,12 @@ class DeidReport:
         out = [f"de-identified {self.n_instances} instance(s) in {self.n_series} series -> {len(self.files_written)} file(s)"]
         if self.files_written:
             out[0] += f" ({self.files_written[0]} .. {self.files_written[-1]})"
-        out.append(f"profile: {self.profile}")
-        out.append({"shift": "dates: shifted by one random offset for the whole study (offset not shown)", "remove": "dates: removed", "keep": "dates: kept unchanged"}[self.dates])
+        if self.n_nifti < self.n_instances or not self.n_instances:
+            out.append(f"profile: {self.profile}")
+            out.append({"shift": "dates: shifted by one random offset for the whole study (offset not shown)", "remove": "dates: removed", "keep": "dates: kept unchanged"}[self.dates])
+        if self.n_nifti:
+            out.append(f"NIfTI: {self.n_nifti} volume(s): the header's free-text fields emptied (a NIfTI header holds "
+                       "no names, ids or dates otherwise; the DICOM profile does not apply)")
         if self.pseudonyms:
             out.append(f"patient pseudonym(s): {', '.join(self.pseudonyms)}")
         labels = {"X": "removed", "Z": "emptied", "D": "replaced by a dummy", "U": "UIDs replaced", "shift": "dates shifted"}
@@ -354,6 +359,7 @@ def _run(
             for field_name in cleared:
                 cleaner.changes[(field_name, "Z")] += 1
             report.n_instances += 1
+            report.n_nifti += 1
             report.files_written.append(name)
             series.add(f"nifti:{name}")
             continue

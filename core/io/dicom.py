@@ -249,6 +249,10 @@ def _load_dicom_sources(
     headers, skipped = scan.headers, scan.skipped
     if not headers:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+        zips = [s.name for s in sources if s.name.lower().endswith(".zip")]
+        if zips:  # a folder that holds the study zipped: the zip is the study
+            raise InputError("study", label, f"holds no readable DICOM image but a zip ({', '.join(zips[:3])})",
+                             f"point at the zip itself ({zips[0]}) or unzip it into this folder")
         raise InputError("study", label, f"holds no readable DICOM image ({reasons})", "point at a DICOM series (files with pixel data), a zip of one, or a NIfTI file")
     groups = group_series(headers)
     infos = [_series_info(k, hs) for k, hs in groups.items()]

@@ -463,7 +463,19 @@ def summarize_events(events: pd.DataFrame) -> dict[str, object]:
         "n_codes": int(events["code"].nunique()),
         "death_time": _iso(death.min()) if len(death) else None,
         "code_prefixes": {str(k): int(v) for k, v in sorted(prefixes.items(), key=lambda kv: (-kv[1], kv[0]))},
+        "unreadable_values": int(events.attrs.get("unreadable_values", 0)),
+        "notes": reading_notes(events),
     }
+
+
+def reading_notes(events: pd.DataFrame) -> list[str]:
+    """What reading a timeline left out, in words: values that are not numbers, rows without a code."""
+    dropped = int(events.attrs.get("dropped_null_code", 0) or 0)
+    notes = [unreadable_values_note(events)]
+    if dropped:
+        notes.append(f"{dropped} row{'s' if dropped > 1 else ''} without a code {'are' if dropped > 1 else 'is'} "
+                     "left out: give every event a code")
+    return [n for n in notes if n]
 
 
 def summarize_subject(path: str | Path, subject_id: str) -> dict[str, object]:
@@ -492,4 +504,5 @@ def summarize_file(path: str | Path) -> dict[str, object]:
         "last_time": _iso(timed.max()) if len(timed) else None,
         "columns": events.attrs["columns"],
         "unreadable_values": int(events.attrs.get("unreadable_values", 0)),
+        "notes": reading_notes(events),
     }
