@@ -287,6 +287,10 @@ def test_real_nifti_via_command_line(real_ct: Path, tmp_path: Path) -> None:
     ct_files = sorted((out / "CT").glob("CT*.dcm"))
     check_export(out, saliency, volume.affine, risk_at, report["modalities_used"], ct_files)
     assert report["modalities_used"] == ["image"]
+    sr = pydicom.dcmread(out / "prediction_sr.dcm")  # the caution travels with the risks into PACS
+    comments = [it.TextValue for it in sr.ContentSequence
+                if it.ValueType == "TEXT" and it.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert len(comments) == 1 and comments[0].startswith("The CT was read on request although it would be withheld")
     # the same export again refuses to overwrite
     again = _cli("export-dicom", "--model", str(DEMO_MODELS / "image_only"), "--cohort", str(cohort),
                  "--subject", "r1", "--out", str(out))

@@ -147,8 +147,9 @@ def source_series_for(volume: Volume, out: Path, study_path: Path | None = None,
 
 def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float], modalities_used: Sequence[str],
                  model: ModelInfo, method: str, out: Path, *, source: SourceSeries | None = None,
-                 percentile: float = 99.0) -> ExportResult:
-    """Write the Parametric Map, Segmentation and SR of one case into ``out`` (created; existing files replaced)."""
+                 percentile: float = 99.0, cautions: Sequence[str] = ()) -> ExportResult:
+    """Write the Parametric Map, Segmentation and SR of one case into ``out`` (created; existing files replaced);
+    ``cautions`` go into the SR as comments beside the risks (a CT read although outside the model's anatomy)."""
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.shape != volume.shape:
         raise InputError("saliency map", list(saliency.shape), f"does not match the volume {list(volume.shape)}",
@@ -159,7 +160,8 @@ def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float]
     pm = parametric_map(series, saliency, model, method)
     seg = segmentation(series, region, model, method, percentile)
     pm_path, seg_path = save(pm, out / "saliency_pm.dcm"), save(seg, out / "saliency_seg.dcm")
-    sr = structured_report(series, model, risk_at, modalities_used, method, derived_objects=[pm, seg])
+    sr = structured_report(series, model, risk_at, modalities_used, method, derived_objects=[pm, seg],
+                           cautions=cautions)
     sr_path = save(sr, out / "prediction_sr.dcm")
     return ExportResult(
         out=str(out), parametric_map=str(pm_path), segmentation=str(seg_path), structured_report=str(sr_path),
@@ -205,10 +207,10 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     attribution = attribute(model, inputs, method)
     study = _study_path(Path(cohort_dir), subject_id)
     source = source_series_for(volume, Path(out), study_path=study)
+    notice = read.note(model.fusion, read_anyway=True)
     result = export_dicom(volume, attribution.map, prediction.risk_at, prediction.modalities_used,
                           model_info(Path(model_dir)), method, Path(out), source=source,
-                          percentile=percentile)
-    notice = read.note(model.fusion, read_anyway=True)
+                          percentile=percentile, cautions=[notice] if notice else [])
     # the risk in the report reads the timeline too
     result.warnings += [*read.warnings, *([notice] if notice else []), *timeline_read(model, inputs.events),
                         *feature_read(model, cohort, subject_id)]

@@ -30,6 +30,7 @@ REPORT_TITLE = CodedConcept("SURVRISK", SCHEME, "Survival risk prediction report
 MODALITY_USED = CodedConcept("MODUSED", SCHEME, "Input modality used")
 MODEL_CARD = CodedConcept("MODELCARD", SCHEME, "Model card reference")
 DISCLAIMER = CodedConcept("DISCLAIM", SCHEME, "Intended use")
+COMMENT = CodedConcept("121106", "DCM", "Comment")
 ATTRIBUTION_METHOD = CodedConcept("ATTRMETH", SCHEME, "Attribution method")
 DISCLAIMER_TEXT = "Research use only. Not a medical device; not for clinical decisions."
 
@@ -149,8 +150,10 @@ def _image_ref(ds: Dataset) -> hd.sr.ImageContentItem:
 
 def structured_report(series: SourceSeries, model: ModelInfo, risk_at: dict[int, float],
                       modalities_used: Sequence[str], method: str | None,
-                      derived_objects: Sequence[Dataset] = (), *, series_number: int = 903) -> hd.sr.ComprehensiveSR:
-    """Comprehensive SR: risk at each horizon (NUM, no units, 0..1), model name/version/card, modalities used."""
+                      derived_objects: Sequence[Dataset] = (), *, series_number: int = 903,
+                      cautions: Sequence[str] = ()) -> hd.sr.ComprehensiveSR:
+    """Comprehensive SR: risk at each horizon (NUM, no units, 0..1), model name/version/card, modalities used, and
+    each of ``cautions`` (e.g. a CT read on request although outside the model's training anatomy) as a Comment."""
     contains = hd.sr.RelationshipTypeValues.CONTAINS
     items: list[hd.sr.ContentItem] = [
         hd.sr.TextContentItem(name=CodedConcept("111001", "DCM", "Algorithm Name"), value=model.name,
@@ -170,6 +173,8 @@ def structured_report(series: SourceSeries, model: ModelInfo, risk_at: dict[int,
         items.append(hd.sr.TextContentItem(name=MODALITY_USED, value=str(modality), relationship_type=contains))
     if method:
         items.append(hd.sr.TextContentItem(name=ATTRIBUTION_METHOD, value=method, relationship_type=contains))
+    for text in cautions:  # UT values: no length limit that matters here
+        items.append(hd.sr.TextContentItem(name=COMMENT, value=str(text), relationship_type=contains))
     items.extend(_image_ref(ds) for ds in derived_objects)
     root = hd.sr.ContainerContentItem(name=REPORT_TITLE, template_id=None)
     root.ContentSequence = hd.sr.ContentSequence(items)
