@@ -18,9 +18,8 @@ from core.io.timeline import (
     events_before,
     map_columns,
     read_timeline,
-    summarize_file,
-    summarize_subject,
 )
+from core.io.timeline_summary import summarize_file, summarize_subject
 from tests.conftest import ROOT
 
 
@@ -247,7 +246,8 @@ def test_times_with_and_without_an_offset_in_one_file(tmp_path: Path, aware_firs
 
 def test_values_that_are_not_numbers_are_counted(tmp_path: Path) -> None:
     """"<0.5" or "positive" in numeric_value cannot be a number: read as no value, and said so (count, examples)."""
-    from core.io.timeline import read_timeline, summarize_file, unreadable_values_note
+    from core.io.timeline import read_timeline, unreadable_values_note
+    from core.io.timeline_summary import summarize_file, summarize_subject
 
     path = tmp_path / "t.csv"
     path.write_text("subject_id,time,code,numeric_value\n1,2020-01-01,LAB//crp,<0.5\n1,2020-01-02,LAB//crp,1.2\n"
@@ -290,7 +290,8 @@ def test_one_subject_reads_with_the_whole_files_day_order(tmp_path: Path, suffix
     """A subject whose dates all read either way takes the day / month order of the whole file (it was refused when
     read alone, as `timeline --subject` and a cohort of some of the file's subjects do), and a subject whose own dates
     are consistent is still refused when the file mixes both orders."""
-    from core.io.timeline import read_timeline, summarize_subject
+    from core.io.timeline import read_timeline
+    from core.io.timeline_summary import summarize_subject
 
     def write(rows: list[tuple[str, str]]) -> Path:
         frame = pd.DataFrame({"subject_id": [s for s, _ in rows], "time": [t for _, t in rows],

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.io.timeline import summarize_file, summarize_subject
+    from core.io.timeline_summary import summarize_file, summarize_subject
 
     summary = summarize_subject(args.path, args.subject) if args.subject is not None else summarize_file(args.path)
     if args.json:
