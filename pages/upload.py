@@ -277,7 +277,7 @@ if frame is not None:
     c1, c2 = st.columns(2)
     subject = c1.selectbox(f"Subject ({len(subjects)} in the file)", subjects, key="timeline_subject")
     events = frame[frame["subject_id"] == subject].sort_values("time", kind="stable")
-    from core.io.timeline import OUTCOME_CODES, default_index_time
+    from core.io.timeline import OUTCOME_CODES, default_index_time, index_overlap_note
 
     study_date = volume.study_date if volume is not None else None
     shifted_note = ""
@@ -302,6 +302,9 @@ if frame is not None:
     st.caption(f"{len(events)} events for this subject, {before} at or before the index date, "
                f"{events['code'].nunique()} distinct codes. Default index date: {source}. The subject id is not "
                "stored: the saved events carry the case's own id." + shifted_note)
+    overlap = index_overlap_note(events, index_time)
+    if overlap:
+        st.warning(overlap, icon=":material/event_busy:")
     from core.ehr_read import upload_timeline_read
 
     with chrome.core_errors(stop=False):

@@ -185,6 +185,17 @@ def test_age_and_sex_of_an_uploaded_timeline(tmp_path: Path, real_meds: Path) ->
         sexes.append(given["sex_male"])
     assert set(sexes) == {0.0, 1.0}
     assert timeline_demographics(events.iloc[:0], None, ["age"]) == {}
+    # an index date before the birth (a de-identified study's shifted date beside MIMIC's 2100s) is no age: it was
+    # -104 years, saved and read by the model
+    rows = events[events["subject_id"] == events["subject_id"].iloc[0]]
+    early = pd.Timestamp("2017-02-20 23:59:59")
+    assert "age" not in timeline_demographics(rows, early, ["age", "sex_female"])
+    from core.io.timeline import index_overlap_note
+
+    note = index_overlap_note(rows, early)
+    dated = int((rows["time"].notna() & (rows["code"] != "MEDS_DEATH")).sum())  # the outcome aside
+    assert note is not None and note.startswith(f"None of the {dated} dated events lies at")
+    assert index_overlap_note(rows, rows["time"].max()) is None
 
 
 def test_a_cohort_without_features_gets_age_and_sex_from_its_timelines(tmp_path: Path) -> None:

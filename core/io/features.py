@@ -245,7 +245,9 @@ def timeline_demographics(events: pd.DataFrame, index_time: pd.Timestamp | None,
     out: dict[str, float] = {}
     age = next((n for n in names if column_key(n) in AGE_KEYS), None)
     births = times[codes == BIRTH_CODE].dropna()
-    if age is not None and index_time is not None and len(births):
+    if age is not None and index_time is not None and len(births) and births.min() <= pd.Timestamp(index_time):
+        # a birth after the index date is no age: the timeline's dates and the index date do not overlap (a study
+        # date shifted by de-identification beside an unshifted timeline); the age is then left missing
         out[age] = round((pd.Timestamp(index_time) - births.min()).total_seconds() / (86400.0 * 365.25), 2)
     sex = events[codes.str.upper().str.startswith(SEX_PREFIXES) & before.to_numpy()]
     if len(sex):

@@ -422,6 +422,27 @@ def events_before(events: pd.DataFrame, index_time: pd.Timestamp | str) -> pd.Da
     return events.loc[keep]
 
 
+def index_overlap_note(events: pd.DataFrame, index_time: pd.Timestamp) -> str | None:
+    """One line when none of a subject's dated events (outcomes aside) lies at or before ``index_time``: the
+    timeline and the index date are then likely on two calendars (a study date next to a timeline exported or
+    de-identified apart), and the model would read no timeline; None otherwise.
+
+    >>> ev = pd.DataFrame({"time": pd.to_datetime(["2150-01-01", "2151-06-01"]), "code": ["MEDS_BIRTH", "LAB//X"]})
+    >>> index_overlap_note(ev, pd.Timestamp("2017-02-20 23:59:59"))[:60]
+    'None of the 2 dated events lies at or before the index date '
+    >>> index_overlap_note(ev, pd.Timestamp("2151-07-01")) is None
+    True
+    """
+    dated = events[events["time"].notna() & ~events["code"].astype(str).isin(OUTCOME_CODES)]
+    if dated.empty or bool((dated["time"] <= pd.Timestamp(index_time)).any()):
+        return None
+    first, last = dated["time"].min(), dated["time"].max()
+    return (f"None of the {len(dated)} dated events lies at or before the index date {pd.Timestamp(index_time):%Y-%m-%d} "
+            f"(they run from {first:%Y-%m-%d} to {last:%Y-%m-%d}), so the model reads no timeline and no age for "
+            "this case: are the index date and the timeline on one calendar? Set the index date to the scan's date "
+            "as the timeline dates it.")
+
+
 def subject_ids(path: Path) -> pa.Array:
     """The distinct subject ids of a timeline file (its subject column only)."""
     fmt = _format(path)
