@@ -8,10 +8,12 @@ refuses a ``case_label`` that contains the case's subject id. Content streams
 are written uncompressed so that the text of the page can be audited with a
 byte search.
 
-The page is laid out from the top down in inches (:class:`_Flow`): text blocks
-take the height of their wrapped lines, the two figure rows share what is left,
-and blocks that still do not fit are cut with a "... (n more)" line, so no block
-runs into another or into the footer.
+The first page is laid out from the top down in inches (:class:`_Flow`): text
+blocks take the height of their wrapped lines, the two figure rows share what is
+left (the slice row shrinks to one line when there is no CT attribution), and a
+block that still does not fit is cut with a "... continued on page 2" line; its
+lines go whole onto the continuation pages, so no block runs into another or into
+the footer and no warning is lost.
 """
 
 from __future__ import annotations
@@ -127,13 +129,20 @@ def height(n_lines: int, size: float) -> float:
     return n_lines * size * LINE / 72.0
 
 
-def _fit(lines: list[str], room_in: float, size: float) -> list[str]:
-    """``lines`` cut to the room, the last kept line saying how many were left out."""
+#: a block cut on the first page, printed whole on the continuation pages: (heading, lines, size, monospace)
+Continued = tuple[str, list[str], float, bool]
+
+
+def _fit(lines: list[str], room_in: float, size: float, heading: str, rest: list[Continued],
+         mono: bool = False) -> list[str]:
+    """``lines`` cut to the room, the last kept line pointing to the continuation pages, where the whole block
+    (``heading``) goes: appended to ``rest``."""
     fits = int(room_in / (size * LINE / 72.0))
     if len(lines) <= fits:
         return lines
     keep = max(fits - 1, 0)
-    return lines[:keep] + [f"... ({len(lines) - keep} more lines)"] if fits > 0 else []
+    rest.append((heading, lines, size, mono))
+    return lines[:keep] + [f"... ({len(lines) - keep} more lines: the whole block is on page 2)"] if fits > 0 else []
 
 
 def _wrap(items: Sequence[str], width: int, bullet: str = "") -> list[str]:
@@ -191,22 +200,59 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
     if sid and sid in str(case_label):
         raise InputError("case_label", "contains the subject id", "would identify the patient in the report",
                          "pass a neutral label such as 'case 3'")
-    with matplotlib.rc_context({"pdf.compression": 0, "font.size": 8}):
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    metadata = {"Title": "Case report", "Author": None, "Subject": None, "Keywords": None, "Creator": None,
+                "Producer": None, "CreationDate": None}
+    with matplotlib.rc_context({"pdf.compression": 0, "font.size": 8}), PdfPages(target, metadata=metadata) as pdf:
         fig = plt.figure(figsize=PAGE_INCHES)
-        _draw(fig, model, prediction, volume_hu, spacing_mm, attribution, events_table, cohort_km,
-              model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped),
-              dict(clinical_values or {}))
-        fig.savefig(target, format="pdf", metadata={"Title": "Case report", "Author": None, "Subject": None,
-                                                     "Keywords": None, "Creator": None, "Producer": None,
-                                                     "CreationDate": None})
+        rest = _draw(fig, model, prediction, volume_hu, spacing_mm, attribution, events_table, cohort_km,
+                     model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped),
+                     dict(clinical_values or {}))
+        pdf.savefig(fig)
         plt.close(fig)
+        for page_fig in _continuation(plt, rest, case_label):
+            pdf.savefig(page_fig)
+            plt.close(page_fig)
     return target
+
+
+def _footer(fig: Any, page: _Flow) -> None:
+    fig.text(MARGIN_IN / page.w, 0.5 * MARGIN_IN / page.h, DISCLAIMER + " Times are days relative to the index date.",
+             fontsize=7, color="0.3", va="bottom")
+
+
+def _continuation(plt: Any, rest: list[Continued], case_label: str) -> list[Any]:
+    """The pages that carry the blocks cut on the first one, whole, flowing from the top down."""
+    figs: list[Any] = []
+    page: _Flow | None = None
+    bottom = PAGE_INCHES[1] - MARGIN_IN - 0.1
+    for heading, lines, size, mono in rest:
+        todo = list(lines)
+        title = heading
+        while todo:
+            if page is None or page.y + height(2, size) > bottom:
+                page = _Flow(plt.figure(figsize=PAGE_INCHES))
+                figs.append(page.fig)
+                page.text(MARGIN_IN, page.y, [f"Case report: {case_label} (page {len(figs) + 1})"], 11, weight="bold")
+                page.y += 0.32
+                _footer(page.fig, page)
+            page.text(MARGIN_IN, page.y, [title], 8.5, weight="bold")
+            page.y += height(1, 8.5)
+            n = max(int((bottom - page.y) / (size * LINE / 72.0)), 1)
+            chunk, todo = todo[:n], todo[n:]
+            page.text(MARGIN_IN, page.y, chunk, size, **({"family": "monospace"} if mono else {}))
+            page.y += height(len(chunk), size) + 0.15
+            title = f"{heading} (continued)"
+    return figs
 
 
 def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, spacing_mm: Sequence[float] | None,
           attribution: Any, events_table: pd.DataFrame | None, cohort_km: Any, card: str, case_label: str,
           warnings: list[str], strategy_risks: pd.DataFrame | None, skipped: list[str],
-          clinical_values: dict[str, float]) -> None:
+          clinical_values: dict[str, float]) -> list[Continued]:
+    """Draw the first page; return the blocks cut on it (for the continuation pages)."""
+    rest: list[Continued] = []
     page = _Flow(fig)
     width = page.w - 2 * MARGIN_IN
     x0 = MARGIN_IN
@@ -222,7 +268,7 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     page.y += height(1, 9) + 0.08
     # ---- warnings, as on the page
     warn = _wrap(warnings, 128, "- ") if warnings else ["None: the page showed no warning for this case."]
-    warn = _fit(warn, 2.2, 7.5)
+    warn = _fit(warn, 2.2, 7.5, f"Warnings ({len(warnings)}, as shown on the case review page)", rest)
     page.text(x0, page.y, [f"Warnings ({len(warnings)}, as shown on the case review page)"], 8.5, weight="bold",
               color="#b00020" if warnings else "0.2")
     page.y += height(1, 8.5)
@@ -234,16 +280,22 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     card_lines = ["Model card", ""] + _wrap((card or "").splitlines(), 52)
     left_w = 0.62 * width
     room_below = footer_top - page.y
-    fixed = 3.0 + 1.9 + 0.5  # survival row, slice row and gaps, at their nominal sizes
+    with_slices = attribution is not None and volume_hu is not None and bool(attribution.top_slices)
+    slice_nominal = 1.9 if with_slices else 0.35  # without a map the slice row is one line of text
+    fixed = 3.0 + slice_nominal + 0.5  # survival row, slice row and gaps, at their nominal sizes
     text_room = max(room_below - fixed, 1.2)
-    strat = _fit(strat, min(height(len(strat) + 1, 7), 0.45 * text_room), 7)
+    strat = _fit(strat, min(height(len(strat) + 1, 7), 0.45 * text_room), 7, "Same case under every fusion strategy",
+                 rest, mono=True)
     strat_h = height(len(strat) + 1, 7) + 0.1 if strat else 0.0
     needed = max(height(len(events), 6.5), height(len(card_lines), 6.5))
-    plots = min(max(room_below - strat_h - 0.5 - needed, 3.6), 4.9)  # the figures shrink before text is cut
+    top = 3.0 + slice_nominal
+    plots = min(max(room_below - strat_h - 0.5 - needed, 0.73 * top), top)  # the figures shrink before text is cut
     low_room = room_below - strat_h - 0.5 - plots
-    events = _fit(events, low_room, 6.5)
-    card_lines = _fit(card_lines, low_room, 6.5)
-    surv_h, slice_h = plots * 3.0 / 4.9, plots * 1.9 / 4.9
+    events = _fit(events, low_room, 6.5, "Timeline events and clinical values", rest, mono=True)
+    card_lines = _fit(card_lines, low_room, 6.5, "Model card", rest)
+    if rest and rest[-1][0] == "Model card":  # whole on page 2, across the page's width
+        rest[-1] = ("Model card", _wrap((card or "").splitlines(), 120), 6.5, False)
+    surv_h, slice_h = plots * 3.0 / top, plots * slice_nominal / top
     # ---- survival curve and risks
     ax = page.axes(x0 + 0.45, page.y + 0.2, 0.62 * width - 0.45, surv_h - 0.6)
     _survival_axes(ax, model, prediction, cohort_km)
@@ -261,8 +313,8 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     # ---- events and model card
     page.text(x0, page.y, events, 6.5, family="monospace")
     page.text(x0 + left_w + 0.03 * width, page.y, card_lines, 6.5)
-    fig.text(MARGIN_IN / page.w, 0.5 * MARGIN_IN / page.h, DISCLAIMER + " Times are days relative to the index date.",
-             fontsize=7, color="0.3", va="bottom")
+    _footer(fig, page)
+    return rest
 
 
 def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any) -> None:
@@ -312,7 +364,7 @@ def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarra
     if attribution is not None and volume_hu is not None:
         slices = [i for i, _ in attribution.top_slices[:3]]
     if not slices:
-        page.text(x0, page.y + 0.1, ["No CT attribution for this case."], 8)
+        page.text(x0, page.y + 0.05, ["No CT attribution for this case."], 8)
         return
     n = int(np.asarray(volume_hu).shape[0])
     w = (width - 0.4) / 3

@@ -99,11 +99,13 @@ def test_case_report_without_ct_or_events(parts: dict[str, Any], tmp_path: Path)
 PDFTOTEXT = shutil.which("pdftotext")
 
 
-def words(pdf: Path) -> list[tuple[float, float, float, float, str]]:
-    """(xMin, yMin, xMax, yMax, word) of every word on the page (poppler's pdftotext -bbox; y grows downwards)."""
+def words(pdf: Path, page: int = 1) -> list[tuple[float, float, float, float, str]]:
+    """(xMin, yMin, xMax, yMax, word) of every word on ``page`` (from 1; poppler's pdftotext -bbox; y grows
+    downwards)."""
     if PDFTOTEXT is None:
         pytest.skip("pdftotext (poppler-utils) is not installed")
-    html = subprocess.run([PDFTOTEXT, "-bbox", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    html = subprocess.run([PDFTOTEXT, "-bbox", "-f", str(page), "-l", str(page), str(pdf), "-"], check=True,
+                          capture_output=True, text=True).stdout
     out = []
     for m in re.finditer(r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>', html):
         out.append((float(m[1]), float(m[2]), float(m[3]), float(m[4]), m[5]))
@@ -152,7 +154,7 @@ def test_report_carries_every_warning_and_the_strategy_table_without_overlap(par
     assert (disagreement(pair) is not None) == (abs(case - 0.45) > 0.2), (case, disagreement(pair))
     warnings = ["First warning: the image part is masked out for this case.", "A long warning: " + " ".join(f"part{i}" for i in range(70)) + " end.",
                 flag]
-    long_card = "\n".join(f"- card line {i}: " + "metric " * 12 for i in range(40))  # far more than fits
+    long_card = "\n".join(f"- card line {i}: " + "metric " * 12 for i in range(40)) + "\nlast card line"
     out = case_report_pdf(tmp_path / "r.pdf", **(_kwargs(parts) | {
         "warnings": warnings, "strategy_risks": table, "strategies_skipped": ["ehr_only reads only the EHR; the case has none"],
         "model_card_summary": long_card}))
@@ -161,7 +163,11 @@ def test_report_carries_every_warning_and_the_strategy_table_without_overlap(par
         assert " ".join(w.split()) in text, w[:40]
     assert "Warnings (3, as shown on the case review page)" in text
     assert "* cross_attention" in text and "not scored: ehr_only reads only the EHR; the case has none" in text
-    assert "more lines)" in text  # the card was cut to the room left, not run into the footer
+    # the card was cut to the room left on page 1 (not run into the footer) and printed whole on page 2
+    assert "more lines: the whole block is on page 2)" in text and "Model card (continued)" not in text
+    assert "card line 39" in text and "last card line" in text
+    page2 = words(out, 2)
+    assert page2 and overlaps(page2) == [] and [w[4] for w in page2[:3]] == ["Case", "report:", "case"]
     ws = words(out)
     footer = [w for w in ws if w[4] == "Times"]
     assert footer, "footer missing"
@@ -171,7 +177,7 @@ def test_report_carries_every_warning_and_the_strategy_table_without_overlap(par
     assert len(above) == len(ws) - len([m for m in mid if abs(m - foot) <= 2])  # nothing on or below the footer
     assert foot - max(above) >= 12, "a block runs into the footer"  # at least a line of clear space
     assert overlaps(ws) == []
-    assert len(re.findall(rb"/Type\s*/Page\b", out.read_bytes())) == 1
+    assert len(re.findall(rb"/Type\s*/Page\b", out.read_bytes())) == 2
 
 
 def test_report_of_the_real_abdominal_ct_carries_its_coverage_warning(parts: dict[str, Any], real_ct: Path,
