@@ -149,7 +149,8 @@ def _nifti() -> dict:
 
 st.subheader("Case report (PDF)")
 st.caption("One page: the survival curve, risks, top slices with the map, the strategies' risks, top events, the "
-           "model card, and every warning Case review shows for this case, word for word.")
+           "model card, and every warning Case review shows for this case, word for word (a block that does not fit "
+           "continues whole on a second page).")
 prepare("report", "Prepare the case report", "case_report_pdf", "report", _report)
 offer("report", "Download the case report (PDF)", "application/pdf")
 
