@@ -89,9 +89,11 @@ def caption_text(
 # --------------------------------------------------------------------------- figures
 
 
-def export_name(kind: str, case_number: int, suffix: str, *, method: str | None = None, slice_index: int | None = None) -> str:
-    """A file name with nothing identifying: kind, a session-local case number, method, slice."""
-    parts = [kind, f"case{case_number:02d}"]
+def export_name(kind: str, case_number: int, suffix: str, *, method: str | None = None, slice_index: int | None = None,
+                demo: bool = False) -> str:
+    """A file name with nothing identifying: kind, a session-local case number (``demo``: a demo case's, named
+    apart from an uploaded case's own number), method, slice."""
+    parts = [kind, f"{'demo' if demo else 'case'}{case_number:02d}"]
     if method:
         parts.append(method)
     if slice_index is not None:

@@ -37,10 +37,11 @@ else:
     source, subject_id = views.DEMO, (test_ids[0] if test_ids else cohort.ids()[0])
 model_name = views.current_model_name()
 number = views.case_number(source, subject_id)
+is_demo = source != views.UPLOADED  # a demo case's number is named apart from the saved cases' own numbers
 method = chrome.method_setting(views.current_lazy_model())  # the model's config only: nothing loaded for this
 horizon = chrome.horizon_days()
 st.markdown(
-    f"**Case {number}** ({'uploaded' if source == views.UPLOADED else 'demo'}), model **{model_name}**, "
+    f"**{'Demo case' if is_demo else 'Case'} {number}**{'' if is_demo else ' (uploaded)'}, model **{model_name}**, "
     f"method **{_viewer.METHOD_LABELS.get(method, method)}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
     "Change them on the Case review page and in the sidebar."
 )
@@ -87,7 +88,7 @@ else:
             folder = session.exports_dir("figure")
             files = {}
             for fmt in FORMATS:
-                name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1)
+                name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1, demo=is_demo)
                 files[fmt] = (name, figure_export.export(fig, folder / name, caption=caption).read_bytes())
             exports["figure"] = {"key": key, "files": files}
     ready = exports.get("figure")
@@ -129,7 +130,7 @@ def offer(slot: str, label: str, mime: str) -> dict | None:
 def _report() -> dict:
     from core.report import case_report_pdf
 
-    name = figure_export.export_name("case-report", number, "pdf", method=method)
+    name = figure_export.export_name("case-report", number, "pdf", method=method, demo=is_demo)
     path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon,
                                session.exports_dir("report") / name)
     return {"name": name, "data": path.read_bytes()}
@@ -137,14 +138,14 @@ def _report() -> dict:
 
 def _dicom() -> dict:
     zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, amap)
-    return {"data": zip_bytes, "summary": summary, "name": figure_export.export_name("dicom", number, "zip", method=method)}
+    return {"data": zip_bytes, "summary": summary, "name": figure_export.export_name("dicom", number, "zip", method=method, demo=is_demo)}
 
 
 def _nifti() -> dict:
     from core.app.volume_nifti import map_to_nifti
 
     return {"data": map_to_nifti(volume, amap),
-            "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method)}
+            "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method, demo=is_demo)}
 
 
 st.subheader("Case report (PDF)")

@@ -79,6 +79,7 @@ def test_export_names_carry_nothing_identifying() -> None:
     name = figure_export.export_name("saliency", 3, "png", method="integrated_gradients", slice_index=7)
     assert name == "saliency_case03_integratedgradients_slice007.png"
     assert figure_export.export_name("case-report", 12, ".pdf") == "case-report_case12.pdf"
+    assert figure_export.export_name("case-report", 12, ".pdf", demo=True) == "case-report_demo12.pdf"  # not case 12
 
 
 def _zip(entries: dict[str, bytes]) -> bytes:

@@ -374,7 +374,7 @@ def test_download_saliency_png(page: object, tmp_path: Path) -> None:
     with pg.expect_download() as info:  # type: ignore[attr-defined]
         pg.get_by_role("button", name="Download PNG").click()  # type: ignore[attr-defined]
     download = info.value
-    assert re.fullmatch(r"saliency_case\d\d_[a-z]+_slice\d{3}\.png", download.suggested_filename)
+    assert re.fullmatch(r"saliency_(?:case|demo)\d\d_[a-z]+_slice\d{3}\.png", download.suggested_filename)
     target = tmp_path / download.suggested_filename
     download.save_as(str(target))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -390,7 +390,7 @@ def test_download_dicom_objects(page: object, tmp_path: Path) -> None:
     pg = page
     go(pg, "Export")
     target = download(pg, "Prepare the DICOM objects", "Download the DICOM objects (zip)", tmp_path)
-    assert re.fullmatch(r"dicom_case\d\d_[a-z]+\.zip", target.name)
+    assert re.fullmatch(r"dicom_(?:case|demo)\d\d_[a-z]+\.zip", target.name)
     with zipfile.ZipFile(target) as zf:
         names = set(zf.namelist())
         assert {"saliency_pm.dcm", "saliency_seg.dcm", "prediction_sr.dcm"} <= names
@@ -409,7 +409,7 @@ def test_download_map_nifti(page: object, tmp_path: Path) -> None:
     pg = page
     go(pg, "Export")
     target = download(pg, "Prepare the map (NIfTI)", "Download the map (NIfTI)", tmp_path)
-    assert re.fullmatch(r"saliency-map_case\d\d_[a-z]+\.nii\.gz", target.name)
+    assert re.fullmatch(r"saliency-map_(?:case|demo)\d\d_[a-z]+\.nii\.gz", target.name)
     img = nib.load(str(target))
     data = np.asarray(img.get_fdata())
     assert data.ndim == 3 and min(data.shape) >= 8 and np.isfinite(data).all() and float(np.abs(data).max()) > 0

@@ -174,7 +174,7 @@ def test_slice_numbers_agree_between_caption_and_file_name(page: object) -> None
     shown = int(re.search(r"Axial slice (\d+)/", caption).group(1))
     prepare(pg, "Prepare the saliency figure")
     settle(pg, 180)
-    files = pg.get_by_text(re.compile(r"Files: saliency_case")).first.inner_text()  # type: ignore[attr-defined]
+    files = pg.get_by_text(re.compile(r"Files: saliency_(?:case|demo)")).first.inner_text()  # type: ignore[attr-defined]
     assert f"Axial slice {shown}/" in files and f"_slice{shown:03d}.png" in files
     with pg.expect_download() as info:  # type: ignore[attr-defined]
         pg.get_by_role("button", name="Download PNG").click()  # type: ignore[attr-defined]
