@@ -388,6 +388,10 @@ def _event_lines(model: Any, events_table: pd.DataFrame | None) -> list[str]:
     text = ["Top timeline events (integrated gradients of the risk; + raises it)", ""]
     if events_table is None or not len(events_table):
         return text + ["No timeline events used by this model for this case."]
+    scored = [c for c in ("score", "attention") if c in events_table.columns]
+    if not np.any(np.nan_to_num(events_table[scored].to_numpy(dtype=float))):
+        return text + [f"None of the case's {len(events_table)} events is read by this model (codes it was",
+                       "not trained on): no event raised or lowered the risk."]
     from core.deid.text import redact_codes
 
     # free text outside the model's own code vocabulary could hold PHI: it never reaches the PDF

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -227,8 +228,12 @@ with t1:
     else:
         with chrome.core_errors(stop=False):
             scores = views.case_event_scores(model, source, subject_id, chrome.horizon_days())
+            unread = scores is not None and not np.any(scores)  # zero attention everywhere: no event was read
+            if unread:
+                st.info(f"{model_name} reads none of these {n_events} events (their codes are not among those it was "
+                        "trained on, see the warnings above), so no attention over them is shown.")
             tl = F.timeline_figure(events, scores, views.case_index_time(source, subject_id), top_k=8,
-                                   title="Events before the scan (most attended numbered)",
+                                   title="Events before the scan" + ("" if unread else " (most attended numbered)"),
                                    kind="attention" if scores is not None else "attribution")
             tl.update_layout(width=None)
             st.plotly_chart(tl, width="stretch", key="timeline_fig")
@@ -253,8 +258,11 @@ with t1:
                                   index=pd.Index(list(case_values), name="clinical value")))
             st.caption("Entered or taken from a features table on the Upload page, where they can be changed.")
 with t2:
-    maps = F.attention_maps(pred.attention, events) if n_events else []
-    if n_events == 0:
+    read_any = pred.event_weights is None or bool(np.any(pred.event_weights))
+    maps = F.attention_maps(pred.attention, events) if n_events and read_any else []
+    if not read_any and n_events:
+        st.info(f"No attention between slices and events to show: {model_name} reads none of this case's events.")
+    elif n_events == 0:
         st.info("No attention over events to show: the case has no timeline events.")
     elif not maps:
         st.info(f"{model_name} has no cross-modal attention to show (only the cross- and co-attention "

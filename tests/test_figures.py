@@ -145,6 +145,15 @@ def test_timeline_figure_uses_relative_days_and_marks_top_events() -> None:
     assert "2031" not in dump and "2030" not in dump  # no dates anywhere in the figure
     with pytest.raises(InputError, match="attributions: got 3 values, must have one per event"):
         F.timeline_figure(events, np.ones(3), index)
+    # attention 0 on every event (a site's codes the model never saw): nothing ranked or numbered (it numbered 1-8)
+    unread = F.timeline_figure(events, np.zeros(4), index, top_k=8, kind="attention")
+    assert len(unread.data) == 1 and not [a for a in unread.layout.annotations if a.showarrow]
+    assert not (unread.layout.meta or {}).get("top")
+    from core.report import _event_lines
+
+    table = events.assign(score=0.0, attention=0.0, days_before_index=[400, 100, 30, 2])
+    lines = _event_lines(None, table)  # the model's vocabulary is not needed when nothing was read
+    assert lines[2].startswith("None of the case's 4 events is read by this model") and len(lines) == 4
 
 
 def test_caption_and_safe_filename() -> None:

@@ -101,7 +101,8 @@ def timeline_figure(
     """Timeline events (time, code, numeric_value) by code family, in days before the index date.
 
     ``kind`` names the scores: ``"attribution"`` (signed: a diverging scale centred at 0) or ``"attention"``
-    (weights >= 0: a sequential scale from 0). Marker size grows with |score|; the ``top_k`` scored events are
+    (weights >= 0: a sequential scale from 0); scores that are all 0 (the model read none of the events) are drawn as
+    no scores, nothing numbered. Marker size grows with |score|; the ``top_k`` scored events are
     outlined and numbered 1..k by score (labels on short leader lines, placed apart from their neighbours; events
     left of the axis keep their number in the list only), and the figure's ``layout.meta["top"]`` lists them. The axis covers the case's active window
     (:func:`timeline_window`); events left of it are counted in a note at the left edge
@@ -129,6 +130,8 @@ def timeline_figure(
     hover = [f"{c}<br>day {d:.1f}" + ("" if pd.isna(v) else f"<br>value {v:g}") for c, d, v in zip(ev["code"], days, values)]
     fig = go.Figure()
     top_rows: list[dict[str, Any]] = []
+    if attr is not None and n and not np.any(attr):  # every score 0: the model read none of these events
+        attr = None
     if attr is not None and n:
         mag = np.abs(attr)
         scale = mag.max() or 1.0
