@@ -159,8 +159,8 @@ def feature_value_warning(tabular: Mapping[str, Any], row: Mapping[str, object])
     them clipped at 6 SDs. ``tabular``: the model's feature scaler as config.json keeps it.
 
     >>> scaler = {"columns": ["age", "last_creatinine"], "mean": [62.0, 1.1], "std": [11.0, 0.5]}
-    >>> feature_value_warning(scaler, {"age": 64.0, "last_creatinine": 97.0})[:86]
-    'Clinical values unlike the training values: last_creatinine 97 (training 1.1 +- 0.5). '
+    >>> feature_value_warning(scaler, {"age": 64.0, "last_creatinine": 97.0})[:85]
+    'Clinical values unlike the training values: last_creatinine 97 (training 1.1 ± 0.5). '
     >>> feature_value_warning(scaler, {"age": 91.0, "last_creatinine": 2.6}) is None  # old and sick, same units
     True
     """

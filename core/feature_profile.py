@@ -8,7 +8,7 @@ name its columns as the model reads them. No torch here: the Upload page imports
 
 >>> scaler = {"columns": ["age", "bnp"], "mean": [62.0, 5.74], "std": [11.0, 1.2], "log": ["bnp"]}
 >>> print(card_lines(scaler, ["age", "bnp"])[2])
-- 2 columns of features.csv, or of an uploaded case's clinical values, by these names (training mean +- SD): `age` 62 +- 11; `bnp` typically 310 (read on a log scale).
+- 2 columns of features.csv, or of an uploaded case's clinical values, by these names (training mean ± SD): `age` 62 ± 11; `bnp` typically 310 (read on a log scale).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SECTION = "## Curated features this model reads"
 
 
 def training_text(tabular: Mapping[str, Any], name: str) -> str:
-    """How a model saw feature ``name`` in training: "62 +- 11" (mean +- SD), "typically 310" for a column it reads
+    """How a model saw feature ``name`` in training: "62 ± 11" (mean ± SD), "typically 310" for a column it reads
     on a log scale; "" for a column it does not read.
 
     >>> training_text({"columns": ["age", "bnp"], "mean": [62.0, 5.74], "std": [11.0, 1.2], "log": ["bnp"]}, "bnp")
@@ -33,7 +33,7 @@ def training_text(tabular: Mapping[str, Any], name: str) -> str:
         return ""
     i = columns.index(name)
     mean, std = float(tabular["mean"][i]), float(tabular["std"][i])
-    return f"typically {float(np.expm1(mean)):.3g}" if name in set(tabular.get("log", [])) else f"{mean:.3g} +- {std:.3g}"
+    return f"typically {float(np.expm1(mean)):.3g}" if name in set(tabular.get("log", [])) else f"{mean:.3g} ± {std:.3g}"
 
 
 def card_lines(tabular: Mapping[str, Any] | None, names: Sequence[str]) -> list[str]:
@@ -45,6 +45,6 @@ def card_lines(tabular: Mapping[str, Any] | None, names: Sequence[str]) -> list[
                        for n in names)
     return [SECTION, "",
             f"- {len(names)} columns of features.csv, or of an uploaded case's clinical values, by these names (training "
-            f"mean +- SD): {listed}.",
+            f"mean ± SD): {listed}.",
             "- A column a case or cohort lacks is read as missing (the training mean, with a missing indicator); a value "
             "more than 5 training SDs and a factor 3 from the mean gets a warning (`core.ehr_read`).", ""]

@@ -122,14 +122,14 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
                          index=pd.Index(rows, name="clinical value"), dtype=object)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     st.caption(f"**{model_name}** reads {len(names)} curated features" + (f" (first in the table; "
-               "'training' is their mean +- SD in its training data)" if names else "")
+               "'training' is their mean ± SD in its training data)" if names else "")
                + ". Leave a value blank when it is unknown: it is read as missing (the training average).")
     edited = st.data_editor(frame, key=f"features_editor_{nonce}_{subject}_{subject_hint}_{index_time}_{model_name}",
                             width="stretch",
                             height=min(36 * (len(rows) + 1) + 4, 760),  # every row in sight up to about 20
                             disabled=["training"], num_rows="fixed",
                             column_config={"value": st.column_config.NumberColumn("value", format="%.4g"),
-                                           "training": st.column_config.TextColumn("training (mean +- SD)")})
+                                           "training": st.column_config.TextColumn("training (mean ± SD)")})
     values: dict[str, float] = {}
     with chrome.core_errors(stop=False, what="Clinical values not accepted: "):
         values = saved.check_case_features(dict(zip(edited.index.astype(str), edited["value"].tolist())))

@@ -52,10 +52,12 @@ with tab_card:
     st.markdown((ASSETS / "model_card_app.md").read_text(encoding="utf-8"))
     info = demo_install.demo_build_info()
     if info:
-        st.caption(
-            f"Demo built in this installation: {info['n']} synthetic patients, {info['epochs']} epochs per "
-            f"strategy, seed {info['seed']}, built in {info['build_seconds']} s."
-        )
+        trained = info.get("trained_here") or []
+        models = (f"{len(trained)} strategies trained here for up to {info['epochs']} epochs each"
+                  if trained and info.get("epochs") else
+                  "the models shipped with the app (trained with early stopping: see each model card)")
+        st.caption(f"Demo built in this installation: {info['n']} synthetic patients (generator seed {info['seed']}), "
+                   f"{models}; built in {info['build_seconds']} s.")
 
 with tab_use:
     st.markdown((ASSETS / "intended_use.md").read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import streamlit as st
 
 from core import figure_export, horizons
@@ -64,12 +65,22 @@ else:
     from core.io.windows import WINDOWS
 
     z = int(chrome.viewer_setting("axial_slice", volume.shape[0] // 2))  # the slice last shown in Case review
-    z = min(max(z, 0), volume.shape[0] - 1)
+    z = shown_z = min(max(z, 0), volume.shape[0] - 1)
     wname = chrome.viewer_setting("window", "soft_tissue")
     win = (WINDOWS[wname].low, WINDOWS[wname].high) if wname in WINDOWS else (-160.0, 240.0)
-    key = (source, subject_id, model_name, method, horizon, z, wname)
     # the same whole-volume map the viewer shows (computed once in the background, shared with Case review)
     amap = _viewer.overlay_map(model, views.case_inputs(model, source, subject_id), source, subject_id, method, horizon)
+    if amap is not None:
+        per = np.abs(np.asarray(amap)).sum(axis=(1, 2))  # each slice's share of the map
+        shares = per / per.sum() if per.sum() > 0 else per
+        best = int(np.argmax(per))
+        if shares[z] < 0.5 / len(per) and best != z:  # the slice shown holds little of the map: say where it lies
+            st.warning(f"Axial slice {z + 1} (the one last shown in Case review) holds {100 * shares[z]:.1f} % of the "
+                       f"map: its figure shows little or no colour. The map's top slice is {best + 1} "
+                       f"({100 * shares[best]:.0f} %).", icon=":material/visibility_off:")
+            if st.checkbox(f"Export slice {best + 1} instead", value=False, key="figure_top_slice"):
+                z = best
+    key = (source, subject_id, model_name, method, horizon, z, wname)
     if amap is None:
         st.caption("The figure and the DICOM objects use the case's whole-volume attribution map: it is being "
                    "computed (above); they can be prepared when it is ready.")
@@ -98,11 +109,11 @@ else:
             name, data = ready["files"][fmt]
             col.download_button(f"Download {fmt.upper()}", data, file_name=name, mime=MIME[fmt],
                                 key=f"download_{fmt}", icon=":material/download:")
-        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (as in Case review; slices are numbered from 1, inferior "
+        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} ({'as in Case review' if z == shown_z else 'the top slice'}; slices are numbered from 1, inferior "
                    f"to superior, in the viewer, captions, file names and the report). "
                    f"Files: {', '.join(n for n, _ in ready['files'].values())}")
     else:
-        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} (as in Case review), window {wname}, opacity "
+        st.caption(f"Axial slice {z + 1}/{volume.shape[0]} ({'as in Case review' if z == shown_z else 'the top slice'}), window {wname}, opacity "
                    f"{chrome.viewer_setting('opacity', 0.6)}. Slices are numbered from 1, inferior to superior, in the "
                    "viewer, captions, file names and the report.")
 

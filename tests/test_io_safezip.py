@@ -151,3 +151,12 @@ def test_a_cohort_refuses_a_study_outside_its_folder(tmp_path: Path) -> None:
     assert cohort.study_path("P2") is None
     with pytest.raises(InputError, match=r"^study \(subject P1\): got \.\./x\.nii\.gz, points outside"):
         cohort.study_path("P1")
+
+
+def test_an_empty_upload_zip_is_named_by_its_file_name() -> None:
+    from core.io.study import load_study_bytes
+
+    buf = io.BytesIO()
+    zipfile.ZipFile(buf, "w").close()
+    with pytest.raises(InputError, match=r"^zip: got empty_study.zip, contains no files"):
+        load_study_bytes(buf.getvalue(), "empty_study.zip")

@@ -311,3 +311,14 @@ def test_one_subject_reads_with_the_whole_files_day_order(tmp_path: Path, suffix
     mixed = write([("1", "04/25/2021"), ("2", "25/04/2021")])
     with pytest.raises(InputError, match="day first in some rows"):
         read_timeline(mixed, ["1"])
+
+
+def test_a_binary_file_named_csv_is_named_as_such() -> None:
+    """Bytes that are no text in the sniffed encoding: one line saying so and how to export, where it printed
+    Python's codec message ("'charmap' codec can't decode byte 0x81...")."""
+    from core.errors import InputError
+    from core.io.timeline import read_timeline_bytes
+
+    data = b"subject_id,time,code\n" + bytes(range(128, 256)) * 40
+    with pytest.raises(InputError, match=r"^PATH: got binary.csv, is not text in a known encoding .*; fix: export"):
+        read_timeline_bytes(data, "binary.csv")

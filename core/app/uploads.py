@@ -142,7 +142,7 @@ def _first_dicom(data: bytes, name: str) -> bytes | None:
     from core.io.safezip import is_zip, read_zip
 
     if is_zip(data[:4]):
-        for member in read_zip(data):
+        for member in read_zip(data, label=name):
             if looks_like_dicom(member.data[:544]):
                 return member.data
         return None

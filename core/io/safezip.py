@@ -97,12 +97,14 @@ def read_zip(
     max_total_bytes: int = MAX_TOTAL_BYTES,
     max_entry_bytes: int = MAX_ENTRY_BYTES,
     max_ratio: float = MAX_RATIO,
+    label: str | None = None,
 ) -> list[ZipMember]:
     """Return every regular file of the zip as in-memory ``ZipMember`` s (directories skipped).
 
-    Raises ``InputError`` (one line) for anything unsafe or broken.
+    Raises ``InputError`` (one line) for anything unsafe or broken, naming ``label`` (an upload's file name; by
+    default the path, or "zip" for bytes).
     """
-    label = "zip" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    label = label or ("zip" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
     try:
         handle: BinaryIO
         if isinstance(source, (bytes, bytearray, memoryview)):

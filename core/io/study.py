@@ -139,7 +139,7 @@ def _no_series(series: str | None, what: str) -> None:
 def _load_zip(data: bytes, label: str, series: str | None) -> Volume:
     from core.io.safezip import read_zip
 
-    members = read_zip(data)
+    members = read_zip(data, label=label)
     nifti = [m for m in members if _kind(m.data[:_HEAD]) == "nifti"]
     dicom_like = [m for m in members if m not in nifti]
     if nifti and not any(_kind(m.data[:_HEAD]) == "dicom" for m in dicom_like):

@@ -141,7 +141,11 @@ def _csv_reader(path: Path | pa.NativeFile, mapping: dict[str, str] | None = Non
         source = path if isinstance(path, pa.NativeFile) else str(path)
         return pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, encoding=encoding),
                               parse_options=pacsv.ParseOptions(delimiter=delimiter), convert_options=convert)
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise InputError("PATH", name, f"is not text in a known encoding (read as {encoding}: a binary file, or a "
+                         "spreadsheet saved with a .csv name?)", "export the timeline as CSV text (UTF-8), as .xlsx or "
+                         "as parquet") from None
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
         raise InputError("PATH", name, f"is not a readable CSV file ({_first_line(err)})",
                          "pass a MEDS timeline CSV with a header row (subject_id, time, code, numeric_value)") from None
 
