@@ -181,7 +181,8 @@ with left:
                 elif job is not None and job.state in ("failed", "cancelled"):
                     _jobs.outcome(job)
                 if (job is None or not job.active) and st.button(f"Run the check for {_viewer.METHOD_LABELS.get(method, method)} on this case", key="run_sanity"):
-                    _jobs.submit(f"Sanity check of {_viewer.METHOD_LABELS.get(method, method)}", review.run_sanity,
+                    _jobs.submit(f"Sanity check of {_viewer.METHOD_LABELS.get(method, method)}, {model_name}",
+                                 review.run_sanity,
                                  views.loaded(model), views.case_inputs(model, source, subject_id), method,
                                  float(chrome.horizon_days()), key=job_key)
                     st.rerun()

@@ -237,7 +237,7 @@ def test_viewer_slice_window_saliency_and_fusion(data_dir: Path) -> None:
     at.selectbox(key="method").set_value("gradcam").run()  # a method no other test puts in the map cache
     _no_exception(at)
     # the whole-volume map is computed once in the background, then sent as a second NIfTI volume
-    jobs = [j for j in default_queue().jobs("local") + default_queue().jobs("anonymous") if j.title == "Grad-CAM map"]
+    jobs = [j for j in default_queue().jobs("local") + default_queue().jobs("anonymous") if j.title.startswith("Grad-CAM map, ")]
     assert jobs, "no background job for the saliency map"
     done = default_queue().wait(jobs[-1].id, timeout=600)
     assert done.state == "done", done.error
@@ -474,7 +474,7 @@ def test_a_detector_model_opens_on_its_own_method_and_a_lung_model_falls_back(da
         at.toggle(key="show_saliency").set_value(True).run()
         _no_exception(at)
         jobs = [j for j in default_queue().jobs("local") + default_queue().jobs("anonymous")
-                if j.title == "Detector evidence (IG) map"]
+                if j.title.startswith("Detector evidence (IG) map, ")]
         assert jobs, "no background job for the detector-evidence map"
         done = default_queue().wait(jobs[-1].id, timeout=600)
         assert done.state == "done", done.error
