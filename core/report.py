@@ -167,7 +167,7 @@ def strategy_lines(table: pd.DataFrame | None, skipped: Sequence[str] = ()) -> l
             text = "past grid" if pd.isna(v) else (f"{100 * v:.1f} %" if c.startswith("risk") else f"{v:.2f}")
             cells.append(f"{text:>18}")
         lines.append(f"{name:<20}" + "".join(cells))
-    return lines + [f"  not scored: {s}" for s in skipped]
+    return lines + _wrap([f"not scored: {s}" for s in skipped], 112, "  ")  # monospace 7 pt: 112 fit the width
 
 
 def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, prediction: CasePrediction,

@@ -245,8 +245,9 @@ with t1:
                 top_table["day"] = [f"{v:.0f}" for v in top_table["day"]]
                 top_table[top_table.columns[-1]] = [f"{v:.3f}" for v in top_table[top_table.columns[-1]]]
                 st.table(top_table)
-            st.caption("Attention of the fusion over the case's events (weights >= 0, not signed attributions: "
-                       "what the model looked at, not whether it raised the risk)."
+            st.caption(("Events of the case, by code family." if unread else
+                        "Attention of the fusion over the case's events (weights >= 0, not signed attributions: "
+                        "what the model looked at, not whether it raised the risk).")
                        + (f" {tl.layout.meta['outside']} event(s) far before the case's active window are left of the "
                           "axis (counted at its left edge)." if tl.layout.meta and tl.layout.meta["outside"] else ""))
     case_values = (views.uploaded_case(subject_id) or {}).get("features") if source == views.UPLOADED else None
