@@ -376,7 +376,8 @@ def prediction_cache(model: Any, source: str) -> predictions.PredictionCache:
     """Demo cases under demo models: the server's shared cache. A user's case, or a model the user trained:
     that user's own folder (bounded, inside their quota)."""
     if source == UPLOADED or str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values():
-        root = workspaces.user_root(user_id()) / "cache" / "predictions"
+        cache = workspaces.private_dir(workspaces.user_root(user_id()) / "cache")  # 0700, as the rest
+        root = workspaces.private_dir(cache / "predictions")
         return predictions.PredictionCache(root, max_entries=500, max_bytes=USER_PREDICTION_CACHE_MB * 2**20)
     return predictions.PredictionCache(data_cache_dir())
 

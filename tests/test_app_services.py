@@ -92,10 +92,12 @@ def _zip(entries: dict[str, bytes]) -> bytes:
 
 def test_unpack_cohort_zip_strips_the_top_folder(tmp_path: Path) -> None:
     data = _zip({"mycohort/cohort.csv": b"subject_id,time,event\n1,10,1\n", "mycohort/features.csv": b"subject_id,a\n1,2\n",
-                 "other/ignored.txt": b"x"})
+                 "mycohort/studies/a/s1.nii.gz": b"x", "other/ignored.txt": b"x"})
     root = workspace.unpack_cohort_zip(data, tmp_path / "c")
-    assert sorted(p.name for p in root.iterdir()) == ["cohort.csv", "features.csv"]
+    assert sorted(p.name for p in root.iterdir()) == ["cohort.csv", "features.csv", "studies"]
     assert (root / "cohort.csv").read_bytes().startswith(b"subject_id")
+    for folder in (root, root / "studies", root / "studies" / "a"):  # private, as the user's folders above them
+        assert oct(folder.stat().st_mode & 0o777) == "0o700", folder
 
 
 @pytest.mark.parametrize(

@@ -321,7 +321,7 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
                          "zip one cohort folder with cohort.csv at its top")
     top = csvs[0].replace("\\", "/").rsplit("/", 1)[0] if "/" in csvs[0] else ""
     root = dest.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)  # a user's cohort: private, as the folders above it
     for m in members:
         name = m.name.replace("\\", "/")
         if top and not name.startswith(top + "/"):
@@ -330,6 +330,7 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
         target = (root / rel).resolve()
         if root not in target.parents:
             raise InputError("zip entry", m.name, "points outside the cohort folder", "re-create the zip with relative names")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        for folder in reversed([p for p in target.parents if root in p.parents]):
+            folder.mkdir(exist_ok=True, mode=0o700)
         target.write_bytes(m.data)
     return root
