@@ -121,7 +121,7 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
     frame = pd.DataFrame({"value": [start.get(n) for n in rows], "training": [training_text(tabular, n) for n in rows]},
                          index=pd.Index(rows, name="clinical value"), dtype=object)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
-    st.caption(f"**{model_name}** reads {len(names)} curated features" + (f" (first in the table; "
+    st.caption(f"**{model_name}** reads {len(names)} curated features" + (" (first in the table; "
                "'training' is their mean ± SD in its training data)" if names else "")
                + ". Leave a value blank when it is unknown: it is read as missing (the training average).")
     edited = st.data_editor(frame, key=f"features_editor_{nonce}_{subject}_{subject_hint}_{index_time}_{model_name}",
