@@ -107,7 +107,7 @@ def _bad_inputs(root: Path, bomb: bytes) -> dict[str, tuple[Path, str]]:
         pass
     empty_zip = root / "empty.zip"
     empty_zip.write_bytes(buf.getvalue())
-    out["empty zip"] = (empty_zip, "zip: got zip, contains no files")
+    out["empty zip"] = (empty_zip, f"zip: got {empty_zip}, contains no files")  # named, no longer "got zip"
 
     vox = np.zeros((4, 4, 4), dtype=np.float32)
     vox[0, 0, 0], vox[1, 1, 1] = np.nan, np.inf
