@@ -17,6 +17,7 @@ from pages import _outputs as outputs
 from pages import _session as session
 from pages import _state as K
 from pages import _viewer
+from pages._memo import memo
 
 chrome.require_app_navigation()
 
@@ -71,7 +72,8 @@ else:
     # the same whole-volume map the viewer shows (computed once in the background, shared with Case review)
     amap = _viewer.overlay_map(model, views.case_inputs(model, source, subject_id), source, subject_id, method, horizon)
     if amap is not None:
-        per = np.abs(np.asarray(amap)).sum(axis=(1, 2))  # each slice's share of the map
+        per = memo(("map_slice_mass", source, subject_id, model_name, method, horizon),  # once per map, not per rerun
+                   lambda: np.abs(np.asarray(amap)).sum(axis=(1, 2)))  # each slice's share of the map
         shares = per / per.sum() if per.sum() > 0 else per
         best = int(np.argmax(per))
         if shares[z] < 0.5 / len(per) and best != z:  # the slice shown holds little of the map: say where it lies

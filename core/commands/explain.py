@@ -123,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
     from core.predict import image_read
 
     read = image_read(model, volume)  # what the model cannot read here: the map explains it all the same
-    notes = [*volume.warnings, *read.warnings] + ([f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "
-                                 "The map shows what the model reads in something it never saw in training."]
-                                if read.withheld else [])
+    notes = [*volume.warnings, *read.warnings]  # how the study was read, then what the model cannot read in it
+    if read.withheld:
+        notes.append(f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "
+                     "The map shows what the model reads in something it never saw in training.")
     result = {**att.to_dict(), "slice_shown": int(k), "model": model_label, "fusion": model.fusion,
               "window": window_name, "out": str(out), "warnings": notes}
     result.pop("shape", None)

@@ -33,8 +33,8 @@ from core.dicom_export.objects import (
 from core.dicom_export.series import (
     SourceSeries,
     derive_ct_series,
-    source_identity,
-    source_series_from_files,
+    place_instances,
+    series_instances,
 )
 from core.errors import InputError
 from core.explain import check_method
@@ -127,15 +127,15 @@ def source_series_for(volume: Volume, out: Path, study_path: Path | None = None,
         else:
             raise InputError("study", str(study_path), "the DICOM files of this volume are not available",
                              "pass the study folder, file or zip the volume was loaded from")
-        sources = list(sources)
+        instances = series_instances(sources, volume)
         try:
-            return source_series_from_files(sources, volume)
+            return place_instances(volume, instances)
         except InputError as err:
             if err.field != "source series":
                 raise
             # e.g. a missing slice: the instances are not the voxels of the Volume; export on a derived series in
-            # the source's patient and study
-            identity = source_identity(sources, volume)
+            # the source's patient and study (the header of one of its instances, already read)
+            identity = next(iter([*instances[0], *(ds for ds, _ in instances[2])]), None)
             series = derive_ct_series(volume, out / "CT", series_description="Derived from the loaded volume",
                                       identity=identity)
             series.warnings.append(f"the DICOM series could not be the source of the objects ({err.value} "

@@ -170,9 +170,13 @@ def _place_frames(ds: Dataset, volume: Volume, path: Path) -> SourceSeries:
                         planes=planes)
 
 
-def source_series_from_files(sources: Iterable[Path | tuple[str, bytes]], volume: Volume) -> SourceSeries:
-    """The instances among ``sources`` (paths, or (name, bytes) zip members) that belong to the volume's series,
-    placed on its grid: its single-frame images, or the frames of its one enhanced (multi-frame) image."""
+#: a series' instances among the sources: single-frame datasets, their files, and enhanced (multi-frame) images
+Instances = tuple[list[Dataset], list[Path], list[tuple[Dataset, Path]]]
+
+
+def series_instances(sources: Iterable[Path | tuple[str, bytes]], volume: Volume) -> Instances:
+    """The instances among ``sources`` (paths, or (name, bytes) zip members) that belong to the volume's series
+    (and its acquisition), read once."""
     series_key = volume.meta.get("series_key", "")
     datasets: list[Dataset] = []
     files: list[Path] = []
@@ -196,6 +200,14 @@ def source_series_from_files(sources: Iterable[Path | tuple[str, bytes]], volume
             continue
         datasets.append(ds)
         files.append(Path(path))
+    return datasets, files, enhanced
+
+
+def place_instances(volume: Volume, instances: Instances) -> SourceSeries:
+    """The series' instances placed on the volume's grid: its single-frame images, or the frames of its one enhanced
+    (multi-frame) image; InputError (field "source series") when they are not the volume's voxels."""
+    datasets, files, enhanced = instances
+    series_key = volume.meta.get("series_key", "")
     if enhanced and (datasets or len(enhanced) > 1):
         raise InputError("source series", series_key or "?", "holds several multi-frame images or both kinds",
                          "export from one enhanced CT image or a series of single-frame CT images (or from the NIfTI)")
@@ -214,21 +226,6 @@ def _uid(seed: bytes, part: str) -> str:
 #: the patient and study attributes a derived series copies from a DICOM source (empty when it has none)
 IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
             "AccessionNumber", "ReferringPhysicianName")
-
-
-def source_identity(sources: Iterable[Path | tuple[str, bytes]], volume: Volume) -> Dataset | None:
-    """The header (no pixels) of the first instance of the volume's series among ``sources``, or None."""
-    series_key = volume.meta.get("series_key", "")
-    for source in sources:
-        path = Path(source[0]) if isinstance(source, tuple) else Path(source)
-        try:
-            raw = source[1] if isinstance(source, tuple) else Path(source).read_bytes()
-            ds = pydicom.dcmread(io.BytesIO(undeflate_dicom(raw, path.name)), stop_before_pixels=True)
-        except (pydicom.errors.InvalidDicomError, OSError):
-            continue
-        if "StudyInstanceUID" in ds and (not series_key or str(ds.get("SeriesInstanceUID", "")) in {series_key, ""}):
-            return ds
-    return None
 
 
 def derive_ct_series(volume: Volume, out_dir: Path, *, series_description: str = "Derived from NIfTI",
@@ -276,7 +273,7 @@ def derive_ct_series(volume: Volume, out_dir: Path, *, series_description: str =
                 if keyword in identity:
                     setattr(ds, keyword, identity.data_element(keyword).value)
         ds.Modality = "CT"
-        ds.StudyInstanceUID = study_uid if identity is None else str(identity.StudyInstanceUID)
+        ds.StudyInstanceUID = str(identity.get("StudyInstanceUID", "") or study_uid) if identity is not None else study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SeriesNumber = 1
         ds.SeriesDescription = series_description
