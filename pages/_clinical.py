@@ -46,13 +46,15 @@ def read_by_any_model() -> set[str]:
 
 
 def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float], events: pd.DataFrame | None = None,
-            index_time: pd.Timestamp | None = None) -> dict[str, float] | None:
+            index_time: pd.Timestamp | None = None, header: dict[str, str] | None = None) -> dict[str, float] | None:
     """Draw the clinical values' inputs and return the values entered ({} when all are blank; None when there is
     nothing to enter: no model, or one that reads no curated features and no table or saved values).
 
     ``subject_hint``: the timeline's subject, picked first in a features table that has it; ``saved_values``: the
     values already saved with the case they will be added to (shown for editing); ``events`` and ``index_time``: the
-    uploaded timeline's events of that subject, whose age (MEDS_BIRTH) and sex (GENDER//F) fill the table first."""
+    uploaded timeline's events of that subject, whose age (MEDS_BIRTH) and sex (GENDER//F) fill the table first;
+    ``header``: the uploaded study's clinical attributes as read before de-identification (PatientAge, PatientSex),
+    offered where the timeline gives none."""
     state: dict = st.session_state.setdefault(K.FEATURES_STATE, {})
     st.file_uploader("Fill from a features table (CSV, Excel .xlsx or parquet: subject_id and one column per value, "
                      "as a cohort's features.csv)", type=["csv", "xlsx", "xls", "parquet"], key=f"features_file_{nonce}",
@@ -117,7 +119,14 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
     if from_timeline:  # MEDS conventions, shown and editable: a site may define age or sex otherwise
         st.caption(f"From the timeline: {', '.join(f'{k} {v:g}' for k, v in from_timeline.items())} (age at the index "
                    "date from MEDS_BIRTH, sex from GENDER//F or //M). Change them if your model reads them otherwise.")
-    start = {**from_timeline, **saved_values, **row}  # a table's row, then the saved values, then the timeline
+    from_header = {k: v for k, v in uploads.header_demographics(header or {}, rows).items()
+                   if k not in saved_values and k not in row and k not in from_timeline}
+    if from_header:  # the DICOM header's age and sex: de-identification removes them from the stored study
+        st.caption(f"From the study's DICOM header: {', '.join(f'{k} {v:g}' for k, v in from_header.items())} "
+                   "(PatientAge, PatientSex as uploaded; the de-identified study keeps neither). Change them if they "
+                   "are wrong.")
+    # a table's row, then the saved values, then the timeline, then the study's header
+    start = {**from_header, **from_timeline, **saved_values, **row}
     frame = pd.DataFrame({"value": [start.get(n) for n in rows], "training": [training_text(tabular, n) for n in rows]},
                          index=pd.Index(rows, name="clinical value"), dtype=object)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")

@@ -331,7 +331,8 @@ if checked is None and frame is None and infos:
 target_info = next((c for c in infos if c.case_id == target), None)
 saved_values = saved.case_features(target_info) if target_info is not None else {}
 values = _clinical.section(nonce, str(subject) if frame is not None else None, saved_values,
-                           events if frame is not None else None, index_time)
+                           events if frame is not None else None, index_time,
+                           header=checked.header_clinical if checked is not None else None)
 values_new = values or None  # a new case is saved with the values entered (None: without)
 
 # ---------------------------------------------------------------------- save

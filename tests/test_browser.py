@@ -326,6 +326,8 @@ def test_phi_dicom_zip_is_blocked_until_deidentified(page: object, tmp_path: Pat
     from tests import dicom_factory
 
     written = dicom_factory.write_series(tmp_path / "series", shape=(12, 48, 48))
+    for f in (tmp_path / "series").iterdir():  # age and sex, which the basic profile removes from the study
+        dicom_factory.edit_file(f, lambda ds: (setattr(ds, "PatientSex", "F"), setattr(ds, "PatientAge", "063Y")))
     zpath = tmp_path / "series.zip"
     zpath.write_bytes(dicom_factory.zip_folder(tmp_path / "series"))
     pg = page
@@ -345,6 +347,11 @@ def test_phi_dicom_zip_is_blocked_until_deidentified(page: object, tmp_path: Pat
     for secret in dicom_factory.PHI_STRINGS:
         assert secret not in body
     assert written.hu.shape == (12, 48, 48)
+    # the header's age and sex, read before de-identification, are offered as the case's clinical values
+    offered = pg.get_by_text(re.compile(r"From the study's DICOM header: age 63, sex_female 1")).first  # type: ignore[attr-defined]
+    expect(offered).to_be_visible(timeout=30_000)
+    offered.scroll_into_view_if_needed()
+    shot(pg, "upload_header_values")
 
 
 @pytest.mark.parametrize("name,data,needle", [

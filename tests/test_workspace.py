@@ -284,6 +284,31 @@ def test_clinical_attributes_are_not_called_identifying_and_show_their_values(tm
     assert old.blocked
 
 
+def test_header_age_and_sex_survive_deidentification_as_offered_values(tmp_path: Path) -> None:
+    files_dir = tmp_path / "s"
+    write_series(files_dir, shape=(4, 32, 32))  # identified: blocked until de-identified
+
+    def characteristics(ds: object) -> None:
+        ds.PatientSex, ds.PatientAge = "F", "063Y"  # type: ignore[attr-defined]
+
+    for p in files_dir.iterdir():
+        edit_file(p, characteristics)
+    checked = uploads.check_study([(p.name, p.read_bytes()) for p in sorted(files_dir.iterdir())])
+    assert checked.blocked and checked.header_clinical["PatientAge"] == "63 years"
+    clean = uploads.deidentify(checked)
+    assert not clean.blocked
+    assert "PatientAge" not in clean.clinical  # the basic profile drops it from the stored study ...
+    assert clean.header_clinical == {"PatientSex": "F", "PatientAge": "63 years"}  # ... the upload keeps what it read
+    names = ["age", "sex_female", "last_bnp"]
+    assert uploads.header_demographics(clean.header_clinical, names) == {"age": 63.0, "sex_female": 1.0}
+    assert uploads.header_demographics(clean.clinical, names) == {}
+    again = uploads.with_series(clean, clean.volume.meta["series_key"])  # another series read: still offered
+    assert again.header_clinical == clean.header_clinical
+    info = uploads.save_checked_case("local", again, features={"age": 63.0}, base=tmp_path / "d")
+    assert b"063Y" not in info.study_path.read_bytes()  # stored only as the value the user saved
+    assert cases.case_features(info) == {"age": 63.0}
+
+
 def test_upload_names_are_the_users_own(tmp_path: Path) -> None:
     assert uploads.upload_label(["C:\\scans\\IM0001.dcm"]) == "IM0001.dcm"
     assert uploads.upload_label(["a.dcm", "b.dcm", "c.dcm"]) == "3 files"

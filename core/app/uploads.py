@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -65,6 +65,10 @@ class CheckedStudy:
     series: str | None = None
     load_name: str = "study.zip"  # what the loader and the stored file are called: the base name of one file, else a zip
     date_shift_days: int = 0  # de-identified here: the offset its dates moved by (held in memory only, never stored)
+    # the clinical attributes as uploaded, before any de-identification here removed them (the basic profile empties
+    # PatientSex and drops PatientAge): offered as the case's clinical values (:func:`header_demographics`); held in
+    # memory only, so a value is stored only when the user saves it as a clinical value
+    header_clinical: dict[str, str] = field(default_factory=dict)
 
     def findings(self) -> list[Finding]:
         rows = []
@@ -187,8 +191,9 @@ def check_study(files: list[tuple[str, bytes]], *, max_bytes: int = MAX_STUDY_BY
     data, label = study_payload(files, max_bytes=max_bytes)
     load_name = label if len(files) == 1 else "study.zip"
     volume = load_study_bytes(data, load_name, series)
-    return CheckedStudy(data=data, name=label, n_files=len(files), volume=volume,
-                        clinical=read_clinical(data, load_name, volume), series=series, load_name=load_name)
+    clinical = read_clinical(data, load_name, volume)
+    return CheckedStudy(data=data, name=label, n_files=len(files), volume=volume, clinical=clinical, series=series,
+                        load_name=load_name, header_clinical=dict(clinical))
 
 
 def with_series(checked: CheckedStudy, series: str) -> CheckedStudy:
@@ -196,7 +201,41 @@ def with_series(checked: CheckedStudy, series: str) -> CheckedStudy:
     from core.io.study import load_study_bytes
 
     volume = load_study_bytes(checked.data, checked.load_name, series)
-    return replace(checked, volume=volume, series=series, clinical=read_clinical(checked.data, checked.load_name, volume))
+    clinical = read_clinical(checked.data, checked.load_name, volume)
+    # a de-identified upload no longer holds the header's values: the ones read before de-identification stay
+    return replace(checked, volume=volume, series=series, clinical=clinical,
+                   header_clinical=dict(checked.header_clinical if checked.deidentified else clinical))
+
+
+_AGE_YEARS = {"years": 1.0, "months": 1 / 12, "weeks": 7 / 365.25, "days": 1 / 365.25}
+
+
+def header_demographics(clinical: Mapping[str, str], names: Sequence[str]) -> dict[str, float]:
+    """The columns of ``names`` that a study's DICOM header gives (``CheckedStudy.header_clinical``, as
+    :func:`clinical_value` shows them): age in years from PatientAge (none when hidden: 90 or older), and sex as the
+    1 / 0 columns of PatientSex F / M (``core.io.features.category_indicators``; O or blank gives none).
+
+    >>> header_demographics({"PatientAge": "63 years", "PatientSex": "F"}, ["age", "sex_female", "bnp"])
+    {'age': 63.0, 'sex_female': 1.0}
+    >>> header_demographics({"PatientAge": "18 months", "PatientSex": "O"}, ["age_years", "sex_male"])
+    {'age_years': 1.5}
+    >>> header_demographics({"PatientAge": HIDDEN}, ["age"])
+    {}
+    """
+    from core.io.columns import column_key
+    from core.io.features import AGE_KEYS, category_indicators
+
+    out: dict[str, float] = {}
+    age = next((n for n in names if column_key(n) in AGE_KEYS), None)
+    parts = str(clinical.get("PatientAge", "")).split()
+    if age is not None and len(parts) == 2 and parts[0].isdigit() and parts[1] in _AGE_YEARS:
+        out[age] = round(int(parts[0]) * _AGE_YEARS[parts[1]], 2)
+    sex = str(clinical.get("PatientSex", "")).strip()
+    if sex.upper() in ("F", "M"):
+        found, _ = category_indicators(pd.DataFrame({"sex": [sex], "gender": [sex]}), ["sex", "gender"],
+                                       [n for n in names if n not in out])
+        out.update({n: float(v) for n, v in found.iloc[0].items() if pd.notna(v)})
+    return out
 
 
 def deidentify(checked: CheckedStudy) -> CheckedStudy:
