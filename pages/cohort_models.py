@@ -409,8 +409,8 @@ with tab_train:
         "Image encoder", list(kinds), format_func=kinds.__getitem__, key="train_image_kind",
         help="Whole CT: a slice CNN first learns to find synthetic lesions inserted into your cohort's own "
              "slices, then survival from what it finds anywhere in the body (liver, bone, lung, spleen lesions; about "
-             "10 more minutes of CPU per model). Lung-focused: the slice CNN sees only the lungs (fast; chest CT with "
-             "lung findings).")
+             "10-20 more CPU minutes per model on a 400-subject cohort). Lung-focused: the slice CNN sees only the "
+             "lungs (fast; chest CT with lung findings).")
     epochs = c3.number_input("Epochs", 1, 200, 10, key="train_epochs")
     crop = st.checkbox("Crop each CT to the body first", value=False, key="train_body_crop", help=BODY_CROP_HELP)
     if up is not None and st.button("Train", type="primary", key="train_button"):
