@@ -123,8 +123,8 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
                    if k not in saved_values and k not in row and k not in from_timeline}
     if from_header:  # the DICOM header's age and sex: de-identification removes them from the stored study
         st.caption(f"From the study's DICOM header: {', '.join(f'{k} {v:g}' for k, v in from_header.items())} "
-                   "(PatientAge, PatientSex as uploaded; the de-identified study keeps neither). Change them if they "
-                   "are wrong.")
+                   "(PatientAge and PatientSex as uploaded; de-identification removes them from the stored study). "
+                   "Change them if they are wrong.")
     # a table's row, then the saved values, then the timeline, then the study's header
     start = {**from_header, **from_timeline, **saved_values, **row}
     frame = pd.DataFrame({"value": [start.get(n) for n in rows], "training": [training_text(tabular, n) for n in rows]},

@@ -138,8 +138,8 @@ PRETEXT_SUBJECTS: tuple[str, ...] = ("all", "no_early_event")
 # neighbouring slices, a false detection mostly one; docs/BENCHMARKS.md "Slice context"). The detector's own same-position logit
 # means over 3 and 9 slices (detect_z, session 28: a lesion stays in place from slice to slice, noise and most false
 # detections do not; docs/BENCHMARKS.md "Same-position slice windows"). The trunk is 32-64-64-64 channels wide since
-# session 45 (16-32-32-32 before): on four 400-subject real-anatomy cohorts image_only gained +0.011 to +0.042 test C
-# (mean +0.026) for about 2.2 x the pretext's time (docs/BENCHMARKS.md "A wider detector trunk"); models trained
+# session 45 (16-32-32-32 before): on five 400-subject real-anatomy cohorts image_only gained +0.011 to +0.044 test C
+# (mean +0.030) for about 2.2 x the pretext's time (docs/BENCHMARKS.md "A wider detector trunk"); models trained
 # before keep their own channels in config.json.
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "detector": {"lung_mask": False, "windows": [[-160, 240], [-40, 160], [-200, 1000], [-1000, -300]],
