@@ -254,6 +254,12 @@ def case_number(source: str, subject_id: str) -> int:
     return int(numbers[(source, subject_id)])
 
 
+def case_label(source: str, subject_id: str) -> str:
+    """How a case is named in job titles and reports: "case 3" (an uploaded case) or "demo case 3", so that a demo
+    case's session-local number is never read as one of the user's saved cases."""
+    return f"{'case' if source == UPLOADED else 'demo case'} {case_number(source, subject_id)}"
+
+
 def case_cohort(source: str, subject_id: str | None = None) -> Any:
     if source == UPLOADED:
         case = uploaded_case(subject_id)

@@ -40,7 +40,7 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                       volume_hu=None if volume is None else volume.hu,
                       spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
                       events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
-                      case_label=f"{'case' if source == views.UPLOADED else 'demo case'} {views.case_number(source, subject_id)}", warnings=[w.text for w in warnings],
+                      case_label=views.case_label(source, subject_id), warnings=[w.text for w in warnings],
                       strategy_risks=every.table, strategies_skipped=list(every.skipped.values()),
                       clinical_values=values))
 

@@ -159,10 +159,8 @@ def overlay_map(model: Any, inputs: Any, source: str, subject_id: str, method: s
             return None
         job = None
     if job is None:
-        case = (f"case {views.case_number(source, subject_id)}" if source == views.UPLOADED
-                else f"demo case {views.case_number(source, subject_id)}")
-        job = _jobs.submit(f"{METHOD_LABELS[method]} map, {case}, {model.model_dir.name}", _compute_map, model, inputs,
-                           method, float(horizon), key=key)
+        job = _jobs.submit(f"{METHOD_LABELS[method]} map, {views.case_label(source, subject_id)}, {model.model_dir.name}",
+                           _compute_map, model, inputs, method, float(horizon), key=key)
     if job is not None and job.active:
         _jobs.show(job)
     return None

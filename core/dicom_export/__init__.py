@@ -135,7 +135,8 @@ def source_series_for(volume: Volume, out: Path, study_path: Path | None = None,
                 raise
             # e.g. a missing slice: the instances are not the voxels of the Volume; export on a derived series in
             # the source's patient and study (the header of one of its instances, already read)
-            identity = next(iter([*instances[0], *(ds for ds, _ in instances[2])]), None)
+            datasets, _, enhanced = instances
+            identity = datasets[0] if datasets else (enhanced[0][0] if enhanced else None)
             series = derive_ct_series(volume, out / "CT", series_description="Derived from the loaded volume",
                                       identity=identity)
             series.warnings.append(f"the DICOM series could not be the source of the objects ({err.value} "
