@@ -189,8 +189,6 @@ def cascading_randomization(model: LoadedModel, inputs: CaseInputs | list[CaseIn
 def pointing_game(model: LoadedModel, cohort: Cohort, method: str = "saliency", horizon_days: float | None = None,
                   max_cases: int = 10, split: str = "test", tolerance_mm: float = TOLERANCE_MM) -> dict[str, Any]:
     """``{rate, hits, n, tolerance_mm, cases: [{case, distance_mm, radius_mm, hit}]}`` over lesion cases of ``split``."""
-    from scipy import ndimage
-
     from core.explain import attribute
 
     t = cohort.table
@@ -210,8 +208,7 @@ def pointing_game(model: LoadedModel, cohort: Cohort, method: str = "saliency", 
             continue
         inputs = model.case_inputs(cohort, sid)
         amap = np.abs(attribute(model, inputs, method, horizon_days, None, with_events=False).map)
-        smooth = ndimage.gaussian_filter(amap, SMOOTH_SIGMA_VOXELS)
-        peak = np.array(np.unravel_index(int(np.argmax(smooth)), smooth.shape), dtype=float)
+        peak = np.array(map_peak(amap) or (0, 0, 0), dtype=float)  # a map that is zero everywhere: its first voxel
         spacing = np.asarray(vol.spacing_mm, dtype=float)
         dists = [(float(np.linalg.norm((peak - centre) * spacing)), radius) for centre, radius in lesion_centres(row)]
         dist, radius = min(dists, key=lambda d: d[0] - d[1])  # the lesion the peak is nearest to hitting
@@ -220,6 +217,26 @@ def pointing_game(model: LoadedModel, cohort: Cohort, method: str = "saliency", 
     hits = sum(c["hit"] for c in cases)
     return {"method": method, "rate": (hits / len(cases)) if cases else float("nan"), "hits": hits, "n": len(cases),
             "tolerance_mm": float(tolerance_mm), "cases": cases}
+
+
+def map_peak(attribution: np.ndarray) -> tuple[int, int, int] | None:
+    """Where a whole-volume map points: the ``(slice, row, col)`` of the largest |map| after a Gaussian smoothing of
+    ``SMOOTH_SIGMA_VOXELS`` (a spot of colour, not one stray voxel); None for a map that is zero everywhere.
+
+    The pointing game scores this voxel, and Case review's "go to the map's strongest spot" moves the crosshair to it.
+
+    >>> m = np.zeros((5, 9, 9)); m[1, 0, 0] = 1.0; m[3, 3:6, 4:7] = 0.6
+    >>> map_peak(m), map_peak(np.zeros((2, 2, 2)))
+    ((3, 4, 5), None)
+    """
+    from scipy import ndimage
+
+    a = np.abs(np.nan_to_num(np.asarray(attribution, dtype=float)))
+    if a.ndim != 3 or not a.any():
+        return None
+    smooth = ndimage.gaussian_filter(a, SMOOTH_SIGMA_VOXELS)
+    s, r, c = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    return int(s), int(r), int(c)
 
 
 def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: str) -> str:

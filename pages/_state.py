@@ -9,6 +9,7 @@ from __future__ import annotations
 # widgets whose values survive page switches (Case review saves them, Export reads them)
 CASE = "case"                    # (source, subject_id) of the case under review: a value, never parsed from a label
 AXIAL_SLICE = "axial_slice"
+VIEWER_JUMP = "viewer_jump"  # counts "go to the map's peak" clicks: a new count moves the viewer's crosshair
 CORONAL_ROW = "coronal_row"
 SAGITTAL_COL = "sagittal_col"
 WINDOW = "window"

@@ -44,6 +44,7 @@ from core.app import volume_nifti as VN
 from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
 from core.explain import METHOD_LABELS, methods_for
+from core.sanity import map_peak
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _model_views as views
@@ -226,9 +227,17 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
             if raw is not None:
                 overlay_key = _map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
-                if not np.any(raw):
+                peak = map_peak(raw)
+                if peak is None:
                     st.info("This map is zero everywhere: this model's risk does not change with the CT (its model "
                             "card's Data section says why).", icon=":material/info:")
+                elif st.button(f"Go to the map's strongest spot (slice {peak[0] + 1} of {volume.shape[0]})",
+                               icon=":material/my_location:", key=f"peak_{overlay_key}",
+                               help="Moves the crosshair onto the map's strongest spot (the voxel the sanity "
+                                    "checks' pointing game scores), on all three planes."):
+                    st.session_state[K.AXIAL_SLICE], st.session_state[K.CORONAL_ROW], \
+                        st.session_state[K.SAGITTAL_COL] = peak
+                    st.session_state[K.VIEWER_JUMP] = st.session_state.get(K.VIEWER_JUMP, 0) + 1
     win = WINDOWS[window_name]
     _viewer(volume, source, subject_id, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
             bool(show_map), float(opacity), float(threshold), pred.slice_weights)
@@ -283,7 +292,7 @@ def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tup
         overlay=None if map_id is None or map_id in held else map_bytes, overlay_id=map_id, show_overlay=show_map,
         opacity=opacity, threshold=threshold, colormap=COLORMAP, window=list(window),
         window_id=f"{case_id}:{window_name}", position_mm=VN.index_to_ras_mm(volume, pos),
-        position_id=case_id, height=VIEWER_HEIGHT, key=VIEWER_KEY, default=None,
+        position_id=f"{case_id}:{st.session_state.get(K.VIEWER_JUMP, 0)}", height=VIEWER_HEIGHT, key=VIEWER_KEY, default=None,
     )
     if isinstance(value, dict) and value.get("error"):
         st.warning(f"The WebGL CT viewer could not start ({value['error']}); showing plain planes instead.",

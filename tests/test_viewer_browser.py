@@ -370,6 +370,37 @@ def test_overlay_on_all_three_planes(page: object, data_dir: Path) -> None:  # n
     fr.locator("body").screenshot(path=str(SCREENSHOTS / "viewer_overlay.png"))  # type: ignore[attr-defined]
 
 
+def test_go_to_the_maps_strongest_spot(page: object, data_dir: Path) -> None:  # noqa: F811
+    """After the overlay test (the ball map shown): the button moves the crosshair from outside the ball into it, on
+    every plane, and the server follows (Export's slice is the ball's)."""
+    pg = page
+    _, centre = _seed_ball_map(data_dir, "occlusion")  # the same ball, for its centre
+    fr = viewer_frame(pg)
+    dims = fr.evaluate("() => Array.from(window.ctehrViewer.nv.volumes[0].dimsRAS)")  # type: ignore[attr-defined]
+    fr.evaluate("() => { const nv = window.ctehrViewer.nv; nv.scene.crosshairPos = nv.vox2frac([0, 0, 0]); nv.drawScene(); }")  # type: ignore[attr-defined]
+    button = pg.get_by_role("button", name=re.compile(r"Go to the map's strongest spot \(slice \d+ of \d+\)"))  # type: ignore[attr-defined]
+    assert button.count() == 1
+    assert f"(slice {centre[0] + 1} of {dims[3]})" in button.inner_text()  # the ball's middle slice has the most colour
+    button.click()
+    settle(pg)
+    fr = viewer_frame(pg)
+    fr.wait_for_function("() => window.ctehrViewer.nv.frac2vox(window.ctehrViewer.nv.scene.crosshairPos)[2] > 0",  # type: ignore[attr-defined]
+                         timeout=30_000)
+    i, j, k = crosshair(fr)
+    s, r, c = k, dims[2] - 1 - j, dims[1] - 1 - i  # RAS voxel -> (slice, row, col) of the study
+    assert (s - centre[0]) ** 2 / 16 + (r - centre[1]) ** 2 / 64 + (c - centre[2]) ** 2 / 64 <= 1, ((s, r, c), centre)
+    pg.mouse.move(5, 5)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(2500)  # type: ignore[attr-defined]  (the viewer reports the new crosshair to the server)
+    settle(pg)
+    pg.locator('[data-testid="stSidebarNav"]').get_by_text("Export", exact=True).click()  # type: ignore[attr-defined]
+    settle(pg)
+    captions = pg.locator('[data-testid="stCaptionContainer"]').all_inner_texts()  # type: ignore[attr-defined]
+    assert any(t.startswith(f"Axial slice {s + 1}/") for t in captions), (s, captions)
+    pg.locator('[data-testid="stSidebarNav"]').get_by_text("Case review", exact=True).click()  # type: ignore[attr-defined]
+    settle(pg)
+    assert crosshair(viewer_frame(pg)) == [i, j, k]
+
+
 def test_overlay_off_and_on_again_sends_no_map_bytes(page: object) -> None:
     """After the overlay test: switching the overlay off hides the map (kept in the browser), on again shows it
     with no bytes sent."""
