@@ -244,6 +244,12 @@ def test_slice_survives_a_page_switch(page: object) -> None:
     pg.wait_for_timeout(500)  # type: ignore[attr-defined]
     settle(pg)
     assert fr.evaluate("() => window.ctehrViewer.renders") > renders  # type: ignore[attr-defined]
+    export_slice_and_back(pg, there)
+
+
+def export_slice_and_back(pg: object, there: list[int]) -> None:
+    """Export shows the crosshair's axial slice (the server has it), and Case review opens again with the crosshair
+    at ``there`` (RAS voxel)."""
     pg.locator('[data-testid="stSidebarNav"]').get_by_text("Export", exact=True).click()  # type: ignore[attr-defined]
     settle(pg)
     captions = pg.locator('[data-testid="stCaptionContainer"]').all_inner_texts()  # type: ignore[attr-defined]
@@ -392,13 +398,7 @@ def test_go_to_the_maps_strongest_spot(page: object, data_dir: Path) -> None:  #
     pg.mouse.move(5, 5)  # type: ignore[attr-defined]
     pg.wait_for_timeout(2500)  # type: ignore[attr-defined]  (the viewer reports the new crosshair to the server)
     settle(pg)
-    pg.locator('[data-testid="stSidebarNav"]').get_by_text("Export", exact=True).click()  # type: ignore[attr-defined]
-    settle(pg)
-    captions = pg.locator('[data-testid="stCaptionContainer"]').all_inner_texts()  # type: ignore[attr-defined]
-    assert any(t.startswith(f"Axial slice {s + 1}/") for t in captions), (s, captions)
-    pg.locator('[data-testid="stSidebarNav"]').get_by_text("Case review", exact=True).click()  # type: ignore[attr-defined]
-    settle(pg)
-    assert crosshair(viewer_frame(pg)) == [i, j, k]
+    export_slice_and_back(pg, [i, j, k])
 
 
 def test_overlay_off_and_on_again_sends_no_map_bytes(page: object) -> None:
