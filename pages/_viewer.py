@@ -227,7 +227,7 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
             if raw is not None:
                 overlay_key = _map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
-                peak = map_peak(raw)
+                peak = memo(("map_peak", overlay_key), lambda: map_peak(raw))  # not again on each crosshair report
                 if peak is None:
                     st.info("This map is zero everywhere: this model's risk does not change with the CT (its model "
                             "card's Data section says why).", icon=":material/info:")

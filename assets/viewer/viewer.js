@@ -417,7 +417,7 @@ async function render(args) {
   applyOverlayOpts({ colormap: args.colormap, threshold: args.threshold, opacity: args.opacity,
                      show: !!args.show_overlay && overlayId !== null && overlayId === state.overlayId });
   if (args.position_id !== state.positionId) {
-    // a jump within the case on view (Python's "go to the map's strongest slice"): say where the crosshair is now
+    // a jump within the case on view (Python's "go to the map's strongest spot"): say where the crosshair is now
     const jump = state.positionId !== null && state.loaded && !loadedNow && state.volumeId === args.volume_id;
     state.positionId = args.position_id;
     applyPosition(args.position_mm);
