@@ -14,7 +14,7 @@ SmoothGrad) measure the network on that case's mask and box.
 Methods (all Captum): ``saliency`` (|gradient|), ``integrated_gradients``
 (air -1000 HU or Gaussian-blurred baseline), ``gradcam`` (LayerGradCam on the
 encoder's last convolution, upsampled to the voxel grid), ``occlusion`` (3D
-windows of air), ``smoothgrad`` (NoiseTunnel over Saliency, noise in HU) and,
+windows of air), ``smoothgrad`` (Saliency averaged over noisy copies, seeded noise in HU) and,
 for a lesion-detector encoder only (``pool="detect"``), ``detector_ig``:
 integrated gradients of the risk over the detector's lesion-logit map (the one
 thing the survival stage reads of a slice), from a baseline map in which every
@@ -91,6 +91,7 @@ BASELINES: tuple[str, ...] = ("air", "blur")
 AIR_HU = -1000.0
 SMOOTHGRAD_SAMPLES = 10
 SMOOTHGRAD_STDEV_HU = 50.0
+SMOOTHGRAD_SEED = 0  # the noise of SmoothGrad's copies: one fixed draw, so a map can be computed again
 BLUR_SIGMA_VOXELS = (1.0, 4.0, 4.0)  # blurred IG baseline: (across slices, rows, cols); in-plane only for one slice
 TOP_K = 5
 # copies of the CT per forward pass of IG, SmoothGrad and occlusion: at most this many voxels in all (one
@@ -373,7 +374,7 @@ def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, mod
                 n_steps: int, internal_batch_size: int) -> np.ndarray:
     """Captum attribution of ``forward`` at ``x`` ``[1, S', R, C]``; returns ``[S', R, C]`` float32."""
     import torch
-    from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
+    from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 
     x = x.detach().requires_grad_(True)
     internal_batch_size = batch_for(x.numel(), internal_batch_size)  # the memory of a full-size CT stays bounded
@@ -383,10 +384,14 @@ def _run_method(method: str, forward: Callable[[Any], Any], x: torch.Tensor, mod
         ig = IntegratedGradients(forward)
         out = ig.attribute(x, baselines=_baseline_tensor(x, baseline), n_steps=n_steps,
                            internal_batch_size=internal_batch_size, method="gausslegendre")
-    elif method == "smoothgrad":
-        nt = NoiseTunnel(Saliency(forward))
-        out = nt.attribute(x, nt_type="smoothgrad", nt_samples=SMOOTHGRAD_SAMPLES, stdevs=SMOOTHGRAD_STDEV_HU,
-                           nt_samples_batch_size=max(1, min(internal_batch_size, SMOOTHGRAD_SAMPLES)), abs=True)
+    elif method == "smoothgrad":  # NoiseTunnel's SmoothGrad (the mean |gradient| over noisy copies), but its noise
+        # drawn from a seeded generator: the same map on every run, and no draw from torch's process-wide RNG
+        gen, out, n = torch.Generator(device=x.device).manual_seed(SMOOTHGRAD_SEED), 0.0, SMOOTHGRAD_SAMPLES
+        for k in [min(internal_batch_size, n - i) for i in range(0, n, internal_batch_size)]:
+            noise = torch.stack([torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)  # copy by
+                                 for _ in range(k)]) * SMOOTHGRAD_STDEV_HU  # copy: the same noise at any batch size
+            grads = Saliency(forward).attribute((x.detach() + noise).requires_grad_(True), abs=True)
+            out = out + grads.sum(0, keepdim=True) / n
     elif method == "occlusion":
         window, strides = occlusion_window(tuple(x.shape[1:]))
         with torch.no_grad():

@@ -166,6 +166,30 @@ def test_large_study_is_attributed_one_copy_at_a_time_with_the_same_map(case: di
     assert seen == [2, 2]
 
 
+def test_smoothgrad_is_the_same_map_on_every_run_at_any_batch_size(case: dict,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmoothGrad's noise comes from a seeded generator: the same map again (and with fewer copies per forward pass),
+    torch's process-wide random state untouched; without noise it is the plain saliency map."""
+    import torch
+
+    from core import explain
+
+    def sg() -> np.ndarray:
+        return explain.attribute(case["model"], case["inputs"], "smoothgrad", 365.0, None, with_events=False).map
+
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first = sg()
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(sg(), first)
+    monkeypatch.setattr(explain, "BATCH_VOXELS", 2 * int(case["inputs"].image.numel()))  # 2 copies, not 8
+    np.testing.assert_allclose(sg(), first, rtol=1e-4, atol=1e-4 * float(np.abs(first).max()))
+    plain = explain.attribute(case["model"], case["inputs"], "saliency", 365.0, None, with_events=False).map
+    assert np.abs(first - plain).max() > 0.05 * np.abs(plain).max()  # the noise is really there
+    monkeypatch.setattr(explain, "SMOOTHGRAD_STDEV_HU", 1e-6)
+    np.testing.assert_allclose(sg(), plain, rtol=1e-4, atol=1e-4 * float(np.abs(plain).max()))
+
+
 def test_bad_arguments_raise_one_line_input_errors(case: dict) -> None:
     from core.explain import attribute
 
