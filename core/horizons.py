@@ -36,6 +36,16 @@ def horizon_label(days: float, *, short: bool = False) -> str:
     return HORIZON_LABELS.get(int(d), f"{d:g} days") if d == int(d) else f"{d:g} days"
 
 
+def horizon_adjective(days: float) -> str:
+    """A risk's name at the horizon: ``"1-year"`` for 365 (as in "1-year risk"), ``"30-day"``, ``"2.5-day"``.
+
+    >>> [horizon_adjective(d) for d in (30, 365, 1825, 2.5)]
+    ['30-day', '1-year', '5-year', '2.5-day']
+    """
+    number, unit = horizon_label(days).split(" ")
+    return f"{number}-{unit.rstrip('s')}"
+
+
 def grid_index(times: ArrayLike, t: float) -> int:
     """Index of the grid time whose S holds at ``t`` (the last grid time at or before ``t``), -1 before the grid."""
     return int(np.searchsorted(np.asarray(times, dtype=float), float(t), side="right")) - 1

@@ -109,7 +109,7 @@ with right:
         m = st.columns(3)
         for col, h in zip(m, horizons.HORIZONS):
             risk = pred.risk_at.get(h)
-            col.metric(f"Risk at {horizons.HORIZON_LABELS[h]}", "n/a" if risk is None else f"{100 * risk:.1f} %",
+            col.metric(f"{horizons.horizon_adjective(h)} risk", "n/a" if risk is None else f"{100 * risk:.1f} %",
                        help="1 - S(t) at the horizon, from the model's survival curve.")
     ref = None
     with chrome.core_errors(stop=False):
@@ -123,12 +123,12 @@ with right:
                 pred.times, pred.survival, pred.lower, pred.upper,
                 cohort_km=ref["cohort_km"],
                 group_km=(group["t"], group["s"], group["lower"], group["upper"]),
-                label=f"this case (band: {model.uncertainty})",
+                label=f"this case (band: {'ensemble range' if model.config.ensemble > 1 else 'MC dropout'})",
                 time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
             )
             st.vega_lite_chart(chart, width="stretch", key="survival_fig")
             st.caption(
-                f"Grey: Kaplan-Meier of {ref['n']} "
+                f"Blue: this case; its band is the {model.uncertainty}. Grey: Kaplan-Meier of {ref['n']} "
                 + ("patients of the cohort this model was trained on (its held-out test split). " if own_ref else
                    "demo patients (the held-out test split). ")
                 + "Green: Kaplan-Meier of the "

@@ -149,8 +149,8 @@ def test_case_review_shows_ct_survival_and_risks(data_dir: Path) -> None:
     args, data = _viewer(at)  # the NiiVue viewer gets the case's CT as NIfTI (RAS grid: cols, rows, slices)
     assert _nifti_shape(data["volume"]) == (96, 96, 32) and args["overlay"] is None
     assert 0 <= at.session_state["axial_slice"] < 32
-    risks = [m for m in at.metric if m.label.startswith("Risk at")]
-    assert [m.label for m in risks] == ["Risk at 30 days", "Risk at 1 year", "Risk at 5 years"]
+    risks = [m for m in at.metric if m.label.endswith(" risk")]
+    assert [m.label for m in risks] == ["30-day risk", "1-year risk", "5-year risk"]
     values = [float(m.value.rstrip(" %")) for m in risks]
     assert all(0.0 <= v <= 100.0 for v in values) and values == sorted(values)
     spec = _survival_chart(at)
@@ -313,7 +313,7 @@ def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -
         assert any("Missing modality" in w.value and "no ehr data" in w.value.lower() for w in at.warning)
         # noise, not a body: the CT is withheld from the model, which then reads nothing and draws no curve
         assert any("The CT is withheld from" in w.value and "other anatomy" in w.value for w in at.warning)
-        assert not [m for m in at.metric if m.label.startswith("Risk at")]
+        assert not [m for m in at.metric if m.label.endswith(" risk")]
         assert any(i.value.startswith("No curve:") and "cannot read this CT" in i.value for i in at.info)
         _viewer_holds_its_ct(at)
         # read anyway on request: the model reads the CT, its curve and its attention over the slices come back
@@ -321,8 +321,8 @@ def test_uploaded_case_without_timeline_shows_missing_modality(data_dir: Path) -
         _no_exception(at)
         assert not any("The CT is withheld from" in w.value for w in at.warning)
         assert any(w.value.startswith("The CT was read on request") and "not reliable" in w.value for w in at.warning)
-        assert [m.label for m in at.metric if m.label.startswith("Risk at")] == [
-            "Risk at 30 days", "Risk at 1 year", "Risk at 5 years"]
+        assert [m.label for m in at.metric if m.label.endswith(" risk")] == [
+            "30-day risk", "1-year risk", "5-year risk"]
         strip = next(c for c in _charts(at) if (c["layout"].get("title") or {}).get("text") == "Attention over slices")
         assert len(_plotly_array(strip["data"][0]["x"])) == 20  # the uploaded CT's 20 slices
     finally:

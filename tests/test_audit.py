@@ -214,7 +214,7 @@ def test_app_with_auth_shows_only_the_sign_in_screen(demo_dir: Path) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert [b.label for b in at.button] == ["Sign in"]
     text = _texts(at)
-    assert "Case review" not in text and "Risk at" not in text and "local mode" not in text
+    assert "Case review" not in text and "1-year risk" not in text and "local mode" not in text
     assert not at.selectbox and not at.slider and not at.metric
     assert audit.read_audit()[before:] == []
 

@@ -236,8 +236,8 @@ def test_case_review_viewer_interactions(page: object) -> None:
     pg = page
     assert pg.get_by_text("Case review").first.is_visible()  # type: ignore[attr-defined]
     # the metrics come with the case's prediction, which a busy machine may finish after the first run settled
-    pg.get_by_text("Risk at 1 year").first.wait_for(state="visible", timeout=60_000)  # type: ignore[attr-defined]
-    assert pg.get_by_text("Risk at 1 year").is_visible()  # type: ignore[attr-defined]
+    pg.get_by_text("1-year risk").first.wait_for(state="visible", timeout=60_000)  # type: ignore[attr-defined]
+    assert pg.get_by_text("1-year risk").is_visible()  # type: ignore[attr-defined]
     assert pg.locator('iframe[title*="ctehr_ct_viewer"]').count() == 1  # type: ignore[attr-defined]  (the CT viewer)
     # the curve, the attention strip and the timeline (the viewer's report of what it holds may rerun the page once)
     pg.wait_for_function("document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length >= 3",  # type: ignore[attr-defined]
@@ -306,11 +306,11 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     assert pg.get_by_text("lung air (air enclosed by the body) 0.39 L", exact=False).count() >= 1  # type: ignore[attr-defined]
     # the survival column is drawn after the viewer: on a loaded machine it may come a moment after the run settled
     expect(pg.get_by_text("No curve:", exact=False).first).to_be_visible(timeout=30_000)  # type: ignore[attr-defined]
-    assert pg.get_by_text("Risk at 1 year").count() == 0  # type: ignore[attr-defined]  # no risk read from bowel gas
+    assert pg.get_by_text("1-year risk").count() == 0  # type: ignore[attr-defined]  # no risk read from bowel gas
     assert pg.locator('[data-testid="stVegaLiteChart"]').count() == 0  # type: ignore[attr-defined]
     # read anyway on request: the risk and the survival chart come back, the warnings stay
     pg.get_by_text("Read this CT anyway", exact=False).click()  # type: ignore[attr-defined]
-    pg.get_by_text("Risk at 1 year").first.wait_for(timeout=120_000)  # type: ignore[attr-defined]
+    pg.get_by_text("1-year risk").first.wait_for(timeout=120_000)  # type: ignore[attr-defined]
     settle(pg, 120)
     shot(pg, "case_review_uploaded")
     assert pg.get_by_text("lung air (air enclosed by the body) 0.39 L", exact=False).count() >= 1  # type: ignore[attr-defined]

@@ -302,8 +302,9 @@ def test_a_model_trained_here_is_shown_beside_its_own_cohort(page: object, data_
         choose(pg, "Fusion strategy / model", label)
         caption = pg.get_by_text("Grey: Kaplan-Meier of", exact=False).first  # type: ignore[attr-defined]
         caption.wait_for(timeout=120_000)
-        assert caption.inner_text().startswith(f"Grey: Kaplan-Meier of {n_test} patients of the cohort this model "
-                                               "was trained on (its held-out test split).")
+        assert caption.inner_text().startswith("Blue: this case; its band is the ")  # the legend names it briefly
+        assert (f"Grey: Kaplan-Meier of {n_test} patients of the cohort this model was trained on (its held-out test "
+                "split).") in caption.inner_text()
         assert (out / "test_predictions.npz").is_file()  # shared with Cohort & models' evaluation of the model
         # the conformal bound too is calibrated on that cohort (its val split), not on the demo's patients
         assert ("conformalized survival analysis calibrated on the validation patients of the cohort this model was "

@@ -142,7 +142,7 @@ def signed_in_app(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def _assert_sign_in_screen_only(pg: object) -> None:
     text = pg.locator("body").inner_text()  # type: ignore[attr-defined]
     assert pg.get_by_role("button", name="Sign in").is_visible()  # type: ignore[attr-defined]
-    for leak in ("Case review", "Risk at", "Demo ", "Cohort & models", "Fusion strategy", "Upload", "Sign out",
+    for leak in ("Case review", "1-year risk", "Demo ", "Cohort & models", "Fusion strategy", "Upload", "Sign out",
                  ACCOUNT["name"], ACCOUNT["email"], "local mode"):
         assert leak not in text, f"{leak!r} shown before sign-in:\n{text}"
     assert pg.locator('[data-testid="stSidebarNav"]').count() == 0  # type: ignore[attr-defined]
@@ -190,7 +190,7 @@ def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_
         assert ACCOUNT["name"] in sidebar and ACCOUNT["email"] in sidebar, sidebar
         assert pg.get_by_role("button", name="Sign out").is_visible()  # type: ignore[attr-defined]
         assert "local mode" not in sidebar
-        assert pg.get_by_text("Risk at 1 year").count() >= 1  # type: ignore[attr-defined]  # the app itself
+        assert pg.get_by_text("1-year risk").count() >= 1  # type: ignore[attr-defined]  # the app itself
         _shot(pg, "login_signed_in")
 
         # the audit log: one login line with the provider's sub and no name or e-mail anywhere

@@ -50,6 +50,11 @@ def curve_arrays(name: str, times: Any, surv: Any, lower: Any = None, upper: Any
     return t, s, lo, hi
 
 
+def _top_margin(title: str) -> dict[str, int]:
+    """Room above the plot for its title only: untitled figures under a page heading start at the top."""
+    return {"t": 60 if title else 20}
+
+
 def survival_compare_figure(
     curves: Mapping[str, tuple[Any, Any, Any, Any]],
     *,
@@ -102,7 +107,8 @@ def survival_compare_figure(
             fig.add_trace(go.Scatter(x=[h], y=[0.02], mode="markers", marker={"size": 14, "color": "rgba(0,0,0,0)"},
                                      showlegend=False, name=f"risk at {horizon_label(h)}",
                                      hovertemplate=f"risk at {horizon_label(h)}<br>" + "<br>".join(lines) + "<extra></extra>"))
-    fig.update_layout(title={"text": title} if title else None, xaxis_title="days from index date",
+    fig.update_layout(title={"text": title} if title else None, margin=_top_margin(title),
+                      xaxis_title="days from index date",
                       yaxis_title="survival S(t)", yaxis={"range": [0, 1.05]}, template="plotly_white", width=760,
                       height=450, legend={"orientation": "h", "y": -0.2}, hovermode="closest")
     return fig
@@ -134,7 +140,8 @@ def calibration_figure(calibration: dict, title: str = "") -> go.Figure:
             hovertemplate="predicted %{x:.2f}, observed %{y:.2f}<br>n=%{customdata[0]}, events=%{customdata[1]}<extra></extra>",
         ))
     lim = min(1.0, top * 1.1)
-    fig.update_layout(title={"text": title} if title else None, xaxis_title="predicted risk 1 - S(t)",
+    fig.update_layout(title={"text": title} if title else None, margin=_top_margin(title),
+                      xaxis_title="predicted risk 1 - S(t)",
                       yaxis_title="observed risk (1 - Kaplan-Meier)", template="plotly_white", height=420,
                       xaxis={"range": [0, lim]}, yaxis={"range": [0, lim]}, legend={"orientation": "h", "y": -0.25})
     return fig
@@ -164,6 +171,7 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
         fig.update_xaxes(title_text="risk threshold (%)", row=1, col=col)
     top = max([float(v) for _, d in panels for v in d["treat_all"] + d["net_benefit"] if v is not None] + [0.05])
     fig.update_yaxes(title_text="net benefit", range=[max(lo, -0.05), top * 1.1], row=1, col=1)
-    fig.update_layout(title={"text": title} if title else None, template="plotly_white", height=380,
+    fig.update_layout(title={"text": title} if title else None, margin=_top_margin(title), template="plotly_white",
+                      height=380,
                       legend={"orientation": "h", "y": -0.25})
     return fig
