@@ -109,9 +109,12 @@ def coverage_rows(m: dict) -> list[dict]:
 
 
 def subgroup_rows(sub: dict) -> list[dict]:
+    from core.evaluate.subgroups import readable_label
+
     rows = []
+    labels = [str(g["label"]) for g in sub.get("groups", [])]
     for g in sub.get("groups", []):
-        row = {sub.get("column", "group"): g["label"], "n / events": f"{g['n']} / {g['events']}",
+        row = {sub.get("column", "group"): readable_label(str(g["label"]), labels), "n / events": f"{g['n']} / {g['events']}",
                "C-index [95% CI]": _ci(g.get("c_index"), g.get("c_index_ci"))}
         for h in horizons.HORIZONS:
             cal = (g.get("calibration") or {}).get(h)

@@ -16,7 +16,7 @@ from core.models.config import EHRConfig
 from core.evaluate.decision import decision_curve
 from core.evaluate.metrics import harrell_c
 from core.cohort import Cohort
-from core.evaluate.subgroups import subgroup_labels, subgroup_table
+from core.evaluate.subgroups import readable_label, subgroup_labels, subgroup_table
 
 TIMES = np.linspace(5.0, 1200.0, 120)
 
@@ -72,6 +72,15 @@ def test_subgroup_labels_categories_quantile_bands_and_missing():
     assert pd.Series(labels).value_counts().tolist() == [25, 25, 25, 25]
     with pytest.raises(InputError, match="too many groups"):
         subgroup_labels([f"site{i}" for i in range(30)])
+
+
+def test_the_groups_of_a_yes_no_column_are_named_in_tables():
+    labels, _ = subgroup_labels([1.0, 0.0, np.nan, 1.0])  # sex_female as features.csv holds it
+    groups = sorted(set(labels))
+    assert [readable_label(g, groups) for g in groups] == ["0 (no)", "1 (yes)", "missing"]
+    labels, _ = subgroup_labels([0.0, 1.0, 2.0])  # a count: its values stay as they are
+    assert [readable_label(g, sorted(set(labels))) for g in ("0", "1", "2")] == ["0", "1", "2"]
+    assert readable_label("F", ["F", "M"]) == "F"
 
 
 def test_subgroup_table_c_index_per_group_and_calibration():

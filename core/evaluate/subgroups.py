@@ -92,6 +92,21 @@ def subgroup_labels(values: ArrayLike | pd.Series, max_levels: int = MAX_LEVELS,
     return labels.to_numpy(dtype=object), "categorical"
 
 
+def readable_label(label: str, labels: Sequence[str]) -> str:
+    """A group's label for a table: the groups of a 0/1 column read ``"0 (no)"`` and ``"1 (yes)"``.
+
+    ``labels`` are all the groups of the column; any other column's labels are returned as they are.
+
+    >>> [readable_label(g, ["0", "1", "missing"]) for g in ("0", "1", "missing")]
+    ['0 (no)', '1 (yes)', 'missing']
+    >>> readable_label("2", ["0", "1", "2"])
+    '2'
+    """
+    if label == "missing" or not set(labels) - {"missing"} <= {"0", "1"}:
+        return label
+    return f"{label} ({'yes' if label == '1' else 'no'})"
+
+
 def _order(labels: np.ndarray, kind: str, values: pd.Series) -> list[str]:
     uniq = [u for u in pd.unique(labels) if u != "missing"]
     if kind == "quantile":
