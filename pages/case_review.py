@@ -28,7 +28,7 @@ for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
         cases[(views.DEMO, sid)] = f"Demo {sid} ({split})"
 
-top = st.columns([3, 2, 2])
+top = st.container(key="stack_top").columns([3, 2, 2])  # stacks on a narrow page (assets/style.css)
 chrome.restore_viewer_settings()
 if st.session_state.get(K.CASE) not in cases:
     st.session_state[K.CASE] = next((c for c in cases if c[0] == views.DEMO), next(iter(cases)))  # a demo case first
@@ -86,7 +86,7 @@ if like and source == views.UPLOADED and volume is not None and like != volume.m
             session.audit("open", "case", source=source, case=info.number, series="like_training")
             st.rerun()
 
-left, right = st.columns([1.15, 1], gap="large")
+left, right = st.container(key="stack_viewer").columns([1.15, 1], gap="large")
 
 # ------------------------------------------------------------------ CT viewer
 # sent first: the browser's longest chain (the component frame, NiiVue, the CT) starts as early as it can
@@ -220,7 +220,7 @@ with right:
 
 # ------------------------------------------------------ timeline and attention
 st.subheader("Timeline and attention")
-t1, t2 = st.columns([1.2, 1], gap="large")
+t1, t2 = st.container(key="stack_timeline").columns([1.2, 1], gap="large")
 with t1:
     if n_events == 0:
         st.info("No timeline events before the index date for this case.")

@@ -77,6 +77,20 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     assert len(labels) >= 3 and crossing(labels) == []
     assert pg.locator('[data-testid="stTable"]').filter(has_text="rank").count() == 1  # type: ignore[attr-defined]
     shot(pg, "case_review_strategies")
+    # a wide window: the viewer and the survival panel side by side; a laptop with the sidebar open (800 px): stacked,
+    # each panel the whole width, the risk metrics whole (not cut off with an ellipsis)
+    def heading(text: str) -> dict:
+        return pg.get_by_role("heading", name=text, exact=True).first.bounding_box()  # type: ignore[attr-defined]
+
+    viewer, survival = heading("CT viewer"), heading("Survival")
+    assert abs(viewer["y"] - survival["y"]) < 5 and survival["x"] > viewer["x"] + 300
+    pg.set_viewport_size({"width": 800, "height": 3200})  # type: ignore[attr-defined]
+    pg.wait_for_timeout(1000)  # type: ignore[attr-defined]
+    viewer, survival = heading("CT viewer"), heading("Survival")
+    assert abs(viewer["x"] - survival["x"]) < 5 and survival["y"] > viewer["y"] + 300
+    metrics = pg.locator('[data-testid="stMetricLabel"], [data-testid="stMetricValue"]')  # type: ignore[attr-defined]
+    assert metrics.count() >= 8  # the strategy and the three risks, label and value each
+    assert all(m.evaluate("e => e.scrollWidth <= e.clientWidth + 1") for m in metrics.all())
 
 
 def test_first_paint_viewer_before_plotly_and_the_charts_below(browser: object, server: str) -> None:  # noqa: F811
