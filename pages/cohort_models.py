@@ -205,7 +205,7 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     from core.ehr_read import split_feature_reads_text, split_timeline_reads_text
     from core.predict import split_image_reads_text
 
-    cols = st.columns(4)
+    cols = st.container(key=f"wrap_{key}_metrics").columns(4)  # two by two on a narrow page (assets/style.css)
     cols[0].metric("Harrell's C-index", _ci(m.get("c_index"), None),
                    help=f"95% bootstrap CI {_ci(m.get('c_index'), m.get('c_index_ci'))}")
     cols[1].metric("Uno's C", _ci(m.get("uno_c"), None), help=_ci(m.get("uno_c"), m.get("uno_c_ci")))
@@ -222,7 +222,7 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
                         ("Features", split_feature_reads_text(m.get("features")))):
         if line:
             st.warning(f"{label} ({what}): {line}.", icon=":material/warning:")
-    g1, g2 = st.columns(2, gap="large")
+    g1, g2 = st.container(key=f"stack_{key}_plots").columns(2, gap="large")
     with g1:
         st.markdown(f"**Kaplan-Meier by predicted risk group ({what})**")
         ref = risk_groups()

@@ -162,6 +162,13 @@ def shot(pg: object, name: str) -> None:
         pg.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
 
 
+def cut_off(pg: object, selector: str) -> list[str]:
+    """The texts of the elements matching ``selector`` that are cut off (an ellipsis: some element in them is
+    narrower than its content)."""
+    return pg.evaluate("""s => [...document.querySelectorAll(s)].filter(e => [e, ...e.querySelectorAll('*')]
+        .some(d => d.scrollWidth > d.clientWidth + 1)).map(e => e.innerText)""", selector)  # type: ignore[attr-defined]
+
+
 def prepare(pg: object, label: str, timeout_s: float = 240.0) -> None:
     """Click an Export "Prepare ..." button once it is enabled (it waits for the case's whole-volume map job)."""
     from playwright.sync_api import expect
@@ -432,6 +439,16 @@ def test_other_pages_render(page: object) -> None:
     for text in ("net benefit against the risk threshold", "Coverage of the uncertainty bounds", "Subgroups"):
         assert pg.get_by_text(text, exact=False).count() >= 1, text  # type: ignore[attr-defined]
     shot(pg, "cohort_models")
+    # a laptop with the sidebar open (800 px): the four metrics two by two and whole, the two plots one under the other
+    wide = pg.viewport_size  # type: ignore[attr-defined]
+    pg.set_viewport_size({"width": 800, "height": wide["height"]})  # type: ignore[attr-defined]
+    pg.wait_for_timeout(1000)  # type: ignore[attr-defined]
+    assert pg.locator('[data-testid="stMetricLabel"]').count() >= 4  # type: ignore[attr-defined]
+    assert cut_off(pg, '[data-testid="stMetricLabel"], [data-testid="stMetricValue"]') == []
+    km, cal = (pg.get_by_text(t).first.bounding_box() for t in ("Kaplan-Meier by predicted risk group",  # type: ignore[attr-defined]
+                                                                 "Calibration (predicted vs observed"))
+    assert abs(km["x"] - cal["x"]) < 5 and cal["y"] > km["y"] + 200
+    pg.set_viewport_size(wide)  # type: ignore[attr-defined]
     go(pg, "About")
     assert pg.get_by_text("not a medical device").count() >= 1  # type: ignore[attr-defined]
     shot(pg, "about")
