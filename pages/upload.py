@@ -91,13 +91,14 @@ used, quota = workspaces.user_usage(user), workspaces.user_quota_bytes()
 st.caption(f"{len(infos)} saved case(s); {workspaces.human_bytes(used)} of your {workspaces.human_bytes(quota)} in use.")
 pending_delete = st.session_state.get(K.DELETE_CASE)
 for info in infos:
-    row = st.columns([5, 1, 1], vertical_alignment="center")
+    row = st.container(key=f"stack_case_{info.case_id}").columns([5, 2], vertical_alignment="center")
+    buttons = row[1].container(horizontal=True)  # side by side, under the label on a narrow page (assets/style.css)
     row[0].markdown(f"**{info.label}** · {' + '.join(info.modalities)} · added {info.added[:16].replace('T', ' ')} UTC"
                     + (" · de-identified here" if info.deidentified else ""))
-    if row[1].button("Review", key=f"review_{info.case_id}", icon=":material/radiology:"):
+    if buttons.button("Review", key=f"review_{info.case_id}", icon=":material/radiology:"):
         _cases.open_in_review(info.case_id)
         st.switch_page("pages/case_review.py")
-    if row[2].button("Delete", key=f"delete_{info.case_id}", icon=":material/delete:"):
+    if buttons.button("Delete", key=f"delete_{info.case_id}", icon=":material/delete:"):
         st.session_state[K.DELETE_CASE] = info.case_id
         st.rerun()
     if pending_delete == info.case_id:
@@ -135,7 +136,7 @@ if study_state.get("error"):
 volume = None
 stated = ""  # the contrast the user states for a study whose file records none
 if checked is not None:
-    head = st.columns([5, 1], vertical_alignment="center")
+    head = st.container(key="stack_study_head").columns([5, 1], vertical_alignment="center")
     head[0].markdown(f"In memory, not saved yet: **{checked.name}** ({checked.volume.format.upper()}, "
                      f"{workspaces.human_bytes(len(checked.data))}).")
     if head[1].button("Discard", key="discard_button", icon=":material/close:"):
@@ -196,7 +197,7 @@ if checked is not None:
         recorded = describe_contrast(volume.meta)
         stated = "" if recorded else str(st.session_state.get(K.CONTRAST_STATED) or "")
         volume = saved.stated_contrast(volume, stated)  # what the model's checks below compare with its training
-        c1, c2 = st.columns([1, 1.4])
+        c1, c2 = st.container(key="stack_study_preview").columns([1, 1.4])
         with c1:
             z = volume.shape[0] // 2
             fig = F.slice_overlay(volume.hu[z], None, window=(-160, 240), spacing_mm=volume.spacing_mm,
@@ -257,7 +258,7 @@ index_time = None
 target = NEW_CASE
 target_label = ""
 if frame is not None:
-    head = st.columns([5, 1], vertical_alignment="center")
+    head = st.container(key="stack_timeline_head").columns([5, 1], vertical_alignment="center")
     head[0].markdown(f"In memory, not saved yet: **{tl_state['name']}** ({len(frame)} events, "
                      f"{frame['subject_id'].nunique()} subjects).")
     unreadable = unreadable_values_note(frame)

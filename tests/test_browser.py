@@ -303,6 +303,14 @@ def test_upload_real_nifti_and_review(page: object, real_ct: Path) -> None:
     assert pg.get_by_text(re.compile(r"30 x 101 x 122")).count() >= 1  # type: ignore[attr-defined]
     assert pg.get_by_text("Out of distribution", exact=False).count() >= 1  # type: ignore[attr-defined]  # abdominal CT
     shot(pg, "upload")
+    # 800 px with the sidebar open: the preview over the study's facts and warnings, the Discard button whole
+    wide = pg.viewport_size  # type: ignore[attr-defined]
+    pg.set_viewport_size({"width": 800, "height": wide["height"]})  # type: ignore[attr-defined]
+    pg.wait_for_timeout(1000)  # type: ignore[attr-defined]
+    preview, facts = (pg.get_by_text(t).first.bounding_box() for t in ("middle axial slice", "format:"))  # type: ignore[attr-defined]
+    assert facts["x"] < preview["x"] + 60 and facts["y"] > preview["y"] + 150  # under it (a bullet in), not beside it
+    assert cut_off(pg, '[data-testid="stButton"] button') == []
+    pg.set_viewport_size(wide)  # type: ignore[attr-defined]
     pg.get_by_role("button", name="Save as a new case").click()  # type: ignore[attr-defined]
     # saved, then on Case review: the abdominal CT is withheld from the demo model (trained on chest phantoms)
     pg.get_by_text("The CT is withheld from", exact=False).first.wait_for()  # type: ignore[attr-defined]
