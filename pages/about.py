@@ -23,8 +23,9 @@ def show_card(text: str) -> None:
         rows = metric_rows(body) if heading.lower().startswith("metrics") else []
         if rows:
             st.table(pd.DataFrame(rows).set_index("metric"))
-        elif body:
-            st.markdown("\n".join(readable_line(line) for line in body.splitlines()))
+        elif body:  # the card's own title ("# Model card: ...") one level under the page's, as the other tabs' are
+            st.markdown("\n".join("### " + line[2:] if line.startswith("# ") else readable_line(line)
+                                   for line in body.splitlines()))
 
 
 st.title("About")

@@ -204,6 +204,9 @@ def test_about_prints_the_metrics_as_a_table(page: object) -> None:
     text = table.inner_text() if table.count() == 1 else ""
     assert re.search(r"30 days (?:[01]\.\d{3}|n/a), 1 year (?:[01]\.\d{3}|n/a)", text), text
     assert '{"30"' not in pg.content()  # type: ignore[attr-defined]
+    # the card's title is a heading under the page's "About", not a second page title
+    title = pg.get_by_role("heading", name=re.compile(r"^Model card: ")).first  # type: ignore[attr-defined]
+    assert title.evaluate("e => e.tagName") == "H3"
     shot(pg, "about")
 
 
