@@ -372,7 +372,7 @@ with tab_validate:
         "studies, timeline, features). Studies are checked for identifying data first; the cohort is removed when "
         "the evaluation ends.")
     up_val = st.file_uploader("Cohort folder to validate on (zip)", type=["zip"], key="validate_zip")
-    c1, c2 = st.columns([3, 2])
+    c1, c2 = st.container(key="stack_validate_options").columns([3, 2])  # stacked on a narrow page
     group_by = c1.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
                              help="A column of the cohort's cohort.csv or features.csv: C-index and calibration per "
                                   "group; numbers with many values are cut into quantile bands.")
@@ -405,7 +405,7 @@ with tab_train:
         "your models folder."
     )
     up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
-    c1, c2, c3 = st.columns([2, 3, 1])
+    c1, c2, c3 = st.container(key="stack_train_options").columns([2, 3, 1])  # stacked on a narrow page
     fusion = c1.selectbox("Fusion strategy", FUSIONS, index=FUSIONS.index("concat"), key="train_fusion")
     kinds = image_kinds()
     image_kind = c2.selectbox(
