@@ -104,7 +104,7 @@ for info in infos:
     if pending_delete == info.case_id:
         st.warning(f"Delete **{info.label}** and its files from this server? This cannot be undone.",
                    icon=":material/delete_forever:")
-        c1, c2 = st.columns([1, 4])
+        c1 = c2 = st.container(horizontal=True)  # the two buttons side by side, each as wide as its label
         if c1.button(f"Delete {info.label}", type="primary", key="confirm_delete"):
             with chrome.core_errors(stop=False, what="Not deleted: "):
                 saved.delete_case(user, info.case_id)
@@ -160,8 +160,7 @@ if checked is not None:
             st.markdown("**Clinical, not identifying on their own**: "
                         + ", ".join(f"{r.attribute} **{r.value}**" for r in clinical.itertuples())
                         + " (the basic profile removes these as well when you de-identify).")
-        b1, b2 = st.columns([1, 3])
-        if b1.button("De-identify and continue", type="primary", key="deid_button"):
+        if st.button("De-identify and continue", type="primary", key="deid_button"):
             with st.spinner("De-identifying in memory..."), chrome.core_errors(stop=False, what="De-identification failed: "):
                 study_state["checked"] = uploads.deidentify(checked)
                 st.rerun()
