@@ -104,8 +104,8 @@ for info in infos:
     if pending_delete == info.case_id:
         st.warning(f"Delete **{info.label}** and its files from this server? This cannot be undone.",
                    icon=":material/delete_forever:")
-        c1 = c2 = st.container(horizontal=True)  # the two buttons side by side, each as wide as its label
-        if c1.button(f"Delete {info.label}", type="primary", key="confirm_delete"):
+        confirm = st.container(horizontal=True)  # the two buttons side by side, each as wide as its label
+        if confirm.button(f"Delete {info.label}", type="primary", key="confirm_delete"):
             with chrome.core_errors(stop=False, what="Not deleted: "):
                 saved.delete_case(user, info.case_id)
                 session.audit("upload", "delete", case=info.number)
@@ -113,7 +113,7 @@ for info in infos:
                     forget(prefix)
             st.session_state.pop(K.DELETE_CASE, None)
             st.rerun()
-        if c2.button("Keep it", key="cancel_delete"):
+        if confirm.button("Keep it", key="cancel_delete"):
             st.session_state.pop(K.DELETE_CASE, None)
             st.rerun()
 if not infos:

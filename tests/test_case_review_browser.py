@@ -92,6 +92,7 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     metrics = '[data-testid="stMetricLabel"], [data-testid="stMetricValue"]'
     assert pg.locator(metrics).count() >= 8  # type: ignore[attr-defined]  # the strategy and the three risks
     assert cut_off(pg, metrics) == []
+    pg.set_viewport_size({"width": 1500, "height": 3200})  # type: ignore[attr-defined]  # as the test began
 
 
 def test_first_paint_viewer_before_plotly_and_the_charts_below(browser: object, server: str) -> None:  # noqa: F811
