@@ -172,7 +172,7 @@ class LoadedModel:
     def uncertainty(self) -> str:
         """How the band is made, in words (figures, reports)."""
         k = self.ensemble_size
-        if k < 2:
+        if self.config.band_name == "MC dropout":
             return "MC dropout, 5th-95th percentile"
         members = getattr(self.net, "members", [])
         linear = sum(1 for m in members if not bool(m.head.linear.weight.detach().any()))  # linear members

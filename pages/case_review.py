@@ -123,7 +123,7 @@ with right:
                 pred.times, pred.survival, pred.lower, pred.upper,
                 cohort_km=ref["cohort_km"],
                 group_km=(group["t"], group["s"], group["lower"], group["upper"]),
-                label=f"this case (band: {'MC dropout' if model.uncertainty.startswith('MC dropout') else 'ensemble range'})",
+                label=f"this case (band: {model.config.band_name})",
                 time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
             )
             st.vega_lite_chart(chart, width="stretch", key="survival_fig")

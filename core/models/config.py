@@ -261,6 +261,12 @@ class ModelConfig:
             extra={k: v for k, v in d.items() if k not in cls._KNOWN},
         )
 
+    @property
+    def band_name(self) -> str:
+        """The uncertainty band's short name (a legend entry): ``"MC dropout"`` for one network, else
+        ``"ensemble range"``; ``core.registry.LoadedModel.uncertainty`` words it in full."""
+        return "MC dropout" if self.ensemble < 2 else "ensemble range"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format, "fusion": self.fusion, "head": self.head, "proportional_head": self.proportional_head,
