@@ -28,7 +28,7 @@ for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
         cases[(views.DEMO, sid)] = f"Demo {sid} ({split})"
 
-top = st.container(key="stack_top").columns([3, 2, 2])  # stacks on a narrow page (assets/style.css)
+top = st.container(key="lead_top").columns([3, 2, 2])  # on a narrow page: the case alone, then the rest (assets/style.css)
 chrome.restore_viewer_settings()
 if st.session_state.get(K.CASE) not in cases:
     st.session_state[K.CASE] = next((c for c in cases if c[0] == views.DEMO), next(iter(cases)))  # a demo case first

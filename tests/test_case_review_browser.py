@@ -92,6 +92,11 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     metrics = '[data-testid="stMetricLabel"], [data-testid="stMetricValue"]'
     assert pg.locator(metrics).count() >= 8  # type: ignore[attr-defined]  # the strategy and the three risks
     assert cut_off(pg, metrics) == []
+    # the case picker alone on its line, the strategy and the modalities side by side below it
+    case = pg.get_by_text("Case", exact=True).first.bounding_box()  # type: ignore[attr-defined]
+    strategy = pg.get_by_text("Fusion strategy", exact=True).first.bounding_box()  # type: ignore[attr-defined]
+    used = pg.get_by_text("Modalities used", exact=True).first.bounding_box()  # type: ignore[attr-defined]
+    assert strategy["y"] > case["y"] + 40 and abs(strategy["y"] - used["y"]) < 20 and used["x"] > strategy["x"] + 150
     pg.set_viewport_size({"width": 1500, "height": 3200})  # type: ignore[attr-defined]  # as the test began
 
 
