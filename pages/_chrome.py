@@ -88,6 +88,18 @@ def core_errors(stop: bool = True, what: str = "") -> Iterator[None]:
             st.stop()
 
 
+# plotly's mode bar, shown on hover over a chart's top right corner, keeps only "download as PNG" and "reset axes":
+# the full bar (zoom, pan, select, lasso, zoom in and out, autoscale) covered the end of a chart's title on a narrow
+# page. Dragging still zooms, and a double click resets.
+PLOTLY_CONFIG: dict[str, object] = {
+    "displaylogo": False,
+    "modeBarButtonsToRemove": ["zoom2d", "pan2d", "select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"],
+}
+# the CT planes drawn by plotly where the browser has no WebGL2 keep zoom and pan (their titles are short)
+PLOTLY_PLANE_CONFIG: dict[str, object] = {"displaylogo": False,
+                                           "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
+
+
 def inject_style() -> None:
     css = paths.ASSETS / "style.css"
     if css.exists():

@@ -12,6 +12,7 @@ import streamlit as st
 from core import figures as F
 from core.app import demo_install, workspace
 from core.horizons import horizon_label
+from pages import _chrome as chrome
 from pages import _state as K
 
 HELP = ("The model keeps its weights and its order of patients; its curves are recalibrated to your cohort's "
@@ -60,6 +61,7 @@ def show(report: dict) -> None:
                "The order of patients is kept: the C-index is the original's."
                + (f" {report['note']}." if report.get("note") else ""))
     c1, c2 = st.columns(2)
-    c1.plotly_chart(F.calibration_figure(before["calibration"], "before"), width="stretch", key="recal_before")
+    c1.plotly_chart(F.calibration_figure(before["calibration"], "before"), width="stretch", key="recal_before",
+                    config=chrome.PLOTLY_CONFIG)
     c2.plotly_chart(F.calibration_figure(after["calibration"], "after (cross-fitted)"), width="stretch",
-                    key="recal_after")
+                    key="recal_after", config=chrome.PLOTLY_CONFIG)

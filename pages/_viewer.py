@@ -314,7 +314,7 @@ def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tup
     if slice_weights is not None and np.size(slice_weights) == n and np.max(slice_weights) > 0:
         strip = F.slice_strip(slice_weights, selected=pos[0], title="Attention over slices")
         strip.update_layout(width=None, height=200)
-        st.plotly_chart(strip, width="stretch", key="slice_strip")
+        st.plotly_chart(strip, width="stretch", key="slice_strip", config=chrome.PLOTLY_CONFIG)
 
 
 def _viewer_reported() -> None:
@@ -364,4 +364,4 @@ def _plotly_fallback(volume: Any, window: tuple[float, float], overlay: np.ndarr
                               window=window, opacity=opacity, spacing_mm=viewer.plane_spacing(volume.spacing_mm, plane),
                               normalize=False, title=f"{plane} {idx + 1}/{viewer.plane_count(volume.shape, plane)}")
         fig.update_layout(width=None, height=320, showlegend=False)
-        col.plotly_chart(fig, width="stretch", key=f"fallback_{plane}")
+        col.plotly_chart(fig, width="stretch", key=f"fallback_{plane}", config=chrome.PLOTLY_PLANE_CONFIG)

@@ -203,7 +203,7 @@ with right:
             cmp_fig = F.survival_compare_figure(every.curves, cohort_km=None if ref is None else ref["cohort_km"],
                                                 current=model_name if model_name in every.curves else None)
             cmp_fig.update_layout(width=None, height=420 + 22 * len(every.curves))  # room for the legend below
-            st.plotly_chart(cmp_fig, width="stretch", key="compare_fig")
+            st.plotly_chart(cmp_fig, width="stretch", key="compare_fig", config=chrome.PLOTLY_CONFIG)
         if every.skipped and not charts_wait:
             st.caption("Not drawn (cannot score this case): " + "; ".join(every.skipped.values()) + ".")
         if len(every.table) and not charts_wait:
@@ -237,7 +237,7 @@ with t1:
                                    title="Events before the scan" + ("" if unread else " (most attended numbered)"),
                                    kind="attention" if scores is not None else "attribution")
             tl.update_layout(width=None)
-            st.plotly_chart(tl, width="stretch", key="timeline_fig")
+            st.plotly_chart(tl, width="stretch", key="timeline_fig", config=chrome.PLOTLY_CONFIG)
             top_rows = tl.layout.meta["top"] if tl.layout.meta else []
             if top_rows:
                 top_table = pd.DataFrame(top_rows).set_index("rank")
@@ -274,4 +274,4 @@ with t2:
             hm = F.attention_heatmap(item["weights"], item["rows"], item["cols"], title=item["title"],
                                      x_title=item["x_title"])
             hm.update_layout(width=None)
-            st.plotly_chart(hm, width="stretch", key=f"attention_fig_{i}")
+            st.plotly_chart(hm, width="stretch", key=f"attention_fig_{i}", config=chrome.PLOTLY_CONFIG)

@@ -231,14 +231,14 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
         palette = [F.RISK_GROUP_COLORS.get(g["label"]) for g in ref["groups"]]
         km = F.survival_compare_figure(curves, colors=None if None in palette else palette)  # type: ignore[arg-type]
         km.update_layout(width=None, height=420)
-        st.plotly_chart(km, width="stretch", key=f"{key}_km_groups")
+        st.plotly_chart(km, width="stretch", key=f"{key}_km_groups", config=chrome.PLOTLY_CONFIG)
         if ref["logrank_p"] is not None:
             st.caption(f"Log-rank test across groups: p = {ref['logrank_p']:.3g}.")
     with g2:
         st.markdown("**Calibration (predicted vs observed risk by group)**")
         cal = m.get("calibration") or {}
         if any(cal.values()):
-            st.plotly_chart(F.calibration_figure(cal), width="stretch", key=f"{key}_calibration")
+            st.plotly_chart(F.calibration_figure(cal), width="stretch", key=f"{key}_calibration", config=chrome.PLOTLY_CONFIG)
             slopes = [f"{horizons.horizon_label(float(h))} {c['slope']:.2f} / {c['intercept']:+.2f}"
                       for h, c in cal.items() if c and c.get("slope") is not None]
             if slopes:
@@ -249,7 +249,7 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")
     dc = m.get("decision_curve") or {}
     if any((dc.get("horizons") or {}).values()):
-        st.plotly_chart(F.decision_curve_figure(dc), width="stretch", key=f"{key}_decision_curve")
+        st.plotly_chart(F.decision_curve_figure(dc), width="stretch", key=f"{key}_decision_curve", config=chrome.PLOTLY_CONFIG)
         st.caption("Treat every patient whose predicted risk by the horizon is at or above the threshold: the "
                    "model is useful where its net benefit is above both treat-all and treat-none "
                    "(time-to-event decision curves, dcurves).")

@@ -202,7 +202,7 @@ if checked is not None:
             fig = F.slice_overlay(volume.hu[z], None, window=(-160, 240), spacing_mm=volume.spacing_mm,
                                   title=f"middle axial slice ({z + 1}/{volume.shape[0]})")
             fig.update_layout(width=None, height=340)
-            st.plotly_chart(fig, width="stretch", key="upload_preview")
+            st.plotly_chart(fig, width="stretch", key="upload_preview", config=chrome.PLOTLY_CONFIG)
         with c2:
             hu = volume.hu
             st.markdown(

@@ -97,6 +97,16 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     strategy = pg.get_by_text("Fusion strategy", exact=True).first.bounding_box()  # type: ignore[attr-defined]
     used = pg.get_by_text("Modalities used", exact=True).first.bounding_box()  # type: ignore[attr-defined]
     assert strategy["y"] > case["y"] + 40 and abs(strategy["y"] - used["y"]) < 20 and used["x"] > strategy["x"] + 150
+    # plotly's mode bar, shown on hover: download, reset and full screen only, clear of the chart's title
+    tl = chart(pg, "Events before the scan")
+    tl.scroll_into_view_if_needed()
+    box = tl.bounding_box()
+    pg.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # type: ignore[attr-defined]
+    pg.wait_for_timeout(500)  # type: ignore[attr-defined]
+    bar, title = tl.locator(".modebar"), tl.locator(".gtitle").bounding_box()
+    assert bar.is_visible() and bar.locator(".modebar-btn").evaluate_all("bs => bs.map(b => b.dataset.title)") == [
+        "Download plot as a PNG", "Reset axes", "Fullscreen"]  # Streamlit adds the last
+    assert title["x"] + title["width"] < bar.bounding_box()["x"]
     pg.set_viewport_size({"width": 1500, "height": 3200})  # type: ignore[attr-defined]  # as the test began
 
 
