@@ -207,13 +207,9 @@ with right:
         if every.skipped and not charts_wait:
             st.caption("Not drawn (cannot score this case): " + "; ".join(every.skipped.values()) + ".")
         if len(every.table) and not charts_wait:
-            shown = every.table.copy()
-            shown.insert(0, "model", ["current" if c else "" for c in shown.pop("current")])
-            for c in shown.columns[2:]:
-                shown[c] = [("past grid" if pd.isna(v) else (f"{100 * v:.1f} %" if c.startswith("risk") else f"{v:.2f}"))
-                            for v in shown[c]]
-            st.table(shown.set_index("strategy"))
-            st.caption(f"Risk 1 - S(t) of each strategy that can score the case (empty past a model's time grid). "
+            st.table(review.strategy_table_view(every.table.reset_index(drop=True)))
+            st.caption(f"Risk 1 - S(t) and survival S(5 years) of each strategy that can score the case (\"past grid\" "
+                       f"beyond a model's time grid); the model in use, {model_name}, in bold. "
                        f"Strategies are flagged as disagreeing when their 5-year survival spreads over more than "
                        f"{review.CW.DISAGREEMENT_THRESHOLD:g}" + (": flagged, see the warning above." if every.flag
                                                                    else ": not flagged for this case."))

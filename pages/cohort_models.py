@@ -108,6 +108,42 @@ def coverage_rows(m: dict) -> list[dict]:
     return rows
 
 
+def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per evaluated model (``metrics_row``); the fusion column only where some model's name is not its
+    fusion's (a model trained here), subjects / events only where they differ between the models (the caption
+    above the table names them otherwise)."""
+    table = pd.DataFrame([metrics_row(n, m) for n, m in results.items()])
+    if (table["model"] == table["fusion"]).all():
+        table = table.drop(columns=["fusion"])
+    if table["n / events"].nunique() == 1:
+        table = table.drop(columns=["n / events"])
+    return table
+
+
+def show_comparison(results: dict[str, dict], key: str, filename: str, label: str = "Download the table (CSV)") -> None:
+    """Several models on one evaluation: the forest plot of their C-index and integrated Brier score (the model
+    in use coloured) and the table (one model: neither, its own metrics follow), then the CSV; a model whose
+    evaluation failed is named with its error."""
+    for n, m in results.items():
+        if "error" in m:
+            st.warning(f"{n}: {m['error']}")
+    ok = {n: m for n, m in results.items() if "error" not in m}
+    if not ok:
+        return
+    if len(ok) > 1:
+        st.plotly_chart(F.model_comparison_figure(ok, current=name if name in ok else None), width="stretch",
+                        key=f"{key}_forest", config=chrome.PLOTLY_CONFIG)
+        counts = {f"{m.get('n')} subjects ({m.get('events')} events)" for m in ok.values()}
+        st.caption(f"{'Every model on the same ' + next(iter(counts)) + '. ' if len(counts) == 1 else ''}"
+                   f"Diamonds: each model's value; bars: its 95 % bootstrap interval"
+                   f"{f'; the model in use ({name}) in colour' if name in ok else ''}. The intervals are each model's "
+                   "own, not of the difference between two models: bars that overlap do not show that two models differ.")
+    table = comparison_table(ok)
+    if len(ok) > 1:
+        st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
+
+
 def subgroup_rows(sub: dict) -> list[dict]:
     from core.evaluate.subgroups import readable_label
 
@@ -118,11 +154,17 @@ def subgroup_rows(sub: dict) -> list[dict]:
                "C-index [95% CI]": _ci(g.get("c_index"), g.get("c_index_ci"))}
         for h in horizons.HORIZONS:
             cal = (g.get("calibration") or {}).get(h)
-            row[f"risk {horizons.HORIZON_LABELS[h]}: predicted / observed"] = (
+            row[f"{horizons.HORIZON_LABELS[h]} (pred. / obs.)"] = (
                 "n/a" if not cal or cal.get("observed") is None
                 else f"{cal['predicted']:.2f} / {cal['observed']:.2f}")
         rows.append(row)
     return rows
+
+
+def show_subgroups(sub: dict) -> None:
+    st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
+    st.caption("Per group: the C-index with its 95 % bootstrap interval, and at each horizon the mean predicted risk "
+               "beside the observed risk (1 - Kaplan-Meier of the group).")
 
 
 models = views.available_models()
@@ -211,7 +253,8 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     cols[1].metric("Uno's C", _ci(m.get("uno_c"), None), help=_ci(m.get("uno_c"), m.get("uno_c_ci")))
     cols[2].metric("Integrated Brier score", _ci(m.get("ibs"), None), help=_ci(m.get("ibs"), m.get("ibs_ci")))
     cols[3].metric("Subjects / events", f"{m.get('n')} / {m.get('events')}", help=what)
-    st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model"]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model", "n / events"]), hide_index=True,
+                 width="stretch")  # subjects / events: the card above
     if m.get("oracle_c_index") is not None:
         st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
     if m.get("unread"):
@@ -277,7 +320,7 @@ with tab_model:
                                            "into quantile bands.")
                 with st.spinner("Computing subgroup metrics..."):
                     sub = refs.subgroup_table(name, column)
-                st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
+                show_subgroups(sub)
 
 with tab_compare:
     st.caption("Every strategy on the same test split: the best fusion depends on the task. Demo evaluations are "
@@ -299,15 +342,7 @@ with tab_compare:
     if job is not None and job.active:
         _jobs.show(job)
     elif job is not None and _jobs.outcome(job):
-        rows = [metrics_row(n, m) for n, m in job.result.items() if "error" not in m]
-        for n, m in job.result.items():
-            if "error" in m:
-                st.warning(f"{n}: {m['error']}")
-        if rows:
-            table = pd.DataFrame(rows)
-            st.dataframe(table, hide_index=True, width="stretch")
-            st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), "strategy_comparison.csv",
-                               mime="text/csv", key="compare_csv")
+        show_comparison(job.result, "compare", "strategy_comparison.csv")
 
 VALIDATE_KEY = "validate"
 
@@ -342,16 +377,9 @@ def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: 
 def show_validation(results: dict[str, dict], validated: str) -> None:
     """An external validation's results: the comparison table when several models were evaluated, then the
     selected model's metrics, curves and subgroups."""
-    rows = [metrics_row(n, m) for n, m in results.items() if "error" not in m]
-    for n, m in results.items():
-        if "error" in m:
-            st.warning(f"{n}: {m['error']}")
-    if len(results) > 1 and rows:
+    if len(results) > 1:
         st.markdown("**Every model on your cohort**")
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    if rows:
-        st.download_button("Download the metrics (CSV)", pd.DataFrame(rows).to_csv(index=False).encode(),
-                           "external_validation.csv", mime="text/csv", key="validate_csv")
+    show_comparison(results, "validate", "external_validation.csv", "Download the metrics (CSV)")
     m = results.get(validated)
     if not m or "error" in m:
         return
@@ -360,7 +388,7 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
     show_evaluation(m, "your cohort", lambda: m["risk_groups"], key="validate")
     if m.get("subgroups"):
         st.markdown(f"**Subgroups by {m['subgroups'].get('column')}**")
-        st.dataframe(pd.DataFrame(subgroup_rows(m["subgroups"])), hide_index=True, width="stretch")
+        show_subgroups(m["subgroups"])
     if m.get("recalibration"):
         _recalibration.show(m["recalibration"])
 

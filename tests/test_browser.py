@@ -462,6 +462,42 @@ def test_other_pages_render(page: object) -> None:
     shot(pg, "about")
 
 
+def test_compare_strategies_forest_plot_matches_the_table(page: object) -> None:
+    """Cohort & models, "Compare strategies": the background evaluation draws every model's C-index and integrated
+    Brier score with their intervals beside the table: the same models in the same order, the same values, the
+    model in use in colour; columns that say nothing here (fusion = model name, one subjects / events) left out."""
+    pg = page
+    go(pg, "Cohort & models")
+    pg.get_by_role("tab", name="Compare strategies").click()  # type: ignore[attr-defined]
+    main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
+    button = main.get_by_role("button", name="Compute the comparison table")
+    button.wait_for(timeout=60_000)
+    button.click()
+    main.get_by_text("Download the table (CSV)").first.wait_for(timeout=300_000)
+    settle(pg)
+    forest = main.locator('[data-testid="stPlotlyChart"]').filter(has_text="Integrated Brier score (lower is better)")
+    forest.first.wait_for(timeout=60_000)
+    traces = forest.first.locator(".js-plotly-plot").evaluate(
+        "p => p.data.map(t => ({name: t.name, y: t.y, x: t.x, colors: t.marker.color}))")
+    grid = main.locator('[data-testid="stDataFrame"]').last  # a canvas: its cells are read from the grid's accessible table
+    columns = grid.evaluate("e => [...e.querySelectorAll('[role=columnheader]')].map(x => x.textContent)")
+    cells = grid.evaluate("e => [...e.querySelectorAll('[role=gridcell]')].map(x => x.textContent)")
+    assert columns[:2] == ["model", "C-index [95% CI]"] and "fusion" not in columns and "n / events" not in columns
+    rows = [cells[i:i + len(columns)] for i in range(0, len(cells), len(columns))]
+    header = pg.get_by_text(re.compile(r"Every model on the same \d+ subjects \(\d+ events\)"))  # type: ignore[attr-defined]
+    assert header.count() == 1
+    c_index, ibs = traces[0], traces[1]
+    assert c_index["name"] == "C-index" and ibs["name"] == "integrated Brier score"
+    assert len(c_index["y"]) == 3 and c_index["y"] == ibs["y"]  # the tiny demo's three strategies
+    current = re.search(r"the model in use \((\w+)\) in colour", main.inner_text()).group(1)
+    coloured = [n for n, c in zip(c_index["y"], c_index["colors"]) if c != "rgb(110,110,110)"]
+    assert coloured == [current], (coloured, current)
+    assert [r[0] for r in rows] == c_index["y"]  # the same models in the same order
+    for row, c, b in zip(rows, c_index["x"], ibs["x"]):  # each diamond is the table's value
+        assert row[1].startswith(f"{c:.3f} [") and row[columns.index("IBS [95% CI]")].startswith(f"{b:.3f} ["), row
+    assert 0.0 < min(ibs["x"]) and max(ibs["x"]) < 0.5
+
+
 def test_external_validation_of_the_selected_model(page: object, tmp_path: Path) -> None:
     """Cohort & models, "Validate on your cohort": a zipped cohort of 60 new patients (no split column) is gated,
     evaluated on every patient as a background job and drawn with its risk groups."""

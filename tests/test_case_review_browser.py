@@ -59,11 +59,28 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     model = pg.locator('[data-testid="stMetric"]').filter(has_text="Fusion strategy").first.inner_text().split("\n")[-1]  # type: ignore[attr-defined]
     compare = chart(pg, "current model:")
     assert "currentmodel:" + model.strip() in re.sub(r"\s", "", compare.text_content())  # legend heading, then the name
-    table = pg.locator('[data-testid="stTable"]').filter(has_text="survival 5 years").first  # type: ignore[attr-defined]
+    table = pg.locator('[data-testid="stTable"]').filter(has_text="5-year survival").first  # type: ignore[attr-defined]
     rows = table.locator("tbody tr")
     assert rows.count() == 3  # the tiny demo's three strategies, all able to score a demo case
-    current = [r.inner_text() for r in rows.all() if "current" in r.inner_text()]
-    assert len(current) == 1 and model.strip() in current[0] and re.search(r"\d+\.\d %", current[0])
+    current = [r.inner_text() for r in rows.all()  # the model in use: its row in bold
+               if r.locator("td").evaluate_all("ds => ds.every(d => getComputedStyle(d).fontWeight === '700')")]
+    assert len(current) == 1 and current[0].split("\t")[0].strip() == model.strip()
+    assert re.search(r"\d+\.\d\s%", current[0])
+    # each cell's number on one line (not "11.2" above "%"), also at 1280 px where the table has the narrow
+    # right-hand column beside the viewer: one line per cell
+    pg.set_viewport_size({"width": 1280, "height": 3200})  # type: ignore[attr-defined]
+    pg.wait_for_timeout(1000)  # type: ignore[attr-defined]
+    lines = table.locator("td").evaluate_all(
+        """ds => ds.map(d => {  // the distinct line tops of the cell's text
+            const tops = new Set(), walk = document.createTreeWalker(d, NodeFilter.SHOW_TEXT);
+            for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+                const r = document.createRange(); r.selectNodeContents(n);
+                for (const b of r.getClientRects()) tops.add(Math.round(b.top));
+            }
+            return tops.size; })""")
+    assert lines and set(lines) == {1}, lines
+    pg.set_viewport_size({"width": 1500, "height": 3200})  # type: ignore[attr-defined]
+    pg.wait_for_timeout(1000)  # type: ignore[attr-defined]
     assert pg.get_by_text(re.compile(r"disagreeing when their 5-year survival spreads over more than 0.2")).count() == 1  # type: ignore[attr-defined]
     # the method's caveat and its sanity result beside the picker
     assert pg.get_by_text(re.compile(r"Sanity: (not checked on this model|passes|FAILS)")).count() == 1  # type: ignore[attr-defined]

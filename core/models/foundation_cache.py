@@ -202,13 +202,9 @@ def embed_study(hu: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], *, d
     if progress is not None:
         progress(0.0, "loading the foundation backbone")
     encoder = shared_encoder(dev, grid, hu_window)
-    step = None
-    if progress is not None:
-        report = progress
-
-        def step(fraction: float) -> None:
-            report(0.1 + 0.85 * fraction, "encoding the study with the foundation backbone")
-
+    report = progress
+    step = None if report is None else (
+        lambda fraction: report(0.1 + 0.85 * fraction, "encoding the study with the foundation backbone"))
     x = torch.from_numpy(arr)[None].to(dev)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         tokens = encoder(x, step)

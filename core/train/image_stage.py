@@ -206,12 +206,7 @@ def foundation_tokens(cohort: Cohort, icfg: dict[str, Any], *, device: torch.dev
                 bar.update(1)
                 continue
             hit = tokens_cached(vol.hu, grid, window)
-            step = None
-            if progress is not None:
-                report, lo, hi = progress, 0.7 * i / len(ids), 0.7 * (i + 1) / len(ids)
-
-                def step(fraction: float, label: str, lo: float = lo, hi: float = hi, i: int = i) -> None:
-                    report(lo + (hi - lo) * fraction, f"foundation tokens {i + 1}/{len(ids)}: {label}")
+            step = None if progress is None else _study_progress(progress, i, len(ids))
 
             t1 = _time.perf_counter()
             tokens[i] = study_tokens(vol.hu, grid, window, device=device, progress=step)
@@ -233,6 +228,16 @@ def foundation_tokens(cohort: Cohort, icfg: dict[str, Any], *, device: torch.dev
             "device": str(device)}
     mask = present[:, None].expand(len(ids), n_tok).contiguous()
     return {"image_tokens": tokens, "image_token_mask": mask, "image_present": present}, info
+
+
+def _study_progress(report: Progress, i: int, n: int) -> Progress:
+    """The progress of study ``i`` of ``n`` as its share (of 0.7) of the whole bar, labelled with its number."""
+    lo, hi = 0.7 * i / n, 0.7 * (i + 1) / n
+
+    def step(fraction: float, label: str) -> None:
+        report(lo + (hi - lo) * fraction, f"foundation tokens {i + 1}/{n}: {label}")
+
+    return step
 
 
 def _cache_dir(cohort: Cohort) -> Path:

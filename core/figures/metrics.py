@@ -1,0 +1,64 @@
+"""Models side by side on one evaluation: each model's C-index and integrated Brier score with their 95 % intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.figures.style import COHORT_COLOR, PALETTE
+
+
+def _interval(m: Mapping[str, Any], key: str) -> tuple[float, float, float] | None:
+    """(value, low, high) of metric ``key`` (its ``key_ci`` pair; the value itself where no interval was drawn)."""
+    v = m.get(key)
+    if v is None:
+        return None
+    ci = m.get(f"{key}_ci") or [v, v]
+    lo, hi = (float(ci[0]), float(ci[1])) if ci[0] is not None and ci[1] is not None else (float(v), float(v))
+    return float(v), lo, hi
+
+
+def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: str | None = None,
+                            title: str = "") -> go.Figure:
+    """A forest plot of ``metrics`` (``{model name: core.evaluation.evaluate_model's dict}``, in the order given,
+    top to bottom): Harrell's C-index (higher is better; 0.5 is chance, and the demo's ``oracle_c_index``, the C of
+    the true risk, where known) and the integrated Brier score (lower is better), each with its 95 % bootstrap
+    interval. ``current`` (the model in use) is drawn in the first colour, the others in grey. A model without a
+    metric has no marker in that panel.
+
+    >>> m = {"a": {"c_index": 0.7, "c_index_ci": [0.65, 0.75], "ibs": 0.17, "ibs_ci": [0.15, 0.19]},
+    ...      "b": {"c_index": 0.6, "c_index_ci": [0.55, 0.66], "ibs": 0.2}}
+    >>> fig = model_comparison_figure(m, current="a")
+    >>> [(t.name, list(t.y), list(t.x)) for t in fig.data if t.type == "scatter"][:2]
+    [('C-index', ['a', 'b'], [0.7, 0.6]), ('integrated Brier score', ['a', 'b'], [0.17, 0.2])]
+    >>> list(fig.data[0].error_x.array), list(fig.data[0].error_x.arrayminus)
+    ([0.05, 0.06], [0.05, 0.05])
+    """
+    names = list(metrics)
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=["Harrell's C-index (higher is better)", "Integrated Brier score (lower is better)"])
+    colours = [PALETTE[0] if n == current else COHORT_COLOR for n in names]
+    for col, key, label in ((1, "c_index", "C-index"), (2, "ibs", "integrated Brier score")):
+        rows = [(n, _interval(metrics[n], key), c) for n, c in zip(names, colours)]
+        rows = [(n, iv, c) for n, iv, c in rows if iv is not None]
+        fig.add_trace(go.Scatter(
+            x=[iv[0] for _, iv, _ in rows], y=[n for n, _, _ in rows], mode="markers", name=label, showlegend=False,
+            marker={"size": 10, "color": [c for _, _, c in rows], "symbol": "diamond"},
+            error_x={"type": "data", "symmetric": False, "array": [round(iv[2] - iv[0], 6) for _, iv, _ in rows],
+                     "arrayminus": [round(iv[0] - iv[1], 6) for _, iv, _ in rows], "color": COHORT_COLOR, "thickness": 1.5},
+            customdata=[[iv[1], iv[2]] for _, iv, _ in rows],
+            hovertemplate=f"%{{y}}: {label} %{{x:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<extra></extra>"),
+            row=1, col=col)
+    fig.add_vline(x=0.5, line={"dash": "dot", "color": "rgb(60,60,60)"}, row=1, col=1,
+                  annotation_text="chance", annotation_position="bottom right")
+    oracle = [float(m["oracle_c_index"]) for m in metrics.values() if m.get("oracle_c_index") is not None]
+    if oracle:  # the same subjects' true risk (the synthetic demo): the ceiling any model can reach
+        fig.add_vline(x=max(oracle), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
+                      annotation_text="oracle", annotation_position="top left")
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
+                      height=140 + 34 * len(names), margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 40})  # the panel titles below the tool bar
+    return fig
