@@ -404,9 +404,11 @@ with tab_validate:
     group_by = c1.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
                              help="A column of the cohort's cohort.csv or features.csv: C-index and calibration per "
                                   "group; numbers with many values are cut into quantile bands.")
-    every = c2.checkbox(f"Every model in the list ({len(models)}), as a comparison table", value=False,
-                        key="validate_every", help="Each model is evaluated in turn: with CT studies this takes "
-                                                   "about as many times longer.")
+    others = len(models) - 1
+    every = c2.checkbox(f"Also the other {others} model{'' if others == 1 else 's'}", value=False, disabled=others < 1,
+                        key="validate_every", help="Every model in the sidebar's list, compared side by side (a forest "
+                                                   "plot and a table). Each model is evaluated in turn: with CT studies "
+                                                   "this takes about as many times longer.")
     recal = st.checkbox(f"Also save a copy of {name} recalibrated to this cohort", value=False,
                         key="validate_recalibrate", help=_recalibration.HELP)
     if up_val is not None and st.button(f"Validate {name}" + (" and the others" if every else ""), type="primary",
