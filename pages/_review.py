@@ -45,8 +45,9 @@ def strategies(source: str, subject_id: str, current: str) -> Strategies:
     return out
 
 
-STRATEGY_COLUMNS = {"risk 30 days": "30-day risk", "risk 1 year": "1-year risk", "risk 5 years": "5-year risk",
-                    "survival 5 years": "5-year survival"}
+# short headers (a narrow column), apart from the page's "1-year risk" metrics above the table
+STRATEGY_COLUMNS = {"risk 30 days": "30-d risk", "risk 1 year": "1-y risk", "risk 5 years": "5-y risk",
+                    "survival 5 years": "5-y survival"}
 
 
 def strategy_table_view(table: pd.DataFrame) -> Any:
@@ -58,7 +59,7 @@ def strategy_table_view(table: pd.DataFrame) -> Any:
     ...                   "survival 5 years": [0.5, 0.25]})
     >>> v = strategy_table_view(t)
     >>> list(v.data.columns), v.data.iloc[0, 1], v.data.iloc[1, 1], v.data.iloc[1, 2]
-    (['strategy', '30-day risk', '5-year survival'], '10.0\xa0%', 'past grid', '0.25')
+    (['strategy', '30-d risk', '5-y survival'], '10.0\xa0%', 'past grid', '0.25')
     """
     shown = table.drop(columns=["current"]).rename(columns=STRATEGY_COLUMNS)
     for c in shown.columns[1:]:

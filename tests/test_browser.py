@@ -475,7 +475,7 @@ def test_compare_strategies_forest_plot_matches_the_table(page: object) -> None:
     button.click()
     main.get_by_text("Download the table (CSV)").first.wait_for(timeout=300_000)
     settle(pg)
-    forest = main.locator('[data-testid="stPlotlyChart"]').filter(has_text="Integrated Brier score (lower is better)")
+    forest = main.locator('[data-testid="stPlotlyChart"]').filter(has_text="lower is better")
     forest.first.wait_for(timeout=60_000)
     traces = forest.first.locator(".js-plotly-plot").evaluate(
         "p => p.data.map(t => ({name: t.name, y: t.y, x: t.x, colors: t.marker.color}))")
@@ -496,6 +496,12 @@ def test_compare_strategies_forest_plot_matches_the_table(page: object) -> None:
     for row, c, b in zip(rows, c_index["x"], ibs["x"]):  # each diamond is the table's value
         assert row[1].startswith(f"{c:.3f} [") and row[columns.index("IBS [95% CI]")].startswith(f"{b:.3f} ["), row
     assert 0.0 < min(ibs["x"]) and max(ibs["x"]) < 0.5
+    # a laptop with the sidebar open (800 px): the two panels' titles still side by side, apart
+    pg.set_viewport_size({"width": 800, "height": 1200})  # type: ignore[attr-defined]
+    pg.wait_for_timeout(1500)  # type: ignore[attr-defined]
+    left, right = (forest.first.locator("text.annotation-text", has_text=t).first.bounding_box()
+                   for t in ("Harrell's C-index", "Integrated Brier score"))
+    assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
 
 
 def test_external_validation_of_the_selected_model(page: object, tmp_path: Path) -> None:

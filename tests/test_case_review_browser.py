@@ -59,7 +59,7 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     model = pg.locator('[data-testid="stMetric"]').filter(has_text="Fusion strategy").first.inner_text().split("\n")[-1]  # type: ignore[attr-defined]
     compare = chart(pg, "current model:")
     assert "currentmodel:" + model.strip() in re.sub(r"\s", "", compare.text_content())  # legend heading, then the name
-    table = pg.locator('[data-testid="stTable"]').filter(has_text="5-year survival").first  # type: ignore[attr-defined]
+    table = pg.locator('[data-testid="stTable"]').filter(has_text="5-y survival").first  # type: ignore[attr-defined]
     rows = table.locator("tbody tr")
     assert rows.count() == 3  # the tiny demo's three strategies, all able to score a demo case
     current = [r.inner_text() for r in rows.all()  # the model in use: its row in bold

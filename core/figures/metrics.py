@@ -39,7 +39,8 @@ def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: s
     """
     names = list(metrics)
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=["Harrell's C-index (higher is better)", "Integrated Brier score (lower is better)"])
+                        subplot_titles=["Harrell's C-index", "Integrated Brier score"])
+    fig.update_annotations(font={"size": 14})  # the panel titles (short: whole side by side on a narrow page)
     colours = [PALETTE[0] if n == current else COHORT_COLOR for n in names]
     for col, key, label in ((1, "c_index", "C-index"), (2, "ibs", "integrated Brier score")):
         rows = [(n, _interval(metrics[n], key), c) for n, c in zip(names, colours)]
@@ -59,6 +60,9 @@ def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: s
         fig.add_vline(x=max(oracle), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
                       annotation_text="oracle", annotation_position="top left")
     fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
+    fig.update_xaxes(title_text="lower is better", title_font={"size": 12}, row=1, col=2)
     fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
-                      height=140 + 34 * len(names), margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 40})  # the panel titles below the tool bar
+                      height=160 + 34 * len(names),
+                      margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 50})  # panel titles below the tool bar
     return fig

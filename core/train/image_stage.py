@@ -207,7 +207,6 @@ def foundation_tokens(cohort: Cohort, icfg: dict[str, Any], *, device: torch.dev
                 continue
             hit = tokens_cached(vol.hu, grid, window)
             step = None if progress is None else _study_progress(progress, i, len(ids))
-
             t1 = _time.perf_counter()
             tokens[i] = study_tokens(vol.hu, grid, window, device=device, progress=step)
             if hit:
@@ -233,11 +232,7 @@ def foundation_tokens(cohort: Cohort, icfg: dict[str, Any], *, device: torch.dev
 def _study_progress(report: Progress, i: int, n: int) -> Progress:
     """The progress of study ``i`` of ``n`` as its share (of 0.7) of the whole bar, labelled with its number."""
     lo, hi = 0.7 * i / n, 0.7 * (i + 1) / n
-
-    def step(fraction: float, label: str) -> None:
-        report(lo + (hi - lo) * fraction, f"foundation tokens {i + 1}/{n}: {label}")
-
-    return step
+    return lambda fraction, label: report(lo + (hi - lo) * fraction, f"foundation tokens {i + 1}/{n}: {label}")
 
 
 def _cache_dir(cohort: Cohort) -> Path:
