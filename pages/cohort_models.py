@@ -161,10 +161,23 @@ def subgroup_rows(sub: dict) -> list[dict]:
     return rows
 
 
-def show_subgroups(sub: dict) -> None:
+def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
+    """One model by subgroup: the forest plot (C-index; predicted against observed risk at 1 year, or the first
+    horizon the groups' follow-up reaches) above the table of every horizon."""
+    from core.evaluate.subgroups import readable_label
+
+    groups = sub.get("groups", [])
+    reached = [h for h in horizons.HORIZONS
+               if any((g.get("calibration") or {}).get(h, (g.get("calibration") or {}).get(str(h))) for g in groups)]
+    if groups:
+        horizon = 365 if 365 in reached else (reached[0] if reached else 365)
+        labels = [str(g["label"]) for g in groups]
+        fig = F.subgroup_figure(groups, [readable_label(v, labels) for v in labels], horizon, overall_c=overall_c)
+        st.plotly_chart(fig, width="stretch", key=f"{key}_subgroups", config=chrome.PLOTLY_CONFIG)
     st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
-    st.caption("Per group: the C-index with its 95 % bootstrap interval, and at each horizon the mean predicted risk "
-               "beside the observed risk (1 - Kaplan-Meier of the group).")
+    st.caption("Per group: the C-index with its 95 % bootstrap interval (dashed: all subjects together), and at each "
+               "horizon the mean predicted risk beside the observed risk (1 - Kaplan-Meier of the group, with its 95 % "
+               "interval in the plot). Small groups have wide intervals.")
 
 
 models = views.available_models()
@@ -320,7 +333,7 @@ with tab_model:
                                            "into quantile bands.")
                 with st.spinner("Computing subgroup metrics..."):
                     sub = refs.subgroup_table(name, column)
-                show_subgroups(sub)
+                show_subgroups(sub, m.get("c_index"), key="model")
 
 with tab_compare:
     st.caption("Every strategy on the same test split: the best fusion depends on the task. Demo evaluations are "
@@ -388,7 +401,7 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
     show_evaluation(m, "your cohort", lambda: m["risk_groups"], key="validate")
     if m.get("subgroups"):
         st.markdown(f"**Subgroups by {m['subgroups'].get('column')}**")
-        show_subgroups(m["subgroups"])
+        show_subgroups(m["subgroups"], m.get("c_index"), key="validate")
     if m.get("recalibration"):
         _recalibration.show(m["recalibration"])
 

@@ -462,10 +462,12 @@ def test_other_pages_render(page: object) -> None:
     shot(pg, "about")
 
 
-def test_compare_strategies_forest_plot_matches_the_table(page: object) -> None:
+def test_forest_plots_of_strategies_and_subgroups_match_their_tables(page: object) -> None:
     """Cohort & models, "Compare strategies": the background evaluation draws every model's C-index and integrated
     Brier score with their intervals beside the table: the same models in the same order, the same values, the
-    model in use in colour; columns that say nothing here (fusion = model name, one subjects / events) left out."""
+    model in use in colour; columns that say nothing here (fusion = model name, one subjects / events) left out.
+    "Selected model": the subgroups' plot holds the table's groups and 1-year predicted / observed risks. Both
+    plots' panel titles stay apart at 800 px."""
     pg = page
     go(pg, "Cohort & models")
     pg.get_by_role("tab", name="Compare strategies").click()  # type: ignore[attr-defined]
@@ -489,7 +491,8 @@ def test_compare_strategies_forest_plot_matches_the_table(page: object) -> None:
     c_index, ibs = traces[0], traces[1]
     assert c_index["name"] == "C-index" and ibs["name"] == "integrated Brier score"
     assert len(c_index["y"]) == 3 and c_index["y"] == ibs["y"]  # the tiny demo's three strategies
-    current = re.search(r"the model in use \((\w+)\) in colour", main.inner_text()).group(1)
+    current = selected(pg, "Fusion strategy / model")  # the sidebar's model
+    assert f"the model in use ({current}) in colour" in main.inner_text()
     coloured = [n for n, c in zip(c_index["y"], c_index["colors"]) if c != "rgb(110,110,110)"]
     assert coloured == [current], (coloured, current)
     assert [r[0] for r in rows] == c_index["y"]  # the same models in the same order
@@ -501,6 +504,23 @@ def test_compare_strategies_forest_plot_matches_the_table(page: object) -> None:
     pg.wait_for_timeout(1500)  # type: ignore[attr-defined]
     left, right = (forest.first.locator("text.annotation-text", has_text=t).first.bounding_box()
                    for t in ("Harrell's C-index", "Integrated Brier score"))
+    assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
+    # the selected model by subgroup: the same groups in the plot and the table, the plot's 1-year numbers the table's
+    pg.get_by_role("tab", name="Selected model").click()  # type: ignore[attr-defined]
+    by_group = main.locator('[data-testid="stPlotlyChart"]').filter(has_text="Risk at 1 year").first
+    by_group.wait_for(timeout=120_000)
+    sub = by_group.locator(".js-plotly-plot").evaluate("p => p.data.map(t => ({name: t.name, y: t.y, x: t.x}))")
+    grid = main.locator('[data-testid="stDataFrame"]').filter(has=pg.locator("[role=columnheader]", has_text="n / events")).last  # type: ignore[attr-defined]
+    columns = grid.evaluate("e => [...e.querySelectorAll('[role=columnheader]')].map(x => x.textContent)")
+    cells = grid.evaluate("e => [...e.querySelectorAll('[role=gridcell]')].map(x => x.textContent)")
+    rows = [cells[i:i + len(columns)] for i in range(0, len(cells), len(columns))]
+    assert [t["name"] for t in sub] == ["C-index", "observed", "predicted"] and len(rows) >= 2
+    assert sub[0]["y"] == [r[0] for r in rows if r[2] != "n/a"]
+    year = columns.index("1 year (pred. / obs.)")
+    pairs = {r[0]: r[year] for r in rows if r[year] != "n/a"}
+    assert {y: f"{p:.2f} / {o:.2f}" for y, p, o in zip(sub[2]["y"], sub[2]["x"], sub[1]["x"])} == pairs
+    left, right = (by_group.locator("text.annotation-text", has_text=t).first.bounding_box()
+                   for t in ("Harrell's C-index", "Risk at 1 year"))
     assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
 
 

@@ -20,7 +20,7 @@ from core.figures.curves import (
     decision_curve_figure,
     survival_compare_figure,
 )
-from core.figures.metrics import model_comparison_figure
+from core.figures.metrics import model_comparison_figure, subgroup_figure
 from core.figures.slices import montage, normalize_map, resolve_window, slice_overlay
 from core.figures.style import (
     BAND_FILL,
@@ -43,5 +43,5 @@ __all__ = [
     "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS",
     "attention_heatmap", "attention_maps", "calibration_figure", "decision_curve_figure", "event_labels", "model_comparison_figure", "montage",
     "normalize_map",
-    "resolve_window", "slice_overlay", "slice_strip", "survival_chart", "survival_compare_figure", "timeline_figure",
+    "resolve_window", "slice_overlay", "slice_strip", "subgroup_figure", "survival_chart", "survival_compare_figure", "timeline_figure",
 ]

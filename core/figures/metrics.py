@@ -1,14 +1,16 @@
-"""Models side by side on one evaluation: each model's C-index and integrated Brier score with their 95 % intervals."""
+"""Forest plots: models side by side on one evaluation (each model's C-index and integrated Brier score with their
+95 % intervals), and one model by subgroup (C-index, and predicted against observed risk at a horizon)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.figures.style import COHORT_COLOR, PALETTE
+from core.horizons import horizon_label
 
 
 def _interval(m: Mapping[str, Any], key: str) -> tuple[float, float, float] | None:
@@ -19,6 +21,13 @@ def _interval(m: Mapping[str, Any], key: str) -> tuple[float, float, float] | No
     ci = m.get(f"{key}_ci") or [v, v]
     lo, hi = (float(ci[0]), float(ci[1])) if ci[0] is not None and ci[1] is not None else (float(v), float(v))
     return float(v), lo, hi
+
+
+def _bars(values: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> dict[str, Any]:
+    """Plotly's asymmetric horizontal error bars from each value's interval ``[low, high]``."""
+    return {"type": "data", "symmetric": False, "color": COHORT_COLOR, "thickness": 1.5,
+            "array": [round(h - v, 6) for v, h in zip(values, highs)],
+            "arrayminus": [round(v - lo, 6) for v, lo in zip(values, lows)]}
 
 
 def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: str | None = None,
@@ -48,8 +57,7 @@ def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: s
         fig.add_trace(go.Scatter(
             x=[iv[0] for _, iv, _ in rows], y=[n for n, _, _ in rows], mode="markers", name=label, showlegend=False,
             marker={"size": 10, "color": [c for _, _, c in rows], "symbol": "diamond"},
-            error_x={"type": "data", "symmetric": False, "array": [round(iv[2] - iv[0], 6) for _, iv, _ in rows],
-                     "arrayminus": [round(iv[0] - iv[1], 6) for _, iv, _ in rows], "color": COHORT_COLOR, "thickness": 1.5},
+            error_x=_bars(*zip(*[iv for _, iv, _ in rows])) if rows else None,
             customdata=[[iv[1], iv[2]] for _, iv, _ in rows],
             hovertemplate=f"%{{y}}: {label} %{{x:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<extra></extra>"),
             row=1, col=col)
@@ -59,10 +67,65 @@ def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: s
     if oracle:  # the same subjects' true risk (the synthetic demo): the ceiling any model can reach
         fig.add_vline(x=max(oracle), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
                       annotation_text="oracle", annotation_position="top left")
-    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    # names such as "2" stay names; the first at the top, half a row free above it for the lines' labels
+    fig.update_yaxes(type="category", range=[len(names) - 0.5, -0.75], row=1, col=1)
     fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
     fig.update_xaxes(title_text="lower is better", title_font={"size": 12}, row=1, col=2)
     fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
                       height=160 + 34 * len(names),
                       margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 50})  # panel titles below the tool bar
+    return fig
+
+
+def subgroup_figure(groups: Sequence[Mapping[str, Any]], labels: Sequence[str], horizon: int,
+                    overall_c: float | None = None, title: str = "") -> go.Figure:
+    """One model by subgroup (``groups``: ``core.evaluate.subgroups.subgroup_table``'s ``"groups"``, named
+    ``labels`` top to bottom): each group's C-index with its 95 % bootstrap interval (the whole cohort's
+    ``overall_c`` as a dashed line, 0.5 dotted), and at ``horizon`` (days) the group's observed risk 1 - Kaplan-Meier
+    with its 95 % interval (grey dots) beside the mean predicted risk (coloured diamonds). A group where a number is
+    undefined (no event, follow-up shorter than the horizon) has no marker for it.
+
+    >>> g = [{"c_index": 0.7, "c_index_ci": [0.6, 0.8], "calibration": {365: {"predicted": 0.3, "observed": 0.25,
+    ...       "observed_ci": [0.2, 0.31]}}}, {"c_index": None, "c_index_ci": None, "calibration": {365: None}}]
+    >>> fig = subgroup_figure(g, ["F", "M"], 365, overall_c=0.68)
+    >>> [(t.name, list(t.y), list(t.x)) for t in fig.data]
+    [('C-index', ['F'], [0.7]), ('observed', ['F'], [0.25]), ('predicted', ['F'], [0.3])]
+    """
+    names = list(labels)
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=["Harrell's C-index", f"Risk at {horizon_label(float(horizon))}"])
+    fig.update_annotations(font={"size": 14})
+    c_rows = [(n, _interval(g, "c_index")) for n, g in zip(names, groups)]
+    c_rows = [(n, iv) for n, iv in c_rows if iv is not None]
+    fig.add_trace(go.Scatter(
+        x=[iv[0] for _, iv in c_rows], y=[n for n, _ in c_rows], mode="markers", name="C-index",
+        marker={"size": 10, "color": PALETTE[0], "symbol": "diamond"},
+        error_x=_bars(*zip(*[iv for _, iv in c_rows])) if c_rows else None,
+        customdata=[[iv[1], iv[2]] for _, iv in c_rows],
+        hovertemplate="%{y}: C-index %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>"), row=1, col=1)
+    cal = [(n, (g.get("calibration") or {}).get(horizon, (g.get("calibration") or {}).get(str(horizon))))
+           for n, g in zip(names, groups)]
+    cal = [(n, c) for n, c in cal if c and c.get("observed") is not None]
+    ci = [c.get("observed_ci") or [c["observed"], c["observed"]] for _, c in cal]
+    fig.add_trace(go.Scatter(
+        x=[c["observed"] for _, c in cal], y=[n for n, _ in cal], mode="markers", name="observed",
+        marker={"size": 9, "color": COHORT_COLOR},
+        error_x=_bars([c["observed"] for _, c in cal], [lo for lo, _ in ci], [hi for _, hi in ci]),
+        customdata=ci, hovertemplate="%{y}: observed %{x:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}]<extra></extra>"),
+        row=1, col=2)
+    fig.add_trace(go.Scatter(
+        x=[c["predicted"] for _, c in cal], y=[n for n, _ in cal], mode="markers", name="predicted",
+        marker={"size": 10, "color": PALETTE[0], "symbol": "diamond"},
+        hovertemplate="%{y}: mean predicted %{x:.2f}<extra></extra>"), row=1, col=2)
+    fig.add_vline(x=0.5, line={"dash": "dot", "color": "rgb(60,60,60)"}, row=1, col=1)
+    if overall_c is not None:
+        fig.add_vline(x=float(overall_c), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
+                      annotation_text="all", annotation_position="top left")
+    # names such as "2" stay names; the first at the top, half a row free above it for the lines' labels
+    fig.update_yaxes(type="category", range=[len(names) - 0.5, -0.75], row=1, col=1)
+    fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
+    fig.update_xaxes(title_text="dot: observed, diamond: predicted", title_font={"size": 12},
+                     rangemode="tozero", row=1, col=2)
+    fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
+                      height=160 + 34 * len(names), margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 50})
     return fig
