@@ -108,11 +108,10 @@ def coverage_rows(m: dict) -> list[dict]:
     return rows
 
 
-def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
-    """One row per evaluated model (``metrics_row``); the fusion column only where some model's name is not its
-    fusion's (a model trained here), subjects / events only where they differ between the models (the caption
-    above the table names them otherwise)."""
-    table = pd.DataFrame([metrics_row(n, m) for n, m in results.items()])
+def comparison_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison ``table`` (one ``metrics_row`` per model) as shown: the fusion column only where some model's
+    name is not its fusion's (a model trained here), subjects / events only where they differ between the models
+    (the caption above the table names them otherwise). The CSV keeps every column."""
     if (table["model"] == table["fusion"]).all():
         table = table.drop(columns=["fusion"])
     if table["n / events"].nunique() == 1:
@@ -138,9 +137,9 @@ def show_comparison(results: dict[str, dict], key: str, filename: str, label: st
                    f"Diamonds: each model's value; bars: its 95 % bootstrap interval"
                    f"{f'; the model in use ({name}) in colour' if name in ok else ''}. The intervals are each model's "
                    "own, not of the difference between two models: bars that overlap do not show that two models differ.")
-    table = comparison_table(ok)
+    table = pd.DataFrame([metrics_row(n, m) for n, m in ok.items()])
     if len(ok) > 1:
-        st.dataframe(table, hide_index=True, width="stretch")
+        st.dataframe(comparison_shown(table), hide_index=True, width="stretch")
     st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
 
 

@@ -258,3 +258,49 @@ def test_attention_maps_draw_no_padding_events_and_compare_marks_the_current_mod
     assert hover and "concat: 20.0%" in hover[0] and "ehr_only: 10.0%" in hover[0]  # S holds from day 100 to 400
     with pytest.raises(InputError, match="current: got x, is not one of the curves"):
         F.survival_compare_figure({"concat": (t, [0.9, 0.8, 0.7, 0.6], None, None)}, current="x")
+
+
+def test_forest_plots_of_models_and_subgroups_keep_order_intervals_and_real_metrics() -> None:
+    """The comparison and subgroup forest plots on real evaluations: the shipped demo models' saved test metrics
+    (C-index, IBS and their bootstrap intervals as markers and asymmetric bars, the oracle line), and a subgroup
+    table of one of them computed here (a group without a C-index keeps its row, in the given order)."""
+    from core.evaluate.subgroups import subgroup_table
+    from tests.conftest import ROOT
+
+    saved = {}
+    for name in ("image_only", "ehr_only", "cross_attention"):
+        d = json.loads((ROOT / "assets" / "demo_models" / name / "demo_test_metrics.json").read_text())
+        saved[name] = d.get("metrics", d)
+    fig = F.model_comparison_figure(saved, current="cross_attention")
+    c_index, ibs = fig.data[0], fig.data[1]
+    assert list(c_index.y) == list(saved) == list(fig.layout.yaxis.categoryarray)
+    for k, (name, m) in enumerate(saved.items()):
+        lo, hi = m["c_index_ci"]
+        assert c_index.x[k] == m["c_index"] and lo < m["c_index"] < hi
+        assert c_index.error_x.arrayminus[k] == pytest.approx(m["c_index"] - lo, abs=1e-6)
+        assert c_index.error_x.array[k] == pytest.approx(hi - m["c_index"], abs=1e-6)
+        assert ibs.x[k] == m["ibs"] and ibs.error_x.array[k] == pytest.approx(m["ibs_ci"][1] - m["ibs"], abs=1e-6)
+    assert list(c_index.marker.color).count(F.PALETTE[0]) == 1 and c_index.marker.color[2] == F.PALETTE[0]
+    oracle = [s for s in fig.layout.shapes if s.line.dash == "dash"]
+    assert len(oracle) == 1 and oracle[0].x0 == pytest.approx(saved["image_only"]["oracle_c_index"])
+    assert saved["cross_attention"]["c_index"] > saved["ehr_only"]["c_index"]  # the fusion is right of ehr_only
+
+    rng = np.random.default_rng(3)
+    n = 300
+    group = np.where(rng.random(n) < 0.9, "a", "b")
+    rate = 0.002 * rng.uniform(0.5, 2, n)
+    times = np.linspace(5, 900, 60)
+    t_true = rng.exponential(1 / rate)
+    time = np.minimum(t_true, 800.0)
+    event = (t_true <= 800.0).astype(int)
+    event[group == "b"] = 0  # no event in group b: no C-index, but counts and an observed risk of 0
+    sub = subgroup_table(times, np.exp(-np.outer(rate, times)), time, event, time, event, group, [365], n_boot=20)
+    labels = [g["label"] for g in sub["groups"]]
+    fig = F.subgroup_figure(sub["groups"], labels, 365, overall_c=0.6)
+    c_trace, observed, predicted = fig.data
+    assert labels == ["a", "b"] and list(fig.layout.yaxis.categoryarray) == labels
+    assert list(c_trace.y) == ["a"] and sub["groups"][1]["c_index"] is None
+    assert list(observed.y) == ["a", "b"] and observed.x[1] == pytest.approx(0.0)
+    a = sub["groups"][0]["calibration"][365]
+    assert predicted.x[0] == pytest.approx(a["predicted"]) and abs(a["predicted"] - a["observed"]) < 0.08
+    assert observed.error_x.array[0] == pytest.approx(a["observed_ci"][1] - a["observed"], abs=1e-6)

@@ -67,8 +67,10 @@ def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: s
     if oracle:  # the same subjects' true risk (the synthetic demo): the ceiling any model can reach
         fig.add_vline(x=max(oracle), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
                       annotation_text="oracle", annotation_position="top left")
-    # names such as "2" stay names; the first at the top, half a row free above it for the lines' labels
-    fig.update_yaxes(type="category", range=[len(names) - 0.5, -0.75], row=1, col=1)
+    # names such as "2" stay names, in the order given (also where a name has no marker in one panel), the first at
+    # the top, half a row free above it for the lines' labels
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, range=[len(names) - 0.5, -0.75],
+                     row=1, col=1)
     fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
     fig.update_xaxes(title_text="lower is better", title_font={"size": 12}, row=1, col=2)
     fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
@@ -121,8 +123,10 @@ def subgroup_figure(groups: Sequence[Mapping[str, Any]], labels: Sequence[str], 
     if overall_c is not None:
         fig.add_vline(x=float(overall_c), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
                       annotation_text="all", annotation_position="top left")
-    # names such as "2" stay names; the first at the top, half a row free above it for the lines' labels
-    fig.update_yaxes(type="category", range=[len(names) - 0.5, -0.75], row=1, col=1)
+    # names such as "2" stay names, in the order given (also where a name has no marker in one panel), the first at
+    # the top, half a row free above it for the lines' labels
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, range=[len(names) - 0.5, -0.75],
+                     row=1, col=1)
     fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
     fig.update_xaxes(title_text="dot: observed, diamond: predicted", title_font={"size": 12},
                      rangemode="tozero", row=1, col=2)
