@@ -462,71 +462,26 @@ def test_other_pages_render(page: object) -> None:
     shot(pg, "about")
 
 
-def test_forest_plots_of_strategies_and_subgroups_match_their_tables(page: object) -> None:
-    """Cohort & models, "Compare strategies": the background evaluation draws every model's C-index and integrated
-    Brier score with their intervals beside the table: the same models in the same order, the same values, the
-    model in use in colour; columns that say nothing here (fusion = model name, one subjects / events) left out.
-    "Selected model": the subgroups' plot holds the table's groups and 1-year predicted / observed risks. Both
-    plots' panel titles stay apart at 800 px."""
-    pg = page
-    go(pg, "Cohort & models")
-    pg.get_by_role("tab", name="Compare strategies").click()  # type: ignore[attr-defined]
-    main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
-    button = main.get_by_role("button", name="Compute the comparison table")
-    button.wait_for(timeout=60_000)
-    button.click()
-    main.get_by_text("Download the table (CSV)").first.wait_for(timeout=300_000)
-    settle(pg)
-    forest = main.locator('[data-testid="stPlotlyChart"]').filter(has_text="lower is better")
-    forest.first.wait_for(timeout=60_000)
-    traces = forest.first.locator(".js-plotly-plot").evaluate(
+def grid_rows(grid: object) -> tuple[list[str], list[list[str]]]:
+    """A ``st.dataframe``'s column names and rows (a canvas: read from the grid's accessible table)."""
+    columns = grid.evaluate("e => [...e.querySelectorAll('[role=columnheader]')].map(x => x.textContent)")  # type: ignore[attr-defined]
+    cells = grid.evaluate("e => [...e.querySelectorAll('[role=gridcell]')].map(x => x.textContent)")  # type: ignore[attr-defined]
+    return columns, [cells[i:i + len(columns)] for i in range(0, len(cells), len(columns))]
+
+
+def plot_traces(chart: object) -> list[dict]:
+    """A plotly chart's traces as the browser holds them: name, x, y and marker colours."""
+    return chart.locator(".js-plotly-plot").evaluate(  # type: ignore[attr-defined]
         "p => p.data.map(t => ({name: t.name, y: t.y, x: t.x, colors: t.marker.color}))")
-    grid = main.locator('[data-testid="stDataFrame"]').last  # a canvas: its cells are read from the grid's accessible table
-    columns = grid.evaluate("e => [...e.querySelectorAll('[role=columnheader]')].map(x => x.textContent)")
-    cells = grid.evaluate("e => [...e.querySelectorAll('[role=gridcell]')].map(x => x.textContent)")
-    assert columns[:2] == ["model", "C-index [95% CI]"] and "fusion" not in columns and "n / events" not in columns
-    rows = [cells[i:i + len(columns)] for i in range(0, len(cells), len(columns))]
-    header = pg.get_by_text(re.compile(r"Every model on the same \d+ subjects \(\d+ events\)"))  # type: ignore[attr-defined]
-    assert header.count() == 1
-    c_index, ibs = traces[0], traces[1]
-    assert c_index["name"] == "C-index" and ibs["name"] == "integrated Brier score"
-    assert len(c_index["y"]) == 3 and c_index["y"] == ibs["y"]  # the tiny demo's three strategies
-    current = selected(pg, "Fusion strategy / model")  # the sidebar's model
-    assert f"the model in use ({current}) in colour" in main.inner_text()
-    coloured = [n for n, c in zip(c_index["y"], c_index["colors"]) if c != "rgb(110,110,110)"]
-    assert coloured == [current], (coloured, current)
-    assert [r[0] for r in rows] == c_index["y"]  # the same models in the same order
-    for row, c, b in zip(rows, c_index["x"], ibs["x"]):  # each diamond is the table's value
-        assert row[1].startswith(f"{c:.3f} [") and row[columns.index("IBS [95% CI]")].startswith(f"{b:.3f} ["), row
-    assert 0.0 < min(ibs["x"]) and max(ibs["x"]) < 0.5
-    # a laptop with the sidebar open (800 px): the two panels' titles still side by side, apart
-    pg.set_viewport_size({"width": 800, "height": 1200})  # type: ignore[attr-defined]
-    pg.wait_for_timeout(1500)  # type: ignore[attr-defined]
-    left, right = (forest.first.locator("text.annotation-text", has_text=t).first.bounding_box()
-                   for t in ("Harrell's C-index", "Integrated Brier score"))
-    assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
-    # the selected model by subgroup: the same groups in the plot and the table, the plot's 1-year numbers the table's
-    pg.get_by_role("tab", name="Selected model").click()  # type: ignore[attr-defined]
-    by_group = main.locator('[data-testid="stPlotlyChart"]').filter(has_text="Risk at 1 year").first
-    by_group.wait_for(timeout=120_000)
-    sub = by_group.locator(".js-plotly-plot").evaluate("p => p.data.map(t => ({name: t.name, y: t.y, x: t.x}))")
-    grid = main.locator('[data-testid="stDataFrame"]').filter(has=pg.locator("[role=columnheader]", has_text="n / events")).last  # type: ignore[attr-defined]
-    columns = grid.evaluate("e => [...e.querySelectorAll('[role=columnheader]')].map(x => x.textContent)")
-    cells = grid.evaluate("e => [...e.querySelectorAll('[role=gridcell]')].map(x => x.textContent)")
-    rows = [cells[i:i + len(columns)] for i in range(0, len(cells), len(columns))]
-    assert [t["name"] for t in sub] == ["C-index", "observed", "predicted"] and len(rows) >= 2
-    assert sub[0]["y"] == [r[0] for r in rows if r[2] != "n/a"]
-    year = columns.index("1 year (pred. / obs.)")
-    pairs = {r[0]: r[year] for r in rows if r[year] != "n/a"}
-    assert {y: f"{p:.2f} / {o:.2f}" for y, p, o in zip(sub[2]["y"], sub[2]["x"], sub[1]["x"])} == pairs
-    left, right = (by_group.locator("text.annotation-text", has_text=t).first.bounding_box()
-                   for t in ("Harrell's C-index", "Risk at 1 year"))
-    assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
 
 
 def test_external_validation_of_the_selected_model(page: object, tmp_path: Path) -> None:
     """Cohort & models, "Validate on your cohort": a zipped cohort of 60 new patients (no split column) is gated,
-    evaluated on every patient as a background job and drawn with its risk groups."""
+    evaluated on every patient as a background job, with the other models and per sex, and drawn with its risk
+    groups. The models' forest plot holds the table's models in order with the table's C-index and IBS, the model
+    in use in colour; columns that say nothing here (fusion = model name, one subjects / events) are left out. The
+    subgroups' plot holds the table's groups and 1-year predicted / observed risks. Both plots' panel titles stay
+    apart at 800 px."""
     import shutil
 
     import pandas as pd
@@ -542,10 +497,48 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
     main.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(archive))
     settle(pg)
+    group_by = main.get_by_placeholder("e.g. sex, site, age")
+    group_by.fill("sex_female")
+    group_by.press("Enter")
+    settle(pg)
+    main.get_by_text("Also the other 2 models").click()
+    settle(pg)
     main.get_by_role("button", name="Validate", exact=False).first.click()
-    main.get_by_text("Download the metrics (CSV)").first.wait_for(timeout=240_000)
+    main.get_by_text("Download the metrics (CSV)").first.wait_for(timeout=300_000)
     settle(pg)
     text = main.inner_text()
     assert "60 / " in text and "Kaplan-Meier by predicted risk group (your cohort)" in text, text[:2000]
     assert re.search(r"high risk \(n=20, \d+ events\)", text), text[:2000]
     shot(pg, "external_validation")
+    # every model: the forest plot against the table
+    assert "Every model on the same 60 subjects (" in text
+    current = selected(pg, "Fusion strategy / model")  # the sidebar's model, validated first
+    assert f"the model in use ({current}) in colour" in text
+    panel = main.locator('[role="tabpanel"]:visible')  # the other tabs' plots and tables are in the page too
+    forest = panel.locator('[data-testid="stPlotlyChart"]').filter(has_text="lower is better").first
+    c_index, ibs = plot_traces(forest)[:2]
+    columns, rows = grid_rows(panel.locator('[data-testid="stDataFrame"]').filter(
+        has=pg.locator("[role=columnheader]", has_text="Uno C")).first)  # type: ignore[attr-defined]
+    assert columns[:2] == ["model", "C-index [95% CI]"] and "fusion" not in columns and "n / events" not in columns
+    assert c_index["name"] == "C-index" and ibs["name"] == "integrated Brier score"
+    assert len(c_index["y"]) == 3 and c_index["y"] == ibs["y"] == [r[0] for r in rows] and c_index["y"][0] == current
+    assert [n for n, c in zip(c_index["y"], c_index["colors"]) if c != "rgb(110,110,110)"] == [current]
+    for row, c, b in zip(rows, c_index["x"], ibs["x"]):  # each diamond is the table's value
+        assert row[1].startswith(f"{c:.3f} [") and row[columns.index("IBS [95% CI]")].startswith(f"{b:.3f} ["), row
+    # the selected model by sex: the same groups in the plot and the table, the plot's 1-year numbers the table's
+    by_group = panel.locator('[data-testid="stPlotlyChart"]').filter(has_text="Risk at 1 year").first
+    sub = plot_traces(by_group)
+    columns, rows = grid_rows(panel.locator('[data-testid="stDataFrame"]').filter(
+        has=pg.locator("[role=columnheader]", has_text="sex_female")).first)  # type: ignore[attr-defined]
+    assert [t["name"] for t in sub] == ["C-index", "observed", "predicted"]
+    assert [r[0] for r in rows] == ["0 (no)", "1 (yes)"] and sub[0]["y"] == [r[0] for r in rows if r[2] != "n/a"]
+    year = columns.index("1 year (pred. / obs.)")
+    pairs = {r[0]: r[year] for r in rows if r[year] != "n/a"}
+    assert pairs and {y: f"{p:.2f} / {o:.2f}" for y, p, o in zip(sub[2]["y"], sub[2]["x"], sub[1]["x"])} == pairs
+    # a laptop with the sidebar open (800 px): each plot's two panel titles still side by side, apart
+    pg.set_viewport_size({"width": 800, "height": 1200})  # type: ignore[attr-defined]
+    pg.wait_for_timeout(1500)  # type: ignore[attr-defined]
+    for chart, titles in ((forest, ("Harrell's C-index", "Integrated Brier score")),
+                          (by_group, ("Harrell's C-index", "Risk at 1 year"))):
+        left, right = (chart.locator("text.annotation-text", has_text=t).first.bounding_box() for t in titles)
+        assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
