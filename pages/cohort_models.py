@@ -15,6 +15,8 @@ from core.app import demo_install, paths, workspace
 from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
 from pages import _jobs
+from pages import _metric_views as metric_views
+from pages._metric_views import ci_text
 from pages import _recalibration
 from pages import _model_views as views
 from pages import _reference as refs
@@ -24,15 +26,6 @@ from pages import _state as K
 chrome.require_app_navigation()
 
 st.title("Cohort & models")
-
-
-def _ci(value: object, ci: object) -> str:
-    if value is None:
-        return "n/a"
-    text = f"{float(value):.3f}"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-        text += f" [{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
-    return text
 
 
 def saved_metrics_path(name: str, path: Path) -> Path:
@@ -69,114 +62,6 @@ def evaluate(name: str, path: Path, cohort_dir: Path) -> dict | None:
         st.error(f"{name}: {result['error']}")
         return None
     return result
-
-
-def metrics_row(name: str, m: dict) -> dict:
-    td = m.get("td_auc") or {}
-    row = {
-        "model": name,
-        "fusion": m.get("fusion", name),
-        "C-index [95% CI]": _ci(m.get("c_index"), m.get("c_index_ci")),
-        "Uno C [95% CI]": _ci(m.get("uno_c"), m.get("uno_c_ci")),
-    }
-    for h in horizons.HORIZONS:
-        v = td.get(h, td.get(str(h)))
-        row[f"td-AUC {horizons.HORIZON_LABELS[h]}"] = "n/a" if v is None else f"{float(v):.3f}"
-    row["IBS [95% CI]"] = _ci(m.get("ibs"), m.get("ibs_ci"))
-    row["n / events"] = f"{m.get('n')} / {m.get('events')}"
-    if m.get("unread"):  # subjects of whom the model read nothing (an image model on a cohort without CT)
-        row["read nothing of"] = f"{m['unread']} subjects"
-    return row
-
-
-def coverage_rows(m: dict) -> list[dict]:
-    """One row per horizon: nominal level, the ensemble band's and the conformal bound's empirical coverage."""
-    cov, conf = m.get("coverage") or {}, m.get("conformal") or {}
-    level = 1.0 - float(cov.get("alpha", 0.1))
-    rows = []
-    for h in horizons.HORIZONS:
-        c = (cov.get("horizons") or {}).get(h, (cov.get("horizons") or {}).get(str(h)))
-        k = (conf.get("horizons") or {}).get(h, (conf.get("horizons") or {}).get(str(h)))
-
-        def fmt(res: dict | None) -> str:
-            return "n/a" if not res or res.get("coverage") is None else f"{res['coverage']:.3f} (n known {res['n_known']})"
-        row = {"horizon": horizons.HORIZON_LABELS[h], "nominal": f"{level:.2f}",
-               "point curve": fmt((c or {}).get("curve")), "conformal bound (val-calibrated)": fmt(k)}
-        if cov.get("band"):  # the ensemble band costs one prediction per patient: shown when it was computed
-            row["ensemble band"] = fmt((c or {}).get("band"))
-        rows.append(row)
-    return rows
-
-
-def comparison_shown(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison ``table`` (one ``metrics_row`` per model) as shown: the fusion column only where some model's
-    name is not its fusion's (a model trained here), subjects / events only where they differ between the models
-    (the caption above the table names them otherwise). The CSV keeps every column."""
-    if (table["model"] == table["fusion"]).all():
-        table = table.drop(columns=["fusion"])
-    if table["n / events"].nunique() == 1:
-        table = table.drop(columns=["n / events"])
-    return table
-
-
-def show_comparison(results: dict[str, dict], key: str, filename: str, label: str = "Download the table (CSV)") -> None:
-    """Several models on one evaluation: the forest plot of their C-index and integrated Brier score (the model
-    in use coloured) and the table (one model: neither, its own metrics follow), then the CSV; a model whose
-    evaluation failed is named with its error."""
-    for n, m in results.items():
-        if "error" in m:
-            st.warning(f"{n}: {m['error']}")
-    ok = {n: m for n, m in results.items() if "error" not in m}
-    if not ok:
-        return
-    if len(ok) > 1:
-        st.plotly_chart(F.model_comparison_figure(ok, current=name if name in ok else None), width="stretch",
-                        key=f"{key}_forest", config=chrome.PLOTLY_CONFIG)
-        counts = {f"{m.get('n')} subjects ({m.get('events')} events)" for m in ok.values()}
-        st.caption(f"{'Every model on the same ' + next(iter(counts)) + '. ' if len(counts) == 1 else ''}"
-                   f"Diamonds: each model's value; bars: its 95 % bootstrap interval"
-                   f"{f'; the model in use ({name}) in colour' if name in ok else ''}. The intervals are each model's "
-                   "own, not of the difference between two models: bars that overlap do not show that two models differ.")
-    table = pd.DataFrame([metrics_row(n, m) for n, m in ok.items()])
-    if len(ok) > 1:
-        st.dataframe(comparison_shown(table), hide_index=True, width="stretch")
-    st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
-
-
-def subgroup_rows(sub: dict) -> list[dict]:
-    from core.evaluate.subgroups import readable_label
-
-    rows = []
-    labels = [str(g["label"]) for g in sub.get("groups", [])]
-    for g in sub.get("groups", []):
-        row = {sub.get("column", "group"): readable_label(str(g["label"]), labels), "n / events": f"{g['n']} / {g['events']}",
-               "C-index [95% CI]": _ci(g.get("c_index"), g.get("c_index_ci"))}
-        for h in horizons.HORIZONS:
-            cal = (g.get("calibration") or {}).get(h)
-            row[f"{horizons.HORIZON_LABELS[h]} (pred. / obs.)"] = (
-                "n/a" if not cal or cal.get("observed") is None
-                else f"{cal['predicted']:.2f} / {cal['observed']:.2f}")
-        rows.append(row)
-    return rows
-
-
-def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
-    """One model by subgroup: the forest plot (C-index; predicted against observed risk at 1 year, or the first
-    horizon the groups' follow-up reaches) above the table of every horizon."""
-    from core.evaluate.subgroups import readable_label
-
-    groups = sub.get("groups", [])
-    reached = [h for h in horizons.HORIZONS
-               if any((g.get("calibration") or {}).get(h, (g.get("calibration") or {}).get(str(h))) for g in groups)]
-    if groups:
-        horizon = 365 if 365 in reached else (reached[0] if reached else 365)
-        labels = [str(g["label"]) for g in groups]
-        fig = F.subgroup_figure(groups, [readable_label(v, labels) for v in labels], horizon, overall_c=overall_c)
-        st.plotly_chart(fig, width="stretch", key=f"{key}_subgroups", config=chrome.PLOTLY_CONFIG)
-    st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
-    st.caption("Per group: the C-index with its 95 % bootstrap interval (dashed: all subjects together), and at each "
-               "horizon the mean predicted risk beside the observed risk (1 - Kaplan-Meier of the group, with its 95 % "
-               "interval in the plot). Small groups have wide intervals.")
 
 
 models = views.available_models()
@@ -245,7 +130,7 @@ def training_status() -> None:
                    "models folder and appears in the sidebar when it is done.")
     elif _jobs.outcome(job):
         r = job.result
-        st.success(f"Trained {r['label']}: test C-index {_ci(r.get('c_index'), r.get('c_index_ci'))}. "
+        st.success(f"Trained {r['label']}: test C-index {ci_text(r.get('c_index'), r.get('c_index_ci'))}. "
                    "Pick it in the sidebar to review cases and metrics.")
         for note in r.get("data_notes") or []:  # how features.csv was read (also in the model card)
             st.info(note + ".", icon=":material/info:")
@@ -260,13 +145,13 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     from core.predict import split_image_reads_text
 
     cols = st.container(key=f"wrap_{key}_metrics").columns(4)  # two by two on a narrow page (assets/style.css)
-    cols[0].metric("Harrell's C-index", _ci(m.get("c_index"), None),
-                   help=f"95% bootstrap CI {_ci(m.get('c_index'), m.get('c_index_ci'))}")
-    cols[1].metric("Uno's C", _ci(m.get("uno_c"), None), help=_ci(m.get("uno_c"), m.get("uno_c_ci")))
-    cols[2].metric("Integrated Brier score", _ci(m.get("ibs"), None), help=_ci(m.get("ibs"), m.get("ibs_ci")))
+    cols[0].metric("Harrell's C-index", ci_text(m.get("c_index"), None),
+                   help=f"95% bootstrap CI {ci_text(m.get('c_index'), m.get('c_index_ci'))}")
+    cols[1].metric("Uno's C", ci_text(m.get("uno_c"), None), help=ci_text(m.get("uno_c"), m.get("uno_c_ci")))
+    cols[2].metric("Integrated Brier score", ci_text(m.get("ibs"), None), help=ci_text(m.get("ibs"), m.get("ibs_ci")))
     cols[3].metric("Subjects / events", f"{m.get('n')} / {m.get('events')}", help=what)
-    st.dataframe(pd.DataFrame([metrics_row(name, m)]).drop(columns=["model", "n / events"]), hide_index=True,
-                 width="stretch")  # subjects / events: the card above
+    row = pd.DataFrame([metric_views.metrics_row(name, m)]).drop(columns=["model", "n / events"])  # n: the card above
+    st.dataframe(row, hide_index=True, width="stretch")
     if m.get("oracle_c_index") is not None:
         st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
     if m.get("unread"):
@@ -311,7 +196,7 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     else:
         st.info(f"Decision curves need follow-up past the horizons on the {what}.")
     st.markdown(f"**Coverage of the uncertainty bounds (IPCW, {what})**")
-    st.dataframe(pd.DataFrame(coverage_rows(m)), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(metric_views.coverage_rows(m)), hide_index=True, width="stretch")
 
 
 with tab_model:
@@ -332,7 +217,7 @@ with tab_model:
                                            "into quantile bands.")
                 with st.spinner("Computing subgroup metrics..."):
                     sub = refs.subgroup_table(name, column)
-                show_subgroups(sub, m.get("c_index"), key="model")
+                metric_views.show_subgroups(sub, m.get("c_index"), key="model")
 
 with tab_compare:
     st.caption("Every strategy on the same test split: the best fusion depends on the task. Demo evaluations are "
@@ -354,7 +239,7 @@ with tab_compare:
     if job is not None and job.active:
         _jobs.show(job)
     elif job is not None and _jobs.outcome(job):
-        show_comparison(job.result, "compare", "strategy_comparison.csv")
+        metric_views.show_comparison(job.result, name, "compare", "strategy_comparison.csv")
 
 VALIDATE_KEY = "validate"
 
@@ -391,7 +276,7 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
     selected model's metrics, curves and subgroups."""
     if len(results) > 1:
         st.markdown("**Every model on your cohort**")
-    show_comparison(results, "validate", "external_validation.csv", "Download the metrics (CSV)")
+    metric_views.show_comparison(results, name, "validate", "external_validation.csv", "Download the metrics (CSV)")
     m = results.get(validated)
     if not m or "error" in m:
         return
@@ -400,7 +285,7 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
     show_evaluation(m, "your cohort", lambda: m["risk_groups"], key="validate")
     if m.get("subgroups"):
         st.markdown(f"**Subgroups by {m['subgroups'].get('column')}**")
-        show_subgroups(m["subgroups"], m.get("c_index"), key="validate")
+        metric_views.show_subgroups(m["subgroups"], m.get("c_index"), key="validate")
     if m.get("recalibration"):
         _recalibration.show(m["recalibration"])
 

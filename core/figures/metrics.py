@@ -30,6 +30,20 @@ def _bars(values: Sequence[float], lows: Sequence[float], highs: Sequence[float]
             "arrayminus": [round(v - lo, 6) for v, lo in zip(values, lows)]}
 
 
+def _forest_layout(fig: go.Figure, names: list[str], right_axis: str, title: str) -> go.Figure:
+    """The two-panel forest plot's axes and size: one row per name, in the order given (also where a name has no
+    marker in one panel; names such as "2" stay names), the first at the top with half a row free above it for the
+    lines' labels; the C-index panel "higher is better", the right one titled ``right_axis``; the panel titles
+    below plotly's tool bar."""
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, range=[len(names) - 0.5, -0.75],
+                     row=1, col=1)
+    fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
+    fig.update_xaxes(title_text=right_axis, title_font={"size": 12}, row=1, col=2)
+    fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
+                      height=160 + 34 * len(names), margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 50})
+    return fig
+
+
 def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: str | None = None,
                             title: str = "") -> go.Figure:
     """A forest plot of ``metrics`` (``{model name: core.evaluation.evaluate_model's dict}``, in the order given,
@@ -67,16 +81,7 @@ def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: s
     if oracle:  # the same subjects' true risk (the synthetic demo): the ceiling any model can reach
         fig.add_vline(x=max(oracle), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
                       annotation_text="oracle", annotation_position="top left")
-    # names such as "2" stay names, in the order given (also where a name has no marker in one panel), the first at
-    # the top, half a row free above it for the lines' labels
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, range=[len(names) - 0.5, -0.75],
-                     row=1, col=1)
-    fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
-    fig.update_xaxes(title_text="lower is better", title_font={"size": 12}, row=1, col=2)
-    fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
-                      height=160 + 34 * len(names),
-                      margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 50})  # panel titles below the tool bar
-    return fig
+    return _forest_layout(fig, names, "lower is better", title)
 
 
 def subgroup_figure(groups: Sequence[Mapping[str, Any]], labels: Sequence[str], horizon: int,
@@ -123,13 +128,5 @@ def subgroup_figure(groups: Sequence[Mapping[str, Any]], labels: Sequence[str], 
     if overall_c is not None:
         fig.add_vline(x=float(overall_c), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
                       annotation_text="all", annotation_position="top left")
-    # names such as "2" stay names, in the order given (also where a name has no marker in one panel), the first at
-    # the top, half a row free above it for the lines' labels
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, range=[len(names) - 0.5, -0.75],
-                     row=1, col=1)
-    fig.update_xaxes(title_text="higher is better", title_font={"size": 12}, row=1, col=1)
-    fig.update_xaxes(title_text="dot: observed, diamond: predicted", title_font={"size": 12},
-                     rangemode="tozero", row=1, col=2)
-    fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
-                      height=160 + 34 * len(names), margin={"l": 10, "r": 10, "t": 84 if title else 60, "b": 50})
-    return fig
+    fig.update_xaxes(rangemode="tozero", row=1, col=2)
+    return _forest_layout(fig, names, "dot: observed, diamond: predicted", title)

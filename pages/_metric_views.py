@@ -1,0 +1,131 @@
+"""Cohort & models' evaluation tables and plots (not a page itself): metrics with intervals, the coverage of the
+bounds, several models side by side (forest plot and table) and one model by subgroup. The numbers come from
+``core.evaluation.evaluate_model``; the figures from ``core.figures``."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import figures as F
+from core import horizons
+from pages import _chrome as chrome
+
+
+def ci_text(value: object, ci: object) -> str:
+    """A metric with its interval, "0.709 [0.661, 0.755]" ("n/a" where undefined)."""
+    if value is None:
+        return "n/a"
+    text = f"{float(value):.3f}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        text += f" [{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
+    return text
+
+
+def metrics_row(name: str, m: dict) -> dict:
+    td = m.get("td_auc") or {}
+    row = {
+        "model": name,
+        "fusion": m.get("fusion", name),
+        "C-index [95% CI]": ci_text(m.get("c_index"), m.get("c_index_ci")),
+        "Uno C [95% CI]": ci_text(m.get("uno_c"), m.get("uno_c_ci")),
+    }
+    for h in horizons.HORIZONS:
+        v = td.get(h, td.get(str(h)))
+        row[f"td-AUC {horizons.HORIZON_LABELS[h]}"] = "n/a" if v is None else f"{float(v):.3f}"
+    row["IBS [95% CI]"] = ci_text(m.get("ibs"), m.get("ibs_ci"))
+    row["n / events"] = f"{m.get('n')} / {m.get('events')}"
+    if m.get("unread"):  # subjects of whom the model read nothing (an image model on a cohort without CT)
+        row["read nothing of"] = f"{m['unread']} subjects"
+    return row
+
+
+def coverage_rows(m: dict) -> list[dict]:
+    """One row per horizon: nominal level, the ensemble band's and the conformal bound's empirical coverage."""
+    cov, conf = m.get("coverage") or {}, m.get("conformal") or {}
+    level = 1.0 - float(cov.get("alpha", 0.1))
+    rows = []
+    for h in horizons.HORIZONS:
+        c = (cov.get("horizons") or {}).get(h, (cov.get("horizons") or {}).get(str(h)))
+        k = (conf.get("horizons") or {}).get(h, (conf.get("horizons") or {}).get(str(h)))
+
+        def fmt(res: dict | None) -> str:
+            return "n/a" if not res or res.get("coverage") is None else f"{res['coverage']:.3f} (n known {res['n_known']})"
+        row = {"horizon": horizons.HORIZON_LABELS[h], "nominal": f"{level:.2f}",
+               "point curve": fmt((c or {}).get("curve")), "conformal bound (val-calibrated)": fmt(k)}
+        if cov.get("band"):  # the ensemble band costs one prediction per patient: shown when it was computed
+            row["ensemble band"] = fmt((c or {}).get("band"))
+        rows.append(row)
+    return rows
+
+
+def comparison_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison ``table`` (one ``metrics_row`` per model) as shown: the fusion column only where some model's
+    name is not its fusion's (a model trained here), subjects / events only where they differ between the models
+    (the caption above the table names them otherwise). The CSV keeps every column."""
+    if (table["model"] == table["fusion"]).all():
+        table = table.drop(columns=["fusion"])
+    if table["n / events"].nunique() == 1:
+        table = table.drop(columns=["n / events"])
+    return table
+
+
+def show_comparison(results: dict[str, dict], current: str, key: str, filename: str,
+                    label: str = "Download the table (CSV)") -> None:
+    """Several models on one evaluation: the forest plot of their C-index and integrated Brier score (the model
+    in use, ``current``, coloured) and the table (one model: neither, its own metrics follow), then the CSV; a model whose
+    evaluation failed is named with its error."""
+    for n, m in results.items():
+        if "error" in m:
+            st.warning(f"{n}: {m['error']}")
+    ok = {n: m for n, m in results.items() if "error" not in m}
+    if not ok:
+        return
+    if len(ok) > 1:
+        st.plotly_chart(F.model_comparison_figure(ok, current=current if current in ok else None), width="stretch",
+                        key=f"{key}_forest", config=chrome.PLOTLY_CONFIG)
+        counts = {f"{m.get('n')} subjects ({m.get('events')} events)" for m in ok.values()}
+        st.caption(f"{'Every model on the same ' + next(iter(counts)) + '. ' if len(counts) == 1 else ''}"
+                   f"Diamonds: each model's value; bars: its 95 % bootstrap interval"
+                   f"{f'; the model in use ({current}) in colour' if current in ok else ''}. The intervals are each model's "
+                   "own, not of the difference between two models: bars that overlap do not show that two models differ.")
+    table = pd.DataFrame([metrics_row(n, m) for n, m in ok.items()])
+    if len(ok) > 1:
+        st.dataframe(comparison_shown(table), hide_index=True, width="stretch")
+    st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
+
+
+def subgroup_rows(sub: dict) -> list[dict]:
+    from core.evaluate.subgroups import readable_label
+
+    rows = []
+    labels = [str(g["label"]) for g in sub.get("groups", [])]
+    for g in sub.get("groups", []):
+        row = {sub.get("column", "group"): readable_label(str(g["label"]), labels), "n / events": f"{g['n']} / {g['events']}",
+               "C-index [95% CI]": ci_text(g.get("c_index"), g.get("c_index_ci"))}
+        for h in horizons.HORIZONS:
+            cal = (g.get("calibration") or {}).get(h)
+            row[f"{horizons.HORIZON_LABELS[h]} (pred. / obs.)"] = (
+                "n/a" if not cal or cal.get("observed") is None
+                else f"{cal['predicted']:.2f} / {cal['observed']:.2f}")
+        rows.append(row)
+    return rows
+
+
+def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
+    """One model by subgroup: the forest plot (C-index; predicted against observed risk at 1 year, or the first
+    horizon the groups' follow-up reaches) above the table of every horizon."""
+    from core.evaluate.subgroups import readable_label
+
+    groups = sub.get("groups", [])
+    reached = [h for h in horizons.HORIZONS
+               if any((g.get("calibration") or {}).get(h, (g.get("calibration") or {}).get(str(h))) for g in groups)]
+    if groups:
+        horizon = 365 if 365 in reached else (reached[0] if reached else 365)
+        labels = [str(g["label"]) for g in groups]
+        fig = F.subgroup_figure(groups, [readable_label(v, labels) for v in labels], horizon, overall_c=overall_c)
+        st.plotly_chart(fig, width="stretch", key=f"{key}_subgroups", config=chrome.PLOTLY_CONFIG)
+    st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
+    st.caption("Per group: the C-index with its 95 % bootstrap interval (dashed: all subjects together), and at each "
+               "horizon the mean predicted risk beside the observed risk (1 - Kaplan-Meier of the group, with its 95 % "
+               "interval in the plot). Small groups have wide intervals.")
