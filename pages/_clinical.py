@@ -137,6 +137,7 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
                             width="stretch",
                             height=min(36 * (len(rows) + 1) + 4, 760),  # every row in sight up to about 20
                             disabled=["training"], num_rows="fixed",
+                            placeholder="",  # a blank cell is a missing value, as the caption says (not "None")
                             column_config={"value": st.column_config.NumberColumn("value", format="%.4g"),
                                            "training": st.column_config.TextColumn("training (mean ± SD)")})
     values: dict[str, float] = {}

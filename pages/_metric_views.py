@@ -11,11 +11,13 @@ from core import figures as F
 from core import horizons
 from pages import _chrome as chrome
 
+NOT_AVAILABLE = "n/a"  # an undefined number, as the tables write it (Streamlit would show "None")
+
 
 def ci_text(value: object, ci: object) -> str:
     """A metric with its interval, "0.709 [0.661, 0.755]" ("n/a" where undefined)."""
     if value is None:
-        return "n/a"
+        return NOT_AVAILABLE
     text = f"{float(value):.3f}"
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
         text += f" [{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
@@ -32,7 +34,7 @@ def metrics_row(name: str, m: dict) -> dict:
     }
     for h in horizons.HORIZONS:
         v = td.get(h, td.get(str(h)))
-        row[f"td-AUC {horizons.HORIZON_LABELS[h]}"] = "n/a" if v is None else f"{float(v):.3f}"
+        row[f"td-AUC {horizons.HORIZON_LABELS[h]}"] = NOT_AVAILABLE if v is None else f"{float(v):.3f}"
     row["IBS [95% CI]"] = ci_text(m.get("ibs"), m.get("ibs_ci"))
     row["n / events"] = f"{m.get('n')} / {m.get('events')}"
     if m.get("unread"):  # subjects of whom the model read nothing (an image model on a cohort without CT)
@@ -50,7 +52,7 @@ def coverage_rows(m: dict) -> list[dict]:
         k = (conf.get("horizons") or {}).get(h, (conf.get("horizons") or {}).get(str(h)))
 
         def fmt(res: dict | None) -> str:
-            return "n/a" if not res or res.get("coverage") is None else f"{res['coverage']:.3f} (n known {res['n_known']})"
+            return NOT_AVAILABLE if not res or res.get("coverage") is None else f"{res['coverage']:.3f} (n known {res['n_known']})"
         row = {"horizon": horizons.HORIZON_LABELS[h], "nominal": f"{level:.2f}",
                "point curve": fmt((c or {}).get("curve")), "conformal bound (val-calibrated)": fmt(k)}
         if cov.get("band"):  # the ensemble band costs one prediction per patient: shown when it was computed
@@ -91,7 +93,7 @@ def show_comparison(results: dict[str, dict], current: str, key: str, filename: 
                    "own, not of the difference between two models: bars that overlap do not show that two models differ.")
     table = pd.DataFrame([metrics_row(n, m) for n, m in ok.items()])
     if len(ok) > 1:
-        st.dataframe(comparison_shown(table), hide_index=True, width="stretch")
+        st.dataframe(comparison_shown(table), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE)
     st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
 
 
@@ -106,7 +108,7 @@ def subgroup_rows(sub: dict) -> list[dict]:
         for h in horizons.HORIZONS:
             cal = (g.get("calibration") or {}).get(h)
             row[f"{horizons.HORIZON_LABELS[h]} (pred. / obs.)"] = (
-                "n/a" if not cal or cal.get("observed") is None
+                NOT_AVAILABLE if not cal or cal.get("observed") is None
                 else f"{cal['predicted']:.2f} / {cal['observed']:.2f}")
         rows.append(row)
     return rows
@@ -125,7 +127,7 @@ def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
         labels = [str(g["label"]) for g in groups]
         fig = F.subgroup_figure(groups, [readable_label(v, labels) for v in labels], horizon, overall_c=overall_c)
         st.plotly_chart(fig, width="stretch", key=f"{key}_subgroups", config=chrome.PLOTLY_CONFIG)
-    st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE)
     st.caption("Per group: the C-index with its 95 % bootstrap interval (dashed: all subjects together), and at each "
                "horizon the mean predicted risk beside the observed risk (1 - Kaplan-Meier of the group, with its 95 % "
                "interval in the plot). Small groups have wide intervals.")

@@ -51,7 +51,7 @@ def show(report: dict) -> None:
              "calibration ICI, before": cal["ici"], "ICI after": after["calibration"][h]["ici"],
              "slope, before (1 ideal)": cal["slope"], "slope after": after["calibration"][h]["slope"]}
             for h, cal in before["calibration"].items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", placeholder="n/a",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in rows[0] if c != "horizon"})
     if before["ibs"] is not None and after["ibs"] is not None:
         st.markdown(f"Integrated Brier score **{before['ibs']:.3f}** before, **{after['ibs']:.3f}** after (lower is "

@@ -151,7 +151,7 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     cols[2].metric("Integrated Brier score", ci_text(m.get("ibs"), None), help=ci_text(m.get("ibs"), m.get("ibs_ci")))
     cols[3].metric("Subjects / events", f"{m.get('n')} / {m.get('events')}", help=what)
     row = pd.DataFrame([metric_views.metrics_row(name, m)]).drop(columns=["model", "n / events"])  # n: the card above
-    st.dataframe(row, hide_index=True, width="stretch")
+    st.dataframe(row, hide_index=True, width="stretch", placeholder=metric_views.NOT_AVAILABLE)
     if m.get("oracle_c_index") is not None:
         st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")
     if m.get("unread"):
@@ -196,7 +196,8 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     else:
         st.info(f"Decision curves need follow-up past the horizons on the {what}.")
     st.markdown(f"**Coverage of the uncertainty bounds (IPCW, {what})**")
-    st.dataframe(pd.DataFrame(metric_views.coverage_rows(m)), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(metric_views.coverage_rows(m)), hide_index=True, width="stretch",
+                 placeholder=metric_views.NOT_AVAILABLE)
 
 
 with tab_model:

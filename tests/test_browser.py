@@ -368,6 +368,12 @@ def test_phi_dicom_zip_is_blocked_until_deidentified(page: object, tmp_path: Pat
     expect(offered).to_be_visible(timeout=30_000)
     offered.scroll_into_view_if_needed()
     shot(pg, "upload_header_values")
+    # the editor of the values: the header's two filled in, every other one blank (unknown: read as missing)
+    columns, rows = grid_rows(pg.locator('[data-testid="stDataFrame"]').first)  # type: ignore[attr-defined]
+    assert columns == ["clinical value", "value", "training (mean ± SD)"]
+    values = {r[0]: r[1] for r in rows}
+    assert values["age"] == "63" and values["sex_female"] == "1"
+    assert [v for k, v in values.items() if k not in ("age", "sex_female")] == [""] * (len(values) - 2)
 
 
 @pytest.mark.parametrize("name,data,needle", [
