@@ -61,6 +61,38 @@ def coverage_rows(m: dict) -> list[dict]:
     return rows
 
 
+def shared_suffix(names: list[str]) -> str:
+    """The parenthesis that ends every one of several model names, such as the cohort and time of the models
+    trained together in the app, else "".
+
+    >>> shared_suffix(["concat (your cohort, 27 Nov 04:51)", "ehr_only (your cohort, 27 Nov 04:51)"])
+    ' (your cohort, 27 Nov 04:51)'
+    >>> shared_suffix(["concat (your cohort, 27 Nov 04:51)", "ehr_only"]), shared_suffix(["a (x)"])
+    ('', '')
+    """
+    tails = {n[n.rfind(" ("):] if n.endswith(")") and " (" in n else "" for n in names}
+    return next(iter(tails)) if len(names) > 1 and len(tails) == 1 else ""
+
+
+def failure_lines(errors: dict[str, str]) -> list[str]:
+    """Markdown bullets of the models that could not be trained or evaluated: the strategies refused for the same
+    reason ("fusion: got concat, needs images but the cohort has none; ...") on one line, named once.
+
+    >>> failure_lines({"concat (c)": "fusion: got concat, needs images; fix: add CT",
+    ...                "image_only (c)": "fusion: got image_only, needs images; fix: add CT", "x": "model: got y, gone"})
+    ['- **concat, image_only** (c): needs images; fix: add CT', '- **x**: model: got y, gone']
+    """
+    reasons: dict[str, list[str]] = {}
+    for n, text in errors.items():
+        why = text.split(", ", 1)[1] if text.startswith("fusion: got ") and ", " in text else text
+        reasons.setdefault(why, []).append(n)
+    lines = []
+    for why, names in reasons.items():
+        suffix = shared_suffix(names)
+        lines.append(f"- **{', '.join(n.removesuffix(suffix) for n in names)}**{suffix}: {why}")
+    return lines
+
+
 def comparison_shown(table: pd.DataFrame) -> pd.DataFrame:
     """The comparison ``table`` (one ``metrics_row`` per model) as shown: the fusion column only where some model's
     name is not its fusion's (a model trained here), subjects / events only where they differ between the models
@@ -77,23 +109,27 @@ def show_comparison(results: dict[str, dict], current: str, key: str, filename: 
     """Several models on one evaluation: the forest plot of their C-index and integrated Brier score (the model
     in use, ``current``, coloured) and the table (one model: neither, its own metrics follow), then the CSV; a model whose
     evaluation failed is named with its error."""
-    for n, m in results.items():
-        if "error" in m:
-            st.warning(f"{n}: {m['error']}")
+    failed = failure_lines({n: m["error"] for n, m in results.items() if "error" in m})
+    if failed:  # one notice for all of them (a cohort without CT stops every strategy that reads one)
+        st.warning("Not in the comparison:\n" + "\n".join(failed), icon=":material/warning:")
     ok = {n: m for n, m in results.items() if "error" not in m}
     if not ok:
         return
+    table = pd.DataFrame([metrics_row(n, m) for n, m in ok.items()])
     if len(ok) > 1:
-        st.plotly_chart(F.model_comparison_figure(ok, current=current if current in ok else None), width="stretch",
-                        key=f"{key}_forest", config=chrome.PLOTLY_CONFIG)
+        suffix = shared_suffix(list(ok))  # " (your cohort, 27 Nov 04:51)": said once in the caption, not per row
+        short = {n: n.removesuffix(suffix) for n in ok}
+        st.plotly_chart(F.model_comparison_figure({short[n]: m for n, m in ok.items()},
+                                                  current=short[current] if current in ok else None),
+                        width="stretch", key=f"{key}_forest", config=chrome.PLOTLY_CONFIG)
         counts = {f"{m.get('n')} subjects ({m.get('events')} events)" for m in ok.values()}
-        st.caption(f"{'Every model on the same ' + next(iter(counts)) + '. ' if len(counts) == 1 else ''}"
+        st.caption(f"{f'Each name ends in {suffix.strip()}, left out here. ' if suffix else ''}"
+                   f"{'Every model on the same ' + next(iter(counts)) + '. ' if len(counts) == 1 else ''}"
                    f"Diamonds: each model's value; bars: its 95 % bootstrap interval"
                    f"{f'; the model in use ({current}) in colour' if current in ok else ''}. The intervals are each model's "
                    "own, not of the difference between two models: bars that overlap do not show that two models differ.")
-    table = pd.DataFrame([metrics_row(n, m) for n, m in ok.items()])
-    if len(ok) > 1:
-        st.dataframe(comparison_shown(table), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE)
+        shown = table.assign(model=table["model"].map(short))
+        st.dataframe(comparison_shown(shown), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE)
     st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
 
 

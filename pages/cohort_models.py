@@ -74,6 +74,7 @@ tab_model, tab_compare, tab_validate, tab_train, tab_meds = st.tabs(
 
 
 TRAIN_KEY = "train"
+EVERY = f"all {len(FUSIONS)}, compared"  # the training form's choice that trains every strategy
 KIND_NAMES = {"detector": "Whole CT: lesion detector", "2d": "Lung-focused (fast)"}  # core.train image kinds
 
 
@@ -99,16 +100,28 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     user = _jobs.owner()
     if upload is not None:
         workspace.check_quota(user, 2 * len(upload))  # the unpacked cohort and the model beside it
-    session.audit("train", fusion, epochs=int(epochs))
-    stamp_text = time.strftime("%Y%m%d-%H%M%S")
-    out = workspace.user_models_dir(user) / f"{fusion}-{stamp_text}"
-    label = f"{fusion} (your cohort, {time.strftime('%d %b %H:%M')})"
-    if upload is not None:
+    stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
+    runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
+            for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar
+    if fusion == EVERY and upload is not None:
+        from core.app.background import train_every_job
+
+        for f in FUSIONS:
+            session.audit("train", f, epochs=int(epochs))
+        job = _jobs.submit(f"Training all {len(FUSIONS)} strategies", train_every_job, upload,
+                           str(workspace.user_root(user) / "cohorts"), runs, int(epochs),
+                           image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
+                           device=runtime.device_name(), key=TRAIN_KEY + stamp_text, heavy=True)
+    elif upload is not None:
+        session.audit("train", fusion, epochs=int(epochs))
+        out, label = runs[fusion]
         job = _jobs.submit(f"Training {fusion}", train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
-                           fusion, str(out), int(epochs), label=label, image_encoder_kind=image_encoder_kind,
+                           fusion, out, int(epochs), label=label, image_encoder_kind=image_encoder_kind,
                            body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text, heavy=True)
     else:
-        job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, str(out), int(epochs), label=label,
+        session.audit("train", fusion, epochs=int(epochs))
+        out, label = runs[fusion]
+        job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, out, int(epochs), label=label,
                            image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop), ehr_encoder=ehr_encoder,
                            key=TRAIN_KEY + stamp_text, heavy=True)
     if job is not None:
@@ -126,8 +139,17 @@ def training_status() -> None:
         return
     if job.active:
         _jobs.show(job)
-        st.caption("Training runs in the background: you can review cases meanwhile; the model is saved in your "
+        st.caption("Training runs in the background: you can review cases meanwhile; each model is saved in your "
                    "models folder and appears in the sidebar when it is done.")
+    elif _jobs.outcome(job) and "models" in job.result:  # every strategy, compared on the cohort's test split
+        r = job.result
+        done = [n for n, m in r["models"].items() if "error" not in m]
+        st.success(f"Trained {len(done)} of {len(r['models'])} strategies on your cohort, now in the sidebar's list. "
+                   + ("Their test-split metrics:" if len(done) > 1 else
+                      f"Test C-index {ci_text(r['models'][done[0]].get('c_index'), r['models'][done[0]].get('c_index_ci'))}."))
+        metric_views.show_comparison(r["models"], name, "train_every", "your_cohort_strategies.csv")
+        for note in r.get("data_notes") or []:
+            st.info(note + ".", icon=":material/info:")
     elif _jobs.outcome(job):
         r = job.result
         st.success(f"Trained {r['label']}: test C-index {ci_text(r.get('c_index'), r.get('c_index_ci'))}. "
@@ -220,27 +242,60 @@ with tab_model:
                     sub = refs.subgroup_table(name, column)
                 metric_views.show_subgroups(sub, m.get("c_index"), key="model")
 
-with tab_compare:
-    st.caption("Every strategy on the same test split: the best fusion depends on the task. Demo evaluations are "
-               "kept on disk, so the table appears at once after the first time.")
-    from core.app.background import evaluate_job
-    from core.evaluation import model_fingerprint
+def cohort_label(cohort_dir: str, n_models: int) -> str:
+    """How the comparison names the cohort a group of models was trained on: the demo, or one of the user's by
+    when it was uploaded (its folder is named by the time: ``20261127-051000``, ``meds-20261127-051000``)."""
+    import time
 
-    todo: dict[str, tuple[str, str, str | None, float]] = {}
+    count = f"{n_models} model{'' if n_models == 1 else 's'}"
+    if Path(cohort_dir) == demo_dir:
+        return f"the demo cohort ({count})"
+    stem = Path(cohort_dir).name
+    kind = "MEDS cohort built" if stem.startswith("meds-") else "cohort uploaded"
+    try:
+        return f"your {kind} {time.strftime('%d %b %H:%M', time.strptime(stem.removeprefix('meds-'), '%Y%m%d-%H%M%S'))} ({count})"
+    except ValueError:
+        return f"your cohort {stem} ({count})"
+
+
+with tab_compare:
+    from core.app.background import evaluate_job
+    from core.evaluation import model_fingerprint, read_saved_metrics
+
+    groups: dict[str, dict[str, tuple[str, str, str | None, float]]] = {}  # cohort folder -> the models trained on it
     for mname, mpath in models.items():
         cdir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(mname, demo_dir))
         if cdir == demo_dir or mname in trained:
             saved = str(saved_metrics_path(mname, Path(mpath)))
-            todo[mname] = (str(mpath), str(cdir), saved, model_fingerprint(mpath))
-    compare_key = "compare:" + "|".join(f"{n}@{v[3]}" for n, v in todo.items())
-    job = _jobs.find(compare_key)
-    if job is None and st.button("Compute the comparison table", key="compare_button", type="primary"):
-        job = _jobs.submit("Comparing the strategies", evaluate_job, todo, runtime.device_name(), key=compare_key,
-                           heavy=True)
-    if job is not None and job.active:
-        _jobs.show(job)
-    elif job is not None and _jobs.outcome(job):
-        metric_views.show_comparison(job.result, name, "compare", "strategy_comparison.csv")
+            groups.setdefault(str(cdir), {})[mname] = (str(mpath), str(cdir), saved, model_fingerprint(mpath))
+    for c, g in groups.items():  # each cohort's models in the strategies' order (the user's are listed newest first)
+        groups[c] = dict(sorted(g.items(), key=lambda kv: FUSIONS.index(kv[0].split(" (")[0])
+                                if kv[0].split(" (")[0] in FUSIONS else len(FUSIONS)))
+    here = next((c for c, g in groups.items() if name in g), next(iter(groups), None))
+    if len(groups) > 1:  # models of different cohorts are not compared: each is scored on its own cohort's test split
+        here = st.selectbox("Models trained on", list(groups), index=list(groups).index(here), key="compare_cohort",
+                            format_func=lambda c: cohort_label(c, len(groups[c])))
+    todo = groups.get(here, {}) if here else {}
+    st.caption("Every model trained on this cohort, on the same test split: the best fusion depends on the task. "
+               "Evaluations are kept on disk, so the table appears at once after the first time.")
+    kept = {n: read_saved_metrics(Path(v[2]), v[3]) if v[2] else None for n, v in todo.items()}
+    if len(todo) > 1 and all(m is not None for m in kept.values()):  # every evaluation already on disk
+        metric_views.show_comparison({n: m for n, m in kept.items() if m is not None}, name, "compare",
+                                     "strategy_comparison.csv")
+    elif len(todo) == 1:
+        st.info(f"Only {next(iter(todo))} was trained on this cohort: its metrics are on the Selected model tab. "
+                f"Train more strategies on it (Train on your cohort, \"{EVERY}\") to compare them.",
+                icon=":material/info:")
+    elif todo:
+        compare_key = "compare:" + "|".join(f"{n}@{v[3]}" for n, v in todo.items())
+        job = _jobs.find(compare_key)
+        if job is None and st.button("Compute the comparison table", key="compare_button", type="primary"):
+            job = _jobs.submit("Comparing the strategies", evaluate_job, todo, runtime.device_name(), key=compare_key,
+                               heavy=True)
+        if job is not None and job.active:
+            _jobs.show(job)
+        elif job is not None and _jobs.outcome(job):
+            metric_views.show_comparison(job.result, name, "compare", "strategy_comparison.csv")
 
 VALIDATE_KEY = "validate"
 
@@ -328,13 +383,14 @@ with tab_train:
         "Upload a **zip of a cohort folder**: `cohort.csv` (subject_id, time in days or index_time and end_time "
         "dates, event 1 / 0 or yes / no, optional split, study, index_time) and any of `timeline.parquet|csv`, "
         "`features.csv` (numbers, and categories such as sex F / M as text), studies, embeddings. Every study is "
-        "checked for identifying data in memory before anything is kept; the model is trained on this "
-        "machine in the background and kept in "
-        "your models folder."
+        "checked for identifying data in memory before anything is kept; the model (or all seven, compared) is "
+        "trained on this machine in the background and kept in your models folder."
     )
     up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
     c1, c2, c3 = st.container(key="stack_train_options").columns([2, 3, 1])  # stacked on a narrow page
-    fusion = c1.selectbox("Fusion strategy", FUSIONS, index=FUSIONS.index("concat"), key="train_fusion")
+    fusion = c1.selectbox("Fusion strategy", [*FUSIONS, EVERY], index=FUSIONS.index("concat"), key="train_fusion",
+                          help=f"'{EVERY}': one job trains each strategy in turn on the cohort (they share its image "
+                               "encoder) and compares them on its test split; each model joins your list.")
     kinds = image_kinds()
     image_kind = c2.selectbox(
         "Image encoder", list(kinds), format_func=kinds.__getitem__, key="train_image_kind",
@@ -344,7 +400,8 @@ with tab_train:
              "lungs (fast; chest CT with lung findings).")
     epochs = c3.number_input("Epochs", 1, 200, 10, key="train_epochs")
     crop = st.checkbox("Crop each CT to the body first", value=False, key="train_body_crop", help=BODY_CROP_HELP)
-    if up is not None and st.button("Train", type="primary", key="train_button"):
+    if up is not None and st.button(f"Train all {len(FUSIONS)} and compare" if fusion == EVERY else "Train", type="primary",
+                                    key="train_button"):
         with chrome.core_errors(stop=False, what="Training not started: "):
             start_training(None, fusion, int(epochs), upload=up.getvalue(), image_encoder_kind=image_kind,
                            body_crop=crop)

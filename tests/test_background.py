@@ -148,3 +148,39 @@ def test_a_cohort_with_phi_is_not_validated_on(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"cohort: got 9 of its studies.*PHI in PrivateTags"):
         validate_uploaded_job(_ctx(), _zip(_cohort(tmp_path / "src")), str(cohorts), {"m": str(SHIPPED_MODELS / "ehr_only")})
     assert not cohorts.exists()
+
+
+@pytest.mark.slow
+def test_every_strategy_is_trained_on_one_upload_evaluated_and_kept(tmp_path: Path) -> None:
+    """Train on your cohort, "all 7, compared": one gated upload, each strategy trained in turn and evaluated on the
+    test split (kept beside the model, so Cohort & models' comparison reads it at once); a strategy the cohort
+    cannot feed (image_only without studies) is its own error row, the others go on."""
+    from core.app.background import train_every_job
+    from core.demo import write_demo_cohort
+
+    src = write_demo_cohort(tmp_path / "demo", n=48, seed=3, volumes=False)
+    models, cohorts = tmp_path / "user" / "models", tmp_path / "user" / "cohorts"
+    runs = {f: (str(models / f"{f}-1"), f"{f} (your cohort)") for f in ("ehr_only", "image_only")}
+    seen: list[float] = []
+    result = train_every_job(_ctx(seen), _zip(src), str(cohorts), runs, 2)
+    out = result["models"]
+    assert list(out) == ["ehr_only (your cohort)", "image_only (your cohort)"]
+    assert out["image_only (your cohort)"]["error"].startswith("fusion: got image_only, needs images but the cohort has none")
+    assert not (models / "image_only-1").exists() and not list(models.glob("*.partial"))
+    ehr = out["ehr_only (your cohort)"]
+    import pandas as pd
+
+    assert ehr["split"] == "test" and 0.0 <= ehr["c_index"] <= 1.0
+    assert ehr["n"] == int((pd.read_csv(src / "cohort.csv")["split"] == "test").sum())
+    assert read_saved_metrics(models / "ehr_only-1" / "test_metrics.json",
+                              model_fingerprint(models / "ehr_only-1")) == json.loads(json.dumps(ehr))
+    assert list(trained_models(models)) == ["ehr_only (your cohort)"]
+    assert Path(result["cohort_dir"]).parent == cohorts
+    # the gate, then ehr_only within its share of the bar (image_only, which would train the CT encoder, has 9 x
+    # as much), training then evaluation, then the end
+    assert seen == sorted(seen) and seen[0] <= 0.1 and seen[-1] == 1.0
+    assert max(f for f in seen if f < 1.0) == pytest.approx(0.1 + 0.9 / 10) and any(0.15 < f < 0.19 for f in seen)
+    # no strategy can be trained: the first one's error ends the job and the unpacked cohort goes
+    with pytest.raises(InputError):
+        train_every_job(_ctx(), _zip(src), str(cohorts), {"image_only": (str(models / "x"), "x")}, 2)
+    assert [p.name for p in cohorts.iterdir()] == [Path(result["cohort_dir"]).name]

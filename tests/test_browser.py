@@ -552,3 +552,60 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
                           (by_group, ("Harrell's C-index", "Risk at 1 year"))):
         left, right = (chart.locator("text.annotation-text", has_text=t).first.bounding_box() for t in titles)
         assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
+
+
+def test_train_every_strategy_on_an_uploaded_cohort_and_compare_per_cohort(page: object, tmp_path: Path) -> None:
+    """Train on your cohort, "all 7, compared", on a cohort without CT (the last test of this module: it adds a
+    model to the list). One job: ehr_only is trained and evaluated, the six strategies that read a CT are named
+    with the reason; the model joins the sidebar's list. Compare strategies then keeps each cohort's models apart
+    (the demo's, scored on the demo's test split, and this cohort's)."""
+    import shutil
+
+    from playwright.sync_api import expect
+
+    from core.demo import write_demo_cohort
+    from core.models import FUSIONS
+
+    src = write_demo_cohort(tmp_path / "site", n=48, seed=4, volumes=False)
+    archive = Path(shutil.make_archive(str(tmp_path / "site_cohort"), "zip", src))
+    pg = page
+    go(pg, "Cohort & models")
+    pg.get_by_role("tab", name="Train on your cohort").click()  # type: ignore[attr-defined]
+    panel = pg.locator('[data-testid="stMain"] [role="tabpanel"]:visible')  # type: ignore[attr-defined]
+    panel.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(archive))
+    settle(pg)
+    every = f"all {len(FUSIONS)}, compared"
+    panel.locator('[data-testid="stSelectbox"]').filter(has_text="Fusion strategy").locator('[role="combobox"]').click()
+    pg.locator('[role="option"]').filter(has_text=every).first.click()  # type: ignore[attr-defined]
+    settle(pg)
+    epochs = panel.locator('input[type="number"]').first
+    epochs.fill("1")
+    epochs.press("Enter")
+    settle(pg)
+    panel.get_by_role("button", name=f"Train all {len(FUSIONS)} and compare").click()
+    expect(panel.get_by_text(f"Trained 1 of {len(FUSIONS)} strategies", exact=False)).to_be_visible(timeout=300_000)
+    settle(pg)
+    shot(pg, "train_every_strategy")
+    assert re.search(r"Test C-index 0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]", panel.inner_text())  # the one trained
+    notice = panel.locator('[data-testid="stAlertContainer"]').filter(has_text="Not in the comparison").inner_text()
+    refused = [f for f in FUSIONS if f != "ehr_only"]  # every strategy that reads a CT, on one line with the reason
+    assert notice.split(" (your cohort, ")[0].endswith("Not in the comparison:\n\n" + ", ".join(refused)), notice
+    assert notice.count("needs images but the cohort has none") == 1
+    go(pg, "Cohort & models")  # the sidebar's list now has the new model
+    pg.locator('[data-testid="stSidebar"] [role="combobox"]').first.click()  # type: ignore[attr-defined]
+    listed = pg.locator('[role="option"]').all_inner_texts()  # type: ignore[attr-defined]
+    pg.keyboard.press("Escape")  # type: ignore[attr-defined]
+    assert [o for o in listed if "(your cohort" in o] == [o for o in listed if o.startswith("ehr_only (your cohort, ")]
+    assert len(listed) == 4, listed
+    pg.get_by_role("tab", name="Compare strategies").click()  # type: ignore[attr-defined]
+    settle(pg)
+    panel = pg.locator('[data-testid="stMain"] [role="tabpanel"]:visible')  # type: ignore[attr-defined]
+    assert selected(panel, "Models trained on") == "the demo cohort (3 models)"  # the model in use is the demo's
+    panel.locator('[data-testid="stSelectbox"]').filter(has_text="Models trained on").locator('[role="combobox"]').click()
+    options = pg.locator('[role="option"]').all_inner_texts()  # type: ignore[attr-defined]
+    assert options[0] == "the demo cohort (3 models)" and re.fullmatch(r"your cohort uploaded \d\d \w{3} \d\d:\d\d \(1 model\)",
+                                                                        options[1]), options
+    pg.locator('[role="option"]').nth(1).click()  # type: ignore[attr-defined]
+    settle(pg)
+    expect(panel.get_by_text("was trained on this cohort: its metrics are on the Selected model tab",
+                             exact=False)).to_be_visible()

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core.jobs import JobContext
 
 TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
+# train_every_job's bar: the first strategy that reads the CT (it trains the image encoder) takes about 9 times as
+# long as each other one (all seven on 400 subjects x 100 slices: image_only 627 s, the others 31-93 s; BENCHMARKS.md)
+ENCODER_SHARE = 9.0
 
 
 def _refuse(report: object) -> None:
@@ -134,20 +138,29 @@ def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: i
     ``image_encoder_kind`` and ``ehr_encoder`` as in ``core.train.train_model`` ("detector": the whole-CT lesion
     detector; "summary": the timeline's summary as the tabular features); ``body_crop``: every CT cut to a square
     box around the body first (``image.body_crop``)."""
+    if gate:
+        gate_cohort_folder(ctx, cohort_dir)
+        span = (0.1, 1.0)
+    return _train_one(ctx.progress, cohort_dir, fusion, out, epochs, label=label, span=span,
+                      image_encoder_kind=image_encoder_kind, body_crop=body_crop, ehr_encoder=ehr_encoder)
+
+
+def _train_one(progress: Callable[[float, str], None], cohort_dir: str, fusion: str, out: str, epochs: int, *,
+               label: str, span: tuple[float, float], image_encoder_kind: str, body_crop: bool,
+               ehr_encoder: str = "auto") -> dict:
+    """:func:`train_job` after the gate: ``progress`` gets the fractions of ``span``."""
     import time
 
     from core.train import train_model
 
-    if gate:
-        gate_cohort_folder(ctx, cohort_dir)
-        span = (0.1, 1.0)
     final = Path(out)
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    ctx.progress(span[0], "loading the cohort")
+    progress(span[0], "loading the cohort")
     try:
         metrics = train_model(cohort_dir, fusion, partial, epochs=int(epochs), device="auto",
-                              image_encoder_kind=image_encoder_kind, ehr_encoder=ehr_encoder, progress=lambda f, m: ctx.progress(span[0] + (span[1] - span[0]) * f, m),
+                              image_encoder_kind=image_encoder_kind, ehr_encoder=ehr_encoder,
+                              progress=lambda f, m: progress(span[0] + (span[1] - span[0]) * f, m),
                               overrides={"image": {"body_crop": True}} if body_crop else None)
         (partial / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort_dir), "fusion": fusion,
                                                           "label": label or fusion, "epochs": int(epochs),
@@ -161,6 +174,52 @@ def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: i
     return {"out": str(final), "cohort_dir": str(cohort_dir), "label": label or fusion,
             "c_index": test.get("c_index"), "c_index_ci": test.get("c_index_ci"),
             "data_notes": list(metrics.get("data_notes") or [])}
+
+
+def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[str, tuple[str, str]], epochs: int, *,
+                    image_encoder_kind: str = "auto", body_crop: bool = False, device: str = "cpu") -> dict:
+    """Several strategies on one uploaded cohort, to compare them: the zip gated and unpacked once
+    (:func:`unpack_gated`), then each ``fusion -> (model folder, label)`` of ``runs`` trained in turn (they share the
+    cohort's cached image encoder, trained by the first strategy that reads the CT) and evaluated on the test split,
+    its evaluation kept beside the model as Cohort & models keeps it (``test_metrics.json``).
+
+    Returns ``{"cohort_dir", "models": {label: metrics or {"error": text}}, "data_notes"}``. A strategy that cannot
+    be trained on this cohort (an image strategy without studies) is named with its error and the others go on;
+    when none can be, the first one's error ends the job. Models trained before a cancel are kept."""
+    from core.errors import InputError
+    from core.evaluation import evaluate_model, model_fingerprint, save_metrics
+
+    cohort_dir = unpack_gated(ctx, data, cohorts_dir)
+    models: dict[str, dict] = {}
+    notes: list[str] = []
+    first_error: InputError | None = None
+    # the bar's share of each strategy: the first one that reads the CT also trains the cohort's image encoder
+    first_ct = next((f for f in runs if f != "ehr_only"), None)
+    weights = [ENCODER_SHARE if f == first_ct else 1.0 for f in runs]
+    starts = [0.1 + 0.9 * sum(weights[:i]) / sum(weights) for i in range(len(runs))] + [1.0]
+    for i, (fusion, (out, label)) in enumerate(runs.items()):
+        lo, step = starts[i], starts[i + 1] - starts[i]
+
+        def progress(f: float, m: str, lo: float = lo, step: float = step, fusion: str = fusion, i: int = i) -> None:
+            ctx.progress(lo + step * f, f"{fusion} ({i + 1} of {len(runs)}): {m}")
+
+        try:
+            trained = _train_one(lambda f, m: progress(0.85 * f, m), str(cohort_dir), fusion, out, epochs, label=label,
+                                 span=(0.0, 1.0), image_encoder_kind=image_encoder_kind, body_crop=body_crop)
+            result = evaluate_model(Path(out), cohort_dir, split="test", device=device,
+                                    progress=lambda f, m: progress(0.85 + 0.15 * f, f"evaluating: {m}"))
+        except InputError as err:
+            first_error = first_error or err
+            models[label] = {"error": " ".join(str(err).replace(f"{cohort_dir}/", "").split())}
+            continue
+        save_metrics(Path(out) / "test_metrics.json", result, model_fingerprint(out))
+        models[label] = result
+        notes += [n for n in trained["data_notes"] if n not in notes]
+    if first_error is not None and all("error" in m for m in models.values()):
+        shutil.rmtree(cohort_dir, ignore_errors=True)
+        raise first_error
+    ctx.progress(1.0, "done")
+    return {"cohort_dir": str(cohort_dir), "models": models, "data_notes": notes}
 
 
 def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, float]], device: str = "cpu") -> dict:
