@@ -485,6 +485,26 @@ def plot_traces(chart: object) -> list[dict]:
         "p => p.data.map(t => ({name: t.name, y: t.y, x: t.x, colors: t.marker.color}))")
 
 
+def upload_cohort_zip(pg: object, tmp_path: Path, tab: str, *, n: int, seed: int, split: bool = True) -> None:
+    """A demo cohort of ``n`` new patients without CT (without its split column unless ``split``), zipped and
+    uploaded on Cohort & models' ``tab``."""
+    import shutil
+
+    import pandas as pd
+
+    from core.demo import write_demo_cohort
+
+    src = write_demo_cohort(tmp_path / "site", n=n, seed=seed, volumes=False)
+    if not split:  # a hospital's cohort
+        pd.read_csv(src / "cohort.csv").drop(columns=["split"]).to_csv(src / "cohort.csv", index=False)
+    archive = Path(shutil.make_archive(str(tmp_path / "site_cohort"), "zip", src))
+    go(pg, "Cohort & models")
+    pg.get_by_role("tab", name=tab).click()  # type: ignore[attr-defined]
+    panel = pg.locator('[data-testid="stMain"] [role="tabpanel"]:visible')  # type: ignore[attr-defined]
+    panel.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(archive))
+    settle(pg)
+
+
 def test_external_validation_of_the_selected_model(page: object, tmp_path: Path) -> None:
     """Cohort & models, "Validate on your cohort": a zipped cohort of 60 new patients (no split column) is gated,
     evaluated on every patient as a background job, with the other models and per sex, and drawn with its risk
@@ -492,21 +512,9 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     in use in colour; columns that say nothing here (fusion = model name, one subjects / events) are left out. The
     subgroups' plot holds the table's groups and 1-year predicted / observed risks. Both plots' panel titles stay
     apart at 800 px."""
-    import shutil
-
-    import pandas as pd
-
-    from core.demo import write_demo_cohort
-
-    src = write_demo_cohort(tmp_path / "site", n=60, seed=9, volumes=False)
-    pd.read_csv(src / "cohort.csv").drop(columns=["split"]).to_csv(src / "cohort.csv", index=False)
-    archive = Path(shutil.make_archive(str(tmp_path / "site_cohort"), "zip", src))
     pg = page
-    go(pg, "Cohort & models")
-    pg.get_by_role("tab", name="Validate on your cohort").click()  # type: ignore[attr-defined]
+    upload_cohort_zip(pg, tmp_path, "Validate on your cohort", n=60, seed=9, split=False)
     main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
-    main.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(archive))
-    settle(pg)
     group_by = main.get_by_placeholder("e.g. sex, site, age")
     group_by.fill("sex_female")
     group_by.press("Enter")
@@ -559,21 +567,13 @@ def test_train_every_strategy_on_an_uploaded_cohort_and_compare_per_cohort(page:
     model to the list). One job: ehr_only is trained and evaluated, the six strategies that read a CT are named
     with the reason; the model joins the sidebar's list. Compare strategies then keeps each cohort's models apart
     (the demo's, scored on the demo's test split, and this cohort's)."""
-    import shutil
-
     from playwright.sync_api import expect
 
-    from core.demo import write_demo_cohort
     from core.models import FUSIONS
 
-    src = write_demo_cohort(tmp_path / "site", n=48, seed=4, volumes=False)
-    archive = Path(shutil.make_archive(str(tmp_path / "site_cohort"), "zip", src))
     pg = page
-    go(pg, "Cohort & models")
-    pg.get_by_role("tab", name="Train on your cohort").click()  # type: ignore[attr-defined]
+    upload_cohort_zip(pg, tmp_path, "Train on your cohort", n=48, seed=4)
     panel = pg.locator('[data-testid="stMain"] [role="tabpanel"]:visible')  # type: ignore[attr-defined]
-    panel.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(archive))
-    settle(pg)
     every = f"all {len(FUSIONS)}, compared"
     panel.locator('[data-testid="stSelectbox"]').filter(has_text="Fusion strategy").locator('[role="combobox"]').click()
     pg.locator('[role="option"]').filter(has_text=every).first.click()  # type: ignore[attr-defined]
