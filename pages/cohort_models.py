@@ -103,8 +103,11 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
     runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
             for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar
-    if fusion == EVERY and upload is not None:
+    if fusion == EVERY:
         from core.app.background import train_every_job
+
+        if upload is None:  # the MEDS tab trains ehr_only only
+            raise ValueError(f"fusion: got {EVERY!r} without an uploaded cohort; fix: upload the cohort's zip")
 
         for f in FUSIONS:
             session.audit("train", f, epochs=int(epochs))
@@ -242,6 +245,7 @@ with tab_model:
                     sub = refs.subgroup_table(name, column)
                 metric_views.show_subgroups(sub, m.get("c_index"), key="model")
 
+
 def cohort_label(cohort_dir: str, n_models: int) -> str:
     """How the comparison names the cohort a group of models was trained on: the demo, or one of the user's by
     when it was uploaded (its folder is named by the time: ``20261127-051000``, ``meds-20261127-051000``)."""
@@ -253,7 +257,8 @@ def cohort_label(cohort_dir: str, n_models: int) -> str:
     stem = Path(cohort_dir).name
     kind = "MEDS cohort built" if stem.startswith("meds-") else "cohort uploaded"
     try:
-        return f"your {kind} {time.strftime('%d %b %H:%M', time.strptime(stem.removeprefix('meds-'), '%Y%m%d-%H%M%S'))} ({count})"
+        when = time.strftime("%d %b %H:%M", time.strptime(stem.removeprefix("meds-"), "%Y%m%d-%H%M%S"))
+        return f"your {kind} {when} ({count})"
     except ValueError:
         return f"your cohort {stem} ({count})"
 
