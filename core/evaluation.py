@@ -29,7 +29,7 @@ ALL_SPLITS = "all"  # evaluate every subject: external validation on a cohort th
 def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "test",
                    horizons: Sequence[float] = HORIZONS, n_boot: int = 200, seed: int = 0,
                    device: str = "cpu", *, alpha: float = ALPHA, subgroup: str | None = None,
-                   band: bool = False, risk_groups: int = 0,
+                   band: bool = False, risk_groups: int = 0, keep_risk: bool = False,
                    progress: Callable[[float, str], None] | None = None) -> dict:
     """The ``evaluate --json`` object: ``c_index``, ``c_index_ci``, ``uno_c``, ``td_auc``, ``ibs``, ``n``, ``events``,
     plus ``calibration``, ``uno_c_ci``, ``ibs_ci``, ``split``, ``fusion`` and, when cohort.csv has
@@ -49,7 +49,9 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     model's feature columns that features.csv lacks and the subjects without a row (None without features).
     ``unread`` counts the subjects of whom the model read nothing (no study, timeline or features it can read).
     ``risk_groups`` > 1 adds ``risk_groups`` (:func:`core.evaluate.km_by_risk_group` of the evaluated subjects:
-    Kaplan-Meier curves of that many groups by predicted risk, and the log-rank p). ``progress(fraction, message)``
+    Kaplan-Meier curves of that many groups by predicted risk, and the log-rank p). ``keep_risk`` adds
+    ``subject_risk`` ({"ids", "risk"}: each subject's risk score, minus the restricted mean survival time, as the
+    C-index ranks them), which :func:`paired_fusion_gain` compares between models. ``progress(fraction, message)``
     follows the predictions."""
     from core.cohort import load_cohort
 
@@ -99,11 +101,13 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     out["conformal"] = conformal_report(model, cohort, split, np.asarray(times), np.asarray(surv), time, event,
                                         tt, te, horizons, alpha)
     out["decision_curve"] = decision_curve(times, surv, time, event, horizons)
-    if risk_groups > 1:
-        from core.evaluate import km_by_risk_group, risk_from_survival
+    from core.evaluate import km_by_risk_group, risk_from_survival
 
-        out["risk_groups"] = km_by_risk_group(risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv)),
-                                              time, event, groups=risk_groups)
+    risk = risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv))
+    if risk_groups > 1:
+        out["risk_groups"] = km_by_risk_group(risk, time, event, groups=risk_groups)
+    if keep_risk:
+        out["subject_risk"] = {"ids": [str(i) for i in ids], "risk": [float(r) for r in risk]}
     if values is not None:
         out["subgroups"] = subgroup_table(times, surv, time, event, tt, te, values, horizons, column=str(subgroup),
                                           n_boot=n_boot, seed=seed)
@@ -162,6 +166,37 @@ def conformal_report(model: Any, cohort: Any, split: str, times: np.ndarray, sur
         res["median_bound"] = float(np.median(bounds[:, k]))
         report["horizons"][int(h) if float(h).is_integer() else h] = res
     return report
+
+
+UNIMODAL = ("image_only", "ehr_only")
+
+
+def paired_fusion_gain(results: dict[str, dict], cohort_dir: Path | str, n_boot: int = 1000) -> dict | None:
+    """The best fusion against the best single-modality model among ``results`` ({name: :func:`evaluate_model`
+    result with ``keep_risk``}, models of one cohort evaluated on one split), by Harrell's C on the same subjects:
+    ``{"fusion", "unimodal", "n", "delta_c", "ci", "p_value", "c_fusion", "c_unimodal"}`` from a paired bootstrap
+    (:func:`core.evaluate.paired_bootstrap`: the intervals of two models' own C-indices overlap even when one is
+    better on nearly every resample). None when the results lack a fusion, a single-modality model, their
+    per-subject risks or common subjects."""
+    from core.cohort import load_cohort
+    from core.evaluate import paired_bootstrap
+
+    ok = {n: m for n, m in results.items() if "error" not in m and m.get("subject_risk") and m.get("c_index") is not None}
+    uni = [n for n, m in ok.items() if m.get("fusion") in UNIMODAL]
+    fus = [n for n, m in ok.items() if m.get("fusion") not in UNIMODAL]
+    if not uni or not fus:
+        return None
+    best_u = max(uni, key=lambda n: ok[n]["c_index"])
+    best_f = max(fus, key=lambda n: ok[n]["c_index"])
+    risk_f, risk_u = (dict(zip(ok[n]["subject_risk"]["ids"], ok[n]["subject_risk"]["risk"])) for n in (best_f, best_u))
+    ids = [i for i in risk_f if i in risk_u]
+    if not ids:
+        return None
+    table = load_cohort(Path(cohort_dir), for_training=False).table.set_index("subject_id").loc[ids]
+    res = paired_bootstrap([risk_f[i] for i in ids], [risk_u[i] for i in ids], table["time"].to_numpy(),
+                           table["event"].to_numpy(), n_boot=n_boot, seed=0)
+    return {"fusion": best_f, "unimodal": best_u, "n": len(ids), "delta_c": res["delta_c"], "ci": res["ci"],
+            "p_value": res["p_value"], "c_fusion": res["c_a"], "c_unimodal": res["c_b"]}
 
 
 def save_metrics(path: Path, metrics: dict, stamp: float) -> None:

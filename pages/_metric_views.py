@@ -104,10 +104,21 @@ def comparison_shown(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def gain_text(paired: dict, names: dict[str, str] | None = None) -> str:
+    """The paired comparison of the best fusion with the best single-modality model
+    (``core.evaluation.paired_fusion_gain``) as one sentence; ``names`` shortens the model names."""
+    names = names or {}
+    ci = f"95 % CI {paired['ci'][0]:+.3f} to {paired['ci'][1]:+.3f}, " if paired.get("ci") else ""
+    return (f"Best fusion **{names.get(paired['fusion'], paired['fusion'])}** against the best single-modality model "
+            f"**{names.get(paired['unimodal'], paired['unimodal'])}** on the same {paired['n']} subjects: "
+            f"C-index {paired['delta_c']:+.3f} ({ci}paired bootstrap, p = {paired['p_value']:.2g}).")
+
+
 def show_comparison(results: dict[str, dict], current: str, key: str, filename: str,
-                    label: str = "Download the table (CSV)") -> None:
+                    label: str = "Download the table (CSV)", paired: dict | None = None) -> None:
     """Several models on one evaluation: the forest plot of their C-index and integrated Brier score (the model
-    in use, ``current``, coloured) and the table (one model: neither, its own metrics follow), then the CSV; a model whose
+    in use, ``current``, coloured), the paired comparison of the best fusion with the best single-modality model
+    when given (``paired``) and the table (one model: neither, its own metrics follow), then the CSV; a model whose
     evaluation failed is named with its error."""
     failed = failure_lines({n: m["error"] for n, m in results.items() if "error" in m})
     if failed:  # one notice for all of them (a cohort without CT stops every strategy that reads one)
@@ -128,6 +139,8 @@ def show_comparison(results: dict[str, dict], current: str, key: str, filename: 
                    f"Diamonds: each model's value; bars: its 95 % bootstrap interval"
                    f"{f'; the model in use ({current}) in colour' if current in ok else ''}. The intervals are each model's "
                    "own, not of the difference between two models: bars that overlap do not show that two models differ.")
+        if paired:
+            st.markdown(gain_text(paired, short))
         shown = table.assign(model=table["model"].map(short))
         st.dataframe(comparison_shown(shown), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE)
     st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")

@@ -150,7 +150,8 @@ def training_status() -> None:
         st.success(f"Trained {len(done)} of {len(r['models'])} strategies on your cohort, now in the sidebar's list. "
                    + ("Their test-split metrics:" if len(done) > 1 else
                       f"Test C-index {ci_text(r['models'][done[0]].get('c_index'), r['models'][done[0]].get('c_index_ci'))}."))
-        metric_views.show_comparison(r["models"], name, "train_every", "your_cohort_strategies.csv")
+        metric_views.show_comparison(r["models"], name, "train_every", "your_cohort_strategies.csv",
+                                     paired=r.get("paired"))
         for note in r.get("data_notes") or []:
             st.info(note + ".", icon=":material/info:")
     elif _jobs.outcome(job):
@@ -263,6 +264,17 @@ def cohort_label(cohort_dir: str, n_models: int) -> str:
         return f"your cohort {stem} ({count})"
 
 
+@st.cache_data(show_spinner="Comparing the best fusion with the best single modality...", max_entries=32)
+def fusion_gain(cohort_dir: str, key: str, _results: dict[str, dict]) -> dict | None:
+    """``core.evaluation.paired_fusion_gain`` of one cohort's evaluated models, once per ``key`` (the models and
+    their evaluations' stamps) for every session; None where it cannot be computed (said by its error)."""
+    from core.evaluation import paired_fusion_gain
+
+    with chrome.core_errors(stop=False, what="Paired comparison not computed: "):
+        return paired_fusion_gain(_results, cohort_dir)
+    return None
+
+
 with tab_compare:
     from core.app.background import evaluate_job
     from core.evaluation import model_fingerprint, read_saved_metrics
@@ -284,15 +296,16 @@ with tab_compare:
     st.caption("Every model trained on this cohort, on the same test split: the best fusion depends on the task. "
                "Evaluations are kept on disk, so the table appears at once after the first time.")
     kept = {n: read_saved_metrics(Path(v[2]), v[3]) if v[2] else None for n, v in todo.items()}
+    compare_key = "compare:" + "|".join(f"{n}@{v[3]}" for n, v in todo.items())
     if len(todo) > 1 and all(m is not None for m in kept.values()):  # every evaluation already on disk
-        metric_views.show_comparison({n: m for n, m in kept.items() if m is not None}, name, "compare",
-                                     "strategy_comparison.csv")
+        results = {n: m for n, m in kept.items() if m is not None}
+        metric_views.show_comparison(results, name, "compare", "strategy_comparison.csv",
+                                     paired=fusion_gain(str(here), compare_key, results))
     elif len(todo) == 1:
         st.info(f"Only {next(iter(todo))} was trained on this cohort: its metrics are on the Selected model tab. "
                 f"Train more strategies on it (Train on your cohort, \"{EVERY}\") to compare them.",
                 icon=":material/info:")
     elif todo:
-        compare_key = "compare:" + "|".join(f"{n}@{v[3]}" for n, v in todo.items())
         job = _jobs.find(compare_key)
         if job is None and st.button("Compute the comparison table", key="compare_button", type="primary"):
             job = _jobs.submit("Comparing the strategies", evaluate_job, todo, runtime.device_name(), key=compare_key,
@@ -300,7 +313,8 @@ with tab_compare:
         if job is not None and job.active:
             _jobs.show(job)
         elif job is not None and _jobs.outcome(job):
-            metric_views.show_comparison(job.result, name, "compare", "strategy_comparison.csv")
+            metric_views.show_comparison(job.result, name, "compare", "strategy_comparison.csv",
+                                         paired=fusion_gain(str(here), compare_key, job.result))
 
 VALIDATE_KEY = "validate"
 

@@ -41,7 +41,8 @@ def write_app_caches(models_dir: Path, cohort_dir: Path, fusions: tuple[str, ...
     for fusion in fusions:
         folder = models_dir / fusion
         started = time.perf_counter()
-        save_metrics(folder / "demo_test_metrics.json", evaluate_model(folder, cohort_dir, split="test", device="cpu"),
+        save_metrics(folder / "demo_test_metrics.json",
+                     evaluate_model(folder, cohort_dir, split="test", device="cpu", keep_risk=True),
                      model_fingerprint(folder))
         model = load_model(folder, device="cpu")
         reference.reference_curves(model, cohort, reference.reference_ids(cohort), cache=folder / "reference_predictions.npz")

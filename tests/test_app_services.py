@@ -237,6 +237,10 @@ def test_changed_shipped_models_are_installed_again(tmp_path: Path) -> None:
     # the app's own check holds for the same weights (only the card changed), not for other weights
     assert (paths_.models / "concat" / "sanity.json").exists()
     assert not (paths_.models / "ehr_only" / "sanity.json").exists()
+    (shipped / "concat" / "demo_test_metrics.json").write_text('{"stamp": 1, "metrics": {"subject_risk": {}}}')
+    assert demo_install.refresh_shipped(base, shipped) == ["concat"]  # its kept evaluation, now with each risk
+    assert "subject_risk" in (paths_.models / "concat" / "demo_test_metrics.json").read_text()
+    assert demo_install.refresh_shipped(base, shipped) == []
     (shipped / "concat" / "config.json").write_text('{"fusion": "concat", "v": 3}')
     (paths_.cohort / "cohort.csv").write_text("subject_id,time,event\n1,11,1\n")  # another cohort: not theirs
     assert demo_install.refresh_shipped(base, shipped) == []

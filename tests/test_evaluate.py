@@ -390,6 +390,30 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
         assert key in out
     assert out["c_index"] == pytest.approx(res["c_index"])
     assert set(out["td_auc"]) == {"30", "365", "1825"}
+    assert "subject_risk" not in out and "subject_risk" not in res  # only on request (the app's comparisons)
+    kept = evaluate_model(model_dir, tabular_cohort, n_boot=50, keep_risk=True)
+    table = pd.read_csv(tabular_cohort / "cohort.csv", dtype={"subject_id": str}).set_index("subject_id")
+    rows = table.loc[kept["subject_risk"]["ids"]]
+    assert list(rows["split"].unique()) == ["test"] and len(rows) == kept["n"]
+    assert harrell_c(rows["time"].to_numpy(), rows["event"].to_numpy().astype(bool),
+                     np.asarray(kept["subject_risk"]["risk"])) == pytest.approx(kept["c_index"])
+
+    # the best fusion against the best single modality, paired on the same subjects: a "fusion" that reads the
+    # true risk beats this ehr_only, by as much as a direct paired bootstrap says
+    from core.evaluation import paired_fusion_gain
+
+    ids = kept["subject_risk"]["ids"]
+    oracle = {"fusion": "concat", "c_index": kept["oracle_c_index"],
+              "subject_risk": {"ids": ids, "risk": rows["true_risk"].tolist()}}
+    weak = {"fusion": "cross_attention", "c_index": 0.5, "subject_risk": {"ids": ids, "risk": [0.0] * len(ids)}}
+    gain = paired_fusion_gain({"ehr": kept, "oracle": oracle, "weak": weak, "broken": {"error": "x"}}, tabular_cohort)
+    direct = paired_bootstrap(rows["true_risk"].to_numpy(), np.asarray(kept["subject_risk"]["risk"]),
+                              rows["time"].to_numpy(), rows["event"].to_numpy(), n_boot=1000, seed=0)
+    assert gain is not None and (gain["fusion"], gain["unimodal"], gain["n"]) == ("oracle", "ehr", len(ids))
+    assert gain["delta_c"] == pytest.approx(direct["delta_c"]) and gain["ci"] == pytest.approx(direct["ci"])
+    assert gain["c_fusion"] == pytest.approx(kept["oracle_c_index"]) and gain["p_value"] == direct["p_value"]
+    assert paired_fusion_gain({"ehr": kept}, tabular_cohort) is None  # nothing to compare it with
+    assert paired_fusion_gain({"ehr": res, "oracle": oracle}, tabular_cohort) is None  # no per-subject risks
 
 
 # --- real tabular benchmark cohorts (bench/survset_cohorts.py) ---------------------------------------

@@ -183,11 +183,12 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     cohort's cached image encoder, trained by the first strategy that reads the CT) and evaluated on the test split,
     its evaluation kept beside the model as Cohort & models keeps it (``test_metrics.json``).
 
-    Returns ``{"cohort_dir", "models": {label: metrics or {"error": text}}, "data_notes"}``. A strategy that cannot
+    Returns ``{"cohort_dir", "models": {label: metrics or {"error": text}}, "data_notes", "paired"}`` (``paired``:
+    the best fusion against the best single-modality model, ``core.evaluation.paired_fusion_gain``, or None). A strategy that cannot
     be trained on this cohort (an image strategy without studies) is named with its error and the others go on;
     when none can be, the first one's error ends the job. Models trained before a cancel are kept."""
     from core.errors import InputError
-    from core.evaluation import evaluate_model, model_fingerprint, save_metrics
+    from core.evaluation import evaluate_model, model_fingerprint, paired_fusion_gain, save_metrics
 
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
     models: dict[str, dict] = {}
@@ -206,7 +207,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
         try:
             trained = _train_one(lambda f, m: progress(0.85 * f, m), str(cohort_dir), fusion, out, epochs, label=label,
                                  span=(0.0, 1.0), image_encoder_kind=image_encoder_kind, body_crop=body_crop)
-            result = evaluate_model(Path(out), cohort_dir, split="test", device=device,
+            result = evaluate_model(Path(out), cohort_dir, split="test", device=device, keep_risk=True,
                                     progress=lambda f, m: progress(0.85 + 0.15 * f, f"evaluating: {m}"))
         except InputError as err:
             first_error = first_error or err
@@ -219,7 +220,8 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
         shutil.rmtree(cohort_dir, ignore_errors=True)
         raise first_error
     ctx.progress(1.0, "done")
-    return {"cohort_dir": str(cohort_dir), "models": models, "data_notes": notes}
+    return {"cohort_dir": str(cohort_dir), "models": models, "data_notes": notes,
+            "paired": paired_fusion_gain(models, cohort_dir)}
 
 
 def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, float]], device: str = "cpu") -> dict:
@@ -241,7 +243,7 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
             out[name] = found
             continue
         try:
-            result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=device)
+            result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=device, keep_risk=True)
         except (InputError, OSError) as err:
             out[name] = {"error": " ".join(str(err).split())}
             continue

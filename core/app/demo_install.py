@@ -120,11 +120,12 @@ def _same_weights(src: Path, dst: Path) -> bool:
 
 
 def _differs(src: Path, dst: Path) -> bool:
-    """Whether an installed model folder is not the shipped one: another config.json, model card or weights (compared
-    byte for byte: the shipped weights are a few MB each)."""
+    """Whether an installed model folder is not the shipped one: another config.json, model card, kept test
+    evaluation (one that now also holds each patient's risk) or weights (compared byte for byte: the shipped weights
+    are a few MB each)."""
     if not (src / "config.json").is_file():
         return False
-    for name in ("config.json", "MODEL_CARD.md"):
+    for name in ("config.json", "MODEL_CARD.md", "demo_test_metrics.json"):
         if (src / name).is_file() and (not (dst / name).is_file() or (src / name).read_bytes() != (dst / name).read_bytes()):
             return True
     return not _same_weights(src, dst)
