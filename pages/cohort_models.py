@@ -351,7 +351,8 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
     selected model's metrics, curves and subgroups."""
     if len(results) > 1:
         st.markdown("**Every model on your cohort**")
-    metric_views.show_comparison(results, name, "validate", "external_validation.csv", "Download the metrics (CSV)")
+    metric_views.show_comparison(results, name, "validate", "external_validation.csv", "Download the metrics (CSV)",
+                                 paired=(results.get(validated) or {}).get("fusion_gain"))
     m = results.get(validated)
     if not m or "error" in m:
         return

@@ -125,6 +125,8 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     res = both["ehr_only"]
     assert both["broken"]["error"].startswith("model: got ")  # a later model's error is its row, not the job's end
     assert both["image_only"]["unread"] == 90 and both["ehr_only"]["unread"] == 0  # no CT in this cohort
+    assert both["ehr_only"]["fusion_gain"] is None  # two single-modality models: no fusion to set against them
+    assert not any("subject_risk" in m for m in both.values())  # the patients' ids are not kept in the result
     assert res["n"] == 90 and res["events"] == int(table["event"].sum()) and res["c_index"] > 0.55
     sexes = pd.read_csv(src / "features.csv")["sex_female"]
     assert [(g["label"], g["n"]) for g in res["subgroups"]["groups"]] == [("0", int((sexes == 0).sum())),

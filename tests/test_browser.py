@@ -543,6 +543,15 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     assert [n for n, c in zip(c_index["y"], c_index["colors"]) if c != "rgb(110,110,110)"] == [current]
     for row, c, b in zip(rows, c_index["x"], ibs["x"]):  # each diamond is the table's value
         assert row[1].startswith(f"{c:.3f} [") and row[columns.index("IBS [95% CI]")].startswith(f"{b:.3f} ["), row
+    # the best fusion against the better single-modality model on these patients: its difference is the table's
+    c_of = dict(zip(c_index["y"], c_index["x"]))
+    gain = re.search(r"Best fusion (\w+) against the best single-modality model (\w+) on the same 60 subjects: "
+                     r"C-index ([+-]\d\.\d{3}) \(95 % CI [+-]\d\.\d{3} to [+-]\d\.\d{3}, paired bootstrap, p = [\d.e-]+\)",
+                     panel.inner_text())
+    assert gain is not None, panel.inner_text()[:3000]
+    unimodal = max(("image_only", "ehr_only"), key=c_of.__getitem__)
+    assert gain.group(1) == next(n for n in c_of if n not in ("image_only", "ehr_only")) and gain.group(2) == unimodal
+    assert abs(float(gain.group(3)) - (c_of[gain.group(1)] - c_of[unimodal])) < 1.5e-3
     # the selected model by sex: the same groups in the plot and the table, the plot's 1-year numbers the table's
     by_group = panel.locator('[data-testid="stPlotlyChart"]').filter(has_text="Risk at 1 year").first
     sub = plot_traces(by_group)

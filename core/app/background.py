@@ -72,7 +72,9 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     """An external validation: a zipped cohort the models never saw, gated and unpacked as for training, and each
     model of ``models`` ({name: model folder}) evaluated on every subject (``core.evaluation.evaluate_model`` with
     split "all", three risk groups, and per group of ``subgroup``, a column of its cohort.csv or features.csv, when
-    given). Returns {name: metrics}; a model after the first that cannot be evaluated gets {"error": text}, while
+    given). Returns {name: metrics}; with several models the first one's metrics also hold ``fusion_gain``
+    (``core.evaluation.paired_fusion_gain`` of them all on this cohort, or None); a model after the first that cannot
+    be evaluated gets {"error": text}, while
     the first one's error (no outcomes, an unknown subgroup column) stops the job. The unpacked cohort is removed
     afterwards (the upload is the user's copy).
 
@@ -81,7 +83,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     ``base_cohort``, the original's, is where the app evaluates it); the report, or {"error": text}, is the first
     model's ``recalibration``."""
     from core.errors import InputError
-    from core.evaluation import ALL_SPLITS, evaluate_model
+    from core.evaluation import ALL_SPLITS, evaluate_model, paired_fusion_gain
 
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
 
@@ -94,7 +96,8 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
         for i, (name, model_dir) in enumerate(models.items()):
             try:
                 out[name] = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
-                                           subgroup=subgroup or None, progress=lambda f, m, i=i, name=name: ctx.progress(
+                                           subgroup=subgroup or None, keep_risk=len(models) > 1,
+                                           progress=lambda f, m, i=i, name=name: ctx.progress(
                                                0.1 + span * (i + f), f"{name}: {m}" if len(models) > 1 else m))
             except (InputError, OSError) as err:
                 if i == 0:
@@ -102,6 +105,11 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
                         raise InputError(err.field, inside(str(err.value)), inside(err.problem), inside(err.fix)) from None
                     raise
                 out[name] = {"error": inside(" ".join(str(err).split()))}
+        if len(models) > 1:  # the best fusion against the best single modality here, on the same patients
+            gain = paired_fusion_gain(out, cohort_dir)
+            for m in out.values():
+                m.pop("subject_risk", None)  # the cohort's patient ids stay on the server only while it is evaluated
+            out[next(iter(models))]["fusion_gain"] = gain
         if recalibrate:
             first = next(iter(models))
             try:
