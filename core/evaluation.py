@@ -193,6 +193,8 @@ def paired_fusion_gain(results: dict[str, dict], cohort_dir: Path | str, n_boot:
     if not ids:
         return None
     table = load_cohort(Path(cohort_dir), for_training=False).table.set_index("subject_id").loc[ids]
+    if not table["event"].to_numpy().any():  # no comparable pairs: no C-index to compare
+        return None
     res = paired_bootstrap([risk_f[i] for i in ids], [risk_u[i] for i in ids], table["time"].to_numpy(),
                            table["event"].to_numpy(), n_boot=n_boot, seed=0)
     return {"fusion": best_f, "unimodal": best_u, "n": len(ids), "delta_c": res["delta_c"], "ci": res["ci"],
