@@ -178,9 +178,6 @@ def paired_fusion_gain(results: dict[str, dict], cohort_dir: Path | str, n_boot:
     (:func:`core.evaluate.paired_bootstrap`: the intervals of two models' own C-indices overlap even when one is
     better on nearly every resample). None when the results lack a fusion, a single-modality model, their
     per-subject risks or common subjects."""
-    from core.cohort import load_cohort
-    from core.evaluate import paired_bootstrap
-
     ok = {n: m for n, m in results.items() if "error" not in m and m.get("subject_risk") and m.get("c_index") is not None}
     uni = [n for n, m in ok.items() if m.get("fusion") in UNIMODAL]
     fus = [n for n, m in ok.items() if m.get("fusion") not in UNIMODAL]
@@ -189,16 +186,27 @@ def paired_fusion_gain(results: dict[str, dict], cohort_dir: Path | str, n_boot:
     best_u = max(uni, key=lambda n: ok[n]["c_index"])
     best_f = max(fus, key=lambda n: ok[n]["c_index"])
     risk_f, risk_u = (dict(zip(ok[n]["subject_risk"]["ids"], ok[n]["subject_risk"]["risk"])) for n in (best_f, best_u))
-    ids = [i for i in risk_f if i in risk_u]
+    res = paired_c(risk_f, risk_u, cohort_dir, n_boot)
+    return None if res is None else {"fusion": best_f, "unimodal": best_u, "n": res["n"], "delta_c": res["delta_c"],
+                                     "ci": res["ci"], "p_value": res["p_value"], "c_fusion": res["c_a"],
+                                     "c_unimodal": res["c_b"]}
+
+
+def paired_c(risk_a: dict[str, float], risk_b: dict[str, float], cohort_dir: Path | str, n_boot: int = 1000) -> dict | None:
+    """:func:`core.evaluate.paired_bootstrap` of two models' risks ({subject_id: risk}) on their common subjects,
+    against the outcomes in ``cohort_dir``'s cohort.csv, plus ``n``; None without common subjects or events."""
+    from core.cohort import load_cohort
+    from core.evaluate import paired_bootstrap
+
+    ids = [i for i in risk_a if i in risk_b]
     if not ids:
         return None
     table = load_cohort(Path(cohort_dir), for_training=False).table.set_index("subject_id").loc[ids]
     if not table["event"].to_numpy().any():  # no comparable pairs: no C-index to compare
         return None
-    res = paired_bootstrap([risk_f[i] for i in ids], [risk_u[i] for i in ids], table["time"].to_numpy(),
+    res = paired_bootstrap([risk_a[i] for i in ids], [risk_b[i] for i in ids], table["time"].to_numpy(),
                            table["event"].to_numpy(), n_boot=n_boot, seed=0)
-    return {"fusion": best_f, "unimodal": best_u, "n": len(ids), "delta_c": res["delta_c"], "ci": res["ci"],
-            "p_value": res["p_value"], "c_fusion": res["c_a"], "c_unimodal": res["c_b"]}
+    return {**res, "n": len(ids)}
 
 
 def save_metrics(path: Path, metrics: dict, stamp: float) -> None:

@@ -13,6 +13,7 @@ from core import figures as F
 from core.app import demo_install, workspace
 from core.horizons import horizon_label
 from pages import _chrome as chrome
+from pages._metric_views import NOT_AVAILABLE
 from pages import _state as K
 
 HELP = ("The model keeps its weights and its order of patients; its curves are recalibrated to your cohort's "
@@ -51,7 +52,7 @@ def show(report: dict) -> None:
              "calibration ICI, before": cal["ici"], "ICI after": after["calibration"][h]["ici"],
              "slope, before (1 ideal)": cal["slope"], "slope after": after["calibration"][h]["slope"]}
             for h, cal in before["calibration"].items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", placeholder="n/a",
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE,
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in rows[0] if c != "horizon"})
     if before["ibs"] is not None and after["ibs"] is not None:
         st.markdown(f"Integrated Brier score **{before['ibs']:.3f}** before, **{after['ibs']:.3f}** after (lower is "

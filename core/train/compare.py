@@ -84,18 +84,17 @@ def comparison_markdown(table: pd.DataFrame, cohort_dir: Path, out: Path) -> str
 
 
 def _paired(model_a: Path, model_b: Path, cohort_dir: Path) -> dict | None:
+    """Model a against model b on the test split (``core.evaluation.paired_c``, the risk the C-index ranks)."""
     from core.cohort import load_cohort
-    from core.evaluate import paired_bootstrap
+    from core.evaluate import risk_from_survival
+    from core.evaluation import paired_c
     from core.predict import predict_cohort
     from core.registry import load_model
 
     cohort = load_cohort(cohort_dir)
     ids = cohort.ids("test")
-    if not ids:
-        return None
-    rows = cohort.table.set_index("subject_id").loc[ids]
     risks = []
     for folder in (model_a, model_b):
         times, surv = predict_cohort(load_model(folder), cohort, ids)
-        risks.append(-np.trapezoid(surv, times, axis=1))
-    return paired_bootstrap(risks[0], risks[1], rows["time"].to_numpy(), rows["event"].to_numpy(), n_boot=500, seed=0)
+        risks.append(dict(zip(ids, risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv)).tolist())))
+    return paired_c(risks[0], risks[1], cohort_dir, n_boot=500)
