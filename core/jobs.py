@@ -19,6 +19,11 @@ that long core functions take as ``progress``) and stops when the user cancels:
   at most ``max_active_per_user`` jobs queued or running, sees and cancels only
   their own jobs, and a ``key`` de-duplicates: submitting a key that the owner
   already has queued, running or done returns that job instead of a new one.
+* **Long heavy jobs make way.** A heavy job made of independent parts (training and evaluating seven strategies)
+  calls ``ctx.yield_turn()`` between them: the heavy jobs queued by then run first, one after another, in the
+  same worker, while the long job's process waits; then it goes on. So one user's 17-minute comparison holds up
+  another user's evaluation by at most one part, not by the whole comparison, and still only one heavy job computes
+  at a time. A job run in such a break does not itself make way (no nesting).
 * Finished jobs are kept ``keep_finished_s`` seconds (their results with them),
   then forgotten; what must outlive the server (a trained model) is written to
   disk by the job itself.
@@ -55,11 +60,13 @@ class JobCancelled(Exception):
 
 
 class JobContext:
-    """What a running job sees: ``progress(fraction, message)`` and ``cancelled``."""
+    """What a running job sees: ``progress(fraction, message)``, ``cancelled`` and ``yield_turn()``."""
 
-    def __init__(self, report: Callable[[float, str], None], cancelled: Callable[[], bool]) -> None:
+    def __init__(self, report: Callable[[float, str], None], cancelled: Callable[[], bool],
+                 yield_turn: Callable[[], None] | None = None) -> None:
         self._report = report
         self._cancelled = cancelled
+        self._yield_turn = yield_turn
 
     @property
     def cancelled(self) -> bool:
@@ -70,6 +77,19 @@ class JobContext:
         if self._cancelled():
             raise JobCancelled()
         self._report(min(max(float(fraction), 0.0), 1.0), str(message))
+
+    def yield_turn(self) -> None:
+        """Between two independent parts of a long heavy job: let the heavy jobs queued meanwhile run first.
+
+        Returns when they have ended (at once when none is queued, and always for a light job or a job that runs
+        in another's break); raises :class:`JobCancelled` when a cancel was asked for, before or during the wait.
+        """
+        if self._cancelled():
+            raise JobCancelled()
+        if self._yield_turn is not None:
+            self._yield_turn()
+        if self._cancelled():
+            raise JobCancelled()
 
 
 @dataclass
@@ -90,6 +110,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel_requested: bool = False
+    paused_s: float = 0.0  # seconds spent waiting in yield_turn while other heavy jobs ran
     fn: Callable[..., Any] | None = field(default=None, repr=False)
     args: tuple = field(default=(), repr=False)
     kwargs: dict = field(default_factory=dict, repr=False)
@@ -106,10 +127,12 @@ class Job:
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds left, extrapolated from the progress so far (None until there is enough of it)."""
+        """Seconds left, extrapolated from the progress so far (None until there is enough of it).
+
+        Time spent waiting for other jobs in a break (``paused_s``) is not the job's own pace and is left out."""
         if self.state != "running" or self.fraction < 0.02 or self.started is None:
             return None
-        return max(self.elapsed_s * (1.0 - self.fraction) / self.fraction, 0.0)
+        return max((self.elapsed_s - self.paused_s) * (1.0 - self.fraction) / self.fraction, 0.0)
 
 
 def one_line(exc: BaseException) -> str:
@@ -136,7 +159,13 @@ def _child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, ni
             cancelled = conn.recv() == "cancel"
         return cancelled
 
-    ctx = JobContext(lambda f, m: conn.send(("progress", f, m)), is_cancelled)
+    def yield_turn() -> None:
+        nonlocal cancelled
+        conn.send(("yield",))
+        answer = conn.recv()  # "go" once the jobs queued meanwhile have run, or "cancel"
+        cancelled = cancelled or answer == "cancel"
+
+    ctx = JobContext(lambda f, m: conn.send(("progress", f, m)), is_cancelled, yield_turn)
     try:
         conn.send(("done", fn(ctx, *args, **kwargs)))
     except JobCancelled:
@@ -214,6 +243,12 @@ class JobQueue:
         with self._cond:
             queued = [i for i in self._order if self._jobs[i].state == "queued"]
             return queued.index(job_id) if job_id in queued else 0
+
+    @property
+    def heavy_busy(self) -> bool:
+        """Whether a heavy job is running now (a queued heavy job waits for its end or its next break)."""
+        with self._cond:
+            return self._heavy_running
 
     def cancel(self, job_id: str, owner: str) -> bool:
         """Ask to cancel the owner's job; a queued one ends at once, a running one at its next progress report."""
@@ -333,7 +368,31 @@ class JobQueue:
         with self._cond:
             self._finish(job, "cancelled" if job.cancel_requested else "done", result=result)
 
-    def _run_in_process(self, job: Job) -> None:
+    def _others_first(self, job: Job) -> None:
+        """``job`` (a heavy job) called ``yield_turn``: run the heavy jobs queued by now, one after another, here."""
+        with self._cond:
+            waiting = [self._jobs[i] for i in self._order if self._jobs[i].state == "queued" and self._jobs[i].heavy]
+            if not waiting:
+                return
+            paused_at, message = time.time(), job.message
+            job.message = f"paused: {len(waiting)} queued job{'s' if len(waiting) != 1 else ''} first, then this one"
+        for other in waiting:
+            with self._cond:
+                if other.state != "queued":  # cancelled meanwhile
+                    continue
+                other.state, other.started, other.message = "running", time.time(), "starting"
+            try:
+                self._run_in_process(other, nested=True)
+            finally:
+                with self._cond:
+                    if other.active:  # defensive, as in _work
+                        self._finish(other, "failed", error="the job ended without a result")
+        with self._cond:
+            job.paused_s += time.time() - paused_at
+            job.message = "cancelling..." if job.cancel_requested else message
+
+    def _run_in_process(self, job: Job, nested: bool = False) -> None:
+        """Run the heavy ``job`` in its own process (``nested``: in another heavy job's break, making no way itself)."""
         proc, conn = _start_child(job, self.heavy_threads)
         with self._cond:
             self._children.add(proc)
@@ -361,6 +420,15 @@ class JobQueue:
                             ("failed", f"the job's process ended without a result (exit code {proc.returncode}; out of memory?)")
                     elif msg[0] == "progress":
                         self._report(job, msg[1], msg[2])
+                    elif msg[0] == "yield":
+                        if not nested and not job.cancel_requested:
+                            self._others_first(job)
+                        try:
+                            conn.send("cancel" if job.cancel_requested else "go")
+                        except OSError:
+                            pass  # the process already ended; its exit is handled below
+                        if job.cancel_requested and cancel_sent_at is None:
+                            cancel_sent_at = time.monotonic()
                     else:
                         outcome = msg
                 elif proc.poll() is not None:

@@ -35,7 +35,10 @@ def find(key: str) -> Job | None:
 def _status_text(job: Job) -> str:
     if job.state == "queued":
         ahead = default_queue().position(job.id)
-        return f"{job.title}: queued" + (f" ({ahead} job{'s' if ahead != 1 else ''} ahead)" if ahead else "")
+        # trainings and evaluations run one at a time; a comparison of every strategy makes way between strategies
+        waits = " · starts when the running training or evaluation ends or pauses" \
+            if job.heavy and default_queue().heavy_busy else ""
+        return f"{job.title}: queued" + (f" ({ahead} job{'s' if ahead != 1 else ''} ahead)" if ahead else "") + waits
     eta = format_eta(job.eta_s)
     return f"{job.title}: {job.message}" + (f" · {eta}" if eta else "") + f" · {job.elapsed_s:.0f} s"
 

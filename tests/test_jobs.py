@@ -39,6 +39,18 @@ def _heavy_deaf(ctx: JobContext, seconds: float) -> None:
     time.sleep(seconds)  # never reports progress: a cancel has to end the process
 
 
+def _heavy_parts(ctx: JobContext, parts: int, seconds: float) -> list[float]:
+    """A long heavy job of independent parts that makes way between them; returns when each part started."""
+    starts = []
+    for i in range(parts):
+        if i:
+            ctx.yield_turn()
+        starts.append(time.time())
+        time.sleep(seconds)
+        ctx.progress((i + 1) / parts, f"part {i + 1} of {parts}")
+    return starts
+
+
 def _fails(ctx: JobContext) -> None:
     raise InputError("cohort", "x", "has no train rows", "add a train split")
 
@@ -126,6 +138,35 @@ def test_cancel_ends_a_heavy_job_that_never_reports(queue: JobQueue) -> None:
     queue.cancel(job.id, "alice")
     done = queue.wait(job.id, timeout=30)
     assert done.state == "cancelled" and time.monotonic() - t0 < 15
+
+
+def _running(job) -> None:
+    deadline = time.monotonic() + 30
+    while job.state != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.state == "running"
+
+
+def test_a_long_heavy_job_lets_queued_heavy_jobs_run_between_its_parts(queue: JobQueue) -> None:
+    """Alice's three-part job makes way after each part for the heavy jobs queued by then: Bob's (which has two
+    parts but makes no way inside the break), then Carol's, queued during Bob's, in the next break. A cancel during
+    that break ends Alice's job when Carol's ends, before its last part."""
+    alice = queue.submit("alice", "every strategy", _heavy_parts, 3, 0.5, heavy=True)
+    _running(alice)
+    bob = queue.submit("bob", "evaluation", _heavy_parts, 2, 0.3, heavy=True)
+    _running(bob)  # in alice's first break
+    assert alice.state == "running" and alice.message.startswith("paused: 1 queued job first")
+    assert alice.fraction == pytest.approx(1 / 3)  # bob runs after alice's first part, not after her whole job
+    carol = queue.submit("carol", "evaluation", _heavy_slow, 1.5, heavy=True)
+    queue.wait(bob.id, 60)
+    assert bob.state == "done", bob.error
+    _running(carol)  # in alice's second break, after her second part
+    assert alice.fraction == pytest.approx(2 / 3) and bob.result[1] < bob.finished
+    assert queue.cancel(alice.id, "alice") is True
+    queue.wait(alice.id, 60)
+    assert alice.state == "cancelled" and alice.fraction == pytest.approx(2 / 3)
+    assert queue.get(carol.id).state == "done" and alice.finished >= carol.finished
+    assert alice.paused_s > 1.5 and alice.eta_s is None
 
 
 def test_eta_text() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,37 @@ from core.jobs import JobContext
 TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
 # train_every_job's bar: the first strategy that reads the CT (it trains the image encoder) takes about 9 times as
 # long as each other one (all seven on 400 subjects x 100 slices: image_only 627 s, the others 31-93 s; BENCHMARKS.md)
+# until the strategies' own times are known (see bar_span)
 ENCODER_SHARE = 9.0
+
+
+def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, floor: float) -> tuple[float, float]:
+    """The part ``(lo, hi)`` of train_every_job's bar for strategy ``i`` of ``runs`` (fusion slugs, in order).
+
+    ``seconds``: how long each strategy done so far took (index -> s; a refused one is left out), ``spent``: the
+    job's own seconds so far, ``floor``: where the bar stands now (it never goes back). Before any strategy's time is
+    known the shares come from :data:`ENCODER_SHARE` (the bar from 0.1, after the upload's gate). From then on the bar
+    is the share of time spent, with each strategy left estimated from those done: a fusion's time from the fusions
+    done (ehr_only, much faster, is no guide), or else the CT strategy's time over ``ENCODER_SHARE``; so a job's time
+    estimate follows what this cohort costs, not the benchmark's ratio.
+
+    >>> [round(x, 3) for x in bar_span(0, ["image_only", "ehr_only", "concat"], {}, 1.0, 0.1)]
+    [0.1, 0.836]
+    >>> [round(x, 3) for x in bar_span(2, ["image_only", "ehr_only", "concat"], {0: 900.0, 1: 2.0}, 905.0, 0.84)]
+    [0.9, 1.0]
+    """
+    first_ct = next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
+    weights = [ENCODER_SHARE if j == first_ct else 1.0 for j in range(len(runs))]
+    fused = [s for j, s in seconds.items() if j != first_ct and runs[j] != "ehr_only"]
+    unit = sum(fused) / len(fused) if fused else (seconds[first_ct] / ENCODER_SHARE if first_ct in seconds else None)
+    if unit is None:  # nothing timed yet: the benchmark's shares of what is left of the bar
+        left = sum(weights[i:])
+        lo = max(floor, 0.1 + 0.9 * sum(weights[:i]) / sum(weights))
+        return lo, lo + (1.0 - lo) * weights[i] / left
+    todo = [unit * w for w in weights[i:]]
+    total = spent + sum(todo)
+    lo = min(max(floor, spent / total), 1.0)
+    return lo, max(lo, min((spent + todo[0]) / total, 1.0))
 
 
 def _refuse(report: object) -> None:
@@ -194,22 +225,28 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     Returns ``{"cohort_dir", "models": {label: metrics or {"error": text}}, "data_notes", "paired"}`` (``paired``:
     the best fusion against the best single-modality model, ``core.evaluation.paired_fusion_gain``, or None). A strategy that cannot
     be trained on this cohort (an image strategy without studies) is named with its error and the others go on;
-    when none can be, the first one's error ends the job. Models trained before a cancel are kept."""
+    when none can be, the first one's error ends the job. Models trained before a cancel are kept. Between two
+    strategies the job makes way (``ctx.yield_turn``) for the heavy jobs queued meanwhile, such as another user's
+    evaluation; its bar follows the strategies' own times (:func:`bar_span`)."""
     from core.errors import InputError
     from core.evaluation import evaluate_model, model_fingerprint, paired_fusion_gain, save_metrics
 
+    started = time.monotonic()
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
     models: dict[str, dict] = {}
     notes: list[str] = []
     first_error: InputError | None = None
-    # the bar's share of each strategy: the first one that reads the CT also trains the cohort's image encoder
-    first_ct = next((f for f in runs if f != "ehr_only"), None)
-    weights = [ENCODER_SHARE if f == first_ct else 1.0 for f in runs]
-    starts = [0.1 + 0.9 * sum(weights[:i]) / sum(weights) for i in range(len(runs))] + [1.0]
+    seconds: dict[int, float] = {}  # each trained strategy's own time, for the bar (see bar_span)
+    waited, hi = 0.0, 0.1
     for i, (fusion, (out, label)) in enumerate(runs.items()):
-        lo, step = starts[i], starts[i + 1] - starts[i]
+        if i:  # between two strategies, heavy jobs that other users queued meanwhile run first
+            t = time.monotonic()
+            ctx.yield_turn()
+            waited += time.monotonic() - t
+        t_start = time.monotonic()
+        lo, hi = bar_span(i, list(runs), seconds, t_start - started - waited, hi)
 
-        def progress(f: float, m: str, lo: float = lo, step: float = step, fusion: str = fusion, i: int = i) -> None:
+        def progress(f: float, m: str, lo: float = lo, step: float = hi - lo, fusion: str = fusion, i: int = i) -> None:
             ctx.progress(lo + step * f, f"{fusion} ({i + 1} of {len(runs)}): {m}")
 
         try:
@@ -223,6 +260,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
             continue
         save_metrics(Path(out) / "test_metrics.json", result, model_fingerprint(out))
         models[label] = result
+        seconds[i] = time.monotonic() - t_start
         notes += [n for n in trained["data_notes"] if n not in notes]
     if first_error is not None and all("error" in m for m in models.values()):
         shutil.rmtree(cohort_dir, ignore_errors=True)

@@ -37,6 +37,12 @@ from core.train.settings import PRETEXT_SUBJECTS, Progress, proportional_head
 from core.train.slice_spacing import check_slice_mm, working_slices
 
 
+# where the lesion pretext ends on the training's bar: it is most of a detector model's time (on a 60-patient cohort
+# about 930 of image_only's 950 s; BENCHMARKS.md, session 52), so a bar that gave it 0.1-0.4 put its time estimate
+# at about 40 minutes when 2 were left
+PRETEXT_END = 0.85
+
+
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -387,7 +393,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy() & present)
 
     pretext_info = None
-    span = (0.1, 0.7)
+    span = (0.1, 0.7)  # of the whole training's bar; the ensemble's members follow from where this stage ends
     if pretext:
         from core.train.pretext_lesions import LesionPrior, freeze_detector, pretext_train_subjects, pretrain_detector
 
@@ -397,7 +403,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         pretext_info = pretrain_detector(
             enc0, pre["image_preprocessed"], pre["image_token_mask"], pretext_idx, val_idx, steps=pretext["steps"],
             batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
-            window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, 0.4),
+            window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, PRETEXT_END),
             ignore_top=float(pretext.get("ignore_top", 0.0)), rank_weight=float(pretext.get("rank_weight", 0.0)),
             pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)))
         pretext_info.update(subjects=pretext.get("subjects", "all"), n_subjects=int(len(pretext_idx)))
@@ -407,7 +413,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
                 # the frozen trunk's detection statistics, once per slice: stage A then trains only what sits on them
                 data.pop("image_preprocessed")
                 data["image_stats"] = _frozen_stats(enc0, pre, device)
-        span = (0.4, 0.7)
+        span = (PRETEXT_END, PRETEXT_END + 0.05)
 
     def stage_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(_stage_a_batch(model, batch, aug))

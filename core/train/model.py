@@ -96,10 +96,17 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     data["event"] = torch.as_tensor(table["event"].to_numpy(), dtype=torch.float32)
     enc_state: dict[str, torch.Tensor] | None = None
     enc_info: dict[str, Any] = {}
+    reached = [0.0]  # how far the image stage took the bar: the ensemble's members share what is left of it
+
+    def image_progress(f: float, m: str) -> None:
+        reached[0] = max(reached[0], f)
+        if progress is not None:
+            progress(f, m)
+
     if icfg["kind"] in ("2d", "3d"):
         enc_state, img_data, enc_info = train_image_encoder(
             cohort, icfg, settings, seed=seed, device=dev, dist_info=dist_info,
-            init_dir=Path(image_encoder) if image_encoder else None, progress=progress)
+            init_dir=Path(image_encoder) if image_encoder else None, progress=image_progress)
         data.update(img_data)
     elif icfg["kind"] == "foundation":  # frozen pretrained backbone: no stage A, tokens from the embedding cache
         img_data, enc_info = foundation_tokens(cohort, icfg, device=dev, progress=progress)
@@ -133,7 +140,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy())
     members, member_info = [], []
     for k in range(n_members):
-        lo, hi = 0.7 + 0.27 * k / n_members, 0.7 + 0.27 * (k + 1) / n_members
+        start = min(max(0.7, reached[0]), 0.95)
+        lo, hi = start + (0.97 - start) * k / n_members, start + (0.97 - start) * (k + 1) / n_members
         net_k, info_k = fit_member(cfg, data, table, train_idx, val_idx, enc_state, settings, fusion=fusion, head=head,
                                     seed=seed + k, device=dev, dist_info=dist_info, progress=progress, span=(lo, hi),
                                     label=f"{fusion}/{head}" + (f" {k + 1}/{n_members}" if n_members > 1 else ""))
