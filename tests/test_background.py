@@ -16,8 +16,11 @@ from core.evaluation import model_fingerprint, read_saved_metrics
 from core.jobs import JobContext
 
 
-def _ctx(seen: list[float] | None = None) -> JobContext:
-    return JobContext(lambda f, _m: seen.append(f) if seen is not None else None, lambda: False)
+def _ctx(seen: list[float] | None = None, breaks: list[float] | None = None) -> JobContext:
+    """A job context that keeps the fractions reported (``seen``) and, at each ``yield_turn``, the last one
+    (``breaks``: where the job would make way for heavy jobs queued meanwhile)."""
+    return JobContext(lambda f, _m: seen.append(f) if seen is not None else None, lambda: False,
+                      lambda: breaks.append(seen[-1] if seen else 0.0) if breaks is not None else None)
 
 
 def _zip(folder: Path, top: str = "cohort") -> bytes:
@@ -57,9 +60,12 @@ def test_an_uploaded_cohort_is_trained_listed_and_evaluated_once(tmp_path: Path)
     assert (cohort_dir / "cohort.csv").is_file() and cohort_dir.parent == tmp_path / "user" / "cohorts"
     saved = model_dir / "test_metrics.json"
     todo = {"mine": (str(model_dir), str(cohort_dir), str(saved), model_fingerprint(model_dir))}
-    first = evaluate_job(_ctx(), todo)["mine"]
+    breaks: list[float] = []
+    first = evaluate_job(_ctx(breaks=breaks), {**todo, "again": (*todo["mine"][:2], None, 0.0)})["mine"]
+    assert len(breaks) == 1  # two evaluations computed: way made once, between them
     assert read_saved_metrics(saved, model_fingerprint(model_dir)) == json.loads(json.dumps(first))
-    assert evaluate_job(_ctx(), todo)["mine"] == read_saved_metrics(saved, model_fingerprint(model_dir))
+    assert evaluate_job(_ctx(breaks=breaks), todo)["mine"] == read_saved_metrics(saved, model_fingerprint(model_dir))
+    assert len(breaks) == 1  # a kept evaluation is read, not computed: no break
     assert abs(first["c_index"] - result["c_index"]) < 1e-9  # the same test split as training reported
 
 
@@ -118,7 +124,8 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     table.to_csv(src / "cohort.csv", index=False)  # a hospital's cohort: no split column
     cohorts = tmp_path / "user" / "cohorts"
     seen: list[float] = []
-    both = validate_uploaded_job(_ctx(seen), _zip(src), str(cohorts),
+    breaks: list[float] = []
+    both = validate_uploaded_job(_ctx(seen, breaks), _zip(src), str(cohorts),
                                  {"ehr_only": str(SHIPPED_MODELS / "ehr_only"), "broken": str(tmp_path / "no_model"),
                                   "image_only": str(SHIPPED_MODELS / "image_only")},
                                  subgroup="sex_female")
@@ -133,6 +140,7 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
                                                                           ("1", int((sexes == 1).sum()))]
     assert [g["n"] for g in res["risk_groups"]["groups"]] == [30, 30, 30]
     assert seen == sorted(seen) and seen[-1] == 1.0 and any(0.1 < f < 0.95 for f in seen)  # gate, predictions
+    assert len(breaks) == 2 and 0.1 < breaks[0] <= breaks[1] < 0.95  # way made between the three models
     assert list(cohorts.iterdir()) == []
     table[["subject_id"]].to_csv(src / "cohort.csv", index=False)
     with pytest.raises(InputError) as err:
@@ -189,8 +197,7 @@ def test_every_strategy_is_trained_on_one_upload_evaluated_and_kept(tmp_path: Pa
     runs = {f: (str(models / f"{f}-1"), f"{f} (your cohort)") for f in ("ehr_only", "image_only")}
     seen: list[float] = []
     breaks: list[float] = []  # where the job made way for other users' heavy jobs: between its two strategies
-    ctx = JobContext(lambda f, _m: seen.append(f), lambda: False, lambda: breaks.append(seen[-1]))
-    result = train_every_job(ctx, _zip(src), str(cohorts), runs, 2)
+    result = train_every_job(_ctx(seen, breaks), _zip(src), str(cohorts), runs, 2)
     out = result["models"]
     assert list(out) == ["ehr_only (your cohort)", "image_only (your cohort)"]
     assert out["image_only (your cohort)"]["error"].startswith("fusion: got image_only, needs images but the cohort has none")

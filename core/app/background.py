@@ -112,7 +112,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     ``recalibrate`` ({"out", "label", "base_cohort", "site"}): the first model is also recalibrated to this cohort
     (:func:`core.recalibrate.recalibrate_model`) into ``out``, listed among the user's models as ``label`` (its
     ``base_cohort``, the original's, is where the app evaluates it); the report, or {"error": text}, is the first
-    model's ``recalibration``."""
+    model's ``recalibration``. Between two models it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile."""
     from core.errors import InputError
     from core.evaluation import ALL_SPLITS, evaluate_model, paired_fusion_gain
 
@@ -125,6 +125,8 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     span = (0.75 if recalibrate else 0.85) / max(len(models), 1)
     try:
         for i, (name, model_dir) in enumerate(models.items()):
+            if i:  # between two models, heavy jobs queued meanwhile run first
+                ctx.yield_turn()
             try:
                 out[name] = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
                                            subgroup=subgroup or None, keep_risk=len(models) > 1,
@@ -277,17 +279,22 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
     there, tagged with ``stamp`` (see ``core.evaluation.save_metrics``), so a
     later comparison reads it instead of computing it again. Returns ``{name:
     metrics}`` and, for models that could not be evaluated, ``{name: {"error": text}}``.
+    Between two evaluations it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
     """
     from core.errors import InputError
     from core.evaluation import evaluate_model, read_saved_metrics, save_metrics
 
     out: dict[str, Any] = {}
+    computed = 0
     for i, (name, (model_dir, cohort_dir, saved, stamp)) in enumerate(models.items()):
         ctx.progress(i / max(len(models), 1), f"evaluating {name} ({i + 1} of {len(models)})")
         found = read_saved_metrics(Path(saved), stamp) if saved else None
         if found is not None:
             out[name] = found
             continue
+        if computed:  # between two evaluations, heavy jobs queued meanwhile run first
+            ctx.yield_turn()
+        computed += 1
         try:
             result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=device, keep_risk=True)
         except (InputError, OSError) as err:
