@@ -235,8 +235,11 @@ def model_fingerprint(model_dir: Path | str) -> float:
     return float(int(hashlib.sha256(target.read_bytes()).hexdigest()[:13], 16))
 
 
-def read_saved_metrics(path: Path, stamp: float) -> dict | None:
-    """The evaluation saved by :func:`save_metrics` for this ``stamp``, else None (absent, stale or unreadable)."""
+def read_saved_metrics(path: Path, stamp: float, *, with_risk: bool = False) -> dict | None:
+    """The evaluation saved by :func:`save_metrics` for this ``stamp``, else None (absent, stale or unreadable).
+
+    ``with_risk``: also None when it was kept without each patient's risk (``evaluate_model(keep_risk=True)``), as
+    evaluations kept before the paired comparison were: a comparison of models computes those again."""
     import json
 
     if not path.is_file():
@@ -245,7 +248,8 @@ def read_saved_metrics(path: Path, stamp: float) -> dict | None:
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return saved["metrics"] if isinstance(saved, dict) and saved.get("stamp") == stamp else None
+    found = saved["metrics"] if isinstance(saved, dict) and saved.get("stamp") == stamp else None
+    return None if found is None or (with_risk and "subject_risk" not in found) else found
 
 
 def _plain(o: Any) -> Any:

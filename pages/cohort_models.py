@@ -295,7 +295,8 @@ with tab_compare:
     todo = groups.get(here, {}) if here else {}
     st.caption("Every model trained on this cohort, on the same test split: the best fusion depends on the task. "
                "Evaluations are kept on disk, so the table appears at once after the first time.")
-    kept = {n: read_saved_metrics(Path(v[2]), v[3]) if v[2] else None for n, v in todo.items()}
+    # an evaluation kept without each patient's risk (before the paired comparison) is computed again here
+    kept = {n: read_saved_metrics(Path(v[2]), v[3], with_risk=True) if v[2] else None for n, v in todo.items()}
     compare_key = "compare:" + "|".join(f"{n}@{v[3]}" for n, v in todo.items())
     if len(todo) > 1 and all(m is not None for m in kept.values()):  # every evaluation already on disk
         results = {n: m for n, m in kept.items() if m is not None}
@@ -307,6 +308,10 @@ with tab_compare:
                 icon=":material/info:")
     elif todo:
         job = _jobs.find(compare_key)
+        older = [n for n, v in todo.items() if kept[n] is None and v[2] and read_saved_metrics(Path(v[2]), v[3])]
+        if job is None and older:
+            st.caption(f"{len(older)} of these evaluations were kept before each patient's risk was: computed again, "
+                       "they also give the paired comparison of the best fusion with the best single-modality model.")
         if job is None and st.button("Compute the comparison table", key="compare_button", type="primary"):
             job = _jobs.submit("Comparing the strategies", evaluate_job, todo, runtime.device_name(), key=compare_key,
                                heavy=True)

@@ -66,6 +66,15 @@ def test_an_uploaded_cohort_is_trained_listed_and_evaluated_once(tmp_path: Path)
     assert read_saved_metrics(saved, model_fingerprint(model_dir)) == json.loads(json.dumps(first))
     assert evaluate_job(_ctx(breaks=breaks), todo)["mine"] == read_saved_metrics(saved, model_fingerprint(model_dir))
     assert len(breaks) == 1  # a kept evaluation is read, not computed: no break
+    # one kept before each patient's risk was (before the paired comparison): read as it is for its own metrics,
+    # computed again (and kept again) for a comparison
+    old = json.loads(saved.read_text())
+    del old["metrics"]["subject_risk"]
+    saved.write_text(json.dumps(old))
+    stamp = model_fingerprint(model_dir)
+    assert read_saved_metrics(saved, stamp) is not None and read_saved_metrics(saved, stamp, with_risk=True) is None
+    again = evaluate_job(_ctx(), todo)["mine"]
+    assert "subject_risk" in again and read_saved_metrics(saved, stamp, with_risk=True) == json.loads(json.dumps(again))
     assert abs(first["c_index"] - result["c_index"]) < 1e-9  # the same test split as training reported
 
 

@@ -277,7 +277,8 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
 
     A model with a ``saved_path`` (a demo model) reads and keeps its evaluation
     there, tagged with ``stamp`` (see ``core.evaluation.save_metrics``), so a
-    later comparison reads it instead of computing it again. Returns ``{name:
+    later comparison reads it instead of computing it again (one kept without
+    each patient's risk, from before the paired comparison, is computed again). Returns ``{name:
     metrics}`` and, for models that could not be evaluated, ``{name: {"error": text}}``.
     Between two evaluations it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
     """
@@ -288,7 +289,7 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
     computed = 0
     for i, (name, (model_dir, cohort_dir, saved, stamp)) in enumerate(models.items()):
         ctx.progress(i / max(len(models), 1), f"evaluating {name} ({i + 1} of {len(models)})")
-        found = read_saved_metrics(Path(saved), stamp) if saved else None
+        found = read_saved_metrics(Path(saved), stamp, with_risk=True) if saved else None
         if found is not None:
             out[name] = found
             continue
