@@ -9,7 +9,7 @@ that long core functions take as ``progress``) and stops when the user cancels:
   queue with ``workers`` threads (2 by default, ``CTEHR_JOB_WORKERS``). At most
   one *heavy* job (training, comparison) runs at a time; light jobs
   (explanations) run beside it.
-* **Heavy jobs run in their own process** (a fresh ``python -m core.jobs`` interpreter, ``nice``-ed by
+* **Heavy jobs run in their own process** (a fresh ``python -m core.job_process`` interpreter, ``nice``-ed by
   ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there), so training
   never changes the serving process's thread count, warning filters or memory,
   and a cancel that the job does not honour within ``CANCEL_GRACE_S`` ends the
@@ -139,41 +139,6 @@ def one_line(exc: BaseException) -> str:
     """An exception as one line: InputError text as is, anything else with its type name."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if isinstance(exc, InputError) else f"{type(exc).__name__}: {text}"
-
-
-# ----------------------------------------------------------- heavy jobs: a child process
-def _child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nice: int, threads: int) -> None:
-    """Entry point of a heavy job's process: run ``fn`` and send back progress and the outcome."""
-    try:
-        os.nice(nice)
-    except OSError:
-        pass  # not allowed to lower priority here: run at the parent's
-    import torch
-
-    torch.set_num_threads(max(int(threads), 1))  # this process only
-    cancelled = False
-
-    def is_cancelled() -> bool:
-        nonlocal cancelled
-        while not cancelled and conn.poll():
-            cancelled = conn.recv() == "cancel"
-        return cancelled
-
-    def yield_turn() -> None:
-        nonlocal cancelled
-        conn.send(("yield",))
-        answer = conn.recv()  # "go" once the jobs queued meanwhile have run, or "cancel"
-        cancelled = cancelled or answer == "cancel"
-
-    ctx = JobContext(lambda f, m: conn.send(("progress", f, m)), is_cancelled, yield_turn)
-    try:
-        conn.send(("done", fn(ctx, *args, **kwargs)))
-    except JobCancelled:
-        conn.send(("cancelled", None))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent as the job's one-line error
-        conn.send(("failed", one_line(exc)))
-    finally:
-        conn.close()
 
 
 class JobQueue:
@@ -378,7 +343,7 @@ class JobQueue:
             job.message = f"paused: {len(waiting)} queued job{'s' if len(waiting) != 1 else ''} first, then this one"
         for other in waiting:
             with self._cond:
-                if other.state != "queued":  # cancelled meanwhile
+                if other.state != "queued" or self._closed:  # cancelled meanwhile, or the server is stopping
                     continue
                 other.state, other.started, other.message = "running", time.time(), "starting"
             try:
@@ -455,7 +420,7 @@ class JobQueue:
 
 
 def _start_child(job: Job, threads: int) -> tuple[subprocess.Popen, Connection]:
-    """Start ``python -m core.jobs FD`` with a socket to it and send it the job.
+    """Start ``python -m core.job_process FD`` (the heavy job's own process) with a socket to it and send it the job.
 
     A fresh interpreter (not ``multiprocessing``'s spawn, which would re-run the
     parent's ``__main__``: under Streamlit that is the app script) that imports
@@ -465,7 +430,7 @@ def _start_child(job: Job, threads: int) -> tuple[subprocess.Popen, Connection]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "core.jobs", str(child_sock.fileno())],
+        proc = subprocess.Popen([sys.executable, "-m", "core.job_process", str(child_sock.fileno())],
                                 pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL)
     finally:
         child_sock.close()
@@ -486,13 +451,6 @@ def default_queue() -> JobQueue:
             _DEFAULT = JobQueue(workers=int(os.environ.get("CTEHR_JOB_WORKERS", "2")))
             atexit.register(_DEFAULT.close)
         return _DEFAULT
-
-
-def _child_entry(fd: int) -> None:
-    """The heavy job's process: receive the job on the socket ``fd``, run it, send back progress and the outcome."""
-    conn = Connection(fd)
-    fn, args, kwargs, nice, threads = conn.recv()
-    _child_main(conn, fn, args, kwargs, nice, threads)
 
 
 def duration_text(seconds: float) -> str:
@@ -516,9 +474,3 @@ def format_eta(seconds: float | None) -> str:
     ('', 'about 42 s left', 'about 3 min left', 'about 2 h 2 min left')
     """
     return "" if seconds is None else f"about {duration_text(seconds)} left"
-
-
-if __name__ == "__main__":  # python -m core.jobs FD: a heavy job's own process (see _start_child)
-    from core.jobs import _child_entry as _entry  # the module's own classes, not __main__'s copies
-
-    _entry(int(sys.argv[1]))

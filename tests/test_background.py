@@ -205,7 +205,7 @@ def test_every_strategy_is_trained_on_one_upload_evaluated_and_kept(tmp_path: Pa
     models, cohorts = tmp_path / "user" / "models", tmp_path / "user" / "cohorts"
     runs = {f: (str(models / f"{f}-1"), f"{f} (your cohort)") for f in ("ehr_only", "image_only")}
     seen: list[float] = []
-    breaks: list[float] = []  # where the job made way for other users' heavy jobs: between its two strategies
+    breaks: list[float] = []
     result = train_every_job(_ctx(seen, breaks), _zip(src), str(cohorts), runs, 2)
     out = result["models"]
     assert list(out) == ["ehr_only (your cohort)", "image_only (your cohort)"]
@@ -224,7 +224,8 @@ def test_every_strategy_is_trained_on_one_upload_evaluated_and_kept(tmp_path: Pa
     # as much), training then evaluation, then the end
     assert seen == sorted(seen) and seen[0] <= 0.1 and seen[-1] == 1.0
     assert max(f for f in seen if f < 1.0) == pytest.approx(0.1 + 0.9 / 10) and any(0.15 < f < 0.19 for f in seen)
-    assert len(breaks) == 1 and 0.15 < breaks[0] <= 0.19  # after ehr_only's evaluation, before image_only
+    # where the job made way: between ehr_only's five members, then after its evaluation, before image_only
+    assert len(breaks) == 5 and breaks == sorted(breaks) and breaks[0] > 0.1 and 0.18 < breaks[-1] <= 0.19
     # no strategy can be trained: the first one's error ends the job and the unpacked cohort goes
     with pytest.raises(InputError):
         train_every_job(_ctx(), _zip(src), str(cohorts), {"image_only": (str(models / "x"), "x")}, 2)

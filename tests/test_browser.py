@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -571,16 +572,29 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
         assert left["x"] + left["width"] < right["x"] and abs(left["y"] - right["y"]) < 2, (left, right)
 
 
-def test_train_every_strategy_on_an_uploaded_cohort_and_compare_per_cohort(page: object, tmp_path: Path) -> None:
+def test_train_every_strategy_on_an_uploaded_cohort_and_compare_per_cohort(page: object, tmp_path: Path,
+                                                                           data_dir: Path) -> None:
     """Train on your cohort, "all 7, compared", on a cohort without CT (the last test of this module: it adds a
-    model to the list). One job: ehr_only is trained and evaluated, the six strategies that read a CT are named
-    with the reason; the model joins the sidebar's list. Compare strategies then keeps each cohort's models apart
-    (the demo's, scored on the demo's test split, and this cohort's)."""
+    model to the list, removed at the end, since the pytest worker's later modules share the demo's data folder).
+    One job: ehr_only is trained and evaluated, the six strategies that read a CT are named with the reason; the
+    model joins the sidebar's list. Compare strategies then keeps each cohort's models apart (the demo's, scored on
+    the demo's test split, and this cohort's)."""
+    from core.app import workspace
+
+    folders = (workspace.user_models_dir("local", base=data_dir), workspace.user_root("local", base=data_dir) / "cohorts")
+    before = {p for d in folders if d.is_dir() for p in d.iterdir()}
+    try:
+        _train_every_and_compare(page, tmp_path)
+    finally:
+        for p in {p for d in folders if d.is_dir() for p in d.iterdir()} - before:
+            shutil.rmtree(p)
+
+
+def _train_every_and_compare(pg: object, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     from core.models import FUSIONS
 
-    pg = page
     upload_cohort_zip(pg, tmp_path, "Train on your cohort", n=48, seed=4)
     panel = pg.locator('[data-testid="stMain"] [role="tabpanel"]:visible')  # type: ignore[attr-defined]
     every = f"all {len(FUSIONS)}, compared"

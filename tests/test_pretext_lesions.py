@@ -97,14 +97,18 @@ TINY_PRETEXT = {"dim": 16, "batch_size": 16, "patience": 3, "ensemble": 1,
                           "pretext_steps": 20, "pretext_batch": 8}}
 
 
-def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Path) -> None:
+def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.demo import write_demo_cohort
     from core.registry import load_model
-    from core.train import train_model
-    from core.train.image_stage import pretext_settings
+    from core.train import pretext_lesions, train_model
+    from core.train.settings import pretext_settings
 
     cohort = write_demo_cohort(tmp_path / "cohort", n=32, seed=2)
-    m = train_model(cohort, "image_only", tmp_path / "m", epochs=2, device="cpu", overrides=TINY_PRETEXT)
+    monkeypatch.setattr(pretext_lesions, "BREAK_STEPS", 8)
+    breaks: list[int] = []  # where a background job could make way: every BREAK_STEPS pretext steps (8 and 16 of 20)
+    m = train_model(cohort, "image_only", tmp_path / "m", epochs=2, device="cpu", overrides=TINY_PRETEXT,
+                    between=lambda: breaks.append(1))
+    assert len(breaks) == 2  # one member: no break between members
     pre = m["image_encoder"]["pretext"]
     assert pre["steps"] == 20 and pre["trainable_in_encoder"] == ["proj.weight", "proj.bias"]
     assert len(pre["synthetic_val_auc"]) == 2 and pre["prior"]["contrast_hu"] == [20.0, 600.0]
@@ -258,7 +262,7 @@ def test_strides_setting_gives_the_finer_map_and_is_written_only_when_set() -> N
 
 
 def test_ignore_top_leaves_the_most_confident_unlabelled_positions_out_of_the_loss() -> None:
-    from core.train.image_stage import pretext_settings
+    from core.train.settings import pretext_settings
     from core.train.detection_loss import detection_loss
 
     logits = torch.full((2, 2, 8, 8), -4.0)
@@ -303,7 +307,7 @@ def test_confined_lesions_never_reach_into_the_air_around_the_body() -> None:
 def test_ranking_term_punishes_a_confident_false_detection_on_another_slice() -> None:
     # per-position BCE averages a single confident false detection over every position of the batch; the ranking term
     # asks each labelled lesion to outrank every unlabelled position of the batch, as a study's argmax must
-    from core.train.image_stage import pretext_settings
+    from core.train.settings import pretext_settings
     from core.train.detection_loss import detection_loss, ranking_loss
 
     logits = torch.full((4, 2, 8, 8), -4.0)

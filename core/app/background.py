@@ -183,15 +183,15 @@ def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: i
         gate_cohort_folder(ctx, cohort_dir)
         span = (0.1, 1.0)
     return _train_one(ctx.progress, cohort_dir, fusion, out, epochs, label=label, span=span,
-                      image_encoder_kind=image_encoder_kind, body_crop=body_crop, ehr_encoder=ehr_encoder)
+                      image_encoder_kind=image_encoder_kind, body_crop=body_crop, ehr_encoder=ehr_encoder,
+                      between=ctx.yield_turn)
 
 
 def _train_one(progress: Callable[[float, str], None], cohort_dir: str, fusion: str, out: str, epochs: int, *,
                label: str, span: tuple[float, float], image_encoder_kind: str, body_crop: bool,
-               ehr_encoder: str = "auto") -> dict:
-    """:func:`train_job` after the gate: ``progress`` gets the fractions of ``span``."""
-    import time
-
+               ehr_encoder: str = "auto", between: Callable[[], None] | None = None) -> dict:
+    """:func:`train_job` after the gate: ``progress`` gets the fractions of ``span``; ``between`` (the job's
+    ``yield_turn``) is where the training may let queued heavy jobs run first (``core.train.train_model``)."""
     from core.train import train_model
 
     final = Path(out)
@@ -202,7 +202,7 @@ def _train_one(progress: Callable[[float, str], None], cohort_dir: str, fusion: 
         metrics = train_model(cohort_dir, fusion, partial, epochs=int(epochs), device="auto",
                               image_encoder_kind=image_encoder_kind, ehr_encoder=ehr_encoder,
                               progress=lambda f, m: progress(span[0] + (span[1] - span[0]) * f, m),
-                              overrides={"image": {"body_crop": True}} if body_crop else None)
+                              overrides={"image": {"body_crop": True}} if body_crop else None, between=between)
         (partial / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort_dir), "fusion": fusion,
                                                           "label": label or fusion, "epochs": int(epochs),
                                                           "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
@@ -228,8 +228,9 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     the best fusion against the best single-modality model, ``core.evaluation.paired_fusion_gain``, or None). A strategy that cannot
     be trained on this cohort (an image strategy without studies) is named with its error and the others go on;
     when none can be, the first one's error ends the job. Models trained before a cancel are kept. Between two
-    strategies the job makes way (``ctx.yield_turn``) for the heavy jobs queued meanwhile, such as another user's
-    evaluation; its bar follows the strategies' own times (:func:`bar_span`)."""
+    strategies, and within one (in the lesion pretext, between the ensemble's members), the job makes way
+    (``ctx.yield_turn``) for the heavy jobs queued meanwhile, such as another user's evaluation; its bar follows the
+    strategies' own times, the waits left out (:func:`bar_span`)."""
     from core.errors import InputError
     from core.evaluation import evaluate_model, model_fingerprint, paired_fusion_gain, save_metrics
 
@@ -239,21 +240,26 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     notes: list[str] = []
     first_error: InputError | None = None
     seconds: dict[int, float] = {}  # each trained strategy's own time, for the bar (see bar_span)
-    waited, hi = 0.0, 0.1
+    waited, hi = [0.0], 0.1
+
+    def make_way() -> None:  # heavy jobs that other users queued meanwhile run first; their time is not ours
+        t = time.monotonic()
+        ctx.yield_turn()
+        waited[0] += time.monotonic() - t
+
     for i, (fusion, (out, label)) in enumerate(runs.items()):
-        if i:  # between two strategies, heavy jobs that other users queued meanwhile run first
-            t = time.monotonic()
-            ctx.yield_turn()
-            waited += time.monotonic() - t
-        t_start = time.monotonic()
-        lo, hi = bar_span(i, list(runs), seconds, t_start - started - waited, hi)
+        if i:  # between two strategies
+            make_way()
+        t_start, waited_before = time.monotonic(), waited[0]
+        lo, hi = bar_span(i, list(runs), seconds, t_start - started - waited[0], hi)
 
         def progress(f: float, m: str, lo: float = lo, step: float = hi - lo, fusion: str = fusion, i: int = i) -> None:
             ctx.progress(lo + step * f, f"{fusion} ({i + 1} of {len(runs)}): {m}")
 
         try:
             trained = _train_one(lambda f, m: progress(0.85 * f, m), str(cohort_dir), fusion, out, epochs, label=label,
-                                 span=(0.0, 1.0), image_encoder_kind=image_encoder_kind, body_crop=body_crop)
+                                 span=(0.0, 1.0), image_encoder_kind=image_encoder_kind, body_crop=body_crop,
+                                 between=make_way)  # and within a strategy: in the lesion pretext, between members
             result = evaluate_model(Path(out), cohort_dir, split="test", device=device, keep_risk=True,
                                     progress=lambda f, m: progress(0.85 + 0.15 * f, f"evaluating: {m}"))
         except InputError as err:
@@ -262,7 +268,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
             continue
         save_metrics(Path(out) / "test_metrics.json", result, model_fingerprint(out))
         models[label] = result
-        seconds[i] = time.monotonic() - t_start
+        seconds[i] = time.monotonic() - t_start - (waited[0] - waited_before)
         notes += [n for n in trained["data_notes"] if n not in notes]
     if first_error is not None and all("error" in m for m in models.values()):
         shutil.rmtree(cohort_dir, ignore_errors=True)

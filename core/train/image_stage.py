@@ -17,6 +17,7 @@ import hashlib
 import json
 import sys
 import time as _time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,10 @@ from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
 from core.runtime import DistInfo
 from core.models.pooling import check_detect_z_setting, check_z_scales
-from core.train.detection_loss import POS_WEIGHT, loss_settings
+from core.train.detection_loss import POS_WEIGHT
 from core.train.image_path import image_path_state
 from core.train.loop import concordance, fit
-from core.train.settings import PRETEXT_SUBJECTS, Progress, proportional_head
+from core.train.settings import Progress, pretext_settings, proportional_head
 from core.train.slice_spacing import check_slice_mm, working_slices
 
 
@@ -130,39 +131,6 @@ def encoder_2d_config(s: dict[str, Any], n_layers: int) -> dict[str, Any]:
         raise InputError("image pool", pool, "is not a spatial pooling", f"use one of {', '.join(POOLS)}")
     if pool != "meanmax":
         out["pool"] = pool
-    return out
-
-
-def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The synthetic-lesion pretext of stage A (``core.train.pretext_lesions``) from the ``image`` settings, or None
-    when ``pretext_steps`` is 0 (the default). It needs the 2d encoder with ``pool="detect"``.
-
-    >>> pretext_settings({"pretext_steps": 0}, {"kind": "2d"}) is None
-    True
-    >>> pretext_settings({"pretext_steps": 10, "pool": "detect"}, {"kind": "2d", "pool": "detect"})["steps"]
-    10
-    """
-    steps = int(s.get("pretext_steps", 0) or 0)
-    if steps == 0:
-        return None
-    if steps < 0:
-        raise InputError("image pretext_steps", steps, "must be >= 0", "use 0 (off) or e.g. 1500")
-    if icfg.get("kind") != "2d" or icfg.get("pool") != "detect":
-        raise InputError("image pretext_steps", steps, f"the lesion pretext needs the 2d encoder with pool \"detect\" (got {icfg.get('kind')}, "
-                         f"pool {icfg.get('pool', 'meanmax')})", "set image pool to \"detect\" (and lung_mask false, windows) or pretext_steps 0")
-    out = {"steps": steps, "batch": int(s.get("pretext_batch", 32)), "lr": float(s.get("pretext_lr", 2e-3)),
-           "prior": dict(s.get("pretext_prior") or {}), "finetune": bool(s.get("pretext_finetune", False))}
-    ignore = float(s.get("pretext_ignore_top", 0.0) or 0.0)
-    if not 0.0 <= ignore < 0.5:
-        raise InputError("image pretext_ignore_top", ignore, "must be a fraction in [0, 0.5)", "use 0 (off) or e.g. 0.01")
-    if ignore > 0:  # only when set, so encoders cached before it keep their key
-        out["ignore_top"] = ignore
-    out.update(loss_settings(s))  # likewise
-    subjects = str(s.get("pretext_subjects", "all") or "all")
-    if subjects not in PRETEXT_SUBJECTS:
-        raise InputError("image pretext_subjects", subjects, "is not a rule for the pretext's slices", f"use one of {', '.join(PRETEXT_SUBJECTS)}")
-    if subjects != "all":  # likewise
-        out["subjects"] = subjects
     return out
 
 
@@ -331,8 +299,12 @@ def encode_prepared(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -
 
 
 def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str, Any], *, seed: int, device: torch.device,
-                        dist_info: DistInfo, init_dir: Path | None, progress: Progress | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-    """Stage A: train (or load from cache) the image encoder; return (encoder state, token data, info)."""
+                        dist_info: DistInfo, init_dir: Path | None, progress: Progress | None,
+                        between: Callable[[], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Stage A: train (or load from cache) the image encoder; return (encoder state, token data, info).
+
+    ``between``: called now and then in the lesion pretext (not in a distributed run), where a background job may
+    let queued jobs run first."""
     from core.models.net import SurvivalNet
 
     s = settings["image"]
@@ -405,7 +377,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
             window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, PRETEXT_END),
             ignore_top=float(pretext.get("ignore_top", 0.0)), rank_weight=float(pretext.get("rank_weight", 0.0)),
-            pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)))
+            pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)), between=None if dist_info.active else between)
         pretext_info.update(subjects=pretext.get("subjects", "all"), n_subjects=int(len(pretext_idx)))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import dataclasses
 import time as _time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,12 @@ from core.train.settings import IMAGE_PRESETS, Progress, merge_settings, proport
 def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, head: str = "discrete",
                 epochs: int | None = None, seed: int = 0, device: str = "auto", image_encoder: Path | str | None = None,
                 image_encoder_kind: str = "auto", ehr_encoder: str = "auto", progress: Progress | None = None,
-                overrides: dict[str, Any] | None = None, ensemble: int | None = None, threads: int | None = None) -> dict:
+                overrides: dict[str, Any] | None = None, ensemble: int | None = None, threads: int | None = None,
+                between: Callable[[], None] | None = None) -> dict:
     """Train one fusion strategy on a cohort and write the model folder ``out``; return metrics.json's content.
+
+    ``between`` (a background job's ``yield_turn``) is called between the ensemble's members and now and then in the
+    lesion pretext: points where the job may let queued jobs run first (not in a distributed run).
 
     Threads: torch's CPU thread count is process-wide (every thread started later takes it), so it is only
     changed when this call runs on the main thread of its process (``python -m core train``, a heavy job's own
@@ -70,7 +75,8 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
     threads_before = torch.get_num_threads()
     try:
         return _train(cohort, icfg, ecfg, settings, fusion=fusion, head=head, seed=seed, dev=dev, dist_info=dist_info,
-                      image_encoder=image_encoder, progress=progress, out=out, t_start=t_start, own_threads=own)
+                      image_encoder=image_encoder, progress=progress, out=out, t_start=t_start, own_threads=own,
+                      between=None if dist_info.active else between)
     finally:  # the thread count is the process's: restore it whatever happened
         if own and torch.get_num_threads() != threads_before:
             torch.set_num_threads(threads_before)
@@ -78,7 +84,8 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
 
 def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings: dict[str, Any], *, fusion: str,
            head: str, seed: int, dev: torch.device, dist_info: DistInfo, image_encoder: Path | str | None,
-           progress: Progress | None, out: Path | str | None, t_start: float, own_threads: bool) -> dict:
+           progress: Progress | None, out: Path | str | None, t_start: float, own_threads: bool,
+           between: Callable[[], None] | None = None) -> dict:
     from core.models.heads import make_edges
     from core.registry import save_model
 
@@ -106,7 +113,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     if icfg["kind"] in ("2d", "3d"):
         enc_state, img_data, enc_info = train_image_encoder(
             cohort, icfg, settings, seed=seed, device=dev, dist_info=dist_info,
-            init_dir=Path(image_encoder) if image_encoder else None, progress=image_progress)
+            init_dir=Path(image_encoder) if image_encoder else None, progress=image_progress, between=between)
         data.update(img_data)
     elif icfg["kind"] == "foundation":  # frozen pretrained backbone: no stage A, tokens from the embedding cache
         img_data, enc_info = foundation_tokens(cohort, icfg, device=dev, progress=progress)
@@ -140,6 +147,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy())
     members, member_info = [], []
     for k in range(n_members):
+        if k and between is not None:
+            between()
         start = min(max(0.7, reached[0]), 0.95)
         lo, hi = start + (0.97 - start) * k / n_members, start + (0.97 - start) * (k + 1) / n_members
         net_k, info_k = fit_member(cfg, data, table, train_idx, val_idx, enc_state, settings, fusion=fusion, head=head,

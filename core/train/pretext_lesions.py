@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time as _time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -41,6 +42,10 @@ from core.errors import InputError
 from core.preprocess.transforms import box_mean
 from core.train.detection_loss import POS_WEIGHT, detection_loss
 from core.train.settings import Progress
+
+# the pretext is most of a detector model's training (about 930 of 950 s on a 60-patient cohort, 2 cores): a job may
+# make way for queued jobs every this many steps (about 2.5 minutes there; the same on a 400-subject cohort)
+BREAK_STEPS = 500
 
 SHAPES: tuple[str, ...] = ("ellipse", "lobulated", "irregular")
 
@@ -410,11 +415,13 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
                       val_idx: np.ndarray, *, steps: int, batch: int = 32, lr: float = 2e-3, prior: LesionPrior | None = None,
                       seed: int = 0, device: torch.device | None = None, window: tuple[float, float] = (-1000.0, 1000.0),
                       progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0),
-                      ignore_top: float = 0.0, rank_weight: float = 0.0, pos_weight: float = POS_WEIGHT) -> dict[str, Any]:
+                      ignore_top: float = 0.0, rank_weight: float = 0.0, pos_weight: float = POS_WEIGHT,
+                      between: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train the trunk and detector of ``enc`` (``pool="detect"``) to segment synthetic lesions in the real slices of
     ``train_idx`` (prepared ``x`` ``[N, S, H, W]`` in units of the HU ``window``). Returns an info dict: losses, seconds,
     and the held-out check on ``val_idx`` slices with fresh synthetic lesions: the AUC of each slice's max logit for
-    "this slice got a lesion of that sign" (``synthetic_val_auc``: darker, brighter). No cohort label is read."""
+    "this slice got a lesion of that sign" (``synthetic_val_auc``: darker, brighter). No cohort label is read.
+    ``between`` is called every :data:`BREAK_STEPS` steps: where a background job may let queued jobs run first."""
     prior = prior or LesionPrior()
     device = device or torch.device("cpu")
     if getattr(enc, "detector", None) is None:
@@ -431,6 +438,8 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
     t0 = _time.perf_counter()
     losses: list[float] = []
     for step in range(steps):
+        if between is not None and step and step % BREAK_STEPS == 0:
+            between()
         xs, tgt = insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre)
         logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
         loss = detection_loss(logits, tgt.to(device), pos_weight=pos_weight, ignore_top=ignore_top, rank_weight=rank_weight)

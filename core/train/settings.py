@@ -216,3 +216,38 @@ def proportional_head(setting: bool | str, fusion: str, image_kind: str) -> bool
     if not isinstance(setting, bool):
         raise InputError("proportional_head", setting, "must be true, false or \"auto\"", "leave it at \"auto\"")
     return setting
+
+
+def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The synthetic-lesion pretext of stage A (``core.train.pretext_lesions``) from the ``image`` settings, or None
+    when ``pretext_steps`` is 0 (the default). It needs the 2d encoder with ``pool="detect"``.
+
+    >>> pretext_settings({"pretext_steps": 0}, {"kind": "2d"}) is None
+    True
+    >>> pretext_settings({"pretext_steps": 10, "pool": "detect"}, {"kind": "2d", "pool": "detect"})["steps"]
+    10
+    """
+    steps = int(s.get("pretext_steps", 0) or 0)
+    if steps == 0:
+        return None
+    if steps < 0:
+        raise InputError("image pretext_steps", steps, "must be >= 0", "use 0 (off) or e.g. 1500")
+    if icfg.get("kind") != "2d" or icfg.get("pool") != "detect":
+        raise InputError("image pretext_steps", steps, f"the lesion pretext needs the 2d encoder with pool \"detect\" (got {icfg.get('kind')}, "
+                         f"pool {icfg.get('pool', 'meanmax')})", "set image pool to \"detect\" (and lung_mask false, windows) or pretext_steps 0")
+    out = {"steps": steps, "batch": int(s.get("pretext_batch", 32)), "lr": float(s.get("pretext_lr", 2e-3)),
+           "prior": dict(s.get("pretext_prior") or {}), "finetune": bool(s.get("pretext_finetune", False))}
+    ignore = float(s.get("pretext_ignore_top", 0.0) or 0.0)
+    if not 0.0 <= ignore < 0.5:
+        raise InputError("image pretext_ignore_top", ignore, "must be a fraction in [0, 0.5)", "use 0 (off) or e.g. 0.01")
+    if ignore > 0:  # only when set, so encoders cached before it keep their key
+        out["ignore_top"] = ignore
+    from core.train.detection_loss import loss_settings  # torch: only when the pretext is on
+
+    out.update(loss_settings(s))  # likewise
+    subjects = str(s.get("pretext_subjects", "all") or "all")
+    if subjects not in PRETEXT_SUBJECTS:
+        raise InputError("image pretext_subjects", subjects, "is not a rule for the pretext's slices", f"use one of {', '.join(PRETEXT_SUBJECTS)}")
+    if subjects != "all":  # likewise
+        out["subjects"] = subjects
+    return out

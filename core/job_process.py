@@ -1,0 +1,68 @@
+"""A heavy background job's own process (``python -m core.job_process FD``), started by :mod:`core.jobs`.
+
+The queue's worker starts this fresh interpreter and sends it the job's function and arguments over a socket. The
+process lowers its priority, limits torch to the queue's thread count, runs the job and
+sends back what it reports:
+
+* ``("progress", fraction, message)`` for each ``ctx.progress``;
+* ``("yield",)`` for each ``ctx.yield_turn()``, then waits for ``"go"`` (the heavy jobs queued meanwhile have run)
+  or ``"cancel"``;
+* at the end one of ``("done", result)``, ``("cancelled", None)``, ``("failed", one-line error)``.
+
+The parent may send ``"cancel"`` at any time; ``ctx.progress`` raises :class:`core.jobs.JobCancelled` after it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from core.jobs import JobCancelled, JobContext, one_line
+
+
+def child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nice: int, threads: int) -> None:
+    """Run ``fn(ctx, *args, **kwargs)`` in this process and send its progress, breaks and outcome over ``conn``."""
+    try:
+        os.nice(nice)
+    except OSError:
+        pass  # not allowed to lower priority here: run at the parent's
+    import torch
+
+    torch.set_num_threads(max(int(threads), 1))  # this process only
+    cancelled = False
+
+    def is_cancelled() -> bool:
+        nonlocal cancelled
+        while not cancelled and conn.poll():
+            cancelled = conn.recv() == "cancel"
+        return cancelled
+
+    def yield_turn() -> None:
+        nonlocal cancelled
+        conn.send(("yield",))
+        answer = conn.recv()  # "go" once the jobs queued meanwhile have run, or "cancel"
+        cancelled = cancelled or answer == "cancel"
+
+    ctx = JobContext(lambda f, m: conn.send(("progress", f, m)), is_cancelled, yield_turn)
+    try:
+        conn.send(("done", fn(ctx, *args, **kwargs)))
+    except JobCancelled:
+        conn.send(("cancelled", None))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as the job's one-line error
+        conn.send(("failed", one_line(exc)))
+    finally:
+        conn.close()
+
+
+def child_entry(fd: int) -> None:
+    """The heavy job's process: receive the job on the socket ``fd`` and run it (:func:`child_main`)."""
+    conn = Connection(fd)
+    fn, args, kwargs, nice, threads = conn.recv()
+    child_main(conn, fn, args, kwargs, nice, threads)
+
+
+if __name__ == "__main__":  # python -m core.job_process FD
+    child_entry(int(sys.argv[1]))
