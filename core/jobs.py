@@ -19,11 +19,11 @@ that long core functions take as ``progress``) and stops when the user cancels:
   at most ``max_active_per_user`` jobs queued or running, sees and cancels only
   their own jobs, and a ``key`` de-duplicates: submitting a key that the owner
   already has queued, running or done returns that job instead of a new one.
-* **Long heavy jobs make way.** A heavy job made of independent parts (training and evaluating seven strategies)
-  calls ``ctx.yield_turn()`` between them: the heavy jobs queued by then run first, one after another, in the
-  same worker, while the long job's process waits; then it goes on. So one user's 17-minute comparison holds up
-  another user's evaluation by at most one part, not by the whole comparison, and still only one heavy job computes
-  at a time. A job run in such a break does not itself make way (no nesting).
+* **Long heavy jobs make way.** A long heavy job calls ``ctx.yield_turn()`` between its parts (a training every
+  few minutes, the strategies of a comparison, the models of an evaluation): the heavy jobs queued by then run
+  first, one after another, in the same worker, while the long job's process waits; then it goes on. So one
+  user's 17-minute comparison holds up another user's evaluation by one part, not by the whole job, and still
+  only one heavy job computes at a time. A job run in such a break does not itself make way (no nesting).
 * Finished jobs are kept ``keep_finished_s`` seconds (their results with them),
   then forgotten; what must outlive the server (a trained model) is written to
   disk by the job itself.
