@@ -41,7 +41,7 @@ def train_model(cohort_dir: Path | str, fusion: str, out: Path | str | None, *, 
 
     Threads: torch's CPU thread count is process-wide (every thread started later takes it), so it is only
     changed when this call runs on the main thread of its process (``python -m core train``, a heavy job's own
-    process of ``core.jobs``): the image stage then uses ``threads`` (or the ``threads`` setting; None keeps
+    process, ``core.job_process``): the image stage then uses ``threads`` (or the ``threads`` setting; None keeps
     torch's), the token-level fusion stage 1 thread, and the count is restored in ``finally``. Called from any
     other thread (a Streamlit request, a job-queue worker) it never calls ``torch.set_num_threads``.
     """
