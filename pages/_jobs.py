@@ -55,9 +55,9 @@ def show(job: Job, *, cancel_label: str = "Cancel") -> None:
         if current is None or not current.active:
             st.rerun(scope="app")
             return
-        cols = st.columns([6, 1], vertical_alignment="center")
-        cols[0].progress(current.fraction, text=_status_text(current))
-        if cols[1].button(cancel_label, key=f"cancel_{current.id}", disabled=current.cancel_requested):
+        row = st.container(horizontal=True, vertical_alignment="center")  # the button as wide as its label
+        row.progress(current.fraction, text=_status_text(current))
+        if row.button(cancel_label, key=f"cancel_{current.id}", disabled=current.cancel_requested, width="content"):
             default_queue().cancel(current.id, owner())
             st.rerun(scope="fragment")
 

@@ -605,7 +605,15 @@ def _train_every_and_compare(pg: object, tmp_path: Path) -> None:
     epochs.fill("1")
     epochs.press("Enter")
     settle(pg)
+    wide = pg.viewport_size  # type: ignore[attr-defined]
+    pg.set_viewport_size({"width": 800, "height": wide["height"]})  # type: ignore[attr-defined]
     panel.get_by_role("button", name=f"Train all {len(FUSIONS)} and compare").click()
+    # while it runs: the job's bar with its Cancel button, whose label is whole at 800 px beside the open sidebar
+    # (in columns of 6:1 it read "Ca...")
+    cancel = panel.get_by_role("button", name="Cancel")
+    cancel.wait_for(timeout=60_000)
+    assert cut_off(pg, '[class*="st-key-cancel_"]') == []
+    pg.set_viewport_size(wide)  # type: ignore[attr-defined]
     expect(panel.get_by_text(f"Trained 1 of {len(FUSIONS)} strategies", exact=False)).to_be_visible(timeout=300_000)
     settle(pg)
     shot(pg, "train_every_strategy")
