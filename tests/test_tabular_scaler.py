@@ -150,3 +150,20 @@ def test_an_unknown_codes_value_is_read_as_missing() -> None:
     assert arrays["codes"][unknown] == UNK and arrays["values"][unknown] == 0.0
     assert arrays["value_missing"][unknown] == 1.0 and arrays["value_missing"][known] == 0.0
     assert arrays["values"][known] == pytest.approx((140.0 - 140.0) / np.std([138, 139, 140, 141, 142], ddof=1))
+
+
+def test_the_log_scaler_reads_a_frame_under_pandas_copy_on_write() -> None:
+    """pandas 3 (and 2.x with copy-on-write on) hands out read-only arrays; the scaler writes the log into its own copy.
+    Seen on a machine with pandas 3.0.6: every strategy that reads features stopped with 'assignment destination is
+    read-only'."""
+    train = _table(200, 4)
+    scaler = TabularScaler.fit(train, log_skewed=True)
+    expected = scaler.transform(train)
+    if int(pd.__version__.split(".")[0]) >= 3:
+        got = scaler.transform(train)
+    else:
+        with pd.option_context("mode.copy_on_write", True):
+            frame = train.copy()
+            got = scaler.transform(frame)
+            assert train["bnp"].to_numpy().tolist() == frame["bnp"].to_numpy().tolist()  # the caller's frame is untouched
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])

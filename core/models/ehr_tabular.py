@@ -54,7 +54,7 @@ class TabularScaler:
     def transform(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``[n, F]`` scaled values (clipped to +-6, NaN -> 0) and ``[n, F]`` missing indicators."""
         frame = df.reindex(columns=self.columns)
-        raw = frame.to_numpy(dtype=np.float64)
+        raw = frame.to_numpy(dtype=np.float64, copy=True)  # written below; pandas copy-on-write hands out read-only views
         miss = ~np.isfinite(raw)
         if self.log:
             cols = [self.columns.index(c) for c in self.log]

@@ -358,8 +358,8 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     if init_state is not None:
         net.image_encoder.load_state_dict(init_state)  # type: ignore[union-attr]
     data = dict(pre)
-    data["time"] = torch.as_tensor(table["time"].to_numpy(), dtype=torch.float32)
-    data["event"] = torch.as_tensor(table["event"].to_numpy(), dtype=torch.float32)
+    data["time"] = torch.from_numpy(np.array(table["time"], dtype=np.float32))  # a copy: pandas copy-on-write hands out read-only views
+    data["event"] = torch.from_numpy(np.array(table["event"], dtype=np.float32))
     present = pre["image_present"].numpy() > 0
     train_idx = np.flatnonzero(tr & present)
     val_idx = np.flatnonzero((table["split"] == "val").to_numpy() & present)

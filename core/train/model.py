@@ -99,8 +99,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     tr = (table["split"] == "train").to_numpy()
     edges = make_edges(table["time"].to_numpy()[tr], table["event"].to_numpy()[tr], settings["n_intervals"])
     data: dict[str, torch.Tensor] = {k: torch.as_tensor(v) for k, v in ehr_arrays(cohort, ids, EHRConfig.from_dict(ecfg)).items()}
-    data["time"] = torch.as_tensor(table["time"].to_numpy(), dtype=torch.float32)
-    data["event"] = torch.as_tensor(table["event"].to_numpy(), dtype=torch.float32)
+    data["time"] = torch.from_numpy(np.array(table["time"], dtype=np.float32))  # a copy: pandas copy-on-write hands out read-only views
+    data["event"] = torch.from_numpy(np.array(table["event"], dtype=np.float32))
     enc_state: dict[str, torch.Tensor] | None = None
     enc_info: dict[str, Any] = {}
     reached = [0.0]  # how far the image stage took the bar: the ensemble's members share what is left of it

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from core.errors import InputError
 from core.preprocess.transforms import box_mean
 from core.train.detection_loss import POS_WEIGHT, detection_loss
+from core.train.prefetch import prefetched
 from core.train.settings import Progress
 
 # the pretext is most of a detector model's training (about 930 of 950 s on a 60-patient cohort, 2 cores): a job may
@@ -437,10 +438,10 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t0 = _time.perf_counter()
     losses: list[float] = []
-    for step in range(steps):
+    batches = prefetched(lambda: insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre), steps)
+    for step, (xs, tgt) in enumerate(batches):  # each batch made in a worker thread while the network trains on the last
         if between is not None and step and step % BREAK_STEPS == 0:
             between()
-        xs, tgt = insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre)
         logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
         loss = detection_loss(logits, tgt.to(device), pos_weight=pos_weight, ignore_top=ignore_top, rank_weight=rank_weight)
         opt.zero_grad()
