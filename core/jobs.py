@@ -53,6 +53,7 @@ ACTIVE = ("queued", "running")
 CANCEL_GRACE_S = 5.0
 HEAVY_NICE = 10
 MAX_ACTIVE_PER_USER = int(os.environ.get("CTEHR_JOBS_PER_USER", "4"))
+PACE_S = 30.0  # the time left also follows the pace of the job's last this many seconds (its own, breaks left out)
 
 
 class JobCancelled(Exception):
@@ -111,6 +112,7 @@ class Job:
     finished: float | None = None
     cancel_requested: bool = False
     paused_s: float = 0.0  # seconds spent waiting in yield_turn while other heavy jobs ran
+    pace: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (own seconds, fraction) of the reports
     fn: Callable[..., Any] | None = field(default=None, repr=False)
     args: tuple = field(default=(), repr=False)
     kwargs: dict = field(default_factory=dict, repr=False)
@@ -126,13 +128,32 @@ class Job:
         return (self.finished or time.time()) - self.started
 
     @property
+    def own_s(self) -> float:
+        """Seconds run, without the time spent waiting for other jobs in a break (``paused_s``)."""
+        return self.elapsed_s - self.paused_s
+
+    def record_pace(self, fraction: float) -> None:
+        """Keep this report for :attr:`eta_s`: the reports of the last :data:`PACE_S` seconds and the newest before."""
+        own = self.own_s
+        self.pace.append((own, fraction))
+        while len(self.pace) > 2 and own - self.pace[1][0] >= PACE_S:
+            self.pace.pop(0)
+
+    @property
     def eta_s(self) -> float | None:
-        """Seconds left, extrapolated from the progress so far (None until there is enough of it).
+        """Seconds left (None until there is enough progress): the larger of two extrapolations, from the whole run
+        and from the pace of its last :data:`PACE_S` seconds. The second catches a job whose first part went faster
+        than its bar's share (a training whose CT came from the cache, then a lesion pretext that takes minutes).
 
         Time spent waiting for other jobs in a break (``paused_s``) is not the job's own pace and is left out."""
         if self.state != "running" or self.fraction < 0.02 or self.started is None:
             return None
-        return max((self.elapsed_s - self.paused_s) * (1.0 - self.fraction) / self.fraction, 0.0)
+        own, left = self.own_s, 1.0 - self.fraction
+        eta = own * left / self.fraction
+        if self.pace and own - self.pace[0][0] >= PACE_S and self.fraction > self.pace[0][1]:
+            t0, f0 = self.pace[0]
+            eta = max(eta, (own - t0) * left / (self.fraction - f0))
+        return max(eta, 0.0)
 
 
 def one_line(exc: BaseException) -> str:
@@ -314,6 +335,7 @@ class JobQueue:
         with self._cond:
             if job.state == "running":
                 job.fraction, job.message = fraction, message or job.message
+                job.record_pace(fraction)
                 self._cond.notify_all()
 
     def _run_here(self, job: Job) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from core.errors import InputError
-from core.jobs import JobContext, JobQueue, format_eta
+from core import jobs
+from core.jobs import Job, JobContext, JobQueue, format_eta
 
 
 def _count(ctx: JobContext, n: int, pause: float = 0.0) -> int:
@@ -171,3 +172,37 @@ def test_a_long_heavy_job_lets_queued_heavy_jobs_run_between_its_parts(queue: Jo
 
 def test_eta_text() -> None:
     assert format_eta(None) == "" and format_eta(30) == "about 30 s left" and format_eta(600) == "about 10 min left"
+
+
+def test_the_time_left_follows_the_recent_pace_when_the_first_part_went_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 53, image_only on a 60-patient cohort in the app: its CT came from the cache (0.1 of the bar in 9 s), then
+    the lesion pretext moved the bar 0.75 in about 920 s. At 31 s the bar said "about 2 min left"; 15 min were left."""
+    now = [1000.0]
+    monkeypatch.setattr(jobs.time, "time", lambda: now[0])
+    job = Job(id="1", owner="a", title="Training image_only", key=None, heavy=True, state="running", started=1000.0)
+
+    def at(t: float, fraction: float) -> None:
+        now[0] = 1000.0 + t
+        job.fraction = fraction
+        job.record_pace(fraction)
+
+    at(2.0, 0.0)
+    at(9.0, 0.1)  # the cached CT read
+    for t in range(10, 41):  # the pretext: 0.75 of the bar in 920 s
+        at(float(t), 0.1 + 0.75 * (t - 9) / 920)
+    whole = job.own_s * (1 - job.fraction) / job.fraction
+    left = 920 - 31 + 20  # at 40 s: the rest of the pretext, then about 20 s of ensemble members
+    assert whole < 0.35 * left  # what the bar said before
+    assert job.eta_s == pytest.approx(left, rel=0.35)
+    assert len(job.pace) <= jobs.PACE_S + 3  # only the reports of the last PACE_S seconds are kept, and one before
+    # an even pace: the two extrapolations agree
+    even = Job(id="2", owner="a", title="t", key=None, heavy=True, state="running", started=1000.0)
+    job = even
+    for t in range(1, 61):
+        at(float(t), t / 120)
+    assert job.eta_s == pytest.approx(60.0, rel=0.02)
+    # a break: the 100 s waited for another job count neither in the pace nor in the whole run
+    job.paused_s += 100.0
+    now[0] += 100.0
+    at(61.0 + 100.0, 61 / 120)
+    assert job.eta_s == pytest.approx(59.0, rel=0.03)

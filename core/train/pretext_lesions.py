@@ -45,8 +45,9 @@ from core.train.prefetch import prefetched
 from core.train.settings import Progress
 
 # the pretext is most of a detector model's training (about 930 of 950 s on a 60-patient cohort, 2 cores): a job may
-# make way for queued jobs every this many steps (about 2.5 minutes there; the same on a 400-subject cohort)
-BREAK_STEPS = 500
+# make way for queued jobs every this many steps (about 30 s there, 5 s on a GPU; a break with nothing queued costs
+# one message to the queue and back)
+BREAK_STEPS = 100
 
 SHAPES: tuple[str, ...] = ("ellipse", "lobulated", "irregular")
 
