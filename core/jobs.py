@@ -5,10 +5,8 @@ through ``ctx.progress(fraction, message)`` (the same ``(float, str)`` signature
 that long core functions take as ``progress``) and stops when the user cancels:
 ``ctx.progress`` raises :class:`JobCancelled` once a cancel was asked for.
 
-* **One queue, bounded workers.** :func:`default_queue` is one process-wide
-  queue with ``workers`` threads (2 by default, ``CTEHR_JOB_WORKERS``). At most
-  one *heavy* job (training, comparison) runs at a time; light jobs
-  (explanations) run beside it.
+* **One queue, bounded workers.** :func:`default_queue` is one process-wide queue with ``workers`` threads (2 by
+  default, ``CTEHR_JOB_WORKERS``). One *heavy* job (training, comparison) runs at a time; light ones beside it.
 * **Heavy jobs run in their own process** (a fresh ``python -m core.job_process`` interpreter, ``nice``-ed by
   ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there), so training
   never changes the serving process's thread count, warning filters or memory,
@@ -20,13 +18,12 @@ that long core functions take as ``progress``) and stops when the user cancels:
   their own jobs, and a ``key`` de-duplicates: submitting a key that the owner
   already has queued, running or done returns that job instead of a new one.
 * **Long heavy jobs make way.** A long heavy job calls ``ctx.yield_turn()`` between its parts (a training every
-  few minutes, the strategies of a comparison, the models of an evaluation): the heavy jobs queued by then run
+  100 pretext steps, the strategies of a comparison, the models of an evaluation): the heavy jobs queued by then run
   first, one after another, in the same worker, while the long job's process waits; then it goes on. So one
   user's 17-minute comparison holds up another user's evaluation by one part, not by the whole job, and still
   only one heavy job computes at a time. A job run in such a break does not itself make way (no nesting).
-* Finished jobs are kept ``keep_finished_s`` seconds (their results with them),
-  then forgotten; what must outlive the server (a trained model) is written to
-  disk by the job itself.
+* Finished jobs are kept ``keep_finished_s`` seconds (their results with them), then forgotten; what must outlive
+  the server (a trained model) is written to disk by the job itself.
 
 The queue holds no Streamlit state: ``pages/_jobs.py`` draws a job's progress,
 estimate and cancel button.
@@ -54,6 +51,7 @@ CANCEL_GRACE_S = 5.0
 HEAVY_NICE = 10
 MAX_ACTIVE_PER_USER = int(os.environ.get("CTEHR_JOBS_PER_USER", "4"))
 PACE_S = 30.0  # the time left also follows the pace of the job's last this many seconds (its own, breaks left out)
+PACE_SLOWER = 2.0  # ... when that pace says it is more than this many times the whole run's extrapolation
 
 
 class JobCancelled(Exception):
@@ -141,9 +139,11 @@ class Job:
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds left (None until there is enough progress): the larger of two extrapolations, from the whole run
-        and from the pace of its last :data:`PACE_S` seconds. The second catches a job whose first part went faster
-        than its bar's share (a training whose CT came from the cache, then a lesion pretext that takes minutes).
+        """Seconds left (None until there is enough progress), extrapolated from the whole run, or from the pace of
+        its last :data:`PACE_S` seconds where that says more than :data:`PACE_SLOWER` times as much: a job whose first
+        part went much faster than its bar's share (a training whose CT came from the cache, then a lesion pretext
+        that takes minutes). A milder slowdown keeps the whole run's estimate, as a long part's pace would also be
+        applied to the faster parts after it.
 
         Time spent waiting for other jobs in a break (``paused_s``) is not the job's own pace and is left out."""
         if self.state != "running" or self.fraction < 0.02 or self.started is None:
@@ -152,7 +152,8 @@ class Job:
         eta = own * left / self.fraction
         if self.pace and own - self.pace[0][0] >= PACE_S and self.fraction > self.pace[0][1]:
             t0, f0 = self.pace[0]
-            eta = max(eta, (own - t0) * left / (self.fraction - f0))
+            recent = (own - t0) * left / (self.fraction - f0)
+            eta = recent if recent > PACE_SLOWER * eta else eta
         return max(eta, 0.0)
 
 

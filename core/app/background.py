@@ -20,20 +20,35 @@ from core.jobs import JobContext
 
 TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
 # train_every_job's bar: the first strategy that reads the CT (it trains the image encoder) takes about 9 times as
-# long as each other one (all seven on 400 subjects x 100 slices: image_only 627 s, the others 31-93 s; BENCHMARKS.md)
-# until the strategies' own times are known (see bar_span)
+# long as each other one on ENCODER_SHARE_N subjects (all seven on 400 subjects x 100 slices: image_only 627 s, the
+# others 31-93 s; BENCHMARKS.md) until the strategies' own times are known (see bar_span and encoder_share)
 ENCODER_SHARE = 9.0
+ENCODER_SHARE_N = 400
 
 
-def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, floor: float) -> tuple[float, float]:
+def encoder_share(n_subjects: int) -> float:
+    """The CT strategy's time over a fusion's on a cohort of ``n_subjects``, before either is timed: the lesion
+    pretext's steps cost the same on any cohort, while a fusion's epochs grow with its subjects (60 patients:
+    image_only 938 s, the fusions 7-17 s, about 78:1; this rule says 60). Kept within 1-100; no count: 9.
+
+    >>> encoder_share(400), encoder_share(60), encoder_share(10), encoder_share(8000), encoder_share(0)
+    (9.0, 60.0, 100.0, 1.0, 9.0)
+    """
+    if n_subjects < 1:
+        return ENCODER_SHARE
+    return min(max(ENCODER_SHARE * ENCODER_SHARE_N / max(int(n_subjects), 1), 1.0), 100.0)
+
+
+def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, floor: float,
+             share: float = ENCODER_SHARE) -> tuple[float, float]:
     """The part ``(lo, hi)`` of train_every_job's bar for strategy ``i`` of ``runs`` (fusion slugs, in order).
 
     ``seconds``: how long each strategy done so far took (index -> s; a refused one is left out), ``spent``: the
     job's own seconds so far, ``floor``: where the bar stands now (it never goes back). Before any strategy's time is
-    known the shares come from :data:`ENCODER_SHARE` (the bar from 0.1, after the upload's gate). From then on the bar
-    is the share of time spent, with each strategy left estimated from those done: a fusion's time from the fusions
-    done (ehr_only, much faster, is no guide), or else the CT strategy's time over ``ENCODER_SHARE``; so a job's time
-    estimate follows what this cohort costs, not the benchmark's ratio.
+    known the shares come from ``share`` (:func:`encoder_share` of the cohort; the bar from 0.1, after the upload's
+    gate). From then on the bar is the share of time spent, with each strategy left estimated from those done: a
+    fusion's time from the fusions done (ehr_only, much faster, is no guide), or else the CT strategy's time over
+    ``share``; so a job's time estimate follows what this cohort costs, not the benchmark's ratio.
 
     >>> [round(x, 3) for x in bar_span(0, ["image_only", "ehr_only", "concat"], {}, 1.0, 0.1)]
     [0.1, 0.836]
@@ -41,9 +56,9 @@ def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, f
     [0.9, 1.0]
     """
     first_ct = next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
-    weights = [ENCODER_SHARE if j == first_ct else 1.0 for j in range(len(runs))]
+    weights = [share if j == first_ct else 1.0 for j in range(len(runs))]
     fused = [s for j, s in seconds.items() if j != first_ct and runs[j] != "ehr_only"]
-    unit = sum(fused) / len(fused) if fused else (seconds[first_ct] / ENCODER_SHARE if first_ct in seconds else None)
+    unit = sum(fused) / len(fused) if fused else (seconds[first_ct] / share if first_ct in seconds else None)
     if unit is None:  # nothing timed yet: the benchmark's shares of what is left of the bar
         left = sum(weights[i:])
         lo = max(floor, 0.1 + 0.9 * sum(weights[:i]) / sum(weights))
@@ -52,6 +67,15 @@ def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, f
     total = spent + sum(todo)
     lo = min(max(floor, spent / total), 1.0)
     return lo, max(lo, min((spent + todo[0]) / total, 1.0))
+
+
+def _count_subjects(cohort_dir: Path | str) -> int:
+    """Rows of the cohort's cohort.csv (its header left out); 0 when it cannot be read (the training says why)."""
+    try:
+        with open(Path(cohort_dir) / "cohort.csv", encoding="utf-8", errors="replace") as fh:
+            return max(sum(1 for line in fh if line.strip()) - 1, 0)
+    except OSError:
+        return 0
 
 
 def _refuse(report: object) -> None:
@@ -241,6 +265,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     first_error: InputError | None = None
     seconds: dict[int, float] = {}  # each trained strategy's own time, for the bar (see bar_span)
     waited, hi = [0.0], 0.1
+    share = encoder_share(_count_subjects(cohort_dir))
 
     def make_way() -> None:  # heavy jobs that other users queued meanwhile run first; their time is not ours
         t = time.monotonic()
@@ -251,7 +276,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
         if i:  # between two strategies
             make_way()
         t_start, waited_before = time.monotonic(), waited[0]
-        lo, hi = bar_span(i, list(runs), seconds, t_start - started - waited[0], hi)
+        lo, hi = bar_span(i, list(runs), seconds, t_start - started - waited[0], hi, share)
 
         def progress(f: float, m: str, lo: float = lo, step: float = hi - lo, fusion: str = fusion, i: int = i) -> None:
             ctx.progress(lo + step * f, f"{fusion} ({i + 1} of {len(runs)}): {m}")
