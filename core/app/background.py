@@ -29,8 +29,8 @@ ENCODER_SHARE_N = 400
 def encoder_share(n_subjects: int) -> float:
     """The CT strategy's time over a fusion's on a cohort of ``n_subjects``, before either is timed: the lesion
     pretext's steps cost the same on any cohort, while a fusion's epochs grow with its subjects (60 patients at 2
-    epochs: image_only 938 s, the fusions 7-17 s, about 78:1; this rule says 60; more epochs lower the true ratio,
-    not counted). Kept within 1-100; no count: 9.
+    epochs: image_only 938 s, the fusions 7-17 s, about 78:1; at 10 epochs 624 s against 14-21 s, 38:1; this rule
+    says 60 and does not count epochs). Kept within 1-100; no count: 9.
 
     >>> encoder_share(400), encoder_share(60), encoder_share(10), encoder_share(8000), encoder_share(0)
     (9.0, 60.0, 100.0, 1.0, 9.0)
