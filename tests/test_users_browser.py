@@ -141,6 +141,9 @@ def test_upload_replaces_files_names_no_zip_states_the_real_limit_and_keeps_clin
     limit = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
     pg = page
     go(pg, "Upload")
+    # the uploader's own code loads after the page's run ends (seen in session 53: its caption drawn, its label not
+    # yet); the label names the limit, so wait for it before reading the page
+    pg.get_by_text(f"up to {limit} MB per file").first.wait_for(timeout=60_000)  # type: ignore[attr-defined]
     text = pg.locator("body").inner_text()  # type: ignore[attr-defined]
     assert f"up to {limit} MB per file" in text and "1GB" not in text and "1 GB" not in text, text[:2000]
 
