@@ -47,7 +47,7 @@ def test_the_next_batch_is_made_in_another_thread_while_the_consumer_works() -> 
     taken: list[tuple[int, float, float]] = []
     for i in prefetched(make, 4):
         t0 = time.perf_counter()
-        time.sleep(0.05)  # the consumer's own work (the network step)
+        time.sleep(0.25)  # the consumer's own work (the network step): long enough for a busy machine to start the worker
         taken.append((i, t0, time.perf_counter()))
     assert [m[0] for m in made] == [0, 1, 2, 3] and [t[0] for t in taken] == [0, 1, 2, 3]
     assert all(name.startswith("prefetch") for _, name, _, _ in made)
