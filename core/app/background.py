@@ -37,7 +37,7 @@ def encoder_share(n_subjects: int) -> float:
     """
     if n_subjects < 1:
         return ENCODER_SHARE
-    return min(max(ENCODER_SHARE * ENCODER_SHARE_N / max(int(n_subjects), 1), 1.0), 100.0)
+    return min(max(ENCODER_SHARE * ENCODER_SHARE_N / n_subjects, 1.0), 100.0)
 
 
 def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, floor: float,

@@ -30,10 +30,7 @@ def prefetched(make: Callable[[], T], n: int) -> Iterator[T]:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         ahead: Future[T] = pool.submit(make)
         for i in range(n):
-            current = ahead
+            value = ahead.result()  # the next call starts only after this one ended: one worker, in order
             if i + 1 < n:
-                value = current.result()  # the next call starts only after this one ended: one worker, in order
                 ahead = pool.submit(make)
-                yield value
-            else:
-                yield current.result()
+            yield value
