@@ -178,7 +178,8 @@ def _encoder_line(cfg: ModelConfig, metrics: dict[str, Any]) -> str:
         which = ("own slices" if pretext.get("subjects", "all") == "all" else
                  f"slices of the {pretext.get('n_subjects', '?')} subjects without an event before the median time,")
         return (f"- Image encoder: a lesion detector pretrained without labels for {pretext['steps']} steps on the train split's {which} "
-                "with synthetic lesions inserted (darker and brighter; ellipses, lobulated and irregular blobs), "
+                "with synthetic lesions inserted (darker and brighter; ellipses, lobulated and irregular blobs"
+                + ("; its forward pass in bfloat16 autocast" if pretext.get("precision") == "bf16" else "") + "), "
                 "then frozen; only the projection of its per-slice detection statistics (max logit, soft area"
                 + (f"; and the maximum of the lesion logit averaged at the same position over {' and '.join(str(w) for w in cfg.image.detect_z)} "
                    "neighbouring slices, `detect_z`" if cfg.image.detect_z else "")

@@ -85,6 +85,48 @@ def test_pretext_teaches_the_detector_synthetic_lesions_on_held_out_slices() -> 
         assert torch.allclose(enc.proj(enc.slice_stats(x[:3])), enc(x[:3]), atol=1e-5)
 
 
+def test_pretext_in_bfloat16_autocast_learns_the_lesions_and_keeps_float32_weights() -> None:
+    torch.manual_seed(0)
+    x = _tissue(40, 32, 1).reshape(20, 2, 32, 32)
+    enc = _detector(32)
+    prior = LesionPrior(radius_px=(1.5, 5.0), contrast_hu=(60.0, 600.0))
+    before, seen = torch.get_num_threads(), []
+    torch.set_num_threads(2)
+    try:  # with a core of its own for the batch worker: the network on one thread fewer while the steps run
+        info = pretrain_detector(enc, x, torch.ones(20, 2), np.arange(14), np.arange(14, 20), steps=120, batch=16, lr=3e-3,
+                                 prior=prior, seed=0, precision="bf16", spare_thread=True,
+                                 progress=lambda f, m: seen.append(torch.get_num_threads()))
+        assert set(seen) == {1} and torch.get_num_threads() == 2  # and the count restored after them
+    finally:
+        torch.set_num_threads(before)
+    assert info["precision"] == "bf16"
+    assert info["loss_last_50"] < 0.8 * info["loss_first_50"]
+    assert min(info["synthetic_val_auc"]) > 0.8, info
+    assert all(p.dtype == torch.float32 for p in enc.parameters())  # autocast: the weights themselves stay float32
+    plain = pretrain_detector(_detector(32), x, torch.ones(20, 2), np.arange(14), np.arange(14, 20), steps=2, batch=4, seed=0)
+    assert "precision" not in plain  # float32, as before
+
+
+def test_one_thread_fewer_restores_the_thread_count_whatever_happens() -> None:
+    from core.runtime import one_thread_fewer
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with one_thread_fewer():
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="a failed step"), one_thread_fewer():
+            raise RuntimeError("a failed step")
+        assert torch.get_num_threads() == 3
+        with one_thread_fewer(False):
+            assert torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        with one_thread_fewer():
+            assert torch.get_num_threads() == 1  # never below one
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pretext_needs_the_detection_head() -> None:
     enc = SliceEncoder2D(8, 32, (4, 8), pool="attnmax")
     with pytest.raises(InputError, match="detect"):
@@ -133,6 +175,17 @@ def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Pat
     assert "subjects without an event before the median time" in (tmp_path / "m2" / "MODEL_CARD.md").read_text()
     with pytest.raises(InputError, match="pretext_subjects"):
         pretext_settings({"pretext_steps": 5, "pretext_subjects": "healthy"}, {"kind": "2d", "pool": "detect"})
+    # "auto" arithmetic: bfloat16 where the device is fast at it (recorded, on the card), float32 elsewhere (not recorded)
+    from core.train import image_stage
+
+    for fast in (True, False):
+        monkeypatch.setattr(image_stage, "fast_cpu_bf16", lambda fast=fast: fast)
+        auto = {"image": {**TINY_PRETEXT["image"], "pretext_precision": "auto", "pretext_steps": 4}}
+        m3 = train_model(cohort, "image_only", tmp_path / f"m3{fast}", epochs=1, device="cpu", overrides=auto)
+        assert m3["image_encoder"]["pretext"].get("precision") == ("bf16" if fast else None)
+        assert ("bfloat16" in (tmp_path / f"m3{fast}" / "MODEL_CARD.md").read_text()) == fast
+    with pytest.raises(InputError, match="pretext_precision"):
+        pretext_settings({"pretext_steps": 5, "pretext_precision": "fp16"}, {"kind": "2d", "pool": "detect"})
 
 
 def _two_tissues(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from core.disk_cache import partial_name
 from core.errors import InputError
 from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
-from core.runtime import DistInfo
+from core.runtime import DistInfo, fast_cpu_bf16
 from core.models.pooling import check_detect_z_setting, check_z_scales
 from core.train.detection_loss import POS_WEIGHT
 from core.train.image_path import image_path_state
@@ -300,11 +300,13 @@ def encode_prepared(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -
 
 def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str, Any], *, seed: int, device: torch.device,
                         dist_info: DistInfo, init_dir: Path | None, progress: Progress | None,
-                        between: Callable[[], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+                        between: Callable[[], None] | None = None, own_threads: bool = False,
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """Stage A: train (or load from cache) the image encoder; return (encoder state, token data, info).
 
     ``between``: called now and then in the lesion pretext (not in a distributed run), where a background job may
-    let queued jobs run first."""
+    let queued jobs run first. ``own_threads``: the caller owns the process's thread count (the pretext may change it
+    while it runs)."""
     from core.models.net import SurvivalNet
 
     s = settings["image"]
@@ -328,6 +330,11 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
     aug = (int(s.get("augment_shift", 0)), float(s.get("augment_offset", 0.0)))
     pretext = pretext_settings(s, icfg)
+    if pretext and pretext.get("precision") == "auto":  # resolved here, so the key says what ran. Not on a GPU: there
+        # the network is 5 of a step's 44 ms (docs/BENCHMARKS.md), so bfloat16 would not change the pace
+        pretext["precision"] = "bf16" if device.type == "cpu" and fast_cpu_bf16() else "fp32"
+    if pretext and pretext.get("precision") == "fp32":
+        del pretext["precision"]
     # augmentation and the lesion pretext enter the key only when on, so encoders cached before them stay valid
     key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
                   settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4", *([aug] if any(aug) else []),
@@ -377,7 +384,8 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
             window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, PRETEXT_END),
             ignore_top=float(pretext.get("ignore_top", 0.0)), rank_weight=float(pretext.get("rank_weight", 0.0)),
-            pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)), between=None if dist_info.active else between)
+            pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)), between=None if dist_info.active else between,
+            precision=pretext.get("precision", "fp32"), spare_thread=own_threads)
         pretext_info.update(subjects=pretext.get("subjects", "all"), n_subjects=int(len(pretext_idx)))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)

@@ -113,7 +113,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     if icfg["kind"] in ("2d", "3d"):
         enc_state, img_data, enc_info = train_image_encoder(
             cohort, icfg, settings, seed=seed, device=dev, dist_info=dist_info,
-            init_dir=Path(image_encoder) if image_encoder else None, progress=image_progress, between=between)
+            init_dir=Path(image_encoder) if image_encoder else None, progress=image_progress, between=between,
+            own_threads=own_threads)
         data.update(img_data)
     elif icfg["kind"] == "foundation":  # frozen pretrained backbone: no stage A, tokens from the embedding cache
         img_data, enc_info = foundation_tokens(cohort, icfg, device=dev, progress=progress)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from core.errors import InputError
 from core.preprocess.transforms import box_mean
+from core.runtime import one_thread_fewer
 from core.train.detection_loss import POS_WEIGHT, detection_loss
 from core.train.prefetch import prefetched
 from core.train.settings import Progress
@@ -418,12 +419,16 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
                       seed: int = 0, device: torch.device | None = None, window: tuple[float, float] = (-1000.0, 1000.0),
                       progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0),
                       ignore_top: float = 0.0, rank_weight: float = 0.0, pos_weight: float = POS_WEIGHT,
-                      between: Callable[[], None] | None = None) -> dict[str, Any]:
+                      between: Callable[[], None] | None = None, precision: str = "fp32", spare_thread: bool = False) -> dict[str, Any]:
     """Train the trunk and detector of ``enc`` (``pool="detect"``) to segment synthetic lesions in the real slices of
     ``train_idx`` (prepared ``x`` ``[N, S, H, W]`` in units of the HU ``window``). Returns an info dict: losses, seconds,
     and the held-out check on ``val_idx`` slices with fresh synthetic lesions: the AUC of each slice's max logit for
     "this slice got a lesion of that sign" (``synthetic_val_auc``: darker, brighter). No cohort label is read.
-    ``between`` is called every :data:`BREAK_STEPS` steps: where a background job may let queued jobs run first."""
+    ``between`` is called every :data:`BREAK_STEPS` steps: where a background job may let queued jobs run first.
+    ``precision`` ``"bf16"`` runs the network's forward pass in bfloat16 autocast (weights, optimiser and loss stay
+    float32; :func:`core.runtime.fast_cpu_bf16` says which CPUs are fast at it); the held-out check runs in float32.
+    ``spare_thread`` (the caller owns the process's thread count): with bfloat16 on the CPU the network runs on one
+    thread fewer than torch's, so the batch-making worker has a core of its own (on 2 cores: 134 -> 124 ms a step)."""
     prior = prior or LesionPrior()
     device = device or torch.device("cpu")
     if getattr(enc, "detector", None) is None:
@@ -440,22 +445,25 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
     t0 = _time.perf_counter()
     losses: list[float] = []
     batches = prefetched(lambda: insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre), steps)
-    for step, (xs, tgt) in enumerate(batches):  # each batch made in a worker thread while the network trains on the last
-        if between is not None and step and step % BREAK_STEPS == 0:
-            between()
-        logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
-        loss = detection_loss(logits, tgt.to(device), pos_weight=pos_weight, ignore_top=ignore_top, rank_weight=rank_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if progress is not None and step % 25 == 0:
-            lo, hi = progress_span
-            progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}")
+    with one_thread_fewer(spare_thread and precision == "bf16" and device.type == "cpu"):  # a core of its own for the batch worker
+        for step, (xs, tgt) in enumerate(batches):  # each batch made in a worker thread while the network trains on the last
+            if between is not None and step and step % BREAK_STEPS == 0:
+                between()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
+            loss = detection_loss(logits.float(), tgt.to(device), pos_weight=pos_weight, ignore_top=ignore_top, rank_weight=rank_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if progress is not None and step % 25 == 0:
+                lo, hi = progress_span
+                progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}")
     enc.eval()
     info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, **({"ignore_top": ignore_top} if ignore_top > 0 else {}),
                             **({"rank_weight": rank_weight} if rank_weight > 0 else {}), **({"pos_weight": pos_weight} if pos_weight != POS_WEIGHT else {}),
+                            **({"precision": precision} if precision != "fp32" else {}),
                             "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
                             "loss_first_50": round(float(np.mean(losses[:50])), 4), "loss_last_50": round(float(np.mean(losses[-50:])), 4),
                             "seconds": round(_time.perf_counter() - t0, 1)}

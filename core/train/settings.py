@@ -113,6 +113,9 @@ DEFAULTS: dict[str, Any] = {
               # "no_early_event", leaving out the subjects with an event before the train split's median time, who
               # carry most of the cohort's real (unlabelled) lesions (core.train.pretext_lesions.pretext_train_subjects)
               "pretext_subjects": "all",
+              # the arithmetic of the pretext's forward pass: "fp32", "bf16" (autocast; weights and loss stay float32)
+              # or "auto" (bf16 on a CPU where core.runtime.fast_cpu_bf16 says it is fast, else fp32)
+              "pretext_precision": "fp32",
               # 30 epochs, the best on validation C kept: with patience 5 the encoder stopped at epoch 2 (of 7) on
               # the noisy 160-subject validation split and graded lesions worse (docs/BENCHMARKS.md)
               "epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 30,
@@ -125,6 +128,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 PRETEXT_SUBJECTS: tuple[str, ...] = ("all", "no_early_event")
+PRETEXT_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
 
 # Named image encoders that are the 2d encoder with other ``image`` settings (``--image-encoder-kind detector``).
 # "detector": reads the whole CT, no organ mask: HU windows with local-contrast channels, a 4-layer trunk with a
@@ -144,7 +148,7 @@ PRETEXT_SUBJECTS: tuple[str, ...] = ("all", "no_early_event")
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "detector": {"lung_mask": False, "windows": [[-160, 240], [-40, 160], [-200, 1000], [-1000, -300]],
                  "contrast": [9], "pool": "detect", "size": 96, "channels": [32, 64, 64, 64], "strides": [2, 2, 1, 1],
-                 "pretext_steps": 3000, "pretext_subjects": "no_early_event", "z_scales": [3, 9],
+                 "pretext_steps": 3000, "pretext_subjects": "no_early_event", "pretext_precision": "auto", "z_scales": [3, 9],
                  "detect_z": [3, 9],
                  "pretext_prior": {"p_parenchyma": 0.5, "min_visibility": 5, "p_lowdensity": 0.2, "p_edge": 0.2,
                                    "p_lesion": 1.0, "max_lesions": 8}},
@@ -250,4 +254,9 @@ def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] 
         raise InputError("image pretext_subjects", subjects, "is not a rule for the pretext's slices", f"use one of {', '.join(PRETEXT_SUBJECTS)}")
     if subjects != "all":  # likewise
         out["subjects"] = subjects
+    precision = str(s.get("pretext_precision", "fp32") or "fp32")
+    if precision not in PRETEXT_PRECISIONS:
+        raise InputError("image pretext_precision", precision, "is not an arithmetic for the pretext", f"use one of {', '.join(PRETEXT_PRECISIONS)}")
+    if precision != "fp32":  # likewise; "auto" is resolved on the training's device (core.train.image_stage)
+        out["precision"] = precision
     return out
