@@ -330,11 +330,12 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     prop = proportional_head(settings["proportional_head"], "image_only", icfg["kind"])
     aug = (int(s.get("augment_shift", 0)), float(s.get("augment_offset", 0.0)))
     pretext = pretext_settings(s, icfg)
-    if pretext and pretext.get("precision") == "auto":  # resolved here, so the key says what ran. Not on a GPU: there
-        # the network is 5 of a step's 44 ms (docs/BENCHMARKS.md), so bfloat16 would not change the pace
-        pretext["precision"] = "bf16" if device.type == "cpu" and fast_cpu_bf16() else "fp32"
-    if pretext and pretext.get("precision") == "fp32":
-        del pretext["precision"]
+    if pretext and pretext.get("precision") == "auto":  # resolved here, so the key says what ran (float32: no entry, as
+        # before). Not on a GPU: there the network is 5 of a step's 44 ms (docs/BENCHMARKS.md), bfloat16 would not help
+        if device.type == "cpu" and fast_cpu_bf16():
+            pretext["precision"] = "bf16"
+        else:
+            del pretext["precision"]
     # augmentation and the lesion pretext enter the key only when on, so encoders cached before them stay valid
     key = _digest("enc", cohort.fingerprint(), icfg, seed, {k: s[k] for k in ("epochs", "batch_size", "lr", "patience")},
                   settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4", *([aug] if any(aug) else []),
