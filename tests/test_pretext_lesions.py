@@ -277,6 +277,23 @@ def test_lowdensity_nodules_land_in_enclosed_aerated_pixels_with_a_soft_tissue_l
         LesionPrior.from_dict({"p_lowdensity": 1.5})
 
 
+def test_lowdensity_mask_of_a_batch_is_each_slice_on_its_own() -> None:
+    """The batch is labelled in one call; a region enclosed in one slice stays enclosed when the same pixels of the
+    next slice reach the air outside the body (no connection across slices), and each slice's mask equals the mask
+    of that slice alone."""
+    from core.train.pretext_lesions import lowdensity_pixels
+
+    x = torch.full((3, 20, 20), 0.04)  # soft tissue
+    x[0, 6:14, 6:14] = -0.85           # slice 0: an enclosed aerated pocket
+    x[1, 6:14, 0:14] = -0.85           # slice 1: the same pocket opened to the border (air outside the body)
+    x[2] = torch.rand(20, 20) * 1.6 - 0.9
+    prior = LesionPrior()
+    batch = lowdensity_pixels(x, prior, 1000.0, 0.0)
+    assert bool(batch[0, 10, 10]) and not bool(batch[1, 10, 10])
+    for i in range(3):
+        assert torch.equal(batch[i], lowdensity_pixels(x[i:i + 1], prior, 1000.0, 0.0)[0])
+
+
 def test_edge_share_centres_lesions_near_the_slice_border() -> None:
     x = torch.full((80, 64, 64), 0.04)  # tissue up to the border (a cropped field of view)
     prior = LesionPrior(p_lesion=1.0, max_lesions=1, p_edge=1.0, edge_band_px=6.0, radius_px=(1.5, 3.0), texture=(0.0, 0.0))
