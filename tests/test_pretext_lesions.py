@@ -148,9 +148,16 @@ def test_stage_a_with_the_pretext_freezes_the_trunk_and_records_it(tmp_path: Pat
     cohort = write_demo_cohort(tmp_path / "cohort", n=32, seed=2)
     monkeypatch.setattr(pretext_lesions, "BREAK_STEPS", 8)
     breaks: list[int] = []  # where a background job could make way: every BREAK_STEPS pretext steps (8 and 16 of 20)
+    seen: list[tuple[float, str]] = []
     m = train_model(cohort, "image_only", tmp_path / "m", epochs=2, device="cpu", overrides=TINY_PRETEXT,
-                    between=lambda: breaks.append(1))
+                    between=lambda: breaks.append(1), progress=lambda f, msg: seen.append((f, msg)))
     assert len(breaks) == 2  # one member: no break between members
+    # the bar never goes back; the pretext has its share of the work on it (a tiny one here: 0.1 to 0.5), then the rest
+    from core.train.image_stage import pretext_end
+
+    bar = [f for f, _ in seen]
+    assert bar == sorted(bar) and bar[-1] == 1.0 and pretext_end(20, 8, 32 * 12) == 0.5
+    assert max(f for f, msg in seen if "pretext" in msg) < 0.5 <= min(f for f, msg in seen if "image encoder" in msg)
     pre = m["image_encoder"]["pretext"]
     assert pre["steps"] == 20 and pre["trainable_in_encoder"] == ["proj.weight", "proj.bias"]
     assert len(pre["synthetic_val_auc"]) == 2 and pre["prior"]["contrast_hu"] == [20.0, 600.0]

@@ -19,25 +19,34 @@ from typing import Any
 from core.jobs import JobContext
 
 TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
-# train_every_job's bar: the first strategy that reads the CT (it trains the image encoder) takes about 9 times as
-# long as each other one on ENCODER_SHARE_N subjects (all seven on 400 subjects x 100 slices: image_only 627 s, the
-# others 31-93 s; BENCHMARKS.md) until the strategies' own times are known (see bar_span and encoder_share)
-ENCODER_SHARE = 9.0
-ENCODER_SHARE_N = 400
+# train_every_job's bar, until the strategies' own times are known (see bar_span and encoder_share): the first
+# strategy that reads the CT trains the image encoder. Its lesion pretext costs the same on any cohort, about what a
+# fusion costs on ENCODER_FIXED subjects; after it the CT strategy grows with the subjects as a fusion does, and a
+# fusion has a fixed part worth FUSION_FIXED subjects (its members' set-up, its evaluation). Fitted on "all 7" as the
+# app runs it (one torch thread, 10 epochs, 30 slices a study, session 55): 200 subjects, image_only 411 s against
+# 33-55 s a fusion (10.5 : 1); 60 subjects, about 397 s against 22-28 s (16 : 1).
+ENCODER_FIXED = 3800.0
+FUSION_FIXED = 177.0
+ENCODER_SHARE_N = 400  # the cohort size assumed when cohort.csv cannot be counted
+# a strategy's evaluation on the test split, as a share of a fusion's whole time (60 patients, one thread, session 55:
+# 6-9 s of 23-27 s); the CT strategy's evaluation costs about the same, a far smaller share of its time
+EVAL_SHARE = 0.3
 
 
 def encoder_share(n_subjects: int) -> float:
-    """The CT strategy's time over a fusion's on a cohort of ``n_subjects``, before either is timed: the lesion
-    pretext's steps cost the same on any cohort, while a fusion's epochs grow with its subjects (60 patients at 2
-    epochs: image_only 938 s, the fusions 7-17 s, about 78:1; at 10 epochs 624 s against 14-21 s, 38:1; this rule
-    says 60 and does not count epochs). Kept within 1-100; no count: 9.
+    """The CT strategy's time over a fusion's on a cohort of ``n_subjects``, before either is timed:
+    ``(ENCODER_FIXED + n) / (FUSION_FIXED + n)``, from about 21 on a handful of subjects down towards 1 on many
+    thousands. With bfloat16 on two threads (session 54) it was 22 : 1 on 60 subjects and 8 : 1 on 400 x 100 slices;
+    this rule says 16.3 and 7.3. No count: as for :data:`ENCODER_SHARE_N` subjects.
 
-    >>> encoder_share(400), encoder_share(60), encoder_share(10), encoder_share(8000), encoder_share(0)
-    (9.0, 60.0, 100.0, 1.0, 9.0)
+    >>> [round(encoder_share(n), 1) for n in (400, 200, 60, 10, 8000, 0)]
+    [7.3, 10.6, 16.3, 20.4, 1.4, 7.3]
     """
-    if n_subjects < 1:
-        return ENCODER_SHARE
-    return min(max(ENCODER_SHARE * ENCODER_SHARE_N / n_subjects, 1.0), 100.0)
+    n = n_subjects if n_subjects >= 1 else ENCODER_SHARE_N
+    return (ENCODER_FIXED + n) / (FUSION_FIXED + n)
+
+
+ENCODER_SHARE = encoder_share(ENCODER_SHARE_N)
 
 
 def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, floor: float,
@@ -52,9 +61,9 @@ def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, f
     ``share``; so a job's time estimate follows what this cohort costs, not the benchmark's ratio.
 
     >>> [round(x, 3) for x in bar_span(0, ["image_only", "ehr_only", "concat"], {}, 1.0, 0.1)]
-    [0.1, 0.836]
+    [0.1, 0.806]
     >>> [round(x, 3) for x in bar_span(2, ["image_only", "ehr_only", "concat"], {0: 900.0, 1: 2.0}, 905.0, 0.84)]
-    [0.9, 1.0]
+    [0.88, 1.0]
     """
     first_ct = next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
     weights = [share if j == first_ct else 1.0 for j in range(len(runs))]
@@ -267,6 +276,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     seconds: dict[int, float] = {}  # each trained strategy's own time, for the bar (see bar_span)
     waited, hi = [0.0], 0.1
     share = encoder_share(_count_subjects(cohort_dir))
+    first_ct = next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
 
     def make_way() -> None:  # heavy jobs that other users queued meanwhile run first; their time is not ours
         t = time.monotonic()
@@ -282,12 +292,13 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
         def progress(f: float, m: str, lo: float = lo, step: float = hi - lo, fusion: str = fusion, i: int = i) -> None:
             ctx.progress(lo + step * f, f"{fusion} ({i + 1} of {len(runs)}): {m}")
 
+        ev = EVAL_SHARE / (share if i == first_ct else 1.0)  # the CT strategy's evaluation costs what a fusion's does
         try:
-            trained = _train_one(lambda f, m: progress(0.85 * f, m), str(cohort_dir), fusion, out, epochs, label=label,
+            trained = _train_one(lambda f, m, ev=ev: progress((1 - ev) * f, m), str(cohort_dir), fusion, out, epochs, label=label,
                                  span=(0.0, 1.0), image_encoder_kind=image_encoder_kind, body_crop=body_crop,
                                  between=make_way)  # and within a strategy: in the lesion pretext, between members
             result = evaluate_model(Path(out), cohort_dir, split="test", device=device, keep_risk=True,
-                                    progress=lambda f, m: progress(0.85 + 0.15 * f, f"evaluating: {m}"))
+                                    progress=lambda f, m, ev=ev: progress(1 - ev + ev * f, f"evaluating: {m}"))
         except InputError as err:
             first_error = first_error or err
             models[label] = {"error": " ".join(str(err).replace(f"{cohort_dir}/", "").split())}

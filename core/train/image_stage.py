@@ -38,10 +38,24 @@ from core.train.settings import Progress, pretext_settings, proportional_head
 from core.train.slice_spacing import check_slice_mm, working_slices
 
 
-# where the lesion pretext ends on the training's bar: it is most of a detector model's time (on a 60-patient cohort
-# about 930 of image_only's 950 s; BENCHMARKS.md, session 52), so a bar that gave it 0.1-0.4 put its time estimate
-# at about 40 minutes when 2 were left
-PRETEXT_END = 0.85
+# the furthest the lesion pretext goes on the training's bar (most of a detector model's time: see pretext_end)
+PRETEXT_END = 0.95
+
+
+def pretext_end(steps: int, batch: int, n_slices: int, finetune_epochs: int = 0) -> float:
+    """Where the lesion pretext ends on the training's bar (it starts at 0.1, after the CT reading): its share of the
+    image stage's work, in slice passes. A pretext step is a forward and backward pass over ``batch`` slices (about 3
+    forward passes each); after it, the frozen trunk reads each of the cohort's ``n_slices`` slices once and the
+    survival layers train on what it read (about 2 passes a slice in all), or, with ``finetune_epochs``, the whole
+    encoder trains on every slice that many epochs. Kept within 0.5-:data:`PRETEXT_END` (60 patients x 30 slices, one
+    thread, session 55: the pretext 558 s, what followed 4 s).
+
+    >>> pretext_end(3000, 32, 60 * 30), round(pretext_end(3000, 32, 400 * 100), 3), pretext_end(3000, 32, 400 * 100, 30)
+    (0.95, 0.781, 0.5)
+    """
+    pretext = 3.0 * steps * batch
+    after = 2.0 * n_slices + 3.0 * finetune_epochs * n_slices
+    return min(max(0.1 + 0.87 * pretext / (pretext + after), 0.5), PRETEXT_END)
 
 
 def _digest(*parts: Any) -> str:
@@ -379,11 +393,13 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
 
         enc0 = net.image_encoder
         assert enc0 is not None
+        end = pretext_end(pretext["steps"], pretext["batch"], int(pre["image_token_mask"].sum()),
+                          int(s["epochs"]) if pretext["finetune"] else 0)
         pretext_idx = pretext_train_subjects(train_idx, data["time"].numpy(), data["event"].numpy(), pretext.get("subjects", "all"))
         pretext_info = pretrain_detector(
             enc0, pre["image_preprocessed"], pre["image_token_mask"], pretext_idx, val_idx, steps=pretext["steps"],
             batch=pretext["batch"], lr=pretext["lr"], prior=LesionPrior.from_dict(pretext["prior"]), seed=seed, device=device,
-            window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, PRETEXT_END),
+            window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, end),
             ignore_top=float(pretext.get("ignore_top", 0.0)), rank_weight=float(pretext.get("rank_weight", 0.0)),
             pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)), between=None if dist_info.active else between,
             precision=pretext.get("precision", "fp32"), spare_thread=own_threads)
@@ -394,7 +410,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
                 # the frozen trunk's detection statistics, once per slice: stage A then trains only what sits on them
                 data.pop("image_preprocessed")
                 data["image_stats"] = _frozen_stats(enc0, pre, device)
-        span = (PRETEXT_END, PRETEXT_END + 0.05)
+        span = (end, end + (0.97 - end) / 3)  # then the ensemble's members, to 0.97 (core.train.model)
 
     def stage_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(_stage_a_batch(model, batch, aug))

@@ -150,7 +150,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     for k in range(n_members):
         if k and between is not None:
             between()
-        start = min(max(0.7, reached[0]), 0.95)
+        start = min(max(0.7, reached[0]), 0.97)  # after the image stage, which may take the bar close to it
         lo, hi = start + (0.97 - start) * k / n_members, start + (0.97 - start) * (k + 1) / n_members
         net_k, info_k = fit_member(cfg, data, table, train_idx, val_idx, enc_state, settings, fusion=fusion, head=head,
                                     seed=seed + k, device=dev, dist_info=dist_info, progress=progress, span=(lo, hi),
