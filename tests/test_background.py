@@ -243,7 +243,7 @@ def test_every_strategy_is_trained_on_one_upload_evaluated_and_kept(tmp_path: Pa
     assert list(trained_models(models)) == ["ehr_only (your cohort)"]
     assert Path(result["cohort_dir"]).parent == cohorts
     # the gate, then ehr_only within its share of the bar (image_only, which would train the CT encoder, has
-    # encoder_share(48) = 17 x as much on 48 subjects), training then evaluation, then the end
+    # encoder_share(48) = 21 x as much on 48 subjects), training then evaluation, then the end
     from core.app.background import encoder_share
 
     top = 0.1 + 0.9 / (1 + encoder_share(48))

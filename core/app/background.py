@@ -24,9 +24,10 @@ TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: i
 # fusion costs on ENCODER_FIXED subjects; after it the CT strategy grows with the subjects as a fusion does, and a
 # fusion has a fixed part worth FUSION_FIXED subjects (its members' set-up, its evaluation). Fitted on "all 7" as the
 # app runs it (one torch thread, 10 epochs, 30 slices a study, session 55): 200 subjects, image_only 411 s against
-# 33-55 s a fusion (10.5 : 1); 60 subjects, about 397 s against 22-28 s (16 : 1).
-ENCODER_FIXED = 3800.0
-FUSION_FIXED = 177.0
+# 33-55 s a fusion (10.5 : 1); 60 subjects, 456 s against 17-19 s (26 : 1) and, in a run slowed by another job at
+# first, 572 s against 22-28 s. A lesion pretext step took 128-147 ms in these runs.
+ENCODER_FIXED = 3100.0
+FUSION_FIXED = 100.0
 ENCODER_SHARE_N = 400  # the cohort size assumed when cohort.csv cannot be counted
 # a strategy's evaluation on the test split, as a share of a fusion's whole time (60 patients, one thread, session 55:
 # 6-9 s of 23-27 s); the CT strategy's evaluation costs about the same, a far smaller share of its time
@@ -35,12 +36,12 @@ EVAL_SHARE = 0.3
 
 def encoder_share(n_subjects: int) -> float:
     """The CT strategy's time over a fusion's on a cohort of ``n_subjects``, before either is timed:
-    ``(ENCODER_FIXED + n) / (FUSION_FIXED + n)``, from about 21 on a handful of subjects down towards 1 on many
+    ``(ENCODER_FIXED + n) / (FUSION_FIXED + n)``, from about 30 on a handful of subjects down towards 1 on many
     thousands. With bfloat16 on two threads (session 54) it was 22 : 1 on 60 subjects and 8 : 1 on 400 x 100 slices;
-    this rule says 16.3 and 7.3. No count: as for :data:`ENCODER_SHARE_N` subjects.
+    this rule says 19.8 and 7.0. No count: as for :data:`ENCODER_SHARE_N` subjects.
 
     >>> [round(encoder_share(n), 1) for n in (400, 200, 60, 10, 8000, 0)]
-    [7.3, 10.6, 16.3, 20.4, 1.4, 7.3]
+    [7.0, 11.0, 19.8, 28.3, 1.4, 7.0]
     """
     n = n_subjects if n_subjects >= 1 else ENCODER_SHARE_N
     return (ENCODER_FIXED + n) / (FUSION_FIXED + n)
@@ -61,9 +62,9 @@ def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, f
     ``share``; so a job's time estimate follows what this cohort costs, not the benchmark's ratio.
 
     >>> [round(x, 3) for x in bar_span(0, ["image_only", "ehr_only", "concat"], {}, 1.0, 0.1)]
-    [0.1, 0.806]
+    [0.1, 0.8]
     >>> [round(x, 3) for x in bar_span(2, ["image_only", "ehr_only", "concat"], {0: 900.0, 1: 2.0}, 905.0, 0.84)]
-    [0.88, 1.0]
+    [0.876, 1.0]
     """
     first_ct = next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
     weights = [share if j == first_ct else 1.0 for j in range(len(runs))]
