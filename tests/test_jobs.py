@@ -190,6 +190,8 @@ def test_the_time_left_follows_the_recent_pace_when_the_first_part_went_much_fas
     at(9.0, 0.1)  # the cached CT read
     for t in range(10, 41):  # the pretext: 0.75 of the bar in 920 s
         at(float(t), 0.1 + 0.75 * (t - 9) / 920)
+        if t < jobs.PACE_S:  # no estimate before there is a pace to read (it said "about 44 s left" at 9 s)
+            assert job.eta_s is None
     whole = job.own_s * (1 - job.fraction) / job.fraction
     left = 920 - 31 + 20  # at 40 s: the rest of the pretext, then about 20 s of ensemble members
     assert whole < 0.35 * left  # what the bar said before
