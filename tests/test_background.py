@@ -199,7 +199,7 @@ def test_the_bar_of_every_strategy_follows_the_strategies_own_times() -> None:
 
 def test_before_a_fusion_is_timed_the_bar_expects_the_cohorts_own_ratio() -> None:
     """During image_only of "all 7" the bar's share for image_only is a prior. The benchmark's fixed 9:1 and the
-    later 9 x 400 / n (60:1 on 60 patients, 20:1 on 200) were fitted on float32 pretexts; on "all 7" as the app runs
+    later 9 x 400 / n (60:1 on 60 patients, 18:1 on 200) were fitted on float32 pretexts; on "all 7" as the app runs
     it now (one thread, bfloat16 pretext, session 55) image_only took 411 s against 33-55 s a fusion on 200 patients.
     At two thirds of image_only, the time left that the bar implies is within 1.5x of the truth with
     encoder_share, and not with the old rule."""

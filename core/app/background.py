@@ -59,7 +59,7 @@ def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, f
     known the shares come from ``share`` (:func:`encoder_share` of the cohort; the bar from 0.1, after the upload's
     gate). From then on the bar is the share of time spent, with each strategy left estimated from those done: a
     fusion's time from the fusions done (ehr_only, much faster, is no guide), or else the CT strategy's time over
-    ``share``; so a job's time estimate follows what this cohort costs, not the benchmark's ratio.
+    ``share``; so a job's time estimate follows what this cohort costs, not the prior's ratio.
 
     >>> [round(x, 3) for x in bar_span(0, ["image_only", "ehr_only", "concat"], {}, 1.0, 0.1)]
     [0.1, 0.8]
@@ -70,7 +70,7 @@ def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, f
     weights = [share if j == first_ct else 1.0 for j in range(len(runs))]
     fused = [s for j, s in seconds.items() if j != first_ct and runs[j] != "ehr_only"]
     unit = sum(fused) / len(fused) if fused else (seconds[first_ct] / share if first_ct in seconds else None)
-    if unit is None:  # nothing timed yet: the benchmark's shares of what is left of the bar
+    if unit is None:  # nothing timed yet: the prior's shares of what is left of the bar
         left = sum(weights[i:])
         lo = max(floor, 0.1 + 0.9 * sum(weights[:i]) / sum(weights))
         return lo, lo + (1.0 - lo) * weights[i] / left
