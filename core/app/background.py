@@ -50,6 +50,15 @@ def encoder_share(n_subjects: int) -> float:
 ENCODER_SHARE = encoder_share(ENCODER_SHARE_N)
 
 
+def first_ct_strategy(runs: list[str]) -> int | None:
+    """The index in ``runs`` of the first strategy that reads the CT (it trains the cohort's image encoder), or None.
+
+    >>> first_ct_strategy(["ehr_only", "concat", "image_only"]), first_ct_strategy(["ehr_only"])
+    (1, None)
+    """
+    return next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
+
+
 def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, floor: float,
              share: float = ENCODER_SHARE) -> tuple[float, float]:
     """The part ``(lo, hi)`` of train_every_job's bar for strategy ``i`` of ``runs`` (fusion slugs, in order).
@@ -66,7 +75,7 @@ def bar_span(i: int, runs: list[str], seconds: dict[int, float], spent: float, f
     >>> [round(x, 3) for x in bar_span(2, ["image_only", "ehr_only", "concat"], {0: 900.0, 1: 2.0}, 905.0, 0.84)]
     [0.876, 1.0]
     """
-    first_ct = next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
+    first_ct = first_ct_strategy(list(runs))
     weights = [share if j == first_ct else 1.0 for j in range(len(runs))]
     fused = [s for j, s in seconds.items() if j != first_ct and runs[j] != "ehr_only"]
     unit = sum(fused) / len(fused) if fused else (seconds[first_ct] / share if first_ct in seconds else None)
@@ -277,7 +286,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     seconds: dict[int, float] = {}  # each trained strategy's own time, for the bar (see bar_span)
     waited, hi = [0.0], 0.1
     share = encoder_share(_count_subjects(cohort_dir))
-    first_ct = next((j for j, f in enumerate(runs) if f != "ehr_only"), None)
+    first_ct = first_ct_strategy(list(runs))
 
     def make_way() -> None:  # heavy jobs that other users queued meanwhile run first; their time is not ours
         t = time.monotonic()
