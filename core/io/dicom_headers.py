@@ -23,9 +23,11 @@ from core.io.dicom_frames import frame_geometry
 from core.io.dicom_source import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
     DEFLATED_TS,
     MAX_META_BYTES,
+    PIXEL_DATA_TAGS,
     DicomSource,
     looks_like_dicom,
     meta_transfer_syntax,
+    pixel_element_syntax,
     trailing_elements,
     undeflate_dicom,
 )
@@ -77,7 +79,7 @@ _KINDS = {
     "NumberOfFrames": "IS", "SeriesNumber": "IS", "AcquisitionNumber": "IS", "InstanceNumber": "IS",
     "RescaleSlope": "DS", "RescaleIntercept": "DS", "ImageOrientationPatient": "DS",
     "ImagePositionPatient": "DS", "PixelSpacing": "DS", "ImagerPixelSpacing": "DS",
-    "SliceThickness": "DS", "SpacingBetweenSlices": "DS",
+    "SliceThickness": "DS", "SpacingBetweenSlices": "DS", "SliceLocation": "DS",
     "SeriesInstanceUID": "UI", "StudyInstanceUID": "UI", "FrameOfReferenceUID": "UI", "Modality": "CS",
 }  # fmt: skip
 _TAG = {kw: pydicom.datadict.tag_for_keyword(kw) for kw in _KINDS}
@@ -148,17 +150,6 @@ def _undeflated(src: DicomSource) -> DicomSource:
     raw = src.path.read_bytes()
     data = undeflate_dicom(raw, src.name)
     return src if data is raw else DicomSource(name=src.name, data=data)
-
-
-def _encoding_syntax(ds: Dataset, ts: str) -> str:
-    """The transfer syntax the dataset was read with (for files without file meta: as pydicom guessed)."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and meta.get("TransferSyntaxUID"):
-        return ts
-    implicit, little = getattr(ds, "original_encoding", (True, True))
-    if implicit:
-        return "1.2.840.10008.1.2"
-    return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
 
 
 # Public VRs whose values never make a PHI keyword or a burned-in reason (numbers, dates, UIDs): for
@@ -250,12 +241,13 @@ def _read_header(src: DicomSource, gate_cache: dict[bytes, tuple[frozenset[str],
             fh.seek(0)
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
             offset = fh.tell()
-            tag = fh.read(4)
-            if tag == b"\xe0\x7f\x10\x00":
-                meta0 = getattr(ds, "file_meta", None)
-                ts0 = str(getattr(meta0, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+            element = fh.read(8)
+            tag = element[:4]
+            meta0 = getattr(ds, "file_meta", None)
+            ts = pixel_element_syntax(element, str(getattr(meta0, "TransferSyntaxUID", "") or ""))
+            if tag in PIXEL_DATA_TAGS:
                 try:
-                    tail = trailing_elements(fh, offset, _encoding_syntax(ds, ts0), src.name)
+                    tail = trailing_elements(fh, offset, ts, src.name)
                 except InputError:
                     tail = Dataset()  # truncated pixel data: reported when the slice is decoded
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, IndexError) as err:
@@ -267,10 +259,8 @@ def _read_header(src: DicomSource, gate_cache: dict[bytes, tuple[frozenset[str],
     if isinstance(tail, str):
         phi = phi | {tail}
     identity = _declared_identity(ds)
-    if tag != b"\xe0\x7f\x10\x00":
+    if tag not in PIXEL_DATA_TAGS:
         return _Skip("no pixel data", phi, burned, identity)
-    meta = getattr(ds, "file_meta", None)
-    ts = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
     try:
         rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
         frames = _int(ds, "NumberOfFrames", 1) or 1

@@ -94,11 +94,8 @@ def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[
     warnings: list[str] = []
     first = headers[0]
     normal = np.cross(first.row_cos, first.col_cos)
-    if any(h.position is None for h in headers):
-        if len(headers) > 1:
-            warnings.append("ImagePositionPatient missing: slices ordered by InstanceNumber, spacing from SliceThickness")
-        ordered = sorted(headers, key=lambda h: (_safe_int(h.ds, "InstanceNumber"), h.source.name))
-        return ordered, _thickness(first), warnings
+    if any(h.position is None for h in headers) and len(headers) > 1:
+        return _order_without_positions(headers)
     if len(headers) == 1:
         return list(headers), _thickness(first), warnings
     # at a position held twice, the lower InstanceNumber is kept (not whichever file was listed first)
@@ -107,6 +104,24 @@ def _sort_and_check(headers: list[_Header]) -> tuple[list[_Header], float, list[
     headers, proj, warnings = _one_acquisition(headers, proj)
     keep, spacing, more = order_by_projection(proj)
     return [headers[i] for i in keep], spacing, warnings + more
+
+
+def _order_without_positions(headers: list[_Header]) -> tuple[list[_Header], float, list[str]]:
+    """Slices without ImagePositionPatient: ordered by SliceLocation when every slice has one (lowest first, the
+    spacing from their differences), else by distinct InstanceNumbers (the head-foot direction then unknown, the
+    spacing from SliceThickness); with neither, the order is unknown and the series is refused (stacking the files
+    in name order would make a scrambled volume)."""
+    locations = [_floats(h.ds, "SliceLocation", 1) for h in headers]
+    if all(loc is not None for loc in locations):
+        keep, spacing, more = order_by_projection(np.array([loc[0] for loc in locations if loc is not None]))
+        return [headers[i] for i in keep], spacing, ["ImagePositionPatient missing: slices ordered by SliceLocation (lowest first), spacing from SliceLocation", *more]
+    numbers = [_safe_int(h.ds, "InstanceNumber") for h in headers]
+    if len(set(numbers)) < len(numbers):
+        raise InputError("DICOM series", headers[0].key or headers[0].source.name,
+                         f"has {len(headers)} slices without ImagePositionPatient, SliceLocation or distinct InstanceNumbers: their order is unknown",
+                         "re-export the series with ImagePositionPatient (every CT scanner writes it)")
+    ordered = [h for _, h in sorted(zip(numbers, headers), key=lambda pair: pair[0])]
+    return ordered, _thickness(headers[0]), ["ImagePositionPatient and SliceLocation missing: slices ordered by InstanceNumber (the head-foot direction is not known), spacing from SliceThickness"]
 
 
 def acquisition_key(ds: Dataset) -> str:

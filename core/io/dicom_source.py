@@ -247,6 +247,38 @@ def undeflate_dicom(data: bytes, name: str, *, max_bytes: int = MAX_INFLATED_BYT
     return b"".join((bytes(data[:132]), length, group, body))
 
 
+# ---------------------------------------------------------------- the PixelData element's own encoding
+
+PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) little and big endian
+_PIXEL_VRS = {b"OB", b"OW", b"UN"}
+
+
+def pixel_element_syntax(head: bytes, ts: str) -> str:
+    """The transfer syntax that the PixelData element at the start of ``head`` (its first 8 bytes) is written in.
+
+    ``ts`` is the file meta's (``""`` when the file has none). A compressed one is kept. For a native one, or none,
+    the element's own bytes decide: a file without file meta is read by guessing its encoding, and some writers put
+    Implicit VR in the meta of a body written Explicit VR (pydicom reads such a header with a warning). Parsing the
+    pixel element with the meta's word would read its length field as pixels.
+
+    >>> pixel_element_syntax(b"\\xe0\\x7f\\x10\\x00OW\\x00\\x00", "1.2.840.10008.1.2")   # the meta says implicit
+    '1.2.840.10008.1.2.1'
+    >>> pixel_element_syntax(b"\\xe0\\x7f\\x10\\x00\\x00\\x20\\x00\\x00", "")          # no meta, implicit VR
+    '1.2.840.10008.1.2'
+    >>> pixel_element_syntax(b"\\x7f\\xe0\\x00\\x10OW\\x00\\x00", "1.2.840.10008.1.2.2")  # big endian
+    '1.2.840.10008.1.2.2'
+    >>> pixel_element_syntax(b"\\xe0\\x7f\\x10\\x00OB\\x00\\x00", "1.2.840.10008.1.2.4.90")
+    '1.2.840.10008.1.2.4.90'
+    """
+    if ts and ts not in _NATIVE:
+        return ts
+    if head[:4] == PIXEL_DATA_TAGS[1]:
+        return "1.2.840.10008.1.2.2"
+    if head[4:6] in _PIXEL_VRS and head[6:8] == b"\x00\x00":
+        return "1.2.840.10008.1.2.1"
+    return "1.2.840.10008.1.2"
+
+
 # ---------------------------------------------------------------- elements after the pixel data
 
 

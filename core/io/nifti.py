@@ -17,7 +17,6 @@ The header's free text (``descrip``, ``aux_file``, ``intent_name``,
 
 from __future__ import annotations
 
-import io
 import logging
 import struct
 import zlib
@@ -166,8 +165,9 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
 
     cls = nib.Nifti1Image if kind == 1 else nib.Nifti2Image
     try:
-        # the header as written: nibabel's checks would silently "fix" zero pixdim
-        raw_header = cls.header_class.from_fileobj(io.BytesIO(data[:540]), check=False)
+        # the header as written: nibabel's checks would silently "fix" zero pixdim; its bytes only (an extension,
+        # several kB in every AFNI file, runs past them and is read with the image below)
+        raw_header = cls.header_class(data[: cls.header_class.sizeof_hdr], check=False)
         raw_zooms = np.asarray(raw_header["pixdim"][1:4], dtype=np.float64)
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken headers
         raise InputError("NIfTI file", name, f"has a broken header ({type(err).__name__}: {_first_line(err)})", "re-export the file") from None
