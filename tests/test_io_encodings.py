@@ -39,6 +39,7 @@ def test_explicit_vr_without_file_meta_loads_the_right_pixels(tmp_path: Path) ->
     np.testing.assert_array_equal(vol.hu, made.hu)
 
 
+@pytest.mark.filterwarnings("ignore:Expected implicit VR, but found explicit VR")
 def test_file_meta_naming_implicit_vr_over_an_explicit_body(tmp_path: Path) -> None:
     """Some writers put Implicit VR Little Endian in the file meta of a body written Explicit VR."""
     made = write_series(tmp_path / "s", shape=SHAPE, seed=4)
@@ -46,9 +47,9 @@ def test_file_meta_naming_implicit_vr_over_an_explicit_body(tmp_path: Path) -> N
         data = path.read_bytes()
         at = data.index(b"1.2.840.10008.1.2.1\x00")
         path.write_bytes(data[:at] + b"1.2.840.10008.1.2\x00\x00\x00" + data[at + 20:])  # same length: the group stays valid
-    with pytest.warns(UserWarning, match="Expected implicit VR, but found explicit VR"):  # pydicom's, on reading the header
-        vol = load_study(made.folder)
+    vol = load_study(made.folder)
     np.testing.assert_array_equal(vol.hu, made.hu)
+    assert any("Expected implicit VR, but found explicit VR" in w for w in vol.warnings)  # pydicom's, passed on
 
 
 def test_explicit_vr_big_endian_series(tmp_path: Path) -> None:
@@ -124,3 +125,51 @@ def test_nifti_with_a_long_header_extension_loads(tmp_path: Path) -> None:
     vol = load_study(path)
     assert vol.spacing_mm == pytest.approx((3.0, 2.0, 2.0))
     assert sorted(vol.hu.ravel().tolist()) == sorted(hu.astype(np.float32).ravel().tolist())
+
+
+def _nifti(tmp_path: Path, name: str, data: np.ndarray | None = None, **header: object) -> Path:
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4) - 1000 if data is None else data
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    for key, value in header.items():
+        img.header[key] = value
+    path = tmp_path / name
+    img.to_filename(path)
+    return path
+
+
+def test_nifti_units_singleton_axes_and_orientation_conflicts(tmp_path: Path) -> None:
+    metres = _nifti(tmp_path, "m.nii", np.zeros((6, 5, 4), np.int16), xyzt_units=1)  # NIFTI_UNITS_METER
+    vol = load_study(metres)
+    assert vol.spacing_mm == pytest.approx((3000.0, 2000.0, 2000.0))  # as ITK reads it
+    assert any("spatial unit is meters" in w for w in vol.warnings)
+    assert load_study(_nifti(tmp_path, "mm.nii", xyzt_units=2)).spacing_mm == pytest.approx((3.0, 2.0, 2.0))
+    five = _nifti(tmp_path, "5d.nii", np.zeros((6, 5, 4, 1, 1), np.int16))
+    assert load_study(five).shape == (4, 5, 6)
+    img = nib.load(_nifti(tmp_path, "c.nii"))
+    flipped = np.diag([-2.0, 2.0, 3.0, 1.0])
+    img.set_qform(flipped, code=1)
+    img.to_filename(tmp_path / "conflict.nii")
+    assert any("sform (RAS) and qform (LAS) disagree" in w for w in load_study(tmp_path / "conflict.nii").warnings)
+
+
+def test_unreadable_kinds_of_nifti_and_dicom_say_what_they_are(tmp_path: Path) -> None:
+    pair = tmp_path / "pair.hdr"
+    nib.save(nib.Nifti1Pair(np.zeros((4, 4, 4), np.int16), np.eye(4)), pair)
+    with pytest.raises(InputError, match=r"header of an \.hdr/\.img pair"):
+        load_study(pair)
+    rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    with pytest.raises(InputError, match=r"NIfTI datatype: got rgb\.nii, is colour \(R\+G\+B\)"):
+        load_study(_nifti(tmp_path, "rgb.nii", rgb))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _nifti(folder, "ct.nii.gz")
+    with pytest.raises(InputError, match=r"but NIfTI \(ct\.nii\.gz\); fix: point at the NIfTI file itself"):
+        load_study(folder)
+    made = write_series(tmp_path / "float", shape=(2, 8, 8), seed=9)
+    for path in made.paths:
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        ds.FloatPixelData = np.zeros((8, 8), np.float32).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(InputError, match=r"2 float pixel data \(FloatPixelData"):
+        load_study(made.folder)

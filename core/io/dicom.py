@@ -253,6 +253,10 @@ def _load_dicom_sources(
         if zips:  # a folder that holds the study zipped: the zip is the study
             raise InputError("study", label, f"holds no readable DICOM image but a zip ({', '.join(zips[:3])})",
                              f"point at the zip itself ({zips[0]}) or unzip it into this folder")
+        niftis = [s.name for s in sources if s.name.lower().endswith((".nii", ".nii.gz"))]
+        if niftis:  # a folder that holds a NIfTI volume: the file is the study
+            raise InputError("study", label, f"holds no readable DICOM image but NIfTI ({', '.join(niftis[:3])})",
+                             f"point at the NIfTI file itself ({niftis[0]})")
         raise InputError("study", label, f"holds no readable DICOM image ({reasons})", "point at a DICOM series (files with pixel data), a zip of one, or a NIfTI file")
     groups = group_series(headers)
     infos = [_series_info(k, hs) for k, hs in groups.items()]

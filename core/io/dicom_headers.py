@@ -34,6 +34,8 @@ from core.io.dicom_source import (  # noqa: F401 - also the names tests and call
 
 # ---------------------------------------------------------------- headers
 
+FLOAT_PIXEL_TAGS = (b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00", b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09")  # (7FE0,0008/9)
+
 
 @dataclass
 class _Header:
@@ -259,6 +261,8 @@ def _read_header(src: DicomSource, gate_cache: dict[bytes, tuple[frozenset[str],
     if isinstance(tail, str):
         phi = phi | {tail}
     identity = _declared_identity(ds)
+    if tag in FLOAT_PIXEL_TAGS:
+        return _Skip("float pixel data (FloatPixelData or DoubleFloatPixelData: not a CT image's integer pixels)", phi, burned, identity)
     if tag not in PIXEL_DATA_TAGS:
         return _Skip("no pixel data", phi, burned, identity)
     try:

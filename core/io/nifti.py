@@ -163,6 +163,9 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     import nibabel as nib  # lazily: nibabel takes ~0.4 s to import
     from nibabel import orientations as ornt
 
+    if (data[344:347] if kind == 1 else data[4:7]) in (b"ni1", b"ni2"):
+        raise InputError("NIfTI file", name, "is the header of an .hdr/.img pair (its voxels are in another file)",
+                         "convert the pair to one .nii or .nii.gz file (e.g. nibabel: nib.save(nib.load('scan.hdr'), 'scan.nii.gz'))")
     cls = nib.Nifti1Image if kind == 1 else nib.Nifti2Image
     try:
         # the header as written: nibabel's checks would silently "fix" zero pixdim; its bytes only (an extension,
@@ -179,18 +182,25 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
         shape = tuple(int(v) for v in img.shape)
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken headers
         raise InputError("NIfTI file", name, f"has a broken header ({type(err).__name__}: {_first_line(err)})", "re-export the file") from None
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
+    while len(shape) > 3 and shape[-1] == 1:  # a 3-D volume stored with singleton time (or further) axes
+        shape = shape[:-1]
+    if img.get_data_dtype().names:
+        raise InputError("NIfTI datatype", name, f"is colour ({'+'.join(img.get_data_dtype().names)}), not a greyscale CT",
+                         "load the CT itself (a greyscale int16 or float NIfTI in HU)")
     if len(shape) != 3:
         raise InputError("NIfTI file", name, f"has shape {list(shape)}, not a 3-D volume", "load a single 3-D CT volume")
     if min(shape) < 1:
         raise InputError("NIfTI file", name, f"has an empty dimension (shape {list(shape)})", "re-export the file")
     if int(np.prod(shape)) > MAX_VOXELS:
         raise InputError("NIfTI file", name, f"has {int(np.prod(shape))} voxels (limit {MAX_VOXELS})", "load a smaller volume")
-    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    # the header's spatial unit (xyzt_units): metres and microns are converted to mm, as ITK does; unknown is read as mm
+    unit = str(img.header.get_xyzt_units()[0])
+    to_mm = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64) * to_mm
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise InputError("NIfTI pixdim", name, f"voxel spacing {zooms.tolist()} is not positive and finite", "fix pixdim[1:4] in the header")
     affine = np.asarray(img.affine, dtype=np.float64)
+    affine[:3] *= to_mm
     if not np.all(np.isfinite(affine)):
         raise InputError("NIfTI affine", name, "contains NaN or inf", "fix the sform/qform of the file")
     det = float(np.linalg.det(affine[:3, :3]))
@@ -215,6 +225,8 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     spacing = tuple(float(v) for v in np.linalg.norm(lps[:3, :3], axis=0))
     notes: list[str] = [tilt] if tilt else []
     notes += _orientation_notes(img.header, affine)
+    if to_mm != 1.0:
+        notes.append(f"NIfTI spatial unit is {unit}s (xyzt_units): spacing and positions converted to mm")
     scale = hu_scale_warning(out)
     notes += [scale] if scale else []
     directions = lps[:3, :3] / np.asarray(spacing)
@@ -248,6 +260,13 @@ def _orientation_notes(header: object, affine: np.ndarray) -> list[str]:
     if codes == (0, 0):
         return ["NIfTI without orientation (sform and qform codes 0): the axes were read as nibabel's default "
                 "(first axis to the patient's left); check in the viewer that the anatomy is the right way round"]
+    if min(codes) > 0:
+        import nibabel as nib
+
+        sform, qform = nib.aff2axcodes(header.get_sform()), nib.aff2axcodes(header.get_qform())  # type: ignore[attr-defined]
+        if sform != qform:
+            return [f"NIfTI sform ({''.join(sform)}) and qform ({''.join(qform)}) disagree: the sform was used, as nibabel "
+                    "does (tools that read the qform show the volume another way round); check the anatomy's sides in the viewer"]
     if np.allclose(affine, np.eye(4)):
         return ["NIfTI affine is the identity (1 mm voxels, no orientation): the voxel spacing and orientation were "
                 "probably lost when the file was written; the spacing-based checks and the working slice spacing "
