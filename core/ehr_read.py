@@ -67,9 +67,13 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
              f"timeline (MEDS_BIRTH, GENDER); the model's other {len(rest)} curated features "
              f"({', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''}) are read as the training average")
     if features is None:
-        return [f"This cohort has no features.csv: {other}." if from_timeline else
-                f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
-                "the training average, so its EHR side reads the timeline alone."]
+        if from_timeline:
+            return [f"This cohort has no features.csv: {other}."]
+        rows, _ = _subject_timeline(cohort, sid)
+        rest_of_ehr = ("so its EHR side reads the timeline alone" if model.config.ehr.sequence and rows is not None and len(rows)
+                       else "and this subject has no timeline either: its EHR side reads nothing of this patient")
+        return [f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
+                f"the training average, {rest_of_ehr}."]
     words = cohort.feature_text if cohort.feature_text is not None else pd.DataFrame()
     # a number column with no number in the whole file (one patient, age '>89') was read as text: not absent
     as_text = [c for c in names if c not in features.columns and c in words.columns]

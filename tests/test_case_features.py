@@ -298,3 +298,26 @@ def test_linear_members_are_left_out_for_a_case_without_clinical_values(tmp_path
         kept = members[:5] if features is None else members
         np.testing.assert_allclose(p.survival, kept.mean(0), atol=1e-5)
         assert (p.lower <= kept.min(0) + 1e-5).all() and (p.upper >= kept.max(0) - 1e-5).all()
+
+
+def test_a_cohort_with_neither_features_nor_timelines_says_the_ehr_side_reads_nothing(tmp_path: Path) -> None:
+    """cohort.csv and studies only: the warning said the EHR side "reads the timeline alone" where there was none."""
+    import shutil
+
+    from core.demo import write_demo_cohort
+    from core.ehr_read import feature_read
+    from core.registry import load_model
+
+    src = write_demo_cohort(tmp_path / "demo", n=12, seed=4, volumes=False)
+    model = load_model(SHIPPED / "concat")
+    (src / "features.csv").unlink()
+    bare = tmp_path / "bare"
+    shutil.copytree(src, bare)
+    (bare / "timeline.parquet").unlink()
+    with_timeline, without = load_cohort(src), load_cohort(bare)
+    sid = with_timeline.ids()[0]
+    # the demo's timelines hold MEDS_BIRTH and GENDER: age and sex come from them
+    assert feature_read(model, with_timeline, sid)[0].startswith("This cohort has no features.csv: age and sex_female are read")
+    assert feature_read(model, without, sid) == [
+        "This cohort has no features.csv: the model's 19 curated features (age, sex_female, n_visits, ...) are read as "
+        "the training average, and this subject has no timeline either: its EHR side reads nothing of this patient."]
