@@ -312,7 +312,9 @@ class Cohort:
         return None if rows is None else self.timeline.iloc[rows]
 
     def events(self, subject_id: str) -> pd.DataFrame:
-        """The subject's timeline events at or before its index time (all events when no index_time column).
+        """The subject's timeline events known at its index time (:func:`core.io.timeline_times.known_at`: at or
+        before it; in a timeline of dates only, before its day when it has a time of day); all events when cohort.csv
+        has no index_time column (``core.cohort_notes.coverage_notes`` says so).
 
         A subject with timeline events but no index time in a cohort that has an
         index_time column gets no events: nothing after the scan may leak in. Outcome codes (death) are
@@ -329,8 +331,9 @@ class Cohort:
             idx = self.index_time(subject_id)
             if idx is None:
                 return empty
-            # at or before the index, never an outcome code (rows without a time are left out here too)
-            ev = ev[(ev["time"] <= idx) & ~ev["code"].isin(OUTCOME_CODES)]
+            from core.io.timeline_times import dates_only, known_at  # at or before the index (dates only: an earlier day)
+
+            ev = ev[known_at(ev["time"], idx, dates_only(self.timeline)) & ~ev["code"].isin(OUTCOME_CODES).to_numpy()]
         else:
             ev = ev[~ev["code"].isin(OUTCOME_CODES)]
         return ev.sort_values("time", kind="stable").reset_index(drop=True)

@@ -21,7 +21,17 @@ import pandas as pd
 
 from core.cohort import Cohort
 from core.io.features import name_list
-from core.io.timeline import OUTCOME_CODES
+from core.io.timeline import OUTCOME_CODES, unreadable_values_note
+from core.io.timeline_times import dates_only, known_at
+
+def timeline_reading_notes(events: pd.DataFrame) -> list[str]:
+    """What reading a timeline file (a ``read_timeline`` frame) left out: rows without a code, values that are
+    not numbers."""
+    dropped = int(events.attrs.get("dropped_null_code", 0) or 0)
+    out = [f"timeline: {dropped} rows without a code are left out"] if dropped else []
+    values = unreadable_values_note(events)
+    return out + ([f"timeline: {values}"] if values else [])
+
 
 def _have(k: int) -> str:
     return "has" if k == 1 else "have"
@@ -32,6 +42,7 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
     """One line per modality the model reads (``timeline``, ``features``, ``studies``) that some subjects of ``ids``
     (all of the cohort's by default) lack: no timeline event at or before the index time (and, apart, timeline
     events with no index time, which are never read), no features row, no study. Empty when nothing is lacking."""
+    ids_all = ids is None  # the whole cohort: notes on the timeline file itself too
     ids = list(cohort.ids() if ids is None else ids)
     n = len(ids)
     out: list[str] = []
@@ -41,11 +52,30 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
         has = set(owners)
         read = ~events["code"].astype(str).isin(OUTCOME_CODES)  # as ``Cohort.events`` reads them, for all at once
         undated: list[str] = []
+        if ids_all and (events.attrs.get("dropped_null_code") or events.attrs.get("unreadable_values")):
+            out += timeline_reading_notes(events)
+        if "index_time" not in cohort.table.columns and any(s in has for s in ids):
+            out.append("cohort.csv has no index_time column: every timeline event is read, to the end of the record, "
+                       "those after the scan too (they can give the outcome away); add index_time (the scan's date and "
+                       "time) to read only what was known at the scan")
         if "index_time" in cohort.table.columns:
             index = cohort.table.set_index("subject_id")["index_time"]
             index_at = pd.to_datetime(owners.map(index))
             undated = [s for s in ids if s in has and pd.isna(index.get(s))]
-            read &= (events["time"] <= index_at).to_numpy()  # NaT on either side: not read
+            day_only = dates_only(events)
+            if events.attrs.get("utc_offsets"):
+                out.append("timeline: its times carry UTC offsets and are read in UTC; index_time must then be in UTC "
+                           "too, or carry its offset (e.g. 2021-04-03 08:30+02:00): an index_time in local time without "
+                           "one lets events up to that many hours after the scan be read")
+            read &= known_at(events["time"], index_at, day_only)  # NaT on either side: not read
+            if day_only:
+                scan_day = (events["time"] >= index_at.dt.normalize()) & (events["time"] <= index_at) & (index_at != index_at.dt.normalize())
+                owners_that_day = set(owners[(scan_day & ~events["code"].astype(str).isin(OUTCOME_CODES)).to_numpy()])
+                that_day = [s for s in ids if s in owners_that_day]
+                if that_day:
+                    out.append(f"timeline: dates without a time of day, and index_time has one: {len(that_day)} of {n} "
+                               f"subjects {_have(len(that_day))} events dated on the scan's day ({name_list(that_day)}): "
+                               "they are not read (not known to come before the scan); write the events' times to read them")
             if undated:
                 out.append(f"cohort.csv: {len(undated)} of {n} subjects {_have(len(undated))} timeline events but no "
                            f"index_time ({name_list(undated)}): none of their events is read (an event after the scan "

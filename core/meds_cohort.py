@@ -82,12 +82,17 @@ def read_meds(path: Path) -> pd.DataFrame:
     if empty:
         raise InputError("--meds", str(path), f"{empty} rows without subject_id",
                          "drop or fix rows with an empty subject_id")
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "subject_id": events["subject_id"].astype(str).to_numpy(),
         "time": events["time"].astype("datetime64[us]").to_numpy(),
         "code": events["code"].astype(str).to_numpy(),
         "numeric_value": events["numeric_value"].astype("float64").to_numpy(),
     })
+    # what reading left out, summed over the files (core.cohort_notes.timeline_reading_notes words it)
+    out.attrs["dropped_null_code"] = sum(int(f.attrs.get("dropped_null_code", 0) or 0) for f in frames)
+    out.attrs["unreadable_values"] = sum(int(f.attrs.get("unreadable_values", 0) or 0) for f in frames)
+    out.attrs["unreadable_examples"] = [v for f in frames for v in f.attrs.get("unreadable_examples", [])][:3]
+    return out
 
 
 def load_task(task: Path) -> TaskExtractorConfig:
@@ -165,6 +170,7 @@ def cohort_table(cfg: TaskExtractorConfig, result: pd.DataFrame, pred_df: pd.Dat
     after = hits["timestamp"] >= hits["start"] if window.start_inclusive else hits["timestamp"] > hits["start"]
     before = hits["timestamp"] <= hits["end"] if window.end_inclusive else hits["timestamp"] < hits["end"]
     first_hit = hits[after & before].groupby("subject_id")["timestamp"].min()
+    at_index = set(hits.loc[(hits["timestamp"] == hits["start"]) & ~after, "subject_id"].astype(str))  # outside the window
     last_seen = events.dropna(subset=["time"]).groupby("subject_id")["time"].max()
 
     event_time = rows["subject_id"].map(first_hit)
@@ -187,6 +193,7 @@ def cohort_table(cfg: TaskExtractorConfig, result: pd.DataFrame, pred_df: pd.Dat
     if bad.any():
         raise InputError("task", str(cfg.label_window), f"{int(bad.sum())} subjects get a negative or unknown "
                          "follow-up time", "make the label window start at or after the index event")
+    table.attrs["label_at_index"] = sorted(at_index & set(table.loc[table["event"] == 0, "subject_id"]))
     return table, dropped
 
 
@@ -231,6 +238,17 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
                          "check the predicate codes against the data (python -m core timeline PATH --subject ID)")
     report(0.7, "follow-up times and splits")
     table, dropped = cohort_table(cfg, result, pred_df, events, seed=seed, fractions=fractions)
+    from core.cohort_notes import timeline_reading_notes
+    from core.io.features import name_list
+
+    notes = timeline_reading_notes(events)
+    if len(events["code"]) and events.attrs.get("dropped_null_code"):
+        notes[0] += " (a subject whose index or outcome event had no code is not in the cohort)"
+    censored_at_index = table.attrs.get("label_at_index", [])
+    if censored_at_index:
+        notes.append(f"{len(censored_at_index)} subjects have a {cfg.windows[cfg.label_window].label} event at the index "
+                     f"time itself ({name_list(censored_at_index)}), outside the label window (its start is exclusive): "
+                     "they are censored; set start_inclusive: true in the label window to count it as an event at time 0")
     report(0.8, "writing the cohort")
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "cohort.csv", index=False)
@@ -254,4 +272,5 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
         "later_index_events_dropped": int(dropped),
         "timeline_events": int(len(timeline)),
         "seed": int(seed),
+        "notes": notes,
     }

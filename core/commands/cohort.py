@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 HELP = "build a cohort folder from a MEDS dataset and an ACES task definition"
@@ -54,4 +55,6 @@ def run(args: argparse.Namespace) -> int:
           f"({summary['label_predicate']}), {summary['censored']} censored, median follow-up "
           f"{summary['median_time_days']:.1f} days; split " + ", ".join(f"{k} {v}" for k, v in splits.items())
           + f"; {summary['timeline_events']} timeline events")
+    for note in summary["notes"]:  # type: ignore[attr-defined]
+        print(f"note: {note}", file=sys.stderr)
     return 0

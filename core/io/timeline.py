@@ -44,8 +44,8 @@ import pyarrow.dataset as pads
 
 from core.errors import InputError
 from core.io.columns import SUBJECT_ALIASES, column_key
-from core.io.delimited import CHUNK_BYTES, HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
-from core.io.timeline_times import to_datetime
+from core.io.delimited import CHUNK_BYTES, DECIMAL_COMMA, HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
+from core.io.timeline_times import has_offsets, to_datetime
 from core.io.workbook import XLSX_MAGIC, is_workbook, read_workbook, sheet_table
 
 COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -288,6 +288,7 @@ def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
     out.attrs["unreadable_values"] = len(unreadable)
     out.attrs["unreadable_examples"] = list(dict.fromkeys(v[:24] for v in unreadable))[:3]
     out.attrs["source"] = path.name
+    out.attrs["utc_offsets"] = has_offsets(cols["time"])  # read in UTC (core.cohort_notes: against a local index_time)
     out.attrs["columns"] = dict(mapping)  # the file's column for each MEDS column (summarize_file)
     return out
 
@@ -302,11 +303,14 @@ def unreadable_values_note(events: pd.DataFrame) -> str | None:
     n = int(events.attrs.get("unreadable_values", 0) or 0)
     if not n:
         return None
-    examples = ", ".join(repr(v) for v in events.attrs.get("unreadable_examples", []))
+    shown = events.attrs.get("unreadable_examples", [])
+    examples = ", ".join(repr(v) for v in shown)
+    fix = ("write numbers with a decimal point (a semicolon-separated CSV is read with decimal commas)"
+           if any(DECIMAL_COMMA.match(str(v)) for v in shown) else
+           "write a value reported beyond a limit as a number, and put a result given as text into the code (e.g. LAB//culture//positive)")
     return (f"{n} value{'s' if n > 1 else ''} of numeric_value {'are' if n > 1 else 'is'} not "
             f"{'numbers' if n > 1 else 'a number'}" + (f" (e.g. {examples})" if examples else "")
-            + " and " + ("are" if n > 1 else "is") + " read as no value: write a value reported beyond a limit as a "
-            "number, and put a result given as text into the code (e.g. LAB//culture//positive)")
+            + " and " + ("are" if n > 1 else "is") + f" read as no value: {fix}")
 
 
 def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd.DataFrame:
@@ -324,7 +328,35 @@ def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd
         full = _read_parquet(p, times, None) if fmt == "parquet" else _read_csv(p, times, None)
         return full.column(mapping["time"])
 
-    return _to_frame(table, mapping, p, None if wanted is None else whole)
+    frame = _to_frame(table, mapping, p, None if wanted is None else whole)
+    if wanted is not None and fmt == "parquet" and _numeric(_parquet_dataset(p).schema.field(mapping["subject_id"]).type):
+        _ids_as_asked(frame, wanted)
+    return frame
+
+
+def _numeric(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+
+
+def _ids_as_asked(frame: pd.DataFrame, wanted: list[str]) -> None:
+    """A numeric id column matched ``wanted`` by value ("008" reads subject 8): its rows get the id as asked, so they
+    match cohort.csv's (an id asked for as written, "8", keeps its own rows).
+
+    >>> f = pd.DataFrame({"subject_id": ["8", "9", "10"]})
+    >>> _ids_as_asked(f, ["008", "9", "010", "10"]); f["subject_id"].tolist()
+    ['008', '9', '10']
+    """
+    asked = set(wanted)
+    back: dict[str, str] = {}
+    for s in wanted:
+        try:
+            key = str(int(s))
+        except ValueError:
+            continue
+        if key != s and key not in asked:
+            back.setdefault(key, s)
+    if back:
+        frame["subject_id"] = frame["subject_id"].map(lambda v: back.get(v, v)).to_numpy()
 
 
 MAX_TIMELINE_BYTES = 1024**3  # one uploaded timeline held in memory

@@ -172,3 +172,46 @@ def follow_up_days(index: pd.Series, end: pd.Series, source: str = "cohort.csv")
                        field="index_time / end_time")
     start, stop = both.iloc[:len(index)].set_axis(index.index), both.iloc[len(index):].set_axis(index.index)
     return (stop - start).dt.total_seconds() / 86400.0, start
+
+
+def dates_only(timeline: pd.DataFrame) -> bool:
+    """True when every dated event of ``timeline`` (a ``read_timeline`` frame) is at 00:00: dates without a time
+    of day (a date-only export). Kept in ``timeline.attrs`` once computed.
+
+    >>> dates_only(pd.DataFrame({"time": pd.to_datetime(["2020-01-03", None, "2020-01-05"])}))
+    True
+    """
+    if "dates_only" not in timeline.attrs:
+        t = timeline["time"].dropna()
+        timeline.attrs["dates_only"] = bool(len(t)) and bool((t == t.dt.normalize()).all())
+    return bool(timeline.attrs["dates_only"])
+
+
+def known_at(times: pd.Series, index: pd.Timestamp | pd.Series, day_only: bool) -> np.ndarray:
+    """Which events (``times``) were known at the ``index`` time: those at or before it. In a timeline of dates only
+    (``day_only``), an event dated on the day of an index with a time of day is not known to come before it (a lab
+    of the scan's day may be from its afternoon): only earlier days are. A missing time on either side: not known.
+
+    >>> t = pd.Series(pd.to_datetime(["2020-01-02", "2020-01-03", "2020-01-04"]))
+    >>> known_at(t, pd.Timestamp("2020-01-03 08:30"), True).tolist(), known_at(t, pd.Timestamp("2020-01-03"), True).tolist()
+    ([True, False, False], [True, True, False])
+    """
+    index = pd.to_datetime(index)
+    at_or_before = np.asarray(times <= index, dtype=bool)
+    if not day_only:
+        return at_or_before
+    day = index.normalize() if isinstance(index, pd.Timestamp) else index.dt.normalize()
+    timed = np.asarray(index != day, dtype=bool)
+    return np.where(timed, np.asarray(times < day, dtype=bool), at_or_before)
+
+
+def has_offsets(col: pa.ChunkedArray) -> bool:
+    """Whether a timeline's time column carries UTC offsets (a zoned timestamp type, or text such as
+    ``10:00+02:00``): :func:`to_datetime` reads those in UTC.
+
+    >>> has_offsets(pa.chunked_array([["2020-01-03T10:00:00+02:00", "2020-01-05"]])), has_offsets(pa.chunked_array([["2020-01-05"]]))
+    (True, False)
+    """
+    if pa.types.is_timestamp(col.type):
+        return col.type.tz is not None
+    return bool(pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) and bool(_with_offset(col).any())
