@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, TEXT_COLUMNS, TIMELINE_FILES, rename_aliases
+from core.io.columns import COHORT_ALIASES, END_COLUMN, EVENT_WORDS, TEXT_COLUMNS, TIMELINE_FILES, date_gap_hint, rename_aliases
 from core.io.contrast import COLUMN as CONTRAST_COLUMN
 from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
@@ -114,7 +114,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         raise InputError(
             "time", f"{table['time'].tolist()[i]!r} (subject {out['subject_id'].iloc[i]!r})",
             "must be a finite number of days >= 0", f"correct or drop negative, NaN or infinite follow-up times in {source}"
-            + (f" (time is {END_COLUMN} - index_time here)" if from_dates else ""),
+            + (date_gap_hint(table, i) if from_dates else ""),
         )
     words = out["event"].map(lambda v: EVENT_WORDS.get(canon(v)) if isinstance(v, str) else None)  # yes / dead: 1
     event = pd.to_numeric(out["event"], errors="coerce").fillna(words.astype(float))

@@ -260,3 +260,16 @@ def test_a_missing_study_file_names_its_subject(tmp_path: Path) -> None:
                                          "s2,20,0,test,studies/nope.nii.gz\n")
     with pytest.raises(InputError, match=r"^study \(subject s2\): got studies/nope.nii.gz, file not found; fix: fix"):
         load_cohort(tmp_path).load_volume("s2")
+
+
+def test_registry_end_dates_split_over_death_date_and_last_follow_up() -> None:
+    """Registries write a death_date for the dead and a last_follow_up for the living: death_date alone was taken as
+    end_time and every living subject failed with "time: got nan"."""
+    table = pd.DataFrame({"subject_id": ["a", "b", "c"], "index_date": ["2020-01-01 08:00"] * 3,
+                          "death_date": ["2020-01-11 08:00", "", None], "last_follow_up": ["2020-02-01", "2020-01-21 08:00", "2020-03-01 08:00"],
+                          "event": [1, 0, 0], "split": ["train", "val", "test"]})
+    out = validate_outcomes(table)
+    assert out["time"].tolist() == [10.0, 20.0, 60.0]
+    table.loc[1, "last_follow_up"] = None
+    with pytest.raises(InputError, match=r"subject 'b'.*and end_time is blank: give every subject the scan's date and the event's"):
+        validate_outcomes(table)

@@ -53,6 +53,10 @@ def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], 
     for target, names in aliases.items():
         if target in present:
             continue
+        if target == END_COLUMN:
+            frame = _end_dates(frame, names, source)
+            if END_COLUMN in frame.columns:
+                continue
         for alias in names:
             found = [c for c in frame.columns if column_key(c) == column_key(alias) and c not in renames]
             if len(found) > 1:
@@ -62,3 +66,34 @@ def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], 
                 renames[found[0]] = target
                 break
     return frame.rename(columns=renames) if renames else frame
+
+
+def _end_dates(frame: pd.DataFrame, names: tuple[str, ...], source: str) -> pd.DataFrame:
+    """``frame`` with one ``end_time`` column where the end date is split over several of its aliases, as registries
+    export it (``death_date`` for the dead, ``last_follow_up`` for the living): per row the first one not blank, in
+    the aliases' order; one alias or none: unchanged (renamed by :func:`rename_aliases`).
+
+    >>> f = pd.DataFrame({"Death Date": ["2021-05-01", None], "last_follow_up": ["2021-06-01", "2022-01-01"]})
+    >>> rename_aliases(f, COHORT_ALIASES)["end_time"].tolist()
+    ['2021-05-01', '2022-01-01']
+    """
+    found = [c for alias in names for c in frame.columns if column_key(c) == column_key(alias)]
+    if len(found) < 2:
+        return frame
+    blank = lambda col: frame[col].isna() | (frame[col].astype(str).str.strip() == "")  # noqa: E731
+    end = frame[found[0]].where(~blank(found[0]))
+    for col in found[1:]:
+        end = end.where(end.notna(), frame[col].where(~blank(col)))
+    return frame.drop(columns=found).assign(**{END_COLUMN: end.to_numpy()})
+
+
+def date_gap_hint(table: pd.DataFrame, row: int) -> str:
+    """Why a follow-up time computed from dates (``end_time - index_time``) is missing for ``row``: which date is
+    blank, said with the fix."""
+    end, start = table[END_COLUMN].iloc[row], table["index_time"].iloc[row]
+    blank = [name for name, v in ((END_COLUMN, end), ("index_time", start)) if pd.isna(v) or not str(v).strip()]
+    if not blank:
+        return f" (time is {END_COLUMN} - index_time here)"
+    return (f" (time is {END_COLUMN} - index_time here, and {' and '.join(blank)} {'is' if len(blank) == 1 else 'are'} "
+            "blank: give every subject the scan's date and the event's or last follow-up's date, e.g. a death_date "
+            "column for the dead and a last_follow_up column for the living)")
