@@ -33,6 +33,29 @@ def timeline_reading_notes(events: pd.DataFrame) -> list[str]:
     return out + ([f"timeline: {values}"] if values else [])
 
 
+FEW_EVENTS = 10  # a split with fewer events: its C-index rests on a handful of comparable pairs
+
+
+def split_event_notes(table: pd.DataFrame) -> list[str]:
+    """One line per val or test split of an outcome table with fewer than :data:`FEW_EVENTS` events: without any,
+    the split gives no C-index (val: no early stopping by it); with a few, its C-index says little.
+
+    >>> t = pd.DataFrame({"split": ["train"] * 4 + ["val", "val", "test", "test"], "event": [1, 1, 0, 1, 0, 0, 1, 0]})
+    >>> split_event_notes(t)
+    ['val split: no event in 2 subjects: no C-index on it (early stopping cannot choose an epoch by it)', 'test split: 1 event in 2 subjects: its C-index rests on a few comparable pairs and says little (add subjects with events)']
+    """
+    out = []
+    for split, why in (("val", "early stopping cannot choose an epoch by it"), ("test", "the model is not tested")):
+        part = table.loc[table["split"] == split, "event"]
+        k, n = int(part.sum()), len(part)
+        if n and not k:
+            out.append(f"{split} split: no event in {n} subjects: no C-index on it ({why})")
+        elif n and k < FEW_EVENTS:
+            out.append(f"{split} split: {k} event{'s' if k > 1 else ''} in {n} subjects: its C-index rests on a few "
+                       "comparable pairs and says little (add subjects with events)")
+    return out
+
+
 def _have(k: int) -> str:
     return "has" if k == 1 else "have"
 

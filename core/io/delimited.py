@@ -8,6 +8,7 @@ semicolon file reads ``61,5`` as 61.5, and the encoding is UTF-16 by its byte-or
 every byte decodes as UTF-8, else cp1252 (:func:`text_encoding`). Used for cohort.csv, features.csv (also
 uploaded) and MEDS timeline CSVs.
 
+>>> import io
 >>> sniff_delimiter(b"subject_id;age;sex_female\\nP1;61,5;1\\n")
 ';'
 >>> read_csv_any(io.BytesIO(b"subject_id;age\\nP1;61,5\\n"))["age"].tolist()
@@ -88,6 +89,7 @@ def read_csv_any(source: Path | str | IO[bytes], *, text_names: Iterable[str] = 
     of ``text_names`` (in any case, spaces or punctuation: "Patient ID" for patient_id) are read as text, so an id
     such as 007 stays 007.
 
+    >>> import io
     >>> read_csv_any(io.BytesIO(b"Patient ID;age\\n007;61,5\\n"), text_names=["patient_id"]).to_dict("list")
     {'Patient ID': ['007'], 'age': [61.5]}
     """

@@ -14,7 +14,7 @@ import torch
 
 from core.cohort import Cohort, load_cohort
 from core.errors import InputError
-from core.cohort_notes import coverage_notes
+from core.cohort_notes import coverage_notes, split_event_notes
 from core.inputs import ehr_arrays, image_embedding_arrays
 from core.io.features import feature_notes
 from core.models import FUSIONS, HEADS, default_image_kind
@@ -215,7 +215,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         "data_notes": (feature_notes(cohort.features) if ecfg.get("tabular") and not cfg.ehr.summarises_timeline else [])
         + coverage_notes(cohort, timeline=bool(ecfg.get("sequence") or cfg.ehr.summarises_timeline),
                          features=bool(ecfg.get("tabular")) and not cfg.ehr.summarises_timeline,
-                         studies=bool(cfg.image.voxels)) + unread,
+                         studies=bool(cfg.image.voxels)) + unread + split_event_notes(table),
         "modalities": {"image": icfg["kind"], "ehr": [k for k in ("sequence", "tabular") if ecfg.get(k)] + (["embedding"] if ecfg.get("embedding_dim") else [])},
         "uncertainty": (f"ensemble of {n_members} seeds (range of the members' curves, widened to contain the mean)"
                         if n_members > 1 else "MC dropout (30 samples, 5th-95th percentile, widened to contain the point estimate)"),
