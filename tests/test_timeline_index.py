@@ -100,3 +100,15 @@ def test_a_death_at_the_admission_time_is_an_event_at_time_zero(tmp_path: Path) 
     exclusive.write_text(task.read_text().replace("start_inclusive: true  #", "start_inclusive: false  #"))
     summary = build_meds_cohort(tmp_path / "meds.parquet", exclusive, tmp_path / "out2")
     assert any(n.startswith(f"1 subjects have a death event at the index time itself ({subject})") for n in summary["notes"])
+
+
+def test_times_written_as_epoch_counts_are_refused_saying_so(tmp_path: Path) -> None:
+    """Nanoseconds since 1970 (19 digits) and a birth before 1970 (negative) got no hint that they are counts."""
+    from core.errors import InputError
+    from core.io.timeline import read_timeline
+
+    for values in ([1577836800000000000, -755049600000000000], [-755049600, 1577836800]):
+        path = tmp_path / "t.parquet"
+        pd.DataFrame({"subject_id": [1, 2], "time": values, "code": ["A", "B"]}).to_parquet(path, index=False)
+        with pytest.raises(InputError, match=r"a whole number \(seconds to nanoseconds since 1970"):
+            read_timeline(path)

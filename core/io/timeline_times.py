@@ -134,10 +134,11 @@ def to_datetime(col: pa.ChunkedArray, path: Path, whole: Callable[[], pa.Chunked
         bad = parsed.isna() & text.notna()
     if bad.any():
         example = text[bad].iloc[0]
-        epoch = bool(text[bad].str.fullmatch(r"\d{9,13}(?:\.\d+)?").all())  # 1577836800: seconds since 1970?
+        # 1577836800 (seconds since 1970), its milli- to nanoseconds, or before 1970 (negative): a count, not a time
+        epoch = bool(text[bad].str.fullmatch(r"-?\d{6,19}(?:\.\d+)?").all())
         raise InputError("time", example, f"is not a date/time ({int(bad.sum())} such rows in {path.name})"
-                         + ("; a number of 9 to 13 digits (seconds or milliseconds since 1970, or a date and hour "
-                            "without separators) is not read as a time" if epoch else ""),
+                         + ("; a whole number (seconds to nanoseconds since 1970, or a date and hour without "
+                            "separators) is not read as a time" if epoch else ""),
                          "write times as ISO 8601, e.g. 2180-03-23 11:51:00 (leave empty for static events)")
     return parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
 
