@@ -131,11 +131,11 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         raise InputError("event", "all 0", "every subject is censored, so no survival model can be fitted",
                          "check the event coding (1 = event) or add subjects with observed events")
     if "split" in out.columns:
-        split = out["split"].astype(str).str.strip().str.lower()
+        split = out["split"].map(lambda v: "" if pd.isna(v) else str(v)).str.strip().str.lower()
         unknown = sorted(set(split) - set(SPLITS))
-        if unknown:
-            raise InputError("split", _examples(unknown), "unknown split value(s)",
-                             "use train, val or test (or drop the split column for an automatic 60/20/20 split)")
+        if unknown:  # a blank cell named with its subject
+            raise InputError("split", _examples(unknown) + (f" (blank for subject {out['subject_id'][split == ''].iloc[0]!r})" if "" in unknown else ""),
+                             "unknown split value(s)", "use train, val or test (or drop the split column for an automatic 60/20/20 split)")
         out["split"] = split
     else:
         out["split"] = auto_split(out["subject_id"].tolist(), out["event"].to_numpy(), seed=seed)

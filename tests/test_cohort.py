@@ -273,3 +273,9 @@ def test_registry_end_dates_split_over_death_date_and_last_follow_up() -> None:
     table.loc[1, "last_follow_up"] = None
     with pytest.raises(InputError, match=r"subject 'b'.*and end_time is blank: give every subject the scan's date and the event's"):
         validate_outcomes(table)
+
+
+def test_a_blank_split_cell_names_its_subject() -> None:
+    table = pd.DataFrame({"subject_id": ["a", "b", "c"], "time": [1.0, 2.0, 3.0], "event": [1, 0, 1], "split": ["train", None, "test"]})
+    with pytest.raises(InputError, match=r"split: got '' \(blank for subject 'b'\), unknown split value"):
+        validate_outcomes(table)
