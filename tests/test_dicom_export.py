@@ -470,3 +470,30 @@ def test_repeated_acquisition_exports_onto_the_loaded_one(tmp_path: Path) -> Non
     assert result.derived_series == [] and result.n_frames == 8
     numbers = check_export(tmp_path / "out", saliency, volume.affine, risk_at, ["image"], list(loaded.paths))
     assert numbers["max_abs_error"] == 0.0
+
+
+def test_a_source_without_patient_and_study_attributes_exports(tmp_path: Path) -> None:
+    """A series whose files leave out PatientID, PatientName, StudyDate and the like (type 2 in the objects derived
+    from them): highdicom read them off the source and the export stopped with an internal AttributeError."""
+    from core.cohort import load_cohort
+
+    cohort = tmp_path / "cohort"
+    written = write_series(cohort / "studies" / "s1", shape=(8, 32, 32), identified=False)
+    gone = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+            "AccessionNumber", "ReferringPhysicianName")
+    for path in written.paths:
+        ds = pydicom.dcmread(path)
+        for keyword in gone:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path, enforce_file_format=True)
+    (cohort / "cohort.csv").write_text("subject_id,time,event,split,study\ns1,100,1,train,studies/s1\n")
+    volume = load_cohort(cohort).load_volume("s1")
+    out = tmp_path / "out"
+    result, saliency, risk_at = _export_random_map(volume, cohort / "studies" / "s1", out, seed=1)
+    assert result.derived_series == [] and result.source_series_uid == written.series_uid
+    pm = pydicom.dcmread(out / "saliency_pm.dcm", stop_before_pixels=True)
+    assert (pm.PatientID, str(pm.PatientName), pm.StudyDate) == ("", "", "")
+    if shutil.which("dciodvfy"):
+        for name in ("saliency_pm.dcm", "saliency_seg.dcm", "prediction_sr.dcm"):
+            assert _dciodvfy_errors(out / name) == [], name

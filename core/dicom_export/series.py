@@ -195,6 +195,9 @@ def series_instances(sources: Iterable[Path | tuple[str, bytes]], volume: Volume
             continue
         if volume.meta.get("acquisition") and acquisition_key(ds) != volume.meta["acquisition"]:
             continue  # another acquisition of a series that repeats one: not the voxels loaded
+        for keyword in IDENTITY:  # type 2 in the objects derived from it: present, empty when the source left it out
+            if keyword not in ds:
+                setattr(ds, keyword, "")
         if multi_frame:
             enhanced.append((ds, Path(path)))
             continue
