@@ -14,6 +14,7 @@ import pytest
 
 from core.cli import main
 from core.errors import InputError
+from tests.conftest import ROOT
 
 METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgrad")
 
@@ -290,6 +291,15 @@ def test_explain_cli_bad_input_exits_2(case: dict, tmp_path: Path, capsys: pytes
     rc = main(base + args)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and err.startswith(message), err
+
+
+def test_explain_with_a_model_that_reads_no_ct_blames_the_model(case: dict, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """It said the subject had no study, where the subject has one and ehr_only reads none."""
+    rc = main(["explain", "--model", str(ROOT / "assets" / "demo_models" / "ehr_only"), "--cohort", str(case["cohort_dir"]),
+               "--subject", case["sid"], "--method", "saliency", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --model: got ehr_only, reads no CT voxels"), err
 
 
 def test_sanity_randomization_and_pointing_game(case: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     cohort = load_cohort(args.cohort, for_training=False)
     inputs = model.case_inputs(cohort, str(args.subject))
     volume = cohort.load_volume(str(args.subject))
+    if not model.config.image.voxels:
+        raise InputError("--model", model.fusion, "reads no CT voxels, so there is no attribution on the CT to show",
+                         "explain with a model that reads the CT (image_only or a fusion)")
     if volume is None or inputs.image is None:
         raise InputError("subject", "no CT", "this subject has no study to explain", "pick a subject with a CT")
     att = attribute(model, inputs, args.method, args.horizon, args.slice_index, baseline=args.baseline,
