@@ -108,6 +108,8 @@ _KALEIDO_LOCK = threading.Lock()
 # Kaleido's own deprecation notes are silenced by one filter installed at import and never removed (a
 # ``warnings.catch_warnings`` around the call would swap the process-wide filter list from a request thread).
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(kaleido|plotly\.io\._kaleido)")
+# plotly passes its own options to kaleido's server, which says (every figure) that it ignores them: no news for a user
+warnings.filterwarnings("ignore", message="The kopts argument is ignored if using a server", category=UserWarning)
 _KALEIDO_STATE: dict[str, Any] = {"server": False, "broken": None}
 
 
