@@ -257,8 +257,11 @@ with t1:
             st.caption("Entered or taken from a features table on the Upload page, where they can be changed.")
 with t2:
     read_any = pred.event_weights is None or bool(np.any(pred.event_weights))
-    maps = F.attention_maps(pred.attention, events) if n_events and read_any else []
-    if not read_any and n_events:
+    read_ct = "image" in pred.modalities_used  # a withheld CT: its slices' side of the attention is masked, not read
+    maps = F.attention_maps(pred.attention, events) if n_events and read_any and read_ct else []
+    if not read_ct and n_events:
+        st.info(f"No attention between slices and events to show: {model_name} did not read this case's CT.")
+    elif not read_any and n_events:
         st.info(f"No attention between slices and events to show: {model_name} reads none of this case's events.")
     elif n_events == 0:
         st.info("No attention over events to show: the case has no timeline events.")

@@ -103,6 +103,13 @@ def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, 
     fig = F.survival_compare_figure({"concat": (t, [0.9, 0.8, 0.7], None, None),
                                      "cross_attention": (t, [0.95, 0.85, 0.6], [0.9, 0.8, 0.5], [1, 0.9, 0.7])})
     assert [tr.name for tr in fig.data if tr.showlegend is not False] == ["concat", "cross_attention"]
+    # a strategy keeps its colour whichever others score the case (it went by position: one missing shifted the rest)
+    alone = F.survival_compare_figure({"cross_attention": (t, [0.95, 0.85, 0.6], None, None)})
+    def colour(figure: object, name: str) -> str:
+        return next(tr.line.color for tr in figure.data if tr.name == name and tr.showlegend is not False)  # type: ignore[attr-defined]
+
+    assert colour(alone, "cross_attention") == colour(fig, "cross_attention") == F.STRATEGY_COLORS["cross_attention"]
+    assert len(set(F.STRATEGY_COLORS.values())) == 7 and F.PALETTE[0] not in F.STRATEGY_COLORS.values()
     groups = F.survival_compare_figure({"low risk": (t, [0.9, 0.8, 0.7], None, None), "high risk": (t, [0.7, 0.5, 0.3], None, None)},
                                        colors=[F.RISK_GROUP_COLORS["low"], F.RISK_GROUP_COLORS["high"]])
     assert [tr.line.color for tr in groups.data if tr.showlegend is not False] == ["#2ca02c", "#d62728"]

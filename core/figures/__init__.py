@@ -29,6 +29,7 @@ from core.figures.style import (
     OVERLAY_COLORSCALE,
     PALETTE,
     RISK_GROUP_COLORS,
+    STRATEGY_COLORS,
 )
 from core.figures.survival_chart import survival_chart
 from core.figures.tokens import (
@@ -40,7 +41,7 @@ from core.figures.tokens import (
 )
 
 __all__ = [
-    "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS",
+    "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS", "STRATEGY_COLORS",
     "attention_heatmap", "attention_maps", "calibration_figure", "decision_curve_figure", "event_labels", "model_comparison_figure", "montage",
     "normalize_map",
     "resolve_window", "slice_overlay", "slice_strip", "subgroup_figure", "survival_chart", "survival_compare_figure", "timeline_figure",

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.errors import InputError
-from core.figures.style import COHORT_COLOR, PALETTE
+from core.figures.style import COHORT_COLOR, PALETTE, STRATEGY_COLORS
 from core.horizons import HORIZONS, horizon_label, survival_at
 
 
@@ -66,7 +66,8 @@ def survival_compare_figure(
 ) -> go.Figure:
     """The same case under several fusion strategies: ``{strategy: (times, s, lo, hi)}``.
 
-    ``colors`` (``#rrggbb``, one per curve, in order) replaces the default palette, e.g.
+    ``colors`` (``#rrggbb``, one per curve, in order) replaces the default colours (a strategy's own,
+    ``STRATEGY_COLORS``, else the palette in order), e.g.
     ``RISK_GROUP_COLORS`` for risk groups. ``current`` (a key of ``curves``) is the model in use: drawn thick and
     listed first in the legend under the heading "current model:", the others thinner. Hovering a curve gives
     the strategy, the day and S(t); each horizon line carries every strategy's risk there.
@@ -84,7 +85,7 @@ def survival_compare_figure(
             fig.add_trace(tr)
     readings: dict[float, list[str]] = {float(h): [] for h in horizons}
     for i, (name, curve) in enumerate(curves.items()):
-        color = colors[i] if colors is not None else PALETTE[i % len(PALETTE)]
+        color = colors[i] if colors is not None else STRATEGY_COLORS.get(str(name), PALETTE[i % len(PALETTE)])
         r, g, b = (int(color[j:j + 2], 16) for j in (1, 3, 5))
         t, s, lo, hi = curve_arrays(f"curves[{name}]", *curve)
         is_current = current is not None and name == current

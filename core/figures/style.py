@@ -16,5 +16,9 @@ GRAY: list[list[Any]] = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
 BAND_FILL = "rgba(31,119,180,0.2)"
 COHORT_COLOR = "rgb(110,110,110)"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+# each fusion strategy keeps its colour from case to case, whichever strategies can score a case; none takes the blue
+# of the case's own curve (core.figures.survival_chart)
+STRATEGY_COLORS = dict(zip(("image_only", "ehr_only", "concat", "contrastive", "cross_attention", "coattention_image",
+                            "coattention_ehr"), PALETTE[1:]))
 # risk groups read at a glance: low green, intermediate orange, high red
 RISK_GROUP_COLORS = {"low": "#2ca02c", "intermediate": "#ff7f0e", "high": "#d62728"}
