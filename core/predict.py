@@ -75,7 +75,7 @@ def image_read(model: LoadedModel, volume: Volume | None, stats: Mapping[str, fl
         return ImageRead()
     read = _image_read(model, volume, stats)
     modality = (volume.modality or "").strip().upper()
-    if modality not in ("CT", "") and read.withheld is None:
+    if modality not in ("CT", ""):  # the first reason, ahead of anatomy measured in values that are not HU
         return dataclasses.replace(read, withheld=f"the series is {modality}, not CT: its values are not Hounsfield "
                                                   "units, and every model here was trained on CT")
     return read

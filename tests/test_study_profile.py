@@ -180,6 +180,10 @@ def test_a_series_of_another_modality_is_withheld(new_demo_cases: Path) -> None:
     assert mr.withheld is not None and "MR, not CT" in mr.withheld
     assert "The CT is withheld from image_only: the series is MR" in str(mr.note("image_only"))
     assert image_read(model, dataclasses.replace(vol, modality="")).withheld is None
+    # an MR whose values also look like other anatomy: withheld for being MR first (it named the soft-tissue share)
+    soft = dataclasses.replace(vol, hu=np.full_like(vol.hu, 40.0))
+    assert image_read(model, soft).withheld is not None and "MR" not in str(image_read(model, soft).withheld)
+    assert str(image_read(model, dataclasses.replace(soft, modality="MR")).withheld).startswith("the series is MR, not CT")
 
 
 def test_predict_json_carries_how_the_study_was_read(new_demo_cases: Path, tmp_path: Path) -> None:
