@@ -138,10 +138,19 @@ def _nifti(tmp_path: Path, name: str, data: np.ndarray | None = None, **header: 
 
 
 def test_nifti_units_singleton_axes_and_orientation_conflicts(tmp_path: Path) -> None:
-    metres = _nifti(tmp_path, "m.nii", np.zeros((6, 5, 4), np.int16), xyzt_units=1)  # NIFTI_UNITS_METER
-    vol = load_study(metres)
-    assert vol.spacing_mm == pytest.approx((3000.0, 2000.0, 2000.0))  # as ITK reads it
-    assert any("spatial unit is meters" in w for w in vol.warnings)
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([0.002, 0.002, 0.003, 1.0]))
+    img.header.set_xyzt_units("meter")
+    img.to_filename(tmp_path / "metres.nii")
+    vol = load_study(tmp_path / "metres.nii")
+    assert vol.spacing_mm == pytest.approx((3.0, 2.0, 2.0))  # as ITK reads it
+    assert any("spatial unit is meters (xyzt_units): spacing and positions converted to mm" in w for w in vol.warnings)
+    # 3 mm voxels labelled metres (a wrong unit, not 3 m voxels): read as mm, with a warning
+    wrong = load_study(_nifti(tmp_path, "m.nii", np.zeros((6, 5, 4), np.int16), xyzt_units=1))
+    assert wrong.spacing_mm == pytest.approx((3.0, 2.0, 2.0))
+    assert any("but its voxels would then be 3000 x 2000 x 2000 mm" in w for w in wrong.warnings)
+    nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([40.0, 40.0, 40.0, 1.0])).to_filename(tmp_path / "big.nii")
+    big = load_study(tmp_path / "big.nii")
+    assert any(w.startswith("voxel spacing 40 x 40 x 40 mm is outside what a CT has") for w in big.warnings)
     assert load_study(_nifti(tmp_path, "mm.nii", xyzt_units=2)).spacing_mm == pytest.approx((3.0, 2.0, 2.0))
     five = _nifti(tmp_path, "5d.nii", np.zeros((6, 5, 4, 1, 1), np.int16))
     assert load_study(five).shape == (4, 5, 6)

@@ -79,7 +79,7 @@ from core.io.contrast import dicom_contrast, with_record
 from core.io.dicom_frames import FrameGeometry, frame_order, inplane_shifts, shift_slices
 from core.io.fork_decode import decode_in_processes, shared_empty
 from core.io.j2k_prefetch import Prefetch
-from core.io.volume import SeriesInfo, Volume, hu_scale_warning
+from core.io.volume import SeriesInfo, Volume, hu_scale_warning, spacing_warning
 
 # the public names of the DICOM loader live in its submodules; callers keep importing them from here
 from core.io.dicom_headers import gate_fingerprint as gate_fingerprint
@@ -397,6 +397,8 @@ def _load_dicom_sources(
     scale = hu_scale_warning(hu, modality)
     warnings.extend([scale] if scale else [])
     spacing = tuple(round(float(np.linalg.norm(conv_affine[:3, i])), 6) for i in range(3))
+    odd = spacing_warning(spacing)  # type: ignore[arg-type]
+    warnings.extend([odd] if odd else [])
     ds = first.ds
     meta = {
         "series_key": key,

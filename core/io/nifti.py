@@ -26,7 +26,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.io.inflate import WBITS_GZIP, inflate_bounded
-from core.io.volume import Volume, hu_scale_warning
+from core.io.volume import Volume, hu_scale_warning, spacing_warning
 
 MAX_NIFTI_BYTES = 3 * 1024**3  # uncompressed file size
 MAX_VOXELS = 800 * 1024 * 1024
@@ -193,10 +193,14 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
         raise InputError("NIfTI file", name, f"has an empty dimension (shape {list(shape)})", "re-export the file")
     if int(np.prod(shape)) > MAX_VOXELS:
         raise InputError("NIfTI file", name, f"has {int(np.prod(shape))} voxels (limit {MAX_VOXELS})", "load a smaller volume")
-    # the header's spatial unit (xyzt_units): metres and microns are converted to mm, as ITK does; unknown is read as mm
+    # the header's spatial unit (xyzt_units): metres and microns are converted to mm, as ITK does, unless that makes a
+    # CT's voxels implausible where the values as written are not (3 mm voxels labelled metres); unknown is read as mm
     unit = str(img.header.get_xyzt_units()[0])
-    to_mm = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
-    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64) * to_mm
+    stated = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
+    written = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    kept_mm = stated != 1.0 and spacing_warning(tuple(written * stated)) is not None and spacing_warning(tuple(written)) is None
+    to_mm = 1.0 if kept_mm else stated
+    zooms = written * to_mm
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise InputError("NIfTI pixdim", name, f"voxel spacing {zooms.tolist()} is not positive and finite", "fix pixdim[1:4] in the header")
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -227,8 +231,12 @@ def _load_nifti_bytes(data: bytes, name: str) -> Volume:
     notes += _orientation_notes(img.header, affine)
     if to_mm != 1.0:
         notes.append(f"NIfTI spatial unit is {unit}s (xyzt_units): spacing and positions converted to mm")
-    scale = hu_scale_warning(out)
-    notes += [scale] if scale else []
+    if kept_mm:
+        notes.append(f"NIfTI spatial unit is {unit}s (xyzt_units), but its voxels would then be "
+                     f"{' x '.join(f'{v * stated:.4g}' for v in written)} mm, "
+                     "not a CT's: its spacing is read as mm (check the header)")
+    scale, odd = hu_scale_warning(out), spacing_warning(spacing)  # type: ignore[arg-type]
+    notes += [w for w in (scale, odd) if w]
     directions = lps[:3, :3] / np.asarray(spacing)
     off_axis = float(np.degrees(np.arccos(np.clip(np.min(np.max(np.abs(directions), axis=0)), 0.0, 1.0))))
     if off_axis > 0.5:

@@ -83,3 +83,23 @@ def hu_scale_warning(hu: np.ndarray, modality: str = "CT") -> str | None:
     return (f"no voxel reads as air (the lowest is {lowest:.0f} HU; air is about -1000 HU): if this CT shows air "
             "(outside the body, the lungs, bowel gas), its values are not Hounsfield units, e.g. stored pixel values "
             "whose RescaleIntercept was lost on export; the models and checks read them as HU")
+
+
+CT_SPACING_MM = (0.1, 15.0)  # a CT voxel's spacing along any axis lies within this (a micro-CT's or a scout's aside)
+
+
+def spacing_warning(spacing_mm: tuple[float, float, float]) -> str | None:
+    """A warning when a voxel spacing lies outside :data:`CT_SPACING_MM`: a header whose unit or pixdim is wrong
+    (metres read as millimetres gives 3,000 mm voxels), which every size and volume read from it repeats.
+
+    >>> spacing_warning((3.0, 0.7, 0.7)) is None
+    True
+    >>> spacing_warning((3000.0, 3000.0, 3000.0)).startswith("voxel spacing 3000 x 3000 x 3000 mm")
+    True
+    """
+    lo, hi = CT_SPACING_MM
+    if all(lo <= float(v) <= hi for v in spacing_mm):
+        return None
+    shown = " x ".join(f"{float(v):.4g}" for v in spacing_mm)
+    return (f"voxel spacing {shown} mm is outside what a CT has ({lo:g}-{hi:g} mm): check the header's spacing and "
+            "unit; sizes, volumes and the models' checks read it as given")
