@@ -147,7 +147,7 @@ def test_nifti_units_singleton_axes_and_orientation_conflicts(tmp_path: Path) ->
     # 3 mm voxels labelled metres (a wrong unit, not 3 m voxels): read as mm, with a warning
     wrong = load_study(_nifti(tmp_path, "m.nii", np.zeros((6, 5, 4), np.int16), xyzt_units=1))
     assert wrong.spacing_mm == pytest.approx((3.0, 2.0, 2.0))
-    assert any("but its voxels would then be 3000 x 2000 x 2000 mm" in w for w in wrong.warnings)
+    assert any("but its voxels would then be 2000 x 2000 x 3000 mm" in w for w in wrong.warnings)
     nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([40.0, 40.0, 40.0, 1.0])).to_filename(tmp_path / "big.nii")
     big = load_study(tmp_path / "big.nii")
     assert any(w.startswith("voxel spacing 40 x 40 x 40 mm is outside what a CT has") for w in big.warnings)
