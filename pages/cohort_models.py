@@ -184,7 +184,7 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
         st.warning(f"The model read nothing of {m['unread']} of the {m.get('n')} subjects (no study, timeline or "
                    "features it can read): their curves are the training average.", icon=":material/warning:")
     for note in m.get("notes") or []:  # what the cohort gives the model (core.evaluation.evaluation_notes)
-        st.warning(note[0].upper() + note[1:] + ".", icon=":material/warning:")
+        st.warning(note + ".", icon=":material/warning:")
     for label, line in (("CTs", split_image_reads_text(m.get("ct_profile"))),
                         ("Timelines", split_timeline_reads_text(m.get("timeline_codes"))),
                         ("Features", split_feature_reads_text(m.get("features")))):
@@ -479,7 +479,7 @@ with tab_meds:
         cols[3].metric("Median follow-up", f"{float(info.get('median_time_days', 0)):.0f} d")
         st.caption(f"Splits: {info.get('splits')}; {info.get('timeline_events')} timeline events kept.")
         for note in info.get("notes") or []:  # what reading the MEDS files left out (core.meds_cohort)
-            st.warning(note[0].upper() + note[1:] + ".", icon=":material/warning:")
+            st.warning(note + ".", icon=":material/warning:")
         c3, c4 = st.columns(2)
         mfusion = c3.selectbox("Strategy (EHR only: MEDS cohorts have no CT)", ["ehr_only"], key="meds_fusion")
         mepochs = c4.number_input("Epochs", 1, 200, 10, key="meds_epochs")

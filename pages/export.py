@@ -43,7 +43,7 @@ is_demo = source != views.UPLOADED  # a demo case's number is named apart from t
 method = chrome.method_setting(views.current_lazy_model())  # the model's config only: nothing loaded for this
 horizon = chrome.horizon_days()
 st.markdown(
-    f"**{'Demo case' if is_demo else 'Case'} {number}**{'' if is_demo else ' (uploaded)'}, model **{model_name}**, "
+    f"**{'Demo case' if is_demo else 'Case'} {number}**{f' (Demo {subject_id} in Case review)' if is_demo else ' (uploaded)'}, model **{model_name}**, "
     f"method **{_viewer.METHOD_LABELS.get(method, method)}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
     "Change them on the Case review page and in the sidebar."
 )

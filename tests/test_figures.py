@@ -110,6 +110,9 @@ def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, 
 
     assert colour(alone, "cross_attention") == colour(fig, "cross_attention") == F.STRATEGY_COLORS["cross_attention"]
     assert len(set(F.STRATEGY_COLORS.values())) == 7 and F.PALETTE[0] not in F.STRATEGY_COLORS.values()
+    mine = F.survival_compare_figure({"coattention_image": (t, [0.9, 0.8, 0.7], None, None),
+                                      "ehr_only (your cohort)": (t, [0.9, 0.8, 0.7], None, None)})
+    assert colour(mine, "ehr_only (your cohort)") not in F.STRATEGY_COLORS.values()  # it took coattention_image's pink
     groups = F.survival_compare_figure({"low risk": (t, [0.9, 0.8, 0.7], None, None), "high risk": (t, [0.7, 0.5, 0.3], None, None)},
                                        colors=[F.RISK_GROUP_COLORS["low"], F.RISK_GROUP_COLORS["high"]])
     assert [tr.line.color for tr in groups.data if tr.showlegend is not False] == ["#2ca02c", "#d62728"]

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.errors import InputError
-from core.figures.style import COHORT_COLOR, PALETTE, STRATEGY_COLORS
+from core.figures.style import COHORT_COLOR, OTHER_MODEL_COLORS, PALETTE, STRATEGY_COLORS
 from core.horizons import HORIZONS, horizon_label, survival_at
 
 
@@ -67,7 +67,7 @@ def survival_compare_figure(
     """The same case under several fusion strategies: ``{strategy: (times, s, lo, hi)}``.
 
     ``colors`` (``#rrggbb``, one per curve, in order) replaces the default colours (a strategy's own,
-    ``STRATEGY_COLORS``, else the palette in order), e.g.
+    ``STRATEGY_COLORS``; other names ``OTHER_MODEL_COLORS`` in turn), e.g.
     ``RISK_GROUP_COLORS`` for risk groups. ``current`` (a key of ``curves``) is the model in use: drawn thick and
     listed first in the legend under the heading "current model:", the others thinner. Hovering a curve gives
     the strategy, the day and S(t); each horizon line carries every strategy's risk there.
@@ -84,8 +84,10 @@ def survival_compare_figure(
                              fill="rgba(110,110,110,0.12)", dash="dash"):
             fig.add_trace(tr)
     readings: dict[float, list[str]] = {float(h): [] for h in horizons}
+    others = [n for n in curves if str(n) not in STRATEGY_COLORS]
     for i, (name, curve) in enumerate(curves.items()):
-        color = colors[i] if colors is not None else STRATEGY_COLORS.get(str(name), PALETTE[i % len(PALETTE)])
+        own = STRATEGY_COLORS.get(str(name)) or OTHER_MODEL_COLORS[others.index(name) % len(OTHER_MODEL_COLORS)]
+        color = colors[i] if colors is not None else own
         r, g, b = (int(color[j:j + 2], 16) for j in (1, 3, 5))
         t, s, lo, hi = curve_arrays(f"curves[{name}]", *curve)
         is_current = current is not None and name == current

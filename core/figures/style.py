@@ -20,5 +20,6 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
 # of the case's own curve (core.figures.survival_chart)
 STRATEGY_COLORS = dict(zip(("image_only", "ehr_only", "concat", "contrastive", "cross_attention", "coattention_image",
                             "coattention_ehr"), PALETTE[1:]))
+OTHER_MODEL_COLORS = ("#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39")  # models of other names (a user's own), in turn
 # risk groups read at a glance: low green, intermediate orange, high red
 RISK_GROUP_COLORS = {"low": "#2ca02c", "intermediate": "#ff7f0e", "high": "#d62728"}
