@@ -127,8 +127,8 @@ def test_csv_bad_time_is_reported(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="time: got yesterday, is not a date/time \\(1 such rows in tl.csv\\); fix"):
         read_timeline(path)
     path.write_text("subject_id,time,code\n1,1577836800,A\n1,1577923200000,B\n")  # a warehouse's epoch times
-    with pytest.raises(InputError, match="got 1577836800, is not a date/time \\(2 such rows in tl.csv\\); a number of 9 "
-                                         "to 13 digits \\(seconds or milliseconds since 1970, or a date and hour "
+    with pytest.raises(InputError, match="got 1577836800, is not a date/time \\(2 such rows in tl.csv\\); a whole "
+                                         "number \\(seconds to nanoseconds since 1970, or a date and hour "
                                          "without separators\\) is not read as a time; fix: write times as ISO"):
         read_timeline(path)
 

@@ -89,6 +89,7 @@ def test_a_death_at_the_admission_time_is_an_event_at_time_zero(tmp_path: Path) 
     first = admissions.sort_values("time").groupby("subject_id").head(1)
     dead = set(events.loc[events["code"] == "MEDS_DEATH", "subject_id"])
     subject, at = next((s, t) for s, t in zip(first["subject_id"], first["time"]) if s not in dead)
+    events = events[events["subject_id"].isin([subject, *sorted(set(first["subject_id"]) - {subject})[:11]])]  # 12 subjects
     moved = pd.concat([events, pd.DataFrame({"subject_id": [subject], "time": [at], "code": ["MEDS_DEATH"],
                                              "table": ["x"], "value": [events["value"].iloc[0]]})], ignore_index=True)
     moved.to_parquet(tmp_path / "meds.parquet", index=False)
