@@ -118,9 +118,13 @@ def evaluation_notes(model: Any, cohort: Any, split: str, ids: list[str]) -> lis
     """What the evaluated subjects give the model, in words: the automatic split when cohort.csv has none (its test
     split is then a drawn fifth of the cohort, not the whole of another site's), and the subjects a modality the
     model reads leaves out (``core.cohort_notes.coverage_notes``: no timeline row at all, no study)."""
-    from core.cohort_notes import coverage_notes
+    from core.cohort_notes import FEW_EVENTS, coverage_notes
 
     notes = []
+    events = int(cohort.table.set_index("subject_id").loc[ids, "event"].sum()) if ids else 0
+    if 0 < events < FEW_EVENTS:  # none: no metric at all (refused before this)
+        notes.append(f"{events} event{'s' if events > 1 else ''} in the {len(ids)} subjects evaluated: the C-index rests "
+                     "on a few comparable pairs and says little (its interval shows how little)")
     if cohort.table.attrs.get("auto_split") and split != ALL_SPLITS:
         notes.append(f"cohort.csv has no split column: these are the {len(ids)} subjects of the automatic 60/20/20 "
                      f"split's {split} part (the ones train held out of such a cohort); to validate on every subject "

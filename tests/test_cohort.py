@@ -223,6 +223,8 @@ def test_evaluate_and_predict_say_what_the_cohort_leaves_out(tmp_path: Path) -> 
     model = ROOT / "assets" / "demo_models" / "ehr_only"
     res = evaluate_model(model, root, n_boot=10)
     assert res["n"] == 6 and res["notes"] == [
+        "4 events in the 6 subjects evaluated: the C-index rests on a few comparable pairs and says little (its "
+        "interval shows how little)",
         "cohort.csv has no split column: these are the 6 subjects of the automatic 60/20/20 split's test part (the "
         "ones train held out of such a cohort); to validate on every subject of another site's cohort, pass --split all"]
     assert evaluate_model(model, root, split="all", n_boot=10)["notes"] == []
