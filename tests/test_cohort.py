@@ -272,6 +272,8 @@ def test_registry_end_dates_split_over_death_date_and_last_follow_up() -> None:
                           "event": [1, 0, 0], "split": ["train", "val", "test"]})
     out = validate_outcomes(table)
     assert out["time"].tolist() == [10.0, 20.0, 60.0]
+    derived = validate_outcomes(table.drop(columns=["event"]))  # no event column: a death date given is the event
+    assert derived["event"].tolist() == [1, 0, 0] and derived["time"].tolist() == [10.0, 20.0, 60.0]
     table.loc[1, "last_follow_up"] = None
     with pytest.raises(InputError, match=r"subject 'b'.*and end_time is blank: give every subject the scan's date and the event's"):
         validate_outcomes(table)

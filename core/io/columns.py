@@ -54,7 +54,7 @@ def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], 
         if target in present:
             continue
         if target == END_COLUMN:
-            frame = _end_dates(frame, names, source)
+            frame = _end_dates(frame, names, source, event_given="event" in present or "event" in renames.values())
             if END_COLUMN in frame.columns:
                 continue
         for alias in names:
@@ -68,10 +68,11 @@ def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], 
     return frame.rename(columns=renames) if renames else frame
 
 
-def _end_dates(frame: pd.DataFrame, names: tuple[str, ...], source: str) -> pd.DataFrame:
+def _end_dates(frame: pd.DataFrame, names: tuple[str, ...], source: str, *, event_given: bool = True) -> pd.DataFrame:
     """``frame`` with one ``end_time`` column where the end date is split over several of its aliases, as registries
     export it (``death_date`` for the dead, ``last_follow_up`` for the living): per row the first one not blank, in
-    the aliases' order; one alias or none: unchanged (renamed by :func:`rename_aliases`).
+    the aliases' order; one alias or none: unchanged (renamed by :func:`rename_aliases`). Without an event column
+    (``event_given`` False), ``event`` is 1 where the death date is given, else 0.
 
     >>> f = pd.DataFrame({"Death Date": ["2021-05-01", None], "last_follow_up": ["2021-06-01", "2022-01-01"]})
     >>> rename_aliases(f, COHORT_ALIASES)["end_time"].tolist()
@@ -84,7 +85,11 @@ def _end_dates(frame: pd.DataFrame, names: tuple[str, ...], source: str) -> pd.D
     end = frame[found[0]].where(~blank(found[0]))
     for col in found[1:]:
         end = end.where(end.notna(), frame[col].where(~blank(col)))
-    return frame.drop(columns=found).assign(**{END_COLUMN: end.to_numpy()})
+    out = frame.drop(columns=found).assign(**{END_COLUMN: end.to_numpy()})
+    death = [c for c in found if column_key(c) == "deathdate"]
+    if not event_given and death:
+        out["event"] = (~blank(death[0])).astype(int).to_numpy()
+    return out
 
 
 def date_gap_hint(table: pd.DataFrame, row: int) -> str:
