@@ -51,6 +51,12 @@ def test_a_known_miscalibration_is_undone() -> None:
     assert abs(one_year["ici"] - oracle["calibration"][365]["ici"]) < 0.02
     assert abs(one_year["predicted"] - one_year["observed"]) < 0.05  # 0.180 predicted against 0.272 before
     assert report["nll_after"] < report["nll_before"] and report["note"] is None and report["folds"] == 5
+    # curves that were right already, on a small site: the cross-check scores the fit worse, and the report says so
+    right, time, event = _site(n=60)
+    small = recalibration_report(GRID, right, time, event, (365, 1825), n_boot=0)
+    assert small["after"]["ibs"] > small["before"]["ibs"] + 0.05  # 0.173 -> 0.234
+    assert "cross-fitted, the recalibration scores worse than the original (integrated Brier score 0.173 -> 0.234): " \
+           "this cohort does not support it, keep the original model" in small["note"]
 
 
 def test_risks_too_close_together_are_spread_apart() -> None:

@@ -204,13 +204,19 @@ def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, e
     n_events = int((event > 0).sum())
     k = int(min(folds, max(2, n_events // 10)))
     after = cross_fitted(grid, surv, time, event, folds=k, seed=seed)
+    before_summary, after_summary = _summary(grid, surv, time, event, horizons), _summary(grid, after, time, event, horizons)
+    notes = [f"{n_events} events (fewer than {FEW_EVENTS}): the slope b is uncertain, see its interval"] if n_events < FEW_EVENTS else []
+    ibs = (before_summary["ibs"], after_summary["ibs"])
+    if None not in ibs and round(ibs[1], 3) > round(ibs[0], 3):  # the fit does not carry to patients it did not see
+        notes.append(f"cross-fitted, the recalibration scores worse than the original (integrated Brier score "
+                     f"{ibs[0]:.3f} -> {ibs[1]:.3f}): this cohort does not support it, keep the original model "
+                     "(the copy's own C-index is the original's; the cross-fitted one differs as each fold is fitted apart)")
     return {
         **fit, "a_ci": None if ci is None else [float(ci[0, 0]), float(ci[1, 0])],
         "b_ci": None if ci is None else [float(ci[0, 1]), float(ci[1, 1])],
         "c_ci": None if ci is None else [float(ci[0, 2]), float(ci[1, 2])],
         "n": int(time.size), "events": n_events, "folds": k,
-        "note": (f"{n_events} events (fewer than {FEW_EVENTS}): the slope b is uncertain, see its interval"
-                 if n_events < FEW_EVENTS else None),
-        "before": _summary(grid, surv, time, event, horizons),
-        "after": _summary(grid, after, time, event, horizons),
+        "note": "; ".join(notes) or None,
+        "before": before_summary,
+        "after": after_summary,
     }
