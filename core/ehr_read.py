@@ -70,8 +70,12 @@ def feature_read(model: LoadedModel, cohort: Cohort, subject_id: str) -> list[st
         if from_timeline:
             return [f"This cohort has no features.csv: {other}."]
         rows, _ = _subject_timeline(cohort, sid)
-        rest_of_ehr = ("so its EHR side reads the timeline alone" if model.config.ehr.sequence and rows is not None and len(rows)
-                       else "and this subject has no timeline either: its EHR side reads nothing of this patient")
+        if not model.config.ehr.sequence:
+            rest_of_ehr = "so its EHR side reads nothing of this patient"
+        elif rows is not None and len(rows):
+            rest_of_ehr = "so its EHR side reads the timeline alone"
+        else:
+            rest_of_ehr = "and this subject has no timeline either: its EHR side reads nothing of this patient"
         return [f"This cohort has no features.csv: the model's {len(names)} curated features ({shown}) are read as "
                 f"the training average, {rest_of_ehr}."]
     words = cohort.feature_text if cohort.feature_text is not None else pd.DataFrame()
