@@ -24,6 +24,7 @@ from core.io.features import name_list
 from core.io.timeline import OUTCOME_CODES, unreadable_values_note
 from core.io.timeline_times import dates_only, known_at
 
+
 def timeline_reading_notes(events: pd.DataFrame) -> list[str]:
     """What reading a timeline file (a ``read_timeline`` frame) left out: rows without a code, values that are
     not numbers."""

@@ -242,11 +242,12 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
     from core.io.features import name_list
 
     notes = timeline_reading_notes(events)
-    if len(events["code"]) and events.attrs.get("dropped_null_code"):
+    if events.attrs.get("dropped_null_code"):
         notes[0] += " (a subject whose index or outcome event had no code is not in the cohort)"
     censored_at_index = table.attrs.get("label_at_index", [])
     if censored_at_index:
-        notes.append(f"{len(censored_at_index)} subjects have a {cfg.windows[cfg.label_window].label} event at the index "
+        k = len(censored_at_index)
+        notes.append(f"{k} subject{'s have' if k > 1 else ' has'} a {cfg.windows[cfg.label_window].label} event at the index "
                      f"time itself ({name_list(censored_at_index)}), outside the label window (its start is exclusive): "
                      "they are censored; set start_inclusive: true in the label window to count it as an event at time 0")
     report(0.8, "writing the cohort")

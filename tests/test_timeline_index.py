@@ -100,7 +100,7 @@ def test_a_death_at_the_admission_time_is_an_event_at_time_zero(tmp_path: Path) 
     exclusive = tmp_path / "exclusive.yaml"
     exclusive.write_text(task.read_text().replace("start_inclusive: true  #", "start_inclusive: false  #"))
     summary = build_meds_cohort(tmp_path / "meds.parquet", exclusive, tmp_path / "out2")
-    assert any(n.startswith(f"1 subjects have a death event at the index time itself ({subject})") for n in summary["notes"])
+    assert any(n.startswith(f"1 subject has a death event at the index time itself ({subject})") for n in summary["notes"])
 
 
 def test_times_written_as_epoch_counts_are_refused_saying_so(tmp_path: Path) -> None:
