@@ -54,7 +54,7 @@ def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], 
         if target in present:
             continue
         if target == END_COLUMN:
-            frame = _end_dates(frame, names, source, event_given="event" in present or "event" in renames.values())
+            frame = _end_dates(frame, names, event_given="event" in present or "event" in renames.values())
             if END_COLUMN in frame.columns:
                 continue
         for alias in names:
@@ -68,7 +68,7 @@ def rename_aliases(frame: pd.DataFrame, aliases: Mapping[str, tuple[str, ...]], 
     return frame.rename(columns=renames) if renames else frame
 
 
-def _end_dates(frame: pd.DataFrame, names: tuple[str, ...], source: str, *, event_given: bool = True) -> pd.DataFrame:
+def _end_dates(frame: pd.DataFrame, names: tuple[str, ...], *, event_given: bool = True) -> pd.DataFrame:
     """``frame`` with one ``end_time`` column where the end date is split over several of its aliases, as registries
     export it (``death_date`` for the dead, ``last_follow_up`` for the living): per row the first one not blank, in
     the aliases' order; one alias or none: unchanged (renamed by :func:`rename_aliases`). Without an event column

@@ -329,7 +329,7 @@ def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd
         return full.column(mapping["time"])
 
     frame = _to_frame(table, mapping, p, None if wanted is None else whole)
-    if wanted is not None and fmt == "parquet" and _numeric(_parquet_dataset(p).schema.field(mapping["subject_id"]).type):
+    if wanted is not None and _numeric(table.column(mapping["subject_id"]).type):  # a parquet id column of numbers
         _ids_as_asked(frame, wanted)
     return frame
 
