@@ -362,6 +362,7 @@ def _plotly_fallback(volume: Any, window: tuple[float, float], overlay: np.ndarr
         fig = F.slice_overlay(viewer.plane_slice(volume.hu, plane, idx),
                               None if norm is None else viewer.plane_slice(norm, plane, idx),
                               window=window, opacity=opacity, spacing_mm=viewer.plane_spacing(volume.spacing_mm, plane),
-                              normalize=False, title=f"{plane} {idx + 1}/{viewer.plane_count(volume.shape, plane)}")
+                              normalize=False, plane=plane,
+                              title=f"{plane} {idx + 1}/{viewer.plane_count(volume.shape, plane)}")
         fig.update_layout(width=None, height=320, showlegend=False)
         col.plotly_chart(fig, width="stretch", key=f"fallback_{plane}", config=chrome.PLOTLY_PLANE_CONFIG)

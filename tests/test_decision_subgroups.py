@@ -64,6 +64,23 @@ def test_informative_model_beats_a_useless_one_and_horizons_outside_follow_up_ar
         decision_curve(TIMES, surv, time, event, [365], thresholds=[1.2])
 
 
+def test_a_decision_curve_that_breaks_off_says_why_in_its_panel():
+    from core.figures.curves import decision_curve_figure
+
+    rng = np.random.default_rng(0)
+    rate = rng.uniform(0.0005, 0.02, 60)
+    surv = np.exp(-np.outer(rate, TIMES))
+    t, c = rng.exponential(1 / rate), rng.uniform(0, 900, 60)
+    c[rate > 0.012] = rng.uniform(10, 200, int((rate > 0.012).sum()))  # the high-risk patients leave early
+    dc = decision_curve(TIMES, surv, np.minimum(t, c), (t <= c).astype(int), [365])
+    nb = dc["horizons"][365]["net_benefit"]
+    assert nb[0] is not None and nb[-1] is None  # dcurves: undefined where the test positives' follow-up ends first
+    notes = [a.text for a in decision_curve_figure(dc).layout.annotations if a.text.startswith("gap")]
+    assert len(notes) == 1 and "before 1 year" in notes[0]
+    whole = {"horizons": {365: {**dc["horizons"][365], "net_benefit": [0.1] * len(nb)}}}
+    assert not [a for a in decision_curve_figure(whole).layout.annotations if a.text.startswith("gap")]
+
+
 def test_subgroup_labels_categories_quantile_bands_and_missing():
     labels, kind = subgroup_labels(["F", "M", None, "F"])
     assert kind == "categorical" and labels.tolist() == ["F", "M", "missing", "F"]

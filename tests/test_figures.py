@@ -56,6 +56,26 @@ def test_slice_overlay_has_ct_overlay_colorbar_and_true_aspect(volume: tuple[np.
     assert F.slice_overlay(hu[0], None, window=(-500, 500)).data[0].name == "CT"
 
 
+def _letters(fig: object) -> dict[tuple[float, float], str]:
+    return {(a.x, a.y): a.text for a in fig.layout.annotations if len(a.text) == 1}  # type: ignore[attr-defined]
+
+
+def test_slices_carry_the_patient_directions_and_a_scale_bar_of_true_length(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    hu, attr = volume  # 40 rows x 50 cols
+    axial = F.slice_overlay(hu[3], attr[3], spacing_mm=(0.5, 2.0))
+    assert _letters(axial) == {(0.5, 1): "A", (0.5, 0): "P", (0, 0.5): "R", (1, 0.5): "L"}
+    assert set(_letters(F.slice_overlay(hu[3], None, plane="coronal")).values()) == {"S", "I", "R", "L"}
+    assert _letters(F.slice_overlay(hu[3], None, plane="sagittal"))[(0, 0.5)] == "A"
+    # 50 columns of 2 mm = 100 mm wide: the bar is the longest round length within a quarter of it, 20 mm
+    (bar,) = axial.layout.shapes
+    assert bar.x1 - bar.x0 == pytest.approx(20.0) and "2 cm" in [a.text for a in axial.layout.annotations]
+    with pytest.raises(InputError, match="plane: got oblique, must be one of axial, coronal, sagittal"):
+        F.slice_overlay(hu[3], None, plane="oblique")
+    mont = F.montage(hu, attr, [1, 3, 5], spacing_mm=(3.0, 0.5, 1.0), cols=2)
+    refs = {a.xref for a in mont.layout.annotations if a.text == "R"}
+    assert refs == {"x domain", "x2 domain", "x3 domain"}  # every panel of the montage has its letters
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"attribution_slice": np.zeros((3, 3))}, "attribution_slice: got shape (3, 3), must match the slice (40, 50)"),
     ({"window": (100, -100)}, "window: got (100, -100), needs finite lo < hi"),
@@ -127,7 +147,7 @@ def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, 
     assert list(strip.data[0].x) == [1, 2, 3]  # numbered from 1, as in the viewer, Export and the report
     hu, attr = volume
     mont = F.montage(hu, attr, [1, 3, 5], spacing_mm=(3.0, 0.5, 1.0), cols=2)
-    assert len(mont.data) == 6 and [a.text for a in mont.layout.annotations] == ["slice 1", "slice 3", "slice 5"]
+    assert len(mont.data) == 6 and [a.text for a in mont.layout.annotations if len(a.text) > 1] == ["slice 1", "slice 3", "slice 5"]
     assert sum(1 for tr in mont.data if tr.name == "attribution" and tr.showscale) == 1
     assert np.asarray(mont.data[3].z).max() == pytest.approx(1.0)  # slice 3 carries the map
     with pytest.raises(InputError, match="slices: got 6, is outside 0..5"):

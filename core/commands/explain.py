@@ -117,15 +117,16 @@ def run(args: argparse.Namespace) -> int:
     fig = F.slice_overlay(volume.hu[k], att.map[k], window=window, spacing_mm=volume.spacing_mm,
                           title=f"{figure_export.safe_filename(args.label)}: {METHOD_LABELS[args.method]}, "
                                 f"axial slice {k + 1}/{volume.shape[0]}")
-    # people read slices numbered from 1 (inferior), as in the app; --slice, --json and the saved map use 0-based indices
-    caption = figure_export.caption_text(model=model_label, fusion=model.fusion, method=args.method, horizon_days=att.horizon_days,
-                                         slice_index=k + 1, window=window_name)
-    figure_export.export(fig, out, caption=caption)
-    if args.save_map is not None:
-        _save_map(Path(args.save_map), att.map, volume)
     from core.predict import image_read
 
     read = image_read(model, volume)  # what the model cannot read here: the map explains it all the same
+    # people read slices numbered from 1 (inferior), as in the app; --slice, --json and the saved map use 0-based indices
+    caption = figure_export.caption_text(
+        model=model_label, fusion=model.fusion, method=args.method, horizon_days=att.horizon_days, slice_index=k + 1,
+        window=window_name, extra="outside the model's training CTs: predict withholds this CT" if read.withheld else None)
+    figure_export.export(fig, out, caption=caption)
+    if args.save_map is not None:
+        _save_map(Path(args.save_map), att.map, volume)
     notes = [*volume.warnings, *read.warnings]  # how the study was read, then what the model cannot read in it
     if read.withheld:
         notes.append(f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "

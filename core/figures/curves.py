@@ -154,7 +154,8 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
     """Net benefit against the risk threshold, one panel per horizon: the model, treat all and treat none.
 
     ``decision`` is ``core.evaluate.decision.decision_curve(...)``: ``{"horizons": {h: {"thresholds",
-    "net_benefit", "treat_all", "treat_none"} | None}}``. Undefined points (None) leave gaps.
+    "net_benefit", "treat_all", "treat_none"} | None}}``. Undefined points (None) leave gaps, and a panel whose
+    model line has one says why (so that the flat line after it is not read as a model without benefit).
     """
     panels = [(h, d) for h, d in decision.get("horizons", {}).items() if d]
     fig = make_subplots(rows=1, cols=max(1, len(panels)), shared_yaxes=True,
@@ -171,6 +172,12 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
                                      legendgroup=name, connectgaps=False,
                                      hovertemplate=f"{name}: threshold %{{x:.0f}} %, net benefit %{{y:.3f}}<extra></extra>"),
                           row=1, col=col)
+        if any(v is None for v in d["net_benefit"]):  # say why the model's line breaks off (not a net benefit of 0)
+            suffix = "" if col == 1 else str(col)
+            fig.add_annotation(text="gap: everyone above these thresholds<br>left follow-up (event or censored)<br>"
+                                    f"before {horizon_label(float(h))}: net benefit undefined",
+                               x=1, y=1, xref=f"x{suffix} domain", yref=f"y{suffix} domain", xanchor="right",
+                               yanchor="top", showarrow=False, align="right", font={"size": 10, "color": "rgb(90,90,90)"})
         fig.update_xaxes(title_text="risk threshold (%)", row=1, col=col)
     top = max([float(v) for _, d in panels for v in d["treat_all"] + d["net_benefit"] if v is not None] + [0.05])
     fig.update_yaxes(title_text="net benefit", range=[max(lo, -0.05), top * 1.1], row=1, col=1)

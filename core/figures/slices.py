@@ -100,11 +100,14 @@ def slice_overlay(
     title: str = "",
     spacing_mm: Sequence[float] = (1.0, 1.0),
     normalize: bool = True,
+    plane: str = "axial",
 ) -> go.Figure:
-    """A grayscale CT slice [rows, cols] with a semi-transparent heat overlay and colour bar.
+    """A grayscale CT slice [rows, cols] with a semi-transparent heat overlay, colour bar, orientation letters and scale bar.
 
-    Rows run anterior (top) to posterior, columns patient right (image left) to
-    left; pixel spacing ``(row, col)`` in mm gives the true aspect ratio.
+    An axial slice's rows run anterior (top) to posterior, its columns patient
+    right (image left) to left; ``plane`` ("axial", "coronal" or "sagittal", as
+    ``core.app.viewer.plane_slice`` orients them) picks the letters at the edges.
+    Pixel spacing ``(row, col)`` in mm gives the true aspect ratio.
     """
     hu = _check_2d("slice_hu", slice_hu)
     lo_hi = resolve_window(window)
@@ -120,6 +123,8 @@ def slice_overlay(
         overlay = normalize_map(overlay) if normalize else overlay
     fig = go.Figure(_slice_traces(hu, overlay, lo_hi, spacing, float(opacity), colorscale or OVERLAY_COLORSCALE))
     _image_axes(fig, hu.shape, spacing)
+    orientation_letters(fig, plane)
+    _scale_bar(fig, hu.shape, spacing)
     fig.update_layout(title={"text": title} if title else None, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
                       width=560, height=int(520 * (hu.shape[0] * spacing[0]) / max(hu.shape[1] * spacing[1], 1e-6)) + 40,
                       plot_bgcolor="black")
@@ -148,6 +153,44 @@ def _image_axes(fig: go.Figure, shape: tuple[int, int], spacing: tuple[float, fl
         if key.startswith("yaxis"):
             suffix = key[5:]
             fig.layout[key].scaleanchor = "x" + suffix
+
+
+#: the patient direction at the (top, bottom, left, right) edge of each displayed plane (radiological convention:
+#: the patient's right on the image's left)
+PLANE_EDGES: dict[str, tuple[str, str, str, str]] = {
+    "axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"), "sagittal": ("S", "I", "A", "P")}
+
+
+def orientation_letters(fig: go.Figure, plane: str = "axial", axis: int = 1) -> None:
+    """Write the patient directions (A/P, R/L, S/I) at the four edges of image ``axis`` (1 = the first subplot).
+
+    >>> fig = go.Figure(); orientation_letters(fig, "sagittal")
+    >>> [(a.text, a.x, a.y) for a in fig.layout.annotations]
+    [('S', 0.5, 1), ('I', 0.5, 0), ('A', 0, 0.5), ('P', 1, 0.5)]
+    """
+    if plane not in PLANE_EDGES:
+        raise InputError("plane", plane, f"must be one of {', '.join(PLANE_EDGES)}", "pass the displayed plane")
+    suffix = "" if axis == 1 else str(int(axis))
+    for text, x, y, xa, ya in zip(PLANE_EDGES[plane], (0.5, 0.5, 0, 1), (1, 0, 0.5, 0.5),
+                                  ("center", "center", "left", "right"), ("top", "bottom", "middle", "middle")):
+        fig.add_annotation(text=text, x=x, y=y, xref=f"x{suffix} domain", yref=f"y{suffix} domain", xanchor=xa,
+                           yanchor=ya, showarrow=False, font={"color": "white", "size": 13},
+                           bgcolor="rgba(0,0,0,0.45)", borderpad=1)
+
+
+def _scale_bar(fig: go.Figure, shape: tuple[int, ...], spacing: tuple[float, float]) -> None:
+    """A white bar of a round length (about a fifth of the width) in the lower right corner, labelled in mm or cm."""
+    dy, dx = spacing
+    width, height = shape[1] * dx, shape[0] * dy
+    length = max([v for v in (5, 10, 20, 50, 100, 200) if v <= 0.25 * width] or [0])
+    if length == 0:
+        return
+    x1 = (shape[1] - 0.5) * dx - 0.04 * width
+    y = (shape[0] - 0.5) * dy - 0.05 * height
+    fig.add_shape(type="line", x0=x1 - length, x1=x1, y0=y, y1=y, xref="x", yref="y",
+                  line={"color": "white", "width": 3})
+    fig.add_annotation(text=f"{length // 10} cm" if length >= 10 else f"{length} mm", x=x1 - length / 2, y=y,
+                       xref="x", yref="y", yanchor="bottom", showarrow=False, font={"color": "white", "size": 11})
 
 
 def montage(
@@ -191,6 +234,7 @@ def montage(
                                    float(opacity), OVERLAY_COLORSCALE, show_scale=(i == 0)):
             fig.add_trace(trace, row=r, col=c)
         _image_axes(fig, vol.shape[1:], spacing, row=r, col=c)
+        orientation_letters(fig, "axial", axis=i + 1)
     cell = 240
     fig.update_layout(title={"text": title} if title else None, width=cell * ncols + 80, height=cell * nrows + 60,
                       margin={"l": 10, "r": 60, "t": 60, "b": 10}, plot_bgcolor="black")
