@@ -25,6 +25,20 @@ from core.io.timeline import OUTCOME_CODES, unreadable_values_note
 from core.io.timeline_times import dates_only, known_at
 
 
+#: how the notes that warn of a leak begin (events after the scan may be read), as against those that say what was
+#: left out: a page shows the first as warnings
+LEAK_NOTES: tuple[str, ...] = ("cohort.csv has no index_time column", "timeline: its times carry UTC offsets")
+
+
+def is_leak_note(note: str) -> bool:
+    """Whether ``note`` warns that events after the scan may be read (see ``LEAK_NOTES``).
+
+    >>> is_leak_note("cohort.csv has no index_time column: every timeline event is read"), is_leak_note("features.csv: ...")
+    (True, False)
+    """
+    return note.startswith(LEAK_NOTES)
+
+
 def timeline_reading_notes(events: pd.DataFrame) -> list[str]:
     """What reading a timeline file (a ``read_timeline`` frame) left out: rows without a code, values that are
     not numbers."""

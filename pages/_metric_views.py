@@ -142,7 +142,8 @@ def show_comparison(results: dict[str, dict], current: str, key: str, filename: 
         if paired:
             st.markdown(gain_text(paired, short))
         shown = table.assign(model=table["model"].map(short))
-        st.dataframe(comparison_shown(shown), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE)
+        st.dataframe(comparison_shown(shown), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE,
+                     column_config={"model": st.column_config.TextColumn(width="large")})  # a trained model's long name
     st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
 
 
@@ -180,3 +181,15 @@ def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
     st.caption("Per group: the C-index with its 95 % bootstrap interval (dashed: all subjects together), and at each "
                "horizon the mean predicted risk beside the observed risk (1 - Kaplan-Meier of the group, with its 95 % "
                "interval in the plot). Small groups have wide intervals.")
+
+
+def data_notes(result: dict) -> None:
+    """A training result's notes on what the cohort left out of what the model read (also in its model card); one
+    that warns of a possible leak (``core.cohort_notes.is_leak_note``) as a warning."""
+    from core.cohort_notes import is_leak_note
+
+    for note in result.get("data_notes") or []:
+        if is_leak_note(note):
+            st.warning(note + ".", icon=":material/warning:")
+        else:
+            st.info(note + ".", icon=":material/info:")

@@ -152,14 +152,12 @@ def training_status() -> None:
                       f"Test C-index {ci_text(r['models'][done[0]].get('c_index'), r['models'][done[0]].get('c_index_ci'))}."))
         metric_views.show_comparison(r["models"], name, "train_every", "your_cohort_strategies.csv",
                                      paired=r.get("paired"))
-        for note in r.get("data_notes") or []:
-            st.info(note + ".", icon=":material/info:")
+        metric_views.data_notes(r)
     elif _jobs.outcome(job):
         r = job.result
         st.success(f"Trained {r['label']}: test C-index {ci_text(r.get('c_index'), r.get('c_index_ci'))}. "
                    "Pick it in the sidebar to review cases and metrics.")
-        for note in r.get("data_notes") or []:  # how features.csv was read (also in the model card)
-            st.info(note + ".", icon=":material/info:")
+        metric_views.data_notes(r)
 
 
 def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: str) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from core.cohort import load_cohort
-from core.cohort_notes import coverage_notes
+from core.cohort_notes import is_leak_note, coverage_notes
 
 SHARED_MEDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "meds" / "mimic_iv_demo_meds_events.parquet"
 
@@ -47,6 +47,7 @@ def test_a_cohort_without_index_time_is_told_that_every_event_is_read(tmp_path: 
     assert cohort.events("c")["code"].tolist() == ["LATER"]
     notes = coverage_notes(cohort, timeline=True)
     assert any(n.startswith("cohort.csv has no index_time column: every timeline event is read") for n in notes)
+    assert [is_leak_note(n) for n in notes].count(True) == 1  # the app shows it as a warning, not as information
 
 
 def test_dates_only_timeline_against_a_timed_index_reads_earlier_days_only(tmp_path: Path) -> None:
