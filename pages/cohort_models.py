@@ -100,6 +100,7 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     user = _jobs.owner()
     if upload is not None:
         workspace.check_quota(user, 2 * len(upload))  # the unpacked cohort and the model beside it
+        workspace.check_cohort_zip(upload, fusion=None if fusion == EVERY else fusion, for_training=True)  # now, not in a job
     stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
     runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
             for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar
@@ -335,6 +336,7 @@ def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: 
 
     user = _jobs.owner()
     workspace.check_quota(user, len(upload))  # unpacked while it is evaluated, removed after
+    workspace.check_cohort_zip(upload)  # the table's errors now, not after a job has started
     chosen = {name: str(models[name]), **({n: str(p) for n, p in models.items() if n != name} if every else {})}
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
     session.audit("validate", str(fusion), source="yours" if name in trained else "demo", models=len(chosen),

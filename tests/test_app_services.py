@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -114,6 +115,33 @@ def test_unpack_cohort_zip_refuses_bad_archives(tmp_path: Path, entries: dict[st
         workspace.unpack_cohort_zip(_zip(entries), tmp_path / "c")
     assert needle in str(err.value)
     assert not any((tmp_path.parent).glob("cohort.csv"))
+
+
+@pytest.mark.parametrize(("entries", "kwargs", "message"), [
+    ({"c/cohort.csv": b"subject_id,time,event\n1,-3,1\n2,9,0\n"}, {},
+     "time: got -3 (subject '1'), must be a finite number of days >= 0"),
+    ({"c/cohort.csv": b"subject_id,time,event,split\n1,3,1,train\n2,9,0,test\n", "c/timeline.parquet": b"x"},
+     {"fusion": "concat", "for_training": True}, "fusion: got concat, needs images but the cohort has none"),
+    ({"c/cohort.csv": b"subject_id,time,event,study\n1,3,1,s/1.nii.gz\n2,9,0,s/2.nii.gz\n"},
+     {"fusion": "ehr_only", "for_training": True}, "fusion: got ehr_only, needs EHR data but the cohort has none"),
+    ({"c/cohort.csv": b"subject_id,time,event,split\n1,3,1,test\n2,9,0,test\n"}, {"for_training": True},
+     "split: got no 'train' rows"),
+    ({"c/cohort.csv": b"id,days\n1,3\n"}, {}, "columns: got subject_id, time, event, required column(s) missing from cohort.csv (has: id, days)"),
+])
+def test_an_uploaded_cohort_tables_errors_come_before_any_job(entries: dict[str, bytes], kwargs: dict,
+                                                                message: str) -> None:
+    """``check_cohort_zip`` reads cohort.csv alone (the bogus timeline and studies are never opened) and says what a
+    job would say after its start."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        workspace.check_cohort_zip(_zip(entries), **kwargs)
+
+
+def test_a_sound_cohort_zip_passes_the_quick_checks_for_what_it_holds() -> None:
+    good = {"top/cohort.csv": b"subject_id,time,event,study\n1,3,1,s/1.nii.gz\n2,9,0,\n", "top/features.csv": b"x",
+            "__MACOSX/top/._cohort.csv": b"junk"}
+    for fusion in ("image_only", "ehr_only", "concat", None):
+        workspace.check_cohort_zip(_zip(good), fusion=fusion, for_training=True)
+    workspace.check_cohort_zip(_zip({"cohort.csv": b"subject_id\n1\n"}))  # patients to score: no outcomes needed
 
 
 def test_upload_cohort_holds_the_volume_and_events(tmp_path: Path) -> None:

@@ -302,6 +302,64 @@ def _sweep_own(root: Path) -> None:
 MAX_COHORT_FILES = 5000
 
 
+def _cohort_csv(names: list[str]) -> str:
+    """The one cohort.csv among a zip's ``names``."""
+    csvs = [n for n in names if n.replace("\\", "/").split("/")[-1] == "cohort.csv"]
+    if len(csvs) != 1:
+        raise InputError("cohort zip", f"{len(csvs)} cohort.csv files", "must hold exactly one cohort.csv",
+                         "zip one cohort folder with cohort.csv at its top")
+    return csvs[0]
+
+
+def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bool = False) -> None:
+    """The quick checks of an uploaded cohort zip, made before a job is queued so that a user does not wait for its
+    error: one cohort.csv, read as :func:`core.cohort.load_cohort` reads it (its columns, duplicate ids, negative or
+    blank times, unreadable dates, blank split cells; with ``for_training``, a train split), and for a ``fusion`` to
+    train, the CT (a study column or image embeddings) and the EHR files (timeline, features or EHR embeddings) it
+    reads. Only cohort.csv is inflated; the job checks everything else (PHI, the studies, the tables' contents).
+    Raises InputError.
+
+    >>> import io, zipfile
+    >>> buf = io.BytesIO(); z = zipfile.ZipFile(buf, "w"); z.writestr("c/cohort.csv", "subject_id,time,event\\na,5,1\\na,9,0\\n"); z.close()
+    >>> check_cohort_zip(buf.getvalue())
+    Traceback (most recent call last):
+    ...
+    core.errors.InputError: subject_id: got 'a', duplicate subject ids; fix: keep one row per subject in cohort.csv
+    """
+    from io import BytesIO
+
+    from core.cohort import validate_outcomes
+    from core.io.columns import TEXT_COLUMNS, TIMELINE_FILES
+    from core.io.delimited import read_csv_any
+    from core.io.features import FEATURE_FILES
+    from core.io.safezip import read_zip
+
+    def base(name: str) -> str:
+        return name.replace("\\", "/").split("/")[-1]
+
+    names: list[str] = []  # every file of the zip, as read_zip lists them (no __MACOSX/ or .DS_Store)
+
+    def wanted(name: str) -> bool:
+        names.append(name)
+        return base(name) == "cohort.csv"
+
+    members = read_zip(data, label="cohort zip", wanted=wanted)
+    csv = _cohort_csv(names)
+    text = next(m.data for m in members if m.name == csv)
+    table = validate_outcomes(read_csv_any(BytesIO(text), text_names=TEXT_COLUMNS), for_training=for_training)
+    if fusion is None:
+        return
+    top = csv.replace("\\", "/").rsplit("/", 1)[0] + "/" if "/" in csv.replace("\\", "/") else ""
+    here = {n.replace("\\", "/")[len(top):] for n in names if n.replace("\\", "/").startswith(top)}
+    stems = {Path(n).stem for n in here if "/" not in n}
+    if fusion != "ehr_only" and "image_embeddings" not in stems and not (
+            "study" in table.columns and table["study"].map(lambda v: str(v).strip() not in ("", "nan")).any()):
+        raise InputError("fusion", fusion, "needs images but the cohort has none", "add a study column or image_embeddings, or use ehr_only")
+    if fusion != "image_only" and not (here & {*TIMELINE_FILES, *FEATURE_FILES} or "ehr_embeddings" in stems):
+        raise InputError("fusion", fusion, "needs EHR data but the cohort has none",
+                         "add timeline.parquet, features.csv or ehr_embeddings, or use image_only")
+
+
 def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
     """Write an uploaded zip of a cohort folder under ``dest``; return the folder holding cohort.csv.
 
@@ -315,11 +373,8 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
     if len(members) > MAX_COHORT_FILES:
         raise InputError("cohort zip", f"{len(members)} files", f"has more than {MAX_COHORT_FILES} files",
                          "zip one cohort folder (cohort.csv, timeline, features, studies)")
-    csvs = [m.name for m in members if m.name.replace("\\", "/").split("/")[-1] == "cohort.csv"]
-    if len(csvs) != 1:
-        raise InputError("cohort zip", f"{len(csvs)} cohort.csv files", "must hold exactly one cohort.csv",
-                         "zip one cohort folder with cohort.csv at its top")
-    top = csvs[0].replace("\\", "/").rsplit("/", 1)[0] if "/" in csvs[0] else ""
+    csv = _cohort_csv([m.name for m in members])
+    top = csv.replace("\\", "/").rsplit("/", 1)[0] if "/" in csv else ""
     root = dest.resolve()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)  # a user's cohort: private, as the folders above it
     for m in members:

@@ -26,6 +26,7 @@ import stat
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -98,11 +99,13 @@ def read_zip(
     max_entry_bytes: int = MAX_ENTRY_BYTES,
     max_ratio: float = MAX_RATIO,
     label: str | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> list[ZipMember]:
     """Return every regular file of the zip as in-memory ``ZipMember`` s (directories skipped).
 
     Raises ``InputError`` (one line) for anything unsafe or broken, naming ``label`` (an upload's file name; by
-    default the path, or "zip" for bytes).
+    default the path, or "zip" for bytes). ``wanted``: only the files whose name it accepts are read (every name
+    is checked all the same; none accepted gives an empty list, not an error).
     """
     label = label or ("zip" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
     try:
@@ -140,9 +143,11 @@ def read_zip(
                 name = info.filename
                 if name.startswith(_SKIP_PREFIXES) or PurePosixPath(name.replace("\\", "/")).name in _SKIP_NAMES:
                     continue
+                if wanted is not None and not wanted(name):
+                    continue
                 data = _read_member(handle, info, totals, max_total_bytes, max_entry_bytes, max_ratio)
                 members.append(ZipMember(name=name, data=data))
-    if not members:
+    if not members and wanted is None:
         raise InputError("zip", label, "contains no files", "zip the folder that holds the DICOM files or the NIfTI file")
     return members
 
