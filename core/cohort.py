@@ -51,7 +51,7 @@ from core.io.contrast import TABLE_SOURCE, table_contrast, with_record
 from core.io.delimited import read_csv_any
 from core.io.features import FEATURE_FILES, canon, read_features_file, read_features_frame
 from core.io.safezip import inside_folder
-from core.io.timeline_times import follow_up_days, index_times
+from core.io.timeline_times import index_times, outcome_from_dates
 
 if TYPE_CHECKING:
     from core.io.volume import Volume
@@ -81,18 +81,14 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
     """
     table = rename_aliases(table, COHORT_ALIASES, source)  # Patient ID, futime, status, Index Date
     if not for_training and "subject_id" in table.columns:
-        table = table.copy()
-        if "time" not in table.columns and "event" not in table.columns:
-            table["time"], table["event"] = 0.0, 0
+        if "time" not in table.columns and "event" not in table.columns:  # patients to score: no outcome to read
+            table = table.drop(columns=[END_COLUMN], errors="ignore").assign(time=0.0, event=0)
             if "split" not in table.columns:
                 table["split"] = "test"
             out = validate_outcomes(table, seed=seed, source=source, for_training=False)
             out["time"] = np.nan
             return out
-    from_dates = "time" not in table.columns and {END_COLUMN, "index_time"} <= set(table.columns)
-    if from_dates:  # outcomes as dates
-        days, starts = follow_up_days(table["index_time"], table[END_COLUMN], source)
-        table = table.assign(time=days, index_time=starts)
+    table, from_dates = outcome_from_dates(table, source, END_COLUMN)  # outcomes as dates, or checked against them
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(

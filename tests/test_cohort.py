@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,13 @@ def test_outcomes_written_as_dates_and_words(tmp_path: Path) -> None:
                                         "event": [1]}))
     with pytest.raises(InputError, match=r"event: got 'maybe' .*\(yes / no and dead / alive are read too\)"):
         validate_outcomes(pd.DataFrame({"subject_id": [1], "time": [3.0], "event": ["maybe"]}))
+    # time given as well: used when it agrees with the dates (within a day), refused when not (it was used silently)
+    dated = cohort.table.assign(index_time=["01.02.2020", "05.02.2020", "01.02.2020", "01.03.2020", "02.01.2020"],
+                                end_time=["13.02.2020", "01.02.2021", "03.02.2020 12:00", "01.09.2020", "02.03.2020"])
+    assert validate_outcomes(dated.assign(time=[12, 362, 3, 184, 60]))["time"].tolist() == [12, 362, 3, 184, 60]
+    with pytest.raises(InputError, match=re.escape("time: got 11.9 (subject '2'), disagrees with end_time - index_time, "
+                                                   "362.0 days (2 of 5 subjects more than a day apart)")):
+        validate_outcomes(dated.assign(time=[12.0, 11.9, 2.5, 6.0, 60.0]))  # months in two rows
 
 
 def test_ids_with_leading_zeros_match_across_files(tmp_path: Path) -> None:

@@ -175,6 +175,35 @@ def follow_up_days(index: pd.Series, end: pd.Series, source: str = "cohort.csv")
     return (stop - start).dt.total_seconds() / 86400.0, start
 
 
+def outcome_from_dates(table: pd.DataFrame, source: str = "cohort.csv", end: str = "end_time") -> tuple[pd.DataFrame, bool]:
+    """``table`` with ``time`` = ``end`` - ``index_time`` in days when it has the two dates and no time (and True);
+    when it has all three, the time given is checked against the dates: more than a day apart for a subject (time in
+    months or years, or from another index date) is refused, naming the subject and both numbers.
+
+    >>> t = pd.DataFrame({"subject_id": ["a", "b"], "time": [30.0, 2.0], "index_time": ["2020-01-01"] * 2,
+    ...                   "end_time": ["2020-01-31", "2020-03-01"]})
+    >>> outcome_from_dates(t)
+    Traceback (most recent call last):
+    ...
+    core.errors.InputError: time: got 2.0 (subject 'b'), disagrees with end_time - index_time, 60.0 days (1 of 2 subjects more than a day apart); fix: keep one of time and end_time in cohort.csv, or correct it (is time in days?)
+    """
+    if not {end, "index_time"} <= set(table.columns):
+        return table, False
+    days, starts = follow_up_days(table["index_time"], table[end], source)
+    if "time" not in table.columns:
+        return table.assign(time=days, index_time=starts), True
+    given = pd.to_numeric(table["time"], errors="coerce")
+    apart = ((given - days).abs() > 1.0).to_numpy()  # NaN on either side: not compared
+    if apart.any():
+        i = int(np.flatnonzero(apart)[0])
+        who = table["subject_id"].iloc[i] if "subject_id" in table.columns else i
+        raise InputError("time", f"{table['time'].iloc[i]} (subject {str(who)!r})",
+                         f"disagrees with {end} - index_time, {days.iloc[i]:.1f} days ({int(apart.sum())} of {len(table)} "
+                         "subjects more than a day apart)", f"keep one of time and {end} in {source}, or correct it "
+                         "(is time in days?)")
+    return table.assign(index_time=starts), False  # read with end_time: one day / month order for both
+
+
 def dates_only(timeline: pd.DataFrame) -> bool:
     """True when every dated event of ``timeline`` (a ``read_timeline`` frame) is at 00:00: dates without a time
     of day (a date-only export). Kept in ``timeline.attrs`` once computed.
