@@ -84,7 +84,7 @@ def recalibrate_model(model_dir: Path | str, cohort_dir: Path | str, out: Path |
     ids = cohort.ids(None if split == ALL_SPLITS else split)
     rows = cohort.table.set_index("subject_id").loc[ids] if ids else None
     if rows is None or rows["time"].isna().any():
-        raise InputError("cohort", str(cohort_dir), f"gives no outcomes for {split}",
+        raise InputError("cohort", str(cohort_dir), "gives no outcomes to recalibrate on" + ("" if split == ALL_SPLITS else f" in its {split} split"),
                          "add time and event to cohort.csv: a recalibration is fitted on the site's outcomes")
     model = load_model(model_dir, device=device)
     unread: list[str] = []

@@ -178,6 +178,11 @@ def test_a_recalibrated_copy_of_the_shipped_model(tmp_path: Path, capsys: pytest
     assert said["survival"] == pytest.approx(case1.survival.tolist(), abs=1e-5)
     with pytest.raises(InputError, match="exists and is not empty"):
         recalibrate_model(original, site, copy)
+    unknown = tmp_path / "unknown"  # patients without outcomes: said in words, not with the split's name ("for all")
+    unknown.mkdir()
+    table[["subject_id"]].to_csv(unknown / "cohort.csv", index=False)
+    with pytest.raises(InputError, match=r"unknown, gives no outcomes to recalibrate on; fix: add time and event"):
+        recalibrate_model(original, unknown, tmp_path / "never")
     assert main(["recalibrate", "--model", str(copy), "--cohort", str(site), "--out", str(tmp_path / "again")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fitted on 150 subjects") and "integrated Brier score" in out and "wrote " in out

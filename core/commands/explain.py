@@ -84,7 +84,7 @@ def _save_map(path: Path, values: np.ndarray, volume: Volume) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
-    check_method(args.method, "method")
+    check_method(args.method, "--method")
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
         raise InputError("out", out.name, "has an unknown suffix", "end the file name in .png, .svg or .pdf")

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
-    check_method(args.method, "method")
+    check_method(args.method, "--method")
     if args.max_cases < 1 or args.randomization_cases < 1:
         raise InputError("max-cases", min(args.max_cases, args.randomization_cases), "must be >= 1", "use e.g. 5")
     import pandas as pd
