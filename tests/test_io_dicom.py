@@ -571,3 +571,25 @@ def test_a_folder_holding_the_study_zipped_names_the_zip(tmp_path: Path) -> None
     with pytest.raises(InputError, match=r"but a zip \(study\.zip\); fix: point at the zip itself \(study\.zip\)"):
         load_study(folder)
     assert load_study(folder / "study.zip").shape == (4, 16, 16)
+
+
+@pytest.mark.parametrize(("signed", "stored_pad", "replaced"), [
+    (True, -2000, True),  # outside the field of view at -3024 HU: read as air
+    (False, 1024, False),  # a padding value of water (0 HU) is a header error: those pixels stay as they are
+])
+def test_padding_outside_the_field_of_view_is_read_as_air(tmp_path: Path, signed: bool, stored_pad: int,
+                                                           replaced: bool) -> None:
+    """A scanner marks the corners outside its round field of view with PixelPaddingValue (-2000 stored, -3024 HU
+    on many): they are air, not a density below air (inspect reported -3024 as the HU minimum)."""
+    hu = phantom_hu((4, 24, 24))
+    pad_hu = stored_pad - 1024.0  # the factory's intercept
+    hu[:, :4, :4] = pad_hu
+    written = write_series(tmp_path / "s", hu, signed=signed, identified=False)
+    for path in written.paths:
+        edit_file(path, lambda ds: ds.add_new("PixelPaddingValue", "SS" if signed else "US", stored_pad))
+    vol = load_study(written.folder)
+    expect = written.hu.copy()
+    if replaced:
+        expect[:, :4, :4] = -1024.0
+    np.testing.assert_array_equal(vol.hu, expect)
+    assert float(vol.hu[:, :4, :4].max()) == (-1024.0 if replaced else 0.0)

@@ -49,6 +49,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.io.dicom_headers import (  # noqa: F401 - also the names tests and callers use from core.io.dicom
+    PADDING_HU,
     _Header,
     _map,
     _read_header,
@@ -347,6 +348,10 @@ def _load_dicom_sources(
         if isinstance(g, FrameGeometry) and g.rescale_varies:  # decoded with slope 1, intercept 0: now frame by frame
             target *= g.slopes.astype(np.float32)[:, None, None]  # type: ignore[union-attr]
             target += g.intercepts.astype(np.float32)[:, None, None]  # type: ignore[union-attr]
+        padding = h.extra.get("padding_hu")
+        if padding is not None:  # outside the scanner's field of view: air, not -2000 or -3024 HU
+            lo, hi = padding  # type: ignore[misc]
+            target[(target >= lo) & (target <= hi)] = PADDING_HU
 
     if forked > 1:
         decode_in_processes(decode, len(ordered), forked)

@@ -77,7 +77,7 @@ class _Skip:
 # conversion and validation cost more than parsing the whole header.
 _KINDS = {
     "Rows": "US", "Columns": "US", "BitsAllocated": "US", "BitsStored": "US",
-    "PixelRepresentation": "US", "SamplesPerPixel": "US",
+    "PixelRepresentation": "US", "SamplesPerPixel": "US", "PixelPaddingValue": "US", "PixelPaddingRangeLimit": "US",
     "NumberOfFrames": "IS", "SeriesNumber": "IS", "AcquisitionNumber": "IS", "InstanceNumber": "IS",
     "RescaleSlope": "DS", "RescaleIntercept": "DS", "ImageOrientationPatient": "DS",
     "ImagePositionPatient": "DS", "PixelSpacing": "DS", "ImagerPixelSpacing": "DS",
@@ -133,6 +133,27 @@ def _floats(ds: Dataset, keyword: str, n: int) -> list[float] | None:
     if len(out) != n or not all(np.isfinite(out)):
         return None
     return out
+
+
+#: what the scanner's padding outside its field of view (PixelPaddingValue) is read as: air at the bottom of the CT scale
+PADDING_HU = -1024.0
+
+
+def _padding_hu(ds: Dataset, bits_allocated: int, signed: bool, slope: float, intercept: float) -> tuple[float, float] | None:
+    """The HU range of the pixels a 16-bit image marks as padding (PixelPaddingValue, up to PixelPaddingRangeLimit),
+    when all of it lies below ``PADDING_HU`` (as -2000 or -3024 do): a padding value inside the range of real tissue
+    would be a header error, and those pixels are left as they are. None without padding."""
+    absent = -(1 << 40)
+    try:
+        values = [_int(ds, k, absent) for k in ("PixelPaddingValue", "PixelPaddingRangeLimit")]
+    except (TypeError, ValueError, OverflowError, struct.error):
+        return None
+    if values[0] == absent or bits_allocated != 16:
+        return None
+    # read raw as US (63536) or already converted by pydicom as SS (-2000): one 16-bit pattern, read as the pixels are
+    stored = [(v & 0xFFFF) - (65536 if signed and v & 0x8000 else 0) for v in values if v != absent]
+    hu = sorted(float(np.float32(v) * np.float32(slope) + np.float32(intercept)) for v in stored)
+    return (hu[0], hu[-1]) if hu[-1] < PADDING_HU else None
 
 
 def _undeflated(src: DicomSource) -> DicomSource:
@@ -319,6 +340,9 @@ def _read_header(src: DicomSource, gate_cache: dict[bytes, tuple[frozenset[str],
         identity=identity,
     )
     header.extra["has_iop"] = iop is not None
+    padding = _padding_hu(ds, bits_allocated, signed, header.slope, header.intercept)
+    if padding is not None and not (frames_geometry is not None and frames_geometry.rescale_varies):
+        header.extra["padding_hu"] = padding
     if frames_geometry is not None:
         header.extra["frames"] = frames_geometry
     header.extra["has_spacing"] = bool(ps and ps[0] > 0 and ps[1] > 0)
