@@ -393,6 +393,10 @@ def _render_matplotlib(fig: go.Figure, fmt: str, dpi: int, caption: str) -> byte
             ax = get_ax("x", "y")
             ax.axvline(float(shape.x0), color=_rgba(shape.line.color) if shape.line and shape.line.color else "gray",
                        linestyle=":", linewidth=0.8)
+        elif shape.type == "line" and shape.xref in (None, "x") and shape.yref in (None, "y"):  # a scale bar
+            get_ax("x", "y").plot([float(shape.x0), float(shape.x1)], [float(shape.y0), float(shape.y1)],
+                                  color=_rgba(shape.line.color) if shape.line and shape.line.color else "gray",
+                                  linewidth=float(shape.line.width or 1) if shape.line else 1.0)
     for ann in layout.annotations or ():
         if ann.xref == "paper" and ann.yref == "paper":
             if caption and _text(ann.text).replace("\n", " ") == caption:
@@ -400,7 +404,15 @@ def _render_matplotlib(fig: go.Figure, fmt: str, dpi: int, caption: str) -> byte
             mfig.text(left + float(ann.x or 0) * (1 - left - right), bottom + float(ann.y or 0) * (1 - top - bottom),
                       _text(ann.text), fontsize=8, ha="center", va="bottom")
         elif ann.xref in (None, "x") and ann.yref in (None, "y") and ann.x is not None:
-            get_ax("x", "y").text(float(ann.x), float(ann.y or 1.0), _text(ann.text), fontsize=7, va="bottom")
+            get_ax("x", "y").text(float(ann.x), float(ann.y or 1.0), _text(ann.text), fontsize=7, va="bottom",
+                                  ha={"left": "left", "right": "right"}.get(str(ann.xanchor), "center"),  # plotly: auto
+                                  color=ann.font.color if ann.font and ann.font.color else "black")
+        elif str(ann.xref).endswith(" domain") and str(ann.yref).endswith(" domain"):  # e.g. orientation letters
+            ax = get_ax(str(ann.xref).split()[0], str(ann.yref).split()[0])
+            ax.text(float(ann.x or 0), float(ann.y or 0), _text(ann.text), transform=ax.transAxes, fontsize=8,
+                    ha={"center": "center", "right": "right"}.get(str(ann.xanchor), "left"),
+                    va={"top": "top", "middle": "center"}.get(str(ann.yanchor), "bottom"),
+                    color=ann.font.color if ann.font and ann.font.color else "black")
     if layout.title and layout.title.text:
         mfig.suptitle(_text(layout.title.text), fontsize=11)
     if caption:

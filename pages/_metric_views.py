@@ -143,7 +143,7 @@ def show_comparison(results: dict[str, dict], current: str, key: str, filename: 
             st.markdown(gain_text(paired, short))
         shown = table.assign(model=table["model"].map(short))
         st.dataframe(comparison_shown(shown), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE,
-                     column_config={"model": st.column_config.TextColumn(width="large")})  # a trained model's long name
+                     column_config={"model": st.column_config.TextColumn(width=250)})  # room for a trained model's name
     st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
 
 

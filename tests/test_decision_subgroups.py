@@ -77,8 +77,10 @@ def test_a_decision_curve_that_breaks_off_says_why_in_its_panel():
     assert nb[0] is not None and nb[-1] is None  # dcurves: undefined where the test positives' follow-up ends first
     notes = [a.text for a in decision_curve_figure(dc).layout.annotations if a.text.startswith("gap")]
     assert len(notes) == 1 and "before 1 year" in notes[0]
-    whole = {"horizons": {365: {**dc["horizons"][365], "net_benefit": [0.1] * len(nb)}}}
-    assert not [a for a in decision_curve_figure(whole).layout.annotations if a.text.startswith("gap")]
+    whole = {"horizons": {365: {**dc["horizons"][365], "net_benefit": [0.1] * (len(nb) - 1) + [-0.15]}}}
+    fig = decision_curve_figure(whole)
+    assert not [a for a in fig.layout.annotations if a.text.startswith("gap")]
+    assert fig.layout.yaxis.range[0] < -0.15  # a model below treat-none stays in view (the axis stopped at -0.05)
 
 
 def test_subgroup_labels_categories_quantile_bands_and_missing():

@@ -155,7 +155,8 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
 
     ``decision`` is ``core.evaluate.decision.decision_curve(...)``: ``{"horizons": {h: {"thresholds",
     "net_benefit", "treat_all", "treat_none"} | None}}``. Undefined points (None) leave gaps, and a panel whose
-    model line has one says why (so that the flat line after it is not read as a model without benefit).
+    model line has one says why. The y axis keeps the model's line in view down to a net benefit of -0.25 (treat
+    all, far below zero at high thresholds, may leave it).
     """
     panels = [(h, d) for h, d in decision.get("horizons", {}).items() if d]
     fig = make_subplots(rows=1, cols=max(1, len(panels)), shared_yaxes=True,
@@ -167,7 +168,8 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
                                  ("treat all", "treat_all", {"color": "rgb(120,120,120)", "dash": "dash"}),
                                  ("treat none", "treat_none", {"color": "rgb(60,60,60)", "dash": "dot"})):
             y = [None if v is None else float(v) for v in d[key]]
-            lo = min(lo, *[v for v in y if v is not None], 0.0)
+            if key == "net_benefit":  # the model's line stays in view (down to -0.25); treat-all may leave it
+                lo = min(lo, *[v for v in y if v is not None], 0.0)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=style, showlegend=col == 1,
                                      legendgroup=name, connectgaps=False,
                                      hovertemplate=f"{name}: threshold %{{x:.0f}} %, net benefit %{{y:.3f}}<extra></extra>"),
@@ -180,7 +182,8 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
                                yanchor="top", showarrow=False, align="right", font={"size": 10, "color": "rgb(90,90,90)"})
         fig.update_xaxes(title_text="risk threshold (%)", row=1, col=col)
     top = max([float(v) for _, d in panels for v in d["treat_all"] + d["net_benefit"] if v is not None] + [0.05])
-    fig.update_yaxes(title_text="net benefit", range=[max(lo, -0.05), top * 1.1], row=1, col=1)
+    bottom = max(lo, -0.25)
+    fig.update_yaxes(title_text="net benefit", range=[bottom - 0.05 * (top - bottom), top * 1.1], row=1, col=1)
     fig.update_layout(title={"text": title} if title else None, margin=_top_margin(title), template="plotly_white",
                       height=380,
                       legend={"orientation": "h", "y": -0.25})

@@ -144,10 +144,10 @@ def _image_axes(fig: go.Figure, shape: tuple[int, int], spacing: tuple[float, fl
                 col: int | None = None) -> None:
     dy, dx = spacing
     kw: dict[str, Any] = {} if row is None else {"row": row, "col": col}
-    fig.update_xaxes(range=[-dx / 2, (shape[1] - 0.5) * dx], showticklabels=False, showgrid=False, zeroline=False,
-                     constrain="domain", **kw)
-    fig.update_yaxes(range=[(shape[0] - 0.5) * dy, -dy / 2], showticklabels=False, showgrid=False, zeroline=False,
-                     scaleratio=1, constrain="domain", **kw)
+    fig.update_xaxes(range=[-dx / 2, (shape[1] - 0.5) * dx], showticklabels=False, ticks="", showgrid=False,
+                     zeroline=False, constrain="domain", **kw)
+    fig.update_yaxes(range=[(shape[0] - 0.5) * dy, -dy / 2], showticklabels=False, ticks="", showgrid=False,
+                     zeroline=False, scaleratio=1, constrain="domain", **kw)
     # keep mm square: anchor every y axis to its own x axis
     for key in list(fig.layout):
         if key.startswith("yaxis"):
