@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from core.errors import InputError
 
@@ -25,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("core.commands.evaluate", "evaluate a model on a cohort's test split"),
     "predict": ("core.commands.predict", "individual survival curve for one subject"),
     "compare": ("core.commands.compare", "train every fusion strategy and write a comparison table"),
-    "explain": ("core.commands.explain", "attribution figure (saliency, IG, Grad-CAM, occlusion) for one subject"),
+    "explain": ("core.commands.explain", "attribution figure (saliency, IG, Grad-CAM, occlusion, SmoothGrad, detector evidence) for one subject"),
     "sanity": ("core.commands.sanity", "sanity checks of explanations (randomization test, pointing game)"),
     "export-dicom": ("core.commands.export_dicom", "export a case as DICOM: saliency Parametric Map, top-region Segmentation, prediction SR"),
     "recalibrate": ("core.commands.recalibrate", "write a copy of a model recalibrated to a site's cohort"),
@@ -47,6 +48,42 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors (a mistyped value, an unknown choice, a missing option) as one line in the form of
+    every other error: ``error: FIELD: got VALUE, PROBLEM; fix: ...``, instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {usage_error(message, self.prog)}", file=sys.stderr)
+        self.exit(EXIT_BAD_INPUT)
+
+
+def usage_error(message: str, prog: str) -> str:
+    """argparse's ``message`` as ``FIELD: got VALUE, PROBLEM; fix: ...``.
+
+    >>> usage_error("argument --head: invalid choice: 'pexp' (choose from 'discrete', 'pwe', 'cox')", "python -m core train")
+    '--head: got pexp, is not a choice; fix: use one of discrete, pwe, cox'
+    >>> usage_error("argument --n: invalid int value: 'abc'", "python -m core demo")
+    '--n: got abc, is not a whole number; fix: write it as digits, e.g. 40'
+    >>> usage_error("the following arguments are required: --subject", "python -m core predict")
+    '--subject: got nothing, is required; fix: python -m core predict --help lists the arguments'
+    """
+    helps = f"{prog} --help lists the arguments"
+    if m := re.fullmatch(r"argument (\S+?): invalid choice: '?(.*?)'? \(choose from (.*)\)", message):
+        options = ", ".join(o.strip(" '") for o in m.group(3).split(","))
+        return f"{m.group(1).split('/')[0]}: got {m.group(2)}, is not a choice; fix: use one of {options}"
+    if m := re.fullmatch(r"argument (\S+?): invalid (int|float) value: '(.*)'", message):
+        kind = "a whole number" if m.group(2) == "int" else "a number"
+        example = "40" if m.group(2) == "int" else "0.5"
+        return f"{m.group(1).split('/')[0]}: got {m.group(3)}, is not {kind}; fix: write it as digits, e.g. {example}"
+    if m := re.fullmatch(r"the following arguments are required: (.*)", message):
+        return f"{m.group(1)}: got nothing, {'is' if ',' not in m.group(1) else 'are'} required; fix: {helps}"
+    if m := re.fullmatch(r"unrecognized arguments: (.*)", message):
+        return f"arguments: got {m.group(1)}, not known to {prog}; fix: {helps}"
+    if m := re.fullmatch(r"argument (\S+?): (.*)", message):
+        return f"{m.group(1).split('/')[0]}: {m.group(2)}; fix: {helps}"
+    return f"{message}; fix: {helps}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
@@ -58,11 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"python -m core {name}", description=help_text)
+    parser = _Parser(prog=f"python -m core {name}", description=help_text)
     module.add_arguments(parser)
     try:
         args = parser.parse_args(argv[1:])
-    except SystemExit as stop:  # argparse already printed a one-line usage error
+    except SystemExit as stop:  # --help, or a usage error already printed in one line
         return int(stop.code or 0) and EXIT_BAD_INPUT
     try:
         return int(module.run(args) or 0)

@@ -100,6 +100,11 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     out["coverage"]["band"] = getattr(model, "uncertainty", "predict_case band") if band else None
     out["conformal"] = conformal_report(model, cohort, split, np.asarray(times), np.asarray(surv), time, event,
                                         tt, te, horizons, alpha)
+    if split == ALL_SPLITS:  # the censoring weights G came from the evaluated cohort: the texts say so
+        out["coverage"]["definition"] = out["coverage"]["definition"].replace("of the train split", "of this cohort")
+        if (out["conformal"] or {}).get("calibration"):
+            cal = out["conformal"]["calibration"]
+            cal["method"] = cal["method"].replace("of the train split", "of this cohort")
     out["decision_curve"] = decision_curve(times, surv, time, event, horizons)
     from core.evaluate import km_by_risk_group, risk_from_survival
 

@@ -66,7 +66,7 @@ def read_meds(path: Path) -> pd.DataFrame:
             raise InputError("--meds", str(path), "is a folder without .parquet event files",
                              "pass a MEDS parquet/CSV file or a MEDS folder (data/**/*.parquet)")
     elif not path.exists():
-        raise InputError("--meds", str(path), "does not exist", "pass a MEDS parquet/CSV file or folder")
+        raise InputError("--meds", str(path), "does not exist", "pass a MEDS parquet/CSV/.xlsx file or folder")
     else:
         files = [path]
     frames = []

@@ -258,6 +258,10 @@ def test_evaluate_model_on_every_subject_of_a_cohort_without_a_train_split(tmp_p
     assert [g["n"] for g in groups] == [100, 100, 100] and every["risk_groups"]["logrank_p"] < 1e-3
     assert [g["label"] for g in groups][0] == "low" and groups[0]["events"] < groups[-1]["events"]
     assert seen and seen == sorted(seen) and "risk_groups" not in test
+    # the censoring weights of an external validation are the cohort's own, and the JSON's texts say so
+    assert "G = censoring Kaplan-Meier of this cohort" in every["coverage"]["definition"]
+    assert "of the train split" in test["coverage"]["definition"]
+    assert every["conformal"]["calibration"]["method"].count("of this cohort") == 1
     table.assign(split="test").to_csv(tmp_path / "cohort.csv", index=False)  # every subject marked test
     assert evaluate_model(tmp_path / "model", tmp_path, horizons=(365,), n_boot=20)["n"] == n
     table[["subject_id"]].to_csv(tmp_path / "cohort.csv", index=False)

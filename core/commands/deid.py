@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from core.commands.progress import command_progress
     from core.deid import deidentify_study
 
-    with command_progress("deid", enabled=not args.json) as progress:
+    with command_progress("deid") as progress:
         report = deidentify_study(
             args.input,
             args.output,

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-HELP = "attribution figure (saliency, IG, Grad-CAM, occlusion, SmoothGrad) for one subject"
+HELP = "attribution figure (saliency, IG, Grad-CAM, occlusion, SmoothGrad, detector evidence) for one subject"
 from core.explain import METHODS, check_method
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _window(text: str) -> tuple[tuple[float, float], str]:
     return (lo, hi), f"[{lo:g}, {hi:g}] HU"
 
 
-def _save_map(path: Path, values: np.ndarray, volume: Volume) -> None:
+def save_map(path: Path, values: np.ndarray, volume: Volume) -> None:
     """The map as ``.npy`` ``[S, R, C]`` float32, or as NIfTI (float32) with the study's own affine."""
     import numpy as np
 
@@ -87,11 +87,11 @@ def run(args: argparse.Namespace) -> int:
     check_method(args.method, "--method")
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
-        raise InputError("out", out.name, "has an unknown suffix", "end the file name in .png, .svg or .pdf")
+        raise InputError("--out", out.name, "has an unknown suffix", "end the file name in .png, .svg or .pdf")
     if not out.parent.exists():
-        raise InputError("out", str(out.parent), "folder does not exist", "create the folder first")
+        raise InputError("--out", str(out.parent), "folder does not exist", "create the folder first")
     if args.save_map is not None and not Path(args.save_map).name.lower().endswith(MAP_SUFFIXES):
-        raise InputError("save-map", Path(args.save_map).name, f"must end in {', '.join(MAP_SUFFIXES)}",
+        raise InputError("--save-map", Path(args.save_map).name, f"must end in {', '.join(MAP_SUFFIXES)}",
                          "pass e.g. map.nii.gz")
     window, window_name = _window(args.window)
 
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         window=window_name, extra="outside the model's training CTs: predict withholds this CT" if read.withheld else None)
     figure_export.export(fig, out, caption=caption)
     if args.save_map is not None:
-        _save_map(Path(args.save_map), att.map, volume)
+        save_map(Path(args.save_map), att.map, volume)
     notes = [*volume.warnings, *read.warnings]  # how the study was read, then what the model cannot read in it
     if read.withheld:
         notes.append(f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 HELP = "export a case as DICOM: saliency Parametric Map, top-region Segmentation, prediction SR"
+from core.commands.explain import MAP_SUFFIXES
 from core.explain import METHODS, check_method
 
 
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--percentile", type=float, default=99.0,
                         help="the Segmentation holds the voxels with |map| at or above this percentile of the "
                              "non-zero |map| values (default 99)")
-    parser.add_argument("--save-map", type=Path, default=None, help="also save the map as .npy [S, R, C] float32")
+    parser.add_argument("--save-map", type=Path, default=None,
+                        help="also save the map: .npy [S, R, C] float32, or .nii.gz / .nii on the study's own geometry")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--allow-ood", action="store_true",
@@ -47,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("--out", str(out), "exists and is not an empty folder", "pass a new or empty folder")
-    if args.save_map is not None and args.save_map.suffix != ".npy":
-        raise InputError("--save-map", str(args.save_map), "is not a .npy file", "use a name ending in .npy")
+    if args.save_map is not None and not args.save_map.name.lower().endswith(MAP_SUFFIXES):  # as explain's
+        raise InputError("--save-map", args.save_map.name, f"must end in {', '.join(MAP_SUFFIXES)}",
+                         "pass e.g. map.nii.gz")
     device = args.device
     if device == "auto":
         import torch
@@ -61,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
                                          percentile=args.percentile, device=device, return_map=True,
                                          allow_ood=args.allow_ood)
     if args.save_map is not None:
-        import numpy as np
+        from core.cohort import load_cohort
+        from core.commands.explain import save_map
 
         args.save_map.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.save_map, saliency.astype(np.float32))
+        volume = load_cohort(args.cohort, for_training=False).load_volume(str(args.subject))  # the map's geometry
+        save_map(args.save_map, saliency, volume)  # type: ignore[arg-type]
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         horizons = tuple(float(h) for h in str(args.horizons).split(",") if h.strip())
     except ValueError:
         raise InputError("--horizons", args.horizons, "must be numbers of days", "use e.g. 30,365,1825") from None
-    with command_progress("recalibrate", enabled=not args.json) as progress:
+    with command_progress("recalibrate") as progress:  # on stderr: stdout stays one JSON object
         res = recalibrate_model(args.model, args.cohort, args.out, split=args.split, horizons=horizons,
                                 device=args.device, progress=progress)
     if args.json:

@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--randomization-cases", type=int, default=2, help="cases for the randomization test")
     parser.add_argument("--tolerance-mm", type=float, default=10.0, help="pointing-game tolerance beyond the radius")
     parser.add_argument("--out", type=Path, default=None, help="folder for the tables and figure")
-    parser.add_argument("--update-card", action="store_true", help="append the results to the model's MODEL_CARD.md")
+    parser.add_argument("--update-card", action="store_true",
+                        help="write this method's results into the model's MODEL_CARD.md (its earlier block replaced, "
+                             "other methods' kept)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

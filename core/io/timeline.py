@@ -82,7 +82,7 @@ def _format(path: Path) -> str:
 def check_path(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
-        raise InputError("PATH", str(p), "file not found", "pass an existing MEDS .parquet or .csv file")
+        raise InputError("PATH", str(p), "file not found", "pass an existing MEDS .parquet, .csv or .xlsx file")
     if p.is_dir():
         raise InputError("PATH", str(p), "is a folder", "pass the timeline file itself (.parquet or .csv)")
     if p.stat().st_size == 0:
