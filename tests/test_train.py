@@ -180,7 +180,7 @@ def test_cli_predict_and_errors(models: dict[str, Path], tiny_cohort: Path, caps
     assert capsys.readouterr().err.startswith("error: feature_dropout: got 2, must be a probability in [0, 1) or auto")
 
 
-def test_cli_feature_dropout_reaches_training(tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_feature_dropout_reaches_training(tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import core.train
 
     seen: dict = {}
@@ -190,11 +190,14 @@ def test_cli_feature_dropout_reaches_training(tiny_cohort: Path, monkeypatch: py
         return {"test": {}, "train_seconds": 0.0, "world_size": 1}
 
     monkeypatch.setattr(core.train, "train_model", fake)
-    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x", "--body-crop",
-                     "--feature-dropout", "0.3"]) == 0
+    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", str(tmp_path / "x"),
+                     "--body-crop", "--feature-dropout", "0.3"]) == 0
     assert seen["overrides"] == {"image": {"body_crop": True}, "feature_dropout": "0.3"}
-    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x"]) == 0
+    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", str(tmp_path / "x")]) == 0
     assert seen["overrides"] is None  # auto: the strategy's default
+    # a folder of other files (the cohort itself, given by mistake) is refused before any training
+    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", str(tiny_cohort)]) == 2
+    assert cli_main(["compare", "--cohort", str(tiny_cohort), "--out", str(tiny_cohort)]) == 2
 
 
 def test_unknown_fusion_and_missing_modality(tiny_cohort: Path, tmp_path: Path) -> None:

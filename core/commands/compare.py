@@ -35,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from core.models import image_overrides
     from core.train.compare import compare_strategies
 
+    from core.commands import check_out_folder
+    from core.models import FUSIONS
+
     out = args.out or args.cohort / "comparison"
+    # an earlier comparison, finished or stopped after some of its models, is replaced
+    check_out_folder(out, "--out", ("comparison.md", "comparison.csv", *(f"{f}/config.json" for f in FUSIONS)),
+                     "a comparison")
     with command_progress("compare") as progress:
         table = compare_strategies(args.cohort, out, fusions=[f.strip() for f in args.fusions.split(",") if f.strip()],
                                    head=args.head, seed=args.seed, device=args.device, epochs=args.epochs,

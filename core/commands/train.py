@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from core.models import image_overrides
     from core.train import train_model
 
+    from core.commands import check_out_folder
+
+    check_out_folder(args.out, "--out", ("config.json",), "a model")
     # one bar: a DDP launch (torchrun) reports from rank 0 only
     with command_progress(f"train {args.fusion}", enabled=int(os.environ.get("RANK", "0")) == 0) as progress:
         metrics = train_model(args.cohort, args.fusion, args.out, head=args.head, epochs=args.epochs, seed=args.seed,
