@@ -153,20 +153,33 @@ def _wrap(items: Sequence[str], width: int, bullet: str = "") -> list[str]:
 
 
 def strategy_lines(table: pd.DataFrame | None, skipped: Sequence[str] = ()) -> list[str]:
-    """The strategies' risk table as fixed-width text lines (``*`` marks the model in use)."""
+    """The strategies' risk table as fixed-width text lines (``*`` marks the model in use); the name column as wide
+    as its longest name (a model trained in the app: "ehr_only (your cohort, 27 Nov 18:39)"), cut with "..." only
+    where the line would not fit the page.
+
+    >>> t = pd.DataFrame({"strategy": ["concat", "ehr_only (your cohort, 27 Nov 18:39)"], "current": [True, False],
+    ...                   "risk 1 year": [0.5, 0.25]})
+    >>> print("\\n".join(strategy_lines(t)))
+    strategy                                      risk 1 year
+    * concat                                           50.0 %
+      ehr_only (your cohort, 27 Nov 18:39)             25.0 %
+    """
     if table is None or not len(table):
         return []
     cols = [c for c in table.columns if c not in ("strategy", "current")]
-    head = f"{'strategy':<20}" + "".join(f"{c:>18}" for c in cols)
+    room = 112 - 18 * len(cols)  # monospace 7 pt: 112 characters fit the width
+    width = min(max(20, 3 + max(len(str(v)) for v in table["strategy"])), room)
+    head = f"{'strategy':<{width}}" + "".join(f"{c:>18}" for c in cols)
     lines = [head]
     for r in table.to_dict("records"):
         name = ("* " if r.get("current") else "  ") + str(r["strategy"])
+        name = name if len(name) < width else name[:width - 4] + "..."
         cells = []
         for c in cols:
             v = r[c]
             text = "past grid" if pd.isna(v) else (f"{100 * v:.1f} %" if c.startswith("risk") else f"{v:.2f}")
             cells.append(f"{text:>18}")
-        lines.append(f"{name:<20}" + "".join(cells))
+        lines.append(f"{name:<{width}}" + "".join(cells))
     return lines + _wrap([f"not scored: {s}" for s in skipped], 112, "  ")  # monospace 7 pt: 112 fit the width
 
 
@@ -380,6 +393,9 @@ def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarra
         top = float(np.percentile(m, 99.5)) or float(m.max()) or 1.0
         over = np.ma.masked_less(np.clip(m / top, 0, 1), 0.15)
         a.imshow(over, cmap="hot", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="bilinear")
+        for text, x, y, ha, va in (("A", 0.5, 0.99, "center", "top"), ("P", 0.5, 0.01, "center", "bottom"),
+                                   ("R", 0.01, 0.5, "left", "center"), ("L", 0.99, 0.5, "right", "center")):
+            a.text(x, y, text, transform=a.transAxes, ha=ha, va=va, fontsize=6, color="white")  # as in the viewer
         # slices are numbered from 1 (inferior) everywhere: viewer title, export caption and file name
         a.set_title(f"axial slice {k + 1}/{n} ({100 * attribution.top_slices[j][1]:.1f} % of |map|)", fontsize=8)
 
