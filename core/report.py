@@ -188,8 +188,13 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
                     events_table: pd.DataFrame | None, cohort_km: tuple[Any, Any, Any, Any] | None,
                     model_card_summary: str, case_label: str, warnings: Sequence[str] = (),
                     strategy_risks: pd.DataFrame | None = None, strategies_skipped: Sequence[str] = (),
-                    clinical_values: Mapping[str, float] | None = None) -> Path:
+                    clinical_values: Mapping[str, float] | None = None,
+                    conformal_bound: tuple[float, float, float] | None = None) -> Path:
     """Write the one-page report to ``out`` (.pdf) and return its path.
+
+    ``conformal_bound``: ``(days, horizon, level)`` as Case review shows it (with probability at least ``level`` the
+    event comes no earlier than ``days``, capped at ``horizon``): an orange span on the curve and a line beside the
+    risks; None when the page shows none.
 
     ``clinical_values``: the case's curated features (features.csv row, or an uploaded case's clinical values); the
     ones the model reads are printed under the timeline events.
@@ -221,7 +226,7 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
         fig = plt.figure(figsize=PAGE_INCHES)
         rest = _draw(fig, model, prediction, volume_hu, spacing_mm, attribution, events_table, cohort_km,
                      model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped),
-                     dict(clinical_values or {}))
+                     dict(clinical_values or {}), conformal_bound)
         pdf.savefig(fig)
         plt.close(fig)
         for page_fig in _continuation(plt, rest, case_label):
@@ -260,10 +265,14 @@ def _continuation(plt: Any, rest: list[Continued], case_label: str) -> list[Any]
     return figs
 
 
+#: the conformal bound's colour, Case review's orange (core.figures.survival_chart.BOUND_COLOR)
+BOUND_RGB = (200 / 255, 140 / 255, 0.0)
+
+
 def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, spacing_mm: Sequence[float] | None,
           attribution: Any, events_table: pd.DataFrame | None, cohort_km: Any, card: str, case_label: str,
           warnings: list[str], strategy_risks: pd.DataFrame | None, skipped: list[str],
-          clinical_values: dict[str, float]) -> list[Continued]:
+          clinical_values: dict[str, float], bound: tuple[float, float, float] | None = None) -> list[Continued]:
     """Draw the first page; return the blocks cut on it (for the continuation pages)."""
     rest: list[Continued] = []
     page = _Flow(fig)
@@ -311,8 +320,8 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     surv_h, slice_h = plots * 3.0 / top, plots * slice_nominal / top
     # ---- survival curve and risks
     ax = page.axes(x0 + 0.45, page.y + 0.2, 0.62 * width - 0.45, surv_h - 0.6)
-    _survival_axes(ax, model, prediction, cohort_km)
-    page.text(x0 + 0.66 * width, page.y + 0.2, _risk_lines(prediction, attribution), 8, family="monospace")
+    _survival_axes(ax, model, prediction, cohort_km, bound)
+    page.text(x0 + 0.66 * width, page.y + 0.2, _risk_lines(prediction, attribution, bound), 8, family="monospace")
     page.y += surv_h
     # ---- top slices
     _slices(page, x0, width, slice_h, volume_hu, spacing_mm, attribution)
@@ -330,7 +339,8 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     return rest
 
 
-def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any) -> None:
+def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any,
+                   bound: tuple[float, float, float] | None = None) -> None:
     times = np.asarray(prediction.times, dtype=float)
     surv = np.asarray(prediction.survival, dtype=float)
     if cohort_km is not None:
@@ -345,6 +355,10 @@ def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any) -> None
         ax.text(0.5, 0.5, "No curve for this case:\nthe model read none of its inputs\n(see the warnings)",
                 transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#b00020",
                 bbox={"facecolor": "white", "edgecolor": "#b00020", "alpha": 0.95, "boxstyle": "round,pad=0.4"})
+    if bound is not None and prediction.modalities_used and bound[0] > 0:  # Case review's orange span
+        ax.axvspan(0, bound[0], color=BOUND_RGB, alpha=0.12, linewidth=0)
+        ax.axvline(bound[0], color=BOUND_RGB, linewidth=1.5,
+                   label=f"{100 * bound[2]:.0f} % conformal bound: T >= {bound[0]:.0f} d")
     for h in HORIZONS:
         if h <= times[-1]:
             ax.axvline(h, color="0.7", linestyle=":", linewidth=0.8)
@@ -356,7 +370,7 @@ def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any) -> None
     ax.set_title("Individual survival curve vs cohort", fontsize=9)
 
 
-def _risk_lines(prediction: Any, attribution: Any) -> list[str]:
+def _risk_lines(prediction: Any, attribution: Any, bound: tuple[float, float, float] | None = None) -> list[str]:
     times = np.asarray(prediction.times, dtype=float)
     risks = risk_at(times, np.asarray(prediction.survival, dtype=float), HORIZONS)
     lines = ["Predicted risk 1 - S(t)", ""]
@@ -364,6 +378,9 @@ def _risk_lines(prediction: Any, attribution: Any) -> list[str]:
         r = None if h in beyond_grid(times, (h,)) else risks[h]
         shown = "not scored" if not prediction.modalities_used else ("past the grid" if r is None else f"{100 * r:5.1f} %")
         lines.append(f"{horizon_label(h):>8}:  " + shown)
+    if bound is not None and prediction.modalities_used:
+        lines += ["", f"Event time, {100 * bound[2]:.0f} % bound", f"(conformal): >= {bound[0]:.0f} d",
+                  f"(capped at {bound[1]:.0f} d)"]
     if attribution is not None:
         lines += ["", "Explanation", f"method: {METHOD_LABELS.get(attribution.method, attribution.method)}"] + textwrap.wrap(f"target: {attribution.target}", 30)
     return lines

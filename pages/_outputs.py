@@ -34,6 +34,7 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     cohort_km = refs.reference_curves(name)["cohort_km"] if name else None
     every = review.strategies(source, subject_id, name)
     warnings = review.case_warnings(name, model, source, subject_id, every)  # exactly the list Case review shows
+    bound = refs.case_conformal_bound(model, source, subject_id) if pred.modalities_used else None  # as on the page
     features = views.case_cohort(source, subject_id).features
     values = {} if features is None or subject_id not in features.index else features.loc[subject_id].dropna().to_dict()
     return Path(build(out, model=model, inputs=inputs, prediction=pred,
@@ -42,7 +43,8 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                       events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
                       case_label=views.case_label(source, subject_id), warnings=[w.text for w in warnings],
                       strategy_risks=every.table, strategies_skipped=list(every.skipped.values()),
-                      clinical_values=values))
+                      clinical_values=values,
+                      conformal_bound=None if bound is None else (*bound, 1 - refs.CONFORMAL_ALPHA)))
 
 
 def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int,

@@ -73,6 +73,10 @@ def test_case_report_is_a_one_page_pdf_without_identifiers(parts: dict[str, Any]
     assert all(f"axial slice {k + 1}/{n} (" in text for k in top)  # 1-based, as in the viewer and the file names
     info = re.findall(rb"/(Author|Creator|Producer|Subject|Keywords|CreationDate)\b", data)
     assert info == []
+    assert "conformal" not in text  # no bound given: none drawn
+    bounded = pdf_text(case_report_pdf(tmp_path / "bound.pdf", **_kwargs(parts), conformal_bound=(212.0, 1825.0, 0.9))
+                       .read_bytes())  # Case review's conformal bound, on the curve and beside the risks
+    assert "90 % conformal bound: T >= 212 d" in bounded and "(conformal): >= 212 d" in bounded
 
 
 def test_case_report_rejects_identifying_labels_and_bad_names(parts: dict[str, Any], tmp_path: Path) -> None:
