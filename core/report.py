@@ -189,12 +189,14 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
                     model_card_summary: str, case_label: str, warnings: Sequence[str] = (),
                     strategy_risks: pd.DataFrame | None = None, strategies_skipped: Sequence[str] = (),
                     clinical_values: Mapping[str, float] | None = None,
-                    conformal_bound: tuple[float, float, float] | None = None) -> Path:
+                    conformal_bound: tuple[float, float, float] | None = None,
+                    group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None) -> Path:
     """Write the one-page report to ``out`` (.pdf) and return its path.
 
     ``conformal_bound``: ``(days, horizon, level)`` as Case review shows it (with probability at least ``level`` the
     event comes no earlier than ``days``, capped at ``horizon``): an orange span on the curve and a line beside the
-    risks; None when the page shows none.
+    risks; None when the page shows none. ``group_km``: ``((t, s, lower, upper), label)``, the Kaplan-Meier curve of
+    the reference risk group the case falls into, Case review's green curve.
 
     ``clinical_values``: the case's curated features (features.csv row, or an uploaded case's clinical values); the
     ones the model reads are printed under the timeline events.
@@ -226,7 +228,7 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
         fig = plt.figure(figsize=PAGE_INCHES)
         rest = _draw(fig, model, prediction, volume_hu, spacing_mm, attribution, events_table, cohort_km,
                      model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped),
-                     dict(clinical_values or {}), conformal_bound)
+                     dict(clinical_values or {}), conformal_bound, group_km)
         pdf.savefig(fig)
         plt.close(fig)
         for page_fig in _continuation(plt, rest, case_label):
@@ -272,7 +274,8 @@ BOUND_RGB = (200 / 255, 140 / 255, 0.0)
 def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, spacing_mm: Sequence[float] | None,
           attribution: Any, events_table: pd.DataFrame | None, cohort_km: Any, card: str, case_label: str,
           warnings: list[str], strategy_risks: pd.DataFrame | None, skipped: list[str],
-          clinical_values: dict[str, float], bound: tuple[float, float, float] | None = None) -> list[Continued]:
+          clinical_values: dict[str, float], bound: tuple[float, float, float] | None = None,
+          group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None) -> list[Continued]:
     """Draw the first page; return the blocks cut on it (for the continuation pages)."""
     rest: list[Continued] = []
     page = _Flow(fig)
@@ -320,7 +323,7 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     surv_h, slice_h = plots * 3.0 / top, plots * slice_nominal / top
     # ---- survival curve and risks
     ax = page.axes(x0 + 0.45, page.y + 0.2, 0.62 * width - 0.45, surv_h - 0.6)
-    _survival_axes(ax, model, prediction, cohort_km, bound)
+    _survival_axes(ax, model, prediction, cohort_km, bound, group_km)
     page.text(x0 + 0.66 * width, page.y + 0.2, _risk_lines(prediction, attribution, bound), 8, family="monospace")
     page.y += surv_h
     # ---- top slices
@@ -340,13 +343,18 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
 
 
 def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any,
-                   bound: tuple[float, float, float] | None = None) -> None:
+                   bound: tuple[float, float, float] | None = None,
+                   group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None) -> None:
     times = np.asarray(prediction.times, dtype=float)
     surv = np.asarray(prediction.survival, dtype=float)
     if cohort_km is not None:
         kt, ks, klo, khi = (np.asarray(a, dtype=float) for a in cohort_km)
         ax.fill_between(kt, klo, khi, step="post", color="0.6", alpha=0.25, linewidth=0)
         ax.step(kt, ks, where="post", color="0.4", linestyle="--", label="cohort Kaplan-Meier")
+    if group_km is not None:  # Case review's green curve: the patients of the case's risk group
+        gt, gs, glo, ghi = (np.asarray(a, dtype=float) for a in group_km[0])
+        ax.fill_between(gt, glo, ghi, step="post", color="#2ca02c", alpha=0.12, linewidth=0)
+        ax.step(gt, gs, where="post", color="#2ca02c", linewidth=1.2, label=f"Kaplan-Meier, {group_km[1]}")
     if prediction.modalities_used:  # a model that read nothing of the case has no curve for it
         ax.fill_between(times, np.asarray(prediction.lower, float), np.asarray(prediction.upper, float), step="post",
                         color="#1f77b4", alpha=0.25, linewidth=0, label=f"uncertainty band ({model.uncertainty})")
@@ -366,7 +374,7 @@ def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any,
     ax.set_xlabel("days from index date")
     ax.set_ylabel("survival S(t)")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left", fontsize=7)
+        ax.legend(loc="best", fontsize=6.5, framealpha=0.85)  # five entries: where they hide the least
     ax.set_title("Individual survival curve vs cohort", fontsize=9)
 
 

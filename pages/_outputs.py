@@ -31,7 +31,9 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
 
     attribution, events = memo(key, parts)
     name = next((n for n, p in views.available_models().items() if Path(p) == Path(model.model_dir)), "")
-    cohort_km = refs.reference_curves(name)["cohort_km"] if name else None
+    ref = refs.reference_curves(name) if name else None
+    cohort_km = ref["cohort_km"] if ref else None
+    group = refs.case_risk_group(model, source, subject_id, ref["groups"]) if ref and pred.modalities_used else None
     every = review.strategies(source, subject_id, name)
     warnings = review.case_warnings(name, model, source, subject_id, every)  # exactly the list Case review shows
     bound = refs.case_conformal_bound(model, source, subject_id) if pred.modalities_used else None  # as on the page
@@ -44,7 +46,9 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                       case_label=views.case_label(source, subject_id), warnings=[w.text for w in warnings],
                       strategy_risks=every.table, strategies_skipped=list(every.skipped.values()),
                       clinical_values=values,
-                      conformal_bound=None if bound is None else (*bound, 1 - refs.CONFORMAL_ALPHA)))
+                      conformal_bound=None if bound is None else (*bound, 1 - refs.CONFORMAL_ALPHA),
+                      group_km=None if group is None else ((group["t"], group["s"], group["lower"], group["upper"]),
+                                                           f"{group['label']}-risk group ({group['n']} patients)")))
 
 
 def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int,

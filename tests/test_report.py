@@ -74,9 +74,12 @@ def test_case_report_is_a_one_page_pdf_without_identifiers(parts: dict[str, Any]
     info = re.findall(rb"/(Author|Creator|Producer|Subject|Keywords|CreationDate)\b", data)
     assert info == []
     assert "conformal" not in text  # no bound given: none drawn
-    bounded = pdf_text(case_report_pdf(tmp_path / "bound.pdf", **_kwargs(parts), conformal_bound=(212.0, 1825.0, 0.9))
-                       .read_bytes())  # Case review's conformal bound, on the curve and beside the risks
+    assert "risk group" not in text
+    group = (parts["cohort_km"], "high-risk group (53 patients)")  # Case review's green curve
+    bounded = pdf_text(case_report_pdf(tmp_path / "bound.pdf", **_kwargs(parts), conformal_bound=(212.0, 1825.0, 0.9),
+                                       group_km=group).read_bytes())  # Case review's conformal bound, on the curve
     assert "90 % conformal bound: T >= 212 d" in bounded and "(conformal): >= 212 d" in bounded
+    assert "Kaplan-Meier, high-risk group (53 patients)" in bounded
 
 
 def test_case_report_rejects_identifying_labels_and_bad_names(parts: dict[str, Any], tmp_path: Path) -> None:
