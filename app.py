@@ -17,6 +17,8 @@ from pages import _preload, _server
 
 def _sign_in_screen() -> None:
     st.title("CT + EHR survival explorer")
+    if st.user.is_logged_in:  # a sign-in older than the user's last sign-out (another tab, an old cookie)
+        st.info("You signed out (in this or another window): sign in again to continue.", icon=":material/logout:")
     st.write("Sign in with your hospital account to continue.")
     st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login)
     st.caption("Research use only. Not a medical device.")
@@ -54,7 +56,7 @@ def main() -> None:
             st.error(f"Sign-in is configured but [auth] in secrets.toml lacks {', '.join(session.missing_auth_keys())}; "
                      "fix: complete it as in .streamlit/secrets.example.toml", icon=":material/error:")
             st.stop()
-        if not st.user.is_logged_in:
+        if not st.user.is_logged_in or session.signed_out_elsewhere():
             st.session_state.pop(K.NAVIGATED, None)
             st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:")], position="hidden").run()
             st.stop()

@@ -295,8 +295,7 @@ def sidebar() -> None:
             who = " · ".join(str(v) for v in (st.user.get("name"), st.user.get("email")) if v)
             st.caption(f"Signed in as **{who or session.user_id()}**")
             if st.button("Sign out", key=K.SIGN_OUT, icon=":material/logout:"):
-                session.audit("logout", "session")
-                st.logout()
+                session.sign_out()
         else:
             st.caption(session.LOCAL_MODE)
         st.caption("Research use only. Not a medical device.")

@@ -56,6 +56,26 @@ def user_id() -> str:
     return audit_log.LOCAL_USER
 
 
+def signed_out_elsewhere() -> bool:
+    """Whether this session's sign-in is older than the user's last sign-out, in another tab or window, or this
+    one's cookie copied before it (``core.app.signouts``): the session is then signed out too."""
+    from core.app import signouts
+
+    iat = st.user.get("iat")
+    return signouts.signed_out_since(user_id(), float(iat) if isinstance(iat, (int, float)) else None)
+
+
+def sign_out() -> None:
+    """Sign this user out everywhere: audited, recorded for every session (``core.app.signouts``), then
+    ``st.logout``; the script stops here, so nothing after it runs without a signed-in user."""
+    from core.app import signouts
+
+    audit("logout", "session")
+    signouts.record_sign_out(user_id())
+    st.logout()
+    st.stop()
+
+
 def audit(action: str, target: str, *, once: bool = False, **details: Any) -> None:
     """Record ``action`` on ``target`` in the audit log as this session's user (see core.app.audit).
 

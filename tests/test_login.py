@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +184,7 @@ def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_
         pg.fill('input[name="password"]', "any password: devInteractions accepts it")
         _shot(pg, "login_provider_form")
         pg.click('button[type="submit"]')
+        signed_in_at = time.monotonic()
         pg.wait_for_url(signed_in_app + "/**")
         pg.wait_for_selector('[data-testid="stSidebar"]')
         settle(pg, 120)
@@ -205,6 +207,15 @@ def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_
         for leak in (ACCOUNT["name"], ACCOUNT["email"], "Ada", "hospital.test"):
             assert leak not in raw
 
+        # a second tab of the same browser, and a copy of the sign-in cookie, both taken while signed in
+        other = context.new_page()
+        other.set_default_timeout(60_000)
+        other.goto(signed_in_app)
+        settle(other, 120)
+        assert other.get_by_role("button", name="Sign out").is_visible()  # type: ignore[attr-defined]
+        saved_cookies = context.cookies()  # type: ignore[attr-defined]
+        time.sleep(max(0.0, 6.0 - (time.monotonic() - signed_in_at)))  # past core.app.signouts.CLOCK_SKEW_S
+
         # 3. sign out: through the provider's end-session page, back to the sign-in screen
         pg.get_by_role("button", name="Sign out").click()  # type: ignore[attr-defined]
         confirm = pg.locator('button[value="yes"]')
@@ -217,5 +228,24 @@ def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_
         _assert_sign_in_screen_only(pg)
         _shot(pg, "login_signed_out_again")
         assert [e["action"] for e in _audit_lines(data_dir)[before:]].count("logout") == 1
+
+        # 4. the other tab is signed out at its next step (it kept showing the app and saving as the user before),
+        # and the old cookie no longer signs in (it did for its 30 days)
+        other.get_by_role("link", name="Upload").click()  # type: ignore[attr-defined]
+        other.get_by_role("button", name="Sign in").wait_for()
+        settle(other)
+        _assert_sign_in_screen_only(other)
+        assert "You signed out" in other.locator("body").inner_text()  # type: ignore[attr-defined]
+        replay = browser.new_context(viewport={"width": 1500, "height": 1000})  # type: ignore[attr-defined]
+        try:
+            replay.add_cookies(saved_cookies)
+            again = replay.new_page()
+            again.goto(signed_in_app)
+            again.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
+            settle(again)
+            _assert_sign_in_screen_only(again)
+        finally:
+            replay.close()
+        assert [e["action"] for e in _audit_lines(data_dir)[before:]].count("logout") == 1  # no second sign-out
     finally:
         context.close()
