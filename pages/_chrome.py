@@ -100,6 +100,13 @@ PLOTLY_PLANE_CONFIG: dict[str, object] = {"displaylogo": False,
                                            "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
 
 
+def upload_mb() -> int:
+    """What the server accepts per uploaded file (server.maxUploadSize, MB of 1024 x 1024 bytes). Streamlit's own
+    drop-zone text rounds 512 MB up to "1GB" (decimal units, no decimals): assets/style.css hides it, and the
+    uploaders' labels state this instead."""
+    return int(st.get_option("server.maxUploadSize"))
+
+
 def inject_style() -> None:
     css = paths.ASSETS / "style.css"
     if css.exists():

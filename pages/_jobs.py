@@ -27,6 +27,24 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
     return None
 
 
+def submit_audited(audits: list[tuple[str, str, dict[str, Any]]], title: str, fn: Callable[..., Any], *args: Any,
+                   **kwargs: Any) -> Job | None:
+    """:func:`submit`, then each ``(action, target, details)`` of ``audits`` recorded: a job the per-user limit
+    refuses is not recorded as done, and one whose record cannot be written is cancelled (nothing runs unaudited)."""
+    job = submit(title, fn, *args, **kwargs)
+    if job is None:
+        return None
+    recorded = False
+    try:
+        for action, target, details in audits:
+            session.audit(action, target, **details)
+        recorded = True
+    finally:
+        if not recorded:
+            default_queue().cancel(job.id, owner())
+    return job
+
+
 def find(key: str) -> Job | None:
     """This user's newest job of ``key``."""
     return default_queue().find(owner(), key)
@@ -73,13 +91,36 @@ def outcome(job: Job) -> bool:
     return job.state == "done"
 
 
+def latest(prefix: str) -> Job | None:
+    """This user's newest job whose key starts with ``prefix``: a page opened anew (a reload, another tab, a sign-in
+    again) finds the job it started before, with its progress, its cancel button and then its result."""
+    return next((j for j in reversed(default_queue().jobs(owner())) if (j.key or "").startswith(prefix)), None)
+
+
 def sidebar_list() -> None:
-    """The user's jobs in the sidebar (state and progress), when there are any."""
+    """The user's jobs in the sidebar (state, progress and a cancel button for each running or queued one), kept
+    current every ``POLL_S`` while one is active; when one ends the page reruns once, so it draws its result."""
     jobs = default_queue().jobs(owner())
     if not jobs:
         return
-    with st.sidebar.expander(f"Background jobs ({sum(j.active for j in jobs)} running or queued)", expanded=False):
-        for j in reversed(jobs[-6:]):
-            mark = {"queued": "⏳", "running": "▶", "done": "✓", "failed": "✗", "cancelled": "■"}[j.state]
-            pct = f" {j.fraction:.0%}" if j.state == "running" else ""
-            st.caption(f"{mark} {j.title}{pct} ({j.state})")
+    active = any(j.active for j in jobs)
+
+    @st.fragment(run_every=POLL_S if active else None)
+    def listing() -> None:
+        current = default_queue().jobs(owner())
+        if active and not any(j.active for j in current):
+            st.rerun(scope="app")
+            return
+        with st.expander(f"Background jobs ({sum(j.active for j in current)} running or queued)", expanded=False):
+            for j in reversed(current[-6:]):
+                mark = {"queued": "⏳", "running": "▶", "done": "✓", "failed": "✗", "cancelled": "■"}[j.state]
+                pct = f" {j.fraction:.0%}" if j.state == "running" else ""
+                row = st.container(horizontal=True, vertical_alignment="center")
+                row.caption(f"{mark} {j.title}{pct} ({'cancelling' if j.cancel_requested and j.active else j.state})")
+                if j.active and row.button("Cancel", key=f"sidebar_cancel_{j.id}", disabled=j.cancel_requested,
+                                           width="content", type="tertiary"):
+                    default_queue().cancel(j.id, owner())
+                    st.rerun(scope="fragment")
+
+    with st.sidebar:
+        listing()

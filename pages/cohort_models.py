@@ -110,24 +110,23 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
         if upload is None:  # the MEDS tab trains ehr_only only
             raise ValueError(f"fusion: got {EVERY!r} without an uploaded cohort; fix: upload the cohort's zip")
 
-        for f in FUSIONS:
-            session.audit("train", f, epochs=int(epochs))
-        job = _jobs.submit(f"Training all {len(FUSIONS)} strategies", train_every_job, upload,
-                           str(workspace.user_root(user) / "cohorts"), runs, int(epochs),
-                           image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
-                           device=runtime.device_name(), key=TRAIN_KEY + stamp_text, heavy=True)
+        job = _jobs.submit_audited([("train", f, {"epochs": int(epochs)}) for f in FUSIONS],
+                                   f"Training all {len(FUSIONS)} strategies", train_every_job, upload,
+                                   str(workspace.user_root(user) / "cohorts"), runs, int(epochs),
+                                   image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
+                                   device=runtime.device_name(), key=TRAIN_KEY + stamp_text, heavy=True)
     elif upload is not None:
-        session.audit("train", fusion, epochs=int(epochs))
         out, label = runs[fusion]
-        job = _jobs.submit(f"Training {fusion}", train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"),
-                           fusion, out, int(epochs), label=label, image_encoder_kind=image_encoder_kind,
-                           body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text, heavy=True)
+        job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}",
+                                   train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), fusion, out,
+                                   int(epochs), label=label, image_encoder_kind=image_encoder_kind,
+                                   body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text, heavy=True)
     else:
-        session.audit("train", fusion, epochs=int(epochs))
         out, label = runs[fusion]
-        job = _jobs.submit(f"Training {fusion}", train_job, str(cdir), fusion, out, int(epochs), label=label,
-                           image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop), ehr_encoder=ehr_encoder,
-                           key=TRAIN_KEY + stamp_text, heavy=True)
+        job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}", train_job,
+                                   str(cdir), fusion, out, int(epochs), label=label,
+                                   image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
+                                   ehr_encoder=ehr_encoder, key=TRAIN_KEY + stamp_text, heavy=True)
     if job is not None:
         st.session_state[K.TRAIN_JOB] = job.id
         st.rerun()
@@ -138,14 +137,16 @@ def training_status() -> None:
     from core.jobs import default_queue
 
     job_id = st.session_state.get(K.TRAIN_JOB)
-    job = default_queue().get(job_id, _jobs.owner()) if job_id else None
+    job = default_queue().get(job_id, _jobs.owner()) if job_id else _jobs.latest(TRAIN_KEY)  # a page opened anew
     if job is None:
         return
     if job.active:
         _jobs.show(job)
         st.caption("Training runs in the background: you can review cases meanwhile; each model is saved in your "
                    "models folder and appears in the sidebar when it is done.")
-    elif _jobs.outcome(job) and "models" in job.result:  # every strategy, compared on the cohort's test split
+    elif not _jobs.outcome(job):  # failed or cancelled: said once
+        return
+    elif "models" in job.result:  # every strategy, compared on the cohort's test split
         r = job.result
         done = [n for n, m in r["models"].items() if "error" not in m]
         st.success(f"Trained {len(done)} of {len(r['models'])} strategies on your cohort, now in the sidebar's list. "
@@ -154,7 +155,7 @@ def training_status() -> None:
         metric_views.show_comparison(r["models"], name, "train_every", "your_cohort_strategies.csv",
                                      paired=r.get("paired"))
         metric_views.data_notes(r)
-    elif _jobs.outcome(job):
+    else:
         r = job.result
         st.success(f"Trained {r['label']}: test C-index {ci_text(r.get('c_index'), r.get('c_index_ci'))}. "
                    "Pick it in the sidebar to review cases and metrics.")
@@ -379,7 +380,8 @@ with tab_validate:
         "**zip of a cohort folder** laid out as for training (`cohort.csv` with outcomes, and the model's inputs: "
         "studies, timeline, features). Studies are checked for identifying data first; the cohort is removed when "
         "the evaluation ends.")
-    up_val = st.file_uploader("Cohort folder to validate on (zip)", type=["zip"], key="validate_zip")
+    up_val = st.file_uploader(f"Cohort folder to validate on (zip, up to {chrome.upload_mb()} MB)", type=["zip"],
+                              key="validate_zip")
     c1, c2 = st.container(key="stack_validate_options").columns([3, 2])  # stacked on a narrow page
     group_by = c1.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
                              help="A column of the cohort's cohort.csv or features.csv: C-index and calibration per "
@@ -398,7 +400,9 @@ with tab_validate:
     from core.jobs import default_queue
 
     job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)
-    vjob = default_queue().get(job_id, _jobs.owner()) if job_id else None
+    vjob = default_queue().get(job_id, _jobs.owner()) if job_id else _jobs.latest(VALIDATE_KEY + ":")
+    if vjob is not None and not job_id:  # a page opened anew: the job's first model (validate_uploaded_job's models)
+        validated = next(iter(vjob.args[2]), None)
     if vjob is not None and vjob.active:
         _jobs.show(vjob)
     elif vjob is not None and _jobs.outcome(vjob):
@@ -413,7 +417,7 @@ with tab_train:
         "checked for identifying data in memory before anything is kept; the model (or all seven, compared) is "
         "trained on this machine in the background and kept in your models folder."
     )
-    up = st.file_uploader("Cohort folder (zip)", type=["zip"], key="cohort_zip")
+    up = st.file_uploader(f"Cohort folder (zip, up to {chrome.upload_mb()} MB)", type=["zip"], key="cohort_zip")
     c1, c2, c3 = st.container(key="stack_train_options").columns([2, 3, 1])  # stacked on a narrow page
     fusion = c1.selectbox("Fusion strategy", [*FUSIONS, EVERY], index=FUSIONS.index("concat"), key="train_fusion",
                           help=f"'{EVERY}': one job trains each strategy in turn on the cohort (they share its image "
@@ -443,7 +447,7 @@ with tab_meds:
     )
     tasks = {p.name: p for p in sorted((paths.ASSETS / "tasks").glob("*.yaml"))}
     c1, c2 = st.columns(2)
-    meds_file = c1.file_uploader("MEDS events (parquet, CSV or .xlsx)", type=["parquet", "csv", "xlsx"],
+    meds_file = c1.file_uploader(f"MEDS events (parquet, CSV or .xlsx; up to {chrome.upload_mb()} MB)", type=["parquet", "csv", "xlsx"],
                                  key="meds_file")
     task_choice = c2.selectbox("Task", [*tasks, "upload a task file"], key="meds_task")
     task_file = c2.file_uploader("Task (ACES YAML)", type=["yaml", "yml"], key="meds_task_file") \

@@ -121,10 +121,7 @@ if not infos:
 
 # ---------------------------------------------------------------------- study
 st.subheader("1. CT study")
-max_mb = int(st.get_option("server.maxUploadSize"))  # what the server accepts (MB of 1024 x 1024 bytes)
-# Streamlit's own drop-zone text rounds 512 MB up to "1GB" (decimal units, 0 decimals): hidden here, and the
-# real limit is stated in the labels instead.
-st.html('<style>[data-testid="stFileUploaderDropzoneInstructions"] {display: none;}</style>')
+max_mb = chrome.upload_mb()  # stated in the labels: Streamlit's drop-zone text ("1GB") is hidden (assets/style.css)
 st.file_uploader(f"CT study (DICOM files or zip, NIfTI; up to {max_mb} MB per file)", accept_multiple_files=True,
                  help=STUDY_HELP, key=f"study_files_{nonce}")
 st.caption(f"This server accepts files of up to {max_mb} MB (server.maxUploadSize). Several files of one series can "
