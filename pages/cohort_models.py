@@ -401,8 +401,8 @@ with tab_validate:
 
     job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)
     vjob = default_queue().get(job_id, _jobs.owner()) if job_id else _jobs.latest(VALIDATE_KEY + ":")
-    if vjob is not None and not job_id:  # a page opened anew: the job's first model (validate_uploaded_job's models)
-        validated = next(iter(vjob.args[2]), None)
+    if vjob is not None and not job_id and vjob.state == "done":  # a page opened anew: its result's first model
+        validated = next(iter(vjob.result or {}), None)
     if vjob is not None and vjob.active:
         _jobs.show(vjob)
     elif vjob is not None and _jobs.outcome(vjob):
