@@ -157,7 +157,7 @@ def _dicom() -> dict:
 def _nifti() -> dict:
     from core.app.volume_nifti import map_to_nifti
 
-    return {"data": map_to_nifti(volume, amap),
+    return {"data": map_to_nifti(volume, amap, as_source=True),
             "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method, demo=is_demo)}
 
 

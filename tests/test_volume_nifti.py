@@ -213,3 +213,26 @@ def test_whole_map_is_the_per_slice_maps_and_is_cached(data_dir: Path, tmp_path:
     other = dataclasses.replace(inputs, ehr={**inputs.ehr, name: inputs.ehr[name] + 1.0})
     assert AV.case_digest(other) != AV.case_digest(inputs)
     assert AV.case_digest(dataclasses.replace(inputs, ehr=dict(inputs.ehr))) == AV.case_digest(inputs)
+
+
+@pytest.mark.parametrize("codes", [("L", "P", "S"), ("R", "A", "S"), ("P", "S", "R")])
+def test_a_saved_map_lies_voxel_for_voxel_on_its_nifti_study(tmp_path: Path, codes: tuple[str, str, str]) -> None:
+    """The map a user saves (explain --save-map, Export's NIfTI map) keeps the NIfTI study's own axis order and
+    affine: it was written RAS+ (the viewer's copy), mirrored against an L,P,S study's array, which tools that pair
+    arrays voxel by voxel (or refuse differing affines, as nilearn does) got wrong."""
+    from nibabel import orientations as ornt
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1000, 1000, size=(12, 10, 8)).astype(np.int16)
+    ras = np.diag([0.8, 0.9, 2.5, 1.0])
+    ras[:3, 3] = [-40.0, 12.0, 30.0]
+    to_codes = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), ornt.axcodes2ornt(codes))
+    source = nib.Nifti1Image(data, ras).as_reoriented(to_codes)
+    nib.save(source, tmp_path / "ct.nii.gz")
+    volume = load_study(tmp_path / "ct.nii.gz")
+    saved = nib.Nifti1Image.from_bytes(gzip.decompress(VN.map_to_nifti(volume, volume.hu, as_source=True)))
+    assert nib.aff2axcodes(saved.affine) == codes
+    np.testing.assert_allclose(saved.affine, source.affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj), np.asarray(source.dataobj))
+    viewer = nib.Nifti1Image.from_bytes(gzip.decompress(VN.map_to_nifti(volume, volume.hu)))
+    assert nib.aff2axcodes(viewer.affine) == ("R", "A", "S")  # the browser viewer's copy stays RAS+

@@ -38,8 +38,9 @@ def nifti_affine(volume: Volume) -> np.ndarray:
     return LPS_TO_RAS @ affine @ IJK_TO_SRC
 
 
-def _grid_image(array: np.ndarray, volume: Volume, *, hu: bool):  # type: ignore[no-untyped-def]
+def _grid_image(array: np.ndarray, volume: Volume, *, hu: bool, as_source: bool = False):  # type: ignore[no-untyped-def]
     import nibabel as nib
+    from nibabel import orientations as ornt
 
     data = np.asarray(array)
     if data.ndim != 3 or tuple(data.shape) != volume.shape:
@@ -53,6 +54,9 @@ def _grid_image(array: np.ndarray, volume: Volume, *, hu: bool):  # type: ignore
         data = data.astype(np.float32)
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), nifti_affine(volume))
     img = nib.as_closest_canonical(img)
+    codes = volume.meta.get("source_axcodes") if as_source and volume.format == "nifti" else None
+    if codes and len(codes) == 3:  # the NIfTI study's own axis order: the map lies voxel for voxel on its array
+        img = img.as_reoriented(ornt.ornt_transform(ornt.io_orientation(img.affine), ornt.axcodes2ornt(tuple(codes))))
     header = img.header
     header.set_xyzt_units("mm")
     header.set_sform(img.affine, code=1)  # scanner
@@ -78,15 +82,18 @@ def volume_to_nifti(volume: Volume) -> bytes:
     return _to_bytes(_grid_image(volume.hu, volume, hu=True))
 
 
-def map_to_nifti(volume: Volume, values: np.ndarray, *, unit_uint8: bool = False) -> bytes:
+def map_to_nifti(volume: Volume, values: np.ndarray, *, unit_uint8: bool = False, as_source: bool = False) -> bytes:
     """A ``[slices, rows, cols]`` map on ``volume``'s grid as NIfTI bytes with the same geometry.
+
+    ``as_source``: for a study read from NIfTI, in that file's own axis order (``meta["source_axcodes"]``), so
+    that the map's array and affine match the study's (a file to keep beside it; the viewer's copy is RAS+).
 
     float32 and gzipped by default. ``unit_uint8``: a map scaled to 0..1 (``core.figures.normalize_map``)
     stored as uint8 with ``scl_slope = 1/255`` (steps of 0.004, what a colormap shows) and not gzipped:
     a quarter of the float bytes and nothing for the browser to inflate, so the overlay appears sooner.
     """
     if not unit_uint8:
-        return _to_bytes(_grid_image(values, volume, hu=False))
+        return _to_bytes(_grid_image(values, volume, hu=False, as_source=as_source))
     arr = np.asarray(values, dtype=np.float32)
     if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1):
         raise InputError("map", f"range {np.nanmin(arr):g}..{np.nanmax(arr):g}", "must lie in 0..1 for unit_uint8",

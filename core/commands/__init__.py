@@ -16,10 +16,11 @@ def check_out_folder(out: Path, flag: str, written: tuple[str, ...], what: str) 
 
     >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "cohort.csv").write_text("x")
     1
-    >>> check_out_folder(d, "--out", ("config.json",), "a model")
-    Traceback (most recent call last):
-    ...
-    core.errors.InputError: --out: got ..., holds files but no earlier model (no config.json); fix: pass a new or empty folder, or the folder of a model to replace
+    >>> try:
+    ...     check_out_folder(d, "--out", ("config.json",), "a model")
+    ... except ValueError as err:
+    ...     print(str(err).split(", ", 1)[1])
+    holds files but no earlier model (no config.json); fix: pass a new or empty folder, or the folder of a model to replace
     """
     from core.errors import InputError
 

@@ -77,7 +77,7 @@ def save_map(path: Path, values: np.ndarray, volume: Volume) -> None:
 
     from core.app.volume_nifti import map_to_nifti
 
-    data = map_to_nifti(volume, values)  # gzipped
+    data = map_to_nifti(volume, values, as_source=True)  # gzipped; a NIfTI study's own axis order
     path.write_bytes(data if path.name.lower().endswith(".gz") else gzip.decompress(data))
 
 
