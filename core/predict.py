@@ -181,17 +181,18 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         warnings.append(notice)
     if not p.modalities_used:
         warnings.append(f"{model.fusion} read nothing of this case: its curve is not a prediction for this case.")
+    scored = bool(p.modalities_used)  # a model that read nothing of the case: no numbers a reader could take for it
     return {
         "subject_id": str(subject_id),
         "fusion": model.fusion,
         "head": model.config.head,
         "times": _clean(p.times),
-        "survival": _clean(p.survival),
-        "lower": _clean(p.lower),
-        "upper": _clean(p.upper),
-        "risk_at": {str(h): round(v, 6) for h, v in p.risk_at.items()},
+        "survival": _clean(p.survival) if scored else None,
+        "lower": _clean(p.lower) if scored else None,
+        "upper": _clean(p.upper) if scored else None,
+        "risk_at": {str(h): round(v, 6) if scored else None for h, v in p.risk_at.items()},
         "beyond_grid": beyond_grid(p.times, horizons),
-        "risk": round(p.risk, 6),
+        "risk": round(p.risk, 6) if scored else None,
         "modalities_used": p.modalities_used,
         "uncertainty": "ensemble" if model.ensemble_size > 1 else "mc_dropout",
         "ensemble_size": model.ensemble_size,
@@ -199,7 +200,7 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         "n_events_used": int(len(inputs.events)),
         "warnings": warnings,
         "image_withheld": withheld,
-        "scored": bool(p.modalities_used),
+        "scored": scored,
         "recalibration": model.config.extra.get("recalibration"),  # the site this copy was recalibrated to, or None
     }
 

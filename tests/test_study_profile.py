@@ -267,6 +267,8 @@ def test_real_abdominal_ct_is_out_of_distribution_for_the_demo_models(real_ct: P
     assert got["image_withheld"].startswith("The CT is withheld from image_only: it shows other anatomy")
     assert "soft tissue (-30..150 HU) 55.6%" in got["image_withheld"] and got["image_withheld"] == warnings[1]
     assert got["modalities_used"] == [] and got["scored"] is False and got["top_slices"] == []
+    # no numbers a reader could take for this case's risk (they were 0 % and a flat curve at 1)
+    assert set(got["risk_at"].values()) == {None} and got["risk"] is None and got["survival"] is None
     assert warnings[2] == "image_only read nothing of this case: its curve is not a prediction for this case."
     # read anyway on request: the bowel gas gives the confident risk the withholding keeps from the reader
     anyway = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(DEMO_MODELS / "image_only"),

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        risks = ", ".join(f"{h} d: {v:.1%}" for h, v in out["risk_at"].items())
+        risks = ", ".join(f"{h} d: {v:.1%}" for h, v in out["risk_at"].items()) if out["scored"] else "none (not scored)"
         print(f"subject {out['subject_id']} ({out['fusion']}, uses {', '.join(out['modalities_used']) or 'nothing'}): risk {risks}")
         for note in out["warnings"]:
             print(f"warning: {note}")
