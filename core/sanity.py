@@ -239,15 +239,26 @@ def map_peak(attribution: np.ndarray) -> tuple[int, int, int] | None:
     return int(s), int(r), int(c)
 
 
-def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: str) -> str:
+#: what the randomization test of a model on the frozen foundation backbone leaves out, said with its result
+FROZEN_NOTE = ("The frozen foundation backbone (pretrained weights, not trained here) is not re-initialised: the "
+               "steps cover the layers trained on this cohort, so a Spearman that stays high may be the backbone's.")
+
+
+def randomization_note(model: LoadedModel) -> str | None:
+    """:data:`FROZEN_NOTE` for a model on the frozen foundation backbone, else None."""
+    return FROZEN_NOTE if model.config.image.kind == "foundation" else None
+
+
+def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: str, note: str | None = None) -> str:
     """Markdown "Sanity checks" section for MODEL_CARD.md with the block of one method (``append_to_model_card``
-    merges it with the blocks of other methods already on the card)."""
-    return "## Sanity checks\n\n" + _method_block(table, pointing, method)
+    merges it with the blocks of other methods already on the card); ``note``: :func:`randomization_note`."""
+    return "## Sanity checks\n\n" + _method_block(table, pointing, method, note)
 
 
-def _method_block(table: pd.DataFrame, pointing: dict[str, Any], method: str) -> str:
+def _method_block(table: pd.DataFrame, pointing: dict[str, Any], method: str, note: str | None = None) -> str:
     lines = [f"Method `{method}`. Cascading model-parameter randomization (head backwards; Spearman rank "
-             "correlation of |map| with the trained model's map, mean over cases):", "",
+             "correlation of |map| with the trained model's map, mean over cases)" + (f". {note}" if note else "")
+             + ":", "",
              "| step | re-initialised up to | Spearman |", "| --- | --- | --- |"]
     lines += [f"| {int(r.step)} | {r.layer} | {r.spearman:.3f} |" for r in table.itertuples()]
     rate = pointing.get("rate", float("nan"))

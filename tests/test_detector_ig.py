@@ -141,3 +141,22 @@ def test_the_model_card_keeps_one_sanity_block_per_method(tmp_path: Path) -> Non
     assert {m: (r.final_spearman, r.pointing_rate) for m, r in found.items()} == {"saliency": (0.3, 0.5),
                                                                                   "detector_ig": (0.1, 1.0)}
     assert found["saliency"].passed and found["detector_ig"].passed
+
+
+def test_the_randomization_of_a_foundation_model_says_what_it_leaves_out() -> None:
+    """The frozen foundation backbone is never re-initialised: its sanity result says so (card, JSON, text), where
+    a final Spearman of 0.41 read like a whole network's."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from core.app.case_warnings import sanity_from_card
+    from core.sanity import FROZEN_NOTE, model_card_section, randomization_note
+
+    foundation = SimpleNamespace(config=SimpleNamespace(image=SimpleNamespace(kind="foundation")))
+    detector = SimpleNamespace(config=SimpleNamespace(image=SimpleNamespace(kind="2d")))
+    assert randomization_note(foundation) == FROZEN_NOTE and randomization_note(detector) is None  # type: ignore[arg-type]
+    table = pd.DataFrame({"step": [0, 1], "layer": ["trained model", "head"], "spearman": [1.0, 0.41]})
+    card = model_card_section(table, {"rate": 0.5, "hits": 1, "n": 2}, "saliency", FROZEN_NOTE)
+    assert "is not re-initialised" in card.splitlines()[2]
+    assert sanity_from_card(card)["saliency"].final_spearman == 0.41  # the app still reads the block's table

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         cascading_randomization,
         model_card_section,
         pointing_game,
+        randomization_note,
     )
 
     model = load_model(args.model)
@@ -67,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
         fig.write_html(out / "randomization.html", include_plotlyjs="cdn")
     card = args.update_card or (args.out is not None and Path(args.out).resolve() == Path(args.model).resolve())
     if card:
-        append_to_model_card(args.model, model_card_section(table, pointing, args.method))
+        append_to_model_card(args.model, model_card_section(table, pointing, args.method, randomization_note(model)))
     result = {"method": args.method, "randomization": table.to_dict(orient="records"),
               "final_spearman": float(table["spearman"].iloc[-1]), "pointing_rate": pointing["rate"],
               "pointing_hits": pointing["hits"], "pointing_n": pointing["n"], "tolerance_mm": pointing["tolerance_mm"],
-              "model_card_updated": bool(card)}
+              "model_card_updated": bool(card), "note": randomization_note(model)}
     if args.json:
         print(json.dumps(result))
     else:
@@ -79,4 +80,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"step {r.step:2d} {r.layer:32s} spearman {r.spearman:+.3f}")
         print(f"pointing game: {pointing['hits']}/{pointing['n']} hits (rate {pointing['rate']:.2f}, "
               f"tolerance {pointing['tolerance_mm']:g} mm)")
+        if result["note"]:
+            print(f"note: {result['note']}")
     return 0
