@@ -86,6 +86,30 @@ def available_models() -> dict[str, Path]:
     return models
 
 
+def own_model_controls(name: str) -> None:
+    """For a model this user trained here: a button that deletes it (and its kept cohort when no other of their
+    models was trained on it), behind a confirmation: what the disk quota's message asks of the user. Nothing for a
+    demo model."""
+    path = st.session_state.get(K.TRAINED_MODELS, {}).get(name)
+    if path is None:
+        return
+    with st.popover("Delete this model", icon=":material/delete:"):
+        st.write(f"**{name}** and its files are removed from your folder (its cohort too, when no other of your "
+                 "models was trained on it). This cannot be undone.")
+        if st.button("Delete", type="primary", key=f"delete_model_{Path(path).name}"):
+            from core.app.background import delete_trained_model
+            from core.errors import InputError
+
+            try:
+                removed = delete_trained_model(workspaces.user_models_dir(user_id()), Path(path),
+                                               workspaces.user_root(user_id()) / "cohorts")
+            except InputError as err:
+                st.error(str(err))
+                return
+            st.toast(f"Deleted {name}" + (" and its cohort" if len(removed) > 1 else "") + ".")
+            st.rerun()
+
+
 def model_by_name(name: str) -> Any:
     """A loaded model. Demo models are cached for all sessions; models trained on
     a user's cohort stay in that user's session."""

@@ -232,6 +232,7 @@ with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
     st.caption(f"Model **{name}**, evaluated on the test split of "
                f"{'your uploaded cohort' if name in trained else 'the synthetic demo cohort'}.")
+    views.own_model_controls(name)  # delete one of your own models (the disk quota counts them)
     m = evaluate(name, models[name], cohort_dir)
     with chrome.core_errors(stop=False):
         if m is not None:

@@ -255,3 +255,30 @@ def test_every_strategy_is_trained_on_one_upload_evaluated_and_kept(tmp_path: Pa
     with pytest.raises(InputError):
         train_every_job(_ctx(), _zip(src), str(cohorts), {"image_only": (str(models / "x"), "x")}, 2)
     assert [p.name for p in cohorts.iterdir()] == [Path(result["cohort_dir"]).name]
+
+
+def test_a_user_deletes_a_model_trained_here_and_its_cohort_when_no_other_model_needs_it(tmp_path: Path) -> None:
+    """The disk quota's message asks the user to delete what they no longer need; models and kept cohorts count,
+    and the app could delete neither. Only the user's own app-trained models go, a shared cohort stays."""
+    import json as _json
+
+    from core.app.background import TRAINED_MARKER, delete_trained_model, trained_models
+    from core.errors import InputError
+
+    models, cohorts = tmp_path / "models", tmp_path / "cohorts"
+    for c in ("a", "b"):
+        (cohorts / c).mkdir(parents=True)
+        (cohorts / c / "cohort.csv").write_text("subject_id,time,event\n")
+    for m, c in (("m1", "a"), ("m2", "a"), ("m3", "b")):
+        (models / m).mkdir(parents=True)
+        (models / m / "config.json").write_text("{}")
+        (models / m / TRAINED_MARKER).write_text(_json.dumps({"cohort_dir": str(cohorts / c), "label": m}))
+    assert delete_trained_model(models, models / "m3", cohorts) == [models / "m3", cohorts / "b"]
+    assert delete_trained_model(models, models / "m1", cohorts) == [models / "m1"]  # m2 still reads cohort a
+    assert (cohorts / "a").is_dir() and set(trained_models(models)) == {"m2"}
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text("{}")
+    for bad in (tmp_path / "demo", models / "nothing"):
+        with pytest.raises(InputError, match="is not a model you trained here"):
+            delete_trained_model(models, bad, cohorts)
+    assert delete_trained_model(models, models / "m2", cohorts) == [models / "m2", cohorts / "a"]

@@ -375,3 +375,27 @@ def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
         if (marker.parent / "config.json").is_file() and cohort.is_dir():
             found.append((marker.stat().st_mtime, str(info.get("label") or marker.parent.name), marker.parent, cohort))
     return {label: (model, cohort) for _, label, model, cohort in sorted(found, reverse=True)}
+
+
+def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -> list[Path]:
+    """Remove a model trained in the app (a folder of ``models_dir`` with its ``TRAINED_MARKER``) and, when none of
+    the other models there was trained on it, its kept cohort (a folder of ``cohorts_dir``); return what was
+    removed. Anything else (a demo model, a folder elsewhere, a link) is refused with an ``InputError``."""
+    from core.errors import InputError
+
+    target = Path(model_dir)
+    if target.is_symlink() or target.resolve().parent != Path(models_dir).resolve() \
+            or not (target / TRAINED_MARKER).is_file():
+        raise InputError("model", target.name, "is not a model you trained here", "pick one of your own models")
+    try:
+        cohort = Path(str(json.loads((target / TRAINED_MARKER).read_text()).get("cohort_dir", "")))
+    except (OSError, ValueError):
+        cohort = Path("")
+    shutil.rmtree(target)
+    removed = [target]
+    in_use = {c.resolve() for _, c in trained_models(Path(models_dir)).values()}
+    if (str(cohort) and cohort.is_dir() and not cohort.is_symlink() and cohort.resolve() not in in_use
+            and cohort.resolve().parent == Path(cohorts_dir).resolve()):
+        shutil.rmtree(cohort)
+        removed.append(cohort)
+    return removed

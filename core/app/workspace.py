@@ -174,8 +174,9 @@ def check_quota(user: str, extra: int, base: Path | None = None) -> None:
     if used + extra > limit:
         raise InputError("disk quota", f"{human_bytes(used + extra)} needed",
                          f"exceeds your quota of {human_bytes(limit)} ({human_bytes(used)} in use)",
-                         "delete cases you no longer need under Upload > Your cases, or ask the administrator "
-                         f"to raise {USER_QUOTA_ENV}")
+                         "delete cases you no longer need under Upload > Your cases, or models you trained here "
+                         "(Cohort & models > Selected model > Delete this model; their cohorts go with them), or ask "
+                         f"the administrator to raise {USER_QUOTA_ENV}")
     used_all, limit_all = total_usage(base), total_quota_bytes()
     if used_all + extra > limit_all:
         raise InputError("disk quota", f"{human_bytes(used_all + extra)} needed on this server",
