@@ -60,9 +60,7 @@ def main() -> None:
             st.session_state.pop(K.NAVIGATED, None)
             st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:")], position="hidden").run()
             st.stop()
-        if not st.session_state.get(K.LOGIN_AUDITED):
-            session.audit("login", "session")
-            st.session_state[K.LOGIN_AUDITED] = True
+        session.audit_login()
     elif not session.listens_on_loopback_only():
         st.error(f"No sign-in is configured and server.address is {st.get_option('server.address') or 'unset (every interface)'}; "
                  "fix: set server.address = \"127.0.0.1\" or configure [auth] (docs/DEPLOYMENT.md)", icon=":material/error:")

@@ -8,6 +8,7 @@ trained models and prediction cache live in their folder) need the user, so this
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,27 @@ def signed_out_elsewhere() -> bool:
 
     iat = st.user.get("iat")
     return signouts.signed_out_since(user_id(), float(iat) if isinstance(iat, (int, float)) else None)
+
+
+_LOGINS_SEEN: set[tuple[str, float]] = set()  # (sub, the ID token's iat) this server has audited: one line per sign-in
+_LOGINS_LOCK = threading.Lock()
+
+
+def audit_login() -> None:
+    """Record this user's sign-in in the audit log once per sign-in (the ID token's ``iat``), not once per browser
+    session: a reload or a new tab of the same sign-in opens a new session with the same token."""
+    if st.session_state.get(K.LOGIN_AUDITED):
+        return
+    iat = st.user.get("iat")
+    key = (user_id(), float(iat)) if isinstance(iat, (int, float)) else None
+    with _LOGINS_LOCK:
+        seen = key is not None and key in _LOGINS_SEEN
+    if not seen:
+        audit("login", "session")  # stops the session when the log cannot be written
+        if key is not None:
+            with _LOGINS_LOCK:
+                _LOGINS_SEEN.add(key)
+    st.session_state[K.LOGIN_AUDITED] = True
 
 
 def sign_out() -> None:

@@ -88,7 +88,7 @@ else:
                    "computed (above); they can be prepared when it is ready.")
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
         with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
-            session.audit("export", "saliency_figure", case=number, method=method)
+            session.audit("export", "saliency_figure", case=number, method=method, source="demo" if is_demo else "upload")
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z), viewer.plane_slice(F.normalize_map(amap), "axial", z),
                 window=win, opacity=float(chrome.viewer_setting("opacity", 0.6)),
@@ -126,7 +126,7 @@ def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], d
     """A "Prepare ..." button: ``build()`` (audited as ``target``, errors in one line) kept in ``exports[slot]``."""
     if st.button(label, key=f"prepare_{slot}", disabled=disabled):
         with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
-            session.audit("export", target, case=number, method=method)
+            session.audit("export", target, case=number, method=method, source="demo" if is_demo else "upload")
             exports[slot] = {"key": ckey, **build()}
 
 
