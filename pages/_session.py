@@ -93,7 +93,10 @@ def sign_out() -> None:
     from core.app import signouts
 
     audit("logout", "session")
-    signouts.record_sign_out(user_id())
+    try:
+        signouts.record_sign_out(user_id())
+    except OSError as err:  # this tab still signs out; the others stay signed in until their cookie ends
+        logging.getLogger(__name__).error("sign-out not recorded for the other sessions: %s", err)
     st.logout()
     st.stop()
 
