@@ -96,7 +96,7 @@ def sign_out() -> None:
     try:
         signouts.record_sign_out(user_id())
     except OSError as err:  # this tab still signs out; the others stay signed in until their cookie ends
-        logging.getLogger(__name__).error("sign-out not recorded for the other sessions: %s", err)
+        LOG.error("sign-out not recorded for the other sessions: %s", err)
     st.logout()
     st.stop()
 
