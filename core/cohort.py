@@ -142,7 +142,7 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
         out["index_time"] = index_times(out["index_time"], source)
     if SERIES_COLUMN in out.columns:  # the series to read of a study that holds several
         named = out[SERIES_COLUMN].map(lambda v: "" if pd.isna(v) else str(v).strip())
-        no_study = (named != "") & ~_has_study(out)
+        no_study = (named != "") & ~has_study(out)
         if no_study.any():
             i = int(np.flatnonzero(no_study.to_numpy())[0])
             raise InputError(SERIES_COLUMN, f"{named.iloc[i]!r} (subject {out['subject_id'].iloc[i]!r})",
@@ -154,7 +154,8 @@ def validate_outcomes(table: pd.DataFrame, *, seed: int = 0, source: str = "coho
     return out.reset_index(drop=True)
 
 
-def _has_study(table: pd.DataFrame) -> pd.Series:
+def has_study(table: pd.DataFrame) -> pd.Series:
+    """Per row of an outcome table: whether its ``study`` cell names a study (not blank)."""
     if "study" not in table.columns:
         return pd.Series(False, index=table.index)
     return table["study"].map(lambda v: not pd.isna(v) and str(v).strip() != "")

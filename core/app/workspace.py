@@ -329,7 +329,7 @@ def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bo
     """
     from io import BytesIO
 
-    from core.cohort import validate_outcomes
+    from core.cohort import has_study, validate_outcomes
     from core.io.columns import TEXT_COLUMNS, TIMELINE_FILES
     from core.io.delimited import read_csv_any
     from core.io.features import FEATURE_FILES
@@ -353,8 +353,7 @@ def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bo
     top = csv.replace("\\", "/").rsplit("/", 1)[0] + "/" if "/" in csv.replace("\\", "/") else ""
     here = {n.replace("\\", "/")[len(top):] for n in names if n.replace("\\", "/").startswith(top)}
     stems = {Path(n).stem for n in here if "/" not in n}
-    if fusion != "ehr_only" and "image_embeddings" not in stems and not (
-            "study" in table.columns and table["study"].map(lambda v: str(v).strip() not in ("", "nan")).any()):
+    if fusion != "ehr_only" and "image_embeddings" not in stems and not has_study(table).any():
         raise InputError("fusion", fusion, "needs images but the cohort has none", "add a study column or image_embeddings, or use ehr_only")
     if fusion != "image_only" and not (here & {*TIMELINE_FILES, *FEATURE_FILES} or "ehr_embeddings" in stems):
         raise InputError("fusion", fusion, "needs EHR data but the cohort has none",

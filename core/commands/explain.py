@@ -66,8 +66,9 @@ def _window(text: str) -> tuple[tuple[float, float], str]:
     return (lo, hi), f"[{lo:g}, {hi:g}] HU"
 
 
-def save_map(path: Path, values: np.ndarray, volume: Volume) -> None:
-    """The map as ``.npy`` ``[S, R, C]`` float32, or as NIfTI (float32) with the study's own affine."""
+def save_map(path: Path, values: np.ndarray, volume: Volume | None) -> None:
+    """The map as ``.npy`` ``[S, R, C]`` float32, or as NIfTI (float32) with the study's own affine (``volume``,
+    needed for NIfTI only)."""
     import numpy as np
 
     if path.name.lower().endswith(".npy"):
@@ -77,6 +78,8 @@ def save_map(path: Path, values: np.ndarray, volume: Volume) -> None:
 
     from core.app.volume_nifti import map_to_nifti
 
+    if volume is None:
+        raise ValueError("save_map: got no study, a NIfTI map needs its geometry; fix: pass the study's Volume")
     data = map_to_nifti(volume, values, as_source=True)  # gzipped; a NIfTI study's own axis order
     path.write_bytes(data if path.name.lower().endswith(".gz") else gzip.decompress(data))
 

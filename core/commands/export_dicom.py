@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         from core.commands.explain import save_map
 
         args.save_map.parent.mkdir(parents=True, exist_ok=True)
-        volume = load_cohort(args.cohort, for_training=False).load_volume(str(args.subject))  # the map's geometry
-        save_map(args.save_map, saliency, volume)  # type: ignore[arg-type]
+        nifti = not args.save_map.name.lower().endswith(".npy")  # a NIfTI map needs the study's geometry
+        volume = load_cohort(args.cohort, for_training=False).load_volume(str(args.subject)) if nifti else None
+        save_map(args.save_map, saliency, volume)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
