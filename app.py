@@ -10,9 +10,19 @@ loading (``pages/_server.py``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from pages import _preload, _server
+
+
+#: app.py's navigation: (file, title, icon), the first page the default
+PAGES = (("pages/case_review.py", "Case review", ":material/radiology:"),
+         ("pages/upload.py", "Upload", ":material/upload_file:"),
+         ("pages/cohort_models.py", "Cohort & models", ":material/monitoring:"),
+         ("pages/export.py", "Export", ":material/download:"),
+         ("pages/about.py", "About", ":material/info:"))
 
 
 def _sign_in_screen() -> None:
@@ -58,21 +68,24 @@ def main() -> None:
             st.stop()
         if not st.user.is_logged_in or session.signed_out_elsewhere():
             st.session_state.pop(K.NAVIGATED, None)
-            st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:")], position="hidden").run()
+            # the sign-in screen at every page's address (no "Page not found" on a deep link); the page asked for
+            # opens after the sign-in
+            gate = st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:", default=True)]
+                                 + [st.Page(_sign_in_screen, title="Sign in", url_path=Path(file).stem)
+                                    for file, *_ in PAGES[1:]], position="hidden")
+            session.remember_asked_page(gate.url_path)
+            gate.run()
             st.stop()
         session.audit_login()
+        asked = session.asked_page()
+        if asked:
+            st.session_state[K.DEEP_LINK] = f"pages/{asked}.py"
     elif not session.listens_on_loopback_only():
         st.error(f"No sign-in is configured and server.address is {st.get_option('server.address') or 'unset (every interface)'}; "
                  "fix: set server.address = \"127.0.0.1\" or configure [auth] (docs/DEPLOYMENT.md)", icon=":material/error:")
         st.stop()
 
-    pages = [
-        st.Page("pages/case_review.py", title="Case review", icon=":material/radiology:", default=True),
-        st.Page("pages/upload.py", title="Upload", icon=":material/upload_file:"),
-        st.Page("pages/cohort_models.py", title="Cohort & models", icon=":material/monitoring:"),
-        st.Page("pages/export.py", title="Export", icon=":material/download:"),
-        st.Page("pages/about.py", title="About", icon=":material/info:"),
-    ]
+    pages = [st.Page(file, title=title, icon=icon, default=file == PAGES[0][0]) for file, title, icon in PAGES]
     ready = demo_install.demo_ready()
     # navigation is declared first, so the first start shows no raw page list; it stays hidden until the demo exists
     current = st.navigation(pages, position="sidebar" if ready else "hidden")

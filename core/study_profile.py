@@ -418,6 +418,7 @@ def card_lines(profile: dict[str, Any] | None) -> list[str]:
         if key in STATS:
             lines.append(f"- {STATS[key][0]}: {_fmt_range(key, entry['min'], entry['max'])} "
                          f"(5th-95th percentile {_fmt_range(key, entry['p5'], entry['p95'])})")
+    lines += _voxel_depth_line(profile)
     counts = profile.get("contrast")
     if counts:
         lines.append(f"- Contrast (DICOM Contrast/Bolus module or cohort.csv `contrast`): {counts.get('yes', 0)} studies "
@@ -429,6 +430,24 @@ def card_lines(profile: dict[str, Any] | None) -> list[str]:
                      "vessels and trabecular bone share 150-300 HU without an organ segmentation).")
     lines.append("")
     return lines
+
+
+def _voxel_depth_line(profile: dict[str, Any]) -> list[str]:
+    """For an encoder that resizes the whole volume to a grid (3D, foundation): the depth in mm of one voxel of that
+    grid for the training studies (their z-extent over the grid's slices); a longer study gets thicker voxels.
+
+    >>> _voxel_depth_line({"transforms": [{"name": "resize_volume", "grid": [32, 64, 64]}],
+    ...                    "stats": {"z_extent_mm": {"min": 64.0, "max": 96.0, "p5": 70.4, "p95": 89.6}}})
+    ['- encoder voxel depth (z-extent / 32 grid slices): 2.00-3.00 mm (5th-95th percentile 2.20-2.80 mm)']
+    """
+    depth = next((step["grid"][0] for step in profile.get("transforms") or ()
+                  if isinstance(step.get("grid"), (list, tuple)) and len(step["grid"]) == 3), None)
+    entry = profile.get("stats", {}).get("z_extent_mm")
+    if not depth or not entry:
+        return []
+    span = lambda lo, hi: f"{lo / depth:.2f}-{hi / depth:.2f} mm"  # noqa: E731
+    return [f"- encoder voxel depth (z-extent / {depth} grid slices): {span(entry['min'], entry['max'])} "
+            f"(5th-95th percentile {span(entry['p5'], entry['p95'])})"]
 
 
 def model_profile(config: dict[str, Any] | Any) -> dict[str, Any] | None:

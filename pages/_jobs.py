@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 
+from core.app import job_journal, paths
+from core.app import workspace as workspaces
 from core.jobs import Job, default_queue, format_eta
 from pages import _chrome as chrome
 from pages import _session as session
 
 POLL_S = 2.0  # seconds between progress refreshes (a run_every fragment; see README Limitations)
+LOG = logging.getLogger(__name__)
 
 
 def owner() -> str:
@@ -22,9 +27,15 @@ def owner() -> str:
 def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = None, heavy: bool = False,
            **kwargs: Any) -> Job | None:
     """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit."""
+    job = None
     with chrome.core_errors(stop=False):
-        return default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, **kwargs)
-    return None
+        job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, **kwargs)
+    if job is not None:
+        try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
+            job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir())
+        except OSError as err:  # the job runs all the same; only a restart's notice would be missing
+            LOG.warning("job %s not written down: %s", job.id, err)
+    return job
 
 
 def submit_audited(audits: list[tuple[str, str, dict[str, Any]]], title: str, fn: Callable[..., Any], *args: Any,
@@ -97,9 +108,28 @@ def latest(prefix: str) -> Job | None:
     return next((j for j in reversed(default_queue().jobs(owner())) if (j.key or "").startswith(prefix)), None)
 
 
+def stopped_notices() -> None:
+    """In the sidebar: each of the user's jobs that a server restart stopped (once found, until dismissed), what of
+    it was removed, and that it must be started again."""
+    user_dir = workspaces.user_root(owner())
+    for rec in job_journal.interrupted(user_dir, paths.data_dir()):
+        cohorts = sum(r.startswith(job_journal.COHORTS + "/") for r in rec.removed)
+        partial = len(rec.removed) - cohorts
+        gone = (["the cohort it had unpacked"] if cohorts else []) + (["the model it was writing"] if partial else [])
+        with st.sidebar.container(border=True):
+            st.warning(f"{rec.title} (queued {time.strftime('%d %b %H:%M', time.localtime(rec.queued_at))}) was "
+                       "stopped when the server restarted"
+                       + (f"; {' and '.join(gone)} {'was' if len(gone) == 1 else 'were'} removed" if gone else "")
+                       + ". Start it again.")
+            if st.button("Dismiss", key=f"dismiss_{rec.name}", type="tertiary"):
+                job_journal.dismiss(user_dir, rec.name)
+                st.rerun()
+
+
 def sidebar_list() -> None:
     """The user's jobs in the sidebar (state, progress and a cancel button for each running or queued one), kept
     current every ``POLL_S`` while one is active; when one ends the page reruns once, so it draws its result."""
+    stopped_notices()
     jobs = default_queue().jobs(owner())
     if not jobs:
         return

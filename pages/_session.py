@@ -87,6 +87,57 @@ def audit_login() -> None:
     st.session_state[K.LOGIN_AUDITED] = True
 
 
+#: pages asked for by a signed-out browser: sign-in ends on the app's root address (Streamlit's OpenID Connect
+#: callback), so the page is kept here, by browser, and opened after the sign-in (at most ``ASKED_TTL_S`` later)
+_ASKED: dict[str, tuple[float, str]] = {}
+ASKED_TTL_S = 900.0
+XSRF_COOKIE = "_streamlit_xsrf"
+
+
+def _browser_key() -> str | None:
+    """A key of this browser that survives the sign-in's redirects: the SHA-256 of its XSRF token (Streamlit's
+    ``_streamlit_xsrf`` cookie, format ``2|mask|masked token|time``; the token is unmasked, since the mask changes
+    whenever the cookie is set again). None without the cookie (XSRF protection off)."""
+    import hashlib
+
+    raw = st.context.cookies.get(XSRF_COOKIE)
+    if not raw:
+        return None
+    parts = raw.split("|")
+    try:
+        token = bytes(a ^ b for a, b in zip(bytes.fromhex(parts[1]), bytes.fromhex(parts[2]))) \
+            if parts[0] == "2" and len(parts) >= 3 else raw.encode("utf-8")
+    except ValueError:
+        token = raw.encode("utf-8")
+    return hashlib.sha256(token).hexdigest()
+
+
+def remember_asked_page(url_path: str) -> None:
+    """A signed-out visitor opened ``url_path`` (a page of app.py's navigation; "" for the first page)."""
+    import time
+
+    key = _browser_key()
+    if key is None:
+        return
+    with _LOGINS_LOCK:
+        for k in [k for k, (t, _) in _ASKED.items() if time.time() - t > ASKED_TTL_S]:
+            del _ASKED[k]
+        if url_path:
+            _ASKED[key] = (time.time(), url_path)
+        else:
+            _ASKED.pop(key, None)
+
+
+def asked_page() -> str | None:
+    """The page this browser asked for before it signed in (once; None when none, or asked too long ago)."""
+    import time
+
+    key = _browser_key()
+    with _LOGINS_LOCK:
+        found = _ASKED.pop(key, None) if key is not None else None
+    return found[1] if found is not None and time.time() - found[0] <= ASKED_TTL_S else None
+
+
 def sign_out() -> None:
     """Sign this user out everywhere: audited, recorded for every session (``core.app.signouts``), then
     ``st.logout``; the script stops here, so nothing after it runs without a signed-in user."""

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -485,3 +486,24 @@ def test_a_detector_model_opens_on_its_own_method_and_a_lung_model_falls_back(da
         _no_exception(at)
         method = at.selectbox(key="method")
         assert method.value == "saliency" and "Detector evidence (IG)" not in list(method.options)
+
+
+def test_the_sidebar_tells_which_jobs_a_server_restart_stopped(data_dir: Path) -> None:
+    """A job of a server that is gone (no heartbeat) is shown in the sidebar with what was removed, until dismissed."""
+    from core.app import job_journal, workspace
+
+    user_dir = workspace.user_root("local", data_dir)
+    stamp = time.time() - 300
+    job_journal._write(user_dir / "jobs" / "deadbeef0001-job2.json",
+                       {"title": "Training image_only", "queued_at": stamp, "server": "deadbeef0001"})
+    orphan = user_dir / "cohorts" / time.strftime(job_journal.STAMP, time.localtime(stamp + 20))
+    orphan.mkdir(parents=True)
+    at = _app()
+    at.run()
+    _no_exception(at)
+    notes = [w.value for w in at.sidebar.warning if "stopped when the server restarted" in w.value]
+    assert len(notes) == 1 and notes[0].startswith("Training image_only (queued ")
+    assert "the cohort it had unpacked was removed" in notes[0] and not orphan.exists()
+    assert at.sidebar.button(key="dismiss_deadbeef0001-job2").label == "Dismiss"  # clicked in Chromium (AppTest
+    job_journal.dismiss(user_dir, "deadbeef0001-job2")  # does not return the sidebar of a rerun under st.navigation)
+    assert not [w for w in _app().run().sidebar.warning if "server restarted" in w.value]

@@ -171,11 +171,10 @@ def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_
         pg.goto(signed_in_app + "/cohort_models")
         settle(pg)
         _assert_sign_in_screen_only(pg)
+        assert "Page not found" not in pg.locator("body").inner_text()  # type: ignore[attr-defined]
         _shot(pg, "login_deep_link_signed_out")
-        pg.goto(signed_in_app)
-        settle(pg)
 
-        # 2. sign in: Streamlit sends the browser to the provider's own login form
+        # 2. sign in from there: Streamlit sends the browser to the provider's own login form
         pg.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
         pg.wait_for_selector('input[name="login"]')
         assert pg.url.startswith(signed_in_app.rsplit(":", 1)[0])  # still loopback
@@ -186,6 +185,10 @@ def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_
         pg.click('button[type="submit"]')
         signed_in_at = time.monotonic()
         pg.wait_for_url(signed_in_app + "/**")
+        # the page asked for before signing in opens (the sign-in itself ends on the root address)
+        pg.get_by_role("heading", name="Cohort & models").wait_for(timeout=120_000)  # type: ignore[attr-defined]
+        assert pg.url.rstrip("/").endswith("/cohort_models"), pg.url
+        pg.goto(signed_in_app)  # Case review, for what follows
         pg.wait_for_selector('[data-testid="stSidebar"]')
         settle(pg, 120)
         sidebar = pg.locator('[data-testid="stSidebar"]').inner_text()  # type: ignore[attr-defined]

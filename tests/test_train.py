@@ -195,6 +195,14 @@ def test_cli_feature_dropout_reaches_training(tiny_cohort: Path, monkeypatch: py
     assert seen["overrides"] == {"image": {"body_crop": True}, "feature_dropout": "0.3"}
     assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", str(tmp_path / "x")]) == 0
     assert seen["overrides"] is None  # auto: the strategy's default
+    assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", str(tmp_path / "x"),
+                     "--body-crop", "--pretext-steps", "600"]) == 0
+    assert seen["overrides"] == {"image": {"body_crop": True, "pretext_steps": 600}}  # the detector's, faster
+    seen.clear()
+    for bad in (["--pretext-steps", "0"], ["--pretext-steps", "600", "--image-encoder-kind", "3d"]):
+        assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", str(tmp_path / "x"),
+                         *bad]) == 2
+    assert not seen  # refused before any training
     # a folder of other files (the cohort itself, given by mistake) is refused before any training
     assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", str(tiny_cohort)]) == 2
     assert cli_main(["compare", "--cohort", str(tiny_cohort), "--out", str(tiny_cohort)]) == 2

@@ -5,6 +5,8 @@ Layout under the app data dir (:func:`core.app.paths.data_dir`), every folder mo
     users/<key>/cases/<case id>/case.json, study.*, timeline.parquet
     users/<key>/models/          trained models (``user_models_dir``)
     users/<key>/exports/         exported files (``user_exports_dir``)
+    users/<key>/cohorts/         cohorts unpacked from uploads (a trained model's, or a running job's)
+    users/<key>/jobs/            the user's queued and running jobs on record (``core.app.job_journal``)
     scratch/ctehr-session-<pid>-<random>/   one browser session's scratch (``SessionWorkspace``)
 
 ``<key>`` is a salted SHA-256 of the user id (the OpenID Connect ``sub``, or ``"local"`` when no sign-in is

@@ -1,0 +1,250 @@
+"""Jobs that a server restart stopped: told to their user once, and what they left half-written removed.
+
+The job queue (:mod:`core.jobs`) lives in the server's memory, so a restart (an update, a crash, a replica moved)
+ends every queued and running job. Without a record the user's training simply vanished from the page, and the
+unpacked cohort of an upload stayed in the user's folder, counting against the disk quota, where nothing in the
+app could delete it. So each job the app queues is also written down here, on disk:
+
+* ``<user folder>/jobs/<server>-<job id>.json``: the job's title, when it was queued and by which server process
+  (``SERVER``, random per process). The server removes the record when the job ends (:func:`forget_ended`, run by
+  its heartbeat and at every look).
+* ``<data dir>/jobs/<server>.json``: that server's heartbeat, rewritten every ``HEARTBEAT_S`` seconds while it has
+  jobs on record (:func:`start_heartbeat`) and removed when it exits normally. Replicas share the data folder, so
+  a record of a server whose heartbeat is gone, or older than ``STALE_S`` (a killed server), belongs to a job that
+  nothing runs any more.
+
+:func:`interrupted` finds such records for a user, removes what their jobs left half-written (a cohort that an
+upload unpacked and that no finished model uses, a model folder still being written) and keeps the record, marked,
+until the user dismisses it (:func:`dismiss`). A record of a live server (another replica) is left alone.
+
+>>> import tempfile
+>>> base = Path(tempfile.mkdtemp()); user = base / "users" / "u1"
+>>> _write(user / "jobs" / "gone-job3.json", {"title": "Training ehr_only", "queued_at": 100.0, "server": "gone"})
+>>> [(r.title, r.stopped) for r in interrupted(user, base)]  # server "gone" has no heartbeat: it was stopped
+[('Training ehr_only', True)]
+>>> dismiss(user, "gone-job3"); interrupted(user, base)
+[]
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVER = uuid.uuid4().hex[:12]  # this server process; a restarted server is another one
+HEARTBEAT_S = 20.0
+STALE_S = 120.0  # a heartbeat older than this: the server was killed (it beats every HEARTBEAT_S)
+COHORTS = "cohorts"
+MODELS = "models"
+PARTIAL = ".partial"  # a model folder being written (core.app.background)
+TRAINED_MARKER = "trained_in_app.json"  # as core.app.background writes it next to a finished model's config.json
+STAMP = "%Y%m%d-%H%M%S"  # the name of an unpacked cohort's folder (core.app.background.unpack_gated)
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One job on record: ``name`` (``<server>-<job id>``), its title, when it was queued (seconds since the epoch)
+    and the server process that queued it; ``stopped``: found stopped by a restart, ``removed``: what of it was
+    deleted then."""
+
+    name: str
+    title: str
+    queued_at: float
+    server: str
+    stopped: bool = False
+    removed: tuple[str, ...] = ()
+
+
+def _jobs_dir(user_dir: Path) -> Path:
+    return Path(user_dir) / "jobs"
+
+
+def _heartbeat_file(base: Path, server: str) -> Path:
+    return Path(base) / "jobs" / f"{server}.json"
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> Record | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Record(path.stem, str(data["title"]), float(data["queued_at"]), str(data["server"]),
+                      bool(data.get("stopped")), tuple(str(p) for p in data.get("removed") or ()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # being written, or damaged: not a job anyone can be told about
+
+
+def record(user_dir: Path, job_id: str, title: str, base: Path, now: float | None = None) -> None:
+    """Write down that this server queued ``job_id`` (``title``) for the user of ``user_dir``; starts the heartbeat."""
+    start_heartbeat(base)
+    _write(_jobs_dir(user_dir) / f"{SERVER}-{job_id}.json",
+           {"title": title, "queued_at": float(time.time() if now is None else now), "server": SERVER})
+
+
+def forget_ended(user_dirs: list[Path], is_active: Callable[[str], bool]) -> None:
+    """Remove this server's records of jobs that ended (``is_active(job_id)`` is False): they were not stopped."""
+    for user_dir in user_dirs:
+        for path in _jobs_dir(user_dir).glob(f"{SERVER}-*.json"):
+            if not is_active(path.stem[len(SERVER) + 1:]):
+                path.unlink(missing_ok=True)
+
+
+def _server_gone(base: Path, server: str, now: float) -> bool:
+    path = _heartbeat_file(base, server)
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        beat = path.stat().st_mtime
+    except FileNotFoundError:
+        return True  # it exited (its exit removes the file) or never beat
+    except (OSError, ValueError):
+        return False  # being rewritten: ask again at the next look
+    if now - beat > STALE_S:
+        return True
+    if info.get("host") == socket.gethostname():  # on this machine a dead process is seen at once
+        try:
+            os.kill(int(info.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, OverflowError):
+            return False
+    return False
+
+
+def _stamp_time(name: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(name[:15], STAMP))
+    except ValueError:
+        return None
+
+
+def _cohorts_in_use(user_dir: Path) -> set[str]:
+    """The cohort folders (their names under ``cohorts/``) that a finished model of the user was trained on."""
+    used: set[str] = set()
+    cohorts = (Path(user_dir) / COHORTS).resolve()
+    for marker in (Path(user_dir) / MODELS).glob(f"*/{TRAINED_MARKER}"):
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key in ("cohort_dir", "base_cohort"):
+            path = Path(str(info.get(key) or ""))
+            if str(path) and path.resolve().is_relative_to(cohorts) and path.resolve() != cohorts:
+                used.add(path.resolve().relative_to(cohorts).parts[0])
+    return used
+
+
+def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> list[str]:
+    """Delete what ``stopped`` may have left: cohort folders unpacked since it was queued that no finished model
+    uses, and model folders still being written. A folder a live job (queued at ``live_since`` or later) may own
+    is kept."""
+    removed: list[str] = []
+    in_use = _cohorts_in_use(user_dir)
+    for folder in sorted((Path(user_dir) / COHORTS).glob("*")):
+        made = _stamp_time(folder.name)
+        if (made is not None and folder.is_dir() and not folder.is_symlink() and folder.name not in in_use
+                and stopped.queued_at - 2 <= made < live_since - 2):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(f"{COHORTS}/{folder.name}")
+    for folder in sorted((Path(user_dir) / MODELS).glob(f"*{PARTIAL}")):
+        made = folder.stat().st_mtime
+        if folder.is_dir() and not folder.is_symlink() and stopped.queued_at - 2 <= made < live_since:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(f"{MODELS}/{folder.name}")
+    return removed
+
+
+def interrupted(user_dir: Path, base: Path, now: float | None = None) -> list[Record]:
+    """The user's jobs that a server restart stopped, oldest first, each reported until :func:`dismiss`.
+
+    Found for the first time, a record is marked and what its job left half-written is removed (``removed``)."""
+    now = time.time() if now is None else now
+    found = [r for r in (_read(p) for p in sorted(_jobs_dir(user_dir).glob("*.json"))) if r is not None]
+    stopped = [r for r in found if r.stopped or (r.server != SERVER and _server_gone(base, r.server, now))]
+    live_since = min((r.queued_at for r in found if r not in stopped), default=float("inf"))
+    out: list[Record] = []
+    for rec in sorted(stopped, key=lambda r: r.queued_at):
+        if not rec.stopped:
+            rec = Record(rec.name, rec.title, rec.queued_at, rec.server, True,
+                         tuple(_clean_up(user_dir, rec, live_since)))
+            _write(_jobs_dir(user_dir) / f"{rec.name}.json",
+                   {"title": rec.title, "queued_at": rec.queued_at, "server": rec.server, "stopped": True,
+                    "removed": list(rec.removed)})
+            if rec.removed:
+                LOG.info("removed what a job stopped by a server restart left: %s", ", ".join(rec.removed))
+        out.append(rec)
+    return out
+
+
+def dismiss(user_dir: Path, name: str) -> None:
+    """The user has read that job ``name`` was stopped: its record goes."""
+    if name.replace("-", "").isalnum():  # never a path a caller could make climb out of the folder
+        (_jobs_dir(user_dir) / f"{name}.json").unlink(missing_ok=True)
+
+
+_BEAT: dict[str, threading.Thread] = {}
+_BEAT_LOCK = threading.Lock()
+
+
+def _beat_once(base: Path) -> None:
+    _write(_heartbeat_file(base, SERVER), {"host": socket.gethostname(), "pid": os.getpid()})
+    _forget_ended_jobs(base)
+
+
+def _forget_ended_jobs(base: Path) -> None:
+    from core.jobs import default_queue  # the app's one queue: its ended jobs' records go
+
+    queue = default_queue()
+    users = [p for p in (Path(base) / "users").glob("*") if p.is_dir()]
+
+    def active(job_id: str) -> bool:
+        job = queue.get(job_id)
+        return job is not None and job.active
+
+    forget_ended(users, active)
+
+
+def start_heartbeat(base: Path) -> None:
+    """Once per process and data folder: beat now and every ``HEARTBEAT_S`` seconds; the beat goes at exit."""
+    key = str(Path(base).resolve())
+    with _BEAT_LOCK:
+        if key in _BEAT:
+            return
+        _beat_once(Path(base))
+
+        def loop() -> None:
+            while True:
+                time.sleep(HEARTBEAT_S)
+                try:
+                    _beat_once(Path(base))
+                except OSError as err:  # a full or read-only disk: the next beat tries again; logged, not hidden
+                    LOG.warning("job heartbeat not written: %s", err)
+
+        thread = threading.Thread(target=loop, name="ctehr-job-heartbeat", daemon=True)
+        _BEAT[key] = thread
+        thread.start()
+        atexit.register(_at_exit, Path(base))
+
+
+def _at_exit(base: Path) -> None:
+    """A normal exit: the records of jobs that ended go (those still queued or running were stopped), then the beat."""
+    try:
+        _forget_ended_jobs(base)
+    finally:
+        _heartbeat_file(base, SERVER).unlink(missing_ok=True)

@@ -1,0 +1,127 @@
+"""Jobs that a server restart stopped (core.app.job_journal): found, told once, and their half-written files removed.
+
+A real server process is a child Python that records a job and beats; it is killed (``kill -9``, no exit hooks) or
+left running, and this process (the restarted server) looks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from core.app import job_journal
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from core.app import job_journal
+    base, user = Path(sys.argv[1]), Path(sys.argv[2])
+    job_journal.record(user, "job1", "Training coattention_image", base)
+    print(job_journal.SERVER, flush=True)
+    if sys.argv[3] == "exit":
+        sys.exit(0)
+    time.sleep(600)
+""")
+
+
+def _server(base: Path, user: Path, how: str = "stay") -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(base), str(user), how], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    server = proc.stdout.readline().strip()
+    assert len(server) == 12, server
+    return proc, server
+
+
+def _folders(user: Path, queued_at: float) -> dict[str, Path]:
+    """A user's folder as the app leaves it: an old kept cohort, a cohort a finished model uses (unpacked after the
+    job was queued), the cohort the stopped job unpacked, and the model it was writing."""
+    cohorts, models = user / "cohorts", user / "models"
+    stamp = lambda t: time.strftime(job_journal.STAMP, time.localtime(t))  # noqa: E731
+    made = {"old": cohorts / stamp(queued_at - 3600), "used": cohorts / stamp(queued_at + 5),
+            "orphan": cohorts / stamp(queued_at + 10), "partial": models / "image_only-x.partial",
+            "model": models / "ehr_only-x"}
+    for path in made.values():
+        path.mkdir(parents=True)
+        (path / "cohort.csv").write_text("subject_id\n")
+    (made["model"] / job_journal.TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(made["used"] / "c")}))
+    return made
+
+
+def test_a_killed_servers_job_is_reported_once_and_its_unpacked_cohort_removed(tmp_path: Path) -> None:
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    proc, server = _server(base, user)
+    record = json.loads((user / "jobs" / f"{server}-job1.json").read_text())
+    made = _folders(user, record["queued_at"])
+    assert job_journal.interrupted(user, base) == []  # its server is alive: nothing is touched
+    assert all(p.is_dir() for p in made.values())
+
+    proc.send_signal(signal.SIGKILL)  # no exit hook runs: the heartbeat file stays, its process is gone
+    proc.wait(10)
+    assert (base / "jobs" / f"{server}.json").is_file()
+    stopped = job_journal.interrupted(user, base)
+    assert [(r.title, r.stopped, r.server) for r in stopped] == [("Training coattention_image", True, server)]
+    assert sorted(stopped[0].removed) == sorted([f"cohorts/{made['orphan'].name}", "models/image_only-x.partial"])
+    assert not made["orphan"].exists() and not made["partial"].exists()
+    assert made["old"].is_dir() and made["used"].is_dir() and made["model"].is_dir()
+
+    made["orphan"].mkdir()  # a cohort that a job of the new server unpacked later is not taken for the old one's
+    assert job_journal.interrupted(user, base) == stopped  # told until dismissed; nothing more removed
+    assert made["orphan"].is_dir()
+    job_journal.dismiss(user, stopped[0].name)
+    assert job_journal.interrupted(user, base) == []
+
+
+def test_a_job_queued_after_the_stopped_one_keeps_its_cohort(tmp_path: Path) -> None:
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    proc, server = _server(base, user)
+    queued = json.loads((user / "jobs" / f"{server}-job1.json").read_text())["queued_at"]
+    made = _folders(user, queued)
+    job_journal.record(user, "job9", "Validating ehr_only", base, now=queued + 8)  # this server's, live
+    proc.kill()
+    proc.wait(10)
+    (stopped,) = job_journal.interrupted(user, base)
+    assert stopped.removed == ("models/image_only-x.partial",)  # the cohort unpacked at +10 may be job9's
+    assert made["orphan"].is_dir()
+
+
+def test_a_server_that_exits_leaves_no_heartbeat_and_its_ended_jobs_no_record(tmp_path: Path) -> None:
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    proc, server = _server(base, user, "exit")
+    assert proc.wait(30) == 0
+    assert not (base / "jobs" / f"{server}.json").exists()
+    # job1 was never queued in that process's queue (the child only wrote it down): it ended, so at exit it went
+    assert not (user / "jobs" / f"{server}-job1.json").exists()
+    assert job_journal.interrupted(user, base) == []
+
+
+@pytest.mark.parametrize("age_s, stopped", [(job_journal.STALE_S + 30, True), (5, False)])
+def test_a_replica_on_another_host_is_judged_by_its_heartbeats_age(tmp_path: Path, age_s: float, stopped: bool) -> None:
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    beat = base / "jobs" / "otherhost01.json"
+    job_journal._write(beat, {"host": "another-host", "pid": 1})
+    os.utime(beat, (time.time() - age_s,) * 2)
+    job_journal._write(user / "jobs" / "otherhost01-job4.json",
+                       {"title": "Validating ehr_only", "queued_at": time.time() - 600, "server": "otherhost01"})
+    assert [r.title for r in job_journal.interrupted(user, base)] == (["Validating ehr_only"] if stopped else [])
+
+
+def test_this_servers_records_go_when_their_jobs_end_and_a_bad_name_is_not_a_path(tmp_path: Path) -> None:
+    user = tmp_path / "users" / "u1"
+    for job in ("job1", "job2"):
+        job_journal._write(user / "jobs" / f"{job_journal.SERVER}-{job}.json",
+                           {"title": job, "queued_at": 1.0, "server": job_journal.SERVER})
+    job_journal.forget_ended([user], lambda job_id: job_id == "job2")
+    assert sorted(p.name for p in (user / "jobs").iterdir()) == [f"{job_journal.SERVER}-job2.json"]
+    (tmp_path / "keep.json").write_text("{}")
+    job_journal.dismiss(user, "../../keep")
+    assert (tmp_path / "keep.json").is_file()
