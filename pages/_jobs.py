@@ -30,7 +30,7 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
     job = None
     with chrome.core_errors(stop=False):
         job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, **kwargs)
-    if job is not None:
+    if job is not None and heavy:  # a training, validation or evaluation: a map is asked for again by viewing it
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
             job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir())
         except OSError as err:  # the job runs all the same; only a restart's notice would be missing

@@ -101,7 +101,7 @@ def _browser_key() -> str | None:
     import hashlib
 
     raw = st.context.cookies.get(XSRF_COOKIE)
-    if not raw:
+    if not isinstance(raw, str) or not raw:  # (AppTest's context has no real cookies)
         return None
     parts = raw.split("|")
     try:

@@ -95,11 +95,11 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
     import time
 
-    from core.app.background import train_job, train_uploaded_job
+    from core.app.background import expected_model_bytes, train_job, train_uploaded_job
 
-    user = _jobs.owner()
+    user = _jobs.owner()  # the quota: the unpacked cohort and the models beside it
+    workspace.check_quota(user, 2 * len(upload or b"") + expected_model_bytes(FUSIONS if fusion == EVERY else [fusion]))
     if upload is not None:
-        workspace.check_quota(user, 2 * len(upload))  # the unpacked cohort and the model beside it
         workspace.check_cohort_zip(upload, fusion=None if fusion == EVERY else fusion, for_training=True)  # now, not in a job
     stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
     runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")

@@ -58,6 +58,11 @@ def test_an_uploaded_cohort_is_trained_listed_and_evaluated_once(tmp_path: Path)
     assert list(listed) == ["ehr_only (your cohort)"]
     model_dir, cohort_dir = listed["ehr_only (your cohort)"]
     assert (cohort_dir / "cohort.csv").is_file() and cohort_dir.parent == tmp_path / "user" / "cohorts"
+    # the quota check before a training counts the model as the shipped one of its strategy: about its real size
+    from core.app.background import expected_model_bytes
+    from core.app.workspace import folder_bytes
+
+    assert 0.5 < folder_bytes(model_dir) / expected_model_bytes(["ehr_only"]) < 1.5, folder_bytes(model_dir)
     saved = model_dir / "test_metrics.json"
     todo = {"mine": (str(model_dir), str(cohort_dir), str(saved), model_fingerprint(model_dir))}
     breaks: list[float] = []
@@ -282,3 +287,23 @@ def test_a_user_deletes_a_model_trained_here_and_its_cohort_when_no_other_model_
         with pytest.raises(InputError, match="is not a model you trained here"):
             delete_trained_model(models, bad, cohorts)
     assert delete_trained_model(models, models / "m2", cohorts) == [models / "m2", cohorts / "a"]
+
+
+def test_a_training_cancelled_after_the_unpack_leaves_no_cohort_behind(tmp_path: Path) -> None:
+    """A cancelled (or failed) training of an uploaded cohort removed nothing: its unpacked cohort stayed in the
+    user's folder, counting against the quota, with no model to delete it with."""
+    from core.app.background import train_every_job
+    from core.demo import write_demo_cohort
+    from core.jobs import JobCancelled
+
+    data = _zip(write_demo_cohort(tmp_path / "demo", n=24, seed=3, volumes=False))
+    cohorts, models = tmp_path / "user" / "cohorts", tmp_path / "user" / "models"
+    seen: list[float] = []
+    cancel_after_gate = JobContext(lambda f, _m: seen.append(f), lambda: bool(seen) and seen[-1] >= 0.1)
+    with pytest.raises(JobCancelled):
+        train_uploaded_job(cancel_after_gate, data, str(cohorts), "ehr_only", str(models / "m"), 1)
+    assert seen[-1] >= 0.1 and list(cohorts.iterdir()) == [] and not list(models.glob("*"))
+    seen.clear()
+    with pytest.raises(JobCancelled):
+        train_every_job(cancel_after_gate, data, str(cohorts), {"ehr_only": (str(models / "e"), "e")}, 1)
+    assert list(cohorts.iterdir()) == []

@@ -192,7 +192,7 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
         pg.keyboard.press("r")  # type: ignore[attr-defined]
         settle(pg, 120)
         expect(withheld).to_be_visible(timeout=60_000)
-    alerts = pg.locator('[data-testid="stAlertContentWarning"] [data-testid="stMarkdownContainer"]')  # type: ignore[attr-defined]
+    alerts = pg.locator('[data-testid="stMain"] [data-testid="stAlertContentWarning"] [data-testid="stMarkdownContainer"]')  # type: ignore[attr-defined]
     warnings = [w.inner_text().strip() for w in alerts.all()  # the text without the icon's ligature name
                 if not w.inner_text().startswith("The WebGL CT viewer")]  # the viewer's own notice, not about the case
     assert any("Out of distribution" in w and "do not rely on the image part" in w for w in warnings), warnings

@@ -376,7 +376,7 @@ def test_unknown_split_is_reported_before_loading_a_model(tmp_path: Path) -> Non
 def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     train_mod = pytest.importorskip("core.train", reason="core.train (models helper) not available yet")
     model_dir = tmp_path_factory.mktemp("models") / "ehr_only"
-    train_mod.train_model(tabular_cohort, "ehr_only", model_dir, seed=0, epochs=20, device="cpu")
+    train_mod.train_model(tabular_cohort, "ehr_only", model_dir, seed=0, epochs=20, device="cpu", ensemble=2)
     res = evaluate_model(model_dir, tabular_cohort, n_boot=50)
     assert res["n"] == int((pd.read_csv(tabular_cohort / "cohort.csv")["split"] == "test").sum())
     assert res["c_index_ci"][0] <= res["c_index"] <= res["c_index_ci"][1]

@@ -20,7 +20,7 @@ METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "smoothgr
 
 
 def build_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(cohort, model): demo n=40 and a cross-attention model trained 1 epoch; built once per session."""
+    """(cohort, model): demo n=40 and a cross-attention model trained 1 epoch (2 seeds); built once per session."""
     from core.demo import write_demo_cohort
     from core.train import train_model
 
@@ -28,7 +28,7 @@ def build_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cohort, model = base / "cohort", base / "model"
     if not (model / "config.json").exists():
         write_demo_cohort(cohort, n=40, seed=0)
-        train_model(cohort, "cross_attention", model, epochs=1, device="cpu", seed=0)
+        train_model(cohort, "cross_attention", model, epochs=1, device="cpu", seed=0, ensemble=2)
     return cohort, model
 
 

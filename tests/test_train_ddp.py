@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 def tabular_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from core.demo import write_demo_cohort
 
-    demo = write_demo_cohort(tmp_path_factory.mktemp("ddp_demo") / "cohort", n=300, seed=2)
+    demo = write_demo_cohort(tmp_path_factory.mktemp("ddp_demo") / "cohort", n=300, seed=2, volumes=False)
     out = tmp_path_factory.mktemp("ddp") / "cohort"
     out.mkdir()
     pd.read_csv(demo / "cohort.csv").drop(columns=["study"]).to_csv(out / "cohort.csv", index=False)

@@ -120,10 +120,21 @@ def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:
 
 def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: str, out: str, epochs: int, *,
                        label: str = "", image_encoder_kind: str = "auto", body_crop: bool = False) -> dict:
-    """A zipped cohort from an upload: gated and unpacked (:func:`unpack_gated`) and trained as :func:`train_job`."""
+    """A zipped cohort from an upload: gated and unpacked (:func:`unpack_gated`) and trained as :func:`train_job`; a
+    training that fails or is cancelled removes the unpacked cohort."""
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
-    return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0),
-                     image_encoder_kind=image_encoder_kind, body_crop=body_crop)
+    try:
+        return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0),
+                         image_encoder_kind=image_encoder_kind, body_crop=body_crop)
+    except BaseException:  # failed or cancelled: no model keeps the unpacked cohort, which would fill the quota
+        remove_unpacked(cohorts_dir, cohort_dir)
+        raise
+
+
+def remove_unpacked(cohorts_dir: str | Path, cohort_dir: Path) -> None:
+    """Delete the folder :func:`unpack_gated` made in ``cohorts_dir`` for ``cohort_dir`` (the zip's cohort folder may
+    lie deeper inside it)."""
+    shutil.rmtree(Path(cohorts_dir) / Path(cohort_dir).relative_to(cohorts_dir).parts[0], ignore_errors=True)
 
 
 def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str) -> Path:
@@ -194,7 +205,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
             except (InputError, OSError) as err:  # the validation above is still shown
                 out[first]["recalibration"] = {"error": inside(" ".join(str(err).split()))}
     finally:
-        shutil.rmtree(Path(cohorts_dir) / cohort_dir.relative_to(cohorts_dir).parts[0], ignore_errors=True)
+        remove_unpacked(cohorts_dir, cohort_dir)
     ctx.progress(1.0, "done")
     return out
 
@@ -274,12 +285,24 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     when none can be, the first one's error ends the job. Models trained before a cancel are kept. Between two
     strategies, and within one (in the lesion pretext, between the ensemble's members), the job makes way
     (``ctx.yield_turn``) for the heavy jobs queued meanwhile, such as another user's evaluation; its bar follows the
-    strategies' own times, the waits left out (:func:`bar_span`)."""
+    strategies' own times, the waits left out (:func:`bar_span`). A job that fails or is cancelled before any model
+    was written removes the cohort it unpacked."""
+    started = time.monotonic()
+    cohort_dir = unpack_gated(ctx, data, cohorts_dir)
+    try:
+        return _train_each(ctx, cohort_dir, runs, epochs, image_encoder_kind, body_crop, device, started)
+    except BaseException:  # failed or cancelled: the cohort stays only for the models trained before
+        if not any((Path(out) / TRAINED_MARKER).is_file() for out, _ in runs.values()):
+            remove_unpacked(cohorts_dir, cohort_dir)
+        raise
+
+
+def _train_each(ctx: JobContext, cohort_dir: Path, runs: dict[str, tuple[str, str]], epochs: int,
+                image_encoder_kind: str, body_crop: bool, device: str, started: float) -> dict:
+    """:func:`train_every_job`'s strategies, one after another, on the unpacked ``cohort_dir``."""
     from core.errors import InputError
     from core.evaluation import evaluate_model, model_fingerprint, paired_fusion_gain, save_metrics
 
-    started = time.monotonic()
-    cohort_dir = unpack_gated(ctx, data, cohorts_dir)
     models: dict[str, dict] = {}
     notes: list[str] = []
     first_error: InputError | None = None
@@ -318,8 +341,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
         seconds[i] = time.monotonic() - t_start - (waited[0] - waited_before)
         notes += [n for n in trained["data_notes"] if n not in notes]
     if first_error is not None and all("error" in m for m in models.values()):
-        shutil.rmtree(cohort_dir, ignore_errors=True)
-        raise first_error
+        raise first_error  # train_every_job removes the cohort: no model was trained on it
     ctx.progress(1.0, "done")
     return {"cohort_dir": str(cohort_dir), "models": models, "data_notes": notes,
             "paired": paired_fusion_gain(models, cohort_dir)}
@@ -359,6 +381,19 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
         out[name] = result
     ctx.progress(1.0, "done")
     return out
+
+
+MODEL_BYTES = 5 * 1024**2  # what a model takes when no shipped demo model of its strategy tells (those: 2.8-5.2 MB)
+
+
+def expected_model_bytes(fusions: list[str] | tuple[str, ...]) -> int:
+    """What trained models of ``fusions`` will take on disk, for the quota check before a training starts: the size
+    of the shipped demo model of each strategy (``MODEL_BYTES`` for one without)."""
+    from core.app.paths import ASSETS
+    from core.app.workspace import folder_bytes
+
+    shipped = ASSETS / "demo_models"
+    return sum(folder_bytes(shipped / f) if (shipped / f / "config.json").is_file() else MODEL_BYTES for f in fusions)
 
 
 def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
