@@ -112,7 +112,12 @@ def stopped_notices() -> None:
     """In the sidebar: each of the user's jobs that a server restart stopped (once found, until dismissed), what of
     it was removed, and that it must be started again."""
     user_dir = workspaces.user_root(owner())
-    for rec in job_journal.interrupted(user_dir, paths.data_dir()):
+    try:
+        stopped = job_journal.interrupted(user_dir, paths.data_dir())
+    except OSError as err:  # a full or read-only disk: the page goes on without the notice
+        LOG.warning("stopped jobs not read: %s", err)
+        return
+    for rec in stopped:
         cohorts = sum(r.startswith(job_journal.COHORTS + "/") for r in rec.removed)
         partial = len(rec.removed) - cohorts
         gone = (["the cohort it had unpacked"] if cohorts else []) + (["the model it was writing"] if partial else [])
