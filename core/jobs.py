@@ -1,22 +1,18 @@
 """One background job queue for long work: training, strategy comparison, whole-volume explanations.
 
-A job is a function ``fn(ctx, *args, **kwargs)`` that reports its progress
-through ``ctx.progress(fraction, message)`` (the same ``(float, str)`` signature
-that long core functions take as ``progress``) and stops when the user cancels:
+A job is a function ``fn(ctx, *args, **kwargs)`` that reports its progress through ``ctx.progress(fraction, message)``
+(the same ``(float, str)`` signature that long core functions take as ``progress``) and stops when the user cancels:
 ``ctx.progress`` raises :class:`JobCancelled` once a cancel was asked for.
 
 * **One queue, bounded workers.** :func:`default_queue` is one process-wide queue with ``workers`` threads (2 by
   default, ``CTEHR_JOB_WORKERS``). One *heavy* job (training, comparison) runs at a time; light ones beside it.
 * **Heavy jobs run in their own process** (a fresh ``python -m core.job_process`` interpreter, ``nice``-ed by
-  ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there), so training
-  never changes the serving process's thread count, warning filters or memory,
-  and a cancel that the job does not honour within ``CANCEL_GRACE_S`` ends the
-  process. Their function, arguments and result must be picklable (a top-level
-  function of an importable module).
-* **Per user.** Each job has an owner (the signed-in user's id); an owner has
-  at most ``max_active_per_user`` jobs queued or running, sees and cancels only
-  their own jobs, and a ``key`` de-duplicates: submitting a key that the owner
-  already has queued, running or done returns that job instead of a new one.
+  ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there), so training never changes the serving process's
+  thread count, warning filters or memory, and a cancel that the job does not honour within ``CANCEL_GRACE_S`` ends
+  the process. Their function, arguments and result must be picklable (a top-level function of an importable module).
+* **Per user.** Each job has an owner (the signed-in user's id); an owner has at most ``max_active_per_user`` jobs
+  queued or running, sees and cancels only their own jobs, and a ``key`` de-duplicates: submitting a key that the
+  owner already has queued, running or done returns that job instead of a new one.
 * **Long heavy jobs make way.** A long heavy job calls ``ctx.yield_turn()`` between its parts (a training every
   100 pretext steps, the strategies of a comparison, the models of an evaluation): the heavy jobs queued by then run
   first, one after another, in the same worker, while the long job's process waits; then it goes on. So one
@@ -25,8 +21,7 @@ that long core functions take as ``progress``) and stops when the user cancels:
 * Finished jobs are kept ``keep_finished_s`` seconds (their results with them), then forgotten; what must outlive
   the server (a trained model) is written to disk by the job itself.
 
-The queue holds no Streamlit state: ``pages/_jobs.py`` draws a job's progress,
-estimate and cancel button.
+The queue holds no Streamlit state: ``pages/_jobs.py`` draws a job's progress, estimate and cancel button.
 """
 
 from __future__ import annotations
@@ -110,6 +105,7 @@ class Job:
     finished: float | None = None
     cancel_requested: bool = False
     paused_s: float = 0.0  # seconds spent waiting in yield_turn while other heavy jobs ran
+    waiting_for: list[Job] = field(default_factory=list, repr=False)  # the heavy jobs run in its break, now
     pace: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (own seconds, fraction) of the reports
     fn: Callable[..., Any] | None = field(default=None, repr=False)
     args: tuple = field(default=(), repr=False)
@@ -143,11 +139,14 @@ class Job:
         its last :data:`PACE_S` seconds where that says more than :data:`PACE_SLOWER` times as much: a job whose first
         part went much faster than its bar's share (a training whose CT came from the cache, then a lesion pretext
         that takes minutes). A milder slowdown keeps the whole run's estimate, as a long part's pace would also be
-        applied to the faster parts after it.
-
-        Time spent waiting for other jobs in a break (``paused_s``) is not the job's own pace and is left out. None in
-        the first :data:`PACE_S` s: "all 7" said "about 44 s left" 9 s into a 9-minute run (a fast PHI check, CT read)."""
+        applied to the faster parts after it. Time spent waiting for other jobs in a break (``paused_s``) is not the
+        job's own pace and is left out; in a break the jobs run in it (``waiting_for``) add their own time left (None
+        while one of theirs is unknown). None in the first :data:`PACE_S` s: "all 7" said "about 44 s left" 9 s into
+        a 9-minute run (a fast PHI check, CT read)."""
         if self.state != "running" or self.fraction < 0.02 or self.started is None or self.own_s < PACE_S:
+            return None
+        others = [o.eta_s if o.state == "running" else None for o in self.waiting_for if o.active]
+        if None in others:
             return None
         own, left = self.own_s, 1.0 - self.fraction
         eta = own * left / self.fraction
@@ -155,7 +154,7 @@ class Job:
             t0, f0 = self.pace[0]
             recent = (own - t0) * left / (self.fraction - f0)
             eta = recent if recent > PACE_SLOWER * eta else eta
-        return max(eta, 0.0)
+        return max(eta, 0.0) + sum(o for o in others if o is not None)
 
 
 def one_line(exc: BaseException) -> str:
@@ -363,7 +362,7 @@ class JobQueue:
             waiting = [self._jobs[i] for i in self._order if self._jobs[i].state == "queued" and self._jobs[i].heavy]
             if not waiting:
                 return
-            paused_at, message = time.time(), job.message
+            paused_at, message, job.waiting_for = time.time(), job.message, waiting
             job.message = f"paused: {len(waiting)} queued job{'s' if len(waiting) != 1 else ''} first, then this one"
         for other in waiting:
             with self._cond:
@@ -377,7 +376,7 @@ class JobQueue:
                     if other.active:  # defensive, as in _work
                         self._finish(other, "failed", error="the job ended without a result")
         with self._cond:
-            job.paused_s += time.time() - paused_at
+            job.paused_s, job.waiting_for = job.paused_s + time.time() - paused_at, []
             job.message = "cancelling..." if job.cancel_requested else message
 
     def _run_in_process(self, job: Job, nested: bool = False) -> None:
