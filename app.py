@@ -73,7 +73,8 @@ def main() -> None:
             gate = st.navigation([st.Page(_sign_in_screen, title="Sign in", icon=":material/login:", default=True)]
                                  + [st.Page(_sign_in_screen, title="Sign in", url_path=Path(file).stem)
                                     for file, *_ in PAGES[1:]], position="hidden")
-            session.remember_asked_page(gate.url_path)
+            # a new server runs a deep link as that page alone first, which hands it over to app.py (K.DEEP_LINK)
+            session.remember_asked_page(gate.url_path or Path(st.session_state.get(K.DEEP_LINK, "")).stem)
             gate.run()
             st.stop()
         session.audit_login()

@@ -48,11 +48,16 @@ def child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nic
 
     ctx = JobContext(lambda f, m: conn.send(("progress", f, m)), is_cancelled, yield_turn)
     try:
-        conn.send(("done", fn(ctx, *args, **kwargs)))
+        outcome: tuple = ("done", fn(ctx, *args, **kwargs))
     except JobCancelled:
-        conn.send(("cancelled", None))
+        outcome = ("cancelled", None)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the job's one-line error
-        conn.send(("failed", one_line(exc)))
+        outcome = ("failed", one_line(exc))
+    try:
+        conn.send(outcome)
+    except (OSError, EOFError) as exc:  # the server went away (a restart): the job has cleaned up, nobody to tell
+        print(f"job process {os.getpid()}: the server is gone ({type(exc).__name__}); job {outcome[0]}, exiting",
+              file=sys.stderr)
     finally:
         conn.close()
 

@@ -125,3 +125,31 @@ def test_this_servers_records_go_when_their_jobs_end_and_a_bad_name_is_not_a_pat
     (tmp_path / "keep.json").write_text("{}")
     job_journal.dismiss(user, "../../keep")
     assert (tmp_path / "keep.json").is_file()
+
+
+def test_two_sessions_looking_at_once_mark_a_stopped_job_once_and_keep_its_record_whole(tmp_path: Path) -> None:
+    """Two tabs (threads) found the same stopped job at once: they wrote through one temporary file, leaving broken
+    JSON (the notice then never showed) or a record that said nothing was removed although the cohort was."""
+    import threading
+
+    for attempt in range(5):
+        base = tmp_path / str(attempt)
+        user = base / "users" / "u1"
+        job_journal._write(user / "jobs" / "gone00000001-job1.json",
+                           {"title": "Validating concat", "queued_at": time.time() - 60, "server": "gone00000001"})
+        orphan = user / "cohorts" / time.strftime(job_journal.STAMP, time.localtime(time.time() - 30))
+        orphan.mkdir(parents=True)
+        barrier, seen = threading.Barrier(2), []
+
+        def look() -> None:
+            barrier.wait()
+            seen.append(job_journal.interrupted(user, base))
+
+        threads = [threading.Thread(target=look) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        record = json.loads((user / "jobs" / "gone00000001-job1.json").read_text())  # whole JSON
+        assert record["stopped"] is True and record["removed"] == [f"cohorts/{orphan.name}"] and not orphan.exists()
+        assert len(seen) == 2 and all([r.removed for r in found] == [(f"cohorts/{orphan.name}",)] for found in seen)

@@ -230,3 +230,26 @@ def test_the_time_left_follows_the_recent_pace_when_the_first_part_went_much_fas
     assert other.eta_s == pytest.approx(120.0) and job.eta_s == pytest.approx(own + 120.0, rel=1e-6)
     other.state = "done"  # ended: the paused job's own time again
     assert job.eta_s == pytest.approx(own, rel=1e-6)
+
+
+def test_a_heavy_jobs_process_whose_server_is_gone_exits_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server restart closed the socket: the job's report fails, its clean-up runs, and the process says so in one
+    line (it printed two tracebacks, EOFError or ConnectionResetError and then BrokenPipeError)."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    from core.job_process import child_main
+
+    parent, child = socket.socketpair()
+    parent.close()
+    cleaned: list[bool] = []
+
+    def job(ctx: JobContext) -> None:
+        try:
+            ctx.progress(0.5, "half")
+        finally:
+            cleaned.append(True)
+
+    child_main(Connection(child.detach()), job, (), {}, 0, 1)  # returns: no exception escapes
+    err = capsys.readouterr().err
+    assert cleaned == [True] and err.count("\n") == 1 and "the server is gone" in err and "job failed" in err

@@ -163,16 +163,20 @@ def test_sign_in_and_out_through_a_real_openid_provider(browser: object, signed_
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     try:
-        # 1. signed out: the sign-in screen and nothing else, also on a deep link
-        pg.goto(signed_in_app)
-        settle(pg)
-        _assert_sign_in_screen_only(pg)
-        _shot(pg, "login_signed_out")
+        # 1. signed out: the sign-in screen and nothing else, on a deep link (the new server's first page: a new
+        # server runs it as that page alone first, which hands over to app.py) and at the root
         pg.goto(signed_in_app + "/cohort_models")
         settle(pg)
         _assert_sign_in_screen_only(pg)
         assert "Page not found" not in pg.locator("body").inner_text()  # type: ignore[attr-defined]
         _shot(pg, "login_deep_link_signed_out")
+        root_context = browser.new_context(viewport={"width": 1500, "height": 1000})  # type: ignore[attr-defined]
+        root = root_context.new_page()
+        root.goto(signed_in_app)
+        settle(root)
+        _assert_sign_in_screen_only(root)
+        _shot(root, "login_signed_out")
+        root_context.close()
 
         # 2. sign in from there: Streamlit sends the browser to the provider's own login form
         pg.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]

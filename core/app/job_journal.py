@@ -29,6 +29,7 @@ until the user dismisses it (:func:`dismiss`). A record of a live server (anothe
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from pathlib import Path
 SERVER = uuid.uuid4().hex[:12]  # this server process; a restarted server is another one
 HEARTBEAT_S = 20.0
 STALE_S = 120.0  # a heartbeat older than this: the server was killed (it beats every HEARTBEAT_S)
+OLD_BEAT_S = 86400.0  # ... and one older than this is deleted
 COHORTS = "cohorts"
 MODELS = "models"
 PARTIAL = ".partial"  # a model folder being written (core.app.background)
@@ -76,7 +78,7 @@ def _heartbeat_file(base: Path, server: str) -> Path:
 
 def _write(path: Path, data: dict) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
     tmp.write_text(json.dumps(data), encoding="utf-8")
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
@@ -177,7 +179,17 @@ def interrupted(user_dir: Path, base: Path, now: float | None = None) -> list[Re
     now = time.time() if now is None else now
     found = [r for r in (_read(p) for p in sorted(_jobs_dir(user_dir).glob("*.json"))) if r is not None]
     stopped = [r for r in found if r.stopped or (r.server != SERVER and _server_gone(base, r.server, now))]
-    live_since = min((r.queued_at for r in found if r not in stopped), default=float("inf"))
+    if all(r.stopped for r in stopped):
+        return sorted(stopped, key=lambda r: r.queued_at)
+    with open(_jobs_dir(user_dir) / ".lock", "a", encoding="utf-8") as lock:  # one marker at a time (tabs, replicas)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        again = [_read(_jobs_dir(user_dir) / f"{r.name}.json") for r in stopped]  # as another writer left them
+        return _mark(user_dir, [r for r in again if r is not None],
+                     min((r.queued_at for r in found if r not in stopped), default=float("inf")))
+
+
+def _mark(user_dir: Path, stopped: list[Record], live_since: float) -> list[Record]:
+    """:func:`interrupted`'s first finding of each stopped record (under the user's lock): clean up, mark, keep."""
     out: list[Record] = []
     for rec in sorted(stopped, key=lambda r: r.queued_at):
         if not rec.stopped:
@@ -204,6 +216,9 @@ _BEAT_LOCK = threading.Lock()
 
 def _beat_once(base: Path) -> None:
     _write(_heartbeat_file(base, SERVER), {"host": socket.gethostname(), "pid": os.getpid()})
+    for old in _heartbeat_file(base, SERVER).parent.glob("*.json"):  # servers stopped without their exit hook (a
+        if time.time() - old.stat().st_mtime > OLD_BEAT_S:  # SIGTERM): a missing beat reads as gone, as an old one
+            old.unlink(missing_ok=True)
     _forget_ended_jobs(base)
 
 

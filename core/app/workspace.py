@@ -174,14 +174,14 @@ def check_quota(user: str, extra: int, base: Path | None = None) -> None:
     """Refuse (``InputError``) when ``extra`` more bytes would exceed the user's or the server's quota."""
     used, limit = user_usage(user, base), user_quota_bytes()
     if used + extra > limit:
-        raise InputError("disk quota", f"{human_bytes(used + extra)} would be in use",
-                         f"exceeds your quota of {human_bytes(limit)} ({human_bytes(used)} in use)",
+        raise InputError("disk quota", f"{human_bytes(used + extra)} in use after this",
+                         f"exceeds your quota of {human_bytes(limit)} ({human_bytes(used)} in use now)",
                          "delete cases you no longer need under Upload > Your cases, or models you trained here "
                          "(Cohort & models > Selected model > Delete this model; their cohorts go with them), or ask "
                          f"the administrator to raise {USER_QUOTA_ENV}")
     used_all, limit_all = total_usage(base), total_quota_bytes()
     if used_all + extra > limit_all:
-        raise InputError("disk quota", f"{human_bytes(used_all + extra)} would be in use on this server",
+        raise InputError("disk quota", f"{human_bytes(used_all + extra)} in use on this server after this",
                          f"exceeds the server's quota of {human_bytes(limit_all)}",
                          f"delete cases you no longer need, or ask the administrator to raise {TOTAL_QUOTA_ENV}")
 
