@@ -217,8 +217,11 @@ _BEAT_LOCK = threading.Lock()
 def _beat_once(base: Path) -> None:
     _write(_heartbeat_file(base, SERVER), {"host": socket.gethostname(), "pid": os.getpid()})
     for old in _heartbeat_file(base, SERVER).parent.glob("*.json"):  # servers stopped without their exit hook (a
-        if time.time() - old.stat().st_mtime > OLD_BEAT_S:  # SIGTERM): a missing beat reads as gone, as an old one
-            old.unlink(missing_ok=True)
+        try:  # SIGTERM): a missing beat reads as gone, as an old one does
+            if time.time() - old.stat().st_mtime > OLD_BEAT_S:
+                old.unlink(missing_ok=True)
+        except FileNotFoundError:  # another replica deleted it first
+            continue
     _forget_ended_jobs(base)
 
 
