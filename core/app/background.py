@@ -19,6 +19,7 @@ from typing import Any
 from core.jobs import JobContext
 
 TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
+COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)
 # train_every_job's bar, until the strategies' own times are known (see bar_span and encoder_share): the first
 # strategy that reads the CT trains the image encoder. Its lesion pretext costs the same on any cohort, about what a
 # fusion costs on ENCODER_FIXED subjects; after it the CT strategy grows with the subjects as a fusion does, and a
@@ -148,7 +149,7 @@ def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str) -> Path:
     report = gate_cohort_zip(data, progress=lambda f, m: ctx.progress(0.1 * f, f"PHI check: {m}"))
     if not report.ok:
         _refuse(report)
-    target = Path(cohorts_dir) / time.strftime("%Y%m%d-%H%M%S")
+    target = Path(cohorts_dir) / time.strftime(COHORT_STAMP)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return unpack_cohort_zip(data, target)
 

@@ -42,6 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.app.background import COHORT_STAMP as STAMP
+from core.app.background import TRAINED_MARKER
+
 SERVER = uuid.uuid4().hex[:12]  # this server process; a restarted server is another one
 HEARTBEAT_S = 20.0
 STALE_S = 120.0  # a heartbeat older than this: the server was killed (it beats every HEARTBEAT_S)
@@ -49,8 +52,6 @@ OLD_BEAT_S = 86400.0  # ... and one older than this is deleted
 COHORTS = "cohorts"
 MODELS = "models"
 PARTIAL = ".partial"  # a model folder being written (core.app.background)
-TRAINED_MARKER = "trained_in_app.json"  # as core.app.background writes it next to a finished model's config.json
-STAMP = "%Y%m%d-%H%M%S"  # the name of an unpacked cohort's folder (core.app.background.unpack_gated)
 LOG = logging.getLogger(__name__)
 
 
