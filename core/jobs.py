@@ -18,8 +18,7 @@ A job is a function ``fn(ctx, *args, **kwargs)`` that reports its progress throu
   first, one after another, in the same worker, while the long job's process waits; then it goes on. So one
   user's 17-minute comparison holds up another user's evaluation by one part, not by the whole job, and still
   only one heavy job computes at a time. A job run in such a break does not itself make way (no nesting).
-* Finished jobs are kept ``keep_finished_s`` seconds (their results with them), then forgotten; what must outlive
-  the server (a trained model) is written to disk by the job itself.
+* Finished jobs are kept ``keep_finished_s`` s, then forgotten; what must outlive the server is written to disk.
 
 The queue holds no Streamlit state: ``pages/_jobs.py`` draws a job's progress, estimate and cancel button.
 """
@@ -104,7 +103,8 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel_requested: bool = False
-    paused_s: float = 0.0  # seconds spent waiting in yield_turn while other heavy jobs ran
+    paused_s: float = 0.0  # seconds spent waiting in yield_turn while other heavy jobs ran (breaks that ended)
+    paused_at: float | None = None  # when the break going on now began
     waiting_for: list[Job] = field(default_factory=list, repr=False)  # the heavy jobs run in its break, now
     pace: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (own seconds, fraction) of the reports
     fn: Callable[..., Any] | None = field(default=None, repr=False)
@@ -123,8 +123,8 @@ class Job:
 
     @property
     def own_s(self) -> float:
-        """Seconds run, without the time spent waiting for other jobs in a break (``paused_s``)."""
-        return self.elapsed_s - self.paused_s
+        """Seconds run, without the time spent waiting for other jobs in a break (``paused_s`` and the break now)."""
+        return self.elapsed_s - self.paused_s - (0.0 if self.paused_at is None else time.time() - self.paused_at)
 
     def record_pace(self, fraction: float) -> None:
         """Keep this report for :attr:`eta_s`: the reports of the last :data:`PACE_S` seconds and the newest before."""
@@ -362,7 +362,8 @@ class JobQueue:
             waiting = [self._jobs[i] for i in self._order if self._jobs[i].state == "queued" and self._jobs[i].heavy]
             if not waiting:
                 return
-            paused_at, message, job.waiting_for = time.time(), job.message, waiting
+            job.paused_at = paused_at = time.time()
+            message, job.waiting_for = job.message, waiting
             job.message = f"paused: {len(waiting)} queued job{'s' if len(waiting) != 1 else ''} first, then this one"
         for other in waiting:
             with self._cond:
@@ -376,7 +377,7 @@ class JobQueue:
                     if other.active:  # defensive, as in _work
                         self._finish(other, "failed", error="the job ended without a result")
         with self._cond:
-            job.paused_s, job.waiting_for = job.paused_s + time.time() - paused_at, []
+            job.paused_s, job.paused_at, job.waiting_for = job.paused_s + time.time() - paused_at, None, []
             job.message = "cancelling..." if job.cancel_requested else message
 
     def _run_in_process(self, job: Job, nested: bool = False) -> None:

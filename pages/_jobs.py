@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 from core.app import job_journal, paths
+from core.app.background import UPLOAD_JOBS
 from core.app import workspace as workspaces
 from core.jobs import Job, default_queue, format_eta
 from pages import _chrome as chrome
@@ -32,7 +33,7 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
         job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, **kwargs)
     if job is not None and heavy:  # a training, validation or evaluation: a map is asked for again by viewing it
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
-            job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir())
+            job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS)
         except OSError as err:  # the job runs all the same; only a restart's notice would be missing
             LOG.warning("job %s not written down: %s", job.id, err)
     return job
@@ -118,14 +119,18 @@ def stopped_notices() -> None:
         LOG.warning("stopped jobs not read: %s", err)
         return
     for rec in stopped:
-        cohorts = sum(r.startswith(job_journal.COHORTS + "/") for r in rec.removed)
-        partial = len(rec.removed) - cohorts
-        gone = (["the cohort it had unpacked"] if cohorts else []) + (["the model it was writing"] if partial else [])
+        if rec.upload:  # its own process usually removed the cohort as the server went: say so however it went
+            said = ["the cohort it unpacked is kept for the models it finished" if rec.kept
+                    else "nothing of its upload was kept"]
+        else:
+            said = ["the cohort it had unpacked was removed"] if any(
+                r.startswith(job_journal.COHORTS + "/") for r in rec.removed) else []
+        if any(r.startswith(job_journal.MODELS + "/") for r in rec.removed):
+            said.append("the model it was writing was removed")
         with st.sidebar.container(border=True):
             st.warning(f"{rec.title} (queued {time.strftime('%d %b %H:%M', time.localtime(rec.queued_at))}) was "
-                       "stopped when the server restarted"
-                       + (f"; {' and '.join(gone)} {'was' if len(gone) == 1 else 'were'} removed" if gone else "")
-                       + ". Start it again.")
+                       "stopped when the server restarted" + "".join(f"; {part}" for part in said)
+                       + (". Upload the cohort zip again to start it again." if rec.upload else ". Start it again."))
             if st.button("Dismiss", key=f"dismiss_{rec.name}", type="tertiary"):
                 job_journal.dismiss(user_dir, rec.name)
                 st.rerun()

@@ -97,10 +97,10 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
 
     from core.app.background import expected_model_bytes, train_job, train_uploaded_job
 
-    user = _jobs.owner()  # the quota: the unpacked cohort and the models beside it
-    workspace.check_quota(user, 2 * len(upload or b"") + expected_model_bytes(FUSIONS if fusion == EVERY else [fusion]))
+    user, reads = _jobs.owner(), (True, True)  # reads: the zip holds CT, EHR (checked now, not in a job)
     if upload is not None:
-        workspace.check_cohort_zip(upload, fusion=None if fusion == EVERY else fusion, for_training=True)  # now, not in a job
+        reads = workspace.check_cohort_zip(upload, fusion=None if fusion == EVERY else fusion, for_training=True)
+    workspace.check_quota(user, 2 * len(upload or b"") + expected_model_bytes(FUSIONS if fusion == EVERY else [fusion], *reads))
     stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
     runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
             for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar

@@ -498,12 +498,20 @@ def test_the_sidebar_tells_which_jobs_a_server_restart_stopped(data_dir: Path) -
                        {"title": "Training image_only", "queued_at": stamp, "server": "deadbeef0001"})
     orphan = user_dir / "cohorts" / time.strftime(job_journal.STAMP, time.localtime(stamp + 20))
     orphan.mkdir(parents=True)
+    # a validation of an upload, whose own process removed its unpacked cohort as the server went (the usual case)
+    job_journal._write(user_dir / "jobs" / "deadbeef0001-job3.json",
+                       {"title": "Validating ehr_only", "queued_at": stamp + 60, "server": "deadbeef0001",
+                        "upload": True})
     at = _app()
     at.run()
     _no_exception(at)
     notes = [w.value for w in at.sidebar.warning if "stopped when the server restarted" in w.value]
-    assert len(notes) == 1 and notes[0].startswith("Training image_only (queued ")
+    assert len(notes) == 2 and notes[0].startswith("Training image_only (queued ")
     assert "the cohort it had unpacked was removed" in notes[0] and not orphan.exists()
+    assert notes[0].endswith(". Start it again.")
+    assert notes[1].startswith("Validating ehr_only (queued ") and "; nothing of its upload was kept" in notes[1]
+    assert notes[1].endswith("Upload the cohort zip again to start it again.")
+    job_journal.dismiss(user_dir, "deadbeef0001-job3")
     assert at.sidebar.button(key="dismiss_deadbeef0001-job2").label == "Dismiss"  # clicked in Chromium (AppTest
     job_journal.dismiss(user_dir, "deadbeef0001-job2")  # does not return the sidebar of a rerun under st.navigation)
     assert not [w for w in _app().run().sidebar.warning if "server restarted" in w.value]

@@ -140,8 +140,11 @@ def test_a_sound_cohort_zip_passes_the_quick_checks_for_what_it_holds() -> None:
     good = {"top/cohort.csv": b"subject_id,time,event,study\n1,3,1,s/1.nii.gz\n2,9,0,\n", "top/features.csv": b"x",
             "__MACOSX/top/._cohort.csv": b"junk"}
     for fusion in ("image_only", "ehr_only", "concat", None):
-        workspace.check_cohort_zip(_zip(good), fusion=fusion, for_training=True)
-    workspace.check_cohort_zip(_zip({"cohort.csv": b"subject_id\n1\n"}))  # patients to score: no outcomes needed
+        assert workspace.check_cohort_zip(_zip(good), fusion=fusion, for_training=True) == (True, True)
+    # patients to score: no outcomes needed; what the zip holds decides what "all 7" counts against the quota
+    assert workspace.check_cohort_zip(_zip({"cohort.csv": b"subject_id\n1\n"})) == (False, False)
+    tabular = {"c/cohort.csv": b"subject_id,time,event,split\n1,3,1,train\n", "c/features.csv": b"x"}
+    assert workspace.check_cohort_zip(_zip(tabular), for_training=True) == (False, True)
 
 
 def test_upload_cohort_holds_the_volume_and_events(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ def test_a_killed_servers_job_is_reported_once_and_its_unpacked_cohort_removed(t
     stopped = job_journal.interrupted(user, base)
     assert [(r.title, r.stopped, r.server) for r in stopped] == [("Training coattention_image", True, server)]
     assert sorted(stopped[0].removed) == sorted([f"cohorts/{made['orphan'].name}", "models/image_only-x.partial"])
+    assert stopped[0].kept == (f"cohorts/{made['used'].name}",)  # a finished model uses it: kept, and said so
     assert not made["orphan"].exists() and not made["partial"].exists()
     assert made["old"].is_dir() and made["used"].is_dir() and made["model"].is_dir()
 

@@ -216,16 +216,18 @@ def test_the_time_left_follows_the_recent_pace_when_the_first_part_went_much_fas
         at(float(t) + 100.0, f)
     assert job.eta_s == pytest.approx((job.own_s) * (1 - f) / f, rel=1e-6)
     # paused for another user's job: its time left is added, and while it is unknown the paused job gives none
-    # (it said "about 17 s left" while the other job still had 2 minutes to run)
+    # (it said "about 17 s left" while the other job still had 2 minutes to run); the break itself does not count
+    # as the paused job's own time, so its own estimate stays where it was (it grew through the break)
+    own = job.eta_s
     other = Job(id="3", owner="b", title="Evaluating", key=None, heavy=True, state="queued")
-    job.waiting_for = [other]
+    job.waiting_for, job.paused_at = [other], now[0]
     assert job.eta_s is None
     other.state, other.started, other.fraction = "running", now[0], 0.0
     now[0] += 40.0
     other.fraction = 0.25
     other.record_pace(0.25)
     job.waiting_for = []
-    own = job.eta_s
+    assert job.eta_s == pytest.approx(own, rel=1e-6)
     job.waiting_for = [other]
     assert other.eta_s == pytest.approx(120.0) and job.eta_s == pytest.approx(own + 120.0, rel=1e-6)
     other.state = "done"  # ended: the paused job's own time again

@@ -387,14 +387,20 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
 MODEL_BYTES = 5 * 1024**2  # what a model takes when no shipped demo model of its strategy tells (those: 2.8-5.2 MB)
 
 
-def expected_model_bytes(fusions: list[str] | tuple[str, ...]) -> int:
+def expected_model_bytes(fusions: list[str] | tuple[str, ...], has_ct: bool = True, has_ehr: bool = True) -> int:
     """What trained models of ``fusions`` will take on disk, for the quota check before a training starts: the size
-    of the shipped demo model of each strategy (``MODEL_BYTES`` for one without)."""
+    of the shipped demo model of each strategy (``MODEL_BYTES`` for one without). A strategy that the cohort cannot
+    train (``has_ct``, ``has_ehr``: what it holds) writes no model and counts nothing.
+
+    >>> expected_model_bytes(["ehr_only", "image_only", "concat"], has_ct=False) == expected_model_bytes(["ehr_only"])
+    True
+    """
     from core.app.paths import ASSETS
     from core.app.workspace import folder_bytes
 
     shipped = ASSETS / "demo_models"
-    return sum(folder_bytes(shipped / f) if (shipped / f / "config.json").is_file() else MODEL_BYTES for f in fusions)
+    trainable = [f for f in fusions if (has_ct or f == "ehr_only") and (has_ehr or f == "image_only")]
+    return sum(folder_bytes(shipped / f) if (shipped / f / "config.json").is_file() else MODEL_BYTES for f in trainable)
 
 
 def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
@@ -435,3 +441,6 @@ def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -
         shutil.rmtree(cohort)
         removed.append(cohort)
     return removed
+
+
+UPLOAD_JOBS = (train_uploaded_job, train_every_job, validate_uploaded_job)  # the jobs that unpack an uploaded zip

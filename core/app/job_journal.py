@@ -58,8 +58,9 @@ LOG = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Record:
     """One job on record: ``name`` (``<server>-<job id>``), its title, when it was queued (seconds since the epoch)
-    and the server process that queued it; ``stopped``: found stopped by a restart, ``removed``: what of it was
-    deleted then."""
+    and the server process that queued it; ``upload``: the job unpacks an uploaded cohort zip; ``stopped``: found
+    stopped by a restart, ``removed``: what of it was deleted then, ``kept``: the cohort folders it unpacked that were
+    kept because a model it finished uses them."""
 
     name: str
     title: str
@@ -67,6 +68,8 @@ class Record:
     server: str
     stopped: bool = False
     removed: tuple[str, ...] = ()
+    upload: bool = False
+    kept: tuple[str, ...] = ()
 
 
 def _jobs_dir(user_dir: Path) -> Path:
@@ -89,16 +92,20 @@ def _read(path: Path) -> Record | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return Record(path.stem, str(data["title"]), float(data["queued_at"]), str(data["server"]),
-                      bool(data.get("stopped")), tuple(str(p) for p in data.get("removed") or ()))
+                      bool(data.get("stopped")), tuple(str(p) for p in data.get("removed") or ()),
+                      bool(data.get("upload")), tuple(str(p) for p in data.get("kept") or ()))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # being written, or damaged: not a job anyone can be told about
 
 
-def record(user_dir: Path, job_id: str, title: str, base: Path, now: float | None = None) -> None:
-    """Write down that this server queued ``job_id`` (``title``) for the user of ``user_dir``; starts the heartbeat."""
+def record(user_dir: Path, job_id: str, title: str, base: Path, now: float | None = None, *,
+           upload: bool = False) -> None:
+    """Write down that this server queued ``job_id`` (``title``; ``upload``: it unpacks an uploaded zip) for the user
+    of ``user_dir``; starts the heartbeat."""
     start_heartbeat(base)
     _write(_jobs_dir(user_dir) / f"{SERVER}-{job_id}.json",
-           {"title": title, "queued_at": float(time.time() if now is None else now), "server": SERVER})
+           {"title": title, "queued_at": float(time.time() if now is None else now), "server": SERVER,
+            "upload": bool(upload)})
 
 
 def forget_ended(user_dirs: list[Path], is_active: Callable[[str], bool]) -> None:
@@ -153,16 +160,21 @@ def _cohorts_in_use(user_dir: Path) -> set[str]:
     return used
 
 
-def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> list[str]:
+def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> tuple[list[str], list[str]]:
     """Delete what ``stopped`` may have left: cohort folders unpacked since it was queued that no finished model
     uses, and model folders still being written. A folder a live job (queued at ``live_since`` or later) may own
-    is kept."""
+    is kept. Returns what was removed and the cohort folders of that time kept for a finished model."""
     removed: list[str] = []
+    kept: list[str] = []
     in_use = _cohorts_in_use(user_dir)
     for folder in sorted((Path(user_dir) / COHORTS).glob("*")):
         made = _stamp_time(folder.name)
-        if (made is not None and folder.is_dir() and not folder.is_symlink() and folder.name not in in_use
-                and stopped.queued_at - 2 <= made < live_since - 2):
+        if (made is None or not folder.is_dir() or folder.is_symlink()
+                or not stopped.queued_at - 2 <= made < live_since - 2):
+            continue
+        if folder.name in in_use:
+            kept.append(f"{COHORTS}/{folder.name}")
+        else:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(f"{COHORTS}/{folder.name}")
     for folder in sorted((Path(user_dir) / MODELS).glob(f"*{PARTIAL}")):
@@ -170,7 +182,7 @@ def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> list[str]:
         if folder.is_dir() and not folder.is_symlink() and stopped.queued_at - 2 <= made < live_since:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(f"{MODELS}/{folder.name}")
-    return removed
+    return removed, kept
 
 
 def interrupted(user_dir: Path, base: Path, now: float | None = None) -> list[Record]:
@@ -194,11 +206,11 @@ def _mark(user_dir: Path, stopped: list[Record], live_since: float) -> list[Reco
     out: list[Record] = []
     for rec in sorted(stopped, key=lambda r: r.queued_at):
         if not rec.stopped:
-            rec = Record(rec.name, rec.title, rec.queued_at, rec.server, True,
-                         tuple(_clean_up(user_dir, rec, live_since)))
+            removed, kept = _clean_up(user_dir, rec, live_since)
+            rec = Record(rec.name, rec.title, rec.queued_at, rec.server, True, tuple(removed), rec.upload, tuple(kept))
             _write(_jobs_dir(user_dir) / f"{rec.name}.json",
                    {"title": rec.title, "queued_at": rec.queued_at, "server": rec.server, "stopped": True,
-                    "removed": list(rec.removed)})
+                    "removed": removed, "upload": rec.upload, "kept": kept})
             if rec.removed:
                 LOG.info("removed what a job stopped by a server restart left: %s", ", ".join(rec.removed))
         out.append(rec)

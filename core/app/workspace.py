@@ -314,13 +314,13 @@ def _cohort_csv(names: list[str]) -> str:
     return csvs[0]
 
 
-def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bool = False) -> None:
+def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bool = False) -> tuple[bool, bool]:
     """The quick checks of an uploaded cohort zip, made before a job is queued so that a user does not wait for its
     error: one cohort.csv, read as :func:`core.cohort.load_cohort` reads it (its columns, duplicate ids, negative or
     blank times, unreadable dates, blank split cells; with ``for_training``, a train split), and for a ``fusion`` to
     train, the CT (a study column or image embeddings) and the EHR files (timeline, features or EHR embeddings) it
     reads. Only cohort.csv is inflated; the job checks everything else (PHI, the studies, the tables' contents).
-    Raises InputError.
+    Raises InputError; returns whether the zip holds CT (a study column or image embeddings) and EHR files.
 
     >>> import io, zipfile
     >>> buf = io.BytesIO(); z = zipfile.ZipFile(buf, "w"); z.writestr("c/cohort.csv", "subject_id,time,event\\na,5,1\\na,9,0\\n"); z.close()
@@ -350,16 +350,17 @@ def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bo
     csv = _cohort_csv(names)
     text = next(m.data for m in members if m.name == csv)
     table = validate_outcomes(read_csv_any(BytesIO(text), text_names=TEXT_COLUMNS), for_training=for_training)
-    if fusion is None:
-        return
     top = csv.replace("\\", "/").rsplit("/", 1)[0] + "/" if "/" in csv.replace("\\", "/") else ""
     here = {n.replace("\\", "/")[len(top):] for n in names if n.replace("\\", "/").startswith(top)}
     stems = {Path(n).stem for n in here if "/" not in n}
-    if fusion != "ehr_only" and "image_embeddings" not in stems and not has_study(table).any():
+    has_ct = "image_embeddings" in stems or bool(has_study(table).any())
+    has_ehr = bool(here & {*TIMELINE_FILES, *FEATURE_FILES}) or "ehr_embeddings" in stems
+    if fusion not in (None, "ehr_only") and not has_ct:
         raise InputError("fusion", fusion, "needs images but the cohort has none", "add a study column or image_embeddings, or use ehr_only")
-    if fusion != "image_only" and not (here & {*TIMELINE_FILES, *FEATURE_FILES} or "ehr_embeddings" in stems):
+    if fusion not in (None, "image_only") and not has_ehr:
         raise InputError("fusion", fusion, "needs EHR data but the cohort has none",
                          "add timeline.parquet, features.csv or ehr_embeddings, or use image_only")
+    return has_ct, has_ehr
 
 
 def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
