@@ -10,7 +10,7 @@ prediction reports.
 >>> survival_at([0.0, 100.0, 400.0], [[1.0, 0.8, 0.5]], [50, 100, 399, 9000]).tolist()
 [[1.0, 0.8, 0.8, 0.5]]
 >>> grid_index([0.0, 100.0, 400.0], 399.0), horizon_label(365), horizon_label(730), horizon_label(730, short=True)
-(1, '1 year', '730 days', '2 y')
+(1, '1 year', '2 years', '2 y')
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 HORIZONS: tuple[int, ...] = (30, 365, 1825)
-HORIZON_LABELS: dict[int, str] = {30: "30 days", 365: "1 year", 1825: "5 years"}
+HORIZON_LABELS: dict[int, str] = {30: "30 days", 365: "1 year", 730: "2 years", 1095: "3 years", 1825: "5 years"}
 DEFAULT_HORIZON = 365  # the horizon an explanation targets unless told otherwise
 HORIZON_CHOICES: tuple[int, ...] = (30, 90, 180, 365, 730, 1095, 1825)  # the horizons a user can pick
 
 
 def horizon_label(days: float, *, short: bool = False) -> str:
-    """``"1 year"`` for 365 (``"1 y"`` short), ``"90 days"`` (``"90 d"``) for other day counts."""
+    """``"1 year"`` for 365 (``"1 y"`` short) and the other whole years of ``HORIZON_LABELS``, ``"90 days"``
+    (``"90 d"``) for other day counts."""
     d = float(days)
     if short:
         if d >= 365 and abs(d / 365 - round(d / 365)) < 0.02:

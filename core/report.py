@@ -166,7 +166,7 @@ def strategy_lines(table: pd.DataFrame | None, skipped: Sequence[str] = ()) -> l
     """
     if table is None or not len(table):
         return []
-    cols = [c for c in table.columns if c not in ("strategy", "current")]
+    cols = [c for c in table.columns if c not in ("strategy", "current", "survival 5 years")]  # 1 - the 5-year risk
     room = 112 - 18 * len(cols)  # monospace 7 pt: 112 characters fit the width
     width = min(max(20, 3 + max(len(str(v)) for v in table["strategy"])), room)
     head = f"{'strategy':<{width}}" + "".join(f"{c:>18}" for c in cols)

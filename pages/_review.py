@@ -46,25 +46,24 @@ def strategies(source: str, subject_id: str, current: str) -> Strategies:
 
 
 # short headers (a narrow column), apart from the page's "1-year risk" metrics above the table
-STRATEGY_COLUMNS = {"risk 30 days": "30-d risk", "risk 1 year": "1-y risk", "risk 5 years": "5-y risk",
-                    "survival 5 years": "5-y survival"}
+STRATEGY_COLUMNS = {"risk 30 days": "30-d risk", "risk 1 year": "1-y risk", "risk 5 years": "5-y risk"}
 
 
 def strategy_table_view(table: pd.DataFrame) -> Any:
-    """The strategies' risk table as Case review shows it (a pandas Styler for ``st.table``): one column per number,
-    risks as percentages and survival as a fraction that do not break inside a cell on a narrow column ("past
-    grid" where a model's time grid ends first), the model in use in bold, no index column.
+    """The strategies' risk table as Case review shows it (a pandas Styler for ``st.table``): one column per risk,
+    as percentages that do not break inside a cell on a narrow column ("past grid" where a model's time grid ends
+    first), the model in use in bold, no index column. The 5-year survival is left out: it is 1 minus the 5-year
+    risk beside it, and the page gives every number as a risk.
 
     >>> t = pd.DataFrame({"strategy": ["a", "b"], "current": [False, True], "risk 30 days": [0.1, float("nan")],
     ...                   "survival 5 years": [0.5, 0.25]})
     >>> v = strategy_table_view(t)
-    >>> list(v.data.columns), v.data.iloc[0, 1], v.data.iloc[1, 1], v.data.iloc[1, 2]
-    (['strategy', '30-d risk', '5-y survival'], '10.0\xa0%', 'past grid', '0.25')
+    >>> list(v.data.columns), v.data.iloc[0, 1], v.data.iloc[1, 1]
+    (['strategy', '30-d risk'], '10.0\xa0%', 'past grid')
     """
-    shown = table.drop(columns=["current"]).rename(columns=STRATEGY_COLUMNS)
+    shown = table.drop(columns=["current", "survival 5 years"], errors="ignore").rename(columns=STRATEGY_COLUMNS)
     for c in shown.columns[1:]:
-        shown[c] = [("past grid" if pd.isna(v) else (f"{100 * v:.1f}\u00a0%" if c.endswith("risk") else f"{v:.2f}"))
-                    for v in shown[c]]
+        shown[c] = ["past grid" if pd.isna(v) else f"{100 * v:.1f}\u00a0%" for v in shown[c]]
     bold = table["current"].to_numpy(dtype=bool)
     return (shown.style.apply(lambda row: ["font-weight: 700" if bold[row.name] else ""] * len(row), axis=1)
             .hide(axis="index"))

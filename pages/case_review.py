@@ -208,11 +208,10 @@ with right:
             st.caption("Not drawn (cannot score this case): " + "; ".join(every.skipped.values()) + ".")
         if len(every.table) and not charts_wait:
             st.table(review.strategy_table_view(every.table.reset_index(drop=True)))
-            st.caption(f"Risk 1 - S(t) and survival S(5 years) of each strategy that can score the case (\"past grid\" "
-                       f"beyond a model's time grid); the model in use, {model_name}, in bold. "
-                       f"Strategies are flagged as disagreeing when their 5-year survival spreads over more than "
-                       f"{review.CW.DISAGREEMENT_THRESHOLD:g}" + (": flagged, see the warning above." if every.flag
-                                                                   else ": not flagged for this case."))
+            st.caption(f"Risk 1 - S(t) of each strategy that can score the case (\"past grid\" beyond a model's time "
+                       f"grid); the model in use, {model_name}, in bold. Strategies are flagged as disagreeing when "
+                       f"their 5-year risks lie more than {100 * review.CW.DISAGREEMENT_THRESHOLD:g} percentage points "
+                       "apart" + (": flagged, see the warning above." if every.flag else ": not flagged for this case."))
 
 # ------------------------------------------------------ timeline and attention
 st.subheader("Timeline and attention")

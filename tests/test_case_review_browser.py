@@ -59,7 +59,7 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     model = pg.locator('[data-testid="stMetric"]').filter(has_text="Fusion strategy").first.inner_text().split("\n")[-1]  # type: ignore[attr-defined]
     compare = chart(pg, "current model:")
     assert "currentmodel:" + model.strip() in re.sub(r"\s", "", compare.text_content())  # legend heading, then the name
-    table = pg.locator('[data-testid="stTable"]').filter(has_text="5-y survival").first  # type: ignore[attr-defined]
+    table = pg.locator('[data-testid="stTable"]').filter(has_text="5-y risk").first  # type: ignore[attr-defined]
     rows = table.locator("tbody tr")
     assert rows.count() == 3  # the tiny demo's three strategies, all able to score a demo case
     current = [r.inner_text() for r in rows.all()  # the model in use: its row in bold
@@ -81,7 +81,7 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     assert lines and set(lines) == {1}, lines
     pg.set_viewport_size({"width": 1500, "height": 3200})  # type: ignore[attr-defined]
     pg.wait_for_timeout(1000)  # type: ignore[attr-defined]
-    assert pg.get_by_text(re.compile(r"disagreeing when their 5-year survival spreads over more than 0.2")).count() == 1  # type: ignore[attr-defined]
+    assert pg.get_by_text(re.compile(r"disagreeing when their 5-year risks lie more than 20 percentage points apart")).count() == 1  # type: ignore[attr-defined]
     # the method's caveat and its sanity result beside the picker
     assert pg.get_by_text(re.compile(r"Sanity: (not checked on this model|passes|FAILS)")).count() == 1  # type: ignore[attr-defined]
     pg.get_by_text("What each attribution method can and cannot show").click()  # type: ignore[attr-defined]

@@ -110,9 +110,13 @@ def test_survival_chart_steps_band_cohort_bound_and_horizon_risks() -> None:
     # step reading: S(30) = 0.95, S(365) = 0.8, S(1825) = 0.6, written up each dotted horizon line
     assert [m["text"] for m in spec["layer"][-1]["data"]["values"]] == ["30 d: risk 5%", "1 y: risk 20%", "5 y: risk 40%"]
     assert spec["layer"][-1]["mark"]["angle"] == 270
-    # the hover layer shows the nearest step's day and S(t)
+    # the hover layer shows the nearest step's day, S(t) and the risk 1 - S(t) that the headline gives
     hover = spec["layer"][5]
-    assert hover["params"][0]["select"]["nearest"] and [f["field"] for f in hover["encoding"]["tooltip"]] == ["curve", "day", "S"]
+    assert hover["params"][0]["select"]["nearest"]
+    assert [f["field"] for f in hover["encoding"]["tooltip"]] == ["curve", "day", "S", "risk"]
+    assert hover["transform"] == [{"calculate": "1 - datum.S", "as": "risk"}]
+    # every text has its own colour: one without is drawn black, unreadable on the dark theme
+    assert all(layer["mark"].get("color") for layer in spec["layer"] if layer["mark"]["type"] == "text")
     with pytest.raises(InputError, match="survival: got 4 times vs 3 values"):
         F.survival_chart(t, s[:3])
     no_bound = F.survival_chart(t, s)

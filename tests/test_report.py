@@ -153,8 +153,9 @@ def test_report_carries_every_warning_and_the_strategy_table_without_overlap(par
                                  "low": (p.times, np.full_like(p.survival, 0.05))}, current="cross_attention")
     flag = disagreement(table)
     top = float(table["survival 5 years"].max())
-    assert top >= 0.45 and flag is not None and f"from 0.05 (low) to {top:.2f}" in flag
-    assert f"spread of {top - 0.05:.2f} (flagged above 0.2)" in flag
+    name = str(table.loc[table["survival 5 years"].idxmax(), "strategy"])
+    assert top >= 0.45 and flag is not None and f"from {100 * (1 - top):.1f} % ({name}) to 95.0 % (low)" in flag
+    assert f", {100 * (top - 0.05):.1f} percentage points apart (flagged above 20)" in flag
     # the case against a flat 0.45: flagged exactly when their 5-year survival lies more than 0.2 apart
     pair = table[table["strategy"] != "low"]
     case = float(pair.loc[pair["strategy"] == "cross_attention", "survival 5 years"].iloc[0])

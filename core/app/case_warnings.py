@@ -34,7 +34,7 @@ from core.horizons import HORIZON_LABELS, HORIZONS, beyond_grid, survival_at
 
 RANDOMIZATION_THRESHOLD = 0.5  # a map still this rank-correlated with the trained one after every layer is
 #                                re-initialised does not depend on the weights (Adebayo et al. 2018)
-DISAGREEMENT_THRESHOLD = 0.2   # spread (max - min) of the strategies' 5-year survival that raises the flag
+DISAGREEMENT_THRESHOLD = 0.2   # spread (max - min) of the strategies' 5-year risk (= of their survival) that raises the flag
 OUTCOME_CODES = ("MEDS_DEATH",)
 
 METHOD_CAVEATS: dict[str, str] = {
@@ -156,7 +156,8 @@ def strategy_risk_table(curves: Mapping[str, tuple[Any, Any]], current: str | No
 
 
 def disagreement(table: pd.DataFrame, threshold: float = DISAGREEMENT_THRESHOLD) -> str | None:
-    """The flag when the strategies' 5-year survival spreads over more than ``threshold``, else None."""
+    """The flag when the strategies' 5-year risks lie more than ``threshold`` apart, else None; said in risk, as
+    Case review's metrics and table give it."""
     s = table.dropna(subset=["survival 5 years"]) if len(table) else table
     if len(s) < 2:
         return None
@@ -164,9 +165,10 @@ def disagreement(table: pd.DataFrame, threshold: float = DISAGREEMENT_THRESHOLD)
     spread = float(s.loc[hi, "survival 5 years"] - s.loc[lo, "survival 5 years"])
     if spread <= threshold:
         return None
-    return (f"The fusion strategies disagree: 5-year survival ranges from {s.loc[lo, 'survival 5 years']:.2f} "
-            f"({s.loc[lo, 'strategy']}) to {s.loc[hi, 'survival 5 years']:.2f} ({s.loc[hi, 'strategy']}), a spread "
-            f"of {spread:.2f} (flagged above {threshold:g}); no single curve should be read as the answer.")
+    return (f"The fusion strategies disagree: 5-year risk ranges from {100 * (1 - s.loc[hi, 'survival 5 years']):.1f} % "
+            f"({s.loc[hi, 'strategy']}) to {100 * (1 - s.loc[lo, 'survival 5 years']):.1f} % ({s.loc[lo, 'strategy']}), "
+            f"{100 * spread:.1f} percentage points apart (flagged above {100 * threshold:g}); no single curve should "
+            "be read as the answer.")
 
 
 # ------------------------------------------------------------------ gathering

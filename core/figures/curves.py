@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.errors import InputError
-from core.figures.style import COHORT_COLOR, OTHER_MODEL_COLORS, PALETTE, STRATEGY_COLORS
+from core.figures.style import COHORT_COLOR, NEUTRAL, OTHER_MODEL_COLORS, PALETTE, STRATEGY_COLORS
 from core.horizons import HORIZONS, horizon_label, survival_at
 
 
@@ -166,7 +166,7 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
         x = [100 * t for t in d["thresholds"]]
         for name, key, style in (("model", "net_benefit", {"color": PALETTE[0], "width": 2.5}),
                                  ("treat all", "treat_all", {"color": "rgb(120,120,120)", "dash": "dash"}),
-                                 ("treat none", "treat_none", {"color": "rgb(60,60,60)", "dash": "dot"})):
+                                 ("treat none", "treat_none", {"color": NEUTRAL, "dash": "dot"})):
             y = [None if v is None else float(v) for v in d[key]]
             if key == "net_benefit":  # the model's line stays in view (down to -0.25); treat-all may leave it
                 lo = min(lo, *[v for v in y if v is not None], 0.0)
@@ -179,7 +179,7 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
             fig.add_annotation(text="gap: everyone above these thresholds<br>left follow-up (event or censored)<br>"
                                     f"before {horizon_label(float(h))}: net benefit undefined",
                                x=1, y=1, xref=f"x{suffix} domain", yref=f"y{suffix} domain", xanchor="right",
-                               yanchor="top", showarrow=False, align="right", font={"size": 10, "color": "rgb(90,90,90)"})
+                               yanchor="top", showarrow=False, align="right", font={"size": 10, "color": NEUTRAL})
         fig.update_xaxes(title_text="risk threshold (%)", row=1, col=col)
     top = max([float(v) for _, d in panels for v in d["treat_all"] + d["net_benefit"] if v is not None] + [0.05])
     bottom = max(lo, -0.25)

@@ -9,7 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures.style import COHORT_COLOR, PALETTE
+from core.figures.style import COHORT_COLOR, NEUTRAL, PALETTE
 from core.horizons import horizon_label
 
 
@@ -75,7 +75,7 @@ def model_comparison_figure(metrics: Mapping[str, Mapping[str, Any]], current: s
             customdata=[[iv[1], iv[2]] for _, iv, _ in rows],
             hovertemplate=f"%{{y}}: {label} %{{x:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<extra></extra>"),
             row=1, col=col)
-    fig.add_vline(x=0.5, line={"dash": "dot", "color": "rgb(60,60,60)"}, row=1, col=1,
+    fig.add_vline(x=0.5, line={"dash": "dot", "color": NEUTRAL}, row=1, col=1,
                   annotation_text="chance", annotation_position="bottom right")
     oracle = [float(m["oracle_c_index"]) for m in metrics.values() if m.get("oracle_c_index") is not None]
     if oracle:  # the same subjects' true risk (the synthetic demo): the ceiling any model can reach
@@ -124,7 +124,7 @@ def subgroup_figure(groups: Sequence[Mapping[str, Any]], labels: Sequence[str], 
         x=[c["predicted"] for _, c in cal], y=[n for n, _ in cal], mode="markers", name="predicted",
         marker={"size": 10, "color": PALETTE[0], "symbol": "diamond"},
         hovertemplate="%{y}: mean predicted %{x:.2f}<extra></extra>"), row=1, col=2)
-    fig.add_vline(x=0.5, line={"dash": "dot", "color": "rgb(60,60,60)"}, row=1, col=1)
+    fig.add_vline(x=0.5, line={"dash": "dot", "color": NEUTRAL}, row=1, col=1)
     if overall_c is not None:
         fig.add_vline(x=float(overall_c), line={"dash": "dash", "color": PALETTE[2]}, row=1, col=1,
                       annotation_text="all", annotation_position="top left")

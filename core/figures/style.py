@@ -15,11 +15,14 @@ OVERLAY_COLORSCALE: list[list[Any]] = [
 GRAY: list[list[Any]] = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
 BAND_FILL = "rgba(31,119,180,0.2)"
 COHORT_COLOR = "rgb(110,110,110)"
+# lines, rings and small notes that must read on Streamlit's light and dark themes alike (about 4.7:1 on white and
+# 3.8:1 on the dark theme's background; black or rgb(60,60,60) vanished on dark)
+NEUTRAL = "rgb(115,115,115)"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 # each fusion strategy keeps its colour from case to case, whichever strategies can score a case; none takes the blue
 # of the case's own curve (core.figures.survival_chart)
 STRATEGY_COLORS = dict(zip(("image_only", "ehr_only", "concat", "contrastive", "cross_attention", "coattention_image",
                             "coattention_ehr"), PALETTE[1:]))
-OTHER_MODEL_COLORS = ("#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39")  # models of other names (a user's own), in turn
+OTHER_MODEL_COLORS = ("#bcbd22", "#6b6ecf", "#8ca252", "#bd9e39", "#d6616b")  # models of other names (a user's own), in turn
 # risk groups read at a glance: low green, intermediate orange, high red
 RISK_GROUP_COLORS = {"low": "#2ca02c", "intermediate": "#ff7f0e", "high": "#d62728"}

@@ -10,7 +10,8 @@ page (strategies side by side, timeline, attention) stay plotly.
 The chart holds exactly what the caller passes: the individual S(t) step curve and
 its band, the cohort's Kaplan-Meier curve, the similar-risk group's Kaplan-Meier
 curve and band, an optional lower bound on the event time, and the risk 1 - S(t)
-read at each horizon. Hovering shows the day and S(t) of the nearest step.
+read at each horizon. Hovering shows the day, S(t) and the risk 1 - S(t) of the nearest step. Every text mark has
+its own colour, readable on Streamlit's light and dark themes (a mark without one is drawn black).
 
 >>> import numpy as np
 >>> spec = survival_chart(np.array([10.0, 400.0]), np.array([0.9, 0.6]))
@@ -26,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from core.figures.curves import curve_arrays
-from core.figures.style import COHORT_COLOR, PALETTE
+from core.figures.style import COHORT_COLOR, NEUTRAL, PALETTE
 from core.horizons import HORIZONS, horizon_label, survival_at
 
 BOUND_COLOR = "rgb(200,140,0)"
+BOUND_TEXT = "rgb(170,115,0)"  # about 4:1 on white and on the dark theme's background
 
 
 def _rows(name: str, t: np.ndarray, s: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None) -> list[dict[str, Any]]:
@@ -95,7 +97,7 @@ def survival_chart(
             {"data": {"values": bound}, "mark": {"type": "rule", "color": BOUND_COLOR, "strokeWidth": 2},
              "encoding": {"x": {"field": "to", "type": "quantitative"}}},
             {"data": {"values": bound}, "mark": {"type": "text", "align": "left", "dx": 4, "y": 6, "baseline": "top",
-                                                 "fontSize": 11, "color": "rgb(150,100,0)"},
+                                                 "fontSize": 11, "color": BOUND_TEXT},
              "encoding": {"x": {"field": "to", "type": "quantitative"}, "text": {"field": "text"}}},
         ]
     layers += [
@@ -107,25 +109,28 @@ def survival_chart(
                        "encoding": {"x": x, "y": y, "color": color,
                                     "strokeDash": {"field": "curve", "type": "nominal", "title": None, "sort": names,
                                                    "scale": {"domain": names, "range": [c[2] for c in curves]}}}},
-        # hover: the nearest step's day and S(t), marked by a point
-        curve_layer | {"params": [{"name": "hover", "select": {"type": "point", "fields": ["curve", "day"], "nearest": True,
+        # hover: the nearest step's day, S(t) and risk, marked by a point
+        curve_layer | {"transform": [{"calculate": "1 - datum.S", "as": "risk"}],
+                       "params": [{"name": "hover", "select": {"type": "point", "fields": ["curve", "day"], "nearest": True,
                                                                  "on": "pointerover", "clear": "pointerout"}}],
                        "mark": {"type": "point", "filled": True, "size": 45},
                        "encoding": {"x": x, "y": y, "color": color,
                                     "opacity": {"condition": {"param": "hover", "empty": False, "value": 1}, "value": 0},
                                     "tooltip": [{"field": "curve", "title": "curve"},
                                                 {"field": "day", "type": "quantitative", "format": ".0f"},
-                                                {"field": "S", "type": "quantitative", "title": "S(t)", "format": ".3f"}]}},
+                                                {"field": "S", "type": "quantitative", "title": "S(t)", "format": ".3f"},
+                                                {"field": "risk", "type": "quantitative", "title": "risk 1 - S(t)",
+                                                 "format": ".1%"}]}},
     ]
     if shown:
         marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}"}
                  for h in shown]
         layers += [
-            {"data": {"values": marks}, "mark": {"type": "rule", "strokeDash": [2, 3], "color": "rgb(150,150,150)"},
+            {"data": {"values": marks}, "mark": {"type": "rule", "strokeDash": [2, 3], "color": NEUTRAL},
              "encoding": {"x": {"field": "day", "type": "quantitative"}}},
             # written up the dotted line, so the 30-day and 1-year labels cannot run into each other
             {"data": {"values": marks}, "mark": {"type": "text", "angle": 270, "align": "left", "baseline": "bottom",
-                                                 "dx": 4, "dy": -3, "fontSize": 11},
+                                                 "dx": 4, "dy": -3, "fontSize": 11, "color": PALETTE[0]},
              "encoding": {"x": {"field": "day", "type": "quantitative"}, "y": {"datum": 0.03, "type": "quantitative"},
                           "text": {"field": "text"}}},
         ]

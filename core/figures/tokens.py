@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.errors import InputError
-from core.figures.style import PALETTE
+from core.figures.style import NEUTRAL, PALETTE
 
 
 def attention_heatmap(
@@ -147,7 +147,7 @@ def timeline_figure(
         k = min(int(top_k), n)
         top = np.argsort(-mag, kind="stable")[:k]  # over every event; only those inside the window get a label
         fig.add_trace(go.Scatter(x=days[top], y=y[top], mode="markers", name=f"top {k} events",
-                                 marker={"size": size[top] + 6, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}},
+                                 marker={"size": size[top] + 6, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": NEUTRAL}},
                                  text=[str(r + 1) for r in range(k)], customdata=[_short_code(ev["code"].iloc[i]) for i in top],
                                  hovertemplate="#%{text}: %{customdata}<extra></extra>"))
         for rank, (i, (ax, ay)) in enumerate(zip(top, _label_offsets(days[top], y[top], max(5.0, 0.03 * abs(left)) - left,
@@ -155,7 +155,7 @@ def timeline_figure(
             if outside[i]:
                 continue
             fig.add_annotation(x=float(days[i]), y=float(y[i]), text=f"<b>{rank}</b>", showarrow=True, arrowhead=0,
-                               arrowwidth=1, arrowcolor="rgb(60,60,60)", ax=ax, ay=ay, font={"size": 11},
+                               arrowwidth=1, arrowcolor=NEUTRAL, ax=ax, ay=ay, font={"size": 11, "color": "black"},
                                bgcolor="rgba(255,255,255,0.85)", borderpad=1, name=f"top{rank}")
         top_rows = [{"rank": r + 1, "code": str(ev["code"].iloc[i]), "day": round(float(days[i]), 1),
                      "value": None if pd.isna(values.iloc[i]) else float(values.iloc[i]), kind: float(attr[i])}
@@ -170,7 +170,7 @@ def timeline_figure(
         fig.add_annotation(x=left, y=1.0, yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
                            text=f"◀ {n_out} earlier event{'s' if n_out != 1 else ''} not shown (from day "
                                 f"{days[first]:.0f}: {_short_code(ev['code'].iloc[first], 24)})",
-                           font={"size": 10, "color": "rgb(90,90,90)"})
+                           font={"size": 10, "color": NEUTRAL})
     right = max(5.0, 0.03 * abs(left))
     fig.update_xaxes(range=[left, right])
     fig.update_yaxes(tickmode="array", tickvals=list(range(len(families))), ticktext=families,
