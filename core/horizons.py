@@ -77,6 +77,19 @@ def risk_at(times: ArrayLike, survival: ArrayLike, horizons: Sequence[float] = H
     return {int(h): float(1.0 - v) for h, v in zip(horizons, s)}
 
 
+def risk_band_at(times: ArrayLike, lower: ArrayLike, upper: ArrayLike,
+                 horizons: Sequence[float] = HORIZONS) -> dict[int, tuple[float, float]]:
+    """``{h: (low, high)}``: the risk 1 - S(h) read off the two edges of a curve's band (the band's ``upper`` S gives
+    the low risk), as :func:`risk_at` reads the curve itself.
+
+    >>> risk_band_at([0.0, 365.0], [1.0, 0.5], [1.0, 0.75], (30, 365))
+    {30: (0.0, 0.0), 365: (0.25, 0.5)}
+    """
+    hi_s = survival_at(times, np.asarray(upper, dtype=float), list(horizons))
+    lo_s = survival_at(times, np.asarray(lower, dtype=float), list(horizons))
+    return {int(h): (round(float(1.0 - a), 6), round(float(1.0 - b), 6)) for h, a, b in zip(horizons, hi_s, lo_s)}
+
+
 def beyond_grid(times: ArrayLike, horizons: Sequence[float] = HORIZONS) -> list[int]:
     """The horizons past the grid's last time (their S is the last grid value, not an extrapolation)."""
     last = float(np.asarray(times, dtype=float)[-1])

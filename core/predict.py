@@ -30,7 +30,7 @@ from core import disk_cache
 from core.cohort import Cohort, load_cohort
 from core.errors import InputError
 from core.ehr_read import feature_read, timeline_read
-from core.horizons import HORIZONS, beyond_grid
+from core.horizons import HORIZONS, beyond_grid, risk_band_at
 from core.io.volume import Volume
 from core.models.config import CT_UNREAD
 from core.models.types import CaseInputs, CasePrediction
@@ -191,6 +191,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         "lower": _clean(p.lower) if scored else None,
         "upper": _clean(p.upper) if scored else None,
         "risk_at": {str(h): round(v, 6) if scored else None for h, v in p.risk_at.items()},
+        "risk_band_at": {str(h): list(band) if scored else None  # the risk at each horizon, read off the band's edges
+                         for h, band in risk_band_at(p.times, p.lower, p.upper, horizons).items()},
         "beyond_grid": beyond_grid(p.times, horizons),
         "risk": round(p.risk, 6) if scored else None,
         "modalities_used": p.modalities_used,

@@ -30,7 +30,7 @@ import pandas as pd
 
 from core.errors import InputError
 from core.explain import METHOD_LABELS
-from core.horizons import HORIZONS, beyond_grid, horizon_label, risk_at
+from core.horizons import HORIZONS, beyond_grid, horizon_label, risk_at, risk_band_at
 
 if TYPE_CHECKING:
     from core.explain import Attribution
@@ -381,10 +381,12 @@ def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any,
 def _risk_lines(prediction: Any, attribution: Any, bound: tuple[float, float, float] | None = None) -> list[str]:
     times = np.asarray(prediction.times, dtype=float)
     risks = risk_at(times, np.asarray(prediction.survival, dtype=float), HORIZONS)
-    lines = ["Predicted risk 1 - S(t)", ""]
+    band = risk_band_at(times, prediction.lower, prediction.upper, HORIZONS)
+    lines = ["Predicted risk 1 - S(t) (band)", ""]
     for h in HORIZONS:
         r = None if h in beyond_grid(times, (h,)) else risks[h]
-        shown = "not scored" if not prediction.modalities_used else ("past the grid" if r is None else f"{100 * r:5.1f} %")
+        shown = "not scored" if not prediction.modalities_used else ("past the grid" if r is None else
+                                                                    f"{100 * r:5.1f} % ({100 * band[h][0]:.1f}-{100 * band[h][1]:.1f})")
         lines.append(f"{horizon_label(h):>8}:  " + shown)
     if bound is not None and prediction.modalities_used:
         lines += ["", f"Event time, {100 * bound[2]:.0f} % bound", f"(conformal): >= {bound[0]:.0f} d",

@@ -96,11 +96,24 @@ def failure_lines(errors: dict[str, str]) -> list[str]:
 def comparison_shown(table: pd.DataFrame) -> pd.DataFrame:
     """The comparison ``table`` (one ``metrics_row`` per model) as shown: the fusion column only where some model's
     name is not its fusion's (a model trained here), subjects / events only where they differ between the models
-    (the caption above the table names them otherwise). The CSV keeps every column."""
+    (the caption above the table names them otherwise), and the td-AUC of every horizon in one column, so that the
+    table fits a 1366-pixel laptop screen beside the sidebar (its IBS was cut mid-number). The CSV keeps every
+    column.
+
+    >>> t = pd.DataFrame([metrics_row("concat", {"c_index": 0.7, "td_auc": {30: 0.71, 365: None, 1825: 0.69}})])
+    >>> list(comparison_shown(t).columns), comparison_shown(t).iloc[0, 3]
+    (['model', 'C-index [95% CI]', 'Uno C [95% CI]', 'td-AUC 30 d / 1 y / 5 y', 'IBS [95% CI]'], '0.710 / n/a / 0.690')
+    """
     if (table["model"] == table["fusion"]).all():
         table = table.drop(columns=["fusion"])
     if table["n / events"].nunique() == 1:
         table = table.drop(columns=["n / events"])
+    td = [f"td-AUC {horizons.HORIZON_LABELS[h]}" for h in horizons.HORIZONS]
+    if all(c in table.columns for c in td):
+        merged = table[td].astype(str).agg(" / ".join, axis=1)
+        at = list(table.columns).index(td[0])
+        table = table.drop(columns=td)
+        table.insert(at, "td-AUC " + " / ".join(horizons.horizon_label(h, short=True) for h in horizons.HORIZONS), merged)
     return table
 
 
@@ -143,7 +156,7 @@ def show_comparison(results: dict[str, dict], current: str, key: str, filename: 
             st.markdown(gain_text(paired, short))
         shown = table.assign(model=table["model"].map(short))
         st.dataframe(comparison_shown(shown), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE,
-                     column_config={"model": st.column_config.TextColumn(width=250)})  # room for a trained model's name
+                     column_config={"model": st.column_config.TextColumn(width=220)})  # room for a trained model's name
     st.download_button(label, table.to_csv(index=False).encode(), filename, mime="text/csv", key=f"{key}_csv")
 
 

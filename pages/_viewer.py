@@ -208,7 +208,7 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
     show_map = c2.toggle("Saliency overlay", key=K.SHOW_SALIENCY, disabled=not uses_image,
                          help="Captum attribution of the predicted risk at the sidebar horizon, over the whole CT "
                               "(computed once in the background, then shown on all three planes).")
-    c3, c4, c5 = st.columns([1.3, 1, 1])
+    c3, c4, c5 = st.columns([2, 1, 1])  # the method's name whole at 1280-1366 px ("Detector evidence (IG)")
     options = methods_for(model)
     if st.session_state.get(K.METHOD) not in options:  # first draw, or a method the model cannot use
         st.session_state[K.METHOD] = chrome.method_setting(model)

@@ -107,10 +107,14 @@ with right:
                 icon=":material/block:")
     else:
         m = st.columns(3)
+        band = horizons.risk_band_at(pred.times, pred.lower, pred.upper)
         for col, h in zip(m, horizons.HORIZONS):
             risk = pred.risk_at.get(h)
             col.metric(f"{horizons.horizon_adjective(h)} risk", "n/a" if risk is None else f"{100 * risk:.1f} %",
-                       help="1 - S(t) at the horizon, from the model's survival curve.")
+                       help="1 - S(t) at the horizon, from the model's survival curve; below it, the same risk read "
+                            f"off the edges of the curve's band ({model.uncertainty}).")
+            if risk is not None:
+                col.caption(f"{model.config.band_name}: {100 * band[h][0]:.1f}-{100 * band[h][1]:.1f} %")
     ref = None
     with chrome.core_errors(stop=False):
         ref = refs.reference_curves(model_name)

@@ -176,7 +176,7 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     cols[1].metric("Uno's C", ci_text(m.get("uno_c"), None), help=ci_text(m.get("uno_c"), m.get("uno_c_ci")))
     cols[2].metric("Integrated Brier score", ci_text(m.get("ibs"), None), help=ci_text(m.get("ibs"), m.get("ibs_ci")))
     cols[3].metric("Subjects / events", f"{m.get('n')} / {m.get('events')}", help=what)
-    row = pd.DataFrame([metric_views.metrics_row(name, m)]).drop(columns=["model", "n / events"])  # n: the card above
+    row = metric_views.comparison_shown(pd.DataFrame([metric_views.metrics_row(name, m)])).drop(columns=["model"])
     st.dataframe(row, hide_index=True, width="stretch", placeholder=metric_views.NOT_AVAILABLE)
     if m.get("oracle_c_index") is not None:
         st.caption(f"Oracle C-index of the ground-truth risk on the same subjects: {m['oracle_c_index']:.3f}.")

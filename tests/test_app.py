@@ -155,7 +155,7 @@ def test_case_review_shows_ct_survival_and_risks(data_dir: Path) -> None:
     values = [float(m.value.rstrip(" %")) for m in risks]
     assert all(0.0 <= v <= 100.0 for v in values) and values == sorted(values)
     spec = _survival_chart(at)
-    assert {"cohort Kaplan-Meier", "similar-risk group KM"} <= _curve_names(spec)
+    assert {"cohort Kaplan-Meier", "similar-risk patients, Kaplan-Meier"} <= _curve_names(spec)
     (line,) = [layer for layer in spec["layer"] if layer["mark"]["type"] == "line"]
     case = [r for r in line["data"]["values"] if r["curve"].startswith("this case")]
     assert case[0]["day"] == 0.0 and case[0]["S"] == 1.0 and all(a["S"] >= b["S"] for a, b in itertools.pairwise(case))

@@ -1,5 +1,6 @@
-"""The examples in core's docstrings run as written (``python -m pytest --doctest-modules core`` does the same; the
-default test command collects ``tests/`` only, so without this module they were never checked)."""
+"""The examples in the docstrings of core and of the pages' helper modules (``pages/_*.py``) run as written
+(``python -m pytest --doctest-modules core`` does the same for core; the default test command collects ``tests/``
+only, so without this module they were never checked)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pkgutil
 import pytest
 
 import core
+import pages
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(core.__path__, "core.") if not m.name.endswith("__main__"))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(core.__path__, "core.") if not m.name.endswith("__main__")) + sorted(
+    m.name for m in pkgutil.iter_modules(pages.__path__, "pages.") if m.name.split(".")[-1].startswith("_"))
 
 
 @pytest.mark.parametrize("name", MODULES)

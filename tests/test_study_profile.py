@@ -269,6 +269,7 @@ def test_real_abdominal_ct_is_out_of_distribution_for_the_demo_models(real_ct: P
     assert got["modalities_used"] == [] and got["scored"] is False and got["top_slices"] == []
     # no numbers a reader could take for this case's risk (they were 0 % and a flat curve at 1)
     assert set(got["risk_at"].values()) == {None} and got["risk"] is None and got["survival"] is None
+    assert set(got["risk_band_at"].values()) == {None}
     assert warnings[2] == "image_only read nothing of this case: its curve is not a prediction for this case."
     # read anyway on request: the bowel gas gives the confident risk the withholding keeps from the reader
     anyway = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(DEMO_MODELS / "image_only"),

@@ -62,6 +62,9 @@ def test_model_folder_and_predict_json(fusion: str, models: dict[str, Path], tin
     assert np.all(np.diff(s) <= 1e-9) and np.all((s >= 0) & (s <= 1))
     assert np.all(lo <= s + 1e-9) and np.all(s <= hi + 1e-9)
     assert set(p["risk_at"]) == {"30", "365", "1825"} and all(0 <= v <= 1 for v in p["risk_at"].values())
+    # the risk read off the band's edges holds the risk (these models' band: their members' range)
+    for h, (low, high) in p["risk_band_at"].items():
+        assert low - 1e-6 <= p["risk_at"][h] <= high + 1e-6 and low == pytest.approx(1 - hi[t <= int(h)][-1], abs=1e-5)
     expected = {"image_only": ["image"], "ehr_only": ["ehr_events", "ehr_features"]}.get(fusion, ["image", "ehr_events", "ehr_features"])
     assert p["modalities_used"] == expected
 

@@ -226,6 +226,28 @@ def test_click_in_one_plane_moves_the_others(page: object) -> None:
     shot(pg, "viewer_crosshair_page")
 
 
+def test_the_keyboard_alone_steps_every_plane(page: object) -> None:
+    """Tab reaches the CT with a visible focus ring; keys A, C and S choose the plane the arrow keys step, and the
+    readout marks it (by keyboard only the axial plane could be stepped, and nothing showed the focus)."""
+    pg = page
+    fr = viewer_frame(pg)
+    pg.mouse.move(1, 1)  # off the tiles: the keys alone choose the plane
+    fr.locator("#reset").focus()  # type: ignore[attr-defined]
+    pg.keyboard.press("Tab")  # type: ignore[attr-defined]
+    assert fr.evaluate("() => document.activeElement.id") == "gl"  # type: ignore[attr-defined]
+    assert fr.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"  # type: ignore[attr-defined]
+    for key, name in (("c", "coronal"), ("s", "sagittal"), ("a", "axial")):
+        pg.keyboard.press(key)  # type: ignore[attr-defined]
+        pg.wait_for_timeout(100)  # type: ignore[attr-defined]
+        index = {"sagittal": 0, "coronal": 1, "axial": 2}[name]  # crosshair voxel: i sagittal, j coronal, k axial
+        before = crosshair(fr)
+        pg.keyboard.press("ArrowDown" if before[index] > 0 else "ArrowUp")  # type: ignore[attr-defined]
+        pg.wait_for_timeout(300)  # type: ignore[attr-defined]
+        after = crosshair(fr)
+        assert [i for i in range(3) if after[i] != before[i]] == [index], (name, before, after)
+        assert "\u25b8" + name in fr.locator("#cross").inner_text()  # type: ignore[attr-defined]
+
+
 def test_slice_survives_a_page_switch(page: object) -> None:
     """The crosshair goes back to the server (when scrolling pauses 2 s, or at once when the mouse leaves the
     viewer) and Export and Case review use it."""

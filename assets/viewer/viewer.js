@@ -163,7 +163,9 @@ function crossText() {
   const vox = nv.frac2vox(nv.scene.crosshairPos);
   const hu = nv.volumes[0].getValue(vox[0], vox[1], vox[2]);
   const dims = nv.volumes[0].dimsRAS;
-  return `crosshair: HU ${fmt(hu)} | sagittal ${vox[0] + 1}/${dims[1]} coronal ${vox[1] + 1}/${dims[2]} axial ${vox[2] + 1}/${dims[3]}`;
+  const mark = (plane) => (state.hoverTile === plane ? "\u25b8" : ""); // the plane the wheel and arrow keys step
+  return `crosshair: HU ${fmt(hu)} | ${mark(2)}sagittal ${vox[0] + 1}/${dims[1]} ${mark(1)}coronal ${vox[1] + 1}/${dims[2]} `
+    + `${mark(0)}axial ${vox[2] + 1}/${dims[3]}`;
 }
 
 let reportTimer = null;
@@ -187,7 +189,7 @@ function hoverReadout(ev) { // the HU under the mouse; true when the mouse is ov
     const [l, t, w, h] = s.leftTopWidthHeight;
     return s.axCorSag <= 2 && x >= l && x <= l + w && y >= t && y <= t + h;
   });
-  if (tile >= 0) state.hoverTile = nv.screenSlices[tile].axCorSag;
+  if (tile >= 0) choosePlane(nv.screenSlices[tile].axCorSag);
   const frac = nv.canvasPos2frac([x, y]);
   const el = document.getElementById("hover");
   if (frac[0] < 0) { el.textContent = "outside the image"; return tile >= 0; }
@@ -233,6 +235,12 @@ function setResolution(scale) {
   nv.gl.viewport(0, 0, c.width, c.height);
   nv.textSizePoints();
   return true;
+}
+
+function choosePlane(plane) { // 0 axial, 1 coronal, 2 sagittal: the plane the wheel and arrow keys step
+  if (state.hoverTile === plane) return;
+  state.hoverTile = plane;
+  document.getElementById("cross").textContent = crossText();
 }
 
 let sharpTimer = null;
@@ -328,7 +336,9 @@ async function init(height) {
   }, { capture: true, passive: false });
   canvas.addEventListener("keydown", (ev) => {
     const step = { ArrowUp: 1, PageUp: 1, ArrowDown: -1, PageDown: -1 }[ev.key];
+    const plane = ev.ctrlKey || ev.metaKey || ev.altKey ? undefined : { a: 0, c: 1, s: 2 }[ev.key.toLowerCase()];
     if (step !== undefined) { ev.preventDefault(); ev.stopImmediatePropagation(); stepSlice(step); }
+    if (plane !== undefined) { ev.preventDefault(); ev.stopImmediatePropagation(); choosePlane(plane); }
   }, { capture: true });
   for (const b of document.querySelectorAll("#bar button[data-mode]")) {
     b.addEventListener("click", () => setLeftMode(Number(b.dataset.mode)));

@@ -72,8 +72,8 @@ def survival_chart(
         curves.append(("cohort Kaplan-Meier", COHORT_COLOR, [6, 4]))
     if group_km is not None:
         gt, gs, glo, ghi = curve_arrays("group_km", *group_km)
-        rows += _rows("similar-risk group KM", gt, gs, glo, ghi)
-        curves.append(("similar-risk group KM", PALETTE[2], [2, 3]))
+        rows += _rows("similar-risk patients, Kaplan-Meier", gt, gs, glo, ghi)
+        curves.append(("similar-risk patients, Kaplan-Meier", PALETTE[2], [2, 3]))
     rows += _rows(label, t, s, lo, hi)
     curves.append((label, PALETTE[0], []))
 

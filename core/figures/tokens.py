@@ -255,11 +255,12 @@ def attention_maps(attention: dict[str, np.ndarray], events: pd.DataFrame | None
         if key.startswith("img<-"):
             a = a[:, :, :n_events]  # keys are events
             weights = a.mean(axis=1)  # [heads, keys]
-            cols, axis, title = event_labels(events, weights.shape[1]), "timeline event (key)", "CT slices attending to events"
+            cols, axis, title = event_labels(events, weights.shape[1]), "timeline event", "CT slices attending to events"
         else:
             a = a[:, :n_events, :]  # queries are events
             weights = a.mean(axis=1)
-            cols, axis, title = [f"slice {i + 1}" for i in range(weights.shape[1])], "slice token (key)", "events attending to CT slices"
-        maps.append({"key": key, "title": f"{title} ({key})", "weights": weights,
-                     "rows": [f"head {h}" for h in range(weights.shape[0])], "cols": cols, "x_title": axis})
+            cols, axis, title = [f"slice {i + 1}" for i in range(weights.shape[1])], "CT slice", "events attending to CT slices"
+        maps.append({"key": key, "title": title, "weights": weights,  # in words, not the map's key ("img<-ehr")
+                     "rows": [f"attention head {h + 1}" for h in range(weights.shape[0])], "cols": cols,
+                     "x_title": axis})
     return maps
