@@ -26,7 +26,7 @@ PAGES = (("pages/case_review.py", "Case review", ":material/radiology:"),
 
 
 def _sign_in_screen() -> None:
-    st.title("CT + EHR survival explorer")
+    st.title("CT + EHR survival explorer", anchor=False)
     if st.user.is_logged_in:  # a sign-in older than the user's last sign-out (another tab, an old cookie)
         st.info("You signed out (in this or another window): sign in again to continue.", icon=":material/logout:")
     st.write("Sign in with your hospital account to continue.")
@@ -94,7 +94,7 @@ def main() -> None:
 
     # First start: build the demo cohort and one model per fusion strategy, once, on disk.
     if not ready:
-        st.title("Preparing the demo")
+        st.title("Preparing the demo", anchor=False)
         st.write(
             "First start: generating the synthetic demo cohort (CT phantoms, MEDS timelines, outcomes) "
             "and installing one model per fusion strategy "

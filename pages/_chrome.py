@@ -270,7 +270,7 @@ def _keep(*keys: str) -> None:
 def sidebar() -> None:
     models = views.available_models()
     with st.sidebar:
-        st.subheader("Model")
+        st.subheader("Model", anchor=False)
         if models:
             names = list(models)
             if st.session_state.get(K.MODEL_NAME) not in models:

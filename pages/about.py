@@ -28,7 +28,7 @@ def show_card(text: str) -> None:
                                    for line in body.splitlines()))
 
 
-st.title("About")
+st.title("About", anchor=False)
 st.error(
     "**Research use only — not a medical device.** Do not use for diagnosis, treatment or any "
     "decision about an individual patient.",

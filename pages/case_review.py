@@ -19,7 +19,7 @@ from pages import _state as K
 
 chrome.require_app_navigation()
 
-st.title("Case review")
+st.title("Case review", anchor=False)
 
 # ----------------------------------------------------------------- case picker
 cohort = views.demo_cohort()
@@ -91,7 +91,7 @@ left, right = st.container(key="stack_viewer").columns([1.15, 1], gap="large")
 # ------------------------------------------------------------------ CT viewer
 # sent first: the browser's longest chain (the component frame, NiiVue, the CT) starts as early as it can
 with left:
-    st.subheader("CT viewer")
+    st.subheader("CT viewer", anchor=False)
     if volume is None:
         st.info("No CT for this case.")
     else:
@@ -101,7 +101,7 @@ with left:
 # after the viewer, so the browser starts NiiVue first; a Vega-Lite chart (its code already loading, pages/_preload),
 # so it needs none of plotly's code, which waits until the viewer holds its CT
 with right:
-    st.subheader("Survival")
+    st.subheader("Survival", anchor=False)
     if not scored:
         st.info(f"No curve: {unscored}. Pick a strategy that reads what this case has in the sidebar.",
                 icon=":material/block:")
@@ -193,7 +193,7 @@ with left:
 
 # ------------------------------------------- every strategy (right-hand column, below the curve)
 with right:
-    st.subheader("Same case, every fusion strategy")
+    st.subheader("Same case, every fusion strategy", anchor=False)
     every = review.Strategies()
     with st.spinner("Predicting under every strategy..."), chrome.core_errors(stop=False):
         every = review.strategies(source, subject_id, model_name)
@@ -218,7 +218,7 @@ with right:
                        "apart" + (": flagged, see the warning above." if every.flag else ": not flagged for this case."))
 
 # ------------------------------------------------------ timeline and attention
-st.subheader("Timeline and attention")
+st.subheader("Timeline and attention", anchor=False)
 t1, t2 = st.container(key="stack_timeline").columns([1.2, 1], gap="large")
 with t1:
     if n_events == 0:

@@ -25,7 +25,7 @@ from pages import _state as K
 
 chrome.require_app_navigation()
 
-st.title("Cohort & models")
+st.title("Cohort & models", anchor=False)
 
 
 def saved_metrics_path(name: str, path: Path) -> Path:

@@ -24,7 +24,7 @@ chrome.require_app_navigation()
 FORMATS = ("png", "svg", "pdf")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 
-st.title("Export")
+st.title("Export", anchor=False)
 st.caption(
     "Figures and reports carry a caption (model, fusion, method, horizon, slice, window) and nothing identifying: "
     "no names, IDs or dates in the image, its metadata or the file name."
@@ -58,7 +58,7 @@ no_ct = ("The selected model withholds this case's CT (other anatomy or another 
          "read it anyway)" if volume is not None and views.withholds_ct(model, source, subject_id)
          else "This case has no CT used by the selected model")
 
-st.subheader("Saliency figure")
+st.subheader("Saliency figure", anchor=False)
 amap = None
 if volume is None or "image" not in pred.modalities_used:
     st.info(f"{no_ct}, so there is no saliency figure to export.")
@@ -161,14 +161,14 @@ def _nifti() -> dict:
             "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method, demo=is_demo)}
 
 
-st.subheader("Case report (PDF)")
+st.subheader("Case report (PDF)", anchor=False)
 st.caption("One page: the survival curve, risks, top slices with the map, the strategies' risks, top events, the "
            "model card, and every warning Case review shows for this case, word for word (a block that does not fit "
            "continues whole on a second page).")
 prepare("report", "Prepare the case report", "case_report_pdf", "report", _report)
 offer("report", "Download the case report (PDF)", "application/pdf")
 
-st.subheader("DICOM for PACS")
+st.subheader("DICOM for PACS", anchor=False)
 st.caption(
     "The attribution map as a DICOM Parametric Map, its top region (|map| at or above the 99th percentile) as a "
     "DICOM Segmentation and the prediction as a Structured Report (risk at each horizon, model, version, model card, "
@@ -183,7 +183,7 @@ ready = offer("dicom", "Download the DICOM objects (zip)", "application/zip")
 if ready:
     st.caption(ready["summary"])
 
-st.subheader("The map as NIfTI")
+st.subheader("The map as NIfTI", anchor=False)
 st.caption("The whole attribution map (float32, signed as computed) on the study's own geometry and affine: it opens "
            "over the CT in 3D Slicer, ITK-SNAP or any NIfTI viewer (`python -m core explain --save-map map.nii.gz` "
            "writes the same for a cohort's subject).")

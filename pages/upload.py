@@ -35,7 +35,7 @@ STUDY_HELP = (
 TIMELINE_TYPES = ["parquet", "csv", "xlsx"]
 NEW_CASE = "__new__"
 
-st.title("Upload a case")
+st.title("Upload a case", anchor=False)
 st.caption(
     "Files are checked in memory (size, decompression, identifying data) before anything is stored. A saved case is "
     "kept in your own private folder on this server until you delete it; other users cannot see it."
@@ -85,7 +85,7 @@ if new_files or new_timeline is not None or new_features is not None:
 
 
 # ---------------------------------------------------------------- your cases
-st.subheader("Your cases")
+st.subheader("Your cases", anchor=False)
 infos = _cases.case_list()
 used, quota = workspaces.user_usage(user), workspaces.user_quota_bytes()
 st.caption(f"{len(infos)} saved case(s); {workspaces.human_bytes(used)} of your {workspaces.human_bytes(quota)} in use.")
@@ -120,7 +120,7 @@ if not infos:
     st.caption("No saved cases yet: upload a study and/or a timeline below.")
 
 # ---------------------------------------------------------------------- study
-st.subheader("1. CT study")
+st.subheader("1. CT study", anchor=False)
 max_mb = chrome.upload_mb()  # stated in the labels: Streamlit's drop-zone text ("1GB") is hidden (assets/style.css)
 st.file_uploader(f"CT study (DICOM files or zip, NIfTI; up to {max_mb} MB per file)", accept_multiple_files=True,
                  help=STUDY_HELP, key=f"study_files_{nonce}")
@@ -239,7 +239,7 @@ if checked is not None:
                         st.rerun()
 
 # ------------------------------------------------------------------- timeline
-st.subheader("2. Timeline (optional)")
+st.subheader("2. Timeline (optional)", anchor=False)
 st.file_uploader(f"MEDS timeline (parquet, CSV or .xlsx; up to {max_mb} MB)", type=TIMELINE_TYPES,
                  key=f"timeline_file_{nonce}",
                  help="MEDS rows: subject_id, time, code, numeric_value (aliases such as value, "
@@ -318,7 +318,7 @@ if frame is not None:
                    icon=":material/info:")
 
 # ------------------------------------------------------------ clinical values
-st.subheader("3. Clinical values (optional)")
+st.subheader("3. Clinical values (optional)", anchor=False)
 st.caption("Values such as age, sex or the last lab results, named as the columns of a cohort's features.csv: "
            "models trained with a features.csv read them as their curated features.")
 if checked is None and frame is None and infos:
@@ -333,7 +333,7 @@ values = _clinical.section(nonce, str(subject) if frame is not None else None, s
 values_new = values or None  # a new case is saved with the values entered (None: without)
 
 # ---------------------------------------------------------------------- save
-st.subheader("4. Save and review")
+st.subheader("4. Save and review", anchor=False)
 ready_study = checked is not None and not checked.blocked
 burned_ok = bool(st.session_state.get(K.BURNED_IN_OK)) or not (ready_study and checked.volume.burned_in)
 has_events = events is not None and not events.empty
