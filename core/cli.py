@@ -103,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0) and EXIT_BAD_INPUT
     try:
         return int(module.run(args) or 0)
-    except (InputError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError, MemoryError) as err:
+    except InputError as err:
+        print(f"error: {_one_line(as_option(err, parser, args))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, MemoryError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -117,6 +120,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - last resort: one line instead of a traceback
         print(f"error: internal {type(err).__name__}: {_one_line(err)} (please report this)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+# the names core's functions give a value that a command takes as an option of another name
+FIELD_OPTIONS = {"slice_index": "slice", "horizon_days": "horizon", "n_steps": "steps"}
+
+
+def as_option(err: InputError, parser: argparse.ArgumentParser, args: argparse.Namespace) -> InputError:
+    """``err`` named by the option the user typed (``--slice``, not ``slice_index``) when it is about that option's
+    value; an error about anything else (a cohort.csv column that shares an option's name) keeps its field.
+
+    >>> p = argparse.ArgumentParser(); _ = p.add_argument("--n-boot", type=int); _ = p.add_argument("--split")
+    >>> args = p.parse_args(["--n-boot", "-5", "--split", "test"])
+    >>> str(as_option(InputError("n_boot", -5, "must be >= 0", "pass 0 or more"), p, args))
+    '--n-boot: got -5, must be >= 0; fix: pass 0 or more'
+    >>> str(as_option(InputError("split", "no 'train' rows", "training needs one", "add rows"), p, args))
+    "split: got no 'train' rows, training needs one; fix: add rows"
+    """
+    names = {err.field.replace("-", "_"), FIELD_OPTIONS.get(err.field, err.field)}
+    for action in parser._actions:
+        given = getattr(args, action.dest, None)
+        if action.dest in names and action.option_strings and given is not None and str(given) == str(err.value):
+            return InputError(max(action.option_strings, key=len), err.value, err.problem, err.fix)
+    return err
 
 
 def _one_line(err: BaseException) -> str:

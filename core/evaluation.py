@@ -47,7 +47,8 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     (:func:`core.ehr_read.split_timeline_reads`) counts the split's timelines whose codes the model mostly does not
     know (None for a model that reads no events); ``features`` (:func:`core.ehr_read.split_feature_reads`) the
     model's feature columns that features.csv lacks and the subjects without a row (None without features).
-    ``unread`` counts the subjects of whom the model read nothing (no study, timeline or features it can read).
+    ``unread`` counts the subjects of whom the model read nothing (no study, timeline or features it can read); a
+    model that read nothing of any subject is refused (InputError), not scored as a C of 0.5.
     ``risk_groups`` > 1 adds ``risk_groups`` (:func:`core.evaluate.km_by_risk_group` of the evaluated subjects:
     Kaplan-Meier curves of that many groups by predicted risk, and the log-rank p). ``keep_risk`` adds
     ``subject_risk`` ({"ids", "risk"}: each subject's risk score, minus the restricted mean survival time, as the
@@ -78,6 +79,10 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     model = load_model(Path(model_dir), device=device)
     unread: list[str] = []
     times, surv = predict_cohort(model, cohort, ids, progress=progress, unread=unread)
+    if ids and len(unread) == len(ids):  # every curve the training average: a C of 0.5 that says nothing
+        raise InputError("model", model.fusion, f"read nothing of any of the {len(ids)} subjects evaluated (no study, "
+                         "timeline or features it can read)", "evaluate a model that reads what this cohort holds "
+                         "(ehr_only for a cohort without CT), or add the data this model reads")
     train_ids = ids if split == ALL_SPLITS else cohort.ids("train") or ids  # IPCW: the training site's censoring
     train = table.loc[train_ids]
     out = survival_metrics(np.asarray(times), np.asarray(surv), rows["time"].to_numpy(), rows["event"].to_numpy(),

@@ -59,7 +59,8 @@ def show(report: dict) -> None:
                     "better).")
     st.caption(f"After: {report['folds']}-fold cross-fitted (each fold recalibrated by a fit on the others), so the "
                "gain is not measured on the patients it was fitted on. Observed: 1 - Kaplan-Meier of all patients. "
-               "The order of patients is kept: the C-index is the original's."
+               "The order of patients at each time is kept (the time-dependent AUC is the original's; the C-index, which ranks "
+               "by the curve's restricted mean, can move a little)."
                + (f" {report['note']}." if report.get("note") else ""))
     c1, c2 = st.columns(2)
     c1.plotly_chart(F.calibration_figure(before["calibration"], "before"), width="stretch", key="recal_before",

@@ -145,7 +145,8 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
                                  subgroup="sex_female")
     res = both["ehr_only"]
     assert both["broken"]["error"].startswith("model: got ")  # a later model's error is its row, not the job's end
-    assert both["image_only"]["unread"] == 90 and both["ehr_only"]["unread"] == 0  # no CT in this cohort
+    assert both["ehr_only"]["unread"] == 0  # no CT in this cohort: image_only read nothing, and says so
+    assert both["image_only"]["error"].startswith("model: got image_only, read nothing of any of the 90 subjects")
     assert both["ehr_only"]["fusion_gain"] is None  # two single-modality models: no fusion to set against them
     assert not any("subject_risk" in m for m in both.values())  # the patients' ids are not kept in the result
     assert res["n"] == 90 and res["events"] == int(table["event"].sum()) and res["c_index"] > 0.55

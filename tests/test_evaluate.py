@@ -368,7 +368,7 @@ def test_unknown_split_is_reported_before_loading_a_model(tmp_path: Path) -> Non
     proc = subprocess.run([sys.executable, "-m", "core", "evaluate", "--model", str(tmp_path / "m"), "--cohort",
                            str(tmp_path), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith("error: split: got test, has no subjects in ")
+    assert proc.stderr.startswith("error: --split: got test, has no subjects in ")
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -391,6 +391,15 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
     assert out["c_index"] == pytest.approx(res["c_index"])
     assert set(out["td_auc"]) == {"30", "365", "1825"}
     assert "subject_risk" not in out and "subject_risk" not in res  # only on request (the app's comparisons)
+    # a bad option's error names the option typed (it named the function's argument, n_boot)
+    bad = subprocess.run([sys.executable, "-m", "core", "evaluate", "--model", str(model_dir), "--cohort",
+                          str(tabular_cohort), "--n-boot", "-5"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --n-boot: got -5, must be >= 0; fix: use e.g. 200"
+    # an image model on a cohort without CT read nothing of anyone: refused, not a C of 0.5
+    from core.app.demo_install import SHIPPED_MODELS
+
+    with pytest.raises(InputError, match=r"^model: got image_only, read nothing of any of the \d+ subjects evaluated"):
+        evaluate_model(SHIPPED_MODELS / "image_only", tabular_cohort, n_boot=10)
     kept = evaluate_model(model_dir, tabular_cohort, n_boot=50, keep_risk=True)
     table = pd.read_csv(tabular_cohort / "cohort.csv", dtype={"subject_id": str}).set_index("subject_id")
     rows = table.loc[kept["subject_risk"]["ids"]]

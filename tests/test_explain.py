@@ -282,7 +282,7 @@ def test_explain_cli_writes_valid_figures_without_the_subject_id(case: dict, tmp
     (["--method", "saliency", "--out", "x.png", "--save-map", "x.mat"],
      "error: --save-map: got x.mat, must end in .npy, .nii.gz, .nii; fix: pass e.g. map.nii.gz"),
     (["--method", "saliency", "--out", "x.gif"], "error: --out: got x.gif, has an unknown suffix"),
-    (["--method", "saliency", "--out", "x.png", "--subject", "nobody"], "error: subject: got nobody, not in cohort.csv"),
+    (["--method", "saliency", "--out", "x.png", "--subject", "nobody"], "error: --subject: got nobody, not in cohort.csv"),
 ])
 def test_explain_cli_bad_input_exits_2(case: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        args: list[str], message: str) -> None:

@@ -59,7 +59,7 @@ def test_inspect_dicom_zip_json_and_text_output(tmp_path):
     assert "PatientName" in text.stdout
     bad = run_cli("inspect", str(written.folder), "--series", "nope", cwd=tmp_path)
     assert bad.returncode == 2
-    assert bad.stderr.startswith("error: series: got nope, is not a series of this study; fix: choose one of: noUID-1-")
+    assert bad.stderr.startswith("error: --series: got nope, is not a series of this study; fix: choose one of: noUID-1-")
 
 
 def _bad_inputs(root: Path, bomb: bytes) -> dict[str, tuple[Path, str]]:

@@ -192,5 +192,5 @@ def test_command_line_setting(mixed: dict[str, object], tmp_path: Path, capsys: 
     code = cli_main(["train", "--cohort", str(mixed["cohort"]), "--fusion", "image_only", "--out", str(tmp_path / "m"),
                      "--image-encoder-kind", "2d", "--slice-mm", "thin"])
     assert code == 2 and not (tmp_path / "m").exists()
-    assert capsys.readouterr().err.strip() == ("error: slice_mm: got thin, is not a spacing; fix: use auto, off or a "
+    assert capsys.readouterr().err.strip() == ("error: --slice-mm: got thin, is not a spacing; fix: use auto, off or a "
                                                "number of mm such as 5")

@@ -175,13 +175,13 @@ def test_cli_predict_and_errors(models: dict[str, Path], tiny_cohort: Path, caps
     assert set(json.loads(out.out)) >= {"times", "survival", "lower", "upper", "risk_at", "modalities_used"}
     rc = cli_main(["predict", "--model", str(models["ehr_only"]), "--cohort", str(tiny_cohort), "--subject", "nobody", "--json"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: subject: got nobody, not in cohort.csv; fix:") and "\n" not in err
+    assert rc == 2 and err.startswith("error: --subject: got nobody, not in cohort.csv; fix:") and "\n" not in err
     rc = cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x", "--device", "cuda"]) if not torch.cuda.is_available() else 2
     assert rc == 2
     capsys.readouterr()
     assert cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "concat", "--out", "/tmp/x",
                      "--feature-dropout", "2"]) == 2
-    assert capsys.readouterr().err.startswith("error: feature_dropout: got 2, must be a probability in [0, 1) or auto")
+    assert capsys.readouterr().err.startswith("error: --feature-dropout: got 2, must be a probability in [0, 1) or auto")
 
 
 def test_cli_feature_dropout_reaches_training(tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -238,6 +238,10 @@ def test_pretrain_then_train_from_encoder(tiny_cohort: Path, tmp_path: Path) -> 
     codes, time, event, mask = tte_tasks(load_cohort(tiny_cohort), k=4, min_events=3)
     assert 1 <= len(codes) <= 4 and "MEDS_BIRTH" not in codes
     assert time.shape == event.shape == mask.shape == (48, len(codes)) and (time[mask > 0] > 0).all()
+    for bad in ({"epochs": -1}, {"epochs": 0}, {"tasks": 0}):  # -1 wrote an untrained encoder with a C-index
+        with pytest.raises(InputError, match=f"^{next(iter(bad))}: got {next(iter(bad.values()))}, must be at least 1"):
+            pretrain_encoder(tiny_cohort, tmp_path / "bad", **({"tasks": 4, "epochs": 2} | bad), device="cpu")
+    assert not (tmp_path / "bad").exists()
     info = pretrain_encoder(tiny_cohort, tmp_path / "enc", tasks=4, epochs=2, min_events=3, device="cpu", overrides=TINY)
     assert info["tasks"] == codes and (tmp_path / "enc" / "encoder.safetensors").exists()
     m = train_model(tiny_cohort, "image_only", tmp_path / "m", epochs=2, device="cpu", overrides=TINY,
@@ -340,7 +344,7 @@ def test_single_network_and_bad_ensemble_size(tiny_cohort: Path, tmp_path: Path,
     assert p["uncertainty"] == "mc_dropout" and p["ensemble_size"] == 1
     rc = cli_main(["train", "--cohort", str(tiny_cohort), "--fusion", "ehr_only", "--out", str(tmp_path / "x"), "--ensemble", "0"])
     err = capsys.readouterr().err
-    assert rc == 2 and err == "error: ensemble: got 0, must be an integer >= 1; fix: use e.g. --ensemble 5 (or 1 for a single network)\n"
+    assert rc == 2 and err == "error: --ensemble: got 0, must be an integer >= 1; fix: use e.g. --ensemble 5 (or 1 for a single network)\n"
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ from sksurv.metrics import (
 )
 from sksurv.util import Surv
 
+from core.errors import InputError
 from core.evaluate.calibration import calibration_at
 from core.evaluate.outcomes import (
     ArrayLike,
@@ -238,7 +239,7 @@ def survival_metrics(times_grid: ArrayLike, surv: ArrayLike, time: ArrayLike, ev
     d = _validate(times_grid, surv, time, event, train_time, train_event, risk)
     hs = check_horizons(horizons)
     if n_boot < 0:
-        raise ValueError(f"n_boot: got {n_boot}, must be >= 0; fix: use e.g. 200")
+        raise InputError("n_boot", n_boot, "must be >= 0", "use e.g. 200")
     tau = uno_tau(d.time, d.train_time)
     span = ibs_range(d.grid, d.time, d.train_time)
 

@@ -210,7 +210,7 @@ def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, e
     if None not in ibs and round(ibs[1], 3) > round(ibs[0], 3):  # the fit does not carry to patients it did not see
         notes.append(f"cross-fitted, the recalibration scores worse than the original (integrated Brier score "
                      f"{ibs[0]:.3f} -> {ibs[1]:.3f}): this cohort does not support it, keep the original model "
-                     "(the copy's own C-index is the original's; the cross-fitted one differs as each fold is fitted apart)")
+                     "(the copy keeps the order of patients at each time; the cross-fitted C differs as each fold is fitted apart)")
     return {
         **fit, "a_ci": None if ci is None else [float(ci[0, 0]), float(ci[1, 0])],
         "b_ci": None if ci is None else [float(ci[0, 1]), float(ci[1, 1])],

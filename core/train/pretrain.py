@@ -111,6 +111,9 @@ def pretrain_encoder(cohort_dir: Path | str, out: Path | str, *, tasks: int = 16
                      device: str = "auto", image_encoder_kind: str = "2d", min_events: int = 5,
                      progress: Progress | None = None, overrides: dict[str, Any] | None = None) -> dict:
     """Pretrain the image encoder on TTE tasks and write an encoder folder; returns the pretraining report."""
+    for name, value, default in (("epochs", epochs, 15), ("tasks", tasks, 16)):  # 0 or less: an untrained encoder
+        if int(value) < 1:
+            raise InputError(name, value, "must be at least 1", f"pass --{name} 1 or more (default {default})")
     from core.models.heads import make_edges
     from core.registry import save_encoder
 
