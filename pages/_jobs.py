@@ -10,8 +10,8 @@ from typing import Any
 import streamlit as st
 
 from core.app import job_journal, paths
-from core.app.background import UPLOAD_JOBS
 from core.app import workspace as workspaces
+from core.app.background import UPLOAD_JOBS
 from core.jobs import Job, default_queue, format_eta
 from pages import _chrome as chrome
 from pages import _session as session
