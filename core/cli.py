@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # the names core's functions give a value that a command takes as an option of another name
-FIELD_OPTIONS = {"slice_index": "slice", "horizon_days": "horizon", "n_steps": "steps"}
+FIELD_OPTIONS = {"horizon_days": "horizon", "n_steps": "steps"}
 
 
 def as_option(err: InputError, parser: argparse.ArgumentParser, args: argparse.Namespace) -> InputError:
