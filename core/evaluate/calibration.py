@@ -48,7 +48,12 @@ def calibration_at(pred_risk: np.ndarray, time: np.ndarray, event: np.ndarray, h
     """Grouped calibration of predicted risks ``pred_risk`` = 1 - S(horizon).
 
     Returns ``{"groups": [{"n", "events", "predicted", "observed"}], "ici", "e_max",
-    "slope", "intercept"}`` or None when no group has an observed risk.
+    "slope", "intercept"}`` or None when no group has an observed risk. A group's ``events`` are those by the
+    horizon (time <= horizon), the events its observed risk counts.
+
+    >>> t = np.array([10.0, 50, 400, 20, 30, 500] * 4); e = np.ones(24)
+    >>> [g["events"] for g in calibration_at(np.linspace(0, 1, 24), t, e, 100.0)["groups"]]
+    [8, 8]
     """
     k = n_groups(pred_risk.size, groups)
     order = np.argsort(pred_risk, kind="stable")
@@ -57,7 +62,7 @@ def calibration_at(pred_risk: np.ndarray, time: np.ndarray, event: np.ndarray, h
         obs = km_risk_at(time[idx], event[idx], horizon)
         rows.append({
             "n": int(idx.size),
-            "events": int(event[idx].sum()),
+            "events": int(((event[idx] > 0) & (time[idx] <= horizon)).sum()),
             "predicted": float(pred_risk[idx].mean()),
             "observed": None if obs is None else float(obs),
         })

@@ -140,7 +140,7 @@ def calibration_figure(calibration: dict, title: str = "") -> go.Figure:
             x=x, y=y, mode="lines+markers", name=f"{horizon_label(float(h))} (ICI {cal['ici']:.3f})",
             marker={"size": [6 + 0.3 * g["n"] for g in rows], "color": PALETTE[i % len(PALETTE)]},
             customdata=[[g["n"], g["events"]] for g in rows],
-            hovertemplate="predicted %{x:.2f}, observed %{y:.2f}<br>n=%{customdata[0]}, events=%{customdata[1]}<extra></extra>",
+            hovertemplate="predicted %{x:.2f}, observed %{y:.2f}<br>n=%{customdata[0]}, events by then %{customdata[1]}<extra></extra>",
         ))
     lim = min(1.0, top * 1.1)
     fig.update_layout(title={"text": title} if title else None, margin=_top_margin(title),
