@@ -58,11 +58,14 @@ def caption_text(
     slice_index: int | None = None,
     window: Sequence[float] | str | None = None,
     extra: str | None = None,
+    target_value: float | None = None,
 ) -> str:
-    """The export caption: model, fusion, method, target horizon, slice, window.
+    """The export caption: model, fusion, method, target horizon (and the target's value for this case), slice, window.
 
     >>> caption_text(model="demo", fusion="concat", method="saliency", horizon_days=365, slice_index=12, window=(-160, 240))
     'model demo | fusion concat | method saliency | target risk 1 - S(t) at 365 d | slice 12 | window [-160, 240] HU'
+    >>> caption_text(horizon_days=365, target_value=0.7461)
+    'target risk 1 - S(t) at 365 d = 74.6 %'
     """
     parts: list[str] = []
     if model:
@@ -72,7 +75,8 @@ def caption_text(
     if method:
         parts.append(f"method {method}")
     if horizon_days is not None:
-        parts.append(f"target risk 1 - S(t) at {float(horizon_days):g} d")
+        value = "" if target_value is None else f" = {100 * float(target_value):.1f} %"
+        parts.append(f"target risk 1 - S(t) at {float(horizon_days):g} d{value}")
     if slice_index is not None:
         parts.append(f"slice {int(slice_index)}")
     if window is not None:

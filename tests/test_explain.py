@@ -263,9 +263,16 @@ def test_explain_cli_writes_valid_figures_without_the_subject_id(case: dict, tmp
     assert case["sid"] not in stdout
     data = out.read_bytes()
     assert case["sid"].encode() not in data
+    assert 0.0 < result["target_value"] < 1.0
     if suffix == ".png":
         from PIL import Image
 
+        # the value the map attributes is the risk predict gives the case (it printed none before)
+        assert main(["predict", "--model", str(case["model_dir"]), "--cohort", str(case["cohort_dir"]),
+                     "--subject", case["sid"], "--json"]) == 0
+        predicted = json.loads(capsys.readouterr().out)
+        assert predicted["image_withheld"] is None
+        assert result["target_value"] == pytest.approx(predicted["risk_at"]["365"], abs=1e-5)
         with Image.open(out) as im:
             assert im.format == "PNG" and im.info["dpi"][0] >= 300 and im.size[0] >= 1000
     elif suffix == ".svg":

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from core.io.volume import Volume
+    from core.models.types import CaseInputs
+    from core.registry import LoadedModel
 
 SUFFIXES = (".png", ".svg", ".pdf")
 MAP_SUFFIXES = (".npy", ".nii.gz", ".nii")
@@ -84,6 +86,19 @@ def save_map(path: Path, values: np.ndarray, volume: Volume | None) -> None:
     path.write_bytes(data if path.name.lower().endswith(".gz") else gzip.decompress(data))
 
 
+def target_value(model: LoadedModel, inputs: CaseInputs, horizon_days: float) -> float:
+    """The value the map attributes: the risk 1 - S(t) at ``horizon_days`` of one forward pass of the case with its CT
+    (the ensemble's mean curve; cached image tokens are used where the model keeps them)."""
+    import numpy as np
+    import torch
+
+    from core.explain import risk_at
+
+    with torch.no_grad():
+        survival = model.forward(inputs).survival
+    return float(risk_at(survival, np.asarray(model.times, dtype=float), horizon_days)[0])
+
+
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
@@ -123,10 +138,11 @@ def run(args: argparse.Namespace) -> int:
     from core.predict import image_read
 
     read = image_read(model, volume)  # what the model cannot read here: the map explains it all the same
+    value = target_value(model, inputs, att.horizon_days)
     # people read slices numbered from 1 (inferior), as in the app; --slice, --json and the saved map use 0-based indices
     caption = figure_export.caption_text(
         model=model_label, fusion=model.fusion, method=args.method, horizon_days=att.horizon_days, slice_index=k + 1,
-        window=window_name, extra="outside the model's training CTs: predict withholds this CT" if read.withheld else None)
+        window=window_name, target_value=value, extra="outside the model's training CTs: predict withholds this CT" if read.withheld else None)
     figure_export.export(fig, out, caption=caption)
     if args.save_map is not None:
         save_map(Path(args.save_map), att.map, volume)
@@ -134,13 +150,15 @@ def run(args: argparse.Namespace) -> int:
     if read.withheld:
         notes.append(f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "
                      "The map shows what the model reads in something it never saw in training.")
-    result = {**att.to_dict(), "slice_shown": int(k), "model": model_label, "fusion": model.fusion,
+    result = {**att.to_dict(), "target_value": round(value, 6), "slice_shown": int(k), "model": model_label, "fusion": model.fusion,
               "window": window_name, "out": str(out), "warnings": notes}
     result.pop("shape", None)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.method} of {att.target} ({model.fusion}); figure: {out} (axial slice {k + 1} of {volume.shape[0]}, index {k})")
+        print(f"the attributed {att.target.split(' (')[0]}: {value:.1%} for this case, its CT read"
+              + (" (predict withholds this CT, so its risk differs)" if read.withheld else ""))
         print("top slices (index from 0): " + ", ".join(f"{i} ({s:.1%})" for i, s in att.top_slices))
         for row, code, when, score in att.top_events:
             print(f"  event {row}: {code} at {when}: {score:+.3g}")
