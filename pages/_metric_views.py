@@ -185,15 +185,18 @@ def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
     groups = sub.get("groups", [])
     reached = [h for h in horizons.HORIZONS
                if any((g.get("calibration") or {}).get(h, (g.get("calibration") or {}).get(str(h))) for g in groups)]
+    labels = [str(g["label"]) for g in groups]
     if groups:
         horizon = 365 if 365 in reached else (reached[0] if reached else 365)
-        labels = [str(g["label"]) for g in groups]
         fig = F.subgroup_figure(groups, [readable_label(v, labels) for v in labels], horizon, overall_c=overall_c)
         st.plotly_chart(fig, width="stretch", key=f"{key}_subgroups", config=chrome.PLOTLY_CONFIG)
     st.dataframe(pd.DataFrame(subgroup_rows(sub)), hide_index=True, width="stretch", placeholder=NOT_AVAILABLE)
     st.caption("Per group: the C-index with its 95 % bootstrap interval (dashed: all subjects together), and at each "
                "horizon the mean predicted risk beside the observed risk (1 - Kaplan-Meier of the group, with its 95 % "
                "interval in the plot). Small groups have wide intervals.")
+    notes = [f"{readable_label(str(g['label']), labels)}: {g['note']}" for g in groups if g.get("note")]
+    if notes:
+        st.caption("  \n".join(notes))
 
 
 def data_notes(result: dict) -> None:

@@ -131,6 +131,19 @@ def test_subgroup_without_events_keeps_its_counts_with_a_note():
     assert none_group["events"] == 0 and none_group["n"] == int((sex == 1).sum())
 
 
+def test_a_tiny_subgroup_keeps_its_c_index_without_an_interval():
+    """A bootstrap of 2 subjects printed "C 1.000 (95% CI 1.000-1.000)"."""
+    _, _, surv, time, event = _cohort(n=300, seed=3)
+    site = np.array(["big"] * 295 + ["tiny"] * 5)
+    event = event.copy()
+    event[-5:] = 1
+    tab = subgroup_table(TIMES, surv, time, event, time, event, site, [365], column="site", n_boot=20)
+    big, tiny = (next(g for g in tab["groups"] if g["label"] == name) for name in ("big", "tiny"))
+    assert tiny["n"] == 5 and tiny["c_index"] is not None and tiny["c_index_ci"] is None
+    assert tiny["note"].startswith("n=5: too few subjects for a bootstrap interval")
+    assert big["c_index_ci"] is not None and big["note"] is None
+
+
 def test_subgroup_values_reads_cohort_then_features_and_names_the_columns():
     table = pd.DataFrame({"subject_id": ["a", "b"], "time": [1.0, 2.0], "event": [1, 0], "site": ["x", "y"]})
     feats = pd.DataFrame({"age": [50.0, np.nan]}, index=pd.Index(["a", "b"], name="subject_id"))

@@ -113,4 +113,4 @@ def _print_extras(res: dict, out: TextIO) -> None:
         print(f"subgroups by {sub['column']} ({sub['kind']}):", file=out)
         for g in sub["groups"]:
             print(f"  {g['label']:>20s}  n={g['n']:<5d} events={g['events']:<5d} C {_fmt(g['c_index'])}"
-                  f"{_ci(g['c_index_ci'])}", file=out)
+                  f"{_ci(g['c_index_ci'])}" + (f"  ({g['note']})" if g.get("note") else ""), file=out)

@@ -14,7 +14,9 @@ C with its percentile bootstrap interval, grouped calibration: ICI, E_max,
 slope, intercept) and by calibration-in-the-large at each horizon: the mean
 predicted risk 1 - S(h) against the Kaplan-Meier risk 1 - KM(h) of the group
 with lifelines' 95 % interval. A group where a metric is undefined (no event,
-too few subjects) keeps its counts and gets None with a ``note``.
+too few subjects) keeps its counts and gets None with a ``note``; a group of fewer than
+``MIN_INTERVAL_SUBJECTS`` keeps its C-index without an interval (a bootstrap of 2 subjects gave
+"1.000-1.000"), and its note says so.
 
 >>> rng = np.random.default_rng(0)
 >>> n = 600; sex = rng.integers(0, 2, n); rate = np.where(sex == 1, 0.004, 0.002) * rng.uniform(0.5, 2, n)
@@ -51,6 +53,8 @@ MAX_LEVELS = 6
 BANDS = 4
 #: a text column with more groups than this is refused
 MAX_GROUPS = 20
+#: a group of fewer subjects gets no bootstrap interval on its C-index (resamples of so few say nothing)
+MIN_INTERVAL_SUBJECTS = 10
 
 
 def _fmt(v: float) -> str:
@@ -166,6 +170,9 @@ def subgroup_table(times: ArrayLike, survival: ArrayLike, time: ArrayLike, event
             m = survival_metrics(grid, s[idx], t[idx], e[idx], train_time, train_event, horizons=hs,
                                  n_boot=n_boot, seed=seed)
             row["c_index"], row["c_index_ci"] = m["c_index"], m["c_index_ci"]
+            if idx.size < MIN_INTERVAL_SUBJECTS:
+                row["c_index_ci"] = None
+                row["note"] = f"n={idx.size}: too few subjects for a bootstrap interval (at least {MIN_INTERVAL_SUBJECTS})"
             grouped = m["calibration"]
         except InputError as err:  # no event or too few subjects in this group
             row["note"] = str(err)
