@@ -84,6 +84,35 @@ def usage_error(message: str, prog: str) -> str:
     return f"{message}; fix: {helps}"
 
 
+_NEGATIVE = re.compile(r"-\d")
+
+
+def glue_negative_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--opt -30,365`` as ``--opt=-30,365`` for an option that takes one value: argparse reads a value that starts
+    with a minus and is no plain number as an option ("expected one argument"), so the value's own check never
+    ran and never said what is wrong with it.
+
+    >>> p = argparse.ArgumentParser(); _ = p.add_argument("--horizons"); _ = p.add_argument("--json", action="store_true")
+    >>> glue_negative_values(p, ["--horizons", "-30,365", "--json"])
+    ['--horizons=-30,365', '--json']
+    >>> glue_negative_values(p, ["--json", "-3"])
+    ['--json', '-3']
+    """
+    takes_one = {o for a in parser._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+    out: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token in takes_one and i + 1 < len(tokens) and _NEGATIVE.match(tokens[i + 1]):
+            out.append(f"{token}={tokens[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
@@ -98,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog=f"python -m core {name}", description=help_text)
     module.add_arguments(parser)
     try:
-        args = parser.parse_args(argv[1:])
+        args = parser.parse_args(glue_negative_values(parser, argv[1:]))
     except SystemExit as stop:  # --help, or a usage error already printed in one line
         return int(stop.code or 0) and EXIT_BAD_INPUT
     try:

@@ -373,7 +373,7 @@ def test_unknown_split_is_reported_before_loading_a_model(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_path_factory, capsys) -> None:  # type: ignore[no-untyped-def]
     train_mod = pytest.importorskip("core.train", reason="core.train (models helper) not available yet")
     model_dir = tmp_path_factory.mktemp("models") / "ehr_only"
     train_mod.train_model(tabular_cohort, "ehr_only", model_dir, seed=0, epochs=20, device="cpu", ensemble=2)
@@ -395,6 +395,11 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
     bad = subprocess.run([sys.executable, "-m", "core", "evaluate", "--model", str(model_dir), "--cohort",
                           str(tabular_cohort), "--n-boot", "-5"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --n-boot: got -5, must be >= 0; fix: use e.g. 200"
+    # a list that starts with a minus reaches its own check (argparse said "--horizons: expected one argument")
+    from core.cli import main as cli_main
+
+    assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--horizons", "-30,365"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: horizons: got -30.0, must be a positive number of days")
     # an image model on a cohort without CT read nothing of anyone: refused, not a C of 0.5
     from core.app.demo_install import SHIPPED_MODELS
 
