@@ -30,6 +30,9 @@ def test_real_ct_inspect_numbers(real_ct):
     ref = np.asanyarray(nib.load(str(real_ct)).dataobj).astype(np.float64)
     assert info["hu_mean"] == pytest.approx(ref.mean(), abs=1e-3)
     assert info["n_series"] == 1 and info["phi"] == [] and info["warnings"] == []
+    # its one volume is listed, as n_series counts it (the list was empty)
+    assert info["series"] == [{"key": "volume", "n_instances": 1, "modality": "CT", "rows": 101, "cols": 122,
+                               "derived": None, "contrast": None}]
 
 
 def test_real_ct_orientation_matches_nibabel(real_ct):

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"spacing     {ss:g} x {rs:g} x {cs:g} mm (slice, row, col)", file=out)
     print(f"HU          min {info['hu_min']:g}, max {info['hu_max']:g}, mean {info['hu_mean']:.1f}", file=out)
     print(f"series      {info['n_series']}", file=out)
-    for entry in info["series"]:
+    for entry in info["series"] if info["format"] == "dicom" else ():  # a NIfTI file holds one volume
         print(f"  {entry['key']}  {entry['n_instances']} images {entry['rows']}x{entry['cols']} {entry['modality']}"
               + (" derived" if entry["derived"] else "")
               + {"yes": " with contrast", "no": " without contrast"}.get(entry["contrast"] or "", ""), file=out)

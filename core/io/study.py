@@ -205,6 +205,9 @@ def summarize_volume(volume: Volume) -> dict[str, Any]:
             {"key": s.key, "n_instances": s.n_instances, "modality": s.modality, "rows": s.rows, "cols": s.cols,
              "derived": s.derived, "contrast": s.contrast or None}
             for s in volume.series
+        ] or [  # a NIfTI file: its one volume (n_series 1), which records neither derivation nor series UID
+            {"key": "volume", "n_instances": 1, "modality": volume.modality, "rows": volume.shape[1],
+             "cols": volume.shape[2], "derived": None, "contrast": volume.meta.get("contrast") or None}
         ],
         # "yes" / "no" as the header records it (core.io.contrast), None when it records nothing
         "contrast": volume.meta.get("contrast") or None,
