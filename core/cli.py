@@ -18,8 +18,8 @@ from core.errors import InputError
 # command -> (module, one-line help). Keep in the order users meet them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("core.commands.inspect", "load a study (DICOM file/folder/zip or NIfTI) and print geometry, HU and PHI"),
-    "deid": ("core.commands.deid", "write a de-identified copy of a DICOM study and report what changed"),
-    "timeline": ("core.commands.timeline", "summarise one subject's MEDS timeline"),
+    "deid": ("core.commands.deid", "write a de-identified copy of a DICOM study or a NIfTI file and report what changed"),
+    "timeline": ("core.commands.timeline", "summarise a MEDS timeline file, or one subject's timeline"),
     "demo": ("core.commands.demo", "write the embedded demo cohort (CT phantoms, MEDS timelines, outcomes)"),
     "train": ("core.commands.train", "train a fusion survival model on a cohort"),
     "pretrain": ("core.commands.pretrain", "time-to-event pretraining of the image encoder"),

@@ -218,6 +218,10 @@ def test_nifti_upload_deidentified_through_deidentify_bytes(tmp_path):
     text = "\n".join(report.lines())  # no DICOM profile or date shift claimed for a NIfTI
     assert "profile:" not in text and "dates:" not in text and "NIfTI: 1 volume(s)" in text
     assert "emptied (Z, 2 elements): nifti.descrip, nifti.intent_name" in text
+    # ... nor in the JSON and the upload's summary (--json named the DICOM profile and "dates": "shift")
+    as_json = report.to_dict()
+    assert as_json["dates"] is None and as_json["profile"].startswith("NIfTI header") and "PS3.15" not in report.summary()
+    assert "(VOL00001.nii.gz)" in text and ".." not in text.splitlines()[0]
     after = load_study_bytes(blob, "clean.zip")  # the zip the upload page gets back loads as the volume
     assert after.phi == [] and np.array_equal(after.hu, before.hu)
 

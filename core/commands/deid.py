@@ -1,6 +1,6 @@
 """``python -m core deid IN OUT [--dates shift|remove|keep] [--shift-days N] [--json]``.
 
-Writes a de-identified copy of a DICOM study (file, folder or zip) into the
+Writes a de-identified copy of a DICOM study (file, folder or zip) or a NIfTI file into the
 folder OUT (new or empty, not inside IN) and prints what changed: one line per
 kind of change, or one JSON object with ``--json``. Never imports torch.
 """
@@ -11,11 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "write a de-identified copy of a DICOM study and report what changed"
+HELP = "write a de-identified copy of a DICOM study or a NIfTI file and report what changed"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN", type=Path, help="DICOM file, folder of DICOM files, or zip")
+    parser.add_argument("input", metavar="IN", type=Path, help="DICOM file, folder of DICOM files, zip, or .nii/.nii.gz")
     parser.add_argument("output", metavar="OUT", type=Path, help="new or empty folder for the cleaned copy (IM00001.dcm ...)")
     parser.add_argument("--dates", default="shift", choices=("shift", "remove", "keep"),
                         help="shift all dates by one offset per study (default), remove them, or keep them")

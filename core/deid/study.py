@@ -45,6 +45,11 @@ PIXEL_RISK_TEXT: dict[str, str] = {
 }
 
 
+#: what ``deid`` applies to a NIfTI volume, in the report's ``profile`` where every instance was one
+NIFTI_PROFILE = ("NIfTI header: free-text fields (descrip, aux_file, intent_name, db_name, data_type) emptied, "
+                 "extensions dropped")
+
+
 @dataclass
 class DeidReport:
     """What de-identification changed. Holds no original value and no date offset."""
@@ -64,23 +69,40 @@ class DeidReport:
     residual: list[str] = field(default_factory=list)  # warnings: identifying text still in the bytes
     n_nifti: int = 0  # NIfTI volumes among the instances (their header's free-text fields emptied; no dates in one)
 
+    @property
+    def nifti_only(self) -> bool:
+        """Every instance was a NIfTI volume: the DICOM profile and the date option did not apply to any."""
+        return 0 < self.n_nifti == self.n_instances
+
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON; for NIfTI volumes only, ``profile`` and ``edition`` name what was applied to them and
+        ``dates`` is null (a NIfTI header holds no date).
+
+        >>> DeidReport(dates="shift", n_instances=1, n_nifti=1).to_dict()["dates"] is None
+        True
+        """
         out = asdict(self)
         out["changes"] = [list(c) for c in self.changes]
+        if self.nifti_only:
+            out.update(profile=NIFTI_PROFILE, edition=None, dates=None)
         return out
 
     def summary(self) -> str:
         """One line about what changed (counts only, never a value): for the upload page and logs."""
         changed = sum(self.action_counts.values())
+        if self.nifti_only:
+            return f"{self.n_nifti} NIfTI volume(s); {NIFTI_PROFILE}; {len(self.residual)} residual warning(s)."
         return (f"{self.n_instances} instance(s) in {self.n_series} series; {changed} element changes "
                 f"({self.profile}); dates {self.dates}; {len(self.residual)} residual warning(s).")
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
         out = [f"de-identified {self.n_instances} instance(s) in {self.n_series} series -> {len(self.files_written)} file(s)"]
-        if self.files_written:
+        if len(self.files_written) > 1:
             out[0] += f" ({self.files_written[0]} .. {self.files_written[-1]})"
-        if self.n_nifti < self.n_instances or not self.n_instances:
+        elif self.files_written:
+            out[0] += f" ({self.files_written[0]})"
+        if not self.nifti_only:
             out.append(f"profile: {self.profile}")
             out.append({"shift": "dates: shifted by one random offset for the whole study (offset not shown)", "remove": "dates: removed", "keep": "dates: kept unchanged"}[self.dates])
         if self.n_nifti:
