@@ -242,6 +242,13 @@ def test_pretrain_then_train_from_encoder(tiny_cohort: Path, tmp_path: Path) -> 
         with pytest.raises(InputError, match=f"^{next(iter(bad))}: got {next(iter(bad.values()))}, must be at least 1"):
             pretrain_encoder(tiny_cohort, tmp_path / "bad", **({"tasks": 4, "epochs": 2} | bad), device="cpu")
     assert not (tmp_path / "bad").exists()
+    import pandas as pd
+
+    no_ct = tmp_path / "no_ct"  # a cohort without studies: its error offered encoders pretraining has not
+    no_ct.mkdir()
+    pd.read_csv(tiny_cohort / "cohort.csv").drop(columns=["study"]).to_csv(no_ct / "cohort.csv", index=False)
+    with pytest.raises(InputError, match=r"^cohort: got .*no_ct, has no study column with CT paths, and pretraining reads CT"):
+        pretrain_encoder(no_ct, tmp_path / "bad", tasks=4, epochs=2, device="cpu")
     info = pretrain_encoder(tiny_cohort, tmp_path / "enc", tasks=4, epochs=2, min_events=3, device="cpu", overrides=TINY)
     assert info["tasks"] == codes and (tmp_path / "enc" / "encoder.safetensors").exists()
     m = train_model(tiny_cohort, "image_only", tmp_path / "m", epochs=2, device="cpu", overrides=TINY,

@@ -125,6 +125,9 @@ def pretrain_encoder(cohort_dir: Path | str, out: Path | str, *, tasks: int = 16
     seed_everything(seed)
     t0 = _time.perf_counter()
     cohort = load_cohort(Path(cohort_dir), seed=seed)
+    if not cohort.has_studies:  # image_config's own message offers encoders pretraining has not
+        raise InputError("cohort", str(cohort_dir), "has no study column with CT paths, and pretraining reads CT",
+                         "pretrain on a cohort whose cohort.csv gives each subject's study (the app's demo has one)")
     codes, time, event, mask = tte_tasks(cohort, tasks, min_events)
     icfg = image_config(cohort, image_encoder_kind, "image_only", settings)
     if icfg["kind"] not in ("2d", "3d"):
