@@ -160,11 +160,17 @@ def test_a_clean_cohort_passes_and_progress_is_reported(tmp_path):
 
 
 def test_cohort_gate_errors(tmp_path):
+    with pytest.raises(InputError, match="is not a folder"):  # as load_cohort says it (was "has no cohort.csv")
+        gate_cohort(tmp_path / "missing")
     with pytest.raises(InputError, match="has no cohort.csv"):
         gate_cohort(tmp_path)
     (tmp_path / "cohort.csv").write_text("id,time\n1,2\n")
     with pytest.raises(InputError, match="has no subject_id column"):
         gate_cohort(tmp_path)
+    (tmp_path / "cohort.csv").write_text("subject_id,time,event,study\n1,2,1,notes.nii.gz\n")
+    (tmp_path / "notes.nii.gz").write_text("not a volume\n" * 20)
+    row = gate_cohort(tmp_path).rows[0]  # named as inspect names it (was "holds no readable DICOM file (1 not DICOM)")
+    assert row.blocked and row.error == "is a text file, not a DICOM, NIfTI or zip file (study)"
 
 
 def test_gate_study_reads_headers_only(tmp_path):

@@ -179,6 +179,13 @@ def gate_study(path: str | Path) -> StudyGate:
             return _nifti_gate(path.read_bytes(), path.name)
         with open(path, "rb") as fh:
             return _nifti_gate(fh.read(64 * 1024 * 1024), path.name)
+    from core.io.dicom_source import looks_like_dicom
+
+    if not looks_like_dicom(head):  # named as the loader names it ("is a text file, ..."), not "no readable DICOM"
+        from core.io.study import describe_head
+
+        raise InputError("study", str(path), describe_head(head), "point the study column at a DICOM series, a zip "
+                         "of one or a NIfTI file")
     return _dicom_gate([DicomSource(name=path.name, path=path)])
 
 
@@ -233,6 +240,8 @@ def gate_cohort(folder: str | Path, *, progress: Progress | None = None) -> Coho
     """Check every study of the cohort in ``folder``; one finding per row of cohort.csv that names a study."""
     root = Path(folder).resolve()
     table = root / "cohort.csv"
+    if not root.is_dir():  # the words load_cohort uses
+        raise InputError("cohort", str(folder), "is not a folder", "pass a cohort folder that holds cohort.csv")
     if not table.is_file():
         raise InputError("cohort", str(folder), "has no cohort.csv", "add cohort.csv (subject_id, time, event[, study])")
     if table.stat().st_size > MAX_CSV_BYTES:

@@ -26,7 +26,8 @@ MAX_UPLOAD_BYTES = 2 * 1024**3  # one uploaded file or zip
 _HEAD = 544
 
 
-def _describe_head(head: bytes) -> str:
+def describe_head(head: bytes) -> str:
+    """What a file that is no study is, from its first bytes (the problem of an ``InputError``)."""
     if not head:
         return "is empty (0 bytes)"
     printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head[:256])
@@ -107,7 +108,7 @@ def load_study(path: str | Path, series: str | None = None, *, max_bytes: int = 
         from core.io.dicom import load_dicom
 
         return load_dicom(path, series)
-    raise InputError("study", str(path), _describe_head(head), "load a DICOM file or folder, a zip of a DICOM series, or a .nii/.nii.gz file")
+    raise InputError("study", str(path), describe_head(head), "load a DICOM file or folder, a zip of a DICOM series, or a .nii/.nii.gz file")
 
 
 def load_study_bytes(data: bytes, name: str, series: str | None = None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Volume:
@@ -128,7 +129,7 @@ def load_study_bytes(data: bytes, name: str, series: str | None = None, *, max_b
         from core.io.dicom import load_dicom_members
 
         return load_dicom_members([(label, bytes(data))], series, label=label)
-    raise InputError("upload", label, _describe_head(head), "upload a zip of a DICOM series, a .dcm file, or a .nii/.nii.gz file")
+    raise InputError("upload", label, describe_head(head), "upload a zip of a DICOM series, a .dcm file, or a .nii/.nii.gz file")
 
 
 def _no_series(series: str | None, what: str) -> None:
