@@ -188,7 +188,7 @@ UNIMODAL = ("image_only", "ehr_only")
 def paired_fusion_gain(results: dict[str, dict], cohort_dir: Path | str, n_boot: int = 1000) -> dict | None:
     """The best fusion against the best single-modality model among ``results`` ({name: :func:`evaluate_model`
     result with ``keep_risk``}, models of one cohort evaluated on one split), by Harrell's C on the same subjects:
-    ``{"fusion", "unimodal", "n", "delta_c", "ci", "p_value", "c_fusion", "c_unimodal"}`` from a paired bootstrap
+    ``{"fusion", "unimodal", "n", "delta_c", "ci", "p_value", "c_fusion", "c_unimodal", "tied"}`` from a paired bootstrap
     (:func:`core.evaluate.paired_bootstrap`: the intervals of two models' own C-indices overlap even when one is
     better on nearly every resample). None when the results lack a fusion, a single-modality model, their
     per-subject risks or common subjects."""
@@ -203,7 +203,7 @@ def paired_fusion_gain(results: dict[str, dict], cohort_dir: Path | str, n_boot:
     res = paired_c(risk_f, risk_u, cohort_dir, n_boot)
     return None if res is None else {"fusion": best_f, "unimodal": best_u, "n": res["n"], "delta_c": res["delta_c"],
                                      "ci": res["ci"], "p_value": res["p_value"], "c_fusion": res["c_a"],
-                                     "c_unimodal": res["c_b"]}
+                                     "c_unimodal": res["c_b"], "tied": res["tied"]}
 
 
 def paired_c(risk_a: dict[str, float], risk_b: dict[str, float], cohort_dir: Path | str, n_boot: int = 1000) -> dict | None:

@@ -120,11 +120,14 @@ def comparison_shown(table: pd.DataFrame) -> pd.DataFrame:
 def gain_text(paired: dict, names: dict[str, str] | None = None) -> str:
     """The paired comparison of the best fusion with the best single-modality model
     (``core.evaluation.paired_fusion_gain``) as one sentence; ``names`` shortens the model names."""
+    from core.evaluate import tie_note
+
     names = names or {}
     ci = f"95 % CI {paired['ci'][0]:+.3f} to {paired['ci'][1]:+.3f}, " if paired.get("ci") else ""
     return (f"Best fusion **{names.get(paired['fusion'], paired['fusion'])}** against the best single-modality model "
             f"**{names.get(paired['unimodal'], paired['unimodal'])}** on the same {paired['n']} subjects: "
-            f"C-index {paired['delta_c']:+.3f} ({ci}paired bootstrap, p = {paired['p_value']:.2g}).")
+            f"C-index {paired['delta_c']:+.3f} ({ci}paired bootstrap, p = {paired['p_value']:.2g})"
+            + (f"; {tie}." if (tie := tie_note(paired.get("tied"))) else "."))
 
 
 def show_comparison(results: dict[str, dict], current: str, key: str, filename: str,

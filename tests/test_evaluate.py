@@ -223,6 +223,14 @@ def test_paired_bootstrap_detects_better_model(test_set: dict) -> None:
     assert res["ci"][0] > 0 and res["p_value"] < 0.01
     same = paired_bootstrap(test_set["x"], 2 * test_set["x"] + 1, t, e, n_boot=100)
     assert same["delta_c"] == 0.0 and same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0
+    assert same["tied"] == 1.0 and res["tied"] < 0.05  # one order twice: every resample ties, and the note says so
+    from core.evaluate import tie_note
+
+    assert tie_note(same["tied"]).startswith("100 % of the resamples rank every pair alike") and tie_note(res["tied"]) == ""
+    # 8 subjects, two scores that differ in one pair: many resamples tie (compare printed "to +0.000, p = 0.387")
+    small = paired_bootstrap([1, 2, 3, 4, 5, 6, 8, 7], [1, 2, 3, 4, 5, 6, 7, 8], np.arange(8.0, 0, -1), np.ones(8),
+                             n_boot=200)
+    assert small["tied"] > 0.2 and small["ci"][1] == 0.0
 
 
 # --- Kaplan-Meier -------------------------------------------------------------------------------

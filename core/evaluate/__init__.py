@@ -42,7 +42,7 @@ from core.evaluate.metrics import (
     uno_c,
 )
 from core.evaluate.outcomes import risk_from_survival
-from core.evaluate.paired import paired_bootstrap
+from core.evaluate.paired import paired_bootstrap, tie_note
 from core.evaluate.subgroups import subgroup_table
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "km_by_risk_group",
     "lpb_coverage",
     "paired_bootstrap",
+    "tie_note",
     "quantile_time",
     "risk_from_survival",
     "subgroup_table",

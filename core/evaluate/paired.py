@@ -3,7 +3,9 @@
 Both risk scores are evaluated on the same resamples of the subjects, so the
 interval of the difference accounts for their correlation. The p-value is the
 two-sided bootstrap p of H0: delta = 0, ``min(1, 2 * min(P*(delta <= 0),
-P*(delta >= 0)))`` with the +1 correction ``(count + 1) / (B + 1)``.
+P*(delta >= 0)))`` with the +1 correction ``(count + 1) / (B + 1)``. Resamples where the two models rank every
+comparable pair alike give delta exactly 0 and count in both tails: ``tied`` is their share (on a few subjects an
+interval "to +0.000" with p = 0.39 is such a case, and ``tie_note`` says so).
 
 >>> rng = np.random.default_rng(1)
 >>> t = rng.exponential(1.0, 200); x = -np.log(t) + rng.normal(0, 0.5, 200)
@@ -22,7 +24,7 @@ from core.evaluate.outcomes import ArrayLike, check_outcome, check_risk
 
 def paired_bootstrap(risk_a: ArrayLike, risk_b: ArrayLike, time: ArrayLike, event: ArrayLike,
                      n_boot: int = 1000, seed: int = 0) -> dict:
-    """``{"c_a", "c_b", "delta_c" (= c_a - c_b), "ci" [lo, hi] or None, "p_value", "n_boot"}``."""
+    """``{"c_a", "c_b", "delta_c" (= c_a - c_b), "ci" [lo, hi] or None, "p_value", "n_boot", "tied"}``."""
     t, e = check_outcome(time, event)
     a = check_risk(risk_a, t.size, "risk_a")
     b = check_risk(risk_b, t.size, "risk_b")
@@ -45,4 +47,24 @@ def paired_bootstrap(risk_a: ArrayLike, risk_b: ArrayLike, time: ArrayLike, even
         p = min(1.0, 2.0 * (tail + 1) / (d.size + 1))
     else:
         p = float("nan")
-    return {"c_a": c_a, "c_b": c_b, "delta_c": c_a - c_b, "ci": ci, "p_value": float(p), "n_boot": int(d.size)}
+    tied = float((d == 0).mean()) if d.size else 0.0
+    return {"c_a": c_a, "c_b": c_b, "delta_c": c_a - c_b, "ci": ci, "p_value": float(p), "n_boot": int(d.size),
+            "tied": tied}
+
+
+#: a share of tied resamples (delta exactly 0) worth a word beside the interval
+TIE_SHARE = 0.05
+
+
+def tie_note(tied: float | None) -> str:
+    """The words for a paired comparison where many resamples tie ("" when few do).
+
+    >>> tie_note(0.31)
+    '31 % of the resamples rank every pair alike (delta exactly 0): too few subjects to tell the two models apart'
+    >>> tie_note(0.01)
+    ''
+    """
+    if tied is None or tied < TIE_SHARE:
+        return ""
+    return (f"{100 * tied:.0f} % of the resamples rank every pair alike (delta exactly 0): too few subjects to tell "
+            "the two models apart")

@@ -75,8 +75,12 @@ def comparison_markdown(table: pd.DataFrame, cohort_dir: Path, out: Path) -> str
                      f"(C {bf['c_index']:.3f}, {bf['c_index'] - bu['c_index']:+.3f}).")
         paired = _paired(out / str(bf["fusion"]), out / str(bu["fusion"]), cohort_dir)
         if paired is not None:
+            from core.evaluate import tie_note
+
+            ci = f"95% CI {paired['ci'][0]:+.3f} to {paired['ci'][1]:+.3f}, " if paired["ci"] else ""
+            tie = tie_note(paired["tied"])
             lines.append(f"Paired bootstrap on the same test subjects: delta C {paired['delta_c']:+.3f} "
-                         f"(95% CI {paired['ci'][0]:+.3f} to {paired['ci'][1]:+.3f}, p = {paired['p_value']:.3f}).")
+                         f"({ci}p = {paired['p_value']:.3f}){'; ' + tie if tie else ''}.")
     if table["oracle_c_index"].notna().any():
         lines.append(f"Oracle C-index of the ground-truth risk on the same subjects: {table['oracle_c_index'].dropna().iloc[0]:.3f}.")
     lines += ["", "Research use only; not a medical device.", ""]
