@@ -249,16 +249,19 @@ def randomization_note(model: LoadedModel) -> str | None:
     return FROZEN_NOTE if model.config.image.kind == "foundation" else None
 
 
-def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: str, note: str | None = None) -> str:
+def model_card_section(table: pd.DataFrame, pointing: dict[str, Any], method: str, note: str | None = None,
+                       source: str | None = None) -> str:
     """Markdown "Sanity checks" section for MODEL_CARD.md with the block of one method (``append_to_model_card``
-    merges it with the blocks of other methods already on the card); ``note``: :func:`randomization_note`."""
-    return "## Sanity checks\n\n" + _method_block(table, pointing, method, note)
+    merges it with the blocks of other methods already on the card); ``note``: :func:`randomization_note`;
+    ``source``: where the cases came from, e.g. "cohort demo40, test split, 2 randomization cases"."""
+    return "## Sanity checks\n\n" + _method_block(table, pointing, method, note, source)
 
 
-def _method_block(table: pd.DataFrame, pointing: dict[str, Any], method: str, note: str | None = None) -> str:
-    lines = [f"Method `{method}`. Cascading model-parameter randomization (head backwards; Spearman rank "
-             "correlation of |map| with the trained model's map, mean over cases)" + (f". {note}" if note else "")
-             + ":", "",
+def _method_block(table: pd.DataFrame, pointing: dict[str, Any], method: str, note: str | None = None,
+                  source: str | None = None) -> str:
+    lines = [f"Method `{method}`{f' ({source})' if source else ''}. Cascading model-parameter randomization (head "
+             "backwards; Spearman rank correlation of |map| with the trained model's map, mean over cases)"
+             + (f". {note}" if note else "") + ":", "",
              "| step | re-initialised up to | Spearman |", "| --- | --- | --- |"]
     lines += [f"| {int(r.step)} | {r.layer} | {r.spearman:.3f} |" for r in table.itertuples()]
     rate = pointing.get("rate", float("nan"))

@@ -329,3 +329,5 @@ def test_sanity_randomization_and_pointing_game(case: dict, tmp_path: Path, caps
     assert 0.0 <= result["pointing_rate"] <= 1.0 and 1 <= result["pointing_n"] <= 2
     card = (model_copy / "MODEL_CARD.md").read_text()
     assert card.count("## Sanity checks") == 1 and f"{result['pointing_hits']} hits" in card
+    # the block says which cases it measured (it named neither the cohort nor the randomization cases)
+    assert f"Method `saliency` (cohort {Path(case['cohort_dir']).resolve().name}, test split, 1 randomization case(s))" in card

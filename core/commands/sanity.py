@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         fig.write_html(out / "randomization.html", include_plotlyjs="cdn")
     card = args.update_card or (args.out is not None and Path(args.out).resolve() == Path(args.model).resolve())
     if card:
-        append_to_model_card(args.model, model_card_section(table, pointing, args.method, randomization_note(model)))
+        source = f"cohort {Path(args.cohort).resolve().name}, test split, {len(ids)} randomization case(s)"
+        append_to_model_card(args.model, model_card_section(table, pointing, args.method, randomization_note(model),
+                                                            source))
     result = {"method": args.method, "randomization": table.to_dict(orient="records"),
               "final_spearman": float(table["spearman"].iloc[-1]), "pointing_rate": pointing["rate"],
               "pointing_hits": pointing["hits"], "pointing_n": pointing["n"], "tolerance_mm": pointing["tolerance_mm"],
