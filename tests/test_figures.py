@@ -121,6 +121,12 @@ def test_survival_chart_steps_band_cohort_bound_and_horizon_risks() -> None:
         F.survival_chart(t, s[:3])
     no_bound = F.survival_chart(t, s)
     assert [layer["mark"]["type"] for layer in no_bound["layer"]][:3] == ["area", "line", "point"]
+    # a bound just left of day 30 crossed the "30 d" label written left of its line: that label moves right
+    near = F.survival_chart(t, s, time_bound=(28.0, "90 % conformal bound: T >= 28 d"))
+    left, right = near["layer"][-2], near["layer"][-1]
+    assert [m["side"] for m in right["data"]["values"]] == ["right", "left", "left"]
+    assert right["transform"] == [{"filter": "datum.side == 'right'"}] and right["mark"]["baseline"] == "top"
+    assert left["transform"] == [{"filter": "datum.side == 'left'"}] and left["mark"]["baseline"] == "bottom"
 
 def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, np.ndarray]) -> None:
     t = np.array([10.0, 100.0, 400.0])

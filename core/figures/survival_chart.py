@@ -44,6 +44,11 @@ def _rows(name: str, t: np.ndarray, s: np.ndarray, lo: np.ndarray | None, hi: np
     return rows
 
 
+#: a horizon's label moves to the right of its line when the bound's line lies within this share of the x axis
+#: to its left, where the label is written
+LABEL_CLEARANCE = 0.03
+
+
 def survival_chart(
     times: Sequence[float] | np.ndarray,
     survival: Sequence[float] | np.ndarray,
@@ -123,15 +128,23 @@ def survival_chart(
                                                  "format": ".1%"}]}},
     ]
     if shown:
-        marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}"}
+        # a label sits left of its dotted line; one whose left side the bound's line crosses moves to the right
+        near = LABEL_CLEARANCE * x_end
+        bound_day = float(time_bound[0]) if time_bound is not None and time_bound[0] > 0 else None
+        marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}",
+                  "side": "right" if bound_day is not None and h - near <= bound_day <= h else "left"}
                  for h in shown]
+        text = {"type": "text", "angle": 270, "align": "left", "dx": 4, "fontSize": 11, "color": PALETTE[0]}
+        encoding = {"x": {"field": "day", "type": "quantitative"}, "y": {"datum": 0.03, "type": "quantitative"},
+                    "text": {"field": "text"}}
         layers += [
             {"data": {"values": marks}, "mark": {"type": "rule", "strokeDash": [2, 3], "color": NEUTRAL},
              "encoding": {"x": {"field": "day", "type": "quantitative"}}},
             # written up the dotted line, so the 30-day and 1-year labels cannot run into each other
-            {"data": {"values": marks}, "mark": {"type": "text", "angle": 270, "align": "left", "baseline": "bottom",
-                                                 "dx": 4, "dy": -3, "fontSize": 11, "color": PALETTE[0]},
-             "encoding": {"x": {"field": "day", "type": "quantitative"}, "y": {"datum": 0.03, "type": "quantitative"},
-                          "text": {"field": "text"}}},
+            {"data": {"values": marks}, "transform": [{"filter": "datum.side == 'left'"}],
+             "mark": text | {"baseline": "bottom", "dy": -3}, "encoding": encoding},
         ]
+        if any(m["side"] == "right" for m in marks):
+            layers.append({"data": {"values": marks}, "transform": [{"filter": "datum.side == 'right'"}],
+                           "mark": text | {"baseline": "top", "dy": 3}, "encoding": encoding})
     return {"height": height, "layer": layers, "resolve": {"scale": {"color": "shared"}}}
