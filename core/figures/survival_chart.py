@@ -49,6 +49,19 @@ def _rows(name: str, t: np.ndarray, s: np.ndarray, lo: np.ndarray | None, hi: np
 LABEL_CLEARANCE = 0.03
 
 
+def label_side(day: float, x_end: float, bound_day: float | None) -> str:
+    """Which side of its dotted line a horizon's label is written on: "left", unless the bound's line crosses that
+    side or the axis leaves no room there (day 30 on a five-year axis), and the bound's line does not cross the right.
+
+    >>> label_side(365, 2000, None), label_side(365, 2000, 350), label_side(30, 2000, None), label_side(30, 2000, 45)
+    ('left', 'right', 'right', 'left')
+    """
+    near = LABEL_CLEARANCE * x_end
+    crosses_left = bound_day is not None and day - near <= bound_day <= day
+    crosses_right = bound_day is not None and day < bound_day <= day + near
+    return "right" if crosses_left or (day < near and not crosses_right) else "left"
+
+
 def survival_chart(
     times: Sequence[float] | np.ndarray,
     survival: Sequence[float] | np.ndarray,
@@ -128,11 +141,8 @@ def survival_chart(
                                                  "format": ".1%"}]}},
     ]
     if shown:
-        # a label sits left of its dotted line; one whose left side the bound's line crosses moves to the right
-        near = LABEL_CLEARANCE * x_end
-        bound_day = float(time_bound[0]) if time_bound is not None and time_bound[0] > 0 else None
         marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}",
-                  "side": "right" if bound_day is not None and h - near <= bound_day <= h else "left"}
+                  "side": label_side(h, x_end, time_bound[0] if time_bound is not None and time_bound[0] > 0 else None)}
                  for h in shown]
         text = {"type": "text", "angle": 270, "align": "left", "dx": 4, "fontSize": 11, "color": PALETTE[0]}
         encoding = {"x": {"field": "day", "type": "quantitative"}, "y": {"datum": 0.03, "type": "quantitative"},
