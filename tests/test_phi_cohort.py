@@ -173,6 +173,32 @@ def test_cohort_gate_errors(tmp_path):
     assert row.blocked and row.error == "is a text file, not a DICOM, NIfTI or zip file (study)"
 
 
+def test_a_burned_in_risk_passes_once_deid_declares_the_pixels_checked(tmp_path):
+    """A DERIVED\\SECONDARY series stayed blocked after deid, with no way through (the project's own export-dicom CT
+    is one): deid --pixels-checked declares the Clean Pixel Data Option (113101), which the gate honours."""
+    from core.cli import main
+    from tests.dicom_factory import edit_file
+
+    src = tmp_path / "src"
+    written = write_series(src, shape=(3, 16, 16))
+    for path in written.paths:
+        edit_file(path, lambda ds: setattr(ds, "ImageType", ["DERIVED", "SECONDARY", "AXIAL"]))
+    root = tmp_path / "cohort"
+    root.mkdir()
+    (root / "cohort.csv").write_text("subject_id,time,event,study\n1,10,1,plain\n2,20,0,checked\n")
+    assert main(["deid", str(src), str(root / "plain"), "--seed", "1"]) == 0
+    assert main(["deid", str(src), str(root / "checked"), "--seed", "1", "--pixels-checked"]) == 0
+    rows = {r.subject_id: r for r in gate_cohort(root).rows}
+    assert rows["1"].phi == [] and rows["1"].burned_in == ["ImageType DERIVED\\SECONDARY\\AXIAL (3 of 3 instances)"]
+    assert rows["2"].phi == [] and rows["2"].burned_in == [] and not rows["2"].blocked
+    lines = gate_cohort(root).lines()
+    assert lines[-1].startswith("fix: de-identify each blocked study") and "--pixels-checked" in lines[-1]
+    import pydicom
+
+    codes = [item.CodeValue for item in pydicom.dcmread(next((root / "checked").iterdir())).DeidentificationMethodCodeSequence]
+    assert codes[:2] == ["113100", "113101"]
+
+
 def test_gate_study_reads_headers_only(tmp_path):
     written = write_deidentified_series(tmp_path / "s", shape=(3, 16, 16))
     # pixel data cut short: loading would fail, the gate still answers from the headers

@@ -103,10 +103,12 @@ def _refuse(report: object) -> None:
     """Raise the one-line refusal of a cohort whose gate found identifying data or burned-in text."""
     from core.errors import InputError
 
+    from core.deid.cohort_gate import FIX
+
     rows = [r.line_text() for r in report.blocked_rows]  # type: ignore[attr-defined]
     raise InputError("cohort", f"{len(rows)} of its studies", "hold identifying data or burned-in "
                      f"text ({'; '.join(rows[:3])}{'; ...' if len(rows) > 3 else ''})",
-                     "de-identify them first (python -m core deid) and upload the cohort again")
+                     f"{FIX}, then upload the cohort again")
 
 
 def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:

@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the date offset in days (default: random, 1-10 years back, never printed)")
     parser.add_argument("--pseudonym", default=None, help="new PatientName/PatientID (default: random ANON-...)")
     parser.add_argument("--seed", type=int, default=None, help="make UIDs, offset and pseudonym reproducible")
+    parser.add_argument("--pixels-checked", action="store_true",
+                        help="you have looked at every image and found no identifying text burned into the pixels: "
+                             "the copy declares the Clean Pixel Data Option (113101), so a burned-in text risk "
+                             "(secondary capture, DERIVED\\SECONDARY, BurnedInAnnotation YES) no longer blocks it")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -39,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             pseudonym=args.pseudonym,
             progress=progress,
+            pixels_checked=args.pixels_checked,
         )
     if args.json:
         out = {"output": str(args.output), **report.to_dict()}

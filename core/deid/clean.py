@@ -135,8 +135,12 @@ class StudyCleaner:
         shift_days: int | None = None,
         seed: int | None = None,
         pseudonym: str | None = None,
+        pixels_checked: bool = False,
     ) -> None:
         check_dates(dates, shift_days)
+        # the user looked at every image and found no identifying text burned in: the Clean Pixel Data Option
+        # (113101) is declared, which the PHI gate honours; nothing here reads or changes a pixel
+        self.pixels_checked = bool(pixels_checked)
         if pseudonym is not None and (not pseudonym.strip() or len(pseudonym) > 64 or "\\" in pseudonym):
             raise InputError("pseudonym", pseudonym, "must be 1-64 characters without a backslash", "give a study code such as SUBJ-0001")
         self.dates = dates
@@ -313,7 +317,7 @@ class StudyCleaner:
 
     def _mark(self, ds: Dataset) -> None:
         """PatientIdentityRemoved, DeidentificationMethod(+CodeSequence), LongitudinalTemporalInformationModified."""
-        codes = ["113100", {"shift": "113107", "keep": "113106"}.get(self.dates, "")]
+        codes = ["113100", "113101" if self.pixels_checked else "", {"shift": "113107", "keep": "113106"}.get(self.dates, "")]
         codes = [c for c in codes if c]
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = DEID_METHOD[self.dates]  # LO: at most 64 characters

@@ -45,6 +45,11 @@ class StudyGate:
     n_instances: int
 
 
+#: what to do about a blocked study (identifying attributes, a burned-in text risk)
+FIX = ("de-identify each blocked study (python -m core deid STUDY OUT) and point cohort.csv at the copy; a burned-in "
+       "text risk stays until you have looked at every image: then add --pixels-checked to deid")
+
+
 @dataclass(frozen=True)
 class CohortRowFinding:
     """The gate's answer for one row of cohort.csv that names a study."""
@@ -98,7 +103,8 @@ class CohortGateReport:
 
     def lines(self) -> list[str]:
         out = [f"{len(self.rows)} studies checked in {self.n_rows} rows: {len(self.blocked_rows)} blocked"]
-        return out + [r.line_text() for r in self.blocked_rows]
+        out += [r.line_text() for r in self.blocked_rows]
+        return out + ([f"fix: {FIX}"] if any(r.phi or r.burned_in for r in self.blocked_rows) else [])
 
 
 def _inside(root: Path, text: str) -> Path | None:

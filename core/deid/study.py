@@ -68,6 +68,7 @@ class DeidReport:
     leaks_removed: int = 0  # elements removed by the verification pass (identifying text outside the profile)
     residual: list[str] = field(default_factory=list)  # warnings: identifying text still in the bytes
     n_nifti: int = 0  # NIfTI volumes among the instances (their header's free-text fields emptied; no dates in one)
+    pixels_checked: bool = False  # the user declared the pixels free of identifying text (113101 written)
 
     @property
     def nifti_only(self) -> bool:
@@ -121,7 +122,12 @@ class DeidReport:
             out.append(f"verification removed {self.leaks_removed} more element(s) that repeated identifying text")
         for reason, count in sorted(self.skipped.items()):
             out.append(f"skipped {count} input file(s): {reason}")
-        out += [f"warning: pixel risk: {w}" for w in self.pixel_risk]
+        if self.pixels_checked and self.n_nifti < self.n_instances:
+            out.append("pixels: declared checked by you, no identifying text burned in (Clean Pixel Data Option, "
+                       "113101, written: the PHI gate lets these signs pass)")
+            out += [f"declared checked: {w.rsplit(': ', 1)[0]}" for w in self.pixel_risk]
+        else:
+            out += [f"warning: pixel risk: {w}" for w in self.pixel_risk]
         out += [f"warning: {w}" for w in self.residual]
         return out
 
@@ -409,6 +415,7 @@ def _run(
     report.action_counts = dict(sorted(counts.items()))
     report.changes = sorted(cleaner.changes)
     report.pixel_risk = [f"{n} of {report.n_instances} instance(s) {PIXEL_RISK_TEXT[k]}" for k, n in sorted(risks.items())]
+    report.pixels_checked = cleaner.pixels_checked
     return report
 
 
@@ -441,6 +448,7 @@ def deidentify_study(
     seed: int | None = None,
     pseudonym: str | None = None,
     progress: Progress | None = None,
+    pixels_checked: bool = False,
 ) -> DeidReport:
     """Write a de-identified copy of the study ``src`` (DICOM file, folder or zip) into folder ``dst``.
 
@@ -449,9 +457,13 @@ def deidentify_study(
     replaced consistently across the study, private tags, overlays and curves
     removed, dates shifted by one offset per study (``dates="shift"``, offset
     ``shift_days`` or random), removed or kept; pixel data bit-identical.
-    ``dst`` must be new or empty and not inside ``src``.
+    ``dst`` must be new or empty and not inside ``src``. ``pixels_checked``: the user has looked at every image and
+    found no identifying text burned into the pixels; the copy then declares the Clean Pixel Data Option (113101),
+    so the PHI gate no longer holds it back for a burned-in text risk (a secondary capture, ImageType
+    DERIVED\\SECONDARY, BurnedInAnnotation YES). Nothing checks the pixels for the user.
     """
-    cleaner = StudyCleaner(dates=dates, shift_days=shift_days, seed=seed, pseudonym=pseudonym)
+    cleaner = StudyCleaner(dates=dates, shift_days=shift_days, seed=seed, pseudonym=pseudonym,
+                           pixels_checked=pixels_checked)
     s, d = _check_paths(Path(src), Path(dst))
     created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
