@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -61,9 +62,44 @@ def follow_deep_link() -> None:
 # ------------------------------------------------------------------ errors
 
 
+_MARKUP = re.compile(r"([\\\[\]*`$])")
+
+
+def md(value: object) -> str:
+    r"""``value`` as text for a markdown element (``st.markdown``, ``st.warning``, a ``st.table`` cell...), shown as it
+    is: text from a user's file (a DICOM header value, a zip entry's name, a timeline code, a column name) must not
+    become a remote image the browser fetches (``![](http://...)``), a link or emphasis. Streamlit escapes raw HTML
+    itself; this escapes what markdown builds links, images, emphasis, code and formulas from, and makes one line.
+    (A bare address such as http://host/x still shows as a link: Streamlit links those after markdown; no image.)
+
+    >>> print(md("![x](http://127.0.0.1:9/a.png) **b** `c` $d$ C:\\data"))
+    !\[x\](http://127.0.0.1:9/a.png) \*\*b\*\* \`c\` \$d\$ C:\\data
+    >>> md("line 1\n# line 2")
+    'line 1 # line 2'
+    """
+    return _MARKUP.sub(r"\\\1", " ".join(str(value).splitlines()))
+
+
+def sheet_cell(value: str) -> str:
+    r"""A cell of a table a user downloads as CSV: text that a spreadsheet would run as a formula (it starts with
+    =, +, -, @, a tab or a carriage return and is no number) gets a leading apostrophe.
+
+    >>> [sheet_cell(v) for v in ('=HYPERLINK("http://x")', "-1.5", "@SUM(1)", "site A")]
+    ['\'=HYPERLINK("http://x")', '-1.5', "'@SUM(1)", 'site A']
+    """
+    if not value or value[0] not in "=+-@\t\r":
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def one_line(exc: BaseException) -> str:
+    """The first line of an error's message, escaped for markdown (it quotes values from users' files)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return md(text.splitlines()[0]) if text else type(exc).__name__
 
 
 @contextmanager

@@ -75,7 +75,7 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
     if table is not None:
         head = st.columns([5, 1], vertical_alignment="center")
         subjects = sorted(table.index.astype(str).unique().tolist())
-        head[0].markdown(f"In memory, not saved yet: **{state['name']}** ({len(subjects)} subjects, {table.shape[1]} "
+        head[0].markdown(f"In memory, not saved yet: **{chrome.md(state['name'])}** ({len(subjects)} subjects, {table.shape[1]} "
                          "columns).")
         if head[1].button("Discard", key="discard_features", icon=":material/close:"):
             state.clear()
@@ -84,21 +84,21 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         subject = st.selectbox(f"Subject ({len(subjects)} in the table; its values fill the table below)", subjects,
                                index=first, key=f"features_subject_{nonce}")
         if table.attrs.get("other_sheets"):  # a workbook: its first sheet with rows is read
-            st.caption(f"Sheet '{table.attrs['sheet']}' read; the workbook's {table.attrs['other_sheets']} other "
+            st.caption(f"Sheet '{chrome.md(table.attrs['sheet'])}' read; the workbook's {table.attrs['other_sheets']} other "
                        "sheet(s) with rows are not.")
         unreadable = unreadable_note(table, "The features table")
         if unreadable:  # "<0.5", "n.d." in a number column: left blank below
-            st.warning(unreadable + ".", icon=":material/warning:")
+            st.warning(chrome.md(unreadable) + ".", icon=":material/warning:")
         text = table.attrs.get("text_columns") or []
         if text:  # sex as F / M, a comment: no model reads text
-            st.caption(f"Text column(s) not read: {', '.join(text[:4])}{', ...' if len(text) > 4 else ''} (models read "
+            st.caption(f"Text column(s) not read: {chrome.md(', '.join(text[:4]))}{', ...' if len(text) > 4 else ''} (models read "
                        "numbers: one column per category, such as sex_female 1 / 0).")
         categories = table.attrs.get("categories") or {}
         if categories:  # sex F / M read as sex_female 1 / 0
-            st.caption("Read from text: " + ", ".join(f"{c} as {n} (1 / 0)" for n, c in categories.items()) + ".")
+            st.caption("Read from text: " + chrome.md(", ".join(f"{c} as {n} (1 / 0)" for n, c in categories.items())) + ".")
         renames = renamed_columns(names + sorted(read - set(names)), list(table.columns))
         if renames:  # "Age" for age: the same value under the models' own name
-            st.caption("Read under the models' names: " + ", ".join(f"{c} as {n}" for c, n in list(renames.items())[:6])
+            st.caption("Read under the models' names: " + chrome.md(", ".join(f"{c} as {n}" for c, n in list(renames.items())[:6]))
                        + (", ..." if len(renames) > 6 else "") + ".")
         picked = table.loc[[subject]].iloc[0].rename(index=renames)
         row = {str(k): float(v) for k, v in picked.items() if pd.notna(v)}
@@ -109,7 +109,7 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
     dropped = [c for c in columns if c not in rows]
     if dropped:  # a table's other columns (an MRN, a postcode) are never stored: no model here reads them
         st.caption(f"{len(dropped)} column(s) of the table that no model here reads are not kept: "
-                   f"{', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}.")
+                   f"{chrome.md(', '.join(dropped[:3]))}{', ...' if len(dropped) > 3 else ''}.")
     if not rows:
         st.caption(f"**{model_name}** reads no curated features. Values from a features table are kept with the case "
                    "for the models that do.")
@@ -146,5 +146,5 @@ def section(nonce: int, subject_hint: str | None, saved_values: dict[str, float]
         from core.ehr_read import case_feature_read
 
         for note in case_feature_read(model, values):  # values the model reads as missing, or far from training
-            st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
+            st.warning(f"**{model_name}**: {chrome.md(note)}", icon=":material/warning:")
     return values

@@ -97,9 +97,9 @@ def show(job: Job, *, cancel_label: str = "Cancel") -> None:
 def outcome(job: Job) -> bool:
     """Report how an ended job went; True when it is done and its result can be drawn."""
     if job.state == "failed":
-        st.error(f"{job.title} failed: {job.error}")
+        st.error(f"{chrome.md(job.title)} failed: {chrome.md(job.error)}")
     elif job.state == "cancelled":
-        st.warning(f"{job.title} was cancelled.")
+        st.warning(f"{chrome.md(job.title)} was cancelled.")
     return job.state == "done"
 
 
@@ -128,7 +128,7 @@ def stopped_notices() -> None:
         if any(r.startswith(job_journal.MODELS + "/") for r in rec.removed):
             said.append("the model it was writing was removed")
         with st.sidebar.container(border=True):
-            st.warning(f"{rec.title} (queued {time.strftime('%d %b %H:%M', time.localtime(rec.queued_at))}) was "
+            st.warning(f"{chrome.md(rec.title)} (queued {time.strftime('%d %b %H:%M', time.localtime(rec.queued_at))}) was "
                        "stopped when the server restarted" + "".join(f"; {part}" for part in said)
                        + (". Upload the cohort zip again to start it again." if rec.upload else ". Start it again."))
             if st.button("Dismiss", key=f"dismiss_{rec.name}", type="tertiary"):

@@ -89,7 +89,7 @@ def failure_lines(errors: dict[str, str]) -> list[str]:
     lines = []
     for why, names in reasons.items():
         suffix = shared_suffix(names)
-        lines.append(f"- **{', '.join(n.removesuffix(suffix) for n in names)}**{suffix}: {why}")
+        lines.append(f"- **{chrome.md(', '.join(n.removesuffix(suffix) for n in names))}**{chrome.md(suffix)}: {chrome.md(why)}")
     return lines
 
 
@@ -169,7 +169,9 @@ def subgroup_rows(sub: dict) -> list[dict]:
     rows = []
     labels = [str(g["label"]) for g in sub.get("groups", [])]
     for g in sub.get("groups", []):
-        row = {sub.get("column", "group"): readable_label(str(g["label"]), labels), "n / events": f"{g['n']} / {g['events']}",
+        # the group's label and the column's name come from the user's cohort: no formula in the CSV download
+        row = {chrome.sheet_cell(str(sub.get("column", "group"))): chrome.sheet_cell(readable_label(str(g["label"]), labels)),
+               "n / events": f"{g['n']} / {g['events']}",
                "C-index [95% CI]": ci_text(g.get("c_index"), g.get("c_index_ci"))}
         for h in horizons.HORIZONS:
             cal = (g.get("calibration") or {}).get(h)
@@ -197,7 +199,7 @@ def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
     st.caption("Per group: the C-index with its 95 % bootstrap interval (dashed: all subjects together), and at each "
                "horizon the mean predicted risk beside the observed risk (1 - Kaplan-Meier of the group, with its 95 % "
                "interval in the plot). Small groups have wide intervals.")
-    notes = [f"{readable_label(str(g['label']), labels)}: {g['note']}" for g in groups if g.get("note")]
+    notes = [f"{chrome.md(readable_label(str(g['label']), labels))}: {chrome.md(g['note'])}" for g in groups if g.get("note")]
     if notes:
         st.caption("  \n".join(notes))
 
@@ -209,6 +211,6 @@ def data_notes(result: dict) -> None:
 
     for note in result.get("data_notes") or []:
         if is_leak_note(note):
-            st.warning(note + ".", icon=":material/warning:")
+            st.warning(chrome.md(note) + ".", icon=":material/warning:")
         else:
-            st.info(note + ".", icon=":material/info:")
+            st.info(chrome.md(note) + ".", icon=":material/info:")

@@ -34,7 +34,7 @@ def spec(name: str, model_dir: Path, user: str, site: str) -> dict[str, str]:
 def show(report: dict) -> None:
     """The recalibration's result: the copy's name, a and b, and calibration before and after (cross-fitted)."""
     if "error" in report:
-        st.warning(f"No recalibrated copy: {report['error']}", icon=":material/warning:")
+        st.warning(f"No recalibrated copy: {chrome.md(report['error'])}", icon=":material/warning:")
         return
     st.success(f"Saved **{report['label']}** to your models: pick it in the sidebar to score your patients with "
                "risks recalibrated to this cohort.", icon=":material/check_circle:")

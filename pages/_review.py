@@ -150,4 +150,4 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
 
 def show_warnings(items: list[CW.CaseWarning]) -> None:
     for w in items:
-        st.warning(w.text, icon=":material/info:" if w.kind == "timeline" else ":material/warning:")
+        st.warning(chrome.md(w.text), icon=":material/info:" if w.kind == "timeline" else ":material/warning:")

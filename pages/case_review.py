@@ -77,7 +77,7 @@ if like and source == views.UPLOADED and volume is not None and like != volume.m
     other = next((s for s in volume.series if s.key == like), None)
     label = f"Read the series acquired like {model_name}'s training studies ({other.n_instances if other else '?'} images)"
     if st.button(label, key=f"like_training_{subject_id}", icon=":material/swap_horiz:",
-                 help=f"Series {like} of this study. The case is then read in it by every model (changed on the "
+                 help=f"Series {chrome.md(like)} of this study. The case is then read in it by every model (changed on the "
                       "case, not only here); the Upload page's series list shows the study's series."):
         with chrome.core_errors(stop=False, what="Series not changed: "):
             from pages import _cases
@@ -243,6 +243,7 @@ with t1:
                 top_table["value"] = ["" if v is None or pd.isna(v) else f"{v:g}" for v in top_table["value"]]
                 top_table["day"] = [f"{v:.0f}" for v in top_table["day"]]
                 top_table[top_table.columns[-1]] = [f"{v:.3f}" for v in top_table[top_table.columns[-1]]]
+                top_table["code"] = [chrome.md(v) for v in top_table["code"]]  # a table's cells are markdown
                 st.table(top_table)
             st.caption(("Events of the case, by code family." if unread else
                         "Attention of the fusion over the case's events (weights >= 0, not signed attributions: "
@@ -256,7 +257,7 @@ with t1:
                          f"{model_name})"):
             st.table(pd.DataFrame({"value": [f"{v:g}" for v in case_values.values()],
                                    f"read by {model_name}": ["yes" if k in reads else "no" for k in case_values]},
-                                  index=pd.Index(list(case_values), name="clinical value")))
+                                  index=pd.Index([chrome.md(k) for k in case_values], name="clinical value")))
             st.caption("Entered or taken from a features table on the Upload page, where they can be changed.")
 with t2:
     read_any = pred.event_weights is None or bool(np.any(pred.event_weights))

@@ -59,7 +59,7 @@ def evaluate(name: str, path: Path, cohort_dir: Path) -> dict | None:
         return None
     result = job.result[name]
     if "error" in result:
-        st.error(f"{name}: {result['error']}")
+        st.error(f"{chrome.md(name)}: {chrome.md(result['error'])}")
         return None
     return result
 
@@ -184,12 +184,12 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
         st.warning(f"The model read nothing of {m['unread']} of the {m.get('n')} subjects (no study, timeline or "
                    "features it can read): their curves are the training average.", icon=":material/warning:")
     for note in m.get("notes") or []:  # what the cohort gives the model (core.evaluation.evaluation_notes)
-        st.warning(note + ".", icon=":material/warning:")
+        st.warning(chrome.md(note) + ".", icon=":material/warning:")
     for label, line in (("CTs", split_image_reads_text(m.get("ct_profile"))),
                         ("Timelines", split_timeline_reads_text(m.get("timeline_codes"))),
                         ("Features", split_feature_reads_text(m.get("features")))):
         if line:
-            st.warning(f"{label} ({what}): {line}.", icon=":material/warning:")
+            st.warning(f"{label} ({what}): {chrome.md(line)}.", icon=":material/warning:")
     g1, g2 = st.container(key=f"stack_{key}_plots").columns(2, gap="large")
     with g1:
         st.markdown(f"**Kaplan-Meier by predicted risk group ({what})**")
@@ -369,7 +369,7 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
                 "follow-up).")
     show_evaluation(m, "your cohort", lambda: m["risk_groups"], key="validate")
     if m.get("subgroups"):
-        st.markdown(f"**Subgroups by {m['subgroups'].get('column')}**")
+        st.markdown(f"**Subgroups by {chrome.md(m['subgroups'].get('column'))}**")
         metric_views.show_subgroups(m["subgroups"], m.get("c_index"), key="validate")
     if m.get("recalibration"):
         _recalibration.show(m["recalibration"])
@@ -484,7 +484,7 @@ with tab_meds:
         cols[3].metric("Median follow-up", f"{float(info.get('median_time_days', 0)):.0f} d")
         st.caption(f"Splits: {info.get('splits')}; {info.get('timeline_events')} timeline events kept.")
         for note in info.get("notes") or []:  # what reading the MEDS files left out (core.meds_cohort)
-            st.warning(note + ".", icon=":material/warning:")
+            st.warning(chrome.md(note) + ".", icon=":material/warning:")
         c3, c4 = st.columns(2)
         mfusion = c3.selectbox("Strategy (EHR only: MEDS cohorts have no CT)", ["ehr_only"], key="meds_fusion")
         mepochs = c4.number_input("Epochs", 1, 200, 10, key="meds_epochs")

@@ -134,7 +134,7 @@ volume = None
 stated = ""  # the contrast the user states for a study whose file records none
 if checked is not None:
     head = st.container(key="stack_study_head").columns([5, 1], vertical_alignment="center")
-    head[0].markdown(f"In memory, not saved yet: **{checked.name}** ({checked.volume.format.upper()}, "
+    head[0].markdown(f"In memory, not saved yet: **{chrome.md(checked.name)}** ({checked.volume.format.upper()}, "
                      f"{workspaces.human_bytes(len(checked.data))}).")
     if head[1].button("Discard", key="discard_button", icon=":material/close:"):
         study_state.clear()
@@ -155,7 +155,7 @@ if checked is not None:
                     + ", ".join(f"`{name}`" for name in identifying["attribute"]))
         if len(clinical):
             st.markdown("**Clinical, not identifying on their own**: "
-                        + ", ".join(f"{r.attribute} **{r.value}**" for r in clinical.itertuples())
+                        + ", ".join(f"{r.attribute} **{chrome.md(r.value)}**" for r in clinical.itertuples())
                         + " (the basic profile removes these as well when you de-identify).")
         if st.button("De-identify and continue", type="primary", key="deid_button"):
             with st.spinner("De-identifying in memory..."), chrome.core_errors(stop=False, what="De-identification failed: "):
@@ -167,10 +167,10 @@ if checked is not None:
             st.success(f"De-identified in memory: {checked.deid_summary}", icon=":material/verified_user:")
         if len(clinical):
             st.info("Clinical attributes kept as they are (not identifying on their own; the model does not read "
-                    "them): " + ", ".join(f"{r.attribute} {r.value}" for r in clinical.itertuples()) + ".",
+                    "them): " + ", ".join(f"{r.attribute} {chrome.md(r.value)}" for r in clinical.itertuples()) + ".",
                     icon=":material/info:")
         if volume.burned_in:
-            st.warning("**Possible burned-in text** in the pixels: " + "; ".join(volume.burned_in)
+            st.warning("**Possible burned-in text** in the pixels: " + chrome.md("; ".join(volume.burned_in))
                        + ". Look at the images before you save: a name or ID drawn into a screenshot cannot be "
                        "removed by de-identification.", icon=":material/warning:")
             st.checkbox("I looked at the images: they show no names, IDs or dates", key=K.BURNED_IN_OK)
@@ -203,7 +203,7 @@ if checked is not None:
         with c2:
             hu = volume.hu
             st.markdown(
-                f"- format: **{volume.format}**, modality **{volume.modality}**\n"
+                f"- format: **{volume.format}**, modality **{chrome.md(volume.modality)}**\n"
                 f"- shape: **{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]}** (slices, rows, cols)\n"
                 f"- spacing: **{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm**\n"
                 f"- HU range: **{float(hu.min()):.0f} .. {float(hu.max()):.0f}** (mean {float(hu.mean()):.0f})\n"
@@ -217,7 +217,7 @@ if checked is not None:
                              "contrast was given. Stated here, it is kept with the case, and a model whose training "
                              "studies were all acquired otherwise warns.")
             for w in volume.warnings:
-                st.warning(w, icon=":material/warning:")
+                st.warning(chrome.md(w), icon=":material/warning:")
             from core.predict import image_read
 
             with chrome.core_errors(stop=False):
@@ -227,12 +227,12 @@ if checked is not None:
                             lambda: image_read(model, volume))
                 for note in [*read.warnings, read.note(model_name)]:  # what the selected model cannot read here
                     if note:
-                        st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
+                        st.warning(f"**{model_name}**: {chrome.md(note)}", icon=":material/warning:")
                 other = next((s for s in volume.series if s.key == read.like_training), None)
                 if other is not None and st.button(  # the phase the model was trained on, in one click
                         f"Load the series acquired like {model_name}'s training studies ({other.n_instances} images)",
                         key="like_training_upload", icon=":material/swap_horiz:",
-                        help=f"Series {other.key}; the case is saved in the series loaded here."):
+                        help=f"Series {chrome.md(other.key)}; the case is saved in the series loaded here."):
                     with chrome.core_errors(stop=False, what="Series not loaded: "):
                         study_state["checked"] = uploads.with_series(checked, other.key)
                         st.session_state.pop("series_choice", None)  # the list above then shows the loaded series
@@ -255,11 +255,11 @@ target = NEW_CASE
 target_label = ""
 if frame is not None:
     head = st.container(key="stack_timeline_head").columns([5, 1], vertical_alignment="center")
-    head[0].markdown(f"In memory, not saved yet: **{tl_state['name']}** ({len(frame)} events, "
+    head[0].markdown(f"In memory, not saved yet: **{chrome.md(tl_state['name'])}** ({len(frame)} events, "
                      f"{frame['subject_id'].nunique()} subjects).")
     unreadable = unreadable_values_note(frame)
     if unreadable:
-        st.warning(unreadable[0].upper() + unreadable[1:] + ".", icon=":material/warning:")
+        st.warning(chrome.md(unreadable[0].upper() + unreadable[1:]) + ".", icon=":material/warning:")
     if head[1].button("Discard", key="discard_timeline", icon=":material/close:"):
         tl_state.clear()
         st.rerun()
@@ -301,7 +301,7 @@ if frame is not None:
                "stored: the saved events carry the case's own id." + shifted_note)
     overlap = index_overlap_note(events, index_time)
     if overlap:
-        st.warning(overlap, icon=":material/event_busy:")
+        st.warning(chrome.md(overlap), icon=":material/event_busy:")
     from core.ehr_read import upload_timeline_read
 
     with chrome.core_errors(stop=False):
@@ -310,7 +310,7 @@ if frame is not None:
                       checked.date_shift_days if checked is not None else 0),
                      lambda: upload_timeline_read(model, events, index_time))
         for note in notes:  # what the selected model cannot read here: codes of another site, values in another unit
-            st.warning(f"**{model_name}**: {note}", icon=":material/warning:")
+            st.warning(f"**{model_name}**: {chrome.md(note)}", icon=":material/warning:")
     outcomes = events[events["code"].isin(OUTCOME_CODES)]
     if len(outcomes):
         st.warning(f"This timeline records the outcome ({', '.join(sorted(set(outcomes['code'])))}). An outcome is "

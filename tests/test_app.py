@@ -343,6 +343,8 @@ def test_core_errors_become_one_line_messages() -> None:
             raise InputError("upload", "x.nii.gz", "is a text file, not a DICOM, NIfTI or zip file", "upload a study")
         with chrome.core_errors(stop=False):
             raise OSError("disk trouble /secret/path")
+        with chrome.core_errors(stop=False):  # a zip entry's name: shown as text, not fetched as an image
+            raise InputError("zip entry", "../![z](http://127.0.0.1:9/a.png)", "contains '..'", "re-create the zip")
         st.write("after")
 
     at = AppTest.from_function(script, default_timeout=30)
@@ -351,6 +353,7 @@ def test_core_errors_become_one_line_messages() -> None:
     assert at.error[0].value == ("Study not loaded: upload: got x.nii.gz, is a text file, not a DICOM, NIfTI or zip "
                                  "file; fix: upload a study")
     assert "secret" not in at.error[1].value and "OSError" in at.error[1].value
+    assert at.error[2].value.startswith("zip entry: got ../!\\[z\\](http://127.0.0.1:9/a.png), contains")
     assert at.markdown[-1].value == "after"
 
 

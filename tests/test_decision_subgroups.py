@@ -144,6 +144,16 @@ def test_a_tiny_subgroup_keeps_its_c_index_without_an_interval():
     assert big["c_index_ci"] is not None and big["note"] is None
 
 
+def test_the_subgroup_table_a_user_downloads_holds_no_formula():
+    """Its CSV download (the table's toolbar) wrote a group '=HYPERLINK(...)' as it was: a spreadsheet runs it."""
+    from pages._metric_views import subgroup_rows
+
+    group = {"n": 2, "events": 1, "c_index": None, "c_index_ci": None, "calibration": {}}
+    rows = subgroup_rows({"column": "@site", "groups": [{**group, "label": '=HYPERLINK("http://x")'},
+                                                        {**group, "label": "-1"}]})
+    assert [list(r.values())[0] for r in rows] == ['\'=HYPERLINK("http://x")', "-1"] and "'@site" in rows[0]
+
+
 def test_subgroup_values_reads_cohort_then_features_and_names_the_columns():
     table = pd.DataFrame({"subject_id": ["a", "b"], "time": [1.0, 2.0], "event": [1, 0], "site": ["x", "y"]})
     feats = pd.DataFrame({"age": [50.0, np.nan]}, index=pd.Index(["a", "b"], name="subject_id"))

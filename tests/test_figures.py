@@ -189,6 +189,14 @@ def test_timeline_figure_uses_relative_days_and_marks_top_events() -> None:
     unread = F.timeline_figure(events, np.zeros(4), index, top_k=8, kind="attention")
     assert len(unread.data) == 1 and not [a for a in unread.layout.annotations if a.showarrow]
     assert not (unread.layout.meta or {}).get("top")
+    # a code from a user's file is text in the chart: Plotly made <a href> a link in the axis and the hover
+    link = events.assign(code=['<a href="https:x.example">L</a>//1', "LAB//hgb", "LAB//crp", "<b>B</b>//2"])
+    shown = F.timeline_figure(link, np.array([0.5, -0.1, 2.0, 0.0]), index, top_k=2)
+    assert list(shown.layout.yaxis.ticktext) == ['&lt;a href="https:x.example"&gt;L&lt;/a&gt;', "&lt;b&gt;B&lt;/b&gt;", "LAB"]
+    drawn = json.dumps([t.to_plotly_json() for t in shown.data] + [a.to_plotly_json() for a in shown.layout.annotations],
+                       default=str)
+    assert "<a " not in drawn and "&lt;a href" in drawn  # hover, top marks' customdata, the labels
+    assert shown.layout.meta["top"][1]["code"] == '<a href="https:x.example">L</a>//1'  # the table escapes its own
     from core.report import _event_lines
 
     table = events.assign(score=0.0, attention=0.0, days_before_index=[400, 100, 30, 2])

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.figures.style import COHORT_COLOR, NEUTRAL, PALETTE
+from core.figures.tokens import plain
 from core.horizons import horizon_label
 
 
@@ -98,7 +99,7 @@ def subgroup_figure(groups: Sequence[Mapping[str, Any]], labels: Sequence[str], 
     >>> [(t.name, list(t.y), list(t.x)) for t in fig.data]
     [('C-index', ['F'], [0.7]), ('observed', ['F'], [0.25]), ('predicted', ['F'], [0.3])]
     """
-    names = list(labels)
+    names = [plain(n) for n in labels]  # a group's label is a value of the user's column: shown as it is
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
                         subplot_titles=["Harrell's C-index", f"Risk at {horizon_label(float(horizon))}"])
     fig.update_annotations(font={"size": 14})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from html import escape
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ def attention_heatmap(
         raise InputError("labels", f"{len(rows)} x {len(cols)}", f"must match weights {w.shape}",
                          "pass one label per row and per column")
     fig = go.Figure(go.Heatmap(z=w, x=list(range(w.shape[1])), y=list(range(w.shape[0])), colorscale="Viridis",
-                               colorbar={"title": {"text": "weight"}}, customdata=np.array(cols)[None, :].repeat(w.shape[0], 0),
+                               colorbar={"title": {"text": "weight"}}, customdata=np.array([plain(c) for c in cols])[None, :].repeat(w.shape[0], 0),
                                hovertemplate="%{customdata}: %{z:.3f}<extra></extra>"))
     fig.update_yaxes(tickmode="array", tickvals=list(range(w.shape[0])), ticktext=rows, autorange="reversed")
     step = max(1, -(-w.shape[1] // 12))  # at most 12 labels along the axis, so they never run into each other
@@ -127,7 +128,7 @@ def timeline_figure(
     families = sorted(family[~outside].unique().tolist()) or sorted(family.unique().tolist())  # rows on the axis
     y = family.map({f: i for i, f in enumerate(families)}).fillna(0.0).to_numpy(dtype=float)  # off-axis: any row
     values = ev["numeric_value"] if "numeric_value" in ev.columns else pd.Series([np.nan] * n)
-    hover = [f"{c}<br>day {d:.1f}" + ("" if pd.isna(v) else f"<br>value {v:g}") for c, d, v in zip(ev["code"], days, values)]
+    hover = [f"{plain(c)}<br>day {d:.1f}" + ("" if pd.isna(v) else f"<br>value {v:g}") for c, d, v in zip(ev["code"], days, values)]
     fig = go.Figure()
     top_rows: list[dict[str, Any]] = []
     if attr is not None and n and not np.any(attr):  # every score 0: the model read none of these events
@@ -173,7 +174,7 @@ def timeline_figure(
                            font={"size": 10, "color": NEUTRAL})
     right = max(5.0, 0.03 * abs(left))
     fig.update_xaxes(range=[left, right])
-    fig.update_yaxes(tickmode="array", tickvals=list(range(len(families))), ticktext=families,
+    fig.update_yaxes(tickmode="array", tickvals=list(range(len(families))), ticktext=[plain(f) for f in families],
                      range=[-0.7, len(families) - 0.3])
     fig.update_layout(title={"text": title} if title else None, xaxis_title="days relative to the index date (scan)",
                       template="plotly_white", width=820, height=240 + 40 * len(families), showlegend=False,
@@ -207,9 +208,20 @@ def _label_offsets(x: np.ndarray, y: np.ndarray, width: float, n_rows: int,
     return out
 
 
+def plain(text: object) -> str:
+    """Text from a user's file (an event code) for a Plotly label or hover: Plotly reads ``<a href>``, ``<b>`` and
+    ``<br>`` in them, so a code could become a link in a clinical chart; escaped, it shows as it is.
+
+    >>> plain('<a href="https://x.example">LAB</a>//1')
+    '&lt;a href="https://x.example"&gt;LAB&lt;/a&gt;//1'
+    """
+    return escape(str(text), quote=False)
+
+
 def _short_code(code: str, limit: int = 28) -> str:
+    """``code`` cut to ``limit`` characters, escaped for Plotly (:func:`plain`)."""
     text = str(code)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return plain(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _relative_days(times: pd.Series, index_time: Any) -> np.ndarray:
