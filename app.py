@@ -38,7 +38,7 @@ def main() -> None:
     """One script run: what ``streamlit run app.py`` executes for each session (and AppTest on app.py)."""
     st.set_page_config(
         page_title="CT + EHR survival explorer",
-        page_icon=":material/monitor_heart:",
+        page_icon=str(Path(__file__).resolve().parent / "assets" / "icon.svg"),  # a data: URL; a Material icon made the browser ask fonts.gstatic.com
         layout="wide",
         initial_sidebar_state="expanded",
     )
