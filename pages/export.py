@@ -181,7 +181,7 @@ else:
     prepare("dicom", "Prepare the DICOM objects", "dicom_zip", "DICOM export", _dicom, disabled=amap is None)
 ready = offer("dicom", "Download the DICOM objects (zip)", "application/zip")
 if ready:
-    st.caption(ready["summary"])
+    st.caption(chrome.md(ready["summary"]))
 
 st.subheader("The map as NIfTI", anchor=False)
 st.caption("The whole attribution map (float32, signed as computed) on the study's own geometry and affine: it opens "
