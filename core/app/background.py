@@ -101,9 +101,8 @@ def _count_subjects(cohort_dir: Path | str) -> int:
 
 def _refuse(report: object) -> None:
     """Raise the one-line refusal of a cohort whose gate found identifying data or burned-in text."""
-    from core.errors import InputError
-
     from core.deid.cohort_gate import FIX
+    from core.errors import InputError
 
     rows = [r.line_text() for r in report.blocked_rows]  # type: ignore[attr-defined]
     raise InputError("cohort", f"{len(rows)} of its studies", "hold identifying data or burned-in "
