@@ -44,7 +44,7 @@ WORKSPACE_PREFIX = "ctehr-session-"
 USERS = "users"
 SCRATCH = "scratch"
 LOCAL_USER = "local"
-GB = 1024**3
+GB = 1000**3  # decimal, as the quota settings and every size shown are read (5 GB = 5e9 bytes)
 DEFAULT_USER_QUOTA_GB = 5.0
 DEFAULT_TOTAL_QUOTA_GB = 50.0
 USER_QUOTA_ENV = "CTEHR_USER_QUOTA_GB"
@@ -163,10 +163,15 @@ def total_usage(base: Path | None = None) -> int:
 
 
 def human_bytes(n: float) -> str:
+    """Bytes in decimal units, the units the quota settings are given in.
+
+    >>> human_bytes(20_000_000), human_bytes(999), human_bytes(5 * GB)
+    ('20.0 MB', '999 B', '5.0 GB')
+    """
     for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+        if abs(n) < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return f"{n:.1f} GB"
 
 
