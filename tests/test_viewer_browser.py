@@ -248,6 +248,24 @@ def test_the_keyboard_alone_steps_every_plane(page: object) -> None:
         assert "\u25b8" + name in fr.locator("#cross").inner_text()  # type: ignore[attr-defined]
 
 
+def test_a_screen_reader_names_the_viewer_and_its_buttons(page: object) -> None:
+    """The iframe is announced as "CT viewer" (Streamlit titles it with the component's module path), the zoom
+    buttons by what they do (not "plus" and "minus"), and the left-drag mode buttons say which one is pressed."""
+    pg = page
+    fr = viewer_frame(pg)
+    assert pg.locator('iframe[title="CT viewer"]').count() == 1  # type: ignore[attr-defined]
+    snapshot = pg.locator("body").aria_snapshot()  # type: ignore[attr-defined]
+    inner = fr.locator("#bar").aria_snapshot()  # type: ignore[attr-defined]
+    assert '"Zoom in"' in inner and '"Zoom out"' in inner, inner
+    fr.locator("#mode-pan").click()  # type: ignore[attr-defined]
+    pressed = fr.evaluate("() => [...document.querySelectorAll('#bar button[data-mode]')]"  # type: ignore[attr-defined]
+                          ".map(b => b.id + '=' + b.getAttribute('aria-pressed'))")
+    assert pressed == ["mode-crosshair=false", "mode-window=false", "mode-pan=true"], pressed
+    fr.locator("#mode-crosshair").click()  # type: ignore[attr-defined]
+    assert fr.locator("#mode-crosshair").get_attribute("aria-pressed") == "true"  # type: ignore[attr-defined]
+    assert "pages._viewer" not in snapshot
+
+
 def test_slice_survives_a_page_switch(page: object) -> None:
     """The crosshair goes back to the server (when scrolling pauses 2 s, or at once when the mouse leaves the
     viewer) and Export and Case review use it."""

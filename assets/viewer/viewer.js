@@ -214,6 +214,7 @@ function setLeftMode(mode) {
   });
   for (const b of document.querySelectorAll("#bar button[data-mode]")) {
     b.classList.toggle("on", Number(b.dataset.mode) === mode);
+    b.setAttribute("aria-pressed", String(Number(b.dataset.mode) === mode));
   }
 }
 
@@ -444,5 +445,8 @@ window.addEventListener("message", (ev) => {
   if (!msg || msg.type !== "streamlit:render") return;
   state.busy = state.busy.then(() => render(msg.args)).catch((e) => showError("CT viewer: " + e));
 });
+// Screen readers announce the host page's iframe by its title, which Streamlit sets to the component's module
+// path; name it for people. The frame is same-origin (served by the app), so frameElement is readable.
+if (window.frameElement) window.frameElement.title = "CT viewer";
 post("streamlit:componentReady", { apiVersion: 1 });
 setHeight();
