@@ -94,3 +94,19 @@ def beyond_grid(times: ArrayLike, horizons: Sequence[float] = HORIZONS) -> list[
     """The horizons past the grid's last time (their S is the last grid value, not an extrapolation)."""
     last = float(np.asarray(times, dtype=float)[-1])
     return [int(h) for h in horizons if h > last]
+
+
+def past_grid_note(times: ArrayLike, horizon: float) -> str | None:
+    """Why a model has no risk at ``horizon`` (None when its curve reaches it): the curve stops at the grid's last
+    time, the end of the follow-up it was trained on, and the value held past it is the risk at that end.
+
+    >>> past_grid_note([0.0, 30.0, 900.0], 1825)
+    "the model's curve ends at day 900 (the follow-up it was trained on): it gives no 5-year risk"
+    >>> past_grid_note([0.0, 30.0, 900.0], 365) is None
+    True
+    """
+    last = float(np.asarray(times, dtype=float)[-1])
+    if horizon <= last:
+        return None
+    return (f"the model's curve ends at day {last:.0f} (the follow-up it was trained on): it gives no "
+            f"{horizon_adjective(horizon)} risk")

@@ -154,7 +154,7 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         *feature_card_lines(cfg.ehr.tabular, cfg.ehr.curated_features),
         "## Limitations",
         "- Trained on one cohort; performance on other scanners, sites or populations is unknown.",
-        "- Survival beyond the last grid time is reported as the last grid value (no extrapolation).",
+        "- The curve ends at the last grid time (the training follow-up): no risk is shown past it (Case review, `predict`'s text, the DICOM SR and the report say so; `predict --json` keeps the last value and lists the horizon in `beyond_grid`).",
         "- Attention weights show what the model looked at, not why; they are not causal explanations.",
         "",
     ]

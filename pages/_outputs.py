@@ -77,7 +77,7 @@ def case_dicom_export(model: Any, source: str, subject_id: str, method: str, hor
     out = session.exports_dir("dicom")
     series = source_series_for(volume, out, study_path=study)
     result = export_dicom(volume, amap, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
-                          method, out, source=series)
+                          method, out, source=series, times=pred.times)
     parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
     parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []
     summary = "; ".join(parts + list(result.warnings)) + "."

@@ -109,11 +109,14 @@ with right:
         m = st.columns(3)
         band = horizons.risk_band_at(pred.times, pred.lower, pred.upper)
         for col, h in zip(m, horizons.HORIZONS):
-            risk = pred.risk_at.get(h)
+            past = horizons.past_grid_note(pred.times, h)
+            risk = None if past else pred.risk_at.get(h)
             col.metric(f"{horizons.horizon_adjective(h)} risk", "n/a" if risk is None else f"{100 * risk:.1f} %",
                        help="1 - S(t) at the horizon, from the model's survival curve; below it, the same risk read "
                             f"off the edges of the curve's band ({model.uncertainty}).")
-            if risk is not None:
+            if past:
+                col.caption(past[0].upper() + past[1:] + ".")
+            elif risk is not None:
                 col.caption(f"{model.config.band_name}: {100 * band[h][0]:.1f}-{100 * band[h][1]:.1f} %")
     ref = None
     with chrome.core_errors(stop=False):
@@ -164,6 +167,10 @@ with left:
         verdict = "not checked on this model" if result is None else result.label()
         st.markdown(f"**{_viewer.METHOD_LABELS.get(method, method)}**: {review.CW.METHOD_CAVEATS[method]}  \n"
                     f"Sanity: {verdict}.")
+        if (past := horizons.past_grid_note(pred.times, chrome.horizon_days())):
+            st.warning(f"Horizon for explanations: {past}; the maps attribute the risk at day "
+                       f"{float(pred.times[-1]):.0f}, its last time. Pick a horizon within the curve.",
+                       icon=":material/schedule:")
         with st.expander("What each attribution method can and cannot show"):
             if charts_wait:
                 st.caption("The table appears once the CT viewer has loaded the scan.")

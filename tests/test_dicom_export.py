@@ -419,8 +419,15 @@ def test_uneven_dicom_series_falls_back_to_a_derived_series(tmp_path: Path) -> N
     saliency = np.linspace(0.0, 1.0, int(np.prod(volume.shape)), dtype=np.float32).reshape(volume.shape)
     info = ModelInfo(name="test fusion, discrete head", version="core test; weights sha256:0",
                      card="test/MODEL_CARD.md sha256:0", device_serial="0")
-    result = export_dicom(volume, saliency, {30: 0.1, 365: 0.2}, ["image"], info, "saliency", out, source=source)
+    result = export_dicom(volume, saliency, {30: 0.1, 365: 0.2, 1825: 0.2}, ["image"], info, "saliency", out,
+                          source=source, times=[0.0, 30.0, 400.0])
     assert any("derived CT series" in w for w in result.warnings)
+    # the model's curve ends at day 400: no 5-year risk goes into the SR (it held the day-400 risk), a comment says why
+    assert result.risk_at == {30: 0.1, 365: 0.2}
+    assert any(w.startswith("the model's curve ends at day 400") and "5-year" in w for w in result.warnings)
+    sr = pydicom.dcmread(out / "prediction_sr.dcm")
+    assert any(it.ValueType == "TEXT" and "gives no 5-year risk; left out of this report" in it.TextValue
+               for it in sr.ContentSequence)
     numbers = check_export(out, saliency, volume.affine, {30: 0.1, 365: 0.2}, ["image"],
                            sorted((out / "CT").glob("CT*.dcm")))
     assert numbers["max_abs_error"] == 0.0

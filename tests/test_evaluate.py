@@ -233,6 +233,21 @@ def test_paired_bootstrap_detects_better_model(test_set: dict) -> None:
     assert small["tied"] > 0.2 and small["ci"][1] == 0.0
 
 
+def test_paired_bootstrap_on_a_few_events() -> None:
+    """15 subjects with 2 events: many resamples hold events but no comparable pair, where lifelines raises
+    ZeroDivisionError (it stopped `compare` and the app's "all 7" job after every model was trained); they are
+    skipped. A split with no comparable pair at all is a one-line error naming it."""
+    for k in range(5):
+        rng = np.random.default_rng(k)
+        t = rng.uniform(10, 1000, 15)
+        e = np.zeros(15, int)
+        e[rng.choice(15, 2, replace=False)] = 1
+        res = paired_bootstrap(rng.normal(size=15), rng.normal(size=15), t, e, n_boot=300)
+        assert 0 < res["n_boot"] <= 300 and 0.0 <= res["p_value"] <= 1.0
+    with pytest.raises(InputError, match="time/event: got 3 subjects, 1 event, hold no comparable pair"):
+        paired_bootstrap([1, 2, 3], [3, 2, 1], [5.0, 1.0, 2.0], [1, 0, 0])
+
+
 # --- Kaplan-Meier -------------------------------------------------------------------------------
 
 

@@ -127,6 +127,9 @@ def test_survival_chart_steps_band_cohort_bound_and_horizon_risks() -> None:
     assert [m["side"] for m in right["data"]["values"]] == ["right", "left", "left"]
     assert right["transform"] == [{"filter": "datum.side == 'right'"}] and right["mark"]["baseline"] == "top"
     assert left["transform"] == [{"filter": "datum.side == 'left'"}] and left["mark"]["baseline"] == "bottom"
+    # a curve that stops at day 1,300 has no 5-year risk: its mark says so (it read "5 y: risk 40%", the day-1,300 risk)
+    short = F.survival_chart(np.array([10.0, 100.0, 400.0, 1300.0]), s)
+    assert [m["text"] for m in short["layer"][-1]["data"]["values"]] == ["30 d: risk 5%", "1 y: risk 20%", "5 y: past the curve's end"]
 
 def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, np.ndarray]) -> None:
     t = np.array([10.0, 100.0, 400.0])

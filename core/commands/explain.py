@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from core import figures as F
     from core.cohort import load_cohort
     from core.explain import METHOD_LABELS, attribute
+    from core.horizons import past_grid_note
     from core.registry import load_model
 
     model = load_model(args.model)
@@ -150,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
     if read.withheld:
         notes.append(f"This CT would be withheld from {model.fusion} when predicting: {read.withheld}. "
                      "The map shows what the model reads in something it never saw in training.")
+    if (past := past_grid_note(model.times, att.horizon_days)):
+        notes.append(f"{past[0].upper() + past[1:]}: the map attributes the risk at day {float(model.times[-1]):.0f}, "
+                     "its last time; pick a horizon within the curve.")
     result = {**att.to_dict(), "target_value": round(value, 6), "slice_shown": int(k), "model": model_label, "fusion": model.fusion,
               "window": window_name, "out": str(out), "warnings": notes}
     result.pop("shape", None)

@@ -20,6 +20,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(by default such a CT is withheld and the prediction made without it)")
 
 
+def risk_text(out: dict) -> str:
+    """The risks of a ``predict --json`` object as the text output prints them; a horizon past the model's curve
+    has none (the JSON's ``risk_at`` holds the curve's last value there and lists it in ``beyond_grid``).
+
+    >>> risk_text({"scored": True, "times": [0.0, 900.0], "beyond_grid": [1825],
+    ...            "risk_at": {"30": 0.072, "365": 0.411, "1825": 0.602}})
+    "30 d: 7.2%, 365 d: 41.1%, 1825 d: none, past the curve's end (day 900)"
+    """
+    if not out["scored"]:
+        return "none (not scored)"
+    past = {int(h) for h in out["beyond_grid"]}
+    return ", ".join(f"{h} d: " + (f"none, past the curve's end (day {out['times'][-1]:.0f})" if int(h) in past
+                                   else f"{v:.1%}") for h, v in out["risk_at"].items())
+
+
 def run(args: argparse.Namespace) -> int:
     from core.predict import predict_subject
 
@@ -27,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        risks = ", ".join(f"{h} d: {v:.1%}" for h, v in out["risk_at"].items()) if out["scored"] else "none (not scored)"
-        print(f"subject {out['subject_id']} ({out['fusion']}, uses {', '.join(out['modalities_used']) or 'nothing'}): risk {risks}")
+        print(f"subject {out['subject_id']} ({out['fusion']}, uses {', '.join(out['modalities_used']) or 'nothing'}): "
+              f"risk {risk_text(out)}")
         for note in out["warnings"]:
             print(f"warning: {note}")
     return 0

@@ -148,9 +148,18 @@ def source_series_for(volume: Volume, out: Path, study_path: Path | None = None,
 
 def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float], modalities_used: Sequence[str],
                  model: ModelInfo, method: str, out: Path, *, source: SourceSeries | None = None,
-                 percentile: float = 99.0, cautions: Sequence[str] = ()) -> ExportResult:
+                 percentile: float = 99.0, cautions: Sequence[str] = (), times: Sequence[float] | None = None,
+                 ) -> ExportResult:
     """Write the Parametric Map, Segmentation and SR of one case into ``out`` (created; existing files replaced);
-    ``cautions`` go into the SR as comments beside the risks (a CT read although outside the model's anatomy)."""
+    ``cautions`` go into the SR as comments beside the risks (a CT read although outside the model's anatomy).
+
+    ``times`` is the model's time grid: a horizon past its end has no risk (the curve stops there), so it is left
+    out of the SR and a comment and a warning say why."""
+    from core.horizons import past_grid_note
+
+    past = {int(h): note for h in risk_at if times is not None and (note := past_grid_note(times, h))}
+    risk_at = {int(h): v for h, v in risk_at.items() if int(h) not in past}
+    cautions = [*cautions, *(f"{note}; left out of this report" for note in past.values())]
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.shape != volume.shape:
         raise InputError("saliency map", list(saliency.shape), f"does not match the volume {list(volume.shape)}",
@@ -171,7 +180,7 @@ def export_dicom(volume: Volume, saliency: np.ndarray, risk_at: dict[int, float]
         n_frames=len(series.indices), method=method, map_min=float(saliency.min()), map_max=float(saliency.max()),
         region_threshold=threshold, region_percentile=percentile, region_voxels=int(region.sum()),
         risk_at={int(k): float(v) for k, v in risk_at.items()}, modalities_used=[str(m) for m in modalities_used],
-        warnings=[*volume.warnings, *series.warnings],
+        warnings=[*volume.warnings, *series.warnings, *(f"{note}; left out of the SR" for note in past.values())],
     )
 
 
@@ -211,7 +220,7 @@ def export_case_dicom(model_dir: Path, cohort_dir: Path, subject_id: str, out: P
     notice = read.note(model.fusion, read_anyway=True)
     result = export_dicom(volume, attribution.map, prediction.risk_at, prediction.modalities_used,
                           model_info(Path(model_dir)), method, Path(out), source=source,
-                          percentile=percentile, cautions=[notice] if notice else [])
+                          percentile=percentile, cautions=[notice] if notice else [], times=model.times)
     # the risk in the report reads the timeline too
     result.warnings += [*read.warnings, *([notice] if notice else []), *timeline_read(model, inputs.events),
                         *feature_read(model, cohort, subject_id)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.errors import InputError
 from core.evaluate.metrics import harrell_c, harrell_c_fast
 from core.evaluate.outcomes import ArrayLike, check_outcome, check_risk
 
@@ -28,7 +29,12 @@ def paired_bootstrap(risk_a: ArrayLike, risk_b: ArrayLike, time: ArrayLike, even
     t, e = check_outcome(time, event)
     a = check_risk(risk_a, t.size, "risk_a")
     b = check_risk(risk_b, t.size, "risk_b")
-    c_a, c_b = harrell_c(t, e, a), harrell_c(t, e, b)
+    try:
+        c_a, c_b = harrell_c(t, e, a), harrell_c(t, e, b)
+    except ValueError:  # scikit-survival: no comparable pair at all
+        raise InputError("time/event", f"{t.size} subjects, {int(e.sum())} event{'' if int(e.sum()) == 1 else 's'}",
+                         "hold no comparable pair (no event before another subject's follow-up ends)",
+                         "compare the models on a split with more events") from None
     rng = np.random.default_rng(seed)
     deltas: list[float] = []
     for _ in range(n_boot):
@@ -38,7 +44,7 @@ def paired_bootstrap(risk_a: ArrayLike, risk_b: ArrayLike, time: ArrayLike, even
             continue
         try:
             deltas.append(harrell_c_fast(tt, te, a[idx]) - harrell_c_fast(tt, te, b[idx]))
-        except ValueError:  # no comparable pairs in this resample
+        except (ValueError, ZeroDivisionError):  # no comparable pair in this resample (lifelines raises either)
             continue
     d = np.asarray(deltas)
     ci = [float(v) for v in np.percentile(d, [2.5, 97.5])] if d.size >= 10 else None

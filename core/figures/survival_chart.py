@@ -79,7 +79,8 @@ def survival_chart(
 
     Every curve starts at S(0) = 1. ``time_bound`` = ``(days, label)`` marks a lower predictive bound on the
     event time (for example the conformal 90 % bound) as a shaded span from day 0 to that day, with its label.
-    Each horizon within reach of the curve gets a dotted line labelled with the case's risk 1 - S(h).
+    Each horizon within reach of the curve gets a dotted line labelled with the case's risk 1 - S(h); one past the
+    curve's last time (up to 1.5 x it) is labelled "past the curve's end": the model gives no risk there.
     """
     t, s, lo, hi = curve_arrays("survival", times, survival, lower, upper)
     curves: list[tuple[str, str, list[float]]] = []  # name, colour, dash
@@ -141,7 +142,8 @@ def survival_chart(
                                                  "format": ".1%"}]}},
     ]
     if shown:
-        marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}",
+        marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: "
+                                    + ("past the curve's end" if h > t[-1] else f"risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}"),
                   "side": label_side(h, x_end, time_bound[0] if time_bound is not None and time_bound[0] > 0 else None)}
                  for h in shown]
         text = {"type": "text", "angle": 270, "align": "left", "dx": 4, "fontSize": 11, "color": PALETTE[0]}
