@@ -71,7 +71,8 @@ def test_a_decision_curve_that_breaks_off_says_why_in_its_panel():
     rate = rng.uniform(0.0005, 0.02, 60)
     surv = np.exp(-np.outer(rate, TIMES))
     t, c = rng.exponential(1 / rate), rng.uniform(0, 900, 60)
-    c[rate > 0.012] = rng.uniform(10, 200, int((rate > 0.012).sum()))  # the high-risk patients leave early
+    c[rate > 0.008] = rng.uniform(10, 200, int((rate > 0.008).sum()))  # the high-risk patients leave early,
+    t[rate > 0.008] = 1e4  # censored (had they all had the event, their net benefit would be defined)
     dc = decision_curve(TIMES, surv, np.minimum(t, c), (t <= c).astype(int), [365])
     nb = dc["horizons"][365]["net_benefit"]
     assert nb[0] is not None and nb[-1] is None  # dcurves: undefined where the test positives' follow-up ends first
@@ -81,6 +82,20 @@ def test_a_decision_curve_that_breaks_off_says_why_in_its_panel():
     fig = decision_curve_figure(whole)
     assert not [a for a in fig.layout.annotations if a.text.startswith("gap")]
     assert fig.layout.yaxis.range[0] < -0.15  # a model below treat-none stays in view (the axis stopped at -0.05)
+
+
+def test_net_benefit_where_every_test_positive_had_the_event_before_the_horizon():
+    """Their Kaplan-Meier risk is 1, so NB = P(positive) (dcurves leaves it undefined and the line broke off there,
+    "net benefit undefined", where the model was most confident and right); censored before it stays undefined."""
+    t = np.array([1.0, 2, 3, 50, 60, 70, 80, 90])
+    e = np.array([1, 1, 1, 0, 1, 0, 0, 1])
+    risk = np.array([0.95, 0.95, 0.95, 0.1, 0.1, 0.1, 0.1, 0.1])
+    grid = np.array([0.0, 10.0, 100.0])
+    surv = np.stack([np.ones(8), 1 - risk, 1 - risk], axis=1)
+    nb = decision_curve(grid, surv, t, e, [10.0], thresholds=[0.5, 0.97])["horizons"][10]["net_benefit"]
+    assert nb == [pytest.approx(3 / 8), 0.0]  # 0.97: nobody is treated
+    e[2] = 0  # one of them censored at day 3, before the horizon: their curve is not defined at day 10
+    assert decision_curve(grid, surv, t, e, [10.0], thresholds=[0.5])["horizons"][10]["net_benefit"] == [None]
 
 
 def test_subgroup_labels_categories_quantile_bands_and_missing():

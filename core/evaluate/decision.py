@@ -10,8 +10,11 @@ horizon t is >= p_t. With censored outcomes the net benefit is (Vickers et al.
 where KM_{risk >= p_t} is the Kaplan-Meier curve of the test-positive
 patients. The numbers come from ``dcurves.dca`` in its time-to-event mode
 (``time=``, ``time_to_outcome_col=``), with "treat all" and "treat none"
-as references. A threshold where the test-positive patients' follow-up ends
-before t gives None (dcurves leaves it undefined).
+as references. Where every test-positive patient had the event before t,
+their Kaplan-Meier curve is 0 by t and NB = P(risk >= p_t): dcurves leaves
+that undefined, ``_all_events_before`` fills it in. A threshold where the
+test-positive patients' follow-up ends with a censoring before t gives None
+(their Kaplan-Meier curve is not defined at t).
 
 >>> rng = np.random.default_rng(1)
 >>> rate = rng.uniform(0.001, 0.01, 400); times = np.linspace(10, 600, 60)
@@ -61,6 +64,28 @@ def _values(frame: pd.DataFrame, model: str) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in col]
 
 
+def _all_events_before(values: list[float | None], risk: np.ndarray, t: np.ndarray, e: np.ndarray, horizon: float,
+                       thresholds: Sequence[float]) -> list[float | None]:
+    """Net benefit where dcurves gives none but it is defined: the test positives' Kaplan-Meier curve reached 0
+    before the horizon (at their last time every patient had the event), so NB = TP / n = P(risk >= p_t).
+
+    >>> t = np.array([1.0, 2, 3, 50, 60]); e = np.array([1, 1, 1, 0, 1]); risk = np.array([.9, .9, .9, .1, .1])
+    >>> _all_events_before([None, None], risk, t, e, 10.0, [0.5, 0.05])
+    [0.6, None]
+    """
+    out = list(values)
+    for i, p in enumerate(thresholds):
+        if out[i] is not None:
+            continue
+        pos = risk >= p
+        if not pos.any():
+            continue
+        last = t[pos].max()
+        if last <= horizon and e[pos][t[pos] == last].all():
+            out[i] = float(pos.mean())
+    return out
+
+
 def decision_curve(times: ArrayLike, survival: ArrayLike, time: ArrayLike, event: ArrayLike,
                    horizons: Sequence[float], thresholds: Sequence[float] = THRESHOLDS) -> dict:
     """Net benefit against threshold at each horizon inside follow-up, from ``dcurves.dca``.
@@ -89,7 +114,7 @@ def decision_curve(times: ArrayLike, survival: ArrayLike, time: ArrayLike, event
                       time_to_outcome_col="time")
         out["horizons"][key] = {
             "thresholds": th,
-            "net_benefit": _values(res, "model"),
+            "net_benefit": _all_events_before(_values(res, "model"), risk, t, e, h, th),
             "treat_all": _values(res, "all"),
             "treat_none": _values(res, "none"),
             "event_prob": float(res["prevalence"].iloc[0]),

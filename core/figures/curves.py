@@ -176,8 +176,8 @@ def decision_curve_figure(decision: dict, title: str = "") -> go.Figure:
                           row=1, col=col)
         if any(v is None for v in d["net_benefit"]):  # say why the model's line breaks off (not a net benefit of 0)
             suffix = "" if col == 1 else str(col)
-            fig.add_annotation(text="gap: everyone above these thresholds<br>left follow-up (event or censored)<br>"
-                                    f"before {horizon_label(float(h))}: net benefit undefined",
+            fig.add_annotation(text="gap: the follow-up of everyone above these<br>thresholds ends censored "
+                                    f"before {horizon_label(float(h))}:<br>net benefit undefined",
                                x=1, y=1, xref=f"x{suffix} domain", yref=f"y{suffix} domain", xanchor="right",
                                yanchor="top", showarrow=False, align="right", font={"size": 10, "color": NEUTRAL})
         fig.update_xaxes(title_text="risk threshold (%)", row=1, col=col)
