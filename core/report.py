@@ -193,8 +193,9 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
                     group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None) -> Path:
     """Write the one-page report to ``out`` (.pdf) and return its path.
 
-    ``conformal_bound``: ``(days, horizon, level)`` as Case review shows it (with probability at least ``level`` the
-    event comes no earlier than ``days``, capped at ``horizon``): an orange span on the curve and a line beside the
+    ``conformal_bound``: ``(days, horizon, level)`` as Case review shows it (a bound ``days``, capped at ``horizon``,
+    that at least ``level`` of patients like the validation patients reach before their event: a guarantee over such
+    patients, not this patient's own probability): an orange span on the curve and a line beside the
     risks; None when the page shows none. ``group_km``: ``((t, s, lower, upper), label)``, the Kaplan-Meier curve of
     the reference risk group the case falls into, Case review's green curve.
 
@@ -390,7 +391,8 @@ def _risk_lines(prediction: Any, attribution: Any, bound: tuple[float, float, fl
         lines.append(f"{horizon_label(h):>8}:  " + shown)
     if bound is not None and prediction.modalities_used:
         lines += ["", f"Event time, {100 * bound[2]:.0f} % bound", f"(conformal): >= {bound[0]:.0f} d",
-                  f"(capped at {bound[1]:.0f} d)"]
+                  f"(capped at {bound[1]:.0f} d; holds for", f"{100 * bound[2]:.0f} % of similar patients,",
+                  "not this patient's own", "probability)"]
     if attribution is not None:
         lines += ["", "Explanation", f"method: {METHOD_LABELS.get(attribution.method, attribution.method)}"] + textwrap.wrap(f"target: {attribution.target}", 30)
     return lines

@@ -39,8 +39,8 @@ def _demo_conformal(model_name: str, model_dir: str, stamp: float, alpha: float)
 
 
 def conformal_bound(model_name: str, prediction: Any, alpha: float = CONFORMAL_ALPHA) -> tuple[float, float] | None:
-    """``(days, horizon)``: with probability >= 1 - alpha the event time is at least ``days`` (capped at the
-    horizon), from the model's conformal calibration on the demo val split (a model trained here: on the val split of
+    """``(days, horizon)``: a lower bound on the event time (capped at the horizon) that at least 1 - alpha of
+    patients like the val patients reach (a marginal guarantee, not this patient's own probability), from the model's conformal calibration on the demo val split (a model trained here: on the val split of
     the cohort it was trained on, while kept); None when it cannot be given."""
     from core.evaluate.conformal import apply_lower_bound
 

@@ -147,8 +147,10 @@ with right:
                    + ("the cohort it was trained on" if own_ref else "the demo's patients")
                    + ", another site, and need not match its curve.")
                 + ("" if bound is None else
-                   f" Orange: the conformal lower bound on this patient's event time: with probability at least {level}, "
-                   f"the event comes no earlier than day {bound[0]:.0f} (bound capped at {bound[1]:.0f} days; Candes-Lei-Ren "
+                   f" Orange: the conformal lower bound on the event time, day {bound[0]:.0f} for this patient (capped at "
+                   f"{bound[1]:.0f} days): of patients like the validation patients, at least {level} have their event no "
+                   "earlier than their bound. It holds over such patients on average, not as this patient's own "
+                   "probability (it can hold less often among the highest-risk ones). Candes-Lei-Ren "
                    "conformalized survival analysis calibrated on the "
                    + ("validation patients of the cohort this model was trained on" if own_ref else
                       "demo's validation patients") + "; it assumes this patient is "

@@ -161,10 +161,10 @@ def conformal_calibration(model: ModelOrLoader, cohort: Cohort, alpha: float = 0
                           horizons: Sequence[float] | None = None) -> ConformalCalibration | None:
     """The conformal lower predictive bound of ``model`` calibrated on ``cohort``'s val split (None without one).
 
-    A case's bound (``core.evaluate.conformal.apply_lower_bound``) says: with probability at least
-    ``1 - alpha``, the patient's event time is at least L_t days (capped at the horizon t), under
-    exchangeability with the val patients and censoring independent of the event given the covariates
-    (Candes, Lei & Ren 2023). Horizons outside the val or train follow-up are left out.
+    A case's bound (``core.evaluate.conformal.apply_lower_bound``) is L_t days (capped at the horizon t): at least
+    ``1 - alpha`` of patients exchangeable with the val patients have their event no earlier than their bound, with
+    censoring independent of the event given the covariates (Candes, Lei & Ren 2023). The guarantee is marginal
+    (over such patients), not conditional on one patient's inputs. Horizons outside the val or train follow-up are left out.
     """
     from core.evaluate.conformal import calibrate_lower_bound
     from core.evaluate.coverage import horizon_usable
