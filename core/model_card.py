@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from core.cohort import Cohort
+from core.evaluate.metrics import metric_spans
 from core.feature_profile import card_lines as feature_card_lines
 from core.models.config import ModelConfig
 from core.study_profile import card_lines, model_profile
@@ -144,6 +145,8 @@ def model_card(cfg: ModelConfig, metrics: dict[str, Any], cohort: Cohort) -> str
         f"- Integrated Brier score: {metric_with_ci(test, 'ibs')}",
         f"- Time-dependent AUC: {json.dumps(test.get('td_auc'), default=_plain)}",
     ]
+    if (spans := metric_spans(test)):
+        lines.append(f"- Spans: {spans} (values over other spans are not comparable).")
     if "oracle_c_index" in test:
         lines.append(f"- Oracle C-index of the true risk on the same subjects: {test['oracle_c_index']:.3f}")
     lines += [

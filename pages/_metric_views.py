@@ -9,6 +9,7 @@ import streamlit as st
 
 from core import figures as F
 from core import horizons
+from core.evaluate.metrics import metric_spans
 from pages import _chrome as chrome
 
 NOT_AVAILABLE = "n/a"  # an undefined number, as the tables write it (Streamlit would show "None")
@@ -21,6 +22,22 @@ def ci_text(value: object, ci: object) -> str:
     text = f"{float(value):.3f}"
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
         text += f" [{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
+    return text
+
+
+def metric_help(m: dict, key: str) -> str:
+    """The help of a metric's tile: its interval and, for Uno's C and the integrated Brier score, the span of days it
+    covers (values over other spans are not comparable).
+
+    >>> metric_help({"ibs": 0.2, "ibs_ci": [0.15, 0.25], "ibs_range": [35, 2019]}, "ibs")
+    '95% bootstrap CI 0.200 [0.150, 0.250]; averages days 35-2019 (values over other days are not comparable)'
+    """
+    text = f"95% bootstrap CI {ci_text(m.get(key), m.get(key + '_ci'))}"
+    if key == "uno_c" and m.get("uno_tau") is not None:
+        text += f"; compares pairs up to day {float(m['uno_tau']):.0f} (values truncated elsewhere are not comparable)"
+    if key == "ibs" and m.get("ibs_range"):
+        a, b = m["ibs_range"]
+        text += f"; averages days {float(a):.0f}-{float(b):.0f} (values over other days are not comparable)"
     return text
 
 
@@ -154,7 +171,10 @@ def show_comparison(results: dict[str, dict], current: str, key: str, filename: 
                    f"{'Every model on the same ' + next(iter(counts)) + '. ' if len(counts) == 1 else ''}"
                    f"Diamonds: each model's value; bars: its 95 % bootstrap interval"
                    f"{f'; the model in use ({current}) in colour' if current in ok else ''}. The intervals are each model's "
-                   "own, not of the difference between two models: bars that overlap do not show that two models differ.")
+                   "own, not of the difference between two models: bars that overlap do not show that two models are "
+                   "alike; the paired comparison of the same subjects tells whether they differ."
+                   + ("" if len(spans := {metric_spans(m) for m in ok.values()}) != 1 or not next(iter(spans)) else
+                      f" {next(iter(spans))[0].upper() + next(iter(spans))[1:]}."))
         if paired:
             st.markdown(gain_text(paired, short))
         shown = table.assign(model=table["model"].map(short))

@@ -171,10 +171,9 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
     from core.predict import split_image_reads_text
 
     cols = st.container(key=f"wrap_{key}_metrics").columns(4)  # two by two on a narrow page (assets/style.css)
-    cols[0].metric("Harrell's C-index", ci_text(m.get("c_index"), None),
-                   help=f"95% bootstrap CI {ci_text(m.get('c_index'), m.get('c_index_ci'))}")
-    cols[1].metric("Uno's C", ci_text(m.get("uno_c"), None), help=ci_text(m.get("uno_c"), m.get("uno_c_ci")))
-    cols[2].metric("Integrated Brier score", ci_text(m.get("ibs"), None), help=ci_text(m.get("ibs"), m.get("ibs_ci")))
+    cols[0].metric("Harrell's C-index", ci_text(m.get("c_index"), None), help=metric_views.metric_help(m, "c_index"))
+    cols[1].metric("Uno's C", ci_text(m.get("uno_c"), None), help=metric_views.metric_help(m, "uno_c"))
+    cols[2].metric("Integrated Brier score", ci_text(m.get("ibs"), None), help=metric_views.metric_help(m, "ibs"))
     cols[3].metric("Subjects / events", f"{m.get('n')} / {m.get('events')}", help=what)
     row = metric_views.comparison_shown(pd.DataFrame([metric_views.metrics_row(name, m)])).drop(columns=["model"])
     st.dataframe(row, hide_index=True, width="stretch", placeholder=metric_views.NOT_AVAILABLE)

@@ -423,6 +423,12 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
 
     assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--horizons", "-30,365"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: horizons: got -30.0, must be a positive number of days")
+    # the span an IBS averages (it moves the value) is printed beside it, and the card names both spans
+    assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--n-boot", "20"]) == 0
+    a, b = res["ibs_range"]
+    assert f"(days {a:.0f}-{b:.0f})" in [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("IBS")][0]
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert "- Spans: Uno's C compares pairs up to day " in card and "the integrated Brier score averages days " in card
     # an image model on a cohort without CT read nothing of anyone: refused, not a C of 0.5
     from core.app.demo_install import SHIPPED_MODELS
 

@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
           file=out)
     print(f"Harrell C   {_fmt(res['c_index'])}{_ci(res['c_index_ci'])}", file=out)
     print(f"Uno C       {_fmt(res['uno_c'])}{_ci(res.get('uno_c_ci'))} (tau={res['uno_tau']:.0f} d)", file=out)
-    print(f"IBS         {_fmt(res['ibs'])}{_ci(res.get('ibs_ci'))}", file=out)
+    span = res.get("ibs_range")
+    print(f"IBS         {_fmt(res['ibs'])}{_ci(res.get('ibs_ci'))}"
+          + (f" (days {span[0]:.0f}-{span[1]:.0f})" if span else ""), file=out)
     for h, v in res["td_auc"].items():
         cal = res["calibration"].get(h)
         ici = "" if not cal else f", calibration ICI {cal['ici']:.3f}"

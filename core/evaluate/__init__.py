@@ -36,6 +36,7 @@ from core.evaluate.kaplan_meier import kaplan_meier, km_by_risk_group
 from core.evaluate.metrics import (
     HORIZONS,
     harrell_c,
+    metric_spans,
     survival_at,
     survival_metrics,
     td_auc,
@@ -58,6 +59,7 @@ __all__ = [
     "kaplan_meier",
     "km_by_risk_group",
     "lpb_coverage",
+    "metric_spans",
     "paired_bootstrap",
     "tie_note",
     "quantile_time",

@@ -268,3 +268,21 @@ def survival_metrics(times_grid: ArrayLike, surv: ArrayLike, time: ArrayLike, ev
         out["uno_c_ci"] = _interval(boot["uno_c"])
         out["ibs_ci"] = _interval(boot["ibs"])
     return out
+
+
+def metric_spans(m: dict) -> str:
+    """What Uno's C and the integrated Brier score of an evaluation ``m`` (:func:`survival_metrics`) cover, in words:
+    both depend on it, so two values are comparable only over the same span.
+
+    >>> metric_spans({"uno_tau": 1741.2, "ibs_range": [34.6, 2018.8]})
+    "Uno's C compares pairs up to day 1741; the integrated Brier score averages days 35-2019"
+    >>> metric_spans({"uno_tau": 900.0, "ibs_range": None})
+    "Uno's C compares pairs up to day 900"
+    """
+    parts = []
+    if m.get("uno_tau") is not None:
+        parts.append(f"Uno's C compares pairs up to day {float(m['uno_tau']):.0f}")
+    if m.get("ibs_range"):
+        a, b = m["ibs_range"]
+        parts.append(f"the integrated Brier score averages days {float(a):.0f}-{float(b):.0f}")
+    return "; ".join(parts)
