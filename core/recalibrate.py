@@ -5,7 +5,8 @@ give the update of ``core.evaluate.recalibration`` (``log H' = a + c m(t) + b (l
 between patients, course over time). The copy holds the same weights; its config.json gains ``recalibration``
 ({"offset" on the model's grid, "b", this fit's "a", "b", "c", the site cohort, n, events, when}), which the network
 applies to its final curve (``core.models.recalibration``); its metrics.json gains the report (before / after,
-cross-fitted) and its model card a section saying what changed and what did not (the ranking: C-index). A model
+cross-fitted) and its model card a section saying what changed and what did not (the order of patients at
+each time; the C-index can move a little). A model
 recalibrated before is recalibrated again on top (the two fits composed). Caches of the original (reference
 curves, predictions) are not copied.
 """
@@ -44,7 +45,8 @@ def card_section(entry: dict, report: dict) -> str:
              f"a = {report['a']:.3f}{ci('a')} (level), b = {report['b']:.3f}{ci('b')} (spread between patients), "
              f"c = {report['c']:.3f}{ci('c')} (course over time)." + composed,
              "- The weights are the original model's; the order of patients at each time is kept, so the ranking "
-             "(C-index) is that of the original. The metrics above are the original model's on its own test split.",
+             "at any one time is the original's; the C-index, which ranks by the whole curve (restricted mean), can "
+             "move a little. The metrics above are the original model's on its own test split.",
              f"- On the site's patients ({report['folds']}-fold cross-fitted: each fold recalibrated by a fit on the "
              "others):"]
     for h, before in report["before"]["calibration"].items():

@@ -485,3 +485,18 @@ def test_survset_cohorts_keep_missing_values_and_load(tmp_path: Path) -> None:
     rott = write_survset_cohort("rott2", tmp_path, seed=0)
     assert "months" in rott["unit"]
     assert pd.read_csv(tmp_path / "rott2" / "cohort.csv")["time"].max() == pytest.approx(231.4 * 365.25 / 12, rel=1e-3)
+
+
+def test_calibration_says_how_many_subjects_its_summaries_cover() -> None:
+    """12 subjects: the low-risk half is censored before the horizon (no observed risk), so the ICI is of the other 6
+    (the demo's "ICI 0.358" was of 6 of 12 with nothing saying so), and 2 groups give no slope: a line through 2
+    points fits them exactly ("slope 0.00 / +0.17" was shown)."""
+    from core.evaluate.calibration import calibration_at
+    from core.figures.curves import calibration_figure
+
+    t = np.arange(10.0, 130.0, 10.0)
+    e = np.array([1] * 6 + [0] * 6)
+    cal = calibration_at(np.linspace(0.9, 0.1, 12), t, e, 125.0)
+    assert [g["observed"] for g in cal["groups"]] == [None, 1.0]
+    assert cal["n_observed"] == 6 and cal["slope"] is None and cal["ici"] == pytest.approx(1.0 - 0.718182, abs=1e-6)
+    assert [tr.name for tr in calibration_figure({1825: cal}).data][1] == "5 years (ICI 0.282, 6 of 12 subjects)"

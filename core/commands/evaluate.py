@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
           + (f" (days {span[0]:.0f}-{span[1]:.0f})" if span else ""), file=out)
     for h, v in res["td_auc"].items():
         cal = res["calibration"].get(h)
-        ici = "" if not cal else f", calibration ICI {cal['ici']:.3f}"
+        ici = "" if not cal else f", calibration ICI {cal['ici']:.3f}" + (
+            f" (of the {cal['n_observed']} of {res['n']} subjects whose groups' follow-up reaches {h} d)"
+            if cal.get("n_observed", res["n"]) < res["n"] else "")
         label = f"AUC({h} d)"
         value = _fmt(v) if v is not None else f"n/a (needs an event by {h} d and a subject followed past it)"
         print(f"{label:12s}{value}{ici}", file=out)

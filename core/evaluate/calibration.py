@@ -2,7 +2,7 @@
 
 Subjects are split into groups of equal size by predicted risk 1 - S(h)
 (deciles when there are at least 200 subjects; fewer groups of at least 20
-subjects otherwise). In each group the observed risk is 1 - KM(h) from
+subjects otherwise, and 2 groups below 40 subjects). In each group the observed risk is 1 - KM(h) from
 lifelines' ``KaplanMeierFitter``; it is ``None`` when the group's follow-up
 ends (censored) before h, because KM is undefined there.
 
@@ -12,7 +12,10 @@ Summaries over the groups with an observed value:
   |predicted - observed| (0 is perfect; Austin et al. smooth instead of grouping),
 - ``e_max``: the largest |predicted - observed|,
 - ``slope`` and ``intercept``: size-weighted least squares of observed on
-  predicted (1 and 0 are perfect; ``None`` when the groups' predictions do not vary).
+  predicted (1 and 0 are perfect; ``None`` when the groups' predictions do not vary
+  or fewer than 3 groups have an observed value: a line through 2 points fits them
+  exactly and checks nothing),
+- ``n_observed``: the subjects of those groups (the summaries say nothing of the others).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def calibration_at(pred_risk: np.ndarray, time: np.ndarray, event: np.ndarray, h
     gap = np.abs(pred - obs)
     slope: float | None = None
     intercept: float | None = None
-    if len(ok) >= 2 and np.ptp(pred) > 1e-9:
+    if len(ok) >= 3 and np.ptp(pred) > 1e-9:
         slope_v, intercept_v = np.polyfit(pred, obs, 1, w=np.sqrt(w))
         slope, intercept = float(slope_v), float(intercept_v)
     return {
@@ -84,4 +87,5 @@ def calibration_at(pred_risk: np.ndarray, time: np.ndarray, event: np.ndarray, h
         "e_max": float(gap.max()),
         "slope": slope,
         "intercept": intercept,
+        "n_observed": int(w.sum()),
     }

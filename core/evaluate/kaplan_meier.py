@@ -29,7 +29,8 @@ def _fit(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 
 def kaplan_meier(time: ArrayLike, event: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """KM step curve ``(t, s, lower, upper)``; t starts at 0 with s = 1 (right-continuous steps)."""
+    """KM step curve ``(t, s, lower, upper)``; t starts at 0 with s = 1 unless events at time 0 lower it there
+    (right-continuous steps)."""
     t, e = check_outcome(time, event, need_event=False, min_n=1)
     return _fit(t, e)
 

@@ -124,16 +124,21 @@ def _order(labels: np.ndarray, kind: str, values: pd.Series) -> list[str]:
 
 def calibration_in_the_large(predicted_risk: np.ndarray, time: np.ndarray, event: np.ndarray,
                              horizon: float) -> dict | None:
-    """Mean predicted risk vs Kaplan-Meier risk 1 - KM(h) with lifelines' 95 % interval; None past the follow-up.
+    """Mean predicted risk vs Kaplan-Meier risk 1 - KM(h) with lifelines' 95 % interval; None where the follow-up
+    ends censored before the horizon (where it ends with events, KM is 0 and the observed risk 1).
 
     >>> r = calibration_in_the_large(np.full(4, 0.5), np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 1]), 2.5)
     >>> r["predicted"], round(r["observed"], 6)
     (0.5, 0.25)
+    >>> calibration_in_the_large(np.full(3, 0.5), np.array([10.0, 20, 60]), np.array([1, 0, 1]), 65.0)["observed"]
+    1.0
     """
-    if time.size == 0 or time.max() < horizon:
+    if time.size == 0:
         return None
     kmf = KaplanMeierFitter(alpha=0.05).fit(time, event_observed=event)
     s = float(kmf.survival_function_at_times(horizon).iloc[0])
+    if time.max() < horizon and s > 0:
+        return None  # follow-up ended (censored) before the horizon
     ci = kmf.confidence_interval_survival_function_
     idx = int(np.searchsorted(ci.index.to_numpy(dtype=float), horizon, side="right") - 1)
     lo_s, hi_s = (float(v) for v in ci.iloc[max(idx, 0)].to_numpy(dtype=float))

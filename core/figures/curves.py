@@ -137,7 +137,9 @@ def calibration_figure(calibration: dict, title: str = "") -> go.Figure:
         y = [g["observed"] for g in rows]
         top = max(top, *x, *y)
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines+markers", name=f"{horizon_label(float(h))} (ICI {cal['ici']:.3f})",
+            x=x, y=y, mode="lines+markers", name=f"{horizon_label(float(h))} (ICI {cal['ici']:.3f}"
+            + (f", {n_obs} of {n_all} subjects)" if (n_obs := sum(g["n"] for g in rows))
+               < (n_all := sum(g["n"] for g in cal["groups"])) else ")"),
             marker={"size": [6 + 0.3 * g["n"] for g in rows], "color": PALETTE[i % len(PALETTE)]},
             customdata=[[g["n"], g["events"]] for g in rows],
             hovertemplate="predicted %{x:.2f}, observed %{y:.2f}<br>n=%{customdata[0]}, events by then %{customdata[1]}<extra></extra>",
