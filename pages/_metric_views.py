@@ -41,6 +41,23 @@ def metric_help(m: dict, key: str) -> str:
     return text
 
 
+def km_caption(ref: dict) -> str:
+    """The caption under the Kaplan-Meier curves by risk group: the log-rank test and the numbers at risk (how many
+    of each group are still followed at day 0 and each year: why the bands widen late).
+
+    >>> km_caption({"logrank_p": 0.0012, "at_risk_days": [0, 365, 730],
+    ...             "groups": [{"label": "low", "at_risk": [54, 43, 35]}, {"label": "high", "at_risk": [53, 16, 5]}]})
+    'Log-rank test across groups: p = 0.0012. Numbers at risk at day 0 / 1 y / 2 y: low 54 / 43 / 35; high 53 / 16 / 5.'
+    """
+    parts = [] if ref.get("logrank_p") is None else [f"Log-rank test across groups: p = {ref['logrank_p']:.3g}."]
+    days = ref.get("at_risk_days")
+    if days and all("at_risk" in g for g in ref["groups"]):
+        when = " / ".join("day 0" if d == 0 else horizons.horizon_label(d, short=True) for d in days)
+        parts.append(f"Numbers at risk at {when}: "
+                     + "; ".join(f"{g['label']} " + " / ".join(str(n) for n in g["at_risk"]) for g in ref["groups"]) + ".")
+    return " ".join(parts)
+
+
 def metrics_row(name: str, m: dict) -> dict:
     td = m.get("td_auc") or {}
     row = {

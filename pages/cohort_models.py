@@ -199,8 +199,8 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
         km = F.survival_compare_figure(curves, colors=None if None in palette else palette)  # type: ignore[arg-type]
         km.update_layout(width=None, height=420)
         st.plotly_chart(km, width="stretch", key=f"{key}_km_groups", config=chrome.PLOTLY_CONFIG)
-        if ref["logrank_p"] is not None:
-            st.caption(f"Log-rank test across groups: p = {ref['logrank_p']:.3g}.")
+        if (caption := metric_views.km_caption(ref)):
+            st.caption(caption)
     with g2:
         st.markdown("**Calibration (predicted vs observed risk by group)**")
         cal = m.get("calibration") or {}

@@ -84,7 +84,7 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-CURVES_VERSION = "1"
+CURVES_VERSION = "2"  # 2: numbers at risk per risk group (at_risk, at_risk_days)
 
 
 def reference_curves(model: ModelOrLoader, cohort: Cohort, ids: Sequence[str] | None = None, groups: int = 3,
@@ -92,7 +92,7 @@ def reference_curves(model: ModelOrLoader, cohort: Cohort, ids: Sequence[str] | 
     """Cohort Kaplan-Meier and the KM curves of predicted risk groups under ``model``.
 
     Returns ``{"cohort_km": (t, s, lo, hi), "groups": [...km_by_risk_group groups...],
-    "logrank_p", "n", "events"}``. Risk is ``core.evaluate.risk_from_survival`` of the
+    "logrank_p", "at_risk_days", "n", "events"}``. Risk is ``core.evaluate.risk_from_survival`` of the
     model's curves, the same score :func:`risk_group_of` uses for one case. ``cache``
     (a demo model's folder, or a user's model in the user's own folder) keeps the predictions on disk between server starts, and the curves beside them
     (``reference_curves.json``, reused only for the same predictions, outcomes and number of groups), so a
@@ -123,6 +123,7 @@ def reference_curves(model: ModelOrLoader, cohort: Cohort, ids: Sequence[str] | 
         "cohort_km": kaplan_meier(time, event),
         "groups": by_group["groups"],
         "logrank_p": by_group["logrank_p"],
+        "at_risk_days": by_group["at_risk_days"],
         "n": len(chosen),
         "events": int(event.sum()),
         "risk": risk,

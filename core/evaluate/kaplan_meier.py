@@ -52,7 +52,13 @@ def km_by_risk_group(risk: ArrayLike, time: ArrayLike, event: ArrayLike, groups:
     """KM curves of equal-size groups by predicted risk (higher = worse), with a log-rank test.
 
     Returns ``{"groups": [{"label", "n", "events", "risk_range", "t", "s", "lower",
-    "upper"}], "logrank_p"}``; ``logrank_p`` is None when no group has an event.
+    "upper", "at_risk"}], "logrank_p", "at_risk_days"}``; ``logrank_p`` is None when no group has an event;
+    ``at_risk`` counts each group's subjects still followed at each of ``at_risk_days`` (day 0, then whole years
+    within the follow-up: the numbers at risk printed under a Kaplan-Meier figure).
+
+    >>> res = km_by_risk_group([3, 2, 1, 0], [100.0, 400.0, 800.0, 900.0], [1, 1, 0, 1], groups=2)
+    >>> res["at_risk_days"], [g["at_risk"] for g in res["groups"]]
+    ([0, 365, 730], [[2, 2, 2], [2, 1, 0]])
     """
     t, e = check_outcome(time, event, need_event=False)
     r = check_risk(risk, t.size)
@@ -60,6 +66,7 @@ def km_by_risk_group(risk: ArrayLike, time: ArrayLike, event: ArrayLike, groups:
         raise InputError("groups", groups, f"must be between 2 and the number of subjects ({t.size})",
                          "use e.g. 3 (low, intermediate, high)")
     order = np.argsort(r, kind="stable")
+    days = [0, *range(365, int(t.max()) + 1, 365)]
     labels = np.empty(t.size, dtype=int)
     out = []
     for g, (name, idx) in enumerate(zip(risk_group_labels(groups), np.array_split(order, groups))):
@@ -67,6 +74,7 @@ def km_by_risk_group(risk: ArrayLike, time: ArrayLike, event: ArrayLike, groups:
         gt, gs, glo, ghi = _fit(t[idx], e[idx])
         out.append({"label": name, "n": int(idx.size), "events": int(e[idx].sum()),
                     "risk_range": [float(r[idx].min()), float(r[idx].max())],
-                    "t": gt, "s": gs, "lower": glo, "upper": ghi})
+                    "t": gt, "s": gs, "lower": glo, "upper": ghi,
+                    "at_risk": [int((t[idx] >= d).sum()) for d in days]})
     p = float(multivariate_logrank_test(t, labels, e).p_value) if e.any() else None
-    return {"groups": out, "logrank_p": p}
+    return {"groups": out, "logrank_p": p, "at_risk_days": days}
