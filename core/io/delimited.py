@@ -24,7 +24,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from core.io.columns import column_key
 
@@ -117,3 +119,23 @@ def decimal_commas(values: pd.Series) -> pd.Series:
     text = values.astype("string")
     hit = text.str.match(DECIMAL_COMMA.pattern).fillna(False).astype(bool)
     return values.where(~hit, text.str.replace(",", ".", regex=False))
+
+
+def subject_text(col: pa.ChunkedArray) -> np.ndarray:
+    """Subject ids as trimmed text (integer ids stored as floats, because of an empty cell, without their ``.0``)."""
+    sid = col.to_pandas()
+    if pd.api.types.is_float_dtype(sid):
+        sid = sid.map(lambda v: "" if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
+    return sid.astype(str).str.strip().to_numpy()
+
+
+def numeric_values(col: pa.ChunkedArray | pa.Array, commas: bool) -> tuple[np.ndarray, list[str]]:
+    """``numeric_value`` as float64 (``commas``: decimal commas, as a semicolon file writes them) and the texts that
+    are no number."""
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        return col.to_pandas().astype("float64").to_numpy(), []
+    raw = col.to_pandas()
+    raw = decimal_commas(raw) if commas else raw
+    values = pd.to_numeric(raw, errors="coerce").astype("float64")
+    text = raw.astype("string").str.strip()  # text such as "<0.5" or "positive": no value, counted
+    return values.to_numpy(), text[values.isna() & text.notna() & (text != "")].tolist()

@@ -3,24 +3,19 @@
 ``read_timeline`` returns exactly four columns:
 
 * ``subject_id`` -- ``str`` (files often store integers; ids are strings everywhere)
-* ``time`` -- ``datetime64[ns]``; ``NaT`` marks a *static* event (MEDS allows a
-  null time for facts that hold for the whole record, e.g. sex). Static rows
-  are kept, sort first within a subject, do not count towards first/last time,
-  and :func:`events_before` keeps them (a static fact is known at any index
-  time).
-* ``code`` -- ``str``; rows with a null code are dropped (their number is in
-  ``DataFrame.attrs["dropped_null_code"]``).
+* ``time`` -- ``datetime64[ns]``; ``NaT`` marks a *static* event (MEDS allows a null time for facts that hold for
+  the whole record, e.g. sex). Static rows are kept, sort first within a subject, do not count towards first/last
+  time, and :func:`events_before` keeps them (a static fact is known at any index time).
+* ``code`` -- ``str``; rows with a null code are dropped (their number is in ``DataFrame.attrs["dropped_null_code"]``).
 * ``numeric_value`` -- ``float64`` (NaN where there is no value).
 
-Column names are matched case-insensitively against the aliases in
-``ALIASES``; a file that lacks one of subject, time or code raises an
-:class:`~core.errors.InputError` listing the columns it has. ``numeric_value``
-is optional. The subject filter is pushed down to pyarrow (as the column's own
-type: files that store ``subject_id`` as int64 are filtered with integers), so
-reading one subject never converts the whole file to pandas. CSV files are
-streamed in record batches and filtered batch by batch. A workbook (``core.io.workbook``: checked as an untrusted zip,
-read in memory) gives its first sheet with a subject id header; date cells are dates and numbers in the time column are
-Excel serial dates.
+Column names are matched case-insensitively against the aliases in ``ALIASES``; a file that lacks one of subject, time
+or code raises an :class:`~core.errors.InputError` listing the columns it has. ``numeric_value`` is optional. The
+subject filter is pushed down to pyarrow (as the column's own type: files that store ``subject_id`` as int64 are
+filtered with integers), so reading one subject never converts the whole file to pandas. CSV files are streamed in
+record batches and filtered batch by batch. A workbook (``core.io.workbook``: checked as an untrusted zip, read in
+memory) gives its first sheet with a subject id header; date cells are dates and numbers in the time column are Excel
+serial dates.
 
 >>> import pandas as pd
 >>> ev = pd.DataFrame({"subject_id": ["1", "1"], "time": pd.to_datetime(["2020-01-01", "2021-01-01"]),
@@ -32,7 +27,7 @@ Excel serial dates.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +39,9 @@ import pyarrow.dataset as pads
 
 from core.errors import InputError
 from core.io.columns import SUBJECT_ALIASES, column_key
-from core.io.delimited import CHUNK_BYTES, DECIMAL_COMMA, HEAD_BYTES, decimal_commas, file_chunks, sniff_delimiter, text_encoding
+from core.io.delimited import (
+    CHUNK_BYTES, DECIMAL_COMMA, HEAD_BYTES, file_chunks, numeric_values, sniff_delimiter, subject_text, text_encoding,
+)
 from core.io.timeline_times import has_offsets, to_datetime
 from core.io.workbook import XLSX_MAGIC, is_workbook, read_workbook, sheet_table
 
@@ -239,16 +236,12 @@ def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: lis
     subject_col = mapping["subject_id"]
     wanted = None if subjects is None else pa.array([str(s).strip() for s in subjects], type=pa.string())
     batches = []
-    try:
-        for batch in reader:
-            if wanted is not None:
-                ids = pc.utf8_trim_whitespace(batch.column(subject_col))
-                batch = batch.filter(pc.is_in(ids, value_set=wanted))
-            if batch.num_rows:
-                batches.append(batch)
-    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
-        raise InputError("PATH", name, f"has a malformed row ({_first_line(err)})",
-                         "fix the CSV so every row has the header's number of fields") from None
+    for batch in _csv_batches(reader, name):
+        if wanted is not None:
+            ids = pc.utf8_trim_whitespace(batch.column(subject_col))
+            batch = batch.filter(pc.is_in(ids, value_set=wanted))
+        if batch.num_rows:
+            batches.append(batch)
     if not batches:
         return pa.table({name: pa.array([], type=pa.string()) for name in mapping.values()})
     table = pa.Table.from_batches(batches)
@@ -256,26 +249,35 @@ def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: lis
     return table.replace_schema_metadata({b"delimiter": text_format[0].encode()})
 
 
+def _csv_batches(reader: Iterable[pa.RecordBatch], name: str) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from reader
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        raise InputError("PATH", name, f"has a malformed row ({_first_line(err)})",
+                         "fix the CSV so every row has the header's number of fields") from None
+
+
+def timeline_batches(path: Path) -> tuple[Iterator[pa.RecordBatch], dict[str, str], bool]:
+    """A parquet or CSV timeline's MEDS columns in record batches (a large file is never held whole: as a frame, 45.8 M
+    events took 13 GB), the file's column for each, and whether values are written with decimal commas."""
+    fmt = _format(path)
+    mapping = map_columns(_source_columns(path, fmt), path.name)
+    if fmt == "parquet":
+        return iter(_parquet_dataset(path).to_batches(columns=list(mapping.values()))), mapping, False
+    text_format = _text_format(path, path.name)
+    return _csv_batches(_csv_reader(path, mapping, text_format=text_format), path.name), mapping, text_format[0] == ";"
+
+
 def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
               whole: Callable[[], pa.ChunkedArray] | None = None) -> pd.DataFrame:
     cols = {target: table.column(source) for target, source in mapping.items()}
     out = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
-    sid = cols["subject_id"].to_pandas()
-    if pd.api.types.is_float_dtype(sid):  # integer ids stored as float (NaN present)
-        sid = sid.map(lambda v: "" if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
-    out["subject_id"] = sid.astype(str).str.strip().to_numpy()
+    out["subject_id"] = subject_text(cols["subject_id"])
     out["time"] = to_datetime(cols["time"], path, whole)
     out["code"] = cols["code"].to_pandas()
     unreadable: list[str] = []
     if "numeric_value" in cols:
-        raw = cols["numeric_value"].to_pandas()
-        if (table.schema.metadata or {}).get(b"delimiter") == b";" and not pd.api.types.is_numeric_dtype(raw):
-            raw = decimal_commas(raw)
-        values = pd.to_numeric(raw, errors="coerce").astype("float64")
-        if not pd.api.types.is_numeric_dtype(raw):  # text such as "<0.5" or "positive": no value, counted
-            text = raw.astype("string").str.strip()
-            unreadable = text[values.isna() & text.notna() & (text != "")].tolist()
-        out["numeric_value"] = values.to_numpy()
+        out["numeric_value"], unreadable = numeric_values(cols["numeric_value"], (table.schema.metadata or {}).get(b"delimiter") == b";")
     else:
         out["numeric_value"] = np.nan
     null_code = out["code"].isna()
@@ -360,6 +362,7 @@ def _ids_as_asked(frame: pd.DataFrame, wanted: list[str]) -> None:
 
 
 MAX_TIMELINE_BYTES = 1024**3  # one uploaded timeline held in memory
+MAX_UPLOAD_EVENTS = 5_000_000  # about 1.4 GB as a frame (the 45.8 M events of 5,000 ICU patients took 13 GB)
 
 
 def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None = None) -> pd.DataFrame:
@@ -401,6 +404,7 @@ def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None =
         try:
             pfile = pq.ParquetFile(pa.BufferReader(data))
             mapping = map_columns(pfile.schema_arrow.names, label)
+            _check_events(pfile.metadata.num_rows, label)
             table = pfile.read(columns=list(mapping.values()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
             raise InputError("timeline", label, f"is not a readable parquet file ({_first_line(err)})",
@@ -411,7 +415,15 @@ def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None =
     else:
         mapping = map_columns(_csv_reader(pa.BufferReader(data), label=label).schema.names, label)
         table = _read_csv(pa.BufferReader(data), mapping, wanted, label=label)
+    _check_events(table.num_rows, label)
     return _to_frame(table, mapping, tag)
+
+
+def _check_events(n: int, label: str) -> None:
+    if n > MAX_UPLOAD_EVENTS:
+        raise InputError("timeline", label, f"holds {n} events (limit {MAX_UPLOAD_EVENTS} for one upload)",
+                         "upload the rows of the patients you need, or build a cohort of the whole file with "
+                         "python -m core cohort")
 
 
 OUTCOME_CODES: tuple[str, ...] = ("MEDS_DEATH",)  # outcomes, never model inputs, whatever their time
@@ -480,14 +492,9 @@ def index_overlap_note(events: pd.DataFrame, index_time: pd.Timestamp) -> str | 
 
 
 def subject_ids(path: Path) -> pa.Array:
-    """The distinct subject ids of a timeline file (its subject column only)."""
-    fmt = _format(path)
-    if fmt == "xlsx":  # a workbook is read whole anyway
+    """The distinct subject ids of a timeline file (read batch by batch)."""
+    if _format(path) == "xlsx":  # a workbook is read whole anyway
         return pa.array(read_timeline(path)["subject_id"].unique())
-    mapping = map_columns(_source_columns(path, fmt), path.name)
-    col = mapping["subject_id"]
-    if fmt == "parquet":
-        ids = _parquet_dataset(path).to_table(columns=[col]).column(col)
-    else:
-        ids = _read_csv(path, {"subject_id": col}, None).column(col)
-    return pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+    batches, mapping, _ = timeline_batches(path)
+    ids = [pc.unique(b.column(mapping["subject_id"])) for b in batches]
+    return pc.unique(pa.chunked_array(ids or [pa.array([], pa.string())]))

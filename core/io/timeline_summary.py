@@ -4,12 +4,17 @@ with what reading it left out (values that are not numbers, rows without a code)
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.errors import InputError
-from core.io.timeline import DEATH_CODE, check_path, read_timeline, subject_ids, unreadable_values_note
+from core.io.delimited import numeric_values, subject_text
+from core.io.timeline import DEATH_CODE, check_path, read_timeline, subject_ids, timeline_batches, unreadable_values_note
+from core.io.timeline_times import to_datetime
 
 
 def code_prefix(code: str) -> str:
@@ -28,7 +33,7 @@ def _iso(t: pd.Timestamp | None) -> str | None:
 def summarize_events(events: pd.DataFrame) -> dict[str, object]:
     """The ``timeline --json`` object for one subject's events (from read_timeline)."""
     timed = events["time"].dropna()
-    death = events.loc[(events["code"] == DEATH_CODE) | events["code"].str.startswith(DEATH_CODE + "//"), "time"].dropna()
+    death = events.loc[_deaths(events["code"]), "time"].dropna()
     prefixes = events["code"].map(code_prefix).value_counts()
     return {
         "subject_id": str(events["subject_id"].iloc[0]) if len(events) else None,
@@ -68,17 +73,62 @@ def summarize_subject(path: str | Path, subject_id: str) -> dict[str, object]:
 
 
 def summarize_file(path: str | Path) -> dict[str, object]:
-    """Whole-file overview: subjects, events, deaths, time range and the column mapping."""
+    """Whole-file overview: subjects, events, deaths, time range and the column mapping.
+
+    Counted batch by batch on the file's Arrow columns (:func:`core.io.timeline.timeline_batches`), not on a frame of
+    every event: a 170 MB parquet of 45.8 M events took 13 GB as a frame. An .xlsx sheet (held in memory whole
+    anyway) is read as a frame.
+    """
     p = check_path(path)
-    events = read_timeline(p)
-    timed = events["time"].dropna()
+    if p.suffix.lower() == ".xlsx":
+        events = read_timeline(p)
+        columns = events.attrs["columns"]
+        ids, dead = set(events["subject_id"]), set(events.loc[_deaths(events["code"]), "subject_id"])
+        times = events["time"].dropna()
+        first, last = (times.min(), times.max()) if len(times) else (None, None)
+        n = len(events)
+    else:
+        batches, columns, commas = timeline_batches(p)
+        ids, dead, unreadable, dropped, n = set(), set(), [], 0, 0
+        first = last = None
+
+        @functools.cache
+        def whole() -> pa.ChunkedArray:  # numeric dates need the whole file's day / month order: read once if so
+            again, names, _ = timeline_batches(p)
+            return pa.chunked_array([b.column(names["time"]) for b in again])
+
+        for batch in batches:
+            code = batch.column(columns["code"])
+            if code.null_count:
+                dropped += code.null_count
+                batch = batch.filter(pc.is_valid(code))
+                code = batch.column(columns["code"])
+            n += batch.num_rows
+            sid = batch.column(columns["subject_id"])
+            ids.update(subject_text(pa.chunked_array([pc.unique(sid)], sid.type)))
+            text = code.cast(pa.string())
+            hit = pc.or_(pc.equal(text, DEATH_CODE), pc.starts_with(text, DEATH_CODE + "//"))
+            dead.update(subject_text(pa.chunked_array([pc.unique(sid.filter(hit))], sid.type)))
+            timed = pd.Series(to_datetime(pa.chunked_array([batch.column(columns["time"])]), p, whole)).dropna()
+            if len(timed):
+                first = timed.min() if first is None else min(first, timed.min())
+                last = timed.max() if last is None else max(last, timed.max())
+            if "numeric_value" in columns:
+                unreadable += numeric_values(batch.column(columns["numeric_value"]), commas)[1]
+        events = pd.DataFrame()
+        events.attrs.update(dropped_null_code=dropped, unreadable_values=len(unreadable),
+                            unreadable_examples=list(dict.fromkeys(v[:24] for v in unreadable))[:3])
     return {
-        "n_subjects": int(events["subject_id"].nunique()),
-        "n_events": int(len(events)),
-        "n_deaths": int(events.loc[(events["code"] == DEATH_CODE) | events["code"].str.startswith(DEATH_CODE + "//"), "subject_id"].nunique()),
-        "first_time": _iso(timed.min()) if len(timed) else None,
-        "last_time": _iso(timed.max()) if len(timed) else None,
-        "columns": events.attrs["columns"],
+        "n_subjects": len(ids),
+        "n_events": int(n),
+        "n_deaths": len(dead),
+        "first_time": _iso(first),
+        "last_time": _iso(last),
+        "columns": dict(columns),
         "unreadable_values": int(events.attrs.get("unreadable_values", 0)),
         "notes": reading_notes(events),
     }
+
+
+def _deaths(code: pd.Series) -> pd.Series:
+    return (code == DEATH_CODE) | code.str.startswith(DEATH_CODE + "//")
