@@ -470,6 +470,23 @@ def test_cli_text(study: dict[str, object], tmp_path: Path, capsys: pytest.Captu
     assert any(line.startswith("warning: pixel risk: 3 of 7 instance(s)") for line in lines)
 
 
+def test_cli_nifti_to_a_file_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``deid in.nii.gz out.nii`` writes the file out.nii (it made a folder named out.nii holding VOL00001.nii.gz)."""
+    import nibabel as nib
+    import numpy as np
+
+    src = tmp_path / "in.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4)), src)
+    assert main(["deid", str(src), str(tmp_path / "out.nii"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["files_written"] == ["out.nii"] and (tmp_path / "out.nii").is_file()
+    assert (tmp_path / "out.nii").read_bytes()[:2] != b"\x1f\x8b"  # plain, as its name says (the input was gzipped)
+    assert np.asarray(nib.load(tmp_path / "out.nii").dataobj).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "out.nii"]
+    assert main(["deid", str(src), str(tmp_path / "out.nii")]) == 2  # nothing is overwritten
+    assert capsys.readouterr().err.startswith("error: OUT: got ") and (tmp_path / "out.nii").is_file()
+
+
 @pytest.mark.parametrize("case", ["missing", "inside", "same", "not_dicom", "not_empty"])
 def test_cli_errors(case: str, study: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root: Path = study["root"]  # type: ignore[assignment]
