@@ -89,7 +89,7 @@ def summarize_file(path: str | Path) -> dict[str, object]:
         n = len(events)
     else:
         batches, columns, commas = timeline_batches(p)
-        ids, dead, unreadable, dropped, n = set(), set(), [], 0, 0
+        ids, dead, examples, unreadable, dropped, n = set(), set(), [], 0, 0, 0
         first = last = None
 
         @functools.cache
@@ -113,11 +113,12 @@ def summarize_file(path: str | Path) -> dict[str, object]:
             if len(timed):
                 first = timed.min() if first is None else min(first, timed.min())
                 last = timed.max() if last is None else max(last, timed.max())
-            if "numeric_value" in columns:
-                unreadable += numeric_values(batch.column(columns["numeric_value"]), commas)[1]
+            if "numeric_value" in columns:  # counted, and the first three kinds kept (not every text)
+                texts = numeric_values(batch.column(columns["numeric_value"]), commas)[1]
+                unreadable += len(texts)
+                examples = list(dict.fromkeys([*examples, *(v[:24] for v in texts)]))[:3]
         events = pd.DataFrame()
-        events.attrs.update(dropped_null_code=dropped, unreadable_values=len(unreadable),
-                            unreadable_examples=list(dict.fromkeys(v[:24] for v in unreadable))[:3])
+        events.attrs.update(dropped_null_code=dropped, unreadable_values=unreadable, unreadable_examples=examples)
     return {
         "n_subjects": len(ids),
         "n_events": int(n),
