@@ -249,7 +249,7 @@ def test_case_review_viewer_interactions(page: object) -> None:
     # the metrics come with the case's prediction, which a busy machine may finish after the first run settled
     pg.get_by_text("1-year risk").first.wait_for(state="visible", timeout=60_000)  # type: ignore[attr-defined]
     assert pg.get_by_text("1-year risk").is_visible()  # type: ignore[attr-defined]
-    assert pg.locator('iframe[title*="ctehr_ct_viewer"]').count() == 1  # type: ignore[attr-defined]  (the CT viewer)
+    assert pg.locator('iframe[src*="ctehr_ct_viewer"]').count() == 1  # type: ignore[attr-defined]  (the CT viewer)
     # the curve, the attention strip and the timeline (the viewer's report of what it holds may rerun the page once)
     pg.wait_for_function("document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length >= 3",  # type: ignore[attr-defined]
                          timeout=60_000)
