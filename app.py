@@ -54,6 +54,7 @@ def main() -> None:
     from pages import _jobs
     from pages import _session as session
     from pages import _state as K
+    from pages._memo import new_run
 
     chrome.inject_style()
     st.logo(str(paths.ASSETS / "logo.svg"), size="large")
@@ -114,6 +115,7 @@ def main() -> None:
         bar.empty()
         st.rerun()
 
+    new_run()  # what the last run held beyond the session memo's budget is let go
     chrome.follow_deep_link()
     chrome.sidebar()
     _jobs.sidebar_list()

@@ -43,6 +43,14 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write one array to ``path`` (a ``.npy``, readable memory-mapped) atomically, as :func:`save_npz` does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(path, ".npy")
+    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+    tmp.replace(path)
+
+
 def partial_name(path: Path, suffix: str = "") -> Path:
     """A temporary name beside ``path`` that no other process or thread of this one uses (``.partial`` marks it)."""
     return path.with_name(f"{path.stem if suffix else path.name}.{os.getpid()}.{threading.get_ident()}.partial{suffix}")
@@ -73,9 +81,16 @@ def load_npz(path: Path, build: Callable[[Mapping[str, Any], dict[str, Any]], T]
     return value
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def trim(root: Path, max_entries: int, max_bytes: int, companions: tuple[str, ...] = ()) -> None:
     """Delete the least recently used ``.npz`` files of ``root`` beyond ``max_entries`` files or ``max_bytes`` bytes
-    (with their files of the same stem and a suffix in ``companions``)."""
+    (with their files of the same stem and a suffix in ``companions``, whose bytes count with theirs)."""
     with _TRIM_LOCK:  # one trim at a time in this process (other processes: missing files are skipped)
         files = []
         for p in root.glob("*.npz"):
@@ -87,7 +102,7 @@ def trim(root: Path, max_entries: int, max_bytes: int, companions: tuple[str, ..
         files.sort(key=lambda sp: sp[0].st_mtime_ns, reverse=True)  # newest first
         total = 0
         for n, (st, p) in enumerate(files):
-            total += st.st_size
+            total += st.st_size + sum(_size(p.with_suffix(suffix)) for suffix in companions)
             if n >= max_entries or total > max_bytes:
                 p.unlink(missing_ok=True)
                 for suffix in companions:

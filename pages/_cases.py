@@ -49,7 +49,7 @@ def case_info(case_id: str) -> saved.CaseInfo | None:
 
 
 def _load(info: saved.CaseInfo) -> dict[str, Any]:
-    volume = saved.load_case_volume(info)
+    volume = saved.load_case_volume(info, user())
     events = saved.case_events(info)
     features = saved.case_features(info)
     cohort = cohorts.uploaded_case_cohort(info.path, volume=volume, events=events, features=features,

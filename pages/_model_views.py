@@ -20,6 +20,7 @@ import streamlit as st
 
 from core import horizons
 from core import predict as predictions
+from core.app import cases as saved_cases
 from core.app import demo_install, paths
 from core.app import workspace as workspaces
 from core.io.study_cache import VIEWER_NIFTI, StudyCache
@@ -316,8 +317,14 @@ def study_cache() -> StudyCache:
 
 
 def case_viewer_nifti(source: str, subject_id: str, volume: Any, build: Callable[[], bytes]) -> bytes:
-    """The gzipped NIfTI the CT viewer is sent for the case: ``build()``, kept on disk for a demo study file."""
-    path = None if source == UPLOADED else demo_cohort().study_path(subject_id)
+    """The gzipped NIfTI the CT viewer is sent for the case: ``build()``, kept on disk for a study file (a
+    user's case: in its own folder, inside the user's quota)."""
+    if source == UPLOADED:
+        case = uploaded_case(subject_id)
+        if case is None:
+            return build()
+        return saved_cases.case_viewer_nifti(case["info"], user_id(), build)
+    path = demo_cohort().study_path(subject_id)
     if path is None or not path.is_file():
         return build()
     return study_cache().derived(path, VIEWER_NIFTI, build)

@@ -53,6 +53,7 @@ CASE_NUMBERS = "case_numbers"
 READ_OOD = "read_ood"            # cases whose CT the user asked to read although a model withholds it
 WORKSPACE = "workspace"
 MEMO = "_memo"
+MEMO_RUN = "_memo_run"  # values over the memo's whole budget, held for the current run only (pages._memo.new_run)
 MEMO_SIZES = "_memo_sizes"  # bytes held by each memo entry (pages._memo.memo bounds their sum)
 SUBGROUP_COLUMN = "subgroup_column"
 MEDS_COHORT = "meds_cohort"      # the cohort folder last built from a MEDS task on the Cohort page

@@ -88,7 +88,8 @@ if new_files or new_timeline is not None or new_features is not None:
 st.subheader("Your cases", anchor=False)
 infos = _cases.case_list()
 used, quota = workspaces.user_usage(user), workspaces.user_quota_bytes()
-st.caption(f"{len(infos)} saved case(s); {workspaces.human_bytes(used)} of your {workspaces.human_bytes(quota)} in use.")
+st.caption(f"{len(infos)} saved case(s); {workspaces.human_bytes(used)} of your {workspaces.human_bytes(quota)} in use "
+           "(with the decoded copies of CTs opened on Case review, which give way first when you save more).")
 pending_delete = st.session_state.get(K.DELETE_CASE)
 for info in infos:
     row = st.container(key=f"stack_case_{info.case_id}").columns([5, 2], vertical_alignment="center")

@@ -88,7 +88,8 @@ def test_the_viewer_nifti_is_kept_beside_its_volume(real_ct: Path, tmp_path: Pat
     other = tmp_path / "other.nii.gz"
     other.write_bytes(real_ct.read_bytes())
     cache.put(other, volume)  # one entry at most: the first study's volume goes, and its viewer NIfTI with it
-    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".npz"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == \
+        sorted(f"{StudyCache.key(other)}{suffix}" for suffix in (".npz", ".hu.npy"))
 
 
 def test_sessions_that_build_the_same_derivative_at_once_all_get_it(tmp_path: Path) -> None:

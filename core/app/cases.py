@@ -4,7 +4,10 @@ Each case is ``users/<key>/cases/<case id>/`` (``core.app.workspace``): ``case.j
 modalities, series, index date), the study's bytes as they passed the PHI gate (``study.zip`` / ``.dcm`` /
 ``.nii`` / ``.nii.gz``), ``timeline.parquet`` (the subject's events, its id replaced by the case id) and
 ``features.json`` (clinical values such as age or the last lab results, named as a cohort's features.csv
-columns: the curated features of models trained on one; :func:`check_case_features`). Case
+columns: the curated features of models trained on one; :func:`check_case_features`), and ``decoded/``: the
+study decoded once (``core.io.study_cache``, the HU array read back memory-mapped, so reopening a full-resolution
+CT costs no decoding and no session memory; inside the user's quota, the first to give way when the quota is full,
+and left out when it has no room). Case
 ids are random hex chosen here; any other id is refused, so no path from a request can leave the user's
 folder, and another user's id is simply not found. Writes check the quotas first and appear whole or not at
 all (a hidden folder renamed into place). Cases persist across pages, reloads and server restarts.
@@ -24,16 +27,17 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from core.app.workspace import LOCK, check_quota, private_dir, user_cases_dir, user_root
+from core.app.workspace import DECODED, LOCK, check_quota, private_dir, user_cases_dir, user_quota_bytes, user_root
 from core.errors import InputError
 from core.io.contrast import META_KEY as CONTRAST_META
 from core.io.contrast import STATED_SOURCE, table_contrast, with_record
+from core.io.study_cache import VIEWER_NIFTI, StudyCache
 from core.io.volume import Volume
 
 _CASE_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -359,14 +363,51 @@ def case_index_time(info: CaseInfo) -> pd.Timestamp | None:
     return pd.Timestamp(info.index_time) if info.index_time else None
 
 
-def load_case_volume(info: CaseInfo) -> Volume | None:
-    """The case's CT as a ``Volume`` (loaded from the stored, gated bytes), or None without a CT."""
+def decoded_cache(info: CaseInfo) -> StudyCache:
+    """The case's decoded study and what is derived from it (the CT viewer's NIfTI): two series at most."""
+    return StudyCache(private_dir(info.path / DECODED), max_entries=2, max_bytes=user_quota_bytes())
+
+
+def has_room(user: str, n_bytes: int, base: Path | None = None) -> bool:
+    """Whether ``n_bytes`` more fit the user's and the server's quotas (a cache that does not fit is not kept)."""
+    try:
+        check_quota(user, n_bytes, base)
+    except InputError:
+        return False
+    return True
+
+
+def load_case_volume(info: CaseInfo, user: str | None = None, base: Path | None = None) -> Volume | None:
+    """The case's CT as a ``Volume`` (loaded from the stored, gated bytes), or None without a CT.
+
+    With ``user`` (the case's owner): decoded once and kept in the case's ``decoded/`` folder while the quotas
+    have room, its HU array read back memory-mapped from then on.
+    """
     if info.study_path is None:
         return None
     from core.io.study import load_study_bytes
 
-    volume = load_study_bytes(info.study_path.read_bytes(), info.study_file, series=info.series)
+    path = info.study_path
+
+    def decode() -> Volume:
+        return load_study_bytes(path.read_bytes(), info.study_file, series=info.series)
+
+    if user is None:
+        volume = decode()
+    else:
+        volume = decoded_cache(info).load(path, decode, series=info.series,
+                                          room=lambda n: has_room(user, n, base))
     return stated_contrast(volume, info.contrast)
+
+
+def case_viewer_nifti(info: CaseInfo, user: str, build: Callable[[], bytes], base: Path | None = None) -> bytes:
+    """The CT viewer's gzipped NIfTI of the case's study: ``build()`` once, then kept in ``decoded/`` while the
+    quotas have room."""
+    if info.study_path is None:
+        return build()
+    cache = decoded_cache(info)
+    return cache.derived(info.study_path, VIEWER_NIFTI, build, series=info.series,
+                         room=lambda n: has_room(user, n, base))
 
 
 def stated_contrast(volume: Volume, contrast: str) -> Volume:

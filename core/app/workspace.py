@@ -2,7 +2,7 @@
 
 Layout under the app data dir (:func:`core.app.paths.data_dir`), every folder mode 0700::
 
-    users/<key>/cases/<case id>/case.json, study.*, timeline.parquet
+    users/<key>/cases/<case id>/case.json, study.*, timeline.parquet, decoded/ (the CT decoded once: a cache)
     users/<key>/models/          trained models (``user_models_dir``)
     users/<key>/exports/         exported files (``user_exports_dir``)
     users/<key>/cohorts/         cohorts unpacked from uploads (a trained model's, or a running job's)
@@ -51,6 +51,7 @@ USER_QUOTA_ENV = "CTEHR_USER_QUOTA_GB"
 TOTAL_QUOTA_ENV = "CTEHR_TOTAL_QUOTA_GB"
 _USER_SALT = b"ctehr-user-folder-v1\0"
 LOCK = threading.Lock()
+DECODED = "decoded"  # a case's decoded CT (core.app.cases): counted in the quota, the first to give way to it
 
 
 # ------------------------------------------------------------------ folders
@@ -175,9 +176,25 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def drop_caches(user: str, base: Path | None = None) -> int:
+    """Delete the user's decoded copies of their cases' CTs (``cases/<id>/decoded``, made again when a case is
+    opened); the bytes freed."""
+    freed = 0
+    for folder in (user_root(user, base) / "cases").glob(f"*/{DECODED}"):
+        for file in folder.iterdir():
+            if file.is_file() and not file.is_symlink():
+                size = file.stat().st_size
+                file.unlink(missing_ok=True)
+                freed += size
+    return freed
+
+
 def check_quota(user: str, extra: int, base: Path | None = None) -> None:
-    """Refuse (``InputError``) when ``extra`` more bytes would exceed the user's or the server's quota."""
+    """Refuse (``InputError``) when ``extra`` more bytes would exceed the user's or the server's quota, after the
+    user's decoded CT copies (:func:`drop_caches`) gave way."""
     used, limit = user_usage(user, base), user_quota_bytes()
+    if used + extra > limit and drop_caches(user, base):
+        used = user_usage(user, base)
     if used + extra > limit:
         raise InputError("disk quota", f"{human_bytes(used + extra)} in use after this",
                          f"exceeds your quota of {human_bytes(limit)} ({human_bytes(used)} in use now)",
