@@ -223,6 +223,31 @@ def test_cohort_reads_times_as_the_timeline_reader_does(tmp_path: Path) -> None:
         build_meds_cohort(tmp_path / "epoch.csv", TASK, tmp_path / "o_epoch")
 
 
+def test_events_are_read_batch_by_batch_into_categories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CSV read a few rows at a time gives the cohort and the timeline of the file read whole: the day / month order
+    is the whole file's, subjects split across batches come back in time order, and the text is held as categories."""
+    from core.io import timeline as tl
+    from core.meds_cohort import read_meds
+
+    rows = _synthetic_rows(tmp_path / "events.parquet")
+    dmy = rows.assign(timestamp=rows["timestamp"].dt.strftime("%d/%m/%Y %H:%M").where(rows["timestamp"].notna(), ""))
+    dmy.sample(frac=1.0, random_state=3).to_csv(tmp_path / "dmy.csv", index=False)  # subjects' rows scattered
+    build_meds_cohort(tmp_path / "dmy.csv", TASK, tmp_path / "whole", seed=0)
+    monkeypatch.setattr(tl, "CSV_BLOCK_BYTES", 64)  # batches of one or two rows; the first ones are all ambiguous
+    events = read_meds(tmp_path / "dmy.csv")
+    assert isinstance(events["subject_id"].dtype, pd.CategoricalDtype) and isinstance(events["code"].dtype, pd.CategoricalDtype)
+    assert list(events["code"].cat.categories) == sorted(events["code"].cat.categories)
+    assert len(events) == len(rows) and events["subject_id"].astype(str).is_monotonic_increasing
+    for _, times in events.groupby("subject_id", observed=True)["time"]:
+        assert times.dropna().is_monotonic_increasing and times.isna().sum() == times.iloc[:times.isna().sum()].isna().sum()
+    build_meds_cohort(tmp_path / "dmy.csv", TASK, tmp_path / "batches", seed=0)
+    for name in ("cohort.csv", "timeline.parquet"):
+        assert (tmp_path / "batches" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    written = pd.read_parquet(tmp_path / "batches" / "timeline.parquet")
+    assert {c: str(t) for c, t in written.dtypes.items()} == {
+        "subject_id": "object", "time": "datetime64[ns]", "code": "object", "numeric_value": "float64"}
+
+
 def test_a_task_file_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> None:
     meds = tmp_path / "events.parquet"
     _write_synthetic(meds)

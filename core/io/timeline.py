@@ -245,7 +245,7 @@ def _read_csv(path: Path | pa.NativeFile, mapping: dict[str, str], subjects: lis
     if not batches:
         return pa.table({name: pa.array([], type=pa.string()) for name in mapping.values()})
     table = pa.Table.from_batches(batches)
-    # a semicolon file writes 61,5 for 61.5 (core.io.delimited): _to_frame reads its values so
+    # a semicolon file writes 61,5 for 61.5 (core.io.delimited): events_frame reads its values so
     return table.replace_schema_metadata({b"delimiter": text_format[0].encode()})
 
 
@@ -268,7 +268,7 @@ def timeline_batches(path: Path) -> tuple[Iterator[pa.RecordBatch], dict[str, st
     return _csv_batches(_csv_reader(path, mapping, text_format=text_format), path.name), mapping, text_format[0] == ";"
 
 
-def _to_frame(table: pa.Table, mapping: dict[str, str], path: Path,
+def events_frame(table: pa.Table, mapping: dict[str, str], path: Path,
               whole: Callable[[], pa.ChunkedArray] | None = None) -> pd.DataFrame:
     cols = {target: table.column(source) for target, source in mapping.items()}
     out = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
@@ -330,7 +330,7 @@ def read_timeline(path: str | Path, subjects: Iterable[str] | None = None) -> pd
         full = _read_parquet(p, times, None) if fmt == "parquet" else _read_csv(p, times, None)
         return full.column(mapping["time"])
 
-    frame = _to_frame(table, mapping, p, None if wanted is None else whole)
+    frame = events_frame(table, mapping, p, None if wanted is None else whole)
     if wanted is not None and _numeric(table.column(mapping["subject_id"]).type):  # a parquet id column of numbers
         _ids_as_asked(frame, wanted)
     return frame
@@ -397,7 +397,7 @@ def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None =
         if wanted is not None:  # one subject's text dates read with the whole sheet's day / month order
             ids = pc.utf8_trim_whitespace(whole.column(mapping["subject_id"]))
             table = whole.filter(pc.fill_null(pc.is_in(ids, value_set=pa.array(wanted, type=pa.string())), False))
-        return _to_frame(table, mapping, tag, lambda: whole.column(mapping["time"]))
+        return events_frame(table, mapping, tag, lambda: whole.column(mapping["time"]))
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -416,7 +416,7 @@ def read_timeline_bytes(data: bytes, name: str, subjects: Iterable[str] | None =
         mapping = map_columns(_csv_reader(pa.BufferReader(data), label=label).schema.names, label)
         table = _read_csv(pa.BufferReader(data), mapping, wanted, label=label)
     _check_events(table.num_rows, label)
-    return _to_frame(table, mapping, tag)
+    return events_frame(table, mapping, tag)
 
 
 def _check_events(n: int, label: str) -> None:
