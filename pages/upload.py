@@ -17,6 +17,7 @@ from core.app import uploads
 from core.app import workspace as workspaces
 from core.io.contrast import describe as describe_contrast
 from core.io.timeline import unreadable_values_note
+from core.io.volume import series_labels
 from pages import _cases
 from pages import _chrome as chrome
 from pages import _clinical
@@ -177,14 +178,11 @@ if checked is not None:
             st.checkbox("I looked at the images: they show no names, IDs or dates", key=K.BURNED_IN_OK)
         if volume.n_series > 1:
             keys = [s.key for s in volume.series]
-            info_by_key = {s.key: s for s in volume.series}
+            labels = series_labels(volume.series)
             current = checked.series or volume.meta.get("series_key", keys[0])
             choice = st.selectbox(
                 f"Series ({volume.n_series} in this study; the largest acquired CT series is loaded by default)", keys,
-                index=keys.index(current) if current in keys else 0,
-                format_func=lambda k: f"{info_by_key[k].modality} series{' (derived)' if info_by_key[k].derived else ''}, "
-                f"{info_by_key[k].n_instances} images, {info_by_key[k].rows} x {info_by_key[k].cols}"
-                + {"yes": ", with contrast", "no": ", without contrast"}.get(info_by_key[k].contrast, ""),
+                index=keys.index(current) if current in keys else 0, format_func=labels.__getitem__,
                 key="series_choice",
             )
             if choice != current:

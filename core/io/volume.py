@@ -32,6 +32,22 @@ class SeriesInfo:
     contrast: str = ""  # "yes" / "no" as its header records it (core.io.contrast), "" when it records nothing
 
 
+def series_labels(series: list[SeriesInfo]) -> dict[str, str]:
+    """{key: label} for a series picker: each label is distinct (its place in the study, and the end of its UID), so
+    two series alike in size can be told apart and chosen (a picker that matches labels would read the first).
+
+    >>> a = SeriesInfo("1.2.840.99.17", 300, "CT", 512, 512); b = SeriesInfo("1.2.840.99.42", 300, "CT", 512, 512, contrast="yes")
+    >>> list(series_labels([a, b]).values())
+    ['1 of 2: CT series, 300 images, 512 x 512 (UID ...99.17)', '2 of 2: CT series, 300 images, 512 x 512, with contrast (UID ...99.42)']
+    """
+    out = {}
+    for n, info in enumerate(series, 1):
+        contrast = {"yes": ", with contrast", "no": ", without contrast"}.get(info.contrast, "")
+        out[info.key] = (f"{n} of {len(series)}: {info.modality} series{' (derived)' if info.derived else ''}, "
+                         f"{info.n_instances} images, {info.rows} x {info.cols}{contrast} (UID ...{info.key[-5:]})")
+    return out
+
+
 @dataclass
 class Volume:
     """A CT (or other) volume in the convention of this module."""
