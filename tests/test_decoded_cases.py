@@ -145,3 +145,14 @@ def test_decoded_copies_give_way_to_a_new_case_at_the_quota(tmp_path: Path, monk
     assert cases.load_case_volume(info, "carol", tmp_path).shape == (8, 40, 40)  # read, not kept: no room
     with pytest.raises(InputError, match="disk quota"):
         cases.save_case("carol", study=study, study_name="ct.nii", base=tmp_path)  # a real refusal stays one
+
+
+def test_a_decoded_copy_that_does_not_fit_evicts_no_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = cases.save_case("dan", study=_nifti(), study_name="ct.nii", base=tmp_path)
+    second = cases.save_case("dan", study=_nifti(), study_name="ct.nii", base=tmp_path)
+    cases.load_case_volume(first, "dan", tmp_path)
+    kept = sorted(p.name for p in (first.path / cases.DECODED).iterdir())
+    monkeypatch.setenv(workspace.USER_QUOTA_ENV, str((workspace.user_usage("dan", tmp_path) + 1000) / workspace.GB))
+    assert cases.load_case_volume(second, "dan", tmp_path).shape == (8, 40, 40)  # read, not kept
+    assert sorted(p.name for p in (first.path / cases.DECODED).iterdir()) == kept  # the first case's copy stays
+    assert not list((second.path / cases.DECODED).glob("*.npy"))

@@ -369,9 +369,10 @@ def decoded_cache(info: CaseInfo) -> StudyCache:
 
 
 def has_room(user: str, n_bytes: int, base: Path | None = None) -> bool:
-    """Whether ``n_bytes`` more fit the user's and the server's quotas (a cache that does not fit is not kept)."""
+    """Whether ``n_bytes`` more fit the user's and the server's quotas as they are (a decoded copy that does not fit
+    is not kept, and evicts no other)."""
     try:
-        check_quota(user, n_bytes, base)
+        check_quota(user, n_bytes, base, drop=False)
     except InputError:
         return False
     return True

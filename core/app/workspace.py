@@ -189,11 +189,11 @@ def drop_caches(user: str, base: Path | None = None) -> int:
     return freed
 
 
-def check_quota(user: str, extra: int, base: Path | None = None) -> None:
+def check_quota(user: str, extra: int, base: Path | None = None, *, drop: bool = True) -> None:
     """Refuse (``InputError``) when ``extra`` more bytes would exceed the user's or the server's quota, after the
-    user's decoded CT copies (:func:`drop_caches`) gave way."""
+    user's decoded CT copies (:func:`drop_caches`) gave way (``drop``; a cache's own check does not evict others)."""
     used, limit = user_usage(user, base), user_quota_bytes()
-    if used + extra > limit and drop_caches(user, base):
+    if used + extra > limit and drop and drop_caches(user, base):
         used = user_usage(user, base)
     if used + extra > limit:
         raise InputError("disk quota", f"{human_bytes(used + extra)} in use after this",
