@@ -88,12 +88,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def trim(root: Path, max_entries: int, max_bytes: int, companions: tuple[str, ...] = ()) -> None:
-    """Delete the least recently used ``.npz`` files of ``root`` beyond ``max_entries`` files or ``max_bytes`` bytes
-    (with their files of the same stem and a suffix in ``companions``, whose bytes count with theirs)."""
+def trim(root: Path, max_entries: int, max_bytes: int, companions: tuple[str, ...] = (),
+         pattern: str = "*.npz") -> None:
+    """Delete the least recently used ``.npz`` files (``pattern``) of ``root`` beyond ``max_entries`` files or
+    ``max_bytes`` bytes (with their files of the same stem and a suffix in ``companions``, whose bytes count with
+    theirs)."""
     with _TRIM_LOCK:  # one trim at a time in this process (other processes: missing files are skipped)
         files = []
-        for p in root.glob("*.npz"):
+        for p in root.glob(pattern):
             try:
                 if ".partial" not in p.name:
                     files.append((p.stat(), p))

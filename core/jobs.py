@@ -186,15 +186,15 @@ class JobQueue:
 
     # ------------------------------------------------------------------ public API
     def submit(self, owner: str, title: str, fn: Callable[..., Any], *args: Any, key: str | None = None,
-               heavy: bool = False, **kwargs: Any) -> Job:
-        """Queue ``fn(ctx, *args, **kwargs)`` for ``owner``; an existing job of the same key is returned instead."""
+               heavy: bool = False, fresh: bool = False, **kwargs: Any) -> Job:
+        """Queue ``fn(ctx, *args, **kwargs)`` for ``owner``, or return its job of ``key`` (active, or done unless ``fresh``)."""
         if not owner:
             raise InputError("job owner", owner, "is empty", "sign in, or run the job from a browser session")
         with self._cond:
             self._forget_old()
             if key is not None:
                 found = self._find(owner, key)
-                if found is not None and found.state in (*ACTIVE, "done"):
+                if found is not None and (found.active or found.state == "done" and not fresh):
                     return found
             active = [j for j in self._jobs.values() if j.owner == owner and j.active]
             if len(active) >= self.max_active_per_user:

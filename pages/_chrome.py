@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -279,13 +279,46 @@ def viewer_setting(key: str, default: Any) -> Any:
 
 
 def method_setting(model: Any) -> str:
-    """The attribution method chosen in Case review when it applies to ``model``, else the model's preferred one
+    """The attribution method chosen in Case review when it applies to ``model`` (the user's own choice where a
+    model that could not use it only stood in, :func:`settle_method`), else the model's preferred one
     (``core.explain.methods_for``: the detector's own method for a lesion-detector model, saliency otherwise)."""
     from core.explain import methods_for
 
     options = methods_for(model)
+    wanted = st.session_state.get(K.METHOD_WANTED)
+    if wanted in options:  # (only kept while the method shown is a stand-in)
+        return str(wanted)
     chosen = viewer_setting(K.METHOD, None)
     return chosen if chosen in options else options[0]
+
+
+def settle_method(state: MutableMapping[str, Any], options: Sequence[str]) -> str:
+    """The method the viewer shows for a model with ``options`` (its preferred first), set in ``state``.
+
+    A method the model cannot use stands aside rather than being lost: the model shows its own first option in its
+    place, and the next model that can use it shows it again, unless the user picked another one meanwhile.
+
+    >>> s = {}
+    >>> [settle_method(s, o) for o in (["detector_ig", "saliency"], ["saliency", "gradcam"], ["detector_ig", "saliency"])]
+    ['detector_ig', 'saliency', 'detector_ig']
+    >>> s[K.METHOD] = "saliency"  # the user's pick (a widget change) ...
+    >>> [settle_method(s, o) for o in (["saliency"], ["gradcam"], ["detector_ig", "saliency"])]
+    ['saliency', 'gradcam', 'saliency']
+    """
+    current = state.get(K.METHOD)
+    wanted = state.get(K.METHOD_WANTED)
+    if wanted is not None and current != state.get(K.METHOD_STANDIN):  # the user picked another one meanwhile
+        wanted = None
+        state.pop(K.METHOD_WANTED, None)
+    if wanted in options:
+        state.pop(K.METHOD_WANTED, None)
+        state.pop(K.METHOD_STANDIN, None)
+        state[K.METHOD] = wanted
+    elif current not in options:
+        if current is not None and wanted is None:
+            state[K.METHOD_WANTED] = current
+        state[K.METHOD] = state[K.METHOD_STANDIN] = options[0]
+    return str(state[K.METHOD])
 
 
 def _kept(key: str, valid: Any) -> Any:

@@ -26,12 +26,16 @@ def owner() -> str:
 
 
 def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = None, heavy: bool = False,
-           **kwargs: Any) -> Job | None:
-    """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit."""
+           fresh: bool = False, journal: bool | None = None, **kwargs: Any) -> Job | None:
+    """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit.
+
+    ``fresh``: a finished job of the same ``key`` is not returned instead (its result is gone). ``journal``: whether a
+    server restart that stops it is told to the user (default: for heavy jobs; a map is asked for again by viewing
+    it)."""
     job = None
     with chrome.core_errors(stop=False):
-        job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, **kwargs)
-    if job is not None and heavy:  # a training, validation or evaluation: a map is asked for again by viewing it
+        job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, fresh=fresh, **kwargs)
+    if job is not None and (heavy if journal is None else journal):  # a training, validation or evaluation
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
             job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS)
         except OSError as err:  # the job runs all the same; only a restart's notice would be missing

@@ -14,8 +14,9 @@
   component that lost them, say a new iframe, asks again with ``need``). The bytes
   travel only on the session's own WebSocket: no URL serves case data. Scrolling,
   crosshairs, window/level, zoom and pan then run in the browser only.
-* The map is computed by a background job (``core.jobs``) with
-  ``core.app.attribution_volume.case_map`` and cached in memory and on disk.
+* The map is computed by a background job (``core.jobs``, ``core.app.attribution_volume.map_job``; a large CT's in
+  the job's own process) and kept on disk (:func:`map_store`: a saved case's maps in its own folder, in the user's
+  quota), read back memory-mapped.
 * Without WebGL2 the component says so and the page falls back to plotly planes.
 * First paint: on a session's first Case review the charts below the viewer wait until the viewer has
   reported its CT (:func:`below_fold_waits`), so the browser's one main thread loads NiiVue and the CT before
@@ -39,15 +40,19 @@ import streamlit.components.v1 as components
 
 from core import figures as F
 from core.app import attribution_volume as AV
+from core.app import cases as saved
 from core.app import viewer
 from core.app import volume_nifti as VN
+from core.app import workspace as workspaces
 from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
 from core.explain import METHOD_LABELS, methods_for
 from core.sanity import map_peak
+from pages import _cases
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _model_views as views
+from pages import _session as session
 from pages import _state as K
 from pages._memo import memo
 
@@ -130,13 +135,26 @@ def _component(path: str) -> Any:
     return components.declare_component("ctehr_ct_viewer", path=path)
 
 
-def map_cache() -> AV.MapCache:
-    return AV.shared_cache(data_dir() / "cache" / "attribution")
+USER_MAP_FILES = 16  # maps of the models a user trained here, on demo cases (their cache/maps) ...
+USER_MAP_BYTES = 2 * 10**9  # ... and their bytes (inside the user's quota as well)
+CASE_MAP_FILES = 8  # maps of one saved case (its maps/ folder, inside the user's quota)
 
 
-def _compute_map(ctx: Any, model: Any, inputs: Any, method: str, horizon: float) -> np.ndarray:
-    """The background job: the whole-volume map, stored in the shared cache."""
-    return AV.case_map(map_cache(), model, inputs, method, horizon, progress=ctx.progress)
+def map_store(model: Any, source: str, subject_id: str) -> AV.MapStore:
+    """Where the case's maps are kept: a saved case's own ``maps/`` (in the user's quota, deleted with the case); the
+    maps of a model the user trained here in that user's folder; demo cases under demo models in the server's
+    bounded folder."""
+    user = session.user_id()
+    base = str(data_dir())
+    if source == views.UPLOADED:
+        info = _cases.case_info(subject_id)
+        if info is None:
+            raise InputError("case", subject_id, "is not among your saved cases", "pick a case from the list")
+        return AV.MapStore(str(saved.maps_dir(info)), CASE_MAP_FILES, workspaces.user_quota_bytes(), user, base)
+    if str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values():
+        root = workspaces.private_dir(workspaces.private_dir(workspaces.user_root(user) / "cache") / workspaces.MAPS)
+        return AV.MapStore(str(root), USER_MAP_FILES, USER_MAP_BYTES, user, base)
+    return AV.MapStore(str(data_dir() / "cache" / workspaces.MAPS))
 
 
 def _map_key(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> str:
@@ -146,22 +164,31 @@ def _map_key(model: Any, inputs: Any, source: str, subject_id: str, method: str,
 
 
 def overlay_map(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> np.ndarray | None:
-    """The case's whole-volume map when it is ready; otherwise queue (or show) its background job and return None."""
+    """The case's whole-volume map when it is ready; otherwise queue (or show) its background job and return None.
+
+    A large CT's map (``AV.is_heavy``) is made in the job's own process, one such job at a time on the server, so
+    two users' maps neither share the cores nor add their gigabytes to the server's memory."""
     key = _map_key(model, inputs, source, subject_id, method, horizon)
-    found = map_cache().get(key)
+    store = map_store(model, source, subject_id)
+    found = store.cache().get(key)
     if found is not None:
         return found
     job = _jobs.find(key)
     if job is not None and job.state == "done" and job.result is not None:
-        return job.result
+        return job.result  # no room to keep it on disk: the job's own copy
     if job is not None and job.state in ("failed", "cancelled"):
         _jobs.outcome(job)
         if not st.button("Compute the map again", key=f"again_{key}"):
             return None
         job = None
-    if job is None:
-        job = _jobs.submit(f"{METHOD_LABELS[method]} map, {views.case_label(source, subject_id)}, {model.model_dir.name}",
-                           _compute_map, model, inputs, method, float(horizon), key=key)
+    if job is None or job.state == "done":  # none yet, or written and since trimmed from its folder
+        title = f"{METHOD_LABELS[method]} map, {views.case_label(source, subject_id)}, {model.model_dir.name}"
+        from core import runtime
+
+        heavy = AV.is_heavy(inputs)
+        target, sent = (str(model.model_dir), AV.portable(inputs)) if heavy else (views.loaded(model), inputs)
+        job = _jobs.submit(title, AV.map_job, store, key, target, sent, method, float(horizon),
+                           runtime.device_name(), key=key, heavy=heavy, fresh=job is not None, journal=False)
     if job is not None and job.active:
         _jobs.show(job)
     return None
@@ -210,8 +237,7 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
                               "(computed once in the background, then shown on all three planes).")
     c3, c4, c5 = st.columns([2, 1, 1])  # the method's name whole at 1280-1366 px ("Detector evidence (IG)")
     options = methods_for(model)
-    if st.session_state.get(K.METHOD) not in options:  # first draw, or a method the model cannot use
-        st.session_state[K.METHOD] = chrome.method_setting(model)
+    chrome.settle_method(st.session_state, options)  # first draw; a model that cannot use the method chosen, or can again
     method = c3.selectbox("Method", options, key=K.METHOD, format_func=METHOD_LABELS.get, disabled=not show_map)
     opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY, disabled=not show_map)
     threshold = c5.slider("Threshold", 0.0, 0.95, step=0.05, key=THRESHOLD, disabled=not show_map,

@@ -58,33 +58,37 @@ with warning_box:
 unscored = review.CW.cannot_score_reason(model_name, *views.model_reads(model), pred.modalities_used,
                                          views.withholds_ct(model, source, subject_id))
 scored = unscored is None
-if views.model_reads(model)[0] and views.image_read(model, source, subject_id).withheld:
-    # the CT is far outside the model's training anatomy or scale: withheld unless the user asks to see it read anyway
-    anyway = st.toggle("Read this CT anyway (out of distribution: not reliable)",
-                       value=views.read_ood(source, subject_id), key=f"read_ood_{source}_{subject_id}",
-                       help="Every strategy then reads the CT although it shows other anatomy, or the body at another "
-                            "scale, than its training studies; the warnings stay. For research on what the model does with such a scan, "
-                            "never for a patient.")
-    if anyway != views.read_ood(source, subject_id):
-        views.set_read_ood(source, subject_id, anyway)
-        session.audit("open", "case", source=source, case=views.case_number(source, subject_id),
-                      ct=("read_anyway" if anyway else "withheld"))
-        st.rerun()
-
-like = views.image_read(model, source, subject_id).like_training if views.model_reads(model)[0] else None
-if like and source == views.UPLOADED and volume is not None and like != volume.meta.get("series_key"):
-    # a multi-phase study saved in the phase the model was not trained on: read its other phase, in one click
-    other = next((s for s in volume.series if s.key == like), None)
-    label = f"Read the series acquired like {model_name}'s training studies ({other.n_instances if other else '?'} images)"
-    if st.button(label, key=f"like_training_{subject_id}", icon=":material/swap_horiz:",
-                 help=f"Series {chrome.md(like)} of this study. The case is then read in it by every model (changed on the "
-                      "case, not only here); the Upload page's series list shows the study's series."):
-        with chrome.core_errors(stop=False, what="Series not changed: "):
-            from pages import _cases
-
-            info = _cases.read_series(subject_id, like)
-            session.audit("open", "case", source=source, case=info.number, series="like_training")
+# the CT controls below come and go with the model (a model that withholds the CT, one of another phase); drawn in a
+# container that is always there, so the viewer after them keeps its place in the page, and with it its frame and the
+# CT it holds (a new frame would take the whole CT again: 80 MB at full resolution)
+with st.container():
+    if views.model_reads(model)[0] and views.image_read(model, source, subject_id).withheld:
+        # the CT is far outside the model's training anatomy or scale: withheld unless the user asks to see it read anyway
+        anyway = st.toggle("Read this CT anyway (out of distribution: not reliable)",
+                           value=views.read_ood(source, subject_id), key=f"read_ood_{source}_{subject_id}",
+                           help="Every strategy then reads the CT although it shows other anatomy, or the body at another "
+                                "scale, than its training studies; the warnings stay. For research on what the model does with such a scan, "
+                                "never for a patient.")
+        if anyway != views.read_ood(source, subject_id):
+            views.set_read_ood(source, subject_id, anyway)
+            session.audit("open", "case", source=source, case=views.case_number(source, subject_id),
+                          ct=("read_anyway" if anyway else "withheld"))
             st.rerun()
+
+    like = views.image_read(model, source, subject_id).like_training if views.model_reads(model)[0] else None
+    if like and source == views.UPLOADED and volume is not None and like != volume.meta.get("series_key"):
+        # a multi-phase study saved in the phase the model was not trained on: read its other phase, in one click
+        other = next((s for s in volume.series if s.key == like), None)
+        label = f"Read the series acquired like {model_name}'s training studies ({other.n_instances if other else '?'} images)"
+        if st.button(label, key=f"like_training_{subject_id}", icon=":material/swap_horiz:",
+                     help=f"Series {chrome.md(like)} of this study. The case is then read in it by every model (changed on the "
+                          "case, not only here); the Upload page's series list shows the study's series."):
+            with chrome.core_errors(stop=False, what="Series not changed: "):
+                from pages import _cases
+
+                info = _cases.read_series(subject_id, like)
+                session.audit("open", "case", source=source, case=info.number, series="like_training")
+                st.rerun()
 
 left, right = st.container(key="stack_viewer").columns([1.15, 1], gap="large")
 

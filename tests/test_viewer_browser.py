@@ -371,7 +371,7 @@ def _seed_ball_map(data_dir: Path, method: str) -> tuple[str, tuple[int, int, in
     zz, yy, xx = np.meshgrid(np.arange(s), np.arange(r), np.arange(c), indexing="ij")
     ball = ((zz - centre[0]) ** 2 / 16 + (yy - centre[1]) ** 2 / 64 + (xx - centre[2]) ** 2 / 64 <= 1).astype(np.float32)
     key = AV.map_key(AV.case_digest(inputs), AV.model_stamp(model.model_dir), method, DEFAULT_HORIZON)
-    AV.MapCache(data_dir / "cache" / "attribution").put(key, ball)
+    AV.MapCache(data_dir / "cache" / "maps").put(key, ball)
     return key, centre
 
 

@@ -120,24 +120,50 @@ def test_map_round_trip_and_bad_input(real_ct: Volume) -> None:
 
 
 def test_map_cache_memory_bound_disk_and_reload(tmp_path: Path) -> None:
+    import os
+    import time
+
     a = np.full((4, 8, 8), 1.0, dtype=np.float32)  # 1024 bytes each
     b = np.full((4, 8, 8), 2.0, dtype=np.float32)
-    cache = AV.MapCache(tmp_path, max_bytes=1500)
     ka, kb = AV.map_key("case-a", "stamp", "saliency", 365), AV.map_key("case-b", "stamp", "saliency", 365)
     assert ka != kb and ka != AV.map_key("case-a", "stamp", "saliency", 30)
+    memory = AV.MapCache(None, max_bytes=1500)  # no folder: an LRU in memory bounded in bytes
+    assert memory.put(ka, a) and memory.put(kb, b)
+    assert memory.bytes_in_memory == 1024 and memory.get(ka) is None  # a evicted (over 1500 bytes) ...
+    np.testing.assert_array_equal(memory.get(kb), b)
+    cache = AV.MapCache(tmp_path)  # a folder: files read back memory-mapped, nothing held in memory
     cache.put(ka, a)
     cache.put(kb, b)
-    assert cache.bytes_in_memory == 1024  # a evicted from memory (over 1500 bytes) ...
+    assert cache.bytes_in_memory == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{ka}.npy", f"{kb}.npy"])
-    fresh = AV.MapCache(tmp_path, max_bytes=1500)  # ... and both come back from disk after a restart
+    fresh = AV.MapCache(tmp_path)  # ... and both come back from disk after a restart
     np.testing.assert_array_equal(fresh.get(ka), a)
+    assert isinstance(fresh.get(kb), np.memmap) and not fresh.get(kb).flags.writeable
     np.testing.assert_array_equal(fresh.get(kb), b)
     calls: list[float] = []
     out = fresh.get_or_compute(ka, lambda p: np.zeros(1), progress=lambda f, m: calls.append(f))
     np.testing.assert_array_equal(out, a)
     assert calls == [1.0]  # cached: reported done, nothing computed
+    # bounded: at most max_files maps (the least recently used goes: a was read last, so b goes) ...
+    old = time.time() - 100
+    os.utime(tmp_path / f"{kb}.npy", (old, old))
+    bounded = AV.MapCache(tmp_path, max_files=2)
+    kd = AV.map_key("case-d", "stamp", "saliency", 365)
+    assert bounded.put(kd, a * 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{ka}.npy", f"{kd}.npy"])
+    assert bounded.get(kb) is None
+    # ... at most max_disk_bytes (a map over the bound is not kept at all), and only where room() allows
+    assert not AV.MapCache(tmp_path, max_disk_bytes=1000).put(kb, b) and bounded.get(kb) is None
+    assert bounded.get(ka) is not None and bounded.get(kd) is not None  # (and pushes no other map out)
+    asked: list[int] = []
+    refusing = AV.MapCache(tmp_path, room=lambda n: asked.append(n) or False)
+    assert not refusing.put(kb, b) and asked and asked[0] >= b.nbytes and refusing.get(kb) is None
+    made_anyway = refusing.get_or_compute(kb, lambda p: b, None)  # no room: computed and returned, not kept
+    np.testing.assert_array_equal(made_anyway, b)
+    assert refusing.get(kb) is None
     kc = AV.map_key("case-c", "stamp", "gradcam", 365)
     made = fresh.get_or_compute(kc, lambda p: np.full((2, 2, 2), 3.0), None)
+    assert not made.flags.writeable
     assert made.dtype == np.float32 and float(made.sum()) == 24.0
     (tmp_path / f"{kc}.npy").write_bytes(b"torn")
     assert AV.MapCache(tmp_path).get(kc) is None  # a torn file is dropped, not shown

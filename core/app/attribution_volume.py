@@ -1,4 +1,4 @@
-"""Whole-volume attribution maps for the CT viewer's overlay: computed once, cached in memory and on disk.
+"""Whole-volume attribution maps for the CT viewer's overlay: computed once, kept on disk (bounded).
 
 The viewer shows the map on every plane and scrolls it in the browser, so it
 needs the map of the whole volume, not of one slice. :func:`whole_map` builds
@@ -8,19 +8,27 @@ in one call for 3D encoders. The page runs it in the background job queue
 (``progress`` is the job's ``ctx.progress``, which raises when the user cancels).
 
 :class:`MapCache` keeps finished maps keyed by :func:`map_key` (a hash of the
-case's content, the model's stamp, the method and the horizon): an LRU in
-memory bounded in bytes, and ``.npy`` files under ``<data dir>/cache/attribution``
-so reopening a case, or the same case after a server restart, is instant.
+case's content, the model's stamp, the method and the horizon) as ``.npy`` files,
+read back memory-mapped, so reopening a case, or the same case after a server
+restart, is instant. Each folder is bounded (files, bytes, least recently used
+first out); a :class:`MapStore` names one in plain values: the server's folder
+for demo cases, or a folder inside a user's own space (a saved case's
+``maps/``), whose files count in that user's quota and go with the case.
+:func:`map_job` is the queue's job; on a large CT (:func:`is_heavy`) it runs in
+its own process, one such job at a time, given the model's folder.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,11 +36,15 @@ from core import disk_cache
 from core.errors import InputError
 
 if TYPE_CHECKING:
+    from core.jobs import JobContext
     from core.models.types import CaseInputs
     from core.registry import LoadedModel
 
 Progress = Callable[[float, str], None]
-DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024
+DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024  # a cache without a folder
+DEFAULT_MAX_FILES = 64  # maps in one folder (the server's shared folder of demo cases)
+DEFAULT_DISK_BYTES = 2 * 1024**3  # ... and their bytes
+HEAVY_MAP_VOXELS = 4_000_000  # a CT this large (256 x 256 x 61) has its map made in a job's own process
 KEY_VERSION = "attribution-volume-1"
 
 
@@ -120,13 +132,26 @@ def whole_map(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
 
 
 class MapCache:
-    """Finished maps: an LRU in memory bounded in bytes, backed by ``.npy`` files in ``root`` (None: memory only)."""
+    """Finished maps, as ``.npy`` files in ``root`` read back memory-mapped, or (``root`` None) an LRU in memory
+    bounded by ``max_bytes``.
 
-    def __init__(self, root: str | Path | None, max_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
-        if int(max_bytes) <= 0:
-            raise InputError("max_bytes", max_bytes, "must be positive", "use e.g. 256 MiB")
+    On disk the folder keeps at most ``max_files`` maps and ``max_disk_bytes`` bytes, least recently used first out
+    (a read touches the file), and a map is written only where ``room(n_bytes)`` allows (a user's quota): a map is
+    315 MB on a full-resolution CT, so a folder of them must be bounded, and one read back is the operating system's
+    file cache, not a session's memory.
+    """
+
+    def __init__(self, root: str | Path | None, max_bytes: int = DEFAULT_MEMORY_BYTES, *,
+                 max_files: int = DEFAULT_MAX_FILES, max_disk_bytes: int = DEFAULT_DISK_BYTES,
+                 room: Callable[[int], bool] | None = None) -> None:
+        for name, value in (("max_bytes", max_bytes), ("max_files", max_files), ("max_disk_bytes", max_disk_bytes)):
+            if int(value) <= 0:
+                raise InputError(name, value, "must be positive", "use e.g. 256 MiB, 64 files, 2 GiB")
         self.root = None if root is None else Path(root)
         self.max_bytes = int(max_bytes)
+        self.max_files = int(max_files)
+        self.max_disk_bytes = int(max_disk_bytes)
+        self.room = room
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -136,11 +161,9 @@ class MapCache:
             return sum(a.nbytes for a in self._items.values())
 
     def _path(self, key: str) -> Path | None:
-        if self.root is None:
-            return None
         if not key.isalnum():
             raise InputError("key", key, "must be a hex digest", "build it with map_key")
-        return self.root / f"{key}.npy"
+        return None if self.root is None else self.root / f"{key}.npy"
 
     def _remember(self, key: str, value: np.ndarray) -> None:
         with self._lock:
@@ -150,62 +173,83 @@ class MapCache:
             while total > self.max_bytes and len(self._items) > 1:
                 _, dropped = self._items.popitem(last=False)
                 total -= dropped.nbytes
-            if total > self.max_bytes:  # a single map larger than the budget is kept on disk only
+            if total > self.max_bytes:  # a single map larger than the budget is not kept
                 self._items.pop(key, None)
 
     def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
+        """The map of ``key`` (read-only; memory-mapped from its file), or None."""
         path = self._path(key)
-        if path is None or not path.is_file():
-            return None
+        if path is None:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                return self._items.get(key)
         try:
-            value = np.load(path, allow_pickle=False)
+            value = np.load(path, mmap_mode="r", allow_pickle=False)
+            os.utime(path)  # used now: the least recently used map goes first
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError):  # a torn or foreign file: recompute rather than show it
             path.unlink(missing_ok=True)
             return None
-        value.setflags(write=False)
-        self._remember(key, value)
+        if value.ndim != 3 or value.dtype != np.float32:
+            path.unlink(missing_ok=True)
+            return None
         return value
 
-    def put(self, key: str, value: np.ndarray) -> np.ndarray:
+    def put(self, key: str, value: np.ndarray) -> bool:
+        """Keep ``value`` under ``key``; False where it was not kept (the folder's ``room`` refused its bytes)."""
         arr = np.ascontiguousarray(value, dtype=np.float32)
         if arr.ndim != 3:
             raise InputError("map", arr.shape, "must be [slices, rows, cols]", "pass a whole-volume map")
-        arr.setflags(write=False)
         path = self._path(key)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = disk_cache.partial_name(path, ".npy")
-            np.save(tmp, arr, allow_pickle=False)
-            tmp.replace(path)
-        self._remember(key, arr)
-        return arr
+        if path is None:
+            arr.setflags(write=False)
+            self._remember(key, arr)
+            return True
+        if arr.nbytes + 128 > self.max_disk_bytes or self.room is not None and not self.room(arr.nbytes + 128):
+            return False  # (a map over the folder's whole bound would only push every other map out)
+        disk_cache.save_npy(path, arr)
+        disk_cache.trim(path.parent, self.max_files, self.max_disk_bytes, pattern="*.npy")
+        return path.is_file()
 
     def get_or_compute(self, key: str, compute: Callable[[Progress | None], np.ndarray],
                        progress: Progress | None = None) -> np.ndarray:
-        """The cached map of ``key``, else ``compute(progress)`` stored under it."""
+        """The cached map of ``key``, else ``compute(progress)`` (stored under it where there is room)."""
         found = self.get(key)
         if found is not None:
             if progress is not None:
                 progress(1.0, "cached")
             return found
-        return self.put(key, compute(progress))
+        value = np.ascontiguousarray(compute(progress), dtype=np.float32)
+        self.put(key, value)
+        value.setflags(write=False)
+        return value
 
 
-_CACHES: dict[str, MapCache] = {}
-_CACHES_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class MapStore:
+    """Where the maps of one kind of case are kept, in plain values (a map job's own process opens it too).
 
+    ``owner``: the user whose quota the files count in (a map is written only while that quota and the server's
+    have room); None for the server's shared folder of demo cases, bounded by ``max_files`` and ``max_bytes`` alone.
+    ``base``: the workspace folder the quotas are read in (None: the app's data folder).
+    """
 
-def shared_cache(root: str | Path, max_bytes: int = DEFAULT_MEMORY_BYTES) -> MapCache:
-    """One process-wide :class:`MapCache` per folder (the app's is ``<data dir>/cache/attribution``)."""
-    name = str(Path(root).resolve())
-    with _CACHES_LOCK:
-        if name not in _CACHES:
-            _CACHES[name] = MapCache(name, max_bytes)
-        return _CACHES[name]
+    root: str
+    max_files: int = DEFAULT_MAX_FILES
+    max_bytes: int = DEFAULT_DISK_BYTES
+    owner: str | None = None
+    base: str | None = None
+
+    def cache(self) -> MapCache:
+        room = None
+        if self.owner is not None:
+            from core.app.cases import has_room
+
+            owner, base = self.owner, None if self.base is None else Path(self.base)
+            room = functools.partial(has_room, owner, base=base)
+        return MapCache(self.root, max_files=self.max_files, max_disk_bytes=self.max_bytes, room=room)
 
 
 def case_map(cache: MapCache, model: LoadedModel, inputs: CaseInputs, method: str, horizon_days: float,
@@ -214,3 +258,67 @@ def case_map(cache: MapCache, model: LoadedModel, inputs: CaseInputs, method: st
     key = map_key(case_digest(inputs), model_stamp(model.model_dir), method, horizon_days)
     return cache.get_or_compute(key, lambda p: whole_map(model, inputs, method, horizon_days, progress=p), progress)
 
+
+def is_heavy(inputs: CaseInputs) -> bool:
+    """Whether the case's map is computed in a job's own process (:func:`map_job` with the model's folder): a CT of
+    at least :data:`HEAVY_MAP_VOXELS` voxels, whose Captum run takes minutes and gigabytes. A smaller one takes
+    seconds, less than starting that process."""
+    return inputs.image is not None and int(inputs.image.numel()) >= HEAVY_MAP_VOXELS
+
+
+@dataclass(frozen=True)
+class PortableInputs:
+    """A case's inputs with numpy arrays in place of tensors, for a job's own process: the queue sends a heavy job's
+    arguments with plain pickling, and torch's own pickling of a tensor shares it through the sending process
+    instead of carrying its values."""
+
+    values: dict[str, Any]
+
+    def inputs(self) -> CaseInputs:
+        import torch
+
+        from core.models.types import CaseInputs
+
+        def back(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return torch.from_numpy(v)
+            return {k: back(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+        return CaseInputs(**{name: back(v) for name, v in self.values.items()})
+
+
+def portable(inputs: CaseInputs) -> PortableInputs:
+    """``inputs`` as :class:`PortableInputs` (the arrays share the tensors' memory until they are sent)."""
+    import dataclasses
+
+    import torch
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu().numpy()
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return PortableInputs({f.name: plain(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)})
+
+
+def map_job(ctx: JobContext, store: MapStore, key: str, model: LoadedModel | str, inputs: CaseInputs | PortableInputs,
+            method: str, horizon_days: float, device: str = "cpu") -> np.ndarray | None:
+    """The background job of one map: computed and written to ``store`` under ``key``.
+
+    ``model``: the loaded model, or its folder (loaded here on ``device``: a job in its own process, given the
+    case's :func:`portable` inputs). Returns None
+    when the map was written (read it with ``store.cache().get(key)``: a finished job holds no copy of a 315 MB
+    array for the hour the queue keeps it), the map itself where the store had no room for it.
+    """
+    cache = store.cache()
+    if cache.get(key) is not None:
+        ctx.progress(1.0, "cached")
+        return None
+    if not hasattr(model, "model_dir"):
+        from core.registry import load_model
+
+        ctx.progress(0.0, "loading the model")
+        model = load_model(str(model), device=device)
+    case = inputs.inputs() if isinstance(inputs, PortableInputs) else inputs
+    value = whole_map(model, case, method, horizon_days, progress=ctx.progress)
+    return None if cache.put(key, value) else value

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.app.workspace import DECODED, LOCK, check_quota, private_dir, user_cases_dir, user_quota_bytes, user_root
+from core.app.workspace import DECODED, LOCK, MAPS, check_quota, private_dir, user_cases_dir, user_quota_bytes, user_root
 from core.errors import InputError
 from core.io.contrast import META_KEY as CONTRAST_META
 from core.io.contrast import STATED_SOURCE, table_contrast, with_record
@@ -366,6 +366,12 @@ def case_index_time(info: CaseInfo) -> pd.Timestamp | None:
 def decoded_cache(info: CaseInfo) -> StudyCache:
     """The case's decoded study and what is derived from it (the CT viewer's NIfTI): two series at most."""
     return StudyCache(private_dir(info.path / DECODED), max_entries=2, max_bytes=user_quota_bytes())
+
+
+def maps_dir(info: CaseInfo) -> Path:
+    """The folder of the case's attribution maps (``core.app.attribution_volume``): in the user's quota, deleted with
+    the case, given way to a real save as the decoded copies are."""
+    return private_dir(info.path / MAPS)
 
 
 def has_room(user: str, n_bytes: int, base: Path | None = None) -> bool:

@@ -52,6 +52,9 @@ TOTAL_QUOTA_ENV = "CTEHR_TOTAL_QUOTA_GB"
 _USER_SALT = b"ctehr-user-folder-v1\0"
 LOCK = threading.Lock()
 DECODED = "decoded"  # a case's decoded CT (core.app.cases): counted in the quota, the first to give way to it
+MAPS = "maps"  # a case's attribution maps (core.app.attribution_volume): the same; also <data>/cache/maps (demo
+# cases, bounded) and <user>/cache/maps (the user's own models on demo cases)
+LEGACY_MAPS = "attribution"  # <data>/cache/attribution: every map of every case before, unbounded; removed at start-up
 
 
 # ------------------------------------------------------------------ folders
@@ -177,10 +180,14 @@ def human_bytes(n: float) -> str:
 
 
 def drop_caches(user: str, base: Path | None = None) -> int:
-    """Delete the user's decoded copies of their cases' CTs (``cases/<id>/decoded``, made again when a case is
-    opened); the bytes freed."""
+    """Delete the user's decoded copies of their cases' CTs and the attribution maps of their cases and models
+    (``cases/<id>/decoded``, ``cases/<id>/maps``, ``cache/maps``: made again when asked for); the bytes
+    freed."""
     freed = 0
-    for folder in (user_root(user, base) / "cases").glob(f"*/{DECODED}"):
+    root = user_root(user, base)
+    cases = root / "cases"
+    folders = [*cases.glob(f"*/{DECODED}"), *cases.glob(f"*/{MAPS}"), root / "cache" / MAPS]
+    for folder in (f for f in folders if f.is_dir() and not f.is_symlink()):
         for file in folder.iterdir():
             if file.is_file() and not file.is_symlink():
                 size = file.stat().st_size
@@ -191,7 +198,7 @@ def drop_caches(user: str, base: Path | None = None) -> int:
 
 def check_quota(user: str, extra: int, base: Path | None = None, *, drop: bool = True) -> None:
     """Refuse (``InputError``) when ``extra`` more bytes would exceed the user's or the server's quota, after the
-    user's decoded CT copies (:func:`drop_caches`) gave way (``drop``; a cache's own check does not evict others)."""
+    user's decoded CT copies and maps (:func:`drop_caches`) gave way (``drop``; a cache's own check does not evict others)."""
     used, limit = user_usage(user, base), user_quota_bytes()
     if used + extra > limit and drop and drop_caches(user, base):
         used = user_usage(user, base)
@@ -311,6 +318,8 @@ def start_up(base: Path | None = None) -> int:
         if key in _STARTED:
             return 0
         _STARTED.add(key)
+    # the maps of earlier versions: one unbounded folder for every case, a user's uploads too (kept past their deletion)
+    shutil.rmtree(_base(base) / "cache" / LEGACY_MAPS, ignore_errors=True)
     root = scratch_root(base)
     atexit.register(_sweep_own, root)
     return sweep_stale_workspaces(root=root) if base is not None else sweep_stale_workspaces()
