@@ -47,7 +47,6 @@ from core.app import workspace as workspaces
 from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
 from core.explain import METHOD_LABELS, methods_for
-from core.sanity import map_peak
 from pages import _cases
 from pages import _chrome as chrome
 from pages import _jobs
@@ -246,6 +245,7 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
     chrome.save_viewer_settings()
     overlay: np.ndarray | None = None
     overlay_key = None
+    store = None
     status = st.container()  # always drawn, so the viewer below keeps its place (and its WebGL state) when a job ends
     if show_map and uses_image:
         with status, chrome.core_errors(stop=False):
@@ -253,7 +253,10 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
             if raw is not None:
                 overlay_key = _map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
-                peak = memo(("map_peak", overlay_key), lambda: map_peak(raw))  # not again on each crosshair report
+                store = map_store(model, source, subject_id)
+                # made by the map's job and kept beside the map; once per session here, not on each crosshair report
+                peak = memo(("map_peak", overlay_key), lambda: AV.read_peak(
+                    store.cache().derived(overlay_key, AV.PEAK, lambda: AV.peak_bytes(raw))))
                 if peak is None:
                     st.info("This map is zero everywhere: this model's risk does not change with the CT (its model "
                             "card's Data section says why).", icon=":material/info:")
@@ -266,7 +269,7 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
                     st.session_state[K.VIEWER_JUMP] = st.session_state.get(K.VIEWER_JUMP, 0) + 1
     win = WINDOWS[window_name]
     _viewer(volume, source, subject_id, case_id, (float(win.low), float(win.high)), window_name, overlay, overlay_key,
-            bool(show_map), float(opacity), float(threshold), pred.slice_weights)
+            bool(show_map), float(opacity), float(threshold), pred.slice_weights, store)
     st.caption(
         f"{volume.shape[0]} x {volume.shape[1]} x {volume.shape[2]} voxels, spacing "
         f"{' x '.join(f'{s:g}' for s in volume.spacing_mm)} mm, shown in radiological convention (patient right on "
@@ -288,8 +291,10 @@ def held_volumes(value: Any) -> frozenset[str]:
 
 def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tuple[float, float], window_name: str,
                      overlay: np.ndarray | None, overlay_key: str | None, show_map: bool, opacity: float,
-                     threshold: float, slice_weights: Any) -> None:
-    """The component; its reports (the crosshair's voxel, the volumes it holds) rerun only the section's fragment."""
+                     threshold: float, slice_weights: Any, store: AV.MapStore | None = None) -> None:
+    """The component; its reports (the crosshair's voxel, the volumes it holds) rerun only the section's fragment.
+
+    The map's NIfTI for the browser is kept beside the map in ``store`` (made once, not once per session)."""
     held = held_volumes(st.session_state.get(VIEWER_KEY))
 
     def ct_payload() -> tuple[str, bytes]:
@@ -300,7 +305,10 @@ def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tup
     map_id, map_bytes = None, None
     if overlay is not None and overlay_key is not None:
         def map_payload() -> tuple[str, bytes]:
-            data = VN.map_to_nifti(volume, F.normalize_map(overlay), unit_uint8=True)
+            def build() -> bytes:
+                return VN.map_to_nifti(volume, F.normalize_map(overlay), unit_uint8=True)
+
+            data = build() if store is None else store.cache().derived(overlay_key, AV.VIEWER, build)
             return _content_id("map", data), data
 
         map_id, map_bytes = memo(("viewer_map", overlay_key), map_payload)

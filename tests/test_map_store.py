@@ -18,6 +18,7 @@ import torch
 
 from core.app import attribution_volume as AV
 from core.app import cases, workspace
+from core.errors import InputError
 from core.jobs import JobContext, JobQueue
 from tests.test_app import data_dir  # noqa: F401  (the tiny demo, shared with the app tests)
 from tests.test_decoded_cases import _nifti
@@ -46,10 +47,9 @@ def test_a_saved_cases_maps_count_in_the_quota_give_way_and_go_with_the_case(
     assert store.cache().get(key) is None and folder.is_dir()
     # no room in the quota: the map is not written, the job hands it back itself
     monkeypatch.setenv(workspace.USER_QUOTA_ENV, str((workspace.user_usage("erin", tmp_path) + 1000) / workspace.GB))
-    computed = AV.whole_map  # the computation itself is the demo test's; here a stand-in of the right shape
 
     def fake_whole_map(model: object, inputs: object, method: str, horizon: float, **kw: object) -> np.ndarray:
-        return amap
+        return amap  # the computation itself is the demo test's; here a stand-in of the right shape
 
     monkeypatch.setattr(AV, "whole_map", fake_whole_map)
     back = AV.map_job(_ctx([]), store, key, SimpleNamespace(model_dir=tmp_path), None, "saliency", 365.0)
@@ -57,9 +57,16 @@ def test_a_saved_cases_maps_count_in_the_quota_give_way_and_go_with_the_case(
     monkeypatch.delenv(workspace.USER_QUOTA_ENV)
     assert AV.map_job(_ctx([]), store, key, SimpleNamespace(model_dir=tmp_path), None, "saliency", 365.0) is None
     assert store.cache().get(key) is not None
-    monkeypatch.setattr(AV, "whole_map", computed)
+    from core.sanity import map_peak
+
+    peak_file = folder / f"{key}{AV.PEAK}"  # the job also leaves the map's strongest spot beside it
+    assert AV.read_peak(peak_file.read_bytes()) == map_peak(amap) is not None
     cases.delete_case("erin", info.case_id, tmp_path)  # deleted with the case: nothing of it stays on the server
     assert not folder.exists() and not info.path.exists()
+    # a map that ends after its case was deleted is not written (no folder made again, no bytes left in the quota)
+    other = AV.map_key("digest", "stamp", "gradcam", 365)
+    late = AV.map_job(_ctx([]), store, other, SimpleNamespace(model_dir=tmp_path), None, "gradcam", 365.0)
+    assert late is amap and not info.path.exists()
 
 
 def test_a_large_ct_is_heavy_and_a_small_one_is_not() -> None:
@@ -98,7 +105,7 @@ def test_a_heavy_map_job_runs_in_its_own_process_and_leaves_the_map_in_its_store
     here = AV.whole_map(model, inputs, "saliency", 365.0)  # the map this process would have made
     np.testing.assert_allclose(np.asarray(kept), here, rtol=1e-3, atol=1e-6 * float(np.abs(here).max()))
     assert float(np.abs(kept).sum()) > 0
-    assert os.listdir(tmp_path / "maps") == [f"{key}.npy"]
+    assert sorted(os.listdir(tmp_path / "maps")) == [f"{key}.npy", f"{key}{AV.PEAK}"]  # the spot made by the job too
 
 
 def test_start_up_removes_the_unbounded_map_folder_of_earlier_versions(tmp_path: Path) -> None:
@@ -110,3 +117,27 @@ def test_start_up_removes_the_unbounded_map_folder_of_earlier_versions(tmp_path:
     (kept / "4567ef.npy").write_bytes(b"a demo case's map")
     workspace.start_up(tmp_path)
     assert not legacy.exists() and (kept / "4567ef.npy").is_file()
+
+
+def test_what_is_made_from_a_map_is_kept_beside_it_and_goes_with_it(tmp_path: Path) -> None:
+    cache = AV.MapCache(tmp_path, max_files=1)
+    ka, kb = AV.map_key("a", "stamp", "saliency", 365), AV.map_key("b", "stamp", "saliency", 365)
+    built: list[str] = []
+
+    def build(text: str) -> bytes:
+        built.append(text)
+        return text.encode()
+
+    assert cache.derived(ka, AV.VIEWER, lambda: build("no map yet")) == b"no map yet"
+    assert not list(tmp_path.iterdir())  # nothing kept for a map that is not kept
+    assert cache.put(ka, np.ones((2, 3, 4), np.float32))
+    assert cache.derived(ka, AV.VIEWER, lambda: build("viewer of a")) == b"viewer of a"
+    assert cache.derived(ka, AV.VIEWER, lambda: build("again")) == b"viewer of a"  # read back, not made again
+    assert AV.MapCache(tmp_path).derived(ka, AV.VIEWER, lambda: build("restart")) == b"viewer of a"
+    assert built == ["no map yet", "viewer of a"] and (tmp_path / f"{ka}{AV.VIEWER}").is_file()
+    assert cache.put(kb, np.ones((2, 3, 4), np.float32))  # one map at most: a goes, and what was made from it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{kb}.npy"]
+    refusing = AV.MapCache(tmp_path, room=lambda n: False)
+    assert refusing.derived(kb, AV.PEAK, lambda: b"[0, 0, 0]") == b"[0, 0, 0]" and not (tmp_path / f"{kb}{AV.PEAK}").exists()
+    with pytest.raises(InputError, match="suffix"):
+        cache.derived(kb, ".exe", lambda: b"")

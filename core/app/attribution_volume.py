@@ -46,6 +46,9 @@ DEFAULT_MAX_FILES = 64  # maps in one folder (the server's shared folder of demo
 DEFAULT_DISK_BYTES = 2 * 1024**3  # ... and their bytes
 HEAVY_MAP_VOXELS = 4_000_000  # a CT this large (256 x 256 x 61) has its map made in a job's own process
 KEY_VERSION = "attribution-volume-1"
+PEAK = ".peak.json"  # beside a map: its strongest spot (core.sanity.map_peak), made by the job that made the map
+VIEWER = ".viewer.nii"  # beside a map: the viewer's uint8 NIfTI of it (made by the first session that shows it)
+DERIVED = (PEAK, VIEWER)
 
 
 def model_stamp(model_dir: str | Path) -> str:
@@ -136,14 +139,15 @@ class MapCache:
     bounded by ``max_bytes``.
 
     On disk the folder keeps at most ``max_files`` maps and ``max_disk_bytes`` bytes, least recently used first out
-    (a read touches the file), and a map is written only where ``room(n_bytes)`` allows (a user's quota): a map is
+    (a read touches the file), and a map is written only where ``room(n_bytes)`` allows (a user's quota) and, without
+    ``create``, only into a folder that still exists (a case deleted while its map was computed stays deleted): a map is
     315 MB on a full-resolution CT, so a folder of them must be bounded, and one read back is the operating system's
     file cache, not a session's memory.
     """
 
     def __init__(self, root: str | Path | None, max_bytes: int = DEFAULT_MEMORY_BYTES, *,
                  max_files: int = DEFAULT_MAX_FILES, max_disk_bytes: int = DEFAULT_DISK_BYTES,
-                 room: Callable[[int], bool] | None = None) -> None:
+                 room: Callable[[int], bool] | None = None, create: bool = True) -> None:
         for name, value in (("max_bytes", max_bytes), ("max_files", max_files), ("max_disk_bytes", max_disk_bytes)):
             if int(value) <= 0:
                 raise InputError(name, value, "must be positive", "use e.g. 256 MiB, 64 files, 2 GiB")
@@ -152,6 +156,7 @@ class MapCache:
         self.max_files = int(max_files)
         self.max_disk_bytes = int(max_disk_bytes)
         self.room = room
+        self.create = bool(create)
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -209,9 +214,43 @@ class MapCache:
             return True
         if arr.nbytes + 128 > self.max_disk_bytes or self.room is not None and not self.room(arr.nbytes + 128):
             return False  # (a map over the folder's whole bound would only push every other map out)
-        disk_cache.save_npy(path, arr)
-        disk_cache.trim(path.parent, self.max_files, self.max_disk_bytes, pattern="*.npy")
+        if self.create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = disk_cache.partial_name(path, ".npy")
+        try:
+            np.save(tmp, arr, allow_pickle=False)
+            tmp.replace(path)
+        except FileNotFoundError:  # the folder is gone (its case was deleted): nothing is written
+            tmp.unlink(missing_ok=True)
+            return False
+        disk_cache.trim(path.parent, self.max_files, self.max_disk_bytes, companions=DERIVED, pattern="*.npy")
         return path.is_file()
+
+    def derived(self, key: str, suffix: str, build: Callable[[], bytes]) -> bytes:
+        """Bytes made from the map of ``key`` (``suffix``: one of :data:`DERIVED`): read from beside the map, else
+        ``build()`` and kept there while the map is (where ``room`` allows), so another session or a restart does
+        not make them again."""
+        if suffix not in DERIVED:
+            raise InputError("suffix", suffix, f"must be one of {', '.join(DERIVED)}", "name a known derived file")
+        path = self._path(key)
+        side = None if path is None else path.with_suffix(suffix)
+        if side is not None:
+            try:
+                data = side.read_bytes()
+                os.utime(path)  # used with its map
+                return data
+            except FileNotFoundError:
+                pass
+        data = build()
+        if side is None or not path.is_file() or self.room is not None and not self.room(len(data)):
+            return data
+        tmp = disk_cache.partial_name(side)
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(side)
+        except FileNotFoundError:  # the folder went meanwhile: nothing is kept
+            tmp.unlink(missing_ok=True)
+        return data
 
     def get_or_compute(self, key: str, compute: Callable[[Progress | None], np.ndarray],
                        progress: Progress | None = None) -> np.ndarray:
@@ -232,7 +271,8 @@ class MapStore:
     """Where the maps of one kind of case are kept, in plain values (a map job's own process opens it too).
 
     ``owner``: the user whose quota the files count in (a map is written only while that quota and the server's
-    have room); None for the server's shared folder of demo cases, bounded by ``max_files`` and ``max_bytes`` alone.
+    have room, and only while its folder exists); None for the server's shared folder of demo cases, bounded by
+    ``max_files`` and ``max_bytes`` alone.
     ``base``: the workspace folder the quotas are read in (None: the app's data folder).
     """
 
@@ -249,7 +289,8 @@ class MapStore:
 
             owner, base = self.owner, None if self.base is None else Path(self.base)
             room = functools.partial(has_room, owner, base=base)
-        return MapCache(self.root, max_files=self.max_files, max_disk_bytes=self.max_bytes, room=room)
+        return MapCache(self.root, max_files=self.max_files, max_disk_bytes=self.max_bytes, room=room,
+                        create=self.owner is None)  # a user's folder is made by its owner (a case), never here
 
 
 def case_map(cache: MapCache, model: LoadedModel, inputs: CaseInputs, method: str, horizon_days: float,
@@ -321,4 +362,34 @@ def map_job(ctx: JobContext, store: MapStore, key: str, model: LoadedModel | str
         model = load_model(str(model), device=device)
     case = inputs.inputs() if isinstance(inputs, PortableInputs) else inputs
     value = whole_map(model, case, method, horizon_days, progress=ctx.progress)
-    return None if cache.put(key, value) else value
+    if not cache.put(key, value):
+        return value
+    cache.derived(key, PEAK, lambda: peak_bytes(value))  # here, not in the page that shows it (4 s at full size)
+    return None
+
+
+def peak_bytes(amap: np.ndarray) -> bytes:
+    """The map's strongest spot (``core.sanity.map_peak``) as the JSON kept beside it: ``[slice, row, col]``, or
+    ``null`` for a map that is zero everywhere.
+
+    >>> m = np.zeros((5, 9, 9), np.float32); m[3, 3:6, 4:7] = 0.6
+    >>> peak_bytes(m), read_peak(peak_bytes(m)), read_peak(peak_bytes(np.zeros((2, 2, 2), np.float32)))
+    (b'[3, 4, 5]', (3, 4, 5), None)
+    """
+    import json
+
+    from core.sanity import map_peak
+
+    peak = map_peak(amap)
+    return json.dumps(None if peak is None else [int(v) for v in peak]).encode()
+
+
+def read_peak(data: bytes) -> tuple[int, int, int] | None:
+    """The ``(slice, row, col)`` that :func:`peak_bytes` wrote (None: a map zero everywhere)."""
+    import json
+
+    value = json.loads(data)
+    if value is None:
+        return None
+    s, r, c = (int(v) for v in value)
+    return s, r, c
