@@ -402,15 +402,21 @@ def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarra
             spacing_mm: Sequence[float] | None, attribution: Any) -> None:
     from core.io.windows import WINDOWS
 
-    slices: list[int] = []
-    if attribution is not None and volume_hu is not None:
-        slices = [i for i, _ in attribution.top_slices[:3]]
+    slices: list[tuple[int, float]] = []
+    if attribution is not None and volume_hu is not None and attribution.top_slices:
+        z_mm = float((spacing_mm or (1.0,))[0])
+        from core.figures.slices import spaced_slices  # each at least 10 mm apart: not three 1 mm slices of one lesion
+
+        slices = spaced_slices(np.abs(np.asarray(attribution.map)).sum(axis=(1, 2)), z_mm)
     if not slices:
         page.text(x0, page.y + 0.05, ["No CT attribution for this case."], 8)
         return
     n = int(np.asarray(volume_hu).shape[0])
     w = (width - 0.4) / 3
-    for j, k in enumerate(slices):
+    # one colour scale for the panels: a slice holding a tenth of the map is not drawn as bright as the top one
+    top = max(float(np.percentile(np.abs(attribution.map[k]), 99.5)) or float(np.abs(attribution.map[k]).max())
+              for k, _ in slices) or 1.0
+    for j, (k, share) in enumerate(slices):
         a = page.axes(x0 + j * (w + 0.2), page.y + 0.25, w, h - 0.3)
         a.axis("off")
         lo, hi = WINDOWS["lung"] if "lung" in WINDOWS else (-1350.0, 150.0)
@@ -419,14 +425,13 @@ def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarra
         extent = (0, hu.shape[1] * sp[1], hu.shape[0] * sp[0], 0)
         a.imshow(hu, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
         m = np.abs(attribution.map[k])
-        top = float(np.percentile(m, 99.5)) or float(m.max()) or 1.0
         over = np.ma.masked_less(np.clip(m / top, 0, 1), 0.15)
         a.imshow(over, cmap="hot", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="bilinear")
         for text, x, y, ha, va in (("A", 0.5, 0.99, "center", "top"), ("P", 0.5, 0.01, "center", "bottom"),
                                    ("R", 0.01, 0.5, "left", "center"), ("L", 0.99, 0.5, "right", "center")):
             a.text(x, y, text, transform=a.transAxes, ha=ha, va=va, fontsize=6, color="white")  # as in the viewer
         # slices are numbered from 1 (inferior) everywhere: viewer title, export caption and file name
-        a.set_title(f"axial slice {k + 1}/{n} ({100 * attribution.top_slices[j][1]:.1f} % of |map|)", fontsize=8)
+        a.set_title(f"axial slice {k + 1}/{n} ({100 * share:.1f} % of |map|)", fontsize=8)
 
 
 def _event_lines(model: Any, events_table: pd.DataFrame | None) -> list[str]:

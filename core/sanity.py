@@ -239,6 +239,28 @@ def map_peak(attribution: np.ndarray) -> tuple[int, int, int] | None:
     return int(s), int(r), int(c)
 
 
+def in_body(hu: np.ndarray, voxel: tuple[int, int, int]) -> bool:
+    """Whether ``voxel`` (slice, row, col) of a CT (``hu`` [slices, rows, cols]) lies in the patient's body on its
+    slice: the largest connected region above -500 HU, its enclosed holes (lungs, bowel gas) filled; the air around
+    the patient and a table apart from the body are outside.
+
+    >>> ct = np.full((1, 12, 12), -1000.0); ct[0, 2:9, 2:9] = 40.0; ct[0, 4:6, 4:6] = -900.0  # a body, a lung
+    >>> ct[0, 11, :] = 200.0  # the table
+    >>> in_body(ct, (0, 4, 4)), in_body(ct, (0, 0, 0)), in_body(ct, (0, 11, 3))
+    (True, False, False)
+    """
+    from scipy import ndimage
+
+    s, r, c = (int(v) for v in voxel)
+    plane = np.asarray(hu[s], dtype=np.float32) > -500.0
+    labels, n = ndimage.label(plane)
+    if n == 0:
+        return False
+    sizes = np.bincount(labels.ravel())[1:]
+    body = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+    return bool(body[r, c])
+
+
 #: what the randomization test of a model on the frozen foundation backbone leaves out, said with its result
 FROZEN_NOTE = ("The frozen foundation backbone (pretrained weights, not trained here) is not re-initialised: the "
                "steps cover the layers trained on this cohort, so a Spearman that stays high may be the backbone's.")

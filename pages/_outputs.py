@@ -51,11 +51,14 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                                                            f"{group['label']}-risk group ({group['n']} patients)")))
 
 
-def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int,
-                      amap: Any = None) -> tuple[bytes, str]:
-    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip, and a one-line summary.
+def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str,
+                      amap: Any = None) -> tuple[Path, str]:
+    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip file called ``name`` in this
+    session's exports (the objects themselves are not kept beside it), and a one-line summary.
 
     ``amap`` is the whole-volume map the viewer shows (``pages._viewer.overlay_map``); computed here when None."""
+    import shutil
+
     from core.dicom_export import (
         export_dicom,
         model_info,
@@ -74,11 +77,14 @@ def case_dicom_export(model: Any, source: str, subject_id: str, method: str, hor
         study = Path(case["study_path"]) if case.get("study_path") else None
     else:
         study = views.demo_cohort().study_path(subject_id)
-    out = session.exports_dir("dicom")
+    folder = session.exports_dir("dicom")
+    out = folder / "objects"
     series = source_series_for(volume, out, study_path=study)
     result = export_dicom(volume, amap, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
                           method, out, source=series, times=pred.times)
     parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
     parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []
     summary = "; ".join(parts + list(result.warnings)) + "."
-    return zip_folder(out), summary
+    archive = zip_folder(out, folder / name)
+    shutil.rmtree(out, ignore_errors=True)  # the zip holds them: one copy on disk, in the user's quota
+    return archive, summary

@@ -177,15 +177,11 @@ def audit(action: str, target: str, *, once: bool = False, **details: Any) -> No
 
 
 def exports_dir(kind: str) -> Path:
-    """A fresh folder for one kind of export (figure, report, dicom) in this user's exports (their quota)."""
-    import shutil
-
+    """A fresh folder for one kind of export (figure, report, dicom, nifti) of this session, in this user's
+    exports (their quota): apart from their other sessions' exports, deleted when this session ends."""
     user = user_id()
     workspaces.check_quota(user, 0)  # refuse when the user is already over their quota
-    folder = workspaces.user_exports_dir(user) / kind
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(mode=0o700)
-    return folder
+    return workspace().exports_dir(user, kind)
 
 
 def workspace() -> workspaces.SessionWorkspace:

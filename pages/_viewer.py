@@ -47,6 +47,7 @@ from core.app import workspace as workspaces
 from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
 from core.explain import METHOD_LABELS, methods_for
+from core.sanity import in_body
 from pages import _cases
 from pages import _chrome as chrome
 from pages import _jobs
@@ -265,7 +266,11 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
                 if peak is None:
                     st.info("This map is zero everywhere: this model's risk does not change with the CT (its model "
                             "card's Data section says why).", icon=":material/info:")
-                elif st.button(f"Go to the map's strongest spot (slice {peak[0] + 1} of {volume.shape[0]})",
+                elif not memo(("peak_in_body", overlay_key), lambda: in_body(volume.hu, peak)):  # one slice: ms
+                    st.warning(f"The map's strongest spot (slice {peak[0] + 1}) lies outside the patient's body, in "
+                               "the air around it or on the table: what this model reads most in this CT is not "
+                               "anatomy. Read its risk with care.", icon=":material/warning:")
+                if peak is not None and st.button(f"Go to the map's strongest spot (slice {peak[0] + 1} of {volume.shape[0]})",
                                icon=":material/my_location:", key=f"peak_{overlay_key}",
                                help="Moves the crosshair onto the map's strongest spot (the voxel the sanity "
                                     "checks' pointing game scores), on all three planes."):

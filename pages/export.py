@@ -3,6 +3,7 @@ neutral file names."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -11,6 +12,7 @@ import streamlit as st
 from core import figure_export, horizons
 from core import figures as F
 from core.app import viewer
+from core.app import workspace as workspaces
 from pages import _chrome as chrome
 from pages import _model_views as views
 from pages import _outputs as outputs
@@ -54,6 +56,8 @@ with chrome.core_errors():
     pred = views.case_prediction(model, source, subject_id)
 
 exports: dict = st.session_state.setdefault(K.EXPORTS, {})
+if exports:
+    session.workspace()  # marks this session's prepared files as in use (another session's prepare sweeps stale ones)
 no_ct = ("The selected model withholds this case's CT (other anatomy or another scale than its training studies; Case review can "
          "read it anyway)" if volume is not None and views.withholds_ct(model, source, subject_id)
          else "This case has no CT used by the selected model")
@@ -102,15 +106,17 @@ else:
             files = {}
             for fmt in FORMATS:
                 name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1, demo=is_demo)
-                files[fmt] = (name, figure_export.export(fig, folder / name, caption=caption).read_bytes())
+                files[fmt] = (name, figure_export.export(fig, folder / name, caption=caption))
             exports["figure"] = {"key": key, "files": files}
     ready = exports.get("figure")
+    if ready and ready["key"] == key and not all(path.is_file() for _, path in ready["files"].values()):
+        ready = exports.pop("figure")  # the session's files were swept: prepare again
     if ready and ready["key"] == key:
         cols = st.columns(len(FORMATS))
         for col, fmt in zip(cols, FORMATS):
-            name, data = ready["files"][fmt]
-            col.download_button(f"Download {fmt.upper()}", data, file_name=name, mime=MIME[fmt],
-                                key=f"download_{fmt}", icon=":material/download:")
+            name, path = ready["files"][fmt]
+            col.download_button(f"Download {fmt.upper()}", path.read_bytes, file_name=name, mime=MIME[fmt],
+                                key=f"download_{fmt}", icon=":material/download:", on_click="ignore")
         st.caption(f"Axial slice {z + 1}/{volume.shape[0]} ({'as in Case review' if z == shown_z else 'the top slice'}; slices are numbered from 1, inferior "
                    f"to superior, in the viewer, captions, file names and the report). "
                    f"Files: {', '.join(n for n, _ in ready['files'].values())}")
@@ -123,7 +129,8 @@ ckey = (source, subject_id, model_name, method, horizon)  # what a prepared expo
 
 
 def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], dict], *, disabled: bool = False) -> None:
-    """A "Prepare ..." button: ``build()`` (audited as ``target``, errors in one line) kept in ``exports[slot]``."""
+    """A "Prepare ..." button: ``build()`` (audited as ``target``, errors in one line) kept in ``exports[slot]``: the
+    file's name and its ``path`` in this session's exports (on disk, not in the session's memory)."""
     if st.button(label, key=f"prepare_{slot}", disabled=disabled):
         with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
             session.audit("export", target, case=number, method=method, source="demo" if is_demo else "upload")
@@ -131,12 +138,19 @@ def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], d
 
 
 def offer(slot: str, label: str, mime: str) -> dict | None:
-    """The download button of ``exports[slot]`` when it was prepared for the case, model, method and horizon shown."""
+    """The download button of ``exports[slot]`` when it was prepared for the case, model, method and horizon shown
+    and its file is still there. The file is read only when the user clicks (a full-resolution DICOM zip or NIfTI map
+    is hundreds of MB: never held in the session's state, nor hashed and copied at each rerun)."""
     ready = exports.get(slot)
     if not ready or ready["key"] != ckey:
         return None
-    st.download_button(label, ready["data"], file_name=ready["name"], mime=mime, key=f"download_{slot}",
-                       icon=":material/download:")
+    path: Path = ready["path"]
+    if not path.is_file():  # the session's exports were swept (a new workspace): prepare again
+        exports.pop(slot)
+        return None
+    st.download_button(f"{label}, {workspaces.human_bytes(path.stat().st_size)}", path.read_bytes,
+                       file_name=ready["name"], mime=mime, key=f"download_{slot}", icon=":material/download:",
+                       on_click="ignore")
     return ready
 
 
@@ -146,19 +160,22 @@ def _report() -> dict:
     name = figure_export.export_name("case-report", number, "pdf", method=method, demo=is_demo)
     path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon,
                                session.exports_dir("report") / name)
-    return {"name": name, "data": path.read_bytes()}
+    return {"name": name, "path": path}
 
 
 def _dicom() -> dict:
-    zip_bytes, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, amap)
-    return {"data": zip_bytes, "summary": summary, "name": figure_export.export_name("dicom", number, "zip", method=method, demo=is_demo)}
+    name = figure_export.export_name("dicom", number, "zip", method=method, demo=is_demo)
+    path, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, name, amap)
+    return {"path": path, "summary": summary, "name": name}
 
 
 def _nifti() -> dict:
     from core.app.volume_nifti import map_to_nifti
 
-    return {"data": map_to_nifti(volume, amap, as_source=True),
-            "name": figure_export.export_name("saliency-map", number, "nii.gz", method=method, demo=is_demo)}
+    name = figure_export.export_name("saliency-map", number, "nii.gz", method=method, demo=is_demo)
+    path = session.exports_dir("nifti") / name
+    path.write_bytes(map_to_nifti(volume, amap, as_source=True))
+    return {"name": name, "path": path}
 
 
 st.subheader("Case report (PDF)", anchor=False)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.app import demo_install, reference
+from core.app import demo_install, reference, workspace
+from pages import _state as K
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -534,3 +535,76 @@ def test_the_sidebar_tells_which_jobs_a_server_restart_stopped(data_dir: Path) -
     assert at.sidebar.button(key="dismiss_deadbeef0001-job2").label == "Dismiss"  # clicked in Chromium (AppTest
     job_journal.dismiss(user_dir, "deadbeef0001-job2")  # does not return the sidebar of a rerun under st.navigation)
     assert not [w for w in _app().run().sidebar.warning if "server restarted" in w.value]
+
+
+def test_an_export_is_kept_on_disk_in_the_sessions_folder_not_in_its_state(data_dir: Path) -> None:
+    """A prepared export was held as bytes in the session's state (266 MB for a full-resolution DICOM zip), hashed
+    and copied again at each rerun; it is now a file in this session's exports, read when the user clicks."""
+    at = _app()
+    at.run()
+    at.switch_page("pages/export.py")
+    at.run()
+    _no_exception(at)
+    at.button(key="prepare_report").click()
+    at.run()
+    _no_exception(at)
+    ready = at.session_state[K.EXPORTS]["report"]
+    assert not any(isinstance(v, (bytes, bytearray)) for v in ready.values()), list(ready)
+    path = Path(ready["path"])
+    assert path.read_bytes()[:5] == b"%PDF-" and path.name == ready["name"]
+    session_dir = path.parent.parent
+    assert session_dir.name.startswith(workspace.WORKSPACE_PREFIX) and session_dir.parent.name == "exports"
+    assert (data_dir / "scratch" / session_dir.name).is_dir()  # the session's own: it goes with the session
+    size = workspace.human_bytes(path.stat().st_size)
+    assert any(size in str(b.proto.label) for b in at.get("download_button")), size
+
+
+def test_a_map_pointing_outside_the_body_is_said_so(data_dir: Path) -> None:
+    """On an out-of-distribution CT the map's strongest spot can lie in the air around the patient; the viewer's
+    "go to the strongest spot" led there without a word. A map seeded with its peak in a corner of the opening case
+    (air in the demo's CTs) gets the warning; the same case's body holds none."""
+    from core.app import attribution_volume as AV
+    from core.app.demo_install import DEFAULT_FUSION, demo_paths
+    from core.cohort import load_cohort
+    from core.horizons import DEFAULT_HORIZON
+    from core.registry import load_model
+    from core.sanity import in_body
+
+    paths = demo_paths(data_dir)
+    cohort = load_cohort(paths.cohort)
+    sid = cohort.ids("test")[0]
+    model = load_model(paths.models / DEFAULT_FUSION)
+    inputs = model.case_inputs(cohort, sid)
+    hu = cohort.load_volume(sid).hu
+    s, r, c = hu.shape
+    corner = np.zeros(hu.shape, np.float32)
+    corner[s // 2, :6, :6] = 1.0
+    assert not in_body(hu, (s // 2, 2, 2)) and in_body(hu, (s // 2, r // 2, c // 2))
+    key = AV.map_key(AV.case_digest(inputs), AV.model_stamp(model.model_dir), "occlusion", DEFAULT_HORIZON)
+    cache = AV.MapCache(data_dir / "cache" / "maps")
+    for f in (data_dir / "cache" / "maps").glob(f"{key}*"):  # a map of this key another test put there
+        f.unlink()
+    assert cache.put(key, corner)
+    try:
+        at = _app()
+        at.run()
+        at.toggle(key="show_saliency").set_value(True).run()
+        at.selectbox(key="method").set_value("occlusion").run()
+        _no_exception(at)
+        outside = [w.value for w in at.warning if "strongest spot" in w.value]
+        assert outside and f"(slice {s // 2 + 1})" in outside[0] and "outside the patient's body" in outside[0]
+        corner[:] = 0.0
+        corner[s // 2, r // 2 - 2:r // 2 + 3, c // 2 - 2:c // 2 + 3] = 1.0  # the same case, a map in the body
+        for f in (data_dir / "cache" / "maps").glob(f"{key}*"):
+            f.unlink()
+        assert cache.put(key, corner)
+        at2 = _app()
+        at2.run()
+        at2.toggle(key="show_saliency").set_value(True).run()
+        at2.selectbox(key="method").set_value("occlusion").run()
+        _no_exception(at2)
+        assert not [w.value for w in at2.warning if "strongest spot" in w.value]
+        assert any("strongest spot" in b.label for b in at2.button)
+    finally:
+        for f in (data_dir / "cache" / "maps").glob(f"{key}*"):
+            f.unlink()

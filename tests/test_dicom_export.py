@@ -504,3 +504,21 @@ def test_a_source_without_patient_and_study_attributes_exports(tmp_path: Path) -
     if shutil.which("dciodvfy"):
         for name in ("saliency_pm.dcm", "saliency_seg.dcm", "prediction_sr.dcm"):
             assert _dciodvfy_errors(out / name) == [], name
+
+
+def test_the_export_zip_is_written_beside_its_folder_not_into_it(tmp_path: Path) -> None:
+    """The Export page's zip of a full-resolution export (hundreds of MB) goes to a file, not to bytes in memory."""
+    import zipfile
+
+    from core.dicom_export import zip_folder
+
+    folder = tmp_path / "objects"
+    (folder / "CT").mkdir(parents=True)
+    (folder / "saliency_pm.dcm").write_bytes(b"pm" * 1000)
+    (folder / "CT" / "1.dcm").write_bytes(b"ct")
+    out = zip_folder(folder, tmp_path / "dicom_case01.zip")
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == ["CT/1.dcm", "saliency_pm.dcm"]
+        assert zf.read("saliency_pm.dcm") == b"pm" * 1000
+    with pytest.raises(ValueError, match="inside"):  # it would zip itself
+        zip_folder(folder, folder / "CT" / "again.zip")

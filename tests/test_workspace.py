@@ -206,6 +206,57 @@ def test_start_up_sweeps_once_and_exit_removes_this_process_scratch(tmp_path: Pa
     assert list(workspace.scratch_root(tmp_path).iterdir()) == []
 
 
+def test_each_session_prepares_its_exports_apart_and_they_go_with_it(tmp_path: Path) -> None:
+    """One user's two sessions shared users/<key>/exports/<kind>, emptied at each prepare: session B's prepare
+    deleted the file session A was offering (and A's download then sent B's file or nothing)."""
+    scratch = workspace.scratch_root(tmp_path)
+    a, b = workspace.new_session_workspace(scratch), workspace.new_session_workspace(scratch)
+    report_a = a.exports_dir("alice", "report", tmp_path) / "case-report_case01.pdf"
+    report_a.write_bytes(b"%PDF a")
+    report_b = b.exports_dir("alice", "report", tmp_path) / "case-report_case02.pdf"
+    report_b.write_bytes(b"%PDF b")
+    assert report_a.read_bytes() == b"%PDF a" and report_b.parent != report_a.parent
+    assert report_a.parent.parent.parent == workspace.user_exports_dir("alice", tmp_path)
+    assert report_a.parent.stat().st_mode & 0o777 == 0o700
+    assert workspace.user_usage("alice", tmp_path) >= len(b"%PDF a%PDF b")  # in the user's quota
+    again = a.exports_dir("alice", "report", tmp_path)  # a second prepare in A replaces A's file only
+    assert list(again.iterdir()) == [] and report_b.is_file()
+    with pytest.raises(InputError, match="workspace folder"):
+        a.exports_dir("alice", "../cases", tmp_path)
+    a.cleanup()  # the session ended: its scratch and its exports go, B's stay
+    assert not a.path.exists() and not report_a.parent.parent.exists() and report_b.is_file()
+    # a closed tab's session is dropped only when collected: its exports untouched for an hour go at another's prepare
+    c = workspace.new_session_workspace(scratch)
+    os.utime(report_b.parent.parent, (1, 1))
+    c.exports_dir("alice", "figure", tmp_path)
+    assert not report_b.exists() and b.path.is_dir()
+    b.touch()  # B in use again: its (new) exports are not swept by C
+    kept = b.exports_dir("alice", "nifti", tmp_path)
+    c.exports_dir("alice", "figure", tmp_path)
+    assert kept.is_dir()
+
+
+def test_exports_of_a_killed_server_and_the_old_shared_ones_are_swept_at_start(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    exports = workspace.user_exports_dir("alice", tmp_path)
+    killed = exports / f"{workspace.WORKSPACE_PREFIX}{dead.pid}-abc123" / "dicom"
+    killed.mkdir(parents=True)
+    (killed / "dicom_case01.zip").write_bytes(b"z" * 1000)
+    (workspace.scratch_root(tmp_path) / killed.parent.name).mkdir()  # its session's scratch, left too
+    shared = exports / "dicom"  # the layout before: one folder per kind for all of a user's sessions
+    shared.mkdir()
+    (shared / "old.zip").write_bytes(b"z")
+    live = workspace.new_session_workspace(workspace.scratch_root(tmp_path))
+    kept = live.exports_dir("alice", "nifti", tmp_path) / "map.nii.gz"
+    kept.write_bytes(b"n")
+    code = "import sys; from pathlib import Path; from core.app import workspace as w; print(w.start_up(Path(sys.argv[1])))"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["2"]  # the killed server's scratch, then its session's exports
+    assert not killed.parent.exists() and not shared.exists() and kept.is_file()
+
+
 # ------------------------------------------------------------------ uploads checked in memory
 
 

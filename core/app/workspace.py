@@ -4,7 +4,7 @@ Layout under the app data dir (:func:`core.app.paths.data_dir`), every folder mo
 
     users/<key>/cases/<case id>/case.json, study.*, timeline.parquet, decoded/ (the CT decoded once: a cache)
     users/<key>/models/          trained models (``user_models_dir``)
-    users/<key>/exports/         exported files (``user_exports_dir``)
+    users/<key>/exports/<session>/<kind>/   one browser session's prepared exports (``SessionWorkspace.exports_dir``)
     users/<key>/cohorts/         cohorts unpacked from uploads (a trained model's, or a running job's)
     users/<key>/jobs/            the user's queued and running jobs on record (``core.app.job_journal``)
     scratch/ctehr-session-<pid>-<random>/   one browser session's scratch (``SessionWorkspace``)
@@ -55,6 +55,8 @@ DECODED = "decoded"  # a case's decoded CT (core.app.cases): counted in the quot
 MAPS = "maps"  # a case's attribution maps (core.app.attribution_volume): the same; also <data>/cache/maps (demo
 # cases, bounded) and <user>/cache/maps (the user's own models on demo cases)
 LEGACY_MAPS = "attribution"  # <data>/cache/attribution: every map of every case before, unbounded; removed at start-up
+EXPORTS_TTL_S = 3600.0  # a session's prepared exports untouched this long go when another session of the user prepares
+LEGACY_EXPORTS = ("figure", "report", "dicom")  # users/<key>/exports/<kind>: shared by a user's sessions before; removed
 
 
 # ------------------------------------------------------------------ folders
@@ -104,7 +106,8 @@ def user_models_dir(user: str, base: Path | None = None) -> Path:
 
 
 def user_exports_dir(user: str, base: Path | None = None) -> Path:
-    """Where a user's exported figures, reports and DICOM objects are kept."""
+    """Where a user's exported figures, reports and DICOM objects are kept: one folder per browser session
+    (:meth:`SessionWorkspace.exports_dir`), counted in the user's quota."""
     return private_dir(user_root(user, base) / "exports")
 
 
@@ -218,26 +221,52 @@ def check_quota(user: str, extra: int, base: Path | None = None, *, drop: bool =
 # ------------------------------------------------------------------ session scratch
 
 
-def _rmtree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _rmtree(paths: list[str]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _plain_name(name: str) -> str:
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise InputError("workspace folder", name, "must be letters, digits, - or _", "use a plain name")
+    return name
+
+
+def _fresh(target: Path) -> Path:
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, mode=0o700)
+    return target
 
 
 @dataclass
 class SessionWorkspace:
-    """A private scratch folder for one browser session (exports being built, cohorts being unpacked).
+    """A private scratch folder for one browser session (exports being built, cohorts being unpacked), and the
+    session's folder of prepared exports in each user's exports (:meth:`exports_dir`).
 
     Created with mode 0700 under ``<data dir>/scratch`` with a random name that carries the server's
-    process id; it is never derived from user input. It is deleted when this object is garbage collected
+    process id; it is never derived from user input. Both are deleted when this object is garbage collected
     (Streamlit drops a session's state when the session ends), at interpreter exit, or by
     :func:`sweep_stale_workspaces` at the next start when the server was killed. Saved cases are not
     here: they live in the user's folder (:func:`save_case`).
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     ws = new_session_workspace(pathlib.Path(tmp) / SCRATCH)
+    ...     out = ws.exports_dir("alice", "report", pathlib.Path(tmp))
+    ...     _ = (out / "r.pdf").write_bytes(b"%PDF")
+    ...     kept = out.parent.name == ws.path.name, out.is_dir()
+    ...     ws.cleanup()
+    ...     kept, out.parent.exists(), user_exports_dir("alice", pathlib.Path(tmp)).is_dir()
+    ((True, True), False, True)
     """
 
     path: Path
+    _owned: list[str] = field(init=False, repr=False)
     _finalizer: weakref.finalize = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._finalizer = weakref.finalize(self, _rmtree, str(self.path))
+        self._owned = [str(self.path)]
+        self._finalizer = weakref.finalize(self, _rmtree, self._owned)
 
     def cleanup(self) -> None:
         self._finalizer()
@@ -247,17 +276,29 @@ class SessionWorkspace:
         return self.path.is_dir()
 
     def touch(self) -> None:
-        """Mark the workspace as in use (the sweep skips recently used ones)."""
-        if self.alive:
-            os.utime(self.path)
+        """Mark the workspace (and its exports) as in use (the sweep skips recently used ones)."""
+        for path in self._owned:
+            if os.path.isdir(path):
+                os.utime(path)
 
     def fresh_dir(self, name: str) -> Path:
         """An empty sub-folder (replaced when it exists)."""
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise InputError("workspace folder", name, "must be letters, digits, - or _", "use a plain name")
-        target = self.path / name
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True, mode=0o700)
+        return _fresh(self.path / _plain_name(name))
+
+    def exports_dir(self, user: str, kind: str, base: Path | None = None) -> Path:
+        """An empty folder for this session's export of one ``kind`` (replaced when it exists), under
+        ``users/<key>/exports/<this workspace's name>/``: in the user's quota, apart from their other
+        sessions' exports, and deleted with this workspace. The user's other sessions' exports untouched for
+        :data:`EXPORTS_TTL_S` go now (a closed tab's session and its workspace are dropped only when collected)."""
+        exports = user_exports_dir(user, base)
+        session = private_dir(exports / self.path.name)
+        if str(session) not in self._owned:
+            self._owned.append(str(session))
+        target = _fresh(session / _plain_name(kind))
+        cutoff = time.time() - EXPORTS_TTL_S  # other sessions' exports left untouched (a session is dropped lazily)
+        for other in exports.glob(f"{WORKSPACE_PREFIX}*"):
+            if other != session and not other.is_symlink() and other.stat().st_mtime < cutoff:
+                shutil.rmtree(other, ignore_errors=True)
         return target
 
 
@@ -299,12 +340,16 @@ def sweep_stale_workspaces(max_age_s: float = 6 * 3600, root: Path | None = None
                 removed += 1
         except OSError:
             continue
+    users = base.parent / USERS
     if root is None:
-        users = _base(None) / USERS
         for p in users.glob("*/cases/.*-*") if users.is_dir() else []:
             if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > 60:
                 shutil.rmtree(p, ignore_errors=True)
                 removed += 1
+    for p in users.glob(f"*/exports/{WORKSPACE_PREFIX}*") if users.is_dir() else []:  # the sessions' exports
+        if not (base / p.name).is_dir() and not p.is_symlink():  # their session's workspace is gone
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
     return removed
 
 
@@ -320,6 +365,9 @@ def start_up(base: Path | None = None) -> int:
         _STARTED.add(key)
     # the maps of earlier versions: one unbounded folder for every case, a user's uploads too (kept past their deletion)
     shutil.rmtree(_base(base) / "cache" / LEGACY_MAPS, ignore_errors=True)
+    for kind in LEGACY_EXPORTS:  # and their exports, one folder per kind shared by a user's sessions
+        for p in (_base(base) / USERS).glob(f"*/exports/{kind}"):
+            shutil.rmtree(p, ignore_errors=True)
     root = scratch_root(base)
     atexit.register(_sweep_own, root)
     return sweep_stale_workspaces(root=root) if base is not None else sweep_stale_workspaces()

@@ -242,13 +242,16 @@ def _study_path(cohort_dir: Path, subject_id: str) -> Path | None:
     return path if path.is_absolute() else cohort_dir / path
 
 
-def zip_folder(folder: Path) -> bytes:
-    """The files under ``folder`` (an export) as one zip archive, with paths relative to it."""
-    import io
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """The files under ``folder`` (an export) written as one zip archive to ``dest`` (outside ``folder``), with paths
+    relative to it: streamed to disk, so a full-resolution export (hundreds of MB) is never held in memory."""
     import zipfile
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    folder, dest = Path(folder), Path(dest)
+    if dest.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"zip_folder: dest {dest} lies inside {folder}; write the archive beside the folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
             zf.write(path, path.relative_to(folder).as_posix())
-    return buf.getvalue()
+    return dest

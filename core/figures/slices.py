@@ -239,3 +239,34 @@ def montage(
     fig.update_layout(title={"text": title} if title else None, width=cell * ncols + 80, height=cell * nrows + 60,
                       margin={"l": 10, "r": 60, "t": 60, "b": 10}, plot_bgcolor="black")
     return fig
+
+
+SLICE_GAP_MM = 10.0  # the report's slices lie at least this far apart: three 1 mm slices of one lesion say little
+SLICE_MIN_RATIO = 0.1  # and hold at least this share of the strongest slice's |map| (not a near-empty slice)
+
+
+def spaced_slices(per_slice: np.ndarray, z_mm: float, k: int = 3, gap_mm: float = SLICE_GAP_MM,
+                  min_ratio: float = SLICE_MIN_RATIO) -> list[tuple[int, float]]:
+    """The ``k`` slices holding most of a map (``per_slice``: each slice's sum of |map|), strongest first, each at least
+    ``gap_mm`` from those chosen before it and holding at least ``min_ratio`` of the strongest slice's sum (fewer when
+    the map lies in a shorter stretch), with its share of the whole map.
+
+    >>> [(i, round(s, 3)) for i, s in spaced_slices(np.array([0, 1, 9, 8, 7, 0, 0, 0, 0, 0, 0, 0, 5.0]), z_mm=5.0)]
+    [(2, 0.3), (4, 0.233), (12, 0.167)]
+    >>> spaced_slices(np.array([0, 1, 9, 8, 7.0]), z_mm=1.0)  # all within 10 mm of slice 3: the strongest alone
+    [(2, 0.36)]
+    >>> [i for i, _ in spaced_slices(np.array([0.5, 0, 0, 9, 8, 0, 0, 2.0]), z_mm=5.0)]  # slice 1: under a tenth of 4's
+    [3, 7]
+    >>> spaced_slices(np.zeros(4), z_mm=1.0)
+    []
+    """
+    per = np.asarray(per_slice, dtype=float)
+    total = float(per.sum())
+    step = max(int(np.ceil(gap_mm / max(abs(float(z_mm)), 1e-6) - 1e-9)), 1)
+    chosen: list[int] = []
+    for i in np.argsort(-per, kind="stable"):
+        if per[i] <= 0 or len(chosen) == k or (chosen and per[i] < min_ratio * per[chosen[0]]):
+            break
+        if all(abs(int(i) - c) >= step for c in chosen):
+            chosen.append(int(i))
+    return [(i, float(per[i] / total)) for i in chosen]
