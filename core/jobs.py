@@ -7,9 +7,9 @@ A job is a function ``fn(ctx, *args, **kwargs)`` that reports its progress throu
 * **One queue, bounded workers.** :func:`default_queue` is one process-wide queue with ``workers`` threads (2 by
   default, ``CTEHR_JOB_WORKERS``). One *heavy* job (training, comparison) runs at a time; light ones beside it.
 * **Heavy jobs run in their own process** (a fresh ``python -m core.job_process`` interpreter, ``nice``-ed by
-  ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there), so training never changes the serving process's
-  thread count, warning filters or memory, and a cancel that the job does not honour within ``CANCEL_GRACE_S`` ends
-  the process. Their function, arguments and result must be picklable (a top-level function of an importable module).
+  ``HEAVY_NICE``, torch limited to ``heavy_threads`` threads there: every CPU but one by default), so training never
+  changes the serving process's threads, warnings or memory, and a cancel that the job does not honour within
+  ``CANCEL_GRACE_S`` ends it. Their function, arguments and result must be picklable (a top-level function).
 * **Per user.** Each job has an owner (the signed-in user's id); an owner has at most ``max_active_per_user`` jobs
   queued or running, sees and cancels only their own jobs, and a ``key`` de-duplicates: submitting a key that the
   owner already has queued, running or done returns that job instead of a new one.
@@ -446,10 +446,8 @@ class JobQueue:
 def _start_child(job: Job, threads: int) -> tuple[subprocess.Popen, Connection]:
     """Start ``python -m core.job_process FD`` (the heavy job's own process) with a socket to it and send it the job.
 
-    A fresh interpreter (not ``multiprocessing``'s spawn, which would re-run the
-    parent's ``__main__``: under Streamlit that is the app script) that imports
-    only what the job's function needs.
-    """
+    A fresh interpreter (not ``multiprocessing``'s spawn, which would re-run the parent's ``__main__``: under
+    Streamlit that is the app script) that imports only what the job's function needs."""
     parent_sock, child_sock = socket.socketpair()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
@@ -472,7 +470,9 @@ def default_queue() -> JobQueue:
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = JobQueue(workers=int(os.environ.get("CTEHR_JOB_WORKERS", "2")))
+            from core.cpus import heavy_threads  # CTEHR_HEAVY_THREADS, or every CPU but one
+
+            _DEFAULT = JobQueue(workers=int(os.environ.get("CTEHR_JOB_WORKERS", "2")), heavy_threads=heavy_threads())
             atexit.register(_DEFAULT.close)
         return _DEFAULT
 

@@ -255,3 +255,25 @@ def test_a_heavy_jobs_process_whose_server_is_gone_exits_with_one_line(capsys: p
     child_main(Connection(child.detach()), job, (), {}, 0, 1)  # returns: no exception escapes
     err = capsys.readouterr().err
     assert cleaned == [True] and err.count("\n") == 1 and "the server is gone" in err and "job failed" in err
+
+
+def test_a_heavy_job_gets_every_cpu_but_one_or_what_the_server_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heavy jobs (training, a full-resolution CT's map) ran on one torch thread whatever the server: a 16-core
+    hospital server trained on one core. One heavy job runs at a time; it now gets every CPU but one by default."""
+    from core.cpus import HEAVY_THREADS_ENV, heavy_threads
+
+    monkeypatch.delenv(HEAVY_THREADS_ENV, raising=False)
+    assert heavy_threads() == max(len(os.sched_getaffinity(0)) - 1, 1)
+    monkeypatch.setenv(HEAVY_THREADS_ENV, "3")
+    monkeypatch.setattr(jobs, "_DEFAULT", None)  # a server started with the setting
+    queue = jobs.default_queue()
+    try:
+        job = queue.submit("alice", "heavy", _heavy, 10, heavy=True)
+        queue.wait(job.id, 120)
+        assert job.state == "done", job.error
+        assert job.result["pid"] != os.getpid() and job.result["threads"] == 3
+    finally:
+        queue.close()
+    monkeypatch.setenv(HEAVY_THREADS_ENV, "many")
+    with pytest.raises(InputError, match=HEAVY_THREADS_ENV):
+        heavy_threads()
