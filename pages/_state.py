@@ -15,6 +15,7 @@ SAGITTAL_COL = "sagittal_col"
 WINDOW = "window"
 SHOW_SALIENCY = "show_saliency"
 METHOD = "method"
+METHOD_PICKED = "method_picked"  # the user changed the method in the viewer's fragment: the whole page reruns
 METHOD_WANTED = "method_wanted"  # the user's method while a model that cannot use it shows another ...
 METHOD_STANDIN = "method_standin"  # ... this one in its place (pages._chrome.settle_method)
 OPACITY = "opacity"

@@ -394,6 +394,9 @@ def test_overlay_on_all_three_planes(page: object, data_dir: Path) -> None:  # n
     settle(pg, 60)
     choose(pg, "Method", "Occlusion")
     settle(pg, 60)
+    # the caveat and sanity line beside the viewer (outside its fragment) follow the method picked in it
+    caveat = pg.locator('[data-testid="stMarkdownContainer"]').filter(has_text="Sanity:").first  # type: ignore[attr-defined]
+    assert caveat.inner_text().startswith("Occlusion:"), caveat.inner_text()
     fr = viewer_frame(pg)
     fr.wait_for_function("() => window.ctehrViewer.nv.volumes.length === 2", timeout=60_000)  # type: ignore[attr-defined]
     # put the crosshair on the ball's centre: (slice, row, col) -> RAS voxel of the canonical grid
