@@ -110,7 +110,8 @@ else:
             exports["figure"] = {"key": key, "files": files}
     ready = exports.get("figure")
     if ready and ready["key"] == key and not all(path.is_file() for _, path in ready["files"].values()):
-        ready = exports.pop("figure")  # the session's files were swept: prepare again
+        exports.pop("figure")  # the session's files were swept: prepare again
+        ready = None
     if ready and ready["key"] == key:
         cols = st.columns(len(FORMATS))
         for col, fmt in zip(cols, FORMATS):

@@ -557,6 +557,11 @@ def test_an_export_is_kept_on_disk_in_the_sessions_folder_not_in_its_state(data_
     assert (data_dir / "scratch" / session_dir.name).is_dir()  # the session's own: it goes with the session
     size = workspace.human_bytes(path.stat().st_size)
     assert any(size in str(b.proto.label) for b in at.get("download_button")), size
+    path.unlink()  # swept (the session's workspace was replaced): no button to a file that is gone, prepare again
+    at.run()
+    _no_exception(at)
+    assert "report" not in at.session_state[K.EXPORTS]
+    assert not any("case report" in str(b.proto.label) for b in at.get("download_button"))
 
 
 def test_a_map_pointing_outside_the_body_is_said_so(data_dir: Path) -> None:

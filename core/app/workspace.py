@@ -340,14 +340,14 @@ def sweep_stale_workspaces(max_age_s: float = 6 * 3600, root: Path | None = None
                 removed += 1
         except OSError:
             continue
-    users = base.parent / USERS
-    if root is None:
+    users = base.parent / USERS if base.name == SCRATCH else None  # a scratch root of the app's layout
+    if root is None and users is not None:
         for p in users.glob("*/cases/.*-*") if users.is_dir() else []:
             if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > 60:
                 shutil.rmtree(p, ignore_errors=True)
                 removed += 1
-    for p in users.glob(f"*/exports/{WORKSPACE_PREFIX}*") if users.is_dir() else []:  # the sessions' exports
-        if not (base / p.name).is_dir() and not p.is_symlink():  # their session's workspace is gone
+    for p in users.glob(f"*/exports/{WORKSPACE_PREFIX}*") if users is not None and users.is_dir() else []:
+        if not (base / p.name).is_dir() and not p.is_symlink():  # a session's exports, its workspace gone
             shutil.rmtree(p, ignore_errors=True)
             removed += 1
     return removed
