@@ -14,8 +14,11 @@ from pages._memo import memo
 
 
 def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
-                out: Path) -> Path:
-    """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md)."""
+                out: Path, amap: Any = None) -> Path:
+    """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md).
+
+    ``amap``: the whole-volume map the viewer shows (``pages._viewer.overlay_map``), drawn as it is; computed here
+    (in the server, for the whole CT) only when None."""
     from core.explain import attribute, event_attributions
     from core.report import card_summary
 
@@ -23,10 +26,15 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     pred = views.case_prediction(model, source, subject_id)
     volume = views.case_volume(source, subject_id)
     key = ("report-parts", str(model.model_dir), source, subject_id, views.upload_token(source, subject_id), method,
-           horizon)
+           horizon, amap is not None)
 
     def parts() -> tuple[Any, Any]:
-        att = attribute(model, inputs, method, float(horizon), None) if "image" in pred.modalities_used else None
+        from core.app.attribution_volume import as_attribution
+
+        att = None
+        if "image" in pred.modalities_used:
+            att = (as_attribution(model, amap, method, horizon) if amap is not None
+                   else attribute(model, inputs, method, float(horizon), None, with_events=False))
         return att, event_attributions(model, inputs, float(horizon))
 
     attribution, events = memo(key, parts)

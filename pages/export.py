@@ -88,8 +88,8 @@ else:
                 z = best
     key = (source, subject_id, model_name, method, horizon, z, wname)
     if amap is None:
-        st.caption("The figure and the DICOM objects use the case's whole-volume attribution map: it is being "
-                   "computed (above); they can be prepared when it is ready.")
+        st.caption("The figure, the report and the DICOM objects use the case's whole-volume attribution map: it is "
+                   "being computed (above); they can be prepared when it is ready.")
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
         with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
             session.audit("export", "saliency_figure", case=number, method=method, source="demo" if is_demo else "upload")
@@ -160,7 +160,7 @@ def _report() -> dict:
 
     name = figure_export.export_name("case-report", number, "pdf", method=method, demo=is_demo)
     path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon,
-                               session.exports_dir("report") / name)
+                               session.exports_dir("report") / name, amap)
     return {"name": name, "path": path}
 
 
@@ -183,7 +183,8 @@ st.subheader("Case report (PDF)", anchor=False)
 st.caption("One page: the survival curve, risks, top slices with the map, the strategies' risks, top events, the "
            "model card, and every warning Case review shows for this case, word for word (a block that does not fit "
            "continues whole on a second page).")
-prepare("report", "Prepare the case report", "case_report_pdf", "report", _report)
+prepare("report", "Prepare the case report", "case_report_pdf", "report", _report,
+        disabled=amap is None and volume is not None and "image" in pred.modalities_used)  # it draws the same map
 offer("report", "Download the case report (PDF)", "application/pdf")
 
 st.subheader("DICOM for PACS", anchor=False)

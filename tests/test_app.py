@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -537,21 +538,61 @@ def test_the_sidebar_tells_which_jobs_a_server_restart_stopped(data_dir: Path) -
     assert not [w for w in _app().run().sidebar.warning if "server restarted" in w.value]
 
 
+def _seed_map(data_dir: Path, method: str | None, draw: Callable[[np.ndarray], None]) -> tuple[str, str, np.ndarray]:
+    """A map of the opening case (the demo's first test subject) under the default model, at the default horizon,
+    put into the server's folder of demo maps: ``draw`` marks a zero map (the case's HU volume is passed beside it).
+    ``method`` None: the model's own first method. Its key, the method and the case's HU volume."""
+    from core.app import attribution_volume as AV
+    from core.app.demo_install import DEFAULT_FUSION, demo_paths
+    from core.cohort import load_cohort
+    from core.explain import methods_for
+    from core.horizons import DEFAULT_HORIZON
+    from core.registry import load_model
+
+    paths = demo_paths(data_dir)
+    cohort = load_cohort(paths.cohort)
+    sid = cohort.ids("test")[0]
+    model = load_model(paths.models / DEFAULT_FUSION)
+    method = method or methods_for(model)[0]
+    hu = cohort.load_volume(sid).hu
+    values = np.zeros(hu.shape, np.float32)
+    draw(values)
+    key = AV.map_key(AV.case_digest(model.case_inputs(cohort, sid)), AV.model_stamp(model.model_dir), method,
+                     DEFAULT_HORIZON)
+    for f in (data_dir / "cache" / "maps").glob(f"{key}*"):  # a map (and its kept spot) of this key from before
+        f.unlink()
+    assert AV.MapCache(data_dir / "cache" / "maps").put(key, values)
+    return key, method, hu
+
+
 def test_an_export_is_kept_on_disk_in_the_sessions_folder_not_in_its_state(data_dir: Path) -> None:
     """A prepared export was held as bytes in the session's state (266 MB for a full-resolution DICOM zip), hashed
-    and copied again at each rerun; it is now a file in this session's exports, read when the user clicks."""
-    at = _app()
-    at.run()
-    at.switch_page("pages/export.py")
-    at.run()
-    _no_exception(at)
-    at.button(key="prepare_report").click()
-    at.run()
-    _no_exception(at)
-    ready = at.session_state[K.EXPORTS]["report"]
+    and copied again at each rerun; it is now a file in this session's exports, read when the user clicks. The
+    report draws the map the viewer shows (kept in its store), not one computed again in the server."""
+    from tests.test_report import pdf_text
+
+    def slab(values: np.ndarray) -> None:
+        values[3, 20:40, 20:40] = 1.0  # one slice near the bottom: no model's own map of this case
+
+    key, _, hu = _seed_map(data_dir, None, slab)
+    try:
+        at = _app()
+        at.run()
+        at.switch_page("pages/export.py")
+        at.run()
+        _no_exception(at)
+        at.button(key="prepare_report").click()
+        at.run()
+        _no_exception(at)
+        ready = at.session_state[K.EXPORTS]["report"]
+    finally:
+        for f in (data_dir / "cache" / "maps").glob(f"{key}*"):
+            f.unlink()
     assert not any(isinstance(v, (bytes, bytearray)) for v in ready.values()), list(ready)
     path = Path(ready["path"])
     assert path.read_bytes()[:5] == b"%PDF-" and path.name == ready["name"]
+    shown = re.findall(r"axial slice (\d+)/(\d+) \(", pdf_text(path.read_bytes()))
+    assert shown == [("4", str(hu.shape[0]))], shown  # the stored map's one slice, and only it
     session_dir = path.parent.parent
     assert session_dir.name.startswith(workspace.WORKSPACE_PREFIX) and session_dir.parent.name == "exports"
     assert (data_dir / "scratch" / session_dir.name).is_dir()  # the session's own: it goes with the session
@@ -568,28 +609,14 @@ def test_a_map_pointing_outside_the_body_is_said_so(data_dir: Path) -> None:
     """On an out-of-distribution CT the map's strongest spot can lie in the air around the patient; the viewer's
     "go to the strongest spot" led there without a word. A map seeded with its peak in a corner of the opening case
     (air in the demo's CTs) gets the warning; the same case's body holds none."""
-    from core.app import attribution_volume as AV
-    from core.app.demo_install import DEFAULT_FUSION, demo_paths
-    from core.cohort import load_cohort
-    from core.horizons import DEFAULT_HORIZON
-    from core.registry import load_model
     from core.sanity import in_body
 
-    paths = demo_paths(data_dir)
-    cohort = load_cohort(paths.cohort)
-    sid = cohort.ids("test")[0]
-    model = load_model(paths.models / DEFAULT_FUSION)
-    inputs = model.case_inputs(cohort, sid)
-    hu = cohort.load_volume(sid).hu
+    def corner(values: np.ndarray) -> None:
+        values[values.shape[0] // 2, :6, :6] = 1.0
+
+    key, _, hu = _seed_map(data_dir, "occlusion", corner)
     s, r, c = hu.shape
-    corner = np.zeros(hu.shape, np.float32)
-    corner[s // 2, :6, :6] = 1.0
     assert not in_body(hu, (s // 2, 2, 2)) and in_body(hu, (s // 2, r // 2, c // 2))
-    key = AV.map_key(AV.case_digest(inputs), AV.model_stamp(model.model_dir), "occlusion", DEFAULT_HORIZON)
-    cache = AV.MapCache(data_dir / "cache" / "maps")
-    for f in (data_dir / "cache" / "maps").glob(f"{key}*"):  # a map of this key another test put there
-        f.unlink()
-    assert cache.put(key, corner)
     try:
         at = _app()
         at.run()
@@ -598,11 +625,11 @@ def test_a_map_pointing_outside_the_body_is_said_so(data_dir: Path) -> None:
         _no_exception(at)
         outside = [w.value for w in at.warning if "strongest spot" in w.value]
         assert outside and f"(slice {s // 2 + 1})" in outside[0] and "outside the patient's body" in outside[0]
-        corner[:] = 0.0
-        corner[s // 2, r // 2 - 2:r // 2 + 3, c // 2 - 2:c // 2 + 3] = 1.0  # the same case, a map in the body
-        for f in (data_dir / "cache" / "maps").glob(f"{key}*"):
-            f.unlink()
-        assert cache.put(key, corner)
+
+        def inside(values: np.ndarray) -> None:  # the same case, a map in the body
+            values[s // 2, r // 2 - 2:r // 2 + 3, c // 2 - 2:c // 2 + 3] = 1.0
+
+        _seed_map(data_dir, "occlusion", inside)
         at2 = _app()
         at2.run()
         at2.toggle(key="show_saliency").set_value(True).run()
