@@ -192,8 +192,10 @@ def overlay_map(model: Any, inputs: Any, source: str, subject_id: str, method: s
 
         heavy = AV.is_heavy(inputs)
         target, sent = (str(model.model_dir), AV.portable(inputs)) if heavy else (views.loaded(model), inputs)
+        volume = views.case_volume(source, subject_id)
+        grid = None if volume is None else AV.Grid.of(volume)  # the job makes the viewer's copy of the map too
         job = _jobs.submit(title, AV.map_job, store, key, target, sent, method, float(horizon),
-                           runtime.device_name(), key=key, heavy=heavy, fresh=job is not None, journal=False)
+                           runtime.device_name(), grid, key=key, heavy=heavy, fresh=job is not None, journal=False)
     if job is not None and job.active:
         _jobs.show(job)
     return None
@@ -319,8 +321,8 @@ def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tup
     map_id, map_bytes = None, None
     if overlay is not None and overlay_key is not None:
         def map_payload() -> tuple[str, bytes]:
-            def build() -> bytes:
-                return VN.map_to_nifti(volume, F.normalize_map(overlay), unit_uint8=True)
+            def build() -> bytes:  # the map's job made it, unless the map came from before (or had no room)
+                return AV.viewer_bytes(AV.Grid.of(volume), overlay)
 
             data = build() if store is None else store.cache().derived(overlay_key, AV.VIEWER, build)
             return _content_id("map", data), data

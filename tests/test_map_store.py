@@ -89,8 +89,9 @@ def test_a_heavy_map_job_runs_in_its_own_process_and_leaves_the_map_in_its_store
     store = AV.MapStore(str(tmp_path / "maps"), max_files=4, max_bytes=10**8)
     queue = JobQueue(workers=1, heavy_threads=1)
     try:  # the model goes by its folder: the job's process loads it (a loaded model is not sent)
+        volume = cohort.load_volume(cohort.ids("test")[0])
         job = queue.submit("u", "map", AV.map_job, store, key, str(model.model_dir), AV.portable(inputs), "saliency",
-                           365.0, key=key, heavy=True)
+                           365.0, "cpu", AV.Grid.of(volume), key=key, heavy=True)
         done = queue.wait(job.id, 300)
         assert done.state == "done", done.error
         assert done.result is None  # written: the queue keeps no copy of the map for the hour it keeps the job
@@ -105,7 +106,14 @@ def test_a_heavy_map_job_runs_in_its_own_process_and_leaves_the_map_in_its_store
     here = AV.whole_map(model, inputs, "saliency", 365.0)  # the map this process would have made
     np.testing.assert_allclose(np.asarray(kept), here, rtol=1e-3, atol=1e-6 * float(np.abs(here).max()))
     assert float(np.abs(kept).sum()) > 0
-    assert sorted(os.listdir(tmp_path / "maps")) == [f"{key}.npy", f"{key}{AV.PEAK}"]  # the spot made by the job too
+    # the spot and the viewer's copy made by the job too (not by the first session that shows the map), the same
+    # bytes as the viewer's own NIfTI of the map on the CT
+    assert sorted(os.listdir(tmp_path / "maps")) == [f"{key}.npy", f"{key}{AV.PEAK}", f"{key}{AV.VIEWER}"]
+    from core.app.volume_nifti import map_to_nifti
+    from core.figures import normalize_map
+
+    made = (tmp_path / "maps" / f"{key}{AV.VIEWER}").read_bytes()
+    assert made == map_to_nifti(volume, normalize_map(np.asarray(kept)), unit_uint8=True)
 
 
 def test_start_up_removes_the_unbounded_map_folder_of_earlier_versions(tmp_path: Path) -> None:
