@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.app import audit as audit_log
 from core.app import workspace as workspaces
+from core.errors import InputError
 from pages import _state as K
 
 LOG = logging.getLogger("ctehr.app")
@@ -179,9 +180,14 @@ def audit(action: str, target: str, *, once: bool = False, **details: Any) -> No
 def exports_dir(kind: str) -> Path:
     """A fresh folder for one kind of export (figure, report, dicom, nifti) of this session, in this user's
     exports (their quota): apart from their other sessions' exports, deleted when this session ends."""
-    user = user_id()
-    workspaces.check_quota(user, 0)  # refuse when the user is already over their quota
-    return workspace().exports_dir(user, kind)
+    user, ws = user_id(), workspace()
+    try:
+        workspaces.check_quota(user, 0)  # refuse when the user is already over their quota ...
+    except InputError:
+        if not ws.drop_other_exports(user):  # ... after the files their other sessions prepared gave way
+            raise
+        workspaces.check_quota(user, 0)
+    return ws.exports_dir(user, kind)
 
 
 def workspace() -> workspaces.SessionWorkspace:

@@ -234,6 +234,12 @@ def test_each_session_prepares_its_exports_apart_and_they_go_with_it(tmp_path: P
     kept = b.exports_dir("alice", "nifti", tmp_path)
     c.exports_dir("alice", "figure", tmp_path)
     assert kept.is_dir()
+    # over the quota: before a refusal, the files the user's other sessions prepared give way (C's own stay)
+    (kept / "map.nii.gz").write_bytes(b"m" * 5000)
+    own = c.exports_dir("alice", "report", tmp_path) / "r.pdf"
+    own.write_bytes(b"%PDF")
+    assert c.drop_other_exports("alice", tmp_path) >= 5000
+    assert not kept.exists() and own.is_file()
 
 
 def test_exports_of_a_killed_server_and_the_old_shared_ones_are_swept_at_start(tmp_path: Path) -> None:

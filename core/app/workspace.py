@@ -295,11 +295,19 @@ class SessionWorkspace:
         if str(session) not in self._owned:
             self._owned.append(str(session))
         target = _fresh(session / _plain_name(kind))
-        cutoff = time.time() - EXPORTS_TTL_S  # other sessions' exports left untouched (a session is dropped lazily)
-        for other in exports.glob(f"{WORKSPACE_PREFIX}*"):
-            if other != session and not other.is_symlink() and other.stat().st_mtime < cutoff:
-                shutil.rmtree(other, ignore_errors=True)
+        self.drop_other_exports(user, base, older_than_s=EXPORTS_TTL_S)  # a session is dropped lazily
         return target
+
+    def drop_other_exports(self, user: str, base: Path | None = None, *, older_than_s: float = 0.0) -> int:
+        """Delete the user's other sessions' prepared exports untouched for ``older_than_s`` (0: all of them, before
+        a refusal for want of room); the bytes freed."""
+        exports, freed = user_exports_dir(user, base), 0
+        cutoff = time.time() - older_than_s
+        for other in exports.glob(f"{WORKSPACE_PREFIX}*"):
+            if other.name != self.path.name and not other.is_symlink() and other.stat().st_mtime <= cutoff:
+                freed += folder_bytes(other)
+                shutil.rmtree(other, ignore_errors=True)
+        return freed
 
 
 def scratch_root(base: Path | None = None) -> Path:
