@@ -59,40 +59,31 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                                                            f"{group['label']}-risk group ({group['n']} patients)")))
 
 
-def case_dicom_export(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str,
-                      amap: Any = None) -> tuple[Path, str]:
-    """The case's Parametric Map, Segmentation and SR (``core.dicom_export``) as a zip file called ``name`` in this
-    session's exports (the objects themselves are not kept beside it), and a one-line summary.
+def dicom_job(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str, amap: Any) -> Any:
+    """Queue the case's Parametric Map, Segmentation and SR (``core.app.background.dicom_export_job``), zipped to
+    ``name`` in this session's exports; the job (None when the user's job limit refused it).
 
-    ``amap`` is the whole-volume map the viewer shows (``pages._viewer.overlay_map``); computed here when None."""
-    import shutil
-
-    from core.dicom_export import (
-        export_dicom,
-        model_info,
-        source_series_for,
-        zip_folder,
-    )
-    from core.explain import attribute
+    ``amap`` is the whole-volume map the viewer shows (``pages._viewer.overlay_map``); the job reads it from its store
+    (a map the store had no room for is sent as it is). A large CT's export runs in the job's own process, one heavy
+    job at a time, as its map did."""
+    from core.app import attribution_volume as AV
+    from core.app.background import dicom_export_job
+    from pages import _jobs
+    from pages import _viewer
 
     inputs = views.case_inputs(model, source, subject_id)
     pred = views.case_prediction(model, source, subject_id)
     volume = views.case_volume(source, subject_id)
-    if amap is None:
-        amap = attribute(model, inputs, method, float(horizon), None, with_events=False).map  # the whole volume
     if source == views.UPLOADED:
         case = views.uploaded_case(subject_id) or {}
         study = Path(case["study_path"]) if case.get("study_path") else None
     else:
         study = views.demo_cohort().study_path(subject_id)
+    key = _viewer.map_key(model, inputs, source, subject_id, method, horizon)
+    store = _viewer.map_store(model, source, subject_id)
+    sent = None if store.cache().get(key) is not None else amap
     folder = session.exports_dir("dicom")
-    out = folder / "objects"
-    series = source_series_for(volume, out, study_path=study)
-    result = export_dicom(volume, amap, pred.risk_at, pred.modalities_used, model_info(Path(model.model_dir)),
-                          method, out, source=series, times=pred.times)
-    parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
-    parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []
-    summary = "; ".join(parts + list(result.warnings)) + "."
-    archive = zip_folder(out, folder / name)
-    shutil.rmtree(out, ignore_errors=True)  # the zip holds them: one copy on disk, in the user's quota
-    return archive, summary
+    return _jobs.submit(f"DICOM objects, {views.case_label(source, subject_id)}, {model.model_dir.name}",
+                        dicom_export_job, volume, store, key, sent, dict(pred.risk_at), list(pred.modalities_used),
+                        pred.times, str(model.model_dir), method, str(folder), name, None if study is None else str(study),
+                        key=f"dicom:{folder}", heavy=AV.is_heavy(inputs), fresh=True, journal=False)

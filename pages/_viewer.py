@@ -162,7 +162,8 @@ def _map_store(model: Any, source: str, subject_id: str) -> AV.MapStore:
     return AV.MapStore(str(data_dir() / "cache" / workspaces.MAPS))
 
 
-def _map_key(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> str:
+def map_key(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> str:
+    """The key of the case's map in its store (``map_store``): the case's digest worked out once per session."""
     token = views.upload_token(source)
     digest = memo(("case_digest", source, subject_id, token, str(model.model_dir)), lambda: AV.case_digest(inputs))
     return AV.map_key(digest, AV.model_stamp(model.model_dir), method, horizon)
@@ -173,7 +174,7 @@ def overlay_map(model: Any, inputs: Any, source: str, subject_id: str, method: s
 
     A large CT's map (``AV.is_heavy``) is made in the job's own process, one such job at a time on the server, so
     two users' maps neither share the cores nor add their gigabytes to the server's memory."""
-    key = _map_key(model, inputs, source, subject_id, method, horizon)
+    key = map_key(model, inputs, source, subject_id, method, horizon)
     store = map_store(model, source, subject_id)
     found = store.cache().get(key)
     if found is not None:
@@ -263,7 +264,7 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
         with status, chrome.core_errors(stop=False):
             raw = overlay_map(model, inputs, source, subject_id, method, chrome.horizon_days())
             if raw is not None:
-                overlay_key = _map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
+                overlay_key = map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
                 store = map_store(model, source, subject_id)
                 # made by the map's job and kept beside the map; once per session here, not on each crosshair report

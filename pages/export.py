@@ -14,6 +14,7 @@ from core import figures as F
 from core.app import viewer
 from core.app import workspace as workspaces
 from pages import _chrome as chrome
+from pages import _jobs
 from pages import _model_views as views
 from pages import _outputs as outputs
 from pages import _session as session
@@ -164,12 +165,6 @@ def _report() -> dict:
     return {"name": name, "path": path}
 
 
-def _dicom() -> dict:
-    name = figure_export.export_name("dicom", number, "zip", method=method, demo=is_demo)
-    path, summary = outputs.case_dicom_export(model, source, subject_id, method, horizon, name, amap)
-    return {"path": path, "summary": summary, "name": name}
-
-
 def _nifti() -> dict:
     from core.app.volume_nifti import map_to_nifti
 
@@ -197,7 +192,23 @@ st.caption(
 if volume is None or "image" not in pred.modalities_used:
     st.info(f"{no_ct}, so there is nothing to place on a DICOM series.")
 else:
-    prepare("dicom", "Prepare the DICOM objects", "dicom_zip", "DICOM export", _dicom, disabled=amap is None)
+    # a job (its own process for a large CT, as its map): a full-resolution export is 15-40 s and a gigabyte
+    pending = exports.get("dicom_job")
+    job = _jobs.find(pending[1]) if pending and pending[0] == ckey else None
+    if st.button("Prepare the DICOM objects", key="prepare_dicom", disabled=amap is None or (job is not None and job.active)):
+        with chrome.core_errors(stop=False, what="The DICOM export failed: "):
+            session.audit("export", "dicom_zip", case=number, method=method, source="demo" if is_demo else "upload")
+            name = figure_export.export_name("dicom", number, "zip", method=method, demo=is_demo)
+            job = outputs.dicom_job(model, source, subject_id, method, horizon, name, amap)
+            if job is not None:
+                exports["dicom_job"] = (ckey, job.key, name)
+    if job is not None and job.active:
+        _jobs.show(job)
+    elif job is not None:
+        if _jobs.outcome(job):
+            path, summary = job.result
+            exports["dicom"] = {"key": ckey, "path": Path(path), "summary": summary, "name": exports["dicom_job"][2]}
+        exports.pop("dicom_job", None)
 ready = offer("dicom", "Download the DICOM objects (zip)", "application/zip")
 if ready:
     st.caption(chrome.md(ready["summary"]))

@@ -522,3 +522,43 @@ def test_the_export_zip_is_written_beside_its_folder_not_into_it(tmp_path: Path)
         assert zf.read("saliency_pm.dcm") == b"pm" * 1000
     with pytest.raises(ValueError, match="inside"):  # it would zip itself
         zip_folder(folder, folder / "CT" / "again.zip")
+
+
+def test_the_export_pages_job_zips_the_stored_map_of_a_case(demo_cohort: Path, tmp_path: Path) -> None:
+    """The Export page's DICOM objects are made by a job (its own process for a large CT) from the map kept in its
+    store: the zip holds the Parametric Map of that map; a map trimmed from its store meanwhile is a one-line error."""
+    import io
+    import zipfile
+
+    from core.app import attribution_volume as AV
+    from core.app.background import dicom_export_job
+    from core.cohort import load_cohort
+    from core.jobs import JobContext
+    from core.registry import load_model
+
+    model_dir = DEMO_MODELS / "concat"
+    model = load_model(model_dir)
+    cohort = load_cohort(demo_cohort)
+    sid = cohort.ids()[0]
+    inputs = model.case_inputs(cohort, sid)
+    pred = model.predict_case(inputs)
+    volume = cohort.load_volume(sid)
+    values = np.zeros(volume.shape, np.float32)
+    values[volume.shape[0] // 2, 10:20, 10:20] = 2.5
+    store = AV.MapStore(str(tmp_path / "maps"))
+    assert store.cache().put("k1", values)
+    seen: list[str] = []
+    ctx = JobContext(lambda f, m: seen.append(m), lambda: False)
+    args = (pred.risk_at, list(pred.modalities_used), pred.times, str(model_dir), "saliency")
+    path, summary = dicom_export_job(ctx, volume, store, "k1", None, *args, str(tmp_path / "out"), "dicom_case01.zip",
+                                     str(cohort.study_path(sid)))
+    assert Path(path) == tmp_path / "out" / "dicom_case01.zip" and not (tmp_path / "out" / "objects").exists()
+    assert summary.startswith(f"{volume.shape[0]} frames; segment of 100 voxels")
+    assert seen[0] == "reading the map" and seen[-1] == "zipping"
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pm = pydicom.dcmread(io.BytesIO(zf.read("saliency_pm.dcm")))
+    assert {"saliency_pm.dcm", "saliency_seg.dcm", "prediction_sr.dcm"} <= set(names)
+    assert np.isclose(float(pm.pixel_array.max()), 2.5, rtol=1e-4)  # the stored map's value (32-bit float, identity)
+    with pytest.raises(InputError, match="is no longer kept"):
+        dicom_export_job(ctx, volume, store, "gone", None, *args, str(tmp_path / "out2"), "x.zip", None)

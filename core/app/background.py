@@ -1,4 +1,5 @@
-"""The app's long jobs as functions for the background queue (core.jobs): training and evaluating models.
+"""The app's long jobs as functions for the background queue (core.jobs): training and evaluating models, and a
+case's DICOM export.
 
 Each takes the job context first (``ctx.progress(fraction, message)``, which
 raises ``JobCancelled`` on a cancel) and only plain, picklable arguments, so the
@@ -445,3 +446,32 @@ def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -
 
 
 UPLOAD_JOBS = (train_uploaded_job, train_every_job, validate_uploaded_job)  # the jobs that unpack an uploaded zip
+
+
+def dicom_export_job(ctx: JobContext, volume: Any, store: Any, key: str, amap: Any, risk_at: dict[int, float],
+                     modalities: list[str], times: Any, model_dir: str, method: str, folder: str, name: str,
+                     study_path: str | None) -> tuple[str, str]:
+    """A case's DICOM objects for the Export page (``core.dicom_export``: Parametric Map, Segmentation, SR, and a
+    derived CT series for a NIfTI study) zipped to ``folder/name``: ``(zip path, one-line summary)``. The map is
+    ``amap``, or read from ``store`` (a ``core.app.attribution_volume.MapStore``) under ``key`` when None, so a
+    full-resolution case's export (a gigabyte of working memory, 15-40 s) runs in the job's own process."""
+    from core.dicom_export import export_dicom, model_info, source_series_for, zip_folder
+    from core.errors import InputError
+
+    ctx.progress(0.0, "reading the map")
+    values = store.cache().get(key) if amap is None else amap
+    if values is None:
+        raise InputError("map", key[:12], "is no longer kept (trimmed since it was shown)",
+                         "show the map in Case review again, then prepare the DICOM objects")
+    out = Path(folder) / "objects"
+    ctx.progress(0.1, "the source series")
+    series = source_series_for(volume, out, study_path=Path(study_path) if study_path else None)
+    ctx.progress(0.3, "the Parametric Map, Segmentation and SR")
+    result = export_dicom(volume, values, risk_at, modalities, model_info(Path(model_dir)), method, out, source=series,
+                          times=times)
+    ctx.progress(0.9, "zipping")
+    archive = zip_folder(out, Path(folder) / name)
+    shutil.rmtree(out, ignore_errors=True)  # the zip holds them: one copy on disk, in the user's quota
+    parts = [f"{result.n_frames} frames", f"segment of {result.region_voxels} voxels"]
+    parts += ["derived CT series included (the study was not DICOM)"] if result.derived_series else []
+    return str(archive), "; ".join(parts + list(result.warnings)) + "."
