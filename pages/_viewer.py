@@ -335,7 +335,7 @@ def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tup
     except (InputError, OSError) as exc:
         st.warning(f"The WebGL CT viewer is unavailable ({chrome.one_line(exc)}); showing plain planes instead.",
                    icon=":material/warning:")
-        _plotly_fallback(volume, window, overlay, opacity, pos)
+        _plotly_fallback(volume, window, overlay, overlay_key, opacity, pos)
         st.session_state[K.VIEWER_READY] = True  # no component to wait for
         return
     value = component(
@@ -348,7 +348,7 @@ def _viewer(volume: Any, source: str, subject_id: str, case_id: str, window: tup
     if isinstance(value, dict) and value.get("error"):
         st.warning(f"The WebGL CT viewer could not start ({value['error']}); showing plain planes instead.",
                    icon=":material/warning:")
-        _plotly_fallback(volume, window, overlay, opacity, pos)
+        _plotly_fallback(volume, window, overlay, overlay_key, opacity, pos)
         _viewer_reported()
         return
     if ct_id in held_volumes(value):
@@ -401,17 +401,17 @@ def waiting_note(what: str, key: str) -> None:
     st.button("Show them now", key=f"show_below_fold_{key}", on_click=_show_below_fold)
 
 
-def _plotly_fallback(volume: Any, window: tuple[float, float], overlay: np.ndarray | None, opacity: float,
-                     pos: tuple[int, int, int]) -> None:
+def _plotly_fallback(volume: Any, window: tuple[float, float], overlay: np.ndarray | None, overlay_key: str | None,
+                     opacity: float, pos: tuple[int, int, int]) -> None:
     """Static plotly planes (no WebGL): axial with a slider, coronal and sagittal through the saved position."""
     n = volume.shape[0]
     z = st.slider("Axial slice (inferior → superior)", 0, n - 1, pos[0], key="fallback_slice")
     st.session_state[K.AXIAL_SLICE] = z
-    norm = None if overlay is None else F.normalize_map(overlay)
+    top = None if overlay is None else memo(("map_top", overlay_key), lambda: F.map_top(overlay))  # once per map
     cols = st.columns(3)
     for col, plane, idx in zip(cols, viewer.PLANES, (z, pos[1], pos[2])):
         fig = F.slice_overlay(viewer.plane_slice(volume.hu, plane, idx),
-                              None if norm is None else viewer.plane_slice(norm, plane, idx),
+                              None if top is None else F.scale_map(viewer.plane_slice(overlay, plane, idx), top),
                               window=window, opacity=opacity, spacing_mm=viewer.plane_spacing(volume.spacing_mm, plane),
                               normalize=False, plane=plane,
                               title=f"{plane} {idx + 1}/{viewer.plane_count(volume.shape, plane)}")

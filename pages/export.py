@@ -95,7 +95,9 @@ else:
         with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
             session.audit("export", "saliency_figure", case=number, method=method, source="demo" if is_demo else "upload")
             fig = F.slice_overlay(
-                viewer.plane_slice(volume.hu, "axial", z), viewer.plane_slice(F.normalize_map(amap), "axial", z),
+                viewer.plane_slice(volume.hu, "axial", z),
+                F.scale_map(viewer.plane_slice(amap, "axial", z),  # the one slice, by the whole map's top (kept)
+                            memo(("map_top", source, subject_id, model_name, method, horizon), lambda: F.map_top(amap))),
                 window=win, opacity=float(chrome.viewer_setting("opacity", 0.6)),
                 spacing_mm=viewer.plane_spacing(volume.spacing_mm, "axial"), normalize=False,
                 title=f"{_viewer.METHOD_LABELS.get(method, method)} on axial slice {z + 1}/{volume.shape[0]}",

@@ -21,7 +21,7 @@ from core.figures.curves import (
     survival_compare_figure,
 )
 from core.figures.metrics import model_comparison_figure, subgroup_figure
-from core.figures.slices import montage, normalize_map, resolve_window, slice_overlay
+from core.figures.slices import map_top, montage, normalize_map, resolve_window, scale_map, slice_overlay
 from core.figures.style import (
     BAND_FILL,
     COHORT_COLOR,
@@ -43,6 +43,6 @@ from core.figures.tokens import (
 __all__ = [
     "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS", "STRATEGY_COLORS",
     "attention_heatmap", "attention_maps", "calibration_figure", "decision_curve_figure", "event_labels", "model_comparison_figure", "montage",
-    "normalize_map",
-    "resolve_window", "slice_overlay", "slice_strip", "subgroup_figure", "survival_chart", "survival_compare_figure", "timeline_figure",
+    "map_top", "normalize_map",
+    "resolve_window", "scale_map", "slice_overlay", "slice_strip", "subgroup_figure", "survival_chart", "survival_compare_figure", "timeline_figure",
 ]

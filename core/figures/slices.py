@@ -39,14 +39,29 @@ def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
 
 
 def normalize_map(attribution: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """|attribution| scaled to 0..1 by a high percentile (robust to single hot voxels)."""
+    """|attribution| scaled to 0..1 by a high percentile (robust to single hot voxels): ``scale_map(attribution,
+    map_top(attribution, percentile))``. A slice of it is ``scale_map`` of the slice by the whole map's top, without
+    the whole map's copies (a gigabyte and 2 s at 512 x 512 x 300).
+
+    >>> m = np.arange(-60, 60, dtype=np.float32).reshape(4, 5, 6)
+    >>> bool(np.array_equal(normalize_map(m)[2], scale_map(m[2], map_top(m))))
+    True
+    """
+    a = np.abs(np.nan_to_num(np.asarray(attribution, dtype=np.float32)))
+    return scale_map(a, map_top(a, percentile))
+
+
+def map_top(attribution: np.ndarray, percentile: float = 99.5) -> float:
+    """The value :func:`normalize_map` scales |attribution| by: its ``percentile``, or its maximum where that is 0."""
     a = np.abs(np.nan_to_num(np.asarray(attribution, dtype=np.float32)))
     top = float(np.percentile(a, percentile)) if a.size else 0.0
-    if top <= 0:
-        top = float(a.max()) if a.size else 0.0
-    if top <= 0:
-        return np.zeros_like(a)
-    return np.clip(a / top, 0.0, 1.0)
+    return top if top > 0 else (float(a.max()) if a.size else 0.0)
+
+
+def scale_map(values: np.ndarray, top: float) -> np.ndarray:
+    """|values| / ``top`` clipped to 0..1 (zeros where ``top`` is 0)."""
+    a = np.abs(np.nan_to_num(np.asarray(values, dtype=np.float32)))
+    return np.clip(a / top, 0.0, 1.0) if top > 0 else np.zeros_like(a)
 
 
 def _check_2d(name: str, array: np.ndarray) -> np.ndarray:
