@@ -204,6 +204,8 @@ else:
             job = outputs.dicom_job(model, source, subject_id, method, horizon, name, amap)
             if job is not None:
                 exports["dicom_job"] = (ckey, job.key, name)
+        if job is not None:
+            st.rerun()  # once more, so that the sidebar's job list (drawn before this button) counts it
     if job is not None and job.active:
         _jobs.show(job)
     elif job is not None:
