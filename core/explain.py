@@ -290,9 +290,7 @@ def attribute(model: LoadedModel, inputs: CaseInputs, method: str, horizon_days:
     per = np.zeros(s) if per_slice else np.abs(attr).sum(axis=(1, 2))
     if per_slice:
         per[int(slice_index)] = float(np.abs(attr[0]).sum())  # type: ignore[arg-type]
-    total = float(per.sum())
-    order = np.argsort(-per, kind="stable")
-    top_slices = [(int(i), float(per[i] / total)) for i in order[:TOP_K] if total > 0 and per[i] > 0]
+    top_slices = rank_slices(per)
     top_events: list[tuple[int, str, str, float]] = []
     if with_events:
         table = event_attributions(model, inputs, horizon, n_steps=min(int(n_steps), 32))
@@ -485,6 +483,12 @@ def event_attributions(model: LoadedModel, inputs: CaseInputs, horizon_days: flo
         "score": score.astype(float),
         "attention": attention.astype(float),
     })
+
+
+def rank_slices(per_slice: np.ndarray, k: int = TOP_K) -> list[tuple[int, float]]:
+    """The ``k`` slices with the largest sum of |map| (``per_slice``), with their share of the whole; none at zero."""
+    per = np.asarray(per_slice, dtype=float)  # (a slice above zero: the total is too)
+    return [(int(i), float(per[i] / per.sum())) for i in np.argsort(-per, kind="stable")[:k] if per[i] > 0]
 
 
 def top_event_rows(table: pd.DataFrame, k: int = TOP_K) -> list[tuple[int, str, str, float]]:

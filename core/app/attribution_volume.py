@@ -49,7 +49,7 @@ DEFAULT_DISK_BYTES = 2 * 1024**3  # ... and their bytes
 HEAVY_MAP_VOXELS = 4_000_000  # a CT this large (256 x 256 x 61) has its map made in a job's own process
 KEY_VERSION = "attribution-volume-1"
 PEAK = ".peak.json"  # beside a map: its strongest spot (core.sanity.map_peak), made by the job that made the map
-VIEWER = ".viewer.nii"  # beside a map: the viewer's uint8 NIfTI of it (made by the first session that shows it)
+VIEWER = ".viewer.nii"  # beside a map: the viewer's uint8 NIfTI of it (made by the map's job, given the CT's grid)
 DERIVED = (PEAK, VIEWER)
 
 
@@ -445,12 +445,9 @@ def as_attribution(model: LoadedModel, amap: np.ndarray, method: str, horizon_da
     >>> a.method, a.target, [(i, round(s, 3)) for i, s in a.top_slices], a.map is m
     ('saliency', 'risk 1 - S(t) at 365 d', [(2, 0.964), (0, 0.036)], True)
     """
-    from core.explain import TOP_K, Attribution, check_method, target_text
+    from core.explain import Attribution, check_method, rank_slices, target_text
 
     check_method(method)
-    per = np.abs(np.asarray(amap, dtype=np.float32)).sum(axis=(1, 2))
-    total = float(per.sum())
-    order = np.argsort(-per, kind="stable")
-    top = [(int(i), float(per[i] / total)) for i in order[:TOP_K] if total > 0 and per[i] > 0]
     return Attribution(map=amap, method=method, target=target_text(model, float(horizon_days)),
-                       horizon_days=float(horizon_days), top_slices=top)
+                       horizon_days=float(horizon_days),
+                       top_slices=rank_slices(np.abs(np.asarray(amap, dtype=np.float32)).sum(axis=(1, 2))))
