@@ -118,7 +118,8 @@ def main() -> None:
     new_run()  # what the last run held beyond the session memo's budget is let go
     chrome.follow_deep_link()
     chrome.sidebar()
-    _jobs.sidebar_list()
+    with chrome.core_errors(stop=True, what="Server setting: "):  # a bad CTEHR_HEAVY_THREADS in one line, not a crash
+        _jobs.sidebar_list()
     # once per server: the imports later interactions need (captum, lifelines), in the background and 10 s from now,
     # so the first page waits on none of them
     chrome.preload_in_background()

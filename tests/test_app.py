@@ -640,3 +640,17 @@ def test_a_map_pointing_outside_the_body_is_said_so(data_dir: Path) -> None:
     finally:
         for f in (data_dir / "cache" / "maps").glob(f"{key}*"):
             f.unlink()
+
+
+def test_a_bad_heavy_threads_setting_is_one_line_on_the_page(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CTEHR_HEAVY_THREADS is read when the job queue starts (the sidebar's job list): a bad value is said in one line
+    naming the variable and the fix, not a failed page."""
+    from core import jobs
+
+    monkeypatch.setenv("CTEHR_HEAVY_THREADS", "lots")
+    monkeypatch.setattr(jobs, "_DEFAULT", None)  # a server started with the setting
+    at = _app()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == ["Server setting: CTEHR_HEAVY_THREADS: got lots, must be a whole number of "
+                                           "threads, 1 or more; fix: set it to e.g. 4, or unset it (every CPU but one)"]
