@@ -64,8 +64,15 @@ def child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nic
 
 def child_entry(fd: int) -> None:
     """The heavy job's process: receive the job on the socket ``fd`` and run it (:func:`child_main`)."""
+    from core.job_pickle import loads
+
     conn = Connection(fd)
-    fn, args, kwargs, nice, threads = conn.recv()
+    try:
+        fn, args, kwargs, nice, threads = loads(conn.recv_bytes())  # core.jobs sent it with core.job_pickle.dumps
+    except Exception as exc:  # noqa: BLE001 - e.g. a mapped CT's file trimmed before this start: the job's error
+        conn.send(("failed", one_line(exc)))
+        conn.close()
+        return
     child_main(conn, fn, args, kwargs, nice, threads)
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from core import job_pickle
 from core.errors import InputError
 
 ACTIVE = ("queued", "running")
@@ -444,10 +445,9 @@ class JobQueue:
 
 
 def _start_child(job: Job, threads: int) -> tuple[subprocess.Popen, Connection]:
-    """Start ``python -m core.job_process FD`` (the heavy job's own process) with a socket to it and send it the job.
-
-    A fresh interpreter (not ``multiprocessing``'s spawn, which would re-run the parent's ``__main__``: under
-    Streamlit that is the app script) that imports only what the job's function needs."""
+    """Start ``python -m core.job_process FD`` (the heavy job's own process) with a socket to it and send it the job
+    (``core.job_pickle``): a fresh interpreter that imports only what the job needs (``multiprocessing``'s spawn would
+    re-run the parent's ``__main__``: under Streamlit, the app script)."""
     parent_sock, child_sock = socket.socketpair()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
@@ -457,7 +457,7 @@ def _start_child(job: Job, threads: int) -> tuple[subprocess.Popen, Connection]:
     finally:
         child_sock.close()
     conn = Connection(parent_sock.detach())
-    conn.send((job.fn, job.args, job.kwargs, HEAVY_NICE, threads))
+    conn.send_bytes(job_pickle.dumps((job.fn, job.args, job.kwargs, HEAVY_NICE, threads)))
     return proc, conn
 
 

@@ -52,6 +52,12 @@ def _heavy_parts(ctx: JobContext, parts: int, seconds: float) -> list[float]:
     return starts
 
 
+def _mapped(ctx: JobContext, hu: object) -> dict:
+    """Runs in the job's own process: what it received for a memory-mapped CT."""
+    return {"type": type(hu).__name__, "file": getattr(hu, "filename", None), "sum": float(hu.sum()),  # type: ignore[attr-defined]
+            "shape": tuple(hu.shape)}  # type: ignore[attr-defined]
+
+
 def _fails(ctx: JobContext) -> None:
     raise InputError("cohort", "x", "has no train rows", "add a train split")
 
@@ -128,6 +134,36 @@ def test_heavy_jobs_run_in_their_own_process_one_at_a_time(queue: JobQueue) -> N
     assert j2.result["pid"] != os.getpid() and j2.result["threads"] == 1 and j2.result["sum"] == sum(range(1000))
     assert j2.result["t"] >= j1.result + 1.5  # the second heavy job started after the first ended
     assert torch.get_num_threads() == threads_before
+
+
+def test_a_memory_mapped_ct_reaches_a_heavy_job_by_its_file_name(queue: JobQueue, tmp_path) -> None:
+    """A decoded CT kept on disk (core.io.study_cache maps it copy-on-write) was pickled value by value to a heavy
+    job's process: 315 MB copied in the server and held again there at full resolution. It now goes by file name and
+    the job maps the same file; a file removed or changed before the job starts is one clear error."""
+    import numpy as np
+
+    from core import job_pickle
+
+    path = tmp_path / "ct.hu.npy"
+    np.save(path, np.arange(64 * 128 * 128, dtype=np.float32).reshape(64, 128, 128))  # 4 MB
+    hu = np.load(path, mmap_mode="c")
+    assert len(job_pickle.dumps(hu)) < 2000 < hu.nbytes
+    job = queue.wait(queue.submit("alice", "mapped", _mapped, hu, heavy=True).id, 120)
+    assert job.state == "done", job.error
+    assert job.result == {"type": "memmap", "file": str(path), "sum": float(hu.sum()), "shape": (64, 128, 128)}
+    stale = job_pickle.dumps(hu)
+    path.unlink()  # trimmed from the cache between the send and the job's start
+    with pytest.raises(job_pickle.MappedFileChanged, match="ct.hu.npy was removed after the job was queued"):
+        job_pickle.loads(stale)
+    job = queue.wait(queue.submit("alice", "unreadable", _mapped, _Unloadable(), heavy=True).id, 120)
+    assert job.state == "failed" and "ctehr-no-such-file" in job.error and "\n" not in job.error  # not a hung job
+
+
+class _Unloadable:
+    """Pickled fine in the server; its loading in the job's process fails (as a CT file trimmed meanwhile would)."""
+
+    def __reduce__(self) -> tuple:
+        return os.stat, ("/ctehr-no-such-file",)
 
 
 def test_cancel_ends_a_heavy_job_that_never_reports(queue: JobQueue) -> None:
