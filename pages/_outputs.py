@@ -1,4 +1,4 @@
-"""What the Export page writes for a case: the case report PDF and the DICOM objects (not a page itself)."""
+"""What the Export page writes for a case: the case report PDF, the DICOM objects and the NIfTI map (not a page itself)."""
 
 from __future__ import annotations
 
@@ -59,31 +59,49 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                                                            f"{group['label']}-risk group ({group['n']} patients)")))
 
 
-def dicom_job(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str, amap: Any) -> Any:
-    """Queue the case's Parametric Map, Segmentation and SR (``core.app.background.dicom_export_job``), zipped to
-    ``name`` in this session's exports; the job (None when the user's job limit refused it).
-
-    ``amap`` is the whole-volume map the viewer shows (``pages._viewer.overlay_map``); the job reads it from its store
-    (a map the store had no room for is sent as it is). A large CT's export runs in the job's own process, one heavy
-    job at a time, as its map did."""
+def _map_job(folder: Path, what: str, model: Any, source: str, subject_id: str, method: str, horizon: int,
+             amap: Any, fn: Any, *args: Any) -> Any:
+    """Queue ``fn(ctx, volume, store, key, map or None, *args)``, an export of the case's whole-volume map (``amap``,
+    the one the viewer shows: ``pages._viewer.overlay_map``) as ``what`` into ``folder`` (one job at a time per
+    folder); the job, or None when the user's job limit refused it. The job reads the map from its store (a map the store had no room for is sent as it is); a large
+    CT's export runs in the job's own process, one heavy job at a time, as its map did (its CT goes there by the
+    decoded copy's file name, ``core.job_pickle``)."""
     from core.app import attribution_volume as AV
-    from core.app.background import dicom_export_job
     from pages import _jobs
     from pages import _viewer
 
     inputs = views.case_inputs(model, source, subject_id)
+    key = _viewer.map_key(model, inputs, source, subject_id, method, horizon)
+    store = _viewer.map_store(model, source, subject_id)
+    sent = None if store.cache().get(key) is not None else amap
+    return _jobs.submit(f"{what}, {views.case_label(source, subject_id)}, {model.model_dir.name}", fn,
+                        views.case_volume(source, subject_id), store, key, sent, *args,
+                        key=f"export:{folder}", heavy=AV.is_heavy(inputs), fresh=True,
+                        journal=False)
+
+
+def dicom_job(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str, amap: Any) -> Any:
+    """Queue the case's Parametric Map, Segmentation and SR (``core.app.background.dicom_export_job``), zipped to
+    ``name`` in this session's exports (see :func:`_map_job`)."""
+    from core.app.background import dicom_export_job
+
     pred = views.case_prediction(model, source, subject_id)
-    volume = views.case_volume(source, subject_id)
     if source == views.UPLOADED:
         case = views.uploaded_case(subject_id) or {}
         study = Path(case["study_path"]) if case.get("study_path") else None
     else:
         study = views.demo_cohort().study_path(subject_id)
-    key = _viewer.map_key(model, inputs, source, subject_id, method, horizon)
-    store = _viewer.map_store(model, source, subject_id)
-    sent = None if store.cache().get(key) is not None else amap
     folder = session.exports_dir("dicom")
-    return _jobs.submit(f"DICOM objects, {views.case_label(source, subject_id)}, {model.model_dir.name}",
-                        dicom_export_job, volume, store, key, sent, dict(pred.risk_at), list(pred.modalities_used),
-                        pred.times, str(model.model_dir), method, str(folder), name, None if study is None else str(study),
-                        key=f"dicom:{folder}", heavy=AV.is_heavy(inputs), fresh=True, journal=False)
+    return _map_job(folder, "DICOM objects", model, source, subject_id, method, horizon, amap, dicom_export_job,
+                    dict(pred.risk_at), list(pred.modalities_used), pred.times, str(model.model_dir), method,
+                    str(folder), name, None if study is None else str(study))
+
+
+def nifti_job(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str, amap: Any) -> Any:
+    """Queue the case's map as NIfTI (``core.app.background.nifti_map_job``), written to ``name`` in this session's
+    exports (see :func:`_map_job`)."""
+    from core.app.background import nifti_map_job
+
+    folder = session.exports_dir("nifti")
+    return _map_job(folder, "NIfTI map", model, source, subject_id, method, horizon, amap, nifti_map_job,
+                    str(folder), name)

@@ -167,13 +167,28 @@ def _report() -> dict:
     return {"name": name, "path": path}
 
 
-def _nifti() -> dict:
-    from core.app.volume_nifti import map_to_nifti
-
-    name = figure_export.export_name("saliency-map", number, "nii.gz", method=method, demo=is_demo)
-    path = session.exports_dir("nifti") / name
-    path.write_bytes(map_to_nifti(volume, amap, as_source=True))
-    return {"name": name, "path": path}
+def prepare_job(slot: str, label: str, target: str, what: str, stem: str, ext: str, submit: Callable[..., object],
+                kept: Callable[[object], dict]) -> None:
+    """A "Prepare ..." button whose file a background job writes (``submit``: ``pages._outputs.dicom_job`` or
+    ``nifti_job``; a large CT's in the job's own process, as its map): a progress bar with Cancel meanwhile, then
+    ``exports[slot]`` as :func:`prepare` keeps it, plus ``kept(job.result)`` (its ``path``, ...)."""
+    pending = exports.get(f"{slot}_job")
+    job = _jobs.find(pending[1]) if pending and pending[0] == ckey else None
+    if st.button(label, key=f"prepare_{slot}", disabled=amap is None or (job is not None and job.active)):
+        with chrome.core_errors(stop=False, what=f"The {what} failed: "):
+            session.audit("export", target, case=number, method=method, source="demo" if is_demo else "upload")
+            name = figure_export.export_name(stem, number, ext, method=method, demo=is_demo)
+            job = submit(model, source, subject_id, method, horizon, name, amap)
+            if job is not None:
+                exports[f"{slot}_job"] = (ckey, job.key, name)
+        if job is not None:
+            st.rerun()  # once more, so that the sidebar's job list (drawn before this button) counts it
+    if job is not None and job.active:
+        _jobs.show(job)
+    elif job is not None:
+        if _jobs.outcome(job):
+            exports[slot] = {"key": ckey, "name": exports[f"{slot}_job"][2], **kept(job.result)}
+        exports.pop(f"{slot}_job", None)
 
 
 st.subheader("Case report (PDF)", anchor=False)
@@ -194,25 +209,8 @@ st.caption(
 if volume is None or "image" not in pred.modalities_used:
     st.info(f"{no_ct}, so there is nothing to place on a DICOM series.")
 else:
-    # a job (its own process for a large CT, as its map): a full-resolution export is 15-40 s and a gigabyte
-    pending = exports.get("dicom_job")
-    job = _jobs.find(pending[1]) if pending and pending[0] == ckey else None
-    if st.button("Prepare the DICOM objects", key="prepare_dicom", disabled=amap is None or (job is not None and job.active)):
-        with chrome.core_errors(stop=False, what="The DICOM export failed: "):
-            session.audit("export", "dicom_zip", case=number, method=method, source="demo" if is_demo else "upload")
-            name = figure_export.export_name("dicom", number, "zip", method=method, demo=is_demo)
-            job = outputs.dicom_job(model, source, subject_id, method, horizon, name, amap)
-            if job is not None:
-                exports["dicom_job"] = (ckey, job.key, name)
-        if job is not None:
-            st.rerun()  # once more, so that the sidebar's job list (drawn before this button) counts it
-    if job is not None and job.active:
-        _jobs.show(job)
-    elif job is not None:
-        if _jobs.outcome(job):
-            path, summary = job.result
-            exports["dicom"] = {"key": ckey, "path": Path(path), "summary": summary, "name": exports["dicom_job"][2]}
-        exports.pop("dicom_job", None)
+    prepare_job("dicom", "Prepare the DICOM objects", "dicom_zip", "DICOM export", "dicom", "zip", outputs.dicom_job,
+                lambda result: {"path": Path(result[0]), "summary": result[1]})
 ready = offer("dicom", "Download the DICOM objects (zip)", "application/zip")
 if ready:
     st.caption(chrome.md(ready["summary"]))
@@ -224,5 +222,6 @@ st.caption("The whole attribution map (float32, signed as computed) on the study
 if volume is None or "image" not in pred.modalities_used:
     st.info(f"{no_ct}, so there is no map to save.")
 else:
-    prepare("nifti", "Prepare the map (NIfTI)", "map_nifti", "NIfTI export", _nifti, disabled=amap is None)
+    prepare_job("nifti", "Prepare the map (NIfTI)", "map_nifti", "NIfTI export", "saliency-map", "nii.gz",
+                outputs.nifti_job, lambda result: {"path": Path(str(result))})
 offer("nifti", "Download the map (NIfTI)", "application/gzip")
