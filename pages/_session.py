@@ -191,7 +191,8 @@ def exports_dir(kind: str) -> Path:
 
 
 def workspace() -> workspaces.SessionWorkspace:
-    """This session's private scratch folder (deleted when the session ends; a killed server's swept at start-up).
+    """This session's private scratch folder (deleted when the session ends, or by :func:`session_sweep` once a
+    closed tab's session cannot come back; a killed server's swept at start-up).
 
     Saved cases are not kept here but in the user's own folder (pages/_cases.py, core.app.cases)."""
     ws = st.session_state.get(K.WORKSPACE)
@@ -199,5 +200,50 @@ def workspace() -> workspaces.SessionWorkspace:
         workspaces.start_up()
         ws = workspaces.new_session_workspace()
         st.session_state[K.WORKSPACE] = ws
+        sweep = session_sweep()
+        if sweep is not None:
+            from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+            run = get_script_run_ctx()
+            if run is not None:
+                sweep.register(run.session_id, ws)
     ws.touch()
     return ws
+
+
+_SWEEP: Any = None  # this server's core.app.session_sweep.SessionSweep, made with its thread on first use
+_SWEEP_LOCK = threading.Lock()
+
+
+def session_sweep() -> Any:
+    """This server's sweep of closed sessions' workspaces (``core.app.session_sweep``): a daemon thread checks every
+    ``min(30 s, TTL / 2)`` which sessions are still connected, and deletes the scratch and exports of those gone for
+    longer than Streamlit's ``server.disconnectedSessionTTL`` (after which it cannot resume them) plus
+    ``min(10 s, TTL)``. None outside a real server (AppTest's runtime is a stand-in)."""
+    import time
+
+    from streamlit import runtime
+    from streamlit.runtime import Runtime
+
+    global _SWEEP
+    if not runtime.exists() or not isinstance(runtime.get_instance(), Runtime):
+        return None
+    with _SWEEP_LOCK:
+        if _SWEEP is None:
+            from core.app.session_sweep import SessionSweep
+
+            ttl = float(st.get_option("server.disconnectedSessionTTL"))
+            sweep = _SWEEP = SessionSweep(ttl, grace_s=min(10.0, ttl))
+            every, server = min(30.0, max(ttl / 2, 1.0)), runtime.get_instance()
+
+            def loop() -> None:
+                while True:
+                    time.sleep(every)
+                    try:
+                        for path in sweep.sweep(server.is_active_session):
+                            LOG.info("closed session's scratch and exports removed: %s", path.name)
+                    except OSError as err:  # a folder that could not be read: the next sweep tries again
+                        LOG.warning("session sweep: %s", err)
+
+            threading.Thread(target=loop, name="ctehr-session-sweep", daemon=True).start()
+    return _SWEEP

@@ -67,6 +67,9 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:
         time.sleep(0.3)
 
 
+SESSION_TTL_S = 5  # Streamlit keeps a closed tab's session this long (120 s by default): test_closed_tab_* waits it out
+
+
 @pytest.fixture(scope="module")
 def server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
@@ -75,7 +78,8 @@ def server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1"],
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--server.disconnectedSessionTTL", str(SESSION_TTL_S)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -411,6 +415,31 @@ def test_download_saliency_png(page: object, tmp_path: Path) -> None:
     target = tmp_path / download.suggested_filename
     download.save_as(str(target))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_closed_tab_s_scratch_and_exports_are_removed_once_its_session_cannot_come_back(
+        browser: object, server: str, data_dir: Path) -> None:
+    """A closed tab's prepared exports (hundreds of MB at full resolution) and scratch folder stayed until Streamlit
+    happened to drop its session (at another session's disconnect after the TTL, then at a garbage collection: on a
+    quiet server not before a restart). They now go once the session is past Streamlit's TTL (here 5 s) and a grace."""
+    from core.app import workspace
+
+    scratch = data_dir / workspace.SCRATCH
+    exports = workspace.user_exports_dir("local", base=data_dir)
+    before = {p.name for p in scratch.glob(f"{workspace.WORKSPACE_PREFIX}*")}
+    with opened_page(browser, server) as pg:
+        go(pg, "Export")
+        prepare(pg, "Prepare the saliency figure")
+        settle(pg, 180)
+        pg.get_by_role("button", name="Download PNG").wait_for(timeout=60_000)  # type: ignore[attr-defined]
+        mine = [p for p in scratch.glob(f"{workspace.WORKSPACE_PREFIX}*") if p.name not in before]
+        assert len(mine) == 1 and list((exports / mine[0].name / "figure").glob("*.png")), mine
+        time.sleep(3 * SESSION_TTL_S)
+        assert mine[0].is_dir(), "an open tab's folders stay, however long it sits idle"
+    deadline = time.monotonic() + 3 * SESSION_TTL_S + 30
+    while (mine[0].exists() or (exports / mine[0].name).exists()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not mine[0].exists() and not (exports / mine[0].name).exists(), "the closed tab's folders are still there"
 
 
 def test_download_dicom_objects(page: object, tmp_path: Path) -> None:

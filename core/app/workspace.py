@@ -245,7 +245,8 @@ class SessionWorkspace:
 
     Created with mode 0700 under ``<data dir>/scratch`` with a random name that carries the server's
     process id; it is never derived from user input. Both are deleted when this object is garbage collected
-    (Streamlit drops a session's state when the session ends), at interpreter exit, or by
+    (Streamlit drops a session's state when the session ends, lazily), by ``core.app.session_sweep`` once a closed
+    tab's session cannot be resumed, at interpreter exit, or by
     :func:`sweep_stale_workspaces` at the next start when the server was killed. Saved cases are not
     here: they live in the user's folder (:func:`save_case`).
 
@@ -289,13 +290,13 @@ class SessionWorkspace:
         """An empty folder for this session's export of one ``kind`` (replaced when it exists), under
         ``users/<key>/exports/<this workspace's name>/``: in the user's quota, apart from their other
         sessions' exports, and deleted with this workspace. The user's other sessions' exports untouched for
-        :data:`EXPORTS_TTL_S` go now (a closed tab's session and its workspace are dropped only when collected)."""
+        :data:`EXPORTS_TTL_S` go now (another server's, or one this server's sweep of closed sessions missed)."""
         exports = user_exports_dir(user, base)
         session = private_dir(exports / self.path.name)
         if str(session) not in self._owned:
             self._owned.append(str(session))
         target = _fresh(session / _plain_name(kind))
-        self.drop_other_exports(user, base, older_than_s=EXPORTS_TTL_S)  # a session is dropped lazily
+        self.drop_other_exports(user, base, older_than_s=EXPORTS_TTL_S)
         return target
 
     def drop_other_exports(self, user: str, base: Path | None = None, *, older_than_s: float = 0.0) -> int:
