@@ -481,7 +481,8 @@ with tab_meds:
         cols[1].metric("Events", info.get("events"))
         cols[2].metric("Censored", info.get("censored"))
         cols[3].metric("Median follow-up", f"{float(info.get('median_time_days', 0)):.0f} d")
-        st.caption(f"Splits: {info.get('splits')}; {info.get('timeline_events')} timeline events kept.")
+        st.caption(f"Splits: {', '.join(f'{k} {v}' for k, v in (info.get('splits') or {}).items())}; "
+                   f"{int(info.get('timeline_events') or 0):,} timeline events kept.")
         for note in info.get("notes") or []:  # what reading the MEDS files left out (core.meds_cohort)
             st.warning(chrome.md(note) + ".", icon=":material/warning:")
         c3, c4 = st.columns(2)

@@ -654,3 +654,26 @@ def test_a_bad_heavy_threads_setting_is_one_line_on_the_page(data_dir: Path, mon
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == ["Server setting: CTEHR_HEAVY_THREADS: got lots, must be a whole number of "
                                            "threads, 1 or more; fix: set it to e.g. 4, or unset it (every CPU but one)"]
+
+
+def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_dir: Path, tmp_path: Path) -> None:
+    """Cohort & models > Cohort from MEDS: an uploaded MEDS parquet and the bundled task give the cohort's numbers
+    (the six-subject file of tests/test_meds_cohort.py: four subjects, two deaths) and its splits in words."""
+    from tests.test_meds_cohort import _write_synthetic
+
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    at = _app()
+    at.run()
+    at.switch_page(PAGES[2])
+    at.run()
+    at.file_uploader(key="meds_file").set_value(("events.parquet", meds.read_bytes(), "application/octet-stream"))
+    at.run()
+    at.button(key="meds_build").click()
+    at.run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    numbers = {m.label: m.value for m in at.metric}
+    assert numbers["Patients"] == "4" and numbers["Events"] == "2" and numbers["Censored"] == "2", numbers
+    splits = next(c.value for c in at.caption if c.value.startswith("Splits: "))
+    assert re.fullmatch(r"Splits: train \d, val \d, test \d; 1[0-9] timeline events kept\.", splits), splits
