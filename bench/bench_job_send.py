@@ -5,7 +5,7 @@
 The real abdominal CT in ../shared/data is resampled (linearly) to a full-size NIfTI study (as
 bench/bench_explain_fullsize.py does) and saved as a user's case in a temp data folder; its volume is opened as the
 app opens it (``core.app.cases.load_case_volume``: decoded once, then memory-mapped from the case's decoded copy), a
-map of its size is put in a map store, and the Export page's DICOM job (``core.app.background.dicom_export_job``) runs
+map of its size is put in a map store, and the Export page's DICOM job (``core.app.export_jobs.dicom_export_job``) runs
 through the app's job queue as a heavy job, twice: with the arguments pickled as ``multiprocessing`` does (the
 reference: every heavy job before session 65) and with ``core.job_pickle`` (the product: a memory-mapped array goes
 by its file's name). Printed for each: bytes sent, seconds to the finished zip, the server's peak private memory
@@ -74,7 +74,7 @@ class Peaks:
 
 def _run(volume: object, store: object, key: str, model_dir: Path, out: Path, by_name: bool) -> dict[str, float]:
     from core import job_pickle
-    from core.app.background import dicom_export_job
+    from core.app.export_jobs import dicom_export_job
     from core.jobs import JobQueue
 
     args = (volume, store, key, None, {365: 0.42}, ["image", "ehr_features"], None, str(model_dir),

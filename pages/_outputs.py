@@ -81,9 +81,9 @@ def _map_job(folder: Path, what: str, model: Any, source: str, subject_id: str, 
 
 
 def dicom_job(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str, amap: Any) -> Any:
-    """Queue the case's Parametric Map, Segmentation and SR (``core.app.background.dicom_export_job``), zipped to
+    """Queue the case's Parametric Map, Segmentation and SR (``core.app.export_jobs.dicom_export_job``), zipped to
     ``name`` in this session's exports (see :func:`_map_job`)."""
-    from core.app.background import dicom_export_job
+    from core.app.export_jobs import dicom_export_job
 
     pred = views.case_prediction(model, source, subject_id)
     if source == views.UPLOADED:
@@ -98,9 +98,9 @@ def dicom_job(model: Any, source: str, subject_id: str, method: str, horizon: in
 
 
 def nifti_job(model: Any, source: str, subject_id: str, method: str, horizon: int, name: str, amap: Any) -> Any:
-    """Queue the case's map as NIfTI (``core.app.background.nifti_map_job``), written to ``name`` in this session's
+    """Queue the case's map as NIfTI (``core.app.export_jobs.nifti_map_job``), written to ``name`` in this session's
     exports (see :func:`_map_job`)."""
-    from core.app.background import nifti_map_job
+    from core.app.export_jobs import nifti_map_job
 
     folder = session.exports_dir("nifti")
     return _map_job(folder, "NIfTI map", model, source, subject_id, method, horizon, amap, nifti_map_job,

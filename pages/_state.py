@@ -60,3 +60,4 @@ MEMO_RUN = "_memo_run"  # values over the memo's whole budget, held for the curr
 MEMO_SIZES = "_memo_sizes"  # bytes held by each memo entry (pages._memo.memo bounds their sum)
 SUBGROUP_COLUMN = "subgroup_column"
 MEDS_COHORT = "meds_cohort"      # the cohort folder last built from a MEDS task on the Cohort page
+MEDS_JOB = "meds_job"            # the key of the job building it (pages/_meds.py)

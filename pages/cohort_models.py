@@ -11,10 +11,11 @@ import streamlit as st
 
 from core import figures as F
 from core import horizons, runtime
-from core.app import demo_install, paths, workspace
+from core.app import demo_install, workspace
 from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
 from pages import _jobs
+from pages import _meds
 from pages import _metric_views as metric_views
 from pages._metric_views import ci_text
 from pages import _recalibration
@@ -445,35 +446,7 @@ with tab_meds:
         "hospital admission) and the outcome (e.g. `MEDS_DEATH`); time is counted in days from the index, "
         "patients without the outcome are censored at their last recorded event."
     )
-    tasks = {p.name: p for p in sorted((paths.ASSETS / "tasks").glob("*.yaml"))}
-    c1, c2 = st.columns(2)
-    meds_file = c1.file_uploader(f"MEDS events (parquet, CSV or .xlsx; up to {chrome.upload_mb()} MB)", type=["parquet", "csv", "xlsx"],
-                                 key="meds_file")
-    task_choice = c2.selectbox("Task", [*tasks, "upload a task file"], key="meds_task")
-    task_file = c2.file_uploader("Task (ACES YAML)", type=["yaml", "yml"], key="meds_task_file") \
-        if task_choice == "upload a task file" else None
-    if meds_file is not None and st.button("Build the cohort", type="primary", key="meds_build"):
-        with chrome.core_errors(stop=False, what="Cohort not built: "):
-            from core.meds_cohort import build_meds_cohort
-
-            ws = session.workspace()
-            src = ws.fresh_dir("meds") / ("events." + meds_file.name.rsplit(".", 1)[-1].lower())
-            src.write_bytes(meds_file.getvalue())
-            task = tasks.get(task_choice)
-            if task is None:
-                if task_file is None:
-                    raise ValueError("task: got no file; fix: upload an ACES task YAML or pick a bundled task")
-                task = src.parent / "task.yaml"
-                task.write_bytes(task_file.getvalue())
-            bar = st.progress(0.0, text="reading the task")
-            import time
-
-            user_cohorts = workspace.user_root(_jobs.owner()) / "cohorts"
-            user_cohorts.mkdir(mode=0o700, exist_ok=True)
-            summary = build_meds_cohort(src, task, user_cohorts / time.strftime("meds-%Y%m%d-%H%M%S"),
-                                        progress=lambda f, label: bar.progress(min(max(f, 0.0), 1.0), text=label))
-            st.session_state[K.MEDS_COHORT] = {"dir": str(summary["out"]), "summary": summary}
-    built = st.session_state.get(K.MEDS_COHORT)
+    built = _meds.build_section()
     if built:
         info = built["summary"]
         cols = st.columns(4)

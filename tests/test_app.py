@@ -658,7 +658,8 @@ def test_a_bad_heavy_threads_setting_is_one_line_on_the_page(data_dir: Path, mon
 
 def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_dir: Path, tmp_path: Path) -> None:
     """Cohort & models > Cohort from MEDS: an uploaded MEDS parquet and the bundled task give the cohort's numbers
-    (the six-subject file of tests/test_meds_cohort.py: four subjects, two deaths) and its splits in words."""
+    (the six-subject file of tests/test_meds_cohort.py: four subjects, two deaths) and its splits in words. The build
+    is a heavy job: a hospital's extract (minutes, gigabytes) is read in its own process, not in the server."""
     from tests.test_meds_cohort import _write_synthetic
 
     meds = tmp_path / "events.parquet"
@@ -670,6 +671,13 @@ def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_di
     at.file_uploader(key="meds_file").set_value(("events.parquet", meds.read_bytes(), "application/octet-stream"))
     at.run()
     at.button(key="meds_build").click()
+    at.run()  # queued as a heavy job (its own process), not built in the page's run
+    from core.jobs import default_queue
+
+    jobs = [j for j in default_queue().jobs("local") if j.title.startswith("Cohort from MEDS")]
+    assert jobs and jobs[-1].heavy, [j.title for j in default_queue().jobs("local")]
+    done = default_queue().wait(jobs[-1].id, timeout=300)
+    assert done.state == "done", done.error
     at.run()
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
@@ -677,3 +685,7 @@ def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_di
     assert numbers["Patients"] == "4" and numbers["Events"] == "2" and numbers["Censored"] == "2", numbers
     splits = next(c.value for c in at.caption if c.value.startswith("Splits: "))
     assert re.fullmatch(r"Splits: train \d, val \d, test \d; 1[0-9] timeline events kept\.", splits), splits
+    from core.app.audit import audit_path
+
+    lines = [json.loads(line) for line in audit_path().read_text().splitlines()]
+    assert any(e["action"] == "upload" and e["target"] == "meds_cohort" for e in lines)  # the build is audited

@@ -531,7 +531,7 @@ def test_the_export_pages_job_zips_the_stored_map_of_a_case(demo_cohort: Path, t
     import zipfile
 
     from core.app import attribution_volume as AV
-    from core.app.background import dicom_export_job
+    from core.app.export_jobs import dicom_export_job
     from core.cohort import load_cohort
     from core.jobs import JobContext
     from core.registry import load_model
@@ -572,7 +572,7 @@ def test_the_export_pages_nifti_job_writes_the_stored_map_on_the_studys_own_grid
     import nibabel as nib
 
     from core.app import attribution_volume as AV
-    from core.app.background import nifti_map_job
+    from core.app.export_jobs import nifti_map_job
     from core.cohort import load_cohort
     from core.jobs import JobContext
 

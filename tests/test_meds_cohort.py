@@ -256,3 +256,23 @@ def test_a_task_file_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> 
     proc = _cli("cohort", "--meds", str(meds), "--task", str(bad), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: --task:"), proc.stderr
     assert "not valid YAML at line 5" in proc.stderr and "internal" not in proc.stderr
+
+
+def test_the_apps_build_job_leaves_no_folder_when_cancelled_and_gives_the_summary(tmp_path: Path) -> None:
+    """Cohort & models builds the cohort in a heavy job (core.app.background.meds_cohort_job): its summary as plain
+    values for the page, and a cancel (raised from the job's progress) leaves no half-written cohort folder."""
+    from core.app.background import meds_cohort_job
+    from core.jobs import JobCancelled, JobContext
+
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    steps: list[str] = []
+    done = meds_cohort_job(JobContext(lambda f, m: steps.append(m), lambda: False), str(meds), str(TASK),
+                           str(tmp_path / "built"))
+    assert done["out"] == str(tmp_path / "built") and done["n_subjects"] == 4 and done["events"] == 2
+    assert (tmp_path / "built" / "cohort.csv").is_file() and steps[0] == "reading the task"
+    seen: list[str] = []
+    cancel = JobContext(lambda f, m: seen.append(m), lambda: len(seen) >= 5)  # cancelled once the files are written
+    with pytest.raises(JobCancelled):
+        meds_cohort_job(cancel, str(meds), str(TASK), str(tmp_path / "cancelled"))
+    assert not (tmp_path / "cancelled").exists()
