@@ -33,6 +33,8 @@ def build_section() -> dict | None:
         if task_choice == "upload a task file" else None
     pending = st.session_state.get(K.MEDS_JOB)
     job = _jobs.find(pending) if pending else None
+    if job is None:  # none, or forgotten by the queue an hour after it ended
+        st.session_state.pop(K.MEDS_JOB, None)
     if meds_file is not None and st.button("Build the cohort", type="primary", key="meds_build",
                                            disabled=job is not None and job.active):
         with chrome.core_errors(stop=False, what="Cohort not built: "):
