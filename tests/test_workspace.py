@@ -408,3 +408,31 @@ def test_a_timeline_follows_the_date_shift_of_its_deidentified_study(tmp_path: P
     assert int((events["time"] <= unmoved_index).sum()) == 0  # what happened before: no event before the index
     assert "date_shift" not in json.dumps(uploads.save_checked_case("bob", clean, events=moved, index_time=index,
                                                                     base=tmp_path / "data").path.joinpath("case.json").read_text())
+
+
+def test_the_sweep_of_closed_sessions_counts_from_the_last_disconnect_and_forgets_collected_ones(tmp_path: Path) -> None:
+    """core.app.session_sweep: a session seen connected again starts its clock anew (Streamlit resumed it); only one
+    disconnected for longer than its TTL plus the grace loses its folders; a workspace already collected (Streamlit
+    dropped the session) just leaves the registry."""
+    import gc
+
+    from core.app.session_sweep import SessionSweep
+    from core.app.workspace import new_session_workspace
+
+    sweep = SessionSweep(ttl_s=120.0, grace_s=10.0)
+    kept, gone = new_session_workspace(tmp_path / "scratch"), new_session_workspace(tmp_path / "scratch")
+    sweep.register("kept", kept)
+    sweep.register("gone", gone)
+    connected = {"kept": False, "gone": False}
+    assert sweep.sweep(connected.get, now=0.0) == []
+    connected["kept"] = True  # a reload within the TTL: Streamlit resumed the session
+    assert sweep.sweep(connected.get, now=100.0) == []
+    connected["kept"] = False
+    assert sweep.sweep(connected.get, now=120.0) == [] and kept.alive and gone.alive
+    assert sweep.sweep(connected.get, now=200.0) == [gone.path] and kept.alive and not gone.alive
+    assert sweep.sweep(connected.get, now=251.0) == [kept.path] and not kept.alive and len(sweep) == 0
+    other = new_session_workspace(tmp_path / "scratch")
+    sweep.register("collected", other)
+    del other
+    gc.collect()  # Streamlit dropped that session: its finalizer removed the folder, the sweep forgets it
+    assert sweep.sweep(lambda sid: False, now=0.0) == [] and len(sweep) == 0
