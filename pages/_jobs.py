@@ -107,6 +107,17 @@ def outcome(job: Job) -> bool:
     return job.state == "done"
 
 
+def follow(job: Job | None) -> bool | None:
+    """A job this page started and waits for: drawn with :func:`show` while queued or running (None), or, once it
+    ended, how it went (:func:`outcome`: True when done and its result can be kept, False when failed or cancelled;
+    the caller then forgets the job). None without a job."""
+    if job is None or job.active:
+        if job is not None:
+            show(job)
+        return None
+    return outcome(job)
+
+
 def latest(prefix: str) -> Job | None:
     """This user's newest job whose key starts with ``prefix``: a page opened anew (a reload, another tab, a sign-in
     again) finds the job it started before, with its progress, its cancel button and then its result."""

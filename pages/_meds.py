@@ -58,10 +58,9 @@ def build_section() -> dict | None:
                 st.session_state[K.MEDS_JOB] = job.key
         if job is not None:
             st.rerun()  # once more, so that the sidebar's job list (drawn before this button) counts it
-    if job is not None and job.active:
-        _jobs.show(job)
-    elif job is not None:
-        if _jobs.outcome(job):
+    ended = _jobs.follow(job)
+    if ended is not None:
+        if ended:
             st.session_state[K.MEDS_COHORT] = {"dir": job.result["out"], "summary": job.result}
         st.session_state.pop(K.MEDS_JOB, None)
     return st.session_state.get(K.MEDS_COHORT)

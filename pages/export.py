@@ -183,10 +183,9 @@ def prepare_job(slot: str, label: str, target: str, what: str, stem: str, ext: s
                 exports[f"{slot}_job"] = (ckey, job.key, name)
         if job is not None:
             st.rerun()  # once more, so that the sidebar's job list (drawn before this button) counts it
-    if job is not None and job.active:
-        _jobs.show(job)
-    elif job is not None:
-        if _jobs.outcome(job):
+    ended = _jobs.follow(job)
+    if ended is not None:
+        if ended:
             exports[slot] = {"key": ckey, "name": exports[f"{slot}_job"][2], **kept(job.result)}
         exports.pop(f"{slot}_job", None)
 
