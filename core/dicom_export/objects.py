@@ -106,7 +106,7 @@ def top_region(saliency: np.ndarray, percentile: float = 99.0) -> tuple[np.ndarr
     nonzero = magnitude[magnitude > 0]
     if nonzero.size == 0:
         raise InputError("saliency map", "all zero", "has no region to segment", "use another method or model")
-    threshold = float(np.percentile(nonzero, percentile))
+    threshold = float(np.percentile(nonzero, percentile, overwrite_input=True))  # nonzero is our own copy
     return (magnitude >= threshold) & (magnitude > 0), threshold
 
 
