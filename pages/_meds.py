@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import streamlit as st
@@ -49,7 +50,7 @@ def build_section() -> dict | None:
                 task.write_bytes(task_file.getvalue())
             user_cohorts = workspace.user_root(_jobs.owner()) / "cohorts"
             user_cohorts.mkdir(mode=0o700, exist_ok=True)
-            out = user_cohorts / time.strftime("meds-%Y%m%d-%H%M%S")
+            out = user_cohorts / f"{time.strftime('meds-%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"  # two tabs, one second
             label = task.stem if task_choice in tasks else "uploaded"  # the audit log takes labels the code chose
             job = _jobs.submit_audited([("upload", "meds_cohort", {"task": label})],
                                        f"Cohort from MEDS ({task_choice})", meds_cohort_job, str(src), str(task),

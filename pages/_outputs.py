@@ -63,9 +63,9 @@ def _map_job(folder: Path, what: str, model: Any, source: str, subject_id: str, 
              amap: Any, fn: Any, *args: Any) -> Any:
     """Queue ``fn(ctx, volume, store, key, map or None, *args)``, an export of the case's whole-volume map (``amap``,
     the one the viewer shows: ``pages._viewer.overlay_map``) as ``what`` into ``folder`` (one job at a time per
-    folder); the job, or None when the user's job limit refused it. The job reads the map from its store (a map the store had no room for is sent as it is); a large
-    CT's export runs in the job's own process, one heavy job at a time, as its map did (its CT goes there by the
-    decoded copy's file name, ``core.job_pickle``)."""
+    folder); the job, or None when the user's job limit refused it. The job reads the map from its store (a map the
+    store had no room for is sent as it is); a large CT's export runs in the job's own process, one heavy job at a
+    time, as its map did (its CT goes there by the decoded copy's file name, ``core.job_pickle``)."""
     from core.app import attribution_volume as AV
     from pages import _jobs
     from pages import _viewer

@@ -260,7 +260,8 @@ def test_a_task_file_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> 
 
 def test_the_apps_build_job_leaves_no_folder_when_cancelled_and_gives_the_summary(tmp_path: Path) -> None:
     """Cohort & models builds the cohort in a heavy job (core.app.background.meds_cohort_job): its summary as plain
-    values for the page, and a cancel (raised from the job's progress) leaves no half-written cohort folder."""
+    values for the page; a cancel (raised from the job's progress) leaves no half-written cohort folder, and a folder
+    that was there before (another build's) is never removed."""
     from core.app.background import meds_cohort_job
     from core.jobs import JobCancelled, JobContext
 
@@ -276,3 +277,8 @@ def test_the_apps_build_job_leaves_no_folder_when_cancelled_and_gives_the_summar
     with pytest.raises(JobCancelled):
         meds_cohort_job(cancel, str(meds), str(TASK), str(tmp_path / "cancelled"))
     assert not (tmp_path / "cancelled").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "cohort.csv").write_text("another build's cohort\n")
+    with pytest.raises(InputError, match="exists and is not an empty folder"):
+        meds_cohort_job(JobContext(lambda f, m: None, lambda: False), str(meds), str(TASK), str(tmp_path / "taken"))
+    assert (tmp_path / "taken" / "cohort.csv").read_text() == "another build's cohort\n"  # never removed

@@ -452,12 +452,14 @@ def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str) -
     """The cohort folder ``out`` built from a MEDS file and an ACES task (``core.meds_cohort.build_meds_cohort``) for
     the Cohort page, as a heavy job (its own process): a hospital's extract (45.8 M events: 86 s and 12 GB,
     docs/BENCHMARKS.md) is read there, not in the server that every user shares. A failed or cancelled build leaves
-    no folder. Returns the build's summary (its ``out`` as text)."""
+    no folder (one that was there before is never touched). Returns the build's summary (its ``out`` as text)."""
     from core.meds_cohort import build_meds_cohort
 
+    existed = Path(out).exists()
     try:
         summary = build_meds_cohort(Path(meds_file), Path(task_file), Path(out), progress=ctx.progress)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
         raise
     return {**summary, "out": str(summary["out"])}
