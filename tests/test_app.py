@@ -689,3 +689,19 @@ def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_di
 
     lines = [json.loads(line) for line in audit_path().read_text().splitlines()]
     assert any(e["action"] == "upload" and e["target"] == "meds_cohort" for e in lines)  # the build is audited
+    built = done.result["out"]
+    assert at.selectbox(key="meds_pick").value == built
+
+    again = _app()  # a reload (a new session): the built cohort is still the user's, not lost with the session
+    again.run()
+    again.switch_page(PAGES[2])
+    again.run()
+    _no_exception(again)
+    pick = again.selectbox(key="meds_pick")
+    assert pick.value == built and pick.label.startswith("Your cohorts built from MEDS"), pick.options
+    assert {m.label: m.value for m in again.metric}["Patients"] == "4"
+    again.button(key="meds_delete").click()
+    again.run()
+    _no_exception(again)
+    assert not Path(built).exists() and not [s for s in again.selectbox if s.key == "meds_pick"]
+    assert "Patients" not in {m.label for m in again.metric}  # nothing left to show or train on

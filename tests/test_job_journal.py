@@ -154,3 +154,25 @@ def test_two_sessions_looking_at_once_mark_a_stopped_job_once_and_keep_its_recor
         record = json.loads((user / "jobs" / "gone00000001-job1.json").read_text())  # whole JSON
         assert record["stopped"] is True and record["removed"] == [f"cohorts/{orphan.name}"] and not orphan.exists()
         assert len(seen) == 2 and all([r.removed for r in found] == [(f"cohorts/{orphan.name}",)] for found in seen)
+
+
+def test_a_stopped_meds_build_loses_its_half_written_folder_and_a_built_cohort_stays(tmp_path: Path) -> None:
+    """A MEDS build (core.app.meds_cohorts) writes ``meds-<time>-<hex>`` and its summary last: a restart that stops it
+    leaves a folder without the summary, which goes; a complete cohort built meanwhile is the user's (their list of
+    built cohorts keeps it) and stays, though no model uses it."""
+    from core.app import meds_cohorts
+
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    proc, server = _server(base, user)
+    queued = json.loads((user / "jobs" / f"{server}-job1.json").read_text())["queued_at"]
+    stamp = time.strftime(job_journal.STAMP, time.localtime(queued + 5))
+    half, built = user / "cohorts" / f"meds-{stamp}-aaaaaa", user / "cohorts" / f"meds-{stamp}-bbbbbb"
+    for folder in (half, built):
+        folder.mkdir(parents=True)
+        (folder / "cohort.csv").write_text("subject_id\n")
+    (built / meds_cohorts.SUMMARY).write_text("{}")
+    proc.kill()
+    proc.wait(10)
+    (stopped,) = job_journal.interrupted(user, base)
+    assert stopped.removed == (f"cohorts/{half.name}",) and not half.exists()
+    assert built.is_dir() and stopped.kept == ()

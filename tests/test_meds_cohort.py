@@ -259,10 +259,10 @@ def test_a_task_file_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> 
 
 
 def test_the_apps_build_job_leaves_no_folder_when_cancelled_and_gives_the_summary(tmp_path: Path) -> None:
-    """Cohort & models builds the cohort in a heavy job (core.app.background.meds_cohort_job): its summary as plain
-    values for the page; a cancel (raised from the job's progress) leaves no half-written cohort folder, and a folder
-    that was there before (another build's) is never removed."""
-    from core.app.background import meds_cohort_job
+    """Cohort & models builds the cohort in a heavy job (core.app.meds_cohorts.meds_cohort_job): its summary as plain
+    values for the page, also written last into the folder; a cancel (raised from the job's progress) leaves no
+    half-written cohort folder, and a folder that was there before (another build's) is never removed."""
+    from core.app.meds_cohorts import SUMMARY, meds_cohort_job
     from core.jobs import JobCancelled, JobContext
 
     meds = tmp_path / "events.parquet"
@@ -272,6 +272,7 @@ def test_the_apps_build_job_leaves_no_folder_when_cancelled_and_gives_the_summar
                            str(tmp_path / "built"))
     assert done["out"] == str(tmp_path / "built") and done["n_subjects"] == 4 and done["events"] == 2
     assert (tmp_path / "built" / "cohort.csv").is_file() and steps[0] == "reading the task"
+    assert json.loads((tmp_path / "built" / SUMMARY).read_text()) == json.loads(json.dumps(done))
     seen: list[str] = []
     cancel = JobContext(lambda f, m: seen.append(m), lambda: len(seen) >= 5)  # cancelled once the files are written
     with pytest.raises(JobCancelled):
@@ -282,3 +283,66 @@ def test_the_apps_build_job_leaves_no_folder_when_cancelled_and_gives_the_summar
     with pytest.raises(InputError, match="exists and is not an empty folder"):
         meds_cohort_job(JobContext(lambda f, m: None, lambda: False), str(meds), str(TASK), str(tmp_path / "taken"))
     assert (tmp_path / "taken" / "cohort.csv").read_text() == "another build's cohort\n"  # never removed
+
+
+def test_a_built_cohort_counts_in_the_users_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build's folder lies in the user's folder: a user already over the quota is refused before anything is
+    read, and a cohort that does not fit is removed once measured (the error names the quota and the fix)."""
+    from core.app import workspace
+    from core.app.meds_cohorts import meds_cohort_job, new_folder
+    from core.jobs import JobContext
+
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    cohorts = workspace.user_root("alice", tmp_path) / "cohorts"
+    ctx = JobContext(lambda f, m: None, lambda: False)
+    out = new_folder(cohorts)
+    monkeypatch.setenv(workspace.USER_QUOTA_ENV, "0.000001")  # 1,000 bytes: less than the cohort's files
+    with pytest.raises(InputError, match=r"^disk quota: .* exceeds your quota of 1.0 KB .*Cohort from MEDS > Delete"):
+        meds_cohort_job(ctx, str(meds), str(TASK), str(out), user="alice", base=str(tmp_path))
+    assert not out.exists()
+    monkeypatch.setenv(workspace.USER_QUOTA_ENV, "1")
+    done = meds_cohort_job(ctx, str(meds), str(TASK), str(out), user="alice", base=str(tmp_path))
+    assert done["n_subjects"] == 4 and 1_000 < workspace.user_usage("alice", tmp_path) < 1_000_000
+    monkeypatch.setenv(workspace.USER_QUOTA_ENV, "0.000001")  # now over it: the next build reads nothing
+    with pytest.raises(InputError, match="disk quota"):
+        meds_cohort_job(ctx, str(tmp_path / "not-read.parquet"), str(TASK), str(new_folder(cohorts)), user="alice",
+                        base=str(tmp_path))
+
+
+def test_built_cohorts_are_listed_and_deleted_unless_a_model_uses_them(tmp_path: Path) -> None:
+    """The user's list (core.app.meds_cohorts): complete builds only, newest first, with their size and the models
+    trained on them; a cohort a model uses is refused for deletion (naming the model), and deleting that model keeps
+    the built cohort (core.app.background.delete_trained_model removes only cohorts unpacked for a model)."""
+    from core.app.background import TRAINED_MARKER, delete_trained_model
+    from core.app.meds_cohorts import built_cohorts, delete_built, meds_cohort_job
+    from core.jobs import JobContext
+
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    cohorts, models = tmp_path / "cohorts", tmp_path / "models"
+    ctx = JobContext(lambda f, m: None, lambda: False)
+    old, new = cohorts / "meds-20261101-090000-aaaaaa", cohorts / "meds-20261128-093000-bbbbbb"
+    for out in (old, new):
+        meds_cohort_job(ctx, str(meds), str(TASK), str(out))
+    (cohorts / "meds-20261128-100000-cccccc").mkdir()  # a build still running: no summary yet
+    (cohorts / "20261128-100000").mkdir()  # a cohort unpacked from an upload for a training
+    model = models / "ehr_only-1"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(old), "label": "ehr_only (28 Nov)"}))
+
+    listed = built_cohorts(cohorts, models)
+    assert [b.path for b in listed] == [new, old]
+    assert listed[1].models == ("ehr_only (28 Nov)",) and listed[0].models == ()
+    assert listed[0].label == "built 28 Nov 09:30 · mimic_death_after_admission · 4 patients, 2 events"
+    assert 1_000 < listed[0].n_bytes < 1_000_000
+    with pytest.raises(InputError,
+                       match=r"^cohort: got built 01 Nov 09:00, is the cohort of your model ehr_only \(28 Nov\); fix"):
+        delete_built(cohorts, old, models)
+    with pytest.raises(InputError, match="is not a cohort you built from MEDS here"):
+        delete_built(cohorts, cohorts / "20261128-100000", models)
+    delete_built(cohorts, new, models)
+    assert not new.exists()
+    assert delete_trained_model(models, model, cohorts) == [model]  # the built cohort stays in the list
+    assert [b.path for b in built_cohorts(cohorts, models)] == [old] and built_cohorts(cohorts, models)[0].models == ()

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.app.workspace import TRAINED_MARKER
 from core.jobs import JobContext
 
-TRAINED_MARKER = "trained_in_app.json"  # written beside a model trained here: its cohort and when
 COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)
 # train_every_job's bar, until the strategies' own times are known (see bar_span and encoder_share): the first
 # strategy that reads the CT trains the image encoder. Its lesion pretext costs the same on any cohort, about what a
@@ -423,8 +423,9 @@ def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
 
 def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -> list[Path]:
     """Remove a model trained in the app (a folder of ``models_dir`` with its ``TRAINED_MARKER``) and, when none of
-    the other models there was trained on it, its kept cohort (a folder of ``cohorts_dir``); return what was
-    removed. Anything else (a demo model, a folder elsewhere, a link) is refused with an ``InputError``."""
+    the other models there was trained on it, its kept cohort (a folder of ``cohorts_dir``; not a cohort built from
+    MEDS, which stays in the user's list of them, ``core.app.meds_cohorts``); return what was removed. Anything else
+    (a demo model, a folder elsewhere, a link) is refused with an ``InputError``."""
     from core.errors import InputError
 
     target = Path(model_dir)
@@ -438,28 +439,13 @@ def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -
     shutil.rmtree(target)
     removed = [target]
     in_use = {c.resolve() for _, c in trained_models(Path(models_dir)).values()}
+    from core.app.meds_cohorts import is_built
+
     if (str(cohort) and cohort.is_dir() and not cohort.is_symlink() and cohort.resolve() not in in_use
-            and cohort.resolve().parent == Path(cohorts_dir).resolve()):
+            and cohort.resolve().parent == Path(cohorts_dir).resolve() and not is_built(cohort)):
         shutil.rmtree(cohort)
         removed.append(cohort)
     return removed
 
 
 UPLOAD_JOBS = (train_uploaded_job, train_every_job, validate_uploaded_job)  # the jobs that unpack an uploaded zip
-
-
-def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str) -> dict:
-    """The cohort folder ``out`` built from a MEDS file and an ACES task (``core.meds_cohort.build_meds_cohort``) for
-    the Cohort page, as a heavy job (its own process): a hospital's extract (45.8 M events: 86 s and 12 GB,
-    docs/BENCHMARKS.md) is read there, not in the server that every user shares. A failed or cancelled build leaves
-    no folder (one that was there before is never touched). Returns the build's summary (its ``out`` as text)."""
-    from core.meds_cohort import build_meds_cohort
-
-    existed = Path(out).exists()
-    try:
-        summary = build_meds_cohort(Path(meds_file), Path(task_file), Path(out), progress=ctx.progress)
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    return {**summary, "out": str(summary["out"])}

@@ -44,6 +44,8 @@ from pathlib import Path
 
 from core.app.background import COHORT_STAMP as STAMP
 from core.app.background import TRAINED_MARKER
+from core.app.meds_cohorts import PREFIX as MEDS_PREFIX
+from core.app.meds_cohorts import is_built
 
 SERVER = uuid.uuid4().hex[:12]  # this server process; a restarted server is another one
 HEARTBEAT_S = 20.0
@@ -161,15 +163,16 @@ def _cohorts_in_use(user_dir: Path) -> set[str]:
 
 
 def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> tuple[list[str], list[str]]:
-    """Delete what ``stopped`` may have left: cohort folders unpacked since it was queued that no finished model
-    uses, and model folders still being written. A folder a live job (queued at ``live_since`` or later) may own
+    """Delete what ``stopped`` may have left: cohort folders unpacked (or being built from MEDS) since it was queued
+    that no finished model uses, and model folders still being written; a complete cohort built from MEDS stays (the
+    user's list of them, ``core.app.meds_cohorts``). A folder a live job (queued at ``live_since`` or later) may own
     is kept. Returns what was removed and the cohort folders of that time kept for a finished model."""
     removed: list[str] = []
     kept: list[str] = []
     in_use = _cohorts_in_use(user_dir)
     for folder in sorted((Path(user_dir) / COHORTS).glob("*")):
-        made = _stamp_time(folder.name)
-        if (made is None or not folder.is_dir() or folder.is_symlink()
+        made = _stamp_time(folder.name.removeprefix(MEDS_PREFIX))
+        if (made is None or not folder.is_dir() or folder.is_symlink() or is_built(folder)
                 or not stopped.queued_at - 2 <= made < live_since - 2):
             continue
         if folder.name in in_use:

@@ -55,6 +55,7 @@ DECODED = "decoded"  # a case's decoded CT (core.app.cases): counted in the quot
 MAPS = "maps"  # a case's attribution maps (core.app.attribution_volume): the same; also <data>/cache/maps (demo
 # cases, bounded) and <user>/cache/maps (the user's own models on demo cases)
 LEGACY_MAPS = "attribution"  # <data>/cache/attribution: every map of every case before, unbounded; removed at start-up
+TRAINED_MARKER = "trained_in_app.json"  # beside a model trained in the app (core.app.background): its cohort and when
 EXPORTS_TTL_S = 3600.0  # a session's prepared exports untouched this long go when another session of the user prepares
 LEGACY_EXPORTS = ("figure", "report", "dicom")  # users/<key>/exports/<kind>: shared by a user's sessions before; removed
 
@@ -209,7 +210,8 @@ def check_quota(user: str, extra: int, base: Path | None = None, *, drop: bool =
         raise InputError("disk quota", f"{human_bytes(used + extra)} in use after this",
                          f"exceeds your quota of {human_bytes(limit)} ({human_bytes(used)} in use now)",
                          "delete cases you no longer need under Upload > Your cases, or models you trained here "
-                         "(Cohort & models > Selected model > Delete this model; their cohorts go with them), or ask "
+                         "(Cohort & models > Selected model > Delete this model; their cohorts go with them) or cohorts "
+                         "built from MEDS (Cohort & models > Cohort from MEDS > Delete), or ask "
                          f"the administrator to raise {USER_QUOTA_ENV}")
     used_all, limit_all = total_usage(base), total_quota_bytes()
     if used_all + extra > limit_all:
