@@ -13,7 +13,9 @@ module turns those rows into the cohort folder the rest of the project reads:
 * ``timeline.parquet``: the MEDS rows (``subject_id, time, code,
   numeric_value``) of the cohort's subjects (the cohort loader only ever gives
   models the events at or before ``index_time``);
-* ``task.yaml``: a copy of the task definition, for provenance.
+* ``task.yaml``: a copy of the task definition, for provenance;
+* with ``studies`` (a folder of CT studies named by subject id), ``studies/`` and cohort.csv's ``study`` column
+  (``core.cohort_studies.attach_studies``), so that the cohort trains every fusion strategy, not only ehr_only.
 
 A subject with several valid index events keeps the earliest.
 The MEDS input is a parquet, CSV or .xlsx file or a MEDS folder (``data/**/*.parquet``);
@@ -297,11 +299,18 @@ def assign_splits(subject_ids: list[str], *, seed: int = 0,
 
 def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
                       fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                      progress: Progress | None = None) -> dict[str, object]:
-    """Write the cohort folder ``out`` (new or empty) from MEDS events and an ACES task; returns a summary."""
+                      progress: Progress | None = None, studies: Path | None = None) -> dict[str, object]:
+    """Write the cohort folder ``out`` (new or empty) from MEDS events and an ACES task, with the CT studies of the
+    folder ``studies`` named by subject id when given; returns a summary. A failure while adding the studies leaves
+    ``out`` as it was before (gone, or empty)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("--out", str(out), "exists and is not an empty folder", "pass a new or empty folder")
+    if studies is not None and not Path(studies).is_dir():
+        from core.cohort_studies import NAMING
+
+        raise InputError("--studies", str(studies), "is not a folder", f"pass the folder of the studies; {NAMING}")
+    existed = out.exists()
     report = progress or (lambda fraction, label: None)
     report(0.0, "reading the task")
     cfg = load_task(task)
@@ -332,6 +341,26 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
     timeline = events[events["subject_id"].isin(set(table["subject_id"]))]  # sorted by subject and time
     _write_parquet(timeline, out / "timeline.parquet", "ns")
     shutil.copyfile(task, out / "task.yaml")
+    attached: dict[str, object] = {}
+    if studies is not None:
+        from core.cohort_studies import attach_studies
+
+        try:
+            attached = attach_studies(out, Path(studies), progress=lambda f, m: report(0.85 + 0.15 * f, m))
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir()
+            raise
+        unused = attached["unused"]
+        assert isinstance(unused, list)
+        if unused:
+            many = len(unused) > 1
+            notes.append(f"{len(unused)} stud{'ies' if many else 'y'} of the studies folder match{'' if many else 'es'} no "
+                         f"subject of the cohort and {'were' if many else 'was'} left out ({name_list(unused)})")
+        if attached["without_study"]:
+            notes.append(f"{attached['without_study']} of the {len(table)} subjects have no CT study: models read "
+                         "their EHR only")
     report(1.0, "done")
     return {
         "out": str(out),
@@ -346,4 +375,5 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
         "timeline_events": int(len(timeline)),
         "seed": int(seed),
         "notes": notes,
+        **attached,  # with studies: how many subjects got one, how many did not, the studies that match no subject
     }

@@ -27,6 +27,14 @@ def build_section() -> dict | None:
     task_choice = c2.selectbox("Task", [*tasks, "upload a task file"], key="meds_task")
     task_file = c2.file_uploader("Task (ACES YAML)", type=["yaml", "yml"], key="meds_task_file") \
         if task_choice == "upload a task file" else None
+    studies = c1.file_uploader(f"CT studies (optional; a zip up to {chrome.upload_mb()} MB): one study per patient, "
+                               "named by subject id",
+                               type=["zip"], key="meds_studies",
+                               help="`<id>.nii.gz`, `<id>.nii`, `<id>.zip` (a DICOM series), `<id>.dcm` or a folder "
+                                    "`<id>/` of DICOM files, where `<id>` is the patient's subject_id in the MEDS "
+                                    "file. With them the cohort trains every fusion strategy, not only ehr_only; "
+                                    "each study passes the PHI check first. A larger set: `python -m core cohort "
+                                    "--meds ... --task ... --studies FOLDER --out ...` on the server.")
     pending = st.session_state.get(K.MEDS_JOB)
     job = _jobs.find(pending) if pending else None
     if job is None:  # none, or forgotten by the queue an hour after it ended
@@ -43,14 +51,19 @@ def build_section() -> dict | None:
                     raise InputError("task", "no file", "was uploaded", "upload an ACES task YAML or pick a bundled task")
                 task = src.parent / "task.yaml"
                 task.write_bytes(task_file.getvalue())
+            zipped = None
+            if studies is not None:
+                zipped = src.parent / "studies.zip"
+                zipped.write_bytes(studies.getvalue())
             user = _jobs.owner()
             workspace.check_quota(user, 0)  # a user already over the quota is told now, not after a queue
             out = meds_cohorts.new_folder(workspace.private_dir(workspace.user_root(user) / "cohorts"))
             label = task.stem if task_choice in tasks else "uploaded"  # the audit log takes labels the code chose
-            job = _jobs.submit_audited([("upload", "meds_cohort", {"task": label})],
+            job = _jobs.submit_audited([("upload", "meds_cohort", {"task": label, "studies": zipped is not None})],
                                        f"Cohort from MEDS ({task_choice})", meds_cohorts.meds_cohort_job, str(src),
                                        str(task), str(out), user=user, base=str(paths.data_dir()),
-                                       key=f"meds:{ws.path.name}", heavy=True, fresh=True)
+                                       studies_zip=str(zipped) if zipped else None, key=f"meds:{ws.path.name}",
+                                       heavy=True, fresh=True)
             if job is not None:
                 st.session_state[K.MEDS_JOB] = job.key
         if job is not None:

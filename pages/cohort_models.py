@@ -75,6 +75,7 @@ tab_model, tab_compare, tab_validate, tab_train, tab_meds = st.tabs(
 
 
 TRAIN_KEY = "train"
+MEDS_TRAIN_KEY = TRAIN_KEY + "meds:"  # a training started on the MEDS tab: its status is drawn there, not twice
 EVERY = f"all {len(FUSIONS)}, compared"  # the training form's choice that trains every strategy
 KIND_NAMES = {"detector": "Whole CT: lesion detector", "2d": "Lung-focused (fast)"}  # core.train image kinds
 
@@ -91,55 +92,61 @@ def image_kinds() -> dict[str, str]:
 
 
 def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None,
-                   image_encoder_kind: str = "auto", body_crop: bool = False, ehr_encoder: str = "auto") -> None:
+                   image_encoder_kind: str = "auto", body_crop: bool = False, ehr_encoder: str = "auto",
+                   place: str = "train") -> None:
     """Queue training of ``fusion`` as this user's background job, saved in their models folder: on the cohort
     folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
     import time
 
     from core.app.background import expected_model_bytes, train_job, train_uploaded_job
 
-    user, reads = _jobs.owner(), (True, True)  # reads: the zip holds CT, EHR (checked now, not in a job)
+    user, reads = _jobs.owner(), (True, True)  # reads: the cohort holds CT, EHR (checked now, not in a job)
+    if upload is None and cdir is not None:  # a cohort folder (built from MEDS): CT only when it names studies
+        import pandas as pd
+
+        reads = ("study" in pd.read_csv(Path(cdir) / "cohort.csv", nrows=0).columns, True)
     if upload is not None:
         reads = workspace.check_cohort_zip(upload, fusion=None if fusion == EVERY else fusion, for_training=True)
     workspace.check_quota(user, 2 * len(upload or b"") + expected_model_bytes(FUSIONS if fusion == EVERY else [fusion], *reads))
     stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
+    job_key = (MEDS_TRAIN_KEY if place == "meds" else TRAIN_KEY) + stamp_text
     runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
             for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar
     if fusion == EVERY:
         from core.app.background import train_every_job
 
-        if upload is None:  # the MEDS tab trains ehr_only only
-            raise ValueError(f"fusion: got {EVERY!r} without an uploaded cohort; fix: upload the cohort's zip")
-
         job = _jobs.submit_audited([("train", f, {"epochs": int(epochs)}) for f in FUSIONS],
-                                   f"Training all {len(FUSIONS)} strategies", train_every_job, upload,
+                                   f"Training all {len(FUSIONS)} strategies", train_every_job,
+                                   upload if upload is not None else str(cdir),
                                    str(workspace.user_root(user) / "cohorts"), runs, int(epochs),
                                    image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
-                                   device=runtime.device_name(), key=TRAIN_KEY + stamp_text, heavy=True)
+                                   device=runtime.device_name(), ehr_encoder=ehr_encoder, key=job_key,
+                                   heavy=True)
     elif upload is not None:
         out, label = runs[fusion]
         job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}",
                                    train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), fusion, out,
                                    int(epochs), label=label, image_encoder_kind=image_encoder_kind,
-                                   body_crop=bool(body_crop), key=TRAIN_KEY + stamp_text, heavy=True)
+                                   body_crop=bool(body_crop), key=job_key, heavy=True)
     else:
         out, label = runs[fusion]
         job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}", train_job,
                                    str(cdir), fusion, out, int(epochs), label=label,
                                    image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
-                                   ehr_encoder=ehr_encoder, key=TRAIN_KEY + stamp_text, heavy=True)
+                                   ehr_encoder=ehr_encoder, key=job_key, heavy=True)
     if job is not None:
         st.session_state[K.TRAIN_JOB] = job.id
         st.rerun()
 
 
-def training_status() -> None:
-    """The user's training job: live progress and cancel while it runs, its result when it ended."""
+def training_status(place: str = "train") -> None:
+    """The user's training job: live progress and cancel while it runs, its result when it ended; drawn in the tab
+    it was started from (``place``: "train" or "meds"), once per run (two would repeat its widgets' keys)."""
     from core.jobs import default_queue
 
     job_id = st.session_state.get(K.TRAIN_JOB)
     job = default_queue().get(job_id, _jobs.owner()) if job_id else _jobs.latest(TRAIN_KEY)  # a page opened anew
-    if job is None:
+    if job is None or str(job.key or "").startswith(MEDS_TRAIN_KEY) != (place == "meds"):
         return
     if job.active:
         _jobs.show(job)
@@ -459,11 +466,19 @@ with tab_meds:
         cols[2].metric("Censored", info.get("censored"))
         cols[3].metric("Median follow-up", f"{float(info.get('median_time_days', 0)):.0f} d")
         st.caption(f"Splits: {', '.join(f'{k} {v}' for k, v in (info.get('splits') or {}).items())}; "
-                   f"{int(info.get('timeline_events') or 0):,} timeline events kept.")
+                   f"{int(info.get('timeline_events') or 0):,} timeline events kept"
+                   + (f"; a CT study for {info['studies']} of {info.get('n_subjects')} patients." if info.get("studies")
+                      else "; no CT studies."))
         for note in info.get("notes") or []:  # what reading the MEDS files left out (core.meds_cohort)
             st.warning(chrome.md(note) + ".", icon=":material/warning:")
         c3, c4 = st.columns(2)
-        mfusion = c3.selectbox("Strategy (EHR only: MEDS cohorts have no CT)", ["ehr_only"], key="meds_fusion")
+        if info.get("studies"):  # built with CT studies: every strategy
+            mfusion = c3.selectbox("Strategy", [*FUSIONS, EVERY], index=FUSIONS.index("concat"), key="meds_fusion_ct",
+                                   help=f"{info['studies']} patients have a CT study. '{EVERY}': one job trains each "
+                                        "strategy in turn and compares them on the test split.")
+        else:
+            mfusion = c3.selectbox("Strategy (EHR only: no CT studies were added to this cohort)", ["ehr_only"],
+                                   key="meds_fusion")
         mepochs = c4.number_input("Epochs", 1, 200, 10, key="meds_epochs")
         summarise = st.checkbox(
             "Also read a summary of each whole timeline (age, counts and last values of the commonest codes)",
@@ -473,5 +488,6 @@ with tab_meds:
                  "800-patient cohort and did worse on 100-400 patients (docs/BENCHMARKS.md): try it on large cohorts.")
         if st.button("Train on this cohort", key="meds_train"):
             with chrome.core_errors(stop=False, what="Training not started: "):
-                start_training(Path(built["dir"]), mfusion, int(mepochs), ehr_encoder="summary" if summarise else "auto")
-        training_status()
+                start_training(Path(built["dir"]), mfusion, int(mepochs), ehr_encoder="summary" if summarise else "auto",
+                               place="meds")
+        training_status("meds")

@@ -684,7 +684,7 @@ def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_di
     numbers = {m.label: m.value for m in at.metric}
     assert numbers["Patients"] == "4" and numbers["Events"] == "2" and numbers["Censored"] == "2", numbers
     splits = next(c.value for c in at.caption if c.value.startswith("Splits: "))
-    assert re.fullmatch(r"Splits: train \d, val \d, test \d; 1[0-9] timeline events kept\.", splits), splits
+    assert re.fullmatch(r"Splits: train \d, val \d, test \d; 1[0-9] timeline events kept; no CT studies\.", splits), splits
     from core.app.audit import audit_path
 
     lines = [json.loads(line) for line in audit_path().read_text().splitlines()]
@@ -705,3 +705,53 @@ def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_di
     _no_exception(again)
     assert not Path(built).exists() and not [s for s in again.selectbox if s.key == "meds_pick"]
     assert "Patients" not in {m.label for m in again.metric}  # nothing left to show or train on
+
+
+def test_a_meds_cohort_built_with_ct_studies_offers_every_strategy(data_dir: Path, tmp_path: Path) -> None:
+    """Cohort from MEDS with a zip of CT studies named by subject id: the build adds them (after the PHI check),
+    the page says how many patients have one and offers every fusion strategy (and all of them, compared), where a
+    cohort without studies offers ehr_only only."""
+    import io
+    import zipfile
+
+    from tests.test_meds_cohort import _nifti, _write_synthetic
+
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for sid in ("1", "2", "6"):
+            _nifti(tmp_path / f"{sid}.nii.gz", seed=int(sid))
+            zf.write(tmp_path / f"{sid}.nii.gz", f"{sid}.nii.gz")
+    at = _app()
+    at.run()
+    at.switch_page(PAGES[2])
+    at.run()
+    at.file_uploader(key="meds_file").set_value(("events.parquet", meds.read_bytes(), "application/octet-stream"))
+    at.file_uploader(key="meds_studies").set_value(("ct.zip", buf.getvalue(), "application/zip"))
+    at.run()
+    at.button(key="meds_build").click()
+    at.run()
+    from core.jobs import default_queue
+
+    job = [j for j in default_queue().jobs("local") if j.title.startswith("Cohort from MEDS")][-1]
+    done = default_queue().wait(job.id, timeout=300)
+    assert done.state == "done", done.error
+    at.run()
+    _no_exception(at)
+    splits = next(c.value for c in at.caption if c.value.startswith("Splits: "))
+    assert splits.endswith("timeline events kept; a CT study for 3 of 4 patients."), splits
+    options = at.selectbox(key="meds_fusion_ct").options  # its own key: the ehr_only picker's value is not kept
+    assert len(options) == 8 and "image_only" in options and options[-1].startswith("all 7"), options
+    assert at.selectbox(key="meds_fusion_ct").value == "concat"
+
+    at.button(key="meds_train").click()  # a training from this tab: its status drawn here only, not in Train too
+    at.run()
+    _no_exception(at)  # two tabs drawing one running job repeated its Cancel button's key (an exception)
+    train = [j for j in default_queue().jobs("local") if j.title == "Training concat"][-1]
+    shown = [b for b in at.button if b.key == f"cancel_{train.id}"] + \
+        [e for e in at.error if str(e.value).startswith("Training concat failed")] + \
+        [e for e in at.success if str(e.value).startswith("Trained concat")]
+    assert len(shown) == 1, [b.key for b in at.button]
+    default_queue().cancel(train.id, "local")
+    default_queue().wait(train.id, timeout=120)

@@ -346,3 +346,107 @@ def test_built_cohorts_are_listed_and_deleted_unless_a_model_uses_them(tmp_path:
     assert not new.exists()
     assert delete_trained_model(models, model, cohorts) == [model]  # the built cohort stays in the list
     assert [b.path for b in built_cohorts(cohorts, models)] == [old] and built_cohorts(cohorts, models)[0].models == ()
+
+
+def _nifti(path: Path, seed: int = 0) -> None:
+    import nibabel as nib
+
+    hu = np.random.default_rng(seed).normal(-300, 200, (24, 20, 8)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, np.diag([2.0, 2.0, 3.0, 1.0])), str(path))
+
+
+def test_ct_studies_named_by_subject_id_join_the_cohort(tmp_path: Path) -> None:
+    """`cohort --studies DIR` (core.cohort_studies): each study named by a subject id of the built cohort is copied
+    into its studies/ and named in cohort.csv's study column; a subject without one keeps an empty cell (EHR only), a
+    study of no subject is left out, both said in notes; the cohort then loads with its CT."""
+    from core.cohort import load_cohort
+
+    meds, studies, out = tmp_path / "events.parquet", tmp_path / "ct", tmp_path / "out"
+    _write_synthetic(meds)
+    studies.mkdir()
+    _nifti(studies / "1.nii.gz")  # subjects 1, 2, 5 and 6 are in the cohort (tests above)
+    (studies / "2").mkdir()  # a folder of DICOM files
+    from tests.dicom_factory import write_series
+
+    write_series(studies / "2", shape=(6, 16, 16), identified=False)
+    _nifti(studies / "77.nii.gz")  # nobody's
+    (studies / "notes.txt").write_text("not a study")
+    (studies / "5.nii.gz").symlink_to(studies / "1.nii.gz")  # a link could point anywhere: left out
+    proc = _cli("cohort", "--meds", str(meds), "--task", str(TASK), "--out", str(out), "--studies", str(studies),
+                "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["studies"], summary["without_study"], summary["unused"]) == (2, 2, ["77.nii.gz"])
+    assert any("1 study of the studies folder matches no subject" in n and "77.nii.gz" in n for n in summary["notes"])
+    assert any(n.startswith("2 of the 4 subjects have no CT study") for n in summary["notes"])
+    table = pd.read_csv(out / "cohort.csv", dtype=str, keep_default_na=False).set_index("subject_id")
+    assert table["study"].to_dict() == {"1": "studies/1.nii.gz", "2": "studies/2", "5": "", "6": ""}
+    assert sorted(p.name for p in (out / "studies").iterdir()) == ["1.nii.gz", "2"]
+    cohort = load_cohort(out)
+    assert cohort.has_studies and cohort.load_volume("1").hu.shape[0] == 8 and cohort.load_volume("5") is None
+    assert cohort.load_volume("2").hu.shape == (6, 16, 16)
+
+
+def test_studies_that_match_no_subject_or_two_of_one_are_refused_and_leave_no_cohort(tmp_path: Path) -> None:
+    from core.cohort_studies import attach_studies
+
+    meds, studies = tmp_path / "events.parquet", tmp_path / "ct"
+    _write_synthetic(meds)
+    studies.mkdir()
+    _nifti(studies / "P1.nii.gz")
+    with pytest.raises(InputError, match=r"^--studies: got ct, holds no study named by a subject id of the cohort "
+                                         r"\(names seen: P1; subject ids such as 1, 2, 5\); fix: name each study"):
+        build_meds_cohort(meds, TASK, tmp_path / "out", studies=studies)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()
+    _nifti(studies / "1.nii")
+    (studies / "1.zip").write_bytes(b"PK")
+    with pytest.raises(InputError, match=r"1.nii and 1.zip, are two studies of subject 1"):
+        build_meds_cohort(meds, TASK, tmp_path / "empty", studies=studies)
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())  # as it was: empty
+    wrapped = tmp_path / "zipped" / "ct_export"  # a zipped folder of studies unpacks to one folder: read inside it
+    wrapped.mkdir(parents=True)
+    _nifti(wrapped / "6.nii.gz")
+    build_meds_cohort(meds, TASK, tmp_path / "ok", studies=tmp_path / "zipped")
+    with pytest.raises(InputError, match="already names a study per subject"):
+        attach_studies(tmp_path / "ok", tmp_path / "zipped")
+
+
+def test_the_apps_build_adds_zipped_studies_after_the_phi_check(tmp_path: Path) -> None:
+    """The app's build job takes the studies as an uploaded zip: unpacked with the safe zip reader, added, then
+    every study passes the PHI gate. A DICOM study that still carries the patient's name refuses the cohort (named
+    by row) and leaves nothing behind, the unpacked copy included."""
+    import io
+    import zipfile
+
+    from core.app.meds_cohorts import meds_cohort_job
+    from core.jobs import JobContext
+    from tests.dicom_factory import write_series
+
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    ctx = JobContext(lambda f, m: None, lambda: False)
+
+    def zipped(name: str, identified: bool) -> Path:
+        series = tmp_path / f"series-{name}"
+        write_series(series, shape=(6, 16, 16), identified=identified)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for p in sorted(series.iterdir()):
+                zf.write(p, f"export/6/{p.name}")  # a folder of studies, each a folder <id>/ of DICOM files
+            nifti = tmp_path / "1.nii.gz"
+            _nifti(nifti)
+            zf.write(nifti, "export/1.nii.gz")
+        path = tmp_path / f"{name}.zip"
+        path.write_bytes(buf.getvalue())
+        return path
+
+    clean = zipped("clean", identified=False)
+    done = meds_cohort_job(ctx, str(meds), str(TASK), str(tmp_path / "built"), studies_zip=str(clean))
+    assert (done["studies"], done["without_study"]) == (2, 2)
+    assert sorted(p.name for p in (tmp_path / "built" / "studies").iterdir()) == ["1.nii.gz", "6"]
+    assert not (tmp_path / "clean.zip.d").exists()  # the unpacked copy is gone
+    with pytest.raises(InputError, match=r"^cohort: got 1 of its studies, hold identifying data"):
+        meds_cohort_job(ctx, str(meds), str(TASK), str(tmp_path / "refused"),
+                        studies_zip=str(zipped("named", identified=True)))
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "named.zip.d").exists()

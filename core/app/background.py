@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.app.workspace import TRAINED_MARKER
+from core.app.workspace import TRAINED_MARKER, is_built_cohort
 from core.jobs import JobContext
 
 COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)
@@ -111,11 +111,13 @@ def _refuse(report: object) -> None:
                      f"{FIX}, then upload the cohort again")
 
 
-def gate_cohort_folder(ctx: JobContext, cohort_dir: str) -> None:
-    """The PHI gate on every study of a cohort folder; a refused folder is deleted and named row by row."""
+def gate_cohort_folder(ctx: JobContext, cohort_dir: str, span: tuple[float, float] = (0.0, 0.1)) -> None:
+    """The PHI gate on every study of a cohort folder (its progress over ``span`` of the job's bar); a refused folder
+    is deleted and named row by row."""
     from core.deid.cohort_gate import gate_cohort
 
-    report = gate_cohort(cohort_dir, progress=lambda f, m: ctx.progress(0.1 * f, f"PHI check: {m}"))
+    a, b = span
+    report = gate_cohort(cohort_dir, progress=lambda f, m: ctx.progress(a + (b - a) * f, f"PHI check: {m}"))
     if not report.ok:
         shutil.rmtree(cohort_dir, ignore_errors=True)
         _refuse(report)
@@ -275,10 +277,12 @@ def _train_one(progress: Callable[[float, str], None], cohort_dir: str, fusion: 
             "data_notes": list(metrics.get("data_notes") or [])}
 
 
-def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[str, tuple[str, str]], epochs: int, *,
-                    image_encoder_kind: str = "auto", body_crop: bool = False, device: str = "cpu") -> dict:
+def train_every_job(ctx: JobContext, data: bytes | str, cohorts_dir: str, runs: dict[str, tuple[str, str]],
+                    epochs: int, *, image_encoder_kind: str = "auto", body_crop: bool = False,
+                    device: str = "cpu", ehr_encoder: str = "auto") -> dict:
     """Several strategies on one uploaded cohort, to compare them: the zip gated and unpacked once
-    (:func:`unpack_gated`), then each ``fusion -> (model folder, label)`` of ``runs`` trained in turn (they share the
+    (:func:`unpack_gated`; ``data`` as text: a cohort folder the user keeps, such as one built from MEDS, gated as it
+    is and never removed here), then each ``fusion -> (model folder, label)`` of ``runs`` trained in turn (they share the
     cohort's cached image encoder, trained by the first strategy that reads the CT) and evaluated on the test split,
     its evaluation kept beside the model as Cohort & models keeps it (``test_metrics.json``).
 
@@ -291,9 +295,12 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     strategies' own times, the waits left out (:func:`bar_span`). A job that fails or is cancelled before any model
     was written removes the cohort it unpacked."""
     started = time.monotonic()
+    if isinstance(data, str):
+        gate_cohort_folder(ctx, data)
+        return _train_each(ctx, Path(data), runs, epochs, image_encoder_kind, body_crop, device, started, ehr_encoder)
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
     try:
-        return _train_each(ctx, cohort_dir, runs, epochs, image_encoder_kind, body_crop, device, started)
+        return _train_each(ctx, cohort_dir, runs, epochs, image_encoder_kind, body_crop, device, started, ehr_encoder)
     except BaseException:  # failed or cancelled: the cohort stays only for the models trained before
         if not any((Path(out) / TRAINED_MARKER).is_file() for out, _ in runs.values()):
             remove_unpacked(cohorts_dir, cohort_dir)
@@ -301,7 +308,8 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
 
 
 def _train_each(ctx: JobContext, cohort_dir: Path, runs: dict[str, tuple[str, str]], epochs: int,
-                image_encoder_kind: str, body_crop: bool, device: str, started: float) -> dict:
+                image_encoder_kind: str, body_crop: bool, device: str, started: float,
+                ehr_encoder: str = "auto") -> dict:
     """:func:`train_every_job`'s strategies, one after another, on the unpacked ``cohort_dir``."""
     from core.errors import InputError
     from core.evaluation import evaluate_model, model_fingerprint, paired_fusion_gain, save_metrics
@@ -332,6 +340,7 @@ def _train_each(ctx: JobContext, cohort_dir: Path, runs: dict[str, tuple[str, st
         try:
             trained = _train_one(lambda f, m, ev=ev: progress((1 - ev) * f, m), str(cohort_dir), fusion, out, epochs, label=label,
                                  span=(0.0, 1.0), image_encoder_kind=image_encoder_kind, body_crop=body_crop,
+                                 ehr_encoder=ehr_encoder,
                                  between=make_way)  # and within a strategy: in the lesion pretext, between members
             result = evaluate_model(Path(out), cohort_dir, split="test", device=device, keep_risk=True,
                                     progress=lambda f, m, ev=ev: progress(1 - ev + ev * f, f"evaluating: {m}"))
@@ -439,10 +448,8 @@ def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -
     shutil.rmtree(target)
     removed = [target]
     in_use = {c.resolve() for _, c in trained_models(Path(models_dir)).values()}
-    from core.app.meds_cohorts import is_built
-
     if (str(cohort) and cohort.is_dir() and not cohort.is_symlink() and cohort.resolve() not in in_use
-            and cohort.resolve().parent == Path(cohorts_dir).resolve() and not is_built(cohort)):
+            and cohort.resolve().parent == Path(cohorts_dir).resolve() and not is_built_cohort(cohort)):
         shutil.rmtree(cohort)
         removed.append(cohort)
     return removed

@@ -44,8 +44,7 @@ from pathlib import Path
 
 from core.app.background import COHORT_STAMP as STAMP
 from core.app.background import TRAINED_MARKER
-from core.app.meds_cohorts import PREFIX as MEDS_PREFIX
-from core.app.meds_cohorts import is_built
+from core.app.workspace import MEDS_PREFIX, is_built_cohort
 
 SERVER = uuid.uuid4().hex[:12]  # this server process; a restarted server is another one
 HEARTBEAT_S = 20.0
@@ -172,7 +171,7 @@ def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> tuple[list[
     in_use = _cohorts_in_use(user_dir)
     for folder in sorted((Path(user_dir) / COHORTS).glob("*")):
         made = _stamp_time(folder.name.removeprefix(MEDS_PREFIX))
-        if (made is None or not folder.is_dir() or folder.is_symlink() or is_built(folder)
+        if (made is None or not folder.is_dir() or folder.is_symlink() or is_built_cohort(folder)
                 or not stopped.queued_at - 2 <= made < live_since - 2):
             continue
         if folder.name in in_use:

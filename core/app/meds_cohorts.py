@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.app.workspace import TRAINED_MARKER
+from core.app.workspace import MEDS_PREFIX as PREFIX
+from core.app.workspace import MEDS_SUMMARY as SUMMARY
+from core.app.workspace import TRAINED_MARKER, is_built_cohort
 from core.errors import InputError
 from core.jobs import JobContext
 
-PREFIX = "meds-"
 STAMP = "%Y%m%d-%H%M%S"
-SUMMARY = "summary.json"  # written last: a folder that holds it is a complete cohort
 
 
 def new_folder(cohorts_dir: Path) -> Path:
@@ -48,8 +48,7 @@ def made_at(name: str) -> str | None:
 
 def is_built(folder: Path) -> bool:
     """Whether ``folder`` is a complete cohort built here from MEDS (its name and its summary)."""
-    folder = Path(folder)
-    return made_at(folder.name) is not None and not folder.is_symlink() and (folder / SUMMARY).is_file()
+    return made_at(Path(folder).name) is not None and is_built_cohort(folder)
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def delete_built(cohorts_dir: Path, folder: Path, models_dir: Path) -> None:
 
 
 def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str, *, user: str | None = None,
-                    base: str | None = None) -> dict:
+                    base: str | None = None, studies_zip: str | None = None) -> dict:
     """The cohort folder ``out`` built from a MEDS file and an ACES task (``core.meds_cohort.build_meds_cohort``) for
     the Cohort page, as a heavy job (its own process): a hospital's extract (45.8 M events: 86 s and 12 GB,
     docs/BENCHMARKS.md) is read there, not in the server that every user shares.
@@ -125,17 +124,31 @@ def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str, *
     is refused before anything is read, and the written files are measured against it (``check_quota``, which first
     lets the user's decoded copies and maps give way) and removed when they do not fit. A failed or cancelled build
     leaves no folder (one that was there before is never touched); a complete one ends with its summary
-    (``summary.json``, written last). Returns the build's summary (its ``out`` as text)."""
-    from core.app.workspace import check_quota
+    (``summary.json``, written last). Returns the build's summary (its ``out`` as text).
+
+    ``studies_zip``: a zip of CT studies named by subject id (``core.cohort_studies``), read with the safe zip reader,
+    unpacked beside it and copied into the cohort, whose every study then passes the PHI gate (a refused cohort is
+    removed, its blocked studies named); the unpacked copy is removed whatever happens."""
+    from core.app.background import gate_cohort_folder
+    from core.app.workspace import check_quota, write_members
+    from core.io.safezip import read_zip
     from core.meds_cohort import build_meds_cohort
 
     root = Path(base) if base else None
     if user is not None:
         check_quota(user, 0, root)
     existed = Path(out).exists()
+    unpacked = Path(studies_zip).with_name(Path(studies_zip).name + ".d") if studies_zip else None
     try:
-        summary = {**build_meds_cohort(Path(meds_file), Path(task_file), Path(out), progress=ctx.progress),
-                   "out": str(out)}
+        if studies_zip and unpacked is not None:
+            ctx.progress(0.0, "unpacking the studies")
+            write_members(read_zip(Path(studies_zip), label="studies zip"), unpacked)
+        span = 0.85 if studies_zip else 1.0  # the PHI gate of the studies takes the rest
+        summary = {**build_meds_cohort(Path(meds_file), Path(task_file), Path(out), studies=unpacked,
+                                       progress=lambda f, m: ctx.progress(span * f, m)), "out": str(out)}
+        if unpacked is not None:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            gate_cohort_folder(ctx, str(out), span=(span, 1.0))
         if user is not None:
             ctx.progress(1.0, "checking your disk quota")
             check_quota(user, 0, root)
@@ -146,4 +159,7 @@ def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str, *
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        if unpacked is not None:
+            shutil.rmtree(unpacked, ignore_errors=True)
     return summary

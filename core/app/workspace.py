@@ -5,7 +5,7 @@ Layout under the app data dir (:func:`core.app.paths.data_dir`), every folder mo
     users/<key>/cases/<case id>/case.json, study.*, timeline.parquet, decoded/ (the CT decoded once: a cache)
     users/<key>/models/          trained models (``user_models_dir``)
     users/<key>/exports/<session>/<kind>/   one browser session's prepared exports (``SessionWorkspace.exports_dir``)
-    users/<key>/cohorts/         cohorts unpacked from uploads (a trained model's, or a running job's)
+    users/<key>/cohorts/         cohorts unpacked from uploads (a trained model's, or a running job's), built from MEDS
     users/<key>/jobs/            the user's queued and running jobs on record (``core.app.job_journal``)
     scratch/ctehr-session-<pid>-<random>/   one browser session's scratch (``SessionWorkspace``)
 
@@ -55,6 +55,8 @@ DECODED = "decoded"  # a case's decoded CT (core.app.cases): counted in the quot
 MAPS = "maps"  # a case's attribution maps (core.app.attribution_volume): the same; also <data>/cache/maps (demo
 # cases, bounded) and <user>/cache/maps (the user's own models on demo cases)
 LEGACY_MAPS = "attribution"  # <data>/cache/attribution: every map of every case before, unbounded; removed at start-up
+MEDS_PREFIX = "meds-"  # users/<key>/cohorts/meds-<time>-<hex>: a cohort built from MEDS (core.app.meds_cohorts)
+MEDS_SUMMARY = "summary.json"  # ... written last: the folder holds a complete cohort, kept in the user's list
 TRAINED_MARKER = "trained_in_app.json"  # beside a model trained in the app (core.app.background): its cohort and when
 EXPORTS_TTL_S = 3600.0  # a session's prepared exports untouched this long go when another session of the user prepares
 LEGACY_EXPORTS = ("figure", "report", "dicom")  # users/<key>/exports/<kind>: shared by a user's sessions before; removed
@@ -110,6 +112,13 @@ def user_exports_dir(user: str, base: Path | None = None) -> Path:
     """Where a user's exported figures, reports and DICOM objects are kept: one folder per browser session
     (:meth:`SessionWorkspace.exports_dir`), counted in the user's quota."""
     return private_dir(user_root(user, base) / "exports")
+
+
+def is_built_cohort(folder: Path) -> bool:
+    """Whether ``folder`` is a complete cohort built from MEDS in the app (``meds-<time>...`` with its summary): the
+    user's list of built cohorts keeps it, so neither deleting a model nor a restart's clean-up removes it."""
+    folder = Path(folder)
+    return folder.name.startswith(MEDS_PREFIX) and not folder.is_symlink() and (folder / MEDS_SUMMARY).is_file()
 
 
 def list_user_models(user: str, base: Path | None = None) -> dict[str, Path]:
@@ -467,7 +476,12 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
         raise InputError("cohort zip", f"{len(members)} files", f"has more than {MAX_COHORT_FILES} files",
                          "zip one cohort folder (cohort.csv, timeline, features, studies)")
     csv = _cohort_csv([m.name for m in members])
-    top = csv.replace("\\", "/").rsplit("/", 1)[0] if "/" in csv else ""
+    return write_members(members, dest, csv.replace("\\", "/").rsplit("/", 1)[0] if "/" in csv else "")
+
+
+def write_members(members: list, dest: Path, top: str = "") -> Path:
+    """Write the ``members`` of a zip read by ``core.io.safezip.read_zip`` under ``dest`` (private folders), only those
+    under ``top`` and without it; names are re-checked to stay under ``dest``. Returns ``dest`` resolved."""
     root = dest.resolve()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)  # a user's cohort: private, as the folders above it
     for m in members:
