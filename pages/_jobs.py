@@ -138,8 +138,10 @@ def stopped_notices() -> None:
             said = ["the cohort it unpacked is kept for the models it finished" if rec.kept
                     else "nothing of its upload was kept"]
         else:
-            said = ["the cohort it had unpacked was removed"] if any(
-                r.startswith(job_journal.COHORTS + "/") for r in rec.removed) else []
+            gone = [r for r in rec.removed if r.startswith(job_journal.COHORTS + "/")]
+            said = ["the cohort it was building from MEDS was removed"
+                    if gone[0].startswith(f"{job_journal.COHORTS}/{workspaces.MEDS_PREFIX}")
+                    else "the cohort it had unpacked was removed"] if gone else []
         if any(r.startswith(job_journal.MODELS + "/") for r in rec.removed):
             said.append("the model it was writing was removed")
         with st.sidebar.container(border=True):

@@ -537,6 +537,17 @@ def test_the_sidebar_tells_which_jobs_a_server_restart_stopped(data_dir: Path) -
     job_journal.dismiss(user_dir, "deadbeef0001-job2")  # does not return the sidebar of a rerun under st.navigation)
     assert not [w for w in _app().run().sidebar.warning if "server restarted" in w.value]
 
+    # a build from MEDS that the restart stopped: its half-written folder (no summary yet) goes, and is named so
+    job_journal._write(user_dir / "jobs" / "deadbeef0001-job4.json",
+                       {"title": "Cohort from MEDS (mimic_death_after_admission.yaml)", "queued_at": stamp,
+                        "server": "deadbeef0001"})
+    half = user_dir / "cohorts" / f"meds-{time.strftime(job_journal.STAMP, time.localtime(stamp + 5))}-abcdef"
+    half.mkdir(parents=True)
+    notes = [w.value for w in _app().run().sidebar.warning if "stopped when the server restarted" in w.value]
+    assert len(notes) == 1 and "; the cohort it was building from MEDS was removed. Start it again." in notes[0], notes
+    assert not half.exists()
+    job_journal.dismiss(user_dir, "deadbeef0001-job4")
+
 
 def _seed_map(data_dir: Path, method: str | None, draw: Callable[[np.ndarray], None]) -> tuple[str, str, np.ndarray]:
     """A map of the opening case (the demo's first test subject) under the default model, at the default horizon,
