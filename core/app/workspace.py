@@ -275,6 +275,7 @@ class SessionWorkspace:
     path: Path
     _owned: list[str] = field(init=False, repr=False)
     _finalizer: weakref.finalize = field(init=False, repr=False)
+    uses: int = field(init=False, default=0)  # how many times :meth:`touch` was called (a page run of its session)
 
     def __post_init__(self) -> None:
         self._owned = [str(self.path)]
@@ -288,7 +289,9 @@ class SessionWorkspace:
         return self.path.is_dir()
 
     def touch(self) -> None:
-        """Mark the workspace (and its exports) as in use (the sweep skips recently used ones)."""
+        """Mark the workspace (and its exports) as in use (the sweep skips recently used ones; the closed-session
+        sweep counts a use as the session seen connected)."""
+        self.uses += 1
         for path in self._owned:
             if os.path.isdir(path):
                 os.utime(path)
