@@ -116,6 +116,7 @@ def main() -> None:
         st.rerun()
 
     new_run()  # what the last run held beyond the session memo's budget is let go
+    session.mark_run()  # the closed-session sweep counts a page run as the session seen connected
     chrome.follow_deep_link()
     chrome.sidebar()
     with chrome.core_errors(stop=True, what="Server setting: "):  # a bad CTEHR_HEAVY_THREADS in one line, not a crash

@@ -211,6 +211,14 @@ def workspace() -> workspaces.SessionWorkspace:
     return ws
 
 
+def mark_run() -> None:
+    """A page run of this session: its workspace, when it has one, counts the use (``SessionWorkspace.touch``), so
+    the closed-session sweep does not take a session that reconnected between two of its looks for one gone since."""
+    ws = st.session_state.get(K.WORKSPACE)
+    if ws is not None and ws.alive:
+        ws.touch()
+
+
 _SWEEP: Any = None  # this server's core.app.session_sweep.SessionSweep, made with its thread on first use
 _SWEEP_LOCK = threading.Lock()
 

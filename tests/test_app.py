@@ -766,3 +766,20 @@ def test_a_meds_cohort_built_with_ct_studies_offers_every_strategy(data_dir: Pat
     assert len(shown) == 1, [b.key for b in at.button]
     default_queue().cancel(train.id, "local")
     default_queue().wait(train.id, timeout=120)
+
+
+def test_every_page_run_counts_as_a_use_of_the_sessions_workspace(data_dir: Path, tmp_path: Path) -> None:
+    """The closed-session sweep (core.app.session_sweep) takes a session whose page ran since its last look for one
+    seen connected: a run of any page (here Case review, which makes no export) counts a use of the session's
+    workspace (``touch``, which also marks its folder), not only the Export page's."""
+    import os
+
+    from core.app.workspace import new_session_workspace
+
+    ws = new_session_workspace(tmp_path / "scratch")
+    os.utime(ws.path, (1_000_000, 1_000_000))
+    at = _app()
+    at.session_state["workspace"] = ws  # as a prepared export leaves it
+    at.run()
+    _no_exception(at)
+    assert at.session_state["workspace"].uses == 1 and ws.path.stat().st_mtime > 1_000_000
