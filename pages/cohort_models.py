@@ -113,15 +113,14 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
     runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
             for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar
     if fusion == EVERY:
-        from core.app.background import train_every_job
+        from core.app.background import train_every_job, train_every_on_folder_job
 
+        what = (train_every_job, upload, str(workspace.user_root(user) / "cohorts")) if upload is not None \
+            else (train_every_on_folder_job, str(cdir))  # an upload, or a cohort folder the user keeps (MEDS)
         job = _jobs.submit_audited([("train", f, {"epochs": int(epochs)}) for f in FUSIONS],
-                                   f"Training all {len(FUSIONS)} strategies", train_every_job,
-                                   upload if upload is not None else str(cdir),
-                                   str(workspace.user_root(user) / "cohorts"), runs, int(epochs),
+                                   f"Training all {len(FUSIONS)} strategies", *what, runs, int(epochs),
                                    image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
-                                   device=runtime.device_name(), ehr_encoder=ehr_encoder, key=job_key,
-                                   heavy=True)
+                                   device=runtime.device_name(), ehr_encoder=ehr_encoder, key=job_key, heavy=True)
     elif upload is not None:
         out, label = runs[fusion]
         job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}",

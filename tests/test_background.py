@@ -266,18 +266,18 @@ def test_every_strategy_is_trained_on_one_upload_evaluated_and_kept(tmp_path: Pa
 def test_every_strategy_trains_on_a_cohort_folder_the_user_keeps(tmp_path: Path) -> None:
     """"all 7, compared" on a cohort folder (one built from MEDS, given by its path instead of an upload's bytes):
     trained in place, its evaluation beside the model; a job that can train nothing fails and leaves the folder."""
-    from core.app.background import train_every_job
+    from core.app.background import UPLOAD_JOBS, train_every_on_folder_job
     from core.demo import write_demo_cohort
 
+    assert train_every_on_folder_job not in UPLOAD_JOBS  # a restart that stops it does not ask for a zip
     src = write_demo_cohort(tmp_path / "kept", n=48, seed=3, volumes=False)
     models = tmp_path / "user" / "models"
     runs = {"ehr_only": (str(models / "ehr_only-1"), "ehr_only (your cohort)")}
-    result = train_every_job(_ctx(), str(src), str(tmp_path / "user" / "cohorts"), runs, 2)
+    result = train_every_on_folder_job(_ctx(), str(src), runs, 2)
     assert result["cohort_dir"] == str(src) and 0.0 <= result["models"]["ehr_only (your cohort)"]["c_index"] <= 1.0
     assert (models / "ehr_only-1" / "test_metrics.json").is_file()
     with pytest.raises(InputError, match="needs images but the cohort has none"):
-        train_every_job(_ctx(), str(src), str(tmp_path / "user" / "cohorts"),
-                        {"image_only": (str(models / "x"), "x")}, 2)
+        train_every_on_folder_job(_ctx(), str(src), {"image_only": (str(models / "x"), "x")}, 2)
     assert (src / "cohort.csv").is_file() and not (tmp_path / "user" / "cohorts").exists()
 
 

@@ -277,12 +277,11 @@ def _train_one(progress: Callable[[float, str], None], cohort_dir: str, fusion: 
             "data_notes": list(metrics.get("data_notes") or [])}
 
 
-def train_every_job(ctx: JobContext, data: bytes | str, cohorts_dir: str, runs: dict[str, tuple[str, str]],
+def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[str, tuple[str, str]],
                     epochs: int, *, image_encoder_kind: str = "auto", body_crop: bool = False,
                     device: str = "cpu", ehr_encoder: str = "auto") -> dict:
     """Several strategies on one uploaded cohort, to compare them: the zip gated and unpacked once
-    (:func:`unpack_gated`; ``data`` as text: a cohort folder the user keeps, such as one built from MEDS, gated as it
-    is and never removed here), then each ``fusion -> (model folder, label)`` of ``runs`` trained in turn (they share the
+    (:func:`unpack_gated`), then each ``fusion -> (model folder, label)`` of ``runs`` trained in turn (they share the
     cohort's cached image encoder, trained by the first strategy that reads the CT) and evaluated on the test split,
     its evaluation kept beside the model as Cohort & models keeps it (``test_metrics.json``).
 
@@ -295,9 +294,6 @@ def train_every_job(ctx: JobContext, data: bytes | str, cohorts_dir: str, runs: 
     strategies' own times, the waits left out (:func:`bar_span`). A job that fails or is cancelled before any model
     was written removes the cohort it unpacked."""
     started = time.monotonic()
-    if isinstance(data, str):
-        gate_cohort_folder(ctx, data)
-        return _train_each(ctx, Path(data), runs, epochs, image_encoder_kind, body_crop, device, started, ehr_encoder)
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
     try:
         return _train_each(ctx, cohort_dir, runs, epochs, image_encoder_kind, body_crop, device, started, ehr_encoder)
@@ -305,6 +301,17 @@ def train_every_job(ctx: JobContext, data: bytes | str, cohorts_dir: str, runs: 
         if not any((Path(out) / TRAINED_MARKER).is_file() for out, _ in runs.values()):
             remove_unpacked(cohorts_dir, cohort_dir)
         raise
+
+
+def train_every_on_folder_job(ctx: JobContext, cohort_dir: str, runs: dict[str, tuple[str, str]], epochs: int, *,
+                              image_encoder_kind: str = "auto", body_crop: bool = False, device: str = "cpu",
+                              ehr_encoder: str = "auto") -> dict:
+    """:func:`train_every_job` on a cohort folder the user keeps (one built from MEDS): gated as it is
+    (:func:`gate_cohort_folder`), trained in place, never removed here; not an upload, so a restart that stops it
+    asks to start it again, not to upload a zip."""
+    started = time.monotonic()
+    gate_cohort_folder(ctx, cohort_dir)
+    return _train_each(ctx, Path(cohort_dir), runs, epochs, image_encoder_kind, body_crop, device, started, ehr_encoder)
 
 
 def _train_each(ctx: JobContext, cohort_dir: Path, runs: dict[str, tuple[str, str]], epochs: int,
