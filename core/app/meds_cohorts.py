@@ -130,8 +130,8 @@ def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str, *
     unpacked beside it and copied into the cohort, whose every study then passes the PHI gate (a refused cohort is
     removed, its blocked studies named); the unpacked copy is removed whatever happens."""
     from core.app.background import gate_cohort_folder
-    from core.app.workspace import check_quota, write_members
-    from core.io.safezip import read_zip
+    from core.app.workspace import check_quota
+    from core.io.safezip import read_zip, write_members
     from core.meds_cohort import build_meds_cohort
 
     root = Path(base) if base else None

@@ -472,7 +472,7 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
     no absolute names, no links, size and ratio caps). Names are re-checked to
     stay under ``dest`` before anything is written.
     """
-    from core.io.safezip import read_zip
+    from core.io.safezip import read_zip, write_members
 
     members = read_zip(data)
     if len(members) > MAX_COHORT_FILES:
@@ -480,22 +480,3 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
                          "zip one cohort folder (cohort.csv, timeline, features, studies)")
     csv = _cohort_csv([m.name for m in members])
     return write_members(members, dest, csv.replace("\\", "/").rsplit("/", 1)[0] if "/" in csv else "")
-
-
-def write_members(members: list, dest: Path, top: str = "") -> Path:
-    """Write the ``members`` of a zip read by ``core.io.safezip.read_zip`` under ``dest`` (private folders), only those
-    under ``top`` and without it; names are re-checked to stay under ``dest``. Returns ``dest`` resolved."""
-    root = dest.resolve()
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)  # a user's cohort: private, as the folders above it
-    for m in members:
-        name = m.name.replace("\\", "/")
-        if top and not name.startswith(top + "/"):
-            continue
-        rel = name[len(top) + 1:] if top else name
-        target = (root / rel).resolve()
-        if root not in target.parents:
-            raise InputError("zip entry", m.name, "points outside the cohort folder", "re-create the zip with relative names")
-        for folder in reversed([p for p in target.parents if root in p.parents]):
-            folder.mkdir(exist_ok=True, mode=0o700)
-        target.write_bytes(m.data)
-    return root

@@ -222,3 +222,23 @@ def _read_member(
     if size != info.file_size or crc != info.CRC:
         raise InputError("zip entry", name, "fails its size/CRC check (corrupt)", "re-create or re-upload the zip")
     return b"".join(parts)
+
+
+def write_members(members: list[ZipMember], dest: Path, top: str = "") -> Path:
+    """Write the ``members`` of a zip read by :func:`read_zip` under ``dest`` (private folders, mode 0700), only those
+    under ``top`` and without it; names are re-checked to stay under ``dest``. Returns ``dest`` resolved."""
+    root = dest.resolve()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)  # a user's cohort or scratch: private, as the folders above it
+    for m in members:
+        name = m.name.replace("\\", "/")
+        if top and not name.startswith(top + "/"):
+            continue
+        rel = name[len(top) + 1:] if top else name
+        target = (root / rel).resolve()
+        if root not in target.parents:
+            raise InputError("zip entry", m.name, "points outside the folder it is unpacked to",
+                             "re-create the zip with relative names")
+        for folder in reversed([p for p in target.parents if root in p.parents]):
+            folder.mkdir(exist_ok=True, mode=0o700)
+        target.write_bytes(m.data)
+    return root
