@@ -45,9 +45,7 @@ def _entries(studies_dir: Path) -> dict[str, Path]:
         raise InputError("--studies", str(studies_dir), "is not a folder", f"pass the folder of the studies; {NAMING}")
     found: dict[str, Path] = {}
     for entry in sorted(studies_dir.iterdir()):
-        if entry.is_dir() and not entry.is_symlink():
-            pass
-        elif not entry.is_file() or entry.is_symlink():
+        if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
             continue  # a link could point anywhere on the server
         sid = study_id(entry)
         if sid is None:
