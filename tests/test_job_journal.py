@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.app import job_journal
+from core.app import job_journal, workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = textwrap.dedent("""
@@ -53,7 +53,7 @@ def _folders(user: Path, queued_at: float) -> dict[str, Path]:
     for path in made.values():
         path.mkdir(parents=True)
         (path / "cohort.csv").write_text("subject_id\n")
-    (made["model"] / job_journal.TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(made["used"] / "c")}))
+    (made["model"] / workspace.TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(made["used"] / "c")}))
     return made
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.app.background import COHORT_STAMP as STAMP
-from core.app.background import TRAINED_MARKER
+from core.app.meds_cohorts import models_by_cohort
 from core.app.workspace import MEDS_PREFIX, is_built_cohort
 
 SERVER = uuid.uuid4().hex[:12]  # this server process; a restarted server is another one
@@ -147,18 +147,9 @@ def _stamp_time(name: str) -> float | None:
 
 def _cohorts_in_use(user_dir: Path) -> set[str]:
     """The cohort folders (their names under ``cohorts/``) that a finished model of the user was trained on."""
-    used: set[str] = set()
     cohorts = (Path(user_dir) / COHORTS).resolve()
-    for marker in (Path(user_dir) / MODELS).glob(f"*/{TRAINED_MARKER}"):
-        try:
-            info = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for key in ("cohort_dir", "base_cohort"):
-            path = Path(str(info.get(key) or ""))
-            if str(path) and path.resolve().is_relative_to(cohorts) and path.resolve() != cohorts:
-                used.add(path.resolve().relative_to(cohorts).parts[0])
-    return used
+    return {Path(p).relative_to(cohorts).parts[0] for p in models_by_cohort(Path(user_dir) / MODELS)
+            if Path(p).is_relative_to(cohorts) and Path(p) != cohorts}
 
 
 def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> tuple[list[str], list[str]]:

@@ -67,8 +67,9 @@ class Built:
                 f"{s.get('events', '?')} events")
 
 
-def _models_using(models_dir: Path) -> dict[str, list[str]]:
-    """Cohort folder (resolved, as text) -> the names of the user's models trained on it."""
+def models_by_cohort(models_dir: Path) -> dict[str, list[str]]:
+    """Cohort folder (resolved, as text) -> the labels of the user's models in ``models_dir`` trained on it (or
+    recalibrated from a model trained on it: ``base_cohort``), read from their ``trained_in_app.json``."""
     used: dict[str, list[str]] = {}
     for marker in sorted(Path(models_dir).glob(f"*/{TRAINED_MARKER}")):
         try:
@@ -87,7 +88,7 @@ def built_cohorts(cohorts_dir: Path, models_dir: Path) -> list[Built]:
     trained on it."""
     from core.app.workspace import folder_bytes
 
-    used = _models_using(models_dir)
+    used = models_by_cohort(models_dir)
     out: list[Built] = []
     folders = [p for p in Path(cohorts_dir).glob(f"{PREFIX}*") if p.is_dir() and is_built(p)] \
         if Path(cohorts_dir).is_dir() else []
@@ -106,7 +107,7 @@ def delete_built(cohorts_dir: Path, folder: Path, models_dir: Path) -> None:
     folder = Path(folder)
     if folder.is_symlink() or folder.resolve().parent != Path(cohorts_dir).resolve() or not is_built(folder):
         raise InputError("cohort", folder.name, "is not a cohort you built from MEDS here", "pick one of the list")
-    models = _models_using(models_dir).get(str(folder.resolve()), [])
+    models = models_by_cohort(models_dir).get(str(folder.resolve()), [])
     if models:
         many = "s" if len(models) > 1 else ""
         raise InputError("cohort", f"built {made_at(folder.name)}", f"is the cohort of your model{many} {', '.join(models)}",
