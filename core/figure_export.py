@@ -94,10 +94,11 @@ def caption_text(
 
 
 def export_name(kind: str, case_number: int, suffix: str, *, method: str | None = None, slice_index: int | None = None,
-                demo: bool = False) -> str:
-    """A file name with nothing identifying: kind, a session-local case number (``demo``: a demo case's, named
-    apart from an uploaded case's own number), method, slice."""
-    parts = [kind, f"{'demo' if demo else 'case'}{case_number:02d}"]
+                demo: bool = False, cohort: bool = False) -> str:
+    """A file name with nothing identifying: kind, a case number (an uploaded case's own; ``demo``: a demo case's
+    session-local number, named apart from it; ``cohort``: that of a patient of one of the user's cohorts), method,
+    slice."""
+    parts = [kind, f"{'cohort' if cohort else 'demo' if demo else 'case'}{case_number:02d}"]
     if method:
         parts.append(method)
     if slice_index is not None:

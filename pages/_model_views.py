@@ -24,6 +24,7 @@ from core.app import cases as saved_cases
 from core.app import demo_install, paths
 from core.app import workspace as workspaces
 from core.io.study_cache import VIEWER_NIFTI, StudyCache
+from pages import _cohort_cases
 from pages import _state as K
 from pages._memo import memo
 from pages._session import user_id
@@ -280,9 +281,20 @@ def case_number(source: str, subject_id: str) -> int:
 
 
 def case_label(source: str, subject_id: str) -> str:
-    """How a case is named in job titles and reports: "case 3" (an uploaded case) or "demo case 3", so that a demo
-    case's session-local number is never read as one of the user's saved cases."""
-    return f"{'case' if source == UPLOADED else 'demo case'} {case_number(source, subject_id)}"
+    """How a case is named in job titles and reports: "case 3" (an uploaded case), "demo case 3" or "cohort case 3"
+    (a patient of one of the user's cohorts), so that a session-local number is never read as a saved case's."""
+    kind = "case" if source == UPLOADED else "cohort case" if _cohort_cases.is_cohort(source) else "demo case"
+    return f"{kind} {case_number(source, subject_id)}"
+
+
+def case_exists(source: str, subject_id: str) -> bool:
+    """Whether the case can still be opened: a saved case of this user, a patient of one of the user's cohorts (not
+    deleted meanwhile), or a demo patient."""
+    if source == UPLOADED:
+        return uploaded_case(subject_id) is not None
+    if _cohort_cases.is_cohort(source):
+        return _cohort_cases.holds(source, subject_id)
+    return subject_id in demo_cohort().ids()
 
 
 def case_cohort(source: str, subject_id: str | None = None) -> Any:
@@ -292,6 +304,8 @@ def case_cohort(source: str, subject_id: str | None = None) -> Any:
             raise ValueError("case: got an uploaded case that is not among your saved cases; "
                              "fix: pick a case from the list, or upload it on the Upload page")
         return case["cohort"]
+    if _cohort_cases.is_cohort(source):
+        return _cohort_cases.cohort(source)
     return demo_cohort()
 
 
@@ -299,20 +313,27 @@ def case_volume(source: str, subject_id: str) -> Any:
     if source == UPLOADED:
         case = uploaded_case(subject_id)
         return None if case is None else case["volume"]
-    cohort = demo_cohort()
+    cohort = case_cohort(source, subject_id)
 
     def decode() -> Any:
-        # a demo study file decoded once is read back with numpy alone (no nibabel import on a fresh server)
+        # a study file decoded once is read back with numpy alone (no nibabel import on a fresh server)
         path = cohort.study_path(subject_id)
         if path is None or not path.is_file():
             return cohort.load_volume(subject_id)
-        return study_cache().load(path, lambda: cohort.load_volume(subject_id))
+        return study_cache(source).load(path, lambda: cohort.load_volume(subject_id))
 
     return memo(("volume", source, subject_id), decode)
 
 
-def study_cache() -> StudyCache:
-    """Decoded demo studies (and the viewer's NIfTI of each), shared by every session of this server."""
+USER_STUDY_CACHE_MB = 512
+
+
+def study_cache(source: str = DEMO) -> StudyCache:
+    """Decoded studies (and the viewer's NIfTI of each): the demo's shared by every session of this server; those of
+    the user's own cohorts in the user's folder (inside the quota, given way first: ``workspace.drop_caches``)."""
+    if _cohort_cases.is_cohort(source):
+        cache = workspaces.private_dir(workspaces.user_root(user_id()) / "cache")
+        return StudyCache(workspaces.private_dir(cache / workspaces.STUDIES), max_bytes=USER_STUDY_CACHE_MB * 2**20)
     return StudyCache(paths.data_dir() / "cache" / "studies")
 
 
@@ -324,10 +345,10 @@ def case_viewer_nifti(source: str, subject_id: str, volume: Any, build: Callable
         if case is None:
             return build()
         return saved_cases.case_viewer_nifti(case["info"], user_id(), build)
-    path = demo_cohort().study_path(subject_id)
+    path = case_cohort(source, subject_id).study_path(subject_id)
     if path is None or not path.is_file():
         return build()
-    return study_cache().derived(path, VIEWER_NIFTI, build)
+    return study_cache(source).derived(path, VIEWER_NIFTI, build)
 
 
 def read_ood(source: str, subject_id: str) -> bool:
@@ -411,8 +432,9 @@ USER_PREDICTION_CACHE_MB = 64
 
 def prediction_cache(model: Any, source: str) -> predictions.PredictionCache:
     """Demo cases under demo models: the server's shared cache. A user's case, or a model the user trained:
-    that user's own folder (bounded, inside their quota)."""
-    if source == UPLOADED or str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values():
+    that user's own folder (bounded, inside their quota); so too a patient of one of the user's cohorts."""
+    own_model = str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values()
+    if source == UPLOADED or _cohort_cases.is_cohort(source) or own_model:
         cache = workspaces.private_dir(workspaces.user_root(user_id()) / "cache")  # 0700, as the rest
         root = workspaces.private_dir(cache / "predictions")
         return predictions.PredictionCache(root, max_entries=500, max_bytes=USER_PREDICTION_CACHE_MB * 2**20)

@@ -90,7 +90,7 @@ def dicom_job(model: Any, source: str, subject_id: str, method: str, horizon: in
         case = views.uploaded_case(subject_id) or {}
         study = Path(case["study_path"]) if case.get("study_path") else None
     else:
-        study = views.demo_cohort().study_path(subject_id)
+        study = views.case_cohort(source, subject_id).study_path(subject_id)
     folder = session.exports_dir("dicom")
     return _map_job(folder, "DICOM objects", model, source, subject_id, method, horizon, amap, dicom_export_job,
                     dict(pred.risk_at), list(pred.modalities_used), pred.times, str(model.model_dir), method,

@@ -48,7 +48,7 @@ from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
 from core.explain import METHOD_LABELS, methods_for
 from core.sanity import in_body
-from pages import _cases
+from pages import _cases, _cohort_cases
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _model_views as views
@@ -142,8 +142,8 @@ CASE_MAP_FILES = 8  # maps of one saved case (its maps/ folder, inside the user'
 
 def map_store(model: Any, source: str, subject_id: str) -> AV.MapStore:
     """Where the case's maps are kept: a saved case's own ``maps/`` (in the user's quota, deleted with the case); the
-    maps of a model the user trained here in that user's folder; demo cases under demo models in the server's
-    bounded folder. Once per session, case version and model (the viewer's fragment reruns at each crosshair move)."""
+    maps of a model the user trained here, and of a patient of the user's own cohorts, in that user's folder; demo
+    cases under demo models in the server's bounded folder. Once per session, case version and model (the viewer's fragment reruns at each crosshair move)."""
     key = ("map_store", source, subject_id, views.upload_token(source, subject_id), str(model.model_dir))
     return memo(key, lambda: _map_store(model, source, subject_id))
 
@@ -156,7 +156,7 @@ def _map_store(model: Any, source: str, subject_id: str) -> AV.MapStore:
         if info is None:
             raise InputError("case", subject_id, "is not among your saved cases", "pick a case from the list")
         return AV.MapStore(str(saved.maps_dir(info)), CASE_MAP_FILES, workspaces.user_quota_bytes(), user, base)
-    if str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values():
+    if str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values() or _cohort_cases.is_cohort(source):
         root = workspaces.private_dir(workspaces.private_dir(workspaces.user_root(user) / "cache") / workspaces.MAPS)
         return AV.MapStore(str(root), USER_MAP_FILES, USER_MAP_BYTES, user, base)
     return AV.MapStore(str(data_dir() / "cache" / workspaces.MAPS))

@@ -10,7 +10,7 @@ from core import figures as F
 from core import horizons
 from core.explain import methods_for
 from pages import _chrome as chrome
-from pages import _jobs, _viewer
+from pages import _cohort_cases, _jobs, _viewer
 from pages import _model_views as views
 from pages import _reference as refs
 from pages import _review as review
@@ -24,6 +24,7 @@ st.title("Case review", anchor=False)
 # ----------------------------------------------------------------- case picker
 cohort = views.demo_cohort()
 cases: dict[tuple[str, str], str] = dict(views.user_cases())  # (source, subject id) -> label: this user's uploads first
+cases.update(_cohort_cases.picker_entries())  # then the patients of the user's own cohorts (test split first)
 for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
         cases[(views.DEMO, sid)] = f"Demo {sid} ({split})"
@@ -33,9 +34,12 @@ chrome.restore_viewer_settings()
 if st.session_state.get(K.CASE) not in cases:
     st.session_state[K.CASE] = next((c for c in cases if c[0] == views.DEMO), next(iter(cases)))  # a demo case first
 source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_func=cases.__getitem__,
-                                      help="Demo patients are synthetic. Upload your own de-identified study on the Upload page.")
+                                      help="Demo patients are synthetic. Upload your own de-identified study on the Upload page. "
+                                           "The patients of your cohorts (those your models were trained on, and those "
+                                           f"built from MEDS) follow your uploads, test split first, {_cohort_cases.MAX_LISTED:,} "
+                                           "of each cohort at most.")
 chrome.save_viewer_settings()
-session.audit("open", "case", once=True, source=source, case=views.case_number(source, subject_id))
+session.audit("open", "case", once=True, source=source.split(":")[0], case=views.case_number(source, subject_id))
 model_name = views.current_model_name()
 with chrome.core_errors():
     # drawn from the prediction cache when the case was seen before (no model loaded, no torch imported);
@@ -71,7 +75,7 @@ with st.container():
                                 "never for a patient.")
         if anyway != views.read_ood(source, subject_id):
             views.set_read_ood(source, subject_id, anyway)
-            session.audit("open", "case", source=source, case=views.case_number(source, subject_id),
+            session.audit("open", "case", source=source.split(":")[0], case=views.case_number(source, subject_id),
                           ct=("read_anyway" if anyway else "withheld"))
             st.rerun()
 
@@ -87,7 +91,7 @@ with st.container():
                 from pages import _cases
 
                 info = _cases.read_series(subject_id, like)
-                session.audit("open", "case", source=source, case=info.number, series="like_training")
+                session.audit("open", "case", source=source.split(":")[0], case=info.number, series="like_training")
                 st.rerun()
 
 left, right = st.container(key="stack_viewer").columns([1.15, 1], gap="large")

@@ -258,23 +258,13 @@ with tab_model:
 
 def cohort_label(cohort_dir: str, n_models: int) -> str:
     """How the comparison names the cohort a group of models was trained on: the demo, or one of the user's by
-    when it was uploaded or built (its folder is named by the time: ``20261127-051000``,
-    ``meds-20261127-051000-a1b2c3``)."""
-    import time
-
-    from core.app.meds_cohorts import made_at
+    when it was uploaded or built (``core.app.user_cohorts.describe``)."""
+    from core.app.user_cohorts import describe
 
     count = f"{n_models} model{'' if n_models == 1 else 's'}"
     if Path(cohort_dir) == demo_dir:
         return f"the demo cohort ({count})"
-    stem = Path(cohort_dir).name
-    built = made_at(stem)
-    if built is not None:
-        return f"your MEDS cohort built {built} ({count})"
-    try:
-        return f"your cohort uploaded {time.strftime('%d %b %H:%M', time.strptime(stem, '%Y%m%d-%H%M%S'))} ({count})"
-    except ValueError:
-        return f"your cohort {stem} ({count})"
+    return f"your {describe(Path(cohort_dir).name)} ({count})"
 
 
 @st.cache_data(show_spinner="Comparing the best fusion with the best single modality...", max_entries=32)

@@ -14,6 +14,7 @@ from core import figures as F
 from core.app import viewer
 from core.app import workspace as workspaces
 from pages import _chrome as chrome
+from pages import _cohort_cases
 from pages import _jobs
 from pages import _model_views as views
 from pages import _outputs as outputs
@@ -34,7 +35,7 @@ st.caption(
 )
 
 chosen = chrome.viewer_setting(K.CASE, None)  # (source, subject id) last reviewed, as values
-if chosen is not None and (chosen[0] != views.UPLOADED or views.uploaded_case() is not None):
+if chosen is not None and views.case_exists(*chosen):
     source, subject_id = chosen
 else:
     cohort = views.demo_cohort()
@@ -43,10 +44,14 @@ else:
 model_name = views.current_model_name()
 number = views.case_number(source, subject_id)
 is_demo = source != views.UPLOADED  # a demo case's number is named apart from the saved cases' own numbers
+of_cohort = _cohort_cases.is_cohort(source)  # a patient of one of the user's cohorts: numbered like a demo case
+kind = "Cohort case" if of_cohort else "Demo case" if is_demo else "Case"
+where = (f" ({subject_id} of {_cohort_cases.label(source)} in Case review)" if of_cohort
+         else f" (Demo {subject_id} in Case review)" if is_demo else " (uploaded)")
 method = chrome.method_setting(views.current_lazy_model())  # the model's config only: nothing loaded for this
 horizon = chrome.horizon_days()
 st.markdown(
-    f"**{'Demo case' if is_demo else 'Case'} {number}**{f' (Demo {subject_id} in Case review)' if is_demo else ' (uploaded)'}, model **{model_name}**, "
+    f"**{kind} {number}**{chrome.md(where)}, model **{model_name}**, "
     f"method **{_viewer.METHOD_LABELS.get(method, method)}**, horizon **{horizons.HORIZON_LABELS.get(horizon, f'{horizon} days')}**. "
     "Change them on the Case review page and in the sidebar."
 )
@@ -93,7 +98,7 @@ else:
                    "being computed (above); they can be prepared when it is ready.")
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
         with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
-            session.audit("export", "saliency_figure", case=number, method=method, source="demo" if is_demo else "upload")
+            session.audit("export", "saliency_figure", case=number, method=method, source="cohort" if of_cohort else "demo" if is_demo else "upload")
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z),
                 F.scale_map(viewer.plane_slice(amap, "axial", z),  # the one slice, by the whole map's top (kept)
@@ -108,7 +113,8 @@ else:
             folder = session.exports_dir("figure")
             files = {}
             for fmt in FORMATS:
-                name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1, demo=is_demo)
+                name = figure_export.export_name("saliency", number, fmt, method=method, slice_index=z + 1,
+                                                 demo=is_demo, cohort=of_cohort)
                 files[fmt] = (name, figure_export.export(fig, folder / name, caption=caption))
             exports["figure"] = {"key": key, "files": files}
     ready = exports.get("figure")
@@ -137,7 +143,7 @@ def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], d
     file's name and its ``path`` in this session's exports (on disk, not in the session's memory)."""
     if st.button(label, key=f"prepare_{slot}", disabled=disabled):
         with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
-            session.audit("export", target, case=number, method=method, source="demo" if is_demo else "upload")
+            session.audit("export", target, case=number, method=method, source="cohort" if of_cohort else "demo" if is_demo else "upload")
             exports[slot] = {"key": ckey, **build()}
 
 
@@ -161,7 +167,7 @@ def offer(slot: str, label: str, mime: str) -> dict | None:
 def _report() -> dict:
     from core.report import case_report_pdf
 
-    name = figure_export.export_name("case-report", number, "pdf", method=method, demo=is_demo)
+    name = figure_export.export_name("case-report", number, "pdf", method=method, demo=is_demo, cohort=of_cohort)
     path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon,
                                session.exports_dir("report") / name, amap)
     return {"name": name, "path": path}
@@ -176,8 +182,8 @@ def prepare_job(slot: str, label: str, target: str, what: str, stem: str, ext: s
     job = _jobs.find(pending[1]) if pending and pending[0] == ckey else None
     if st.button(label, key=f"prepare_{slot}", disabled=amap is None or (job is not None and job.active)):
         with chrome.core_errors(stop=False, what=f"The {what} failed: "):
-            session.audit("export", target, case=number, method=method, source="demo" if is_demo else "upload")
-            name = figure_export.export_name(stem, number, ext, method=method, demo=is_demo)
+            session.audit("export", target, case=number, method=method, source="cohort" if of_cohort else "demo" if is_demo else "upload")
+            name = figure_export.export_name(stem, number, ext, method=method, demo=is_demo, cohort=of_cohort)
             job = submit(model, source, subject_id, method, horizon, name, amap)
             if job is not None:
                 exports[f"{slot}_job"] = (ckey, job.key, name)

@@ -783,3 +783,62 @@ def test_every_page_run_counts_as_a_use_of_the_sessions_workspace(data_dir: Path
     at.run()
     _no_exception(at)
     assert at.session_state["workspace"].uses == 1 and ws.path.stat().st_mtime > 1_000_000
+
+
+def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) -> None:
+    """The test patients of a cohort the user trained a model on are listed in Case review's picker and open like
+    a demo case (CT, curve, the cohort's own reference), with their caches in the user's folder, not the server's;
+    once the model and its cohort are deleted, the page falls back to a demo case."""
+    import shutil
+
+    from core.app.background import TRAINED_MARKER, delete_trained_model
+    from core.cohort import load_cohort
+
+    demo = demo_install.demo_paths()
+    user = workspace.user_root("local", base=data_dir)
+    cohort = user / "cohorts" / "20261128-120000"  # named as an uploaded cohort is (the time it was unpacked)
+    model = workspace.user_models_dir("local", base=data_dir) / "concat-mine"
+    shutil.copytree(demo.cohort, cohort)
+    shutil.copytree(demo.models / demo_install.DEFAULT_FUSION, model, ignore=shutil.ignore_patterns("*_predictions.npz"))
+    label = f"{demo_install.DEFAULT_FUSION} (your cohort, 28 Nov 12:00)"
+    (model / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort), "fusion": demo_install.DEFAULT_FUSION,
+                                                    "label": label}))
+    test_ids = load_cohort(cohort).ids("test")
+    server_cache = data_dir / "cache"
+    try:
+        at = _app()
+        at.session_state["model_name"] = label
+        at.run()
+        _no_exception(at)
+        picker = at.selectbox(key="case")
+        assert picker.value[0] == "demo"
+        source = "cohort:20261128-120000"
+        ours = [o for o in picker.options if o.startswith("Your cohort uploaded 28 Nov 12:00: ")]
+        assert ours[0] == f"Your cohort uploaded 28 Nov 12:00: {test_ids[0]} (test)" and len(ours) == 48
+        before = {p.name for p in server_cache.rglob("*") if p.is_file()}
+        at.selectbox(key="case").set_value((source, test_ids[0])).run()
+        _no_exception(at)
+        args, data = _viewer(at)
+        assert _nifti_shape(data["volume"]) == (96, 96, 32)  # the cohort patient's own CT
+        risks = [float(m.value.rstrip(" %")) for m in at.metric if m.label.endswith(" risk")]
+        assert len(risks) == 3 and risks == sorted(risks)
+        captions = " ".join(c.value for c in at.caption)
+        assert f"Kaplan-Meier of {len(test_ids)} patients of the cohort this model was trained on" in captions
+        after = {p.name for p in server_cache.rglob("*") if p.is_file()}
+        assert after == before  # nothing of the user's cohort in the server's shared caches
+        kept = user / "cache"
+        assert list((kept / "predictions").glob("*.npz")) and list((kept / workspace.STUDIES).glob("*.npz"))
+        at.switch_page("pages/export.py").run()
+        _no_exception(at)
+        assert any(m.value.startswith("**Cohort case ") and f"({test_ids[0]} of your cohort uploaded 28 Nov 12:00 in "
+                   "Case review)" in m.value for m in at.markdown)
+        delete_trained_model(workspace.user_models_dir("local", base=data_dir), model, user / "cohorts")
+        assert not cohort.exists()
+        at.switch_page("pages/case_review.py").run()
+        _no_exception(at)
+        assert at.selectbox(key="case").value[0] == "demo"
+        assert not [o for o in at.selectbox(key="case").options if o.startswith("Your cohort")]
+    finally:
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.rmtree(cohort, ignore_errors=True)
+        shutil.rmtree(user / "cache", ignore_errors=True)

@@ -81,6 +81,7 @@ def test_export_names_carry_nothing_identifying() -> None:
     assert name == "saliency_case03_integratedgradients_slice007.png"
     assert figure_export.export_name("case-report", 12, ".pdf") == "case-report_case12.pdf"
     assert figure_export.export_name("case-report", 12, ".pdf", demo=True) == "case-report_demo12.pdf"  # not case 12
+    assert figure_export.export_name("case-report", 4, "pdf", demo=True, cohort=True) == "case-report_cohort04.pdf"
 
 
 def _zip(entries: dict[str, bytes]) -> bytes:

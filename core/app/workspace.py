@@ -7,6 +7,7 @@ Layout under the app data dir (:func:`core.app.paths.data_dir`), every folder mo
     users/<key>/exports/<session>/<kind>/   one browser session's prepared exports (``SessionWorkspace.exports_dir``)
     users/<key>/cohorts/         cohorts unpacked from uploads (a trained model's, or a running job's), built from MEDS
     users/<key>/jobs/            the user's queued and running jobs on record (``core.app.job_journal``)
+    users/<key>/cache/           predictions, maps and decoded studies of the user's models and cohorts (caches)
     scratch/ctehr-session-<pid>-<random>/   one browser session's scratch (``SessionWorkspace``)
 
 ``<key>`` is a salted SHA-256 of the user id (the OpenID Connect ``sub``, or ``"local"`` when no sign-in is
@@ -54,6 +55,7 @@ LOCK = threading.Lock()
 DECODED = "decoded"  # a case's decoded CT (core.app.cases): counted in the quota, the first to give way to it
 MAPS = "maps"  # a case's attribution maps (core.app.attribution_volume): the same; also <data>/cache/maps (demo
 # cases, bounded) and <user>/cache/maps (the user's own models on demo cases)
+STUDIES = "studies"  # <user>/cache/studies: studies of the user's own cohorts decoded once (the same)
 LEGACY_MAPS = "attribution"  # <data>/cache/attribution: every map of every case before, unbounded; removed at start-up
 MEDS_PREFIX = "meds-"  # users/<key>/cohorts/meds-<time>-<hex>: a cohort built from MEDS (core.app.meds_cohorts)
 MEDS_SUMMARY = "summary.json"  # ... written last: the folder holds a complete cohort, kept in the user's list
@@ -193,13 +195,13 @@ def human_bytes(n: float) -> str:
 
 
 def drop_caches(user: str, base: Path | None = None) -> int:
-    """Delete the user's decoded copies of their cases' CTs and the attribution maps of their cases and models
-    (``cases/<id>/decoded``, ``cases/<id>/maps``, ``cache/maps``: made again when asked for); the bytes
-    freed."""
+    """Delete the user's decoded copies of their cases' and cohorts' CTs and the attribution maps of their cases and
+    models (``cases/<id>/decoded``, ``cases/<id>/maps``, ``cache/maps``, ``cache/studies``: made again when asked
+    for); the bytes freed."""
     freed = 0
     root = user_root(user, base)
     cases = root / "cases"
-    folders = [*cases.glob(f"*/{DECODED}"), *cases.glob(f"*/{MAPS}"), root / "cache" / MAPS]
+    folders = [*cases.glob(f"*/{DECODED}"), *cases.glob(f"*/{MAPS}"), root / "cache" / MAPS, root / "cache" / STUDIES]
     for folder in (f for f in folders if f.is_dir() and not f.is_symlink()):
         for file in folder.iterdir():
             if file.is_file() and not file.is_symlink():

@@ -1,0 +1,104 @@
+"""Patients of the user's own cohorts in Case review (``core.app.user_cohorts``): the picker's entries and the cohort.
+
+A case of this kind is ``(source, subject id)`` with ``source = "cohort:<folder name>"``: the subject id is the
+cohort's own, so everything that reads a demo case (the cohort's rows, its study, its timeline) reads it the same
+way. What differs is privacy: the cohort is the user's, so it is resolved through this user's list on every use,
+and its decoded studies, predictions and maps stay in the user's folder (``pages/_model_views``, ``pages/_viewer``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.app import user_cohorts
+from core.app import workspace as workspaces
+from pages._session import user_id
+
+PREFIX = "cohort:"
+MAX_LISTED = 1000  # patients of one cohort in the picker: test first, then val, then train
+SPLIT_ORDER = ("test", "val", "train")
+
+
+def source_of(name: str) -> str:
+    """The case source of the user's cohort folder ``name``."""
+    return PREFIX + name
+
+
+def is_cohort(source: str) -> bool:
+    return str(source).startswith(PREFIX)
+
+
+def _dirs() -> tuple[Path, Path]:
+    user = user_id()
+    return workspaces.user_root(user) / "cohorts", workspaces.user_models_dir(user)
+
+
+def mine() -> list[user_cohorts.UserCohort]:
+    """This user's cohorts whose patients can be reviewed, newest first (read from disk on every page run)."""
+    return user_cohorts.reviewable(*_dirs())
+
+
+def _stamp(path: Path) -> float:
+    csv = path / "cohort.csv"
+    return csv.stat().st_mtime if csv.exists() else 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _ids(root: str, stamp: float) -> list[tuple[str, str]]:
+    """(subject id, split) of a cohort's rows, test first, at most ``MAX_LISTED``: cohort.csv's two columns only."""
+    table = pd.read_csv(Path(root) / "cohort.csv", usecols=lambda c: c in ("subject_id", "split"), dtype=str)
+    if "split" not in table.columns:
+        table["split"] = ""
+    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    table = table.dropna(subset=["subject_id"]).assign(_o=table["split"].map(order).fillna(len(order)))
+    table = table.sort_values("_o", kind="stable").head(MAX_LISTED)
+    return [(str(s), str(p) if isinstance(p, str) else "") for s, p in zip(table["subject_id"], table["split"])]
+
+
+def picker_entries() -> dict[tuple[str, str], str]:
+    """{(source, subject id): label} of the patients of this user's cohorts, for Case review's picker."""
+    out: dict[tuple[str, str], str] = {}
+    listed = mine()
+    twice = {c.label for c in listed if sum(o.label == c.label for o in listed) > 1}  # two builds in one minute
+    for cohort in listed:
+        name = cohort.label + (f" ({cohort.name.rsplit('-', 1)[-1]})" if cohort.label in twice else "")
+        for sid, split in _ids(str(cohort.path), _stamp(cohort.path)):
+            out[(source_of(cohort.name), sid)] = f"Your {name}: {sid}" + (f" ({split})" if split else "")
+    return out
+
+
+@st.cache_resource(show_spinner="Loading your cohort...", max_entries=4)
+def _load(root: str, stamp: float) -> Any:
+    from core.cohort import load_cohort
+
+    return load_cohort(Path(root), for_training=False)
+
+
+def folder(source: str) -> Path:
+    """The folder of the user's cohort named by ``source`` (an ``InputError`` when it is not one of theirs)."""
+    return user_cohorts.resolve(*_dirs(), str(source)[len(PREFIX):])
+
+
+def cohort(source: str) -> Any:
+    """The user's cohort named by ``source``, loaded once per server for its folder and cohort.csv's stamp; the
+    folder is checked against this user's list at every use (a few milliseconds: one folder and the models' markers)."""
+    path = folder(source)
+    return _load(str(path), _stamp(path))
+
+
+def label(source: str) -> str:
+    """How a page names the cohort: "your MEDS cohort built 28 Nov 18:30"."""
+    return f"your {user_cohorts.describe(str(source)[len(PREFIX):])}"
+
+
+def holds(source: str, subject_id: str) -> bool:
+    """Whether ``subject_id`` is still a patient of the user's cohort ``source`` (not deleted meanwhile)."""
+    try:
+        path = folder(source)
+    except ValueError:
+        return False
+    return any(sid == subject_id for sid, _ in _ids(str(path), _stamp(path)))
