@@ -412,6 +412,54 @@ def test_studies_that_match_no_subject_or_two_of_one_are_refused_and_leave_no_co
         attach_studies(tmp_path / "ok", tmp_path / "zipped")
 
 
+def test_studies_under_other_names_join_through_a_linkage_table(tmp_path: Path) -> None:
+    """Studies exported under accession numbers come with studies.csv (subject_id,study): the table, not the file
+    names, says whose study is which; a subject it leaves empty is read from its EHR only. A table that does not say
+    it plainly is refused, naming the row: a path out of the folder, a missing file, a subject twice, one study for
+    two subjects, no subject of the cohort."""
+    from core.cohort import load_cohort
+    from core.cohort_studies import attach_studies
+
+    meds, studies = tmp_path / "events.parquet", tmp_path / "ct"
+    _write_synthetic(meds)
+    studies.mkdir()
+    _nifti(studies / "ACC-8812.nii.gz")
+    _nifti(studies / "1.nii.gz", seed=1)  # named like subject 1, but the table gives subject 1 another study
+    (studies / "ACC-9034").mkdir()
+    from tests.dicom_factory import write_series
+
+    write_series(studies / "ACC-9034", shape=(6, 16, 16), identified=False)
+    (studies / "studies.csv").write_text("subject_id,study\n1,ACC-8812.nii.gz\n2,ACC-9034\n5,\n77,1.nii.gz\n")
+    out = tmp_path / "out"
+    summary = build_meds_cohort(meds, TASK, out, studies=studies)
+    assert (summary["studies"], summary["without_study"], summary["unused"]) == (2, 2, ["1.nii.gz"])
+    table = pd.read_csv(out / "cohort.csv", dtype=str, keep_default_na=False).set_index("subject_id")
+    assert table["study"].to_dict() == {"1": "studies/ACC-8812.nii.gz", "2": "studies/ACC-9034", "5": "", "6": ""}
+    cohort = load_cohort(out)
+    assert cohort.load_volume("1").hu.shape[0] == 8 and cohort.load_volume("2").hu.shape == (6, 16, 16)
+    outside = tmp_path / "elsewhere.nii.gz"
+    _nifti(outside)
+    for rows, message in (
+            ("subject,file\n1,ACC-8812.nii.gz\n", r"^studies.csv of ct: got subject, file, has no column subject_id, "
+                                                  r"study; fix: write two columns"),
+            (f"subject_id,study\n1,../{outside.name}\n", r"^studies.csv of ct, row 2: got \.\./elsewhere\.nii\.gz, "
+                                                         r"is not a file or folder directly in the studies folder"),
+            ("subject_id,study\n1,ACC-0000.nii.gz\n", r"row 2: got ACC-0000\.nii\.gz, is not a file or folder"),
+            ("subject_id,study\n1,ACC-8812.nii.gz\n1,ACC-9034\n", r"row 3: got 1, names a second study of this subject"),
+            ("subject_id,study\n1,ACC-8812.nii.gz\n2,ACC-8812.nii.gz\n",
+             r"row 3: got ACC-8812\.nii\.gz, is already the study of subject 1"),
+            ("subject_id,study\nP1,ACC-8812.nii.gz\n", r"^--studies: got ct, has a studies.csv that names no subject id "
+                                                        r"of the cohort \(ids there: P1; subject ids such as 1, 2, 5\)")):
+        (studies / "studies.csv").write_text(rows)
+        target = tmp_path / f"refused-{len(list(tmp_path.glob('refused-*')))}"
+        with pytest.raises(InputError, match=message):
+            build_meds_cohort(meds, TASK, target, studies=studies)
+        assert not target.exists()
+    (studies / "studies.csv").write_text("subject_id,study\n1,ACC-8812.nii.gz\n")
+    with pytest.raises(InputError, match="already names a study per subject"):
+        attach_studies(out, studies)
+
+
 def test_the_apps_build_adds_zipped_studies_after_the_phi_check(tmp_path: Path) -> None:
     """The app's build job takes the studies as an uploaded zip: unpacked with the safe zip reader, added, then
     every study passes the PHI gate. A DICOM study that still carries the patient's name refuses the cohort (named
@@ -450,3 +498,10 @@ def test_the_apps_build_adds_zipped_studies_after_the_phi_check(tmp_path: Path) 
         meds_cohort_job(ctx, str(meds), str(TASK), str(tmp_path / "refused"),
                         studies_zip=str(zipped("named", identified=True)))
     assert not (tmp_path / "refused").exists() and not (tmp_path / "named.zip.d").exists()
+    linked = tmp_path / "linked.zip"  # accession-numbered studies and their linkage table, as a PACS exports them
+    with zipfile.ZipFile(linked, "w") as zf:
+        zf.write(tmp_path / "1.nii.gz", "export/ACC-0001.nii.gz")
+        zf.writestr("export/studies.csv", "subject_id,study\n1,ACC-0001.nii.gz\n")
+    done = meds_cohort_job(ctx, str(meds), str(TASK), str(tmp_path / "linked"), studies_zip=str(linked))
+    assert (done["studies"], done["without_study"]) == (1, 3)
+    assert [p.name for p in (tmp_path / "linked" / "studies").iterdir()] == ["ACC-0001.nii.gz"]
