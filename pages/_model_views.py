@@ -88,6 +88,13 @@ def available_models() -> dict[str, Path]:
     return models
 
 
+def training_cohort(name: str) -> str:
+    """The folder of the cohort the model ``name`` was trained on (resolved, as text): its own for a model the user
+    trained here, else the demo's (call after :func:`available_models`, which records the user's models)."""
+    own = st.session_state.get(K.TRAINED_COHORTS, {}).get(name)
+    return str(Path(own or demo_install.demo_paths().cohort).resolve())
+
+
 def own_model_controls(name: str) -> None:
     """For a model this user trained here: a button that deletes it (and its kept cohort when no other of their
     models was trained on it), behind a confirmation: what the disk quota's message asks of the user. Nothing for a

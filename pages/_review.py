@@ -21,17 +21,26 @@ SANITY_FILE = "sanity_checks.json"  # randomisation results run from the app, ke
 
 @dataclass
 class Strategies:
-    """Every available model on the case: curves of those that can score it, the reasons of those that cannot."""
+    """The models trained on the current model's cohort, on the case: curves of those that can score it, the reasons
+    of those that cannot, and how many models of other cohorts were left out."""
 
     curves: dict[str, tuple[Any, Any, Any, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
     flag: str | None = None
+    other_cohorts: int = 0
 
 
 def strategies(source: str, subject_id: str, current: str) -> Strategies:
+    """The case under every strategy trained on the same cohort as ``current`` (the demo's models beside a demo
+    model; the user's models of one cohort beside each other): a model trained on another population would differ
+    for that reason, not for its strategy, and must not raise the disagreement flag."""
     out = Strategies()
-    for name in views.available_models():
+    models = views.available_models()
+    family = views.training_cohort(current)
+    peers = [name for name in models if views.training_cohort(name) == family]
+    out.other_cohorts = len(models) - len(peers)
+    for name in peers:
         other = views.lazy_model(name)  # a cached prediction needs no model loaded
         p = views.case_prediction(other, source, subject_id)
         reason = CW.cannot_score_reason(name, *views.model_reads(other), p.modalities_used,

@@ -227,6 +227,11 @@ with right:
             st.plotly_chart(cmp_fig, width="stretch", key="compare_fig", config=chrome.PLOTLY_CONFIG)
         if every.skipped and not charts_wait:
             st.caption("Not drawn (cannot score this case): " + "; ".join(every.skipped.values()) + ".")
+        if every.other_cohorts and not charts_wait:
+            n = every.other_cohorts
+            st.caption(f"Only the models trained on the same cohort as {model_name} are compared; {n} model"
+                       f"{'s' if n > 1 else ''} trained on another cohort {'are' if n > 1 else 'is'} left out (pick "
+                       f"{'them' if n > 1 else 'it'} in the sidebar to see this case under {'them' if n > 1 else 'it'}).")
         if len(every.table) and not charts_wait:
             st.table(review.strategy_table_view(every.table.reset_index(drop=True)))
             st.caption(f"Risk 1 - S(t) of each strategy that can score the case (\"past grid\" beyond a model's time "

@@ -824,6 +824,15 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         assert len(risks) == 3 and risks == sorted(risks)
         captions = " ".join(c.value for c in at.caption)
         assert f"Kaplan-Meier of {len(test_ids)} patients of the cohort this model was trained on" in captions
+        # "every strategy" compares the models trained on this model's cohort only: the demo's models are another
+        # population, whose risks must not raise the disagreement flag
+        at.button(key="show_below_fold_strategies").click().run()
+        _no_exception(at)
+        assert {tr.get("name") for ch in _charts(at) for tr in ch["data"]} & {*TEST_FUSIONS, label} == {label}
+        assert any(c.value.startswith(f"Only the models trained on the same cohort as {label} are compared; "
+                                      f"{len(TEST_FUSIONS)} models trained on another cohort are left out")
+                   for c in at.caption)
+        assert not any("fusion strategies disagree" in w.value for w in at.warning)
         after = {p.name for p in server_cache.rglob("*") if p.is_file()}
         assert after == before  # nothing of the user's cohort in the server's shared caches
         kept = user / "cache"
