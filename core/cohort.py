@@ -432,10 +432,21 @@ def unreadable_studies(failed: list[tuple[str, InputError]], n: int, shown: int 
                       "re-export or re-copy these studies, or drop their rows (or empty their study cell) in cohort.csv")
 
 
-def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -> Cohort:
+def _rows(frame: pd.DataFrame, ids: set[str]) -> pd.DataFrame:
+    """The rows of ``frame`` (indexed by subject id) of ``ids``, with the frame's attrs (an embedding's token shape)."""
+    out = frame[frame.index.isin(ids)]
+    out.attrs.update(frame.attrs)
+    return out
+
+
+def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True,
+                subjects: list[str] | None = None) -> Cohort:
     """Load and validate a cohort folder (see the module docstring).
 
     ``for_training=False`` loads a cohort of patients to score: outcomes optional (see :func:`validate_outcomes`).
+    ``subjects``: keep only these subjects (cohort.csv is validated whole, splits included); their timeline rows are
+    the only ones read (the filter is pushed down into the parquet reader), so opening one patient of a cohort of
+    millions of events holds that patient's events, not the cohort's.
     """
     root = Path(root)
     csv = root / "cohort.csv"
@@ -448,15 +459,21 @@ def load_cohort(root: Path | str, *, seed: int = 0, for_training: bool = True) -
     id_set = set(ids)
     table_file = next((root / n for n in FEATURE_FILES if (root / n).exists()), None)
     features, text = _read_features(table_file, id_set) if table_file is not None else (None, None)
+    kept = ids if subjects is None else [str(s) for s in subjects if str(s) in id_set]
     timeline = None
     for name in TIMELINE_FILES:
         if (root / name).exists():
             from core.io.timeline import read_timeline
 
-            timeline = read_timeline(root / name, subjects=ids)
+            timeline = read_timeline(root / name, subjects=kept)
             break
     image_emb = _read_embeddings(root, "image_embeddings", ids)
     ehr_emb = _read_embeddings(root, "ehr_embeddings", ids)
+    if subjects is not None:
+        wanted = set(kept)
+        table = table[table["subject_id"].isin(wanted)].reset_index(drop=True)
+        features, text, image_emb, ehr_emb = (None if f is None else _rows(f, wanted)
+                                              for f in (features, text, image_emb, ehr_emb))
     return Cohort(root=root, table=table, features=features, timeline=timeline,
                   image_embeddings=image_emb, ehr_embeddings=ehr_emb, feature_text=text)
 

@@ -2,7 +2,7 @@
 
 A case of this kind is ``(source, subject id)`` with ``source = "cohort:<folder name>"``: the subject id is the
 cohort's own, so everything that reads a demo case (the cohort's rows, its study, its timeline) reads it the same
-way. What differs is privacy: the cohort is the user's, so it is resolved through this user's list on every use,
+way, from a cohort of that one patient. What differs is privacy: the cohort is the user's, so it is resolved through this user's list on every use,
 and its decoded studies, predictions and maps stay in the user's folder (``pages/_model_views``, ``pages/_viewer``).
 """
 
@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.app import user_cohorts
 from core.app import workspace as workspaces
+from pages._memo import memo
 from pages._session import user_id
 
 PREFIX = "cohort:"
@@ -71,23 +72,20 @@ def picker_entries() -> dict[tuple[str, str], str]:
     return out
 
 
-@st.cache_resource(show_spinner="Loading your cohort...", max_entries=4)
-def _load(root: str, stamp: float) -> Any:
-    from core.cohort import load_cohort
-
-    return load_cohort(Path(root), for_training=False)
-
-
 def folder(source: str) -> Path:
     """The folder of the user's cohort named by ``source`` (an ``InputError`` when it is not one of theirs)."""
     return user_cohorts.resolve(*_dirs(), str(source)[len(PREFIX):])
 
 
-def cohort(source: str) -> Any:
-    """The user's cohort named by ``source``, loaded once per server for its folder and cohort.csv's stamp; the
-    folder is checked against this user's list at every use (a few milliseconds: one folder and the models' markers)."""
+def cohort(source: str, subject_id: str) -> Any:
+    """The patient ``subject_id`` of the user's cohort ``source`` as a cohort of that one patient (its rows of every
+    table, its timeline events only: a cohort of millions of events is never held whole), kept in the session's memo
+    like any patient data. The folder is checked against this user's list at every use (a few milliseconds)."""
+    from core.cohort import load_cohort
+
     path = folder(source)
-    return _load(str(path), _stamp(path))
+    return memo(("user-cohort", source, subject_id, _stamp(path)),
+                lambda: load_cohort(path, for_training=False, subjects=[subject_id]))
 
 
 def label(source: str) -> str:

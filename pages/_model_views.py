@@ -312,7 +312,9 @@ def case_cohort(source: str, subject_id: str | None = None) -> Any:
                              "fix: pick a case from the list, or upload it on the Upload page")
         return case["cohort"]
     if _cohort_cases.is_cohort(source):
-        return _cohort_cases.cohort(source)
+        if subject_id is None:
+            raise ValueError("case: got a patient of your cohort without its id; fix: pick the case again")
+        return _cohort_cases.cohort(source, subject_id)
     return demo_cohort()
 
 

@@ -82,6 +82,26 @@ def test_load_cohort_with_features_and_embeddings(tmp_path: Path) -> None:
         c.row("nobody")
 
 
+def test_one_subject_of_a_cohort_is_loaded_with_its_rows_only(tmp_path: Path) -> None:
+    """``load_cohort(subjects=[...])``, how Case review opens one patient of a user's cohort: the whole cohort.csv is
+    validated (its splits as in the full load), but only that subject's rows are kept, of every table, and only its
+    timeline events are read."""
+    _write(tmp_path, GOOD, {"subject_id": [1, 2, 3], "age": [50, None, 70]})
+    np.save(tmp_path / "image_embeddings.npy", np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4))
+    pd.DataFrame({"subject_id": ["1", "3", "3"], "time": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"]),
+                  "code": ["A", "B", "C"], "numeric_value": [1.0, 2.0, 3.0]}).to_parquet(tmp_path / "timeline.parquet")
+    full = load_cohort(tmp_path, for_training=False)
+    one = load_cohort(tmp_path, for_training=False, subjects=["3", "nobody"])
+    assert one.ids() == ["3"] and one.row("3")["split"] == full.row("3")["split"]
+    assert one.timeline is not None and one.timeline["code"].tolist() == ["B", "C"]
+    assert one.events("3").equals(full.events("3"))
+    assert one.features is not None and one.features.index.tolist() == ["3"] and one.features.loc["3", "age"] == 70
+    assert one.image_embeddings is not None and one.image_embeddings.index.tolist() == ["3"]
+    assert one.image_embeddings.attrs["token_shape"] == (3, 4)
+    with pytest.raises(InputError, match="^subject: got 1, not in cohort.csv"):
+        one.row("1")
+
+
 def test_events_stop_at_index_time(tmp_path: Path) -> None:
     _write(tmp_path, {**GOOD, "index_time": ["2020-01-10"] * 5})
     pd.DataFrame({"subject_id": ["1", "1", "1"], "time": pd.to_datetime(["2020-01-01", "2020-01-10", "2020-02-01"]),
