@@ -377,3 +377,40 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
         "notes": notes,
         **attached,  # with studies: how many subjects got one, how many did not, the studies that match no subject
     }
+
+
+def cohort_from_meds(meds: Path | str, out: Path | str, *, index_prefix: str = "HOSPITAL_ADMISSION",
+                     outcome_code: str = "MEDS_DEATH", seed: int = 0) -> Path:
+    """Build a cohort folder from a MEDS timeline alone (no images), without a task definition: the simple rule the
+    tests on real MIMIC data use (:func:`build_meds_cohort` is the product's build, from an ACES task).
+
+    Index time = the subject's first event whose code starts with ``index_prefix``;
+    event = ``outcome_code`` after the index (time = days to it); otherwise
+    censored at the subject's last event. Subjects without an index event, or
+    whose outcome precedes the index, are left out. Writes ``cohort.csv`` (with
+    an automatic 60/20/20 split) and ``timeline.parquet`` (the subjects' events).
+    """
+    from core.cohort import auto_split
+    from core.io.timeline import read_timeline
+
+    out = Path(out)
+    tl = read_timeline(meds)
+    is_index = tl["code"].str.startswith(index_prefix)
+    index = tl[is_index].groupby("subject_id")["time"].min()
+    if index.empty:
+        raise InputError("index_prefix", index_prefix, "no event code starts with it", "pass a code prefix present in the timeline")
+    death = tl[tl["code"] == outcome_code].groupby("subject_id")["time"].min()
+    last = tl.groupby("subject_id")["time"].max()
+    rows = []
+    for sid, t0 in index.items():
+        d = death.get(sid)
+        if d is not None and d < t0:
+            continue
+        end, ev = (d, 1) if d is not None else (last[sid], 0)
+        rows.append({"subject_id": sid, "time": max((end - t0).total_seconds() / 86400.0, 0.0), "event": ev, "index_time": t0})
+    table = pd.DataFrame(rows)
+    table["split"] = auto_split(table["subject_id"].astype(str).tolist(), table["event"].to_numpy(), seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "cohort.csv", index=False)
+    tl[tl["subject_id"].isin(set(table["subject_id"]))].to_parquet(out / "timeline.parquet", index=False)
+    return out

@@ -78,7 +78,7 @@ def test_evaluate_counts_the_timelines_of_another_site(real_meds: Path, tmp_path
     """`evaluate` of the shipped ehr_only model on a cohort built from the real MIMIC-IV timelines (`cohort`
     command) counts the test timelines whose codes the model does not know, in JSON and in its text output."""
     from core.cli import main
-    from core.cohort import cohort_from_meds
+    from core.meds_cohort import cohort_from_meds
 
     cohort = cohort_from_meds(real_meds, tmp_path / "mimic")
     assert main(["evaluate", "--model", str(SHIPPED / "ehr_only"), "--cohort", str(cohort), "--json", "--no-band"]) == 0

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.cohort import cohort_from_meds, load_cohort
+from core.cohort import load_cohort
+from core.meds_cohort import cohort_from_meds
 
 SMALL = {"dim": 16, "batch_size": 16, "patience": 3, "max_events": 32}
 
