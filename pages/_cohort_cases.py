@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.app import user_cohorts
 from core.app import workspace as workspaces
+from pages import _state as K
 from pages._memo import memo
 from pages._session import user_id
 
@@ -90,7 +91,12 @@ def cohort(source: str, subject_id: str) -> Any:
 
 def label(source: str) -> str:
     """How a page names the cohort: "your MEDS cohort built 28 Nov 18:30"."""
-    return f"your {user_cohorts.describe(str(source)[len(PREFIX):])}"
+    return label_of(Path(str(source)[len(PREFIX):]))
+
+
+def label_of(cohort_dir: Path) -> str:
+    """The same, of the cohort's folder."""
+    return f"your {user_cohorts.describe(Path(cohort_dir).name)}"
 
 
 def holds(source: str, subject_id: str) -> bool:
@@ -100,3 +106,20 @@ def holds(source: str, subject_id: str) -> bool:
     except ValueError:
         return False
     return any(sid == subject_id for sid, _ in _ids(str(path), _stamp(path)))
+
+
+def review_button(cohort_dir: Path) -> None:
+    """For a model trained on one of the user's cohorts (Cohort & models): a button that opens the cohort's first
+    test patient in Case review, where the picker lists the others; nothing for another cohort (the demo)."""
+    found = next((c for c in mine() if c.path.resolve() == Path(cohort_dir).resolve()), None)
+    if found is None:
+        return
+    tests = [sid for sid, split in _ids(str(found.path), _stamp(found.path)) if split == "test"]
+    if tests and st.button(f"Review its test patients in Case review ({len(tests)})", icon=":material/person_search:",
+                           key=f"review_cohort_{found.name}",
+                           help="Opens the first patient of the test split this model was evaluated on; the Case "
+                                "picker lists the others (\"Your ...: <id> (test)\")."):
+        case = (source_of(found.name), tests[0])
+        st.session_state[K.CASE] = case
+        st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: case}
+        st.switch_page("pages/case_review.py")

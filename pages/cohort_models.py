@@ -14,6 +14,7 @@ from core import horizons, runtime
 from core.app import demo_install, workspace
 from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
+from pages import _cohort_cases
 from pages import _jobs
 from pages import _meds
 from pages import _metric_views as metric_views
@@ -236,9 +237,11 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
 
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
+    own = name in trained and cohort_dir != demo_dir
     st.caption(f"Model **{name}**, evaluated on the test split of "
-               f"{'your uploaded cohort' if name in trained else 'the synthetic demo cohort'}.")
+               f"{_cohort_cases.label_of(cohort_dir) if own else 'the synthetic demo cohort'}.")
     views.own_model_controls(name)  # delete one of your own models (the disk quota counts them)
+    _cohort_cases.review_button(cohort_dir)  # its test patients, one by one in Case review
     m = evaluate(name, models[name], cohort_dir)
     with chrome.core_errors(stop=False):
         if m is not None:

@@ -816,7 +816,17 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         ours = [o for o in picker.options if o.startswith("Your cohort uploaded 28 Nov 12:00: ")]
         assert ours[0] == f"Your cohort uploaded 28 Nov 12:00: {test_ids[0]} (test)" and len(ours) == 48
         before = {p.name for p in server_cache.rglob("*") if p.is_file()}
-        at.selectbox(key="case").set_value((source, test_ids[0])).run()
+        # Cohort & models, the model's tab: one click opens its first test patient in Case review
+        at.switch_page("pages/cohort_models.py").run()
+        _no_exception(at)
+        assert any(c.value == f"Model **{label}**, evaluated on the test split of your cohort uploaded 28 Nov 12:00."
+                   for c in at.caption)
+        review = at.button(key="review_cohort_20261128-120000")
+        assert review.label == f"Review its test patients in Case review ({len(test_ids)})"
+        review.click().run()  # st.switch_page: Case review runs once on the new case
+        _no_exception(at)
+        assert at.selectbox(key="case").value == (source, test_ids[0])
+        at.switch_page("pages/case_review.py").run()  # AppTest's own page follows (its later runs rerun that page)
         _no_exception(at)
         args, data = _viewer(at)
         assert _nifti_shape(data["volume"]) == (96, 96, 32)  # the cohort patient's own CT
