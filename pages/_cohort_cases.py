@@ -2,8 +2,9 @@
 
 A case of this kind is ``(source, subject id)`` with ``source = "cohort:<folder name>"``: the subject id is the
 cohort's own, so everything that reads a demo case (the cohort's rows, its study, its timeline) reads it the same
-way, from a cohort of that one patient. What differs is privacy: the cohort is the user's, so it is resolved through this user's list on every use,
-and its decoded studies, predictions and maps stay in the user's folder (``pages/_model_views``, ``pages/_viewer``).
+way, from a cohort of that one patient. What differs is privacy: the cohort is the user's, so it is resolved
+through this user's list on every use, and its decoded studies, predictions and maps stay in the user's folder
+(``pages/_model_views``, ``pages/_viewer``).
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ def _stamp(path: Path) -> float:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _ids(root: str, stamp: float) -> list[tuple[str, str]]:
-    """(subject id, split) of a cohort's rows, test first, at most ``MAX_LISTED``: cohort.csv's two columns only."""
+    """(subject id, split) of a cohort's rows, test first: cohort.csv's two columns only."""
     table = pd.read_csv(Path(root) / "cohort.csv", usecols=lambda c: c in ("subject_id", "split"), dtype=str)
     if "split" not in table.columns:
         table["split"] = ""
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     table = table.dropna(subset=["subject_id"]).assign(_o=table["split"].map(order).fillna(len(order)))
-    table = table.sort_values("_o", kind="stable").head(MAX_LISTED)
+    table = table.sort_values("_o", kind="stable")
     return [(str(s), str(p) if isinstance(p, str) else "") for s, p in zip(table["subject_id"], table["split"])]
 
 
@@ -68,7 +69,7 @@ def picker_entries() -> dict[tuple[str, str], str]:
     twice = {c.label for c in listed if sum(o.label == c.label for o in listed) > 1}  # two builds in one minute
     for cohort in listed:
         name = cohort.label + (f" ({cohort.name.rsplit('-', 1)[-1]})" if cohort.label in twice else "")
-        for sid, split in _ids(str(cohort.path), _stamp(cohort.path)):
+        for sid, split in _ids(str(cohort.path), _stamp(cohort.path))[:MAX_LISTED]:
             out[(source_of(cohort.name), sid)] = f"Your {name}: {sid}" + (f" ({split})" if split else "")
     return out
 

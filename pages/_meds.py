@@ -33,8 +33,9 @@ def build_section() -> dict | None:
                                help="`<id>.nii.gz`, `<id>.nii`, `<id>.zip` (a DICOM series), `<id>.dcm` or a folder "
                                     "`<id>/` of DICOM files, where `<id>` is the patient's subject_id in the MEDS "
                                     "file; studies under other names (accession numbers) with a `studies.csv` beside "
-                                    "them, columns `subject_id,study` (the study's file or folder name). With them the cohort trains every fusion strategy, not only ehr_only; "
-                                    "each study passes the PHI check first. A larger set: `python -m core cohort "
+                                    "them, columns `subject_id,study` (the study's file or folder name). With them the "
+                                    "cohort trains every fusion strategy, not only ehr_only; each study passes the PHI "
+                                    "check first. A larger set: `python -m core cohort "
                                     "--meds ... --task ... --studies FOLDER --out ...` on the server.")
     pending = st.session_state.get(K.MEDS_JOB)
     job = _jobs.find(pending) if pending else None

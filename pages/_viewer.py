@@ -143,7 +143,8 @@ CASE_MAP_FILES = 8  # maps of one saved case (its maps/ folder, inside the user'
 def map_store(model: Any, source: str, subject_id: str) -> AV.MapStore:
     """Where the case's maps are kept: a saved case's own ``maps/`` (in the user's quota, deleted with the case); the
     maps of a model the user trained here, and of a patient of the user's own cohorts, in that user's folder; demo
-    cases under demo models in the server's bounded folder. Once per session, case version and model (the viewer's fragment reruns at each crosshair move)."""
+    cases under demo models in the server's bounded folder. Once per session, case version and model (the viewer's
+    fragment reruns at each crosshair move)."""
     key = ("map_store", source, subject_id, views.upload_token(source, subject_id), str(model.model_dir))
     return memo(key, lambda: _map_store(model, source, subject_id))
 
