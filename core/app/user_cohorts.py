@@ -57,14 +57,17 @@ def reviewable(cohorts_dir: Path, models_dir: Path) -> list[UserCohort]:
     if not root.is_dir():
         return []
     used = models_by_cohort(models_dir)
-    found: list[UserCohort] = []
+    found: list[tuple[float, UserCohort]] = []
     for folder in root.iterdir():
         if folder.is_symlink() or not folder.is_dir() or not (folder / "cohort.csv").is_file():
             continue
         models = tuple(used.get(str(folder.resolve()), ()))
         if models or is_built(folder):
-            found.append(UserCohort(folder, models))
-    return sorted(found, key=lambda c: c.path.stat().st_mtime, reverse=True)
+            try:
+                found.append((folder.stat().st_mtime, UserCohort(folder, models)))
+            except OSError:
+                continue  # deleted meanwhile (another tab)
+    return [c for _, c in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
 
 def resolve(cohorts_dir: Path, models_dir: Path, name: str) -> Path:
