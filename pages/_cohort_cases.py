@@ -62,6 +62,14 @@ def _ids(root: str, stamp: float) -> list[tuple[str, str]]:
     return [(str(s), str(p) if isinstance(p, str) else "") for s, p in zip(table["subject_id"], table["split"])]
 
 
+def _patients(path: Path) -> list[tuple[str, str]]:
+    """:func:`_ids` of the cohort folder ``path``; none when it was deleted meanwhile (another tab)."""
+    try:
+        return _ids(str(path), _stamp(path))
+    except OSError:
+        return []
+
+
 def picker_entries() -> dict[tuple[str, str], str]:
     """{(source, subject id): label} of the patients of this user's cohorts, for Case review's picker."""
     out: dict[tuple[str, str], str] = {}
@@ -69,7 +77,7 @@ def picker_entries() -> dict[tuple[str, str], str]:
     twice = {c.label for c in listed if sum(o.label == c.label for o in listed) > 1}  # two builds in one minute
     for cohort in listed:
         name = cohort.label + (f" ({cohort.name.rsplit('-', 1)[-1]})" if cohort.label in twice else "")
-        for sid, split in _ids(str(cohort.path), _stamp(cohort.path))[:MAX_LISTED]:
+        for sid, split in _patients(cohort.path)[:MAX_LISTED]:
             out[(source_of(cohort.name), sid)] = f"Your {name}: {sid}" + (f" ({split})" if split else "")
     return out
 
@@ -106,7 +114,7 @@ def holds(source: str, subject_id: str) -> bool:
         path = folder(source)
     except ValueError:
         return False
-    return any(sid == subject_id for sid, _ in _ids(str(path), _stamp(path)))
+    return any(sid == subject_id for sid, _ in _patients(path))
 
 
 def review_button(cohort_dir: Path) -> None:
@@ -115,7 +123,7 @@ def review_button(cohort_dir: Path) -> None:
     found = next((c for c in mine() if c.path.resolve() == Path(cohort_dir).resolve()), None)
     if found is None:
         return
-    tests = [sid for sid, split in _ids(str(found.path), _stamp(found.path)) if split == "test"]
+    tests = [sid for sid, split in _patients(found.path) if split == "test"]
     if tests and st.button(f"Review its test patients in Case review ({len(tests)})", icon=":material/person_search:",
                            key=f"review_cohort_{found.name}",
                            help="Opens the first patient of the test split this model was evaluated on; the Case "
