@@ -851,6 +851,7 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         _no_exception(at)
         assert any(m.value.startswith("**Cohort case ") and f"({test_ids[0]} of your cohort uploaded 28 Nov 12:00 in "
                    "Case review)" in m.value for m in at.markdown)
+        _wait_for_jobs()  # the evaluation Cohort & models started: not on a model being deleted, nor at exit
         delete_trained_model(workspace.user_models_dir("local", base=data_dir), model, user / "cohorts")
         assert not cohort.exists()
         at.switch_page("pages/case_review.py").run()
@@ -858,6 +859,17 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         assert at.selectbox(key="case").value[0] == "demo"
         assert not [o for o in at.selectbox(key="case").options if o.startswith("Your cohort")]
     finally:
+        _wait_for_jobs()
         shutil.rmtree(model, ignore_errors=True)
         shutil.rmtree(cohort, ignore_errors=True)
         shutil.rmtree(user / "cache", ignore_errors=True)
+
+
+def _wait_for_jobs() -> None:
+    """Every job of this process's queue finished (a job thread still in torch when the interpreter exits aborts it:
+    "terminate called without an active exception")."""
+    from core.jobs import default_queue
+
+    for owner in ("local", "anonymous"):
+        for job in default_queue().jobs(owner):
+            default_queue().wait(job.id, timeout=600)
