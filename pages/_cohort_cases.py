@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import streamlit as st
 
 from core.app import user_cohorts
@@ -52,21 +51,23 @@ def _stamp(path: Path) -> float:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _ids(root: str, stamp: float) -> list[tuple[str, str]]:
-    """(subject id, split) of a cohort's rows, test first: cohort.csv's two columns only."""
-    table = pd.read_csv(Path(root) / "cohort.csv", usecols=lambda c: c in ("subject_id", "split"), dtype=str)
-    if "split" not in table.columns:
-        table["split"] = ""
+    """(subject id, split) of a cohort's rows, test first: cohort.csv read and checked as ``load_cohort`` reads it
+    (column aliases, the seeded split of a table without one), so an id and its split are the model's."""
+    from core.cohort import validate_outcomes
+    from core.io.columns import TEXT_COLUMNS
+    from core.io.delimited import read_csv_any
+
+    table = validate_outcomes(read_csv_any(Path(root) / "cohort.csv", text_names=TEXT_COLUMNS), for_training=False)
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    table = table.dropna(subset=["subject_id"]).assign(_o=table["split"].map(order).fillna(len(order)))
-    table = table.sort_values("_o", kind="stable")
-    return [(str(s), str(p) if isinstance(p, str) else "") for s, p in zip(table["subject_id"], table["split"])]
+    table = table.assign(_o=table["split"].map(order).fillna(len(order))).sort_values("_o", kind="stable")
+    return [(str(s), str(p)) for s, p in zip(table["subject_id"], table["split"])]
 
 
 def _patients(path: Path) -> list[tuple[str, str]]:
     """:func:`_ids` of the cohort folder ``path``; none when it was deleted meanwhile (another tab)."""
     try:
         return _ids(str(path), _stamp(path))
-    except OSError:
+    except (OSError, ValueError):  # deleted meanwhile (another tab); a table load_cohort refuses too (InputError)
         return []
 
 
