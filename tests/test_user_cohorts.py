@@ -62,3 +62,19 @@ def test_decoded_studies_of_a_users_cohorts_give_way_to_the_quota(tmp_path: Path
     assert used >= 4 * 64 * 64 * 2 and cache.get(study) is not None
     assert workspace.drop_caches("ann", tmp_path) >= 4 * 64 * 64 * 2
     assert cache.get(study) is None and workspace.user_usage("ann", tmp_path) < used
+
+
+def test_the_picker_reads_a_cohort_table_as_training_did(tmp_path: Path) -> None:
+    """Case review lists a cohort's patients from cohort.csv read as ``load_cohort`` reads it: a table whose id
+    column has another accepted name and that has no split column lists the ids under the seeded split the model
+    was trained and evaluated with, test first."""
+    from core.cohort import load_cohort
+    from pages import _cohort_cases
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "cohort.csv").write_text("PatientID,time,event\n" + "".join(f"P{i},{10 + i},{i % 2}\n" for i in range(20)))
+    listed = _cohort_cases._ids(str(folder), 1.0)
+    cohort = load_cohort(folder)
+    assert [sid for sid, split in listed if split == "test"] == cohort.ids("test") and len(listed) == 20
+    assert [split for _, split in listed] == sorted((s for _, s in listed), key=_cohort_cases.SPLIT_ORDER.index)
