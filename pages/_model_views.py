@@ -3,7 +3,7 @@
 * models and the synthetic demo cohort live in ``st.cache_resource`` (shared, not patient data); a model known by
   its folder (:class:`LazyModel`) loads its network only on first use;
 * everything about a case (a demo case or one of the user's saved cases) lives in ``st.session_state`` only, with a
-  bounded per-session memo (pages/_memo.py); its prediction is kept in the disk cache (:func:`prediction_cache`);
+  bounded per-session memo (pages/_memo.py); its prediction is kept in the disk cache (pages/_case_store.py);
 * what a patient's curve is set against (reference curves, the conformal bound, subgroups): pages/_reference.py.
 """
 
@@ -21,16 +21,16 @@ import streamlit as st
 from core import horizons
 from core import predict as predictions
 from core.app import cases as saved_cases
-from core.app import demo_install, paths
+from core.app import demo_install
 from core.app import workspace as workspaces
-from core.io.study_cache import VIEWER_NIFTI, StudyCache
-from pages import _cohort_cases
+from core.io.study_cache import VIEWER_NIFTI
+from pages import _case_store, _cohort_cases
 from pages import _state as K
+from pages._case_store import data_cache_dir, prediction_cache, study_cache
 from pages._memo import memo
 from pages._session import user_id
 
-DEMO = "demo"
-UPLOADED = "uploaded"
+DEMO, UPLOADED = _case_store.DEMO, _case_store.UPLOADED  # a case's source, as the pages name it (views.DEMO)
 
 
 # ------------------------------------------------------- models (shared, not patient data)
@@ -334,18 +334,6 @@ def case_volume(source: str, subject_id: str) -> Any:
     return memo(("volume", source, subject_id), decode)
 
 
-USER_STUDY_CACHE_MB = 512
-
-
-def study_cache(source: str = DEMO) -> StudyCache:
-    """Decoded studies (and the viewer's NIfTI of each): the demo's shared by every session of this server; those of
-    the user's own cohorts in the user's folder (inside the quota, given way first: ``workspace.drop_caches``)."""
-    if _cohort_cases.is_cohort(source):
-        cache = workspaces.private_dir(workspaces.user_root(user_id()) / "cache")
-        return StudyCache(workspaces.private_dir(cache / workspaces.STUDIES), max_bytes=USER_STUDY_CACHE_MB * 2**20)
-    return StudyCache(paths.data_dir() / "cache" / "studies")
-
-
 def case_viewer_nifti(source: str, subject_id: str, volume: Any, build: Callable[[], bytes]) -> bytes:
     """The gzipped NIfTI the CT viewer is sent for the case: ``build()``, kept on disk for a study file (a
     user's case: in its own folder, inside the user's quota)."""
@@ -430,24 +418,6 @@ class LazyInputs:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.resolve(), name)
-
-
-def data_cache_dir() -> Path:
-    return paths.data_dir() / "cache" / "predictions"
-
-
-USER_PREDICTION_CACHE_MB = 64
-
-
-def prediction_cache(model: Any, source: str) -> predictions.PredictionCache:
-    """Demo cases under demo models: the server's shared cache. A user's case, or a model the user trained:
-    that user's own folder (bounded, inside their quota); so too a patient of one of the user's cohorts."""
-    own_model = str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values()
-    if source == UPLOADED or _cohort_cases.is_cohort(source) or own_model:
-        cache = workspaces.private_dir(workspaces.user_root(user_id()) / "cache")  # 0700, as the rest
-        root = workspaces.private_dir(cache / "predictions")
-        return predictions.PredictionCache(root, max_entries=500, max_bytes=USER_PREDICTION_CACHE_MB * 2**20)
-    return predictions.PredictionCache(data_cache_dir())
 
 
 def case_view(model: Any, source: str, subject_id: str) -> predictions.CachedCase:

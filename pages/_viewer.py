@@ -48,7 +48,7 @@ from core.app.paths import ASSETS, data_dir
 from core.errors import InputError
 from core.explain import METHOD_LABELS, methods_for
 from core.sanity import in_body
-from pages import _cases, _cohort_cases
+from pages import _case_store, _cases
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _model_views as views
@@ -157,9 +157,8 @@ def _map_store(model: Any, source: str, subject_id: str) -> AV.MapStore:
         if info is None:
             raise InputError("case", subject_id, "is not among your saved cases", "pick a case from the list")
         return AV.MapStore(str(saved.maps_dir(info)), CASE_MAP_FILES, workspaces.user_quota_bytes(), user, base)
-    if str(model.model_dir) in st.session_state.get(K.TRAINED_MODELS, {}).values() or _cohort_cases.is_cohort(source):
-        root = workspaces.private_dir(workspaces.private_dir(workspaces.user_root(user) / "cache") / workspaces.MAPS)
-        return AV.MapStore(str(root), USER_MAP_FILES, USER_MAP_BYTES, user, base)
+    if _case_store.kept_by_user(model, source):  # a model the user trained here, or a patient of the user's cohorts
+        return AV.MapStore(str(_case_store.user_cache(workspaces.MAPS)), USER_MAP_FILES, USER_MAP_BYTES, user, base)
     return AV.MapStore(str(data_dir() / "cache" / workspaces.MAPS))
 
 
