@@ -71,16 +71,69 @@ def _patients(path: Path) -> list[tuple[str, str]]:
         return []
 
 
-def picker_entries() -> dict[tuple[str, str], str]:
-    """{(source, subject id): label} of the patients of this user's cohorts, for Case review's picker."""
+def picker_entries(current: Any = None) -> dict[tuple[str, str], str]:
+    """{(source, subject id): label} of the patients of this user's cohorts, for Case review's picker: the first
+    :data:`MAX_LISTED` of each cohort, and ``current`` (the case under review) where it is a patient past them, found
+    with :func:`find_box`."""
     out: dict[tuple[str, str], str] = {}
     listed = mine()
     twice = {c.label for c in listed if sum(o.label == c.label for o in listed) > 1}  # two builds in one minute
     for cohort in listed:
         name = cohort.label + (f" ({cohort.name.rsplit('-', 1)[-1]})" if cohort.label in twice else "")
-        for sid, split in _patients(cohort.path)[:MAX_LISTED]:
-            out[(source_of(cohort.name), sid)] = f"Your {name}: {sid}" + (f" ({split})" if split else "")
+        source, patients = source_of(cohort.name), _patients(cohort.path)
+        shown = patients[:MAX_LISTED] + [p for p in patients[MAX_LISTED:] if current == (source, p[0])]
+        for sid, split in shown:
+            out[(source, sid)] = f"Your {name}: {sid}" + (f" ({split})" if split else "")
     return out
+
+
+def unlisted() -> int:
+    """How many patients of this user's cohorts the picker leaves out (past :data:`MAX_LISTED` in a cohort)."""
+    return sum(max(len(_patients(c.path)) - MAX_LISTED, 0) for c in mine())
+
+
+def find(subject_id: str) -> tuple[str, str] | None:
+    """The case of the patient ``subject_id`` (exactly as the cohort writes it, spaces around it ignored) in this
+    user's cohorts, the newest cohort first; None when none holds it."""
+    wanted = str(subject_id).strip()
+    for cohort in mine():
+        if any(sid == wanted for sid, _ in _patients(cohort.path)):
+            return source_of(cohort.name), wanted
+    return None
+
+
+FIND = "_find_patient"  # the text input of find_box
+MISSED = "_find_patient_missed"  # the id it found in none of the user's cohorts
+
+
+def _open_found() -> None:
+    """find_box's callback (before the page runs, so the picker is drawn on the found case)."""
+    wanted = str(st.session_state.get(FIND) or "").strip()
+    found = find(wanted) if wanted else None
+    st.session_state.pop(MISSED, None)
+    if found is None:
+        if wanted:
+            st.session_state[MISSED] = wanted
+        return
+    st.session_state[K.CASE] = found
+    st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: found}
+    st.session_state[FIND] = ""
+
+
+def find_box(where: Any) -> None:
+    """In ``where``: where a cohort of the user has more patients than the picker lists, a box that opens any of
+    them by id (the picker then lists it too); its one-line error names an id that no cohort of theirs holds."""
+    hidden = unlisted()
+    if not hidden:
+        return
+    where.text_input("Open a patient of your cohorts by id", key=FIND, on_change=_open_found,
+                     placeholder="subject id, as in cohort.csv",
+                     help=f"The Case list holds the first {MAX_LISTED:,} patients of each of your cohorts (test split "
+                          f"first); {hidden:,} more are opened here by their id.")
+    missed = st.session_state.get(MISSED)
+    if missed:
+        where.error(f"patient id: got {missed!r}, is in none of your cohorts; fix: type the subject id exactly as "
+                    "cohort.csv writes it", icon=":material/person_off:")
 
 
 def folder(source: str) -> Path:

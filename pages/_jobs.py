@@ -61,6 +61,11 @@ def submit_audited(audits: list[tuple[str, str, dict[str, Any]]], title: str, fn
     return job
 
 
+def mine() -> list[Job]:
+    """This user's jobs, oldest first (queued, running and recently ended)."""
+    return default_queue().jobs(owner())
+
+
 def find(key: str) -> Job | None:
     """This user's newest job of ``key``."""
     return default_queue().find(owner(), key)

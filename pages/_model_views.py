@@ -108,10 +108,11 @@ def own_model_controls(name: str) -> None:
         if st.button("Delete", type="primary", key=f"delete_model_{Path(path).name}"):
             from core.app.background import delete_trained_model
             from core.errors import InputError
+            from pages import _jobs
 
             try:
                 removed = delete_trained_model(workspaces.user_models_dir(user_id()), Path(path),
-                                               workspaces.user_root(user_id()) / "cohorts")
+                                               workspaces.user_root(user_id()) / "cohorts", _jobs.mine())
             except InputError as err:
                 st.error(str(err))
                 return

@@ -23,21 +23,23 @@ st.title("Case review", anchor=False)
 
 # ----------------------------------------------------------------- case picker
 cohort = views.demo_cohort()
+chrome.restore_viewer_settings()
 cases: dict[tuple[str, str], str] = dict(views.user_cases())  # (source, subject id) -> label: this user's uploads first
-cases.update(_cohort_cases.picker_entries())  # then the patients of the user's own cohorts (test split first)
+# then the patients of the user's own cohorts (test split first; the case under review too when it lies past the list)
+cases.update(_cohort_cases.picker_entries(st.session_state.get(K.CASE)))
 for split in ("test", "val", "train"):
     for sid in cohort.ids(split):
         cases[(views.DEMO, sid)] = f"Demo {sid} ({split})"
 
 top = st.container(key="lead_top").columns([3, 2, 2])  # on a narrow page: the case alone, then the rest (assets/style.css)
-chrome.restore_viewer_settings()
 if st.session_state.get(K.CASE) not in cases:
     st.session_state[K.CASE] = next((c for c in cases if c[0] == views.DEMO), next(iter(cases)))  # a demo case first
 source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_func=cases.__getitem__,
                                       help="Demo patients are synthetic. Upload your own de-identified study on the Upload page. "
                                            "The patients of your cohorts (those your models were trained on, and those "
                                            f"built from MEDS) follow your uploads, test split first, {_cohort_cases.MAX_LISTED:,} "
-                                           "of each cohort at most.")
+                                           "of each cohort in this list; the box below it opens the others by id.")
+_cohort_cases.find_box(top[0])  # only where a cohort of the user has more patients than the list holds
 chrome.save_viewer_settings()
 session.audit("open", "case", once=True, source=source.split(":")[0], case=views.case_number(source, subject_id))
 model_name = views.current_model_name()

@@ -865,6 +865,62 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         shutil.rmtree(user / "cache", ignore_errors=True)
 
 
+def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hospital cohort holds more patients than the picker lists (MAX_LISTED of each cohort, test split first): the
+    others could not be opened at all. A box under the picker, shown only then, opens one by its id (the picker then
+    lists it too, and it stays after a rerun); an id that no cohort of the user holds gets a one-line error."""
+    import shutil
+
+    from core.app.background import TRAINED_MARKER
+    from core.cohort import load_cohort
+    from pages import _cohort_cases
+
+    demo = demo_install.demo_paths()
+    user = workspace.user_root("local", base=data_dir)
+    cohort = user / "cohorts" / "20261129-090000"
+    model = workspace.user_models_dir("local", base=data_dir) / "concat-large"
+    shutil.copytree(demo.cohort, cohort)
+    shutil.copytree(demo.models / demo_install.DEFAULT_FUSION, model, ignore=shutil.ignore_patterns("*_predictions.npz"))
+    label = f"{demo_install.DEFAULT_FUSION} (your cohort, 29 Nov 09:00)"
+    (model / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort), "fusion": demo_install.DEFAULT_FUSION,
+                                                    "label": label}))
+    loaded = load_cohort(cohort)
+    train_ids = loaded.ids("train")
+    monkeypatch.setattr(_cohort_cases, "MAX_LISTED", 10)
+    prefix = "Your cohort uploaded 29 Nov 09:00: "
+    try:
+        at = _app()
+        at.session_state["model_name"] = label
+        at.run()
+        _no_exception(at)
+        assert len([o for o in at.selectbox(key="case").options if o.startswith(prefix)]) == 10
+        box = at.text_input(key=_cohort_cases.FIND)
+        assert f"{len(loaded.ids()) - 10:,} more are opened here by their id" in box.help
+        box.input(f" {train_ids[-1]} ").run()  # the last patient of the train split, far past the list
+        _no_exception(at)
+        picker = at.selectbox(key="case")
+        assert picker.value == ("cohort:20261129-090000", train_ids[-1])
+        ours = [o for o in picker.options if o.startswith(prefix)]
+        assert len(ours) == 11 and ours[-1] == f"{prefix}{train_ids[-1]} (train)"
+        assert at.text_input(key=_cohort_cases.FIND).value == ""
+        at.run()  # it stays the case under review on the next run
+        _no_exception(at)
+        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-1])
+        at.text_input(key=_cohort_cases.FIND).input("P-nobody").run()
+        _no_exception(at)
+        assert [e.value for e in at.error] == ["patient id: got 'P-nobody', is in none of your cohorts; fix: type the "
+                                               "subject id exactly as cohort.csv writes it"]
+        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-1])
+        monkeypatch.setattr(_cohort_cases, "MAX_LISTED", 1000)
+        at.run()
+        assert not [t for t in at.text_input if t.key == _cohort_cases.FIND]  # every patient listed: no box
+    finally:
+        _wait_for_jobs()
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.rmtree(cohort, ignore_errors=True)
+        shutil.rmtree(user / "cache", ignore_errors=True)
+
+
 def _wait_for_jobs() -> None:
     """Every job of this process's queue finished (a job thread still in torch when the interpreter exits aborts it:
     "terminate called without an active exception")."""

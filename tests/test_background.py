@@ -308,6 +308,43 @@ def test_a_user_deletes_a_model_trained_here_and_its_cohort_when_no_other_model_
     assert delete_trained_model(models, models / "m2", cohorts) == [models / "m2", cohorts / "a"]
 
 
+def test_a_model_or_cohort_a_running_job_reads_is_not_deleted_under_it(tmp_path: Path) -> None:
+    """Deleting a model while its evaluation ran made the job fail half-way (a failed job in the sidebar, no metrics);
+    deleting a model's last cohort while a training read it did the same. Both are refused, naming the job, until the
+    job has ended; a job on another folder (m10 beside m1) or one that has ended does not hold the deletion."""
+    import json as _json
+
+    from core.app.background import TRAINED_MARKER, delete_trained_model
+    from core.errors import InputError
+    from core.jobs import Job
+
+    models, cohorts = tmp_path / "models", tmp_path / "cohorts"
+    (cohorts / "a").mkdir(parents=True)
+    for m in ("m1", "m10"):
+        (models / m).mkdir(parents=True)
+        (models / m / "config.json").write_text("{}")
+        (models / m / TRAINED_MARKER).write_text(_json.dumps({"cohort_dir": str(cohorts / "a"), "label": m}))
+    # shaped as pages/cohort_models.py submits them: evaluate_job({name: (model, cohort, saved, stamp)}, device)
+    evaluation = Job(id="job1", owner="u", title="Evaluating m1 on the test split", key=None, heavy=True,
+                     state="running", args=({"m1": (str(models / "m1"), str(cohorts / "a"), "/x/m.json", "s")}, "cpu"))
+    other = Job(id="job2", owner="u", title="Evaluating m10", key=None, heavy=True, state="queued",
+                args=({"m10": (str(models / "m10") + "/", "relative/m1", "m1")},))
+    with pytest.raises(InputError, match=r'^model: got m1, is read by your job "Evaluating m1 on the test split" '
+                                         r"\(running\); fix: wait for it to end, or cancel it"):
+        delete_trained_model(models, models / "m1", cohorts, [other, evaluation])
+    assert (models / "m1" / "config.json").is_file()
+    evaluation.state = "done"
+    assert delete_trained_model(models, models / "m1", cohorts, [other, evaluation]) == [models / "m1"]
+    # the last model of cohort a: a training on that cohort (train_job(ctx, cohort_dir, fusion, out, ...)) keeps both
+    training = Job(id="job3", owner="u", title="Training concat", key=None, heavy=True, state="running",
+                   args=(str(cohorts / "a" / "."), "concat", str(models / "new")))
+    with pytest.raises(InputError, match=r'^model: got m10 \(its cohort\), is read by your job "Training concat"'):
+        delete_trained_model(models, models / "m10", cohorts, [evaluation, training])
+    assert (models / "m10").is_dir() and (cohorts / "a").is_dir()
+    training.state = "cancelled"
+    assert delete_trained_model(models, models / "m10", cohorts, [training]) == [models / "m10", cohorts / "a"]
+
+
 def test_a_training_cancelled_after_the_unpack_leaves_no_cohort_behind(tmp_path: Path) -> None:
     """A cancelled (or failed) training of an uploaded cohort removed nothing: its unpacked cohort stayed in the
     user's folder, counting against the quota, with no model to delete it with."""

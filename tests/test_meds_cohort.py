@@ -342,7 +342,15 @@ def test_built_cohorts_are_listed_and_deleted_unless_a_model_uses_them(tmp_path:
         delete_built(cohorts, old, models)
     with pytest.raises(InputError, match="is not a cohort you built from MEDS here"):
         delete_built(cohorts, cohorts / "20261128-100000", models)
-    delete_built(cohorts, new, models)
+    from core.jobs import Job
+
+    training = Job(id="job1", owner="u", title="Training concat", key=None, heavy=True, state="running",
+                   args=(str(new), "concat", str(models / "concat-2")))  # its model is not in models/ until it ends
+    with pytest.raises(InputError, match=r'^cohort: got built 28 Nov 09:30, is read by your job "Training concat"'):
+        delete_built(cohorts, new, models, [training])
+    assert new.is_dir()
+    training.state = "failed"
+    delete_built(cohorts, new, models, [training])
     assert not new.exists()
     assert delete_trained_model(models, model, cohorts) == [model]  # the built cohort stays in the list
     assert [b.path for b in built_cohorts(cohorts, models)] == [old] and built_cohorts(cohorts, models)[0].models == ()

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from core.app.workspace import TRAINED_MARKER, is_built_cohort
-from core.jobs import JobContext
+from core.jobs import Job, JobContext
 
 COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)
 # train_every_job's bar, until the strategies' own times are known (see bar_span and encoder_share): the first
@@ -437,11 +438,34 @@ def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
     return {label: (model, cohort) for _, label, model, cohort in sorted(found, reverse=True)}
 
 
-def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -> list[Path]:
+def refuse_while_read(jobs: Iterable[Job], folder: Path, field: str, name: str) -> None:
+    """Raise an ``InputError`` (``field``: ``name``) naming the first active job of ``jobs`` one of whose arguments
+    names ``folder`` or a path under it: a model or cohort folder is not deleted under a job that reads it (its
+    evaluation, a training on that cohort), which would then fail half-way."""
+    from core.errors import InputError
+
+    root = os.path.realpath(folder)
+
+    def names(value: Any) -> bool:
+        if isinstance(value, str | Path) and os.path.isabs(value):
+            found = os.path.realpath(value)
+            return found == root or found.startswith(root + os.sep)
+        if isinstance(value, dict):
+            return any(names(k) or names(v) for k, v in value.items())
+        return isinstance(value, list | tuple | set | frozenset) and any(names(v) for v in value)
+
+    for job in jobs:
+        if job.active and names((job.args, job.kwargs)):
+            raise InputError(field, name, f'is read by your job "{job.title}" ({job.state})',
+                             "wait for it to end, or cancel it in the sidebar's job list, then delete again")
+
+
+def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path, jobs: Iterable[Job] = ()) -> list[Path]:
     """Remove a model trained in the app (a folder of ``models_dir`` with its ``TRAINED_MARKER``) and, when none of
     the other models there was trained on it, its kept cohort (a folder of ``cohorts_dir``; not a cohort built from
     MEDS, which stays in the user's list of them, ``core.app.meds_cohorts``); return what was removed. Anything else
-    (a demo model, a folder elsewhere, a link) is refused with an ``InputError``."""
+    (a demo model, a folder elsewhere, a link) is refused with an ``InputError``, and so is a model or cohort that one
+    of the user's active ``jobs`` reads (:func:`refuse_while_read`)."""
     from core.errors import InputError
 
     target = Path(model_dir)
@@ -449,14 +473,21 @@ def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path) -
             or not (target / TRAINED_MARKER).is_file():
         raise InputError("model", target.name, "is not a model you trained here", "pick one of your own models")
     try:
-        cohort = Path(str(json.loads((target / TRAINED_MARKER).read_text()).get("cohort_dir", "")))
+        info = json.loads((target / TRAINED_MARKER).read_text())
     except (OSError, ValueError):
-        cohort = Path("")
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    cohort, name = Path(str(info.get("cohort_dir", ""))), str(info.get("label") or target.name)  # as the sidebar names it
+    in_use = {c.resolve() for n, c in trained_models(Path(models_dir)).values() if n.resolve() != target.resolve()}
+    drop_cohort = bool(str(cohort) and cohort.is_dir() and not cohort.is_symlink() and cohort.resolve() not in in_use
+                       and cohort.resolve().parent == Path(cohorts_dir).resolve() and not is_built_cohort(cohort))
+    jobs = list(jobs)
+    refuse_while_read(jobs, target, "model", name)
+    if drop_cohort:
+        refuse_while_read(jobs, cohort, "model", f"{name} (its cohort)")
     shutil.rmtree(target)
     removed = [target]
-    in_use = {c.resolve() for _, c in trained_models(Path(models_dir)).values()}
-    if (str(cohort) and cohort.is_dir() and not cohort.is_symlink() and cohort.resolve() not in in_use
-            and cohort.resolve().parent == Path(cohorts_dir).resolve() and not is_built_cohort(cohort)):
+    if drop_cohort:
         shutil.rmtree(cohort)
         removed.append(cohort)
     return removed

@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from core.app.workspace import MEDS_PREFIX as PREFIX
 from core.app.workspace import MEDS_SUMMARY as SUMMARY
 from core.app.workspace import TRAINED_MARKER, is_built_cohort
 from core.errors import InputError
-from core.jobs import JobContext
+from core.jobs import Job, JobContext
 
 STAMP = "%Y%m%d-%H%M%S"
 
@@ -101,9 +102,12 @@ def built_cohorts(cohorts_dir: Path, models_dir: Path) -> list[Built]:
     return out
 
 
-def delete_built(cohorts_dir: Path, folder: Path, models_dir: Path) -> None:
-    """Delete the built cohort ``folder`` of ``cohorts_dir``; refused (``InputError``) for anything else, and while a
-    model of ``models_dir`` was trained on it (its evaluation reads the cohort's test split)."""
+def delete_built(cohorts_dir: Path, folder: Path, models_dir: Path, jobs: Iterable[Job] = ()) -> None:
+    """Delete the built cohort ``folder`` of ``cohorts_dir``; refused (``InputError``) for anything else, while a
+    model of ``models_dir`` was trained on it (its evaluation reads the cohort's test split), and while one of the
+    user's active ``jobs`` reads it (a training on it: ``core.app.background.refuse_while_read``)."""
+    from core.app.background import refuse_while_read
+
     folder = Path(folder)
     if folder.is_symlink() or folder.resolve().parent != Path(cohorts_dir).resolve() or not is_built(folder):
         raise InputError("cohort", folder.name, "is not a cohort you built from MEDS here", "pick one of the list")
@@ -112,6 +116,7 @@ def delete_built(cohorts_dir: Path, folder: Path, models_dir: Path) -> None:
         many = "s" if len(models) > 1 else ""
         raise InputError("cohort", f"built {made_at(folder.name)}", f"is the cohort of your model{many} {', '.join(models)}",
                          "delete those models first (Selected model > Delete this model)")
+    refuse_while_read(jobs, folder, "cohort", f"built {made_at(folder.name)}")
     shutil.rmtree(folder)
 
 
