@@ -171,10 +171,22 @@ def holds(source: str, subject_id: str) -> bool:
     return any(sid == subject_id for sid, _ in _patients(path))
 
 
+def of_folder(cohort_dir: Path) -> user_cohorts.UserCohort | None:
+    """This user's reviewable cohort whose folder is ``cohort_dir``, else None (the demo, another folder)."""
+    return next((c for c in mine() if c.path.resolve() == Path(cohort_dir).resolve()), None)
+
+
+def open_in_review(case: tuple[str, str]) -> None:
+    """Make ``case`` the one under review and go to Case review (the picker lists it: :func:`picker_entries`)."""
+    st.session_state[K.CASE] = case
+    st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: case}
+    st.switch_page("pages/case_review.py")
+
+
 def review_button(cohort_dir: Path) -> None:
     """For a model trained on one of the user's cohorts (Cohort & models): a button that opens the cohort's first
     test patient in Case review, where the picker lists the others; nothing for another cohort (the demo)."""
-    found = next((c for c in mine() if c.path.resolve() == Path(cohort_dir).resolve()), None)
+    found = of_folder(cohort_dir)
     if found is None:
         return
     tests = [sid for sid, split in _patients(found.path) if split == "test"]
@@ -182,7 +194,4 @@ def review_button(cohort_dir: Path) -> None:
                            key=f"review_cohort_{found.name}",
                            help="Opens the first patient of the test split this model was evaluated on; the Case "
                                 "picker lists the others (\"Your ...: <id> (test)\")."):
-        case = (source_of(found.name), tests[0])
-        st.session_state[K.CASE] = case
-        st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: case}
-        st.switch_page("pages/case_review.py")
+        open_in_review((source_of(found.name), tests[0]))

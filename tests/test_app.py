@@ -921,6 +921,46 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         shutil.rmtree(user / "cache", ignore_errors=True)
 
 
+def test_the_test_patients_a_model_orders_worst_open_in_case_review(data_dir: Path) -> None:
+    """A C-index does not say which patients a model gets wrong. Cohort & models lists the ten test patients whose
+    comparable pairs the model orders right least often (Harrell's C patient by patient), worst first, and opens the
+    one picked in Case review; the shares are those of the model's kept evaluation."""
+    from core.evaluate import harrell_c
+    from core.evaluate.patient_pairs import patient_concordance
+    from pages import _worst_patients
+
+    at = _app()
+    at.run()
+    model = at.session_state["model_name"]
+    at.switch_page("pages/cohort_models.py").run()
+    _wait_for_jobs()  # the model's evaluation on the test split, unless an earlier test kept it
+    at.run()
+    _no_exception(at)
+    table = next(d.value for d in at.dataframe if "pairs ordered right" in d.value.columns)
+    assert 5 <= len(table) <= 10  # the tiny demo's test split: its patients in at least 5 comparable pairs
+    assert any(m.value == f"**The {len(table)} patients of the test split the model orders worst**" for m in at.markdown)
+    shares = [int(v.split("%")[0]) for v in table["pairs ordered right"]]
+    assert shares == sorted(shares)  # worst first
+    # the same numbers from the kept evaluation and the cohort's outcomes
+    saved = json.loads((demo_install.demo_paths().models / model / "demo_test_metrics.json").read_text())["metrics"]
+    cohort = demo_install.demo_paths().cohort
+    outcomes = _worst_patients._outcomes(str(cohort), (cohort / "cohort.csv").stat().st_mtime)
+    ids, risk = saved["subject_risk"]["ids"], np.asarray(saved["subject_risk"]["risk"])
+    time_, event = outcomes.loc[ids, "time"].to_numpy(), outcomes.loc[ids, "event"].to_numpy()
+    conc, comp = patient_concordance(time_, event, risk)
+    assert conc.sum() / comp.sum() == pytest.approx(harrell_c(time_, event, risk), abs=1e-9)
+    first = ids.index(table["patient"].iloc[0])
+    assert table["pairs ordered right"].iloc[0] == f"{conc[first] / comp[first]:.0%} of {int(comp[first]):,}"
+    assert table["model's risk rank"].iloc[0] == f"{int((risk > risk[first]).sum()) + 1} of {len(ids)}"
+    picker = at.selectbox(key="worst_patient")
+    assert [o.split(":")[0] for o in picker.options] == list(table["patient"])
+    assert picker.value == table["patient"].iloc[0]
+    picker.set_value(table["patient"].iloc[3]).run()
+    at.button(key="worst_open").click().run()  # st.switch_page: Case review runs once on that patient
+    _no_exception(at)
+    assert at.selectbox(key="case").value == ("demo", table["patient"].iloc[3])
+
+
 def _wait_for_jobs() -> None:
     """Every job of this process's queue finished (a job thread still in torch when the interpreter exits aborts it:
     "terminate called without an active exception")."""

@@ -13,6 +13,8 @@ Built on scikit-survival and lifelines (no hand-written metric):
   lower bound under censoring (:mod:`core.evaluate.conformal`);
 - :func:`decision_curve` - net benefit by threshold at each horizon (dcurves);
 - :func:`subgroup_table` - C-index and calibration by subgroup of one column.
+- :func:`core.evaluate.patient_pairs.patient_concordance` - Harrell's C split patient by patient (the one count
+  written here: scikit-survival has no per-patient split; its sum is checked against scikit-survival's C).
 
 Input validation lives in :mod:`core.evaluate.outcomes`.
 """

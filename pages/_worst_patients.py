@@ -1,0 +1,95 @@
+"""Cohort & models: the test patients a model orders worst, each opened in Case review with one click.
+
+A model's C-index says how often it orders two patients right; it does not say which patients it gets wrong. Here
+each test patient's share of the comparable pairs it is in that the model's risk orders right
+(``core.evaluate.patient_pairs``: Harrell's C patient by patient) picks the ten worst-ordered ones, typically an early
+event the model ranked low or a long survivor it ranked high, for a clinician to look at their CT and timeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages import _cohort_cases
+from pages._case_store import DEMO
+
+SHOWN = 10  # patients listed
+MIN_PAIRS = 5  # a patient in fewer comparable pairs says too little about the model (its share is 0, 1/2 or 1)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _outcomes(root: str, stamp: float) -> pd.DataFrame:
+    """(subject id, time, event) of a cohort's rows, cohort.csv read and checked as ``load_cohort`` reads it."""
+    from core.cohort import validate_outcomes
+    from core.io.columns import TEXT_COLUMNS
+    from core.io.delimited import read_csv_any
+
+    table = validate_outcomes(read_csv_any(Path(root) / "cohort.csv", text_names=TEXT_COLUMNS), for_training=False)
+    return pd.DataFrame({"subject_id": table["subject_id"].astype(str), "time": table["time"].astype(float),
+                         "event": table["event"].astype(int)}).drop_duplicates("subject_id").set_index("subject_id")
+
+
+def worst_ordered(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
+    """The :data:`SHOWN` evaluated patients whose comparable pairs the model orders right least often (columns
+    subject_id, time, event, rank (1 = the highest risk), n, concordant, comparable, share); None when the evaluation
+    kept no patient's risk or too few patients are in enough pairs."""
+    from core.evaluate.patient_pairs import patient_concordance
+
+    kept = metrics.get("subject_risk") or {}
+    if not kept.get("ids"):
+        return None
+    csv = Path(cohort_dir) / "cohort.csv"
+    outcomes = _outcomes(str(cohort_dir), csv.stat().st_mtime if csv.exists() else 0.0)
+    frame = pd.DataFrame({"subject_id": [str(i) for i in kept["ids"]], "risk": kept["risk"]})
+    frame = frame[frame["subject_id"].isin(outcomes.index)]
+    if len(frame) < 2 or not outcomes.loc[frame["subject_id"], "event"].any():
+        return None
+    frame = frame.join(outcomes, on="subject_id")
+    conc, comp = patient_concordance(frame["time"].to_numpy(), frame["event"].to_numpy(), frame["risk"].to_numpy())
+    frame = frame.assign(rank=frame["risk"].rank(ascending=False, method="min").astype(int), n=len(frame),
+                         concordant=conc, comparable=comp.astype(int),
+                         share=np.divide(conc, comp, out=np.full(len(comp), np.nan), where=comp > 0))
+    frame = frame[frame["comparable"] >= MIN_PAIRS]
+    return None if frame.empty else frame.sort_values(["share", "comparable"], ascending=[True, False]).head(SHOWN)
+
+
+def _outcome_text(time: float, event: int) -> str:
+    return f"{'event' if event else 'censored'} at day {time:,.0f}"
+
+
+def show(metrics: dict, cohort_dir: Path, what: str = "test split") -> None:
+    """The section: the table, and a picker that opens one of its patients in Case review (the demo's patients, or
+    those of the user's own cohort; nothing to open for another cohort)."""
+    worst = worst_ordered(metrics, cohort_dir)
+    if worst is None:
+        return
+    from core.app.demo_install import demo_paths
+
+    own = _cohort_cases.of_folder(cohort_dir)
+    source = _cohort_cases.source_of(own.name) if own is not None else \
+        DEMO if Path(cohort_dir).resolve() == Path(demo_paths().cohort).resolve() else None
+    st.markdown(f"**The {len(worst)} patients of the {what} the model orders worst**")
+    st.dataframe(pd.DataFrame({
+        "patient": worst["subject_id"],
+        "outcome": [_outcome_text(t, e) for t, e in zip(worst["time"], worst["event"])],
+        "model's risk rank": [f"{r:,} of {n:,}" for r, n in zip(worst["rank"], worst["n"])],
+        "pairs ordered right": [f"{s:.0%} of {c:,}" for s, c in zip(worst["share"], worst["comparable"])],
+    }), hide_index=True, width="stretch")
+    st.caption("Harrell's C patient by patient: of the comparable pairs a patient is in (one of the two had the event "
+               "first), the share the model's risk orders right; a rank of 1 is the highest risk. These are its "
+               "worst-ordered patients with at least 5 pairs: typically an early event ranked low or a long survivor "
+               "ranked high. Summed over every patient, the pairs ordered right over all pairs give the C-index.")
+    if source is None:  # not a cohort Case review opens
+        return
+    ids: list[Any] = worst["subject_id"].tolist()
+    labels = dict(zip(ids, (f"{i}: {_outcome_text(t, e)}, risk rank {r:,}" for i, t, e, r in
+                            zip(ids, worst["time"], worst["event"], worst["rank"]))))
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    picked = c1.selectbox("Open one in Case review", ids, format_func=labels.__getitem__, key="worst_patient")
+    if c2.button("Open in Case review", icon=":material/person_search:", key="worst_open", width="stretch"):
+        _cohort_cases.open_in_review((source, str(picked)))
