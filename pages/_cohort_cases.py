@@ -132,8 +132,10 @@ def find_box(where: Any) -> None:
                           f"first); {hidden:,} more are opened here by their id.")
     missed = st.session_state.get(MISSED)
     if missed:
-        where.error(f"patient id: got {missed!r}, is in none of your cohorts; fix: type the subject id exactly as "
-                    "cohort.csv writes it", icon=":material/person_off:")
+        from pages._chrome import md  # the typed text shown as text (the page's markdown would build links from it)
+
+        where.error(md(f"patient id: got {missed!r}, is in none of your cohorts; fix: type the subject id exactly as "
+                       "cohort.csv writes it"), icon=":material/person_off:")
 
 
 def folder(source: str) -> Path:

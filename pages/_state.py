@@ -54,6 +54,7 @@ VALIDATE_JOB = "validate_job"  # (job id, model name) of this session's latest e
 EXPORTS = "exports"
 CASE_NUMBERS = "case_numbers"
 READ_OOD = "read_ood"            # cases whose CT the user asked to read although a model withholds it
+WORST_LIST = "_worst_list"  # the worst-ordered test patients last opened from Cohort & models (pages/_worst_patients.py)
 WORKSPACE = "workspace"
 MEMO = "_memo"
 MEMO_RUN = "_memo_run"  # values over the memo's whole budget, held for the current run only (pages._memo.new_run)

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import _cohort_cases
+from pages import _state as K
 from pages._case_store import DEMO
 
 SHOWN = 10  # patients listed
@@ -62,9 +63,9 @@ def _outcome_text(time: float, event: int) -> str:
     return f"{'event' if event else 'censored'} at day {time:,.0f}"
 
 
-def show(metrics: dict, cohort_dir: Path, what: str = "test split") -> None:
+def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") -> None:
     """The section: the table, and a picker that opens one of its patients in Case review (the demo's patients, or
-    those of the user's own cohort; nothing to open for another cohort)."""
+    those of the user's own cohort; nothing to open for another cohort), where :func:`strip` steps through the list."""
     worst = worst_ordered(metrics, cohort_dir)
     if worst is None:
         return
@@ -92,4 +93,30 @@ def show(metrics: dict, cohort_dir: Path, what: str = "test split") -> None:
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     picked = c1.selectbox("Open one in Case review", ids, format_func=labels.__getitem__, key="worst_patient")
     if c2.button("Open in Case review", icon=":material/person_search:", key="worst_open", width="stretch"):
+        st.session_state[K.WORST_LIST] = {"model": model, "what": what, "cases": [(source, str(i)) for i in ids],
+                                          "notes": {str(i): labels[i].split(": ", 1)[1] for i in ids}}
         _cohort_cases.open_in_review((source, str(picked)))
+
+
+def _go(case: tuple[str, str]) -> None:
+    """A step of :func:`strip` (a callback: the case picker takes the new case before it is drawn)."""
+    st.session_state[K.CASE] = case
+    st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: case}
+
+
+def strip(where: Any, case: tuple[str, str], model: str) -> None:
+    """In Case review (in ``where``), on a patient of the worst-ordered list last opened from Cohort & models, for the
+    model that list is of: which one it is, its outcome and rank, and buttons to the previous and next of the list."""
+    kept = st.session_state.get(K.WORST_LIST)
+    if not kept or kept["model"] != model or tuple(case) not in [tuple(c) for c in kept["cases"]]:
+        return
+    cases = [tuple(c) for c in kept["cases"]]
+    i = cases.index(tuple(case))
+    box = where.container(key="worst_strip", border=True)
+    box.caption(f"Patient {i + 1} of the {len(cases)} of the {kept['what']} that {model} orders worst (Cohort & "
+                f"models): {kept['notes'].get(case[1], '')}.")
+    back, ahead = box.columns(2)
+    back.button("Previous", key="worst_previous", icon=":material/arrow_back:", disabled=i == 0, width="stretch",
+                on_click=_go, args=(cases[i - 1],) if i else (cases[0],))
+    ahead.button("Next", key="worst_next", icon=":material/arrow_forward:", disabled=i == len(cases) - 1,
+                 width="stretch", on_click=_go, args=(cases[min(i + 1, len(cases) - 1)],))

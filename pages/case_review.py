@@ -16,6 +16,7 @@ from pages import _reference as refs
 from pages import _review as review
 from pages import _session as session
 from pages import _state as K
+from pages import _worst_patients
 
 chrome.require_app_navigation()
 
@@ -43,6 +44,7 @@ _cohort_cases.find_box(top[0])  # only where a cohort of the user has more patie
 chrome.save_viewer_settings()
 session.audit("open", "case", once=True, source=source.split(":")[0], case=views.case_number(source, subject_id))
 model_name = views.current_model_name()
+_worst_patients.strip(top[0], (source, subject_id), model_name)  # stepping through the list Cohort & models opened
 with chrome.core_errors():
     # drawn from the prediction cache when the case was seen before (no model loaded, no torch imported);
     # the model and its inputs load on first use (the overlay, a sanity check)

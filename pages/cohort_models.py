@@ -247,7 +247,7 @@ with tab_model:
     with chrome.core_errors(stop=False):
         if m is not None:
             show_evaluation(m, "test split", lambda: refs.reference_curves(name), key="model")
-            _worst_patients.show(m, cohort_dir)  # which patients it orders wrong, each opened in Case review
+            _worst_patients.show(m, cohort_dir, name)  # which patients it orders wrong, each opened in Case review
             if name not in trained:
                 st.markdown("**Subgroups**")
                 cohort_cols = views.demo_cohort().column_names()

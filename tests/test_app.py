@@ -906,10 +906,10 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         at.run()  # it stays the case under review on the next run
         _no_exception(at)
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-1])
-        at.text_input(key=_cohort_cases.FIND).input("P-nobody").run()
+        at.text_input(key=_cohort_cases.FIND).input("P-nobody ![x](http://127.0.0.1:9/a.png)").run()
         _no_exception(at)
-        assert [e.value for e in at.error] == ["patient id: got 'P-nobody', is in none of your cohorts; fix: type the "
-                                               "subject id exactly as cohort.csv writes it"]
+        assert [e.value for e in at.error] == ["patient id: got 'P-nobody !\\[x\\](http://127.0.0.1:9/a.png)', is in none of "
+                                               "your cohorts; fix: type the subject id exactly as cohort.csv writes it"]
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-1])
         monkeypatch.setattr(_cohort_cases, "MAX_LISTED", 1000)
         at.run()
@@ -959,6 +959,18 @@ def test_the_test_patients_a_model_orders_worst_open_in_case_review(data_dir: Pa
     at.button(key="worst_open").click().run()  # st.switch_page: Case review runs once on that patient
     _no_exception(at)
     assert at.selectbox(key="case").value == ("demo", table["patient"].iloc[3])
+    # Case review steps through the list: which one this is, then the next
+    at.switch_page("pages/case_review.py").run()  # AppTest's own page follows (its later runs rerun that page)
+    _no_exception(at)
+    note = picker.options[3].split(": ", 1)[1]
+    assert any(c.value == f"Patient 4 of the {len(table)} of the test split that {model} orders worst (Cohort & "
+                          f"models): {note}." for c in at.caption)
+    at.button(key="worst_next").click().run()
+    _no_exception(at)
+    assert at.selectbox(key="case").value == ("demo", table["patient"].iloc[4])
+    assert any(c.value.startswith(f"Patient 5 of the {len(table)} ") for c in at.caption)
+    at.selectbox(key="case").set_value(("demo", table["patient"].iloc[0])).run()  # the list's first: no Previous
+    assert at.button(key="worst_previous").disabled and not at.button(key="worst_next").disabled
 
 
 def _wait_for_jobs() -> None:
