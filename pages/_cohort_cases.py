@@ -178,6 +178,14 @@ def of_folder(cohort_dir: Path) -> user_cohorts.UserCohort | None:
     return next((c for c in mine() if c.path.resolve() == Path(cohort_dir).resolve()), None)
 
 
+def columns(cohort_dir: Path) -> list[str]:
+    """The columns a patient of the user's cohort ``cohort_dir`` can be grouped by (``Cohort.column_names``, read from
+    a cohort of its first patient: the tables' columns without their rows); none for another folder."""
+    found = of_folder(cohort_dir)
+    patients = _patients(found.path) if found is not None else []
+    return cohort(source_of(found.name), patients[0][0]).column_names() if found is not None and patients else []
+
+
 def open_in_review(case: tuple[str, str]) -> None:
     """Make ``case`` the one under review and go to Case review (the picker lists it: :func:`picker_entries`)."""
     st.session_state[K.CASE] = case

@@ -871,19 +871,11 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
     lists it too, and it stays after a rerun); an id that no cohort of the user holds gets a one-line error."""
     import shutil
 
-    from core.app.background import TRAINED_MARKER
     from core.cohort import load_cohort
     from pages import _cohort_cases
 
-    demo = demo_install.demo_paths()
     user = workspace.user_root("local", base=data_dir)
-    cohort = user / "cohorts" / "20261129-090000"
-    model = workspace.user_models_dir("local", base=data_dir) / "concat-large"
-    shutil.copytree(demo.cohort, cohort)
-    shutil.copytree(demo.models / demo_install.DEFAULT_FUSION, model, ignore=shutil.ignore_patterns("*_predictions.npz"))
-    label = f"{demo_install.DEFAULT_FUSION} (your cohort, 29 Nov 09:00)"
-    (model / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort), "fusion": demo_install.DEFAULT_FUSION,
-                                                    "label": label}))
+    cohort, model, label = _own_cohort_model(data_dir, "20261129-090000")
     loaded = load_cohort(cohort)
     train_ids = loaded.ids("train")
     monkeypatch.setattr(_cohort_cases, "MAX_LISTED", 10)
@@ -919,6 +911,62 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         shutil.rmtree(model, ignore_errors=True)
         shutil.rmtree(cohort, ignore_errors=True)
         shutil.rmtree(user / "cache", ignore_errors=True)
+
+
+def _own_cohort_model(data_dir: Path, stamp: str) -> tuple[Path, Path, str]:
+    """A copy of the demo cohort as the user's cohort uploaded at ``stamp`` (%Y%m%d-%H%M%S) and a copy of the default
+    demo model as their model trained on it: (cohort folder, model folder, the model's label)."""
+    import shutil
+
+    from core.app.background import TRAINED_MARKER
+
+    demo = demo_install.demo_paths()
+    cohort = workspace.user_root("local", base=data_dir) / "cohorts" / stamp
+    model = workspace.user_models_dir("local", base=data_dir) / f"concat-{stamp}"
+    shutil.copytree(demo.cohort, cohort)
+    shutil.copytree(demo.models / demo_install.DEFAULT_FUSION, model, ignore=shutil.ignore_patterns("*_predictions.npz"))
+    when = time.strptime(stamp, "%Y%m%d-%H%M%S")
+    label = f"{demo_install.DEFAULT_FUSION} (your cohort, {time.strftime('%d %b %H:%M', when)})"
+    (model / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort), "fusion": demo_install.DEFAULT_FUSION,
+                                                    "label": label}))
+    return cohort, model, label
+
+
+def test_a_model_of_the_users_cohort_is_shown_by_subgroup(data_dir: Path) -> None:
+    """Subgroups (C-index and calibration per group) were offered for the demo's models only: a hospital could not
+    see how its own model does by sex, age or site. A column of the user's cohort is picked, a background job
+    predicts the test split again, and the per-group table and forest plot follow."""
+    import shutil
+
+    from core.cohort import load_cohort
+
+    cohort, model, label = _own_cohort_model(data_dir, "20261129-100000")
+    try:
+        at = _app()
+        at.session_state["model_name"] = label
+        at.run()
+        at.switch_page("pages/cohort_models.py").run()
+        _wait_for_jobs()  # its evaluation on the test split
+        at.run()
+        _no_exception(at)
+        picker = at.selectbox(key="own_subgroup_column")
+        assert "sex_female" in picker.options and "time" not in picker.options
+        picker.set_value("sex_female").run()
+        at.button(key="own_subgroup_go").click().run()
+        _wait_for_jobs()
+        at.run()
+        _no_exception(at)
+        table = next(d.value for d in at.dataframe if "n / events" in d.value.columns)
+        loaded = load_cohort(cohort)
+        test = loaded.table.set_index("subject_id").loc[loaded.ids("test")]
+        sexes = loaded.column_values("sex_female", loaded.ids("test"))
+        want = {str(v): (sum(x == v for x in sexes), int(test["event"][[x == v for x in sexes]].sum())) for v in set(sexes)}
+        assert sorted(table["n / events"]) == sorted(f"{n} / {e}" for n, e in want.values())
+    finally:
+        _wait_for_jobs()
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.rmtree(cohort, ignore_errors=True)
+        shutil.rmtree(workspace.user_root("local", base=data_dir) / "cache", ignore_errors=True)
 
 
 def test_the_test_patients_a_model_orders_worst_open_in_case_review(data_dir: Path) -> None:

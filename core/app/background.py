@@ -367,8 +367,10 @@ def _train_each(ctx: JobContext, cohort_dir: Path, runs: dict[str, tuple[str, st
             "paired": paired_fusion_gain(models, cohort_dir)}
 
 
-def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, float]], device: str = "cpu") -> dict:
-    """Evaluate each ``name -> (model_dir, cohort_dir, saved_path or None, stamp)`` on its test split.
+def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, float]], device: str = "cpu",
+                 subgroup: str | None = None) -> dict:
+    """Evaluate each ``name -> (model_dir, cohort_dir, saved_path or None, stamp)`` on its test split (``subgroup``: per
+    group of that column too, ``evaluate_model``'s ``subgroups``).
 
     A model with a ``saved_path`` (a demo model) reads and keeps its evaluation
     there, tagged with ``stamp`` (see ``core.evaluation.save_metrics``), so a
@@ -392,7 +394,8 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
             ctx.yield_turn()
         computed += 1
         try:
-            result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=device, keep_risk=True)
+            result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=device, keep_risk=True,
+                                    subgroup=subgroup)
         except (InputError, OSError) as err:
             out[name] = {"error": " ".join(str(err).split())}
             continue
