@@ -19,6 +19,24 @@ from pages import _model_views as views
 SANITY_FILE = "sanity_checks.json"  # randomisation results run from the app, kept in the model folder
 
 
+def observed_outcome(source: str, subject_id: str) -> tuple[float, int] | None:
+    """``(days, event)`` of a demo patient or a patient of the user's cohort, as its cohort.csv records it (for a
+    retrospective review: Case review marks it on the curve when asked); None for an uploaded case (no outcome) or a
+    patient whose row has none."""
+    import math
+
+    if source == views.UPLOADED:
+        return None
+    table = views.case_cohort(source, subject_id).table
+    if not {"time", "event"} <= set(table.columns):
+        return None
+    rows = table[table["subject_id"].astype(str) == str(subject_id)]
+    if rows.empty:
+        return None
+    days, event = float(rows["time"].iloc[0]), float(rows["event"].iloc[0])
+    return None if not (math.isfinite(days) and math.isfinite(event)) else (days, int(event))
+
+
 @dataclass
 class Strategies:
     """The models trained on the current model's cohort, on the case: curves of those that can score it, the reasons

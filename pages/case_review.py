@@ -138,12 +138,18 @@ with right:
             group = refs.case_risk_group(model, source, subject_id, ref["groups"])
             bound = refs.case_conformal_bound(model, source, subject_id)
             level = f"{100 * (1 - refs.CONFORMAL_ALPHA):.0f} %"
+            seen = review.observed_outcome(source, subject_id)
+            shown = seen is not None and st.toggle(
+                "Mark the observed outcome", key=K.SHOW_OUTCOME,
+                help="This patient's outcome as its cohort records it (a retrospective review of a model's patients): "
+                     "where it falls on the predicted curve. Off, the case is read without it.")
             chart = F.survival_chart(
                 pred.times, pred.survival, pred.lower, pred.upper,
                 cohort_km=ref["cohort_km"],
                 group_km=(group["t"], group["s"], group["lower"], group["upper"]),
                 label=f"this case (band: {model.config.band_name})",
                 time_bound=None if bound is None else (bound[0], f"{level} conformal bound: T >= {bound[0]:.0f} d"),
+                observed=seen if shown else None,
             )
             st.vega_lite_chart(chart, width="stretch", key="survival_fig")
             st.caption(
@@ -167,6 +173,10 @@ with right:
                    + ("validation patients of the cohort this model was trained on" if own_ref else
                       "demo's validation patients") + "; it assumes this patient is "
                    "exchangeable with them and censoring independent of the event given the inputs).")
+                + ("" if not shown or seen is None else
+                   " Red: this patient's observed outcome in its cohort, "
+                   + (f"the event at day {seen[0]:,.0f}." if seen[1] else
+                      f"followed event-free to day {seen[0]:,.0f} (censored)."))
             )
 
 # charts and tables below the viewer wait for it on a session's first view (the browser starts the viewer first)

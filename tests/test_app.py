@@ -1016,6 +1016,14 @@ def test_the_test_patients_a_model_orders_worst_open_in_case_review(data_dir: Pa
     at.button(key="worst_next").click().run()
     _no_exception(at)
     assert at.selectbox(key="case").value == ("demo", table["patient"].iloc[4])
+    # its observed outcome, marked on the curve on request (a retrospective review), as cohort.csv records it
+    assert not [layer for layer in _survival_chart(at)["layer"] if layer["mark"].get("shape")]
+    at.toggle(key="show_outcome").set_value(True).run()
+    _no_exception(at)
+    days, event = outcomes.loc[table["patient"].iloc[4], ["time", "event"]]
+    mark = next(layer for layer in _survival_chart(at)["layer"] if layer["mark"].get("shape"))
+    assert mark["data"]["values"][0]["text"] == f"{'event' if event else 'censored'}, day {days:,.0f}"
+    assert mark["mark"]["shape"] == ("cross" if event else "circle")
     assert any(c.value.startswith(f"Patient 5 of the {len(table)} ") for c in at.caption)
     at.selectbox(key="case").set_value(("demo", table["patient"].iloc[0])).run()  # the list's first: no Previous
     assert at.button(key="worst_previous").disabled and not at.button(key="worst_next").disabled

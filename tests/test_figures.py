@@ -130,6 +130,19 @@ def test_survival_chart_steps_band_cohort_bound_and_horizon_risks() -> None:
     # a curve that stops at day 1,300 has no 5-year risk: its mark says so (it read "5 y: risk 40%", the day-1,300 risk)
     short = F.survival_chart(np.array([10.0, 100.0, 400.0, 1300.0]), s)
     assert [m["text"] for m in short["layer"][-1]["data"]["values"]] == ["30 d: risk 5%", "1 y: risk 20%", "5 y: past the curve's end"]
+    # the observed outcome of a cohort patient: on the case's curve at that day (S(250) = 0.8), a cross for an event;
+    # an event-free follow-up past the curve's end widens the axis to show its circle
+    seen = F.survival_chart(t, s, observed=(250.0, 1))
+    point = next(i for i, layer in enumerate(seen["layer"]) if layer["mark"].get("shape"))
+    mark = seen["layer"][point]
+    assert mark["mark"]["shape"] == "cross" and mark["data"]["values"] == [{"day": 250.0, "S": 0.8, "text": "event, day 250"}]
+    assert seen["layer"][point + 1]["mark"]["type"] == "text" and seen["layer"][point + 1]["mark"]["color"]
+    late = F.survival_chart(t, s, observed=(3000.0, 0))
+    circle = next(layer for layer in late["layer"] if layer["mark"].get("shape"))
+    assert circle["mark"]["shape"] == "circle" and not circle["mark"]["filled"]
+    assert circle["data"]["values"][0]["text"] == "censored, day 3,000"
+    line = next(layer for layer in late["layer"] if layer["mark"]["type"] == "line")
+    assert line["encoding"]["x"]["scale"]["domain"][1] == pytest.approx(3090.0)
 
 def test_survival_compare_attention_strip_and_montage(volume: tuple[np.ndarray, np.ndarray]) -> None:
     t = np.array([10.0, 100.0, 400.0])

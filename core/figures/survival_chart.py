@@ -32,6 +32,7 @@ from core.horizons import HORIZONS, horizon_label, survival_at
 
 BOUND_COLOR = "rgb(200,140,0)"
 BOUND_TEXT = "rgb(170,115,0)"  # about 4:1 on white and on the dark theme's background
+OBSERVED_COLOR = "#c0392b"  # the observed outcome's mark: red, apart from the curves' colours
 
 
 def _rows(name: str, t: np.ndarray, s: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None) -> list[dict[str, Any]]:
@@ -73,6 +74,7 @@ def survival_chart(
     horizons: Sequence[float] = HORIZONS,
     label: str = "this case",
     time_bound: tuple[float, str] | None = None,
+    observed: tuple[float, int] | None = None,
     height: int = 440,
 ) -> dict[str, Any]:
     """A Vega-Lite spec: the individual S(t) step curve with its band beside the cohort (and group) Kaplan-Meier curves.
@@ -81,6 +83,8 @@ def survival_chart(
     event time (for example the conformal 90 % bound) as a shaded span from day 0 to that day, with its label.
     Each horizon within reach of the curve gets a dotted line labelled with the case's risk 1 - S(h); one past the
     curve's last time (up to 1.5 x it) is labelled "past the curve's end": the model gives no risk there.
+    ``observed`` = ``(days, event)``: the patient's outcome in its cohort (a retrospective review), marked on the
+    case's curve at that day: a cross for an event, an open circle for the end of an event-free follow-up.
     """
     t, s, lo, hi = curve_arrays("survival", times, survival, lower, upper)
     curves: list[tuple[str, str, list[float]]] = []  # name, colour, dash
@@ -97,6 +101,7 @@ def survival_chart(
     curves.append((label, PALETTE[0], []))
 
     ends = [float(t[-1])] + [float(np.max(np.asarray(km[0], dtype=float))) for km in (cohort_km, group_km) if km is not None]
+    ends += [] if observed is None else [float(observed[0])]
     shown = [float(h) for h in horizons if t[0] <= h <= t[-1] * 1.5]
     x_end = 1.03 * max(ends + shown)
     names = [c[0] for c in curves]
@@ -141,6 +146,21 @@ def survival_chart(
                                                 {"field": "risk", "type": "quantitative", "title": "risk 1 - S(t)",
                                                  "format": ".1%"}]}},
     ]
+    if observed is not None:
+        day, event = float(observed[0]), int(observed[1])
+        seen = [{"day": day, "S": float(survival_at(t, s, [day])[0]),
+                 "text": f"{'event' if event else 'censored'}, day {day:,.0f}"}]
+        layers += [
+            {"data": {"values": seen}, "mark": {"type": "point", "shape": "cross" if event else "circle",
+                                                "filled": bool(event), "size": 160, "strokeWidth": 2.5,
+                                                "color": OBSERVED_COLOR},
+             "encoding": {"x": {"field": "day", "type": "quantitative"}, "y": {"field": "S", "type": "quantitative"},
+                          "tooltip": [{"field": "text", "title": "observed"}]}},
+            {"data": {"values": seen}, "mark": {"type": "text", "align": "left", "dx": 9, "dy": 14, "fontSize": 11,
+                                                "fontWeight": "bold", "color": OBSERVED_COLOR},
+             "encoding": {"x": {"field": "day", "type": "quantitative"}, "y": {"field": "S", "type": "quantitative"},
+                          "text": {"field": "text"}}},
+        ]
     if shown:
         marks = [{"day": h, "text": f"{horizon_label(h, short=True)}: "
                                     + ("past the curve's end" if h > t[-1] else f"risk {1.0 - float(survival_at(t, s, [h])[0]):.0%}"),
