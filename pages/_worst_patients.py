@@ -35,10 +35,10 @@ def _outcomes(root: str, stamp: float) -> pd.DataFrame:
                          "event": table["event"].astype(int)}).drop_duplicates("subject_id").set_index("subject_id")
 
 
-def worst_ordered(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
-    """The :data:`SHOWN` evaluated patients whose comparable pairs the model orders right least often (columns
-    subject_id, time, event, rank (1 = the highest risk), n, concordant, comparable, share); None when the evaluation
-    kept no patient's risk or too few patients are in enough pairs."""
+def patient_pairs(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
+    """Every evaluated patient, worst-ordered first: subject_id, risk (the score the C-index ranks, minus the
+    restricted mean survival time), time, event, rank (1 = the highest risk), n, concordant, comparable, share (None
+    without a comparable pair); None when the evaluation kept no patient's risk or has no event."""
     from core.evaluate.patient_pairs import patient_concordance
 
     kept = metrics.get("subject_risk") or {}
@@ -55,8 +55,15 @@ def worst_ordered(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
     frame = frame.assign(rank=frame["risk"].rank(ascending=False, method="min").astype(int), n=len(frame),
                          concordant=conc, comparable=comp.astype(int),
                          share=np.divide(conc, comp, out=np.full(len(comp), np.nan), where=comp > 0))
-    frame = frame[frame["comparable"] >= MIN_PAIRS]
-    return None if frame.empty else frame.sort_values(["share", "comparable"], ascending=[True, False]).head(SHOWN)
+    return frame.sort_values(["share", "comparable"], ascending=[True, False], na_position="last")
+
+
+def worst_ordered(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
+    """The :data:`SHOWN` patients of :func:`patient_pairs` in at least :data:`MIN_PAIRS` comparable pairs whose pairs
+    the model orders right least often; None when there are none."""
+    frame = patient_pairs(metrics, cohort_dir)
+    frame = None if frame is None else frame[frame["comparable"] >= MIN_PAIRS]
+    return None if frame is None or frame.empty else frame.head(SHOWN)
 
 
 def _outcome_text(time: float, event: int) -> str:
@@ -66,8 +73,9 @@ def _outcome_text(time: float, event: int) -> str:
 def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") -> None:
     """The section: the table, and a picker that opens one of its patients in Case review (the demo's patients, or
     those of the user's own cohort; nothing to open for another cohort), where :func:`strip` steps through the list."""
+    every = patient_pairs(metrics, cohort_dir)
     worst = worst_ordered(metrics, cohort_dir)
-    if worst is None:
+    if every is None or worst is None:
         return
     from core.app.demo_install import demo_paths
 
@@ -75,8 +83,10 @@ def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") 
     source = _cohort_cases.source_of(own.name) if own is not None else \
         DEMO if Path(cohort_dir).resolve() == Path(demo_paths().cohort).resolve() else None
     st.markdown(f"**The {len(worst)} patients of the {what} the model orders worst**")
+    from pages._chrome import sheet_cell  # an id from the user's cohort: no spreadsheet formula in a download
+
     st.dataframe(pd.DataFrame({
-        "patient": worst["subject_id"],
+        "patient": [sheet_cell(i) for i in worst["subject_id"]],
         "outcome": [_outcome_text(t, e) for t, e in zip(worst["time"], worst["event"])],
         "model's risk rank": [f"{r:,} of {n:,}" for r, n in zip(worst["rank"], worst["n"])],
         "pairs ordered right": [f"{s:.0%} of {c:,}" for s, c in zip(worst["share"], worst["comparable"])],
@@ -85,6 +95,10 @@ def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") 
                "first), the share the model's risk orders right; a rank of 1 is the highest risk. These are its "
                "worst-ordered patients with at least 5 pairs: typically an early event ranked low or a long survivor "
                "ranked high. Summed over every patient, the pairs ordered right over all pairs give the C-index.")
+    table = every.drop(columns=["n"]).assign(subject_id=[sheet_cell(i) for i in every["subject_id"]])
+    st.download_button(f"Every patient of the {what}: rank and pairs (CSV)", table.to_csv(index=False).encode(),
+                       f"{what.replace(' ', '_')}_patient_pairs.csv", mime="text/csv", key="worst_csv",
+                       icon=":material/download:")
     if source is None:  # not a cohort Case review opens
         return
     ids: list[Any] = worst["subject_id"].tolist()

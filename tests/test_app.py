@@ -1000,6 +1000,12 @@ def test_the_test_patients_a_model_orders_worst_open_in_case_review(data_dir: Pa
     first = ids.index(table["patient"].iloc[0])
     assert table["pairs ordered right"].iloc[0] == f"{conc[first] / comp[first]:.0%} of {int(comp[first]):,}"
     assert table["model's risk rank"].iloc[0] == f"{int((risk > risk[first]).sum()) + 1} of {len(ids)}"
+    every = _worst_patients.patient_pairs(saved, cohort)  # what the CSV download holds: every test patient
+    enough = every[every["comparable"] >= _worst_patients.MIN_PAIRS]
+    assert len(every) == len(ids) and list(enough["subject_id"][:len(table)]) == list(table["patient"])
+    assert every["concordant"].sum() / every["comparable"].sum() == pytest.approx(saved["c_index"], abs=1e-6)
+    assert [b.proto.label for b in at.get("download_button") if b.proto.label.startswith("Every patient of")] == [
+        "Every patient of the test split: rank and pairs (CSV)"]
     picker = at.selectbox(key="worst_patient")
     assert [o.split(":")[0] for o in picker.options] == list(table["patient"])
     assert picker.value == table["patient"].iloc[0]
