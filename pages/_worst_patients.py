@@ -102,13 +102,14 @@ def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") 
     if source is None:  # not a cohort Case review opens
         return
     ids: list[Any] = worst["subject_id"].tolist()
-    labels = dict(zip(ids, (f"{i}: {_outcome_text(t, e)}, risk rank {r:,}" for i, t, e, r in
-                            zip(ids, worst["time"], worst["event"], worst["rank"]))))
+    notes = dict(zip(ids, (f"{_outcome_text(t, e)}, risk rank {r:,}" for t, e, r in
+                           zip(worst["time"], worst["event"], worst["rank"]))))
+    labels = {i: f"{i}: {notes[i]}" for i in ids}
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     picked = c1.selectbox("Open one in Case review", ids, format_func=labels.__getitem__, key="worst_patient")
     if c2.button("Open in Case review", icon=":material/person_search:", key="worst_open", width="stretch"):
         st.session_state[K.WORST_LIST] = {"model": model, "what": what, "cases": [(source, str(i)) for i in ids],
-                                          "notes": {str(i): labels[i].split(": ", 1)[1] for i in ids}}
+                                          "notes": {str(i): notes[i] for i in ids}}
         _cohort_cases.open_in_review((source, str(picked)))
 
 
