@@ -93,13 +93,18 @@ def unlisted() -> int:
 
 
 def find(subject_id: str) -> tuple[str, str] | None:
-    """The case of the patient ``subject_id`` (exactly as the cohort writes it, spaces around it ignored) in this
-    user's cohorts, the newest cohort first; None when none holds it."""
+    """The case of the patient ``subject_id`` in this user's cohorts, the newest cohort first: as the cohort writes it
+    (spaces around it ignored), else the one id that differs from it in capitals only ("ab12" for "AB12"; none where
+    two do); None when none holds it."""
     wanted = str(subject_id).strip()
+    folded: list[tuple[str, str]] = []
     for cohort in mine():
-        if any(sid == wanted for sid, _ in _patients(cohort.path)):
-            return source_of(cohort.name), wanted
-    return None
+        for sid, _ in _patients(cohort.path):
+            if sid == wanted:
+                return source_of(cohort.name), wanted
+            if sid.casefold() == wanted.casefold():
+                folded.append((source_of(cohort.name), sid))
+    return folded[0] if len(folded) == 1 else None
 
 
 FIND = "_find_patient"  # the text input of find_box

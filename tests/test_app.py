@@ -898,11 +898,13 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         at.run()  # it stays the case under review on the next run
         _no_exception(at)
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-1])
+        at.text_input(key=_cohort_cases.FIND).input(train_ids[-2].upper()).run()  # capitals only differ: that id
+        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])
         at.text_input(key=_cohort_cases.FIND).input("P-nobody ![x](http://127.0.0.1:9/a.png)").run()
         _no_exception(at)
         assert [e.value for e in at.error] == ["patient id: got 'P-nobody !\\[x\\](http://127.0.0.1:9/a.png)', is in none of "
                                                "your cohorts; fix: type the subject id exactly as cohort.csv writes it"]
-        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-1])
+        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])  # the case stays
         monkeypatch.setattr(_cohort_cases, "MAX_LISTED", 1000)
         at.run()
         assert not [t for t in at.text_input if t.key == _cohort_cases.FIND]  # every patient listed: no box
