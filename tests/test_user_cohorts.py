@@ -78,3 +78,29 @@ def test_the_picker_reads_a_cohort_table_as_training_did(tmp_path: Path) -> None
     cohort = load_cohort(folder)
     assert [sid for sid, split in listed if split == "test"] == cohort.ids("test") and len(listed) == 20
     assert [split for _, split in listed] == sorted((s for _, s in listed), key=_cohort_cases.SPLIT_ORDER.index)
+
+
+def test_a_copied_or_moved_data_folder_reads_its_own_cohorts(tmp_path: Path) -> None:
+    """trained_in_app.json records the cohort's absolute path. In a data folder copied or restored elsewhere, that
+    path still named the old folder: the copy's cohort patients vanished from Case review and Cohort & models read
+    the old copy's cohort. A cohort recorded under another ``.../cohorts/`` folder is read in this user's own."""
+    import shutil
+
+    from core.app.background import delete_trained_model, trained_models
+    from core.app.meds_cohorts import recorded_cohort
+
+    old = tmp_path / "old" / "users" / "u1"
+    cohort = _cohort(old / "cohorts" / "20261129-003000")
+    (old / "models" / "m1").mkdir(parents=True)
+    (old / "models" / "m1" / "config.json").write_text("{}")
+    (old / "models" / "m1" / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort), "label": "m1"}))
+    new = tmp_path / "new" / "users" / "u1"
+    shutil.copytree(old, new)
+    mine = new / "cohorts" / "20261129-003000"
+    assert recorded_cohort(str(cohort), new / "models") == mine
+    assert trained_models(new / "models") == {"m1": (new / "models" / "m1", mine)}
+    assert [c.path for c in user_cohorts.reviewable(new / "cohorts", new / "models")] == [mine]
+    assert recorded_cohort("/srv/demo/cohort", new / "models") == Path("/srv/demo/cohort")  # not a user's: as recorded
+    assert recorded_cohort(str(tmp_path / "x" / "cohorts" / "gone"), new / "models") == tmp_path / "x" / "cohorts" / "gone"
+    assert delete_trained_model(new / "models", new / "models" / "m1", new / "cohorts") == [new / "models" / "m1", mine]
+    assert cohort.is_dir()  # the old copy's cohort is not touched

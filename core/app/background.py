@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from core.app.meds_cohorts import recorded_cohort
 from core.app.workspace import TRAINED_MARKER, is_built_cohort
 from core.jobs import Job, JobContext
 
@@ -435,7 +436,7 @@ def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
             info = json.loads(marker.read_text())
         except (OSError, ValueError):
             continue
-        cohort = Path(str(info.get("cohort_dir", "")))
+        cohort = recorded_cohort(str(info.get("cohort_dir", "")), models_dir)  # in a moved data folder too
         if (marker.parent / "config.json").is_file() and cohort.is_dir():
             found.append((marker.stat().st_mtime, str(info.get("label") or marker.parent.name), marker.parent, cohort))
     return {label: (model, cohort) for _, label, model, cohort in sorted(found, reverse=True)}
@@ -480,7 +481,7 @@ def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path, j
     except (OSError, ValueError):
         info = {}
     info = info if isinstance(info, dict) else {}
-    cohort, name = Path(str(info.get("cohort_dir", ""))), str(info.get("label") or target.name)  # as the sidebar names it
+    cohort, name = recorded_cohort(str(info.get("cohort_dir", "")), Path(models_dir)), str(info.get("label") or target.name)
     in_use = {c.resolve() for n, c in trained_models(Path(models_dir)).values() if n.resolve() != target.resolve()}
     drop_cohort = bool(str(cohort) and cohort.is_dir() and not cohort.is_symlink() and cohort.resolve() not in in_use
                        and cohort.resolve().parent == Path(cohorts_dir).resolve() and not is_built_cohort(cohort))

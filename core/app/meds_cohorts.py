@@ -68,6 +68,20 @@ class Built:
                 f"{s.get('events', '?')} events")
 
 
+def recorded_cohort(recorded: str | Path, models_dir: Path) -> Path:
+    """The cohort folder that a model's ``trained_in_app.json`` names, read in this data folder. The file records an
+    absolute path; in a data folder restored from a backup, moved or copied, that path still names the old place (or
+    another copy of the user's data). A cohort recorded under another ``.../cohorts/`` folder is read at the same
+    place under this user's own (``models_dir``'s sibling ``cohorts``) when it is there; any other path as recorded
+    (a server folder trained in place, such as the demo's)."""
+    path, own = Path(recorded), Path(models_dir).parent / "cohorts"
+    if path.is_relative_to(own) or "cohorts" not in path.parts:
+        return path
+    rest = path.parts[len(path.parts) - path.parts[::-1].index("cohorts"):]
+    moved = own.joinpath(*rest) if rest else own
+    return moved if rest and moved.is_dir() else path
+
+
 def models_by_cohort(models_dir: Path) -> dict[str, list[str]]:
     """Cohort folder (resolved, as text) -> the labels of the user's models in ``models_dir`` trained on it (or
     recalibrated from a model trained on it: ``base_cohort``), read from their ``trained_in_app.json``."""
@@ -79,7 +93,7 @@ def models_by_cohort(models_dir: Path) -> dict[str, list[str]]:
             continue
         for key in ("cohort_dir", "base_cohort"):
             if info.get(key):
-                used.setdefault(str(Path(str(info[key])).resolve()), []).append(
+                used.setdefault(str(recorded_cohort(str(info[key]), models_dir).resolve()), []).append(
                     str(info.get("label") or marker.parent.name))
     return used
 
