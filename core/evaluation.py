@@ -72,6 +72,10 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
                          "no subject has an observed event, so no C-index "
                          "can be computed", "check the event coding (1 = event) or evaluate a split with events")
     values = cohort.column_values(subgroup, ids) if subgroup else None  # bad column: fail before the slow part
+    if values is not None and (kinds := len({v for v in values if v is not None and v == v})) < 2:  # NaN != NaN
+        raise InputError("subgroup", subgroup, f"has {'one value' if kinds else 'no value'} in the "
+                         f"{'cohort' if split == ALL_SPLITS else split + ' split'}: no groups to compare",
+                         "pick a column whose values differ between patients")
     from core.ehr_read import split_feature_reads, split_timeline_reads
     from core.predict import predict_cohort, split_image_reads
     from core.registry import load_model

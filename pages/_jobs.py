@@ -95,7 +95,7 @@ def show(job: Job, *, cancel_label: str = "Cancel") -> None:
             st.rerun(scope="app")
             return
         row = st.container(horizontal=True, vertical_alignment="center")  # the button as wide as its label
-        row.progress(current.fraction, text=_status_text(current))
+        row.progress(current.fraction, text=chrome.md(_status_text(current)))  # a title may quote a user's column
         if row.button(cancel_label, key=f"cancel_{current.id}", disabled=current.cancel_requested, width="content"):
             default_queue().cancel(current.id, owner())
             st.rerun(scope="fragment")
@@ -178,7 +178,7 @@ def sidebar_list() -> None:
                 mark = {"queued": "⏳", "running": "▶", "done": "✓", "failed": "✗", "cancelled": "■"}[j.state]
                 pct = f" {j.fraction:.0%}" if j.state == "running" else ""
                 row = st.container(horizontal=True, vertical_alignment="center")
-                row.caption(f"{mark} {j.title}{pct} ({'cancelling' if j.cancel_requested and j.active else j.state})")
+                row.caption(f"{mark} {chrome.md(j.title)}{pct} ({'cancelling' if j.cancel_requested and j.active else j.state})")
                 if j.active and row.button("Cancel", key=f"sidebar_cancel_{j.id}", disabled=j.cancel_requested,
                                            width="content", type="tertiary"):
                     default_queue().cancel(j.id, owner())

@@ -243,18 +243,25 @@ def own_subgroups(name: str, path: Path, cohort_dir: Path, overall_c: float | No
     from core.evaluation import model_fingerprint
 
     cols = _cohort_cases.columns(cohort_dir)
-    if not cols:
-        return
     st.markdown("**Subgroups**")
+    if not cols:
+        st.caption("Your cohort has no column to group its patients by (cohort.csv holds only its outcomes and "
+                   "split, and it has no features.csv); add one (sex, age, site) to cohort.csv to see the model by group.")
+        return
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    st.session_state.setdefault("own_subgroup_column", next((c for c in ("sex_female", "sex", "age", "site")
+                                                             if c in cols), cols[0]))
     column = c1.selectbox("Group the test patients by", cols, key="own_subgroup_column",
                           help="A column of your cohort's cohort.csv or features.csv; numbers with many values are cut "
                                "into quantile bands. Every test patient is predicted again (a background job).")
     key = f"subgroups:{path}@{model_fingerprint(path)}:{column}"
     job = _jobs.find(key)
-    if job is None and c2.button("Compute", key="own_subgroup_go", icon=":material/group:", width="stretch"):
-        job = _jobs.submit(f"Subgroups of {name} by {chrome.md(column)}", evaluate_job, {name: (str(path), str(cohort_dir), None, 0.0)},
-                           runtime.device_name(), column, key=key, heavy=True)
+    ended = job is not None and job.state in ("failed", "cancelled")
+    if (job is None or ended) and c2.button("Compute again" if ended else "Compute", key="own_subgroup_go",
+                                            icon=":material/group:", width="stretch"):
+        job = _jobs.submit(f"Subgroups of {name} by {column}", evaluate_job, {name: (str(path), str(cohort_dir), None, 0.0)},
+                           runtime.device_name(), column, key=key, heavy=True, fresh=True)
+        st.rerun()  # drawn again without the button, with the job's progress
     if job is not None and job.active:
         _jobs.show(job)
     elif job is not None and _jobs.outcome(job):

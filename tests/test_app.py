@@ -942,7 +942,13 @@ def test_a_model_of_the_users_cohort_is_shown_by_subgroup(data_dir: Path) -> Non
 
     from core.cohort import load_cohort
 
+    import pandas as pd
+
+    from core.jobs import default_queue
+
     cohort, model, label = _own_cohort_model(data_dir, "20261129-100000")
+    table = pd.read_csv(cohort / "cohort.csv", dtype={"subject_id": str})
+    table.assign(site="Hospital A").to_csv(cohort / "cohort.csv", index=False)  # one site: nothing to compare
     try:
         at = _app()
         at.session_state["model_name"] = label
@@ -952,8 +958,23 @@ def test_a_model_of_the_users_cohort_is_shown_by_subgroup(data_dir: Path) -> Non
         at.run()
         _no_exception(at)
         picker = at.selectbox(key="own_subgroup_column")
-        assert "sex_female" in picker.options and "time" not in picker.options
-        picker.set_value("sex_female").run()
+        assert picker.value == "sex_female" and "site" in picker.options and "time" not in picker.options
+        # a column with one value fails at once, before any patient is predicted again
+        picker.set_value("site").run()
+        at.button(key="own_subgroup_go").click().run()
+        _wait_for_jobs()
+        at.run()
+        assert [e.value for e in at.error] == [f"{label}: subgroup: got site, has one value in the test split: no "
+                                               "groups to compare; fix: pick a column whose values differ between patients"]
+        # a cancelled job can be run again (its button came back only after the queue forgot the job, an hour later)
+        at.selectbox(key="own_subgroup_column").set_value("age").run()
+        at.button(key="own_subgroup_go").click().run()
+        job = [j for j in default_queue().jobs("local") if j.title == f"Subgroups of {label} by age"][-1]
+        default_queue().cancel(job.id, "local")
+        default_queue().wait(job.id, timeout=120)
+        at.run()
+        assert at.button(key="own_subgroup_go").label == "Compute again"
+        at.selectbox(key="own_subgroup_column").set_value("sex_female").run()
         at.button(key="own_subgroup_go").click().run()
         _wait_for_jobs()
         at.run()

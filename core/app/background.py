@@ -373,13 +373,11 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
     """Evaluate each ``name -> (model_dir, cohort_dir, saved_path or None, stamp)`` on its test split (``subgroup``: per
     group of that column too, ``evaluate_model``'s ``subgroups``).
 
-    A model with a ``saved_path`` (a demo model) reads and keeps its evaluation
-    there, tagged with ``stamp`` (see ``core.evaluation.save_metrics``), so a
-    later comparison reads it instead of computing it again (one kept without
-    each patient's risk, from before the paired comparison, is computed again). Returns ``{name:
-    metrics}`` and, for models that could not be evaluated, ``{name: {"error": text}}``.
-    Between two evaluations it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
-    """
+    A model with a ``saved_path`` (a demo model) reads and keeps its evaluation there, tagged with ``stamp`` (see
+    ``core.evaluation.save_metrics``), so a later comparison reads it instead of computing it again (one kept without
+    each patient's risk, from before the paired comparison, is computed again). Returns ``{name: metrics}`` and, for
+    models that could not be evaluated, ``{name: {"error": text}}``. Between two evaluations it makes way
+    (``ctx.yield_turn``) for heavy jobs queued meanwhile."""
     from core.errors import InputError
     from core.evaluation import evaluate_model, read_saved_metrics, save_metrics
 
@@ -396,7 +394,8 @@ def evaluate_job(ctx: JobContext, models: dict[str, tuple[str, str, str | None, 
         computed += 1
         try:
             result = evaluate_model(Path(model_dir), Path(cohort_dir), split="test", device=device, keep_risk=True,
-                                    subgroup=subgroup)
+                                    subgroup=subgroup, progress=lambda f, m, i=i: ctx.progress(
+                                        (i + f) / len(models), f"{name}: {m}" if len(models) > 1 else m))
         except (InputError, OSError) as err:
             out[name] = {"error": " ".join(str(err).split())}
             continue
