@@ -343,7 +343,11 @@ def sidebar() -> None:
         if models:
             names = list(models)
             if st.session_state.get(K.MODEL_NAME) not in models:
+                gone = st.session_state.get(K.MODEL_NAME) or st.session_state.get(K.SIDEBAR_KEPT, {}).get(K.MODEL_NAME)
                 st.session_state[K.MODEL_NAME] = _kept(K.MODEL_NAME, models.__contains__) or views.current_model_name()
+                if gone and gone not in models:  # deleted meanwhile (another tab): said, not switched in silence
+                    st.toast(md(f"{gone} is no longer among your models (deleted): now showing "
+                                f"{st.session_state[K.MODEL_NAME]}."), icon=":material/info:")
             st.selectbox(
                 "Fusion strategy / model",
                 names,

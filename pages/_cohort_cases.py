@@ -109,6 +109,7 @@ def find(subject_id: str) -> tuple[str, str] | None:
 
 FIND = "_find_patient"  # the text input of find_box
 MISSED = "_find_patient_missed"  # the id it found in none of the user's cohorts
+ALSO = "_find_patient_also"  # (id, how many other cohorts of the user hold it) of the patient it opened
 
 
 def _open_found() -> None:
@@ -116,10 +117,14 @@ def _open_found() -> None:
     wanted = str(st.session_state.get(FIND) or "").strip()
     found = find(wanted) if wanted else None
     st.session_state.pop(MISSED, None)
+    st.session_state.pop(ALSO, None)
     if found is None:
         if wanted:
             st.session_state[MISSED] = wanted
         return
+    others = sum(any(sid == found[1] for sid, _ in _patients(c.path)) for c in mine()) - 1
+    if others:  # the same id in several cohorts (cohorts built from one MEDS file): the newest opened, said so
+        st.session_state[ALSO] = (found[1], others)
     st.session_state[K.CASE] = found
     st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: found}
     st.session_state[FIND] = ""
@@ -135,12 +140,18 @@ def find_box(where: Any) -> None:
                      placeholder="subject id, as in cohort.csv",
                      help=f"The Case list holds the first {MAX_LISTED:,} patients of each of your cohorts (test split "
                           f"first); {hidden:,} more are opened here by their id.")
+    from pages._chrome import md  # typed text shown as text (the page's markdown would build links from it)
+
     missed = st.session_state.get(MISSED)
     if missed:
-        from pages._chrome import md  # the typed text shown as text (the page's markdown would build links from it)
+        from core.errors import InputError  # its one line shortens a long value
 
-        where.error(md(f"patient id: got {missed!r}, is in none of your cohorts; fix: type the subject id exactly as "
-                       "cohort.csv writes it"), icon=":material/person_off:")
+        where.error(md(str(InputError("patient id", missed, "is in none of your cohorts",
+                                      "type the subject id as cohort.csv writes it"))), icon=":material/person_off:")
+    also = st.session_state.get(ALSO)
+    if also and st.session_state.get(K.CASE, (None, None))[1] == also[0]:
+        where.caption(md(f"{also[0]} is a patient of {also[1] + 1} of your cohorts: the newest is open; the Case list "
+                         "names it in the others."))
 
 
 def folder(source: str) -> Path:

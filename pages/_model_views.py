@@ -246,6 +246,12 @@ def current_model_name() -> str:
     return demo_install.DEFAULT_FUSION if demo_install.DEFAULT_FUSION in models else next(iter(models), "")
 
 
+def label_of(model: Any) -> str:
+    """How the sidebar names ``model`` (a loaded or lazy model), else its folder's name."""
+    folder = Path(model.model_dir).resolve()
+    return next((n for n, p in available_models().items() if Path(p).resolve() == folder), folder.name)
+
+
 def current_model() -> Any:
     return model_by_name(current_model_name())
 

@@ -74,7 +74,7 @@ def _map_job(folder: Path, what: str, model: Any, source: str, subject_id: str, 
     key = _viewer.map_key(model, inputs, source, subject_id, method, horizon)
     store = _viewer.map_store(model, source, subject_id)
     sent = None if store.cache().get(key) is not None else amap
-    return _jobs.submit(f"{what}, {views.case_label(source, subject_id)}, {model.model_dir.name}", fn,
+    return _jobs.submit(f"{what}, {views.case_label(source, subject_id)}, {views.label_of(model)}", fn,
                         views.case_volume(source, subject_id), store, key, sent, *args,
                         key=f"export:{folder}", heavy=AV.is_heavy(inputs), fresh=True,
                         journal=False)

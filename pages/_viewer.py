@@ -188,7 +188,7 @@ def overlay_map(model: Any, inputs: Any, source: str, subject_id: str, method: s
             return None
         job = None
     if job is None or job.state == "done":  # none yet, or written and since trimmed from its folder
-        title = f"{METHOD_LABELS[method]} map, {views.case_label(source, subject_id)}, {model.model_dir.name}"
+        title = f"{METHOD_LABELS[method]} map, {views.case_label(source, subject_id)}, {views.label_of(model)}"
         from core import runtime
 
         heavy = AV.is_heavy(inputs)

@@ -858,6 +858,12 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         _no_exception(at)
         assert at.selectbox(key="case").value[0] == "demo"
         assert not [o for o in at.selectbox(key="case").options if o.startswith("Your cohort")]
+        later = _app()  # the sidebar runs in app.py's main, which AppTest runs on a first run only
+        later.session_state["model_name"] = label  # a session still on the deleted model (another tab deleted it)
+        later.run()
+        _no_exception(later)
+        assert [t.value for t in later.toast] == [f"{label} is no longer among your models (deleted): now showing "
+                                                  f"{demo_install.DEFAULT_FUSION}."]  # said, not switched in silence
     finally:
         _wait_for_jobs()
         shutil.rmtree(model, ignore_errors=True)
@@ -902,8 +908,10 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])
         at.text_input(key=_cohort_cases.FIND).input("P-nobody ![x](http://127.0.0.1:9/a.png)").run()
         _no_exception(at)
-        assert [e.value for e in at.error] == ["patient id: got 'P-nobody !\\[x\\](http://127.0.0.1:9/a.png)', is in none of "
-                                               "your cohorts; fix: type the subject id exactly as cohort.csv writes it"]
+        assert [e.value for e in at.error] == ["patient id: got P-nobody !\\[x\\](http://127.0.0.1:9/a.png), is in none of "
+                                               "your cohorts; fix: type the subject id as cohort.csv writes it"]
+        at.text_input(key=_cohort_cases.FIND).input("x" * 5000).run()  # the error's line stays one line
+        assert len(at.error[0].value) < 200
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])  # the case stays
         monkeypatch.setattr(_cohort_cases, "MAX_LISTED", 1000)
         at.run()

@@ -460,7 +460,7 @@ def refuse_while_read(jobs: Iterable[Job], folder: Path, field: str, name: str) 
     for job in jobs:
         if job.active and names((job.args, job.kwargs)):
             raise InputError(field, name, f'is read by your job "{job.title}" ({job.state})',
-                             "wait for it to end, or cancel it in the sidebar's job list, then delete again")
+                             "wait for it to end, or cancel it (its Cancel button, or the sidebar's job list), then delete again")
 
 
 def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path, jobs: Iterable[Job] = ()) -> list[Path]:
