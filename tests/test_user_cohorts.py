@@ -87,7 +87,7 @@ def test_a_copied_or_moved_data_folder_reads_its_own_cohorts(tmp_path: Path) -> 
     import shutil
 
     from core.app.background import delete_trained_model, trained_models
-    from core.app.meds_cohorts import recorded_cohort
+    from core.app.workspace import recorded_cohort
 
     old = tmp_path / "old" / "users" / "u1"
     cohort = _cohort(old / "cohorts" / "20261129-003000")

@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from core.app.meds_cohorts import recorded_cohort
-from core.app.workspace import TRAINED_MARKER, is_built_cohort
+from core.app.workspace import TRAINED_MARKER, is_built_cohort, recorded_cohort
 from core.jobs import Job, JobContext
 
 COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)

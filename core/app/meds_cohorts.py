@@ -25,7 +25,7 @@ from pathlib import Path
 
 from core.app.workspace import MEDS_PREFIX as PREFIX
 from core.app.workspace import MEDS_SUMMARY as SUMMARY
-from core.app.workspace import TRAINED_MARKER, is_built_cohort
+from core.app.workspace import TRAINED_MARKER, is_built_cohort, recorded_cohort
 from core.errors import InputError
 from core.jobs import Job, JobContext
 
@@ -66,20 +66,6 @@ class Built:
         s, task = self.summary, Path(str(self.summary.get("task", "task"))).stem
         return (f"built {made_at(self.path.name)} · {task} · {s.get('n_subjects', '?')} patients, "
                 f"{s.get('events', '?')} events")
-
-
-def recorded_cohort(recorded: str | Path, models_dir: Path) -> Path:
-    """The cohort folder that a model's ``trained_in_app.json`` names, read in this data folder. The file records an
-    absolute path; in a data folder restored from a backup, moved or copied, that path still names the old place (or
-    another copy of the user's data). A cohort recorded under another ``.../cohorts/`` folder is read at the same
-    place under this user's own (``models_dir``'s sibling ``cohorts``) when it is there; any other path as recorded
-    (a server folder trained in place, such as the demo's)."""
-    path, own = Path(recorded), Path(models_dir).parent / "cohorts"
-    if path.is_relative_to(own) or "cohorts" not in path.parts:
-        return path
-    rest = path.parts[len(path.parts) - path.parts[::-1].index("cohorts"):]
-    moved = own.joinpath(*rest) if rest else own
-    return moved if rest and moved.is_dir() else path
 
 
 def models_by_cohort(models_dir: Path) -> dict[str, list[str]]:

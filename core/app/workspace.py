@@ -467,6 +467,20 @@ def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bo
     return has_ct, has_ehr
 
 
+def recorded_cohort(recorded: str | Path, models_dir: Path) -> Path:
+    """The cohort folder that a model's ``trained_in_app.json`` names, read in this data folder. The file records an
+    absolute path; in a data folder restored from a backup, moved or copied, that path still names the old place (or
+    another copy of the user's data). A cohort recorded under another ``.../cohorts/`` folder is read at the same
+    place under this user's own (``models_dir``'s sibling ``cohorts``) when it is there; any other path as recorded
+    (a server folder trained in place, such as the demo's)."""
+    path, own = Path(recorded), Path(models_dir).parent / "cohorts"
+    if path.is_relative_to(own) or "cohorts" not in path.parts:
+        return path
+    rest = path.parts[len(path.parts) - path.parts[::-1].index("cohorts"):]
+    moved = own.joinpath(*rest) if rest else own
+    return moved if rest and moved.is_dir() else path
+
+
 def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
     """Write an uploaded zip of a cohort folder under ``dest``; return the folder holding cohort.csv.
 
