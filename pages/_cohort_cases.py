@@ -49,15 +49,20 @@ def _stamp(path: Path) -> float:
     return csv.stat().st_mtime if csv.exists() else 0.0
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _ids(root: str, stamp: float) -> list[tuple[str, str]]:
-    """(subject id, split) of a cohort's rows, test first: cohort.csv read and checked as ``load_cohort`` reads it
-    (column aliases, the seeded split of a table without one), so an id and its split are the model's."""
+def read_table(root: str | Path) -> Any:
+    """A cohort folder's cohort.csv, read and checked as ``load_cohort`` reads it (column aliases, the seeded split of
+    a table without one), so an id, its split and its outcome are the model's."""
     from core.cohort import validate_outcomes
     from core.io.columns import TEXT_COLUMNS
     from core.io.delimited import read_csv_any
 
-    table = validate_outcomes(read_csv_any(Path(root) / "cohort.csv", text_names=TEXT_COLUMNS), for_training=False)
+    return validate_outcomes(read_csv_any(Path(root) / "cohort.csv", text_names=TEXT_COLUMNS), for_training=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _ids(root: str, stamp: float) -> list[tuple[str, str]]:
+    """(subject id, split) of a cohort's rows (:func:`read_table`), test first."""
+    table = read_table(root)
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     table = table.assign(_o=table["split"].map(order).fillna(len(order))).sort_values("_o", kind="stable")
     return [(str(s), str(p)) for s, p in zip(table["subject_id"], table["split"])]
@@ -125,8 +130,7 @@ def _open_found() -> None:
     others = sum(any(sid == found[1] for sid, _ in _patients(c.path)) for c in mine()) - 1
     if others:  # the same id in several cohorts (cohorts built from one MEDS file): the newest opened, said so
         st.session_state[ALSO] = (found[1], others)
-    st.session_state[K.CASE] = found
-    st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: found}
+    set_case(found)
     st.session_state[FIND] = ""
 
 
@@ -202,10 +206,16 @@ def columns(cohort_dir: Path) -> list[str]:
     return cohort(source_of(found.name), patients[0][0]).column_names() if found is not None and patients else []
 
 
-def open_in_review(case: tuple[str, str]) -> None:
-    """Make ``case`` the one under review and go to Case review (the picker lists it: :func:`picker_entries`)."""
+def set_case(case: tuple[str, str]) -> None:
+    """Make ``case`` the one under review: Case review's picker value and the one its pages keep (a callback's, or
+    before a page switch)."""
     st.session_state[K.CASE] = case
     st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: case}
+
+
+def open_in_review(case: tuple[str, str]) -> None:
+    """:func:`set_case`, then go to Case review (the picker lists it: :func:`picker_entries`)."""
+    set_case(case)
     st.switch_page("pages/case_review.py")
 
 

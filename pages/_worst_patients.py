@@ -25,12 +25,8 @@ MIN_PAIRS = 5  # a patient in fewer comparable pairs says too little about the m
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _outcomes(root: str, stamp: float) -> pd.DataFrame:
-    """(subject id, time, event) of a cohort's rows, cohort.csv read and checked as ``load_cohort`` reads it."""
-    from core.cohort import validate_outcomes
-    from core.io.columns import TEXT_COLUMNS
-    from core.io.delimited import read_csv_any
-
-    table = validate_outcomes(read_csv_any(Path(root) / "cohort.csv", text_names=TEXT_COLUMNS), for_training=False)
+    """(subject id, time, event) of a cohort's rows (``_cohort_cases.read_table``)."""
+    table = _cohort_cases.read_table(root)
     return pd.DataFrame({"subject_id": table["subject_id"].astype(str), "time": table["time"].astype(float),
                          "event": table["event"].astype(int)}).drop_duplicates("subject_id").set_index("subject_id")
 
@@ -113,12 +109,6 @@ def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") 
         _cohort_cases.open_in_review((source, str(picked)))
 
 
-def _go(case: tuple[str, str]) -> None:
-    """A step of :func:`strip` (a callback: the case picker takes the new case before it is drawn)."""
-    st.session_state[K.CASE] = case
-    st.session_state[K.SAVED_VIEWER] = {**st.session_state.get(K.SAVED_VIEWER, {}), K.CASE: case}
-
-
 def strip(where: Any, case: tuple[str, str], model: str) -> None:
     """In Case review (in ``where``), on a patient of the worst-ordered list last opened from Cohort & models, for the
     model that list is of: which one it is, its outcome and rank, and buttons to the previous and next of the list."""
@@ -132,6 +122,6 @@ def strip(where: Any, case: tuple[str, str], model: str) -> None:
                 f"models): {kept['notes'].get(case[1], '')}.")
     back, ahead = box.columns(2)
     back.button("Previous", key="worst_previous", icon=":material/arrow_back:", disabled=i == 0, width="stretch",
-                on_click=_go, args=(cases[i - 1],) if i else (cases[0],))
+                on_click=_cohort_cases.set_case, args=(cases[i - 1],) if i else (cases[0],))
     ahead.button("Next", key="worst_next", icon=":material/arrow_forward:", disabled=i == len(cases) - 1,
-                 width="stretch", on_click=_go, args=(cases[min(i + 1, len(cases) - 1)],))
+                 width="stretch", on_click=_cohort_cases.set_case, args=(cases[min(i + 1, len(cases) - 1)],))

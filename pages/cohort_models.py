@@ -236,42 +236,6 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
                  placeholder=metric_views.NOT_AVAILABLE)
 
 
-def own_subgroups(name: str, path: Path, cohort_dir: Path, overall_c: float | None) -> None:
-    """A model of the user's own cohort by subgroup of a column of that cohort (sex, age, site...): C-index and
-    calibration per group of its test split, computed as a background job (every test patient predicted again)."""
-    from core.app.background import evaluate_job
-    from core.evaluation import model_fingerprint
-
-    cols = _cohort_cases.columns(cohort_dir)
-    st.markdown("**Subgroups**")
-    if not cols:
-        st.caption("Your cohort has no column to group its patients by (cohort.csv holds only its outcomes and "
-                   "split, and it has no features.csv); add one (sex, age, site) to cohort.csv to see the model by group.")
-        return
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    st.session_state.setdefault("own_subgroup_column", next((c for c in ("sex_female", "sex", "age", "site")
-                                                             if c in cols), cols[0]))
-    column = c1.selectbox("Group the test patients by", cols, key="own_subgroup_column",
-                          help="A column of your cohort's cohort.csv or features.csv; numbers with many values are cut "
-                               "into quantile bands. Every test patient is predicted again (a background job).")
-    key = f"subgroups:{path}@{model_fingerprint(path)}:{column}"
-    job = _jobs.find(key)
-    ended = job is not None and job.state in ("failed", "cancelled")
-    if (job is None or ended) and c2.button("Compute again" if ended else "Compute", key="own_subgroup_go",
-                                            icon=":material/group:", width="stretch"):
-        job = _jobs.submit(f"Subgroups of {name} by {column}", evaluate_job, {name: (str(path), str(cohort_dir), None, 0.0)},
-                           runtime.device_name(), column, key=key, heavy=True, fresh=True)
-        st.rerun()  # drawn again without the button, with the job's progress
-    if job is not None and job.active:
-        _jobs.show(job)
-    elif job is not None and _jobs.outcome(job):
-        result = job.result[name]
-        if "error" in result:
-            st.error(f"{chrome.md(name)}: {chrome.md(result['error'])}")
-        else:
-            metric_views.show_subgroups(result["subgroups"], overall_c, key="model")
-
-
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
     own = name in trained and cohort_dir != demo_dir
@@ -296,7 +260,7 @@ with tab_model:
                     sub = refs.subgroup_table(name, column)
                 metric_views.show_subgroups(sub, m.get("c_index"), key="model")
             elif own:
-                own_subgroups(name, Path(models[name]), cohort_dir, m.get("c_index"))
+                metric_views.own_subgroups(name, Path(models[name]), cohort_dir, m.get("c_index"))
 
 
 def cohort_label(cohort_dir: str, n_models: int) -> str:
