@@ -52,6 +52,7 @@ def main() -> None:
     from core.models import FUSIONS
     from pages import _chrome as chrome
     from pages import _jobs
+    from pages import _kept_review as kept_review
     from pages import _session as session
     from pages import _state as K
     from pages._memo import new_run
@@ -118,7 +119,9 @@ def main() -> None:
     new_run()  # what the last run held beyond the session memo's budget is let go
     session.mark_run()  # the closed-session sweep counts a page run as the session seen connected
     chrome.follow_deep_link()
+    kept_review.restore()  # a reloaded or bookmarked tab: its case, model and view (the address's ?review= token)
     chrome.sidebar()
+    kept_review.remember()
     with chrome.core_errors(stop=True, what="Server setting: "):  # a bad CTEHR_HEAVY_THREADS in one line, not a crash
         _jobs.sidebar_list()
     # once per server: the imports later interactions need (captum, lifelines), in the background and 10 s from now,

@@ -24,6 +24,7 @@ import streamlit as st
 
 from core import disk_cache, horizons
 from core.app import demo_install, paths
+from pages import _kept_review as kept_review
 from pages import _model_views as views
 from pages import _session as session
 from pages import _state as K
@@ -271,6 +272,7 @@ def save_viewer_settings() -> None:
     saved = dict(st.session_state.get(K.SAVED_VIEWER, {}))
     saved.update({k: st.session_state[k] for k in K.VIEWER_KEYS if k in st.session_state})
     st.session_state[K.SAVED_VIEWER] = saved
+    kept_review.remember()  # a reload of the tab opens this view again
 
 
 def viewer_setting(key: str, default: Any) -> Any:

@@ -785,6 +785,53 @@ def test_every_page_run_counts_as_a_use_of_the_sessions_workspace(data_dir: Path
     assert at.session_state["workspace"].uses == 1 and ws.path.stat().st_mtime > 1_000_000
 
 
+def test_a_reloaded_tab_opens_the_same_case_model_and_view(data_dir: Path) -> None:
+    """A reload (F5) or a bookmark started a tab on the default case and model: the tab's address now carries a token
+    (``?review=``, nothing else) and a new session with it opens the case, model, horizon, window and slice the tab
+    last showed, then goes on under a token of its own. A token the user does not have opens the default case, and a
+    model deleted meanwhile is said, both in a toast."""
+    from core.app import kept_reviews
+
+    at = _app()
+    at.session_state["model_name"] = "ehr_only"
+    at.session_state["horizon_days"] = 1825
+    at.run()
+    _no_exception(at)
+    token = at.query_params["review"]
+    assert kept_reviews.is_token(token)
+    default_case = at.session_state["case"]
+    at.selectbox(key="case").select_index(2).run()
+    at.selectbox(key="window").set_value("lung").run()
+    _no_exception(at)
+    case, slice_ = at.session_state["case"], at.session_state["axial_slice"]
+    assert case != default_case and case[0] == "demo"
+
+    again = _app()
+    again.query_params["review"] = token
+    again.run()
+    _no_exception(again)
+    assert again.session_state["case"] == case and again.session_state["model_name"] == "ehr_only"
+    assert again.session_state["horizon_days"] == 1825 and again.session_state["window"] == "lung"
+    assert again.session_state["axial_slice"] == slice_
+    assert again.query_params["review"] != token and not again.toast  # its own token from now on; nothing to say
+
+    unknown = _app()
+    unknown.query_params["review"] = kept_reviews.new_token()
+    unknown.run()
+    _no_exception(unknown)
+    assert unknown.session_state["case"] == default_case
+    assert "no longer kept" in unknown.toast[0].value
+
+    gone = kept_reviews.new_token()
+    kept_reviews.save("local", gone, {"model_name": "a model deleted since", "case": list(case)}, base=data_dir)
+    deleted = _app()
+    deleted.query_params["review"] = gone
+    deleted.run()
+    _no_exception(deleted)
+    assert deleted.session_state["case"] == case and deleted.session_state["model_name"] != "a model deleted since"
+    assert "a model deleted since is no longer among your models" in deleted.toast[0].value
+
+
 def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) -> None:
     """The test patients of a cohort the user trained a model on are listed in Case review's picker and open like
     a demo case (CT, curve, the cohort's own reference), with their caches in the user's folder, not the server's;

@@ -245,7 +245,8 @@ def test_about_prints_the_metrics_as_a_table(page: object) -> None:
 
 def test_upload_states_the_contrast_and_keeps_the_model_chosen(page: object, data_dir: Path) -> None:  # noqa: F811
     """A NIfTI records no contrast: Upload offers to state it, and the saved case keeps the statement. Saving opens
-    Case review with the model chosen in the sidebar (st.switch_page used to drop it back to the default)."""
+    Case review with the model chosen in the sidebar (st.switch_page used to drop it back to the default), and a
+    reload of the tab keeps both."""
     import json
 
     from core.app import cases
@@ -265,6 +266,13 @@ def test_upload_states_the_contrast_and_keeps_the_model_chosen(page: object, dat
     assert selected(pg, "Fusion strategy / model") == "image_only"
     new = [c for c in cases.list_cases("local", base=data_dir) if c.case_id not in before]
     assert len(new) == 1 and json.loads((new[0].path / "case.json").read_text())["contrast"] == "yes"
+    # a reload (F5) opens the saved case under the same model again (before: the first demo case, the default model)
+    case = selected(pg, "Case")
+    assert "review=" in pg.url and new[0].case_id not in pg.url  # type: ignore[attr-defined]  # a token, no case id
+    pg.reload()  # type: ignore[attr-defined]
+    pg.get_by_role("heading", name="Case review").first.wait_for()  # type: ignore[attr-defined]
+    settle(pg, 180)
+    assert selected(pg, "Case") == case and selected(pg, "Fusion strategy / model") == "image_only"
     vol = cases.load_case_volume(new[0])
     assert vol is not None and vol.meta["contrast_source"] == "stated on Upload"
 
