@@ -64,6 +64,11 @@ def follow_deep_link() -> None:
 
 
 _MARKUP = re.compile(r"([\\\[\]*`$])")
+#: where GitHub-flavoured markdown would link a bare address (before the "://" of http(s), the "." of "www." and the
+#: "@" of an e-mail address): a word joiner (U+2060, invisible) there stops it; a backslash does not, Streamlit's
+#: markdown links the text after escapes are read
+_AUTOLINK = re.compile(r"(?i)(?<=\bhttp)(?=://)|(?<=\bhttps)(?=://)|(?<=\bwww)(?=\.)|(?<=[\w.+-])(?=@[\w-]+\.\w)")
+WORD_JOINER = "\u2060"
 
 
 def md(value: object) -> str:
@@ -71,14 +76,20 @@ def md(value: object) -> str:
     is: text from a user's file (a DICOM header value, a zip entry's name, a timeline code, a column name) must not
     become a remote image the browser fetches (``![](http://...)``), a link or emphasis. Streamlit escapes raw HTML
     itself; this escapes what markdown builds links, images, emphasis, code and formulas from, and makes one line.
-    (A bare address such as http://host/x still shows as a link: Streamlit links those after markdown; no image.)
+    A bare address (http://host/x, www.host, name@host.org), which GitHub-flavoured markdown links by itself, gets an
+    invisible word joiner (U+2060) and shows as typed, as plain text.
 
-    >>> print(md("![x](http://127.0.0.1:9/a.png) **b** `c` $d$ C:\\data"))
-    !\[x\](http://127.0.0.1:9/a.png) \*\*b\*\* \`c\` \$d\$ C:\\data
+    >>> print(md("![x](http://127.0.0.1:9/a.png) **b** `c` $d$ C:\\data").replace(WORD_JOINER, "^"))
+    !\[x\](http^://127.0.0.1:9/a.png) \*\*b\*\* \`c\` \$d\$ C:\\data
+    >>> print(md("see HTTPS://h/x or www.h.org, ask a@h.org").replace(WORD_JOINER, "^"))
+    see HTTPS^://h/x or www^.h.org, ask a^@h.org
+    >>> md("3.5 mm at 10:30, user@localhost, mailto:a")
+    '3.5 mm at 10:30, user@localhost, mailto:a'
     >>> md("line 1\n# line 2")
     'line 1 # line 2'
     """
-    return _MARKUP.sub(r"\\\1", " ".join(str(value).splitlines()))
+    text = _MARKUP.sub(r"\\\1", " ".join(str(value).splitlines()))
+    return _AUTOLINK.sub(WORD_JOINER, text)
 
 
 def sheet_cell(value: str) -> str:

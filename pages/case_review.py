@@ -54,7 +54,9 @@ with chrome.core_errors():
     pred, events = view.prediction, view.events
     inputs = views.LazyInputs(model, source, subject_id)
 n_events = 0 if events is None else len(events)
-top[1].metric("Fusion strategy", model_name)
+top[1].metric("Fusion strategy", model.config.fusion)
+if model_name != model.config.fusion:  # a model of the user's, a recalibrated copy: its whole label, wrapped, not cut
+    top[1].caption(chrome.md(model_name))
 top[2].markdown(f"**Modalities used**  \n{' + '.join(pred.modalities_used) or 'none'}")  # wraps, never cut off
 
 # ------------------------------------------- warnings (the report PDF carries the same list)

@@ -366,7 +366,8 @@ def test_core_errors_become_one_line_messages() -> None:
     assert at.error[0].value == ("Study not loaded: upload: got x.nii.gz, is a text file, not a DICOM, NIfTI or zip "
                                  "file; fix: upload a study")
     assert "secret" not in at.error[1].value and "OSError" in at.error[1].value
-    assert at.error[2].value.startswith("zip entry: got ../!\\[z\\](http://127.0.0.1:9/a.png), contains")
+    # (the address gets an invisible word joiner: a bare address is not made a link either)
+    assert at.error[2].value.startswith("zip entry: got ../!\\[z\\](http\u2060://127.0.0.1:9/a.png), contains")
     assert at.markdown[-1].value == "after"
 
 
@@ -879,6 +880,9 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         assert _nifti_shape(data["volume"]) == (96, 96, 32)  # the cohort patient's own CT
         risks = [float(m.value.rstrip(" %")) for m in at.metric if m.label.endswith(" risk")]
         assert len(risks) == 3 and risks == sorted(risks)
+        # the strategy as the metric (a long label was cut there), the model's whole label under it
+        assert any(m.label == "Fusion strategy" and m.value == demo_install.DEFAULT_FUSION for m in at.metric)
+        assert any(c.value == label for c in at.caption)
         captions = " ".join(c.value for c in at.caption)
         assert f"Kaplan-Meier of {len(test_ids)} patients of the cohort this model was trained on" in captions
         # "every strategy" compares the models trained on this model's cohort only: the demo's models are another
@@ -955,7 +959,7 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])
         at.text_input(key=_cohort_cases.FIND).input("P-nobody ![x](http://127.0.0.1:9/a.png)").run()
         _no_exception(at)
-        assert [e.value for e in at.error] == ["patient id: got P-nobody !\\[x\\](http://127.0.0.1:9/a.png), is in none of "
+        assert [e.value for e in at.error] == ["patient id: got P-nobody !\\[x\\](http\u2060://127.0.0.1:9/a.png), is in none of "
                                                "your cohorts; fix: type the subject id as cohort.csv writes it"]
         at.text_input(key=_cohort_cases.FIND).input("x" * 5000).run()  # the error's line stays one line
         assert len(at.error[0].value) < 200
