@@ -67,14 +67,17 @@ if new_files:
     study_state.clear()
     st.session_state.pop(K.BURNED_IN_OK, None)  # an acknowledgement is for the study it was given for
     st.session_state.pop(K.CONTRAST_STATED, None)  # and so is a statement of its contrast
-    study_state["checked"], study_state["error"] = _read(
-        "study", lambda: uploads.check_study([(f.name, f.getvalue()) for f in new_files]))
+    with st.spinner(f"Reading {len(new_files)} file(s) and checking them for identifying data (nothing is stored)...",
+                    show_time=True):
+        study_state["checked"], study_state["error"] = _read(
+            "study", lambda: uploads.check_study([(f.name, f.getvalue()) for f in new_files]))
 if new_timeline is not None:
     from core.io.timeline import read_timeline_bytes
 
     tl_state.clear()
-    tl_state["frame"], tl_state["error"] = _read(
-        "timeline", lambda: read_timeline_bytes(new_timeline.getvalue(), new_timeline.name))
+    with st.spinner("Reading the timeline...", show_time=True):
+        tl_state["frame"], tl_state["error"] = _read(
+            "timeline", lambda: read_timeline_bytes(new_timeline.getvalue(), new_timeline.name))
     if tl_state["frame"] is not None and tl_state["frame"].empty:
         tl_state["frame"], tl_state["error"] = None, "timeline: got 0 events, the file has no rows; fix: upload a file with MEDS rows"
     tl_state["name"] = uploads.upload_label([new_timeline.name])
