@@ -29,6 +29,7 @@ import mmap
 import os
 import pickle
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -91,3 +92,19 @@ def dumps(obj: Any) -> bytes:
 def loads(data: bytes) -> Any:
     """What :func:`dumps` wrote (a mapped array's file opened again here)."""
     return pickle.loads(data)
+
+
+def paths_in(value: Any) -> set[str]:
+    """The absolute file-system paths a job's arguments name (``str`` or ``Path`` values, in nested dicts, lists,
+    tuples and sets), resolved: the folders a job reads, so that none of them is deleted under it.
+
+    >>> sorted(paths_in(("/tmp/../tmp/m1", {"cohort": Path("/tmp/c")}, ["relative", 3, ("/tmp/x",)])))
+    ['/tmp/c', '/tmp/m1', '/tmp/x']
+    """
+    if isinstance(value, str | Path):
+        return {os.path.realpath(value)} if os.path.isabs(value) else set()
+    if isinstance(value, dict):
+        return set().union(*(paths_in(k) | paths_in(v) for k, v in value.items()))
+    if isinstance(value, list | tuple | set | frozenset):
+        return set().union(*(paths_in(v) for v in value))
+    return set()

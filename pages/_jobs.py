@@ -13,6 +13,7 @@ from core.app import job_journal, paths
 from core.app import workspace as workspaces
 from core.app.background import UPLOAD_JOBS
 from core.jobs import Job, default_queue, format_eta
+from core.job_pickle import paths_in
 from pages import _chrome as chrome
 from pages import _session as session
 
@@ -37,7 +38,8 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
         job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, fresh=fresh, **kwargs)
     if job is not None and (heavy if journal is None else journal):  # a training, validation or evaluation
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
-            job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS)
+            job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS,
+                               reads=paths_in((args, kwargs)))
         except OSError as err:  # the job runs all the same; only a restart's notice would be missing
             LOG.warning("job %s not written down: %s", job.id, err)
     return job
@@ -64,6 +66,12 @@ def submit_audited(audits: list[tuple[str, str, dict[str, Any]]], title: str, fn
 def mine() -> list[Job]:
     """This user's jobs, oldest first (queued, running and recently ended)."""
     return default_queue().jobs(owner())
+
+
+def readers() -> list[Any]:
+    """This user's jobs that may read a folder: this server's (:func:`mine`) and those other replicas run, from their
+    records (``core.app.job_journal.elsewhere``): what deleting a model or a cohort is checked against."""
+    return [*mine(), *job_journal.elsewhere(workspaces.user_root(owner()), paths.data_dir())]
 
 
 def find(key: str) -> Job | None:

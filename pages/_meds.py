@@ -106,7 +106,7 @@ def pick() -> dict | None:
                      f"({workspace.human_bytes(chosen.n_bytes)}) is removed from your folder. This cannot be undone.")
             if st.button("Delete", type="primary", key="meds_delete"):
                 with chrome.core_errors(stop=False, what="Cohort not deleted: "):
-                    meds_cohorts.delete_built(cohorts_dir, chosen.path, models_dir, _jobs.mine())
+                    meds_cohorts.delete_built(cohorts_dir, chosen.path, models_dir, _jobs.readers())
                     st.session_state.pop(PICK, None)
                     st.toast("Deleted the cohort.")
                     st.rerun()

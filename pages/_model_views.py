@@ -112,7 +112,7 @@ def own_model_controls(name: str) -> None:
 
             try:
                 removed = delete_trained_model(workspaces.user_models_dir(user_id()), Path(path),
-                                               workspaces.user_root(user_id()) / "cohorts", _jobs.mine())
+                                               workspaces.user_root(user_id()) / "cohorts", _jobs.readers())
             except InputError as err:
                 st.error(str(err))
                 return

@@ -176,3 +176,46 @@ def test_a_stopped_meds_build_loses_its_half_written_folder_and_a_built_cohort_s
     (stopped,) = job_journal.interrupted(user, base)
     assert stopped.removed == (f"cohorts/{half.name}",) and not half.exists()
     assert built.is_dir() and stopped.kept == ()
+
+
+def test_a_model_another_replica_reads_is_not_deleted_under_its_job(tmp_path: Path) -> None:
+    """The deletion guard saw this server's queue only: a model evaluated by the user's job on another replica (the
+    queue is per replica) could be deleted under it. The job's record names the folders it reads, and a record of a
+    live server holds the deletion, named as another server's job; once that server is gone, the deletion goes."""
+    from core.app.background import TRAINED_MARKER, delete_trained_model
+    from core.errors import InputError
+
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    models, cohorts = user / "models", user / "cohorts"
+    (cohorts / "a").mkdir(parents=True)
+    for m in ("m1", "m2"):
+        (models / m).mkdir(parents=True)
+        (models / m / "config.json").write_text("{}")
+        (models / m / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohorts / "a"), "label": m}))
+    child = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from core.app import job_journal
+        from core.job_pickle import paths_in
+        job_journal.record(Path({str(user)!r}), "job7", "Evaluating m1", Path({str(base)!r}),
+                           reads=paths_in(({{"m1": ({str(models / "m1")!r}, {str(cohorts / "a")!r})}}, "cpu")))
+        print(job_journal.SERVER, flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None and len(proc.stdout.readline().strip()) == 12
+        found = job_journal.elsewhere(user, base)
+        assert [(j.title, j.active) for j in found] == [("Evaluating m1", True)]
+        with pytest.raises(InputError, match=r'^model: got m1, is read by your job "Evaluating m1" \(running on '
+                                             r"another server of this site\); fix: wait for it to end"):
+            delete_trained_model(models, models / "m1", cohorts, found)
+        assert (models / "m1").is_dir()
+        assert delete_trained_model(models, models / "m2", cohorts, found) == [models / "m2"]  # not read by it
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert job_journal.elsewhere(user, base) == []  # its server died: the record no longer holds anything
+    assert delete_trained_model(models, models / "m1", cohorts, job_journal.elsewhere(user, base)) == \
+        [models / "m1", cohorts / "a"]

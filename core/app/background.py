@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.app.workspace import TRAINED_MARKER, is_built_cohort, recorded_cohort
-from core.jobs import Job, JobContext
+from core.jobs import JobContext
 
 COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)
 # train_every_job's bar, until the strategies' own times are known (see bar_span and encoder_share): the first
@@ -440,29 +440,22 @@ def trained_models(models_dir: Path) -> dict[str, tuple[Path, Path]]:
     return {label: (model, cohort) for _, label, model, cohort in sorted(found, reverse=True)}
 
 
-def refuse_while_read(jobs: Iterable[Job], folder: Path, field: str, name: str) -> None:
-    """Raise an ``InputError`` (``field``: ``name``) naming the first active job of ``jobs`` one of whose arguments
-    names ``folder`` or a path under it: a model or cohort folder is not deleted under a job that reads it (its
-    evaluation, a training on that cohort), which would then fail half-way."""
+def refuse_while_read(jobs: Iterable[Any], folder: Path, field: str, name: str) -> None:
+    """Raise an ``InputError`` (``field``: ``name``) naming the first active job of ``jobs`` (``core.jobs.Job``, or
+    ``core.app.job_journal.Elsewhere``: one another replica runs) one of whose arguments names ``folder`` or a path
+    under it: a model or cohort folder is not deleted under a job that reads it (its evaluation, a training on that
+    cohort), which would then fail half-way."""
     from core.errors import InputError
+    from core.job_pickle import paths_in
 
     root = os.path.realpath(folder)
-
-    def names(value: Any) -> bool:
-        if isinstance(value, str | Path) and os.path.isabs(value):
-            found = os.path.realpath(value)
-            return found == root or found.startswith(root + os.sep)
-        if isinstance(value, dict):
-            return any(names(k) or names(v) for k, v in value.items())
-        return isinstance(value, list | tuple | set | frozenset) and any(names(v) for v in value)
-
     for job in jobs:
-        if job.active and names((job.args, job.kwargs)):
+        if job.active and any(p == root or p.startswith(root + os.sep) for p in paths_in((job.args, job.kwargs))):
             raise InputError(field, name, f'is read by your job "{job.title}" ({job.state})',
                              "wait for it to end, or cancel it (its Cancel button, or the sidebar's job list), then delete again")
 
 
-def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path, jobs: Iterable[Job] = ()) -> list[Path]:
+def delete_trained_model(models_dir: Path, model_dir: Path, cohorts_dir: Path, jobs: Iterable[Any] = ()) -> list[Path]:
     """Remove a model trained in the app (a folder of ``models_dir`` with its ``TRAINED_MARKER``) and, when none of
     the other models there was trained on it, its kept cohort (a folder of ``cohorts_dir``; not a cohort built from
     MEDS, which stays in the user's list of them, ``core.app.meds_cohorts``); return what was removed. Anything else

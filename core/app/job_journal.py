@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class Record:
     removed: tuple[str, ...] = ()
     upload: bool = False
     kept: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()  # the absolute paths its arguments name (core.job_pickle.paths_in)
 
 
 def _jobs_dir(user_dir: Path) -> Path:
@@ -94,19 +95,49 @@ def _read(path: Path) -> Record | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         return Record(path.stem, str(data["title"]), float(data["queued_at"]), str(data["server"]),
                       bool(data.get("stopped")), tuple(str(p) for p in data.get("removed") or ()),
-                      bool(data.get("upload")), tuple(str(p) for p in data.get("kept") or ()))
+                      bool(data.get("upload")), tuple(str(p) for p in data.get("kept") or ()),
+                      tuple(str(p) for p in data.get("reads") or ()))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # being written, or damaged: not a job anyone can be told about
 
 
 def record(user_dir: Path, job_id: str, title: str, base: Path, now: float | None = None, *,
-           upload: bool = False) -> None:
-    """Write down that this server queued ``job_id`` (``title``; ``upload``: it unpacks an uploaded zip) for the user
-    of ``user_dir``; starts the heartbeat."""
+           upload: bool = False, reads: Iterable[str] = ()) -> None:
+    """Write down that this server queued ``job_id`` (``title``; ``upload``: it unpacks an uploaded zip; ``reads``: the
+    folders its arguments name) for the user of ``user_dir``; starts the heartbeat."""
     start_heartbeat(base)
     _write(_jobs_dir(user_dir) / f"{SERVER}-{job_id}.json",
            {"title": title, "queued_at": float(time.time() if now is None else now), "server": SERVER,
-            "upload": bool(upload)})
+            "upload": bool(upload), "reads": sorted(str(p) for p in reads)})
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """A job of the user that another server process (a replica) runs, as its record says: what deleting a model or a
+    cohort checks besides this server's own queue (``core.app.background.refuse_while_read`` reads ``active``,
+    ``state``, ``title`` and the paths in ``args``)."""
+
+    title: str
+    reads: tuple[str, ...]
+    active: bool = True
+    state: str = "running on another server of this site"
+
+    @property
+    def args(self) -> tuple:
+        return (self.reads,)
+
+    @property
+    def kwargs(self) -> dict:
+        return {}
+
+
+def elsewhere(user_dir: Path, base: Path, now: float | None = None) -> list[Elsewhere]:
+    """The user's jobs on record that another live server runs (this server's own are in its queue). A record goes
+    within ``HEARTBEAT_S`` of its job's end, so a job may be listed here that long after it ended."""
+    now = time.time() if now is None else now
+    found = (_read(p) for p in sorted(_jobs_dir(user_dir).glob("*.json")))
+    return [Elsewhere(r.title, r.reads) for r in found
+            if r is not None and not r.stopped and r.server != SERVER and not _server_gone(base, r.server, now)]
 
 
 def forget_ended(user_dirs: list[Path], is_active: Callable[[str], bool]) -> None:

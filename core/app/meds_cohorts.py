@@ -20,6 +20,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from core.app.workspace import MEDS_PREFIX as PREFIX
 from core.app.workspace import MEDS_SUMMARY as SUMMARY
 from core.app.workspace import TRAINED_MARKER, is_built_cohort, recorded_cohort
 from core.errors import InputError
-from core.jobs import Job, JobContext
+from core.jobs import JobContext
 
 STAMP = "%Y%m%d-%H%M%S"
 
@@ -102,7 +103,7 @@ def built_cohorts(cohorts_dir: Path, models_dir: Path) -> list[Built]:
     return out
 
 
-def delete_built(cohorts_dir: Path, folder: Path, models_dir: Path, jobs: Iterable[Job] = ()) -> None:
+def delete_built(cohorts_dir: Path, folder: Path, models_dir: Path, jobs: Iterable[Any] = ()) -> None:
     """Delete the built cohort ``folder`` of ``cohorts_dir``; refused (``InputError``) for anything else, while a
     model of ``models_dir`` was trained on it (its evaluation reads the cohort's test split), and while one of the
     user's active ``jobs`` reads it (a training on it: ``core.app.background.refuse_while_read``)."""
