@@ -112,6 +112,15 @@ def find(subject_id: str) -> tuple[str, str] | None:
     return folded[0] if len(folded) == 1 else None
 
 
+def containing(text: str, limit: int = 10) -> tuple[list[tuple[str, str]], int]:
+    """The cases of the patients of this user's cohorts whose id contains ``text`` (capitals ignored), newest cohort
+    first: the first ``limit`` of them and how many there are in all. Offered to pick from, never opened by
+    themselves: a part of an id is not the patient."""
+    wanted = str(text).strip().casefold()
+    hits = [(source_of(c.name), sid) for c in mine() for sid, _ in _patients(c.path) if wanted and wanted in sid.casefold()]
+    return hits[:limit], len(hits)
+
+
 FIND = "_find_patient"  # the text input of find_box
 MISSED = "_find_patient_missed"  # the id it found in none of the user's cohorts
 ALSO = "_find_patient_also"  # (id, how many other cohorts of the user hold it) of the patient it opened
@@ -134,6 +143,14 @@ def _open_found() -> None:
     st.session_state[FIND] = ""
 
 
+def _open_hit(case: tuple[str, str]) -> None:
+    """A button of find_box's list of ids containing the typed text: that patient opens."""
+    st.session_state.pop(MISSED, None)
+    st.session_state.pop(ALSO, None)
+    set_case(case)
+    st.session_state[FIND] = ""
+
+
 def find_box(where: Any) -> None:
     """In ``where``: where a cohort of the user has more patients than the picker lists, a box that opens any of
     them by id (the picker then lists it too); its one-line error names an id that no cohort of theirs holds."""
@@ -143,15 +160,27 @@ def find_box(where: Any) -> None:
     where.text_input("Open a patient of your cohorts by id", key=FIND, on_change=_open_found,
                      placeholder="subject id, as in cohort.csv",
                      help=f"The Case list holds the first {MAX_LISTED:,} patients of each of your cohorts (test split "
-                          f"first); {hidden:,} more are opened here by their id.")
+                          f"first); {hidden:,} more are opened here by their id. Part of an id lists the ids that "
+                          "contain it, to open one.")
     from pages._chrome import md  # typed text shown as text (the page's markdown would build links from it)
 
     missed = st.session_state.get(MISSED)
     if missed:
         from core.errors import InputError  # its one line shortens a long value
 
-        where.error(md(str(InputError("patient id", missed, "is in none of your cohorts",
-                                      "type the subject id as cohort.csv writes it"))), icon=":material/person_off:")
+        hits, n = containing(missed)
+        if not hits:
+            where.error(md(str(InputError("patient id", missed, "is in none of your cohorts",
+                                          "type the subject id as cohort.csv writes it"))), icon=":material/person_off:")
+        else:  # a part of an id: the patients whose id contains it, to pick from (none is opened by itself)
+            where.warning(md(f"No patient of your cohorts has the id {missed[:60]} exactly; {n:,} ids contain it"
+                             + (f" (the first {len(hits)} below)" if n > len(hits) else "") + ": open one."),
+                          icon=":material/person_search:")
+            several = len({source for source, _ in hits}) > 1
+            row = where.container(horizontal=True)
+            for i, (source, sid) in enumerate(hits):
+                row.button(md(sid + (f" ({label(source)})" if several else "")), key=f"{FIND}_hit_{i}",
+                           on_click=_open_hit, args=((source, sid),))
     also = st.session_state.get(ALSO)
     if also and st.session_state.get(K.CASE, (None, None))[1] == also[0]:
         where.caption(md(f"{also[0]} is a patient of {also[1] + 1} of your cohorts: the newest is open; the Case list "

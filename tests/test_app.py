@@ -928,7 +928,8 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
 def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hospital cohort holds more patients than the picker lists (MAX_LISTED of each cohort, test split first): the
     others could not be opened at all. A box under the picker, shown only then, opens one by its id (the picker then
-    lists it too, and it stays after a rerun); an id that no cohort of the user holds gets a one-line error."""
+    lists it too, and it stays after a rerun); part of an id lists the ids that contain it, to open one; an id that no
+    cohort of the user holds gets a one-line error."""
     import shutil
 
     from core.cohort import load_cohort
@@ -959,6 +960,20 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         _no_exception(at)
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-1])
         at.text_input(key=_cohort_cases.FIND).input(train_ids[-2].upper()).run()  # capitals only differ: that id
+        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])
+        # part of an id: the ids that contain it are offered as buttons, and none is opened by itself
+        part = train_ids[-3][-3:].upper()
+        at.text_input(key=_cohort_cases.FIND).input(part).run()
+        _no_exception(at)
+        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])
+        assert at.warning[0].value.startswith(f"No patient of your cohorts has the id {part} exactly; ")
+        hits = {b.label.split(" (")[0]: b for b in at.button if b.key.startswith(f"{_cohort_cases.FIND}_hit_")}
+        assert train_ids[-3] in hits and all(part.casefold() in h.casefold() for h in hits)
+        hits[train_ids[-3]].click().run()
+        _no_exception(at)
+        assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-3])
+        assert not [b for b in at.button if b.key.startswith(f"{_cohort_cases.FIND}_hit_")]
+        at.text_input(key=_cohort_cases.FIND).input(train_ids[-2]).run()
         assert at.selectbox(key="case").value == ("cohort:20261129-090000", train_ids[-2])
         at.text_input(key=_cohort_cases.FIND).input("P-nobody ![x](http://127.0.0.1:9/a.png)").run()
         _no_exception(at)
