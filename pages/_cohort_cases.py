@@ -34,6 +34,14 @@ def is_cohort(source: str) -> bool:
     return str(source).startswith(PREFIX)
 
 
+def audit_detail(source: str, subject_id: str) -> dict[str, str]:
+    """The audit log's detail that names a patient of the user's cohorts: its keyed pseudonym
+    (``core.app.audit.patient_ref``); none for a demo patient or a saved case (named by its case number)."""
+    from core.app.audit import patient_ref
+
+    return {"patient": patient_ref(subject_id)} if is_cohort(source) else {}
+
+
 def _dirs() -> tuple[Path, Path]:
     user = user_id()
     return workspaces.user_root(user) / "cohorts", workspaces.user_models_dir(user)

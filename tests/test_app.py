@@ -881,6 +881,10 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         _no_exception(at)
         args, data = _viewer(at)
         assert _nifti_shape(data["volume"]) == (96, 96, 32)  # the cohort patient's own CT
+        from core.app import audit  # the audit log names the patient by its keyed pseudonym, not by its id
+
+        opened = [r for r in audit.records_of(test_ids[0]) if r["action"] == "open"]
+        assert opened and opened[-1]["details"]["source"] == "cohort" and test_ids[0] not in json.dumps(opened)
         risks = [float(m.value.rstrip(" %")) for m in at.metric if m.label.endswith(" risk")]
         assert len(risks) == 3 and risks == sorted(risks)
         # the strategy as the metric (a long label was cut there), the model's whole label under it

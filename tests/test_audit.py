@@ -144,6 +144,37 @@ def test_read_audit_names_a_broken_line(data_dir: Path) -> None:
     assert audit.read_audit(data_dir / "missing.jsonl") == []
 
 
+def test_a_cohort_patient_is_named_by_a_keyed_pseudonym(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The log named a cohort patient by a session-local case number only: "who opened patient X?" had no answer.
+    Now by HMAC-SHA256 of its id under a key kept beside the log: letters only (a slug the PHI rule accepts), the
+    same for every session, another for another id or another key, and the id's records are found with the key."""
+    ref = audit.patient_ref("MRN-0012345")
+    assert ref == audit.patient_ref(" MRN-0012345 ") and ref != audit.patient_ref("MRN-0012346")
+    assert ref.startswith("pt-") and len(ref) == 19 and ref[3:].isalpha() and audit.check_label("patient", ref) == ref
+    key = data_dir / "audit" / audit.KEY_FILE
+    assert len(key.read_bytes()) == 32 and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "0012345" not in ref and audit.patient_ref("MRN-0012345", tmp_path_factory.mktemp("other")) != ref
+    audit.record("clinician-7f3a", "open", "case", source="cohort", case=2, patient=ref)
+    audit.record("clinician-9b1c", "open", "case", source="cohort", case=1, patient=audit.patient_ref("MRN-7"))
+    audit.record("clinician-9b1c", "export", "case_report_pdf", source="cohort", case=1, patient=ref)
+    assert [(r["user"], r["action"]) for r in audit.records_of("MRN-0012345")] == \
+        [("clinician-7f3a", "open"), ("clinician-9b1c", "export")]
+    assert "MRN" not in audit.audit_path().read_text()
+    key.write_bytes(b"short")
+    with pytest.raises(InputError, match="audit key: got 5 bytes"):
+        audit.patient_ref("MRN-0012345")
+
+
+def test_replicas_making_the_key_at_once_share_one(tmp_path: Path) -> None:
+    refs: list[str] = []
+    threads = [threading.Thread(target=lambda: refs.append(audit.patient_ref("P1", tmp_path))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(refs) == 8 and len(set(refs)) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [audit.KEY_FILE]
+
+
 # ------------------------------------------- the app: sign-in gate, local mode, audit calls (AppTest, no browser)
 
 AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "c" * 64,

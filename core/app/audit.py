@@ -22,6 +22,10 @@ value, is a backstop for a caller that passes the wrong thing:
   finite; ``bool`` is accepted;
 * anything else (None, bytes, lists, dicts, datetimes) is refused.
 
+A patient of a user's own cohort is named by :func:`patient_ref`, a keyed pseudonym of its subject id (the detail
+``patient``: ``pt-`` and 16 letters of HMAC-SHA256 under a random key kept beside the log, ``pseudonym.key``): the log
+holds no identifier, and whoever holds the key answers "who opened patient X?" (:func:`records_of`).
+
 A refused value raises :class:`~core.errors.InputError` whose message names the
 field but never echoes the value. The file is opened for every record with
 ``O_APPEND | O_NOFOLLOW`` (one ``write`` per line, never truncated), created with
@@ -32,10 +36,13 @@ whole when threads or replicas on one host write at the same time.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import json
 import math
 import os
 import re
+import secrets
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +67,48 @@ _LOCK = threading.Lock()
 def audit_path() -> Path:
     """``<data_dir>/audit/audit.jsonl`` (``$CTEHR_DATA_DIR`` or ``./data``)."""
     return paths.data_dir() / "audit" / "audit.jsonl"
+
+
+KEY_FILE = "pseudonym.key"  # beside the log: 32 random bytes, made once, shared by every replica of the data folder
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # no digits in a pseudonym: it is a slug without digit runs
+
+
+def _pseudonym_key(folder: Path) -> bytes:
+    path = folder / KEY_FILE
+    if not path.exists():
+        folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        tmp = folder / f".{KEY_FILE}.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        try:
+            os.link(tmp, path)  # whole or not at all; a replica that made one first wins
+        except FileExistsError:
+            pass  # another process (a replica) made it meanwhile: its key is the one
+        finally:
+            tmp.unlink()
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise InputError("audit key", f"{len(key)} bytes", f"is not the 32 random bytes of {KEY_FILE}",
+                         "restore it from the backup of the audit folder (a new key names every patient anew)")
+    return key
+
+
+def patient_ref(subject_id: str, folder: Path | None = None) -> str:
+    """The audit log's name for the patient ``subject_id`` (spaces around it ignored): ``pt-`` and 16 letters of
+    HMAC-SHA256 under the data folder's pseudonym key, the same for every user, session and replica. Without the key
+    it names no one; with it, a given id's records are found (:func:`records_of`)."""
+    digest = hmac.new(_pseudonym_key(audit_path().parent if folder is None else Path(folder)),
+                      str(subject_id).strip().encode("utf-8"), hashlib.sha256).digest()
+    return "pt-" + "".join(_LETTERS[b % 26] for b in digest[:16])
+
+
+def records_of(subject_id: str, path: Path | str | None = None) -> list[dict]:
+    """The audit records that name the patient ``subject_id`` (``details.patient``), oldest first: who opened or
+    exported that patient, and when."""
+    log = audit_path() if path is None else Path(path)
+    ref = patient_ref(subject_id, log.parent)
+    return [r for r in read_audit(log) if (r.get("details") or {}).get("patient") == ref]
 
 
 def check_label(field: str, value: object) -> str | int | float | bool:
