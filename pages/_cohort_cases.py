@@ -121,11 +121,13 @@ def find(subject_id: str) -> tuple[str, str] | None:
 
 
 def containing(text: str, limit: int = 10) -> tuple[list[tuple[str, str]], int]:
-    """The cases of the patients of this user's cohorts whose id contains ``text`` (capitals ignored), newest cohort
-    first: the first ``limit`` of them and how many there are in all. Offered to pick from, never opened by
-    themselves: a part of an id is not the patient."""
+    """The cases of the patients of this user's cohorts whose id contains ``text`` (capitals ignored): the first
+    ``limit`` of them (ids that start with it first, then the shorter, then in order of the id; the newest cohort
+    first for one id) and how many there are in all. Offered to pick from, never opened by themselves: a part of an
+    id is not the patient."""
     wanted = str(text).strip().casefold()
     hits = [(source_of(c.name), sid) for c in mine() for sid, _ in _patients(c.path) if wanted and wanted in sid.casefold()]
+    hits.sort(key=lambda hit: (not hit[1].casefold().startswith(wanted), len(hit[1]), hit[1].casefold()))  # stable
     return hits[:limit], len(hits)
 
 
