@@ -105,10 +105,11 @@ def _entries(studies_dir: Path) -> dict[str, Path]:
 
 
 def attach_studies(cohort_dir: Path, studies_dir: Path,
-                   progress: Callable[[float, str], None] | None = None) -> dict[str, object]:
+                   progress: Callable[[float, str], None] | None = None, *, move: bool = False) -> dict[str, object]:
     """Copy the studies of ``studies_dir`` named by a subject id of ``cohort_dir``'s cohort.csv (or linked to one by
     the folder's ``studies.csv``) into
-    ``cohort_dir/studies`` and write cohort.csv's ``study`` column (when none matches and ``studies_dir`` holds one
+    ``cohort_dir/studies`` (``move``: moved instead, for a folder that is the caller's to give away, such as an
+    unpacked upload: no second copy on disk, no time copying) and write cohort.csv's ``study`` column (when none matches and ``studies_dir`` holds one
     folder only, that folder's studies: a zipped folder of studies unpacks so). Returns ``{"studies": matched,
     "without_study": subjects left without one, "unused": names of studies that match no subject}``; refused
     (``InputError``) when no study matches, when cohort.csv already names studies, and for two studies of one
@@ -135,9 +136,11 @@ def attach_studies(cohort_dir: Path, studies_dir: Path,
     target.mkdir(mode=0o700, exist_ok=False)
     report = progress or (lambda fraction, label: None)
     for i, sid in enumerate(matched):
-        report(i / len(matched), f"copying study {i + 1} of {len(matched)}")
+        report(i / len(matched), f"{'moving' if move else 'copying'} study {i + 1} of {len(matched)}")
         src = entries[sid]
-        if src.is_dir():
+        if move and not src.is_symlink() and not (src.is_dir() and any(p.is_symlink() for p in src.rglob("*"))):
+            shutil.move(src, target / src.name)
+        elif src.is_dir():
             shutil.copytree(src, target / src.name,  # a link inside could point anywhere on the server: left out
                             ignore=lambda folder, names: [n for n in names if (Path(folder) / n).is_symlink()])
         else:

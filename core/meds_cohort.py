@@ -299,9 +299,11 @@ def assign_splits(subject_ids: list[str], *, seed: int = 0,
 
 def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
                       fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                      progress: Progress | None = None, studies: Path | None = None) -> dict[str, object]:
+                      progress: Progress | None = None, studies: Path | None = None,
+                      move_studies: bool = False) -> dict[str, object]:
     """Write the cohort folder ``out`` (new or empty) from MEDS events and an ACES task, with the CT studies of the
-    folder ``studies`` named by subject id when given; returns a summary. A failure while adding the studies leaves
+    folder ``studies`` named by subject id when given (``move_studies``: moved out of it, not copied); returns a
+    summary. A failure while adding the studies leaves
     ``out`` as it was before (gone, or empty)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -346,7 +348,8 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
         from core.cohort_studies import attach_studies
 
         try:
-            attached = attach_studies(out, Path(studies), progress=lambda f, m: report(0.85 + 0.15 * f, m))
+            attached = attach_studies(out, Path(studies), progress=lambda f, m: report(0.85 + 0.15 * f, m),
+                                      move=move_studies)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             if existed:

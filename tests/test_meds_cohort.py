@@ -468,6 +468,36 @@ def test_studies_under_other_names_join_through_a_linkage_table(tmp_path: Path) 
         attach_studies(out, studies)
 
 
+def test_studies_given_away_are_moved_not_copied(tmp_path: Path) -> None:
+    """The app's build copied the studies it had just unpacked, then removed the unpacked copy: every CT written
+    twice, and twice on disk meanwhile. A folder that is the caller's to give away (``move_studies``) is moved in; a
+    study folder holding a link is still copied without it (the link could point anywhere), and the caller's folder
+    keeps what no subject uses."""
+    import os
+
+    from core.cohort import load_cohort
+    from tests.dicom_factory import write_series
+
+    meds, studies = tmp_path / "events.parquet", tmp_path / "unpacked"
+    _write_synthetic(meds)
+    studies.mkdir()
+    _nifti(studies / "1.nii.gz")
+    write_series(studies / "2", shape=(6, 16, 16), identified=False)
+    write_series(studies / "5", shape=(6, 16, 16), identified=False)
+    os.symlink("/etc/hostname", studies / "5" / "link.dcm")
+    _nifti(studies / "99.nii.gz", seed=2)  # no such subject
+    inode = (studies / "1.nii.gz").stat().st_ino
+    summary = build_meds_cohort(meds, TASK, tmp_path / "out", studies=studies, move_studies=True)
+    assert (summary["studies"], summary["unused"]) == (3, ["99.nii.gz"])
+    moved = tmp_path / "out" / "studies"
+    assert (moved / "1.nii.gz").stat().st_ino == inode and not (studies / "1.nii.gz").exists()
+    assert not (studies / "2").exists() and len(list((moved / "2").iterdir())) == 6
+    assert (studies / "5" / "link.dcm").is_symlink() and not (moved / "5" / "link.dcm").exists()
+    assert sorted(p.name for p in studies.iterdir()) == ["5", "99.nii.gz"]
+    cohort = load_cohort(tmp_path / "out")
+    assert cohort.load_volume("2").hu.shape == (6, 16, 16) and cohort.load_volume("5").hu.shape == (6, 16, 16)
+
+
 def test_the_apps_build_adds_zipped_studies_after_the_phi_check(tmp_path: Path) -> None:
     """The app's build job takes the studies as an uploaded zip: unpacked with the safe zip reader, added, then
     every study passes the PHI gate. A DICOM study that still carries the patient's name refuses the cohort (named

@@ -134,7 +134,7 @@ def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str, *
     (``summary.json``, written last). Returns the build's summary (its ``out`` as text).
 
     ``studies_zip``: a zip of CT studies named by subject id (``core.cohort_studies``), read with the safe zip reader,
-    unpacked beside it and copied into the cohort, whose every study then passes the PHI gate (a refused cohort is
+    unpacked beside it and moved into the cohort (not copied: one copy on disk), whose every study then passes the PHI gate (a refused cohort is
     removed, its blocked studies named); the unpacked copy is removed whatever happens."""
     from core.app.background import gate_cohort_folder
     from core.app.workspace import check_quota
@@ -151,7 +151,7 @@ def meds_cohort_job(ctx: JobContext, meds_file: str, task_file: str, out: str, *
             ctx.progress(0.0, "unpacking the studies")
             write_members(read_zip(Path(studies_zip), label="studies zip"), unpacked)
         span = 0.85 if studies_zip else 1.0  # the PHI gate of the studies takes the rest
-        summary = {**build_meds_cohort(Path(meds_file), Path(task_file), Path(out), studies=unpacked,
+        summary = {**build_meds_cohort(Path(meds_file), Path(task_file), Path(out), studies=unpacked, move_studies=True,
                                        progress=lambda f, m: ctx.progress(span * f, m)), "out": str(out)}
         if unpacked is not None:
             shutil.rmtree(unpacked, ignore_errors=True)
