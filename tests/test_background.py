@@ -308,22 +308,31 @@ def test_a_user_deletes_a_model_trained_here_and_its_cohort_when_no_other_model_
     assert delete_trained_model(models, models / "m2", cohorts) == [models / "m2", cohorts / "a"]
 
 
+def models_trained_here(root: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
+    """``root/models/<name>`` for each of ``names``, each marked as trained in the app on ``root/cohorts/a``:
+    (models folder, cohorts folder)."""
+    import json as _json
+
+    from core.app.background import TRAINED_MARKER
+
+    models, cohorts = root / "models", root / "cohorts"
+    (cohorts / "a").mkdir(parents=True)
+    for m in names:
+        (models / m).mkdir(parents=True)
+        (models / m / "config.json").write_text("{}")
+        (models / m / TRAINED_MARKER).write_text(_json.dumps({"cohort_dir": str(cohorts / "a"), "label": m}))
+    return models, cohorts
+
+
 def test_a_model_or_cohort_a_running_job_reads_is_not_deleted_under_it(tmp_path: Path) -> None:
     """Deleting a model while its evaluation ran made the job fail half-way (a failed job in the sidebar, no metrics);
     deleting a model's last cohort while a training read it did the same. Both are refused, naming the job, until the
     job has ended; a job on another folder (m10 beside m1) or one that has ended does not hold the deletion."""
-    import json as _json
-
-    from core.app.background import TRAINED_MARKER, delete_trained_model
+    from core.app.background import delete_trained_model
     from core.errors import InputError
     from core.jobs import Job
 
-    models, cohorts = tmp_path / "models", tmp_path / "cohorts"
-    (cohorts / "a").mkdir(parents=True)
-    for m in ("m1", "m10"):
-        (models / m).mkdir(parents=True)
-        (models / m / "config.json").write_text("{}")
-        (models / m / TRAINED_MARKER).write_text(_json.dumps({"cohort_dir": str(cohorts / "a"), "label": m}))
+    models, cohorts = models_trained_here(tmp_path, ("m1", "m10"))
     # shaped as pages/cohort_models.py submits them: evaluate_job({name: (model, cohort, saved, stamp)}, device)
     evaluation = Job(id="job1", owner="u", title="Evaluating m1 on the test split", key=None, heavy=True,
                      state="running", args=({"m1": (str(models / "m1"), str(cohorts / "a"), "/x/m.json", "s")}, "cpu"))

@@ -182,16 +182,12 @@ def test_a_model_another_replica_reads_is_not_deleted_under_its_job(tmp_path: Pa
     """The deletion guard saw this server's queue only: a model evaluated by the user's job on another replica (the
     queue is per replica) could be deleted under it. The job's record names the folders it reads, and a record of a
     live server holds the deletion, named as another server's job; once that server is gone, the deletion goes."""
-    from core.app.background import TRAINED_MARKER, delete_trained_model
+    from core.app.background import delete_trained_model
     from core.errors import InputError
+    from tests.test_background import models_trained_here
 
     base, user = tmp_path, tmp_path / "users" / "u1"
-    models, cohorts = user / "models", user / "cohorts"
-    (cohorts / "a").mkdir(parents=True)
-    for m in ("m1", "m2"):
-        (models / m).mkdir(parents=True)
-        (models / m / "config.json").write_text("{}")
-        (models / m / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohorts / "a"), "label": m}))
+    models, cohorts = models_trained_here(user, ("m1", "m2"))
     child = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
