@@ -33,7 +33,8 @@ SIDEBAR_KEPT = "_sidebar_kept"   # the sidebar widgets' last values (st.switch_p
 NAVIGATED = "_navigated"         # set by app.py on every run: a page run without it was started outside app.py
 DEEP_LINK = "_deep_link"         # the page a visitor asked for before app.py's navigation existed
 REVIEW_TOKEN = "_review_token"  # this tab's token in the address (?review=...): its review kept on disk (pages/_kept_review.py)
-REVIEW_KEPT = "_review_kept"    # ... the review last written under it
+REVIEW_KEPT = "_review_kept"    # ... the review last written under it (or read from it)
+REVIEW_SHARED = "_review_shared"  # ... the token came with the address: replaced by a new one at the first change
 SIGN_OUT = "sign_out"            # the sidebar's "Sign out" button (only when sign-in is configured)
 
 # audit log (core.app.audit)

@@ -243,16 +243,17 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
     show_map = c2.toggle("Saliency overlay", key=K.SHOW_SALIENCY, disabled=not uses_image,
                          help="Captum attribution of the predicted risk at the sidebar horizon, over the whole CT "
                               "(computed once in the background, then shown on all three planes).")
+    maps = show_map and uses_image  # the overlay's own controls: off with it, and for a model that reads no CT
     c3, c4, c5 = st.columns([2, 1, 1])  # the method's name whole at 1280-1366 px ("Detector evidence (IG)")
     options = methods_for(model)
     chrome.settle_method(st.session_state, options)  # first draw; a model that cannot use the method chosen, or can again
-    method = c3.selectbox("Method", options, key=K.METHOD, format_func=METHOD_LABELS.get, disabled=not show_map,
+    method = c3.selectbox("Method", options, key=K.METHOD, format_func=METHOD_LABELS.get, disabled=not maps,
                           on_change=lambda: st.session_state.__setitem__(K.METHOD_PICKED, True))
     if st.session_state.pop(K.METHOD_PICKED, False):
         # the page outside this fragment names the method too (its caveats, its sanity check): rerun it all, once
         st.rerun(scope="app")
-    opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY, disabled=not show_map)
-    threshold = c5.slider("Threshold", 0.0, 0.95, step=0.05, key=THRESHOLD, disabled=not show_map,
+    opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY, disabled=not maps)
+    threshold = c5.slider("Threshold", 0.0, 0.95, step=0.05, key=THRESHOLD, disabled=not maps,
                           help="Map values (0-1, scaled to the 99.5th percentile of |attribution|) below this are "
                                "transparent.")
     chrome.save_viewer_settings()

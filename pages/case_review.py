@@ -34,7 +34,11 @@ for split in ("test", "val", "train"):
 
 top = st.container(key="lead_top").columns([3, 2, 2])  # on a narrow page: the case alone, then the rest (assets/style.css)
 if st.session_state.get(K.CASE) not in cases:
+    gone = st.session_state.get(K.CASE)  # deleted meanwhile (another tab), or named by a reloaded or bookmarked address
     st.session_state[K.CASE] = next((c for c in cases if c[0] == views.DEMO), next(iter(cases)))  # a demo case first
+    if gone is not None:  # said, not switched in silence
+        st.toast(chrome.md(f"The case under review is no longer among your cases (deleted): now showing "
+                           f"{cases[st.session_state[K.CASE]]}."), icon=":material/info:")
 source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_func=cases.__getitem__,
                                       help="Demo patients are synthetic. Upload your own de-identified study on the Upload page. "
                                            "The patients of your cohorts (those your models were trained on, and those "

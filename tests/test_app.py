@@ -816,8 +816,14 @@ def test_a_reloaded_tab_opens_the_same_case_model_and_view(data_dir: Path) -> No
     _no_exception(again)
     assert again.session_state["case"] == case and again.session_state["model_name"] == "ehr_only"
     assert again.session_state["horizon_days"] == 1825 and again.session_state["window"] == "lung"
-    assert again.session_state["axial_slice"] == slice_
-    assert again.query_params["review"] != token and not again.toast  # its own token from now on; nothing to say
+    assert again.session_state["axial_slice"] == slice_ and not again.toast  # nothing to say
+    assert again.session_state["case_numbers"] == at.session_state["case_numbers"]  # "Demo case 2" stays case 2
+    kept = kept_reviews.load("local", token, base=data_dir)
+    assert again.query_params["review"] == token  # opened, not changed: the bookmark's review, nothing written
+    again.selectbox(key="window").set_value("bone").run()  # the first change: a token of its own from now on
+    _no_exception(again)
+    assert again.query_params["review"] != token and kept_reviews.load("local", token, base=data_dir) == kept
+    assert kept_reviews.load("local", again.query_params["review"], base=data_dir)["window"] == "bone"
 
     unknown = _app()
     unknown.query_params["review"] = kept_reviews.new_token()
@@ -825,6 +831,11 @@ def test_a_reloaded_tab_opens_the_same_case_model_and_view(data_dir: Path) -> No
     _no_exception(unknown)
     assert unknown.session_state["case"] == default_case
     assert "no longer kept" in unknown.toast[0].value
+    tampered = _app()
+    tampered.query_params["review"] = "../" + token
+    tampered.run()
+    _no_exception(tampered)
+    assert "review token is not valid" in tampered.toast[0].value
 
     gone = kept_reviews.new_token()
     kept_reviews.save("local", gone, {"model_name": "a model deleted since", "case": list(case)}, base=data_dir)
@@ -834,6 +845,16 @@ def test_a_reloaded_tab_opens_the_same_case_model_and_view(data_dir: Path) -> No
     _no_exception(deleted)
     assert deleted.session_state["case"] == case and deleted.session_state["model_name"] != "a model deleted since"
     assert "a model deleted since is no longer among your models" in deleted.toast[0].value
+
+    removed = kept_reviews.new_token()  # a saved case deleted since the address was bookmarked: said too
+    kept_reviews.save("local", removed, {"case": ["uploaded", "a-case-deleted-since"]}, base=data_dir)
+    bookmark = _app()
+    bookmark.query_params["review"] = removed
+    bookmark.run()
+    _no_exception(bookmark)
+    assert bookmark.session_state["case"] == default_case
+    assert bookmark.toast[0].value.startswith("The case under review is no longer among your cases (deleted): now "
+                                              "showing Demo ")
 
 
 def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) -> None:

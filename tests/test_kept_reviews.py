@@ -56,3 +56,19 @@ def test_a_user_keeps_the_newest_reviews_only(tmp_path: Path, monkeypatch: pytes
     kept_reviews.save("alice", tokens[4], {"axial_slice": 4}, base=tmp_path)
     found = [kept_reviews.load("alice", t, base=tmp_path) for t in tokens]
     assert found == [None, None, {"axial_slice": 2}, {"axial_slice": 3}, {"axial_slice": 4}]
+    # a review opened (a bookmark in use) counts as recent: the next one written pushes out another
+    for i, token in enumerate(tokens[2:]):
+        path = workspaces.user_root("alice", tmp_path) / kept_reviews.REVIEWS / f"{token}.json"
+        os.utime(path, (2_000_000 + i, 2_000_000 + i))
+    kept_reviews.load("alice", tokens[2], base=tmp_path)
+    kept_reviews.save("alice", kept_reviews.new_token(), {"axial_slice": 5}, base=tmp_path)
+    assert [kept_reviews.load("alice", t, base=tmp_path) is not None for t in tokens[2:]] == [True, False, True]
+
+
+def test_a_sessions_case_numbers_are_kept_as_rows(tmp_path: Path) -> None:
+    token = kept_reviews.new_token()
+    numbers = {("demo", "demo0042"): 1, ("cohort:20261129-003000", "P 7"): 2}
+    kept_reviews.save("alice", token, {"case_numbers": numbers}, base=tmp_path)
+    assert kept_reviews.load("alice", token, base=tmp_path) == {
+        "case_numbers": [["demo", "demo0042", 1], ["cohort:20261129-003000", "P 7", 2]]}
+    assert kept_reviews.clean({"case_numbers": [["demo", "d1", -1]]}) == {}

@@ -7,8 +7,8 @@ nothing under it. Only plain settings are kept (the case as its source and id, t
 viewer's slice, window, overlay, method and opacity): every value is checked again when it is read back, and the pages
 decide whether it still names a case and a model that exist.
 
-A user keeps at most :data:`MAX_KEPT` reviews (the most recently written); older ones are removed when a new one is
-written, and a token whose review is gone opens the default case.
+A user keeps at most :data:`MAX_KEPT` reviews (the most recently written or opened); older ones are removed when a
+new one is written, and a token whose review is gone opens the default case.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from core.app import workspace as workspaces
 
 REVIEWS = "reviews"  # users/<key>/reviews/<token>.json
-MAX_KEPT = 200
+MAX_KEPT = 1000  # a few hundred bytes each
 MAX_TEXT = 300  # the longest text value kept (a case id, a model label, a method's name)
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 #: the value kinds a kept review may hold, by key; anything else is dropped when written and when read
@@ -34,7 +34,9 @@ KINDS: dict[str, str] = {
     "horizon_days": "count", "axial_slice": "count", "coronal_row": "count", "sagittal_col": "count",
     "opacity": "fraction",
     "show_saliency": "flag", "show_outcome": "flag",
+    "case_numbers": "numbering",  # the session's numbers of demo and cohort cases ("Demo case 2" in exports)
 }
+MAX_NUMBERED = 500  # the most case numbers a review keeps
 
 
 def new_token() -> str:
@@ -54,6 +56,10 @@ def _valid(kind: str, value: Any) -> bool:
         return isinstance(value, str) and 0 < len(value) <= MAX_TEXT
     if kind == "count":
         return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**7
+    if kind == "numbering":
+        return (isinstance(value, (list, tuple)) and len(value) <= MAX_NUMBERED
+                and all(isinstance(row, (list, tuple)) and len(row) == 3 and _valid("case", row[:2])
+                        and _valid("count", row[2]) for row in value))
     if kind == "fraction":
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
     return isinstance(value, bool)  # "flag"
@@ -68,8 +74,10 @@ def clean(state: dict[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     for key, value in state.items():
         kind = KINDS.get(key)
+        if kind == "numbering" and isinstance(value, dict):  # as the session holds it: {(source, id): number}
+            value = [[*case, number] for case, number in list(value.items())[-MAX_NUMBERED:]]
         if kind is not None and _valid(kind, value):
-            kept[key] = tuple(value) if kind == "case" else value
+            kept[key] = tuple(value) if kind == "case" else [list(row) for row in value] if kind == "numbering" else value
     return kept
 
 
@@ -111,6 +119,7 @@ def load(user: str, token: Any, base: Path | None = None) -> dict[str, Any] | No
     path = _folder(user, base) / f"{token}.json"
     try:
         raw = json.loads(path.read_text())
+        os.utime(path)  # opened: among the most recent, so a bookmark in use is not pruned
     except FileNotFoundError:
         return None
     except (UnicodeDecodeError, json.JSONDecodeError):
