@@ -3,7 +3,7 @@
 The address carries an opaque token only (``?review=<token>``); what it stands for is kept in the user's own folder
 by ``core.app.kept_reviews``. The first run of a browser session (:func:`restore`) reads the review its address names
 and hands it to the ways this app already carries settings across pages (the sidebar's kept values, Case review's
-saved viewer settings, the session's case numbers), so the pages check it as they check any value: a case or a model
+saved viewer settings, the session's case numbers, the worst-ordered list being stepped through), so the pages check it as they check any value: a case or a model
 that no longer exists falls back to the default, and the page says so. The session goes on under the same token until
 its review first changes, then under a token of its own (:func:`remember`): opening a bookmark writes nothing, and two
 tabs opened from one address go their own ways.
@@ -53,6 +53,8 @@ def restore() -> None:
     for source, subject_id, number in kept.get(NUMBERS, []):  # "Demo case 2" stays case 2 in this tab's exports
         if number not in numbers.values():
             numbers.setdefault((source, subject_id), number)
+    if K.WORST_LIST in kept:  # stepping through a model's worst-ordered patients: the strip stays
+        st.session_state.setdefault(K.WORST_LIST, kept[K.WORST_LIST])
     st.session_state[K.REVIEW_TOKEN] = asked  # until the review first changes (remember)
     st.session_state[K.REVIEW_SHARED] = True
     st.session_state[K.REVIEW_KEPT] = kept
@@ -61,7 +63,7 @@ def restore() -> None:
 def current() -> dict[str, Any]:
     """This session's review as it stands: the sidebar's and the viewer's values, live ones over saved ones."""
     state: dict[str, Any] = {**st.session_state.get(K.SIDEBAR_KEPT, {}), **st.session_state.get(K.SAVED_VIEWER, {})}
-    for key in (K.MODEL_NAME, K.HORIZON, *K.VIEWER_KEYS, *POSITION):
+    for key in (K.MODEL_NAME, K.HORIZON, *K.VIEWER_KEYS, *POSITION, K.WORST_LIST):
         if key in st.session_state:
             state[key] = st.session_state[key]
     if st.session_state.get(K.CASE_NUMBERS):

@@ -1158,6 +1158,14 @@ def test_the_test_patients_a_model_orders_worst_open_in_case_review(data_dir: Pa
     assert any(c.value.startswith(f"Patient 5 of the {len(table)} ") for c in at.caption)
     at.selectbox(key="case").set_value(("demo", table["patient"].iloc[0])).run()  # the list's first: no Previous
     assert at.button(key="worst_previous").disabled and not at.button(key="worst_next").disabled
+    # a reload (the tab's address) keeps the strip and where the user stood in the list
+    again = _app()
+    again.query_params["review"] = at.query_params["review"]
+    again.run()
+    _no_exception(again)
+    assert again.selectbox(key="case").value == ("demo", table["patient"].iloc[0]) and again.session_state["model_name"] == model
+    assert any(c.value.startswith(f"Patient 1 of the {len(table)} of the test split that {model} orders worst")
+               for c in again.caption)
 
 
 def _wait_for_jobs() -> None:

@@ -72,3 +72,13 @@ def test_a_sessions_case_numbers_are_kept_as_rows(tmp_path: Path) -> None:
     assert kept_reviews.load("alice", token, base=tmp_path) == {
         "case_numbers": [["demo", "demo0042", 1], ["cohort:20261129-003000", "P 7", 2]]}
     assert kept_reviews.clean({"case_numbers": [["demo", "d1", -1]]}) == {}
+
+
+def test_a_worst_ordered_list_is_kept_only_whole() -> None:
+    worst = {"model": "concat", "what": "test split", "cases": [("demo", "demo0275"), ("demo", "demo0981")],
+             "notes": {"demo0275": "censored at day 561, risk rank 16", "demo0981": "event at day 28, risk rank 222"}}
+    assert kept_reviews.clean({"_worst_list": worst}) == {"_worst_list": {**worst, "cases": [["demo", "demo0275"],
+                                                                                          ["demo", "demo0981"]]}}
+    for broken in ({**worst, "cases": []}, {**worst, "notes": {"demo0275": 7}}, {**worst, "extra": 1},
+                   {**worst, "cases": [("demo",)]}, {**worst, "cases": [("demo", f"d{i}") for i in range(51)]}):
+        assert kept_reviews.clean({"_worst_list": broken}) == {}

@@ -35,8 +35,10 @@ KINDS: dict[str, str] = {
     "opacity": "fraction",
     "show_saliency": "flag", "show_outcome": "flag",
     "case_numbers": "numbering",  # the session's numbers of demo and cohort cases ("Demo case 2" in exports)
+    "_worst_list": "worst",  # the worst-ordered patients Case review steps through (pages/_worst_patients.py)
 }
 MAX_NUMBERED = 500  # the most case numbers a review keeps
+MAX_WORST = 50  # the most patients of a worst-ordered list a review keeps
 
 
 def new_token() -> str:
@@ -60,6 +62,13 @@ def _valid(kind: str, value: Any) -> bool:
         return (isinstance(value, (list, tuple)) and len(value) <= MAX_NUMBERED
                 and all(isinstance(row, (list, tuple)) and len(row) == 3 and _valid("case", row[:2])
                         and _valid("count", row[2]) for row in value))
+    if kind == "worst":  # {"model", "what", "cases": [[source, id], ...], "notes": {id: text}}
+        return (isinstance(value, dict) and set(value) == {"model", "what", "cases", "notes"}
+                and _valid("text", value["model"]) and _valid("text", value["what"])
+                and isinstance(value["cases"], (list, tuple)) and 0 < len(value["cases"]) <= MAX_WORST
+                and all(_valid("case", c) for c in value["cases"]) and isinstance(value["notes"], dict)
+                and len(value["notes"]) <= MAX_WORST
+                and all(_valid("text", k) and isinstance(v, str) and len(v) <= MAX_TEXT for k, v in value["notes"].items()))
     if kind == "fraction":
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
     return isinstance(value, bool)  # "flag"
@@ -77,7 +86,8 @@ def clean(state: dict[str, Any]) -> dict[str, Any]:
         if kind == "numbering" and isinstance(value, dict):  # as the session holds it: {(source, id): number}
             value = [[*case, number] for case, number in list(value.items())[-MAX_NUMBERED:]]
         if kind is not None and _valid(kind, value):
-            kept[key] = tuple(value) if kind == "case" else [list(row) for row in value] if kind == "numbering" else value
+            kept[key] = (tuple(value) if kind == "case" else [list(row) for row in value] if kind == "numbering"
+                         else {**value, "cases": [list(c) for c in value["cases"]]} if kind == "worst" else value)
     return kept
 
 
