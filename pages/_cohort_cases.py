@@ -34,12 +34,10 @@ def is_cohort(source: str) -> bool:
     return str(source).startswith(PREFIX)
 
 
-def audit_detail(source: str, subject_id: str) -> dict[str, str]:
-    """The audit log's detail that names a patient of the user's cohorts: its keyed pseudonym
-    (``core.app.audit.patient_ref``); none for a demo patient or a saved case (named by its case number)."""
-    from core.app.audit import patient_ref
-
-    return {"patient": patient_ref(subject_id)} if is_cohort(source) else {}
+def audited_patient(source: str, subject_id: str) -> str | None:
+    """The subject id the audit log names (as its keyed pseudonym, ``pages._session.audit(patient=)``) for a patient
+    of the user's cohorts; None for a demo patient or a saved case (named by its case number)."""
+    return str(subject_id) if is_cohort(source) else None
 
 
 def _dirs() -> tuple[Path, Path]:

@@ -153,20 +153,23 @@ def sign_out() -> None:
     st.stop()
 
 
-def audit(action: str, target: str, *, once: bool = False, **details: Any) -> None:
+def audit(action: str, target: str, *, once: bool = False, patient: str | None = None, **details: Any) -> None:
     """Record ``action`` on ``target`` in the audit log as this session's user (see core.app.audit).
 
     ``once=True`` records an identical (action, target, details) only the first
-    time in this session (a case opened, re-drawn on every slider move). When the
+    time in this session (a case opened, re-drawn on every slider move). ``patient``: the subject id of a patient of
+    the user's cohorts, recorded as its keyed pseudonym (``core.app.audit.patient_ref``), never as itself. When the
     log cannot be written the action is stopped: nothing happens unaudited.
     """
-    key = (action, target, tuple(sorted(details.items())))
+    key = (action, target, patient, tuple(sorted(details.items())))
     done: set = st.session_state.setdefault(K.AUDITED, set())
     if once and key in done:
         return
     try:
+        if patient is not None:
+            details["patient"] = audit_log.patient_ref(patient)
         audit_log.record(user_id(), action, target, **details)
-    except OSError as exc:
+    except (OSError, InputError) as exc:  # InputError: the pseudonym key damaged (core.app.audit.patient_ref)
         LOG.error("audit log not written: %s", exc)
         st.error(f"The audit log could not be written ({type(exc).__name__}), so this was not done; "
                  "fix: ask the administrator to check the data folder's audit/ directory", icon=":material/error:")

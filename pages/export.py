@@ -47,7 +47,7 @@ is_demo = source != views.UPLOADED  # a demo case's number is named apart from t
 of_cohort = _cohort_cases.is_cohort(source)  # a patient of one of the user's cohorts: numbered like a demo case
 kind = "Cohort case" if of_cohort else "Demo case" if is_demo else "Case"
 audit_source = "cohort" if of_cohort else "demo" if is_demo else "upload"
-audited = _cohort_cases.audit_detail(source, subject_id)  # a cohort patient: its keyed pseudonym in the audit log
+audited = _cohort_cases.audited_patient(source, subject_id)  # a cohort patient: its keyed pseudonym in the audit log
 where = (f" ({subject_id} of {_cohort_cases.label(source)} in Case review)" if of_cohort
          else f" (Demo {subject_id} in Case review)" if is_demo else " (uploaded)")
 method = chrome.method_setting(views.current_lazy_model())  # the model's config only: nothing loaded for this
@@ -100,7 +100,7 @@ else:
                    "being computed (above); they can be prepared when it is ready.")
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
         with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
-            session.audit("export", "saliency_figure", case=number, method=method, source=audit_source, **audited)
+            session.audit("export", "saliency_figure", case=number, method=method, source=audit_source, patient=audited)
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z),
                 F.scale_map(viewer.plane_slice(amap, "axial", z),  # the one slice, by the whole map's top (kept)
@@ -145,7 +145,7 @@ def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], d
     file's name and its ``path`` in this session's exports (on disk, not in the session's memory)."""
     if st.button(label, key=f"prepare_{slot}", disabled=disabled):
         with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
-            session.audit("export", target, case=number, method=method, source=audit_source, **audited)
+            session.audit("export", target, case=number, method=method, source=audit_source, patient=audited)
             exports[slot] = {"key": ckey, **build()}
 
 
@@ -184,7 +184,7 @@ def prepare_job(slot: str, label: str, target: str, what: str, stem: str, ext: s
     job = _jobs.find(pending[1]) if pending and pending[0] == ckey else None
     if st.button(label, key=f"prepare_{slot}", disabled=amap is None or (job is not None and job.active)):
         with chrome.core_errors(stop=False, what=f"The {what} failed: "):
-            session.audit("export", target, case=number, method=method, source=audit_source, **audited)
+            session.audit("export", target, case=number, method=method, source=audit_source, patient=audited)
             name = figure_export.export_name(stem, number, ext, method=method, demo=is_demo, cohort=of_cohort)
             job = submit(model, source, subject_id, method, horizon, name, amap)
             if job is not None:

@@ -165,6 +165,27 @@ def test_a_cohort_patient_is_named_by_a_keyed_pseudonym(data_dir: Path, tmp_path
         audit.patient_ref("MRN-0012345")
 
 
+def test_a_damaged_pseudonym_key_stops_the_action_in_one_line(data_dir: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    (data_dir / "audit").mkdir()
+    (data_dir / "audit" / audit.KEY_FILE).write_bytes(b"x")
+
+    def script() -> None:
+        import streamlit as st
+
+        from pages import _session
+
+        _session.audit("open", "case", patient="P1", source="cohort", case=1)
+        st.write("opened")
+
+    at = AppTest.from_function(script, default_timeout=30)
+    at.run()
+    assert not at.exception and not at.markdown  # stopped: nothing happens unaudited
+    assert at.error[0].value.startswith("The audit log could not be written (InputError), so this was not done")
+    assert not (data_dir / "audit" / "audit.jsonl").exists()
+
+
 def test_replicas_making_the_key_at_once_share_one(tmp_path: Path) -> None:
     refs: list[str] = []
     threads = [threading.Thread(target=lambda: refs.append(audit.patient_ref("P1", tmp_path))) for _ in range(8)]
