@@ -96,17 +96,21 @@ def _folder(user: str, base: Path | None) -> Path:
 
 
 def save(user: str, token: str, state: dict[str, Any], base: Path | None = None) -> None:
-    """Keep ``state`` (:func:`clean` of it) as the review ``token`` of ``user``; the oldest beyond :data:`MAX_KEPT` go."""
+    """Keep ``state`` (:func:`clean` of it) as the review ``token`` of ``user``; when that makes a new review, the
+    oldest beyond :data:`MAX_KEPT` go (a review rewritten, as each viewer step does, lists nothing)."""
     if not is_token(token):
         raise ValueError(f"review token {token!r} is not 32 lowercase hex digits; fix: make one with new_token()")
     folder = _folder(user, base)
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in clean(state).items()}
+    target = folder / f"{token}.json"
+    new = not target.exists()
     tmp = folder / f".{token}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(data, out)
-    os.replace(tmp, folder / f"{token}.json")
-    _prune(folder)
+    os.replace(tmp, target)
+    if new:
+        _prune(folder)
 
 
 def _prune(folder: Path) -> None:
