@@ -18,6 +18,9 @@ A job is a function ``fn(ctx, *args, **kwargs)`` that reports its progress throu
   first, one after another, in the same worker, while the long job's process waits; then it goes on. So one
   user's 17-minute comparison holds up another user's evaluation by one part, not by the whole job, and still
   only one heavy job computes at a time. A job run in such a break does not itself make way (no nesting).
+* **One heavy queue for the site.** A heavy job submitted with ``site_dir`` (the app passes ``<data dir>/jobs/heavy``)
+  also takes a ticket there (:mod:`core.site_slots`): replicas that share the data folder run their heavy jobs one at
+  a time (``CTEHR_SITE_HEAVY_JOBS``), first queued first, and a long job's break makes way for theirs too.
 * Finished jobs are kept ``keep_finished_s`` s, then forgotten; what must outlive the server is written to disk.
 
 The queue holds no Streamlit state: ``pages/_jobs.py`` draws a job's progress, estimate and cancel button.
@@ -33,135 +36,19 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from core import job_pickle
 from core.errors import InputError
+from core.job_state import Job, JobCancelled, JobContext, one_line
+from core.site_slots import REFRESH_S, SiteSlots
 
-ACTIVE = ("queued", "running")
 CANCEL_GRACE_S = 5.0
 HEAVY_NICE = 10
 MAX_ACTIVE_PER_USER = int(os.environ.get("CTEHR_JOBS_PER_USER", "4"))
-PACE_S = 30.0  # the time left also follows the pace of the job's last this many seconds (its own, breaks left out)
-PACE_SLOWER = 2.0  # ... when that pace says it is more than this many times the whole run's extrapolation
-
-
-class JobCancelled(Exception):
-    """Raised inside a job by ``ctx.progress`` once the user asked to cancel it."""
-
-
-class JobContext:
-    """What a running job sees: ``progress(fraction, message)``, ``cancelled`` and ``yield_turn()``."""
-
-    def __init__(self, report: Callable[[float, str], None], cancelled: Callable[[], bool],
-                 yield_turn: Callable[[], None] | None = None) -> None:
-        self._report = report
-        self._cancelled = cancelled
-        self._yield_turn = yield_turn
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled()
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        """Report ``fraction`` (0..1) done; raises :class:`JobCancelled` when a cancel was asked for."""
-        if self._cancelled():
-            raise JobCancelled()
-        self._report(min(max(float(fraction), 0.0), 1.0), str(message))
-
-    def yield_turn(self) -> None:
-        """Between two independent parts of a long heavy job: let the heavy jobs queued meanwhile run first.
-
-        Returns when they have ended (at once when none is queued, and always for a light job or a job that runs
-        in another's break); raises :class:`JobCancelled` when a cancel was asked for, before or during the wait.
-        """
-        if self._cancelled():
-            raise JobCancelled()
-        if self._yield_turn is not None:
-            self._yield_turn()
-        if self._cancelled():
-            raise JobCancelled()
-
-
-@dataclass
-class Job:
-    """One job's state, as the pages read it (mutated only by the queue)."""
-
-    id: str
-    owner: str
-    title: str
-    key: str | None
-    heavy: bool
-    state: str = "queued"  # queued | running | done | failed | cancelled
-    fraction: float = 0.0
-    message: str = "waiting for a free worker"
-    result: Any = None
-    error: str | None = None
-    submitted: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    cancel_requested: bool = False
-    paused_s: float = 0.0  # seconds spent waiting in yield_turn while other heavy jobs ran (breaks that ended)
-    paused_at: float | None = None  # when the break going on now began
-    waiting_for: list[Job] = field(default_factory=list, repr=False)  # the heavy jobs run in its break, now
-    pace: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (own seconds, fraction) of the reports
-    fn: Callable[..., Any] | None = field(default=None, repr=False)
-    args: tuple = field(default=(), repr=False)
-    kwargs: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
-
-    @property
-    def elapsed_s(self) -> float:
-        if self.started is None:
-            return 0.0
-        return (self.finished or time.time()) - self.started
-
-    @property
-    def own_s(self) -> float:
-        """Seconds run, without the time spent waiting for other jobs in a break (``paused_s`` and the break now)."""
-        return self.elapsed_s - self.paused_s - (0.0 if self.paused_at is None else time.time() - self.paused_at)
-
-    def record_pace(self, fraction: float) -> None:
-        """Keep this report for :attr:`eta_s`: the reports of the last :data:`PACE_S` seconds and the newest before."""
-        own = self.own_s
-        self.pace.append((own, fraction))
-        while len(self.pace) > 2 and own - self.pace[1][0] >= PACE_S:
-            self.pace.pop(0)
-
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left (None until there is enough progress), extrapolated from the whole run, or from the pace of
-        its last :data:`PACE_S` seconds where that says more than :data:`PACE_SLOWER` times as much: a job whose first
-        part went much faster than its bar's share (a training whose CT came from the cache, then a lesion pretext
-        that takes minutes). A milder slowdown keeps the whole run's estimate, as a long part's pace would also be
-        applied to the faster parts after it. Time spent waiting for other jobs in a break (``paused_s``) is not the
-        job's own pace and is left out; in a break the jobs run in it (``waiting_for``) add their own time left (None
-        while one of theirs is unknown). None in the first :data:`PACE_S` s: "all 7" said "about 44 s left" 9 s into
-        a 9-minute run (a fast PHI check, CT read)."""
-        if self.state != "running" or self.fraction < 0.02 or self.started is None or self.own_s < PACE_S:
-            return None
-        others = [o.eta_s if o.state == "running" else None for o in self.waiting_for if o.active]
-        if None in others:
-            return None
-        own, left = self.own_s, 1.0 - self.fraction
-        eta = own * left / self.fraction
-        if self.pace and own - self.pace[0][0] >= PACE_S and self.fraction > self.pace[0][1]:
-            t0, f0 = self.pace[0]
-            recent = (own - t0) * left / (self.fraction - f0)
-            eta = recent if recent > PACE_SLOWER * eta else eta
-        return max(eta, 0.0) + sum(o for o in others if o is not None)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: InputError text as is, anything else with its type name."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, InputError) else f"{type(exc).__name__}: {text}"
 
 
 class JobQueue:
@@ -181,14 +68,18 @@ class JobQueue:
         self._heavy_running = False
         self._closed = False
         self._children: set[Any] = set()
+        self.id = uuid.uuid4().hex[:12]  # this queue's tickets in the site's heavy queue
+        self._sites: dict[str, SiteSlots] = {}
         self._threads = [threading.Thread(target=self._work, name=f"ctehr-job-{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
 
     # ------------------------------------------------------------------ public API
     def submit(self, owner: str, title: str, fn: Callable[..., Any], *args: Any, key: str | None = None,
-               heavy: bool = False, fresh: bool = False, **kwargs: Any) -> Job:
-        """Queue ``fn(ctx, *args, **kwargs)`` for ``owner``, or return its job of ``key`` (active, or done unless ``fresh``)."""
+               heavy: bool = False, fresh: bool = False, site_dir: str | os.PathLike | None = None,
+               **kwargs: Any) -> Job:
+        """Queue ``fn(ctx, *args, **kwargs)`` for ``owner``, or return its job of ``key`` (active, or done unless ``fresh``);
+        a heavy job with ``site_dir`` also waits its turn in the site's heavy queue there (:mod:`core.site_slots`)."""
         if not owner:
             raise InputError("job owner", owner, "is empty", "sign in, or run the job from a browser session")
         with self._cond:
@@ -204,6 +95,11 @@ class JobQueue:
                                  "wait for one to finish or cancel one")
             job = Job(id=f"job{next(self._ids)}", owner=owner, title=title, key=key, heavy=heavy,
                       fn=fn, args=args, kwargs=kwargs)
+            if heavy and site_dir is not None:
+                if not self._sites:
+                    threading.Thread(target=self._keep_tickets, name="ctehr-job-tickets", daemon=True).start()
+                job.site = self._sites.setdefault(os.fspath(site_dir), SiteSlots(site_dir, queue=self.id))
+                job.ticket = job.site.enter(job.id)
             self._jobs[job.id] = job
             self._order.append(job.id)
             self._cond.notify_all()
@@ -231,6 +127,13 @@ class JobQueue:
         with self._cond:
             queued = [i for i in self._order if self._jobs[i].state == "queued"]
             return queued.index(job_id) if job_id in queued else 0
+
+    def site_ahead(self, job_id: str) -> int:
+        """How many heavy jobs of other replicas are ahead of the queued ``job_id`` in the site's queue."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            site, ticket = (job.site, job.ticket) if job is not None and job.state == "queued" else (None, None)
+        return 0 if site is None or ticket is None else site.others_ahead(ticket)
 
     @property
     def heavy_busy(self) -> bool:
@@ -270,6 +173,8 @@ class JobQueue:
             self._closed = True
             for job in self._jobs.values():
                 job.cancel_requested = job.cancel_requested or job.active
+                if job.site is not None and job.ticket is not None:
+                    job.site.leave(job.ticket)  # the site's queue goes on without this server's jobs
             self._cond.notify_all()
             children = list(self._children)
         for proc in children:
@@ -299,12 +204,15 @@ class JobQueue:
         if state == "done":
             job.fraction = 1.0
         job.fn, job.args, job.kwargs = None, (), {}
+        if job.site is not None and job.ticket is not None:
+            job.site.leave(job.ticket)
         self._cond.notify_all()
 
     def _next(self) -> Job | None:
         for i in self._order:
             j = self._jobs[i]
-            if j.state == "queued" and not (j.heavy and self._heavy_running):
+            if j.state == "queued" and not (j.heavy and self._heavy_running) and \
+                    (j.site is None or j.ticket is None or j.site.turn(j.ticket)):
                 return j
         return None
 
@@ -358,17 +266,26 @@ class JobQueue:
             self._finish(job, "cancelled" if job.cancel_requested else "done", result=result)
 
     def _others_first(self, job: Job) -> None:
-        """``job`` (a heavy job) called ``yield_turn``: run the heavy jobs queued by now, one after another, here."""
+        """``job`` (a heavy job) called ``yield_turn``: run the heavy jobs queued by now, one after another, here; with
+        a site's queue it also goes to the end of that queue, so other replicas' heavy jobs queued by now run first."""
+        site, ticket = job.site, job.ticket
+        elsewhere = site.others_after(ticket) if site is not None and ticket is not None else 0
         with self._cond:
             waiting = [self._jobs[i] for i in self._order if self._jobs[i].state == "queued" and self._jobs[i].heavy]
-            if not waiting:
+            if not waiting and not elsewhere:
                 return
             job.paused_at = paused_at = time.time()
             message, job.waiting_for = job.message, waiting
-            job.message = f"paused: {len(waiting)} queued job{'s' if len(waiting) != 1 else ''} first, then this one"
+            n = len(waiting) + elsewhere
+            job.message = f"paused: {n} queued job{'s' if n != 1 else ''} first, then this one"
+            if elsewhere and site is not None and ticket is not None:
+                site.leave(ticket)
+                job.ticket = site.enter(job.id)
         for other in waiting:
+            if not self._await_turn(other, job):
+                continue  # cancelled meanwhile, or the server is stopping
             with self._cond:
-                if other.state != "queued" or self._closed:  # cancelled meanwhile, or the server is stopping
+                if other.state != "queued" or self._closed:
                     continue
                 other.state, other.started, other.message = "running", time.time(), "starting"
             try:
@@ -377,9 +294,35 @@ class JobQueue:
                 with self._cond:
                     if other.active:  # defensive, as in _work
                         self._finish(other, "failed", error="the job ended without a result")
+        if elsewhere:
+            self._await_turn(job, job)
         with self._cond:
             job.paused_s, job.paused_at, job.waiting_for = job.paused_s + time.time() - paused_at, None, []
             job.message = "cancelling..." if job.cancel_requested else message
+
+    def _await_turn(self, job: Job, paused: Job) -> bool:
+        """Wait until ``job``'s ticket has its turn in the site's queue (at once without one); False when ``job`` (if
+        queued) or the ``paused`` job whose break this is was cancelled meanwhile, or the server is stopping."""
+        while True:
+            with self._cond:
+                if self._closed or paused.cancel_requested or job is not paused and job.state != "queued":
+                    return False
+                site, ticket = job.site, job.ticket
+            if site is None or ticket is None or site.turn(ticket):
+                return True
+            with self._cond:
+                self._cond.wait(timeout=0.5)
+
+    def _keep_tickets(self) -> None:
+        """Every :data:`core.site_slots.REFRESH_S` s: rewrite the tickets of this queue's queued and running heavy jobs
+        (under the queue's lock, so that a job's end, which gives its ticket back, never races a rewrite)."""
+        while True:
+            with self._cond:
+                if self._cond.wait_for(lambda: self._closed, timeout=REFRESH_S):
+                    return
+                for job in self._jobs.values():
+                    if job.active and job.site is not None and job.ticket is not None:
+                        job.site.keep(job.ticket)
 
     def _run_in_process(self, job: Job, nested: bool = False) -> None:
         """Run the heavy ``job`` in its own process (``nested``: in another heavy job's break, making no way itself)."""
@@ -475,26 +418,3 @@ def default_queue() -> JobQueue:
             _DEFAULT = JobQueue(workers=int(os.environ.get("CTEHR_JOB_WORKERS", "2")), heavy_threads=heavy_threads())
             atexit.register(_DEFAULT.close)
         return _DEFAULT
-
-
-def duration_text(seconds: float) -> str:
-    """``42 s``, ``3 min``, ``2 h 2 min``: seconds below 90 s, whole minutes below an hour.
-
-    >>> duration_text(42), duration_text(200), duration_text(7300)
-    ('42 s', '3 min', '2 h 2 min')
-    """
-    s = int(round(seconds))
-    if s < 90:
-        return f"{s} s"
-    if s < 3600:
-        return f"{round(s / 60)} min"
-    return f"{s // 3600} h {round((s % 3600) / 60)} min"
-
-
-def format_eta(seconds: float | None) -> str:
-    """``about 3 min left`` style text (empty when unknown).
-
-    >>> format_eta(None), format_eta(42), format_eta(200), format_eta(7300)
-    ('', 'about 42 s left', 'about 3 min left', 'about 2 h 2 min left')
-    """
-    return "" if seconds is None else f"about {duration_text(seconds)} left"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -12,7 +13,8 @@ import streamlit as st
 from core.app import job_journal, paths
 from core.app import workspace as workspaces
 from core.app.background import UPLOAD_JOBS
-from core.jobs import Job, default_queue, format_eta
+from core.durations import format_eta
+from core.jobs import Job, default_queue
 from core.job_pickle import paths_in
 from pages import _chrome as chrome
 from pages import _session as session
@@ -26,6 +28,11 @@ def owner() -> str:
     return session.user_id() or "anonymous"
 
 
+def site_queue() -> Path:
+    """The folder of the site's heavy queue (``core.site_slots``): replicas sharing the data folder take turns there."""
+    return paths.data_dir() / "jobs" / "heavy"
+
+
 def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = None, heavy: bool = False,
            fresh: bool = False, journal: bool | None = None, **kwargs: Any) -> Job | None:
     """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit.
@@ -35,7 +42,8 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
     it)."""
     job = None
     with chrome.core_errors(stop=False):
-        job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, fresh=fresh, **kwargs)
+        job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, fresh=fresh,
+                                     site_dir=site_queue() if heavy else None, **kwargs)
     if job is not None and (heavy if journal is None else journal):  # a training, validation or evaluation
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
             job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS,
@@ -82,10 +90,14 @@ def find(key: str) -> Job | None:
 def _status_text(job: Job) -> str:
     if job.state == "queued":
         ahead = default_queue().position(job.id)
+        elsewhere = default_queue().site_ahead(job.id) if job.heavy else 0
         # trainings and evaluations run one at a time; a comparison of every strategy makes way between strategies
         waits = " · starts when the running training or evaluation ends or pauses" \
-            if job.heavy and default_queue().heavy_busy else ""
-        return f"{job.title}: queued" + (f" ({ahead} job{'s' if ahead != 1 else ''} ahead)" if ahead else "") + waits
+            if job.heavy and (default_queue().heavy_busy or elsewhere) else ""
+        ahead += elsewhere
+        there = "" if not elsewhere else (f" on {'another server' if elsewhere == 1 else 'other servers'} of this site"
+                                          if elsewhere == ahead else f", {elsewhere} on other servers of this site")
+        return f"{job.title}: queued" + (f" ({ahead} job{'s' if ahead != 1 else ''} ahead{there})" if ahead else "") + waits
     eta = format_eta(job.eta_s)
     return f"{job.title}: {job.message}" + (f" · {eta}" if eta else "") + f" · {job.elapsed_s:.0f} s"
 

@@ -688,8 +688,11 @@ def test_a_cohort_is_built_from_an_uploaded_meds_file_on_the_cohort_page(data_di
 
     jobs = [j for j in default_queue().jobs("local") if j.title.startswith("Cohort from MEDS")]
     assert jobs and jobs[-1].heavy, [j.title for j in default_queue().jobs("local")]
+    site = jobs[-1].site  # it waited its turn in the site's heavy queue, shared with the other replicas
+    assert site is not None and site.folder.resolve() == (data_dir / "jobs" / "heavy").resolve()
     done = default_queue().wait(jobs[-1].id, timeout=300)
     assert done.state == "done", done.error
+    assert list(site.folder.glob("*.json")) == []  # its ticket given back
     at.run()
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from core.errors import InputError
-from core import jobs
-from core.jobs import Job, JobContext, JobQueue, format_eta
+from core import job_state, jobs
+from core.durations import format_eta
+from core.jobs import Job, JobContext, JobQueue
 
 
 def _count(ctx: JobContext, n: int, pause: float = 0.0) -> int:
@@ -226,13 +227,13 @@ def test_the_time_left_follows_the_recent_pace_when_the_first_part_went_much_fas
     at(9.0, 0.1)  # the cached CT read
     for t in range(10, 41):  # the pretext: 0.75 of the bar in 920 s
         at(float(t), 0.1 + 0.75 * (t - 9) / 920)
-        if t < jobs.PACE_S:  # no estimate before there is a pace to read (it said "about 44 s left" at 9 s)
+        if t < job_state.PACE_S:  # no estimate before there is a pace to read (it said "about 44 s left" at 9 s)
             assert job.eta_s is None
     whole = job.own_s * (1 - job.fraction) / job.fraction
     left = 920 - 31 + 20  # at 40 s: the rest of the pretext, then about 20 s of ensemble members
     assert whole < 0.35 * left  # what the bar said before
     assert job.eta_s == pytest.approx(left, rel=0.35)
-    assert len(job.pace) <= jobs.PACE_S + 3  # only the reports of the last PACE_S seconds are kept, and one before
+    assert len(job.pace) <= job_state.PACE_S + 3  # only the reports of the last PACE_S seconds are kept, and one before
     # an even pace: the two extrapolations agree
     even = Job(id="2", owner="a", title="t", key=None, heavy=True, state="running", started=1000.0)
     job = even
@@ -313,3 +314,88 @@ def test_a_heavy_job_gets_every_cpu_but_one_or_what_the_server_is_told(monkeypat
     monkeypatch.setenv(HEAVY_THREADS_ENV, "many")
     with pytest.raises(InputError, match=HEAVY_THREADS_ENV):
         heavy_threads()
+
+
+@pytest.fixture()
+def replicas() -> tuple[JobQueue, JobQueue]:
+    """Two replicas' queues (two servers sharing one data folder), as in one process."""
+    a, b = (JobQueue(workers=2, max_active_per_user=4, heavy_threads=1) for _ in range(2))
+    yield a, b
+    a.close(), b.close()
+
+
+def test_the_heavy_jobs_of_two_replicas_take_turns_in_the_site_queue(replicas, tmp_path) -> None:
+    """Each replica ran its own heavy job whatever the others did: two trainings at once on one host, each with every
+    core. With the site's queue a heavy job queued on replica B waits for the one queued earlier on replica A, says
+    so, and a light job does not wait."""
+    qa, qb = replicas
+    site = tmp_path / "jobs" / "heavy"
+    first = qa.submit("alice", "training", _heavy_slow, 2.0, heavy=True, site_dir=site)
+    _running(first)
+    second = qb.submit("bob", "evaluation", _heavy, 10, heavy=True, site_dir=site)
+    light = qb.submit("bob", "light", _count, 3)
+    qb.wait(light.id, 30)
+    assert light.state == "done" and second.state == "queued" and qb.site_ahead(second.id) == 1
+    assert qa.site_ahead(first.id) == 0 and len(list(site.glob("*.json"))) == 2
+    qa.wait(first.id, 120), qb.wait(second.id, 120)
+    assert first.state == "done" and second.state == "done", (first.error, second.error)
+    assert second.result["t"] >= first.result + 2.0  # B's job started after A's ended
+    assert list(site.glob("*.json")) == []  # every ticket given back
+
+
+def test_a_dead_replicas_ticket_does_not_hold_the_site(replicas, tmp_path) -> None:
+    """A replica that died (its process gone from this host, or another host's ticket not rewritten for STALE_S s)
+    never holds the site's heavy slot; a live replica's ticket on another host does until it is given back."""
+    import json
+    import subprocess
+    import sys
+
+    from core import site_slots
+
+    qa, _ = replicas
+    site = tmp_path / "heavy"
+    site.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (site / "00000000000000000001-dead-job1.json").write_text(
+        json.dumps({"host": site_slots.HOST, "pid": int(gone.stdout), "queue": "dead"}))
+    stale = site / "00000000000000000002-far-job1.json"
+    stale.write_text(json.dumps({"host": "other-host", "pid": 1, "queue": "far"}))
+    os.utime(stale, (time.time() - site_slots.STALE_S - 5,) * 2)
+    job = qa.wait(qa.submit("alice", "map", _heavy, 5, heavy=True, site_dir=site).id, 120)
+    assert job.state == "done", job.error
+    assert sorted(p.name for p in site.glob("*.json")) == []  # both dead tickets removed
+    live = site / "00000000000000000003-near-job9.json"
+    live.write_text(json.dumps({"host": "other-host", "pid": 1, "queue": "near"}))
+    job = qa.submit("alice", "map again", _heavy, 5, heavy=True, site_dir=site)
+    time.sleep(2.0)
+    assert job.state == "queued" and qa.site_ahead(job.id) == 1
+    live.unlink()  # the other host's job ended
+    assert qa.wait(job.id, 120).state == "done"
+
+
+def test_a_long_heavy_job_makes_way_for_another_replicas_job_between_its_parts(replicas, tmp_path) -> None:
+    """Alice's three-part job on replica A goes to the end of the site's queue at its first break when Bob's job was
+    queued on replica B meanwhile: Bob's runs there, then Alice's goes on (not after her whole job)."""
+    qa, qb = replicas
+    site = tmp_path / "heavy"
+    alice = qa.submit("alice", "every strategy", _heavy_parts, 3, 1.0, heavy=True, site_dir=site)
+    _running(alice)
+    bob = qb.submit("bob", "evaluation", _heavy_slow, 1.5, heavy=True, site_dir=site)
+    _running(bob)
+    assert alice.state == "running" and alice.message.startswith("paused: 1 queued job first")
+    assert alice.fraction == pytest.approx(1 / 3) and alice.eta_s is None
+    qa.wait(alice.id, 120)
+    assert alice.state == "done" and bob.state == "done", (alice.error, bob.error)
+    assert alice.result[0] < bob.result < alice.result[1]  # Bob's ran between Alice's first and second parts
+    assert alice.paused_s > 1.5
+
+
+def test_a_tickets_place_is_kept_when_a_stalled_server_finds_it_removed(tmp_path) -> None:
+    from core.site_slots import SiteSlots
+
+    a, b = SiteSlots(tmp_path, queue="A"), SiteSlots(tmp_path, queue="B")
+    t1, t2 = a.enter("job1"), b.enter("job1")
+    (tmp_path / t1).unlink()  # another replica took it for a dead one's while this server stalled
+    assert b.turn(t2)
+    a.keep(t1)  # the next rewrite puts it back where it was
+    assert a.turn(t1) and not b.turn(t2) and b.others_ahead(t2) == 1

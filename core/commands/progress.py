@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TextIO
 
-from core.jobs import duration_text
+from core.durations import duration_text
 
 Progress = Callable[[float, str], None]
 #: seconds between two lines when stderr is not a terminal
