@@ -287,6 +287,27 @@ def test_slice_survives_a_page_switch(page: object) -> None:
     export_slice_and_back(pg, there)
 
 
+def test_slice_survives_a_reload_right_after_scrolling(page: object) -> None:
+    """A reload (F5) within 2 s of scrolling came before the viewer's report: the tab opened on the slice before the
+    scroll. The viewer keeps each crosshair in the tab and takes it back after a reload of the same address."""
+    pg = page
+    fr = viewer_frame(pg)
+    left, top, w, h = tile_box(pg, fr, "axial")
+    pg.mouse.move(left + w / 2, top + h / 2)  # type: ignore[attr-defined]
+    before = crosshair(fr)
+    for _ in range(4):
+        pg.mouse.wheel(0, -100)  # type: ignore[attr-defined]
+        pg.wait_for_timeout(100)  # type: ignore[attr-defined]
+    there = crosshair(fr)
+    assert there[2] != before[2]
+    pg.reload()  # type: ignore[attr-defined]  (well within the 2 s after which the viewer reports)
+    settle(pg)
+    assert crosshair(viewer_frame(pg)) == there
+    pg.wait_for_timeout(500)  # type: ignore[attr-defined]  (the viewer's report of it reaches the server)
+    settle(pg)
+    export_slice_and_back(pg, there)
+
+
 def export_slice_and_back(pg: object, there: list[int]) -> None:
     """Export shows the crosshair's axial slice (the server has it), and Case review opens again with the crosshair
     at ``there`` (RAS voxel)."""

@@ -9,7 +9,8 @@
 // volume's bytes only while the component does not hold it, and a component that lacks one asks for it
 // ("need"). Scrolling, window/level, zoom, pan, crosshairs and the HU readout all run here, with no server
 // call; NiiVue draws on demand only (no animation loop), at one canvas pixel per CSS pixel. The crosshair
-// position goes back to Python (debounced) so the slice survives page switches.
+// position goes back to Python (debounced) so the slice survives page switches, and is kept in the tab so that it
+// survives a reload that comes before the report.
 async function loadNiivue() {
   const resp = await fetch("niivue.js.gz"); // index.html starts this download beside this file's
   if (!resp.ok) throw new Error(`niivue.js.gz: HTTP ${resp.status}`);
@@ -172,6 +173,30 @@ let reportTimer = null;
 function scheduleReport() {
   clearTimeout(reportTimer);
   reportTimer = setTimeout(() => { reportTimer = null; report(); }, REPORT_DELAY_MS);
+  keepInTab();
+}
+
+// A reload (F5) within REPORT_DELAY_MS of scrolling came before the report: the server restored the slice before
+// the scroll. So each crosshair change is also kept in the tab's sessionStorage (this tab only, same origin as the
+// app) with the page's address and the CT's content id; the first CT loaded after a reload of that same address
+// takes it back when it was written before this page load, and reports it at once.
+const TAB_KEY = "ctehr-viewer-crosshair";
+function keepInTab() {
+  const nv = state.nv;
+  if (!nv || !nv.volumes.length || !state.loaded) return;
+  try {
+    sessionStorage.setItem(TAB_KEY, JSON.stringify({ href: window.parent.location.href, volume_id: state.volumeId,
+      mm: Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3), at: Date.now() }));
+  } catch (e) { /* storage refused (private mode, quota): a reload then opens the server's slice, as before */ }
+}
+function keptBeforeReload(volumeId) { // the crosshair (mm) this tab showed before a reload of the same address
+  try {
+    const top = window.parent, kept = JSON.parse(sessionStorage.getItem(TAB_KEY) || "null");
+    const nav = top.performance.getEntriesByType("navigation")[0];
+    if (!kept || !nav || nav.type !== "reload" || kept.href !== top.location.href) return null;
+    if (kept.volume_id !== volumeId || !(kept.at < top.performance.timeOrigin) || kept.mm.length !== 3) return null;
+    return kept.mm.map(Number);
+  } catch (e) { return null; } // another origin's frame, unreadable storage: the server's slice
 }
 function flushReport() {
   if (reportTimer === null) return;
@@ -433,6 +458,11 @@ async function render(args) {
     state.positionId = args.position_id;
     applyPosition(args.position_mm);
     if (jump) scheduleReport();
+  }
+  if (!state.reloadChecked && state.loaded) { // the first CT shown in this frame: a reload's slice comes back
+    state.reloadChecked = true;
+    const mm = keptBeforeReload(state.volumeId);
+    if (mm) { applyPosition(mm); loadedNow = true; }
   }
   document.getElementById("cross").textContent = crossText();
   updateWindowText();
