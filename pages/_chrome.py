@@ -349,6 +349,9 @@ def _keep(*keys: str) -> None:
     st.session_state[K.SIDEBAR_KEPT] = {k: st.session_state[k] for k in keys if k in st.session_state}
 
 
+SIDEBAR_BOX_CHARS = 26  # a model name longer than this is cut in the sidebar's box: its whole name is shown under it
+
+
 def sidebar() -> None:
     models = views.available_models()
     with st.sidebar:
@@ -368,6 +371,8 @@ def sidebar() -> None:
                 help="One model per fusion strategy was trained on the demo cohort; models you train "
                 "on the Cohort & models page are added here for this session.",
             )
+            if len(st.session_state[K.MODEL_NAME]) > SIDEBAR_BOX_CHARS:  # the box cuts it: a model's date and time
+                st.caption(md(st.session_state[K.MODEL_NAME]))
         else:
             st.warning("No model found; train one on the Cohort & models page.")
         st.caption(f"Device: **{device_label()}**")  # no torch import on a warm start (see device_label)

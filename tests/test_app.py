@@ -974,6 +974,7 @@ def test_a_patient_past_the_pickers_list_opens_by_id(data_dir: Path, monkeypatch
         at.session_state["model_name"] = label
         at.run()
         _no_exception(at)
+        assert len(label) > 26 and any(c.value == label for c in at.sidebar.caption)  # the box cuts it: said whole
         assert len([o for o in at.selectbox(key="case").options if o.startswith(prefix)]) == 10
         box = at.text_input(key=_cohort_cases.FIND)
         assert f"{len(loaded.ids()) - 10:,} more are opened here by their id" in box.help
