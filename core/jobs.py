@@ -281,8 +281,8 @@ class JobQueue:
             if elsewhere and site is not None and ticket is not None:
                 site.leave(ticket)
                 job.ticket = site.enter(job.id)
-        for other in waiting:
-            if not self._await_turn(other, job):
+        for other in waiting:  # keeping its ticket, the job lends its turn to them; else they wait for theirs
+            if elsewhere and not self._await_turn(other, job):
                 continue  # cancelled meanwhile, or the server is stopping
             with self._cond:
                 if other.state != "queued" or self._closed:

@@ -185,17 +185,20 @@ def _running(job) -> None:
     assert job.state == "running"
 
 
-def test_a_long_heavy_job_lets_queued_heavy_jobs_run_between_its_parts(queue: JobQueue) -> None:
+@pytest.mark.parametrize("site", [False, True], ids=["alone", "in the site's queue"])
+def test_a_long_heavy_job_lets_queued_heavy_jobs_run_between_its_parts(queue: JobQueue, site: bool, tmp_path) -> None:
     """Alice's three-part job makes way after each part for the heavy jobs queued by then: Bob's (which has two
     parts but makes no way inside the break), then Carol's, queued during Bob's, in the next break. A cancel during
-    that break ends Alice's job when Carol's ends, before its last part."""
-    alice = queue.submit("alice", "every strategy", _heavy_parts, 3, 0.5, heavy=True)
+    that break ends Alice's job when Carol's ends, before its last part. In the site's queue (as the app runs them)
+    Alice's job lends its turn to them: their tickets are behind hers (they waited for it for ever)."""
+    site_dir = tmp_path / "heavy" if site else None
+    alice = queue.submit("alice", "every strategy", _heavy_parts, 3, 0.5, heavy=True, site_dir=site_dir)
     _running(alice)
-    bob = queue.submit("bob", "evaluation", _heavy_parts, 2, 0.3, heavy=True)
+    bob = queue.submit("bob", "evaluation", _heavy_parts, 2, 0.3, heavy=True, site_dir=site_dir)
     _running(bob)  # in alice's first break
     assert alice.state == "running" and alice.message.startswith("paused: 1 queued job first")
     assert alice.fraction == pytest.approx(1 / 3)  # bob runs after alice's first part, not after her whole job
-    carol = queue.submit("carol", "evaluation", _heavy_slow, 1.5, heavy=True)
+    carol = queue.submit("carol", "evaluation", _heavy_slow, 1.5, heavy=True, site_dir=site_dir)
     queue.wait(bob.id, 60)
     assert bob.state == "done", bob.error
     _running(carol)  # in alice's second break, after her second part
