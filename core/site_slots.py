@@ -106,8 +106,12 @@ class SiteSlots:
             self._write(ticket)
 
     def _write(self, ticket: str) -> None:
+        """The ticket's file, written whole (a temporary file renamed): a reader never takes a half-written one for
+        the remains of a replica that died writing it."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.folder / ticket).write_text(json.dumps({"host": HOST, "pid": os.getpid(), "queue": self.queue}))
+        part = self.folder / f".{ticket}.part"
+        part.write_text(json.dumps({"host": HOST, "pid": os.getpid(), "queue": self.queue}))
+        os.replace(part, self.folder / ticket)
 
     def _live(self) -> list[tuple[str, str]]:
         """``(ticket, queue)`` of the live tickets, oldest first; those of a dead replica are removed."""
