@@ -95,8 +95,8 @@ def _status_text(job: Job) -> str:
         waits = " · starts when the running training or evaluation ends or pauses" \
             if job.heavy and (default_queue().heavy_busy or elsewhere) else ""
         ahead += elsewhere
-        there = "" if not elsewhere else (f" on {'another server' if elsewhere == 1 else 'other servers'} of this site"
-                                          if elsewhere == ahead else f", {elsewhere} on other servers of this site")
+        where = f"{'another server' if elsewhere == 1 else 'other servers'} of this site"
+        there = "" if not elsewhere else f" on {where}" if elsewhere == ahead else f", {elsewhere} on {where}"
         return f"{job.title}: queued" + (f" ({ahead} job{'s' if ahead != 1 else ''} ahead{there})" if ahead else "") + waits
     eta = format_eta(job.eta_s)
     return f"{job.title}: {job.message}" + (f" · {eta}" if eta else "") + f" · {job.elapsed_s:.0f} s"

@@ -402,3 +402,23 @@ def test_a_tickets_place_is_kept_when_a_stalled_server_finds_it_removed(tmp_path
     assert b.turn(t2)
     a.keep(t1)  # the next rewrite puts it back where it was
     assert a.turn(t1) and not b.turn(t2) and b.others_ahead(t2) == 1
+
+
+def test_a_job_waiting_for_another_replica_says_so(replicas, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's line for a heavy job queued behind another replica's (pages/_jobs.py): where the job ahead runs."""
+    from pages import _jobs
+
+    qa, qb = replicas
+    monkeypatch.setattr(jobs, "_DEFAULT", qa)  # this replica's queue
+    site = tmp_path / "heavy"
+    other = qb.submit("bob", "training", _heavy_slow, 3.0, heavy=True, site_dir=site)
+    _running(other)
+    mine = qa.submit("alice", "Validating concat", _heavy, 5, heavy=True, site_dir=site)
+    time.sleep(1.5)
+    assert _jobs._status_text(mine) == ("Validating concat: queued (1 job ahead on another server of this site) · "
+                                        "starts when the running training or evaluation ends or pauses")
+    later = qa.submit("alice", "Validating cox", _heavy, 5, heavy=True, site_dir=site)
+    assert _jobs._status_text(later).startswith("Validating cox: queued (2 jobs ahead, 1 on another server of this site)")
+    for job in (other, mine, later):
+        (qb if job is other else qa).wait(job.id, 120)
+    assert [j.state for j in (other, mine, later)] == ["done"] * 3
