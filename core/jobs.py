@@ -96,10 +96,11 @@ class JobQueue:
             job = Job(id=f"job{next(self._ids)}", owner=owner, title=title, key=key, heavy=heavy,
                       fn=fn, args=args, kwargs=kwargs)
             if heavy and site_dir is not None:
+                site = self._sites.get(os.fspath(site_dir)) or SiteSlots(site_dir, queue=self.id)  # checks the setting
                 if not self._sites:
                     threading.Thread(target=self._keep_tickets, name="ctehr-job-tickets", daemon=True).start()
-                job.site = self._sites.setdefault(os.fspath(site_dir), SiteSlots(site_dir, queue=self.id))
-                job.ticket = job.site.enter(job.id)
+                job.site = self._sites.setdefault(os.fspath(site_dir), site)
+                job.ticket = site.enter(job.id)
             self._jobs[job.id] = job
             self._order.append(job.id)
             self._cond.notify_all()

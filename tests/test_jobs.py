@@ -422,3 +422,12 @@ def test_a_job_waiting_for_another_replica_says_so(replicas, tmp_path, monkeypat
     for job in (other, mine, later):
         (qb if job is other else qa).wait(job.id, 120)
     assert [j.state for j in (other, mine, later)] == ["done"] * 3
+
+
+def test_a_bad_site_setting_is_one_line(queue: JobQueue, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.site_slots import SLOTS_ENV
+
+    monkeypatch.setenv(SLOTS_ENV, "two")
+    with pytest.raises(InputError, match=f"{SLOTS_ENV}: got two, is not a whole number of at least 1; fix: set it"):
+        queue.submit("alice", "map", _heavy, 5, heavy=True, site_dir=tmp_path)
+    assert queue.jobs("alice") == [] and not list(tmp_path.iterdir())
