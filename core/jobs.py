@@ -280,8 +280,8 @@ class JobQueue:
             n = len(waiting) + elsewhere
             job.message = f"paused: {n} queued job{'s' if n != 1 else ''} first, then this one"
             if elsewhere and site is not None and ticket is not None:
+                job.ticket = site.enter(job.id, after=ticket)  # behind them, still queued since it was
                 site.leave(ticket)
-                job.ticket = site.enter(job.id)
         for other in waiting:  # keeping its ticket, the job lends its turn to them; else they wait for theirs
             if elsewhere and not self._await_turn(other, job):
                 continue  # cancelled meanwhile, or the server is stopping

@@ -75,6 +75,7 @@ class SiteSlots:
         self.slots = site_slots() if slots is None else int(slots)
         if self.slots < 1:
             raise InputError("site heavy slots", self.slots, "is below 1", "allow at least one heavy job at a time")
+        self._since: dict[str, int] = {}  # this queue's tickets: when their job was first queued (ns)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -86,16 +87,20 @@ class SiteSlots:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def enter(self, job: str) -> str:
-        """A ticket for ``job`` at the end of the site's queue (its file name)."""
+    def enter(self, job: str, *, after: str | None = None) -> str:
+        """A ticket for ``job`` at the end of the site's queue (its file name); ``after``: the job's ticket before
+        (it makes way in a break), whose first queueing time the new one keeps (see :meth:`others_after`)."""
         with self._locked():
-            name = f"{time.time_ns():020d}-{self.queue}-{job}.json"
+            now = time.time_ns()
+            name = f"{now:020d}-{self.queue}-{job}.json"
+            self._since[name] = self._since.get(after, now) if after is not None else now
             self._write(name)
             return name
 
     def leave(self, ticket: str) -> None:
         """Give the ticket back (the job ended, or goes to the end of the queue with a new one)."""
         (self.folder / ticket).unlink(missing_ok=True)
+        self._since.pop(ticket, None)
 
     def keep(self, ticket: str) -> None:
         """Rewrite the time of this queue's live ``ticket``, so that no replica takes it for a dead one's; written
@@ -110,17 +115,19 @@ class SiteSlots:
         the remains of a replica that died writing it."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = self.folder / f".{ticket}.part"
-        part.write_text(json.dumps({"host": HOST, "pid": os.getpid(), "queue": self.queue}))
+        since = self._since.get(ticket, int(ticket[:20]))
+        part.write_text(json.dumps({"host": HOST, "pid": os.getpid(), "queue": self.queue, "since": since}))
         os.replace(part, self.folder / ticket)
 
-    def _live(self) -> list[tuple[str, str]]:
-        """``(ticket, queue)`` of the live tickets, oldest first; those of a dead replica are removed."""
+    def _live(self) -> list[tuple[str, str, int]]:
+        """``(ticket, queue, since)`` of the live tickets, oldest first; those of a dead replica are removed."""
         live, now = [], time.time()
         for path in sorted(self.folder.glob("*.json")):
             try:
                 stamp = path.stat().st_mtime
                 info = json.loads(path.read_text())
                 queue, pid, host = str(info["queue"]), int(info["pid"]), str(info["host"])
+                since = int(info.get("since", path.name[:20]))
             except FileNotFoundError:
                 continue  # given back while we looked
             except (OSError, ValueError, KeyError, TypeError):
@@ -129,7 +136,7 @@ class SiteSlots:
             if now - stamp > STALE_S or host == HOST and not _alive(pid):
                 path.unlink(missing_ok=True)
                 continue
-            live.append((path.name, queue))
+            live.append((path.name, queue, since))
         return live
 
     def ahead(self, ticket: str) -> int:
@@ -143,15 +150,21 @@ class SiteSlots:
     def others_ahead(self, ticket: str) -> int:
         """How many of the live tickets older than ``ticket`` belong to other replicas."""
         live, at = self._around(ticket)
-        return sum(queue != self.queue for _, queue in live[:at])
+        return sum(queue != self.queue for _, queue, _ in live[:at])
 
     def others_after(self, ticket: str) -> int:
-        """How many of the live tickets newer than ``ticket`` belong to other replicas (those waiting behind it)."""
+        """How many jobs of other replicas were first queued after the job of ``ticket``: those a long job makes way
+        for in its break. A job that itself made way and waits for its turn back (its new ticket is newer, its job
+        was queued earlier) is not one of them: two long jobs on two replicas took turns at every break, and the
+        first queued no longer finished first."""
         live, at = self._around(ticket)
-        return sum(queue != self.queue for _, queue in live[at + 1:])
+        if at == len(live):
+            return 0
+        mine = live[at][2]
+        return sum(queue != self.queue and since > mine for _, queue, since in live)
 
-    def _around(self, ticket: str) -> tuple[list[tuple[str, str]], int]:
+    def _around(self, ticket: str) -> tuple[list[tuple[str, str, int]], int]:
         with self._locked():
             live = self._live()
-        names = [name for name, _ in live]
+        names = [name for name, _, _ in live]
         return live, names.index(ticket) if ticket in names else len(live)

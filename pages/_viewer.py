@@ -29,8 +29,10 @@ import functools
 import gzip
 import hashlib
 import importlib.util
+import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +115,9 @@ def _component_dir(root: str, stamps: tuple[tuple[str, int, int], ...]) -> Path:
         h.update(name.encode() + data)
     target = Path(root) / "cache" / f"viewer-{h.hexdigest()[:12]}"
     if not (target / "index.html").is_file():
-        tmp = target.with_name(target.name + ".partial")
+        # a folder of this process's own: replicas started together each build one (a shared name had each delete
+        # the other's while it was written: "warm-up stopped: ... viewer-....partial/niivue.js.gz")
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name, data in parts:

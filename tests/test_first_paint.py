@@ -63,6 +63,22 @@ def test_component_folder_holds_niivue_gzipped_and_is_not_rebuilt_per_run(tmp_pa
     V._component_dir.cache_clear()
 
 
+def test_replicas_started_together_each_build_the_component_folder(tmp_path: Path) -> None:
+    """Two replicas started at once built it in one shared ``.partial`` folder and deleted each other's files
+    ("warm-up stopped: [Errno 2] No such file or directory: '.../viewer-....partial/niivue.js.gz'")."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pages import _viewer as V; d = V._component_dir(sys.argv[1], ()); "
+            "assert (d / 'index.html').is_file() and (d / V.NIIVUE_FILE).is_file(); print(d)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-800:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(outs[0][0].strip()).name]  # no part left
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -393,6 +393,21 @@ def test_a_long_heavy_job_makes_way_for_another_replicas_job_between_its_parts(r
     assert alice.paused_s > 1.5
 
 
+def test_two_long_jobs_on_two_replicas_do_not_take_turns_at_every_break(replicas, tmp_path) -> None:
+    """Bob's long job, queued on replica B during Alice's on replica A, runs whole in her first break and does not
+    make way back for hers (her new ticket is newer, her job older): the two took turns at every break, and the
+    first queued no longer finished first."""
+    qa, qb = replicas
+    site = tmp_path / "heavy"
+    alice = qa.submit("alice", "every strategy", _heavy_parts, 3, 1.0, heavy=True, site_dir=site)
+    _running(alice)
+    bob = qb.submit("bob", "every strategy", _heavy_parts, 3, 0.5, heavy=True, site_dir=site)
+    qa.wait(alice.id, 180), qb.wait(bob.id, 180)
+    assert alice.state == "done" and bob.state == "done", (alice.error, bob.error)
+    assert alice.result[0] < bob.result[0] and bob.result[2] < alice.result[1]  # all of Bob's in Alice's first break
+    assert bob.paused_s == 0.0 and alice.paused_s > 1.5
+
+
 def test_a_tickets_place_is_kept_when_a_stalled_server_finds_it_removed(tmp_path) -> None:
     from core.site_slots import SiteSlots
 
