@@ -77,9 +77,10 @@ class JobQueue:
     # ------------------------------------------------------------------ public API
     def submit(self, owner: str, title: str, fn: Callable[..., Any], *args: Any, key: str | None = None,
                heavy: bool = False, fresh: bool = False, site_dir: str | os.PathLike | None = None,
-               **kwargs: Any) -> Job:
+               others_active: int = 0, **kwargs: Any) -> Job:
         """Queue ``fn(ctx, *args, **kwargs)`` for ``owner``, or return its job of ``key`` (active, or done unless ``fresh``);
-        a heavy job with ``site_dir`` also waits its turn in the site's heavy queue there (:mod:`core.site_slots`)."""
+        a heavy job with ``site_dir`` also waits its turn in the site's heavy queue there (:mod:`core.site_slots`);
+        ``others_active``: the owner's jobs that other replicas run, counted toward the per-user limit."""
         if not owner:
             raise InputError("job owner", owner, "is empty", "sign in, or run the job from a browser session")
         with self._cond:
@@ -88,9 +89,11 @@ class JobQueue:
                 found = self._find(owner, key)
                 if found is not None and (found.active or found.state == "done" and not fresh):
                     return found
-            active = [j for j in self._jobs.values() if j.owner == owner and j.active]
-            if len(active) >= self.max_active_per_user:
-                raise InputError("background jobs", f"{len(active)} queued or running",
+            active = len([j for j in self._jobs.values() if j.owner == owner and j.active]) + others_active
+            if active >= self.max_active_per_user:
+                there = f" ({others_active} on {'another server' if others_active == 1 else 'other servers'} of this " \
+                        "site)" if others_active else ""
+                raise InputError("background jobs", f"{active} queued or running{there}",
                                  f"reach the limit of {self.max_active_per_user} per user",
                                  "wait for one to finish or cancel one")
             job = Job(id=f"job{next(self._ids)}", owner=owner, title=title, key=key, heavy=heavy,

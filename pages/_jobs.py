@@ -33,6 +33,16 @@ def site_queue() -> Path:
     return paths.data_dir() / "jobs" / "heavy"
 
 
+def _elsewhere() -> int:
+    """How many of this user's jobs other replicas run (their records; one may be counted up to 20 s after its end):
+    the per-user limit holds for the site, not for each replica."""
+    try:
+        return len(job_journal.elsewhere(workspaces.user_root(owner()), paths.data_dir()))
+    except OSError as err:  # an unreadable folder: this replica's own jobs are counted, as before
+        LOG.warning("the user's jobs on other servers not read: %s", err)
+        return 0
+
+
 def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = None, heavy: bool = False,
            fresh: bool = False, journal: bool | None = None, **kwargs: Any) -> Job | None:
     """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit.
@@ -43,7 +53,7 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
     job = None
     with chrome.core_errors(stop=False):
         job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, fresh=fresh,
-                                     site_dir=site_queue() if heavy else None, **kwargs)
+                                     site_dir=site_queue() if heavy else None, others_active=_elsewhere(), **kwargs)
     if job is not None and (heavy if journal is None else journal):  # a training, validation or evaluation
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
             job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS,
