@@ -8,8 +8,9 @@ runs once at most ``slots`` live tickets older than its own remain (1 by default
 heavy jobs of all replicas run one at a time, first queued first, as those of one replica always did.
 
 * A ticket is a small JSON file named ``<nanoseconds>-<queue>-<job>.json`` (the name orders the queue), holding the
-  host, process id and queue that took it; it is made under an exclusive ``flock`` of ``heavy/.lock``, so two
-  replicas never take the same place.
+  host, process id and queue that took it and when its job was first queued (a long job that makes way in a break
+  takes a new ticket at the end but keeps that time: :meth:`SiteSlots.others_after`); it is made under an exclusive
+  ``flock`` of ``heavy/.lock``, so two replicas never take the same place.
 * Its queue rewrites its time every :data:`REFRESH_S` seconds while the job is queued or running (:meth:`SiteSlots.keep`)
   and removes it when the job ends (:meth:`SiteSlots.leave`). A ticket of a process gone from this host is dropped at
   once, and one not refreshed for :data:`STALE_S` seconds (a replica on another host that died, a reused process
