@@ -57,10 +57,11 @@ def site_slots() -> int:
     return int(raw)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user counts; a pid out of range does not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, ValueError, OverflowError):
         return False
     except PermissionError:
         return True  # another user's process of that id
@@ -134,7 +135,7 @@ class SiteSlots:
             except (OSError, ValueError, KeyError, TypeError):
                 path.unlink(missing_ok=True)  # half-written by a replica that died writing it: nobody waits on it
                 continue
-            if now - stamp > STALE_S or host == HOST and not _alive(pid):
+            if now - stamp > STALE_S or host == HOST and not pid_alive(pid):
                 path.unlink(missing_ok=True)
                 continue
             live.append((path.name, queue, since))

@@ -45,6 +45,7 @@ from pathlib import Path
 from core.app.background import COHORT_STAMP as STAMP
 from core.app.meds_cohorts import models_by_cohort
 from core.app.workspace import MEDS_PREFIX, is_built_cohort
+from core.site_slots import pid_alive
 
 SERVER = uuid.uuid4().hex[:12]  # this server process; a restarted server is another one
 HEARTBEAT_S = 20.0
@@ -161,10 +162,8 @@ def _server_gone(base: Path, server: str, now: float) -> bool:
         return True
     if info.get("host") == socket.gethostname():  # on this machine a dead process is seen at once
         try:
-            os.kill(int(info.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError, OverflowError):
+            return not pid_alive(int(info.get("pid", 0)))
+        except (TypeError, ValueError):
             return False
     return False
 

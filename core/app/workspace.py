@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError
+from core.site_slots import pid_alive
 
 WORKSPACE_PREFIX = "ctehr-session-"
 USERS = "users"
@@ -338,16 +339,6 @@ def new_session_workspace(root: Path | None = None) -> SessionWorkspace:
     return SessionWorkspace(path)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_workspaces(max_age_s: float = 6 * 3600, root: Path | None = None) -> int:
     """Delete scratch folders left behind: those of a server process that no longer runs (killed) and
     those untouched for ``max_age_s``; also half-written case folders of a killed save. Returns the count."""
@@ -359,7 +350,7 @@ def sweep_stale_workspaces(max_age_s: float = 6 * 3600, root: Path | None = None
             if p.is_symlink() or not p.is_dir():
                 continue
             pid_text = p.name[len(WORKSPACE_PREFIX):].split("-", 1)[0]
-            dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+            dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text))
             if dead or now - p.stat().st_mtime > max_age_s:
                 shutil.rmtree(p, ignore_errors=True)
                 removed += 1
