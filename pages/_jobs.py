@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.app import job_journal, paths
+from core.app import job_journal, job_restart, paths
 from core.app import workspace as workspaces
 from core.app.background import UPLOAD_JOBS
 from core.durations import format_eta
@@ -18,6 +18,7 @@ from core.jobs import Job, default_queue
 from core.job_pickle import paths_in
 from pages import _chrome as chrome
 from pages import _session as session
+from pages import _state as K
 
 POLL_S = 2.0  # seconds between progress refreshes (a run_every fragment; see README Limitations)
 LOG = logging.getLogger(__name__)
@@ -44,12 +45,13 @@ def _elsewhere() -> int:
 
 
 def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = None, heavy: bool = False,
-           fresh: bool = False, journal: bool | None = None, **kwargs: Any) -> Job | None:
+           fresh: bool = False, journal: bool | None = None, resume: str = "", **kwargs: Any) -> Job | None:
     """Queue ``fn(ctx, *args, **kwargs)`` for this user; a one-line error (and None) when the per-user limit is hit.
 
     ``fresh``: a finished job of the same ``key`` is not returned instead (its result is gone). ``journal``: whether a
     server restart that stops it is told to the user (default: for heavy jobs; a map is asked for again by viewing
-    it)."""
+    it), with how to start it again when it is a training (``core.app.job_restart``); ``resume``: the cohort folder
+    of a stopped upload that this restarted training reads (dismissing a stop of it removes that folder)."""
     job = None
     with chrome.core_errors(stop=False):
         job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, fresh=fresh,
@@ -57,7 +59,8 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
     if job is not None and (heavy if journal is None else journal):  # a training, validation or evaluation
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
             job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS,
-                               reads=paths_in((args, kwargs)))
+                               reads=paths_in((args, kwargs)), restart=job_restart.spec(fn, args, kwargs, key),
+                               resume=resume)
         except OSError as err:  # the job runs all the same; only a restart's notice would be missing
             LOG.warning("job %s not written down: %s", job.id, err)
     return job
@@ -112,8 +115,9 @@ def _status_text(job: Job) -> str:
     return f"{job.title}: {job.message}" + (f" · {eta}" if eta else "") + f" · {job.elapsed_s:.0f} s"
 
 
-def show(job: Job, *, cancel_label: str = "Cancel") -> None:
-    """Draw a running or queued job (progress, estimate, cancel), refreshed every second without blocking the page.
+def show(job: Job, *, cancel_label: str = "Cancel", place: str = "") -> None:
+    """Draw a running or queued job (progress, estimate, cancel), refreshed every second without blocking the page;
+    ``place`` tells its cancel button from the same job's drawn elsewhere on the page (the sidebar's).
 
     When the job ends the whole page reruns once, so the caller draws its result.
     """
@@ -126,7 +130,7 @@ def show(job: Job, *, cancel_label: str = "Cancel") -> None:
             return
         row = st.container(horizontal=True, vertical_alignment="center")  # the button as wide as its label
         row.progress(current.fraction, text=chrome.md(_status_text(current)))  # a title may quote a user's column
-        if row.button(cancel_label, key=f"cancel_{current.id}", disabled=current.cancel_requested, width="content"):
+        if row.button(cancel_label, key=f"cancel_{place}{current.id}", disabled=current.cancel_requested, width="content"):
             default_queue().cancel(current.id, owner())
             st.rerun(scope="fragment")
 
@@ -161,7 +165,9 @@ def latest(prefix: str) -> Job | None:
 
 def stopped_notices() -> None:
     """In the sidebar: each of the user's jobs that a server restart stopped (once found, until dismissed), what of
-    it was removed, and that it must be started again."""
+    it was removed, and how to start it again: a training with its settings on record, by a button ("Start again",
+    ``core.app.job_restart``); any other job from its page, an upload's whose cohort was not kept by uploading it."""
+    _restarted()
     user_dir = workspaces.user_root(owner())
     try:
         stopped = job_journal.interrupted(user_dir, paths.data_dir())
@@ -179,13 +185,56 @@ def stopped_notices() -> None:
                     else "the cohort it had unpacked was removed"] if gone else []
         if any(r.startswith(job_journal.MODELS + "/") for r in rec.removed):
             said.append("the model it was writing was removed")
+        again = job_restart.plan(rec.restart, user_dir, rec.resume, _device()) if rec.restart else None
+        if isinstance(again, job_restart.Restart) and rec.resume:
+            said = ["the cohort it unpacked is kept to start it again"]
         with st.sidebar.container(border=True):
             st.warning(f"{chrome.md(rec.title)} (queued {time.strftime('%d %b %H:%M', time.localtime(rec.queued_at))}) was "
-                       "stopped when the server restarted" + "".join(f"; {part}" for part in said)
-                       + (". Upload the cohort zip again to start it again." if rec.upload else ". Start it again."))
-            if st.button("Dismiss", key=f"dismiss_{rec.name}", type="tertiary"):
+                       "stopped when the server restarted" + "".join(f"; {part}" for part in said) + (
+                           f". Start it again with the same settings{'' if len(again.fusions) < 2 else ' (the ' + str(len(again.fusions)) + ' strategies not finished)'}."
+                           if isinstance(again, job_restart.Restart)
+                           else f"; it cannot be started again here: {chrome.md(again)}. Start it again from its page."
+                           if isinstance(again, str) and not rec.upload
+                           else ". Upload the cohort zip again to start it again." if rec.upload else ". Start it again."))
+            row = st.container(horizontal=True)
+            if isinstance(again, job_restart.Restart) and row.button(
+                    "Start again", key=f"restart_{rec.name}", icon=":material/replay:", type="primary"):
+                _start_again(user_dir, rec, again)
+            if row.button("Dismiss", key=f"dismiss_{rec.name}", type="tertiary"):
                 job_journal.dismiss(user_dir, rec.name)
                 st.rerun()
+
+
+def _device() -> str:
+    from core import runtime  # torch: only when a stopped training is to be started again
+
+    return runtime.device_name()
+
+
+def _start_again(user_dir: Path, rec: job_journal.Record, again: job_restart.Restart) -> None:
+    """Queue a stopped training again (audited as a training, checked against the disk quota) and drop its notice."""
+    from core.app.background import expected_model_bytes
+
+    with chrome.core_errors(stop=False):
+        workspaces.check_quota(owner(), expected_model_bytes(list(again.fusions)))
+        job = submit_audited([("train", f, {"restarted": True}) for f in again.fusions], rec.title, again.fn,
+                             *again.args, key=again.key, heavy=True, resume=rec.resume, **again.kwargs)
+        if job is not None:
+            job_journal.dismiss(user_dir, rec.name, restarted=True)
+            st.session_state[K.TRAIN_JOB] = job.id  # Train on your cohort follows it as one started there
+            st.session_state.setdefault(K.RESTARTED_JOBS, []).append(job.id)
+            st.rerun()
+
+
+def _restarted() -> None:
+    """In the sidebar, where its notice was: each training this session started again, with its progress and its
+    cancel button, while it is queued or running (then in the list of background jobs, with its result)."""
+    for job_id in st.session_state.get(K.RESTARTED_JOBS, []):
+        job = default_queue().get(job_id, owner())
+        if job is not None and job.active:
+            with st.sidebar.container(border=True):
+                st.caption("Started again after the server's restart")
+                show(job, place="restarted_")
 
 
 def sidebar_list() -> None:

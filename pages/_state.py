@@ -54,6 +54,7 @@ CONTRAST_STATED = "contrast_stated"  # Upload: "yes" / "no" / "" for a study who
 TRAINED_MODELS = "trained_models"
 TRAINED_COHORTS = "trained_cohorts"
 TRAIN_JOB = "train_job"  # id of this session's latest training job (core.jobs)
+RESTARTED_JOBS = "restarted_jobs"  # ids of the stopped trainings this session started again (drawn in the sidebar)
 VALIDATE_JOB = "validate_job"  # (job id, model name) of this session's latest external validation (core.jobs)
 EXPORTS = "exports"
 CASE_NUMBERS = "case_numbers"

@@ -98,6 +98,7 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
                    place: str = "train") -> None:
     """Queue training of ``fusion`` as this user's background job, saved in their models folder: on the cohort
     folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
+    import secrets
     import time
 
     from core.app.background import expected_model_bytes, train_job, train_uploaded_job
@@ -111,6 +112,7 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
         reads = workspace.check_cohort_zip(upload, fusion=None if fusion == EVERY else fusion, for_training=True)
     workspace.check_quota(user, 2 * len(upload or b"") + expected_model_bytes(FUSIONS if fusion == EVERY else [fusion], *reads))
     stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
+    tag = secrets.token_hex(8)  # marks the cohort an upload unpacks: a restart keeps it to start this again
     job_key = (MEDS_TRAIN_KEY if place == "meds" else TRAIN_KEY) + stamp_text
     runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
             for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar
@@ -122,13 +124,14 @@ def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes
         job = _jobs.submit_audited([("train", f, {"epochs": int(epochs)}) for f in FUSIONS],
                                    f"Training all {len(FUSIONS)} strategies", *what, runs, int(epochs),
                                    image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
-                                   device=runtime.device_name(), ehr_encoder=ehr_encoder, key=job_key, heavy=True)
+                                   device=runtime.device_name(), ehr_encoder=ehr_encoder, key=job_key, heavy=True,
+                                   **({"tag": tag} if upload is not None else {}))
     elif upload is not None:
         out, label = runs[fusion]
         job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}",
                                    train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), fusion, out,
                                    int(epochs), label=label, image_encoder_kind=image_encoder_kind,
-                                   body_crop=bool(body_crop), key=job_key, heavy=True)
+                                   body_crop=bool(body_crop), tag=tag, key=job_key, heavy=True)
     else:
         out, label = runs[fusion]
         job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}", train_job,

@@ -550,6 +550,48 @@ def test_the_sidebar_tells_which_jobs_a_server_restart_stopped(data_dir: Path) -
     job_journal.dismiss(user_dir, "deadbeef0001-job4")
 
 
+def test_the_sidebar_offers_to_start_a_stopped_training_again(data_dir: Path) -> None:
+    """A stopped training with its settings on record gets a "Start again" button (an upload's, once its unpacked
+    cohort is kept); one that cannot be started again says why in the same line."""
+    from core.app import job_journal, job_restart, workspace
+    from core.app.background import UNPACKED, train_every_job, train_job
+
+    user_dir = workspace.user_root("local", data_dir)
+    stamp = time.time() - 300
+    cohort = user_dir / "cohorts" / time.strftime(job_journal.STAMP, time.localtime(stamp + 5))
+    (cohort / "inner").mkdir(parents=True)
+    (cohort / "inner" / "cohort.csv").write_text("subject_id\n")
+    (cohort / UNPACKED).write_text("tag7")
+    runs = {f: (str(user_dir / "models" / f"{f}-r"), f) for f in ("ehr_only", "late")}
+    specs = {"job5": ("Training all 7 strategies",  # an upload: its unpacked cohort kept, then started from it
+                      job_restart.spec(train_every_job, (b"zip", str(user_dir / "cohorts"), runs, 2), {"tag": "tag7"},
+                                       "train1"), True),
+             "job6": ("Training late", job_restart.spec(train_job, (str(user_dir / "cohorts" / "gone"), "late",
+                                                                    str(user_dir / "models" / "late-r"), 2), {}, "t"),
+                      False)}
+    for name, (title, text, upload) in specs.items():
+        job_journal._write(user_dir / "jobs" / f"deadbeef0001-{name}.json",
+                           {"title": title, "queued_at": stamp + int(name[-1]), "server": "deadbeef0001",
+                            "upload": upload, "restart": text})
+    try:
+        at = _app()
+        at.run()
+        _no_exception(at)
+        notes = [w.value for w in at.sidebar.warning if "stopped when the server restarted" in w.value]
+        assert len(notes) == 2, notes
+        assert notes[0].startswith("Training all 7 strategies (queued ")
+        assert notes[0].endswith("; the cohort it unpacked is kept to start it again. Start it again with the same "
+                                 "settings (the 2 strategies not finished).")
+        assert at.sidebar.button(key="restart_deadbeef0001-job5").label == "Start again"  # clicked in Chromium
+        assert notes[1].endswith("; it cannot be started again here: its cohort folder is gone. Start it again from "
+                                 "its page.")
+        assert not [b for b in at.sidebar.button if b.key == "restart_deadbeef0001-job6"]
+    finally:
+        for name in specs:
+            job_journal.dismiss(user_dir, f"deadbeef0001-{name}")
+    assert not cohort.exists()  # dismissed without starting it again: the kept cohort goes
+
+
 def _seed_map(data_dir: Path, method: str | None, draw: Callable[[np.ndarray], None]) -> tuple[str, str, np.ndarray]:
     """A map of the opening case (the demo's first test subject) under the default model, at the default horizon,
     put into the server's folder of demo maps: ``draw`` marks a zero map (the case's HU volume is passed beside it).

@@ -22,6 +22,7 @@ from core.app.workspace import TRAINED_MARKER, is_built_cohort, recorded_cohort
 from core.jobs import JobContext
 
 COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)
+UNPACKED = ".ctehr-unpacked"  # in that folder once it is whole: the tag of the training that unpacked it (job_restart)
 # train_every_job's bar, until the strategies' own times are known (see bar_span and encoder_share): the first
 # strategy that reads the CT trains the image encoder. Its lesion pretext costs the same on any cohort, about what a
 # fusion costs on ENCODER_FIXED subjects; after it the CT strategy grows with the subjects as a fusion does, and a
@@ -125,10 +126,10 @@ def gate_cohort_folder(ctx: JobContext, cohort_dir: str, span: tuple[float, floa
 
 
 def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: str, out: str, epochs: int, *,
-                       label: str = "", image_encoder_kind: str = "auto", body_crop: bool = False) -> dict:
-    """A zipped cohort from an upload: gated and unpacked (:func:`unpack_gated`) and trained as :func:`train_job`; a
-    training that fails or is cancelled removes the unpacked cohort."""
-    cohort_dir = unpack_gated(ctx, data, cohorts_dir)
+                       label: str = "", image_encoder_kind: str = "auto", body_crop: bool = False, tag: str = "") -> dict:
+    """A zipped cohort from an upload: gated and unpacked (:func:`unpack_gated`, ``tag`` in its marker) and trained as
+    :func:`train_job`; a training that fails or is cancelled removes the unpacked cohort."""
+    cohort_dir = unpack_gated(ctx, data, cohorts_dir, tag)
     try:
         return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0),
                          image_encoder_kind=image_encoder_kind, body_crop=body_crop)
@@ -143,9 +144,10 @@ def remove_unpacked(cohorts_dir: str | Path, cohort_dir: Path) -> None:
     shutil.rmtree(Path(cohorts_dir) / Path(cohort_dir).relative_to(cohorts_dir).parts[0], ignore_errors=True)
 
 
-def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str) -> Path:
+def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str, tag: str = "") -> Path:
     """A zipped cohort gated for PHI in memory (nothing written when refused; the first 10 % of the progress) and
-    unpacked into ``cohorts_dir/<time>`` (the user's cohorts folder); returns the cohort folder."""
+    unpacked into ``cohorts_dir/<time>`` (the user's cohorts folder), marked whole with ``tag`` (:data:`UNPACKED`: a
+    restart keeps it for starting the training again, ``core.app.job_restart``); returns the cohort folder."""
     import time
 
     from core.app.workspace import unpack_cohort_zip
@@ -156,7 +158,9 @@ def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str) -> Path:
         _refuse(report)
     target = Path(cohorts_dir) / time.strftime(COHORT_STAMP)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return unpack_cohort_zip(data, target)
+    cohort_dir = unpack_cohort_zip(data, target)
+    (target / UNPACKED).write_text(tag, encoding="utf-8")
+    return cohort_dir
 
 
 def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models: dict[str, str], device: str = "cpu",
@@ -280,7 +284,7 @@ def _train_one(progress: Callable[[float, str], None], cohort_dir: str, fusion: 
 
 def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[str, tuple[str, str]],
                     epochs: int, *, image_encoder_kind: str = "auto", body_crop: bool = False,
-                    device: str = "cpu", ehr_encoder: str = "auto") -> dict:
+                    device: str = "cpu", ehr_encoder: str = "auto", tag: str = "") -> dict:
     """Several strategies on one uploaded cohort, to compare them: the zip gated and unpacked once
     (:func:`unpack_gated`), then each ``fusion -> (model folder, label)`` of ``runs`` trained in turn (they share the
     cohort's cached image encoder, trained by the first strategy that reads the CT) and evaluated on the test split,
@@ -295,7 +299,7 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     strategies' own times, the waits left out (:func:`bar_span`). A job that fails or is cancelled before any model
     was written removes the cohort it unpacked."""
     started = time.monotonic()
-    cohort_dir = unpack_gated(ctx, data, cohorts_dir)
+    cohort_dir = unpack_gated(ctx, data, cohorts_dir, tag)
     try:
         return _train_each(ctx, cohort_dir, runs, epochs, image_encoder_kind, body_crop, device, started, ehr_encoder)
     except BaseException:  # failed or cancelled: the cohort stays only for the models trained before

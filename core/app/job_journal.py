@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.app.background import COHORT_STAMP as STAMP
+from core.app.background import COHORT_STAMP as STAMP, UNPACKED
 from core.app.meds_cohorts import models_by_cohort
 from core.app.workspace import MEDS_PREFIX, is_built_cohort
 from core.site_slots import pid_alive
@@ -62,7 +62,8 @@ class Record:
     """One job on record: ``name`` (``<server>-<job id>``), its title, when it was queued (seconds since the epoch)
     and the server process that queued it; ``upload``: the job unpacks an uploaded cohort zip; ``stopped``: found
     stopped by a restart, ``removed``: what of it was deleted then, ``kept``: the cohort folders it unpacked that were
-    kept because a model it finished uses them."""
+    kept because a model it finished uses them; ``restart``: how to start it again (``core.app.job_restart``);
+    ``resume``: the whole cohort folder its upload had unpacked, kept for that until the record is dismissed."""
 
     name: str
     title: str
@@ -73,6 +74,8 @@ class Record:
     upload: bool = False
     kept: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()  # the absolute paths its arguments name (core.job_pickle.paths_in)
+    restart: str = ""  # how to start it again (JSON, core.app.job_restart.spec), "" when it cannot be
+    resume: str = ""  # the cohort folder (``cohorts/<name>``) its upload unpacked, kept to start it again
 
 
 def _jobs_dir(user_dir: Path) -> Path:
@@ -97,19 +100,21 @@ def _read(path: Path) -> Record | None:
         return Record(path.stem, str(data["title"]), float(data["queued_at"]), str(data["server"]),
                       bool(data.get("stopped")), tuple(str(p) for p in data.get("removed") or ()),
                       bool(data.get("upload")), tuple(str(p) for p in data.get("kept") or ()),
-                      tuple(str(p) for p in data.get("reads") or ()))
+                      tuple(str(p) for p in data.get("reads") or ()), str(data.get("restart") or ""),
+                      str(data.get("resume") or ""))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # being written, or damaged: not a job anyone can be told about
 
 
 def record(user_dir: Path, job_id: str, title: str, base: Path, now: float | None = None, *,
-           upload: bool = False, reads: Iterable[str] = ()) -> None:
+           upload: bool = False, reads: Iterable[str] = (), restart: str = "", resume: str = "") -> None:
     """Write down that this server queued ``job_id`` (``title``; ``upload``: it unpacks an uploaded zip; ``reads``: the
-    folders its arguments name) for the user of ``user_dir``; starts the heartbeat."""
+    folders its arguments name; ``restart``: how to start it again, ``resume``: the cohort folder a restarted upload's
+    training reads, see :class:`Record`) for the user of ``user_dir``; starts the heartbeat."""
     start_heartbeat(base)
     _write(_jobs_dir(user_dir) / f"{SERVER}-{job_id}.json",
            {"title": title, "queued_at": float(time.time() if now is None else now), "server": SERVER,
-            "upload": bool(upload), "reads": sorted(str(p) for p in reads)})
+            "upload": bool(upload), "reads": sorted(str(p) for p in reads), "restart": restart, "resume": resume})
 
 
 @dataclass(frozen=True)
@@ -182,22 +187,45 @@ def _cohorts_in_use(user_dir: Path) -> set[str]:
             if Path(p).is_relative_to(cohorts) and Path(p) != cohorts}
 
 
-def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> tuple[list[str], list[str]]:
+def _tag(folder: Path) -> str:
+    """The tag of the training whose upload unpacked ``folder`` whole (``core.app.background.UNPACKED``), or ""."""
+    try:
+        return (folder / UNPACKED).read_text(encoding="utf-8").strip()[:64]
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _restart_tag(stopped: Record) -> str:
+    try:
+        return str((json.loads(stopped.restart or "{}").get("kwargs") or {}).get("tag") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> tuple[list[str], list[str], str]:
     """Delete what ``stopped`` may have left: cohort folders unpacked (or being built from MEDS) since it was queued
     that no finished model uses, and model folders still being written; a complete cohort built from MEDS stays (the
     user's list of them, ``core.app.meds_cohorts``). A folder a live job (queued at ``live_since`` or later) may own
-    is kept. Returns what was removed and the cohort folders of that time kept for a finished model."""
+    is kept. The whole cohort its own upload unpacked (its tag in the folder's marker) is kept for starting it again,
+    one another training unpacked is left to that one's record. Returns what was removed, the cohort folders of that
+    time kept for a finished model, and the folder kept to start it again ("" when none)."""
     removed: list[str] = []
     kept: list[str] = []
+    resume, mine = "", _restart_tag(stopped)
     in_use = _cohorts_in_use(user_dir)
     for folder in sorted((Path(user_dir) / COHORTS).glob("*")):
         made = _stamp_time(folder.name.removeprefix(MEDS_PREFIX))
         if (made is None or not folder.is_dir() or folder.is_symlink() or is_built_cohort(folder)
                 or not stopped.queued_at - 2 <= made < live_since - 2):
             continue
+        tag = _tag(folder)
+        if mine and tag == mine:
+            resume = f"{COHORTS}/{folder.name}"
+        if tag and tag != mine:
+            continue  # another training's whole upload: its own record decides
         if folder.name in in_use:
             kept.append(f"{COHORTS}/{folder.name}")
-        else:
+        elif not resume.endswith(f"/{folder.name}"):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(f"{COHORTS}/{folder.name}")
     for folder in sorted((Path(user_dir) / MODELS).glob(f"*{PARTIAL}")):
@@ -205,7 +233,7 @@ def _clean_up(user_dir: Path, stopped: Record, live_since: float) -> tuple[list[
         if folder.is_dir() and not folder.is_symlink() and stopped.queued_at - 2 <= made < live_since:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(f"{MODELS}/{folder.name}")
-    return removed, kept
+    return removed, kept, resume
 
 
 def interrupted(user_dir: Path, base: Path, now: float | None = None) -> list[Record]:
@@ -229,21 +257,32 @@ def _mark(user_dir: Path, stopped: list[Record], live_since: float) -> list[Reco
     out: list[Record] = []
     for rec in sorted(stopped, key=lambda r: r.queued_at):
         if not rec.stopped:
-            removed, kept = _clean_up(user_dir, rec, live_since)
-            rec = Record(rec.name, rec.title, rec.queued_at, rec.server, True, tuple(removed), rec.upload, tuple(kept))
+            removed, kept, resume = _clean_up(user_dir, rec, live_since)
+            rec = Record(rec.name, rec.title, rec.queued_at, rec.server, True, tuple(removed), rec.upload, tuple(kept),
+                         rec.reads, rec.restart, resume or rec.resume)
             _write(_jobs_dir(user_dir) / f"{rec.name}.json",
                    {"title": rec.title, "queued_at": rec.queued_at, "server": rec.server, "stopped": True,
-                    "removed": removed, "upload": rec.upload, "kept": kept})
+                    "removed": removed, "upload": rec.upload, "kept": kept, "reads": list(rec.reads),
+                    "restart": rec.restart, "resume": rec.resume})
             if rec.removed:
                 LOG.info("removed what a job stopped by a server restart left: %s", ", ".join(rec.removed))
         out.append(rec)
     return out
 
 
-def dismiss(user_dir: Path, name: str) -> None:
-    """The user has read that job ``name`` was stopped: its record goes."""
-    if name.replace("-", "").isalnum():  # never a path a caller could make climb out of the folder
-        (_jobs_dir(user_dir) / f"{name}.json").unlink(missing_ok=True)
+def dismiss(user_dir: Path, name: str, *, restarted: bool = False) -> None:
+    """The user has read that job ``name`` was stopped: its record goes, and the cohort kept to start it again
+    (``Record.resume``) unless a finished model uses it or the job was started again (``restarted``)."""
+    if not name.replace("-", "").isalnum():  # never a path a caller could make climb out of the folder
+        return
+    path = _jobs_dir(user_dir) / f"{name}.json"
+    rec = _read(path)
+    path.unlink(missing_ok=True)
+    if rec is None or restarted or not rec.resume.startswith(f"{COHORTS}/"):
+        return
+    folder = Path(user_dir) / COHORTS / Path(rec.resume).name
+    if folder.is_dir() and not folder.is_symlink() and folder.name not in _cohorts_in_use(user_dir):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _BEAT: dict[str, threading.Thread] = {}

@@ -150,7 +150,8 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
     for k in range(n_members):
         if k and between is not None:
             between()
-        start = min(max(0.7, reached[0]), 0.97)  # after the image stage, which may take the bar close to it
+        # after the image stage, which may take the bar close to it; without one the members have the whole bar
+        start = min(max(0.7 if icfg["kind"] in ("2d", "3d", "foundation") else 0.05, reached[0]), 0.97)
         lo, hi = start + (0.97 - start) * k / n_members, start + (0.97 - start) * (k + 1) / n_members
         net_k, info_k = fit_member(cfg, data, table, train_idx, val_idx, enc_state, settings, fusion=fusion, head=head,
                                     seed=seed + k, device=dev, dist_info=dist_info, progress=progress, span=(lo, hi),
