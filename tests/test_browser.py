@@ -672,3 +672,44 @@ def _train_every_and_compare(pg: object, tmp_path: Path) -> None:
     settle(pg)
     expect(panel.get_by_text("was trained on this cohort: its metrics are on the Selected model tab",
                              exact=False)).to_be_visible()
+
+
+def test_a_training_a_restart_stopped_is_started_again_from_the_sidebar(page: object, data_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """A training of an upload, stopped by a server restart once its cohort was unpacked (a record of a server with no
+    heartbeat): the sidebar says its cohort is kept; "Start again" trains it with its settings into the model folder
+    it was writing, its progress where the notice was, and the notice is gone."""
+    from core.app import job_journal, job_restart, workspace
+    from core.app.background import TRAINED_MARKER, train_uploaded_job, unpack_gated
+    from core.demo import write_demo_cohort
+    from core.jobs import JobContext
+
+    pg = page
+    user = workspace.user_root("local", data_dir)
+    archive = Path(shutil.make_archive(str(tmp_path / "c"), "zip", write_demo_cohort(tmp_path / "src", n=48, seed=8,
+                                                                                      volumes=False)))
+    data, out = archive.read_bytes(), user / "models" / "ehr_only-restarted"
+    queued = time.time() - 4
+    unpack_gated(JobContext(lambda f, m: None, lambda: False), data, str(user / "cohorts"), "tag42")
+    job_journal._write(user / "jobs" / "deadbeef0002-job1.json", {
+        "title": "Training ehr_only", "queued_at": queued, "server": "deadbeef0002", "upload": True,
+        "restart": job_restart.spec(train_uploaded_job, (data, str(user / "cohorts"), "ehr_only", str(out), 2),
+                                    {"label": "ehr_only (restarted)", "tag": "tag42"}, "train-restarted")})
+    go(pg, "Cohort & models")
+    side = pg.locator('[data-testid="stSidebar"]')  # type: ignore[attr-defined]
+    notice = side.locator('[data-testid="stAlertContainer"]').filter(has_text="stopped when the server restarted")
+    assert notice.inner_text().endswith("; the cohort it unpacked is kept to start it again. Start it again with the "
+                                        "same settings."), notice.inner_text()
+    side.get_by_role("button", name="Start again").click()
+    deadline = time.monotonic() + 180
+    while not (out / TRAINED_MARKER).is_file() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert (out / TRAINED_MARKER).is_file(), "the training started again did not finish"
+    settle(pg)
+    assert notice.count() == 0 and side.get_by_text("Started again after the server's restart").count() == 0
+    go(pg, "Cohort & models")
+    pg.locator('[data-testid="stSidebar"] [role="combobox"]').first.click()  # type: ignore[attr-defined]
+    listed = pg.locator('[role="option"]').all_inner_texts()  # type: ignore[attr-defined]
+    pg.keyboard.press("Escape")  # type: ignore[attr-defined]
+    assert "ehr_only (restarted)" in listed, listed
+    assert list((user / "jobs").glob("deadbeef0002-*.json")) == []
