@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from core.jobs import JobCancelled, JobContext, one_line
+from core.job_state import ServerGone
 
 
 def child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nice: int, threads: int) -> None:
@@ -34,19 +35,28 @@ def child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nic
     torch.set_num_threads(max(int(threads), 1))  # this process only
     cancelled = False
 
+    def talk(what: Callable[[], Any]) -> Any:
+        try:
+            return what()
+        except (OSError, EOFError) as exc:  # the server went away (a restart): nobody reads this job any more
+            raise ServerGone(f"the server is gone ({type(exc).__name__})") from None
+
     def is_cancelled() -> bool:
         nonlocal cancelled
-        while not cancelled and conn.poll():
-            cancelled = conn.recv() == "cancel"
+        while not cancelled and talk(conn.poll):
+            cancelled = talk(conn.recv) == "cancel"
         return cancelled
+
+    def send(message: tuple) -> None:
+        talk(lambda: conn.send(message))
 
     def yield_turn() -> None:
         nonlocal cancelled
-        conn.send(("yield",))
-        answer = conn.recv()  # "go" once the jobs queued meanwhile have run, or "cancel"
+        send(("yield",))
+        answer = talk(conn.recv)  # "go" once the jobs queued meanwhile have run, or "cancel"
         cancelled = cancelled or answer == "cancel"
 
-    ctx = JobContext(lambda f, m: conn.send(("progress", f, m)), is_cancelled, yield_turn)
+    ctx = JobContext(lambda f, m: send(("progress", f, m)), is_cancelled, yield_turn)
     try:
         outcome: tuple = ("done", fn(ctx, *args, **kwargs))
     except JobCancelled:

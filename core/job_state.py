@@ -21,6 +21,12 @@ class JobCancelled(Exception):
     """Raised inside a job by ``ctx.progress`` once the user asked to cancel it."""
 
 
+class ServerGone(Exception):
+    """Raised inside a heavy job's own process when its server is gone (a restart, a crash): nobody reads its progress
+    any more. Not a cancel: what the job unpacked for a training may be kept to start it again
+    (``core.app.job_restart``)."""
+
+
 class JobContext:
     """What a running job sees: ``progress(fraction, message)``, ``cancelled`` and ``yield_turn()``."""
 

@@ -132,3 +132,37 @@ def test_a_record_names_only_the_apps_trainings_on_the_users_own_folders(tmp_pat
     assert job_restart.plan(upload, user, "cohorts/gone", "cpu") == "the cohort it had unpacked is gone"
     (cohort / "cohort.csv").unlink()
     assert job_restart.plan(good, user, "", "cpu") == "its cohort folder is gone"
+
+
+def test_a_training_whose_server_goes_keeps_its_whole_upload_and_a_cancel_does_not(tmp_path: Path) -> None:
+    """In the job's own process the server's end reads as ServerGone, not as a failure: the cohort the upload
+    unpacked stays for the job's record (it was removed, so a restart could never start the training again)."""
+    import threading
+    from multiprocessing import Pipe
+
+    from core.demo import write_demo_cohort
+    from core.job_process import child_main
+
+    data = _zip(write_demo_cohort(tmp_path / "demo", n=40, seed=5, volumes=False))
+    for how in ("server gone", "cancel"):
+        cohorts, out = tmp_path / how / "cohorts", tmp_path / how / "models" / "m"
+        server, job = Pipe()
+        run = threading.Thread(target=child_main, args=(job, train_uploaded_job, (data, str(cohorts), "ehr_only",
+                                                                                  str(out), 50), {"tag": "t9"}, 0, 1))
+        run.start()
+        while True:  # until the training itself reports: the zip was gated and unpacked whole
+            message = server.recv()
+            if message[0] == "progress" and ": epoch " in message[2]:
+                break
+        if how == "cancel":
+            server.send("cancel")
+            while (message := server.recv())[0] == "progress":
+                pass
+            assert message == ("cancelled", None)
+        server.close()
+        run.join(60)
+        assert not run.is_alive() and not out.exists() and not list(out.parent.glob("*.partial"))
+        left = [p for p in cohorts.glob("*") if (p / UNPACKED).is_file()]
+        assert (len(left), how) == ((1, how) if how == "server gone" else (0, how))
+        if left:
+            assert (left[0] / UNPACKED).read_text() == "t9"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.app.workspace import TRAINED_MARKER, is_built_cohort, recorded_cohort
-from core.jobs import JobContext
+from core.job_state import JobContext, ServerGone
 
 COHORT_STAMP = "%Y%m%d-%H%M%S"  # the name of a cohort folder that unpack_gated makes (the time it was unpacked)
 UNPACKED = ".ctehr-unpacked"  # in that folder once it is whole: the tag of the training that unpacked it (job_restart)
@@ -133,6 +133,8 @@ def train_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, fusion: s
     try:
         return train_job(ctx, str(cohort_dir), fusion, out, epochs, label=label, gate=False, span=(0.1, 1.0),
                          image_encoder_kind=image_encoder_kind, body_crop=body_crop)
+    except ServerGone:  # a restart: the record of the job keeps the cohort to start it again, or removes it
+        raise
     except BaseException:  # failed or cancelled: no model keeps the unpacked cohort, which would fill the quota
         remove_unpacked(cohorts_dir, cohort_dir)
         raise
@@ -302,6 +304,8 @@ def train_every_job(ctx: JobContext, data: bytes, cohorts_dir: str, runs: dict[s
     cohort_dir = unpack_gated(ctx, data, cohorts_dir, tag)
     try:
         return _train_each(ctx, cohort_dir, runs, epochs, image_encoder_kind, body_crop, device, started, ehr_encoder)
+    except ServerGone:  # a restart: the job's record decides (core.app.job_journal)
+        raise
     except BaseException:  # failed or cancelled: the cohort stays only for the models trained before
         if not any((Path(out) / TRAINED_MARKER).is_file() for out, _ in runs.values()):
             remove_unpacked(cohorts_dir, cohort_dir)
