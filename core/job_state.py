@@ -87,6 +87,7 @@ class Job:
     fn: Callable[..., Any] | None = field(default=None, repr=False)
     args: tuple = field(default=(), repr=False)
     kwargs: dict = field(default_factory=dict, repr=False)
+    on_end: Callable[[Job], None] | None = field(default=None, repr=False)  # run once it ended (JobQueue.submit)
 
     @property
     def active(self) -> bool:

@@ -29,6 +29,7 @@ The queue holds no Streamlit state: ``pages/_jobs.py`` draws a job's progress, e
 from __future__ import annotations
 
 import atexit
+import logging
 import itertools
 import os
 import socket
@@ -77,10 +78,11 @@ class JobQueue:
     # ------------------------------------------------------------------ public API
     def submit(self, owner: str, title: str, fn: Callable[..., Any], *args: Any, key: str | None = None,
                heavy: bool = False, fresh: bool = False, site_dir: str | os.PathLike | None = None,
-               others_active: int = 0, **kwargs: Any) -> Job:
+               others_active: int = 0, on_end: Callable[[Job], None] | None = None, **kwargs: Any) -> Job:
         """Queue ``fn(ctx, *args, **kwargs)`` for ``owner``, or return its job of ``key`` (active, or done unless ``fresh``);
         a heavy job with ``site_dir`` also waits its turn in the site's heavy queue there (:mod:`core.site_slots`);
-        ``others_active``: the owner's jobs that other replicas run, counted toward the per-user limit."""
+        ``others_active``: the owner's jobs that other replicas run, counted toward the per-user limit; ``on_end(job)``
+        runs once the job ended, however (an ``OSError`` it raises is logged)."""
         if not owner:
             raise InputError("job owner", owner, "is empty", "sign in, or run the job from a browser session")
         with self._cond:
@@ -97,7 +99,7 @@ class JobQueue:
                                  f"reach the limit of {self.max_active_per_user} per user",
                                  "wait for one to finish or cancel one")
             job = Job(id=f"job{next(self._ids)}", owner=owner, title=title, key=key, heavy=heavy,
-                      fn=fn, args=args, kwargs=kwargs)
+                      fn=fn, args=args, kwargs=kwargs, on_end=on_end)
             if heavy and site_dir is not None:
                 site = self._sites.get(os.fspath(site_dir)) or SiteSlots(site_dir, queue=self.id)  # checks the setting
                 if not self._sites:
@@ -210,6 +212,11 @@ class JobQueue:
         job.fn, job.args, job.kwargs = None, (), {}
         if job.site is not None and job.ticket is not None:
             job.site.leave(job.ticket)
+        if job.on_end is not None:
+            try:
+                job.on_end(job)
+            except OSError as err:  # e.g. a record that could not be removed: the heartbeat removes it later
+                logging.getLogger(__name__).warning("job %s: its end was not recorded: %s", job.id, err)
         self._cond.notify_all()
 
     def _next(self) -> Job | None:

@@ -53,12 +53,16 @@ def submit(title: str, fn: Callable[..., Any], *args: Any, key: str | None = Non
     it), with how to start it again when it is a training (``core.app.job_restart``); ``resume``: the cohort folder
     of a stopped upload that this restarted training reads (dismissing a stop of it removes that folder)."""
     job = None
+    recorded = heavy if journal is None else journal
+    user_dir = workspaces.user_root(owner())
     with chrome.core_errors(stop=False):
         job = default_queue().submit(owner(), title, fn, *args, key=key, heavy=heavy, fresh=fresh,
-                                     site_dir=site_queue() if heavy else None, others_active=_elsewhere(), **kwargs)
-    if job is not None and (heavy if journal is None else journal):  # a training, validation or evaluation
+                                     site_dir=site_queue() if heavy else None, others_active=_elsewhere(),
+                                     on_end=(lambda j: job_journal.forget(user_dir, j.id)) if recorded else None,
+                                     **kwargs)
+    if job is not None and recorded and job.active:  # a training, validation or evaluation
         try:  # on disk too, so that a server restart that stops it is told to the user (core.app.job_journal)
-            job_journal.record(workspaces.user_root(owner()), job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS,
+            job_journal.record(user_dir, job.id, title, paths.data_dir(), upload=fn in UPLOAD_JOBS,
                                reads=paths_in((args, kwargs)), restart=job_restart.spec(fn, args, kwargs, key),
                                resume=resume)
         except OSError as err:  # the job runs all the same; only a restart's notice would be missing
@@ -186,6 +190,9 @@ def stopped_notices() -> None:
         if any(r.startswith(job_journal.MODELS + "/") for r in rec.removed):
             said.append("the model it was writing was removed")
         again = job_restart.plan(rec.restart, user_dir, rec.resume, _device()) if rec.restart else None
+        if again in job_restart.FINISHED:  # it ended as its server stopped, before its record went: not stopped
+            job_journal.dismiss(user_dir, rec.name, restarted=True)
+            continue
         if isinstance(again, job_restart.Restart) and rec.resume:
             said = ["the cohort it unpacked is kept to start it again"]
         with st.sidebar.container(border=True):

@@ -276,6 +276,7 @@ if frame is not None:
     c1, c2 = st.columns(2)
     subject = c1.selectbox(f"Subject ({len(subjects)} in the file)", subjects, key="timeline_subject")
     events = frame[frame["subject_id"] == subject].sort_values("time", kind="stable")
+    from core.app.case_warnings import scan_date_note
     from core.io.timeline import OUTCOME_CODES, default_index_time, index_overlap_note
 
     study_date = volume.study_date if volume is not None else None
@@ -304,6 +305,9 @@ if frame is not None:
     overlap = index_overlap_note(events, index_time)
     if overlap:
         st.warning(chrome.md(overlap), icon=":material/event_busy:")
+    scan_note = scan_date_note(study_date, index_time)
+    if scan_note:
+        st.warning(scan_note, icon=":material/event_busy:")
     from core.ehr_read import upload_timeline_read
 
     with chrome.core_errors(stop=False):

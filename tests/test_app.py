@@ -568,7 +568,14 @@ def test_the_sidebar_offers_to_start_a_stopped_training_again(data_dir: Path) ->
                                        "train1"), True),
              "job6": ("Training late", job_restart.spec(train_job, (str(user_dir / "cohorts" / "gone"), "late",
                                                                     str(user_dir / "models" / "late-r"), 2), {}, "t"),
+                      False),
+             # a training that finished as its server stopped, before its record went (a SIGTERM under uvicorn runs
+             # no exit hook): not a stopped job, its record goes unseen
+             "job7": ("Training concat", job_restart.spec(train_job, (str(cohort / "inner"), "concat",
+                                                                      str(user_dir / "models" / "concat-r"), 2), {}, "t"),
                       False)}
+    (user_dir / "models" / "concat-r").mkdir(parents=True)
+    (user_dir / "models" / "concat-r" / workspace.TRAINED_MARKER).write_text("{}")
     for name, (title, text, upload) in specs.items():
         job_journal._write(user_dir / "jobs" / f"deadbeef0001-{name}.json",
                            {"title": title, "queued_at": stamp + int(name[-1]), "server": "deadbeef0001",
@@ -586,7 +593,9 @@ def test_the_sidebar_offers_to_start_a_stopped_training_again(data_dir: Path) ->
         assert notes[1].endswith("; it cannot be started again here: its cohort folder is gone. Start it again from "
                                  "its page.")
         assert not [b for b in at.sidebar.button if b.key == "restart_deadbeef0001-job6"]
+        assert not (user_dir / "jobs" / "deadbeef0001-job7.json").exists()
     finally:
+        __import__("shutil").rmtree(user_dir / "models" / "concat-r")
         for name in specs:
             job_journal.dismiss(user_dir, f"deadbeef0001-{name}")
     assert not cohort.exists()  # dismissed without starting it again: the kept cohort goes

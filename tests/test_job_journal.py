@@ -215,3 +215,14 @@ def test_a_model_another_replica_reads_is_not_deleted_under_its_job(tmp_path: Pa
     assert job_journal.elsewhere(user, base) == []  # its server died: the record no longer holds anything
     assert delete_trained_model(models, models / "m1", cohorts, job_journal.elsewhere(user, base)) == \
         [models / "m1", cohorts / "a"]
+
+
+def test_a_jobs_record_goes_when_it_ends_and_only_this_servers(tmp_path: Path) -> None:
+    """The app removes a job's record as the job ends (core.jobs ``on_end``): a server stopped right after a
+    training finished (a SIGTERM under uvicorn runs no exit hook) no longer leaves it to read as stopped."""
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    job_journal.record(user, "job5", "Training ehr_only", base)
+    job_journal._write(user / "jobs" / "deadbeef0003-job5.json", {"title": "t", "queued_at": 1.0, "server": "deadbeef0003"})
+    job_journal.forget(user, "job5")
+    job_journal.forget(user, "../job5")  # never a path
+    assert sorted(p.name for p in (user / "jobs").glob("*.json")) == ["deadbeef0003-job5.json"]

@@ -91,6 +91,31 @@ def test_cancel_stops_a_running_job_at_its_next_report(queue: JobQueue) -> None:
     assert done.state == "cancelled" and done.result is None and done.fraction < 0.5
 
 
+def test_a_jobs_end_is_told_once_however_it_ends_and_a_failing_hook_is_logged(
+        queue: JobQueue, caplog: pytest.LogCaptureFixture) -> None:
+    """``on_end`` runs once when a job is done, failed or cancelled (the app removes the job's record then, not up to
+    20 s later: a server stopped meanwhile left a finished training's record, read as stopped by the restart)."""
+    ended: list[tuple[str, str]] = []
+    done = queue.submit("alice", "count", _count, 5, on_end=lambda j: ended.append((j.id, j.state)))
+    failed = queue.submit("bob", "fails", _fails, on_end=lambda j: ended.append((j.id, j.state)))
+    queue.wait(done.id, timeout=5)
+    slow = queue.submit("alice", "slow", _count, 1000, 0.01, on_end=lambda j: ended.append((j.id, j.state)))
+    while slow.fraction == 0:
+        time.sleep(0.01)
+    queue.cancel(slow.id, "alice")
+    for j in (done, failed, slow):
+        queue.wait(j.id, timeout=5)
+    assert sorted(ended) == sorted([(done.id, "done"), (failed.id, "failed"), (slow.id, "cancelled")])
+
+    def broken(job: Job) -> None:
+        raise PermissionError("read-only disk")
+
+    with caplog.at_level("WARNING"):
+        last = queue.wait(queue.submit("alice", "count", _count, 3, on_end=broken).id, timeout=5)
+    assert last.state == "done" and "its end was not recorded: read-only disk" in caplog.text
+    assert queue.wait(queue.submit("alice", "count", _count, 2).id, timeout=5).state == "done"  # the queue goes on
+
+
 def test_keys_deduplicate_and_owners_are_kept_apart(queue: JobQueue) -> None:
     a = queue.submit("alice", "map", _count, 3, key="case1/saliency")
     again = queue.submit("alice", "map", _count, 3, key="case1/saliency")

@@ -339,3 +339,33 @@ def test_report_prints_the_clinical_values_the_model_read(parts: dict[str, Any],
     assert f"Clinical values read (2 of {len(names)}; the others as the training mean)" in text
     assert f"{names[0]} 67.33, {names[1]} 1" in text and "81234567" not in text and "mrn" not in text
     assert f"Clinical values read (0 of {len(names)}" in pdf_text(case_report_pdf(tmp_path / "none.pdf", **_kwargs(parts)).read_bytes())
+
+
+def test_a_ct_taken_after_the_index_date_or_long_before_it_is_named_in_the_report(parts: dict[str, Any],
+                                                                                  tmp_path: Path) -> None:
+    """A DICOM study's StudyDate against the case's index date: a scan after it shows what came later (the risk
+    would read the future), one more than 90 days before it may no longer show the patient then; the case warnings
+    and the report say so, in one line each. Same day, or a NIfTI without a date: nothing."""
+    import pandas as pd
+
+    from core.app.case_warnings import gather_case_warnings, scan_date_note
+    from core.io.study import load_study
+    from core.report import case_report_pdf
+    from tests.dicom_factory import STUDY_DATE, write_series
+
+    volume = load_study(write_series(tmp_path / "ct", shape=(8, 32, 32), identified=True).folder)  # a dated study
+    assert volume.study_date == STUDY_DATE == "20240917"
+    before = scan_date_note(volume.study_date, pd.Timestamp("2024-09-10 23:59:59"))
+    assert before == ("The index date 2024-09-10 is 7 days before the CT was taken (2024-09-17): the CT shows the "
+                      "patient after the index date, so the risk reads what came later. Set the index date to the "
+                      "scan's date or later.")
+    old = scan_date_note(volume.study_date, pd.Timestamp("2025-03-01"))
+    assert old is not None and old.startswith("The CT was taken 165 days before the index date 2025-03-01 (2024-09-17)")
+    assert scan_date_note(volume.study_date, pd.Timestamp("2024-09-17 23:59:59")) is None
+    assert scan_date_note(volume.study_date, pd.Timestamp("2024-12-01")) is None  # 75 days: within 90
+    assert scan_date_note("", pd.Timestamp("2024-09-10")) is None  # a NIfTI carries no study date
+    notes = gather_case_warnings(model_name="cross_attention", has_image=True, has_ehr=True,
+                                 modalities_used=["image", "ehr_events"], ct_present=True, timeline=[before])
+    assert [w.kind for w in notes] == ["timeline"]
+    text = plain_text(case_report_pdf(tmp_path / "dated.pdf", **(_kwargs(parts) | {"warnings": [w.text for w in notes]})))
+    assert "7 days before the CT was taken (2024-09-17)" in " ".join(text.split())

@@ -15,7 +15,9 @@ app could delete it. So each job the app queues is also written down here, on di
 
 :func:`interrupted` finds such records for a user, removes what their jobs left half-written (a cohort that an
 upload unpacked and that no finished model uses, a model folder still being written) and keeps the record, marked,
-until the user dismisses it (:func:`dismiss`). A record of a live server (another replica) is left alone.
+until the user dismisses it (:func:`dismiss`). A training's record also keeps how to start it again
+(``core.app.job_restart``), and the cohort its upload had unpacked whole is kept for that (``Record.resume``) until
+the record is dismissed. A record of a live server (another replica) is left alone.
 
 >>> import tempfile
 >>> base = Path(tempfile.mkdtemp()); user = base / "users" / "u1"
@@ -144,6 +146,15 @@ def elsewhere(user_dir: Path, base: Path, now: float | None = None) -> list[Else
     found = (_read(p) for p in sorted(_jobs_dir(user_dir).glob("*.json")))
     return [Elsewhere(r.title, r.reads) for r in found
             if r is not None and not r.stopped and r.server != SERVER and not _server_gone(base, r.server, now)]
+
+
+def forget(user_dir: Path, job_id: str) -> None:
+    """This server's job ``job_id`` ended (done, failed or cancelled): its record goes at once. The heartbeat's
+    :func:`forget_ended` would remove it within ``HEARTBEAT_S``, but a server stopped meanwhile leaves it behind:
+    under uvicorn (Streamlit's server) a SIGTERM ends the process without its exit hooks, and a training that had
+    just finished then read as stopped by the restart."""
+    if str(job_id).isalnum():
+        (_jobs_dir(user_dir) / f"{SERVER}-{job_id}.json").unlink(missing_ok=True)
 
 
 def forget_ended(user_dirs: list[Path], is_active: Callable[[str], bool]) -> None:

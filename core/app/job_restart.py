@@ -33,6 +33,8 @@ from typing import Any
 from core.app import background as bg
 from core.app.workspace import TRAINED_MARKER
 
+FINISHED = ("its model was finished before the restart",
+            "every model it was training was finished before the restart")  # plan's lines for a training that ended
 UPLOADED = {"train_uploaded": "train", "train_every": "train_every_on_folder"}  # the folder job each upload becomes
 
 
@@ -114,11 +116,11 @@ def plan(text: str, user_dir: Path, resume: str, device: str) -> Restart | str:
         return "its cohort folder is gone"
     if name == "train":
         if _done(str(outs[0])):
-            return "its model was finished before the restart"
+            return FINISHED[0]
         return Restart(_functions()[name], tuple(args), kwargs, data.get("key"), (str(args[1]),))
     left = {f: tuple(run) for f, run in dict(args[1]).items() if not _done(str(run[0]))}
     if not left:
-        return "every model it was training was finished before the restart"
+        return FINISHED[1]
     args[1] = left
     return Restart(_functions()[name], tuple(args), kwargs, data.get("key"), tuple(left))
 
