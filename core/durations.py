@@ -18,9 +18,11 @@ def duration_text(seconds: float) -> str:
 
 
 def format_eta(seconds: float | None) -> str:
-    """``about 3 min left`` style text (empty when unknown).
+    """``about 3 min left`` style text (empty when unknown; "finishing" under a second, not "about 0 s left").
 
-    >>> format_eta(None), format_eta(42), format_eta(200), format_eta(7300)
-    ('', 'about 42 s left', 'about 3 min left', 'about 2 h 2 min left')
+    >>> format_eta(None), format_eta(42), format_eta(200), format_eta(7300), format_eta(0.3)
+    ('', 'about 42 s left', 'about 3 min left', 'about 2 h 2 min left', 'finishing')
     """
-    return "" if seconds is None else f"about {duration_text(seconds)} left"
+    if seconds is None:
+        return ""
+    return "finishing" if seconds < 1 else f"about {duration_text(seconds)} left"

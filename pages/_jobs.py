@@ -197,12 +197,7 @@ def stopped_notices() -> None:
             said = ["the cohort it unpacked is kept to start it again"]
         with st.sidebar.container(border=True):
             st.warning(f"{chrome.md(rec.title)} (queued {time.strftime('%d %b %H:%M', time.localtime(rec.queued_at))}) was "
-                       "stopped when the server restarted" + "".join(f"; {part}" for part in said) + (
-                           f". Start it again with the same settings{'' if len(again.fusions) < 2 else ' (the ' + str(len(again.fusions)) + ' strategies not finished)'}."
-                           if isinstance(again, job_restart.Restart)
-                           else f"; it cannot be started again here: {chrome.md(again)}. Start it again from its page."
-                           if isinstance(again, str) and not rec.upload
-                           else ". Upload the cohort zip again to start it again." if rec.upload else ". Start it again."))
+                       "stopped when the server restarted" + "".join(f"; {part}" for part in said) + _how_again(rec, again))
             row = st.container(horizontal=True)
             if isinstance(again, job_restart.Restart) and row.button(
                     "Start again", key=f"restart_{rec.name}", icon=":material/replay:", type="primary"):
@@ -210,6 +205,18 @@ def stopped_notices() -> None:
             if row.button("Dismiss", key=f"dismiss_{rec.name}", type="tertiary"):
                 job_journal.dismiss(user_dir, rec.name)
                 st.rerun()
+
+
+def _how_again(rec: job_journal.Record, again: job_restart.Restart | str | None) -> str:
+    """The end of a stopped job's notice: how it can be started again."""
+    if isinstance(again, job_restart.Restart):
+        left = len(again.fusions)
+        return f". Start it again with the same settings{f' (the {left} strategies not finished)' if left > 1 else ''}."
+    if rec.upload:
+        return ". Upload the cohort zip again to start it again."
+    if isinstance(again, str):
+        return f"; it cannot be started again here: {chrome.md(again)}. Start it again from its page."
+    return ". Start it again."
 
 
 def _device() -> str:
