@@ -229,15 +229,24 @@ def _start_again(user_dir: Path, rec: job_journal.Record, again: job_restart.Res
     """Queue a stopped training again (audited as a training, checked against the disk quota) and drop its notice."""
     from core.app.background import expected_model_bytes
 
-    with chrome.core_errors(stop=False):
-        workspaces.check_quota(owner(), expected_model_bytes(list(again.fusions)))
-        job = submit_audited([("train", f, {"restarted": True}) for f in again.fusions], rec.title, again.fn,
-                             *again.args, key=again.key, heavy=True, resume=rec.resume, **again.kwargs)
-        if job is not None:
-            job_journal.dismiss(user_dir, rec.name, restarted=True)
-            st.session_state[K.TRAIN_JOB] = job.id  # Train on your cohort follows it as one started there
-            st.session_state.setdefault(K.RESTARTED_JOBS, []).append(job.id)
-            st.rerun()
+    taken = job_journal.claim(user_dir, rec.name)  # another tab or replica may have started it a moment ago
+    if taken is None:
+        st.rerun()
+    job = None
+    try:
+        with chrome.core_errors(stop=False):
+            workspaces.check_quota(owner(), expected_model_bytes(list(again.fusions)))
+            job = submit_audited([("train", f, {"restarted": True}) for f in again.fusions], rec.title, again.fn,
+                                 *again.args, key=again.key, heavy=True, resume=rec.resume, **again.kwargs)
+    finally:
+        if job is None:
+            job_journal.unclaim(taken)  # refused (quota, the per-user limit): the notice stays, with its error
+        else:
+            taken.unlink(missing_ok=True)
+    if job is not None:
+        st.session_state[K.TRAIN_JOB] = job.id  # Train on your cohort follows it as one started there
+        st.session_state.setdefault(K.RESTARTED_JOBS, []).append(job.id)
+        st.rerun()
 
 
 def _restarted() -> None:

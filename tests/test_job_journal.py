@@ -226,3 +226,30 @@ def test_a_jobs_record_goes_when_it_ends_and_only_this_servers(tmp_path: Path) -
     job_journal.forget(user, "job5")
     job_journal.forget(user, "../job5")  # never a path
     assert sorted(p.name for p in (user / "jobs").glob("*.json")) == ["deadbeef0003-job5.json"]
+
+
+def test_two_tabs_starting_one_stopped_job_again_start_it_once(tmp_path: Path) -> None:
+    """"Start again" clicked in two tabs (or on two replicas) at once: one claims the record, the other finds it gone,
+    so one training writes the model folder, not two into the same one; a claim given back lists it again."""
+    import threading
+
+    user = tmp_path / "users" / "u1"
+    job_journal._write(user / "jobs" / "deadbeef0004-job1.json", {"title": "Training late", "queued_at": 1.0,
+                                                                   "server": "deadbeef0004"})
+    got: list[Path | None] = []
+    start = threading.Barrier(8)
+
+    def click() -> None:
+        start.wait()
+        got.append(job_journal.claim(user, "deadbeef0004-job1"))
+
+    threads = [threading.Thread(target=click) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    taken = [g for g in got if g is not None]
+    assert len(taken) == 1 and job_journal.interrupted(user, tmp_path) == []
+    job_journal.unclaim(taken[0])  # its job could not be queued (quota): the notice comes back
+    assert [r.name for r in job_journal.interrupted(user, tmp_path)] == ["deadbeef0004-job1"]
+    assert job_journal.claim(user, "../deadbeef0004-job1") is None

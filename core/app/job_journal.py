@@ -281,6 +281,26 @@ def _mark(user_dir: Path, stopped: list[Record], live_since: float) -> list[Reco
     return out
 
 
+def claim(user_dir: Path, name: str) -> Path | None:
+    """Take the stopped job ``name`` to start it again: its record is renamed out of the list (atomically: of two tabs
+    or replicas clicking at once, one gets it); None when it is gone (started again or dismissed meanwhile). Give it
+    back with :func:`unclaim` when the job could not be queued, or remove the returned file once it is."""
+    if not name.replace("-", "").isalnum():
+        return None
+    path = _jobs_dir(user_dir) / f"{name}.json"
+    taken = path.with_name(f"{path.name}.restarting")
+    try:
+        os.rename(path, taken)
+    except FileNotFoundError:
+        return None
+    return taken
+
+
+def unclaim(taken: Path) -> None:
+    """Put a claimed record back in the list (its job could not be queued again)."""
+    os.replace(taken, taken.with_name(taken.name.removesuffix(".restarting")))
+
+
 def dismiss(user_dir: Path, name: str, *, restarted: bool = False) -> None:
     """The user has read that job ``name`` was stopped: its record goes, and the cohort kept to start it again
     (``Record.resume``) unless a finished model uses it or the job was started again (``restarted``)."""
