@@ -212,7 +212,7 @@ class JobQueue:
         job.fn, job.args, job.kwargs = None, (), {}
         if job.site is not None and job.ticket is not None:
             job.site.leave(job.ticket)
-        if job.on_end is not None:
+        if job.on_end is not None and not self._closed:  # a job the server's end stops has not ended: its record stays
             try:
                 job.on_end(job)
             except OSError as err:  # e.g. a record that could not be removed: the heartbeat removes it later
@@ -417,6 +417,15 @@ def _start_child(job: Job, threads: int) -> tuple[subprocess.Popen, Connection]:
 
 _DEFAULT: JobQueue | None = None
 _DEFAULT_LOCK = threading.Lock()
+
+
+def close_default() -> None:
+    """Close the process-wide queue if it was made (its running heavy jobs' processes end): the server's shutdown,
+    which under uvicorn may be the last code that runs (a SIGTERM then ends the process without ``atexit``)."""
+    with _DEFAULT_LOCK:
+        queue = _DEFAULT
+    if queue is not None:
+        queue.close()
 
 
 def default_queue() -> JobQueue:

@@ -77,6 +77,16 @@ def wait_until_warm(timeout_s: float = WAIT_S) -> bool:
 
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
-    """``st.App``'s lifespan: start the warm-up and return at once (the server answers while it runs)."""
+    """``st.App``'s lifespan: start the warm-up and return at once (the server answers while it runs); at its end (the
+    server stops) the job records and heartbeat are settled and the job queue closed. Under uvicorn a SIGTERM ends the
+    process right after this, re-raised without ``atexit``: the exit hooks of ``core.jobs`` and
+    ``core.app.job_journal`` would not run (site tickets and heartbeats left, ended jobs read as stopped)."""
     start_warm_up()
-    yield
+    try:
+        yield
+    finally:
+        from core.app import job_journal
+        from core.jobs import close_default
+
+        job_journal.stop_heartbeats()  # first: the jobs still running keep their records (they are being stopped)
+        close_default()

@@ -253,3 +253,27 @@ def test_two_tabs_starting_one_stopped_job_again_start_it_once(tmp_path: Path) -
     job_journal.unclaim(taken[0])  # its job could not be queued (quota): the notice comes back
     assert [r.name for r in job_journal.interrupted(user, tmp_path)] == ["deadbeef0004-job1"]
     assert job_journal.claim(user, "../deadbeef0004-job1") is None
+
+
+def test_the_servers_shutdown_settles_its_records_and_its_heartbeat(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``st.App``'s lifespan ends (pages/_server.py; under uvicorn a SIGTERM then skips ``atexit``): the records of
+    ended jobs go, a running job's record stays (its user is told it was stopped), and the heartbeat goes."""
+    import threading
+
+    from core.jobs import default_queue
+
+    monkeypatch.setattr(job_journal, "_STOPPED", [False])  # this test's own beats (the module's are the process's)
+    monkeypatch.setattr(job_journal, "_BEAT", {})
+    base, user = tmp_path, tmp_path / "users" / "u1"
+    release = threading.Event()
+    running = default_queue().submit("shutdown-test", "waits", lambda ctx: release.wait(30))
+    try:
+        job_journal.record(user, running.id, "Training ehr_only", base)
+        job_journal.record(user, "job999999", "Evaluating ehr_only", base)  # ended: no longer in the queue
+        assert (base / "jobs" / f"{job_journal.SERVER}.json").is_file()
+        job_journal.stop_heartbeats()
+    finally:
+        release.set()
+    assert not (base / "jobs" / f"{job_journal.SERVER}.json").exists() and job_journal._STOPPED == [True]
+    assert [p.name for p in (user / "jobs").glob("*.json")] == [f"{job_journal.SERVER}-{running.id}.json"]

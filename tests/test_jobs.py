@@ -116,6 +116,21 @@ def test_a_jobs_end_is_told_once_however_it_ends_and_a_failing_hook_is_logged(
     assert queue.wait(queue.submit("alice", "count", _count, 2).id, timeout=5).state == "done"  # the queue goes on
 
 
+def test_a_job_the_servers_end_stops_has_not_ended() -> None:
+    """Closing the queue (the server stops) cancels its running jobs without telling ``on_end``: the app's record of
+    such a job stays, so that its user is told the restart stopped it (and can start it again)."""
+    q = JobQueue(workers=1, max_active_per_user=2, heavy_threads=1)
+    ended: list[str] = []
+    job = q.submit("alice", "slow", _count, 1000, 0.01, on_end=lambda j: ended.append(j.state))
+    while job.fraction == 0:
+        time.sleep(0.01)
+    q.close()
+    deadline = time.monotonic() + 5
+    while job.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.state == "cancelled" and ended == []
+
+
 def test_keys_deduplicate_and_owners_are_kept_apart(queue: JobQueue) -> None:
     a = queue.submit("alice", "map", _count, 3, key="case1/saliency")
     again = queue.submit("alice", "map", _count, 3, key="case1/saliency")

@@ -318,6 +318,7 @@ def dismiss(user_dir: Path, name: str, *, restarted: bool = False) -> None:
 
 _BEAT: dict[str, threading.Thread] = {}
 _BEAT_LOCK = threading.Lock()
+_STOPPED = [False]  # set by stop_heartbeats: no beat is written after it
 
 
 def _beat_once(base: Path) -> None:
@@ -353,8 +354,10 @@ def start_heartbeat(base: Path) -> None:
         _beat_once(Path(base))
 
         def loop() -> None:
-            while True:
+            while not _STOPPED[0]:
                 time.sleep(HEARTBEAT_S)
+                if _STOPPED[0]:
+                    break
                 try:
                     _beat_once(Path(base))
                 except OSError as err:  # a full or read-only disk: the next beat tries again; logged, not hidden
@@ -364,6 +367,16 @@ def start_heartbeat(base: Path) -> None:
         _BEAT[key] = thread
         thread.start()
         atexit.register(_at_exit, Path(base))
+
+
+def stop_heartbeats() -> None:
+    """The server stops (``st.App``'s lifespan ends, before uvicorn re-raises a SIGTERM that skips ``atexit``): the
+    records of its ended jobs go, its heartbeats stop and are removed, and the jobs still queued or running keep their
+    records, so that the user is told they were stopped."""
+    with _BEAT_LOCK:
+        bases, _STOPPED[0] = list(_BEAT), True
+    for key in bases:
+        _at_exit(Path(key))
 
 
 def _at_exit(base: Path) -> None:
