@@ -232,7 +232,9 @@ def go(pg: object, title: str, attempts: int = 3) -> None:
                 raise AssertionError(f"the page {title!r} opened at {pg.url} but did not draw its heading")  # type: ignore[attr-defined]
 
 
-def choose(pg: object, label: str, option: str) -> None:
+def choose(pg: object, label: str, option: str | re.Pattern[str]) -> None:
+    """Pick ``option`` in the select box ``label`` (a text matches case-insensitively anywhere, spaces trimmed: use a
+    pattern to anchor it)."""
     box = pg.locator('[data-testid="stSelectbox"]').filter(has_text=label).first  # type: ignore[attr-defined]
     # streamlit 1.67 renders a react-aria combobox (older versions a baseweb select)
     box.locator('[role="combobox"], div[data-baseweb="select"]').first.click()
@@ -717,3 +719,8 @@ def test_a_training_a_restart_stopped_is_started_again_from_the_sidebar(page: ob
     pg.keyboard.press("Escape")  # type: ignore[attr-defined]
     assert "ehr_only (restarted)" in listed, listed
     assert list((user / "jobs").glob("deadbeef0002-*.json")) == []
+    # the model and its cohort go: the modules that share this demo folder list the user's cohorts' patients first
+    from core.app.background import delete_trained_model
+
+    removed = delete_trained_model(user / "models", out, user / "cohorts")
+    assert len(removed) == 2 and not any(p.exists() for p in removed)

@@ -50,7 +50,7 @@ def test_demo_case_strategies_caveats_timeline_and_modalities(page: object) -> N
     pg = page
     pg.set_viewport_size({"width": 1500, "height": 3200})  # type: ignore[attr-defined]
     settle(pg)
-    choose(pg, "Case", "Demo ")  # saved uploads of other tests come first in the picker
+    choose(pg, "Case", re.compile(r"^Demo "))  # uploads and the user's cohorts' patients (demo ids) come first
     # "Modalities used" is shown whole (wrapped, not cut off with an ellipsis)
     mod = pg.locator('[data-testid="stMarkdownContainer"]').filter(has_text="Modalities used").first  # type: ignore[attr-defined]
     assert re.search(r"image \+ ehr_events", mod.inner_text())
