@@ -559,8 +559,8 @@ def test_the_sidebar_offers_to_start_a_stopped_training_again(data_dir: Path) ->
     user_dir = workspace.user_root("local", data_dir)
     stamp = time.time() - 300
     cohort = user_dir / "cohorts" / time.strftime(job_journal.STAMP, time.localtime(stamp + 5))
-    (cohort / "inner").mkdir(parents=True)
-    (cohort / "inner" / "cohort.csv").write_text("subject_id\n")
+    cohort.mkdir(parents=True)
+    (cohort / "cohort.csv").write_text("subject_id\n")
     (cohort / UNPACKED).write_text("tag7")
     runs = {f: (str(user_dir / "models" / f"{f}-r"), f) for f in ("ehr_only", "late")}
     specs = {"job5": ("Training all 7 strategies",  # an upload: its unpacked cohort kept, then started from it
@@ -571,7 +571,7 @@ def test_the_sidebar_offers_to_start_a_stopped_training_again(data_dir: Path) ->
                       False),
              # a training that finished as its server stopped, before its record went (a SIGTERM under uvicorn runs
              # no exit hook): not a stopped job, its record goes unseen
-             "job7": ("Training concat", job_restart.spec(train_job, (str(cohort / "inner"), "concat",
+             "job7": ("Training concat", job_restart.spec(train_job, (str(cohort), "concat",
                                                                       str(user_dir / "models" / "concat-r"), 2), {}, "t"),
                       False)}
     (user_dir / "models" / "concat-r").mkdir(parents=True)

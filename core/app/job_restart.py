@@ -97,11 +97,10 @@ def plan(text: str, user_dir: Path, resume: str, device: str) -> Restart | str:
         if not resume:
             return "the cohort it had unpacked was not kept"
         name, kwargs = UPLOADED[name], {k: v for k, v in kwargs.items() if k != "tag"}
-        args[0] = str(Path(user_dir) / "cohorts" / Path(resume).name)  # the cohorts folder becomes the cohort
-        cohort = _cohort_in(Path(args[0]))
-        if cohort is None:
+        # the cohorts folder becomes the cohort: unpack_gated writes the zip's cohort.csv at the top of its folder
+        args[0] = str(Path(user_dir) / "cohorts" / Path(resume).name)
+        if not (Path(args[0]) / "cohort.csv").is_file():
             return "the cohort it had unpacked is gone"
-        args[0] = str(cohort)
     if "device" in kwargs:
         kwargs["device"] = device  # this server's, not the stopped one's
     try:
@@ -124,9 +123,3 @@ def plan(text: str, user_dir: Path, resume: str, device: str) -> Restart | str:
     args[1] = left
     return Restart(_functions()[name], tuple(args), kwargs, data.get("key"), tuple(left))
 
-
-def _cohort_in(folder: Path) -> Path | None:
-    """The folder holding cohort.csv in an unpacked upload's folder (the zip may have held it further down)."""
-    found = sorted((p for p in folder.rglob("cohort.csv") if p.is_file()), key=lambda p: len(p.parts)) \
-        if folder.is_dir() and not folder.is_symlink() else []
-    return found[0].parent if found else None
