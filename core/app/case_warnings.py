@@ -205,11 +205,12 @@ def scan_date_note(study_date: str | None, index_time: Any, max_age_days: int = 
     >>> scan_date_note("20210110", pd.Timestamp("2023-01-01"))[:58]
     'The CT was taken 721 days before the index date 2023-01-01'
     """
-    text = (study_date or "").strip()
-    scan = pd.to_datetime(text, format="%Y%m%d", errors="coerce") if len(text) == 8 and text.isdigit() else pd.NaT
-    if pd.isna(scan) or index_time is None or pd.isna(index_time):
+    from core.io.timeline import default_index_time  # reads a StudyDate as Upload's default index date does
+
+    scan_end, _ = default_index_time(None, study_date)
+    if scan_end is None or index_time is None or pd.isna(index_time):
         return None
-    index_day = pd.Timestamp(index_time).normalize()
+    scan, index_day = scan_end.normalize(), pd.Timestamp(index_time).normalize()
     days = int((index_day - scan).days)
     if days < 0:
         return (f"The index date {index_day:%Y-%m-%d} is {-days} day{'s' if days != -1 else ''} before the CT was taken "
