@@ -21,13 +21,15 @@ import pandas as pd
 
 from core.cohort import Cohort
 from core.io.features import name_list
+from core.io.study_date import MAX_SCAN_AGE_DAYS, days_before, study_date
 from core.io.timeline import OUTCOME_CODES, unreadable_values_note
 from core.io.timeline_times import dates_only, known_at
 
 
 #: how the notes that warn of a leak begin (events after the scan may be read), as against those that say what was
 #: left out: a page shows the first as warnings
-LEAK_NOTES: tuple[str, ...] = ("cohort.csv has no index_time column", "timeline: its times carry UTC offsets")
+LEAK_NOTES: tuple[str, ...] = ("cohort.csv has no index_time column", "timeline: its times carry UTC offsets",
+                               "studies: a CT taken after the index_time")
 
 
 def is_leak_note(note: str) -> bool:
@@ -148,4 +150,34 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
         if unscanned:
             out.append(f"cohort.csv: {len(unscanned)} of {n} subjects {_have(len(unscanned))} no study "
                        f"({name_list(unscanned)}): the model reads no CT for them")
+        out += scan_date_notes(cohort, [s for s in ids if s not in unscanned])
+    return out
+
+
+def scan_date_notes(cohort: Cohort, ids: Sequence[str], max_age_days: int = MAX_SCAN_AGE_DAYS) -> list[str]:
+    """One line for the subjects of ``ids`` whose CT (its DICOM StudyDate, ``core.io.study_date``) was taken after
+    their ``index_time`` (the model would read the patient later than the time it predicts from: a leak), one for
+    those whose CT is more than ``max_age_days`` older than it. Nothing without an index_time column, for studies
+    without a date (NIfTI files, de-identified DICOM) and for scans taken on the index day or shortly before it."""
+    if "index_time" not in cohort.table.columns:
+        return []
+    after: list[str] = []
+    old: list[str] = []
+    for sid in ids:
+        index, path = cohort.index_time(sid), cohort.study_path(sid)
+        days = None if index is None or path is None else days_before(study_date(path), index)
+        if days is not None and days < 0:
+            after.append(sid)
+        elif days is not None and days > max_age_days:
+            old.append(sid)
+    n = len(ids)
+    out = []
+    if after:
+        out.append(f"studies: a CT taken after the index_time for {len(after)} of {n} subjects ({name_list(after)}): "
+                   "the model reads the patient later than the time it predicts from (the later CT can give the "
+                   "outcome away); set their index_time to the scan's date or later, or give a CT taken before it")
+    if old:
+        out.append(f"studies: a CT taken more than {max_age_days} days before the index_time for {len(old)} of {n} "
+                   f"subjects ({name_list(old)}): the model reads it as the patient's state at the index_time, and a "
+                   "scan this old may no longer show it")
     return out

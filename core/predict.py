@@ -31,6 +31,7 @@ from core.cohort import Cohort, load_cohort
 from core.errors import InputError
 from core.ehr_read import feature_read, timeline_read
 from core.horizons import HORIZONS, beyond_grid, risk_band_at
+from core.io.study_date import scan_date_note
 from core.io.volume import Volume
 from core.models.config import CT_UNREAD
 from core.models.types import CaseInputs, CasePrediction
@@ -175,6 +176,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
         from core.cohort_notes import coverage_notes
 
         warnings += coverage_notes(cohort, timeline=True, ids=[str(subject_id)])
+    scan_note = scan_date_note(volume.study_date, cohort.index_time(subject_id)) if volume is not None else None
+    warnings += [scan_note] if scan_note else []  # a CT after the index time: the risk reads what came later
     withheld = None if allow_ood else read.note(model.fusion)
     notice = read.note(model.fusion, read_anyway=allow_ood)
     if notice:

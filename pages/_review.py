@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.app import case_warnings as CW
+from core.io.study_date import scan_date_note
 from pages import _chrome as chrome
 from pages import _model_views as views
 
@@ -123,7 +124,7 @@ def run_sanity(ctx: Any, model: Any, inputs: Any, method: str, horizon: float) -
 
 def timeline_notes(source: str, subject_id: str) -> list[str]:
     """What was removed from an uploaded timeline (outcomes, events after the index date), and a CT taken after the
-    index date or long before it (``core.app.case_warnings.scan_date_note``)."""
+    index date or long before it (``core.io.study_date.scan_date_note``)."""
     if source != views.UPLOADED:
         return []
     case = views.uploaded_case(subject_id)
@@ -132,7 +133,7 @@ def timeline_notes(source: str, subject_id: str) -> list[str]:
     index_time = views.case_index_time(source, subject_id)
     volume, info = case.get("volume"), case.get("info")
     dated = volume is not None and not getattr(info, "deidentified", False)  # de-identified: its dates were shifted
-    scan = CW.scan_date_note(volume.study_date, index_time) if dated and case.get("events") is not None else None
+    scan = scan_date_note(volume.study_date, index_time) if dated and case.get("events") is not None else None
     return CW.timeline_messages(case.get("events"), index_time) + ([scan] if scan else [])
 
 

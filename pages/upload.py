@@ -276,7 +276,7 @@ if frame is not None:
     c1, c2 = st.columns(2)
     subject = c1.selectbox(f"Subject ({len(subjects)} in the file)", subjects, key="timeline_subject")
     events = frame[frame["subject_id"] == subject].sort_values("time", kind="stable")
-    from core.app.case_warnings import scan_date_note
+    from core.io.study_date import scan_date_note
     from core.io.timeline import OUTCOME_CODES, default_index_time, index_overlap_note
 
     study_date = volume.study_date if volume is not None else None

@@ -348,7 +348,8 @@ def test_a_ct_taken_after_the_index_date_or_long_before_it_is_named_in_the_repor
     and the report say so, in one line each. Same day, or a NIfTI without a date: nothing."""
     import pandas as pd
 
-    from core.app.case_warnings import gather_case_warnings, scan_date_note
+    from core.app.case_warnings import gather_case_warnings
+    from core.io.study_date import scan_date_note
     from core.io.study import load_study
     from core.report import case_report_pdf
     from tests.dicom_factory import STUDY_DATE, write_series

@@ -36,7 +36,6 @@ RANDOMIZATION_THRESHOLD = 0.5  # a map still this rank-correlated with the train
 #                                re-initialised does not depend on the weights (Adebayo et al. 2018)
 DISAGREEMENT_THRESHOLD = 0.2   # spread (max - min) of the strategies' 5-year risk (= of their survival) that raises the flag
 OUTCOME_CODES = ("MEDS_DEATH",)
-MAX_SCAN_AGE_DAYS = 90  # a CT older than this at the index date is named (scan_date_note)
 
 METHOD_CAVEATS: dict[str, str] = {
     "saliency": "Gradient of the risk per voxel: sharp but noisy, and strided convolutions can leave a regular "
@@ -190,37 +189,6 @@ def timeline_messages(events: pd.DataFrame | None, index_time: Any) -> list[str]
         if after:
             out.append(f"{after} timeline event(s) after the index date were not used.")
     return out
-
-
-def scan_date_note(study_date: str | None, index_time: Any, max_age_days: int = MAX_SCAN_AGE_DAYS) -> str | None:
-    """One line when the CT's DICOM StudyDate (``YYYYMMDD``) and the case's index date disagree: a scan taken after
-    the index date shows the patient after it (the risk would read what came later), and one more than
-    ``max_age_days`` older than it may no longer show the patient's state there (models pair each scan with its own
-    date as the index). None when they agree, or without a study date (a NIfTI, a de-identified study's shifted one).
-
-    >>> scan_date_note("20230115", pd.Timestamp("2023-01-01 23:59:59"))[:74]
-    'The index date 2023-01-01 is 14 days before the CT was taken (2023-01-15):'
-    >>> scan_date_note("20230115", pd.Timestamp("2023-03-01")) is None, scan_date_note("", pd.Timestamp("2023-03-01"))
-    (True, None)
-    >>> scan_date_note("20210110", pd.Timestamp("2023-01-01"))[:58]
-    'The CT was taken 721 days before the index date 2023-01-01'
-    """
-    from core.io.timeline import default_index_time  # reads a StudyDate as Upload's default index date does
-
-    scan_end, _ = default_index_time(None, study_date)
-    if scan_end is None or index_time is None or pd.isna(index_time):
-        return None
-    scan, index_day = scan_end.normalize(), pd.Timestamp(index_time).normalize()
-    days = int((index_day - scan).days)
-    if days < 0:
-        return (f"The index date {index_day:%Y-%m-%d} is {-days} day{'s' if days != -1 else ''} before the CT was taken "
-                f"({scan:%Y-%m-%d}): the CT shows the patient after the index date, so the risk reads what came later. "
-                "Set the index date to the scan's date or later.")
-    if days > max_age_days:
-        return (f"The CT was taken {days} days before the index date {index_day:%Y-%m-%d} ({scan:%Y-%m-%d}): the "
-                "model reads it as the patient's state at the index date, and a scan this old may no longer show it. "
-                "Use a recent scan, or set the index date to the scan's date.")
-    return None
 
 
 def modality_notices(model_name: str, has_image: bool, has_ehr: bool, modalities_used: Sequence[str],

@@ -42,6 +42,7 @@ from core.io.columns import SUBJECT_ALIASES, column_key
 from core.io.delimited import (
     CHUNK_BYTES, DECIMAL_COMMA, HEAD_BYTES, file_chunks, numeric_values, sniff_delimiter, subject_text, text_encoding,
 )
+from core.io.study_date import parse_study_date
 from core.io.timeline_times import has_offsets, to_datetime
 from core.io.workbook import XLSX_MAGIC, is_workbook, read_workbook, sheet_table
 
@@ -440,10 +441,9 @@ def default_index_time(events: pd.DataFrame | None, study_date: str | None = Non
     >>> default_index_time(ev, "20200215")[0], default_index_time(ev)[0]
     (Timestamp('2020-02-15 23:59:59'), Timestamp('2020-03-01 00:00:00'))
     """
-    if study_date and len(study_date.strip()) == 8 and study_date.strip().isdigit():
-        day = pd.to_datetime(study_date.strip(), format="%Y%m%d", errors="coerce")
-        if not pd.isna(day):
-            return day + pd.Timedelta(hours=23, minutes=59, seconds=59), "the study's DICOM StudyDate"
+    day = parse_study_date(study_date)
+    if day is not None:
+        return day + pd.Timedelta(hours=23, minutes=59, seconds=59), "the study's DICOM StudyDate"
     if events is None or events.empty:
         return None, "no study date and no timeline"
     timed = events[events["time"].notna()]

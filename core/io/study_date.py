@@ -1,0 +1,148 @@
+"""The day a CT study was taken, from one DICOM header read up to its StudyDate, and how it stands to an index time.
+
+A model reads a CT as the patient's state at the time it predicts from (a cohort's ``index_time``, an uploaded
+case's index date). A CT taken after that time shows the patient later (its findings can give the outcome away); one
+taken long before may no longer show the patient's state there. :func:`study_date` reads the date of a study on
+disk without decoding it (the first DICOM file of a folder, a zip or a single file, read up to the StudyDate
+element: at most ``HEAD_BYTES`` bytes of it); :func:`days_before` compares it with an index time by calendar day.
+
+A NIfTI file records no date; a de-identified DICOM study has an empty one (or a shifted one, which is compared as
+it stands).
+
+>>> days_before("20230115", pd.Timestamp("2023-01-01 23:59:59")), days_before("20221230", "2023-01-01")
+(-14, 2)
+>>> days_before("", "2023-01-01") is None, days_before("2023-01-15", "2023-01-01") is None
+(True, True)
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+MAX_SCAN_AGE_DAYS = 90  # a CT older than this at the index time is named (core.cohort_notes, core.app.case_warnings)
+HEAD_BYTES = 1 << 16  # of one DICOM file: the StudyDate (0008,0020) lies near its start
+MAX_TRIED = 16  # files of a folder or zip tried before a study is taken to record no date (hidden notes, DICOMDIR)
+_STUDY_DATE = 0x00080020
+_HEAD = 544
+
+
+def parse_study_date(value: str | None) -> pd.Timestamp | None:
+    """A DICOM DA value (``YYYYMMDD``) as a day, or None when it is empty or not such a date.
+
+    >>> parse_study_date("20240229"), parse_study_date("20240230"), parse_study_date(" ")
+    (Timestamp('2024-02-29 00:00:00'), None, None)
+    """
+    text = (value or "").strip()
+    if len(text) != 8 or not text.isdigit():
+        return None
+    day = pd.to_datetime(text, format="%Y%m%d", errors="coerce")
+    return None if pd.isna(day) else pd.Timestamp(day)
+
+
+def days_before(study_date: str | None, index_time: Any) -> int | None:
+    """Whole days from the CT's day to the index time's day: negative when the CT was taken after it; None when
+    either is missing."""
+    scan = parse_study_date(study_date)
+    if scan is None or index_time is None or pd.isna(index_time):
+        return None
+    return int((pd.Timestamp(index_time).normalize() - scan).days)
+
+
+def _date_in(head: bytes) -> str:
+    """The StudyDate of a DICOM file's first bytes, or "" (not DICOM, no date, unreadable)."""
+    from core.io.dicom_source import looks_like_dicom
+
+    if not looks_like_dicom(head):
+        return ""
+    from core.io.pydicom_import import pydicom  # pydicom without its downloader
+
+    try:
+        ds = pydicom.filereader.read_partial(io.BytesIO(head), stop_when=lambda tag, vr, length: tag > _STUDY_DATE,
+                                             force=True)
+        value = ds.get("StudyDate", "")
+    except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError,
+            struct.error, zlib.error):
+        return ""
+    return str(value or "").strip()
+
+
+def _from_zip(path: Path) -> str:
+    """The date of the first DICOM member of a zip; a bounded read of each member tried (never extracted)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = sorted((i for i in zf.infolist() if not i.is_dir() and not i.flag_bits & 0x1),
+                             key=lambda i: i.filename)
+            for info in members[:MAX_TRIED]:
+                with zf.open(info) as fh:
+                    date = _date_in(fh.read(HEAD_BYTES))
+                if date:
+                    return date
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+            zlib.error):
+        return ""
+    return ""
+
+
+def _from_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return _date_in(fh.read(HEAD_BYTES))
+
+
+def study_date(path: str | Path) -> str:
+    """The StudyDate (``YYYYMMDD``) of the study at ``path`` (a DICOM file, a folder of them, a zip of either), or ""
+    for a NIfTI file, a study that records none and one that cannot be read (its loader names why)."""
+    from core.io.safezip import is_zip
+
+    from core.errors import InputError
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            from core.io.dicom_source import sources_from_folder
+
+            for src in sources_from_folder(path)[:MAX_TRIED]:
+                assert src.path is not None
+                date = _from_file(src.path)
+                if date:
+                    return date
+            return ""
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD)
+        return _from_zip(path) if is_zip(head) else _from_file(path) if head else ""
+    except (OSError, InputError):  # gone, unreadable, a folder of too many files: its loader names why
+        return ""
+
+
+def scan_date_note(study_date: str | None, index_time: Any, max_age_days: int = MAX_SCAN_AGE_DAYS) -> str | None:
+    """One line when the CT's DICOM StudyDate (``YYYYMMDD``) and the case's index date disagree: a scan taken after
+    the index date shows the patient after it (the risk would read what came later), and one more than
+    ``max_age_days`` older than it may no longer show the patient's state there (models pair each scan with its own
+    date as the index). None when they agree, or without a study date (a NIfTI, a de-identified study's shifted one).
+
+    >>> scan_date_note("20230115", pd.Timestamp("2023-01-01 23:59:59"))[:74]
+    'The index date 2023-01-01 is 14 days before the CT was taken (2023-01-15):'
+    >>> scan_date_note("20230115", pd.Timestamp("2023-03-01")) is None, scan_date_note("", pd.Timestamp("2023-03-01"))
+    (True, None)
+    >>> scan_date_note("20210110", pd.Timestamp("2023-01-01"))[:58]
+    'The CT was taken 721 days before the index date 2023-01-01'
+    """
+    days = days_before(study_date, index_time)
+    if days is None:
+        return None
+    scan, index_day = parse_study_date(study_date), pd.Timestamp(index_time).normalize()
+    if days < 0:
+        return (f"The index date {index_day:%Y-%m-%d} is {-days} day{'s' if days != -1 else ''} before the CT was taken "
+                f"({scan:%Y-%m-%d}): the CT shows the patient after the index date, so the risk reads what came later. "
+                "Set the index date to the scan's date or later.")
+    if days > max_age_days:
+        return (f"The CT was taken {days} days before the index date {index_day:%Y-%m-%d} ({scan:%Y-%m-%d}): the "
+                "model reads it as the patient's state at the index date, and a scan this old may no longer show it. "
+                "Use a recent scan, or set the index date to the scan's date.")
+    return None
