@@ -390,7 +390,7 @@ def test_phi_dicom_zip_is_blocked_until_deidentified(page: object, tmp_path: Pat
     ("random.nii.gz", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "Study not loaded"),
     ("empty.dcm", b"", "Study not loaded"),
     ("notes.zip", b"this is plain text, not a zip archive at all", "Study not loaded"),
-])
+], ids=["random-bytes-as-nii.gz", "empty-dcm", "text-as-zip"])  # the bytes would make a 4 kB test id
 def test_bad_uploads_show_a_message_not_a_traceback(page: object, tmp_path: Path, name: str, data: bytes,
                                                    needle: str) -> None:
     path = tmp_path / name
