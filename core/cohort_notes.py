@@ -158,26 +158,31 @@ def scan_date_notes(cohort: Cohort, ids: Sequence[str], max_age_days: int = MAX_
     """One line for the subjects of ``ids`` whose CT (its DICOM StudyDate, ``core.io.study_date``) was taken after
     their ``index_time`` (the model would read the patient later than the time it predicts from: a leak), one for
     those whose CT is more than ``max_age_days`` older than it. Nothing without an index_time column, for studies
-    without a date (NIfTI files, de-identified DICOM) and for scans taken on the index day or shortly before it."""
+    without a date (NIfTI files, de-identified DICOM) and for scans taken on the index day or shortly before it.
+    Gaps of more than a year for every subject named are said to look like two calendars (a timeline de-identified
+    with shifted dates beside studies with their real ones)."""
     if "index_time" not in cohort.table.columns:
         return []
-    after: list[str] = []
-    old: list[str] = []
+    gaps: dict[str, int] = {}
     for sid in ids:
         index, path = cohort.index_time(sid), cohort.study_path(sid)
         days = None if index is None or path is None else days_before(study_date(path), index)
-        if days is not None and days < 0:
-            after.append(sid)
-        elif days is not None and days > max_age_days:
-            old.append(sid)
+        if days is not None and (days < 0 or days > max_age_days):
+            gaps[sid] = days
+    after = [s for s, d in gaps.items() if d < 0]
+    old = [s for s, d in gaps.items() if d > 0]
+    calendars = ("; every one of them a year or more apart: are the index times (or the timeline they come from) "
+                 "de-identified with shifted dates and the studies not? Then they cannot be compared"
+                 if gaps and min(abs(d) for d in gaps.values()) >= 365 else "")
     n = len(ids)
     out = []
     if after:
         out.append(f"studies: a CT taken after the index_time for {len(after)} of {n} subjects ({name_list(after)}): "
                    "the model reads the patient later than the time it predicts from (the later CT can give the "
-                   "outcome away); set their index_time to the scan's date or later, or give a CT taken before it")
+                   "outcome away); set their index_time to the scan's date or later, or give a CT taken before it"
+                   + calendars)
     if old:
         out.append(f"studies: a CT taken more than {max_age_days} days before the index_time for {len(old)} of {n} "
                    f"subjects ({name_list(old)}): the model reads it as the patient's state at the index_time, and a "
-                   "scan this old may no longer show it")
+                   "scan this old may no longer show it" + calendars)
     return out

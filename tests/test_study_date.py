@@ -91,6 +91,12 @@ def test_a_cohort_names_its_cts_taken_after_the_index_time_or_long_before_it(dat
     notes = coverage_notes(cohort, studies=True)  # train's data notes and evaluate's: after the subjects without CT
     assert notes[0].startswith("cohort.csv: 7 of 10 subjects have no study")
     assert notes[1:] == [after.replace("of 10", "of 3"), old.replace("of 10", "of 3")]
+    # a timeline de-identified on another calendar (MIMIC's years 2110-2210) beside studies with their real dates
+    shifted = cohort.table.assign(index_time=pd.Timestamp("2150-06-01"))
+    (moved,) = scan_date_notes(type(cohort)(root=cohort.root, table=shifted), ids)
+    assert moved.startswith("studies: a CT taken more than 90 days before the index_time for 3 of 10 subjects")
+    assert moved.endswith("every one of them a year or more apart: are the index times (or the timeline they come "
+                          "from) de-identified with shifted dates and the studies not? Then they cannot be compared")
     table = cohort.table.drop(columns=["index_time"])
     assert scan_date_notes(type(cohort)(root=cohort.root, table=table), ids) == []  # no index time: nothing to compare
 

@@ -98,9 +98,9 @@ def _from_file(path: Path) -> str:
 def study_date(path: str | Path) -> str:
     """The StudyDate (``YYYYMMDD``) of the study at ``path`` (a DICOM file, a folder of them, a zip of either), or ""
     for a NIfTI file, a study that records none and one that cannot be read (its loader names why)."""
-    from core.io.safezip import is_zip
-
     from core.errors import InputError
+    from core.io.dicom_source import looks_like_dicom
+    from core.io.safezip import is_zip
 
     path = Path(path)
     try:
@@ -115,7 +115,9 @@ def study_date(path: str | Path) -> str:
             return ""
         with open(path, "rb") as fh:
             head = fh.read(_HEAD)
-        return _from_zip(path) if is_zip(head) else _from_file(path) if head else ""
+        if is_zip(head):
+            return _from_zip(path)
+        return _from_file(path) if looks_like_dicom(head) else ""  # a NIfTI file (gzip or not): no date
     except (OSError, InputError):  # gone, unreadable, a folder of too many files: its loader names why
         return ""
 
