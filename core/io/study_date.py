@@ -13,6 +13,8 @@ it stands).
 (-14, 2)
 >>> days_before("", "2023-01-01") is None, days_before("2023-01-15", "2023-01-01") is None
 (True, True)
+>>> days_before("20230101", pd.Timestamp("2023-01-01 23:30", tz="America/New_York"))  # its own clock's day
+0
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-MAX_SCAN_AGE_DAYS = 90  # a CT older than this at the index time is named (core.cohort_notes, core.app.case_warnings)
+MAX_SCAN_AGE_DAYS = 90  # a CT older than this at the index time is named (scan_date_note, core.cohort_notes)
 HEAD_BYTES = 1 << 16  # of one DICOM file: the StudyDate (0008,0020) lies near its start
 MAX_TRIED = 16  # files of a folder or zip tried before a study is taken to record no date (hidden notes, DICOMDIR)
 _STUDY_DATE = 0x00080020
@@ -52,7 +54,13 @@ def days_before(study_date: str | None, index_time: Any) -> int | None:
     scan = parse_study_date(study_date)
     if scan is None or index_time is None or pd.isna(index_time):
         return None
-    return int((pd.Timestamp(index_time).normalize() - scan).days)
+    return int((_wall_day(index_time) - scan).days)
+
+
+def _wall_day(when: Any) -> pd.Timestamp:
+    """The calendar day of a time as its own clock shows it (a StudyDate is the scanner's local day)."""
+    stamp = pd.Timestamp(when)
+    return (stamp.tz_localize(None) if stamp.tzinfo is not None else stamp).normalize()
 
 
 def _date_in(head: bytes) -> str:
@@ -138,7 +146,7 @@ def scan_date_note(study_date: str | None, index_time: Any, max_age_days: int = 
     days = days_before(study_date, index_time)
     if days is None:
         return None
-    scan, index_day = parse_study_date(study_date), pd.Timestamp(index_time).normalize()
+    scan, index_day = parse_study_date(study_date), _wall_day(index_time)
     if days < 0:
         return (f"The index date {index_day:%Y-%m-%d} is {-days} day{'s' if days != -1 else ''} before the CT was taken "
                 f"({scan:%Y-%m-%d}): the CT shows the patient after the index date, so the risk reads what came later. "
