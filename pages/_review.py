@@ -15,6 +15,7 @@ import streamlit as st
 from core.app import case_warnings as CW
 from core.io.study_date import scan_date_note
 from pages import _chrome as chrome
+from pages import _cohort_cases
 from pages import _model_views as views
 
 SANITY_FILE = "sanity_checks.json"  # randomisation results run from the app, kept in the model folder
@@ -124,7 +125,12 @@ def run_sanity(ctx: Any, model: Any, inputs: Any, method: str, horizon: float) -
 
 def timeline_notes(source: str, subject_id: str) -> list[str]:
     """What was removed from an uploaded timeline (outcomes, events after the index date), and a CT taken after the
-    index date or long before it (``core.io.study_date.scan_date_note``)."""
+    index date or long before it (``core.io.study_date.scan_date_note``; a patient of the user's cohort: its
+    study's date against cohort.csv's index_time, as ``train`` names them)."""
+    if _cohort_cases.is_cohort(source):
+        volume = views.case_volume(source, subject_id)
+        scan = scan_date_note(volume.study_date, views.case_index_time(source, subject_id)) if volume is not None else None
+        return [scan] if scan else []
     if source != views.UPLOADED:
         return []
     case = views.uploaded_case(subject_id)

@@ -930,6 +930,20 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
     (model / TRAINED_MARKER).write_text(json.dumps({"cohort_dir": str(cohort), "fusion": demo_install.DEFAULT_FUSION,
                                                     "label": label}))
     test_ids = load_cohort(cohort).ids("test")
+    # the first test patient's CT as a de-identified DICOM series dated 2024-09-17, a week after its index_time
+    import pandas as pd
+
+    from tests.dicom_factory import edit_file, write_deidentified_series, zip_folder
+
+    table = pd.read_csv(cohort / "cohort.csv", dtype={"subject_id": str})
+    series = write_deidentified_series(user / "dated", shape=(32, 96, 96), spacing_mm=(6.0, 4.0, 4.0)).folder
+    for f in series.iterdir():
+        edit_file(f, lambda ds: setattr(ds, "StudyDate", "20240917"))
+    (cohort / "studies" / f"{test_ids[0]}.zip").write_bytes(zip_folder(series))  # a file: kept in the study cache
+    shutil.rmtree(series)
+    table.loc[table["subject_id"] == test_ids[0], ["study", "index_time"]] = [f"studies/{test_ids[0]}.zip",
+                                                                             "2024-09-10 09:00"]
+    table.to_csv(cohort / "cohort.csv", index=False)
     server_cache = data_dir / "cache"
     try:
         at = _app()
@@ -962,6 +976,8 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         assert opened and opened[-1]["details"]["source"] == "cohort" and test_ids[0] not in json.dumps(opened)
         risks = [float(m.value.rstrip(" %")) for m in at.metric if m.label.endswith(" risk")]
         assert len(risks) == 3 and risks == sorted(risks)
+        said = [w.value for w in [*at.warning, *at.info] if "before the CT was taken" in w.value]
+        assert len(said) == 1 and "The index date 2024-09-10 is 7 days before the CT was taken (2024-09-17)" in said[0]
         # the strategy as the metric (a long label was cut there), the model's whole label under it
         assert any(m.label == "Fusion strategy" and m.value == demo_install.DEFAULT_FUSION for m in at.metric)
         assert any(c.value == label for c in at.caption)
