@@ -936,11 +936,14 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
     from tests.dicom_factory import edit_file, write_deidentified_series, zip_folder
 
     table = pd.read_csv(cohort / "cohort.csv", dtype={"subject_id": str})
-    series = write_deidentified_series(user / "dated", shape=(32, 96, 96), spacing_mm=(6.0, 4.0, 4.0)).folder
+    import tempfile
+
+    series = write_deidentified_series(Path(tempfile.mkdtemp()) / "dated", shape=(32, 96, 96),
+                                       spacing_mm=(6.0, 4.0, 4.0)).folder
     for f in series.iterdir():
         edit_file(f, lambda ds: setattr(ds, "StudyDate", "20240917"))
     (cohort / "studies" / f"{test_ids[0]}.zip").write_bytes(zip_folder(series))  # a file: kept in the study cache
-    shutil.rmtree(series)
+    shutil.rmtree(series.parent)
     table.loc[table["subject_id"] == test_ids[0], ["study", "index_time"]] = [f"studies/{test_ids[0]}.zip",
                                                                              "2024-09-10 09:00"]
     table.to_csv(cohort / "cohort.csv", index=False)
