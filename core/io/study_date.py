@@ -134,7 +134,8 @@ def scan_date_note(study_date: str | None, index_time: Any, max_age_days: int = 
     """One line when the CT's DICOM StudyDate (``YYYYMMDD``) and the case's index date disagree: a scan taken after
     the index date shows the patient after it (the risk would read what came later), and one more than
     ``max_age_days`` older than it may no longer show the patient's state there (models pair each scan with its own
-    date as the index). None when they agree, or without a study date (a NIfTI, a de-identified study's shifted one).
+    date as the index). None when they agree, or without a study date (a NIfTI; a de-identified DICOM's empty one).
+A de-identified upload's date is shifted, its timeline with it: the pages compare it only for an upload kept as it is.
 
     >>> scan_date_note("20230115", pd.Timestamp("2023-01-01 23:59:59"))[:74]
     'The index date 2023-01-01 is 14 days before the CT was taken (2023-01-15):'
