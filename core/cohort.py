@@ -186,10 +186,16 @@ def _check_ids(name: str, ids: pd.Index, cohort_ids: set[str]) -> None:
         raise InputError(f"{name} subject_id", _examples(dup), "duplicate ids", f"keep one row per subject in {name}")
 
 
-def _read_features(path: Path, cohort_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    df, text = read_features_frame(read_features_file(path), path.name)
-    _check_ids(path.name, df.index, cohort_ids)
+def features_of(frame: pd.DataFrame, name: str, cohort_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A features table as read (``name``: its file's name, for messages) -> the model's columns and its text
+    categories (``core.io.features.read_features_frame``), every id checked against cohort.csv's."""
+    df, text = read_features_frame(frame, name)
+    _check_ids(name, df.index, cohort_ids)
     return df, text
+
+
+def _read_features(path: Path, cohort_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    return features_of(read_features_file(path), path.name, cohort_ids)
 
 
 def _read_embeddings(root: Path, stem: str, cohort_ids: list[str]) -> pd.DataFrame | None:

@@ -15,7 +15,7 @@ them, with how many subjects and a few ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -78,10 +78,11 @@ def _have(k: int) -> str:
 
 
 def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = False, studies: bool = False,
-                   ids: Sequence[str] | None = None) -> list[str]:
+                   ids: Sequence[str] | None = None, study_dates: Mapping[str, str] | None = None) -> list[str]:
     """One line per modality the model reads (``timeline``, ``features``, ``studies``) that some subjects of ``ids``
     (all of the cohort's by default) lack: no timeline event at or before the index time (and, apart, timeline
-    events with no index time, which are never read), no features row, no study. Empty when nothing is lacking."""
+    events with no index time, which are never read), no features row, no study; and the studies' dates against the
+    index times (:func:`scan_date_notes`; ``study_dates``: as it takes them). Empty when nothing is lacking."""
     ids_all = ids is None  # the whole cohort: notes on the timeline file itself too
     ids = list(cohort.ids() if ids is None else ids)
     n = len(ids)
@@ -150,11 +151,12 @@ def coverage_notes(cohort: Cohort, *, timeline: bool = False, features: bool = F
         if unscanned:
             out.append(f"cohort.csv: {len(unscanned)} of {n} subjects {_have(len(unscanned))} no study "
                        f"({name_list(unscanned)}): the model reads no CT for them")
-        out += scan_date_notes(cohort, [s for s in ids if s not in unscanned])
+        out += scan_date_notes(cohort, [s for s in ids if s not in unscanned], dates=study_dates)
     return out
 
 
-def scan_date_notes(cohort: Cohort, ids: Sequence[str], max_age_days: int = MAX_SCAN_AGE_DAYS) -> list[str]:
+def scan_date_notes(cohort: Cohort, ids: Sequence[str], max_age_days: int = MAX_SCAN_AGE_DAYS, *,
+                    dates: Mapping[str, str] | None = None) -> list[str]:
     """One line for the subjects of ``ids`` whose CT (its DICOM StudyDate, ``core.io.study_date``) was taken after
     their ``index_time`` (the model would read the patient later than the time it predicts from: a leak), one for
     those whose CT is more than ``max_age_days`` older than it. Nothing without an index_time column, for studies
@@ -165,8 +167,12 @@ def scan_date_notes(cohort: Cohort, ids: Sequence[str], max_age_days: int = MAX_
         return []
     gaps: dict[str, int] = {}
     for sid in ids:
-        index, path = cohort.index_time(sid), cohort.study_path(sid)
-        days = None if index is None or path is None else days_before(study_date(path), index)
+        index = cohort.index_time(sid)
+        if dates is not None:
+            days = None if index is None else days_before(dates.get(sid), index)
+        else:
+            path = cohort.study_path(sid)
+            days = None if index is None or path is None else days_before(study_date(path), index)
         if days is not None and (days < 0 or days > max_age_days):
             gaps[sid] = days
     after = [s for s, d in gaps.items() if d < 0]

@@ -15,6 +15,7 @@ from core.app import demo_install, workspace
 from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
 from pages import _cohort_cases
+from pages import _cohort_preview
 from pages import _jobs
 from pages import _meds
 from pages import _metric_views as metric_views
@@ -404,8 +405,10 @@ with tab_validate:
                                                    "this takes about as many times longer.")
     recal = st.checkbox(f"Also save a copy of {name} recalibrated to this cohort", value=False,
                         key="validate_recalibrate", help=_recalibration.HELP)
+    ready = up_val is not None and _cohort_preview.show(up_val, for_training=False, what="validated on")
     if up_val is not None and st.button(f"Validate {name}" + (" and the others" if every else ""), type="primary",
-                                        key="validate_button"):
+                                        key="validate_button", disabled=not ready,
+                                        help=None if ready else "Fix what is said above, then upload the zip again"):
         with chrome.core_errors(stop=False, what="Validation not started: "):
             start_validation(up_val.getvalue(), group_by, every, up_val.name if recal else None)
     from core.jobs import default_queue
@@ -442,8 +445,10 @@ with tab_train:
              "lungs (fast; chest CT with lung findings).")
     epochs = c3.number_input("Epochs", 1, 200, 10, key="train_epochs")
     crop = st.checkbox("Crop each CT to the body first", value=False, key="train_body_crop", help=BODY_CROP_HELP)
+    ready = up is not None and _cohort_preview.show(up, for_training=True, what="trained on")
     if up is not None and st.button(f"Train all {len(FUSIONS)} and compare" if fusion == EVERY else "Train", type="primary",
-                                    key="train_button"):
+                                    key="train_button", disabled=not ready,
+                                    help=None if ready else "Fix what is said above, then upload the zip again"):
         with chrome.core_errors(stop=False, what="Training not started: "):
             start_training(None, fusion, int(epochs), upload=up.getvalue(), image_encoder_kind=image_kind,
                            body_crop=crop)

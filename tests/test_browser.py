@@ -517,19 +517,25 @@ def plot_traces(chart: object) -> list[dict]:
         "p => p.data.map(t => ({name: t.name, y: t.y, x: t.x, colors: t.marker.color}))")
 
 
-def upload_cohort_zip(pg: object, tmp_path: Path, tab: str, *, n: int, seed: int, split: bool = True) -> None:
-    """A demo cohort of ``n`` new patients without CT (without its split column unless ``split``), zipped and
-    uploaded on Cohort & models' ``tab``."""
+def upload_cohort_zip(pg: object, tmp_path: Path, tab: str, *, n: int, seed: int, split: bool = True,
+                      name: str = "site", missing_study: bool = False) -> None:
+    """A demo cohort of ``n`` new patients without CT (without its split column unless ``split``; with
+    ``missing_study``, its first patient names a study the zip does not hold), zipped and uploaded on Cohort &
+    models' ``tab``."""
     import shutil
 
     import pandas as pd
 
     from core.demo import write_demo_cohort
 
-    src = write_demo_cohort(tmp_path / "site", n=n, seed=seed, volumes=False)
+    src = write_demo_cohort(tmp_path / name, n=n, seed=seed, volumes=False)
+    table = pd.read_csv(src / "cohort.csv")
     if not split:  # a hospital's cohort
-        pd.read_csv(src / "cohort.csv").drop(columns=["split"]).to_csv(src / "cohort.csv", index=False)
-    archive = Path(shutil.make_archive(str(tmp_path / "site_cohort"), "zip", src))
+        table = table.drop(columns=["split"])
+    if missing_study:
+        table["study"] = ["studies/absent.nii.gz"] + [""] * (n - 1)
+    table.to_csv(src / "cohort.csv", index=False)
+    archive = Path(shutil.make_archive(str(tmp_path / f"{name}_cohort"), "zip", src))
     go(pg, "Cohort & models")
     pg.get_by_role("tab", name=tab).click()  # type: ignore[attr-defined]
     panel = pg.locator('[data-testid="stMain"] [role="tabpanel"]:visible')  # type: ignore[attr-defined]
@@ -544,9 +550,21 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     in use in colour; columns that say nothing here (fusion = model name, one subjects / events) are left out. The
     subgroups' plot holds the table's groups and 1-year predicted / observed risks. Both plots' panel titles stay
     apart at 800 px."""
+    import pandas as pd
+
     pg = page
-    upload_cohort_zip(pg, tmp_path, "Validate on your cohort", n=60, seed=9, split=False)
     main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
+    # a zip whose cohort.csv names a study it does not hold: said on upload, and the button waits
+    upload_cohort_zip(pg, tmp_path, "Validate on your cohort", n=12, seed=9, name="broken", missing_study=True)
+    said = main.locator('[class*="st-key-cohort_preview_validate"]').inner_text()
+    assert "1 of 12 subjects name a study that is not in the zip" in said and "Patients\n\n12" in said, said
+    assert main.get_by_role("button", name="Validate", exact=False).first.is_disabled()
+    upload_cohort_zip(pg, tmp_path, "Validate on your cohort", n=60, seed=9, split=False)
+    said = main.locator('[class*="st-key-cohort_preview_validate"]').inner_text()
+    table = pd.read_csv(tmp_path / "site" / "cohort.csv")  # every patient evaluated: no splits said
+    assert f"Patients\n\n60\n\nEvents\n\n{int(table['event'].sum())}\n" in said and "Splits" not in said, said
+    assert "No CT studies; a timeline for 60" in said, said
+    assert not main.get_by_role("button", name="Validate", exact=False).first.is_disabled()
     group_by = main.get_by_placeholder("e.g. sex, site, age")
     group_by.fill("sex_female")
     group_by.press("Enter")
@@ -625,12 +643,16 @@ def test_train_every_strategy_on_an_uploaded_cohort_and_compare_per_cohort(page:
 
 
 def _train_every_and_compare(pg: object, tmp_path: Path) -> None:
+    import pandas as pd
     from playwright.sync_api import expect
 
     from core.models import FUSIONS
 
     upload_cohort_zip(pg, tmp_path, "Train on your cohort", n=48, seed=4)
     panel = pg.locator('[data-testid="stMain"] [role="tabpanel"]:visible')  # type: ignore[attr-defined]
+    splits = pd.read_csv(tmp_path / "site" / "cohort.csv")["split"].value_counts()  # said before the Train button
+    assert (f"Splits: train {splits['train']}, val {splits['val']}, test {splits['test']}; no CT studies; a timeline "
+            "for 48") in panel.locator('[class*="st-key-cohort_preview_train"]').inner_text()
     every = f"all {len(FUSIONS)}, compared"
     panel.locator('[data-testid="stSelectbox"]').filter(has_text="Fusion strategy").locator('[role="combobox"]').click()
     pg.locator('[role="option"]').filter(has_text=every).first.click()  # type: ignore[attr-defined]

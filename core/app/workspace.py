@@ -400,7 +400,7 @@ def _sweep_own(root: Path) -> None:
 MAX_COHORT_FILES = 5000
 
 
-def _cohort_csv(names: list[str]) -> str:
+def cohort_csv_member(names: list[str]) -> str:
     """The one cohort.csv among a zip's ``names``."""
     csvs = [n for n in names if n.replace("\\", "/").split("/")[-1] == "cohort.csv"]
     if len(csvs) != 1:
@@ -442,7 +442,7 @@ def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bo
         return base(name) == "cohort.csv"
 
     members = read_zip(data, label="cohort zip", wanted=wanted)
-    csv = _cohort_csv(names)
+    csv = cohort_csv_member(names)
     text = next(m.data for m in members if m.name == csv)
     table = validate_outcomes(read_csv_any(BytesIO(text), text_names=TEXT_COLUMNS), for_training=for_training)
     top = csv.replace("\\", "/").rsplit("/", 1)[0] + "/" if "/" in csv.replace("\\", "/") else ""
@@ -485,5 +485,5 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
     if len(members) > MAX_COHORT_FILES:
         raise InputError("cohort zip", f"{len(members)} files", f"has more than {MAX_COHORT_FILES} files",
                          "zip one cohort folder (cohort.csv, timeline, features, studies)")
-    csv = _cohort_csv([m.name for m in members])
+    csv = cohort_csv_member([m.name for m in members])
     return write_members(members, dest, csv.replace("\\", "/").rsplit("/", 1)[0] if "/" in csv else "")

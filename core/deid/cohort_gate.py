@@ -266,7 +266,7 @@ def gate_cohort_zip(data: bytes, *, progress: Progress | None = None) -> CohortG
     The zip holds one ``cohort.csv``; its ``study`` paths are relative to that file's folder and name a
     file (DICOM, NIfTI or a zip of a series) or a folder of DICOM files inside the archive.
     """
-    from core.io.safezip import read_zip
+    from core.io.safezip import member_path, read_zip
 
     members = read_zip(data)
     csvs = [m for m in members if PurePosixPath(m.name.replace("\\", "/")).name == "cohort.csv"]
@@ -279,17 +279,10 @@ def gate_cohort_zip(data: bytes, *, progress: Progress | None = None) -> CohortG
     by_name = {PurePosixPath(m.name.replace("\\", "/")): m for m in members}
 
     def gate(study: str) -> StudyGate | None:
-        if PurePosixPath(study).is_absolute() or PureWindowsPath(study).is_absolute() or PureWindowsPath(study).drive:
+        name = member_path(str(top), study)
+        if name is None:
             return None
-        parts: list[str] = []
-        for part in PurePosixPath(study.replace("\\", "/")).parts:
-            if part == "..":
-                if not parts:
-                    return None
-                parts.pop()
-            elif part not in (".", ""):
-                parts.append(part)
-        target = top.joinpath(*parts) if parts else top
+        target = PurePosixPath(name)
         if target in by_name:
             return gate_members([by_name[target]])
         inside = [m for name, m in by_name.items() if target in name.parents]

@@ -80,6 +80,7 @@ from core.io.contrast import dicom_contrast, with_record
 from core.io.dicom_frames import FrameGeometry, frame_order, inplane_shifts, shift_slices
 from core.io.fork_decode import decode_in_processes, shared_empty
 from core.io.j2k_prefetch import Prefetch
+from core.io.study_date import day_of
 from core.io.volume import SeriesInfo, Volume, hu_scale_warning, spacing_warning
 
 # the public names of the DICOM loader live in its submodules; callers keep importing them from here
@@ -429,7 +430,7 @@ def _load_dicom_sources(
         burned_in=scan.burned_in,
         warnings=warnings,
         meta={k: v for k, v in meta.items() if v},
-        study_date=str(ds.get("StudyDate", "") or "").strip(),
+        study_date=day_of(ds),  # StudyDate, else SeriesDate, else AcquisitionDate
     )
 
 

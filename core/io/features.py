@@ -17,6 +17,7 @@ whose features.csv holds only some of the values (one patient, sex F) still give
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -61,12 +62,22 @@ def read_features_file(path: Path) -> pd.DataFrame:
     subject_id header of features.xlsx (``core.io.workbook``, checked as an upload is)."""
     if path.suffix.lower() != ".xlsx":
         return read_csv_any(path, text_names=SUBJECT_ALIASES)  # 007 stays 007, as in the timeline
-    from core.io.workbook import read_workbook
-
     if path.stat().st_size > MAX_WORKBOOK_BYTES:
         raise InputError(path.name, str(path), f"is {path.stat().st_size} bytes (limit {MAX_WORKBOOK_BYTES})",
                          "save the sheet as features.csv")
-    return read_workbook(path.read_bytes(), path.name, path.name)
+    return read_features_member(path.read_bytes(), path.name)
+
+
+def read_features_member(data: bytes, name: str) -> pd.DataFrame:
+    """:func:`read_features_file` for a table held in memory (a cohort zip not yet unpacked); ``name`` (features.csv
+    or features.xlsx) picks the reader."""
+    if not name.lower().endswith(".xlsx"):
+        return read_csv_any(io.BytesIO(data), text_names=SUBJECT_ALIASES)
+    from core.io.workbook import read_workbook
+
+    if len(data) > MAX_WORKBOOK_BYTES:
+        raise InputError(name, name, f"is {len(data)} bytes (limit {MAX_WORKBOOK_BYTES})", "save the sheet as features.csv")
+    return read_workbook(data, name, name)
 
 
 def features_table(df: pd.DataFrame, source: str = "features.csv") -> pd.DataFrame:

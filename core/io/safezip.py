@@ -28,7 +28,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 from core.errors import InputError
@@ -66,6 +66,27 @@ def inside_folder(root: Path, relative: str, field: str) -> Path:
                          f"{root.name} (links out of it are not followed)", f"copy or move the files into {root.name}")
     raise InputError(field, relative, f"points outside the folder {root.name}",
                      f"give paths relative to {root.name}, without '..'")
+
+
+def member_path(folder: str, relative: str) -> str | None:
+    """The zip member name of a path that a table in the zip's ``folder`` ("" for the zip's top) names, such as a
+    cohort's ``study`` column: ``.`` and ``..`` resolved by name; None when it leads out of the folder or is absolute.
+    Only a name: whether the zip holds it is the caller's to check.
+
+    >>> member_path("cohort", "studies/../studies/a.zip"), member_path("", "./b"), member_path("cohort", "../x")
+    ('cohort/studies/a.zip', 'b', None)
+    """
+    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
+        return None
+    parts: list[str] = []
+    for part in PurePosixPath(relative.replace("\\", "/")).parts:
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        elif part not in (".", ""):
+            parts.append(part)
+    return str(PurePosixPath(folder.replace("\\", "/")).joinpath(*parts))  # "." or the folder: the whole folder
 
 
 def is_zip(head: bytes) -> bool:

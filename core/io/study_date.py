@@ -1,10 +1,12 @@
-"""The day a CT study was taken, from one DICOM header read up to its StudyDate, and how it stands to an index time.
+"""The day a CT study was taken, from one DICOM header read up to its dates, and how it stands to an index time.
 
 A model reads a CT as the patient's state at the time it predicts from (a cohort's ``index_time``, an uploaded
 case's index date). A CT taken after that time shows the patient later (its findings can give the outcome away); one
 taken long before may no longer show the patient's state there. :func:`study_date` reads the date of a study on
-disk without decoding it (the first DICOM file of a folder, a zip or a single file, read up to the StudyDate
-element: at most ``HEAD_BYTES`` bytes of it); :func:`days_before` compares it with an index time by calendar day.
+disk without decoding it (the first DICOM file of a folder, a zip or a single file, read up to its date elements:
+at most ``HEAD_BYTES`` bytes of it; the StudyDate, else the SeriesDate or AcquisitionDate), and
+:func:`zip_study_dates` those a cohort zip holds, without extracting them; :func:`days_before` compares it with an
+index time by calendar day.
 
 A NIfTI file records no date; a de-identified DICOM study has an empty one (or a shifted one, which is compared as
 it stands).
@@ -23,16 +25,21 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
 MAX_SCAN_AGE_DAYS = 90  # a CT older than this at the index time is named (scan_date_note, core.cohort_notes)
 HEAD_BYTES = 1 << 16  # of one DICOM file: the StudyDate (0008,0020) lies near its start
 MAX_TRIED = 16  # files of a folder or zip tried before a study is taken to record no date (hidden notes, DICOMDIR)
-_STUDY_DATE = 0x00080020
+NESTED_BYTES = 64 << 20  # a compressed zip inside a zip: read whole (for its central directory) up to this size
+DATE_KEYWORDS = ("StudyDate", "SeriesDate", "AcquisitionDate")  # (0008,0020)-(0008,0022), in this order
+_LAST_DATE = 0x00080022
 _HEAD = 544
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error,
+              ValueError)
 
 
 def parse_study_date(value: str | None) -> pd.Timestamp | None:
@@ -63,8 +70,18 @@ def _wall_day(when: Any) -> pd.Timestamp:
     return (stamp.tz_localize(None) if stamp.tzinfo is not None else stamp).normalize()
 
 
+def day_of(ds: Any) -> str:
+    """A DICOM dataset's day (``YYYYMMDD``): its StudyDate, else its SeriesDate, else its AcquisitionDate (an export
+    that leaves the study's date empty may keep the others); "" when none is recorded."""
+    for keyword in DATE_KEYWORDS:
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            return value
+    return ""
+
+
 def _date_in(head: bytes) -> str:
-    """The StudyDate of a DICOM file's first bytes, or "" (not DICOM, no date, unreadable)."""
+    """The day (:func:`day_of`) of a DICOM file's first bytes, or "" (not DICOM, no date, unreadable)."""
     from core.io.dicom_source import looks_like_dicom
 
     if not looks_like_dicom(head):
@@ -72,30 +89,79 @@ def _date_in(head: bytes) -> str:
     from core.io.pydicom_import import pydicom  # pydicom without its downloader
 
     try:
-        ds = pydicom.filereader.read_partial(io.BytesIO(head), stop_when=lambda tag, vr, length: tag > _STUDY_DATE,
+        ds = pydicom.filereader.read_partial(io.BytesIO(head), stop_when=lambda tag, vr, length: tag > _LAST_DATE,
                                              force=True)
-        value = ds.get("StudyDate", "")
+        return day_of(ds)
     except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError,
             struct.error, zlib.error):
         return ""
-    return str(value or "").strip()
 
 
-def _from_zip(path: Path) -> str:
-    """The date of the first DICOM member of a zip; a bounded read of each member tried (never extracted)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = sorted((i for i in zf.infolist() if not i.is_dir() and not i.flag_bits & 0x1),
-                             key=lambda i: i.filename)
-            for info in members[:MAX_TRIED]:
-                with zf.open(info) as fh:
-                    date = _date_in(fh.read(HEAD_BYTES))
-                if date:
-                    return date
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
-            zlib.error):
-        return ""
+def _first_date(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> str:
+    """The date of the first of ``infos`` (members of ``zf``, at most ``MAX_TRIED`` tried in name order) that gives
+    one; each read only up to ``HEAD_BYTES`` (never inflated whole); encrypted members, folders and hidden files
+    skipped."""
+    files = sorted((i for i in infos if not i.is_dir() and not i.flag_bits & 0x1
+                    and not i.filename.replace("\\", "/").rsplit("/", 1)[-1].startswith(".")),
+                   key=lambda i: i.filename)
+    for info in files[:MAX_TRIED]:
+        with zf.open(info) as fh:
+            date = _date_in(fh.read(HEAD_BYTES))
+        if date:
+            return date
     return ""
+
+
+def _from_zip(source: Path | IO[bytes]) -> str:
+    """The date of the first DICOM member of a zip (a path or a seekable file)."""
+    try:
+        with zipfile.ZipFile(source) as zf:
+            return _first_date(zf, zf.infolist())
+    except ZIP_ERRORS:
+        return ""
+
+
+def zip_study_dates(zf: zipfile.ZipFile, studies: Mapping[str, str]) -> dict[str, str]:
+    """The day of each study that a zip holds (``studies``: key -> member name: a DICOM file, a zip of one series,
+    or a folder of DICOM files, the members under ``name/``), read without extracting anything; "" as
+    :func:`study_date` gives it (a NIfTI file, no date, unreadable, not in the zip). A zip member that is itself a
+    zip is read in place when stored, and when compressed only up to ``NESTED_BYTES``."""
+    files: dict[str, zipfile.ZipInfo] = {}
+    under: dict[str, list[zipfile.ZipInfo]] = {}  # folder -> the files below it (one pass over the zip)
+    for info in zf.infolist():
+        name = info.filename.replace("\\", "/")
+        files[name] = info
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            under.setdefault("/".join(parts[:k]), []).append(info)
+    out = {}
+    for key, study in studies.items():
+        name = study.replace("\\", "/").strip("/")
+        info = files.get(name)
+        try:
+            out[key] = (_first_date(zf, under.get(name, [])) if info is None else _member_date(zf, info)) if name else ""
+        except ZIP_ERRORS:
+            out[key] = ""
+    return out
+
+
+def _member_date(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    """The date of one zip member: a DICOM file, or a zip of one (read in place when stored)."""
+    from core.io.safezip import is_zip
+
+    if info.is_dir() or info.flag_bits & 0x1:
+        return ""
+    with zf.open(info) as fh:
+        head = fh.read(_HEAD)
+    if not is_zip(head):
+        return _first_date(zf, [info])
+    if info.compress_type == zipfile.ZIP_STORED:
+        with zf.open(info) as fh:  # seekable: its central directory is read in place
+            return _from_zip(fh)
+    if info.file_size > NESTED_BYTES:
+        return ""
+    with zf.open(info) as fh:
+        return _from_zip(io.BytesIO(fh.read()))
 
 
 def _from_file(path: Path) -> str:
@@ -104,7 +170,7 @@ def _from_file(path: Path) -> str:
 
 
 def study_date(path: str | Path) -> str:
-    """The StudyDate (``YYYYMMDD``) of the study at ``path`` (a DICOM file, a folder of them, a zip of either), or ""
+    """The day (``YYYYMMDD``, :func:`day_of`: StudyDate, else SeriesDate or AcquisitionDate) of the study at ``path`` (a DICOM file, a folder of them, a zip of either), or ""
     for a NIfTI file, a study that records none and one that cannot be read (its loader names why)."""
     from core.errors import InputError
     from core.io.dicom_source import looks_like_dicom

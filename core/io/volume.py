@@ -63,8 +63,8 @@ class Volume:
     burned_in: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. missing slices, uneven spacing
     meta: dict[str, str] = field(default_factory=dict)  # non-identifying metadata only
-    # DICOM StudyDate (YYYYMMDD, "" when absent): a date, so kept apart from meta and never exported; it is the
-    # default index date of an uploaded case
+    # DICOM StudyDate (else SeriesDate, else AcquisitionDate; YYYYMMDD, "" when absent): a date, so kept apart from
+    # meta and never exported; it is the default index date of an uploaded case
     study_date: str = ""
 
     @property
