@@ -124,23 +124,26 @@ def run_sanity(ctx: Any, model: Any, inputs: Any, method: str, horizon: float) -
 
 
 def timeline_notes(source: str, subject_id: str) -> list[str]:
-    """What was removed from an uploaded timeline (outcomes, events after the index date), and a CT taken after the
-    index date or long before it (``core.io.study_date.scan_date_note``; a patient of the user's cohort: its
-    study's date against cohort.csv's index_time, as ``train`` names them)."""
-    if _cohort_cases.is_cohort(source):
-        volume = views.case_volume(source, subject_id)
-        scan = scan_date_note(volume.study_date, views.case_index_time(source, subject_id)) if volume is not None else None
-        return [scan] if scan else []
-    if source != views.UPLOADED:
-        return []
-    case = views.uploaded_case(subject_id)
+    """What was removed from an uploaded timeline (outcomes, events after the index date)."""
+    case = views.uploaded_case(subject_id) if source == views.UPLOADED else None
     if case is None:
         return []
-    index_time = views.case_index_time(source, subject_id)
-    volume, info = case.get("volume"), case.get("info")
-    dated = volume is not None and not getattr(info, "deidentified", False)  # de-identified: its dates were shifted
-    scan = scan_date_note(volume.study_date, index_time) if dated and case.get("events") is not None else None
-    return CW.timeline_messages(case.get("events"), index_time) + ([scan] if scan else [])
+    return CW.timeline_messages(case.get("events"), views.case_index_time(source, subject_id))
+
+
+def scan_note(source: str, subject_id: str) -> str | None:
+    """A CT taken after the index date or long before it (``core.io.study_date.scan_date_note``): an uploaded case's
+    (kept with its dates and read with a timeline), or a patient of the user's cohort (its study's date against
+    cohort.csv's index_time, as ``train`` names them)."""
+    if _cohort_cases.is_cohort(source):
+        volume = views.case_volume(source, subject_id)
+        return scan_date_note(volume.study_date, views.case_index_time(source, subject_id)) if volume is not None else None
+    case = views.uploaded_case(subject_id) if source == views.UPLOADED else None
+    if case is None or case.get("volume") is None or case.get("events") is None:
+        return None
+    if getattr(case.get("info"), "deidentified", False):  # de-identified: its dates were shifted
+        return None
+    return scan_date_note(case["volume"].study_date, views.case_index_time(source, subject_id))
 
 
 def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
@@ -178,6 +181,7 @@ def case_warnings(model_name: str, model: Any, source: str, subject_id: str,
         coverage=None,  # the warnings below: the model's training profile, or the lung check without one
         prediction_warnings=prediction_warnings(model, source, subject_id) if uses_image or withheld else [],
         timeline=timeline_notes(source, subject_id),
+        scan_date=scan_note(source, subject_id),
         codes=ehr_read_notes(model, source, subject_id),
         sanity=method_sanity(model).get(method) if uses_image else None,
         disagreement_flag=None if strategies_ is None else strategies_.flag,

@@ -979,8 +979,9 @@ def test_a_patient_of_the_users_own_cohort_opens_in_case_review(data_dir: Path) 
         assert opened and opened[-1]["details"]["source"] == "cohort" and test_ids[0] not in json.dumps(opened)
         risks = [float(m.value.rstrip(" %")) for m in at.metric if m.label.endswith(" risk")]
         assert len(risks) == 3 and risks == sorted(risks)
-        said = [w.value for w in [*at.warning, *at.info] if "before the CT was taken" in w.value]
-        assert len(said) == 1 and "The index date 2024-09-10 is 7 days before the CT was taken (2024-09-17)" in said[0]
+        said = [w for w in [*at.warning, *at.info] if "before the CT was taken" in w.value]
+        assert len(said) == 1 and "The index date 2024-09-10 is 7 days before the CT was taken (2024-09-17)" in said[0].value
+        assert said[0].icon == ":material/warning:"  # a CT after the index date is a leak, warned as train warns of it
         # the strategy as the metric (a long label was cut there), the model's whole label under it
         assert any(m.label == "Fusion strategy" and m.value == demo_install.DEFAULT_FUSION for m in at.metric)
         assert any(c.value == label for c in at.caption)

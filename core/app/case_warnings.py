@@ -58,8 +58,8 @@ METHOD_CAVEATS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class CaseWarning:
-    """One warning of a case: ``kind`` (withheld, modality, coverage, prediction, study, timeline, codes, sanity,
-    disagreement)
+    """One warning of a case: ``kind`` (withheld, modality, coverage, prediction, study, scan_date, timeline, codes,
+    sanity, disagreement)
     and its one-paragraph plain text (no markup), shown on the page and printed in the report as it is."""
 
     kind: str
@@ -247,9 +247,11 @@ def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, mod
                          ct_present: bool, coverage: str | None = None, prediction_warnings: Sequence[str] = (),
                          timeline: Sequence[str] = (), codes: Sequence[str] = (), sanity: SanityResult | None = None,
                          disagreement_flag: str | None = None, image_withheld: str | None = None,
-                         study: Sequence[str] = (), features: Sequence[str] = ()) -> list[CaseWarning]:
+                         study: Sequence[str] = (), features: Sequence[str] = (),
+                         scan_date: str | None = None) -> list[CaseWarning]:
     """Every warning of the case, in the order the page shows them (duplicates dropped). ``study``: the CT's
-    loading warnings (``Volume.warnings``), kept as :func:`study_notes` keeps them."""
+    loading warnings (``Volume.warnings``), kept as :func:`study_notes` keeps them; ``scan_date``: the CT taken after
+    the index date or long before it (``core.io.study_date.scan_date_note``)."""
     notices = modality_notices(model_name, has_image, has_ehr, modalities_used, ct_present, image_withheld, features)
     items = [CaseWarning("withheld", image_withheld)] if image_withheld and has_image and ct_present else []
     items += [CaseWarning("modality", "Missing modality: " + " ".join(notices))] if notices else []
@@ -257,6 +259,7 @@ def gather_case_warnings(*, model_name: str, has_image: bool, has_ehr: bool, mod
         items.append(CaseWarning("coverage", coverage))
     items += [CaseWarning("prediction", str(t)) for t in prediction_warnings if t]
     items += [CaseWarning("study", t) for t in study_notes(study)] if ct_present and has_image else []
+    items += [CaseWarning("scan_date", scan_date)] if scan_date else []
     items += [CaseWarning("timeline", t) for t in timeline]
     items += [CaseWarning("codes", t) for t in codes]  # timeline codes and clinical values the model cannot read
     if sanity is not None and not sanity.passed and "image" in modalities_used:
