@@ -104,3 +104,19 @@ def test_what_would_stop_the_job_is_said_before_it_is_queued(cohort: Path, tmp_p
     with pytest.raises(InputError, match="every subject is censored"):
         preview_cohort_zip(_zip(site))
     assert preview_cohort_zip(_zip(site), for_training=False).events == 0
+
+
+def test_a_zip_of_more_files_than_a_cohort_may_hold_is_refused_before_its_job(cohort: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.app import workspace
+
+    data = _zip(cohort)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        n = len(zf.infolist())
+    monkeypatch.setattr(workspace, "MAX_COHORT_FILES", n - 1)
+    for check in (preview_cohort_zip, workspace.check_cohort_zip):  # on upload, at the button, as unpacking would
+        with pytest.raises(InputError, match=f"^cohort zip: got {n} files, has more than {n - 1:,} files; fix: zip "
+                                             "each study's slices into one file"):
+            check(data)
+    monkeypatch.setattr(workspace, "MAX_COHORT_FILES", n)
+    assert preview_cohort_zip(data).subjects == 12

@@ -23,18 +23,27 @@ def test_the_date_of_a_folder_a_zip_a_single_file_and_a_deflated_file(tmp_path: 
     (tmp_path / "ct.zip").write_bytes(zip_folder(tmp_path / "ct"))
     assert study_date(tmp_path / "ct.zip") == STUDY_DATE
     assert study_date(write_deflated(tmp_path / "deflated.dcm", series.paths[1])) == STUDY_DATE
-    # a zip whose first members are no DICOM (a readme, a folder entry) still gives the series' date
+    # a zip whose first members are no DICOM (a readme, a folder entry) or a DICOMDIR (DICOM, with no StudyDate of
+    # its own) still gives the series' date
+    deid = write_deidentified_series(tmp_path / "deid", shape=(1, 16, 16))
     with zipfile.ZipFile(tmp_path / "mixed.zip", "w") as zf:
         zf.writestr("0_README.txt", "exported by the PACS")
+        zf.write(deid.paths[0], "DICOMDIR")
         zf.writestr("images/", "")
         for p in series.paths:
             zf.write(p, f"images/{p.name}")
     assert study_date(tmp_path / "mixed.zip") == STUDY_DATE
 
 
-def test_no_date_where_none_is_recorded_or_the_file_is_no_study(tmp_path: Path) -> None:
+def test_no_date_where_none_is_recorded_or_the_file_is_no_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.io.study_date as sd
+
     write_deidentified_series(tmp_path / "deid", shape=(3, 32, 32))
-    assert study_date(tmp_path / "deid") == ""  # the de-identified StudyDate is empty
+    read = []
+    monkeypatch.setattr(sd, "_date_in", lambda head, real=sd._date_in: read.append(1) or real(head))
+    (tmp_path / "deid.zip").write_bytes(zip_folder(tmp_path / "deid"))
+    assert study_date(tmp_path / "deid") == "" == study_date(tmp_path / "deid.zip")  # the de-identified StudyDate is empty
+    assert len(read) == 2  # one header of each: the study's other files are of the same study
     (tmp_path / "notes.txt").write_text("not a study")
     (tmp_path / "empty.dcm").write_bytes(b"")
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 truncated")

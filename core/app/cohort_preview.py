@@ -95,7 +95,7 @@ def preview_cohort_zip(data: bytes, *, for_training: bool = True) -> CohortPrevi
     """Read an uploaded cohort zip (see the module docstring) as the job would, and say what it gives a model.
     Raises the InputError the job would stop with (cohort.csv's columns and values; with ``for_training``, a train
     split and an event; the timeline's and the features table's contents)."""
-    from core.app.workspace import cohort_csv_member
+    from core.app.workspace import check_file_count, cohort_csv_member
 
     names: list[str] = []
     small = {"cohort.csv", *TIMELINE_FILES, *FEATURE_FILES}
@@ -105,6 +105,7 @@ def preview_cohort_zip(data: bytes, *, for_training: bool = True) -> CohortPrevi
         return name.replace("\\", "/").rsplit("/", 1)[-1] in small
 
     members = {m.name: m.data for m in read_zip(data, label="cohort zip", wanted=wanted)}
+    check_file_count(len(names))
     csv = cohort_csv_member(names)
     top = csv.replace("\\", "/").rsplit("/", 1)[0] if "/" in csv.replace("\\", "/") else ""
     here = _top_files(names, top)
@@ -128,10 +129,9 @@ def preview_cohort_zip(data: bytes, *, for_training: bool = True) -> CohortPrevi
             blocking.append(f"cohort.csv: {len(absent)} of {n} subjects name a study that is not in the zip "
                             f"({name_list(absent)}): the job's PHI check stops at them; add the studies to the zip at "
                             "those paths (relative to cohort.csv) or leave their study cells empty")
-        if outside:
+        if outside:  # named here, not looked up: the notes read the rest
             blocking.append(f"cohort.csv: {len(outside)} of {n} subjects name a study outside the cohort folder "
                             f"({name_list(outside)}): the job refuses it; give paths inside the folder, without '..'")
-        if outside:  # the notes read the rest (a path out of the folder is named above, not looked up)
             table = table.assign(study=table["study"].where(~table["subject_id"].isin(outside), ""))
     cohort = Cohort(root=Path("/cohort-zip-preview"), table=table, features=features, timeline=timeline,
                     feature_text=text)

@@ -397,7 +397,14 @@ def _sweep_own(root: Path) -> None:
 
 # ------------------------------------------------------------------ cohort zips
 
-MAX_COHORT_FILES = 5000
+MAX_COHORT_FILES = 20_000  # files of an uploaded cohort zip (core.io.safezip's own cap): 200 folders of 100 slices
+
+
+def check_file_count(n: int) -> None:
+    """An InputError when a cohort zip holds more than ``MAX_COHORT_FILES`` files."""
+    if n > MAX_COHORT_FILES:
+        raise InputError("cohort zip", f"{n} files", f"has more than {MAX_COHORT_FILES:,} files",
+                         "zip each study's slices into one file (studies/<id>.zip), or give NIfTI studies")
 
 
 def cohort_csv_member(names: list[str]) -> str:
@@ -442,6 +449,7 @@ def check_cohort_zip(data: bytes, *, fusion: str | None = None, for_training: bo
         return base(name) == "cohort.csv"
 
     members = read_zip(data, label="cohort zip", wanted=wanted)
+    check_file_count(len(names))
     csv = cohort_csv_member(names)
     text = next(m.data for m in members if m.name == csv)
     table = validate_outcomes(read_csv_any(BytesIO(text), text_names=TEXT_COLUMNS), for_training=for_training)
@@ -482,8 +490,6 @@ def unpack_cohort_zip(data: bytes, dest: Path) -> Path:
     from core.io.safezip import read_zip, write_members
 
     members = read_zip(data)
-    if len(members) > MAX_COHORT_FILES:
-        raise InputError("cohort zip", f"{len(members)} files", f"has more than {MAX_COHORT_FILES} files",
-                         "zip one cohort folder (cohort.csv, timeline, features, studies)")
+    check_file_count(len(members))
     csv = cohort_csv_member([m.name for m in members])
     return write_members(members, dest, csv.replace("\\", "/").rsplit("/", 1)[0] if "/" in csv else "")

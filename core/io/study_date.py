@@ -80,12 +80,13 @@ def day_of(ds: Any) -> str:
     return ""
 
 
-def _date_in(head: bytes) -> str:
-    """The day (:func:`day_of`) of a DICOM file's first bytes, or "" (not DICOM, no date, unreadable)."""
+def _date_in(head: bytes) -> str | None:
+    """The day (:func:`day_of`) of a DICOM file's first bytes, "" when it records none, None when the bytes are no
+    DICOM file (or cannot be read as one)."""
     from core.io.dicom_source import looks_like_dicom
 
     if not looks_like_dicom(head):
-        return ""
+        return None
     from core.io.pydicom_import import pydicom  # pydicom without its downloader
 
     try:
@@ -94,20 +95,22 @@ def _date_in(head: bytes) -> str:
         return day_of(ds)
     except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError,
             struct.error, zlib.error):
-        return ""
+        return None
 
 
 def _first_date(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> str:
-    """The date of the first of ``infos`` (members of ``zf``, at most ``MAX_TRIED`` tried in name order) that gives
-    one; each read only up to ``HEAD_BYTES`` (never inflated whole); encrypted members, folders and hidden files
-    skipped."""
-    files = sorted((i for i in infos if not i.is_dir() and not i.flag_bits & 0x1
-                    and not i.filename.replace("\\", "/").rsplit("/", 1)[-1].startswith(".")),
-                   key=lambda i: i.filename)
+    """The date of the first of ``infos`` (members of ``zf``, at most ``MAX_TRIED`` tried in name order) that is a
+    DICOM file ("" when it records none: the study's other files are of the same study); each read only up to
+    ``HEAD_BYTES`` (never inflated whole); encrypted members, folders, hidden files and DICOMDIR skipped."""
+    def skipped(info: zipfile.ZipInfo) -> bool:  # as a folder's files are skipped (core.io.dicom_source)
+        base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
+        return info.is_dir() or bool(info.flag_bits & 0x1) or base.startswith(".") or base.upper() == "DICOMDIR"
+
+    files = sorted((i for i in infos if not skipped(i)), key=lambda i: i.filename)
     for info in files[:MAX_TRIED]:
         with zf.open(info) as fh:
             date = _date_in(fh.read(HEAD_BYTES))
-        if date:
+        if date is not None:
             return date
     return ""
 
@@ -164,14 +167,16 @@ def _member_date(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
         return _from_zip(io.BytesIO(fh.read()))
 
 
-def _from_file(path: Path) -> str:
+def _from_file(path: Path) -> str | None:
     with open(path, "rb") as fh:
         return _date_in(fh.read(HEAD_BYTES))
 
 
 def study_date(path: str | Path) -> str:
-    """The day (``YYYYMMDD``, :func:`day_of`: StudyDate, else SeriesDate or AcquisitionDate) of the study at ``path`` (a DICOM file, a folder of them, a zip of either), or ""
-    for a NIfTI file, a study that records none and one that cannot be read (its loader names why)."""
+    """The day (``YYYYMMDD``, :func:`day_of`: StudyDate, else SeriesDate or AcquisitionDate) of the study at
+    ``path`` (a DICOM file, a folder of them, a zip of either: its first DICOM file, after at most ``MAX_TRIED``
+    files that are none), or "" for a NIfTI file, a study that records none and one that cannot be read (its loader
+    names why)."""
     from core.errors import InputError
     from core.io.dicom_source import looks_like_dicom
     from core.io.safezip import is_zip
@@ -184,14 +189,14 @@ def study_date(path: str | Path) -> str:
             for src in sources_from_folder(path)[:MAX_TRIED]:
                 assert src.path is not None
                 date = _from_file(src.path)
-                if date:
+                if date is not None:  # the first DICOM file: the study's other files are of the same study
                     return date
             return ""
         with open(path, "rb") as fh:
             head = fh.read(_HEAD)
         if is_zip(head):
             return _from_zip(path)
-        return _from_file(path) if looks_like_dicom(head) else ""  # a NIfTI file (gzip or not): no date
+        return (_from_file(path) or "") if looks_like_dicom(head) else ""  # a NIfTI file (gzip or not): no date
     except (OSError, InputError):  # gone, unreadable, a folder of too many files: its loader names why
         return ""
 
