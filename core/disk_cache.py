@@ -43,6 +43,26 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def save_tensors(path: Path, tensors: Mapping[str, Any], meta: dict[str, str], *, what: str) -> bool:
+    """Write torch ``tensors`` and string ``meta`` to ``path`` as one safetensors file, atomically (jobs of one server
+    train in threads of one process); a folder that cannot be written to (a read-only cohort folder) is said on
+    stderr as ``what`` and gives False, and the caller goes on without it."""
+    import sys
+
+    from safetensors.torch import save_file
+
+    tmp = partial_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        print(f"warning: could not write {what} ({path}): {err.strerror}", file=sys.stderr)
+        return False
+    return True
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Write one array to ``path`` (a ``.npy``, readable memory-mapped) atomically, as :func:`save_npz` does."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,9 @@ def test_detector_kind_trains_a_frozen_detector_that_reads_the_whole_ct(tmp_path
     assert pretext["prior"]["p_lesion"] == 1.0 and pretext["prior"]["max_lesions"] == 8
     assert pretext["subjects"] == "no_early_event" and 0 < pretext["n_subjects"] < 14
     assert 0.0 <= metrics["test"]["c_index"] <= 1.0
+    # the pretext's kept progress (core.train.pretext_checkpoint) is gone once the encoder is in the cohort's cache
+    cached = sorted(p.name.split("_")[0] for p in (cohort / ".cache").iterdir())
+    assert "encoder" in cached and "pretext" not in cached, cached
 
 
 def test_auto_means_the_detector_for_new_models_on_ct_unless_the_site_setting_says_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

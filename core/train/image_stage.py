@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from core.cohort import Cohort, unreadable_studies
-from core.disk_cache import partial_name
+from core.disk_cache import save_tensors
 from core.errors import InputError
 from core.models import IMAGE_ENCODERS
 from core.models.config import ImageConfig, ModelConfig
@@ -33,8 +33,9 @@ from core.runtime import DistInfo, fast_cpu_bf16
 from core.models.pooling import check_detect_z_setting, check_z_scales
 from core.train.detection_loss import POS_WEIGHT
 from core.train.image_path import image_path_state
+from core.train import pretext_checkpoint as kept_progress
 from core.train.loop import concordance, fit
-from core.train.settings import Progress, pretext_settings, proportional_head
+from core.train.settings import Progress, pretext_settings, pretext_train_subjects, proportional_head
 from core.train.slice_spacing import check_slice_mm, working_slices
 
 
@@ -227,18 +228,6 @@ def _cache_dir(cohort: Cohort) -> Path:
     return cohort.root / ".cache"
 
 
-def _save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_name(path)  # jobs of one server train in threads of one process
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
-    except OSError as err:  # read-only cohort folder: keep going without a cache
-        print(f"warning: could not write cache {path.name}: {err.strerror}", file=sys.stderr)
-
-
 def _load_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     if not path.exists():
         return None
@@ -292,7 +281,7 @@ def preprocessed_images(cohort: Cohort, icfg: dict[str, Any], progress: Progress
             mask[i, :a.shape[0]] = 1
             present[i] = 1
     out = {"image_preprocessed": x, "image_token_mask": mask, "image_present": present, "image_slice_mm": spacing}
-    _save_cache(path, out, {"ids": json.dumps(ids)})
+    save_tensors(path, out, {"ids": json.dumps(ids)}, what="the CT cache")
     return out
 
 
@@ -355,6 +344,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
                   settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4", *([aug] if any(aug) else []),
                   *([pretext] if pretext else []))
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
+    kept = None if dist_info.active else _cache_dir(cohort) / f"pretext_{key}.safetensors"  # its progress, to resume
     hit = _load_cache(path)
     if hit is not None:
         tensors, meta = hit
@@ -389,7 +379,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     pretext_info = None
     span = (0.1, 0.7)  # of the whole training's bar; the ensemble's members follow from where this stage ends
     if pretext:
-        from core.train.pretext_lesions import LesionPrior, freeze_detector, pretext_train_subjects, pretrain_detector
+        from core.train.pretext_lesions import LesionPrior, freeze_detector, pretrain_detector
 
         enc0 = net.image_encoder
         assert enc0 is not None
@@ -402,7 +392,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, end),
             ignore_top=float(pretext.get("ignore_top", 0.0)), rank_weight=float(pretext.get("rank_weight", 0.0)),
             pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)), between=None if dist_info.active else between,
-            precision=pretext.get("precision", "fp32"), spare_thread=own_threads)
+            precision=pretext.get("precision", "fp32"), spare_thread=own_threads, checkpoint=kept)
         pretext_info.update(subjects=pretext.get("subjects", "all"), n_subjects=int(len(pretext_idx)))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)
@@ -449,7 +439,9 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
     if dist_info.main:
         save = dict(enc_state)
         save.update(tokens=tokens, mask=token_mask, present=pre["image_present"])
-        _save_cache(path, save, {"info": json.dumps(info), "ids": json.dumps(cohort.ids())})
+        save_tensors(path, save, {"info": json.dumps(info), "ids": json.dumps(cohort.ids())}, what="the encoder cache")
+    if pretext and kept is not None:
+        kept_progress.discard(kept)  # the trained encoder is in the cache now
     return enc_state, out, info
 
 

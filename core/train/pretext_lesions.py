@@ -28,10 +28,12 @@ nothing shared between subjects and no organ mask.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time as _time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ from core.errors import InputError
 from core.preprocess.transforms import box_mean
 from core.runtime import one_thread_fewer
 from core.train.detection_loss import POS_WEIGHT, detection_loss
+from core.train import pretext_checkpoint as kept
 from core.train.prefetch import prefetched
 from core.train.settings import Progress
 
@@ -391,31 +394,13 @@ def _sample_slices(x: torch.Tensor, mask: torch.Tensor, subjects: np.ndarray, n:
     return x[torch.as_tensor(idx), torch.as_tensor(s)].float()
 
 
-def pretext_train_subjects(train_idx: np.ndarray, time: np.ndarray, event: np.ndarray, rule: str = "all") -> np.ndarray:
-    """The training subjects whose slices the pretext uses. ``"all"``: ``train_idx``. ``"no_early_event"``: without
-    the subjects who had an event before the median observed time of ``train_idx``. The pretext calls every position
-    it did not insert a lesion into background; the cohort's real lesions are there unlabelled, and they are most
-    frequent in the subjects who die early, so leaving those out gives the detector cleaner negatives (positive-
-    unlabelled learning; survival labels of the train split only).
-
-    >>> pretext_train_subjects(np.arange(4), np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 1]), "no_early_event")
-    array([1, 2, 3])
-    """
-    if rule == "all":
-        return train_idx
-    if rule != "no_early_event":
-        raise InputError("image pretext_subjects", rule, "is not a rule for the pretext's slices", "use \"all\" or \"no_early_event\"")
-    med = float(np.median(time[train_idx]))
-    early = (event[train_idx] > 0) & (time[train_idx] < med)
-    return train_idx[~early]
-
-
 def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, train_idx: np.ndarray,
                       val_idx: np.ndarray, *, steps: int, batch: int = 32, lr: float = 2e-3, prior: LesionPrior | None = None,
                       seed: int = 0, device: torch.device | None = None, window: tuple[float, float] = (-1000.0, 1000.0),
                       progress: Progress | None = None, progress_span: tuple[float, float] = (0.0, 1.0),
                       ignore_top: float = 0.0, rank_weight: float = 0.0, pos_weight: float = POS_WEIGHT,
-                      between: Callable[[], None] | None = None, precision: str = "fp32", spare_thread: bool = False) -> dict[str, Any]:
+                      between: Callable[[], None] | None = None, precision: str = "fp32", spare_thread: bool = False,
+                      checkpoint: Path | None = None) -> dict[str, Any]:
     """Train the trunk and detector of ``enc`` (``pool="detect"``) to segment synthetic lesions in the real slices of
     ``train_idx`` (prepared ``x`` ``[N, S, H, W]`` in units of the HU ``window``). Returns an info dict: losses, seconds,
     and the held-out check on ``val_idx`` slices with fresh synthetic lesions: the AUC of each slice's max logit for
@@ -424,7 +409,9 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
     ``precision`` ``"bf16"`` runs the network's forward pass in bfloat16 autocast (weights, optimiser and loss stay
     float32; :func:`core.runtime.fast_cpu_bf16` says which CPUs are fast at it); the held-out check runs in float32.
     ``spare_thread`` (the caller owns the process's thread count): with bfloat16 on the CPU the network runs on one
-    thread fewer than torch's, so the batch-making worker has a core of its own (on 2 cores: 134 -> 124 ms a step)."""
+    thread fewer than torch's, so the batch-making worker has a core of its own (on 2 cores: 134 -> 124 ms a step).
+    ``checkpoint``: where the run's state is kept every :data:`BREAK_STEPS` steps and at its end, and resumed from
+    (``core.train.pretext_checkpoint``: the same weights as a run that was never stopped)."""
     prior = prior or LesionPrior()
     device = device or torch.device("cpu")
     if getattr(enc, "detector", None) is None:
@@ -439,12 +426,25 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t0 = _time.perf_counter()
-    losses: list[float] = []
-    batches = prefetched(lambda: insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre), steps)
+    done = kept.resume(checkpoint, enc, opt, sched, rng, steps=steps) if checkpoint is not None else kept.Resumed()
+    losses, calls, before = done.losses, itertools.count(done.step), {}  # before: the generator before each batch
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        i = next(calls)
+        before[i], _ = rng.bit_generator.state, before.pop(i - 2, None)  # the consumer is at batch i - 1
+        return insert_synthetic_lesions(_sample_slices(x, mask, train_idx, batch, rng), rng, prior, half, centre)
+
+    def keep(step: int, state: dict[str, Any]) -> None:
+        kept.save(checkpoint, enc, opt, sched, step=step, steps=steps, losses=losses, rng_state=state,  # type: ignore[arg-type]
+                  seconds=done.seconds + _time.perf_counter() - t0)
+    resumed = f" (resumed at step {done.step})" if done.step else ""
     with one_thread_fewer(spare_thread and precision == "bf16" and device.type == "cpu"):  # a core of its own for the batch worker
-        for step, (xs, tgt) in enumerate(batches):  # each batch made in a worker thread while the network trains on the last
-            if between is not None and step and step % BREAK_STEPS == 0:
-                between()
+        for step, (xs, tgt) in enumerate(prefetched(make, steps - done.step), start=done.step):  # each batch made in a
+            if step > done.step and step % BREAK_STEPS == 0:  # worker thread while the network trains on the last
+                if checkpoint is not None:
+                    keep(step, before[step])
+                if between is not None:
+                    between()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = enc.detect_logits(xs[:, None].to(device))  # type: ignore[operator]
             loss = detection_loss(logits.float(), tgt.to(device), pos_weight=pos_weight, ignore_top=ignore_top, rank_weight=rank_weight)
@@ -455,14 +455,16 @@ def pretrain_detector(enc: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
             losses.append(float(loss.detach()))
             if progress is not None and step % 25 == 0:
                 lo, hi = progress_span
-                progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}")
+                progress(lo + (hi - lo) * step / steps, f"lesion pretext step {step + 1}/{steps}{resumed}")
+    if checkpoint is not None and done.step < steps:
+        keep(steps, rng.bit_generator.state)  # done: a training stopped after this reads the trained detector
     enc.eval()
     info: dict[str, Any] = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, **({"ignore_top": ignore_top} if ignore_top > 0 else {}),
                             **({"rank_weight": rank_weight} if rank_weight > 0 else {}), **({"pos_weight": pos_weight} if pos_weight != POS_WEIGHT else {}),
-                            **({"precision": precision} if precision != "fp32" else {}),
+                            **({"precision": precision} if precision != "fp32" else {}), **({"resumed_at": done.step} if done.step else {}),
                             "prior": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior).items()},
                             "loss_first_50": round(float(np.mean(losses[:50])), 4), "loss_last_50": round(float(np.mean(losses[-50:])), 4),
-                            "seconds": round(_time.perf_counter() - t0, 1)}
+                            "seconds": round(done.seconds + _time.perf_counter() - t0, 1)}
     held = val_idx if len(val_idx) else train_idx
     vr = np.random.default_rng(seed + 1)
     xs, tgt = insert_synthetic_lesions(_sample_slices(x, mask, held, 256, vr), vr, prior, half, centre)

@@ -6,6 +6,8 @@ import copy
 import math
 from typing import Any, Callable
 
+import numpy as np
+
 from core.errors import InputError
 
 Progress = Callable[[float, str], None]
@@ -111,7 +113,7 @@ DEFAULTS: dict[str, Any] = {
               "pretext_pos_weight": 10.0, "pretext_rank_weight": 0.0,
               # which training subjects' slices the pretext inserts lesions into (PRETEXT_SUBJECTS): "all", or
               # "no_early_event", leaving out the subjects with an event before the train split's median time, who
-              # carry most of the cohort's real (unlabelled) lesions (core.train.pretext_lesions.pretext_train_subjects)
+              # carry most of the cohort's real (unlabelled) lesions (core.train.settings.pretext_train_subjects)
               "pretext_subjects": "all",
               # the arithmetic of the pretext's forward pass: "fp32", "bf16" (autocast; weights and loss stay float32)
               # or "auto" (bf16 on a CPU where core.runtime.fast_cpu_bf16 says it is fast, else fp32)
@@ -260,3 +262,22 @@ def pretext_settings(s: dict[str, Any], icfg: dict[str, Any]) -> dict[str, Any] 
     if precision != "fp32":  # likewise; "auto" is resolved on the training's device (core.train.image_stage)
         out["precision"] = precision
     return out
+
+
+def pretext_train_subjects(train_idx: np.ndarray, time: np.ndarray, event: np.ndarray, rule: str = "all") -> np.ndarray:
+    """The training subjects whose slices the pretext uses. ``"all"``: ``train_idx``. ``"no_early_event"``: without
+    the subjects who had an event before the median observed time of ``train_idx``. The pretext calls every position
+    it did not insert a lesion into background; the cohort's real lesions are there unlabelled, and they are most
+    frequent in the subjects who die early, so leaving those out gives the detector cleaner negatives (positive-
+    unlabelled learning; survival labels of the train split only).
+
+    >>> pretext_train_subjects(np.arange(4), np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 1]), "no_early_event")
+    array([1, 2, 3])
+    """
+    if rule == "all":
+        return train_idx
+    if rule != "no_early_event":
+        raise InputError("image pretext_subjects", rule, "is not a rule for the pretext's slices", "use \"all\" or \"no_early_event\"")
+    med = float(np.median(time[train_idx]))
+    early = (event[train_idx] > 0) & (time[train_idx] < med)
+    return train_idx[~early]
