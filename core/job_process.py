@@ -73,9 +73,19 @@ def child_main(conn: Any, fn: Callable[..., Any], args: tuple, kwargs: dict, nic
 
 
 def child_entry(fd: int) -> None:
-    """The heavy job's process: receive the job on the socket ``fd`` and run it (:func:`child_main`)."""
+    """The heavy job's process: receive the job on the socket ``fd`` and run it (:func:`child_main`).
+
+    SIGTERM and SIGINT are ignored here: a restart sends them to the whole process group (systemd's control-group
+    kill, Ctrl-C in a terminal), and a job ended by them would read as failed, its record gone before the server
+    settles its jobs, so that no one is told it was stopped and the sidebar offers no "Start again". The server ends
+    this process itself as it stops (``core.jobs.JobQueue.close``), and a server gone without that ends it at the
+    job's next report (:class:`core.job_state.ServerGone`)."""
+    import signal
+
     from core.job_pickle import loads
 
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
     try:
         fn, args, kwargs, nice, threads = loads(conn.recv_bytes())  # core.jobs sent it with core.job_pickle.dumps

@@ -222,6 +222,26 @@ def test_cancel_ends_a_heavy_job_that_never_reports(queue: JobQueue) -> None:
     assert done.state == "cancelled" and time.monotonic() - t0 < 15
 
 
+def test_a_heavy_job_outlives_the_sigterm_of_its_process_group(queue: JobQueue) -> None:
+    """A restart's SIGTERM (or Ctrl-C) reaches the job's process too: it goes on, so that the job still runs when the
+    server settles its records (the user is then told it was stopped, with "Start again"); the server ends it."""
+    import signal
+
+    job = queue.submit("alice", "long", _heavy_slow, 120.0, heavy=True)
+    _running(job)
+    deadline = time.monotonic() + 30
+    while not queue._children and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the job's process has read its job and set its signals
+    (child,) = list(queue._children)
+    child.send_signal(signal.SIGTERM)
+    child.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert child.poll() is None and job.state == "running"
+    queue.close()  # the server stops: it ends the process itself
+    assert child.wait(10) == -signal.SIGKILL
+
+
 def _running(job) -> None:
     deadline = time.monotonic() + 30
     while job.state != "running" and time.monotonic() < deadline:
