@@ -364,6 +364,7 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
         if attached["without_study"]:
             notes.append(f"{attached['without_study']} of the {len(table)} subjects have no CT study: models read "
                          "their EHR only")
+        notes += _scan_dates(out)
     report(1.0, "done")
     return {
         "out": str(out),
@@ -380,6 +381,18 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
         "notes": notes,
         **attached,  # with studies: how many subjects got one, how many did not, the studies that match no subject
     }
+
+
+def _scan_dates(out: Path) -> list[str]:
+    """The built cohort's CTs taken after their index event or long before it (``core.cohort_notes.scan_date_notes``:
+    each DICOM study's date against its subject's index_time; NIfTI and de-identified studies carry none)."""
+    from core.cohort import Cohort, has_study, validate_outcomes
+    from core.cohort_notes import scan_date_notes
+    from core.io.columns import TEXT_COLUMNS
+    from core.io.delimited import read_csv_any
+
+    cohort = Cohort(root=out, table=validate_outcomes(read_csv_any(out / "cohort.csv", text_names=TEXT_COLUMNS)))
+    return scan_date_notes(cohort, cohort.table.loc[has_study(cohort.table), "subject_id"].tolist())
 
 
 def cohort_from_meds(meds: Path | str, out: Path | str, *, index_prefix: str = "HOSPITAL_ADMISSION",

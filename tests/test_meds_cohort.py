@@ -376,7 +376,10 @@ def test_ct_studies_named_by_subject_id_join_the_cohort(tmp_path: Path) -> None:
     (studies / "2").mkdir()  # a folder of DICOM files
     from tests.dicom_factory import write_series
 
-    write_series(studies / "2", shape=(6, 16, 16), identified=False)
+    from tests.dicom_factory import edit_file
+
+    for path in write_series(studies / "2", shape=(6, 16, 16), identified=False).paths:  # taken at the 2nd admission
+        edit_file(path, lambda ds: setattr(ds, "StudyDate", "20210311"))
     _nifti(studies / "77.nii.gz")  # nobody's
     (studies / "notes.txt").write_text("not a study")
     (studies / "5.nii.gz").symlink_to(studies / "1.nii.gz")  # a link could point anywhere: left out
@@ -387,6 +390,11 @@ def test_ct_studies_named_by_subject_id_join_the_cohort(tmp_path: Path) -> None:
     assert (summary["studies"], summary["without_study"], summary["unused"]) == (2, 2, ["77.nii.gz"])
     assert any("1 study of the studies folder matches no subject" in n and "77.nii.gz" in n for n in summary["notes"])
     assert any(n.startswith("2 of the 4 subjects have no CT study") for n in summary["notes"])
+    # subject 2's CT was taken 10 days after its index admission: named as train would name it (a NIfTI has no date)
+    assert [n for n in summary["notes"] if n.startswith("studies:")] == [
+        "studies: a CT taken after the index_time for 1 of 2 subjects (2): the model reads the patient later than the "
+        "time it predicts from (the later CT can give the outcome away); set their index_time to the scan's date or "
+        "later, or give a CT taken before it"]
     table = pd.read_csv(out / "cohort.csv", dtype=str, keep_default_na=False).set_index("subject_id")
     assert table["study"].to_dict() == {"1": "studies/1.nii.gz", "2": "studies/2", "5": "", "6": ""}
     assert sorted(p.name for p in (out / "studies").iterdir()) == ["1.nii.gz", "2"]

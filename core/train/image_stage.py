@@ -344,9 +344,11 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
                   settings["n_intervals"], init_hash, settings["dim"], prop, "image-path/4", *([aug] if any(aug) else []),
                   *([pretext] if pretext else []))
     path = _cache_dir(cohort) / f"encoder_{key}.safetensors"
-    kept = None if dist_info.active else _cache_dir(cohort) / f"pretext_{key}.safetensors"  # its progress, to resume
+    pretext_file = None if dist_info.active else _cache_dir(cohort) / f"pretext_{key}.safetensors"  # its progress
     hit = _load_cache(path)
     if hit is not None:
+        if pretext_file is not None:
+            kept_progress.discard(pretext_file)  # one left by a process stopped just after writing the cache
         tensors, meta = hit
         enc_state = {k: v for k, v in tensors.items() if k.startswith(("enc.", "path."))}
         data = {"image_tokens": tensors["tokens"], "image_token_mask": tensors["mask"], "image_present": tensors["present"]}
@@ -392,7 +394,7 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
             window=(float(icfg["hu_window"][0]), float(icfg["hu_window"][1])), progress=progress, progress_span=(0.1, end),
             ignore_top=float(pretext.get("ignore_top", 0.0)), rank_weight=float(pretext.get("rank_weight", 0.0)),
             pos_weight=float(pretext.get("pos_weight", POS_WEIGHT)), between=None if dist_info.active else between,
-            precision=pretext.get("precision", "fp32"), spare_thread=own_threads, checkpoint=kept)
+            precision=pretext.get("precision", "fp32"), spare_thread=own_threads, checkpoint=pretext_file)
         pretext_info.update(subjects=pretext.get("subjects", "all"), n_subjects=int(len(pretext_idx)))
         if not pretext["finetune"]:
             pretext_info["trainable_in_encoder"] = freeze_detector(enc0)
@@ -440,8 +442,8 @@ def train_image_encoder(cohort: Cohort, icfg: dict[str, Any], settings: dict[str
         save = dict(enc_state)
         save.update(tokens=tokens, mask=token_mask, present=pre["image_present"])
         save_tensors(path, save, {"info": json.dumps(info), "ids": json.dumps(cohort.ids())}, what="the encoder cache")
-    if pretext and kept is not None:
-        kept_progress.discard(kept)  # the trained encoder is in the cache now
+    if pretext and pretext_file is not None:
+        kept_progress.discard(pretext_file)  # the trained encoder is in the cache now
     return enc_state, out, info
 
 

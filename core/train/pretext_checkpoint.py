@@ -7,9 +7,9 @@ them all. Every ``BREAK_STEPS`` steps, and at its end, the run's whole state is 
 encoder's weights, the optimiser's moments; in its metadata, as JSON: the step, the losses so far, the learning-rate
 schedule, the optimiser's settings, and the random generators' states before the next batch), through a partial
 file and a rename. Training the same encoder again on the same cohort (the same file name: the encoder cache's key,
-``core.train.image_stage``) resumes from it, and the weights it ends with are the same as an uninterrupted run's
-(the next batches are drawn from the same generator state; tests/test_pretext_checkpoint.py checks it bit for
-bit). Nothing is unpickled; a file that does not fit the run (another encoder, another number of steps, a broken
+``core.train.image_stage``) resumes from it, and on the same CPU threads the weights it ends with are the same as an
+uninterrupted run's (the next batches are drawn from the same generator state; tests/test_pretext_checkpoint.py
+checks it bit for bit; on a GPU, whose random state is not kept, they may differ as two runs there do). Nothing is unpickled; a file that does not fit the run (another encoder, another number of steps, a broken
 file) is set aside with a warning and the pretext starts from its first step.
 """
 
