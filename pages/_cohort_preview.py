@@ -13,6 +13,9 @@ from pages import _chrome as chrome
 from pages import _memo as memo
 from pages import _metric_views as metric_views
 
+#: the follow-up tile's help (its label is short: four tiles share a narrow page)
+FOLLOW_UP_HELP = "The median follow-up of every patient, to the event or to the last contact (censored)."
+
 
 def _read(upload: Any, for_training: bool) -> CohortPreview | str:
     """The preview of ``upload`` (a Streamlit UploadedFile), or the one-line reason the job would stop at once;
@@ -54,8 +57,8 @@ def show(upload: Any, *, for_training: bool, what: str) -> bool:
         cols[0].metric("Patients", f"{read.subjects:,}")
         cols[1].metric("Events", f"{read.events:,}")
         cols[2].metric("Censored", f"{read.subjects - read.events:,}")
-        cols[3].metric("Median follow-up", "n/a" if read.median_follow_up_days is None
-                       else f"{read.median_follow_up_days:.0f} d")
+        cols[3].metric("Follow-up", "n/a" if read.median_follow_up_days is None
+                       else f"{read.median_follow_up_days:.0f} d", help=FOLLOW_UP_HELP)
         st.caption(_counts(read, for_training))
         for line in read.blocking:
             st.error(chrome.md(line) + ".", icon=":material/error:")

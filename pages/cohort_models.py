@@ -468,7 +468,7 @@ with tab_meds:
         cols[0].metric("Patients", info.get("n_subjects"))
         cols[1].metric("Events", info.get("events"))
         cols[2].metric("Censored", info.get("censored"))
-        cols[3].metric("Median follow-up", f"{float(info.get('median_time_days', 0)):.0f} d")
+        cols[3].metric("Follow-up", f"{float(info.get('median_time_days', 0)):.0f} d", help=_cohort_preview.FOLLOW_UP_HELP)
         st.caption(f"Splits: {', '.join(f'{k} {v}' for k, v in (info.get('splits') or {}).items())}; "
                    f"{int(info.get('timeline_events') or 0):,} timeline events kept"
                    + (f"; a CT study for {info['studies']} of {info.get('n_subjects')} patients." if info.get("studies")

@@ -663,6 +663,8 @@ def _train_every_and_compare(pg: object, tmp_path: Path) -> None:
     settle(pg)
     wide = pg.viewport_size  # type: ignore[attr-defined]
     pg.set_viewport_size({"width": 800, "height": wide["height"]})  # type: ignore[attr-defined]
+    settle(pg)  # the upload's tiles keep their labels whole at 800 px ("Median follow-up" was cut there)
+    assert cut_off(pg, '[class*="st-key-cohort_preview_train"] [data-testid="stMetricLabel"]') == []
     panel.get_by_role("button", name=f"Train all {len(FUSIONS)} and compare").click()
     # while it runs: the job's bar with its Cancel button, whose label is whole at 800 px beside the open sidebar
     # (in columns of 6:1 it read "Ca...")
