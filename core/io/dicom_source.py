@@ -38,7 +38,7 @@ _NATIVE = {
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
 _SEQ_DELIM = b"\xfe\xff\xdd\xe0"
 _ITEM = b"\xfe\xff\x00\xe0"
-_SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db", "desktop.ini"}
+SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db", "desktop.ini"}  # never a study's slice (also core.io.study_date)
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MAX_INFLATE_RATIO = 100.0  # a deflated instance may not inflate to more than 100 x its file (past 8 MiB)
 MAX_INFLATED_BYTES = 1024**3
@@ -143,7 +143,7 @@ def sources_from_folder(folder: Path) -> list[DicomSource]:
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if name.startswith(".") or name in _SKIP_NAMES:
+            if name.startswith(".") or name in SKIP_NAMES:
                 continue
             path = Path(root) / name
             if path.is_symlink() or not path.is_file():

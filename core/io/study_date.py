@@ -102,9 +102,11 @@ def _first_date(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> str:
     """The date of the first of ``infos`` (members of ``zf``, at most ``MAX_TRIED`` tried in name order) that is a
     DICOM file ("" when it records none: the study's other files are of the same study); each read only up to
     ``HEAD_BYTES`` (never inflated whole); encrypted members, folders, hidden files and DICOMDIR skipped."""
-    def skipped(info: zipfile.ZipInfo) -> bool:  # as a folder's files are skipped (core.io.dicom_source)
+    from core.io.dicom_source import SKIP_NAMES  # as a folder's files are skipped
+
+    def skipped(info: zipfile.ZipInfo) -> bool:
         base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
-        return info.is_dir() or bool(info.flag_bits & 0x1) or base.startswith(".") or base.upper() == "DICOMDIR"
+        return info.is_dir() or bool(info.flag_bits & 0x1) or base.startswith(".") or base in SKIP_NAMES
 
     files = sorted((i for i in infos if not skipped(i)), key=lambda i: i.filename)
     for info in files[:MAX_TRIED]:
