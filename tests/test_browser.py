@@ -131,11 +131,30 @@ def page(browser: object, server: str) -> Iterator[object]:
 
 
 def download(pg: object, prepare_label: str, download_label: str, folder: Path) -> Path:
-    """Prepare an Export output, download it and save it under ``folder``; the saved file."""
+    """Prepare an Export output, download it and save it under ``folder``; the saved file.
+
+    A "Prepare" click can be lost when it lands while the page is being redrawn (seen once in CI: no job box, no
+    download button for 60 s); with neither showing after a minute the helper clicks it again, as a user would.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     prepare(pg, prepare_label)
     settle(pg, 300)
+    button = pg.get_by_role("button", name=download_label)  # type: ignore[attr-defined]
+    main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
+    for attempt in (1, 2):
+        try:
+            button.wait_for(timeout=60_000 if attempt == 1 else 300_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise AssertionError(f"{download_label!r} not shown 6 minutes after {prepare_label!r}; the page's "
+                                     f"main area showed:\n{main.inner_text()[:1500]}") from None
+            if not main.locator('[data-testid="stProgress"]').count():  # no job running: the click was lost
+                prepare(pg, prepare_label)
+                settle(pg, 300)
     with pg.expect_download() as info:  # type: ignore[attr-defined]
-        pg.get_by_role("button", name=download_label).click()  # type: ignore[attr-defined]
+        button.click()
     target = folder / info.value.suggested_filename
     info.value.save_as(str(target))
     return target
@@ -189,6 +208,7 @@ def prepare(pg: object, label: str, timeout_s: float = 240.0) -> None:
         main = pg.locator('[data-testid="stMain"]').inner_text()[:1500]  # type: ignore[attr-defined]
         raise AssertionError(f"{label!r} not enabled within {timeout_s:.0f} s at {pg.url} (script {state}); "  # type: ignore[attr-defined]
                              f"the page's main area showed:\n{main}") from exc
+    settle(pg, 300)  # the run that enabled it has ended: the click lands on the button as drawn, not mid-redraw
     button.click()
 
 
