@@ -51,8 +51,9 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     model that read nothing of any subject is refused (InputError), not scored as a C of 0.5.
     ``risk_groups`` > 1 adds ``risk_groups`` (:func:`core.evaluate.km_by_risk_group` of the evaluated subjects:
     Kaplan-Meier curves of that many groups by predicted risk, and the log-rank p). ``keep_risk`` adds
-    ``subject_risk`` ({"ids", "risk"}: each subject's risk score, minus the restricted mean survival time, as the
-    C-index ranks them), which :func:`paired_fusion_gain` compares between models. ``progress(fraction, message)``
+    ``subject_risk`` ({"ids", "risk", "time", "event"}: each subject's risk score, minus the restricted mean survival
+    time, as the C-index ranks them, and its outcome), which :func:`paired_fusion_gain` compares between models and
+    :func:`core.evaluate.patient_pairs.patient_table` reads patient by patient. ``progress(fraction, message)``
     follows the predictions."""
     from core.cohort import load_cohort
 
@@ -121,7 +122,8 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     if risk_groups > 1:
         out["risk_groups"] = km_by_risk_group(risk, time, event, groups=risk_groups)
     if keep_risk:
-        out["subject_risk"] = {"ids": [str(i) for i in ids], "risk": [float(r) for r in risk]}
+        out["subject_risk"] = {"ids": [str(i) for i in ids], "risk": [float(r) for r in risk],
+                               "time": [float(t) for t in time], "event": [int(e) for e in event]}
     if values is not None:
         out["subgroups"] = subgroup_table(times, surv, time, event, tt, te, values, horizons, column=str(subgroup),
                                           n_boot=n_boot, seed=seed)

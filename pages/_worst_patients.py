@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -31,27 +30,28 @@ def _outcomes(root: str, stamp: float) -> pd.DataFrame:
                          "event": table["event"].astype(int)}).drop_duplicates("subject_id").set_index("subject_id")
 
 
-def patient_pairs(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
-    """Every evaluated patient, worst-ordered first: subject_id, risk (the score the C-index ranks, minus the
-    restricted mean survival time), time, event, rank (1 = the highest risk), n, concordant, comparable, share (None
-    without a comparable pair); None when the evaluation kept no patient's risk or has no event."""
-    from core.evaluate.patient_pairs import patient_concordance
+def patient_pairs(metrics: dict, cohort_dir: Path | None) -> pd.DataFrame | None:
+    """Every evaluated patient, worst-ordered first (``core.evaluate.patient_pairs.patient_table``); None when the
+    evaluation kept no patient's risk or has no event. The outcomes are the evaluation's own when it kept them (an
+    external validation, whose cohort is removed after it), else read from ``cohort_dir``'s cohort.csv."""
+    from core.evaluate.patient_pairs import patient_table
 
     kept = metrics.get("subject_risk") or {}
     if not kept.get("ids"):
         return None
-    csv = Path(cohort_dir) / "cohort.csv"
-    outcomes = _outcomes(str(cohort_dir), csv.stat().st_mtime if csv.exists() else 0.0)
     frame = pd.DataFrame({"subject_id": [str(i) for i in kept["ids"]], "risk": kept["risk"]})
-    frame = frame[frame["subject_id"].isin(outcomes.index)]
-    if len(frame) < 2 or not outcomes.loc[frame["subject_id"], "event"].any():
+    if "time" in kept and "event" in kept:
+        frame = frame.assign(time=kept["time"], event=kept["event"])
+    elif cohort_dir is not None:
+        csv = Path(cohort_dir) / "cohort.csv"
+        outcomes = _outcomes(str(cohort_dir), csv.stat().st_mtime if csv.exists() else 0.0)
+        frame = frame[frame["subject_id"].isin(outcomes.index)].join(outcomes, on="subject_id")
+    else:
         return None
-    frame = frame.join(outcomes, on="subject_id")
-    conc, comp = patient_concordance(frame["time"].to_numpy(), frame["event"].to_numpy(), frame["risk"].to_numpy())
-    frame = frame.assign(rank=frame["risk"].rank(ascending=False, method="min").astype(int), n=len(frame),
-                         concordant=conc, comparable=comp.astype(int),
-                         share=np.divide(conc, comp, out=np.full(len(comp), np.nan), where=comp > 0))
-    return frame.sort_values(["share", "comparable"], ascending=[True, False], na_position="last")
+    if len(frame) < 2 or not frame["event"].astype(bool).any():
+        return None
+    return patient_table(frame["subject_id"].tolist(), frame["time"].to_numpy(), frame["event"].to_numpy(),
+                         frame["risk"].to_numpy())
 
 
 def worst_ordered(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
@@ -66,18 +66,20 @@ def _outcome_text(time: float, event: int) -> str:
     return f"{'event' if event else 'censored'} at day {time:,.0f}"
 
 
-def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") -> None:
+def show(metrics: dict, cohort_dir: Path | None, model: str, what: str = "test split", key: str = "worst") -> None:
     """The section: the table, and a picker that opens one of its patients in Case review (the demo's patients, or
-    those of the user's own cohort; nothing to open for another cohort), where :func:`strip` steps through the list."""
+    those of the user's own cohort; nothing to open for another cohort, nor without ``cohort_dir``: an external
+    validation's cohort is removed after it), where :func:`strip` steps through the list. ``key``: the prefix of
+    its widgets' keys (two lists can be drawn in one run of a page with tabs)."""
     every = patient_pairs(metrics, cohort_dir)
     worst = worst_ordered(metrics, cohort_dir)
     if every is None or worst is None:
         return
     from core.app.demo_install import demo_paths
 
-    own = _cohort_cases.of_folder(cohort_dir)
+    own = _cohort_cases.of_folder(cohort_dir) if cohort_dir is not None else None
     source = _cohort_cases.source_of(own.name) if own is not None else \
-        DEMO if Path(cohort_dir).resolve() == Path(demo_paths().cohort).resolve() else None
+        DEMO if cohort_dir is not None and Path(cohort_dir).resolve() == Path(demo_paths().cohort).resolve() else None
     st.markdown(f"**The {len(worst)} patients of the {what} the model orders worst**")
     from pages._chrome import sheet_cell  # an id from the user's cohort: no spreadsheet formula in a download
 
@@ -90,10 +92,12 @@ def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") 
     st.caption("Harrell's C patient by patient: of the comparable pairs a patient is in (one of the two had the event "
                "first), the share the model's risk orders right; a rank of 1 is the highest risk. These are its "
                "worst-ordered patients with at least 5 pairs: typically an early event ranked low or a long survivor "
-               "ranked high. Summed over every patient, the pairs ordered right over all pairs give the C-index.")
+               "ranked high. Summed over every patient, the pairs ordered right over all pairs give the C-index."
+               + ("" if cohort_dir is not None else " The uploaded cohort was removed after the evaluation, so they "
+                  "are not opened here: look them up in your own records by their subject id."))
     table = every.drop(columns=["n"]).assign(subject_id=[sheet_cell(i) for i in every["subject_id"]])
     st.download_button(f"Every patient of the {what}: rank and pairs (CSV)", table.to_csv(index=False).encode(),
-                       f"{what.replace(' ', '_')}_patient_pairs.csv", mime="text/csv", key="worst_csv",
+                       f"{what.replace(' ', '_')}_patient_pairs.csv", mime="text/csv", key=f"{key}_csv",
                        icon=":material/download:")
     if source is None:  # not a cohort Case review opens
         return
@@ -102,8 +106,8 @@ def show(metrics: dict, cohort_dir: Path, model: str, what: str = "test split") 
                            zip(worst["time"], worst["event"], worst["rank"]))))
     labels = {i: f"{i}: {notes[i]}" for i in ids}
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    picked = c1.selectbox("Open one in Case review", ids, format_func=labels.__getitem__, key="worst_patient")
-    if c2.button("Open in Case review", icon=":material/person_search:", key="worst_open", width="stretch"):
+    picked = c1.selectbox("Open one in Case review", ids, format_func=labels.__getitem__, key=f"{key}_patient")
+    if c2.button("Open in Case review", icon=":material/person_search:", key=f"{key}_open", width="stretch"):
         st.session_state[K.WORST_LIST] = {"model": model, "what": what, "cases": [(source, str(i)) for i in ids],
                                           "notes": {str(i): notes[i] for i in ids}}
         _cohort_cases.open_in_review((source, str(picked)))

@@ -379,6 +379,7 @@ def show_validation(results: dict[str, dict], validated: str) -> None:
     st.markdown(f"**{validated}** on every patient of the uploaded cohort (censoring weights from that cohort's own "
                 "follow-up).")
     show_evaluation(m, "your cohort", lambda: m["risk_groups"], key="validate")
+    _worst_patients.show(m, None, validated, "uploaded cohort", key="validate_worst")  # its patients in your records
     if m.get("subgroups"):
         st.markdown(f"**Subgroups by {chrome.md(m['subgroups'].get('column'))}**")
         metric_views.show_subgroups(m["subgroups"], m.get("c_index"), key="validate")

@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.app.background import evaluate_job, train_uploaded_job, trained_models
@@ -148,7 +149,17 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     assert both["ehr_only"]["unread"] == 0  # no CT in this cohort: image_only read nothing, and says so
     assert both["image_only"]["error"].startswith("model: got image_only, read nothing of any of the 90 subjects")
     assert both["ehr_only"]["fusion_gain"] is None  # two single-modality models: no fusion to set against them
-    assert not any("subject_risk" in m for m in both.values())  # the patients' ids are not kept in the result
+    # the validated model keeps each patient's risk and outcome (the patients it orders worst), the others do not
+    assert [n for n, m in both.items() if "subject_risk" in m] == ["ehr_only"]
+    kept = res["subject_risk"]
+    outcomes = table.set_index("subject_id").loc[kept["ids"]]
+    assert sorted(kept["ids"]) == sorted(table["subject_id"].astype(str))
+    assert kept["event"] == outcomes["event"].astype(int).tolist()
+    np.testing.assert_allclose(kept["time"], outcomes["time"].to_numpy(dtype=float))
+    from core.evaluate.patient_pairs import patient_table
+
+    pairs = patient_table(kept["ids"], kept["time"], kept["event"], kept["risk"])
+    assert pairs["concordant"].sum() / pairs["comparable"].sum() == pytest.approx(res["c_index"], abs=1e-9)
     assert res["n"] == 90 and res["events"] == int(table["event"].sum()) and res["c_index"] > 0.55
     sexes = pd.read_csv(src / "features.csv")["sex_female"]
     assert [(g["label"], g["n"]) for g in res["subgroups"]["groups"]] == [("0", int((sexes == 0).sum())),

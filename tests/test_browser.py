@@ -635,6 +635,18 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     year = columns.index("1 year (pred. / obs.)")
     pairs = {r[0]: r[year] for r in rows if r[year] != "n/a"}
     assert pairs and {y: f"{p:.2f} / {o:.2f}" for y, p, o in zip(sub[2]["y"], sub[2]["x"], sub[1]["x"])} == pairs
+    # the patients of the site the validated model orders worst: listed, every one in a CSV summing to its C-index;
+    # the cohort was removed after the job, so nothing to open in Case review: the user's own records
+    said = panel.inner_text()
+    assert "patients of the uploaded cohort the model orders worst" in said and "in your own records" in said, said[-3000:]
+    assert panel.get_by_role("button", name="Open in Case review").count() == 0
+    panel.get_by_text("patients of the uploaded cohort the model orders worst").scroll_into_view_if_needed()
+    shot(pg, "external_validation_worst")
+    with pg.expect_download() as info:  # type: ignore[attr-defined]
+        panel.get_by_role("button", name="Every patient of the uploaded cohort: rank and pairs (CSV)").click()
+    every = pd.read_csv(info.value.path(), dtype={"subject_id": str})
+    assert sorted(every["subject_id"]) == sorted(table["subject_id"].astype(str))
+    assert round(every["concordant"].sum() / every["comparable"].sum(), 3) == round(c_of[current], 3)
     # a laptop with the sidebar open (800 px): each plot's two panel titles still side by side, apart
     pg.set_viewport_size({"width": 800, "height": 1200})  # type: ignore[attr-defined]
     pg.wait_for_timeout(1500)  # type: ignore[attr-defined]

@@ -424,9 +424,22 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
     assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--horizons", "-30,365"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: horizons: got -30.0, must be a positive number of days")
     # the span an IBS averages (it moves the value) is printed beside it, and the card names both spans
-    assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--n-boot", "20"]) == 0
+    patients = tmp_path_factory.mktemp("pairs") / "patients.csv"
+    assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--n-boot", "20",
+                     "--patients", str(patients)]) == 0
+    printed = capsys.readouterr().out.splitlines()
     a, b = res["ibs_range"]
-    assert f"(days {a:.0f}-{b:.0f})" in [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("IBS")][0]
+    assert f"(days {a:.0f}-{b:.0f})" in [ln for ln in printed if ln.startswith("IBS")][0]
+    # --patients: every test patient's rank and pairs, worst-ordered first, summing to the C-index printed
+    pairs = pd.read_csv(patients, dtype={"subject_id": str})
+    test = pd.read_csv(tabular_cohort / "cohort.csv", dtype={"subject_id": str}).query("split == 'test'")
+    assert sorted(pairs["subject_id"]) == sorted(test["subject_id"]) and "n" not in pairs.columns
+    assert pairs["concordant"].sum() / pairs["comparable"].sum() == pytest.approx(res["c_index"], abs=1e-9)
+    assert pairs["share"].dropna().is_monotonic_increasing
+    assert [ln for ln in printed if ln.startswith("patients")] == [
+        f"patients    every patient's rank and pairs in {patients}; ordered worst (share of pairs ordered right): "
+        + ", ".join(f"{r.subject_id} ({r.share:.0%} of {r.comparable})"
+                    for r in pairs[pairs["comparable"] >= 5].head(3).itertuples())]
     card = (model_dir / "MODEL_CARD.md").read_text()
     assert "- Spans: Uno's C compares pairs up to day " in card and "the integrated Brier score averages days " in card
     # an image model on a cohort without CT read nothing of anyone: refused, not a C of 0.5

@@ -51,3 +51,27 @@ def test_the_patient_the_model_ranks_worst_is_the_one_it_orders_wrong() -> None:
 def test_bad_input_names_the_field() -> None:
     with pytest.raises(ValueError, match="^risk: got 2 values, must have one value per subject"):
         patient_concordance([1, 2, 3], [1, 0, 1], [0.1, 0.2])
+
+
+def test_the_table_lists_every_patient_worst_ordered_first_and_sums_to_harrells_c() -> None:
+    from core.evaluate.patient_pairs import patient_table
+
+    rng = np.random.default_rng(3)
+    n = 60
+    t = rng.exponential(300, n).round() + 2
+    e = (rng.random(n) < 0.7).astype(int)
+    r = -t + rng.normal(0, 150, n)
+    r[5] = r.min() - 1  # a patient the model ranks as the longest survivor
+    t[5], e[5] = 1.0, 1  # who died first: every one of its pairs is ordered wrong
+    ids = [f"P{i:03d}" for i in range(n)]
+    table = patient_table(ids, t, e, r)
+    assert sorted(table["subject_id"]) == ids and table["n"].eq(n).all()
+    assert table.iloc[0]["subject_id"] == "P005" and table.iloc[0]["share"] == 0.0
+    assert table.iloc[0]["comparable"] == n - 1 and table.iloc[0]["rank"] == n  # ranked lowest of all
+    shares = table["share"].dropna().to_numpy()
+    assert np.all(np.diff(shares) >= 0)  # worst first
+    assert table["concordant"].sum() / table["comparable"].sum() == pytest.approx(harrell_c(t, e, r), abs=1e-12)
+    row = table.set_index("subject_id").loc["P010"]
+    assert (row["time"], row["event"], row["risk"]) == (t[10], e[10], r[10])  # each row keeps its own patient's values
+    with pytest.raises(ValueError, match="^ids: 2 ids for 60 patients"):
+        patient_table(ids[:2], t, e, r)

@@ -173,8 +173,9 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     given). Returns {name: metrics}; with several models the first one's metrics also hold ``fusion_gain``
     (``core.evaluation.paired_fusion_gain`` of them all on this cohort, or None); a model after the first that cannot
     be evaluated gets {"error": text}, while
-    the first one's error (no outcomes, an unknown subgroup column) stops the job. The unpacked cohort is removed
-    afterwards (the upload is the user's copy).
+    the first one's error (no outcomes, an unknown subgroup column) stops the job; the first one's also hold
+    ``subject_risk`` (each patient's risk and outcome, for the patients it orders worst). The unpacked cohort is
+    removed afterwards (the upload is the user's copy).
 
     ``recalibrate`` ({"out", "label", "base_cohort", "site"}): the first model is also recalibrated to this cohort
     (:func:`core.recalibrate.recalibrate_model`) into ``out``, listed among the user's models as ``label`` (its
@@ -196,7 +197,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
                 ctx.yield_turn()
             try:
                 out[name] = evaluate_model(Path(model_dir), cohort_dir, split=ALL_SPLITS, device=device, risk_groups=3,
-                                           subgroup=subgroup or None, keep_risk=len(models) > 1,
+                                           subgroup=subgroup or None, keep_risk=i == 0 or len(models) > 1,
                                            progress=lambda f, m, i=i, name=name: ctx.progress(
                                                0.1 + span * (i + f), f"{name}: {m}" if len(models) > 1 else m))
             except (InputError, OSError) as err:
@@ -207,8 +208,8 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
                 out[name] = {"error": inside(" ".join(str(err).split()))}
         if len(models) > 1:  # the best fusion against the best single modality here, on the same patients
             gain = paired_fusion_gain(out, cohort_dir)
-            for m in out.values():
-                m.pop("subject_risk", None)  # the cohort's patient ids stay on the server only while it is evaluated
+            for m in list(out.values())[1:]:
+                m.pop("subject_risk", None)  # the others' risks served the paired comparison only
             out[next(iter(models))]["fusion_gain"] = gain
         if recalibrate:
             first = next(iter(models))

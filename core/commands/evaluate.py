@@ -1,4 +1,4 @@
-"""``python -m core evaluate --model MODEL --cohort DIR [--split test] [--json]``."""
+"""``python -m core evaluate --model MODEL --cohort DIR [--split test] [--patients CSV] [--json]``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a column of cohort.csv or features.csv: C-index and calibration per group")
     parser.add_argument("--no-band", action="store_true",
                         help="skip the per-case band (predict_case) in the coverage report (faster)")
+    parser.add_argument("--patients", type=Path, default=None, metavar="CSV",
+                        help="also write every evaluated patient's risk rank and the share of its comparable pairs "
+                        "the model orders right (Harrell's C patient by patient), worst-ordered first")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--horizons", args.horizons, "must be numbers of days", "use e.g. 30,365,1825") from None
     res = evaluate_model(args.model, args.cohort, split=args.split, horizons=horizons, n_boot=args.n_boot,
                          seed=args.seed, device=args.device, alpha=args.alpha, subgroup=args.subgroup,
-                         band=not args.no_band)
+                         band=not args.no_band, keep_risk=args.patients is not None)
+    worst = _write_patients(res, args.patients) if args.patients is not None else None
     if args.json:
         print(json.dumps(res, allow_nan=False))
         return 0
@@ -86,8 +90,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"features    {features_line}", file=out)
     for note in res.get("notes", []):
         print(f"note        {note}", file=out)
+    if worst is not None:
+        print(f"patients    every patient's rank and pairs in {args.patients}; ordered worst (share of pairs "
+              f"ordered right): {worst}", file=out)
     _print_extras(res, out)
     return 0
+
+
+def _write_patients(res: dict, path: Path) -> str:
+    """Write :func:`core.evaluate.patient_pairs.patient_table` of the evaluation's ``subject_risk`` to ``path`` as
+    CSV (its ``subject_risk`` is then dropped from ``res``); the three worst-ordered patients in at least 5 pairs, as
+    text."""
+    from core.evaluate.patient_pairs import patient_table
+
+    kept = res.pop("subject_risk")
+    table = patient_table(kept["ids"], kept["time"], kept["event"], kept["risk"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.drop(columns=["n"]).to_csv(path, index=False)
+    shown = table[table["comparable"] >= 5].head(3)
+    return ", ".join(f"{i} ({s:.0%} of {c})" for i, s, c in zip(shown["subject_id"], shown["share"],
+                                                              shown["comparable"])) or "none in 5 pairs or more"
 
 
 def _print_extras(res: dict, out: TextIO) -> None:

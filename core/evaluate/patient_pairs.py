@@ -13,11 +13,16 @@ Counted in O(n log n) with a Fenwick tree over the risk ranks: a test split of 1
 >>> conc, comp = patient_concordance([1, 2, 3], [1, 1, 0], [3.0, 1.0, 2.0])  # patient 1: an event ranked lowest
 >>> conc.tolist(), comp.tolist()
 ([2.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+>>> patient_table(["a", "b", "c"], [1, 2, 3], [1, 1, 0], [3.0, 1.0, 2.0])["subject_id"].tolist()  # worst first
+['b', 'c', 'a']
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import pandas as pd
 
 from core.evaluate.outcomes import ArrayLike, check_outcome, check_risk
 
@@ -75,3 +80,19 @@ def patient_concordance(time: ArrayLike, event: ArrayLike, risk: ArrayLike) -> t
             if e[k]:
                 earlier.add(int(ranks[k]))
     return conc, comp
+
+
+def patient_table(ids: Sequence[str], time: ArrayLike, event: ArrayLike, risk: ArrayLike) -> pd.DataFrame:
+    """Every patient, worst-ordered first: ``subject_id``, ``risk`` (higher = earlier event expected), ``time``,
+    ``event``, ``rank`` (1 = the highest risk; equal risks share the best rank), ``n`` (patients), ``concordant``,
+    ``comparable`` and ``share`` (concordant / comparable; NaN for a patient in no comparable pair, listed last).
+    Among equal shares, the patient in more pairs comes first: its share says more."""
+    conc, comp = patient_concordance(time, event, risk)
+    if len(ids) != len(conc):
+        raise ValueError(f"ids: {len(ids)} ids for {len(conc)} patients; give one id per patient")
+    frame = pd.DataFrame({"subject_id": [str(i) for i in ids], "risk": np.asarray(risk, dtype=float),
+                          "time": np.asarray(time, dtype=float), "event": np.asarray(event).astype(int)})
+    frame = frame.assign(rank=frame["risk"].rank(ascending=False, method="min").astype(int), n=len(frame),
+                         concordant=conc, comparable=comp.astype(int),
+                         share=np.divide(conc, comp, out=np.full(len(comp), np.nan), where=comp > 0))
+    return frame.sort_values(["share", "comparable"], ascending=[True, False], na_position="last", kind="stable")
