@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-dicom": ("core.commands.export_dicom", "export a case as DICOM: saliency Parametric Map, top-region Segmentation, prediction SR"),
     "recalibrate": ("core.commands.recalibrate", "write a copy of a model recalibrated to a site's cohort"),
     "cohort": ("core.commands.cohort", "build a cohort folder from a MEDS dataset and an ACES task definition"),
+    "site-model": ("core.commands.site_model", "add, list or remove the models every user of the app sees"),
 }
 
 EXIT_BAD_INPUT = 2

@@ -353,7 +353,12 @@ def load_model(model_dir: Path | str, device: str = "cpu") -> LoadedModel:
     state = read_safetensors(model_dir / WEIGHTS)
     dev = resolve_device(device)
     net = build_net(cfg)
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # the same names, other shapes: the weights of another model beside this config.json
+        shapes = sum("size mismatch" in line for line in str(err).splitlines())
+        raise InputError(WEIGHTS, f"{shapes} tensors of other shapes", "weights do not match config.json",
+                         "re-train the model; do not mix files of different models") from None
     # folders saved before the training mean of the linear EHR term was stored keep its old value, 0
     missing = [k for k in missing if not k.endswith("wide_mean")]
     if missing or unexpected:

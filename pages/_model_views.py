@@ -77,11 +77,19 @@ def demo_cohort() -> Any:
 
 
 def available_models() -> dict[str, Path]:
-    """Demo models (one per strategy), then the models this user trained in the app (kept in their models folder)."""
+    """Demo models (one per strategy), then the site's (``core.app.site_models``: the administrator's, for every
+    user, named "<label> (site)"), then the models this user trained in the app (kept in their models folder).
+
+    A site model is read as a model trained here (``TRAINED_MODELS`` / ``TRAINED_COHORTS``: evaluated on its own
+    cohort's test split, its reference curves from it), and is also in ``SITE_MODELS`` (nobody deletes it here)."""
+    from core.app import paths
     from core.app.background import trained_models
+    from core.app.site_models import SUFFIX, list_site_models
 
     models = dict(demo_install.list_models(demo_install.demo_paths().models))
-    trained = trained_models(workspaces.user_models_dir(user_id()))
+    site = {f"{label}{SUFFIX}": pair for label, pair in list_site_models(paths.data_dir()).items()}
+    trained = {**site, **trained_models(workspaces.user_models_dir(user_id()))}
+    st.session_state[K.SITE_MODELS] = {name: str(m) for name, (m, _) in site.items()}
     st.session_state[K.TRAINED_MODELS] = {name: str(m) for name, (m, _) in trained.items()}
     st.session_state[K.TRAINED_COHORTS] = {name: str(c) for name, (_, c) in trained.items()}
     models.update({name: m for name, (m, _) in trained.items()})
@@ -100,7 +108,10 @@ def own_model_controls(name: str) -> None:
     models was trained on it), behind a confirmation: what the disk quota's message asks of the user. Nothing for a
     demo model."""
     path = st.session_state.get(K.TRAINED_MODELS, {}).get(name)
-    if path is None:
+    if path is None or name in st.session_state.get(K.SITE_MODELS, {}):
+        if name in st.session_state.get(K.SITE_MODELS, {}):
+            st.caption("A site model: trained on the site's cohort and added for every user of this server by its "
+                       "administrator, who alone can remove it.")
         return
     with st.popover("Delete this model", icon=":material/delete:"):
         st.write(f"**{name}** and its files are removed from your folder (its cohort too, when no other of your "
@@ -121,13 +132,13 @@ def own_model_controls(name: str) -> None:
 
 
 def model_by_name(name: str) -> Any:
-    """A loaded model. Demo models are cached for all sessions; models trained on
+    """A loaded model. Demo and site models are cached for all sessions; models trained on
     a user's cohort stay in that user's session."""
     models = available_models()
     if name not in models:
         raise ValueError(f"model: got {name!r}, not available; fix: pick a model in the sidebar")
     path = models[name]
-    if name in st.session_state.get(K.TRAINED_MODELS, {}):
+    if name in st.session_state.get(K.TRAINED_MODELS, {}) and name not in st.session_state.get(K.SITE_MODELS, {}):
         key = ("model", str(path))
         return memo(key, lambda: _load_model_uncached(str(path), _device_name()))
     return shared_model(str(path), stamp(path))

@@ -53,6 +53,7 @@ BURNED_IN_OK = "burned_in_ok"    # Upload: the user confirmed the images show no
 CONTRAST_STATED = "contrast_stated"  # Upload: "yes" / "no" / "" for a study whose file records no contrast
 TRAINED_MODELS = "trained_models"
 TRAINED_COHORTS = "trained_cohorts"
+SITE_MODELS = "site_models"  # the administrator's models ("<label> (site)" -> folder), also in the two above
 TRAIN_JOB = "train_job"  # id of this session's latest training job (core.jobs)
 RESTARTED_JOBS = "restarted_jobs"  # ids of the stopped trainings this session started again (drawn in the sidebar)
 VALIDATE_JOB = "validate_job"  # (job id, model name) of this session's latest external validation (core.jobs)

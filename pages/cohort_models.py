@@ -240,18 +240,34 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
                  placeholder=metric_views.NOT_AVAILABLE)
 
 
+def cohort_label(cohort_dir: str, n_models: int) -> str:
+    """How the comparison names the cohort a group of models was trained on: the demo, a site model's (by its
+    folder's name), or one of the user's by when it was uploaded or built (``core.app.user_cohorts.describe``)."""
+    from core.app.user_cohorts import describe
+
+    count = f" ({n_models} model{'' if n_models == 1 else 's'})" if n_models else ""
+    if Path(cohort_dir) == demo_dir:
+        return f"the demo cohort{count}"
+    if str(cohort_dir) in {str(c) for n, c in st.session_state.get(K.TRAINED_COHORTS, {}).items()
+                           if n in st.session_state.get(K.SITE_MODELS, {})}:
+        return f"the site's cohort {Path(cohort_dir).name}{count}"  # a site model's (core.app.site_models)
+    return f"your {describe(Path(cohort_dir).name)}{count}"
+
+
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
-    own = name in trained and cohort_dir != demo_dir
-    st.caption(f"Model **{name}**, evaluated on the test split of "
-               f"{_cohort_cases.label_of(cohort_dir) if own else 'the synthetic demo cohort'}.")
+    site = name in st.session_state.get(K.SITE_MODELS, {})  # the administrator's: its cohort is the site's, not yours
+    own = name in trained and cohort_dir != demo_dir and not site
+    st.caption(f"Model **{name}**, evaluated on the test split of " + (cohort_label(str(cohort_dir), 0) if site else
+               _cohort_cases.label_of(cohort_dir) if own else "the synthetic demo cohort") + ".")
     views.own_model_controls(name)  # delete one of your own models (the disk quota counts them)
     _cohort_cases.review_button(cohort_dir)  # its test patients, one by one in Case review
     m = evaluate(name, models[name], cohort_dir)
     with chrome.core_errors(stop=False):
         if m is not None:
             show_evaluation(m, "test split", lambda: refs.reference_curves(name), key="model")
-            _worst_patients.show(m, cohort_dir, name)  # which patients it orders wrong, each opened in Case review
+            if not site:  # the site cohort's patients are not listed to every user
+                _worst_patients.show(m, cohort_dir, name)  # which patients it orders wrong, each opened in Case review
             if name not in trained:
                 st.markdown("**Subgroups**")
                 cohort_cols = views.demo_cohort().column_names()
@@ -265,17 +281,6 @@ with tab_model:
                 metric_views.show_subgroups(sub, m.get("c_index"), key="model")
             elif own:
                 metric_views.own_subgroups(name, Path(models[name]), cohort_dir, m.get("c_index"))
-
-
-def cohort_label(cohort_dir: str, n_models: int) -> str:
-    """How the comparison names the cohort a group of models was trained on: the demo, or one of the user's by
-    when it was uploaded or built (``core.app.user_cohorts.describe``)."""
-    from core.app.user_cohorts import describe
-
-    count = f"{n_models} model{'' if n_models == 1 else 's'}"
-    if Path(cohort_dir) == demo_dir:
-        return f"the demo cohort ({count})"
-    return f"your {describe(Path(cohort_dir).name)} ({count})"
 
 
 @st.cache_data(show_spinner="Comparing the best fusion with the best single modality...", max_entries=32)
@@ -305,7 +310,7 @@ with tab_compare:
     here = next((c for c, g in groups.items() if name in g), next(iter(groups), None))
     if len(groups) > 1:  # models of different cohorts are not compared: each is scored on its own cohort's test split
         here = st.selectbox("Models trained on", list(groups), index=list(groups).index(here), key="compare_cohort",
-                            format_func=lambda c: cohort_label(c, len(groups[c])))
+                            format_func={c: cohort_label(c, len(g)) for c, g in groups.items()}.__getitem__)
     todo = groups.get(here, {}) if here else {}
     st.caption("Every model trained on this cohort, on the same test split: the best fusion depends on the task. "
                "Evaluations are kept on disk, so the table appears at once after the first time.")
@@ -318,7 +323,9 @@ with tab_compare:
                                      paired=fusion_gain(str(here), compare_key, results))
     elif len(todo) == 1:
         st.info(f"Only {next(iter(todo))} was trained on this cohort: its metrics are on the Selected model tab. "
-                f"Train more strategies on it (Train on your cohort, \"{EVERY}\") to compare them.",
+                + ("The administrator adds other strategies trained on it as site models to compare them."
+                   if next(iter(todo)) in st.session_state.get(K.SITE_MODELS, {}) else
+                   f"Train more strategies on it (Train on your cohort, \"{EVERY}\") to compare them."),
                 icon=":material/info:")
     elif todo:
         job = _jobs.find(compare_key)
@@ -352,7 +359,8 @@ def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: 
     workspace.check_cohort_zip(upload)  # the table's errors now, not after a job has started
     chosen = {name: str(models[name]), **({n: str(p) for n, p in models.items() if n != name} if every else {})}
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
-    session.audit("validate", str(fusion), source="yours" if name in trained else "demo", models=len(chosen),
+    whose = "site" if name in st.session_state.get(K.SITE_MODELS, {}) else "yours" if name in trained else "demo"
+    session.audit("validate", str(fusion), source=whose, models=len(chosen),
                   recalibrate=bool(recalibrate_to))
     recal = _recalibration.spec(name, Path(models[name]), user, recalibrate_to) if recalibrate_to else None
     job = _jobs.submit(f"Validating {name}" + (f" and {len(chosen) - 1} more" if len(chosen) > 1 else ""),

@@ -1,0 +1,126 @@
+"""Site models: models trained outside the app that the administrator adds for every user of this server.
+
+A model trained on the command line (``python -m core train``, or ``torchrun`` on a GPU server for a cohort too
+large for the app's one heavy job at a time) is a folder: config.json, model.safetensors, metrics.json and
+MODEL_CARD.md. :func:`add_site_model` copies such a folder into ``<data dir>/site_models/<slug>/`` with the record
+a model trained in the app keeps beside it (``core.app.workspace.TRAINED_MARKER``: its label, strategy and the
+cohort folder it was trained on, which stays where it is, on the server). The app then lists it for every user,
+after the demo's models, as ``<label> (site)``; Case review, Cohort & models (the test split of its own cohort) and
+the exports read it as they read a model trained in the app, except that no user can delete it. Only the
+administrator adds and removes site models (``python -m core site-model add|list|remove``); the copy is checked
+first: the network loads with strict key matching (``core.registry.load_model``, never unpickled) and the cohort
+folder loads.
+
+>>> import tempfile
+>>> site_models_dir(Path("/srv/ctehr")).as_posix(), slug("Lung CT 2025 / v2")
+('/srv/ctehr/site_models', 'lung-ct-2025-v2')
+>>> list_site_models(Path(tempfile.mkdtemp()))
+{}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+from core.app.workspace import TRAINED_MARKER
+from core.errors import InputError
+
+FOLDER = "site_models"
+SUFFIX = " (site)"  # how the app's model list names a site model: "<label> (site)"
+MODEL_FILES = ("config.json", "model.safetensors", "metrics.json", "MODEL_CARD.md")  # what is copied
+MAX_LABEL = 60
+
+
+def site_models_dir(data_dir: Path | str) -> Path:
+    """``<data dir>/site_models``: one folder per site model."""
+    return Path(data_dir) / FOLDER
+
+
+def slug(label: str) -> str:
+    """The folder name of a site model's copy: its label in lower case, runs of other characters as one ``-``."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def list_site_models(data_dir: Path | str) -> dict[str, tuple[Path, Path]]:
+    """``label -> (model folder, cohort folder)`` of the site models whose record is readable, whose network file is
+    there and whose cohort folder still exists (one moved away is not listed: the administrator adds it again),
+    in the order of their labels."""
+    found: dict[str, tuple[Path, Path]] = {}
+    root = site_models_dir(data_dir)
+    if not root.is_dir():
+        return found
+    for marker in sorted(root.glob(f"*/{TRAINED_MARKER}")):
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        cohort = Path(str(info.get("cohort_dir", "")))
+        if info.get("label") and (marker.parent / "model.safetensors").is_file() and (cohort / "cohort.csv").is_file():
+            found[str(info["label"])] = (marker.parent, cohort)
+    return dict(sorted(found.items()))
+
+
+def _check_label(label: str, data_dir: Path | str, replace: bool) -> str:
+    label = " ".join(str(label).split())
+    if not label or len(label) > MAX_LABEL or not slug(label):
+        raise InputError("--label", label or "(empty)", f"must hold letters or digits, at most {MAX_LABEL} characters",
+                         "name the model as users should see it, e.g. 'Lung CT 2025'")
+    taken = list_site_models(data_dir)
+    same = [other for other in taken if slug(other) == slug(label)]
+    if same and not replace:
+        raise InputError("--label", label, f"is taken by the site model '{same[0]}'",
+                         "choose another label, or pass --replace to put this model in its place")
+    return label
+
+
+def add_site_model(model_dir: Path | str, cohort_dir: Path | str, label: str, data_dir: Path | str, *,
+                   replace: bool = False, device: str = "cpu") -> Path:
+    """Copy the model folder ``model_dir`` into the site models of ``data_dir`` under ``label``, trained on
+    ``cohort_dir`` (kept where it is: Cohort & models evaluates the model on its test split, and Case review draws
+    its reference curves from it); return the copy's folder. Refused with an ``InputError`` naming the field: a
+    folder without config.json or model.safetensors, a network that does not load, a cohort folder that does not
+    load, a label taken (unless ``replace``)."""
+    from core.cohort import load_cohort
+    from core.registry import load_model
+
+    src, cohort = Path(model_dir).resolve(), Path(cohort_dir).resolve()
+    label = _check_label(label, data_dir, replace)
+    for name in MODEL_FILES[:2]:
+        if not (src / name).is_file():
+            raise InputError("model", str(src), f"holds no {name}", "pass the folder that `python -m core train --out` "
+                             "wrote (config.json, model.safetensors, metrics.json, MODEL_CARD.md)")
+    loaded = load_model(src, device=device)  # its errors name the file: a pickle, tensors that do not match config.json
+    if not (cohort / "cohort.csv").is_file():
+        raise InputError("--cohort", str(cohort), "holds no cohort.csv", "pass the cohort folder the model was trained on")
+    load_cohort(cohort)  # its own errors name the file and the field
+    root = site_models_dir(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / slug(label)
+    partial = root / f".{slug(label)}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    for name in MODEL_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, partial / name)  # a new time: the app loads the new copy, not a cached one
+    (partial / TRAINED_MARKER).write_text(json.dumps({
+        "cohort_dir": str(cohort), "fusion": loaded.fusion, "label": label, "site": True, "source": str(src),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    if target.exists():  # --replace: the earlier copy goes once the new one is whole
+        shutil.rmtree(target)
+    partial.rename(target)
+    return target
+
+
+def remove_site_model(label: str, data_dir: Path | str) -> Path:
+    """Remove the site model ``label`` (its copy only: the cohort folder stays); the folder removed."""
+    found = {slug(name): model for name, (model, _) in list_site_models(data_dir).items()}
+    target = found.get(slug(label)) or site_models_dir(data_dir) / slug(label)
+    if not slug(label) or not (target / TRAINED_MARKER).is_file():
+        raise InputError("label", label, "is no site model here",
+                         "see the labels with `python -m core site-model list`")
+    shutil.rmtree(target)
+    return target
