@@ -256,7 +256,9 @@ def cohort_label(cohort_dir: str, n_models: int) -> str:
 
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
-    site = name in st.session_state.get(K.SITE_MODELS, {})  # the administrator's: its cohort is the site's, not yours
+    # a site model's cohort is the site's, not yours (a copy of it recalibrated to your cohort is evaluated there too)
+    site = str(cohort_dir) in {c for n, c in st.session_state.get(K.TRAINED_COHORTS, {}).items()
+                               if n in st.session_state.get(K.SITE_MODELS, {})}
     own = name in trained and cohort_dir != demo_dir and not site
     st.caption(f"Model **{name}**, evaluated on the test split of " + (cohort_label(str(cohort_dir), 0) if site else
                _cohort_cases.label_of(cohort_dir) if own else "the synthetic demo cohort") + ".")
