@@ -368,8 +368,9 @@ def sidebar() -> None:
                 "Fusion strategy / model",
                 names,
                 key=K.MODEL_NAME,
-                help="One model per fusion strategy was trained on the demo cohort; models you train "
-                "on the Cohort & models page are added here for this session.",
+                help="One model per fusion strategy was trained on the demo cohort; models marked (site) were "
+                "added by this server's administrator for every user; models you train on the Cohort & models page "
+                "are added here, and kept in your folder.",
             )
             if len(st.session_state[K.MODEL_NAME]) > SIDEBAR_BOX_CHARS:  # the box cuts it: a model's date and time
                 st.caption(md(st.session_state[K.MODEL_NAME]))

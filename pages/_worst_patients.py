@@ -54,7 +54,7 @@ def patient_pairs(metrics: dict, cohort_dir: Path | None) -> pd.DataFrame | None
                          frame["risk"].to_numpy())
 
 
-def worst_ordered(metrics: dict, cohort_dir: Path) -> pd.DataFrame | None:
+def worst_ordered(metrics: dict, cohort_dir: Path | None) -> pd.DataFrame | None:
     """The :data:`SHOWN` patients of :func:`patient_pairs` in at least :data:`MIN_PAIRS` comparable pairs whose pairs
     the model orders right least often; None when there are none."""
     frame = patient_pairs(metrics, cohort_dir)
