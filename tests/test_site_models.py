@@ -44,6 +44,11 @@ def test_add_list_replace_and_remove_check_the_model_and_the_cohort(data_dir: Pa
     record = json.loads((copy / "trained_in_app.json").read_text())
     assert (record["label"], record["fusion"], record["cohort_dir"]) == ("Lung CT 2025", "ehr_only", str(cohort))
     assert list_site_models(root) == {"Lung CT 2025": (copy, cohort)}
+    half = site_models_dir(root) / ".other.partial"  # a copy another add is making: not listed until renamed
+    shutil.copytree(copy, half)
+    (half / "trained_in_app.json").write_text(json.dumps({**record, "label": "Other"}))
+    assert list(list_site_models(root)) == ["Lung CT 2025"]
+    shutil.rmtree(half)
     # a label that differs in case and spaces only is taken; --replace puts the new model in its place
     with pytest.raises(InputError, match=r"^--label: got lung ct 2025, is taken by the site model 'Lung CT 2025'"):
         add_site_model(model, cohort, "lung ct 2025", root)

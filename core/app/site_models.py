@@ -54,6 +54,8 @@ def list_site_models(data_dir: Path | str) -> dict[str, tuple[Path, Path]]:
     if not root.is_dir():
         return found
     for marker in sorted(root.glob(f"*/{TRAINED_MARKER}")):
+        if marker.parent.name.startswith("."):  # a copy being made (add_site_model's partial folder)
+            continue
         try:
             info = json.loads(marker.read_text())
         except (OSError, ValueError):
