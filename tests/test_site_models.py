@@ -78,6 +78,17 @@ def test_add_list_replace_and_remove_check_the_model_and_the_cohort(data_dir: Pa
     assert remove_site_model("LUNG CT 2025", root) == copy and not copy.exists() and moved.is_dir()
     with pytest.raises(InputError, match=r"^label: got nope, is no site model here"):
         remove_site_model("nope", root)
+    # each change is in the data folder's audit log: who at the command line, what, which strategy and label
+    from core.app.audit import read_audit
+
+    log = read_audit(root / "audit" / "audit.jsonl")
+    assert [(r["action"], r["target"], r["details"]) for r in log] == [
+        ("site_model", "ehr_only", {"change": "add", "model": "lung-ct-2025"}),
+        ("site_model", demo_install.DEFAULT_FUSION, {"change": "replace", "model": "lung-ct-2025"}),
+        ("site_model", demo_install.DEFAULT_FUSION, {"change": "remove", "model": "lung-ct-2025"})]
+    assert all(r["user"].startswith("cli:") for r in log)
+    add_site_model(model, moved, "Trial 20251124", root)  # a label the log would refuse (a date): left out
+    assert read_audit(root / "audit" / "audit.jsonl")[-1]["details"] == {"change": "add"}
 
 
 def test_the_command_line_adds_lists_and_removes(data_dir: Path, tmp_path: Path) -> None:

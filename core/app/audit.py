@@ -50,7 +50,8 @@ from pathlib import Path
 from core.app import paths
 from core.errors import InputError
 
-ACTIONS: frozenset[str] = frozenset({"open", "upload", "export", "train", "validate", "login", "logout"})
+ACTIONS: frozenset[str] = frozenset({"open", "upload", "export", "train", "validate", "login", "logout",
+                                     "site_model"})
 LOCAL_USER = "local"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -140,6 +141,15 @@ def check_label(field: str, value: object) -> str | int | float | bool:
                      "log a short label or a number")
 
 
+def is_label(value: object) -> bool:
+    """Whether ``value`` passes :func:`check_label` (a caller that may leave a detail out rather than fail)."""
+    try:
+        check_label("value", value)
+    except InputError:
+        return False
+    return True
+
+
 def _check_user(user_id: str) -> str:
     if not isinstance(user_id, str) or not _USER.fullmatch(user_id):
         raise InputError("user_id", "a value that is not 1-255 printable ASCII characters",
@@ -171,9 +181,14 @@ def make_entry(user_id: str, action: str, target: str, details: dict[str, object
 
 def record(user_id: str, action: str, target: str, **details: object) -> None:
     """Append one audit line to :func:`audit_path` (see the module docstring for the rules)."""
+    record_at(audit_path(), user_id, action, target, **details)
+
+
+def record_at(log: Path, user_id: str, action: str, target: str, **details: object) -> None:
+    """:func:`record` into the log ``log`` (a command given the app's data folder, not run by the app)."""
     entry = make_entry(user_id, action, target, details)
     line = (json.dumps(entry, separators=(",", ":"), sort_keys=False) + "\n").encode("ascii")
-    append_line(audit_path(), line)
+    append_line(log, line)
 
 
 def append_line(path: Path, line: bytes) -> None:

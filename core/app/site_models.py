@@ -111,9 +111,11 @@ def add_site_model(model_dir: Path | str, cohort_dir: Path | str, label: str, da
     (partial / TRAINED_MARKER).write_text(json.dumps({
         "cohort_dir": str(cohort), "fusion": loaded.fusion, "label": label, "site": True, "source": str(src),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    if target.exists():  # --replace: the earlier copy goes once the new one is whole
+    replaced = target.exists()
+    if replaced:  # --replace: the earlier copy goes once the new one is whole
         shutil.rmtree(target)
     partial.rename(target)
+    _audit(data_dir, "replace" if replaced else "add", loaded.fusion, label)
     return target
 
 
@@ -124,5 +126,23 @@ def remove_site_model(label: str, data_dir: Path | str) -> Path:
     if not slug(label) or not (target / TRAINED_MARKER).is_file():
         raise InputError("label", label, "is no site model here",
                          "see the labels with `python -m core site-model list`")
+    fusion = str(json.loads((target / TRAINED_MARKER).read_text()).get("fusion") or "model")
     shutil.rmtree(target)
+    _audit(data_dir, "remove", fusion, label)
     return target
+
+
+def _audit(data_dir: Path | str, change: str, fusion: str, label: str) -> None:
+    """A ``site_model`` line in the data folder's audit log (``core.app.audit``): who (``cli:<login name>``), the
+    ``change`` (add, replace, remove), the strategy and the label's slug where it is a label the log accepts (a slug
+    with a run of 5 digits or a date in it is left out: the log holds no such text)."""
+    import getpass
+
+    from core.app import audit
+
+    login = re.sub(r"[^\x21-\x7e]", "", getpass.getuser())[:200]  # the audit's user: printable ASCII, no space
+    details: dict[str, object] = {"change": change}
+    if audit.is_label(slug(label)):
+        details["model"] = slug(label)
+    audit.record_at(Path(data_dir) / "audit" / "audit.jsonl", f"cli:{login}" if login else "cli", "site_model",
+                    fusion, **details)
