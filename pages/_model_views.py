@@ -230,6 +230,21 @@ def _in_script_thread() -> bool:
     return get_script_run_ctx() is not None
 
 
+def audit_model(name: str) -> dict[str, str]:
+    """What the audit log records of the model in use (``core.app.audit`` takes labels the code chose, never a
+    user's text): its strategy (``fusion``), whose model it is (``models``: demo, site or yours) and, for a site model,
+    its label's slug (``model``) where the log accepts it. A case opened under two models is then two records."""
+    from core.app.audit import is_label
+    from core.app.site_models import SUFFIX, slug
+
+    site = st.session_state.get(K.SITE_MODELS, {})
+    whose = "site" if name in site else "yours" if name in st.session_state.get(K.TRAINED_MODELS, {}) else "demo"
+    out = {"fusion": str(lazy_model(name).config.fusion), "models": whose}
+    if name in site and is_label(slug(name.removesuffix(SUFFIX))):
+        out["model"] = slug(name.removesuffix(SUFFIX))
+    return out
+
+
 def lazy_model(name: str) -> LazyModel:
     """The model ``name`` without loading it (see :class:`LazyModel`). It loads as :func:`model_by_name` does,
     also from a background job's thread (the shared cache for demo models; a private copy of a trained one)."""

@@ -46,9 +46,9 @@ source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_fu
                                            "of each cohort in this list; the box below it opens the others by id.")
 _cohort_cases.find_box(top[0])  # only where a cohort of the user has more patients than the list holds
 chrome.save_viewer_settings()
-session.audit("open", "case", once=True, source=source.split(":")[0], case=views.case_number(source, subject_id),
-              patient=_cohort_cases.audited_patient(source, subject_id))
 model_name = views.current_model_name()
+session.audit("open", "case", once=True, source=source.split(":")[0], case=views.case_number(source, subject_id),
+              patient=_cohort_cases.audited_patient(source, subject_id), **views.audit_model(model_name))
 _worst_patients.strip(top[0], (source, subject_id), model_name)  # stepping through the list Cohort & models opened
 with chrome.core_errors():
     # drawn from the prediction cache when the case was seen before (no model loaded, no torch imported);
@@ -87,7 +87,8 @@ with st.container():
         if anyway != views.read_ood(source, subject_id):
             views.set_read_ood(source, subject_id, anyway)
             session.audit("open", "case", source=source.split(":")[0], case=views.case_number(source, subject_id),
-                          ct=("read_anyway" if anyway else "withheld"), patient=_cohort_cases.audited_patient(source, subject_id))
+                          ct=("read_anyway" if anyway else "withheld"), patient=_cohort_cases.audited_patient(source, subject_id),
+                          **views.audit_model(model_name))
             st.rerun()
 
     like = views.image_read(model, source, subject_id).like_training if views.model_reads(model)[0] else None

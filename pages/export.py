@@ -100,7 +100,8 @@ else:
                    "being computed (above); they can be prepared when it is ready.")
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
         with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
-            session.audit("export", "saliency_figure", case=number, method=method, source=audit_source, patient=audited)
+            session.audit("export", "saliency_figure", case=number, method=method, source=audit_source, patient=audited,
+                          **views.audit_model(model_name))
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z),
                 F.scale_map(viewer.plane_slice(amap, "axial", z),  # the one slice, by the whole map's top (kept)
@@ -145,7 +146,8 @@ def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], d
     file's name and its ``path`` in this session's exports (on disk, not in the session's memory)."""
     if st.button(label, key=f"prepare_{slot}", disabled=disabled):
         with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
-            session.audit("export", target, case=number, method=method, source=audit_source, patient=audited)
+            session.audit("export", target, case=number, method=method, source=audit_source, patient=audited,
+                          **views.audit_model(model_name))
             exports[slot] = {"key": ckey, **build()}
 
 
@@ -184,7 +186,8 @@ def prepare_job(slot: str, label: str, target: str, what: str, stem: str, ext: s
     job = _jobs.find(pending[1]) if pending and pending[0] == ckey else None
     if st.button(label, key=f"prepare_{slot}", disabled=amap is None or (job is not None and job.active)):
         with chrome.core_errors(stop=False, what=f"The {what} failed: "):
-            session.audit("export", target, case=number, method=method, source=audit_source, patient=audited)
+            session.audit("export", target, case=number, method=method, source=audit_source, patient=audited,
+                          **views.audit_model(model_name))
             name = figure_export.export_name(stem, number, ext, method=method, demo=is_demo, cohort=of_cohort)
             job = submit(model, source, subject_id, method, horizon, name, amap)
             if job is not None:

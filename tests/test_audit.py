@@ -241,7 +241,16 @@ def test_app_local_mode_says_so_and_audits_as_local(demo_dir: Path) -> None:
     at.run()  # a rerun of the same case is not a second "open"
     new = audit.read_audit()[before:]
     assert [(e["user"], e["action"], e["target"]) for e in new] == [("local", "open", "case")], new
-    assert set(new[0]["details"]) == {"source", "case"} and new[0]["details"]["source"] == "demo"
+    assert set(new[0]["details"]) == {"source", "case", "fusion", "models"} and new[0]["details"]["source"] == "demo"
+    # which model the case was read with (a strategy, whose model): the same case under another model is another record
+    from core.app.demo_install import DEFAULT_FUSION
+
+    assert (new[0]["details"]["fusion"], new[0]["details"]["models"]) == (DEFAULT_FUSION, "demo")
+    at.session_state["model_name"] = "ehr_only"  # the sidebar's model
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    again = audit.read_audit()[before + 1:]
+    assert [(e["action"], e["details"]["fusion"], e["details"]["models"]) for e in again] == [("open", "ehr_only", "demo")]
 
 
 def test_app_without_sign_in_refuses_a_non_loopback_address(demo_dir: Path) -> None:

@@ -135,6 +135,11 @@ def test_every_user_reads_a_site_model_against_its_own_cohort_and_cannot_delete_
         assert any("patients of the cohort this model was trained on (its held-out test split)" in c.value
                    for c in at.caption), [c.value for c in at.caption]
         assert (copy / "test_predictions.npz").is_file()  # its reference curves, kept in its folder
+        from core.app.audit import read_audit  # the case was read with the site model: the audit log says which
+
+        opened = [r for r in read_audit(data_dir / "audit" / "audit.jsonl") if r["action"] == "open"][-1]["details"]
+        assert (opened["fusion"], opened["models"], opened["model"]) == (demo_install.DEFAULT_FUSION, "site",
+                                                                          "lung-ct-2025")
         at.switch_page("pages/cohort_models.py").run()
         _wait_for_jobs()  # its evaluation on the test split of its cohort
         at.run()
@@ -143,7 +148,8 @@ def test_every_user_reads_a_site_model_against_its_own_cohort_and_cannot_delete_
                    for c in at.caption), [c.value for c in at.caption]
         assert any(c.value.startswith("A site model: trained on the site's cohort and added for every user")
                    for c in at.caption)
-        assert not at.get("popover") and not any("orders worst" in m.value for m in at.markdown)
+        assert not [b for b in at.button if str(b.key).startswith("delete_model_")]  # no "Delete this model"
+        assert not any("orders worst" in m.value for m in at.markdown)
         want = evaluate_model(copy, cohort, split="test")["c_index"]
         assert json.loads((copy / "test_metrics.json").read_text())["metrics"]["c_index"] == pytest.approx(want)
     finally:
