@@ -26,6 +26,7 @@ from core.app import workspace as workspaces
 from core.io.study_cache import VIEWER_NIFTI
 from pages import _case_store, _cohort_cases
 from pages import _state as K
+from pages import _whose
 from pages._case_store import data_cache_dir, prediction_cache, study_cache
 from pages._memo import memo
 from pages._session import user_id
@@ -108,8 +109,8 @@ def own_model_controls(name: str) -> None:
     models was trained on it), behind a confirmation: what the disk quota's message asks of the user. Nothing for a
     demo model."""
     path = st.session_state.get(K.TRAINED_MODELS, {}).get(name)
-    if path is None or name in st.session_state.get(K.SITE_MODELS, {}):
-        if name in st.session_state.get(K.SITE_MODELS, {}):
+    if path is None or _whose.is_site(name):
+        if _whose.is_site(name):
             st.caption("A site model: trained on the site's cohort and added for every user of this server by its "
                        "administrator, who alone can remove it.")
         return
@@ -138,7 +139,7 @@ def model_by_name(name: str) -> Any:
     if name not in models:
         raise ValueError(f"model: got {name!r}, not available; fix: pick a model in the sidebar")
     path = models[name]
-    if name in st.session_state.get(K.TRAINED_MODELS, {}) and name not in st.session_state.get(K.SITE_MODELS, {}):
+    if _whose.whose(name) == "yours":
         key = ("model", str(path))
         return memo(key, lambda: _load_model_uncached(str(path), _device_name()))
     return shared_model(str(path), stamp(path))
@@ -228,21 +229,6 @@ def _in_script_thread() -> bool:
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     return get_script_run_ctx() is not None
-
-
-def audit_model(name: str) -> dict[str, str]:
-    """What the audit log records of the model in use (``core.app.audit`` takes labels the code chose, never a
-    user's text): its strategy (``fusion``), whose model it is (``models``: demo, site or yours) and, for a site model,
-    its label's slug (``model``) where the log accepts it. A case opened under two models is then two records."""
-    from core.app.audit import is_label
-    from core.app.site_models import SUFFIX, slug
-
-    site = st.session_state.get(K.SITE_MODELS, {})
-    whose = "site" if name in site else "yours" if name in st.session_state.get(K.TRAINED_MODELS, {}) else "demo"
-    out = {"fusion": str(lazy_model(name).config.fusion), "models": whose}
-    if name in site and is_label(slug(name.removesuffix(SUFFIX))):
-        out["model"] = slug(name.removesuffix(SUFFIX))
-    return out
 
 
 def lazy_model(name: str) -> LazyModel:

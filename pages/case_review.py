@@ -16,6 +16,7 @@ from pages import _reference as refs
 from pages import _review as review
 from pages import _session as session
 from pages import _state as K
+from pages import _whose
 from pages import _worst_patients
 
 chrome.require_app_navigation()
@@ -47,13 +48,14 @@ source, subject_id = top[0].selectbox("Case", list(cases), key=K.CASE, format_fu
 _cohort_cases.find_box(top[0])  # only where a cohort of the user has more patients than the list holds
 chrome.save_viewer_settings()
 model_name = views.current_model_name()
-session.audit("open", "case", once=True, source=source.split(":")[0], case=views.case_number(source, subject_id),
-              patient=_cohort_cases.audited_patient(source, subject_id), **views.audit_model(model_name))
 _worst_patients.strip(top[0], (source, subject_id), model_name)  # stepping through the list Cohort & models opened
 with chrome.core_errors():
     # drawn from the prediction cache when the case was seen before (no model loaded, no torch imported);
     # the model and its inputs load on first use (the overlay, a sanity check)
     model = views.current_lazy_model()
+    session.audit("open", "case", once=True, source=source.split(":")[0], case=views.case_number(source, subject_id),
+                  patient=_cohort_cases.audited_patient(source, subject_id),
+                  **_whose.audit_details(model_name, model.config.fusion))
     volume = views.case_volume(source, subject_id)
     view = views.case_view(model, source, subject_id)
     pred, events = view.prediction, view.events
@@ -88,7 +90,7 @@ with st.container():
             views.set_read_ood(source, subject_id, anyway)
             session.audit("open", "case", source=source.split(":")[0], case=views.case_number(source, subject_id),
                           ct=("read_anyway" if anyway else "withheld"), patient=_cohort_cases.audited_patient(source, subject_id),
-                          **views.audit_model(model_name))
+                          **_whose.audit_details(model_name, model.config.fusion))
             st.rerun()
 
     like = views.image_read(model, source, subject_id).like_training if views.model_reads(model)[0] else None

@@ -25,6 +25,7 @@ from pages import _model_views as views
 from pages import _reference as refs
 from pages import _session as session
 from pages import _state as K
+from pages import _whose
 from pages import _worst_patients
 
 chrome.require_app_navigation()
@@ -240,27 +241,12 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
                  placeholder=metric_views.NOT_AVAILABLE)
 
 
-def cohort_label(cohort_dir: str, n_models: int) -> str:
-    """How the comparison names the cohort a group of models was trained on: the demo, a site model's (by its
-    folder's name), or one of the user's by when it was uploaded or built (``core.app.user_cohorts.describe``)."""
-    from core.app.user_cohorts import describe
-
-    count = f" ({n_models} model{'' if n_models == 1 else 's'})" if n_models else ""
-    if Path(cohort_dir) == demo_dir:
-        return f"the demo cohort{count}"
-    if str(cohort_dir) in {str(c) for n, c in st.session_state.get(K.TRAINED_COHORTS, {}).items()
-                           if n in st.session_state.get(K.SITE_MODELS, {})}:
-        return f"the site's cohort {Path(cohort_dir).name}{count}"  # a site model's (core.app.site_models)
-    return f"your {describe(Path(cohort_dir).name)}{count}"
-
-
 with tab_model:
     cohort_dir = Path(st.session_state.get(K.TRAINED_COHORTS, {}).get(name, demo_dir))
     # a site model's cohort is the site's, not yours (a copy of it recalibrated to your cohort is evaluated there too)
-    site = str(cohort_dir) in {c for n, c in st.session_state.get(K.TRAINED_COHORTS, {}).items()
-                               if n in st.session_state.get(K.SITE_MODELS, {})}
+    site = str(cohort_dir) in _whose.site_cohorts()
     own = name in trained and cohort_dir != demo_dir and not site
-    st.caption(f"Model **{name}**, evaluated on the test split of " + (cohort_label(str(cohort_dir), 0) if site else
+    st.caption(f"Model **{name}**, evaluated on the test split of " + (_whose.cohort_label(str(cohort_dir), 0) if site else
                _cohort_cases.label_of(cohort_dir) if own else "the synthetic demo cohort") + ".")
     views.own_model_controls(name)  # delete one of your own models (the disk quota counts them)
     _cohort_cases.review_button(cohort_dir)  # its test patients, one by one in Case review
@@ -312,7 +298,7 @@ with tab_compare:
     here = next((c for c, g in groups.items() if name in g), next(iter(groups), None))
     if len(groups) > 1:  # models of different cohorts are not compared: each is scored on its own cohort's test split
         here = st.selectbox("Models trained on", list(groups), index=list(groups).index(here), key="compare_cohort",
-                            format_func={c: cohort_label(c, len(g)) for c, g in groups.items()}.__getitem__)
+                            format_func={c: _whose.cohort_label(c, len(g)) for c, g in groups.items()}.__getitem__)
     todo = groups.get(here, {}) if here else {}
     st.caption("Every model trained on this cohort, on the same test split: the best fusion depends on the task. "
                "Evaluations are kept on disk, so the table appears at once after the first time.")
@@ -326,7 +312,7 @@ with tab_compare:
     elif len(todo) == 1:
         st.info(f"Only {next(iter(todo))} was trained on this cohort: its metrics are on the Selected model tab. "
                 + ("The administrator adds other strategies trained on it as site models to compare them."
-                   if next(iter(todo)) in st.session_state.get(K.SITE_MODELS, {}) else
+                   if _whose.is_site(next(iter(todo))) else
                    f"Train more strategies on it (Train on your cohort, \"{EVERY}\") to compare them."),
                 icon=":material/info:")
     elif todo:
@@ -361,8 +347,7 @@ def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: 
     workspace.check_cohort_zip(upload)  # the table's errors now, not after a job has started
     chosen = {name: str(models[name]), **({n: str(p) for n, p in models.items() if n != name} if every else {})}
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
-    whose = "site" if name in st.session_state.get(K.SITE_MODELS, {}) else "yours" if name in trained else "demo"
-    session.audit("validate", str(fusion), source=whose, models=len(chosen),
+    session.audit("validate", str(fusion), source=_whose.whose(name), models=len(chosen),
                   recalibrate=bool(recalibrate_to))
     recal = _recalibration.spec(name, Path(models[name]), user, recalibrate_to) if recalibrate_to else None
     job = _jobs.submit(f"Validating {name}" + (f" and {len(chosen) - 1} more" if len(chosen) > 1 else ""),

@@ -21,6 +21,7 @@ from pages import _outputs as outputs
 from pages import _session as session
 from pages import _state as K
 from pages import _viewer
+from pages import _whose
 from pages._memo import memo
 
 chrome.require_app_navigation()
@@ -101,7 +102,7 @@ else:
     if st.button("Prepare the saliency figure", type="primary", key="prepare_figure", disabled=amap is None):
         with st.spinner("Rendering..."), chrome.core_errors(stop=False, what="Export failed: "):
             session.audit("export", "saliency_figure", case=number, method=method, source=audit_source, patient=audited,
-                          **views.audit_model(model_name))
+                          **_whose.audit_details(model_name, model.config.fusion))
             fig = F.slice_overlay(
                 viewer.plane_slice(volume.hu, "axial", z),
                 F.scale_map(viewer.plane_slice(amap, "axial", z),  # the one slice, by the whole map's top (kept)
@@ -147,7 +148,7 @@ def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], d
     if st.button(label, key=f"prepare_{slot}", disabled=disabled):
         with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
             session.audit("export", target, case=number, method=method, source=audit_source, patient=audited,
-                          **views.audit_model(model_name))
+                          **_whose.audit_details(model_name, model.config.fusion))
             exports[slot] = {"key": ckey, **build()}
 
 
@@ -187,7 +188,7 @@ def prepare_job(slot: str, label: str, target: str, what: str, stem: str, ext: s
     if st.button(label, key=f"prepare_{slot}", disabled=amap is None or (job is not None and job.active)):
         with chrome.core_errors(stop=False, what=f"The {what} failed: "):
             session.audit("export", target, case=number, method=method, source=audit_source, patient=audited,
-                          **views.audit_model(model_name))
+                          **_whose.audit_details(model_name, model.config.fusion))
             name = figure_export.export_name(stem, number, ext, method=method, demo=is_demo, cohort=of_cohort)
             job = submit(model, source, subject_id, method, horizon, name, amap)
             if job is not None:
