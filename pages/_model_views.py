@@ -108,11 +108,12 @@ def own_model_controls(name: str) -> None:
     """For a model this user trained here: a button that deletes it (and its kept cohort when no other of their
     models was trained on it), behind a confirmation: what the disk quota's message asks of the user. Nothing for a
     demo model."""
+    if _whose.is_site(name):
+        st.caption("A site model: trained on the site's cohort and added for every user of this server by its "
+                   "administrator, who alone can remove it.")
+        return
     path = st.session_state.get(K.TRAINED_MODELS, {}).get(name)
-    if path is None or _whose.is_site(name):
-        if _whose.is_site(name):
-            st.caption("A site model: trained on the site's cohort and added for every user of this server by its "
-                       "administrator, who alone can remove it.")
+    if path is None:
         return
     with st.popover("Delete this model", icon=":material/delete:"):
         st.write(f"**{name}** and its files are removed from your folder (its cohort too, when no other of your "
@@ -238,7 +239,7 @@ def lazy_model(name: str) -> LazyModel:
     if name not in models:
         raise ValueError(f"model: got {name!r}, not available; fix: pick a model in the sidebar")
     path = models[name]
-    trained = name in st.session_state.get(K.TRAINED_MODELS, {})
+    trained = _whose.whose(name) == "yours"  # a site model is shared, as a demo model
 
     def load() -> Any:
         if _in_script_thread():
