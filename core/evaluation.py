@@ -237,7 +237,7 @@ def save_metrics(path: Path, metrics: dict, stamp: float) -> None:
     from core.registry import write_json
 
     tmp = partial_name(path)  # two sessions may save the same model's evaluation at once
-    write_json(tmp, {"stamp": stamp, "metrics": json.loads(json.dumps(metrics, default=_plain))})
+    write_json(tmp, {"stamp": stamp, "metrics": json.loads(json.dumps(metrics, default=json_plain))})
     tmp.replace(path)
 
 
@@ -272,7 +272,8 @@ def read_saved_metrics(path: Path, stamp: float, *, with_risk: bool = False) -> 
     return None if found is None or (with_risk and "subject_risk" not in found) else found
 
 
-def _plain(o: Any) -> Any:
+def json_plain(o: Any) -> Any:
+    """``json.dumps``' ``default`` for metrics: numpy numbers and arrays as plain ones, anything else as its text."""
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -31,13 +31,18 @@ def spec(name: str, model_dir: Path, user: str, site: str) -> dict[str, str]:
             "label": f"{name} recalibrated to {site} ({stamp[:8]})", "site": site}
 
 
-def show(report: dict) -> None:
-    """The recalibration's result: the copy's name, a and b, and calibration before and after (cross-fitted)."""
+def show(report: dict, listed: bool = True) -> None:
+    """The recalibration's result: the copy's name, a and b, and calibration before and after (cross-fitted);
+    ``listed``: the copy is still among the user's models (an earlier validation's copy may have been deleted)."""
     if "error" in report:
         st.warning(f"No recalibrated copy: {chrome.md(report['error'])}", icon=":material/warning:")
         return
-    st.success(f"Saved **{report['label']}** to your models: pick it in the sidebar to score your patients with "
-               "risks recalibrated to this cohort.", icon=":material/check_circle:")
+    if listed:
+        st.success(f"Saved **{report['label']}** to your models: pick it in the sidebar to score your patients with "
+                   "risks recalibrated to this cohort.", icon=":material/check_circle:")
+    else:
+        st.info(f"A recalibrated copy was saved as **{report['label']}**; it is no longer among your models.",
+                icon=":material/info:")
     def ci(key: str) -> str:
         v = report.get(f"{key}_ci")
         return f" (95% CI {v[0]:.2f} to {v[1]:.2f})" if v else ""

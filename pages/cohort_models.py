@@ -25,6 +25,7 @@ from pages import _model_views as views
 from pages import _reference as refs
 from pages import _session as session
 from pages import _state as K
+from pages import _validations
 from pages import _whose
 from pages import _worst_patients
 
@@ -333,11 +334,11 @@ with tab_compare:
 VALIDATE_KEY = "validate"
 
 
-def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: str | None = None) -> None:
+def start_validation(upload: bytes, upload_name: str, subgroup: str, every: bool, recalibrate: bool = False) -> None:
     """Queue the external validation of the selected model (``every``: of every model in the sidebar's list, the
-    selected one first) on an uploaded cohort zip as this user's background job (per group of ``subgroup`` too,
-    when it names a column); ``recalibrate_to`` (the upload's name): also save a copy of the selected model
-    recalibrated to it."""
+    selected one first) on an uploaded cohort zip (file name ``upload_name``) as this user's background job (per group
+    of ``subgroup`` too, when it names a column), kept in the user's folder when it ends; ``recalibrate``: also save a
+    copy of the selected model recalibrated to it."""
     import json
 
     from core.app.background import validate_uploaded_job
@@ -348,11 +349,11 @@ def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: 
     chosen = {name: str(models[name]), **({n: str(p) for n, p in models.items() if n != name} if every else {})}
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
     session.audit("validate", str(fusion), source=_whose.whose(name), models=len(chosen),
-                  recalibrate=bool(recalibrate_to))
-    recal = _recalibration.spec(name, Path(models[name]), user, recalibrate_to) if recalibrate_to else None
+                  recalibrate=recalibrate)
+    recal = _recalibration.spec(name, Path(models[name]), user, upload_name) if recalibrate else None
     job = _jobs.submit(f"Validating {name}" + (f" and {len(chosen) - 1} more" if len(chosen) > 1 else ""),
                        validate_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), chosen,
-                       runtime.device_name(), subgroup.strip() or None, recal,
+                       runtime.device_name(), subgroup.strip() or None, recal, upload_name,
                        key=f"{VALIDATE_KEY}:{'|'.join(chosen)}:{subgroup.strip()}:{bool(recal)}:"
                            f"{hashlib.sha256(upload).hexdigest()[:16]}",
                        heavy=True)
@@ -361,25 +362,25 @@ def start_validation(upload: bytes, subgroup: str, every: bool, recalibrate_to: 
         st.rerun()
 
 
-def show_validation(results: dict[str, dict], validated: str) -> None:
+def show_validation(results: dict[str, dict], validated: str, key: str = "validate") -> None:
     """An external validation's results: the comparison table when several models were evaluated, then the
-    selected model's metrics, curves and subgroups."""
+    selected model's metrics, curves and subgroups (``key`` keeps two validations on one page apart)."""
     if len(results) > 1:
         st.markdown("**Every model on your cohort**")
-    metric_views.show_comparison(results, name, "validate", "external_validation.csv", "Download the metrics (CSV)",
+    metric_views.show_comparison(results, name, key, "external_validation.csv", "Download the metrics (CSV)",
                                  paired=(results.get(validated) or {}).get("fusion_gain"))
     m = results.get(validated)
     if not m or "error" in m:
         return
     st.markdown(f"**{validated}** on every patient of the uploaded cohort (censoring weights from that cohort's own "
                 "follow-up).")
-    show_evaluation(m, "your cohort", lambda: m["risk_groups"], key="validate")
-    _worst_patients.show(m, None, validated, "uploaded cohort", key="validate_worst")  # its patients in your records
+    show_evaluation(m, "your cohort", lambda: m["risk_groups"], key=key)
+    _worst_patients.show(m, None, validated, "uploaded cohort", key=f"{key}_worst")  # its patients in your records
     if m.get("subgroups"):
         st.markdown(f"**Subgroups by {chrome.md(m['subgroups'].get('column'))}**")
-        metric_views.show_subgroups(m["subgroups"], m.get("c_index"), key="validate")
+        metric_views.show_subgroups(m["subgroups"], m.get("c_index"), key=key)
     if m.get("recalibration"):
-        _recalibration.show(m["recalibration"])
+        _recalibration.show(m["recalibration"], listed=m["recalibration"].get("label") in models)
 
 
 with tab_validate:
@@ -406,7 +407,7 @@ with tab_validate:
                                         key="validate_button", disabled=not ready,
                                         help=None if ready else "Fix what is said above, then upload the zip again"):
         with chrome.core_errors(stop=False, what="Validation not started: "):
-            start_validation(up_val.getvalue(), group_by, every, up_val.name if recal else None)
+            start_validation(up_val.getvalue(), up_val.name, group_by, every, recal)
     from core.jobs import default_queue
 
     job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)
@@ -418,6 +419,9 @@ with tab_validate:
     elif vjob is not None and _jobs.outcome(vjob):
         with chrome.core_errors(stop=False):
             show_validation(vjob.result, str(validated))
+    if (earlier := _validations.pick()) is not None:  # kept in the user's folder: after a restart too
+        with chrome.core_errors(stop=False):
+            show_validation(*earlier, key="kept_validation")
 
 with tab_train:
     st.markdown(

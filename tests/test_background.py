@@ -143,7 +143,7 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     both = validate_uploaded_job(_ctx(seen, breaks), _zip(src), str(cohorts),
                                  {"ehr_only": str(SHIPPED_MODELS / "ehr_only"), "broken": str(tmp_path / "no_model"),
                                   "image_only": str(SHIPPED_MODELS / "image_only")},
-                                 subgroup="sex_female")
+                                 subgroup="sex_female", keep="site_b.zip")
     res = both["ehr_only"]
     assert both["broken"]["error"].startswith("model: got ")  # a later model's error is its row, not the job's end
     assert both["ehr_only"]["unread"] == 0  # no CT in this cohort: image_only read nothing, and says so
@@ -168,11 +168,21 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     assert seen == sorted(seen) and seen[-1] == 1.0 and any(0.1 < f < 0.95 for f in seen)  # gate, predictions
     assert len(breaks) == 2 and 0.1 < breaks[0] <= breaks[1] < 0.95  # way made between the three models
     assert list(cohorts.iterdir()) == []
+    # kept in the user's folder (the one holding the cohorts folder), whole: the same numbers read back
+    from core.app import validations
+    from core.evaluation import json_plain
+
+    (kept,) = validations.listing(cohorts.parent)
+    assert (kept.validated, kept.others, kept.upload, kept.subgroup, kept.patients) == (
+        "ehr_only", ("broken", "image_only"), "site_b.zip", "sex_female", 90)
+    assert kept.c_index == pytest.approx(res["c_index"]) and validations.load(cohorts.parent, kept.id) == json.loads(
+        json.dumps(both, default=json_plain))
     table[["subject_id"]].to_csv(src / "cohort.csv", index=False)
-    with pytest.raises(InputError) as err:
-        validate_uploaded_job(_ctx(), _zip(src), str(cohorts), {"ehr_only": str(SHIPPED_MODELS / "ehr_only")})
+    with pytest.raises(InputError) as err:  # a validation that stops keeps nothing
+        validate_uploaded_job(_ctx(), _zip(src), str(cohorts), {"ehr_only": str(SHIPPED_MODELS / "ehr_only")},
+                              keep="site_c.zip")
     assert str(err.value).startswith("time: got absent, cohort.csv gives no outcomes") and str(cohorts) not in str(err.value)
-    assert list(cohorts.iterdir()) == []
+    assert list(cohorts.iterdir()) == [] and [k.upload for k in validations.listing(cohorts.parent)] == ["site_b.zip"]
 
 
 def test_a_cohort_with_phi_is_not_validated_on(tmp_path: Path) -> None:

@@ -256,6 +256,9 @@ def choose(pg: object, label: str, option: str | re.Pattern[str]) -> None:
     """Pick ``option`` in the select box ``label`` (a text matches case-insensitively anywhere, spaces trimmed: use a
     pattern to anchor it)."""
     box = pg.locator('[data-testid="stSelectbox"]').filter(has_text=label).first  # type: ignore[attr-defined]
+    # a box below the fold: scrolled to first, since the list a click opens closes on the scroll that click starts
+    box.scroll_into_view_if_needed()
+    pg.wait_for_timeout(300)  # type: ignore[attr-defined]
     # streamlit 1.67 renders a react-aria combobox (older versions a baseweb select)
     box.locator('[role="combobox"], div[data-baseweb="select"]').first.click()
     pg.locator('[role="option"]').filter(has_text=option).first.click()  # type: ignore[attr-defined]
@@ -647,6 +650,20 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     every = pd.read_csv(info.value.path(), dtype={"subject_id": str})
     assert sorted(every["subject_id"]) == sorted(table["subject_id"].astype(str))
     assert round(every["concordant"].sum() / every["comparable"].sum(), 3) == round(c_of[current], 3)
+    # kept in the user's folder: listed after a reload, shown again with the same C-index, removed with one click
+    pg.reload()  # type: ignore[attr-defined]
+    settle(pg)
+    pg.get_by_role("tab", name="Validate on your cohort").click()  # type: ignore[attr-defined]
+    settle(pg)
+    choose(pg, "Kept in your folder", "site_cohort.zip")
+    settle(pg)
+    assert selected(pg, "Kept in your folder").endswith(
+        f" · {current} and 2 more on site_cohort.zip · C {c_of[current]:.3f} · 60 patients")
+    assert re.search(rf"{current} validated on site_cohort.zip on 20\d\d-\d\d-\d\d \d\d:\d\d, beside \w+, \w+, "
+                     "per group of sex_female.", panel.inner_text())
+    panel.get_by_role("button", name="Remove", exact=True).click()
+    settle(pg)
+    assert "Earlier validations" not in panel.inner_text()
     # a laptop with the sidebar open (800 px): each plot's two panel titles still side by side, apart
     pg.set_viewport_size({"width": 800, "height": 1200})  # type: ignore[attr-defined]
     pg.wait_for_timeout(1500)  # type: ignore[attr-defined]

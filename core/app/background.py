@@ -166,7 +166,8 @@ def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str, tag: str = "") 
 
 
 def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models: dict[str, str], device: str = "cpu",
-                          subgroup: str | None = None, recalibrate: dict[str, str] | None = None) -> dict[str, dict]:
+                          subgroup: str | None = None, recalibrate: dict[str, str] | None = None,
+                          keep: str | None = None) -> dict[str, dict]:
     """An external validation: a zipped cohort the models never saw, gated and unpacked as for training, and each
     model of ``models`` ({name: model folder}) evaluated on every subject (``core.evaluation.evaluate_model`` with
     split "all", three risk groups, and per group of ``subgroup``, a column of its cohort.csv or features.csv, when
@@ -180,7 +181,9 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     ``recalibrate`` ({"out", "label", "base_cohort", "site"}): the first model is also recalibrated to this cohort
     (:func:`core.recalibrate.recalibrate_model`) into ``out``, listed among the user's models as ``label`` (its
     ``base_cohort``, the original's, is where the app evaluates it); the report, or {"error": text}, is the first
-    model's ``recalibration``. Between two models it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile."""
+    model's ``recalibration``. Between two models it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
+    ``keep`` (the upload's file name): the result is also kept in the user's folder (``core.app.validations``)."""
+    from core.app import validations
     from core.errors import InputError
     from core.evaluation import ALL_SPLITS, evaluate_model, paired_fusion_gain
 
@@ -214,30 +217,16 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
         if recalibrate:
             first = next(iter(models))
             try:
-                out[first]["recalibration"] = _recalibrated_copy(ctx, models[first], cohort_dir, recalibrate, device)
+                out[first]["recalibration"] = validations.recalibrated_copy(ctx, models[first], cohort_dir, recalibrate,
+                                                                            device)
             except (InputError, OSError) as err:  # the validation above is still shown
                 out[first]["recalibration"] = {"error": inside(" ".join(str(err).split()))}
     finally:
         remove_unpacked(cohorts_dir, cohort_dir)
+    if keep is not None:  # the user's folder holds the cohorts folder
+        validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup)
     ctx.progress(1.0, "done")
     return out
-
-
-def _recalibrated_copy(ctx: JobContext, model_dir: str, cohort_dir: Path, spec: dict[str, str], device: str) -> dict:
-    """:func:`core.recalibrate.recalibrate_model` of ``model_dir`` on every subject of ``cohort_dir`` into
-    ``spec["out"]``, marked as a model of this user (``trained_models`` lists it, evaluated on ``base_cohort``)."""
-    import time
-
-    from core.evaluation import ALL_SPLITS
-    from core.recalibrate import recalibrate_model
-
-    report = recalibrate_model(model_dir, cohort_dir, spec["out"], split=ALL_SPLITS, device=device, label=spec["site"],
-                               progress=lambda f, m: ctx.progress(0.85 + 0.15 * f, f"recalibrating: {m}"))
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    (Path(spec["out"]) / TRAINED_MARKER).write_text(json.dumps({
-        "cohort_dir": spec["base_cohort"], "fusion": config.get("fusion"), "label": spec["label"],
-        "recalibrated_from": str(model_dir), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    return {**report, "label": spec["label"]}
 
 
 def train_job(ctx: JobContext, cohort_dir: str, fusion: str, out: str, epochs: int, *, label: str = "",

@@ -1,0 +1,145 @@
+"""External validations kept on disk, and a validated model's recalibrated copy.
+
+A validation of a model on a cohort a site uploaded is a result people come back to (a committee, a colleague on
+another day), so the job that computes it (``core.app.background.validate_uploaded_job``) also keeps it in the user's
+own folder: ``users/<key>/validations/<id>.json`` holds a short summary (when, the validated model and the others, the
+upload's name, the subgroup column, the validated model's C-index, patients and events) that the page lists without
+reading the results, and ``<id>.result.json`` the job's whole result (metrics, curves, each patient's risk and outcome,
+the recalibration's report). Both are mode 0600 in a 0700 folder, written whole (a temporary file renamed), and kept
+after the tab closes or the server restarts; a user keeps at most :data:`MAX_KEPT` (the oldest go first) and removes
+one from the page. Nothing in them is trusted when read back: a file that is not a summary written here is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.app.workspace import TRAINED_MARKER, private_dir
+from core.job_state import JobContext
+
+FOLDER = "validations"  # users/<key>/validations
+MAX_KEPT = 30  # a result holds each patient's risk and outcome: up to about 1 MB for 10,000 patients
+_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One kept validation as listed: ``id``, ``at`` ("YYYY-MM-DD HH:MM", the server's local time), the ``validated``
+    model's name, the ``others`` evaluated beside it, the ``upload``'s file name, the ``subgroup`` column ("" none),
+    the validated model's ``c_index`` (None: not computed), ``patients`` and ``events``."""
+
+    id: str
+    at: str
+    validated: str
+    others: tuple[str, ...]
+    upload: str
+    subgroup: str
+    c_index: float | None
+    patients: int
+    events: int
+
+    def label(self) -> str:
+        """One line for a picker: ``2026-11-29 17:40 · ehr_only (demo) on site_b.zip · C 0.662 · 120 patients``."""
+        c = f"C {self.c_index:.3f}" if self.c_index is not None else "C not computed"
+        more = f" and {len(self.others)} more" if self.others else ""
+        return f"{self.at} · {self.validated}{more} on {self.upload} · {c} · {self.patients} patients"
+
+
+def folder(user_dir: Path | str) -> Path:
+    """``<user_dir>/validations`` (mode 0700), created on first use."""
+    return private_dir(Path(user_dir) / FOLDER)
+
+
+def _write(path: Path, data: Any) -> None:
+    from core.evaluation import json_plain  # the metrics hold numpy numbers and arrays
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, default=json_plain)
+    os.replace(tmp, path)
+
+
+def save(user_dir: Path | str, results: dict[str, dict], validated: str, upload: str, subgroup: str | None = None,
+         now: float | None = None) -> str:
+    """Keep ``results`` (``validate_uploaded_job``'s {model name: metrics}, ``validated`` the model the user chose)
+    of the cohort uploaded as ``upload`` (its file name) for the user of ``user_dir``; the oldest beyond
+    :data:`MAX_KEPT` go. Returns the new validation's id."""
+    if validated not in results:
+        raise ValueError(f"validated: {validated!r} is not among the results {sorted(results)}; fix: pass the name "
+                         "of the model the validation was started for")
+    stamp = now if now is not None else time.time()
+    kept_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}-{secrets.token_hex(4)}"
+    first = results[validated]
+    base = folder(user_dir)
+    _write(base / f"{kept_id}.result.json", results)  # the summary last: a listed validation always has its result
+    _write(base / f"{kept_id}.json", {
+        "at": time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)), "validated": validated,
+        "others": [n for n in results if n != validated], "upload": str(upload), "subgroup": subgroup or "",
+        "c_index": first.get("c_index"), "patients": int(first.get("n") or 0),
+        "events": int(first.get("events") or 0)})
+    for old in listing(user_dir)[MAX_KEPT:]:
+        remove(user_dir, old.id)
+    return kept_id
+
+
+def _summary(path: Path) -> Kept | None:
+    try:
+        raw = json.loads(path.read_text())
+        c = raw["c_index"]
+        return Kept(path.name[:-len(".json")], str(raw["at"]), str(raw["validated"]),
+                    tuple(str(n) for n in raw["others"]), str(raw["upload"]), str(raw["subgroup"]),
+                    None if c is None else float(c), int(raw["patients"]), int(raw["events"]))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None  # removed meanwhile, being written, or not written here
+
+
+def listing(user_dir: Path | str) -> list[Kept]:
+    """The user's kept validations, newest first (ids start with the time they were kept)."""
+    base = Path(user_dir) / FOLDER
+    if not base.is_dir():
+        return []
+    found = (_summary(p) for p in base.glob("*.json") if _ID.fullmatch(p.name[:-len(".json")]))
+    return sorted((k for k in found if k is not None), key=lambda k: k.id, reverse=True)
+
+
+def load(user_dir: Path | str, kept_id: str) -> dict[str, dict] | None:
+    """The whole result of the kept validation ``kept_id``, or None (no such validation, or a damaged file)."""
+    if not _ID.fullmatch(str(kept_id)):
+        return None
+    try:
+        raw = json.loads((Path(user_dir) / FOLDER / f"{kept_id}.result.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) and all(isinstance(v, dict) for v in raw.values()) else None
+
+
+def remove(user_dir: Path | str, kept_id: str) -> None:
+    """Remove the kept validation ``kept_id`` (its summary first, so that it is never listed without its result)."""
+    if not _ID.fullmatch(str(kept_id)):
+        raise ValueError(f"kept_id: {kept_id!r} is not a validation's id; fix: pass an id from listing()")
+    base = Path(user_dir) / FOLDER
+    (base / f"{kept_id}.json").unlink(missing_ok=True)
+    (base / f"{kept_id}.result.json").unlink(missing_ok=True)
+
+
+def recalibrated_copy(ctx: JobContext, model_dir: str, cohort_dir: Path, spec: dict[str, str], device: str) -> dict:
+    """:func:`core.recalibrate.recalibrate_model` of ``model_dir`` on every subject of ``cohort_dir`` into
+    ``spec["out"]``, marked as a model of this user (``trained_models`` lists it, evaluated on ``base_cohort``)."""
+    from core.evaluation import ALL_SPLITS
+    from core.recalibrate import recalibrate_model
+
+    report = recalibrate_model(model_dir, cohort_dir, spec["out"], split=ALL_SPLITS, device=device, label=spec["site"],
+                               progress=lambda f, m: ctx.progress(0.85 + 0.15 * f, f"recalibrating: {m}"))
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    (Path(spec["out"]) / TRAINED_MARKER).write_text(json.dumps({
+        "cohort_dir": spec["base_cohort"], "fusion": config.get("fusion"), "label": spec["label"],
+        "recalibrated_from": str(model_dir), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    return {**report, "label": spec["label"]}

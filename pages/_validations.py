@@ -1,0 +1,38 @@
+"""Cohort & models > Validate: the user's earlier external validations (``core.app.validations``), picked from a list
+and shown again as when they ended, or removed."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.app import validations, workspace
+from pages import _chrome as chrome
+from pages import _jobs
+
+def pick() -> tuple[dict[str, dict], str] | None:
+    """A picker of the user's kept validations (nothing drawn when there are none); returns the chosen one's result
+    and the name of the model it validated, or None (none chosen, or it cannot be read: said on the page)."""
+    user_dir = workspace.user_root(_jobs.owner())
+    kept = {k.id: k for k in validations.listing(user_dir)}
+    if not kept:
+        return None
+    labels = {i: k.label() for i, k in kept.items()}
+    st.markdown("**Earlier validations**")
+    c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+    chosen = c1.selectbox("Kept in your folder, newest first (they stay after you close the page)", list(labels),
+                          index=None, placeholder=f"Choose one of {len(kept)}", format_func=labels.__getitem__,
+                          key="kept_validation")
+    if chosen is None or chosen not in kept:
+        return None
+    if c2.button("Remove", key="kept_validation_remove", help="Remove this validation from your folder"):
+        validations.remove(user_dir, chosen)
+        st.rerun()
+    found = validations.load(user_dir, chosen)
+    if found is None or kept[chosen].validated not in found:
+        st.warning(f"The validation of {chrome.md(kept[chosen].label())} cannot be read (a damaged file): remove it.",
+                   icon=":material/warning:")
+        return None
+    k = kept[chosen]
+    st.caption(f"{k.validated} validated on {k.upload} on {k.at}" + (f", beside {', '.join(k.others)}" if k.others else "")
+               + (f", per group of {k.subgroup}" if k.subgroup else "") + ".")
+    return found, k.validated

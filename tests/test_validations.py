@@ -1,0 +1,107 @@
+"""External validations kept on disk (core.app.validations): a validation ends in the user's folder, is listed
+newest first, shown again on Cohort & models after the server restarted (nothing of it in memory), and removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.app import demo_install, validations, workspace
+from tests.test_app import _app, _no_exception, build_test_demo, using_data_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with using_data_dir(build_test_demo(tmp_path_factory)) as base:
+        yield base
+
+
+def _result(c: float, n: int = 40) -> dict[str, dict]:
+    return {"ehr_only": {"c_index": c, "n": n, "events": 12, "subject_risk": {"ids": ["a", "b"], "risk": [0.1, 0.2],
+                                                                              "time": [5.0, 9.0], "event": [1, 0]}},
+            "concat": {"error": "model: got concat, read nothing of any of the 40 subjects"}}
+
+
+def test_kept_listed_newest_first_pruned_and_removed(tmp_path: Path) -> None:
+    user = tmp_path / "users" / "u1"
+    assert validations.listing(user) == []
+    t0 = 1_790_000_000.0
+    first = validations.save(user, _result(0.61), "ehr_only", "site_a.zip", None, now=t0)
+    second = validations.save(user, _result(0.72, n=90), "ehr_only", "site_b.zip", "sex", now=t0 + 60)
+    listed = validations.listing(user)
+    assert [k.id for k in listed] == [second, first]
+    assert (listed[0].upload, listed[0].subgroup, listed[0].c_index, listed[0].patients, listed[0].events,
+            listed[0].others) == ("site_b.zip", "sex", 0.72, 90, 12, ("concat",))
+    assert listed[0].label().endswith("ehr_only and 1 more on site_b.zip · C 0.720 · 90 patients")
+    assert validations.load(user, first) == json.loads(json.dumps(_result(0.61)))
+    folder = user / validations.FOLDER
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
+    # a file that is no summary written here is skipped; an id that is no id reads nothing and removes nothing
+    (folder / "notes.json").write_text("{}")
+    (folder / "20261129-101010-00000000.json").write_text('{"at": 1}')
+    assert [k.id for k in validations.listing(user)] == [second, first]
+    assert validations.load(user, "../../etc/passwd") is None
+    with pytest.raises(ValueError, match=r"^kept_id: '\.\./x' is not a validation's id"):
+        validations.remove(user, "../x")
+    with pytest.raises(ValueError, match=r"^validated: 'image_only' is not among the results"):
+        validations.save(user, _result(0.5), "image_only", "x.zip")
+    validations.remove(user, first)
+    assert [k.id for k in validations.listing(user)] == [second] and validations.load(user, first) is None
+    # beyond MAX_KEPT, the oldest go
+    for i in range(validations.MAX_KEPT):
+        validations.save(user, _result(0.5 + i / 100), "ehr_only", f"s{i}.zip", now=t0 + 120 + i)
+    listed = validations.listing(user)
+    assert len(listed) == validations.MAX_KEPT and second not in {k.id for k in listed}
+    assert listed[0].upload == f"s{validations.MAX_KEPT - 1}.zip" and listed[-1].upload == "s0.zip"
+    assert len(list(folder.glob("*.result.json"))) == validations.MAX_KEPT
+
+
+def _evaluated(cohort: Path) -> dict[str, dict]:
+    """The shipped-demo ehr_only evaluated as an external validation evaluates it (every patient, three risk groups,
+    each patient's risk kept)."""
+    from core.evaluation import ALL_SPLITS, evaluate_model
+
+    model = demo_install.demo_paths().models / "ehr_only"
+    return {"ehr_only": evaluate_model(model, cohort, split=ALL_SPLITS, risk_groups=3, keep_risk=True)}
+
+
+def test_an_earlier_validation_is_shown_again_after_a_restart_and_removed(data_dir: Path) -> None:
+    """No job in memory (a server started anew): the validation kept in the user's folder is listed on the
+    Validate tab, shows its metrics, risk groups and worst-ordered patients, and goes with Remove."""
+    from core.jobs import default_queue
+
+    result = _evaluated(demo_install.demo_paths().cohort)
+    user_dir = workspace.user_root("local", data_dir)
+    kept_id = validations.save(user_dir, result, "ehr_only", "hospital_b.zip", None)
+    try:
+        assert default_queue().get("no-such-job", "local") is None
+        at = _app()
+        at.run()
+        at.switch_page("pages/cohort_models.py").run()
+        _no_exception(at)
+        (box,) = [s for s in at.selectbox if s.key == "kept_validation"]
+        assert box.value is None and len(box.options) == 1 and "on hospital_b.zip" in box.options[0]
+        at.session_state["kept_validation"] = kept_id
+        at.run()
+        _no_exception(at)
+        m = result["ehr_only"]
+        shown = {x.label: x.value for x in at.metric}
+        assert shown["Subjects / events"] == f"{m['n']} / {m['events']}"
+        assert any(f"{m['c_index']:.3f}" in str(v) for k, v in shown.items() if k == "Harrell's C-index"), shown
+        assert any(c.value.startswith("ehr_only validated on hospital_b.zip on ") for c in at.caption)
+        table = next(d.value for d in at.dataframe if "pairs ordered right" in d.value.columns)
+        assert 1 <= len(table) <= 10
+        (remove,) = [b for b in at.button if b.key == "kept_validation_remove"]
+        remove.click().run()
+        _no_exception(at)
+        assert validations.listing(user_dir) == []
+        assert not [s for s in at.selectbox if s.key == "kept_validation"]
+    finally:
+        if validations.load(user_dir, kept_id) is not None:
+            validations.remove(user_dir, kept_id)
