@@ -32,7 +32,8 @@ def _site_cohort(tmp_path: Path) -> Path:
     return cohort
 
 
-def test_add_list_replace_and_remove_check_the_model_and_the_cohort(data_dir: Path, tmp_path: Path) -> None:
+def test_add_list_replace_and_remove_check_the_model_and_the_cohort(data_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cohort = _site_cohort(tmp_path)
     model = demo_install.demo_paths().models / "ehr_only"
     root = tmp_path / "data"
@@ -53,7 +54,18 @@ def test_add_list_replace_and_remove_check_the_model_and_the_cohort(data_dir: Pa
     with pytest.raises(InputError, match=r"^--label: got lung ct 2025, is taken by the site model 'Lung CT 2025'"):
         add_site_model(model, cohort, "lung ct 2025", root)
     other = demo_install.demo_paths().models / demo_install.DEFAULT_FUSION
+    removed: list[tuple[str, str]] = []  # the earlier copy is removed only once the new one holds the label
+    real_rmtree = shutil.rmtree
+
+    def watched(path: Path, *args: object, **kwargs: object) -> None:
+        if Path(path).exists():
+            removed.append((Path(path).name, json.loads((copy / "trained_in_app.json").read_text())["fusion"]))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", watched)
     add_site_model(other, cohort, "lung ct 2025", root, replace=True)
+    monkeypatch.undo()
+    assert removed == [(".lung-ct-2025.replaced", demo_install.DEFAULT_FUSION)]
     assert json.loads((copy / "trained_in_app.json").read_text())["fusion"] == demo_install.DEFAULT_FUSION
     assert list(list_site_models(root)) == ["lung ct 2025"] and not list(site_models_dir(root).glob(".*"))
     # refused, with the field named: no network file, weights of another model, no cohort, an empty label

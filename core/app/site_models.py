@@ -112,9 +112,12 @@ def add_site_model(model_dir: Path | str, cohort_dir: Path | str, label: str, da
         "cohort_dir": str(cohort), "fusion": loaded.fusion, "label": label, "site": True, "source": str(src),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     replaced = target.exists()
-    if replaced:  # --replace: the earlier copy goes once the new one is whole
-        shutil.rmtree(target)
+    old = root / f".{slug(label)}.replaced"
+    if replaced:  # --replace: the earlier copy is set aside, the whole new one put in its place, then the earlier removed
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)  # two renames: the label is without a model for microseconds, not for a whole rmtree
     partial.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
     _audit(data_dir, "replace" if replaced else "add", loaded.fusion, label)
     return target
 
