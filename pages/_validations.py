@@ -36,3 +36,10 @@ def pick() -> tuple[dict[str, dict], str] | None:
     st.caption(f"{k.validated} validated on {k.upload} on {k.at}" + (f", beside {', '.join(k.others)}" if k.others else "")
                + (f", per group of {k.subgroup}" if k.subgroup else "") + ".")
     return found, k.validated
+
+
+def warn_not_kept(metrics: dict) -> None:
+    """Say so when the validation just shown could not be kept in the user's folder (``not_kept``: why)."""
+    if metrics.get("not_kept"):
+        st.warning(f"This validation could not be kept in your folder ({chrome.md(metrics['not_kept'])}): download "
+                   "its tables now, or free space and validate again.", icon=":material/warning:")

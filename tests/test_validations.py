@@ -105,3 +105,26 @@ def test_an_earlier_validation_is_shown_again_after_a_restart_and_removed(data_d
     finally:
         if validations.load(user_dir, kept_id) is not None:
             validations.remove(user_dir, kept_id)
+
+
+def test_a_validation_that_cannot_be_kept_is_still_returned_with_the_reason(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk when the validation is kept: the job still returns its result (shown on the page, its tables
+    downloadable), the first model's ``not_kept`` saying why, and nothing half-written is listed."""
+    from core.app.background import validate_uploaded_job
+    from core.app.demo_install import SHIPPED_MODELS
+    from core.demo import write_demo_cohort
+    from tests.test_background import _ctx, _zip
+
+    src = write_demo_cohort(tmp_path / "site", n=30, seed=5, volumes=False)
+    cohorts = tmp_path / "user" / "cohorts"
+
+    def full(*_args: object, **_kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(validations, "save", full)
+    res = validate_uploaded_job(_ctx(), _zip(src), str(cohorts), {"ehr_only": str(SHIPPED_MODELS / "ehr_only")},
+                                keep="site.zip")
+    assert res["ehr_only"]["n"] == 30 and 0 < res["ehr_only"]["c_index"] < 1
+    assert res["ehr_only"]["not_kept"] == "[Errno 28] No space left on device"
+    assert validations.listing(cohorts.parent) == [] and list(cohorts.iterdir()) == []

@@ -182,7 +182,8 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     (:func:`core.recalibrate.recalibrate_model`) into ``out``, listed among the user's models as ``label`` (its
     ``base_cohort``, the original's, is where the app evaluates it); the report, or {"error": text}, is the first
     model's ``recalibration``. Between two models it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
-    ``keep`` (the upload's file name): the result is also kept in the user's folder (``core.app.validations``)."""
+    ``keep`` (the upload's file name): the result is also kept in the user's folder (``core.app.validations``; when
+    that fails, the first model's ``not_kept`` says why)."""
     from core.app import validations
     from core.errors import InputError
     from core.evaluation import ALL_SPLITS, evaluate_model, paired_fusion_gain
@@ -224,7 +225,10 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     finally:
         remove_unpacked(cohorts_dir, cohort_dir)
     if keep is not None:  # the user's folder holds the cohorts folder
-        validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup)
+        try:
+            validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup)
+        except OSError as err:  # a full disk: the result is still shown, with what kept it from the folder
+            out[next(iter(models))]["not_kept"] = " ".join(str(err).split())
     ctx.progress(1.0, "done")
     return out
 
