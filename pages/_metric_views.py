@@ -213,7 +213,8 @@ def subgroup_rows(sub: dict) -> list[dict]:
                "n / events": f"{g['n']} / {g['events']}",
                "C-index [95% CI]": ci_text(g.get("c_index"), g.get("c_index_ci"))}
         for h in horizons.HORIZONS:
-            cal = (g.get("calibration") or {}).get(h)
+            by_h = g.get("calibration") or {}
+            cal = by_h.get(h, by_h.get(str(h)))  # a result read back from JSON has the horizons as text
             row[f"{horizons.HORIZON_LABELS[h]} (pred. / obs.)"] = (
                 NOT_AVAILABLE if not cal or cal.get("observed") is None
                 else f"{cal['predicted']:.2f} / {cal['observed']:.2f}")

@@ -68,7 +68,8 @@ def _evaluated(cohort: Path) -> dict[str, dict]:
     from core.evaluation import ALL_SPLITS, evaluate_model
 
     model = demo_install.demo_paths().models / "ehr_only"
-    return {"ehr_only": evaluate_model(model, cohort, split=ALL_SPLITS, risk_groups=3, keep_risk=True)}
+    return {"ehr_only": evaluate_model(model, cohort, split=ALL_SPLITS, risk_groups=3, keep_risk=True,
+                                       subgroup="sex_female")}
 
 
 def test_an_earlier_validation_is_shown_again_after_a_restart_and_removed(data_dir: Path) -> None:
@@ -97,6 +98,11 @@ def test_an_earlier_validation_is_shown_again_after_a_restart_and_removed(data_d
         assert any(c.value.startswith("ehr_only validated on hospital_b.zip on ") for c in at.caption)
         table = next(d.value for d in at.dataframe if "pairs ordered right" in d.value.columns)
         assert 1 <= len(table) <= 10
+        # the subgroups as in memory (read back from JSON, the horizons are text: still each group's 1-year numbers)
+        groups = next(d.value for d in at.dataframe if "sex_female" in d.value.columns)
+        want = [f"{g['calibration'][365]['predicted']:.2f} / {g['calibration'][365]['observed']:.2f}"
+                for g in m["subgroups"]["groups"]]
+        assert groups["1 year (pred. / obs.)"].tolist() == want and len(want) == 2
         (remove,) = [b for b in at.button if b.key == "kept_validation_remove"]
         remove.click().run()
         _no_exception(at)

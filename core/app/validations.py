@@ -25,7 +25,7 @@ from core.app.workspace import TRAINED_MARKER, private_dir
 from core.job_state import JobContext
 
 FOLDER = "validations"  # users/<key>/validations
-MAX_KEPT = 30  # a result holds each patient's risk and outcome: up to about 1 MB for 10,000 patients
+MAX_KEPT = 30  # a result holds each patient's risk and outcome: 0.6 MB for 10,000 patients
 _ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
 
 
