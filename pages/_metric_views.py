@@ -11,20 +11,9 @@ import streamlit as st
 
 from core import figures as F
 from core import horizons
-from core.evaluate.metrics import metric_spans
+from core.evaluate.metrics import NOT_AVAILABLE, ci_text, metric_spans  # noqa: F401  (the pages import them from here)
 from pages import _chrome as chrome
 
-NOT_AVAILABLE = "n/a"  # an undefined number, as the tables write it (Streamlit would show "None")
-
-
-def ci_text(value: object, ci: object) -> str:
-    """A metric with its interval, "0.709 [0.661, 0.755]" ("n/a" where undefined)."""
-    if value is None:
-        return NOT_AVAILABLE
-    text = f"{float(value):.3f}"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-        text += f" [{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
-    return text
 
 
 def metric_help(m: dict, key: str) -> str:

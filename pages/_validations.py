@@ -1,7 +1,9 @@
 """Cohort & models > Validate: the user's earlier external validations (``core.app.validations``), picked from a list
-and shown again as when they ended, or removed."""
+and shown again as when they ended, or removed; a validation's report (PDF), made when its button is clicked."""
 
 from __future__ import annotations
+
+import re
 
 import streamlit as st
 
@@ -43,3 +45,19 @@ def warn_not_kept(metrics: dict) -> None:
     if metrics.get("not_kept"):
         st.warning(f"This validation could not be kept in your folder ({chrome.md(metrics['not_kept'])}): download "
                    "its tables now, or free space and validate again.", icon=":material/warning:")
+
+
+def report_button(results: dict[str, dict], validated: str, key: str) -> None:
+    """A button that downloads the validation's report (PDF, aggregate results only), made when it is clicked."""
+    from core.validation_report import validation_report_pdf
+
+    m = results.get(validated) or {}
+    on = m.get("validated_on") or {}
+    cohort, when = str(on.get("cohort") or "the uploaded cohort"), str(on.get("at") or "")
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{validated}_on_{cohort.removesuffix('.zip')}").strip("_")[:100]
+    st.download_button("Validation report (PDF)", lambda: validation_report_pdf(results, validated, cohort=cohort,
+                                                                                when=when or "(date not kept)"),
+                       file_name=f"validation_report_{stem}.pdf", mime="application/pdf", key=f"{key}_report",
+                       icon=":material/picture_as_pdf:", on_click="ignore",
+                       help="The metrics, risk groups, calibration, other models, subgroups and recalibration on one "
+                            "or two pages, for a committee: no patient identifier in it")

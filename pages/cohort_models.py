@@ -373,6 +373,7 @@ def show_validation(results: dict[str, dict], validated: str, key: str = "valida
     if not m or "error" in m:
         return
     _validations.warn_not_kept(m)
+    _validations.report_button(results, validated, key)
     st.markdown(f"**{validated}** on every patient of the uploaded cohort (censoring weights from that cohort's own "
                 "follow-up).")
     show_evaluation(m, "your cohort", lambda: m["risk_groups"], key=key)

@@ -650,6 +650,15 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     every = pd.read_csv(info.value.path(), dtype={"subject_id": str})
     assert sorted(every["subject_id"]) == sorted(table["subject_id"].astype(str))
     assert round(every["concordant"].sum() / every["comparable"].sum(), 3) == round(c_of[current], 3)
+    # the report (PDF, made on the click): the forest plot's C-index of the validated model, no patient's id
+    from tests.test_report import pdf_text
+
+    with pg.expect_download() as info:  # type: ignore[attr-defined]
+        panel.get_by_role("button", name="Validation report (PDF)").first.click()
+    assert info.value.suggested_filename.startswith("validation_report_")
+    pdf = Path(info.value.path()).read_bytes()
+    assert f"{c_of[current]:.3f} [" in pdf_text(pdf) and "Subgroups by sex_female" in pdf_text(pdf)
+    assert not [i for i in table["subject_id"].astype(str) if i.encode() in pdf]
     # kept in the user's folder: listed after a reload, shown again with the same C-index, removed with one click
     pg.reload()  # type: ignore[attr-defined]
     settle(pg)

@@ -425,9 +425,19 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
     assert capsys.readouterr().err.strip().startswith("error: horizons: got -30.0, must be a positive number of days")
     # the span an IBS averages (it moves the value) is printed beside it, and the card names both spans
     patients = tmp_path_factory.mktemp("pairs") / "patients.csv"
+    report = patients.with_name("report.pdf")
     assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--n-boot", "20",
-                     "--patients", str(patients)]) == 0
+                     "--patients", str(patients), "--report", str(report)]) == 0
     printed = capsys.readouterr().out.splitlines()
+    from tests.test_report import pdf_text  # --report: the same numbers as printed, on the test split
+
+    harrell = next(ln for ln in printed if ln.startswith("Harrell C")).split()[2]
+    text = pdf_text(report.read_bytes())
+    assert f"Evaluation of {model_dir.name}, test split" in text and f"{harrell} [" in text
+    assert f"the patients of its test split; evaluated " in " ".join(text.split("\n"))
+    assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--report", "r.txt"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --report: got r.txt, is not a .pdf file; fix: end the report's "
+                                               "name in .pdf")
     a, b = res["ibs_range"]
     assert f"(days {a:.0f}-{b:.0f})" in [ln for ln in printed if ln.startswith("IBS")][0]
     # --patients: every test patient's rank and pairs, worst-ordered first, summing to the C-index printed

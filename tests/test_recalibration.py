@@ -215,6 +215,12 @@ def test_the_validation_job_saves_a_recalibrated_copy_among_the_users_models(tmp
     assert recal["label"] == spec["label"] and recal["n"] == 90 and recal["a"] < -0.3
     assert trained_models(models) == {spec["label"]: (Path(spec["out"]), tmp_path / "site")}
     assert seen == sorted(seen) and seen[-1] == 1.0
+    from core.validation_report import validation_report_pdf  # the report names the copy and its three numbers
+    from tests.test_report import pdf_text
+
+    text = " ".join(pdf_text(validation_report_pdf(res, "ehr_only", cohort="site.zip", when="today")).split("\n"))
+    assert "Recalibration to this cohort" in text
+    assert f"Copy {spec['label']}: level a = {recal['a']:.3f}, spread b = {recal['b']:.3f}" in text
     table.loc[table["event"] == 1, "event"] = 0
     table.loc[table.index[:5], "event"] = 1  # five events: too few to fit, the validation itself still shown
     table.to_csv(site / "cohort.csv", index=False)

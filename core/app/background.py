@@ -182,8 +182,9 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     (:func:`core.recalibrate.recalibrate_model`) into ``out``, listed among the user's models as ``label`` (its
     ``base_cohort``, the original's, is where the app evaluates it); the report, or {"error": text}, is the first
     model's ``recalibration``. Between two models it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
-    ``keep`` (the upload's file name): the result is also kept in the user's folder (``core.app.validations``; when
-    that fails, the first model's ``not_kept`` says why)."""
+    ``keep`` (the upload's file name): the first model's ``validated_on`` {"cohort": keep, "at"} names it for the
+    report, and the result is also kept in the user's folder (``core.app.validations``; when that fails, the first
+    model's ``not_kept`` says why)."""
     from core.app import validations
     from core.errors import InputError
     from core.evaluation import ALL_SPLITS, evaluate_model, paired_fusion_gain
@@ -225,6 +226,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     finally:
         remove_unpacked(cohorts_dir, cohort_dir)
     if keep is not None:  # the user's folder holds the cohorts folder
+        out[next(iter(models))]["validated_on"] = {"cohort": keep, "at": time.strftime("%Y-%m-%d %H:%M")}
         try:
             validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup)
         except OSError as err:  # a full disk: the result is still shown, with what kept it from the folder

@@ -1,4 +1,4 @@
-"""``python -m core evaluate --model MODEL --cohort DIR [--split test] [--patients CSV] [--json]``."""
+"""``python -m core evaluate --model MODEL --cohort DIR [--split test] [--patients CSV] [--report PDF] [--json]``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=Path, default=None, metavar="CSV",
                         help="also write every evaluated patient's risk rank and the share of its comparable pairs "
                         "the model orders right (Harrell's C patient by patient), worst-ordered first")
+    parser.add_argument("--report", type=Path, default=None, metavar="PDF",
+                        help="also write the evaluation's report (metrics, risk groups, calibration, subgroups; no "
+                        "patient identifier) as a PDF, as the app's Validate tab does")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -51,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
         horizons = tuple(float(h) for h in str(args.horizons).split(",") if h.strip())
     except ValueError:
         raise InputError("--horizons", args.horizons, "must be numbers of days", "use e.g. 30,365,1825") from None
+    if args.report is not None and Path(args.report).suffix.lower() != ".pdf":  # said before the evaluation's minutes
+        raise InputError("--report", Path(args.report).name, "is not a .pdf file", "end the report's name in .pdf")
     res = evaluate_model(args.model, args.cohort, split=args.split, horizons=horizons, n_boot=args.n_boot,
                          seed=args.seed, device=args.device, alpha=args.alpha, subgroup=args.subgroup,
                          band=not args.no_band, keep_risk=args.patients is not None)
+    if args.report is not None:
+        _write_report(res, args)
     worst = _write_patients(res, args.patients) if args.patients is not None else None
     if args.json:
         print(json.dumps(res, allow_nan=False))
@@ -95,6 +102,21 @@ def run(args: argparse.Namespace) -> int:
               f"ordered right): {worst}", file=out)
     _print_extras(res, out)
     return 0
+
+
+def _write_report(res: dict, args: argparse.Namespace) -> None:
+    """:func:`core.validation_report.validation_report_pdf` of this evaluation, named after the model and cohort
+    folders, written to ``args.report``."""
+    import time
+
+    from core.validation_report import validation_report_pdf
+
+    target = Path(args.report)
+    name = Path(args.model).resolve().name
+    pdf = validation_report_pdf({name: res}, name, cohort=Path(args.cohort).resolve().name,
+                                when=time.strftime("%Y-%m-%d %H:%M"), split=args.split)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(pdf)
 
 
 def _write_patients(res: dict, path: Path) -> str:

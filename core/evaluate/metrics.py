@@ -66,6 +66,23 @@ IBS_POINTS = 100
 MIN_BOOT = 10
 
 
+NOT_AVAILABLE = "n/a"  # an undefined number, as the tables write it (Streamlit would show "None")
+
+
+def ci_text(value: object, ci: object) -> str:
+    """A metric with its interval, "0.709 [0.661, 0.755]" ("n/a" where undefined).
+
+    >>> ci_text(0.7091, [0.6612, 0.7549]), ci_text(None, None), ci_text(0.5, [None, 0.6])
+    ('0.709 [0.661, 0.755]', 'n/a', '0.500')
+    """
+    if value is None:
+        return NOT_AVAILABLE
+    text = f"{float(value):.3f}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        text += f" [{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
+    return text
+
+
 def _key(h: float) -> int | float:
     return int(h) if float(h).is_integer() else float(h)
 

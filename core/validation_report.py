@@ -1,0 +1,276 @@
+"""External validation report (PDF, matplotlib): a model evaluated on a cohort it never saw, for a committee.
+
+The report holds aggregate results only, never a patient's subject id, risk or outcome: the metrics with their
+95 % intervals, Kaplan-Meier curves by predicted risk group with the numbers at risk, calibration at each horizon,
+every model evaluated beside it and the paired comparison of the best fusion with the best single-modality model,
+the subgroups, the recalibration, and what the model could not read. It is drawn from the result of an external
+validation (``core.evaluation.evaluate_model`` with split "all", as the app's validation job and ``python -m core
+evaluate --split all`` compute it), held in memory or read back from JSON (horizon keys as text). Text flows from the
+top of an A4 page down and continues on further pages; content streams are uncompressed so that a byte search can
+audit the text, and the PDF's information dictionary holds only a neutral title.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from core.errors import InputError
+from core.evaluate.metrics import NOT_AVAILABLE, ci_text
+from core.evaluate.paired import tie_note
+from core.evaluate.subgroups import readable_label
+from core.horizons import HORIZONS, horizon_label
+from core.report import DISCLAIMER
+
+PAGE_IN = (8.27, 11.69)  # A4 portrait
+MARGIN_IN = 0.6
+GROUP_COLOURS = {"low": "#2a9d3a", "intermediate": "#f08a00", "high": "#d62728"}
+
+
+def _by_h(values: dict | None, h: float) -> Any:
+    """A horizon's entry whether the keys are numbers (in memory) or text (read back from JSON).
+
+    >>> _by_h({"365": 1}, 365.0), _by_h({30.0: 2}, 30), _by_h({"90.5": 3}, 90.5), _by_h(None, 30)
+    (1, 2, 3, None)
+    """
+    values = values or {}
+    for key in (h, str(h), str(int(h)) if float(h).is_integer() else None):
+        if key is not None and key in values:
+            return values[key]
+    return None
+
+
+def _horizons(m: dict) -> list[float]:
+    """The horizons the evaluation was computed at (its td-AUC's keys), else the app's three."""
+    found = sorted(float(k) for k in (m.get("td_auc") or {}))
+    return found or [float(h) for h in HORIZONS]
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"\1", text)
+
+
+class _Pages:
+    """A flow of text lines and figure rows down A4 pages (inches from the top)."""
+
+    def __init__(self, plt: Any, title: str) -> None:
+        self.plt, self.title, self.figs, self.y = plt, title, [], 0.0
+        self._new()
+
+    def _new(self) -> None:
+        self.fig = self.plt.figure(figsize=PAGE_IN)
+        self.figs.append(self.fig)
+        self.y = MARGIN_IN
+        if len(self.figs) > 1:
+            self.line(f"{self.title} (continued)", size=9, bold=True)
+
+    def _room(self, height: float) -> None:
+        if self.y + height > PAGE_IN[1] - MARGIN_IN - 0.3:
+            self._new()
+
+    def line(self, text: str, *, size: float = 8.0, bold: bool = False, mono: bool = False, colour: str = "0.1") -> None:
+        step = size * 1.45 / 72
+        self._room(step)
+        self.fig.text(MARGIN_IN / PAGE_IN[0], 1 - (self.y + size / 72) / PAGE_IN[1], text, fontsize=size,
+                      fontweight="bold" if bold else "normal", family="monospace" if mono else "sans-serif",
+                      color=colour, va="baseline")
+        self.y += step
+
+    def wrapped(self, text: str, *, size: float = 8.0, width: int = 120, **kw: Any) -> None:
+        import textwrap
+
+        for part in textwrap.wrap(text, width=width) or [""]:
+            self.line(part, size=size, **kw)
+
+    def gap(self, inches: float = 0.08) -> None:
+        self.y += inches
+
+    def row(self, height: float, n: int) -> list[Any]:
+        """``n`` axes side by side, ``height`` inches tall, below the text so far."""
+        self._room(height + 0.45)
+        self.y += 0.2
+        width = (PAGE_IN[0] - 2 * MARGIN_IN - 0.6 * (n - 1)) / n
+        axes = [self.fig.add_axes(((MARGIN_IN + 0.35 + i * (width + 0.6)) / PAGE_IN[0],
+                                   1 - (self.y + height) / PAGE_IN[1], (width - 0.35) / PAGE_IN[0], height / PAGE_IN[1]))
+                for i in range(n)]
+        self.y += height + 0.45
+        return axes
+
+    def table(self, rows: Sequence[dict[str, str]]) -> None:
+        if not rows:
+            return
+        cols = list(rows[0])
+        widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        self.line(fmt.format(*cols), size=7, mono=True, bold=True)
+        for r in rows:
+            self.line(fmt.format(*(str(r.get(c, "")) for c in cols)), size=7, mono=True)
+
+    def pdf(self) -> bytes:
+        import matplotlib
+        from matplotlib.backends.backend_pdf import PdfPages
+
+        buf = io.BytesIO()
+        metadata = {"Title": "External validation report", "Author": None, "Subject": None, "Keywords": None,
+                    "Creator": None, "Producer": None, "CreationDate": None}
+        with matplotlib.rc_context({"pdf.compression": 0}), PdfPages(buf, metadata=metadata) as pdf:
+            for i, fig in enumerate(self.figs, 1):
+                fig.text(MARGIN_IN / PAGE_IN[0], 0.5 * MARGIN_IN / PAGE_IN[1],
+                         f"{DISCLAIMER} Aggregate results only: no patient identifier is in this report. "
+                         f"Page {i} of {len(self.figs)}.", fontsize=6.5, color="0.3")
+                pdf.savefig(fig)
+                self.plt.close(fig)
+        return buf.getvalue()
+
+
+def _metric_rows(results: dict[str, dict], hs: list[float]) -> list[dict[str, str]]:
+    rows = []
+    for name, m in results.items():
+        if "error" in m:
+            continue
+        td = " / ".join(NOT_AVAILABLE if (v := _by_h(m.get("td_auc"), h)) is None else f"{float(v):.3f}" for h in hs)
+        rows.append({"model": name, "C-index [95% CI]": ci_text(m.get("c_index"), m.get("c_index_ci")),
+                     "Uno C [95% CI]": ci_text(m.get("uno_c"), m.get("uno_c_ci")),
+                     "td-AUC " + " / ".join(horizon_label(h, short=True) for h in hs): td,
+                     "IBS [95% CI]": ci_text(m.get("ibs"), m.get("ibs_ci"))})
+    return rows
+
+
+def _km(ax: Any, groups: dict) -> None:
+    for g in groups.get("groups", []):
+        colour = GROUP_COLOURS.get(str(g["label"]), None)
+        ax.step(g["t"], g["s"], where="post", color=colour, lw=1.2,
+                label=f"{g['label']} risk (n={g['n']}, {g['events']} events)")
+        if g.get("lower") is not None and g.get("upper") is not None:
+            ax.fill_between(g["t"], g["lower"], g["upper"], step="post", color=colour, alpha=0.12, lw=0)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("days from index date", fontsize=7)
+    ax.set_ylabel("survival S(t)", fontsize=7)
+    ax.set_title("Kaplan-Meier by predicted risk group", fontsize=8)
+    ax.tick_params(labelsize=6.5)
+    ax.legend(fontsize=6, loc="lower left", frameon=False)
+
+
+def _calibration(ax: Any, calibration: dict, hs: list[float]) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=0.8, label="perfect calibration")
+    for h, colour in zip(hs, ("#1f77b4", "#d62728", "#2a9d3a", "#9467bd", "#8c564b", "#17becf")):
+        cal = _by_h(calibration, h)
+        if not cal or not cal.get("groups"):
+            continue
+        pts = [(g["predicted"], g["observed"]) for g in cal["groups"] if g.get("observed") is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, lw=1, color=colour,
+                    label=f"{horizon_label(h)} (ICI {cal['ici']:.3f})" if cal.get("ici") is not None else horizon_label(h))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted risk 1 - S(t)", fontsize=7)
+    ax.set_ylabel("observed risk (1 - Kaplan-Meier)", fontsize=7)
+    ax.set_title("Calibration by predicted risk group", fontsize=8)
+    ax.tick_params(labelsize=6.5)
+    ax.legend(fontsize=6, loc="upper left", frameon=False)
+
+
+def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: str, when: str,
+                          split: str = "all") -> bytes:
+    """The report of the external validation ``results`` ({model name: metrics | {"error"}}) of the model
+    ``validated`` on the cohort named ``cohort`` (its file name; never a patient's), validated at ``when``; the PDF's
+    bytes. ``split``: "all" (every patient: an external validation), or the split evaluated (a cohort's test split)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    m = results.get(validated)
+    if not m or "error" in m:
+        raise InputError("validated", validated, "has no metrics in this validation",
+                         "pass the name of the model the validation was started for")
+    every = split == "all"
+    title = f"External validation of {validated}" if every else f"Evaluation of {validated}, {split} split"
+    hs = _horizons(m)
+    out = _Pages(plt, title)
+    out.line(title, size=13, bold=True)
+    out.wrapped(f"Cohort {cohort}: {m.get('n')} patients, {m.get('events')} events, "
+                + ("every patient evaluated" if every else f"the patients of its {split} split")
+                + f"; {'validated' if every else 'evaluated'} {when}; strategy {m.get('fusion', validated)}.",
+                size=8.5, width=115)
+    out.gap()
+    out.table(_metric_rows({validated: m}, hs))
+    out.wrapped("Harrell's C: how often the model orders two patients right; Uno's C weights pairs by the censoring "
+                "of this cohort; td-AUC: discrimination at each horizon; IBS: integrated Brier score (lower is "
+                "better). Intervals: 95 % bootstrap." + (" Censoring weights from this cohort's own follow-up." if every
+                                                        else ""),
+                size=7, colour="0.35", width=140)
+    if m.get("oracle_c_index") is not None:
+        out.line(f"Oracle C-index of the ground-truth risk on the same patients: {m['oracle_c_index']:.3f}.", size=7)
+    if m.get("risk_groups") or m.get("calibration"):
+        ax_km, ax_cal = out.row(3.0, 2)
+        if m.get("risk_groups"):
+            _km(ax_km, m["risk_groups"])
+        if m.get("calibration"):
+            _calibration(ax_cal, m["calibration"], hs)
+        ref = m.get("risk_groups") or {}
+        days = ref.get("at_risk_days") or []
+        if ref.get("logrank_p") is not None:
+            out.line(f"Log-rank test across the risk groups: p = {ref['logrank_p']:.3g}.", size=7.5)
+        if days and all("at_risk" in g for g in ref.get("groups", [])):
+            out.table([{"numbers at risk": str(g["label"]),
+                        **{("day 0" if d == 0 else horizon_label(d, short=True)): str(n) for d, n in zip(days, g["at_risk"])}}
+                       for g in ref["groups"]])
+        slopes = [f"{horizon_label(h)} {c['slope']:.2f} / {c['intercept']:.2f}" for h in hs
+                  if (c := _by_h(m.get("calibration"), h)) and c.get("slope") is not None]
+        if slopes:
+            out.line("Calibration slope / intercept (1 / 0 ideal; below 1: predictions too extreme): "
+                     + "; ".join(slopes) + ".", size=7.5)
+    others = {n: r for n, r in results.items() if n != validated}
+    if others:
+        out.gap(0.15)
+        out.line("Every model evaluated on this cohort", size=10, bold=True)
+        out.table(_metric_rows(results, hs))
+        for n, r in others.items():
+            if "error" in r:
+                out.wrapped(f"{n}: not evaluated: {r['error']}", size=7, colour="0.35", width=140)
+        paired = m.get("fusion_gain")
+        if paired:
+            ci = f"95 % CI {paired['ci'][0]:+.3f} to {paired['ci'][1]:+.3f}, " if paired.get("ci") else ""
+            tie = tie_note(paired.get("tied"))
+            out.wrapped(f"Best fusion {paired['fusion']} against the best single-modality model {paired['unimodal']} "
+                        f"on the same {paired['n']} patients: C-index {paired['delta_c']:+.3f} ({ci}paired bootstrap, "
+                        f"p = {paired['p_value']:.2g})" + (f"; {tie}." if tie else "."), size=7.5, width=130)
+    sub = m.get("subgroups")
+    if sub and sub.get("groups"):
+        out.gap(0.15)
+        out.line(f"Subgroups by {sub.get('column', 'group')}", size=10, bold=True)
+        labels = [str(g["label"]) for g in sub["groups"]]
+        out.table([{"group": readable_label(str(g["label"]), labels), "n / events": f"{g['n']} / {g['events']}",
+                    "C-index [95% CI]": ci_text(g.get("c_index"), g.get("c_index_ci")),
+                    **{f"{horizon_label(h, short=True)} pred. / obs.":
+                       (NOT_AVAILABLE if not (c := _by_h(g.get("calibration"), h)) or c.get("observed") is None
+                        else f"{c['predicted']:.2f} / {c['observed']:.2f}") for h in hs}}
+                   for g in sub["groups"]])
+    rec = m.get("recalibration")
+    if rec:
+        out.gap(0.15)
+        out.line("Recalibration to this cohort", size=10, bold=True)
+        if "error" in rec:
+            out.wrapped(f"No recalibrated copy: {rec['error']}", size=7.5, width=130)
+        else:
+            out.wrapped(f"Copy {rec['label']}: level a = {rec['a']:.3f}, spread b = {rec['b']:.3f}, course c = "
+                        f"{rec['c']:.3f} on {rec['n']} patients, {rec['events']} events (log H' = a + c m(t) + "
+                        "b (log H - m(t))). Calibration before and after, cross-fitted:", size=7.5, width=130)
+            out.table([{"horizon": horizon_label(float(h)), "ICI before": f"{cal['ici']:.3f}",
+                        "ICI after": f"{rec['after']['calibration'][h]['ici']:.3f}",
+                        "slope before": f"{cal['slope']:.2f}", "slope after": f"{rec['after']['calibration'][h]['slope']:.2f}"}
+                       for h, cal in rec["before"]["calibration"].items()
+                       if cal.get("ici") is not None and rec["after"]["calibration"][h].get("ici") is not None])
+    notes = [_plain(str(n)) for n in m.get("notes") or []]
+    if m.get("unread"):
+        notes.append(f"The model read nothing of {m['unread']} of the {m.get('n')} patients (no study, timeline or "
+                     "features it can read): their curves are the training average")
+    if notes:
+        out.gap(0.15)
+        out.line("What the model could not read", size=10, bold=True)
+        for note in notes:
+            out.wrapped(f"- {note}.", size=7.5, width=130)
+    return out.pdf()
