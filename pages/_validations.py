@@ -10,6 +10,7 @@ import streamlit as st
 from core.app import validations, workspace
 from pages import _chrome as chrome
 from pages import _jobs
+from pages import _session as session
 
 def pick() -> tuple[dict[str, dict], str] | None:
     """A picker of the user's kept validations (nothing drawn when there are none); returns the chosen one's result
@@ -58,6 +59,8 @@ def report_button(results: dict[str, dict], validated: str, key: str) -> None:
     st.download_button("Validation report (PDF)", lambda: validation_report_pdf(results, validated, cohort=cohort,
                                                                                 when=when or "(date not kept)"),
                        file_name=f"validation_report_{stem}.pdf", mime="application/pdf", key=f"{key}_report",
-                       icon=":material/picture_as_pdf:", on_click="ignore",
+                       icon=":material/picture_as_pdf:", on_click=session.audit,
+                       args=("export", "validation_report"), kwargs={"fusion": str(m.get("fusion") or "model"),
+                                                                      "models": len(results)},
                        help="The metrics, risk groups, calibration, other models, subgroups and recalibration on one "
                             "or two pages, for a committee: no patient identifier in it")
