@@ -191,9 +191,9 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
     hs = _horizons(m)
     out = _Pages(plt, title)
     out.line(title, size=13, bold=True)
-    out.wrapped(f"Cohort {cohort}: {m.get('n')} patients, {m.get('events')} events, "
+    out.wrapped(f"Cohort: {cohort}. {m.get('n')} patients, {m.get('events')} events, "
                 + ("every patient evaluated" if every else f"the patients of its {split} split")
-                + f"; {'validated' if every else 'evaluated'} {when}; strategy {m.get('fusion', validated)}.",
+                + f"; {'validated' if every else 'report made'} {when}; strategy {m.get('fusion', validated)}.",
                 size=8.5, width=115)
     out.gap()
     out.table(_metric_rows({validated: m}, hs))

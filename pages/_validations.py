@@ -48,19 +48,26 @@ def warn_not_kept(metrics: dict) -> None:
                    "its tables now, or free space and validate again.", icon=":material/warning:")
 
 
-def report_button(results: dict[str, dict], validated: str, key: str) -> None:
-    """A button that downloads the validation's report (PDF, aggregate results only), made when it is clicked."""
+def report_button(results: dict[str, dict], validated: str, key: str, *, cohort: str | None = None,
+                  split: str = "all") -> None:
+    """A button that downloads the report (PDF, aggregate results only) of a validation (``split`` "all"), or of the
+    model ``validated`` on its ``cohort``'s test split, made when it is clicked; the download is audited."""
+    import time
+
     from core.validation_report import validation_report_pdf
 
     m = results.get(validated) or {}
     on = m.get("validated_on") or {}
-    cohort, when = str(on.get("cohort") or "the uploaded cohort"), str(on.get("at") or "")
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{validated}_on_{cohort.removesuffix('.zip')}").strip("_")[:100]
-    st.download_button("Validation report (PDF)", lambda: validation_report_pdf(results, validated, cohort=cohort,
-                                                                                when=when or "(date not kept)"),
-                       file_name=f"validation_report_{stem}.pdf", mime="application/pdf", key=f"{key}_report",
-                       icon=":material/picture_as_pdf:", on_click=session.audit,
-                       args=("export", "validation_report"), kwargs={"fusion": str(m.get("fusion") or "model"),
-                                                                      "models": len(results)},
-                       help="The metrics, risk groups, calibration, other models, subgroups and recalibration on one "
-                            "or two pages, for a committee: no patient identifier in it")
+    cohort = cohort or str(on.get("cohort") or "the uploaded cohort")
+    when = str(on.get("at") or "") or time.strftime("%Y-%m-%d %H:%M")
+    every = split == "all"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{validated}_on_{cohort.removesuffix('.zip')}" if every else validated)
+    st.download_button("Validation report (PDF)" if every else "Model report (PDF)",
+                       lambda: validation_report_pdf(results, validated, cohort=cohort, when=when, split=split),
+                       file_name=f"{'validation' if every else 'model'}_report_{stem.strip('_')[:100]}.pdf",
+                       mime="application/pdf", key=f"{key}_report", icon=":material/picture_as_pdf:",
+                       on_click=session.audit, args=("export", "validation_report" if every else "model_report"),
+                       kwargs={"fusion": str(m.get("fusion") or "model"), "models": len(results)},
+                       help="The metrics, risk groups, calibration" + (", other models, subgroups and recalibration"
+                                                                       if every else "") +
+                            " on a page or two, for a committee: no patient identifier in it")

@@ -25,6 +25,7 @@ from pages import _model_views as views
 from pages import _reference as refs
 from pages import _session as session
 from pages import _state as K
+from pages import _training as training
 from pages import _validations
 from pages import _whose
 from pages import _worst_patients
@@ -77,104 +78,6 @@ name = views.current_model_name()
 
 tab_model, tab_compare, tab_validate, tab_train, tab_meds = st.tabs(
     ["Selected model", "Compare strategies", "Validate on your cohort", "Train on your cohort", "Cohort from MEDS"])
-
-
-TRAIN_KEY = "train"
-MEDS_TRAIN_KEY = TRAIN_KEY + "meds:"  # a training started on the MEDS tab: its status is drawn there, not twice
-EVERY = f"all {len(FUSIONS)}, compared"  # the training form's choice that trains every strategy
-KIND_NAMES = {"detector": "Whole CT: lesion detector", "2d": "Lung-focused (fast)"}  # core.train image kinds
-
-
-def image_kinds() -> dict[str, str]:
-    """The training form's encoders: "auto" (this site's default for new models, named) first, then the other one;
-    with a bad CTEHR_IMAGE_KIND_DEFAULT, its one-line error and the two encoders by name."""
-    from core.models import default_image_kind  # names only: no torch on this page's render
-
-    with chrome.core_errors(stop=False, what="Image encoder setting: "):
-        default = default_image_kind()
-        return {"auto": f"{KIND_NAMES.get(default, default)} (default)", **{k: v for k, v in KIND_NAMES.items() if k != default}}
-    return dict(KIND_NAMES)
-
-
-def start_training(cdir: Path | None, fusion: str, epochs: int, *, upload: bytes | None = None,
-                   image_encoder_kind: str = "auto", body_crop: bool = False, ehr_encoder: str = "auto",
-                   place: str = "train") -> None:
-    """Queue training of ``fusion`` as this user's background job, saved in their models folder: on the cohort
-    folder ``cdir``, or on an uploaded cohort zip (``upload``), which the job gates for PHI in memory first."""
-    import secrets
-    import time
-
-    from core.app.background import expected_model_bytes, train_job, train_uploaded_job
-
-    user, reads = _jobs.owner(), (True, True)  # reads: the cohort holds CT, EHR (checked now, not in a job)
-    if upload is None and cdir is not None:  # a cohort folder (built from MEDS): CT only when it names studies
-        import pandas as pd
-
-        reads = ("study" in pd.read_csv(Path(cdir) / "cohort.csv", nrows=0).columns, True)
-    if upload is not None:
-        reads = workspace.check_cohort_zip(upload, fusion=None if fusion == EVERY else fusion, for_training=True)
-    workspace.check_quota(user, 2 * len(upload or b"") + expected_model_bytes(FUSIONS if fusion == EVERY else [fusion], *reads))
-    stamp_text, when = time.strftime("%Y%m%d-%H%M%S"), time.strftime("%d %b %H:%M")
-    tag = secrets.token_hex(8)  # marks the cohort an upload unpacks: a restart keeps it to start this again
-    job_key = (MEDS_TRAIN_KEY if place == "meds" else TRAIN_KEY) + stamp_text
-    runs = {f: (str(workspace.user_models_dir(user) / f"{f}-{stamp_text}"), f"{f} (your cohort, {when})")
-            for f in (FUSIONS if fusion == EVERY else [fusion])}  # model folder, label in the sidebar
-    if fusion == EVERY:
-        from core.app.background import train_every_job, train_every_on_folder_job
-
-        what = (train_every_job, upload, str(workspace.user_root(user) / "cohorts")) if upload is not None \
-            else (train_every_on_folder_job, str(cdir))  # an upload, or a cohort folder the user keeps (MEDS)
-        job = _jobs.submit_audited([("train", f, {"epochs": int(epochs)}) for f in FUSIONS],
-                                   f"Training all {len(FUSIONS)} strategies", *what, runs, int(epochs),
-                                   image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
-                                   device=runtime.device_name(), ehr_encoder=ehr_encoder, key=job_key, heavy=True,
-                                   **({"tag": tag} if upload is not None else {}))
-    elif upload is not None:
-        out, label = runs[fusion]
-        job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}",
-                                   train_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), fusion, out,
-                                   int(epochs), label=label, image_encoder_kind=image_encoder_kind,
-                                   body_crop=bool(body_crop), tag=tag, key=job_key, heavy=True)
-    else:
-        out, label = runs[fusion]
-        job = _jobs.submit_audited([("train", fusion, {"epochs": int(epochs)})], f"Training {fusion}", train_job,
-                                   str(cdir), fusion, out, int(epochs), label=label,
-                                   image_encoder_kind=image_encoder_kind, body_crop=bool(body_crop),
-                                   ehr_encoder=ehr_encoder, key=job_key, heavy=True)
-    if job is not None:
-        st.session_state[K.TRAIN_JOB] = job.id
-        st.rerun()
-
-
-def training_status(place: str = "train") -> None:
-    """The user's training job: live progress and cancel while it runs, its result when it ended; drawn in the tab
-    it was started from (``place``: "train" or "meds"), once per run (two would repeat its widgets' keys)."""
-    from core.jobs import default_queue
-
-    job_id = st.session_state.get(K.TRAIN_JOB)
-    job = default_queue().get(job_id, _jobs.owner()) if job_id else _jobs.latest(TRAIN_KEY)  # a page opened anew
-    if job is None or str(job.key or "").startswith(MEDS_TRAIN_KEY) != (place == "meds"):
-        return
-    if job.active:
-        _jobs.show(job)
-        st.caption("Training runs in the background: you can review cases meanwhile; each model is saved in your "
-                   "models folder and appears in the sidebar when it is done.")
-    elif not _jobs.outcome(job):  # failed or cancelled: said once
-        return
-    elif "models" in job.result:  # every strategy, compared on the cohort's test split
-        r = job.result
-        done = [n for n, m in r["models"].items() if "error" not in m]
-        st.success(f"Trained {len(done)} of {len(r['models'])} strategies on your cohort, now in the sidebar's list. "
-                   + ("Their test-split metrics:" if len(done) > 1 else
-                      f"Test C-index {ci_text(r['models'][done[0]].get('c_index'), r['models'][done[0]].get('c_index_ci'))}."))
-        metric_views.show_comparison(r["models"], name, "train_every", "your_cohort_strategies.csv",
-                                     paired=r.get("paired"))
-        metric_views.data_notes(r)
-    else:
-        r = job.result
-        st.success(f"Trained {r['label']}: test C-index {ci_text(r.get('c_index'), r.get('c_index_ci'))}. "
-                   "Pick it in the sidebar to review cases and metrics.")
-        metric_views.data_notes(r)
 
 
 def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: str) -> None:
@@ -247,13 +150,15 @@ with tab_model:
     # a site model's cohort is the site's, not yours (a copy of it recalibrated to your cohort is evaluated there too)
     site = str(cohort_dir) in _whose.site_cohorts()
     own = name in trained and cohort_dir != demo_dir and not site
-    st.caption(f"Model **{name}**, evaluated on the test split of " + (_whose.cohort_label(str(cohort_dir), 0) if site else
-               _cohort_cases.label_of(cohort_dir) if own else "the synthetic demo cohort") + ".")
+    cohort_text = (_whose.cohort_label(str(cohort_dir), 0) if site else _cohort_cases.label_of(cohort_dir) if own
+                   else "the synthetic demo cohort")
+    st.caption(f"Model **{name}**, evaluated on the test split of {cohort_text}.")
     views.own_model_controls(name)  # delete one of your own models (the disk quota counts them)
     _cohort_cases.review_button(cohort_dir)  # its test patients, one by one in Case review
     m = evaluate(name, models[name], cohort_dir)
     with chrome.core_errors(stop=False):
         if m is not None:
+            _validations.report_button({name: m}, name, "model", cohort=cohort_text, split="test")
             show_evaluation(m, "test split", lambda: refs.reference_curves(name), key="model")
             if not site:  # the site cohort's patients are not listed to every user
                 _worst_patients.show(m, cohort_dir, name)  # which patients it orders wrong, each opened in Case review
@@ -314,7 +219,7 @@ with tab_compare:
         st.info(f"Only {next(iter(todo))} was trained on this cohort: its metrics are on the Selected model tab. "
                 + ("The administrator adds other strategies trained on it as site models to compare them."
                    if _whose.is_site(next(iter(todo))) else
-                   f"Train more strategies on it (Train on your cohort, \"{EVERY}\") to compare them."),
+                   f"Train more strategies on it (Train on your cohort, \"{training.EVERY}\") to compare them."),
                 icon=":material/info:")
     elif todo:
         job = _jobs.find(compare_key)
@@ -435,10 +340,10 @@ with tab_train:
     )
     up = st.file_uploader(f"Cohort folder (zip, up to {chrome.upload_mb()} MB)", type=["zip"], key="cohort_zip")
     c1, c2, c3 = st.container(key="stack_train_options").columns([2, 3, 1])  # stacked on a narrow page
-    fusion = c1.selectbox("Fusion strategy", [*FUSIONS, EVERY], index=FUSIONS.index("concat"), key="train_fusion",
-                          help=f"'{EVERY}': one job trains each strategy in turn on the cohort (they share its image "
+    fusion = c1.selectbox("Fusion strategy", [*FUSIONS, training.EVERY], index=FUSIONS.index("concat"), key="train_fusion",
+                          help=f"'{training.EVERY}': one job trains each strategy in turn on the cohort (they share its image "
                                "encoder) and compares them on its test split; each model joins your list.")
-    kinds = image_kinds()
+    kinds = training.image_kinds()
     image_kind = c2.selectbox(
         "Image encoder", list(kinds), format_func=kinds.__getitem__, key="train_image_kind",
         help="Whole CT: a slice CNN first learns to find synthetic lesions inserted into your cohort's own "
@@ -448,13 +353,13 @@ with tab_train:
     epochs = c3.number_input("Epochs", 1, 200, 10, key="train_epochs")
     crop = st.checkbox("Crop each CT to the body first", value=False, key="train_body_crop", help=BODY_CROP_HELP)
     ready = up is not None and _cohort_preview.show(up, for_training=True, what="trained on")
-    if up is not None and st.button(f"Train all {len(FUSIONS)} and compare" if fusion == EVERY else "Train", type="primary",
+    if up is not None and st.button(f"Train all {len(FUSIONS)} and compare" if fusion == training.EVERY else "Train", type="primary",
                                     key="train_button", disabled=not ready,
                                     help=None if ready else "Fix what is said above, then upload the zip again"):
         with chrome.core_errors(stop=False, what="Training not started: "):
-            start_training(None, fusion, int(epochs), upload=up.getvalue(), image_encoder_kind=image_kind,
+            training.start_training(None, fusion, int(epochs), upload=up.getvalue(), image_encoder_kind=image_kind,
                            body_crop=crop)
-    training_status()
+    training.training_status(name)
 
 with tab_meds:
     st.markdown(
@@ -479,8 +384,8 @@ with tab_meds:
             st.warning(chrome.md(note) + ".", icon=":material/warning:")
         c3, c4 = st.columns(2)
         if info.get("studies"):  # built with CT studies: every strategy
-            mfusion = c3.selectbox("Strategy", [*FUSIONS, EVERY], index=FUSIONS.index("concat"), key="meds_fusion_ct",
-                                   help=f"{info['studies']} patients have a CT study. '{EVERY}': one job trains each "
+            mfusion = c3.selectbox("Strategy", [*FUSIONS, training.EVERY], index=FUSIONS.index("concat"), key="meds_fusion_ct",
+                                   help=f"{info['studies']} patients have a CT study. '{training.EVERY}': one job trains each "
                                         "strategy in turn and compares them on the test split.")
         else:
             mfusion = c3.selectbox("Strategy (EHR only: no CT studies were added to this cohort)", ["ehr_only"],
@@ -494,6 +399,6 @@ with tab_meds:
                  "800-patient cohort and did worse on 100-400 patients (docs/BENCHMARKS.md): try it on large cohorts.")
         if st.button("Train on this cohort", key="meds_train"):
             with chrome.core_errors(stop=False, what="Training not started: "):
-                start_training(Path(built["dir"]), mfusion, int(mepochs), ehr_encoder="summary" if summarise else "auto",
+                training.start_training(Path(built["dir"]), mfusion, int(mepochs), ehr_encoder="summary" if summarise else "auto",
                                place="meds")
-        training_status("meds")
+        training.training_status(name, "meds")

@@ -512,6 +512,16 @@ def test_other_pages_render(page: object) -> None:
     for text in ("net benefit against the risk threshold", "Coverage of the uncertainty bounds", "Subgroups"):
         assert pg.get_by_text(text, exact=False).count() >= 1, text  # type: ignore[attr-defined]
     shot(pg, "cohort_models")
+    # the model's report (PDF, made on the click): its test-split C-index as the page's tile shows it
+    from tests.test_report import pdf_text
+
+    with pg.expect_download() as info:  # type: ignore[attr-defined]
+        pg.get_by_role("button", name="Model report (PDF)").first.click()  # type: ignore[attr-defined]
+    tile = pg.locator('[data-testid="stMetric"]').filter(has_text="Harrell's C-index").first  # type: ignore[attr-defined]
+    c_shown = tile.locator('[data-testid="stMetricValue"]').inner_text().strip()
+    text = " ".join(pdf_text(Path(info.value.path()).read_bytes()).split("\n"))
+    assert info.value.suggested_filename.startswith("model_report_") and ", test split" in text
+    assert f"{c_shown} [" in text and "Cohort: the synthetic demo cohort. " in text, text[:500]
     # a laptop with the sidebar open (800 px): the four metrics two by two and whole, the two plots one under the other
     wide = pg.viewport_size  # type: ignore[attr-defined]
     pg.set_viewport_size({"width": 800, "height": wide["height"]})  # type: ignore[attr-defined]

@@ -434,7 +434,7 @@ def test_evaluate_trained_ehr_only_model_end_to_end(tabular_cohort: Path, tmp_pa
     harrell = next(ln for ln in printed if ln.startswith("Harrell C")).split()[2]
     text = pdf_text(report.read_bytes())
     assert f"Evaluation of {model_dir.name}, test split" in text and f"{harrell} [" in text
-    assert f"the patients of its test split; evaluated " in " ".join(text.split("\n"))
+    assert "the patients of its test split; report made " in " ".join(text.split("\n"))
     assert cli_main(["evaluate", "--model", str(model_dir), "--cohort", str(tabular_cohort), "--report", "r.txt"]) == 2
     assert capsys.readouterr().err.strip() == ("error: --report: got r.txt, is not a .pdf file; fix: end the report's "
                                                "name in .pdf")

@@ -41,7 +41,7 @@ def test_the_report_holds_the_metrics_groups_and_other_models_and_no_patient(
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 1
     text = pdf_text(pdf)
     assert "External validation of ehr_only" in text
-    assert ("Cohort hospital_b.zip: 80 patients, " f"{m['events']} events, every patient evaluated; validated "
+    assert ("Cohort: hospital_b.zip. 80 patients, " f"{m['events']} events, every patient evaluated; validated "
             "2026-11-29 17:40; strategy ehr_only.") in " ".join(text.split("\n"))
     c, (lo, hi) = m["c_index"], m["c_index_ci"]
     assert f"{c:.3f} [{lo:.3f}, {hi:.3f}]" in text and f"{m['ibs']:.3f} [" in text

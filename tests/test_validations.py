@@ -103,6 +103,9 @@ def test_an_earlier_validation_is_shown_again_after_a_restart_and_removed(data_d
         want = [f"{g['calibration'][365]['predicted']:.2f} / {g['calibration'][365]['observed']:.2f}"
                 for g in m["subgroups"]["groups"]]
         assert groups["1 year (pred. / obs.)"].tolist() == want and len(want) == 2
+        # the report buttons: the kept validation's, and the selected model's own (its test split)
+        labels = [d.proto.label for d in at.get("download_button")]
+        assert "Validation report (PDF)" in labels and "Model report (PDF)" in labels, labels
         (remove,) = [b for b in at.button if b.key == "kept_validation_remove"]
         remove.click().run()
         _no_exception(at)
