@@ -138,6 +138,14 @@ def _metric_rows(results: dict[str, dict], hs: list[float]) -> list[dict[str, st
     return rows
 
 
+def _dress(ax: Any, title: str, xlabel: str, ylabel: str, legend_at: str) -> None:
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.tick_params(labelsize=6.5)
+    ax.legend(fontsize=6, loc=legend_at, frameon=False)
+
+
 def _km(ax: Any, groups: dict) -> None:
     for g in groups.get("groups", []):
         colour = GROUP_COLOURS.get(str(g["label"]), None)
@@ -146,11 +154,7 @@ def _km(ax: Any, groups: dict) -> None:
         if g.get("lower") is not None and g.get("upper") is not None:
             ax.fill_between(g["t"], g["lower"], g["upper"], step="post", color=colour, alpha=0.12, lw=0)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("days from index date", fontsize=7)
-    ax.set_ylabel("survival S(t)", fontsize=7)
-    ax.set_title("Kaplan-Meier by predicted risk group", fontsize=8)
-    ax.tick_params(labelsize=6.5)
-    ax.legend(fontsize=6, loc="lower left", frameon=False)
+    _dress(ax, "Kaplan-Meier by predicted risk group", "days from index date", "survival S(t)", "lower left")
 
 
 def _calibration(ax: Any, calibration: dict, hs: list[float]) -> None:
@@ -165,11 +169,8 @@ def _calibration(ax: Any, calibration: dict, hs: list[float]) -> None:
                     label=f"{horizon_label(h)} (ICI {cal['ici']:.3f})" if cal.get("ici") is not None else horizon_label(h))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("predicted risk 1 - S(t)", fontsize=7)
-    ax.set_ylabel("observed risk (1 - Kaplan-Meier)", fontsize=7)
-    ax.set_title("Calibration by predicted risk group", fontsize=8)
-    ax.tick_params(labelsize=6.5)
-    ax.legend(fontsize=6, loc="upper left", frameon=False)
+    _dress(ax, "Calibration by predicted risk group", "predicted risk 1 - S(t)", "observed risk (1 - Kaplan-Meier)",
+           "upper left")
 
 
 def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: str, when: str,
