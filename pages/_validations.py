@@ -12,6 +12,7 @@ from pages import _chrome as chrome
 from pages import _jobs
 from pages import _session as session
 
+
 def pick() -> tuple[dict[str, dict], str] | None:
     """A picker of the user's kept validations (nothing drawn when there are none); returns the chosen one's result
     and the name of the model it validated, or None (none chosen, or it cannot be read: said on the page)."""
