@@ -52,9 +52,12 @@ def warn_not_kept(metrics: dict) -> None:
 def report_button(results: dict[str, dict], validated: str, key: str, *, cohort: str | None = None,
                   split: str = "all") -> None:
     """A button that downloads the report (PDF, aggregate results only) of a validation (``split`` "all"), or of the
-    model ``validated`` on its ``cohort``'s test split, made when it is clicked; the download is audited."""
+    model ``validated`` on its ``cohort``'s test split, made when it is clicked. The click does not rerun the page
+    (a rerun would replace the file the browser is fetching); the download is audited where the file is made, in
+    Streamlit's own thread, and an audit log that cannot be written stops it."""
     import time
 
+    from core.app import audit as audit_log
     from core.validation_report import validation_report_pdf
 
     m = results.get(validated) or {}
@@ -63,12 +66,16 @@ def report_button(results: dict[str, dict], validated: str, key: str, *, cohort:
     when = str(on.get("at") or "") or time.strftime("%Y-%m-%d %H:%M")
     every = split == "all"
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{validated}_on_{cohort.removesuffix('.zip')}" if every else validated)
-    st.download_button("Validation report (PDF)" if every else "Model report (PDF)",
-                       lambda: validation_report_pdf(results, validated, cohort=cohort, when=when, split=split),
+    user, fusion = session.user_id(), str(m.get("fusion") or "model")
+
+    def made() -> bytes:
+        audit_log.record(user, "export", "validation_report" if every else "model_report", fusion=fusion,
+                         models=len(results))
+        return validation_report_pdf(results, validated, cohort=cohort, when=when, split=split)
+
+    st.download_button("Validation report (PDF)" if every else "Model report (PDF)", made,
                        file_name=f"{'validation' if every else 'model'}_report_{stem.strip('_')[:100]}.pdf",
-                       mime="application/pdf", key=f"{key}_report", icon=":material/picture_as_pdf:",
-                       on_click=session.audit, args=("export", "validation_report" if every else "model_report"),
-                       kwargs={"fusion": str(m.get("fusion") or "model"), "models": len(results)},
+                       mime="application/pdf", key=f"{key}_report", icon=":material/picture_as_pdf:", on_click="ignore",
                        help="The metrics, risk groups, calibration" + (", other models, subgroups and recalibration"
                                                                        if every else "") +
                             " on a page or two, for a committee: no patient identifier in it")

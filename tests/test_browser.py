@@ -576,7 +576,7 @@ def upload_cohort_zip(pg: object, tmp_path: Path, tab: str, *, n: int, seed: int
     settle(pg)
 
 
-def test_external_validation_of_the_selected_model(page: object, tmp_path: Path) -> None:
+def test_external_validation_of_the_selected_model(page: object, tmp_path: Path, data_dir: Path) -> None:
     """Cohort & models, "Validate on your cohort": a zipped cohort of 60 new patients (no split column) is gated,
     evaluated on every patient as a background job, with the other models and per sex, and drawn with its risk
     groups. The models' forest plot holds the table's models in order with the table's C-index and IBS, the model
@@ -669,6 +669,10 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path)
     pdf = Path(info.value.path()).read_bytes()
     assert f"{c_of[current]:.3f} [" in pdf_text(pdf) and "Subgroups by sex_female" in pdf_text(pdf)
     assert not [i for i in table["subject_id"].astype(str) if i.encode() in pdf]
+    from core.app.audit import read_audit  # the download audited where the file was made
+
+    assert [r["details"]["models"] for r in read_audit(data_dir / "audit" / "audit.jsonl")
+            if r["target"] == "validation_report"][-1:] == [3]
     # kept in the user's folder: listed after a reload, shown again with the same C-index, removed with one click
     pg.reload()  # type: ignore[attr-defined]
     settle(pg)
