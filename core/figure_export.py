@@ -285,10 +285,9 @@ def _text(t: Any) -> str:
 
 
 def _render_matplotlib(fig: go.Figure, fmt: str, dpi: int, caption: str) -> bytes:
-    import matplotlib
+    from core.figures.pyplot import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layout = fig.layout
     width_in = float(layout.width or 700) / CSS_PX_PER_INCH

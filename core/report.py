@@ -207,10 +207,10 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
     per-strategy risk table (``strategy_risk_table``) and ``strategies_skipped``
     the strategies that cannot score the case, with the reason.
     """
-    import matplotlib
+    from core.figures.pyplot import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    import matplotlib
 
     target = Path(out)
     if target.suffix.lower() != ".pdf":

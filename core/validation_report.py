@@ -154,7 +154,7 @@ def _km(ax: Any, groups: dict) -> None:
         if g.get("lower") is not None and g.get("upper") is not None:
             ax.fill_between(g["t"], g["lower"], g["upper"], step="post", color=colour, alpha=0.12, lw=0)
     ax.set_ylim(0, 1.02)
-    _dress(ax, "Kaplan-Meier by predicted risk group", "days from index date", "survival S(t)", "lower left")
+    _dress(ax, "Kaplan-Meier by predicted risk group", "days from index date", "survival S(t)", "best")
 
 
 def _calibration(ax: Any, calibration: dict, hs: list[float]) -> None:
@@ -178,10 +178,9 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
     """The report of the external validation ``results`` ({model name: metrics | {"error"}}) of the model
     ``validated`` on the cohort named ``cohort`` (its file name; never a patient's), validated at ``when``; the PDF's
     bytes. ``split``: "all" (every patient: an external validation), or the split evaluated (a cohort's test split)."""
-    import matplotlib
+    from core.figures.pyplot import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = results.get(validated)
     if not m or "error" in m:
@@ -205,12 +204,16 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
                 size=7, colour="0.35", width=140)
     if m.get("oracle_c_index") is not None:
         out.line(f"Oracle C-index of the ground-truth risk on the same patients: {m['oracle_c_index']:.3f}.", size=7)
-    if m.get("risk_groups") or m.get("calibration"):
-        ax_km, ax_cal = out.row(3.0, 2)
-        if m.get("risk_groups"):
-            _km(ax_km, m["risk_groups"])
-        if m.get("calibration"):
-            _calibration(ax_cal, m["calibration"], hs)
+    plots = [k for k in ("risk_groups", "calibration") if m.get(k)]
+    if plots:
+        row = out.row(3.0, 2)
+        for unused in row[len(plots):]:  # one plot alone keeps the left half
+            unused.remove()
+        axes = dict(zip(plots, row))
+        if "risk_groups" in axes:
+            _km(axes["risk_groups"], m["risk_groups"])
+        if "calibration" in axes:
+            _calibration(axes["calibration"], m["calibration"], hs)
         ref = m.get("risk_groups") or {}
         days = ref.get("at_risk_days") or []
         if ref.get("logrank_p") is not None:

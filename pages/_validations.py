@@ -4,6 +4,7 @@ and shown again as when they ended, or removed; a validation's report (PDF), mad
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -50,17 +51,21 @@ def warn_not_kept(metrics: dict) -> None:
 
 
 def report_button(results: dict[str, dict], validated: str, key: str, *, cohort: str | None = None,
-                  split: str = "all") -> None:
+                  split: str = "all", risk_groups: Callable[[], dict] | None = None) -> None:
     """A button that downloads the report (PDF, aggregate results only) of a validation (``split`` "all"), or of the
     model ``validated`` on its ``cohort``'s test split, made when it is clicked. The click does not rerun the page
     (a rerun would replace the file the browser is fetching); the download is audited where the file is made, in
-    Streamlit's own thread, and an audit log that cannot be written stops it."""
+    Streamlit's own thread, and an audit log that cannot be written stops it. ``risk_groups``: the Kaplan-Meier
+    curves by predicted risk group when the evaluation holds none (a test split's come from the reference curves)."""
     import time
 
     from core.app import audit as audit_log
     from core.validation_report import validation_report_pdf
 
     m = results.get(validated) or {}
+    if risk_groups is not None and not m.get("risk_groups"):
+        m = {**m, "risk_groups": {k: v for k, v in risk_groups().items() if k in ("groups", "logrank_p", "at_risk_days")}}
+        results = {**results, validated: m}
     on = m.get("validated_on") or {}
     cohort = cohort or str(on.get("cohort") or "the uploaded cohort")
     when = str(on.get("at") or "") or time.strftime("%Y-%m-%d %H:%M")

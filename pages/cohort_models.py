@@ -158,7 +158,8 @@ with tab_model:
     m = evaluate(name, models[name], cohort_dir)
     with chrome.core_errors(stop=False):
         if m is not None:
-            _validations.report_button({name: m}, name, "model", cohort=cohort_text, split="test")
+            _validations.report_button({name: m}, name, "model", cohort=cohort_text, split="test",
+                                       risk_groups=lambda: refs.reference_curves(name))
             show_evaluation(m, "test split", lambda: refs.reference_curves(name), key="model")
             if not site:  # the site cohort's patients are not listed to every user
                 _worst_patients.show(m, cohort_dir, name)  # which patients it orders wrong, each opened in Case review

@@ -68,5 +68,38 @@ def test_a_long_report_flows_onto_more_pages_and_a_missing_model_is_refused(
     text = pdf_text(pdf)
     assert pages >= 2 and f"Page {pages} of {pages}." in text and "External validation of ehr_only (continued)" in text
     assert all(f"site model {i} " in text for i in range(60))  # every row, none cut off at the foot of a page
+    # a test split's evaluation holds no risk groups (the page passes its reference curves): one plot, no empty axes
+    alone = {k: v for k, v in res["ehr_only"].items() if k != "risk_groups"}
+    lines = pdf_text(validation_report_pdf({"m": alone}, "m", cohort="demo", when="today", split="test")).split("\n")
+    assert "Kaplan-Meier by predicted risk group" not in lines and "Calibration by predicted risk group" in lines
+    assert lines.count("0.8") == 2 and "Evaluation of m, test split" in lines  # the calibration plot's two axes only
     with pytest.raises(InputError, match=r"^validated: got image_only, has no metrics in this validation"):
         validation_report_pdf(res, "image_only", cohort="x.zip", when="today")
+
+
+def test_the_first_figure_waits_for_an_ipython_import_another_thread_has_started(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """In the app, a page run may be importing IPython (through plotly) while a report is made in another thread:
+    matplotlib's first figure read the half-made module (``version_info``, ``get_ipython``) and the download failed. A slow stand-in
+    IPython, imported by another thread, shows the wait (in a fresh process: the first figure of its life)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    fake = tmp_path / "IPython"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import time\ntime.sleep(1.5)\nversion_info = (9, 0)\n\n\ndef get_ipython():\n    return None\n")
+    script = (
+        "import sys, threading, time\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "threading.Thread(target=lambda: __import__('IPython')).start()\n"
+        "time.sleep(0.3)\n"
+        "assert 'IPython' in sys.modules and not hasattr(sys.modules['IPython'], 'version_info')\n"
+        "from core.figures.pyplot import pyplot\nplt = pyplot()\n"
+        "plt.figure()\nprint('figure made')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "figure made", done.stderr[-2000:]
+    plain = script.replace("from core.figures.pyplot import pyplot\nplt = pyplot()\n",
+                           "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n")
+    failed = subprocess.run([sys.executable, "-c", plain], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and "partially initialized module 'IPython'" in failed.stderr  # the race
