@@ -37,6 +37,19 @@ def horizon_label(days: float, *, short: bool = False) -> str:
     return HORIZON_LABELS.get(int(d), f"{d:g} days") if d == int(d) else f"{d:g} days"
 
 
+def at_horizon(values: dict | None, h: float) -> object:
+    """A metric's entry at horizon ``h`` whether its keys are numbers (in memory) or text (read back from JSON).
+
+    >>> at_horizon({"365": 1}, 365.0), at_horizon({30: 2}, 30), at_horizon({"90.5": 3}, 90.5), at_horizon(None, 30)
+    (1, 2, 3, None)
+    """
+    values = values or {}
+    for key in (h, str(h), str(int(h)) if float(h).is_integer() else None):
+        if key is not None and key in values:
+            return values[key]
+    return None
+
+
 def horizon_adjective(days: float) -> str:
     """A risk's name at the horizon: ``"1-year"`` for 365 (as in "1-year risk"), ``"30-day"``, ``"2.5-day"``.
 

@@ -21,25 +21,12 @@ from core.errors import InputError
 from core.evaluate.metrics import NOT_AVAILABLE, ci_text
 from core.evaluate.paired import tie_note
 from core.evaluate.subgroups import readable_label
-from core.horizons import HORIZONS, horizon_label
+from core.horizons import HORIZONS, at_horizon, horizon_label
 from core.report import DISCLAIMER
 
 PAGE_IN = (8.27, 11.69)  # A4 portrait
 MARGIN_IN = 0.6
 GROUP_COLOURS = {"low": "#2a9d3a", "intermediate": "#f08a00", "high": "#d62728"}
-
-
-def _by_h(values: dict | None, h: float) -> Any:
-    """A horizon's entry whether the keys are numbers (in memory) or text (read back from JSON).
-
-    >>> _by_h({"365": 1}, 365.0), _by_h({30.0: 2}, 30), _by_h({"90.5": 3}, 90.5), _by_h(None, 30)
-    (1, 2, 3, None)
-    """
-    values = values or {}
-    for key in (h, str(h), str(int(h)) if float(h).is_integer() else None):
-        if key is not None and key in values:
-            return values[key]
-    return None
 
 
 def _horizons(m: dict) -> list[float]:
@@ -130,7 +117,7 @@ def _metric_rows(results: dict[str, dict], hs: list[float]) -> list[dict[str, st
     for name, m in results.items():
         if "error" in m:
             continue
-        td = " / ".join(NOT_AVAILABLE if (v := _by_h(m.get("td_auc"), h)) is None else f"{float(v):.3f}" for h in hs)
+        td = " / ".join(NOT_AVAILABLE if (v := at_horizon(m.get("td_auc"), h)) is None else f"{float(v):.3f}" for h in hs)
         rows.append({"model": name, "C-index [95% CI]": ci_text(m.get("c_index"), m.get("c_index_ci")),
                      "Uno C [95% CI]": ci_text(m.get("uno_c"), m.get("uno_c_ci")),
                      "td-AUC " + " / ".join(horizon_label(h, short=True) for h in hs): td,
@@ -160,7 +147,7 @@ def _km(ax: Any, groups: dict) -> None:
 def _calibration(ax: Any, calibration: dict, hs: list[float]) -> None:
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=0.8, label="perfect calibration")
     for h, colour in zip(hs, ("#1f77b4", "#d62728", "#2a9d3a", "#9467bd", "#8c564b", "#17becf")):
-        cal = _by_h(calibration, h)
+        cal = at_horizon(calibration, h)
         if not cal or not cal.get("groups"):
             continue
         pts = [(g["predicted"], g["observed"]) for g in cal["groups"] if g.get("observed") is not None]
@@ -223,7 +210,7 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
                         **{("day 0" if d == 0 else horizon_label(d, short=True)): str(n) for d, n in zip(days, g["at_risk"])}}
                        for g in ref["groups"]])
         slopes = [f"{horizon_label(h)} {c['slope']:.2f} / {c['intercept']:.2f}" for h in hs
-                  if (c := _by_h(m.get("calibration"), h)) and c.get("slope") is not None]
+                  if (c := at_horizon(m.get("calibration"), h)) and c.get("slope") is not None]
         if slopes:
             out.line("Calibration slope / intercept (1 / 0 ideal; below 1: predictions too extreme): "
                      + "; ".join(slopes) + ".", size=7.5)
@@ -250,7 +237,7 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
         out.table([{"group": readable_label(str(g["label"]), labels), "n / events": f"{g['n']} / {g['events']}",
                     "C-index [95% CI]": ci_text(g.get("c_index"), g.get("c_index_ci")),
                     **{f"{horizon_label(h, short=True)} pred. / obs.":
-                       (NOT_AVAILABLE if not (c := _by_h(g.get("calibration"), h)) or c.get("observed") is None
+                       (NOT_AVAILABLE if not (c := at_horizon(g.get("calibration"), h)) or c.get("observed") is None
                         else f"{c['predicted']:.2f} / {c['observed']:.2f}") for h in hs}}
                    for g in sub["groups"]])
     rec = m.get("recalibration")

@@ -58,7 +58,7 @@ def metrics_row(name: str, m: dict) -> dict:
         "Uno C [95% CI]": ci_text(m.get("uno_c"), m.get("uno_c_ci")),
     }
     for h in horizons.HORIZONS:
-        v = td.get(h, td.get(str(h)))
+        v = horizons.at_horizon(td, h)
         row[f"td-AUC {horizons.HORIZON_LABELS[h]}"] = NOT_AVAILABLE if v is None else f"{float(v):.3f}"
     row["IBS [95% CI]"] = ci_text(m.get("ibs"), m.get("ibs_ci"))
     row["n / events"] = f"{m.get('n')} / {m.get('events')}"
@@ -73,8 +73,8 @@ def coverage_rows(m: dict) -> list[dict]:
     level = 1.0 - float(cov.get("alpha", 0.1))
     rows = []
     for h in horizons.HORIZONS:
-        c = (cov.get("horizons") or {}).get(h, (cov.get("horizons") or {}).get(str(h)))
-        k = (conf.get("horizons") or {}).get(h, (conf.get("horizons") or {}).get(str(h)))
+        c = horizons.at_horizon(cov.get("horizons"), h)
+        k = horizons.at_horizon(conf.get("horizons"), h)
 
         def fmt(res: dict | None) -> str:
             return NOT_AVAILABLE if not res or res.get("coverage") is None else f"{res['coverage']:.3f} (n known {res['n_known']})"
@@ -202,8 +202,7 @@ def subgroup_rows(sub: dict) -> list[dict]:
                "n / events": f"{g['n']} / {g['events']}",
                "C-index [95% CI]": ci_text(g.get("c_index"), g.get("c_index_ci"))}
         for h in horizons.HORIZONS:
-            by_h = g.get("calibration") or {}
-            cal = by_h.get(h, by_h.get(str(h)))  # a result read back from JSON has the horizons as text
+            cal = horizons.at_horizon(g.get("calibration"), h)  # read back from JSON, the horizons are text
             row[f"{horizons.HORIZON_LABELS[h]} (pred. / obs.)"] = (
                 NOT_AVAILABLE if not cal or cal.get("observed") is None
                 else f"{cal['predicted']:.2f} / {cal['observed']:.2f}")
@@ -218,7 +217,7 @@ def show_subgroups(sub: dict, overall_c: float | None, key: str) -> None:
 
     groups = sub.get("groups", [])
     reached = [h for h in horizons.HORIZONS
-               if any((g.get("calibration") or {}).get(h, (g.get("calibration") or {}).get(str(h))) for g in groups)]
+               if any(horizons.at_horizon(g.get("calibration"), h) for g in groups)]
     labels = [str(g["label"]) for g in groups]
     if groups:
         horizon = 365 if 365 in reached else (reached[0] if reached else 365)
