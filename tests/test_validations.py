@@ -62,6 +62,28 @@ def test_kept_listed_newest_first_pruned_and_removed(tmp_path: Path) -> None:
     assert len(list(folder.glob("*.result.json"))) == validations.MAX_KEPT
 
 
+def test_a_validation_over_the_quota_is_refused_and_none_kept_is_lost(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keeping a validation counts in the user's disk quota: one that fits in the room the oldest beyond MAX_KEPT
+    leaves replaces it; one that does not is refused with the quota's message, and no kept validation is removed."""
+    from core.errors import InputError
+
+    user, t0 = tmp_path / "users" / "u2", 1_790_000_000.0
+    monkeypatch.setattr(validations, "MAX_KEPT", 2)
+    a = validations.save(user, _result(0.61), "ehr_only", "a.zip", now=t0)
+    b = validations.save(user, _result(0.62), "ehr_only", "b.zip", now=t0 + 60)
+    monkeypatch.setenv(workspace.USER_QUOTA_ENV, repr((workspace.folder_bytes(user) + 50) / workspace.GB))
+    c = validations.save(user, _result(0.63), "ehr_only", "c.zip", now=t0 + 120)  # in a's room
+    assert [k.id for k in validations.listing(user)] == [c, b] and validations.load(user, a) is None
+    big = _result(0.7, n=500)
+    big["ehr_only"]["subject_risk"] = {"ids": [f"p{i}" for i in range(500)], "risk": [0.5] * 500,
+                                       "time": [1.0] * 500, "event": [0] * 500}
+    with pytest.raises(InputError, match=r"^disk quota: got .* in use after this, exceeds your quota of "):
+        validations.save(user, big, "ehr_only", "d.zip", now=t0 + 180)
+    assert [k.id for k in validations.listing(user)] == [c, b]
+    assert not list((user / validations.FOLDER).glob(".*.tmp"))
+
+
 def _evaluated(cohort: Path) -> dict[str, dict]:
     """The shipped-demo ehr_only evaluated as an external validation evaluates it (every patient, three risk groups,
     each patient's risk kept)."""
@@ -138,4 +160,12 @@ def test_a_validation_that_cannot_be_kept_is_still_returned_with_the_reason(tmp_
                                 keep="site.zip")
     assert res["ehr_only"]["n"] == 30 and 0 < res["ehr_only"]["c_index"] < 1
     assert res["ehr_only"]["not_kept"] == "[Errno 28] No space left on device"
+    assert validations.listing(cohorts.parent) == [] and list(cohorts.iterdir()) == []
+    # over the user's quota (the upload was checked before the job; the kept result is measured when it is written)
+    monkeypatch.undo()
+    monkeypatch.setenv(workspace.USER_QUOTA_ENV, "0.000001")  # 1 KB
+    res = validate_uploaded_job(_ctx(), _zip(src), str(cohorts), {"ehr_only": str(SHIPPED_MODELS / "ehr_only")},
+                                keep="site.zip")
+    assert res["ehr_only"]["n"] == 30 and res["ehr_only"]["not_kept"].startswith("disk quota: got ")
+    assert "exceeds your quota of 1.0 KB" in res["ehr_only"]["not_kept"]
     assert validations.listing(cohorts.parent) == [] and list(cohorts.iterdir()) == []

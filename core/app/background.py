@@ -229,7 +229,7 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
         out[next(iter(models))]["validated_on"] = {"cohort": keep, "at": time.strftime("%Y-%m-%d %H:%M")}
         try:
             validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup)
-        except OSError as err:  # a full disk: the result is still shown, with what kept it from the folder
+        except (InputError, OSError) as err:  # a full disk or quota: the result is still shown, and why it is not kept
             out[next(iter(models))]["not_kept"] = " ".join(str(err).split())
     ctx.progress(1.0, "done")
     return out

@@ -57,36 +57,56 @@ def folder(user_dir: Path | str) -> Path:
     return private_dir(Path(user_dir) / FOLDER)
 
 
-def _write(path: Path, data: Any) -> None:
+def _text(data: Any) -> str:
     from core.evaluation import json_plain  # the metrics hold numpy numbers and arrays
 
+    return json.dumps(data, default=json_plain)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # removed meanwhile
+
+
+def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump(data, out, default=json_plain)
+        out.write(text)
     os.replace(tmp, path)
 
 
 def save(user_dir: Path | str, results: dict[str, dict], validated: str, upload: str, subgroup: str | None = None,
          now: float | None = None) -> str:
     """Keep ``results`` (``validate_uploaded_job``'s {model name: metrics}, ``validated`` the model the user chose)
-    of the cohort uploaded as ``upload`` (its file name) for the user of ``user_dir``; the oldest beyond
-    :data:`MAX_KEPT` go. Returns the new validation's id."""
+    of the cohort uploaded as ``upload`` (its file name) for the user of ``user_dir`` (``<data dir>/users/<key>``);
+    the oldest beyond :data:`MAX_KEPT` go. Returns the new validation's id. Refused (``InputError``) when the files
+    would take the user or the server over their disk quota, counting the room the oldest beyond :data:`MAX_KEPT`
+    would leave (the user's caches give way first): no kept validation is removed then."""
+    from core.app.workspace import check_quota_in
+
     if validated not in results:
         raise ValueError(f"validated: {validated!r} is not among the results {sorted(results)}; fix: pass the name "
                          "of the model the validation was started for")
     stamp = now if now is not None else time.time()
     kept_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}-{secrets.token_hex(4)}"
     first = results[validated]
-    base = folder(user_dir)
-    _write(base / f"{kept_id}.result.json", results)  # the summary last: a listed validation always has its result
-    _write(base / f"{kept_id}.json", {
+    summary = _text({
         "at": time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)), "validated": validated,
         "others": [n for n in results if n != validated], "upload": str(upload), "subgroup": subgroup or "",
         "c_index": first.get("c_index"), "patients": int(first.get("n") or 0),
         "events": int(first.get("events") or 0)})
-    for old in listing(user_dir)[MAX_KEPT:]:
+    whole, root = _text(results), Path(user_dir)
+    pruned = listing(user_dir)[MAX_KEPT - 1:]  # room for the new one, removed once the quota allows it
+    freed = sum(_size(root / FOLDER / f"{k.id}{end}") for k in pruned for end in (".json", ".result.json"))
+    check_quota_in(root, root.parent.parent, max(0, len(whole.encode()) + len(summary.encode()) - freed))
+    for old in pruned:
         remove(user_dir, old.id)
+    base = folder(user_dir)
+    _write(base / f"{kept_id}.result.json", whole)  # the summary last: a listed validation always has its result
+    _write(base / f"{kept_id}.json", summary)
     return kept_id
 
 

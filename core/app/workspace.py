@@ -7,6 +7,7 @@ Layout under the app data dir (:func:`core.app.paths.data_dir`), every folder mo
     users/<key>/exports/<session>/<kind>/   one browser session's prepared exports (``SessionWorkspace.exports_dir``)
     users/<key>/cohorts/         cohorts unpacked from uploads (a trained model's, or a running job's), built from MEDS
     users/<key>/jobs/            the user's queued and running jobs on record (``core.app.job_journal``)
+    users/<key>/validations/     the user's kept external validations (``core.app.validations``)
     users/<key>/cache/           predictions, maps and decoded studies of the user's models and cohorts (caches)
     scratch/ctehr-session-<pid>-<random>/   one browser session's scratch (``SessionWorkspace``)
 
@@ -136,9 +137,7 @@ def list_user_models(user: str, base: Path | None = None) -> dict[str, Path]:
 
 
 def _quota_bytes(env: str, default_gb: float) -> int:
-    raw = os.environ.get(env, "").strip()
-    if not raw:
-        return int(default_gb * GB)
+    raw = os.environ.get(env, "").strip() or f"{default_gb!r}"  # unset: the default
     try:
         value = float(raw)
     except ValueError:
@@ -199,32 +198,38 @@ def drop_caches(user: str, base: Path | None = None) -> int:
     """Delete the user's decoded copies of their cases' and cohorts' CTs and the attribution maps of their cases and
     models (``cases/<id>/decoded``, ``cases/<id>/maps``, ``cache/maps``, ``cache/studies``: made again when asked
     for); the bytes freed."""
-    freed = 0
-    root = user_root(user, base)
-    cases = root / "cases"
-    folders = [*cases.glob(f"*/{DECODED}"), *cases.glob(f"*/{MAPS}"), root / "cache" / MAPS, root / "cache" / STUDIES]
+    return _drop_caches_in(user_root(user, base))
+
+
+def _drop_caches_in(root: Path) -> int:
+    freed, cases, cache = 0, root / "cases", root / "cache"
+    folders = [*cases.glob(f"*/{DECODED}"), *cases.glob(f"*/{MAPS}"), cache / MAPS, cache / STUDIES]
     for folder in (f for f in folders if f.is_dir() and not f.is_symlink()):
         for file in folder.iterdir():
             if file.is_file() and not file.is_symlink():
-                size = file.stat().st_size
+                freed += file.stat().st_size
                 file.unlink(missing_ok=True)
-                freed += size
     return freed
 
 
 def check_quota(user: str, extra: int, base: Path | None = None, *, drop: bool = True) -> None:
     """Refuse (``InputError``) when ``extra`` more bytes would exceed the user's or the server's quota, after the
     user's decoded CT copies and maps (:func:`drop_caches`) gave way (``drop``; a cache's own check does not evict others)."""
-    used, limit = user_usage(user, base), user_quota_bytes()
-    if used + extra > limit and drop and drop_caches(user, base):
-        used = user_usage(user, base)
+    check_quota_in(user_root(user, base), _base(base), extra, drop=drop)
+
+
+def check_quota_in(root: Path, base: Path, extra: int, *, drop: bool = True) -> None:
+    """:func:`check_quota` for the user whose folder is ``root`` (``<base>/users/<key>``, as a job is given it)."""
+    used, limit = folder_bytes(root), user_quota_bytes()
+    if used + extra > limit and drop and _drop_caches_in(root):
+        used = folder_bytes(root)
     if used + extra > limit:
         raise InputError("disk quota", f"{human_bytes(used + extra)} in use after this",
                          f"exceeds your quota of {human_bytes(limit)} ({human_bytes(used)} in use now)",
-                         "delete cases you no longer need under Upload > Your cases, or models you trained here "
-                         "(Cohort & models > Selected model > Delete this model; their cohorts go with them) or cohorts "
-                         "built from MEDS (Cohort & models > Cohort from MEDS > Delete), or ask "
-                         f"the administrator to raise {USER_QUOTA_ENV}")
+                         "delete cases you no longer need (Upload > Your cases), models you trained here (Cohort & "
+                         "models > Selected model > Delete this model; their cohorts go with them), cohorts built from "
+                         "MEDS (Cohort & models > Cohort from MEDS > Delete) or earlier validations (Cohort & models > "
+                         f"Validate on your cohort > Remove), or ask the administrator to raise {USER_QUOTA_ENV}")
     used_all, limit_all = total_usage(base), total_quota_bytes()
     if used_all + extra > limit_all:
         raise InputError("disk quota", f"{human_bytes(used_all + extra)} in use on this server after this",
