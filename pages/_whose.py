@@ -29,14 +29,13 @@ def site_cohorts() -> set[str]:
 
 def audit_details(name: str, fusion: str) -> dict[str, str]:
     """What the audit log records of the model in use (``core.app.audit`` takes labels the code chose, never a
-    user's text): its strategy (``fusion``), :func:`whose` it is (``models``) and, for a site model, its label's slug
-    (``model``) where the log accepts it. A case opened under two models is then two records."""
-    from core.app.audit import is_label
-    from core.app.site_models import SUFFIX, slug
+    user's text): its strategy (``fusion``), :func:`whose` it is (``models``) and, for a site model, the name the log
+    knows it by (``model``: ``core.app.site_models.audit_name``). A case opened under two models is then two records."""
+    from core.app.site_models import SUFFIX, audit_name
 
     out = {"fusion": fusion, "models": whose(name)}
-    if is_site(name) and is_label(slug(name.removesuffix(SUFFIX))):
-        out["model"] = slug(name.removesuffix(SUFFIX))
+    if is_site(name):
+        out["model"] = audit_name(name.removesuffix(SUFFIX))
     return out
 
 

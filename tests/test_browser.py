@@ -217,39 +217,72 @@ PAGE_PATHS = {"Case review": "", "Upload": "upload", "Cohort & models": "cohort_
 PAGE_HEADINGS = {"Upload": "Upload a case"}  # a page's h1 where it differs from its sidebar title
 
 
+def page_state(pg: object) -> str:
+    """What the browser shows now, for a failure's message: the address, whether a script run is going on, the
+    connection status Streamlit shows while its WebSocket is down, and the start of the main area."""
+    app = pg.locator('[data-testid="stApp"]')  # type: ignore[attr-defined]
+    state = app.first.get_attribute("data-test-script-state") if app.count() else "no stApp"
+    status = pg.locator('[data-testid="stStatusWidget"], [data-testid="stConnectionStatus"]')  # type: ignore[attr-defined]
+    status_text = status.first.inner_text().strip() if status.count() else ""
+    main = pg.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
+    main_text = main.first.inner_text()[:300].replace("\n", " | ") if main.count() else "no main area"
+    return f"url {pg.url}, script state {state}, status widget {status_text!r}, main area: {main_text!r}"  # type: ignore[attr-defined]
+
+
 def go(pg: object, title: str, attempts: int = 3) -> None:
     """Open a page from the sidebar; return once the browser is on it, its run ended and its own heading shows.
 
-    Two races are retried, by clicking the link again (at most ``attempts`` times):
+    Three races are retried (at most ``attempts`` times), each as a user would:
 
     * a click that lands while the sidebar is being redrawn (a run that has just ended) can hit the old element and
-      do nothing: the address bar still names the previous page;
+      do nothing: the address bar still names the previous page; the link is clicked again;
     * the new page's run can end without drawing anything: seen once in CI (the address bar named Export, the
       sidebar was drawn, the main area stayed empty for 240 s), cause not found, not reproduced in 8 quick clicks
-      from a loading Case review under load. A user would click the link again, and so does this helper (clicking
-      the current page's link reruns it).
+      from a loading Case review under load; the link is clicked again (clicking the current page's link reruns it);
+    * the sidebar link not clickable for a minute after such an empty page (seen once in a suite run on 2 busy
+      cores, session 75): the page is reloaded.
+
+    Every retry and the final failure say what the browser showed (``page_state``); a retry is reported as a
+    warning in the suite's summary, so a stall that a retry hid is still seen.
     """
+    import warnings
+
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     path = PAGE_PATHS[title]
     target = re.compile(r"^https?://[^/]+/" + re.escape(path) + r"(\?.*)?$")
     heading = pg.locator('[data-testid="stMain"] h1').filter(has_text=PAGE_HEADINGS.get(title, title))  # type: ignore[attr-defined]
+    link = pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True)  # type: ignore[attr-defined]
     for attempt in range(attempts):
         last = attempt == attempts - 1
-        pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()  # type: ignore[attr-defined]
+        try:
+            link.click(timeout=60_000)
+        except PlaywrightTimeout:
+            seen = page_state(pg)
+            if last:
+                raise AssertionError(f"the sidebar link {title!r} was not clickable for 60 s: {seen}") from None
+            warnings.warn(f"go({title!r}): the sidebar link was not clickable for 60 s, page reloaded; {seen}",
+                          stacklevel=2)
+            pg.reload()  # type: ignore[attr-defined]
+            pg.locator("h1").first.wait_for(timeout=180_000)  # type: ignore[attr-defined]
+            settle(pg)
+            continue
         try:
             pg.wait_for_url(target, timeout=10_000)  # type: ignore[attr-defined]
         except PlaywrightTimeout:
             if last:
-                raise AssertionError(f"the sidebar link {title!r} did not open its page: still at {pg.url}")  # type: ignore[attr-defined]
+                raise AssertionError(f"the sidebar link {title!r} did not open its page: {page_state(pg)}") from None
             continue
         settle(pg)
         try:
             heading.first.wait_for(state="visible", timeout=30_000)
             return
         except PlaywrightTimeout:
+            seen = page_state(pg)
             if last:
-                raise AssertionError(f"the page {title!r} opened at {pg.url} but did not draw its heading")  # type: ignore[attr-defined]
+                raise AssertionError(f"the page {title!r} opened but did not draw its heading: {seen}") from None
+            warnings.warn(f"go({title!r}): no heading 30 s after the page's run ended, clicked again; {seen}",
+                          stacklevel=2)
 
 
 def choose(pg: object, label: str, option: str | re.Pattern[str]) -> None:

@@ -4,6 +4,7 @@ administrator with its cohort, is listed for every user, read against its own co
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -99,8 +100,14 @@ def test_add_list_replace_and_remove_check_the_model_and_the_cohort(data_dir: Pa
         ("site_model", demo_install.DEFAULT_FUSION, {"change": "replace", "model": "lung-ct-2025"}),
         ("site_model", demo_install.DEFAULT_FUSION, {"change": "remove", "model": "lung-ct-2025"})]
     assert all(r["user"].startswith("cli:") for r in log)
-    add_site_model(model, moved, "Trial 20251124", root)  # a label the log would refuse (a date): left out
-    assert read_audit(root / "audit" / "audit.jsonl")[-1]["details"] == {"change": "add"}
+    # a label whose slug the log refuses (a date): recorded under a name of letters, the same each time, that
+    # `site-model list` shows beside the label
+    from core.app.site_models import audit_name
+
+    add_site_model(model, moved, "Trial 20251124", root)
+    name = read_audit(root / "audit" / "audit.jsonl")[-1]["details"]["model"]
+    assert name == audit_name("trial 20251124") and re.fullmatch(r"site-[a-z]{10}", name)
+    assert audit_name("Trial 20251125") != name
 
 
 def test_the_command_line_adds_lists_and_removes(data_dir: Path, tmp_path: Path) -> None:
@@ -117,7 +124,8 @@ def test_the_command_line_adds_lists_and_removes(data_dir: Path, tmp_path: Path)
     assert added.stdout.strip().endswith("the app lists it as 'Lung CT 2025 (site)' for every user")
     listed = json.loads(cli("list", "--json").stdout)
     assert listed == {"models": [{"label": "Lung CT 2025", "model": str(site_models_dir(root) / "lung-ct-2025"),
-                                  "cohort": str(cohort)}]}
+                                  "cohort": str(cohort), "audit_name": "lung-ct-2025"}]}
+    assert cli("list").stdout.strip().endswith(f"trained on {cohort}\taudit log: lung-ct-2025")
     missing = cli("add", str(model), "--label", "X")
     assert missing.returncode == 2 and missing.stderr.strip() == (
         "error: --cohort: got absent, is needed to add a site model; fix: pass the cohort folder it was trained on")

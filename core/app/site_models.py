@@ -20,6 +20,7 @@ folder loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -43,6 +44,22 @@ def site_models_dir(data_dir: Path | str) -> Path:
 def slug(label: str) -> str:
     """The folder name of a site model's copy: its label in lower case, runs of other characters as one ``-``."""
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def audit_name(label: str) -> str:
+    """The name the audit log records the site model ``label`` under: its :func:`slug`, or where the log refuses that
+    slug (a run of 5 digits or a date in it: the log holds no such text) ``site-`` and 10 letters of its SHA-256,
+    the same every time (``python -m core site-model list`` shows it beside the label).
+
+    >>> audit_name("Lung CT 2025"), audit_name("Trial 20251124").startswith("site-")
+    ('lung-ct-2025', True)
+    """
+    from core.app.audit import is_label
+
+    name = slug(label)
+    if is_label(name):
+        return name
+    return "site-" + "".join("abcdefghijklmnopqrstuvwxyz"[b % 26] for b in hashlib.sha256(name.encode()).digest()[:10])
 
 
 def list_site_models(data_dir: Path | str) -> dict[str, tuple[Path, Path]]:
@@ -137,15 +154,11 @@ def remove_site_model(label: str, data_dir: Path | str) -> Path:
 
 def _audit(data_dir: Path | str, change: str, fusion: str, label: str) -> None:
     """A ``site_model`` line in the data folder's audit log (``core.app.audit``): who (``cli:<login name>``), the
-    ``change`` (add, replace, remove), the strategy and the label's slug where it is a label the log accepts (a slug
-    with a run of 5 digits or a date in it is left out: the log holds no such text)."""
+    ``change`` (add, replace, remove), the strategy and the label's :func:`audit_name`."""
     import getpass
 
     from core.app import audit
 
     login = re.sub(r"[^\x21-\x7e]", "", getpass.getuser())[:200]  # the audit's user: printable ASCII, no space
-    details: dict[str, object] = {"change": change}
-    if audit.is_label(slug(label)):
-        details["model"] = slug(label)
     audit.record_at(Path(data_dir) / "audit" / "audit.jsonl", f"cli:{login}" if login else "cli", "site_model",
-                    fusion, **details)
+                    fusion, change=change, model=audit_name(label))

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.app.paths import data_dir
-    from core.app.site_models import add_site_model, list_site_models, remove_site_model
+    from core.app.site_models import add_site_model, audit_name, list_site_models, remove_site_model
     from core.errors import InputError
 
     root = args.data_dir or data_dir()
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         result, text = {"removed": str(target)}, f"removed {args.model!r} ({target}); its cohort folder is kept"
     else:
         found = list_site_models(root)
-        result = {"models": [{"label": k, "model": str(m), "cohort": str(c)} for k, (m, c) in found.items()]}
-        text = "\n".join(f"{k}\t{m}\ttrained on {c}" for k, (m, c) in found.items()) or f"no site models in {root}"
+        result = {"models": [{"label": k, "model": str(m), "cohort": str(c), "audit_name": audit_name(k)}
+                             for k, (m, c) in found.items()]}
+        text = "\n".join(f"{k}\t{m}\ttrained on {c}\taudit log: {audit_name(k)}" for k, (m, c) in found.items()) \
+            or f"no site models in {root}"
     print(json.dumps(result) if args.json else text)
     return 0
