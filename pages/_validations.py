@@ -84,3 +84,73 @@ def report_button(results: dict[str, dict], validated: str, key: str, *, cohort:
                        help="The metrics, risk groups, calibration" + (", other models, subgroups and recalibration"
                                                                        if every else "") +
                             " on a page or two, for a committee: no patient identifier in it")
+
+
+def pooled_view() -> None:
+    """A model's kept validations on several sites pooled (``core.evaluate.pooled``): shown on a toggle where the user
+    kept validations of one model on at least two cohorts; by default the newest validation of each upload (one per
+    site), chosen in a list; the pooled C-index with its interval, the prediction interval for a new site, I^2, the
+    forest plot, and the table as CSV."""
+    import pandas as pd
+
+    from core import figures as F
+    from core.evaluate.pooled import pooled_c_index
+
+    user_dir = workspace.user_root(_jobs.owner())
+    by_model: dict[str, list[validations.Kept]] = {}
+    for k in validations.listing(user_dir):  # newest first
+        if k.c_index is not None:
+            by_model.setdefault(k.validated, []).append(k)
+    models = [m for m, ks in by_model.items() if len({k.upload for k in ks}) >= 2]
+    if not models or not st.toggle("Pool a model's validations across sites", key="pool_on",
+                                   help="A random-effects meta-analysis of the C-index of one model validated on "
+                                        "several sites' cohorts: how well it ranks patients on average, and what to "
+                                        "expect at a new site"):
+        return
+    model = st.selectbox("Model", models, key="pool_model") if len(models) > 1 else models[0]
+    ks = {k.id: k for k in by_model[model]}
+    labels = {i: f"{k.upload} · {k.at} · C {k.c_index:.3f} · {k.patients} patients" for i, k in ks.items()}
+    newest = list({k.upload: i for i, k in reversed(ks.items())}.values())  # each upload's newest, listed order
+    chosen = st.multiselect(f"Validations of {model} to pool (one per site: the same patients twice would count "
+                            "twice)", list(labels), default=[i for i in ks if i in newest], format_func=labels.__getitem__,
+                            key=f"pool_ids_{model}")
+    rows, left_out = [], []
+    for i in chosen:
+        m = (validations.load(user_dir, i) or {}).get(model) or {}
+        ci = m.get("c_index_ci") or [None, None]
+        if m.get("c_index") is None or None in ci:
+            left_out.append(labels[i])
+            continue
+        rows.append({"site": f"{ks[i].upload} ({ks[i].at})", "patients": ks[i].patients, "events": ks[i].events,
+                     "c_index": float(m["c_index"]), "c_low": float(ci[0]), "c_high": float(ci[1])})
+    if left_out:
+        st.caption("Left out (no C-index interval kept): " + chrome.md("; ".join(left_out)))
+    if len(rows) < 2:
+        st.info("Choose the validations of at least two sites.", icon=":material/info:")
+        return
+    with chrome.core_errors(stop=False):
+        table = pd.DataFrame(rows)
+        pooled = pooled_c_index(table["c_index"], table["c_low"], table["c_high"])
+        table["weight"] = pooled["weights"]
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Pooled C-index", f"{pooled['c']:.3f}", help="Random effects (DerSimonian-Laird) on the logit scale")
+        c1.caption(f"95 % interval {pooled['ci'][0]:.3f}-{pooled['ci'][1]:.3f}, {pooled['k']} sites")
+        pi = pooled["prediction"]
+        c2.metric("A new site's C-index", f"{pi[0]:.2f}-{pi[1]:.2f}" if pi else "3 sites needed",
+                  help="The 95 % prediction interval: where the C-index of the model at another site is expected "
+                       "to lie, the spread between sites included")
+        c3.metric("Between sites (I²)", f"{100 * pooled['i2']:.0f} %",
+                  help="The share of the spread of the sites' C-indices that is between sites rather than chance")
+        c3.caption(f"Cochran's Q {pooled['q']:.2f}, p {pooled['q_p']:.3f}")
+        st.plotly_chart(F.pooled_figure([(r["site"], r["c_index"], r["c_low"], r["c_high"]) for r in rows], pooled,
+                                        title=f"{model} on {pooled['k']} sites"),
+                        width="stretch", key="pool_figure", config=chrome.PLOTLY_CONFIG)
+        st.caption("Squares: each site's C-index with its 95 % bootstrap interval; diamond: the pooled C-index with "
+                   "its 95 % interval; dashed: where a new site's C-index is expected to lie (95 %; a t quantile with "
+                   "sites - 2 degrees of freedom, so wide with few sites). Each site's standard error is read from its "
+                   "interval on the logit scale (Debray et al., BMJ 2017).")
+        out = pd.concat([table, pd.DataFrame([{"site": "pooled (random effects)", "patients": table["patients"].sum(),
+                                               "events": table["events"].sum(), "c_index": pooled["c"],
+                                               "c_low": pooled["ci"][0], "c_high": pooled["ci"][1], "weight": 1.0}])])
+        st.download_button("Download the pooled table (CSV)", out.to_csv(index=False).encode(),
+                           f"pooled_{re.sub(r'[^A-Za-z0-9_-]+', '_', model)[:80]}.csv", mime="text/csv", key="pool_csv")

@@ -330,6 +330,7 @@ with tab_validate:
     if (earlier := _validations.pick()) is not None:  # kept in the user's folder: after a restart too
         with chrome.core_errors(stop=False):
             show_validation(*earlier, key="kept_validation")
+    _validations.pooled_view()
 
 with tab_train:
     st.markdown(

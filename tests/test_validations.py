@@ -140,6 +140,51 @@ def test_an_earlier_validation_is_shown_again_after_a_restart_and_removed(data_d
             validations.remove(user_dir, kept_id)
 
 
+def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path: Path) -> None:
+    """Validate on your cohort: the shipped ehr_only kept validated on three sites' cohorts (one of them twice) is
+    pooled on a toggle: by default the newest validation of each upload; the pooled C-index, the prediction interval
+    and I^2 are core.evaluate.pooled's of the kept numbers; the forest plot holds the three sites and the pooled row;
+    the table downloads as CSV."""
+    from core.demo import write_demo_cohort
+    from core.evaluate.pooled import pooled_c_index
+
+    user_dir = workspace.user_root("local", data_dir)
+    t0, kept = 1_790_000_000.0, []
+    for i, (name, seed) in enumerate((("site_a.zip", 21), ("site_b.zip", 22), ("site_a.zip", 23), ("site_c.zip", 24))):
+        result = _evaluated(write_demo_cohort(tmp_path / f"c{i}", n=60, seed=seed, volumes=False))
+        kept.append((validations.save(user_dir, result, "ehr_only", name, now=t0 + 60 * i), result["ehr_only"]))
+    try:
+        newest = [m for (_, m), i in zip(kept, range(4)) if i != 0][::-1]  # site_c, site_a (again), site_b
+        want = pooled_c_index([m["c_index"] for m in newest], [m["c_index_ci"][0] for m in newest],
+                              [m["c_index_ci"][1] for m in newest])
+        at = _app()
+        at.run()
+        at.switch_page("pages/cohort_models.py").run()
+        _wait_for_jobs()
+        at.session_state["pool_on"] = True
+        at.run()
+        _no_exception(at)
+        (chosen,) = [m for m in at.multiselect if m.key == "pool_ids_ehr_only"]
+        assert chosen.value == [k for k, _ in kept[1:]][::-1] and len(chosen.options) == 4
+        shown = {x.label: x.value for x in at.metric}
+        assert shown["Pooled C-index"] == f"{want['c']:.3f}"
+        lo, hi = want["prediction"]
+        assert shown["A new site's C-index"] == f"{lo:.2f}-{hi:.2f}"
+        assert shown["Between sites (I²)"] == f"{100 * want['i2']:.0f} %"
+        figure = json.loads(at.get("plotly_chart")[-1].proto.spec)
+        assert [list(t["y"]) for t in figure["data"]][1] == ["Pooled (random effects)"]
+        assert [y.split(" (")[0] for y in figure["data"][0]["y"]] == ["site_c.zip", "site_a.zip", "site_b.zip"]
+        assert any(d.proto.label == "Download the pooled table (CSV)" for d in at.get("download_button"))
+        # two sites chosen: no prediction interval yet
+        at.session_state["pool_ids_ehr_only"] = [k for k, _ in kept[2:]]
+        at.run()
+        _no_exception(at)
+        assert {x.label: x.value for x in at.metric}["A new site's C-index"] == "3 sites needed"
+    finally:
+        for kept_id, _ in kept:
+            validations.remove(user_dir, kept_id)
+
+
 def test_a_validation_that_cannot_be_kept_is_still_returned_with_the_reason(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk when the validation is kept: the job still returns its result (shown on the page, its tables

@@ -20,7 +20,7 @@ from core.figures.curves import (
     decision_curve_figure,
     survival_compare_figure,
 )
-from core.figures.metrics import model_comparison_figure, subgroup_figure
+from core.figures.metrics import model_comparison_figure, pooled_figure, subgroup_figure
 from core.figures.slices import map_top, montage, normalize_map, resolve_window, scale_map, slice_overlay
 from core.figures.style import (
     BAND_FILL,
@@ -42,7 +42,7 @@ from core.figures.tokens import (
 
 __all__ = [
     "BAND_FILL", "COHORT_COLOR", "GRAY", "OVERLAY_COLORSCALE", "PALETTE", "RISK_GROUP_COLORS", "STRATEGY_COLORS",
-    "attention_heatmap", "attention_maps", "calibration_figure", "decision_curve_figure", "event_labels", "model_comparison_figure", "montage",
+    "attention_heatmap", "attention_maps", "calibration_figure", "decision_curve_figure", "event_labels", "model_comparison_figure", "montage", "pooled_figure",
     "map_top", "normalize_map",
     "resolve_window", "scale_map", "slice_overlay", "slice_strip", "subgroup_figure", "survival_chart", "survival_compare_figure", "timeline_figure",
 ]
