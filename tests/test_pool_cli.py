@@ -1,0 +1,77 @@
+"""``python -m core pool``: one model's C-index over several sites' ``evaluate --split all --json`` outputs, pooled
+(core.evaluate.pooled), printed, as JSON and as CSV; files it cannot use are refused in one line naming them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from core.app import demo_install
+from core.cli import main as cli_main
+from core.demo import write_demo_cohort
+from core.evaluate.pooled import pooled_c_index
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The shipped ehr_only evaluated by `evaluate --split all --json` on three new demo cohorts, each saved as a file."""
+    model = demo_install.SHIPPED_MODELS / "ehr_only"
+    folder = tmp_path_factory.mktemp("pool")
+    out = []
+    for name, seed, n in (("north", 41, 80), ("south", 42, 60), ("east", 43, 100)):
+        cohort = write_demo_cohort(folder / name, n=n, seed=seed, volumes=False)
+        target = folder / f"{name}.json"
+        with pytest.MonkeyPatch.context() as mp:
+            printed: list[str] = []
+            mp.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+            assert cli_main(["evaluate", "--model", str(model), "--cohort", str(cohort), "--split", "all",
+                             "--n-boot", "50", "--no-band", "--json"]) == 0
+        target.write_text(printed[-1])
+        out.append(target)
+    return out
+
+
+def test_pool_prints_the_pooled_c_index_of_the_sites_files(sites: list[Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    evaluated = [json.loads(p.read_text()) for p in sites]
+    want = pooled_c_index([e["c_index"] for e in evaluated], [e["c_index_ci"][0] for e in evaluated],
+                          [e["c_index_ci"][1] for e in evaluated])
+    table = tmp_path / "out" / "pooled.csv"
+    assert cli_main(["pool", *map(str, sites), "--json", "--csv", str(table)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["c"] == pytest.approx(want["c"]) and got["prediction"] == pytest.approx(want["prediction"])
+    assert [s["site"] for s in got["sites"]] == ["north", "south", "east"]
+    assert [s["patients"] for s in got["sites"]] == [80, 60, 100]
+    rows = list(csv.DictReader(table.open()))
+    assert [r["site"] for r in rows] == ["north", "south", "east", "pooled (random effects)"]
+    assert float(rows[-1]["c_index"]) == pytest.approx(want["c"]) and rows[-1]["patients"] == "240"
+    assert sum(float(r["weight"]) for r in rows[:3]) == pytest.approx(1.0)
+    # as text, with the sites named
+    assert cli_main(["pool", *map(str, sites), "--labels", "Hospital N, Hospital S, Clinic E"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].startswith("Hospital N") and f"C {want['c']:.3f} (95% CI" in text
+    assert "(95% prediction interval)" in text and "Cochran's Q" in text
+    # two sites: pooled, no prediction interval
+    assert cli_main(["pool", *map(str, sites[:2])]) == 0
+    assert "needs 3 sites for a prediction interval" in capsys.readouterr().out
+
+
+def test_pool_refuses_files_it_cannot_use_in_one_line(sites: list[Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes.json"
+    notes.write_text("not json")
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"c_index": null, "c_index_ci": [null, null]}')
+    for argv, message in (
+            ([str(sites[0])], "error: validations: got 1, are too few to pool (at least 2); fix: validate the model "
+                              "on another site's cohort"),
+            ([str(sites[0]), str(notes)], "error: SITE.json: got notes.json, is not a JSON file"),
+            ([str(sites[0]), str(empty)], "error: SITE.json: got empty.json, holds no C-index with its interval"),
+            ([str(sites[0]), str(tmp_path / "gone.json")], "error: SITE.json: got "),
+            ([*map(str, sites), "--labels", "a,b"], "error: --labels: got a,b, names 2 sites for 3 files")):
+        assert cli_main(["pool", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and "\n" not in err, err
