@@ -101,6 +101,15 @@ def pooled_view() -> None:
     for k in validations.listing(user_dir):  # newest first
         if k.c_index is not None:
             by_model.setdefault(k.validated, []).append(k)
+    for name, ks in list(by_model.items()):  # a model replaced under its name (other weights): each version apart
+        versions = list(dict.fromkeys(k.version for k in reversed(ks)))  # oldest first
+        if len(versions) > 1:
+            del by_model[name]
+            for n, v in enumerate([v for v in versions if v is not None], 1):
+                first = next(k.at for k in reversed(ks) if k.version == v)
+                by_model[f"{name} (version {n}, validated from {first})"] = [k for k in ks if k.version == v]
+            if None in versions:  # kept before the weights were recorded
+                by_model[f"{name} (weights not recorded)"] = [k for k in ks if k.version is None]
     models = [m for m, ks in by_model.items() if len({k.upload for k in ks}) >= 2]
     if not models or not st.toggle("Pool a model's validations across sites", key="pool_on",
                                    help="A random-effects meta-analysis of the C-index of one model validated on "
@@ -116,7 +125,7 @@ def pooled_view() -> None:
                             key=f"pool_ids_{model}")
     rows, left_out = [], []
     for i in chosen:
-        m = (validations.load(user_dir, i) or {}).get(model) or {}
+        m = (validations.load(user_dir, i) or {}).get(ks[i].validated) or {}
         ci = m.get("c_index_ci") or [None, None]
         if m.get("c_index") is None or None in ci:
             left_out.append(labels[i])
@@ -153,4 +162,5 @@ def pooled_view() -> None:
                                                "events": table["events"].sum(), "c_index": pooled["c"],
                                                "c_low": pooled["ci"][0], "c_high": pooled["ci"][1], "weight": 1.0}])])
         st.download_button("Download the pooled table (CSV)", out.to_csv(index=False).encode(),
-                           f"pooled_{re.sub(r'[^A-Za-z0-9_-]+', '_', model)[:80]}.csv", mime="text/csv", key="pool_csv")
+                           f"pooled_{re.sub(r'[^A-Za-z0-9_-]+', '_', model).strip('_')[:80]}.csv", mime="text/csv",
+                           key="pool_csv")

@@ -38,6 +38,7 @@ def test_kept_listed_newest_first_pruned_and_removed(tmp_path: Path) -> None:
     assert (listed[0].upload, listed[0].subgroup, listed[0].c_index, listed[0].patients, listed[0].events,
             listed[0].others) == ("site_b.zip", "sex", 0.72, 90, 12, ("concat",))
     assert listed[0].label().endswith("ehr_only and 1 more on site_b.zip · C 0.720 · 90 patients")
+    assert listed[0].version is None  # no validated_on: weights not recorded
     assert validations.load(user, first) == json.loads(json.dumps(_result(0.61)))
     folder = user / validations.FOLDER
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
@@ -180,6 +181,22 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
         at.run()
         _no_exception(at)
         assert {x.label: x.value for x in at.metric}["A new site's C-index"] == "3 sites needed"
+        # the model replaced under its name (other weights) and validated on two sites: pooled apart
+        from core.evaluation import json_plain
+
+        for i, name in enumerate(("site_a.zip", "site_d.zip")):
+            again = json.loads(json.dumps(kept[i][1], default=json_plain))
+            again["validated_on"] = {"cohort": name, "at": "2026-11-30 10:00", "model_fingerprint": 1234567.0}
+            kept.append((validations.save(user_dir, {"ehr_only": again}, "ehr_only", name, now=t0 + 600 + i), again))
+        at.run()
+        (box,) = [b for b in at.selectbox if b.key == "pool_model"]
+        assert box.options == [f"ehr_only (version 1, validated from {validations.listing(user_dir)[1].at})",
+                               "ehr_only (weights not recorded)"]
+        box.set_value(box.options[0]).run()
+        _no_exception(at)
+        (chosen,) = [m for m in at.multiselect if m.key == f"pool_ids_{box.options[0]}"]
+        assert chosen.value == [kept[5][0], kept[4][0]]
+        assert {x.label: x.value for x in at.metric}["A new site's C-index"] == "3 sites needed"
     finally:
         for kept_id, _ in kept:
             validations.remove(user_dir, kept_id)
@@ -212,5 +229,8 @@ def test_a_validation_that_cannot_be_kept_is_still_returned_with_the_reason(tmp_
     res = validate_uploaded_job(_ctx(), _zip(src), str(cohorts), {"ehr_only": str(SHIPPED_MODELS / "ehr_only")},
                                 keep="site.zip")
     assert res["ehr_only"]["n"] == 30 and res["ehr_only"]["not_kept"].startswith("disk quota: got ")
+    from core.evaluation import model_fingerprint  # the weights validated, for pooling one model's sites
+
+    assert res["ehr_only"]["validated_on"]["model_fingerprint"] == model_fingerprint(SHIPPED_MODELS / "ehr_only") > 0
     assert "exceeds your quota of 1.0 KB" in res["ehr_only"]["not_kept"]
     assert validations.listing(cohorts.parent) == [] and list(cohorts.iterdir()) == []

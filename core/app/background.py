@@ -182,13 +182,14 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     (:func:`core.recalibrate.recalibrate_model`) into ``out``, listed among the user's models as ``label`` (its
     ``base_cohort``, the original's, is where the app evaluates it); the report, or {"error": text}, is the first
     model's ``recalibration``. Between two models it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
-    ``keep`` (the upload's file name): the first model's ``validated_on`` {"cohort": keep, "at"} names it for the
-    report, and the result is also kept in the user's folder (``core.app.validations``; when that fails, the first
-    model's ``not_kept`` says why)."""
+    ``keep`` (the upload's file name): the first model's ``validated_on`` {"cohort": keep, "at", "model_fingerprint"}
+    names it and its weights for the report and the pooling of sites, and the result is also kept in the user's folder
+    (``core.app.validations``; when that fails, the first model's ``not_kept`` says why)."""
     from core.app import validations
     from core.errors import InputError
-    from core.evaluation import ALL_SPLITS, evaluate_model, paired_fusion_gain
+    from core.evaluation import ALL_SPLITS, evaluate_model, model_fingerprint, paired_fusion_gain
 
+    version = model_fingerprint(next(iter(models.values())))  # the weights read: a model replaced later is another
     cohort_dir = unpack_gated(ctx, data, cohorts_dir)
 
     def inside(text: str) -> str:  # the server's folder means nothing to the user: name the file in the zip
@@ -226,7 +227,8 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     finally:
         remove_unpacked(cohorts_dir, cohort_dir)
     if keep is not None:  # the user's folder holds the cohorts folder
-        out[next(iter(models))]["validated_on"] = {"cohort": keep, "at": time.strftime("%Y-%m-%d %H:%M")}
+        out[next(iter(models))]["validated_on"] = {"cohort": keep, "at": time.strftime("%Y-%m-%d %H:%M"),
+                                                   "model_fingerprint": version}
         try:
             validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup)
         except (InputError, OSError) as err:  # a full disk or quota: the result is still shown, and why it is not kept

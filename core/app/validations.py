@@ -33,7 +33,9 @@ _ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
 class Kept:
     """One kept validation as listed: ``id``, ``at`` ("YYYY-MM-DD HH:MM", the server's local time), the ``validated``
     model's name, the ``others`` evaluated beside it, the ``upload``'s file name, the ``subgroup`` column ("" none),
-    the validated model's ``c_index`` (None: not computed), ``patients`` and ``events``."""
+    the validated model's ``c_index`` (None: not computed), ``patients`` and ``events``, and ``version``: a stamp of
+    the validated model's weights (``core.evaluation.model_fingerprint``; None: not recorded, kept before session 76),
+    so that a model replaced under the same name is told apart."""
 
     id: str
     at: str
@@ -44,6 +46,7 @@ class Kept:
     c_index: float | None
     patients: int
     events: int
+    version: float | None = None
 
     def label(self) -> str:
         """One line for a picker: ``2026-11-29 17:40 · ehr_only (demo) on site_b.zip · C 0.662 · 120 patients``."""
@@ -97,7 +100,8 @@ def save(user_dir: Path | str, results: dict[str, dict], validated: str, upload:
         "at": time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)), "validated": validated,
         "others": [n for n in results if n != validated], "upload": str(upload), "subgroup": subgroup or "",
         "c_index": first.get("c_index"), "patients": int(first.get("n") or 0),
-        "events": int(first.get("events") or 0)})
+        "events": int(first.get("events") or 0),
+        "version": (first.get("validated_on") or {}).get("model_fingerprint") or None})
     whole, root = _text(results), Path(user_dir)
     pruned = listing(user_dir)[MAX_KEPT - 1:]  # room for the new one, removed once the quota allows it
     freed = sum(_size(root / FOLDER / f"{k.id}{end}") for k in pruned for end in (".json", ".result.json"))
@@ -116,7 +120,8 @@ def _summary(path: Path) -> Kept | None:
         c = raw["c_index"]
         return Kept(path.name[:-len(".json")], str(raw["at"]), str(raw["validated"]),
                     tuple(str(n) for n in raw["others"]), str(raw["upload"]), str(raw["subgroup"]),
-                    None if c is None else float(c), int(raw["patients"]), int(raw["events"]))
+                    None if c is None else float(c), int(raw["patients"]), int(raw["events"]),
+                    float(raw["version"]) if raw.get("version") else None)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None  # removed meanwhile, being written, or not written here
 
