@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("core.commands.train", "train a fusion survival model on a cohort"),
     "pretrain": ("core.commands.pretrain", "time-to-event pretraining of the image encoder"),
     "evaluate": ("core.commands.evaluate", "evaluate a model on a cohort's test split"),
-    "pool": ("core.commands.pool", "pool one model's C-index over several sites' evaluations (random effects)"),
+    "pool": ("core.commands.pool", "pool one model's C-index and O:E over several sites' evaluations (random effects)"),
     "predict": ("core.commands.predict", "individual survival curve for one subject"),
     "compare": ("core.commands.compare", "train every fusion strategy and write a comparison table"),
     "explain": ("core.commands.explain", "attribution figure (saliency, IG, Grad-CAM, occlusion, SmoothGrad, detector evidence) for one subject"),

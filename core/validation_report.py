@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import InputError
-from core.evaluate.metrics import NOT_AVAILABLE, ci_text
+from core.evaluate.metrics import NOT_AVAILABLE, ci_text, oe_text
 from core.evaluate.paired import tie_note
 from core.evaluate.subgroups import readable_label
 from core.horizons import HORIZONS, at_horizon, horizon_label
@@ -214,6 +214,8 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
         if slopes:
             out.line("Calibration slope / intercept (1 / 0 ideal; below 1: predictions too extreme): "
                      + "; ".join(slopes) + ".", size=7.5)
+        if (oe := oe_text(m.get("calibration"))):
+            out.line(f"Observed / expected risk (1 ideal; above 1: under-predicted), 95 % intervals: {oe}.", size=7.5)
     others = {n: r for n, r in results.items() if n != validated}
     if others:
         out.gap(0.15)

@@ -6,9 +6,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import pandas as pd
 import streamlit as st
 
+from core import figures as F
 from core.app import validations, workspace
+from core.evaluate.pooled import pooled_c_index, pooled_oe, site_rows
+from core.horizons import DEFAULT_HORIZON, HORIZONS, horizon_label
 from pages import _chrome as chrome
 from pages import _jobs
 from pages import _session as session
@@ -88,14 +92,10 @@ def report_button(results: dict[str, dict], validated: str, key: str, *, cohort:
 
 def pooled_view() -> None:
     """A model's kept validations on several sites pooled (``core.evaluate.pooled``): shown on a toggle where the user
-    kept validations of one model on at least two cohorts; by default the newest validation of each upload (one per
-    site), chosen in a list; the pooled C-index with its interval, the prediction interval for a new site, I^2, the
-    forest plot, and the table as CSV."""
-    import pandas as pd
-
-    from core import figures as F
-    from core.evaluate.pooled import pooled_c_index
-
+    kept validations of one model (one version of its weights) on at least two cohorts; by default the newest
+    validation of each upload (one per site), chosen in a list; the pooled C-index and, at a horizon, the pooled
+    observed / expected risk, each with its interval, the prediction interval for a new site and I^2, forest plots,
+    and the table as CSV."""
     user_dir = workspace.user_root(_jobs.owner())
     by_model: dict[str, list[validations.Kept]] = {}
     for k in validations.listing(user_dir):  # newest first
@@ -112,9 +112,9 @@ def pooled_view() -> None:
                 by_model[f"{name} (weights not recorded)"] = [k for k in ks if k.version is None]
     models = [m for m, ks in by_model.items() if len({k.upload for k in ks}) >= 2]
     if not models or not st.toggle("Pool a model's validations across sites", key="pool_on",
-                                   help="A random-effects meta-analysis of the C-index of one model validated on "
-                                        "several sites' cohorts: how well it ranks patients on average, and what to "
-                                        "expect at a new site"):
+                                   help="A random-effects meta-analysis of one model validated on several sites' "
+                                        "cohorts: how well it ranks patients and how its risks compare with what was "
+                                        "observed, on average, and what to expect at a new site"):
         return
     model = st.selectbox("Model", models, key="pool_model") if len(models) > 1 else models[0]
     ks = {k.id: k for k in by_model[model]}
@@ -123,44 +123,62 @@ def pooled_view() -> None:
     chosen = st.multiselect(f"Validations of {model} to pool (one per site: the same patients twice would count "
                             "twice)", list(labels), default=[i for i in ks if i in newest], format_func=labels.__getitem__,
                             key=f"pool_ids_{model}")
-    rows, left_out = [], []
-    for i in chosen:
-        m = (validations.load(user_dir, i) or {}).get(ks[i].validated) or {}
-        ci = m.get("c_index_ci") or [None, None]
-        if m.get("c_index") is None or None in ci:
-            left_out.append(labels[i])
-            continue
-        rows.append({"site": f"{ks[i].upload} ({ks[i].at})", "patients": ks[i].patients, "events": ks[i].events,
-                     "c_index": float(m["c_index"]), "c_low": float(ci[0]), "c_high": float(ci[1])})
+    results = [(f"{ks[i].upload} ({ks[i].at})", (validations.load(user_dir, i) or {}).get(ks[i].validated) or {})
+               for i in chosen]
+    rows, left_out = site_rows(results)
     if left_out:
         st.caption("Left out (no C-index interval kept): " + chrome.md("; ".join(left_out)))
     if len(rows) < 2:
         st.info("Choose the validations of at least two sites.", icon=":material/info:")
         return
     with chrome.core_errors(stop=False):
-        table = pd.DataFrame(rows)
-        pooled = pooled_c_index(table["c_index"], table["c_low"], table["c_high"])
-        table["weight"] = pooled["weights"]
-        c1, c2, c3 = st.columns(3)
-        c1.metric("Pooled C-index", f"{pooled['c']:.3f}", help="Random effects (DerSimonian-Laird) on the logit scale")
-        c1.caption(f"95 % interval {pooled['ci'][0]:.3f}-{pooled['ci'][1]:.3f}, {pooled['k']} sites")
-        pi = pooled["prediction"]
-        c2.metric("A new site's C-index", f"{pi[0]:.2f}-{pi[1]:.2f}" if pi else "3 sites needed",
-                  help="The 95 % prediction interval: where the C-index of the model at another site is expected "
-                       "to lie, the spread between sites included")
-        c3.metric("Between sites (I²)", f"{100 * pooled['i2']:.0f} %",
-                  help="The share of the spread of the sites' C-indices that is between sites rather than chance")
-        c3.caption(f"Cochran's Q {pooled['q']:.2f}, p {pooled['q_p']:.3f}")
-        st.plotly_chart(F.pooled_figure([(r["site"], r["c_index"], r["c_low"], r["c_high"]) for r in rows], pooled,
-                                        title=f"{model} on {pooled['k']} sites"),
-                        width="stretch", key="pool_figure", config=chrome.PLOTLY_CONFIG)
-        st.caption("Squares: each site's C-index with its 95 % bootstrap interval; diamond: the pooled C-index with "
-                   "its 95 % interval; dashed: where a new site's C-index is expected to lie (95 %; a t quantile with "
-                   "sites - 2 degrees of freedom, so wide with few sites). Each site's standard error is read from its "
-                   "interval on the logit scale (Debray et al., BMJ 2017).")
-        out = pd.concat([table, pd.DataFrame([{"site": "pooled (random effects)", "patients": table["patients"].sum(),
-                                               "events": table["events"].sum(), "c_index": pooled["c"],
-                                               "c_low": pooled["ci"][0], "c_high": pooled["ci"][1], "weight": 1.0}])])
-        st.download_button("Download the pooled table (CSV)", out.to_csv(index=False).encode(),
-                           f"pooled_{re.sub(r'[^A-Za-z0-9_-]+', '_', model).strip('_')[:80]}.csv", mime="text/csv",
-                           key="pool_csv")
+        _pooled_section(rows, model, "c", DEFAULT_HORIZON)
+    horizon = st.selectbox("Observed / expected risk at", HORIZONS, index=HORIZONS.index(DEFAULT_HORIZON),
+                           format_func=horizon_label, key="pool_horizon", width=220)
+    rows, _ = site_rows(results, horizon)
+    oe_rows = [r for r in rows if r["oe"] is not None]
+    if len(oe_rows) < 2:
+        st.caption(f"Observed / expected risk at {horizon_label(horizon)}: known at {len(oe_rows)} of these sites "
+                   "(validations kept before it was computed, or follow-up shorter than the horizon), 2 needed.")
+    else:
+        with chrome.core_errors(stop=False):
+            _pooled_section(oe_rows, model, "oe", horizon)
+    table = pd.DataFrame(rows)
+    st.download_button("Download the pooled table (CSV)", table.to_csv(index=False).encode(),
+                       f"pooled_{re.sub(r'[^A-Za-z0-9_-]+', '_', model).strip('_')[:80]}.csv", mime="text/csv",
+                       key="pool_csv", help="Each site's C-index and observed / expected risk with their intervals")
+
+
+def _pooled_section(rows: list[dict], model: str, what: str, horizon: int) -> None:
+    """The pooled C-index (``what`` "c") or observed / expected risk at ``horizon`` (``"oe"``) of ``rows``
+    (``core.evaluate.pooled.site_rows``): three numbers, the forest plot and what it shows."""
+    c = what == "c"
+    key, low, high = ("c_index", "c_low", "c_high") if c else ("oe", "oe_low", "oe_high")
+    pooled = (pooled_c_index if c else pooled_oe)([r[key] for r in rows], [r[low] for r in rows], [r[high] for r in rows])
+    name = "C-index" if c else f"O:E at {horizon_label(horizon)}"
+    c1, c2, c3 = st.columns(3)
+    c1.metric(f"Pooled {name}", f"{pooled[what]:.3f}" if c else f"{pooled[what]:.2f}",
+              help="Random effects (DerSimonian-Laird) on the " + ("logit" if c else "log") + " scale"
+              + ("" if c else ": observed risk (Kaplan-Meier) over the mean predicted risk; above 1 the model "
+                 "under-predicts, below 1 it over-predicts"))
+    digits = 3 if c else 2
+    c1.caption(f"95 % interval {pooled['ci'][0]:.{digits}f}-{pooled['ci'][1]:.{digits}f}, {pooled['k']} sites")
+    pi = pooled["prediction"]
+    c2.metric(f"A new site's {'C-index' if c else 'O:E'}", f"{pi[0]:.2f}-{pi[1]:.2f}" if pi else "3 sites needed",
+              help=f"The 95 % prediction interval: where the {name} of the model at another site is expected to "
+                   "lie, the spread between sites included")
+    c3.metric("Between sites (I²)", f"{100 * pooled['i2']:.0f} %",
+              help=f"The share of the spread of the sites' {name} that is between sites rather than chance")
+    c3.caption(f"Cochran's Q {pooled['q']:.2f}, p {pooled['q_p']:.3f}")
+    st.plotly_chart(F.pooled_figure([(r["site"], r[key], r[low], r[high]) for r in rows], pooled,
+                                    f"{model}: {name} on {pooled['k']} sites", value=what,
+                                    axis="Harrell's C-index (higher is better)" if c else
+                                    f"observed / expected risk at {horizon_label(horizon)} (1: calibrated)",
+                                    reference=(0.5, "chance") if c else (1.0, "calibrated")),
+                    width="stretch", key=f"pool_figure_{what}", config=chrome.PLOTLY_CONFIG)
+    st.caption("Squares: each site's value with its 95 % interval; diamond: the pooled value with its 95 % interval; "
+               "dashed: where a new site's value is expected to lie (95 %; a t quantile with sites - 2 degrees of "
+               "freedom, so wide with few sites). Each site's standard error is read from its interval on the "
+               + ("logit" if c else "log") + " scale (Debray et al., BMJ 2017)." +
+               ("" if c else " Calibration in the large only: how the average risk compares, not whether the "
+                             "patients at higher predicted risk are the ones with the events."))

@@ -12,6 +12,7 @@ import streamlit as st
 from core import figures as F
 from core import horizons, runtime
 from core.app import demo_install, workspace
+from core.evaluate.metrics import oe_text
 from core.models import BODY_CROP_HELP, FUSIONS
 from pages import _chrome as chrome
 from pages import _cohort_cases
@@ -129,6 +130,9 @@ def show_evaluation(m: dict, what: str, risk_groups: Callable[[], dict], key: st
             if slopes:
                 st.caption("Calibration slope / intercept (observed on predicted risk over the groups; 1 / 0 is "
                            f"ideal; a slope below 1: predictions too extreme, above 1: too close together): {'; '.join(slopes)}.")
+            if (oe := oe_text(cal)):
+                st.caption(f"Observed / expected risk (calibration in the large, 1 ideal; above 1 the model "
+                           f"under-predicts, below 1 it over-predicts), with 95 % intervals: {oe}.")
         else:
             st.info(f"Calibration is not estimable on the {what} (follow-up ends before the horizons).")
     st.markdown("**Clinical utility: net benefit against the risk threshold (decision curves)**")

@@ -1,10 +1,11 @@
-"""``python -m core pool``: one model's C-index over several sites' ``evaluate --split all --json`` outputs, pooled
+"""``python -m core pool``: one model's C-index and observed / expected risk over several sites' ``evaluate --split all --json`` outputs, pooled
 (core.evaluate.pooled), printed, as JSON and as CSV; files it cannot use are refused in one line naming them."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from core.app import demo_install
 from core.cli import main as cli_main
 from core.demo import write_demo_cohort
-from core.evaluate.pooled import pooled_c_index
+from core.evaluate.pooled import pooled_c_index, pooled_oe
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,18 @@ def test_pool_prints_the_pooled_c_index_of_the_sites_files(sites: list[Path], tm
     # as text, with the sites named
     assert cli_main(["pool", *map(str, sites), "--labels", "Hospital N, Hospital S, Clinic E"]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[0].startswith("Hospital N") and f"C {want['c']:.3f} (95% CI" in text
+    assert text.splitlines()[0].startswith("Hospital N") and re.search(rf"^pooled C +{want['c']:.3f} \(95% CI", text, re.M)
     assert "(95% prediction interval)" in text and "Cochran's Q" in text
-    # two sites: pooled, no prediction interval
-    assert cli_main(["pool", *map(str, sites[:2])]) == 0
-    assert "needs 3 sites for a prediction interval" in capsys.readouterr().out
+    # calibration in the large at 1 year, pooled on the log scale
+    cal = [e["calibration"]["365"] for e in evaluated]
+    want_oe = pooled_oe([c["oe"] for c in cal], [c["oe_ci"][0] for c in cal], [c["oe_ci"][1] for c in cal])
+    assert got["oe"]["oe"] == pytest.approx(want_oe["oe"]) and got["horizon"] == 365
+    assert re.search(rf"^pooled O:E at 1 year +{want_oe['oe']:.3f} \(95% CI", text, re.M) and "under-predicts" in text
+    assert float(rows[-1]["oe"]) == pytest.approx(want_oe["oe"])
+    # two sites: pooled, no prediction interval; at 5 years the demo's follow-up
+    assert cli_main(["pool", *map(str, sites[:2]), "--horizon", "30"]) == 0
+    text = capsys.readouterr().out
+    assert "needs 3 sites for a prediction interval" in text and "O:E at 30 days" in text
 
 
 def test_pool_refuses_files_it_cannot_use_in_one_line(sites: list[Path], tmp_path: Path,

@@ -54,3 +54,40 @@ def test_unusable_validations_are_refused_by_name(c: list[float], lo: list[float
                                                   message: str) -> None:
     with pytest.raises(InputError, match=message):
         pooled_c_index(c, lo, hi)
+
+
+def test_pooled_oe_equals_statsmodels_on_the_log_scale() -> None:
+    meta = pytest.importorskip("statsmodels.stats.meta_analysis", reason="statsmodels (a dependency of dcurves)")
+    from core.evaluate.pooled import pooled_oe
+
+    oe, lo, hi = [0.8, 1.3, 1.05], [0.65, 1.1, 0.9], [0.98, 1.55, 1.22]
+    y = np.log(oe)
+    v = np.array([((math.log(h) - math.log(low)) / (2 * Z)) ** 2 for low, h in zip(lo, hi)])
+    ref = meta.combine_effects(y, v, method_re="dl")
+    ours = pooled_oe(oe, lo, hi)
+    assert ours["oe"] == pytest.approx(math.exp(ref.mean_effect_re), abs=1e-9)
+    assert ours["ci"] == pytest.approx([math.exp(x) for x in ref.conf_int(use_t=False)[1]], abs=1e-9)
+    assert ours["i2"] == pytest.approx(ref.i2, abs=1e-9) and ours["prediction"] is not None
+    with pytest.raises(InputError, match=r"^validation 1: got O:E 0\.8 \[0\.0, 0\.98\], has no usable interval"):
+        pooled_oe([0.8, 1.3], [0.0, 1.1], [0.98, 1.55])
+
+
+def test_calibration_in_the_large_is_lifelines_kaplan_meier_over_the_mean_prediction() -> None:
+    from lifelines import KaplanMeierFitter
+
+    from core.evaluate.calibration import in_the_large
+
+    rng = np.random.default_rng(3)
+    time, event = rng.exponential(800, 400), (rng.random(400) < 0.6).astype(float)
+    pred = rng.uniform(0.1, 0.5, 400)
+    got = in_the_large(pred, time, event, 365.0)
+    km = KaplanMeierFitter().fit(time, event)
+    band = km.confidence_interval_survival_function_.loc[:365].iloc[-1]
+    observed = 1 - float(km.survival_function_at_times(365).iloc[0])
+    assert got["observed"] == pytest.approx(observed) and got["expected"] == pytest.approx(pred.mean())
+    assert got["observed_ci"] == pytest.approx([1 - band.iloc[1], 1 - band.iloc[0]])
+    assert got["oe"] == pytest.approx(observed / pred.mean())
+    assert got["oe_ci"] == pytest.approx([(1 - band.iloc[1]) / pred.mean(), (1 - band.iloc[0]) / pred.mean()])
+    # follow-up that ends before the horizon: nothing observed there
+    short = in_the_large(pred, np.minimum(time, 300.0), np.zeros(400), 365.0)
+    assert short["observed"] is None and short["oe"] is None and short["expected"] == pytest.approx(pred.mean())

@@ -49,6 +49,10 @@ def test_the_report_holds_the_metrics_groups_and_other_models_and_no_patient(
     assert [f"{g['n']} / {g['events']}" in text for g in m["subgroups"]["groups"]] == [True, True]
     assert "Subgroups by sex_female" in text and "0 (no)" in text and "1 (yes)" in text
     assert "image_only: not evaluated: model: got image_only, read nothing of any of the 80" in text
+    one_year = m["calibration"][365]  # calibration in the large, as the page's caption writes it
+    assert one_year["oe"] is not None
+    assert (f"1 year {one_year['oe']:.2f} ({one_year['oe_ci'][0]:.2f}-{one_year['oe_ci'][1]:.2f})"
+            in " ".join(text.split("\n"))), text
     # aggregate only: no subject id anywhere in the file, and a neutral title in the information dictionary
     found = [i for i in ids if i.encode() in pdf]
     assert found == [] and re.search(rb"/Title \(External validation report\)", pdf)

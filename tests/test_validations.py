@@ -147,7 +147,7 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
     and I^2 are core.evaluate.pooled's of the kept numbers; the forest plot holds the three sites and the pooled row;
     the table downloads as CSV."""
     from core.demo import write_demo_cohort
-    from core.evaluate.pooled import pooled_c_index
+    from core.evaluate.pooled import pooled_c_index, pooled_oe
 
     user_dir = workspace.user_root("local", data_dir)
     t0, kept = 1_790_000_000.0, []
@@ -167,20 +167,27 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
         _no_exception(at)
         (chosen,) = [m for m in at.multiselect if m.key == "pool_ids_ehr_only"]
         assert chosen.value == [k for k, _ in kept[1:]][::-1] and len(chosen.options) == 4
-        shown = {x.label: x.value for x in at.metric}
-        assert shown["Pooled C-index"] == f"{want['c']:.3f}"
+        shown = [(x.label, x.value) for x in at.metric]
+        assert ("Pooled C-index", f"{want['c']:.3f}") in shown
         lo, hi = want["prediction"]
-        assert shown["A new site's C-index"] == f"{lo:.2f}-{hi:.2f}"
-        assert shown["Between sites (I²)"] == f"{100 * want['i2']:.0f} %"
-        figure = json.loads(at.get("plotly_chart")[-1].proto.spec)
-        assert [list(t["y"]) for t in figure["data"]][1] == ["Pooled (random effects)"]
-        assert [y.split(" (")[0] for y in figure["data"][0]["y"]] == ["site_c.zip", "site_a.zip", "site_b.zip"]
+        assert ("A new site's C-index", f"{lo:.2f}-{hi:.2f}") in shown
+        assert shown[shown.index(("Pooled C-index", f"{want['c']:.3f}")) + 2] == ("Between sites (I²)",
+                                                                                 f"{100 * want['i2']:.0f} %")
+        # calibration in the large at 1 year, pooled on the log scale
+        cal = [m["calibration"][365] for m in newest]
+        want_oe = pooled_oe([c["oe"] for c in cal], [c["oe_ci"][0] for c in cal], [c["oe_ci"][1] for c in cal])
+        assert all(c["oe"] == pytest.approx(c["observed"] / c["expected"]) for c in cal)
+        assert ("Pooled O:E at 1 year", f"{want_oe['oe']:.2f}") in shown
+        charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")[-2:]]
+        assert [list(t["y"]) for t in charts[0]["data"]][1] == ["Pooled (random effects)"]
+        assert [y.split(" (")[0] for y in charts[0]["data"][0]["y"]] == ["site_c.zip", "site_a.zip", "site_b.zip"]
+        assert charts[1]["data"][0]["x"] == pytest.approx([c["oe"] for c in cal])
         assert any(d.proto.label == "Download the pooled table (CSV)" for d in at.get("download_button"))
         # two sites chosen: no prediction interval yet
         at.session_state["pool_ids_ehr_only"] = [k for k, _ in kept[2:]]
         at.run()
         _no_exception(at)
-        assert {x.label: x.value for x in at.metric}["A new site's C-index"] == "3 sites needed"
+        assert ("A new site's C-index", "3 sites needed") in [(x.label, x.value) for x in at.metric]
         # the model replaced under its name (other weights) and validated on two sites: pooled apart
         from core.evaluation import json_plain
 
@@ -196,7 +203,7 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
         _no_exception(at)
         (chosen,) = [m for m in at.multiselect if m.key == f"pool_ids_{box.options[0]}"]
         assert chosen.value == [kept[5][0], kept[4][0]]
-        assert {x.label: x.value for x in at.metric}["A new site's C-index"] == "3 sites needed"
+        assert ("A new site's C-index", "3 sites needed") in [(x.label, x.value) for x in at.metric]
     finally:
         for kept_id, _ in kept:
             validations.remove(user_dir, kept_id)

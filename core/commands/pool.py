@@ -1,4 +1,4 @@
-"""``python -m core pool SITE.json SITE.json [...] [--labels A,B,...] [--csv OUT.csv] [--json]``."""
+"""``python -m core pool SITE.json SITE.json [...] [--labels A,B,...] [--horizon 365] [--csv OUT.csv] [--json]``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import csv
 import json
 from pathlib import Path
 
-HELP = "pool one model's C-index over several sites' evaluations (random effects, with a new site's interval)"
+HELP = ("pool one model's C-index and observed / expected risk over several sites' evaluations (random effects, "
+        "with a new site's interval)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "saved to a file, one file per site (the same patients twice would count twice)")
     parser.add_argument("--labels", default=None,
                         help="comma-separated site names in the order of the files (default: the files' names)")
+    parser.add_argument("--horizon", type=float, default=365.0,
+                        help="days at which the observed / expected risk is pooled (default 365; the evaluations' "
+                        "horizons, 30, 365 and 1825 by default)")
     parser.add_argument("--csv", type=Path, default=None, metavar="CSV",
                         help="also write each site's C-index, interval and weight, and the pooled row")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -41,18 +45,21 @@ def _site(path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
-    from core.evaluate.pooled import pooled_c_index
+    from core.evaluate.pooled import pooled_c_index, pooled_oe, site_rows
+    from core.horizons import horizon_label
 
     sites = [_site(Path(p)) for p in args.results]
     labels = [p.stem for p in args.results] if args.labels is None else [x.strip() for x in args.labels.split(",")]
     if len(labels) != len(sites):
         raise InputError("--labels", args.labels, f"names {len(labels)} sites for {len(sites)} files",
                          "give one name per file, comma-separated, in the files' order")
-    pooled = pooled_c_index([s["c_index"] for s in sites], [s["c_index_ci"][0] for s in sites],
-                            [s["c_index_ci"][1] for s in sites])
-    rows = [{"site": lab, "patients": s.get("n"), "events": s.get("events"), "c_index": s["c_index"],
-             "c_low": s["c_index_ci"][0], "c_high": s["c_index_ci"][1], "weight": w}
-            for lab, s, w in zip(labels, sites, pooled["weights"])]
+    rows, _ = site_rows(list(zip(labels, sites)), args.horizon)  # _site refused a file without a C-index interval
+    pooled = pooled_c_index([r["c_index"] for r in rows], [r["c_low"] for r in rows], [r["c_high"] for r in rows])
+    with_oe = [r for r in rows if r["oe"] is not None]
+    oe = pooled_oe([r["oe"] for r in with_oe], [r["oe_low"] for r in with_oe], [r["oe_high"] for r in with_oe]) \
+        if len(with_oe) >= 2 else None
+    for r, w in zip(rows, pooled["weights"]):
+        r["weight"] = w
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="") as out:
@@ -60,18 +67,29 @@ def run(args: argparse.Namespace) -> int:
             writer.writeheader()
             writer.writerows([*rows, {"site": "pooled (random effects)", "patients": sum(r["patients"] or 0 for r in rows),
                                       "events": sum(r["events"] or 0 for r in rows), "c_index": pooled["c"],
-                                      "c_low": pooled["ci"][0], "c_high": pooled["ci"][1], "weight": 1.0}])
+                                      "c_low": pooled["ci"][0], "c_high": pooled["ci"][1], "weight": 1.0,
+                                      **({"oe": oe["oe"], "oe_low": oe["ci"][0], "oe_high": oe["ci"][1]} if oe else {})}])
     if args.json:
-        print(json.dumps({**pooled, "sites": rows}, allow_nan=False))
+        print(json.dumps({**pooled, "horizon": args.horizon, "oe": oe, "sites": rows}, allow_nan=False))
         return 0
+    when = horizon_label(args.horizon)
     for r in rows:
+        cal = f", O:E at {when} {r['oe']:.2f} ({r['oe_low']:.2f}-{r['oe_high']:.2f})" if r["oe"] is not None else ""
         print(f"{r['site']:24s} C {r['c_index']:.3f} (95% CI {r['c_low']:.3f}-{r['c_high']:.3f}), n={r['patients']}, "
-              f"weight {100 * r['weight']:.0f} %")
-    print(f"{'pooled (random effects)':24s} C {pooled['c']:.3f} (95% CI {pooled['ci'][0]:.3f}-{pooled['ci'][1]:.3f}) "
-          f"over {pooled['k']} sites")
-    pi = pooled["prediction"]
-    print("a new site               " + (f"C {pi[0]:.3f}-{pi[1]:.3f} (95% prediction interval)" if pi else
-                                         "needs 3 sites for a prediction interval"))
-    print(f"between sites            I2 {100 * pooled['i2']:.0f} %, tau2 {pooled['tau2']:.4f} (logit scale), "
-          f"Cochran's Q {pooled['q']:.2f} (p {pooled['q_p']:.3f})")
+              f"weight {100 * r['weight']:.0f} %{cal}")
+    _print_pooled("C", pooled["c"], pooled, "")
+    if oe is None:
+        print(f"O:E at {when}             known at {len(with_oe)} of {len(rows)} sites: 2 needed to pool")
+    else:
+        _print_pooled(f"O:E at {when}", oe["oe"], oe, " (above 1 the model under-predicts)")
     return 0
+
+
+def _print_pooled(name: str, value: float, pooled: dict, note: str) -> None:
+    print(f"pooled {name:17s} {value:.3f} (95% CI {pooled['ci'][0]:.3f}-{pooled['ci'][1]:.3f}) over {pooled['k']} "
+          f"sites{note}")
+    pi = pooled["prediction"]
+    print("  at a new site          " + (f"{pi[0]:.3f}-{pi[1]:.3f} (95% prediction interval)" if pi else
+                                          "needs 3 sites for a prediction interval"))
+    print(f"  between sites          I2 {100 * pooled['i2']:.0f} %, tau2 {pooled['tau2']:.4f}, Cochran's Q "
+          f"{pooled['q']:.2f} (p {pooled['q_p']:.3f})")

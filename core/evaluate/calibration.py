@@ -16,6 +16,11 @@ Summaries over the groups with an observed value:
   or fewer than 3 groups have an observed value: a line through 2 points fits them
   exactly and checks nothing),
 - ``n_observed``: the subjects of those groups (the summaries say nothing of the others).
+
+And calibration in the large over every subject: ``expected`` (the mean predicted risk), ``observed`` (1 - KM(h)
+of all subjects) with its 95 % interval ``observed_ci`` (lifelines' exponential Greenwood interval), and their
+ratio ``oe`` (observed / expected: above 1 the model under-predicts) with ``oe_ci``, the observed interval over the
+expected risk (taken as fixed, as Debray et al. 2017 do); the observed ones None where KM is undefined at h.
 """
 
 from __future__ import annotations
@@ -88,4 +93,30 @@ def calibration_at(pred_risk: np.ndarray, time: np.ndarray, event: np.ndarray, h
         "slope": slope,
         "intercept": intercept,
         "n_observed": int(w.sum()),
+        **in_the_large(pred_risk, time, event, horizon),
     }
+
+
+def in_the_large(pred_risk: np.ndarray, time: np.ndarray, event: np.ndarray, horizon: float) -> dict:
+    """Calibration in the large at ``horizon``: ``expected``, ``observed``, ``observed_ci``, ``oe``, ``oe_ci`` (module
+    docstring); the observed ones None where KM is undefined there or no event came by it.
+
+    >>> t = np.array([100.0, 200, 300, 400, 500, 600, 700, 800] * 5); e = np.ones(40)
+    >>> r = in_the_large(np.full(40, 0.25), t, e, 450.0)
+    >>> r["expected"], r["observed"], round(r["oe"], 2), [round(v, 2) for v in r["oe_ci"]]
+    (0.25, 0.5, 2.0, [1.43, 2.65])
+    """
+    out: dict = {"expected": float(pred_risk.mean()), "observed": None, "observed_ci": None, "oe": None, "oe_ci": None}
+    if time.size == 0 or (time.max() < horizon) or not ((event > 0) & (time <= horizon)).any():
+        return out
+    kmf = KaplanMeierFitter().fit(time, event_observed=event)
+    s = float(kmf.survival_function_at_times(horizon).iloc[0])
+    band = kmf.confidence_interval_survival_function_
+    row = band[band.index <= horizon].iloc[-1]
+    low, high = 1.0 - float(row.iloc[1]), 1.0 - float(row.iloc[0])  # risk = 1 - S: the band's ends swap
+    observed = 1.0 - s
+    out.update(observed=observed, observed_ci=[low, high])
+    if out["expected"] > 0 and 0 < low <= observed <= high:
+        oe = observed / out["expected"]
+        out.update(oe=oe, oe_ci=[oe * low / observed, oe * high / observed])
+    return out

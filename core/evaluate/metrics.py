@@ -83,6 +83,22 @@ def ci_text(value: object, ci: object) -> str:
     return text
 
 
+def oe_text(calibration: dict | None) -> str:
+    """Calibration in the large of a ``calibration`` dict ({horizon: ...}, number or text keys): "1 year 1.06
+    (0.89-1.25); 5 years 0.93 (0.80-1.07)" for the horizons where the observed / expected risk is known ("" none).
+
+    >>> oe_text({"365": {"oe": 1.061, "oe_ci": [0.889, 1.251]}, "30": {"oe": None}, "1825": None})
+    '1 year 1.06 (0.89-1.25)'
+    """
+    from core.horizons import horizon_label
+
+    parts = []
+    for h, c in sorted((calibration or {}).items(), key=lambda kv: float(kv[0])):
+        if c and c.get("oe") is not None and c.get("oe_ci") and None not in c["oe_ci"]:
+            parts.append(f"{horizon_label(float(h))} {c['oe']:.2f} ({c['oe_ci'][0]:.2f}-{c['oe_ci'][1]:.2f})")
+    return "; ".join(parts)
+
+
 def _key(h: float) -> int | float:
     return int(h) if float(h).is_integer() else float(h)
 

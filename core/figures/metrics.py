@@ -133,11 +133,13 @@ def subgroup_figure(groups: Sequence[Mapping[str, Any]], labels: Sequence[str], 
     return _forest_layout(fig, names, "dot: observed, diamond: predicted", title)
 
 
-def pooled_figure(sites: Sequence[tuple[str, float, float, float]], pooled: Mapping[str, Any],
-                  title: str = "") -> go.Figure:
-    """One model's C-index at each site (``sites``: (label, C, low, high), top to bottom) with its 95 % interval, and
-    below them the random-effects pooled C (``core.evaluate.pooled.pooled_c_index``'s dict) as a diamond over its
-    95 % interval, the 95 % prediction interval for a new site as a dashed bar where there is one, and 0.5 dotted.
+def pooled_figure(sites: Sequence[tuple[str, float, float, float]], pooled: Mapping[str, Any], title: str = "", *,
+                  value: str = "c", axis: str = "Harrell's C-index (higher is better)",
+                  reference: tuple[float, str] = (0.5, "chance")) -> go.Figure:
+    """One model's metric at each site (``sites``: (label, value, low, high), top to bottom) with its 95 % interval,
+    and below them the random-effects pooled value (``pooled[value]``, from ``core.evaluate.pooled``) as a diamond
+    over its 95 % interval, the 95 % prediction interval for a new site as a dashed bar where there is one, and the
+    ``reference`` line (0.5, chance, for a C-index; 1 for an observed / expected ratio) dotted.
 
     >>> fig = pooled_figure([("A", 0.7, 0.64, 0.76), ("B", 0.74, 0.7, 0.78)], {"c": 0.72, "ci": [0.69, 0.75],
     ...                     "prediction": None, "k": 2, "i2": 0.1})
@@ -145,33 +147,33 @@ def pooled_figure(sites: Sequence[tuple[str, float, float, float]], pooled: Mapp
     [('site', ['A', 'B'], [0.7, 0.74]), ('pooled', ['Pooled (random effects)'], [0.72])]
     """
     names = [plain(n) for n, *_ in sites]
-    pooled_name = "Pooled (random effects)"
+    pooled_name, centre = "Pooled (random effects)", float(pooled[value])
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[c for _, c, _, _ in sites], y=names, mode="markers", name="site",
         marker={"size": 10, "color": COHORT_COLOR, "symbol": "square"},
         error_x=_bars([c for _, c, _, _ in sites], [lo for *_, lo, _ in sites], [hi for *_, hi in sites]),
         customdata=[[lo, hi] for *_, lo, hi in sites],
-        hovertemplate="%{y}: C-index %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>"))
+        hovertemplate="%{y}: %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>"))
     lo, hi = pooled["ci"]
     fig.add_trace(go.Scatter(
-        x=[pooled["c"]], y=[pooled_name], mode="markers", name="pooled",
+        x=[centre], y=[pooled_name], mode="markers", name="pooled",
         marker={"size": 16, "color": PALETTE[0], "symbol": "diamond"},
-        error_x={**_bars([pooled["c"]], [lo], [hi]), "color": PALETTE[0], "thickness": 3},
-        hovertemplate=f"pooled C-index %{{x:.3f}} [{lo:.3f}, {hi:.3f}] over {pooled['k']} sites<extra></extra>"))
+        error_x={**_bars([centre], [lo], [hi]), "color": PALETTE[0], "thickness": 3},
+        hovertemplate=f"pooled %{{x:.3f}} [{lo:.3f}, {hi:.3f}] over {pooled['k']} sites<extra></extra>"))
     if pooled.get("prediction"):
         p_lo, p_hi = pooled["prediction"]
         fig.add_shape(type="line", x0=p_lo, x1=p_hi, y0=len(names) + 0.35, y1=len(names) + 0.35,
                       line={"dash": "dash", "color": PALETTE[0], "width": 2})
         fig.add_annotation(x=(p_lo + p_hi) / 2, y=len(names) + 0.35, yanchor="top", yshift=-3, showarrow=False,
                            font={"size": 11}, text=f"a new site: {p_lo:.2f}-{p_hi:.2f}")
-    fig.add_vline(x=0.5, line={"dash": "dot", "color": NEUTRAL}, annotation_text="chance",
+    fig.add_vline(x=reference[0], line={"dash": "dot", "color": NEUTRAL}, annotation_text=reference[1],
                   annotation_position="top right")
     rows = [*names, pooled_name]
+    ends = [lo, hi, reference[0], *(pooled.get("prediction") or []), *(v for _, _, a, b in sites for v in (a, b))]
+    pad = 0.04 * (max(ends) - min(ends))
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=rows, range=[len(rows) - 0.2, -0.75])
-    ends = [lo, hi, *(pooled.get("prediction") or []), *(v for _, _, a, b in sites for v in (a, b))]
-    fig.update_xaxes(title_text="Harrell's C-index (higher is better)", title_font={"size": 12},
-                     range=[max(0.0, min(0.48, *ends) - 0.02), min(1.0, max(ends) + 0.02)])
+    fig.update_xaxes(title_text=axis, title_font={"size": 12}, range=[max(0.0, min(ends) - pad), max(ends) + pad])
     fig.update_layout(title={"text": title} if title else None, template="plotly_white", showlegend=False,
                       height=170 + 36 * len(rows), margin={"l": 10, "r": 10, "t": 70 if title else 30, "b": 50})
     return fig
