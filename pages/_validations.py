@@ -97,19 +97,7 @@ def pooled_view() -> None:
     observed / expected risk, each with its interval, the prediction interval for a new site and I^2, forest plots,
     and the table as CSV."""
     user_dir = workspace.user_root(_jobs.owner())
-    by_model: dict[str, list[validations.Kept]] = {}
-    for k in validations.listing(user_dir):  # newest first
-        if k.c_index is not None:
-            by_model.setdefault(k.validated, []).append(k)
-    for name, ks in list(by_model.items()):  # a model replaced under its name (other weights): each version apart
-        versions = list(dict.fromkeys(k.version for k in reversed(ks)))  # oldest first
-        if len(versions) > 1:
-            del by_model[name]
-            for n, v in enumerate([v for v in versions if v is not None], 1):
-                first = next(k.at for k in reversed(ks) if k.version == v)
-                by_model[f"{name} (version {n}, validated from {first})"] = [k for k in ks if k.version == v]
-            if None in versions:  # kept before the weights were recorded
-                by_model[f"{name} (weights not recorded)"] = [k for k in ks if k.version is None]
+    by_model = validations.by_model(validations.listing(user_dir))
     models = [m for m, ks in by_model.items() if len({k.upload for k in ks}) >= 2]
     if not models or not st.toggle("Pool a model's validations across sites", key="pool_on",
                                    help="A random-effects meta-analysis of one model validated on several sites' "

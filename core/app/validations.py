@@ -135,6 +135,32 @@ def listing(user_dir: Path | str) -> list[Kept]:
     return sorted((k for k in found if k is not None), key=lambda k: k.id, reverse=True)
 
 
+def by_model(kept: list[Kept]) -> dict[str, list[Kept]]:
+    """``kept`` (newest first) with a C-index, by the model they validated, newest first in each; a model replaced
+    under its name (other weights: :attr:`Kept.version`) is split into ``"<name> (version N, validated from <at>)"``,
+    N counted from its oldest weights, and ``"<name> (weights not recorded)"`` for those kept before the weights were.
+
+    >>> k = [Kept(str(i), f"2026-11-2{i} 10:00", "m", (), f"s{i}.zip", "", 0.7, 50, 10, v)
+    ...      for i, v in ((3, 2.0), (2, 1.0), (1, None))]
+    >>> {name: [x.id for x in ks] for name, ks in by_model(k).items()}
+    {'m (version 1, validated from 2026-11-22 10:00)': ['2'], 'm (version 2, validated from 2026-11-23 10:00)': ['3'], 'm (weights not recorded)': ['1']}
+    """
+    out: dict[str, list[Kept]] = {}
+    for k in kept:
+        if k.c_index is not None:
+            out.setdefault(k.validated, []).append(k)
+    for name, ks in list(out.items()):
+        versions = list(dict.fromkeys(k.version for k in reversed(ks)))  # oldest first
+        if len(versions) > 1:
+            del out[name]
+            for n, v in enumerate([v for v in versions if v is not None], 1):
+                first = next(k.at for k in reversed(ks) if k.version == v)
+                out[f"{name} (version {n}, validated from {first})"] = [k for k in ks if k.version == v]
+            if None in versions:
+                out[f"{name} (weights not recorded)"] = [k for k in ks if k.version is None]
+    return out
+
+
 def load(user_dir: Path | str, kept_id: str) -> dict[str, dict] | None:
     """The whole result of the kept validation ``kept_id``, or None (no such validation, or a damaged file)."""
     if not _ID.fullmatch(str(kept_id)):
