@@ -1,4 +1,5 @@
-"""External validation report (PDF, matplotlib): a model evaluated on a cohort it never saw, for a committee.
+"""External validation report (PDF, matplotlib): a model evaluated on a cohort it never saw, for a committee; and
+the report of one model's validations on several sites pooled (:func:`pooled_report_pdf`).
 
 The report holds aggregate results only, never a patient's subject id, risk or outcome: the metrics with their
 95 % intervals, Kaplan-Meier curves by predicted risk group with the numbers at risk, calibration at each horizon,
@@ -266,4 +267,80 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
         out.line("What the model could not read", size=10, bold=True)
         for note in notes:
             out.wrapped(f"- {note}.", size=7.5, width=130)
+    return out.pdf()
+
+
+def _forest(ax: Any, rows: list[dict], labels: list[str], keys: tuple[str, str, str], pooled: dict, value: str,
+            reference: float, xlabel: str) -> None:
+    """A forest plot on matplotlib axes: each site's value and interval (``keys``; named ``labels``), the pooled
+    diamond and interval, the prediction interval dashed, ``reference`` dotted."""
+    key, low, high = keys
+    n = len(rows)
+    ys = list(range(n, 0, -1))
+    ax.errorbar([r[key] for r in rows], ys, xerr=[[r[key] - r[low] for r in rows], [r[high] - r[key] for r in rows]],
+                fmt="s", ms=3.5, color="0.35", ecolor="0.35", elinewidth=1, capsize=2)
+    lo, hi = pooled["ci"]
+    ax.errorbar([pooled[value]], [0], xerr=[[pooled[value] - lo], [hi - pooled[value]]], fmt="D", ms=6,
+                color="#1f6f8b", elinewidth=2, capsize=3)
+    if pooled.get("prediction"):
+        ax.plot(pooled["prediction"], [-0.45, -0.45], ls="--", color="#1f6f8b", lw=1.2)
+    ax.axvline(reference, ls=":", color="0.5", lw=0.8)
+    ax.set_yticks([*ys, 0], [*labels, "pooled"], fontsize=6.5)
+    ax.set_ylim(-0.9, n + 0.6)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.tick_params(axis="x", labelsize=6.5)
+
+
+def pooled_report_pdf(rows: list[dict], model: str, *, horizon: float, when: str) -> bytes:
+    """The report (PDF) of one model's validations on several sites pooled: ``rows`` (``core.evaluate.pooled
+    .site_rows``, each site named by its cohort's file name and date, never a patient's), the pooled C-index and, where
+    two sites or more have it, the pooled observed / expected risk at ``horizon``; made at ``when``."""
+    from core.evaluate.pooled import pooled_c_index, pooled_oe
+    from core.figures.pyplot import pyplot
+
+    if len(rows) < 2:
+        raise InputError("sites", len(rows), "are too few to pool (at least 2)", "choose the validations of two sites")
+    plt = pyplot()
+    c = pooled_c_index([r["c_index"] for r in rows], [r["c_low"] for r in rows], [r["c_high"] for r in rows])
+    with_oe = [r for r in rows if r.get("oe") is not None]
+    oe = pooled_oe([r["oe"] for r in with_oe], [r["oe_low"] for r in with_oe], [r["oe_high"] for r in with_oe]) \
+        if len(with_oe) >= 2 else None
+    when_h = horizon_label(horizon)
+    title = f"Validation of {model} across {len(rows)} sites"
+    out = _Pages(plt, title)
+    out.line(title, size=13, bold=True)
+    out.wrapped(f"{sum(int(r['patients'] or 0) for r in rows)} patients, {sum(int(r['events'] or 0) for r in rows)} "
+                f"events in all, each site's cohort validated as a whole; pooled {when}.", size=8.5, width=115)
+    out.gap()
+    out.table([{"#": str(i), "site": r["site"], "n / events": f"{r['patients']} / {r['events']}",
+                "C-index [95% CI]": ci_text(r["c_index"], [r["c_low"], r["c_high"]]),
+                f"O:E {horizon_label(horizon, short=True)} [95% CI]": NOT_AVAILABLE if r.get("oe") is None else
+                f"{r['oe']:.2f} [{r['oe_low']:.2f}, {r['oe_high']:.2f}]", "weight (C)": f"{100 * w:.0f} %"}
+               for i, (r, w) in enumerate(zip(rows, c["weights"]), 1)])
+    out.gap()
+    for name, p, value, digits in (("C-index", c, "c", 3), (f"O:E at {when_h}", oe, "oe", 2)):
+        if p is None:
+            out.line(f"{name}: known at {len(with_oe)} of {len(rows)} sites, 2 needed to pool.", size=8)
+            continue
+        pi = p["prediction"]
+        out.wrapped(f"Pooled {name}: {p[value]:.{digits}f} (95 % CI {p['ci'][0]:.{digits}f}-{p['ci'][1]:.{digits}f}) over "
+                    f"{p['k']} sites; at a new site " + (f"{pi[0]:.2f}-{pi[1]:.2f} (95 % prediction interval)" if pi
+                                                       else "no prediction interval below 3 sites")
+                    + f"; between sites I² {100 * p['i2']:.0f} %, Cochran's Q {p['q']:.2f} (p {p['q_p']:.3g}).",
+                    size=8.5, width=115, bold=True)
+    axes = out.row(3.2, 2)
+    number = {id(r): f"site {i}" for i, r in enumerate(rows, 1)}  # the table's numbers
+    _forest(axes[0], rows, [number[id(r)] for r in rows], ("c_index", "c_low", "c_high"), c, "c", 0.5,
+            "Harrell's C-index (0.5: chance)")
+    if oe is not None:
+        _forest(axes[1], with_oe, [number[id(r)] for r in with_oe], ("oe", "oe_low", "oe_high"), oe, "oe", 1.0,
+                f"observed / expected risk at {when_h}")
+    else:
+        axes[1].remove()
+    out.wrapped("Random effects (DerSimonian-Laird): the C-index on the logit scale and the observed / expected risk "
+                "on the log scale, each site's standard error read from its 95 % interval (Debray et al., BMJ 2017). "
+                "Squares: the sites; diamond: the pooled value; dashed: the 95 % prediction interval of a new site (a "
+                "t quantile with sites - 2 degrees of freedom). O:E above 1: the model under-predicts the risk; "
+                "calibration in the large only. The sites must hold different patients: a cohort validated twice "
+                "counts twice.", size=7, colour="0.35", width=140)
     return out.pdf()

@@ -131,10 +131,26 @@ def pooled_view() -> None:
     else:
         with chrome.core_errors(stop=False):
             _pooled_section(oe_rows, model, "oe", horizon)
-    table = pd.DataFrame(rows)
-    st.download_button("Download the pooled table (CSV)", table.to_csv(index=False).encode(),
-                       f"pooled_{re.sub(r'[^A-Za-z0-9_-]+', '_', model).strip('_')[:80]}.csv", mime="text/csv",
-                       key="pool_csv", help="Each site's C-index and observed / expected risk with their intervals")
+    stem = f"pooled_{re.sub(r'[^A-Za-z0-9_-]+', '_', model).strip('_')[:80]}"
+    c1, c2 = st.columns(2)
+    c1.download_button("Download the pooled table (CSV)", pd.DataFrame(rows).to_csv(index=False).encode(),
+                       f"{stem}.csv", mime="text/csv", key="pool_csv",
+                       help="Each site's C-index and observed / expected risk with their intervals")
+    user = session.user_id()
+
+    def made() -> bytes:  # on the click, in Streamlit's own thread (no rerun): audited where it is made
+        import time
+
+        from core.app import audit as audit_log
+        from core.validation_report import pooled_report_pdf
+
+        audit_log.record(user, "export", "pooled_report", sites=len(rows))
+        return pooled_report_pdf(rows, model, horizon=horizon, when=time.strftime("%Y-%m-%d %H:%M"))
+
+    c2.download_button("Pooled report (PDF)", made, f"{stem}.pdf", mime="application/pdf", key="pool_report",
+                       icon=":material/picture_as_pdf:", on_click="ignore",
+                       help="The sites, the pooled numbers and the forest plots on a page, for a committee: no "
+                            "patient identifier in it")
 
 
 def _pooled_section(rows: list[dict], model: str, what: str, horizon: int) -> None:

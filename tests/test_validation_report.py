@@ -107,3 +107,26 @@ def test_the_first_figure_waits_for_an_ipython_import_another_thread_has_started
                            "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n")
     failed = subprocess.run([sys.executable, "-c", plain], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert failed.returncode != 0 and "partially initialized module 'IPython'" in failed.stderr  # the race
+
+
+def test_the_pooled_report_holds_each_site_and_the_pooled_numbers() -> None:
+    from core.errors import InputError
+    from core.evaluate.pooled import pooled_c_index, pooled_oe
+    from core.validation_report import pooled_report_pdf
+
+    rows = [{"site": f"site_{k}.zip (2026-11-29 1{k}:00)", "patients": 80 + k, "events": 30 + k, "c_index": c,
+             "c_low": c - 0.06, "c_high": c + 0.05, "oe": oe, "oe_low": None if oe is None else oe * 0.8,
+             "oe_high": None if oe is None else oe * 1.25} for k, (c, oe) in enumerate(((0.70, 0.9), (0.75, 1.1),
+                                                                                      (0.66, 1.0), (0.72, None)))]
+    text = " ".join(pdf_text(pooled_report_pdf(rows, "ehr_only", horizon=365, when="2026-11-29 20:50")).split("\n"))
+    c = pooled_c_index([r["c_index"] for r in rows], [r["c_low"] for r in rows], [r["c_high"] for r in rows])
+    with_oe = rows[:3]
+    oe = pooled_oe([r["oe"] for r in with_oe], [r["oe_low"] for r in with_oe], [r["oe_high"] for r in with_oe])
+    assert "Validation of ehr_only across 4 sites" in text and "326 patients, 126 events in all" in text
+    assert f"Pooled C-index: {c['c']:.3f} (95 % CI {c['ci'][0]:.3f}-{c['ci'][1]:.3f}) over 4 sites" in text
+    assert f"Pooled O:E at 1 year: {oe['oe']:.2f} (95 % CI {oe['ci'][0]:.2f}-{oe['ci'][1]:.2f}) over 3 sites" in text
+    assert all(r["site"] in text for r in rows) and "0.720 [0.660, 0.770]" in text
+    two = " ".join(pdf_text(pooled_report_pdf(rows[2:], "m", horizon=365, when="now")).split("\n"))
+    assert "O:E at 1 year: known at 1 of 2 sites, 2 needed to pool." in two and "no prediction interval" in two
+    with pytest.raises(InputError, match=r"^sites: got 1, are too few to pool"):
+        pooled_report_pdf(rows[:1], "m", horizon=365, when="now")

@@ -182,7 +182,8 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
         assert [list(t["y"]) for t in charts[0]["data"]][1] == ["Pooled (random effects)"]
         assert [y.split(" (")[0] for y in charts[0]["data"][0]["y"]] == ["site_c.zip", "site_a.zip", "site_b.zip"]
         assert charts[1]["data"][0]["x"] == pytest.approx([c["oe"] for c in cal])
-        assert any(d.proto.label == "Download the pooled table (CSV)" for d in at.get("download_button"))
+        labels = [d.proto.label for d in at.get("download_button")]
+        assert "Download the pooled table (CSV)" in labels and "Pooled report (PDF)" in labels
         # two sites chosen: no prediction interval yet
         at.session_state["pool_ids_ehr_only"] = [k for k, _ in kept[2:]]
         at.run()
