@@ -245,8 +245,6 @@ def go(pg: object, title: str, attempts: int = 3) -> None:
     Every retry and the final failure say what the browser showed (``page_state``); a retry is reported as a
     warning in the suite's summary, so a stall that a retry hid is still seen.
     """
-    import warnings
-
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     path = PAGE_PATHS[title]
@@ -258,11 +256,8 @@ def go(pg: object, title: str, attempts: int = 3) -> None:
         try:
             link.click(timeout=60_000)
         except PlaywrightTimeout:
-            seen = page_state(pg)
-            if last:
-                raise AssertionError(f"the sidebar link {title!r} was not clickable for 60 s: {seen}") from None
-            warnings.warn(f"go({title!r}): the sidebar link was not clickable for 60 s, page reloaded; {seen}",
-                          stacklevel=2)
+            _fail_or_warn(pg, last, f"the sidebar link {title!r} was not clickable for 60 s",
+                          f"go({title!r}): the sidebar link was not clickable for 60 s, page reloaded")
             pg.reload()  # type: ignore[attr-defined]
             pg.locator("h1").first.wait_for(timeout=180_000)  # type: ignore[attr-defined]
             settle(pg)
@@ -278,11 +273,19 @@ def go(pg: object, title: str, attempts: int = 3) -> None:
             heading.first.wait_for(state="visible", timeout=30_000)
             return
         except PlaywrightTimeout:
-            seen = page_state(pg)
-            if last:
-                raise AssertionError(f"the page {title!r} opened but did not draw its heading: {seen}") from None
-            warnings.warn(f"go({title!r}): no heading 30 s after the page's run ended, clicked again; {seen}",
-                          stacklevel=2)
+            _fail_or_warn(pg, last, f"the page {title!r} opened but did not draw its heading",
+                          f"go({title!r}): no heading 30 s after the page's run ended, clicked again")
+
+
+def _fail_or_warn(pg: object, last: bool, failure: str, retry: str) -> None:
+    """A stall of :func:`go`: its last attempt fails saying what the page showed; an earlier one is a warning in the
+    suite's summary (the retry follows)."""
+    import warnings
+
+    seen = page_state(pg)
+    if last:
+        raise AssertionError(f"{failure}: {seen}")
+    warnings.warn(f"{retry}; {seen}", stacklevel=3)
 
 
 def choose(pg: object, label: str, option: str | re.Pattern[str]) -> None:
