@@ -34,7 +34,7 @@ class Kept:
     """One kept validation as listed: ``id``, ``at`` ("YYYY-MM-DD HH:MM", the server's local time), the ``validated``
     model's name, the ``others`` evaluated beside it, the ``upload``'s file name, the ``subgroup`` column ("" none),
     the validated model's ``c_index`` (None: not computed), ``patients`` and ``events``, and ``version``: a stamp of
-    the validated model's weights (``core.evaluation.model_fingerprint``; None: not recorded, kept before session 76),
+    the validated model's weights (``core.evaluation.model_fingerprint``; None: kept before the weights were recorded),
     so that a model replaced under the same name is told apart."""
 
     id: str
