@@ -164,8 +164,8 @@ def _calibration(ax: Any, calibration: dict, hs: list[float]) -> None:
 def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: str, when: str,
                           split: str = "all") -> bytes:
     """The report of the external validation ``results`` ({model name: metrics | {"error"}}) of the model
-    ``validated`` on the cohort named ``cohort`` (its file name; never a patient's), validated at ``when``; the PDF's
-    bytes. ``split``: "all" (every patient: an external validation), or the split evaluated (a cohort's test split)."""
+    ``validated`` on the cohort named ``cohort`` (its site or file name; never a patient's), validated at ``when``;
+    the PDF's bytes. ``split``: "all" (every patient: an external validation), or the split evaluated (a cohort's test split)."""
     from core.figures.pyplot import pyplot
 
     plt = pyplot()
@@ -293,8 +293,8 @@ def _forest(ax: Any, rows: list[dict], labels: list[str], keys: tuple[str, str, 
 
 def pooled_report_pdf(rows: list[dict], model: str, *, horizon: float, when: str) -> bytes:
     """The report (PDF) of one model's validations on several sites pooled: ``rows`` (``core.evaluate.pooled
-    .site_rows``, each site named by its cohort's file name and date, never a patient's), the pooled C-index and, where
-    two sites or more have it, the pooled observed / expected risk at ``horizon``; made at ``when``."""
+    .site_rows``, each named by its site or cohort's file name and date, never a patient's), the pooled C-index and,
+    where two sites or more have it, the pooled observed / expected risk at ``horizon``; made at ``when``."""
     from core.evaluate.pooled import pooled_c_index, pooled_oe
     from core.figures.pyplot import pyplot
 

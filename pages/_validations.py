@@ -42,7 +42,7 @@ def pick() -> tuple[dict[str, dict], str] | None:
                    icon=":material/warning:")
         return None
     k = kept[chosen]
-    st.caption(f"{k.validated} validated on {k.upload} on {k.at}" + (f", beside {', '.join(k.others)}" if k.others else "")
+    st.caption(f"{k.validated} validated on {k.where} on {k.at}" + (f", beside {', '.join(k.others)}" if k.others else "")
                + (f", per group of {k.subgroup}" if k.subgroup else "") + ".")
     return found, k.validated
 
@@ -92,13 +92,13 @@ def report_button(results: dict[str, dict], validated: str, key: str, *, cohort:
 
 def pooled_view() -> None:
     """A model's kept validations on several sites pooled (``core.evaluate.pooled``): shown on a toggle where the user
-    kept validations of one model (one version of its weights) on at least two cohorts; by default the newest
-    validation of each upload (one per site), chosen in a list; the pooled C-index and, at a horizon, the pooled
-    observed / expected risk, each with its interval, the prediction interval for a new site and I^2, forest plots,
-    and the table as CSV."""
+    kept validations of one model (one version of its weights) on at least two sites; by default the newest
+    validation of each site (``Kept.site``: the name typed, or the upload's file name), chosen in a list; the pooled
+    C-index and, at a horizon, the pooled observed / expected risk, each with its interval, the prediction interval
+    for a new site and I^2, forest plots, and the table as CSV."""
     user_dir = workspace.user_root(_jobs.owner())
     by_model = validations.by_model(validations.listing(user_dir))
-    models = [m for m, ks in by_model.items() if len({k.upload for k in ks}) >= 2]
+    models = [m for m, ks in by_model.items() if len({k.site for k in ks}) >= 2]
     if not models or not st.toggle("Pool a model's validations across sites", key="pool_on",
                                    help="A random-effects meta-analysis of one model validated on several sites' "
                                         "cohorts: how well it ranks patients and how its risks compare with what was "
@@ -106,12 +106,12 @@ def pooled_view() -> None:
         return
     model = st.selectbox("Model", models, key="pool_model") if len(models) > 1 else models[0]
     ks = {k.id: k for k in by_model[model]}
-    labels = {i: f"{k.upload} · {k.at} · C {k.c_index:.3f} · {k.patients} patients" for i, k in ks.items()}
-    newest = list({k.upload: i for i, k in reversed(ks.items())}.values())  # each upload's newest, listed order
+    labels = {i: f"{k.where} · {k.at} · C {k.c_index:.3f} · {k.patients} patients" for i, k in ks.items()}
+    newest = list({k.site: i for i, k in reversed(ks.items())}.values())  # each site's newest, listed order
     chosen = st.multiselect(f"Validations of {model} to pool (one per site: the same patients twice would count "
                             "twice)", list(labels), default=[i for i in ks if i in newest], format_func=labels.__getitem__,
                             key=f"pool_ids_{model}")
-    results = [(f"{ks[i].upload} ({ks[i].at})", (validations.load(user_dir, i) or {}).get(ks[i].validated) or {})
+    results = [(f"{ks[i].site} ({ks[i].at})", (validations.load(user_dir, i) or {}).get(ks[i].validated) or {})
                for i in chosen]
     rows, left_out = site_rows(results)
     if left_out:

@@ -244,27 +244,29 @@ with tab_compare:
 VALIDATE_KEY = "validate"
 
 
-def start_validation(upload: bytes, upload_name: str, subgroup: str, every: bool, recalibrate: bool = False) -> None:
+def start_validation(upload: bytes, upload_name: str, subgroup: str, every: bool, recalibrate: bool = False,
+                     site: str = "") -> None:
     """Queue the external validation of the selected model (``every``: of every model in the sidebar's list, the
-    selected one first) on an uploaded cohort zip (file name ``upload_name``) as this user's background job (per group
-    of ``subgroup`` too, when it names a column), kept in the user's folder when it ends; ``recalibrate``: also save a
-    copy of the selected model recalibrated to it."""
+    selected one first) on an uploaded cohort zip (file name ``upload_name``) from ``site`` (what reports and the pooling
+    of sites call it; "": the file name) as this user's background job (per group of ``subgroup`` too, when it names a
+    column), kept in the user's folder when it ends; ``recalibrate``: also save a copy recalibrated to it."""
     import json
 
     from core.app.background import validate_uploaded_job
+    from core.app.validations import site_name
 
-    user = _jobs.owner()
+    user, site = _jobs.owner(), site_name(site, upload_name)
     workspace.check_quota(user, len(upload))  # unpacked while it is evaluated, removed after
     workspace.check_cohort_zip(upload)  # the table's errors now, not after a job has started
     chosen = {name: str(models[name]), **({n: str(p) for n, p in models.items() if n != name} if every else {})}
     fusion = json.loads((Path(models[name]) / "config.json").read_text()).get("fusion", "model")  # a slug, not a label
     session.audit("validate", str(fusion), source=_whose.whose(name), models=len(chosen),
                   recalibrate=recalibrate)
-    recal = _recalibration.spec(name, Path(models[name]), user, upload_name) if recalibrate else None
+    recal = _recalibration.spec(name, Path(models[name]), user, site) if recalibrate else None
     job = _jobs.submit(f"Validating {name}" + (f" and {len(chosen) - 1} more" if len(chosen) > 1 else ""),
                        validate_uploaded_job, upload, str(workspace.user_root(user) / "cohorts"), chosen,
-                       runtime.device_name(), subgroup.strip() or None, recal, upload_name,
-                       key=f"{VALIDATE_KEY}:{'|'.join(chosen)}:{subgroup.strip()}:{bool(recal)}:"
+                       runtime.device_name(), subgroup.strip() or None, recal, upload_name, site,
+                       key=f"{VALIDATE_KEY}:{'|'.join(chosen)}:{subgroup.strip()}:{bool(recal)}:{site}:"
                            f"{hashlib.sha256(upload).hexdigest()[:16]}",
                        heavy=True)
     if job is not None:
@@ -303,12 +305,17 @@ with tab_validate:
         "the evaluation ends.")
     up_val = st.file_uploader(f"Cohort folder to validate on (zip, up to {chrome.upload_mb()} MB)", type=["zip"],
                               key="validate_zip")
-    c1, c2 = st.container(key="stack_validate_options").columns([3, 2])  # stacked on a narrow page
-    group_by = c1.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
+    c1, c2 = st.container(key="stack_validate_options").columns(2)  # stacked on a narrow page
+    site = c1.text_input("Site (optional)", key="validate_site", max_chars=60,
+                         placeholder=up_val.name if up_val is not None else "e.g. Hospital B 2025",
+                         help="What the kept validation, its report and the pooling of sites call this cohort (the "
+                              "zip's file name when left empty). Validations with the same site count as one site "
+                              "when a model's validations are pooled.")
+    group_by = c2.text_input("Also per group of (optional)", key="validate_subgroup", placeholder="e.g. sex, site, age",
                              help="A column of the cohort's cohort.csv or features.csv: C-index and calibration per "
                                   "group; numbers with many values are cut into quantile bands.")
     others = len(models) - 1
-    every = c2.checkbox(f"Also the other {others} model{'' if others == 1 else 's'}", value=False, disabled=others < 1,
+    every = st.checkbox(f"Also the other {others} model{'' if others == 1 else 's'}", value=False, disabled=others < 1,
                         key="validate_every", help="Every model in the sidebar's list, compared side by side (a forest "
                                                    "plot and a table). Each model is evaluated in turn: with CT studies "
                                                    "this takes about as many times longer.")
@@ -319,7 +326,7 @@ with tab_validate:
                                         key="validate_button", disabled=not ready,
                                         help=None if ready else "Fix what is said above, then upload the zip again"):
         with chrome.core_errors(stop=False, what="Validation not started: "):
-            start_validation(up_val.getvalue(), up_val.name, group_by, every, recal)
+            start_validation(up_val.getvalue(), up_val.name, group_by, every, recal, site)
     from core.jobs import default_queue
 
     job_id, validated = st.session_state.get(K.VALIDATE_JOB) or (None, None)

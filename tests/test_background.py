@@ -143,7 +143,7 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     both = validate_uploaded_job(_ctx(seen, breaks), _zip(src), str(cohorts),
                                  {"ehr_only": str(SHIPPED_MODELS / "ehr_only"), "broken": str(tmp_path / "no_model"),
                                   "image_only": str(SHIPPED_MODELS / "image_only")},
-                                 subgroup="sex_female", keep="site_b.zip")
+                                 subgroup="sex_female", keep="site_b.zip", site="Hospital B")
     res = both["ehr_only"]
     assert both["broken"]["error"].startswith("model: got ")  # a later model's error is its row, not the job's end
     assert both["ehr_only"]["unread"] == 0  # no CT in this cohort: image_only read nothing, and says so
@@ -175,6 +175,8 @@ def test_an_uploaded_cohort_validates_a_model_on_every_patient_and_is_removed_af
     (kept,) = validations.listing(cohorts.parent)
     assert (kept.validated, kept.others, kept.upload, kept.subgroup, kept.patients) == (
         "ehr_only", ("broken", "image_only"), "site_b.zip", "sex_female", 90)
+    assert kept.site == "Hospital B" and (res["validated_on"]["cohort"], res["validated_on"]["upload"]) == (
+        "Hospital B", "site_b.zip")  # the report names the site
     assert kept.c_index == pytest.approx(res["c_index"]) and validations.load(cohorts.parent, kept.id) == json.loads(
         json.dumps(both, default=json_plain))
     table[["subject_id"]].to_csv(src / "cohort.csv", index=False)

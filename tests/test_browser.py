@@ -638,6 +638,10 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path,
     group_by.fill("sex_female")
     group_by.press("Enter")
     settle(pg)
+    site = main.get_by_placeholder("site_cohort.zip")  # the site's name, the zip's file name until one is typed
+    site.fill("Hospital  B 2025")
+    site.press("Enter")
+    settle(pg)
     main.get_by_text("Also the other 2 models").click()
     settle(pg)
     main.get_by_role("button", name="Validate", exact=False).first.click()
@@ -701,9 +705,10 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path,
 
     with pg.expect_download() as info:  # type: ignore[attr-defined]
         panel.get_by_role("button", name="Validation report (PDF)").first.click()
-    assert info.value.suggested_filename.startswith("validation_report_")
+    assert info.value.suggested_filename == f"validation_report_{current}_on_Hospital_B_2025.pdf"
     pdf = Path(info.value.path()).read_bytes()
     assert f"{c_of[current]:.3f} [" in pdf_text(pdf) and "Subgroups by sex_female" in pdf_text(pdf)
+    assert "Cohort: Hospital B 2025. 60 patients" in pdf_text(pdf) and "site_cohort" not in pdf_text(pdf)
     assert not [i for i in table["subject_id"].astype(str) if i.encode() in pdf]
     from core.app.audit import read_audit  # the download audited where the file was made
 
@@ -714,11 +719,11 @@ def test_external_validation_of_the_selected_model(page: object, tmp_path: Path,
     settle(pg)
     pg.get_by_role("tab", name="Validate on your cohort").click()  # type: ignore[attr-defined]
     settle(pg)
-    choose(pg, "Kept in your folder", "site_cohort.zip")
+    choose(pg, "Kept in your folder", "Hospital B 2025")
     settle(pg)
     assert selected(pg, "Kept in your folder").endswith(
-        f" · {current} and 2 more on site_cohort.zip · C {c_of[current]:.3f} · 60 patients")
-    assert re.search(rf"{current} validated on site_cohort.zip on 20\d\d-\d\d-\d\d \d\d:\d\d, beside \w+, \w+, "
+        f" · {current} and 2 more on Hospital B 2025 (site_cohort.zip) · C {c_of[current]:.3f} · 60 patients")
+    assert re.search(rf"{current} validated on Hospital B 2025 \(site_cohort.zip\) on 20\d\d-\d\d-\d\d \d\d:\d\d, beside \w+, \w+, "
                      "per group of sex_female.", panel.inner_text())
     panel.get_by_role("button", name="Remove", exact=True).click()
     settle(pg)

@@ -39,6 +39,7 @@ def test_kept_listed_newest_first_pruned_and_removed(tmp_path: Path) -> None:
             listed[0].others) == ("site_b.zip", "sex", 0.72, 90, 12, ("concat",))
     assert listed[0].label().endswith("ehr_only and 1 more on site_b.zip · C 0.720 · 90 patients")
     assert listed[0].version is None  # no validated_on: weights not recorded
+    assert listed[0].site == "site_b.zip" and listed[0].where == "site_b.zip"  # no site typed: the file's name
     assert validations.load(user, first) == json.loads(json.dumps(_result(0.61)))
     folder = user / validations.FOLDER
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
@@ -52,6 +53,18 @@ def test_kept_listed_newest_first_pruned_and_removed(tmp_path: Path) -> None:
         validations.remove(user, "../x")
     with pytest.raises(ValueError, match=r"^validated: 'image_only' is not among the results"):
         validations.save(user, _result(0.5), "image_only", "x.zip")
+    # a site named: listed, and its file's name beside it; a name too long or with a control character is refused
+    named = validations.save(user, _result(0.66), "ehr_only", "export_0412.zip", site=" Hospital\tB ", now=t0 + 90)
+    k = validations.listing(user)[0]
+    assert (k.id, k.site, k.where) == (named, "Hospital B", "Hospital B (export_0412.zip)")
+    assert k.label().endswith("ehr_only and 1 more on Hospital B (export_0412.zip) · C 0.660 · 40 patients")
+    from core.errors import InputError
+
+    with pytest.raises(InputError, match=r"^site: got .*, is 61 characters long, longer than 60; fix: a short name"):
+        validations.save(user, _result(0.5), "ehr_only", "x.zip", site="H" * 61)
+    with pytest.raises(InputError, match=r"^site: got .*, holds a control character; fix: type the site's name"):
+        validations.save(user, _result(0.5), "ehr_only", "x.zip", site="Hospital\x00B")
+    validations.remove(user, named)
     validations.remove(user, first)
     assert [k.id for k in validations.listing(user)] == [second] and validations.load(user, first) is None
     # beyond MAX_KEPT, the oldest go
@@ -142,8 +155,9 @@ def test_an_earlier_validation_is_shown_again_after_a_restart_and_removed(data_d
 
 
 def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path: Path) -> None:
-    """Validate on your cohort: the shipped ehr_only kept validated on three sites' cohorts (one of them twice) is
-    pooled on a toggle: by default the newest validation of each upload; the pooled C-index, the prediction interval
+    """Validate on your cohort: the shipped ehr_only kept validated on three sites' cohorts (one of them twice, from
+    two files named as one site) is pooled on a toggle: by default the newest validation of each site; the pooled
+    C-index, the prediction interval
     and I^2 are core.evaluate.pooled's of the kept numbers; the forest plot holds the three sites and the pooled row;
     the table downloads as CSV."""
     from core.demo import write_demo_cohort
@@ -151,11 +165,13 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
 
     user_dir = workspace.user_root("local", data_dir)
     t0, kept = 1_790_000_000.0, []
-    for i, (name, seed) in enumerate((("site_a.zip", 21), ("site_b.zip", 22), ("site_a.zip", 23), ("site_c.zip", 24))):
+    for i, (name, site, seed) in enumerate((("site_a.zip", "Hospital A", 21), ("site_b.zip", None, 22),
+                                           ("export_2.zip", "Hospital A", 23), ("site_c.zip", None, 24))):
         result = _evaluated(write_demo_cohort(tmp_path / f"c{i}", n=60, seed=seed, volumes=False))
-        kept.append((validations.save(user_dir, result, "ehr_only", name, now=t0 + 60 * i), result["ehr_only"]))
+        kept.append((validations.save(user_dir, result, "ehr_only", name, now=t0 + 60 * i, site=site),
+                     result["ehr_only"]))
     try:
-        newest = [m for (_, m), i in zip(kept, range(4)) if i != 0][::-1]  # site_c, site_a (again), site_b
+        newest = [m for (_, m), i in zip(kept, range(4)) if i != 0][::-1]  # site_c, Hospital A (again), site_b
         want = pooled_c_index([m["c_index"] for m in newest], [m["c_index_ci"][0] for m in newest],
                               [m["c_index_ci"][1] for m in newest])
         at = _app()
@@ -167,6 +183,7 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
         _no_exception(at)
         (chosen,) = [m for m in at.multiselect if m.key == "pool_ids_ehr_only"]
         assert chosen.value == [k for k, _ in kept[1:]][::-1] and len(chosen.options) == 4
+        assert chosen.format_func(kept[2][0]).startswith("Hospital A (export_2.zip) · ")
         shown = [(x.label, x.value) for x in at.metric]
         assert ("Pooled C-index", f"{want['c']:.3f}") in shown
         lo, hi = want["prediction"]
@@ -180,7 +197,7 @@ def test_a_models_validations_on_three_sites_are_pooled(data_dir: Path, tmp_path
         assert ("Pooled O:E at 1 year", f"{want_oe['oe']:.2f}") in shown
         charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")[-2:]]
         assert [list(t["y"]) for t in charts[0]["data"]][1] == ["Pooled (random effects)"]
-        assert [y.split(" (")[0] for y in charts[0]["data"][0]["y"]] == ["site_c.zip", "site_a.zip", "site_b.zip"]
+        assert [y.split(" (")[0] for y in charts[0]["data"][0]["y"]] == ["site_c.zip", "Hospital A", "site_b.zip"]
         assert charts[1]["data"][0]["x"] == pytest.approx([c["oe"] for c in cal])
         labels = [d.proto.label for d in at.get("download_button")]
         assert "Download the pooled table (CSV)" in labels and "Pooled report (PDF)" in labels

@@ -167,7 +167,7 @@ def unpack_gated(ctx: JobContext, data: bytes, cohorts_dir: str, tag: str = "") 
 
 def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models: dict[str, str], device: str = "cpu",
                           subgroup: str | None = None, recalibrate: dict[str, str] | None = None,
-                          keep: str | None = None) -> dict[str, dict]:
+                          keep: str | None = None, site: str | None = None) -> dict[str, dict]:
     """An external validation: a zipped cohort the models never saw, gated and unpacked as for training, and each
     model of ``models`` ({name: model folder}) evaluated on every subject (``core.evaluation.evaluate_model`` with
     split "all", three risk groups, and per group of ``subgroup``, a column of its cohort.csv or features.csv, when
@@ -182,9 +182,9 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     (:func:`core.recalibrate.recalibrate_model`) into ``out``, listed among the user's models as ``label`` (its
     ``base_cohort``, the original's, is where the app evaluates it); the report, or {"error": text}, is the first
     model's ``recalibration``. Between two models it makes way (``ctx.yield_turn``) for heavy jobs queued meanwhile.
-    ``keep`` (the upload's file name): the first model's ``validated_on`` {"cohort": keep, "at", "model_fingerprint"}
-    names it and its weights for the report and the pooling of sites, and the result is also kept in the user's folder
-    (``core.app.validations``; when that fails, the first model's ``not_kept`` says why)."""
+    ``keep`` (the upload's file name): the first model's ``validated_on`` {"cohort": the ``site`` (``validations
+    .site_name``), "upload", "at", "model_fingerprint"} names it and its weights for the report and the pooling of
+    sites, and the result is kept in the user's folder (when that fails, the first model's ``not_kept`` says why)."""
     from core.app import validations
     from core.errors import InputError
     from core.evaluation import ALL_SPLITS, evaluate_model, model_fingerprint, paired_fusion_gain
@@ -227,10 +227,10 @@ def validate_uploaded_job(ctx: JobContext, data: bytes, cohorts_dir: str, models
     finally:
         remove_unpacked(cohorts_dir, cohort_dir)
     if keep is not None:  # the user's folder holds the cohorts folder
-        out[next(iter(models))]["validated_on"] = {"cohort": keep, "at": time.strftime("%Y-%m-%d %H:%M"),
-                                                   "model_fingerprint": version}
+        out[next(iter(models))]["validated_on"] = {"cohort": validations.site_name(site, keep), "upload": keep,
+                                                   "at": time.strftime("%Y-%m-%d %H:%M"), "model_fingerprint": version}
         try:
-            validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup)
+            validations.save(Path(cohorts_dir).parent, out, next(iter(models)), keep, subgroup, site=site)
         except (InputError, OSError) as err:  # a full disk or quota: the result is still shown, and why it is not kept
             out[next(iter(models))]["not_kept"] = " ".join(str(err).split())
     ctx.progress(1.0, "done")

@@ -3,8 +3,8 @@
 A validation of a model on a cohort a site uploaded is a result people come back to (a committee, a colleague on
 another day), so the job that computes it (``core.app.background.validate_uploaded_job``) also keeps it in the user's
 own folder: ``users/<key>/validations/<id>.json`` holds a short summary (when, the validated model and the others, the
-upload's name, the subgroup column, the validated model's C-index, patients and events) that the page lists without
-reading the results, and ``<id>.result.json`` the job's whole result (metrics, curves, each patient's risk and outcome,
+upload's name, the site the user named, the subgroup column, the validated model's C-index, patients and events)
+that the page lists without reading the results, and ``<id>.result.json`` the job's whole result (metrics, curves, each patient's risk and outcome,
 the recalibration's report). Both are mode 0600 in a 0700 folder, written whole (a temporary file renamed), and kept
 after the tab closes or the server restarts; a user keeps at most :data:`MAX_KEPT` (the oldest go first) and removes
 one from the page. Nothing in them is trusted when read back: a file that is not a summary written here is skipped.
@@ -26,7 +26,28 @@ from core.job_state import JobContext
 
 FOLDER = "validations"  # users/<key>/validations
 MAX_KEPT = 30  # a result holds each patient's risk and outcome: 0.6 MB for 10,000 patients
+SITE_CHARS = 60  # a site's name: a line in a picker, a forest plot's row, a report's heading
 _ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
+
+
+def site_name(text: str | None, upload: str) -> str:
+    """How a validation names the cohort it was run on: the site the user typed (``text``, spaces collapsed), which
+    the listing, the reports and the pooling of sites show (a site validated twice is one site there), or, when none
+    was typed, the ``upload``'s file name. Refused (``InputError``) when longer than :data:`SITE_CHARS` characters or
+    holding a control character.
+
+    >>> site_name("  Hospital   B  2025 ", "export_0412.zip"), site_name("", "export_0412.zip")
+    ('Hospital B 2025', 'export_0412.zip')
+    """
+    from core.errors import InputError
+
+    site = " ".join(str(text or "").split())
+    if len(site) > SITE_CHARS:
+        raise InputError("site", site, f"is {len(site)} characters long, longer than {SITE_CHARS}",
+                         "a short name of the hospital or cohort, such as 'Hospital B 2025'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in site):
+        raise InputError("site", site, "holds a control character", "type the site's name as plain text")
+    return site or str(upload)
 
 
 @dataclass(frozen=True)
@@ -35,7 +56,8 @@ class Kept:
     model's name, the ``others`` evaluated beside it, the ``upload``'s file name, the ``subgroup`` column ("" none),
     the validated model's ``c_index`` (None: not computed), ``patients`` and ``events``, and ``version``: a stamp of
     the validated model's weights (``core.evaluation.model_fingerprint``; None: kept before the weights were recorded),
-    so that a model replaced under the same name is told apart."""
+    so that a model replaced under the same name is told apart; ``site``: what the cohort is called
+    (:func:`site_name`; the upload's file name for one kept before sites were named, or none was typed)."""
 
     id: str
     at: str
@@ -47,12 +69,19 @@ class Kept:
     patients: int
     events: int
     version: float | None = None
+    site: str = ""
+
+    @property
+    def where(self) -> str:
+        """The site's name, and the upload's file name in brackets when it is another: ``Hospital B (site_b.zip)``."""
+        site = self.site or self.upload
+        return site if site == self.upload else f"{site} ({self.upload})"
 
     def label(self) -> str:
         """One line for a picker: ``2026-11-29 17:40 · ehr_only (demo) on site_b.zip · C 0.662 · 120 patients``."""
         c = f"C {self.c_index:.3f}" if self.c_index is not None else "C not computed"
         more = f" and {len(self.others)} more" if self.others else ""
-        return f"{self.at} · {self.validated}{more} on {self.upload} · {c} · {self.patients} patients"
+        return f"{self.at} · {self.validated}{more} on {self.where} · {c} · {self.patients} patients"
 
 
 def folder(user_dir: Path | str) -> Path:
@@ -82,9 +111,10 @@ def _write(path: Path, text: str) -> None:
 
 
 def save(user_dir: Path | str, results: dict[str, dict], validated: str, upload: str, subgroup: str | None = None,
-         now: float | None = None) -> str:
+         now: float | None = None, site: str | None = None) -> str:
     """Keep ``results`` (``validate_uploaded_job``'s {model name: metrics}, ``validated`` the model the user chose)
-    of the cohort uploaded as ``upload`` (its file name) for the user of ``user_dir`` (``<data dir>/users/<key>``);
+    of the cohort uploaded as ``upload`` (its file name) from ``site`` (:func:`site_name`; None: the file name) for the
+    user of ``user_dir`` (``<data dir>/users/<key>``);
     the oldest beyond :data:`MAX_KEPT` go. Returns the new validation's id. Refused (``InputError``) when the files
     would take the user or the server over their disk quota, counting the room the oldest beyond :data:`MAX_KEPT`
     would leave (the user's caches give way first): no kept validation is removed then."""
@@ -99,6 +129,7 @@ def save(user_dir: Path | str, results: dict[str, dict], validated: str, upload:
     summary = _text({
         "at": time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)), "validated": validated,
         "others": [n for n in results if n != validated], "upload": str(upload), "subgroup": subgroup or "",
+        "site": site_name(site, upload),
         "c_index": first.get("c_index"), "patients": int(first.get("n") or 0),
         "events": int(first.get("events") or 0),
         "version": (first.get("validated_on") or {}).get("model_fingerprint") or None})
@@ -121,7 +152,7 @@ def _summary(path: Path) -> Kept | None:
         return Kept(path.name[:-len(".json")], str(raw["at"]), str(raw["validated"]),
                     tuple(str(n) for n in raw["others"]), str(raw["upload"]), str(raw["subgroup"]),
                     None if c is None else float(c), int(raw["patients"]), int(raw["events"]),
-                    float(raw["version"]) if raw.get("version") else None)
+                    float(raw["version"]) if raw.get("version") else None, str(raw.get("site") or raw["upload"]))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None  # removed meanwhile, being written, or not written here
 
