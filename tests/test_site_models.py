@@ -175,3 +175,33 @@ def test_every_user_reads_a_site_model_against_its_own_cohort_and_cannot_delete_
     finally:
         _wait_for_jobs()
         remove_site_model("Lung CT 2025", data_dir)
+
+
+def test_a_site_model_a_users_job_reads_is_neither_removed_nor_replaced(data_dir: Path, tmp_path: Path) -> None:
+    """`site-model remove` and `--replace` are refused, naming the job, while a live server of the site runs a
+    user's job that reads the model (an external validation would stop half-way); a job of a server gone, or one
+    reading another folder, does not hold it."""
+    import os
+    import time
+
+    from core.app import job_journal
+
+    cohort, root = _site_cohort(tmp_path), tmp_path / "data"
+    model = demo_install.demo_paths().models / "ehr_only"
+    copy = add_site_model(model, cohort, "Lung CT 2025", root)
+    beat = root / "jobs" / "replica00001.json"  # another server of the site, beating (on another host)
+    job_journal._write(beat, {"host": "another-host", "pid": 1})
+    job_journal._write(root / "users" / "u7" / "jobs" / "replica00001-job9.json", {
+        "title": "Validating Lung CT 2025", "queued_at": time.time(), "server": "replica00001",
+        "reads": [str(copy), "/srv/other"]})
+    for change in ("remove", "replace"):
+        with pytest.raises(InputError, match=r'^label: got Lung CT 2025, is read by 1 running job of the site\'s '
+                                             rf'users \("Validating Lung CT 2025"\); fix: wait for it to end .* then '
+                                             rf'{change} again$'):
+            if change == "remove":
+                remove_site_model("Lung CT 2025", root)
+            else:
+                add_site_model(model, cohort, "Lung CT 2025", root, replace=True)
+    assert (copy / "model.safetensors").is_file()
+    os.utime(beat, (time.time() - job_journal.STALE_S - 30,) * 2)  # that server is gone: its job holds nothing
+    assert remove_site_model("Lung CT 2025", root) == copy and not copy.exists()

@@ -93,7 +93,19 @@ def _check_label(label: str, data_dir: Path | str, replace: bool) -> str:
     if same and not replace:
         raise InputError("--label", label, f"is taken by the site model '{same[0]}'",
                          "choose another label, or pass --replace to put this model in its place")
+    if same:
+        _refuse_while_read(label, taken[same[0]][0], data_dir, "replace")
     return label
+
+
+def _refuse_while_read(label: str, target: Path, data_dir: Path | str, change: str) -> None:
+    """Refuse to ``change`` (remove, replace) the site model ``label`` at ``target`` while a user's job reads it: an
+    external validation would stop half-way, or keep the new weights' numbers under the earlier ones' stamp."""
+    if reading := jobs_reading(target, data_dir):
+        many = len(reading) > 1
+        raise InputError("label", label, f"is read by {len(reading)} running job{'s' * many} of the site's users "
+                         f"(\"{reading[0]}\")", f"wait for {'them' if many else 'it'} to end (the user's page shows "
+                         f"the progress), then {change} again")
 
 
 def add_site_model(model_dir: Path | str, cohort_dir: Path | str, label: str, data_dir: Path | str, *,
@@ -139,13 +151,29 @@ def add_site_model(model_dir: Path | str, cohort_dir: Path | str, label: str, da
     return target
 
 
+def jobs_reading(folder: Path | str, data_dir: Path | str) -> list[str]:
+    """The titles of the users' jobs that a live server of the data folder ``data_dir`` runs and that read ``folder``
+    or a path under it (their records, ``core.app.job_journal``; a job of a server gone is not counted)."""
+    import os
+
+    from core.app.job_journal import elsewhere
+    from core.job_pickle import paths_in
+
+    root, users = os.path.realpath(folder), Path(data_dir) / "users"
+    return [job.title for user in (sorted(users.iterdir()) if users.is_dir() else []) if user.is_dir()
+            for job in elsewhere(user, Path(data_dir))
+            if any(p == root or p.startswith(root + os.sep) for p in paths_in(job.args))]
+
+
 def remove_site_model(label: str, data_dir: Path | str) -> Path:
-    """Remove the site model ``label`` (its copy only: the cohort folder stays); the folder removed."""
+    """Remove the site model ``label`` (its copy only: the cohort folder stays); the folder removed. Refused while a
+    user's job reads it (:func:`jobs_reading`: an external validation would stop half-way)."""
     found = {slug(name): model for name, (model, _) in list_site_models(data_dir).items()}
     target = found.get(slug(label)) or site_models_dir(data_dir) / slug(label)
     if not slug(label) or not (target / TRAINED_MARKER).is_file():
         raise InputError("label", label, "is no site model here",
                          "see the labels with `python -m core site-model list`")
+    _refuse_while_read(label, target, data_dir, "remove")
     fusion = str(json.loads((target / TRAINED_MARKER).read_text()).get("fusion") or "model")
     shutil.rmtree(target)
     _audit(data_dir, "remove", fusion, label)
