@@ -131,7 +131,8 @@ def renamed_columns(names: Sequence[str], columns: Sequence[object]) -> dict[str
 
 def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[str]:
     """What the model cannot read in an uploaded case's clinical values (``core.app.cases``): the curated features
-    it reads that the case does not give (read as the training mean), and values far from training. Empty when the
+    it reads that the case does not give (read as the training mean; fewer than half given: what that does to the
+    risk and its band), and values far from training. Empty when the
     model reads no curated features or the case gives none (the missing-modality notice says so)."""
     names = model.config.ehr.curated_features
     given = {k: v for k, v in values.items() if k in names and np.isfinite(v)}
@@ -139,9 +140,12 @@ def case_feature_read(model: LoadedModel, values: Mapping[str, float]) -> list[s
         return []
     absent = [c for c in names if c not in given]
     other = f"the other {len(absent)}" if len(absent) > 1 else "the other one"
+    few = (" With most of its values at the training average, this risk is close to that of an average training "
+           "patient with the values given; its band and conformal bound come from patients who had every value and do "
+           "not widen for the missing ones.") if len(given) < len(names) / 2 else ""
     out = [f"This case gives {len(given)} of the model's {len(names)} curated features; {other} ("
            f"{', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}) {'are' if len(absent) > 1 else 'is'} read as "
-           "the training average."] if absent else []
+           "the training average." + few] if absent else []
     far = feature_value_warning(model.config.ehr.tabular or {}, given)
     return out + ([far] if far else [])
 

@@ -54,6 +54,16 @@ class ImageRead:
     withheld: str | None = None
     like_training: str | None = None  # the key of the study's series recorded like the training studies (contrast)
 
+    def details(self, read_anyway: bool = False) -> tuple[str, ...]:
+        """The :attr:`warnings` worded for what happens to the CT: where it is withheld (and not ``read_anyway``),
+        a warning's advice not to rely on the image part (``study_profile.RELY``) says that the prediction is made
+        without the CT instead: there is no image part to rely on."""
+        from core.study_profile import RELY, WITHOUT
+
+        if self.withheld is None or read_anyway:
+            return self.warnings
+        return tuple(w.replace(RELY, WITHOUT) for w in self.warnings)
+
     def note(self, model_name: str, read_anyway: bool = False) -> str | None:
         """The one-line notice of a withheld CT, or of one read on request (``read_anyway``); None when the CT
         is not withheld."""
@@ -171,7 +181,8 @@ def prediction_json(model: LoadedModel, cohort: Cohort, subject_id: str, horizon
     top_slices = [] if p.slice_weights is None or "image" not in p.modalities_used else [
         int(i) for i in np.argsort(-p.slice_weights)[:5]]
     warnings: list[str] = [*(volume.warnings if volume is not None else ()),  # how the study was read (tilt, gaps, MR)
-                           *read.warnings, *timeline_read(model, inputs.events), *feature_read(model, cohort, subject_id)]
+                           *read.details(allow_ood), *timeline_read(model, inputs.events),
+                           *feature_read(model, cohort, subject_id)]
     if model.config.ehr.sequence or model.config.ehr.summarises_timeline:  # no event read: a mismatched id?
         from core.cohort_notes import coverage_notes
 

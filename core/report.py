@@ -153,12 +153,13 @@ def _wrap(items: Sequence[str], width: int, bullet: str = "") -> list[str]:
 
 
 def strategy_lines(table: pd.DataFrame | None, skipped: Sequence[str] = ()) -> list[str]:
-    """The strategies' risk table as fixed-width text lines (``*`` marks the model in use); the name column as wide
+    """The strategies' risk table as fixed-width text lines (``*`` marks the model in use, first: a table cut to the
+    first page keeps its row); the name column as wide
     as its longest name (a model trained in the app: "ehr_only (your cohort, 27 Nov 18:39)"), cut with "..." only
     where the line would not fit the page.
 
-    >>> t = pd.DataFrame({"strategy": ["concat", "ehr_only (your cohort, 27 Nov 18:39)"], "current": [True, False],
-    ...                   "risk 1 year": [0.5, 0.25]})
+    >>> t = pd.DataFrame({"strategy": ["ehr_only (your cohort, 27 Nov 18:39)", "concat"], "current": [False, True],
+    ...                   "risk 1 year": [0.25, 0.5]})
     >>> print("\\n".join(strategy_lines(t)))
     strategy                                      risk 1 year
     * concat                                           50.0 %
@@ -171,7 +172,7 @@ def strategy_lines(table: pd.DataFrame | None, skipped: Sequence[str] = ()) -> l
     width = min(max(20, 3 + max(len(str(v)) for v in table["strategy"])), room)
     head = f"{'strategy':<{width}}" + "".join(f"{c:>18}" for c in cols)
     lines = [head]
-    for r in table.to_dict("records"):
+    for r in sorted(table.to_dict("records"), key=lambda r: not r.get("current")):  # stable: the rest in order
         name = ("* " if r.get("current") else "  ") + str(r["strategy"])
         name = name if len(name) < width else name[:width - 4] + "..."
         cells = []
@@ -190,8 +191,12 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
                     strategy_risks: pd.DataFrame | None = None, strategies_skipped: Sequence[str] = (),
                     clinical_values: Mapping[str, float] | None = None,
                     conformal_bound: tuple[float, float, float] | None = None,
-                    group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None) -> Path:
+                    group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None,
+                    window: str = "soft_tissue") -> Path:
     """Write the one-page report to ``out`` (.pdf) and return its path.
+
+    ``window``: the name of the CT window (``core.io.windows.WINDOWS``: the viewer's) the slices are drawn in, named
+    under them.
 
     ``conformal_bound``: ``(days, horizon, level)`` as Case review shows it (a bound ``days``, capped at ``horizon``,
     that at least ``level`` of patients like the validation patients reach before their event: a guarantee over such
@@ -229,7 +234,7 @@ def case_report_pdf(out: str | Path, *, model: LoadedModel, inputs: CaseInputs, 
         fig = plt.figure(figsize=PAGE_INCHES)
         rest = _draw(fig, model, prediction, volume_hu, spacing_mm, attribution, events_table, cohort_km,
                      model_card_summary, case_label, list(warnings), strategy_risks, list(strategies_skipped),
-                     dict(clinical_values or {}), conformal_bound, group_km)
+                     dict(clinical_values or {}), conformal_bound, group_km, window)
         pdf.savefig(fig)
         plt.close(fig)
         for page_fig in _continuation(plt, rest, case_label):
@@ -276,7 +281,8 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
           attribution: Any, events_table: pd.DataFrame | None, cohort_km: Any, card: str, case_label: str,
           warnings: list[str], strategy_risks: pd.DataFrame | None, skipped: list[str],
           clinical_values: dict[str, float], bound: tuple[float, float, float] | None = None,
-          group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None) -> list[Continued]:
+          group_km: tuple[tuple[Any, Any, Any, Any], str] | None = None,
+          window: str = "soft_tissue") -> list[Continued]:
     """Draw the first page; return the blocks cut on it (for the continuation pages)."""
     rest: list[Continued] = []
     page = _Flow(fig)
@@ -325,10 +331,11 @@ def _draw(fig: Any, model: Any, prediction: Any, volume_hu: np.ndarray | None, s
     # ---- survival curve and risks
     ax = page.axes(x0 + 0.45, page.y + 0.2, 0.62 * width - 0.45, surv_h - 0.6)
     _survival_axes(ax, model, prediction, cohort_km, bound, group_km)
-    page.text(x0 + 0.66 * width, page.y + 0.2, _risk_lines(prediction, attribution, bound), 8, family="monospace")
+    page.text(x0 + 0.66 * width, page.y + 0.2, _risk_lines(prediction, attribution, bound, window), 8,
+              family="monospace")
     page.y += surv_h
     # ---- top slices
-    _slices(page, x0, width, slice_h, volume_hu, spacing_mm, attribution)
+    _slices(page, x0, width, slice_h, volume_hu, spacing_mm, attribution, window)
     page.y += slice_h + 0.1
     # ---- strategies
     if strat:
@@ -379,7 +386,8 @@ def _survival_axes(ax: Any, model: Any, prediction: Any, cohort_km: Any,
     ax.set_title("Individual survival curve vs cohort", fontsize=9)
 
 
-def _risk_lines(prediction: Any, attribution: Any, bound: tuple[float, float, float] | None = None) -> list[str]:
+def _risk_lines(prediction: Any, attribution: Any, bound: tuple[float, float, float] | None = None,
+                window: str = "soft_tissue") -> list[str]:
     times = np.asarray(prediction.times, dtype=float)
     risks = risk_at(times, np.asarray(prediction.survival, dtype=float), HORIZONS)
     band = risk_band_at(times, prediction.lower, prediction.upper, HORIZONS)
@@ -394,12 +402,17 @@ def _risk_lines(prediction: Any, attribution: Any, bound: tuple[float, float, fl
                   f"(capped at {bound[1]:.0f} d; holds for", f"{100 * bound[2]:.0f} % of similar patients,",
                   "not this patient's own", "probability)"]
     if attribution is not None:
-        lines += ["", "Explanation", f"method: {METHOD_LABELS.get(attribution.method, attribution.method)}"] + textwrap.wrap(f"target: {attribution.target}", 30)
+        from core.io.windows import WINDOWS
+
+        win = WINDOWS[window] if window in WINDOWS else WINDOWS["soft_tissue"]
+        lines += ["", "Explanation", f"method: {METHOD_LABELS.get(attribution.method, attribution.method)}"] + \
+            textwrap.wrap(f"target: {attribution.target}", 30) + \
+            textwrap.wrap(f"slices: {win.label} window [{win.low:g}, {win.high:g}] HU", 30)
     return lines
 
 
 def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarray | None,
-            spacing_mm: Sequence[float] | None, attribution: Any) -> None:
+            spacing_mm: Sequence[float] | None, attribution: Any, window: str = "soft_tissue") -> None:
     from core.io.windows import WINDOWS
 
     slices: list[tuple[int, float]] = []
@@ -419,7 +432,7 @@ def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarra
     for j, (k, share) in enumerate(slices):
         a = page.axes(x0 + j * (w + 0.2), page.y + 0.25, w, h - 0.3)
         a.axis("off")
-        lo, hi = WINDOWS["lung"] if "lung" in WINDOWS else (-1350.0, 150.0)
+        lo, hi = WINDOWS[window] if window in WINDOWS else WINDOWS["soft_tissue"]
         sp = [float(v) for v in (spacing_mm or (1.0, 1.0, 1.0))][-2:]
         hu = np.asarray(volume_hu)[k]
         extent = (0, hu.shape[1] * sp[1], hu.shape[0] * sp[0], 0)

@@ -223,6 +223,12 @@ def outside(profile: dict[str, Any] | None, stats: dict[str, float]) -> list[tup
     return out
 
 
+#: how a warning of a CT unlike the training studies ends when the model reads it (:class:`core.predict.ImageRead`
+#: words it as :data:`WITHOUT` where the CT is withheld from the prediction instead)
+RELY = "do not rely on the image part of this prediction."
+WITHOUT = "this prediction is made without the CT, which is withheld."
+
+
 def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) -> list[str]:
     """One warning (a list of at most one line) when the study lies outside the model's training profile."""
     bad = outside(profile, stats)
@@ -240,7 +246,7 @@ def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) ->
                     "every body at about one scale."))
     return [f"Out of distribution for this model's image part ({', '.join(kinds)}): " + "; ".join(parts)
             + f". This CT is unlike the model's {profile.get('n_studies', '?')} training studies (see 'What this model "
-            "can read' in its model card): do not rely on the image part of this prediction." + scale]
+            "can read' in its model card): " + RELY + scale]
 
 
 def contrast_warning(profile: dict[str, Any] | None, meta: Mapping[str, str], series: Sequence[Any] = ()) -> str | None:
@@ -269,7 +275,7 @@ def contrast_warning(profile: dict[str, Any] | None, meta: Mapping[str, str], se
     return (f"Contrast unlike the training studies: this CT was acquired {word} contrast "
             f"({meta.get(CONTRAST_SOURCE) or 'recorded'}); all {counts[other]} of the model's training studies with a "
             f"contrast record were acquired {other_word} it" + (f" ({unknown} had no record)" if unknown else "")
-            + ". Contrast changes the HU of vessels and organs: do not rely on the image part of this prediction."
+            + ". Contrast changes the HU of vessels and organs: " + RELY
             + instead)
 
 

@@ -14,11 +14,13 @@ from pages._memo import memo
 
 
 def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: str, method: str, horizon: int,
-                out: Path, amap: Any = None) -> Path:
-    """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md).
+                out: Path, amap: Any = None, window: str = "soft_tissue") -> Path:
+    """Write the case report PDF through ``core.report.case_report_pdf`` (see docs/CONTRACTS.md), its slices in the
+    viewer's ``window``.
 
     ``amap``: the whole-volume map the viewer shows (``pages._viewer.overlay_map``), drawn as it is; computed here
-    (in the server, for the whole CT) only when None."""
+    (in the server, for the whole CT) only when None. Its warnings are Case review's, and the viewer's when that map's
+    strongest spot lies outside the body (``pages._viewer.map_peak``)."""
     from core.explain import attribute, event_attributions
     from core.report import card_summary
 
@@ -43,7 +45,12 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     cohort_km = ref["cohort_km"] if ref else None
     group = refs.case_risk_group(model, source, subject_id, ref["groups"]) if ref and pred.modalities_used else None
     every = review.strategies(source, subject_id, name)
-    warnings = review.case_warnings(name, model, source, subject_id, every)  # exactly the list Case review shows
+    warnings = [w.text for w in review.case_warnings(name, model, source, subject_id, every)]  # as Case review's
+    if amap is not None and attribution is not None:  # the viewer's warning of a map that reads no anatomy
+        from pages import _viewer
+
+        warnings += [w for w in _viewer.map_peak(model, inputs, source, subject_id, method, horizon, amap, volume)[1:]
+                     if w]
     bound = refs.case_conformal_bound(model, source, subject_id) if pred.modalities_used else None  # as on the page
     features = views.case_cohort(source, subject_id).features
     values = {} if features is None or subject_id not in features.index else features.loc[subject_id].dropna().to_dict()
@@ -51,7 +58,7 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
                       volume_hu=None if volume is None else volume.hu,
                       spacing_mm=None if volume is None else volume.spacing_mm, attribution=attribution,
                       events_table=events, cohort_km=cohort_km, model_card_summary=card_summary(model.card),
-                      case_label=views.case_label(source, subject_id), warnings=[w.text for w in warnings],
+                      case_label=views.case_label(source, subject_id), warnings=warnings, window=window,
                       strategy_risks=every.table, strategies_skipped=list(every.skipped.values()),
                       clinical_values=values,
                       conformal_bound=None if bound is None else (*bound, 1 - refs.CONFORMAL_ALPHA),

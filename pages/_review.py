@@ -147,8 +147,9 @@ def scan_note(source: str, subject_id: str) -> str | None:
 
 
 def prediction_warnings(model: Any, source: str, subject_id: str) -> list[str]:
-    """What the model cannot read in this CT (``core.predict.image_read``: its training profile)."""
-    return list(views.image_read(model, source, subject_id).warnings)
+    """What the model cannot read in this CT (``core.predict.image_read``: its training profile), worded for a CT
+    withheld from the prediction or read on request."""
+    return list(views.image_read(model, source, subject_id).details(views.read_ood(source, subject_id)))
 
 
 def ehr_read_notes(model: Any, source: str, subject_id: str) -> list[str]:

@@ -173,6 +173,20 @@ def map_key(model: Any, inputs: Any, source: str, subject_id: str, method: str, 
     return AV.map_key(digest, AV.model_stamp(model.model_dir), method, horizon)
 
 
+def map_peak(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int, raw: np.ndarray,
+             volume: Any) -> tuple[tuple[int, int, int] | None, str | None]:
+    """The whole-volume map ``raw``'s strongest voxel (None: a map zero everywhere), and the warning Case review shows
+    when it lies outside the patient's body (None: inside). The peak is made by the map's job and kept beside the map,
+    read once per session (Case review, Export's figure and report), not on each crosshair report."""
+    key = map_key(model, inputs, source, subject_id, method, horizon)
+    store = map_store(model, source, subject_id)
+    peak = memo(("map_peak", key), lambda: AV.read_peak(store.cache().derived(key, AV.PEAK, lambda: AV.peak_bytes(raw))))
+    if peak is None or memo(("peak_in_body", key), lambda: in_body(volume.hu, peak)):  # one slice: ms
+        return peak, None
+    return peak, (f"The map's strongest spot (slice {peak[0] + 1}) lies outside the patient's body, in the air around "
+                  "it or on the table: what this model reads most in this CT is not anatomy. Read its risk with care.")
+
+
 def overlay_map(model: Any, inputs: Any, source: str, subject_id: str, method: str, horizon: int) -> np.ndarray | None:
     """The case's whole-volume map when it is ready; otherwise queue (or show) its background job and return None.
 
@@ -272,16 +286,12 @@ def _section(volume: Any, model: Any, inputs: Any, pred: Any, source: str, subje
                 overlay_key = map_key(model, inputs, source, subject_id, method, chrome.horizon_days())
                 overlay = raw
                 store = map_store(model, source, subject_id)
-                # made by the map's job and kept beside the map; once per session here, not on each crosshair report
-                peak = memo(("map_peak", overlay_key), lambda: AV.read_peak(
-                    store.cache().derived(overlay_key, AV.PEAK, lambda: AV.peak_bytes(raw))))
+                peak, outside = map_peak(model, inputs, source, subject_id, method, chrome.horizon_days(), raw, volume)
                 if peak is None:
                     st.info("This map is zero everywhere: this model's risk does not change with the CT (its model "
                             "card's Data section says why).", icon=":material/info:")
-                elif not memo(("peak_in_body", overlay_key), lambda: in_body(volume.hu, peak)):  # one slice: ms
-                    st.warning(f"The map's strongest spot (slice {peak[0] + 1}) lies outside the patient's body, in "
-                               "the air around it or on the table: what this model reads most in this CT is not "
-                               "anatomy. Read its risk with care.", icon=":material/warning:")
+                elif outside:
+                    st.warning(outside, icon=":material/warning:")
                 if peak is not None and st.button(f"Go to the map's strongest spot (slice {peak[0] + 1} of {volume.shape[0]})",
                                icon=":material/my_location:", key=f"peak_{overlay_key}",
                                help="Moves the crosshair onto the map's strongest spot (the voxel the sanity "

@@ -67,9 +67,14 @@ with chrome.core_errors():
 exports: dict = st.session_state.setdefault(K.EXPORTS, {})
 if exports:
     session.workspace()  # marks this session's prepared files as in use (another session's prepare sweeps stale ones)
+withheld = volume is not None and views.withholds_ct(model, source, subject_id)  # Case review may read it anyway
+read_on_request = volume is not None and not withheld and views.image_read(model, source, subject_id).withheld is not None
 no_ct = ("The selected model withholds this case's CT (other anatomy or another scale than its training studies; Case review can "
-         "read it anyway)" if volume is not None and views.withholds_ct(model, source, subject_id)
-         else "This case has no CT used by the selected model")
+         "read it anyway)" if withheld else "This case has no CT used by the selected model")
+if read_on_request:
+    st.warning(f"This case's CT is read on request although {chrome.md(model_name)} would withhold it (Case review): "
+               "what is exported here reads something the model never saw in training. The figure's caption and the "
+               "report say so.", icon=":material/warning:")
 
 st.subheader("Saliency figure", anchor=False)
 amap = None
@@ -95,7 +100,7 @@ else:
                        f"({100 * shares[best]:.0f} %).", icon=":material/visibility_off:")
             if st.checkbox(f"Export slice {best + 1} instead", value=False, key="figure_top_slice"):
                 z = best
-    key = (source, subject_id, model_name, method, horizon, z, wname)
+    key = (source, subject_id, model_name, method, horizon, z, wname, read_on_request)
     if amap is None:
         st.caption("The figure, the report and the DICOM objects use the case's whole-volume attribution map: it is "
                    "being computed (above); they can be prepared when it is ready.")
@@ -112,8 +117,14 @@ else:
                 title=f"{_viewer.METHOD_LABELS.get(method, method)} on axial slice {z + 1}/{volume.shape[0]}",
             )
             # slices are numbered from 1 (inferior) for people everywhere: title, caption and file name
+            # what the page says beside the map goes with the figure, which is copied without the page
+            outside = _viewer.map_peak(model, views.case_inputs(model, source, subject_id), source, subject_id, method,
+                                       horizon, amap, volume)[1]
+            notes = (["CT read on request: outside the model's training CTs, which predict withholds"]
+                     if read_on_request else []) + (["the map's strongest spot lies outside the body"] if outside else [])
             caption = figure_export.caption_text(model=model_name, fusion=model.fusion, method=method,
-                                                 horizon_days=horizon, slice_index=z + 1, window=win)
+                                                 horizon_days=horizon, slice_index=z + 1, window=win,
+                                                 extra="; ".join(notes) or None)
             folder = session.exports_dir("figure")
             files = {}
             for fmt in FORMATS:
@@ -139,7 +150,8 @@ else:
                    f"{chrome.viewer_setting('opacity', 0.6)}. Slices are numbered from 1, inferior to superior, in the "
                    "viewer, captions, file names and the report.")
 
-ckey = (source, subject_id, model_name, method, horizon)  # what a prepared export was made for
+ckey = (source, subject_id, model_name, method, horizon, read_on_request,  # what a prepared export was made for
+        chrome.viewer_setting("window", "soft_tissue"))
 
 
 def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], dict], *, disabled: bool = False) -> None:
@@ -174,7 +186,7 @@ def _report() -> dict:
 
     name = figure_export.export_name("case-report", number, "pdf", method=method, demo=is_demo, cohort=of_cohort)
     path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon,
-                               session.exports_dir("report") / name, amap)
+                               session.exports_dir("report") / name, amap, str(chrome.viewer_setting("window", "soft_tissue")))
     return {"name": name, "path": path}
 
 

@@ -227,7 +227,7 @@ if checked is not None:
                 model = views.current_model()
                 read = memo(("upload_read", id(checked), checked.series, volume.shape, str(model.model_dir), stated),
                             lambda: image_read(model, volume))
-                for note in [*read.warnings, read.note(model_name)]:  # what the selected model cannot read here
+                for note in [read.note(model_name), *read.details()]:  # what the selected model cannot read here
                     if note:
                         st.warning(f"**{model_name}**: {chrome.md(note)}", icon=":material/warning:")
                 other = next((s for s in volume.series if s.key == read.like_training), None)

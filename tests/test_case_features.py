@@ -120,7 +120,9 @@ def test_shipped_model_reads_the_values_of_an_uploaded_case(tmp_path: Path) -> N
     partial = {k: row[k] for k in ("age", "sex_female")}
     assert case_feature_read(model, partial) == [
         "This case gives 2 of the model's 19 curated features; the other 17 (n_visits, n_admissions, n_dx_heart_failure, "
-        "n_dx_copd, n_dx_ckd, ...) are read as the training average."]
+        "n_dx_copd, n_dx_ckd, ...) are read as the training average. With most of its values at the training "
+        "average, this risk is close to that of an average training patient with the values given; its band and "
+        "conformal bound come from patients who had every value and do not widen for the missing ones."]
     tabular = json.loads((SHIPPED / "ehr_only" / "config.json").read_text())["ehr"]["tabular"]
     typical = {c: float(np.expm1(m)) if c in tabular.get("log", []) else m for c, m in zip(tabular["columns"], tabular["mean"])}
     assert case_feature_read(model, {**typical, **row}) == []  # every column given, the subject's own where known

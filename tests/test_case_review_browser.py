@@ -195,7 +195,9 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
     alerts = pg.locator('[data-testid="stMain"] [data-testid="stAlertContentWarning"] [data-testid="stMarkdownContainer"]')  # type: ignore[attr-defined]
     warnings = [w.inner_text().strip() for w in alerts.all()  # the text without the icon's ligature name
                 if not w.inner_text().startswith("The WebGL CT viewer")]  # the viewer's own notice, not about the case
-    assert any("Out of distribution" in w and "do not rely on the image part" in w for w in warnings), warnings
+    # withheld: the out-of-distribution warning does not advise on an image part the prediction does not have
+    assert any("Out of distribution" in w and "this prediction is made without the CT, which is withheld." in w
+               and "do not rely" not in w for w in warnings), warnings
     assert any("The CT is withheld from image_only" in w for w in warnings), warnings
     # Export: the same case number, the report with exactly the page's warnings
     go(pg, "Export")
@@ -212,6 +214,32 @@ def test_ct_only_case_no_ehr_curve_and_its_warnings_in_the_report(page: object, 
     folder = __import__("os").environ.get("CTEHR_SCREENSHOTS")
     if folder:
         shutil.copy(target, Path(folder) / "report_uploaded_ct.pdf")
+    # the CT read on request on Case review: Export offers no report made while it was withheld (its risk and CT
+    # differ), says what is exported, and the new report and figure say it; the report's slices in the viewer's window
+    go(pg, "Case review")
+    pg.get_by_text("Read this CT anyway", exact=False).click()  # type: ignore[attr-defined]
+    pg.get_by_text("The CT was read on request", exact=False).first.wait_for(timeout=120_000)  # type: ignore[attr-defined]
+    settle(pg, 120)
+    pg.get_by_text("Saliency overlay", exact=False).first.click()  # type: ignore[attr-defined]  # the map, and its peak
+    pg.get_by_role("button", name=re.compile(r"Go to the map's strongest spot")).first.wait_for(timeout=300_000)  # type: ignore[attr-defined]
+    settle(pg, 120)
+    outside = pg.get_by_text("lies outside the patient's body", exact=False).count() > 0  # type: ignore[attr-defined]
+    go(pg, "Export")
+    pg.get_by_text("is read on request although image_only would withhold it", exact=False).first.wait_for()  # type: ignore[attr-defined]
+    assert pg.get_by_role("button", name="Download the case report (PDF)", exact=False).count() == 0  # type: ignore[attr-defined]
+    for sub in ("anyway", "figure"):
+        (tmp_path / sub).mkdir()
+    anyway = download(pg, "Prepare the case report", "Download the case report (PDF)", tmp_path / "anyway")
+    text = " ".join(subprocess.run(["pdftotext", str(anyway), "-"], check=True, capture_output=True,
+                                   text=True).stdout.split())
+    assert "The CT was read on request although it would be withheld from image_only" in text
+    assert "Modalities used: image." in text and "slices: Soft tissue window [-160, 240] HU" in text
+    assert ("lies outside the patient's body" in text) == outside  # the viewer's warning of the map, as shown
+    figure = download(pg, "Prepare the saliency figure", "Download PDF", tmp_path / "figure")
+    caption = " ".join(subprocess.run(["pdftotext", str(figure), "-"], check=True, capture_output=True,
+                                      text=True).stdout.split())
+    assert "CT read on request: outside the model's training CTs, which predict withholds" in caption, caption
+    assert ("the map's strongest spot lies outside the body" in caption) == outside
 
 
 def test_slice_numbers_agree_between_caption_and_file_name(page: object) -> None:

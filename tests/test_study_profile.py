@@ -231,6 +231,8 @@ def test_a_wider_field_of_view_is_flagged_and_at_twice_the_field_withheld(new_de
     assert near["image_withheld"] is None and near["modalities_used"] == ["image", "ehr_events", "ehr_features"]
     far = predict_subject(DEMO_MODELS / "concat", wide, sids[1])
     assert f"{label} 8.00 mm (training 4.00 mm)" in far["warnings"][0]
+    assert "do not rely on the image part" in near["warnings"][0]  # read: its image part is there to doubt
+    assert "this prediction is made without the CT, which is withheld." in far["warnings"][0]  # withheld: none
     assert far["image_withheld"] == (f"The CT is withheld from concat: it shows the body at another scale than the model's "
                                      f"200 training studies: {label} 8.00 mm (training 4.00 mm). Its image part would "
                                      "read something it never saw in training, so the prediction is made without the CT "
@@ -282,7 +284,11 @@ def test_real_abdominal_ct_is_out_of_distribution_for_the_demo_models(real_ct: P
     with np.load(DEMO_MODELS / "image_only" / "reference_predictions.npz") as ref:
         test_risks = 1.0 - ref["surv"][:, int(np.searchsorted(ref["times"], 365.0))]
     assert read["risk_at"]["365"] > np.quantile(test_risks, 0.95), (read["risk_at"]["365"], np.quantile(test_risks, 0.95))
-    assert read["warnings"][0] == warnings[0] and len(read["warnings"]) == 2
+    # withheld, the warning says the prediction is made without the CT; read on request, not to rely on its image part
+    from core.study_profile import RELY, WITHOUT
+
+    assert WITHOUT in warnings[0] and RELY not in warnings[0]
+    assert read["warnings"][0] == warnings[0].replace(WITHOUT, RELY) and len(read["warnings"]) == 2
     assert read["warnings"][1].startswith("The CT was read on request although it would be withheld from image_only")
 
 
