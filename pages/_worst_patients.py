@@ -105,7 +105,7 @@ def show(metrics: dict, cohort_dir: Path | None, model: str, what: str = "test s
     notes = dict(zip(ids, (f"{_outcome_text(t, e)}, risk rank {r:,}" for t, e, r in
                            zip(worst["time"], worst["event"], worst["rank"]))))
     labels = {i: f"{i}: {notes[i]}" for i in ids}
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1, c2 = st.container(key=f"stack_{key}_open").columns([3, 1], vertical_alignment="bottom")  # stacked when narrow
     picked = c1.selectbox("Open one in Case review", ids, format_func=labels.__getitem__, key=f"{key}_patient")
     if c2.button("Open in Case review", icon=":material/person_search:", key=f"{key}_open", width="stretch"):
         st.session_state[K.WORST_LIST] = {"model": model, "what": what, "cases": [(source, str(i)) for i in ids],

@@ -564,6 +564,7 @@ def test_other_pages_render(page: object) -> None:
     pg.wait_for_timeout(1000)  # type: ignore[attr-defined]
     assert pg.locator('[data-testid="stMetricLabel"]').count() >= 4  # type: ignore[attr-defined]
     assert cut_off(pg, '[data-testid="stMetricLabel"], [data-testid="stMetricValue"]') == []
+    assert cut_off(pg, '[data-testid="stButton"] button') == []  # "Open in Case review" under its list, whole
     km, cal = (pg.get_by_text(t).first.bounding_box() for t in ("Kaplan-Meier by predicted risk group",  # type: ignore[attr-defined]
                                                                  "Calibration (predicted vs observed"))
     assert abs(km["x"] - cal["x"]) < 5 and cal["y"] > km["y"] + 200
