@@ -91,10 +91,18 @@ class _Pages:
             return
         cols = list(rows[0])
         widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+        room = int((PAGE_IN[0] - 2 * MARGIN_IN) * 72 / (7 * 0.6))  # monospace 7 pt: a character is 0.6 of its size
+        over = sum(widths) + 2 * (len(widths) - 1) - room
+        if over > 0:  # a long first cell (a model or a group's name) is cut, not the numbers at the page's edge
+            widths[0] = max(12, widths[0] - over)
+
+        def cell(text: str, w: int) -> str:
+            return text if len(text) <= w else text[:w - 3] + "..."
+
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        self.line(fmt.format(*cols), size=7, mono=True, bold=True)
+        self.line(fmt.format(*(cell(c, w) for c, w in zip(cols, widths))), size=7, mono=True, bold=True)
         for r in rows:
-            self.line(fmt.format(*(str(r.get(c, "")) for c in cols)), size=7, mono=True)
+            self.line(fmt.format(*(cell(str(r.get(c, "")), w) for c, w in zip(cols, widths))), size=7, mono=True)
 
     def pdf(self) -> bytes:
         import matplotlib
@@ -178,7 +186,7 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
     title = f"External validation of {validated}" if every else f"Evaluation of {validated}, {split} split"
     hs = _horizons(m)
     out = _Pages(plt, title)
-    out.line(title, size=13, bold=True)
+    out.wrapped(title, size=13, bold=True, width=72)  # a long model or site name goes on a second line
     out.wrapped(f"Cohort: {cohort}. {m.get('n')} patients, {m.get('events')} events, "
                 + ("every patient evaluated" if every else f"the patients of its {split} split")
                 + f"; {'validated' if every else 'report made'} {when}; strategy {m.get('fusion', validated)}.",
@@ -213,10 +221,11 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
         slopes = [f"{horizon_label(h)} {c['slope']:.2f} / {c['intercept']:.2f}" for h in hs
                   if (c := at_horizon(m.get("calibration"), h)) and c.get("slope") is not None]
         if slopes:
-            out.line("Calibration slope / intercept (1 / 0 ideal; below 1: predictions too extreme): "
-                     + "; ".join(slopes) + ".", size=7.5)
+            out.wrapped("Calibration slope / intercept (1 / 0 ideal; below 1: predictions too extreme): "
+                        + "; ".join(slopes) + ".", size=7.5, width=125)
         if (oe := oe_text(m.get("calibration"))):
-            out.line(f"Observed / expected risk (1 ideal; above 1: under-predicted), 95 % intervals: {oe}.", size=7.5)
+            out.wrapped(f"Observed / expected risk (1 ideal; above 1: under-predicted), 95 % intervals: {oe}.", size=7.5,
+                        width=125)
     others = {n: r for n, r in results.items() if n != validated}
     if others:
         out.gap(0.15)
@@ -308,7 +317,7 @@ def pooled_report_pdf(rows: list[dict], model: str, *, horizon: float, when: str
     when_h = horizon_label(horizon)
     title = f"Validation of {model} across {len(rows)} sites"
     out = _Pages(plt, title)
-    out.line(title, size=13, bold=True)
+    out.wrapped(title, size=13, bold=True, width=72)  # a long model or site name goes on a second line
     out.wrapped(f"{sum(int(r['patients'] or 0) for r in rows)} patients, {sum(int(r['events'] or 0) for r in rows)} "
                 f"events in all, each site's cohort validated as a whole; pooled {when}.", size=8.5, width=115)
     out.gap()

@@ -130,3 +130,26 @@ def test_the_pooled_report_holds_each_site_and_the_pooled_numbers() -> None:
     assert "O:E at 1 year: known at 1 of 2 sites, 2 needed to pool." in two and "no prediction interval" in two
     with pytest.raises(InputError, match=r"^sites: got 1, are too few to pool"):
         pooled_report_pdf(rows[:1], "m", horizon=365, when="now")
+
+
+def test_every_line_of_the_report_stays_on_the_page(validation: tuple[dict[str, dict], list[str]], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Long lines wrap inside the page's right margin: calibration at three horizons, observed / expected with its
+    intervals (cut at the edge before), and a long model name in the title."""
+    from core.validation_report import PAGE_IN, validation_report_pdf
+    from tests.test_report import words
+
+    res = copy.deepcopy(validation[0])
+    m = res["ehr_only"]
+    for h, cal in m["calibration"].items():  # every horizon known, as on a cohort with long follow-up
+        cal.update(slope=cal.get("slope") or 1.23, intercept=cal.get("intercept") or -0.45, oe=cal.get("oe") or 0.99,
+                   oe_ci=cal.get("oe_ci") or [0.86, 1.14])
+    name = "ehr_only (your cohort, 27 Nov 18:39) recalibrated to St Mary's Hospital, Leeds 2025 (20261129)"
+    res = {name: m}
+    out = tmp_path / "report.pdf"
+    out.write_bytes(validation_report_pdf(res, name, cohort="St Mary's Hospital, Leeds 2025", when="2026-11-29 17:40"))
+    right = PAGE_IN[0] * 72 - 6  # points: inside the paper's edge
+    ws = words(out)
+    assert ws and [w for w in ws if w[2] > right] == []
+    text = " ".join(w[4] for w in ws)
+    assert "(0.86-1.14)." in text or re.search(r"\(\d\.\d\d-\d\.\d\d\)\.", text), text[-800:]
+    assert "Leeds" in text and "(20261129)" in text  # the title's second line
