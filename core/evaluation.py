@@ -95,6 +95,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
                            n_boot=n_boot, seed=seed, full_ci=True)
     out["split"] = split
     out["fusion"] = model.fusion
+    out["model_fingerprint"] = model_fingerprint(model_dir)  # which weights: `pool` pools one model's sites only
     out["unread"] = len(unread)  # subjects of whom the model read nothing: the training average
     out["ct_profile"] = split_image_reads(model, cohort, ids)
     out["timeline_codes"] = split_timeline_reads(model, cohort, ids)

@@ -83,3 +83,40 @@ def test_pool_refuses_files_it_cannot_use_in_one_line(sites: list[Path], tmp_pat
         assert cli_main(["pool", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(message) and "\n" not in err, err
+
+
+def test_pool_refuses_what_is_not_one_models_validations_at_several_sites(sites: list[Path], tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Each file records the model it evaluated (strategy and weights' stamp) and the split: another model, a model's
+    own training patients, the same evaluation twice and a horizon no file holds are refused in one line."""
+    from core.evaluation import model_fingerprint
+
+    first = json.loads(sites[0].read_text())
+    assert first["model_fingerprint"] == model_fingerprint(demo_install.SHIPPED_MODELS / "ehr_only") > 0
+    assert first["split"] == "all" and first["fusion"] == "ehr_only"
+
+    def variant(name: str, **changes: object) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({**json.loads(sites[1].read_text()), **changes}))
+        return str(path)
+
+    for argv, message in (
+            ([str(sites[0]), variant("concat.json", fusion="concat", model_fingerprint=7.0)],
+             "error: SITE.json: got north.json, concat.json, are evaluations of different models (other strategies)"),
+            ([str(sites[0]), variant("retrained.json", model_fingerprint=7.0)],
+             "error: SITE.json: got north.json, retrained.json, are evaluations of different models (other weights)"),
+            ([str(sites[0]), variant("train.json", split="train")],
+             "error: SITE.json: got train.json, evaluates the model's own train split"),
+            ([str(sites[0]), str(sites[1]), str(sites[0])],
+             "error: SITE.json: got north.json, north.json, hold the same evaluation"),
+            ([*map(str, sites), "--horizon", "0"], "error: --horizon: got 0.0, is not a positive number of days"),
+            ([*map(str, sites), "--horizon", "730"],
+             "error: --horizon: got 730.0, is not a horizon of these evaluations (they hold 30, 365, 1825 days)")):
+        assert cli_main(["pool", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and "\n" not in err, err
+    # a file evaluated before evaluations recorded their weights: pooled with the others by its strategy
+    older = {k: v for k, v in json.loads(sites[2].read_text()).items() if k != "model_fingerprint"}
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert cli_main(["pool", str(sites[0]), str(sites[1]), str(tmp_path / "older.json"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["sites"]) == 3

@@ -43,12 +43,52 @@ def _site(path: Path) -> dict:
     return raw
 
 
+def _one_model(paths: list[Path], sites: list[dict], horizon: float) -> None:
+    """Refuse (``InputError``) what cannot be pooled as one model's validations at several sites: evaluations of
+    different models (other weights, recorded as ``model_fingerprint``, or another ``fusion``), of a model's own
+    training or validation patients (``split`` train or val), the same evaluation twice, or a horizon no file holds."""
+    from core.errors import InputError
+    from core.horizons import at_horizon
+
+    def differ(key: str) -> tuple[str, str] | None:
+        seen = {}
+        for path, site in zip(paths, sites):
+            if site.get(key) not in (None, 0.0, ""):
+                seen.setdefault(site[key], path.name)
+        return tuple(seen.values())[:2] if len(seen) > 1 else None  # type: ignore[return-value]
+
+    for key, what in (("fusion", "strategies"), ("model_fingerprint", "weights")):
+        if (pair := differ(key)) is not None:
+            raise InputError("SITE.json", ", ".join(pair), f"are evaluations of different models (other {what})",
+                             "pool one model's evaluations: run `evaluate --split all` with the same model folder at "
+                             "each site")
+    for path, site in zip(paths, sites):
+        if site.get("split") in ("train", "val"):
+            raise InputError("SITE.json", path.name, f"evaluates the model's own {site['split']} split (patients it "
+                             "was fitted or stopped on)", "pool evaluations on patients the model never saw: "
+                             "`evaluate --split all` on each site's cohort (or --split test at the training site)")
+    key = [(s.get("n"), s.get("events"), s.get("c_index"), tuple(s.get("c_index_ci") or ())) for s in sites]
+    for i, k in enumerate(key):
+        if k in key[:i]:
+            raise InputError("SITE.json", f"{paths[key.index(k)].name}, {paths[i].name}", "hold the same evaluation "
+                             "(the same patients, C-index and interval)", "pass each site's evaluation once")
+    if not horizon > 0:
+        raise InputError("--horizon", horizon, "is not a positive number of days", "pass days after the index date, "
+                         "e.g. --horizon 365")
+    if sites and all(s.get("calibration") and at_horizon(s["calibration"], horizon) is None for s in sites):
+        held = sorted({float(h) for s in sites for h in s["calibration"]})
+        raise InputError("--horizon", horizon, f"is not a horizon of these evaluations (they hold "
+                         f"{', '.join(f'{h:g}' for h in held)} days)", "pass one of those, or evaluate again with "
+                         "--horizons including it")
+
+
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
     from core.evaluate.pooled import pooled_c_index, pooled_oe, site_rows
     from core.horizons import horizon_label
 
     sites = [_site(Path(p)) for p in args.results]
+    _one_model([Path(p) for p in args.results], sites, args.horizon)
     labels = [p.stem for p in args.results] if args.labels is None else [x.strip() for x in args.labels.split(",")]
     if len(labels) != len(sites):
         raise InputError("--labels", args.labels, f"names {len(labels)} sites for {len(sites)} files",
