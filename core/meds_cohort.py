@@ -337,6 +337,13 @@ def build_meds_cohort(meds: Path, task: Path, out: Path, *, seed: int = 0,
         notes.append(f"{k} subject{'s have' if k > 1 else ' has'} a {cfg.windows[cfg.label_window].label} event at the index "
                      f"time itself ({name_list(censored_at_index)}), outside the label window (its start is exclusive): "
                      "they are censored; set start_inclusive: true in the label window to count it as an event at time 0")
+    if len(table) and not int(table["event"].sum()):  # a typo in the outcome's code selects no event, silently
+        label = str(cfg.windows[cfg.label_window].label)
+        code = getattr(cfg.predicates.get(label), "code", None)
+        notes.append(f"No subject has the outcome: the label predicate {label!r}"
+                     + (f" (code {code})" if isinstance(code, str) else "") + f" matched no event in the label window "
+                     f"of any of the {len(table)} subjects, so no model can be trained or evaluated on this cohort; "
+                     "check the predicate's code against the data (python -m core timeline PATH --subject ID)")
     report(0.8, "writing the cohort")
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "cohort.csv", index=False)

@@ -131,6 +131,7 @@ def test_synthetic_meds_gives_the_known_cohort(tmp_path: Path) -> None:
     assert cohort.loc["5", "time"] == pytest.approx(2.5) and cohort.loc["5", "event"] == 0
     assert cohort.loc["6", "time"] == pytest.approx(1.0) and cohort.loc["6", "event"] == 1
     assert summary["events"] == 2 and summary["censored"] == 2 and summary["later_index_events_dropped"] == 0
+    assert not [n for n in summary["notes"] if n.startswith("No subject has the outcome")]
     timeline = pd.read_parquet(tmp_path / "out" / "timeline.parquet")
     assert sorted(timeline["subject_id"].unique()) == ["1", "2", "5", "6"]
     assert timeline["time"].isna().sum() == 1  # the static GENDER row is kept
@@ -551,3 +552,18 @@ def test_the_apps_build_adds_zipped_studies_after_the_phi_check(tmp_path: Path) 
     done = meds_cohort_job(ctx, str(meds), str(TASK), str(tmp_path / "linked"), studies_zip=str(linked))
     assert (done["studies"], done["without_study"]) == (1, 3)
     assert [p.name for p in (tmp_path / "linked" / "studies").iterdir()] == ["ACC-0001.nii.gz"]
+
+
+def test_an_outcome_code_that_matches_nothing_is_said(tmp_path: Path) -> None:
+    """A typo in the outcome predicate's code (DEATH for MEDS_DEATH) builds a cohort of censored subjects only: the
+    summary says so, naming the predicate and its code, instead of leaving it to training's error."""
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(TASK.read_text().replace("code: MEDS_DEATH", "code: DEATH"))
+    assert "code: DEATH" in typo.read_text()
+    summary = build_meds_cohort(meds, typo, tmp_path / "out", seed=0)
+    assert summary["events"] == 0
+    (note,) = [n for n in summary["notes"] if n.startswith("No subject has the outcome")]
+    assert note.startswith("No subject has the outcome: the label predicate 'death' (code DEATH) matched no event in "
+                           f"the label window of any of the {summary['n_subjects']} subjects")
