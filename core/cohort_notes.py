@@ -43,10 +43,19 @@ def is_leak_note(note: str) -> bool:
 
 def timeline_reading_notes(events: pd.DataFrame) -> list[str]:
     """What reading a timeline file (a ``read_timeline`` frame) left out: rows without a code, values that are
-    not numbers."""
+    not numbers, every value when the file has no value column under a known name."""
+    from core.io.timeline import ALIASES
+
     dropped = int(events.attrs.get("dropped_null_code", 0) or 0)
     out = [f"timeline: {dropped} rows without a code are left out"] if dropped else []
     values = unreadable_values_note(events)
+    columns = events.attrs.get("columns")
+    bare = events.attrs.get("no_value_column", [events.attrs.get("source")] if columns is not None
+                            and "numeric_value" not in columns else [])
+    if bare:  # a value column under a name no alias knows: read as events without values, said here
+        out.append(f"timeline: {', '.join(map(str, bare))} has no column of numeric values (numeric_value, or "
+                   f"{', '.join(ALIASES['numeric_value'][1:])}): every event is read without its value (lab results, "
+                   "vital signs); rename the column that holds them numeric_value")
     return out + ([f"timeline: {values}"] if values else [])
 
 

@@ -101,6 +101,8 @@ def read_meds(path: Path) -> pd.DataFrame:
     out.attrs["dropped_null_code"] = sum(int(a.get("dropped_null_code", 0) or 0) for a in attrs)
     out.attrs["unreadable_values"] = sum(int(a.get("unreadable_values", 0) or 0) for a in attrs)
     out.attrs["unreadable_examples"] = list(dict.fromkeys(v for a in attrs for v in a.get("unreadable_examples", [])))[:3]
+    out.attrs["no_value_column"] = list(dict.fromkeys(str(a.get("source")) for a in attrs  # files read without values
+                                                      if "numeric_value" not in (a.get("columns") or {"numeric_value": 1})))
     return out
 
 

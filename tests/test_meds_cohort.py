@@ -567,3 +567,21 @@ def test_an_outcome_code_that_matches_nothing_is_said(tmp_path: Path) -> None:
     (note,) = [n for n in summary["notes"] if n.startswith("No subject has the outcome")]
     assert note.startswith("No subject has the outcome: the label predicate 'death' (code DEATH) matched no event in "
                            f"the label window of any of the {summary['n_subjects']} subjects")
+
+
+def test_a_value_column_under_an_unknown_name_is_said(tmp_path: Path) -> None:
+    """A MEDS file whose numeric column is called `result` (no alias knows it): the cohort is built, its events
+    without values, and the notes say so, naming the file and the names read, instead of dropping them in silence."""
+    meds = tmp_path / "events.parquet"
+    _write_synthetic(meds)
+    frame = pd.read_parquet(meds).rename(columns={"value": "result"})
+    renamed = tmp_path / "renamed.parquet"
+    frame.to_parquet(renamed, index=False)
+    summary = build_meds_cohort(renamed, TASK, tmp_path / "out", seed=0)
+    (note,) = [n for n in summary["notes"] if "no column of numeric values" in n]
+    assert note == ("timeline: renamed.parquet has no column of numeric values (numeric_value, or value, numeric, val, "
+                    "value_as_number, valuenum): every event is read without its value (lab results, vital signs); "
+                    "rename the column that holds them numeric_value")
+    assert pd.read_parquet(tmp_path / "out" / "timeline.parquet")["numeric_value"].isna().all()
+    with_values = build_meds_cohort(meds, TASK, tmp_path / "out2", seed=0)  # `value`, an alias: read, nothing said
+    assert not [n for n in with_values["notes"] if "no column of numeric values" in n]
