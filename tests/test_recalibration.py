@@ -80,6 +80,21 @@ def test_risks_too_close_together_are_spread_apart() -> None:
     assert two["after"]["ibs"] == pytest.approx(report["after"]["ibs"])  # n_boot changes only the intervals
 
 
+def test_a_fit_at_the_limit_of_its_range_is_said() -> None:
+    """Curves nearly the same for every patient (a model that learned almost nothing) against outcomes that differ:
+    the slope b runs to its upper limit (10) and the report says that stretching them does not make them rank the
+    patients, and to keep the original; a fit inside its range says nothing of the kind."""
+    true, time, event = _site(n=400, seed=6)
+    mean = np.exp(np.log(np.clip(true, 1e-9, 1)).mean(axis=0))
+    flat = np.clip(mean[None] ** (1 + np.random.default_rng(6).normal(0, 1e-4, (400, 1))), 0, 1)
+    report = recalibration_report(GRID, flat, time, event, (365,), n_boot=0)
+    assert report["b"] == pytest.approx(10.0)
+    assert ("the fit stopped at the limit of its range (b = 10): the model's risks hardly differ between this "
+            "cohort's patients, and stretching them this far does not make them rank the patients; keep the "
+            "original model") in report["note"]
+    assert "limit of its range" not in (recalibration_report(GRID, true, time, event, (365,), n_boot=0)["note"] or "")
+
+
 def test_a_calibrated_model_is_left_as_it_is() -> None:
     true, time, event = _site(seed=1)
     fit = fit_recalibration(GRID, true, time, event)

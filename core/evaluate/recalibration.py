@@ -206,6 +206,14 @@ def recalibration_report(grid: np.ndarray, surv: np.ndarray, time: np.ndarray, e
     after = cross_fitted(grid, surv, time, event, folds=k, seed=seed)
     before_summary, after_summary = _summary(grid, surv, time, event, horizons), _summary(grid, after, time, event, horizons)
     notes = [f"{n_events} events (fewer than {FEW_EVENTS}): the slope b is uncertain, see its interval"] if n_events < FEW_EVENTS else []
+    at_limit = [name for name, value, (lo, hi) in (("a", fit["a"], BOUNDS[0]), ("b", np.log(fit["b"]), BOUNDS[1]),
+                                                   ("c", np.log(fit["c"]), BOUNDS[2]))
+                if min(abs(value - lo), abs(value - hi)) < 1e-6]
+    if at_limit:  # the likelihood wanted more than the allowed range: not a fit to trust
+        notes.append(f"the fit stopped at the limit of its range ({', '.join(f'{k} = {fit[k]:.3g}' for k in at_limit)}): "
+                     + ("the model's risks hardly differ between this cohort's patients, and stretching them this far "
+                        "does not make them rank the patients; " if "b" in at_limit else "")
+                     + "keep the original model, or retrain on this site's patients")
     ibs = (before_summary["ibs"], after_summary["ibs"])
     if None not in ibs and round(ibs[1], 3) > round(ibs[0], 3):  # the fit does not carry to patients it did not see
         notes.append(f"cross-fitted, the recalibration scores worse than the original (integrated Brier score "
