@@ -120,6 +120,7 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
     from core.evaluate import km_by_risk_group, risk_from_survival
 
     risk = risk_from_survival(np.asarray(times, dtype=float), np.asarray(surv))
+    out["notes"] += [note] if (note := flat_risk_note(times, surv)) else []
     if risk_groups > 1:
         out["risk_groups"] = km_by_risk_group(risk, time, event, groups=risk_groups)
     if keep_risk:
@@ -129,6 +130,30 @@ def evaluate_model(model_dir: Path | str, cohort_dir: Path | str, split: str = "
         out["subgroups"] = subgroup_table(times, surv, time, event, tt, te, values, horizons, column=str(subgroup),
                                           n_boot=n_boot, seed=seed)
     return out
+
+
+def flat_risk_note(times: Any, surv: Any, horizon: float = 365.0) -> str | None:
+    """A note when the model gives nearly every patient the same risk at ``horizon`` (the middle 90 % of the risks
+    within 1 percentage point): it learned little from its inputs, and its C-index and calibration slopes rest on
+    differences of hundredths of a percent.
+
+    >>> grid = np.array([0.0, 365.0, 730.0]); s = np.tile([1.0, 0.68, 0.5], (20, 1)) + np.linspace(0, 1e-3, 20)[:, None]
+    >>> flat_risk_note(grid, s)[:80]
+    'the model gives nearly every patient the same risk: 31.91-31.99 % at 1 year for '
+    """
+    from core.horizons import horizon_label
+
+    t, s = np.asarray(times, dtype=float), np.asarray(surv, dtype=float)
+    if s.ndim != 2 or s.shape[0] < 10 or t.size == 0 or t[-1] < horizon:
+        return None
+    r = 1.0 - s[:, min(int(np.searchsorted(t, horizon)), t.size - 1)]
+    lo, hi = (float(q) for q in np.quantile(r, [0.05, 0.95]))
+    if hi - lo >= 0.01:
+        return None
+    return (f"the model gives nearly every patient the same risk: {100 * lo:.2f}-{100 * hi:.2f} % at "
+            f"{horizon_label(horizon)} for 90 % of the {s.shape[0]} patients. It learned little from these inputs: "
+            "its C-index ranks differences of hundredths of a percent and its calibration slopes say nothing "
+            "(it needs more patients with events, or inputs that tell them apart)")
 
 
 def evaluation_notes(model: Any, cohort: Any, split: str, ids: list[str]) -> list[str]:

@@ -523,3 +523,23 @@ def test_calibration_says_how_many_subjects_its_summaries_cover() -> None:
     assert [g["observed"] for g in cal["groups"]] == [None, 1.0]
     assert cal["n_observed"] == 6 and cal["slope"] is None and cal["ici"] == pytest.approx(1.0 - 0.718182, abs=1e-6)
     assert [tr.name for tr in calibration_figure({1825: cal}).data][1] == "5 years (ICI 0.282, 6 of 12 subjects)"
+
+
+def test_a_model_that_gives_everyone_the_same_risk_is_said() -> None:
+    """`evaluate`'s notes say when the middle 90 % of the patients' 1-year risks lie within 1 percentage point (a
+    model that learned almost nothing, as on a 100-patient cohort); none of the shipped models' test predictions
+    does, nor a spread of a few points."""
+    from core.app.demo_install import SHIPPED_MODELS
+    from core.evaluation import flat_risk_note
+
+    for model in sorted(p for p in SHIPPED_MODELS.iterdir() if (p / "reference_predictions.npz").is_file()):
+        with np.load(model / "reference_predictions.npz") as ref:
+            assert flat_risk_note(ref["times"], ref["surv"]) is None, model.name
+            times, surv = ref["times"], ref["surv"]
+    mean = surv.mean(axis=0, keepdims=True)
+    flat = np.repeat(mean, 50, axis=0) * (1 + np.linspace(-1e-3, 1e-3, 50)[:, None])
+    note = flat_risk_note(times, flat)
+    assert note is not None and note.startswith("the model gives nearly every patient the same risk: ")
+    assert " at 1 year for 90 % of the 50 patients. It learned little from these inputs" in note
+    spread = np.repeat(mean, 50, axis=0) ** np.linspace(0.8, 1.25, 50)[:, None]
+    assert flat_risk_note(times, spread) is None
