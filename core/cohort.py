@@ -359,8 +359,11 @@ class Cohort:
         for frame in (self.feature_text, self.features):
             if frame is not None and column in frame.columns:
                 return frame.reindex(ids)[column].tolist()
+        names = self.column_names()
         raise InputError("subgroup", column, "is not a column of cohort.csv or features.csv",
-                         f"use one of: {', '.join(self.column_names()[:30])}")
+                         f"use one of: {', '.join(names[:30])}" if names else "this cohort has no column to group by "
+                         "besides its outcomes: add one to cohort.csv or a features.csv (a timeline's codes, such as "
+                         "GENDER//F, are not columns)")
 
     def fingerprint(self) -> str:
         """Hash of the outcome table and the file sizes/mtimes of the modalities (cache key)."""

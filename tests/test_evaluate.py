@@ -543,3 +543,16 @@ def test_a_model_that_gives_everyone_the_same_risk_is_said() -> None:
     assert " at 1 year for 90 % of the 50 patients. It learned little from these inputs" in note
     spread = np.repeat(mean, 50, axis=0) ** np.linspace(0.8, 1.25, 50)[:, None]
     assert flat_risk_note(times, spread) is None
+
+
+def test_a_subgroup_on_a_cohort_without_columns_says_what_to_add(tmp_path: Path) -> None:
+    """A cohort built from MEDS has no column besides its outcomes: the error says so instead of an empty list."""
+    from core.cohort import load_cohort
+    from core.errors import InputError
+
+    (tmp_path / "cohort.csv").write_text("subject_id,time,event,split\n" + "".join(
+        f"s{i},{100 + i},{i % 2},{'train' if i < 6 else 'test'}\n" for i in range(8)))
+    cohort = load_cohort(tmp_path, for_training=False)
+    with pytest.raises(InputError, match=r"^subgroup: got sex, is not a column of cohort.csv or features.csv; fix: "
+                                         r"this cohort has no column to group by besides its outcomes: add one"):
+        cohort.column_values("sex", cohort.ids())
