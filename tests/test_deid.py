@@ -485,6 +485,8 @@ def test_cli_nifti_to_a_file_name(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "out.nii"]
     assert main(["deid", str(src), str(tmp_path / "out.nii")]) == 2  # nothing is overwritten
     assert capsys.readouterr().err.startswith("error: OUT: got ") and (tmp_path / "out.nii").is_file()
+    assert main(["deid", str(src), str(tmp_path / "again.nii.gz")]) == 0  # the text names the file written
+    assert capsys.readouterr().out.splitlines()[0].endswith("-> 1 file(s) (again.nii.gz)")
 
 
 @pytest.mark.parametrize("case", ["missing", "inside", "same", "not_dicom", "not_empty"])

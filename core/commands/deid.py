@@ -57,11 +57,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if nifti_out:
         _move_volume(folder, args.output)
+        report.files_written = [args.output.name]  # the file the user named, not the folder's VOL00001 it was moved from
     if args.json:
-        out = {"output": str(args.output), **report.to_dict()}
-        if nifti_out:
-            out["files_written"] = [args.output.name]
-        print(json.dumps(out))
+        print(json.dumps({"output": str(args.output), **report.to_dict()}))
     else:
         print("\n".join([*report.lines(), f"written to {args.output}"]))
     return 0
