@@ -365,6 +365,14 @@ class Cohort:
                          "besides its outcomes: add one to cohort.csv or a features.csv (a timeline's codes, such as "
                          "GENDER//F, are not columns)")
 
+    def outcomes_digest(self) -> str:
+        """16 hex digits of the SHA-256 of the subjects' outcomes (id, time, event, sorted): the same for a copy of
+        the cohort, another for other patients or outcomes. A trained model records it (metrics.json
+        ``cohort_outcomes``) so that an evaluation can tell its own training cohort from another site's."""
+        rows = sorted(f"{r.subject_id},{float(r.time):.6g},{int(r.event)}" for r in
+                      self.table[["subject_id", "time", "event"]].dropna().itertuples(index=False))
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
     def fingerprint(self) -> str:
         """Hash of the outcome table and the file sizes/mtimes of the modalities (cache key)."""
         h = hashlib.sha256(pd.util.hash_pandas_object(self.table.astype(str), index=False).values.tobytes())

@@ -156,6 +156,9 @@ def flat_risk_note(times: Any, surv: Any, horizon: float = 365.0) -> str | None:
             "(it needs more patients with events, or inputs that tell them apart)")
 
 
+TRAINING_COHORT = "this is the cohort the model was trained on"  # a note's start (core.validation_report reads it)
+
+
 def evaluation_notes(model: Any, cohort: Any, split: str, ids: list[str]) -> list[str]:
     """What the evaluated subjects give the model, in words: the automatic split when cohort.csv has none (its test
     split is then a drawn fifth of the cohort, not the whole of another site's), and the subjects a modality the
@@ -163,6 +166,12 @@ def evaluation_notes(model: Any, cohort: Any, split: str, ids: list[str]) -> lis
     from core.cohort_notes import FEW_EVENTS, coverage_notes
 
     notes = []
+    own = (getattr(model, "metrics", None) or {}).get("cohort_outcomes") or {}
+    if split != "test" and own.get("digest") and own["digest"] == cohort.outcomes_digest():
+        notes.append(f"{TRAINING_COHORT}: the same {own.get('subjects')} patients and outcomes. "
+                     + ("Every patient includes those it was fitted and stopped on, so this is not an external "
+                        "validation and its numbers are optimistic; its test split is the held-out part"
+                        if split == ALL_SPLITS else f"Its {split} split holds patients it was fitted or stopped on"))
     events = int(cohort.table.set_index("subject_id").loc[ids, "event"].sum()) if ids else 0
     if 0 < events < FEW_EVENTS:  # none: no metric at all (refused before this)
         notes.append(f"{events} event{'s' if events > 1 else ''} in the {len(ids)} subjects evaluated: the C-index rests "

@@ -183,7 +183,11 @@ def validation_report_pdf(results: dict[str, dict], validated: str, *, cohort: s
         raise InputError("validated", validated, "has no metrics in this validation",
                          "pass the name of the model the validation was started for")
     every = split == "all"
-    title = f"External validation of {validated}" if every else f"Evaluation of {validated}, {split} split"
+    from core.evaluation import TRAINING_COHORT
+
+    own = any(str(n).startswith(TRAINING_COHORT) for n in m.get("notes") or [])  # not another site's patients
+    title = (f"Evaluation of {validated} on every patient of its training cohort" if every and own else
+             f"External validation of {validated}" if every else f"Evaluation of {validated}, {split} split")
     hs = _horizons(m)
     out = _Pages(plt, title)
     out.wrapped(title, size=13, bold=True, width=72)  # a long model or site name goes on a second line

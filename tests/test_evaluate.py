@@ -556,3 +556,38 @@ def test_a_subgroup_on_a_cohort_without_columns_says_what_to_add(tmp_path: Path)
     with pytest.raises(InputError, match=r"^subgroup: got sex, is not a column of cohort.csv or features.csv; fix: "
                                          r"this cohort has no column to group by besides its outcomes: add one"):
         cohort.column_values("sex", cohort.ids())
+
+
+def test_an_evaluation_on_the_models_own_training_cohort_says_so(tmp_path: Path) -> None:
+    """A model records its training cohort's outcomes digest: evaluated on every patient of that cohort (a copy of
+    it too), the notes say it is not an external validation and the report's title says whose patients they are; on
+    its test split, or on another cohort, nothing is said. `site-model add` refuses a cohort it was not trained on."""
+    import shutil
+
+    from core.app.site_models import add_site_model
+    from core.demo import write_demo_cohort
+    from core.errors import InputError
+    from core.evaluation import ALL_SPLITS, TRAINING_COHORT, evaluate_model
+    from core.train import train_model
+    from core.validation_report import validation_report_pdf
+    from tests.test_report import pdf_text
+
+    cohort = write_demo_cohort(tmp_path / "c", n=60, seed=5, volumes=False)
+    model = tmp_path / "m"
+    metrics = train_model(cohort, "ehr_only", model, epochs=1, device="cpu", ensemble=1, overrides={"dim": 16})
+    assert metrics["cohort_outcomes"]["subjects"] == 60 and len(metrics["cohort_outcomes"]["digest"]) == 16
+    copy = shutil.copytree(cohort, tmp_path / "copy")
+    every = evaluate_model(model, copy, split=ALL_SPLITS, n_boot=20)
+    (note,) = [n for n in every["notes"] if n.startswith(TRAINING_COHORT)]
+    assert "the same 60 patients and outcomes. Every patient includes those it was fitted and stopped on" in note
+    pdf = pdf_text(validation_report_pdf({"ehr_only": every}, "ehr_only", cohort="copy", when="2026-11-29 10:00"))
+    assert "Evaluation of ehr_only on every patient of its training cohort" in pdf and "External validation" not in pdf
+    test = evaluate_model(model, cohort, split="test", n_boot=20)
+    assert not [n for n in test["notes"] if n.startswith(TRAINING_COHORT)]
+    other = write_demo_cohort(tmp_path / "other", n=60, seed=6, volumes=False)
+    assert not [n for n in evaluate_model(model, other, split=ALL_SPLITS, n_boot=20)["notes"]
+                if n.startswith(TRAINING_COHORT)]
+    with pytest.raises(InputError, match=r"^--cohort: got .*other, is not the cohort this model was trained on "
+                                         r"\(other patients or outcomes than its 60\)"):
+        add_site_model(model, other, "Site model", tmp_path / "data")
+    assert add_site_model(model, copy, "Site model", tmp_path / "data").is_dir()

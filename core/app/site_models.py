@@ -127,7 +127,12 @@ def add_site_model(model_dir: Path | str, cohort_dir: Path | str, label: str, da
     loaded = load_model(src, device=device)  # its errors name the file: a pickle, tensors that do not match config.json
     if not (cohort / "cohort.csv").is_file():
         raise InputError("--cohort", str(cohort), "holds no cohort.csv", "pass the cohort folder the model was trained on")
-    load_cohort(cohort)  # its own errors name the file and the field
+    outcomes = load_cohort(cohort).outcomes_digest()  # loading's own errors name the file and the field
+    own = (loaded.metrics or {}).get("cohort_outcomes") or {}  # recorded by training (models since 2026-11-29)
+    if own.get("digest") and own["digest"] != outcomes:
+        raise InputError("--cohort", str(cohort), f"is not the cohort this model was trained on (other patients or "
+                         f"outcomes than its {own.get('subjects')})", "pass the cohort folder the model was trained "
+                         "on: its test split gives the metrics every user sees")
     root = site_models_dir(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     target = root / slug(label)

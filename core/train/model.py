@@ -213,6 +213,7 @@ def _train(cohort: Cohort, icfg: dict[str, Any], ecfg: dict[str, Any], settings:
         "image_encoder": {"kind": icfg["kind"], **enc_info, "warm_start": member_info[0]["warm_start"]},
         "train_seconds": round(_time.perf_counter() - t_start, 2),
         "n": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
+        "cohort_outcomes": {"digest": cohort.outcomes_digest(), "subjects": int(len(table))},  # its own cohort, told
         "data_notes": (feature_notes(cohort.features) if ecfg.get("tabular") and not cfg.ehr.summarises_timeline else [])
         + coverage_notes(cohort, timeline=bool(ecfg.get("sequence") or cfg.ehr.summarises_timeline),
                          features=bool(ecfg.get("tabular")) and not cfg.ehr.summarises_timeline,
