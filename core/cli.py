@@ -54,8 +54,16 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors (a mistyped value, an unknown choice, a missing option) as one line in the form of
     every other error: ``error: FIELD: got VALUE, PROBLEM; fix: ...``, instead of the usage block."""
 
+    argv: Sequence[str] = ()  # the command's arguments as typed (main sets them): a mistyped option is named
+
     def error(self, message: str) -> NoReturn:
-        print(f"error: {usage_error(message, self.prog)}", file=sys.stderr)
+        text = usage_error(message, self.prog)
+        unknown = [t.split("=")[0] for t in self.argv if t.startswith("--") and t.split("=")[0] not in
+                   self._option_string_actions]
+        if unknown and message.startswith("the following arguments are required"):  # argparse says only the missing
+            text = text.replace("; fix: ", f" ({', '.join(unknown)} is not an option of this command: mistyped?); "
+                                "fix: ", 1)
+        print(f"error: {text}", file=sys.stderr)
         self.exit(EXIT_BAD_INPUT)
 
 
@@ -128,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = _Parser(prog=f"python -m core {name}", description=help_text)
     module.add_arguments(parser)
+    parser.argv = argv[1:]
     try:
         args = parser.parse_args(glue_negative_values(parser, argv[1:]))
     except SystemExit as stop:  # --help, or a usage error already printed in one line

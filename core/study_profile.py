@@ -242,8 +242,8 @@ def profile_warnings(profile: dict[str, Any] | None, stats: dict[str, float]) ->
         cropped = any(step.get("name") == "body_crop" for step in profile.get("transforms", []))
         scale = (" The encoder sees this body at another scale than its training studies"
                  + (" (a body of another size)." if cropped else
-                    " (another field of view); a model trained with the body box (train --body-crop) reads "
-                    "every body at about one scale."))
+                    " (another field of view); a model trained with the body box (Train on your cohort: \"Crop each "
+                    "CT to the body first\", or train --body-crop) reads every body at about one scale."))
     return [f"Out of distribution for this model's image part ({', '.join(kinds)}): " + "; ".join(parts)
             + f". This CT is unlike the model's {profile.get('n_studies', '?')} training studies (see 'What this model "
             "can read' in its model card): " + RELY + scale]

@@ -591,3 +591,16 @@ def test_an_evaluation_on_the_models_own_training_cohort_says_so(tmp_path: Path)
                                          r"\(other patients or outcomes than its 60\)"):
         add_site_model(model, other, "Site model", tmp_path / "data")
     assert add_site_model(model, copy, "Site model", tmp_path / "data").is_dir()
+
+
+def test_a_mistyped_option_is_named_beside_the_missing_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict --subjet P1`: argparse says only that --subject is missing; the error also names the typo."""
+    from core.cli import main
+
+    assert main(["predict", "--model", "m", "--cohort", "c", "--subjet", "P1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --subject: got nothing, is required (--subjet is not an option of this command: "
+                   "mistyped?); fix: python -m core predict --help lists the arguments")
+    assert main(["predict", "--model", "m", "--cohort", "c"]) == 2  # nothing mistyped: the plain message
+    assert capsys.readouterr().err.strip() == ("error: --subject: got nothing, is required; fix: python -m core "
+                                               "predict --help lists the arguments")
