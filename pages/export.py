@@ -150,26 +150,27 @@ else:
                    f"{chrome.viewer_setting('opacity', 0.6)}. Slices are numbered from 1, inferior to superior, in the "
                    "viewer, captions, file names and the report.")
 
-ckey = (source, subject_id, model_name, method, horizon, read_on_request,  # what a prepared export was made for
-        chrome.viewer_setting("window", "soft_tissue"))
+ckey = (source, subject_id, model_name, method, horizon, read_on_request)  # what a prepared export was made for
+window = str(chrome.viewer_setting("window", "soft_tissue"))  # the report's slices are drawn in it
 
 
-def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], dict], *, disabled: bool = False) -> None:
+def prepare(slot: str, label: str, target: str, what: str, build: Callable[[], dict], *, disabled: bool = False,
+            made_for: tuple = ckey) -> None:
     """A "Prepare ..." button: ``build()`` (audited as ``target``, errors in one line) kept in ``exports[slot]``: the
-    file's name and its ``path`` in this session's exports (on disk, not in the session's memory)."""
+    file's name and its ``path`` in this session's exports (on disk, not in the session's memory), for ``made_for``."""
     if st.button(label, key=f"prepare_{slot}", disabled=disabled):
         with st.spinner(f"Writing the {what}..."), chrome.core_errors(stop=False, what=f"The {what} failed: "):
             session.audit("export", target, case=number, method=method, source=audit_source, patient=audited,
                           **_whose.audit_details(model_name, model.config.fusion))
-            exports[slot] = {"key": ckey, **build()}
+            exports[slot] = {"key": made_for, **build()}
 
 
-def offer(slot: str, label: str, mime: str) -> dict | None:
+def offer(slot: str, label: str, mime: str, made_for: tuple = ckey) -> dict | None:
     """The download button of ``exports[slot]`` when it was prepared for the case, model, method and horizon shown
     and its file is still there. The file is read only when the user clicks (a full-resolution DICOM zip or NIfTI map
     is hundreds of MB: never held in the session's state, nor hashed and copied at each rerun)."""
     ready = exports.get(slot)
-    if not ready or ready["key"] != ckey:
+    if not ready or ready["key"] != made_for:
         return None
     path: Path = ready["path"]
     if not path.is_file():  # the session's exports were swept (a new workspace): prepare again
@@ -186,7 +187,7 @@ def _report() -> dict:
 
     name = figure_export.export_name("case-report", number, "pdf", method=method, demo=is_demo, cohort=of_cohort)
     path = outputs.case_report(case_report_pdf, model, source, subject_id, method, horizon,
-                               session.exports_dir("report") / name, amap, str(chrome.viewer_setting("window", "soft_tissue")))
+                               session.exports_dir("report") / name, amap, window)
     return {"name": name, "path": path}
 
 
@@ -218,9 +219,9 @@ st.subheader("Case report (PDF)", anchor=False)
 st.caption("One page: the survival curve, risks, top slices with the map, the strategies' risks, top events, the "
            "model card, and every warning Case review shows for this case, word for word (a block that does not fit "
            "continues whole on a second page).")
-prepare("report", "Prepare the case report", "case_report_pdf", "report", _report,
+prepare("report", "Prepare the case report", "case_report_pdf", "report", _report, made_for=(*ckey, window),
         disabled=amap is None and volume is not None and "image" in pred.modalities_used)  # it draws the same map
-offer("report", "Download the case report (PDF)", "application/pdf")
+offer("report", "Download the case report (PDF)", "application/pdf", made_for=(*ckey, window))
 
 st.subheader("DICOM for PACS", anchor=False)
 st.caption(

@@ -4,8 +4,8 @@ A validation of a model on a cohort a site uploaded is a result people come back
 another day), so the job that computes it (``core.app.background.validate_uploaded_job``) also keeps it in the user's
 own folder: ``users/<key>/validations/<id>.json`` holds a short summary (when, the validated model and the others, the
 upload's name, the site the user named, the subgroup column, the validated model's C-index, patients and events)
-that the page lists without reading the results, and ``<id>.result.json`` the job's whole result (metrics, curves, each patient's risk and outcome,
-the recalibration's report). Both are mode 0600 in a 0700 folder, written whole (a temporary file renamed), and kept
+that the page lists without reading the results, and ``<id>.result.json`` the job's whole result (metrics, curves,
+each patient's risk and outcome, the recalibration's report). Both are mode 0600 in a 0700 folder, written whole (a temporary file renamed), and kept
 after the tab closes or the server restarts; a user keeps at most :data:`MAX_KEPT` (the oldest go first) and removes
 one from the page. Nothing in them is trusted when read back: a file that is not a summary written here is skipped.
 """
