@@ -402,19 +402,22 @@ def _risk_lines(prediction: Any, attribution: Any, bound: tuple[float, float, fl
                   f"(capped at {bound[1]:.0f} d; holds for", f"{100 * bound[2]:.0f} % of similar patients,",
                   "not this patient's own", "probability)"]
     if attribution is not None:
-        from core.io.windows import WINDOWS
-
-        win = WINDOWS[window] if window in WINDOWS else WINDOWS["soft_tissue"]
+        win = _window(window)
         lines += ["", "Explanation", f"method: {METHOD_LABELS.get(attribution.method, attribution.method)}"] + \
             textwrap.wrap(f"target: {attribution.target}", 30) + \
             textwrap.wrap(f"slices: {win.label} window [{win.low:g}, {win.high:g}] HU", 30)
     return lines
 
 
-def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarray | None,
-            spacing_mm: Sequence[float] | None, attribution: Any, window: str = "soft_tissue") -> None:
+def _window(name: str) -> Any:
+    """The CT window ``name`` (``core.io.windows.WINDOWS``), soft tissue for a name it does not hold."""
     from core.io.windows import WINDOWS
 
+    return WINDOWS.get(name, WINDOWS["soft_tissue"])
+
+
+def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarray | None,
+            spacing_mm: Sequence[float] | None, attribution: Any, window: str = "soft_tissue") -> None:
     slices: list[tuple[int, float]] = []
     if attribution is not None and volume_hu is not None and attribution.top_slices:
         z_mm = float((spacing_mm or (1.0,))[0])
@@ -432,7 +435,7 @@ def _slices(page: _Flow, x0: float, width: float, h: float, volume_hu: np.ndarra
     for j, (k, share) in enumerate(slices):
         a = page.axes(x0 + j * (w + 0.2), page.y + 0.25, w, h - 0.3)
         a.axis("off")
-        lo, hi = WINDOWS[window] if window in WINDOWS else WINDOWS["soft_tissue"]
+        lo, hi = _window(window)
         sp = [float(v) for v in (spacing_mm or (1.0, 1.0, 1.0))][-2:]
         hu = np.asarray(volume_hu)[k]
         extent = (0, hu.shape[1] * sp[1], hu.shape[0] * sp[0], 0)

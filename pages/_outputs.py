@@ -49,8 +49,8 @@ def case_report(build: Callable[..., Any], model: Any, source: str, subject_id: 
     if amap is not None and attribution is not None:  # the viewer's warning of a map that reads no anatomy
         from pages import _viewer
 
-        warnings += [w for w in _viewer.map_peak(model, inputs, source, subject_id, method, horizon, amap, volume)[1:]
-                     if w]
+        outside = _viewer.map_peak(model, inputs, source, subject_id, method, horizon, amap, volume)[1]
+        warnings += [outside] if outside else []
     bound = refs.case_conformal_bound(model, source, subject_id) if pred.modalities_used else None  # as on the page
     features = views.case_cohort(source, subject_id).features
     values = {} if features is None or subject_id not in features.index else features.loc[subject_id].dropna().to_dict()
